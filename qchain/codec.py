@@ -1,0 +1,339 @@
+"""The canonical codec: one byte string per value, and only that one.
+
+qchain encodes everything that is hashed, signed, stored or sent with MessagePack under
+strict rules, so that equal values always give equal bytes:
+
+- only integers (in the 64-bit range), byte strings, text strings, booleans, nil and arrays
+  are allowed; maps, floats, extension types and timestamps are not;
+- structs are arrays of their fields in declaration order (`Struct` below);
+- integers, lengths and headers use their shortest form (MessagePack's own rule when
+  packing);
+- decoding enforces limits on total size, nesting depth and lengths, and then re-encodes the
+  result and compares: any input whose bytes differ from the canonical encoding of what it
+  decodes to (a non-minimal integer, a str8 header for a short string, trailing bytes) is
+  rejected.
+
+Every failure is a `CodecError`; decoding never raises anything else.
+
+Structs are frozen dataclasses that inherit `Struct`. Field types come from the annotations:
+`int`, `bool`, `bytes`, `str`, `X | None`, `tuple[X, ...]`, another `Struct`, or `Value` for
+an arbitrary canonical value. `typing.Annotated` adds bounds: `Len(lo, hi)` for bytes, text
+(in UTF-8 bytes) and tuples, `Range(lo, hi)` for integers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar, Self, TypeAlias, Union
+
+import msgpack
+
+from qchain.errors import CodecError
+
+Value: TypeAlias = int | bytes | str | bool | None | list["Value"] | tuple["Value", ...]
+
+INT_MIN = -(2**63)
+INT_MAX = 2**64 - 1
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Bounds applied while decoding untrusted bytes."""
+
+    max_size: int = 8 * 1024 * 1024
+    max_depth: int = 16
+    max_bytes_len: int = 4 * 1024 * 1024
+    max_str_len: int = 64 * 1024
+    max_array_len: int = 100_000
+
+
+DEFAULT_LIMITS = Limits()
+
+
+@dataclass(frozen=True)
+class Len:
+    """Inclusive length bounds for bytes, text (UTF-8 bytes) and tuples."""
+
+    lo: int = 0
+    hi: int | None = None
+
+
+@dataclass(frozen=True)
+class Range:
+    """Inclusive integer bounds."""
+
+    lo: int = INT_MIN
+    hi: int = INT_MAX
+
+
+class _AnyValue:
+    """Annotation marker: any canonical value."""
+
+
+ANY_VALUE = _AnyValue()
+AnyValue: TypeAlias = typing.Annotated[object, ANY_VALUE]
+
+Hash32 = typing.Annotated[bytes, Len(32, 32)]
+U8 = typing.Annotated[int, Range(0, 2**8 - 1)]
+U16 = typing.Annotated[int, Range(0, 2**16 - 1)]
+U32 = typing.Annotated[int, Range(0, 2**32 - 1)]
+U64 = typing.Annotated[int, Range(0, 2**64 - 1)]
+I64 = typing.Annotated[int, Range(-(2**63), 2**63 - 1)]
+
+
+def _check_value(v: object, depth: int, limits: Limits) -> None:
+    if depth > limits.max_depth:
+        raise CodecError(f"nesting deeper than {limits.max_depth}")
+    t = type(v)
+    if t is int:
+        if not INT_MIN <= v <= INT_MAX:  # type: ignore[operator]
+            raise CodecError("integer out of the 64-bit range")
+    elif t is bytes:
+        if len(v) > limits.max_bytes_len:  # type: ignore[arg-type]
+            raise CodecError(f"byte string longer than {limits.max_bytes_len}")
+    elif t is str:
+        if len(v) > limits.max_str_len:  # type: ignore[arg-type]
+            raise CodecError(f"text longer than {limits.max_str_len}")
+    elif t is bool or v is None:
+        pass
+    elif t is list or t is tuple:
+        if len(v) > limits.max_array_len:  # type: ignore[arg-type]
+            raise CodecError(f"array longer than {limits.max_array_len}")
+        for item in v:  # type: ignore[attr-defined]
+            _check_value(item, depth + 1, limits)
+    else:
+        raise CodecError(f"type {t.__name__} is not allowed in canonical encoding")
+
+
+def encode_value(v: object, limits: Limits = DEFAULT_LIMITS) -> bytes:
+    """Canonical bytes of a value made of ints, bytes, str, bool, None, lists and tuples."""
+    _check_value(v, 0, limits)
+    try:
+        out: bytes = msgpack.packb(v, use_bin_type=True, strict_types=False)
+    except (OverflowError, ValueError, TypeError) as e:
+        raise CodecError(f"cannot encode: {e}") from e
+    if len(out) > limits.max_size:
+        raise CodecError(f"encoding of {len(out)} bytes exceeds {limits.max_size}")
+    return out
+
+
+def decode_value(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Value:
+    """Decode canonical bytes; raises `CodecError` for anything non-canonical."""
+    if type(data) is not bytes:
+        try:
+            data = bytes(data)
+        except TypeError as e:
+            raise CodecError("input is not bytes") from e
+    if len(data) > limits.max_size:
+        raise CodecError(f"input of {len(data)} bytes exceeds {limits.max_size}")
+    if not data:
+        raise CodecError("empty input")
+    try:
+        v = msgpack.unpackb(
+            data,
+            raw=False,
+            use_list=True,
+            strict_map_key=True,
+            max_bin_len=limits.max_bytes_len,
+            max_str_len=limits.max_str_len,
+            max_array_len=limits.max_array_len,
+            max_map_len=0,
+            max_ext_len=0,
+        )
+    except msgpack.ExtraData as e:
+        raise CodecError("trailing bytes after the value") from e
+    except (ValueError, TypeError, OverflowError, RecursionError, msgpack.UnpackException) as e:
+        raise CodecError(f"malformed encoding: {type(e).__name__}") from e
+    except Exception as e:  # the C unpacker raises a few undocumented types on garbage
+        raise CodecError(f"malformed encoding: {type(e).__name__}") from e
+    _check_value(v, 0, limits)
+    if msgpack.packb(v, use_bin_type=True) != data:
+        raise CodecError("non-canonical encoding")
+    return typing.cast(Value, v)
+
+
+# --- structs -----------------------------------------------------------------------------
+
+_Conv = Callable[[object, str], object]
+
+
+def _fail(path: str, msg: str) -> typing.NoReturn:
+    raise CodecError(f"{path}: {msg}")
+
+
+def _bounds(meta: Sequence[object]) -> tuple[Len | None, Range | None]:
+    ln = next((m for m in meta if isinstance(m, Len)), None)
+    rg = next((m for m in meta if isinstance(m, Range)), None)
+    return ln, rg
+
+
+def _check_len(n: int, ln: Len | None, path: str) -> None:
+    if ln is not None and (n < ln.lo or (ln.hi is not None and n > ln.hi)):
+        if ln.hi == ln.lo:
+            _fail(path, f"length {n}, expected {ln.lo}")
+        _fail(path, f"length {n} outside [{ln.lo}, {ln.hi}]")
+
+
+def _make_conv(tp: Any, meta: Sequence[object] = ()) -> tuple[_Conv, _Conv]:
+    """(to_wire, from_wire) converters for one annotated type."""
+    origin = typing.get_origin(tp)
+    if origin is typing.Annotated:
+        base, *extra = typing.get_args(tp)
+        return _make_conv(base, (*meta, *extra))
+    ln, rg = _bounds(meta)
+    if any(m is ANY_VALUE for m in meta):
+
+        def any_from(x: object, path: str) -> object:
+            return x
+
+        def any_to(x: object, path: str) -> object:
+            _check_value(x, 0, DEFAULT_LIMITS)
+            return x
+
+        return any_to, any_from
+    if tp is int:
+        lo, hi = (rg.lo, rg.hi) if rg else (INT_MIN, INT_MAX)
+
+        def int_conv(x: object, path: str) -> object:
+            if type(x) is not int:
+                _fail(path, f"expected integer, got {type(x).__name__}")
+            if not lo <= x <= hi:
+                _fail(path, f"{x} outside [{lo}, {hi}]")
+            return x
+
+        return int_conv, int_conv
+    if tp is bool:
+
+        def bool_conv(x: object, path: str) -> object:
+            if type(x) is not bool:
+                _fail(path, f"expected boolean, got {type(x).__name__}")
+            return x
+
+        return bool_conv, bool_conv
+    if tp is bytes:
+
+        def bytes_conv(x: object, path: str) -> object:
+            if type(x) is not bytes:
+                _fail(path, f"expected bytes, got {type(x).__name__}")
+            _check_len(len(x), ln, path)
+            return x
+
+        return bytes_conv, bytes_conv
+    if tp is str:
+
+        def str_conv(x: object, path: str) -> object:
+            if type(x) is not str:
+                _fail(path, f"expected text, got {type(x).__name__}")
+            if ln is not None:
+                _check_len(len(x.encode("utf-8", "surrogatepass")), ln, path)
+            return x
+
+        return str_conv, str_conv
+    if origin in (Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) != 1 or len(typing.get_args(tp)) != 2:
+            raise TypeError(f"only `X | None` unions are supported, got {tp}")
+        inner_to, inner_from = _make_conv(args[0], meta)
+
+        def opt_to(x: object, path: str) -> object:
+            return None if x is None else inner_to(x, path)
+
+        def opt_from(x: object, path: str) -> object:
+            return None if x is None else inner_from(x, path)
+
+        return opt_to, opt_from
+    if origin is tuple:
+        targs = typing.get_args(tp)
+        if len(targs) == 2 and targs[1] is Ellipsis:
+            item_to, item_from = _make_conv(targs[0])
+
+            def tup_to(x: object, path: str) -> object:
+                if not isinstance(x, tuple | list):
+                    _fail(path, f"expected a sequence, got {type(x).__name__}")
+                _check_len(len(x), ln, path)
+                return [item_to(e, f"{path}[{i}]") for i, e in enumerate(x)]
+
+            def tup_from(x: object, path: str) -> object:
+                if type(x) is not list:
+                    _fail(path, f"expected array, got {type(x).__name__}")
+                _check_len(len(x), ln, path)
+                return tuple(item_from(e, f"{path}[{i}]") for i, e in enumerate(x))
+
+            return tup_to, tup_from
+        convs = [_make_conv(a) for a in targs]
+
+        def fixed_to(x: object, path: str) -> object:
+            if not isinstance(x, tuple | list) or len(x) != len(convs):
+                _fail(path, f"expected a {len(convs)}-tuple")
+            return [c[0](e, f"{path}[{i}]") for i, (c, e) in enumerate(zip(convs, x, strict=True))]
+
+        def fixed_from(x: object, path: str) -> object:
+            if type(x) is not list or len(x) != len(convs):
+                _fail(path, f"expected an array of {len(convs)} items")
+            return tuple(
+                c[1](e, f"{path}[{i}]") for i, (c, e) in enumerate(zip(convs, x, strict=True))
+            )
+
+        return fixed_to, fixed_from
+    if isinstance(tp, type) and issubclass(tp, Struct):
+        struct_cls = tp
+
+        def struct_to(x: object, path: str) -> object:
+            if not isinstance(x, struct_cls):
+                _fail(path, f"expected {struct_cls.__name__}")
+            return x.to_wire()
+
+        def struct_from(x: object, path: str) -> object:
+            return struct_cls.from_wire(x, path)
+
+        return struct_to, struct_from
+    raise TypeError(f"type {tp!r} is not supported by the canonical codec")
+
+
+class Struct:
+    """Base for frozen dataclasses that encode as a fixed-order array of their fields."""
+
+    _wire_spec: ClassVar[tuple[tuple[str, _Conv, _Conv], ...] | None] = None
+
+    @classmethod
+    def _spec(cls) -> tuple[tuple[str, _Conv, _Conv], ...]:
+        spec = cls.__dict__.get("_wire_spec")
+        if spec is None:
+            hints = typing.get_type_hints(cls, include_extras=True)
+            spec = tuple(
+                (f.name, *_make_conv(hints[f.name]))
+                for f in dataclasses.fields(cls)  # type: ignore[arg-type]
+                if f.init
+            )
+            cls._wire_spec = spec
+        return spec
+
+    def to_wire(self) -> list[object]:
+        """The struct as a plain array value, fields in declaration order."""
+        name = type(self).__name__
+        return [to(getattr(self, f), f"{name}.{f}") for f, to, _ in self._spec()]
+
+    @classmethod
+    def from_wire(cls, obj: object, path: str | None = None) -> Self:
+        """Build the struct from an array value, checking every field."""
+        path = path or cls.__name__
+        spec = cls._spec()
+        if type(obj) is not list:
+            _fail(path, f"expected array, got {type(obj).__name__}")
+        if len(obj) != len(spec):
+            _fail(path, f"expected {len(spec)} fields, got {len(obj)}")
+        kwargs = {f: fr(x, f"{path}.{f}") for (f, _, fr), x in zip(spec, obj, strict=True)}
+        return cls(**kwargs)
+
+    def encode(self) -> bytes:
+        """Canonical bytes of this struct."""
+        return encode_value(self.to_wire())
+
+    @classmethod
+    def decode(cls, data: bytes, limits: Limits = DEFAULT_LIMITS) -> Self:
+        """Parse canonical bytes; raises `CodecError` on any deviation."""
+        return cls.from_wire(decode_value(data, limits))
