@@ -1,0 +1,129 @@
+"""The key layout of a qchain store, version 1. Every key is built here and nowhere else.
+
+Each family of keys starts with a one-byte prefix; integers inside keys are 8-byte
+big-endian so that byte order is numeric order. The layout version is written under
+`meta/schema-version`; a node refuses to open a store written under another version.
+
+| prefix | key | value |
+|---|---|---|
+| `b` | height | encoded block |
+| `h` | block hash | height |
+| `t` | tx hash | (height, index) |
+| `r` | height, index | encoded receipt |
+| `s` | contract name, 0x00, state key | state value |
+| `c` | height | encoded commit certificate |
+| `k` | height | consensus record of that height's instance |
+| `p` | block hash | a block body the consensus engine must keep (proposed or voted) |
+| `m` | name | node metadata (schema version, chain id, last committed height, ...) |
+| `q` | link name | QKD key-id lease (highest id this node may use) |
+| `a` | app-defined | auxiliary per-node data (e.g. consensus extras) |
+"""
+
+from __future__ import annotations
+
+import struct
+
+from qchain.errors import StorageError
+
+SCHEMA_VERSION = 1
+
+BLOCK = b"b"
+BLOCK_HASH = b"h"
+TX = b"t"
+RECEIPT = b"r"
+STATE = b"s"
+CERT = b"c"
+CONSENSUS = b"k"
+PENDING_BODY = b"p"
+META = b"m"
+QKD_LEASE = b"q"
+AUX = b"a"
+
+_U64 = struct.Struct(">Q")
+MAX_NAME = 255
+
+
+def u64(n: int) -> bytes:
+    """8-byte big-endian encoding of a non-negative integer."""
+    return _U64.pack(n)
+
+
+def read_u64(b: bytes) -> int:
+    if len(b) != 8:
+        raise StorageError(f"expected an 8-byte integer, got {len(b)} bytes")
+    value: int = _U64.unpack(b)[0]
+    return value
+
+
+def _name(name: str) -> bytes:
+    raw = name.encode("utf-8")
+    if not raw or len(raw) > MAX_NAME or b"\x00" in raw:
+        raise StorageError(f"invalid key name {name!r}")
+    return raw
+
+
+def block_key(height: int) -> bytes:
+    return BLOCK + u64(height)
+
+
+def block_hash_key(block_hash: bytes) -> bytes:
+    return BLOCK_HASH + block_hash
+
+
+def tx_key(tx_hash: bytes) -> bytes:
+    return TX + tx_hash
+
+
+def receipt_key(height: int, index: int) -> bytes:
+    return RECEIPT + u64(height) + u64(index)
+
+
+def receipts_prefix(height: int) -> bytes:
+    return RECEIPT + u64(height)
+
+
+def state_prefix(contract: str) -> bytes:
+    return STATE + _name(contract) + b"\x00"
+
+
+def state_key(contract: str, key: bytes) -> bytes:
+    return state_prefix(contract) + key
+
+
+def split_state_key(full: bytes) -> tuple[str, bytes]:
+    """(contract, key) of a state key built by `state_key`."""
+    if not full.startswith(STATE):
+        raise StorageError("not a state key")
+    name, sep, key = full[1:].partition(b"\x00")
+    if not sep:
+        raise StorageError("malformed state key")
+    return name.decode("utf-8"), key
+
+
+def cert_key(height: int) -> bytes:
+    return CERT + u64(height)
+
+
+def consensus_key(height: int) -> bytes:
+    return CONSENSUS + u64(height)
+
+
+def pending_body_key(block_hash: bytes) -> bytes:
+    return PENDING_BODY + block_hash
+
+
+def meta_key(name: str) -> bytes:
+    return META + _name(name)
+
+
+def qkd_lease_key(link: str) -> bytes:
+    return QKD_LEASE + _name(link)
+
+
+def aux_key(name: str) -> bytes:
+    return AUX + _name(name)
+
+
+META_SCHEMA_VERSION = meta_key("schema-version")
+META_CHAIN_ID = meta_key("chain-id")
+META_LAST_HEIGHT = meta_key("last-height")
