@@ -34,7 +34,7 @@ import msgpack
 
 from qchain.errors import CodecError
 
-Value: TypeAlias = int | bytes | str | bool | None | list["Value"] | tuple["Value", ...]
+Value: TypeAlias = int | bytes | str | bool | list["Value"] | tuple["Value", ...] | None
 
 INT_MIN = -(2**63)
 INT_MAX = 2**64 - 1

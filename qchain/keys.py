@@ -1,0 +1,171 @@
+"""Signing keys: ML-DSA-65 (post-quantum, FIPS 204, from `cryptography`) and Ed25519
+(classical, from PyNaCl) behind one small interface.
+
+A partner's address is `H(ADDRESS, scheme || 0x00 || public key)[:20]`, so the same key
+bytes under two schemes give two addresses. `dev_key` derives keys deterministically from
+a seed and a label; it exists for devnets and tests only, and anyone who knows the seed
+knows the key.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+
+import nacl.exceptions
+import nacl.signing
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric import mldsa
+
+from qchain.errors import BadSignature, KeyFileError, UnknownScheme
+from qchain.hashing import Domain, hash_domain
+
+ADDRESS_LEN = 20
+
+
+class Scheme(StrEnum):
+    ML_DSA_65 = "ml-dsa-65"
+    ED25519 = "ed25519"
+
+
+PUBLIC_KEY_LEN = {Scheme.ML_DSA_65: 1952, Scheme.ED25519: 32}
+SIGNATURE_LEN = {Scheme.ML_DSA_65: 3309, Scheme.ED25519: 64}
+SEED_LEN = 32
+
+
+def parse_scheme(name: str) -> Scheme:
+    try:
+        return Scheme(name)
+    except ValueError:
+        raise UnknownScheme(name) from None
+
+
+def address_of(scheme: Scheme | str, public_key: bytes) -> bytes:
+    """The 20-byte address of a public key under a scheme."""
+    s = parse_scheme(str(scheme))
+    return hash_domain(Domain.ADDRESS, s.value.encode() + b"\x00" + public_key)[:ADDRESS_LEN]
+
+
+def verify(scheme: Scheme | str, public_key: bytes, message: bytes, signature: bytes) -> None:
+    """Raise `BadSignature` unless signature is valid for message under public_key."""
+    s = parse_scheme(str(scheme))
+    if len(public_key) != PUBLIC_KEY_LEN[s]:
+        raise BadSignature(f"{s} public key must be {PUBLIC_KEY_LEN[s]} bytes")
+    if len(signature) != SIGNATURE_LEN[s]:
+        raise BadSignature(f"{s} signature must be {SIGNATURE_LEN[s]} bytes")
+    try:
+        if s is Scheme.ED25519:
+            nacl.signing.VerifyKey(public_key).verify(message, signature)
+        else:
+            mldsa.MLDSA65PublicKey.from_public_bytes(public_key).verify(signature, message)
+    except (nacl.exceptions.BadSignatureError, InvalidSignature, ValueError) as e:
+        raise BadSignature("signature does not verify") from e
+
+
+@dataclass(frozen=True)
+class SigningKey:
+    """A private key. `seed` is the 32-byte secret both schemes derive their key from."""
+
+    scheme: Scheme
+    seed: bytes
+
+    def __post_init__(self) -> None:
+        if len(self.seed) != SEED_LEN:
+            raise KeyFileError(f"a key seed is {SEED_LEN} bytes")
+
+    def __repr__(self) -> str:
+        return f"SigningKey({self.scheme}, address={self.address.hex()})"
+
+    @classmethod
+    def generate(cls, scheme: Scheme | str = Scheme.ML_DSA_65) -> SigningKey:
+        return cls(parse_scheme(str(scheme)), os.urandom(SEED_LEN))
+
+    @property
+    def public_key(self) -> bytes:
+        return _public_key(self.scheme, self.seed)
+
+    @property
+    def address(self) -> bytes:
+        return address_of(self.scheme, self.public_key)
+
+    def sign(self, message: bytes) -> bytes:
+        if self.scheme is Scheme.ED25519:
+            signed: bytes = nacl.signing.SigningKey(self.seed).sign(message).signature
+            return signed
+        return _mldsa_private(self.seed).sign(message)
+
+    def to_json(self) -> dict[str, str]:
+        return {
+            "scheme": self.scheme.value,
+            "seed": self.seed.hex(),
+            "public_key": self.public_key.hex(),
+            "address": self.address.hex(),
+        }
+
+    @classmethod
+    def from_json(cls, doc: object) -> SigningKey:
+        if not isinstance(doc, dict):
+            raise KeyFileError("a key file holds a JSON object")
+        try:
+            key = cls(parse_scheme(str(doc["scheme"])), bytes.fromhex(str(doc["seed"])))
+        except (KeyError, ValueError) as e:
+            raise KeyFileError(f"bad key file: {e}") from e
+        if "address" in doc and doc["address"] != key.address.hex():
+            raise KeyFileError("key file address does not match its seed")
+        return key
+
+    def save(self, path: Path) -> None:
+        """Write the key as JSON, readable by the owner only (0600)."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(self.to_json(), f, indent=2)
+            f.write("\n")
+        os.chmod(path, 0o600)
+
+    @classmethod
+    def load(cls, path: Path) -> SigningKey:
+        try:
+            doc = json.loads(path.read_text())
+        except (OSError, ValueError) as e:
+            raise KeyFileError(f"cannot read key file {path}: {e}") from e
+        return cls.from_json(doc)
+
+
+_PUB_CACHE: dict[tuple[Scheme, bytes], bytes] = {}
+_PRIV_CACHE: dict[bytes, mldsa.MLDSA65PrivateKey] = {}
+
+
+def _mldsa_private(seed: bytes) -> mldsa.MLDSA65PrivateKey:
+    key = _PRIV_CACHE.get(seed)
+    if key is None:
+        key = mldsa.MLDSA65PrivateKey.from_seed_bytes(seed)
+        if len(_PRIV_CACHE) < 1024:
+            _PRIV_CACHE[seed] = key
+    return key
+
+
+def _public_key(scheme: Scheme, seed: bytes) -> bytes:
+    cached = _PUB_CACHE.get((scheme, seed))
+    if cached is not None:
+        return cached
+    if scheme is Scheme.ED25519:
+        pub: bytes = bytes(nacl.signing.SigningKey(seed).verify_key)
+    else:
+        pub = _mldsa_private(seed).public_key().public_bytes_raw()
+    if len(_PUB_CACHE) < 1024:
+        _PUB_CACHE[(scheme, seed)] = pub
+    return pub
+
+
+def dev_key(seed: bytes | str, label: str, scheme: Scheme | str = Scheme.ML_DSA_65) -> SigningKey:
+    """INSECURE, devnets and tests only: a key derived from a public seed and a label."""
+    raw = seed.encode() if isinstance(seed, str) else seed
+    s = parse_scheme(str(scheme))
+    material = hash_domain(
+        Domain.DEV_KEY, raw + b"\x00" + s.value.encode() + b"\x00" + label.encode()
+    )
+    return SigningKey(s, material)
