@@ -1,0 +1,273 @@
+"""Node configuration: a TOML file, validated when loaded.
+
+Every section is a frozen dataclass; `load_config` rejects unknown keys, wrong types and
+out-of-range values with a `ConfigError` that names the field (`section.key`) and the
+reason. Timing comes from a named profile (`default` for real links, `test` for local
+devnets and CI; CONSENSUS.md §4) that a `[timing]` section can override field by field.
+
+Relative paths in the file are resolved against the file's directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from qchain.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class TimingConfig:
+    """Consensus timers in milliseconds (CONSENSUS.md §4)."""
+
+    base_ms: int
+    backoff: float
+    cap_ms: int
+    propose_wait_min_ms: int
+    propose_wait_max_ms: int | None
+    """Heartbeat: an idle leader proposes an empty block after this long; None = never."""
+    sync_interval_ms: int
+    inclusion_timeout_ms: int
+    """A known transaction not included after this long makes the node suspect the leader."""
+
+    def round_timeout_ms(self, r: int) -> int:
+        if r == 0:
+            return (self.propose_wait_max_ms or self.propose_wait_min_ms) + self.base_ms
+        return int(min(self.cap_ms, self.base_ms * self.backoff**r))
+
+
+PROFILES: dict[str, TimingConfig] = {
+    "default": TimingConfig(
+        base_ms=2000,
+        backoff=2.0,
+        cap_ms=60_000,
+        propose_wait_min_ms=200,
+        propose_wait_max_ms=1000,
+        sync_interval_ms=1000,
+        inclusion_timeout_ms=30_000,
+    ),
+    "test": TimingConfig(
+        base_ms=100,
+        backoff=1.5,
+        cap_ms=2000,
+        propose_wait_min_ms=0,
+        propose_wait_max_ms=1000,
+        sync_interval_ms=50,
+        inclusion_timeout_ms=5000,
+    ),
+}
+
+
+@dataclass(frozen=True)
+class PeerConfig:
+    index: int
+    address: str
+    """host:port of the peer's P2P listener."""
+    sae_id: str = ""
+
+
+@dataclass(frozen=True)
+class NodeSection:
+    name: str
+    index: int
+    data_dir: Path
+    genesis: Path
+    signing_key: Path
+    """The validator's ML-DSA-65 key file, used to sign commit certificates."""
+    profile: Literal["default", "test"] = "default"
+    log_format: Literal["text", "json"] = "text"
+
+
+@dataclass(frozen=True)
+class P2PSection:
+    listen: str
+    peers: tuple[PeerConfig, ...] = ()
+    max_frame_bytes: int = 16 * 1024 * 1024
+    queue_frames: int = 1024
+
+
+@dataclass(frozen=True)
+class ApiSection:
+    listen: str = "127.0.0.1:8000"
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    max_body_bytes: int = 4 * 1024 * 1024
+    rate_limit_per_s: int = 2000
+    """Requests per second per client address (token bucket); 0 disables the limit."""
+
+
+@dataclass(frozen=True)
+class AdminSection:
+    listen: str = "127.0.0.1:9000"
+    token_file: Path | None = None
+    byzantine: bool = False
+    """Test-only Byzantine behaviours; only devnets set this."""
+
+
+@dataclass(frozen=True)
+class QkdSection:
+    kme_url: str
+    sae_id: str
+    client_cert: Path | None = None
+    client_key: Path | None = None
+    ca_cert: Path | None = None
+    insecure_dev_header: bool = False
+    """Identify to the simulated key manager by header instead of a client certificate."""
+    batch_keys: int = 64
+    low_water: int = 64
+
+
+@dataclass(frozen=True)
+class MempoolSection:
+    max_txs: int = 50_000
+    max_bytes: int = 256 * 1024 * 1024
+    max_per_sender: int = 256
+    max_block_txs: int = 5000
+    max_block_bytes: int = 4 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    node: NodeSection
+    p2p: P2PSection
+    qkd: QkdSection
+    api: ApiSection = field(default_factory=ApiSection)
+    admin: AdminSection = field(default_factory=AdminSection)
+    mempool: MempoolSection = field(default_factory=MempoolSection)
+    timing: TimingConfig = field(default_factory=lambda: PROFILES["default"])
+    path: Path | None = None
+
+
+def _convert(tp: Any, value: Any, name: str, base: Path) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if type(None) in args and (value is None or value == "none"):
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _convert(inner[0], value, name, base)
+    if origin is Literal:
+        allowed = typing.get_args(tp)
+        if value not in allowed:
+            raise ConfigError(name, f"must be one of {', '.join(map(str, allowed))}")
+        return value
+    if origin is tuple:
+        if not isinstance(value, list):
+            raise ConfigError(name, "must be a list")
+        item = typing.get_args(tp)[0]
+        return tuple(_convert(item, v, f"{name}[{i}]", base) for i, v in enumerate(value))
+    if dataclasses.is_dataclass(tp) and isinstance(tp, type):
+        if not isinstance(value, dict):
+            raise ConfigError(name, "must be a table")
+        return _build(tp, value, name, base)
+    if tp is bool:
+        if type(value) is not bool:
+            raise ConfigError(name, "must be true or false")
+        return value
+    if tp is int:
+        if type(value) is not int:
+            raise ConfigError(name, "must be an integer")
+        if value < 0:
+            raise ConfigError(name, "must not be negative")
+        return value
+    if tp is float:
+        if type(value) not in (int, float):
+            raise ConfigError(name, "must be a number")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(name, "must be a string")
+        return value
+    if tp is Path:
+        if not isinstance(value, str) or not value:
+            raise ConfigError(name, "must be a non-empty path")
+        p = Path(value)
+        return p if p.is_absolute() else base / p
+    raise ConfigError(name, f"unsupported type {tp}")
+
+
+def _build(cls: type[Any], data: dict[str, Any], prefix: str, base: Path) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in names or key == "path":
+            raise ConfigError(f"{prefix}.{key}" if prefix else key, "unknown field")
+    kwargs: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in data:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise ConfigError(f"{prefix}.{f.name}" if prefix else f.name, "missing")
+            continue
+        name = f"{prefix}.{f.name}" if prefix else f.name
+        kwargs[f.name] = _convert(hints[f.name], data[f.name], name, base)
+    return cls(**kwargs)
+
+
+def _check_address(name: str, value: str) -> None:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(name, f"{value!r} is not host:port")
+
+
+def validate(cfg: NodeConfig) -> None:
+    """Cross-field checks that one field alone cannot express."""
+    _check_address("p2p.listen", cfg.p2p.listen)
+    _check_address("api.listen", cfg.api.listen)
+    _check_address("admin.listen", cfg.admin.listen)
+    seen = {cfg.node.index}
+    for i, p in enumerate(cfg.p2p.peers):
+        _check_address(f"p2p.peers[{i}].address", p.address)
+        if p.index in seen:
+            raise ConfigError(f"p2p.peers[{i}].index", f"validator {p.index} listed twice")
+        seen.add(p.index)
+    t = cfg.timing
+    if t.base_ms < 1:
+        raise ConfigError("timing.base_ms", "must be at least 1")
+    if t.backoff < 1.0:
+        raise ConfigError("timing.backoff", "must be at least 1.0")
+    # Liveness needs the cap above one full round (CONSENSUS.md §4, §9.6).
+    if t.cap_ms < 2 * t.base_ms:
+        raise ConfigError("timing.cap_ms", "must be at least twice base_ms")
+    if (cfg.api.tls_cert is None) != (cfg.api.tls_key is None):
+        raise ConfigError("api.tls_cert", "tls_cert and tls_key go together")
+    if not cfg.qkd.kme_url.startswith(("http://", "https://")):
+        raise ConfigError("qkd.kme_url", "must be an http:// or https:// URL")
+    if cfg.qkd.batch_keys < 1:
+        raise ConfigError("qkd.batch_keys", "must be at least 1")
+
+
+def parse_config(data: dict[str, Any], base: Path) -> NodeConfig:
+    data = dict(data)
+    node = data.get("node")
+    profile = node.get("profile", "default") if isinstance(node, dict) else "default"
+    if profile not in PROFILES:
+        raise ConfigError("node.profile", f"must be one of {', '.join(PROFILES)}")
+    timing_over = data.pop("timing", {})
+    if not isinstance(timing_over, dict):
+        raise ConfigError("timing", "must be a table")
+    timing_doc = {**dataclasses.asdict(PROFILES[profile]), **timing_over}
+    if timing_doc.get("propose_wait_max_ms") is None:
+        timing_doc.pop("propose_wait_max_ms")
+        timing_doc["propose_wait_max_ms"] = "none"
+    cfg: NodeConfig = _build(NodeConfig, data, "", base)
+    timing = _build(TimingConfig, timing_doc, "timing", base)
+    cfg = dataclasses.replace(cfg, timing=timing)
+    validate(cfg)
+    return cfg
+
+
+def load_config(path: str | Path) -> NodeConfig:
+    p = Path(path)
+    try:
+        data = tomllib.loads(p.read_text())
+    except OSError as e:
+        raise ConfigError(str(p), f"cannot read: {e.strerror}") from e
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(str(p), f"not valid TOML: {e}") from e
+    cfg = parse_config(data, p.parent.resolve())
+    return dataclasses.replace(cfg, path=p.resolve())
