@@ -1,0 +1,88 @@
+"""What the HTTP API needs from a running node, as one interface.
+
+The API layer (`node.api`) depends only on `NodeService`; the validator runtime implements
+it, and API unit tests can implement it over a plain store. Errors come from the one
+exception tree (`qchain.errors`) and the API maps them to problem+json.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
+
+from node.chainstore import ChainStore
+from qchain.codec import Value
+from qchain.types import Receipt, ReceiptProof, Transaction
+
+TxState = Literal["pending", "committed"]
+
+
+@dataclass(frozen=True)
+class TxStatus:
+    """Where a transaction is. `receipt` is set once committed (ok or failed)."""
+
+    tx_hash: bytes
+    state: TxState
+    height: int | None = None
+    index: int | None = None
+    receipt: Receipt | None = None
+
+
+@dataclass(frozen=True)
+class ChainEvent:
+    """One server-sent event: ids increase by one per event and never repeat in a run."""
+
+    id: int
+    kind: Literal["block", "tx"]
+    data: Mapping[str, Any]
+
+
+class NodeService(Protocol):
+    @property
+    def chain_id(self) -> str: ...
+
+    @property
+    def node_name(self) -> str: ...
+
+    @property
+    def chain(self) -> ChainStore: ...
+
+    def submit(self, raw: bytes) -> tuple[TxStatus, bool]:
+        """Admit canonical transaction bytes: (status, True) if new, (current status,
+        False) if these exact bytes were seen before. Raises `InvalidTransaction`
+        subclasses or `CodecError`."""
+
+    def submit_tx(self, tx: Transaction) -> tuple[TxStatus, bool]:
+        """As `submit`, for an already decoded transaction (the JSON path)."""
+
+    def tx_status(self, tx_hash: bytes) -> TxStatus | None: ...
+
+    def transaction(self, tx_hash: bytes) -> Transaction | None:
+        """A pending or committed transaction by hash."""
+
+    async def wait_committed(self, tx_hash: bytes, timeout_s: float) -> TxStatus | None:
+        """The status once committed, or None if the timeout passes first."""
+
+    def receipt_proof(self, tx_hash: bytes) -> ReceiptProof | None: ...
+
+    def account(self, address: bytes) -> Mapping[str, Any] | None:
+        """Nonce, roles and membership facts of an address; None if unknown."""
+
+    def query(self, contract: str, method: str, args: Mapping[str, Any]) -> Value:
+        """A read-only contract query on committed state, args by name (JSON values)."""
+
+    def status(self) -> Mapping[str, Any]:
+        """node, chain_id, height, round, leader, peers, sync state."""
+
+    def qkd_status(self) -> Mapping[str, Any]:
+        """Per directed link: pool level, keys consumed, waits, rejections."""
+
+    def events(self, last_event_id: int | None) -> AsyncIterator[ChainEvent]:
+        """Events after last_event_id (as far as still kept), then live ones."""
+
+    def health(self) -> tuple[bool, Sequence[str]]:
+        """(ready, reasons it is not ready) for /readyz."""
+
+    def metrics_text(self) -> bytes:
+        """Prometheus text exposition."""
