@@ -1,0 +1,99 @@
+"""What travels inside an authenticated frame between two validators.
+
+A frame body is the canonical encoding of a list of envelopes `[kind, payload]`. Messages
+queued for one peer together share one frame, so one key is spent per frame, not per
+message. Kinds:
+
+| kind | payload |
+|---|---|
+| CONSENSUS | a consensus message (`consensus.messages`), canonical bytes |
+| TXS | a list of raw transaction bytes forwarded toward the leader (or everyone) |
+| CERT_SIG | the sender's signature over the decided block of a height (`CertSig`) |
+| BLOCK_REQ | hashes of blocks the sender wants (`BlockRequest`) |
+| BLOCK_RESP | block bodies answering a request (`BlockResponse`) |
+
+Decoding is strict; a body that does not decode is dropped and counted by the transport.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import Annotated
+
+from qchain.codec import U64, Hash32, Len, Limits, Struct, decode_value, encode_value
+from qchain.errors import CodecError
+
+MAX_BODY = 16 * 1024 * 1024
+BODY_LIMITS = Limits(max_size=MAX_BODY, max_depth=4, max_bytes_len=MAX_BODY, max_array_len=50_000)
+
+
+class Kind(IntEnum):
+    CONSENSUS = 1
+    TXS = 2
+    CERT_SIG = 3
+    BLOCK_REQ = 4
+    BLOCK_RESP = 5
+
+
+@dataclass(frozen=True)
+class CertSig(Struct):
+    height: U64
+    block_hash: Hash32
+    signature: Annotated[bytes, Len(1, 8192)]
+
+
+@dataclass(frozen=True)
+class BlockRequest(Struct):
+    hashes: Annotated[tuple[Hash32, ...], Len(1, 64)]
+
+
+@dataclass(frozen=True)
+class BlockResponse(Struct):
+    blocks: Annotated[tuple[bytes, ...], Len(0, 64)]
+    """Encoded consensus blocks."""
+
+
+@dataclass(frozen=True)
+class TxBatch(Struct):
+    txs: Annotated[tuple[bytes, ...], Len(1, 10_000)]
+
+
+@dataclass(frozen=True)
+class Envelope:
+    kind: Kind
+    payload: bytes
+
+
+def encode_body(envelopes: Sequence[Envelope]) -> bytes:
+    return encode_value([[int(e.kind), e.payload] for e in envelopes], BODY_LIMITS)
+
+
+def decode_body(data: bytes) -> list[Envelope]:
+    value = decode_value(data, BODY_LIMITS)
+    if not isinstance(value, list) or not value:
+        raise CodecError("frame body must be a non-empty list of envelopes")
+    out: list[Envelope] = []
+    for item in value:
+        if not isinstance(item, list) or len(item) != 2:
+            raise CodecError("an envelope is [kind, payload]")
+        kind, payload = item
+        if type(kind) is not int or kind not in Kind._value2member_map_:
+            raise CodecError(f"unknown envelope kind {kind!r}")
+        if type(payload) is not bytes:
+            raise CodecError("envelope payload must be bytes")
+        out.append(Envelope(Kind(kind), payload))
+    return out
+
+
+__all__ = [
+    "BlockRequest",
+    "BlockResponse",
+    "CertSig",
+    "Envelope",
+    "Kind",
+    "TxBatch",
+    "decode_body",
+    "encode_body",
+]
