@@ -1,0 +1,221 @@
+"""The mempool: admitted transactions waiting for a block.
+
+Admission (`add`) checks, cheapest first: size, chain id, duplicate bytes (the hash is the
+idempotency key), expiry, membership of the sender, the nonce window, pool limits and
+finally the signature against the sender's registered key. Nothing enters unchecked, and a
+rejected transaction leaves no trace.
+
+Transactions are kept per sender, keyed by nonce. A block takes, sender by sender in
+arrival order, the run of consecutive nonces that starts at the sender's committed nonce
+(`reap`), so a block never holds a nonce gap. After a commit (`on_commit`) included and
+stale transactions leave, and so do expired ones.
+
+The mempool is memory only: a 202-accepted transaction is lost if this node crashes
+before it is committed. Resubmitting the same bytes is always safe (same hash, at most
+one commit: the nonce makes a second inclusion impossible).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from qchain.errors import (
+    Expired,
+    InvalidTransaction,
+    NonceMismatch,
+    NotAMember,
+    QChainError,
+    TooLarge,
+    WrongChain,
+)
+from qchain.types import MAX_TX_SIZE, Transaction
+
+
+class MempoolFull(QChainError):
+    code = "mempool-full"
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"mempool is full: {reason}; retry later")
+        self.reason = reason
+
+    def fields(self) -> dict[str, object]:
+        return {"reason": self.reason}
+
+
+class NonceInUse(InvalidTransaction):
+    code = "nonce-in-use"
+
+    def __init__(self, nonce: int, pending_hash: bytes) -> None:
+        super().__init__(
+            f"nonce {nonce} is already used by pending transaction {pending_hash.hex()}"
+        )
+        self.nonce = nonce
+        self.pending_hash = pending_hash
+
+    def fields(self) -> dict[str, object]:
+        return {"nonce": self.nonce, "pending_tx_hash": self.pending_hash.hex()}
+
+
+class AccountView(Protocol):
+    """Committed account facts the mempool checks against."""
+
+    def next_nonce(self, address: bytes) -> int: ...
+
+    def signing_key(self, address: bytes) -> tuple[str, bytes] | None:
+        """(scheme, public key) of an active member, None if not a member."""
+
+    def member_status(self, address: bytes) -> str | None:
+        """'active', 'suspended', or None for an unknown address."""
+
+
+@dataclass(frozen=True)
+class MempoolLimits:
+    max_txs: int = 50_000
+    max_bytes: int = 256 * 1024 * 1024
+    max_per_sender: int = 256
+
+
+@dataclass
+class PendingTx:
+    tx: Transaction
+    size: int
+    seen_at: float
+    """Local monotonic time of admission (for the inclusion timer)."""
+    forwarded_to_all: bool = False
+
+
+@dataclass
+class _Sender:
+    by_nonce: dict[int, PendingTx] = field(default_factory=dict)
+
+
+class Mempool:
+    def __init__(self, chain_id: str, limits: MempoolLimits, accounts: AccountView) -> None:
+        self.chain_id = chain_id
+        self.limits = limits
+        self.accounts = accounts
+        self._by_hash: dict[bytes, PendingTx] = {}
+        self._senders: OrderedDict[bytes, _Sender] = OrderedDict()
+        self._bytes = 0
+        self.rejections: dict[str, int] = {}
+
+    def __len__(self) -> int:
+        return len(self._by_hash)
+
+    @property
+    def size_bytes(self) -> int:
+        return self._bytes
+
+    def get(self, tx_hash: bytes) -> PendingTx | None:
+        return self._by_hash.get(tx_hash)
+
+    def __contains__(self, tx_hash: bytes) -> bool:
+        return tx_hash in self._by_hash
+
+    def add(self, tx: Transaction, *, height: int, now: float) -> bool:
+        """Admit tx (height: the last committed height). True if new, False if these
+        exact bytes are already pending. Raises an `InvalidTransaction` or `MempoolFull`."""
+        try:
+            return self._add(tx, height, now)
+        except QChainError as e:
+            self.rejections[e.code] = self.rejections.get(e.code, 0) + 1
+            raise
+
+    def _add(self, tx: Transaction, height: int, now: float) -> bool:
+        size = len(tx.encoded)
+        if size > MAX_TX_SIZE:
+            raise TooLarge(size, MAX_TX_SIZE)
+        if tx.hash in self._by_hash:
+            return False
+        if tx.chain_id != self.chain_id:
+            raise WrongChain(self.chain_id, tx.chain_id)
+        if tx.expiry_height and tx.expiry_height <= height:
+            raise Expired(tx.expiry_height, height + 1)
+        status = self.accounts.member_status(tx.sender)
+        if status is None:
+            raise NotAMember(tx.sender.hex())
+        if status != "active":
+            raise NotAMember(tx.sender.hex(), f"is {status}")
+        expected = self.accounts.next_nonce(tx.sender)
+        if tx.nonce < expected or tx.nonce >= expected + self.limits.max_per_sender:
+            raise NonceMismatch(expected, tx.nonce)
+        sender = self._senders.get(tx.sender)
+        if sender is not None:
+            other = sender.by_nonce.get(tx.nonce)
+            if other is not None:
+                raise NonceInUse(tx.nonce, other.tx.hash)
+            if len(sender.by_nonce) >= self.limits.max_per_sender:
+                raise MempoolFull("too many pending transactions from this sender")
+        if len(self._by_hash) >= self.limits.max_txs:
+            raise MempoolFull("transaction count limit reached")
+        if self._bytes + size > self.limits.max_bytes:
+            raise MempoolFull("byte limit reached")
+        key = self.accounts.signing_key(tx.sender)
+        if key is None:
+            raise NotAMember(tx.sender.hex())
+        scheme, public_key = key
+        if tx.scheme != scheme:
+            raise InvalidTransaction(f"sender's registered key is {scheme}, not {tx.scheme}")
+        tx.verify_signature(public_key)
+        pending = PendingTx(tx, size, now)
+        if sender is None:
+            sender = self._senders[tx.sender] = _Sender()
+        sender.by_nonce[tx.nonce] = pending
+        self._by_hash[tx.hash] = pending
+        self._bytes += size
+        return True
+
+    def reap(self, max_txs: int, max_bytes: int) -> list[Transaction]:
+        """Transactions for the next block: per sender, consecutive nonces from the
+        committed nonce, senders in order of first arrival."""
+        out: list[Transaction] = []
+        used = 0
+        for address, sender in self._senders.items():
+            nonce = self.accounts.next_nonce(address)
+            while len(out) < max_txs:
+                p = sender.by_nonce.get(nonce)
+                if p is None or used + p.size > max_bytes:
+                    break
+                out.append(p.tx)
+                used += p.size
+                nonce += 1
+            if len(out) >= max_txs:
+                break
+        return out
+
+    def _remove(self, p: PendingTx) -> None:
+        self._by_hash.pop(p.tx.hash, None)
+        self._bytes -= p.size
+        sender = self._senders.get(p.tx.sender)
+        if sender is not None:
+            sender.by_nonce.pop(p.tx.nonce, None)
+            if not sender.by_nonce:
+                del self._senders[p.tx.sender]
+
+    def on_commit(self, txs: Iterable[Transaction], height: int) -> None:
+        """Drop what the committed block included, what its nonces made stale, and what
+        expired at `height`."""
+        touched: set[bytes] = set()
+        for tx in txs:
+            p = self._by_hash.get(tx.hash)
+            if p is not None:
+                self._remove(p)
+            touched.add(tx.sender)
+        for address in touched:
+            sender = self._senders.get(address)
+            if sender is None:
+                continue
+            nonce = self.accounts.next_nonce(address)
+            for stale in [p for n, p in sender.by_nonce.items() if n < nonce]:
+                self._remove(stale)
+        expired = [
+            p for p in self._by_hash.values() if p.tx.expiry_height and p.tx.expiry_height <= height
+        ]
+        for p in expired:
+            self._remove(p)
+
+    def pending(self) -> Iterable[PendingTx]:
+        return list(self._by_hash.values())
