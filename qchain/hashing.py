@@ -26,6 +26,9 @@ class Domain(bytes, Enum):
     COMMIT_SIGN = b"qchain/commit-sign"
     DEV_KEY = b"qchain/dev-key"
     GENESIS = b"qchain/genesis"
+    QKD_SIM_KEY = b"qchain/qkd/sim-key"
+    QKD_SIM_KEY_ID = b"qchain/qkd/sim-key-id"
+    CONSENSUS_BLOCK = b"qchain/consensus/block"
 
 
 def hash_domain(domain: Domain, data: bytes) -> bytes:
