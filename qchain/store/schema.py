@@ -16,7 +16,12 @@ big-endian so that byte order is numeric order. The layout version is written un
 | `p` | block hash | a block body the consensus engine must keep (proposed or voted) |
 | `m` | name | node metadata (schema version, chain id, last committed height, ...) |
 | `q` | link name | QKD key-id lease (highest id this node may use) |
+| `v` | height | the consensus value decided at that height |
 | `a` | app-defined | auxiliary per-node data (e.g. consensus extras) |
+
+`h` maps both kinds of block hash to a height: the chain block hash (the header's hash)
+and the consensus value (the hash of the consensus engine's block); the two use different
+hash domains, so they never collide.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ PENDING_BODY = b"p"
 META = b"m"
 QKD_LEASE = b"q"
 AUX = b"a"
+CONSENSUS_VALUE = b"v"
 
 _U64 = struct.Struct(">Q")
 MAX_NAME = 255
@@ -106,6 +112,10 @@ def cert_key(height: int) -> bytes:
 
 def consensus_key(height: int) -> bytes:
     return CONSENSUS + u64(height)
+
+
+def consensus_value_key(height: int) -> bytes:
+    return CONSENSUS_VALUE + u64(height)
 
 
 def pending_body_key(block_hash: bytes) -> bytes:

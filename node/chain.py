@@ -1,0 +1,177 @@
+"""The application side of a validator: building, validating and committing blocks.
+
+`ChainApp` joins the consensus engine's opaque blocks to the chain's real ones. A
+consensus `Block` carries `height`, `parent` (the consensus value of the block below),
+`round`, `proposer` and a `body`: the canonical encoding of the chain `Block` (header and
+transactions). A body is valid for a consensus block when its header repeats the same
+height, round and proposer, names the previous chain block as parent, has a later time
+than it, and executes (on an overlay over committed state) to the header's receipts root
+and app hash. Everything checked is a function of the block and the parent state: no
+clock is read (CONSENSUS.md §3.1).
+
+Results of execution are cached by consensus value, so a validated block commits without
+executing again.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from consensus.messages import Block as CBlock
+from consensus.messages import block_hash as consensus_value
+from contracts.execution import (
+    BlockContext,
+    BlockResult,
+    SignatureCache,
+    build_block,
+    validate_block,
+)
+from node.chainstore import ChainStore
+from qchain.errors import CodecError, InvalidBlock
+from qchain.store import schema
+from qchain.store.kv import Batch, KVStore
+from qchain.types import Block, BlockHeader, Transaction, decode_block, tx_root
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A chain block with its execution result, ready to commit."""
+
+    value: bytes
+    cblock: CBlock
+    block: Block
+    result: BlockResult
+
+
+class ChainApp:
+    def __init__(
+        self,
+        store: KVStore,
+        chain: ChainStore,
+        chain_id: str,
+        genesis_hash: bytes,
+        genesis_app_hash: bytes,
+        sig_cache: SignatureCache,
+    ) -> None:
+        self.store = store
+        self.chain = chain
+        self.chain_id = chain_id
+        self.genesis_hash = genesis_hash
+        self.genesis_app_hash = genesis_app_hash
+        self.sig_cache = sig_cache
+        self._prepared: OrderedDict[bytes, Prepared] = OrderedDict()
+        self.rejected_builds = 0
+
+    # --- the parent of the next block ------------------------------------------------
+
+    def tip(self) -> tuple[int, bytes, bytes, int]:
+        """(height, chain hash, app hash, time) of the last committed block."""
+        h = self.chain.height()
+        if h == 0:
+            return 0, self.genesis_hash, self.genesis_app_hash, 0
+        block = self.chain.block(h)
+        if block is None:
+            raise InvalidBlock(f"committed block {h} is missing from the store")
+        return h, block.hash, block.header.app_hash, block.header.time
+
+    def committed_value(self, height: int) -> bytes | None:
+        """The consensus value decided at height (the genesis hash for 0)."""
+        if height == 0:
+            return self.genesis_hash
+        return self.store.get(schema.consensus_value_key(height))
+
+    def committed_cblock(self, value: bytes) -> CBlock | None:
+        """The consensus block of a committed value, rebuilt from the chain store."""
+        raw = self.store.get(schema.block_hash_key(value))
+        if raw is None:
+            return None
+        h = schema.read_u64(raw)
+        body = self.chain.block_bytes(h)
+        parent = self.committed_value(h - 1)
+        block = self.chain.block(h)
+        if body is None or parent is None or block is None:
+            return None
+        return CBlock(h, parent, block.header.round, block.header.proposer, body)
+
+    # --- build, validate, commit -----------------------------------------------------
+
+    def _remember(self, p: Prepared) -> Prepared:
+        self._prepared[p.value] = p
+        while len(self._prepared) > 64:
+            self._prepared.popitem(last=False)
+        return p
+
+    def build(
+        self,
+        height: int,
+        rnd: int,
+        parent_value: bytes,
+        proposer: int,
+        candidates: list[Transaction],
+        now_ms: int | None = None,
+    ) -> Prepared:
+        tip_h, tip_hash, tip_app, tip_time = self.tip()
+        if tip_h != height - 1:
+            raise InvalidBlock(f"cannot build height {height} on top of {tip_h}")
+        now = int(time.time() * 1000) if now_ms is None else now_ms
+        block_time = max(now, tip_time + 1)
+        ctx = BlockContext(self.chain_id, height, block_time, tip_app)
+        result, included, rejected = build_block(
+            self.store, ctx, candidates, verifier=self.sig_cache
+        )
+        self.rejected_builds += len(rejected)
+        header = BlockHeader(
+            chain_id=self.chain_id,
+            height=height,
+            round=rnd,
+            time=block_time,
+            parent=tip_hash,
+            proposer=proposer,
+            tx_root=tx_root(included),
+            receipts_root=result.receipts_root,
+            app_hash=result.app_hash,
+        )
+        block = Block(header, tuple(included))
+        cblock = CBlock(height, parent_value, rnd, proposer, block.encode())
+        return self._remember(Prepared(consensus_value(cblock), cblock, block, result))
+
+    def validate(self, cblock: CBlock) -> Prepared:
+        """Raise `InvalidBlock` unless cblock's body is a valid next chain block."""
+        value = consensus_value(cblock)
+        known = self._prepared.get(value)
+        if known is not None:
+            return known
+        try:
+            block = decode_block(cblock.body)
+        except CodecError as e:
+            raise InvalidBlock(f"body does not decode: {e.message}") from e
+        h = block.header
+        tip_h, tip_hash, tip_app, tip_time = self.tip()
+        if h.chain_id != self.chain_id:
+            raise InvalidBlock("header names another chain")
+        if (h.height, h.round, h.proposer) != (cblock.height, cblock.round, cblock.proposer):
+            raise InvalidBlock("header height, round or proposer differ from the proposal")
+        if h.height != tip_h + 1:
+            raise InvalidBlock(f"height {h.height} does not follow {tip_h}")
+        if h.parent != tip_hash:
+            raise InvalidBlock("header parent is not the last committed block")
+        if h.time <= tip_time:
+            raise InvalidBlock("block time does not advance")
+        result = validate_block(self.store, block, tip_app, verifier=self.sig_cache)
+        return self._remember(Prepared(value, cblock, block, result))
+
+    def commit_batch(self, p: Prepared) -> Batch:
+        """One batch with everything a commit writes (the caller adds the consensus
+        record changes and writes it synced)."""
+        batch = Batch()
+        p.result.to_batch(batch)
+        self.chain.commit_batch(p.block, p.result.receipts, (), batch)
+        batch.put(schema.consensus_value_key(p.block.height), p.value)
+        batch.put(schema.block_hash_key(p.value), schema.u64(p.block.height))
+        batch.delete(schema.pending_body_key(p.value))
+        return batch
+
+    def forget(self, value: bytes) -> None:
+        self._prepared.pop(value, None)
