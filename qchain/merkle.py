@@ -3,8 +3,10 @@
 The tree follows RFC 6962 (Certificate Transparency): leaves are hashed under
 `MERKLE_LEAF`, inner nodes under `MERKLE_NODE`, and a tree of n leaves splits at the
 largest power of two below n. The root of no leaves is `H(MERKLE_EMPTY, "")`. A proof is
-the list of sibling hashes from the leaf up; together with the leaf index and the tree size
-it determines the path, so a proof cannot be replayed for another position.
+the list of sibling hashes from the leaf up; the leaf index and the tree size fix which side
+each sibling is on. As in RFC 6962 the root does not commit to the tree size, so another
+(index, size) pair whose path has the same shape also verifies: a verifier must know the size
+from an authenticated source, or, like a receipt, the leaf must carry its own index.
 """
 
 from __future__ import annotations
