@@ -132,3 +132,170 @@ class NotAMember(InvalidTransaction):
 
     def fields(self) -> dict[str, object]:
         return {"address": self.address}
+
+
+class GenesisError(ConfigError):
+    """A genesis file that fails validation; `field` names the offending entry."""
+
+    code = "invalid-genesis"
+
+
+class InvalidBlock(QChainError):
+    """A proposed or fetched block that must not be voted for or committed: a transaction
+    that may not be included (bad signature, wrong nonce, ...), or results that differ
+    from the header's receipts root or app hash."""
+
+    code = "invalid-block"
+
+    def __init__(self, reason: str, index: int | None = None, cause: str = "") -> None:
+        where = "" if index is None else f"transaction {index}: "
+        super().__init__(f"invalid block: {where}{reason}")
+        self.reason = reason
+        self.index = index
+        self.cause = cause
+
+    def fields(self) -> dict[str, object]:
+        return {"reason": self.reason, "index": self.index, "cause": self.cause}
+
+
+class ContractError(QChainError):
+    """A contract call or query that failed. In a block the transaction is still included:
+    its nonce is consumed, its writes are reverted and its receipt carries `code` and the
+    message."""
+
+    code = "contract-error"
+
+
+class UnknownContract(ContractError):
+    code = "unknown-contract"
+
+    def __init__(self, contract: str) -> None:
+        super().__init__(f"no contract named {contract!r}")
+        self.contract = contract
+
+    def fields(self) -> dict[str, object]:
+        return {"contract": self.contract}
+
+
+class UnknownMethod(ContractError):
+    code = "unknown-method"
+
+    def __init__(self, contract: str, method: str, kind: str) -> None:
+        super().__init__(f"contract {contract!r} has no {kind} method {method!r}")
+        self.contract = contract
+        self.method = method
+        self.kind = kind
+
+    def fields(self) -> dict[str, object]:
+        return {"contract": self.contract, "method": self.method, "kind": self.kind}
+
+
+class ArgumentError(ContractError):
+    """An argument that does not match the method's schema or is out of range."""
+
+    code = "invalid-argument"
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(f"argument {field}: {reason}")
+        self.field = field
+        self.reason = reason
+
+    def fields(self) -> dict[str, object]:
+        return {"field": self.field, "reason": self.reason}
+
+
+class PermissionDenied(ContractError):
+    code = "permission-denied"
+
+    def __init__(self, action: str, reason: str) -> None:
+        super().__init__(f"{action}: {reason}")
+        self.action = action
+        self.reason = reason
+
+    def fields(self) -> dict[str, object]:
+        return {"action": self.action, "reason": self.reason}
+
+
+class RuleViolation(ContractError):
+    """A call that is well-formed and permitted but breaks a rule of the contract; `rule`
+    is a stable slug such as `last-admin` or `budget-exceeded`."""
+
+    code = "rule-violation"
+
+    def __init__(self, rule: str, message: str) -> None:
+        super().__init__(message)
+        self.rule = rule
+
+    def fields(self) -> dict[str, object]:
+        return {"rule": self.rule}
+
+
+class InsufficientBalance(RuleViolation):
+    code = "insufficient-balance"
+
+    def __init__(self, available: int, requested: int) -> None:
+        super().__init__(
+            "insufficient-balance", f"balance {available} is less than the amount {requested}"
+        )
+        self.available = available
+        self.requested = requested
+
+    def fields(self) -> dict[str, object]:
+        return {"rule": self.rule, "available": self.available, "requested": self.requested}
+
+
+class NotFound(ContractError):
+    code = "not-found"
+
+    def __init__(self, kind: str, key: str) -> None:
+        super().__init__(f"no {kind} {key}")
+        self.kind = kind
+        self.key = key
+
+    def fields(self) -> dict[str, object]:
+        return {"kind": self.kind, "key": self.key}
+
+
+class Duplicate(ContractError):
+    """Something that exists already; `first` describes the existing entry."""
+
+    code = "duplicate"
+
+    def __init__(self, kind: str, key: str, first: dict[str, object], detail: str = "") -> None:
+        super().__init__(f"{kind} {key} already exists{': ' + detail if detail else ''}")
+        self.kind = kind
+        self.key = key
+        self.first = first
+
+    def fields(self) -> dict[str, object]:
+        return {"kind": self.kind, "key": self.key, "first": self.first}
+
+
+class ApiError(QChainError):
+    """A problem+json answer (RFC 9457) of a node's HTTP API, as a client sees it.
+
+    `code` is the problem type's slug (the last segment of `type`), so a client tests
+    `e.code == "nonce-mismatch"` the same way it would test a local error; `extra` holds
+    the problem's extension members (e.g. `expected_nonce`)."""
+
+    code = "api-error"
+
+    def __init__(
+        self, status: int, type_: str, title: str, detail: str, extra: dict[str, object]
+    ) -> None:
+        super().__init__(f"{title}: {detail}" if detail and detail != title else title)
+        self.status = status
+        self.type = type_
+        self.title = title
+        self.detail = detail
+        self.extra = extra
+        self.code = type_.rstrip("/").rsplit("/", 1)[-1] or "api-error"
+
+    def fields(self) -> dict[str, object]:
+        return {"status": self.status, "type": self.type, **self.extra}
+
+
+class NodeUnavailable(QChainError):
+    """A node that could not be reached or gave an answer that is not the API's."""
+
+    code = "node-unavailable"
