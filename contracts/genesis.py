@@ -1,0 +1,313 @@
+"""Genesis: the file every node of a chain starts from, and the state it creates.
+
+The file is JSON (see `contracts/README.md` for an example):
+
+- `chain_id` (text, 1–64 bytes); `genesis_time` (ms since the Unix epoch, default 0);
+- `consensus`: `tenure` (the tenure bound K, default 64) and `first_leader` (default 0);
+- `validators`: n = 3f+1 entries, each with `index` (0..n−1, in order), `name`,
+  `public_key` (hex ML-DSA-65 key that signs commit certificates), `sae_id` (its QKD SAE
+  id, unique) and optional `p2p` and `api` address hints;
+- `members`: the initial organisations, each with `name`, `scheme` (`ml-dsa-65` or
+  `ed25519`), `public_key` (hex), `roles`, and optionally `address` (hex, checked against
+  the key); at least one must be an admin;
+- `voucher_issuers`: addresses of members who run voucher programmes; they get the
+  `issuer` role.
+
+`parse_genesis` checks everything and raises `GenesisError` naming the field and the reason.
+The genesis hash covers the canonical encoding of everything except the address hints, so a
+validator may move without changing the chain's identity. `init_state` writes the initial
+members and returns the write set and the genesis app hash, which chains from the genesis
+hash.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Annotated
+
+from contracts import membership
+from contracts.execution import app_hash
+from contracts.state import Overlay, StateSource, StateWriter, WriteSet
+from qchain.codec import U16, U32, U64, Len, Struct
+from qchain.errors import ArgumentError, GenesisError
+from qchain.hashing import Domain, hash_domain
+from qchain.keys import PUBLIC_KEY_LEN, Scheme, address_of
+from qchain.types import Address, ChainId, ValidatorKey
+
+DEFAULT_TENURE = 64
+VALIDATOR_SCHEME = Scheme.ML_DSA_65
+Hint = Annotated[str, Len(0, 256)]
+
+
+@dataclass(frozen=True)
+class ConsensusParams(Struct):
+    tenure: U32
+    """K: the anchor moves to the next validator at every height that is a multiple of K."""
+    first_leader: U16
+
+
+@dataclass(frozen=True)
+class ValidatorInfo(Struct):
+    index: U16
+    name: Annotated[str, Len(1, 64)]
+    public_key: Annotated[bytes, Len(1952, 1952)]
+    """ML-DSA-65 key that signs commit certificates."""
+    sae_id: Annotated[str, Len(1, 128)]
+    """The validator's SAE id at the QKD key manager."""
+    p2p: Hint
+    api: Hint
+
+    @property
+    def key(self) -> ValidatorKey:
+        return ValidatorKey(VALIDATOR_SCHEME.value, self.public_key)
+
+
+@dataclass(frozen=True)
+class GenesisMember(Struct):
+    name: membership.OrgName
+    scheme: membership.SchemeName
+    public_key: membership.PublicKey
+    roles: membership.Roles
+
+    @property
+    def address(self) -> bytes:
+        return address_of(self.scheme, self.public_key)
+
+
+@dataclass(frozen=True)
+class Genesis(Struct):
+    chain_id: ChainId
+    genesis_time: U64
+    consensus: ConsensusParams
+    validators: Annotated[tuple[ValidatorInfo, ...], Len(1, 1024)]
+    members: Annotated[tuple[GenesisMember, ...], Len(1, 10_000)]
+    voucher_issuers: Annotated[tuple[Address, ...], Len(0, 10_000)]
+
+    @cached_property
+    def hash(self) -> bytes:
+        core = dataclasses.replace(
+            self,
+            validators=tuple(dataclasses.replace(v, p2p="", api="") for v in self.validators),
+        )
+        return hash_domain(Domain.GENESIS, core.encode())
+
+    def validator_keys(self) -> list[ValidatorKey]:
+        """Certificate-signing keys by validator index (for `verify_certificate`)."""
+        return [v.key for v in self.validators]
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "chain_id": self.chain_id,
+            "genesis_time": self.genesis_time,
+            "consensus": {
+                "tenure": self.consensus.tenure,
+                "first_leader": self.consensus.first_leader,
+            },
+            "validators": [
+                {
+                    "index": v.index,
+                    "name": v.name,
+                    "public_key": v.public_key.hex(),
+                    "sae_id": v.sae_id,
+                    **({"p2p": v.p2p} if v.p2p else {}),
+                    **({"api": v.api} if v.api else {}),
+                }
+                for v in self.validators
+            ],
+            "members": [
+                {
+                    "name": m.name,
+                    "address": m.address.hex(),
+                    "scheme": m.scheme,
+                    "public_key": m.public_key.hex(),
+                    "roles": list(m.roles),
+                }
+                for m in self.members
+            ],
+            "voucher_issuers": [a.hex() for a in self.voucher_issuers],
+        }
+
+
+# --- loading -----------------------------------------------------------------------------
+
+
+def _fields(
+    doc: object, path: str, required: tuple[str, ...], optional: tuple[str, ...] = ()
+) -> dict[str, object]:
+    if not isinstance(doc, dict):
+        raise GenesisError(path or "genesis", "expected an object")
+    for key in doc:
+        if key not in required and key not in optional:
+            raise GenesisError(_join(path, str(key)), "unknown field")
+    for key in required:
+        if key not in doc:
+            raise GenesisError(_join(path, key), "missing")
+    return doc
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def _text(v: object, path: str, lo: int, hi: int) -> str:
+    if not isinstance(v, str):
+        raise GenesisError(path, "expected text")
+    if not lo <= len(v.encode()) <= hi:
+        raise GenesisError(path, f"length must be {lo} to {hi} bytes")
+    return v
+
+
+def _int(v: object, path: str, lo: int, hi: int) -> int:
+    if type(v) is not int:
+        raise GenesisError(path, "expected an integer")
+    if not lo <= v <= hi:
+        raise GenesisError(path, f"must be between {lo} and {hi}")
+    return v
+
+
+def _hex(v: object, path: str, length: int | None = None) -> bytes:
+    if not isinstance(v, str):
+        raise GenesisError(path, "expected a hex string")
+    try:
+        raw = bytes.fromhex(v.removeprefix("0x"))
+    except ValueError:
+        raise GenesisError(path, "not a hex string") from None
+    if length is not None and len(raw) != length:
+        raise GenesisError(path, f"expected {length} bytes, got {len(raw)}")
+    return raw
+
+
+def _list(v: object, path: str) -> list[object]:
+    if not isinstance(v, list):
+        raise GenesisError(path, "expected an array")
+    return v
+
+
+def _validator(doc: object, path: str, i: int) -> ValidatorInfo:
+    d = _fields(doc, path, ("index", "name", "public_key", "sae_id"), ("scheme", "p2p", "api"))
+    if d.get("scheme", VALIDATOR_SCHEME.value) != VALIDATOR_SCHEME.value:
+        raise GenesisError(f"{path}.scheme", f"validators sign with {VALIDATOR_SCHEME.value}")
+    index = _int(d["index"], f"{path}.index", 0, 1023)
+    if index != i:
+        raise GenesisError(f"{path}.index", f"expected {i}: validators are listed by index")
+    return ValidatorInfo(
+        index,
+        _text(d["name"], f"{path}.name", 1, 64),
+        _hex(d["public_key"], f"{path}.public_key", PUBLIC_KEY_LEN[VALIDATOR_SCHEME]),
+        _text(d["sae_id"], f"{path}.sae_id", 1, 128),
+        _text(d.get("p2p", ""), f"{path}.p2p", 0, 256),
+        _text(d.get("api", ""), f"{path}.api", 0, 256),
+    )
+
+
+def _member(doc: object, path: str, issuers: set[bytes]) -> GenesisMember:
+    d = _fields(doc, path, ("name", "scheme", "public_key", "roles"), ("address",))
+    roles_doc = _list(d["roles"], f"{path}.roles")
+    roles = tuple(_text(r, f"{path}.roles[{j}]", 1, 16) for j, r in enumerate(roles_doc))
+    name = _text(d["name"], f"{path}.name", 1, 128)
+    scheme = _text(d["scheme"], f"{path}.scheme", 1, 16)
+    key = _hex(d["public_key"], f"{path}.public_key")
+    try:
+        m = membership.new_member(name, scheme, key, roles, 0)
+    except ArgumentError as e:
+        raise GenesisError(f"{path}.{e.field}", e.reason) from None
+    if "address" in d and _hex(d["address"], f"{path}.address", 20) != m.address:
+        raise GenesisError(f"{path}.address", f"does not match the key (derived {m.address.hex()})")
+    if m.address in issuers and "issuer" not in m.roles:
+        m = dataclasses.replace(m, roles=tuple(sorted((*m.roles, "issuer"))))
+    if not m.roles:
+        raise GenesisError(f"{path}.roles", "at least one role is needed")
+    return GenesisMember(m.name, m.scheme, m.public_key, m.roles)
+
+
+def parse_genesis(doc: object) -> Genesis:
+    """A validated `Genesis` from a parsed JSON document."""
+    d = _fields(
+        doc,
+        "",
+        ("chain_id", "validators", "members"),
+        ("genesis_time", "consensus", "voucher_issuers"),
+    )
+    chain_id = _text(d["chain_id"], "chain_id", 1, 64)
+    genesis_time = _int(d.get("genesis_time", 0), "genesis_time", 0, 2**64 - 1)
+    c = _fields(d.get("consensus", {}), "consensus", (), ("tenure", "first_leader"))
+    tenure = _int(c.get("tenure", DEFAULT_TENURE), "consensus.tenure", 1, 2**32 - 1)
+    vals_doc = _list(d["validators"], "validators")
+    n = len(vals_doc)
+    if n == 0 or n % 3 != 1 or n > 1021:
+        raise GenesisError("validators", f"n = 3f+1 validators are needed (1, 4, 7, ...), got {n}")
+    validators = tuple(_validator(v, f"validators[{i}]", i) for i, v in enumerate(vals_doc))
+    first_leader = _int(c.get("first_leader", 0), "consensus.first_leader", 0, n - 1)
+    for field, seen_name in (("public_key", "key"), ("sae_id", "SAE id")):
+        seen: dict[object, int] = {}
+        for v in validators:
+            value = getattr(v, field)
+            if value in seen:
+                raise GenesisError(
+                    f"validators[{v.index}].{field}",
+                    f"same {seen_name} as validators[{seen[value]}]",
+                )
+            seen[value] = v.index
+    issuers_doc = _list(d.get("voucher_issuers", []), "voucher_issuers")
+    issuers = [_hex(a, f"voucher_issuers[{i}]", 20) for i, a in enumerate(issuers_doc)]
+    members_doc = _list(d["members"], "members")
+    members = tuple(_member(m, f"members[{i}]", set(issuers)) for i, m in enumerate(members_doc))
+    by_address: dict[bytes, int] = {}
+    for i, m in enumerate(members):
+        if m.address in by_address:
+            raise GenesisError(f"members[{i}]", f"same key as members[{by_address[m.address]}]")
+        by_address[m.address] = i
+    if not any("admin" in m.roles for m in members):
+        raise GenesisError("members", "at least one member must have the admin role")
+    for i, a in enumerate(issuers):
+        if a not in by_address:
+            raise GenesisError(f"voucher_issuers[{i}]", f"{a.hex()} is not one of the members")
+    if len(set(issuers)) != len(issuers):
+        raise GenesisError("voucher_issuers", "an address is listed twice")
+    return Genesis(
+        chain_id,
+        genesis_time,
+        ConsensusParams(tenure, first_leader),
+        validators,
+        members,
+        tuple(issuers),
+    )
+
+
+def load_genesis(path: Path) -> Genesis:
+    """Read and validate a genesis file."""
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise GenesisError(str(path), f"cannot read: {e.strerror}") from e
+    except ValueError as e:
+        raise GenesisError(str(path), f"not valid JSON: {e}") from e
+    return parse_genesis(doc)
+
+
+def save_genesis(genesis: Genesis, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(genesis.to_json(), indent=2) + "\n", encoding="utf-8")
+
+
+@dataclass(frozen=True)
+class GenesisState:
+    write_set: WriteSet
+    app_hash: bytes
+    """The app hash block 1 chains from."""
+
+
+def init_state(source: StateSource, genesis: Genesis) -> GenesisState:
+    """The initial state of the chain as a write set over an empty source."""
+    overlay = Overlay(source)
+    state = StateWriter(overlay, membership.NAME)
+    for m in genesis.members:
+        membership.put_member(
+            state, None, membership.new_member(m.name, m.scheme, m.public_key, m.roles, 0)
+        )
+    write_set = overlay.changes()
+    return GenesisState(write_set, app_hash(genesis.hash, write_set))

@@ -1,0 +1,134 @@
+"""Test helpers: a dev genesis from deterministic keys, and `DevChain`, which executes and
+commits blocks on a store the way a node does (without consensus). Used by the tests, the
+test-vector generator and the execution benchmark. INSECURE keys: tests and devnets only."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from contracts.execution import BlockContext, BlockResult, Verifier, execute_block, verify_signature
+from contracts.genesis import Genesis, init_state, parse_genesis
+from contracts.query import query
+from qchain.keys import Scheme, SigningKey, dev_key
+from qchain.store import Batch, KVStore
+from qchain.types import Transaction, new_transaction
+
+CHAIN_ID = "qchain-test"
+GENESIS_TIME = 1_767_225_600_000
+BLOCK_INTERVAL = 1000
+
+
+def dev_genesis(
+    members: Mapping[str, Sequence[str]],
+    *,
+    seed: str = "qchain-test",
+    scheme: Scheme = Scheme.ED25519,
+    schemes: Mapping[str, Scheme] | None = None,
+    validators: int = 1,
+    chain_id: str = CHAIN_ID,
+    voucher_issuers: Sequence[str] = (),
+) -> tuple[Genesis, dict[str, SigningKey]]:
+    """A genesis whose members are dev keys labelled by the mapping's keys (label ->
+    roles), and those keys."""
+    keys = {label: dev_key(seed, label, (schemes or {}).get(label, scheme)) for label in members}
+    doc = {
+        "chain_id": chain_id,
+        "genesis_time": GENESIS_TIME,
+        "consensus": {"tenure": 64, "first_leader": 0},
+        "validators": [
+            {
+                "index": i,
+                "name": f"validator-{i}",
+                "public_key": dev_key(seed, f"validator-{i}", Scheme.ML_DSA_65).public_key.hex(),
+                "sae_id": f"sae-{i}",
+            }
+            for i in range(validators)
+        ],
+        "members": [
+            {
+                "name": label,
+                "scheme": keys[label].scheme.value,
+                "public_key": keys[label].public_key.hex(),
+                "roles": list(roles),
+            }
+            for label, roles in members.items()
+        ],
+        "voucher_issuers": [keys[label].address.hex() for label in voucher_issuers],
+    }
+    return parse_genesis(doc), keys
+
+
+@dataclass
+class DevChain:
+    """A chain on one store: genesis applied, blocks executed and committed in order."""
+
+    store: KVStore
+    genesis: Genesis
+    keys: dict[str, SigningKey]
+    app_hash: bytes = b""
+    height: int = 0
+    time: int = GENESIS_TIME
+    verifier: Verifier = verify_signature
+    nonces: dict[bytes, int] = field(default_factory=dict)
+    results: list[BlockResult] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        state = init_state(self.store, self.genesis)
+        batch = Batch()
+        for key, value in state.write_set:
+            if value is not None:
+                batch.put(key, value)
+        self.store.write(batch)
+        self.app_hash = state.app_hash
+
+    def address(self, label: str) -> bytes:
+        return self.keys[label].address
+
+    def tx(
+        self,
+        label: str,
+        contract: str,
+        method: str,
+        args: Sequence[object],
+        *,
+        nonce: int | None = None,
+        expiry_height: int = 0,
+    ) -> Transaction:
+        """A transaction signed by the labelled key, with the next nonce this helper
+        expects for it (counted over transactions it built)."""
+        key = self.keys[label]
+        n = self.nonces.get(key.address, 0) if nonce is None else nonce
+        self.nonces[key.address] = n + 1
+        return new_transaction(
+            key,
+            chain_id=self.genesis.chain_id,
+            nonce=n,
+            contract=contract,
+            method=method,
+            args=list(args),
+            expiry_height=expiry_height,
+        )
+
+    def context(self) -> BlockContext:
+        return BlockContext(
+            self.genesis.chain_id, self.height + 1, self.time + BLOCK_INTERVAL, self.app_hash
+        )
+
+    def execute(self, txs: Sequence[Transaction]) -> BlockResult:
+        """Execute the next block without committing it."""
+        return execute_block(self.store, self.context(), txs, verifier=self.verifier)
+
+    def block(self, txs: Sequence[Transaction] = ()) -> BlockResult:
+        """Execute and commit the next block."""
+        ctx = self.context()
+        result = execute_block(self.store, ctx, txs, verifier=self.verifier)
+        batch = Batch()
+        result.to_batch(batch)
+        self.store.write(batch)
+        self.height, self.time, self.app_hash = ctx.height, ctx.time, result.app_hash
+        self.results.append(result)
+        return result
+
+    def query(self, contract: str, method: str, args: Sequence[object]) -> object:
+        return query(self.store, contract, method, list(args))
