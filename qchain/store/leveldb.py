@@ -18,7 +18,10 @@ from qchain.store.kv import Batch, KVStore, check_open, prefix_end
 
 class LevelDBStore(KVStore):
     def __init__(self, path: Path) -> None:
-        path.mkdir(parents=True, exist_ok=True)
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise StorageError(f"cannot create the LevelDB directory {path}: {e}") from e
         try:
             self._db = plyvel.DB(str(path), create_if_missing=True, paranoid_checks=True)
         except plyvel.IOError as e:
@@ -45,21 +48,48 @@ class LevelDBStore(KVStore):
         self, prefix: bytes = b"", *, start: bytes | None = None, reverse: bool = False
     ) -> Iterator[tuple[bytes, bytes]]:
         check_open(self._closed)
-        lo: bytes | None = prefix or None
+        if reverse:
+            return self._iterate_reverse(prefix, start)
+        lo = prefix if start is None else max(prefix, start)
         hi = prefix_end(prefix) if prefix else None
-        include_stop = False
-        if start is not None:
-            if reverse:
-                hi, include_stop = start, True
-            else:
-                lo = start
-        it = self._db.iterator(
-            start=lo, stop=hi, include_stop=include_stop, reverse=reverse, fill_cache=False
-        )
-        with it:
+        return self._iterate_forward(prefix, lo, hi)
+
+    def _iterate_forward(
+        self, prefix: bytes, lo: bytes, hi: bytes | None
+    ) -> Iterator[tuple[bytes, bytes]]:
+        with self._db.iterator(start=lo or None, stop=hi, fill_cache=False) as it:
             for k, v in it:
                 if k.startswith(prefix):
                     yield k, v
+
+    def _iterate_reverse(self, prefix: bytes, start: bytes | None) -> Iterator[tuple[bytes, bytes]]:
+        # plyvel's reverse iterator drops a range that holds exactly one key (plyvel 1.5.1),
+        # so walk a raw iterator backwards from the upper bound instead.
+        hi = prefix_end(prefix) if prefix else None
+        it = self._db.raw_iterator(fill_cache=False)
+        try:
+            if start is not None and (hi is None or start < hi):
+                it.seek(start)  # first key >= start; step back unless it is start itself
+                if not it.valid():
+                    it.seek_to_last()
+                elif it.key() != start:
+                    it.prev()
+            elif hi is not None:
+                it.seek(hi)  # first key past the prefix; the one before it is the last in range
+                if it.valid():
+                    it.prev()
+                else:
+                    it.seek_to_last()
+            else:
+                it.seek_to_last()
+            while it.valid():
+                k = it.key()
+                if not k.startswith(prefix):
+                    break
+                yield k, it.value()
+                it.prev()
+        finally:
+            it.close()
 
     def write(self, batch: Batch, *, sync: bool = True) -> None:
         check_open(self._closed)
