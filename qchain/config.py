@@ -245,7 +245,7 @@ def parse_config(data: dict[str, Any], base: Path) -> NodeConfig:
     data = dict(data)
     node = data.get("node")
     profile = node.get("profile", "default") if isinstance(node, dict) else "default"
-    if profile not in PROFILES:
+    if not isinstance(profile, str) or profile not in PROFILES:
         raise ConfigError("node.profile", f"must be one of {', '.join(PROFILES)}")
     timing_over = data.pop("timing", {})
     if not isinstance(timing_over, dict):
