@@ -1,0 +1,196 @@
+"""Node configuration: a valid file loads; each kind of bad field is rejected by name."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from qchain.config import PROFILES, NodeConfig, load_config
+from qchain.errors import ConfigError
+
+VALID = """
+[node]
+name = "v0"
+index = 0
+data_dir = "data/v0"
+genesis = "genesis.json"
+signing_key = "/abs/keys/v0.json"
+profile = "test"
+
+[p2p]
+listen = "0.0.0.0:7000"
+peers = [
+  { index = 1, address = "10.0.0.2:7000", sae_id = "sae-1" },
+  { index = 2, address = "node2.local:7000" },
+]
+
+[qkd]
+kme_url = "https://kme-a:8443"
+sae_id = "sae-0"
+insecure_dev_header = true
+
+[api]
+listen = "127.0.0.1:8001"
+"""
+
+
+def _load(tmp_path: Path, text: str) -> NodeConfig:
+    path = tmp_path / "node.toml"
+    path.write_text(text)
+    return load_config(path)
+
+
+def _error(tmp_path: Path, text: str) -> ConfigError:
+    with pytest.raises(ConfigError) as info:
+        _load(tmp_path, text)
+    return info.value
+
+
+def test_valid_config_loads_with_paths_resolved(tmp_path: Path) -> None:
+    cfg = _load(tmp_path, VALID)
+    base = tmp_path.resolve()
+    assert cfg.node.name == "v0" and cfg.node.index == 0
+    assert cfg.node.data_dir == base / "data" / "v0"
+    assert cfg.node.genesis == base / "genesis.json"
+    assert cfg.node.signing_key == Path("/abs/keys/v0.json")
+    assert cfg.path == base / "node.toml"
+    assert [p.index for p in cfg.p2p.peers] == [1, 2]
+    assert cfg.p2p.peers[1].sae_id == ""
+    assert cfg.qkd.insecure_dev_header is True
+    assert cfg.api.listen == "127.0.0.1:8001"
+    assert cfg.admin.listen == "127.0.0.1:9000"  # default section
+    assert cfg.timing == PROFILES["test"]
+
+
+def test_relative_paths_resolve_against_the_file_not_the_cwd(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sub = tmp_path / "conf"
+    sub.mkdir()
+    (sub / "node.toml").write_text(VALID)
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config("conf/node.toml")
+    assert cfg.node.genesis == sub.resolve() / "genesis.json"
+
+
+def test_default_profile(tmp_path: Path) -> None:
+    cfg = _load(tmp_path, VALID.replace('profile = "test"\n', ""))
+    assert cfg.node.profile == "default"
+    assert cfg.timing == PROFILES["default"]
+
+
+def test_timing_override_field_by_field(tmp_path: Path) -> None:
+    cfg = _load(tmp_path, VALID + "\n[timing]\nbase_ms = 250\nbackoff = 2\n")
+    assert cfg.timing.base_ms == 250
+    assert cfg.timing.backoff == 2.0
+    assert cfg.timing.cap_ms == PROFILES["test"].cap_ms
+
+
+def test_propose_wait_max_none(tmp_path: Path) -> None:
+    cfg = _load(tmp_path, VALID + '\n[timing]\npropose_wait_max_ms = "none"\n')
+    assert cfg.timing.propose_wait_max_ms is None
+    assert cfg.timing.round_timeout_ms(0) == cfg.timing.base_ms + cfg.timing.propose_wait_min_ms
+
+
+@pytest.mark.parametrize(
+    ("text", "field"),
+    [
+        (VALID + "\n[extra]\nx = 1\n", "extra"),
+        (VALID.replace('name = "v0"', 'name = "v0"\ncolour = "red"'), "node.colour"),
+        (VALID + "\n[timing]\nturbo = true\n", "timing.turbo"),
+        (VALID.replace('sae_id = "sae-1"', 'sae_id = "sae-1", port = 1'), "p2p.peers[0].port"),
+        (VALID.replace("[node]", 'path = "x"\n[node]'), "path"),
+    ],
+)
+def test_unknown_fields_rejected(tmp_path: Path, text: str, field: str) -> None:
+    e = _error(tmp_path, text)
+    assert e.field == field
+    assert "unknown" in e.reason
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "field"),
+    [
+        ("index = 0", 'index = "0"', "node.index"),
+        ("index = 0", "index = true", "node.index"),
+        ("index = 0", "index = -1", "node.index"),
+        ("index = 0", "index = 1.5", "node.index"),
+        ('name = "v0"', "name = 7", "node.name"),
+        ('genesis = "genesis.json"', 'genesis = ""', "node.genesis"),
+        ("insecure_dev_header = true", 'insecure_dev_header = "yes"', "qkd.insecure_dev_header"),
+        ('{ index = 2, address = "node2.local:7000" }', "5", "p2p.peers[1]"),
+        ("[api]", "[api]\nrate_limit_per_s = []", "api.rate_limit_per_s"),
+        ('profile = "test"', 'profile = "fast"', "node.profile"),
+        ('profile = "test"', "profile = 1", "node.profile"),
+        ('profile = "test"', 'profile = ["test"]', "node.profile"),
+        ('profile = "test"', "profile = { a = 1 }", "node.profile"),
+        ('[node]\nname = "v0"', '[node]\nname = "v0"\nlog_format = "xml"', "node.log_format"),
+    ],
+)
+def test_wrong_types_and_values_rejected(tmp_path: Path, old: str, new: str, field: str) -> None:
+    assert old in VALID
+    e = _error(tmp_path, VALID.replace(old, new, 1))
+    assert e.field == field, e
+    assert e.reason
+    assert str(e).startswith(field)
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "field"),
+    [
+        ('listen = "0.0.0.0:7000"', 'listen = "0.0.0.0"', "p2p.listen"),
+        ('listen = "0.0.0.0:7000"', 'listen = ":7000"', "p2p.listen"),
+        ('listen = "0.0.0.0:7000"', 'listen = "host:99999"', "p2p.listen"),
+        ('listen = "0.0.0.0:7000"', 'listen = "host:0"', "p2p.listen"),
+        ('"10.0.0.2:7000"', '"10.0.0.2:port"', "p2p.peers[0].address"),
+        ('listen = "127.0.0.1:8001"', 'listen = "localhost"', "api.listen"),
+        ('kme_url = "https://kme-a:8443"', 'kme_url = "kme-a:8443"', "qkd.kme_url"),
+    ],
+)
+def test_bad_addresses_rejected(tmp_path: Path, old: str, new: str, field: str) -> None:
+    e = _error(tmp_path, VALID.replace(old, new, 1))
+    assert e.field == field
+
+
+def test_duplicate_peers_rejected(tmp_path: Path) -> None:
+    e = _error(tmp_path, VALID.replace("index = 2,", "index = 1,"))
+    assert e.field == "p2p.peers[1].index"
+    assert "twice" in e.reason
+    e = _error(tmp_path, VALID.replace("index = 1,", "index = 0,"))
+    assert e.field == "p2p.peers[0].index"
+
+
+@pytest.mark.parametrize(
+    ("timing", "field"),
+    [
+        ("base_ms = 0", "timing.base_ms"),
+        ("backoff = 0.5", "timing.backoff"),
+        ('backoff = "2"', "timing.backoff"),
+        ("cap_ms = 150", "timing.cap_ms"),
+        ("propose_wait_max_ms = -5", "timing.propose_wait_max_ms"),
+        ('propose_wait_max_ms = "never"', "timing.propose_wait_max_ms"),
+    ],
+)
+def test_bad_timing_rejected(tmp_path: Path, timing: str, field: str) -> None:
+    e = _error(tmp_path, VALID + f"\n[timing]\n{timing}\n")
+    assert e.field == field
+
+
+def test_peers_must_be_a_list(tmp_path: Path) -> None:
+    start, end = VALID.index("peers = ["), VALID.index("]\n\n[qkd]") + 2
+    assert _error(tmp_path, VALID[:start] + 'peers = "x"\n' + VALID[end:]).field == "p2p.peers"
+
+
+def test_missing_fields_and_sections(tmp_path: Path) -> None:
+    assert _error(tmp_path, VALID.replace('sae_id = "sae-0"\n', "")).field == "qkd.sae_id"
+    no_p2p = VALID[: VALID.index("[p2p]")] + VALID[VALID.index("[qkd]") :]
+    assert _error(tmp_path, no_p2p).field == "p2p"
+    assert _error(tmp_path, "node = 5\n").field == "node"
+
+
+def test_unreadable_and_invalid_toml(tmp_path: Path) -> None:
+    e = _error(tmp_path, "[node\n")
+    assert "TOML" in e.reason
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(tmp_path / "missing.toml")
