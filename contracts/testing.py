@@ -4,6 +4,7 @@ test-vector generator and the execution benchmark. INSECURE keys: tests and devn
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -12,9 +13,18 @@ from contracts.genesis import Genesis, init_state, parse_genesis
 from contracts.query import query
 from qchain.keys import Scheme, SigningKey, dev_key
 from qchain.store import Batch, KVStore
-from qchain.types import Transaction, new_transaction
+from qchain.types import Receipt, Transaction, new_transaction
 
 CHAIN_ID = "qchain-test"
+PILOT_MEMBERS: dict[str, tuple[str, ...]] = {
+    "admin": ("admin",),
+    "ent": ("partner",),
+    "ent2": ("partner",),
+    "prov": ("provider",),
+    "bureau": ("auditor",),
+    "auditor": ("auditor",),
+}
+"""One member per role; `bureau` becomes an issuer through `voucher_issuers`."""
 GENESIS_TIME = 1_767_225_600_000
 BLOCK_INTERVAL = 1000
 
@@ -59,6 +69,17 @@ def dev_genesis(
     return parse_genesis(doc), keys
 
 
+def digest(label: str) -> bytes:
+    """A SHA-256 document digest for tests."""
+    return hashlib.sha256(label.encode()).digest()
+
+
+def pilot_chain(store: KVStore, *, scheme: Scheme = Scheme.ED25519) -> DevChain:
+    """A chain on store with `PILOT_MEMBERS`."""
+    genesis, keys = dev_genesis(PILOT_MEMBERS, scheme=scheme, voucher_issuers=["bureau"])
+    return DevChain(store, genesis, keys)
+
+
 @dataclass
 class DevChain:
     """A chain on one store: genesis applied, blocks executed and committed in order."""
@@ -71,6 +92,8 @@ class DevChain:
     time: int = GENESIS_TIME
     verifier: Verifier = verify_signature
     nonces: dict[bytes, int] = field(default_factory=dict)
+    addresses: dict[str, bytes] = field(default_factory=dict)
+    """Address per label, fixed when first seen, so a rotated key keeps its address."""
     results: list[BlockResult] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -81,9 +104,11 @@ class DevChain:
                 batch.put(key, value)
         self.store.write(batch)
         self.app_hash = state.app_hash
+        for label in self.keys:
+            self.address(label)
 
     def address(self, label: str) -> bytes:
-        return self.keys[label].address
+        return self.addresses.setdefault(label, self.keys[label].address)
 
     def tx(
         self,
@@ -98,10 +123,12 @@ class DevChain:
         """A transaction signed by the labelled key, with the next nonce this helper
         expects for it (counted over transactions it built)."""
         key = self.keys[label]
-        n = self.nonces.get(key.address, 0) if nonce is None else nonce
-        self.nonces[key.address] = n + 1
+        sender = self.address(label)
+        n = self.nonces.get(sender, 0) if nonce is None else nonce
+        self.nonces[sender] = n + 1
         return new_transaction(
             key,
+            sender=sender,
             chain_id=self.genesis.chain_id,
             nonce=n,
             contract=contract,
@@ -129,6 +156,10 @@ class DevChain:
         self.height, self.time, self.app_hash = ctx.height, ctx.time, result.app_hash
         self.results.append(result)
         return result
+
+    def run(self, tx: Transaction) -> Receipt:
+        """Commit a block holding only tx; its receipt."""
+        return self.block([tx]).receipts[0]
 
     def query(self, contract: str, method: str, args: Sequence[object]) -> object:
         return query(self.store, contract, method, list(args))
