@@ -43,7 +43,11 @@ def read_tx_input(text: str) -> Transaction:
         raw = sys.stdin.read().strip().encode()
     else:
         path = Path(text)
-        raw = path.read_bytes() if path.is_file() else text.strip().encode()
+        try:
+            is_file = path.is_file()
+        except OSError:  # a transaction's hex is usually longer than a file name may be
+            is_file = False
+        raw = path.read_bytes() if is_file else text.strip().encode()
     data: bytes
     try:
         stripped = raw.strip().decode("ascii")
