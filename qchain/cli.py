@@ -17,6 +17,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "keys": ("qchain.cli_keys", "create and inspect signing keys"),
     "tx": ("qchain.cli_tx", "build, sign, decode and send transactions"),
     "sim": ("consensus.sim.cli", "run the deterministic consensus simulator"),
+    "node": ("node.cli", "run a validator node"),
     "kms": ("qchain.qkd.kms_cli", "simulated ETSI GS QKD 014 key manager and its certificates"),
 }
 
