@@ -1,0 +1,317 @@
+"""Describe and write a devnet: genesis, validator keys, dev accounts and node configs.
+
+`plan_network` turns a few choices (size, chain id, timing profile, signature scheme, ports)
+into a `NetworkPlan`; `write_network` writes it under a directory:
+
+    DIR/
+      network.json          what was asked for (so `init` is idempotent)
+      genesis.json
+      accounts/ROLE.json    dev account keys (INSECURE: derived from the published dev seed)
+      nodes/nodeI/          config.toml, validator.key, admin.token, data/
+      kms/                  the simulated key manager's config and admin token
+      ca/                   private CA and the key manager's and SAEs' TLS material
+
+Validator and account keys are derived from `DEV_SEED` with `qchain.keys.dev_key`, so
+every devnet made with the same seed has the same addresses: good for documentation and
+scripts, and insecure by construction.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from contracts.genesis import Genesis, load_genesis, parse_genesis, save_genesis
+from qchain.errors import ConfigError
+from qchain.keys import Scheme, SigningKey, dev_key
+
+DEV_SEED = "qchain-devnet-insecure-dev-seed"
+"""Published on purpose: keys derived from it protect nothing."""
+
+DEV_ACCOUNTS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
+    ("admin", "Platform Operator (dev)", ("admin",)),
+    ("partner1", "Qingdao Partner One (dev)", ("partner",)),
+    ("partner2", "Qingdao Partner Two (dev)", ("partner",)),
+    ("issuer", "Innovation Voucher Office (dev)", ("issuer",)),
+    ("provider", "Service Provider (dev)", ("provider",)),
+    ("auditor", "Auditor (dev)", ("auditor",)),
+)
+
+
+@dataclass(frozen=True)
+class NodePlan:
+    index: int
+    name: str
+    sae_id: str
+    host: str
+    p2p_port: int
+    api_port: int
+    admin_port: int
+
+    @property
+    def p2p(self) -> str:
+        return f"{self.host}:{self.p2p_port}"
+
+    @property
+    def api_url(self) -> str:
+        return f"http://{self.host}:{self.api_port}"
+
+    @property
+    def admin_url(self) -> str:
+        return f"http://{self.host}:{self.admin_port}"
+
+
+@dataclass(frozen=True)
+class NetworkPlan:
+    chain_id: str
+    validators: int
+    profile: str
+    scheme: str
+    kms_rate: str
+    host: str
+    kms_port: int
+    kms_admin_port: int
+    nodes: tuple[NodePlan, ...]
+    heartbeat_ms: int | None = 1000
+    byzantine: bool = True
+    tenure: int = 64
+    extra: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def kms_url(self) -> str:
+        return f"https://{self.host}:{self.kms_port}"
+
+    @property
+    def kms_admin_url(self) -> str:
+        return f"http://{self.host}:{self.kms_admin_port}"
+
+    def to_json(self) -> dict[str, object]:
+        doc = asdict(self)
+        doc["nodes"] = [asdict(n) for n in self.nodes]
+        return doc
+
+    @classmethod
+    def from_json(cls, doc: dict[str, object]) -> NetworkPlan:
+        raw_nodes = doc["nodes"]
+        if not isinstance(raw_nodes, list):
+            raise TypeError("nodes must be a list")
+        nodes = tuple(NodePlan(**n) for n in raw_nodes)
+        rest: dict[str, Any] = {k: v for k, v in doc.items() if k != "nodes"}
+        return cls(nodes=nodes, **rest)
+
+
+def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
+    """Ports that were free a moment ago (for tests; a devnet uses fixed ports)."""
+    socks = []
+    try:
+        for _ in range(count):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind((host, 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def plan_network(
+    *,
+    validators: int = 4,
+    chain_id: str = "qchain-devnet",
+    profile: str = "test",
+    scheme: str = Scheme.ML_DSA_65.value,
+    kms_rate: str = "lab",
+    host: str = "127.0.0.1",
+    base_port: int | None = 27000,
+    heartbeat_ms: int | None = 1000,
+    byzantine: bool = True,
+) -> NetworkPlan:
+    """A network of `validators` nodes; base_port None picks free ports (tests)."""
+    if validators < 1 or validators % 3 != 1:
+        raise ConfigError("validators", "n = 3f+1 validators are needed (1, 4, 7, 10, 13, 16)")
+    if profile not in ("test", "default"):
+        raise ConfigError("profile", "must be test or default")
+    if scheme not in (s.value for s in Scheme):
+        raise ConfigError("scheme", f"must be one of {', '.join(s.value for s in Scheme)}")
+    count = 2 + 3 * validators
+    if base_port is None:
+        ports = free_ports(count, host)
+    else:
+        if not 1024 <= base_port <= 65535 - 400:
+            raise ConfigError("base_port", "must leave room for the devnet's ports")
+        ports = [base_port, base_port + 1]
+        ports += [base_port + 100 + i for i in range(validators)]
+        ports += [base_port + 200 + i for i in range(validators)]
+        ports += [base_port + 300 + i for i in range(validators)]
+        # Reorder to the layout used below: p2p, api, admin per node.
+        ports = ports[:2] + [
+            p
+            for i in range(validators)
+            for p in (ports[2 + i], ports[2 + validators + i], ports[2 + 2 * validators + i])
+        ]
+    nodes = tuple(
+        NodePlan(
+            index=i,
+            name=f"node{i}",
+            sae_id=f"SAE-node{i}",
+            host=host,
+            p2p_port=ports[2 + 3 * i],
+            api_port=ports[3 + 3 * i],
+            admin_port=ports[4 + 3 * i],
+        )
+        for i in range(validators)
+    )
+    return NetworkPlan(
+        chain_id=chain_id,
+        validators=validators,
+        profile=profile,
+        scheme=scheme,
+        kms_rate=kms_rate,
+        host=host,
+        kms_port=ports[0],
+        kms_admin_port=ports[1],
+        nodes=nodes,
+        heartbeat_ms=heartbeat_ms,
+        byzantine=byzantine,
+    )
+
+
+def validator_key(index: int) -> SigningKey:
+    """INSECURE dev key of validator `index` (ML-DSA-65: it signs certificates)."""
+    return dev_key(DEV_SEED, f"validator-{index}", Scheme.ML_DSA_65)
+
+
+def account_key(role: str, scheme: str) -> SigningKey:
+    """INSECURE dev key of a dev account."""
+    return dev_key(DEV_SEED, f"account-{role}", scheme)
+
+
+def make_genesis(plan: NetworkPlan) -> Genesis:
+    members = []
+    issuers = []
+    for role, name, roles in DEV_ACCOUNTS:
+        key = account_key(role, plan.scheme)
+        members.append(
+            {
+                "name": name,
+                "scheme": key.scheme.value,
+                "public_key": key.public_key.hex(),
+                "roles": list(roles),
+            }
+        )
+        if "issuer" in roles:
+            issuers.append(key.address.hex())
+    doc = {
+        "chain_id": plan.chain_id,
+        "genesis_time": 0,
+        "consensus": {"tenure": plan.tenure, "first_leader": 0},
+        "validators": [
+            {
+                "index": n.index,
+                "name": n.name,
+                "public_key": validator_key(n.index).public_key.hex(),
+                "sae_id": n.sae_id,
+                "p2p": n.p2p,
+                "api": n.api_url,
+            }
+            for n in plan.nodes
+        ],
+        "members": members,
+        "voucher_issuers": issuers,
+    }
+    return parse_genesis(doc)
+
+
+def node_config_toml(plan: NetworkPlan, node: NodePlan, *, tls_dir: str = "../../ca") -> str:
+    """The TOML config of one validator, paths relative to its directory."""
+    peers = "\n".join(
+        f'[[p2p.peers]]\nindex = {p.index}\naddress = "{p.p2p}"\nsae_id = "{p.sae_id}"\n'
+        for p in plan.nodes
+        if p.index != node.index
+    )
+    heartbeat = "none" if plan.heartbeat_ms is None else str(plan.heartbeat_ms)
+    heartbeat_line = (
+        f'propose_wait_max_ms = "{heartbeat}"'
+        if plan.heartbeat_ms is None
+        else f"propose_wait_max_ms = {heartbeat}"
+    )
+    return f"""# qchain validator {node.name} (generated by `qchain devnet init`)
+[node]
+name = "{node.name}"
+index = {node.index}
+data_dir = "data"
+genesis = "../../genesis.json"
+signing_key = "validator.key"
+profile = "{plan.profile}"
+log_format = "text"
+
+[p2p]
+listen = "{node.p2p}"
+
+{peers}
+[api]
+listen = "{node.host}:{node.api_port}"
+
+[admin]
+listen = "{node.host}:{node.admin_port}"
+token_file = "admin.token"
+byzantine = {"true" if plan.byzantine else "false"}
+
+[qkd]
+kme_url = "{plan.kms_url}"
+sae_id = "{node.sae_id}"
+client_cert = "{tls_dir}/{node.sae_id}.pem"
+client_key = "{tls_dir}/{node.sae_id}.key"
+ca_cert = "{tls_dir}/ca.pem"
+
+[timing]
+{heartbeat_line}
+"""
+
+
+def write_network(directory: Path, plan: NetworkPlan, *, force: bool = False) -> bool:
+    """Write the devnet files. Returns False if the same network is already there.
+    Refuses (ConfigError) to overwrite a different network unless force."""
+    manifest = directory / "network.json"
+    if manifest.exists():
+        existing = json.loads(manifest.read_text())
+        if existing == plan.to_json():
+            return False
+        if not force:
+            raise ConfigError(
+                str(directory), "holds a different network; pass --force to overwrite it"
+            )
+    directory.mkdir(parents=True, exist_ok=True)
+    genesis = make_genesis(plan)
+    save_genesis(genesis, directory / "genesis.json")
+    accounts = directory / "accounts"
+    for role, _, _ in DEV_ACCOUNTS:
+        account_key(role, plan.scheme).save(accounts / f"{role}.json")
+    for node in plan.nodes:
+        ndir = directory / "nodes" / node.name
+        (ndir / "data").mkdir(parents=True, exist_ok=True)
+        validator_key(node.index).save(ndir / "validator.key")
+        (ndir / "config.toml").write_text(node_config_toml(plan, node))
+        token = ndir / "admin.token"
+        if not token.exists():
+            fd = os.open(token, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(os.urandom(16).hex() + "\n")
+    manifest.write_text(json.dumps(plan.to_json(), indent=2) + "\n")
+    return True
+
+
+def load_plan(directory: Path) -> NetworkPlan:
+    manifest = directory / "network.json"
+    try:
+        return NetworkPlan.from_json(json.loads(manifest.read_text()))
+    except (OSError, ValueError, TypeError, KeyError) as e:
+        raise ConfigError(str(manifest), f"not a devnet directory ({e})") from e
+
+
+def genesis_of(directory: Path) -> Genesis:
+    return load_genesis(directory / "genesis.json")
