@@ -19,8 +19,12 @@ Deviations from CONSENSUS.md, each for a reason stated where it is implemented:
 
 - the record also stores `parent_hash`, so a restart needs no chain-store lookup;
 - DONE replies for an old height (§3.4) are not sent to a peer whose own DONE for that
-  height was already counted: it has decided and was sent our DONE, so a reply would only
-  cost a frame in the good case (it would break the bound of 5 frames per link, §7);
+  height was already counted (it has decided and was sent our DONE; a DONE is answered at
+  most once per peer and height, otherwise two terminated nodes answer each other's
+  answers forever), nor during the
+  first one to two serve periods after our own decision (our DONE to that peer is still in flight). Replies
+  in those cases only cost frames in the good case, and broke the bound of 5 frames per
+  directed link per height of §7 in the simulator; later asks are still answered;
 - answers that need the chain store (the DONE for a height whose instance is gone, and
   SYNC_RESP) are delegated to the driver with `ReplyDone` and `ReplySync`;
 - all "once" markers for validation and fetching are per round, so a value whose cached
@@ -163,7 +167,10 @@ class Engine:
         self.done_served: set[int] = set()
         self.done_pending: dict[int, int] = {}
         self.serve_armed = False
-        self.recent_done: dict[int, frozenset[int]] = {}
+        self.recent_done: dict[int, set[int]] = {}
+        self.fresh_done: set[int] = set()
+        self.fresh_old: set[int] = set()
+        """Heights decided in the current serve period: our DONE to every peer is in flight."""
         self.undeleted: set[int] = set()
         self.mempool_nonempty = False
 
@@ -214,7 +221,7 @@ class Engine:
             if not inst.terminated or not (inst.commit_emitted or h <= self.committed):
                 continue
             del self.inst[h]
-            self.recent_done[h] = frozenset(inst.done_of)
+            self.recent_done[h] = set(inst.done_of)
             for old in [x for x in self.recent_done if x < h - 1]:
                 del self.recent_done[old]
             if h <= self.committed:
@@ -539,6 +546,8 @@ class Engine:
             SetTimer(retx_timer(inst.h), self.p.timeout_ms(inst.rec.round)),
         ]
         out += self._bcast(inst, Done(self.p.chain_id, inst.h, v))
+        self.fresh_done.add(inst.h)
+        out += self._arm_serve()
         out += self._try_commit(inst)
         prev = self.inst.get(inst.h - 1)
         if prev is not None:
@@ -745,24 +754,34 @@ class Engine:
 
     def _serve_done(self, j: int, h: int, m: ConsensusMessage) -> list[Action]:
         """Answer a message for a terminated height with DONE, rate-limited per peer."""
+        if h in self.fresh_done or h in self.fresh_old:
+            return []
         if isinstance(m, Done):
             inst = self.inst.get(h)
-            seen = inst.done_of if inst is not None else self.recent_done.get(h, frozenset())
-            if j in seen:
-                return []
+            if inst is not None:
+                if j in inst.done_of:
+                    return []
+                inst.done_of[j] = m.value
+            else:
+                seen = self.recent_done.setdefault(h, set())
+                if j in seen:
+                    return []
+                seen.add(j)
         if j in self.done_served:
             pend = self.done_pending.get(j)
             if pend is None or h < pend:
                 self.done_pending[j] = h
             return []
         self.done_served.add(j)
-        out = [self._done_reply(j, h)]
-        if not self.serve_armed:
-            self.serve_armed = True
-            inst = self.inst.get(self.cur)
-            period = self.p.timeout_ms(inst.rec.round if inst is not None else 0)
-            out.append(SetTimer(SERVE_TIMER, period))
-        return out
+        return [self._done_reply(j, h), *self._arm_serve()]
+
+    def _arm_serve(self) -> list[Action]:
+        if self.serve_armed:
+            return []
+        self.serve_armed = True
+        inst = self.inst.get(self.cur)
+        period = self.p.timeout_ms(inst.rec.round if inst is not None else 0)
+        return [SetTimer(SERVE_TIMER, period)]
 
     def _done_reply(self, j: int, h: int) -> Action:
         inst = self.inst.get(h)
@@ -773,18 +792,15 @@ class Engine:
     def _on_serve_timer(self) -> list[Action]:
         self.serve_armed = False
         self.done_served.clear()
+        self.fresh_old = self.fresh_done
+        self.fresh_done = set()
         pending = sorted(self.done_pending.items())
         self.done_pending = {}
         out: list[Action] = []
         for j, h in pending:
             self.done_served.add(j)
             out.append(self._done_reply(j, h))
-        if pending:
-            self.serve_armed = True
-            inst = self.inst.get(self.cur)
-            period = self.p.timeout_ms(inst.rec.round if inst is not None else 0)
-            out.append(SetTimer(SERVE_TIMER, period))
-        return out
+        return out + (self._arm_serve() if pending or self.fresh_old else [])
 
     # --- application answers ---
 

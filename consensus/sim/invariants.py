@@ -1,0 +1,314 @@
+"""The invariant checker of CONSENSUS.md §6, fed by the simulator as things happen.
+
+The monitor keeps the ground truth: every message each node sent (whatever the network
+then did with it) and, per correct node, every message it received directly. Correct
+nodes are the identities that are neither Byzantine, twins nor declared faulty; a node
+that crashes and restarts from its own durable state stays correct. The numbered checks:
+
+1 agreement, 2 validity (height, parent, proposer under the anchor rule, application
+predicate), 3 order of commits across restarts, 4 no equivocation by a correct node, 5 round
+monotonicity, 6 truthful REPORTs, 7 justified VOTEs and DONEs, 8 decision evidence (q VOTE4
+of one round in the log), 9 liveness (every correct node commits the target by the
+deadline), 10 bounded buffers and at most two live instances, 11 no key id reused by a
+correct sender, 12 correct proposals of rounds >= 1 pass the voters' check on the correct
+REPORTs alone (transfer), 13 every decided value has f+1 correct durable holders.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from consensus.events import Action, Persist
+from consensus.messages import (
+    Abort,
+    Block,
+    Done,
+    Message,
+    Propose,
+    Report,
+    SyncResp,
+    Vote,
+    block_hash,
+)
+from consensus.safety import RULES, summarize
+from consensus.sim.app import GENESIS_HASH, app_valid
+
+if TYPE_CHECKING:
+    from consensus.sim.world import Sim, SimNode
+
+MAX_VIOLATIONS = 20
+
+
+@dataclass(frozen=True)
+class Violation:
+    invariant: int
+    text: str
+
+
+class Monitor:
+    """Checks the invariants online; `finish()` adds the end-of-run checks."""
+
+    def __init__(self, sim: Sim) -> None:
+        self.sim = sim
+        p = sim.params
+        self.q, self.b, self.f = p.q, p.b, p.f
+        self.violations: list[Violation] = []
+        self._seen_violation: set[tuple[int, str]] = set()
+        # ground truth, every sender
+        self.vote4_senders: dict[tuple[int, int, bytes], set[int]] = defaultdict(set)
+        # ground truth, correct senders
+        self.sent_votes: dict[tuple[int, int, int, int], bytes] = {}
+        self.vote_hist: dict[tuple[int, int, int], list[tuple[int, bytes]]] = defaultdict(list)
+        self.sent_props: dict[tuple[int, int, int], bytes] = {}
+        self.sent_reports: dict[tuple[int, int, int], Report] = {}
+        self.reports_by_round: dict[tuple[int, int], dict[int, Report]] = defaultdict(dict)
+        self.sent_dones: dict[tuple[int, int], bytes] = {}
+        self.sent_abort: dict[tuple[int, int], int] = {}
+        self.max_round: dict[tuple[int, int], int] = {}
+        # what each correct node received directly
+        self.rx_votes: dict[tuple[int, int, int, int, bytes], set[int]] = defaultdict(set)
+        self.rx_vote4_best: dict[tuple[int, int, bytes], int] = defaultdict(int)
+        self.rx_props: dict[tuple[int, int, int], dict[bytes, Block]] = defaultdict(dict)
+        self.rx_reports: dict[tuple[int, int, int], dict[int, Report]] = defaultdict(dict)
+        self.rx_dones: dict[tuple[int, int, bytes], set[int]] = defaultdict(set)
+        # decisions and commits
+        self.decided: dict[tuple[int, int], bytes] = {}
+        self.decided_round: dict[int, int] = {}
+        self.committed: dict[int, Block] = {}
+        self._anchors: dict[int, int] = {1: p.first_leader}
+
+    # --- helpers ---
+
+    def violation(self, inv: int, text: str) -> None:
+        key = (inv, text)
+        if key in self._seen_violation or len(self.violations) >= MAX_VIOLATIONS:
+            return
+        self._seen_violation.add(key)
+        self.violations.append(Violation(inv, text))
+        self.sim.log(f"VIOLATION {inv}: {text}")
+
+    def correct(self, ident: int) -> bool:
+        return ident not in self.sim.faulty
+
+    def anchor(self, h: int) -> int | None:
+        """anchor(h) from the ground-truth chain, None if h-1 is not committed yet."""
+        if h in self._anchors:
+            return self._anchors[h]
+        prev = self.anchor(h - 1) if h > 1 else None
+        blk = self.committed.get(h - 1)
+        if prev is None or blk is None:
+            return None
+        a = self.sim.params.next_anchor(h - 1, prev, blk.proposer)
+        self._anchors[h] = a
+        return a
+
+    # --- hooks ---
+
+    def on_send(self, nd: SimNode, to: int, msgs: list[Message]) -> None:
+        src = nd.ident
+        good = self.correct(src)
+        for m in msgs:
+            if isinstance(m, Vote):
+                if m.phase == 4:
+                    self.vote4_senders[(m.height, m.round, m.value)].add(src)
+                if good:
+                    self._check_vote(src, m)
+            elif not good:
+                continue
+            elif isinstance(m, Report):
+                self._check_report(src, m)
+            elif isinstance(m, Propose):
+                self._check_propose(src, m)
+            elif isinstance(m, Done):
+                self._check_done(src, m)
+            elif isinstance(m, Abort):
+                key = (src, m.height)
+                level = m.level
+                if level < self.sent_abort.get(key, -1):
+                    self.violation(4, f"node {src} h {m.height}: ABORT level decreased")
+                self.sent_abort[key] = max(level, self.sent_abort.get(key, -1))
+
+    def _round_seen(self, src: int, h: int, r: int) -> None:
+        key = (src, h)
+        if r > self.max_round.get(key, -1):
+            self.max_round[key] = r
+
+    def _check_vote(self, src: int, m: Vote) -> None:
+        key = (src, m.height, m.round, m.phase)
+        old = self.sent_votes.get(key)
+        if old is not None:
+            if old != m.value:
+                self.violation(4, f"node {src} h {m.height} r {m.round}: two VOTE{m.phase} values")
+            return
+        if m.round < self.max_round.get((src, m.height), -1):
+            self.violation(5, f"node {src} h {m.height}: VOTE in round {m.round} after a later round")
+        self.sent_votes[key] = m.value
+        self.vote_hist[(src, m.height, m.phase)].append((m.round, m.value))
+        self._round_seen(src, m.height, m.round)
+        q, h, r, v = self.q, m.height, m.round, m.value
+        if m.phase >= 2:
+            if len(self.rx_votes[(src, h, r, m.phase - 1, v)]) < q:
+                self.violation(7, f"node {src} h {h} r {r}: VOTE{m.phase} without q VOTE{m.phase - 1}")
+        else:
+            blk = self.rx_props[(src, h, r)].get(v)
+            nd = self.sim.nodes[src][0]
+            if blk is None:
+                self.violation(7, f"node {src} h {h} r {r}: VOTE1 without the leader's PROPOSE")
+            elif not nd.validity(blk):
+                self.violation(7, f"node {src} h {h} r {r}: VOTE1 for an invalid block")
+            if v not in nd.blocks:
+                self.violation(7, f"node {src} h {h} r {r}: VOTE1 before its body is durable")
+            reps = self.rx_reports[(src, h, r)]
+            if r > 0 and not RULES.shows_safe(reps, v, r, 4, 1, q, self.b):
+                self.violation(7, f"node {src} h {h} r {r}: VOTE1 not shown safe by its REPORTs")
+        self._rx_vote(src, src, m)
+
+    def _check_report(self, src: int, m: Report) -> None:
+        key = (src, m.height, m.round)
+        old = self.sent_reports.get(key)
+        if old is not None:
+            if old != m:
+                self.violation(4, f"node {src} h {m.height} r {m.round}: two REPORTs")
+            return
+        self.sent_reports[key] = m
+        self.reports_by_round[(m.height, m.round)][src] = m
+        self._round_seen(src, m.height, m.round)
+        for k in (1, 2, 3, 4):
+            truth = summarize(self.vote_hist[(src, m.height, k)], m.round)
+            if m.s[k - 1] != truth:
+                self.violation(6, f"node {src} h {m.height} r {m.round}: untruthful s{k}")
+        self.rx_reports[(src, m.height, m.round)].setdefault(src, m)
+
+    def _check_propose(self, src: int, m: Propose) -> None:
+        key = (src, m.height, m.round)
+        v = block_hash(m.block)
+        old = self.sent_props.get(key)
+        if old is not None:
+            if old != v:
+                self.violation(4, f"node {src} h {m.height} r {m.round}: two PROPOSE values")
+            return
+        self.sent_props[key] = v
+        self._round_seen(src, m.height, m.round)
+        self.rx_props[(src, m.height, m.round)][v] = m.block
+
+    def _check_done(self, src: int, m: Done) -> None:
+        key = (src, m.height)
+        old = self.sent_dones.get(key)
+        if old is not None:
+            if old != m.value:
+                self.violation(4, f"node {src} h {m.height}: two DONE values")
+            return
+        self.sent_dones[key] = m.value
+        h, v = m.height, m.value
+        by_votes = self.rx_vote4_best[(src, h, v)] >= self.q
+        by_dones = len(self.rx_dones[(src, h, v)] - {src}) >= self.b
+        if not (by_votes or by_dones):
+            self.violation(7, f"node {src} h {h}: DONE without q VOTE4 or b DONE")
+
+    def _rx_vote(self, node: int, src: int, m: Vote) -> None:
+        senders = self.rx_votes[(node, m.height, m.round, m.phase, m.value)]
+        senders.add(src)
+        if m.phase == 4:
+            key = (node, m.height, m.value)
+            self.rx_vote4_best[key] = max(self.rx_vote4_best[key], len(senders))
+
+    def on_receive(self, nd: SimNode, src: int, m: Message) -> None:
+        node = nd.ident
+        if not self.correct(node):
+            return
+        if isinstance(m, Vote):
+            self._rx_vote(node, src, m)
+        elif isinstance(m, Report):
+            self.rx_reports[(node, m.height, m.round)].setdefault(src, m)
+        elif isinstance(m, Propose):
+            a = self.anchor(m.height)
+            if a is not None and src == self.sim.params.leader(a, m.round):
+                self.rx_props[(node, m.height, m.round)].setdefault(block_hash(m.block), m.block)
+        elif isinstance(m, Done):
+            self.rx_dones[(node, m.height, m.value)].add(src)
+        elif isinstance(m, SyncResp):
+            for i, v in enumerate(m.hashes):
+                self.rx_dones[(node, m.height + i, v)].add(src)
+
+    def after_step(self, nd: SimNode, acts: list[Action]) -> None:
+        if not self.correct(nd.ident):
+            return
+        eng = nd.engine
+        live = [i for i in eng.inst.values() if not i.terminated]
+        if len(live) > 2:
+            self.violation(10, f"node {nd.name}: {len(live)} live instances")
+        per_sender: dict[int, int] = defaultdict(int)
+        for j, _, _ in eng.next_buffer:
+            per_sender[j] += 1
+        if any(c > self.sim.params.next_buffer_per_sender for c in per_sender.values()):
+            self.violation(10, f"node {nd.name}: next-height buffer over its bound")
+        n = self.sim.params.n
+        if sum(len(c) for c in eng.claims.values()) > n * self.sim.params.sync_max_count:
+            self.violation(10, f"node {nd.name}: claims table over its bound")
+        for inst in eng.inst.values():
+            if len(inst.proposals) > n + 1 or len(inst.report_slot) > n:
+                self.violation(10, f"node {nd.name} h {inst.h}: slots over their bound")
+
+    def on_durable(self, nd: SimNode, acts: list[Action]) -> None:
+        if not self.correct(nd.ident):
+            return
+        for a in acts:
+            if not isinstance(a, Persist) or a.record.decided is None:
+                continue
+            key = (nd.ident, a.record.height)
+            if key in self.decided:
+                continue
+            v = a.record.decided
+            self.decided[key] = v
+            h = a.record.height
+            self.decided_round.setdefault(h, a.record.round)
+            holders = sum(
+                1
+                for x in self.sim.correct_nodes()
+                if x.ident not in self.sim.dead and (v in x.blocks or v in x.chain)
+            )
+            if holders < self.f + 1:
+                self.violation(13, f"h {h}: value decided by node {nd.ident} has {holders} holders")
+
+    def on_commit(self, nd: SimNode, h: int, blk: Block) -> None:
+        if not self.correct(nd.ident):
+            return
+        v = block_hash(blk)
+        prev = self.committed.get(h)
+        if prev is not None and block_hash(prev) != v:
+            self.violation(1, f"h {h}: node {nd.ident} commits a different block")
+            return
+        parent = nd.chain[-1] if nd.chain else GENESIS_HASH
+        if blk.height != h or blk.parent != parent:
+            self.violation(2, f"h {h}: node {nd.ident} commits a block with a wrong height/parent")
+        if prev is None:
+            self.committed[h] = blk
+        a = self.anchor(h)
+        if a is not None and blk.proposer != self.sim.params.leader(a, blk.round):
+            self.violation(2, f"h {h}: proposer {blk.proposer} is not leader of round {blk.round}")
+        if not app_valid(blk):
+            self.violation(2, f"h {h}: committed block fails the application predicate")
+        if not any(
+            len(s) >= self.q for (hh, _, vv), s in self.vote4_senders.items() if hh == h and vv == v
+        ):
+            self.violation(8, f"h {h}: committed without q VOTE4 of one round in the log")
+
+    def finish(self) -> None:
+        sim = self.sim
+        for src, to, kid in sim.key_reuse:
+            if self.correct(src):
+                self.violation(11, f"link {src}->{to}: key id {kid} reused")
+        for (src, h, r), v in sorted(self.sent_props.items()):
+            if r == 0:
+                continue
+            reps = self.reports_by_round.get((h, r), {})
+            if len(reps) >= self.q and not RULES.shows_safe(reps, v, r, 4, 1, self.q, self.b):
+                self.violation(12, f"node {src} h {h} r {r}: proposal not acceptable on correct REPORTs")
+        if sim.cfg.expect_live:
+            for nd in sim.correct_nodes():
+                if len(nd.chain) < sim.cfg.heights:
+                    self.violation(
+                        9, f"node {nd.ident} committed {len(nd.chain)} of {sim.cfg.heights} heights"
+                    )
