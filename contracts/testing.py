@@ -8,9 +8,11 @@ import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from contracts import membership
 from contracts.execution import BlockContext, BlockResult, Verifier, execute_block, verify_signature
 from contracts.genesis import Genesis, init_state, parse_genesis
 from contracts.query import query
+from contracts.state import StateReader
 from qchain.keys import Scheme, SigningKey, dev_key
 from qchain.store import Batch, KVStore
 from qchain.types import Receipt, Transaction, new_transaction
@@ -136,6 +138,12 @@ class DevChain:
             args=list(args),
             expiry_height=expiry_height,
         )
+
+    def sync_nonces(self) -> None:
+        """Take every labelled sender's next nonce from committed state (after transactions
+        were built that never got into a block)."""
+        state = StateReader(self.store, membership.NAME)
+        self.nonces = {a: membership.get_nonce(state, a) for a in self.addresses.values()}
 
     def context(self) -> BlockContext:
         return BlockContext(
