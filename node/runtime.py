@@ -171,7 +171,7 @@ class _Opener:
 
     async def open(self, frame: bytes) -> bytes:
         opened = await self.receiver.open(frame)
-        if opened.header.sender != self.sae_id:
+        if opened.sender != self.sae_id:
             raise CodecError("frame sender does not match the connection's peer")
         body: bytes = opened.body
         return body

@@ -159,10 +159,14 @@ class Transport:
                 peer.task.cancel()
         for w in list(self._inbound.values()):
             w.close()
-        for t in list(self._reader_tasks):
-            t.cancel()
         tasks = [p.task for p in self._out.values() if p.task is not None]
-        await asyncio.gather(*tasks, *self._reader_tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
+        # Closed connections end their readers; a reader stuck elsewhere is cancelled.
+        readers = list(self._reader_tasks)
+        if readers:
+            _, stuck = await asyncio.wait(readers, timeout=1.0)
+            for t in stuck:
+                t.cancel()
         for peer in self._out.values():
             if peer.writer is not None:
                 peer.writer.close()
@@ -287,6 +291,9 @@ class Transport:
             await self._read_frames(sender, opener, reader)
         except (OSError, ConnectionError, asyncio.IncompleteReadError, TimeoutError):
             pass
+        except asyncio.CancelledError:
+            writer.close()
+            return
         finally:
             if task is not None:
                 self._reader_tasks.discard(task)

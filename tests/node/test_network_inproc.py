@@ -1,0 +1,73 @@
+"""Four validators in one event loop, over real TCP on 127.0.0.1, with an in-process key
+manager: every node commits the same blocks, certificates form, receipts verify."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from devnet.network import account_key, plan_network, write_network
+from node.runtime import Validator
+from qchain.config import load_config
+from qchain.qkd.clock import SystemClock
+from qchain.qkd.simsource import LocalKeySource, full_mesh
+from qchain.qkd.testing import wait_until
+from qchain.types import new_transaction
+
+
+@pytest.fixture
+async def network(tmp_path: Path) -> AsyncIterator[list[Validator]]:
+    plan = plan_network(base_port=None, scheme="ed25519", heartbeat_ms=200)
+    write_network(tmp_path, plan)
+    manager = full_mesh([n.sae_id for n in plan.nodes], SystemClock(), initial_key_count=10_000)
+    nodes = [
+        Validator(
+            load_config(tmp_path / "nodes" / n.name / "config.toml"),
+            key_source=LocalKeySource(manager, n.sae_id),
+        )
+        for n in plan.nodes
+    ]
+    for v in nodes:
+        await v.start()
+    try:
+        yield nodes
+    finally:
+        for v in nodes:
+            await v.stop()
+
+
+async def test_validators_agree_and_commit_transactions(network: list[Validator]) -> None:
+    await wait_until(lambda: all(v.chain.height() >= 2 for v in network), timeout=20)
+    key = account_key("partner1", "ed25519")
+    chain_id = network[0].chain_id
+    hashes = []
+    for nonce in range(6):
+        tx = new_transaction(
+            key,
+            chain_id=chain_id,
+            nonce=nonce,
+            contract="notary",
+            method="anchor",
+            args=[bytes([nonce]) * 32, "sha256", f"doc {nonce}", "report", b""],
+        )
+        status, new = network[nonce % 4].submit_tx(tx)
+        assert new and status.state == "pending"
+        hashes.append(tx.hash)
+    results = await asyncio.gather(*(network[0].wait_committed(h, timeout_s=20) for h in hashes))
+    assert all(r is not None and r.receipt is not None for r in results)
+    top = min(v.chain.height() for v in network)
+    for h in range(1, top + 1):
+        blocks = {v.chain.block(h).hash for v in network}  # type: ignore[union-attr]
+        assert len(blocks) == 1, f"height {h} differs"
+    await wait_until(
+        lambda: all(v.receipt_proof(hashes[-1]) is not None for v in network), timeout=10
+    )
+    genesis_keys = network[0].validator_keys
+    for v in network:
+        proof = v.receipt_proof(hashes[-1])
+        assert proof is not None
+        proof.verify(chain_id, genesis_keys)
+        assert proof.receipt.ok, proof.receipt.message
