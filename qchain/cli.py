@@ -18,6 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "tx": ("qchain.cli_tx", "build, sign, decode and send transactions"),
     "sim": ("consensus.sim.cli", "run the deterministic consensus simulator"),
     "node": ("node.cli", "run a validator node"),
+    "devnet": ("devnet.cli", "a local devnet: init, up, down, status, reset, logs"),
     "kms": ("qchain.qkd.kms_cli", "simulated ETSI GS QKD 014 key manager and its certificates"),
 }
 

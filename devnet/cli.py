@@ -1,0 +1,287 @@
+"""`qchain devnet init|up|down|status|reset|logs`: a local network in one command.
+
+`init` writes the network (genesis, keys, configs, key manager config and TLS material)
+into a directory and is idempotent; `up` starts the key manager and the validators as
+background processes, waits for the first decided block, prints the endpoint table and the
+dev accounts and writes `endpoints.json`; `--foreground` stays attached and stops the
+network on Ctrl-C. `down` stops everything, `reset` also wipes chain data (configuration
+and keys stay), `status` shows each node's height, round, leader, peers and key pools, and
+`logs` prints (or follows) a service's log.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+DEFAULT_DIR = Path("devnet-data")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="devnet_cmd", metavar="VERB", required=True)
+    init = sub.add_parser("init", help="write a devnet's genesis, keys and configs")
+    _dir(init)
+    init.add_argument("--validators", type=int, default=4, help="n = 3f+1 (default 4)")
+    init.add_argument("--profile", choices=["test", "default"], default="test")
+    init.add_argument("--kms-rate", default="lab", help="lab|metro|long-haul|constrained")
+    init.add_argument("--scheme", choices=["ml-dsa-65", "ed25519"], default="ml-dsa-65")
+    init.add_argument("--chain-id", default="qchain-devnet")
+    init.add_argument("--base-port", type=int, default=27000)
+    init.add_argument(
+        "--heartbeat-ms",
+        type=int,
+        default=1000,
+        help="empty block interval when idle; 0 = no empty blocks",
+    )
+    init.add_argument("--force", action="store_true", help="overwrite a different network")
+    up = sub.add_parser("up", help="start the devnet as local processes")
+    _dir(up)
+    up.add_argument("--foreground", action="store_true", help="stay attached; Ctrl-C stops")
+    up.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for ready")
+    up.add_argument("--json", action="store_true", help="print endpoints as JSON")
+    down = sub.add_parser("down", help="stop every devnet process")
+    _dir(down)
+    st = sub.add_parser("status", help="height, round, leader, peers and key pools per node")
+    _dir(st)
+    st.add_argument("--json", action="store_true")
+    reset = sub.add_parser("reset", help="stop and wipe chain data, keep configuration")
+    _dir(reset)
+    logs = sub.add_parser("logs", help="print a service's log")
+    _dir(logs)
+    logs.add_argument("service", nargs="?", default=None, help="kms, node0, ... (default all)")
+    logs.add_argument("--follow", "-f", action="store_true")
+    logs.add_argument("--lines", "-n", type=int, default=50)
+
+
+def _dir(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dir", type=Path, default=DEFAULT_DIR, help="devnet directory")
+
+
+def run(args: argparse.Namespace) -> int:
+    cmd = args.devnet_cmd
+    if cmd == "init":
+        return _init(args)
+    from devnet.local import LocalNetwork
+
+    net = LocalNetwork(args.dir)
+    if cmd == "up":
+        return _up(net, args)
+    if cmd == "down":
+        stopped = net.stop()
+        print(f"stopped {', '.join(stopped)}" if stopped else "nothing was running")
+        return 0
+    if cmd == "status":
+        return _status(net, args.json)
+    if cmd == "reset":
+        net.stop()
+        for n in net.plan.nodes:
+            data = net.dir / "nodes" / n.name / "data"
+            shutil.rmtree(data, ignore_errors=True)
+            data.mkdir(parents=True)
+        shutil.rmtree(net.log_dir, ignore_errors=True)
+        print(f"wiped chain data of {len(net.plan.nodes)} nodes; configuration kept")
+        return 0
+    return _logs(net, args)
+
+
+def _init(args: argparse.Namespace) -> int:
+    from devnet.kms import write_kms_files
+    from devnet.network import plan_network, write_network
+
+    plan = plan_network(
+        validators=args.validators,
+        chain_id=args.chain_id,
+        profile=args.profile,
+        scheme=args.scheme,
+        kms_rate=args.kms_rate,
+        base_port=args.base_port,
+        heartbeat_ms=args.heartbeat_ms or None,
+    )
+    written = write_network(args.dir, plan, force=args.force)
+    if written:
+        write_kms_files(args.dir, plan)
+        print(f"initialised a {plan.validators}-validator devnet in {args.dir}")
+    else:
+        print(f"{args.dir} already holds this devnet; nothing to do")
+    return 0
+
+
+def endpoints(net: Any) -> dict[str, Any]:
+    """The endpoint table as JSON (also written to DIR/endpoints.json)."""
+    from devnet.network import DEV_ACCOUNTS, account_key
+
+    d = net.dir
+    plan = net.plan
+    return {
+        "chain_id": plan.chain_id,
+        "directory": str(d),
+        "genesis": str(d / "genesis.json"),
+        "ca": str(d / "ca" / "ca.pem"),
+        "kms": {
+            "url": plan.kms_url,
+            "admin_url": plan.kms_admin_url,
+            "admin_token_file": str(d / "kms" / "admin.token"),
+        },
+        "nodes": [
+            {
+                "name": n.name,
+                "index": n.index,
+                "api": n.api_url,
+                "p2p": n.p2p,
+                "admin": n.admin_url,
+                "admin_token_file": str(d / "nodes" / n.name / "admin.token"),
+                "metrics": f"{n.api_url}/metrics",
+                "explorer": f"{n.api_url}/",
+                "sae_id": n.sae_id,
+                "kms": plan.kms_url,
+                "tls_client_cert": str(d / "ca" / f"{n.sae_id}.pem"),
+                "tls_client_key": str(d / "ca" / f"{n.sae_id}.key"),
+                "config": str(d / "nodes" / n.name / "config.toml"),
+                "log": str(net.log_file(n.name)),
+            }
+            for n in plan.nodes
+        ],
+        "accounts": [
+            {
+                "name": role,
+                "organisation": org,
+                "roles": list(roles),
+                "address": account_key(role, plan.scheme).address.hex(),
+                "scheme": plan.scheme,
+                "key_file": str(d / "accounts" / f"{role}.json"),
+            }
+            for role, org, roles in DEV_ACCOUNTS
+        ],
+        "insecure_dev_keys": True,
+    }
+
+
+def print_table(doc: dict[str, Any]) -> None:
+    print(f"\nqchain devnet {doc['chain_id']} — {doc['directory']}")
+    print(f"key manager  {doc['kms']['url']}  (admin {doc['kms']['admin_url']})\n")
+    header = ("node", "API", "P2P", "admin", "metrics", "explorer")
+    rows = [
+        (n["name"], n["api"], n["p2p"], n["admin"], n["metrics"], n["explorer"])
+        for n in doc["nodes"]
+    ]
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    for r in [header, *rows]:
+        print("  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)))
+    print("\ndev accounts (INSECURE: derived from the published dev seed)")
+    for a in doc["accounts"]:
+        print(f"  {a['name']:<9} {a['address']}  {','.join(a['roles']):<8} {a['key_file']}")
+    print(f"\nendpoints as JSON: {doc['directory']}/endpoints.json")
+
+
+def _up(net: Any, args: argparse.Namespace) -> int:
+    started = time.monotonic()
+    net.start("kms")
+    net.wait_kms()
+    for n in net.plan.nodes:
+        net.start(n.name)
+    try:
+        net.wait_ready(min_height=1, timeout=args.timeout)
+    except (TimeoutError, RuntimeError) as e:
+        print(f"devnet did not become ready: {e}", file=sys.stderr)
+        print(f"logs: {net.log_dir}", file=sys.stderr)
+        if args.foreground:
+            net.stop()
+        return 1
+    elapsed = time.monotonic() - started
+    doc = endpoints(net)
+    (net.dir / "endpoints.json").write_text(json.dumps(doc, indent=2) + "\n")
+    if args.json:
+        print(json.dumps(doc, indent=2))
+    else:
+        print_table(doc)
+        print(f"first block decided {elapsed:.1f}s after start")
+    if not args.foreground:
+        return 0
+    print("running in the foreground; press Ctrl-C to stop the network")
+    stop = False
+
+    def _stop(signum: int, frame: object) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGINT, _stop)
+    signal.signal(signal.SIGTERM, _stop)
+    while not stop:
+        time.sleep(0.2)
+        dead = [s.name for s in net.services() if net.pid(s.name) is None]
+        if dead:
+            print(f"{', '.join(dead)} exited; stopping the network", file=sys.stderr)
+            break
+    stopped = net.stop()
+    print(f"stopped {', '.join(stopped)}")
+    return 0
+
+
+def _status(net: Any, as_json: bool) -> int:
+    from devnet.local import http_json
+
+    rows = []
+    for n in net.plan.nodes:
+        st = net.node_status(n.name)
+        qkd = None
+        if st is not None:
+            try:
+                qkd = http_json(f"{n.api_url}/v1/qkd")
+            except (OSError, ValueError):
+                qkd = None
+        rows.append({"node": n.name, "pid": net.pid(n.name), "status": st, "qkd": qkd})
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(f"{'node':<7} {'pid':>7} {'height':>7} {'round':>5} {'leader':>6} {'peers':<9} key pools")
+    for r in rows:
+        st = r["status"]
+        if st is None:
+            print(f"{r['node']:<7} {r['pid'] or '-':>7} {'down':>7}")
+            continue
+        pools = []
+        for sae, link in (r["qkd"] or {}).get("links", {}).items():
+            send = link.get("send", {})
+            pools.append(f"{sae.removeprefix('SAE-')}:{send.get('level', '?')}")
+        peers = ",".join(str(p) for p in st.get("peers", []))
+        print(
+            f"{r['node']:<7} {r['pid'] or '-':>7} {st.get('height', '?'):>7} "
+            f"{st.get('round', '-')!s:>5} {st.get('leader', '-')!s:>6} {peers:<9} "
+            f"{' '.join(pools)}"
+        )
+    return 0
+
+
+def _logs(net: Any, args: argparse.Namespace) -> int:
+    names = [args.service] if args.service else [s.name for s in net.services()]
+    files = [net.log_file(n) for n in names]
+    for f in files:
+        if not f.exists():
+            continue
+        lines = f.read_text(errors="replace").splitlines()[-args.lines :]
+        for line in lines:
+            print(f"{f.stem:<6} | {line}" if len(files) > 1 else line)
+    if not args.follow:
+        return 0
+    offsets = {f: f.stat().st_size if f.exists() else 0 for f in files}
+    try:
+        while True:
+            for f in files:
+                if not f.exists():
+                    continue
+                size = f.stat().st_size
+                if size > offsets[f]:
+                    with open(f, errors="replace") as fh:
+                        fh.seek(offsets[f])
+                        for line in fh.read().splitlines():
+                            print(f"{f.stem:<6} | {line}" if len(files) > 1 else line)
+                    offsets[f] = size
+            time.sleep(0.2)
+    except KeyboardInterrupt:
+        return 0
