@@ -1,0 +1,84 @@
+"""One node's side of every QKD-authenticated link, wired together.
+
+`QKDEndpoint` builds, for a node `me` with peers P, a `SendKeyPool` and `LinkSender` per
+peer (me -> p) and a `ReceiveKeyPool` per peer behind one `LinkReceiver` (p -> me), all
+drawing on one `KeySource`. The node transport needs only `sender(peer).seal(body)`,
+`receiver.open(frame)`, `sender(peer).resync()` after a reconnection, `stats()` for
+metrics, and `start()` / `close()`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from qchain.qkd.clock import Clock, SystemClock
+from qchain.qkd.frame import DEFAULT_FRAME_LIMITS, FrameLimits, LinkReceiver, LinkSender
+from qchain.qkd.pool import PoolConfig, ReceiveKeyPool, SendKeyPool
+from qchain.qkd.source import KeySource
+
+
+class QKDEndpoint:
+    def __init__(
+        self,
+        chain_id: str,
+        me: str,
+        peers: Iterable[str],
+        source: KeySource,
+        *,
+        config: PoolConfig | None = None,
+        clock: Clock | None = None,
+        limits: FrameLimits = DEFAULT_FRAME_LIMITS,
+        first_seqs: dict[str, int] | None = None,
+    ) -> None:
+        """`first_seqs` maps a peer to the first sequence number to send (default 1)."""
+        self.me = me
+        self.source = source
+        clock = clock or SystemClock()
+        peers = sorted(set(peers) - {me})
+        starts = first_seqs or {}
+        self.send_pools = {p: SendKeyPool(source, p, config, clock) for p in peers}
+        self.receive_pools = {p: ReceiveKeyPool(source, p, config, clock) for p in peers}
+        self.senders = {
+            p: LinkSender(
+                chain_id, me, p, self.send_pools[p], first_seq=starts.get(p, 1), limits=limits
+            )
+            for p in peers
+        }
+        self.receiver = LinkReceiver(chain_id, me, self.receive_pools, limits=limits)
+
+    def sender(self, peer: str) -> LinkSender:
+        return self.senders[peer]
+
+    def start(self) -> None:
+        """Start filling every send pool (call from the running event loop)."""
+        for pool in self.send_pools.values():
+            pool.start()
+
+    async def close(self) -> None:
+        """Wipe every key held; the key source is the caller's to close."""
+        for pool in self.send_pools.values():
+            await pool.close()
+        for rpool in self.receive_pools.values():
+            await rpool.close()
+
+    def stats(self) -> dict[str, dict[str, object]]:
+        """Per peer: pool levels, counters of both directions, rejections by reason."""
+        out: dict[str, dict[str, object]] = {}
+        for p, sender in self.senders.items():
+            state = self.receiver.peers[p]
+            out[p] = {
+                "send": {
+                    "level": self.send_pools[p].level,
+                    "frames": sender.counters.frames,
+                    "next_seq": sender.next_seq,
+                    **self.send_pools[p].counters.__dict__,
+                },
+                "receive": {
+                    "level": self.receive_pools[p].level,
+                    "frames": state.accepted,
+                    "last_seq": state.last_seq,
+                    "rejected": dict(state.rejected),
+                    **self.receive_pools[p].counters.__dict__,
+                },
+            }
+        return out
