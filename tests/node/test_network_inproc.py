@@ -11,6 +11,7 @@ import pytest
 
 from devnet.network import account_key, plan_network, write_network
 from node.runtime import Validator
+from node.transport import FaultRules
 from qchain.config import load_config
 from qchain.qkd.clock import SystemClock
 from qchain.qkd.simsource import LocalKeySource, full_mesh
@@ -71,3 +72,59 @@ async def test_validators_agree_and_commit_transactions(network: list[Validator]
         assert proof is not None
         proof.verify(chain_id, genesis_keys)
         assert proof.receipt.ok, proof.receipt.message
+
+
+def _anchor_tx(chain_id: str, nonce: int, tag: int = 0) -> object:
+    key = account_key("partner2", "ed25519")
+    digest = bytes([tag, nonce % 256, nonce // 256]) * 10 + b"\x00\x01"
+    return new_transaction(
+        key,
+        chain_id=chain_id,
+        nonce=nonce,
+        contract="notary",
+        method="anchor",
+        args=[digest, "sha256", f"doc {nonce}", "report", b""],
+    )
+
+
+async def test_partitioned_node_catches_up_after_heal(network: list[Validator]) -> None:
+    await wait_until(lambda: all(v.chain.height() >= 1 for v in network), timeout=20)
+    isolated = network[3]
+    others = network[:3]
+    isolated.set_faults(
+        FaultRules(blocked=frozenset({0, 1, 2})), FaultRules(blocked=frozenset({0, 1, 2}))
+    )
+    for v in others:
+        v.set_faults(FaultRules(blocked=frozenset({3})), FaultRules(blocked=frozenset({3})))
+    start = max(v.chain.height() for v in others)
+    await wait_until(lambda: all(v.chain.height() >= start + 5 for v in others), timeout=30)
+    behind = isolated.chain.height()
+    assert behind < start + 5
+    for v in network:
+        v.set_faults(FaultRules(), FaultRules())
+    target = max(v.chain.height() for v in others)
+    await wait_until(lambda: isolated.chain.height() >= target, timeout=30)
+    for h in range(1, target + 1):
+        assert isolated.chain.block(h) == others[0].chain.block(h)
+
+
+async def test_corrupted_and_replayed_frames_are_rejected_and_counted(
+    network: list[Validator],
+) -> None:
+    await wait_until(lambda: all(v.chain.height() >= 1 for v in network), timeout=20)
+    network[1].set_faults(FaultRules(corrupt_pct=30.0, duplicate_pct=30.0), FaultRules())
+    start = min(v.chain.height() for v in network)
+    await wait_until(lambda: all(v.chain.height() >= start + 4 for v in network), timeout=30)
+
+    def rejected_from_1() -> int:
+        total = 0
+        for v in (network[0], network[2], network[3]):
+            link = v.qkd_status()["links"]["SAE-node1"]
+            total += sum(link["transport"]["rejected"].values())
+        return total
+
+    await wait_until(lambda: rejected_from_1() > 0, timeout=20)
+    network[1].set_faults(FaultRules(), FaultRules())
+    top = min(v.chain.height() for v in network)
+    for h in range(1, top + 1):
+        assert len({v.chain.block(h).hash for v in network}) == 1  # type: ignore[union-attr]
