@@ -1,0 +1,175 @@
+"""Every Prometheus metric of a node, defined in this one place.
+
+Each node owns a `NodeMetrics` with its own `CollectorRegistry` (never the process-global
+one), so several nodes in one process (tests, the simulator) do not collide. Names follow
+`qchain_<subsystem>_<name>_<unit>`; counters end in `_total`, durations are in seconds and
+sizes in bytes. A gauge whose name already says what it counts (height, round, keys, txs)
+has no further unit suffix.
+
+The runtime updates the metrics through the small methods below (or the metric objects
+directly); the HTTP API records its own requests through `observe_api_request`.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+
+__all__ = ["CONTENT_TYPE_LATEST", "NodeMetrics"]
+
+_LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+_INTERVAL_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
+
+
+class NodeMetrics:
+    """The metrics of one node, on a registry of its own."""
+
+    def __init__(self, node: str = "") -> None:
+        self.node = node
+        r = self.registry = CollectorRegistry(auto_describe=True)
+
+        # consensus
+        self.consensus_height = Gauge(
+            "qchain_consensus_height", "Height of the last committed block.", registry=r
+        )
+        self.consensus_round = Gauge(
+            "qchain_consensus_round", "Current consensus round at the next height.", registry=r
+        )
+        self.consensus_round_changes = Counter(
+            "qchain_consensus_round_changes_total",
+            "Rounds abandoned without a decision (timeouts, ABORTs).",
+            registry=r,
+        )
+        self.consensus_block_interval = Histogram(
+            "qchain_consensus_block_interval_seconds",
+            "Time between two consecutive commits seen by this node.",
+            buckets=_INTERVAL_BUCKETS,
+            registry=r,
+        )
+        self.consensus_decided_txs = Counter(
+            "qchain_consensus_decided_txs_total",
+            "Transactions in decided blocks.",
+            registry=r,
+        )
+
+        # mempool
+        self.mempool_txs = Gauge(
+            "qchain_mempool_txs", "Transactions waiting in the mempool.", registry=r
+        )
+        self.mempool_size = Gauge(
+            "qchain_mempool_size_bytes", "Encoded size of the mempool's transactions.", registry=r
+        )
+        self.mempool_rejections = Counter(
+            "qchain_mempool_rejections_total",
+            "Transactions refused by the mempool, by reason (problem type slug).",
+            ["reason"],
+            registry=r,
+        )
+
+        # transport
+        self.transport_frames = Counter(
+            "qchain_transport_frames_total",
+            "Authenticated frames, by peer and direction (in, out).",
+            ["peer", "direction"],
+            registry=r,
+        )
+        self.transport_bytes = Counter(
+            "qchain_transport_bytes_total",
+            "Frame bytes on the wire, by peer and direction (in, out).",
+            ["peer", "direction"],
+            registry=r,
+        )
+        self.transport_rejections = Counter(
+            "qchain_transport_rejections_total",
+            "Incoming frames dropped, by peer and reason (bad-tag, replayed-key, malformed...).",
+            ["peer", "reason"],
+            registry=r,
+        )
+
+        # qkd
+        self.qkd_keys_consumed = Counter(
+            "qchain_qkd_keys_consumed_total",
+            "One-time keys spent on frames, by directed link.",
+            ["link"],
+            registry=r,
+        )
+        self.qkd_pool_keys = Gauge(
+            "qchain_qkd_pool_keys",
+            "Keys ready in the pool, by directed link.",
+            ["link"],
+            registry=r,
+        )
+        self.qkd_waits = Counter(
+            "qchain_qkd_waits_total",
+            "Sends that had to wait for a key, by directed link.",
+            ["link"],
+            registry=r,
+        )
+        self.qkd_key_manager_latency = Histogram(
+            "qchain_qkd_key_manager_latency_seconds",
+            "Latency of key manager requests, by link.",
+            ["link"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+
+        # execution
+        self.execution_block_duration = Histogram(
+            "qchain_execution_block_duration_seconds",
+            "Time to execute a block's transactions (proposal building or validation).",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+
+        # api
+        self.api_requests = Counter(
+            "qchain_api_requests_total",
+            "HTTP API requests, by route template, method and status code.",
+            ["route", "method", "status"],
+            registry=r,
+        )
+        self.api_request_duration = Histogram(
+            "qchain_api_request_duration_seconds",
+            "HTTP API request handling time, by route template (streams excluded).",
+            ["route"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.api_rate_limited = Counter(
+            "qchain_api_rate_limited_total",
+            "HTTP API requests refused with 429 by the per-client rate limit.",
+            registry=r,
+        )
+
+    # --- updates used by the runtime ---------------------------------------------------
+
+    def observe_commit(self, height: int, tx_count: int, interval_s: float | None) -> None:
+        """A block was committed; interval_s is the time since the previous commit."""
+        self.consensus_height.set(height)
+        self.consensus_decided_txs.inc(tx_count)
+        if interval_s is not None:
+            self.consensus_block_interval.observe(interval_s)
+
+    def observe_round(self, round_: int, changed: bool) -> None:
+        """The engine entered round_; changed is True when a round was abandoned."""
+        self.consensus_round.set(round_)
+        if changed:
+            self.consensus_round_changes.inc()
+
+    def observe_mempool(self, txs: int, size_bytes: int) -> None:
+        self.mempool_txs.set(txs)
+        self.mempool_size.set(size_bytes)
+
+    def observe_frame(self, peer: str, direction: str, size_bytes: int) -> None:
+        self.transport_frames.labels(peer, direction).inc()
+        self.transport_bytes.labels(peer, direction).inc(size_bytes)
+
+    def observe_api_request(self, route: str, method: str, status: int, seconds: float) -> None:
+        self.api_requests.labels(route, method, str(status)).inc()
+        self.api_request_duration.labels(route).observe(seconds)
+
+    # --- exposition ----------------------------------------------------------------------
+
+    def exposition(self) -> bytes:
+        """The registry in the Prometheus text format (`CONTENT_TYPE_LATEST`)."""
+        return generate_latest(self.registry)

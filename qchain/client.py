@@ -1,0 +1,678 @@
+"""Client SDK for a node's HTTP API: `AsyncClient` (aiohttp) and `Client` (blocking).
+
+Both speak the API described in `node/openapi.yaml`. Transactions go up as canonical bytes
+(`application/msgpack`); receipts come down as canonical `ReceiptProof` bytes, so what a
+client keeps can be checked offline with `ReceiptProof.verify` against the genesis
+validator keys, without trusting the node that served it. Every problem+json answer
+becomes an `ApiError` carrying the problem's type slug as `code` and its extension
+members; a node that cannot be reached is a `NodeUnavailable`.
+
+This module also holds the JSON forms of the API's documents (headers, blocks, receipts,
+proofs, certificates), used by the node to answer and by the client and CLI to read
+them back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import ssl
+import threading
+from collections.abc import AsyncIterator, Awaitable, Coroutine, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Literal, Self, TypeVar
+from urllib.parse import quote
+
+import aiohttp
+
+from qchain.codec import Value
+from qchain.errors import ApiError, CodecError, NodeUnavailable
+from qchain.jsonform import hex_field, tx_from_json, tx_to_json, value_from_json, value_to_json
+from qchain.merkle import MerkleProof
+from qchain.types import (
+    Block,
+    BlockHeader,
+    CommitCertificate,
+    CommitSignature,
+    Event,
+    Receipt,
+    ReceiptProof,
+    Transaction,
+)
+
+MSGPACK = "application/msgpack"
+PROBLEM_JSON = "application/problem+json"
+
+T = TypeVar("T")
+
+# --- JSON forms of API documents ---------------------------------------------------------
+
+
+def header_to_json(h: BlockHeader) -> dict[str, Any]:
+    return {
+        "hash": h.hash.hex(),
+        "chain_id": h.chain_id,
+        "height": h.height,
+        "round": h.round,
+        "time": h.time,
+        "parent": h.parent.hex(),
+        "proposer": h.proposer,
+        "tx_root": h.tx_root.hex(),
+        "receipts_root": h.receipts_root.hex(),
+        "app_hash": h.app_hash.hex(),
+    }
+
+
+def block_to_json(b: Block) -> dict[str, Any]:
+    return {
+        "hash": b.hash.hex(),
+        "height": b.height,
+        "header": header_to_json(b.header),
+        "txs": [{"hash": tx.hash.hex(), **tx_to_json(tx)} for tx in b.txs],
+    }
+
+
+def receipt_to_json(r: Receipt) -> dict[str, Any]:
+    return {
+        "tx_hash": r.tx_hash.hex(),
+        "height": r.height,
+        "index": r.index,
+        "ok": r.ok,
+        "code": r.code,
+        "message": r.message,
+        "result": value_to_json(r.result),
+        "events": [
+            {"contract": e.contract, "name": e.name, "data": value_to_json(e.data)}
+            for e in r.events
+        ],
+    }
+
+
+def certificate_to_json(c: CommitCertificate) -> dict[str, Any]:
+    return {
+        "height": c.height,
+        "block_hash": c.block_hash.hex(),
+        "signatures": [
+            {"validator": s.validator, "signature": s.signature.hex()} for s in c.signatures
+        ],
+    }
+
+
+def receipt_proof_to_json(p: ReceiptProof) -> dict[str, Any]:
+    return {
+        "receipt": receipt_to_json(p.receipt),
+        "proof": {
+            "index": p.proof.index,
+            "size": p.proof.size,
+            "path": [x.hex() for x in p.proof.path],
+        },
+        "header": header_to_json(p.header),
+        "certificate": certificate_to_json(p.certificate),
+    }
+
+
+def _obj(doc: object, path: str) -> dict[str, Any]:
+    if not isinstance(doc, dict):
+        raise CodecError(f"{path}: expected a JSON object")
+    return doc
+
+
+def _get(doc: dict[str, Any], name: str, path: str) -> Any:
+    if name not in doc:
+        raise CodecError(f"{path}.{name}: missing")
+    return doc[name]
+
+
+def header_from_json(doc: object) -> BlockHeader:
+    d = _obj(doc, "header")
+    hexes = {"parent", "tx_root", "receipts_root", "app_hash"}
+    wire = [
+        hex_field(_get(d, f, "header"), f"header.{f}") if f in hexes else _get(d, f, "header")
+        for f in (
+            "chain_id",
+            "height",
+            "round",
+            "time",
+            "parent",
+            "proposer",
+            "tx_root",
+            "receipts_root",
+            "app_hash",
+        )
+    ]
+    header = BlockHeader.from_wire(wire)
+    if "hash" in d and hex_field(d["hash"], "header.hash") != header.hash:
+        raise CodecError("header.hash does not match the header's fields")
+    return header
+
+
+def block_from_json(doc: object) -> Block:
+    d = _obj(doc, "block")
+    txs = _get(d, "txs", "block")
+    if not isinstance(txs, list):
+        raise CodecError("block.txs: expected an array")
+    parsed: list[Transaction] = []
+    for i, t in enumerate(txs):
+        item = dict(_obj(t, f"block.txs[{i}]"))
+        claimed = item.pop("hash", None)
+        tx = tx_from_json(item)
+        if claimed is not None and hex_field(claimed, f"block.txs[{i}].hash") != tx.hash:
+            raise CodecError(f"block.txs[{i}].hash does not match the transaction")
+        parsed.append(tx)
+    block = Block(header_from_json(_get(d, "header", "block")), tuple(parsed))
+    block.check_body()
+    return block
+
+
+def receipt_from_json(doc: object) -> Receipt:
+    d = _obj(doc, "receipt")
+    events = _get(d, "events", "receipt")
+    if not isinstance(events, list):
+        raise CodecError("receipt.events: expected an array")
+    evs = []
+    for i, e in enumerate(events):
+        ed = _obj(e, f"receipt.events[{i}]")
+        evs.append(
+            Event.from_wire(
+                [
+                    _get(ed, "contract", "event"),
+                    _get(ed, "name", "event"),
+                    value_from_json(_get(ed, "data", "event"), f"receipt.events[{i}].data"),
+                ]
+            )
+        )
+    return Receipt.from_wire(
+        [
+            hex_field(_get(d, "tx_hash", "receipt"), "receipt.tx_hash"),
+            _get(d, "height", "receipt"),
+            _get(d, "index", "receipt"),
+            _get(d, "ok", "receipt"),
+            _get(d, "code", "receipt"),
+            _get(d, "message", "receipt"),
+            value_from_json(_get(d, "result", "receipt"), "receipt.result"),
+            [e.to_wire() for e in evs],
+        ]
+    )
+
+
+def certificate_from_json(doc: object) -> CommitCertificate:
+    d = _obj(doc, "certificate")
+    sigs = _get(d, "signatures", "certificate")
+    if not isinstance(sigs, list):
+        raise CodecError("certificate.signatures: expected an array")
+    parsed = []
+    for i, s in enumerate(sigs):
+        sd = _obj(s, f"certificate.signatures[{i}]")
+        parsed.append(
+            CommitSignature.from_wire(
+                [
+                    _get(sd, "validator", "signature"),
+                    hex_field(_get(sd, "signature", "signature"), "signature"),
+                ]
+            ).to_wire()
+        )
+    return CommitCertificate.from_wire(
+        [
+            _get(d, "height", "certificate"),
+            hex_field(_get(d, "block_hash", "certificate"), "certificate.block_hash"),
+            parsed,
+        ]
+    )
+
+
+def receipt_proof_from_json(doc: object) -> ReceiptProof:
+    d = _obj(doc, "receipt proof")
+    p = _obj(_get(d, "proof", "receipt proof"), "proof")
+    path = _get(p, "path", "proof")
+    if not isinstance(path, list):
+        raise CodecError("proof.path: expected an array")
+    proof = MerkleProof.from_wire(
+        [
+            _get(p, "index", "proof"),
+            _get(p, "size", "proof"),
+            [hex_field(x, "proof.path") for x in path],
+        ]
+    )
+    return ReceiptProof(
+        receipt_from_json(_get(d, "receipt", "receipt proof")),
+        proof,
+        header_from_json(_get(d, "header", "receipt proof")),
+        certificate_from_json(_get(d, "certificate", "receipt proof")),
+    )
+
+
+# --- results -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ChainEvent:
+    """One server-sent event of `/v1/events` (the client's copy of the node's type)."""
+
+    id: int
+    kind: Literal["block", "tx"]
+    data: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class TxInfo:
+    """A transaction's status as the node reported it."""
+
+    tx_hash: bytes
+    status: Literal["pending", "committed"]
+    height: int | None = None
+    index: int | None = None
+    receipt: Receipt | None = None
+    new: bool | None = None
+    """On submit: True if the node had not seen these bytes before (HTTP 202)."""
+
+    @classmethod
+    def from_json(cls, doc: object, new: bool | None = None) -> TxInfo:
+        d = _obj(doc, "tx status")
+        status = _get(d, "status", "tx status")
+        if status not in ("pending", "committed"):
+            raise CodecError(f"tx status: unknown status {status!r}")
+        receipt = d.get("receipt")
+        return cls(
+            hex_field(_get(d, "tx_hash", "tx status"), "tx_hash"),
+            status,
+            d.get("height"),
+            d.get("index"),
+            None if receipt is None else receipt_from_json(receipt),
+            new,
+        )
+
+
+def _problem(status: int, body: bytes, content_type: str) -> ApiError:
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        doc = None
+    if not isinstance(doc, dict) or "type" not in doc:
+        text = body.decode("utf-8", "replace")[:200]
+        return ApiError(status, "about:blank", f"HTTP {status}", text or content_type, {})
+    std = {"type", "title", "status", "detail", "instance"}
+    return ApiError(
+        status,
+        str(doc.get("type")),
+        str(doc.get("title", f"HTTP {status}")),
+        str(doc.get("detail", "")),
+        {k: v for k, v in doc.items() if k not in std},
+    )
+
+
+def ssl_context_for(ca_file: str | None = None) -> ssl.SSLContext:
+    """A client TLS context trusting ca_file (a node's self-signed certificate or CA)."""
+    return ssl.create_default_context(cafile=ca_file)
+
+
+# --- async client ------------------------------------------------------------------------
+
+
+class AsyncClient:
+    """Talk to one node. Use as `async with AsyncClient(url) as c:` or call `close()`."""
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        timeout_s: float = 30.0,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.timeout_s = timeout_s
+        self._ssl: ssl.SSLContext | bool = ssl_context if ssl_context is not None else True
+        self._session: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def _sess(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(ssl=self._ssl),
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.timeout_s),
+            )
+        return self._session
+
+    async def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, str] | None = None,
+        body: bytes | None = None,
+        content_type: str | None = None,
+        accept: str = "application/json",
+        timeout_s: float | None = None,
+    ) -> tuple[int, str, bytes]:
+        headers = {"Accept": accept}
+        if content_type is not None:
+            headers["Content-Type"] = content_type
+        total = self.timeout_s if timeout_s is None else timeout_s
+        try:
+            async with self._sess().request(
+                method,
+                self.base_url + path,
+                params=params,
+                data=body,
+                headers=headers,
+                timeout=aiohttp.ClientTimeout(total=total),
+            ) as resp:
+                data = await resp.read()
+                ctype = resp.content_type
+                status = resp.status
+        except (aiohttp.ClientError, TimeoutError) as e:
+            raise NodeUnavailable(f"{method} {self.base_url}{path}: {e or type(e).__name__}") from e
+        if status >= 400:
+            raise _problem(status, data, ctype)
+        return status, ctype, data
+
+    async def _json(self, method: str, path: str, **kw: Any) -> tuple[int, Any]:
+        status, ctype, data = await self._request(method, path, **kw)
+        try:
+            return status, json.loads(data)
+        except ValueError as e:
+            raise NodeUnavailable(f"{path}: answer is not JSON ({ctype})") from e
+
+    # transactions
+
+    async def submit(self, tx: bytes | Transaction) -> TxInfo:
+        """Submit a signed transaction; `new` tells whether the node saw it first now."""
+        raw = tx.encode() if isinstance(tx, Transaction) else tx
+        status, doc = await self._json("POST", "/v1/txs", body=raw, content_type=MSGPACK)
+        return TxInfo.from_json(doc, new=status == 202)
+
+    async def submit_and_wait(self, tx: bytes | Transaction, timeout_s: float = 30.0) -> TxInfo:
+        """Submit and wait until committed; `ApiError` with code `commit-timeout` if not
+        committed within timeout_s (the transaction may still commit later)."""
+        raw = tx.encode() if isinstance(tx, Transaction) else tx
+        _, doc = await self._json(
+            "POST",
+            "/v1/txs",
+            params={"wait": "commit", "timeout": repr(float(timeout_s))},
+            body=raw,
+            content_type=MSGPACK,
+            timeout_s=timeout_s + self.timeout_s,
+        )
+        return TxInfo.from_json(doc, new=None)
+
+    async def submit_batch(self, txs: Sequence[bytes | Transaction]) -> list[TxInfo | ApiError]:
+        """Submit many; each item is its status or the problem that refused it."""
+        raws = [t.encode() if isinstance(t, Transaction) else t for t in txs]
+        _, doc = await self._json(
+            "POST",
+            "/v1/txs/batch",
+            body=json.dumps([r.hex() for r in raws]).encode(),
+            content_type="application/json",
+        )
+        out: list[TxInfo | ApiError] = []
+        for item in _get(_obj(doc, "batch"), "results", "batch"):
+            if "problem" in item:
+                p = item["problem"]
+                out.append(_problem(int(p.get("status", 400)), json.dumps(p).encode(), ""))
+            else:
+                out.append(TxInfo.from_json(item, new=bool(item.get("new"))))
+        return out
+
+    async def tx_status(self, tx_hash: bytes | str) -> TxInfo:
+        _, doc = await self._json("GET", f"/v1/txs/{_hex(tx_hash)}")
+        return TxInfo.from_json(doc)
+
+    async def transaction(self, tx_hash: bytes | str) -> Transaction | None:
+        """The transaction itself, if the node still has it."""
+        _, doc = await self._json("GET", f"/v1/txs/{_hex(tx_hash)}")
+        t = _obj(doc, "tx status").get("transaction")
+        return None if t is None else tx_from_json(t)
+
+    async def receipt_bytes(self, tx_hash: bytes | str) -> bytes:
+        """Canonical `ReceiptProof` bytes, as the node serves them."""
+        _, _, data = await self._request("GET", f"/v1/receipts/{_hex(tx_hash)}", accept=MSGPACK)
+        return data
+
+    async def receipt(self, tx_hash: bytes | str) -> ReceiptProof:
+        """The receipt with its proof, header and certificate (not yet verified)."""
+        return ReceiptProof.decode(await self.receipt_bytes(tx_hash))
+
+    # chain
+
+    async def block(self, height: int | Literal["latest"] = "latest") -> Block:
+        _, doc = await self._json("GET", f"/v1/blocks/{height}")
+        return block_from_json(doc)
+
+    async def blocks(self, start: int, limit: int = 20) -> list[Block]:
+        _, doc = await self._json(
+            "GET", "/v1/blocks", params={"from": str(start), "limit": str(limit)}
+        )
+        return [block_from_json(b) for b in _get(_obj(doc, "blocks"), "blocks", "blocks")]
+
+    async def account(self, address: bytes | str) -> dict[str, Any]:
+        _, doc = await self._json("GET", f"/v1/accounts/{_hex(address)}")
+        return _obj(doc, "account")
+
+    async def next_nonce(self, address: bytes | str) -> int:
+        """The nonce the address's next transaction must carry (pending ones counted);
+        0 for an address the node does not know."""
+        try:
+            acct = await self.account(address)
+        except ApiError as e:
+            if e.status == 404:
+                return 0
+            raise
+        nonce = acct.get("pending_nonce", acct.get("nonce"))
+        if type(nonce) is not int:
+            raise NodeUnavailable("account answer has no integer nonce")
+        return nonce
+
+    async def query(
+        self, contract: str, method: str, args: Mapping[str, Any] | None = None
+    ) -> Value:
+        """A read-only contract query; args by name as JSON values (bytes as {"hex": ...})."""
+        params = {k: json.dumps(v) for k, v in (args or {}).items()}
+        _, doc = await self._json(
+            "GET",
+            f"/v1/contracts/{quote(contract, safe='')}/{quote(method, safe='')}",
+            params=params,
+        )
+        return value_from_json(_get(_obj(doc, "query"), "result", "query"), "result")
+
+    async def status(self) -> dict[str, Any]:
+        return _obj((await self._json("GET", "/v1/status"))[1], "status")
+
+    async def qkd(self) -> dict[str, Any]:
+        return _obj((await self._json("GET", "/v1/qkd"))[1], "qkd")
+
+    async def ready(self) -> tuple[bool, list[str]]:
+        try:
+            await self._json("GET", "/readyz")
+        except ApiError as e:
+            if e.status == 503:
+                reasons = e.extra.get("reasons")
+                return False, [str(r) for r in reasons] if isinstance(reasons, list) else []
+            raise
+        return True, []
+
+    async def events(self, last_event_id: int | None = None) -> AsyncIterator[ChainEvent]:
+        """Server-sent events after last_event_id, as long as the node keeps the stream
+        open; the caller resumes with the last id it saw."""
+        headers = {"Accept": "text/event-stream"}
+        if last_event_id is not None:
+            headers["Last-Event-ID"] = str(last_event_id)
+        try:
+            async with self._sess().get(
+                self.base_url + "/v1/events",
+                headers=headers,
+                timeout=aiohttp.ClientTimeout(total=None, sock_read=None),
+            ) as resp:
+                if resp.status >= 400:
+                    raise _problem(resp.status, await resp.read(), resp.content_type)
+                async for event in _parse_sse(resp.content):
+                    yield event
+        except (aiohttp.ClientError, TimeoutError) as e:
+            raise NodeUnavailable(f"event stream: {e or type(e).__name__}") from e
+
+
+async def _parse_sse(stream: aiohttp.StreamReader) -> AsyncIterator[ChainEvent]:
+    fields: dict[str, str] = {}
+    data: list[str] = []
+    while True:
+        line_b = await stream.readline()
+        if not line_b:
+            return
+        line = line_b.decode("utf-8").rstrip("\r\n")
+        if line.startswith(":"):
+            continue
+        if line:
+            name, _, value = line.partition(":")
+            value = value.removeprefix(" ")
+            if name == "data":
+                data.append(value)
+            else:
+                fields[name] = value
+            continue
+        if data and "id" in fields and fields.get("event") in ("block", "tx"):
+            try:
+                ev_id = int(fields["id"])
+                payload = json.loads("\n".join(data))
+            except ValueError as e:
+                raise NodeUnavailable("malformed server-sent event") from e
+            kind: Literal["block", "tx"] = "block" if fields["event"] == "block" else "tx"
+            yield ChainEvent(ev_id, kind, payload)
+        fields, data = {}, []
+
+
+def _hex(b: bytes | str) -> str:
+    return b.hex() if isinstance(b, bytes) else b.removeprefix("0x").lower()
+
+
+# --- blocking client ---------------------------------------------------------------------
+
+
+class Client:
+    """Blocking client: runs an `AsyncClient` on a private event loop in its own thread,
+    so it also works when called from code that has an event loop of its own (not from
+    that loop's thread while the node under test runs on it). Call `close()` or use
+    `with Client(url) as c:`."""
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        timeout_s: float = 30.0,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        self._async = AsyncClient(base_url, timeout_s=timeout_s, ssl_context=ssl_context)
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="qchain-client", daemon=True
+        )
+        self._thread.start()
+        self._closed = False
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._run(self._async.close())
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join()
+        self._loop.close()
+
+    def _run(self, coro: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+
+    @property
+    def base_url(self) -> str:
+        return self._async.base_url
+
+    def submit(self, tx: bytes | Transaction) -> TxInfo:
+        return self._run(self._async.submit(tx))
+
+    def submit_and_wait(self, tx: bytes | Transaction, timeout_s: float = 30.0) -> TxInfo:
+        return self._run(self._async.submit_and_wait(tx, timeout_s))
+
+    def submit_batch(self, txs: Sequence[bytes | Transaction]) -> list[TxInfo | ApiError]:
+        return self._run(self._async.submit_batch(txs))
+
+    def tx_status(self, tx_hash: bytes | str) -> TxInfo:
+        return self._run(self._async.tx_status(tx_hash))
+
+    def transaction(self, tx_hash: bytes | str) -> Transaction | None:
+        return self._run(self._async.transaction(tx_hash))
+
+    def receipt_bytes(self, tx_hash: bytes | str) -> bytes:
+        return self._run(self._async.receipt_bytes(tx_hash))
+
+    def receipt(self, tx_hash: bytes | str) -> ReceiptProof:
+        return self._run(self._async.receipt(tx_hash))
+
+    def block(self, height: int | Literal["latest"] = "latest") -> Block:
+        return self._run(self._async.block(height))
+
+    def blocks(self, start: int, limit: int = 20) -> list[Block]:
+        return self._run(self._async.blocks(start, limit))
+
+    def account(self, address: bytes | str) -> dict[str, Any]:
+        return self._run(self._async.account(address))
+
+    def next_nonce(self, address: bytes | str) -> int:
+        return self._run(self._async.next_nonce(address))
+
+    def query(self, contract: str, method: str, args: Mapping[str, Any] | None = None) -> Value:
+        return self._run(self._async.query(contract, method, args))
+
+    def status(self) -> dict[str, Any]:
+        return self._run(self._async.status())
+
+    def qkd(self) -> dict[str, Any]:
+        return self._run(self._async.qkd())
+
+    def ready(self) -> tuple[bool, list[str]]:
+        return self._run(self._async.ready())
+
+    def events(self, last_event_id: int | None = None) -> Iterator[ChainEvent]:
+        """Blocking iterator over server-sent events; close it (or break) to stop."""
+        agen = self._async.events(last_event_id)
+        try:
+            while True:
+                try:
+                    yield self._run(_anext(agen))
+                except StopAsyncIteration:
+                    return
+        finally:
+            self._run(_aclose(agen))
+
+
+async def _anext(agen: AsyncIterator[T]) -> T:
+    return await agen.__anext__()
+
+
+async def _aclose(agen: AsyncIterator[Any]) -> None:
+    close = getattr(agen, "aclose", None)
+    if close is not None:
+        result: Awaitable[None] = close()
+        await result
