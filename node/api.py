@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import math
@@ -65,7 +66,7 @@ from qchain.errors import (
     UnknownScheme,
     WrongChain,
 )
-from qchain.jsonform import tx_from_json, tx_to_json, value_from_json, value_to_json
+from qchain.jsonform import tx_from_json, tx_to_json, value_from_json
 from qchain.types import MAX_TX_SIZE
 
 log = logging.getLogger("qchain.api")
@@ -245,6 +246,22 @@ def problem_response(exc: QChainError, request: web.Request) -> web.Response:
         body=json.dumps(doc).encode(),
         headers={"Content-Type": PROBLEM_JSON, **headers},
     )
+
+
+def result_json(v: object) -> Any:
+    """A query result as JSON: byte strings as {"hex": ...} (as in transaction arguments),
+    structs (dataclasses) and mappings as objects, sequences as arrays."""
+    if v is None or isinstance(v, bool | int | str):
+        return v
+    if isinstance(v, bytes):
+        return {"hex": v.hex()}
+    if isinstance(v, Mapping):
+        return {str(k): result_json(x) for k, x in v.items()}
+    if isinstance(v, list | tuple):
+        return [result_json(x) for x in v]
+    if dataclasses.is_dataclass(v) and not isinstance(v, type):
+        return {f.name: result_json(getattr(v, f.name)) for f in dataclasses.fields(v)}
+    return jsonable(v)
 
 
 def jsonable(v: object) -> Any:
@@ -557,7 +574,7 @@ class _Api:
                 "contract": contract,
                 "method": method,
                 "height": self.service.chain.height(),
-                "result": value_to_json(result),
+                "result": result_json(result),
             }
         )
 

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 from node.chainstore import ChainStore
-from qchain.codec import Value
 from qchain.types import Receipt, ReceiptProof, Transaction
 
 TxState = Literal["pending", "committed"]
@@ -69,8 +68,10 @@ class NodeService(Protocol):
     def account(self, address: bytes) -> Mapping[str, Any] | None:
         """Nonce, roles and membership facts of an address; None if unknown."""
 
-    def query(self, contract: str, method: str, args: Mapping[str, Any]) -> Value:
-        """A read-only contract query on committed state, args by name (JSON values)."""
+    def query(self, contract: str, method: str, args: Mapping[str, Any]) -> object:
+        """A read-only contract query on committed state, args by name (JSON values).
+        The result is a canonical value, a mapping or a contract result struct; the API
+        writes byte strings in it as {"hex": ...} and structs as objects."""
 
     def status(self) -> Mapping[str, Any]:
         """node, chain_id, height, round, leader, peers, sync state."""

@@ -26,7 +26,6 @@ from urllib.parse import quote
 
 import aiohttp
 
-from qchain.codec import Value
 from qchain.errors import ApiError, CodecError, NodeUnavailable
 from qchain.jsonform import hex_field, tx_from_json, tx_to_json, value_from_json, value_to_json
 from qchain.merkle import MerkleProof
@@ -477,17 +476,16 @@ class AsyncClient:
             raise NodeUnavailable("account answer has no integer nonce")
         return nonce
 
-    async def query(
-        self, contract: str, method: str, args: Mapping[str, Any] | None = None
-    ) -> Value:
-        """A read-only contract query; args by name as JSON values (bytes as {"hex": ...})."""
+    async def query(self, contract: str, method: str, args: Mapping[str, Any] | None = None) -> Any:
+        """A read-only contract query; args by name as JSON values (bytes as {"hex": ...}).
+        The result is JSON: bytes as {"hex": ...}, result records as objects."""
         params = {k: json.dumps(v) for k, v in (args or {}).items()}
         _, doc = await self._json(
             "GET",
             f"/v1/contracts/{quote(contract, safe='')}/{quote(method, safe='')}",
             params=params,
         )
-        return value_from_json(_get(_obj(doc, "query"), "result", "query"), "result")
+        return _get(_obj(doc, "query"), "result", "query")
 
     async def status(self) -> dict[str, Any]:
         return _obj((await self._json("GET", "/v1/status"))[1], "status")
@@ -642,7 +640,7 @@ class Client:
     def next_nonce(self, address: bytes | str) -> int:
         return self._run(self._async.next_nonce(address))
 
-    def query(self, contract: str, method: str, args: Mapping[str, Any] | None = None) -> Value:
+    def query(self, contract: str, method: str, args: Mapping[str, Any] | None = None) -> Any:
         return self._run(self._async.query(contract, method, args))
 
     def status(self) -> dict[str, Any]:
