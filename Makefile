@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint typecheck pytest clean
+.PHONY: install test lint typecheck pytest devnet devnet-down clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,15 @@ pytest: $(STAMP)
 	$(VENV)/bin/pytest
 
 test: lint typecheck pytest
+
+DEVNET_DIR ?= devnet-data
+
+devnet: $(STAMP)
+	$(VENV)/bin/qchain devnet init --dir $(DEVNET_DIR) --validators 4
+	$(VENV)/bin/qchain devnet up --dir $(DEVNET_DIR) --foreground
+
+devnet-down: $(STAMP)
+	$(VENV)/bin/qchain devnet down --dir $(DEVNET_DIR)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache .hypothesis

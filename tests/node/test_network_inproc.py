@@ -128,3 +128,22 @@ async def test_corrupted_and_replayed_frames_are_rejected_and_counted(
     top = min(v.chain.height() for v in network)
     for h in range(1, top + 1):
         assert len({v.chain.block(h).hash for v in network}) == 1  # type: ignore[union-attr]
+
+
+async def test_restarted_validator_catches_up_and_keeps_committing(
+    tmp_path: Path, network: list[Validator]
+) -> None:
+    await wait_until(lambda: all(v.chain.height() >= 2 for v in network), timeout=20)
+    old = network[2]
+    cfg, source = old.cfg, old._key_source
+    await old.stop()
+    others = [network[0], network[1], network[3]]
+    start = max(v.chain.height() for v in others)
+    await wait_until(lambda: all(v.chain.height() >= start + 3 for v in others), timeout=30)
+    restarted = Validator(cfg, key_source=source)
+    network[2] = restarted
+    await restarted.start()
+    target = max(v.chain.height() for v in others)
+    await wait_until(lambda: restarted.chain.height() >= target + 2, timeout=30)
+    for h in range(1, target + 1):
+        assert restarted.chain.block(h) == others[0].chain.block(h)
