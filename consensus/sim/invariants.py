@@ -143,20 +143,24 @@ class Monitor:
                 self.violation(4, f"node {src} h {m.height} r {m.round}: two VOTE{m.phase} values")
             return
         if m.round < self.max_round.get((src, m.height), -1):
-            self.violation(5, f"node {src} h {m.height}: VOTE in round {m.round} after a later round")
+            self.violation(
+                5, f"node {src} h {m.height}: VOTE in round {m.round} after a later round"
+            )
         self.sent_votes[key] = m.value
         self.vote_hist[(src, m.height, m.phase)].append((m.round, m.value))
         self._round_seen(src, m.height, m.round)
         q, h, r, v = self.q, m.height, m.round, m.value
         if m.phase >= 2:
             if len(self.rx_votes[(src, h, r, m.phase - 1, v)]) < q:
-                self.violation(7, f"node {src} h {h} r {r}: VOTE{m.phase} without q VOTE{m.phase - 1}")
+                self.violation(
+                    7, f"node {src} h {h} r {r}: VOTE{m.phase} without q VOTE{m.phase - 1}"
+                )
         else:
             blk = self.rx_props[(src, h, r)].get(v)
             nd = self.sim.nodes[src][0]
             if blk is None:
                 self.violation(7, f"node {src} h {h} r {r}: VOTE1 without the leader's PROPOSE")
-            elif not nd.validity(blk):
+            elif not nd.validity(blk) and self.sent_props.get((src, h, blk.round)) != v:
                 self.violation(7, f"node {src} h {h} r {r}: VOTE1 for an invalid block")
             if v not in nd.blocks:
                 self.violation(7, f"node {src} h {h} r {r}: VOTE1 before its body is durable")
@@ -267,7 +271,9 @@ class Monitor:
             holders = sum(
                 1
                 for x in self.sim.correct_nodes()
-                if x.ident not in self.sim.dead and (v in x.blocks or v in x.chain)
+                if x.ident not in self.sim.dead
+                and x.ident not in self.sim.crashed_forever
+                and (v in x.blocks or v in x.chain)
             )
             if holders < self.f + 1:
                 self.violation(13, f"h {h}: value decided by node {nd.ident} has {holders} holders")
@@ -300,14 +306,19 @@ class Monitor:
         for src, to, kid in sim.key_reuse:
             if self.correct(src):
                 self.violation(11, f"link {src}->{to}: key id {kid} reused")
+        rules = sim.rules
         for (src, h, r), v in sorted(self.sent_props.items()):
             if r == 0:
                 continue
             reps = self.reports_by_round.get((h, r), {})
-            if len(reps) >= self.q and not RULES.shows_safe(reps, v, r, 4, 1, self.q, self.b):
-                self.violation(12, f"node {src} h {h} r {r}: proposal not acceptable on correct REPORTs")
+            if len(reps) >= self.q and not rules.shows_safe(reps, v, r, 4, 1, self.q, self.b):
+                self.violation(
+                    12, f"node {src} h {h} r {r}: proposal not acceptable on correct REPORTs"
+                )
         if sim.cfg.expect_live:
             for nd in sim.correct_nodes():
+                if nd.ident in sim.crashed_forever:
+                    continue
                 if len(nd.chain) < sim.cfg.heights:
                     self.violation(
                         9, f"node {nd.ident} committed {len(nd.chain)} of {sim.cfg.heights} heights"

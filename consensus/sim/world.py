@@ -22,6 +22,7 @@ import heapq
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import TYPE_CHECKING
 
 from consensus.engine import Engine
@@ -61,6 +62,7 @@ from consensus.messages import (
     block_hash,
 )
 from consensus.params import Params
+from consensus.safety import RULES, SafetyRules
 from consensus.sim.app import GENESIS_HASH, app_valid, build_block
 
 if TYPE_CHECKING:
@@ -220,6 +222,11 @@ class Sim:
             sets = cfg.twins.get(i, (frozenset(range(cfg.n)),))
             self.nodes.append([SimNode(self, i, c, s) for c, s in enumerate(sets)])
         self.faulty = frozenset(cfg.byzantine) | frozenset(cfg.twins) | cfg.declared_faulty
+        self.crashed_forever = frozenset(c.node for c in cfg.crashes if c.down_us is None)
+        """Crashed for good: faulty for liveness, still checked for what they sent."""
+        rules = getattr(cfg.engines.get(0, Engine), "rules", RULES)
+        self.rules: SafetyRules = rules if isinstance(rules, SafetyRules) else RULES
+        """The rules of the engine under test (invariant 12 checks their transfer property)."""
         if monitor is None:
             from consensus.sim.invariants import Monitor
 
@@ -251,14 +258,14 @@ class Sim:
     def run(self) -> None:
         cfg = self.cfg
         for nd in self.all_nodes():
-            self.at(0, lambda nd=nd: self.step(nd, StartHeight(1, GENESIS_HASH, nd.next_anchor)))
+            self.at(0, partial(self.step, nd, StartHeight(1, GENESIS_HASH, nd.next_anchor)))
             if nd.strategy is not None and nd.strategy.tick_us:
-                self.at(nd.strategy.tick_us, lambda nd=nd: self._tick(nd))
+                self.at(nd.strategy.tick_us, partial(self._tick, nd))
         for spec in cfg.crashes:
-            self.at(spec.at_us, lambda spec=spec: self._arm_crash(spec))
+            self.at(spec.at_us, partial(self._arm_crash, spec))
         for rb in cfg.rollbacks:
-            self.at(rb.snapshot_us, lambda rb=rb: self._snapshot(rb.node))
-            self.at(rb.at_us, lambda rb=rb: self._rollback(rb))
+            self.at(rb.snapshot_us, partial(self._snapshot, rb.node))
+            self.at(rb.at_us, partial(self._rollback, rb))
         deadline = self.deadline()
         while self._queue:
             t, _, fn = heapq.heappop(self._queue)
@@ -415,9 +422,9 @@ class Sim:
         epoch = nd.epoch
         self.at(
             self.now + FETCH_RETRY_US,
-            lambda: self._fetch(nd, v, attempt + 1)
-            if nd.epoch == epoch and v in nd.fetching
-            else None,
+            lambda: (
+                self._fetch(nd, v, attempt + 1) if nd.epoch == epoch and v in nd.fetching else None
+            ),
         )
 
     def _serve_sync(self, nd: SimNode, to: int, frm: int, count: int) -> Message | None:
@@ -448,9 +455,10 @@ class Sim:
 
     # --- network ---
 
-    def send_frame(self, nd: SimNode, to: int, msgs: list[Message]) -> None:
+    def send_frame(self, nd: SimNode, to: int, msgs: list[Message], raw: bool = False) -> None:
+        """Send one frame; a Byzantine node's strategy rewrites it unless `raw`."""
         src = nd.ident
-        if nd.strategy is not None:
+        if nd.strategy is not None and not raw:
             msgs = [x for m in msgs for x in nd.strategy.outgoing(self, nd, to, m)]
             if not msgs:
                 return
@@ -479,7 +487,7 @@ class Sim:
                 continue
             for _ in range(self._copies(src, to)):
                 delay = self._delay(src, to)
-                self.at(self.now + delay, lambda dst=dst: self._arrive(dst, src, key_id, frame))
+                self.at(self.now + delay, partial(self._arrive, dst, src, key_id, frame))
 
     def _copies(self, src: int, to: int) -> int:
         cfg = self.cfg
@@ -499,7 +507,9 @@ class Sim:
         )
         return self.rng.randint(lo, hi)
 
-    def _arrive(self, dst: SimNode, src: int, key_id: tuple[int, int], frame: tuple[Message, ...]) -> None:
+    def _arrive(
+        self, dst: SimNode, src: int, key_id: tuple[int, int], frame: tuple[Message, ...]
+    ) -> None:
         if not dst.up:
             return
         seen = dst.seen_keys.setdefault(src, set())
@@ -520,8 +530,11 @@ class Sim:
         if st is None or st.tick_us is None:
             return
         if nd.up:
+            frames: dict[int, list[Message]] = {}
             for to, m in st.tick(self, nd):
-                self.send_frame(nd, to, [m])
+                frames.setdefault(to, []).append(m)
+            for to, msgs in frames.items():
+                self.send_frame(nd, to, msgs, raw=True)
         self.at(self.now + st.tick_us, lambda: self._tick(nd))
 
     # --- crashes ---
@@ -541,7 +554,9 @@ class Sim:
             point = spec.point
             if point == "before_commit" and not any(isinstance(a, Commit) for a in acts):
                 return None
-            if point in ("after_persist", "mid_send") and not any(isinstance(a, Send) for a in acts):
+            if point in ("after_persist", "mid_send") and not any(
+                isinstance(a, Send) for a in acts
+            ):
                 return None
             nd.pending_crash = None
             self._schedule_restart(nd, spec)

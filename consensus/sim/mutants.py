@@ -1,0 +1,81 @@
+"""Deliberately broken engines, used only by tests and `qchain sim` to prove the simulator
+has teeth. Production code never imports this module.
+
+Each mutant changes one rule that CONSENSUS.md marks as carrying safety or liveness:
+`<=` instead of `<` in eligibility, value-blind claims in `claimed_at`, claims by a single
+reporter instead of a blocking set, the two-values rule of `safe_at` removed, no persist
+before a vote, no body persisted with VOTE1, and a quorum of n-f-1.
+"""
+
+from __future__ import annotations
+
+from consensus.engine import Engine, Instance
+from consensus.events import Action
+from consensus.messages import Block, Summary
+from consensus.params import Params
+from consensus.safety import ANY_VALUE, Claim, SafetyRules, Value
+from consensus.sim.world import EngineFactory
+
+
+class LeqEligibility(SafetyRules):
+    def eligible(self, s: Summary, r2: int, v: Value) -> bool:
+        return s.last_round is None or s.last_round <= r2
+
+
+class ValueBlindClaims(SafetyRules):
+    def claimed_at(self, s: Summary, r2: int) -> Claim:
+        if s.last_round is None or s.last_round < r2:
+            return frozenset()
+        return ANY_VALUE
+
+
+class NoBlockingClaim(SafetyRules):
+    def claim_threshold(self, b: int) -> int:
+        return 1
+
+
+class NoTwoValues(SafetyRules):
+    def two_values(self) -> bool:
+        return False
+
+
+def _with_rules(rules: SafetyRules) -> EngineFactory:
+    class RulesMutant(Engine):
+        pass
+
+    RulesMutant.rules = rules
+    return RulesMutant
+
+
+class SkipPersistBeforeVote(Engine):
+    def _persist_vote(self, inst: Instance) -> list[Action]:
+        return []
+
+
+class NoBodyWithVote1(Engine):
+    def _vote1_body(self, blk: Block) -> list[Action]:
+        return []
+
+
+class SmallQuorum(Engine):
+    @property
+    def q(self) -> int:
+        return self.p.n - self.p.f - 1
+
+
+MUTANTS: dict[str, EngineFactory] = {
+    "leq-eligibility": _with_rules(LeqEligibility()),
+    "value-blind-claims": _with_rules(ValueBlindClaims()),
+    "no-blocking-claim": _with_rules(NoBlockingClaim()),
+    "no-two-values": _with_rules(NoTwoValues()),
+    "skip-persist-before-vote": SkipPersistBeforeVote,
+    "no-body-with-vote1": NoBodyWithVote1,
+    "quorum-n-f-1": SmallQuorum,
+}
+
+
+def make(name: str) -> EngineFactory:
+    return MUTANTS[name]
+
+
+__all__ = ["MUTANTS", "Params", "make"]

@@ -1,0 +1,37 @@
+"""Teeth: every deliberately broken engine is caught within a bounded number of seeds."""
+
+from __future__ import annotations
+
+import pytest
+
+from consensus.sim.mutants import MUTANTS
+from consensus.sim.runner import run_one
+
+# mutant -> (scenario that must catch it, seeds to try, invariants that may report it)
+EXPECT: dict[str, tuple[str, int, set[int]]] = {
+    "leq-eligibility": ("S3", 2, {1, 7}),
+    "value-blind-claims": ("S3", 2, {1, 7}),
+    "no-blocking-claim": ("S3", 2, {1, 7}),
+    "no-two-values": ("S17", 8, {9, 12}),
+    "skip-persist-before-vote": ("S8", 30, {4, 6}),
+    "no-body-with-vote1": ("S18", 2, {9, 13}),
+    "quorum-n-f-1": ("S7", 4, {1, 7, 8}),
+}
+
+
+@pytest.mark.parametrize("mutant", list(MUTANTS))
+def test_mutant_is_caught(mutant: str) -> None:
+    scenario, seeds, invariants = EXPECT[mutant]
+    for seed in range(seeds):
+        r = run_one(scenario, 4, seed, engine=MUTANTS[mutant])
+        found = {v.invariant for v in r.violations}
+        if found & invariants:
+            print(f"{mutant}: caught by {scenario} seed {seed}, invariants {sorted(found)}")
+            return
+    pytest.fail(f"{mutant} survived {seeds} seeds of {scenario}")
+
+
+def test_agreement_itself_breaks_under_claim_mutants() -> None:
+    for mutant in ("leq-eligibility", "value-blind-claims", "no-blocking-claim"):
+        r = run_one("S3", 4, 0, engine=MUTANTS[mutant])
+        assert 1 in {v.invariant for v in r.violations}, mutant
