@@ -36,7 +36,6 @@ import secrets
 import signal
 import ssl
 import time
-import typing
 from collections import deque
 from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
@@ -92,7 +91,6 @@ from contracts import membership
 from contracts.execution import SignatureCache
 from contracts.genesis import Genesis, init_state, load_genesis
 from contracts.query import query as contract_query
-from contracts.runtime import canonical_result
 from contracts.state import StateReader
 from node.admin import make_admin_app
 from node.api import make_api_app
@@ -104,7 +102,6 @@ from node.metrics import NodeMetrics
 from node.service import ChainEvent, TxStatus
 from node.transport import FaultRules, Transport
 from node.wire import CertSig, Envelope, Kind, TxBatch
-from qchain.codec import Value
 from qchain.config import NodeConfig
 from qchain.errors import CodecError, InvalidBlock, QChainError, StorageError
 from qchain.hashing import Domain, hash_domain
@@ -181,10 +178,15 @@ class _Opener:
 
 
 def build_key_source(cfg: NodeConfig) -> KeySource:
-    """The ETSI GS QKD 014 client for this node's key manager."""
-    from qchain.qkd.client import ETSIClient, client_config_from
+    """The ETSI GS QKD 014 client for this node's key manager (mutual TLS when the config
+    names the files, the dev header otherwise)."""
+    from qchain.qkd.client import ETSIClient, TLSConfig
 
-    return ETSIClient(client_config_from(cfg.qkd))
+    q = cfg.qkd
+    tls = None
+    if q.client_cert is not None and q.client_key is not None and q.ca_cert is not None:
+        tls = TLSConfig(q.ca_cert, q.client_cert, q.client_key)
+    return ETSIClient(q.kme_url, q.sae_id, tls=tls, insecure_sae_header=q.insecure_dev_header)
 
 
 class Validator:
@@ -1004,9 +1006,8 @@ class Validator:
             "public_key": member.public_key.hex(),
         }
 
-    def query(self, contract: str, method: str, args: Mapping[str, Any]) -> Value:
-        result = contract_query(self.store, contract, method, dict(args))
-        return typing.cast(Value, canonical_result(result))
+    def query(self, contract: str, method: str, args: Mapping[str, Any]) -> object:
+        return contract_query(self.store, contract, method, dict(args))
 
     def status(self) -> Mapping[str, Any]:
         inst = self.engine.inst.get(self.engine.cur)
