@@ -1,21 +1,31 @@
-"""`qchain tx`: build, sign and decode transactions offline.
+"""`qchain tx`: build, sign and decode transactions offline; send them to a node and ask
+for their status.
 
-Transactions move between the verbs as hex of their canonical bytes (or a file holding
-those bytes or that hex), so `build | sign | decode` compose in a pipeline.
+Transactions move between the offline verbs as hex of their canonical bytes (or a file
+holding those bytes or that hex), so `build | sign | decode` compose in a pipeline.
+
+`send CONTRACT METHOD --args JSON --key KEYFILE` asks the node (`--node` or `QCHAIN_NODE`)
+for the chain id and the key's next nonce, signs, submits, and by default waits until the
+transaction is committed. `--args` is either a JSON array of the method's arguments in
+order, with byte strings as `{"hex": "..."}`, or a JSON object of named arguments (byte
+strings as hex text, `0x` allowed), which the contract registry turns into the positional
+list using the method's schema.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
+from qchain.client import Client, TxInfo, receipt_to_json, ssl_context_for
 from qchain.codec import Value
-from qchain.errors import CodecError
-from qchain.jsonform import tx_to_json, value_from_json
+from qchain.errors import CodecError, ConfigError
+from qchain.jsonform import tx_to_json, value_from_json, value_to_json
 from qchain.keys import SigningKey
-from qchain.types import Transaction, decode_transaction
+from qchain.types import Transaction, decode_transaction, new_transaction
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -35,6 +45,95 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     s.add_argument("--out", type=Path, help="write raw bytes here instead of printing hex")
     d = sub.add_parser("decode", help="print a transaction as JSON")
     d.add_argument("input", help="hex, a file of bytes or hex, or - for stdin")
+    n = sub.add_parser("send", help="sign, submit and (by default) wait for commit")
+    n.add_argument("contract")
+    n.add_argument("method")
+    n.add_argument(
+        "--args",
+        default="[]",
+        help='JSON array of arguments (bytes as {"hex": "..."}) or JSON object of named ones',
+    )
+    n.add_argument("--key", type=Path, required=True, help="signer's key file")
+    n.add_argument("--expiry-height", type=int, default=0)
+    n.add_argument("--async", dest="no_wait", action="store_true", help="do not wait")
+    n.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for commit")
+    add_node_arguments(n)
+    t = sub.add_parser("status", help="a transaction's status on a node")
+    t.add_argument("hash")
+    add_node_arguments(t)
+
+
+def add_node_arguments(p: argparse.ArgumentParser) -> None:
+    """--node, --ca-file and --json, shared by every verb that talks to a node."""
+    p.add_argument("--node", help="node API URL (default: $QCHAIN_NODE)")
+    p.add_argument("--ca-file", help="trust this CA or self-signed certificate for https")
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+
+def connect(args: argparse.Namespace) -> Client:
+    url = args.node or os.environ.get("QCHAIN_NODE")
+    if not url:
+        raise ConfigError("--node", "give the node URL with --node or QCHAIN_NODE")
+    ctx = ssl_context_for(args.ca_file) if args.ca_file else None
+    return Client(url, ssl_context=ctx, timeout_s=30.0)
+
+
+def print_status(info: TxInfo, as_json: bool) -> None:
+    doc: dict[str, object] = {
+        "tx_hash": info.tx_hash.hex(),
+        "status": info.status,
+        "height": info.height,
+        "index": info.index,
+        "receipt": None if info.receipt is None else receipt_to_json(info.receipt),
+    }
+    if as_json:
+        print(json.dumps(doc, indent=2))
+        return
+    print(f"{info.tx_hash.hex()} {info.status}")
+    r = info.receipt
+    if r is not None:
+        outcome = "ok" if r.ok else f"failed: {r.code}: {r.message}"
+        print(f"height {r.height} index {r.index}: {outcome}")
+        if r.ok and r.result is not None:
+            print(json.dumps(value_to_json(r.result)))
+
+
+def parse_call_args(text: str, contract: str, method: str) -> Value:
+    """--args as a JSON array of canonical values, or an object of named arguments."""
+    try:
+        parsed = json.loads(text)
+    except ValueError as e:
+        raise CodecError(f"--args is not JSON: {e}") from e
+    if isinstance(parsed, dict):
+        from contracts import DEFAULT_REGISTRY, named_args
+        from contracts.runtime import Kind
+
+        named = named_args(DEFAULT_REGISTRY.method(contract, method, Kind.TX), parsed)
+        return value_from_json(value_to_json(named), "args")
+    if not isinstance(parsed, list):
+        raise CodecError("--args must be a JSON array or object")
+    return value_from_json(parsed, "args")
+
+
+def send(args: argparse.Namespace) -> int:
+    key = SigningKey.load(args.key)
+    call_args = parse_call_args(args.args, args.contract, args.method)
+    if not isinstance(call_args, list):
+        raise CodecError("--args must be a JSON array or object")
+    with connect(args) as client:
+        chain_id = str(client.status()["chain_id"])
+        tx = new_transaction(
+            key,
+            chain_id=chain_id,
+            nonce=client.next_nonce(key.address),
+            contract=args.contract,
+            method=args.method,
+            args=call_args,
+            expiry_height=args.expiry_height,
+        )
+        info = client.submit(tx) if args.no_wait else client.submit_and_wait(tx, args.timeout)
+    print_status(info, args.json)
+    return 0 if info.receipt is None or info.receipt.ok else 3
 
 
 def read_tx_input(text: str) -> Transaction:
@@ -93,6 +192,13 @@ def run(args: argparse.Namespace) -> int:
     if args.tx_cmd == "sign":
         tx = read_tx_input(args.input)
         _emit(tx.signed_by(SigningKey.load(args.key)), args.out)
+        return 0
+    if args.tx_cmd == "send":
+        return send(args)
+    if args.tx_cmd == "status":
+        with connect(args) as client:
+            info = client.tx_status(args.hash)
+        print_status(info, args.json)
         return 0
     tx = read_tx_input(args.input)
     doc = tx_to_json(tx)

@@ -435,7 +435,14 @@ class AsyncClient:
         """The transaction itself, if the node still has it."""
         _, doc = await self._json("GET", f"/v1/txs/{_hex(tx_hash)}")
         t = _obj(doc, "tx status").get("transaction")
-        return None if t is None else tx_from_json(t)
+        if t is None:
+            return None
+        item = dict(_obj(t, "transaction"))
+        claimed = item.pop("hash", None)
+        tx = tx_from_json(item)
+        if claimed is not None and hex_field(claimed, "transaction.hash") != tx.hash:
+            raise CodecError("transaction.hash does not match the transaction")
+        return tx
 
     async def receipt_bytes(self, tx_hash: bytes | str) -> bytes:
         """Canonical `ReceiptProof` bytes, as the node serves them."""
