@@ -188,20 +188,13 @@ class FakeNode:
             "round": 0,
             "leader": 0,
             "peers": ["fake-1", "fake-2", "fake-3"],
-            "sync": "synced",
+            "syncing": False,
         }
 
     def qkd_status(self) -> Mapping[str, Any]:
         return {
-            "links": [
-                {
-                    "link": "fake-0->fake-1",
-                    "pool_keys": 60,
-                    "consumed": 4,
-                    "waits": 0,
-                    "rejections": 0,
-                },
-            ]
+            "sae_id": "sae-0",
+            "links": {"sae-1": {"peer": 1, "pool_keys": 60, "consumed": 4, "waits": 0}},
         }
 
     def events(self, last_event_id: int | None) -> AsyncIterator[ChainEvent]:

@@ -368,7 +368,7 @@ async def test_status_qkd_health_metrics_openapi(api: ApiHarness) -> None:
     assert r.json()["height"] == 2
     assert r.json()["chain_id"] == CHAIN_ID
     r = await api.request("GET", "/v1/qkd")
-    assert r.json()["links"][0]["link"] == "fake-0->fake-1"
+    assert r.json()["links"]["sae-1"]["consumed"] == 4
     r = await api.request("GET", "/healthz")
     assert r.json() == {"status": "ok"}
     r = await api.request("GET", "/readyz")
