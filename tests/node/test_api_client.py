@@ -359,3 +359,25 @@ def test_metrics_names_help_and_isolation() -> None:
     for metric in a.registry.collect():
         assert metric.name.startswith("qchain_"), metric.name
         assert metric.documentation, metric.name
+
+
+def test_cli_receipt_verify_against_genesis(
+    fake_node: FakeNode, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from contracts.genesis import save_genesis
+    from contracts.testing import dev_genesis
+
+    genesis, _ = dev_genesis({"admin": ["admin"]}, seed="api-test", validators=4, chain_id=CHAIN_ID)
+    genesis_file = tmp_path / "genesis.json"
+    save_genesis(genesis, genesis_file)
+    block = fake_node.chain.block(2)
+    assert block is not None
+    proof = fake_node.receipt_proof(block.txs[1].hash)
+    assert proof is not None
+    receipt_file = tmp_path / "receipt.hex"
+    receipt_file.write_text(proof.encode().hex())
+    assert cli_main(["receipt", "verify", str(receipt_file), "--genesis", str(genesis_file)]) == 0
+    assert "4 validators" in capsys.readouterr().out
+    other, _ = dev_genesis({"admin": ["admin"]}, seed="other", validators=4, chain_id=CHAIN_ID)
+    save_genesis(other, genesis_file)
+    assert cli_main(["receipt", "verify", str(receipt_file), "--genesis", str(genesis_file)]) == 1
