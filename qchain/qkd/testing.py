@@ -4,12 +4,15 @@ tests can use them too)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 
 from qchain.qkd.clock import Clock, VirtualClock
 from qchain.qkd.endpoint import QKDEndpoint
-from qchain.qkd.keymanager import KeyManager
+from qchain.qkd.keymanager import KeyManager, LinkConfig
+from qchain.qkd.kms import KMSServer
+from qchain.qkd.kms_config import KMSConfig, TLSFiles
 from qchain.qkd.pool import PoolConfig
 from qchain.qkd.simsource import LocalKeySource, full_mesh
 
@@ -46,3 +49,37 @@ def sim_endpoints(
         for n in names
     }
     return manager, endpoints
+
+
+def kms_test_config(
+    links: Iterable[LinkConfig],
+    *,
+    tls: TLSFiles | None = None,
+) -> KMSConfig:
+    """A key-manager config on free loopback ports; insecure dev mode unless `tls`."""
+    links = tuple(links)
+    saes = sorted({s for lk in links for s in lk.saes})
+    return KMSConfig(
+        links=links,
+        kme_ids={s: f"KME-{s}" for s in saes},
+        host="127.0.0.1",
+        port=0,
+        admin_port=0,
+        admin_token=ADMIN_TOKEN,
+        tls=tls,
+        insecure_dev_mode=tls is None,
+    )
+
+
+ADMIN_TOKEN = "test-admin-token-0123456789"
+
+
+@contextlib.asynccontextmanager
+async def running_kms(config: KMSConfig, clock: Clock | None = None) -> AsyncIterator[KMSServer]:
+    """A started key manager, stopped on exit."""
+    server = KMSServer(config, clock=clock)
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop()

@@ -1,0 +1,235 @@
+"""The configuration file of the simulated key manager (`qchain kms --config FILE`), TOML.
+
+    kms_id = "devnet-kms"            # optional, names the KMEs: "<kms_id>/<sae>"
+    insecure_dev_mode = false         # true: plain HTTP, caller named by the X-SAE-ID header
+    full_mesh = true                  # link every pair of SAEs with the [defaults]
+
+    [server]
+    host = "127.0.0.1"
+    port = 8443                       # 0 picks a free port
+
+    [tls]                             # required unless insecure_dev_mode
+    ca_cert = "tls/ca.pem"            # the CA that signs SAE client certificates
+    cert = "tls/kms.pem"
+    key = "tls/kms.key"
+
+    [admin]                           # always on loopback
+    host = "127.0.0.1"
+    port = 8444
+    token = "change-me"               # or token_file = "admin.token"
+
+    [defaults]                        # any link field; a [[link]] overrides it
+    profile = "metro"                 # lab | metro | long-haul | constrained
+    # bits_per_second = 300000        # instead of a profile
+    key_size = 256                    # bits
+    min_key_size = 64
+    max_key_size = 1024
+    max_key_count = 10000             # pool cap, in keys of key_size
+    max_key_per_request = 128
+    latency_ms = 2
+    initial_key_count = 0
+
+    [[sae]]
+    id = "node0"
+    # kme_id = "KME-A"               # optional
+
+    [[link]]                          # explicit links (needed unless full_mesh)
+    saes = ["node0", "node1"]
+    profile = "lab"
+
+Relative paths are resolved against the file's directory. Every error is a
+`ConfigError` naming the field.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import itertools
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from qchain.errors import ConfigError
+from qchain.qkd.keymanager import PROFILES, LinkConfig
+
+_LINK_INTS = (
+    "key_size",
+    "min_key_size",
+    "max_key_size",
+    "max_key_count",
+    "max_key_per_request",
+    "initial_key_count",
+)
+_LINK_FIELDS = {*_LINK_INTS, "profile", "bits_per_second", "latency_ms", "saes"}
+
+
+@dataclass(frozen=True)
+class TLSFiles:
+    ca_cert: Path
+    cert: Path
+    key: Path
+
+
+@dataclass(frozen=True)
+class KMSConfig:
+    links: tuple[LinkConfig, ...]
+    kme_ids: Mapping[str, str]
+    host: str = "127.0.0.1"
+    port: int = 8443
+    admin_host: str = "127.0.0.1"
+    admin_port: int = 8444
+    admin_token: str = ""
+    tls: TLSFiles | None = None
+    insecure_dev_mode: bool = False
+
+    def __post_init__(self) -> None:
+        if self.tls is None and not self.insecure_dev_mode:
+            raise ConfigError("tls", "required unless insecure_dev_mode = true")
+        if not is_loopback(self.admin_host):
+            raise ConfigError("admin.host", "the admin endpoint binds to loopback only")
+        if len(self.admin_token) < 16:
+            raise ConfigError("admin.token", "at least 16 characters")
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _table(doc: Mapping[str, object], name: str) -> Mapping[str, object]:
+    v = doc.get(name, {})
+    if not isinstance(v, Mapping):
+        raise ConfigError(name, "must be a table")
+    return v
+
+
+def _str(t: Mapping[str, object], field: str, path: str, default: str | None = None) -> str:
+    v = t.get(field, default)
+    if not isinstance(v, str):
+        raise ConfigError(f"{path}.{field}", "must be a string")
+    return v
+
+
+def _int(t: Mapping[str, object], field: str, path: str, default: int) -> int:
+    v = t.get(field, default)
+    if type(v) is not int or v < 0:
+        raise ConfigError(f"{path}.{field}", "must be a non-negative integer")
+    return v
+
+
+def _bool(t: Mapping[str, object], field: str, path: str) -> bool:
+    v = t.get(field, False)
+    if type(v) is not bool:
+        raise ConfigError(f"{path}.{field}", "must be true or false")
+    return v
+
+
+def _link(saes: tuple[str, str], spec: Mapping[str, object], path: str) -> LinkConfig:
+    unknown = set(spec) - _LINK_FIELDS
+    if unknown:
+        raise ConfigError(f"{path}.{sorted(unknown)[0]}", "unknown field")
+    if "bits_per_second" in spec:
+        rate = _int(spec, "bits_per_second", path, 0)
+    else:
+        profile = spec.get("profile", "metro")
+        if profile not in PROFILES:
+            raise ConfigError(f"{path}.profile", f"one of {', '.join(PROFILES)}")
+        rate = PROFILES[str(profile)]
+    latency = spec.get("latency_ms", 0)
+    if not isinstance(latency, int | float) or isinstance(latency, bool) or latency < 0:
+        raise ConfigError(f"{path}.latency_ms", "must be a non-negative number")
+    ints = {f: _int(spec, f, path, 0) for f in _LINK_INTS if f in spec}
+    try:
+        return LinkConfig(saes=saes, bits_per_second=rate, latency=latency / 1000, **ints)
+    except ValueError as e:
+        raise ConfigError(path, str(e)) from e
+
+
+def parse_kms_config(doc: Mapping[str, object], base: Path = Path(".")) -> KMSConfig:
+    """A validated config from a parsed TOML document."""
+    insecure = _bool(doc, "insecure_dev_mode", "config")
+    kms_id = _str(doc, "kms_id", "config", "qchain-kms")
+    saes_raw = doc.get("sae", [])
+    if not isinstance(saes_raw, list) or not saes_raw:
+        raise ConfigError("sae", "list at least one [[sae]]")
+    kme_ids: dict[str, str] = {}
+    for i, s in enumerate(saes_raw):
+        if not isinstance(s, Mapping):
+            raise ConfigError(f"sae[{i}]", "must be a table")
+        sid = _str(s, "id", f"sae[{i}]")
+        if not sid or len(sid) > 64 or sid in kme_ids:
+            raise ConfigError(f"sae[{i}].id", "must be unique, 1 to 64 characters")
+        kme_ids[sid] = _str(s, "kme_id", f"sae[{i}]", f"{kms_id}/{sid}")
+    defaults = _table(doc, "defaults")
+    specs: dict[tuple[str, str], tuple[dict[str, object], str]] = {}
+    if _bool(doc, "full_mesh", "config"):
+        for a, b in itertools.combinations(sorted(kme_ids), 2):
+            specs[(a, b)] = (dict(defaults), "defaults")
+    links_raw = doc.get("link", [])
+    if not isinstance(links_raw, list):
+        raise ConfigError("link", "must be a list of [[link]] tables")
+    for i, lk in enumerate(links_raw):
+        path = f"link[{i}]"
+        if not isinstance(lk, Mapping):
+            raise ConfigError(path, "must be a table")
+        pair = lk.get("saes")
+        if (
+            not isinstance(pair, list)
+            or len(pair) != 2
+            or not all(isinstance(p, str) and p in kme_ids for p in pair)
+            or pair[0] == pair[1]
+        ):
+            raise ConfigError(f"{path}.saes", "two different SAE ids declared in [[sae]]")
+        a, b = sorted(pair)
+        specs[(a, b)] = ({**defaults, **lk}, path)
+    if not specs:
+        raise ConfigError("link", "no links: add [[link]] tables or full_mesh = true")
+    links = tuple(
+        _link(pair, {k: v for k, v in spec.items() if k != "saes"}, path)
+        for pair, (spec, path) in sorted(specs.items())
+    )
+    server = _table(doc, "server")
+    admin = _table(doc, "admin")
+    token = _str(admin, "token", "admin", "")
+    token_file = admin.get("token_file")
+    if isinstance(token_file, str):
+        try:
+            token = (base / token_file).read_text().strip()
+        except OSError as e:
+            raise ConfigError("admin.token_file", f"cannot read: {e}") from e
+    tls = None
+    tls_t = _table(doc, "tls")
+    if tls_t:
+        files = {f: base / _str(tls_t, f, "tls") for f in ("ca_cert", "cert", "key")}
+        for f, p in files.items():
+            if not p.is_file():
+                raise ConfigError(f"tls.{f}", f"{p} is not a file")
+        tls = TLSFiles(files["ca_cert"], files["cert"], files["key"])
+    return KMSConfig(
+        links=links,
+        kme_ids=kme_ids,
+        host=_str(server, "host", "server", "127.0.0.1"),
+        port=_int(server, "port", "server", 8443),
+        admin_host=_str(admin, "host", "admin", "127.0.0.1"),
+        admin_port=_int(admin, "port", "admin", 8444),
+        admin_token=token,
+        tls=tls,
+        insecure_dev_mode=insecure,
+    )
+
+
+def load_kms_config(path: str | Path) -> KMSConfig:
+    """Read and validate a key-manager config file."""
+    p = Path(path)
+    try:
+        doc = tomllib.loads(p.read_text())
+    except OSError as e:
+        raise ConfigError(str(p), f"cannot read: {e}") from e
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(str(p), f"not valid TOML: {e}") from e
+    return parse_kms_config(doc, p.parent)
