@@ -356,6 +356,25 @@ def parse_json_body(raw: bytes) -> Any:
         raise CodecError(f"body is not valid JSON: {e}") from None
 
 
+def query_arg(v: object, name: str, depth: int = 0) -> object:
+    """A query argument from JSON: `{"hex": ...}` becomes bytes (at any depth), other
+    objects and arrays are kept with their items converted; floats are refused."""
+    if depth > 16:
+        raise BadParameter(name, "nested too deeply")
+    if isinstance(v, dict):
+        if set(v) == {"hex"}:
+            try:
+                return value_from_json(v, name)
+            except CodecError as e:
+                raise BadParameter(name, e.message) from None
+        return {k: query_arg(x, name, depth + 1) for k, x in v.items()}
+    if isinstance(v, list):
+        return [query_arg(x, name, depth + 1) for x in v]
+    if isinstance(v, float):
+        raise BadParameter(name, "floats are not allowed")
+    return v
+
+
 def wants_msgpack(request: web.Request) -> bool:
     for part in request.headers.get("Accept", "").split(","):
         media, *params = (p.strip() for p in part.split(";"))
@@ -563,11 +582,7 @@ class _Api:
                 value = json.loads(values[0])
             except (ValueError, RecursionError):
                 value = values[0]
-            try:
-                value_from_json(value, key)
-            except CodecError as e:
-                raise BadParameter(key, e.message) from None
-            args[key] = value
+            args[key] = query_arg(value, key)
         result = self.service.query(contract, method, args)
         return json_response(
             {

@@ -69,7 +69,8 @@ class NodeService(Protocol):
         """Nonce, roles and membership facts of an address; None if unknown."""
 
     def query(self, contract: str, method: str, args: Mapping[str, Any]) -> object:
-        """A read-only contract query on committed state, args by name (JSON values).
+        """A read-only contract query on committed state, args by name: JSON values, with
+        `{"hex": ...}` already turned into bytes (hex text is passed on as text).
         The result is a canonical value, a mapping or a contract result struct; the API
         writes byte strings in it as {"hex": ...} and structs as objects."""
 

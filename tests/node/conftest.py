@@ -38,7 +38,6 @@ from qchain.errors import (
     WrongChain,
 )
 from qchain.hashing import Domain, hash_domain
-from qchain.jsonform import value_from_json
 from qchain.keys import SigningKey, address_of, dev_key
 from qchain.store.memory import MemoryStore
 from qchain.types import (
@@ -171,7 +170,12 @@ class FakeNode:
             raise UnknownMethod(contract, method, "query")
         if set(args) != {"address"}:
             raise ArgumentError("address", "exactly one argument, address, is expected")
-        address = value_from_json(args["address"], "address")
+        address = args["address"]
+        if isinstance(address, str):
+            try:
+                address = bytes.fromhex(address.removeprefix("0x"))
+            except ValueError:
+                raise ArgumentError("address", "not hex") from None
         if not isinstance(address, bytes) or len(address) != 20:
             raise ArgumentError("address", "expected 20 bytes")
         if address not in self.members:

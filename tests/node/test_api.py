@@ -348,12 +348,16 @@ async def test_contract_queries(api: ApiHarness) -> None:
     doc = r.json()
     assert doc["result"] == [{"hex": addr.hex()}, 2, ["member"]]
     assert doc["height"] == 2
+    r = await api.request("GET", f"/v1/contracts/membership/member?address={addr.hex()}")
+    assert r.json()["result"][1] == 2
+    r = await api.request("GET", "/v1/contracts/membership/member?address=[1.5]")
+    assert r.status == 400
     r = await api.request("GET", "/v1/contracts/nope/member")
     assert r.status == 404
     assert problem_slug(r.json()) == "unknown-contract"
     r = await api.request("GET", "/v1/contracts/membership/nope")
     assert problem_slug(r.json()) == "unknown-method"
-    r = await api.request("GET", "/v1/contracts/membership/member?address=abc")
+    r = await api.request("GET", "/v1/contracts/membership/member?address=abcd")
     assert r.status == 422
     assert problem_slug(r.json()) == "invalid-argument"
     assert r.json()["field"] == "address"
