@@ -217,5 +217,13 @@ class Mempool:
         for p in expired:
             self._remove(p)
 
+    def next_free_nonce(self, address: bytes, committed: int) -> int:
+        """The nonce after the run of pending nonces that starts at `committed`."""
+        sender = self._senders.get(address)
+        nonce = committed
+        while sender is not None and nonce in sender.by_nonce:
+            nonce += 1
+        return nonce
+
     def pending(self) -> Iterable[PendingTx]:
         return list(self._by_hash.values())

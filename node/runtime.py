@@ -93,7 +93,7 @@ from contracts.genesis import Genesis, init_state, load_genesis
 from contracts.query import query as contract_query
 from contracts.state import StateReader
 from node.admin import make_admin_app
-from node.api import make_api_app
+from node.api import make_api_app, make_ssl_context
 from node.chain import ChainApp, Prepared
 from node.chainstore import ChainStore
 from node.events import EventBus
@@ -251,7 +251,9 @@ class Validator:
             _Accounts(self.store),
         )
         self.metrics = NodeMetrics(cfg.node.name)
-        self.bus = EventBus()
+        # Event ids must not repeat across restarts (SSE Last-Event-ID): start at the
+        # wall clock in milliseconds, which is above any id an earlier run handed out.
+        self.bus = EventBus(first_id=int(time.time() * 1000))
         self._key_source = key_source
         self._owns_key_source = key_source is None
         self.endpoint: QKDEndpoint | None = None
@@ -278,6 +280,7 @@ class Validator:
         self._last_round: tuple[int, int] = (0, 0)
         self._last_suspect = 0.0
         self._alerts: dict[str, int] = {}
+        self._metric_marks: dict[tuple[int, tuple[str, ...]], float] = {}
         self._fatal: str | None = None
         self.byzantine_mode: str | None = None
         self._rng = random.Random()
@@ -354,8 +357,7 @@ class Validator:
         )
         ssl_ctx: ssl.SSLContext | None = None
         if cfg.api.tls_cert is not None and cfg.api.tls_key is not None:
-            ssl_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-            ssl_ctx.load_cert_chain(cfg.api.tls_cert, cfg.api.tls_key)
+            ssl_ctx = make_ssl_context(cfg.api.tls_cert, cfg.api.tls_key)
         await self._serve(api, cfg.api.listen, ssl_ctx)
         token = self._admin_token()
         await self._serve(make_admin_app(self, token), cfg.admin.listen, None)
@@ -916,17 +918,43 @@ class Validator:
                 if inst is not None and inst.rec.decided is None:
                     log.info("transactions not included for %.1fs: suspecting the leader", timeout)
                     self.feed(Timeout(TimerKey("round", inst.h)))
-            self._update_qkd_metrics()
+            self._sync_metrics()
 
-    def _update_qkd_metrics(self) -> None:
+    def _inc_to(self, counter: Any, labels: tuple[str, ...], total: float) -> None:
+        """Advance a Prometheus counter to a running total kept elsewhere."""
+        key = (id(counter), labels)
+        delta = total - self._metric_marks.get(key, 0.0)
+        if delta > 0:
+            counter.labels(*labels).inc(delta)
+            self._metric_marks[key] = total
+
+    def _sync_metrics(self) -> None:
+        """Bring the counters kept by the transport, key pools and mempool into the
+        Prometheus registry (done on scrape and periodically, never per frame)."""
+        m = self.metrics
+        for reason, count in self.mempool.rejections.items():
+            self._inc_to(m.mempool_rejections, (reason,), count)
+        m.observe_mempool(len(self.mempool), self.mempool.size_bytes)
+        if self.transport is not None:
+            for j, st in self.transport.stats.items():
+                peer = self._sae[j]
+                self._inc_to(m.transport_frames, (peer, "out"), st.frames_sent)
+                self._inc_to(m.transport_frames, (peer, "in"), st.frames_received)
+                self._inc_to(m.transport_bytes, (peer, "out"), st.bytes_sent)
+                self._inc_to(m.transport_bytes, (peer, "in"), st.bytes_received)
+                for reason, count in st.rejected.items():
+                    self._inc_to(m.transport_rejections, (peer, reason), count)
         if self.endpoint is None:
             return
-        for peer, st in self.endpoint.stats().items():
-            send = st["send"]
-            if isinstance(send, dict):
-                self.metrics.qkd_pool_keys.labels(link=f"{self._sae[self.me]}->{peer}").set(
-                    float(send.get("level", 0))
-                )
+        me = self._sae[self.me]
+        for peer, link_stats in self.endpoint.stats().items():
+            send = link_stats["send"]
+            if not isinstance(send, dict):
+                continue
+            link = f"{me}->{peer}"
+            m.qkd_pool_keys.labels(link).set(float(send.get("level", 0)))
+            self._inc_to(m.qkd_keys_consumed, (link,), float(send.get("keys_consumed", 0)))
+            self._inc_to(m.qkd_waits, (link,), float(send.get("waits", 0)))
 
     # ---------------------------------------------------------------------------------
     # NodeService
@@ -999,6 +1027,9 @@ class Validator:
         return {
             "address": address.hex(),
             "nonce": membership.get_nonce(state, address),
+            "pending_nonce": self.mempool.next_free_nonce(
+                address, membership.get_nonce(state, address)
+            ),
             "name": member.name,
             "roles": list(member.roles),
             "active": member.active,
@@ -1072,7 +1103,7 @@ class Validator:
         return not reasons, reasons
 
     def metrics_text(self) -> bytes:
-        self._update_qkd_metrics()
+        self._sync_metrics()
         return self.metrics.exposition()
 
     # ---------------------------------------------------------------------------------
