@@ -226,8 +226,18 @@ def make_genesis(plan: NetworkPlan) -> Genesis:
     return parse_genesis(doc)
 
 
-def node_config_toml(plan: NetworkPlan, node: NodePlan, *, tls_dir: str = "../../ca") -> str:
-    """The TOML config of one validator, paths relative to its directory."""
+def node_config_toml(
+    plan: NetworkPlan,
+    node: NodePlan,
+    *,
+    tls_dir: str = "../../ca",
+    listen_host: str | None = None,
+    data_dir: str = "data",
+) -> str:
+    """The TOML config of one validator, paths relative to its directory. listen_host
+    (default: the node's own host) is where its listeners bind, e.g. 0.0.0.0 in a
+    container that peers reach by service name."""
+    bind = node.host if listen_host is None else listen_host
     peers = "\n".join(
         f'[[p2p.peers]]\nindex = {p.index}\naddress = "{p.p2p}"\nsae_id = "{p.sae_id}"\n'
         for p in plan.nodes
@@ -243,21 +253,21 @@ def node_config_toml(plan: NetworkPlan, node: NodePlan, *, tls_dir: str = "../..
 [node]
 name = "{node.name}"
 index = {node.index}
-data_dir = "data"
+data_dir = "{data_dir}"
 genesis = "../../genesis.json"
 signing_key = "validator.key"
 profile = "{plan.profile}"
 log_format = "text"
 
 [p2p]
-listen = "{node.p2p}"
+listen = "{bind}:{node.p2p_port}"
 
 {peers}
 [api]
-listen = "{node.host}:{node.api_port}"
+listen = "{bind}:{node.api_port}"
 
 [admin]
-listen = "{node.host}:{node.admin_port}"
+listen = "{bind}:{node.admin_port}"
 token_file = "admin.token"
 byzantine = {"true" if plan.byzantine else "false"}
 
