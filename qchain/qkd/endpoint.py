@@ -13,8 +13,10 @@ from collections.abc import Iterable
 
 from qchain.qkd.clock import Clock, SystemClock
 from qchain.qkd.frame import DEFAULT_FRAME_LIMITS, FrameLimits, LinkReceiver, LinkSender
+from qchain.qkd.lease import Lease
 from qchain.qkd.pool import PoolConfig, ReceiveKeyPool, SendKeyPool
 from qchain.qkd.source import KeySource
+from qchain.store.kv import KVStore
 
 
 class QKDEndpoint:
@@ -28,19 +30,25 @@ class QKDEndpoint:
         config: PoolConfig | None = None,
         clock: Clock | None = None,
         limits: FrameLimits = DEFAULT_FRAME_LIMITS,
-        first_seqs: dict[str, int] | None = None,
+        store: KVStore | None = None,
     ) -> None:
-        """`first_seqs` maps a peer to the first sequence number to send (default 1)."""
+        """With a `store`, each sender draws its sequence numbers from a persisted `Lease`
+        named `seq/<me>/<peer>`, so a restarted node never repeats one; without, they
+        start at 1."""
         self.me = me
         self.source = source
         clock = clock or SystemClock()
         peers = sorted(set(peers) - {me})
-        starts = first_seqs or {}
         self.send_pools = {p: SendKeyPool(source, p, config, clock) for p in peers}
         self.receive_pools = {p: ReceiveKeyPool(source, p, config, clock) for p in peers}
         self.senders = {
             p: LinkSender(
-                chain_id, me, p, self.send_pools[p], first_seq=starts.get(p, 1), limits=limits
+                chain_id,
+                me,
+                p,
+                self.send_pools[p],
+                seq_lease=None if store is None else Lease(store, f"seq/{me}/{p}"),
+                limits=limits,
             )
             for p in peers
         }

@@ -46,9 +46,10 @@ comes later, is rejected as `KeyReused` (an attacker on the path can drop it any
 Only an accepted frame moves the sequence number. Every rejection is a `FrameRejected`
 subclass, counted by reason and by sender; nothing else escapes `open`.
 
-After a restart, a sender must start above its last sequence number (persist a `Lease`
-for it). A receiver that restarts forgets its last sequence number, but a replayed frame
-still fails: its key was handed to the receiver once and the key manager forgot it.
+After a restart, a sender must start above its last sequence number: give `LinkSender`
+a `Lease` (persisted, see `qchain.qkd.lease`) and it draws sequence numbers from it. A
+receiver that restarts forgets its last sequence number, but a replayed frame still
+fails: its key was handed to the receiver once and the key manager forgot it.
 """
 
 from __future__ import annotations
@@ -78,6 +79,7 @@ from qchain.qkd.errors import (
     WrongReceiver,
     WrongVersion,
 )
+from qchain.qkd.lease import Lease
 from qchain.qkd.pool import MAX_BATCH, ReceiveKeyPool, SendKeyPool
 from qchain.qkd.source import KEY_ID_LEN, MAC_KEY_BYTES, KeyId
 
@@ -186,8 +188,9 @@ class SenderCounters:
 class LinkSender:
     """Seals frames on the directed link me -> peer with keys from a `SendKeyPool`.
 
-    Use it from one task per link (the transport's writer). `next_seq` is the sequence
-    number of the next frame; persist a lease of it if the node must survive a restart."""
+    Use it from one task per link (the transport's writer). Sequence numbers come from
+    `seq_lease` when given (value + 1, so they survive a restart), else count up from
+    `first_seq`."""
 
     def __init__(
         self,
@@ -197,6 +200,7 @@ class LinkSender:
         pool: SendKeyPool,
         *,
         first_seq: int = 1,
+        seq_lease: Lease | None = None,
         limits: FrameLimits = DEFAULT_FRAME_LIMITS,
     ) -> None:
         if first_seq < 1:
@@ -206,6 +210,7 @@ class LinkSender:
         self.peer = peer
         self.pool = pool
         self.next_seq = first_seq
+        self.seq_lease = seq_lease
         self.limits = limits
         self.counters = SenderCounters()
 
@@ -215,20 +220,21 @@ class LinkSender:
         if len(body) > self.limits.max_body:
             raise FrameTooLarge(f"body of {len(body)} bytes exceeds {self.limits.max_body}")
         key, announce = await self.pool.take()
+        seq = self.next_seq if self.seq_lease is None else self.seq_lease.next() + 1
         try:
             header = FrameHeader(
                 version=FRAME_VERSION,
                 chain_id=self.chain_id,
                 sender=self.me,
                 receiver=self.peer,
-                seq=self.next_seq,
+                seq=seq,
                 key_id=key.key_id,
                 announce=announce,
             )
             frame = encode_frame(header, body, key.material)
         finally:
             key.wipe()
-        self.next_seq += 1
+        self.next_seq = seq + 1
         self.counters.frames += 1
         self.counters.body_bytes += len(body)
         return frame

@@ -166,6 +166,9 @@ def parse_kms_config(doc: Mapping[str, object], base: Path = Path(".")) -> KMSCo
             raise ConfigError(f"sae[{i}].id", "must be unique, 1 to 64 characters")
         kme_ids[sid] = _str(s, "kme_id", f"sae[{i}]", f"{kms_id}/{sid}")
     defaults = _table(doc, "defaults")
+    for name in defaults:
+        if name not in _LINK_FIELDS or name == "saes":
+            raise ConfigError(f"defaults.{name}", "unknown field")
     specs: dict[tuple[str, str], tuple[dict[str, object], str]] = {}
     if _bool(doc, "full_mesh", "config"):
         for a, b in itertools.combinations(sorted(kme_ids), 2):

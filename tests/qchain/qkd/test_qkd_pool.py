@@ -8,7 +8,9 @@ import asyncio
 import pytest
 
 from qchain.qkd.clock import VirtualClock
+from qchain.qkd.endpoint import QKDEndpoint
 from qchain.qkd.errors import KeyBadRequest, KeyExhausted, KeyUnauthorised, LinkClosed
+from qchain.qkd.frame import decode_frame
 from qchain.qkd.keymanager import KeyManager, LinkConfig, SeededKeyFactory
 from qchain.qkd.lease import Lease
 from qchain.qkd.pool import PoolConfig, ReceiveKeyPool, SendKeyPool
@@ -149,3 +151,17 @@ def test_seeded_counter_is_leased_before_use() -> None:
     assert not ids & {again.new_key("a~b", 32)[0] for _ in range(30)}
     lease = Lease(store, "sim/a~b", 10)
     assert lease.next() >= 40
+
+
+async def test_sequence_numbers_survive_a_restart() -> None:
+    clock = VirtualClock(auto_advance=True)
+    manager = full_mesh(["a", "b"], clock, initial_key_count=100)
+    store = MemoryStore()
+    seqs = []
+    for _ in range(2):  # run, "crash", run again on the same store
+        ep = QKDEndpoint("c", "a", ["b"], LocalKeySource(manager, "a"), clock=clock, store=store)
+        ep.start()
+        for _ in range(3):
+            seqs.append(decode_frame(await ep.sender("b").seal(b"x"))[0].seq)
+        await ep.close()
+    assert seqs[:3] == [1, 2, 3] and seqs[3] > 3 and seqs == sorted(seqs)
