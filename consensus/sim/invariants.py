@@ -66,11 +66,15 @@ class Monitor:
         self.reports_by_round: dict[tuple[int, int], dict[int, Report]] = defaultdict(dict)
         self.sent_dones: dict[tuple[int, int], bytes] = {}
         self.sent_abort: dict[tuple[int, int], int] = {}
+        self.abort_levels: dict[tuple[int, int], set[int]] = defaultdict(set)
         self.max_round: dict[tuple[int, int], int] = {}
         # what each correct node received directly
         self.rx_votes: dict[tuple[int, int, int, int, bytes], set[int]] = defaultdict(set)
         self.rx_vote4_best: dict[tuple[int, int, bytes], int] = defaultdict(int)
-        self.rx_props: dict[tuple[int, int, int], dict[bytes, Block]] = defaultdict(dict)
+        self.rx_props: dict[tuple[int, int, int], dict[tuple[int, bytes], Block]] = defaultdict(
+            dict
+        )
+        """(node, h, r) -> (sender, value) -> block: PROPOSEs received directly."""
         self.rx_reports: dict[tuple[int, int, int], dict[int, Report]] = defaultdict(dict)
         self.rx_dones: dict[tuple[int, int, bytes], set[int]] = defaultdict(set)
         # decisions and commits
@@ -125,10 +129,13 @@ class Monitor:
                 self._check_done(src, m)
             elif isinstance(m, Abort):
                 key = (src, m.height)
-                level = m.level
-                if level < self.sent_abort.get(key, -1):
+                levels = self.abort_levels[key]
+                if m.level in levels:
+                    continue
+                if m.level < self.sent_abort.get(key, -1):
                     self.violation(4, f"node {src} h {m.height}: ABORT level decreased")
-                self.sent_abort[key] = max(level, self.sent_abort.get(key, -1))
+                levels.add(m.level)
+                self.sent_abort[key] = max(m.level, self.sent_abort.get(key, -1))
 
     def _round_seen(self, src: int, h: int, r: int) -> None:
         key = (src, h)
@@ -156,7 +163,9 @@ class Monitor:
                     7, f"node {src} h {h} r {r}: VOTE{m.phase} without q VOTE{m.phase - 1}"
                 )
         else:
-            blk = self.rx_props[(src, h, r)].get(v)
+            a = self.anchor(h)
+            leader = self.sim.params.leader(a, r) if a is not None else src
+            blk = self.rx_props[(src, h, r)].get((leader, v))
             nd = self.sim.nodes[src][0]
             if blk is None:
                 self.violation(7, f"node {src} h {h} r {r}: VOTE1 without the leader's PROPOSE")
@@ -195,7 +204,7 @@ class Monitor:
             return
         self.sent_props[key] = v
         self._round_seen(src, m.height, m.round)
-        self.rx_props[(src, m.height, m.round)][v] = m.block
+        self.rx_props[(src, m.height, m.round)][(src, v)] = m.block
 
     def _check_done(self, src: int, m: Done) -> None:
         key = (src, m.height)
@@ -227,9 +236,8 @@ class Monitor:
         elif isinstance(m, Report):
             self.rx_reports[(node, m.height, m.round)].setdefault(src, m)
         elif isinstance(m, Propose):
-            a = self.anchor(m.height)
-            if a is not None and src == self.sim.params.leader(a, m.round):
-                self.rx_props[(node, m.height, m.round)].setdefault(block_hash(m.block), m.block)
+            props = self.rx_props[(node, m.height, m.round)]
+            props.setdefault((src, block_hash(m.block)), m.block)
         elif isinstance(m, Done):
             self.rx_dones[(node, m.height, m.value)].add(src)
         elif isinstance(m, SyncResp):
