@@ -147,9 +147,11 @@ class ETSIClient(KeySource):
     ) -> Mapping[str, object]:
         session = self._get_session()
         async with session.request(method, url, params=params, json=body) as resp:
-            raw = await resp.content.read(MAX_RESPONSE + 1)
-            if len(raw) > MAX_RESPONSE:
-                raise KeySourceError(f"answer from {url} larger than {MAX_RESPONSE} bytes")
+            raw = bytearray()
+            async for chunk in resp.content.iter_chunked(64 * 1024):
+                raw += chunk
+                if len(raw) > MAX_RESPONSE:
+                    raise KeySourceError(f"answer from {url} larger than {MAX_RESPONSE} bytes")
             try:
                 doc = json.loads(raw) if raw else None
             except (ValueError, UnicodeDecodeError):

@@ -165,3 +165,16 @@ async def test_sequence_numbers_survive_a_restart() -> None:
             seqs.append(decode_frame(await ep.sender("b").seal(b"x"))[0].seq)
         await ep.close()
     assert seqs[:3] == [1, 2, 3] and seqs[3] > 3 and seqs == sorted(seqs)
+
+
+async def test_delivery_latency_on_the_virtual_clock() -> None:
+    clock = VirtualClock()
+    link = LinkConfig(saes=("a", "b"), bits_per_second=0, latency=0.25, initial_key_count=5)
+    source = LocalKeySource(KeyManager([link], clock), "a")
+    call = asyncio.create_task(source.enc_keys("b", 1))
+    await wait_until(lambda: source.calls == 1)
+    clock.advance(0.2)
+    await asyncio.sleep(0)
+    assert not call.done()
+    clock.advance(0.05)
+    assert len(await asyncio.wait_for(call, 10)) == 1
