@@ -32,7 +32,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     init.add_argument("--kms-rate", default="lab", help="lab|metro|long-haul|constrained")
     init.add_argument("--scheme", choices=["ml-dsa-65", "ed25519"], default="ml-dsa-65")
     init.add_argument("--chain-id", default="qchain-devnet")
-    init.add_argument("--base-port", type=int, default=27000)
+    init.add_argument(
+        "--base-port", type=int, default=None, help="first host port (27000; 28000 with --docker)"
+    )
     init.add_argument(
         "--heartbeat-ms",
         type=int,
@@ -40,13 +42,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="empty block interval when idle; 0 = no empty blocks",
     )
     init.add_argument("--force", action="store_true", help="overwrite a different network")
+    init.add_argument("--project", default="qchain-devnet", help="compose project (--docker)")
+    init.add_argument("--image", default="qchain:dev", help="image to run (--docker)")
     up = sub.add_parser("up", help="start the devnet as local processes")
     _dir(up)
     up.add_argument("--foreground", action="store_true", help="stay attached; Ctrl-C stops")
     up.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for ready")
     up.add_argument("--json", action="store_true", help="print endpoints as JSON")
+    up.add_argument("--build", action="store_true", help="(re)build the image first (--docker)")
     down = sub.add_parser("down", help="stop every devnet process")
     _dir(down)
+    down.add_argument("--volumes", action="store_true", help="also remove chain volumes (--docker)")
     st = sub.add_parser("status", help="height, round, leader, peers and key pools per node")
     _dir(st)
     st.add_argument("--json", action="store_true")
@@ -61,10 +67,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def _dir(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dir", type=Path, default=DEFAULT_DIR, help="devnet directory")
+    p.add_argument(
+        "--docker", action="store_true", help="the Docker Compose flavour (devnet.dockernet)"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     cmd = args.devnet_cmd
+    if args.docker:
+        from devnet import dockernet
+
+        return dockernet.run(args)
     if cmd == "init":
         return _init(args)
     from devnet.local import LocalNetwork
@@ -100,7 +113,7 @@ def _init(args: argparse.Namespace) -> int:
         profile=args.profile,
         scheme=args.scheme,
         kms_rate=args.kms_rate,
-        base_port=args.base_port,
+        base_port=27000 if args.base_port is None else args.base_port,
         heartbeat_ms=args.heartbeat_ms or None,
     )
     written = write_network(args.dir, plan, force=args.force)
@@ -140,8 +153,8 @@ def endpoints(net: Any) -> dict[str, Any]:
                 "explorer": f"{n.api_url}/",
                 "sae_id": n.sae_id,
                 "kms": plan.kms_url,
-                "tls_client_cert": str(d / "ca" / f"{n.sae_id}.pem"),
-                "tls_client_key": str(d / "ca" / f"{n.sae_id}.key"),
+                "tls_client_cert": str(d / "ca" / f"sae-{n.sae_id}.pem"),
+                "tls_client_key": str(d / "ca" / f"sae-{n.sae_id}.key"),
                 "config": str(d / "nodes" / n.name / "config.toml"),
                 "log": str(net.log_file(n.name)),
             }

@@ -56,6 +56,8 @@ class LocalNetwork:
         self.plan: NetworkPlan = load_plan(self.dir)
         self.run_dir = self.dir / "run"
         self.log_dir = self.dir / "logs"
+        self._procs: dict[int, subprocess.Popen[bytes]] = {}
+        """Children started by this object, kept so they can be reaped."""
 
     # --- services --------------------------------------------------------------------
 
@@ -118,6 +120,7 @@ class LocalNetwork:
                 env=env,
                 start_new_session=True,
             )
+        self._procs[proc.pid] = proc
         self.pid_file(name).write_text(f"{proc.pid}\n")
         return proc.pid
 
@@ -144,7 +147,7 @@ class LocalNetwork:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
         for pid in targets.values():
-            _reap(pid)
+            self._reap(pid)
         for name in targets:
             self.pid_file(name).unlink(missing_ok=True)
         return sorted(targets)
@@ -159,9 +162,17 @@ class LocalNetwork:
         deadline = time.monotonic() + 5
         while _alive(pid) and time.monotonic() < deadline:
             time.sleep(0.01)
-        _reap(pid)
+        self._reap(pid)
         self.pid_file(name).unlink(missing_ok=True)
         return True
+
+    def _reap(self, pid: int) -> None:
+        proc = self._procs.pop(pid, None)
+        if proc is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=5)
+        else:
+            _reap(pid)
 
     # --- readiness -------------------------------------------------------------------
 

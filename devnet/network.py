@@ -274,8 +274,8 @@ byzantine = {"true" if plan.byzantine else "false"}
 [qkd]
 kme_url = "{plan.kms_url}"
 sae_id = "{node.sae_id}"
-client_cert = "{tls_dir}/{node.sae_id}.pem"
-client_key = "{tls_dir}/{node.sae_id}.key"
+client_cert = "{tls_dir}/sae-{node.sae_id}.pem"
+client_key = "{tls_dir}/sae-{node.sae_id}.key"
 ca_cert = "{tls_dir}/ca.pem"
 
 [timing]

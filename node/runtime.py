@@ -107,6 +107,7 @@ from qchain.errors import CodecError, InvalidBlock, QChainError, StorageError
 from qchain.hashing import Domain, hash_domain
 from qchain.keys import SigningKey, verify
 from qchain.qkd.endpoint import QKDEndpoint
+from qchain.qkd.frame import LinkSender
 from qchain.qkd.source import KeySource
 from qchain.store import schema
 from qchain.store.kv import Batch, KVStore, open_store
@@ -121,36 +122,21 @@ from qchain.types import (
 
 log = logging.getLogger("qchain.node")
 
-SEQ_LEASE_BLOCK = 100_000
 FETCH_RETRY_S = 0.5
 CERT_BUFFER_HEIGHTS = 4
 FORWARD_BATCH = 2000
 
 
-class _SeqLeasedSealer:
-    """A link sender whose sequence numbers survive restarts: before the sender uses a
-    number at or past the persisted bound, a new bound is written (synced)."""
+class _Sealer:
+    """The sending side of one link, as the transport sees it. In the test-only
+    `forge-mac` mode it flips a bit of every tag it produces."""
 
-    def __init__(self, inner: Any, store: KVStore, name: str) -> None:
+    def __init__(self, inner: LinkSender) -> None:
         self.inner = inner
-        self.store = store
-        self.key = schema.qkd_lease_key(name)
-        raw = store.get(self.key)
-        self.bound = 1 if raw is None else schema.read_u64(raw)
         self.forge = False
 
-    @property
-    def first_seq(self) -> int:
-        return self.bound
-
-    def ensure(self) -> None:
-        if self.inner.next_seq >= self.bound:
-            self.bound = self.inner.next_seq + SEQ_LEASE_BLOCK
-            self.store.put(self.key, schema.u64(self.bound), sync=True)
-
     async def seal(self, body: bytes) -> bytes:
-        self.ensure()
-        frame: bytes = await self.inner.seal(body)
+        frame = await self.inner.seal(body)
         if self.forge:
             frame = frame[:-1] + bytes([frame[-1] ^ 1])
         return frame
@@ -258,7 +244,7 @@ class Validator:
         self._owns_key_source = key_source is None
         self.endpoint: QKDEndpoint | None = None
         self.transport: Transport | None = None
-        self._sealers: dict[int, _SeqLeasedSealer] = {}
+        self._sealers: dict[int, _Sealer] = {}
         self._sae = {v.index: v.sae_id for v in self.genesis.validators}
         self._index_of_sae = {s: i for i, s in self._sae.items()}
         self._events: deque[Event] = deque()
@@ -302,27 +288,18 @@ class Validator:
             if i not in self._sae:
                 raise StorageError(f"p2p peer {i} is not a validator of this genesis")
         my_sae = self._sae[self.me]
-        leases = {
-            self._sae[i]: _SeqLeasedSealer(None, self.store, f"seq:{my_sae}->{self._sae[i]}")
-            for i in peers
-        }
         from qchain.qkd.pool import PoolConfig
 
+        batch = min(128, cfg.qkd.batch_keys)
         self.endpoint = QKDEndpoint(
             self.genesis.chain_id,
             my_sae,
             [self._sae[i] for i in peers],
             self._key_source,
-            config=PoolConfig(
-                batch_size=min(128, cfg.qkd.batch_keys),
-                low_water=min(cfg.qkd.low_water, min(128, cfg.qkd.batch_keys)),
-            ),
-            first_seqs={sae: lease.first_seq for sae, lease in leases.items()},
+            config=PoolConfig(batch_size=batch, low_water=min(cfg.qkd.low_water, batch)),
+            store=self.store,
         )
-        for i in peers:
-            lease = leases[self._sae[i]]
-            lease.inner = self.endpoint.sender(self._sae[i])
-            self._sealers[i] = lease
+        self._sealers = {i: _Sealer(self.endpoint.sender(self._sae[i])) for i in peers}
         openers = {i: _Opener(self.endpoint.receiver, self._sae[i]) for i in peers}
         self.transport = Transport(
             self.me,

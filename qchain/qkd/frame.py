@@ -18,9 +18,11 @@ Key announcement (how the receiver knows which ids are coming)
 ---------------------------------------------------------------
 The sender takes keys from the key manager in batches (`enc_keys`, up to 128 at a time)
 and spends them in order. The first frame it seals after a batch arrives lists the ids of
-that batch (every id of the batch not yet spent) in `announce`; so does the first frame
-after `LinkSender.resync()`, which the transport calls after a reconnection. The receiver
-reacts to an announcement in one of two ways:
+that batch (every id of the batch not yet spent) in `announce`. After a reconnection the
+transport calls `LinkSender.resync()`: the sender drops every key it already announced
+(the peer may have restarted and lost them, and the key manager delivers a key to the
+slave only once) and goes on with keys it has not announced, which the next frame
+announces. The receiver reacts to an announcement in one of two ways:
 
 - *prefetch*: once the frame carrying the announcement has verified, the receiver starts
   one `dec_keys` call per announced batch in the background. The send pool fetches its
@@ -240,7 +242,8 @@ class LinkSender:
         return frame
 
     def resync(self) -> None:
-        """Announce the held keys again in the next frame (call after a reconnection)."""
+        """Drop the keys already announced; the next frame announces fresh ones (call
+        after a reconnection)."""
         self.pool.resync()
 
 

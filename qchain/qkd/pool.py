@@ -12,7 +12,8 @@ key manager answers "unavailable" the pool retries with exponential backoff; an
 
 Each batch remembers whether its ids were announced to the peer: `take` returns, with
 the key, the ids the sender must announce in that frame (see `qchain.qkd.frame` for
-the protocol), and `resync` forgets the announcements after a reconnection.
+the protocol), and `resync` drops the announced keys after a reconnection (the peer may
+have restarted and can no longer resolve them).
 
 `ReceiveKeyPool` (peer -> me) resolves announced ids with one `dec_keys` call per
 announced batch and holds the keys until their frame arrives; `take(key_id)` hands a
@@ -200,10 +201,22 @@ class SendKeyPool:
         return key, tuple(announce)
 
     def resync(self) -> None:
-        """Announce every held key again (after the connection to the peer was re-made
-        and frames may have been lost)."""
+        """After the connection to the peer was re-made: drop every key already announced.
+
+        The peer may have restarted since, and the key manager delivers a key to the
+        slave only once, so keys its earlier incarnation fetched can never be resolved
+        again; keeping them would make every later frame fail as `unknown-key`. Keys not
+        yet announced stay usable and are announced with the next frame. The cost is at
+        most the announced batches held at a reconnection (counted as discarded)."""
+        kept: deque[_Batch] = deque()
         for batch in self._batches:
-            batch.announced = False
+            if batch.announced:
+                self.counters.keys_discarded += len(batch.keys)
+                _wipe_all(batch.keys)
+            else:
+                kept.append(batch)
+        self._batches = kept
+        self._maybe_refill()
 
     async def close(self) -> None:
         """Stop fetching and wipe every key held."""

@@ -178,3 +178,31 @@ async def test_delivery_latency_on_the_virtual_clock() -> None:
     assert not call.done()
     clock.advance(0.05)
     assert len(await asyncio.wait_for(call, 10)) == 1
+
+
+async def test_restarted_receiver_reads_frames_after_resync() -> None:
+    """A receiver that restarts loses the keys it fetched; the key manager will not hand
+    them out again. After the reconnection the sender drops what it announced and goes on
+    with keys the new receiver can resolve."""
+    manager, eps = sim_endpoints(["a", "b"], config=PoolConfig(batch_size=16, low_water=8))
+    for ep in eps.values():
+        ep.start()
+    sender = eps["a"].sender("b")
+    try:
+        for i in range(5):
+            frame = await sender.seal(bytes([i]))
+            assert (await eps["b"].receiver.open(frame)).body == bytes([i])
+        await eps["b"].close()
+        reborn = QKDEndpoint(
+            "test-chain", "b", ["a", "b"], LocalKeySource(manager, "b"), clock=manager.clock
+        )
+        eps["b"] = reborn
+        held = eps["a"].send_pools["b"].level
+        sender.resync()
+        assert eps["a"].send_pools["b"].counters.keys_discarded == held
+        for i in range(40):
+            frame = await sender.seal(bytes([i]))
+            assert (await reborn.receiver.open(frame)).body == bytes([i])
+    finally:
+        for ep in eps.values():
+            await ep.close()
