@@ -1,0 +1,328 @@
+"""Fault scenarios: a TOML file with a network, a load, a timeline of perturbations and
+the checks to run (see `devnet/faults/README.md` for every field).
+
+`load_scenario(path)` / `parse_scenario(doc)` validate everything up front and raise
+`ConfigError` naming the field, so a typo fails before a network is started.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from qchain.errors import ConfigError
+
+ACTIONS: dict[str, frozenset[str]] = {
+    # action -> parameters it accepts besides at, duration_s, expect_halt
+    "kill": frozenset({"target"}),
+    "restart": frozenset({"target"}),
+    "stop": frozenset({"target"}),
+    "pause": frozenset({"target"}),
+    "partition": frozenset({"nodes", "from"}),
+    "flap": frozenset({"nodes", "from", "period_s"}),
+    "heal": frozenset(),
+    "delay": frozenset({"target", "ms", "jitter_ms"}),
+    "drop": frozenset({"target", "pct"}),
+    "corrupt": frozenset({"target", "pct"}),
+    "replay": frozenset({"target", "pct"}),
+    "keys": frozenset({"link", "rate"}),
+    "kms": frozenset({"mode", "link"}),
+    "byzantine": frozenset({"target", "mode"}),
+}
+"""Every timeline action and the fields it takes."""
+
+UNDOABLE = frozenset(ACTIONS) - {"heal", "restart", "flap"}
+"""Actions that `duration_s` undoes (flap undoes itself; heal and restart are instant)."""
+
+BYZANTINE_MODES = ("equivocate", "double-vote", "withhold", "forge-mac", "silent", "twin")
+KMS_MODES = ("outage", "eavesdrop", "clear")
+EQUIVOCATION_EXPECT = ("expected", "absent", "ignore")
+TX_KINDS = ("anchor", "pay")
+
+
+@dataclass(frozen=True)
+class NetworkSpec:
+    validators: int = 4
+    heartbeat_ms: int = 300
+    kms_rate: str = "lab"
+    scheme: str = "ed25519"
+
+
+@dataclass(frozen=True)
+class LoadSpec:
+    rate: float = 5.0
+    """Transactions per second, submitted open-loop (not waiting for earlier ones)."""
+    duration_s: float | None = None
+    """How long load runs; None = the whole timeline."""
+    mix: tuple[tuple[str, int], ...] = (("anchor", 3), ("pay", 1))
+    """Relative weights of notary anchors and voucher payments."""
+
+
+@dataclass(frozen=True)
+class Step:
+    """One perturbation of the timeline."""
+
+    at: float
+    """Seconds after load starts."""
+    action: str
+    duration_s: float | None = None
+    """If set, the perturbation is undone this many seconds later (a heal)."""
+    params: tuple[tuple[str, Any], ...] = ()
+    expect_halt: bool = False
+    """The chain must not advance (beyond one in-flight block) while this step lasts."""
+
+    def param(self, name: str, default: Any = None) -> Any:
+        return dict(self.params).get(name, default)
+
+    @property
+    def end(self) -> float:
+        return self.at + (self.duration_s or 0.0)
+
+
+@dataclass(frozen=True)
+class ChecksSpec:
+    liveness_deadline_s: float = 30.0
+    """After the final heal every node must commit a new block within this time."""
+    equivocation: str = "absent"
+    """expected: some honest node must report an equivocation alert; absent: none may;
+    ignore: report what was seen without judging."""
+    starvation: tuple[str, ...] = ()
+    """Links ("nodeA~nodeB") whose nodes must report starvation while their keys are
+    cut, and resume sending once keys return."""
+    max_lost: int = 0
+    """Acknowledged-committed transactions allowed to be missing (0: none)."""
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    description: str
+    seed: int
+    duration_s: float
+    network: NetworkSpec = field(default_factory=NetworkSpec)
+    load: LoadSpec = field(default_factory=LoadSpec)
+    steps: tuple[Step, ...] = ()
+    checks: ChecksSpec = field(default_factory=ChecksSpec)
+    docker_ok: bool = True
+    """False if the scenario needs local processes (twins)."""
+
+
+def _take(doc: dict[str, Any], where: str, known: set[str]) -> None:
+    unknown = set(doc) - known
+    if unknown:
+        raise ConfigError(f"{where}.{sorted(unknown)[0]}", "unknown field")
+
+
+def _num(doc: dict[str, Any], name: str, where: str, default: float | None, lo: float = 0.0) -> Any:
+    v = doc.get(name, default)
+    if v is None:
+        return None
+    if type(v) not in (int, float) or v < lo:
+        raise ConfigError(f"{where}.{name}", f"a number >= {lo}")
+    return v
+
+
+def _names(v: Any, where: str) -> tuple[str, ...]:
+    if isinstance(v, str):
+        v = [v]
+    if not isinstance(v, list) or not v or not all(isinstance(x, str) for x in v):
+        raise ConfigError(where, "a node name or selector, or a non-empty list of them")
+    return tuple(v)
+
+
+def _step(doc: Any, i: int) -> Step:
+    where = f"step[{i}]"
+    if not isinstance(doc, dict):
+        raise ConfigError(where, "a table")
+    action = doc.get("action")
+    if action not in ACTIONS:
+        raise ConfigError(f"{where}.action", f"one of {', '.join(ACTIONS)}")
+    common = {"at", "action", "duration_s", "expect_halt"}
+    _take(doc, where, common | ACTIONS[action])
+    at = _num(doc, "at", where, None)
+    if at is None:
+        raise ConfigError(f"{where}.at", "required: seconds after load starts")
+    duration = _num(doc, "duration_s", where, None)
+    if duration is not None and action not in UNDOABLE | {"flap"}:
+        raise ConfigError(f"{where}.duration_s", f"{action} is instant")
+    if action == "flap" and duration is None:
+        raise ConfigError(f"{where}.duration_s", "flap needs a duration")
+    expect_halt = doc.get("expect_halt", False)
+    if type(expect_halt) is not bool:
+        raise ConfigError(f"{where}.expect_halt", "true or false")
+    if expect_halt and duration is None:
+        raise ConfigError(f"{where}.expect_halt", "needs duration_s")
+    params: dict[str, Any] = {}
+    for name in ("target",):
+        if name in ACTIONS[action]:
+            params[name] = _names(doc.get(name, ""), f"{where}.{name}")
+    for name in ("nodes", "from"):
+        if name in doc:
+            params[name] = _names(doc[name], f"{where}.{name}")
+    if action in ("partition", "flap") and "nodes" not in params:
+        raise ConfigError(f"{where}.nodes", "required")
+    if action == "flap":
+        params["period_s"] = _num(doc, "period_s", where, 2.0, 0.1)
+    if action == "delay":
+        params["ms"] = int(_num(doc, "ms", where, None) or 0)
+        params["jitter_ms"] = int(_num(doc, "jitter_ms", where, 0))
+        if not 0 < params["ms"] <= 60_000:
+            raise ConfigError(f"{where}.ms", "milliseconds in (0, 60000]")
+    if action in ("drop", "corrupt", "replay"):
+        pct = _num(doc, "pct", where, None)
+        if pct is None or not 0 < pct <= 100:
+            raise ConfigError(f"{where}.pct", "a percentage in (0, 100]")
+        params["pct"] = float(pct)
+    if action in ("keys", "kms"):
+        link = doc.get("link", "all")
+        if not isinstance(link, str) or (link != "all" and link.count("~") != 1):
+            raise ConfigError(f"{where}.link", 'a node pair "nodeA~nodeB" or "all"')
+        params["link"] = link
+    if action == "keys":
+        rate = doc.get("rate")
+        if not (isinstance(rate, str) or (type(rate) is int and rate >= 0)):
+            raise ConfigError(f"{where}.rate", "a profile name or bits per second (0 cuts keys)")
+        params["rate"] = rate
+    if action == "kms":
+        mode = doc.get("mode")
+        if mode not in KMS_MODES:
+            raise ConfigError(f"{where}.mode", f"one of {', '.join(KMS_MODES)}")
+        params["mode"] = mode
+    if action == "byzantine":
+        mode = doc.get("mode")
+        if mode not in BYZANTINE_MODES:
+            raise ConfigError(f"{where}.mode", f"one of {', '.join(BYZANTINE_MODES)}")
+        params["mode"] = mode
+    return Step(
+        at=float(at),
+        action=action,
+        duration_s=None if duration is None else float(duration),
+        params=tuple(sorted(params.items())),
+        expect_halt=expect_halt,
+    )
+
+
+def parse_scenario(doc: dict[str, Any], default_name: str = "scenario") -> Scenario:
+    _take(
+        doc,
+        "scenario",
+        {"name", "description", "seed", "duration_s", "network", "load", "step", "checks"},
+    )
+    name = doc.get("name", default_name)
+    if not isinstance(name, str) or not name:
+        raise ConfigError("name", "a non-empty string")
+    description = doc.get("description", "")
+    if not isinstance(description, str):
+        raise ConfigError("description", "a string")
+    seed = doc.get("seed", 1)
+    if type(seed) is not int:
+        raise ConfigError("seed", "an integer")
+    duration = _num(doc, "duration_s", "scenario", None, 1.0)
+    if duration is None:
+        raise ConfigError("duration_s", "required: the length of the timeline in seconds")
+
+    net_doc = doc.get("network", {})
+    if not isinstance(net_doc, dict):
+        raise ConfigError("network", "a table")
+    _take(net_doc, "network", {"validators", "heartbeat_ms", "kms_rate", "scheme"})
+    network = NetworkSpec(
+        validators=int(_num(net_doc, "validators", "network", 4, 1)),
+        heartbeat_ms=int(_num(net_doc, "heartbeat_ms", "network", 300, 1)),
+        kms_rate=str(net_doc.get("kms_rate", "lab")),
+        scheme=str(net_doc.get("scheme", "ed25519")),
+    )
+    if network.validators % 3 != 1:
+        raise ConfigError("network.validators", "n = 3f+1")
+
+    load_doc = doc.get("load", {})
+    if not isinstance(load_doc, dict):
+        raise ConfigError("load", "a table")
+    _take(load_doc, "load", {"rate", "duration_s", "mix"})
+    mix_doc = load_doc.get("mix", {"anchor": 3, "pay": 1})
+    if not isinstance(mix_doc, dict) or not mix_doc:
+        raise ConfigError("load.mix", "a table of weights, e.g. {anchor = 3, pay = 1}")
+    for k, w in mix_doc.items():
+        if k not in TX_KINDS:
+            raise ConfigError(f"load.mix.{k}", f"one of {', '.join(TX_KINDS)}")
+        if type(w) is not int or w < 0:
+            raise ConfigError(f"load.mix.{k}", "a weight >= 0")
+    if sum(mix_doc.values()) == 0:
+        raise ConfigError("load.mix", "some weight must be positive")
+    load = LoadSpec(
+        rate=float(_num(load_doc, "rate", "load", 5.0)),
+        duration_s=_num(load_doc, "duration_s", "load", None),
+        mix=tuple(sorted(mix_doc.items())),
+    )
+
+    steps_doc = doc.get("step", [])
+    if not isinstance(steps_doc, list):
+        raise ConfigError("step", "an array of tables ([[step]])")
+    steps = tuple(sorted((_step(s, i) for i, s in enumerate(steps_doc)), key=lambda s: s.at))
+    for i, s in enumerate(steps):
+        if s.end > duration:
+            raise ConfigError(f"step[{i}]", f"ends at {s.end}s, after duration_s = {duration}")
+
+    checks_doc = doc.get("checks", {})
+    if not isinstance(checks_doc, dict):
+        raise ConfigError("checks", "a table")
+    _take(checks_doc, "checks", {"liveness_deadline_s", "equivocation", "starvation", "max_lost"})
+    equivocation = checks_doc.get("equivocation", "absent")
+    if equivocation not in EQUIVOCATION_EXPECT:
+        raise ConfigError("checks.equivocation", f"one of {', '.join(EQUIVOCATION_EXPECT)}")
+    starvation = checks_doc.get("starvation", [])
+    if not isinstance(starvation, list) or not all(
+        isinstance(x, str) and x.count("~") == 1 for x in starvation
+    ):
+        raise ConfigError("checks.starvation", 'a list of links "nodeA~nodeB"')
+    max_lost = checks_doc.get("max_lost", 0)
+    if type(max_lost) is not int or max_lost < 0:
+        raise ConfigError("checks.max_lost", "an integer >= 0")
+    checks = ChecksSpec(
+        liveness_deadline_s=float(_num(checks_doc, "liveness_deadline_s", "checks", 30.0, 1.0)),
+        equivocation=equivocation,
+        starvation=tuple(starvation),
+        max_lost=max_lost,
+    )
+    docker_ok = not any(s.action == "byzantine" and s.param("mode") == "twin" for s in steps)
+    return Scenario(
+        name=name,
+        description=description,
+        seed=seed,
+        duration_s=float(duration),
+        network=network,
+        load=load,
+        steps=steps,
+        checks=checks,
+        docker_ok=docker_ok,
+    )
+
+
+def load_scenario(path: Path) -> Scenario:
+    try:
+        doc = tomllib.loads(path.read_text())
+    except OSError as e:
+        raise ConfigError(str(path), f"cannot read: {e.strerror}") from e
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(str(path), f"not TOML: {e}") from e
+    return parse_scenario(doc, path.stem)
+
+
+def shipped_scenarios() -> dict[str, Path]:
+    """The scenarios shipped with the kit, by name (file stem)."""
+    folder = Path(__file__).parent / "scenarios"
+    return {p.stem: p for p in sorted(folder.glob("*.toml"))}
+
+
+def resolve_scenario(name_or_path: str) -> Path:
+    """A path, or the name of a shipped scenario."""
+    p = Path(name_or_path)
+    if p.exists():
+        return p
+    shipped = shipped_scenarios()
+    if name_or_path in shipped:
+        return shipped[name_or_path]
+    raise ConfigError(
+        name_or_path, f"no such file or shipped scenario ({', '.join(shipped) or 'none'})"
+    )
