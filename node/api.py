@@ -34,6 +34,7 @@ from typing import Any
 import yaml
 from aiohttp import web
 
+from node import explorer
 from node.metrics import CONTENT_TYPE_LATEST, NodeMetrics
 from node.service import ChainEvent, NodeService, TxStatus
 from qchain.client import (
@@ -755,6 +756,7 @@ def make_api_app(
     r.add_get("/readyz", api.readyz, allow_head=False)
     r.add_get("/metrics", api.metrics, allow_head=False)
     r.add_get("/openapi.json", api.openapi, allow_head=False)
+    explorer.add_routes(r)
     return app
 
 

@@ -1,0 +1,820 @@
+// qchain explorer: one hand-written script, no dependencies, no build step.
+//
+// Views are chosen by the URL fragment (#/, #/block/H, #/tx/HASH, #/receipt/HASH,
+// #/account/ADDR, #/anchor/DIGEST). Data comes from this node's public API; blocks and
+// transaction results arrive live over the server-sent event stream /v1/events, and the
+// node and QKD figures are polled once a second. Chain data is put on the page as text
+// only (never as HTML).
+"use strict";
+
+(() => {
+  const POLL_MS = 1000;
+  const KEEP_BLOCKS = 20;
+  const KEEP_TXS = 20;
+  const KEEP_SAMPLES = 120;
+
+  // --- small helpers -------------------------------------------------------------------
+
+  function el(tag, attrs, ...children) {
+    const node = document.createElement(tag);
+    for (const [k, v] of Object.entries(attrs || {})) {
+      if (v === undefined || v === null || v === false) continue;
+      if (k === "class") node.className = v;
+      else if (k === "text") node.textContent = v;
+      else if (k.startsWith("on")) node.addEventListener(k.slice(2), v);
+      else node.setAttribute(k, v === true ? "" : String(v));
+    }
+    for (const c of children.flat()) {
+      if (c === undefined || c === null || c === false) continue;
+      node.append(c instanceof Node ? c : document.createTextNode(String(c)));
+    }
+    return node;
+  }
+
+  const short = (h, n = 10) => (h && h.length > 2 * n ? `${h.slice(0, n)}…${h.slice(-4)}` : h);
+  const link = (href, text, cls) => el("a", { href, class: cls || "mono" }, text);
+  const blockLink = (h) => el("a", { href: `#/block/${h}` }, `#${h}`);
+  const txLink = (h) => link(`#/tx/${h}`, short(h));
+  const fmtTime = (ms) => new Date(ms).toISOString().replace("T", " ").replace(/\.\d+Z$/, " UTC");
+
+  function ago(ms) {
+    const s = Math.max(0, Math.round((Date.now() - ms) / 1000));
+    if (s < 60) return `${s}s ago`;
+    if (s < 3600) return `${Math.floor(s / 60)}m ago`;
+    return `${Math.floor(s / 3600)}h ago`;
+  }
+
+  class ApiError extends Error {
+    constructor(status, doc) {
+      super((doc && (doc.detail || doc.title)) || `HTTP ${status}`);
+      this.status = status;
+    }
+  }
+
+  async function api(path, accept) {
+    const resp = await fetch(path, { headers: { Accept: accept || "application/json" } });
+    if (!resp.ok) {
+      let doc = null;
+      try { doc = await resp.json(); } catch (e) { doc = null; }
+      throw new ApiError(resp.status, doc);
+    }
+    return accept === "application/msgpack" ? new Uint8Array(await resp.arrayBuffer()) : resp.json();
+  }
+
+  function json(v) { return el("pre", { class: "json" }, JSON.stringify(v, null, 2)); }
+
+  function kv(pairs) {
+    const dl = el("dl", { class: "kv" });
+    for (const [k, v] of pairs) dl.append(el("dt", {}, k), el("dd", {}, v));
+    return dl;
+  }
+
+  // --- SHA-256 with qchain's domain separation (qchain/hashing.py) -------------------
+
+  const K = new Uint32Array([
+    0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4, 0xab1c5ed5,
+    0xd807aa98, 0x12835b01, 0x243185be, 0x550c7dc3, 0x72be5d74, 0x80deb1fe, 0x9bdc06a7, 0xc19bf174,
+    0xe49b69c1, 0xefbe4786, 0x0fc19dc6, 0x240ca1cc, 0x2de92c6f, 0x4a7484aa, 0x5cb0a9dc, 0x76f988da,
+    0x983e5152, 0xa831c66d, 0xb00327c8, 0xbf597fc7, 0xc6e00bf3, 0xd5a79147, 0x06ca6351, 0x14292967,
+    0x27b70a85, 0x2e1b2138, 0x4d2c6dfc, 0x53380d13, 0x650a7354, 0x766a0abb, 0x81c2c92e, 0x92722c85,
+    0xa2bfe8a1, 0xa81a664b, 0xc24b8b70, 0xc76c51a3, 0xd192e819, 0xd6990624, 0xf40e3585, 0x106aa070,
+    0x19a4c116, 0x1e376c08, 0x2748774c, 0x34b0bcb5, 0x391c0cb3, 0x4ed8aa4a, 0x5b9cca4f, 0x682e6ff3,
+    0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208, 0x90befffa, 0xa4506ceb, 0xbef9a3f7, 0xc67178f2,
+  ]);
+
+  // Plain SHA-256, for pages opened over plain HTTP from another host, where browsers
+  // withhold WebCrypto (crypto.subtle exists only in secure contexts).
+  function sha256Plain(data) {
+    const h = new Uint32Array([
+      0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19,
+    ]);
+    const total = ((data.length + 9 + 63) >> 6) << 6;
+    const buf = new Uint8Array(total);
+    buf.set(data);
+    buf[data.length] = 0x80;
+    const view = new DataView(buf.buffer);
+    view.setUint32(total - 8, Math.floor(data.length / 0x20000000));
+    view.setUint32(total - 4, (data.length * 8) >>> 0);
+    const w = new Uint32Array(64);
+    const rotr = (x, n) => (x >>> n) | (x << (32 - n));
+    for (let off = 0; off < total; off += 64) {
+      for (let i = 0; i < 16; i++) w[i] = view.getUint32(off + 4 * i);
+      for (let i = 16; i < 64; i++) {
+        const s0 = rotr(w[i - 15], 7) ^ rotr(w[i - 15], 18) ^ (w[i - 15] >>> 3);
+        const s1 = rotr(w[i - 2], 17) ^ rotr(w[i - 2], 19) ^ (w[i - 2] >>> 10);
+        w[i] = (w[i - 16] + s0 + w[i - 7] + s1) >>> 0;
+      }
+      let [a, b, c, d, e, f, g, hh] = h;
+      for (let i = 0; i < 64; i++) {
+        const t1 = (hh + (rotr(e, 6) ^ rotr(e, 11) ^ rotr(e, 25)) + ((e & f) ^ (~e & g)) + K[i] + w[i]) >>> 0;
+        const t2 = ((rotr(a, 2) ^ rotr(a, 13) ^ rotr(a, 22)) + ((a & b) ^ (a & c) ^ (b & c))) >>> 0;
+        hh = g; g = f; f = e; e = (d + t1) >>> 0; d = c; c = b; b = a; a = (t1 + t2) >>> 0;
+      }
+      const add = [a, b, c, d, e, f, g, hh];
+      for (let i = 0; i < 8; i++) h[i] = (h[i] + add[i]) >>> 0;
+    }
+    const out = new Uint8Array(32);
+    const ov = new DataView(out.buffer);
+    for (let i = 0; i < 8; i++) ov.setUint32(4 * i, h[i]);
+    return out;
+  }
+
+  async function sha256(data) {
+    if (window.crypto && window.crypto.subtle) {
+      return new Uint8Array(await window.crypto.subtle.digest("SHA-256", data));
+    }
+    return sha256Plain(data);
+  }
+
+  const DOMAIN = {
+    HEADER: "qchain/header",
+    MERKLE_LEAF: "qchain/merkle/leaf",
+    MERKLE_NODE: "qchain/merkle/node",
+  };
+
+  // H(domain, data) = SHA-256(len(domain) || domain || data)
+  async function hashDomain(domain, ...parts) {
+    const tag = new TextEncoder().encode(domain);
+    const len = parts.reduce((n, p) => n + p.length, 1 + tag.length);
+    const buf = new Uint8Array(len);
+    buf[0] = tag.length;
+    buf.set(tag, 1);
+    let off = 1 + tag.length;
+    for (const p of parts) { buf.set(p, off); off += p.length; }
+    return sha256(buf);
+  }
+
+  const hex = (b) => Array.from(b, (x) => x.toString(16).padStart(2, "0")).join("");
+
+  // --- canonical msgpack, read only, keeping each value's byte span --------------------
+
+  function decodeMsgpack(bytes) {
+    const dv = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+    let pos = 0;
+    const take = (n) => { const s = bytes.subarray(pos, pos + n); pos += n; return s; };
+    const uint = (n) => {
+      let v = 0;
+      for (let i = 0; i < n; i++) v = v * 256 + bytes[pos + i];
+      pos += n;
+      return v;
+    };
+    function item() {
+      const start = pos;
+      const b = bytes[pos++];
+      let v;
+      if (b === undefined) throw new Error("truncated msgpack");
+      if (b <= 0x7f) v = b;
+      else if (b >= 0xe0) v = b - 256;
+      else if ((b & 0xf0) === 0x90) v = list(b & 0x0f);
+      else if ((b & 0xe0) === 0xa0) v = new TextDecoder().decode(take(b & 0x1f));
+      else switch (b) {
+        case 0xc0: v = null; break;
+        case 0xc2: v = false; break;
+        case 0xc3: v = true; break;
+        case 0xc4: v = take(uint(1)); break;
+        case 0xc5: v = take(uint(2)); break;
+        case 0xc6: v = take(uint(4)); break;
+        case 0xcc: v = uint(1); break;
+        case 0xcd: v = uint(2); break;
+        case 0xce: v = uint(4); break;
+        case 0xcf: v = uint(8); break;
+        case 0xd0: v = dv.getInt8(pos); pos += 1; break;
+        case 0xd1: v = dv.getInt16(pos); pos += 2; break;
+        case 0xd2: v = dv.getInt32(pos); pos += 4; break;
+        case 0xd3: v = Number(dv.getBigInt64(pos)); pos += 8; break;
+        case 0xd9: v = new TextDecoder().decode(take(uint(1))); break;
+        case 0xda: v = new TextDecoder().decode(take(uint(2))); break;
+        case 0xdb: v = new TextDecoder().decode(take(uint(4))); break;
+        case 0xdc: v = list(uint(2)); break;
+        case 0xdd: v = list(uint(4)); break;
+        default: throw new Error(`msgpack type 0x${b.toString(16)} is not canonical qchain`);
+      }
+      return { v, raw: bytes.subarray(start, pos) };
+    }
+    function list(n) {
+      const out = [];
+      for (let i = 0; i < n; i++) out.push(item());
+      return out;
+    }
+    const top = item();
+    if (pos !== bytes.length) throw new Error("trailing bytes after the msgpack value");
+    return top;
+  }
+
+  // --- Merkle proof (qchain/merkle.py, RFC 6962 shape) ---------------------------------
+
+  function split(n) { let k = 1; while (k * 2 < n) k *= 2; return k; }
+
+  async function rootFromProof(leaf, index, size, path) {
+    if (!(index >= 0 && index < size)) return null;
+    const sides = [];
+    let lo = index;
+    let n = size;
+    while (n > 1) {
+      const k = split(n);
+      if (lo < k) { sides.push(true); n = k; } else { sides.push(false); lo -= k; n -= k; }
+    }
+    if (sides.length !== path.length) return null;
+    sides.reverse();
+    let h = await hashDomain(DOMAIN.MERKLE_LEAF, leaf);
+    for (let i = 0; i < path.length; i++) {
+      h = sides[i]
+        ? await hashDomain(DOMAIN.MERKLE_NODE, h, path[i])
+        : await hashDomain(DOMAIN.MERKLE_NODE, path[i], h);
+    }
+    return h;
+  }
+
+  // Checks a receipt proof fetched as canonical msgpack: [receipt, proof, header, cert].
+  async function verifyReceipt(bytes, validators) {
+    const top = decodeMsgpack(bytes).v;
+    const [receipt, proof, header, cert] = top;
+    const r = receipt.v.map((x) => x.v);
+    const [pIndex, pSize, pPath] = proof.v.map((x) => x.v);
+    const hd = header.v.map((x) => x.v);
+    const [cHeight, cBlockHash, cSigs] = cert.v.map((x) => x.v);
+    const checks = [];
+    const check = (ok, text) => { checks.push({ ok, text }); return ok; };
+    check(r[2] === pIndex, `proof is for receipt index ${pIndex} (receipt says ${r[2]})`);
+    const root = await rootFromProof(receipt.raw, pIndex, pSize, pPath.map((x) => x.v));
+    check(
+      root !== null && hex(root) === hex(hd[7]),
+      `Merkle path of ${pPath.length} hashes (leaf ${pIndex} of ${pSize}) leads to the header's ` +
+        `receipts root ${short(hex(hd[7]), 8)}` + (root ? "" : " (the path has the wrong shape)"),
+    );
+    const headerHash = await hashDomain(DOMAIN.HEADER, header.raw);
+    check(
+      hex(headerHash) === hex(cBlockHash),
+      `header hashes to ${short(hex(headerHash), 8)}, the block the certificate signs`,
+    );
+    check(r[1] === hd[1] && cHeight === hd[1], `receipt, header and certificate are for height ${hd[1]}`);
+    const signers = new Set(cSigs.map((s) => s.v[0].v).filter((i) => i < validators));
+    const quorum = validators - Math.floor((validators - 1) / 3);
+    check(
+      signers.size >= quorum,
+      `certificate signed by ${signers.size} of ${validators} validators (quorum ${quorum})`,
+    );
+    return { checks, signers: signers.size, quorum, headerHash: hex(headerHash), height: hd[1] };
+  }
+
+  // --- live state ----------------------------------------------------------------------
+
+  const state = {
+    status: null,
+    qkd: null,
+    blocks: new Map(), // height -> summary
+    txs: new Map(), // tx hash -> {tx_hash, height, index, ok, code, fresh}
+    samples: new Map(), // link (peer SAE id) -> [{t, level, consumed, waits, rejected}]
+    home: null, // the home view's live parts, when shown
+  };
+
+  function addBlock(b, fresh) {
+    state.blocks.set(b.height, { ...b, fresh });
+    const heights = [...state.blocks.keys()].sort((a, c) => c - a);
+    for (const h of heights.slice(KEEP_BLOCKS)) state.blocks.delete(h);
+  }
+
+  function addTx(t, fresh) {
+    state.txs.delete(t.tx_hash);
+    state.txs.set(t.tx_hash, { ...t, fresh });
+    const keys = [...state.txs.keys()];
+    for (const k of keys.slice(0, Math.max(0, keys.length - KEEP_TXS))) state.txs.delete(k);
+  }
+
+  function linkFigures(link) {
+    const send = link.send || {};
+    const recv = link.receive || {};
+    const transport = link.transport || {};
+    const rejected = transport.rejected || recv.rejected || {};
+    return {
+      level: Number(send.level || 0),
+      recvLevel: Number(recv.level || 0),
+      consumed: Number(send.keys_consumed || 0),
+      waits: Number(send.waits || 0) + Number(recv.waits || 0),
+      rejected: Object.values(rejected).reduce((n, x) => n + Number(x), 0),
+      reasons: rejected,
+    };
+  }
+
+  function sample(qkd) {
+    const t = Date.now();
+    for (const [sae, link] of Object.entries(qkd.links || {})) {
+      const list = state.samples.get(sae) || [];
+      list.push({ t, ...linkFigures(link) });
+      if (list.length > KEEP_SAMPLES) list.shift();
+      state.samples.set(sae, list);
+    }
+  }
+
+  async function poll() {
+    try {
+      const [status, qkd] = await Promise.all([api("/v1/status"), api("/v1/qkd")]);
+      state.status = status;
+      state.qkd = qkd;
+      sample(qkd);
+      renderChainInfo();
+      if (state.home) {
+        renderValidators();
+        renderLinks();
+      }
+    } catch (e) {
+      document.getElementById("chain-info").textContent = `node unreachable: ${e.message}`;
+    }
+  }
+
+  function startEvents() {
+    const live = document.getElementById("live");
+    const es = new EventSource("/v1/events");
+    es.onopen = () => { live.textContent = "live"; live.className = "live on"; };
+    es.onerror = () => { live.textContent = "reconnecting…"; live.className = "live off"; };
+    es.addEventListener("block", (e) => {
+      addBlock(JSON.parse(e.data), true);
+      if (state.home) renderBlocks();
+    });
+    es.addEventListener("tx", (e) => {
+      const t = JSON.parse(e.data);
+      addTx(t, true);
+      if (state.home) renderTxs();
+      if (current.view === "tx" && current.arg === t.tx_hash) route();
+    });
+  }
+
+  async function loadRecent() {
+    const latest = await api("/v1/blocks/latest");
+    const from = Math.max(1, latest.height - KEEP_BLOCKS + 1);
+    const page = await api(`/v1/blocks?from=${from}&limit=${KEEP_BLOCKS}`);
+    for (const b of page.blocks) {
+      const h = b.header;
+      if (!state.blocks.has(h.height)) {
+        addBlock({ height: h.height, hash: b.hash, round: h.round, time: h.time,
+          proposer: h.proposer, tx_count: b.txs.length }, false);
+      }
+      b.txs.forEach((tx, index) => {
+        if (!state.txs.has(tx.hash)) {
+          addTx({ tx_hash: tx.hash, height: h.height, index, ok: null,
+            code: "", call: `${tx.contract}.${tx.method}` }, false);
+        }
+      });
+    }
+  }
+
+  // --- chain info bar ------------------------------------------------------------------
+
+  function renderChainInfo() {
+    const s = state.status;
+    if (!s) return;
+    const box = document.getElementById("chain-info");
+    box.replaceChildren(
+      el("b", {}, s.chain_id), ` · node `, el("b", {}, s.node),
+      ` · height `, el("b", { id: "info-height" }, s.height),
+      ` · round `, el("b", {}, s.round === null ? "–" : s.round),
+      ` · leader `, el("b", {}, s.leader === null ? "–" : `#${s.leader}`),
+      ` · mempool `, el("b", {}, (s.mempool && s.mempool.txs) || 0),
+    );
+  }
+
+  // --- home ------------------------------------------------------------------------------
+
+  function viewHome(main) {
+    const blocks = el("tbody");
+    const txs = el("tbody");
+    const validators = el("div");
+    const links = el("div", { class: "links", id: "qkd-links" });
+    state.home = { blocks, txs, validators, links, cards: new Map() };
+    main.append(
+      el("div", { class: "grid2" },
+        el("section", { class: "card", id: "blocks" },
+          el("h2", {}, "Latest blocks", el("small", {}, "live")),
+          el("table", {}, el("thead", {}, el("tr", {},
+            el("th", {}, "height"), el("th", {}, "time"), el("th", { class: "num" }, "txs"),
+            el("th", { class: "num" }, "proposer"), el("th", { class: "num" }, "round"),
+            el("th", {}, "hash"))), blocks)),
+        el("section", { class: "card", id: "txs" },
+          el("h2", {}, "Latest transactions", el("small", {}, "live")),
+          el("table", {}, el("thead", {}, el("tr", {},
+            el("th", {}, "hash"), el("th", {}, "block"), el("th", { class: "num" }, "#"),
+            el("th", {}, "result"))), txs))),
+      el("section", { class: "card", id: "validators" },
+        el("h2", {}, "Validators", el("small", {}, "as this node sees them")), validators),
+      el("section", { class: "card", id: "qkd" },
+        el("h2", {}, "QKD links", el("small", {},
+          "key pool level and consumption rate per link, last two minutes")),
+        el("div", { class: "legend" },
+          el("i", { class: "sw-level" }), "keys in the send pool",
+          el("i", { class: "sw-rate" }), "keys consumed per second",
+          el("i", { class: "sw-wait" }), "a send waited for keys (starvation)",
+          el("i", { class: "sw-reject" }), "frames rejected"),
+        links),
+    );
+    renderBlocks();
+    renderTxs();
+    renderValidators();
+    renderLinks();
+  }
+
+  function renderBlocks() {
+    const rows = [...state.blocks.values()].sort((a, b) => b.height - a.height).map((b) => {
+      const row = el("tr", { class: b.fresh ? "fresh" : null, "data-height": b.height },
+        el("td", {}, blockLink(b.height)),
+        el("td", { title: fmtTime(b.time) }, ago(b.time)),
+        el("td", { class: "num" }, b.tx_count),
+        el("td", { class: "num" }, `#${b.proposer}`),
+        el("td", { class: "num" }, b.round),
+        el("td", { class: "mono" }, short(b.hash)));
+      b.fresh = false;
+      return row;
+    });
+    state.home.blocks.replaceChildren(...rows);
+  }
+
+  function renderTxs() {
+    const rows = [...state.txs.values()].reverse().map((t) => {
+      let result;
+      if (t.ok === true) result = el("span", { class: "pill ok" }, "ok");
+      else if (t.ok === false) result = el("span", { class: "pill bad", title: t.message }, t.code || "failed");
+      else result = el("span", { class: "muted" }, t.call || "committed");
+      const row = el("tr", { class: t.fresh ? "fresh" : null, "data-tx": t.tx_hash },
+        el("td", {}, txLink(t.tx_hash)), el("td", {}, blockLink(t.height)),
+        el("td", { class: "num" }, t.index), el("td", {}, result));
+      t.fresh = false;
+      return row;
+    });
+    state.home.txs.replaceChildren(...(rows.length ? rows
+      : [el("tr", {}, el("td", { colspan: 4, class: "muted" }, "no transactions yet"))]));
+  }
+
+  function renderValidators() {
+    const s = state.status;
+    if (!s || !state.home) return;
+    const saeOf = new Map();
+    if (state.qkd) {
+      saeOf.set(s.index, state.qkd.sae_id);
+      for (const [sae, link] of Object.entries(state.qkd.links || {})) saeOf.set(link.peer, sae);
+    }
+    const peers = new Set((s.peers || []).map(Number));
+    const rows = [];
+    for (let i = 0; i < (s.validators || 0); i++) {
+      let conn;
+      if (i === s.index) conn = el("span", { class: "pill" }, "this node");
+      else if (peers.has(i)) conn = el("span", { class: "pill ok" }, "connected");
+      else conn = el("span", { class: "pill bad" }, "not connected");
+      rows.push(el("tr", { "data-validator": i },
+        el("td", {}, `#${i}`), el("td", { class: "mono" }, saeOf.get(i) || "–"),
+        el("td", {}, i === s.leader ? el("span", { class: "pill leader" }, "leader") : ""),
+        el("td", {}, conn)));
+    }
+    const alerts = Object.entries(s.alerts || {}).filter(([, v]) => v);
+    state.home.validators.replaceChildren(
+      el("p", { class: "muted" },
+        `Deciding height ${s.consensus_height ?? s.height + 1}, round `,
+        el("b", { id: "round" }, s.round === null ? "–" : s.round), ", leader ",
+        el("b", { id: "leader" }, s.leader === null ? "–" : `#${s.leader}`),
+        s.syncing ? " · catching up" : "", s.halted ? ` · HALTED: ${s.halted}` : ""),
+      el("table", {}, el("thead", {}, el("tr", {}, el("th", {}, "validator"),
+        el("th", {}, "SAE id"), el("th", {}, "role"), el("th", {}, "link"))), el("tbody", {}, rows)),
+      alerts.length ? el("p", { class: "error" },
+        `alerts: ${alerts.map(([k, v]) => `${k} ${v}`).join(", ")}`) : "");
+  }
+
+  function linkCard(sae, link) {
+    const canvas = el("canvas", { height: 90, "aria-label": `key pool of link ${sae}` });
+    const figures = el("div", { class: "link-figures" });
+    const card = el("div", { class: "link", "data-link": sae },
+      el("div", { class: "link-head" },
+        el("b", {}, `${state.qkd.sae_id} → ${sae}`), el("span", { class: "muted" }, `validator #${link.peer}`)),
+      figures, canvas);
+    return { card, canvas, figures };
+  }
+
+  function renderLinks() {
+    if (!state.qkd || !state.home) return;
+    const home = state.home;
+    const links = Object.entries(state.qkd.links || {}).sort(([a], [b]) => a.localeCompare(b));
+    if (!links.length) {
+      home.links.replaceChildren(el("p", { class: "muted" }, "this node has no QKD links"));
+      return;
+    }
+    for (const [sae, link] of links) {
+      let parts = home.cards.get(sae);
+      if (!parts) {
+        parts = linkCard(sae, link);
+        home.cards.set(sae, parts);
+        home.links.append(parts.card);
+      }
+      const hist = state.samples.get(sae) || [];
+      const last = hist[hist.length - 1] || { ...linkFigures(link) };
+      const rate = rateOf(hist);
+      const reasons = Object.entries(last.reasons || {}).map(([k, v]) => `${k} ${v}`).join(", ");
+      const before = hist[Math.max(0, hist.length - 11)] || last;
+      parts.card.classList.toggle("starved", last.waits > before.waits);
+      parts.card.classList.toggle("rejecting", last.rejected > before.rejected);
+      parts.card.dataset.level = String(last.level);
+      parts.figures.replaceChildren(
+        el("span", {}, "level ", el("span", { class: "level" }, last.level), " keys"),
+        el("span", {}, "rate ", el("span", { class: "rate" }, rate.toFixed(1)), "/s"),
+        el("span", {}, `consumed ${last.consumed}`),
+        el("span", { class: `pill ${last.waits > 0 ? "warn" : ""}`, title: "sends that waited for keys" },
+          `waits ${last.waits}`),
+        el("span", { class: `pill ${last.rejected > 0 ? "bad" : ""}`, title: reasons || "no rejected frames" },
+          `rejected ${last.rejected}`),
+      );
+      drawChart(parts.canvas, hist);
+    }
+  }
+
+  function rateOf(hist) {
+    if (hist.length < 2) return 0;
+    const a = hist[Math.max(0, hist.length - 6)];
+    const b = hist[hist.length - 1];
+    const dt = (b.t - a.t) / 1000;
+    return dt > 0 ? Math.max(0, (b.consumed - a.consumed) / dt) : 0;
+  }
+
+  function drawChart(canvas, hist) {
+    const dpr = window.devicePixelRatio || 1;
+    const w = canvas.clientWidth || 300;
+    const h = canvas.clientHeight || 90;
+    if (canvas.width !== Math.round(w * dpr)) canvas.width = Math.round(w * dpr);
+    if (canvas.height !== Math.round(h * dpr)) canvas.height = Math.round(h * dpr);
+    const g = canvas.getContext("2d");
+    g.setTransform(dpr, 0, 0, dpr, 0, 0);
+    g.clearRect(0, 0, w, h);
+    const top = 12;
+    const bottom = h - 6;
+    g.strokeStyle = "#e2e5ea";
+    g.lineWidth = 1;
+    g.beginPath(); g.moveTo(0, bottom + 0.5); g.lineTo(w, bottom + 0.5); g.stroke();
+    if (!hist.length) return;
+    const now = hist[hist.length - 1].t;
+    const span = Math.min(KEEP_SAMPLES * POLL_MS, Math.max(30000, now - hist[0].t));
+    const x = (t) => w - ((now - t) / span) * w;
+    const rates = hist.map((s, i) => {
+      if (i === 0) return 0;
+      const dt = (s.t - hist[i - 1].t) / 1000;
+      return dt > 0 ? Math.max(0, (s.consumed - hist[i - 1].consumed) / dt) : 0;
+    });
+    const maxLevel = Math.max(1, ...hist.map((s) => s.level));
+    const maxRate = Math.max(1, ...rates);
+    const yL = (v) => bottom - (v / maxLevel) * (bottom - top);
+    const yR = (v) => bottom - (v / maxRate) * (bottom - top);
+    // level: filled area
+    g.beginPath();
+    g.moveTo(x(hist[0].t), bottom);
+    for (const s of hist) g.lineTo(x(s.t), yL(s.level));
+    g.lineTo(x(now), bottom);
+    g.closePath();
+    g.fillStyle = "rgba(15, 118, 110, 0.18)";
+    g.fill();
+    g.beginPath();
+    hist.forEach((s, i) => (i ? g.lineTo(x(s.t), yL(s.level)) : g.moveTo(x(s.t), yL(s.level))));
+    g.strokeStyle = "#0f766e";
+    g.lineWidth = 1.5;
+    g.stroke();
+    // consumption rate: line on its own scale
+    g.beginPath();
+    hist.forEach((s, i) => (i ? g.lineTo(x(s.t), yR(rates[i])) : g.moveTo(x(s.t), yR(rates[i]))));
+    g.strokeStyle = "#c2410c";
+    g.lineWidth = 1.2;
+    g.stroke();
+    // starvation and rejections: marks where the counters moved
+    for (let i = 1; i < hist.length; i++) {
+      if (hist[i].waits > hist[i - 1].waits) {
+        g.fillStyle = "#b45309";
+        g.fillRect(x(hist[i].t) - 1, top, 2, bottom - top);
+      }
+      if (hist[i].rejected > hist[i - 1].rejected) {
+        g.fillStyle = "#b91c1c";
+        g.fillRect(x(hist[i].t) - 1.5, bottom - 10, 3, 10);
+      }
+    }
+    g.font = "10px system-ui, sans-serif";
+    g.fillStyle = "#0f766e";
+    g.fillText(`${maxLevel} keys`, 2, 10);
+    g.fillStyle = "#c2410c";
+    const label = `${maxRate.toFixed(1)}/s`;
+    g.fillText(label, w - g.measureText(label).width - 2, 10);
+  }
+
+  // --- detail views ----------------------------------------------------------------------
+
+  async function viewBlock(main, arg) {
+    const b = await api(`/v1/blocks/${encodeURIComponent(arg)}`);
+    const h = b.header;
+    const nav = el("span", { class: "muted" },
+      h.height > 1 ? link(`#/block/${h.height - 1}`, "← previous", "") : "", "  ",
+      link(`#/block/${h.height + 1}`, "next →", ""));
+    main.append(el("section", { class: "card", id: "block-detail" },
+      el("h2", {}, `Block #${h.height}`, nav),
+      kv([
+        ["hash", el("span", { class: "mono" }, b.hash)],
+        ["time", `${fmtTime(h.time)} (${ago(h.time)})`],
+        ["proposer", `validator #${h.proposer}`],
+        ["round", h.round],
+        ["parent", h.height > 1 ? link(`#/block/${h.height - 1}`, h.parent) : el("span", { class: "mono" }, h.parent)],
+        ["transactions root", el("span", { class: "mono" }, h.tx_root)],
+        ["receipts root", el("span", { class: "mono" }, h.receipts_root)],
+        ["app hash", el("span", { class: "mono" }, h.app_hash)],
+        ["chain", h.chain_id],
+      ])),
+    el("section", { class: "card" },
+      el("h2", {}, "Transactions", el("small", {}, String(b.txs.length))),
+      b.txs.length ? el("table", {},
+        el("thead", {}, el("tr", {}, el("th", {}, "#"), el("th", {}, "hash"), el("th", {}, "sender"),
+          el("th", {}, "call"), el("th", { class: "num" }, "nonce"))),
+        el("tbody", {}, b.txs.map((tx, i) => el("tr", {},
+          el("td", {}, i), el("td", {}, txLink(tx.hash)), el("td", {}, link(`#/account/${tx.sender}`, short(tx.sender))),
+          el("td", {}, `${tx.contract}.${tx.method}`), el("td", { class: "num" }, tx.nonce)))))
+        : el("p", { class: "muted" }, "an empty block")));
+  }
+
+  async function viewTx(main, arg) {
+    const d = await api(`/v1/txs/${encodeURIComponent(arg)}`);
+    const tx = d.transaction;
+    const r = d.receipt;
+    const statusPill = d.status === "committed"
+      ? el("span", { class: `pill ${r && r.ok ? "ok" : "bad"}` }, r && r.ok ? "committed · ok" : `committed · ${r ? r.code : ""}`)
+      : el("span", { class: "pill warn" }, "pending");
+    main.append(el("section", { class: "card", id: "tx-detail", "data-tx": d.tx_hash },
+      el("h2", {}, "Transaction", statusPill),
+      kv([
+        ["hash", el("span", { class: "mono", id: "tx-hash" }, d.tx_hash)],
+        ["block", d.height === null ? "–" : blockLink(d.height)],
+        ["index in block", d.index === null ? "–" : d.index],
+        ...(tx ? [
+          ["call", `${tx.contract}.${tx.method}`],
+          ["sender", link(`#/account/${tx.sender}`, tx.sender)],
+          ["nonce", tx.nonce],
+          ["signature scheme", tx.scheme],
+          ["expiry height", tx.expiry_height || "none"],
+        ] : []),
+        ["receipt", r ? link(`#/receipt/${d.tx_hash}`, "receipt, Merkle proof and certificate →", "") : "not committed yet"],
+      ])),
+    tx ? el("section", { class: "card" }, el("h2", {}, "Arguments"), json(tx.args)) : "",
+    r ? el("section", { class: "card" }, el("h2", {}, "Result"),
+      r.ok ? "" : el("p", { class: "error" }, `${r.code}: ${r.message}`),
+      json({ result: r.result, events: r.events })) : "");
+  }
+
+  async function viewReceipt(main, arg) {
+    const d = await api(`/v1/receipts/${encodeURIComponent(arg)}`);
+    const out = el("div", { id: "verify-result" });
+    const button = el("button", { class: "action", id: "verify", type: "button" }, "Verify in this browser");
+    button.addEventListener("click", async () => {
+      button.disabled = true;
+      out.replaceChildren(el("p", { class: "muted" }, "checking…"));
+      try {
+        const bytes = await api(`/v1/receipts/${encodeURIComponent(arg)}`, "application/msgpack");
+        const validators = (state.status || (await api("/v1/status"))).validators;
+        const res = await verifyReceipt(bytes, validators);
+        const served = await api(`/v1/blocks/${res.height}`);
+        res.checks.push({ ok: served.hash === res.headerHash, text: `this node's block #${res.height} has the same hash` });
+        const pass = res.checks.every((c) => c.ok);
+        out.replaceChildren(
+          el("ol", { class: "checks" }, res.checks.map((c) => el("li", { class: c.ok ? "pass" : "fail" }, c.text)),
+            el("li", { class: "info" }, "signatures themselves: check offline with ",
+              el("span", { class: "mono" }, "qchain receipt verify --genesis genesis.json"))),
+          el("p", { class: `verdict ${pass ? "pass" : "fail"}`, "data-verdict": pass ? "pass" : "fail",
+            "data-signers": res.signers },
+            pass ? `Verified: included in block #${res.height}, certificate with ${res.signers} signers`
+              : "NOT verified: see the failed check"));
+      } catch (e) {
+        out.replaceChildren(el("p", { class: "error" }, `verification failed: ${e.message}`));
+      } finally {
+        button.disabled = false;
+      }
+    });
+    const signers = new Set(d.certificate.signatures.map((s) => s.validator)).size;
+    main.append(el("section", { class: "card", id: "receipt-detail" },
+      el("h2", {}, "Receipt", el("small", {}, "proof that the transaction is in a decided block")),
+      kv([
+        ["transaction", link(`#/tx/${d.receipt.tx_hash}`, d.receipt.tx_hash)],
+        ["block", blockLink(d.header.height)],
+        ["outcome", d.receipt.ok ? "ok" : `${d.receipt.code}: ${d.receipt.message}`],
+        ["Merkle proof", `leaf ${d.proof.index} of ${d.proof.size}, ${d.proof.path.length} sibling hashes`],
+        ["receipts root", el("span", { class: "mono" }, d.header.receipts_root)],
+        ["certificate", `${signers} validator signatures over block ${short(d.certificate.block_hash)}`],
+      ]),
+      el("p", {}, button), out),
+    el("section", { class: "card" }, el("h2", {}, "Proof document"), json(d)));
+  }
+
+  async function viewAccount(main, arg) {
+    const a = await api(`/v1/accounts/${encodeURIComponent(arg)}`);
+    main.append(el("section", { class: "card", id: "account-detail" },
+      el("h2", {}, "Account", el("small", {}, a.name || "")),
+      kv([
+        ["address", el("span", { class: "mono" }, a.address)],
+        ["name", a.name], ["roles", (a.roles || []).join(", ") || "none"],
+        ["active", String(a.active)], ["nonce", a.nonce], ["next free nonce", a.pending_nonce],
+        ["scheme", a.scheme], ["public key", el("span", { class: "mono" }, short(a.public_key, 24))],
+      ])));
+  }
+
+  function anchorQuery(digest) {
+    return `/v1/contracts/notary/get?digest=${encodeURIComponent(JSON.stringify({ hex: digest }))}`;
+  }
+
+  async function viewAnchor(main, arg) {
+    const a = (await api(anchorQuery(arg))).result;
+    const bytesOf = (v) => (v && typeof v === "object" && "hex" in v ? v.hex : String(v));
+    main.append(el("section", { class: "card", id: "anchor-detail" },
+      el("h2", {}, "Notarised document", el("small", {}, "notary.get")),
+      kv([
+        ["digest", el("span", { class: "mono" }, `${a.algorithm}:${bytesOf(a.digest)}`)],
+        ["title", a.title], ["category", a.category],
+        ["anchored by", link(`#/account/${bytesOf(a.member)}`, bytesOf(a.member))],
+        ["block", blockLink(a.height)], ["time", `${fmtTime(a.time)} (${ago(a.time)})`],
+        ["transaction", link(`#/tx/${bytesOf(a.tx_hash)}`, bytesOf(a.tx_hash))],
+        ["item in transaction", a.item],
+        ["metadata", el("span", { class: "mono" }, bytesOf(a.metadata) || "none")],
+      ])));
+  }
+
+  // --- search and routing -----------------------------------------------------------------
+
+  async function search(text) {
+    const q = text.trim().toLowerCase().replace(/^0x/, "");
+    if (/^\d{1,20}$/.test(q)) return `#/block/${Number(q)}`;
+    if (/^[0-9a-f]{40}$/.test(q)) return `#/account/${q}`;
+    if (/^[0-9a-f]{64}$/.test(q)) {
+      try {
+        await api(`/v1/txs/${q}`);
+        return `#/tx/${q}`;
+      } catch (e) {
+        if (e.status !== 404) throw e;
+      }
+      try {
+        await api(anchorQuery(q));
+        return `#/anchor/${q}`;
+      } catch (e) {
+        if (e.status !== 404) throw e;
+      }
+      throw new Error(`no transaction or notarised digest ${short(q)} on this chain`);
+    }
+    throw new Error("enter a transaction hash or digest (64 hex digits), an address (40) or a block height");
+  }
+
+  const VIEWS = {
+    "": viewHome, block: viewBlock, tx: viewTx, receipt: viewReceipt,
+    account: viewAccount, anchor: viewAnchor,
+  };
+  const current = { view: "", arg: "" };
+
+  async function route() {
+    const [, view = "", arg = ""] = (location.hash.replace(/^#/, "") || "/").split("/");
+    const main = document.getElementById("view");
+    const fn = VIEWS[view] || viewHome;
+    current.view = view;
+    current.arg = decodeURIComponent(arg);
+    state.home = null;
+    const fresh = el("div", { class: "contents" });
+    try {
+      await fn(fresh, current.arg);
+    } catch (e) {
+      fresh.replaceChildren(el("section", { class: "card" },
+        el("h2", {}, "Not found"), el("p", { class: "error", id: "view-error" }, e.message),
+        el("p", {}, link("#/", "← back to the latest blocks", ""))));
+    }
+    main.replaceChildren(fresh);
+    if (state.home) renderLinks();
+  }
+
+  function showSearchError(message) {
+    const main = document.getElementById("view");
+    state.home = null;
+    main.replaceChildren(el("section", { class: "card" }, el("h2", {}, "Search"),
+      el("p", { class: "error", id: "view-error" }, message),
+      el("p", {}, link("#/", "← back to the latest blocks", ""))));
+  }
+
+  document.getElementById("search").addEventListener("submit", async (e) => {
+    e.preventDefault();
+    const input = document.getElementById("search-input");
+    try {
+      const target = await search(input.value);
+      if (location.hash === target) route(); else location.hash = target;
+    } catch (err) {
+      showSearchError(err.message);
+    }
+  });
+
+  window.addEventListener("hashchange", route);
+
+  setInterval(() => {
+    if (state.home) {
+      for (const row of state.home.blocks.querySelectorAll("tr[data-height]")) {
+        const b = state.blocks.get(Number(row.dataset.height));
+        if (b) row.children[1].textContent = ago(b.time);
+      }
+    }
+  }, 5000);
+
+  async function main() {
+    startEvents();
+    await Promise.all([poll(), loadRecent().catch(() => undefined)]);
+    await route();
+    setInterval(poll, POLL_MS);
+  }
+
+  main();
+})();
