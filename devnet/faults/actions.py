@@ -1,0 +1,363 @@
+"""The perturbations, as plain functions over a `Target`. The runner's timeline and the
+ad-hoc verbs (`qchain fault kill ...`) both call these.
+
+Transport rules are read-modify-write through the node admin API (`GET` then `PUT
+/admin/faults`), so a partition and a delay on the same node combine, and separate
+`qchain fault` invocations see each other's rules. `heal` clears every node's rules.
+
+Key-manager actions name a link as "nodeA~nodeB" or "all". Cutting a link's keys
+(`keys ... rate 0`) sets its rate to 0 *and* empties the key manager's stored pool (the
+eavesdropper switch, on then off, is the admin API's only way to flush), so the nodes
+starve as soon as the keys they already hold are spent, not minutes later.
+
+A twin (`start_twin`) is a second process with a validator's identity: the node is
+stopped cleanly, its directory (key, config, chain data, sequence-number lease) is
+copied to `DIR/twins/NODE`, the original is started again and the copy runs on fresh
+ports. See README.md for what a twin can and cannot do with this transport.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from devnet.faults.backends import BackendError, Target
+from devnet.network import free_ports, node_config_toml
+
+RULE_FIELDS = ("drop_pct", "delay_ms", "jitter_ms", "duplicate_pct", "corrupt_pct")
+
+
+# --- selecting nodes -----------------------------------------------------------------
+
+
+def current_leader(target: Target) -> str | None:
+    """The leader most live nodes name (None if no node answers)."""
+    from devnet.local import http_json
+
+    votes: dict[int, int] = {}
+    for name in target.node_names():
+        try:
+            st = http_json(f"{target.api_url(name)}/v1/status", 1.0)
+        except (OSError, ValueError):
+            continue
+        leader = st.get("leader") if isinstance(st, dict) else None
+        if isinstance(leader, int):
+            votes[leader] = votes.get(leader, 0) + 1
+    if not votes:
+        return None
+    index = max(sorted(votes), key=lambda k: votes[k])
+    return target.plan.nodes[index].name
+
+
+def resolve(target: Target, selectors: Iterable[str], rng: random.Random) -> list[str]:
+    """Node names from names and selectors: leader, random, non-leader."""
+    names = target.node_names()
+    out: list[str] = []
+    for sel in selectors:
+        if sel in names:
+            pick = sel
+        elif sel == "leader":
+            leader = current_leader(target)
+            if leader is None:
+                raise BackendError("no node answers: cannot tell the leader")
+            pick = leader
+        elif sel in ("random", "non-leader"):
+            leader = current_leader(target) if sel == "non-leader" else None
+            pool = [n for n in names if n not in out and n != leader]
+            if not pool:
+                raise BackendError(f"no node left for {sel!r}")
+            pick = rng.choice(pool)
+        else:
+            raise BackendError(f"unknown node or selector {sel!r} (nodes: {', '.join(names)})")
+        if pick not in out:
+            out.append(pick)
+    return out
+
+
+def index_of(target: Target, name: str) -> int:
+    for n in target.plan.nodes:
+        if n.name == name:
+            return n.index
+    raise BackendError(f"no node {name!r}")
+
+
+# --- processes -----------------------------------------------------------------------
+
+
+def kill(target: Target, name: str) -> None:
+    target.kill(name)
+
+
+def restart(target: Target, name: str) -> None:
+    """SIGTERM (graceful), then start again."""
+    target.stop(name)
+    target.start(name)
+
+
+def start(target: Target, name: str) -> None:
+    target.start(name)
+
+
+def pause(target: Target, name: str) -> None:
+    target.pause(name)
+
+
+def resume(target: Target, name: str) -> None:
+    target.resume(name)
+
+
+# --- transport rules (node admin API) ------------------------------------------------
+
+
+def _rules(target: Target, name: str) -> dict[str, dict[str, Any]]:
+    doc = target.admin(name, "GET", "/admin/faults")
+    if not isinstance(doc, dict):
+        raise BackendError(f"{name}: unexpected /admin/faults answer")
+    return {"out": dict(doc.get("out", {})), "in": dict(doc.get("in", {}))}
+
+
+def update_rules(target: Target, name: str, direction: str, **fields: Any) -> None:
+    """Set some fields of one direction's rules on a node, keeping the rest."""
+    rules = _rules(target, name)
+    rules[direction].update(fields)
+    target.admin(name, "PUT", "/admin/faults", rules)
+
+
+def block(target: Target, name: str, peers: Iterable[int], add: bool) -> None:
+    rules = _rules(target, name)
+    for d in ("out", "in"):
+        blocked = set(rules[d].get("blocked", []))
+        blocked = blocked | set(peers) if add else blocked - set(peers)
+        rules[d]["blocked"] = sorted(blocked)
+    target.admin(name, "PUT", "/admin/faults", rules)
+
+
+def partition(target: Target, side: Sequence[str], other: Sequence[str] | None = None) -> None:
+    """Cut every link between `side` and `other` (default: every other node)."""
+    names = target.node_names()
+    rest = [n for n in names if n not in side] if not other else list(other)
+    for a in side:
+        block(target, a, [index_of(target, b) for b in rest], True)
+    for b in rest:
+        block(target, b, [index_of(target, a) for a in side], True)
+
+
+def unpartition(target: Target, side: Sequence[str], other: Sequence[str] | None = None) -> None:
+    names = target.node_names()
+    rest = [n for n in names if n not in side] if not other else list(other)
+    for a in side:
+        with contextlib.suppress(OSError, BackendError):
+            block(target, a, [index_of(target, b) for b in rest], False)
+    for b in rest:
+        with contextlib.suppress(OSError, BackendError):
+            block(target, b, [index_of(target, a) for a in side], False)
+
+
+def heal(target: Target) -> list[str]:
+    """Clear every live node's transport rules. Returns the nodes that did not answer."""
+    missed = []
+    for name in target.node_names():
+        try:
+            target.admin(name, "DELETE", "/admin/faults")
+        except (OSError, BackendError):
+            missed.append(name)
+    return missed
+
+
+def delay(target: Target, name: str, ms: int, jitter_ms: int = 0) -> None:
+    update_rules(target, name, "out", delay_ms=ms, jitter_ms=jitter_ms)
+
+
+def drop(target: Target, name: str, pct: float) -> None:
+    update_rules(target, name, "out", drop_pct=pct)
+
+
+def corrupt(target: Target, name: str, pct: float) -> None:
+    update_rules(target, name, "out", corrupt_pct=pct)
+
+
+def replay(target: Target, name: str, pct: float = 30.0) -> None:
+    """Replay (send twice) pct% of the node's outgoing frames, byte for byte."""
+    update_rules(target, name, "out", duplicate_pct=pct)
+
+
+RULE_OF_ACTION = {
+    "delay": ("delay_ms", "jitter_ms"),
+    "drop": ("drop_pct",),
+    "corrupt": ("corrupt_pct",),
+    "replay": ("duplicate_pct",),
+}
+
+
+def clear_rule(target: Target, name: str, action: str) -> None:
+    with contextlib.suppress(OSError, BackendError):
+        update_rules(target, name, "out", **dict.fromkeys(RULE_OF_ACTION[action], 0))
+
+
+# --- key manager ---------------------------------------------------------------------
+
+
+def links(target: Target, link: str) -> list[tuple[str, str]]:
+    """SAE pairs of "nodeA~nodeB" or "all"."""
+    sae = {n.name: n.sae_id for n in target.plan.nodes}
+    if link == "all":
+        nodes = target.plan.nodes
+        return [(a.sae_id, b.sae_id) for a in nodes for b in nodes if a.index < b.index]
+    a, _, b = link.partition("~")
+    if a not in sae or b not in sae or a == b:
+        raise BackendError(f"{link!r}: give two different nodes as nodeA~nodeB, or all")
+    return [(sae[a], sae[b])]
+
+
+def set_keys(target: Target, link: str, rate: str | int) -> None:
+    """Set a link's key rate (profile name or bits/s); 0 also empties its stored pool."""
+    for a, b in links(target, link):
+        base = f"/admin/links/{a}/{b}"
+        body = {"profile": rate} if isinstance(rate, str) else {"bits_per_second": rate}
+        target.kms_admin("POST", f"{base}/rate", body)
+        if rate == 0:
+            target.kms_admin("POST", f"{base}/eavesdropper", {"active": True})
+            target.kms_admin("POST", f"{base}/eavesdropper", {"active": False})
+
+
+def kms_fault(target: Target, mode: str, link: str = "all") -> None:
+    """outage | eavesdrop | clear (clear also restores the devnet's key rate)."""
+    for a, b in links(target, link):
+        base = f"/admin/links/{a}/{b}"
+        if mode == "outage":
+            target.kms_admin("POST", f"{base}/outage", {"active": True})
+        elif mode == "eavesdrop":
+            target.kms_admin("POST", f"{base}/eavesdropper", {"active": True})
+        elif mode == "clear":
+            target.kms_admin("POST", f"{base}/outage", {"active": False})
+            target.kms_admin("POST", f"{base}/eavesdropper", {"active": False})
+            target.kms_admin("POST", f"{base}/rate", {"profile": target.plan.kms_rate})
+        else:
+            raise BackendError(f"kms mode {mode!r}: outage, eavesdrop or clear")
+
+
+def kms_links(target: Target) -> dict[str, dict[str, int]]:
+    """Every link's counters and stored key count, keyed "SAE-a~SAE-b"."""
+    doc = target.kms_admin("GET", "/admin/links")
+    out: dict[str, dict[str, int]] = {}
+    for link in doc.get("links", []) if isinstance(doc, dict) else []:
+        counters = {k: int(v) for k, v in link.get("counters", {}).items()}
+        counters["stored_key_count"] = int(link.get("stored_key_count", 0))
+        out[str(link["link"])] = counters
+    return out
+
+
+# --- Byzantine -----------------------------------------------------------------------
+
+
+def byzantine(target: Target, name: str, mode: str | None) -> None:
+    """A test-only misbehaviour of the node itself (admin API; needs admin.byzantine)."""
+    target.admin(name, "PUT", "/admin/byzantine", {"mode": mode})
+
+
+def twin_dir(target: Target, name: str) -> Path:
+    return target.dir / "twins" / name
+
+
+def twin_pid_file(target: Target, name: str) -> Path:
+    return target.dir / "run" / f"twin-{name}.pid"
+
+
+def twin_log(target: Target, name: str) -> Path:
+    return target.dir / "logs" / f"twin-{name}.log"
+
+
+def start_twin(target: Target, name: str) -> int:
+    """Start a second process with `name`'s identity and a copy of its state. Local
+    processes only. Returns the twin's PID."""
+    from devnet.local import LocalNetwork, qchain_argv
+
+    if not isinstance(getattr(target, "net", None), LocalNetwork):
+        raise BackendError("twins need a local-process devnet (a container has one identity)")
+    node = next(n for n in target.plan.nodes if n.name == name)
+    src = target.dir / "nodes" / name
+    dst = twin_dir(target, name)
+    stop_twin(target, name)
+    target.stop(name)
+    shutil.rmtree(dst, ignore_errors=True)
+    shutil.copytree(src, dst)
+    target.start(name)
+    p2p, api, admin = free_ports(3, node.host)
+    twin_plan = replace(node, p2p_port=p2p, api_port=api, admin_port=admin)
+    (dst / "config.toml").write_text(node_config_toml(target.plan, twin_plan))
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    log_path = twin_log(target, name)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(
+            qchain_argv("node", "run", "--config", str(dst / "config.toml")),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            cwd=target.dir,
+            env=env,
+            start_new_session=True,
+        )
+    pid_file = twin_pid_file(target, name)
+    pid_file.parent.mkdir(parents=True, exist_ok=True)
+    pid_file.write_text(f"{proc.pid}\n")
+    return proc.pid
+
+
+def twin_api_url(target: Target, name: str) -> str | None:
+    import tomllib
+
+    cfg = twin_dir(target, name) / "config.toml"
+    if not cfg.exists():
+        return None
+    listen = tomllib.loads(cfg.read_text())["api"]["listen"]
+    return f"http://{listen}"
+
+
+def stop_twin(target: Target, name: str, grace_s: float = 10.0) -> bool:
+    """SIGTERM the twin (SIGKILL after grace_s). False if none ran."""
+    pid_file = twin_pid_file(target, name)
+    try:
+        pid = int(pid_file.read_text().strip())
+    except (OSError, ValueError):
+        return False
+    pid_file.unlink(missing_ok=True)
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return False
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline:
+        try:
+            done, _ = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            done = 0 if _alive(pid) else pid
+        if done:
+            return True
+        time.sleep(0.05)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, 0)
+    return True
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True

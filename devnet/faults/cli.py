@@ -1,0 +1,180 @@
+"""`qchain fault`: run fault scenarios and perturb a running devnet by hand.
+
+    qchain fault run SCENARIO [--devnet DIR] [--docker] [--seed N] [--report FILE] [--keep]
+    qchain fault list
+    qchain fault kill|restart|pause|resume NODE
+    qchain fault partition NODES... [--from NODES...]
+    qchain fault heal
+    qchain fault delay NODE MS [--jitter MS]
+    qchain fault drop|corrupt NODE PCT
+    qchain fault replay NODE [--pct PCT]
+    qchain fault keys NODEA~NODEB|all --rate PROFILE|BITS|0
+    qchain fault kms outage|eavesdrop|clear [--link NODEA~NODEB|all]
+    qchain fault byzantine NODE equivocate|double-vote|withhold|forge-mac|silent|twin|off
+
+SCENARIO is a TOML file or the name of a shipped scenario (`qchain fault list`). NODE may
+be a node name or `leader`. The ad-hoc verbs act on `--dir` (default devnet-data).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import sys
+from pathlib import Path
+
+DEFAULT_DIR = Path("devnet-data")
+BYZ = ("equivocate", "double-vote", "withhold", "forge-mac", "silent", "twin", "off")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="fault_cmd", metavar="VERB", required=True)
+    run = sub.add_parser("run", help="run a scenario and check the invariants")
+    run.add_argument("scenario", help="a TOML file or a shipped scenario name")
+    run.add_argument("--devnet", type=Path, default=None, help="a running devnet (default: fresh)")
+    run.add_argument("--docker", action="store_true", help="the devnet runs under Docker")
+    run.add_argument("--seed", type=int, default=None, help="override the scenario's seed")
+    run.add_argument("--report", type=Path, default=None, help="write the JSON report here")
+    run.add_argument("--keep", action="store_true", help="leave a fresh network up")
+    sub.add_parser("list", help="the shipped scenarios")
+
+    def verb(name: str, help_text: str) -> argparse.ArgumentParser:
+        v = sub.add_parser(name, help=help_text)
+        v.add_argument("--dir", type=Path, default=DEFAULT_DIR, help="devnet directory")
+        v.add_argument("--docker", action="store_true", help="the devnet runs under Docker")
+        return v
+
+    for name, h in (
+        ("kill", "SIGKILL a node"),
+        ("restart", "SIGTERM and start a node"),
+        ("pause", "SIGSTOP a node"),
+        ("resume", "SIGCONT a node"),
+    ):
+        verb(name, h).add_argument("node")
+    part = verb("partition", "cut NODES off from the rest (or from --from NODES)")
+    part.add_argument("nodes", nargs="+")
+    part.add_argument("--from", dest="other", nargs="+", default=None)
+    verb("heal", "clear every node's transport fault rules")
+    d = verb("delay", "delay a node's outgoing frames")
+    d.add_argument("node")
+    d.add_argument("ms", type=int)
+    d.add_argument("--jitter", type=int, default=0)
+    for name in ("drop", "corrupt"):
+        v = verb(name, f"{name} PCT% of a node's outgoing frames")
+        v.add_argument("node")
+        v.add_argument("pct", type=float)
+    r = verb("replay", "send a node's outgoing frames twice (replays)")
+    r.add_argument("node")
+    r.add_argument("--pct", type=float, default=30.0)
+    k = verb("keys", "set a link's key rate at the key manager (0 cuts and flushes)")
+    k.add_argument("link", help="nodeA~nodeB or all")
+    k.add_argument("--rate", required=True, help="profile name or bits per second")
+    m = verb("kms", "key manager faults")
+    m.add_argument("mode", choices=["outage", "eavesdrop", "clear"])
+    m.add_argument("--link", default="all")
+    b = verb("byzantine", "a test-only misbehaviour, or a twin process")
+    b.add_argument("node")
+    b.add_argument("mode", choices=BYZ)
+
+
+def run(args: argparse.Namespace) -> int:
+    from devnet.faults.backends import BackendError
+
+    try:
+        if args.fault_cmd == "run":
+            return _run(args)
+        if args.fault_cmd == "list":
+            return _list()
+        return _verb(args)
+    except BackendError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:
+        print(f"error: cannot reach the devnet: {e}", file=sys.stderr)
+        return 1
+
+
+def _list() -> int:
+    from devnet.faults.scenario import load_scenario, shipped_scenarios
+
+    for name, path in shipped_scenarios().items():
+        sc = load_scenario(path)
+        print(f"{name:<28} {sc.duration_s:4.0f}s  {sc.description}")
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    from devnet.faults.runner import render, run_scenario, write_report
+    from devnet.faults.scenario import load_scenario, resolve_scenario
+
+    scenario = load_scenario(resolve_scenario(args.scenario))
+    result = asyncio.run(
+        run_scenario(
+            scenario, devnet=args.devnet, docker=args.docker, seed=args.seed, keep=args.keep
+        )
+    )
+    print(render(result))
+    if args.report is not None:
+        write_report(result, args.report)
+        print(f"JSON report: {args.report}")
+    return 0 if result.ok else 1
+
+
+def _verb(args: argparse.Namespace) -> int:
+    from devnet.faults import actions
+    from devnet.faults.runner import open_target
+
+    target = open_target(args.dir, args.docker)
+    rng = random.Random()
+    cmd = args.fault_cmd
+
+    def one(sel: str) -> str:
+        return actions.resolve(target, [sel], rng)[0]
+
+    if cmd in ("kill", "restart", "pause", "resume"):
+        node = one(args.node)
+        {"kill": actions.kill, "restart": actions.restart, "pause": actions.pause}.get(
+            cmd, actions.resume
+        )(target, node)
+        print(f"{cmd} {node}")
+    elif cmd == "partition":
+        side = actions.resolve(target, args.nodes, rng)
+        other = actions.resolve(target, args.other, rng) if args.other else None
+        actions.partition(target, side, other)
+        print(f"cut {','.join(side)} from {','.join(other) if other else 'the rest'}")
+    elif cmd == "heal":
+        missed = actions.heal(target)
+        print("healed" + (f" (no answer from {', '.join(missed)})" if missed else ""))
+    elif cmd == "delay":
+        node = one(args.node)
+        actions.delay(target, node, args.ms, args.jitter)
+        print(f"{node}: outgoing frames delayed {args.ms}±{args.jitter} ms")
+    elif cmd in ("drop", "corrupt"):
+        node = one(args.node)
+        (actions.drop if cmd == "drop" else actions.corrupt)(target, node, args.pct)
+        print(f"{node}: {cmd} {args.pct}% of outgoing frames")
+    elif cmd == "replay":
+        node = one(args.node)
+        actions.replay(target, node, args.pct)
+        print(f"{node}: {args.pct}% of outgoing frames replayed")
+    elif cmd == "keys":
+        rate: str | int = int(args.rate) if args.rate.isdigit() else args.rate
+        actions.set_keys(target, args.link, rate)
+        print(f"keys on {args.link}: rate {rate}" + (" (stored keys flushed)" if rate == 0 else ""))
+    elif cmd == "kms":
+        actions.kms_fault(target, args.mode, args.link)
+        print(f"key manager: {args.mode} on {args.link}")
+    elif cmd == "byzantine":
+        node = one(args.node)
+        if args.mode == "twin":
+            pid = actions.start_twin(target, node)
+            print(f"twin of {node} started (pid {pid}, log {actions.twin_log(target, node)})")
+        elif args.mode == "off":
+            stopped = actions.stop_twin(target, node)
+            actions.byzantine(target, node, None)
+            print(f"{node}: honest again" + (" (twin stopped)" if stopped else ""))
+        else:
+            actions.byzantine(target, node, args.mode)
+            print(f"{node}: byzantine mode {args.mode}")
+    return 0
