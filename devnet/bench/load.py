@@ -1,0 +1,202 @@
+"""The open-loop load generator: a separate process that offers transactions at a fixed
+rate, whatever the nodes answer.
+
+    python -m devnet.bench.load SPEC.json RESULT.json
+
+SPEC names the nodes' API URLs, one pre-signed stream file per node (a msgpack array of
+transaction bytes, in submission order), the rate in tx/s over all nodes, the duration and
+the tick. Every tick, each node's share of the rate is cut from its stream and queued as a
+chunk stamped with its *scheduled* time; one sender task per node posts the queued chunks
+over one connection (`POST /v1/txs/batch`, msgpack), merging chunks that piled up while a
+request was in flight. Latency is measured from the scheduled time, so a slow node cannot
+hide its queue (no coordinated omission).
+
+RESULT records every chunk: node, offset in its stream, size, scheduled and posted wall
+times, and per-chunk acceptance counts and refusal codes. The run is bounded: it stops
+offering at the duration, and abandons requests still in flight `drain_s` later.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import msgpack
+
+MAX_BATCH_TXS = 1000
+MAX_BATCH_BYTES = 3 * 1024 * 1024
+MSGPACK = "application/msgpack"
+
+
+@dataclass
+class Chunk:
+    node: int
+    offset: int
+    count: int
+    scheduled: float
+    posted: float = 0.0
+    answered: float = 0.0
+    accepted: int = 0
+    refused: dict[str, int] = field(default_factory=dict)
+    error: str = ""
+
+
+@dataclass(frozen=True)
+class Spec:
+    nodes: list[str]
+    streams: list[str]
+    rate: float
+    duration_s: float
+    tick_s: float = 0.02
+    drain_s: float = 15.0
+    started_file: str = ""
+    """Written with the wall time of the first tick once the streams are loaded."""
+
+    @classmethod
+    def load(cls, path: Path) -> Spec:
+        doc = json.loads(path.read_text())
+        return cls(**doc)
+
+
+class _NodeSender:
+    def __init__(self, index: int, url: str, stream: list[bytes], session: aiohttp.ClientSession):
+        self.index = index
+        self.url = url.rstrip("/") + "/v1/txs/batch"
+        self.stream = stream
+        self.session = session
+        self.queue: asyncio.Queue[Chunk | None] = asyncio.Queue()
+        self.cursor = 0
+        self.done: list[Chunk] = []
+
+    def offer(self, count: int, scheduled: float) -> None:
+        count = min(count, len(self.stream) - self.cursor)
+        if count <= 0:
+            return
+        self.queue.put_nowait(Chunk(self.index, self.cursor, count, scheduled))
+        self.cursor += count
+
+    async def run(self) -> None:
+        while True:
+            first = await self.queue.get()
+            if first is None:
+                return
+            chunks = [first]
+            size = first.count
+            nbytes = sum(len(t) for t in self._txs(first))
+            stop = False
+            while not self.queue.empty():
+                nxt = self.queue.get_nowait()
+                if nxt is None:
+                    stop = True
+                    break
+                extra = sum(len(t) for t in self._txs(nxt))
+                if size + nxt.count > MAX_BATCH_TXS or nbytes + extra > MAX_BATCH_BYTES:
+                    await self._post(chunks)
+                    chunks, size, nbytes = [], 0, 0
+                chunks.append(nxt)
+                size += nxt.count
+                nbytes += extra
+            if chunks:
+                await self._post(chunks)
+            if stop:
+                return
+
+    def _txs(self, c: Chunk) -> list[bytes]:
+        return self.stream[c.offset : c.offset + c.count]
+
+    async def _post(self, chunks: list[Chunk]) -> None:
+        txs: list[bytes] = []
+        for c in chunks:
+            txs.extend(self._txs(c))
+        body = msgpack.packb(txs, use_bin_type=True)
+        posted = time.time()
+        for c in chunks:
+            c.posted = posted
+        try:
+            async with self.session.post(
+                self.url, data=body, headers={"Content-Type": MSGPACK}
+            ) as resp:
+                data = await resp.read()
+                status = resp.status
+        except (aiohttp.ClientError, TimeoutError) as e:
+            self._fail(chunks, type(e).__name__)
+            return
+        answered = time.time()
+        if status != 200:
+            self._fail(chunks, f"http-{status}")
+            return
+        results: list[dict[str, Any]] = json.loads(data)["results"]
+        k = 0
+        for c in chunks:
+            c.answered = answered
+            for item in results[k : k + c.count]:
+                problem = item.get("problem")
+                if problem is None:
+                    c.accepted += 1
+                else:
+                    code = str(problem.get("type", "refused")).rsplit("/", 1)[-1]
+                    c.refused[code] = c.refused.get(code, 0) + 1
+            k += c.count
+            self.done.append(c)
+
+    def _fail(self, chunks: list[Chunk], reason: str) -> None:
+        answered = time.time()
+        for c in chunks:
+            c.answered = answered
+            c.error = reason
+            c.refused[reason] = c.refused.get(reason, 0) + c.count
+            self.done.append(c)
+
+
+async def generate(spec: Spec) -> dict[str, Any]:
+    streams: list[list[bytes]] = []
+    for path in spec.streams:
+        data = msgpack.unpackb(Path(path).read_bytes(), raw=False)
+        streams.append([bytes(x) for x in data])
+    n = len(spec.nodes)
+    timeout = aiohttp.ClientTimeout(total=spec.duration_s + spec.drain_s, sock_connect=5)
+    connector = aiohttp.TCPConnector(limit_per_host=1)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+        senders = [_NodeSender(i, u, streams[i], session) for i, u in enumerate(spec.nodes)]
+        tasks = [asyncio.create_task(s.run()) for s in senders]
+        start = time.time() + 0.2
+        if spec.started_file:
+            Path(spec.started_file).write_text(repr(start))
+        ticks = int(spec.duration_s / spec.tick_s)
+        per_node = spec.rate / n
+        offered = 0
+        for k in range(ticks):
+            target = start + k * spec.tick_s
+            delay = target - time.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            for s in senders:
+                due = int(per_node * spec.tick_s * (k + 1)) - int(per_node * spec.tick_s * k)
+                before = s.cursor
+                s.offer(due, target)
+                offered += s.cursor - before
+        end = time.time()
+        for s in senders:
+            s.queue.put_nowait(None)
+        _, pending = await asyncio.wait(tasks, timeout=spec.drain_s)
+        for t in pending:
+            t.cancel()
+        chunks = [asdict(c) for s in senders for c in s.done]
+    return {"start": start, "end": end, "offered": offered, "ticks": ticks, "chunks": chunks}
+
+
+def main() -> int:
+    spec = Spec.load(Path(sys.argv[1]))
+    result = asyncio.run(generate(spec))
+    Path(sys.argv[2]).write_text(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
