@@ -14,12 +14,15 @@ through their HTTP and admin APIs (the same path as `qchain devnet init` + `up`)
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import random
 import subprocess
 import sys
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -250,3 +253,81 @@ async def test_corrupt_and_replayed_frames_are_counted(devnet: LocalNetwork) -> 
         rejected += sum(link["transport"]["rejected"].values())
     assert rejected > 0
     assert_same_chain(devnet)
+
+
+def post_tx(net: LocalNetwork, raw: bytes) -> tuple[int, dict[str, Any]]:
+    node = net.plan.nodes[0]
+    req = urllib.request.Request(
+        f"{node.api_url}/v1/txs",
+        data=raw,
+        method="POST",
+        headers={"Content-Type": "application/msgpack"},
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as e:
+        assert e.headers.get("Content-Type", "").startswith("application/problem+json")
+        return e.code, json.loads(e.read())
+
+
+async def test_bad_transactions_get_their_problem_types(devnet: LocalNetwork) -> None:
+    writer = Writer(devnet, "auditor")
+    good = writer.next_tx()
+    status, doc = post_tx(devnet, good.encode())
+    assert status == 202 and doc["status"] == "pending"
+    status, doc = post_tx(devnet, good.encode())
+    assert status == 200, "the same bytes again are not an error"
+    async with AsyncClient(devnet.plan.nodes[0].api_url) as c:
+        await c.submit_and_wait(good, timeout_s=30)
+
+    def problem(raw: bytes) -> tuple[int, str, dict[str, Any]]:
+        code, body = post_tx(devnet, raw)
+        return code, body["type"].rsplit("/", 1)[-1], body
+
+    assert problem(good.encode()[:-7])[:2] == (400, "malformed-encoding")
+    assert problem(b"\x00" * (70 * 1024))[0] == 413
+    sig = bytearray(good.signature)
+    sig[0] ^= 1
+    forged = dataclasses.replace(writer.next_tx(), signature=bytes(sig))
+    writer.nonce -= 1
+    assert problem(forged.encode())[:2] == (422, "bad-signature")
+    other_chain = Writer(devnet, "auditor")
+    other_chain.chain_id = "another-chain"
+    other_chain.nonce = writer.nonce
+    assert problem(other_chain.next_tx().encode())[:2] == (422, "wrong-chain")
+    code, body = post_tx(devnet, good.encode())
+    assert code == 200 and body["status"] == "committed", "a replay of a committed tx"
+    stale = Writer(devnet, "auditor")
+    stale.tag += 1
+    code, kind, body = problem(stale.next_tx().encode())
+    assert (code, kind) == (422, "nonce-mismatch")
+    assert body["expected_nonce"] == 1 and body["nonce"] == 0
+
+
+def test_schemathesis_finds_no_server_error(devnet: LocalNetwork) -> None:
+    node = devnet.plan.nodes[0]
+    run = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "schemathesis"),
+            "run",
+            f"{node.api_url}/openapi.json",
+            "--checks",
+            "not_a_server_error,response_schema_conformance,status_code_conformance,"
+            "content_type_conformance",
+            "--exclude-path",
+            "/v1/events",
+            "--max-time",
+            "25",
+            "--phases",
+            "examples,coverage,fuzzing",
+            "--workers",
+            "1",
+            "--seed",
+            "20261127",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
