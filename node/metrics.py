@@ -7,15 +7,48 @@ sizes in bytes. A gauge whose name already says what it counts (height, round, k
 has no further unit suffix.
 
 The runtime updates the metrics through the small methods below (or the metric objects
-directly); the HTTP API records its own requests through `observe_api_request`.
+directly); the HTTP API records its own requests through `observe_api_request`, and
+`TimedKeySource` times every key manager call for `qchain_qkd_key_manager_latency_seconds`.
+
+`DOCUMENTED` lists every metric family name, as scraped (a counter's samples carry `_total`,
+a histogram's `_bucket`, `_sum` and `_count`); `devnet/monitoring/README.md` describes them
+and the live metrics test checks a node exposes each one.
 """
 
 from __future__ import annotations
 
+import time
+from collections.abc import Sequence
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
-__all__ = ["CONTENT_TYPE_LATEST", "NodeMetrics"]
+from qchain.qkd.source import Key, KeyId, KeySource, LinkStatus
+
+__all__ = ["CONTENT_TYPE_LATEST", "DOCUMENTED", "NodeMetrics", "TimedKeySource"]
+
+DOCUMENTED: tuple[str, ...] = (
+    "qchain_consensus_height",
+    "qchain_consensus_round",
+    "qchain_consensus_round_changes_total",
+    "qchain_consensus_block_interval_seconds",
+    "qchain_consensus_decided_txs_total",
+    "qchain_mempool_txs",
+    "qchain_mempool_size_bytes",
+    "qchain_mempool_rejections_total",
+    "qchain_transport_frames_total",
+    "qchain_transport_bytes_total",
+    "qchain_transport_rejections_total",
+    "qchain_qkd_keys_consumed_total",
+    "qchain_qkd_pool_keys",
+    "qchain_qkd_waits_total",
+    "qchain_qkd_key_manager_latency_seconds",
+    "qchain_execution_block_duration_seconds",
+    "qchain_api_requests_total",
+    "qchain_api_request_duration_seconds",
+    "qchain_api_rate_limited_total",
+)
+"""Every metric family a node exports, by the name it is scraped under."""
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 _INTERVAL_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
@@ -107,7 +140,8 @@ class NodeMetrics:
         )
         self.qkd_key_manager_latency = Histogram(
             "qchain_qkd_key_manager_latency_seconds",
-            "Latency of key manager requests, by link.",
+            "Latency of key manager requests (get key, get key with ids, status), by directed "
+            "link (me->peer for keys this node sends with, peer->me for keys it receives with).",
             ["link"],
             buckets=_LATENCY_BUCKETS,
             registry=r,
@@ -173,3 +207,41 @@ class NodeMetrics:
     def exposition(self) -> bytes:
         """The registry in the Prometheus text format (`CONTENT_TYPE_LATEST`)."""
         return generate_latest(self.registry)
+
+
+class TimedKeySource(KeySource):
+    """A key source that observes the latency of each call to the key manager it wraps,
+    per directed link, in a histogram labelled `link` (`qkd_key_manager_latency`).
+    Failed calls are timed too: a slow "unavailable" is as much a latency as a slow key."""
+
+    def __init__(self, inner: KeySource, histogram: Histogram) -> None:
+        self.inner = inner
+        self.sae_id = inner.sae_id
+        self.histogram = histogram
+
+    def _observe(self, link: str, started: float) -> None:
+        self.histogram.labels(link).observe(time.perf_counter() - started)
+
+    async def enc_keys(self, slave_sae_id: str, number: int, size: int | None = None) -> list[Key]:
+        started = time.perf_counter()
+        try:
+            return await self.inner.enc_keys(slave_sae_id, number, size)
+        finally:
+            self._observe(f"{self.sae_id}->{slave_sae_id}", started)
+
+    async def dec_keys(self, master_sae_id: str, key_ids: Sequence[KeyId]) -> list[Key]:
+        started = time.perf_counter()
+        try:
+            return await self.inner.dec_keys(master_sae_id, key_ids)
+        finally:
+            self._observe(f"{master_sae_id}->{self.sae_id}", started)
+
+    async def status(self, slave_sae_id: str) -> LinkStatus:
+        started = time.perf_counter()
+        try:
+            return await self.inner.status(slave_sae_id)
+        finally:
+            self._observe(f"{self.sae_id}->{slave_sae_id}", started)
+
+    async def close(self) -> None:
+        await self.inner.close()

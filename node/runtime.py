@@ -98,7 +98,7 @@ from node.chain import ChainApp, Prepared
 from node.chainstore import ChainStore
 from node.events import EventBus
 from node.mempool import Mempool, MempoolLimits
-from node.metrics import NodeMetrics
+from node.metrics import NodeMetrics, TimedKeySource
 from node.service import ChainEvent, TxStatus
 from node.transport import FaultRules, Transport
 from node.wire import CertSig, Envelope, Kind, TxBatch
@@ -295,7 +295,7 @@ class Validator:
             self.genesis.chain_id,
             my_sae,
             [self._sae[i] for i in peers],
-            self._key_source,
+            TimedKeySource(self._key_source, self.metrics.qkd_key_manager_latency),
             config=PoolConfig(batch_size=batch, low_water=min(cfg.qkd.low_water, batch)),
             store=self.store,
         )
