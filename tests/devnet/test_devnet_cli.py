@@ -1,0 +1,109 @@
+"""The devnet as a user drives it: `qchain devnet init`, `up`, a transaction sent with the
+CLI from a dev key, `status`, `down` — all through the console script, as processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from devnet.local import http_json
+from devnet.network import free_ports
+
+pytestmark = pytest.mark.slow
+
+
+def qchain(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> str:
+    run = subprocess.run(
+        [sys.executable, "-m", "qchain.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
+    assert run.returncode == 0, f"qchain {' '.join(args)} failed:\n{run.stdout}\n{run.stderr}"
+    return run.stdout
+
+
+def _base_port() -> int:
+    """A base port whose devnet range (base .. base+399) looks free."""
+    for _ in range(50):
+        base = free_ports(1)[0]
+        if 20000 <= base <= 60000:
+            return base - base % 1000
+    return 41000
+
+
+@pytest.mark.timeout(300)
+def test_init_up_send_status_down(tmp_path: Path) -> None:
+    d = tmp_path / "net"
+    base = _base_port()
+    out = qchain("devnet", "init", "--dir", str(d), "--base-port", str(base))
+    assert "initialised a 4-validator devnet" in out
+    assert "nothing to do" in qchain("devnet", "init", "--dir", str(d), "--base-port", str(base))
+    refused = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "qchain.cli",
+            "devnet",
+            "init",
+            "--dir",
+            str(d),
+            "--validators",
+            "7",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert refused.returncode == 1 and "--force" in refused.stderr
+    try:
+        out = qchain("devnet", "up", "--dir", str(d))
+        assert "node3" in out and "partner1" in out and "first block decided" in out
+        endpoints = json.loads((d / "endpoints.json").read_text())
+        assert [n["name"] for n in endpoints["nodes"]] == ["node0", "node1", "node2", "node3"]
+        api = endpoints["nodes"][2]["api"]
+        digest = os.urandom(32).hex()
+        args = json.dumps([{"hex": digest}, "sha256", "devnet cli test", "test", {"hex": ""}])
+        key = str(d / "accounts" / "partner1.json")
+        sent = qchain(
+            "tx",
+            "send",
+            "notary",
+            "anchor",
+            "--key",
+            key,
+            "--args",
+            args,
+            "--json",
+            env={"QCHAIN_NODE": api},
+        )
+        doc = json.loads(sent)
+        assert doc["status"] == "committed"
+        tx_hash, height = doc["tx_hash"], doc["height"]
+        for n in endpoints["nodes"]:
+            st = http_json(f"{n['api']}/v1/txs/{tx_hash}")
+            assert st["status"] == "committed" and st["height"] == height
+        status = json.loads(qchain("devnet", "status", "--dir", str(d), "--json"))
+        assert len(status) == 4
+        assert all(r["status"] is not None and r["status"]["height"] >= height for r in status)
+        pids = [int(p.read_text()) for p in (d / "run").glob("*.pid")]
+        assert len(pids) == 5
+    finally:
+        out = qchain("devnet", "down", "--dir", str(d))
+    assert "stopped" in out
+    for pid in pids:
+        assert not Path(f"/proc/{pid}").exists() or _zombie(pid), f"process {pid} survived"
+    assert not list((d / "run").glob("*.pid"))
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return True
