@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint typecheck pytest devnet devnet-down clean
+.PHONY: install test lint typecheck pytest devnet devnet-down bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,20 @@ devnet: $(STAMP)
 
 devnet-down: $(STAMP)
 	$(VENV)/bin/qchain devnet down --dir $(DEVNET_DIR)
+
+# The standard benchmark set (docs/BENCHMARKS.md); each run starts its own devnet on free
+# loopback ports. About 15 minutes on 2 cores: run it on a quiet machine.
+BENCH_OUT ?= bench-out
+QB := $(VENV)/bin/qchain bench --duration 30
+
+bench: $(STAMP)
+	$(QB) --scheme ed25519 --rates 500,1000,2000,3000 --profile-leader 10 --out $(BENCH_OUT)/ed25519-n4
+	$(QB) --scheme ml-dsa-65 --rates 250,500,1000 --out $(BENCH_OUT)/ml-dsa-65-n4
+	$(QB) --scheme ed25519 --rate 2000 --baseline --out $(BENCH_OUT)/ed25519-n4-baseline
+	$(QB) --scheme ed25519 --rate 500 --faults 1 --out $(BENCH_OUT)/ed25519-n4-1-crashed
+	$(QB) --idle-only --heartbeat-ms 0 --idle 15 --out $(BENCH_OUT)/idle-no-heartbeat
+	$(QB) --scheme ed25519 --validators 7 --rate 2000 --out $(BENCH_OUT)/ed25519-n7
+	$(QB) --scheme ed25519 --validators 10 --rate 2000 --out $(BENCH_OUT)/ed25519-n10
 
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache .hypothesis
