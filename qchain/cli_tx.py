@@ -95,7 +95,7 @@ def print_status(info: TxInfo, as_json: bool) -> None:
         outcome = "ok" if r.ok else f"failed: {r.code}: {r.message}"
         print(f"height {r.height} index {r.index}: {outcome}")
         if r.ok and r.result is not None:
-            print(json.dumps(value_to_json(r.result)))
+            print(f"result: {json.dumps(value_to_json(r.result))}")
 
 
 def parse_call_args(text: str, contract: str, method: str) -> Value:
