@@ -329,5 +329,6 @@ def test_schemathesis_finds_no_server_error(devnet: LocalNetwork) -> None:
         capture_output=True,
         text=True,
         timeout=240,
+        cwd=devnet.dir,
     )
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
