@@ -124,6 +124,7 @@ log = logging.getLogger("qchain.node")
 
 FETCH_RETRY_S = 0.5
 CERT_BUFFER_HEIGHTS = 4
+CERT_LATE_HEIGHTS = 2
 FORWARD_BATCH = 2000
 
 
@@ -312,9 +313,10 @@ class Validator:
             queue_limit=cfg.p2p.queue_frames,
         )
         self.endpoint.start()
+        # The engine starts from its records before any peer message can reach it.
+        self._boot_engine()
         await self.transport.start()
         await self._start_http()
-        self._boot_engine()
         self._tasks.append(asyncio.create_task(self._housekeeping(), name="housekeeping"))
         log.info(
             "validator %s started: height %d, p2p %s, api %s",
@@ -713,6 +715,8 @@ class Validator:
         self._notify_waiters(prepared)
         self._fetching.pop(value, None)
         self.feed(StartHeight(a.height + 1, value, a.next_anchor))
+        if self.engine.idle_mode:
+            self.feed(MempoolNonEmpty(len(self.mempool) > 0))
         if self._pending_build is not None:
             self._maybe_build()
 
@@ -753,9 +757,6 @@ class Validator:
             for j in range(self.params.n):
                 if j != self.me:
                     self.transport.send(j, env)
-        self._cert_replied.setdefault(h, set()).update(
-            j for j in range(self.params.n) if j != self.me
-        )
         # Signatures that arrived before this node committed are checked now.
         pending = self._cert_sigs.get(h, {})
         for j, s in list(pending.items()):
@@ -793,6 +794,10 @@ class Validator:
             if self._cert_sig_ok(sender, h, block_hash, sig.signature):
                 self._cert_sigs.setdefault(h, {})[sender] = sig.signature
                 self._try_certificate(h, block_hash)
+            return
+        # A peer that signs a height this node has long passed committed it late and
+        # missed the signatures sent at the time: answer it once with ours.
+        if h + CERT_LATE_HEIGHTS > committed:
             return
         replied = self._cert_replied.setdefault(h, set())
         if sender not in replied:

@@ -147,3 +147,8 @@ async def test_restarted_validator_catches_up_and_keeps_committing(
     await wait_until(lambda: restarted.chain.height() >= target + 2, timeout=30)
     for h in range(1, target + 1):
         assert restarted.chain.block(h) == others[0].chain.block(h)
+    # Blocks it committed while catching up get their certificates from the peers' replies.
+    missed = range(start + 1, target - 1)
+    await wait_until(
+        lambda: all(restarted.chain.certificate(h) is not None for h in missed), timeout=20
+    )
