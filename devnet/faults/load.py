@@ -171,9 +171,8 @@ class LoadGenerator:
         return names
 
     async def _drive(self, op: Op, raw: bytes) -> None:
-        node: str | None = None
         while self.clock() < self.drain_deadline:
-            for candidate in self._order(node):
+            for candidate in self._order(op.node or None):
                 if self.clock() >= self.drain_deadline:
                     return
                 op.attempts += 1
@@ -192,8 +191,9 @@ class LoadGenerator:
                 except ApiError as e:
                     op.error = e.code
                     if e.code == "commit-timeout":
-                        node = candidate
-                        break
+                        # Not committed yet: rebroadcast the same bytes through the next
+                        # node (this one may be cut off with the only copy).
+                        continue
                     await asyncio.sleep(0.5)
                     continue
                 if info.status == "committed" and info.height is not None:
