@@ -47,9 +47,20 @@ mkdir -p "$wheelhouse"
 echo "base $base: Python $pyver; wheelhouse $wheelhouse"
 
 # The project's own wheel, always fresh, in its own folder so that the image's dependency
-# layer stays cached when only the project changes.
+# layer stays cached when only the project changes. A fixed SOURCE_DATE_EPOCH makes the
+# wheel byte-identical for identical sources, so an unchanged project hits the cache too.
+# It is built from a copy of the work tree's files that git tracks or would track, so
+# nothing stale (setuptools' build/, caches) slips in.
+src="$(mktemp -d)"
+trap 'rm -rf "$src"' EXIT
+if git -C "$repo" rev-parse --git-dir >/dev/null 2>&1; then
+    (cd "$repo" && git ls-files -z --cached --others --exclude-standard \
+        | tar --null --ignore-failed-read -T - -cf - 2>/dev/null) | tar -C "$src" -xf -
+else
+    tar -C "$repo" --exclude=./.venv --exclude=./.cache --exclude=./build -cf - . | tar -C "$src" -xf -
+fi
 rm -rf "$wheelhouse/project"
-"$python" -m pip wheel --quiet --no-deps "$repo" -w "$wheelhouse/project"
+SOURCE_DATE_EPOCH=315532800 "$python" -m pip wheel --quiet --no-deps "$src" -w "$wheelhouse/project"
 project_wheel="$(ls "$wheelhouse"/project/qchain-*.whl)"
 
 # Dependency wheels for the image's interpreter and platform, downloaded once per set of
@@ -67,7 +78,12 @@ if [[ ! -f "$deps_stamp" ]]; then
     touch "$deps_stamp"
 fi
 
-echo "building $tag"
+# On the local base the build runs with no network at all: proof that it fetches nothing.
+# python:3.12-slim needs Debian's mirror for iproute2.
+network=default
+[[ "$base" == qchain-base:* ]] && network=none
+echo "building $tag (build network: $network)"
 build_start=$(date +%s)
-docker build --quiet --build-arg "BASE=$base" -t "$tag" -f "$here/Dockerfile" "$wheelhouse" >/dev/null
+docker build --quiet --network "$network" --build-arg "BASE=$base" -t "$tag" \
+    -f "$here/Dockerfile" "$wheelhouse" >/dev/null
 echo "built $tag from $base in $(($(date +%s) - build_start)) s (total $(($(date +%s) - start)) s)"
