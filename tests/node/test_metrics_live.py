@@ -1,13 +1,16 @@
 """`/metrics` of a live node in a 4-process devnet: every documented metric family is
-exposed with a help text, and the counters move when transactions flow."""
+exposed with a help text, and the counters move when transactions flow. The Grafana
+dashboard and the monitoring README name the same metrics."""
 
 from __future__ import annotations
 
 import json
+import re
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -152,3 +155,20 @@ def test_counters_move_when_transactions_flow(devnet: LocalNetwork) -> None:
         assert total(after, "qchain_qkd_pool_keys", link=link) > 0, link
         assert total(after, "qchain_qkd_key_manager_latency_seconds_count", link=link) > 0, link
     assert total(after, "qchain_mempool_txs") >= 0
+
+
+def test_dashboard_and_readme_name_only_documented_metrics() -> None:
+    """The Grafana dashboard queries, and the monitoring README lists, exactly the metric
+    families of `node/metrics.py` (a renamed metric must be renamed there too)."""
+    monitoring = Path(__file__).resolve().parents[2] / "devnet" / "monitoring"
+    dashboard = json.loads((monitoring / "grafana" / "dashboards" / "qchain.json").read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
+    used = {
+        re.sub(r"_(bucket|count|sum)$", "", name)
+        for e in exprs
+        for name in re.findall(r"\bqchain_[a-z_]+", e)
+    }
+    assert used <= set(DOCUMENTED), used - set(DOCUMENTED)
+    readme = (monitoring / "README.md").read_text()
+    listed = set(re.findall(r"^\| `(qchain_[a-z_]+)` \|", readme, re.MULTILINE))
+    assert listed == set(DOCUMENTED)
