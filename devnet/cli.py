@@ -56,6 +56,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     st = sub.add_parser("status", help="height, round, leader, peers and key pools per node")
     _dir(st)
     st.add_argument("--json", action="store_true")
+    st.add_argument("--watch", action="store_true", help="live view (rich) until Ctrl-C")
     reset = sub.add_parser("reset", help="stop and wipe chain data, keep configuration")
     _dir(reset)
     logs = sub.add_parser("logs", help="print a service's log")
@@ -89,6 +90,10 @@ def run(args: argparse.Namespace) -> int:
         stopped = net.stop()
         print(f"stopped {', '.join(stopped)}" if stopped else "nothing was running")
         return 0
+    if cmd == "status" and args.watch:
+        from devnet.watch import watch
+
+        return watch(net)
     if cmd == "status":
         return _status(net, args.json)
     if cmd == "reset":
