@@ -72,6 +72,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kms-rate", default="lab", help="lab|metro|long-haul|constrained")
     p.add_argument("--faults", type=int, default=0, help="validators killed after warm-up")
     p.add_argument("--heartbeat-ms", type=int, default=1000, help="empty block interval; 0 = none")
+    p.add_argument(
+        "--profile",
+        choices=["default", "test"],
+        default="default",
+        help="validator timing profile (default: the production one)",
+    )
     p.add_argument("--senders", type=int, default=256, help="bench sender accounts")
     p.add_argument("--out", type=Path, default=None, help="report directory")
     p.add_argument("--devnet", type=Path, default=None, help="reuse this devnet directory")
@@ -101,6 +107,7 @@ class Options:
     kms_rate: str
     faults: int
     heartbeat_ms: int | None
+    profile: str
     senders: int
     out: Path
     devnet: Path | None
@@ -133,6 +140,7 @@ class Options:
             kms_rate=a.kms_rate,
             faults=a.faults,
             heartbeat_ms=a.heartbeat_ms or None,
+            profile=a.profile,
             senders=a.senders,
             out=out,
             devnet=a.devnet,
@@ -189,6 +197,7 @@ def devnet(opts: Options) -> Iterator[BenchNetwork]:
         scheme=opts.scheme,
         kms_rate=opts.kms_rate,
         heartbeat_ms=opts.heartbeat_ms,
+        profile=opts.profile,
     )
     write_network(tmp, plan)
     write_kms_files(tmp, plan)
@@ -493,6 +502,7 @@ def _config(opts: Options) -> dict[str, Any]:
         "kms_rate": opts.kms_rate,
         "faults": opts.faults,
         "heartbeat_ms": opts.heartbeat_ms,
+        "profile": opts.profile,
         "senders": opts.senders,
         "baseline": opts.baseline,
     }

@@ -249,7 +249,8 @@ def markdown(report: Mapping[str, Any]) -> str:
         f"{cfg['tx']} transactions",
         "",
         f"Machine: {m['cpu']} × {m['cores']} cores, Python {m['python']}, {m['platform']}. "
-        f"Key rate profile `{cfg['kms_rate']}`, heartbeat {cfg['heartbeat_ms'] or 'off'}, "
+        f"Timing profile `{cfg.get('profile', 'test')}`, key rate profile `{cfg['kms_rate']}`, "
+        f"heartbeat {cfg['heartbeat_ms'] or 'off'}, "
         f"{cfg['faults']} crashed validator(s), warm-up {cfg['warmup_s']} s, "
         f"window {cfg['duration_s']} s per point"
         + (", **BASELINE: fixed insecure MAC key, no key manager**" if cfg["baseline"] else "")
