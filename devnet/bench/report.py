@@ -185,7 +185,7 @@ def profile_limits(frames_per_link_per_height: float | None) -> dict[str, Any]:
 # --- writing ---------------------------------------------------------------------------
 
 
-def _fmt(x: object) -> str:
+def fmt(x: object) -> str:
     if x is None:
         return "–"
     if isinstance(x, float):
@@ -201,19 +201,19 @@ def point_row(p: Mapping[str, Any]) -> list[str]:
     node_cpu = [v for k, v in p["cpu_ms_per_tx"].items() if k.startswith("node") and v]
     cpu = sum(node_cpu) / len(node_cpu) if node_cpu else None
     return [
-        _fmt(p["offered_tx_s"]),
-        _fmt(p["committed_tx_s"]),
-        _fmt(lat["p50"]),
-        _fmt(lat["p95"]),
-        _fmt(lat["p99"]),
-        _fmt(p["block_interval_ms"]),
-        _fmt(p["txs_per_block"]),
-        _fmt(cpu),
-        _fmt(q["keys_per_block"]),
-        _fmt(q["keys_per_tx"]),
-        _fmt(q["keys_per_link_per_s"]),
-        _fmt(q["frames_per_link_per_height"]),
-        _fmt(p["fraction_of_ceiling"]),
+        fmt(p["offered_tx_s"]),
+        fmt(p["committed_tx_s"]),
+        fmt(lat["p50"]),
+        fmt(lat["p95"]),
+        fmt(lat["p99"]),
+        fmt(p["block_interval_ms"]),
+        fmt(p["txs_per_block"]),
+        fmt(cpu),
+        fmt(q["keys_per_block"]),
+        fmt(q["keys_per_tx"]),
+        fmt(q["keys_per_link_per_s"]),
+        fmt(q["frames_per_link_per_height"]),
+        fmt(p["fraction_of_ceiling"]),
     ]
 
 
@@ -264,19 +264,19 @@ def markdown(report: Mapping[str, Any]) -> str:
     sat = report.get("saturation")
     if sat:
         out += [
-            f"Saturation: **{_fmt(sat['committed_tx_s'])} committed tx/s** at "
-            f"{_fmt(sat['offered_tx_s'])} offered; "
-            f"{_fmt(sat['fraction_of_ceiling'])} of the CPU-bound ceiling.",
+            f"Saturation: **{fmt(sat['committed_tx_s'])} committed tx/s** at "
+            f"{fmt(sat['offered_tx_s'])} offered; "
+            f"{fmt(sat['fraction_of_ceiling'])} of the CPU-bound ceiling.",
             "",
         ]
     out += [
         "## The limit beside the result",
         "",
-        f"- verify one {cfg['scheme']} signature: {_fmt(lim['verify_us'])} µs",
-        f"- execute one {cfg['tx']} transaction (signature cached): {_fmt(lim['execute_us'])} µs",
-        f"- CPU per transaction per validator (verify + execute): {_fmt(lim['per_tx_us'])} µs",
+        f"- verify one {cfg['scheme']} signature: {fmt(lim['verify_us'])} µs",
+        f"- execute one {cfg['tx']} transaction (signature cached): {fmt(lim['execute_us'])} µs",
+        f"- CPU per transaction per validator (verify + execute): {fmt(lim['per_tx_us'])} µs",
         f"- CPU-bound ceiling: {lim['cores']} cores ÷ ({cfg['validators']} validators × "
-        f"{_fmt(lim['per_tx_us'])} µs) = **{_fmt(lim['ceiling_tx_s'])} tx/s**",
+        f"{fmt(lim['per_tx_us'])} µs) = **{fmt(lim['ceiling_tx_s'])} tx/s**",
         "",
         "## QKD key budget",
         "",
@@ -288,10 +288,10 @@ def markdown(report: Mapping[str, Any]) -> str:
             [
                 [
                     name,
-                    _fmt(i["blocks_per_s"]),
-                    _fmt(i["keys_per_link_per_s"]),
-                    _fmt(i["key_bits_per_link_per_s"]),
-                    _fmt(i["frames_per_link_per_height"]),
+                    fmt(i["blocks_per_s"]),
+                    fmt(i["keys_per_link_per_s"]),
+                    fmt(i["key_bits_per_link_per_s"]),
+                    fmt(i["frames_per_link_per_height"]),
                 ]
                 for name, i in idle.items()
             ],
@@ -305,9 +305,9 @@ def markdown(report: Mapping[str, Any]) -> str:
             [
                 [
                     name,
-                    _fmt(v["bits_per_second"]),
-                    _fmt(v["max_blocks_per_s"]),
-                    _fmt(v["max_blocks_per_s_at_5_frames"]),
+                    fmt(v["bits_per_second"]),
+                    fmt(v["max_blocks_per_s"]),
+                    fmt(v["max_blocks_per_s_at_5_frames"]),
                 ]
                 for name, v in report["profiles"].items()
             ],
