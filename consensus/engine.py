@@ -28,7 +28,16 @@ Deviations from CONSENSUS.md, each for a reason stated where it is implemented:
 - answers that need the chain store (the DONE for a height whose instance is gone, and
   SYNC_RESP) are delegated to the driver with `ReplyDone` and `ReplySync`;
 - all "once" markers for validation and fetching are per round, so a value whose cached
-  verdict or body was collected can be asked for again in a later round.
+  verdict or body was collected can be asked for again in a later round;
+- idle mode (§4), two flaws found by the simulator's mempool model (`idle-txs`): (1) only
+  traffic for the current or next height arms the round timer, as §4 says; late VOTE4s of
+  the height just committed armed the new height's timer, so every commit was followed by
+  a round change and an empty block, forever in a chain with one Byzantine node; (2) the
+  mempool flag is cleared when the engine emits `Commit` (the commit removes the block's
+  transactions) and set again by the driver's `MempoolNonEmpty` after the commit; with the
+  stale flag the next height armed every timer and asked the leader to build although the
+  mempool was empty: one empty block after every transaction (and, with a driver that
+  builds only with transactions, round changes until the next transaction).
 """
 
 from __future__ import annotations
@@ -564,6 +573,10 @@ class Engine:
         if blk.height != inst.h or blk.parent != inst.rec.parent_hash:
             return inst.once(("bad-commit", v), Alert("fatal-commit-parent", f"h {inst.h}"))
         inst.commit_emitted = True
+        if self.idle_mode:
+            # The commit removes the block's transactions from the mempool; until the
+            # driver reports the mempool after the commit, assume it is empty (§4).
+            self.mempool_nonempty = False
         nxt = self.p.next_anchor(inst.h, inst.rec.anchor, blk.proposer)
         return [Commit(inst.h, blk, nxt)]
 
@@ -655,8 +668,12 @@ class Engine:
         return m.round
 
     def _arm_idle(self, m: ConsensusMessage) -> list[Action]:
-        """Idle mode (§4): consensus traffic for the current or next height arms the timer."""
-        if not self.idle_mode or isinstance(m, Done):
+        """Idle mode (§4): consensus traffic for the current or next height arms the timer.
+
+        Traffic for an older height (late votes of the height just committed) does not: it
+        would make every node suspect an idle leader right after each commit.
+        """
+        if not self.idle_mode or isinstance(m, Done) or m.height < self.cur:
             return []
         inst = self.inst.get(self.cur)
         if inst is None or inst.terminated or inst.timer_armed or inst.rec.decided is not None:

@@ -220,3 +220,19 @@ class WithholdBodies(Strategy):
         self, sim: Sim, nd: SimNode, to: int, hashes: Sequence[bytes]
     ) -> BlockResp | None:
         return BlockResp(sim.params.chain_id, ())
+
+
+class Censor(Strategy):
+    """Follows the protocol but, as leader, ignores transactions: it never sends a PROPOSE
+    (nor its own votes for what it built), so a pending transaction gets no block from it."""
+
+    def __init__(self) -> None:
+        self.own: set[bytes] = set()
+
+    def outgoing(self, sim: Sim, nd: SimNode, to: int, m: Message) -> list[Message]:
+        if isinstance(m, Propose) and m.block.proposer == nd.ident:
+            self.own.add(block_hash(m.block))
+            return []
+        if isinstance(m, Vote) and m.value in self.own:
+            return []
+        return [m]

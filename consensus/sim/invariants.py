@@ -331,3 +331,6 @@ class Monitor:
                     self.violation(
                         9, f"node {nd.ident} committed {len(nd.chain)} of {sim.cfg.heights} heights"
                     )
+                missing = len(sim.cfg.txs_us) - len(nd.included)
+                if missing:
+                    self.violation(9, f"node {nd.ident}: {missing} transactions never committed")

@@ -28,6 +28,7 @@ from consensus.messages import (
 from consensus.params import Params
 from consensus.sim.app import GENESIS_HASH, INVALID, app_valid
 from consensus.sim.byzantine import (
+    Censor,
     Chaos,
     EquivocatingLeader,
     Flooder,
@@ -500,6 +501,75 @@ def s19(n: int, seed: int, heights: int) -> SimConfig:
     )
 
 
+def _idle_params(n: int) -> Params:
+    return Params(n=n, propose_wait_max_ms=None)
+
+
+def idle_quiet(n: int, seed: int, heights: int) -> SimConfig:
+    """Idle mode, no transaction for 10 s: no block, no frame at all."""
+    return SimConfig(
+        n=n,
+        seed=seed,
+        heights=0,
+        params=_idle_params(n),
+        deadline_us=10_000 * MS,
+        run_to_deadline=True,
+    )
+
+
+def _tx_times(rng: random.Random, count: int) -> tuple[int, ...]:
+    """Transactions alone, in bursts, and spread out, over the first 3 s."""
+    times: list[int] = []
+    for _ in range(count):
+        t = rng.randint(0, 3000) * MS
+        times.append(t)
+        if rng.random() < 0.3:
+            times.append(t + rng.randint(0, 5) * MS)
+    return tuple(sorted(times))
+
+
+def idle_txs(n: int, seed: int, heights: int) -> SimConfig:
+    """Idle mode: transactions at random times, some before GST with loss, a crash-restart
+    or a Byzantine voter; every transaction gets a block, and the chain then goes quiet."""
+    rng = random.Random(seed)
+    variant = seed % 3
+    cfg = SimConfig(
+        n=n,
+        seed=seed,
+        heights=0,
+        params=_idle_params(n),
+        txs_us=_tx_times(rng, max(heights, 1)),
+    )
+    if variant == 1:
+        return replace(cfg, loss=0.2, dup=0.1, gst_us=rng.randint(100, 1500) * MS)
+    if variant == 2:
+        byz = {i: Chaos(p=0.5, seed=seed + i) for i in _byz_ids(rng, n, _f(n))}
+        return replace(cfg, byzantine=dict(byz))
+    return cfg
+
+
+def idle_censor(n: int, seed: int, heights: int) -> SimConfig:
+    """Idle mode: the stable leader (node 0) ignores transactions; the other nodes, which
+    hold them too (forwarded to every validator), suspect it and a later round's leader
+    includes them; the anchor then moves to that leader."""
+    rng = random.Random(seed)
+    return SimConfig(
+        n=n,
+        seed=seed,
+        heights=0,
+        params=_idle_params(n),
+        txs_us=_tx_times(rng, max(heights, 1)),
+        byzantine={0: Censor()},
+    )
+
+
+IDLE_SCENARIOS: dict[str, Builder] = {
+    "idle-quiet": idle_quiet,
+    "idle-txs": idle_txs,
+    "idle-censor": idle_censor,
+}
+"""Idle mode (`propose_wait_max_ms=None`, §4); not part of `--scenario all`."""
+
 SCENARIOS: dict[str, Builder] = {
     "S1": s1,
     "S2": s2,
@@ -526,10 +596,10 @@ SCENARIOS: dict[str, Builder] = {
 def build(
     name: str, n: int, seed: int, heights: int, engine: EngineFactory | None = None
 ) -> SimConfig:
-    cfg = SCENARIOS[name](n, seed, heights)
+    cfg = (SCENARIOS | IDLE_SCENARIOS)[name](n, seed, heights)
     if engine is not None:
         cfg = replace(cfg, engines={i: engine for i in range(cfg.n)})
     return cfg
 
 
-__all__ = ["INVALID", "SCENARIOS", "BuildBlock", "build"]
+__all__ = ["IDLE_SCENARIOS", "INVALID", "SCENARIOS", "BuildBlock", "build"]

@@ -38,6 +38,7 @@ from consensus.events import (
     DeleteRecord,
     Event,
     FetchBlock,
+    MempoolNonEmpty,
     MessageIn,
     Persist,
     PersistBlock,
@@ -63,7 +64,7 @@ from consensus.messages import (
 )
 from consensus.params import Params
 from consensus.safety import RULES, SafetyRules
-from consensus.sim.app import GENESIS_HASH, app_valid, build_block
+from consensus.sim.app import GENESIS_HASH, app_valid, block_txs, build_block
 
 if TYPE_CHECKING:
     from consensus.sim.byzantine import Strategy
@@ -162,6 +163,13 @@ class SimConfig:
     expect_live: bool = True
     trace: bool = False
     max_events: int = 2_000_000
+    txs_us: tuple[int, ...] = ()
+    """Submission time of each transaction (its id is its index). A transaction is forwarded
+    to every validator (§4): it reaches each running node's mempool one network delay later.
+    In idle mode (`propose_wait_max_ms=None`) the driver tells the engine `MempoolNonEmpty`
+    when the mempool becomes non-empty and after every commit, as `node/runtime.py` does."""
+    run_to_deadline: bool = False
+    """Keep running until the deadline even when the target is met (idle-mode checks)."""
 
 
 class SimNode:
@@ -185,6 +193,9 @@ class SimNode:
         self.snapshots: list[tuple[int, dict[int, Record], dict[bytes, Block], int]] = []
         self.seen_keys: dict[int, set[tuple[int, int]]] = {}
         self.pending_crash: CrashSpec | None = None
+        self.mempool: set[int] = set()
+        self.included: set[int] = set()
+        """Transactions in this node's committed chain."""
         self.engine = sim.make_engine(ident)
         self.validity: Validity = sim.cfg.validity.get(ident, app_valid)
         self.strategy: Strategy | None = sim.cfg.byzantine.get(ident)
@@ -213,6 +224,9 @@ class Sim:
         self.keys_used: dict[tuple[int, int], set[tuple[int, int]]] = {}
         self.key_reuse: list[tuple[int, int, tuple[int, int]]] = []
         self.frames: dict[tuple[int, int], int] = {}
+        self.last_frame_us: int | None = None
+        self.commit_times: dict[int, int] = {}
+        """height -> time the first correct node committed it."""
         self.alerts: list[tuple[str, str, str]] = []
         self.down_count = 0
         self.events = 0
@@ -266,6 +280,9 @@ class Sim:
         for rb in cfg.rollbacks:
             self.at(rb.snapshot_us, partial(self._snapshot, rb.node))
             self.at(rb.at_us, partial(self._rollback, rb))
+        for tx, t in enumerate(cfg.txs_us):
+            for nd in self.all_nodes():
+                self.at(t + self.rng.randint(*cfg.delay_us), partial(self._tx_arrive, nd, tx))
         deadline = self.deadline()
         while self._queue:
             t, _, fn = heapq.heappop(self._queue)
@@ -276,6 +293,8 @@ class Sim:
             self.events += 1
             if self.events >= cfg.max_events or self.done():
                 break
+        if cfg.run_to_deadline and self.events < cfg.max_events:
+            self.now = deadline
         self.monitor.finish()
 
     def deadline(self) -> int:
@@ -283,11 +302,24 @@ class Sim:
             return self.cfg.deadline_us
         p = self.params
         per_height = sum(p.timeout_ms(r) for r in range(p.f + 3)) * MS + 200 * MS
-        return self.cfg.gst_us + self.cfg.heights * per_height + 2000 * MS
+        heights = self.cfg.heights + len(self.cfg.txs_us)
+        last_tx = max(self.cfg.txs_us, default=0)
+        return max(self.cfg.gst_us, last_tx) + heights * per_height + 2000 * MS
+
+    @property
+    def idle_mode(self) -> bool:
+        return self.params.propose_wait_max_ms is None
 
     def done(self) -> bool:
+        if self.cfg.run_to_deadline:
+            return False
         h = self.cfg.heights
-        return all(len(nd.chain) >= h for nd in self.correct_nodes())
+        txs = len(self.cfg.txs_us)
+        return all(
+            len(nd.chain) >= h and len(nd.included) >= txs
+            for nd in self.correct_nodes()
+            if nd.ident not in self.crashed_forever
+        )
 
     # --- driving one node ---
 
@@ -373,7 +405,8 @@ class Sim:
             blk = nd.strategy.build(self, nd, a)
             if blk is not None:
                 return blk
-        return build_block(self.app_rng, a.height, a.round, a.parent_hash, nd.ident)
+        txs = tuple(sorted(nd.mempool))
+        return build_block(self.app_rng, a.height, a.round, a.parent_hash, nd.ident, txs)
 
     def _later(self, nd: SimNode, delay: int, ev: Event) -> None:
         epoch = nd.epoch
@@ -399,9 +432,33 @@ class Sim:
         nd.chain_blocks.append(a.block)
         nd.blocks[v] = a.block
         nd.next_anchor = a.next_anchor
+        txs = block_txs(a.block)
+        nd.included |= txs
+        nd.mempool -= txs
+        self.commit_times.setdefault(a.height, self.now)
         self.log(f"node {nd.name} COMMIT h {a.height} {v.hex()[:8]}")
-        if a.height < self.cfg.heights + 2:
+        if self.idle_mode or a.height < self.cfg.heights + 2:
             self._later(nd, 0, StartHeight(a.height + 1, v, a.next_anchor))
+        if self.idle_mode:
+            self._tell_mempool(nd)
+
+    # --- transactions (idle mode, §4) ---
+
+    def _tx_arrive(self, nd: SimNode, tx: int) -> None:
+        if not nd.up or tx in nd.included or tx in nd.mempool:
+            return
+        nd.mempool.add(tx)
+        self.log(f"node {nd.name} TX {tx}")
+        if self.idle_mode and len(nd.mempool) == 1:
+            self.step(nd, MempoolNonEmpty(True))
+
+    def _tell_mempool(self, nd: SimNode) -> None:
+        """After a commit (and its StartHeight), tell the engine the mempool state."""
+        epoch = nd.epoch
+        self.at(
+            self.now,
+            lambda: self.step(nd, MempoolNonEmpty(bool(nd.mempool))) if nd.epoch == epoch else None,
+        )
 
     # --- body fetching (driver level, §3.4) ---
 
@@ -472,6 +529,7 @@ class Sim:
             self.key_reuse.append((src, to, key_id))
         used.add(key_id)
         self.frames[(src, to)] = self.frames.get((src, to), 0) + 1
+        self.last_frame_us = self.now
         self.monitor.on_send(nd, to, msgs)
         if self.cfg.trace:
             self.log(f"node {nd.name} -> {to}: " + ", ".join(_short(m) for m in msgs))
@@ -613,6 +671,8 @@ class Sim:
         if not any(h > committed for h in nd.records):
             parent = nd.chain[-1] if nd.chain else GENESIS_HASH
             self.step(nd, StartHeight(committed + 1, parent, nd.next_anchor))
+        if self.idle_mode and nd.mempool:
+            self.step(nd, MempoolNonEmpty(True))
 
     def _snapshot(self, ident: int) -> None:
         nd = self.nodes[ident][0]
