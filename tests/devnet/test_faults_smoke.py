@@ -10,7 +10,12 @@ from devnet.faults.backends import LocalTarget
 from devnet.faults.runner import render, run_scenario, stop_network
 from devnet.faults.scenario import load_scenario, shipped_scenarios
 
-pytestmark = pytest.mark.slow
+pytestmark = [
+    pytest.mark.slow,
+    # devnet.local starts daemons tracked by PID files: their Popen objects are dropped
+    # while the processes run, by design.
+    pytest.mark.filterwarnings("ignore:subprocess .* is still running:ResourceWarning"),
+]
 
 SMOKE = ("leader-crash", "minority-partition", "key-exhaustion-one-link", "equivocating-leader")
 
