@@ -7,7 +7,7 @@ import json
 import time
 
 from consensus.sim.runner import RunResult, replay_command, run_one
-from consensus.sim.scenarios import IDLE_SCENARIOS, SCENARIOS
+from consensus.sim.scenarios import IDLE_SCENARIOS, POWER_SCENARIOS, SCENARIOS
 from qchain.errors import ConfigError
 
 
@@ -17,7 +17,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--validators", type=int, default=4)
     run.add_argument("--seeds", default="20", help="K (seeds 0..K-1) or A..B (inclusive)")
     run.add_argument(
-        "--scenario", default="all", help="S1..S19, all, or idle-quiet/idle-txs/idle-censor"
+        "--scenario",
+        default="all",
+        help="S1..S19, all, idle-quiet/idle-txs/idle-censor, S9-counted-correct, S10-f+1-twins",
     )
     run.add_argument("--heights", type=int, default=3)
     run.add_argument("--json", action="store_true")
@@ -43,7 +45,7 @@ def parse_seeds(text: str) -> range:
 def _names(text: str) -> list[str]:
     if text == "all":
         return list(SCENARIOS)
-    if text not in SCENARIOS and text not in IDLE_SCENARIOS:
+    if text not in SCENARIOS | IDLE_SCENARIOS | POWER_SCENARIOS:
         raise ConfigError("--scenario", f"unknown scenario {text!r}")
     return [text]
 

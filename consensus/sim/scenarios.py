@@ -563,6 +563,39 @@ def idle_censor(n: int, seed: int, heights: int) -> SimConfig:
     )
 
 
+def s9_counted_correct(n: int, seed: int, heights: int) -> SimConfig:
+    """Test power (§8 S9): the rolled-back node is NOT declared faulty, so the checker holds
+    it to the invariants; it must be caught contradicting what it sent before."""
+    return replace(s9(n, seed, heights), declared_faulty=frozenset(), expect_live=False)
+
+
+def s10_too_many_twins(n: int, seed: int, heights: int) -> SimConfig:
+    """Test power (§8 S10): f+1 twinned identities (one more than tolerated), their copies
+    split between two halves of the correct nodes; the checker must find a violation."""
+    rng = random.Random(seed)
+    twins = set(rng.sample(range(1, n), _f(n)))
+    twins.add(0 if seed % 2 == 0 else rng.choice([i for i in range(1, n) if i not in twins]))
+    others = [i for i in range(n) if i not in twins]
+    rng.shuffle(others)
+    cut = len(others) // 2
+    a = frozenset(others[:cut]) | frozenset(twins)
+    b = frozenset(others[cut:]) | frozenset(twins)
+    return SimConfig(
+        n=n,
+        seed=seed,
+        heights=heights,
+        twins={i: (a, b) for i in sorted(twins)},
+        twin_keys_cloned=seed % 4 == 1,
+        expect_live=False,
+    )
+
+
+POWER_SCENARIOS: dict[str, Builder] = {
+    "S9-counted-correct": s9_counted_correct,
+    "S10-f+1-twins": s10_too_many_twins,
+}
+"""Sanity checks of test power (§8 S9, S10): these MUST report violations."""
+
 IDLE_SCENARIOS: dict[str, Builder] = {
     "idle-quiet": idle_quiet,
     "idle-txs": idle_txs,
@@ -596,10 +629,10 @@ SCENARIOS: dict[str, Builder] = {
 def build(
     name: str, n: int, seed: int, heights: int, engine: EngineFactory | None = None
 ) -> SimConfig:
-    cfg = (SCENARIOS | IDLE_SCENARIOS)[name](n, seed, heights)
+    cfg = (SCENARIOS | IDLE_SCENARIOS | POWER_SCENARIOS)[name](n, seed, heights)
     if engine is not None:
         cfg = replace(cfg, engines={i: engine for i in range(cfg.n)})
     return cfg
 
 
-__all__ = ["IDLE_SCENARIOS", "INVALID", "SCENARIOS", "BuildBlock", "build"]
+__all__ = ["IDLE_SCENARIOS", "INVALID", "POWER_SCENARIOS", "SCENARIOS", "BuildBlock", "build"]
