@@ -167,11 +167,16 @@ def write_docker_network(
 
 
 def _share_with_container(directory: Path) -> None:
-    """Let the container user (uid 10001) read every file of the devnet directory."""
-    for p in directory.rglob("*"):
-        if p.is_file() and not p.is_symlink():
-            mode = stat.S_IMODE(p.stat().st_mode)
-            p.chmod(mode | stat.S_IRGRP | stat.S_IROTH)
+    """Let the container user (uid 10001) read every file of the devnet directory and
+    enter every folder of it (the directory itself included: it is the mount's root)."""
+    for p in [directory, *directory.rglob("*")]:
+        if p.is_symlink():
+            continue
+        mode = stat.S_IMODE(p.stat().st_mode)
+        if p.is_dir():
+            p.chmod(mode | 0o055)
+        elif p.is_file():
+            p.chmod(mode | 0o044)
 
 
 def compose_yaml(plan: NetworkPlan, settings: DockerSettings, config_dir: str = ".") -> str:
@@ -247,7 +252,14 @@ def reference_compose_yaml() -> str:
     $QCHAIN_DEVNET_DIR (default ./devnet-docker at the repository root), which
     `qchain devnet init --docker --dir devnet-docker` fills."""
     plan = plan_docker_network()
-    return compose_yaml(
+    header = (
+        "# Reference copy for 4 validators, kept in devnet/docker/ and regenerated with\n"
+        "# `python -m devnet.dockernet > devnet/docker/docker-compose.yml`. It mounts\n"
+        "# $QCHAIN_DEVNET_DIR (default: devnet-docker/ at the repository root), so first run\n"
+        "# `qchain devnet init --docker --dir devnet-docker`, then, from the repository root:\n"
+        "#   docker compose -p qchain-devnet -f devnet/docker/docker-compose.yml up -d\n"
+    )
+    return header + compose_yaml(
         plan, DockerSettings(), config_dir="${QCHAIN_DEVNET_DIR:-../../devnet-docker}"
     )
 
@@ -616,3 +628,7 @@ def _status(net: ComposeNetwork, as_json: bool) -> int:
             f"{st.get('height', '-')!s:>7} {st.get('round', '-')!s:>5} {peers}"
         )
     return 0
+
+
+if __name__ == "__main__":
+    sys.stdout.write(reference_compose_yaml())
