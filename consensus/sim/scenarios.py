@@ -372,6 +372,17 @@ class TransferAttacker(Strategy):
     sends VOTE1 x to A only, and reports an empty summary. Round 2: VOTE1 w to A only, empty
     summary. From round 3: every node gets the same REPORT with s2 = (r-1, y, prev 1) and
     s4 = (r-1, junk); no other message.
+
+    Timing matters. The attack needs each correct leader of round r >= 3 to hold D's REPORT
+    of round r when it has q REPORTs: with the three correct ones alone it can only justify
+    w (at r2 = 0), which every correct voter accepts, rule or no rule; with D's REPORT it
+    justifies a fresh value through the two ANY_VALUE claims at r2 = 1 (A's honest s2 with
+    prev_round 1 and D's fake one), which voters accept only through the two-values rule.
+    Sending REPORT(r) when D enters round r loses that race about half of the time (the
+    correct REPORTs are sent at the same moment), which is why seeds used to pass clean
+    under the mutant. So D sends REPORT(r + 1) halfway through round r (a Byzantine node
+    may send any message at any time; the round-r leader has proposed by then, so the early
+    REPORT no longer matters for round r), and every correct node holds it on entering r+1.
     """
 
     tick_us = 1000
@@ -384,6 +395,7 @@ class TransferAttacker(Strategy):
         self.y = b"\x55" * 32
         self.reported: set[int] = set()
         self.sent_x = False
+        self.entered: dict[int, int] = {}
 
     def outgoing(self, sim: Sim, nd: SimNode, to: int, m: Message) -> list[Message]:
         if getattr(m, "height", 0) != 1:
@@ -400,21 +412,28 @@ class TransferAttacker(Strategy):
             return []
         return [m]
 
+    def _report(self, r: int) -> list[tuple[int, Message]]:
+        self.reported.add(r)
+        s = (Summary(), Summary(r - 1, self.y, 1), Summary(), Summary(r - 1, self.junk))
+        rep = Report(self.cid, 1, r, s)
+        return [(to, rep) for to in (0, 2, 3)]
+
     def tick(self, sim: Sim, nd: SimNode) -> list[tuple[int, Message]]:
         inst = nd.engine.inst.get(1)
         if inst is None:
             return []
         r = inst.rec.round
+        entered = self.entered.setdefault(r, sim.now)
         out: list[tuple[int, Message]] = []
         if r == 1 and not self.sent_x:
             self.sent_x = True
             out += [(to, Propose(self.cid, 1, 1, self.x_block)) for to in (0, 3)]
             out.append((0, Vote(self.cid, 1, 1, 1, self.x)))
         if r >= 3 and r not in self.reported:
-            self.reported.add(r)
-            s = (Summary(), Summary(r - 1, self.y, 1), Summary(), Summary(r - 1, self.junk))
-            rep = Report(self.cid, 1, r, s)
-            out += [(to, rep) for to in (0, 2, 3)]
+            out += self._report(r)
+        half = sim.params.timeout_ms(r) * MS // 2
+        if r >= 2 and r + 1 not in self.reported and sim.now >= entered + half:
+            out += self._report(r + 1)
         return out
 
 
@@ -427,6 +446,18 @@ def _s17_drop(sim: Sim, src: int, to: int, m: Message) -> bool:
     return isinstance(m, Propose) and m.round == 2 and to == 3
 
 
+_S17_DELAYS: dict[tuple[int, int], tuple[int, int]] = {
+    **{(0, j): (2 * MS, 2 * MS) for j in (1, 2, 3)},
+    (2, 3): (10 * MS, 10 * MS),
+    (3, 2): (10 * MS, 10 * MS),
+}
+"""Adversarial but within the post-GST bound [2, 10] ms: A's frames are fast, B <-> C slow,
+so a correct leader B or C holds A's REPORT (and D's early one) before the other correct
+REPORT. The first quorum of REPORTs the leader sees then contains A's and D's ANY_VALUE
+claims and justifies a fresh value; with A, B and C only it would justify w, which voters
+accept without the two-values rule, and the mutant would decide."""
+
+
 def s17(n: int, seed: int, heights: int) -> SimConfig:
     """Transfer attack, scripted at n = 4 (§8); the script only touches rounds 0-2."""
     params = Params(n=4)
@@ -437,6 +468,7 @@ def s17(n: int, seed: int, heights: int) -> SimConfig:
         params=params,
         byzantine={1: TransferAttacker(params.chain_id)},
         drop=_s17_drop,
+        link_delay_us=_S17_DELAYS,
         deadline_us=8000 * MS,
     )
 
