@@ -59,6 +59,7 @@ from consensus.messages import (
     Done,
     Message,
     Record,
+    SyncReq,
     SyncResp,
     block_hash,
 )
@@ -71,6 +72,7 @@ if TYPE_CHECKING:
     from consensus.sim.invariants import Monitor
 
 MS = 1000
+_DRIVER_MSGS = (SyncReq, SyncResp, BlockReq, BlockResp)
 FETCH_RETRY_US = 20 * MS
 CRASH_POINTS = ("after_persist", "mid_send", "after_send", "before_commit")
 
@@ -225,6 +227,8 @@ class Sim:
         self.key_reuse: list[tuple[int, int, tuple[int, int]]] = []
         self.frames: dict[tuple[int, int], int] = {}
         self.last_frame_us: int | None = None
+        self.height_frames: dict[tuple[int, int, int], int] = {}
+        """(src, to, h) -> frames whose lowest consensus height is h (0: sync and bodies only)."""
         self.commit_times: dict[int, int] = {}
         """height -> time the first correct node committed it."""
         self.alerts: list[tuple[str, str, str]] = []
@@ -530,6 +534,8 @@ class Sim:
         used.add(key_id)
         self.frames[(src, to)] = self.frames.get((src, to), 0) + 1
         self.last_frame_us = self.now
+        h = min((m.height for m in msgs if not isinstance(m, _DRIVER_MSGS)), default=0)
+        self.height_frames[(src, to, h)] = self.height_frames.get((src, to, h), 0) + 1
         self.monitor.on_send(nd, to, msgs)
         if self.cfg.trace:
             self.log(f"node {nd.name} -> {to}: " + ", ".join(_short(m) for m in msgs))
