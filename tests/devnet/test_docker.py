@@ -240,6 +240,25 @@ def test_compose_network_commits_and_recovers_a_killed_node(compose_net: Compose
             "a transaction sent to the restarted node to commit everywhere",
         )
         _wait(lambda: net.state("node3")[1] == "healthy", 60, "node3 to be healthy again")
+
+        # `docker stop` sends SIGTERM (through the init process): the validator shuts down
+        # cleanly, closing LevelDB, and exits 0 well within the grace period.
+        cid = net.container_id("node2")
+        assert cid is not None
+        started = time.monotonic()
+        net.compose("stop", "node2")
+        assert time.monotonic() - started < dockernet.STOP_GRACE_S
+        exit_code = subprocess.run(
+            ["docker", "inspect", "-f", "{{.State.ExitCode}}", cid],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        assert exit_code == "0"
+        logs = subprocess.run(
+            ["docker", "logs", "--tail", "20", cid], capture_output=True, text=True, check=True
+        )
+        assert "shutting down" in logs.stdout + logs.stderr
     finally:
         for c in clients.values():
             c.close()
