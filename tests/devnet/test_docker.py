@@ -13,9 +13,11 @@ The other tests check the generated files and need no Docker.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import subprocess
 import sys
+import tempfile
 import time
 import tomllib
 from collections.abc import Callable, Iterator
@@ -126,6 +128,14 @@ def compose_net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ComposeNet
     reason = dockernet.docker_available()
     if reason is not None:
         pytest.skip(f"Docker devnet test skipped: {reason}")
+    # One run at a time per machine: runs share the project name, ports and wheelhouse.
+    lock = open(Path(tempfile.gettempdir()) / f"{PROJECT}.lock", "w")  # noqa: SIM115
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    with lock:
+        yield from _compose_net(tmp_path_factory)
+
+
+def _compose_net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ComposeNetwork]:
     env = dict(os.environ, PYTHON=sys.executable)
     build = subprocess.run(
         [str(REPO / "devnet" / "docker" / "build.sh"), "--tag", IMAGE],
@@ -259,6 +269,9 @@ def test_compose_network_commits_and_recovers_a_killed_node(compose_net: Compose
             ["docker", "logs", "--tail", "20", cid], capture_output=True, text=True, check=True
         )
         assert "shutting down" in logs.stdout + logs.stderr
+    except BaseException:
+        net.compose("logs", "--tail", "60", check=False)
+        raise
     finally:
         for c in clients.values():
             c.close()
