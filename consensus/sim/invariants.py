@@ -8,8 +8,13 @@ that crashes and restarts from its own durable state stays correct. The numbered
 1 agreement, 2 validity (height, parent, proposer under the anchor rule, application
 predicate), 3 order of commits across restarts, 4 no equivocation by a correct node, 5 round
 monotonicity, 6 truthful REPORTs, 7 justified VOTEs and DONEs, 8 decision evidence (q VOTE4
-of one round in the log), 9 liveness (every correct node commits the target by the
-deadline), 10 bounded buffers and at most two live instances, 11 no key id reused by a
+of one round in the log), 9 liveness (every live correct node commits the target and every
+transaction by the deadline; from T, the moment after GST when the network is stable and
+every correct node that restarts has restarted, each height h is committed by every live
+correct node within D(R) of §6 after T or after the last commit of h - 1, R the highest
+round of h among correct nodes then; every instance below the committed height has
+terminated, and the run ends only when the target height's instances have), 10 bounded
+buffers, bounded block cache and at most two live instances, 11 no key id reused by a
 correct sender, 12 correct proposals of rounds >= 1 pass the voters' check on the correct
 REPORTs alone (transfer), 13 every decided value has f+1 correct durable holders.
 """
@@ -81,6 +86,15 @@ class Monitor:
         self.decided: dict[tuple[int, int], bytes] = {}
         self.decided_round: dict[int, int] = {}
         self.committed: dict[int, Block] = {}
+        self.commit_at: dict[tuple[int, int], int] = {}
+        """(correct node, h) -> time it committed h."""
+        self.round_hist: dict[tuple[int, int], list[tuple[int, int]]] = defaultdict(list)
+        """(correct node, h) -> [(time, round)] at every round change of its instance."""
+        n = p.n
+        self.cache_bound = 2 * (n + 7)
+        """Bodies (and verdicts) one engine may cache: per live instance (at most two) one
+        proposal per leader of the current and later rounds (n + 1), four summary values,
+        its own proposal and the decision."""
         self._anchors: dict[int, int] = {1: p.first_leader}
 
     # --- helpers ---
@@ -259,9 +273,14 @@ class Monitor:
         n = self.sim.params.n
         if sum(len(c) for c in eng.claims.values()) > n * self.sim.params.sync_max_count:
             self.violation(10, f"node {nd.name}: claims table over its bound")
+        if len(eng.blocks) > self.cache_bound or len(eng.valid) > self.cache_bound:
+            self.violation(10, f"node {nd.name}: block cache over its bound")
         for inst in eng.inst.values():
             if len(inst.proposals) > n + 1 or len(inst.report_slot) > n:
                 self.violation(10, f"node {nd.name} h {inst.h}: slots over their bound")
+            hist = self.round_hist[(nd.ident, inst.h)]
+            if not hist or hist[-1][1] != inst.rec.round:
+                hist.append((self.sim.now, inst.rec.round))
 
     def on_durable(self, nd: SimNode, acts: list[Action]) -> None:
         if not self.correct(nd.ident):
@@ -299,6 +318,7 @@ class Monitor:
             self.violation(2, f"h {h}: node {nd.ident} commits a block with a wrong height/parent")
         if prev is None:
             self.committed[h] = blk
+        self.commit_at.setdefault((nd.ident, h), self.sim.now)
         a = self.anchor(h)
         if a is not None and blk.proposer != self.sim.params.leader(a, blk.round):
             self.violation(2, f"h {h}: proposer {blk.proposer} is not leader of round {blk.round}")
@@ -334,3 +354,39 @@ class Monitor:
                 missing = len(sim.cfg.txs_us) - len(nd.included)
                 if missing:
                     self.violation(9, f"node {nd.ident}: {missing} transactions never committed")
+                for inst in nd.engine.inst.values():
+                    if inst.h < len(nd.chain) and not inst.terminated and nd.up:
+                        self.violation(9, f"node {nd.ident} h {inst.h}: instance never terminated")
+            if not sim.idle_mode:
+                self._check_bound()
+
+    def _round_at(self, node: int, h: int, t: int) -> int:
+        best = 0
+        for when, r in self.round_hist.get((node, h), []):
+            if when > t:
+                break
+            best = r
+        return best
+
+    def _check_bound(self) -> None:
+        """Invariant 9 with the bound D of §6: from T (or from the moment every live correct
+        node committed h - 1, if later), every live correct node commits h within D(R),
+        R the highest round of h among correct nodes at that moment."""
+        sim = self.sim
+        live = [nd.ident for nd in sim.correct_nodes() if nd.ident not in sim.crashed_forever]
+        t_stable = sim.stable_from_us()
+        for h in range(1, sim.cfg.heights + 1):
+            prev = [self.commit_at.get((i, h - 1), 0) for i in live] if h > 1 else [0]
+            if any((i, h - 1) not in self.commit_at for i in live) and h > 1:
+                return
+            t0 = max([t_stable, *prev])
+            r = max(self._round_at(i, h, t0) for i in live)
+            limit = t0 + sim.liveness_bound_us(r)
+            for i in live:
+                at = self.commit_at.get((i, h))
+                if at is not None and at > limit:
+                    self.violation(
+                        9,
+                        f"node {i} h {h}: committed at {at / 1000:.1f} ms, after T0 + D = "
+                        f"{t0 / 1000:.1f} + {(limit - t0) / 1000:.1f} ms (R = {r})",
+                    )

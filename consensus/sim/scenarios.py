@@ -169,6 +169,7 @@ def s3(n: int, seed: int, heights: int) -> SimConfig:
         byzantine={3: ClaimCheckAttacker(params.chain_id)},
         drop=_s3_drop,
         deadline_us=6000 * MS,
+        stable_us=sum(params.timeout_ms(r) for r in range(3)) * MS,
     )
 
 

@@ -171,6 +171,9 @@ class SimConfig:
     In idle mode (`propose_wait_max_ms=None`) the driver tells the engine `MempoolNonEmpty`
     when the mempool becomes non-empty and after every commit, as `node/runtime.py` does."""
     run_to_deadline: bool = False
+    stable_us: int = 0
+    """A lower bound for T of invariant 9, for scripted adversaries (a `drop` filter) that
+    keep disrupting the network after `gst_us`."""
     """Keep running until the deadline even when the target is met (idle-mode checks)."""
 
 
@@ -227,6 +230,7 @@ class Sim:
         self.key_reuse: list[tuple[int, int, tuple[int, int]]] = []
         self.frames: dict[tuple[int, int], int] = {}
         self.last_frame_us: int | None = None
+        self.last_restart_us = 0
         self.height_frames: dict[tuple[int, int, int], int] = {}
         """(src, to, h) -> frames whose lowest consensus height is h (0: sync and bodies only)."""
         self.commit_times: dict[int, int] = {}
@@ -315,15 +319,50 @@ class Sim:
         return self.params.propose_wait_max_ms is None
 
     def done(self) -> bool:
+        """Every live correct node has committed the target (and every transaction), and
+        its instance of the target height has terminated (invariant 9)."""
         if self.cfg.run_to_deadline:
             return False
         h = self.cfg.heights
         txs = len(self.cfg.txs_us)
-        return all(
-            len(nd.chain) >= h and len(nd.included) >= txs
-            for nd in self.correct_nodes()
-            if nd.ident not in self.crashed_forever
+        for nd in self.correct_nodes():
+            if nd.ident in self.crashed_forever:
+                continue
+            if len(nd.chain) < h or len(nd.included) < txs:
+                return False
+            inst = nd.engine.inst.get(h)
+            if inst is not None and not inst.terminated:
+                return False
+        return True
+
+    def stable_from_us(self) -> int:
+        """T of invariant 9: after GST, every partition healed, every scheduled disruption
+        over and every correct node that will restart restarted (known at the end)."""
+        cfg = self.cfg
+        t = max(cfg.gst_us, cfg.stable_us, self.last_restart_us)
+        t = max([t] + [p.end_us for p in cfg.partitions])
+        if cfg.random_crashes is not None:
+            t = max(t, cfg.random_crashes.until_us)
+        return t
+
+    def delta_us(self) -> int:
+        """Δ: the largest per-frame delay after GST."""
+        return max([self.cfg.delay_us[1]] + [hi for _, hi in self.cfg.link_delay_us.values()])
+
+    def liveness_bound_us(self, r: int) -> int:
+        """D of §6 invariant 9 for highest round R = r at T: the timeouts of rounds 0..f+R,
+        one retransmission period, 20Δ, and processing (build, validation, a body fetch
+        retry and a SYNC interval)."""
+        p = self.params
+        top = p.f + r
+        timeouts = sum(p.timeout_ms(i) for i in range(top + 1)) + p.timeout_ms(top)
+        processing = (
+            self.cfg.build_delay_us
+            + 4 * self.cfg.validate_delay_us
+            + 2 * FETCH_RETRY_US
+            + p.sync_interval_ms * MS
         )
+        return timeouts * MS + 20 * self.delta_us() + processing
 
     # --- driving one node ---
 
@@ -666,6 +705,7 @@ class Sim:
             return
         self.log(f"node {nd.name} RESTART")
         nd.up = True
+        self.last_restart_us = self.now
         self.down_count -= 1
         self.dead.discard(nd.ident)
         nd.engine = self.make_engine(nd.ident)

@@ -77,3 +77,18 @@ def test_runs_are_deterministic() -> None:
     a = run_one("S4", 4, 5)
     b = run_one("S4", 4, 5)
     assert a == b
+
+
+def test_liveness_bound_has_teeth() -> None:
+    """Invariant 9's bound D is evaluated on real commit times: shrink D and it fires."""
+
+    class TightSim(Sim):
+        def liveness_bound_us(self, r: int) -> int:
+            return 1
+
+    sim = TightSim(build("S1", 4, 0, 3))
+    sim.run()
+    assert any("T0 + D" in v.text for v in sim.monitor.violations if v.invariant == 9)
+    normal = Sim(build("S1", 4, 0, 3))
+    normal.run()
+    assert not normal.monitor.violations
