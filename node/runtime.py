@@ -267,6 +267,7 @@ class Validator:
         self._last_round: tuple[int, int] = (0, 0)
         self._last_suspect = 0.0
         self._alerts: dict[str, int] = {}
+        self._vote_values: dict[tuple[int, int, int], dict[bytes, int]] = {}
         self._metric_marks: dict[tuple[int, tuple[str, ...]], float] = {}
         self._fatal: str | None = None
         self.byzantine_mode: str | None = None
@@ -444,6 +445,8 @@ class Validator:
             self.store.write(batch, sync=True)
         for s in actions:
             if isinstance(s, Send):
+                if isinstance(s.msg, Vote):
+                    self._observe_vote(self.me, s.msg)
                 self._send_consensus(s.to, s.msg)
         for a in actions:
             if not isinstance(a, (*DURABLE_ACTIONS, Send)):
@@ -483,6 +486,33 @@ class Validator:
     def _fire_timer(self, key: TimerKey) -> None:
         self._timers.pop(key, None)
         self.feed(Timeout(key))
+
+    def _observe_vote(self, sender: int, vote: Vote) -> None:
+        """Correct nodes never vote for two values in one (height, round, phase): phase 1
+        follows the one proposal, a later phase needs a quorum and two quorums share a
+        correct node. So two values seen there mean a leader sent different proposals to
+        different nodes, or a voter sent different votes: raise `equivocation-suspected`.
+        With MACs instead of signatures nobody can prove who lied (CONSENSUS.md §1), but
+        every honest node that sees both values reports it."""
+        if vote.height + 1 < self.chain.height():
+            return
+        key = (vote.height, vote.round, vote.phase)
+        seen = self._vote_values.setdefault(key, {})
+        if vote.value in seen:
+            return
+        seen[vote.value] = sender
+        if len(seen) == 2:
+            first, second = seen.items()
+            self._alert(
+                "equivocation-suspected",
+                f"height {vote.height} round {vote.round} phase {vote.phase}: "
+                f"validator {first[1]} voted {first[0].hex()[:12]}, "
+                f"validator {second[1]} voted {second[0].hex()[:12]}",
+            )
+        if len(self._vote_values) > 4096:
+            floor = self.chain.height() - 1
+            for k in [k for k in self._vote_values if k[0] < floor]:
+                del self._vote_values[k]
 
     def _alert(self, kind: str, detail: str) -> None:
         self._alerts[kind] = self._alerts.get(kind, 0) + 1
@@ -564,6 +594,8 @@ class Validator:
                 elif isinstance(msg, BlockResp):
                     self._on_blocks(msg)
                 else:
+                    if isinstance(msg, Vote):
+                        self._observe_vote(sender, msg)
                     self.feed(MessageIn(sender, msg))
             elif env.kind is Kind.TXS:
                 self._on_forwarded(TxBatch.decode(env.payload))
@@ -714,6 +746,8 @@ class Validator:
         self._sign_commit(prepared)
         self._notify_waiters(prepared)
         self._fetching.pop(value, None)
+        for k in [k for k in self._vote_values if k[0] < a.height - 1]:
+            del self._vote_values[k]
         self.feed(StartHeight(a.height + 1, value, a.next_anchor))
         if self.engine.idle_mode:
             self.feed(MempoolNonEmpty(len(self.mempool) > 0))

@@ -16,7 +16,12 @@ from typing import Any
 
 from devnet.faults.history import ChainViews, KmsSample, Op, QkdSample, StatusSample
 
-EQUIVOCATION_ALERTS = ("vote-equivocation", "leader-equivocation", "done-equivocation")
+EQUIVOCATION_ALERTS = (
+    "vote-equivocation",
+    "leader-equivocation",
+    "done-equivocation",
+    "equivocation-suspected",
+)
 """Alerts a node raises when a peer signs or proposes two things for one slot."""
 
 TAMPER_REASONS = ("key-reused", "bad-tag", "stale-sequence", "unknown-key")

@@ -33,6 +33,12 @@ announces. The receiver reacts to an announcement in one of two ways:
   (the first frame on a link, or after a resync), the receiver fetches the announced
   batch first and then verifies the frame. The announcement itself is covered by the tag.
 
+Frames get lost or corrupted, and with them an announcement. A frame whose key id the
+receiver neither holds nor is fetching is *recovered*: the receiver looks that one id up
+with `dec_keys` (the key manager still holds it, since nobody fetched it), within a budget
+of lookups per link and second (`ReceiveKeyPool.recover`), so a lost announcement costs
+one key-manager call per frame of that batch instead of stalling the link for good.
+
 Announcements are never trusted before the tag verifies, except for that one bootstrap
 fetch, which costs a forger one key-manager call that fails (unknown ids) or hands the
 receiver keys it will need anyway (ids copied from a genuine frame). A key id that is
@@ -325,6 +331,8 @@ class LinkReceiver:
         bootstrap = not pool.knows(h.key_id) and h.key_id in h.announce
         if bootstrap:
             pool.announce(h.announce)
+        elif not pool.knows(h.key_id) and not pool.recover(h.key_id):
+            raise UnknownKey("key id unknown and the lookup budget is spent")
         key = await pool.take(h.key_id)
         if key is None:
             raise UnknownKey("key id not announced or not known to the key manager")

@@ -39,6 +39,9 @@ log = logging.getLogger(__name__)
 
 MAX_BATCH = 128
 """The most keys a pool takes per key-manager call, whatever the link allows."""
+RECOVER_PER_S = 50
+RECOVER_BURST = 64
+"""Budget of single-key lookups per link (`ReceiveKeyPool.recover`)."""
 
 
 @dataclass(frozen=True)
@@ -76,6 +79,8 @@ class PoolCounters:
     """Keys wiped unused (pool closed, fetch answered for a frame that never came)."""
     waits: int = 0
     """Times a frame had to wait for the key manager."""
+    recovered: int = 0
+    """Keys looked up one by one because their announcement was lost."""
 
 
 class _Batch:
@@ -254,6 +259,8 @@ class ReceiveKeyPool:
         self._keys: dict[KeyId, Key] = {}
         self._pending: dict[KeyId, asyncio.Task[None]] = {}
         self._closed = False
+        self._recover_tokens = float(RECOVER_BURST)
+        self._recover_at = self.clock.now()
 
     @property
     def closed(self) -> bool:
@@ -282,6 +289,27 @@ class ReceiveKeyPool:
             task = loop.create_task(self._fetch(chunk))
             for k in chunk:
                 self._pending[k] = task
+
+    def recover(self, key_id: KeyId) -> bool:
+        """Fetch one key whose announcement never arrived (the frame that carried it was
+        lost or corrupted on the way). Rate-limited per link, since a forger can name any
+        id: at most `RECOVER_PER_S` lookups a second after a burst of `RECOVER_BURST`.
+        Returns False, fetching nothing, when the budget is spent."""
+        if self._closed or self.knows(key_id):
+            return not self._closed
+        now = self.clock.now()
+        self._recover_tokens = min(
+            float(RECOVER_BURST),
+            self._recover_tokens + (now - self._recover_at) * RECOVER_PER_S,
+        )
+        self._recover_at = now
+        if self._recover_tokens < 1:
+            return False
+        self._recover_tokens -= 1
+        self.counters.recovered += 1
+        task = asyncio.get_running_loop().create_task(self._fetch([key_id]))
+        self._pending[key_id] = task
+        return True
 
     async def _fetch(self, key_ids: list[KeyId]) -> None:
         backoff = _Backoff(self.config, self.clock)

@@ -206,3 +206,35 @@ async def test_restarted_receiver_reads_frames_after_resync() -> None:
     finally:
         for ep in eps.values():
             await ep.close()
+
+
+async def test_lost_announcement_is_recovered_key_by_key() -> None:
+    """The frame that announced a batch never arrives (dropped or corrupted): the
+    receiver looks each later key up by its id instead of rejecting the link forever."""
+    _, eps = sim_endpoints(["a", "b"], config=PoolConfig(batch_size=16, low_water=4))
+    for ep in eps.values():
+        ep.start()
+    sender = eps["a"].sender("b")
+    try:
+        lost = await sender.seal(b"lost")
+        assert decode_frame(lost)[0].announce, "the first frame announces the batch"
+        for i in range(10):
+            frame = await sender.seal(bytes([i]))
+            assert (await eps["b"].receiver.open(frame)).body == bytes([i])
+        assert eps["b"].receive_pools["a"].counters.recovered >= 10
+    finally:
+        for ep in eps.values():
+            await ep.close()
+
+
+async def test_recovery_lookups_are_rate_limited() -> None:
+    """A forger naming fresh ids cannot make the receiver call the key manager without
+    bound."""
+    clock = VirtualClock()
+    manager = full_mesh(["a", "b"], clock, initial_key_count=100)
+    pool = ReceiveKeyPool(LocalKeySource(manager, "b"), "a", clock=clock)
+    started = sum(pool.recover(bytes([i]) * 16) for i in range(200))
+    assert started == 64
+    clock.advance(1.0)
+    assert sum(pool.recover(bytes([i]) * 16) for i in range(100, 200)) == 50
+    await pool.close()
