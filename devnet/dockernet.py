@@ -212,10 +212,10 @@ def compose_yaml(plan: NetworkPlan, settings: DockerSettings, config_dir: str = 
         f'      - "127.0.0.1:{settings.kms_host_port}:{KMS_PORT}"',
         "    healthcheck:",
         f'      test: ["CMD", "python3", "-c", "{kms_probe}"]',
-        "      interval: 2s",
+        "      interval: 1s",
         "      timeout: 3s",
-        "      retries: 15",
-        "      start_period: 5s",
+        "      retries: 30",
+        "      start_period: 10s",
     ]
     for n in plan.nodes:
         lines += [
