@@ -37,7 +37,7 @@ import signal
 import ssl
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -126,6 +126,13 @@ FETCH_RETRY_S = 0.5
 CERT_BUFFER_HEIGHTS = 4
 CERT_LATE_HEIGHTS = 2
 FORWARD_BATCH = 2000
+FORWARD_QUEUE_MAX = 50_000
+ADMIT_SLICE = 100
+INITIAL_PER_TX_S = 0.0005
+"""Execution cost per transaction assumed until this node has measured its own."""
+BLOCK_TIME_SHARE = 0.25
+"""A block holds at most as many transactions as validating it takes this share of the
+round timeout, so validation never outlasts the round (see `_block_tx_cap`)."""
 
 
 class _Sealer:
@@ -232,10 +239,11 @@ class Validator:
             self.sig_cache,
         )
         self.engine = Engine(self.params, self.me)
+        self._accounts = _Accounts(self.store)
         self.mempool = Mempool(
             self.genesis.chain_id,
             MempoolLimits(cfg.mempool.max_txs, cfg.mempool.max_bytes, cfg.mempool.max_per_sender),
-            _Accounts(self.store),
+            self._accounts,
         )
         self.metrics = NodeMetrics(cfg.node.name)
         # Event ids must not repeat across restarts (SSE Last-Event-ID): start at the
@@ -262,6 +270,10 @@ class Validator:
         self._own_sig: dict[int, CertSig] = {}
         self._waiters: dict[bytes, list[asyncio.Future[TxStatus]]] = {}
         self._forward_queue: list[bytes] = []
+        self._admit_queue: deque[bytes] = deque()
+        self._admit_task: asyncio.Task[None] | None = None
+        self._forward_dropped = 0
+        self._per_tx_s = INITIAL_PER_TX_S
         self._forward_scheduled = False
         self._last_leader: int | None = None
         self._last_round: tuple[int, int] = (0, 0)
@@ -270,6 +282,7 @@ class Validator:
         self._vote_values: dict[tuple[int, int, int], dict[bytes, int]] = {}
         self._metric_marks: dict[tuple[int, tuple[str, ...]], float] = {}
         self._fatal: str | None = None
+        self._stopping = False
         self.byzantine_mode: str | None = None
         self._rng = random.Random()
         self._runners: list[web.AppRunner] = []
@@ -387,36 +400,49 @@ class Validator:
         self.feed(StartHeight(committed + 1, parent, anchor))
 
     async def stop(self) -> None:
+        """Stop everything, in an order that never writes to a closed store: first no
+        more events reach the engine, then the listeners and links close (each step
+        bounded in time), last the store."""
+        self._stopping = True
+        self._events.clear()
+        if self._admit_task is not None:
+            self._tasks.append(self._admit_task)
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        for h in self._timers.values():
-            h.cancel()
-        self._timers.clear()
-        if self._build_timer is not None:
-            self._build_timer.cancel()
-        if self._fetch_timer is not None:
-            self._fetch_timer.cancel()
+        self._cancel_timers()
         self.bus.close()
         for runner in self._runners:
-            await runner.cleanup()
+            await _bounded(runner.cleanup(), "HTTP listener")
         if self.transport is not None:
-            await self.transport.stop()
+            await _bounded(self.transport.stop(), "transport")
         if self.endpoint is not None:
-            await self.endpoint.close()
+            await _bounded(self.endpoint.close(), "key pools")
         if self._owns_key_source and self._key_source is not None:
-            await self._key_source.close()
+            await _bounded(self._key_source.close(), "key manager client")
         for futs in self._waiters.values():
             for fut in futs:
                 fut.cancel()
+        self._cancel_timers()
         self.store.close()
         self._stopped.set()
+
+    def _cancel_timers(self) -> None:
+        for h in self._timers.values():
+            h.cancel()
+        self._timers.clear()
+        for handle in (self._build_timer, self._fetch_timer):
+            if handle is not None:
+                handle.cancel()
+        self._build_timer = self._fetch_timer = None
 
     # ---------------------------------------------------------------------------------
     # the event loop of the engine
     # ---------------------------------------------------------------------------------
 
     def feed(self, ev: Event) -> None:
+        if self._stopping:
+            return
         self._events.append(ev)
         if self._processing:
             return
@@ -586,6 +612,8 @@ class Validator:
         return msg
 
     def _on_envelope(self, sender: int, env: Envelope) -> None:
+        if self._stopping:
+            return
         try:
             if env.kind is Kind.CONSENSUS:
                 msg = decode_message(env.payload)
@@ -638,26 +666,46 @@ class Validator:
         if self._build_timer is not None:
             self._build_timer.cancel()
             self._build_timer = None
-        txs = self.mempool.reap(self.cfg.mempool.max_block_txs, self.cfg.mempool.max_block_bytes)
+        txs = self.mempool.reap(self._block_tx_cap(a.round), self.cfg.mempool.max_block_bytes)
         started = time.perf_counter()
         try:
             prepared = self.app.build(a.height, a.round, a.parent_hash, self.me, txs)
         except QChainError as e:
             self._alert("build-failed", e.message)
             return
-        self.metrics.execution_block_duration.observe(time.perf_counter() - started)
+        self._observe_execution(time.perf_counter() - started, len(txs))
         self.feed(BlockBuilt(a.height, a.round, prepared.cblock))
+
+    def _observe_execution(self, seconds: float, txs: int) -> None:
+        self.metrics.execution_block_duration.observe(seconds)
+        if txs >= 10:
+            # Moving average of the cost per transaction, rising fast and falling slowly
+            # so that a slow spell shrinks blocks at once.
+            sample = seconds / txs
+            weight = 0.5 if sample > self._per_tx_s else 0.1
+            self._per_tx_s += weight * (sample - self._per_tx_s)
+
+    def _block_tx_cap(self, rnd: int) -> int:
+        """How many transactions the next block may hold: the configured maximum, cut so
+        that executing the block takes at most BLOCK_TIME_SHARE of the round's timeout
+        (round 0 counts without the heartbeat wait). Otherwise, on a slow machine, a big
+        block can take longer to validate than any round lasts and no round decides."""
+        t = self.cfg.timing
+        window_ms = t.base_ms if rnd == 0 else self.params.timeout_ms(rnd)
+        by_time = int(window_ms / 1000 * BLOCK_TIME_SHARE / max(self._per_tx_s, 1e-6))
+        return max(1, min(self.cfg.mempool.max_block_txs, by_time))
 
     def _validate(self, cblock: CBlock) -> None:
         value = consensus_value(cblock)
         started = time.perf_counter()
         try:
-            self.app.validate(cblock)
+            prepared = self.app.validate(cblock)
             ok = True
         except (InvalidBlock, QChainError) as e:
             log.info("block %s at height %d is invalid: %s", value.hex()[:12], cblock.height, e)
             ok = False
-        self.metrics.execution_block_duration.observe(time.perf_counter() - started)
+        if ok:
+            self._observe_execution(time.perf_counter() - started, len(prepared.block.txs))
         self.feed(BlockValidated(value, ok))
 
     def _local_body(self, value: bytes) -> CBlock | None:
@@ -739,6 +787,7 @@ class Validator:
         interval = now - self._last_commit_at
         self._last_commit_at = now
         block = prepared.block
+        self._accounts.invalidate()
         self.mempool.on_commit(block.txs, a.height)
         self.metrics.observe_commit(a.height, len(block.txs), interval)
         self.metrics.observe_mempool(len(self.mempool), self.mempool.size_bytes)
@@ -908,12 +957,23 @@ class Validator:
         self._forward(batch, targets)
 
     def _on_forwarded(self, batch: TxBatch) -> None:
-        for raw in batch.txs:
-            try:
-                tx = decode_transaction(raw)
-                self._admit(tx)
-            except QChainError:
-                continue
+        """Queue forwarded transactions; a task admits them in slices so that checking
+        thousands of signatures never holds up consensus messages behind it."""
+        room = FORWARD_QUEUE_MAX - len(self._admit_queue)
+        self._admit_queue.extend(batch.txs[: max(0, room)])
+        self._forward_dropped += max(0, len(batch.txs) - max(0, room))
+        if self._admit_task is None or self._admit_task.done():
+            self._admit_task = asyncio.create_task(self._admit_forwarded(), name="admit")
+
+    async def _admit_forwarded(self) -> None:
+        while self._admit_queue and not self._stopping:
+            for _ in range(min(ADMIT_SLICE, len(self._admit_queue))):
+                raw = self._admit_queue.popleft()
+                try:
+                    self._admit(decode_transaction(raw))
+                except QChainError:
+                    continue
+            await asyncio.sleep(0)
 
     async def _housekeeping(self) -> None:
         """Inclusion timer, metrics of the key layer, periodic bookkeeping."""
@@ -1177,23 +1237,53 @@ class Validator:
         log.warning("byzantine mode set to %s", mode)
 
 
+STOP_STEP_TIMEOUT_S = 5.0
+
+
+async def _bounded(step: Awaitable[None], what: str) -> None:
+    """Await one shutdown step, giving up (with a log line) after a few seconds."""
+    try:
+        await asyncio.wait_for(step, STOP_STEP_TIMEOUT_S)
+    except TimeoutError:
+        log.warning("closing the %s took over %.0fs; going on", what, STOP_STEP_TIMEOUT_S)
+
+
 class _Accounts:
-    """Committed account facts for mempool admission, read from the store."""
+    """Committed account facts for mempool admission, read from the store and cached
+    until the next commit (`invalidate`)."""
 
     def __init__(self, store: KVStore) -> None:
         self.state = StateReader(store, membership.NAME)
+        self._members: dict[bytes, membership.Member | None] = {}
+        self._nonces: dict[bytes, int] = {}
+
+    def invalidate(self) -> None:
+        self._members.clear()
+        self._nonces.clear()
+
+    def _member(self, address: bytes) -> membership.Member | None:
+        if address not in self._members:
+            if len(self._members) > 100_000:
+                self._members.clear()
+            self._members[address] = membership.get_member(self.state, address)
+        return self._members[address]
 
     def next_nonce(self, address: bytes) -> int:
-        return membership.get_nonce(self.state, address)
+        nonce = self._nonces.get(address)
+        if nonce is None:
+            if len(self._nonces) > 100_000:
+                self._nonces.clear()
+            nonce = self._nonces[address] = membership.get_nonce(self.state, address)
+        return nonce
 
     def signing_key(self, address: bytes) -> tuple[str, bytes] | None:
-        m = membership.get_member(self.state, address)
+        m = self._member(address)
         if m is None or not m.active:
             return None
         return m.scheme, m.public_key
 
     def member_status(self, address: bytes) -> str | None:
-        m = membership.get_member(self.state, address)
+        m = self._member(address)
         if m is None:
             return None
         return "active" if m.active else "suspended"

@@ -108,7 +108,11 @@ class Transaction(Struct):
 def decode_transaction(data: bytes) -> Transaction:
     if len(data) > MAX_TX_SIZE:
         raise TooLarge(len(data), MAX_TX_SIZE)
-    return Transaction.decode(data, TX_LIMITS)
+    tx = Transaction.decode(data, TX_LIMITS)
+    # Decoding checked that data is the canonical encoding: keep it instead of encoding
+    # again for the hash.
+    tx.__dict__["encoded"] = bytes(data)
+    return tx
 
 
 def new_transaction(
