@@ -8,7 +8,7 @@ from consensus.sim.runner import replay_command, run_one
 from consensus.sim.scenarios import SCENARIOS, build
 from consensus.sim.world import CrashSpec, Sim, SimConfig
 
-SEEDS_PER_CASE = 14  # 19 scenarios x 2 sizes x 14 seeds = 532 seeded runs
+SEEDS_PER_CASE = 28  # 19 scenarios x 2 sizes x 28 seeds = 1064 seeded runs
 
 
 @pytest.mark.parametrize("n", [4, 7])
