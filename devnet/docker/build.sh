@@ -84,6 +84,12 @@ network=default
 [[ "$base" == qchain-base:* ]] && network=none
 echo "building $tag (build network: $network)"
 build_start=$(date +%s)
+previous="$(docker image inspect -f '{{.Id}}' "$tag" 2>/dev/null || true)"
 docker build --quiet --network "$network" --build-arg "BASE=$base" -t "$tag" \
     -f "$here/Dockerfile" "$wheelhouse" >/dev/null
+# The image this tag named before is of no use now (unless a container still runs it).
+current="$(docker image inspect -f '{{.Id}}' "$tag")"
+if [[ -n "$previous" && "$previous" != "$current" ]]; then
+    docker rmi "$previous" >/dev/null 2>&1 || true
+fi
 echo "built $tag from $base in $(($(date +%s) - build_start)) s (total $(($(date +%s) - start)) s)"
