@@ -79,6 +79,9 @@ def run(args: argparse.Namespace) -> int:
         from devnet import dockernet
 
         return dockernet.run(args)
+    if (args.dir / "docker.json").exists():
+        print(f"{args.dir} holds a Docker devnet: add --docker", file=sys.stderr)
+        return 2
     if cmd == "init":
         return _init(args)
     from devnet.local import LocalNetwork
