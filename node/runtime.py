@@ -687,12 +687,11 @@ class Validator:
 
     def _block_tx_cap(self, rnd: int) -> int:
         """How many transactions the next block may hold: the configured maximum, cut so
-        that executing the block takes at most BLOCK_TIME_SHARE of the round's timeout
-        (round 0 counts without the heartbeat wait). Otherwise, on a slow machine, a big
-        block can take longer to validate than any round lasts and no round decides."""
-        t = self.cfg.timing
-        window_ms = t.base_ms if rnd == 0 else self.params.timeout_ms(rnd)
-        by_time = int(window_ms / 1000 * BLOCK_TIME_SHARE / max(self._per_tx_s, 1e-6))
+        that executing the block takes at most BLOCK_TIME_SHARE of the round's timeout.
+        Otherwise, on a slow machine, a big block can take longer to validate than any
+        round lasts and no round decides."""
+        window_s = self.params.timeout_ms(rnd) / 1000
+        by_time = int(window_s * BLOCK_TIME_SHARE / max(self._per_tx_s, 1e-6))
         return max(1, min(self.cfg.mempool.max_block_txs, by_time))
 
     def _validate(self, cblock: CBlock) -> None:
