@@ -73,7 +73,7 @@ class AccountView(Protocol):
 
 @dataclass(frozen=True)
 class MempoolLimits:
-    max_txs: int = 50_000
+    max_txs: int = 10_000
     max_bytes: int = 256 * 1024 * 1024
     max_per_sender: int = 256
 
@@ -85,6 +85,9 @@ class PendingTx:
     seen_at: float
     """Local monotonic time of admission (for the inclusion timer)."""
     forwarded_to_all: bool = False
+    local: bool = False
+    """Submitted to this node by a client (not forwarded by a peer): this node is the one
+    that keeps it moving toward the leader."""
 
 
 @dataclass
@@ -115,20 +118,22 @@ class Mempool:
     def __contains__(self, tx_hash: bytes) -> bool:
         return tx_hash in self._by_hash
 
-    def add(self, tx: Transaction, *, height: int, now: float) -> bool:
+    def add(self, tx: Transaction, *, height: int, now: float, local: bool = False) -> bool:
         """Admit tx (height: the last committed height). True if new, False if these
         exact bytes are already pending. Raises an `InvalidTransaction` or `MempoolFull`."""
         try:
-            return self._add(tx, height, now)
+            return self._add(tx, height, now, local)
         except QChainError as e:
             self.rejections[e.code] = self.rejections.get(e.code, 0) + 1
             raise
 
-    def _add(self, tx: Transaction, height: int, now: float) -> bool:
+    def _add(self, tx: Transaction, height: int, now: float, local: bool) -> bool:
         size = len(tx.encoded)
         if size > MAX_TX_SIZE:
             raise TooLarge(size, MAX_TX_SIZE)
-        if tx.hash in self._by_hash:
+        known = self._by_hash.get(tx.hash)
+        if known is not None:
+            known.local = known.local or local
             return False
         if tx.chain_id != self.chain_id:
             raise WrongChain(self.chain_id, tx.chain_id)
@@ -160,7 +165,7 @@ class Mempool:
         if tx.scheme != scheme:
             raise InvalidTransaction(f"sender's registered key is {scheme}, not {tx.scheme}")
         tx.verify_signature(public_key)
-        pending = PendingTx(tx, size, now)
+        pending = PendingTx(tx, size, now, local=local)
         if sender is None:
             sender = self._senders[tx.sender] = _Sender()
         sender.by_nonce[tx.nonce] = pending

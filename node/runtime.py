@@ -97,7 +97,7 @@ from node.api import make_api_app, make_ssl_context
 from node.chain import ChainApp, Prepared
 from node.chainstore import ChainStore
 from node.events import EventBus
-from node.mempool import Mempool, MempoolLimits
+from node.mempool import Mempool, MempoolLimits, PendingTx
 from node.metrics import NodeMetrics, TimedKeySource
 from node.service import ChainEvent, TxStatus
 from node.transport import FaultRules, Transport
@@ -127,6 +127,8 @@ CERT_BUFFER_HEIGHTS = 4
 CERT_LATE_HEIGHTS = 2
 FORWARD_BATCH = 2000
 FORWARD_QUEUE_MAX = 50_000
+MAX_REFORWARD = 4000
+"""Most transactions a node resends at once (to a new leader, or to everyone)."""
 ADMIT_SLICE = 100
 INITIAL_PER_TX_S = 0.0005
 """Execution cost per transaction assumed until this node has measured its own."""
@@ -273,6 +275,7 @@ class Validator:
         self._admit_queue: deque[bytes] = deque()
         self._admit_task: asyncio.Task[None] | None = None
         self._forward_dropped = 0
+        self._recent_blocks: deque[tuple[float, int]] = deque(maxlen=256)
         self._per_tx_s = INITIAL_PER_TX_S
         self._forward_scheduled = False
         self._last_leader: int | None = None
@@ -563,7 +566,10 @@ class Validator:
         if leader is not None and leader != self._last_leader:
             self._last_leader = leader
             if leader != self.me and len(self.mempool):
-                self._forward([p.tx.encoded for p in self.mempool.pending()], [leader])
+                # Only this node's own clients' transactions: every node moves its own, so
+                # a leader change never makes every node resend the whole pool.
+                mine = [p.tx.encoded for p in self.mempool.pending() if p.local]
+                self._forward(mine[:MAX_REFORWARD], [leader])
 
     def current_leader(self) -> int | None:
         inst = self.engine.inst.get(self.engine.cur)
@@ -787,6 +793,7 @@ class Validator:
         self._last_commit_at = now
         block = prepared.block
         self._accounts.invalidate()
+        self._recent_blocks.append((now, len(block.txs)))
         self.mempool.on_commit(block.txs, a.height)
         self.metrics.observe_commit(a.height, len(block.txs), interval)
         self.metrics.observe_mempool(len(self.mempool), self.mempool.size_bytes)
@@ -916,8 +923,8 @@ class Validator:
     # transactions
     # ---------------------------------------------------------------------------------
 
-    def _admit(self, tx: Transaction) -> bool:
-        new = self.mempool.add(tx, height=self.chain.height(), now=time.monotonic())
+    def _admit(self, tx: Transaction, *, local: bool = False) -> bool:
+        new = self.mempool.add(tx, height=self.chain.height(), now=time.monotonic(), local=local)
         if new:
             self.metrics.observe_mempool(len(self.mempool), self.mempool.size_bytes)
             if self.engine.idle_mode and len(self.mempool) == 1:
@@ -980,20 +987,30 @@ class Validator:
         while True:
             await asyncio.sleep(min(1.0, timeout / 4))
             now = time.monotonic()
-            late = [p for p in self.mempool.pending() if now - p.seen_at > timeout]
-            fresh = [p for p in late if not p.forwarded_to_all]
+            late = [p for p in self.mempool.pending() if p.local and now - p.seen_at > timeout]
+            fresh = [p for p in late if not p.forwarded_to_all][:MAX_REFORWARD]
             if fresh:
                 for p in fresh:
                     p.forwarded_to_all = True
                 self._forward([p.tx.encoded for p in fresh], range(self.params.n))
             stuck = [p for p in late if now - p.seen_at > 2 * timeout]
-            if stuck and now - self._last_suspect > timeout:
+            if stuck and now - self._last_suspect > timeout and self._leader_had_room(stuck, now):
                 self._last_suspect = now
                 inst = self.engine.inst.get(self.engine.cur)
                 if inst is not None and inst.rec.decided is None:
                     log.info("transactions not included for %.1fs: suspecting the leader", timeout)
                     self.feed(Timeout(TimerKey("round", inst.h)))
             self._sync_metrics()
+
+    def _leader_had_room(self, stuck: Sequence[PendingTx], now: float) -> bool:
+        """Whether the blocks of the last inclusion period left out our stuck transactions
+        although they had room for them: each of those blocks held fewer transactions
+        than we have stuck (up to a slice). Full blocks mean load, not censorship, and
+        suspecting then would only add round changes to an overloaded chain. A leader
+        that fills every block with others' transactions is not caught by this test."""
+        period = self.cfg.timing.inclusion_timeout_ms / 1000
+        recent = [n for t, n in self._recent_blocks if now - t <= period]
+        return bool(recent) and max(recent) < min(len(stuck), ADMIT_SLICE)
 
     def _inc_to(self, counter: Any, labels: tuple[str, ...], total: float) -> None:
         """Advance a Prometheus counter to a running total kept elsewhere."""
@@ -1050,7 +1067,7 @@ class Validator:
         status = self.tx_status(tx.hash)
         if status is not None:
             return status, False
-        self._admit(tx)
+        self._admit(tx, local=True)
         self._queue_forward(tx.encoded)
         return TxStatus(tx.hash, "pending"), True
 

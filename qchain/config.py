@@ -124,7 +124,7 @@ class QkdSection:
 
 @dataclass(frozen=True)
 class MempoolSection:
-    max_txs: int = 50_000
+    max_txs: int = 10_000
     max_bytes: int = 256 * 1024 * 1024
     max_per_sender: int = 256
     max_block_txs: int = 5000
