@@ -76,6 +76,7 @@ PROBLEM_BASE = "https://qchain.dev/problems/"
 MSGPACK_TYPES = frozenset({MSGPACK, "application/x-msgpack", "application/octet-stream"})
 MAX_BATCH = 1000
 ADMIT_SLICE = 100
+CERTIFICATE_WAIT_S = 3.0
 MAX_WAIT_S = 300.0
 DEFAULT_WAIT_S = 30.0
 MAX_BLOCKS_PAGE = 100
@@ -535,6 +536,14 @@ class _Api:
     async def get_receipt(self, request: web.Request) -> web.Response:
         h = parse_hash(request.match_info["hash"])
         rp = self.service.receipt_proof(h)
+        st = self.service.tx_status(h) if rp is None else None
+        if st is not None and st.state == "committed":
+            # Committed, but the certificate's signatures travel with the validators'
+            # DONE messages and may still be arriving: wait for them a moment.
+            deadline = time.monotonic() + CERTIFICATE_WAIT_S
+            while rp is None and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
+                rp = self.service.receipt_proof(h)
         if rp is None:
             raise NotFound("receipt", h.hex())
         if wants_msgpack(request):
