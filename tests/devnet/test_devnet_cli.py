@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import random
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +14,6 @@ from pathlib import Path
 import pytest
 
 from devnet.local import http_json
-from devnet.network import free_ports
 
 pytestmark = pytest.mark.slow
 
@@ -30,12 +31,23 @@ def qchain(*args: str, env: dict[str, str] | None = None, timeout: float = 120) 
 
 
 def _base_port() -> int:
-    """A base port whose devnet range (base .. base+399) looks free."""
-    for _ in range(50):
-        base = free_ports(1)[0]
-        if 20000 <= base <= 60000:
-            return base - base % 1000
-    return 41000
+    """A base port below the ephemeral range whose devnet ports are all free now."""
+    rng = random.Random()
+    for _ in range(100):
+        base = rng.randrange(20, 32) * 1000 + rng.randrange(0, 10) * 50
+        ports = [base, base + 1] + [base + k + i for k in (100, 200, 300) for i in range(4)]
+        if all(_free(p) for p in ports):
+            return base
+    raise RuntimeError("no free port range for a devnet")
+
+
+def _free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 @pytest.mark.timeout(300)
