@@ -644,14 +644,18 @@ class Validator:
 
     def _request_build(self, a: BuildBlock) -> None:
         """Build now if transactions wait (after propose_wait_min since the last commit),
-        or at the heartbeat (propose_wait_max); in idle mode wait for a transaction."""
+        or at the heartbeat (propose_wait_max); in idle mode wait for a transaction. In a
+        round above 0 build at once."""
         self._pending_build = a
         t = self.cfg.timing
-        self._build_deadline = (
-            None
-            if t.propose_wait_max_ms is None
-            else self._last_commit_at + t.propose_wait_max_ms / 1000
-        )
+        if a.round > 0:
+            # A round change happened: the round's leader must propose now, even an empty
+            # block, or the round times out again.
+            self._build_deadline = time.monotonic()
+        elif t.propose_wait_max_ms is None:
+            self._build_deadline = None
+        else:
+            self._build_deadline = self._last_commit_at + t.propose_wait_max_ms / 1000
         self._maybe_build()
 
     def _maybe_build(self) -> None:

@@ -16,12 +16,23 @@ from qchain.config import load_config
 from qchain.qkd.clock import SystemClock
 from qchain.qkd.simsource import LocalKeySource, full_mesh
 from qchain.qkd.testing import wait_until
-from qchain.types import new_transaction
+from qchain.types import Transaction, new_transaction
 
 
 @pytest.fixture
 async def network(tmp_path: Path) -> AsyncIterator[list[Validator]]:
-    plan = plan_network(base_port=None, scheme="ed25519", heartbeat_ms=200)
+    async for nodes in _network(tmp_path, heartbeat_ms=200):
+        yield nodes
+
+
+@pytest.fixture
+async def idle_network(tmp_path: Path) -> AsyncIterator[list[Validator]]:
+    async for nodes in _network(tmp_path, heartbeat_ms=None):
+        yield nodes
+
+
+async def _network(tmp_path: Path, heartbeat_ms: int | None) -> AsyncIterator[list[Validator]]:
+    plan = plan_network(base_port=None, scheme="ed25519", heartbeat_ms=heartbeat_ms)
     write_network(tmp_path, plan)
     manager = full_mesh([n.sae_id for n in plan.nodes], SystemClock(), initial_key_count=10_000)
     nodes = [
@@ -74,7 +85,7 @@ async def test_validators_agree_and_commit_transactions(network: list[Validator]
         assert proof.receipt.ok, proof.receipt.message
 
 
-def _anchor_tx(chain_id: str, nonce: int, tag: int = 0) -> object:
+def _anchor_tx(chain_id: str, nonce: int, tag: int = 0) -> Transaction:
     key = account_key("partner2", "ed25519")
     digest = bytes([tag, nonce % 256, nonce // 256]) * 10 + b"\x00\x01"
     return new_transaction(
@@ -152,3 +163,36 @@ async def test_restarted_validator_catches_up_and_keeps_committing(
     await wait_until(
         lambda: all(restarted.chain.certificate(h) is not None for h in missed), timeout=20
     )
+
+
+def _frames_sent(nodes: list[Validator]) -> int:
+    return sum(
+        st.frames_sent
+        for v in nodes
+        if v.transport is not None
+        for st in v.transport.stats.values()
+    )
+
+
+async def test_idle_chain_without_heartbeat_spends_no_keys_until_a_transaction(
+    idle_network: list[Validator],
+) -> None:
+    nodes = idle_network
+    await wait_until(lambda: all(len(v.transport.connected_peers()) == 3 for v in nodes))  # type: ignore[union-attr]
+    await asyncio.sleep(0.5)
+    before = _frames_sent(nodes)
+    await asyncio.sleep(1.5)
+    assert _frames_sent(nodes) == before, "an idle chain with no heartbeat sends nothing"
+    assert all(v.chain.height() == 0 for v in nodes)
+    tx = _anchor_tx(nodes[0].chain_id, 0, tag=9)
+    nodes[2].submit_tx(tx)
+    status = await nodes[2].wait_committed(tx.hash, timeout_s=20)
+    assert status is not None and status.receipt is not None and status.receipt.ok
+    height = status.height
+    await wait_until(lambda: all(v.chain.height() >= (height or 0) for v in nodes), timeout=10)
+    settled = _frames_sent(nodes)
+    await asyncio.sleep(1.5)
+    quiet = _frames_sent(nodes)
+    await asyncio.sleep(1.5)
+    assert _frames_sent(nodes) == quiet, "after the commit the chain falls silent again"
+    assert quiet >= settled
