@@ -202,12 +202,8 @@ def print_table(doc: dict[str, Any]) -> None:
 
 def _up(net: Any, args: argparse.Namespace) -> int:
     started = time.monotonic()
-    net.start("kms")
-    net.wait_kms()
-    for n in net.plan.nodes:
-        net.start(n.name)
     try:
-        net.wait_ready(min_height=1, timeout=args.timeout)
+        net.start_all(min_height=1, timeout=args.timeout)
     except (TimeoutError, RuntimeError) as e:
         print(f"devnet did not become ready: {e}", file=sys.stderr)
         print(f"logs: {net.log_dir}", file=sys.stderr)

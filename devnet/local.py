@@ -21,7 +21,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -174,6 +174,15 @@ class LocalNetwork:
         else:
             _reap(pid)
 
+    def start_all(self, min_height: int = 1, timeout: float = 60.0) -> dict[str, dict[str, Any]]:
+        """Start the key manager, then every validator; wait until each has committed
+        min_height. Returns the nodes' statuses."""
+        self.start("kms")
+        self.wait_kms()
+        for n in self.plan.nodes:
+            self.start(n.name)
+        return self.wait_ready(min_height=min_height, timeout=timeout)
+
     # --- readiness -------------------------------------------------------------------
 
     def node_status(self, name: str, timeout: float = 2.0) -> dict[str, Any] | None:
@@ -248,3 +257,26 @@ def _alive(pid: int) -> bool:
 def _reap(pid: int) -> None:
     with contextlib.suppress(ChildProcessError, OSError):
         os.waitpid(pid, os.WNOHANG)
+
+
+def create_network(directory: Path, plan: NetworkPlan) -> LocalNetwork:
+    """Write a devnet (genesis, keys, configs, key manager files) and open it."""
+    from devnet.kms import write_kms_files
+    from devnet.network import write_network
+
+    write_network(directory, plan)
+    write_kms_files(directory, plan)
+    return LocalNetwork(directory)
+
+
+@contextlib.contextmanager
+def running_network(
+    directory: Path, plan: NetworkPlan, min_height: int = 1
+) -> Iterator[LocalNetwork]:
+    """A fresh devnet of local processes, stopped (everything) on exit."""
+    net = create_network(directory, plan)
+    try:
+        net.start_all(min_height=min_height)
+        yield net
+    finally:
+        net.stop()

@@ -212,11 +212,7 @@ def devnet(opts: Options) -> Iterator[BenchNetwork]:
 
 
 def _start(net: BenchNetwork, timeout_s: float = 90.0) -> None:
-    net.start("kms")
-    net.wait_kms()
-    for n in net.plan.nodes:
-        net.start(n.name)
-    net.wait_ready(min_height=0, timeout=timeout_s)
+    net.start_all(min_height=0, timeout=timeout_s)
     want = len(net.plan.nodes) - 1
     deadline = time.monotonic() + timeout_s
     while True:

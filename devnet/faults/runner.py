@@ -114,8 +114,8 @@ class RunResult:
 
 
 def fresh_local_network(scenario: Scenario, directory: Path) -> LocalTarget:
-    from devnet.kms import write_kms_files
-    from devnet.network import plan_network, write_network
+    from devnet.local import create_network
+    from devnet.network import plan_network
 
     spec = scenario.network
     plan = plan_network(
@@ -125,14 +125,9 @@ def fresh_local_network(scenario: Scenario, directory: Path) -> LocalTarget:
         heartbeat_ms=spec.heartbeat_ms,
         kms_rate=spec.kms_rate,
     )
-    write_network(directory, plan)
-    write_kms_files(directory, plan)
+    create_network(directory, plan)
     target = LocalTarget(directory)
-    target.net.start("kms")
-    target.net.wait_kms()
-    for n in plan.nodes:
-        target.net.start(n.name)
-    target.net.wait_ready(min_height=1, timeout=60)
+    target.net.start_all(min_height=1, timeout=60)
     return target
 
 
@@ -590,15 +585,14 @@ def _key_window(records: list[StepRecord], link: str) -> tuple[float, float] | N
 
 def _hints(target: Target, timeline: Timeline) -> list[str]:
     out = []
-    for n in target.plan.nodes:
+    for n in target.node_names():
         out.append(
-            f"{n.name}: log {target.log_hint(n.name)}; engine state: GET {n.admin_url}/admin/dump"
+            f"{n}: log {target.log_hint(n)}; engine state: GET {target.admin_url(n)}/admin/dump"
         )
     for twin in timeline.twins:
         out.append(f"twin of {twin}: log {actions.twin_log(target, twin)}")
-    kms_admin = f"{target.plan.kms_admin_url}/admin/links"
-    out.append(f"key manager: log {target.log_hint('kms')}; counters: GET {kms_admin}")
-    out.append(f"stop the network with: qchain devnet down --dir {target.dir}")
+    out.append(f"key manager: log {target.log_hint('kms')}; counters: {target.kms_admin_hint()}")
+    out.append(f"stop the network with: {target.down_hint()}")
     return out
 
 

@@ -27,12 +27,8 @@ pytestmark = pytest.mark.slow
 
 
 async def one_run(net: LocalNetwork, tag: str) -> tuple[ChainViews, list[Op]]:
-    net.start("kms")
-    net.wait_kms()
-    for n in net.plan.nodes:
-        net.start(n.name)
     try:
-        net.wait_ready(min_height=2, timeout=60)
+        net.start_all(min_height=2, timeout=60)
         accounts = Accounts(net.plan.scheme, net.plan.chain_id)
         ops = []
         async with AsyncClient(net.plan.nodes[0].api_url) as c:

@@ -27,9 +27,8 @@ from typing import Any
 
 import pytest
 
-from devnet.kms import write_kms_files
-from devnet.local import LocalNetwork, http_json
-from devnet.network import account_key, plan_network, write_network
+from devnet.local import LocalNetwork, http_json, running_network
+from devnet.network import account_key, plan_network
 from qchain.client import AsyncClient
 from qchain.types import Transaction, new_transaction
 
@@ -41,19 +40,10 @@ EQUIVOCATION_ALERTS = ("vote-equivocation", "leader-equivocation", "done-equivoc
 @pytest.fixture(scope="module")
 def devnet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalNetwork]:
     directory = tmp_path_factory.mktemp("devnet")
-    plan = plan_network(base_port=None, scheme=SCHEME, heartbeat_ms=300)
-    write_network(directory, plan)
-    write_kms_files(directory, plan)
-    net = LocalNetwork(directory)
-    try:
-        net.start("kms")
-        net.wait_kms()
-        for n in plan.nodes:
-            net.start(n.name)
-        net.wait_ready(min_height=1, timeout=60)
+    with running_network(
+        directory, plan_network(base_port=None, scheme=SCHEME, heartbeat_ms=300)
+    ) as net:
         yield net
-    finally:
-        net.stop()
 
 
 def admin(net: LocalNetwork, node: str, method: str, path: str, body: object = None) -> Any:

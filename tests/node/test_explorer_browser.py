@@ -23,9 +23,8 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from devnet.kms import write_kms_files
-from devnet.local import LocalNetwork, http_json
-from devnet.network import account_key, plan_network, write_network
+from devnet.local import LocalNetwork, http_json, running_network
+from devnet.network import account_key, plan_network
 from qchain.types import Transaction, new_transaction
 
 if TYPE_CHECKING:
@@ -70,19 +69,10 @@ def chromium() -> str:
 @pytest.fixture(scope="module")
 def devnet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalNetwork]:
     directory = tmp_path_factory.mktemp("explorer-devnet")
-    plan = plan_network(base_port=None, scheme="ed25519", heartbeat_ms=500)
-    write_network(directory, plan)
-    write_kms_files(directory, plan)
-    net = LocalNetwork(directory)
-    try:
-        net.start("kms")
-        net.wait_kms()
-        for n in plan.nodes:
-            net.start(n.name)
-        net.wait_ready(min_height=1, timeout=60)
+    with running_network(
+        directory, plan_network(base_port=None, scheme="ed25519", heartbeat_ms=500)
+    ) as net:
         yield net
-    finally:
-        net.stop()
 
 
 def notary_tx(net: LocalNetwork, nonce: int, digest: bytes) -> Transaction:

@@ -16,9 +16,8 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from devnet.kms import write_kms_files
-from devnet.local import LocalNetwork
-from devnet.network import NodePlan, account_key, plan_network, write_network
+from devnet.local import LocalNetwork, running_network
+from devnet.network import NodePlan, account_key, plan_network
 from node.metrics import DOCUMENTED
 from qchain.types import Transaction, new_transaction
 
@@ -30,19 +29,10 @@ Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 @pytest.fixture(scope="module")
 def devnet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalNetwork]:
     directory = tmp_path_factory.mktemp("metrics-devnet")
-    plan = plan_network(base_port=None, scheme="ed25519", heartbeat_ms=500)
-    write_network(directory, plan)
-    write_kms_files(directory, plan)
-    net = LocalNetwork(directory)
-    try:
-        net.start("kms")
-        net.wait_kms()
-        for n in plan.nodes:
-            net.start(n.name)
-        net.wait_ready(min_height=1, timeout=60)
+    with running_network(
+        directory, plan_network(base_port=None, scheme="ed25519", heartbeat_ms=500)
+    ) as net:
         yield net
-    finally:
-        net.stop()
 
 
 def scrape(node: NodePlan) -> tuple[dict[str, str], Samples]:
