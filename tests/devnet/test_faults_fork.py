@@ -107,4 +107,7 @@ async def test_two_chains_from_one_genesis_fail_agreement_and_lost_writes(tmp_pa
     assert not agreement.ok and "height 1:" in agreement.details[0]
     assert not check_app_hash(merged).ok or not agreement.ok
     lost = check_lost_writes(ops_a, merged)
-    assert not lost.ok and set(lost.data["lost"]) == {o.tx_hash for o in ops_a}
+    # Side a's writes are missing from side b's nodes; the ones side b's shorter chains
+    # cannot show yet count as not checkable, not as lost.
+    lost_set = set(lost.data["lost"])
+    assert not lost.ok and lost_set and lost_set <= {o.tx_hash for o in ops_a}
