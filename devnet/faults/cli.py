@@ -23,6 +23,10 @@ import asyncio
 import random
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from devnet.faults.backends import Target
 
 DEFAULT_DIR = Path("devnet-data")
 BYZ = ("equivocate", "double-vote", "withhold", "forge-mac", "silent", "twin", "off")
@@ -122,10 +126,18 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _verb(args: argparse.Namespace) -> int:
-    from devnet.faults import actions
     from devnet.faults.runner import open_target
 
     target = open_target(args.dir, args.docker)
+    try:
+        return _verb_on(target, args)
+    finally:
+        target.close()
+
+
+def _verb_on(target: Target, args: argparse.Namespace) -> int:
+    from devnet.faults import actions
+
     rng = random.Random()
     cmd = args.fault_cmd
 

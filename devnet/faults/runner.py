@@ -449,6 +449,22 @@ async def run_scenario(
         target: Target = await asyncio.to_thread(fresh_local_network, scenario, directory)
     else:
         target = open_target(directory, docker)
+    try:
+        return await _run_on(target, scenario, seed, rng, directory, fresh, keep, log)
+    finally:
+        target.close()
+
+
+async def _run_on(
+    target: Target,
+    scenario: Scenario,
+    seed: int,
+    rng: random.Random,
+    directory: Path,
+    fresh: bool,
+    keep: bool,
+    log: Callable[[str], None],
+) -> RunResult:
     history = History()
     t0 = time.monotonic()
 
