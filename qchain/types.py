@@ -71,7 +71,12 @@ class Transaction(Struct):
         return encode_value(self.to_wire()[:-1])
 
     def signing_digest(self) -> bytes:
-        return hash_domain(Domain.TX_SIGN, self.body_bytes())
+        digest: bytes | None = self.__dict__.get("_signing_digest")
+        if digest is None:
+            digest = hash_domain(Domain.TX_SIGN, self.body_bytes())
+            # A frozen dataclass: cache in the instance dict, as cached_property does.
+            self.__dict__["_signing_digest"] = digest
+        return digest
 
     @cached_property
     def encoded(self) -> bytes:
