@@ -9,10 +9,10 @@ message. Kinds:
 | CONSENSUS | a consensus message (`consensus.messages`), canonical bytes |
 | TXS | a list of raw transaction bytes forwarded toward the leader (or everyone) |
 | CERT_SIG | the sender's signature over the decided block of a height (`CertSig`) |
-| BLOCK_REQ | hashes of blocks the sender wants (`BlockRequest`) |
-| BLOCK_RESP | block bodies answering a request (`BlockResponse`) |
 
-Decoding is strict; a body that does not decode is dropped and counted by the transport.
+Block bodies for catch-up travel as the consensus layer's `BlockReq`/`BlockResp` messages
+inside CONSENSUS envelopes. Decoding is strict; a body that does not decode is dropped
+and counted by the transport.
 """
 
 from __future__ import annotations
@@ -33,8 +33,6 @@ class Kind(IntEnum):
     CONSENSUS = 1
     TXS = 2
     CERT_SIG = 3
-    BLOCK_REQ = 4
-    BLOCK_RESP = 5
 
 
 @dataclass(frozen=True)
@@ -42,17 +40,6 @@ class CertSig(Struct):
     height: U64
     block_hash: Hash32
     signature: Annotated[bytes, Len(1, 8192)]
-
-
-@dataclass(frozen=True)
-class BlockRequest(Struct):
-    hashes: Annotated[tuple[Hash32, ...], Len(1, 64)]
-
-
-@dataclass(frozen=True)
-class BlockResponse(Struct):
-    blocks: Annotated[tuple[bytes, ...], Len(0, 64)]
-    """Encoded consensus blocks."""
 
 
 @dataclass(frozen=True)
@@ -88,8 +75,6 @@ def decode_body(data: bytes) -> list[Envelope]:
 
 
 __all__ = [
-    "BlockRequest",
-    "BlockResponse",
     "CertSig",
     "Envelope",
     "Kind",
