@@ -13,11 +13,7 @@ The other tests check the generated files and need no Docker.
 
 from __future__ import annotations
 
-import fcntl
-import os
 import subprocess
-import sys
-import tempfile
 import time
 import tomllib
 from collections.abc import Callable, Iterator
@@ -33,10 +29,17 @@ from qchain.config import load_config
 from qchain.errors import ApiError
 from qchain.types import Transaction, new_transaction
 
-REPO = Path(__file__).resolve().parents[2]
+from .docker_support import (
+    IMAGE,
+    REPO,
+    build_image,
+    compose_devnet,
+    docker_lock,
+    skip_without_docker,
+)
+
 PROJECT = "qchain-dockertest"
 BASE_PORT = 29400  # local devnet: 27000..27399, Docker devnet default: 28000..28299
-IMAGE = "qchain:dev"
 SCHEME = "ed25519"
 
 
@@ -113,52 +116,16 @@ def _committed(client: Client, tx: Transaction) -> bool:
         return False
 
 
-def _volumes() -> list[str]:
-    r = subprocess.run(
-        ["docker", "volume", "ls", "-q", "--filter", f"name={PROJECT}_"],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return r.stdout.split()
-
-
 @pytest.fixture(scope="module")
 def compose_net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ComposeNetwork]:
-    reason = dockernet.docker_available()
-    if reason is not None:
-        pytest.skip(f"Docker devnet test skipped: {reason}")
-    # One run at a time per machine: runs share the project name, ports and wheelhouse.
-    lock = open(Path(tempfile.gettempdir()) / f"{PROJECT}.lock", "w")  # noqa: SIM115
-    fcntl.flock(lock, fcntl.LOCK_EX)
-    with lock:
-        yield from _compose_net(tmp_path_factory)
-
-
-def _compose_net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ComposeNetwork]:
-    env = dict(os.environ, PYTHON=sys.executable)
-    build = subprocess.run(
-        [str(REPO / "devnet" / "docker" / "build.sh"), "--tag", IMAGE],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert build.returncode == 0, f"image build failed:\n{build.stdout}\n{build.stderr}"
-    directory = tmp_path_factory.mktemp("docker-devnet")
-    plan = plan_docker_network(validators=4, scheme=SCHEME, heartbeat_ms=500)
-    settings = DockerSettings(project=PROJECT, base_port=BASE_PORT, image=IMAGE)
-    dockernet.write_docker_network(directory, plan, settings)
-    net = ComposeNetwork(directory)
-    net.down(volumes=True)  # whatever a crashed earlier run left behind
-    try:
-        net.up()
-        yield net
-    finally:
-        if sys.exc_info()[0] is not None or os.environ.get("QCHAIN_DOCKER_TEST_LOGS"):
-            net.compose("logs", "--tail", "40", check=False)
-        net.down(volumes=True)
-        assert _volumes() == [], "compose down --volumes left volumes behind"
+    skip_without_docker("Docker devnet test")
+    with docker_lock():
+        build_image(IMAGE)
+        directory = tmp_path_factory.mktemp("docker-devnet")
+        plan = plan_docker_network(validators=4, scheme=SCHEME, heartbeat_ms=500)
+        settings = DockerSettings(project=PROJECT, base_port=BASE_PORT, image=IMAGE)
+        with compose_devnet(directory, plan, settings) as net:
+            yield net
 
 
 @pytest.mark.docker
