@@ -173,6 +173,14 @@ class Mempool:
         self._bytes += size
         return True
 
+    def has_ready(self) -> bool:
+        """Whether some sender's next nonce is pending, so a block could include a
+        transaction now (a pool holding only nonce gaps has nothing to propose)."""
+        return any(
+            self.accounts.next_nonce(address) in sender.by_nonce
+            for address, sender in self._senders.items()
+        )
+
     def reap(self, max_txs: int, max_bytes: int) -> list[Transaction]:
         """Transactions for the next block: per sender, consecutive nonces from the
         committed nonce, senders in order of first arrival."""

@@ -275,6 +275,8 @@ class Validator:
         self._admit_queue: deque[bytes] = deque()
         self._admit_task: asyncio.Task[None] | None = None
         self._forward_dropped = 0
+        self._ready_signalled = False
+        """Idle mode: whether the engine was told the mempool has an includable tx."""
         self._recent_blocks: deque[tuple[float, int]] = deque(maxlen=256)
         self._per_tx_s = INITIAL_PER_TX_S
         self._forward_scheduled = False
@@ -664,7 +666,7 @@ class Validator:
             return
         now = time.monotonic()
         earliest = self._last_commit_at + self.cfg.timing.propose_wait_min_ms / 1000
-        due = max(earliest, now) if len(self.mempool) else self._build_deadline
+        due = max(earliest, now) if self.mempool.has_ready() else self._build_deadline
         if due is None:
             return
         if due > now:
@@ -809,7 +811,8 @@ class Validator:
             del self._vote_values[k]
         self.feed(StartHeight(a.height + 1, value, a.next_anchor))
         if self.engine.idle_mode:
-            self.feed(MempoolNonEmpty(len(self.mempool) > 0))
+            self._ready_signalled = self.mempool.has_ready()
+            self.feed(MempoolNonEmpty(self._ready_signalled))
         if self._pending_build is not None:
             self._maybe_build()
 
@@ -931,7 +934,8 @@ class Validator:
         new = self.mempool.add(tx, height=self.chain.height(), now=time.monotonic(), local=local)
         if new:
             self.metrics.observe_mempool(len(self.mempool), self.mempool.size_bytes)
-            if self.engine.idle_mode and len(self.mempool) == 1:
+            if self.engine.idle_mode and not self._ready_signalled and self.mempool.has_ready():
+                self._ready_signalled = True
                 self.feed(MempoolNonEmpty(True))
             if self._pending_build is not None:
                 self._maybe_build()

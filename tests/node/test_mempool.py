@@ -1,0 +1,99 @@
+"""Mempool admission, nonce queues and gap-free reaping, against a plain account table."""
+
+from __future__ import annotations
+
+import pytest
+
+from devnet.network import account_key
+from node.mempool import Mempool, MempoolFull, MempoolLimits, NonceInUse
+from qchain.errors import BadSignature, NonceMismatch, NotAMember, WrongChain
+from qchain.types import Transaction, new_transaction
+
+CHAIN = "mempool-test"
+
+
+class Accounts:
+    def __init__(self) -> None:
+        self.nonces: dict[bytes, int] = {}
+        self.keys: dict[bytes, tuple[str, bytes]] = {}
+        self.suspended: set[bytes] = set()
+
+    def next_nonce(self, address: bytes) -> int:
+        return self.nonces.get(address, 0)
+
+    def signing_key(self, address: bytes) -> tuple[str, bytes] | None:
+        if address in self.suspended:
+            return None
+        return self.keys.get(address)
+
+    def member_status(self, address: bytes) -> str | None:
+        if address not in self.keys:
+            return None
+        return "suspended" if address in self.suspended else "active"
+
+
+def tx(role: str, nonce: int, tag: int = 0, chain: str = CHAIN) -> Transaction:
+    return new_transaction(
+        account_key(role, "ed25519"),
+        chain_id=chain,
+        nonce=nonce,
+        contract="notary",
+        method="anchor",
+        args=[bytes([tag, nonce]) * 16, "sha256", "t", "c", b""],
+    )
+
+
+@pytest.fixture
+def pool() -> tuple[Mempool, Accounts]:
+    accounts = Accounts()
+    for role in ("partner1", "partner2"):
+        key = account_key(role, "ed25519")
+        accounts.keys[key.address] = (key.scheme.value, key.public_key)
+    return Mempool(CHAIN, MempoolLimits(max_txs=5, max_per_sender=4), accounts), accounts
+
+
+def test_admission_rules(pool: tuple[Mempool, Accounts]) -> None:
+    mp, _ = pool
+    first = tx("partner1", 0)
+    assert mp.add(first, height=0, now=0.0)
+    assert not mp.add(first, height=0, now=0.0), "the same bytes again are not new"
+    with pytest.raises(NonceInUse):
+        mp.add(tx("partner1", 0, tag=1), height=0, now=0.0)
+    with pytest.raises(NonceMismatch):
+        mp.add(tx("partner1", 9), height=0, now=0.0)
+    with pytest.raises(WrongChain):
+        mp.add(tx("partner1", 1, chain="other"), height=0, now=0.0)
+    with pytest.raises(NotAMember):
+        mp.add(tx("auditor", 0), height=0, now=0.0)
+    forged = tx("partner2", 0)
+    forged = Transaction(*forged.to_wire()[:-1], forged.signature[::-1])  # type: ignore[arg-type]
+    with pytest.raises(BadSignature):
+        mp.add(forged, height=0, now=0.0)
+    assert len(mp) == 1 and mp.rejections["nonce-in-use"] == 1
+
+
+def test_gaps_are_not_ready_and_reap_stops_at_a_gap(pool: tuple[Mempool, Accounts]) -> None:
+    mp, _ = pool
+    mp.add(tx("partner1", 1), height=0, now=0.0)
+    mp.add(tx("partner1", 2), height=0, now=0.0)
+    assert not mp.has_ready(), "only a gap: nothing can go into a block"
+    assert mp.reap(100, 1 << 20) == []
+    mp.add(tx("partner1", 0), height=0, now=0.0)
+    assert mp.has_ready()
+    assert [t.nonce for t in mp.reap(100, 1 << 20)] == [0, 1, 2]
+    assert [t.nonce for t in mp.reap(2, 1 << 20)] == [0, 1]
+
+
+def test_limits_and_commit(pool: tuple[Mempool, Accounts]) -> None:
+    mp, accounts = pool
+    for n in range(4):
+        mp.add(tx("partner1", n), height=0, now=0.0)
+    mp.add(tx("partner2", 0), height=0, now=0.0)
+    with pytest.raises(MempoolFull):
+        mp.add(tx("partner2", 1), height=0, now=0.0)
+    included = mp.reap(2, 1 << 20)
+    sender = included[0].sender
+    accounts.nonces[sender] = 2
+    mp.on_commit(included, height=1)
+    assert len(mp) == 3
+    assert mp.next_free_nonce(sender, 2) == 4
