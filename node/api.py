@@ -54,6 +54,7 @@ from qchain.errors import (
     Expired,
     InsufficientBalance,
     InvalidTransaction,
+    MempoolFull,
     NonceMismatch,
     NotAMember,
     NotFound,
@@ -205,6 +206,7 @@ PROBLEMS: dict[type[QChainError], tuple[int, str]] = {
     RateLimited: (429, "Too many requests"),
     QChainError: (500, "Internal error"),
     StorageError: (503, "Storage unavailable"),
+    MempoolFull: (503, "Mempool full"),
     NotReady: (503, "Not ready"),
     CommitTimeout: (504, "Commit timeout"),
 }

@@ -25,6 +25,8 @@ from typing import Protocol
 from qchain.errors import (
     Expired,
     InvalidTransaction,
+    MempoolFull,
+    NonceInUse,
     NonceMismatch,
     NotAMember,
     QChainError,
@@ -32,31 +34,6 @@ from qchain.errors import (
     WrongChain,
 )
 from qchain.types import MAX_TX_SIZE, Transaction
-
-
-class MempoolFull(QChainError):
-    code = "mempool-full"
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(f"mempool is full: {reason}; retry later")
-        self.reason = reason
-
-    def fields(self) -> dict[str, object]:
-        return {"reason": self.reason}
-
-
-class NonceInUse(InvalidTransaction):
-    code = "nonce-in-use"
-
-    def __init__(self, nonce: int, pending_hash: bytes) -> None:
-        super().__init__(
-            f"nonce {nonce} is already used by pending transaction {pending_hash.hex()}"
-        )
-        self.nonce = nonce
-        self.pending_hash = pending_hash
-
-    def fields(self) -> dict[str, object]:
-        return {"nonce": self.nonce, "pending_tx_hash": self.pending_hash.hex()}
 
 
 class AccountView(Protocol):

@@ -299,3 +299,28 @@ class NodeUnavailable(QChainError):
     """A node that could not be reached or gave an answer that is not the API's."""
 
     code = "node-unavailable"
+
+
+class MempoolFull(QChainError):
+    code = "mempool-full"
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"mempool is full: {reason}; retry later")
+        self.reason = reason
+
+    def fields(self) -> dict[str, object]:
+        return {"reason": self.reason}
+
+
+class NonceInUse(InvalidTransaction):
+    code = "nonce-in-use"
+
+    def __init__(self, nonce: int, pending_hash: bytes) -> None:
+        super().__init__(
+            f"nonce {nonce} is already used by pending transaction {pending_hash.hex()}"
+        )
+        self.nonce = nonce
+        self.pending_hash = pending_hash
+
+    def fields(self) -> dict[str, object]:
+        return {"nonce": self.nonce, "pending_tx_hash": self.pending_hash.hex()}

@@ -5,8 +5,16 @@ from __future__ import annotations
 import pytest
 
 from devnet.network import account_key
-from node.mempool import Mempool, MempoolFull, MempoolLimits, NonceInUse
-from qchain.errors import BadSignature, NonceMismatch, NotAMember, WrongChain
+from node.api import problem_status
+from node.mempool import Mempool, MempoolLimits
+from qchain.errors import (
+    BadSignature,
+    MempoolFull,
+    NonceInUse,
+    NonceMismatch,
+    NotAMember,
+    WrongChain,
+)
 from qchain.types import Transaction, new_transaction
 
 CHAIN = "mempool-test"
@@ -89,8 +97,9 @@ def test_limits_and_commit(pool: tuple[Mempool, Accounts]) -> None:
     for n in range(4):
         mp.add(tx("partner1", n), height=0, now=0.0)
     mp.add(tx("partner2", 0), height=0, now=0.0)
-    with pytest.raises(MempoolFull):
+    with pytest.raises(MempoolFull) as full:
         mp.add(tx("partner2", 1), height=0, now=0.0)
+    assert problem_status(full.value)[0] == 503, "a full mempool means retry later"
     included = mp.reap(2, 1 << 20)
     sender = included[0].sender
     accounts.nonces[sender] = 2
