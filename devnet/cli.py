@@ -203,7 +203,9 @@ def print_table(doc: dict[str, Any]) -> None:
 def _up(net: Any, args: argparse.Namespace) -> int:
     started = time.monotonic()
     try:
-        net.start_all(min_height=1, timeout=args.timeout)
+        # Without heartbeat blocks nothing is decided until a transaction arrives: then
+        # ready means every validator answers.
+        net.start_all(min_height=1 if net.plan.heartbeat_ms else 0, timeout=args.timeout)
     except (TimeoutError, RuntimeError) as e:
         print(f"devnet did not become ready: {e}", file=sys.stderr)
         print(f"logs: {net.log_dir}", file=sys.stderr)
@@ -217,7 +219,10 @@ def _up(net: Any, args: argparse.Namespace) -> int:
         print(json.dumps(doc, indent=2))
     else:
         print_table(doc)
-        print(f"first block decided {elapsed:.1f}s after start")
+        if net.plan.heartbeat_ms:
+            print(f"first block decided {elapsed:.1f}s after start")
+        else:
+            print(f"ready {elapsed:.1f}s after start (no heartbeat: blocks come with transactions)")
     if not args.foreground:
         return 0
     print("running in the foreground; press Ctrl-C to stop the network")
