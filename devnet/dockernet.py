@@ -592,7 +592,8 @@ def _up(net: ComposeNetwork, args: argparse.Namespace) -> int:
     started = time.monotonic()
     net.up()
     try:
-        net.wait_ready(min_height=1, timeout=args.timeout)
+        # Without heartbeat blocks nothing is decided before a transaction.
+        net.wait_ready(min_height=1 if net.plan.heartbeat_ms else 0, timeout=args.timeout)
     except (TimeoutError, RuntimeError) as e:
         print(f"devnet did not become ready: {e}", file=sys.stderr)
         return 1
