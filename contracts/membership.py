@@ -88,7 +88,21 @@ def role_key(role: str, address: bytes) -> bytes:
 
 
 def get_member(state: StateReader, address: bytes) -> Member | None:
-    return state.load(member_key(address), Member)
+    raw = state.get(member_key(address))
+    if raw is None:
+        return None
+    # Every transaction looks its sender up twice; a member record decodes to the same
+    # immutable value every time, so decodings are memoised by the stored bytes.
+    m = _DECODED.get(raw)
+    if m is None:
+        if len(_DECODED) >= _DECODED_MAX:
+            _DECODED.clear()
+        m = _DECODED[raw] = Member.decode(raw)
+    return m
+
+
+_DECODED: dict[bytes, Member] = {}
+_DECODED_MAX = 4096
 
 
 def get_nonce(state: StateReader, address: bytes) -> int:

@@ -26,7 +26,7 @@ import math
 import re
 import ssl
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -36,7 +36,7 @@ from aiohttp import web
 
 from node import explorer
 from node.metrics import CONTENT_TYPE_LATEST, NodeMetrics
-from node.service import ChainEvent, NodeService, TxStatus
+from node.service import ChainEvent, EventStream, NodeService, TxStatus
 from qchain.client import (
     MSGPACK,
     PROBLEM_JSON,
@@ -662,7 +662,9 @@ class _Api:
                     except StopAsyncIteration:
                         break
                     nxt = None
-                    await resp.write(event_frame(event))
+                    # A commit publishes a block's events at once: write them together.
+                    batch = [event, *stream.ready()]
+                    await resp.write(b"".join(event_frame(e) for e in batch))
                 elif closing not in done:
                     await resp.write(b": heartbeat\n\n")
             with contextlib.suppress(ConnectionError):
@@ -675,13 +677,11 @@ class _Api:
                 nxt.cancel()
                 with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
                     await nxt
-            aclose = getattr(stream, "aclose", None)
-            if aclose is not None:
-                await aclose()
+            await stream.aclose()
         return resp
 
 
-async def _next_event(stream: AsyncIterator[ChainEvent]) -> ChainEvent:
+async def _next_event(stream: EventStream) -> ChainEvent:
     return await stream.__anext__()
 
 

@@ -71,10 +71,10 @@ class ChainApp:
         h = self.chain.height()
         if h == 0:
             return 0, self.genesis_hash, self.genesis_app_hash, 0
-        block = self.chain.block(h)
-        if block is None:
+        header = self.chain.header(h)
+        if header is None:
             raise InvalidBlock(f"committed block {h} is missing from the store")
-        return h, block.hash, block.header.app_hash, block.header.time
+        return h, header.hash, header.app_hash, header.time
 
     def committed_value(self, height: int) -> bytes | None:
         """The consensus value decided at height (the genesis hash for 0)."""
@@ -90,10 +90,10 @@ class ChainApp:
         h = schema.read_u64(raw)
         body = self.chain.block_bytes(h)
         parent = self.committed_value(h - 1)
-        block = self.chain.block(h)
-        if body is None or parent is None or block is None:
+        header = self.chain.header(h)
+        if body is None or parent is None or header is None:
             return None
-        return CBlock(h, parent, block.header.round, block.header.proposer, body)
+        return CBlock(h, parent, header.round, header.proposer, body)
 
     # --- build, validate, commit -----------------------------------------------------
 

@@ -19,10 +19,13 @@ from qchain.store.kv import Batch, KVStore
 from qchain.types import (
     BLOCK_LIMITS,
     Block,
+    BlockHeader,
     CommitCertificate,
     Receipt,
     ReceiptProof,
 )
+
+HEADER_CACHE = 1024
 
 
 @dataclass(frozen=True)
@@ -36,6 +39,8 @@ class ChainStore:
 
     def __init__(self, store: KVStore) -> None:
         self.store = store
+        self._headers: dict[int, BlockHeader] = {}
+        """Recently read or committed headers (immutable once committed)."""
 
     # --- metadata --------------------------------------------------------------------
 
@@ -79,9 +84,30 @@ class ChainStore:
         raw = self.store.get(schema.block_hash_key(block_hash))
         return None if raw is None else schema.read_u64(raw)
 
+    def header(self, height: int) -> BlockHeader | None:
+        """A committed block's header, without decoding its transactions."""
+        header = self._headers.get(height)
+        if header is not None:
+            return header
+        raw = self.store.get(schema.header_key(height))
+        if raw is not None:
+            header = BlockHeader.decode(raw)
+        else:
+            block = self.block(height)
+            if block is None:
+                return None
+            header = block.header
+        self._remember(header)
+        return header
+
+    def _remember(self, header: BlockHeader) -> None:
+        if len(self._headers) >= HEADER_CACHE:
+            self._headers.clear()
+        self._headers[header.height] = header
+
     def block_hash(self, height: int) -> bytes | None:
-        block = self.block(height)
-        return None if block is None else block.hash
+        header = self.header(height)
+        return None if header is None else header.hash
 
     def blocks(self, start: int, limit: int) -> Iterator[Block]:
         for _, raw in self.store.iterate(schema.BLOCK, start=schema.block_key(start)):
@@ -115,15 +141,15 @@ class ChainStore:
         loc = self.tx_location(tx_hash)
         if loc is None:
             return None
-        block = self.block(loc.height)
+        header = self.header(loc.height)
         cert = self.certificate(loc.height)
-        if block is None or cert is None:
+        if header is None or cert is None:
             return None
         receipts = self.receipts(loc.height)
         if loc.index >= len(receipts):
             raise StorageError(f"receipt {loc.index} of height {loc.height} is missing")
         proof = merkle_proof([r.encode() for r in receipts], loc.index)
-        return ReceiptProof(receipts[loc.index], proof, block.header, cert)
+        return ReceiptProof(receipts[loc.index], proof, header, cert)
 
     # --- writes ----------------------------------------------------------------------
 
@@ -141,6 +167,7 @@ class ChainStore:
         if h != self.height() + 1:
             raise StorageError(f"cannot commit height {h} on top of {self.height()}")
         b.put(schema.block_key(h), block.encode())
+        b.put(schema.header_key(h), block.header.encode())
         b.put(schema.block_hash_key(block.hash), schema.u64(h))
         for i, (tx, receipt) in enumerate(zip(block.txs, receipts, strict=True)):
             b.put(schema.tx_key(tx.hash), TxLocation(h, i).encode())

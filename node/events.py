@@ -7,8 +7,9 @@ client that reconnects with `Last-Event-ID` gets what it missed if it is still k
 client can tell it missed events that were no longer kept: the first id it receives is not
 its last id plus one.
 
-Publishing never waits. Each subscriber has a bounded queue; a subscriber that falls
-`queue_size` events behind is dropped (its stream ends) instead of slowing the node down,
+Publishing never waits. Each subscriber has a bounded queue (by default room for more
+than a full block's events: a block holds at most 10,000 transactions); a subscriber that
+falls `queue_size` events behind is dropped (its stream ends) instead of slowing the node down,
 and it resumes by reconnecting with its last id.
 """
 
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 from node.service import ChainEvent
@@ -35,7 +36,7 @@ class _Subscriber:
 class EventBus:
     """In-memory publish/subscribe of `ChainEvent`s with a bounded replay buffer."""
 
-    def __init__(self, capacity: int = 4096, queue_size: int = 1024, first_id: int = 1) -> None:
+    def __init__(self, capacity: int = 16_384, queue_size: int = 16_384, first_id: int = 1) -> None:
         if capacity < 1 or queue_size < 1 or first_id < 1:
             raise ValueError("capacity, queue_size and first_id must be positive")
         self._ring: deque[ChainEvent] = deque(maxlen=capacity)
@@ -91,9 +92,8 @@ class EventBus:
                 sub.queue.get_nowait()
             sub.queue.put_nowait(None)
 
-    def subscribe(self, last_event_id: int | None = None) -> AsyncIterator[ChainEvent]:
+    def subscribe(self, last_event_id: int | None = None) -> Subscription:
         """Kept events with ids above last_event_id (none if None), then live ones.
-
         The subscription is registered when this is called, so no event published
         afterwards is missed, even before the first `__anext__`.
         """
@@ -103,23 +103,61 @@ class EventBus:
             sub.queue.put_nowait(None)
         else:
             self._subscribers.add(sub)
-        return self._stream(sub, backlog)
+        return Subscription(self, sub, backlog)
 
-    async def _stream(
-        self, sub: _Subscriber, backlog: list[ChainEvent]
-    ) -> AsyncIterator[ChainEvent]:
-        try:
-            last = backlog[-1].id if backlog else 0
-            for event in backlog:
-                yield event
-            while True:
-                item = await sub.queue.get()
-                if item is None:
-                    return
-                if item.id > last:
-                    yield item
-        finally:
-            self._subscribers.discard(sub)
+
+class Subscription:
+    """One subscriber's stream of events: an async iterator, plus `ready()` to take
+    what is already queued without waiting (a streaming response writes a committed
+    block's events in one write instead of one per event)."""
+
+    def __init__(self, bus: EventBus, sub: _Subscriber, backlog: list[ChainEvent]) -> None:
+        self._bus = bus
+        self._sub = sub
+        self._backlog = deque(backlog)
+        self._last = backlog[-1].id if backlog else 0
+        self._ended = False
+
+    def __aiter__(self) -> Subscription:
+        return self
+
+    async def __anext__(self) -> ChainEvent:
+        while True:
+            if self._backlog:
+                return self._backlog.popleft()
+            if self._ended:
+                raise StopAsyncIteration
+            item = await self._sub.queue.get()
+            if self._accept(item):
+                assert item is not None
+                return item
+
+    def _accept(self, item: ChainEvent | None) -> bool:
+        if item is None:
+            self._end()
+            return False
+        return item.id > self._last
+
+    def ready(self, limit: int = 4096) -> list[ChainEvent]:
+        """Events available now, at most limit, without waiting."""
+        out: list[ChainEvent] = []
+        while self._backlog and len(out) < limit:
+            out.append(self._backlog.popleft())
+        while not self._ended and len(out) < limit and not self._sub.queue.empty():
+            item = self._sub.queue.get_nowait()
+            if self._accept(item):
+                assert item is not None
+                out.append(item)
+        return out
+
+    def _end(self) -> None:
+        self._ended = True
+        self._bus._subscribers.discard(self._sub)
+
+    async def aclose(self) -> None:
+        """Stop receiving (the bus forgets this subscriber)."""
+        self._backlog.clear()
+        self._end()
 
 
 def block_event_data(block: Block) -> dict[str, Any]:

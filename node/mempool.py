@@ -22,6 +22,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from contracts.execution import Verifier, verify_signature
 from qchain.errors import (
     Expired,
     InvalidTransaction,
@@ -73,10 +74,20 @@ class _Sender:
 
 
 class Mempool:
-    def __init__(self, chain_id: str, limits: MempoolLimits, accounts: AccountView) -> None:
+    def __init__(
+        self,
+        chain_id: str,
+        limits: MempoolLimits,
+        accounts: AccountView,
+        verifier: Verifier = verify_signature,
+    ) -> None:
         self.chain_id = chain_id
         self.limits = limits
         self.accounts = accounts
+        self.verifier = verifier
+        """Checks a signature against a public key; a validator passes the
+        `SignatureCache` that block execution uses, so that a transaction admitted here
+        is not verified again when a block includes it."""
         self._by_hash: dict[bytes, PendingTx] = {}
         self._senders: OrderedDict[bytes, _Sender] = OrderedDict()
         self._bytes = 0
@@ -141,7 +152,7 @@ class Mempool:
         scheme, public_key = key
         if tx.scheme != scheme:
             raise InvalidTransaction(f"sender's registered key is {scheme}, not {tx.scheme}")
-        tx.verify_signature(public_key)
+        self.verifier(tx, public_key)
         pending = PendingTx(tx, size, now, local=local)
         if sender is None:
             sender = self._senders[tx.sender] = _Sender()

@@ -37,7 +37,7 @@ import signal
 import ssl
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Mapping, Sequence
+from collections.abc import Awaitable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -99,7 +99,7 @@ from node.chainstore import ChainStore
 from node.events import EventBus
 from node.mempool import Mempool, MempoolLimits, PendingTx
 from node.metrics import NodeMetrics, TimedKeySource
-from node.service import ChainEvent, TxStatus
+from node.service import EventStream, TxStatus
 from node.transport import FaultRules, Transport
 from node.wire import CertSig, Envelope, Kind, TxBatch
 from qchain.config import NodeConfig
@@ -246,6 +246,7 @@ class Validator:
             self.genesis.chain_id,
             MempoolLimits(cfg.mempool.max_txs, cfg.mempool.max_bytes, cfg.mempool.max_per_sender),
             self._accounts,
+            self.sig_cache,
         )
         self.metrics = NodeMetrics(cfg.node.name)
         # Event ids must not repeat across restarts (SSE Last-Event-ID): start at the
@@ -1185,7 +1186,7 @@ class Validator:
                 }
         return {"sae_id": self._sae[self.me], "links": links}
 
-    def events(self, last_event_id: int | None) -> AsyncIterator[ChainEvent]:
+    def events(self, last_event_id: int | None) -> EventStream:
         return self.bus.subscribe(last_event_id)
 
     def health(self) -> tuple[bool, Sequence[str]]:

@@ -7,7 +7,7 @@ exception tree (`qchain.errors`) and the API maps them to problem+json.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
@@ -35,6 +35,19 @@ class ChainEvent:
     id: int
     kind: Literal["block", "tx"]
     data: Mapping[str, Any]
+
+
+class EventStream(Protocol):
+    """A subscription to the node's events."""
+
+    def __aiter__(self) -> EventStream: ...
+
+    async def __anext__(self) -> ChainEvent: ...
+
+    def ready(self, limit: int = 4096) -> list[ChainEvent]:
+        """Events already available, without waiting."""
+
+    async def aclose(self) -> None: ...
 
 
 class NodeService(Protocol):
@@ -80,7 +93,7 @@ class NodeService(Protocol):
     def qkd_status(self) -> Mapping[str, Any]:
         """Per directed link: pool level, keys consumed, waits, rejections."""
 
-    def events(self, last_event_id: int | None) -> AsyncIterator[ChainEvent]:
+    def events(self, last_event_id: int | None) -> EventStream:
         """Events after last_event_id (as far as still kept), then live ones."""
 
     def health(self) -> tuple[bool, Sequence[str]]:

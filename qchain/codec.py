@@ -112,6 +112,10 @@ def _check_value(v: object, depth: int, limits: Limits) -> None:
 def encode_value(v: object, limits: Limits = DEFAULT_LIMITS) -> bytes:
     """Canonical bytes of a value made of ints, bytes, str, bool, None, lists and tuples."""
     _check_value(v, 0, limits)
+    return _pack(v, limits)
+
+
+def _pack(v: object, limits: Limits) -> bytes:
     try:
         out: bytes = msgpack.packb(v, use_bin_type=True, strict_types=False)
     except (OverflowError, ValueError, TypeError) as e:
@@ -123,6 +127,14 @@ def encode_value(v: object, limits: Limits = DEFAULT_LIMITS) -> bytes:
 
 def decode_value(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Value:
     """Decode canonical bytes; raises `CodecError` for anything non-canonical."""
+    v = _unpack(data, limits)
+    _check_value(v, 0, limits)
+    return typing.cast(Value, v)
+
+
+def _unpack(data: bytes, limits: Limits) -> object:
+    """msgpack decoding under limits, canonical (re-encodes to the same bytes), with no
+    check of the value's types: the caller checks them."""
     if type(data) is not bytes:
         try:
             data = bytes(data)
@@ -150,19 +162,25 @@ def decode_value(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Value:
         raise CodecError(f"malformed encoding: {type(e).__name__}") from e
     except Exception as e:  # the C unpacker raises a few undocumented types on garbage
         raise CodecError(f"malformed encoding: {type(e).__name__}") from e
-    _check_value(v, 0, limits)
-    if msgpack.packb(v, use_bin_type=True) != data:
+    try:
+        again = msgpack.packb(v, use_bin_type=True)
+    except (ValueError, TypeError, OverflowError) as e:
+        raise CodecError(f"malformed encoding: {type(e).__name__}") from e
+    if again != data:
         raise CodecError("non-canonical encoding")
-    return typing.cast(Value, v)
+    return v
 
 
 # --- structs -----------------------------------------------------------------------------
 
-_Conv = Callable[[object, str], object]
+_Conv = Callable[[object, str | None], object]
+"""A field converter: (value, path) -> value. The path names the field in error messages;
+None means "fast mode": no path is built, and `Struct.from_wire` retries with paths when
+something fails, so error messages are the same either way."""
 
 
-def _fail(path: str, msg: str) -> typing.NoReturn:
-    raise CodecError(f"{path}: {msg}")
+def _fail(path: str | None, msg: str) -> typing.NoReturn:
+    raise CodecError(msg if path is None else f"{path}: {msg}")
 
 
 def _bounds(meta: Sequence[object]) -> tuple[Len | None, Range | None]:
@@ -171,7 +189,7 @@ def _bounds(meta: Sequence[object]) -> tuple[Len | None, Range | None]:
     return ln, rg
 
 
-def _check_len(n: int, ln: Len | None, path: str) -> None:
+def _check_len(n: int, ln: Len | None, path: str | None) -> None:
     if ln is not None and (n < ln.lo or (ln.hi is not None and n > ln.hi)):
         if ln.hi == ln.lo:
             _fail(path, f"length {n}, expected {ln.lo}")
@@ -187,10 +205,14 @@ def _make_conv(tp: Any, meta: Sequence[object] = ()) -> tuple[_Conv, _Conv]:
     ln, rg = _bounds(meta)
     if any(m is ANY_VALUE for m in meta):
 
-        def any_from(x: object, path: str) -> object:
+        def any_from(x: object, path: str | None) -> object:
+            try:
+                _check_value(x, 0, DEFAULT_LIMITS)
+            except CodecError as e:
+                _fail(path, e.message)
             return x
 
-        def any_to(x: object, path: str) -> object:
+        def any_to(x: object, path: str | None) -> object:
             _check_value(x, 0, DEFAULT_LIMITS)
             return x
 
@@ -198,7 +220,7 @@ def _make_conv(tp: Any, meta: Sequence[object] = ()) -> tuple[_Conv, _Conv]:
     if tp is int:
         lo, hi = (rg.lo, rg.hi) if rg else (INT_MIN, INT_MAX)
 
-        def int_conv(x: object, path: str) -> object:
+        def int_conv(x: object, path: str | None) -> object:
             if type(x) is not int:
                 _fail(path, f"expected integer, got {type(x).__name__}")
             if not lo <= x <= hi:
@@ -208,7 +230,7 @@ def _make_conv(tp: Any, meta: Sequence[object] = ()) -> tuple[_Conv, _Conv]:
         return int_conv, int_conv
     if tp is bool:
 
-        def bool_conv(x: object, path: str) -> object:
+        def bool_conv(x: object, path: str | None) -> object:
             if type(x) is not bool:
                 _fail(path, f"expected boolean, got {type(x).__name__}")
             return x
@@ -216,7 +238,7 @@ def _make_conv(tp: Any, meta: Sequence[object] = ()) -> tuple[_Conv, _Conv]:
         return bool_conv, bool_conv
     if tp is bytes:
 
-        def bytes_conv(x: object, path: str) -> object:
+        def bytes_conv(x: object, path: str | None) -> object:
             if type(x) is not bytes:
                 _fail(path, f"expected bytes, got {type(x).__name__}")
             _check_len(len(x), ln, path)
@@ -225,11 +247,15 @@ def _make_conv(tp: Any, meta: Sequence[object] = ()) -> tuple[_Conv, _Conv]:
         return bytes_conv, bytes_conv
     if tp is str:
 
-        def str_conv(x: object, path: str) -> object:
+        def str_conv(x: object, path: str | None) -> object:
             if type(x) is not str:
                 _fail(path, f"expected text, got {type(x).__name__}")
             if ln is not None:
-                _check_len(len(x.encode("utf-8", "surrogatepass")), ln, path)
+                n = len(x)
+                if x.isascii():
+                    _check_len(n, ln, path)
+                elif n < ln.lo or ln.hi is None or 4 * n > ln.hi:
+                    _check_len(len(x.encode("utf-8", "surrogatepass")), ln, path)
             return x
 
         return str_conv, str_conv
@@ -239,10 +265,10 @@ def _make_conv(tp: Any, meta: Sequence[object] = ()) -> tuple[_Conv, _Conv]:
             raise TypeError(f"only `X | None` unions are supported, got {tp}")
         inner_to, inner_from = _make_conv(args[0], meta)
 
-        def opt_to(x: object, path: str) -> object:
+        def opt_to(x: object, path: str | None) -> object:
             return None if x is None else inner_to(x, path)
 
-        def opt_from(x: object, path: str) -> object:
+        def opt_from(x: object, path: str | None) -> object:
             return None if x is None else inner_from(x, path)
 
         return opt_to, opt_from
@@ -251,44 +277,52 @@ def _make_conv(tp: Any, meta: Sequence[object] = ()) -> tuple[_Conv, _Conv]:
         if len(targs) == 2 and targs[1] is Ellipsis:
             item_to, item_from = _make_conv(targs[0])
 
-            def tup_to(x: object, path: str) -> object:
+            def tup_to(x: object, path: str | None) -> object:
                 if not isinstance(x, tuple | list):
                     _fail(path, f"expected a sequence, got {type(x).__name__}")
                 _check_len(len(x), ln, path)
+                if path is None:
+                    return [item_to(e, None) for e in x]
                 return [item_to(e, f"{path}[{i}]") for i, e in enumerate(x)]
 
-            def tup_from(x: object, path: str) -> object:
+            def tup_from(x: object, path: str | None) -> object:
                 if type(x) is not list:
                     _fail(path, f"expected array, got {type(x).__name__}")
                 _check_len(len(x), ln, path)
+                if path is None:
+                    return tuple([item_from(e, None) for e in x])
                 return tuple(item_from(e, f"{path}[{i}]") for i, e in enumerate(x))
 
             return tup_to, tup_from
         convs = [_make_conv(a) for a in targs]
 
-        def fixed_to(x: object, path: str) -> object:
+        def fixed_to(x: object, path: str | None) -> object:
             if not isinstance(x, tuple | list) or len(x) != len(convs):
                 _fail(path, f"expected a {len(convs)}-tuple")
-            return [c[0](e, f"{path}[{i}]") for i, (c, e) in enumerate(zip(convs, x, strict=True))]
+            return [
+                c[0](e, None if path is None else f"{path}[{i}]")
+                for i, (c, e) in enumerate(zip(convs, x, strict=True))
+            ]
 
-        def fixed_from(x: object, path: str) -> object:
+        def fixed_from(x: object, path: str | None) -> object:
             if type(x) is not list or len(x) != len(convs):
                 _fail(path, f"expected an array of {len(convs)} items")
             return tuple(
-                c[1](e, f"{path}[{i}]") for i, (c, e) in enumerate(zip(convs, x, strict=True))
+                c[1](e, None if path is None else f"{path}[{i}]")
+                for i, (c, e) in enumerate(zip(convs, x, strict=True))
             )
 
         return fixed_to, fixed_from
     if isinstance(tp, type) and issubclass(tp, Struct):
         struct_cls = tp
 
-        def struct_to(x: object, path: str) -> object:
+        def struct_to(x: object, path: str | None) -> object:
             if not isinstance(x, struct_cls):
                 _fail(path, f"expected {struct_cls.__name__}")
-            return x.to_wire()
+            return x._to_wire(path)
 
-        def struct_from(x: object, path: str) -> object:
-            return struct_cls.from_wire(x, path)
+        def struct_from(x: object, path: str | None) -> object:
+            return struct_cls._from_wire(x, path)
 
         return struct_to, struct_from
     raise TypeError(f"type {tp!r} is not supported by the canonical codec")
@@ -314,26 +348,47 @@ class Struct:
 
     def to_wire(self) -> list[object]:
         """The struct as a plain array value, fields in declaration order."""
-        name = type(self).__name__
-        return [to(getattr(self, f), f"{name}.{f}") for f, to, _ in self._spec()]
+        try:
+            return self._to_wire(None)
+        except CodecError:
+            return self._to_wire(type(self).__name__)
+
+    def _to_wire(self, path: str | None) -> list[object]:
+        if path is None:
+            return [to(getattr(self, f), None) for f, to, _ in self._spec()]
+        return [to(getattr(self, f), f"{path}.{f}") for f, to, _ in self._spec()]
 
     @classmethod
     def from_wire(cls, obj: object, path: str | None = None) -> Self:
-        """Build the struct from an array value, checking every field."""
-        path = path or cls.__name__
+        """Build the struct from an array value, checking every field (an `AnyValue`
+        field as `encode_value` checks a value)."""
+        if path is None:
+            try:
+                return cls._from_wire(obj, None)
+            except CodecError:
+                path = cls.__name__
+        return cls._from_wire(obj, path)
+
+    @classmethod
+    def _from_wire(cls, obj: object, path: str | None) -> Self:
         spec = cls._spec()
         if type(obj) is not list:
             _fail(path, f"expected array, got {type(obj).__name__}")
         if len(obj) != len(spec):
             _fail(path, f"expected {len(spec)} fields, got {len(obj)}")
-        kwargs = {f: fr(x, f"{path}.{f}") for (f, _, fr), x in zip(spec, obj, strict=True)}
-        return cls(**kwargs)
+        if path is None:
+            return cls(*[fr(x, None) for (_, _, fr), x in zip(spec, obj, strict=True)])
+        return cls(*[fr(x, f"{path}.{f}") for (f, _, fr), x in zip(spec, obj, strict=True)])
 
     def encode(self) -> bytes:
         """Canonical bytes of this struct."""
-        return encode_value(self.to_wire())
+        # to_wire checked every field's type and bounds (an AnyValue field with
+        # _check_value), so the value needs no second walk before packing.
+        return _pack(self.to_wire(), DEFAULT_LIMITS)
 
     @classmethod
     def decode(cls, data: bytes, limits: Limits = DEFAULT_LIMITS) -> Self:
-        """Parse canonical bytes; raises `CodecError` on any deviation."""
-        return cls.from_wire(decode_value(data, limits))
+        """Parse canonical bytes; raises `CodecError` on any deviation. The struct's
+        fields check the types, so the input is not walked a second time (an `AnyValue`
+        field is checked against the default limits)."""
+        return cls.from_wire(_unpack(data, limits))

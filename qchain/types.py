@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Annotated
 
+import msgpack
+
 from qchain.codec import (
     U16,
     U32,
@@ -67,8 +69,18 @@ class Transaction(Struct):
     signature: Annotated[bytes, Len(0, 8192)]
 
     def body_bytes(self) -> bytes:
-        """Canonical encoding of every field but the signature."""
-        return encode_value(self.to_wire()[:-1])
+        """Canonical encoding of every field but the signature: the encoding of the
+        whole transaction with a 9-item array header and without its last item."""
+        enc = self.encoded
+        return b"\x99" + enc[1 : len(enc) - _bin_size(len(self.signature))]
+
+    @classmethod
+    def _from_wire(cls, obj: object, path: str | None) -> Transaction:
+        tx = super()._from_wire(obj, path)
+        # The fields are checked: packing the array is the canonical encoding, without
+        # converting the fields back (blocks decode thousands of transactions).
+        tx.__dict__["encoded"] = msgpack.packb(obj, use_bin_type=True)
+        return tx
 
     def signing_digest(self) -> bytes:
         digest: bytes | None = self.__dict__.get("_signing_digest")
@@ -108,6 +120,19 @@ class Transaction(Struct):
         if self.public_key and self.public_key != public_key:
             raise BadSignature("the transaction's public key is not the sender's registered key")
         verify(parse_scheme(self.scheme), public_key, self.signing_digest(), self.signature)
+
+
+def _bin_size(n: int) -> int:
+    """Bytes of the canonical encoding of a byte string of length n."""
+    return n + (2 if n < 0x100 else 3 if n < 0x10000 else 5)
+
+
+def _array_header(n: int) -> bytes:
+    if n < 16:
+        return bytes([0x90 | n])
+    if n < 0x10000:
+        return b"\xdc" + n.to_bytes(2, "big")
+    return b"\xdd" + n.to_bytes(4, "big")
 
 
 def decode_transaction(data: bytes) -> Transaction:
@@ -180,6 +205,30 @@ class Block(Struct):
     def height(self) -> int:
         return self.header.height
 
+    def encode(self) -> bytes:
+        """Canonical bytes, joined from the header's encoding and each transaction's
+        (cached) one: a MessagePack array is its header followed by its items."""
+        enc: bytes | None = self.__dict__.get("_encoded")
+        if enc is None:
+            if len(self.txs) > MAX_BLOCK_TXS:
+                raise CodecError(f"Block.txs: length {len(self.txs)} outside [0, {MAX_BLOCK_TXS}]")
+            for tx in self.txs:
+                if not isinstance(tx, Transaction):
+                    raise CodecError("Block.txs: expected Transaction")
+            parts = [b"\x92", self.header.encode(), _array_header(len(self.txs))]
+            parts.extend(tx.encoded for tx in self.txs)
+            enc = b"".join(parts)
+            if len(enc) > BLOCK_LIMITS.max_size:
+                raise CodecError(f"encoding of {len(enc)} bytes exceeds {BLOCK_LIMITS.max_size}")
+            self.__dict__["_encoded"] = enc
+        return enc
+
+    @classmethod
+    def decode(cls, data: bytes, limits: Limits = BLOCK_LIMITS) -> Block:
+        block = super().decode(data, limits)
+        block.__dict__["_encoded"] = bytes(data)
+        return block
+
     def check_body(self) -> None:
         """Raise `CodecError` unless the transactions match the header's `tx_root`."""
         if tx_root(self.txs) != self.header.tx_root:
@@ -218,6 +267,14 @@ class Receipt(Struct):
     message: Annotated[str, Len(0, 1024)]
     result: AnyValue
     events: tuple[Event, ...] = field(default=())
+
+    def encode(self) -> bytes:
+        """Canonical bytes, cached: a receipt is encoded for the receipts root and
+        again when its block is stored."""
+        enc: bytes | None = self.__dict__.get("_encoded")
+        if enc is None:
+            enc = self.__dict__["_encoded"] = super().encode()
+        return enc
 
     @cached_property
     def hash(self) -> bytes:

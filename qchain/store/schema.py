@@ -7,6 +7,8 @@ big-endian so that byte order is numeric order. The layout version is written un
 | prefix | key | value |
 |---|---|---|
 | `b` | height | encoded block |
+| `H` | height | encoded block header (written with the block; a store from before it
+  falls back to the block) |
 | `h` | block hash | height |
 | `t` | tx hash | (height, index) |
 | `r` | height, index | encoded receipt |
@@ -33,6 +35,7 @@ from qchain.errors import StorageError
 SCHEMA_VERSION = 1
 
 BLOCK = b"b"
+HEADER = b"H"
 BLOCK_HASH = b"h"
 TX = b"t"
 RECEIPT = b"r"
@@ -70,6 +73,10 @@ def _name(name: str) -> bytes:
 
 def block_key(height: int) -> bytes:
     return BLOCK + u64(height)
+
+
+def header_key(height: int) -> bytes:
+    return HEADER + u64(height)
 
 
 def block_hash_key(block_hash: bytes) -> bytes:

@@ -26,7 +26,7 @@ from node.api import make_api_app, openapi_spec, start_api
 from node.chainstore import ChainStore
 from node.events import EventBus
 from node.metrics import NodeMetrics
-from node.service import ChainEvent, TxStatus
+from node.service import EventStream, TxStatus
 from qchain.codec import Value
 from qchain.errors import (
     ArgumentError,
@@ -201,7 +201,7 @@ class FakeNode:
             "links": {"sae-1": {"peer": 1, "pool_keys": 60, "consumed": 4, "waits": 0}},
         }
 
-    def events(self, last_event_id: int | None) -> AsyncIterator[ChainEvent]:
+    def events(self, last_event_id: int | None) -> EventStream:
         return self.bus.subscribe(last_event_id)
 
     def health(self) -> tuple[bool, Sequence[str]]:

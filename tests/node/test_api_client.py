@@ -343,6 +343,24 @@ async def test_event_bus_replay_live_and_slow_subscribers() -> None:
     assert bus.subscriber_count == 0
 
 
+async def test_a_full_block_of_events_reaches_a_subscriber_and_ready_drains_it() -> None:
+    """A block of 10,000 transactions publishes 10,001 events at once: a live subscriber
+    keeps up (it is not dropped), and `ready()` hands over what is queued without
+    waiting."""
+    bus = EventBus()
+    stream = bus.subscribe(None)
+    bus.publish("block", {"n": 0})
+    for i in range(10_000):
+        bus.publish("tx", {"n": i})
+    first = await anext(stream)
+    rest = stream.ready(limit=20_000)
+    assert bus.dropped_subscribers == 0
+    assert [first.id, *(e.id for e in rest)] == list(range(1, 10_002))
+    assert stream.ready() == []
+    await stream.aclose()
+    assert bus.subscriber_count == 0
+
+
 def test_metrics_names_help_and_isolation() -> None:
     a, b = NodeMetrics("a"), NodeMetrics("b")
     a.observe_commit(5, 3, 0.5)

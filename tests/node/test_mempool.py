@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from devnet.network import account_key
+from contracts.execution import SignatureCache
 from node.api import problem_status
 from node.mempool import Mempool, MempoolLimits
 from qchain.errors import (
@@ -106,3 +107,32 @@ def test_limits_and_commit(pool: tuple[Mempool, Accounts]) -> None:
     mp.on_commit(included, height=1)
     assert len(mp) == 3
     assert mp.next_free_nonce(sender, 2) == 4
+
+
+def test_admission_fills_the_signature_cache_that_execution_uses(
+    pool: tuple[Mempool, Accounts], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A transaction verified at admission is not verified again when a block includes
+    it; a forged one is rejected and not remembered."""
+    _, accounts = pool
+    cache = SignatureCache()
+    mp = Mempool(CHAIN, MempoolLimits(), accounts, cache)
+    good = tx("partner1", 0)
+    forged = tx("partner2", 0)
+    forged = Transaction(*forged.to_wire()[:-1], forged.signature[::-1])  # type: ignore[arg-type]
+    assert mp.add(good, height=0, now=0.0)
+    with pytest.raises(BadSignature):
+        mp.add(forged, height=0, now=0.0)
+    calls: list[bytes] = []
+    real = Transaction.verify_signature
+
+    def counting(self: Transaction, public_key: bytes) -> None:
+        calls.append(self.hash)
+        real(self, public_key)
+
+    monkeypatch.setattr(Transaction, "verify_signature", counting)
+    cache(good, account_key("partner1", "ed25519").public_key)
+    assert calls == [], "admission's check is remembered"
+    with pytest.raises(BadSignature):
+        cache(forged, account_key("partner2", "ed25519").public_key)
+    assert calls == [forged.hash]

@@ -9,6 +9,7 @@ every output whose bytes differ from the canonical ones and must never raise any
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import random
 import struct
 from collections.abc import Callable
@@ -489,3 +490,66 @@ def test_struct_field_bounds_enforced() -> None:
         if bad != 2**64:
             with pytest.raises(CodecError):
                 BlockHeader.decode(msgpack.packb(w, use_bin_type=True))
+
+
+# --- fast paths agree with the generic codec ----------------------------------------------
+
+
+def _generic(s: Struct) -> bytes:
+    """The encoding by the definition: the struct's array value, packed."""
+    return encode_value(s.to_wire())
+
+
+big_signatures = st.one_of(
+    st.binary(max_size=300),
+    st.binary(min_size=0x100, max_size=0x100),
+    st.binary(min_size=3309, max_size=3309),
+)
+
+
+@SETTINGS
+@given(transactions, big_signatures)
+def test_transaction_body_bytes_is_every_field_but_the_signature(
+    tx: Transaction, sig: bytes
+) -> None:
+    for t in (tx, dataclasses.replace(tx, signature=sig)):
+        assert t.body_bytes() == encode_value(t.to_wire()[:-1])
+        decoded = decode_transaction(_generic(t))
+        assert decoded.body_bytes() == t.body_bytes()
+        assert decoded.signing_digest() == t.signing_digest()
+
+
+@SETTINGS
+@given(blocks)
+def test_block_and_receipt_encodings_match_the_generic_codec(block: Block) -> None:
+    assert block.encode() == _generic(block)
+    again = Block.decode(block.encode())
+    assert again == block
+    assert again.encode() == _generic(block)
+    for tx, original in zip(again.txs, block.txs, strict=True):
+        # A transaction decoded inside a block knows its own bytes.
+        assert tx.encoded == original.encode() == _generic(original)
+        assert tx.hash == original.hash
+
+
+@SETTINGS
+@given(receipts)
+def test_cached_receipt_encoding_matches_the_generic_codec(r: Receipt) -> None:
+    assert r.encode() == _generic(r) == r.encode()
+    assert Receipt.decode(r.encode()) == r
+
+
+def test_struct_errors_name_the_field_path() -> None:
+    """Decoding checks without building paths, then names the failing field exactly."""
+    tx = Transaction("c", b"\x01" * 20, 1, "n", "m", [], 0, "ed25519", b"", b"s")
+    header = BlockHeader("c", 1, 0, 1, b"\x00" * 32, 0, b"\x00" * 32, b"\x00" * 32, b"\x00" * 32)
+    wire = Block(header, (tx, tx)).to_wire()
+    wire[1][1][2] = "not a nonce"  # type: ignore[index]
+    with pytest.raises(CodecError, match=r"^Block\.txs\[1\]\.nonce: expected integer"):
+        Block.decode(msgpack.packb(wire, use_bin_type=True))
+    wire = tx.to_wire()
+    wire[5] = [1.5]
+    with pytest.raises(CodecError, match=r"^Transaction\.args: type float"):
+        Transaction.decode(msgpack.packb(wire, use_bin_type=True))
+    with pytest.raises(CodecError, match="Block.txs: length 10001"):
+        Block(header, (tx,) * 10_001).encode()

@@ -75,6 +75,8 @@ def test_families_have_distinct_prefixes() -> None:
         schema.META,
         schema.QKD_LEASE,
         schema.AUX,
+        schema.CONSENSUS_VALUE,
+        schema.HEADER,
     ]
     assert len(set(prefixes)) == len(prefixes)
     assert all(len(p) == 1 for p in prefixes)
