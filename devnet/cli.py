@@ -28,7 +28,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     init = sub.add_parser("init", help="write a devnet's genesis, keys and configs")
     _dir(init)
     init.add_argument("--validators", type=int, default=4, help="n = 3f+1 (default 4)")
-    init.add_argument("--profile", choices=["test", "default"], default="test")
+    init.add_argument("--profile", choices=["test", "lan", "default"], default="test")
     init.add_argument("--kms-rate", default="lab", help="lab|metro|long-haul|constrained")
     init.add_argument("--scheme", choices=["ml-dsa-65", "ed25519"], default="ml-dsa-65")
     init.add_argument("--chain-id", default="qchain-devnet")

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from contracts.genesis import Genesis, load_genesis, parse_genesis, save_genesis
+from qchain.config import PROFILES
 from qchain.errors import ConfigError
 from qchain.keys import Scheme, SigningKey, dev_key
 
@@ -133,8 +134,8 @@ def plan_network(
     """A network of `validators` nodes; base_port None picks free ports (tests)."""
     if validators < 1 or validators % 3 != 1:
         raise ConfigError("validators", "n = 3f+1 validators are needed (1, 4, 7, 10, 13, 16)")
-    if profile not in ("test", "default"):
-        raise ConfigError("profile", "must be test or default")
+    if profile not in PROFILES:
+        raise ConfigError("profile", f"must be one of {', '.join(PROFILES)}")
     if scheme not in (s.value for s in Scheme):
         raise ConfigError("scheme", f"must be one of {', '.join(s.value for s in Scheme)}")
     count = 2 + 3 * validators

@@ -2,8 +2,9 @@
 
 Every section is a frozen dataclass; `load_config` rejects unknown keys, wrong types and
 out-of-range values with a `ConfigError` that names the field (`section.key`) and the
-reason. Timing comes from a named profile (`default` for real links, `test` for local
-devnets and CI; CONSENSUS.md §4) that a `[timing]` section can override field by field.
+reason. Timing comes from a named profile (`default` for wide-area links, `lan` for
+validators on one site, `test` for local devnets and CI; CONSENSUS.md §4) that a
+`[timing]` section can override field by field.
 
 Relative paths in the file are resolved against the file's directory.
 """
@@ -51,6 +52,15 @@ PROFILES: dict[str, TimingConfig] = {
         sync_interval_ms=1000,
         inclusion_timeout_ms=30_000,
     ),
+    "lan": TimingConfig(
+        base_ms=500,
+        backoff=2.0,
+        cap_ms=20_000,
+        propose_wait_min_ms=50,
+        propose_wait_max_ms=1000,
+        sync_interval_ms=500,
+        inclusion_timeout_ms=30_000,
+    ),
     "test": TimingConfig(
         base_ms=100,
         backoff=1.5,
@@ -79,7 +89,7 @@ class NodeSection:
     genesis: Path
     signing_key: Path
     """The validator's ML-DSA-65 key file, used to sign commit certificates."""
-    profile: Literal["default", "test"] = "default"
+    profile: Literal["default", "lan", "test"] = "default"
     log_format: Literal["text", "json"] = "text"
 
 

@@ -74,9 +74,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--heartbeat-ms", type=int, default=1000, help="empty block interval; 0 = none")
     p.add_argument(
         "--profile",
-        choices=["default", "test"],
-        default="default",
-        help="validator timing profile (default: the production one)",
+        choices=["default", "lan", "test"],
+        default="lan",
+        help="validator timing profile (default: lan, CONSENSUS.md §4: one machine)",
     )
     p.add_argument("--senders", type=int, default=256, help="bench sender accounts")
     p.add_argument("--out", type=Path, default=None, help="report directory")

@@ -80,6 +80,20 @@ def test_default_profile(tmp_path: Path) -> None:
     assert cfg.timing == PROFILES["default"]
 
 
+def test_profiles_follow_the_consensus_timer_table(tmp_path: Path) -> None:
+    """CONSENSUS.md §4: base, backoff, cap, propose_wait_min, sync_interval per column."""
+    table = {
+        "default": (2000, 2.0, 60_000, 200, 1000),
+        "lan": (500, 2.0, 20_000, 50, 500),
+        "test": (100, 1.5, 2000, 0, 50),
+    }
+    for name, row in table.items():
+        cfg = _load(tmp_path, VALID.replace('profile = "test"', f'profile = "{name}"'))
+        t = cfg.timing
+        assert (t.base_ms, t.backoff, t.cap_ms, t.propose_wait_min_ms, t.sync_interval_ms) == row
+        assert t.propose_wait_max_ms == 1000
+
+
 def test_timing_override_field_by_field(tmp_path: Path) -> None:
     cfg = _load(tmp_path, VALID + "\n[timing]\nbase_ms = 250\nbackoff = 2\n")
     assert cfg.timing.base_ms == 250
