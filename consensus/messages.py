@@ -39,10 +39,22 @@ class Block(Struct):
     """The leader that claims to have built it (a claim, never evidence, §3.2)."""
     body: Body
 
+    def encode(self) -> bytes:
+        """Canonical bytes, cached: a body can be megabytes, and a block is encoded to
+        hash it, to store it and to send it."""
+        enc: bytes | None = self.__dict__.get("_encoded")
+        if enc is None:
+            enc = self.__dict__["_encoded"] = super().encode()
+        return enc
+
 
 def block_hash(block: Block) -> bytes:
-    """The consensus value of a block: the domain-separated hash of its encoding."""
-    return hash_domain(Domain.CONSENSUS_BLOCK, block.encode())
+    """The consensus value of a block: the domain-separated hash of its encoding
+    (cached on the block: the engine, the node and the application all ask)."""
+    value: bytes | None = block.__dict__.get("_value")
+    if value is None:
+        value = block.__dict__["_value"] = hash_domain(Domain.CONSENSUS_BLOCK, block.encode())
+    return value
 
 
 @dataclass(frozen=True)
