@@ -19,6 +19,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Annotated, TypeAlias
 
+import msgpack
+
 from qchain.codec import I64, U16, U64, Hash32, Len, Range, Struct, decode_value, encode_value
 from qchain.errors import CodecError
 from qchain.hashing import Domain, hash_domain
@@ -46,6 +48,22 @@ class Block(Struct):
         if enc is None:
             enc = self.__dict__["_encoded"] = super().encode()
         return enc
+
+
+def stored_block_height(raw: bytes) -> int:
+    """The height of an encoded block this node stored itself, read without decoding
+    the body (the first field of the array). Raises `CodecError` on anything else."""
+    unpacker = msgpack.Unpacker(max_buffer_size=len(raw))
+    unpacker.feed(raw)
+    try:
+        if unpacker.read_array_header() != len(Block._spec()):
+            raise CodecError("not an encoded consensus block")
+        height = unpacker.unpack()
+    except (ValueError, msgpack.UnpackException, msgpack.OutOfData) as e:
+        raise CodecError(f"not an encoded consensus block: {type(e).__name__}") from e
+    if type(height) is not int or height < 0:
+        raise CodecError("not an encoded consensus block: bad height")
+    return height
 
 
 def block_hash(block: Block) -> bytes:

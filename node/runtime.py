@@ -84,6 +84,7 @@ from consensus.messages import (
     decode_message,
     encode_message,
     load_record,
+    stored_block_height,
 )
 from consensus.messages import block_hash as consensus_value
 from consensus.params import Params
@@ -796,8 +797,8 @@ class Validator:
         batch = self.app.commit_batch(prepared)
         batch.put(schema.meta_key("next-anchor"), schema.u64(a.next_anchor))
         for key, raw in self.store.iterate(schema.PENDING_BODY):
-            body = CBlock.decode(raw)
-            if body.height <= a.height:
+            # Only the height is needed: reading it does not decode megabytes of body.
+            if stored_block_height(raw) <= a.height:
                 batch.delete(key)
         self.store.write(batch, sync=True)
         self.app.forget(value)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from consensus.engine import Engine
 from consensus.events import (
     Action,
@@ -137,3 +139,17 @@ def test_claim_check_refuses_single_liar() -> None:
     }
     assert not RULES.shows_safe(reps, b, 3, 4, 1, P.q, P.b)
     assert RULES.shows_safe(reps, a, 3, 4, 1, P.q, P.b)
+
+
+def test_stored_block_height_reads_the_height_without_the_body() -> None:
+    from consensus.messages import Block as CBlock
+    from consensus.messages import block_hash, stored_block_height
+    from qchain.errors import CodecError
+
+    for height, body in ((0, b""), (7, b"x" * 10), (2**40, b"\x01" * 70_000)):
+        blk = CBlock(height, b"\x02" * 32, 3, 1, body)
+        assert stored_block_height(blk.encode()) == height
+        assert block_hash(blk) == block_hash(CBlock.decode(blk.encode()))
+    for bad in (b"", b"\x90", b"\x95\xa1x", b"\x01", b"\x95\xff"):
+        with pytest.raises(CodecError):
+            stored_block_height(bad)
