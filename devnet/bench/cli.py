@@ -56,6 +56,8 @@ SWEEP_RATES = {
     "ml-dsa-65": (150, 300, 500, 750, 1000),
 }
 
+IDLE_SETTLE_S = 3.0
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--validators", type=int, default=4, help="n = 3f+1 (default 4)")
@@ -323,7 +325,10 @@ async def _sleep_until(t: float) -> None:
 
 
 async def measure_idle(net: BenchNetwork, seconds: float) -> dict[str, Any]:
+    """Key burn of a network with no load, in steady state: after IDLE_SETTLE_S, so that
+    the start-up exchange (links, first sync) is not counted as idle."""
     urls = {i: u for i, u in net.api_urls().items() if net.pid(f"node{i}") is not None}
+    await asyncio.sleep(IDLE_SETTLE_S)
     s0 = await snapshot(urls)
     await asyncio.sleep(seconds)
     s1 = await snapshot(urls)

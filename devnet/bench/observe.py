@@ -45,6 +45,9 @@ class BlockSeen:
     tx_count: int
     round: int
     at: float
+    built: float
+    """The block's header time (its proposer's wall clock when it built the block, in
+    seconds): `at - built` is the block's consensus latency, build to commit."""
 
 
 @dataclass
@@ -113,7 +116,9 @@ class CommitListener:
         if last is not None and ev_id > last + 1:
             self.gaps += ev_id - last - 1
         if kind == "block":
-            self.blocks.append(BlockSeen(d["height"], d["tx_count"], d["round"], now))
+            self.blocks.append(
+                BlockSeen(d["height"], d["tx_count"], d["round"], now, d["time"] / 1000)
+            )
         else:
             self.txs.setdefault(d["tx_hash"], (now, bool(d["ok"]), str(d["code"])))
         return ev_id

@@ -115,6 +115,7 @@ def point_figures(
                 failed += 1
             latencies.append(seen[0] - c["scheduled"])
     latencies.sort()
+    consensus = sorted(b.at - b.built for b in in_window)
     intervals = [b.at - a.at for a, b in itertools.pairwise(in_window)]
     rounds = [b.round for b in in_window]
     committed_tx_s = committed / span if span > 0 else 0.0
@@ -142,6 +143,11 @@ def point_figures(
             "p95": _r(percentile(latencies, 95) * 1e3, 1),
             "p99": _r(percentile(latencies, 99) * 1e3, 1),
             "max": _r(latencies[-1] * 1e3, 1) if latencies else None,
+        },
+        "consensus_latency_ms": {
+            "samples": len(consensus),
+            "p50": _r(percentile(consensus, 50) * 1e3, 1),
+            "p99": _r(percentile(consensus, 99) * 1e3, 1),
         },
         "blocks": len(in_window),
         "block_interval_ms": _r(sum(intervals) / len(intervals) * 1e3, 1) if intervals else None,
@@ -206,6 +212,7 @@ def point_row(p: Mapping[str, Any]) -> list[str]:
         fmt(lat["p50"]),
         fmt(lat["p95"]),
         fmt(lat["p99"]),
+        fmt(p.get("consensus_latency_ms", {}).get("p50")),
         fmt(p["block_interval_ms"]),
         fmt(p["txs_per_block"]),
         fmt(cpu),
@@ -223,6 +230,7 @@ POINT_HEADER = [
     "p50 ms",
     "p95 ms",
     "p99 ms",
+    "consensus p50 ms",
     "block interval ms",
     "txs/block",
     "CPU ms/tx/node",

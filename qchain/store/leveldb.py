@@ -15,7 +15,6 @@ import plyvel
 from qchain.errors import StorageError
 from qchain.store.kv import Batch, KVStore, check_open, prefix_end
 
-
 WRITE_BUFFER_BYTES = 32 * 1024 * 1024
 
 

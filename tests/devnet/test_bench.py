@@ -16,6 +16,7 @@ POINT_KEYS = {
     "offered_tx_s",
     "committed_tx_s",
     "latency_ms",
+    "consensus_latency_ms",
     "block_interval_ms",
     "txs_per_block",
     "cpu_ms_per_tx",

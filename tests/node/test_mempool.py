@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from devnet.network import account_key
 from contracts.execution import SignatureCache
+from devnet.network import account_key
 from node.api import problem_status
 from node.mempool import Mempool, MempoolLimits
 from qchain.errors import (

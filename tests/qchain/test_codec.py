@@ -551,5 +551,5 @@ def test_struct_errors_name_the_field_path() -> None:
     wire[5] = [1.5]
     with pytest.raises(CodecError, match=r"^Transaction\.args: type float"):
         Transaction.decode(msgpack.packb(wire, use_bin_type=True))
-    with pytest.raises(CodecError, match="Block.txs: length 10001"):
+    with pytest.raises(CodecError, match=r"Block\.txs: length 10001"):
         Block(header, (tx,) * 10_001).encode()
