@@ -399,8 +399,14 @@ def status_json(st: TxStatus) -> dict[str, Any]:
 
 
 def event_frame(ev: ChainEvent) -> bytes:
-    data = json.dumps(jsonable(ev.data), separators=(",", ":"))
-    return f"id: {ev.id}\nevent: {ev.kind}\ndata: {data}\n\n".encode()
+    """The event as server-sent-event bytes; built once per event, however many
+    subscribers stream it (kept on the event)."""
+    frame: bytes | None = ev.__dict__.get("_frame")
+    if frame is None:
+        data = json.dumps(jsonable(ev.data), separators=(",", ":"))
+        frame = f"id: {ev.id}\nevent: {ev.kind}\ndata: {data}\n\n".encode()
+        ev.__dict__["_frame"] = frame
+    return frame
 
 
 def json_response(doc: object, status: int = 200, **headers: str) -> web.Response:

@@ -9,6 +9,7 @@ knows the key.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from dataclasses import dataclass
@@ -60,9 +61,16 @@ def verify(scheme: Scheme | str, public_key: bytes, message: bytes, signature: b
         if s is Scheme.ED25519:
             nacl.signing.VerifyKey(public_key).verify(message, signature)
         else:
-            mldsa.MLDSA65PublicKey.from_public_bytes(public_key).verify(signature, message)
+            _mldsa_key(public_key).verify(signature, message)
     except (nacl.exceptions.BadSignatureError, InvalidSignature, ValueError) as e:
         raise BadSignature("signature does not verify") from e
+
+
+@functools.lru_cache(maxsize=4096)
+def _mldsa_key(public_key: bytes) -> mldsa.MLDSA65PublicKey:
+    """A parsed ML-DSA-65 public key (parsing one costs a tenth of a verification; a
+    validator checks the same members' keys over and over). Raises `ValueError`."""
+    return mldsa.MLDSA65PublicKey.from_public_bytes(public_key)
 
 
 @dataclass(frozen=True)
