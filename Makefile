@@ -38,19 +38,19 @@ devnet-down: $(STAMP)
 	$(VENV)/bin/qchain devnet down --dir $(DEVNET_DIR)
 
 # The standard benchmark set (docs/BENCHMARKS.md); each run starts its own devnet on free
-# loopback ports. About 15 minutes on 2 cores: run it on a quiet machine.
+# loopback ports. About 20 minutes on 2 cores: run it on a quiet machine.
 BENCH_OUT ?= bench-out
 QB := $(VENV)/bin/qchain bench --duration 30
 
 bench: $(STAMP)
-	$(QB) --scheme ed25519 --rates 500,1000,1500,2000 --profile-leader 10 --out $(BENCH_OUT)/ed25519-n4
+	$(QB) --scheme ed25519 --rates 500,1000,2000,2500 --profile-leader 10 --out $(BENCH_OUT)/ed25519-n4
 	$(QB) --scheme ml-dsa-65 --rates 250,500,750,1000 --out $(BENCH_OUT)/ml-dsa-65-n4
-	$(QB) --scheme ed25519 --rate 2000 --baseline --out $(BENCH_OUT)/ed25519-n4-baseline
-	$(QB) --scheme ed25519 --rate 500 --faults 1 --out $(BENCH_OUT)/ed25519-n4-1-crashed
+	$(QB) --scheme ed25519 --rates 2000,2500 --baseline --out $(BENCH_OUT)/ed25519-n4-baseline
+	$(QB) --scheme ed25519 --rate 1000 --faults 1 --out $(BENCH_OUT)/ed25519-n4-1-crashed
 	$(QB) --idle-only --heartbeat-ms 0 --idle 15 --out $(BENCH_OUT)/idle-no-heartbeat
-	$(QB) --scheme ed25519 --validators 7 --rates 500,1000 --out $(BENCH_OUT)/ed25519-n7
-	$(QB) --scheme ed25519 --validators 10 --rates 300,600 --out $(BENCH_OUT)/ed25519-n10
-	$(QB) --scheme ed25519 --validators 16 --rates 100,200 --out $(BENCH_OUT)/ed25519-n16
+	$(QB) --scheme ed25519 --validators 7 --rates 1000,1500 --out $(BENCH_OUT)/ed25519-n7
+	$(QB) --scheme ed25519 --validators 10 --rates 600,1000 --out $(BENCH_OUT)/ed25519-n10
+	$(QB) --scheme ed25519 --validators 16 --rates 200,400 --out $(BENCH_OUT)/ed25519-n16
 
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache .hypothesis
