@@ -524,7 +524,10 @@ class _Api:
                 else:
                     st, new = self._submit_item(item)
             except QChainError as e:
-                if problem_status(e)[0] >= 500:
+                # A full mempool refuses this item (and likely the rest), but the items
+                # before it were admitted: answer per item, so that the client knows
+                # exactly which to send again. Other server errors fail the request.
+                if problem_status(e)[0] >= 500 and not isinstance(e, MempoolFull):
                     raise
                 results.append({"item": i, "problem": problem_doc(e)})
                 continue

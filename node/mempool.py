@@ -54,6 +54,12 @@ class MempoolLimits:
     max_txs: int = 10_000
     max_bytes: int = 256 * 1024 * 1024
     max_per_sender: int = 256
+    max_local: int | None = None
+    """How many of the pending transactions may be local (submitted to this node by
+    clients). A validator sets it to max_txs / n: then the local transactions of all n
+    validators, forwarded to the leader, fit in the leader's pool. Without this, under
+    overload the leader silently drops forwarded transactions, their senders' later
+    nonces wait behind the gaps, and throughput collapses."""
 
 
 @dataclass
@@ -91,10 +97,16 @@ class Mempool:
         self._by_hash: dict[bytes, PendingTx] = {}
         self._senders: OrderedDict[bytes, _Sender] = OrderedDict()
         self._bytes = 0
+        self._local = 0
         self.rejections: dict[str, int] = {}
 
     def __len__(self) -> int:
         return len(self._by_hash)
+
+    @property
+    def local_count(self) -> int:
+        """Pending transactions that clients submitted to this node."""
+        return self._local
 
     @property
     def size_bytes(self) -> int:
@@ -121,7 +133,9 @@ class Mempool:
             raise TooLarge(size, MAX_TX_SIZE)
         known = self._by_hash.get(tx.hash)
         if known is not None:
-            known.local = known.local or local
+            if local and not known.local:
+                known.local = True
+                self._local += 1
             return False
         if tx.chain_id != self.chain_id:
             raise WrongChain(self.chain_id, tx.chain_id)
@@ -144,6 +158,8 @@ class Mempool:
                 raise MempoolFull("too many pending transactions from this sender")
         if len(self._by_hash) >= self.limits.max_txs:
             raise MempoolFull("transaction count limit reached")
+        if local and self.limits.max_local is not None and self._local >= self.limits.max_local:
+            raise MempoolFull("this node's share of the pool is taken; retry shortly")
         if self._bytes + size > self.limits.max_bytes:
             raise MempoolFull("byte limit reached")
         key = self.accounts.signing_key(tx.sender)
@@ -159,6 +175,7 @@ class Mempool:
         sender.by_nonce[tx.nonce] = pending
         self._by_hash[tx.hash] = pending
         self._bytes += size
+        self._local += local
         return True
 
     def has_ready(self) -> bool:
@@ -190,6 +207,7 @@ class Mempool:
     def _remove(self, p: PendingTx) -> None:
         self._by_hash.pop(p.tx.hash, None)
         self._bytes -= p.size
+        self._local -= p.local
         sender = self._senders.get(p.tx.sender)
         if sender is not None:
             sender.by_nonce.pop(p.tx.nonce, None)

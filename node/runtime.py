@@ -245,7 +245,12 @@ class Validator:
         self._accounts = _Accounts(self.store)
         self.mempool = Mempool(
             self.genesis.chain_id,
-            MempoolLimits(cfg.mempool.max_txs, cfg.mempool.max_bytes, cfg.mempool.max_per_sender),
+            MempoolLimits(
+                cfg.mempool.max_txs,
+                cfg.mempool.max_bytes,
+                cfg.mempool.max_per_sender,
+                max_local=max(1, cfg.mempool.max_txs // n),
+            ),
             self._accounts,
             self.sig_cache,
         )

@@ -11,9 +11,14 @@ over one connection (`POST /v1/txs/batch`, msgpack), merging chunks that piled u
 request was in flight. Latency is measured from the scheduled time, so a slow node cannot
 hide its queue (no coordinated omission).
 
+A transaction refused for want of room (`mempool-full`, 429, 503, a dropped connection)
+is sent again with the sender's next batch, as a partner's client would: its sender's later
+nonces cannot commit without it. Its latency still counts from its first scheduled time.
+
 RESULT records every chunk: node, offset in its stream, size, scheduled and posted wall
-times, and per-chunk acceptance counts and refusal codes. The run is bounded: it stops
-offering at the duration, and abandons requests still in flight `drain_s` later.
+times, per-chunk acceptance counts, resends, and the codes of final refusals. The run is
+bounded: it stops offering at the duration, keeps resending refused transactions until
+none is left, and abandons what is still unsent or in flight `drain_s` later.
 """
 
 from __future__ import annotations
@@ -32,6 +37,9 @@ import msgpack
 MAX_BATCH_TXS = 1000
 MAX_BATCH_BYTES = 3 * 1024 * 1024
 MSGPACK = "application/msgpack"
+RETRYABLE = {"mempool-full", "rate-limited", "http-429", "http-503"}
+"""Refusals that mean "not now": the transaction is sent again."""
+RESEND_PAUSE_S = 0.05
 
 
 @dataclass
@@ -44,6 +52,9 @@ class Chunk:
     answered: float = 0.0
     accepted: int = 0
     refused: dict[str, int] = field(default_factory=dict)
+    """Final refusals by code."""
+    resent: int = 0
+    """How many times one of its transactions was sent again."""
     error: str = ""
 
 
@@ -73,6 +84,8 @@ class _NodeSender:
         self.queue: asyncio.Queue[Chunk | None] = asyncio.Queue()
         self.cursor = 0
         self.done: list[Chunk] = []
+        self.resend: list[tuple[Chunk, int, str]] = []
+        """(chunk, position in it, code of the last refusal) to send again."""
 
     def offer(self, count: int, scheduled: float) -> None:
         count = min(count, len(self.stream) - self.cursor)
@@ -83,8 +96,16 @@ class _NodeSender:
 
     async def run(self) -> None:
         while True:
-            first = await self.queue.get()
+            if self.resend:
+                try:
+                    first = await asyncio.wait_for(self.queue.get(), RESEND_PAUSE_S)
+                except TimeoutError:
+                    await self._post([])
+                    continue
+            else:
+                first = await self.queue.get()
             if first is None:
+                await self._drain_resends()
                 return
             chunks = [first]
             size = first.count
@@ -105,53 +126,67 @@ class _NodeSender:
             if chunks:
                 await self._post(chunks)
             if stop:
+                await self._drain_resends()
                 return
+
+    async def _drain_resends(self) -> None:
+        while self.resend:
+            await asyncio.sleep(RESEND_PAUSE_S)
+            await self._post([])
+
+    def finish(self) -> None:
+        """Count what is still waiting to be sent again as refused."""
+        for c, _, code in self.resend:
+            c.refused[code] = c.refused.get(code, 0) + 1
+        self.resend = []
 
     def _txs(self, c: Chunk) -> list[bytes]:
         return self.stream[c.offset : c.offset + c.count]
 
     async def _post(self, chunks: list[Chunk]) -> None:
-        txs: list[bytes] = []
+        """Post the transactions waiting to be sent again, then the chunks'."""
+        slots: list[tuple[Chunk, int]] = [(c, pos) for c, pos, _ in self.resend]
+        self.resend = []
+        for c, _ in slots:
+            c.resent += 1
         for c in chunks:
-            txs.extend(self._txs(c))
-        body = msgpack.packb(txs, use_bin_type=True)
+            slots.extend((c, pos) for pos in range(c.count))
+        if not slots:
+            return
+        body = msgpack.packb([self.stream[c.offset + pos] for c, pos in slots], use_bin_type=True)
         posted = time.time()
         for c in chunks:
             c.posted = posted
+        results: list[dict[str, Any]] | None = None
         try:
             async with self.session.post(
                 self.url, data=body, headers={"Content-Type": MSGPACK}
             ) as resp:
                 data = await resp.read()
                 status = resp.status
+            failure = "" if status == 200 else f"http-{status}"
+            if status == 200:
+                results = json.loads(data)["results"]
         except (aiohttp.ClientError, TimeoutError) as e:
-            self._fail(chunks, type(e).__name__)
-            return
+            failure = type(e).__name__
         answered = time.time()
-        if status != 200:
-            self._fail(chunks, f"http-{status}")
-            return
-        results: list[dict[str, Any]] = json.loads(data)["results"]
-        k = 0
         for c in chunks:
             c.answered = answered
-            for item in results[k : k + c.count]:
-                problem = item.get("problem")
+            c.error = failure
+            self.done.append(c)
+        for k, (c, pos) in enumerate(slots):
+            if results is None:
+                code = failure
+            else:
+                problem = results[k].get("problem")
                 if problem is None:
                     c.accepted += 1
-                else:
-                    code = str(problem.get("type", "refused")).rsplit("/", 1)[-1]
-                    c.refused[code] = c.refused.get(code, 0) + 1
-            k += c.count
-            self.done.append(c)
-
-    def _fail(self, chunks: list[Chunk], reason: str) -> None:
-        answered = time.time()
-        for c in chunks:
-            c.answered = answered
-            c.error = reason
-            c.refused[reason] = c.refused.get(reason, 0) + c.count
-            self.done.append(c)
+                    continue
+                code = str(problem.get("type", "refused")).rsplit("/", 1)[-1]
+            if code in RETRYABLE or (results is None and not failure.startswith("http-")):
+                self.resend.append((c, pos, code))
+            else:
+                c.refused[code] = c.refused.get(code, 0) + 1
 
 
 async def generate(spec: Spec) -> dict[str, Any]:
@@ -187,6 +222,8 @@ async def generate(spec: Spec) -> dict[str, Any]:
         _, pending = await asyncio.wait(tasks, timeout=spec.drain_s)
         for t in pending:
             t.cancel()
+        for s in senders:
+            s.finish()
         chunks = [asdict(c) for s in senders for c in s.done]
     return {"start": start, "end": end, "offered": offered, "ticks": ticks, "chunks": chunks}
 

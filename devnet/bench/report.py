@@ -97,13 +97,14 @@ def point_figures(
     in_window = [b for b in blocks if w0 <= b.at <= w1]
     committed = sum(b.tx_count for b in in_window)
     latencies: list[float] = []
-    submitted = accepted = lost = failed = 0
+    submitted = accepted = lost = failed = resent = 0
     refused: dict[str, int] = {}
     for c in load["chunks"]:
         for code, k in c["refused"].items():
             refused[code] = refused.get(code, 0) + k
         submitted += c["count"]
         accepted += c["accepted"]
+        resent += c.get("resent", 0)
         if not w0 <= c["scheduled"] <= w1:
             continue
         for h in hashes[c["node"]][c["offset"] : c["offset"] + c["count"]]:
@@ -133,6 +134,7 @@ def point_figures(
         "submitted": submitted,
         "accepted": accepted,
         "refused": refused,
+        "resent": resent,
         "committed_txs": committed,
         "committed_tx_s": _r(committed_tx_s, 1),
         "failed_in_window": failed,

@@ -31,6 +31,7 @@ from qchain.codec import Value
 from qchain.errors import (
     ArgumentError,
     BadSignature,
+    MempoolFull,
     NonceMismatch,
     NotAMember,
     UnknownContract,
@@ -81,6 +82,8 @@ class FakeNode:
         self.waiting = asyncio.Event()
         self._committed = asyncio.Event()
         self.fail_status = False
+        self.capacity: int | None = None
+        """Pending transactions the fake mempool holds before refusing (None: no limit)."""
 
     # NodeService
 
@@ -113,6 +116,8 @@ class FakeNode:
         expected = self.next_nonce(tx.sender)
         if tx.nonce != expected:
             raise NonceMismatch(expected, tx.nonce)
+        if self.capacity is not None and len(self.pending) >= self.capacity:
+            raise MempoolFull("transaction count limit reached")
         self.pending[tx.hash] = tx
         return TxStatus(tx.hash, "pending"), True
 

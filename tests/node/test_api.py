@@ -222,6 +222,28 @@ async def test_batch_json_and_msgpack(api: ApiHarness) -> None:
     assert r.status == 400
 
 
+async def test_batch_reports_a_full_mempool_per_item(api: ApiHarness) -> None:
+    """The items admitted before the mempool filled stay admitted and say so; the
+    refused ones carry a 503 mempool-full problem; the request itself succeeds."""
+    api.node.capacity = len(api.node.pending) + 1
+    txs = [make_tx(k, api.node.next_nonce(k.address)) for k in PARTNERS]
+    r = await api.request(
+        "POST", "/v1/txs/batch", data=encode_value([t.encode() for t in txs]), headers=MSGPACK
+    )
+    assert r.status == 200
+    results = r.json()["results"]
+    assert results[0]["new"] is True and results[0]["tx_hash"] == txs[0].hash.hex()
+    for item in results[1:]:
+        assert problem_slug(item["problem"]) == "mempool-full"
+        assert item["problem"]["status"] == 503
+    assert txs[0].hash in api.node.pending and txs[1].hash not in api.node.pending
+    api.node.capacity = None
+    r = await api.request(
+        "POST", "/v1/txs/batch", data=encode_value([t.encode() for t in txs[1:]]), headers=MSGPACK
+    )
+    assert [x["new"] for x in r.json()["results"]] == [True, True], "sent again, admitted"
+
+
 # --- reading ---------------------------------------------------------------------------------
 
 

@@ -136,3 +136,28 @@ def test_admission_fills_the_signature_cache_that_execution_uses(
     with pytest.raises(BadSignature):
         cache(forged, account_key("partner2", "ed25519").public_key)
     assert calls == [forged.hash]
+
+
+def test_local_share_bounds_client_transactions_but_not_forwarded_ones(
+    pool: tuple[Mempool, Accounts],
+) -> None:
+    """max_local caps what clients of this node may have pending, so that every node's
+    share, forwarded to the leader, fits in the leader's pool."""
+    _, accounts = pool
+    mp = Mempool(CHAIN, MempoolLimits(max_txs=10, max_local=2), accounts)
+    mp.add(tx("partner1", 0), height=0, now=0.0, local=True)
+    mp.add(tx("partner1", 1), height=0, now=0.0, local=True)
+    with pytest.raises(MempoolFull) as full:
+        mp.add(tx("partner1", 2), height=0, now=0.0, local=True)
+    assert problem_status(full.value)[0] == 503
+    assert mp.add(tx("partner1", 2), height=0, now=0.0), "a peer's forward is not capped"
+    assert mp.local_count == 2 and len(mp) == 3
+    accounts.nonces[account_key("partner1", "ed25519").address] = 1
+    mp.on_commit([tx("partner1", 0)], height=1)
+    assert mp.local_count == 1
+    # A forwarded transaction that a client then submits here becomes local.
+    assert not mp.add(tx("partner1", 2), height=1, now=0.0, local=True)
+    assert mp.local_count == 2
+    with pytest.raises(MempoolFull):
+        mp.add(tx("partner2", 0), height=1, now=0.0, local=True)
+    assert mp.add(tx("partner2", 0), height=1, now=0.0)

@@ -1,0 +1,62 @@
+"""The load generator sends refused transactions again: a partner's client would, since
+its sender's later nonces cannot commit without them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import msgpack
+from aiohttp import web
+
+from devnet.bench.load import Spec, generate
+
+
+async def test_refused_transactions_are_sent_again_until_accepted(tmp_path: Path) -> None:
+    seen: dict[bytes, int] = {}
+    requests = 0
+
+    async def batch(request: web.Request) -> web.Response:
+        nonlocal requests
+        requests += 1
+        if requests == 2:
+            return web.json_response({"type": "mempool-full"}, status=503)
+        results: list[dict[str, object]] = []
+        for i, tx in enumerate(msgpack.unpackb(await request.read())):
+            seen[tx] = seen.get(tx, 0) + 1
+            if seen[tx] == 1 and i % 3 == 1:
+                problem = {"type": "https://qchain.dev/problems/mempool-full", "status": 503}
+                results.append({"item": i, "problem": problem})
+            elif tx.endswith(b"bad"):
+                problem = {"type": "https://qchain.dev/problems/bad-signature", "status": 400}
+                results.append({"item": i, "problem": problem})
+            else:
+                results.append({"item": i, "new": seen[tx] == 1})
+        return web.json_response({"results": results})
+
+    app = web.Application()
+    app.router.add_post("/v1/txs/batch", batch)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        stream = [f"tx-{i}".encode() for i in range(60)] + [b"tx-bad"]
+        path = tmp_path / "stream.msgpack"
+        path.write_bytes(msgpack.packb(stream, use_bin_type=True))
+        spec = Spec([f"http://127.0.0.1:{port}"], [str(path)], 200.0, 0.4, drain_s=10.0)
+        result = await generate(spec)
+    finally:
+        await runner.cleanup()
+    chunks = result["chunks"]
+    offered = sum(c["count"] for c in chunks)
+    accepted = sum(c["accepted"] for c in chunks)
+    refused: dict[str, int] = {}
+    for c in chunks:
+        for code, k in c["refused"].items():
+            refused[code] = refused.get(code, 0) + k
+    assert offered == result["offered"] == 61
+    assert accepted == 60, "every transaction refused for want of room got in"
+    assert refused == {"bad-signature": 1}, "a real rejection is not sent again"
+    assert sum(c["resent"] for c in chunks) >= 20
+    assert all(seen[tx] >= 1 for tx in stream)
