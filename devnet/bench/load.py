@@ -39,7 +39,8 @@ MAX_BATCH_BYTES = 3 * 1024 * 1024
 MSGPACK = "application/msgpack"
 RETRYABLE = {"mempool-full", "rate-limited", "http-429", "http-503"}
 """Refusals that mean "not now": the transaction is sent again."""
-RESEND_PAUSE_S = 0.05
+RESEND_PAUSE_S = 0.2
+"""A refused transaction waits this long before it is sent again (no hammering)."""
 
 
 @dataclass
@@ -84,8 +85,9 @@ class _NodeSender:
         self.queue: asyncio.Queue[Chunk | None] = asyncio.Queue()
         self.cursor = 0
         self.done: list[Chunk] = []
-        self.resend: list[tuple[Chunk, int, str]] = []
-        """(chunk, position in it, code of the last refusal) to send again."""
+        self.resend: list[tuple[float, Chunk, int, str]] = []
+        """(when, chunk, position in it, code of the last refusal): to send again, oldest
+        first."""
 
     def offer(self, count: int, scheduled: float) -> None:
         count = min(count, len(self.stream) - self.cursor)
@@ -97,8 +99,9 @@ class _NodeSender:
     async def run(self) -> None:
         while True:
             if self.resend:
+                wait = max(0.0, self.resend[0][0] - time.time())
                 try:
-                    first = await asyncio.wait_for(self.queue.get(), RESEND_PAUSE_S)
+                    first = await asyncio.wait_for(self.queue.get(), wait)
                 except TimeoutError:
                     await self._post([])
                     continue
@@ -131,12 +134,12 @@ class _NodeSender:
 
     async def _drain_resends(self) -> None:
         while self.resend:
-            await asyncio.sleep(RESEND_PAUSE_S)
+            await asyncio.sleep(max(0.0, self.resend[0][0] - time.time()))
             await self._post([])
 
     def finish(self) -> None:
         """Count what is still waiting to be sent again as refused."""
-        for c, _, code in self.resend:
+        for _, c, _, code in self.resend:
             c.refused[code] = c.refused.get(code, 0) + 1
         self.resend = []
 
@@ -144,13 +147,32 @@ class _NodeSender:
         return self.stream[c.offset : c.offset + c.count]
 
     async def _post(self, chunks: list[Chunk]) -> None:
-        """Post the transactions waiting to be sent again, then the chunks'."""
-        slots: list[tuple[Chunk, int]] = [(c, pos) for c, pos, _ in self.resend]
-        self.resend = []
-        for c, _ in slots:
+        """Post the refused transactions that are due again (in their own request if
+        they do not fit with the chunks), then the chunks'."""
+        now = time.time()
+        due: list[tuple[Chunk, int]] = []
+        nbytes = 0
+        while self.resend and self.resend[0][0] <= now and len(due) < MAX_BATCH_TXS:
+            _, c, pos, _ = self.resend[0]
+            size = len(self.stream[c.offset + pos])
+            if nbytes + size > MAX_BATCH_BYTES:
+                break
+            self.resend.pop(0)
+            due.append((c, pos))
+            nbytes += size
+        for c, _ in due:
             c.resent += 1
-        for c in chunks:
-            slots.extend((c, pos) for pos in range(c.count))
+        fresh = [(c, pos) for c in chunks for pos in range(c.count)]
+        fresh_bytes = sum(len(t) for c in chunks for t in self._txs(c))
+        if due and (
+            len(due) + len(fresh) > MAX_BATCH_TXS or nbytes + fresh_bytes > MAX_BATCH_BYTES
+        ):
+            await self._send(due, [])
+            due = []
+        await self._send(due + fresh, chunks)
+
+    async def _send(self, slots: list[tuple[Chunk, int]], chunks: list[Chunk]) -> None:
+        """One request with the transactions at slots; chunks are those posted first."""
         if not slots:
             return
         body = msgpack.packb([self.stream[c.offset + pos] for c, pos in slots], use_bin_type=True)
@@ -184,7 +206,7 @@ class _NodeSender:
                     continue
                 code = str(problem.get("type", "refused")).rsplit("/", 1)[-1]
             if code in RETRYABLE or (results is None and not failure.startswith("http-")):
-                self.resend.append((c, pos, code))
+                self.resend.append((answered + RESEND_PAUSE_S, c, pos, code))
             else:
                 c.refused[code] = c.refused.get(code, 0) + 1
 
