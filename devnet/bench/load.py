@@ -24,6 +24,7 @@ none is left, and abandons what is still unsent or in flight `drain_s` later.
 from __future__ import annotations
 
 import asyncio
+import heapq
 import json
 import sys
 import time
@@ -40,7 +41,9 @@ MSGPACK = "application/msgpack"
 RETRYABLE = {"mempool-full", "rate-limited", "http-429", "http-503"}
 """Refusals that mean "not now": the transaction is sent again."""
 RESEND_PAUSE_S = 0.2
-"""A refused transaction waits this long before it is sent again (no hammering)."""
+RESEND_PAUSE_MAX_S = 2.0
+"""A refused transaction waits before it is sent again, 0.2 s doubling per refusal up to
+2 s (a full pool stays full for a while: no hammering)."""
 
 
 @dataclass
@@ -85,9 +88,12 @@ class _NodeSender:
         self.queue: asyncio.Queue[Chunk | None] = asyncio.Queue()
         self.cursor = 0
         self.done: list[Chunk] = []
-        self.resend: list[tuple[float, Chunk, int, str]] = []
-        """(when, chunk, position in it, code of the last refusal): to send again, oldest
-        first."""
+        self.resend: list[tuple[float, int, Chunk, int, str]] = []
+        """A heap of (when, sequence, chunk, position in it, code of the last refusal):
+        what to send again, soonest first."""
+        self._seq = 0
+        self.attempts: dict[tuple[int, int], int] = {}
+        """(chunk offset, position) -> refusals so far, for the back-off."""
 
     def offer(self, count: int, scheduled: float) -> None:
         count = min(count, len(self.stream) - self.cursor)
@@ -139,7 +145,7 @@ class _NodeSender:
 
     def finish(self) -> None:
         """Count what is still waiting to be sent again as refused."""
-        for _, c, _, code in self.resend:
+        for _, _, c, _, code in self.resend:
             c.refused[code] = c.refused.get(code, 0) + 1
         self.resend = []
 
@@ -153,11 +159,11 @@ class _NodeSender:
         due: list[tuple[Chunk, int]] = []
         nbytes = 0
         while self.resend and self.resend[0][0] <= now and len(due) < MAX_BATCH_TXS:
-            _, c, pos, _ = self.resend[0]
+            _, _, c, pos, _ = self.resend[0]
             size = len(self.stream[c.offset + pos])
             if nbytes + size > MAX_BATCH_BYTES:
                 break
-            self.resend.pop(0)
+            heapq.heappop(self.resend)
             due.append((c, pos))
             nbytes += size
         for c, _ in due:
@@ -206,7 +212,10 @@ class _NodeSender:
                     continue
                 code = str(problem.get("type", "refused")).rsplit("/", 1)[-1]
             if code in RETRYABLE or (results is None and not failure.startswith("http-")):
-                self.resend.append((answered + RESEND_PAUSE_S, c, pos, code))
+                k = self.attempts[(c.offset, pos)] = self.attempts.get((c.offset, pos), 0) + 1
+                pause = min(RESEND_PAUSE_MAX_S, RESEND_PAUSE_S * 2 ** (k - 1))
+                self._seq += 1
+                heapq.heappush(self.resend, (answered + pause, self._seq, c, pos, code))
             else:
                 c.refused[code] = c.refused.get(code, 0) + 1
 
