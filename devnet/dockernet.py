@@ -439,31 +439,25 @@ class ComposeNetwork:
         """Wait until every named node (default all) answers on its published API port
         with height >= min_height. Raises RuntimeError if a container exited,
         TimeoutError naming the nodes that are not there."""
+        from devnet.local import poll_ready
+
         wanted = [n.name for n in self.plan.nodes] if names is None else list(names)
-        deadline = time.monotonic() + timeout
-        statuses: dict[str, dict[str, Any]] = {}
         checked_at = 0.0
-        while True:
-            for name in wanted:
-                st = self.node_status(name)
-                if st is not None:
-                    statuses[name] = st
-            missing = [
-                n for n in wanted if n not in statuses or statuses[n].get("height", 0) < min_height
-            ]
-            if not missing:
-                return statuses
-            if time.monotonic() - checked_at > 3:
-                checked_at = time.monotonic()
-                dead = [s for s in [KMS_SERVICE, *missing] if self.state(s)[0] != "running"]
-                if dead:
-                    raise RuntimeError(
-                        f"{', '.join(dead)} not running; see `qchain devnet logs --docker "
-                        f"--dir {self.dir}`"
-                    )
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"not ready after {timeout:.0f}s: {', '.join(missing)}")
-            time.sleep(0.25)
+
+        def dead(missing: list[str]) -> str | None:
+            # Asking Docker for container states is slow: every 3 s at most.
+            nonlocal checked_at
+            if time.monotonic() - checked_at <= 3:
+                return None
+            checked_at = time.monotonic()
+            gone = [s for s in [KMS_SERVICE, *missing] if self.state(s)[0] != "running"]
+            if not gone:
+                return None
+            return (
+                f"{', '.join(gone)} not running; see `qchain devnet logs --docker --dir {self.dir}`"
+            )
+
+        return poll_ready(wanted, self.node_status, min_height, timeout, dead, 0.25)
 
     def _tls_client_files(self, name: str) -> dict[str, str]:
         """Host paths of a node's key-manager client certificate and key (its config

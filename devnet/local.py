@@ -21,7 +21,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,6 +39,38 @@ class Service:
 
 def qchain_argv(*args: str) -> tuple[str, ...]:
     return (sys.executable, "-m", "qchain.cli", *args)
+
+
+def poll_ready(
+    wanted: Iterable[str],
+    node_status: Callable[[str], dict[str, Any] | None],
+    min_height: int,
+    timeout: float,
+    dead: Callable[[list[str]], str | None],
+    interval: float,
+) -> dict[str, dict[str, Any]]:
+    """Poll until every wanted node answers with height >= min_height; their statuses.
+    `dead(missing)` names what has died (RuntimeError) or returns None. Raises
+    TimeoutError naming the nodes that are not there."""
+    names = list(wanted)
+    deadline = time.monotonic() + timeout
+    statuses: dict[str, dict[str, Any]] = {}
+    while True:
+        for name in names:
+            st = node_status(name)
+            if st is not None:
+                statuses[name] = st
+        missing = [
+            n for n in names if n not in statuses or statuses[n].get("height", 0) < min_height
+        ]
+        if not missing:
+            return statuses
+        problem = dead(missing)
+        if problem is not None:
+            raise RuntimeError(problem)
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"not ready after {timeout:.0f}s: {', '.join(missing)}")
+        time.sleep(interval)
 
 
 def http_json(url: str, timeout: float = 2.0, token: str | None = None) -> Any:
@@ -199,25 +231,15 @@ class LocalNetwork:
         """Wait until every named node (default: all) answers and has committed
         min_height. Raises TimeoutError naming the nodes that are not there."""
         wanted = [n.name for n in self.plan.nodes] if names is None else list(names)
-        deadline = time.monotonic() + timeout
-        statuses: dict[str, dict[str, Any]] = {}
-        while True:
-            for name in wanted:
-                st = self.node_status(name)
-                if st is not None:
-                    statuses[name] = st
-            missing = [
-                n for n in wanted if n not in statuses or statuses[n].get("height", 0) < min_height
-            ]
-            if not missing:
-                return statuses
-            dead = [n for n in missing if self.pid(n) is None]
-            if dead:
-                logs = ", ".join(str(self.log_file(n)) for n in dead)
-                raise RuntimeError(f"{', '.join(dead)} exited; see {logs}")
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"not ready after {timeout:.0f}s: {', '.join(missing)}")
-            time.sleep(0.1)
+
+        def dead(missing: list[str]) -> str | None:
+            gone = [n for n in missing if self.pid(n) is None]
+            if not gone:
+                return None
+            logs = ", ".join(str(self.log_file(n)) for n in gone)
+            return f"{', '.join(gone)} exited; see {logs}"
+
+        return poll_ready(wanted, self.node_status, min_height, timeout, dead, 0.1)
 
     def wait_kms(self, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
