@@ -12,8 +12,9 @@ request was in flight. Latency is measured from the scheduled time, so a slow no
 hide its queue (no coordinated omission).
 
 A transaction refused for want of room (`mempool-full`, 429, 503, a dropped connection)
-is sent again with the sender's next batch, as a partner's client would: its sender's later
-nonces cannot commit without it. Its latency still counts from its first scheduled time.
+is sent again after a back-off, as a partner's client would: its sender's later nonces
+cannot commit without it, so they are held back (in order) until it is accepted, instead
+of piling up behind a gap. Latency still counts from the first scheduled time.
 
 RESULT records every chunk: node, offset in its stream, size, scheduled and posted wall
 times, per-chunk acceptance counts, resends, and the codes of final refusals. The run is
@@ -90,8 +91,13 @@ class _NodeSender:
         self.done: list[Chunk] = []
         self.resend: list[tuple[float, int, Chunk, int, str]] = []
         """A heap of (when, sequence, chunk, position in it, code of the last refusal):
-        what to send again, soonest first."""
+        what to send again, soonest first (code "" for a held transaction released)."""
         self._seq = 0
+        self.blocked: dict[bytes, int] = {}
+        """Sender -> how many of its transactions wait to be sent again."""
+        self.held: dict[bytes, list[tuple[Chunk, int]]] = {}
+        """Sender -> its later transactions, held back while it is blocked."""
+        self._sender_of: dict[int, bytes] = {}
         self.attempts: dict[tuple[int, int], int] = {}
         """(chunk offset, position) -> refusals so far, for the back-off."""
 
@@ -144,10 +150,32 @@ class _NodeSender:
             await self._post([])
 
     def finish(self) -> None:
-        """Count what is still waiting to be sent again as refused."""
+        """Count what is still waiting to be sent (again) as refused."""
         for _, _, c, _, code in self.resend:
-            c.refused[code] = c.refused.get(code, 0) + 1
-        self.resend = []
+            c.refused[code or "held"] = c.refused.get(code or "held", 0) + 1
+        for slots in self.held.values():
+            for c, _ in slots:
+                c.refused["held"] = c.refused.get("held", 0) + 1
+        self.resend, self.held = [], {}
+
+    def _sender(self, c: Chunk, pos: int) -> bytes:
+        """The sender of a stream transaction (field 1 of its array); the bytes
+        themselves if they are not a transaction (no ordering then)."""
+        i = c.offset + pos
+        who = self._sender_of.get(i)
+        if who is None:
+            raw = self.stream[i]
+            try:
+                fields = msgpack.unpackb(raw)
+                who = fields[1] if isinstance(fields, list) and len(fields) > 1 else raw
+            except (ValueError, msgpack.UnpackException):
+                who = raw
+            who = self._sender_of[i] = bytes(who) if isinstance(who, bytes) else raw
+        return who
+
+    def _push(self, when: float, c: Chunk, pos: int, code: str) -> None:
+        self._seq += 1
+        heapq.heappush(self.resend, (when, self._seq, c, pos, code))
 
     def _txs(self, c: Chunk) -> list[bytes]:
         return self.stream[c.offset : c.offset + c.count]
@@ -163,13 +191,20 @@ class _NodeSender:
             size = len(self.stream[c.offset + pos])
             if nbytes + size > MAX_BATCH_BYTES:
                 break
-            heapq.heappop(self.resend)
+            _, _, _, _, code = heapq.heappop(self.resend)
             due.append((c, pos))
             nbytes += size
-        for c, _ in due:
-            c.resent += 1
-        fresh = [(c, pos) for c in chunks for pos in range(c.count)]
-        fresh_bytes = sum(len(t) for c in chunks for t in self._txs(c))
+            if code:
+                c.resent += 1
+        fresh: list[tuple[Chunk, int]] = []
+        for c in chunks:
+            for pos in range(c.count):
+                who = self._sender(c, pos)
+                if who in self.blocked:
+                    self.held.setdefault(who, []).append((c, pos))
+                else:
+                    fresh.append((c, pos))
+        fresh_bytes = sum(len(self.stream[c.offset + pos]) for c, pos in fresh)
         if due and (
             len(due) + len(fresh) > MAX_BATCH_TXS or nbytes + fresh_bytes > MAX_BATCH_BYTES
         ):
@@ -178,8 +213,13 @@ class _NodeSender:
         await self._send(due + fresh, chunks)
 
     async def _send(self, slots: list[tuple[Chunk, int]], chunks: list[Chunk]) -> None:
-        """One request with the transactions at slots; chunks are those posted first."""
+        """One request with the transactions at slots; chunks are those posted first
+        (recorded even when all their transactions were held back)."""
         if not slots:
+            now = time.time()
+            for c in chunks:
+                c.posted = c.answered = now
+                self.done.append(c)
             return
         body = msgpack.packb([self.stream[c.offset + pos] for c, pos in slots], use_bin_type=True)
         posted = time.time()
@@ -203,21 +243,32 @@ class _NodeSender:
             c.error = failure
             self.done.append(c)
         for k, (c, pos) in enumerate(slots):
+            who = self._sender(c, pos)
+            waited = (c.offset, pos) in self.attempts
             if results is None:
                 code = failure
             else:
                 problem = results[k].get("problem")
-                if problem is None:
-                    c.accepted += 1
-                    continue
-                code = str(problem.get("type", "refused")).rsplit("/", 1)[-1]
+                code = "" if problem is None else str(problem.get("type", "refused"))
+                code = code.rsplit("/", 1)[-1]
             if code in RETRYABLE or (results is None and not failure.startswith("http-")):
-                k = self.attempts[(c.offset, pos)] = self.attempts.get((c.offset, pos), 0) + 1
-                pause = min(RESEND_PAUSE_MAX_S, RESEND_PAUSE_S * 2 ** (k - 1))
-                self._seq += 1
-                heapq.heappush(self.resend, (answered + pause, self._seq, c, pos, code))
-            else:
+                n = self.attempts[(c.offset, pos)] = self.attempts.get((c.offset, pos), 0) + 1
+                pause = min(RESEND_PAUSE_MAX_S, RESEND_PAUSE_S * 2 ** (n - 1))
+                self._push(answered + pause, c, pos, code)
+                if n == 1:
+                    self.blocked[who] = self.blocked.get(who, 0) + 1
+                continue
+            if code:
                 c.refused[code] = c.refused.get(code, 0) + 1
+            else:
+                c.accepted += 1
+            if waited:
+                self.attempts.pop((c.offset, pos))
+                self.blocked[who] -= 1
+                if not self.blocked[who]:
+                    del self.blocked[who]
+                    for hc, hpos in self.held.pop(who, []):
+                        self._push(answered, hc, hpos, "")
 
 
 async def generate(spec: Spec) -> dict[str, Any]:

@@ -65,3 +65,48 @@ async def test_refused_transactions_are_sent_again_until_accepted(tmp_path: Path
     assert len(refused_once) >= 10
     assert sum(c["resent"] for c in chunks) >= len(refused_once - {b"tx-bad"})
     assert all(seen[tx] >= 1 for tx in stream)
+
+
+async def test_a_refused_transaction_holds_back_its_senders_later_ones(tmp_path: Path) -> None:
+    """Later nonces of a sender wait until its refused transaction is accepted, so the
+    node never sees them behind a gap; other senders go on."""
+    accepted: dict[bytes, list[int]] = {}
+    refused: set[bytes] = set()
+
+    async def batch(request: web.Request) -> web.Response:
+        results: list[dict[str, object]] = []
+        full = False
+        for i, raw in enumerate(msgpack.unpackb(await request.read())):
+            _, sender, nonce = msgpack.unpackb(raw)
+            # Like a node's pool: once full, it refuses the rest of the request too.
+            if full or (nonce % 5 == 1 and raw not in refused):
+                full = True
+                refused.add(raw)
+                problem = {"type": "https://qchain.dev/problems/mempool-full", "status": 503}
+                results.append({"item": i, "problem": problem})
+                continue
+            accepted.setdefault(sender, []).append(nonce)
+            results.append({"item": i, "new": True})
+        return web.json_response({"results": results})
+
+    app = web.Application()
+    app.router.add_post("/v1/txs/batch", batch)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    senders = [b"A" * 20, b"B" * 20, b"C" * 20]
+    stream = [msgpack.packb(["chain", s, n], use_bin_type=True) for n in range(12) for s in senders]
+    path = tmp_path / "stream.msgpack"
+    path.write_bytes(msgpack.packb(stream, use_bin_type=True))
+    try:
+        spec = Spec([f"http://127.0.0.1:{port}"], [str(path)], 300.0, 0.3, drain_s=15.0)
+        result = await generate(spec)
+    finally:
+        await runner.cleanup()
+    assert {s: sorted(v) for s, v in accepted.items()} == {s: list(range(12)) for s in senders}
+    for s in senders:
+        assert accepted[s] == sorted(accepted[s]), "no nonce got in ahead of a refused one"
+    assert sum(c["accepted"] for c in result["chunks"]) == len(stream)
+    assert sum(c["resent"] for c in result["chunks"]) >= len(refused)
