@@ -3,12 +3,36 @@ its sender's later nonces cannot commit without them."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import msgpack
 from aiohttp import web
 
 from devnet.bench.load import Spec, generate
+
+Handler = Callable[[web.Request], Awaitable[web.Response]]
+
+
+async def _generate(
+    tmp_path: Path, batch: Handler, stream: list[bytes], rate: float, seconds: float
+) -> dict[str, Any]:
+    """Run the load generator against a fake `POST /v1/txs/batch` on 127.0.0.1."""
+    app = web.Application()
+    app.router.add_post("/v1/txs/batch", batch)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    path = tmp_path / "stream.msgpack"
+    path.write_bytes(msgpack.packb(stream, use_bin_type=True))
+    try:
+        spec = Spec([f"http://127.0.0.1:{port}"], [str(path)], rate, seconds, drain_s=15.0)
+        return await generate(spec)
+    finally:
+        await runner.cleanup()
 
 
 async def test_refused_transactions_are_sent_again_until_accepted(tmp_path: Path) -> None:
@@ -37,21 +61,8 @@ async def test_refused_transactions_are_sent_again_until_accepted(tmp_path: Path
                 results.append({"item": i, "new": seen[tx] == 1})
         return web.json_response({"results": results})
 
-    app = web.Application()
-    app.router.add_post("/v1/txs/batch", batch)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    try:
-        stream = [f"tx-{i}".encode() for i in range(60)] + [b"tx-bad"]
-        path = tmp_path / "stream.msgpack"
-        path.write_bytes(msgpack.packb(stream, use_bin_type=True))
-        spec = Spec([f"http://127.0.0.1:{port}"], [str(path)], 200.0, 0.4, drain_s=10.0)
-        result = await generate(spec)
-    finally:
-        await runner.cleanup()
+    stream = [f"tx-{i}".encode() for i in range(60)] + [b"tx-bad"]
+    result = await _generate(tmp_path, batch, stream, 200.0, 0.4)
     chunks = result["chunks"]
     offered = sum(c["count"] for c in chunks)
     accepted = sum(c["accepted"] for c in chunks)
@@ -89,22 +100,9 @@ async def test_a_refused_transaction_holds_back_its_senders_later_ones(tmp_path:
             results.append({"item": i, "new": True})
         return web.json_response({"results": results})
 
-    app = web.Application()
-    app.router.add_post("/v1/txs/batch", batch)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     senders = [b"A" * 20, b"B" * 20, b"C" * 20]
     stream = [msgpack.packb(["chain", s, n], use_bin_type=True) for n in range(12) for s in senders]
-    path = tmp_path / "stream.msgpack"
-    path.write_bytes(msgpack.packb(stream, use_bin_type=True))
-    try:
-        spec = Spec([f"http://127.0.0.1:{port}"], [str(path)], 300.0, 0.3, drain_s=15.0)
-        result = await generate(spec)
-    finally:
-        await runner.cleanup()
+    result = await _generate(tmp_path, batch, stream, 300.0, 0.3)
     assert {s: sorted(v) for s, v in accepted.items()} == {s: list(range(12)) for s in senders}
     for s in senders:
         assert accepted[s] == sorted(accepted[s]), "no nonce got in ahead of a refused one"
