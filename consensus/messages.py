@@ -41,13 +41,8 @@ class Block(Struct):
     """The leader that claims to have built it (a claim, never evidence, §3.2)."""
     body: Body
 
-    def encode(self) -> bytes:
-        """Canonical bytes, cached: a body can be megabytes, and a block is encoded to
-        hash it, to store it and to send it."""
-        enc: bytes | None = self.__dict__.get("_encoded")
-        if enc is None:
-            enc = self.__dict__["_encoded"] = super().encode()
-        return enc
+    # A body can be megabytes, and a block is encoded to hash it, store it and send it.
+    _cache_encoding = True
 
 
 def stored_block_height(raw: bytes) -> int:

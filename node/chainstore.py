@@ -40,7 +40,7 @@ class ChainStore:
     def __init__(self, store: KVStore) -> None:
         self.store = store
         self._headers: dict[int, BlockHeader] = {}
-        """Recently read or committed headers (immutable once committed)."""
+        """Recently read headers (a committed header never changes)."""
 
     # --- metadata --------------------------------------------------------------------
 

@@ -332,6 +332,9 @@ class Struct:
     """Base for frozen dataclasses that encode as a fixed-order array of their fields."""
 
     _wire_spec: ClassVar[tuple[tuple[str, _Conv, _Conv], ...] | None] = None
+    _cache_encoding: ClassVar[bool] = False
+    """Set by a struct whose values are never changed after construction and whose
+    encoding is asked for repeatedly: `encode` then keeps the bytes on the instance."""
 
     @classmethod
     def _spec(cls) -> tuple[tuple[str, _Conv, _Conv], ...]:
@@ -382,9 +385,14 @@ class Struct:
 
     def encode(self) -> bytes:
         """Canonical bytes of this struct."""
-        # to_wire checked every field's type and bounds (an AnyValue field with
-        # _check_value), so the value needs no second walk before packing.
-        return _pack(self.to_wire(), DEFAULT_LIMITS)
+        enc: bytes | None = self.__dict__.get("_encoded") if self._cache_encoding else None
+        if enc is None:
+            # to_wire checked every field's type and bounds (an AnyValue field with
+            # _check_value), so the value needs no second walk before packing.
+            enc = _pack(self.to_wire(), DEFAULT_LIMITS)
+            if self._cache_encoding:
+                self.__dict__["_encoded"] = enc
+        return enc
 
     @classmethod
     def decode(cls, data: bytes, limits: Limits = DEFAULT_LIMITS) -> Self:

@@ -268,13 +268,8 @@ class Receipt(Struct):
     result: AnyValue
     events: tuple[Event, ...] = field(default=())
 
-    def encode(self) -> bytes:
-        """Canonical bytes, cached: a receipt is encoded for the receipts root and
-        again when its block is stored."""
-        enc: bytes | None = self.__dict__.get("_encoded")
-        if enc is None:
-            enc = self.__dict__["_encoded"] = super().encode()
-        return enc
+    # Encoded for the receipts root and again when its block is stored.
+    _cache_encoding = True
 
     @cached_property
     def hash(self) -> bytes:
