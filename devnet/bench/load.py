@@ -98,8 +98,8 @@ class _NodeSender:
         self.held: dict[bytes, list[tuple[Chunk, int]]] = {}
         """Sender -> its later transactions, held back while it is blocked."""
         self._sender_of: dict[int, bytes] = {}
-        self.attempts: dict[tuple[int, int], int] = {}
-        """(chunk offset, position) -> refusals so far, for the back-off."""
+        self.attempts: dict[int, int] = {}
+        """Stream index -> refusals so far, for the back-off."""
 
     def offer(self, count: int, scheduled: float) -> None:
         count = min(count, len(self.stream) - self.cursor)
@@ -167,10 +167,10 @@ class _NodeSender:
             raw = self.stream[i]
             try:
                 fields = msgpack.unpackb(raw)
-                who = fields[1] if isinstance(fields, list) and len(fields) > 1 else raw
             except (ValueError, msgpack.UnpackException):
-                who = raw
-            who = self._sender_of[i] = bytes(who) if isinstance(who, bytes) else raw
+                fields = None
+            ok = isinstance(fields, list) and len(fields) > 1 and isinstance(fields[1], bytes)
+            who = self._sender_of[i] = fields[1] if ok else raw
         return who
 
     def _push(self, when: float, c: Chunk, pos: int, code: str) -> None:
@@ -244,7 +244,7 @@ class _NodeSender:
             self.done.append(c)
         for k, (c, pos) in enumerate(slots):
             who = self._sender(c, pos)
-            waited = (c.offset, pos) in self.attempts
+            waited = c.offset + pos in self.attempts
             if results is None:
                 code = failure
             else:
@@ -252,7 +252,7 @@ class _NodeSender:
                 code = "" if problem is None else str(problem.get("type", "refused"))
                 code = code.rsplit("/", 1)[-1]
             if code in RETRYABLE or (results is None and not failure.startswith("http-")):
-                n = self.attempts[(c.offset, pos)] = self.attempts.get((c.offset, pos), 0) + 1
+                n = self.attempts[c.offset + pos] = self.attempts.get(c.offset + pos, 0) + 1
                 pause = min(RESEND_PAUSE_MAX_S, RESEND_PAUSE_S * 2 ** (n - 1))
                 self._push(answered + pause, c, pos, code)
                 if n == 1:
@@ -263,7 +263,7 @@ class _NodeSender:
             else:
                 c.accepted += 1
             if waited:
-                self.attempts.pop((c.offset, pos))
+                self.attempts.pop(c.offset + pos)
                 self.blocked[who] -= 1
                 if not self.blocked[who]:
                     del self.blocked[who]
