@@ -167,6 +167,8 @@ class Engine:
         self.committed = 0
         self.blocks: dict[bytes, Block] = {}
         self.valid: dict[bytes, bool] = {}
+        self.untimely: set[bytes] = set()
+        """Values whose block time was outside the driver's window when validated (§3.7)."""
         self.next_buffer: dict[tuple[int, int, int], ConsensusMessage] = {}
         self.claims: dict[int, dict[int, bytes]] = {}
         self.peer_height: dict[int, int] = {}
@@ -209,7 +211,7 @@ class Engine:
         elif isinstance(ev, Timeout):
             out = self._on_timeout(ev.key)
         elif isinstance(ev, BlockValidated):
-            out = self._on_block_validated(ev.value, ev.ok)
+            out = self._on_block_validated(ev.value, ev.ok, ev.timely)
         elif isinstance(ev, BlockFetched):
             out = self._on_block_fetched(ev.block)
         elif isinstance(ev, BlockBuilt):
@@ -253,6 +255,7 @@ class Engine:
         for v in [v for v, blk in self.blocks.items() if v not in keep and blk.height <= lowest]:
             del self.blocks[v]
             self.valid.pop(v, None)
+            self.untimely.discard(v)
 
     # --- sending ---
 
@@ -469,6 +472,11 @@ class Engine:
             return inst.once(("val", r, v), ValidateBlock(blk))
         if not ok:
             return []
+        if blk.round == r and v in self.untimely:
+            # A fresh proposal must be timely (§3.7); a re-proposal of a value built in an
+            # earlier round is not judged by the clock, or a value locked by a quorum
+            # could never be decided once its time had passed.
+            return []
         if r > 0 and not self.rules.shows_safe(inst.reports(r), v, r, 4, 1, self.q, self.b):
             return []
         return self._vote1_body(blk) + self._cast(inst, 1, v)
@@ -617,8 +625,12 @@ class Engine:
         h = m.height
         if h < 1:
             return []
-        if h > self.peer_height.get(j, 0):
-            self.peer_height[j] = h
+        # A height more than the window above ours is only a claim that the sender is far
+        # ahead: it is recorded as cur + window (enough to start catching up) and never
+        # reaches an instance, a buffer or a timer (§3.5).
+        claim = min(h, self.cur + self.p.height_window)
+        if claim > self.peer_height.get(j, 0):
+            self.peer_height[j] = claim
         inst = self.inst.get(h)
         if inst is None:
             if h == self.cur + 1:
@@ -757,7 +769,11 @@ class Engine:
                 out.append(SetTimer(SYNC_SERVE_TIMER, self.p.sync_interval_ms))
             return out
         out = []
-        top = m.height + len(m.hashes) - 1
+        if m.height > self.cur + 1:
+            # We ask from our current height (or the one after the last commit): an answer
+            # from higher up is not an answer to us (§3.4).
+            return []
+        top = min(m.height + len(m.hashes) - 1, self.cur + self.p.height_window)
         if m.hashes and top > self.peer_height.get(j, 0):
             self.peer_height[j] = top
         for i, value in enumerate(m.hashes[: self.p.sync_max_count]):
@@ -821,8 +837,12 @@ class Engine:
 
     # --- application answers ---
 
-    def _on_block_validated(self, v: bytes, ok: bool) -> list[Action]:
+    def _on_block_validated(self, v: bytes, ok: bool, timely: bool = True) -> list[Action]:
         self.valid[v] = ok
+        if timely:
+            self.untimely.discard(v)
+        else:
+            self.untimely.add(v)
         out: list[Action] = []
         for h in sorted(self.inst):
             inst = self.inst[h]

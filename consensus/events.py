@@ -71,10 +71,13 @@ class BlockBuilt:
 
 @dataclass(frozen=True)
 class BlockValidated:
-    """Result of `ValidateBlock`: the application's deterministic verdict on a value."""
+    """Result of `ValidateBlock`: the application's deterministic verdict on a value, and
+    whether the block's time was timely by the driver's clock when it was validated
+    (CONSENSUS.md §3.7; the engine requires it only to vote for a fresh proposal)."""
 
     value: bytes
     ok: bool
+    timely: bool = True
 
 
 @dataclass(frozen=True)

@@ -34,6 +34,9 @@ class Params:
     sync_max_count: int = 64
     max_block_bytes: int = 1 << 20
     next_buffer_per_sender: int = 8
+    height_window: int = 64
+    """A message more than this many heights above the current one is not processed; it
+    only tells that its sender is ahead (§3.5)."""
 
     def __post_init__(self) -> None:
         if self.n < 1:
@@ -48,6 +51,8 @@ class Params:
             raise ConfigError("backoff", "must be >= 1")
         if self.sync_max_count < 1:
             raise ConfigError("sync_max_count", "must be >= 1")
+        if self.height_window < 2:
+            raise ConfigError("height_window", "must be >= 2")
 
     @property
     def f(self) -> int:

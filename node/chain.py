@@ -5,7 +5,8 @@ consensus `Block` carries `height`, `parent` (the consensus value of the block b
 `round`, `proposer` and a `body`: the canonical encoding of the chain `Block` (header and
 transactions). A body is valid for a consensus block when its header repeats the same
 height, round and proposer, names the previous chain block as parent, has a later time
-than it, and executes (on an overlay over committed state) to the header's receipts root
+than it but not past `MAX_BLOCK_TIME_MS` (at that limit, the same time: a block can
+always follow), and executes (on an overlay over committed state) to the header's receipts root
 and app hash. Everything checked is a function of the block and the parent state: no
 clock is read (CONSENSUS.md §3.1).
 
@@ -33,6 +34,24 @@ from qchain.errors import CodecError, InvalidBlock
 from qchain.store import schema
 from qchain.store.kv import Batch, KVStore
 from qchain.types import Block, BlockHeader, Transaction, decode_block, tx_root
+
+MAX_BLOCK_TIME_MS = 253_402_300_799_999
+"""The last millisecond of the year 9999 (UTC): no block time is later (CONSENSUS.md §3.7).
+Validators vote only for fresh proposals whose time is near their own clock, so honest
+chains never come near it; the bound keeps a block built by a Byzantine leader from
+leaving no representable time for the next block."""
+
+
+def time_follows(parent_ms: int, block_ms: int) -> bool:
+    """Whether block_ms may follow parent_ms: later, within the limit; at the limit, equal."""
+    if block_ms > MAX_BLOCK_TIME_MS:
+        return False
+    return block_ms > parent_ms or block_ms == parent_ms == MAX_BLOCK_TIME_MS
+
+
+def next_block_time(parent_ms: int, now_ms: int) -> int:
+    """The time an honest leader gives its block: its clock, or just after the parent."""
+    return min(max(now_ms, parent_ms + 1), MAX_BLOCK_TIME_MS)
 
 
 @dataclass(frozen=True)
@@ -116,7 +135,7 @@ class ChainApp:
         if tip_h != height - 1:
             raise InvalidBlock(f"cannot build height {height} on top of {tip_h}")
         now = int(time.time() * 1000) if now_ms is None else now_ms
-        block_time = max(now, tip_time + 1)
+        block_time = next_block_time(tip_time, now)
         ctx = BlockContext(self.chain_id, height, block_time, tip_app)
         result, included, rejected = build_block(
             self.store, ctx, candidates, verifier=self.sig_cache
@@ -157,8 +176,10 @@ class ChainApp:
             raise InvalidBlock(f"height {h.height} does not follow {tip_h}")
         if h.parent != tip_hash:
             raise InvalidBlock("header parent is not the last committed block")
-        if h.time <= tip_time:
-            raise InvalidBlock("block time does not advance")
+        if not time_follows(tip_time, h.time):
+            raise InvalidBlock(
+                f"block time {h.time} does not follow {tip_time} (at most {MAX_BLOCK_TIME_MS})"
+            )
         result = validate_block(self.store, block, tip_app, verifier=self.sig_cache)
         return self._remember(Prepared(value, cblock, block, result))
 

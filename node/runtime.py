@@ -36,7 +36,7 @@ import secrets
 import signal
 import ssl
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Awaitable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -95,7 +95,8 @@ from contracts.query import query as contract_query
 from contracts.state import StateReader
 from node.admin import make_admin_app
 from node.api import make_api_app, make_ssl_context
-from node.chain import ChainApp, Prepared
+from node.budget import BLOCK_LOOKUPS, CERT_SIGS, FORWARDED_TXS, Budgets
+from node.chain import ChainApp, Prepared, next_block_time
 from node.chainstore import ChainStore
 from node.events import EventBus
 from node.mempool import Mempool, MempoolLimits, PendingTx
@@ -133,6 +134,11 @@ MAX_REFORWARD = 4000
 ADMIT_SLICE = 100
 INITIAL_PER_TX_S = 0.0005
 """Execution cost per transaction assumed until this node has measured its own."""
+STALL_MIN_S = 15.0
+"""A node that should have committed and did not for this long is not ready (at least;
+three heartbeat intervals when they are longer)."""
+VOTE_WATCH_ROUNDS = 64
+"""How far above the current round votes are kept for equivocation detection."""
 BLOCK_TIME_SHARE = 0.25
 """A block holds at most as many transactions as validating it takes this share of the
 round timeout, so validation never outlasts the round (see `_block_tx_cap`)."""
@@ -279,7 +285,10 @@ class Validator:
         self._own_sig: dict[int, CertSig] = {}
         self._waiters: dict[bytes, list[asyncio.Future[TxStatus]]] = {}
         self._forward_queue: list[bytes] = []
-        self._admit_queue: deque[bytes] = deque()
+        self._admit_queue: deque[tuple[int, bytes]] = deque()
+        self._admit_queued: Counter[int] = Counter()
+        """Forwarded transactions waiting for admission, by the peer that sent them."""
+        self.budgets = Budgets()
         self._admit_task: asyncio.Task[None] | None = None
         self._forward_dropped = 0
         self._ready_signalled = False
@@ -531,12 +540,20 @@ class Validator:
         correct node. So two values seen there mean a leader sent different proposals to
         different nodes, or a voter sent different votes: raise `equivocation-suspected`.
         With MACs instead of signatures nobody can prove who lied (CONSENSUS.md §1), but
-        every honest node that sees both values reports it."""
-        if vote.height + 1 < self.chain.height():
+        every honest node that sees both values reports it.
+
+        What is kept is bounded whatever peers send: heights from the one below the last
+        committed to two above it, rounds up to VOTE_WATCH_ROUNDS above the current one,
+        two values per (height, round, phase); older heights go at each commit."""
+        committed = self.chain.height()
+        if not committed - 1 <= vote.height <= committed + 2:
+            return
+        inst = self.engine.inst.get(self.engine.cur)
+        if vote.round > (0 if inst is None else inst.rec.round) + VOTE_WATCH_ROUNDS:
             return
         key = (vote.height, vote.round, vote.phase)
         seen = self._vote_values.setdefault(key, {})
-        if vote.value in seen:
+        if vote.value in seen or len(seen) >= 2:
             return
         seen[vote.value] = sender
         if len(seen) == 2:
@@ -547,10 +564,6 @@ class Validator:
                 f"validator {first[1]} voted {first[0].hex()[:12]}, "
                 f"validator {second[1]} voted {second[0].hex()[:12]}",
             )
-        if len(self._vote_values) > 4096:
-            floor = self.chain.height() - 1
-            for k in [k for k in self._vote_values if k[0] < floor]:
-                del self._vote_values[k]
 
     def _alert(self, kind: str, detail: str) -> None:
         self._alerts[kind] = self._alerts.get(kind, 0) + 1
@@ -641,7 +654,7 @@ class Validator:
                         self._observe_vote(sender, msg)
                     self.feed(MessageIn(sender, msg))
             elif env.kind is Kind.TXS:
-                self._on_forwarded(TxBatch.decode(env.payload))
+                self._on_forwarded(sender, TxBatch.decode(env.payload))
             elif env.kind is Kind.CERT_SIG:
                 self._on_cert_sig(sender, CertSig.decode(env.payload))
         except CodecError as e:
@@ -722,6 +735,7 @@ class Validator:
     def _validate(self, cblock: CBlock) -> None:
         value = consensus_value(cblock)
         started = time.perf_counter()
+        timely = True
         try:
             prepared = self.app.validate(cblock)
             ok = True
@@ -730,7 +744,28 @@ class Validator:
             ok = False
         if ok:
             self._observe_execution(time.perf_counter() - started, len(prepared.block.txs))
-        self.feed(BlockValidated(value, ok))
+            timely = self._timely(prepared.block.header.time, cblock.round)
+            if not timely:
+                self._alert(
+                    "untimely-proposal",
+                    f"height {cblock.height} round {cblock.round} from {cblock.proposer}: "
+                    f"time {prepared.block.header.time}, local {int(time.time() * 1000)}",
+                )
+        self.feed(BlockValidated(value, ok, timely))
+
+    def _timely(self, block_ms: int, rnd: int) -> bool:
+        """Proposer-based timestamps (CONSENSUS.md §3.7): a fresh proposal's time is within
+        [local - precision - delay, local + precision], or it is the earliest time the
+        parent allows when the parent's time is not behind our clock (a chain whose last
+        block is in the future goes on at one millisecond a block)."""
+        local = int(time.time() * 1000)
+        t = self.cfg.timing
+        if t.timely(block_ms, local, rnd):
+            return True
+        parent_ms = self.app.tip()[3]
+        return parent_ms >= local - t.clock_precision_ms and block_ms == next_block_time(
+            parent_ms, parent_ms
+        )
 
     def _local_body(self, value: bytes) -> CBlock | None:
         raw = self.store.get(schema.pending_body_key(value))
@@ -767,7 +802,8 @@ class Validator:
     def _serve_blocks(self, sender: int, req: BlockReq) -> None:
         blocks = []
         size = 0
-        for value in req.hashes:
+        granted = self.budgets.take(sender, BLOCK_LOOKUPS, len(req.hashes))
+        for value in req.hashes[:granted]:
             body = self._local_body(value)
             if body is None:
                 continue
@@ -889,6 +925,8 @@ class Validator:
         return True
 
     def _on_cert_sig(self, sender: int, sig: CertSig) -> None:
+        if not self.budgets.take(sender, CERT_SIGS):
+            return
         h = sig.height
         committed = self.chain.height()
         if h > committed:
@@ -983,19 +1021,27 @@ class Validator:
             targets = [leader]
         self._forward(batch, targets)
 
-    def _on_forwarded(self, batch: TxBatch) -> None:
+    def _on_forwarded(self, sender: int, batch: TxBatch) -> None:
         """Queue forwarded transactions; a task admits them in slices so that checking
-        thousands of signatures never holds up consensus messages behind it."""
-        room = FORWARD_QUEUE_MAX - len(self._admit_queue)
-        self._admit_queue.extend(batch.txs[: max(0, room)])
-        self._forward_dropped += max(0, len(batch.txs) - max(0, room))
+        thousands of signatures never holds up consensus messages behind it. Each peer
+        may fill at most its share of the queue, at most at its budget's rate, so one
+        Byzantine peer's junk never crowds out the others' transactions."""
+        share = FORWARD_QUEUE_MAX // max(1, self.params.n - 1)
+        room = max(
+            0, min(FORWARD_QUEUE_MAX - len(self._admit_queue), share - self._admit_queued[sender])
+        )
+        take = self.budgets.take(sender, FORWARDED_TXS, min(room, len(batch.txs)))
+        self._admit_queue.extend((sender, raw) for raw in batch.txs[:take])
+        self._admit_queued[sender] += take
+        self._forward_dropped += len(batch.txs) - take
         if self._admit_task is None or self._admit_task.done():
             self._admit_task = asyncio.create_task(self._admit_forwarded(), name="admit")
 
     async def _admit_forwarded(self) -> None:
         while self._admit_queue and not self._stopping:
             for _ in range(min(ADMIT_SLICE, len(self._admit_queue))):
-                raw = self._admit_queue.popleft()
+                sender, raw = self._admit_queue.popleft()
+                self._admit_queued[sender] -= 1
                 try:
                     self._admit(decode_transaction(raw))
                 except QChainError:
@@ -1156,7 +1202,7 @@ class Validator:
     def status(self) -> Mapping[str, Any]:
         inst = self.engine.inst.get(self.engine.cur)
         peers = self.transport.connected_peers() if self.transport is not None else []
-        behind = max(self.engine.peer_height.values(), default=0) > self.chain.height() + 2
+        behind = self._quorum_ahead() > self.chain.height() + 2
         return {
             "node": self.cfg.node.name,
             "index": self.me,
@@ -1208,12 +1254,41 @@ class Validator:
         peers = self.transport.connected_peers() if self.transport is not None else []
         if len(peers) + 1 < self.params.q:
             reasons.append(f"connected to {len(peers)} peers, a quorum needs {self.params.q - 1}")
-        if max(self.engine.peer_height.values(), default=0) > self.chain.height() + 2:
-            reasons.append("catching up")
+        ahead = self._quorum_ahead()
+        if ahead > self.chain.height() + 2:
+            reasons.append(f"catching up: at height {self.chain.height()}, peers at {ahead}")
         wait = self.cfg.timing.propose_wait_max_ms
         if wait is not None and self.chain.height() == 0:
             reasons.append("no block decided yet")
+        stalled = self._stalled_for()
+        if stalled is not None:
+            reasons.append(f"no block committed for {stalled:.0f}s")
         return not reasons, reasons
+
+    def _quorum_ahead(self) -> int:
+        """The highest height that f + 1 peers claim to have reached: at least one of them
+        is honest, so one Byzantine peer's claim alone never makes this node look behind."""
+        heights = sorted(self.engine.peer_height.values(), reverse=True)
+        b = self.params.b
+        return heights[b - 1] if len(heights) >= b else 0
+
+    def _stalled_for(self) -> float | None:
+        """Seconds since the last commit, if the chain should have committed in that time:
+        with heartbeat blocks always, in idle mode when a transaction was ready to include
+        all along. None if not stalled."""
+        if self.chain.height() == 0:
+            return None
+        t = self.cfg.timing
+        limit = max(STALL_MIN_S, 3 * (t.propose_wait_max_ms or 0) / 1000)
+        now = time.monotonic()
+        idle = now - self._last_commit_at
+        if idle <= limit:
+            return None
+        if t.propose_wait_max_ms is None:
+            oldest = min((p.seen_at for p in self.mempool.pending()), default=now)
+            if now - oldest <= limit or not self.mempool.has_ready():
+                return None
+        return idle
 
     def metrics_text(self) -> bytes:
         self._sync_metrics()

@@ -35,6 +35,19 @@ class TimingConfig:
     sync_interval_ms: int
     inclusion_timeout_ms: int
     """A known transaction not included after this long makes the node suspect the leader."""
+    clock_precision_ms: int = 1000
+    """Proposer-based timestamps (CONSENSUS.md §3.7): how far two validators' clocks may
+    differ. A fresh proposal whose time is later than local + precision is not voted for."""
+    message_delay_ms: int = 15_000
+    """Proposer-based timestamps: how late a proposal may be validated after it was built.
+    A fresh proposal older than local - precision - delay (the delay grows by 10% a round)
+    is not voted for."""
+
+    def timely(self, block_ms: int, local_ms: int, rnd: int) -> bool:
+        """Whether a fresh proposal of round `rnd` with time block_ms is timely at local_ms."""
+        delay = self.message_delay_ms * 1.1 ** min(rnd, 100)
+        low = local_ms - self.clock_precision_ms - delay
+        return low <= block_ms <= local_ms + self.clock_precision_ms
 
     def round_timeout_ms(self, r: int) -> int:
         if r == 0:
@@ -243,6 +256,10 @@ def validate(cfg: NodeConfig) -> None:
     # Liveness needs the cap above one full round (CONSENSUS.md §4, §9.6).
     if t.cap_ms < 2 * t.base_ms:
         raise ConfigError("timing.cap_ms", "must be at least twice base_ms")
+    if t.clock_precision_ms < 0:
+        raise ConfigError("timing.clock_precision_ms", "must not be negative")
+    if t.message_delay_ms < t.base_ms:
+        raise ConfigError("timing.message_delay_ms", "must be at least base_ms")
     if (cfg.api.tls_cert is None) != (cfg.api.tls_key is None):
         raise ConfigError("api.tls_cert", "tls_cert and tls_key go together")
     if not cfg.qkd.kme_url.startswith(("http://", "https://")):

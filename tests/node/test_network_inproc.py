@@ -9,12 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from devnet.network import account_key, plan_network, write_network
+from devnet.network import account_key
 from node.runtime import Validator
+from node.testing import inproc_network
 from node.transport import FaultRules
-from qchain.config import load_config
-from qchain.qkd.clock import SystemClock
-from qchain.qkd.simsource import LocalKeySource, full_mesh
 from qchain.qkd.testing import wait_until
 from qchain.types import Transaction, new_transaction
 
@@ -32,23 +30,8 @@ async def idle_network(tmp_path: Path) -> AsyncIterator[list[Validator]]:
 
 
 async def _network(tmp_path: Path, heartbeat_ms: int | None) -> AsyncIterator[list[Validator]]:
-    plan = plan_network(base_port=None, scheme="ed25519", heartbeat_ms=heartbeat_ms)
-    write_network(tmp_path, plan)
-    manager = full_mesh([n.sae_id for n in plan.nodes], SystemClock(), initial_key_count=10_000)
-    nodes = [
-        Validator(
-            load_config(tmp_path / "nodes" / n.name / "config.toml"),
-            key_source=LocalKeySource(manager, n.sae_id),
-        )
-        for n in plan.nodes
-    ]
-    for v in nodes:
-        await v.start()
-    try:
+    async with inproc_network(tmp_path, heartbeat_ms=heartbeat_ms) as nodes:
         yield nodes
-    finally:
-        for v in nodes:
-            await v.stop()
 
 
 async def test_validators_agree_and_commit_transactions(network: list[Validator]) -> None:

@@ -1,0 +1,46 @@
+"""Test helpers for whole validators: a network of real `Validator`s in one event loop.
+
+`inproc_network` writes a devnet plan to a directory, gives every validator a key source
+on one in-process key manager, and starts them over real TCP on 127.0.0.1. Tests use it to
+drive the real node code (and, as a hostile peer, a real validator's transport and keys)
+without spawning processes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from devnet.network import plan_network, write_network
+from node.runtime import Validator
+from qchain.config import load_config
+from qchain.qkd.clock import SystemClock
+from qchain.qkd.simsource import LocalKeySource, full_mesh
+
+
+@contextlib.asynccontextmanager
+async def inproc_network(
+    directory: Path, *, heartbeat_ms: int | None = 200, validators: int = 4
+) -> AsyncIterator[list[Validator]]:
+    """`validators` started validators (ed25519 dev accounts); on exit every validator in
+    the yielded list is stopped (a test may replace one with a restarted one)."""
+    plan = plan_network(
+        base_port=None, scheme="ed25519", heartbeat_ms=heartbeat_ms, validators=validators
+    )
+    write_network(directory, plan)
+    manager = full_mesh([n.sae_id for n in plan.nodes], SystemClock(), initial_key_count=10_000)
+    nodes = [
+        Validator(
+            load_config(directory / "nodes" / n.name / "config.toml"),
+            key_source=LocalKeySource(manager, n.sae_id),
+        )
+        for n in plan.nodes
+    ]
+    try:
+        for v in nodes:
+            await v.start()
+        yield nodes
+    finally:
+        for v in nodes:
+            await v.stop()
