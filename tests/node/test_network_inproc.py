@@ -179,3 +179,26 @@ async def test_idle_chain_without_heartbeat_spends_no_keys_until_a_transaction(
     await asyncio.sleep(1.5)
     assert _frames_sent(nodes) == quiet, "after the commit the chain falls silent again"
     assert quiet >= settled
+
+
+async def test_readiness_says_when_the_chain_stops(
+    network: list[Validator], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A node whose process answers but whose chain stopped committing is not ready; it is
+    ready again once blocks commit."""
+    monkeypatch.setattr("node.runtime.STALL_MIN_S", 1.5)
+    await wait_until(lambda: all(v.chain.height() >= 1 for v in network), timeout=20)
+    assert all(v.health()[0] for v in network)
+    # Half of the links cut both ways (0,1 | 2,3): no quorum, every process still up.
+    for v in network:
+        cut = frozenset({0, 1} if v.me >= 2 else {2, 3})
+        v.set_faults(FaultRules(blocked=cut), FaultRules(blocked=cut))
+
+    def stalled(v: Validator) -> bool:
+        ready, reasons = v.health()
+        return not ready and any("no block committed" in r for r in reasons)
+
+    await wait_until(lambda: all(stalled(v) for v in network), timeout=20)
+    for v in network:
+        v.set_faults(FaultRules(), FaultRules())
+    await wait_until(lambda: all(v.health()[0] for v in network), timeout=30)
