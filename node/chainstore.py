@@ -277,6 +277,18 @@ class ChainStore:
         proof = merkle_proof([r.encode() for r in receipts], loc.index)
         return ReceiptProof(receipts[loc.index], proof, header, cert)
 
+    def verify_recent(self, count: int) -> int:
+        """Check the last count committed heights (block, header, receipts, certificate)
+        against their hashes; the lowest height checked. Damage raises `StorageCorrupt`."""
+        top = self.height()
+        low = max(1, top - count + 1)
+        for h in range(top, low - 1, -1):
+            if self.block(h) is None:
+                raise self.store.corrupt(schema.block_key(h), f"committed block {h} is missing")
+            self.receipts(h)
+            self.certificate(h)
+        return low
+
     # --- writes ----------------------------------------------------------------------
 
     def commit_batch(
