@@ -20,9 +20,11 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
+from consensus.messages import Block as CBlock
+from consensus.messages import block_hash as consensus_value
 from qchain.codec import U32, U64, Struct, decode_value, encode_value
 from qchain.errors import CodecError, QChainError, StorageError
-from qchain.merkle import leaf_hash, merkle_proof, merkle_root
+from qchain.merkle import leaf_hash, proof_of_leaf_hashes, root_of_leaf_hashes
 from qchain.store import schema
 from qchain.store.kv import Batch, KVStore
 from qchain.types import (
@@ -106,11 +108,29 @@ class ChainStore:
         header = self._header_of(height, block)
         if block.header != header:
             raise self.store.corrupt(key, f"block {height} does not carry its header")
+        if not self._body_matches(block, raw):
+            raise self.store.corrupt(key, f"the body of block {height} is not the committed one")
+        return block
+
+    def _body_matches(self, block: Block, raw: bytes) -> bool:
+        """Whether a block's bytes are those decided: one hash over them against the
+        consensus value of its height when one is indexed (a validator's store), else its
+        transactions against the header's `tx_root` (a hash per transaction)."""
+        h = block.height
+        value = self.store.get(schema.consensus_value_key(h))
+        parent = (
+            self.store.get(schema.meta_key("genesis-hash"))
+            if h == 1
+            else self.store.get(schema.consensus_value_key(h - 1))
+        )
+        if value is not None and parent is not None:
+            cblock = CBlock(h, parent, block.header.round, block.header.proposer, raw)
+            return consensus_value(cblock) == value
         try:
             block.check_body()
-        except CodecError as e:
-            raise self.store.corrupt(key, f"block {height}: {e.message}") from e
-        return block
+        except CodecError:
+            return False
+        return True
 
     def block_bytes(self, height: int) -> bytes | None:
         """A block's stored encoding, unchecked: the caller checks it against the
@@ -177,19 +197,29 @@ class ChainStore:
 
     def receipts(self, height: int) -> list[Receipt]:
         """The receipts of a block, checked against its receipts root."""
-        prefix = schema.receipts_prefix(height)
-        rows = list(self.store.iterate(prefix))
-        header = self.header(height)
-        if header is None:
-            if rows:
-                raise self.store.corrupt(rows[0][0], f"receipts of missing block {height}")
-            return []
-        if merkle_root([raw for _, raw in rows]) != header.receipts_root:
-            raise self.store.corrupt(prefix, f"receipts of block {height} miss the receipts root")
-        self._remember_leaves(height, [leaf_hash(raw) for _, raw in rows])
+        rows = list(self.store.iterate(schema.receipts_prefix(height)))
+        self._check_leaves(height, [leaf_hash(raw) for _, raw in rows])
         return [self._decode_receipt(key, raw) for key, raw in rows]
 
-    def _remember_leaves(self, height: int, leaves: list[bytes]) -> None:
+    def _receipt_leaves(self, height: int) -> list[bytes]:
+        """The leaf hashes of a block's stored receipts, checked against its receipts
+        root (cached per height)."""
+        leaves = self._leaves.get(height)
+        if leaves is None:
+            rows = self.store.iterate(schema.receipts_prefix(height))
+            leaves = [leaf_hash(raw) for _, raw in rows]
+            self._check_leaves(height, leaves)
+        return leaves
+
+    def _check_leaves(self, height: int, leaves: list[bytes]) -> None:
+        prefix = schema.receipts_prefix(height)
+        header = self.header(height)
+        if header is None:
+            if leaves:
+                raise self.store.corrupt(prefix, f"receipts of missing block {height}")
+            return
+        if root_of_leaf_hashes(leaves) != header.receipts_root:
+            raise self.store.corrupt(prefix, f"receipts of block {height} miss the receipts root")
         if len(self._leaves) >= RECEIPT_LEAVES_CACHE:
             self._leaves.clear()
         self._leaves[height] = leaves
@@ -212,16 +242,16 @@ class ChainStore:
 
     def receipt(self, tx_hash: bytes) -> Receipt | None:
         loc = self.tx_location(tx_hash)
-        if loc is None:
-            return None
+        return None if loc is None else self._receipt_at(tx_hash, loc)
+
+    def _receipt_at(self, tx_hash: bytes, loc: TxLocation) -> Receipt:
+        """The receipt of tx_hash at loc: one of the leaves of its block's receipts root,
+        naming tx_hash (the index and the receipts are written in one batch)."""
         key = schema.receipt_key(loc.height, loc.index)
         raw = self.store.get(key)
         if raw is None:
-            return None
-        leaves = self._leaves.get(loc.height)
-        if leaves is None:
-            self.receipts(loc.height)
-            leaves = self._leaves[loc.height]
+            raise self.store.corrupt(key, f"the indexed receipt of {tx_hash.hex()} is missing")
+        leaves = self._receipt_leaves(loc.height)
         receipt = self._decode_receipt(key, raw)
         if (
             loc.index >= len(leaves)
@@ -269,13 +299,9 @@ class ChainStore:
         cert = self.certificate(loc.height)
         if header is None or cert is None:
             return None
-        receipts = self.receipts(loc.height)
-        if loc.index >= len(receipts) or receipts[loc.index].tx_hash != tx_hash:
-            raise self.store.corrupt(
-                schema.tx_key(tx_hash), f"transaction index of {tx_hash.hex()} is wrong"
-            )
-        proof = merkle_proof([r.encode() for r in receipts], loc.index)
-        return ReceiptProof(receipts[loc.index], proof, header, cert)
+        receipt = self._receipt_at(tx_hash, loc)
+        proof = proof_of_leaf_hashes(self._receipt_leaves(loc.height), loc.index)
+        return ReceiptProof(receipt, proof, header, cert)
 
     def verify_recent(self, count: int) -> int:
         """Check the last count committed heights (block, header, receipts, certificate)

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import pytest
 
+from consensus.messages import Block as CBlock
+from consensus.messages import block_hash as consensus_value
 from devnet.network import account_key
 from node.chainstore import ChainStore
 from qchain.errors import StorageCorrupt
@@ -85,15 +87,23 @@ def _certificate(block: Block) -> CommitCertificate:
     return CommitCertificate(block.height, block.hash, sigs)
 
 
-def _committed_chain(store: KVStore) -> list[tuple[Block, list[Receipt]]]:
-    """Three committed blocks with receipts and certificates, written through store."""
+def _committed_chain(
+    store: KVStore, consensus_values: bool = False
+) -> list[tuple[Block, list[Receipt]]]:
+    """Three committed blocks with receipts and certificates, written through store; with
+    consensus_values, indexed by their consensus values as a validator's are."""
     chain = ChainStore(store)
     chain.init_meta(CHAIN, b"\0" * 32)
     parent = b"\0" * 32
+    value = b"\0" * 32
     out = []
     for h in (1, 2, 3):
         block, receipts = _block(h, parent, txs=3)
-        store.write(chain.commit_batch(block, receipts, ()), sync=True)
+        batch = chain.commit_batch(block, receipts, ())
+        if consensus_values:
+            value = consensus_value(CBlock(h, value, 0, 0, block.encode()))
+            batch.put(schema.consensus_value_key(h), value)
+        store.write(batch, sync=True)
         chain.put_certificate(_certificate(block))
         out.append((block, receipts))
         parent = block.hash
@@ -113,9 +123,10 @@ def _reader(inner: KVStore, prefix: bytes, index: int) -> tuple[ChainStore, list
     return ChainStore(store, cert_check=_check), seen
 
 
-def test_undamaged_chain_reads_back_verified() -> None:
+@pytest.mark.parametrize("consensus_values", [False, True])
+def test_undamaged_chain_reads_back_verified(consensus_values: bool) -> None:
     inner = MemoryStore()
-    blocks = _committed_chain(inner)
+    blocks = _committed_chain(inner, consensus_values)
     chain, seen = _reader(inner, b"\xff", 0)
     for block, receipts in blocks:
         assert chain.block(block.height) == block
@@ -130,19 +141,22 @@ def test_undamaged_chain_reads_back_verified() -> None:
     assert seen == []
 
 
+@pytest.mark.parametrize("consensus_values", [False, True])
 @pytest.mark.parametrize(
     ("prefix", "index"),
     [
-        (schema.BLOCK, -1),  # the last transaction's signature: tx_root no longer matches
+        (schema.BLOCK, -1),  # the last transaction's signature: the body is not the decided one
         (schema.BLOCK, 40),  # inside the header the block carries
         (schema.HEADER, -1),  # app_hash: the header's hash is no longer indexed
         (schema.HEADER, 0),  # does not decode
         (schema.BLOCK_HASH, -1),  # the hash index names another height
     ],
 )
-def test_damaged_block_or_header_raises_store_corrupt(prefix: bytes, index: int) -> None:
+def test_damaged_block_or_header_raises_store_corrupt(
+    prefix: bytes, index: int, consensus_values: bool
+) -> None:
     inner = MemoryStore()
-    blocks = _committed_chain(inner)
+    blocks = _committed_chain(inner, consensus_values)
     chain, seen = _reader(inner, prefix, index)
     with pytest.raises(StorageCorrupt):
         chain.block(2)
@@ -150,6 +164,15 @@ def test_damaged_block_or_header_raises_store_corrupt(prefix: bytes, index: int)
         list(chain.blocks(1, 10))
     assert seen
     assert blocks
+
+
+def test_damaged_consensus_value_raises_store_corrupt() -> None:
+    inner = MemoryStore()
+    _committed_chain(inner, consensus_values=True)
+    chain, seen = _reader(inner, schema.CONSENSUS_VALUE, -1)
+    with pytest.raises(StorageCorrupt):
+        chain.block(2)
+    assert seen
 
 
 @pytest.mark.parametrize("index", [10, -1])
