@@ -7,12 +7,14 @@ crash the chain, the state and the consensus record always agree.
 
 Reads are checked against the hashes that commit to them, so damaged bytes that no
 checksum below caught (see `qchain.store.leveldb`) are never served: a header must be
-indexed under its own hash at its height, a block must carry that header and match its
-`tx_root`, a receipt must be a leaf of the header's `receipts_root`, and a certificate must
-name the header's hash. A mismatch, or stored bytes that do not decode, raise
-`StorageCorrupt` through `KVStore.corrupt`. Verified headers and the verified receipt leaf
-hashes of recent heights are cached (committed data never changes), so a hot read costs
-one hash or none.
+indexed under its own hash at its height; a block must carry that header, and its bytes
+must hash to the consensus value decided at its height (a validator's store indexes it)
+or, without one, its transactions must match the `tx_root`; a receipt must be a leaf of
+the header's `receipts_root`; a certificate must name the header's hash and, with a
+`cert_check`, carry a quorum of valid signatures. A mismatch, or stored bytes that do not
+decode, raise `StorageCorrupt` through `KVStore.corrupt`. Verified headers, certificates
+and receipt leaf hashes of recent heights are cached (committed data never changes), so a
+hot read costs one hash or none.
 """
 
 from __future__ import annotations
