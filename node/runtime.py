@@ -580,10 +580,9 @@ class Validator:
         except StorageCorrupt:
             return False
         log.info(
-            "store checked in %.2fs: heights %d..%d against their hashes, %d keys read%s",
+            "store checked in %.2fs: %d heights against their hashes, %d keys read%s",
             time.monotonic() - started,
-            low,
-            self.chain.height(),
+            self.chain.height() - low + 1,
             swept.keys,
             "" if swept.complete else " (time budget reached before the last key)",
         )

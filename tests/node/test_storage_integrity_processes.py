@@ -1,8 +1,9 @@
 """Disk as attacker, on a real devnet of validator processes: one flipped bit in a table
-file of a stopped validator's LevelDB is found at startup; the node logs it, answers
-/readyz with 503 and a store-corrupt reason, stops voting and never serves the receipt
-whose certificate the bit broke. `qchain node rebuild` then moves the store aside, the node
-catches up from its peers, becomes ready, and the chain keeps committing."""
+file of a stopped validator's LevelDB (in a commit certificate's signature, or in a block
+body) is found at startup; the node logs it, answers /readyz with 503 and a store-corrupt
+reason, stops voting and never serves the receipt whose certificate the bit broke, nor the
+block. `qchain node rebuild` then moves the store aside, the node catches up from its
+peers, becomes ready, and the chain keeps committing."""
 
 from __future__ import annotations
 
@@ -66,7 +67,10 @@ def _qchain(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_flipped_bit_is_found_refused_and_rebuilt_from_peers(devnet: LocalNetwork) -> None:
+@pytest.mark.parametrize("target", ["certificate", "block"])
+def test_flipped_bit_is_found_refused_and_rebuilt_from_peers(
+    devnet: LocalNetwork, target: str
+) -> None:
     chain_id = devnet.plan.chain_id
     genesis = load_genesis(devnet.dir / "genesis.json")
     victim = next(n for n in devnet.plan.nodes if n.name == VICTIM)
@@ -82,12 +86,13 @@ def test_flipped_bit_is_found_refused_and_rebuilt_from_peers(devnet: LocalNetwor
         c.receipt(tx.hash).verify(chain_id, genesis.validator_keys())
     devnet.stop([VICTIM])
 
-    # Reopening turns LevelDB's log into a table file; flip one bit of the certificate's
-    # last signature there.
+    # Reopening turns LevelDB's log into a table file; flip one bit there, in the last
+    # signature of the certificate or of the block's transaction.
+    key = schema.cert_key(height) if target == "certificate" else schema.block_key(height)
     with LevelDBStore(db_dir) as store:
-        cert = store.get(schema.cert_key(height))
-    assert cert is not None
-    flip_bit_in_table(db_dir, cert[-16:], offset=8)
+        value = store.get(key)
+    assert value is not None
+    flip_bit_in_table(db_dir, value[-16:], offset=8)
 
     devnet.start(VICTIM)
     with Client(victim.api_url) as c:
@@ -98,7 +103,10 @@ def test_flipped_bit_is_found_refused_and_rebuilt_from_peers(devnet: LocalNetwor
         status = c.status()
         assert status["store_corrupt"] and status["halted"]
         with pytest.raises(ApiError) as e:
-            c.receipt(tx.hash)
+            if target == "certificate":
+                c.receipt(tx.hash)
+            else:
+                c.block(height)
         assert e.value.status == 503 and e.value.code == "store-corrupt"
     log = devnet.log_file(VICTIM).read_text()
     assert "store corrupt" in log and "rebuild this node" in log
@@ -120,6 +128,7 @@ def test_flipped_bit_is_found_refused_and_rebuilt_from_peers(devnet: LocalNetwor
         _until("the rebuilt node to be ready", lambda: c.ready()[0])
         assert c.status()["store_corrupt"] is None
         c.receipt(tx.hash).verify(chain_id, genesis.validator_keys())
+        assert c.block(height).txs[0].hash == tx.hash
     with Client(victim.api_url) as c:
         more = c.submit_and_wait(_anchor(chain_id, 2), timeout_s=20)
     assert more.status == "committed"
