@@ -36,6 +36,7 @@ from qchain.types import (
     CommitCertificate,
     Receipt,
     ReceiptProof,
+    Transaction,
 )
 
 HEADER_CACHE = 1024
@@ -241,6 +242,18 @@ class ChainStore:
             return TxLocation.decode(raw)
         except CodecError as e:
             raise self.store.corrupt(key, f"transaction index does not decode: {e.message}") from e
+
+    def transaction(self, tx_hash: bytes) -> Transaction | None:
+        """A committed transaction, taken from its checked block."""
+        loc = self.tx_location(tx_hash)
+        if loc is None:
+            return None
+        block = self.block(loc.height)
+        if block is None or loc.index >= len(block.txs) or block.txs[loc.index].hash != tx_hash:
+            raise self.store.corrupt(
+                schema.tx_key(tx_hash), f"transaction index of {tx_hash.hex()} is wrong"
+            )
+        return block.txs[loc.index]
 
     def receipt(self, tx_hash: bytes) -> Receipt | None:
         loc = self.tx_location(tx_hash)

@@ -1154,11 +1154,7 @@ class Validator:
         p = self.mempool.get(tx_hash)
         if p is not None:
             return p.tx
-        loc = self.chain.tx_location(tx_hash)
-        if loc is None:
-            return None
-        block = self.chain.block(loc.height)
-        return None if block is None else block.txs[loc.index]
+        return self.chain.transaction(tx_hash)
 
     async def wait_committed(self, tx_hash: bytes, timeout_s: float) -> TxStatus | None:
         status = self.tx_status(tx_hash)

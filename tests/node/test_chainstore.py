@@ -132,8 +132,9 @@ def test_undamaged_chain_reads_back_verified(consensus_values: bool) -> None:
         assert chain.block(block.height) == block
         cert = chain.certificate(block.height)
         assert cert is not None and cert.block_hash == block.hash
-        for r in receipts:
+        for r, tx in zip(receipts, block.txs, strict=True):
             assert chain.receipt(r.tx_hash) == r
+            assert chain.transaction(tx.hash) == tx
             proof = chain.receipt_proof(r.tx_hash)
             assert proof is not None
             proof.verify(CHAIN, VALIDATORS)
@@ -212,5 +213,10 @@ def test_damaged_transaction_index_raises_store_corrupt() -> None:
     inner = MemoryStore()
     blocks = _committed_chain(inner)
     chain, _ = _reader(inner, schema.TX, -1)
+    tx_hash = blocks[1][1][0].tx_hash
     with pytest.raises(StorageCorrupt):
-        chain.receipt_proof(blocks[1][1][0].tx_hash)
+        chain.receipt_proof(tx_hash)
+    with pytest.raises(StorageCorrupt):
+        chain.receipt(tx_hash)
+    with pytest.raises(StorageCorrupt):
+        chain.transaction(tx_hash)
