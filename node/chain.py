@@ -100,12 +100,13 @@ class ChainApp:
         return cblock
 
     def verify_recent(self, count: int) -> int:
-        """`ChainStore.verify_recent`, and each of those blocks against the consensus value
-        decided at its height; the lowest height checked."""
+        """`ChainStore.verify_recent` (which checks each block against the consensus value
+        decided at its height), and that each of those values is indexed at its height, as
+        serving it to a peer needs; the lowest height checked."""
         low = self.chain.verify_recent(count)
         for h in range(low, self.chain.height() + 1):
             value = self.committed_value(h)
-            if value is None or self.committed_cblock(value) is None:
+            if value is None or self.chain.height_of(value) != h:
                 raise self.store.corrupt(
                     schema.consensus_value_key(h), f"consensus value of {h} is not indexed"
                 )

@@ -8,7 +8,9 @@ import pytest
 
 from consensus.messages import Block as CBlock
 from consensus.messages import block_hash as consensus_value
+from contracts.execution import SignatureCache
 from devnet.network import account_key
+from node.chain import ChainApp
 from node.chainstore import ChainStore
 from qchain.errors import StorageCorrupt
 from qchain.keys import dev_key
@@ -103,6 +105,7 @@ def _committed_chain(
         if consensus_values:
             value = consensus_value(CBlock(h, value, 0, 0, block.encode()))
             batch.put(schema.consensus_value_key(h), value)
+            batch.put(schema.block_hash_key(value), schema.u64(h))
         store.write(batch, sync=True)
         chain.put_certificate(_certificate(block))
         out.append((block, receipts))
@@ -220,3 +223,23 @@ def test_damaged_transaction_index_raises_store_corrupt() -> None:
         chain.receipt(tx_hash)
     with pytest.raises(StorageCorrupt):
         chain.transaction(tx_hash)
+
+
+def test_body_served_to_peers_is_checked_against_the_decided_value() -> None:
+    inner = MemoryStore()
+    _committed_chain(inner, consensus_values=True)
+    value = inner.get(schema.consensus_value_key(2))
+    assert value is not None
+
+    def app_over(store: KVStore) -> ChainApp:
+        chain = ChainStore(store)
+        return ChainApp(store, chain, CHAIN, b"\0" * 32, b"\0" * 32, SignatureCache())
+
+    cblock = app_over(inner).committed_cblock(value)
+    assert cblock is not None and consensus_value(cblock) == value
+    assert app_over(inner).verify_recent(10) == 1
+    damaged = AlteringStore(inner, lambda k: k.startswith(schema.BLOCK))
+    with pytest.raises(StorageCorrupt):
+        app_over(damaged).committed_cblock(value)
+    with pytest.raises(StorageCorrupt):
+        app_over(damaged).verify_recent(10)
