@@ -49,9 +49,11 @@ class LevelDBStore(KVStore):
         self.path = path
         self._closed = False
 
-    def _failed(self, key: bytes, e: plyvel.Error) -> StorageError:
+    def _failed(self, key: bytes, e: plyvel.Error, near: bool = False) -> StorageError:
+        """The error for a failed operation at key (near: an iterator failed after key,
+        the last one it read)."""
         if isinstance(e, plyvel.CorruptionError):
-            return self.corrupt(key, _message(e))
+            return self.corrupt(key, _message(e) + (" (next to this key)" if near else ""))
         return StorageError(f"LevelDB at {self.path} failed at key {key.hex()}: {_message(e)}")
 
     def get(self, key: bytes) -> bytes | None:
@@ -99,7 +101,7 @@ class LevelDBStore(KVStore):
                     if k.startswith(prefix):
                         yield k, v
         except plyvel.Error as e:
-            raise self._failed(last, e) from e
+            raise self._failed(last, e, near=True) from e
 
     def _iterate_reverse(self, prefix: bytes, start: bytes | None) -> Iterator[tuple[bytes, bytes]]:
         # plyvel's reverse iterator drops a range that holds exactly one key (plyvel 1.5.1),
@@ -129,7 +131,7 @@ class LevelDBStore(KVStore):
                 yield k, it.value()
                 it.prev()
         except plyvel.Error as e:
-            raise self._failed(last, e) from e
+            raise self._failed(last, e, near=True) from e
         finally:
             it.close()
 
