@@ -6,10 +6,9 @@ allows one process per database: a second opener gets a `StorageError` naming th
 
 Every read verifies LevelDB's block checksums (`verify_checksums`; the database is opened
 with `paranoid_checks`), so a flipped bit in a table file raises `StorageCorrupt` instead
-of returning wrong bytes. Only blocks read from disk are checked: a block already in
-LevelDB's cache was checked when it was read, so the cost is one CRC32C per 4 KiB block
-read from disk. No plyvel exception escapes: damage is `StorageCorrupt`, any other failure
-`StorageError`.
+of returning wrong bytes. The cost is one CRC32C over each table block read from a file
+(4 KiB, or one larger value; about +35 µs for a 200 KB block body). No plyvel exception
+escapes: damage is `StorageCorrupt`, any other failure `StorageError`.
 """
 
 from __future__ import annotations
