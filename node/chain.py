@@ -112,7 +112,24 @@ class ChainApp:
         header = self.chain.header(h)
         if body is None or parent is None or header is None:
             return None
-        return CBlock(h, parent, header.round, header.proposer, body)
+        cblock = CBlock(h, parent, header.round, header.proposer, body)
+        if consensus_value(cblock) != value:
+            # One hash over the body: what is served to peers is what was decided.
+            raise self.store.corrupt(schema.block_key(h), f"block {h} is not the decided value")
+        return cblock
+
+    def verify_recent(self, count: int) -> int:
+        """`ChainStore.verify_recent` (which checks each block against the consensus value
+        decided at its height), and that each of those values is indexed at its height, as
+        serving it to a peer needs; the lowest height checked."""
+        low = self.chain.verify_recent(count)
+        for h in range(low, self.chain.height() + 1):
+            value = self.committed_value(h)
+            if value is None or self.chain.height_of(value) != h:
+                raise self.store.corrupt(
+                    schema.consensus_value_key(h), f"consensus value of {h} is not indexed"
+                )
+        return low
 
     # --- build, validate, commit -----------------------------------------------------
 

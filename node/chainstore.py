@@ -4,16 +4,29 @@ and commit certificates, read and written through the schema module only.
 A commit is one `Batch` (built by `commit_batch`) that the caller writes with `sync=True`
 together with the block's state writes and the consensus record changes, so that after a
 crash the chain, the state and the consensus record always agree.
+
+Reads are checked against the hashes that commit to them, so damaged bytes that no
+checksum below caught (see `qchain.store.leveldb`) are never served: a header must be
+indexed under its own hash at its height; a block must carry that header, and its bytes
+must hash to the consensus value decided at its height (a validator's store indexes it)
+or, without one, its transactions must match the `tx_root`; a receipt must be a leaf of
+the header's `receipts_root`; a certificate must name the header's hash and, with a
+`cert_check`, carry a quorum of valid signatures. A mismatch, or stored bytes that do not
+decode, raise `StorageCorrupt` through `KVStore.corrupt`. Verified headers, certificates
+and receipt leaf hashes of recent heights are cached (committed data never changes), so a
+hot read costs one hash or none.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
+from consensus.messages import Block as CBlock
+from consensus.messages import block_hash as consensus_value
 from qchain.codec import U32, U64, Struct, decode_value, encode_value
-from qchain.errors import StorageError
-from qchain.merkle import merkle_proof
+from qchain.errors import CodecError, QChainError, StorageError
+from qchain.merkle import leaf_hash, proof_of_leaf_hashes, root_of_leaf_hashes
 from qchain.store import schema
 from qchain.store.kv import Batch, KVStore
 from qchain.types import (
@@ -23,9 +36,12 @@ from qchain.types import (
     CommitCertificate,
     Receipt,
     ReceiptProof,
+    Transaction,
 )
 
 HEADER_CACHE = 1024
+RECEIPT_LEAVES_CACHE = 64
+CERT_CACHE = 1024
 
 
 @dataclass(frozen=True)
@@ -37,10 +53,19 @@ class TxLocation(Struct):
 class ChainStore:
     """Typed access to the committed chain in a store."""
 
-    def __init__(self, store: KVStore) -> None:
+    def __init__(
+        self, store: KVStore, cert_check: Callable[[CommitCertificate], None] | None = None
+    ) -> None:
+        """cert_check, if given, raises a `QChainError` for a certificate whose
+        signatures do not verify; it runs once per height read."""
         self.store = store
+        self.cert_check = cert_check
+        self._certs: dict[int, CommitCertificate] = {}
+        """Recently read or written, verified certificates."""
         self._headers: dict[int, BlockHeader] = {}
-        """Recently read headers (a committed header never changes)."""
+        """Recently read, verified headers (a committed header never changes)."""
+        self._leaves: dict[int, list[bytes]] = {}
+        """Verified receipt leaf hashes of recently read heights."""
 
     # --- metadata --------------------------------------------------------------------
 
@@ -74,10 +99,45 @@ class ChainStore:
     # --- reads -----------------------------------------------------------------------
 
     def block(self, height: int) -> Block | None:
-        raw = self.store.get(schema.block_key(height))
-        return None if raw is None else Block.decode(raw, BLOCK_LIMITS)
+        key = schema.block_key(height)
+        raw = self.store.get(key)
+        return None if raw is None else self._checked_block(key, height, raw)
+
+    def _checked_block(self, key: bytes, height: int, raw: bytes) -> Block:
+        try:
+            block = Block.decode(raw, BLOCK_LIMITS)
+        except CodecError as e:
+            raise self.store.corrupt(key, f"block {height} does not decode: {e.message}") from e
+        header = self._header_of(height, block)
+        if block.header != header:
+            raise self.store.corrupt(key, f"block {height} does not carry its header")
+        if not self._body_matches(block, raw):
+            raise self.store.corrupt(key, f"the body of block {height} is not the committed one")
+        return block
+
+    def _body_matches(self, block: Block, raw: bytes) -> bool:
+        """Whether a block's bytes are those decided: one hash over them against the
+        consensus value of its height when one is indexed (a validator's store), else its
+        transactions against the header's `tx_root` (a hash per transaction)."""
+        h = block.height
+        value = self.store.get(schema.consensus_value_key(h))
+        parent = (
+            self.store.get(schema.meta_key("genesis-hash"))
+            if h == 1
+            else self.store.get(schema.consensus_value_key(h - 1))
+        )
+        if value is not None and parent is not None:
+            cblock = CBlock(h, parent, block.header.round, block.header.proposer, raw)
+            return consensus_value(cblock) == value
+        try:
+            block.check_body()
+        except CodecError:
+            return False
+        return True
 
     def block_bytes(self, height: int) -> bytes | None:
+        """A block's stored encoding, unchecked: the caller checks it against the
+        consensus value (`ChainApp.committed_cblock`)."""
         return self.store.get(schema.block_key(height))
 
     def height_of(self, block_hash: bytes) -> int | None:
@@ -86,19 +146,41 @@ class ChainStore:
 
     def header(self, height: int) -> BlockHeader | None:
         """A committed block's header, without decoding its transactions."""
-        header = self._headers.get(height)
-        if header is not None:
-            return header
-        raw = self.store.get(schema.header_key(height))
-        if raw is not None:
-            header = BlockHeader.decode(raw)
-        else:
+        header = self._headers.get(height) or self._stored_header(height)
+        if header is None:
             block = self.block(height)
-            if block is None:
-                return None
-            header = block.header
+            return None if block is None else block.header
+        return header
+
+    def _stored_header(self, height: int) -> BlockHeader | None:
+        """The verified header kept apart from its block (None in a store from before)."""
+        key = schema.header_key(height)
+        raw = self.store.get(key)
+        if raw is None:
+            return None
+        try:
+            header = BlockHeader.decode(raw)
+        except CodecError as e:
+            raise self.store.corrupt(key, f"header {height} does not decode: {e.message}") from e
+        self._check_header(key, height, header)
         self._remember(header)
         return header
+
+    def _header_of(self, height: int, block: Block) -> BlockHeader:
+        """The verified header of height; in a store from before headers were kept apart,
+        the block's own header once verified."""
+        header = self._headers.get(height) or self._stored_header(height)
+        if header is None:
+            self._check_header(schema.block_key(height), height, block.header)
+            self._remember(block.header)
+            header = block.header
+        return header
+
+    def _check_header(self, key: bytes, height: int, header: BlockHeader) -> None:
+        """A header is committed at height iff it says so and its hash is indexed there."""
+        indexed = self.store.get(schema.block_hash_key(header.hash))
+        if header.height != height or indexed != schema.u64(height):
+            raise self.store.corrupt(key, f"header {height} is not the one indexed by its hash")
 
     def _remember(self, header: BlockHeader) -> None:
         if len(self._headers) >= HEADER_CACHE:
@@ -110,31 +192,118 @@ class ChainStore:
         return None if header is None else header.hash
 
     def blocks(self, start: int, limit: int) -> Iterator[Block]:
-        for _, raw in self.store.iterate(schema.BLOCK, start=schema.block_key(start)):
+        for key, raw in self.store.iterate(schema.BLOCK, start=schema.block_key(start)):
             if limit <= 0:
                 return
             limit -= 1
-            yield Block.decode(raw, BLOCK_LIMITS)
+            yield self._checked_block(key, schema.read_u64(key[len(schema.BLOCK) :]), raw)
 
     def receipts(self, height: int) -> list[Receipt]:
-        return [
-            Receipt.decode(raw) for _, raw in self.store.iterate(schema.receipts_prefix(height))
-        ]
+        """The receipts of a block, checked against its receipts root."""
+        rows = list(self.store.iterate(schema.receipts_prefix(height)))
+        self._check_leaves(height, [leaf_hash(raw) for _, raw in rows])
+        return [self._decode_receipt(key, raw) for key, raw in rows]
+
+    def _receipt_leaves(self, height: int) -> list[bytes]:
+        """The leaf hashes of a block's stored receipts, checked against its receipts
+        root (cached per height)."""
+        leaves = self._leaves.get(height)
+        if leaves is None:
+            rows = self.store.iterate(schema.receipts_prefix(height))
+            leaves = [leaf_hash(raw) for _, raw in rows]
+            self._check_leaves(height, leaves)
+        return leaves
+
+    def _check_leaves(self, height: int, leaves: list[bytes]) -> None:
+        prefix = schema.receipts_prefix(height)
+        header = self.header(height)
+        if header is None:
+            if leaves:
+                raise self.store.corrupt(prefix, f"receipts of missing block {height}")
+            return
+        if root_of_leaf_hashes(leaves) != header.receipts_root:
+            raise self.store.corrupt(prefix, f"receipts of block {height} miss the receipts root")
+        if len(self._leaves) >= RECEIPT_LEAVES_CACHE:
+            self._leaves.clear()
+        self._leaves[height] = leaves
+
+    def _decode_receipt(self, key: bytes, raw: bytes) -> Receipt:
+        try:
+            return Receipt.decode(raw)
+        except CodecError as e:
+            raise self.store.corrupt(key, f"receipt does not decode: {e.message}") from e
 
     def tx_location(self, tx_hash: bytes) -> TxLocation | None:
-        raw = self.store.get(schema.tx_key(tx_hash))
-        return None if raw is None else TxLocation.decode(raw)
+        key = schema.tx_key(tx_hash)
+        raw = self.store.get(key)
+        if raw is None:
+            return None
+        try:
+            return TxLocation.decode(raw)
+        except CodecError as e:
+            raise self.store.corrupt(key, f"transaction index does not decode: {e.message}") from e
 
-    def receipt(self, tx_hash: bytes) -> Receipt | None:
+    def transaction(self, tx_hash: bytes) -> Transaction | None:
+        """A committed transaction, taken from its checked block."""
         loc = self.tx_location(tx_hash)
         if loc is None:
             return None
-        raw = self.store.get(schema.receipt_key(loc.height, loc.index))
-        return None if raw is None else Receipt.decode(raw)
+        block = self.block(loc.height)
+        if block is None or loc.index >= len(block.txs) or block.txs[loc.index].hash != tx_hash:
+            raise self.store.corrupt(
+                schema.tx_key(tx_hash), f"transaction index of {tx_hash.hex()} is wrong"
+            )
+        return block.txs[loc.index]
+
+    def receipt(self, tx_hash: bytes) -> Receipt | None:
+        loc = self.tx_location(tx_hash)
+        return None if loc is None else self._receipt_at(tx_hash, loc)
+
+    def _receipt_at(self, tx_hash: bytes, loc: TxLocation) -> Receipt:
+        """The receipt of tx_hash at loc: one of the leaves of its block's receipts root,
+        naming tx_hash (the index and the receipts are written in one batch)."""
+        key = schema.receipt_key(loc.height, loc.index)
+        raw = self.store.get(key)
+        if raw is None:
+            raise self.store.corrupt(key, f"the indexed receipt of {tx_hash.hex()} is missing")
+        leaves = self._receipt_leaves(loc.height)
+        receipt = self._decode_receipt(key, raw)
+        if (
+            loc.index >= len(leaves)
+            or leaf_hash(raw) != leaves[loc.index]
+            or receipt.tx_hash != tx_hash
+        ):
+            raise self.store.corrupt(key, f"receipt of {tx_hash.hex()} is not the committed one")
+        return receipt
 
     def certificate(self, height: int) -> CommitCertificate | None:
-        raw = self.store.get(schema.cert_key(height))
-        return None if raw is None else CommitCertificate.decode(raw)
+        """The commit certificate of height, checked to name the committed block and, with
+        a `cert_check`, to carry a quorum of valid signatures."""
+        cert = self._certs.get(height)
+        if cert is not None:
+            return cert
+        key = schema.cert_key(height)
+        raw = self.store.get(key)
+        if raw is None:
+            return None
+        try:
+            cert = CommitCertificate.decode(raw)
+        except CodecError as e:
+            raise self.store.corrupt(key, f"certificate does not decode: {e.message}") from e
+        if cert.height != height or cert.block_hash != self.block_hash(height):
+            raise self.store.corrupt(key, f"certificate of {height} names another block")
+        if self.cert_check is not None:
+            try:
+                self.cert_check(cert)
+            except QChainError as e:
+                raise self.store.corrupt(key, f"certificate of {height}: {e.message}") from e
+        self._remember_cert(cert)
+        return cert
+
+    def _remember_cert(self, cert: CommitCertificate) -> None:
+        if len(self._certs) >= CERT_CACHE:
+            self._certs.clear()
+        self._certs[cert.height] = cert
 
     def receipt_proof(self, tx_hash: bytes) -> ReceiptProof | None:
         """Receipt, Merkle proof, header and certificate; None until all are stored."""
@@ -145,11 +314,21 @@ class ChainStore:
         cert = self.certificate(loc.height)
         if header is None or cert is None:
             return None
-        receipts = self.receipts(loc.height)
-        if loc.index >= len(receipts):
-            raise StorageError(f"receipt {loc.index} of height {loc.height} is missing")
-        proof = merkle_proof([r.encode() for r in receipts], loc.index)
-        return ReceiptProof(receipts[loc.index], proof, header, cert)
+        receipt = self._receipt_at(tx_hash, loc)
+        proof = proof_of_leaf_hashes(self._receipt_leaves(loc.height), loc.index)
+        return ReceiptProof(receipt, proof, header, cert)
+
+    def verify_recent(self, count: int) -> int:
+        """Check the last count committed heights (block, header, receipts, certificate)
+        against their hashes; the lowest height checked. Damage raises `StorageCorrupt`."""
+        top = self.height()
+        low = max(1, top - count + 1)
+        for h in range(top, low - 1, -1):
+            if self.block(h) is None:
+                raise self.store.corrupt(schema.block_key(h), f"committed block {h} is missing")
+            self._receipt_leaves(h)
+            self.certificate(h)
+        return low
 
     # --- writes ----------------------------------------------------------------------
 
@@ -182,6 +361,7 @@ class ChainStore:
 
     def put_certificate(self, cert: CommitCertificate) -> None:
         self.store.put(schema.cert_key(cert.height), cert.encode(), sync=True)
+        self._remember_cert(cert)
 
     # --- small typed metadata values --------------------------------------------------
 

@@ -105,14 +105,14 @@ from node.service import EventStream, TxStatus
 from node.transport import FaultRules, Transport
 from node.wire import CertSig, Envelope, Kind, TxBatch
 from qchain.config import NodeConfig
-from qchain.errors import CodecError, InvalidBlock, QChainError, StorageError
+from qchain.errors import CodecError, InvalidBlock, QChainError, StorageCorrupt, StorageError
 from qchain.hashing import Domain, hash_domain
 from qchain.keys import SigningKey, verify
 from qchain.qkd.endpoint import QKDEndpoint
 from qchain.qkd.frame import LinkSender
 from qchain.qkd.source import KeySource
 from qchain.store import schema
-from qchain.store.kv import Batch, KVStore, open_store
+from qchain.store.kv import Batch, KVStore, open_store, scan
 from qchain.types import (
     CommitCertificate,
     CommitSignature,
@@ -120,6 +120,7 @@ from qchain.types import (
     Transaction,
     commit_sign_digest,
     decode_transaction,
+    verify_certificate,
 )
 
 log = logging.getLogger("qchain.node")
@@ -139,6 +140,10 @@ STALL_MIN_S = 15.0
 three heartbeat intervals when they are longer)."""
 VOTE_WATCH_ROUNDS = 64
 """How far above the current round votes are kept for equivocation detection."""
+STARTUP_VERIFY_BLOCKS = 64
+"""Committed heights checked against their hashes before a validator serves anything."""
+STARTUP_SCAN_S = 2.0
+"""Time budget of the startup sweep that reads the whole store (LevelDB checksums)."""
 BLOCK_TIME_SHARE = 0.25
 """A block holds at most as many transactions as validating it takes this share of the
 round timeout, so validation never outlasts the round (see `_block_tx_cap`)."""
@@ -226,7 +231,7 @@ class Validator:
             max_block_bytes=cfg.mempool.max_block_bytes + 64 * 1024,
         )
         self.store = store if store is not None else open_store(cfg.node.data_dir / "db")
-        self.chain = ChainStore(self.store)
+        self.chain = ChainStore(self.store, self._check_certificate)
         self.chain.init_meta(self.genesis.chain_id, self.genesis.hash)
         gstate = init_state(self.store, self.genesis)
         if self.chain.height() == 0 and self.store.get(schema.meta_key("genesis-applied")) is None:
@@ -303,6 +308,10 @@ class Validator:
         self._vote_values: dict[tuple[int, int, int], dict[bytes, int]] = {}
         self._metric_marks: dict[tuple[int, tuple[str, ...]], float] = {}
         self._fatal: str | None = None
+        self.store_corrupt: str | None = None
+        """The first damage found in the store: the node then neither votes nor serves
+        what does not verify, and waits to be rebuilt (`qchain node rebuild`)."""
+        self.store.on_corrupt = self._on_store_corrupt
         self._stopping = False
         self.byzantine_mode: str | None = None
         self._rng = random.Random()
@@ -400,6 +409,8 @@ class Validator:
         self._runners.append(runner)
 
     def _boot_engine(self) -> None:
+        if not self._store_intact():
+            return
         records = [load_record(v) for _, v in self.store.iterate(schema.CONSENSUS)]
         bodies = [CBlock.decode(v) for _, v in self.store.iterate(schema.PENDING_BODY)]
         committed = self.chain.height()
@@ -569,6 +580,39 @@ class Validator:
         self._alerts[kind] = self._alerts.get(kind, 0) + 1
         log.warning("consensus alert %s: %s", kind, detail)
 
+    def _check_certificate(self, cert: CommitCertificate) -> None:
+        verify_certificate(cert, self.params.chain_id, self.validator_keys)
+
+    def _store_intact(self) -> bool:
+        """Startup check before anything is served: the last committed heights against
+        their hashes, then one checksummed read of the whole store (bounded in time)."""
+        started = time.monotonic()
+        try:
+            low = self.app.verify_recent(STARTUP_VERIFY_BLOCKS)
+            swept = scan(self.store, STARTUP_SCAN_S)
+        except StorageCorrupt:
+            return False
+        log.info(
+            "store checked in %.2fs: %d heights against their hashes, %d keys read%s",
+            time.monotonic() - started,
+            self.chain.height() - low + 1,
+            swept.keys,
+            "" if swept.complete else " (time budget reached before the last key)",
+        )
+        return True
+
+    def _on_store_corrupt(self, e: StorageCorrupt) -> None:
+        """The first damaged read halts consensus, like `_fail`, and is reported once."""
+        if self.store_corrupt is not None:
+            return
+        self.store_corrupt = e.message
+        self._fatal = f"store corrupt: {e.message}"
+        log.critical(
+            "%s; consensus stopped and unverifiable data is not served; "
+            "rebuild this node from its peers: qchain node rebuild --config FILE",
+            self._fatal,
+        )
+
     def _fail(self, reason: str) -> None:
         """A fatal inconsistency (non-determinism or more than f faults): stop deciding."""
         self._fatal = reason
@@ -659,6 +703,8 @@ class Validator:
                 self._on_cert_sig(sender, CertSig.decode(env.payload))
         except CodecError as e:
             self._alert("bad-message", f"from {sender}: {e.message}")
+        except StorageCorrupt:
+            return  # already reported and halted by _on_store_corrupt
 
     # ---------------------------------------------------------------------------------
     # building, validating, fetching, committing
@@ -800,6 +846,8 @@ class Validator:
         self._send_fetches()
 
     def _serve_blocks(self, sender: int, req: BlockReq) -> None:
+        if self.store_corrupt is not None:
+            return
         blocks = []
         size = 0
         granted = self.budgets.take(sender, BLOCK_LOOKUPS, len(req.hashes))
@@ -1152,11 +1200,7 @@ class Validator:
         p = self.mempool.get(tx_hash)
         if p is not None:
             return p.tx
-        loc = self.chain.tx_location(tx_hash)
-        if loc is None:
-            return None
-        block = self.chain.block(loc.height)
-        return None if block is None else block.txs[loc.index]
+        return self.chain.transaction(tx_hash)
 
     async def wait_committed(self, tx_hash: bytes, timeout_s: float) -> TxStatus | None:
         status = self.tx_status(tx_hash)
@@ -1217,6 +1261,7 @@ class Validator:
             "mempool": {"txs": len(self.mempool), "bytes": self.mempool.size_bytes},
             "alerts": dict(self._alerts),
             "halted": self._fatal,
+            "store_corrupt": self.store_corrupt,
             "byzantine": self.byzantine_mode,
             "uptime_s": round(time.time() - self.started_at, 3),
         }
@@ -1249,6 +1294,8 @@ class Validator:
 
     def health(self) -> tuple[bool, Sequence[str]]:
         reasons: list[str] = []
+        if self.store_corrupt is not None:
+            reasons.append(f"store-corrupt: {self.store_corrupt}")
         if self._fatal is not None:
             reasons.append(f"consensus halted: {self._fatal}")
         peers = self.transport.connected_peers() if self.transport is not None else []

@@ -48,6 +48,23 @@ class StorageError(QChainError):
     code = "storage-error"
 
 
+class StorageCorrupt(StorageError):
+    """Stored bytes that are not what was written: a LevelDB checksum failed, or a value
+    does not match the hash that commits to it (a block against its header, a receipt
+    against the receipts root, a certificate against the block hash). The node never
+    serves such data; it stops and must be rebuilt from its peers."""
+
+    code = "store-corrupt"
+
+    def __init__(self, key: bytes, reason: str) -> None:
+        super().__init__(f"store is corrupt at key {key.hex()}: {reason}")
+        self.key = key
+        self.reason = reason
+
+    def fields(self) -> dict[str, object]:
+        return {"key": self.key.hex(), "reason": self.reason}
+
+
 class KeyFileError(QChainError):
     """A key file that cannot be read or has the wrong format."""
 

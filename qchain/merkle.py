@@ -50,9 +50,14 @@ def _root_of_hashes(hashes: Sequence[bytes]) -> bytes:
 
 def merkle_root(leaves: Sequence[bytes]) -> bytes:
     """Root over the leaf data (each leaf hashed with `leaf_hash`)."""
-    if not leaves:
+    return root_of_leaf_hashes([leaf_hash(x) for x in leaves])
+
+
+def root_of_leaf_hashes(hashes: Sequence[bytes]) -> bytes:
+    """Root over leaves already hashed with `leaf_hash`."""
+    if not hashes:
         return EMPTY_ROOT
-    return _root_of_hashes([leaf_hash(x) for x in leaves])
+    return _root_of_hashes(hashes)
 
 
 @dataclass(frozen=True)
@@ -77,8 +82,14 @@ def _path(hashes: Sequence[bytes], index: int) -> list[bytes]:
 def merkle_proof(leaves: Sequence[bytes], index: int) -> MerkleProof:
     if not 0 <= index < len(leaves):
         raise IndexError(f"leaf {index} outside a tree of {len(leaves)}")
-    hashes = [leaf_hash(x) for x in leaves]
-    return MerkleProof(index, len(leaves), tuple(_path(hashes, index)))
+    return proof_of_leaf_hashes([leaf_hash(x) for x in leaves], index)
+
+
+def proof_of_leaf_hashes(hashes: Sequence[bytes], index: int) -> MerkleProof:
+    """`merkle_proof` over leaves already hashed with `leaf_hash`."""
+    if not 0 <= index < len(hashes):
+        raise IndexError(f"leaf {index} outside a tree of {len(hashes)}")
+    return MerkleProof(index, len(hashes), tuple(_path(hashes, index)))
 
 
 def root_from_proof(leaf: bytes, proof: MerkleProof) -> bytes | None:

@@ -4,17 +4,25 @@ A store maps byte keys to byte values, iterates keys in byte order under a prefi
 applies a `Batch` of puts and deletes atomically: after a crash either every write of a
 batch is visible or none is. A batch written with `sync=True` is durable when `write`
 returns. Stores are used from one thread at a time.
+
+Reads never return bytes the store knows to be damaged: a backend that detects damage
+(LevelDB's block checksums) raises `StorageCorrupt`, and so do the typed readers above
+a store when a value does not match the hash that commits to it. Both go through
+`KVStore.corrupt`, which tells the store's one `on_corrupt` listener (the node uses it to
+stop serving and voting). `scan` reads everything once, for an integrity check at startup.
 """
 
 from __future__ import annotations
 
+import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Self
 
-from qchain.errors import StorageError
+from qchain.errors import StorageCorrupt, StorageError
 
 
 class Batch:
@@ -46,6 +54,16 @@ class Batch:
 
 class KVStore(ABC):
     """Ordered byte-key store with atomic batches."""
+
+    on_corrupt: Callable[[StorageCorrupt], None] | None = None
+    """Called with every `StorageCorrupt` raised through `corrupt`, before it is raised."""
+
+    def corrupt(self, key: bytes, reason: str) -> StorageCorrupt:
+        """The error to raise for damaged data at key, after telling `on_corrupt`."""
+        err = StorageCorrupt(key, reason)
+        if self.on_corrupt is not None:
+            self.on_corrupt(err)
+        return err
 
     @abstractmethod
     def get(self, key: bytes) -> bytes | None:
@@ -95,6 +113,25 @@ def open_store(path: str | Path | None) -> KVStore:
     from qchain.store.leveldb import LevelDBStore
 
     return LevelDBStore(Path(path))
+
+
+@dataclass(frozen=True)
+class ScanResult:
+    keys: int
+    complete: bool
+    """False when the time budget ran out before the last key."""
+
+
+def scan(store: KVStore, budget_s: float, prefix: bytes = b"") -> ScanResult:
+    """Read every key and value under prefix once (a backend checks what it reads), for at
+    most budget_s seconds. Damage raises `StorageCorrupt`."""
+    deadline = time.monotonic() + budget_s
+    keys = 0
+    for _ in store.iterate(prefix):
+        keys += 1
+        if keys % 1024 == 0 and time.monotonic() > deadline:
+            return ScanResult(keys, False)
+    return ScanResult(keys, True)
 
 
 def prefix_end(prefix: bytes) -> bytes | None:

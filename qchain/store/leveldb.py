@@ -3,6 +3,12 @@
 Atomic batches map to LevelDB write batches; `sync=True` makes LevelDB fsync its log
 before `write` returns, so an acknowledged batch survives a crash or power cut. LevelDB
 allows one process per database: a second opener gets a `StorageError` naming the lock.
+
+Every read verifies LevelDB's block checksums (`verify_checksums`; the database is opened
+with `paranoid_checks`), so a flipped bit in a table file raises `StorageCorrupt` instead
+of returning wrong bytes. The cost is one CRC32C over each table block read from a file
+(4 KiB, or one larger value; about +35 µs for a 200 KB block body). No plyvel exception
+escapes: damage is `StorageCorrupt`, any other failure `StorageError`.
 """
 
 from __future__ import annotations
@@ -42,18 +48,34 @@ class LevelDBStore(KVStore):
         self.path = path
         self._closed = False
 
+    def _failed(self, key: bytes, e: plyvel.Error, near: bool = False) -> StorageError:
+        """The error for a failed operation at key (near: an iterator failed after key,
+        the last one it read)."""
+        if isinstance(e, plyvel.CorruptionError):
+            return self.corrupt(key, _message(e) + (" (next to this key)" if near else ""))
+        return StorageError(f"LevelDB at {self.path} failed at key {key.hex()}: {_message(e)}")
+
     def get(self, key: bytes) -> bytes | None:
         check_open(self._closed)
-        value: bytes | None = self._db.get(key)
+        try:
+            value: bytes | None = self._db.get(key, verify_checksums=True)
+        except plyvel.Error as e:
+            raise self._failed(key, e) from e
         return value
 
     def put(self, key: bytes, value: bytes, *, sync: bool = False) -> None:
         check_open(self._closed)
-        self._db.put(key, value, sync=sync)
+        try:
+            self._db.put(key, value, sync=sync)
+        except plyvel.Error as e:
+            raise self._failed(key, e) from e
 
     def delete(self, key: bytes, *, sync: bool = False) -> None:
         check_open(self._closed)
-        self._db.delete(key, sync=sync)
+        try:
+            self._db.delete(key, sync=sync)
+        except plyvel.Error as e:
+            raise self._failed(key, e) from e
 
     def iterate(
         self, prefix: bytes = b"", *, start: bytes | None = None, reverse: bool = False
@@ -68,16 +90,24 @@ class LevelDBStore(KVStore):
     def _iterate_forward(
         self, prefix: bytes, lo: bytes, hi: bytes | None
     ) -> Iterator[tuple[bytes, bytes]]:
-        with self._db.iterator(start=lo or None, stop=hi, fill_cache=False) as it:
-            for k, v in it:
-                if k.startswith(prefix):
-                    yield k, v
+        last = lo
+        try:
+            with self._db.iterator(
+                start=lo or None, stop=hi, fill_cache=False, verify_checksums=True
+            ) as it:
+                for k, v in it:
+                    last = k
+                    if k.startswith(prefix):
+                        yield k, v
+        except plyvel.Error as e:
+            raise self._failed(last, e, near=True) from e
 
     def _iterate_reverse(self, prefix: bytes, start: bytes | None) -> Iterator[tuple[bytes, bytes]]:
         # plyvel's reverse iterator drops a range that holds exactly one key (plyvel 1.5.1),
         # so walk a raw iterator backwards from the upper bound instead.
         hi = prefix_end(prefix) if prefix else None
-        it = self._db.raw_iterator(fill_cache=False)
+        it = self._db.raw_iterator(fill_cache=False, verify_checksums=True)
+        last = start if start is not None else prefix
         try:
             if start is not None and (hi is None or start < hi):
                 it.seek(start)  # first key >= start; step back unless it is start itself
@@ -94,24 +124,34 @@ class LevelDBStore(KVStore):
             else:
                 it.seek_to_last()
             while it.valid():
-                k = it.key()
+                k = last = it.key()
                 if not k.startswith(prefix):
                     break
                 yield k, it.value()
                 it.prev()
+        except plyvel.Error as e:
+            raise self._failed(last, e, near=True) from e
         finally:
             it.close()
 
     def write(self, batch: Batch, *, sync: bool = True) -> None:
         check_open(self._closed)
-        with self._db.write_batch(sync=sync, transaction=True) as wb:
-            for key, value in batch.ops():
-                if value is None:
-                    wb.delete(key)
-                else:
-                    wb.put(key, value)
+        try:
+            with self._db.write_batch(sync=sync, transaction=True) as wb:
+                for key, value in batch.ops():
+                    if value is None:
+                        wb.delete(key)
+                    else:
+                        wb.put(key, value)
+        except plyvel.Error as e:
+            raise self._failed(b"", e) from e
 
     def close(self) -> None:
         if not self._closed:
             self._closed = True
             self._db.close()
+
+
+def _message(e: plyvel.Error) -> str:
+    arg = e.args[0] if e.args else e
+    return arg.decode(errors="replace") if isinstance(arg, bytes) else str(arg)

@@ -14,6 +14,8 @@ from node.api import PROBLEM_BASE, PROBLEMS, make_api_app, openapi_spec
 from qchain.codec import encode_value
 from qchain.errors import QChainError
 from qchain.jsonform import tx_to_json
+from qchain.store import schema
+from qchain.store.testing import flip_byte
 from qchain.types import ReceiptProof
 
 from .conftest import (
@@ -549,3 +551,28 @@ def test_every_route_is_in_the_spec_and_vice_versa(fake_node: FakeNode) -> None:
     spec = openapi_spec()
     documented = {(m, p) for p, ops in spec["paths"].items() for m in ops}
     assert routes == documented
+
+
+async def test_damaged_block_and_receipt_are_store_corrupt_503s(api: ApiHarness) -> None:
+    """Data that fails its hash check is answered with a `store-corrupt` problem, never
+    served."""
+    block = api.node.chain.block(1)
+    assert block is not None
+    store = api.node.store
+    for key in (schema.block_key(1), schema.receipt_key(1, 2)):
+        raw = store.get(key)
+        assert raw is not None
+        store.put(key, flip_byte(raw, -1))
+    for path in (
+        f"/v1/receipts/{block.txs[2].hash.hex()}",
+        "/v1/blocks/1",
+        "/v1/blocks?from=1",
+        f"/v1/txs/{block.txs[2].hash.hex()}",
+    ):
+        r = await api.request("GET", path)
+        assert r.status == 503, path
+        doc = r.json()
+        assert problem_slug(doc) == "store-corrupt"
+        assert doc["key"] in (schema.block_key(1).hex(), schema.receipts_prefix(1).hex())
+    r = await api.request("GET", "/v1/blocks/2")
+    assert r.status == 200
