@@ -393,6 +393,16 @@ def _log_server_error(e: QChainError, request: web.Request) -> None:
         log.error("error answering %s %s: %s", request.method, request.path, e)
 
 
+def media_type(request: web.Request) -> str:
+    """The request body's media type, lowercase and without parameters. aiohttp parses
+    the header with the standard library's email package, which raises assorted
+    exceptions on malformed values (HeaderParseError, IndexError, ...): all a 400."""
+    try:
+        return request.content_type
+    except Exception as e:
+        raise BadParameter("Content-Type", f"does not parse ({type(e).__name__})") from None
+
+
 def wants_msgpack(request: web.Request) -> bool:
     for part in request.headers.get("Accept", "").split(","):
         media, *params = (p.strip() for p in part.split(";"))
@@ -500,7 +510,7 @@ class _Api:
                 raise BadParameter("timeout", "expected a number of seconds") from None
             if not (math.isfinite(timeout_s) and 0 < timeout_s <= MAX_WAIT_S):
                 raise BadParameter("timeout", f"must be above 0 and at most {MAX_WAIT_S}")
-        ctype = request.content_type
+        ctype = media_type(request)
         if ctype not in MSGPACK_TYPES and ctype != "application/json":
             raise UnsupportedMediaType(ctype, [MSGPACK, "application/json"])
         raw = await request.read()
@@ -517,7 +527,7 @@ class _Api:
         return json_response(status_json(st), 202 if new else 200, Location=location)
 
     async def post_batch(self, request: web.Request) -> web.Response:
-        ctype = request.content_type
+        ctype = media_type(request)
         raw = await request.read()
         items: list[object]
         if ctype == "application/json":

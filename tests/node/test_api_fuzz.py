@@ -48,7 +48,7 @@ TOKEN = "fuzz-admin-token"
 URL_ROOM = 8000
 """Longest path and query sent by the fuzz: aiohttp's request-line limit is 8190 bytes."""
 EXAMPLES = 60
-"""Hypothesis examples per endpoint; an endpoint that takes a body sends 3 per example."""
+"""Hypothesis examples per endpoint; an endpoint that takes a body sends 5 per example."""
 REAL_EXAMPLES = 20
 """Hypothesis examples per public endpoint against a real validator."""
 
@@ -256,12 +256,6 @@ json_strings = st.one_of(
     st.text(max_size=30).map(lambda s: json.dumps(s).encode()),
     any_text(20).map(lambda s: json.dumps(s).encode()),
 )
-scalars = st.one_of(
-    st.sampled_from(NASTY_SCALARS),
-    json_strings,
-    st.integers(-(2**70), 2**70).map(lambda i: str(i).encode()),
-    st.floats().map(lambda f: json.dumps(f).encode()),
-)
 deep_values = st.builds(
     lambda depth, oc, closed: deep(depth, *oc, closed),
     st.sampled_from([65, 1_000, 10_000, 100_000]),
@@ -269,8 +263,21 @@ deep_values = st.builds(
     st.booleans(),
 )
 huge_strings = st.sampled_from([10_000, 200_000]).map(lambda n: b'"' + b"a" * n + b'"')
+# One branch per kind of trouble, so that each kind is drawn often (hypothesis picks the
+# branches of one_of about evenly).
+scalars = st.one_of(
+    st.one_of(st.sampled_from(LONE_SURROGATES), any_text(20).map(lambda s: json.dumps(s).encode())),
+    st.sampled_from(BAD_UTF8 + NULS),
+    st.one_of(
+        st.sampled_from(NUMBERS),
+        st.integers(-(2**70), 2**70).map(lambda i: str(i).encode()),
+        st.floats().map(lambda f: json.dumps(f).encode()),
+    ),
+    st.one_of(st.sampled_from(OTHERS), json_strings),
+)
 keys = st.one_of(json_strings, st.sampled_from([*LONE_SURROGATES, *BAD_UTF8, b'"hex"', b"1"]))
 fragments = st.one_of(
+    scalars,
     st.recursive(
         scalars,
         lambda inner: st.one_of(
@@ -331,7 +338,7 @@ common_bodies = st.one_of(
     st.sampled_from([b"", b" ", b"\x00", b"\xef\xbb\xbf", b"\xff\xfe[\x001\x00]\x00"]),
     truncations([*VALID_TX_BODIES, VALID_BATCH]),
 )
-batch_items = st.one_of(st.sampled_from(VALID_TX_BODIES), tx_json(), fragments)
+batch_items = st.one_of(st.sampled_from(VALID_TX_BODIES), tx_json(), tx_json(), fragments)
 FAULTS_DOC = {"out": {"drop_pct": 1, "delay_ms": 5, "blocked": [1]}, "in": {"corrupt_pct": 2.5}}
 FAULT_PLACES: list[tuple[str | int, ...]] = [
     ("out",),
@@ -344,14 +351,16 @@ FAULT_PLACES: list[tuple[str | int, ...]] = [
 ]
 
 BODIES: dict[str, st.SearchStrategy[bytes]] = {
-    "POST /v1/txs": st.one_of(tx_json(), common_bodies, msgpack_bodies),
+    "POST /v1/txs": st.one_of(tx_json(), tx_json(), common_bodies, msgpack_bodies),
     "POST /v1/txs/batch": st.one_of(
-        st.lists(batch_items, max_size=5).map(array),
+        st.lists(batch_items, min_size=1, max_size=5).map(array),
+        st.lists(batch_items, min_size=1, max_size=5).map(array),
         st.just(array([b'"00"'] * 1001)),
         common_bodies,
         msgpack_bodies,
     ),
     "PUT /admin/faults": st.one_of(
+        st.builds(splice, st.just(FAULTS_DOC), st.sampled_from(FAULT_PLACES), fragments),
         st.builds(splice, st.just(FAULTS_DOC), st.sampled_from(FAULT_PLACES), fragments),
         common_bodies,
     ),
@@ -479,7 +488,7 @@ def requests_for(draw: st.DrawFn, endpoint: Endpoint) -> FuzzRequest:
     body: bytes | None = None
     if endpoint.takes_body:
         body = draw(BODIES[endpoint.name])
-        ctype = draw(content_types)
+        ctype = "application/json" if draw(st.integers(0, 4)) < 3 else draw(content_types)
         if ctype is not None:
             headers.append(("Content-Type", ctype))
     elif draw(st.integers(0, 9)) == 0:
@@ -576,7 +585,7 @@ def test_every_endpoint_is_fuzzed() -> None:
 async def test_fuzz_endpoint(
     targets: Targets, spec_checker: SpecChecker, endpoint: Endpoint, data: st.DataObject
 ) -> None:
-    for _ in range(3 if endpoint.takes_body else 1):
+    for _ in range(5 if endpoint.takes_body else 1):
         req = data.draw(requests_for(endpoint))
         check_answer(req, await targets.send(req), spec_checker)
 
