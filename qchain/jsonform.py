@@ -6,10 +6,11 @@ keys, signatures, hashes) are plain lowercase hex strings, since their type is k
 Parsing is strict: unknown fields, floats and malformed hex are `CodecError`s.
 
 JSON text from outside is read with `parse_json`, before anything else looks at it: it
-must be UTF-8, nest at most `MAX_JSON_DEPTH` arrays and objects deep (checked before
-parsing, so nesting can never exhaust the parser's recursion), and hold no text with a lone
-surrogate (a `\\ud800` escape), no NaN or Infinity and no number outside the 64-bit integer
-range. Anything else is an `InvalidJson` naming the offending value.
+must be UTF-8 (a byte order mark is allowed), nest at most `MAX_JSON_DEPTH` arrays and
+objects deep (checked before parsing, so nesting can never exhaust the parser's
+recursion), and hold no text with a lone surrogate (a `\\ud800` escape), no NaN or
+Infinity and no number outside the 64-bit integer range. Anything else is an
+`InvalidJson` naming the offending value.
 """
 
 from __future__ import annotations
