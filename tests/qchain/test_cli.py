@@ -171,6 +171,9 @@ def test_bad_input_exits_1_with_a_message(
     ("extra", "message"),
     [
         (["--args", "not json"], "--args is not JSON"),
+        (["--args", "[" * 10_000], "--args: arrays and objects nested deeper than 64"),
+        (["--args", '["\\ud800"]'], "--args at /0: text holds a lone surrogate"),
+        (["--args", "[NaN]"], "--args at /0: NaN is not a JSON number"),
         (["--args", '{"a": 1}'], "--args must be a JSON array"),
         (["--args", "[1.5]"], "float"),
         (["--args", '[{"hex": "xyz"}]'], "hex"),
