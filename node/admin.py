@@ -22,6 +22,8 @@ from typing import Any, Protocol
 from aiohttp import web
 
 from node.transport import FaultRules
+from qchain.errors import InvalidJson
+from qchain.jsonform import parse_json
 
 PROBLEM = "application/problem+json"
 BYZANTINE_MODES = ("equivocate", "double-vote", "withhold", "forge-mac", "silent")
@@ -113,16 +115,17 @@ def make_admin_app(target: AdminTarget, token: str) -> web.Application:
 
     @web.middleware
     async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
-        given = request.headers.get("Authorization", "").encode()
+        # Header bytes that are not UTF-8 arrive as lone surrogates (surrogateescape).
+        given = request.headers.get("Authorization", "").encode("utf-8", "surrogateescape")
         if not hmac.compare_digest(given, expected):
             return problem(401, "Unauthorized", "a valid bearer token is required", "unauthorized")
         return await handler(request)
 
     async def read_json(request: web.Request) -> object:
         try:
-            return await request.json()
-        except ValueError as e:
-            raise BadRules(f"body is not JSON: {e}") from e
+            return parse_json(await request.read(), "body")
+        except InvalidJson as e:
+            raise BadRules(e.message) from None
 
     async def get_faults(request: web.Request) -> web.Response:
         out_rules, in_rules = target.get_faults()

@@ -13,6 +13,10 @@ gives a 500: anything unexpected is logged and answered with an `internal-error`
 
 Requests are limited in body size (413) and, per client address, by a token bucket
 (429 with `Retry-After`); `/healthz`, `/readyz` and `/metrics` are not rate limited.
+JSON bodies and JSON query arguments are read with `qchain.jsonform.parse_json` before
+any handler looks at them (UTF-8, nesting depth, lone surrogates, number range). A batch
+decodes every item before admitting any, and from the first admission on reports every
+failure per item, so a request never fails as a whole after admitting something.
 """
 
 from __future__ import annotations
@@ -53,7 +57,9 @@ from qchain.errors import (
     Duplicate,
     Expired,
     InsufficientBalance,
+    InvalidJson,
     InvalidTransaction,
+    JsonSyntaxError,
     MempoolFull,
     NonceMismatch,
     NotAMember,
@@ -69,8 +75,8 @@ from qchain.errors import (
     UnknownScheme,
     WrongChain,
 )
-from qchain.jsonform import tx_from_json, tx_to_json, value_from_json
-from qchain.types import MAX_TX_SIZE
+from qchain.jsonform import parse_json, tx_from_json, tx_to_json, value_from_json
+from qchain.types import MAX_TX_SIZE, Transaction, decode_transaction
 
 log = logging.getLogger("qchain.api")
 
@@ -356,13 +362,6 @@ def parse_uint(text: str, name: str, lo: int = 0, hi: int = 2**64 - 1) -> int:
     return value
 
 
-def parse_json_body(raw: bytes) -> Any:
-    try:
-        return json.loads(raw)
-    except (ValueError, RecursionError) as e:
-        raise CodecError(f"body is not valid JSON: {e}") from None
-
-
 def query_arg(v: object, name: str, depth: int = 0) -> object:
     """A query argument from JSON: `{"hex": ...}` becomes bytes (at any depth), other
     objects and arrays are kept with their items converted; floats are refused."""
@@ -380,6 +379,30 @@ def query_arg(v: object, name: str, depth: int = 0) -> object:
     if isinstance(v, float):
         raise BadParameter(name, "floats are not allowed")
     return v
+
+
+def _hex_item(text: str) -> bytes:
+    try:
+        return bytes.fromhex(text.removeprefix("0x"))
+    except ValueError:
+        raise CodecError("transaction: not valid hex") from None
+
+
+def _log_server_error(e: QChainError, request: web.Request) -> None:
+    """Log a problem that is the node's fault; not the expected ones (storage down, not
+    ready, a commit wait that timed out)."""
+    if problem_status(e)[0] >= 500 and not isinstance(e, StorageError | NotReady | CommitTimeout):
+        log.error("error answering %s %s: %s", request.method, request.path, e)
+
+
+def media_type(request: web.Request) -> str:
+    """The request body's media type, lowercase and without parameters. aiohttp parses
+    the header with the standard library's email package, which raises assorted
+    exceptions on malformed values (HeaderParseError, IndexError, ...): all a 400."""
+    try:
+        return request.content_type
+    except Exception as e:
+        raise BadParameter("Content-Type", f"does not parse ({type(e).__name__})") from None
 
 
 def wants_msgpack(request: web.Request) -> bool:
@@ -447,11 +470,7 @@ class _Api:
     def _submit_item(self, item: object) -> tuple[TxStatus, bool]:
         """One transaction from JSON: hex of its canonical bytes, or its JSON form."""
         if isinstance(item, str):
-            try:
-                raw = bytes.fromhex(item.removeprefix("0x"))
-            except ValueError:
-                raise CodecError("transaction: not valid hex") from None
-            return self._submit_raw(raw)
+            return self._submit_raw(_hex_item(item))
         if isinstance(item, dict):
             return self.service.submit_tx(tx_from_json(item))
         raise CodecError("transaction: expected a JSON object or a hex string")
@@ -460,6 +479,26 @@ class _Api:
         if len(raw) > MAX_TX_SIZE:
             raise TooLarge(len(raw), MAX_TX_SIZE)
         return self.service.submit(raw)
+
+    @staticmethod
+    def _decode_item(item: object, ctype: str) -> Transaction | QChainError:
+        """A batch item as a transaction, or the problem that refuses it."""
+        try:
+            if isinstance(item, bytes):
+                raw = item
+            elif ctype in MSGPACK_TYPES:
+                raise CodecError("transaction: expected a byte string")
+            elif isinstance(item, dict):
+                return tx_from_json(item)
+            elif isinstance(item, str):
+                raw = _hex_item(item)
+            else:
+                raise CodecError("transaction: expected a JSON object or a hex string")
+            if len(raw) > MAX_TX_SIZE:
+                raise TooLarge(len(raw), MAX_TX_SIZE)
+            return decode_transaction(raw)
+        except QChainError as e:
+            return e
 
     async def post_tx(self, request: web.Request) -> web.Response:
         wait = request.query.get("wait")
@@ -473,12 +512,12 @@ class _Api:
                 raise BadParameter("timeout", "expected a number of seconds") from None
             if not (math.isfinite(timeout_s) and 0 < timeout_s <= MAX_WAIT_S):
                 raise BadParameter("timeout", f"must be above 0 and at most {MAX_WAIT_S}")
-        ctype = request.content_type
+        ctype = media_type(request)
         if ctype not in MSGPACK_TYPES and ctype != "application/json":
             raise UnsupportedMediaType(ctype, [MSGPACK, "application/json"])
         raw = await request.read()
         if ctype == "application/json":
-            st, new = self._submit_item(parse_json_body(raw))
+            st, new = self._submit_item(parse_json(raw, "body"))
         else:
             st, new = self._submit_raw(raw)
         location = f"/v1/txs/{st.tx_hash.hex()}"
@@ -490,11 +529,11 @@ class _Api:
         return json_response(status_json(st), 202 if new else 200, Location=location)
 
     async def post_batch(self, request: web.Request) -> web.Response:
-        ctype = request.content_type
+        ctype = media_type(request)
         raw = await request.read()
         items: list[object]
         if ctype == "application/json":
-            doc = parse_json_body(raw)
+            doc = parse_json(raw, "body")
             if not isinstance(doc, list):
                 raise CodecError("batch: expected a JSON array")
             items = doc
@@ -513,25 +552,29 @@ class _Api:
             raise UnsupportedMediaType(ctype, [MSGPACK, "application/json"])
         if len(items) > MAX_BATCH:
             raise BadParameter("body", f"a batch holds at most {MAX_BATCH} transactions")
+        # Every item is decoded and checked before any is admitted; from the first
+        # admission on, whatever goes wrong with an item (a full mempool, the store, a bug)
+        # is that item's problem, so that the client knows exactly what was admitted.
+        txs = [self._decode_item(item, ctype) for item in items]
         results: list[dict[str, Any]] = []
-        for i, item in enumerate(items):
+        for i, tx in enumerate(txs):
             if i and i % ADMIT_SLICE == 0:
                 # Admission checks signatures: let consensus traffic run between slices.
                 await asyncio.sleep(0)
+            if isinstance(tx, QChainError):
+                results.append({"item": i, "problem": problem_doc(tx)})
+                continue
             try:
-                if isinstance(item, bytes):
-                    st, new = self._submit_raw(item)
-                elif ctype in MSGPACK_TYPES:
-                    raise CodecError("transaction: expected a byte string")
-                else:
-                    st, new = self._submit_item(item)
+                st, new = self.service.submit_tx(tx)
             except QChainError as e:
-                # A full mempool refuses this item (and likely the rest), but the items
-                # before it were admitted: answer per item, so that the client knows
-                # exactly which to send again. Other server errors fail the request.
-                if problem_status(e)[0] >= 500 and not isinstance(e, MempoolFull):
-                    raise
+                if not isinstance(e, MempoolFull):
+                    _log_server_error(e, request)
                 results.append({"item": i, "problem": problem_doc(e)})
+                continue
+            except Exception:
+                log.exception("unexpected error admitting item %d of a batch", i)
+                problem = InternalError("unexpected error; the node's log has the details")
+                results.append({"item": i, "problem": problem_doc(problem)})
                 continue
             results.append({"item": i, "new": new, **status_json(st)})
         return json_response({"results": results})
@@ -606,9 +649,12 @@ class _Api:
             if len(values) != 1:
                 raise BadParameter(key, "given more than once")
             try:
-                value = json.loads(values[0])
-            except (ValueError, RecursionError):
+                value = parse_json(values[0], key)
+            except JsonSyntaxError:
                 value = values[0]
+            except InvalidJson as e:
+                at = f" (at {e.pointer})" if e.pointer else ""
+                raise BadParameter(key, e.reason + at) from None
             args[key] = query_arg(value, key)
         result = self.service.query(contract, method, args)
         return json_response(
@@ -734,10 +780,7 @@ def make_api_app(
         try:
             return await handler(request)
         except QChainError as e:
-            if problem_status(e)[0] >= 500 and not isinstance(
-                e, StorageError | NotReady | CommitTimeout
-            ):
-                log.error("error answering %s %s: %s", request.method, request.path, e)
+            _log_server_error(e, request)
             return problem_response(e, request)
         except web.HTTPException as e:
             if e.status < 400:

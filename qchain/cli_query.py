@@ -11,7 +11,8 @@ import argparse
 import json
 
 from qchain.cli_tx import add_node_arguments, connect
-from qchain.errors import CodecError
+from qchain.errors import CodecError, JsonSyntaxError
+from qchain.jsonform import parse_json
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -23,9 +24,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     try:
-        named = json.loads(args.args)
-    except ValueError as e:
-        raise CodecError(f"ARGS is not JSON: {e}") from e
+        named = parse_json(args.args, "ARGS")
+    except JsonSyntaxError as e:
+        raise CodecError(f"ARGS is not JSON: {e.reason}") from None
     if not isinstance(named, dict):
         raise CodecError("ARGS must be a JSON object of named arguments")
     with connect(args) as client:

@@ -22,8 +22,8 @@ from pathlib import Path
 
 from qchain.client import Client, TxInfo, receipt_to_json, ssl_context_for
 from qchain.codec import Value
-from qchain.errors import CodecError, ConfigError
-from qchain.jsonform import tx_to_json, value_from_json, value_to_json
+from qchain.errors import CodecError, ConfigError, JsonSyntaxError
+from qchain.jsonform import parse_json, tx_to_json, value_from_json, value_to_json
 from qchain.keys import SigningKey
 from qchain.types import Transaction, decode_transaction, new_transaction
 
@@ -101,9 +101,9 @@ def print_status(info: TxInfo, as_json: bool) -> None:
 def parse_call_args(text: str, contract: str, method: str) -> Value:
     """--args as a JSON array of canonical values, or an object of named arguments."""
     try:
-        parsed = json.loads(text)
-    except ValueError as e:
-        raise CodecError(f"--args is not JSON: {e}") from e
+        parsed = parse_json(text, "--args")
+    except JsonSyntaxError as e:
+        raise CodecError(f"--args is not JSON: {e.reason}") from None
     if isinstance(parsed, dict):
         from contracts import DEFAULT_REGISTRY, named_args
         from contracts.runtime import Kind
@@ -168,9 +168,9 @@ def run(args: argparse.Namespace) -> int:
     if args.tx_cmd == "build":
         key = SigningKey.load(args.key)
         try:
-            parsed = json.loads(args.args)
-        except ValueError as e:
-            raise CodecError(f"--args is not JSON: {e}") from e
+            parsed = parse_json(args.args, "--args")
+        except JsonSyntaxError as e:
+            raise CodecError(f"--args is not JSON: {e.reason}") from None
         if not isinstance(parsed, list):
             raise CodecError("--args must be a JSON array")
         tx_args: Value = value_from_json(parsed, "args")

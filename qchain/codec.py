@@ -3,8 +3,9 @@
 qchain encodes everything that is hashed, signed, stored or sent with MessagePack under
 strict rules, so that equal values always give equal bytes:
 
-- only integers (in the 64-bit range), byte strings, text strings, booleans, nil and arrays
-  are allowed; maps, floats, extension types and timestamps are not;
+- only integers (in the 64-bit range), byte strings, text strings (valid Unicode: no lone
+  surrogates), booleans, nil and arrays are allowed; maps, floats, extension types and
+  timestamps are not;
 - structs are arrays of their fields in declaration order (`Struct` below);
 - integers, lengths and headers use their shortest form (MessagePack's own rule when
   packing);
@@ -85,6 +86,22 @@ U64 = typing.Annotated[int, Range(0, 2**64 - 1)]
 I64 = typing.Annotated[int, Range(-(2**63), 2**63 - 1)]
 
 
+NOT_UNICODE = "text is not valid Unicode (it holds a lone surrogate)"
+
+
+def is_unicode(s: str) -> bool:
+    """Whether s is valid Unicode text, that is, has a UTF-8 encoding. A Python string may
+    hold lone surrogates (U+D800..U+DFFF, e.g. from a JSON `\\ud800` escape), which
+    have none: such text is refused wherever it would be encoded."""
+    if s.isascii():
+        return True
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _check_value(v: object, depth: int, limits: Limits) -> None:
     if depth > limits.max_depth:
         raise CodecError(f"nesting deeper than {limits.max_depth}")
@@ -98,6 +115,8 @@ def _check_value(v: object, depth: int, limits: Limits) -> None:
     elif t is str:
         if len(v) > limits.max_str_len:  # type: ignore[arg-type]
             raise CodecError(f"text longer than {limits.max_str_len}")
+        if not is_unicode(v):  # type: ignore[arg-type]
+            raise CodecError(NOT_UNICODE)
     elif t is bool or v is None:
         pass
     elif t is list or t is tuple:
@@ -250,12 +269,15 @@ def _make_conv(tp: Any, meta: Sequence[object] = ()) -> tuple[_Conv, _Conv]:
         def str_conv(x: object, path: str | None) -> object:
             if type(x) is not str:
                 _fail(path, f"expected text, got {type(x).__name__}")
+            ascii_ = x.isascii()
+            if not ascii_ and not is_unicode(x):
+                _fail(path, NOT_UNICODE)
             if ln is not None:
                 n = len(x)
-                if x.isascii():
+                if ascii_:
                     _check_len(n, ln, path)
                 elif n < ln.lo or ln.hi is None or 4 * n > ln.hi:
-                    _check_len(len(x.encode("utf-8", "surrogatepass")), ln, path)
+                    _check_len(len(x.encode("utf-8")), ln, path)
             return x
 
         return str_conv, str_conv

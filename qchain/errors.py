@@ -28,6 +28,30 @@ class CodecError(QChainError):
     code = "malformed-encoding"
 
 
+class InvalidJson(CodecError):
+    """JSON input that is refused before anything reads it: not UTF-8, not JSON, nested
+    too deeply, or holding what no qchain value can be (text with a lone surrogate, NaN or
+    Infinity, a number outside the 64-bit integer range). `where` is what was parsed (the
+    body, a query parameter), `pointer` the offending value's RFC 6901 JSON pointer when
+    one is known. The problem type is that of `CodecError`."""
+
+    def __init__(self, where: str, reason: str, pointer: str | None = None) -> None:
+        super().__init__(f"{where}{f' at {pointer}' if pointer else ''}: {reason}")
+        self.where = where
+        self.reason = reason
+        self.pointer = pointer
+
+    def fields(self) -> dict[str, object]:
+        out: dict[str, object] = {"reason": self.reason}
+        if self.pointer is not None:
+            out["pointer"] = self.pointer
+        return out
+
+
+class JsonSyntaxError(InvalidJson):
+    """Text that is not JSON at all (as opposed to JSON whose content is refused)."""
+
+
 class ConfigError(QChainError):
     """A configuration file or value that fails validation."""
 

@@ -4,15 +4,143 @@ Canonical values map to JSON one to one: integers, text, booleans, null and arra
 themselves, byte strings as `{"hex": "..."}`. Struct fields whose type is bytes (addresses,
 keys, signatures, hashes) are plain lowercase hex strings, since their type is known.
 Parsing is strict: unknown fields, floats and malformed hex are `CodecError`s.
+
+JSON text from outside is read with `parse_json`, before anything else looks at it: it
+must be UTF-8 (a byte order mark is allowed), nest at most `MAX_JSON_DEPTH` arrays and
+objects deep (checked before parsing, so nesting can never exhaust the parser's
+recursion), and hold no text with a lone surrogate (a `\\ud800` escape), no NaN or
+Infinity and no number outside the 64-bit integer range. Anything else is an
+`InvalidJson` naming the offending value.
 """
 
 from __future__ import annotations
 
+import json
+import math
+import re
+from itertools import accumulate
 from typing import Any
 
-from qchain.codec import INT_MAX, INT_MIN, Value
-from qchain.errors import CodecError
+from qchain.codec import INT_MAX, INT_MIN, Value, is_unicode
+from qchain.errors import CodecError, InvalidJson, JsonSyntaxError
 from qchain.types import Transaction
+
+MAX_JSON_DEPTH = 64
+"""Deepest nesting of arrays and objects in JSON input: far above what a document of the
+API needs (a batch item's arguments are at most 20 deep), far below what would exhaust
+the parser's recursion."""
+
+_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+_NOT_BRACKET = re.compile(r"[^\[\]{}]+")
+_DEPTH_STEP = {"[": 1, "{": 1, "]": -1, "}": -1}
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+_MAX_INT_TEXT = len(str(INT_MIN))
+
+
+class _Refused:
+    """Stands in for a number the parser must not turn into a value; `parse_json` then
+    reports it with its position."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+
+def parse_json(data: bytes | str, where: str = "body", max_depth: int = MAX_JSON_DEPTH) -> Any:
+    """JSON text from outside as a value, or `InvalidJson` (`JsonSyntaxError` for text
+    that is not JSON at all); `where` names the input in messages."""
+    if isinstance(data, bytes):
+        try:
+            text = data.removeprefix(b"\xef\xbb\xbf").decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise InvalidJson(
+                where, f"not valid UTF-8 (byte 0x{e.object[e.start]:02x} at offset {e.start})"
+            ) from None
+    elif is_unicode(data):
+        text = data
+    else:
+        raise InvalidJson(where, "text holds a lone surrogate (not Unicode)")
+    if not text.strip():
+        raise JsonSyntaxError(where, "empty, expected a JSON document")
+    if _too_deep(text, max_depth):
+        raise InvalidJson(where, f"arrays and objects nested deeper than {max_depth} levels")
+    refused: list[_Refused] = []
+
+    def refuse(reason: str) -> _Refused:
+        marker = _Refused(reason)
+        refused.append(marker)
+        return marker
+
+    def parse_int(s: str) -> int | _Refused:
+        if len(s) <= _MAX_INT_TEXT:
+            v = int(s)
+            if INT_MIN <= v <= INT_MAX:
+                return v
+            return refuse(f"integer {s} is outside the 64-bit range")
+        return refuse(f"integer of {len(s.lstrip('-'))} digits is outside the 64-bit range")
+
+    def parse_float(s: str) -> float | _Refused:
+        v = float(s)
+        if math.isfinite(v):
+            return v
+        shown = s if len(s) <= 40 else s[:40] + "..."
+        return refuse(f"number {shown} is out of range")
+
+    def parse_constant(name: str) -> _Refused:
+        return refuse(f"{name} is not a JSON number")
+
+    try:
+        doc = json.loads(
+            text, parse_int=parse_int, parse_float=parse_float, parse_constant=parse_constant
+        )
+    except json.JSONDecodeError as e:
+        raise JsonSyntaxError(
+            where, f"not JSON: {e.msg} (line {e.lineno}, column {e.colno})"
+        ) from None
+    if refused or _SURROGATE_ESCAPE.search(text):
+        bad = _find_refused(doc)
+        if bad is not None:
+            tokens, reason = bad
+            raise InvalidJson(where, reason, _pointer(reversed(tokens)))
+    return doc
+
+
+def _too_deep(text: str, max_depth: int) -> bool:
+    """Whether arrays and objects nest deeper than max_depth: brackets counted outside
+    strings, without parsing (for text that is not JSON this may overcount, never
+    undercount what the parser would enter before failing)."""
+    if text.count("[") + text.count("{") <= max_depth:
+        return False
+    skeleton = _NOT_BRACKET.sub("", _STRING.sub("", text))
+    return max(accumulate(map(_DEPTH_STEP.__getitem__, skeleton)), default=0) > max_depth
+
+
+def _find_refused(v: object) -> tuple[list[str], str] | None:
+    """The first refused value in a parsed document: its path (innermost key first) and
+    why. The document nests at most MAX_JSON_DEPTH deep."""
+    if isinstance(v, _Refused):
+        return [], v.reason
+    if type(v) is str:
+        return None if is_unicode(v) else ([], "text holds a lone surrogate (not Unicode)")
+    if type(v) is list:
+        for i, x in enumerate(v):
+            found = _find_refused(x)
+            if found is not None:
+                found[0].append(str(i))
+                return found
+    elif type(v) is dict:
+        for k, x in v.items():
+            if not is_unicode(k):
+                return [], "an object key holds a lone surrogate (not Unicode)"
+            found = _find_refused(x)
+            if found is not None:
+                found[0].append(k)
+                return found
+    return None
+
+
+def _pointer(tokens: Any, limit: int = 200) -> str:
+    text = "".join("/" + t.replace("~", "~0").replace("/", "~1") for t in tokens)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def value_to_json(v: object) -> Any:

@@ -65,7 +65,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     d.add_argument("ms", type=int)
     d.add_argument("--jitter", type=int, default=0)
     for name in ("drop", "corrupt"):
-        v = verb(name, f"{name} PCT% of a node's outgoing frames")
+        v = verb(name, f"{name} PCT%% of a node's outgoing frames")
         v.add_argument("node")
         v.add_argument("pct", type=float)
     r = verb("replay", "send a node's outgoing frames twice (replays)")

@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import base64
 import hmac
-import json
 import logging
 import ssl
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -45,6 +44,8 @@ from typing import Any
 
 from aiohttp import web
 
+from qchain.errors import InvalidJson
+from qchain.jsonform import parse_json
 from qchain.qkd.clock import Clock, SystemClock
 from qchain.qkd.errors import KeyBadRequest, KeySourceError, KeyUnauthorised
 from qchain.qkd.keymanager import PROFILES, KeyFactory, KeyManager
@@ -98,9 +99,9 @@ def _keys_json(keys: list[Key]) -> dict[str, object]:
 
 async def _json_body(request: web.Request) -> Mapping[str, Any]:
     try:
-        doc = await request.json(loads=json.loads)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise KeyBadRequest("the request body is not JSON") from e
+        doc = parse_json(await request.read(), "the request body")
+    except InvalidJson as e:
+        raise KeyBadRequest(e.message) from None
     if not isinstance(doc, dict):
         raise KeyBadRequest("the request body is not a JSON object")
     return doc

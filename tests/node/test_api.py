@@ -6,17 +6,19 @@ import asyncio
 import dataclasses
 import json
 import logging
+from typing import Any
 
 import aiohttp
 import pytest
 
 from node.api import PROBLEM_BASE, PROBLEMS, make_api_app, openapi_spec
+from node.service import TxStatus
 from qchain.codec import encode_value
-from qchain.errors import QChainError
+from qchain.errors import QChainError, StorageError
 from qchain.jsonform import tx_to_json
 from qchain.store import schema
 from qchain.store.testing import flip_byte
-from qchain.types import ReceiptProof
+from qchain.types import ReceiptProof, Transaction
 
 from .conftest import (
     CHAIN_ID,
@@ -31,6 +33,7 @@ from .conftest import (
 )
 
 MSGPACK = {"Content-Type": "application/msgpack"}
+JSON = {"Content-Type": "application/json"}
 
 
 def problem_slug(doc: dict[str, object]) -> str:
@@ -244,6 +247,97 @@ async def test_batch_reports_a_full_mempool_per_item(api: ApiHarness) -> None:
         "POST", "/v1/txs/batch", data=encode_value([t.encode() for t in txs[1:]]), headers=MSGPACK
     )
     assert [x["new"] for x in r.json()["results"]] == [True, True], "sent again, admitted"
+
+
+def with_lone_surrogate(doc: object, *path: str | int) -> bytes:
+    """doc as JSON text with a lone surrogate escape (`\\ud800`) as the text at path."""
+    target: Any = doc
+    for key in path[:-1]:
+        target = target[key]
+    target[path[-1]] = "@SURROGATE@"
+    return json.dumps(doc).replace('"@SURROGATE@"', '"x\\ud800"').encode()
+
+
+TEXT_PLACES: list[tuple[str | int, ...]] = [
+    ("chain_id",),
+    ("sender",),
+    ("contract",),
+    ("method",),
+    ("scheme",),
+    ("public_key",),
+    ("signature",),
+    ("args", 0),
+    ("args", 1, 0),
+    ("args", 2, "hex"),
+    ("memo",),
+]
+
+
+@pytest.mark.parametrize("place", TEXT_PLACES, ids=lambda p: "/".join(map(str, p)))
+async def test_a_lone_surrogate_anywhere_in_json_is_a_400(
+    api: ApiHarness, place: tuple[str | int, ...]
+) -> None:
+    """Invalid Unicode is refused with a 400 naming where it is, on its own or as the
+    second item of a batch; and the batch's first item is not admitted either."""
+    pointer = "/" + "/".join(map(str, place))
+    doc = tx_to_json(make_tx(PARTNERS[2], 1, args=["a", ["b"], b"\x01"]))
+    r = await api.request("POST", "/v1/txs", data=with_lone_surrogate(doc, *place), headers=JSON)
+    assert r.status == 400
+    problem = r.json()
+    assert problem_slug(problem) == "malformed-encoding"
+    assert problem["pointer"] == pointer and "lone surrogate" in problem["detail"]
+
+    first = make_tx(PARTNERS[2], 1)
+    batch = [first.encode().hex(), tx_to_json(make_tx(PARTNERS[1], 2, args=["a", ["b"], b""]))]
+    body = with_lone_surrogate(batch, 1, *place)
+    r = await api.request("POST", "/v1/txs/batch", data=body, headers=JSON)
+    assert r.status == 400
+    assert r.json()["pointer"] == "/1" + pointer
+    assert first.hash not in api.node.pending
+
+
+async def test_a_lone_surrogate_in_a_query_argument_is_a_400(api: ApiHarness) -> None:
+    for value in ('"\\ud800"', '{"hex": "\\udfff"}', '["ok", {"\\udc00": 1}]'):
+        r = await api.request("GET", "/v1/contracts/membership/member", params={"address": value})
+        assert r.status == 400, value
+        assert problem_slug(r.json()) == "invalid-parameter"
+        assert r.json()["parameter"] == "address"
+        assert "lone surrogate" in r.json()["reason"]
+
+
+async def test_batch_decodes_every_item_before_admitting_any(api: ApiHarness) -> None:
+    """A malformed item is that item's problem; an item the node fails to admit, for
+    whatever reason (the store, a bug), is also only that item's problem: the items
+    before it stay admitted and the answer says exactly which were."""
+    txs = [make_tx(PARTNERS[2], 1), make_tx(PARTNERS[2], 2), make_tx(PARTNERS[0], 2)]
+    txs.append(make_tx(PARTNERS[1], 2))
+    broken = {txs[1].hash: RuntimeError("admission exploded"), txs[2].hash: StorageError("disk")}
+    admit = api.node.submit_tx
+
+    def submit_tx(tx: Transaction) -> tuple[TxStatus, bool]:
+        if tx.hash in broken:
+            raise broken[tx.hash]
+        return admit(tx)
+
+    api.node.submit_tx = submit_tx  # type: ignore[method-assign]
+    items = [t.encode().hex() for t in txs]
+    r = await api.request("POST", "/v1/txs/batch", json=[*items[:2], "zz", *items[2:]])
+    assert r.status == 200
+    results = r.json()["results"]
+    assert [x["item"] for x in results] == [0, 1, 2, 3, 4]
+    assert results[0]["new"] is True
+    assert (problem_slug(results[1]["problem"]), results[1]["problem"]["status"]) == (
+        "internal-error",
+        500,
+    )
+    assert "exploded" not in results[1]["problem"]["detail"]
+    assert problem_slug(results[2]["problem"]) == "malformed-encoding"
+    assert (problem_slug(results[3]["problem"]), results[3]["problem"]["status"]) == (
+        "storage-error",
+        503,
+    )
+    assert results[4]["new"] is True
+    assert txs[0].hash in api.node.pending and txs[3].hash in api.node.pending
 
 
 # --- reading ---------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import stat
 import subprocess
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from qchain.cli import main
+from qchain.cli import COMMANDS, build_parser, main
 from qchain.keys import SigningKey
 from qchain.types import decode_transaction
 
@@ -170,6 +171,9 @@ def test_bad_input_exits_1_with_a_message(
     ("extra", "message"),
     [
         (["--args", "not json"], "--args is not JSON"),
+        (["--args", "[" * 10_000], "--args: arrays and objects nested deeper than 64"),
+        (["--args", '["\\ud800"]'], "--args at /0: text holds a lone surrogate"),
+        (["--args", "[NaN]"], "--args at /0: NaN is not a JSON number"),
         (["--args", '{"a": 1}'], "--args must be a JSON array"),
         (["--args", "[1.5]"], "float"),
         (["--args", '[{"hex": "xyz"}]'], "hex"),
@@ -231,3 +235,43 @@ def test_console_script_round_trip(tmp_path: Path) -> None:
     assert doc["scheme"] == "ml-dsa-65" and doc["args"] == [1]
     bad = subprocess.run([str(QCHAIN), "tx", "decode", "00"], capture_output=True, text=True)
     assert bad.returncode == 1 and bad.stderr.startswith("error:")
+
+
+def _command_paths() -> list[tuple[str, ...]]:
+    """Every `qchain` command and sub-command, found by walking the argparse tree (each
+    group's module is loaded the way `main` loads it: when the group is named)."""
+    paths: list[tuple[str, ...]] = []
+
+    def walk(parser: argparse.ArgumentParser, path: tuple[str, ...]) -> None:
+        paths.append(path)
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    walk(sub, (*path, name))
+
+    for group in COMMANDS:
+        top = build_parser([group])
+        sub = next(a for a in top._actions if isinstance(a, argparse._SubParsersAction))
+        walk(sub.choices[group], (group,))
+    return paths
+
+
+def test_help_of_every_command_exits_0(capsys: pytest.CaptureFixture[str]) -> None:
+    """`--help` formats every help string; a stray `%` in one crashes argparse."""
+    paths = _command_paths()
+    assert len(paths) > len(COMMANDS), "the walk found no sub-commands"
+    failed: list[str] = []
+    for path in [(), *paths]:
+        name = " ".join(("qchain", *path))
+        try:
+            main([*path, "--help"])
+        except SystemExit as e:
+            out = capsys.readouterr().out
+            if e.code != 0 or "usage:" not in out:
+                failed.append(f"{name}: exit {e.code}")
+        except Exception as e:
+            capsys.readouterr()
+            failed.append(f"{name}: {type(e).__name__}: {e}")
+        else:
+            failed.append(f"{name}: --help did not exit")
+    assert not failed, "\n".join(failed)

@@ -553,3 +553,21 @@ def test_struct_errors_name_the_field_path() -> None:
         Transaction.decode(msgpack.packb(wire, use_bin_type=True))
     with pytest.raises(CodecError, match=r"Block\.txs: length 10001"):
         Block(header, (tx,) * 10_001).encode()
+
+
+def test_text_with_a_lone_surrogate_is_refused() -> None:
+    """A Python string can hold a lone surrogate (a JSON `\\ud800` escape gives one); it
+    has no UTF-8 encoding, so encoding and struct checks refuse it as a CodecError."""
+    for bad in ("\ud800", "ok\udfff", "\U0001f600\udc00"):
+        with pytest.raises(CodecError, match="not valid Unicode"):
+            encode_value([1, bad])
+        tx = ["c", b"\x01" * 20, 1, "n", "m", [bad], 0, "ed25519", b"", b"s"]
+        with pytest.raises(CodecError, match=r"^Transaction\.args: text is not valid Unicode"):
+            Transaction.from_wire(tx)
+        for i in (0, 3, 4, 7):
+            wire = list(tx)
+            wire[5] = []
+            wire[i] = bad
+            with pytest.raises(CodecError, match="not valid Unicode"):
+                Transaction.from_wire(wire)
+    assert decode_value(encode_value(["\U0001f600", "é"])) == ["\U0001f600", "é"]

@@ -204,6 +204,10 @@ async def test_malformed_requests_are_400(kms: KMS) -> None:
         ("GET", "b/dec_keys", {}),
         ("GET", "zed/status", {}),
         ("POST", "b/dec_keys", {"data": b"x" * 70_000}),
+        ("POST", "b/enc_keys", {"data": b"[" * 10_000 + b"]" * 10_000}),
+        ("POST", "b/enc_keys", {"data": b'{"number": NaN}'}),
+        ("POST", "b/enc_keys", {"data": b'{"number": "\\ud800"}'}),
+        ("POST", "b/dec_keys", {"data": b'{"key_IDs": ["\xff"]}'}),
     ]
     for method, path, kw in cases:
         assert_error(*(await kms.call("a", method, path, **kw)), 400)
