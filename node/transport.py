@@ -347,11 +347,10 @@ class Transport:
         host, _, port = peer.address.rpartition(":")
         while True:
             try:
-                reader, writer = await asyncio.wait_for(
-                    asyncio.open_connection(host, int(port)), CONNECT_TIMEOUT_S
-                )
+                async with asyncio.timeout(CONNECT_TIMEOUT_S):
+                    reader, writer = await asyncio.open_connection(host, int(port))
                 writer.write(_HELLO.pack(HELLO_MAGIC, self.me))
-                await asyncio.wait_for(writer.drain(), self.limits.write_timeout_s)
+                await self._drain(writer)
                 self.stats[peer.index].connects += 1
                 return reader, writer
             except (OSError, TimeoutError):
@@ -406,7 +405,7 @@ class Transport:
         loop = asyncio.get_running_loop()
         st = self.stats[peer.index]
         due = loop.time()
-        while True:
+        while not self._stopping:
             await self._wait_for_work(peer, due)
             if peer.lost.is_set():
                 raise ConnectionError("closed by the peer")
@@ -435,7 +434,8 @@ class Transport:
                 return
             peer.wakeup.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(peer.wakeup.wait(), left)
+                async with asyncio.timeout(left):
+                    await peer.wakeup.wait()
 
     def _pack(self, peer: _PeerOut) -> list[Envelope]:
         """Take from the queue the envelopes whose encoded body fits in `max_body`."""
@@ -455,7 +455,7 @@ class Transport:
     ) -> None:
         if not rules.active():
             writer.write(_LEN.pack(len(frame)) + frame)
-            await asyncio.wait_for(writer.drain(), self.limits.write_timeout_s)
+            await self._drain(writer)
             return
         rng = self._rng
         if rng.random() * 100 < rules.drop_pct:
@@ -474,7 +474,13 @@ class Transport:
             loop.call_later(delay / 1000, self._late_write, writer, data)
             return
         writer.write(data)
-        await asyncio.wait_for(writer.drain(), self.limits.write_timeout_s)
+        await self._drain(writer)
+
+    async def _drain(self, writer: asyncio.StreamWriter) -> None:
+        """Wait until the peer has taken what was written; `TimeoutError` after
+        `write_timeout_s`."""
+        async with asyncio.timeout(self.limits.write_timeout_s):
+            await writer.drain()
 
     @staticmethod
     def _late_write(writer: asyncio.StreamWriter, data: bytes) -> None:
