@@ -280,10 +280,18 @@ async def test_a_peer_that_stops_reading_does_not_wedge_the_sender() -> None:
         async with running_pair(limits, b_address=f"127.0.0.1:{port}") as p:
             a = p.a
             await wait_until(lambda: len(connections) == 1)
-            for i in range(40):
-                a.transport.send(1, payload(1024 * 1024, i))
-            await wait_until(lambda: len(connections) >= 2, timeout=10)
             st = a.transport.stats[1]
+            # One megabyte at a time, each taken by the sender before the next is queued,
+            # until the socket buffers are full and a write can no longer drain.
+            for i in range(64):
+                sent = st.messages_sent
+                a.transport.send(1, payload(1024 * 1024, i))
+                await wait_until(
+                    lambda sent=sent: st.messages_sent > sent or len(connections) >= 2, timeout=5
+                )
+                if len(connections) >= 2:
+                    break
+            await wait_until(lambda: len(connections) >= 2, timeout=5)
             assert st.rejected["conn-write-timeout"] >= 1
             assert st.connects >= 2
     finally:
@@ -326,13 +334,13 @@ async def test_a_verified_connection_that_goes_silent_is_closed_after_the_idle_t
         reader, writer = await raw_hello(b.address, 0)
         writer.write(LEN.pack(len(frame)) + frame)
         await writer.drain()
-        await wait_until(lambda: b.transport.stats[0].handshakes == 2)
+        await wait_until(lambda: b.received == [payload(4, 77)])
         assert b.opener.reconnects == 2
-        assert b.received == [payload(4, 77)]
         # ... then falls silent, sending no keepalive: the slot is freed.
         assert await closed_by_peer(reader, 3.0)
         writer.close()
         assert b.transport.stats[0].rejected["conn-idle-timeout"] == 1
+        assert b.transport.stats[0].handshakes == 2
         await sender.pool.close()
 
 
