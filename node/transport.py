@@ -13,8 +13,9 @@ manager). The dialer makes that first frame right away: what is queued, or an em
 batch. Only a verified connection becomes the inbound connection of its index, and only
 then does it replace (close) an older verified one, which is how a restarted peer takes
 its link back; the opener's `reconnected()` is called at that moment and at no other.
-An unverified connection never closes nor displaces anything. If its first frame fails
-to verify (any `QChainError`, or a length above `max_frame_bytes`) it is closed.
+An unverified connection never closes nor displaces anything, and it gets one try: if
+its first frame fails to verify (any `QChainError`, or a length above `max_frame_bytes`)
+it is closed. (A frame dropped by an inbound fault rule is as if it never came.)
 
 Timeouts (`TransportLimits`, defaults in brackets):
 
@@ -22,14 +23,16 @@ Timeouts (`TransportLimits`, defaults in brackets):
 - the first frame must have verified within `handshake_timeout_s` of the accept [5 s];
 - a verified inbound connection on which no whole frame arrives for `idle_timeout_s` is
   closed [20 s], so a dead peer's half-open socket does not hold the slot;
-- the sender sends a keepalive, an empty batch (one key), when it has sent nothing for
-  `keepalive_s` [5 s], so a quiet link (idle mode, no heartbeat blocks) stays up;
-- a write the peer does not drain within `write_timeout_s` [10 s] closes the outbound
-  connection, which is then made again.
+- the sender sends a keepalive, an empty batch, when it has sent nothing for
+  `keepalive_s` [5 s], so a quiet link (idle mode, no heartbeat blocks) stays up; this
+  costs one key per `keepalive_s` on each idle directed link;
+- a hello or frame that the peer does not drain within `write_timeout_s` [10 s] closes
+  the outbound connection (aborted, unsent bytes dropped), which is then made again.
 
 The sender also notices the peer closing the connection (end of stream on a socket the
-peer never writes to) and reconnects, with an exponential backoff from `BACKOFF_MIN_S` to
-`BACKOFF_MAX_S` while connections keep ending before `keepalive_s`.
+peer never writes to). Before each new connection it waits a jittered backoff that
+doubles from `BACKOFF_MIN_S` up to `BACKOFF_MAX_S` while connections end within
+`keepalive_s` of being made, and starts again from `BACKOFF_MIN_S` after one that lasted.
 
 Bounds on connection attempts, checked in this order; a connection past a bound is
 closed at once and counted:
@@ -39,15 +42,19 @@ closed at once and counted:
 - unverified connections in all: `max_pending_total` [16];
 - unverified connections claiming one index: `max_pending_per_peer` [2].
 
+An attacker can still fill the unverified slots, which only delays a peer that has to
+make a new connection (after a restart) while they are full; verified links are never
+affected.
+
 Counters. Refusals that name no peer are in `Transport.refused` by reason:
 `rate-limited`, `pending-limit`, `hello-timeout`, `bad-hello`. Everything refused on
 the link of peer j is in `stats[j].rejected` by reason: the frame rejections of the
-opener (`bad-tag`, `unknown-key`, ...), `oversized` (a length above `max_frame_bytes`),
-`bad-body`, and for connections and envelopes `conn-pending-limit`,
-`conn-handshake-timeout`, `conn-handshake-failed` (the first frame did not verify; its
-own reason is counted too), `conn-idle-timeout`, `conn-write-timeout`, and
-`oversized-envelope`. `stats[j].handshakes` counts inbound connections that verified and
-`stats[j].keepalives` the empty batches sent.
+opener (`bad-tag`, `unknown-key`, ...), `oversized` (a length above `max_frame_bytes`,
+which also closes the connection), `bad-body`, and for connections and envelopes
+`conn-pending-limit`, `conn-handshake-timeout`, `conn-handshake-failed` (the first frame
+did not verify; its own reason is counted too), `conn-idle-timeout`,
+`conn-write-timeout`, and `oversized-envelope`. `stats[j].handshakes` counts inbound
+connections that verified and `stats[j].keepalives` the empty batches sent.
 
 Sending: `send(peer, envelope)` queues; a per-peer task packs what is queued into one
 frame body (`node.wire`) by encoded size, at most `max_body` bytes (the sealer's limit,
@@ -349,13 +356,19 @@ class Transport:
             try:
                 async with asyncio.timeout(CONNECT_TIMEOUT_S):
                     reader, writer = await asyncio.open_connection(host, int(port))
-                writer.write(_HELLO.pack(HELLO_MAGIC, self.me))
-                await self._drain(writer)
-                self.stats[peer.index].connects += 1
-                return reader, writer
             except (OSError, TimeoutError):
-                await asyncio.sleep(backoff * (0.5 + self._rng.random()))
-                backoff = min(BACKOFF_MAX_S, backoff * 2)
+                pass
+            else:
+                try:
+                    writer.write(_HELLO.pack(HELLO_MAGIC, self.me))
+                    await self._drain(writer)
+                except (OSError, TimeoutError):
+                    writer.transport.abort()
+                else:
+                    self.stats[peer.index].connects += 1
+                    return reader, writer
+            await asyncio.sleep(backoff * (0.5 + self._rng.random()))
+            backoff = min(BACKOFF_MAX_S, backoff * 2)
 
     async def _sender(self, peer: _PeerOut) -> None:
         loop = asyncio.get_running_loop()
