@@ -67,10 +67,13 @@ def link_stats(node: NodePlan) -> dict[str, dict[str, object]]:
 
 def refused(node: NodePlan) -> int:
     doc = http_json(f"{node.api_url}/v1/qkd")
-    total = sum(doc.get("transport_refused", {}).values())
+    total = 0
+    for count in doc["transport_refused"].values():
+        total += int(count)
     for link in doc["links"].values():
-        rejected = link["transport"]["rejected"]
-        total += sum(n for reason, n in rejected.items() if reason.startswith("conn-"))
+        for reason, count in link["transport"]["rejected"].items():
+            if reason.startswith("conn-"):
+                total += int(count)
     return total
 
 

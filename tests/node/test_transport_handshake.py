@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import struct
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 import pytest
@@ -18,7 +18,14 @@ from node.wire import Envelope, Kind, body_size, decode_body, encode_body, envel
 from qchain.errors import CodecError
 from qchain.qkd.clock import SystemClock
 from qchain.qkd.endpoint import QKDEndpoint
-from qchain.qkd.frame import FrameHeader, FrameLimits, LinkReceiver, LinkSender, encode_frame
+from qchain.qkd.frame import (
+    DEFAULT_FRAME_LIMITS,
+    FrameHeader,
+    FrameLimits,
+    LinkReceiver,
+    LinkSender,
+    encode_frame,
+)
 from qchain.qkd.pool import SendKeyPool
 from qchain.qkd.simsource import LocalKeySource
 from qchain.qkd.testing import sim_endpoints, wait_until
@@ -97,7 +104,7 @@ def payload(n: int, tag: int) -> Envelope:
 async def running_pair(
     limits: TransportLimits,
     *,
-    max_body: int | None = None,
+    max_body: int = DEFAULT_FRAME_LIMITS.max_body,
     frame_limits: FrameLimits | None = None,
     b_address: str | None = None,
 ) -> AsyncIterator[Pair]:
@@ -105,10 +112,10 @@ async def running_pair(
     `b_address`, validator 1 is not started: validator 0 dials that address instead."""
     _, endpoints = sim_endpoints(SAES, chain_id=CHAIN, clock=SystemClock())
     if frame_limits is not None:
-        for sae, peer in (("SAE-0", "SAE-1"), ("SAE-1", "SAE-0")):
+        for sae, other in (("SAE-0", "SAE-1"), ("SAE-1", "SAE-0")):
             ep = endpoints[sae]
-            ep.senders[peer] = LinkSender(
-                CHAIN, sae, peer, ep.send_pools[peer], limits=frame_limits
+            ep.senders[other] = LinkSender(
+                CHAIN, sae, other, ep.send_pools[other], limits=frame_limits
             )
     ports = free_ports(2)
     addresses = [f"127.0.0.1:{p}" for p in ports]
@@ -120,16 +127,15 @@ async def running_pair(
         sealer = Sealer(endpoints[sae].sender(peer_sae))
         opener = Opener(endpoints[sae].receiver, peer_sae)
         received: list[Envelope] = []
-        extra = {} if max_body is None else {"max_body": max_body}
         transport = Transport(
             me,
             f"127.0.0.1:{ports[me]}",
             {peer: addresses[peer]},
             {peer: sealer},
             {peer: opener},
-            lambda _sender, env, got=received: got.append(env),
+            collector(received),
+            max_body=max_body,
             limits=limits,
-            **extra,
         )
         nodes.append(Node(transport, sealer, opener, addresses[me], received))
     a, b = nodes
@@ -151,6 +157,13 @@ async def running_pair(
             await n.transport.stop()
         for ep in endpoints.values():
             await ep.close()
+
+
+def collector(received: list[Envelope]) -> Callable[[int, Envelope], None]:
+    def on_envelope(_sender: int, envelope: Envelope) -> None:
+        received.append(envelope)
+
+    return on_envelope
 
 
 async def flows(src: Node, dst: Node, peer: int, count: int, tag: int) -> None:
@@ -281,14 +294,16 @@ async def test_a_peer_that_stops_reading_does_not_wedge_the_sender() -> None:
             a = p.a
             await wait_until(lambda: len(connections) == 1)
             st = a.transport.stats[1]
+
             # One megabyte at a time, each taken by the sender before the next is queued,
             # until the socket buffers are full and a write can no longer drain.
+            def taken_or_reconnected(sent: int) -> Callable[[], bool]:
+                return lambda: st.messages_sent > sent or len(connections) >= 2
+
             for i in range(64):
                 sent = st.messages_sent
                 a.transport.send(1, payload(1024 * 1024, i))
-                await wait_until(
-                    lambda sent=sent: st.messages_sent > sent or len(connections) >= 2, timeout=5
-                )
+                await wait_until(taken_or_reconnected(sent), timeout=5)
                 if len(connections) >= 2:
                     break
             await wait_until(lambda: len(connections) >= 2, timeout=5)
