@@ -274,6 +274,21 @@ async def test_connection_flood_from_one_source_is_refused_past_the_rate() -> No
         assert b.opener.reconnects == 1
 
 
+async def test_unverified_connections_past_the_total_are_refused() -> None:
+    limits = TransportLimits(max_pending_total=3, accept_burst=100, hello_timeout_s=4.0)
+    async with running_pair(limits) as p:
+        a, b = p.a, p.b
+        host, _, port = b.address.rpartition(":")
+        conns = [await asyncio.open_connection(host, int(port)) for _ in range(8)]
+        closed = await asyncio.gather(*(closed_by_peer(r, 1.0) for r, _ in conns))
+        assert sum(closed) == 5, "three connections without a hello are held, no more"
+        assert b.transport.refused["pending-limit"] == 5
+        for _, w in conns:
+            w.close()
+        await flows(a, b, 1, 5, tag=4)
+        assert b.opener.reconnects == 1
+
+
 # --- (d) a peer that stops reading -----------------------------------------------------------
 
 
@@ -320,7 +335,7 @@ async def test_a_peer_that_stops_reading_does_not_wedge_the_sender() -> None:
 
 
 async def test_idle_link_stays_up_on_keepalives_under_short_idle_timeouts() -> None:
-    limits = TransportLimits(keepalive_s=0.1, idle_timeout_s=0.4)
+    limits = TransportLimits(keepalive_s=0.1, idle_timeout_s=1.0)
     async with running_pair(limits) as p:
         a, b = p.a, p.b
         await wait_until(
