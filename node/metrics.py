@@ -114,7 +114,7 @@ class NodeMetrics:
         )
         self.transport_rejections = Counter(
             "qchain_transport_rejections_total",
-            "Incoming frames dropped, by peer and reason (bad-tag, replayed-key, malformed...).",
+            "Frames, connections and envelopes refused, by peer (unknown: none named) and reason.",
             ["peer", "reason"],
             registry=r,
         )

@@ -1151,6 +1151,8 @@ class Validator:
                 self._inc_to(m.transport_bytes, (peer, "in"), st.bytes_received)
                 for reason, count in st.rejected.items():
                     self._inc_to(m.transport_rejections, (peer, reason), count)
+            for reason, count in self.transport.refused.items():
+                self._inc_to(m.transport_rejections, ("unknown", reason), count)
         if self.endpoint is None:
             return
         me = self._sae[self.me]
@@ -1284,10 +1286,13 @@ class Validator:
                         "bytes_received": tstats.bytes_received,
                         "queue_dropped": tstats.queue_dropped,
                         "fault_dropped": tstats.fault_dropped,
+                        "handshakes": tstats.handshakes,
+                        "keepalives": tstats.keepalives,
                         "rejected": dict(tstats.rejected),
                     },
                 }
-        return {"sae_id": self._sae[self.me], "links": links}
+        refused = {} if self.transport is None else dict(self.transport.refused)
+        return {"sae_id": self._sae[self.me], "links": links, "transport_refused": refused}
 
     def events(self, last_event_id: int | None) -> EventStream:
         return self.bus.subscribe(last_event_id)

@@ -11,8 +11,12 @@ message. Kinds:
 | CERT_SIG | the sender's signature over the decided block of a height (`CertSig`) |
 
 Block bodies for catch-up travel as the consensus layer's `BlockReq`/`BlockResp` messages
-inside CONSENSUS envelopes. Decoding is strict; a body that does not decode is dropped
-and counted by the transport.
+inside CONSENSUS envelopes. An empty list is a valid body: the transport sends one as a
+keepalive when a link has been quiet. Decoding is strict; a body that does not decode is
+dropped and counted by the transport.
+
+`envelope_size` and `body_size` give the exact length of an encoded body without
+encoding it, so the transport can pack envelopes into frames by size.
 """
 
 from __future__ import annotations
@@ -57,10 +61,24 @@ def encode_body(envelopes: Sequence[Envelope]) -> bytes:
     return encode_value([[int(e.kind), e.payload] for e in envelopes], BODY_LIMITS)
 
 
+def envelope_size(envelope: Envelope) -> int:
+    """Bytes one envelope adds to an encoded body: a 2-array, a fixint kind, a bin."""
+    n = len(envelope.payload)
+    bin_head = 2 if n < 1 << 8 else 3 if n < 1 << 16 else 5
+    return 2 + bin_head + n
+
+
+def body_size(count: int, envelopes_bytes: int) -> int:
+    """Length of `encode_body` of `count` envelopes whose `envelope_size`s sum to
+    `envelopes_bytes`."""
+    array_head = 1 if count < 16 else 3 if count < 1 << 16 else 5
+    return array_head + envelopes_bytes
+
+
 def decode_body(data: bytes) -> list[Envelope]:
     value = decode_value(data, BODY_LIMITS)
-    if not isinstance(value, list) or not value:
-        raise CodecError("frame body must be a non-empty list of envelopes")
+    if not isinstance(value, list):
+        raise CodecError("frame body must be a list of envelopes")
     out: list[Envelope] = []
     for item in value:
         if not isinstance(item, list) or len(item) != 2:
@@ -79,6 +97,8 @@ __all__ = [
     "Envelope",
     "Kind",
     "TxBatch",
+    "body_size",
     "decode_body",
     "encode_body",
+    "envelope_size",
 ]
