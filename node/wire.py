@@ -24,8 +24,15 @@ from typing import Annotated
 
 from qchain.codec import U64, Hash32, Len, Limits, Struct, decode_value, encode_value
 from qchain.errors import CodecError
+from qchain.limits import (
+    FRAME_BODY_MAX,
+    TX_BATCH_FRAMING,
+    TX_BATCH_MAX_BYTES,
+    TX_BATCH_MAX_TXS,
+    TX_BATCH_PER_TX,
+)
 
-MAX_BODY = 16 * 1024 * 1024
+MAX_BODY = FRAME_BODY_MAX
 BODY_LIMITS = Limits(max_size=MAX_BODY, max_depth=4, max_bytes_len=MAX_BODY, max_array_len=50_000)
 
 
@@ -44,7 +51,26 @@ class CertSig(Struct):
 
 @dataclass(frozen=True)
 class TxBatch(Struct):
-    txs: Annotated[tuple[bytes, ...], Len(1, 10_000)]
+    txs: Annotated[tuple[bytes, ...], Len(1, TX_BATCH_MAX_TXS)]
+
+
+def tx_batches(
+    raw_txs: Sequence[bytes], max_txs: int = TX_BATCH_MAX_TXS, max_bytes: int = TX_BATCH_MAX_BYTES
+) -> list[TxBatch]:
+    """raw_txs, in order, cut into batches of at most max_txs transactions that each
+    encode to at most max_bytes (a transaction too large for that goes alone)."""
+    out: list[TxBatch] = []
+    start = 0
+    size = TX_BATCH_FRAMING
+    for i, raw in enumerate(raw_txs):
+        cost = TX_BATCH_PER_TX + len(raw)
+        if i > start and (i - start >= max_txs or size + cost > max_bytes):
+            out.append(TxBatch(tuple(raw_txs[start:i])))
+            start, size = i, TX_BATCH_FRAMING
+        size += cost
+    if start < len(raw_txs):
+        out.append(TxBatch(tuple(raw_txs[start:])))
+    return out
 
 
 @dataclass(frozen=True)
@@ -81,4 +107,5 @@ __all__ = [
     "TxBatch",
     "decode_body",
     "encode_body",
+    "tx_batches",
 ]
