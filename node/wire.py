@@ -10,9 +10,10 @@ message. Kinds:
 | TXS | a list of raw transaction bytes forwarded toward the leader (or everyone) |
 | CERT_SIG | the sender's signature over the decided block of a height (`CertSig`) |
 
-Block bodies for catch-up travel as the consensus layer's `BlockReq`/`BlockResp` messages
-inside CONSENSUS envelopes. Decoding is strict; a body that does not decode is dropped
-and counted by the transport.
+Every payload fits a frame body alone (`qchain.limits`): forwarded transactions are cut
+into batches by bytes as well as by count (`tx_batches`). Block bodies for catch-up travel
+as the consensus layer's `BlockReq`/`BlockResp` messages inside CONSENSUS envelopes.
+Decoding is strict; a body that does not decode is dropped and counted by the transport.
 """
 
 from __future__ import annotations
