@@ -24,7 +24,7 @@ from contracts.testing import sized_anchor_many
 from devnet.network import account_key, plan_network, write_network
 from node.api import make_api_app, start_api
 from node.runtime import MAX_REFORWARD, Validator
-from node.wire import Envelope, Kind, TxBatch, decode_body, encode_body
+from node.wire import Envelope, Kind, TxBatch, decode_body, encode_body, tx_batches
 from qchain.config import load_config
 from qchain.errors import TxTooLarge
 from qchain.limits import FRAME_BODY_MAX, MAX_BLOCK_TX_BYTES, MAX_MESSAGE, TX_BATCH_MAX_BYTES
@@ -145,6 +145,13 @@ def test_reforwarding_many_ml_dsa_transactions_splits_by_bytes(tmp_path: Path) -
     one_peer = _Sent()
     one_peer.envelopes = [(p, e) for p, e in sent.envelopes if p == 1]
     assert _assert_each_fits_a_frame(one_peer) == mine
+
+
+def test_batches_are_cut_by_count_too() -> None:
+    raws = [bytes([i]) * 100 for i in range(5)]
+    batches = tx_batches(raws, max_txs=2)
+    assert [len(b.txs) for b in batches] == [2, 2, 1]
+    assert [tx for b in batches for tx in b.txs] == raws
 
 
 @pytest.fixture
