@@ -3,6 +3,7 @@
 - a mempool full of the largest transactions (64 KiB `notary.anchor_many`, Ed25519 and
   ML-DSA-65) builds a block filled to the byte cap, whose Propose is within the consensus
   message cap and whose frame a peer accepts;
+- a block fetch answers with as many blocks as fit one message (two full blocks do not);
 - forwarding a mempool full of large transactions, or of many ML-DSA-65 ones, sends
   envelopes that each fit a frame body;
 - a transaction larger than the node's blocks is refused at admission (`tx-too-large`),
@@ -19,7 +20,8 @@ import aiohttp
 import pytest
 
 from consensus.events import BlockBuilt, BuildBlock
-from consensus.messages import Propose, decode_message, encode_message
+from consensus.messages import BlockReq, BlockResp, Propose, decode_message, encode_message
+from consensus.messages import block_hash as consensus_value
 from contracts.testing import sized_anchor_many
 from devnet.network import account_key, plan_network, write_network
 from node.api import make_api_app, start_api
@@ -96,6 +98,34 @@ async def test_a_block_of_the_largest_transactions_fits_a_frame(
     assert decode_message(received.payload) == Propose(v.chain_id, 1, 0, event.block)
     peer = _validator(tmp_path, scheme, node=1)
     assert peer.app.validate(decode_message(received.payload).block).block.txs == included
+
+
+def test_a_block_fetch_answers_with_what_fits_one_frame(tmp_path: Path) -> None:
+    v = _validator(tmp_path, "ed25519")
+    for tx in _largest(v, "partner1", "ed25519", 2 * (MAX_BLOCK_TX_BYTES // MAX_TX_SIZE)):
+        v._admit(tx, local=True)
+    values = []
+    for height in (1, 2):
+        txs = v.mempool.reap(v.cfg.mempool.max_block_txs, MAX_BLOCK_TX_BYTES)
+        parent = v.app.committed_value(height - 1) or b""
+        prepared = v.app.build(height, 0, parent, 0, txs)
+        v.store.write(v.app.commit_batch(prepared), sync=True)
+        v._accounts.invalidate()
+        v.mempool.on_commit(prepared.block.txs, height)
+        values.append(prepared.value)
+    assert len(v.mempool) == 0
+    sent = _Sent()
+    v.transport = sent  # type: ignore[assignment]
+    v._serve_blocks(1, BlockReq(v.chain_id, tuple(values)))
+    v._serve_blocks(1, BlockReq(v.chain_id, (values[1],)))
+    answers = []
+    for _, env in sent.envelopes:
+        assert len(env.payload) <= MAX_MESSAGE
+        _frame_of(encode_body([env]))
+        resp = decode_message(env.payload)
+        assert isinstance(resp, BlockResp)
+        answers.append([consensus_value(b) for b in resp.blocks])
+    assert answers == [values[:1], values[1:]]
 
 
 def _assert_each_fits_a_frame(sent: _Sent) -> list[bytes]:
