@@ -9,27 +9,36 @@ inside in a few bytes of MessagePack, so each cap below is the one above it less
 wrapping, measured here from the encodings themselves (headers at their largest: a
 64-byte chain id, 64-bit integers at their maximum, 32-bit length prefixes):
 
-    FRAME_BODY_MAX          the frame body cap, FrameLimits.max_body
-      > MAX_MESSAGE         the consensus message cap: one envelope alone fills a frame body
-                            (list header, envelope header and the payload's length prefix)
-      >= MAX_BLOCK_BODY     + PROPOSE_FRAMING: the block body cap (`consensus.messages`
-                            Block.body, `Params.max_block_bytes`); a Propose of such a
-                            block, at the largest height and round, is exactly MAX_MESSAGE
-      > MAX_BLOCK_TX_BYTES  + BLOCK_FRAMING: the block byte cap, the most that
-                            `mempool.max_block_bytes` may be. A block body is its header
-                            and the transactions' own encodings with no per-transaction
-                            wrapping, so a block of transactions summing to that many bytes
-                            encodes within the block body cap
-      >= MAX_TX_SIZE        the largest transaction (`qchain.types`); a node refuses at
-                            admission one larger than its own `mempool.max_block_bytes`
-                            (`TxTooLarge`), since it could never enter a block
+    FRAME_BODY_MAX      4,194,304  a frame body (FrameLimits.max_body)
+    MAX_MESSAGE         4,194,292  FRAME_BODY_MAX - BODY_FRAMING (5) - ENVELOPE_FRAMING (7):
+                                   an envelope payload (a consensus message), alone in a
+                                   frame body with the body's list header and its own
+                                   [kind, length prefix]
+    MAX_BLOCK_BODY      4,194,144  MAX_MESSAGE - PROPOSE_FRAMING (148): a block body, the
+                                   consensus codec's cap on Block.body and
+                                   Params.max_block_bytes; a Propose of such a block at the
+                                   largest height and round is exactly MAX_MESSAGE
+    MAX_BLOCK_TX_BYTES  4,193,911  MAX_BLOCK_BODY - BLOCK_FRAMING (233: the chain block's
+                                   header and array headers): the transactions of one
+                                   block, the most `mempool.max_block_bytes` may be. A block
+                                   body holds the transactions' own encodings, with no
+                                   per-transaction wrapping, so the mempool reaps by size
+    MAX_TX_SIZE            65,536  <= MAX_BLOCK_TX_BYTES: a transaction (`qchain.types`); a
+                                   node refuses at admission one larger than its own
+                                   `mempool.max_block_bytes` (`TxTooLarge`): it could
+                                   never enter a block
+
+(the numbers are those of the 4 MiB frame body; the asserts below keep the chain).
 
 Every other message fits the same envelope: a `BlockResp` is filled by encoded size up to
 MAX_MESSAGE (`BLOCK_RESP_FRAMING`), and forwarded transactions go in batches of at most
-`TX_BATCH_MAX_BYTES`, a quarter of MAX_MESSAGE. The transport packs envelopes into frames
-by size; none of them is larger than a frame body alone. `check_node_sizes` refuses a
-configuration that breaks the chain, naming the field. `qchain.types.BLOCK_LIMITS` only
-bounds decoding of chain blocks and stays above MAX_BLOCK_BODY.
+`TX_BATCH_MAX_BYTES`, a quarter of MAX_MESSAGE. No envelope is larger than a frame body
+alone; the transport packs them into frames by size (a payload of p bytes takes at most
+ENVELOPE_FRAMING + p bytes of a body, plus BODY_FRAMING once per frame).
+
+`check_node_sizes` refuses a configuration that breaks the chain, naming the field.
+`qchain.types.BLOCK_LIMITS` only bounds decoding of chain blocks and stays above
+MAX_BLOCK_BODY.
 """
 
 from __future__ import annotations
