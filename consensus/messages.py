@@ -24,9 +24,11 @@ import msgpack
 from qchain.codec import I64, U16, U64, Hash32, Len, Range, Struct, decode_value, encode_value
 from qchain.errors import CodecError
 from qchain.hashing import Domain, hash_domain
+from qchain.limits import BLOCK_RESP_MAX_BLOCKS, MAX_BLOCK_BODY
 
 ChainId = Annotated[str, Len(1, 64)]
-Body = Annotated[bytes, Len(0, 4 * 1024 * 1024)]
+Body = Annotated[bytes, Len(0, MAX_BLOCK_BODY)]
+"""A block body: at most what a Propose carries in one frame (`qchain.limits`)."""
 
 
 @dataclass(frozen=True)
@@ -153,7 +155,8 @@ class BlockResp(Struct):
     """Driver-level body fetch answer (§3.4); the engine never sees it."""
 
     chain_id: ChainId
-    blocks: Annotated[tuple[Block, ...], Len(0, 64)]
+    blocks: Annotated[tuple[Block, ...], Len(0, BLOCK_RESP_MAX_BLOCKS)]
+    """As many as fit one message (`qchain.limits.BLOCK_RESP_FRAMING`)."""
 
 
 ConsensusMessage: TypeAlias = Propose | Vote | Report | Abort | Done

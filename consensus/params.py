@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from qchain.errors import ConfigError
+from qchain.limits import MAX_BLOCK_BODY
 
 
 @dataclass(frozen=True)
@@ -32,7 +33,8 @@ class Params:
     """Heartbeat interval; `None` selects the idle mode of §4 (no empty blocks)."""
     sync_interval_ms: int = 50
     sync_max_count: int = 64
-    max_block_bytes: int = 1 << 20
+    max_block_bytes: int = MAX_BLOCK_BODY
+    """Largest block body a proposal may carry (rule 3 of §3.1); at most the codec's cap."""
     next_buffer_per_sender: int = 8
     height_window: int = 64
     """A message more than this many heights above the current one is not processed; it
@@ -53,6 +55,8 @@ class Params:
             raise ConfigError("sync_max_count", "must be >= 1")
         if self.height_window < 2:
             raise ConfigError("height_window", "must be >= 2")
+        if not 0 <= self.max_block_bytes <= MAX_BLOCK_BODY:
+            raise ConfigError("max_block_bytes", f"must be in [0, {MAX_BLOCK_BODY}]")
 
     @property
     def f(self) -> int:

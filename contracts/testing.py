@@ -8,14 +8,14 @@ import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from contracts import membership
+from contracts import membership, notary
 from contracts.execution import BlockContext, BlockResult, Verifier, execute_block, verify_signature
 from contracts.genesis import Genesis, init_state, parse_genesis
 from contracts.query import query
 from contracts.state import StateReader
 from qchain.keys import Scheme, SigningKey, dev_key
 from qchain.store import Batch, KVStore
-from qchain.types import Receipt, Transaction, new_transaction
+from qchain.types import MAX_TX_SIZE, Receipt, Transaction, new_transaction
 
 CHAIN_ID = "qchain-test"
 PILOT_MEMBERS: dict[str, tuple[str, ...]] = {
@@ -74,6 +74,41 @@ def dev_genesis(
 def digest(label: str) -> bytes:
     """A SHA-256 document digest for tests."""
     return hashlib.sha256(label.encode()).digest()
+
+
+def sized_anchor_many(
+    key: SigningKey, *, chain_id: str, nonce: int, label: str, size: int = MAX_TX_SIZE
+) -> Transaction:
+    """A signed `notary.anchor_many` of exactly `size` encoded bytes (by default the
+    largest transaction there is), whose digests are unique to label and nonce: full items
+    of the largest metadata, and one more whose metadata takes up the rest."""
+
+    def build(metadata: list[int]) -> Transaction:
+        items = [
+            [digest(f"{label}/{nonce}/{i}"), "sha256", "t", "c", bytes(m)]
+            for i, m in enumerate(metadata)
+        ]
+        return new_transaction(
+            key,
+            chain_id=chain_id,
+            nonce=nonce,
+            contract=notary.NAME,
+            method="anchor_many",
+            args=[items],
+        )
+
+    one = len(build([notary.MAX_METADATA]).encoded)
+    full = one - len(build([]).encoded)
+    metadata = [notary.MAX_METADATA] * ((size - one) // full + 1) + [0]
+    for _ in range(4):
+        tx = build(metadata)
+        gap = size - len(tx.encoded)
+        if gap == 0:
+            return tx
+        metadata[-1] += gap
+        if not 0 <= metadata[-1] <= notary.MAX_METADATA:
+            break
+    raise ValueError(f"no anchor_many of exactly {size} bytes")
 
 
 def pilot_chain(store: KVStore, *, scheme: Scheme = Scheme.ED25519) -> DevChain:

@@ -1,7 +1,8 @@
 """The mempool: admitted transactions waiting for a block.
 
-Admission (`add`) checks, cheapest first: size, chain id, duplicate bytes (the hash is the
-idempotency key), expiry, membership of the sender, the nonce window, pool limits and
+Admission (`add`) checks, cheapest first: size (also against the node's block byte cap: a
+transaction that can never fit a block is refused), chain id, duplicate bytes (the hash is
+the idempotency key), expiry, membership of the sender, the nonce window, pool limits and
 finally the signature against the sender's registered key. Nothing enters unchecked, and a
 rejected transaction leaves no trace.
 
@@ -32,8 +33,10 @@ from qchain.errors import (
     NotAMember,
     QChainError,
     TooLarge,
+    TxTooLarge,
     WrongChain,
 )
+from qchain.limits import MAX_BLOCK_TX_BYTES
 from qchain.types import MAX_TX_SIZE, Transaction
 
 
@@ -60,6 +63,9 @@ class MempoolLimits:
     validators, forwarded to the leader, fit in the leader's pool. Without this, under
     overload the leader silently drops forwarded transactions, their senders' later
     nonces wait behind the gaps, and throughput collapses."""
+    max_block_bytes: int = MAX_BLOCK_TX_BYTES
+    """Bytes of transactions in a block of this node: a larger transaction could never
+    be included and is refused (`TxTooLarge`)."""
 
 
 @dataclass
@@ -131,6 +137,8 @@ class Mempool:
         size = len(tx.encoded)
         if size > MAX_TX_SIZE:
             raise TooLarge(size, MAX_TX_SIZE)
+        if size > self.limits.max_block_bytes:
+            raise TxTooLarge(size, self.limits.max_block_bytes)
         known = self._by_hash.get(tx.hash)
         if known is not None:
             if local and not known.local:

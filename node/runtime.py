@@ -103,11 +103,12 @@ from node.mempool import Mempool, MempoolLimits, PendingTx
 from node.metrics import NodeMetrics, TimedKeySource
 from node.service import EventStream, TxStatus
 from node.transport import FaultRules, Transport
-from node.wire import CertSig, Envelope, Kind, TxBatch
+from node.wire import CertSig, Envelope, Kind, TxBatch, tx_batches
 from qchain.config import NodeConfig
 from qchain.errors import CodecError, InvalidBlock, QChainError, StorageCorrupt, StorageError
 from qchain.hashing import Domain, hash_domain
 from qchain.keys import SigningKey, verify
+from qchain.limits import BLOCK_RESP_FRAMING, MAX_MESSAGE
 from qchain.qkd.endpoint import QKDEndpoint
 from qchain.qkd.frame import LinkSender
 from qchain.qkd.source import KeySource
@@ -228,7 +229,6 @@ class Validator:
             cap_ms=t.cap_ms,
             propose_wait_max_ms=t.propose_wait_max_ms,
             sync_interval_ms=t.sync_interval_ms,
-            max_block_bytes=cfg.mempool.max_block_bytes + 64 * 1024,
         )
         self.store = store if store is not None else open_store(cfg.node.data_dir / "db")
         self.chain = ChainStore(self.store, self._check_certificate)
@@ -261,6 +261,7 @@ class Validator:
                 cfg.mempool.max_bytes,
                 cfg.mempool.max_per_sender,
                 max_local=max(1, cfg.mempool.max_txs // n),
+                max_block_bytes=cfg.mempool.max_block_bytes,
             ),
             self._accounts,
             self.sig_cache,
@@ -849,14 +850,14 @@ class Validator:
         if self.store_corrupt is not None:
             return
         blocks = []
-        size = 0
+        size = BLOCK_RESP_FRAMING
         granted = self.budgets.take(sender, BLOCK_LOOKUPS, len(req.hashes))
         for value in req.hashes[:granted]:
             body = self._local_body(value)
             if body is None:
                 continue
-            size += len(body.body)
-            if size > self.cfg.p2p.max_frame_bytes // 2:
+            size += len(body.encode())
+            if size > MAX_MESSAGE:
                 break
             blocks.append(body)
         if blocks:
@@ -1043,10 +1044,8 @@ class Validator:
     def _forward(self, raw_txs: list[bytes], to: Sequence[int]) -> None:
         if self.transport is None or not raw_txs:
             return
-        for start in range(0, len(raw_txs), FORWARD_BATCH):
-            env = Envelope(
-                Kind.TXS, TxBatch(tuple(raw_txs[start : start + FORWARD_BATCH])).encode()
-            )
+        for batch in tx_batches(raw_txs, FORWARD_BATCH):
+            env = Envelope(Kind.TXS, batch.encode())
             for j in to:
                 if j != self.me:
                     self.transport.send(j, env)

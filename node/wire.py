@@ -10,13 +10,15 @@ message. Kinds:
 | TXS | a list of raw transaction bytes forwarded toward the leader (or everyone) |
 | CERT_SIG | the sender's signature over the decided block of a height (`CertSig`) |
 
-Block bodies for catch-up travel as the consensus layer's `BlockReq`/`BlockResp` messages
-inside CONSENSUS envelopes. An empty list is a valid body: the transport sends one as a
-keepalive when a link has been quiet. Decoding is strict; a body that does not decode is
-dropped and counted by the transport.
+Every payload fits a frame body alone (`qchain.limits`): forwarded transactions are cut
+into batches by bytes as well as by count (`tx_batches`). Block bodies for catch-up travel
+as the consensus layer's `BlockReq`/`BlockResp` messages inside CONSENSUS envelopes. An
+empty list is a valid body: the transport sends one as a keepalive when a link has been
+quiet. Decoding is strict; a body that does not decode is dropped and counted by the
+transport.
 
 `envelope_size` and `body_size` give the exact length of an encoded body without
-encoding it, so the transport can pack envelopes into frames by size.
+encoding it, so the transport packs envelopes into frames by size.
 """
 
 from __future__ import annotations
@@ -28,8 +30,15 @@ from typing import Annotated
 
 from qchain.codec import U64, Hash32, Len, Limits, Struct, decode_value, encode_value
 from qchain.errors import CodecError
+from qchain.limits import (
+    FRAME_BODY_MAX,
+    TX_BATCH_FRAMING,
+    TX_BATCH_MAX_BYTES,
+    TX_BATCH_MAX_TXS,
+    TX_BATCH_PER_TX,
+)
 
-MAX_BODY = 16 * 1024 * 1024
+MAX_BODY = FRAME_BODY_MAX
 BODY_LIMITS = Limits(max_size=MAX_BODY, max_depth=4, max_bytes_len=MAX_BODY, max_array_len=50_000)
 
 
@@ -48,7 +57,26 @@ class CertSig(Struct):
 
 @dataclass(frozen=True)
 class TxBatch(Struct):
-    txs: Annotated[tuple[bytes, ...], Len(1, 10_000)]
+    txs: Annotated[tuple[bytes, ...], Len(1, TX_BATCH_MAX_TXS)]
+
+
+def tx_batches(
+    raw_txs: Sequence[bytes], max_txs: int = TX_BATCH_MAX_TXS, max_bytes: int = TX_BATCH_MAX_BYTES
+) -> list[TxBatch]:
+    """raw_txs, in order, cut into batches of at most max_txs transactions that each
+    encode to at most max_bytes (a transaction too large for that goes alone)."""
+    out: list[TxBatch] = []
+    start = 0
+    size = TX_BATCH_FRAMING
+    for i, raw in enumerate(raw_txs):
+        cost = TX_BATCH_PER_TX + len(raw)
+        if i > start and (i - start >= max_txs or size + cost > max_bytes):
+            out.append(TxBatch(tuple(raw_txs[start:i])))
+            start, size = i, TX_BATCH_FRAMING
+        size += cost
+    if start < len(raw_txs):
+        out.append(TxBatch(tuple(raw_txs[start:])))
+    return out
 
 
 @dataclass(frozen=True)
@@ -101,4 +129,5 @@ __all__ = [
     "decode_body",
     "encode_body",
     "envelope_size",
+    "tx_batches",
 ]

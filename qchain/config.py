@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from qchain.errors import ConfigError
+from qchain.limits import MAX_BLOCK_TX_BYTES, MAX_FRAME, check_node_sizes
 
 
 @dataclass(frozen=True)
@@ -110,7 +111,8 @@ class NodeSection:
 class P2PSection:
     listen: str
     peers: tuple[PeerConfig, ...] = ()
-    max_frame_bytes: int = 16 * 1024 * 1024
+    max_frame_bytes: int = MAX_FRAME
+    """Longest frame read from a peer; at least the largest frame a peer sends."""
     queue_frames: int = 1024
 
 
@@ -151,7 +153,9 @@ class MempoolSection:
     max_bytes: int = 256 * 1024 * 1024
     max_per_sender: int = 256
     max_block_txs: int = 5000
-    max_block_bytes: int = 4 * 1024 * 1024
+    max_block_bytes: int = MAX_BLOCK_TX_BYTES
+    """Bytes of transactions in a block this node builds; at most what fits one frame as a
+    proposal (`qchain.limits`). A transaction larger than this is refused."""
 
 
 @dataclass(frozen=True)
@@ -266,6 +270,9 @@ def validate(cfg: NodeConfig) -> None:
         raise ConfigError("qkd.kme_url", "must be an http:// or https:// URL")
     if cfg.qkd.batch_keys < 1:
         raise ConfigError("qkd.batch_keys", "must be at least 1")
+    check_node_sizes(
+        cfg.mempool.max_block_bytes, cfg.mempool.max_block_txs, cfg.p2p.max_frame_bytes
+    )
 
 
 def parse_config(data: dict[str, Any], base: Path) -> NodeConfig:

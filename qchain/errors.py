@@ -164,6 +164,23 @@ class TooLarge(InvalidTransaction):
         return {"size": self.size, "limit": self.limit}
 
 
+class TxTooLarge(InvalidTransaction):
+    """A transaction larger than every block this node builds: it could never commit."""
+
+    code = "tx-too-large"
+
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(
+            f"transaction of {size} bytes can never enter a block: "
+            f"blocks hold at most {limit} bytes of transactions"
+        )
+        self.size = size
+        self.limit = limit
+
+    def fields(self) -> dict[str, object]:
+        return {"size": self.size, "limit": self.limit}
+
+
 class NotAMember(InvalidTransaction):
     code = "not-a-member"
 
