@@ -21,10 +21,18 @@ from typing import Any, Protocol
 
 from aiohttp import web
 
+from node import byzantine
 from node.transport import FaultRules
 
 PROBLEM = "application/problem+json"
-BYZANTINE_MODES = ("equivocate", "double-vote", "withhold", "forge-mac", "silent")
+BYZANTINE_MODES = (
+    "equivocate",
+    "double-vote",
+    "withhold",
+    "forge-mac",
+    "silent",
+    *byzantine.MODES,
+)
 
 
 class AdminTarget(Protocol):
