@@ -5,7 +5,7 @@ They exist to attack a devnet on purpose (the fault kit's `byzantine` action) an
 enabled only when the node runs with `admin.byzantine = true`, like the older modes in
 `node.runtime` (silent, withhold, double-vote, equivocate, forge-mac).
 
-- `far-height-vote`: one VOTE claiming height 2^64-1 to every peer, once per second;
+- `far-height-vote`: one VOTE claiming height 2^64-1 to every peer, resent once a second;
 - `vote-flood`: VOTEs with distinct rounds and random values, at height 2^64-1 and at its
   current height with a huge round, up to `FLOOD_PER_PEER_S` per peer and second;
 - `future-time`: when it builds a block as leader, the block time is 2^64-1 (the block is
@@ -67,9 +67,10 @@ def _vote(chain_id: str, height: int, rnd: int, rng: random.Random) -> Envelope:
     return Envelope(Kind.CONSENSUS, encode_message(vote))
 
 
-def far_height_vote(chain_id: str, rng: random.Random) -> Envelope:
-    """One VOTE at height 2^64-1 (round 0, a random value)."""
-    return _vote(chain_id, FAR_HEIGHT, 0, rng)
+def far_height_vote(chain_id: str, value: bytes) -> Envelope:
+    """The VOTE at height 2^64-1, round 0, phase 1 for value (resent as is: one claim,
+    not an equivocation)."""
+    return Envelope(Kind.CONSENSUS, encode_message(Vote(chain_id, FAR_HEIGHT, 0, 1, value)))
 
 
 def flood_votes(
@@ -151,8 +152,9 @@ class Hostile:
                 self.sent += 1
 
     async def _far_height(self) -> None:
+        vote = far_height_vote(self._chain_id, self.rng.randbytes(32))
         while True:
-            self._to_all([far_height_vote(self._chain_id, self.rng)])
+            self._to_all([vote])
             await asyncio.sleep(1.0)
 
     async def _flood(self) -> None:
