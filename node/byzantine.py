@@ -157,19 +157,30 @@ class Hostile:
             self._to_all([vote])
             await asyncio.sleep(1.0)
 
+    async def _ticks(self, send: Callable[[], None]) -> None:
+        """Call send every TICK_S on a fixed schedule (a slow tick is not made up for)."""
+        loop = asyncio.get_running_loop()
+        due = loop.time()
+        while True:
+            send()
+            due = max(due + TICK_S, loop.time())
+            await asyncio.sleep(due - loop.time())
+
     async def _flood(self) -> None:
         per_tick = max(1, int(FLOOD_PER_PEER_S * TICK_S))
-        while True:
-            votes = flood_votes(
-                self._chain_id, self.node.engine.cur, self._round, per_tick, self.rng
-            )
+
+        def send() -> None:
+            cur = self.node.engine.cur
+            self._to_all(flood_votes(self._chain_id, cur, self._round, per_tick, self.rng))
             self._round += per_tick
-            self._to_all(votes)
-            await asyncio.sleep(TICK_S)
+
+        await self._ticks(send)
 
     async def _claims(self) -> None:
         per_tick = max(1, int(CLAIMS_PER_PEER_S * TICK_S))
-        while True:
+
+        def send() -> None:
             for _ in range(per_tick):
                 self._to_all(far_claims(self._chain_id, self.rng))
-            await asyncio.sleep(TICK_S)
+
+        await self._ticks(send)

@@ -770,6 +770,9 @@ def render(result: RunResult) -> str:
         if "recovery_s" in st:
             rec = st["recovery_s"]
             desc += f"; recovered in {rec:.1f}s" if rec is not None else "; did not recover"
+        if st.get("detail"):
+            shown = {k: v for k, v in st["detail"].items() if k != "hellos"}
+            desc += "; " + json.dumps(shown, separators=(",", ":"))
         if st["error"]:
             desc += f"; ERROR {st['error']}"
         lines.append(desc)
