@@ -375,17 +375,39 @@ def _top(samples: Sequence[StatusSample], t: float) -> int:
 
 
 def check_progress(
-    samples: Sequence[StatusSample], name: str, start: float, end: float, blocks: int
+    samples: Sequence[StatusSample],
+    name: str,
+    start: float,
+    end: float,
+    blocks: int,
+    max_stall_s: float | None = None,
 ) -> CheckResult:
     """The chain commits at least `blocks` blocks between start and end (an attack's
-    window): the highest height any node answered grows by that much."""
+    window): the highest height any node answered grows by that much; and, if
+    max_stall_s is given, it never stands still longer than that inside the window (a
+    chain that stops halfway through an attack fails even if it made `blocks` first)."""
     h0 = _top(samples, start)
     h1 = _top(samples, end)
-    ok = h1 - h0 >= blocks
+    top, since, stall = h0, start, 0.0
+    for s in sorted(samples, key=lambda s: s.t):
+        if start < s.t <= end and s.height is not None and s.height > top:
+            stall = max(stall, s.t - since)
+            top, since = s.height, s.t
+    stall = max(stall, end - since)
+    problems = []
+    if h1 - h0 < blocks:
+        problems.append(f"fewer than {blocks} blocks")
+    if max_stall_s is not None and stall > max_stall_s:
+        problems.append(f"no block for {stall:.1f}s (bound {max_stall_s:g}s)")
     summary = f"height {h0} -> {h1} between {start:.1f}s and {end:.1f}s" + (
-        "" if ok else f": fewer than {blocks} blocks"
+        ": " + "; ".join(problems) if problems else f", longest stall {stall:.1f}s"
     )
-    return CheckResult(f"progress {name}", ok, summary, data={"from": h0, "to": h1})
+    return CheckResult(
+        f"progress {name}",
+        not problems,
+        summary,
+        data={"from": h0, "to": h1, "longest_stall_s": round(stall, 3)},
+    )
 
 
 def check_latency(

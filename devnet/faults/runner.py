@@ -186,21 +186,27 @@ class Observer:
         return ReadySample(t, name, ok, tuple(reasons))
 
     async def sample_status(self) -> list[StatusSample]:
-        samples = await asyncio.gather(*(self.status(n) for n in self.names))
-        readiness = await asyncio.gather(*(self.ready(n) for n in self.names))
+        samples, readiness = await asyncio.gather(
+            asyncio.gather(*(self.status(n) for n in self.names)),
+            asyncio.gather(*(self.ready(n) for n in self.names)),
+        )
         self.history.statuses.extend(samples)
         self.history.readiness.extend(readiness)
         return list(samples)
 
+    async def qkd(self, name: str) -> QkdSample | None:
+        t = self.clock()
+        try:
+            doc = await asyncio.wait_for(self.clients[name].qkd(), 2.0)
+        except (NodeUnavailable, ApiError, TimeoutError):
+            return None
+        return QkdSample(t, name, link_counters_from_qkd(doc, self.sae_to_node))
+
     async def sample_qkd(self) -> None:
-        for name in self.names:
-            t = self.clock()
-            try:
-                doc = await asyncio.wait_for(self.clients[name].qkd(), 2.0)
-            except (NodeUnavailable, ApiError, TimeoutError):
-                continue
-            links = link_counters_from_qkd(doc, self.sae_to_node)
-            self.history.qkd.append(QkdSample(t, name, links))
+        # All nodes at once: a node that hangs must not delay the others' samples.
+        for sample in await asyncio.gather(*(self.qkd(n) for n in self.names)):
+            if sample is not None:
+                self.history.qkd.append(sample)
         t = self.clock()
         try:
             kms = await asyncio.to_thread(actions.kms_links, self.target)
@@ -678,7 +684,14 @@ def _hostile_checks(
                 continue
             name = f"{r.step.action}@{r.step.at:g}s"
             out.append(
-                check_progress(history.statuses, name, r.applied_at, r.undone_at, spec.min_progress)
+                check_progress(
+                    history.statuses,
+                    name,
+                    r.applied_at,
+                    r.undone_at,
+                    spec.min_progress,
+                    spec.max_stall_s,
+                )
             )
     if spec.max_latency_s is not None:
         out.append(check_latency(history.statuses, honest, windows, spec.max_latency_s))

@@ -116,6 +116,8 @@ class ChecksSpec:
     min_progress: int = 0
     """Blocks the chain must commit during every step with a duration (0: not checked;
     steps with expect_halt are exempt)."""
+    max_stall_s: float = 5.0
+    """With min_progress: the longest the chain may stand still inside such a step."""
     max_latency_s: float | None = None
     """If set, no honest node's `/v1/status` may take longer (or fail) during a step."""
     readiness: bool = False
@@ -332,6 +334,7 @@ def parse_scenario(doc: dict[str, Any], default_name: str = "scenario") -> Scena
             "starvation",
             "max_lost",
             "min_progress",
+            "max_stall_s",
             "max_latency_s",
             "readiness",
             "readiness_stall_s",
@@ -361,6 +364,7 @@ def parse_scenario(doc: dict[str, Any], default_name: str = "scenario") -> Scena
         starvation=tuple(starvation),
         max_lost=max_lost,
         min_progress=min_progress,
+        max_stall_s=float(_num(checks_doc, "max_stall_s", "checks", 5.0, 0.5)),
         max_latency_s=None if max_latency is None else float(max_latency),
         readiness=readiness,
         readiness_stall_s=float(_num(checks_doc, "readiness_stall_s", "checks", 5.0, 0.5)),

@@ -295,3 +295,12 @@ def test_readiness_of_a_corrupted_node() -> None:
     assert verdict(ready("node2", range(20), False, "store corrupted: block 7 checksum"))
     assert not verdict(ready("node2", range(20), None), "started")
     assert verdict(ready("node2", range(20), None), "refusing to start: LevelDB is damaged")
+
+
+def test_progress_fails_a_chain_that_stops_halfway() -> None:
+    heights = [1, 3, 5, 7, 9, 11, 11, 11, 11, 11, 11, 11, 11]
+    st = statuses({"node0": heights})
+    assert check_progress(st, "flood", 0, 12, 5).ok
+    r = check_progress(st, "flood", 0, 12, 5, max_stall_s=5)
+    assert not r.ok and "no block for 7.0s" in r.summary
+    assert check_progress(st, "flood", 0, 6, 5, max_stall_s=5).ok
