@@ -215,14 +215,19 @@ class Observer:
         self.history.kms.append(KmsSample(t, kms))
 
     async def run(self, stop: asyncio.Event) -> None:
+        # Key counters are read beside the status loop, so nodes that hang (their reads
+        # time out) do not stretch the status samples' cadence.
         next_qkd = 0.0
+        qkd: asyncio.Task[None] | None = None
         while not stop.is_set():
             await self.sample_status()
-            if self.clock() >= next_qkd:
-                await self.sample_qkd()
+            if self.clock() >= next_qkd and (qkd is None or qkd.done()):
+                qkd = asyncio.create_task(self.sample_qkd())
                 next_qkd = self.clock() + QKD_EVERY_S
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), STATUS_EVERY_S)
+        if qkd is not None:
+            await qkd
 
     async def chains(self) -> ChainViews:
         out: ChainViews = {}
