@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 
 from consensus.messages import Vote, encode_message
 from devnet.network import NetworkPlan
+from node.transport import HELLO_MAGIC
 from node.wire import Envelope, Kind, encode_body
 from qchain.qkd.frame import FRAME_VERSION, TAG_LEN, FrameHeader
 from qchain.qkd.source import KEY_ID_LEN
@@ -45,8 +46,8 @@ MAX_RATE = 100.0
 MAX_CONNECTIONS = 256
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 HELLO = struct.Struct(">4sH")
+"""The transport's hello: magic, then the claimed validator index (`node.transport`)."""
 FRAME_LEN = struct.Struct(">I")
-HELLO_MAGIC = b"QCH1"
 CONNECT_TIMEOUT_S = 1.0
 
 
