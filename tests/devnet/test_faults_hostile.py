@@ -43,6 +43,7 @@ HOSTILE = (
     "disk-bitflip",
     "forged-frames",
     "conn-flood",
+    "far-claims",
 )
 
 
