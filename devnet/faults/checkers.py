@@ -60,6 +60,21 @@ def _first(items: Sequence[str], limit: int = 20) -> tuple[str, ...]:
     return tuple(items[:limit]) + ((f"... and {more} more",) if more > 0 else ())
 
 
+def check_served_blocks(bad: Mapping[str, Sequence[str]], nodes: Sequence[str]) -> CheckResult:
+    """Every block the given nodes served verifies against its own header (bad: node ->
+    the blocks that did not, as the observer found them)."""
+    problems = [f"{n}: {b}" for n in nodes for b in bad.get(n, ())]
+    if problems:
+        who = sorted({n for n in nodes if bad.get(n)})
+        return CheckResult(
+            "served-blocks",
+            False,
+            f"{len(problems)} blocks served by {', '.join(who)} do not verify",
+            _first(problems),
+        )
+    return CheckResult("served-blocks", True, "every block served verifies against its header")
+
+
 def check_agreement(chains: ChainViews) -> CheckResult:
     """One block hash per height across every node that has that height."""
     heights = sorted({h for blocks in chains.values() for h in blocks})

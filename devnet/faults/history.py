@@ -111,6 +111,8 @@ class History:
     qkd: list[QkdSample] = field(default_factory=list)
     kms: list[KmsSample] = field(default_factory=list)
     readiness: list[ReadySample] = field(default_factory=list)
+    bad_blocks: dict[str, list[str]] = field(default_factory=dict)
+    """node -> blocks it served that do not verify against their own header."""
     events: list[dict[str, Any]] = field(default_factory=list)
     """The timeline as it happened: {t, action, detail}."""
 
@@ -124,6 +126,7 @@ class History:
             "qkd": [asdict(q) for q in self.qkd],
             "kms": [asdict(k) for k in self.kms],
             "readiness": [asdict(r) for r in self.readiness],
+            "bad_blocks": self.bad_blocks,
             "events": self.events,
         }
 

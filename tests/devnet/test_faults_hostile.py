@@ -24,7 +24,12 @@ from devnet.faults.attacker import (
     hello,
     pairs,
 )
-from devnet.faults.checkers import check_latency, check_progress, check_readiness
+from devnet.faults.checkers import (
+    check_latency,
+    check_progress,
+    check_readiness,
+    check_served_blocks,
+)
 from devnet.faults.history import ReadySample, StatusSample
 from devnet.faults.load import Accounts, max_size_anchor_many
 from devnet.faults.scenario import load_scenario, parse_scenario, shipped_scenarios
@@ -305,3 +310,11 @@ def test_progress_fails_a_chain_that_stops_halfway() -> None:
     r = check_progress(st, "flood", 0, 12, 5, max_stall_s=5)
     assert not r.ok and "no block for 7.0s" in r.summary
     assert check_progress(st, "flood", 0, 6, 5, max_stall_s=5).ok
+
+
+def test_served_blocks_fails_a_node_serving_a_block_that_does_not_verify() -> None:
+    bad = {"node2": ["height 7: block transactions do not match the header's tx_root"]}
+    r = check_served_blocks(bad, NODES)
+    assert not r.ok and r.details == (f"node2: {bad['node2'][0]}",)
+    # A damaged node that says it is not ready is judged by the readiness check instead.
+    assert check_served_blocks(bad, ["node0", "node1", "node3"]).ok
