@@ -9,6 +9,7 @@ import asyncio
 import random
 import struct
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -30,11 +31,12 @@ from devnet.faults.checkers import (
     check_readiness,
     check_served_blocks,
 )
-from devnet.faults.history import ReadySample, StatusSample
+from devnet.faults.history import History, ReadySample, StatusSample
 from devnet.faults.load import Accounts, max_size_anchor_many
+from devnet.faults.runner import Observer
 from devnet.faults.scenario import load_scenario, parse_scenario, shipped_scenarios
 from node.wire import Kind, decode_body
-from qchain.errors import ConfigError
+from qchain.errors import CodecError, ConfigError
 from qchain.qkd.frame import decode_frame
 from qchain.types import MAX_TX_SIZE, decode_transaction
 
@@ -318,3 +320,34 @@ def test_served_blocks_fails_a_node_serving_a_block_that_does_not_verify() -> No
     assert not r.ok and r.details == (f"node2: {bad['node2'][0]}",)
     # A damaged node that says it is not ready is judged by the readiness check instead.
     assert check_served_blocks(bad, ["node0", "node1", "node3"]).ok
+
+
+class BlocksClient:
+    """Serves heights 1..top; `bad` heights fail the client's verification."""
+
+    def __init__(self, top: int, bad: set[int]) -> None:
+        self.top = top
+        self.bad = bad
+
+    async def blocks(self, start: int, limit: int = 20) -> list[Any]:
+        heights = range(start, min(self.top, start + limit - 1) + 1)
+        if self.bad & set(heights):
+            raise CodecError("block transactions do not match the header's tx_root")
+        return [
+            SimpleNamespace(
+                height=h, hash=bytes([h]) * 32, header=SimpleNamespace(app_hash=bytes(32)), txs=()
+            )
+            for h in heights
+        ]
+
+
+async def test_observer_reads_around_a_block_that_does_not_verify() -> None:
+    obs = Observer.__new__(Observer)
+    obs.names = ["node0", "node2"]
+    obs.history = History()
+    obs.clients = {"node0": BlocksClient(250, set()), "node2": BlocksClient(250, {150})}  # type: ignore[dict-item]
+    chains = await obs.chains()
+    assert sorted(chains["node0"]) == list(range(1, 251))
+    assert sorted(chains["node2"]) == [h for h in range(1, 251) if h != 150]
+    assert list(obs.history.bad_blocks) == ["node2"]
+    assert obs.history.bad_blocks["node2"][0].startswith("height 150: block transactions")
