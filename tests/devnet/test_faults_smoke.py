@@ -4,6 +4,8 @@ Every check must hold; on failure the report (and where to look) is in the asser
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 
 from devnet.faults.backends import LocalTarget
@@ -67,3 +69,4 @@ async def test_hostile_kit_end_to_end() -> None:
         for result in (flood, far):
             if result is not None and result.kept_up:
                 stop_network(LocalTarget(result.directory))
+                shutil.rmtree(result.directory, ignore_errors=True)
