@@ -1,17 +1,25 @@
-"""The hostile Byzantine modes: their messages decode as real peers' would, and the
-periodic task sends them to every peer but the node itself, and stops."""
+"""The hostile Byzantine modes: their messages decode as real peers' would, the periodic
+task sends them to every peer but the node itself and stops, and a real validator sends
+them through its authenticated transport."""
 
 from __future__ import annotations
 
 import asyncio
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 from consensus.messages import BlockReq, SyncResp, Vote, decode_message
+from devnet.network import plan_network, write_network
 from node import byzantine
 from node.admin import BYZANTINE_MODES
+from node.runtime import Validator
 from node.wire import CertSig, Envelope, Kind, decode_body, encode_body
+from qchain.config import load_config
+from qchain.qkd.clock import SystemClock
+from qchain.qkd.simsource import LocalKeySource, full_mesh
+from qchain.qkd.testing import wait_until
 
 CHAIN = "qchain-test"
 
@@ -112,3 +120,41 @@ async def test_flood_modes_send_to_every_peer_and_stop() -> None:
     count = len(node.transport.sent)
     await asyncio.sleep(0.1)
     assert len(node.transport.sent) == count
+
+
+async def test_a_validator_floods_through_its_real_transport(tmp_path: Path) -> None:
+    """Four validators over TCP with keys from an in-process key manager; node3 has the
+    devnet flag. Its far-height votes and vote flood are sealed with its own keys, so
+    every peer accepts the frames (no rejection), and switching the mode off stops them."""
+    plan = plan_network(base_port=None, scheme="ed25519", heartbeat_ms=200)
+    write_network(tmp_path, plan)
+    manager = full_mesh([n.sae_id for n in plan.nodes], SystemClock(), initial_key_count=10_000)
+    nodes = []
+    for n in plan.nodes:
+        cfg = load_config(tmp_path / "nodes" / n.name / "config.toml")
+        if n.index == 3:
+            cfg = replace(cfg, admin=replace(cfg.admin, byzantine=True))
+        nodes.append(Validator(cfg, key_source=LocalKeySource(manager, n.sae_id)))
+    for v in nodes:
+        await v.start()
+    try:
+        byz, honest = nodes[3], nodes[:3]
+        await wait_until(lambda: all(v.chain.height() >= 2 for v in nodes), timeout=20)
+
+        def from_byz() -> list[int]:
+            return [v.transport.stats[3].frames_received for v in honest]  # type: ignore[union-attr]
+
+        byz.set_byzantine("far-height-vote")
+        before = from_byz()
+        await wait_until(lambda: byz._hostile.sent >= 3, timeout=5)
+        byz.set_byzantine("vote-flood")
+        await wait_until(lambda: byz._hostile.sent >= 3 + 3 * 500, timeout=10)
+        await wait_until(lambda: all(a > b for a, b in zip(from_byz(), before, strict=True)), 10)
+        assert all(not v.transport.stats[3].rejected for v in honest)  # type: ignore[union-attr]
+        byz.set_byzantine(None)
+        sent = byz._hostile.sent
+        await asyncio.sleep(0.2)
+        assert byz._hostile.sent == sent
+    finally:
+        for v in nodes:
+            await v.stop()
