@@ -21,12 +21,20 @@ from typing import Any, Protocol
 
 from aiohttp import web
 
+from node import byzantine
 from node.transport import FaultRules
 from qchain.errors import InvalidJson
 from qchain.jsonform import parse_json
 
 PROBLEM = "application/problem+json"
-BYZANTINE_MODES = ("equivocate", "double-vote", "withhold", "forge-mac", "silent")
+BYZANTINE_MODES = (
+    "equivocate",
+    "double-vote",
+    "withhold",
+    "forge-mac",
+    "silent",
+    *byzantine.MODES,
+)
 
 
 class AdminTarget(Protocol):

@@ -93,6 +93,7 @@ from contracts.execution import SignatureCache
 from contracts.genesis import Genesis, init_state, load_genesis
 from contracts.query import query as contract_query
 from contracts.state import StateReader
+from node import byzantine
 from node.admin import make_admin_app
 from node.api import make_api_app, make_ssl_context
 from node.budget import BLOCK_LOOKUPS, CERT_SIGS, FORWARDED_TXS, Budgets
@@ -315,6 +316,7 @@ class Validator:
         self.store.on_corrupt = self._on_store_corrupt
         self._stopping = False
         self.byzantine_mode: str | None = None
+        self._hostile = byzantine.Hostile(self)
         self._rng = random.Random()
         self._runners: list[web.AppRunner] = []
         self._tasks: list[asyncio.Task[None]] = []
@@ -438,6 +440,7 @@ class Validator:
         bounded in time), last the store."""
         self._stopping = True
         self._events.clear()
+        await self._hostile.stop()
         if self._admit_task is not None:
             self._tasks.append(self._admit_task)
         for t in self._tasks:
@@ -747,8 +750,9 @@ class Validator:
             self._build_timer = None
         txs = self.mempool.reap(self._block_tx_cap(a.round), self.cfg.mempool.max_block_bytes)
         started = time.perf_counter()
+        now_ms = byzantine.block_time_ms(self.byzantine_mode)
         try:
-            prepared = self.app.build(a.height, a.round, a.parent_hash, self.me, txs)
+            prepared = self.app.build(a.height, a.round, a.parent_hash, self.me, txs, now_ms)
         except QChainError as e:
             self._alert("build-failed", e.message)
             return
@@ -1397,6 +1401,7 @@ class Validator:
         self.byzantine_mode = mode
         for sealer in self._sealers.values():
             sealer.forge = mode == "forge-mac"
+        self._hostile.set_mode(mode)
         log.warning("byzantine mode set to %s", mode)
 
 

@@ -10,7 +10,10 @@
     qchain fault replay NODE [--pct PCT]
     qchain fault keys NODEA~NODEB|all --rate PROFILE|BITS|0
     qchain fault kms outage|eavesdrop|clear [--link NODEA~NODEB|all]
-    qchain fault byzantine NODE equivocate|double-vote|withhold|forge-mac|silent|twin|off
+    qchain fault byzantine NODE MODE|twin|off      (MODE: see BYZ below)
+    qchain fault attack hijack|forge|conn-flood --target NODE... [--claim NODE...]
+                        [--duration S] [--rate R] [--connections N]
+    qchain fault corrupt-disk NODE
 
 SCENARIO is a TOML file or the name of a shipped scenario (`qchain fault list`). NODE may
 be a node name or `leader`. The ad-hoc verbs act on `--dir` (default devnet-data).
@@ -29,7 +32,19 @@ if TYPE_CHECKING:
     from devnet.faults.backends import Target
 
 DEFAULT_DIR = Path("devnet-data")
-BYZ = ("equivocate", "double-vote", "withhold", "forge-mac", "silent", "twin", "off")
+BYZ = (
+    "equivocate",
+    "double-vote",
+    "withhold",
+    "forge-mac",
+    "silent",
+    "far-height-vote",
+    "vote-flood",
+    "future-time",
+    "far-claims",
+    "twin",
+    "off",
+)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -80,9 +95,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     b = verb("byzantine", "a test-only misbehaviour, or a twin process")
     b.add_argument("node")
     b.add_argument("mode", choices=BYZ)
+    a = verb("attack", "an unauthenticated outsider on the devnet's P2P ports (bounded)")
+    a.add_argument("kind", choices=["hijack", "forge", "conn-flood"])
+    a.add_argument("--target", nargs="+", required=True)
+    a.add_argument("--claim", nargs="+", default=None, help="identities to claim (default: all)")
+    a.add_argument("--duration", type=float, default=10.0, help="seconds (at most 120)")
+    a.add_argument("--rate", type=float, default=16.0)
+    a.add_argument("--connections", type=int, default=64)
+    verb("corrupt-disk", "stop a node, flip one bit in a LevelDB table, start it").add_argument(
+        "node"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
+    from devnet.faults.attacker import AttackError
     from devnet.faults.backends import BackendError
 
     try:
@@ -91,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
         if args.fault_cmd == "list":
             return _list()
         return _verb(args)
-    except BackendError as e:
+    except (BackendError, AttackError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     except OSError as e:
@@ -189,4 +215,26 @@ def _verb_on(target: Target, args: argparse.Namespace) -> int:
         else:
             actions.byzantine(target, node, args.mode)
             print(f"{node}: byzantine mode {args.mode}")
+    elif cmd == "attack":
+        from devnet.faults.attacker import Attacker, AttackSpec, victims
+
+        everyone = victims(target.plan)
+        spec = AttackSpec(
+            kind=args.kind,
+            targets=tuple(everyone[n] for n in actions.resolve(target, args.target, rng)),
+            claims=tuple(
+                everyone[n]
+                for n in (actions.resolve(target, args.claim, rng) if args.claim else everyone)
+            ),
+            chain_id=target.plan.chain_id,
+            duration_s=args.duration,
+            rate=args.rate,
+            connections=args.connections,
+        )
+        stats = asyncio.run(Attacker(spec, rng).run())
+        print(f"{args.kind} on {','.join(t.name for t in spec.targets)}: {stats.to_json()}")
+    elif cmd == "corrupt-disk":
+        node = one(args.node)
+        where = actions.corrupt_disk(target, node, rng)
+        print(f"{node}: flipped bit {where['bit']} at offset {where['offset']} of {where['file']}")
     return 0

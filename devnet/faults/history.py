@@ -4,7 +4,9 @@
   node acknowledged it (HTTP 202/200 into a mempool), and when a node reported it
   committed, at which height. Times are seconds since load started.
 - `BlockView`: one block as one node serves it (hash, app hash, transaction hashes).
-- `StatusSample`: one node's `/v1/status` at a moment (height, alerts, halted).
+- `StatusSample`: one node's `/v1/status` at a moment (height, alerts, halted) and how
+  long the request took.
+- `ReadySample`: one node's `/readyz` at a moment (ready or not, and its reasons).
 - `QkdSample`: one node's `/v1/qkd` per-peer counters at a moment.
 - `KmsSample`: the key manager's per-link counters at a moment.
 
@@ -60,6 +62,17 @@ class StatusSample:
     """None: the node did not answer."""
     alerts: dict[str, int] = field(default_factory=dict)
     halted: str | None = None
+    latency_s: float | None = None
+    """How long the request took (up to the client's timeout when it did not answer)."""
+
+
+@dataclass(frozen=True)
+class ReadySample:
+    t: float
+    node: str
+    ready: bool | None
+    """None: the node did not answer."""
+    reasons: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -97,6 +110,9 @@ class History:
     statuses: list[StatusSample] = field(default_factory=list)
     qkd: list[QkdSample] = field(default_factory=list)
     kms: list[KmsSample] = field(default_factory=list)
+    readiness: list[ReadySample] = field(default_factory=list)
+    bad_blocks: dict[str, list[str]] = field(default_factory=dict)
+    """node -> blocks it served that do not verify against their own header."""
     events: list[dict[str, Any]] = field(default_factory=list)
     """The timeline as it happened: {t, action, detail}."""
 
@@ -109,6 +125,8 @@ class History:
             "statuses": [asdict(s) for s in self.statuses],
             "qkd": [asdict(q) for q in self.qkd],
             "kms": [asdict(k) for k in self.kms],
+            "readiness": [asdict(r) for r in self.readiness],
+            "bad_blocks": self.bad_blocks,
             "events": self.events,
         }
 

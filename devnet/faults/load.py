@@ -14,6 +14,11 @@ until a node says "committed at height H" or the drain deadline passes.
 The mix draws, per operation, a notary anchor (any dev account, unique digest) or a
 voucher payment (partner1/partner2 pay 1 unit to the provider from a programme the
 issuer sets up, closed-loop, before load starts).
+
+A partner flood (`partner_flood`, the `partner-flood` step) is the other kind of load: one
+account's `count` valid `notary.anchor_many` transactions of exactly `MAX_TX_SIZE` bytes,
+sent to every API at once, the first nonce last, so that all of them become ready in
+every mempool at the same moment.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ import asyncio
 import hashlib
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from devnet.faults.history import Op
 from devnet.faults.scenario import LoadSpec
@@ -30,7 +35,7 @@ from devnet.network import account_key
 from qchain.client import AsyncClient
 from qchain.errors import ApiError, NodeUnavailable
 from qchain.keys import SigningKey
-from qchain.types import Transaction, new_transaction
+from qchain.types import MAX_TX_SIZE, Transaction, new_transaction
 
 ANCHOR_ACCOUNTS = ("admin", "auditor", "provider", "issuer", "partner1", "partner2")
 PAY_ACCOUNTS = ("partner1", "partner2")
@@ -225,3 +230,76 @@ def summarize(ops: Sequence[Op]) -> dict[str, int]:
         "committed": sum(1 for o in ops if o.committed),
         "uncommitted": sum(1 for o in ops if not o.committed),
     }
+
+
+FLOOD_ITEM_METADATA = 4096
+"""Metadata bytes per anchored item (the notary contract's maximum)."""
+
+
+def max_size_anchor_many(
+    accounts: Accounts, role: str, tag: str, size: int = MAX_TX_SIZE
+) -> Transaction:
+    """A valid `notary.anchor_many` transaction of exactly `size` encoded bytes from role
+    (fresh digests from tag), padded with item metadata. Takes role's next nonce."""
+    nonce = accounts.nonce[role]
+
+    def build(meta_lens: list[int], title_pad: int) -> Transaction:
+        items = []
+        for i, n in enumerate(meta_lens):
+            digest = hashlib.sha256(f"{tag}/{nonce}/{i}".encode()).digest()
+            title = f"flood {nonce}.{i}" + ("x" * title_pad if i == 0 else "")
+            items.append([digest, "sha256", title, "fault", b"\x00" * n])
+        return new_transaction(
+            accounts.keys[role],
+            chain_id=accounts.chain_id,
+            nonce=nonce,
+            contract="notary",
+            method="anchor_many",
+            args=[items],
+        )
+
+    lens: list[int] = []
+    while len(build([*lens, FLOOD_ITEM_METADATA], 0).encode()) <= size:
+        lens.append(FLOOD_ITEM_METADATA)
+    lens.append(0)
+    title_pad = 0
+    for _ in range(8):
+        tx = build(lens, title_pad)
+        delta = size - len(tx.encode())
+        if delta == 0:
+            accounts.nonce[role] = nonce + 1
+            return tx
+        # Length prefixes grow at 256 bytes: when a step misses, nudge the title instead.
+        if 0 <= lens[-1] + delta <= FLOOD_ITEM_METADATA:
+            lens[-1] += delta
+        else:
+            title_pad = max(0, title_pad + delta)
+    raise ValueError(f"cannot build an anchor_many of exactly {size} bytes")
+
+
+async def partner_flood(
+    urls: Mapping[str, str], accounts: Accounts, role: str, count: int, tag: str
+) -> dict[str, int]:
+    """Send `count` max-size anchor_many transactions from role to every API at once, the
+    first nonce last (so all become ready together). Returns answers by outcome."""
+    txs = [max_size_anchor_many(accounts, role, tag) for _ in range(count)]
+    clients = [AsyncClient(u, timeout_s=10.0) for u in urls.values()]
+    outcome: dict[str, int] = {}
+
+    async def one(client: AsyncClient, raw: bytes) -> None:
+        try:
+            await client.submit(raw)
+            key = "accepted"
+        except ApiError as e:
+            key = e.code
+        except NodeUnavailable:
+            key = "unavailable"
+        outcome[key] = outcome.get(key, 0) + 1
+
+    try:
+        for batch in (txs[1:], txs[:1]):
+            await asyncio.gather(*(one(c, tx.encode()) for c in clients for tx in batch))
+    finally:
+        for c in clients:
+            await c.close()
+    return outcome

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from devnet.faults import actions
+from devnet.faults.attacker import Attacker, AttackError, AttackSpec, victims
 from devnet.faults.backends import BackendError, DockerTarget, LocalTarget, Target
 from devnet.faults.checkers import (
     CheckResult,
@@ -40,8 +41,12 @@ from devnet.faults.checkers import (
     check_equivocation,
     check_halt,
     check_key_reuse,
+    check_latency,
     check_liveness,
     check_lost_writes,
+    check_progress,
+    check_readiness,
+    check_served_blocks,
     check_starvation,
     rejections_total,
 )
@@ -51,13 +56,15 @@ from devnet.faults.history import (
     History,
     KmsSample,
     QkdSample,
+    ReadySample,
     StatusSample,
     link_counters_from_qkd,
 )
-from devnet.faults.load import Accounts, LoadGenerator, setup_vouchers, summarize
+from devnet.faults.load import Accounts, LoadGenerator, partner_flood, setup_vouchers, summarize
 from devnet.faults.scenario import Scenario, Step
 from qchain.client import AsyncClient
-from qchain.errors import ApiError, NodeUnavailable
+from qchain.errors import ApiError, CodecError, NodeUnavailable
+from qchain.types import Block
 
 STATUS_EVERY_S = 0.5
 QKD_EVERY_S = 1.0
@@ -72,6 +79,8 @@ class StepRecord:
     applied_at: float | None = None
     undone_at: float | None = None
     error: str = ""
+    detail: dict[str, Any] = field(default_factory=dict)
+    """What an attack, flood or disk step did (its counters, the flipped bit)."""
 
 
 @dataclass
@@ -160,29 +169,46 @@ class Observer:
         try:
             st = await asyncio.wait_for(self.clients[name].status(), 2.0)
         except (NodeUnavailable, ApiError, TimeoutError):
-            return StatusSample(t, name, None)
+            return StatusSample(t, name, None, latency_s=round(self.clock() - t, 4))
         return StatusSample(
             t,
             name,
             int(st.get("height", 0)),
             {str(k): int(v) for k, v in (st.get("alerts") or {}).items()},
             st.get("halted"),
+            round(self.clock() - t, 4),
         )
 
+    async def ready(self, name: str) -> ReadySample:
+        t = self.clock()
+        try:
+            ok, reasons = await asyncio.wait_for(self.clients[name].ready(), 2.0)
+        except (NodeUnavailable, ApiError, TimeoutError):
+            return ReadySample(t, name, None)
+        return ReadySample(t, name, ok, tuple(reasons))
+
     async def sample_status(self) -> list[StatusSample]:
-        samples = await asyncio.gather(*(self.status(n) for n in self.names))
+        samples, readiness = await asyncio.gather(
+            asyncio.gather(*(self.status(n) for n in self.names)),
+            asyncio.gather(*(self.ready(n) for n in self.names)),
+        )
         self.history.statuses.extend(samples)
+        self.history.readiness.extend(readiness)
         return list(samples)
 
+    async def qkd(self, name: str) -> QkdSample | None:
+        t = self.clock()
+        try:
+            doc = await asyncio.wait_for(self.clients[name].qkd(), 2.0)
+        except (NodeUnavailable, ApiError, TimeoutError):
+            return None
+        return QkdSample(t, name, link_counters_from_qkd(doc, self.sae_to_node))
+
     async def sample_qkd(self) -> None:
-        for name in self.names:
-            t = self.clock()
-            try:
-                doc = await asyncio.wait_for(self.clients[name].qkd(), 2.0)
-            except (NodeUnavailable, ApiError, TimeoutError):
-                continue
-            links = link_counters_from_qkd(doc, self.sae_to_node)
-            self.history.qkd.append(QkdSample(t, name, links))
+        # All nodes at once: a node that hangs must not delay the others' samples.
+        for sample in await asyncio.gather(*(self.qkd(n) for n in self.names)):
+            if sample is not None:
+                self.history.qkd.append(sample)
         t = self.clock()
         try:
             kms = await asyncio.to_thread(actions.kms_links, self.target)
@@ -191,23 +217,35 @@ class Observer:
         self.history.kms.append(KmsSample(t, kms))
 
     async def run(self, stop: asyncio.Event) -> None:
+        # Key counters are read beside the status loop, so nodes that hang (their reads
+        # time out) do not stretch the status samples' cadence.
         next_qkd = 0.0
+        qkd: asyncio.Task[None] | None = None
         while not stop.is_set():
             await self.sample_status()
-            if self.clock() >= next_qkd:
-                await self.sample_qkd()
+            if self.clock() >= next_qkd and (qkd is None or qkd.done()):
+                qkd = asyncio.create_task(self.sample_qkd())
                 next_qkd = self.clock() + QKD_EVERY_S
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), STATUS_EVERY_S)
+        if qkd is not None:
+            await qkd
 
     async def chains(self) -> ChainViews:
+        """Every node's chain. A block that does not verify against its own header (the
+        client checks tx_root) is left out and recorded in `history.bad_blocks`."""
         out: ChainViews = {}
         for name in self.names:
             blocks: dict[int, BlockView] = {}
             start = 1
             with contextlib.suppress(NodeUnavailable, ApiError):
                 while True:
-                    page = await self.clients[name].blocks(start, 100)
+                    try:
+                        page = await self.clients[name].blocks(start, 100)
+                    except CodecError:
+                        page, full = await self._one_by_one(name, start, 100)
+                    else:
+                        full = len(page) == 100
                     for b in page:
                         blocks[b.height] = BlockView(
                             b.height,
@@ -215,11 +253,26 @@ class Observer:
                             b.header.app_hash.hex(),
                             tuple(tx.hash.hex() for tx in b.txs),
                         )
-                    if len(page) < 100:
+                    if not full:
                         break
-                    start = page[-1].height + 1
+                    start += 100
             out[name] = blocks
         return out
+
+    async def _one_by_one(self, name: str, start: int, count: int) -> tuple[list[Block], bool]:
+        """The blocks start..start+count-1 one at a time, recording those that do not
+        verify. Returns the good ones and whether the node had the whole range."""
+        good: list[Block] = []
+        for h in range(start, start + count):
+            try:
+                page = await self.clients[name].blocks(h, 1)
+            except CodecError as e:
+                self.history.bad_blocks.setdefault(name, []).append(f"height {h}: {e.message}")
+                continue
+            if not page:
+                return good, False
+            good += page
+        return good, True
 
     async def close(self) -> None:
         for c in self.clients.values():
@@ -237,15 +290,20 @@ class Timeline:
         rng: random.Random,
         history: History,
         clock: Callable[[], float],
+        accounts: Accounts | None = None,
     ) -> None:
         self.target = target
         self.scenario = scenario
         self.rng = rng
         self.history = history
         self.clock = clock
+        self.accounts = accounts
         self.records = [StepRecord(s) for s in scenario.steps]
         self.byzantine: set[str] = set()
         self.twins: set[str] = set()
+        self.damaged: set[str] = set()
+        """Nodes whose disk a step corrupted."""
+        self.attacks: dict[int, asyncio.Task[dict[str, Any]]] = {}
 
     async def _at(self, t: float) -> None:
         delay = t - self.clock()
@@ -311,7 +369,42 @@ class Timeline:
                     await self._call(actions.start_twin, tg, n)
                 else:
                     await self._call(actions.byzantine, tg, n, mode)
-        self.history.event(rec.applied_at, a, nodes=rec.nodes, params=dict(s.params))
+        elif a == "attack":
+            self.attacks[id(rec)] = asyncio.create_task(self._attack(rec))
+        elif a == "partner-flood":
+            if self.accounts is None:
+                raise BackendError("partner-flood needs the run's accounts")
+            urls = {n: tg.api_url(n) for n in tg.node_names()}
+            tag = f"flood-{self.rng.randrange(1 << 32):08x}"
+            rec.detail = await partner_flood(
+                urls, self.accounts, s.param("account"), s.param("count"), tag
+            )
+        elif a == "corrupt-disk":
+            for n in rec.nodes:
+                self.damaged.add(n)
+                rec.detail[n] = await self._call(actions.corrupt_disk, tg, n, self.rng)
+        self.history.event(rec.applied_at, a, nodes=rec.nodes, params=dict(s.params), **rec.detail)
+
+    async def _attack(self, rec: StepRecord) -> dict[str, Any]:
+        s = rec.step
+        everyone = victims(self.target.plan)
+        claims = s.param("claim")
+        claimed = (
+            await self._call(actions.resolve, self.target, claims, self.rng)
+            if claims
+            else list(everyone)
+        )
+        spec = AttackSpec(
+            kind=s.param("mode"),
+            targets=tuple(everyone[n] for n in rec.nodes),
+            claims=tuple(everyone[n] for n in claimed),
+            chain_id=self.target.plan.chain_id,
+            duration_s=float(s.duration_s or 0.0),
+            rate=s.param("rate"),
+            connections=s.param("connections"),
+        )
+        stats = await Attacker(spec, self.rng).run()
+        return stats.to_json()
 
     async def undo(self, rec: StepRecord) -> None:
         s = rec.step
@@ -341,6 +434,10 @@ class Timeline:
                 else:
                     with contextlib.suppress(OSError, BackendError):
                         await self._call(actions.byzantine, tg, n, None)
+        elif a == "attack":
+            task = self.attacks.pop(id(rec), None)
+            if task is not None:
+                rec.detail = await task
         rec.undone_at = self.clock()
         self.history.event(rec.undone_at, f"undo {a}", nodes=rec.nodes)
 
@@ -351,7 +448,7 @@ class Timeline:
             if rec.step.duration_s is not None and rec.step.action != "flap":
                 await self._at(rec.step.end)
                 await self.undo(rec)
-        except (OSError, BackendError) as e:
+        except (OSError, BackendError, AttackError) as e:
             rec.error = str(e)
             self.history.event(self.clock(), "error", step=rec.step.action, detail=str(e))
 
@@ -361,6 +458,10 @@ class Timeline:
     async def heal_all(self) -> None:
         """Undo everything: the end of the timeline."""
         tg = self.target
+        for task in self.attacks.values():
+            task.cancel()
+        await asyncio.gather(*self.attacks.values(), return_exceptions=True)
+        self.attacks.clear()
         for n in self.twins:
             await self._call(actions.stop_twin, tg, n)
         await self._call(actions.heal, tg)
@@ -403,6 +504,7 @@ def _step_stats(rec: StepRecord, history: History, nodes: list[str]) -> dict[str
         "nodes": rec.nodes,
         "params": dict(s.params),
         "error": rec.error,
+        "detail": rec.detail,
     }
     if rec.applied_at is None:
         return out
@@ -438,7 +540,9 @@ async def run_scenario(
     if fresh and docker:
         raise BackendError("--docker needs --devnet DIR of a running Docker devnet")
     if docker and not scenario.docker_ok:
-        raise BackendError(f"{scenario.name} needs local processes (twins)")
+        raise BackendError(
+            f"{scenario.name} needs local processes (twins, P2P attacks or disk corruption)"
+        )
     directory = (
         Path(tempfile.mkdtemp(prefix=f"qchain-fault-{scenario.name}-"))
         if devnet is None
@@ -483,7 +587,7 @@ async def _run_on(
         await setup_client.close()
     urls = {n: target.api_url(n) for n in names}
     gen = LoadGenerator(scenario.load, urls, accounts, programme, rng, clock)
-    timeline = Timeline(target, scenario, rng, history, clock)
+    timeline = Timeline(target, scenario, rng, history, clock, accounts)
     stop_obs = asyncio.Event()
     stop_load = asyncio.Event()
     t0 = time.monotonic()
@@ -539,11 +643,17 @@ async def _run_on(
         st.action in TAMPERING or (st.action == "byzantine" and st.param("mode") in TAMPERING_MODES)
         for st in scenario.steps
     )
+    # A node with a corrupted disk is judged by the readiness check; once it says it is
+    # ready, it is held to everything else too.
+    last_ready = {r.node: r.ready for r in history.readiness}
+    trusted = [n for n in names if n not in timeline.damaged or last_ready.get(n)]
+    judged = {n: c for n, c in chains.items() if n in trusted}
     checks = [
-        check_agreement(chains),
-        check_app_hash(chains),
-        check_lost_writes(history.ops, chains, scenario.checks.max_lost),
-        check_liveness(history.statuses, names, healed_at, scenario.checks.liveness_deadline_s),
+        check_served_blocks(history.bad_blocks, trusted),
+        check_agreement(judged),
+        check_app_hash(judged),
+        check_lost_writes(history.ops, judged, scenario.checks.max_lost),
+        check_liveness(history.statuses, trusted, healed_at, scenario.checks.liveness_deadline_s),
         check_key_reuse(
             history.qkd, history.kms, {n.name: n.sae_id for n in target.plan.nodes}, tampering
         ),
@@ -559,6 +669,7 @@ async def _run_on(
             checks.append(CheckResult(f"starvation {link}", False, "no step cut this link's keys"))
         else:
             checks.append(check_starvation(history.qkd, link, *window))
+    checks += _hostile_checks(scenario, timeline, history, target, healed_at)
     stats = [_step_stats(r, history, names) for r in timeline.records]
     ok = all(c.ok for c in checks)
     hints = _hints(target, timeline) if not ok else []
@@ -581,6 +692,65 @@ async def _run_on(
         await asyncio.to_thread(stop_network, target)
         shutil.rmtree(directory, ignore_errors=True)
     return result
+
+
+def _hostile_checks(
+    scenario: Scenario, timeline: Timeline, history: History, target: Target, healed_at: float
+) -> list[CheckResult]:
+    """Progress during each step, honest nodes' latency, truthful readiness."""
+    spec = scenario.checks
+    windows = [
+        (r.applied_at, r.undone_at)
+        for r in timeline.records
+        if r.applied_at is not None and r.undone_at is not None and r.step.duration_s
+    ]
+    honest = [n for n in target.node_names() if n not in timeline.byzantine | timeline.damaged]
+    out = []
+    if spec.min_progress:
+        for r in timeline.records:
+            if r.applied_at is None or r.undone_at is None or not r.step.duration_s:
+                continue
+            if r.step.expect_halt:
+                continue
+            name = f"{r.step.action}@{r.step.at:g}s"
+            out.append(
+                check_progress(
+                    history.statuses,
+                    name,
+                    r.applied_at,
+                    r.undone_at,
+                    spec.min_progress,
+                    spec.max_stall_s,
+                )
+            )
+    if spec.max_latency_s is not None:
+        out.append(check_latency(history.statuses, honest, windows, spec.max_latency_s))
+    if spec.readiness:
+        tails = {n: _log_tail(target, n) for n in timeline.damaged}
+        out.append(
+            check_readiness(
+                history.readiness,
+                history.statuses,
+                honest,
+                windows,
+                healed_at,
+                spec.readiness_stall_s,
+                sorted(timeline.damaged),
+                tails,
+            )
+        )
+    return out
+
+
+def _log_tail(target: Target, name: str, size: int = 8192) -> str:
+    """The end of a local node's log ("" if it cannot be read)."""
+    try:
+        with open(target.log_hint(name), "rb") as f:
+            f.seek(0, 2)
+            f.seek(max(0, f.tell() - size))
+            return f.read().decode(errors="replace")
+    except OSError:
+        return ""
 
 
 def _key_window(records: list[StepRecord], link: str) -> tuple[float, float] | None:
@@ -643,6 +813,9 @@ def render(result: RunResult) -> str:
         if "recovery_s" in st:
             rec = st["recovery_s"]
             desc += f"; recovered in {rec:.1f}s" if rec is not None else "; did not recover"
+        if st.get("detail"):
+            shown = {k: v for k, v in st["detail"].items() if k != "hellos"}
+            desc += "; " + json.dumps(shown, separators=(",", ":"))
         if st["error"]:
             desc += f"; ERROR {st['error']}"
         lines.append(desc)

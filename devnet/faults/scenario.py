@@ -30,13 +30,33 @@ ACTIONS: dict[str, frozenset[str]] = {
     "keys": frozenset({"link", "rate"}),
     "kms": frozenset({"mode", "link"}),
     "byzantine": frozenset({"target", "mode"}),
+    "attack": frozenset({"target", "mode", "claim", "rate", "connections"}),
+    "partner-flood": frozenset({"count", "account"}),
+    "corrupt-disk": frozenset({"target"}),
 }
 """Every timeline action and the fields it takes."""
 
 UNDOABLE = frozenset(ACTIONS) - {"heal", "restart", "flap"}
-"""Actions that `duration_s` undoes (flap undoes itself; heal and restart are instant)."""
+"""Actions that `duration_s` undoes (flap undoes itself; heal and restart are instant;
+for partner-flood and corrupt-disk, which are instant too, it is only the window the
+progress check watches)."""
 
-BYZANTINE_MODES = ("equivocate", "double-vote", "withhold", "forge-mac", "silent", "twin")
+BYZANTINE_MODES = (
+    "equivocate",
+    "double-vote",
+    "withhold",
+    "forge-mac",
+    "silent",
+    "twin",
+    "far-height-vote",
+    "vote-flood",
+    "future-time",
+    "far-claims",
+)
+ATTACK_MODES = ("hijack", "forge", "conn-flood")
+FLOOD_ACCOUNTS = ("admin", "auditor", "provider", "issuer", "partner1", "partner2")
+LOCAL_ONLY = ("attack", "corrupt-disk")
+"""Actions that need local processes (P2P ports on 127.0.0.1, the node's files)."""
 KMS_MODES = ("outage", "eavesdrop", "clear")
 EQUIVOCATION_EXPECT = ("expected", "absent", "ignore")
 TX_KINDS = ("anchor", "pay")
@@ -93,6 +113,18 @@ class ChecksSpec:
     cut, and resume sending once keys return."""
     max_lost: int = 0
     """Acknowledged-committed transactions allowed to be missing (0: none)."""
+    min_progress: int = 0
+    """Blocks the chain must commit during every step with a duration (0: not checked;
+    steps with expect_halt are exempt)."""
+    max_stall_s: float = 5.0
+    """With min_progress: the longest the chain may stand still inside such a step."""
+    max_latency_s: float | None = None
+    """If set, no honest node's `/v1/status` may take longer (or fail) during a step."""
+    readiness: bool = False
+    """Judge `/readyz`: honest nodes stalled during a step are not ready, committing
+    nodes are ready at the end, a node with a corrupted disk is not ready and says why."""
+    readiness_stall_s: float = 5.0
+    """A node whose height has not moved for this long counts as cut off."""
 
 
 @dataclass(frozen=True)
@@ -106,7 +138,7 @@ class Scenario:
     steps: tuple[Step, ...] = ()
     checks: ChecksSpec = field(default_factory=ChecksSpec)
     docker_ok: bool = True
-    """False if the scenario needs local processes (twins)."""
+    """False if the scenario needs local processes (twins, attacks on P2P ports, disk)."""
 
 
 def _take(doc: dict[str, Any], where: str, known: set[str]) -> None:
@@ -195,6 +227,32 @@ def _step(doc: Any, i: int) -> Step:
         if mode not in BYZANTINE_MODES:
             raise ConfigError(f"{where}.mode", f"one of {', '.join(BYZANTINE_MODES)}")
         params["mode"] = mode
+    if action == "attack":
+        mode = doc.get("mode")
+        if mode not in ATTACK_MODES:
+            raise ConfigError(f"{where}.mode", f"one of {', '.join(ATTACK_MODES)}")
+        params["mode"] = mode
+        if duration is None:
+            raise ConfigError(f"{where}.duration_s", "an attack needs a duration")
+        if "claim" in doc:
+            params["claim"] = _names(doc["claim"], f"{where}.claim")
+        rate = _num(doc, "rate", where, 16.0, 0.1)
+        if rate > 100:
+            raise ConfigError(f"{where}.rate", "at most 100 per second")
+        params["rate"] = float(rate)
+        conns = doc.get("connections", 64)
+        if type(conns) is not int or not 0 < conns <= 256:
+            raise ConfigError(f"{where}.connections", "an integer in (0, 256]")
+        params["connections"] = conns
+    if action == "partner-flood":
+        count = doc.get("count", 64)
+        if type(count) is not int or not 0 < count <= 256:
+            raise ConfigError(f"{where}.count", "an integer in (0, 256] (the per-sender pool)")
+        params["count"] = count
+        account = doc.get("account", "partner1")
+        if account not in FLOOD_ACCOUNTS:
+            raise ConfigError(f"{where}.account", f"one of {', '.join(FLOOD_ACCOUNTS)}")
+        params["account"] = account
     return Step(
         at=float(at),
         action=action,
@@ -267,7 +325,21 @@ def parse_scenario(doc: dict[str, Any], default_name: str = "scenario") -> Scena
     checks_doc = doc.get("checks", {})
     if not isinstance(checks_doc, dict):
         raise ConfigError("checks", "a table")
-    _take(checks_doc, "checks", {"liveness_deadline_s", "equivocation", "starvation", "max_lost"})
+    _take(
+        checks_doc,
+        "checks",
+        {
+            "liveness_deadline_s",
+            "equivocation",
+            "starvation",
+            "max_lost",
+            "min_progress",
+            "max_stall_s",
+            "max_latency_s",
+            "readiness",
+            "readiness_stall_s",
+        },
+    )
     equivocation = checks_doc.get("equivocation", "absent")
     if equivocation not in EQUIVOCATION_EXPECT:
         raise ConfigError("checks.equivocation", f"one of {', '.join(EQUIVOCATION_EXPECT)}")
@@ -279,13 +351,28 @@ def parse_scenario(doc: dict[str, Any], default_name: str = "scenario") -> Scena
     max_lost = checks_doc.get("max_lost", 0)
     if type(max_lost) is not int or max_lost < 0:
         raise ConfigError("checks.max_lost", "an integer >= 0")
+    min_progress = checks_doc.get("min_progress", 0)
+    if type(min_progress) is not int or min_progress < 0:
+        raise ConfigError("checks.min_progress", "an integer >= 0 (blocks)")
+    readiness = checks_doc.get("readiness", False)
+    if type(readiness) is not bool:
+        raise ConfigError("checks.readiness", "true or false")
+    max_latency = _num(checks_doc, "max_latency_s", "checks", None, 0.01)
     checks = ChecksSpec(
         liveness_deadline_s=float(_num(checks_doc, "liveness_deadline_s", "checks", 30.0, 1.0)),
         equivocation=equivocation,
         starvation=tuple(starvation),
         max_lost=max_lost,
+        min_progress=min_progress,
+        max_stall_s=float(_num(checks_doc, "max_stall_s", "checks", 5.0, 0.5)),
+        max_latency_s=None if max_latency is None else float(max_latency),
+        readiness=readiness,
+        readiness_stall_s=float(_num(checks_doc, "readiness_stall_s", "checks", 5.0, 0.5)),
     )
-    docker_ok = not any(s.action == "byzantine" and s.param("mode") == "twin" for s in steps)
+    docker_ok = not any(
+        (s.action == "byzantine" and s.param("mode") == "twin") or s.action in LOCAL_ONLY
+        for s in steps
+    )
     return Scenario(
         name=name,
         description=description,
