@@ -1,6 +1,7 @@
 """The fault kit's smoke set against a real local-process devnet (fresh per scenario):
-leader crash, partition + heal, key exhaustion + recovery and an equivocating leader.
-Every check must hold; on failure the report (and where to look) is in the assertion."""
+leader crash, partition + heal, key exhaustion + recovery, an equivocating leader, and
+every hostile-peer scenario. Every check must hold; on failure the report (and where to
+look) is in the assertion."""
 
 from __future__ import annotations
 
@@ -37,36 +38,35 @@ async def test_smoke_scenario_holds(name: str) -> None:
             stop_network(LocalTarget(result.directory))
 
 
-@pytest.mark.timeout(240)
-async def test_hostile_kit_end_to_end() -> None:
-    """Two hostile scenarios on fresh devnets. conn-flood (an outsider holding hundreds of
-    half-open connections) must hold every check. far-height-vote (a Byzantine vote at
-    height 2^64-1) must keep the chain safe and moving; its readiness verdict is the
-    node's business (it fails before the fix of the "catching up forever" finding), so it
-    is only required to have run."""
-    flood = await run_scenario(load_scenario(shipped_scenarios()["conn-flood"]), log=lambda _: None)
-    far = None
+HOSTILE = (
+    "hello-hijack",
+    "forged-frames",
+    "conn-flood",
+    "partner-anchor-flood",
+    "vote-flood",
+    "future-time-leader",
+    "far-height-vote",
+    "far-claims",
+    "disk-bitflip",
+)
+"""One scenario per attack of docs/SECURITY.md: each must hold every check on a live
+devnet, the chain committing through the attack (the `progress` check) and /readyz
+telling the truth (the `readiness` check)."""
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("name", HOSTILE)
+async def test_hostile_scenario_holds(name: str) -> None:
+    scenario = load_scenario(shipped_scenarios()[name])
+    result = await run_scenario(scenario, log=lambda _: None)
+    report = render(result)
     try:
-        report = render(flood)
-        assert flood.ok, report
-        assert flood.step_stats[0]["detail"]["connects"] > 100, report
-        far = await run_scenario(
-            load_scenario(shipped_scenarios()["far-height-vote"]), log=lambda _: None
-        )
-        report = render(far)
-        verdict = {c.name: c.ok for c in far.checks}
-        for name in (
-            "agreement",
-            "app-hash",
-            "no-lost-writes",
-            "liveness",
-            "progress byzantine@3s",
-        ):
-            assert verdict[name], report
+        assert result.ok, report
+        verdict = {c.name: c.ok for c in result.checks}
+        assert any(k.startswith("progress") for k in verdict), report
         assert "readiness" in verdict, report
-        assert all(not s["error"] for s in far.step_stats), report
+        assert all(not s["error"] for s in result.step_stats), report
     finally:
-        for result in (flood, far):
-            if result is not None and result.kept_up:
-                stop_network(LocalTarget(result.directory))
-                shutil.rmtree(result.directory, ignore_errors=True)
+        if result.kept_up:
+            stop_network(LocalTarget(result.directory))
+            shutil.rmtree(result.directory, ignore_errors=True)
