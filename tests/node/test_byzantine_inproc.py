@@ -102,10 +102,9 @@ async def test_leader_with_a_time_past_the_limit_cannot_end_the_chain(
     times = iter([FAR, MAX_BLOCK_TIME_MS] * 1000)
     built: list[int] = []
 
-    def hostile_build(*args: Any, **kw: Any) -> Any:
-        kw["now_ms"] = next(times)
-        built.append(kw["now_ms"])
-        return real_build(*args, **kw)
+    def hostile_build(*args: Any, now_ms: int | None = None) -> Any:
+        built.append(next(times))
+        return real_build(*args[:5], now_ms=built[-1])
 
     byz.app.build = hostile_build  # type: ignore[method-assign]
     start = max(v.chain.height() for v in honest)
@@ -128,10 +127,9 @@ async def test_leader_with_a_future_time_gets_no_votes(network: list[Validator])
 
     built: list[int] = []
 
-    def hostile_build(*args: Any, **kw: Any) -> Any:
-        kw["now_ms"] = int(time.time() * 1000) + 3_600_000
-        built.append(kw["now_ms"])
-        return real_build(*args, **kw)
+    def hostile_build(*args: Any, now_ms: int | None = None) -> Any:
+        built.append(int(time.time() * 1000) + 3_600_000)
+        return real_build(*args[:5], now_ms=built[-1])
 
     byz.app.build = hostile_build  # type: ignore[method-assign]
     start = max(v.chain.height() for v in honest)
