@@ -21,11 +21,15 @@ Timeouts (`TransportLimits`, defaults in brackets):
 
 - the hello must arrive within `hello_timeout_s` of the accept [2 s];
 - the first frame must have verified within `handshake_timeout_s` of the accept [5 s];
+- every socket has TCP keepalive on (`TCP_KEEPIDLE_S` 10 s, then `TCP_KEEPCNT` 3 probes
+  `TCP_KEEPINTVL_S` 5 s apart): the kernel ends a connection whose peer died or whose
+  path dropped it within about 25 s, at no cost in QKD keys;
 - a verified inbound connection on which no whole frame arrives for `idle_timeout_s` is
-  closed [20 s], so a dead peer's half-open socket does not hold the slot;
+  closed [90 s], so a half-open socket never holds the slot for long;
 - the sender sends a keepalive, an empty batch, when it has sent nothing for
-  `keepalive_s` [5 s], so a quiet link (idle mode, no heartbeat blocks) stays up; this
-  costs one key per `keepalive_s` on each idle directed link;
+  `keepalive_s` [30 s], so a quiet link (idle mode, no heartbeat blocks) stays up; this
+  costs one key per `keepalive_s` on each idle directed link (n·(n−1)/30 keys a second
+  for an idle chain without heartbeat blocks);
 - a hello or frame that the peer does not drain within `write_timeout_s` [10 s] closes
   the outbound connection (aborted, unsent bytes dropped), which is then made again.
 
@@ -81,6 +85,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import socket
 import struct
 from collections import Counter, deque
 from collections.abc import Callable, Mapping
@@ -102,8 +107,11 @@ BACKOFF_MIN_S = 0.05
 BACKOFF_MAX_S = 2.0
 HELLO_TIMEOUT_S = 2.0
 HANDSHAKE_TIMEOUT_S = 5.0
-IDLE_TIMEOUT_S = 20.0
-KEEPALIVE_S = 5.0
+IDLE_TIMEOUT_S = 90.0
+KEEPALIVE_S = 30.0
+TCP_KEEPIDLE_S = 10
+TCP_KEEPINTVL_S = 5
+TCP_KEEPCNT = 3
 WRITE_TIMEOUT_S = 10.0
 MAX_PENDING_PER_PEER = 2
 MAX_PENDING_TOTAL = 16
@@ -356,6 +364,7 @@ class Transport:
             try:
                 async with asyncio.timeout(CONNECT_TIMEOUT_S):
                     reader, writer = await asyncio.open_connection(host, int(port))
+                    _tcp_keepalive(writer)
             except (OSError, TimeoutError):
                 pass
             else:
@@ -507,6 +516,7 @@ class Transport:
         if task is not None:
             self._reader_tasks.add(task)
         self._connections.add(writer)
+        _tcp_keepalive(writer)
         try:
             await self._serve(reader, writer)
         except (OSError, ConnectionError, asyncio.IncompleteReadError):
@@ -654,3 +664,15 @@ class Transport:
         except CodecError:
             st.rejected["bad-body"] += 1
             return []
+
+
+def _tcp_keepalive(writer: asyncio.StreamWriter) -> None:
+    """Let the kernel probe an idle connection and end it when the peer is gone."""
+    sock = writer.get_extra_info("socket")
+    if sock is None:
+        return
+    with contextlib.suppress(OSError, AttributeError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, TCP_KEEPIDLE_S)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, TCP_KEEPINTVL_S)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, TCP_KEEPCNT)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import struct
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -13,7 +14,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from devnet.network import free_ports
-from node.transport import HELLO_MAGIC, Transport, TransportLimits
+from node.transport import HELLO_MAGIC, TCP_KEEPIDLE_S, Transport, TransportLimits
 from node.wire import Envelope, Kind, body_size, decode_body, encode_body, envelope_size
 from qchain.errors import CodecError
 from qchain.qkd.clock import SystemClock
@@ -237,7 +238,7 @@ async def test_hello_only_connections_never_disturb_the_verified_link() -> None:
 
 
 async def test_forged_first_frame_closes_the_connection_and_is_counted() -> None:
-    limits = TransportLimits(handshake_timeout_s=10.0, idle_timeout_s=30.0)
+    limits = TransportLimits(handshake_timeout_s=10.0, keepalive_s=5.0, idle_timeout_s=30.0)
     async with running_pair(limits) as p:
         a, b = p.a, p.b
         reader, writer = await raw_hello(b.address, 0)
@@ -401,3 +402,20 @@ def test_body_size_is_the_length_of_the_encoding(count: int, size: int) -> None:
     body = encode_body(envelopes)
     assert body_size(count, sum(envelope_size(e) for e in envelopes)) == len(body)
     assert decode_body(body) == envelopes
+
+
+async def test_every_link_socket_has_tcp_keepalive_on() -> None:
+    """Dead peers are found by the kernel's probes, which cost no QKD keys."""
+    async with running_pair(TransportLimits()) as p:
+        a, b = p.a, p.b
+        await flows(a, b, 1, 1, tag=5)
+        socks = [
+            w.get_extra_info("socket")
+            for t in (a.transport, b.transport)
+            for w in [*t._connections, *(o.writer for o in t._out.values())]
+            if w is not None
+        ]
+        assert len(socks) >= 2
+        for sock in socks:
+            assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == TCP_KEEPIDLE_S
