@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 from consensus.messages import Block as CBlock
 from consensus.messages import block_hash as consensus_value
@@ -42,6 +43,8 @@ from qchain.types import (
 HEADER_CACHE = 1024
 RECEIPT_LEAVES_CACHE = 64
 CERT_CACHE = 1024
+
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -98,16 +101,20 @@ class ChainStore:
 
     # --- reads -----------------------------------------------------------------------
 
+    def _decoded(self, key: bytes, what: str, raw: bytes, decode: Callable[[bytes], _T]) -> _T:
+        """raw decoded; bytes that do not decode are damage (`StorageCorrupt`)."""
+        try:
+            return decode(raw)
+        except CodecError as e:
+            raise self.store.corrupt(key, f"{what} does not decode: {e.message}") from e
+
     def block(self, height: int) -> Block | None:
         key = schema.block_key(height)
         raw = self.store.get(key)
         return None if raw is None else self._checked_block(key, height, raw)
 
     def _checked_block(self, key: bytes, height: int, raw: bytes) -> Block:
-        try:
-            block = Block.decode(raw, BLOCK_LIMITS)
-        except CodecError as e:
-            raise self.store.corrupt(key, f"block {height} does not decode: {e.message}") from e
+        block = self._decoded(key, f"block {height}", raw, lambda b: Block.decode(b, BLOCK_LIMITS))
         header = self._header_of(height, block)
         if block.header != header:
             raise self.store.corrupt(key, f"block {height} does not carry its header")
@@ -158,10 +165,7 @@ class ChainStore:
         raw = self.store.get(key)
         if raw is None:
             return None
-        try:
-            header = BlockHeader.decode(raw)
-        except CodecError as e:
-            raise self.store.corrupt(key, f"header {height} does not decode: {e.message}") from e
+        header = self._decoded(key, f"header {height}", raw, BlockHeader.decode)
         self._check_header(key, height, header)
         self._remember(header)
         return header
@@ -228,20 +232,14 @@ class ChainStore:
         self._leaves[height] = leaves
 
     def _decode_receipt(self, key: bytes, raw: bytes) -> Receipt:
-        try:
-            return Receipt.decode(raw)
-        except CodecError as e:
-            raise self.store.corrupt(key, f"receipt does not decode: {e.message}") from e
+        return self._decoded(key, "receipt", raw, Receipt.decode)
 
     def tx_location(self, tx_hash: bytes) -> TxLocation | None:
         key = schema.tx_key(tx_hash)
         raw = self.store.get(key)
         if raw is None:
             return None
-        try:
-            return TxLocation.decode(raw)
-        except CodecError as e:
-            raise self.store.corrupt(key, f"transaction index does not decode: {e.message}") from e
+        return self._decoded(key, "transaction index", raw, TxLocation.decode)
 
     def transaction(self, tx_hash: bytes) -> Transaction | None:
         """A committed transaction, taken from its checked block."""
@@ -286,10 +284,7 @@ class ChainStore:
         raw = self.store.get(key)
         if raw is None:
             return None
-        try:
-            cert = CommitCertificate.decode(raw)
-        except CodecError as e:
-            raise self.store.corrupt(key, f"certificate does not decode: {e.message}") from e
+        cert = self._decoded(key, "certificate", raw, CommitCertificate.decode)
         if cert.height != height or cert.block_hash != self.block_hash(height):
             raise self.store.corrupt(key, f"certificate of {height} names another block")
         if self.cert_check is not None:

@@ -199,14 +199,22 @@ class Attacker:
     async def _paced(self, started: float, rate: float) -> None:
         await asyncio.sleep(max(0.0, min(started + 1.0 / rate - time.monotonic(), self._left())))
 
+    async def _open_as(
+        self, target: Victim, claim: Victim
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
+        """A connection to target that has sent the hello of `claim`."""
+        conn = await self._open(target)
+        if conn is not None:
+            conn[1].write(hello(claim.index))
+            self.stats.hellos[f"{target.name}<-as-{claim.name}"] += 1
+        return conn
+
     async def _hijack(self, target: Victim, claim: Victim) -> None:
         while self._left() > 0:
             started = time.monotonic()
-            conn = await self._open(target)
+            conn = await self._open_as(target, claim)
             if conn is not None:
                 reader, writer = conn
-                writer.write(hello(claim.index))
-                self.stats.hellos[f"{target.name}<-as-{claim.name}"] += 1
                 try:
                     if await self._until_closed(reader, self._left()):
                         self.stats.closed_by_node += 1
@@ -217,11 +225,9 @@ class Attacker:
     async def _forge(self, target: Victim, claim: Victim) -> None:
         while self._left() > 0:
             started = time.monotonic()
-            conn = await self._open(target)
+            conn = await self._open_as(target, claim)
             if conn is not None:
                 reader, writer = conn
-                writer.write(hello(claim.index))
-                self.stats.hellos[f"{target.name}<-as-{claim.name}"] += 1
                 try:
                     while self._left() > 0 and not reader.at_eof():
                         writer.write(forged_frame(self.spec, target, claim, self.rng))

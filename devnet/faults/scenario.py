@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from node import admin
 from qchain.errors import ConfigError
 
 ACTIONS: dict[str, frozenset[str]] = {
@@ -41,18 +42,8 @@ UNDOABLE = frozenset(ACTIONS) - {"heal", "restart", "flap"}
 for partner-flood and corrupt-disk, which are instant too, it is only the window the
 progress check watches)."""
 
-BYZANTINE_MODES = (
-    "equivocate",
-    "double-vote",
-    "withhold",
-    "forge-mac",
-    "silent",
-    "twin",
-    "far-height-vote",
-    "vote-flood",
-    "future-time",
-    "far-claims",
-)
+BYZANTINE_MODES = (*admin.BYZANTINE_MODES, "twin")
+"""The validator's own modes (set through its admin API) and the kit's twin."""
 ATTACK_MODES = ("hijack", "forge", "conn-flood")
 FLOOD_ACCOUNTS = ("admin", "auditor", "provider", "issuer", "partner1", "partner2")
 LOCAL_ONLY = ("attack", "corrupt-disk")
