@@ -2,6 +2,8 @@
 
 qchain kms --config kms.toml
 qchain kms certs --out DIR --sae node0 --sae node1 [--host 127.0.0.1 --host kms]
+qchain kms certs --out DIR --sae 1001 --sae 1002 --serial-from-id
+qchain kms probe --kme URL --sae-id A --peer-sae-id B ... (see `qchain.qkd.probe`)
 """
 
 from __future__ import annotations
@@ -28,6 +30,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     certs.add_argument(
         "--host", action="append", default=[], help="a name or IP of the KME (repeat)"
     )
+    certs.add_argument(
+        "--serial-from-id",
+        action="store_true",
+        help="decimal SAE ids: each SAE certificate's serial number is its id",
+    )
 
 
 async def serve(config: KMSConfig) -> None:
@@ -50,7 +57,14 @@ def run(args: argparse.Namespace) -> int:
     if args.kms_command == "certs":
         if not args.sae:
             raise ConfigError("--sae", "name at least one SAE")
-        paths = write_kms_certs(args.out, args.sae, args.host or ("127.0.0.1", "localhost"))
+        if args.serial_from_id and not all(s.isdigit() and int(s) > 0 for s in args.sae):
+            raise ConfigError("--sae", "--serial-from-id needs positive decimal SAE ids")
+        paths = write_kms_certs(
+            args.out,
+            args.sae,
+            args.host or ("127.0.0.1", "localhost"),
+            serial_from_id=args.serial_from_id,
+        )
         for name, path in sorted(paths.items()):
             print(f"{name}: {path}")
         return 0
