@@ -10,8 +10,14 @@ and a verdict:
 - `ok`: as the standard says;
 - `deviation`: not as the standard says, but a node runs (maybe with a setting, named in
   `ProbeReport.settings`);
-- `blocker`: a node cannot run on this KME (no 256-bit keys, a key handed out twice, ...);
+- `blocker`: a node cannot run on this KME (no 256-bit keys, a key handed out twice, an
+  answer the node's client refuses, ...);
 - `skipped`: not run (no credentials for it, or exhaustion without `allow_exhaust`).
+
+What the node's client copes with is written down once, in `NodeTolerance`; its defaults
+describe `qchain.qkd.client.ETSIClient` as the node builds it (POST only, every Status
+field typed as the standard says, exactly the number of keys asked for, only 503 read as
+"retry later").
 
 The probe spends a few keys of the link; with `allow_exhaust` it takes every stored key.
 """
@@ -48,6 +54,7 @@ STATUS_FIELDS: dict[str, type] = {
     "max_key_per_request": int,
     "max_key_size": int,
     "min_key_size": int,
+    "max_SAE_ID_count": int,
 }
 
 
@@ -66,6 +73,16 @@ class Check:
     spec: str
     """What ETSI GS QKD 014 (or the node) expects."""
     verdict: Verdict
+
+
+@dataclass(frozen=True)
+class NodeTolerance:
+    """What the node's ETSI client accepts. Keep in step with `qchain.qkd.client`."""
+
+    partial_batches: bool = False
+    """Whether fewer keys than asked is a usable answer (else the link fails for good)."""
+    retry_statuses: frozenset[int] = frozenset({503})
+    """The statuses read as "no keys now, retry" (any other error fails the link)."""
 
 
 @dataclass(frozen=True)
@@ -95,6 +112,7 @@ class ProbeConfig:
     """Seconds per request."""
     slow_ms: float = 1000.0
     """Answers slower than this are a deviation (the node's client waits 5 s)."""
+    node: NodeTolerance = NodeTolerance()
 
 
 @dataclass
@@ -224,6 +242,13 @@ def parse_keys(answer: Answer) -> list[tuple[str, bytes]] | None:
     return out
 
 
+_SEVERITY = (Verdict.SKIPPED, Verdict.OK, Verdict.DEVIATION, Verdict.BLOCKER)
+
+
+def _n_keys(n: int, word: str = "key") -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
 def _ids(keys: list[tuple[str, bytes]]) -> dict[str, object]:
     return {"key_IDs": [{"key_ID": k} for k, _ in keys]}
 
@@ -293,9 +318,8 @@ class _Probe:
             )
         )
         if bad:
-            self.r.add(
-                "status", f"{shown}; missing or mistyped: {', '.join(bad)}", spec, Verdict.DEVIATION
-            )
+            seen = f"{shown}; missing or mistyped: {', '.join(bad)}"
+            self.r.add("status", seen, spec + " (the node's client needs each)", Verdict.BLOCKER)
         else:
             self.r.add("status", shown, spec, Verdict.OK)
         ids = (doc.get("master_SAE_ID"), doc.get("slave_SAE_ID"))
@@ -304,7 +328,7 @@ class _Probe:
                 "status SAE ids",
                 f"master_SAE_ID={ids[0]!r}, slave_SAE_ID={ids[1]!r}",
                 f"the strings {self.master!r} and {self.slave!r}",
-                Verdict.DEVIATION,
+                Verdict.DEVIATION if all(isinstance(i, str) for i in ids) else Verdict.BLOCKER,
             )
 
         def num(name: str, default: int) -> int:
@@ -335,21 +359,21 @@ class _Probe:
             a = await self.enc(method, number, size)
             keys = parse_keys(a)
             spec = f"200 with {number} keys, UUID key_IDs, {MAC_KEY_BITS}-bit keys"
+            needed = Verdict.BLOCKER if method == "POST" else Verdict.DEVIATION
             if keys is None:
                 self.r.add(
                     name,
                     a.describe() if a.status != 200 else "not a Key container with UUID key_IDs",
                     spec,
-                    Verdict.BLOCKER,
+                    needed,
                 )
                 continue
             sizes = sorted({len(m) * 8 for _, m in keys})
-            seen = f"{len(keys)} keys of {'/'.join(map(str, sizes)) or '?'} bits"
+            seen = f"{_n_keys(len(keys))} of {'/'.join(map(str, sizes)) or '?'} bits"
             if sizes and sizes != [MAC_KEY_BITS]:
-                self.r.add(name, seen, spec, Verdict.BLOCKER)
+                self.r.add(name, seen, spec, needed)
             elif len(keys) != number:
-                self.r.add(name, seen + " (partial batch)", spec, Verdict.DEVIATION)
-                self.r.need("accept partial batches")
+                self.r.add(name, seen + " (partial batch)", spec, self.partial_verdict())
             else:
                 self.r.add(name, seen, spec, Verdict.OK)
             got[method] = keys
@@ -369,7 +393,7 @@ class _Probe:
             a = await self.dec(self.peer, post, "POST")
             same = parse_keys(a) == post
             self.r.add(
-                f"dec_keys by POST ({len(post)} ids)",
+                f"dec_keys by POST ({_n_keys(len(post), 'id')})",
                 "the same keys" if same else a.describe(),
                 "200 with the master's keys, in order",
                 Verdict.OK if same else Verdict.BLOCKER,
@@ -446,10 +470,8 @@ class _Probe:
             return
         await self.dec(self.peer, keys[: self.cap], "POST")
         if len(keys) < ask:
-            self.r.add(
-                name, f"cap {self.cap}: {len(keys)} keys (partial batch)", spec, Verdict.DEVIATION
-            )
-            self.r.need("accept partial batches")
+            seen = f"cap {self.cap}: {_n_keys(len(keys))} (partial batch)"
+            self.r.add(name, seen, spec, Verdict.DEVIATION)  # the node never asks above the cap
         else:
             self.r.add(name, f"cap {self.cap}: all {ask} keys", spec, Verdict.DEVIATION)
 
@@ -471,15 +493,21 @@ class _Probe:
             self.r.add(name, f"still keys after {MAX_EXHAUST_CALLS} calls", spec, Verdict.SKIPPED)
             return
         seen = a.describe() + ("; a partial batch first" if partial else "")
-        if partial:
-            self.r.need("accept partial batches")
-        if a.status == 503:
-            self.r.add(name, seen, spec, Verdict.DEVIATION if partial else Verdict.OK)
-        elif a.status in (400, 404, 409, 429):
-            self.r.add(name, seen, spec, Verdict.DEVIATION)
-            self.r.need(f"read {a.status} from enc_keys as 'no keys yet, retry'")
+        if a.status not in self.cfg.node.retry_statuses:
+            verdict = Verdict.BLOCKER
+            seen += "; the node's client would fail the link"
+        elif a.status != 503:
+            verdict = Verdict.DEVIATION
         else:
-            self.r.add(name, seen, spec, Verdict.BLOCKER)
+            verdict = Verdict.OK
+        if partial:
+            verdict = max(verdict, self.partial_verdict(), key=_SEVERITY.index)
+        self.r.add(name, seen, spec, verdict)
+
+    def partial_verdict(self) -> Verdict:
+        if self.cfg.node.partial_batches:
+            return Verdict.DEVIATION
+        return Verdict.BLOCKER
 
     def timing(self) -> None:
         if not self.times:

@@ -17,9 +17,17 @@ import pytest
 from qchain.cli import main as qchain_main
 from qchain.qkd.certs import issue, make_ca, save
 from qchain.qkd.keymanager import LinkConfig
-from qchain.qkd.kms import KMSServer
+from qchain.qkd.kms import KMSServer, set_stored
 from qchain.qkd.kms_config import Behaviour, TLSFiles
-from qchain.qkd.probe import Check, Credentials, ProbeConfig, ProbeReport, Verdict, run_probe
+from qchain.qkd.probe import (
+    Check,
+    Credentials,
+    NodeTolerance,
+    ProbeConfig,
+    ProbeReport,
+    Verdict,
+    run_probe,
+)
 from qchain.qkd.testing import kms_test_config, running_kms
 
 LINKS = [
@@ -44,6 +52,10 @@ async def probe(server: KMSServer, **changes: Any) -> ProbeReport:
         allow_exhaust=True,
     )
     return await run_probe(dataclasses.replace(cfg, **changes))
+
+
+def refill(server: KMSServer) -> None:
+    set_stored(server.manager, "a", "b", 60)
 
 
 def row(report: ProbeReport, name: str) -> Check:
@@ -72,13 +84,19 @@ async def test_standard_kme_runs_with_defaults(kms: KMSServer) -> None:
     assert report.runs and report.verdict_line() == "qchain runs on this KME: default settings"
 
 
-async def test_exhaustion_404_is_named(kms: KMSServer) -> None:
-    kms.switches.behaviour = Behaviour(exhausted_status=404, sae_identity="header")
+@pytest.mark.parametrize("code", [404, 409])
+async def test_exhaustion_status_is_named(kms: KMSServer, code: int) -> None:
+    kms.switches.behaviour = Behaviour(exhausted_status=code, sae_identity="header")
     report = await probe(kms)
     check = row(report, "exhaustion")
-    assert check.verdict is Verdict.DEVIATION and check.observed.startswith("404")
-    assert report.runs
-    assert "read 404 from enc_keys as 'no keys yet, retry'" in report.verdict_line()
+    assert check.verdict is Verdict.BLOCKER  # the node's client fails the link on it
+    assert check.observed.startswith(f"{code} not enough keys")
+    assert check.observed.endswith("; the node's client would fail the link")
+    assert report.verdict_line() == "qchain does NOT run on this KME: blocked by exhaustion"
+    refill(kms)
+    report = await probe(kms, node=NodeTolerance(retry_statuses=frozenset({503, code})))
+    assert row(report, "exhaustion").verdict is Verdict.DEVIATION
+    assert report.verdict_line() == "qchain runs on this KME: default settings"
 
 
 async def test_cap_10_is_named(kms: KMSServer) -> None:
@@ -98,11 +116,18 @@ async def test_partial_batches_are_named(kms: KMSServer) -> None:
     )
     report = await probe(kms)
     check = row(report, "batch cap")
-    assert check.verdict is Verdict.DEVIATION
+    assert check.verdict is Verdict.DEVIATION  # the node never asks above the cap
     assert check.observed == "cap 10: 10 keys (partial batch)"
-    assert row(report, "exhaustion").observed.endswith("; a partial batch first")
-    assert report.runs and "accept partial batches" in report.verdict_line()
-    assert report.verdict_line().startswith("qchain runs on this KME: qkd.batch_keys <= 10")
+    check = row(report, "exhaustion")
+    assert check.observed == "503 not enough keys: 10 requested, 0 stored; a partial batch first"
+    assert check.verdict is Verdict.BLOCKER  # the node's client refuses a short batch
+    assert not report.runs
+    refill(kms)
+    report = await probe(kms, node=NodeTolerance(partial_batches=True))
+    assert row(report, "exhaustion").verdict is Verdict.DEVIATION
+    assert report.verdict_line() == (
+        "qchain runs on this KME: qkd.batch_keys <= 10; qkd.low_water <= 10"
+    )
 
 
 async def test_slow_answers_are_named(kms: KMSServer) -> None:
