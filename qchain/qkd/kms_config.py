@@ -112,6 +112,9 @@ class Behaviour:
             )
         if self.sae_identity not in SAE_IDENTITIES:
             raise ConfigError("behaviour.sae_identity", f"one of {', '.join(SAE_IDENTITIES)}")
+        for name in ("max_key_per_request", "delay_ms", "delay_jitter_ms"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"behaviour.{name}", "must be a non-negative integer")
 
     def to_json(self) -> dict[str, object]:
         return {f.name: getattr(self, f.name) for f in fields(self)}

@@ -203,3 +203,14 @@ async def test_cli_over_mtls_with_serial_identity(
         doc = json.loads(capsys.readouterr().out)
         assert doc["runs"] is False and doc["checks"][0]["verdict"] == "blocker"
         assert doc["verdict"] == "qchain does NOT run on this KME: blocked by status"
+        # exhaustion answered 409: a blocker for the node's client unless it retries on 409
+        server.switches.replace({"sae_identity": "serial", "exhausted_status": 409})
+        exhaust = [*argv("1001"), "--allow-exhaust"]
+        assert await asyncio.to_thread(qchain_main, exhaust) == 1
+        out = capsys.readouterr().out
+        assert "409 not enough keys" in out and "blocked by exhaustion" in out
+        retry = [*exhaust, "--client-retry-status", "409"]
+        assert await asyncio.to_thread(qchain_main, retry) == 0
+        assert (
+            capsys.readouterr().out.rstrip().endswith("qchain runs on this KME: default settings")
+        )
