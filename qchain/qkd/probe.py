@@ -157,7 +157,9 @@ class ProbeReport:
         head = ("check", "what the KME did", "what the spec says", "verdict")
         rows = [head, *((c.name, c.observed, c.spec, str(c.verdict)) for c in self.checks)]
         widths = [max(len(r[i]) for r in rows) for i in range(4)]
-        lines = [" | ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)) for r in rows]
+        lines = [
+            " | ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() for r in rows
+        ]
         lines.insert(1, "-+-".join("-" * w for w in widths))
         return "\n".join([*lines, "", self.verdict_line()])
 
@@ -358,7 +360,7 @@ class _Probe:
             name = f"enc_keys by {method}"
             a = await self.enc(method, number, size)
             keys = parse_keys(a)
-            spec = f"200 with {number} keys, UUID key_IDs, {MAC_KEY_BITS}-bit keys"
+            spec = f"200 with {_n_keys(number)}, UUID key_IDs, {MAC_KEY_BITS}-bit keys"
             needed = Verdict.BLOCKER if method == "POST" else Verdict.DEVIATION
             if keys is None:
                 self.r.add(

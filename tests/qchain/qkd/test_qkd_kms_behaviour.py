@@ -15,7 +15,10 @@ from typing import Any
 
 import aiohttp
 import pytest
+from cryptography import x509
+from cryptography.x509.oid import NameOID
 
+from qchain.cli import main as qchain_main
 from qchain.errors import ConfigError
 from qchain.qkd.certs import issue, make_ca, save
 from qchain.qkd.clock import VirtualClock
@@ -311,3 +314,14 @@ async def test_mtls_sae_by_serial_then_common_name(pki: Path) -> None:
         assert await status_as(http, server.url, client_ctx(pki, "cn-1001")) == 200
         assert (await kms.admin("PUT", "behaviour", {"sae_identity": "header"}))[0] == 400
         assert (await kms.admin("PUT", "behaviour", {}))[1]["sae_identity"] == "cn"
+
+
+def test_certs_with_serial_from_id(tmp_path: Path) -> None:
+    out = tmp_path / "tls"
+    argv = ["kms", "certs", "--out", str(out), "--sae", "1001", "--sae", "42"]
+    assert qchain_main([*argv, "--serial-from-id"]) == 0
+    for sae in ("1001", "42"):
+        cert = x509.load_pem_x509_certificate((out / f"sae-{sae}.pem").read_bytes())
+        assert cert.serial_number == int(sae)
+        assert cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == sae
+    assert qchain_main([*argv, "--sae", "node0", "--serial-from-id"]) == 1
