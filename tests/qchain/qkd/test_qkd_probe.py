@@ -86,7 +86,7 @@ async def test_standard_kme_runs_with_defaults(kms: KMSServer) -> None:
 
 @pytest.mark.parametrize("code", [404, 409])
 async def test_exhaustion_status_is_named(kms: KMSServer, code: int) -> None:
-    kms.switches.behaviour = Behaviour(exhausted_status=code, sae_identity="header")
+    kms.switches.replace({"exhausted_status": code})
     report = await probe(kms)
     check = row(report, "exhaustion")
     assert check.verdict is Verdict.BLOCKER  # the node's client fails the link on it
@@ -100,7 +100,7 @@ async def test_exhaustion_status_is_named(kms: KMSServer, code: int) -> None:
 
 
 async def test_cap_10_is_named(kms: KMSServer) -> None:
-    kms.switches.behaviour = Behaviour(max_key_per_request=10, sae_identity="header")
+    kms.switches.replace({"max_key_per_request": 10})
     report = await probe(kms)
     assert row(report, "batch cap").observed.startswith("cap 10: 400")
     assert row(report, "batch cap").verdict is Verdict.OK
@@ -111,9 +111,7 @@ async def test_cap_10_is_named(kms: KMSServer) -> None:
 
 
 async def test_partial_batches_are_named(kms: KMSServer) -> None:
-    kms.switches.behaviour = Behaviour(
-        partial_batches=True, max_key_per_request=10, sae_identity="header"
-    )
+    kms.switches.replace({"partial_batches": True, "max_key_per_request": 10})
     report = await probe(kms)
     check = row(report, "batch cap")
     assert check.verdict is Verdict.DEVIATION  # the node never asks above the cap
@@ -131,7 +129,7 @@ async def test_partial_batches_are_named(kms: KMSServer) -> None:
 
 
 async def test_slow_answers_are_named(kms: KMSServer) -> None:
-    kms.switches.behaviour = Behaviour(delay_ms=30, delay_jitter_ms=10, sae_identity="header")
+    kms.switches.replace({"delay_ms": 30, "delay_jitter_ms": 10})
     report = await probe(kms, allow_exhaust=False, slow_ms=20.0)
     check = row(report, "answer time")
     assert check.verdict is Verdict.DEVIATION
