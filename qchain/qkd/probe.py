@@ -185,15 +185,17 @@ class _SAE:
     def __init__(self, cfg: ProbeConfig, cred: Credentials) -> None:
         self.sae_id = cred.sae_id
         self._base = cfg.kme.rstrip("/")
-        ctx: ssl.SSLContext | bool = False
+        ctx: ssl.SSLContext | bool = False  # plain HTTP, or an unverified dev KME
         headers: dict[str, str] = {}
-        if cred.cert is not None and cred.key is not None:
-            ctx = ssl.create_default_context(
+        if cred.cert is None or cred.key is None:
+            headers[SAE_HEADER] = cred.sae_id
+        if not headers or cfg.ca is not None:
+            context = ssl.create_default_context(
                 ssl.Purpose.SERVER_AUTH, cafile=None if cfg.ca is None else str(cfg.ca)
             )
-            ctx.load_cert_chain(str(cred.cert), str(cred.key))
-        else:
-            headers[SAE_HEADER] = cred.sae_id
+            if cred.cert is not None and cred.key is not None:
+                context.load_cert_chain(str(cred.cert), str(cred.key))
+            ctx = context
         self._http = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(ssl=ctx),
             headers=headers,
@@ -249,6 +251,14 @@ _SEVERITY = (Verdict.SKIPPED, Verdict.OK, Verdict.DEVIATION, Verdict.BLOCKER)
 
 def _n_keys(n: int, word: str = "key") -> str:
     return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+def _refusal(answer: Answer) -> Verdict:
+    """The verdict on an answer that should be a 400: keys are a blocker (a key handed out
+    twice, or made up), another error a deviation."""
+    if parse_keys(answer):
+        return Verdict.BLOCKER
+    return Verdict.OK if answer.status == 400 else Verdict.DEVIATION
 
 
 def _ids(keys: list[tuple[str, bytes]]) -> dict[str, object]:
@@ -393,25 +403,22 @@ class _Probe:
         post = got.get("POST", [])
         if post:
             a = await self.dec(self.peer, post, "POST")
-            same = parse_keys(a) == post
-            self.r.add(
-                f"dec_keys by POST ({_n_keys(len(post), 'id')})",
-                "the same keys" if same else a.describe(),
-                "200 with the master's keys, in order",
-                Verdict.OK if same else Verdict.BLOCKER,
-            )
-            if same:
+            back = parse_keys(a)
+            name = f"dec_keys by POST ({_n_keys(len(post), 'id')})"
+            spec = "200 with the master's keys, in order"
+            if back == post:
+                self.r.add(name, "the same keys", spec, Verdict.OK)
+            elif back is not None and sorted(back) == sorted(post):
+                self.r.add(name, "the same keys in another order", spec, Verdict.DEVIATION)
+            else:
+                self.r.add(name, a.describe(), spec, Verdict.BLOCKER)
+            if back is not None and sorted(back) == sorted(post):
                 a = await self.dec(self.peer, post[:1], "POST")
-                again = parse_keys(a)
                 self.r.add(
                     "delivered key is gone",
-                    "handed out again" if again else a.describe(),
+                    "handed out again" if parse_keys(a) else a.describe(),
                     "a second dec_keys of the same key_ID fails (400)",
-                    Verdict.BLOCKER
-                    if again
-                    else Verdict.OK
-                    if a.status == 400
-                    else Verdict.DEVIATION,
+                    _refusal(a),
                 )
         get = got.get("GET", [])
         if get:
@@ -429,14 +436,7 @@ class _Probe:
 
     async def unknown_key(self) -> None:
         a = await self.dec(self.peer, [(str(uuid.uuid4()), b"")], "POST")
-        verdict = (
-            Verdict.BLOCKER
-            if a.status == 200
-            else Verdict.OK
-            if a.status == 400
-            else Verdict.DEVIATION
-        )
-        self.r.add("unknown key_ID", a.describe(), "400", verdict)
+        self.r.add("unknown key_ID", a.describe(), "400", _refusal(a))
 
     async def non_slave(self) -> None:
         name = "dec_keys by a non-slave SAE"
