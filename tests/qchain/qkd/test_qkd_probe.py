@@ -212,3 +212,9 @@ async def test_cli_over_mtls_with_serial_identity(
         assert (
             capsys.readouterr().out.rstrip().endswith("qchain runs on this KME: default settings")
         )
+        # the KME reads the common name instead: these certificates name "partner 1001"
+        server.switches.replace({"sae_identity": "cn"})
+        assert await asyncio.to_thread(qchain_main, argv("1001")) == 1
+        out = capsys.readouterr().out
+        assert "401 SAE 'partner 1001' is not known to this key manager" in out
+        assert "blocked by status" in out
