@@ -21,7 +21,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "sim": ("consensus.sim.cli", "run the deterministic consensus simulator"),
     "node": ("node.cli", "run a validator node"),
     "devnet": ("devnet.cli", "a local devnet: init, up, down, status, reset, logs"),
-    "kms": ("qchain.qkd.kms_cli", "simulated ETSI GS QKD 014 key manager and its certificates"),
+    "kms": (
+        "qchain.qkd.kms_cli",
+        "simulated ETSI GS QKD 014 key manager, its certificates, and a KME probe",
+    ),
     "fault": ("devnet.faults.cli", "fault injection: scenarios, perturbations, invariant checks"),
     "bench": ("devnet.bench.cli", "benchmark a devnet: throughput, latency, QKD key budget"),
 }

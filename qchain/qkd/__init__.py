@@ -5,8 +5,9 @@
 - `client`: the ETSI GS QKD 014 HTTP client (`ETSIClient`), with mutual TLS and retries.
 - `keymanager`: the link model of the simulated key manager (rates, pool cap, faults).
 - `kms`: the simulated key manager as an HTTP server, with its admin endpoint;
-  `kms_config`: its TOML config; `kms_cli`: `qchain kms` and `qchain kms certs`;
-  `certs`: the devnet's TLS material.
+  `kms_config`: its TOML config and behaviour switches; `kms_cli`: `qchain kms`,
+  `qchain kms certs` and `qchain kms probe`; `certs`: the devnet's TLS material.
+- `probe`: the compatibility probe of a vendor KME (`qchain kms probe`).
 - `simsource`: the in-process simulated key source (deterministic, seeded).
 - `pool`: send and receive key pools per directed link.
 - `frame`: the authenticated frame, `LinkSender` and `LinkReceiver`.

@@ -1,6 +1,9 @@
 """TLS material for a devnet's key manager: a private CA, the KME's server certificate and
 one client certificate per SAE (its common name is the SAE id, which is how the key
-manager identifies the caller). Keys are ECDSA P-256; private keys are written 0600.
+manager identifies the caller by default). For a key manager that names SAEs by the
+certificate's serial number (`sae_identity = "serial"`), SAE ids are decimal integers and
+`serial_from_id` makes each SAE certificate's serial number its id. Keys are ECDSA P-256;
+private keys are written 0600.
 """
 
 from __future__ import annotations
@@ -36,7 +39,11 @@ def _name(common_name: str) -> x509.Name:
 
 
 def _builder(
-    subject: x509.Name, issuer: x509.Name, public: ec.EllipticCurvePublicKey, days: int
+    subject: x509.Name,
+    issuer: x509.Name,
+    public: ec.EllipticCurvePublicKey,
+    days: int,
+    serial: int | None = None,
 ) -> x509.CertificateBuilder:
     now = datetime.datetime.now(datetime.UTC)
     return (
@@ -44,7 +51,7 @@ def _builder(
         .subject_name(subject)
         .issuer_name(issuer)
         .public_key(public)
-        .serial_number(x509.random_serial_number())
+        .serial_number(x509.random_serial_number() if serial is None else serial)
         .not_valid_before(now - datetime.timedelta(minutes=5))
         .not_valid_after(now + datetime.timedelta(days=days))
     )
@@ -82,13 +89,14 @@ def issue(
     *,
     server_hosts: Iterable[str] = (),
     days: int = VALID_DAYS,
+    serial: int | None = None,
 ) -> Issued:
     """A leaf certificate: a server certificate for `server_hosts` if any, else a client
-    certificate."""
+    certificate. `serial`: its serial number (default: random, 159 bits)."""
     key = ec.generate_private_key(ec.SECP256R1())
     hosts = list(server_hosts)
     builder = (
-        _builder(_name(common_name), ca.cert.subject, key.public_key(), days)
+        _builder(_name(common_name), ca.cert.subject, key.public_key(), days, serial)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(
             x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.key.public_key()),
@@ -127,10 +135,19 @@ def save(issued: Issued, cert_path: Path, key_path: Path) -> None:
 
 
 def write_kms_certs(
-    out_dir: Path, sae_ids: Iterable[str], hosts: Iterable[str] = ("127.0.0.1", "localhost")
+    out_dir: Path,
+    sae_ids: Iterable[str],
+    hosts: Iterable[str] = ("127.0.0.1", "localhost"),
+    *,
+    serial_from_id: bool = False,
 ) -> dict[str, Path]:
     """Write ca.pem/ca.key, kms.pem/kms.key and sae-<id>.pem/.key; returns the paths by
-    name ("ca", "ca_key", "kms", "kms_key", "sae-<id>", "sae-<id>_key")."""
+    name ("ca", "ca_key", "kms", "kms_key", "sae-<id>", "sae-<id>_key"). With
+    `serial_from_id` every SAE id must be a positive decimal integer, used as the serial
+    number of that SAE's certificate (`ValueError` otherwise)."""
+    sae_ids = list(sae_ids)
+    if serial_from_id and not all(s.isdigit() and int(s) > 0 for s in sae_ids):
+        raise ValueError("serial numbers from SAE ids need positive decimal SAE ids")
     out_dir.mkdir(parents=True, exist_ok=True)
     ca = make_ca()
     paths: dict[str, Path] = {}
@@ -142,5 +159,5 @@ def write_kms_certs(
     put("ca", ca)
     put("kms", issue(ca, "qchain KMS", server_hosts=hosts))
     for sae in sae_ids:
-        put(f"sae-{sae}", issue(ca, sae))
+        put(f"sae-{sae}", issue(ca, sae, serial=int(sae) if serial_from_id else None))
     return paths

@@ -13,11 +13,17 @@ Routes (ETSI GS QKD 014 V1.1.1, section 5; every answer is `application/json`):
 Errors are 400 (malformed request, limits, unknown SAE or key id), 401 (caller not
 identified or not on that link) and 503 (outage, eavesdropper alarm, not enough keys),
 with the standard Error body `{"message": ..., "details": [...]}`. The caller is named by
-the common name of its client certificate (mutual TLS); only in an explicit insecure dev
-mode is it named by the `X-SAE-ID` header over plain HTTP. Multiple slave SAEs
+the common name of its client certificate (mutual TLS), or by its serial number in
+decimal (`sae_identity = "serial"`); only in an explicit insecure dev mode is it named by
+the `X-SAE-ID` header over plain HTTP. Multiple slave SAEs
 (`additional_slave_SAE_IDs`) are not supported (`max_SAE_ID_count` is 0) and a request
 with `extension_mandatory` entries is refused, as the standard asks of a KME that does not
 support them.
+
+Behaviour switches (`Behaviour` in `kms_config`, the `[behaviour]` table, replaced at run
+time with `PUT /admin/behaviour`) reproduce what vendor KMEs do instead: another status
+on exhaustion (404, 409), partial batches, a lower `max_key_per_request`, slow answers,
+SAEs named by certificate serial number. With the defaults every answer is as above.
 
 The admin endpoint listens on its own loopback port and wants `Authorization: Bearer
 <token>`:
@@ -29,6 +35,9 @@ The admin endpoint listens on its own loopback port and wants `Authorization: Be
 | POST | `/admin/links/{a}/{b}/rate` | `{"bits_per_second": n}` or `{"profile": "metro"}` |
 | POST | `/admin/links/{a}/{b}/outage` | `{"active": true}` |
 | POST | `/admin/links/{a}/{b}/eavesdropper` | `{"active": true}` (flush, stop) / false |
+| POST | `/admin/links/{a}/{b}/stored` | `{"stored_key_count": n}` (0 drains, n refills) |
+| GET | `/admin/behaviour` | | the behaviour set in force |
+| PUT | `/admin/behaviour` | a whole behaviour set; fields left out take their defaults |
 
 Key material is never logged.
 """
@@ -38,26 +47,58 @@ from __future__ import annotations
 import base64
 import hmac
 import logging
+import random
 import ssl
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
 from aiohttp import web
 
-from qchain.errors import InvalidJson
+from qchain.errors import ConfigError, InvalidJson
 from qchain.jsonform import parse_json
 from qchain.qkd.clock import Clock, SystemClock
-from qchain.qkd.errors import KeyBadRequest, KeySourceError, KeyUnauthorised
+from qchain.qkd.errors import KeyBadRequest, KeyExhausted, KeySourceError, KeyUnauthorised
 from qchain.qkd.keymanager import PROFILES, KeyFactory, KeyManager
-from qchain.qkd.kms_config import KMSConfig
+from qchain.qkd.kms_config import Behaviour, KMSConfig, parse_behaviour
 from qchain.qkd.source import Key, key_id_str, parse_key_id
 
 log = logging.getLogger(__name__)
 
 SAE_HEADER = "X-SAE-ID"
 MAX_REQUEST = 64 * 1024
+
+
+class Switches:
+    """The behaviour set in force, shared by the ETSI app and the admin app."""
+
+    def __init__(self, behaviour: Behaviour, *, tls: bool, rng: random.Random | None = None):
+        self.behaviour = behaviour
+        self.tls = tls
+        self._rng = rng or random.Random()
+
+    def replace(self, doc: Mapping[str, object]) -> Behaviour:
+        """Put a whole new set in force (`ConfigError` for a bad one)."""
+        self.behaviour = parse_behaviour(doc, tls=self.tls)
+        return self.behaviour
+
+    def delay(self) -> float:
+        """Seconds to hold the next answer."""
+        b = self.behaviour
+        jitter = self._rng.uniform(0, b.delay_jitter_ms) if b.delay_jitter_ms else 0.0
+        return (b.delay_ms + jitter) / 1000
+
+    def cap(self, manager: KeyManager, a: str, b: str) -> int | None:
+        """The `max_key_per_request` in force on the link a~b (None: no such link)."""
+        try:
+            own = manager.link_config(a, b).max_key_per_request
+        except KeyError:
+            return None
+        limit = self.behaviour.max_key_per_request
+        return min(own, limit) if limit else own
+
+
 _MANAGER = web.AppKey("manager", KeyManager)
-_INSECURE = web.AppKey("insecure", bool)
+_SWITCHES = web.AppKey("switches", Switches)
 _TOKEN = web.AppKey("token", str)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -70,7 +111,8 @@ def error_response(
 
 
 def _caller(request: web.Request) -> str:
-    if request.app[_INSECURE]:
+    identity = request.app[_SWITCHES].behaviour.sae_identity
+    if identity == "header":
         sae = request.headers.get(SAE_HEADER)
         if not sae:
             raise KeyUnauthorised(f"insecure dev mode: name the calling SAE in {SAE_HEADER}")
@@ -78,6 +120,11 @@ def _caller(request: web.Request) -> str:
     cert = request.transport.get_extra_info("peercert") if request.transport else None
     if not cert:
         raise KeyUnauthorised("no client certificate")
+    if identity == "serial":
+        serial = cert.get("serialNumber")
+        if not isinstance(serial, str):
+            raise KeyUnauthorised("the client certificate has no serial number")
+        return str(int(serial, 16))
     for rdn in cert.get("subject", ()):
         for name, value in rdn:
             if name == "commonName":
@@ -119,8 +166,16 @@ def _count(value: object, name: str) -> int:
 
 @web.middleware
 async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    switches = request.app[_SWITCHES]
+    delay = switches.delay()
+    if delay:
+        await request.app[_MANAGER].clock.sleep(delay)
     try:
         return await handler(request)
+    except KeyExhausted as e:
+        status = switches.behaviour.exhausted_status
+        log.info("%s %s -> %d %s", request.method, request.path, status, e.message)
+        return error_response(status, e.message, e.details)
     except KeySourceError as e:
         log.info("%s %s -> %d %s", request.method, request.path, e.status, e.message)
         return error_response(e.status, e.message, e.details)
@@ -139,7 +194,12 @@ async def handle_status(request: web.Request) -> web.Response:
     caller = _caller(request)
     slave = request.match_info["sae"]
     await _latency(request, caller, slave)
-    return web.json_response(request.app[_MANAGER].status(caller, slave).to_json())
+    manager = request.app[_MANAGER]
+    doc = manager.status(caller, slave).to_json()
+    cap = request.app[_SWITCHES].cap(manager, caller, slave)
+    if cap is not None:
+        doc["max_key_per_request"] = cap
+    return web.json_response(doc)
 
 
 async def handle_enc_keys(request: web.Request) -> web.Response:
@@ -160,7 +220,23 @@ async def handle_enc_keys(request: web.Request) -> web.Response:
         number = _count(request.query.get("number", "1"), "number")
         size = None if "size" not in request.query else _count(request.query["size"], "size")
     await _latency(request, caller, slave)
-    keys = request.app[_MANAGER].enc_keys(caller, slave, number, size)
+    manager = request.app[_MANAGER]
+    behaviour = request.app[_SWITCHES].behaviour
+    cap = request.app[_SWITCHES].cap(manager, caller, slave)
+    if cap is not None and number > cap:
+        if behaviour.partial_batches:
+            number = cap
+        elif behaviour.max_key_per_request:
+            raise KeyBadRequest(
+                "number or size outside the link's limits",
+                ({"number": number, "max_key_per_request": cap},),
+            )
+    try:
+        keys = manager.enc_keys(caller, slave, number, size)
+    except KeyExhausted as e:
+        if not (behaviour.partial_batches and e.stored > 0):
+            raise
+        keys = manager.enc_keys(caller, slave, e.stored, size)
     log.debug("enc_keys %s -> %s: %d keys", caller, slave, len(keys))
     return web.json_response(_keys_json(keys))
 
@@ -183,16 +259,23 @@ async def handle_dec_keys(request: web.Request) -> web.Response:
             raise KeyBadRequest("query parameter key_ID is required")
         ids = [parse_key_id(v) for v in request.query.getall("key_ID")]
     await _latency(request, caller, master)
-    keys = request.app[_MANAGER].dec_keys(caller, master, ids)
+    manager = request.app[_MANAGER]
+    cap = request.app[_SWITCHES].cap(manager, caller, master)
+    if cap is not None and len(ids) > cap:
+        raise KeyBadRequest(
+            "key_IDs must list between 1 and max_key_per_request ids",
+            ({"count": len(ids), "max_key_per_request": cap},),
+        )
+    keys = manager.dec_keys(caller, master, ids)
     log.debug("dec_keys %s <- %s: %d keys", caller, master, len(keys))
     return web.json_response(_keys_json(keys))
 
 
-def build_kms_app(manager: KeyManager, *, insecure: bool = False) -> web.Application:
+def build_kms_app(manager: KeyManager, switches: Switches) -> web.Application:
     """The ETSI GS QKD 014 application over a key manager."""
     app = web.Application(middlewares=[_errors], client_max_size=MAX_REQUEST)
     app[_MANAGER] = manager
-    app[_INSECURE] = insecure
+    app[_SWITCHES] = switches
     app.router.add_get("/api/v1/keys/{sae}/status", handle_status)
     app.router.add_route("GET", "/api/v1/keys/{sae}/enc_keys", handle_enc_keys)
     app.router.add_route("POST", "/api/v1/keys/{sae}/enc_keys", handle_enc_keys)
@@ -214,7 +297,7 @@ async def _admin_auth(request: web.Request, handler: Handler) -> web.StreamRespo
         return await handler(request)
     except KeyError:
         return error_response(404, "no such link")
-    except (ValueError, KeyBadRequest) as e:
+    except (ValueError, KeyBadRequest, ConfigError) as e:
         return error_response(400, str(e))
 
 
@@ -269,15 +352,55 @@ async def admin_eavesdropper(request: web.Request) -> web.Response:
     return await admin_link(request)
 
 
-def build_admin_app(manager: KeyManager, token: str) -> web.Application:
+def set_stored(manager: KeyManager, a: str, b: str, count: int) -> None:
+    """Set the keys stored on the link a~b (of its `key_size`) from now on: 0 drains it,
+    more refills it. Generation goes on at the link's rate; set the rate to 0 first for a
+    pool that stays empty. Taken keys count as flushed, added ones as generated."""
+    link = manager._get(a, b)
+    cap = link.config.max_key_count
+    if not 0 <= count <= cap:
+        raise ValueError(f"stored_key_count must be between 0 and max_key_count ({cap})")
+    manager._advance(link)
+    bits = count * link.config.key_size
+    if bits < link.stored_bits:
+        link.counters.flushed_bits += link.stored_bits - bits
+    else:
+        link.counters.generated_bits += bits - link.stored_bits
+    link.stored_bits = bits
+    link.credit = 0.0
+
+
+async def admin_stored(request: web.Request) -> web.Response:
+    count = (await _admin_body(request)).get("stored_key_count")
+    if type(count) is not int:
+        raise ValueError("give stored_key_count (an integer)")
+    set_stored(request.app[_MANAGER], *_pair(request), count)
+    return await admin_link(request)
+
+
+async def admin_get_behaviour(request: web.Request) -> web.Response:
+    return web.json_response(request.app[_SWITCHES].behaviour.to_json())
+
+
+async def admin_put_behaviour(request: web.Request) -> web.Response:
+    behaviour = request.app[_SWITCHES].replace(await _admin_body(request))
+    log.info("behaviour now %s", behaviour.to_json())
+    return web.json_response(behaviour.to_json())
+
+
+def build_admin_app(manager: KeyManager, switches: Switches, token: str) -> web.Application:
     app = web.Application(middlewares=[_admin_auth], client_max_size=MAX_REQUEST)
     app[_MANAGER] = manager
+    app[_SWITCHES] = switches
     app[_TOKEN] = token
     app.router.add_get("/admin/links", admin_links)
     app.router.add_get("/admin/links/{a}/{b}", admin_link)
     app.router.add_post("/admin/links/{a}/{b}/rate", admin_rate)
     app.router.add_post("/admin/links/{a}/{b}/outage", admin_outage)
     app.router.add_post("/admin/links/{a}/{b}/eavesdropper", admin_eavesdropper)
+    app.router.add_post("/admin/links/{a}/{b}/stored", admin_stored)
+    app.router.add_get("/admin/behaviour", admin_get_behaviour)
+    app.router.add_put("/admin/behaviour", admin_put_behaviour)
     return app
 
 
@@ -309,6 +432,7 @@ class KMSServer:
         self.manager = KeyManager(
             config.links, clock or SystemClock(), kme_ids=dict(config.kme_ids), factory=factory
         )
+        self.switches = Switches(config.resolved_behaviour, tls=config.tls is not None)
         self._runners: list[web.AppRunner] = []
         self.port = 0
         self.admin_port = 0
@@ -335,15 +459,17 @@ class KMSServer:
     async def start(self) -> None:
         """Bind both ports (0 picks a free one; see `port` and `admin_port`)."""
         cfg = self.config
-        insecure = cfg.insecure_dev_mode and cfg.tls is None
         self.port = await self._serve(
-            build_kms_app(self.manager, insecure=insecure),
+            build_kms_app(self.manager, self.switches),
             cfg.host,
             cfg.port,
             server_ssl_context(cfg),
         )
         self.admin_port = await self._serve(
-            build_admin_app(self.manager, cfg.admin_token), cfg.admin_host, cfg.admin_port, None
+            build_admin_app(self.manager, self.switches, cfg.admin_token),
+            cfg.admin_host,
+            cfg.admin_port,
+            None,
         )
         log.info("key manager on %s, admin on %s", self.url, self.admin_url)
 

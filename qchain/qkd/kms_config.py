@@ -29,8 +29,16 @@
     latency_ms = 2
     initial_key_count = 0
 
+    [behaviour]                       # how the KME answers; also GET/PUT /admin/behaviour
+    exhausted_status = 503            # 503 (default), 404 or 409 when keys run out
+    partial_batches = false           # true: fewer keys than asked instead of an error
+    max_key_per_request = 0           # > 0: a cap over every link's own (e.g. 10)
+    delay_ms = 0                      # added to every answer ...
+    delay_jitter_ms = 0               # ... plus a uniform 0..jitter
+    sae_identity = "cn"               # "cn" or "serial" (mutual TLS); "header" (dev mode)
+
     [[sae]]
-    id = "node0"
+    id = "node0"                      # a string, or an integer such as 1001 ("1001")
     # kme_id = "KME-A"               # optional
 
     [[link]]                          # explicit links (needed unless full_mesh)
@@ -47,8 +55,9 @@ import ipaddress
 import itertools
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Literal, cast
 
 from qchain.errors import ConfigError
 from qchain.qkd.keymanager import PROFILES, LinkConfig
@@ -71,6 +80,79 @@ class TLSFiles:
     key: Path
 
 
+SAEIdentity = Literal["header", "cn", "serial"]
+SAE_IDENTITIES: tuple[SAEIdentity, ...] = ("header", "cn", "serial")
+EXHAUSTED_STATUSES = (503, 404, 409)
+
+
+@dataclass(frozen=True)
+class Behaviour:
+    """How the key manager answers, to reproduce what vendor KMEs do. The defaults are the
+    standard's answers; each field is one known deviation."""
+
+    exhausted_status: int = 503
+    """HTTP status when fewer keys are stored than asked for (the standard: 503)."""
+    partial_batches: bool = False
+    """Answer with fewer keys than asked instead of an error: the stored keys when fewer
+    are stored, `max_key_per_request` keys when more are asked."""
+    max_key_per_request: int = 0
+    """A cap over every link's own `max_key_per_request` (0: the links' own)."""
+    delay_ms: int = 0
+    """Added to every answer of the ETSI API, errors included."""
+    delay_jitter_ms: int = 0
+    """A uniform random 0..jitter added to `delay_ms`."""
+    sae_identity: SAEIdentity = "cn"
+    """What names the caller: the common name or the decimal serial number of its client
+    certificate (mutual TLS), or the `X-SAE-ID` header (insecure dev mode only)."""
+
+    def __post_init__(self) -> None:
+        if self.exhausted_status not in EXHAUSTED_STATUSES:
+            raise ConfigError(
+                "behaviour.exhausted_status", f"one of {', '.join(map(str, EXHAUSTED_STATUSES))}"
+            )
+        if self.sae_identity not in SAE_IDENTITIES:
+            raise ConfigError("behaviour.sae_identity", f"one of {', '.join(SAE_IDENTITIES)}")
+        for name in ("max_key_per_request", "delay_ms", "delay_jitter_ms"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"behaviour.{name}", "must be a non-negative integer")
+
+    def to_json(self) -> dict[str, object]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+def parse_behaviour(doc: Mapping[str, object], *, tls: bool) -> Behaviour:
+    """A behaviour set from a `[behaviour]` table or an admin PUT body; fields left out
+    take their defaults. `tls` says whether the server runs mutual TLS, which decides the
+    default and the allowed `sae_identity`."""
+    path = "behaviour"
+    known = {f.name for f in fields(Behaviour)}
+    unknown = set(doc) - known
+    if unknown:
+        raise ConfigError(f"{path}.{sorted(unknown)[0]}", "unknown field")
+    identity = doc.get("sae_identity", "cn" if tls else "header")
+    if not isinstance(identity, str):
+        raise ConfigError(f"{path}.sae_identity", "must be a string")
+    behaviour = Behaviour(
+        exhausted_status=_int(doc, "exhausted_status", path, 503),
+        partial_batches=_bool(doc, "partial_batches", path),
+        max_key_per_request=_int(doc, "max_key_per_request", path, 0),
+        delay_ms=_int(doc, "delay_ms", path, 0),
+        delay_jitter_ms=_int(doc, "delay_jitter_ms", path, 0),
+        sae_identity=cast(SAEIdentity, identity),
+    )
+    check_identity(behaviour, tls=tls)
+    return behaviour
+
+
+def check_identity(behaviour: Behaviour, *, tls: bool) -> None:
+    """`ConfigError` unless the SAE identity fits the TLS mode."""
+    if (behaviour.sae_identity == "header") == tls:
+        raise ConfigError(
+            "behaviour.sae_identity",
+            "cn or serial with mutual TLS; header only in insecure_dev_mode without TLS",
+        )
+
+
 @dataclass(frozen=True)
 class KMSConfig:
     links: tuple[LinkConfig, ...]
@@ -82,10 +164,17 @@ class KMSConfig:
     admin_token: str = ""
     tls: TLSFiles | None = None
     insecure_dev_mode: bool = False
+    behaviour: Behaviour | None = None
+    """None: the standard's answers, the SAE named as the TLS mode implies."""
+    resolved_behaviour: Behaviour = field(init=False)
+    """`behaviour`, or the default set for this TLS mode."""
 
     def __post_init__(self) -> None:
         if self.tls is None and not self.insecure_dev_mode:
             raise ConfigError("tls", "required unless insecure_dev_mode = true")
+        behaviour = self.behaviour or parse_behaviour({}, tls=self.tls is not None)
+        check_identity(behaviour, tls=self.tls is not None)
+        object.__setattr__(self, "resolved_behaviour", behaviour)
         if not is_loopback(self.admin_host):
             raise ConfigError("admin.host", "the admin endpoint binds to loopback only")
         if len(self.admin_token) < 16:
@@ -161,7 +250,8 @@ def parse_kms_config(doc: Mapping[str, object], base: Path = Path(".")) -> KMSCo
     for i, s in enumerate(saes_raw):
         if not isinstance(s, Mapping):
             raise ConfigError(f"sae[{i}]", "must be a table")
-        sid = _str(s, "id", f"sae[{i}]")
+        raw_id = s.get("id")
+        sid = str(raw_id) if type(raw_id) is int and raw_id >= 0 else _str(s, "id", f"sae[{i}]")
         if not sid or len(sid) > 64 or sid in kme_ids:
             raise ConfigError(f"sae[{i}].id", "must be unique, 1 to 64 characters")
         kme_ids[sid] = _str(s, "kme_id", f"sae[{i}]", f"{kms_id}/{sid}")
@@ -214,6 +304,7 @@ def parse_kms_config(doc: Mapping[str, object], base: Path = Path(".")) -> KMSCo
                 raise ConfigError(f"tls.{f}", f"{p} is not a file")
         tls = TLSFiles(files["ca_cert"], files["cert"], files["key"])
     return KMSConfig(
+        behaviour=parse_behaviour(_table(doc, "behaviour"), tls=tls is not None),
         links=links,
         kme_ids=kme_ids,
         host=_str(server, "host", "server", "127.0.0.1"),

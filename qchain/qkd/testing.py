@@ -12,7 +12,7 @@ from qchain.qkd.clock import Clock, VirtualClock
 from qchain.qkd.endpoint import QKDEndpoint
 from qchain.qkd.keymanager import KeyManager, LinkConfig
 from qchain.qkd.kms import KMSServer
-from qchain.qkd.kms_config import KMSConfig, TLSFiles
+from qchain.qkd.kms_config import Behaviour, KMSConfig, TLSFiles
 from qchain.qkd.pool import PoolConfig
 from qchain.qkd.simsource import LocalKeySource, full_mesh
 
@@ -55,8 +55,10 @@ def kms_test_config(
     links: Iterable[LinkConfig],
     *,
     tls: TLSFiles | None = None,
+    behaviour: Behaviour | None = None,
 ) -> KMSConfig:
-    """A key-manager config on free loopback ports; insecure dev mode unless `tls`."""
+    """A key-manager config on free loopback ports; insecure dev mode unless `tls`;
+    the standard's answers unless `behaviour`."""
     links = tuple(links)
     saes = sorted({s for lk in links for s in lk.saes})
     return KMSConfig(
@@ -68,6 +70,7 @@ def kms_test_config(
         admin_token=ADMIN_TOKEN,
         tls=tls,
         insecure_dev_mode=tls is None,
+        behaviour=behaviour,
     )
 
 
