@@ -86,9 +86,9 @@ class FakeKME:
             )
             if len(ids) > self.max_key_per_request:
                 return web.json_response({"message": "too many"}, status=400)
-        fail = self.fail
-        if fail == "timeout":
+        if self.fail == "timeout":
             await self.hang.wait()
+        fail = self.fail
         if fail == "malformed":
             return web.Response(text="<html>gateway</html>", content_type="text/html")
         if isinstance(fail, int):
