@@ -30,9 +30,11 @@ announced batch and holds the keys until their frame arrives; `take(key_id)` han
 key out once, waiting (counted) only if its fetch is still running. A lookup that fails
 transiently (the key has not reached this site's key manager yet, answered 400 or 404)
 is retried with backoff for at most `resolve_for` seconds before the ids count as
-unknown; the retries of single-id lookups (`recover`) spend the same per-link budget as
-the lookups themselves, so a forger still cannot make us call the key manager more than
-`RECOVER_PER_S` times a second.
+unknown. Ids that anyone could have named (a frame not verified yet: the first frame of
+a link, or `recover` after a lost announcement) are retried for `resolve_unverified_for`
+only, and each retry spends the same per-link budget as a `recover` lookup, so a forger
+still cannot make us call the key manager more than `RECOVER_PER_S` times a second
+after the burst, nor hold a frame for long.
 
 Both pools wipe every key they drop and count keys and bytes per link.
 """
@@ -85,6 +87,9 @@ class PoolConfig:
     resolve_for: float = 5.0
     """How long the receive pool retries a transient `dec_keys` failure before the ids
     count as unknown (covers a relay delay between the two sites' key managers)."""
+    resolve_unverified_for: float = 1.0
+    """The same for ids named by a frame not yet verified (the first frame of a link, a
+    lost announcement): anyone can name those, so they are retried only briefly."""
 
     def __post_init__(self) -> None:
         if not 1 <= self.batch_size <= MAX_BATCH:
@@ -95,8 +100,10 @@ class PoolConfig:
             raise ValueError(f"frames need {MAC_KEY_BITS}-bit keys")
         if not 0 < self.retry_initial <= self.retry_max:
             raise ValueError("need 0 < retry_initial <= retry_max")
-        if self.config_retry <= 0 or self.status_every <= 0 or self.resolve_for < 0:
-            raise ValueError("config_retry and status_every must be > 0, resolve_for >= 0")
+        if self.config_retry <= 0 or self.status_every <= 0:
+            raise ValueError("config_retry and status_every must be > 0")
+        if self.resolve_for < 0 or self.resolve_unverified_for < 0:
+            raise ValueError("resolve_for and resolve_unverified_for must be >= 0")
 
 
 @dataclass
@@ -465,9 +472,12 @@ class ReceiveKeyPool:
         """Whether the key is resolved or being fetched."""
         return key_id in self._keys or key_id in self._pending
 
-    def announce(self, key_ids: Sequence[KeyId]) -> None:
+    def announce(self, key_ids: Sequence[KeyId], *, verified: bool = True) -> None:
         """Start fetching the announced ids not yet known, one call per batch. Ids beyond
-        `max_held` keys are ignored (an honest peer never announces that far ahead)."""
+        `max_held` keys are ignored (an honest peer never announces that far ahead).
+        `verified=False` for ids from a frame whose tag is not checked yet: their
+        lookups are retried for `resolve_unverified_for` only, within the recovery
+        budget."""
         if self._closed:
             return
         room = self.max_held - len(self._keys) - len(self._pending)
@@ -476,7 +486,7 @@ class ReceiveKeyPool:
         loop = asyncio.get_running_loop()
         for i in range(0, len(new), step):
             chunk = new[i : i + step]
-            task = loop.create_task(self._fetch(chunk))
+            task = loop.create_task(self._fetch(chunk, verified=verified))
             for k in chunk:
                 self._pending[k] = task
 
@@ -490,7 +500,7 @@ class ReceiveKeyPool:
         if not self._spend_recover_token():
             return False
         self.counters.recovered += 1
-        task = asyncio.get_running_loop().create_task(self._fetch([key_id], recovering=True))
+        task = asyncio.get_running_loop().create_task(self._fetch([key_id], verified=False))
         self._pending[key_id] = task
         return True
 
@@ -506,10 +516,12 @@ class ReceiveKeyPool:
         self._recover_tokens -= 1
         return True
 
-    async def _fetch(self, key_ids: list[KeyId], *, recovering: bool = False) -> None:
-        """Resolve `key_ids`, retrying transient failures for `resolve_for` seconds (and,
-        for a recovery lookup, only while the recovery budget lasts)."""
-        deadline = self.clock.now() + self.config.resolve_for
+    async def _fetch(self, key_ids: list[KeyId], *, verified: bool) -> None:
+        """Resolve `key_ids`, retrying transient failures for `resolve_for` seconds (ids
+        not from a verified frame: `resolve_unverified_for`, and only while the recovery
+        budget lasts)."""
+        cfg = self.config
+        deadline = self.clock.now() + (cfg.resolve_for if verified else cfg.resolve_unverified_for)
         missing = list(key_ids)
         try:
             while not self._closed and missing:
@@ -538,7 +550,7 @@ class ReceiveKeyPool:
                 if (
                     classify(error) is ErrorClass.CONFIG
                     or self.clock.now() + delay > deadline
-                    or (recovering and not self._spend_recover_token())
+                    or (not verified and not self._spend_recover_token())
                 ):
                     log.warning(
                         "%d key ids announced by %s not resolved (first %s): %s",

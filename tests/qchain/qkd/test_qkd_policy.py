@@ -255,7 +255,7 @@ async def test_forged_ids_still_bounded_by_the_recovery_budget() -> None:
     clock = VirtualClock()
     manager = full_mesh(["a", "b"], clock, initial_key_count=10)
     source = LocalKeySource(manager, "b")
-    pool = ReceiveKeyPool(source, "a", PoolConfig(resolve_for=60.0), clock)
+    pool = ReceiveKeyPool(source, "a", PoolConfig(resolve_unverified_for=60.0), clock)
     forged = 0
     for _ in range(100):
         for _ in range(20):
