@@ -21,6 +21,7 @@ from qchain.qkd.client import ETSIClient, TLSConfig
 from qchain.qkd.clock import VirtualClock
 from qchain.qkd.errors import (
     KeyBadRequest,
+    KeyConfigError,
     KeySourceError,
     KeyUnauthorised,
     KeyUnavailable,
@@ -91,6 +92,13 @@ async def test_unknown_certificate_rejected(mtls_kms: KMSServer, certs: Path) ->
     client = ETSIClient(mtls_kms.url, "a", tls=tls_for(certs, "rogue-a"), retries=0)
     with pytest.raises(KeyUnavailable):
         await client.status("b")
+    await client.close()
+    # a client that does not trust the key manager's certificate: a configuration error
+    wrong_ca = TLSConfig(certs / "rogue-a.pem", certs / "sae-a.pem", certs / "sae-a.key")
+    client = ETSIClient(mtls_kms.url, "a", tls=wrong_ca, retries=3)
+    with pytest.raises(KeyConfigError, match="TLS"):
+        await client.status("b")
+    assert client.calls == 1, "not retried like a transient error"
     await client.close()
     # a certificate from the devnet CA, but for an SAE the key manager does not serve
     eve = ETSIClient(mtls_kms.url, "eve", tls=tls_for(certs, "sae-eve"))

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import logging
 import os
 import random
 import socket
@@ -36,6 +37,7 @@ class FakeKME:
     200 that is not JSON). Every request is logged as (method, op, query, body)."""
 
     max_key_per_request: int = 128
+    min_key_size: int = 64
     fail: int | str | None = None
     requests: list[tuple[str, str, list[tuple[str, str]], object]] = field(default_factory=list)
     delivered: dict[str, bytes] = field(default_factory=dict)
@@ -70,7 +72,7 @@ class FakeKME:
                     "max_key_count": 10_000,
                     "max_key_per_request": self.max_key_per_request,
                     "max_key_size": 1024,
-                    "min_key_size": 64,
+                    "min_key_size": self.min_key_size,
                     "max_SAE_ID_count": 0,
                 }
             )
@@ -169,7 +171,7 @@ def check_backoff(sleeps: list[float], cls: ErrorClass) -> None:
 
 @pytest.mark.parametrize(("answer", "cls", "http_status"), CASES, ids=[str(c[0]) for c in CASES])
 async def test_send_pool_classifies_backs_off_and_recovers(
-    answer: int | str, cls: ErrorClass, http_status: int | None
+    answer: int | str, cls: ErrorClass, http_status: int | None, caplog: pytest.LogCaptureFixture
 ) -> None:
     kme = FakeKME(fail=None if answer == "refused" else answer)
     port = free_port()
@@ -187,6 +189,8 @@ async def test_send_pool_classifies_backs_off_and_recovers(
         assert h.error_class == cls.value and h.http_status == http_status
         assert h.since is not None and h.message
         check_backoff(clock.sleeps[:3], cls)
+        errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+        assert len(errors) == (1 if cls is ErrorClass.CONFIG else 0), "loud once per change"
         if answer == "short":
             # the keys that came are used: the frame did not wait for a full batch
             key, announce = await asyncio.wait_for(taker, 5)
@@ -326,3 +330,40 @@ async def test_batches_sized_from_status_max_key_per_request() -> None:
         if op == "dec_keys":
             assert isinstance(body, dict) and 1 <= len(body["key_IDs"]) <= 10
     assert kme.requests[0][1] == "status"
+
+
+async def test_status_is_read_again_after_an_error() -> None:
+    """The KME lowers its cap from 10 to 5 keys per request and refuses bigger requests
+    with 400: the pool re-reads the status and goes on in batches of 5."""
+    kme = FakeKME(max_key_per_request=10)
+    async with serving(kme.app()) as url:
+        client = ETSIClient(url, "a", insecure_sae_header=True, retries=0)
+        pool = SendKeyPool(client, "b", POLICY, RecordingClock(), rng=random.Random(5))
+        try:
+            (await pool.take())[0].wipe()
+            assert pool.batch_size == 8
+            kme.max_key_per_request = 5
+            for _ in range(12):
+                (await pool.take())[0].wipe()
+            await wait_until(lambda: pool.batch_size == 5 and pool.health.state == "ok")
+            assert pool.health.http_status == 400 and pool.low_water == 4
+        finally:
+            await pool.close()
+            await client.close()
+    statuses = [op for _, op, _, _ in kme.requests if op == "status"]
+    assert len(statuses) >= 2
+
+
+async def test_link_without_256_bit_keys_is_a_configuration_error() -> None:
+    kme = FakeKME(min_key_size=512)
+    async with serving(kme.app()) as url:
+        client = ETSIClient(url, "a", insecure_sae_header=True, retries=0)
+        pool = SendKeyPool(client, "b", POLICY, RecordingClock(), rng=random.Random(5))
+        try:
+            pool.start()
+            await wait_until(lambda: pool.health.state == "config-error")
+            assert pool.health.message is not None and "256-bit" in pool.health.message
+            assert not any(op == "enc_keys" for _, op, _, _ in kme.requests)
+        finally:
+            await pool.close()
+            await client.close()
