@@ -6,17 +6,24 @@
 - `enc_keys(slave, number, size)`: `POST .../{slave}/enc_keys` with `{"number", "size"}`
   (or `GET` with query parameters when `method="GET"`);
 - `dec_keys(master, ids)`: `POST .../{master}/dec_keys` with
-  `{"key_IDs": [{"key_ID": ...}]}` (or `GET` with `key_ID` query parameters).
+  `{"key_IDs": [{"key_ID": ...}]}`; with `method="GET"`, a single id goes as one `key_ID`
+  query parameter and two or more still by `POST`, as the standard reserves several
+  key IDs for `POST`.
 
 Mutual TLS: the client presents its certificate and trusts only the given CA. In the
 key manager's insecure dev mode, `insecure_sae_header=True` names the SAE in a header
 over plain HTTP instead.
 
-Every call has a total timeout. A 503 or a connection error/timeout is retried with
-exponential backoff (`retries` times), then raised as `KeyUnavailable` (or
-`KeyExhausted` when the key manager says so); 400 is `KeyBadRequest`, 401
-`KeyUnauthorised`; a response that breaks the standard's format is `KeySourceError`.
-Answers are checked: the right number of keys, UUID ids, key sizes, the ids asked for.
+Every failed call raises the typed error that `HTTP_ERRORS` names for its answer, so the
+retry policy (`qchain.qkd.errors.classify`) sees one error tree whatever went wrong:
+401 and 403, TLS and certificate failures are `KeyConfigError`s; 400 is `KeyBadRequest`;
+every other status (404, 409, 429, 5xx, ...), a timeout or a connection error is
+`KeyUnavailable`; an answer that breaks the standard's format is `KeySourceError`.
+Nothing depends on the `message` or `details` of an error answer: they are only
+logged. A transient error is retried here `retries` times with jittered backoff before
+it is raised. Answers are checked: UUID ids, key sizes, only ids asked for, never more
+keys than asked for. A short answer (fewer keys than asked for) is returned as it is:
+the keys that came are good, and the caller asks again for the rest.
 Logs carry ids and counts, never key bytes.
 """
 
@@ -26,6 +33,7 @@ import base64
 import binascii
 import json
 import logging
+import random
 import ssl
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -37,7 +45,7 @@ import aiohttp
 from qchain.qkd.clock import Clock, SystemClock
 from qchain.qkd.errors import (
     KeyBadRequest,
-    KeyExhausted,
+    KeyConfigError,
     KeySourceError,
     KeyUnauthorised,
     KeyUnavailable,
@@ -66,6 +74,23 @@ class TLSConfig:
         return ctx
 
 
+HTTP_ERRORS: dict[int, type[KeySourceError]] = {
+    400: KeyBadRequest,
+    401: KeyUnauthorised,
+    403: KeyUnauthorised,
+}
+"""The error for each HTTP status that is not 200; any status not listed (404, 409, 429,
+5xx, ...) is `KeyUnavailable`."""
+
+
+def http_error(
+    http_status: int, message: str, details: tuple[dict[str, object], ...] = ()
+) -> KeySourceError:
+    """The typed error for a key manager's non-200 answer."""
+    cls = HTTP_ERRORS.get(http_status, KeyUnavailable)
+    return cls(message, details, http_status=http_status)
+
+
 class ETSIClient(KeySource):
     def __init__(
         self,
@@ -80,6 +105,7 @@ class ETSIClient(KeySource):
         backoff: float = 0.05,
         backoff_max: float = 1.0,
         clock: Clock | None = None,
+        rng: random.Random | None = None,
     ) -> None:
         if tls is None and not insecure_sae_header:
             raise ValueError("give TLS files, or insecure_sae_header=True for a dev key manager")
@@ -90,6 +116,7 @@ class ETSIClient(KeySource):
         self.backoff = backoff
         self.backoff_max = backoff_max
         self.clock: Clock = clock or SystemClock()
+        self.rng = rng or random.Random()
         self.calls = 0
         self._tls = tls
         self._headers = {SAE_HEADER: sae_id} if insecure_sae_header else {}
@@ -128,14 +155,18 @@ class ETSIClient(KeySource):
             self.calls += 1
             try:
                 return await self._once(method, url, params, body)
-            except KeyUnavailable as e:
+            except KeyConfigError:
+                raise
+            except KeySourceError as e:
                 err: KeySourceError = e
+            except aiohttp.ClientSSLError as e:
+                raise KeyConfigError(f"TLS with the key manager failed: {e}") from None
             except (TimeoutError, aiohttp.ClientConnectionError) as e:
                 err = KeyUnavailable(f"key manager unreachable: {type(e).__name__}: {e}")
             if attempt > self.retries:
                 raise err
             log.info("%s %s: %s; retry %d in %.2fs", method, url, err.message, attempt, delay)
-            await self.clock.sleep(delay)
+            await self.clock.sleep(delay * (0.5 + self.rng.random() / 2))
             delay = min(self.backoff_max, delay * 2)
 
     async def _once(
@@ -151,40 +182,32 @@ class ETSIClient(KeySource):
             async for chunk in resp.content.iter_chunked(64 * 1024):
                 raw += chunk
                 if len(raw) > MAX_RESPONSE:
-                    raise KeySourceError(f"answer from {url} larger than {MAX_RESPONSE} bytes")
+                    raise KeySourceError(
+                        f"answer from {url} larger than {MAX_RESPONSE} bytes",
+                        http_status=resp.status,
+                    )
             try:
                 doc = json.loads(raw) if raw else None
             except (ValueError, UnicodeDecodeError):
                 doc = None
             if resp.status == 200:
                 if not isinstance(doc, dict):
-                    raise KeySourceError(f"answer from {url} is not a JSON object")
+                    raise KeySourceError(f"answer from {url} is not a JSON object", http_status=200)
                 return doc
             message = f"HTTP {resp.status}"
             details: tuple[dict[str, object], ...] = ()
             if isinstance(doc, dict):
-                message = str(doc.get("message", message))
+                message = f"HTTP {resp.status}: {str(doc.get('message', ''))[:200]}"
                 raw_details = doc.get("details")
                 if isinstance(raw_details, list):
                     details = tuple(d for d in raw_details if isinstance(d, dict))
-            if resp.status == 503:
-                for d in details:
-                    if d.get("reason") == "exhausted":
-                        stored, requested = d.get("stored_key_count"), d.get("requested")
-                        if type(stored) is int and type(requested) is int:
-                            raise KeyExhausted(stored, requested)
-                raise KeyUnavailable(message, details)
-            if resp.status == 400:
-                raise KeyBadRequest(message, details)
-            if resp.status == 401:
-                raise KeyUnauthorised(message, details)
-            raise KeySourceError(f"{message} from {url}", details)
+            raise http_error(resp.status, message, details)
 
     @staticmethod
     def _parse_keys(doc: Mapping[str, object], size: int | None) -> list[Key]:
         items = doc.get("keys")
         if not isinstance(items, list):
-            raise KeySourceError("answer has no keys list")
+            raise KeySourceError("answer has no keys list", http_status=200)
         keys: list[Key] = []
         try:
             for item in items:
@@ -200,7 +223,7 @@ class ETSIClient(KeySource):
         try:
             return LinkStatus.from_json(doc)
         except KeyBadRequest as e:
-            raise KeySourceError(f"malformed status: {e.message}") from e
+            raise KeySourceError(f"malformed status: {e.message}", http_status=200) from e
 
     async def enc_keys(self, slave_sae_id: str, number: int, size: int | None = None) -> list[Key]:
         if self.method == "POST":
@@ -214,41 +237,49 @@ class ETSIClient(KeySource):
                 params.append(("size", str(size)))
             doc = await self._call("GET", slave_sae_id, "enc_keys", params=params)
         keys = self._parse_keys(doc, size)
-        if len(keys) != number:
+        if len(keys) > number or len({k.key_id for k in keys}) != len(keys):
             for k in keys:
                 k.wipe()
-            raise KeySourceError(f"asked for {number} keys, got {len(keys)}")
-        log.debug("enc_keys to %s: %d keys", slave_sae_id, number)
+            raise KeySourceError(
+                f"asked for {number} keys, got {len(keys)} or repeated ids", http_status=200
+            )
+        log.debug("enc_keys to %s: %d of %d keys", slave_sae_id, len(keys), number)
         return keys
 
     async def dec_keys(self, master_sae_id: str, key_ids: Sequence[KeyId]) -> list[Key]:
         texts = [key_id_str(k) for k in key_ids]
-        if self.method == "POST":
+        if self.method == "GET" and len(texts) == 1:
+            doc = await self._call("GET", master_sae_id, "dec_keys", params=[("key_ID", texts[0])])
+        else:
             body = {"key_IDs": [{"key_ID": t} for t in texts]}
             doc = await self._call("POST", master_sae_id, "dec_keys", body=body)
-        else:
-            params = [("key_ID", t) for t in texts]
-            doc = await self._call("GET", master_sae_id, "dec_keys", params=params)
         keys = self._parse_keys(doc, None)
         by_id = {k.key_id: k for k in keys}
-        if len(by_id) != len(keys) or set(by_id) != set(key_ids):
+        if len(by_id) != len(keys) or not set(by_id) <= set(key_ids):
             for k in keys:
                 k.wipe()
-            raise KeySourceError("the key manager answered other key ids than asked for")
-        log.debug("dec_keys from %s: %d keys", master_sae_id, len(keys))
-        return [by_id[k] for k in key_ids]
+            raise KeySourceError(
+                "the key manager answered other key ids than asked for", http_status=200
+            )
+        log.debug("dec_keys from %s: %d of %d keys", master_sae_id, len(keys), len(key_ids))
+        return [by_id[k] for k in key_ids if k in by_id]
 
 
 def _parse_key(item: object, size: int | None) -> Key:
     """One entry of a Key container; `KeySourceError` if it breaks the format."""
     if not isinstance(item, dict) or not isinstance(item.get("key"), str):
-        raise KeySourceError("a keys entry lacks key_ID or key")
+        raise KeySourceError("a keys entry lacks key_ID or key", http_status=200)
     try:
         key_id = parse_key_id(item.get("key_ID"))
         material = bytearray(base64.b64decode(item["key"], validate=True))
     except (KeyBadRequest, binascii.Error) as e:
-        raise KeySourceError(f"malformed key entry: {e}") from None
-    if not material or (size is not None and len(material) * 8 != size):
+        raise KeySourceError(f"malformed key entry: {e}", http_status=200) from None
+    if not material:
+        raise KeySourceError(f"key {key_id_str(key_id)} is empty", http_status=200)
+    if size is not None and len(material) * 8 != size:
+        got = len(material) * 8
         material[:] = bytes(len(material))
-        raise KeySourceError(f"key {key_id_str(key_id)} has the wrong size")
+        raise KeyConfigError(
+            f"key manager gave a {got}-bit key for a {size}-bit request", http_status=200
+        )
     return Key(key_id, material)

@@ -4,12 +4,14 @@
 peer (me -> p) and a `ReceiveKeyPool` per peer behind one `LinkReceiver` (p -> me), all
 drawing on one `KeySource`. The node transport needs only `sender(peer).seal(body)`,
 `receiver.open(frame)`, `sender(peer).resync()` after a reconnection, `stats()` for
-metrics, and `start()` / `close()`.
+metrics and link health, and `start()` / `close()`. A receive pool asks the key manager
+for at most as many ids per call as the send pool toward the same peer read from the
+link's status (`max_key_per_request`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from qchain.qkd.clock import Clock, SystemClock
 from qchain.qkd.frame import DEFAULT_FRAME_LIMITS, FrameLimits, LinkReceiver, LinkSender
@@ -40,7 +42,9 @@ class QKDEndpoint:
         clock = clock or SystemClock()
         peers = sorted(set(peers) - {me})
         self.send_pools = {p: SendKeyPool(source, p, config, clock) for p in peers}
-        self.receive_pools = {p: ReceiveKeyPool(source, p, config, clock) for p in peers}
+        self.receive_pools = {
+            p: ReceiveKeyPool(source, p, config, clock, batch_size=self._batch_of(p)) for p in peers
+        }
         self.senders = {
             p: LinkSender(
                 chain_id,
@@ -53,6 +57,10 @@ class QKDEndpoint:
             for p in peers
         }
         self.receiver = LinkReceiver(chain_id, me, self.receive_pools, limits=limits)
+
+    def _batch_of(self, peer: str) -> Callable[[], int]:
+        pool = self.send_pools[peer]
+        return lambda: pool.batch_size
 
     def sender(self, peer: str) -> LinkSender:
         return self.senders[peer]
@@ -70,7 +78,9 @@ class QKDEndpoint:
             await rpool.close()
 
     def stats(self) -> dict[str, dict[str, object]]:
-        """Per peer: pool levels, counters of both directions, rejections by reason."""
+        """Per peer: pool levels, counters of both directions, rejections by reason, and
+        each direction's `health` (`LinkHealth`: ok, degraded or config-error, since when,
+        the last key-manager error, the batch sizes derived from the link's status)."""
         out: dict[str, dict[str, object]] = {}
         for p, sender in self.senders.items():
             state = self.receiver.peers[p]
@@ -80,6 +90,7 @@ class QKDEndpoint:
                     "frames": sender.counters.frames,
                     "next_seq": sender.next_seq,
                     **self.send_pools[p].counters.__dict__,
+                    "health": self.send_pools[p].health.to_json(),
                 },
                 "receive": {
                     "level": self.receive_pools[p].level,
@@ -87,6 +98,7 @@ class QKDEndpoint:
                     "last_seq": state.last_seq,
                     "rejected": dict(state.rejected),
                     **self.receive_pools[p].counters.__dict__,
+                    "health": self.receive_pools[p].health.to_json(),
                 },
             }
         return out

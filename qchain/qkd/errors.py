@@ -3,16 +3,23 @@
 Two families hang under `QKDError`:
 
 - `KeySourceError`: a key source (the ETSI GS QKD 014 client, the in-process simulated
-  source, or the key manager itself) could not give keys. `KeyUnavailable` means "retry
-  later" (HTTP 503: outage, eavesdropper alarm, not enough keys yet); `KeyExhausted` is
-  the unavailable case where the pool simply holds fewer keys than asked for.
-  `KeyUnauthorised` (HTTP 401) and `KeyBadRequest` (HTTP 400) are not worth retrying.
+  source, or the key manager itself) could not give keys. `classify` sorts every one
+  into one of two `ErrorClass`es, the single place where the retry policy is decided:
+  `KeyConfigError` (HTTP 401 `KeyUnauthorised`, a TLS or identity failure, a link that
+  cannot give the key size frames need) is a configuration error, retried slowly and
+  reported loudly; everything else (`KeyUnavailable` for 404/409/429/5xx, timeouts and
+  connection errors, `KeyExhausted` when the pool holds fewer keys than asked for,
+  `KeyBadRequest` for a 400 on a request we built correctly, a malformed answer) is
+  transient and retried with capped, jittered backoff. `status` holds the HTTP status of
+  the answer when there was one.
 - `FrameRejected`: an authenticated frame that failed verification. Each subclass names
   one check, carries a stable `reason` slug that the counters use, and is the only
   exception `LinkReceiver.open` raises for bad input.
 """
 
 from __future__ import annotations
+
+from enum import StrEnum
 
 from qchain.errors import QChainError
 
@@ -32,16 +39,25 @@ class KeySourceError(QKDError):
     code = "qkd-key-source"
     status = 500
 
-    def __init__(self, message: str, details: tuple[dict[str, object], ...] = ()) -> None:
+    def __init__(
+        self,
+        message: str,
+        details: tuple[dict[str, object], ...] = (),
+        *,
+        http_status: int | None = None,
+    ) -> None:
         super().__init__(message)
         self.details = details
+        self.http_status = http_status
+        """The key manager's HTTP answer, if it gave one."""
 
     def fields(self) -> dict[str, object]:
         return {"details": list(self.details)}
 
 
 class KeyUnavailable(KeySourceError):
-    """Keys cannot be delivered now; the caller should retry later (HTTP 503)."""
+    """Keys cannot be delivered now; the caller should retry later (HTTP 404, 409, 429,
+    5xx, a timeout or a connection error)."""
 
     code = "qkd-unavailable"
     status = 503
@@ -61,7 +77,15 @@ class KeyExhausted(KeyUnavailable):
         self.requested = requested
 
 
-class KeyUnauthorised(KeySourceError):
+class KeyConfigError(KeySourceError):
+    """This node and its key manager disagree on who it is or what the link gives (HTTP
+    401, a TLS handshake or certificate failure, an unusable key size): an operator has
+    to act, retrying fast will not help."""
+
+    code = "qkd-config"
+
+
+class KeyUnauthorised(KeyConfigError):
     """The caller is not identified, or not allowed to use this link (HTTP 401)."""
 
     code = "qkd-unauthorised"
@@ -69,10 +93,26 @@ class KeyUnauthorised(KeySourceError):
 
 
 class KeyBadRequest(KeySourceError):
-    """The request is malformed or asks for something the link cannot give (HTTP 400)."""
+    """The key manager calls the request malformed (HTTP 400). The client only sends
+    requests it knows are well formed, and key managers also answer 400 for a key id
+    that has not reached this site yet, so it is transient."""
 
     code = "qkd-bad-request"
     status = 400
+
+
+class ErrorClass(StrEnum):
+    """How the key pools treat a failed key-manager call."""
+
+    CONFIG = "config"
+    """Retried every `PoolConfig.config_retry` seconds; logged at ERROR once per change."""
+    TRANSIENT = "transient"
+    """Retried with capped, jittered exponential backoff; logged at INFO."""
+
+
+def classify(error: KeySourceError) -> ErrorClass:
+    """The retry class of a key-source error (the whole policy; see the README table)."""
+    return ErrorClass.CONFIG if isinstance(error, KeyConfigError) else ErrorClass.TRANSIENT
 
 
 # --- frames ------------------------------------------------------------------------------
@@ -145,6 +185,6 @@ class BadTag(FrameRejected):
 
 
 class LinkClosed(QKDError):
-    """The link or its key pool was closed, or failed for good (unauthorised, bad request)."""
+    """The link or its key pool was closed."""
 
     code = "qkd-link-closed"

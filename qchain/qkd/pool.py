@@ -1,14 +1,24 @@
 """Key pools: one per directed link, so that sending a frame never waits on the key
 manager in steady state.
 
-`SendKeyPool` (me -> peer) holds keys taken with `enc_keys`, in batches of up to
-`batch_size` keys (capped by the link's `max_key_per_request`, read once from `status`).
-When fewer than `low_water` keys remain it fetches the next batch in the background.
-If it runs dry, `take` waits (back-pressure, counted in `counters.waits`) until keys
-come; nothing is ever handed out twice and a key is never replaced by "no key". While the
-key manager answers "unavailable" the pool retries with exponential backoff; an
-"unauthorised" or "bad request" answer is permanent and makes every `take` raise
-`LinkClosed`.
+`SendKeyPool` (me -> peer) holds keys taken with `enc_keys`, in batches. It reads the
+link's `status` before its first fetch, after every failed call and every
+`status_every` seconds, and sizes everything from it: a batch is
+`min(batch_size, max_key_per_request, max_key_count)` keys (fewer right after a failure
+when the status says fewer are stored), the low-water mark is at most one batch, and a
+link that cannot give the 256-bit keys frames need is a configuration error. When fewer
+than the low-water mark remain it fetches the next batch in the background. If it runs
+dry, `take` waits (back-pressure, counted in `counters.waits` and `counters.wait_ms`)
+until keys come; nothing is ever handed out twice and a key is never replaced by "no
+key".
+
+No answer of the key manager closes a link. `qchain.qkd.errors.classify` sorts each
+failure: a transient one (no keys yet, 404/409/429/5xx, timeout, a short batch, ...) is
+retried with capped, jittered exponential backoff, and the keys that did arrive are
+used; a configuration error (401, TLS) is retried every `config_retry` seconds and
+logged at ERROR once per change. `LinkHealth` (in `stats`) says whether the link is
+`ok`, `degraded` or in `config-error`, since when, and what the last error was; the
+pool goes back to `ok` as soon as keys come again.
 
 Each batch remembers whether its ids were announced to the peer: `take` returns, with
 the key, the ids the sender must announce in that frame (see `qchain.qkd.frame` for
@@ -17,7 +27,14 @@ have restarted and can no longer resolve them).
 
 `ReceiveKeyPool` (peer -> me) resolves announced ids with one `dec_keys` call per
 announced batch and holds the keys until their frame arrives; `take(key_id)` hands a
-key out once, waiting (counted) only if its fetch is still running.
+key out once, waiting (counted) only if its fetch is still running. A lookup that fails
+transiently (the key has not reached this site's key manager yet, answered 400 or 404)
+is retried with backoff for at most `resolve_for` seconds before the ids count as
+unknown. Ids that anyone could have named (a frame not verified yet: the first frame of
+a link, or `recover` after a lost announcement) are retried for `resolve_unverified_for`
+only, and each retry spends the same per-link budget as a `recover` lookup, so a forger
+still cannot make us call the key manager more than `RECOVER_PER_S` times a second
+after the burst, nor hold a frame for long.
 
 Both pools wipe every key they drop and count keys and bytes per link.
 """
@@ -27,13 +44,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 from collections import deque
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass
 
 from qchain.qkd.clock import Clock, SystemClock
-from qchain.qkd.errors import KeySourceError, KeyUnavailable, LinkClosed
-from qchain.qkd.source import MAC_KEY_BITS, Key, KeyId, KeySource, key_id_str
+from qchain.qkd.errors import (
+    ErrorClass,
+    KeyConfigError,
+    KeySourceError,
+    KeyUnavailable,
+    LinkClosed,
+    classify,
+)
+from qchain.qkd.source import MAC_KEY_BITS, Key, KeyId, KeySource, LinkStatus, key_id_str
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +77,19 @@ class PoolConfig:
     """The send pool fetches the next batch when fewer keys than this remain."""
     key_bits: int = MAC_KEY_BITS
     retry_initial: float = 0.05
-    """First backoff, in seconds, after an "unavailable" answer; doubles up to retry_max."""
+    """First backoff, in seconds, after a transient error; doubles up to retry_max, and
+    each wait is drawn from [half, all] of it (jitter)."""
     retry_max: float = 2.0
+    config_retry: float = 30.0
+    """Seconds between tries while the key manager reports a configuration error."""
+    status_every: float = 60.0
+    """The send pool re-reads the link's status at least this often."""
+    resolve_for: float = 5.0
+    """How long the receive pool retries a transient `dec_keys` failure before the ids
+    count as unknown (covers a relay delay between the two sites' key managers)."""
+    resolve_unverified_for: float = 1.0
+    """The same for ids named by a frame not yet verified (the first frame of a link, a
+    lost announcement): anyone can name those, so they are retried only briefly."""
 
     def __post_init__(self) -> None:
         if not 1 <= self.batch_size <= MAX_BATCH:
@@ -64,6 +100,10 @@ class PoolConfig:
             raise ValueError(f"frames need {MAC_KEY_BITS}-bit keys")
         if not 0 < self.retry_initial <= self.retry_max:
             raise ValueError("need 0 < retry_initial <= retry_max")
+        if self.config_retry <= 0 or self.status_every <= 0:
+            raise ValueError("config_retry and status_every must be > 0")
+        if self.resolve_for < 0 or self.resolve_unverified_for < 0:
+            raise ValueError("resolve_for and resolve_unverified_for must be >= 0")
 
 
 @dataclass
@@ -79,8 +119,117 @@ class PoolCounters:
     """Keys wiped unused (pool closed, fetch answered for a frame that never came)."""
     waits: int = 0
     """Times a frame had to wait for the key manager."""
+    wait_ms: int = 0
+    """Milliseconds frames spent waiting for keys, summed."""
+    short_batches: int = 0
+    """Answers with fewer keys than asked for (the keys that came were used)."""
     recovered: int = 0
     """Keys looked up one by one because their announcement was lost."""
+
+
+@dataclass
+class LinkHealth:
+    """Why a directed link has or lacks keys, for `/v1/qkd` and the logs."""
+
+    state: str = "ok"
+    """"ok", "degraded" (transient errors, retrying with backoff) or "config-error"."""
+    error_class: str | None = None
+    """The class (`ErrorClass`) of the last error, kept after the link recovers."""
+    http_status: int | None = None
+    message: str | None = None
+    since: float | None = None
+    """Clock time of the first error of the current run of errors (None when ok)."""
+    last_error_at: float | None = None
+    errors_in_row: int = 0
+    retry_in: float | None = None
+    """The backoff chosen after the last error, in seconds."""
+    key_size: int | None = None
+    """From the last status read (bits); the send pool only."""
+    max_key_per_request: int | None = None
+    max_key_count: int | None = None
+    stored_key_count: int | None = None
+    batch_size: int | None = None
+    """The batch and low-water mark in force, derived from the status."""
+    low_water: int | None = None
+
+    def to_json(self) -> dict[str, object]:
+        return asdict(self)
+
+
+class _Tracker:
+    """The health record and backoff of one pool: what happened, what to wait next."""
+
+    def __init__(
+        self, peer: str, direction: str, config: PoolConfig, clock: Clock, rng: random.Random
+    ) -> None:
+        self.peer = peer
+        self.direction = direction
+        self.config = config
+        self.clock = clock
+        self.rng = rng
+        self.health = LinkHealth()
+        self._delay = config.retry_initial
+        self._logged: tuple[str, int | None, str] | None = None
+
+    def failed(self, error: KeySourceError) -> float:
+        """Record an error; the seconds to wait before the next try."""
+        cls = classify(error)
+        h = self.health
+        now = self.clock.now()
+        if h.since is None:
+            h.since = now
+        h.state = "config-error" if cls is ErrorClass.CONFIG else "degraded"
+        h.error_class = cls.value
+        h.http_status = error.http_status
+        h.message = error.message
+        h.last_error_at = now
+        h.errors_in_row += 1
+        if cls is ErrorClass.CONFIG:
+            delay = self.config.config_retry
+        else:
+            delay = self._delay * (0.5 + self.rng.random() / 2)
+            self._delay = min(self.config.retry_max, self._delay * 2)
+        h.retry_in = delay
+        what = (cls.value, error.http_status, type(error).__name__)
+        if cls is ErrorClass.CONFIG and what != self._logged:
+            log.error(
+                "key manager configuration error on %s %s (HTTP %s): %s; retrying every %.0fs",
+                self.direction,
+                self.peer,
+                error.http_status,
+                error.message,
+                delay,
+            )
+        else:
+            log.info(
+                "key manager %s error on %s %s (HTTP %s): %s; retry in %.2fs",
+                cls.value,
+                self.direction,
+                self.peer,
+                error.http_status,
+                error.message,
+                delay,
+            )
+        self._logged = what
+        return delay
+
+    def succeeded(self) -> None:
+        """Keys came: the link is healthy again; the last error stays visible."""
+        h = self.health
+        if h.state != "ok" and h.since is not None:
+            log.info(
+                "keys %s %s again after %.1fs of %s errors",
+                self.direction,
+                self.peer,
+                self.clock.now() - h.since,
+                h.error_class,
+            )
+        h.state = "ok"
+        h.since = None
+        h.errors_in_row = 0
+        h.retry_in = None
+        self._delay = self.config.retry_initial
+        self._logged = None
 
 
 class _Batch:
@@ -89,17 +238,6 @@ class _Batch:
     def __init__(self, keys: Sequence[Key]) -> None:
         self.keys: deque[Key] = deque(keys)
         self.announced = False
-
-
-class _Backoff:
-    def __init__(self, config: PoolConfig, clock: Clock) -> None:
-        self._delay = config.retry_initial
-        self._max = config.retry_max
-        self._clock = clock
-
-    async def wait(self) -> None:
-        await self._clock.sleep(self._delay)
-        self._delay = min(self._max, self._delay * 2)
 
 
 class SendKeyPool:
@@ -111,23 +249,39 @@ class SendKeyPool:
         peer: str,
         config: PoolConfig | None = None,
         clock: Clock | None = None,
+        rng: random.Random | None = None,
     ) -> None:
         self.source = source
         self.peer = peer
         self.config = config or PoolConfig()
         self.clock: Clock = clock or SystemClock()
         self.counters = PoolCounters()
+        self._tracker = _Tracker(peer, "to", self.config, self.clock, rng or random.Random())
         self._batch_size = self.config.batch_size
-        self._sized = False
+        self._low_water = self.config.low_water
+        self._ask = self._batch_size
+        self._status_at: float | None = None
         self._batches: deque[_Batch] = deque()
         self._changed = asyncio.Event()
         self._refill: asyncio.Task[None] | None = None
-        self._fatal: KeySourceError | None = None
         self._closed = False
 
     @property
     def closed(self) -> bool:
         return self._closed
+
+    @property
+    def health(self) -> LinkHealth:
+        return self._tracker.health
+
+    @property
+    def batch_size(self) -> int:
+        """Keys asked for per call, as derived from the link's status."""
+        return self._batch_size
+
+    @property
+    def low_water(self) -> int:
+        return self._low_water
 
     @property
     def level(self) -> int:
@@ -139,58 +293,91 @@ class SendKeyPool:
         self._maybe_refill()
 
     def _maybe_refill(self) -> None:
-        if self._closed or self._fatal is not None:
+        if self._closed:
             return
-        if self._refill is None and self.level < self.config.low_water:
+        if self._refill is None and self.level < self._low_water:
             self._refill = asyncio.get_running_loop().create_task(self._refill_loop())
 
+    async def _read_status(self) -> None:
+        """Size batches and the low-water mark from the link's status."""
+        self.counters.kms_calls += 1
+        status = await self.source.status(self.peer)
+        self._status_at = self.clock.now()
+        self._apply_status(status)
+
+    def _apply_status(self, status: LinkStatus) -> None:
+        bits = self.config.key_bits
+        if not status.min_key_size <= bits <= status.max_key_size:
+            raise KeyConfigError(
+                f"link to {self.peer} gives keys of {status.min_key_size}.."
+                f"{status.max_key_size} bits; frames need {bits}-bit keys"
+            )
+        cap = min(self.config.batch_size, status.max_key_per_request, status.max_key_count)
+        self._batch_size = max(1, cap)
+        self._low_water = min(self.config.low_water, self._batch_size)
+        stored = status.stored_key_count * status.key_size // bits
+        self._ask = min(self._batch_size, stored) if stored > 0 else self._batch_size
+        h = self.health
+        h.key_size = status.key_size
+        h.max_key_per_request = status.max_key_per_request
+        h.max_key_count = status.max_key_count
+        h.stored_key_count = status.stored_key_count
+        h.batch_size = self._batch_size
+        h.low_water = self._low_water
+
+    def _status_due(self) -> bool:
+        at = self._status_at
+        return at is None or self.clock.now() - at >= self.config.status_every
+
     async def _refill_loop(self) -> None:
-        backoff = _Backoff(self.config, self.clock)
         try:
-            while not self._closed and self.level < self.config.low_water:
+            while not self._closed and self.level < self._low_water:
                 try:
-                    if not self._sized:
-                        self.counters.kms_calls += 1
-                        status = await self.source.status(self.peer)
-                        self._batch_size = min(self._batch_size, status.max_key_per_request)
-                        self._sized = True
+                    if self._status_due():
+                        await self._read_status()
+                    asked = self._ask
                     self.counters.kms_calls += 1
-                    keys = await self.source.enc_keys(
-                        self.peer, self._batch_size, self.config.key_bits
-                    )
-                except KeyUnavailable as e:
-                    self.counters.kms_errors += 1
-                    log.info("key manager unavailable for %s: %s", self.peer, e.message)
-                    await backoff.wait()
-                    continue
+                    keys = await self.source.enc_keys(self.peer, asked, self.config.key_bits)
                 except KeySourceError as e:
-                    self.counters.kms_errors += 1
-                    log.error("link to %s failed for good: %s", self.peer, e.message)
-                    self._fatal = e
-                    break
+                    await self._failed(e)
+                    continue
                 if self.closed:
                     _wipe_all(keys)
                     break
-                self._batches.append(_Batch(keys))
-                self.counters.keys_fetched += len(keys)
-                self._changed.set()
+                if keys:
+                    self._batches.append(_Batch(keys))
+                    self.counters.keys_fetched += len(keys)
+                    self._changed.set()
+                if len(keys) < asked:
+                    self.counters.short_batches += 1
+                    await self._failed(KeyUnavailable(f"asked for {asked} keys, got {len(keys)}"))
+                    continue
+                self._ask = self._batch_size
+                self._tracker.succeeded()
         finally:
             self._refill = None
             self._changed.set()
 
+    async def _failed(self, error: KeySourceError) -> None:
+        """Count and log an error, make the next round re-read the status, back off."""
+        self.counters.kms_errors += 1
+        self._status_at = None
+        await self.clock.sleep(self._tracker.failed(error))
+
     async def take(self) -> tuple[Key, tuple[KeyId, ...]]:
-        """The next key, and the key ids this frame must announce. Waits if the pool is
-        empty; raises `LinkClosed` if the pool is closed or the link failed for good."""
+        """The next key, and the key ids this frame must announce. Waits as long as the
+        pool is empty (the key manager's errors only delay it); raises `LinkClosed` if
+        the pool is closed."""
         if not self._batches:
             self.counters.waits += 1
-        while not self._batches:
-            if self._closed:
-                raise LinkClosed(f"key pool toward {self.peer} is closed")
-            if self._fatal is not None:
-                raise LinkClosed(f"link toward {self.peer} failed: {self._fatal.message}")
-            self._maybe_refill()
-            self._changed.clear()
-            await self._changed.wait()
+            started = self.clock.now()
+            while not self._batches:
+                if self._closed:
+                    raise LinkClosed(f"key pool toward {self.peer} is closed")
+                self._maybe_refill()
+                self._changed.clear()
+                await self._changed.wait()
+            self.counters.wait_ms += int((self.clock.now() - started) * 1000)
         announce: list[KeyId] = []
         for batch in self._batches:
             if not batch.announced:
@@ -249,13 +436,19 @@ class ReceiveKeyPool:
         clock: Clock | None = None,
         *,
         max_held: int = 4 * MAX_BATCH,
+        rng: random.Random | None = None,
+        batch_size: Callable[[], int] | None = None,
     ) -> None:
+        """`batch_size`, when given, tells the most ids to ask for per call (the link's
+        `max_key_per_request`, as the send pool toward the same peer read it)."""
         self.source = source
         self.peer = peer
         self.config = config or PoolConfig()
         self.clock: Clock = clock or SystemClock()
         self.max_held = max_held
         self.counters = PoolCounters()
+        self._tracker = _Tracker(peer, "from", self.config, self.clock, rng or random.Random())
+        self._batch_size = batch_size or (lambda: self.config.batch_size)
         self._keys: dict[KeyId, Key] = {}
         self._pending: dict[KeyId, asyncio.Task[None]] = {}
         self._closed = False
@@ -267,6 +460,10 @@ class ReceiveKeyPool:
         return self._closed
 
     @property
+    def health(self) -> LinkHealth:
+        return self._tracker.health
+
+    @property
     def level(self) -> int:
         """Keys resolved and not yet used."""
         return len(self._keys)
@@ -275,18 +472,21 @@ class ReceiveKeyPool:
         """Whether the key is resolved or being fetched."""
         return key_id in self._keys or key_id in self._pending
 
-    def announce(self, key_ids: Sequence[KeyId]) -> None:
+    def announce(self, key_ids: Sequence[KeyId], *, verified: bool = True) -> None:
         """Start fetching the announced ids not yet known, one call per batch. Ids beyond
-        `max_held` keys are ignored (an honest peer never announces that far ahead)."""
+        `max_held` keys are ignored (an honest peer never announces that far ahead).
+        `verified=False` for ids from a frame whose tag is not checked yet: their
+        lookups are retried for `resolve_unverified_for` only, within the recovery
+        budget."""
         if self._closed:
             return
         room = self.max_held - len(self._keys) - len(self._pending)
         new = list(dict.fromkeys(k for k in key_ids if not self.knows(k)))[: max(0, room)]
-        step = self.config.batch_size
+        step = max(1, min(self.config.batch_size, self._batch_size()))
         loop = asyncio.get_running_loop()
         for i in range(0, len(new), step):
             chunk = new[i : i + step]
-            task = loop.create_task(self._fetch(chunk))
+            task = loop.create_task(self._fetch(chunk, verified=verified))
             for k in chunk:
                 self._pending[k] = task
 
@@ -297,6 +497,14 @@ class ReceiveKeyPool:
         Returns False, fetching nothing, when the budget is spent."""
         if self._closed or self.knows(key_id):
             return not self._closed
+        if not self._spend_recover_token():
+            return False
+        self.counters.recovered += 1
+        task = asyncio.get_running_loop().create_task(self._fetch([key_id], verified=False))
+        self._pending[key_id] = task
+        return True
+
+    def _spend_recover_token(self) -> bool:
         now = self.clock.now()
         self._recover_tokens = min(
             float(RECOVER_BURST),
@@ -306,40 +514,53 @@ class ReceiveKeyPool:
         if self._recover_tokens < 1:
             return False
         self._recover_tokens -= 1
-        self.counters.recovered += 1
-        task = asyncio.get_running_loop().create_task(self._fetch([key_id]))
-        self._pending[key_id] = task
         return True
 
-    async def _fetch(self, key_ids: list[KeyId]) -> None:
-        backoff = _Backoff(self.config, self.clock)
+    async def _fetch(self, key_ids: list[KeyId], *, verified: bool) -> None:
+        """Resolve `key_ids`, retrying transient failures for `resolve_for` seconds (ids
+        not from a verified frame: `resolve_unverified_for`, and only while the recovery
+        budget lasts)."""
+        cfg = self.config
+        deadline = self.clock.now() + (cfg.resolve_for if verified else cfg.resolve_unverified_for)
+        missing = list(key_ids)
         try:
-            while not self._closed:
+            while not self._closed and missing:
                 self.counters.kms_calls += 1
                 try:
-                    keys = await self.source.dec_keys(self.peer, key_ids)
-                except KeyUnavailable as e:
-                    self.counters.kms_errors += 1
-                    log.info("key manager unavailable for %s: %s", self.peer, e.message)
-                    await backoff.wait()
-                    continue
+                    keys = await self.source.dec_keys(self.peer, missing)
                 except KeySourceError as e:
-                    self.counters.kms_errors += 1
+                    error: KeySourceError = e
+                else:
+                    if self.closed:
+                        _wipe_all(keys)
+                        return
+                    self.counters.keys_fetched += len(keys)
+                    for key in keys:
+                        self._keys[key.key_id] = key
+                    got = {k.key_id for k in keys}
+                    asked = len(missing)
+                    missing = [k for k in missing if k not in got]
+                    if not missing:
+                        self._tracker.succeeded()
+                        return
+                    self.counters.short_batches += 1
+                    error = KeyUnavailable(f"asked for {asked} keys, got {len(keys)}")
+                self.counters.kms_errors += 1
+                delay = self._tracker.failed(error)
+                if (
+                    classify(error) is ErrorClass.CONFIG
+                    or self.clock.now() + delay > deadline
+                    or (not verified and not self._spend_recover_token())
+                ):
                     log.warning(
                         "%d key ids announced by %s not resolved (first %s): %s",
-                        len(key_ids),
+                        len(missing),
                         self.peer,
-                        key_id_str(key_ids[0]),
-                        e.message,
+                        key_id_str(missing[0]),
+                        error.message,
                     )
                     return
-                if self.closed:
-                    _wipe_all(keys)
-                    return
-                self.counters.keys_fetched += len(keys)
-                for key in keys:
-                    self._keys[key.key_id] = key
-                return
+                await self.clock.sleep(delay)
         finally:
             for k in key_ids:
                 self._pending.pop(k, None)

@@ -169,7 +169,9 @@ class KeySource(ABC):
 
     @abstractmethod
     async def dec_keys(self, master_sae_id: str, key_ids: Sequence[KeyId]) -> list[Key]:
-        """The keys master took toward this SAE, in the order of `key_ids`."""
+        """The keys master took toward this SAE, in the order of `key_ids`. A key manager
+        may answer with only some of them (a short answer, the rest asked for again
+        later), never with others."""
 
     @abstractmethod
     async def status(self, slave_sae_id: str) -> LinkStatus:

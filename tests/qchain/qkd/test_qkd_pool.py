@@ -59,13 +59,18 @@ async def test_starvation_waits_until_keys_come() -> None:
     assert pool.counters.keys_discarded == 3
 
 
-async def test_unauthorised_link_closes_pool() -> None:
-    clock = VirtualClock(auto_advance=True)
-    manager = full_mesh(["a", "b"], clock)
+async def test_unauthorised_link_is_a_config_error_not_a_dead_link() -> None:
+    clock = VirtualClock()
     manager_other = full_mesh(["c", "d"], clock)
-    pool = SendKeyPool(LocalKeySource(manager_other, "c"), "a", clock=clock)
+    pool = SendKeyPool(LocalKeySource(manager_other, "zed"), "c", clock=clock)
+    taker = asyncio.create_task(pool.take())
+    await wait_until(lambda: pool.health.state == "config-error")
+    assert pool.health.error_class == "config" and pool.health.retry_in == 30.0
+    assert not taker.done()
+    await pool.close()
     with pytest.raises(LinkClosed):
-        await pool.take()
+        await taker
+    manager = full_mesh(["a", "b"], clock)
     pool2 = SendKeyPool(LocalKeySource(manager, "a"), "b", clock=clock)
     await pool2.close()
     with pytest.raises(LinkClosed):
