@@ -21,7 +21,7 @@ from qchain.errors import ConfigError
 from qchain.qkd.certs import write_kms_certs
 from qchain.qkd.kms import KMSServer
 from qchain.qkd.kms_config import KMSConfig, load_kms_config
-from qchain.qkd.probe import Credentials, NodeTolerance, ProbeConfig, run_probe
+from qchain.qkd.probe import Credentials, ProbeConfig, run_probe
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -64,19 +64,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     probe.add_argument("--timeout", type=float, default=5.0, help="seconds per request")
     probe.add_argument(
         "--slow-ms", type=float, default=1000.0, help="answers slower than this are a deviation"
-    )
-    probe.add_argument(
-        "--client-partial-ok",
-        action="store_true",
-        help="judge for a node client that accepts fewer keys than asked",
-    )
-    probe.add_argument(
-        "--client-retry-status",
-        type=int,
-        action="append",
-        default=[],
-        metavar="CODE",
-        help="judge for a node client that also reads CODE as 'retry later' (repeat)",
     )
     probe.add_argument("--json", action="store_true", help="print the report as JSON")
 
@@ -128,10 +115,6 @@ def probe_config(args: argparse.Namespace) -> ProbeConfig:
         allow_exhaust=args.allow_exhaust,
         timeout=args.timeout,
         slow_ms=args.slow_ms,
-        node=NodeTolerance(
-            partial_batches=args.client_partial_ok,
-            retry_statuses=frozenset({503, *args.client_retry_status}),
-        ),
     )
 
 

@@ -15,9 +15,9 @@ and a verdict:
 - `skipped`: not run (no credentials for it, or exhaustion without `allow_exhaust`).
 
 What the node's client copes with is written down once, in `NodeTolerance`; its defaults
-describe `qchain.qkd.client.ETSIClient` as the node builds it (POST only, every Status
-field typed as the standard says, exactly the number of keys asked for, only 503 read as
-"retry later").
+describe `qchain.qkd.client.ETSIClient` as the node builds it (every Status field typed
+as the standard says; 401 and 403 are configuration errors; every other answer, a short
+batch included, is transient: the client uses what came, backs off and retries).
 
 The probe spends a few keys of the link; with `allow_exhaust` it takes every stored key.
 """
@@ -77,12 +77,12 @@ class Check:
 
 @dataclass(frozen=True)
 class NodeTolerance:
-    """What the node's ETSI client accepts. Keep in step with `qchain.qkd.client`."""
+    """What the node's ETSI client accepts. Keep in step with `qchain.qkd.errors.classify`
+    and `qchain.qkd.client.HTTP_ERRORS`."""
 
-    partial_batches: bool = False
-    """Whether fewer keys than asked is a usable answer (else the link fails for good)."""
-    retry_statuses: frozenset[int] = frozenset({503})
-    """The statuses read as "no keys now, retry" (any other error fails the link)."""
+    config_statuses: frozenset[int] = frozenset({401, 403})
+    """Statuses the client reads as a configuration error: the link waits, retried every
+    30 s, until the operator fixes it. Every other status is transient: back off, retry."""
 
 
 @dataclass(frozen=True)
@@ -385,7 +385,7 @@ class _Probe:
             if sizes and sizes != [MAC_KEY_BITS]:
                 self.r.add(name, seen, spec, needed)
             elif len(keys) != number:
-                self.r.add(name, seen + " (partial batch)", spec, self.partial_verdict())
+                self.r.add(name, seen + " (partial batch)", spec, Verdict.DEVIATION)
             else:
                 self.r.add(name, seen, spec, Verdict.OK)
             got[method] = keys
@@ -495,21 +495,17 @@ class _Probe:
             self.r.add(name, f"still keys after {MAX_EXHAUST_CALLS} calls", spec, Verdict.SKIPPED)
             return
         seen = a.describe() + ("; a partial batch first" if partial else "")
-        if a.status not in self.cfg.node.retry_statuses:
+        if a.status in self.cfg.node.config_statuses:
             verdict = Verdict.BLOCKER
-            seen += "; the node's client would fail the link"
+            seen += "; the node's client reads it as a configuration error"
         elif a.status != 503:
             verdict = Verdict.DEVIATION
+            seen += "; the node's client backs off and retries"
         else:
             verdict = Verdict.OK
         if partial:
-            verdict = max(verdict, self.partial_verdict(), key=_SEVERITY.index)
+            verdict = max(verdict, Verdict.DEVIATION, key=_SEVERITY.index)
         self.r.add(name, seen, spec, verdict)
-
-    def partial_verdict(self) -> Verdict:
-        if self.cfg.node.partial_batches:
-            return Verdict.DEVIATION
-        return Verdict.BLOCKER
 
     def timing(self) -> None:
         if not self.times:
