@@ -50,6 +50,7 @@ from qchain.qkd.clock import Clock, SystemClock
 from qchain.qkd.errors import KeyBadRequest, KeySourceError, KeyUnauthorised
 from qchain.qkd.keymanager import PROFILES, KeyFactory, KeyManager
 from qchain.qkd.kms_config import KMSConfig
+from qchain.qkd.relay import Relay
 from qchain.qkd.source import Key, key_id_str, parse_key_id
 
 log = logging.getLogger(__name__)
@@ -306,8 +307,15 @@ class KMSServer:
         factory: KeyFactory | None = None,
     ) -> None:
         self.config = config
-        self.manager = KeyManager(
-            config.links, clock or SystemClock(), kme_ids=dict(config.kme_ids), factory=factory
+        clock = clock or SystemClock()
+        # One KME per site (qchain.qkd.relay): the relay's manager serves the local SAE.
+        self.relay = None if config.relay is None else Relay(config.relay, clock)
+        self.manager = (
+            KeyManager(config.links, clock, kme_ids=dict(config.kme_ids), factory=factory)
+            if self.relay is None
+            else self.relay.make_manager(
+                config.links, kme_ids=dict(config.kme_ids), factory=factory
+            )
         )
         self._runners: list[web.AppRunner] = []
         self.port = 0
@@ -345,9 +353,13 @@ class KMSServer:
         self.admin_port = await self._serve(
             build_admin_app(self.manager, cfg.admin_token), cfg.admin_host, cfg.admin_port, None
         )
+        if self.relay is not None:
+            await self.relay.start()
         log.info("key manager on %s, admin on %s", self.url, self.admin_url)
 
     async def stop(self) -> None:
+        if self.relay is not None:
+            await self.relay.stop()
         for runner in reversed(self._runners):
             await runner.cleanup()
         self._runners.clear()

@@ -37,6 +37,9 @@
     saes = ["node0", "node1"]
     profile = "lab"
 
+    [relay]                           # optional: one KME per site, see qchain.qkd.relay
+    local_sae = "node0"
+
 Relative paths are resolved against the file's directory. Every error is a
 `ConfigError` naming the field.
 """
@@ -52,6 +55,7 @@ from pathlib import Path
 
 from qchain.errors import ConfigError
 from qchain.qkd.keymanager import PROFILES, LinkConfig
+from qchain.qkd.relay import RelayConfig, parse_relay_config
 
 _LINK_INTS = (
     "key_size",
@@ -82,6 +86,8 @@ class KMSConfig:
     admin_token: str = ""
     tls: TLSFiles | None = None
     insecure_dev_mode: bool = False
+    relay: RelayConfig | None = None
+    """One KME per site: serve only the local SAE and relay keys (`qchain.qkd.relay`)."""
 
     def __post_init__(self) -> None:
         if self.tls is None and not self.insecure_dev_mode:
@@ -223,6 +229,7 @@ def parse_kms_config(doc: Mapping[str, object], base: Path = Path(".")) -> KMSCo
         admin_token=token,
         tls=tls,
         insecure_dev_mode=insecure,
+        relay=parse_relay_config(doc.get("relay"), base, kme_ids),
     )
 
 
