@@ -67,8 +67,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     init.add_argument(
         "--relay-delay-ms",
         type=int,
-        default=50,
-        help="with --kme-per-node: time for a key to reach the slave's KME (default 50)",
+        default=0,
+        help="with --kme-per-node: time for a key to reach the slave's KME; 0 (default): "
+        "the master's KME answers once the slave's KME holds the key",
     )
     init.add_argument("--force", action="store_true", help="overwrite a different network")
     init.add_argument("--project", default="qchain-devnet", help="compose project (--docker)")

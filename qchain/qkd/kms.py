@@ -50,7 +50,7 @@ from qchain.qkd.clock import Clock, SystemClock
 from qchain.qkd.errors import KeyBadRequest, KeySourceError, KeyUnauthorised
 from qchain.qkd.keymanager import PROFILES, KeyFactory, KeyManager
 from qchain.qkd.kms_config import KMSConfig
-from qchain.qkd.relay import Relay
+from qchain.qkd.relay import Relay, settled
 from qchain.qkd.source import Key, key_id_str, parse_key_id
 
 log = logging.getLogger(__name__)
@@ -162,6 +162,7 @@ async def handle_enc_keys(request: web.Request) -> web.Response:
         size = None if "size" not in request.query else _count(request.query["size"], "size")
     await _latency(request, caller, slave)
     keys = request.app[_MANAGER].enc_keys(caller, slave, number, size)
+    await settled(request.app[_MANAGER])  # one KME per site: qchain.qkd.relay
     log.debug("enc_keys %s -> %s: %d keys", caller, slave, len(keys))
     return web.json_response(_keys_json(keys))
 

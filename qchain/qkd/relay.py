@@ -24,6 +24,9 @@ of its own SAE: the pool of link A~B at A's KME feeds the keys A takes as master
 at B's KME those B takes. `RelayKeyManager` is the model, without I/O: it serves only the
 local SAE, hands every key its SAE takes as master to a `ship` callback, and keeps the
 keys relayed to it until its SAE fetches each of them, once. `Relay` is the transport.
+With `delay_ms = 0` the master's `enc_keys` is answered only once the slave's KME holds
+the keys (`settled`), so no `dec_keys` can overtake them; with a delay it is answered at
+once and the slave's SAE may be told "unknown key_ID" until the relay arrives.
 
 Transport (a simulation of a trusted-node link, not a protocol): `POST
 /relay/v1/keys` on the peer's relay listener, plain HTTP meant for loopback, with the JSON
@@ -67,8 +70,9 @@ SEND_ATTEMPTS = 8
 SEEN_IDS = 1 << 16
 """Relayed key ids remembered, so a shipment sent twice delivers its keys once."""
 
-Ship = Callable[[str, str, list[Key]], None]
-"""Called with (master SAE, slave SAE, keys) for every `enc_keys` of the local SAE."""
+Ship = Callable[[str, str, list[Key]], asyncio.Task[None] | None]
+"""Called with (master SAE, slave SAE, keys) for every `enc_keys` of the local SAE; may
+return the delivery, which `settled` then waits for."""
 
 
 @dataclass(frozen=True)
@@ -159,6 +163,8 @@ class RelayKeyManager(KeyManager):
         self._seen: OrderedDict[KeyId, None] = OrderedDict()
         self.relayed_in = 0
         self.relayed_out = 0
+        self.last_shipment: asyncio.Task[None] | None = None
+        """The delivery of the latest `enc_keys`, when the master's answer waits for it."""
 
     def _serves(self, caller: str) -> None:
         if caller != self.local_sae:
@@ -174,7 +180,7 @@ class RelayKeyManager(KeyManager):
         # The slave's copies leave this KME: taken from the model as if delivered here.
         copies = super().dec_keys(slave, caller, [k.key_id for k in keys])
         self.relayed_out += len(copies)
-        self._ship(caller, slave, copies)
+        self.last_shipment = self._ship(caller, slave, copies)
         return keys
 
     def dec_keys(self, caller: str, master: str, key_ids: Sequence[KeyId]) -> list[Key]:
@@ -223,6 +229,16 @@ class RelayKeyManager(KeyManager):
     def awaiting(self) -> int:
         """Relayed keys not fetched yet."""
         return sum(len(p) for p in self._inbound.values())
+
+
+async def settled(manager: KeyManager) -> None:
+    """Called by the ETSI handler right after `enc_keys`, before it answers: with no relay
+    delay the master's answer waits until the slave's KME holds the keys (a KME that
+    synchronises before it answers), so the slave never asks too early. With a delay the
+    answer goes at once and the slave may overtake the relay, as on a slow trusted node."""
+    if isinstance(manager, RelayKeyManager) and manager.last_shipment is not None:
+        shipment, manager.last_shipment = manager.last_shipment, None
+        await asyncio.shield(shipment)
 
 
 def mac(secret: str, body: bytes) -> str:
@@ -286,10 +302,12 @@ class Relay:
         )
         return self.manager
 
-    def ship(self, master: str, slave: str, keys: list[Key]) -> None:
+    def ship(self, master: str, slave: str, keys: list[Key]) -> asyncio.Task[None] | None:
+        """Send the keys after the delay; with no delay, the delivery for `settled`."""
         task = asyncio.get_running_loop().create_task(self._send(master, slave, keys))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task if self.config.delay == 0 else None
 
     async def _send(self, master: str, slave: str, keys: list[Key]) -> None:
         body = encode_shipment(master, slave, keys)

@@ -5,7 +5,8 @@ as processes on 127.0.0.1, driven through the real API with the SDK:
   naming its SAEs with integers and identifying them by the common name of their client
   certificates (mutual TLS); the devnet starts no key manager and every node commits;
 - `--kme-per-node`: one simulated KME process per validator, relaying keys to each other
-  after a delay; every node commits under light load.
+  (without delay, so the client of this tree, which does not retry an unknown key id, is
+  never told one); every node commits under light load.
 """
 
 from __future__ import annotations
@@ -144,3 +145,30 @@ async def test_external_kme_with_integer_sae_ids_commits_on_every_node(
         await commit_everywhere(net, anchors(net, "partner1", 6))
         qkd = http_json(f"{plan.nodes[0].api_url}/v1/qkd")
         assert qkd["sae_id"] == "1" and set(qkd["links"]) == {"2", "3", "4"}
+
+
+@pytest.mark.timeout(60)
+async def test_kme_per_node_commits_on_every_node_under_light_load(tmp_path: Path) -> None:
+    plan = plan_network(
+        base_port=None,
+        scheme=SCHEME,
+        heartbeat_ms=300,
+        kme_mode="per-node",
+        sae_ids="site-{i}",
+        relay_delay_ms=0,
+    )
+    with running_network(tmp_path / "net", plan) as net:
+        kmes = [f"kme-node{i}" for i in range(4)]
+        assert [s.name for s in net.services()] == [*kmes, *(n.name for n in plan.nodes)]
+        await asyncio.gather(
+            commit_everywhere(net, anchors(net, "partner1", 6)),
+            commit_everywhere(net, anchors(net, "partner2", 6)),
+        )
+        token = (net.dir / "kms" / "admin.token").read_text().strip()
+        for name, admin in net.kms_services().items():
+            links = http_json(f"{admin}/admin/links", 2.0, token)["links"]
+            taken = sum(lk["counters"]["keys_to_master"] for lk in links)
+            assert taken > 0, f"{name} handed out no keys"
+        for n in plan.nodes:
+            # No relay delay: a slave never asks its KME before the key is there.
+            assert "not resolved" not in net.log_file(n.name).read_text(), n.name

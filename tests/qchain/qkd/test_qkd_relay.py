@@ -59,7 +59,7 @@ def test_model_hands_each_key_to_the_slave_once() -> None:
     assert a.link_report("A", "B")["awaiting_slave"] == 0  # nothing left behind at A
 
 
-def kme_doc(local: str, relay_ports: dict[str, int]) -> dict[str, Any]:
+def kme_doc(local: str, relay_ports: dict[str, int], delay_ms: int = DELAY_MS) -> dict[str, Any]:
     return {
         "insecure_dev_mode": True,
         "full_mesh": True,
@@ -71,7 +71,7 @@ def kme_doc(local: str, relay_ports: dict[str, int]) -> dict[str, Any]:
             "local_sae": local,
             "port": relay_ports[local],
             "secret": SECRET,
-            "delay_ms": DELAY_MS,
+            "delay_ms": delay_ms,
             "peers": {s: f"http://127.0.0.1:{p}" for s, p in relay_ports.items() if s != local},
         },
     }
@@ -92,13 +92,13 @@ class Sites:
             return r.status, await r.json()
 
 
-@pytest.fixture
-async def sites() -> AsyncIterator[Sites]:
+@pytest.fixture(params=[DELAY_MS])
+async def sites(request: pytest.FixtureRequest) -> AsyncIterator[Sites]:
     pa, pb = free_ports(2)
     ports = {"A": pa, "B": pb}
     clock = VirtualClock()
-    a = KMSServer(parse_kms_config(kme_doc("A", ports)), clock=clock)
-    b = KMSServer(parse_kms_config(kme_doc("B", ports)), clock=clock)
+    a = KMSServer(parse_kms_config(kme_doc("A", ports, request.param)), clock=clock)
+    b = KMSServer(parse_kms_config(kme_doc("B", ports, request.param)), clock=clock)
     await a.start()
     await b.start()
     async with aiohttp.ClientSession() as http:
@@ -129,6 +129,18 @@ async def test_dec_before_the_relay_is_not_yet_then_once(sites: Sites) -> None:
     # Each KME serves its own SAE only.
     status, _ = await sites.call(sites.b, "A", "GET", "/api/v1/keys/B/enc_keys")
     assert status == 401
+
+
+@pytest.mark.parametrize("sites", [0], indirect=True)
+async def test_without_delay_the_master_is_answered_once_the_slave_kme_has_the_keys(
+    sites: Sites,
+) -> None:
+    status, doc = await sites.call(sites.a, "A", "GET", "/api/v1/keys/B/enc_keys?number=3")
+    assert status == 200
+    body = {"key_IDs": [{"key_ID": k["key_ID"]} for k in doc["keys"]]}
+    status, got = await sites.call(sites.b, "B", "POST", "/api/v1/keys/A/dec_keys", json=body)
+    assert status == 200
+    assert [k["key"] for k in got["keys"]] == [k["key"] for k in doc["keys"]]
 
 
 async def test_relay_refuses_a_wrong_mac(sites: Sites) -> None:
