@@ -69,7 +69,7 @@ initial_key_count = 2048
 def relay_toml(plan: NetworkPlan, node: NodePlan, host: str) -> str:
     """The [relay] section of one node's KME: its SAE, relay listener and its peers."""
     peers = "\n".join(
-        f'"{p.sae_id}" = "http://{p.host}:{p.kme_relay_port}"'
+        f'"{p.sae_id}" = "http://{p.kme_host or plan.host}:{p.kme_relay_port}"'
         for p in plan.nodes
         if p.index != node.index
     )

@@ -70,6 +70,8 @@ class NodePlan:
     """Per-node KME mode: this node's simulated KME (ETSI API, admin, relay ports)."""
     kme_admin_port: int = 0
     kme_relay_port: int = 0
+    kme_host: str = ""
+    """Per-node KME mode: the KME's host name if not the plan's host (a container)."""
     kme: KmeEndpoint | None = None
     """External KME mode: where this node's KME is and how the node proves who it is."""
 
@@ -114,7 +116,7 @@ class NetworkPlan:
         if node.kme is not None:
             return node.kme.kme_url
         if self.kme_mode == "per-node":
-            return f"https://{self.host}:{node.kme_port}"
+            return f"https://{node.kme_host or self.host}:{node.kme_port}"
         return self.kms_url
 
     @property

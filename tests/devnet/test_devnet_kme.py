@@ -168,3 +168,37 @@ def test_kme_per_node_writes_one_kme_config_per_node(tmp_path: Path) -> None:
         load_kms_config(d / "kms" / f"kme-node{i}.toml")
     assert len(ports) == 12
     assert (d / "kms" / "relay.secret").stat().st_mode & 0o077 == 0
+
+
+def test_docker_kme_per_node_writes_one_kme_service_per_node(tmp_path: Path) -> None:
+    from cryptography import x509
+
+    from devnet import dockernet
+
+    plan = dockernet.plan_docker_network(kme_mode="per-node", sae_ids="100{i}")
+    settings = dockernet.DockerSettings(project="qchain-kme", base_port=29900)
+    assert dockernet.write_docker_network(tmp_path, plan, settings)
+    for i in range(4):
+        kme = tomllib.loads((tmp_path / "kms" / f"kme-node{i}.toml").read_text())
+        assert kme["server"]["host"] == "0.0.0.0" and kme["relay"]["host"] == "0.0.0.0"
+        assert kme["relay"]["local_sae"] == f"100{i}"
+        assert kme["relay"]["peers"]["1000" if i else "1001"].startswith("http://kme-node")
+        cfg = load_config(tmp_path / "nodes" / f"node{i}" / "config.toml")
+        assert cfg.qkd.kme_url == f"https://kme-node{i}:6000"
+        assert cfg.qkd.sae_id == f"100{i}"
+    compose = (tmp_path / "docker-compose.yml").read_text()
+    assert "  kms:" not in compose
+    assert all(f"  kme-node{i}:" in compose for i in range(4))
+    assert compose.count("condition: service_healthy") == 16  # every node waits for all KMEs
+    cert = x509.load_pem_x509_certificate((tmp_path / "ca" / "kms.pem").read_bytes())
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert "kme-node3" in san.get_values_for_type(x509.DNSName)
+    net = dockernet.ComposeNetwork(tmp_path)
+    assert net.services()[:4] == [f"kme-node{i}" for i in range(4)]
+
+
+def test_docker_refuses_external_kmes() -> None:
+    from devnet import dockernet
+
+    with pytest.raises(ConfigError, match="not with --docker"):
+        dockernet.plan_docker_network(kme_mode="external")
