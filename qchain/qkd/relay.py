@@ -33,9 +33,10 @@ Transport (a simulation of a trusted-node link, not a protocol): `POST
 body `{"master_SAE_ID", "slave_SAE_ID", "keys": [{"key_ID", "key"}]}` (key in base64)
 and the header `X-Relay-MAC`: hex HMAC-SHA256 of the body under the devnet's shared relay
 secret. A wrong MAC is refused with 401. Key material crosses loopback in the clear, as
-it does between a simulated KME and an SAE in the insecure dev mode; a shipment that
-cannot be delivered after a few tries is dropped and logged (its keys are then never
-found at the slave, as after a relay failure).
+it does between a simulated KME and an SAE in the insecure dev mode. A shipment that
+cannot be delivered after a few tries (about 1.5 s) is dropped and logged: with no delay
+the master's `enc_keys` is then answered 503, with a delay its keys are never found at the
+slave, as after a relay failure.
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ from aiohttp import web
 
 from qchain.errors import ConfigError
 from qchain.qkd.clock import Clock
-from qchain.qkd.errors import KeyBadRequest, KeyUnauthorised
+from qchain.qkd.errors import KeyBadRequest, KeyUnauthorised, KeyUnavailable
 from qchain.qkd.keymanager import KeyFactory, KeyManager, LinkConfig
 from qchain.qkd.source import Key, KeyId, LinkStatus, key_id_str, parse_key_id
 
@@ -65,12 +66,13 @@ log = logging.getLogger(__name__)
 RELAY_PATH = "/relay/v1/keys"
 MAC_HEADER = "X-Relay-MAC"
 MAX_BODY = 1024 * 1024
-SEND_ATTEMPTS = 8
-"""Tries per shipment, 0.1 s apart and doubling (about 25 s in all)."""
+SEND_ATTEMPTS = 5
+"""Tries per shipment, 0.1 s apart and doubling (1.5 s of pauses in all)."""
+SEND_TIMEOUT_S = 2.0
 SEEN_IDS = 1 << 16
 """Relayed key ids remembered, so a shipment sent twice delivers its keys once."""
 
-Ship = Callable[[str, str, list[Key]], asyncio.Task[None] | None]
+Ship = Callable[[str, str, list[Key]], asyncio.Task[bool] | None]
 """Called with (master SAE, slave SAE, keys) for every `enc_keys` of the local SAE; may
 return the delivery, which `settled` then waits for."""
 
@@ -163,7 +165,7 @@ class RelayKeyManager(KeyManager):
         self._seen: OrderedDict[KeyId, None] = OrderedDict()
         self.relayed_in = 0
         self.relayed_out = 0
-        self.last_shipment: asyncio.Task[None] | None = None
+        self.last_shipment: asyncio.Task[bool] | None = None
         """The delivery of the latest `enc_keys`, when the master's answer waits for it."""
 
     def _serves(self, caller: str) -> None:
@@ -235,10 +237,15 @@ async def settled(manager: KeyManager) -> None:
     """Called by the ETSI handler right after `enc_keys`, before it answers: with no relay
     delay the master's answer waits until the slave's KME holds the keys (a KME that
     synchronises before it answers), so the slave never asks too early. With a delay the
-    answer goes at once and the slave may overtake the relay, as on a slow trusted node."""
+    answer goes at once and the slave may overtake the relay, as on a slow trusted node.
+    Keys that could not be relayed are not handed to the master: `KeyUnavailable` (503)."""
     if isinstance(manager, RelayKeyManager) and manager.last_shipment is not None:
         shipment, manager.last_shipment = manager.last_shipment, None
-        await asyncio.shield(shipment)
+        if not await asyncio.shield(shipment):
+            raise KeyUnavailable(
+                "the slave's KME could not be reached to relay the keys",
+                ({"reason": "relay"},),
+            )
 
 
 def mac(secret: str, body: bytes) -> str:
@@ -280,7 +287,7 @@ class Relay:
         self.config = config
         self.clock = clock
         self.manager: RelayKeyManager | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[bool]] = set()
         self._session: aiohttp.ClientSession | None = None
         self._runner: web.AppRunner | None = None
         self.port = 0
@@ -302,14 +309,15 @@ class Relay:
         )
         return self.manager
 
-    def ship(self, master: str, slave: str, keys: list[Key]) -> asyncio.Task[None] | None:
+    def ship(self, master: str, slave: str, keys: list[Key]) -> asyncio.Task[bool] | None:
         """Send the keys after the delay; with no delay, the delivery for `settled`."""
         task = asyncio.get_running_loop().create_task(self._send(master, slave, keys))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task if self.config.delay == 0 else None
 
-    async def _send(self, master: str, slave: str, keys: list[Key]) -> None:
+    async def _send(self, master: str, slave: str, keys: list[Key]) -> bool:
+        """Deliver one shipment; False (logged) if the slave's KME did not take it."""
         body = encode_shipment(master, slave, keys)
         for k in keys:
             k.wipe()
@@ -323,7 +331,7 @@ class Relay:
                 assert self._session is not None, "the relay is not started"
                 async with self._session.post(url, data=body, headers=headers) as resp:
                     if resp.status == 200:
-                        return
+                        return True
                     problem = f"HTTP {resp.status}"
                     if resp.status < 500:
                         break
@@ -333,6 +341,7 @@ class Relay:
                 await asyncio.sleep(pause)
                 pause *= 2
         log.warning("relay %s -> %s: %d keys dropped (%s)", master, slave, len(keys), problem)
+        return False
 
     async def start(self) -> None:
         app = web.Application(client_max_size=MAX_BODY)
@@ -343,7 +352,7 @@ class Relay:
         site = web.TCPSite(self._runner, self.config.host, self.config.port)
         await site.start()
         self.port = int(self._runner.addresses[-1][1])
-        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5))
+        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=SEND_TIMEOUT_S))
         log.info("relay for %s on %s:%d", self.config.local_sae, self.config.host, self.port)
 
     async def stop(self) -> None:

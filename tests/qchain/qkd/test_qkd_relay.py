@@ -143,6 +143,20 @@ async def test_without_delay_the_master_is_answered_once_the_slave_kme_has_the_k
     assert [k["key"] for k in got["keys"]] == [k["key"] for k in doc["keys"]]
 
 
+async def test_without_delay_an_unreachable_slave_kme_is_503_for_the_master() -> None:
+    pa, nobody = free_ports(2)
+    a = KMSServer(parse_kms_config(kme_doc("A", {"A": pa, "B": nobody}, 0)), clock=VirtualClock())
+    await a.start()
+    try:
+        async with aiohttp.ClientSession() as http:
+            url = f"{a.url}/api/v1/keys/B/enc_keys"
+            async with http.get(url, headers={SAE_HEADER: "A"}) as r:
+                assert r.status == 503
+                assert (await r.json())["details"] == [{"reason": "relay"}]
+    finally:
+        await a.stop()
+
+
 async def test_relay_refuses_a_wrong_mac(sites: Sites) -> None:
     assert sites.b.relay is not None
     url = f"http://127.0.0.1:{sites.b.relay.port}{RELAY_PATH}"
