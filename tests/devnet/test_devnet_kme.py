@@ -1,16 +1,23 @@
 """Where the validators get their keys: `--sae-ids`, the external-KME map and one KME per
-node, written by `qchain devnet init` (no process is started here)."""
+node, written by `qchain devnet init` (no process is started here). Also the Docker
+flavour of one KME per node."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
+from cryptography import x509
 
+from devnet import dockernet
 from devnet.cli import add_arguments, run
 from devnet.kme import load_kme_map, sae_ids_from
+from devnet.local import LocalNetwork
 from devnet.network import load_plan
 from qchain.config import load_config
 from qchain.errors import ConfigError
@@ -19,8 +26,6 @@ from qchain.qkd.kms_config import load_kms_config
 
 
 def init(directory: Path, *extra: str) -> int:
-    import argparse
-
     parser = argparse.ArgumentParser()
     add_arguments(parser)
     args = parser.parse_args(["init", "--dir", str(directory), "--base-port", "31000", *extra])
@@ -108,8 +113,6 @@ def test_external_kme_map_configures_nodes_and_no_kms(tmp_path: Path) -> None:
     c3 = load_config(d / "nodes" / "node3" / "config.toml")
     assert c3.qkd.insecure_dev_header and c3.qkd.client_cert is None
     assert load_plan(d).kme_mode == "external"
-    from devnet.local import LocalNetwork
-
     assert [s.name for s in LocalNetwork(d).services()] == [f"node{i}" for i in range(4)]
 
 
@@ -127,11 +130,11 @@ def test_external_kme_map_configures_nodes_and_no_kms(tmp_path: Path) -> None:
     ],
 )
 def test_external_kme_map_errors_name_node_and_field(
-    tmp_path: Path, change: object, field: str
+    tmp_path: Path, change: Callable[[dict[str, Any]], object], field: str
 ) -> None:
     path = kme_map(tmp_path)
     doc = json.loads(path.read_text())
-    change(doc["nodes"])  # type: ignore[operator]
+    change(doc["nodes"])
     path.write_text(json.dumps(doc))
     with pytest.raises(ConfigError) as e:
         load_kme_map(path, [f"node{i}" for i in range(4)])
@@ -171,10 +174,6 @@ def test_kme_per_node_writes_one_kme_config_per_node(tmp_path: Path) -> None:
 
 
 def test_docker_kme_per_node_writes_one_kme_service_per_node(tmp_path: Path) -> None:
-    from cryptography import x509
-
-    from devnet import dockernet
-
     plan = dockernet.plan_docker_network(kme_mode="per-node", sae_ids="100{i}")
     settings = dockernet.DockerSettings(project="qchain-kme", base_port=29900)
     assert dockernet.write_docker_network(tmp_path, plan, settings)
@@ -198,7 +197,5 @@ def test_docker_kme_per_node_writes_one_kme_service_per_node(tmp_path: Path) -> 
 
 
 def test_docker_refuses_external_kmes() -> None:
-    from devnet import dockernet
-
     with pytest.raises(ConfigError, match="not with --docker"):
         dockernet.plan_docker_network(kme_mode="external")
