@@ -163,8 +163,6 @@ class RelayKeyManager(KeyManager):
         self._inbound: dict[str, OrderedDict[KeyId, bytearray]] = {}
         """Master SAE -> the keys relayed to the local SAE, oldest first."""
         self._seen: OrderedDict[KeyId, None] = OrderedDict()
-        self.relayed_in = 0
-        self.relayed_out = 0
         self.last_shipment: asyncio.Task[bool] | None = None
         """The delivery of the latest `enc_keys`, when the master's answer waits for it."""
 
@@ -181,21 +179,18 @@ class RelayKeyManager(KeyManager):
         keys = super().enc_keys(caller, slave, number, size)
         # The slave's copies leave this KME: taken from the model as if delivered here.
         copies = super().dec_keys(slave, caller, [k.key_id for k in keys])
-        self.relayed_out += len(copies)
         self.last_shipment = self._ship(caller, slave, copies)
         return keys
 
     def dec_keys(self, caller: str, master: str, key_ids: Sequence[KeyId]) -> list[Key]:
         self._serves(caller)
-        cfg = self.link_config(caller, master) if master in self.saes else None
-        if cfg is None:
-            raise KeyBadRequest(f"master_SAE_ID {master!r} is not known to this key manager")
+        self.status(caller, master)  # authorises the pair; a link outage answers 503 here too
+        cfg = self.link_config(caller, master)
         if not 1 <= len(key_ids) <= cfg.max_key_per_request:
             raise KeyBadRequest(
                 "key_IDs must list between 1 and max_key_per_request ids",
                 ({"count": len(key_ids), "max_key_per_request": cfg.max_key_per_request},),
             )
-        self.status(caller, master)  # a link outage answers 503 here too
         inbound = self._inbound.get(master, OrderedDict())
         unknown = [k for k in key_ids if k not in inbound]
         if unknown or len(set(key_ids)) != len(key_ids):
@@ -209,9 +204,10 @@ class RelayKeyManager(KeyManager):
         """Keys relayed from the master's KME; returns how many were new."""
         if slave != self.local_sae:
             raise KeyBadRequest(f"this KME serves SAE {self.local_sae!r}, not {slave!r}")
-        if master not in self.saes or master == slave:
-            raise KeyBadRequest(f"master_SAE_ID {master!r} is not known to this key manager")
-        cap = self.link_config(master, slave).max_key_count
+        try:
+            cap = self.link_config(master, slave).max_key_count
+        except KeyError:
+            raise KeyBadRequest(f"no link from {master!r} to {slave!r} at this KME") from None
         inbound = self._inbound.setdefault(master, OrderedDict())
         new = 0
         for key_id, material in keys:
@@ -225,7 +221,6 @@ class RelayKeyManager(KeyManager):
         while len(inbound) > cap:
             _, dropped = inbound.popitem(last=False)
             dropped[:] = bytes(len(dropped))
-        self.relayed_in += new
         return new
 
     def awaiting(self) -> int:

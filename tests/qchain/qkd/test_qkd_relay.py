@@ -57,6 +57,10 @@ def test_model_hands_each_key_to_the_slave_once() -> None:
     with pytest.raises(KeyUnauthorised):
         b.dec_keys("A", "B", ids[:1])
     assert a.link_report("A", "B")["awaiting_slave"] == 0  # nothing left behind at A
+    with pytest.raises(KeyBadRequest, match="no link"):
+        b.accept("Z", "B", relayed)
+    with pytest.raises(KeyBadRequest):
+        b.dec_keys("B", "Z", ids[:1])
 
 
 def kme_doc(local: str, relay_ports: dict[str, int], delay_ms: int = DELAY_MS) -> dict[str, Any]:
