@@ -29,6 +29,7 @@ scripts, and insecure by construction.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -377,6 +378,10 @@ def write_network(directory: Path, plan: NetworkPlan, *, force: bool = False) ->
     manifest = directory / "network.json"
     if manifest.exists():
         existing = json.loads(manifest.read_text())
+        # Through from_json, so a manifest written before a field existed reads with its
+        # default and still names the same network.
+        with contextlib.suppress(TypeError, KeyError, ValueError):
+            existing = NetworkPlan.from_json(existing).to_json()
         if existing == plan.to_json():
             return False
         if not force:

@@ -199,3 +199,15 @@ def test_docker_kme_per_node_writes_one_kme_service_per_node(tmp_path: Path) -> 
 def test_docker_refuses_external_kmes() -> None:
     with pytest.raises(ConfigError, match="not with --docker"):
         dockernet.plan_docker_network(kme_mode="external")
+
+
+def test_a_manifest_from_before_the_kme_fields_is_the_same_network(tmp_path: Path) -> None:
+    d = tmp_path / "net"
+    assert init(d) == 0
+    manifest = json.loads((d / "network.json").read_text())
+    for n in manifest["nodes"]:
+        for key in ("kme_port", "kme_admin_port", "kme_relay_port", "kme_host", "kme"):
+            del n[key]
+    del manifest["kme_mode"], manifest["relay_delay_ms"]
+    (d / "network.json").write_text(json.dumps(manifest))
+    assert init(d) == 0 and "kme_mode" not in (d / "network.json").read_text()
