@@ -1,7 +1,10 @@
 """`qchain devnet init|up|down|status|reset|logs`: a local network in one command.
 
 `init` writes the network (genesis, keys, configs, key manager config and TLS material)
-into a directory and is idempotent; `up` starts the key manager and the validators as
+into a directory and is idempotent. `--sae-ids` names the SAEs (a list or a `{i}`
+pattern), `--external-kme FILE` points every node at a KME the devnet does not start
+(format in `devnet.kme`), `--kme-per-node` runs one simulated KME per validator that relay
+keys to each other after `--relay-delay-ms`. `up` starts the key manager(s) and the validators as
 background processes, waits for the first decided block, prints the endpoint table and the
 dev accounts and writes `endpoints.json`; `--foreground` stays attached and stops the
 network on Ctrl-C. `down` stops everything, `reset` also wipes chain data (configuration
@@ -40,6 +43,33 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         type=int,
         default=1000,
         help="empty block interval when idle; 0 = no empty blocks",
+    )
+    init.add_argument(
+        "--sae-ids",
+        default=None,
+        help="SAE ids: a comma-separated list (one per validator) or a pattern with {i}, "
+        "e.g. site-{i} or 100{i} (default SAE-node{i})",
+    )
+    kme = init.add_mutually_exclusive_group()
+    kme.add_argument(
+        "--external-kme",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="TOML or JSON map of every node's KME (URL, SAE id, TLS files or dev header); "
+        "up then starts no key manager",
+    )
+    kme.add_argument(
+        "--kme-per-node",
+        action="store_true",
+        help="one simulated KME per validator, relaying keys to each other",
+    )
+    init.add_argument(
+        "--relay-delay-ms",
+        type=int,
+        default=0,
+        help="with --kme-per-node: time for a key to reach the slave's KME; 0 (default): "
+        "the master's KME answers once the slave's KME holds the key",
     )
     init.add_argument("--force", action="store_true", help="overwrite a different network")
     init.add_argument("--project", default="qchain-devnet", help="compose project (--docker)")
@@ -112,9 +142,14 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _init(args: argparse.Namespace) -> int:
+    from devnet.kme import load_kme_map
     from devnet.kms import write_kms_files
     from devnet.network import plan_network, write_network
 
+    external = None
+    if args.external_kme is not None:
+        names = [f"node{i}" for i in range(args.validators)]
+        external = load_kme_map(args.external_kme, names)
     plan = plan_network(
         validators=args.validators,
         chain_id=args.chain_id,
@@ -123,11 +158,20 @@ def _init(args: argparse.Namespace) -> int:
         kms_rate=args.kms_rate,
         base_port=27000 if args.base_port is None else args.base_port,
         heartbeat_ms=args.heartbeat_ms or None,
+        sae_ids=args.sae_ids,
+        kme_mode="per-node" if args.kme_per_node else "shared",
+        external_kmes=external,
+        relay_delay_ms=args.relay_delay_ms,
     )
     written = write_network(args.dir, plan, force=args.force)
     if written:
         write_kms_files(args.dir, plan)
-        print(f"initialised a {plan.validators}-validator devnet in {args.dir}")
+        kmes = {
+            "shared": "one simulated KMS",
+            "per-node": "one simulated KME per node",
+            "external": "external KMEs",
+        }[plan.kme_mode]
+        print(f"initialised a {plan.validators}-validator devnet in {args.dir} ({kmes})")
     else:
         print(f"{args.dir} already holds this devnet; nothing to do")
     return 0
@@ -145,8 +189,10 @@ def endpoints(net: Any) -> dict[str, Any]:
         "genesis": str(d / "genesis.json"),
         "ca": str(d / "ca" / "ca.pem"),
         "kms": {
-            "url": plan.kms_url,
-            "admin_url": plan.kms_admin_url,
+            "mode": plan.kme_mode,
+            "url": plan.kms_url if plan.kme_mode == "shared" else None,
+            "admin_url": plan.kms_admin_url if plan.kme_mode == "shared" else None,
+            "admin_urls": net.kms_services(),
             "admin_token_file": str(d / "kms" / "admin.token"),
         },
         "nodes": [
@@ -160,9 +206,13 @@ def endpoints(net: Any) -> dict[str, Any]:
                 "metrics": f"{n.api_url}/metrics",
                 "explorer": f"{n.api_url}/",
                 "sae_id": n.sae_id,
-                "kms": plan.kms_url,
-                "tls_client_cert": str(d / "ca" / f"sae-{n.sae_id}.pem"),
-                "tls_client_key": str(d / "ca" / f"sae-{n.sae_id}.key"),
+                "kms": plan.kme_url(n),
+                "tls_client_cert": n.kme.client_cert
+                if n.kme is not None
+                else str(d / "ca" / f"sae-{n.sae_id}.pem"),
+                "tls_client_key": n.kme.client_key
+                if n.kme is not None
+                else str(d / "ca" / f"sae-{n.sae_id}.key"),
                 "config": str(d / "nodes" / n.name / "config.toml"),
                 "log": str(net.log_file(n.name)),
             }
@@ -185,7 +235,12 @@ def endpoints(net: Any) -> dict[str, Any]:
 
 def print_table(doc: dict[str, Any]) -> None:
     print(f"\nqchain devnet {doc['chain_id']} — {doc['directory']}")
-    print(f"key manager  {doc['kms']['url']}  (admin {doc['kms']['admin_url']})\n")
+    kms = doc["kms"]
+    if kms["url"]:
+        print(f"key manager  {kms['url']}  (admin {kms['admin_url']})\n")
+    else:
+        kmes = sorted({n["kms"] for n in doc["nodes"]})
+        print(f"key managers ({kms['mode']})  {'  '.join(kmes)}\n")
     header = ("node", "API", "P2P", "admin", "metrics", "explorer")
     rows = [
         (n["name"], n["api"], n["p2p"], n["admin"], n["metrics"], n["explorer"])

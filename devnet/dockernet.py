@@ -13,7 +13,10 @@ Inside the network, services reach each other by name: a validator listens on
 0.0.0.0:7000 (P2P), :8000 (API) and :9000 (admin), its peers are `nodeJ:7000`, the key
 manager is `https://kms:6000` (its TLS certificate names `kms`, `localhost` and
 127.0.0.1). DIR is mounted read-only at /devnet in every container; each validator keeps
-its chain in a named volume mounted at /var/lib/qchain. Ports are published on 127.0.0.1
+its chain in a named volume mounted at /var/lib/qchain. With `--kme-per-node` the single
+`kms` service is replaced by one `kme-nodeI` service per validator (ETSI API on 6000,
+relay on 6002, reached by name on the compose network; not published on the host), and
+node I asks `https://kme-nodeI:6000`. Ports are published on 127.0.0.1
 only: the key manager on BASE, node I's API on BASE+100+I and its admin API on BASE+200+I
 (BASE = 28000 by default, so a local devnet on 27000 can run beside it). The key manager's
 admin endpoint binds to the container's loopback only (the key manager insists), so it is
@@ -56,6 +59,7 @@ DEFAULT_BASE_PORT = 28000
 KMS_SERVICE = "kms"
 KMS_PORT = 6000
 KMS_ADMIN_PORT = 6001
+KME_RELAY_PORT = 6002
 P2P_PORT = 7000
 API_PORT = 8000
 ADMIN_PORT = 9000
@@ -105,11 +109,18 @@ def plan_docker_network(
     kms_rate: str = "lab",
     heartbeat_ms: int | None = 1000,
     byzantine: bool = True,
+    sae_ids: str | None = None,
+    kme_mode: str = "shared",
+    relay_delay_ms: int = 0,
 ) -> NetworkPlan:
     """The network as seen from inside the compose network: node I is `nodeI` with fixed
-    container ports, the key manager is `kms`."""
+    container ports, the key manager is `kms` (or, one per node, `kme-nodeI`)."""
     from devnet.network import plan_network
 
+    if kme_mode == "external":
+        raise ConfigError(
+            "--external-kme", "not with --docker: the containers see only the devnet directory"
+        )
     base = plan_network(
         validators=validators,
         chain_id=chain_id,
@@ -118,7 +129,11 @@ def plan_docker_network(
         kms_rate=kms_rate,
         heartbeat_ms=heartbeat_ms,
         byzantine=byzantine,
+        sae_ids=sae_ids,
+        kme_mode=kme_mode,
+        relay_delay_ms=relay_delay_ms,
     )
+    per_node = base.kme_mode == "per-node"
     nodes = tuple(
         NodePlan(
             index=n.index,
@@ -128,6 +143,10 @@ def plan_docker_network(
             p2p_port=P2P_PORT,
             api_port=API_PORT,
             admin_port=ADMIN_PORT,
+            kme_port=KMS_PORT if per_node else 0,
+            kme_admin_port=KMS_ADMIN_PORT if per_node else 0,
+            kme_relay_port=KME_RELAY_PORT if per_node else 0,
+            kme_host=f"kme-{n.name}" if per_node else "",
         )
         for n in base.nodes
     )
@@ -143,7 +162,19 @@ def plan_docker_network(
         nodes=nodes,
         heartbeat_ms=base.heartbeat_ms,
         byzantine=base.byzantine,
+        kme_mode=base.kme_mode,
+        relay_delay_ms=base.relay_delay_ms,
     )
+
+
+def kms_services(plan: NetworkPlan) -> list[str]:
+    """The key manager services of a Docker devnet, named as their config files."""
+    from devnet.kms import kms_config_files
+
+    return [
+        KMS_SERVICE if node is None else file.removesuffix(".toml")
+        for file, node in kms_config_files(plan).items()
+    ]
 
 
 def write_docker_network(
@@ -151,12 +182,15 @@ def write_docker_network(
 ) -> bool:
     """Write the devnet files for containers and the compose file. Returns False if the
     same network was already there (the compose file and settings are rewritten anyway)."""
-    from devnet.kms import kms_config_toml, write_kms_files
+    from devnet.kms import kms_config_files, kms_config_toml, write_kms_files
 
     written = write_network(directory, plan, force=force)
     if written:
-        write_kms_files(directory, plan, hosts=(KMS_SERVICE, "localhost", "127.0.0.1"))
-        (directory / "kms" / "kms.toml").write_text(kms_config_toml(plan, listen_host="0.0.0.0"))
+        hosts = (*kms_services(plan), "localhost", "127.0.0.1")
+        write_kms_files(directory, plan, hosts=hosts)
+        for file, node in kms_config_files(plan).items():
+            toml = kms_config_toml(plan, listen_host="0.0.0.0", node=node)
+            (directory / "kms" / file).write_text(toml)
         for node in plan.nodes:
             cfg = node_config_toml(plan, node, listen_host="0.0.0.0", data_dir=f"{DATA_DIR}/data")
             (directory / "nodes" / node.name / "config.toml").write_text(cfg)
@@ -202,21 +236,27 @@ def compose_yaml(plan: NetworkPlan, settings: DockerSettings, config_dir: str = 
         "  networks: [devnet]",
         "",
         "services:",
-        f"  {KMS_SERVICE}:",
-        "    <<: *qchain",
-        f"    hostname: {KMS_SERVICE}",
-        f'    command: ["kms", "--config", "{MOUNT}/kms/kms.toml"]',
-        "    volumes:",
-        f"      - {config_dir}:{MOUNT}:ro",
-        "    ports:",
-        f'      - "127.0.0.1:{settings.kms_host_port}:{KMS_PORT}"',
-        "    healthcheck:",
-        f'      test: ["CMD", "python3", "-c", "{kms_probe}"]',
-        "      interval: 1s",
-        "      timeout: 3s",
-        "      retries: 30",
-        "      start_period: 10s",
     ]
+    kmes = kms_services(plan)
+    for kme in kmes:
+        lines += [
+            f"  {kme}:",
+            "    <<: *qchain",
+            f"    hostname: {kme}",
+            f'    command: ["kms", "--config", "{MOUNT}/kms/{kme}.toml"]',
+            "    volumes:",
+            f"      - {config_dir}:{MOUNT}:ro",
+        ]
+        if kme == KMS_SERVICE:
+            lines += ["    ports:", f'      - "127.0.0.1:{settings.kms_host_port}:{KMS_PORT}"']
+        lines += [
+            "    healthcheck:",
+            f'      test: ["CMD", "python3", "-c", "{kms_probe}"]',
+            "      interval: 1s",
+            "      timeout: 3s",
+            "      retries: 30",
+            "      start_period: 10s",
+        ]
     for n in plan.nodes:
         lines += [
             f"  {n.name}:",
@@ -238,9 +278,9 @@ def compose_yaml(plan: NetworkPlan, settings: DockerSettings, config_dir: str = 
             "      retries: 5",
             "      start_period: 60s",
             "    depends_on:",
-            f"      {KMS_SERVICE}:",
-            "        condition: service_healthy",
         ]
+        for kme in kmes:
+            lines += [f"      {kme}:", "        condition: service_healthy"]
     lines += ["", "volumes:"]
     lines += [f"  {n.name}-data: {{}}" for n in plan.nodes]
     lines += ["", "networks:", "  devnet: {}", ""]
@@ -354,7 +394,7 @@ class ComposeNetwork:
         return r
 
     def services(self) -> list[str]:
-        return [KMS_SERVICE, *(n.name for n in self.plan.nodes)]
+        return [*kms_services(self.plan), *(n.name for n in self.plan.nodes)]
 
     def api_url(self, name: str) -> str:
         node = self._node(name)
@@ -450,7 +490,8 @@ class ComposeNetwork:
             if time.monotonic() - checked_at <= 3:
                 return None
             checked_at = time.monotonic()
-            gone = [s for s in [KMS_SERVICE, *missing] if self.state(s)[0] != "running"]
+            kmes = kms_services(self.plan)
+            gone = [s for s in [*kmes, *missing] if self.state(s)[0] != "running"]
             if not gone:
                 return None
             return (
@@ -483,9 +524,11 @@ class ComposeNetwork:
             "genesis": str(d / "genesis.json"),
             "ca": str(d / "ca" / "ca.pem"),
             "kms": {
-                "url": self.kms_url,
+                "mode": self.plan.kme_mode,
+                "url": self.kms_url if self.plan.kme_mode == "shared" else None,
                 "in_network_url": self.plan.kms_url,
                 "admin_url": f"{self.plan.kms_admin_url} inside the kms container",
+                "services": kms_services(self.plan),
                 "admin_token_file": str(d / "kms" / "admin.token"),
             },
             "nodes": [
@@ -500,7 +543,7 @@ class ComposeNetwork:
                     "metrics": f"{self.api_url(n.name)}/metrics",
                     "explorer": f"{self.api_url(n.name)}/",
                     "sae_id": n.sae_id,
-                    "kms": self.plan.kms_url,
+                    "kms": self.plan.kme_url(n),
                     **self._tls_client_files(n.name),
                     "config": str(d / "nodes" / n.name / "config.toml"),
                     "volume": f"{self.settings.project}_{n.name}-data",
@@ -563,6 +606,13 @@ def _init(args: argparse.Namespace) -> int:
         scheme=args.scheme,
         kms_rate=args.kms_rate,
         heartbeat_ms=args.heartbeat_ms or None,
+        sae_ids=args.sae_ids,
+        kme_mode="external"
+        if args.external_kme is not None
+        else "per-node"
+        if args.kme_per_node
+        else "shared",
+        relay_delay_ms=args.relay_delay_ms,
     )
     settings = DockerSettings(
         project=args.project,
@@ -609,7 +659,7 @@ def _status(net: ComposeNetwork, as_json: bool) -> int:
     rows: list[dict[str, Any]] = []
     for s in net.services():
         status, health = net.state(s)
-        st = net.node_status(s) if s != KMS_SERVICE else None
+        st = net.node_status(s) if s not in kms_services(net.plan) else None
         rows.append({"service": s, "container": status, "health": health, "status": st})
     if as_json:
         print(json.dumps(rows, indent=2))

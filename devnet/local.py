@@ -1,7 +1,7 @@
-"""A devnet as local processes: the key manager and N validators, started in the
+"""A devnet as local processes: the key manager(s) and N validators, started in the
 background with their PIDs and logs under the devnet directory.
 
-    DIR/run/NAME.pid      PID of a running service (kms, node0, node1, ...)
+    DIR/run/NAME.pid      PID of a running service (kms or kme-node0.., node0, node1, ...)
     DIR/logs/NAME.log     its standard output and error
 
 Every service runs in its own session, so a terminal's Ctrl-C reaches only the process
@@ -93,8 +93,24 @@ class LocalNetwork:
 
     # --- services --------------------------------------------------------------------
 
+    def kms_services(self) -> dict[str, str]:
+        """The key managers this devnet starts: {service name: its admin URL}. None with
+        external KMEs."""
+        from devnet.kms import kms_config_files
+
+        out = {}
+        for file, node in kms_config_files(self.plan).items():
+            if node is None:
+                out["kms"] = self.plan.kms_admin_url
+            else:
+                out[file.removesuffix(".toml")] = f"http://127.0.0.1:{node.kme_admin_port}"
+        return out
+
     def services(self) -> list[Service]:
-        out = [Service("kms", qchain_argv("kms", "--config", str(self.dir / "kms" / "kms.toml")))]
+        out = [
+            Service(name, qchain_argv("kms", "--config", str(self.dir / "kms" / f"{name}.toml")))
+            for name in self.kms_services()
+        ]
         for n in self.plan.nodes:
             cfg = self.dir / "nodes" / n.name / "config.toml"
             out.append(Service(n.name, qchain_argv("node", "run", "--config", str(cfg))))
@@ -207,10 +223,12 @@ class LocalNetwork:
             _reap(pid)
 
     def start_all(self, min_height: int = 1, timeout: float = 60.0) -> dict[str, dict[str, Any]]:
-        """Start the key manager, then every validator; wait until each has committed
+        """Start the key managers, then every validator; wait until each has committed
         min_height. Returns the nodes' statuses."""
-        self.start("kms")
-        self.wait_kms()
+        for name in self.kms_services():
+            self.start(name)
+        for name in self.kms_services():
+            self.wait_kms(name)
         for n in self.plan.nodes:
             self.start(n.name)
         return self.wait_ready(min_height=min_height, timeout=timeout)
@@ -241,9 +259,9 @@ class LocalNetwork:
 
         return poll_ready(wanted, self.node_status, min_height, timeout, dead, 0.1)
 
-    def wait_kms(self, timeout: float = 30.0) -> None:
+    def wait_kms(self, name: str = "kms", timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
-        url = f"{self.plan.kms_admin_url}/admin/v1/links"
+        url = f"{self.kms_services()[name]}/admin/v1/links"
         token = (self.dir / "kms" / "admin.token").read_text().strip()
         while True:
             try:
@@ -252,9 +270,9 @@ class LocalNetwork:
             except urllib.error.HTTPError:
                 return
             except (OSError, ValueError):
-                if self.pid("kms") is None:
+                if self.pid(name) is None:
                     raise RuntimeError(
-                        f"the key manager exited; see {self.log_file('kms')}"
+                        f"the key manager exited; see {self.log_file(name)}"
                     ) from None
                 if time.monotonic() > deadline:
                     raise TimeoutError("the key manager did not start") from None

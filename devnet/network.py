@@ -8,8 +8,19 @@ into a `NetworkPlan`; `write_network` writes it under a directory:
       genesis.json
       accounts/ROLE.json    dev account keys (INSECURE: derived from the published dev seed)
       nodes/nodeI/          config.toml, validator.key, admin.token, data/
-      kms/                  the simulated key manager's config and admin token
+      kms/                  the simulated key managers' configs and admin token
       ca/                   private CA and the key manager's and SAEs' TLS material
+
+Where the validators get their keys is the plan's `kme_mode`:
+
+- `shared` (default): one simulated KMS serves every SAE;
+- `per-node`: one simulated KME per validator, serving only its own SAE, the KMEs relay
+  key material to each other as trusted nodes do (`qchain.qkd.relay`);
+- `external`: the devnet starts no KMS; each node's `kme` says where its KME is
+  (`devnet.kme`, from `qchain devnet init --external-kme FILE`).
+
+SAE ids are `SAE-node{i}` unless `sae_ids` names them (`devnet.kme.sae_ids_from`); they go
+into the genesis, every node config, `network.json` and the KMS configs alike.
 
 Validator and account keys are derived from `DEV_SEED` with `qchain.keys.dev_key`, so
 every devnet made with the same seed has the same addresses: good for documentation and
@@ -18,6 +29,7 @@ scripts, and insecure by construction.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -26,12 +38,15 @@ from pathlib import Path
 from typing import Any
 
 from contracts.genesis import Genesis, load_genesis, parse_genesis, save_genesis
+from devnet.kme import KmeEndpoint, sae_ids_from
 from qchain.config import PROFILES
 from qchain.errors import ConfigError
 from qchain.keys import Scheme, SigningKey, dev_key
 
 DEV_SEED = "qchain-devnet-insecure-dev-seed"
 """Published on purpose: keys derived from it protect nothing."""
+
+KME_MODES = ("shared", "per-node", "external")
 
 DEV_ACCOUNTS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("admin", "Platform Operator (dev)", ("admin",)),
@@ -52,6 +67,14 @@ class NodePlan:
     p2p_port: int
     api_port: int
     admin_port: int
+    kme_port: int = 0
+    """Per-node KME mode: this node's simulated KME (ETSI API, admin, relay ports)."""
+    kme_admin_port: int = 0
+    kme_relay_port: int = 0
+    kme_host: str = ""
+    """Per-node KME mode: the KME's host name if not the plan's host (a container)."""
+    kme: KmeEndpoint | None = None
+    """External KME mode: where this node's KME is and how the node proves who it is."""
 
     @property
     def p2p(self) -> str:
@@ -81,10 +104,21 @@ class NetworkPlan:
     byzantine: bool = True
     tenure: int = 64
     extra: dict[str, str] = field(default_factory=dict)
+    kme_mode: str = "shared"
+    relay_delay_ms: int = 0
+    """Per-node KME mode: how long a key takes from the master's KME to the slave's."""
 
     @property
     def kms_url(self) -> str:
         return f"https://{self.host}:{self.kms_port}"
+
+    def kme_url(self, node: NodePlan) -> str:
+        """The ETSI GS QKD 014 endpoint that `node` asks for keys."""
+        if node.kme is not None:
+            return node.kme.kme_url
+        if self.kme_mode == "per-node":
+            return f"https://{node.kme_host or self.host}:{node.kme_port}"
+        return self.kms_url
 
     @property
     def kms_admin_url(self) -> str:
@@ -100,7 +134,10 @@ class NetworkPlan:
         raw_nodes = doc["nodes"]
         if not isinstance(raw_nodes, list):
             raise TypeError("nodes must be a list")
-        nodes = tuple(NodePlan(**n) for n in raw_nodes)
+        nodes = tuple(
+            NodePlan(**{**n, "kme": None if n.get("kme") is None else KmeEndpoint(**n["kme"])})
+            for n in raw_nodes
+        )
         rest: dict[str, Any] = {k: v for k, v in doc.items() if k != "nodes"}
         return cls(nodes=nodes, **rest)
 
@@ -130,8 +167,25 @@ def plan_network(
     base_port: int | None = 27000,
     heartbeat_ms: int | None = 1000,
     byzantine: bool = True,
+    sae_ids: str | None = None,
+    kme_mode: str = "shared",
+    external_kmes: dict[str, KmeEndpoint] | None = None,
+    relay_delay_ms: int = 0,
 ) -> NetworkPlan:
-    """A network of `validators` nodes; base_port None picks free ports (tests)."""
+    """A network of `validators` nodes; base_port None picks free ports (tests).
+    `sae_ids` is a list or `{i}` pattern (`devnet.kme.sae_ids_from`); `external_kmes`
+    (every node's KME, `devnet.kme.load_kme_map`) implies kme_mode "external" and gives
+    the SAE ids."""
+    if external_kmes is not None:
+        if sae_ids is not None:
+            raise ConfigError("--sae-ids", "the external-KME map names the SAE ids")
+        kme_mode = "external"
+    if kme_mode not in KME_MODES:
+        raise ConfigError("kme_mode", f"must be one of {', '.join(KME_MODES)}")
+    if kme_mode == "external" and external_kmes is None:
+        raise ConfigError("external_kmes", "the external mode needs every node's KME")
+    if relay_delay_ms < 0:
+        raise ConfigError("relay_delay_ms", "must not be negative")
     if validators < 1 or validators % 3 != 1:
         raise ConfigError("validators", "n = 3f+1 validators are needed (1, 4, 7, 10, 13, 16)")
     if profile not in PROFILES:
@@ -140,9 +194,10 @@ def plan_network(
         raise ConfigError("scheme", f"must be one of {', '.join(s.value for s in Scheme)}")
     count = 2 + 3 * validators
     if base_port is None:
-        ports = free_ports(count, host)
+        ports = free_ports(count + 3 * validators, host)
+        kme_ports = ports[count:]
     else:
-        if not 1024 <= base_port <= 65535 - 400:
+        if not 1024 <= base_port <= 65535 - 700:
             raise ConfigError("base_port", "must leave room for the devnet's ports")
         ports = [base_port, base_port + 1]
         ports += [base_port + 100 + i for i in range(validators)]
@@ -154,15 +209,28 @@ def plan_network(
             for i in range(validators)
             for p in (ports[2 + i], ports[2 + validators + i], ports[2 + 2 * validators + i])
         ]
+        kme_ports = [base_port + k + i for i in range(validators) for k in (400, 500, 600)]
+    per_node = kme_mode == "per-node"
+    names = [f"node{i}" for i in range(validators)]
+    if external_kmes is not None:
+        kmes: list[KmeEndpoint | None] = [external_kmes[name] for name in names]
+        saes = [external_kmes[name].sae_id for name in names]
+    else:
+        kmes = [None] * validators
+        saes = sae_ids_from(sae_ids, validators)
     nodes = tuple(
         NodePlan(
             index=i,
-            name=f"node{i}",
-            sae_id=f"SAE-node{i}",
+            name=names[i],
+            sae_id=saes[i],
             host=host,
             p2p_port=ports[2 + 3 * i],
             api_port=ports[3 + 3 * i],
             admin_port=ports[4 + 3 * i],
+            kme_port=kme_ports[3 * i] if per_node else 0,
+            kme_admin_port=kme_ports[3 * i + 1] if per_node else 0,
+            kme_relay_port=kme_ports[3 * i + 2] if per_node else 0,
+            kme=kmes[i],
         )
         for i in range(validators)
     )
@@ -178,6 +246,8 @@ def plan_network(
         nodes=nodes,
         heartbeat_ms=heartbeat_ms,
         byzantine=byzantine,
+        kme_mode=kme_mode,
+        relay_delay_ms=relay_delay_ms if per_node else 0,
     )
 
 
@@ -272,16 +342,34 @@ listen = "{bind}:{node.admin_port}"
 token_file = "admin.token"
 byzantine = {"true" if plan.byzantine else "false"}
 
-[qkd]
-kme_url = "{plan.kms_url}"
-sae_id = "{node.sae_id}"
-client_cert = "{tls_dir}/sae-{node.sae_id}.pem"
-client_key = "{tls_dir}/sae-{node.sae_id}.key"
-ca_cert = "{tls_dir}/ca.pem"
-
+{qkd_section(plan, node, tls_dir)}
 [timing]
 {heartbeat_line}
 """
+
+
+def qkd_section(plan: NetworkPlan, node: NodePlan, tls_dir: str) -> str:
+    """The node config's [qkd] table: the devnet's simulated KME and TLS material, or
+    the node's external KME as the map gives it."""
+    kme = node.kme
+    if kme is None:
+        kme = KmeEndpoint(
+            kme_url=plan.kme_url(node),
+            sae_id=node.sae_id,
+            client_cert=f"{tls_dir}/sae-{node.sae_id}.pem",
+            client_key=f"{tls_dir}/sae-{node.sae_id}.key",
+            ca_cert=f"{tls_dir}/ca.pem",
+        )
+    lines = ["[qkd]", f'kme_url = "{kme.kme_url}"', f'sae_id = "{kme.sae_id}"']
+    if kme.insecure_dev_header:
+        lines.append("insecure_dev_header = true")
+    else:
+        lines += [
+            f'client_cert = "{kme.client_cert}"',
+            f'client_key = "{kme.client_key}"',
+            f'ca_cert = "{kme.ca_cert}"',
+        ]
+    return "\n".join(lines) + "\n"
 
 
 def write_network(directory: Path, plan: NetworkPlan, *, force: bool = False) -> bool:
@@ -290,6 +378,10 @@ def write_network(directory: Path, plan: NetworkPlan, *, force: bool = False) ->
     manifest = directory / "network.json"
     if manifest.exists():
         existing = json.loads(manifest.read_text())
+        # Through from_json, so a manifest written before a field existed reads with its
+        # default and still names the same network.
+        with contextlib.suppress(TypeError, KeyError, ValueError):
+            existing = NetworkPlan.from_json(existing).to_json()
         if existing == plan.to_json():
             return False
         if not force:

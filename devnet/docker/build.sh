@@ -77,6 +77,9 @@ if [[ ! -f "$deps_stamp" ]]; then
         -d "$wheelhouse/deps" "$project_wheel"
     touch "$deps_stamp"
 fi
+# pip download also copied the project's own wheel into deps/: an old one there would be
+# installed with the dependencies and the fresh wheel skipped as "already satisfied".
+rm -f "$wheelhouse"/deps/qchain-*.whl
 
 # On the local base the build runs with no network at all: proof that it fetches nothing.
 # python:3.12-slim needs Debian's mirror for iproute2.

@@ -60,6 +60,7 @@ from qchain.qkd.clock import Clock, SystemClock
 from qchain.qkd.errors import KeyBadRequest, KeyExhausted, KeySourceError, KeyUnauthorised
 from qchain.qkd.keymanager import PROFILES, KeyFactory, KeyManager
 from qchain.qkd.kms_config import Behaviour, KMSConfig, parse_behaviour
+from qchain.qkd.relay import Relay, settled
 from qchain.qkd.source import Key, key_id_str, parse_key_id
 
 log = logging.getLogger(__name__)
@@ -237,6 +238,7 @@ async def handle_enc_keys(request: web.Request) -> web.Response:
         if not (behaviour.partial_batches and e.stored > 0):
             raise
         keys = manager.enc_keys(caller, slave, e.stored, size)
+    await settled(manager)  # one KME per site: qchain.qkd.relay
     log.debug("enc_keys %s -> %s: %d keys", caller, slave, len(keys))
     return web.json_response(_keys_json(keys))
 
@@ -429,8 +431,15 @@ class KMSServer:
         factory: KeyFactory | None = None,
     ) -> None:
         self.config = config
-        self.manager = KeyManager(
-            config.links, clock or SystemClock(), kme_ids=dict(config.kme_ids), factory=factory
+        clock = clock or SystemClock()
+        # One KME per site (qchain.qkd.relay): the relay's manager serves the local SAE.
+        self.relay = None if config.relay is None else Relay(config.relay, clock)
+        self.manager = (
+            KeyManager(config.links, clock, kme_ids=dict(config.kme_ids), factory=factory)
+            if self.relay is None
+            else self.relay.make_manager(
+                config.links, kme_ids=dict(config.kme_ids), factory=factory
+            )
         )
         self.switches = Switches(config.resolved_behaviour, tls=config.tls is not None)
         self._runners: list[web.AppRunner] = []
@@ -471,9 +480,13 @@ class KMSServer:
             cfg.admin_port,
             None,
         )
+        if self.relay is not None:
+            await self.relay.start()
         log.info("key manager on %s, admin on %s", self.url, self.admin_url)
 
     async def stop(self) -> None:
+        if self.relay is not None:
+            await self.relay.stop()
         for runner in reversed(self._runners):
             await runner.cleanup()
         self._runners.clear()

@@ -45,6 +45,9 @@
     saes = ["node0", "node1"]
     profile = "lab"
 
+    [relay]                           # optional: one KME per site, see qchain.qkd.relay
+    local_sae = "node0"
+
 Relative paths are resolved against the file's directory. Every error is a
 `ConfigError` naming the field.
 """
@@ -61,6 +64,7 @@ from typing import Literal, cast
 
 from qchain.errors import ConfigError
 from qchain.qkd.keymanager import PROFILES, LinkConfig
+from qchain.qkd.relay import RelayConfig, parse_relay_config
 
 _LINK_INTS = (
     "key_size",
@@ -166,6 +170,8 @@ class KMSConfig:
     insecure_dev_mode: bool = False
     behaviour: Behaviour | None = None
     """None: the standard's answers, the SAE named as the TLS mode implies."""
+    relay: RelayConfig | None = None
+    """One KME per site: serve only the local SAE and relay keys (`qchain.qkd.relay`)."""
     resolved_behaviour: Behaviour = field(init=False)
     """`behaviour`, or the default set for this TLS mode."""
 
@@ -314,6 +320,7 @@ def parse_kms_config(doc: Mapping[str, object], base: Path = Path(".")) -> KMSCo
         admin_token=token,
         tls=tls,
         insecure_dev_mode=insecure,
+        relay=parse_relay_config(doc.get("relay"), base, kme_ids),
     )
 
 

@@ -1,0 +1,70 @@
+"""The Docker devnet with one KME per node (`init --docker --kme-per-node`): four
+`kme-nodeI` containers relay keys to each other over the compose network, and a
+transaction sent to each node commits on every node."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from devnet.dockernet import ComposeNetwork, DockerSettings, plan_docker_network
+from devnet.network import account_key
+from qchain.client import AsyncClient
+from qchain.types import new_transaction
+
+from .docker_support import IMAGE, build_image, compose_devnet, docker_lock, skip_without_docker
+
+pytestmark = [pytest.mark.docker, pytest.mark.slow]
+PROJECT = "qchain-kmedocker"
+BASE_PORT = 31400
+SCHEME = "ed25519"
+
+
+@pytest.fixture
+def kme_net(tmp_path: Path) -> Iterator[ComposeNetwork]:
+    skip_without_docker("Docker KME-per-node test")
+    with docker_lock():
+        build_image(IMAGE)
+        plan = plan_docker_network(
+            scheme=SCHEME, heartbeat_ms=500, kme_mode="per-node", sae_ids="site-{i}"
+        )
+        settings = DockerSettings(project=PROJECT, base_port=BASE_PORT, image=IMAGE)
+        with compose_devnet(tmp_path / "net", plan, settings) as net:
+            yield net
+
+
+@pytest.mark.timeout(300)
+async def test_kme_per_node_commits_on_every_node(kme_net: ComposeNetwork) -> None:
+    net = kme_net
+    assert net.services()[:4] == [f"kme-node{i}" for i in range(4)]
+    await asyncio.to_thread(net.wait_ready, 1, 180)
+    names = [n.name for n in net.plan.nodes]
+    key = account_key("partner1", SCHEME)
+    txs = [
+        new_transaction(
+            key,
+            chain_id=net.plan.chain_id,
+            nonce=i,
+            contract="notary",
+            method="anchor",
+            args=[bytes([0xD0 + i]) * 32, "sha256", f"site doc {i}", "report", b""],
+        )
+        for i in range(4)
+    ]
+    for name, tx in zip(names, txs, strict=True):
+        async with AsyncClient(net.api_url(name)) as c:
+            await c.submit(tx)
+    async with AsyncClient(net.api_url(names[0])) as c:
+        for tx in txs:
+            assert (await c.submit_and_wait(tx, timeout_s=60)).status == "committed"
+    deadline = time.monotonic() + 60
+    for name in names:
+        async with AsyncClient(net.api_url(name)) as c:
+            for tx in txs:
+                while (await c.tx_status(tx.hash)).status != "committed":
+                    assert time.monotonic() < deadline, f"{name} did not commit"
+                    await asyncio.sleep(0.2)
