@@ -233,6 +233,35 @@ def check_halt(
     )
 
 
+def check_resume(
+    samples: Sequence[StatusSample], nodes: Sequence[str], name: str, undone: float, bound: float
+) -> CheckResult:
+    """After a halt is undone (keys back, KME refilled), every node commits a block above the
+    highest height any node had at the undo within `bound` seconds. The evidence gives each
+    node's time, measured on the 0.5 s status samples."""
+    top = max((s.height for s in samples if s.t <= undone and s.height is not None), default=0)
+    took: dict[str, float] = {}
+    for s in sorted(samples, key=lambda x: x.t):
+        if s.t >= undone and s.height is not None and s.height > top:
+            took.setdefault(s.node, s.t - undone)
+    missing = [n for n in nodes if n not in took]
+    slow = [n for n in nodes if n in took and took[n] > bound]
+    evidence = tuple(f"{n}: {took[n]:.2f}s" for n in nodes if n in took)
+    evidence += tuple(f"{n}: no block above {top} was seen" for n in missing)
+    worst = max(took.values(), default=0.0)
+    check = f"resume {name}"
+    if missing or slow:
+        return CheckResult(
+            check, False, f"not every node committed above {top} within {bound:g}s", evidence
+        )
+    return CheckResult(
+        check,
+        True,
+        f"every node committed above {top} within {worst:.2f}s (<= {bound:g}s)",
+        evidence,
+    )
+
+
 def check_equivocation(
     final: Mapping[str, Mapping[str, int]], expect: str, byzantine: Iterable[str]
 ) -> CheckResult:
