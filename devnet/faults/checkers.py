@@ -262,6 +262,24 @@ def check_resume(
     )
 
 
+def check_acked_committed(ops: Sequence[Op]) -> CheckResult:
+    """Every operation a node acknowledged (took into its mempool) was committed by the
+    end of the run: stricter than no-lost-writes, which only holds nodes to commits they
+    reported."""
+    open_ops = [o for o in ops if o.acked_at is not None and o.height is None]
+    acked = sum(1 for o in ops if o.acked_at is not None)
+    if open_ops:
+        return CheckResult(
+            "acked-committed",
+            False,
+            f"{len(open_ops)} of {acked} acknowledged txs never committed",
+            tuple(
+                f"op {o.op_id} ({o.kind}) acknowledged at {o.acked_at:.1f}s" for o in open_ops[:20]
+            ),
+        )
+    return CheckResult("acked-committed", True, f"all {acked} acknowledged txs committed")
+
+
 def check_equivocation(
     final: Mapping[str, Mapping[str, int]], expect: str, byzantine: Iterable[str]
 ) -> CheckResult:

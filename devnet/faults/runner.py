@@ -36,6 +36,7 @@ from devnet.faults.attacker import Attacker, AttackError, AttackSpec, victims
 from devnet.faults.backends import BackendError, DockerTarget, LocalTarget, Target
 from devnet.faults.checkers import (
     CheckResult,
+    check_acked_committed,
     check_agreement,
     check_app_hash,
     check_equivocation,
@@ -737,6 +738,8 @@ async def _run_on(
                         scenario.checks.max_resume_s,
                     )
                 )
+    if scenario.checks.all_acked_commit:
+        checks.append(check_acked_committed(history.ops))
     for link in scenario.checks.starvation:
         window = _key_window(timeline.records, link)
         if window is None:

@@ -133,6 +133,8 @@ class ChecksSpec:
     nodes are ready at the end, a node with a corrupted disk is not ready and says why."""
     readiness_stall_s: float = 5.0
     """A node whose height has not moved for this long counts as cut off."""
+    all_acked_commit: bool = False
+    """Every acknowledged transaction must be committed by the liveness deadline."""
     max_resume_s: float | None = None
     """If set, after every `expect_halt` step is undone each node must commit a new block
     (above the highest height at the undo) within this many seconds."""
@@ -384,6 +386,7 @@ def parse_scenario(doc: dict[str, Any], default_name: str = "scenario") -> Scena
             "readiness",
             "readiness_stall_s",
             "max_resume_s",
+            "all_acked_commit",
         },
     )
     equivocation = checks_doc.get("equivocation", "absent")
@@ -404,6 +407,9 @@ def parse_scenario(doc: dict[str, Any], default_name: str = "scenario") -> Scena
     if type(readiness) is not bool:
         raise ConfigError("checks.readiness", "true or false")
     max_latency = _num(checks_doc, "max_latency_s", "checks", None, 0.01)
+    all_acked_commit = checks_doc.get("all_acked_commit", False)
+    if type(all_acked_commit) is not bool:
+        raise ConfigError("checks.all_acked_commit", "true or false")
     max_resume = _num(checks_doc, "max_resume_s", "checks", None, 0.5)
     checks = ChecksSpec(
         liveness_deadline_s=float(_num(checks_doc, "liveness_deadline_s", "checks", 30.0, 1.0)),
@@ -416,6 +422,7 @@ def parse_scenario(doc: dict[str, Any], default_name: str = "scenario") -> Scena
         readiness=readiness,
         readiness_stall_s=float(_num(checks_doc, "readiness_stall_s", "checks", 5.0, 0.5)),
         max_resume_s=None if max_resume is None else float(max_resume),
+        all_acked_commit=all_acked_commit,
     )
     docker_ok = not any(
         (s.action == "byzantine" and s.param("mode") == "twin") or s.action in LOCAL_ONLY
