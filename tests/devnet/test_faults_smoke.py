@@ -1,7 +1,7 @@
 """The fault kit's smoke set against a real local-process devnet (fresh per scenario):
 leader crash, partition + heal, key exhaustion + recovery, an equivocating leader, every
-hostile-peer scenario and the key-manager scenarios. Every check must hold; on failure the report (and where to
-look) is in the assertion."""
+hostile-peer scenario and the key-manager scenarios. Every check must hold; on failure the
+report (and where to look) is in the assertion."""
 
 from __future__ import annotations
 
