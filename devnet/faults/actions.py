@@ -8,7 +8,15 @@ Transport rules are read-modify-write through the node admin API (`GET` then `PU
 Key-manager actions name a link as "nodeA~nodeB" or "all". Cutting a link's keys
 (`keys ... rate 0`) sets its rate to 0 *and* empties the key manager's stored pool (the
 eavesdropper switch, on then off, is the admin API's only way to flush), so the nodes
-starve as soon as the keys they already hold are spent, not minutes later.
+starve as soon as the keys they already hold are spent, not minutes later. `drain`
+does the same through the admin API's `stored` count and `refill` puts keys back.
+
+With one KME per node every key manager action goes to the KMEs that hold the link: both
+ends' for "nodeA~nodeB" (the master's KME serves enc_keys, the slave's dec_keys, and
+each end is master for its own frames), every KME for "all" (`kmes_for_link`).
+`set_behaviour` replaces the behaviour switches of chosen sites' KMEs, `kme_down` /
+`kme_up` stop (SIGTERM) and start one site's KME. Counters are read per KME and added
+up per link (`kme_links`, `sum_links`).
 
 A twin (`start_twin`) is a second process with a validator's identity: the node is
 stopped cleanly, its directory (key, config, chain data, sequence-number lease) is
