@@ -262,6 +262,26 @@ def check_resume(
     )
 
 
+def check_no_restart(samples: Sequence[StatusSample], nodes: Sequence[str]) -> CheckResult:
+    """No node process was restarted during the run: the uptime each node reports never
+    drops between two of its answers (a node that did not answer is not judged then)."""
+    restarts = []
+    for n in nodes:
+        last: StatusSample | None = None
+        for s in sorted((x for x in samples if x.node == n), key=lambda x: x.t):
+            if s.uptime_s is None:
+                continue
+            if last is not None and last.uptime_s is not None and s.uptime_s < last.uptime_s:
+                restarts.append(
+                    f"{n}: uptime {last.uptime_s:.1f}s at {last.t:.1f}s, {s.uptime_s:.1f}s at "
+                    f"{s.t:.1f}s"
+                )
+            last = s
+    if restarts:
+        return CheckResult("no-restart", False, "a node was restarted", tuple(restarts))
+    return CheckResult("no-restart", True, f"no restart of {len(nodes)} nodes (uptime grew)")
+
+
 def check_acked_committed(ops: Sequence[Op]) -> CheckResult:
     """Every operation a node acknowledged (took into its mempool) was committed by the
     end of the run: stricter than no-lost-writes, which only holds nodes to commits they

@@ -54,6 +54,7 @@ BYZ = (
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from devnet.faults.scenario import REFILL_KEYS
+
     sub = p.add_subparsers(dest="fault_cmd", metavar="VERB", required=True)
     run = sub.add_parser("run", help="run a scenario and check the invariants")
     run.add_argument("scenario", help="a TOML file or a shipped scenario name")

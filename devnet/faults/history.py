@@ -64,6 +64,8 @@ class StatusSample:
     halted: str | None = None
     latency_s: float | None = None
     """How long the request took (up to the client's timeout when it did not answer)."""
+    uptime_s: float | None = None
+    """The node process's uptime as it reported it (a restart makes it drop)."""
 
 
 @dataclass(frozen=True)

@@ -45,6 +45,7 @@ from devnet.faults.checkers import (
     check_latency,
     check_liveness,
     check_lost_writes,
+    check_no_restart,
     check_progress,
     check_readiness,
     check_resume,
@@ -185,6 +186,7 @@ class Observer:
             {str(k): int(v) for k, v in (st.get("alerts") or {}).items()},
             st.get("halted"),
             round(self.clock() - t, 4),
+            None if st.get("uptime_s") is None else float(st["uptime_s"]),
         )
 
     async def ready(self, name: str) -> ReadySample:
@@ -740,6 +742,8 @@ async def _run_on(
                 )
     if scenario.checks.all_acked_commit:
         checks.append(check_acked_committed(history.ops))
+    if scenario.checks.no_restart:
+        checks.append(check_no_restart(history.statuses, names))
     for link in scenario.checks.starvation:
         window = _key_window(timeline.records, link)
         if window is None:

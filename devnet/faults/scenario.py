@@ -133,6 +133,8 @@ class ChecksSpec:
     nodes are ready at the end, a node with a corrupted disk is not ready and says why."""
     readiness_stall_s: float = 5.0
     """A node whose height has not moved for this long counts as cut off."""
+    no_restart: bool = False
+    """No node process may be restarted during the run (its reported uptime never drops)."""
     all_acked_commit: bool = False
     """Every acknowledged transaction must be committed by the liveness deadline."""
     max_resume_s: float | None = None
@@ -387,6 +389,7 @@ def parse_scenario(doc: dict[str, Any], default_name: str = "scenario") -> Scena
             "readiness_stall_s",
             "max_resume_s",
             "all_acked_commit",
+            "no_restart",
         },
     )
     equivocation = checks_doc.get("equivocation", "absent")
@@ -410,6 +413,9 @@ def parse_scenario(doc: dict[str, Any], default_name: str = "scenario") -> Scena
     all_acked_commit = checks_doc.get("all_acked_commit", False)
     if type(all_acked_commit) is not bool:
         raise ConfigError("checks.all_acked_commit", "true or false")
+    no_restart = checks_doc.get("no_restart", False)
+    if type(no_restart) is not bool:
+        raise ConfigError("checks.no_restart", "true or false")
     max_resume = _num(checks_doc, "max_resume_s", "checks", None, 0.5)
     checks = ChecksSpec(
         liveness_deadline_s=float(_num(checks_doc, "liveness_deadline_s", "checks", 30.0, 1.0)),
@@ -423,6 +429,7 @@ def parse_scenario(doc: dict[str, Any], default_name: str = "scenario") -> Scena
         readiness_stall_s=float(_num(checks_doc, "readiness_stall_s", "checks", 5.0, 0.5)),
         max_resume_s=None if max_resume is None else float(max_resume),
         all_acked_commit=all_acked_commit,
+        no_restart=no_restart,
     )
     docker_ok = not any(
         (s.action == "byzantine" and s.param("mode") == "twin") or s.action in LOCAL_ONLY

@@ -19,6 +19,7 @@ from devnet.faults.checkers import (
     check_key_reuse,
     check_liveness,
     check_lost_writes,
+    check_no_restart,
     check_resume,
     check_starvation,
 )
@@ -534,3 +535,12 @@ def test_acknowledged_ops_must_commit() -> None:
     pending = [*done, op(3, "t3", None)]
     result = check_acked_committed(pending)
     assert not result.ok and "1 of 3" in result.summary
+
+
+def test_restart_shows_as_uptime_dropping() -> None:
+    steady = [StatusSample(t, "node0", 5, uptime_s=100 + t) for t in (1.0, 2.0, 3.0)]
+    gap = [StatusSample(2.5, "node0", None)]
+    assert check_no_restart(steady + gap, ["node0"]).ok
+    restarted = [*steady, StatusSample(4.0, "node0", 5, uptime_s=0.7)]
+    result = check_no_restart(restarted, ["node0"])
+    assert not result.ok and "node0: uptime 103.0s" in result.details[0]
