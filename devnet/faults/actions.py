@@ -336,6 +336,32 @@ def sum_links(per_kme: Iterable[dict[str, dict[str, int]]]) -> dict[str, dict[st
     return out
 
 
+def restarted(last: dict[str, dict[str, int]], now: dict[str, dict[str, int]]) -> bool:
+    """A KME's counters went down between two reads: it was restarted in between."""
+    return any(
+        now.get(link, {}).get(k, 0) < v
+        for link, counters in last.items()
+        for k, v in counters.items()
+        if k != "stored_key_count"
+    )
+
+
+def carry_over(
+    base: dict[str, dict[str, int]],
+    last: dict[str, dict[str, int]],
+    final: dict[str, dict[str, int]],
+) -> dict[str, dict[str, int]]:
+    """The counters of a restarted KME's earlier lives: `base` plus what it had counted
+    when it stopped (the larger of the last periodic read and a `final` read just before
+    the stop, if any); stored keys do not carry over."""
+    ended = {
+        link: {k: max(v, final.get(link, {}).get(k, 0)) for k, v in counters.items()}
+        for link, counters in (last or final).items()
+    }
+    total = sum_links([base, ended])
+    return {link: {**c, "stored_key_count": 0} for link, c in total.items()}
+
+
 def kms_links(target: Target) -> dict[str, dict[str, int]]:
     """Every link's counters and stored key count over all key managers."""
     return sum_links(kme_links(target, kme) for kme in target.kme_names())

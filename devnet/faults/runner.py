@@ -233,15 +233,10 @@ class Observer:
         for kme in self.target.kme_names():
             now = actions.kme_links(self.target, kme)
             last = self.kme_last.get(kme, {})
-            base = self.kme_base.setdefault(kme, {})
-            if any(
-                now.get(link, {}).get(k, 0) < v
-                for link, counters in last.items()
-                for k, v in counters.items()
-                if k != "stored_key_count"
-            ):
-                base = actions.sum_links([base, last])
-                base = {lk: {**c, "stored_key_count": 0} for lk, c in base.items()}
+            base = self.kme_base.get(kme, {})
+            if actions.restarted(last, now):
+                final = self.history.kme_at_stop.pop(kme, {})
+                base = actions.carry_over(base, last, final)
                 self.kme_base[kme] = base
             self.kme_last[kme] = now
             out.append(actions.sum_links([base, now]))
@@ -398,6 +393,9 @@ class Timeline:
         elif a == "kme-down":
             for n in rec.nodes:
                 self.kmes_down.add(n)
+                kme = await self._call(tg.kme_of, n)
+                with contextlib.suppress(OSError, BackendError, ValueError):
+                    self.history.kme_at_stop[kme] = await self._call(actions.kme_links, tg, kme)
                 rec.detail[n] = await self._call(actions.kme_down, tg, n)
         elif a == "kme-behaviour":
             switches = dict(s.param("switches"))

@@ -544,3 +544,16 @@ def test_restart_shows_as_uptime_dropping() -> None:
     restarted = [*steady, StatusSample(4.0, "node0", 5, uptime_s=0.7)]
     result = check_no_restart(restarted, ["node0"])
     assert not result.ok and "node0: uptime 103.0s" in result.details[0]
+
+
+def test_counters_carry_over_a_kme_restart() -> None:
+    last = {"L": {"keys_to_master": 10, "stored_key_count": 50}}
+    assert not actions.restarted(last, {"L": {"keys_to_master": 12, "stored_key_count": 0}})
+    now = {"L": {"keys_to_master": 2, "stored_key_count": 2048}}
+    assert actions.restarted(last, now)
+    final = {"L": {"keys_to_master": 14, "stored_key_count": 40}}
+    base = actions.carry_over({}, last, final)
+    assert base == {"L": {"keys_to_master": 14, "stored_key_count": 0}}
+    assert actions.sum_links([base, now])["L"]["keys_to_master"] == 16
+    again = actions.carry_over(base, {"L": {"keys_to_master": 5}}, {})
+    assert again["L"]["keys_to_master"] == 19
