@@ -7,7 +7,11 @@
 - the node admin API (`admin`: transport fault rules, Byzantine modes, dumps), reached
   with the bearer token in `DIR/nodes/NODE/admin.token`;
 - the key manager admin API (`kms_admin`: per-link rate, outage, eavesdropper, counters)
-  with the token in `DIR/kms/admin.token`;
+  with the token in `DIR/kms/admin.token`; with one KME per node (`kme_mode =
+  "per-node"`) every KME has its own admin endpoint: `kme_names` lists the key managers
+  the devnet runs (`kms`, or `kme-node0`, `kme-node1`, ...), `kme_of` names the one a
+  node takes its keys from, `kme_admin` calls one of them, and `stop_kme` / `start_kme`
+  take one down (SIGTERM) and bring it back;
 - where to look when something failed (`log_hint`, `admin_url`, `kms_admin_hint`,
   `down_hint`).
 
@@ -87,6 +91,16 @@ class Target(Protocol):
 
     def kms_admin(self, method: str, path: str, body: object = None) -> Any: ...
 
+    def kme_names(self) -> list[str]: ...
+
+    def kme_of(self, name: str) -> str: ...
+
+    def kme_admin(self, kme: str, method: str, path: str, body: object = None) -> Any: ...
+
+    def stop_kme(self, kme: str) -> None: ...
+
+    def start_kme(self, kme: str) -> None: ...
+
     def log_hint(self, name: str) -> str: ...
 
     def admin_url(self, name: str) -> str: ...
@@ -100,6 +114,20 @@ class Target(Protocol):
 
 def _token(path: Path) -> str:
     return path.read_text().strip()
+
+
+SHARED_KMS = "kms"
+"""The service name of the devnet's one shared key manager."""
+
+
+def kme_service(plan: NetworkPlan, name: str) -> str:
+    """The key manager that serves node `name`: `kme-NODE` with one KME per node, else the
+    shared `kms`. External KMEs are not the devnet's to perturb (BackendError)."""
+    if plan.kme_mode == "external":
+        raise BackendError("external KMEs: the devnet runs no key manager the kit could reach")
+    if name not in {n.name for n in plan.nodes}:
+        raise BackendError(f"no node {name!r}")
+    return f"kme-{name}" if plan.kme_mode == "per-node" else SHARED_KMS
 
 
 class LocalTarget:
@@ -156,8 +184,41 @@ class LocalTarget:
         return http_call(f"{self.node(name).admin_url}{path}", method, body, token)
 
     def kms_admin(self, method: str, path: str, body: object = None) -> Any:
+        """The first key manager's admin API (the shared KMS, or node0's KME)."""
+        return self.kme_admin(self.kme_names()[0], method, path, body)
+
+    def kme_names(self) -> list[str]:
+        names = list(self.net.kms_services())
+        if not names:
+            raise BackendError("external KMEs: the devnet runs no key manager the kit could reach")
+        return names
+
+    def kme_of(self, name: str) -> str:
+        return kme_service(self.plan, name)
+
+    def _kme_url(self, kme: str) -> str:
+        urls = self.net.kms_services()
+        if kme not in urls:
+            raise BackendError(f"no key manager {kme!r} (this devnet runs: {', '.join(urls)})")
+        return urls[kme]
+
+    def kme_admin(self, kme: str, method: str, path: str, body: object = None) -> Any:
         token = _token(self.dir / "kms" / "admin.token")
-        return http_call(f"{self.plan.kms_admin_url}{path}", method, body, token)
+        return http_call(f"{self._kme_url(kme)}{path}", method, body, token)
+
+    def stop_kme(self, kme: str) -> None:
+        """SIGTERM one key manager (SIGKILL after the grace period)."""
+        self._kme_url(kme)
+        self.net.stop([kme])
+
+    def start_kme(self, kme: str) -> None:
+        """Start a stopped key manager and wait until its admin endpoint answers."""
+        self._kme_url(kme)
+        self.net.start(kme)
+        try:
+            self.net.wait_kms(kme)
+        except (RuntimeError, TimeoutError) as e:
+            raise BackendError(f"{kme}: {e}") from e
 
     def log_hint(self, name: str) -> str:
         return str(self.net.log_file(name))
@@ -166,7 +227,8 @@ class LocalTarget:
         return self.node(name).admin_url
 
     def kms_admin_hint(self) -> str:
-        return f"GET {self.plan.kms_admin_url}/admin/links"
+        urls = self.net.kms_services()
+        return "; ".join(f"{kme}: GET {url}/admin/links" for kme, url in urls.items())
 
     def down_hint(self) -> str:
         return f"qchain devnet down --dir {self.dir}"
@@ -445,6 +507,33 @@ class DockerTarget:
             raise BackendError(f"{method} {url}: HTTP {status}: {answer.get('body', '')!r}")
         raw = str(answer.get("body", ""))
         return json.loads(raw) if raw.strip() else None
+
+    def _shared_only(self) -> None:
+        if self.plan.kme_mode != "shared":
+            raise BackendError(
+                f"Docker devnet with kme_mode {self.plan.kme_mode!r}: the fault kit reaches "
+                "only the shared key manager in Docker; use a local devnet"
+            )
+
+    def kme_names(self) -> list[str]:
+        self._shared_only()
+        return [SHARED_KMS]
+
+    def kme_of(self, name: str) -> str:
+        self._shared_only()
+        return kme_service(self.plan, name)
+
+    def kme_admin(self, kme: str, method: str, path: str, body: object = None) -> Any:
+        self._shared_only()
+        if kme != SHARED_KMS:
+            raise BackendError(f"no key manager {kme!r} (this devnet runs: {SHARED_KMS})")
+        return self.kms_admin(method, path, body)
+
+    def stop_kme(self, kme: str) -> None:
+        raise BackendError("kme-down needs a local devnet with one KME per node")
+
+    def start_kme(self, kme: str) -> None:
+        raise BackendError("kme-down needs a local devnet with one KME per node")
 
     def close(self) -> None:
         """End the key manager shell (if one was started)."""

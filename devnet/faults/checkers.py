@@ -233,6 +233,73 @@ def check_halt(
     )
 
 
+def check_resume(
+    samples: Sequence[StatusSample], nodes: Sequence[str], name: str, undone: float, bound: float
+) -> CheckResult:
+    """After a halt is undone (keys back, KME refilled), every node commits a block above the
+    highest height any node had at the undo within `bound` seconds. The evidence gives each
+    node's time, measured on the 0.5 s status samples."""
+    top = max((s.height for s in samples if s.t <= undone and s.height is not None), default=0)
+    took: dict[str, float] = {}
+    for s in sorted(samples, key=lambda x: x.t):
+        if s.t >= undone and s.height is not None and s.height > top:
+            took.setdefault(s.node, s.t - undone)
+    missing = [n for n in nodes if n not in took]
+    slow = [n for n in nodes if n in took and took[n] > bound]
+    evidence = tuple(f"{n}: {took[n]:.2f}s" for n in nodes if n in took)
+    evidence += tuple(f"{n}: no block above {top} was seen" for n in missing)
+    worst = max(took.values(), default=0.0)
+    check = f"resume {name}"
+    if missing or slow:
+        return CheckResult(
+            check, False, f"not every node committed above {top} within {bound:g}s", evidence
+        )
+    return CheckResult(
+        check,
+        True,
+        f"every node committed above {top} within {worst:.2f}s (<= {bound:g}s)",
+        evidence,
+    )
+
+
+def check_no_restart(samples: Sequence[StatusSample], nodes: Sequence[str]) -> CheckResult:
+    """No node process was restarted during the run: the uptime each node reports never
+    drops between two of its answers (a node that did not answer is not judged then)."""
+    restarts = []
+    for n in nodes:
+        last: StatusSample | None = None
+        for s in sorted((x for x in samples if x.node == n), key=lambda x: x.t):
+            if s.uptime_s is None:
+                continue
+            if last is not None and last.uptime_s is not None and s.uptime_s < last.uptime_s:
+                restarts.append(
+                    f"{n}: uptime {last.uptime_s:.1f}s at {last.t:.1f}s, {s.uptime_s:.1f}s at "
+                    f"{s.t:.1f}s"
+                )
+            last = s
+    if restarts:
+        return CheckResult("no-restart", False, "a node was restarted", tuple(restarts))
+    return CheckResult("no-restart", True, f"no restart of {len(nodes)} nodes (uptime grew)")
+
+
+def check_acked_committed(ops: Sequence[Op]) -> CheckResult:
+    """Every operation a node acknowledged (took into its mempool) was committed by the
+    end of the run: stricter than no-lost-writes, which only holds nodes to commits they
+    reported."""
+    open_ops = [o for o in ops if o.acked_at is not None and o.height is None]
+    acked = sum(1 for o in ops if o.acked_at is not None)
+    if open_ops:
+        return CheckResult(
+            "acked-committed",
+            False,
+            f"{len(open_ops)} of {acked} acknowledged txs never committed",
+            tuple(
+                f"op {o.op_id} ({o.kind}) acknowledged at {o.acked_at:.1f}s" for o in open_ops[:20]
+            ),
+        )
+    return CheckResult("acked-committed", True, f"all {acked} acknowledged txs committed")
+
+
 def check_equivocation(
     final: Mapping[str, Mapping[str, int]], expect: str, byzantine: Iterable[str]
 ) -> CheckResult:

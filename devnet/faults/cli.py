@@ -14,6 +14,10 @@
     qchain fault attack hijack|forge|conn-flood --target NODE... [--claim NODE...]
                         [--duration S] [--rate R] [--connections N]
     qchain fault corrupt-disk NODE
+    qchain fault kme-down|kme-up NODE            (one KME per node: that node's KME)
+    qchain fault kme-drain [--link NODEA~NODEB|all] [--rate BITS]
+    qchain fault kme-refill [--link NODEA~NODEB|all] [--count N]
+    qchain fault kme-behaviour [JSON] [--node NODE...]   (no JSON: the standard set)
 
 SCENARIO is a TOML file or the name of a shipped scenario (`qchain fault list`). NODE may
 be a node name or `leader`. The ad-hoc verbs act on `--dir` (default devnet-data).
@@ -23,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import random
 import sys
 from pathlib import Path
@@ -48,6 +53,8 @@ BYZ = (
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from devnet.faults.scenario import REFILL_KEYS
+
     sub = p.add_subparsers(dest="fault_cmd", metavar="VERB", required=True)
     run = sub.add_parser("run", help="run a scenario and check the invariants")
     run.add_argument("scenario", help="a TOML file or a shipped scenario name")
@@ -105,6 +112,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     verb("corrupt-disk", "stop a node, flip one bit in a LevelDB table, start it").add_argument(
         "node"
     )
+    verb("kme-down", "SIGTERM one node's KME (one KME per node)").add_argument("node")
+    verb("kme-up", "start one node's KME again").add_argument("node")
+    kd = verb("kme-drain", "empty the links' key pools at their KMEs, generating --rate bits/s")
+    kd.add_argument("--link", default="all")
+    kd.add_argument("--rate", type=int, default=0)
+    kr = verb("kme-refill", "back to the devnet's rate profile with --count keys per link")
+    kr.add_argument("--link", default="all")
+    kr.add_argument("--count", type=int, default=REFILL_KEYS)
+    kb = verb("kme-behaviour", "set KME behaviour switches (a JSON object; none: standard)")
+    kb.add_argument("switches", nargs="?", default="{}")
+    kb.add_argument("--node", nargs="+", default=None, help="these nodes' KMEs (default: all)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -163,6 +181,7 @@ def _verb(args: argparse.Namespace) -> int:
 
 def _verb_on(target: Target, args: argparse.Namespace) -> int:
     from devnet.faults import actions
+    from devnet.faults.backends import BackendError
 
     rng = random.Random()
     cmd = args.fault_cmd
@@ -233,6 +252,26 @@ def _verb_on(target: Target, args: argparse.Namespace) -> int:
         )
         stats = asyncio.run(Attacker(spec, rng).run())
         print(f"{args.kind} on {','.join(t.name for t in spec.targets)}: {stats.to_json()}")
+    elif cmd in ("kme-down", "kme-up"):
+        node = one(args.node)
+        if cmd == "kme-down":
+            print(f"{actions.kme_down(target, node)} stopped")
+        else:
+            actions.kme_up(target, node)
+            print(f"{target.kme_of(node)} started")
+    elif cmd == "kme-drain":
+        actions.drain(target, args.link, args.rate)
+        print(f"keys on {args.link}: pools emptied, {args.rate} bits/s")
+    elif cmd == "kme-refill":
+        actions.refill(target, args.link, args.count)
+        print(f"keys on {args.link}: {args.count} stored, rate {target.plan.kms_rate}")
+    elif cmd == "kme-behaviour":
+        switches = json.loads(args.switches)
+        if not isinstance(switches, dict):
+            raise BackendError("give the switches as a JSON object")
+        nodes = actions.resolve(target, args.node, rng) if args.node else None
+        actions.set_behaviour(target, switches, nodes)
+        print(f"behaviour of {', '.join(actions.kmes_for_nodes(target, nodes))}: {switches}")
     elif cmd == "corrupt-disk":
         node = one(args.node)
         where = actions.corrupt_disk(target, node, rng)

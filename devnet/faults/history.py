@@ -64,6 +64,8 @@ class StatusSample:
     halted: str | None = None
     latency_s: float | None = None
     """How long the request took (up to the client's timeout when it did not answer)."""
+    uptime_s: float | None = None
+    """The node process's uptime as it reported it (a restart makes it drop)."""
 
 
 @dataclass(frozen=True)
@@ -115,6 +117,9 @@ class History:
     """node -> blocks it served that do not verify against their own header."""
     events: list[dict[str, Any]] = field(default_factory=list)
     """The timeline as it happened: {t, action, detail}."""
+    kme_at_stop: dict[str, dict[str, dict[str, int]]] = field(default_factory=dict)
+    """A KME's counters read just before a step stopped it (its restart starts them at
+    zero; the observer carries these over)."""
 
     def event(self, t: float, action: str, **detail: Any) -> None:
         self.events.append({"t": round(t, 3), "action": action, **detail})

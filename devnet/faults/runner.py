@@ -36,6 +36,7 @@ from devnet.faults.attacker import Attacker, AttackError, AttackSpec, victims
 from devnet.faults.backends import BackendError, DockerTarget, LocalTarget, Target
 from devnet.faults.checkers import (
     CheckResult,
+    check_acked_committed,
     check_agreement,
     check_app_hash,
     check_equivocation,
@@ -44,8 +45,10 @@ from devnet.faults.checkers import (
     check_latency,
     check_liveness,
     check_lost_writes,
+    check_no_restart,
     check_progress,
     check_readiness,
+    check_resume,
     check_served_blocks,
     check_starvation,
     rejections_total,
@@ -133,6 +136,8 @@ def fresh_local_network(scenario: Scenario, directory: Path) -> LocalTarget:
         scheme=spec.scheme,
         heartbeat_ms=spec.heartbeat_ms,
         kms_rate=spec.kms_rate,
+        kme_mode="per-node" if spec.kme_per_node else "shared",
+        relay_delay_ms=spec.relay_delay_ms,
     )
     create_network(directory, plan)
     target = LocalTarget(directory)
@@ -163,6 +168,10 @@ class Observer:
         self.names = target.node_names()
         self.sae_to_node = {n.sae_id: n.name for n in target.plan.nodes}
         self.clients = {n: AsyncClient(target.api_url(n), timeout_s=2.0) for n in self.names}
+        self.kme_last: dict[str, dict[str, dict[str, int]]] = {}
+        """Each key manager's counters as last read."""
+        self.kme_base: dict[str, dict[str, dict[str, int]]] = {}
+        """Each key manager's counters before its latest restart."""
 
     async def status(self, name: str) -> StatusSample:
         t = self.clock()
@@ -177,6 +186,7 @@ class Observer:
             {str(k): int(v) for k, v in (st.get("alerts") or {}).items()},
             st.get("halted"),
             round(self.clock() - t, 4),
+            None if st.get("uptime_s") is None else float(st["uptime_s"]),
         )
 
     async def ready(self, name: str) -> ReadySample:
@@ -211,10 +221,26 @@ class Observer:
                 self.history.qkd.append(sample)
         t = self.clock()
         try:
-            kms = await asyncio.to_thread(actions.kms_links, self.target)
+            per_kme = await asyncio.to_thread(self._kme_links)
         except (OSError, BackendError, ValueError):
             return
-        self.history.kms.append(KmsSample(t, kms))
+        self.history.kms.append(KmsSample(t, actions.sum_links(per_kme)))
+
+    def _kme_links(self) -> list[dict[str, dict[str, int]]]:
+        """Every key manager's counters, carried over its restarts (a restarted KME counts
+        from zero; the keys it handed out before still count)."""
+        out = []
+        for kme in self.target.kme_names():
+            now = actions.kme_links(self.target, kme)
+            last = self.kme_last.get(kme, {})
+            base = self.kme_base.get(kme, {})
+            if actions.restarted(last, now):
+                final = self.history.kme_at_stop.pop(kme, {})
+                base = actions.carry_over(base, last, final)
+                self.kme_base[kme] = base
+            self.kme_last[kme] = now
+            out.append(actions.sum_links([base, now]))
+        return out
 
     async def run(self, stop: asyncio.Event) -> None:
         # Key counters are read beside the status loop, so nodes that hang (their reads
@@ -303,6 +329,10 @@ class Timeline:
         self.twins: set[str] = set()
         self.damaged: set[str] = set()
         """Nodes whose disk a step corrupted."""
+        self.kmes_down: set[str] = set()
+        """Nodes whose KME a `kme-down` step stopped and no undo started yet."""
+        self.drained: dict[str, int] = {}
+        """Links a `kme-drain` emptied and no undo refilled yet: the refill count."""
         self.attacks: dict[int, asyncio.Task[dict[str, Any]]] = {}
 
     async def _at(self, t: float) -> None:
@@ -360,6 +390,19 @@ class Timeline:
             await self._call(actions.set_keys, tg, s.param("link"), s.param("rate"))
         elif a == "kms":
             await self._call(actions.kms_fault, tg, s.param("mode"), s.param("link"))
+        elif a == "kme-down":
+            for n in rec.nodes:
+                self.kmes_down.add(n)
+                kme = await self._call(tg.kme_of, n)
+                with contextlib.suppress(OSError, BackendError, ValueError):
+                    self.history.kme_at_stop[kme] = await self._call(actions.kme_links, tg, kme)
+                rec.detail[n] = await self._call(actions.kme_down, tg, n)
+        elif a == "kme-behaviour":
+            switches = dict(s.param("switches"))
+            await self._call(actions.set_behaviour, tg, switches, rec.nodes or None)
+        elif a == "kme-drain":
+            self.drained[s.param("link")] = s.param("refill")
+            await self._call(actions.drain, tg, s.param("link"), s.param("rate"))
         elif a == "byzantine":
             mode = s.param("mode")
             for n in rec.nodes:
@@ -427,6 +470,15 @@ class Timeline:
             await self._call(actions.set_keys, tg, s.param("link"), tg.plan.kms_rate)
         elif a == "kms":
             await self._call(actions.kms_fault, tg, "clear", s.param("link"))
+        elif a == "kme-down":
+            for n in rec.nodes:
+                await self._call(actions.kme_up, tg, n)
+                self.kmes_down.discard(n)
+        elif a == "kme-behaviour":
+            await self._call(actions.set_behaviour, tg, {}, rec.nodes or None)
+        elif a == "kme-drain":
+            link = s.param("link")
+            await self._call(actions.refill, tg, link, self.drained.pop(link, s.param("refill")))
         elif a == "byzantine":
             for n in rec.nodes:
                 if s.param("mode") == "twin":
@@ -473,6 +525,17 @@ class Timeline:
         for name in self.byzantine - self.twins:
             with contextlib.suppress(OSError, BackendError):
                 await self._call(actions.byzantine, tg, name, None)
+        for n in sorted(self.kmes_down):
+            with contextlib.suppress(OSError, BackendError):
+                await self._call(actions.kme_up, tg, n)
+        self.kmes_down.clear()
+        for link, count in sorted(self.drained.items()):
+            with contextlib.suppress(OSError, BackendError):
+                await self._call(actions.refill, tg, link, count)
+        self.drained.clear()
+        if any(r.step.action == "kme-behaviour" for r in self.records):
+            with contextlib.suppress(OSError, BackendError):
+                await self._call(actions.set_behaviour, tg, {}, None)
         with contextlib.suppress(OSError, BackendError):
             await self._call(actions.kms_fault, tg, "clear", "all")
         # Nodes just started answer after a moment: clear their rules once they do.
@@ -662,7 +725,23 @@ async def _run_on(
     for rec in timeline.records:
         if rec.step.expect_halt and rec.applied_at is not None:
             end = rec.undone_at if rec.undone_at is not None else rec.applied_at
-            checks.append(check_halt(history.statuses, names, rec.applied_at + 2.0, end))
+            checks.append(
+                check_halt(history.statuses, names, rec.applied_at + rec.step.halt_after_s, end)
+            )
+            if scenario.checks.max_resume_s is not None and rec.undone_at is not None:
+                checks.append(
+                    check_resume(
+                        history.statuses,
+                        names,
+                        f"{rec.step.action}@{rec.step.at:g}s",
+                        rec.undone_at,
+                        scenario.checks.max_resume_s,
+                    )
+                )
+    if scenario.checks.all_acked_commit:
+        checks.append(check_acked_committed(history.ops))
+    if scenario.checks.no_restart:
+        checks.append(check_no_restart(history.statuses, names))
     for link in scenario.checks.starvation:
         window = _key_window(timeline.records, link)
         if window is None:
@@ -757,9 +836,11 @@ def _key_window(records: list[StepRecord], link: str) -> tuple[float, float] | N
     a, b = sorted(link.split("~"))
     for rec in records:
         s = rec.step
-        if s.action not in ("keys", "kms") or rec.applied_at is None or rec.undone_at is None:
+        if s.action not in ("keys", "kms", "kme-drain"):
             continue
-        if s.action == "keys" and s.param("rate") != 0:
+        if rec.applied_at is None or rec.undone_at is None:
+            continue
+        if s.action in ("keys", "kme-drain") and s.param("rate") != 0:
             continue
         if s.action == "kms" and s.param("mode") == "clear":
             continue
@@ -777,7 +858,9 @@ def _hints(target: Target, timeline: Timeline) -> list[str]:
         )
     for twin in timeline.twins:
         out.append(f"twin of {twin}: log {actions.twin_log(target, twin)}")
-    out.append(f"key manager: log {target.log_hint('kms')}; counters: {target.kms_admin_hint()}")
+    with contextlib.suppress(BackendError):
+        logs = ", ".join(target.log_hint(k) for k in target.kme_names())
+        out.append(f"key managers: logs {logs}; counters: {target.kms_admin_hint()}")
     out.append(f"stop the network with: {target.down_hint()}")
     return out
 

@@ -14,6 +14,10 @@ from typing import Any
 
 from node import admin
 from qchain.errors import ConfigError
+from qchain.qkd.kms_config import parse_behaviour
+
+REFILL_KEYS = 2048
+"""Keys a `kme-drain` puts back on each link when undone (the devnet's initial pool)."""
 
 ACTIONS: dict[str, frozenset[str]] = {
     # action -> parameters it accepts besides at, duration_s, expect_halt
@@ -34,6 +38,9 @@ ACTIONS: dict[str, frozenset[str]] = {
     "attack": frozenset({"target", "mode", "claim", "rate", "connections"}),
     "partner-flood": frozenset({"count", "account"}),
     "corrupt-disk": frozenset({"target"}),
+    "kme-down": frozenset({"target"}),
+    "kme-behaviour": frozenset({"target", "switches"}),
+    "kme-drain": frozenset({"link", "rate", "refill"}),
 }
 """Every timeline action and the fields it takes."""
 
@@ -46,8 +53,11 @@ BYZANTINE_MODES = (*admin.BYZANTINE_MODES, "twin")
 """The validator's own modes (set through its admin API) and the kit's twin."""
 ATTACK_MODES = ("hijack", "forge", "conn-flood")
 FLOOD_ACCOUNTS = ("admin", "auditor", "provider", "issuer", "partner1", "partner2")
-LOCAL_ONLY = ("attack", "corrupt-disk")
-"""Actions that need local processes (P2P ports on 127.0.0.1, the node's files)."""
+LOCAL_ONLY = ("attack", "corrupt-disk", "kme-down")
+"""Actions that need local processes (P2P ports on 127.0.0.1, the node's files, a KME
+process of its own)."""
+MAX_REFILL = 20_000
+"""The devnet's per-link pool cap (`max_key_count` in its key manager configs)."""
 KMS_MODES = ("outage", "eavesdrop", "clear")
 EQUIVOCATION_EXPECT = ("expected", "absent", "ignore")
 TX_KINDS = ("anchor", "pay")
@@ -59,6 +69,10 @@ class NetworkSpec:
     heartbeat_ms: int = 300
     kms_rate: str = "lab"
     scheme: str = "ed25519"
+    kme_per_node: bool = False
+    """One simulated KME per validator, relaying keys to each other (else one shared KMS)."""
+    relay_delay_ms: int = 0
+    """With kme_per_node: how long a key takes from the master's KME to the slave's."""
 
 
 @dataclass(frozen=True)
@@ -83,6 +97,9 @@ class Step:
     params: tuple[tuple[str, Any], ...] = ()
     expect_halt: bool = False
     """The chain must not advance (beyond one in-flight block) while this step lasts."""
+    halt_after_s: float = 2.0
+    """With expect_halt: the halt is judged from this many seconds after the step starts
+    (a starved node first spends the keys it already holds)."""
 
     def param(self, name: str, default: Any = None) -> Any:
         return dict(self.params).get(name, default)
@@ -116,6 +133,13 @@ class ChecksSpec:
     nodes are ready at the end, a node with a corrupted disk is not ready and says why."""
     readiness_stall_s: float = 5.0
     """A node whose height has not moved for this long counts as cut off."""
+    no_restart: bool = False
+    """No node process may be restarted during the run (its reported uptime never drops)."""
+    all_acked_commit: bool = False
+    """Every acknowledged transaction must be committed by the liveness deadline."""
+    max_resume_s: float | None = None
+    """If set, after every `expect_halt` step is undone each node must commit a new block
+    (above the highest height at the undo) within this many seconds."""
 
 
 @dataclass(frozen=True)
@@ -162,7 +186,7 @@ def _step(doc: Any, i: int) -> Step:
     action = doc.get("action")
     if action not in ACTIONS:
         raise ConfigError(f"{where}.action", f"one of {', '.join(ACTIONS)}")
-    common = {"at", "action", "duration_s", "expect_halt"}
+    common = {"at", "action", "duration_s", "expect_halt", "halt_after_s"}
     _take(doc, where, common | ACTIONS[action])
     at = _num(doc, "at", where, None)
     if at is None:
@@ -177,10 +201,14 @@ def _step(doc: Any, i: int) -> Step:
         raise ConfigError(f"{where}.expect_halt", "true or false")
     if expect_halt and duration is None:
         raise ConfigError(f"{where}.expect_halt", "needs duration_s")
+    halt_after = float(_num(doc, "halt_after_s", where, 2.0))
+    if "halt_after_s" in doc and not expect_halt:
+        raise ConfigError(f"{where}.halt_after_s", "only with expect_halt = true")
+    if expect_halt and duration is not None and halt_after >= duration:
+        raise ConfigError(f"{where}.halt_after_s", "must be shorter than duration_s")
     params: dict[str, Any] = {}
-    for name in ("target",):
-        if name in ACTIONS[action]:
-            params[name] = _names(doc.get(name, ""), f"{where}.{name}")
+    if "target" in ACTIONS[action] and (action != "kme-behaviour" or "target" in doc):
+        params["target"] = _names(doc.get("target", ""), f"{where}.target")
     for name in ("nodes", "from"):
         if name in doc:
             params[name] = _names(doc[name], f"{where}.{name}")
@@ -198,7 +226,7 @@ def _step(doc: Any, i: int) -> Step:
         if pct is None or not 0 < pct <= 100:
             raise ConfigError(f"{where}.pct", "a percentage in (0, 100]")
         params["pct"] = float(pct)
-    if action in ("keys", "kms"):
+    if action in ("keys", "kms", "kme-drain"):
         link = doc.get("link", "all")
         if not isinstance(link, str) or (link != "all" and link.count("~") != 1):
             raise ConfigError(f"{where}.link", 'a node pair "nodeA~nodeB" or "all"')
@@ -235,6 +263,24 @@ def _step(doc: Any, i: int) -> Step:
         if type(conns) is not int or not 0 < conns <= 256:
             raise ConfigError(f"{where}.connections", "an integer in (0, 256]")
         params["connections"] = conns
+    if action == "kme-behaviour":
+        switches = doc.get("switches")
+        if not isinstance(switches, dict):
+            raise ConfigError(f"{where}.switches", "a table of KME behaviour switches")
+        try:
+            parse_behaviour(switches, tls=True)
+        except ConfigError as e:
+            raise ConfigError(f"{where}.switches", f"{e.field}: {e.reason}") from e
+        params["switches"] = tuple(sorted(switches.items()))
+    if action == "kme-drain":
+        rate = doc.get("rate", 0)
+        if type(rate) is not int or rate < 0:
+            raise ConfigError(f"{where}.rate", "bits per second while drained (0: none)")
+        params["rate"] = rate
+        refill = doc.get("refill", REFILL_KEYS)
+        if type(refill) is not int or not 0 <= refill <= MAX_REFILL:
+            raise ConfigError(f"{where}.refill", f"keys per link in [0, {MAX_REFILL}]")
+        params["refill"] = refill
     if action == "partner-flood":
         count = doc.get("count", 64)
         if type(count) is not int or not 0 < count <= 256:
@@ -250,6 +296,7 @@ def _step(doc: Any, i: int) -> Step:
         duration_s=None if duration is None else float(duration),
         params=tuple(sorted(params.items())),
         expect_halt=expect_halt,
+        halt_after_s=halt_after,
     )
 
 
@@ -275,12 +322,23 @@ def parse_scenario(doc: dict[str, Any], default_name: str = "scenario") -> Scena
     net_doc = doc.get("network", {})
     if not isinstance(net_doc, dict):
         raise ConfigError("network", "a table")
-    _take(net_doc, "network", {"validators", "heartbeat_ms", "kms_rate", "scheme"})
+    _take(
+        net_doc,
+        "network",
+        {"validators", "heartbeat_ms", "kms_rate", "scheme", "kme_per_node", "relay_delay_ms"},
+    )
+    kme_per_node = net_doc.get("kme_per_node", False)
+    if type(kme_per_node) is not bool:
+        raise ConfigError("network.kme_per_node", "true or false")
+    if "relay_delay_ms" in net_doc and not kme_per_node:
+        raise ConfigError("network.relay_delay_ms", "only with kme_per_node = true")
     network = NetworkSpec(
         validators=int(_num(net_doc, "validators", "network", 4, 1)),
         heartbeat_ms=int(_num(net_doc, "heartbeat_ms", "network", 300, 1)),
         kms_rate=str(net_doc.get("kms_rate", "lab")),
         scheme=str(net_doc.get("scheme", "ed25519")),
+        kme_per_node=kme_per_node,
+        relay_delay_ms=int(_num(net_doc, "relay_delay_ms", "network", 0)),
     )
     if network.validators % 3 != 1:
         raise ConfigError("network.validators", "n = 3f+1")
@@ -329,6 +387,9 @@ def parse_scenario(doc: dict[str, Any], default_name: str = "scenario") -> Scena
             "max_latency_s",
             "readiness",
             "readiness_stall_s",
+            "max_resume_s",
+            "all_acked_commit",
+            "no_restart",
         },
     )
     equivocation = checks_doc.get("equivocation", "absent")
@@ -349,6 +410,13 @@ def parse_scenario(doc: dict[str, Any], default_name: str = "scenario") -> Scena
     if type(readiness) is not bool:
         raise ConfigError("checks.readiness", "true or false")
     max_latency = _num(checks_doc, "max_latency_s", "checks", None, 0.01)
+    all_acked_commit = checks_doc.get("all_acked_commit", False)
+    if type(all_acked_commit) is not bool:
+        raise ConfigError("checks.all_acked_commit", "true or false")
+    no_restart = checks_doc.get("no_restart", False)
+    if type(no_restart) is not bool:
+        raise ConfigError("checks.no_restart", "true or false")
+    max_resume = _num(checks_doc, "max_resume_s", "checks", None, 0.5)
     checks = ChecksSpec(
         liveness_deadline_s=float(_num(checks_doc, "liveness_deadline_s", "checks", 30.0, 1.0)),
         equivocation=equivocation,
@@ -359,6 +427,9 @@ def parse_scenario(doc: dict[str, Any], default_name: str = "scenario") -> Scena
         max_latency_s=None if max_latency is None else float(max_latency),
         readiness=readiness,
         readiness_stall_s=float(_num(checks_doc, "readiness_stall_s", "checks", 5.0, 0.5)),
+        max_resume_s=None if max_resume is None else float(max_resume),
+        all_acked_commit=all_acked_commit,
+        no_restart=no_restart,
     )
     docker_ok = not any(
         (s.action == "byzantine" and s.param("mode") == "twin") or s.action in LOCAL_ONLY

@@ -8,7 +8,10 @@ from typing import Any
 
 import pytest
 
+from devnet.faults import actions
+from devnet.faults.backends import BackendError, kme_service
 from devnet.faults.checkers import (
+    check_acked_committed,
     check_agreement,
     check_app_hash,
     check_equivocation,
@@ -16,6 +19,8 @@ from devnet.faults.checkers import (
     check_key_reuse,
     check_liveness,
     check_lost_writes,
+    check_no_restart,
+    check_resume,
     check_starvation,
 )
 from devnet.faults.history import (
@@ -29,6 +34,7 @@ from devnet.faults.history import (
     link_counters_from_qkd,
 )
 from devnet.faults.scenario import load_scenario, parse_scenario, shipped_scenarios
+from devnet.network import plan_network
 from qchain.errors import ConfigError
 
 NODES = ["node0", "node1", "node2", "node3"]
@@ -343,3 +349,211 @@ def test_link_counters_from_a_qkd_document() -> None:
     }
     out = link_counters_from_qkd(doc, {"SAE-node1": "node1"})
     assert out["node1"] == LinkCounters(3, 10, 2, 1, 13, 9, {"bad-tag": 1, "key-reused": 2})
+
+
+# --- key managers: one per node ------------------------------------------------------
+
+
+class FakeKmeTarget:
+    """Records key manager admin calls; the rest of `Target` is not needed here."""
+
+    def __init__(self, kme_mode: str) -> None:
+        self.plan = plan_network(kme_mode=kme_mode, scheme="ed25519")
+        self.calls: list[tuple[str, str, str, object]] = []
+        self.stopped: list[str] = []
+
+    def kme_names(self) -> list[str]:
+        if self.plan.kme_mode == "per-node":
+            return [f"kme-{n.name}" for n in self.plan.nodes]
+        return ["kms"]
+
+    def kme_of(self, name: str) -> str:
+        return kme_service(self.plan, name)
+
+    def kme_admin(self, kme: str, method: str, path: str, body: object = None) -> Any:
+        self.calls.append((kme, method, path, body))
+        return None
+
+    def stop_kme(self, kme: str) -> None:
+        self.stopped.append(kme)
+
+
+def _kme_target(kme_mode: str) -> Any:
+    return FakeKmeTarget(kme_mode)
+
+
+def test_kme_steps_parse() -> None:
+    sc = parse_scenario(
+        {
+            "duration_s": 30,
+            "network": {"kme_per_node": True, "relay_delay_ms": 50},
+            "step": [
+                {"at": 1, "action": "kme-down", "target": "node3", "duration_s": 5},
+                {
+                    "at": 2,
+                    "action": "kme-behaviour",
+                    "switches": {"exhausted_status": 404, "partial_batches": True},
+                    "duration_s": 5,
+                },
+                {"at": 3, "action": "kme-behaviour", "target": "node1", "switches": {}},
+                {
+                    "at": 4,
+                    "action": "kme-drain",
+                    "duration_s": 10,
+                    "expect_halt": True,
+                    "halt_after_s": 6,
+                },
+            ],
+            "checks": {"max_resume_s": 5},
+        }
+    )
+    assert sc.network.kme_per_node and sc.network.relay_delay_ms == 50
+    down, behaviour, one_site, drain = sc.steps
+    assert down.param("target") == ("node3",)
+    assert behaviour.param("target") is None
+    assert dict(behaviour.param("switches")) == {"exhausted_status": 404, "partial_batches": True}
+    assert one_site.param("target") == ("node1",)
+    assert drain.param("link") == "all" and drain.param("rate") == 0
+    assert drain.param("refill") == 2048 and drain.halt_after_s == 6
+    assert sc.checks.max_resume_s == 5
+    assert not sc.docker_ok  # kme-down needs a local KME process
+
+
+@pytest.mark.parametrize(
+    ("step", "field"),
+    [
+        ({"action": "kme-behaviour"}, "step[0].switches"),
+        (
+            {"action": "kme-behaviour", "switches": {"exhausted_status": 418}},
+            "step[0].switches",
+        ),
+        ({"action": "kme-behaviour", "switches": {"colour": 1}}, "step[0].switches"),
+        ({"action": "kme-drain", "refill": 20_001}, "step[0].refill"),
+        ({"action": "kme-drain", "rate": "lab"}, "step[0].rate"),
+        ({"action": "kme-drain", "link": "node0"}, "step[0].link"),
+        ({"action": "kme-down", "link": "all"}, "step[0].link"),
+        ({"action": "kme-drain", "halt_after_s": 3}, "step[0].halt_after_s"),
+        (
+            {"action": "kme-drain", "duration_s": 4, "expect_halt": True, "halt_after_s": 4},
+            "step[0].halt_after_s",
+        ),
+    ],
+)
+def test_bad_kme_steps_name_the_field(step: dict[str, Any], field: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        parse_scenario({"duration_s": 10, "step": [{"at": 1, **step}]})
+    assert e.value.field == field
+
+
+@pytest.mark.parametrize(
+    ("network", "field"),
+    [
+        ({"kme_per_node": "yes"}, "network.kme_per_node"),
+        ({"relay_delay_ms": 50}, "network.relay_delay_ms"),
+        ({"kme_per_node": True, "relay_delay_ms": -1}, "network.relay_delay_ms"),
+    ],
+)
+def test_bad_kme_network_names_the_field(network: dict[str, Any], field: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        parse_scenario({"duration_s": 10, "network": network})
+    assert e.value.field == field
+
+
+def test_link_faults_reach_both_ends_kmes() -> None:
+    tg = _kme_target("per-node")
+    assert actions.kmes_for_link(tg, "node0~node3") == ["kme-node0", "kme-node3"]
+    assert actions.kmes_for_link(tg, "all") == [f"kme-node{i}" for i in range(4)]
+    actions.set_keys(tg, "node3~node0", 0)
+    assert {c[0] for c in tg.calls} == {"kme-node0", "kme-node3"}
+    assert all("/admin/links/SAE-node3/SAE-node0/" in c[2] for c in tg.calls)
+
+
+def test_shared_kms_gets_every_link_once() -> None:
+    tg = _kme_target("shared")
+    assert actions.kmes_for_link(tg, "node0~node3") == ["kms"]
+    actions.kms_fault(tg, "outage", "all")
+    assert len(tg.calls) == 6 and {c[0] for c in tg.calls} == {"kms"}
+    with pytest.raises(BackendError):
+        actions.kme_down(tg, "node3")
+
+
+def test_drain_and_refill_every_link_at_every_kme() -> None:
+    tg = _kme_target("per-node")
+    actions.drain(tg, "all", 0)
+    assert len(tg.calls) == 4 * 6 * 2
+    rate = ("kme-node2", "POST", "/admin/links/SAE-node1/SAE-node3/rate", {"bits_per_second": 0})
+    assert rate in tg.calls
+    assert tg.calls[:2] == [
+        ("kme-node0", "POST", "/admin/links/SAE-node0/SAE-node1/rate", {"bits_per_second": 0}),
+        ("kme-node0", "POST", "/admin/links/SAE-node0/SAE-node1/stored", {"stored_key_count": 0}),
+    ]
+    tg.calls.clear()
+    actions.refill(tg, "node1~node2", 100)
+    assert tg.calls == [
+        (kme, "POST", f"/admin/links/SAE-node1/SAE-node2/{what}", body)
+        for kme in ("kme-node1", "kme-node2")
+        for what, body in (("rate", {"profile": "lab"}), ("stored", {"stored_key_count": 100}))
+    ]
+
+
+def test_behaviour_and_kme_down_pick_one_site() -> None:
+    tg = _kme_target("per-node")
+    actions.set_behaviour(tg, {"exhausted_status": 409}, ["node3"])
+    assert tg.calls == [("kme-node3", "PUT", "/admin/behaviour", {"exhausted_status": 409})]
+    tg.calls.clear()
+    actions.set_behaviour(tg, {}, None)
+    assert [c[0] for c in tg.calls] == [f"kme-node{i}" for i in range(4)]
+    assert actions.kme_down(tg, "node3") == "kme-node3" and tg.stopped == ["kme-node3"]
+
+
+def test_counters_add_up_over_kmes() -> None:
+    a = {"L": {"keys_to_master": 3, "keys_to_slave": 3}}
+    b = {"L": {"keys_to_master": 2}, "M": {"keys_to_slave": 1}}
+    assert actions.sum_links([a, b]) == {
+        "L": {"keys_to_master": 5, "keys_to_slave": 3},
+        "M": {"keys_to_slave": 1},
+    }
+
+
+def test_resume_after_refill() -> None:
+    series = {
+        "node0": [(9.0, 37), (10.0, 37), (11.0, 38), (12.0, 40)],
+        "node1": [(9.0, 37), (10.0, 37), (11.5, 38), (12.5, 41)],
+    }
+    ok = check_resume(samples(series), ["node0", "node1"], "kme-drain@3s", 10.0, 5.0)
+    assert ok.ok and "1.50s" in ok.summary
+    slow = check_resume(samples(series), ["node0", "node1"], "kme-drain@3s", 10.0, 1.2)
+    assert not slow.ok
+    stuck = {"node0": [(9.0, 37), (12.0, 40)], "node1": [(9.0, 37), (14.0, 37)]}
+    bad = check_resume(samples(stuck), ["node0", "node1"], "x", 10.0, 5.0)
+    assert not bad.ok and any("node1: no block" in e for e in bad.details)
+
+
+def test_acknowledged_ops_must_commit() -> None:
+    done = [op(1, "t1", 3), op(2, "t2", 4)]
+    assert check_acked_committed(done).ok
+    pending = [*done, op(3, "t3", None)]
+    result = check_acked_committed(pending)
+    assert not result.ok and "1 of 3" in result.summary
+
+
+def test_restart_shows_as_uptime_dropping() -> None:
+    steady = [StatusSample(t, "node0", 5, uptime_s=100 + t) for t in (1.0, 2.0, 3.0)]
+    gap = [StatusSample(2.5, "node0", None)]
+    assert check_no_restart(steady + gap, ["node0"]).ok
+    restarted = [*steady, StatusSample(4.0, "node0", 5, uptime_s=0.7)]
+    result = check_no_restart(restarted, ["node0"])
+    assert not result.ok and "node0: uptime 103.0s" in result.details[0]
+
+
+def test_counters_carry_over_a_kme_restart() -> None:
+    last = {"L": {"keys_to_master": 10, "stored_key_count": 50}}
+    assert not actions.restarted(last, {"L": {"keys_to_master": 12, "stored_key_count": 0}})
+    now = {"L": {"keys_to_master": 2, "stored_key_count": 2048}}
+    assert actions.restarted(last, now)
+    final = {"L": {"keys_to_master": 14, "stored_key_count": 40}}
+    base = actions.carry_over({}, last, final)
+    assert base == {"L": {"keys_to_master": 14, "stored_key_count": 0}}
+    assert actions.sum_links([base, now])["L"]["keys_to_master"] == 16
+    again = actions.carry_over(base, {"L": {"keys_to_master": 5}}, {})
+    assert again["L"]["keys_to_master"] == 19
