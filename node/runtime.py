@@ -140,6 +140,9 @@ INITIAL_PER_TX_S = 0.0005
 STALL_MIN_S = 15.0
 """A node that should have committed and did not for this long is not ready (at least;
 three heartbeat intervals when they are longer)."""
+KEY_STARVED_S = 3.0
+"""A link whose key pool has failed to get keys for this long does not count toward the
+quorum of peers that readiness needs."""
 VOTE_WATCH_ROUNDS = 64
 """How far above the current round votes are kept for equivocation detection."""
 STARTUP_VERIFY_BLOCKS = 64
@@ -1318,7 +1321,27 @@ class Validator:
         stalled = self._stalled_for()
         if stalled is not None:
             reasons.append(f"no block committed for {stalled:.0f}s")
+        starved = self._starved_links()
+        if len(peers) - len(starved) + 1 < self.params.q:
+            reasons.append("no keys from the key manager: " + "; ".join(starved))
         return not reasons, reasons
+
+    def _starved_links(self) -> list[str]:
+        """Peers whose link (either direction) has had no keys for KEY_STARVED_S: frames to
+        or from them wait, so they do not count toward a quorum."""
+        if self.endpoint is None:
+            return []
+        out = []
+        ep = self.endpoint
+        for peer in ep.send_pools:
+            for pool in (ep.send_pools[peer], ep.receive_pools[peer]):
+                h = pool.health
+                if h.state != "ok" and h.since is not None:
+                    idle = pool.clock.now() - h.since
+                    if idle > KEY_STARVED_S:
+                        out.append(f"{peer} {h.state} for {idle:.0f}s ({h.message})")
+                        break
+        return out
 
     def _quorum_ahead(self) -> int:
         """The highest height that f + 1 peers claim to have reached: at least one of them

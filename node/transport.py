@@ -31,7 +31,11 @@ Timeouts (`TransportLimits`, defaults in brackets):
   costs one key per `keepalive_s` on each idle directed link (n·(n−1)/30 keys a second
   for an idle chain without heartbeat blocks);
 - a hello or frame that the peer does not drain within `write_timeout_s` [10 s] closes
-  the outbound connection (aborted, unsent bytes dropped), which is then made again.
+  the outbound connection (aborted, unsent bytes dropped), which is then made again;
+- a verified inbound connection on which `unknown_key_reset` [8] frames in a row fail for
+  unknown keys is closed (`conn-key-reset`): the sender is spending keys this side can
+  never get (this site's KME lost them, e.g. it was down when they were relayed), and
+  reconnecting makes it drop everything it announced and announce fresh keys.
 
 The sender also notices the peer closing the connection (end of stream on a socket the
 peer never writes to). Before each new connection it waits a jittered backoff that
@@ -109,6 +113,7 @@ HELLO_TIMEOUT_S = 2.0
 HANDSHAKE_TIMEOUT_S = 5.0
 IDLE_TIMEOUT_S = 90.0
 KEEPALIVE_S = 30.0
+UNKNOWN_KEY_RESET = 8
 TCP_KEEPIDLE_S = 10
 TCP_KEEPINTVL_S = 5
 TCP_KEEPCNT = 3
@@ -159,6 +164,9 @@ class TransportLimits:
     accept_rate_per_s: float = ACCEPT_RATE_PER_S
     """Accepted connections per second and source address, after the burst."""
     accept_burst: int = ACCEPT_BURST
+    unknown_key_reset: int = UNKNOWN_KEY_RESET
+    """Frames in a row rejected for unknown keys after which a verified inbound connection
+    is closed, so that the sender reconnects and announces fresh keys."""
 
     def __post_init__(self) -> None:
         for name in (
@@ -175,8 +183,17 @@ class TransportLimits:
             raise ValueError("hello_timeout_s must not exceed handshake_timeout_s")
         if self.idle_timeout_s < 2 * self.keepalive_s:
             raise ValueError("idle_timeout_s must be at least twice keepalive_s")
-        if min(self.max_pending_per_peer, self.max_pending_total, self.accept_burst) < 1:
-            raise ValueError("max_pending_per_peer, max_pending_total, accept_burst must be >= 1")
+        counts = (
+            self.max_pending_per_peer,
+            self.max_pending_total,
+            self.accept_burst,
+            self.unknown_key_reset,
+        )
+        if min(counts) < 1:
+            raise ValueError(
+                "max_pending_per_peer, max_pending_total, accept_burst, unknown_key_reset "
+                "must be >= 1"
+            )
 
 
 DEFAULT_TRANSPORT_LIMITS = TransportLimits()
@@ -611,6 +628,7 @@ class Transport:
         self, sender: int, opener: LinkOpener, reader: asyncio.StreamReader
     ) -> None:
         st = self.stats[sender]
+        unknown_run = 0
         while True:
             try:
                 async with asyncio.timeout(self.limits.idle_timeout_s):
@@ -623,9 +641,22 @@ class Transport:
                 return
             if self._fault_dropped(sender):
                 continue
+            unknown = st.rejected["unknown-key"]
             body = await self._open(opener, frame, st)
             if body is None:
+                unknown_run = unknown_run + 1 if st.rejected["unknown-key"] > unknown else 0
+                if unknown_run >= self.limits.unknown_key_reset:
+                    # The sender spends keys this side can never get (its KME lost them):
+                    # closing makes it reconnect, drop what it announced and announce anew.
+                    log.warning(
+                        "link from %d: %d frames in a row with unknown keys: reset",
+                        sender,
+                        unknown_run,
+                    )
+                    st.rejected["conn-key-reset"] += 1
+                    return
                 continue
+            unknown_run = 0
             for env in self._decode(frame, body, st):
                 self._on_envelope(sender, env)
 

@@ -19,6 +19,7 @@ from node.wire import Envelope, Kind, body_size, decode_body, encode_body, envel
 from qchain.errors import CodecError
 from qchain.qkd.clock import SystemClock
 from qchain.qkd.endpoint import QKDEndpoint
+from qchain.qkd.errors import UnknownKey
 from qchain.qkd.frame import (
     DEFAULT_FRAME_LIMITS,
     FrameHeader,
@@ -60,8 +61,13 @@ class Opener:
         self.receiver = receiver
         self.sae_id = sae_id
         self.reconnects = 0
+        self.lose_next = 0
+        """Frames to refuse as `UnknownKey`, as when this site's KME lost their keys."""
 
     async def open(self, frame: bytes) -> bytes:
+        if self.lose_next > 0:
+            self.lose_next -= 1
+            raise UnknownKey("key id not known to the key manager")
         opened = await self.receiver.open(frame)
         if opened.sender != self.sae_id:
             raise CodecError("frame sender does not match the connection's peer")
@@ -419,3 +425,29 @@ async def test_every_link_socket_has_tcp_keepalive_on() -> None:
         for sock in socks:
             assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
             assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == TCP_KEEPIDLE_S
+
+
+async def test_frames_whose_keys_are_lost_reset_the_link_and_it_recovers() -> None:
+    """The sender spends keys the receiver's KME no longer has: after a run of unknown-key
+    rejections the receiver closes the link, the sender reconnects and announces fresh
+    keys, and messages flow again."""
+    limits = TransportLimits(unknown_key_reset=4)
+    async with running_pair(limits) as p:
+        a, b = p.a, p.b
+        await flows(a, b, 1, 2, tag=1)
+        st = b.transport.stats[0]
+        assert st.handshakes == 1
+        b.opener.lose_next = 3
+        for i in range(3):
+            a.transport.send(1, payload(16, 40 + i))
+            await wait_until(lambda n=i: st.rejected["unknown-key"] >= n + 1, timeout=5)
+        # Three in a row is below the limit: the link stays and the next frame is taken.
+        assert st.rejected["conn-key-reset"] == 0
+        await flows(a, b, 1, 1, tag=50)
+        b.opener.lose_next = 4
+        for i in range(4):
+            a.transport.send(1, payload(16, 60 + i))
+            await wait_until(lambda n=i: st.rejected["unknown-key"] >= 3 + n + 1, timeout=5)
+        await wait_until(lambda: st.rejected["conn-key-reset"] == 1, timeout=5)
+        await wait_until(lambda: st.handshakes == 2, timeout=10)
+        await flows(a, b, 1, 3, tag=70)
