@@ -62,7 +62,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     kme.add_argument(
         "--kme-per-node",
         action="store_true",
-        help="one simulated KME per validator, relaying keys to each other",
+        help="one simulated KME per validator, relaying keys to each other "
+        "(the default with --docker)",
+    )
+    kme.add_argument(
+        "--shared-kms",
+        action="store_true",
+        help="one simulated key manager for every validator (the default without --docker)",
     )
     init.add_argument(
         "--relay-delay-ms",

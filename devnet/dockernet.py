@@ -607,11 +607,12 @@ def _init(args: argparse.Namespace) -> int:
         kms_rate=args.kms_rate,
         heartbeat_ms=args.heartbeat_ms or None,
         sae_ids=args.sae_ids,
+        # A Docker devnet is a site per container: one KME per node unless asked otherwise.
         kme_mode="external"
         if args.external_kme is not None
-        else "per-node"
-        if args.kme_per_node
-        else "shared",
+        else "shared"
+        if args.shared_kms
+        else "per-node",
         relay_delay_ms=args.relay_delay_ms,
     )
     settings = DockerSettings(

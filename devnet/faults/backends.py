@@ -264,6 +264,11 @@ for line in sys.stdin:
 """
 
 
+def _close_shells(shells: dict[str, _ContainerShell]) -> None:
+    for shell in shells.values():
+        shell.close()
+
+
 class _ContainerShell:
     """A `docker exec -i CID python3 -c _KMS_SHELL` process and its line protocol.
     Thread-safe (one request at a time); started anew on the next request if it died
@@ -344,22 +349,23 @@ class _ContainerShell:
 
 class DockerTarget:
     """A Docker Compose devnet (`qchain devnet init --docker` + `up --docker`). Node APIs
-    and admin APIs are published on 127.0.0.1; the key manager's admin endpoint only
-    listens inside its container, so it is called through `docker exec`."""
+    and admin APIs are published on 127.0.0.1; a key manager's admin endpoint (the shared
+    `kms`, or each `kme-NODE`) only listens inside its container, so it is called through
+    `docker exec`."""
 
     DOCKER_TIMEOUT_S = 60.0
 
     def __init__(self, directory: Path) -> None:
-        from devnet.dockernet import KMS_SERVICE, MOUNT, ComposeNetwork
+        from devnet.dockernet import MOUNT, ComposeNetwork
 
         self.net = ComposeNetwork(directory)
         self.dir = self.net.dir
         self.plan = self.net.plan
         self._cids: dict[str, str] = {}
-        self._kms_shell = _ContainerShell()
-        # Ends the shell if the target is dropped without close().
-        self._finalizer = weakref.finalize(self, self._kms_shell.close)
-        self._kms_service = KMS_SERVICE
+        self._kme_shells: dict[str, _ContainerShell] = {}
+        """One `docker exec` shell per key manager container, started on first use."""
+        # Ends the shells if the target is dropped without close().
+        self._finalizer = weakref.finalize(self, _close_shells, self._kme_shells)
         self._kms_token_inside = f"{MOUNT}/kms/admin.token"
 
     def node_names(self) -> list[str]:
@@ -488,18 +494,28 @@ class DockerTarget:
         token = _token(self.dir / "nodes" / name / "admin.token")
         return http_call(f"{self.admin_url(name)}{path}", method, body, token)
 
-    def kms_admin_url(self) -> str:
-        """The key manager's admin endpoint as seen inside its container."""
+    def kms_admin_url(self, kme: str = SHARED_KMS) -> str:
+        """A key manager's admin endpoint as seen inside its container."""
+        for n in self.plan.nodes:
+            if kme == f"kme-{n.name}" and n.kme_admin_port:
+                return f"http://127.0.0.1:{n.kme_admin_port}"
         return f"http://127.0.0.1:{self.plan.kms_admin_port}"
 
     def kms_admin(self, method: str, path: str, body: object = None) -> Any:
-        """One request to the key manager's admin API, through a long-lived
+        """The first key manager's admin API (the shared KMS, or node0's KME)."""
+        return self.kme_admin(self.kme_names()[0], method, path, body)
+
+    def kme_admin(self, kme: str, method: str, path: str, body: object = None) -> Any:
+        """One request to a key manager's admin API, through a long-lived
         `docker exec -i` shell in its container (started on first use)."""
-        cid = self._cid(self._kms_service)
+        if kme not in self.kme_names():
+            raise BackendError(f"no key manager {kme!r} (this devnet runs: {self.kme_names()})")
+        cid = self._cid(kme)
         argv = ["docker", "exec", "-i", cid, "python3", "-c", _KMS_SHELL, self._kms_token_inside]
-        url = f"{self.kms_admin_url()}{path}"
+        url = f"{self.kms_admin_url(kme)}{path}"
         doc = {"url": url, "method": method, "body": body}
-        answer = self._kms_shell.request(argv, doc, 20.0)
+        shell = self._kme_shells.setdefault(kme, _ContainerShell())
+        answer = shell.request(argv, doc, 20.0)
         status = int(answer.get("status", 0))
         if status == 0:
             raise BackendError(f"{method} {url} in the key manager's container: {answer}")
@@ -508,45 +524,48 @@ class DockerTarget:
         raw = str(answer.get("body", ""))
         return json.loads(raw) if raw.strip() else None
 
-    def _shared_only(self) -> None:
-        if self.plan.kme_mode != "shared":
-            raise BackendError(
-                f"Docker devnet with kme_mode {self.plan.kme_mode!r}: the fault kit reaches "
-                "only the shared key manager in Docker; use a local devnet"
-            )
-
     def kme_names(self) -> list[str]:
-        self._shared_only()
-        return [SHARED_KMS]
+        if self.plan.kme_mode == "shared":
+            return [SHARED_KMS]
+        return [kme_service(self.plan, n.name) for n in self.plan.nodes]
 
     def kme_of(self, name: str) -> str:
-        self._shared_only()
         return kme_service(self.plan, name)
 
-    def kme_admin(self, kme: str, method: str, path: str, body: object = None) -> Any:
-        self._shared_only()
-        if kme != SHARED_KMS:
-            raise BackendError(f"no key manager {kme!r} (this devnet runs: {SHARED_KMS})")
-        return self.kms_admin(method, path, body)
-
     def stop_kme(self, kme: str) -> None:
-        raise BackendError("kme-down needs a local devnet with one KME per node")
+        """SIGTERM one key manager's container (SIGKILL after the grace period)."""
+        from devnet.dockernet import STOP_GRACE_S
+
+        if kme not in self.kme_names():
+            raise BackendError(f"no key manager {kme!r} (this devnet runs: {self.kme_names()})")
+        self._docker("stop", "-t", str(STOP_GRACE_S), self._cid(kme), timeout=STOP_GRACE_S + 30)
 
     def start_kme(self, kme: str) -> None:
-        raise BackendError("kme-down needs a local devnet with one KME per node")
+        """Start a stopped key manager's container and wait until its admin API answers."""
+        if kme not in self.kme_names():
+            raise BackendError(f"no key manager {kme!r} (this devnet runs: {self.kme_names()})")
+        self._docker("start", self._cid(kme))
+        deadline = time.monotonic() + self.DOCKER_TIMEOUT_S
+        while True:
+            try:
+                self.kme_admin(kme, "GET", "/admin/links")
+                return
+            except BackendError as e:
+                if time.monotonic() > deadline:
+                    raise BackendError(f"{kme} did not answer after its start: {e}") from e
+                time.sleep(0.2)
 
     def close(self) -> None:
-        """End the key manager shell (if one was started)."""
+        """End the key manager shells (those that were started)."""
         self._finalizer()
 
     def log_hint(self, name: str) -> str:
         return f"qchain devnet logs --docker --dir {self.dir} {name}"
 
     def kms_admin_hint(self) -> str:
-        from devnet.dockernet import KMS_SERVICE
-
+        kme = self.kme_names()[0]
         return (
-            f"GET {self.kms_admin_url()}/admin/links inside the {KMS_SERVICE} container "
+            f"GET {self.kms_admin_url(kme)}/admin/links inside the {kme} container "
             f"(docker exec; token in {self.dir / 'kms' / 'admin.token'}; "
             "see devnet/docker/README.md)"
         )

@@ -53,7 +53,7 @@ BYZANTINE_MODES = (*admin.BYZANTINE_MODES, "twin")
 """The validator's own modes (set through its admin API) and the kit's twin."""
 ATTACK_MODES = ("hijack", "forge", "conn-flood")
 FLOOD_ACCOUNTS = ("admin", "auditor", "provider", "issuer", "partner1", "partner2")
-LOCAL_ONLY = ("attack", "corrupt-disk", "kme-down")
+LOCAL_ONLY = ("attack", "corrupt-disk")
 """Actions that need local processes (P2P ports on 127.0.0.1, the node's files, a KME
 process of its own)."""
 MAX_REFILL = 20_000

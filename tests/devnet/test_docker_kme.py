@@ -1,6 +1,7 @@
-"""The Docker devnet with one KME per node (`init --docker --kme-per-node`): four
-`kme-nodeI` containers relay keys to each other over the compose network, and a
-transaction sent to each node commits on every node."""
+"""The Docker devnet with one KME per node (`init --docker`, its default): four
+`kme-nodeI` containers relay keys to each other over the compose network, a transaction
+sent to each node commits on every node, and the fault kit's Docker backend reaches every
+KME: the other three commit while node3's KME is down, and node3 catches up after."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from devnet.dockernet import ComposeNetwork, DockerSettings, plan_docker_network
+from devnet.faults.backends import DockerTarget
 from devnet.network import account_key
 from qchain.client import AsyncClient
 from qchain.types import new_transaction
@@ -68,3 +70,30 @@ async def test_kme_per_node_commits_on_every_node(kme_net: ComposeNetwork) -> No
                 while (await c.tx_status(tx.hash)).status != "committed":
                     assert time.monotonic() < deadline, f"{name} did not commit"
                     await asyncio.sleep(0.2)
+    # The fault kit reaches every KME container: their links, and one site's KME down
+    # (the other three keep committing) and back (node3 catches up).
+    target = DockerTarget(net.dir)
+    try:
+        assert target.kme_names() == [f"kme-node{i}" for i in range(4)]
+        for kme in target.kme_names():
+            links = await asyncio.to_thread(target.kme_admin, kme, "GET", "/admin/links")
+            assert links["links"], kme
+        await asyncio.to_thread(target.stop_kme, "kme-node3")
+        start = _height(net, "node0")
+        deadline = time.monotonic() + 60
+        while _height(net, "node0") < start + 5:
+            assert time.monotonic() < deadline, "the other three stopped committing"
+            await asyncio.sleep(0.2)
+        await asyncio.to_thread(target.start_kme, "kme-node3")
+        top = _height(net, "node0")
+        deadline = time.monotonic() + 60
+        while _height(net, "node3") < top:
+            assert time.monotonic() < deadline, "node3 did not catch up"
+            await asyncio.sleep(0.2)
+    finally:
+        target.close()
+
+
+def _height(net: ComposeNetwork, name: str) -> int:
+    status = net.node_status(name)
+    return 0 if status is None else int(status["height"])
