@@ -291,7 +291,7 @@ def reference_compose_yaml() -> str:
     """The ready-made compose file kept in devnet/docker/ for 4 validators: it mounts
     $QCHAIN_DEVNET_DIR (default ./devnet-docker at the repository root), which
     `qchain devnet init --docker --dir devnet-docker` fills."""
-    plan = plan_docker_network()
+    plan = plan_docker_network(kme_mode="per-node")
     header = (
         "# Reference copy for 4 validators, kept in devnet/docker/ and regenerated with\n"
         "# `python -m devnet.dockernet > devnet/docker/docker-compose.yml`. It mounts\n"
