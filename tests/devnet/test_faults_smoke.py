@@ -5,12 +5,14 @@ report (and where to look) is in the assertion."""
 
 from __future__ import annotations
 
+import contextlib
 import shutil
+from collections.abc import AsyncIterator
 
 import pytest
 
 from devnet.faults.backends import LocalTarget
-from devnet.faults.runner import render, run_scenario, stop_network
+from devnet.faults.runner import RunResult, render, run_scenario, stop_network
 from devnet.faults.scenario import load_scenario, shipped_scenarios
 
 pytestmark = [
@@ -23,19 +25,29 @@ pytestmark = [
 SMOKE = ("leader-crash", "minority-partition", "key-exhaustion-one-link", "equivocating-leader")
 
 
-@pytest.mark.timeout(180)
-@pytest.mark.parametrize("name", SMOKE)
-async def test_smoke_scenario_holds(name: str) -> None:
-    scenario = load_scenario(shipped_scenarios()[name])
-    result = await run_scenario(scenario, log=lambda _: None)
-    report = render(result)
+@contextlib.asynccontextmanager
+async def holds(name: str) -> AsyncIterator[tuple[RunResult, str, set[str]]]:
+    """Run a shipped scenario on a fresh devnet; it must hold every check and every step
+    must have run. Yields the result, its report and the names of its checks; the devnet
+    is stopped afterwards (and deleted when everything held)."""
+    result = await run_scenario(load_scenario(shipped_scenarios()[name]), log=lambda _: None)
     try:
+        report = render(result)
         assert result.ok, report
-        assert result.load["committed"] > 0, report
         assert all(not s["error"] for s in result.step_stats), report
+        yield result, report, {c.name for c in result.checks}
     finally:
         if result.kept_up:
             stop_network(LocalTarget(result.directory))
+            if result.ok:
+                shutil.rmtree(result.directory, ignore_errors=True)
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("name", SMOKE)
+async def test_smoke_scenario_holds(name: str) -> None:
+    async with holds(name) as (result, report, _):
+        assert result.load["committed"] > 0, report
 
 
 HOSTILE = (
@@ -57,19 +69,9 @@ telling the truth (the `readiness` check)."""
 @pytest.mark.timeout(180)
 @pytest.mark.parametrize("name", HOSTILE)
 async def test_hostile_scenario_holds(name: str) -> None:
-    scenario = load_scenario(shipped_scenarios()[name])
-    result = await run_scenario(scenario, log=lambda _: None)
-    report = render(result)
-    try:
-        assert result.ok, report
-        verdict = {c.name: c.ok for c in result.checks}
-        assert any(k.startswith("progress") for k in verdict), report
-        assert "readiness" in verdict, report
-        assert all(not s["error"] for s in result.step_stats), report
-    finally:
-        if result.kept_up:
-            stop_network(LocalTarget(result.directory))
-            shutil.rmtree(result.directory, ignore_errors=True)
+    async with holds(name) as (_, report, checks):
+        assert any(k.startswith("progress") for k in checks), report
+        assert "readiness" in checks, report
 
 
 KME = ("kme-exhaust-and-refill", "kme-non-spec-errors", "one-site-kme-down")
@@ -82,20 +84,10 @@ KME per node."""
 @pytest.mark.timeout(180)
 @pytest.mark.parametrize("name", KME)
 async def test_kme_scenario_holds(name: str) -> None:
-    scenario = load_scenario(shipped_scenarios()[name])
-    result = await run_scenario(scenario, log=lambda _: None)
-    report = render(result)
-    try:
-        assert result.ok, report
+    async with holds(name) as (result, report, checks):
         assert result.load["committed"] > 0, report
-        assert all(not s["error"] for s in result.step_stats), report
-        verdict = {c.name for c in result.checks}
         if name == "kme-exhaust-and-refill":
-            assert {"halt", "resume kme-drain@3s", "no-restart"} <= verdict, report
+            assert {"halt", "resume kme-drain@3s", "no-restart"} <= checks, report
         else:
-            assert "acked-committed" in verdict, report
-            assert any(k.startswith("progress") for k in verdict), report
-    finally:
-        if result.kept_up:
-            stop_network(LocalTarget(result.directory))
-            shutil.rmtree(result.directory, ignore_errors=True)
+            assert "acked-committed" in checks, report
+            assert any(k.startswith("progress") for k in checks), report
