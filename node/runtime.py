@@ -1322,16 +1322,17 @@ class Validator:
         if stalled is not None:
             reasons.append(f"no block committed for {stalled:.0f}s")
         starved = self._starved_links()
-        if len(peers) - len(starved) + 1 < self.params.q:
-            reasons.append("no keys from the key manager: " + "; ".join(starved))
+        if len([j for j in peers if j not in starved]) + 1 < self.params.q:
+            reasons.append("no keys from the key manager: " + "; ".join(starved.values()))
         return not reasons, reasons
 
-    def _starved_links(self) -> list[str]:
-        """Peers whose link (either direction) has had no keys for KEY_STARVED_S: frames to
-        or from them wait, so they do not count toward a quorum."""
+    def _starved_links(self) -> dict[int, str]:
+        """Peers (index -> why) whose link, either direction, has had no keys for
+        KEY_STARVED_S: frames to or from them wait, so they do not count toward a quorum
+        (a peer both disconnected and starved is one peer short, not two)."""
         if self.endpoint is None:
-            return []
-        out = []
+            return {}
+        out: dict[int, str] = {}
         ep = self.endpoint
         for peer in ep.send_pools:
             for pool in (ep.send_pools[peer], ep.receive_pools[peer]):
@@ -1339,7 +1340,9 @@ class Validator:
                 if h.state != "ok" and h.since is not None:
                     idle = pool.clock.now() - h.since
                     if idle > KEY_STARVED_S:
-                        out.append(f"{peer} {h.state} for {idle:.0f}s ({h.message})")
+                        out[self._index_of_sae[peer]] = (
+                            f"{peer} {h.state} for {idle:.0f}s ({h.message})"
+                        )
                         break
         return out
 

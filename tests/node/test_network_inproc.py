@@ -202,3 +202,18 @@ async def test_readiness_says_when_the_chain_stops(
     for v in network:
         v.set_faults(FaultRules(), FaultRules())
     await wait_until(lambda: all(v.health()[0] for v in network), timeout=30)
+
+
+async def test_readiness_counts_a_peer_both_disconnected_and_starved_once(
+    network: list[Validator], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await wait_until(lambda: all(v.chain.height() >= 1 for v in network), timeout=20)
+    v = network[0]
+    assert v.transport is not None
+    monkeypatch.setattr(v.transport, "connected_peers", lambda: [1, 2])
+    monkeypatch.setattr(v, "_starved_links", lambda: {3: "SAE-node3 degraded for 9s"})
+    ready, reasons = v.health()
+    assert ready, reasons  # peers 1 and 2 and this node: a quorum of 3
+    monkeypatch.setattr(v, "_starved_links", lambda: {2: "SAE-node2 degraded for 9s"})
+    ready, reasons = v.health()
+    assert not ready and any("no keys from the key manager" in r for r in reasons)
