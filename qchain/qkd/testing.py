@@ -7,6 +7,10 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
 
 from qchain.qkd.clock import Clock, VirtualClock
 from qchain.qkd.endpoint import QKDEndpoint
@@ -86,3 +90,49 @@ async def running_kms(config: KMSConfig, clock: Clock | None = None) -> AsyncIte
         yield server
     finally:
         await server.stop()
+
+
+@dataclass
+class KMSClient:
+    """Raw HTTP to a running key manager for its tests: the ETSI API as one SAE (by the dev
+    header) and the admin API with a bearer token."""
+
+    server: KMSServer
+    clock: VirtualClock
+    http: aiohttp.ClientSession
+
+    async def call(
+        self,
+        sae: str | None,
+        method: str,
+        path: str,
+        json: Any = None,
+        *,
+        params: Any = None,
+        data: Any = None,
+    ) -> tuple[int, Any]:
+        """`method /api/v1/keys/{path}` as `sae`; (status, decoded JSON answer). Every
+        answer of the ETSI API must be JSON."""
+        headers = {"X-SAE-ID": sae} if sae else {}
+        async with self.http.request(
+            method,
+            f"{self.server.url}/api/v1/keys/{path}",
+            params=params,
+            json=json,
+            data=data,
+            headers=headers,
+        ) as resp:
+            if resp.content_type != "application/json":
+                raise AssertionError(f"{method} {path}: answer of type {resp.content_type}")
+            return resp.status, await resp.json()
+
+    async def admin(
+        self, method: str, path: str, json: Any = None, token: str = ADMIN_TOKEN
+    ) -> tuple[int, Any]:
+        async with self.http.request(
+            method,
+            f"{self.server.admin_url}/admin/{path}",
+            json=json,
+            headers={"Authorization": f"Bearer {token}"},
+        ) as resp:
+            return resp.status, await resp.json()

@@ -7,7 +7,6 @@ from __future__ import annotations
 import base64
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -15,8 +14,8 @@ import pytest
 
 from qchain.qkd.clock import VirtualClock
 from qchain.qkd.keymanager import PROFILES, LinkConfig
-from qchain.qkd.kms import KMSServer
-from qchain.qkd.testing import ADMIN_TOKEN, kms_test_config, running_kms
+from qchain.qkd.probe import STATUS_FIELDS
+from qchain.qkd.testing import KMSClient, kms_test_config, running_kms
 
 RATE = 25_600  # 100 keys of 256 bits per second
 LINKS = [
@@ -29,69 +28,16 @@ LINKS = [
     ),
     LinkConfig(saes=("a", "c"), bits_per_second=RATE, max_key_count=500),
 ]
-STATUS_FIELDS = {
-    "source_KME_ID": str,
-    "target_KME_ID": str,
-    "master_SAE_ID": str,
-    "slave_SAE_ID": str,
-    "key_size": int,
-    "stored_key_count": int,
-    "max_key_count": int,
-    "max_key_per_request": int,
-    "max_key_size": int,
-    "min_key_size": int,
-    "max_SAE_ID_count": int,
-}
-
-
-@dataclass
-class KMS:
-    server: KMSServer
-    clock: VirtualClock
-    http: aiohttp.ClientSession
-
-    async def call(
-        self,
-        sae: str | None,
-        method: str,
-        path: str,
-        *,
-        params: Any = None,
-        json: Any = None,
-        data: Any = None,
-    ) -> tuple[int, Any]:
-        headers = {"X-SAE-ID": sae} if sae else {}
-        async with self.http.request(
-            method,
-            f"{self.server.url}/api/v1/keys/{path}",
-            params=params,
-            json=json,
-            data=data,
-            headers=headers,
-        ) as resp:
-            assert resp.content_type == "application/json"
-            return resp.status, await resp.json()
-
-    async def admin(
-        self, method: str, path: str, json: Any = None, token: str = ADMIN_TOKEN
-    ) -> tuple[int, Any]:
-        async with self.http.request(
-            method,
-            f"{self.server.admin_url}/admin/{path}",
-            json=json,
-            headers={"Authorization": f"Bearer {token}"},
-        ) as resp:
-            return resp.status, await resp.json()
 
 
 @pytest.fixture
-async def kms() -> AsyncIterator[KMS]:
+async def kms() -> AsyncIterator[KMSClient]:
     clock = VirtualClock()
     async with (
         running_kms(kms_test_config(LINKS), clock) as server,
         aiohttp.ClientSession() as http,
     ):
-        yield KMS(server, clock, http)
+        yield KMSClient(server, clock, http)
 
 
 def assert_error(status: int, body: Any, expected: int) -> None:
@@ -114,7 +60,7 @@ def check_keys(body: Any, number: int, size_bits: int) -> list[tuple[str, bytes]
     return out
 
 
-async def test_status_fields(kms: KMS) -> None:
+async def test_status_fields(kms: KMSClient) -> None:
     status, body = await kms.call("a", "GET", "b/status")
     assert status == 200
     for name, kind in STATUS_FIELDS.items():
@@ -131,7 +77,7 @@ async def test_status_fields(kms: KMS) -> None:
 
 
 @pytest.mark.parametrize("method", ["GET", "POST"])
-async def test_get_key_and_get_key_with_ids(kms: KMS, method: str) -> None:
+async def test_get_key_and_get_key_with_ids(kms: KMSClient, method: str) -> None:
     if method == "GET":
         status, body = await kms.call("a", "GET", "b/enc_keys", params={"number": 3, "size": 512})
     else:
@@ -153,14 +99,14 @@ async def test_get_key_and_get_key_with_ids(kms: KMS, method: str) -> None:
     assert st["stored_key_count"] == 200 - 6  # 3 keys of two key_size units each
 
 
-async def test_defaults_number_one_and_key_size(kms: KMS) -> None:
+async def test_defaults_number_one_and_key_size(kms: KMSClient) -> None:
     status, body = await kms.call("a", "POST", "b/enc_keys", json={})
     assert status == 200 and len(check_keys(body, 1, 256)) == 1
     status, body = await kms.call("a", "GET", "b/enc_keys")
     assert status == 200 and len(check_keys(body, 1, 256)) == 1
 
 
-async def test_one_shot_delivery(kms: KMS) -> None:
+async def test_one_shot_delivery(kms: KMSClient) -> None:
     _, body = await kms.call("a", "POST", "b/enc_keys", json={"number": 2})
     ids = [k["key_ID"] for k in body["keys"]]
     req = {"key_IDs": [{"key_ID": ids[0]}]}
@@ -187,12 +133,12 @@ async def test_one_shot_delivery(kms: KMS) -> None:
         ({"number": -1}, {"number": "-1"}),
     ],
 )
-async def test_enc_keys_limits_are_400(kms: KMS, body: Any, params: Any) -> None:
+async def test_enc_keys_limits_are_400(kms: KMSClient, body: Any, params: Any) -> None:
     assert_error(*(await kms.call("a", "POST", "b/enc_keys", json=body)), 400)
     assert_error(*(await kms.call("a", "GET", "b/enc_keys", params=params)), 400)
 
 
-async def test_malformed_requests_are_400(kms: KMS) -> None:
+async def test_malformed_requests_are_400(kms: KMSClient) -> None:
     cases: list[tuple[str, str, dict[str, Any]]] = [
         ("POST", "b/enc_keys", {"json": {"additional_slave_SAE_IDs": ["c"]}}),
         ("POST", "b/enc_keys", {"json": {"extension_mandatory": [{"x": 1}]}}),
@@ -218,14 +164,14 @@ async def test_malformed_requests_are_400(kms: KMS) -> None:
     assert status == 200
 
 
-async def test_unauthorised_is_401(kms: KMS) -> None:
+async def test_unauthorised_is_401(kms: KMSClient) -> None:
     assert_error(*(await kms.call(None, "GET", "b/status")), 401)
     assert_error(*(await kms.call("mallory", "GET", "b/status")), 401)
     assert_error(*(await kms.call("b", "GET", "c/status")), 401)  # no b~c link
     assert_error(*(await kms.call("b", "POST", "c/enc_keys", json={})), 401)
 
 
-async def test_not_enough_keys_is_503(kms: KMS) -> None:
+async def test_not_enough_keys_is_503(kms: KMSClient) -> None:
     for _ in range(20):
         assert (await kms.call("a", "POST", "b/enc_keys", json={"number": 10}))[0] == 200
     status, body = await kms.call("a", "POST", "b/enc_keys", json={"number": 1})
@@ -236,7 +182,7 @@ async def test_not_enough_keys_is_503(kms: KMS) -> None:
     assert (await kms.call("a", "POST", "b/enc_keys", json={"number": 10}))[0] == 200
 
 
-async def test_pool_cap(kms: KMS) -> None:
+async def test_pool_cap(kms: KMSClient) -> None:
     kms.clock.advance(3600)
     _, body = await kms.call("a", "GET", "b/status")
     assert body["stored_key_count"] == body["max_key_count"] == 1000
@@ -245,7 +191,7 @@ async def test_pool_cap(kms: KMS) -> None:
 
 
 @pytest.mark.parametrize("seconds", [0.5, 1.0, 2.5, 4.0])
-async def test_rate_model(kms: KMS, seconds: float) -> None:
+async def test_rate_model(kms: KMSClient, seconds: float) -> None:
     _, before = await kms.call("a", "GET", "c/status")
     assert before["stored_key_count"] == 0
     kms.clock.advance(seconds)
@@ -254,7 +200,7 @@ async def test_rate_model(kms: KMS, seconds: float) -> None:
     assert abs(after["stored_key_count"] - expected) <= 0.1 * expected
 
 
-async def test_admin_rate_outage_eavesdropper(kms: KMS) -> None:
+async def test_admin_rate_outage_eavesdropper(kms: KMSClient) -> None:
     assert (await kms.admin("GET", "links", token="wrong"))[0] == 401
     status, body = await kms.admin("POST", "links/a/c/rate", {"profile": "lab"})
     assert status == 200 and body["bits_per_second"] == PROFILES["lab"]

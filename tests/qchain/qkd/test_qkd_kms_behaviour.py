@@ -9,7 +9,6 @@ from __future__ import annotations
 import ssl
 import tomllib
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +22,8 @@ from qchain.errors import ConfigError
 from qchain.qkd.certs import issue, make_ca, save
 from qchain.qkd.clock import VirtualClock
 from qchain.qkd.keymanager import LinkConfig
-from qchain.qkd.kms import KMSServer
 from qchain.qkd.kms_config import Behaviour, TLSFiles, parse_kms_config
-from qchain.qkd.testing import ADMIN_TOKEN, kms_test_config, running_kms
+from qchain.qkd.testing import KMSClient, kms_test_config, running_kms
 
 LINK = LinkConfig(saes=("a", "b"), bits_per_second=0, max_key_count=100, initial_key_count=50)
 DEFAULTS = {
@@ -38,33 +36,7 @@ DEFAULTS = {
 }
 
 
-@dataclass
-class KMS:
-    server: KMSServer
-    clock: VirtualClock
-    http: aiohttp.ClientSession
-
-    async def call(
-        self, sae: str, method: str, path: str, json: Any = None, params: Any = None
-    ) -> tuple[int, Any]:
-        async with self.http.request(
-            method,
-            f"{self.server.url}/api/v1/keys/{path}",
-            json=json,
-            params=params,
-            headers={"X-SAE-ID": sae},
-        ) as resp:
-            return resp.status, await resp.json()
-
-    async def admin(self, method: str, path: str, json: Any = None) -> tuple[int, Any]:
-        async with self.http.request(
-            method,
-            f"{self.server.admin_url}/admin/{path}",
-            json=json,
-            headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
-        ) as resp:
-            return resp.status, await resp.json()
-
+class KMS(KMSClient):
     async def behave(self, **fields: object) -> None:
         status, body = await self.admin("PUT", "behaviour", fields)
         assert status == 200, body
