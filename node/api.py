@@ -77,6 +77,7 @@ from qchain.errors import (
     WrongChain,
 )
 from qchain.jsonform import parse_json, tx_from_json, tx_to_json, value_from_json
+from qchain.ratelimit import TokenBuckets
 from qchain.types import MAX_TX_SIZE, Transaction, decode_transaction
 
 log = logging.getLogger("qchain.api")
@@ -296,44 +297,6 @@ def jsonable(v: object) -> Any:
 
 
 # --- rate limit --------------------------------------------------------------------------
-
-
-class TokenBuckets:
-    """Per-key token buckets: `rate` tokens per second, holding at most `burst`."""
-
-    MAX_KEYS = 65_536
-
-    def __init__(
-        self, rate: float, burst: float, clock: Callable[[], float] = time.monotonic
-    ) -> None:
-        self.rate = rate
-        self.burst = burst
-        self.clock = clock
-        self._buckets: dict[str, tuple[float, float]] = {}
-
-    def take(self, key: str) -> float:
-        """Spend a token: 0.0 if allowed, else the seconds until a token is available."""
-        now = self.clock()
-        tokens, last = self._buckets.get(key, (self.burst, now))
-        tokens = min(self.burst, tokens + (now - last) * self.rate)
-        if tokens >= 1.0:
-            self._store(key, tokens - 1.0, now)
-            return 0.0
-        self._store(key, tokens, now)
-        return (1.0 - tokens) / self.rate
-
-    def _store(self, key: str, tokens: float, now: float) -> None:
-        if key not in self._buckets and len(self._buckets) >= self.MAX_KEYS:
-            full = [
-                k
-                for k, (t, last) in self._buckets.items()
-                if t + (now - last) * self.rate >= self.burst
-            ]
-            for k in full:
-                del self._buckets[k]
-            if len(self._buckets) >= self.MAX_KEYS:
-                self._buckets.clear()
-        self._buckets[key] = (tokens, now)
 
 
 # --- request parsing ---------------------------------------------------------------------
@@ -762,7 +725,7 @@ def make_api_app(
     holds one second's worth of requests (at least 1). clock is for tests."""
     api = _Api(service, sse_heartbeat_s)
     buckets = (
-        TokenBuckets(rate_limit_per_s, max(1.0, rate_limit_per_s), clock)
+        TokenBuckets[str](rate_limit_per_s, max(1.0, rate_limit_per_s), clock)
         if rate_limit_per_s > 0
         else None
     )
@@ -799,8 +762,9 @@ def make_api_app(
     @web.middleware
     async def rate_limit(request: web.Request, handler: Handler) -> web.StreamResponse:
         if buckets is not None and request.path not in UNLIMITED_PATHS:
-            wait_s = buckets.take(request.remote or "unknown")
-            if wait_s > 0:
+            client = request.remote or "unknown"
+            if not buckets.take(client):
+                wait_s = buckets.wait_s(client)
                 if metrics is not None:
                     metrics.api_rate_limited.inc()
                 raise RateLimited(max(1, math.ceil(wait_s)))

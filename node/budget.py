@@ -19,6 +19,8 @@ from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+from qchain.ratelimit import TokenBuckets
+
 
 @dataclass(frozen=True)
 class Rate:
@@ -42,14 +44,6 @@ DEFAULT_RATES: Mapping[str, Rate] = {
 }
 
 
-class _Bucket:
-    __slots__ = ("stamp", "tokens")
-
-    def __init__(self, tokens: float, stamp: float) -> None:
-        self.tokens = tokens
-        self.stamp = stamp
-
-
 class Budgets:
     """Token buckets per (peer, kind). `take` answers how many of `count` units may go on."""
 
@@ -58,24 +52,14 @@ class Budgets:
         rates: Mapping[str, Rate] = DEFAULT_RATES,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.rates = dict(rates)
-        self._clock = clock
-        self._buckets: dict[tuple[int, str], _Bucket] = {}
+        self._kinds = {k: TokenBuckets[int](r.per_s, r.burst, clock) for k, r in rates.items()}
         self.refused: Counter[tuple[int, str]] = Counter()
         """Units refused, by (peer, kind)."""
 
     def take(self, peer: int, kind: str, count: int = 1) -> int:
         """Spend up to `count` tokens of peer's `kind` bucket; return how many were granted
         (the rest is refused and counted)."""
-        rate = self.rates[kind]
-        now = self._clock()
-        b = self._buckets.get((peer, kind))
-        if b is None:
-            b = self._buckets[(peer, kind)] = _Bucket(rate.burst, now)
-        b.tokens = min(rate.burst, b.tokens + (now - b.stamp) * rate.per_s)
-        b.stamp = now
-        granted = max(0, min(count, int(b.tokens)))
-        b.tokens -= granted
+        granted = self._kinds[kind].take(peer, count)
         if granted < count:
             self.refused[(peer, kind)] += count - granted
         return granted

@@ -99,6 +99,7 @@ from typing import Protocol
 from node.wire import Envelope, body_size, decode_body, encode_body, envelope_size
 from qchain.errors import CodecError, QChainError
 from qchain.qkd.frame import DEFAULT_FRAME_LIMITS
+from qchain.ratelimit import TokenBuckets
 
 log = logging.getLogger(__name__)
 
@@ -240,33 +241,6 @@ class PeerStats:
     fault_dropped: int = 0
 
 
-class _AcceptLimiter:
-    """A token bucket per source address."""
-
-    def __init__(self, rate: float, burst: int) -> None:
-        self.rate = rate
-        self.burst = float(burst)
-        self._buckets: dict[str, tuple[float, float]] = {}
-
-    def allow(self, source: str, now: float) -> bool:
-        tokens, at = self._buckets.pop(source, (self.burst, now))
-        tokens = min(self.burst, tokens + (now - at) * self.rate)
-        allowed = tokens >= 1
-        self._buckets[source] = (tokens - 1 if allowed else tokens, now)
-        if len(self._buckets) > MAX_TRACKED_SOURCES:
-            self._forget(now)
-        return allowed
-
-    def _forget(self, now: float) -> None:
-        full = [
-            s for s, (t, at) in self._buckets.items() if t + (now - at) * self.rate >= self.burst
-        ]
-        for s in full:
-            del self._buckets[s]
-        while len(self._buckets) > MAX_TRACKED_SOURCES:
-            del self._buckets[next(iter(self._buckets))]
-
-
 class _PeerOut:
     def __init__(self, index: int, address: str, sealer: LinkSealer, limit: int) -> None:
         self.index = index
@@ -319,7 +293,9 @@ class Transport:
         self._connections: set[asyncio.StreamWriter] = set()
         self._pending_total = 0
         self._pending: Counter[int] = Counter()
-        self._limiter = _AcceptLimiter(limits.accept_rate_per_s, limits.accept_burst)
+        self._limiter = TokenBuckets[str](
+            limits.accept_rate_per_s, limits.accept_burst, max_keys=MAX_TRACKED_SOURCES
+        )
         self._reader_tasks: set[asyncio.Task[None]] = set()
         self._stopping = False
 
@@ -551,7 +527,7 @@ class Transport:
         accepted_at = loop.time()
         peername = writer.get_extra_info("peername")
         source = str(peername[0]) if isinstance(peername, tuple) and peername else "?"
-        if not self._limiter.allow(source, accepted_at):
+        if not self._limiter.take(source):
             self.refused["rate-limited"] += 1
             return
         if self._pending_total >= self.limits.max_pending_total:

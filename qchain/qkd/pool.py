@@ -59,6 +59,7 @@ from qchain.qkd.errors import (
     classify,
 )
 from qchain.qkd.source import MAC_KEY_BITS, Key, KeyId, KeySource, LinkStatus, key_id_str
+from qchain.ratelimit import TokenBuckets
 
 log = logging.getLogger(__name__)
 
@@ -452,8 +453,7 @@ class ReceiveKeyPool:
         self._keys: dict[KeyId, Key] = {}
         self._pending: dict[KeyId, asyncio.Task[None]] = {}
         self._closed = False
-        self._recover_tokens = float(RECOVER_BURST)
-        self._recover_at = self.clock.now()
+        self._recover_budget = TokenBuckets[None](RECOVER_PER_S, RECOVER_BURST, self.clock.now)
 
     @property
     def closed(self) -> bool:
@@ -505,16 +505,7 @@ class ReceiveKeyPool:
         return True
 
     def _spend_recover_token(self) -> bool:
-        now = self.clock.now()
-        self._recover_tokens = min(
-            float(RECOVER_BURST),
-            self._recover_tokens + (now - self._recover_at) * RECOVER_PER_S,
-        )
-        self._recover_at = now
-        if self._recover_tokens < 1:
-            return False
-        self._recover_tokens -= 1
-        return True
+        return self._recover_budget.take(None) == 1
 
     async def _fetch(self, key_ids: list[KeyId], *, verified: bool) -> None:
         """Resolve `key_ids`, retrying transient failures for `resolve_for` seconds (ids
