@@ -49,7 +49,9 @@ MAX_BATCH = 1000
 CERTIFICATE_WAIT_S = 3.0
 """How long a receipt request for a committed transaction waits for its certificate."""
 MAX_WAIT_S = 300.0
+"""Longest `?wait=commit` a client may ask for (`timeout`, seconds)."""
 DEFAULT_WAIT_S = 30.0
+"""How long `?wait=commit` waits when the client gives no `timeout`."""
 _ADMISSIONS_PER_YIELD = 100
 """Batch items admitted between two yields to the event loop: admission checks
 signatures, and consensus traffic must run in between."""
