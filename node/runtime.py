@@ -89,20 +89,21 @@ from consensus.messages import (
 from consensus.messages import block_hash as consensus_value
 from consensus.params import Params
 from contracts import membership
-from contracts.execution import SignatureCache
-from contracts.genesis import Genesis, init_state, load_genesis
+from contracts.genesis import Genesis, init_state
 from contracts.query import query as contract_query
 from contracts.state import StateReader
 from node import byzantine
-from node.admin import make_admin_app
-from node.api import make_api_app, make_ssl_context
 from node.budget import BLOCK_LOOKUPS, CERT_SIGS, FORWARDED_TXS, Budgets
 from node.chain import ChainApp, Prepared, next_block_time
 from node.chainstore import ChainStore
 from node.events import EventBus
+from node.genesis_file import load_genesis
+from node.http.admin import make_admin_app
+from node.http.api import make_api_app, make_ssl_context
 from node.mempool import Mempool, MempoolLimits, PendingTx
 from node.metrics import NodeMetrics, TimedKeySource
 from node.service import EventStream, TxStatus
+from node.sigcache import SignatureCache
 from node.transport import FaultRules, Transport
 from node.wire import CertSig, Envelope, Kind, TxBatch, tx_batches
 from qchain.config import NodeConfig
