@@ -16,7 +16,7 @@ from contracts.execution import (
 from contracts.genesis import Genesis, GenesisState, init_state, parse_genesis
 from contracts.query import query
 from contracts.registry import DEFAULT_REGISTRY
-from contracts.runtime import named_args, to_json
+from contracts.runtime import named_args
 from contracts.state import Overlay, StateSource, WriteSet, write_set_to_batch
 
 __all__ = [
@@ -38,7 +38,6 @@ __all__ = [
     "named_args",
     "parse_genesis",
     "query",
-    "to_json",
     "validate_block",
     "write_set_to_batch",
 ]
