@@ -14,7 +14,7 @@ from consensus.events import Action
 from consensus.messages import Block, Summary
 from consensus.params import Params
 from consensus.safety import ANY_VALUE, Claim, SafetyRules, Value
-from consensus.sim.world import EngineFactory
+from consensus.sim.config import EngineFactory
 
 
 class LeqEligibility(SafetyRules):
