@@ -56,8 +56,8 @@ class ClaimCheckAttacker(Strategy):
         return [m]
 
     def tick(self, sim: Sim, nd: SimNode) -> list[tuple[int, Message]]:
-        inst = nd.engine.inst.get(1)
-        if self.sent or inst is None or inst.rec.round != 3:
+        inst = nd.engine.view().instance(1)
+        if self.sent or inst is None or inst.round != 3:
             return []
         self.sent = True
         s = (Summary(1, self.b, None), Summary(), Summary(), Summary())
@@ -157,10 +157,10 @@ class TransferAttacker(Strategy):
         return [(to, rep) for to in (0, 2, 3)]
 
     def tick(self, sim: Sim, nd: SimNode) -> list[tuple[int, Message]]:
-        inst = nd.engine.inst.get(1)
+        inst = nd.engine.view().instance(1)
         if inst is None:
             return []
-        r = inst.rec.round
+        r = inst.round
         entered = self.entered.setdefault(r, sim.now)
         out: list[tuple[int, Message]] = []
         if r == 1 and not self.sent_x:
@@ -204,11 +204,11 @@ class ForgeProposer(Strategy):
         self.forged: dict[bytes, Block] = {}
 
     def _forge(self, sim: Sim, nd: SimNode, b: Block) -> Block:
-        inst = nd.engine.inst.get(b.height)
+        inst = nd.engine.view().instance(b.height)
         if inst is None or b.round == 0:
             return b
         n = sim.params.n
-        r2 = (self.victim - inst.rec.anchor) % n
+        r2 = (self.victim - inst.anchor) % n
         if r2 > b.round:
             return b
         return Block(b.height, b.parent, r2, self.victim, b.body)

@@ -218,7 +218,7 @@ class Sim:
                 continue
             if len(nd.chain) < h or len(nd.included) < txs:
                 return False
-            inst = nd.engine.inst.get(h)
+            inst = nd.engine.view().instance(h)
             if inst is not None and not inst.terminated:
                 return False
         return True
