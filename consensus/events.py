@@ -5,8 +5,11 @@ The engine is a pure state machine. A driver (the node, or the simulator) feeds 
 
 1. all `Persist`, `PersistBlock` and `DeleteRecord` actions of the step, as ONE atomic synced
    batch (a record that names a vote or proposal is never durable without its body);
-2. then every `Send` (sends to one peer within one step may share one frame);
-3. then the rest: timers, block building, validation, fetching, commits and replies.
+2. then every message: each `Send` and the replies `ReplyDone` and `ReplySync` (messages to
+   one peer within one step may share one frame);
+3. then the rest: timers, block building, validation, fetching, commits and alerts.
+
+`consensus.driver.plan` computes this order; drivers execute its plan.
 
 Delaying a send is always allowed; sending before the step's batch is durable never is.
 """

@@ -230,9 +230,5 @@ class Record(Struct):
     decided: Hash32 | None = None
 
 
-def save_record(rec: Record) -> bytes:
-    return rec.encode()
-
-
 def load_record(data: bytes) -> Record:
     return Record.decode(data)

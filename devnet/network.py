@@ -311,7 +311,7 @@ def node_config_toml(
     container that peers reach by service name."""
     bind = node.host if listen_host is None else listen_host
     peers = "\n".join(
-        f'[[p2p.peers]]\nindex = {p.index}\naddress = "{p.p2p}"\nsae_id = "{p.sae_id}"\n'
+        f'[[p2p.peers]]\nindex = {p.index}\naddress = "{p.p2p}"\n'
         for p in plan.nodes
         if p.index != node.index
     )

@@ -25,7 +25,9 @@ from qchain.limits import MAX_BLOCK_TX_BYTES, MAX_FRAME, check_node_sizes
 
 @dataclass(frozen=True)
 class TimingConfig:
-    """Consensus timers in milliseconds (CONSENSUS.md §4)."""
+    """Consensus timers in milliseconds (CONSENSUS.md §4). The round timeout they give is
+    computed in one place, `consensus.params.Params.timeout_ms`, from the fields the node
+    copies into its `Params`."""
 
     base_ms: int
     backoff: float
@@ -49,11 +51,6 @@ class TimingConfig:
         delay = self.message_delay_ms * 1.1 ** min(rnd, 100)
         low = local_ms - self.clock_precision_ms - delay
         return low <= block_ms <= local_ms + self.clock_precision_ms
-
-    def round_timeout_ms(self, r: int) -> int:
-        if r == 0:
-            return (self.propose_wait_max_ms or self.propose_wait_min_ms) + self.base_ms
-        return int(min(self.cap_ms, self.base_ms * self.backoff**r))
 
 
 PROFILES: dict[str, TimingConfig] = {
@@ -92,7 +89,11 @@ class PeerConfig:
     index: int
     address: str
     """host:port of the peer's P2P listener."""
-    sae_id: str = ""
+
+
+IGNORED_KEYS: dict[type, frozenset[str]] = {PeerConfig: frozenset({"sae_id"})}
+"""Keys that configs written by older devnets carry and the loader accepts without use: a
+peer's `sae_id` (every validator's SAE id comes from the genesis)."""
 
 
 @dataclass(frozen=True)
@@ -221,7 +222,10 @@ def _convert(tp: Any, value: Any, name: str, base: Path) -> Any:
 def _build(cls: type[Any], data: dict[str, Any], prefix: str, base: Path) -> Any:
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
+    ignored = IGNORED_KEYS.get(cls, frozenset())
     for key in data:
+        if key in ignored:
+            continue
         if key not in names or key == "path":
             raise ConfigError(f"{prefix}.{key}" if prefix else key, "unknown field")
     kwargs: dict[str, Any] = {}

@@ -177,7 +177,7 @@ class Flooder(Strategy):
 
     def tick(self, sim: Sim, nd: SimNode) -> list[tuple[int, Message]]:
         cid = sim.params.chain_id
-        h = max(nd.engine.cur, 1)
+        h = max(nd.engine.view().height, 1)
         rng = self.rng
         out: list[tuple[int, Message]] = []
         for to in range(sim.params.n):

@@ -16,8 +16,9 @@ from dataclasses import dataclass
 
 from consensus.messages import Message, Vote
 from consensus.sim.byzantine import Chaos
+from consensus.sim.config import EngineFactory, SimConfig
 from consensus.sim.invariants import Violation
-from consensus.sim.world import EngineFactory, Sim, SimConfig
+from consensus.sim.world import Sim
 
 LINKS = tuple((a, b) for a in range(3) for b in range(3) if a != b)
 

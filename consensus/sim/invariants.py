@@ -261,26 +261,24 @@ class Monitor:
     def after_step(self, nd: SimNode, acts: list[Action]) -> None:
         if not self.correct(nd.ident):
             return
-        eng = nd.engine
-        live = [i for i in eng.inst.values() if not i.terminated]
+        view = nd.engine.view()
+        live = [i for i in view.instances if not i.terminated]
         if len(live) > 2:
             self.violation(10, f"node {nd.name}: {len(live)} live instances")
-        per_sender: dict[int, int] = defaultdict(int)
-        for j, _, _ in eng.next_buffer:
-            per_sender[j] += 1
-        if any(c > self.sim.params.next_buffer_per_sender for c in per_sender.values()):
+        fp = view.footprint
+        if fp.next_buffer_per_sender > self.sim.params.next_buffer_per_sender:
             self.violation(10, f"node {nd.name}: next-height buffer over its bound")
         n = self.sim.params.n
-        if sum(len(c) for c in eng.claims.values()) > n * self.sim.params.sync_max_count:
+        if fp.claims > n * self.sim.params.sync_max_count:
             self.violation(10, f"node {nd.name}: claims table over its bound")
-        if len(eng.blocks) > self.cache_bound or len(eng.valid) > self.cache_bound:
+        if fp.blocks > self.cache_bound or fp.verdicts > self.cache_bound:
             self.violation(10, f"node {nd.name}: block cache over its bound")
-        for inst in eng.inst.values():
-            if len(inst.proposals) > n + 1 or len(inst.report_slot) > n:
-                self.violation(10, f"node {nd.name} h {inst.h}: slots over their bound")
-            hist = self.round_hist[(nd.ident, inst.h)]
-            if not hist or hist[-1][1] != inst.rec.round:
-                hist.append((self.sim.now, inst.rec.round))
+        for inst in view.instances:
+            if inst.proposals > n + 1 or inst.reports > n:
+                self.violation(10, f"node {nd.name} h {inst.height}: slots over their bound")
+            hist = self.round_hist[(nd.ident, inst.height)]
+            if not hist or hist[-1][1] != inst.round:
+                hist.append((self.sim.now, inst.round))
 
     def on_durable(self, nd: SimNode, acts: list[Action]) -> None:
         if not self.correct(nd.ident):
@@ -354,9 +352,11 @@ class Monitor:
                 missing = len(sim.cfg.txs_us) - len(nd.included)
                 if missing:
                     self.violation(9, f"node {nd.ident}: {missing} transactions never committed")
-                for inst in nd.engine.inst.values():
-                    if inst.h < len(nd.chain) and not inst.terminated and nd.up:
-                        self.violation(9, f"node {nd.ident} h {inst.h}: instance never terminated")
+                for inst in nd.engine.view().instances:
+                    if inst.height < len(nd.chain) and not inst.terminated and nd.up:
+                        self.violation(
+                            9, f"node {nd.ident} h {inst.height}: instance never terminated"
+                        )
             if not sim.idle_mode:
                 self._check_bound()
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from consensus.sim.config import EngineFactory
 from consensus.sim.invariants import Violation
 from consensus.sim.scenarios import build
-from consensus.sim.world import EngineFactory, Sim
+from consensus.sim.world import Sim
 
 
 @dataclass(frozen=True)

@@ -1,19 +1,14 @@
-"""The simulated world: virtual clock, network, key ledger and the drivers of the nodes.
+"""The simulated world: virtual clock, event queue and the drivers of the nodes.
 
 Time is an integer number of microseconds. Every random choice comes from one
 `random.Random(seed)`, and simultaneous events run in the order they were scheduled, so a
 run is a pure function of its configuration and seed.
 
-Each node is driven exactly like a real node must drive the engine (consensus/README.md):
-after every step the records and bodies are written to the node's durable store, and only
-then are the messages sent, coalesced into one frame per peer. A crash discards everything
-but the durable store; a restart feeds the stored records back through `Start`.
-
-Frames travel over directed links. Before GST a link may delay (with jitter, hence reorder),
-duplicate or lose a frame and partitions may cut it; after GST every frame between running
-nodes arrives within [delay_lo, delay_hi]. Each frame takes the next key id of its link from
-the ledger; receivers reject a key id they have seen (replay), and the ledger flags any key
-id issued twice.
+Each node is driven exactly like the node drives the engine: the actions of a step (or of
+the steps of one received frame) are ordered by `consensus.driver.plan`, then the durable
+batch is written to the node's store, then the frames are sent (one per peer, the replies
+included), then the local effects happen. A crash discards everything but the durable
+store (`consensus.sim.crash`); frames travel over `consensus.sim.network`.
 """
 
 from __future__ import annotations
@@ -21,10 +16,10 @@ from __future__ import annotations
 import heapq
 import random
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING
 
+from consensus.driver import Outgoing, plan
 from consensus.engine import Engine
 from consensus.events import (
     Action,
@@ -35,7 +30,6 @@ from consensus.events import (
     BuildBlock,
     CancelTimer,
     Commit,
-    DeleteRecord,
     Event,
     FetchBlock,
     MempoolNonEmpty,
@@ -44,9 +38,7 @@ from consensus.events import (
     PersistBlock,
     ReplyDone,
     ReplySync,
-    Send,
     SetTimer,
-    Start,
     StartHeight,
     Timeout,
     TimerKey,
@@ -59,122 +51,18 @@ from consensus.messages import (
     Done,
     Message,
     Record,
-    SyncReq,
     SyncResp,
     block_hash,
 )
 from consensus.params import Params
 from consensus.safety import RULES, SafetyRules
+from consensus.sim import crash, network
 from consensus.sim.app import GENESIS_HASH, app_valid, block_txs, build_block
+from consensus.sim.config import FETCH_RETRY_US, MS, CrashSpec, SimConfig, Validity
 
 if TYPE_CHECKING:
     from consensus.sim.byzantine import Strategy
     from consensus.sim.invariants import Monitor
-
-MS = 1000
-_DRIVER_MSGS = (SyncReq, SyncResp, BlockReq, BlockResp)
-FETCH_RETRY_US = 20 * MS
-CRASH_POINTS = ("after_persist", "mid_send", "after_send", "before_commit")
-
-
-@dataclass(frozen=True)
-class Partition:
-    """From start to end, nodes in different groups cannot talk (unlisted nodes talk freely)."""
-
-    start_us: int
-    end_us: int
-    groups: tuple[frozenset[int], ...]
-
-    def cuts(self, a: int, b: int, now: int) -> bool:
-        if not self.start_us <= now < self.end_us:
-            return False
-        ga = next((i for i, g in enumerate(self.groups) if a in g), None)
-        gb = next((i for i, g in enumerate(self.groups) if b in g), None)
-        return ga is not None and gb is not None and ga != gb
-
-
-@dataclass(frozen=True)
-class CrashSpec:
-    """Crash `node` at `at_us` (or at its first step matching `trigger` after that), at
-    `point` of that step; restart after `down_us` (None: never)."""
-
-    node: int
-    at_us: int = 0
-    down_us: int | None = 50 * MS
-    point: str = "now"
-    trigger: Callable[[list[Action]], bool] | None = None
-    dead: bool = False
-    """A dead node's durable store no longer counts (it is faulty for invariant 13)."""
-
-
-@dataclass(frozen=True)
-class RandomCrashes:
-    """Before `until_us`, each step of one of `nodes` crashes with `prob` at a random point."""
-
-    nodes: frozenset[int]
-    prob: float
-    until_us: int
-    down_us: tuple[int, int] = (5 * MS, 80 * MS)
-    max_down: int = 1
-
-
-@dataclass(frozen=True)
-class Rollback:
-    """At `at_us`, `node` crashes and restarts with its durable state of `snapshot_us`."""
-
-    node: int
-    snapshot_us: int
-    at_us: int
-    wipe: bool = False
-
-
-DropFilter = Callable[["Sim", int, int, Message], bool]
-EngineFactory = Callable[[Params, int], Engine]
-Validity = Callable[[Block], bool]
-
-
-@dataclass(frozen=True)
-class SimConfig:
-    n: int
-    seed: int
-    heights: int = 3
-    params: Params | None = None
-    delay_us: tuple[int, int] = (2 * MS, 10 * MS)
-    """Per-frame delay after GST (and before GST, on links that deliver)."""
-    pre_delay_us: tuple[int, int] = (2 * MS, 10 * MS)
-    loss: float = 0.0
-    dup: float = 0.0
-    gst_us: int = 0
-    partitions: tuple[Partition, ...] = ()
-    byzantine: dict[int, Strategy] = field(default_factory=dict)
-    declared_faulty: frozenset[int] = frozenset()
-    """Identities the invariants treat as faulty besides Byzantine and twins."""
-    crashes: tuple[CrashSpec, ...] = ()
-    random_crashes: RandomCrashes | None = None
-    rollbacks: tuple[Rollback, ...] = ()
-    twins: dict[int, tuple[frozenset[int], ...]] = field(default_factory=dict)
-    """identity -> one peer set per copy; a copy talks only with the peers in its set."""
-    twin_keys_cloned: bool = False
-    engines: dict[int, EngineFactory] = field(default_factory=dict)
-    validity: dict[int, Validity] = field(default_factory=dict)
-    drop: DropFilter | None = None
-    link_delay_us: dict[tuple[int, int], tuple[int, int]] = field(default_factory=dict)
-    build_delay_us: int = 20 * MS
-    validate_delay_us: int = 1 * MS
-    deadline_us: int | None = None
-    expect_live: bool = True
-    trace: bool = False
-    max_events: int = 2_000_000
-    txs_us: tuple[int, ...] = ()
-    """Submission time of each transaction (its id is its index). A transaction is forwarded
-    to every validator (§4): it reaches each running node's mempool one network delay later.
-    In idle mode (`propose_wait_max_ms=None`) the driver tells the engine `MempoolNonEmpty`
-    when the mempool becomes non-empty and after every commit, as `node/runtime.py` does."""
-    run_to_deadline: bool = False
-    stable_us: int = 0
-    """A lower bound for T of invariant 9, for scripted adversaries (a `drop` filter) that
-    keep disrupting the network after `gst_us`."""
-    """Keep running until the deadline even when the target is met (idle-mode checks)."""
 
 
 class SimNode:
@@ -282,12 +170,12 @@ class Sim:
         for nd in self.all_nodes():
             self.at(0, partial(self.step, nd, StartHeight(1, GENESIS_HASH, nd.next_anchor)))
             if nd.strategy is not None and nd.strategy.tick_us:
-                self.at(nd.strategy.tick_us, partial(self._tick, nd))
+                self.at(nd.strategy.tick_us, partial(network.tick, self, nd))
         for spec in cfg.crashes:
-            self.at(spec.at_us, partial(self._arm_crash, spec))
+            self.at(spec.at_us, partial(crash.arm_crash, self, spec))
         for rb in cfg.rollbacks:
-            self.at(rb.snapshot_us, partial(self._snapshot, rb.node))
-            self.at(rb.at_us, partial(self._rollback, rb))
+            self.at(rb.snapshot_us, partial(crash.snapshot, self, rb.node))
+            self.at(rb.at_us, partial(crash.rollback, self, rb))
         for tx, t in enumerate(cfg.txs_us):
             for nd in self.all_nodes():
                 self.at(t + self.rng.randint(*cfg.delay_us), partial(self._tx_arrive, nd, tx))
@@ -330,7 +218,7 @@ class Sim:
                 continue
             if len(nd.chain) < h or len(nd.included) < txs:
                 return False
-            inst = nd.engine.inst.get(h)
+            inst = nd.engine.view().instance(h)
             if inst is not None and not inst.terminated:
                 return False
         return True
@@ -372,53 +260,58 @@ class Sim:
         self.step_batch(nd, [ev])
 
     def step_batch(self, nd: SimNode, evs: list[Event]) -> None:
-        """Run events through the engine; one durable batch, then one frame per peer."""
+        """Run events through the engine and carry out the plan of their actions."""
         acts: list[Action] = []
         for ev in evs:
             if isinstance(ev, MessageIn):
                 self.monitor.on_receive(nd, ev.sender, ev.msg)
             out = nd.engine.step(ev)
             if self.cfg.trace:
-                self.log(f"node {nd.name} <- {_short(ev)}")
+                self.log(f"node {nd.name} <- {network.short(ev)}")
             acts += out
         self.monitor.after_step(nd, acts)
-        for a in acts:
-            if isinstance(a, Persist):
-                nd.records[a.record.height] = a.record
-            elif isinstance(a, PersistBlock):
-                nd.blocks[block_hash(a.block)] = a.block
-            elif isinstance(a, DeleteRecord):
-                nd.records.pop(a.height, None)
+        todo = plan(acts)
+        for d in todo.durable:
+            if isinstance(d, Persist):
+                nd.records[d.record.height] = d.record
+            elif isinstance(d, PersistBlock):
+                nd.blocks[block_hash(d.block)] = d.block
+            else:
+                nd.records.pop(d.height, None)
         self.monitor.on_durable(nd, acts)
-        point = self._crash_point(nd, acts)
+        point = crash.crash_point(self, nd, acts, todo)
         if point == "after_persist":
-            self.crash(nd)
+            crash.crash(self, nd)
             return
-        frames: dict[int, list[Message]] = {}
-        for a in acts:
-            if isinstance(a, Send):
-                frames.setdefault(a.to, []).append(a.msg)
-            elif isinstance(a, ReplyDone):
+        frames = [(f.to, self._resolve(nd, f.messages)) for f in todo.frames]
+        frames = [(to, msgs) for to, msgs in frames if msgs]
+        if point == "mid_send" and frames:
+            frames = frames[: self.rng.randrange(len(frames))]
+        for to, msgs in frames:
+            network.send_frame(self, nd, to, msgs)
+        if point in ("mid_send", "after_send"):
+            crash.crash(self, nd)
+            return
+        for a in todo.local:
+            if isinstance(a, Commit) and point == "before_commit":
+                crash.crash(self, nd)
+                return
+            self._perform(nd, a)
+
+    def _resolve(self, nd: SimNode, outgoing: tuple[Outgoing, ...]) -> list[Message]:
+        """The messages of one frame: sends as they are, replies read from the chain."""
+        msgs: list[Message] = []
+        for a in outgoing:
+            if isinstance(a, ReplyDone):
                 if 1 <= a.height <= len(nd.chain):
-                    m: Message = Done(self.params.chain_id, a.height, nd.chain[a.height - 1])
-                    frames.setdefault(a.to, []).append(m)
+                    msgs.append(Done(self.params.chain_id, a.height, nd.chain[a.height - 1]))
             elif isinstance(a, ReplySync):
                 resp = self._serve_sync(nd, a.to, a.from_height, a.max_count)
                 if resp is not None:
-                    frames.setdefault(a.to, []).append(resp)
-        targets = list(frames)
-        if point == "mid_send" and targets:
-            targets = targets[: self.rng.randrange(len(targets))]
-        for to in targets:
-            self.send_frame(nd, to, frames[to])
-        if point in ("mid_send", "after_send"):
-            self.crash(nd)
-            return
-        for a in acts:
-            if isinstance(a, Commit) and point == "before_commit":
-                self.crash(nd)
-                return
-            self._perform(nd, a)
+                    msgs.append(resp)
+            else:
+                msgs.append(a.msg)
+        return msgs
 
     def _perform(self, nd: SimNode, a: Action) -> None:
         if isinstance(a, SetTimer):
@@ -518,7 +411,7 @@ class Sim:
         nd.fetching[v] = attempt
         peers = [j for j in range(self.cfg.n) if j != nd.ident and j in nd.reach]
         to = peers[(nd.ident + attempt) % len(peers)]
-        self.send_frame(nd, to, [BlockReq(self.params.chain_id, (v,))])
+        network.send_frame(self, nd, to, [BlockReq(self.params.chain_id, (v,))])
         epoch = nd.epoch
         self.at(
             self.now + FETCH_RETRY_US,
@@ -535,207 +428,20 @@ class Sim:
         hashes = tuple(nd.chain[frm - 1 : frm - 1 + count]) if frm >= 1 else ()
         return SyncResp(self.params.chain_id, frm, hashes) if hashes else None
 
-    def _on_driver_msg(self, nd: SimNode, src: int, m: BlockReq | BlockResp) -> None:
+    def on_driver_msg(self, nd: SimNode, src: int, m: BlockReq | BlockResp) -> None:
         if isinstance(m, BlockReq):
             if nd.strategy is not None:
                 resp = nd.strategy.serve_blocks(self, nd, src, m.hashes)
                 if resp is not None:
                     if resp.blocks:
-                        self.send_frame(nd, src, [resp])
+                        network.send_frame(self, nd, src, [resp])
                     return
             found = tuple(nd.blocks[v] for v in m.hashes if v in nd.blocks)
             if found:
-                self.send_frame(nd, src, [BlockResp(self.params.chain_id, found)])
+                network.send_frame(self, nd, src, [BlockResp(self.params.chain_id, found)])
             return
         for blk in m.blocks:
             v = block_hash(blk)
             if v in nd.fetching:
                 del nd.fetching[v]
                 self.step(nd, BlockFetched(blk))
-
-    # --- network ---
-
-    def send_frame(self, nd: SimNode, to: int, msgs: list[Message], raw: bool = False) -> None:
-        """Send one frame; a Byzantine node's strategy rewrites it unless `raw`."""
-        src = nd.ident
-        if nd.strategy is not None and not raw:
-            msgs = [x for m in msgs for x in nd.strategy.outgoing(self, nd, to, m)]
-            if not msgs:
-                return
-        lane = nd.copy if not self.cfg.twin_keys_cloned else 0
-        ctr_key = (src, to, lane)
-        kid = self.key_next.get(ctr_key, 0)
-        self.key_next[ctr_key] = kid + 1
-        key_id = (lane, kid)
-        used = self.keys_used.setdefault((src, to), set())
-        if key_id in used:
-            self.key_reuse.append((src, to, key_id))
-        used.add(key_id)
-        self.frames[(src, to)] = self.frames.get((src, to), 0) + 1
-        self.last_frame_us = self.now
-        h = min((m.height for m in msgs if not isinstance(m, _DRIVER_MSGS)), default=0)
-        self.height_frames[(src, to, h)] = self.height_frames.get((src, to, h), 0) + 1
-        self.monitor.on_send(nd, to, msgs)
-        if self.cfg.trace:
-            self.log(f"node {nd.name} -> {to}: " + ", ".join(_short(m) for m in msgs))
-        if to not in nd.reach:
-            return
-        if self.cfg.drop is not None:
-            msgs = [m for m in msgs if not self.cfg.drop(self, src, to, m)]
-        frame = tuple(msgs)
-        if not frame:
-            return
-        for dst in self.nodes[to]:
-            if src not in dst.reach:
-                continue
-            for _ in range(self._copies(src, to)):
-                delay = self._delay(src, to)
-                self.at(self.now + delay, partial(self._arrive, dst, src, key_id, frame))
-
-    def _copies(self, src: int, to: int) -> int:
-        cfg = self.cfg
-        if any(p.cuts(src, to, self.now) for p in cfg.partitions):
-            return 0
-        if self.now >= cfg.gst_us:
-            return 1
-        if cfg.loss and self.rng.random() < cfg.loss:
-            return 0
-        if cfg.dup and self.rng.random() < cfg.dup:
-            return 2
-        return 1
-
-    def _delay(self, src: int, to: int) -> int:
-        lo, hi = self.cfg.link_delay_us.get(
-            (src, to), self.cfg.delay_us if self.now >= self.cfg.gst_us else self.cfg.pre_delay_us
-        )
-        return self.rng.randint(lo, hi)
-
-    def _arrive(
-        self, dst: SimNode, src: int, key_id: tuple[int, int], frame: tuple[Message, ...]
-    ) -> None:
-        if not dst.up:
-            return
-        seen = dst.seen_keys.setdefault(src, set())
-        if key_id in seen:
-            return
-        seen.add(key_id)
-        evs: list[Event] = []
-        for m in frame:
-            if isinstance(m, BlockReq | BlockResp):
-                self._on_driver_msg(dst, src, m)
-            else:
-                evs.append(MessageIn(src, m))
-        if evs and dst.up:
-            self.step_batch(dst, evs)
-
-    def _tick(self, nd: SimNode) -> None:
-        st = nd.strategy
-        if st is None or st.tick_us is None:
-            return
-        if nd.up:
-            frames: dict[int, list[Message]] = {}
-            for to, m in st.tick(self, nd):
-                frames.setdefault(to, []).append(m)
-            for to, msgs in frames.items():
-                self.send_frame(nd, to, msgs, raw=True)
-        self.at(self.now + st.tick_us, lambda: self._tick(nd))
-
-    # --- crashes ---
-
-    def _arm_crash(self, spec: CrashSpec) -> None:
-        nd = self.nodes[spec.node][0]
-        if spec.point == "now" and spec.trigger is None:
-            self._crash_for(nd, spec)
-        else:
-            nd.pending_crash = spec
-
-    def _crash_point(self, nd: SimNode, acts: list[Action]) -> str | None:
-        spec = nd.pending_crash
-        if spec is not None:
-            if spec.trigger is not None and not spec.trigger(acts):
-                return None
-            point = spec.point
-            if point == "before_commit" and not any(isinstance(a, Commit) for a in acts):
-                return None
-            if point in ("after_persist", "mid_send") and not any(
-                isinstance(a, Send) for a in acts
-            ):
-                return None
-            nd.pending_crash = None
-            self._schedule_restart(nd, spec)
-            return point if point != "now" else "after_persist"
-        rc = self.cfg.random_crashes
-        if (
-            rc is None
-            or nd.ident not in rc.nodes
-            or self.now >= rc.until_us
-            or self.down_count >= rc.max_down
-            or self.rng.random() >= rc.prob
-        ):
-            return None
-        point = self.rng.choice(CRASH_POINTS)
-        if point == "before_commit" and not any(isinstance(a, Commit) for a in acts):
-            point = "after_persist"
-        down = self.rng.randint(*rc.down_us)
-        self._schedule_restart(nd, CrashSpec(nd.ident, down_us=down))
-        return point
-
-    def _crash_for(self, nd: SimNode, spec: CrashSpec) -> None:
-        self._schedule_restart(nd, spec)
-        self.crash(nd)
-
-    def _schedule_restart(self, nd: SimNode, spec: CrashSpec) -> None:
-        if spec.dead:
-            self.dead.add(nd.ident)
-        if spec.down_us is not None:
-            self.at(self.now + spec.down_us, lambda: self.restart(nd))
-
-    def crash(self, nd: SimNode) -> None:
-        if not nd.up:
-            return
-        self.log(f"node {nd.name} CRASH")
-        nd.up = False
-        nd.epoch += 1
-        nd.timers.clear()
-        nd.fetching.clear()
-        self.down_count += 1
-
-    def restart(self, nd: SimNode) -> None:
-        if nd.up:
-            return
-        self.log(f"node {nd.name} RESTART")
-        nd.up = True
-        self.last_restart_us = self.now
-        self.down_count -= 1
-        self.dead.discard(nd.ident)
-        nd.engine = self.make_engine(nd.ident)
-        nd.seen_keys = {}
-        committed = len(nd.chain)
-        recs = tuple(nd.records[h] for h in sorted(nd.records))
-        blocks = tuple(b for b in nd.blocks.values() if b.height > committed)
-        self.step(nd, Start(recs, blocks, committed))
-        if not any(h > committed for h in nd.records):
-            parent = nd.chain[-1] if nd.chain else GENESIS_HASH
-            self.step(nd, StartHeight(committed + 1, parent, nd.next_anchor))
-        if self.idle_mode and nd.mempool:
-            self.step(nd, MempoolNonEmpty(True))
-
-    def _snapshot(self, ident: int) -> None:
-        nd = self.nodes[ident][0]
-        recs, blocks, _ = nd.durable_state()
-        nd.snapshots.append((self.now, recs, blocks, nd.next_anchor))
-
-    def _rollback(self, rb: Rollback) -> None:
-        nd = self.nodes[rb.node][0]
-        self.crash(nd)
-        if rb.wipe or not nd.snapshots:
-            nd.records, nd.blocks = {}, {}
-        else:
-            _, recs, blocks, _ = nd.snapshots[-1]
-            nd.records, nd.blocks = recs, blocks
-        self.at(self.now + 5 * MS, lambda: self.restart(nd))
-
-
-def _short(x: object) -> str:
-    text = repr(x)
-    return text if len(text) < 160 else text[:157] + "..."

@@ -34,8 +34,3 @@ class Lease:
         value = self._next
         self._next += 1
         return value
-
-    @property
-    def leased_until(self) -> int:
-        """Values below this bound may have been handed out."""
-        return self._end

@@ -25,6 +25,7 @@ from consensus.messages import (
     block_hash,
     decode_message,
     encode_message,
+    load_record,
     report_well_formed,
 )
 from consensus.params import Params
@@ -153,3 +154,21 @@ def test_stored_block_height_reads_the_height_without_the_body() -> None:
     for bad in (b"", b"\x90", b"\x95\xa1x", b"\x01", b"\x95\xff"):
         with pytest.raises(CodecError):
             stored_block_height(bad)
+
+
+def test_unknown_event_is_a_type_error() -> None:
+    """Anything but the eight event types is refused, not taken for `MempoolNonEmpty`."""
+    e = Engine(P, 1)
+    e.step(StartHeight(1, G, 0))
+    with pytest.raises(TypeError, match="not a consensus event: Block"):
+        e.step(_block())  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="not a consensus event: Persist"):
+        e.step(Persist(e.inst[1].rec))  # type: ignore[arg-type]
+
+
+def test_record_as_the_node_stores_it_loads_back() -> None:
+    e = Engine(P, 0)
+    e.step(StartHeight(1, G, 0))
+    out = e.step(BlockBuilt(1, 0, _block()))
+    rec = next(a.record for a in out if isinstance(a, Persist))
+    assert load_record(rec.encode()) == rec

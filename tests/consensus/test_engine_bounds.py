@@ -38,9 +38,10 @@ def _engine(me: int = 1) -> Engine:
 def test_far_height_claim_is_clamped_to_the_window() -> None:
     e = _engine()
     e.step(MessageIn(3, Vote(P.chain_id, FAR, 7, 1, b"\x01" * 32)))
-    assert e.peer_height[3] == e.cur + P.height_window
-    assert not e.next_buffer
-    assert set(e.inst) == {1}
+    view = e.view()
+    assert view.peer_heights[3] == view.height + P.height_window
+    assert view.footprint.next_buffer_per_sender == 0
+    assert [i.height for i in view.instances] == [1]
 
 
 def test_vote_flood_at_far_heights_keeps_one_slot_per_sender() -> None:
@@ -49,19 +50,21 @@ def test_vote_flood_at_far_heights_keeps_one_slot_per_sender() -> None:
         out = e.step(MessageIn(3, Vote(P.chain_id, FAR - r, r, 1 + r % 4, bytes([r % 256]) * 32)))
         # At most one sync request per sync interval, whatever the flood.
         assert len([a for a in out if isinstance(a, Send)]) <= P.n - 1
-    assert e.peer_height == {3: 1 + P.height_window}
-    assert set(e.inst) == {1} and not e.next_buffer and not e.claims
+    view = e.view()
+    assert view.peer_heights == {3: 1 + P.height_window}
+    assert [i.height for i in view.instances] == [1]
+    assert view.footprint.next_buffer_per_sender == 0 and view.footprint.claims == 0
 
 
 def test_sync_response_from_above_our_height_is_dropped() -> None:
     e = _engine()
     e.step(MessageIn(2, SyncResp(P.chain_id, FAR - 10, (b"\x05" * 32,) * 5)))
-    assert 2 not in e.peer_height
-    assert not e.claims
+    assert 2 not in e.view().peer_heights
+    assert e.view().footprint.claims == 0
     # An answer to our request (from our height) is taken, its claims within the window.
     e.step(MessageIn(2, SyncResp(P.chain_id, 1, (b"\x05" * 32,) * 3)))
-    assert e.peer_height[2] == 3
-    assert set(e.claims) == {2, 3}
+    assert e.view().peer_heights[2] == 3
+    assert set(e.catchup.claims) == {2, 3}
 
 
 def _propose(e: Engine, blk: Block, r: int) -> list[object]:
@@ -118,5 +121,6 @@ def test_reproposal_is_not_judged_by_the_clock() -> None:
 def test_done_for_far_height_touches_nothing() -> None:
     e = _engine()
     e.step(MessageIn(3, Done(P.chain_id, FAR, b"\x07" * 32)))
-    assert e.peer_height[3] == 1 + P.height_window
-    assert not e.claims and set(e.inst) == {1}
+    view = e.view()
+    assert view.peer_heights[3] == 1 + P.height_window
+    assert view.footprint.claims == 0 and [i.height for i in view.instances] == [1]

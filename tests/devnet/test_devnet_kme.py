@@ -42,9 +42,6 @@ def written_sae_ids(d: Path) -> dict[str, list[str]]:
     }
     configs = [load_config(d / "nodes" / f"node{i}" / "config.toml") for i in range(4)]
     out["node config"] = [c.qkd.sae_id for c in configs]
-    for i, c in enumerate(configs):
-        peers = {p.index: p.sae_id for p in c.p2p.peers}
-        assert all(peers[j] == out["genesis"][j] for j in peers), f"node{i} peers {peers}"
     return out
 
 

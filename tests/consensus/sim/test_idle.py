@@ -16,9 +16,10 @@ from dataclasses import replace
 import pytest
 
 from consensus.sim.app import block_txs
+from consensus.sim.config import MS
 from consensus.sim.runner import replay_command
 from consensus.sim.scenarios import build
-from consensus.sim.world import MS, Sim
+from consensus.sim.world import Sim
 
 SEEDS = 10
 

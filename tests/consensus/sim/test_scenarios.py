@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from consensus.sim.config import CrashSpec, SimConfig
 from consensus.sim.runner import replay_command, run_one
 from consensus.sim.scenarios import SCENARIOS, build
-from consensus.sim.world import CrashSpec, Sim, SimConfig
+from consensus.sim.world import Sim
 
 SEEDS_PER_CASE = 28  # 19 scenarios x 2 sizes x 28 seeds = 1064 seeded runs
 
