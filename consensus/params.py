@@ -31,6 +31,9 @@ class Params:
     cap_ms: int = 2000
     propose_wait_max_ms: int | None = 20
     """Heartbeat interval; `None` selects the idle mode of §4 (no empty blocks)."""
+    propose_wait_min_ms: int = 0
+    """How long a leader waits after a commit before it builds (batching); in idle mode
+    the round-0 timer covers this wait (§4)."""
     sync_interval_ms: int = 50
     sync_max_count: int = 64
     max_block_bytes: int = MAX_BLOCK_BODY
@@ -73,7 +76,8 @@ class Params:
     def timeout_ms(self, r: int) -> int:
         """Round timer of round `r` (§4); also the retransmit period."""
         if r == 0:
-            return (self.propose_wait_max_ms or 0) + self.base_ms
+            wait = self.propose_wait_max_ms
+            return (self.propose_wait_min_ms if wait is None else wait) + self.base_ms
         grown = self.base_ms * self.backoff ** min(r, 64)
         return int(min(float(self.cap_ms), grown))
 
