@@ -186,7 +186,7 @@ async def test_readiness_says_when_the_chain_stops(
 ) -> None:
     """A node whose process answers but whose chain stopped committing is not ready; it is
     ready again once blocks commit."""
-    monkeypatch.setattr("node.runtime.STALL_MIN_S", 1.5)
+    monkeypatch.setattr("node.health.STALL_MIN_S", 1.5)
     await wait_until(lambda: all(v.chain.height() >= 1 for v in network), timeout=20)
     assert all(v.health()[0] for v in network)
     # Half of the links cut both ways (0,1 | 2,3): no quorum, every process still up.
@@ -211,9 +211,9 @@ async def test_readiness_counts_a_peer_both_disconnected_and_starved_once(
     v = network[0]
     assert v.transport is not None
     monkeypatch.setattr(v.transport, "connected_peers", lambda: [1, 2])
-    monkeypatch.setattr(v, "_starved_links", lambda: {3: "SAE-node3 degraded for 9s"})
+    monkeypatch.setattr(v.health_checks, "starved_links", lambda: {3: "SAE-node3 degraded for 9s"})
     ready, reasons = v.health()
     assert ready, reasons  # peers 1 and 2 and this node: a quorum of 3
-    monkeypatch.setattr(v, "_starved_links", lambda: {2: "SAE-node2 degraded for 9s"})
+    monkeypatch.setattr(v.health_checks, "starved_links", lambda: {2: "SAE-node2 degraded for 9s"})
     ready, reasons = v.health()
     assert not ready and any("no keys from the key manager" in r for r in reasons)
