@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from contracts.execution import Verifier, verify_signature
+from qchain.config import MempoolSection
 from qchain.errors import (
     Expired,
     InvalidTransaction,
@@ -75,6 +76,17 @@ class MempoolLimits:
     max_block_bytes: int = MAX_BLOCK_TX_BYTES
     """Bytes of transactions in a block of this node: a larger transaction could never
     be included and is refused (`TxTooLarge`)."""
+
+    @classmethod
+    def of_validator(cls, m: MempoolSection, n: int) -> MempoolLimits:
+        """The limits of one of n validators configured with m."""
+        return cls(
+            m.max_txs,
+            m.max_bytes,
+            m.max_per_sender,
+            max_local=max(1, m.max_txs // n),
+            max_block_bytes=m.max_block_bytes,
+        )
 
 
 @dataclass

@@ -66,8 +66,12 @@ class NodeMetrics:
     def __init__(self, node: str = "") -> None:
         self.node = node
         r = self.registry = CollectorRegistry(auto_describe=True)
+        self._consensus(r)
+        self._mempool_and_transport(r)
+        self._qkd(r)
+        self._execution_and_api(r)
 
-        # consensus
+    def _consensus(self, r: CollectorRegistry) -> None:
         self.consensus_height = Gauge(
             "qchain_consensus_height", "Height of the last committed block.", registry=r
         )
@@ -91,7 +95,7 @@ class NodeMetrics:
             registry=r,
         )
 
-        # mempool
+    def _mempool_and_transport(self, r: CollectorRegistry) -> None:
         self.mempool_txs = Gauge(
             "qchain_mempool_txs", "Transactions waiting in the mempool.", registry=r
         )
@@ -105,7 +109,6 @@ class NodeMetrics:
             registry=r,
         )
 
-        # transport
         self.transport_frames = Counter(
             "qchain_transport_frames_total",
             "Authenticated frames, by peer and direction (in, out).",
@@ -125,7 +128,7 @@ class NodeMetrics:
             registry=r,
         )
 
-        # qkd
+    def _qkd(self, r: CollectorRegistry) -> None:
         self.qkd_keys_consumed = Counter(
             "qchain_qkd_keys_consumed_total",
             "One-time keys spent on frames, by directed link.",
@@ -153,7 +156,7 @@ class NodeMetrics:
             registry=r,
         )
 
-        # execution
+    def _execution_and_api(self, r: CollectorRegistry) -> None:
         self.execution_block_duration = Histogram(
             "qchain_execution_block_duration_seconds",
             "Time to execute a block's transactions (proposal building or validation).",
@@ -161,7 +164,6 @@ class NodeMetrics:
             registry=r,
         )
 
-        # api
         self.api_requests = Counter(
             "qchain_api_requests_total",
             "HTTP API requests, by route template, method and status code.",

@@ -21,15 +21,12 @@ import asyncio
 import contextlib
 import logging
 import os
-import secrets
 import signal
 import ssl
 import time
 from collections.abc import Awaitable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
-
-from aiohttp import web
 
 from consensus.engine import Engine
 from consensus.events import Event, Start, StartHeight
@@ -53,14 +50,15 @@ from node.facade import AdminFacade, ServiceFacade, ServiceParts
 from node.fetcher import BlockFetcher
 from node.forwarding import Forwarder
 from node.health import Health
-from node.links import Links
+from node.links import Links, Opener, build_key_source
+from node.listeners import Listeners, admin_token
 from node.mempool import Mempool, MempoolLimits
 from node.metrics import MetricsSync, NodeMetrics, TimedKeySource
 from node.pacing import BlockPacer
 from node.service import EventStream, TxStatus
 from node.transport import FaultRules, Transport
 from qchain.config import NodeConfig
-from qchain.errors import CodecError, StorageCorrupt, StorageError
+from qchain.errors import StorageCorrupt, StorageError
 from qchain.keys import SigningKey
 from qchain.qkd.endpoint import QKDEndpoint
 from qchain.qkd.source import KeySource
@@ -74,36 +72,6 @@ STARTUP_VERIFY_BLOCKS = 64
 """Committed heights checked against their hashes before a validator serves anything."""
 STARTUP_SCAN_S = 2.0
 """Time budget of the startup sweep that reads the whole store (LevelDB checksums)."""
-
-
-class _Opener:
-    """The receiving side of one peer's link, checking the frame names that peer."""
-
-    def __init__(self, receiver: Any, sae_id: str) -> None:
-        self.receiver = receiver
-        self.sae_id = sae_id
-
-    async def open(self, frame: bytes) -> bytes:
-        opened = await self.receiver.open(frame)
-        if opened.sender != self.sae_id:
-            raise CodecError("frame sender does not match the connection's peer")
-        body: bytes = opened.body
-        return body
-
-    def reconnected(self) -> None:
-        return None
-
-
-def build_key_source(cfg: NodeConfig) -> KeySource:
-    """The ETSI GS QKD 014 client for this node's key manager (mutual TLS when the config
-    names the files, the dev header otherwise)."""
-    from qchain.qkd.client import ETSIClient, TLSConfig
-
-    q = cfg.qkd
-    tls = None
-    if q.client_cert is not None and q.client_key is not None and q.ca_cert is not None:
-        tls = TLSConfig(q.ca_cert, q.client_cert, q.client_key)
-    return ETSIClient(q.kme_url, q.sae_id, tls=tls, insecure_sae_header=q.insecure_dev_header)
 
 
 class Validator:
@@ -155,7 +123,7 @@ class Validator:
             self.app.committed_value,
         )
         self._build_parts()
-        self._runners: list[web.AppRunner] = []
+        self._listeners = Listeners()
         self._tasks: list[asyncio.Task[None]] = []
         self._stopped = asyncio.Event()
         self.started_at = time.time()
@@ -208,7 +176,7 @@ class Validator:
         self.accounts = Accounts(self.store)
         self.mempool = Mempool(
             self.genesis.chain_id,
-            _mempool_limits(cfg, self.params.n),
+            MempoolLimits.of_validator(cfg.mempool, self.params.n),
             self.accounts,
             self.sig_cache,
         )
@@ -348,7 +316,7 @@ class Validator:
         )
         sealers = {i: byzantine.Sealer(endpoint.sender(sae[i])) for i in peers}
         self.byzantine.sealers = sealers
-        openers = {i: _Opener(endpoint.receiver, sae[i]) for i in peers}
+        openers = {i: Opener(endpoint.receiver, sae[i]) for i in peers}
         self.links.transport = Transport(
             self.me,
             cfg.p2p.listen,
@@ -384,32 +352,9 @@ class Validator:
         ssl_ctx: ssl.SSLContext | None = None
         if cfg.api.tls_cert is not None and cfg.api.tls_key is not None:
             ssl_ctx = make_ssl_context(cfg.api.tls_cert, cfg.api.tls_key)
-        await self._serve(api, cfg.api.listen, ssl_ctx)
-        token = self._admin_token()
-        await self._serve(make_admin_app(self.admin, token), cfg.admin.listen, None)
-
-    def _admin_token(self) -> str:
-        path = self.cfg.admin.token_file
-        if path is None:
-            return secrets.token_hex(16)
-        if path.exists():
-            return path.read_text().strip()
-        token = secrets.token_hex(16)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(token + "\n")
-        return token
-
-    async def _serve(
-        self, app: web.Application, listen: str, ssl_ctx: ssl.SSLContext | None
-    ) -> None:
-        runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=1.0)
-        await runner.setup()
-        host, _, port = listen.rpartition(":")
-        site = web.TCPSite(runner, host, int(port), ssl_context=ssl_ctx, reuse_address=True)
-        await site.start()
-        self._runners.append(runner)
+        await self._listeners.serve(api, cfg.api.listen, ssl_ctx)
+        token = admin_token(cfg.admin.token_file)
+        await self._listeners.serve(make_admin_app(self.admin, token), cfg.admin.listen, None)
 
     def _boot_engine(self) -> None:
         if not self._store_intact():
@@ -469,7 +414,7 @@ class Validator:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._cancel_timers()
         self.bus.close()
-        for runner in self._runners:
+        for runner in self._listeners.runners:
             await _bounded(runner.cleanup(), "HTTP listener")
         if self.links.transport is not None:
             await _bounded(self.links.transport.stop(), "transport")
@@ -603,17 +548,6 @@ def _params(genesis: Genesis, cfg: NodeConfig) -> Params:
         cap_ms=t.cap_ms,
         propose_wait_max_ms=t.propose_wait_max_ms,
         sync_interval_ms=t.sync_interval_ms,
-    )
-
-
-def _mempool_limits(cfg: NodeConfig, n: int) -> MempoolLimits:
-    m = cfg.mempool
-    return MempoolLimits(
-        m.max_txs,
-        m.max_bytes,
-        m.max_per_sender,
-        max_local=max(1, m.max_txs // n),
-        max_block_bytes=m.max_block_bytes,
     )
 
 
