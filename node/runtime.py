@@ -58,7 +58,7 @@ from node.pacing import BlockPacer
 from node.service import EventStream, TxStatus
 from node.transport import FaultRules, Transport
 from qchain.config import NodeConfig
-from qchain.errors import StorageCorrupt, StorageError
+from qchain.errors import ConfigError, StorageCorrupt, StorageError
 from qchain.keys import SigningKey
 from qchain.qkd.endpoint import QKDEndpoint
 from qchain.qkd.source import KeySource
@@ -141,10 +141,10 @@ class Validator:
     def _load_signing_key(self) -> SigningKey:
         n = len(self.genesis.validators)
         if not 0 <= self.me < n:
-            raise StorageError(f"node.index {self.me} is not a validator of this genesis")
+            raise ConfigError("node.index", f"{self.me} is not a validator of this genesis")
         key = SigningKey.load(self.cfg.node.signing_key)
         if key.public_key != self.genesis.validators[self.me].public_key:
-            raise StorageError("node.signing_key does not match this validator's genesis key")
+            raise ConfigError("node.signing_key", "does not match this validator's genesis key")
         return key
 
     def _open_app(self) -> ChainApp:
@@ -302,7 +302,7 @@ class Validator:
         sae = self.links.sae
         for i in peers:
             if i not in sae:
-                raise StorageError(f"p2p peer {i} is not a validator of this genesis")
+                raise ConfigError("p2p.peers", f"peer {i} is not a validator of this genesis")
         from qchain.qkd.pool import PoolConfig
 
         batch = min(128, cfg.qkd.batch_keys)
