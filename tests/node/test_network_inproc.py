@@ -157,14 +157,35 @@ def _frames_sent(nodes: list[Validator]) -> int:
     )
 
 
+SETTLE_S = 0.2
+"""No frame sent for this long: what was in flight (handshakes, a commit's DONEs and
+signatures) has gone out."""
+SILENCE_S = 0.5
+"""The window that shows the chain silent: ten sync intervals and five first-round
+timeouts of the test profile, so any timer-driven sending would show in it (transport
+keepalives, every 30 s, are beyond it on purpose)."""
+
+
+async def _settled(nodes: list[Validator], timeout: float = 10.0) -> int:
+    """The count of frames sent once none went out for SETTLE_S (polled until timeout)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    last = _frames_sent(nodes)
+    while True:
+        await asyncio.sleep(SETTLE_S)
+        now = _frames_sent(nodes)
+        if now == last:
+            return now
+        assert asyncio.get_running_loop().time() < deadline, "the network never settled"
+        last = now
+
+
 async def test_idle_chain_without_heartbeat_spends_no_keys_until_a_transaction(
     idle_network: list[Validator],
 ) -> None:
     nodes = idle_network
     await wait_until(lambda: all(len(v.transport.connected_peers()) == 3 for v in nodes))  # type: ignore[union-attr]
-    await asyncio.sleep(0.5)
-    before = _frames_sent(nodes)
-    await asyncio.sleep(1.5)
+    before = await _settled(nodes)
+    await asyncio.sleep(SILENCE_S)
     assert _frames_sent(nodes) == before, "an idle chain with no heartbeat sends nothing"
     assert all(v.chain.height() == 0 for v in nodes)
     tx = _anchor_tx(nodes[0].chain_id, 0, tag=9)
@@ -173,12 +194,10 @@ async def test_idle_chain_without_heartbeat_spends_no_keys_until_a_transaction(
     assert status is not None and status.receipt is not None and status.receipt.ok
     height = status.height
     await wait_until(lambda: all(v.chain.height() >= (height or 0) for v in nodes), timeout=10)
-    settled = _frames_sent(nodes)
-    await asyncio.sleep(1.5)
-    quiet = _frames_sent(nodes)
-    await asyncio.sleep(1.5)
-    assert _frames_sent(nodes) == quiet, "after the commit the chain falls silent again"
-    assert quiet >= settled
+    settled = await _settled(nodes)
+    await asyncio.sleep(SILENCE_S)
+    assert _frames_sent(nodes) == settled, "after the commit the chain falls silent again"
+    assert settled > before, "deciding the transaction's block took frames"
 
 
 async def test_readiness_says_when_the_chain_stops(
