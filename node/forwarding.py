@@ -16,14 +16,14 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter, deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 
 from consensus.engine import Engine
 from consensus.events import Event, Timeout, TimerKey
 from node.accounts import ADMIT_SLICE, Admission
 from node.budget import FORWARDED_TXS, Budgets
 from node.links import Links
-from node.mempool import Mempool, PendingTx
+from node.mempool import Mempool
 from node.wire import Envelope, Kind, TxBatch, tx_batches
 from qchain.errors import QChainError
 from qchain.types import decode_transaction
@@ -156,20 +156,26 @@ class Forwarder:
                 p.forwarded_to_all = True
             self.forward([p.tx.encoded for p in fresh], range(self.links.n))
         stuck = [p for p in late if now - p.seen_at > 2 * timeout]
-        if stuck and now - self._last_suspect > timeout and self.leader_had_room(stuck, now):
+        if (
+            stuck
+            and now - self._last_suspect > timeout
+            and leader_had_room(self.recent_blocks, len(stuck), now, timeout)
+        ):
             self._last_suspect = now
             inst = self.engine.inst.get(self.engine.cur)
             if inst is not None and inst.rec.decided is None:
                 log.info("transactions not included for %.1fs: suspecting the leader", timeout)
                 self.feed(Timeout(TimerKey("round", inst.h)))
 
-    def leader_had_room(self, stuck: Sequence[PendingTx], now: float) -> bool:
-        """Whether the blocks of the last inclusion period left out our stuck transactions
-        although they had room for them: each of those blocks held fewer transactions
-        than we have stuck (up to LEADER_ROOM_TXS). Full blocks mean load, not
-        censorship, and suspecting then would only add round changes to an overloaded
-        chain. A leader that fills every block with others' transactions is not caught
-        by this test."""
-        period = self.inclusion_timeout_s
-        recent = [n for t, n in self.recent_blocks if now - t <= period]
-        return bool(recent) and max(recent) < min(len(stuck), LEADER_ROOM_TXS)
+
+def leader_had_room(
+    recent_blocks: Iterable[tuple[float, int]], stuck: int, now: float, period: float
+) -> bool:
+    """Whether the blocks of the last inclusion period (recent_blocks: commit time and
+    transaction count) left out our `stuck` transactions although they had room for
+    them: each of those blocks held fewer transactions than we have stuck (up to
+    LEADER_ROOM_TXS). Full blocks mean load, not censorship, and suspecting then would
+    only add round changes to an overloaded chain. A leader that fills every block with
+    others' transactions is not caught by this test."""
+    recent = [n for t, n in recent_blocks if now - t <= period]
+    return bool(recent) and max(recent) < min(stuck, LEADER_ROOM_TXS)
