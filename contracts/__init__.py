@@ -6,7 +6,6 @@ from contracts.execution import (
     BlockContext,
     BlockResult,
     Rejected,
-    SignatureCache,
     app_hash,
     build_block,
     check_inclusion,
@@ -14,10 +13,10 @@ from contracts.execution import (
     execute_block,
     validate_block,
 )
-from contracts.genesis import Genesis, GenesisState, init_state, load_genesis, parse_genesis
+from contracts.genesis import Genesis, GenesisState, init_state, parse_genesis
 from contracts.query import query
 from contracts.registry import DEFAULT_REGISTRY
-from contracts.runtime import named_args, to_json
+from contracts.runtime import named_args
 from contracts.state import Overlay, StateSource, WriteSet, write_set_to_batch
 
 __all__ = [
@@ -28,7 +27,6 @@ __all__ = [
     "GenesisState",
     "Overlay",
     "Rejected",
-    "SignatureCache",
     "StateSource",
     "WriteSet",
     "app_hash",
@@ -37,11 +35,9 @@ __all__ = [
     "check_sender",
     "execute_block",
     "init_state",
-    "load_genesis",
     "named_args",
     "parse_genesis",
     "query",
-    "to_json",
     "validate_block",
     "write_set_to_batch",
 ]

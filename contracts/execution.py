@@ -18,9 +18,9 @@ touching the source. Each step:
 
 Signatures are verified here, inside execution, against the key registered at that point of
 the block (a key rotation earlier in the same block counts), so validity is a function of
-the block and the parent state alone. Verification is the costly part; pass a
-`SignatureCache` shared with admission so a transaction already checked is not checked
-again.
+the block and the parent state alone. Verification is the costly part: the `verifier`
+is passed in, so that the node can give one that remembers what admission already checked
+(`node.sigcache.SignatureCache`) and times the checks it makes.
 
 App hash: `H(APP_STATE, prev_app_hash || encode([k1, v1]) || encode([k2, v2]) || ...)`
 over the write set sorted by key (v = nil for a deletion), where the write set holds only
@@ -32,8 +32,6 @@ state that does not decode) is a bug or a broken node and propagates.
 
 from __future__ import annotations
 
-import time
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -72,32 +70,6 @@ Verifier = Callable[[Transaction, bytes], None]
 
 def verify_signature(tx: Transaction, public_key: bytes) -> None:
     tx.verify_signature(public_key)
-
-
-class SignatureCache:
-    """A bounded memo of signatures that verified, keyed by transaction hash and key.
-    Only successes are remembered, so using it never changes a result."""
-
-    def __init__(self, capacity: int = 100_000) -> None:
-        self.capacity = capacity
-        self._ok: OrderedDict[tuple[bytes, bytes], None] = OrderedDict()
-        self.verify_s = 0.0
-        """Moving average of the seconds one signature check takes on this machine (0
-        until the first): a proposer uses it to price the checks its peers still have to
-        make when they validate its block."""
-
-    def __call__(self, tx: Transaction, public_key: bytes) -> None:
-        key = (tx.hash, public_key)
-        if key in self._ok:
-            self._ok.move_to_end(key)
-            return
-        started = time.perf_counter()
-        tx.verify_signature(public_key)
-        took = time.perf_counter() - started
-        self.verify_s += (took - self.verify_s) * (1.0 if self.verify_s == 0.0 else 0.01)
-        self._ok[key] = None
-        if len(self._ok) > self.capacity:
-            self._ok.popitem(last=False)
 
 
 @dataclass(frozen=True)

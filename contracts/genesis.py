@@ -13,7 +13,9 @@ The file is JSON (see `contracts/README.md` for an example):
 - `voucher_issuers`: addresses of members who run voucher programmes; they get the
   `issuer` role.
 
-`parse_genesis` checks everything and raises `GenesisError` naming the field and the reason.
+`parse_genesis` checks everything and raises `GenesisError` naming the field and the reason;
+`Genesis.to_json` gives the document back. Reading and writing the file is the node's
+(`node.genesis_file`).
 The genesis hash covers the canonical encoding of everything except the address hints, so a
 validator may move without changing the chain's identity. `init_state` writes the initial
 members and returns the write set and the genesis app hash, which chains from the genesis
@@ -23,10 +25,8 @@ hash.
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass
 from functools import cached_property
-from pathlib import Path
 from typing import Annotated
 
 from contracts import membership
@@ -276,22 +276,6 @@ def parse_genesis(doc: object) -> Genesis:
         members,
         tuple(issuers),
     )
-
-
-def load_genesis(path: Path) -> Genesis:
-    """Read and validate a genesis file."""
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as e:
-        raise GenesisError(str(path), f"cannot read: {e.strerror}") from e
-    except ValueError as e:
-        raise GenesisError(str(path), f"not valid JSON: {e}") from e
-    return parse_genesis(doc)
-
-
-def save_genesis(genesis: Genesis, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(genesis.to_json(), indent=2) + "\n", encoding="utf-8")
 
 
 @dataclass(frozen=True)

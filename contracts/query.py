@@ -18,9 +18,10 @@ def query(
     registry: Registry = DEFAULT_REGISTRY,
 ) -> object:
     """Run a query method on source (the store, or an overlay). `args` is the positional
-    list or a mapping of named arguments (bytes as hex strings, as in JSON). Raises a
-    `ContractError` (`UnknownContract`, `UnknownMethod`, `ArgumentError`, `NotFound`, ...);
-    the result may hold bytes, structs and dicts: `runtime.to_json` makes it JSON-ready."""
+    list or a mapping of named arguments (bytes as bytes, or as hex text from a URL).
+    Raises a `ContractError` (`UnknownContract`, `UnknownMethod`, `ArgumentError`,
+    `NotFound`, ...); the result may hold bytes, structs and dicts:
+    `qchain.jsonform.value_to_json` makes it JSON-ready."""
     m = registry.method(contract, method, Kind.QUERY)
     positional = named_args(m, args) if isinstance(args, Mapping) else args
     parsed = m.parse_args(positional)

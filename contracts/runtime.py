@@ -13,8 +13,9 @@ views of other contracts, and `emit` for events that go into the receipt. A quer
 `QueryContext` with read-only views only. A contract may also have a begin-block hook that
 runs before the block's first transaction (voucher expiry uses it).
 
-`named_args` turns a JSON object of named arguments (bytes as hex strings) into the
-positional list a transaction carries; `to_json` turns results into JSON-ready values.
+`named_args` turns an object of named arguments into the positional list a transaction
+carries. Byte strings arrive as bytes (the JSON layer, `qchain.jsonform`, has already turned
+`{"hex": ...}` into bytes) or, from a URL query parameter, which is text, as hex text.
 """
 
 from __future__ import annotations
@@ -324,19 +325,6 @@ def _from_json(tp: Any, value: object, path: str) -> object:
         if missing:
             raise ArgumentError(f"{path}.{missing[0]}", "missing")
         return [_from_json(hints[f], value[f], f"{path}.{f}") for f in fields]
-    return value
-
-
-def to_json(value: object) -> object:
-    """A JSON-ready copy of a result: bytes as hex strings, structs as objects."""
-    if isinstance(value, bytes):
-        return value.hex()
-    if isinstance(value, Struct):
-        return {f: to_json(getattr(value, f)) for f in field_names(type(value))}
-    if isinstance(value, list | tuple):
-        return [to_json(v) for v in value]
-    if isinstance(value, dict):
-        return {str(k): to_json(v) for k, v in value.items()}
     return value
 
 

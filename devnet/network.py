@@ -37,8 +37,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from contracts.genesis import Genesis, load_genesis, parse_genesis, save_genesis
+from contracts.genesis import Genesis, parse_genesis
 from devnet.kme import KmeEndpoint, sae_ids_from
+from node.genesis_file import load_genesis, save_genesis
 from qchain.config import PROFILES
 from qchain.errors import ConfigError
 from qchain.keys import Scheme, SigningKey, dev_key

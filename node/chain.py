@@ -25,11 +25,11 @@ from consensus.messages import block_hash as consensus_value
 from contracts.execution import (
     BlockContext,
     BlockResult,
-    SignatureCache,
     build_block,
     validate_block,
 )
 from node.chainstore import ChainStore
+from node.sigcache import SignatureCache
 from qchain.errors import CodecError, InvalidBlock
 from qchain.store import schema
 from qchain.store.kv import Batch, KVStore

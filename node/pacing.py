@@ -19,12 +19,12 @@ from consensus.events import BlockBuilt, BlockValidated, BuildBlock, Event
 from consensus.messages import Block as CBlock
 from consensus.messages import block_hash as consensus_value
 from consensus.params import Params
-from contracts.execution import SignatureCache
 from node.alarms import Alarms
 from node.byzantine import ByzantineSwitch
 from node.chain import ChainApp, next_block_time
 from node.mempool import Mempool
 from node.metrics import NodeMetrics
+from node.sigcache import SignatureCache
 from qchain.config import MempoolSection, TimingConfig
 from qchain.errors import InvalidBlock, QChainError
 

@@ -33,13 +33,10 @@ from consensus.events import Event, Start, StartHeight
 from consensus.messages import Block as CBlock
 from consensus.messages import load_record
 from consensus.params import Params
-from contracts.execution import SignatureCache
-from contracts.genesis import Genesis, init_state, load_genesis
+from contracts.genesis import Genesis, init_state
 from node import byzantine
 from node.accounts import Accounts, Admission
-from node.admin import make_admin_app
 from node.alarms import Alarms
-from node.api import make_api_app, make_ssl_context
 from node.budget import Budgets
 from node.chain import ChainApp
 from node.chainstore import ChainStore
@@ -49,13 +46,17 @@ from node.events import EventBus
 from node.facade import AdminFacade, ServiceFacade, ServiceParts
 from node.fetcher import BlockFetcher
 from node.forwarding import Forwarder
+from node.genesis_file import load_genesis
 from node.health import Health
+from node.http.admin import make_admin_app
+from node.http.api import make_api_app, make_ssl_context
 from node.links import Links, Opener, build_key_source
 from node.listeners import Listeners, admin_token
 from node.mempool import Mempool, MempoolLimits
 from node.metrics import MetricsSync, NodeMetrics, TimedKeySource
 from node.pacing import BlockPacer
 from node.service import EventStream, TxStatus
+from node.sigcache import SignatureCache
 from node.transport import FaultRules, Transport
 from qchain.config import NodeConfig
 from qchain.errors import ConfigError, StorageCorrupt, StorageError

@@ -1,6 +1,6 @@
 """What the HTTP API needs from a running node, as one interface.
 
-The API layer (`node.api`) depends only on `NodeService`; the validator runtime implements
+The API layer (`node.http`) depends only on `NodeService`; the validator runtime implements
 it, and API unit tests can implement it over a plain store. Errors come from the one
 exception tree (`qchain.errors`) and the API maps them to problem+json.
 """

@@ -15,8 +15,8 @@ from collections.abc import Sequence
 # group name -> (module, one-line help). Modules above `qchain` are imported lazily.
 COMMANDS: dict[str, tuple[str, str]] = {
     "keys": ("qchain.cli_keys", "create and inspect signing keys"),
-    "tx": ("qchain.cli_tx", "build, sign, decode and send transactions"),
-    "receipt": ("qchain.cli_receipt", "fetch receipts and verify them offline"),
+    "tx": ("node.cli_tx", "build, sign, decode and send transactions"),
+    "receipt": ("node.cli_receipt", "fetch receipts and verify them offline"),
     "query": ("qchain.cli_query", "read-only contract queries on a node"),
     "sim": ("consensus.sim.cli", "run the deterministic consensus simulator"),
     "node": ("node.cli", "run a validator node"),

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from qchain.cli_tx import add_node_arguments, connect
+from qchain.cli_client import add_node_arguments, connect
 from qchain.errors import CodecError, JsonSyntaxError
 from qchain.jsonform import parse_json
 

@@ -7,9 +7,8 @@ validator keys, without trusting the node that served it. Every problem+json ans
 becomes an `ApiError` carrying the problem's type slug as `code` and its extension
 members; a node that cannot be reached is a `NodeUnavailable`.
 
-This module also holds the JSON forms of the API's documents (headers, blocks, receipts,
-proofs, certificates), used by the node to answer and by the client and CLI to read
-them back.
+The JSON forms of the API's documents are those of `qchain.jsonform`, which the node
+writes them with.
 """
 
 from __future__ import annotations
@@ -27,219 +26,18 @@ from urllib.parse import quote
 import aiohttp
 
 from qchain.errors import ApiError, CodecError, NodeUnavailable
-from qchain.jsonform import hex_field, tx_from_json, tx_to_json, value_from_json, value_to_json
-from qchain.merkle import MerkleProof
-from qchain.types import (
-    Block,
-    BlockHeader,
-    CommitCertificate,
-    CommitSignature,
-    Event,
-    Receipt,
-    ReceiptProof,
-    Transaction,
+from qchain.jsonform import (
+    MSGPACK,
+    block_from_json,
+    expect_member,
+    expect_object,
+    hex_field,
+    receipt_from_json,
+    tx_from_json,
 )
-
-MSGPACK = "application/msgpack"
-PROBLEM_JSON = "application/problem+json"
+from qchain.types import Block, Receipt, ReceiptProof, Transaction
 
 T = TypeVar("T")
-
-# --- JSON forms of API documents ---------------------------------------------------------
-
-
-def header_to_json(h: BlockHeader) -> dict[str, Any]:
-    return {
-        "hash": h.hash.hex(),
-        "chain_id": h.chain_id,
-        "height": h.height,
-        "round": h.round,
-        "time": h.time,
-        "parent": h.parent.hex(),
-        "proposer": h.proposer,
-        "tx_root": h.tx_root.hex(),
-        "receipts_root": h.receipts_root.hex(),
-        "app_hash": h.app_hash.hex(),
-    }
-
-
-def block_to_json(b: Block) -> dict[str, Any]:
-    return {
-        "hash": b.hash.hex(),
-        "height": b.height,
-        "header": header_to_json(b.header),
-        "txs": [{"hash": tx.hash.hex(), **tx_to_json(tx)} for tx in b.txs],
-    }
-
-
-def receipt_to_json(r: Receipt) -> dict[str, Any]:
-    return {
-        "tx_hash": r.tx_hash.hex(),
-        "height": r.height,
-        "index": r.index,
-        "ok": r.ok,
-        "code": r.code,
-        "message": r.message,
-        "result": value_to_json(r.result),
-        "events": [
-            {"contract": e.contract, "name": e.name, "data": value_to_json(e.data)}
-            for e in r.events
-        ],
-    }
-
-
-def certificate_to_json(c: CommitCertificate) -> dict[str, Any]:
-    return {
-        "height": c.height,
-        "block_hash": c.block_hash.hex(),
-        "signatures": [
-            {"validator": s.validator, "signature": s.signature.hex()} for s in c.signatures
-        ],
-    }
-
-
-def receipt_proof_to_json(p: ReceiptProof) -> dict[str, Any]:
-    return {
-        "receipt": receipt_to_json(p.receipt),
-        "proof": {
-            "index": p.proof.index,
-            "size": p.proof.size,
-            "path": [x.hex() for x in p.proof.path],
-        },
-        "header": header_to_json(p.header),
-        "certificate": certificate_to_json(p.certificate),
-    }
-
-
-def _obj(doc: object, path: str) -> dict[str, Any]:
-    if not isinstance(doc, dict):
-        raise CodecError(f"{path}: expected a JSON object")
-    return doc
-
-
-def _get(doc: dict[str, Any], name: str, path: str) -> Any:
-    if name not in doc:
-        raise CodecError(f"{path}.{name}: missing")
-    return doc[name]
-
-
-def header_from_json(doc: object) -> BlockHeader:
-    d = _obj(doc, "header")
-    hexes = {"parent", "tx_root", "receipts_root", "app_hash"}
-    wire = [
-        hex_field(_get(d, f, "header"), f"header.{f}") if f in hexes else _get(d, f, "header")
-        for f in (
-            "chain_id",
-            "height",
-            "round",
-            "time",
-            "parent",
-            "proposer",
-            "tx_root",
-            "receipts_root",
-            "app_hash",
-        )
-    ]
-    header = BlockHeader.from_wire(wire)
-    if "hash" in d and hex_field(d["hash"], "header.hash") != header.hash:
-        raise CodecError("header.hash does not match the header's fields")
-    return header
-
-
-def block_from_json(doc: object) -> Block:
-    d = _obj(doc, "block")
-    txs = _get(d, "txs", "block")
-    if not isinstance(txs, list):
-        raise CodecError("block.txs: expected an array")
-    parsed: list[Transaction] = []
-    for i, t in enumerate(txs):
-        item = dict(_obj(t, f"block.txs[{i}]"))
-        claimed = item.pop("hash", None)
-        tx = tx_from_json(item)
-        if claimed is not None and hex_field(claimed, f"block.txs[{i}].hash") != tx.hash:
-            raise CodecError(f"block.txs[{i}].hash does not match the transaction")
-        parsed.append(tx)
-    block = Block(header_from_json(_get(d, "header", "block")), tuple(parsed))
-    block.check_body()
-    return block
-
-
-def receipt_from_json(doc: object) -> Receipt:
-    d = _obj(doc, "receipt")
-    events = _get(d, "events", "receipt")
-    if not isinstance(events, list):
-        raise CodecError("receipt.events: expected an array")
-    evs = []
-    for i, e in enumerate(events):
-        ed = _obj(e, f"receipt.events[{i}]")
-        evs.append(
-            Event.from_wire(
-                [
-                    _get(ed, "contract", "event"),
-                    _get(ed, "name", "event"),
-                    value_from_json(_get(ed, "data", "event"), f"receipt.events[{i}].data"),
-                ]
-            )
-        )
-    return Receipt.from_wire(
-        [
-            hex_field(_get(d, "tx_hash", "receipt"), "receipt.tx_hash"),
-            _get(d, "height", "receipt"),
-            _get(d, "index", "receipt"),
-            _get(d, "ok", "receipt"),
-            _get(d, "code", "receipt"),
-            _get(d, "message", "receipt"),
-            value_from_json(_get(d, "result", "receipt"), "receipt.result"),
-            [e.to_wire() for e in evs],
-        ]
-    )
-
-
-def certificate_from_json(doc: object) -> CommitCertificate:
-    d = _obj(doc, "certificate")
-    sigs = _get(d, "signatures", "certificate")
-    if not isinstance(sigs, list):
-        raise CodecError("certificate.signatures: expected an array")
-    parsed = []
-    for i, s in enumerate(sigs):
-        sd = _obj(s, f"certificate.signatures[{i}]")
-        parsed.append(
-            CommitSignature.from_wire(
-                [
-                    _get(sd, "validator", "signature"),
-                    hex_field(_get(sd, "signature", "signature"), "signature"),
-                ]
-            ).to_wire()
-        )
-    return CommitCertificate.from_wire(
-        [
-            _get(d, "height", "certificate"),
-            hex_field(_get(d, "block_hash", "certificate"), "certificate.block_hash"),
-            parsed,
-        ]
-    )
-
-
-def receipt_proof_from_json(doc: object) -> ReceiptProof:
-    d = _obj(doc, "receipt proof")
-    p = _obj(_get(d, "proof", "receipt proof"), "proof")
-    path = _get(p, "path", "proof")
-    if not isinstance(path, list):
-        raise CodecError("proof.path: expected an array")
-    proof = MerkleProof.from_wire(
-        [
-            _get(p, "index", "proof"),
-            _get(p, "size", "proof"),
-            [hex_field(x, "proof.path") for x in path],
-        ]
-    )
-    return ReceiptProof(
-        receipt_from_json(_get(d, "receipt", "receipt proof")),
-        proof,
-        header_from_json(_get(d, "header", "receipt proof")),
-        certificate_from_json(_get(d, "certificate", "receipt proof")),
-    )
-
 
 # --- results -----------------------------------------------------------------------------
 
@@ -267,13 +65,13 @@ class TxInfo:
 
     @classmethod
     def from_json(cls, doc: object, new: bool | None = None) -> TxInfo:
-        d = _obj(doc, "tx status")
-        status = _get(d, "status", "tx status")
+        d = expect_object(doc, "tx status")
+        status = expect_member(d, "status", "tx status")
         if status not in ("pending", "committed"):
             raise CodecError(f"tx status: unknown status {status!r}")
         receipt = d.get("receipt")
         return cls(
-            hex_field(_get(d, "tx_hash", "tx status"), "tx_hash"),
+            hex_field(expect_member(d, "tx_hash", "tx status"), "tx_hash"),
             status,
             d.get("height"),
             d.get("index"),
@@ -419,7 +217,7 @@ class AsyncClient:
             content_type="application/json",
         )
         out: list[TxInfo | ApiError] = []
-        for item in _get(_obj(doc, "batch"), "results", "batch"):
+        for item in expect_member(expect_object(doc, "batch"), "results", "batch"):
             if "problem" in item:
                 p = item["problem"]
                 out.append(_problem(int(p.get("status", 400)), json.dumps(p).encode(), ""))
@@ -434,10 +232,10 @@ class AsyncClient:
     async def transaction(self, tx_hash: bytes | str) -> Transaction | None:
         """The transaction itself, if the node still has it."""
         _, doc = await self._json("GET", f"/v1/txs/{_hex(tx_hash)}")
-        t = _obj(doc, "tx status").get("transaction")
+        t = expect_object(doc, "tx status").get("transaction")
         if t is None:
             return None
-        item = dict(_obj(t, "transaction"))
+        item = dict(expect_object(t, "transaction"))
         claimed = item.pop("hash", None)
         tx = tx_from_json(item)
         if claimed is not None and hex_field(claimed, "transaction.hash") != tx.hash:
@@ -463,11 +261,14 @@ class AsyncClient:
         _, doc = await self._json(
             "GET", "/v1/blocks", params={"from": str(start), "limit": str(limit)}
         )
-        return [block_from_json(b) for b in _get(_obj(doc, "blocks"), "blocks", "blocks")]
+        return [
+            block_from_json(b)
+            for b in expect_member(expect_object(doc, "blocks"), "blocks", "blocks")
+        ]
 
     async def account(self, address: bytes | str) -> dict[str, Any]:
         _, doc = await self._json("GET", f"/v1/accounts/{_hex(address)}")
-        return _obj(doc, "account")
+        return expect_object(doc, "account")
 
     async def next_nonce(self, address: bytes | str) -> int:
         """The nonce the address's next transaction must carry (pending ones counted);
@@ -492,13 +293,13 @@ class AsyncClient:
             f"/v1/contracts/{quote(contract, safe='')}/{quote(method, safe='')}",
             params=params,
         )
-        return _get(_obj(doc, "query"), "result", "query")
+        return expect_member(expect_object(doc, "query"), "result", "query")
 
     async def status(self) -> dict[str, Any]:
-        return _obj((await self._json("GET", "/v1/status"))[1], "status")
+        return expect_object((await self._json("GET", "/v1/status"))[1], "status")
 
     async def qkd(self) -> dict[str, Any]:
-        return _obj((await self._json("GET", "/v1/qkd"))[1], "qkd")
+        return expect_object((await self._json("GET", "/v1/qkd"))[1], "qkd")
 
     async def ready(self) -> tuple[bool, list[str]]:
         try:

@@ -402,3 +402,141 @@ class NonceInUse(InvalidTransaction):
 
     def fields(self) -> dict[str, object]:
         return {"nonce": self.nonce, "pending_tx_hash": self.pending_hash.hex()}
+
+
+# --- refusals of the HTTP layer ----------------------------------------------------------
+
+
+class BadParameter(QChainError):
+    """A path, query or header parameter that does not parse or is out of range."""
+
+    code = "invalid-parameter"
+
+    def __init__(self, name: str, reason: str) -> None:
+        super().__init__(f"parameter {name}: {reason}")
+        self.name = name
+        self.reason = reason
+
+    def fields(self) -> dict[str, object]:
+        return {"parameter": self.name, "reason": self.reason}
+
+
+class UnsupportedMediaType(QChainError):
+    code = "unsupported-media-type"
+
+    def __init__(self, content_type: str, supported: list[str]) -> None:
+        super().__init__(f"content type {content_type!r} is not one of {', '.join(supported)}")
+        self.content_type = content_type
+        self.supported = supported
+
+    def fields(self) -> dict[str, object]:
+        return {"content_type": self.content_type, "supported": self.supported}
+
+
+class BodyTooLarge(QChainError):
+    code = "body-too-large"
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"request body exceeds the limit of {limit} bytes")
+        self.limit = limit
+
+    def fields(self) -> dict[str, object]:
+        return {"limit": self.limit}
+
+
+class MethodNotAllowed(QChainError):
+    code = "method-not-allowed"
+
+    def __init__(self, method: str, allowed: list[str]) -> None:
+        super().__init__(f"method {method} is not allowed here; allowed: {', '.join(allowed)}")
+        self.method = method
+        self.allowed = allowed
+
+    def fields(self) -> dict[str, object]:
+        return {"method": self.method, "allowed": self.allowed}
+
+
+class RateLimited(QChainError):
+    code = "rate-limited"
+
+    def __init__(self, retry_after_s: int) -> None:
+        super().__init__(f"too many requests from this address; retry in {retry_after_s} s")
+        self.retry_after_s = retry_after_s
+
+    def fields(self) -> dict[str, object]:
+        return {"retry_after": self.retry_after_s}
+
+
+class CommitTimeout(QChainError):
+    """`?wait=commit` gave up; the transaction is still pending and may commit later."""
+
+    code = "commit-timeout"
+
+    def __init__(self, tx_hash: str, timeout_s: float) -> None:
+        super().__init__(f"transaction {tx_hash} not committed within {timeout_s} s")
+        self.tx_hash = tx_hash
+        self.timeout_s = timeout_s
+
+    def fields(self) -> dict[str, object]:
+        return {"tx_hash": self.tx_hash, "tx_status": "pending", "timeout": self.timeout_s}
+
+
+class NotReady(QChainError):
+    code = "not-ready"
+
+    def __init__(self, reasons: list[str]) -> None:
+        super().__init__("node is not ready: " + "; ".join(reasons))
+        self.reasons = reasons
+
+    def fields(self) -> dict[str, object]:
+        return {"reasons": self.reasons}
+
+
+class InternalError(QChainError):
+    """Something went wrong that is the node's fault; the node's log has the details."""
+
+    code = "internal-error"
+
+
+class Unauthorized(QChainError):
+    """An admin request without the admin API's bearer token."""
+
+    code = "unauthorized"
+
+    def __init__(self) -> None:
+        super().__init__("a valid bearer token is required")
+
+
+class InvalidRequest(QChainError):
+    """An admin request body that is not what the route takes."""
+
+    code = "invalid-request"
+
+
+class UnknownByzantineMode(InvalidRequest):
+    """A Byzantine mode the admin API does not know."""
+
+    def __init__(self, mode: object, modes: tuple[str, ...]) -> None:
+        super().__init__(f"mode must be one of {', '.join(modes)} or null")
+        self.mode = mode
+        self.modes = modes
+
+
+class InvalidFaultRules(InvalidRequest):
+    """Transport fault rules that do not parse; `field` names the offending one."""
+
+    code = "invalid-fault-rules"
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(f"{field}: {reason}")
+        self.field = field
+        self.reason = reason
+
+
+class ByzantineDisabled(QChainError):
+    """A Byzantine mode asked of a node not started with the devnet flag."""
+
+    code = "byzantine-disabled"
+
+    def __init__(self) -> None:
+        super().__init__("start the node with admin.byzantine = true (devnets only)")

@@ -1,9 +1,13 @@
-"""The JSON form of canonical values and transactions, for the HTTP API and the CLI.
+"""The JSON forms of qchain's values and of the node API's documents: the one module the
+node's HTTP layer, the client SDK and the CLI all use.
 
-Canonical values map to JSON one to one: integers, text, booleans, null and arrays as
-themselves, byte strings as `{"hex": "..."}`. Struct fields whose type is bytes (addresses,
-keys, signatures, hashes) are plain lowercase hex strings, since their type is known.
-Parsing is strict: unknown fields, floats and malformed hex are `CodecError`s.
+Canonical values (contract arguments, results and event data) map to JSON one to one:
+integers, text, booleans, null and arrays as themselves, byte strings as
+`{"hex": "..."}`, at any depth and whether arguments are given by position or by name.
+Fields whose type is bytes (addresses, keys, signatures, hashes) are plain lowercase hex
+strings, since their type is known; so are byte strings in the node's own documents
+(status, accounts, events, problem members), written by `fields_to_json`. Parsing is
+strict: unknown fields, floats and malformed hex are `CodecError`s.
 
 JSON text from outside is read with `parse_json`, before anything else looks at it: it
 must be UTF-8 (a byte order mark is allowed), nest at most `MAX_JSON_DEPTH` arrays and
@@ -11,24 +15,48 @@ objects deep (checked before parsing, so nesting can never exhaust the parser's
 recursion), and hold no text with a lone surrogate (a `\\ud800` escape), no NaN or
 Infinity and no number outside the 64-bit integer range. Anything else is an
 `InvalidJson` naming the offending value.
+
+The API's documents (transactions, block headers, blocks, receipts, commit certificates,
+receipt proofs) have `*_to_json` and `*_from_json` here; a `*_from_json` checks what it
+builds as decoding the canonical bytes would.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import re
+from collections.abc import Mapping
 from itertools import accumulate
 from typing import Any
 
 from qchain.codec import INT_MAX, INT_MIN, Value, is_unicode
 from qchain.errors import CodecError, InvalidJson, JsonSyntaxError
-from qchain.types import Transaction
+from qchain.merkle import MerkleProof
+from qchain.types import (
+    Block,
+    BlockHeader,
+    CommitCertificate,
+    CommitSignature,
+    Event,
+    Receipt,
+    ReceiptProof,
+    Transaction,
+)
 
 MAX_JSON_DEPTH = 64
 """Deepest nesting of arrays and objects in JSON input: far above what a document of the
 API needs (a batch item's arguments are at most 20 deep), far below what would exhaust
 the parser's recursion."""
+
+MAX_VALUE_DEPTH = 16
+"""Deepest nesting of arrays in a canonical value's JSON form."""
+
+MSGPACK = "application/msgpack"
+"""Media type of canonical bytes (transactions, receipt proofs) on the API."""
+PROBLEM_JSON = "application/problem+json"
+"""Media type of the API's error documents (RFC 9457)."""
 
 _STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
 _NOT_BRACKET = re.compile(r"[^\[\]{}]+")
@@ -144,15 +172,43 @@ def _pointer(tokens: Any, limit: int = 200) -> str:
 
 
 def value_to_json(v: object) -> Any:
+    """A canonical value (or a query result) as JSON: byte strings as `{"hex": ...}`,
+    sequences as arrays, mappings and structs (dataclasses) as objects of their items
+    and fields; anything else as `fields_to_json` writes it."""
+    if v is None or isinstance(v, bool | int | str):
+        return v
     if isinstance(v, bytes):
         return {"hex": v.hex()}
     if isinstance(v, list | tuple):
         return [value_to_json(x) for x in v]
-    return v
+    if isinstance(v, Mapping):
+        return {str(k): value_to_json(x) for k, x in v.items()}
+    if dataclasses.is_dataclass(v) and not isinstance(v, type):
+        return {f.name: value_to_json(getattr(v, f.name)) for f in dataclasses.fields(v)}
+    return fields_to_json(v)
+
+
+def fields_to_json(v: object) -> Any:
+    """A value of the node's own documents (status, accounts, events, problem members) as
+    JSON: byte strings as plain hex, since each field's type is known; mappings and
+    sequences recursively, non-finite floats as null, anything else as its text."""
+    if v is None or isinstance(v, bool | int | str):
+        return v
+    if isinstance(v, bytes):
+        return v.hex()
+    if isinstance(v, float):
+        return v if math.isfinite(v) else None
+    if isinstance(v, Mapping):
+        return {str(k): fields_to_json(x) for k, x in v.items()}
+    if isinstance(v, list | tuple | set | frozenset):
+        return [fields_to_json(x) for x in v]
+    return str(v)
 
 
 def value_from_json(j: object, path: str = "value", depth: int = 0) -> Value:
-    if depth > 16:
+    """The JSON form of a canonical value as the value; byte strings must be
+    `{"hex": ...}` (a bare string is text)."""
+    if depth > MAX_VALUE_DEPTH:
         raise CodecError(f"{path}: nested too deeply")
     if j is None or type(j) in (bool, str):
         return j  # type: ignore[return-value]
@@ -162,9 +218,28 @@ def value_from_json(j: object, path: str = "value", depth: int = 0) -> Value:
         return j
     if isinstance(j, list):
         return [value_from_json(x, f"{path}[{i}]", depth + 1) for i, x in enumerate(j)]
-    if isinstance(j, dict) and set(j) == {"hex"}:
-        return hex_field(j["hex"], path)
+    if _is_hex_object(j):
+        return hex_field(j["hex"], path)  # type: ignore[index]
     raise CodecError(f"{path}: {type(j).__name__} is not a canonical value")
+
+
+def named_value_from_json(j: object, path: str = "value", depth: int = 0) -> object:
+    """A named argument from JSON: as `value_from_json`, except that objects other than
+    `{"hex": ...}` are kept (with their items converted), since a named argument may be a
+    struct given by its fields. Floats are refused."""
+    if depth > MAX_VALUE_DEPTH:
+        raise CodecError(f"{path}: nested too deeply")
+    if isinstance(j, dict) and not _is_hex_object(j):
+        return {k: named_value_from_json(x, f"{path}.{k}", depth + 1) for k, x in j.items()}
+    if isinstance(j, list):
+        return [named_value_from_json(x, f"{path}[{i}]", depth + 1) for i, x in enumerate(j)]
+    if isinstance(j, float):
+        raise CodecError(f"{path}: floats are not allowed")
+    return value_from_json(j, path, depth)
+
+
+def _is_hex_object(j: object) -> bool:
+    return isinstance(j, dict) and set(j) == {"hex"}
 
 
 def hex_field(s: object, path: str) -> bytes:
@@ -235,4 +310,206 @@ def tx_to_json_fields() -> tuple[str, ...]:
         "scheme",
         "public_key",
         "signature",
+    )
+
+
+# --- documents of the API -----------------------------------------------------------------
+
+
+def header_to_json(h: BlockHeader) -> dict[str, Any]:
+    return {
+        "hash": h.hash.hex(),
+        "chain_id": h.chain_id,
+        "height": h.height,
+        "round": h.round,
+        "time": h.time,
+        "parent": h.parent.hex(),
+        "proposer": h.proposer,
+        "tx_root": h.tx_root.hex(),
+        "receipts_root": h.receipts_root.hex(),
+        "app_hash": h.app_hash.hex(),
+    }
+
+
+def block_to_json(b: Block) -> dict[str, Any]:
+    return {
+        "hash": b.hash.hex(),
+        "height": b.height,
+        "header": header_to_json(b.header),
+        "txs": [{"hash": tx.hash.hex(), **tx_to_json(tx)} for tx in b.txs],
+    }
+
+
+def receipt_to_json(r: Receipt) -> dict[str, Any]:
+    return {
+        "tx_hash": r.tx_hash.hex(),
+        "height": r.height,
+        "index": r.index,
+        "ok": r.ok,
+        "code": r.code,
+        "message": r.message,
+        "result": value_to_json(r.result),
+        "events": [
+            {"contract": e.contract, "name": e.name, "data": value_to_json(e.data)}
+            for e in r.events
+        ],
+    }
+
+
+def certificate_to_json(c: CommitCertificate) -> dict[str, Any]:
+    return {
+        "height": c.height,
+        "block_hash": c.block_hash.hex(),
+        "signatures": [
+            {"validator": s.validator, "signature": s.signature.hex()} for s in c.signatures
+        ],
+    }
+
+
+def receipt_proof_to_json(p: ReceiptProof) -> dict[str, Any]:
+    return {
+        "receipt": receipt_to_json(p.receipt),
+        "proof": {
+            "index": p.proof.index,
+            "size": p.proof.size,
+            "path": [x.hex() for x in p.proof.path],
+        },
+        "header": header_to_json(p.header),
+        "certificate": certificate_to_json(p.certificate),
+    }
+
+
+def expect_object(doc: object, path: str) -> dict[str, Any]:
+    """doc, which must be a JSON object; `path` names it in the error."""
+    if not isinstance(doc, dict):
+        raise CodecError(f"{path}: expected a JSON object")
+    return doc
+
+
+def expect_member(doc: dict[str, Any], name: str, path: str) -> Any:
+    """The member `name` of doc, which must be there."""
+    if name not in doc:
+        raise CodecError(f"{path}.{name}: missing")
+    return doc[name]
+
+
+def header_from_json(doc: object) -> BlockHeader:
+    d = expect_object(doc, "header")
+    hexes = {"parent", "tx_root", "receipts_root", "app_hash"}
+    wire = [
+        hex_field(expect_member(d, f, "header"), f"header.{f}")
+        if f in hexes
+        else expect_member(d, f, "header")
+        for f in (
+            "chain_id",
+            "height",
+            "round",
+            "time",
+            "parent",
+            "proposer",
+            "tx_root",
+            "receipts_root",
+            "app_hash",
+        )
+    ]
+    header = BlockHeader.from_wire(wire)
+    if "hash" in d and hex_field(d["hash"], "header.hash") != header.hash:
+        raise CodecError("header.hash does not match the header's fields")
+    return header
+
+
+def block_from_json(doc: object) -> Block:
+    d = expect_object(doc, "block")
+    txs = expect_member(d, "txs", "block")
+    if not isinstance(txs, list):
+        raise CodecError("block.txs: expected an array")
+    parsed: list[Transaction] = []
+    for i, t in enumerate(txs):
+        item = dict(expect_object(t, f"block.txs[{i}]"))
+        claimed = item.pop("hash", None)
+        tx = tx_from_json(item)
+        if claimed is not None and hex_field(claimed, f"block.txs[{i}].hash") != tx.hash:
+            raise CodecError(f"block.txs[{i}].hash does not match the transaction")
+        parsed.append(tx)
+    block = Block(header_from_json(expect_member(d, "header", "block")), tuple(parsed))
+    block.check_body()
+    return block
+
+
+def receipt_from_json(doc: object) -> Receipt:
+    d = expect_object(doc, "receipt")
+    events = expect_member(d, "events", "receipt")
+    if not isinstance(events, list):
+        raise CodecError("receipt.events: expected an array")
+    evs = []
+    for i, e in enumerate(events):
+        ed = expect_object(e, f"receipt.events[{i}]")
+        evs.append(
+            Event.from_wire(
+                [
+                    expect_member(ed, "contract", "event"),
+                    expect_member(ed, "name", "event"),
+                    value_from_json(
+                        expect_member(ed, "data", "event"), f"receipt.events[{i}].data"
+                    ),
+                ]
+            )
+        )
+    return Receipt.from_wire(
+        [
+            hex_field(expect_member(d, "tx_hash", "receipt"), "receipt.tx_hash"),
+            expect_member(d, "height", "receipt"),
+            expect_member(d, "index", "receipt"),
+            expect_member(d, "ok", "receipt"),
+            expect_member(d, "code", "receipt"),
+            expect_member(d, "message", "receipt"),
+            value_from_json(expect_member(d, "result", "receipt"), "receipt.result"),
+            [e.to_wire() for e in evs],
+        ]
+    )
+
+
+def certificate_from_json(doc: object) -> CommitCertificate:
+    d = expect_object(doc, "certificate")
+    sigs = expect_member(d, "signatures", "certificate")
+    if not isinstance(sigs, list):
+        raise CodecError("certificate.signatures: expected an array")
+    parsed = []
+    for i, s in enumerate(sigs):
+        sd = expect_object(s, f"certificate.signatures[{i}]")
+        parsed.append(
+            CommitSignature.from_wire(
+                [
+                    expect_member(sd, "validator", "signature"),
+                    hex_field(expect_member(sd, "signature", "signature"), "signature"),
+                ]
+            ).to_wire()
+        )
+    return CommitCertificate.from_wire(
+        [
+            expect_member(d, "height", "certificate"),
+            hex_field(expect_member(d, "block_hash", "certificate"), "certificate.block_hash"),
+            parsed,
+        ]
+    )
+
+
+def receipt_proof_from_json(doc: object) -> ReceiptProof:
+    d = expect_object(doc, "receipt proof")
+    p = expect_object(expect_member(d, "proof", "receipt proof"), "proof")
+    path = expect_member(p, "path", "proof")
+    if not isinstance(path, list):
+        raise CodecError("proof.path: expected an array")
+    proof = MerkleProof.from_wire(
+        [
+            expect_member(p, "index", "proof"),
+            expect_member(p, "size", "proof"),
+            [hex_field(x, "proof.path") for x in path],
+        ]
+    )
+    return ReceiptProof(
+        receipt_from_json(expect_member(d, "receipt", "receipt proof")),
+        proof,
+        header_from_json(expect_member(d, "header", "receipt proof")),
+        certificate_from_json(expect_member(d, "certificate", "receipt proof")),
     )

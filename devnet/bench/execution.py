@@ -19,13 +19,13 @@ from collections.abc import Callable
 
 from contracts.execution import (
     BlockContext,
-    SignatureCache,
     Verifier,
     execute_transaction,
     verify_signature,
 )
 from contracts.state import Overlay, write_set_to_batch
 from contracts.testing import DevChain, dev_genesis
+from node.sigcache import SignatureCache
 from qchain.keys import Scheme
 from qchain.store import Batch, MemoryStore
 from qchain.types import Transaction

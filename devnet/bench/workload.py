@@ -23,8 +23,9 @@ from pathlib import Path
 
 import msgpack
 
-from contracts.genesis import load_genesis, parse_genesis, save_genesis
+from contracts.genesis import parse_genesis
 from devnet.network import DEV_SEED, NetworkPlan, account_key
+from node.genesis_file import load_genesis, save_genesis
 from qchain.hashing import Domain, hash_domain
 from qchain.keys import SigningKey, dev_key
 from qchain.types import new_transaction

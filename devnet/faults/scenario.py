@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from node import admin
+from node.http import admin
 from qchain.errors import ConfigError
 from qchain.qkd.kms_config import parse_behaviour
 

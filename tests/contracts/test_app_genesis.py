@@ -7,10 +7,11 @@ from typing import Any
 
 import pytest
 
-from contracts.genesis import init_state, load_genesis, parse_genesis, save_genesis
+from contracts.genesis import init_state, parse_genesis
 from contracts.membership import Member, get_member
 from contracts.state import StateReader
 from contracts.testing import PILOT_MEMBERS, dev_genesis
+from node.genesis_file import load_genesis, save_genesis
 from qchain.errors import GenesisError
 from qchain.store import MemoryStore
 

@@ -7,7 +7,6 @@ import pytest
 
 from contracts.execution import (
     BlockContext,
-    SignatureCache,
     app_hash,
     build_block,
     check_sender,
@@ -190,19 +189,6 @@ def test_block_context_from_header(chain: DevChain) -> None:
     block = make_block(chain, [])
     ctx = BlockContext.from_header(block.header, chain.app_hash)
     assert ctx == chain.context()
-
-
-def test_signature_cache(chain: DevChain) -> None:
-    cache = SignatureCache(capacity=1)
-    a, b = anchor(chain, "ent", "a"), anchor(chain, "ent2", "b")
-    cache(a, chain.keys["ent"].public_key)
-    cache(a, chain.keys["ent"].public_key)
-    cache(b, chain.keys["ent2"].public_key)
-    forged = dataclasses.replace(a, args=[])
-    with pytest.raises(Exception, match="signature"):
-        cache(forged, chain.keys["ent"].public_key)
-    chain.verifier = cache
-    assert [r.ok for r in chain.block([a, b]).receipts] == [True, True]
 
 
 def test_admission_nonce_window(chain: DevChain) -> None:

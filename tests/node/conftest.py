@@ -22,9 +22,11 @@ from jsonschema import Draft202012Validator
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
-from node.api import make_api_app, openapi_spec, start_api
 from node.chainstore import ChainStore
 from node.events import EventBus
+from node.http.api import make_api_app
+from node.http.state import openapi_spec
+from node.http.testing import start_api
 from node.metrics import NodeMetrics
 from node.service import EventStream, TxStatus
 from qchain.codec import Value

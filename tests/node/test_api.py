@@ -11,7 +11,9 @@ from typing import Any
 import aiohttp
 import pytest
 
-from node.api import PROBLEM_BASE, PROBLEMS, make_api_app, openapi_spec
+from node.http.api import make_api_app
+from node.http.problems import PROBLEM_BASE, PROBLEMS
+from node.http.state import openapi_spec
 from node.service import TxStatus
 from qchain.codec import encode_value
 from qchain.errors import QChainError, StorageError

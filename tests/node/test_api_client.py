@@ -15,21 +15,19 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from node.api import make_api_app, make_ssl_context, start_api
 from node.events import EventBus
+from node.http.api import make_api_app, make_ssl_context
+from node.http.testing import start_api
 from node.metrics import NodeMetrics
 from qchain.cli import main as cli_main
-from qchain.client import (
-    AsyncClient,
-    Client,
-    TxInfo,
+from qchain.client import AsyncClient, Client, TxInfo, ssl_context_for
+from qchain.errors import ApiError, BadSignature, NodeUnavailable
+from qchain.jsonform import (
     block_from_json,
     block_to_json,
     receipt_proof_from_json,
     receipt_proof_to_json,
-    ssl_context_for,
 )
-from qchain.errors import ApiError, BadSignature, NodeUnavailable
 
 from .conftest import CHAIN_ID, PARTNERS, VALIDATORS, ApiHarness, FakeNode, make_tx
 
@@ -382,8 +380,8 @@ def test_metrics_names_help_and_isolation() -> None:
 def test_cli_receipt_verify_against_genesis(
     fake_node: FakeNode, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from contracts.genesis import save_genesis
     from contracts.testing import dev_genesis
+    from node.genesis_file import save_genesis
 
     genesis, _ = dev_genesis({"admin": ["admin"]}, seed="api-test", validators=4, chain_id=CHAIN_ID)
     genesis_file = tmp_path / "genesis.json"

@@ -34,12 +34,14 @@ from yarl import URL
 
 from devnet.local import LocalNetwork, running_network
 from devnet.network import account_key, plan_network
-from node.admin import make_admin_app, rules_to_json
-from node.api import PROBLEM_BASE, openapi_spec, start_api
+from node.http.admin import make_admin_app, rules_to_json
+from node.http.problems import PROBLEM_BASE
+from node.http.state import openapi_spec
+from node.http.testing import start_api
 from node.transport import FaultRules
-from qchain.client import MSGPACK, PROBLEM_JSON, AsyncClient
+from qchain.client import AsyncClient
 from qchain.codec import encode_value
-from qchain.jsonform import tx_to_json
+from qchain.jsonform import MSGPACK, PROBLEM_JSON, tx_to_json
 from qchain.types import new_transaction
 
 from .conftest import PARTNERS, ApiHarness, SpecChecker, make_tx

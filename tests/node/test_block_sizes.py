@@ -24,8 +24,9 @@ from consensus.messages import BlockReq, BlockResp, Propose, decode_message, enc
 from consensus.messages import block_hash as consensus_value
 from contracts.testing import sized_anchor_many
 from devnet.network import account_key, plan_network, write_network
-from node.api import make_api_app, start_api
 from node.forwarding import MAX_REFORWARD
+from node.http.api import make_api_app
+from node.http.testing import start_api
 from node.runtime import Validator
 from node.wire import Envelope, Kind, TxBatch, decode_body, encode_body, tx_batches
 from qchain.config import load_config

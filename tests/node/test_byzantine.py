@@ -13,7 +13,7 @@ from pathlib import Path
 from consensus.messages import BlockReq, SyncResp, Vote, decode_message
 from devnet.network import plan_network, write_network
 from node import byzantine
-from node.admin import BYZANTINE_MODES
+from node.http.admin import BYZANTINE_MODES
 from node.runtime import Validator
 from node.wire import CertSig, Envelope, Kind, decode_body, encode_body
 from qchain.config import load_config

@@ -13,10 +13,10 @@ from typing import Any
 import pytest
 
 from consensus.messages import SyncResp, Vote, encode_message
+from devnet.testing import inproc_network
 from node.chain import MAX_BLOCK_TIME_MS
 from node.driver import VOTE_WATCH_ROUNDS
 from node.runtime import Validator
-from node.testing import inproc_network
 from node.wire import Envelope, Kind
 from qchain.qkd.testing import wait_until
 

@@ -8,10 +8,10 @@ import pytest
 
 from consensus.messages import Block as CBlock
 from consensus.messages import block_hash as consensus_value
-from contracts.execution import SignatureCache
 from devnet.network import account_key
 from node.chain import ChainApp
 from node.chainstore import ChainStore
+from node.sigcache import SignatureCache
 from qchain.errors import ConfigError, StorageCorrupt, StorageError, StoreMismatch
 from qchain.keys import dev_key
 from qchain.store import KVStore, MemoryStore, schema

@@ -8,7 +8,8 @@ import re
 import aiohttp
 
 from node import explorer
-from node.api import make_api_app, start_api
+from node.http.api import make_api_app
+from node.http.testing import start_api
 
 from .conftest import FakeNode
 

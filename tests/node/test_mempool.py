@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from contracts.execution import SignatureCache
 from devnet.network import account_key
-from node.api import problem_status
+from node.http.problems import problem_status
 from node.mempool import Account, Mempool, MempoolLimits
+from node.sigcache import SignatureCache
 from qchain.errors import (
     BadSignature,
     MempoolFull,

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from devnet.network import account_key
+from devnet.testing import inproc_network
 from node.runtime import Validator
-from node.testing import inproc_network
 from node.transport import FaultRules
 from qchain.qkd.testing import wait_until
 from qchain.types import Transaction, new_transaction

@@ -16,9 +16,9 @@ from typing import Any
 
 import pytest
 
-from contracts.genesis import load_genesis
 from devnet.local import LocalNetwork, running_network
 from devnet.network import account_key, plan_network
+from node.genesis_file import load_genesis
 from qchain.client import Client
 from qchain.errors import ApiError
 from qchain.store import schema

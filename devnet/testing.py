@@ -1,5 +1,8 @@
 """Test helpers for whole validators: a network of real `Validator`s in one event loop.
 
+It lives in `devnet`, not in `node`, because it builds the network from a devnet plan,
+and `node` imports nothing from `devnet`.
+
 `inproc_network` writes a devnet plan to a directory, gives every validator a key source
 on one in-process key manager, and starts them over real TCP on 127.0.0.1. Tests use it to
 drive the real node code (and, as a hostile peer, a real validator's transport and keys)

@@ -7,23 +7,36 @@ holding those bytes or that hex), so `build | sign | decode` compose in a pipeli
 `send CONTRACT METHOD --args JSON --key KEYFILE` asks the node (`--node` or `QCHAIN_NODE`)
 for the chain id and the key's next nonce, signs, submits, and by default waits until the
 transaction is committed. `--args` is either a JSON array of the method's arguments in
-order, with byte strings as `{"hex": "..."}`, or a JSON object of named arguments (byte
-strings as hex text, `0x` allowed), which the contract registry turns into the positional
-list using the method's schema.
+order, or a JSON object of named arguments, which the contract registry turns into the
+positional list using the method's schema. Byte strings are `{"hex": "..."}` in both, as
+everywhere in the API's JSON; bare hex text where the schema has a byte string is refused
+with an error naming that form.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
+import types
+import typing
 from pathlib import Path
+from typing import Any
 
-from qchain.client import Client, TxInfo, receipt_to_json, ssl_context_for
-from qchain.codec import Value
-from qchain.errors import CodecError, ConfigError, JsonSyntaxError
-from qchain.jsonform import parse_json, tx_to_json, value_from_json, value_to_json
+from contracts import DEFAULT_REGISTRY, named_args
+from contracts.runtime import Kind, field_names
+from qchain.cli_client import add_node_arguments, connect
+from qchain.client import TxInfo
+from qchain.codec import Struct, Value
+from qchain.errors import ArgumentError, CodecError, JsonSyntaxError
+from qchain.jsonform import (
+    named_value_from_json,
+    parse_json,
+    receipt_to_json,
+    tx_to_json,
+    value_from_json,
+    value_to_json,
+)
 from qchain.keys import SigningKey
 from qchain.types import Transaction, decode_transaction, new_transaction
 
@@ -63,21 +76,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_node_arguments(t)
 
 
-def add_node_arguments(p: argparse.ArgumentParser) -> None:
-    """--node, --ca-file and --json, shared by every verb that talks to a node."""
-    p.add_argument("--node", help="node API URL (default: $QCHAIN_NODE)")
-    p.add_argument("--ca-file", help="trust this CA or self-signed certificate for https")
-    p.add_argument("--json", action="store_true", help="print JSON")
-
-
-def connect(args: argparse.Namespace) -> Client:
-    url = args.node or os.environ.get("QCHAIN_NODE")
-    if not url:
-        raise ConfigError("--node", "give the node URL with --node or QCHAIN_NODE")
-    ctx = ssl_context_for(args.ca_file) if args.ca_file else None
-    return Client(url, ssl_context=ctx, timeout_s=30.0)
-
-
 def print_status(info: TxInfo, as_json: bool) -> None:
     doc: dict[str, object] = {
         "tx_hash": info.tx_hash.hex(),
@@ -99,20 +97,51 @@ def print_status(info: TxInfo, as_json: bool) -> None:
 
 
 def parse_call_args(text: str, contract: str, method: str) -> Value:
-    """--args as a JSON array of canonical values, or an object of named arguments."""
+    """--args as a JSON array of canonical values, or an object of named arguments; byte
+    strings as `{"hex": ...}` in both."""
     try:
         parsed = parse_json(text, "--args")
     except JsonSyntaxError as e:
         raise CodecError(f"--args is not JSON: {e.reason}") from None
     if isinstance(parsed, dict):
-        from contracts import DEFAULT_REGISTRY, named_args
-        from contracts.runtime import Kind
-
-        named = named_args(DEFAULT_REGISTRY.method(contract, method, Kind.TX), parsed)
-        return value_from_json(value_to_json(named), "args")
+        m = DEFAULT_REGISTRY.method(contract, method, Kind.TX)
+        named = {k: named_value_from_json(v, f"args.{k}") for k, v in parsed.items()}
+        hints = typing.get_type_hints(m.args, include_extras=True)
+        for name, value in named.items():
+            if name in hints:
+                refuse_text_for_bytes(hints[name], value, name)
+        return value_from_json(value_to_json(named_args(m, named)), "args")
     if not isinstance(parsed, list):
         raise CodecError("--args must be a JSON array or object")
     return value_from_json(parsed, "args")
+
+
+def refuse_text_for_bytes(tp: Any, value: object, path: str) -> None:
+    """Raise `ArgumentError` where value holds text where the schema type tp has a byte
+    string: named arguments give byte strings as `{"hex": ...}`, like positional ones."""
+    origin = typing.get_origin(tp)
+    if origin is typing.Annotated:
+        refuse_text_for_bytes(typing.get_args(tp)[0], value, path)
+    elif tp is bytes:
+        if isinstance(value, str):
+            raise ArgumentError(path, 'a byte string is given as {"hex": "..."}, not as text')
+    elif origin in (typing.Union, types.UnionType):
+        for option in typing.get_args(tp):
+            refuse_text_for_bytes(option, value, path)
+    elif origin is tuple and isinstance(value, list):
+        for i, item in enumerate(value):
+            refuse_text_for_bytes(typing.get_args(tp)[0], item, f"{path}[{i}]")
+    elif isinstance(tp, type) and issubclass(tp, Struct):
+        hints = typing.get_type_hints(tp, include_extras=True)
+        fields = field_names(tp)
+        if isinstance(value, list):
+            items = list(zip(fields, value, strict=False))
+        elif isinstance(value, dict):
+            items = [(f, value[f]) for f in fields if f in value]
+        else:
+            items = []
+        for f, v in items:
+            refuse_text_for_bytes(hints[f], v, f"{path}.{f}")
 
 
 def send(args: argparse.Namespace) -> int:

@@ -15,10 +15,10 @@ import argparse
 import json
 from pathlib import Path
 
-from qchain.cli_tx import add_node_arguments, connect
-from qchain.client import receipt_proof_from_json, receipt_proof_to_json
+from node.genesis_file import load_genesis
+from qchain.cli_client import add_node_arguments, connect
 from qchain.errors import CodecError, ConfigError
-from qchain.jsonform import hex_field
+from qchain.jsonform import hex_field, receipt_proof_from_json, receipt_proof_to_json
 from qchain.types import ReceiptProof, ValidatorKey
 
 
@@ -91,8 +91,6 @@ def run(args: argparse.Namespace) -> int:
         return 0
     proof = load_receipt_proof(args.file)
     if args.genesis is not None:
-        from contracts import load_genesis
-
         genesis = load_genesis(args.genesis)
         validators, chain_id = genesis.validator_keys(), genesis.chain_id
     else:

@@ -1,0 +1,116 @@
+"""Handlers for the chain's and the node's state: blocks, accounts, contract queries,
+status, QKD links, health and readiness probes, metrics, and the API description.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import yaml
+from aiohttp import web
+
+from node.http.context import SERVICE, json_response
+from node.http.params import parse_address, parse_uint, query_arg
+from node.metrics import CONTENT_TYPE_LATEST
+from qchain.errors import BadParameter, NotFound, NotReady
+from qchain.jsonform import block_to_json, fields_to_json, value_to_json
+
+MAX_BLOCKS_PAGE = 100
+"""Most blocks one `GET /v1/blocks` answer holds."""
+
+
+@cache
+def openapi_spec() -> dict[str, Any]:
+    """The API description, parsed from `node/openapi.yaml`."""
+    doc = yaml.safe_load(Path(__file__).parent.with_name("openapi.yaml").read_text())
+    if not isinstance(doc, dict):
+        raise TypeError("openapi.yaml does not hold a mapping")
+    return doc
+
+
+async def get_latest_block(request: web.Request) -> web.Response:
+    chain = request.app[SERVICE].chain
+    block = chain.block(chain.height())
+    if block is None:
+        raise NotFound("block", "latest")
+    return json_response(block_to_json(block))
+
+
+async def get_block(request: web.Request) -> web.Response:
+    height = parse_uint(request.match_info["height"], "height")
+    block = request.app[SERVICE].chain.block(height)
+    if block is None:
+        raise NotFound("block", str(height))
+    return json_response(block_to_json(block))
+
+
+async def get_blocks(request: web.Request) -> web.Response:
+    q = request.query
+    start = parse_uint(q.get("from", "1"), "from")
+    limit = parse_uint(q.get("limit", "20"), "limit", 1, MAX_BLOCKS_PAGE)
+    chain = request.app[SERVICE].chain
+    blocks = list(chain.blocks(start, limit))
+    nxt = None
+    if len(blocks) == limit and blocks[-1].height < chain.height():
+        nxt = blocks[-1].height + 1
+    return json_response({"blocks": [block_to_json(b) for b in blocks], "next": nxt})
+
+
+async def get_account(request: web.Request) -> web.Response:
+    address = parse_address(request.match_info["address"])
+    acct = request.app[SERVICE].account(address)
+    if acct is None:
+        raise NotFound("account", address.hex())
+    return json_response({**fields_to_json(acct), "address": address.hex()})
+
+
+async def get_query(request: web.Request) -> web.Response:
+    service = request.app[SERVICE]
+    contract = request.match_info["name"]
+    method = request.match_info["query"]
+    args: dict[str, Any] = {}
+    for key in request.query:
+        values = request.query.getall(key)
+        if len(values) != 1:
+            raise BadParameter(key, "given more than once")
+        args[key] = query_arg(values[0], key)
+    result = service.query(contract, method, args)
+    return json_response(
+        {
+            "contract": contract,
+            "method": method,
+            "height": service.chain.height(),
+            "result": value_to_json(result),
+        }
+    )
+
+
+async def get_status(request: web.Request) -> web.Response:
+    return json_response(fields_to_json(request.app[SERVICE].status()))
+
+
+async def get_qkd(request: web.Request) -> web.Response:
+    return json_response(fields_to_json(request.app[SERVICE].qkd_status()))
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    ready, reasons = request.app[SERVICE].health()
+    if not ready:
+        raise NotReady(list(reasons) or ["not ready"])
+    return json_response({"ready": True, "reasons": []})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    return web.Response(
+        body=request.app[SERVICE].metrics_text(), headers={"Content-Type": CONTENT_TYPE_LATEST}
+    )
+
+
+async def openapi(request: web.Request) -> web.Response:
+    return json_response(openapi_spec())
