@@ -2,8 +2,10 @@
 the real transport (every frame sealed with its own one-time QKD keys).
 
 They exist to attack a devnet on purpose (the fault kit's `byzantine` action) and are
-enabled only when the node runs with `admin.byzantine = true`, like the older modes in
-`node.runtime` (silent, withhold, double-vote, equivocate, forge-mac).
+enabled only when the node runs with `admin.byzantine = true`. Besides the modes below,
+`ByzantineSwitch` holds the older ones that bend the node's own consensus messages
+(`misbehave`: silent, withhold, double-vote, equivocate) or its frames (`Sealer`:
+forge-mac).
 
 - `far-height-vote`: one VOTE claiming height 2^64-1 to every peer, resent once a second;
 - `vote-flood`: VOTEs with distinct rounds and random values, at height 2^64-1 and at its
@@ -15,22 +17,39 @@ enabled only when the node runs with `admin.byzantine = true`, like the older mo
   per peer and second.
 
 The message builders are plain functions over a seeded `random.Random`; `Hostile` is the
-periodic task that sends them through the node's transport.
+periodic task that sends them through the node's transport. Every mode is off unless the
+admin API sets one on a node that allows it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import random
+import time
 from collections.abc import Callable, Coroutine
 from typing import Any, Protocol
 
 from consensus.engine import Engine
-from consensus.messages import BlockReq, SyncResp, Vote, encode_message
+from consensus.messages import (
+    BlockReq,
+    Done,
+    Message,
+    Propose,
+    SyncResp,
+    Vote,
+    encode_message,
+)
 from consensus.params import Params
+from node.chain import ChainApp
 from node.transport import Transport
 from node.wire import CertSig, Envelope, Kind
+from qchain.errors import QChainError
+from qchain.hashing import Domain, hash_domain
+from qchain.qkd.frame import LinkSender
+
+log = logging.getLogger("qchain.node")
 
 MODES = ("far-height-vote", "vote-flood", "future-time", "far-claims")
 """The modes of this module (the admin API accepts them besides the runtime's own)."""
@@ -54,7 +73,9 @@ class HostileNode(Protocol):
     me: int
     params: Params
     engine: Engine
-    transport: Transport | None
+
+    @property
+    def transport(self) -> Transport | None: ...
 
 
 def block_time_ms(mode: str | None) -> int | None:
@@ -184,3 +205,82 @@ class Hostile:
                 self._to_all(far_claims(self._chain_id, self.rng))
 
         await self._ticks(send)
+
+
+class Sealer:
+    """The sending side of one link, as the transport sees it. In the test-only
+    `forge-mac` mode it flips a bit of every tag it produces."""
+
+    def __init__(self, inner: LinkSender) -> None:
+        self.inner = inner
+        self.forge = False
+
+    async def seal(self, body: bytes) -> bytes:
+        frame = await self.inner.seal(body)
+        if self.forge:
+            frame = frame[:-1] + bytes([frame[-1] ^ 1])
+        return frame
+
+    def reconnected(self) -> None:
+        self.inner.resync()
+
+
+def misbehave(mode: str, to: int, msg: Message, me: int, n: int, app: ChainApp) -> Message | None:
+    """What a node in `mode` sends to peer `to` instead of msg (None: nothing); the
+    misbehaviour is aimed at half of the peers."""
+    odd = to % 2 == 1
+    if mode == "silent":
+        return None
+    if mode == "withhold":
+        return msg if to == min(j for j in range(n) if j != me) else None
+    if mode == "double-vote" and isinstance(msg, Vote) and odd:
+        fake = hash_domain(Domain.HEADER, msg.value)
+        return Vote(msg.chain_id, msg.height, msg.round, msg.phase, fake)
+    if mode == "equivocate" and isinstance(msg, Propose) and odd:
+        try:
+            twin = app.build(
+                msg.height,
+                msg.round,
+                msg.block.parent,
+                me,
+                [],
+                now_ms=int(time.time() * 1000) + 1 + to,
+            )
+        except QChainError:
+            return msg
+        return Propose(msg.chain_id, msg.height, msg.round, twin.cblock)
+    return msg
+
+
+class ByzantineSwitch:
+    """The test-only mode of one validator: None (honest) unless `allowed` (the devnet's
+    `admin.byzantine` flag) and the admin API set one."""
+
+    def __init__(self, allowed: bool, me: int, n: int, app: ChainApp, hostile: Hostile) -> None:
+        self.allowed = allowed
+        self.mode: str | None = None
+        self.me = me
+        self.n = n
+        self.app = app
+        self.sealers: dict[int, Sealer] = {}
+        """The link sealers, for forge-mac (set when the links start)."""
+        self.hostile = hostile
+
+    def set(self, mode: str | None) -> None:
+        if not self.allowed:
+            return
+        self.mode = mode
+        for sealer in self.sealers.values():
+            sealer.forge = mode == "forge-mac"
+        self.hostile.set_mode(mode)
+        log.warning("byzantine mode set to %s", mode)
+
+    def outgoing(self, to: int, msg: Message) -> Message | None:
+        """The consensus message actually sent to `to` (None: nothing)."""
+        if self.mode is None or not isinstance(msg, Propose | Vote | Done):
+            return msg
+        return misbehave(self.mode, to, msg, self.me, self.n, self.app)
+
+    def block_time_ms(self) -> int | None:
+        """The block time this node builds with as leader (None: the honest clock)."""
+        return block_time_ms(self.mode)

@@ -25,8 +25,8 @@ from typing import TypeVar
 
 from consensus.messages import Block as CBlock
 from consensus.messages import block_hash as consensus_value
-from qchain.codec import U32, U64, Struct, decode_value, encode_value
-from qchain.errors import CodecError, QChainError, StorageError
+from qchain.codec import U32, U64, Struct
+from qchain.errors import CodecError, QChainError, StorageError, StoreMismatch
 from qchain.merkle import leaf_hash, proof_of_leaf_hashes, root_of_leaf_hashes
 from qchain.store import schema
 from qchain.store.kv import Batch, KVStore
@@ -90,9 +90,10 @@ class ChainStore:
             )
         stored_chain = (self.store.get(schema.META_CHAIN_ID) or b"").decode()
         if stored_chain != chain_id:
-            raise StorageError(f"store belongs to chain {stored_chain!r}, not {chain_id!r}")
-        if self.store.get(schema.meta_key("genesis-hash")) != genesis_hash:
-            raise StorageError("store was created from a different genesis")
+            raise StoreMismatch("chain id", repr(stored_chain), repr(chain_id))
+        stored_genesis = self.store.get(schema.meta_key("genesis-hash")) or b""
+        if stored_genesis != genesis_hash:
+            raise StoreMismatch("genesis hash", stored_genesis.hex(), genesis_hash.hex())
 
     def height(self) -> int:
         """The last committed height (0: only genesis)."""
@@ -357,12 +358,3 @@ class ChainStore:
     def put_certificate(self, cert: CommitCertificate) -> None:
         self.store.put(schema.cert_key(cert.height), cert.encode(), sync=True)
         self._remember_cert(cert)
-
-    # --- small typed metadata values --------------------------------------------------
-
-    def get_meta_value(self, name: str) -> object:
-        raw = self.store.get(schema.meta_key(name))
-        return None if raw is None else decode_value(raw)
-
-    def meta_value_put(self, batch: Batch, name: str, value: object) -> None:
-        batch.put(schema.meta_key(name), encode_value(value))

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from contracts.execution import Verifier, verify_signature
+from qchain.config import MempoolSection
 from qchain.errors import (
     Expired,
     InvalidTransaction,
@@ -40,16 +41,25 @@ from qchain.limits import MAX_BLOCK_TX_BYTES
 from qchain.types import MAX_TX_SIZE, Transaction
 
 
+@dataclass(frozen=True)
+class Account:
+    """The committed facts of one member that admission checks."""
+
+    nonce: int
+    """The next nonce the chain accepts from this member."""
+    active: bool
+    """False for a suspended member."""
+    scheme: str
+    public_key: bytes
+
+
 class AccountView(Protocol):
     """Committed account facts the mempool checks against."""
 
     def next_nonce(self, address: bytes) -> int: ...
 
-    def signing_key(self, address: bytes) -> tuple[str, bytes] | None:
-        """(scheme, public key) of an active member, None if not a member."""
-
-    def member_status(self, address: bytes) -> str | None:
-        """'active', 'suspended', or None for an unknown address."""
+    def account(self, address: bytes) -> Account | None:
+        """A member's facts, in one call; None for an address that is not a member."""
 
 
 @dataclass(frozen=True)
@@ -66,6 +76,17 @@ class MempoolLimits:
     max_block_bytes: int = MAX_BLOCK_TX_BYTES
     """Bytes of transactions in a block of this node: a larger transaction could never
     be included and is refused (`TxTooLarge`)."""
+
+    @classmethod
+    def of_validator(cls, m: MempoolSection, n: int) -> MempoolLimits:
+        """The limits of one of n validators configured with m."""
+        return cls(
+            m.max_txs,
+            m.max_bytes,
+            m.max_per_sender,
+            max_local=max(1, m.max_txs // n),
+            max_block_bytes=m.max_block_bytes,
+        )
 
 
 @dataclass
@@ -149,12 +170,12 @@ class Mempool:
             raise WrongChain(self.chain_id, tx.chain_id)
         if tx.expiry_height and tx.expiry_height <= height:
             raise Expired(tx.expiry_height, height + 1)
-        status = self.accounts.member_status(tx.sender)
-        if status is None:
+        account = self.accounts.account(tx.sender)
+        if account is None:
             raise NotAMember(tx.sender.hex())
-        if status != "active":
-            raise NotAMember(tx.sender.hex(), f"is {status}")
-        expected = self.accounts.next_nonce(tx.sender)
+        if not account.active:
+            raise NotAMember(tx.sender.hex(), "is suspended")
+        expected = account.nonce
         if tx.nonce < expected or tx.nonce >= expected + self.limits.max_per_sender:
             raise NonceMismatch(expected, tx.nonce)
         sender = self._senders.get(tx.sender)
@@ -170,13 +191,11 @@ class Mempool:
             raise MempoolFull("this node's share of the pool is taken; retry shortly")
         if self._bytes + size > self.limits.max_bytes:
             raise MempoolFull("byte limit reached")
-        key = self.accounts.signing_key(tx.sender)
-        if key is None:
-            raise NotAMember(tx.sender.hex())
-        scheme, public_key = key
-        if tx.scheme != scheme:
-            raise InvalidTransaction(f"sender's registered key is {scheme}, not {tx.scheme}")
-        self.verifier(tx, public_key)
+        if tx.scheme != account.scheme:
+            raise InvalidTransaction(
+                f"sender's registered key is {account.scheme}, not {tx.scheme}"
+            )
+        self.verifier(tx, account.public_key)
         pending = PendingTx(tx, size, now, local=local)
         if sender is None:
             sender = self._senders[tx.sender] = _Sender()

@@ -8,7 +8,8 @@ has no further unit suffix.
 
 The runtime updates the metrics through the small methods below (or the metric objects
 directly); the HTTP API records its own requests through `observe_api_request`, and
-`TimedKeySource` times every key manager call for `qchain_qkd_key_manager_latency_seconds`.
+`TimedKeySource` times every key manager call for `qchain_qkd_key_manager_latency_seconds`;
+`MetricsSync` copies the running totals of the transport, key pools and mempool in.
 
 `DOCUMENTED` lists every metric family name, as scraped (a counter's samples carry `_total`,
 a histogram's `_bucket`, `_sum` and `_count`); `devnet/monitoring/README.md` describes them
@@ -19,13 +20,18 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 from qchain.qkd.source import Key, KeyId, KeySource, LinkStatus
 
-__all__ = ["CONTENT_TYPE_LATEST", "DOCUMENTED", "NodeMetrics", "TimedKeySource"]
+if TYPE_CHECKING:
+    from node.links import Links
+    from node.mempool import Mempool
+
+__all__ = ["CONTENT_TYPE_LATEST", "DOCUMENTED", "MetricsSync", "NodeMetrics", "TimedKeySource"]
 
 DOCUMENTED: tuple[str, ...] = (
     "qchain_consensus_height",
@@ -60,8 +66,12 @@ class NodeMetrics:
     def __init__(self, node: str = "") -> None:
         self.node = node
         r = self.registry = CollectorRegistry(auto_describe=True)
+        self._consensus(r)
+        self._mempool_and_transport(r)
+        self._qkd(r)
+        self._execution_and_api(r)
 
-        # consensus
+    def _consensus(self, r: CollectorRegistry) -> None:
         self.consensus_height = Gauge(
             "qchain_consensus_height", "Height of the last committed block.", registry=r
         )
@@ -85,7 +95,7 @@ class NodeMetrics:
             registry=r,
         )
 
-        # mempool
+    def _mempool_and_transport(self, r: CollectorRegistry) -> None:
         self.mempool_txs = Gauge(
             "qchain_mempool_txs", "Transactions waiting in the mempool.", registry=r
         )
@@ -99,7 +109,6 @@ class NodeMetrics:
             registry=r,
         )
 
-        # transport
         self.transport_frames = Counter(
             "qchain_transport_frames_total",
             "Authenticated frames, by peer and direction (in, out).",
@@ -119,7 +128,7 @@ class NodeMetrics:
             registry=r,
         )
 
-        # qkd
+    def _qkd(self, r: CollectorRegistry) -> None:
         self.qkd_keys_consumed = Counter(
             "qchain_qkd_keys_consumed_total",
             "One-time keys spent on frames, by directed link.",
@@ -147,7 +156,7 @@ class NodeMetrics:
             registry=r,
         )
 
-        # execution
+    def _execution_and_api(self, r: CollectorRegistry) -> None:
         self.execution_block_duration = Histogram(
             "qchain_execution_block_duration_seconds",
             "Time to execute a block's transactions (proposal building or validation).",
@@ -155,7 +164,6 @@ class NodeMetrics:
             registry=r,
         )
 
-        # api
         self.api_requests = Counter(
             "qchain_api_requests_total",
             "HTTP API requests, by route template, method and status code.",
@@ -245,3 +253,52 @@ class TimedKeySource(KeySource):
 
     async def close(self) -> None:
         await self.inner.close()
+
+
+class MetricsSync:
+    """Brings the counters kept by the transport, key pools and mempool into the
+    Prometheus registry (on scrape and periodically, never per frame)."""
+
+    def __init__(self, metrics: NodeMetrics, mempool: Mempool, links: Links) -> None:
+        self.metrics = metrics
+        self.mempool = mempool
+        self.links = links
+        self._marks: dict[tuple[int, tuple[str, ...]], float] = {}
+
+    def _inc_to(self, counter: Counter, labels: tuple[str, ...], total: float) -> None:
+        """Advance a Prometheus counter to a running total kept elsewhere."""
+        key = (id(counter), labels)
+        delta = total - self._marks.get(key, 0.0)
+        if delta > 0:
+            counter.labels(*labels).inc(delta)
+            self._marks[key] = total
+
+    def sync(self) -> None:
+        m = self.metrics
+        for reason, count in self.mempool.rejections.items():
+            self._inc_to(m.mempool_rejections, (reason,), count)
+        m.observe_mempool(len(self.mempool), self.mempool.size_bytes)
+        transport = self.links.transport
+        if transport is not None:
+            for j, st in transport.stats.items():
+                peer = self.links.sae[j]
+                self._inc_to(m.transport_frames, (peer, "out"), st.frames_sent)
+                self._inc_to(m.transport_frames, (peer, "in"), st.frames_received)
+                self._inc_to(m.transport_bytes, (peer, "out"), st.bytes_sent)
+                self._inc_to(m.transport_bytes, (peer, "in"), st.bytes_received)
+                for reason, count in st.rejected.items():
+                    self._inc_to(m.transport_rejections, (peer, reason), count)
+            for reason, count in transport.refused.items():
+                self._inc_to(m.transport_rejections, ("unknown", reason), count)
+        endpoint = self.links.endpoint
+        if endpoint is None:
+            return
+        me = self.links.sae[self.links.me]
+        for peer, link_stats in endpoint.stats().items():
+            send = link_stats["send"]
+            if not isinstance(send, dict):
+                continue
+            link = f"{me}->{peer}"
+            m.qkd_pool_keys.labels(link).set(float(send.get("level", 0)))
+            self._inc_to(m.qkd_keys_consumed, (link,), float(send.get("keys_consumed", 0)))
+            self._inc_to(m.qkd_waits, (link,), float(send.get("waits", 0)))

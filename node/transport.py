@@ -17,52 +17,10 @@ An unverified connection never closes nor displaces anything, and it gets one tr
 its first frame fails to verify (any `QChainError`, or a length above `max_frame_bytes`)
 it is closed. (A frame dropped by an inbound fault rule is as if it never came.)
 
-Timeouts (`TransportLimits`, defaults in brackets):
-
-- the hello must arrive within `hello_timeout_s` of the accept [2 s];
-- the first frame must have verified within `handshake_timeout_s` of the accept [5 s];
-- every socket has TCP keepalive on (`TCP_KEEPIDLE_S` 10 s, then `TCP_KEEPCNT` 3 probes
-  `TCP_KEEPINTVL_S` 5 s apart): the kernel ends a connection whose peer died or whose
-  path dropped it within about 25 s, at no cost in QKD keys;
-- a verified inbound connection on which no whole frame arrives for `idle_timeout_s` is
-  closed [90 s], so a half-open socket never holds the slot for long;
-- the sender sends a keepalive, an empty batch, when it has sent nothing for
-  `keepalive_s` [30 s], so a quiet link (idle mode, no heartbeat blocks) stays up; this
-  costs one key per `keepalive_s` on each idle directed link (n·(n−1)/30 keys a second
-  for an idle chain without heartbeat blocks);
-- a hello or frame that the peer does not drain within `write_timeout_s` [10 s] closes
-  the outbound connection (aborted, unsent bytes dropped), which is then made again;
-- a verified inbound connection on which `unknown_key_reset` [8] frames in a row fail for
-  unknown keys is closed (`conn-key-reset`): the sender is spending keys this side can
-  never get (this site's KME lost them, e.g. it was down when they were relayed), and
-  reconnecting makes it drop everything it announced and announce fresh keys.
-
 The sender also notices the peer closing the connection (end of stream on a socket the
 peer never writes to). Before each new connection it waits a jittered backoff that
 doubles from `BACKOFF_MIN_S` up to `BACKOFF_MAX_S` while connections end within
 `keepalive_s` of being made, and starts again from `BACKOFF_MIN_S` after one that lasted.
-
-Bounds on connection attempts, checked in this order; a connection past a bound is
-closed at once and counted:
-
-- accepts per source address: a token bucket of `accept_rate_per_s` [2/s] with a burst of
-  `accept_burst` [8] (at most `MAX_TRACKED_SOURCES` addresses are remembered);
-- unverified connections in all: `max_pending_total` [16];
-- unverified connections claiming one index: `max_pending_per_peer` [2].
-
-An attacker can still fill the unverified slots, which only delays a peer that has to
-make a new connection (after a restart) while they are full; verified links are never
-affected.
-
-Counters. Refusals that name no peer are in `Transport.refused` by reason:
-`rate-limited`, `pending-limit`, `hello-timeout`, `bad-hello`. Everything refused on
-the link of peer j is in `stats[j].rejected` by reason: the frame rejections of the
-opener (`bad-tag`, `unknown-key`, ...), `oversized` (a length above `max_frame_bytes`,
-which also closes the connection), `bad-body`, and for connections and envelopes
-`conn-pending-limit`, `conn-handshake-timeout`, `conn-handshake-failed` (the first frame
-did not verify; its own reason is counted too), `conn-idle-timeout`,
-`conn-write-timeout`, and `oversized-envelope`. `stats[j].handshakes` counts inbound
-connections that verified and `stats[j].keepalives` the empty batches sent.
 
 Sending: `send(peer, envelope)` queues; a per-peer task packs what is queued into one
 frame body (`node.wire`) by encoded size, at most `max_body` bytes (the sealer's limit,
@@ -78,9 +36,8 @@ Receiving: frames are read in order per connection and handed to the link's `Lin
 on a verified connection a rejected frame is dropped and counted by reason, never raised.
 Bodies that do not decode are dropped and counted too.
 
-Fault rules (for testing, set through the admin API) apply per direction: drop, delay with
-jitter, duplicate (a replay of the same frame bytes), corrupt (one flipped bit), and a set
-of blocked peers (partition). They apply to handshake frames and keepalives as well.
+The timeouts, bounds on connection attempts, counters and fault rules are described in
+`node.transport_limits`, which defines them; its public names are importable from here.
 """
 
 from __future__ import annotations
@@ -89,156 +46,46 @@ import asyncio
 import contextlib
 import logging
 import random
-import socket
-import struct
 from collections import Counter, deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from typing import Protocol
 
+from node.transport_limits import (
+    BACKOFF_MAX_S,
+    BACKOFF_MIN_S,
+    CONNECT_TIMEOUT_S,
+    DEFAULT_TRANSPORT_LIMITS,
+    HELLO,
+    HELLO_MAGIC,
+    LENGTH,
+    MAX_FRAME_ENVELOPES,
+    MAX_TRACKED_SOURCES,
+    TCP_KEEPIDLE_S,
+    FaultRules,
+    LinkOpener,
+    LinkSealer,
+    PeerStats,
+    TransportLimits,
+    tcp_keepalive,
+)
 from node.wire import Envelope, body_size, decode_body, encode_body, envelope_size
 from qchain.errors import CodecError, QChainError
 from qchain.qkd.frame import DEFAULT_FRAME_LIMITS
 from qchain.ratelimit import TokenBuckets
 
+__all__ = [
+    "DEFAULT_TRANSPORT_LIMITS",
+    "HELLO_MAGIC",
+    "MAX_FRAME_ENVELOPES",
+    "TCP_KEEPIDLE_S",
+    "FaultRules",
+    "LinkOpener",
+    "LinkSealer",
+    "PeerStats",
+    "Transport",
+    "TransportLimits",
+]
+
 log = logging.getLogger(__name__)
-
-HELLO_MAGIC = b"QCH1"
-_HELLO = struct.Struct(">4sH")
-_LEN = struct.Struct(">I")
-MAX_FRAME_ENVELOPES = 4096
-CONNECT_TIMEOUT_S = 2.0
-BACKOFF_MIN_S = 0.05
-BACKOFF_MAX_S = 2.0
-HELLO_TIMEOUT_S = 2.0
-HANDSHAKE_TIMEOUT_S = 5.0
-IDLE_TIMEOUT_S = 90.0
-KEEPALIVE_S = 30.0
-UNKNOWN_KEY_RESET = 8
-TCP_KEEPIDLE_S = 10
-TCP_KEEPINTVL_S = 5
-TCP_KEEPCNT = 3
-WRITE_TIMEOUT_S = 10.0
-MAX_PENDING_PER_PEER = 2
-MAX_PENDING_TOTAL = 16
-ACCEPT_RATE_PER_S = 2.0
-ACCEPT_BURST = 8
-MAX_TRACKED_SOURCES = 4096
-"""Source addresses the accept rate limiter remembers; past that it forgets full buckets
-first, then the oldest."""
-
-
-class LinkSealer(Protocol):
-    """Authenticates frames on the link me -> peer."""
-
-    async def seal(self, body: bytes) -> bytes: ...
-
-    def reconnected(self) -> None: ...
-
-
-class LinkOpener(Protocol):
-    """Verifies frames on the link peer -> me; raises a `QChainError` to reject."""
-
-    async def open(self, frame: bytes) -> bytes: ...
-
-    def reconnected(self) -> None: ...
-
-
-@dataclass(frozen=True)
-class TransportLimits:
-    """Timeouts (seconds) and bounds on connections; see the module docstring."""
-
-    hello_timeout_s: float = HELLO_TIMEOUT_S
-    """From the accept until the hello has arrived."""
-    handshake_timeout_s: float = HANDSHAKE_TIMEOUT_S
-    """From the accept until the first frame has verified."""
-    idle_timeout_s: float = IDLE_TIMEOUT_S
-    """Longest wait for the next frame on a verified inbound connection."""
-    keepalive_s: float = KEEPALIVE_S
-    """The sender sends an empty batch after this long without sending anything."""
-    write_timeout_s: float = WRITE_TIMEOUT_S
-    """Longest wait for the peer to drain what was written to it."""
-    max_pending_per_peer: int = MAX_PENDING_PER_PEER
-    """Unverified connections at once whose hello names one index."""
-    max_pending_total: int = MAX_PENDING_TOTAL
-    """Unverified connections at once, hello read or not."""
-    accept_rate_per_s: float = ACCEPT_RATE_PER_S
-    """Accepted connections per second and source address, after the burst."""
-    accept_burst: int = ACCEPT_BURST
-    unknown_key_reset: int = UNKNOWN_KEY_RESET
-    """Frames in a row rejected for unknown keys after which a verified inbound connection
-    is closed, so that the sender reconnects and announces fresh keys."""
-
-    def __post_init__(self) -> None:
-        for name in (
-            "hello_timeout_s",
-            "handshake_timeout_s",
-            "idle_timeout_s",
-            "keepalive_s",
-            "write_timeout_s",
-            "accept_rate_per_s",
-        ):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be positive")
-        if self.hello_timeout_s > self.handshake_timeout_s:
-            raise ValueError("hello_timeout_s must not exceed handshake_timeout_s")
-        if self.idle_timeout_s < 2 * self.keepalive_s:
-            raise ValueError("idle_timeout_s must be at least twice keepalive_s")
-        counts = (
-            self.max_pending_per_peer,
-            self.max_pending_total,
-            self.accept_burst,
-            self.unknown_key_reset,
-        )
-        if min(counts) < 1:
-            raise ValueError(
-                "max_pending_per_peer, max_pending_total, accept_burst, unknown_key_reset "
-                "must be >= 1"
-            )
-
-
-DEFAULT_TRANSPORT_LIMITS = TransportLimits()
-
-
-@dataclass
-class FaultRules:
-    """Perturbations of one direction of traffic (percentages are 0..100)."""
-
-    drop_pct: float = 0.0
-    delay_ms: int = 0
-    jitter_ms: int = 0
-    duplicate_pct: float = 0.0
-    corrupt_pct: float = 0.0
-    blocked: frozenset[int] = frozenset()
-
-    def active(self) -> bool:
-        return bool(
-            self.drop_pct
-            or self.delay_ms
-            or self.jitter_ms
-            or self.duplicate_pct
-            or self.corrupt_pct
-            or self.blocked
-        )
-
-
-@dataclass
-class PeerStats:
-    frames_sent: int = 0
-    bytes_sent: int = 0
-    messages_sent: int = 0
-    frames_received: int = 0
-    bytes_received: int = 0
-    queue_dropped: int = 0
-    connects: int = 0
-    """Outbound connections made."""
-    handshakes: int = 0
-    """Inbound connections whose first frame verified."""
-    keepalives: int = 0
-    """Empty batches sent on a quiet link."""
-    rejected: Counter[str] = field(default_factory=Counter)
-    """Frames, connections and envelopes refused on this link, by reason."""
-    fault_dropped: int = 0
 
 
 class _PeerOut:
@@ -357,12 +204,12 @@ class Transport:
             try:
                 async with asyncio.timeout(CONNECT_TIMEOUT_S):
                     reader, writer = await asyncio.open_connection(host, int(port))
-                    _tcp_keepalive(writer)
+                    tcp_keepalive(writer)
             except (OSError, TimeoutError):
                 pass
             else:
                 try:
-                    writer.write(_HELLO.pack(HELLO_MAGIC, self.me))
+                    writer.write(HELLO.pack(HELLO_MAGIC, self.me))
                     await self._drain(writer)
                 except (OSError, TimeoutError):
                     writer.transport.abort()
@@ -469,7 +316,7 @@ class Transport:
         self, writer: asyncio.StreamWriter, frame: bytes, rules: FaultRules, st: PeerStats
     ) -> None:
         if not rules.active():
-            writer.write(_LEN.pack(len(frame)) + frame)
+            writer.write(LENGTH.pack(len(frame)) + frame)
             await self._drain(writer)
             return
         rng = self._rng
@@ -482,7 +329,7 @@ class Transport:
             mutable[bit // 8] ^= 1 << (bit % 8)
             frame = bytes(mutable)
         copies = 2 if rng.random() * 100 < rules.duplicate_pct else 1
-        data = (_LEN.pack(len(frame)) + frame) * copies
+        data = (LENGTH.pack(len(frame)) + frame) * copies
         delay = rules.delay_ms + (rng.uniform(0, rules.jitter_ms) if rules.jitter_ms else 0)
         if delay > 0:
             loop = asyncio.get_running_loop()
@@ -509,7 +356,7 @@ class Transport:
         if task is not None:
             self._reader_tasks.add(task)
         self._connections.add(writer)
-        _tcp_keepalive(writer)
+        tcp_keepalive(writer)
         try:
             await self._serve(reader, writer)
         except (OSError, ConnectionError, asyncio.IncompleteReadError):
@@ -564,11 +411,11 @@ class Transport:
         limits = self.limits
         try:
             async with asyncio.timeout_at(accepted_at + limits.hello_timeout_s):
-                hello = await reader.readexactly(_HELLO.size)
+                hello = await reader.readexactly(HELLO.size)
         except TimeoutError:
             self.refused["hello-timeout"] += 1
             return None
-        magic, sender = _HELLO.unpack(hello)
+        magic, sender = HELLO.unpack(hello)
         if magic != HELLO_MAGIC or sender not in self._openers:
             self.refused["bad-hello"] += 1
             return None
@@ -638,7 +485,7 @@ class Transport:
 
     async def _read_frame(self, reader: asyncio.StreamReader, st: PeerStats) -> bytes | None:
         """The next frame, or None (counted) if its length is above `max_frame_bytes`."""
-        (length,) = _LEN.unpack(await reader.readexactly(_LEN.size))
+        (length,) = LENGTH.unpack(await reader.readexactly(LENGTH.size))
         if length > self.max_frame_bytes:
             st.rejected["oversized"] += 1
             return None
@@ -671,15 +518,3 @@ class Transport:
         except CodecError:
             st.rejected["bad-body"] += 1
             return []
-
-
-def _tcp_keepalive(writer: asyncio.StreamWriter) -> None:
-    """Let the kernel probe an idle connection and end it when the peer is gone."""
-    sock = writer.get_extra_info("socket")
-    if sock is None:
-        return
-    with contextlib.suppress(OSError, AttributeError):
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, TCP_KEEPIDLE_S)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, TCP_KEEPINTVL_S)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, TCP_KEEPCNT)

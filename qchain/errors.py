@@ -66,6 +66,26 @@ class ConfigError(QChainError):
         return {"field": self.field, "reason": self.reason}
 
 
+class StoreMismatch(ConfigError):
+    """The store in the node's data directory belongs to another chain (another chain id,
+    or another genesis): the configuration points at the wrong directory or genesis.
+    Nothing in the store is damaged."""
+
+    def __init__(self, what: str, stored: str, expected: str) -> None:
+        super().__init__("node.data_dir", f"the store's {what} is {stored}, not {expected}")
+        self.what = what
+        self.stored = stored
+        self.expected = expected
+
+    def fields(self) -> dict[str, object]:
+        return {
+            **super().fields(),
+            "what": self.what,
+            "stored": self.stored,
+            "expected": self.expected,
+        }
+
+
 class StorageError(QChainError):
     """The store could not be opened, read or written."""
 

@@ -48,7 +48,7 @@ def _commit(v: Validator, cblock: CBlock) -> None:
     prepared = v.app.validate(cblock)
     v.store.write(v.app.commit_batch(prepared), sync=True)
     v.app.forget(prepared.value)
-    v._accounts.invalidate()
+    v.accounts.invalidate()
     v.mempool.on_commit(prepared.block.txs, prepared.block.height)
 
 

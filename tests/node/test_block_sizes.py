@@ -24,9 +24,10 @@ from consensus.messages import BlockReq, BlockResp, Propose, decode_message, enc
 from consensus.messages import block_hash as consensus_value
 from contracts.testing import sized_anchor_many
 from devnet.network import account_key, plan_network, write_network
+from node.forwarding import MAX_REFORWARD
 from node.http.api import make_api_app
 from node.http.testing import start_api
-from node.runtime import MAX_REFORWARD, Validator
+from node.runtime import Validator
 from node.wire import Envelope, Kind, TxBatch, decode_body, encode_body, tx_batches
 from qchain.config import load_config
 from qchain.errors import TxTooLarge
@@ -79,12 +80,12 @@ async def test_a_block_of_the_largest_transactions_fits_a_frame(
     v = _validator(tmp_path, scheme)
     txs = [tx for role in ROLES[:2] for tx in _largest(v, role, scheme, 40)]
     for tx in txs:
-        v._admit(tx, local=True)
+        v.admission.admit(tx, local=True)
     built: list[object] = []
-    v.feed = built.append  # type: ignore[method-assign]
-    v._pending_build = BuildBlock(1, 0, v.app.committed_value(0) or b"")
-    v._maybe_build()
-    assert v._alerts == {}, "the build failed"
+    v.pacer.feed = built.append
+    v.pacer.pending = BuildBlock(1, 0, v.app.committed_value(0) or b"")
+    v.pacer.maybe_build()
+    assert v.alarms.counts == {}, "the build failed"
     (event,) = built
     assert isinstance(event, BlockBuilt)
     included = decode_block(event.block.body).txs
@@ -104,21 +105,21 @@ async def test_a_block_of_the_largest_transactions_fits_a_frame(
 def test_a_block_fetch_answers_with_what_fits_one_frame(tmp_path: Path) -> None:
     v = _validator(tmp_path, "ed25519")
     for tx in _largest(v, "partner1", "ed25519", 2 * (MAX_BLOCK_TX_BYTES // MAX_TX_SIZE)):
-        v._admit(tx, local=True)
+        v.admission.admit(tx, local=True)
     values = []
     for height in (1, 2):
         txs = v.mempool.reap(v.cfg.mempool.max_block_txs, MAX_BLOCK_TX_BYTES)
         parent = v.app.committed_value(height - 1) or b""
         prepared = v.app.build(height, 0, parent, 0, txs)
         v.store.write(v.app.commit_batch(prepared), sync=True)
-        v._accounts.invalidate()
+        v.accounts.invalidate()
         v.mempool.on_commit(prepared.block.txs, height)
         values.append(prepared.value)
     assert len(v.mempool) == 0
     sent = _Sent()
-    v.transport = sent  # type: ignore[assignment]
-    v._serve_blocks(1, BlockReq(v.chain_id, tuple(values)))
-    v._serve_blocks(1, BlockReq(v.chain_id, (values[1],)))
+    v.links.transport = sent  # type: ignore[assignment]
+    v.fetcher.serve(1, BlockReq(v.chain_id, tuple(values)))
+    v.fetcher.serve(1, BlockReq(v.chain_id, (values[1],)))
     answers = []
     for _, env in sent.envelopes:
         assert len(env.payload) <= MAX_MESSAGE
@@ -143,11 +144,11 @@ def test_forwarding_a_pool_of_large_transactions_splits_by_bytes(tmp_path: Path)
     v = _validator(tmp_path, "ed25519")
     for role in ROLES:
         for tx in _largest(v, role, "ed25519", 100):
-            v._admit(tx, local=True)
+            v.admission.admit(tx, local=True)
     sent = _Sent()
-    v.transport = sent  # type: ignore[assignment]
+    v.links.transport = sent  # type: ignore[assignment]
     mine = [p.tx.encoded for p in v.mempool.pending() if p.local]
-    v._forward(mine[:MAX_REFORWARD], [1])
+    v.forwarder.forward(mine[:MAX_REFORWARD], [1])
     assert len(sent.envelopes) > 1
     assert _assert_each_fits_a_frame(sent) == mine
 
@@ -167,11 +168,11 @@ def test_reforwarding_many_ml_dsa_transactions_splits_by_bytes(tmp_path: Path) -
                 method="anchor",
                 args=[digest, "sha256", f"evidence {n}", "test", b""],
             )
-            v._admit(tx, local=True)
+            v.admission.admit(tx, local=True)
     sent = _Sent()
-    v.transport = sent  # type: ignore[assignment]
+    v.links.transport = sent  # type: ignore[assignment]
     mine = [p.tx.encoded for p in v.mempool.pending()]
-    v._forward(mine, range(4))
+    v.forwarder.forward(mine, range(4))
     assert {peer for peer, _ in sent.envelopes} == {1, 2, 3}
     one_peer = _Sent()
     one_peer.envelopes = [(p, e) for p, e in sent.envelopes if p == 1]
@@ -196,7 +197,7 @@ def test_a_transaction_larger_than_a_block_is_refused_from_a_peer(
     v = small_blocks
     (big,) = _largest(v, "partner1", "ed25519", 1)
     with pytest.raises(TxTooLarge) as info:
-        v._admit(big)
+        v.admission.admit(big)
     assert (info.value.size, info.value.limit) == (MAX_TX_SIZE, 32 * 1024)
     assert v.mempool.rejections == {"tx-too-large": 1}
 

@@ -146,15 +146,15 @@ async def test_a_validator_floods_through_its_real_transport(tmp_path: Path) -> 
 
         byz.set_byzantine("far-height-vote")
         before = from_byz()
-        await wait_until(lambda: byz._hostile.sent >= 3, timeout=5)
+        await wait_until(lambda: byz.byzantine.hostile.sent >= 3, timeout=5)
         byz.set_byzantine("vote-flood")
-        await wait_until(lambda: byz._hostile.sent >= 3 + 3 * 500, timeout=10)
+        await wait_until(lambda: byz.byzantine.hostile.sent >= 3 + 3 * 500, timeout=10)
         await wait_until(lambda: all(a > b for a, b in zip(from_byz(), before, strict=True)), 10)
         assert all(not v.transport.stats[3].rejected for v in honest)  # type: ignore[union-attr]
         byz.set_byzantine(None)
-        sent = byz._hostile.sent
+        sent = byz.byzantine.hostile.sent
         await asyncio.sleep(0.2)
-        assert byz._hostile.sent == sent
+        assert byz.byzantine.hostile.sent == sent
     finally:
         for v in nodes:
             await v.stop()

@@ -15,7 +15,8 @@ import pytest
 from consensus.messages import SyncResp, Vote, encode_message
 from devnet.testing import inproc_network
 from node.chain import MAX_BLOCK_TIME_MS
-from node.runtime import VOTE_WATCH_ROUNDS, Validator
+from node.driver import VOTE_WATCH_ROUNDS
+from node.runtime import Validator
 from node.wire import Envelope, Kind
 from qchain.qkd.testing import wait_until
 
@@ -83,8 +84,8 @@ async def test_vote_flood_keeps_the_equivocation_watch_bounded(
     await _keeps_committing(honest, 3)
     bound = 4 * (VOTE_WATCH_ROUNDS + 64) * 4
     for v in honest:
-        assert len(v._vote_values) <= bound, len(v._vote_values)
-        assert all(len(vals) <= 2 for vals in v._vote_values.values())
+        assert len(v.driver.vote_values) <= bound, len(v.driver.vote_values)
+        assert all(len(vals) <= 2 for vals in v.driver.vote_values.values())
         started = time.perf_counter()
         v.status()
         v.health()
@@ -140,4 +141,4 @@ async def test_leader_with_a_future_time_gets_no_votes(network: list[Validator])
             block = v.chain.block(h)
             assert block is not None and block.header.time < later
     assert built, "the Byzantine leader never built a block"
-    assert any(v._alerts.get("untimely-proposal") for v in honest)
+    assert any(v.alarms.counts.get("untimely-proposal") for v in honest)

@@ -12,7 +12,7 @@ from devnet.network import account_key
 from node.chain import ChainApp
 from node.chainstore import ChainStore
 from node.sigcache import SignatureCache
-from qchain.errors import StorageCorrupt
+from qchain.errors import ConfigError, StorageCorrupt, StorageError, StoreMismatch
 from qchain.keys import dev_key
 from qchain.store import KVStore, MemoryStore, schema
 from qchain.store.testing import AlteringStore, flip_byte
@@ -75,6 +75,22 @@ def test_headers_and_hashes_match_the_stored_blocks() -> None:
     fresh = ChainStore(store)
     assert fresh.header(2) == blocks[1].header
     assert fresh.block_hash(2) == blocks[1].hash
+
+
+def test_a_store_of_another_chain_is_a_config_error_not_damage() -> None:
+    store = MemoryStore()
+    ChainStore(store).init_meta(CHAIN, b"\0" * 32)
+    ChainStore(store).init_meta(CHAIN, b"\0" * 32)
+    with pytest.raises(StoreMismatch) as other_chain:
+        ChainStore(store).init_meta("another-chain", b"\0" * 32)
+    assert isinstance(other_chain.value, ConfigError)
+    assert not isinstance(other_chain.value, StorageError)
+    assert (other_chain.value.what, other_chain.value.field) == ("chain id", "node.data_dir")
+    assert other_chain.value.stored == repr(CHAIN)
+    with pytest.raises(StoreMismatch) as other_genesis:
+        ChainStore(store).init_meta(CHAIN, b"\1" * 32)
+    assert other_genesis.value.what == "genesis hash"
+    assert other_genesis.value.fields()["expected"] == (b"\1" * 32).hex()
 
 
 # --- damaged values are never served ----------------------------------------------------

@@ -6,7 +6,7 @@ import pytest
 
 from devnet.network import account_key
 from node.http.problems import problem_status
-from node.mempool import Mempool, MempoolLimits
+from node.mempool import Account, Mempool, MempoolLimits
 from node.sigcache import SignatureCache
 from qchain.errors import (
     BadSignature,
@@ -30,15 +30,12 @@ class Accounts:
     def next_nonce(self, address: bytes) -> int:
         return self.nonces.get(address, 0)
 
-    def signing_key(self, address: bytes) -> tuple[str, bytes] | None:
-        if address in self.suspended:
+    def account(self, address: bytes) -> Account | None:
+        key = self.keys.get(address)
+        if key is None:
             return None
-        return self.keys.get(address)
-
-    def member_status(self, address: bytes) -> str | None:
-        if address not in self.keys:
-            return None
-        return "suspended" if address in self.suspended else "active"
+        scheme, public_key = key
+        return Account(self.next_nonce(address), address not in self.suspended, scheme, public_key)
 
 
 def tx(role: str, nonce: int, tag: int = 0, chain: str = CHAIN) -> Transaction:

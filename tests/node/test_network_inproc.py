@@ -157,14 +157,35 @@ def _frames_sent(nodes: list[Validator]) -> int:
     )
 
 
+SETTLE_S = 0.2
+"""No frame sent for this long: what was in flight (handshakes, a commit's DONEs and
+signatures) has gone out."""
+SILENCE_S = 0.5
+"""The window that shows the chain silent: ten sync intervals and five first-round
+timeouts of the test profile, so any timer-driven sending would show in it (transport
+keepalives, every 30 s, are beyond it on purpose)."""
+
+
+async def _settled(nodes: list[Validator], timeout: float = 10.0) -> int:
+    """The count of frames sent once none went out for SETTLE_S (polled until timeout)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    last = _frames_sent(nodes)
+    while True:
+        await asyncio.sleep(SETTLE_S)
+        now = _frames_sent(nodes)
+        if now == last:
+            return now
+        assert asyncio.get_running_loop().time() < deadline, "the network never settled"
+        last = now
+
+
 async def test_idle_chain_without_heartbeat_spends_no_keys_until_a_transaction(
     idle_network: list[Validator],
 ) -> None:
     nodes = idle_network
     await wait_until(lambda: all(len(v.transport.connected_peers()) == 3 for v in nodes))  # type: ignore[union-attr]
-    await asyncio.sleep(0.5)
-    before = _frames_sent(nodes)
-    await asyncio.sleep(1.5)
+    before = await _settled(nodes)
+    await asyncio.sleep(SILENCE_S)
     assert _frames_sent(nodes) == before, "an idle chain with no heartbeat sends nothing"
     assert all(v.chain.height() == 0 for v in nodes)
     tx = _anchor_tx(nodes[0].chain_id, 0, tag=9)
@@ -173,12 +194,10 @@ async def test_idle_chain_without_heartbeat_spends_no_keys_until_a_transaction(
     assert status is not None and status.receipt is not None and status.receipt.ok
     height = status.height
     await wait_until(lambda: all(v.chain.height() >= (height or 0) for v in nodes), timeout=10)
-    settled = _frames_sent(nodes)
-    await asyncio.sleep(1.5)
-    quiet = _frames_sent(nodes)
-    await asyncio.sleep(1.5)
-    assert _frames_sent(nodes) == quiet, "after the commit the chain falls silent again"
-    assert quiet >= settled
+    settled = await _settled(nodes)
+    await asyncio.sleep(SILENCE_S)
+    assert _frames_sent(nodes) == settled, "after the commit the chain falls silent again"
+    assert settled > before, "deciding the transaction's block took frames"
 
 
 async def test_readiness_says_when_the_chain_stops(
@@ -186,7 +205,7 @@ async def test_readiness_says_when_the_chain_stops(
 ) -> None:
     """A node whose process answers but whose chain stopped committing is not ready; it is
     ready again once blocks commit."""
-    monkeypatch.setattr("node.runtime.STALL_MIN_S", 1.5)
+    monkeypatch.setattr("node.health.STALL_MIN_S", 1.5)
     await wait_until(lambda: all(v.chain.height() >= 1 for v in network), timeout=20)
     assert all(v.health()[0] for v in network)
     # Half of the links cut both ways (0,1 | 2,3): no quorum, every process still up.
@@ -211,9 +230,9 @@ async def test_readiness_counts_a_peer_both_disconnected_and_starved_once(
     v = network[0]
     assert v.transport is not None
     monkeypatch.setattr(v.transport, "connected_peers", lambda: [1, 2])
-    monkeypatch.setattr(v, "_starved_links", lambda: {3: "SAE-node3 degraded for 9s"})
+    monkeypatch.setattr(v.health_checks, "starved_links", lambda: {3: "SAE-node3 degraded for 9s"})
     ready, reasons = v.health()
     assert ready, reasons  # peers 1 and 2 and this node: a quorum of 3
-    monkeypatch.setattr(v, "_starved_links", lambda: {2: "SAE-node2 degraded for 9s"})
+    monkeypatch.setattr(v.health_checks, "starved_links", lambda: {2: "SAE-node2 degraded for 9s"})
     ready, reasons = v.health()
     assert not ready and any("no keys from the key manager" in r for r in reasons)

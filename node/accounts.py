@@ -1,0 +1,108 @@
+"""Admission of transactions into a validator's mempool, against committed accounts.
+
+`Accounts` reads the committed facts of a sender (membership, key, nonce) from the store
+in one call and caches them until the next commit (`invalidate`). `Admission` is the one
+way a transaction enters the pool, whether a client submitted it here or a peer forwarded
+it: after the mempool's checks it updates the pool metrics, tells an idle engine that a
+transaction is ready, and lets a waiting leader build.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from consensus.engine import Engine
+from consensus.events import Event, MempoolNonEmpty
+from contracts import membership
+from contracts.state import StateReader
+from node.mempool import Account, Mempool
+from node.metrics import NodeMetrics
+from node.pacing import BlockPacer
+from qchain.store.kv import KVStore
+from qchain.types import Transaction
+
+ADMIT_SLICE = 100
+"""Most transactions admitted in one go before other work gets a turn (forwarded
+batches are admitted in slices of this size)."""
+CACHE_LIMIT = 100_000
+"""Cached addresses per table; the table is emptied when it grows past this."""
+
+
+class Accounts:
+    """Committed account facts for mempool admission, read from the store and cached
+    until the next commit (`invalidate`)."""
+
+    def __init__(self, store: KVStore) -> None:
+        self.state = StateReader(store, membership.NAME)
+        self._members: dict[bytes, membership.Member | None] = {}
+        self._nonces: dict[bytes, int] = {}
+
+    def invalidate(self) -> None:
+        self._members.clear()
+        self._nonces.clear()
+
+    def _member(self, address: bytes) -> membership.Member | None:
+        if address not in self._members:
+            if len(self._members) > CACHE_LIMIT:
+                self._members.clear()
+            self._members[address] = membership.get_member(self.state, address)
+        return self._members[address]
+
+    def next_nonce(self, address: bytes) -> int:
+        nonce = self._nonces.get(address)
+        if nonce is None:
+            if len(self._nonces) > CACHE_LIMIT:
+                self._nonces.clear()
+            nonce = self._nonces[address] = membership.get_nonce(self.state, address)
+        return nonce
+
+    def account(self, address: bytes) -> Account | None:
+        m = self._member(address)
+        if m is None:
+            return None
+        return Account(self.next_nonce(address), m.active, m.scheme, m.public_key)
+
+
+class Admission:
+    """Transactions into the pool, and what a new one sets going."""
+
+    def __init__(
+        self,
+        mempool: Mempool,
+        accounts: Accounts,
+        committed: Callable[[], int],
+        engine: Engine,
+        pacer: BlockPacer,
+        metrics: NodeMetrics,
+        feed: Callable[[Event], None],
+    ) -> None:
+        """committed: the last committed height."""
+        self.mempool = mempool
+        self.accounts = accounts
+        self.committed = committed
+        self.engine = engine
+        self.pacer = pacer
+        self.metrics = metrics
+        self.feed = feed
+        self.ready_signalled = False
+        """Idle mode: whether the engine was told the mempool has an includable tx."""
+
+    def admit(self, tx: Transaction, *, local: bool = False) -> bool:
+        """Admit tx (local: a client submitted it to this node). True if new; raises
+        what `Mempool.add` raises."""
+        new = self.mempool.add(tx, height=self.committed(), now=time.monotonic(), local=local)
+        if new:
+            self.metrics.observe_mempool(len(self.mempool), self.mempool.size_bytes)
+            if self.engine.idle_mode and not self.ready_signalled and self.mempool.has_ready():
+                self.ready_signalled = True
+                self.feed(MempoolNonEmpty(True))
+            if self.pacer.pending is not None:
+                self.pacer.maybe_build()
+        return new
+
+    def after_commit(self) -> None:
+        """A commit changed what is includable: tell an idle engine whether some is."""
+        if self.engine.idle_mode:
+            self.ready_signalled = self.mempool.has_ready()
+            self.feed(MempoolNonEmpty(self.ready_signalled))

@@ -1,0 +1,240 @@
+"""Committing a decided block, and the exchange of commit signatures that follows.
+
+A commit writes block, receipts, transaction index, state writes, the consensus value
+index and the anchor of the next height in one synced batch, then starts the next height.
+After the decision the validator signs the chain block hash with its ML-DSA-65 key and
+sends the signature to every peer in the same step as its DONE (so it rides in the same
+frame); `node.certificates` collects the signatures into the commit certificate stored
+with the block. A peer that committed late asks for nothing: when it sends its own
+signature for a height whose certificate this node already holds, this node answers once
+with its own signature.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from consensus.events import Commit, Event, StartHeight
+from consensus.messages import block_hash as consensus_value
+from consensus.messages import stored_block_height
+from node.accounts import Admission
+from node.alarms import Alarms
+from node.budget import CERT_SIGS, Budgets
+from node.certificates import CertificateCollector
+from node.chain import ChainApp, Prepared
+from node.chainstore import ChainStore
+from node.events import EventBus
+from node.fetcher import BlockFetcher
+from node.forwarding import Forwarder
+from node.links import Links
+from node.metrics import NodeMetrics
+from node.pacing import BlockPacer
+from node.service import TxStatus
+from node.wire import CertSig, Envelope, Kind
+from qchain.errors import QChainError
+from qchain.keys import SigningKey, verify
+from qchain.store import schema
+from qchain.store.kv import KVStore
+from qchain.types import ValidatorKey, commit_sign_digest
+
+
+class Waiters:
+    """Clients waiting for their transaction to commit."""
+
+    def __init__(self) -> None:
+        self._futures: dict[bytes, list[asyncio.Future[TxStatus]]] = {}
+
+    async def wait(self, tx_hash: bytes, timeout_s: float) -> TxStatus | None:
+        fut: asyncio.Future[TxStatus] = asyncio.get_running_loop().create_future()
+        self._futures.setdefault(tx_hash, []).append(fut)
+        try:
+            return await asyncio.wait_for(fut, timeout_s)
+        except TimeoutError:
+            return None
+        finally:
+            futs = self._futures.get(tx_hash)
+            if futs is not None and fut in futs:
+                futs.remove(fut)
+                if not futs:
+                    del self._futures[tx_hash]
+
+    def notify(self, p: Prepared) -> None:
+        for i, (tx, receipt) in enumerate(zip(p.block.txs, p.result.receipts, strict=True)):
+            futs = self._futures.pop(tx.hash, None)
+            if not futs:
+                continue
+            status = TxStatus(tx.hash, "committed", p.block.height, i, receipt)
+            for fut in futs:
+                if not fut.done():
+                    fut.set_result(status)
+
+    def cancel(self) -> None:
+        for futs in self._futures.values():
+            for fut in futs:
+                fut.cancel()
+
+
+class CertificateExchange:
+    """Signing what this node committed, sending and receiving the signatures."""
+
+    def __init__(
+        self,
+        chain_id: str,
+        signing_key: SigningKey,
+        validator_keys: Sequence[ValidatorKey],
+        quorum: int,
+        chain: ChainStore,
+        links: Links,
+        budgets: Budgets,
+        alarms: Alarms,
+    ) -> None:
+        self.chain_id = chain_id
+        self.me = links.me
+        self.signing_key = signing_key
+        self.validator_keys = validator_keys
+        self.chain = chain
+        self.links = links
+        self.budgets = budgets
+        self.alarms = alarms
+        self.collector = CertificateCollector(self.me, quorum, self.signature_ok)
+
+    def signature_ok(self, j: int, h: int, block_hash: bytes, sig: bytes) -> bool:
+        if not 0 <= j < len(self.validator_keys):
+            return False
+        key = self.validator_keys[j]
+        try:
+            verify(
+                key.scheme, key.public_key, commit_sign_digest(self.chain_id, h, block_hash), sig
+            )
+        except QChainError:
+            return False
+        return True
+
+    def sign(self, p: Prepared) -> None:
+        h = p.block.height
+        digest = commit_sign_digest(self.chain_id, h, p.block.hash)
+        sig = CertSig(h, p.block.hash, self.signing_key.sign(digest))
+        self.links.send_all(Envelope(Kind.CERT_SIG, sig.encode()), range(self.links.n))
+        certified = self.chain.certificate(h) is not None
+        cert = self.collector.signed(h, p.block.hash, sig.signature, certified=certified)
+        if cert is not None:
+            self.chain.put_certificate(cert)
+
+    def received(self, sender: int, sig: CertSig) -> None:
+        if not self.budgets.take(sender, CERT_SIGS):
+            return
+        h = sig.height
+        committed = self.chain.height()
+        if self.collector.early(sender, h, sig.signature, committed=committed):
+            return
+        ours = self.chain.block_hash(h)
+        verdict = self.collector.received(
+            sender,
+            h,
+            sig.block_hash,
+            sig.signature,
+            committed=committed,
+            ours=ours,
+            certified=ours == sig.block_hash and self.chain.certificate(h) is not None,
+        )
+        if verdict.mismatch:
+            self.alarms.alert("cert-mismatch", f"validator {sender} signed another block at {h}")
+        if verdict.certificate is not None:
+            self.chain.put_certificate(verdict.certificate)
+        if verdict.answer and ours is not None:
+            own = verdict.own if verdict.own is not None else self._stored_own(h)
+            if own is not None:
+                self.links.send(sender, Envelope(Kind.CERT_SIG, CertSig(h, ours, own).encode()))
+
+    def _stored_own(self, h: int) -> bytes | None:
+        cert = self.chain.certificate(h)
+        if cert is None:
+            return None
+        return next((s.signature for s in cert.signatures if s.validator == self.me), None)
+
+
+@dataclass(frozen=True)
+class CommitParts:
+    """The parts of the node a commit moves on, in the order `Committer` tells them."""
+
+    alarms: Alarms
+    pacer: BlockPacer
+    admission: Admission
+    forwarder: Forwarder
+    metrics: NodeMetrics
+    bus: EventBus
+    certificates: CertificateExchange
+    waiters: Waiters
+    fetcher: BlockFetcher
+    forget_votes: Callable[[int], None]
+    """Drops the equivocation watch of heights the commit left behind."""
+
+
+class Committer:
+    """Carries out the engine's `Commit` and what a commit sets going."""
+
+    def __init__(
+        self,
+        store: KVStore,
+        chain: ChainStore,
+        app: ChainApp,
+        parts: CommitParts,
+        feed: Callable[[Event], None],
+    ) -> None:
+        self.store = store
+        self.chain = chain
+        self.app = app
+        self.parts = parts
+        self.feed = feed
+
+    def commit(self, a: Commit) -> None:
+        parts = self.parts
+        value = consensus_value(a.block)
+        height = self.chain.height()
+        if a.height <= height:
+            if self.app.committed_value(a.height) != value:
+                parts.alarms.fail(
+                    f"decided value of height {a.height} differs from the committed one"
+                )
+            return
+        if a.height != height + 1:
+            parts.alarms.fail(f"commit of height {a.height} on top of {height}")
+            return
+        try:
+            prepared = self.app.validate(a.block)
+        except QChainError as e:
+            parts.alarms.fail(f"decided block {a.height} does not execute: {e.message}")
+            return
+        batch = self.app.commit_batch(prepared)
+        batch.put(schema.meta_key("next-anchor"), schema.u64(a.next_anchor))
+        for key, raw in self.store.iterate(schema.PENDING_BODY):
+            # Only the height is needed: reading it does not decode megabytes of body.
+            if stored_block_height(raw) <= a.height:
+                batch.delete(key)
+        self.store.write(batch, sync=True)
+        self.app.forget(value)
+        self._after(a, value, prepared)
+
+    def _after(self, a: Commit, value: bytes, prepared: Prepared) -> None:
+        parts = self.parts
+        now = time.monotonic()
+        interval = parts.pacer.committed(now)
+        block = prepared.block
+        parts.admission.accounts.invalidate()
+        parts.forwarder.committed(now, len(block.txs))
+        mempool = parts.admission.mempool
+        mempool.on_commit(block.txs, a.height)
+        parts.metrics.observe_commit(a.height, len(block.txs), interval)
+        parts.metrics.observe_mempool(len(mempool), mempool.size_bytes)
+        parts.bus.publish_commit(block, prepared.result.receipts)
+        parts.certificates.sign(prepared)
+        parts.waiters.notify(prepared)
+        parts.fetcher.forget(value)
+        parts.forget_votes(a.height)
+        self.feed(StartHeight(a.height + 1, value, a.next_anchor))
+        parts.admission.after_commit()
+        if parts.pacer.pending is not None:
+            parts.pacer.maybe_build()

@@ -1,0 +1,181 @@
+"""Moving transactions toward the leader, and suspecting a leader that leaves them out.
+
+Transactions admitted locally are forwarded in batches to the current leader (or, in idle
+mode, to every validator). When the leader changes, pending transactions go to the new
+one. A transaction that stays pending past the inclusion timeout is forwarded to every
+validator; one that stays past twice the timeout makes the node fire its round timer early
+(CONSENSUS.md R8), so that a quorum of honest validators moves away from a censoring
+leader.
+
+Transactions forwarded by peers are queued and admitted in slices by a task, so that
+checking thousands of signatures never holds up consensus messages behind it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import Counter, deque
+from collections.abc import Callable, Iterable
+
+from consensus.engine import Engine
+from consensus.events import Event, Timeout, TimerKey
+from node.accounts import ADMIT_SLICE, Admission
+from node.budget import FORWARDED_TXS, Budgets
+from node.links import Links
+from node.mempool import Mempool
+from node.wire import Envelope, Kind, TxBatch, tx_batches
+from qchain.errors import QChainError
+from qchain.types import decode_transaction
+
+log = logging.getLogger("qchain.node")
+
+FORWARD_BATCH = 2000
+FORWARD_QUEUE_MAX = 50_000
+MAX_REFORWARD = 4000
+"""Most transactions a node resends at once (to a new leader, or to everyone)."""
+LEADER_ROOM_TXS = 100
+"""A block with fewer transactions than this (or than we have stuck, if fewer) had room
+for our stuck ones: leaving them out then suggests censorship rather than load."""
+RECENT_BLOCKS = 256
+"""Commits remembered (time, transaction count) for the censorship test."""
+
+
+class Forwarder:
+    """Transaction forwarding and leader suspicion of one validator."""
+
+    def __init__(
+        self,
+        links: Links,
+        mempool: Mempool,
+        admission: Admission,
+        budgets: Budgets,
+        engine: Engine,
+        leader: Callable[[], int | None],
+        inclusion_timeout_s: float,
+        feed: Callable[[Event], None],
+    ) -> None:
+        """leader: the current leader, if known."""
+        self.links = links
+        self.me = links.me
+        self.mempool = mempool
+        self.admission = admission
+        self.budgets = budgets
+        self.engine = engine
+        self.leader = leader
+        self.inclusion_timeout_s = inclusion_timeout_s
+        self.feed = feed
+        self.dropped = 0
+        """Forwarded transactions refused for lack of queue room or budget."""
+        self.recent_blocks: deque[tuple[float, int]] = deque(maxlen=RECENT_BLOCKS)
+        self._queue: list[bytes] = []
+        self._scheduled = False
+        self._admit_queue: deque[tuple[int, bytes]] = deque()
+        self._admit_queued: Counter[int] = Counter()
+        """Forwarded transactions waiting for admission, by the peer that sent them."""
+        self._admit_task: asyncio.Task[None] | None = None
+        self._last_suspect = 0.0
+        self._stopping = False
+
+    def stop(self) -> asyncio.Task[None] | None:
+        """Admit nothing more; the admission task, if any, for the caller to cancel."""
+        self._stopping = True
+        return self._admit_task
+
+    def forward(self, raw_txs: list[bytes], to: Iterable[int]) -> None:
+        if self.links.transport is None or not raw_txs:
+            return
+        targets = list(to)
+        for batch in tx_batches(raw_txs, FORWARD_BATCH):
+            self.links.send_all(Envelope(Kind.TXS, batch.encode()), targets)
+
+    def queue(self, raw: bytes) -> None:
+        """Forward raw (a locally admitted transaction) with the others of this turn."""
+        self._queue.append(raw)
+        if not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._scheduled = False
+        batch, self._queue = self._queue, []
+        leader = self.leader()
+        if self.engine.idle_mode or leader is None:
+            targets = self.links.others()
+        elif leader == self.me:
+            return
+        else:
+            targets = [leader]
+        self.forward(batch, targets)
+
+    def leader_changed(self, leader: int) -> None:
+        if leader != self.me and len(self.mempool):
+            # Only this node's own clients' transactions: every node moves its own, so
+            # a leader change never makes every node resend the whole pool.
+            mine = [p.tx.encoded for p in self.mempool.pending() if p.local]
+            self.forward(mine[:MAX_REFORWARD], [leader])
+
+    def received(self, sender: int, batch: TxBatch) -> None:
+        """Queue forwarded transactions; a task admits them in slices. Each peer may fill
+        at most its share of the queue, at most at its budget's rate, so one Byzantine
+        peer's junk never crowds out the others' transactions."""
+        share = FORWARD_QUEUE_MAX // max(1, self.links.n - 1)
+        room = max(
+            0, min(FORWARD_QUEUE_MAX - len(self._admit_queue), share - self._admit_queued[sender])
+        )
+        take = self.budgets.take(sender, FORWARDED_TXS, min(room, len(batch.txs)))
+        self._admit_queue.extend((sender, raw) for raw in batch.txs[:take])
+        self._admit_queued[sender] += take
+        self.dropped += len(batch.txs) - take
+        if self._admit_task is None or self._admit_task.done():
+            self._admit_task = asyncio.create_task(self._admit_forwarded(), name="admit")
+
+    async def _admit_forwarded(self) -> None:
+        while self._admit_queue and not self._stopping:
+            for _ in range(min(ADMIT_SLICE, len(self._admit_queue))):
+                sender, raw = self._admit_queue.popleft()
+                self._admit_queued[sender] -= 1
+                try:
+                    self.admission.admit(decode_transaction(raw))
+                except QChainError:
+                    continue
+            await asyncio.sleep(0)
+
+    def committed(self, now: float, txs: int) -> None:
+        """A block of `txs` transactions was committed at `now`."""
+        self.recent_blocks.append((now, txs))
+
+    def check_inclusion(self, now: float) -> None:
+        """Resend this node's transactions pending past the inclusion timeout to every
+        validator; past twice the timeout, suspect the leader (fire the round timer)."""
+        timeout = self.inclusion_timeout_s
+        late = [p for p in self.mempool.pending() if p.local and now - p.seen_at > timeout]
+        fresh = [p for p in late if not p.forwarded_to_all][:MAX_REFORWARD]
+        if fresh:
+            for p in fresh:
+                p.forwarded_to_all = True
+            self.forward([p.tx.encoded for p in fresh], range(self.links.n))
+        stuck = [p for p in late if now - p.seen_at > 2 * timeout]
+        if (
+            stuck
+            and now - self._last_suspect > timeout
+            and leader_had_room(self.recent_blocks, len(stuck), now, timeout)
+        ):
+            self._last_suspect = now
+            inst = self.engine.inst.get(self.engine.cur)
+            if inst is not None and inst.rec.decided is None:
+                log.info("transactions not included for %.1fs: suspecting the leader", timeout)
+                self.feed(Timeout(TimerKey("round", inst.h)))
+
+
+def leader_had_room(
+    recent_blocks: Iterable[tuple[float, int]], stuck: int, now: float, period: float
+) -> bool:
+    """Whether the blocks of the last inclusion period (recent_blocks: commit time and
+    transaction count) left out our `stuck` transactions although they had room for
+    them: each of those blocks held fewer transactions than we have stuck (up to
+    LEADER_ROOM_TXS). Full blocks mean load, not censorship, and suspecting then would
+    only add round changes to an overloaded chain. A leader that fills every block with
+    others' transactions is not caught by this test."""
+    recent = [n for t, n in recent_blocks if now - t <= period]
+    return bool(recent) and max(recent) < min(stuck, LEADER_ROOM_TXS)

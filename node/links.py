@@ -1,0 +1,96 @@
+"""The links of a validator to its peers: the QKD endpoint and the transport over it.
+
+`build_key_source` is the client of the node's key manager; `Opener` is the receiving
+side of one peer's link as the transport sees it (the sending side is
+`node.byzantine.Sealer`).
+
+Both exist only once the node has started (`Validator.start`); until then, and for a node
+run without peers, every send is dropped. Consensus messages pass the node's
+`ByzantineSwitch` on the way out, which leaves them alone unless a test mode is set.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from consensus.messages import Message, encode_message
+from node.byzantine import ByzantineSwitch
+from node.transport import Transport
+from node.wire import Envelope, Kind
+from qchain.config import NodeConfig
+from qchain.errors import CodecError
+from qchain.qkd.endpoint import QKDEndpoint
+from qchain.qkd.source import KeySource
+
+
+class Links:
+    """Sending to peers, and who they are."""
+
+    def __init__(self, me: int, sae: dict[int, str], byzantine: ByzantineSwitch) -> None:
+        self.me = me
+        self.sae = sae
+        """SAE id of every validator, by index."""
+        self.index_of_sae = {s: i for i, s in sae.items()}
+        self.byzantine = byzantine
+        self.transport: Transport | None = None
+        self.endpoint: QKDEndpoint | None = None
+
+    @property
+    def n(self) -> int:
+        return len(self.sae)
+
+    def others(self) -> list[int]:
+        return [j for j in range(self.n) if j != self.me]
+
+    def connected_peers(self) -> list[int]:
+        return self.transport.connected_peers() if self.transport is not None else []
+
+    def send(self, to: int, env: Envelope) -> None:
+        if self.transport is not None:
+            self.transport.send(to, env)
+
+    def send_all(self, env: Envelope, to: Iterable[int]) -> None:
+        """env to each of `to` but this node."""
+        if self.transport is None:
+            return
+        for j in to:
+            if j != self.me:
+                self.transport.send(j, env)
+
+    def send_consensus(self, to: int, msg: Message) -> None:
+        if self.transport is None:
+            return
+        out = self.byzantine.outgoing(to, msg)
+        if out is not None:
+            self.transport.send(to, Envelope(Kind.CONSENSUS, encode_message(out)))
+
+
+class Opener:
+    """The receiving side of one peer's link, checking the frame names that peer."""
+
+    def __init__(self, receiver: Any, sae_id: str) -> None:
+        self.receiver = receiver
+        self.sae_id = sae_id
+
+    async def open(self, frame: bytes) -> bytes:
+        opened = await self.receiver.open(frame)
+        if opened.sender != self.sae_id:
+            raise CodecError("frame sender does not match the connection's peer")
+        body: bytes = opened.body
+        return body
+
+    def reconnected(self) -> None:
+        return None
+
+
+def build_key_source(cfg: NodeConfig) -> KeySource:
+    """The ETSI GS QKD 014 client for this node's key manager (mutual TLS when the config
+    names the files, the dev header otherwise)."""
+    from qchain.qkd.client import ETSIClient, TLSConfig
+
+    q = cfg.qkd
+    tls = None
+    if q.client_cert is not None and q.client_key is not None and q.ca_cert is not None:
+        tls = TLSConfig(q.ca_cert, q.client_cert, q.client_key)
+    return ETSIClient(q.kme_url, q.sae_id, tls=tls, insecure_sae_header=q.insecure_dev_header)

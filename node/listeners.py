@@ -1,0 +1,46 @@
+"""The HTTP listeners of a validator (public API and admin API), and the admin token.
+
+The admin token is read from `admin.token_file`, or made up and written there (mode 0600)
+on first start; without a file it is random per run, which leaves the admin API usable
+only to code in the same process.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import ssl
+from pathlib import Path
+
+from aiohttp import web
+
+
+def admin_token(path: Path | None) -> str:
+    if path is None:
+        return secrets.token_hex(16)
+    if path.exists():
+        return path.read_text().strip()
+    token = secrets.token_hex(16)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(token + "\n")
+    return token
+
+
+class Listeners:
+    """The running HTTP servers of one node."""
+
+    def __init__(self) -> None:
+        self.runners: list[web.AppRunner] = []
+
+    async def serve(
+        self, app: web.Application, listen: str, ssl_ctx: ssl.SSLContext | None
+    ) -> None:
+        """Serve app on listen ("host:port")."""
+        runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=1.0)
+        await runner.setup()
+        host, _, port = listen.rpartition(":")
+        site = web.TCPSite(runner, host, int(port), ssl_context=ssl_ctx, reuse_address=True)
+        await site.start()
+        self.runners.append(runner)
