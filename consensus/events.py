@@ -224,5 +224,3 @@ Action: TypeAlias = (
     | ReplySync
     | Alert
 )
-
-DURABLE_ACTIONS = (Persist, PersistBlock, DeleteRecord)

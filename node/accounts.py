@@ -12,7 +12,6 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from consensus.engine import Engine
 from consensus.events import Event, MempoolNonEmpty
 from contracts import membership
 from contracts.state import StateReader
@@ -72,16 +71,17 @@ class Admission:
         mempool: Mempool,
         accounts: Accounts,
         committed: Callable[[], int],
-        engine: Engine,
+        idle_mode: bool,
         pacer: BlockPacer,
         metrics: NodeMetrics,
         feed: Callable[[Event], None],
     ) -> None:
-        """committed: the last committed height."""
+        """committed: the last committed height; idle_mode: the chain runs without
+        heartbeat blocks (CONSENSUS.md §4), so the engine must hear about the mempool."""
         self.mempool = mempool
         self.accounts = accounts
         self.committed = committed
-        self.engine = engine
+        self.idle_mode = idle_mode
         self.pacer = pacer
         self.metrics = metrics
         self.feed = feed
@@ -94,7 +94,7 @@ class Admission:
         new = self.mempool.add(tx, height=self.committed(), now=time.monotonic(), local=local)
         if new:
             self.metrics.observe_mempool(len(self.mempool), self.mempool.size_bytes)
-            if self.engine.idle_mode and not self.ready_signalled and self.mempool.has_ready():
+            if self.idle_mode and not self.ready_signalled and self.mempool.has_ready():
                 self.ready_signalled = True
                 self.feed(MempoolNonEmpty(True))
             if self.pacer.pending is not None:
@@ -103,6 +103,6 @@ class Admission:
 
     def after_commit(self) -> None:
         """A commit changed what is includable: tell an idle engine whether some is."""
-        if self.engine.idle_mode:
+        if self.idle_mode:
             self.ready_signalled = self.mempool.has_ready()
             self.feed(MempoolNonEmpty(self.ready_signalled))

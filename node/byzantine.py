@@ -191,7 +191,7 @@ class Hostile:
         per_tick = max(1, int(FLOOD_PER_PEER_S * TICK_S))
 
         def send() -> None:
-            cur = self.node.engine.cur
+            cur = self.node.engine.view().height
             self._to_all(flood_votes(self._chain_id, cur, self._round, per_tick, self.rng))
             self._round += per_tick
 

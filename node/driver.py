@@ -1,15 +1,17 @@
 """The engine driver: the one place where the pure consensus engine meets I/O.
 
 Every event (message, timer, block built, validated or fetched, start) goes through one
-queue and one `Engine.step` at a time (`feed`). The actions of a step are carried out by
-`_perform`, in the order the engine's contract demands: every `Persist`, `PersistBlock` and
-`DeleteRecord` first, as ONE synced LevelDB batch; then the sends (queued per peer, so the
-messages of one step to one peer share one frame); then timers, block building,
-validation, fetching, commits and replies, each handed to the collaborator in `Handlers`.
+queue and one `Engine.step` at a time (`feed`). The actions of a step are carried out in
+the order of `consensus.driver.plan`, the same order the simulator runs (`carry_out`):
+every `Persist`, `PersistBlock` and `DeleteRecord` first, as ONE synced LevelDB batch; then
+every outgoing message, sends and the replies `ReplyDone`/`ReplySync` alike (queued per
+peer, so the messages of one step to one peer share one frame); then timers, block
+building, validation, fetching, commits and alerts, each handed to the collaborator in
+`Handlers`.
 
-`_observe_vote` watches the votes this node sends and receives for equivocation. Both it
-and `_perform` are the seams where the shared driver and equivocation detector of
-`consensus/` take over.
+Every vote this node sends or receives is shown to `consensus.equivocation`'s detector,
+which raises `equivocation-suspected` when one (height, round, phase) carries two values.
+The node reads the engine only through `Engine.view()` (`consensus.view`).
 """
 
 from __future__ import annotations
@@ -20,15 +22,15 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from consensus.driver import Durable, Local, Outgoing, Plan, plan
 from consensus.engine import Engine
+from consensus.equivocation import EquivocationDetector
 from consensus.events import (
-    DURABLE_ACTIONS,
     Action,
     Alert,
     BuildBlock,
     CancelTimer,
     Commit,
-    DeleteRecord,
     Event,
     FetchBlock,
     MessageIn,
@@ -36,7 +38,6 @@ from consensus.events import (
     PersistBlock,
     ReplyDone,
     ReplySync,
-    Send,
     SetTimer,
     Timeout,
     TimerKey,
@@ -54,9 +55,6 @@ from qchain.store import schema
 from qchain.store.kv import Batch, KVStore
 
 log = logging.getLogger("qchain.node")
-
-VOTE_WATCH_ROUNDS = 64
-"""How far above the current round votes are kept for equivocation detection."""
 
 
 @dataclass(frozen=True)
@@ -103,8 +101,9 @@ class Driver:
         self.handlers: Handlers | None = None
         self.stopping = False
         self.timers: dict[TimerKey, asyncio.TimerHandle] = {}
-        self.vote_values: dict[tuple[int, int, int], dict[bytes, int]] = {}
-        """Votes seen per (height, round, phase): value -> the first voter of it."""
+        self.equivocation = EquivocationDetector()
+        self.view = engine.view()
+        """The engine as of the last drained queue (`_after_steps`)."""
         self._events: deque[Event] = deque()
         self._processing = False
         self._last_leader: int | None = None
@@ -142,33 +141,47 @@ class Driver:
             self._processing = False
 
     def _perform(self, actions: Sequence[Action]) -> None:
+        self.carry_out(plan(actions))
+
+    def carry_out(self, todo: Plan) -> None:
+        """One plan, phase by phase (`consensus.driver`)."""
+        self._write(todo.durable)
+        for frame in todo.frames:
+            for m in frame.messages:
+                self._send(m)
+        for a in todo.local:
+            self._do(a)
+
+    def _write(self, durable: Sequence[Durable]) -> None:
         batch = Batch()
-        for d in actions:
+        for d in durable:
             if isinstance(d, Persist):
                 batch.put(schema.consensus_key(d.record.height), d.record.encode())
             elif isinstance(d, PersistBlock):
                 batch.put(schema.pending_body_key(consensus_value(d.block)), d.block.encode())
-            elif isinstance(d, DeleteRecord):
+            else:
                 batch.delete(schema.consensus_key(d.height))
         if len(batch):
             self.store.write(batch, sync=True)
-        for s in actions:
-            if isinstance(s, Send):
-                if isinstance(s.msg, Vote):
-                    self._observe_vote(self.me, s.msg)
-                self.links.send_consensus(s.to, s.msg)
-        for a in actions:
-            if not isinstance(a, (*DURABLE_ACTIONS, Send)):
-                self._do(a)
 
-    def _do(self, a: Action) -> None:
+    def _send(self, m: Outgoing) -> None:
+        if isinstance(m, ReplyDone):
+            value = self.committed_value(m.height)
+            if value is not None:
+                self.links.send_consensus(m.to, Done(self.engine.p.chain_id, m.height, value))
+        elif isinstance(m, ReplySync):
+            self._handlers().reply_sync(m)
+        else:
+            if isinstance(m.msg, Vote):
+                self._observe_vote(self.me, m.msg)
+            self.links.send_consensus(m.to, m.msg)
+
+    def _do(self, a: Local) -> None:
         h = self._handlers()
         if isinstance(a, SetTimer):
             self._set_timer(a.key, a.duration_ms)
         elif isinstance(a, CancelTimer):
-            handle = self.timers.pop(a.key, None)
-            if handle is not None:
-                handle.cancel()
+            self._cancel_timer(a.key)
         elif isinstance(a, BuildBlock):
             h.build(a)
         elif isinstance(a, ValidateBlock):
@@ -177,12 +190,6 @@ class Driver:
             h.fetch(a.value)
         elif isinstance(a, Commit):
             h.commit(a)
-        elif isinstance(a, ReplyDone):
-            value = self.committed_value(a.height)
-            if value is not None:
-                self.links.send_consensus(a.to, Done(self.engine.p.chain_id, a.height, value))
-        elif isinstance(a, ReplySync):
-            h.reply_sync(a)
         elif isinstance(a, Alert):
             self.alarms.alert(a.kind, a.detail)
 
@@ -192,6 +199,11 @@ class Driver:
             old.cancel()
         loop = asyncio.get_running_loop()
         self.timers[key] = loop.call_later(ms / 1000, self._fire_timer, key)
+
+    def _cancel_timer(self, key: TimerKey) -> None:
+        handle = self.timers.pop(key, None)
+        if handle is not None:
+            handle.cancel()
 
     def _fire_timer(self, key: TimerKey) -> None:
         self.timers.pop(key, None)
@@ -203,60 +215,32 @@ class Driver:
         self.timers.clear()
 
     def _observe_vote(self, sender: int, vote: Vote) -> None:
-        """Correct nodes never vote for two values in one (height, round, phase): phase 1
-        follows the one proposal, a later phase needs a quorum and two quorums share a
-        correct node. So two values seen there mean a leader sent different proposals to
-        different nodes, or a voter sent different votes: raise `equivocation-suspected`.
-        With MACs instead of signatures nobody can prove who lied (CONSENSUS.md §1), but
-        every honest node that sees both values reports it.
-
-        What is kept is bounded whatever peers send: heights from the one below the last
-        committed to two above it, rounds up to VOTE_WATCH_ROUNDS above the current one,
-        two values per (height, round, phase); older heights go at each commit."""
-        committed = self.committed()
-        if not committed - 1 <= vote.height <= committed + 2:
-            return
-        inst = self.engine.inst.get(self.engine.cur)
-        if vote.round > (0 if inst is None else inst.rec.round) + VOTE_WATCH_ROUNDS:
-            return
-        key = (vote.height, vote.round, vote.phase)
-        seen = self.vote_values.setdefault(key, {})
-        if vote.value in seen or len(seen) >= 2:
-            return
-        seen[vote.value] = sender
-        if len(seen) == 2:
-            first, second = seen.items()
-            self.alarms.alert(
-                "equivocation-suspected",
-                f"height {vote.height} round {vote.round} phase {vote.phase}: "
-                f"validator {first[1]} voted {first[0].hex()[:12]}, "
-                f"validator {second[1]} voted {second[0].hex()[:12]}",
-            )
+        """Show a vote to the equivocation detector (bounded whatever peers send) and
+        raise what it finds."""
+        found = self.equivocation.observe(sender, vote, self.committed(), self.view.round or 0)
+        for a in found:
+            self.alarms.alert(a.kind, a.detail)
 
     def forget_votes(self, committed: int) -> None:
         """Drop the votes kept for heights below the one under `committed`."""
-        for k in [k for k in self.vote_values if k[0] < committed - 1]:
-            del self.vote_values[k]
+        self.equivocation.on_commit(committed)
 
     def _after_steps(self) -> None:
-        """Bookkeeping after the queue drained: round metrics, and a leader change."""
-        leader = self.current_leader()
-        inst = self.engine.inst.get(self.engine.cur)
-        if inst is not None:
-            pos = (inst.h, inst.rec.round)
+        """Bookkeeping after the queue drained: a fresh view, round metrics, and a leader
+        change."""
+        view = self.view = self.engine.view()
+        if view.round is not None:
+            pos = (view.height, view.round)
             if pos != self._last_round:
                 changed = pos[0] == self._last_round[0] and pos[1] > self._last_round[1]
-                self.metrics.observe_round(inst.rec.round, changed)
+                self.metrics.observe_round(view.round, changed)
                 self._last_round = pos
-        if leader is not None and leader != self._last_leader:
-            self._last_leader = leader
-            self._handlers().leader_changed(leader)
+        if view.leader is not None and view.leader != self._last_leader:
+            self._last_leader = view.leader
+            self._handlers().leader_changed(view.leader)
 
     def current_leader(self) -> int | None:
-        inst = self.engine.inst.get(self.engine.cur)
-        if inst is None:
-            return None
-        return self.engine.leader(inst, inst.rec.round)
+        return self.engine.view().leader
 
     def on_envelope(self, sender: int, env: Envelope) -> None:
         """One envelope from a peer, by kind."""

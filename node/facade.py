@@ -136,15 +136,15 @@ class ServiceFacade:
 
     def status(self) -> Mapping[str, Any]:
         p = self.p
-        inst = p.engine.inst.get(p.engine.cur)
+        view = p.engine.view()
         mempool = p.admission.mempool
         return {
             "node": p.name,
             "index": p.links.me,
             "chain_id": p.params.chain_id,
             "height": self.chain.height(),
-            "consensus_height": p.engine.cur,
-            "round": None if inst is None else inst.rec.round,
+            "consensus_height": view.height,
+            "round": view.round,
             "leader": p.leader(),
             "validators": p.params.n,
             "peers": sorted(p.links.connected_peers()),
@@ -244,10 +244,11 @@ class AdminFacade:
         self.byzantine.set(mode)
 
     def dump(self) -> Mapping[str, Any]:
+        view = self.engine.view()
         instances = {}
-        for h, inst in self.engine.inst.items():
-            rec: Record = inst.rec
-            instances[str(h)] = {
+        for inst in view.instances:
+            rec: Record = inst.record
+            instances[str(inst.height)] = {
                 "round": rec.round,
                 "abort_level": rec.abort_level,
                 "decided": None if rec.decided is None else rec.decided.hex(),
@@ -265,7 +266,7 @@ class AdminFacade:
         return {
             "status": dict(self.status()),
             "instances": instances,
-            "peer_heights": {str(k): v for k, v in self.engine.peer_height.items()},
+            "peer_heights": {str(k): v for k, v in view.peer_heights.items()},
             "timers": sorted(f"{k.kind}:{k.height}" for k in self.driver.timers),
             "fetching": [v.hex() for v in self.fetcher.fetching],
             "pending_build": self.pacer.pending is not None,

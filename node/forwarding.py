@@ -18,8 +18,8 @@ import logging
 from collections import Counter, deque
 from collections.abc import Callable, Iterable
 
-from consensus.engine import Engine
 from consensus.events import Event, Timeout, TimerKey
+from consensus.view import EngineView
 from node.accounts import ADMIT_SLICE, Admission
 from node.budget import FORWARDED_TXS, Budgets
 from node.links import Links
@@ -50,18 +50,21 @@ class Forwarder:
         mempool: Mempool,
         admission: Admission,
         budgets: Budgets,
-        engine: Engine,
+        idle_mode: bool,
+        view: Callable[[], EngineView],
         leader: Callable[[], int | None],
         inclusion_timeout_s: float,
         feed: Callable[[Event], None],
     ) -> None:
-        """leader: the current leader, if known."""
+        """idle_mode: no heartbeat blocks (forward to everyone); view: the engine's
+        view; leader: the current leader, if known."""
         self.links = links
         self.me = links.me
         self.mempool = mempool
         self.admission = admission
         self.budgets = budgets
-        self.engine = engine
+        self.idle_mode = idle_mode
+        self.view = view
         self.leader = leader
         self.inclusion_timeout_s = inclusion_timeout_s
         self.feed = feed
@@ -100,7 +103,7 @@ class Forwarder:
         self._scheduled = False
         batch, self._queue = self._queue, []
         leader = self.leader()
-        if self.engine.idle_mode or leader is None:
+        if self.idle_mode or leader is None:
             targets = self.links.others()
         elif leader == self.me:
             return
@@ -162,10 +165,10 @@ class Forwarder:
             and leader_had_room(self.recent_blocks, len(stuck), now, timeout)
         ):
             self._last_suspect = now
-            inst = self.engine.inst.get(self.engine.cur)
-            if inst is not None and inst.rec.decided is None:
+            view = self.view()
+            if view.round is not None and view.decided is None:
                 log.info("transactions not included for %.1fs: suspecting the leader", timeout)
-                self.feed(Timeout(TimerKey("round", inst.h)))
+                self.feed(Timeout(TimerKey("round", view.height)))
 
 
 def leader_had_room(

@@ -10,10 +10,10 @@ should have committed and did not for a while.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
-from consensus.engine import Engine
 from consensus.params import Params
+from consensus.view import EngineView
 from node.alarms import Alarms
 from node.chainstore import ChainStore
 from node.links import Links
@@ -37,7 +37,7 @@ class Health:
         params: Params,
         timing: TimingConfig,
         chain: ChainStore,
-        engine: Engine,
+        view: Callable[[], EngineView],
         links: Links,
         mempool: Mempool,
         pacer: BlockPacer,
@@ -46,7 +46,7 @@ class Health:
         self.params = params
         self.timing = timing
         self.chain = chain
-        self.engine = engine
+        self.view = view
         self.links = links
         self.mempool = mempool
         self.pacer = pacer
@@ -99,7 +99,7 @@ class Health:
     def quorum_ahead(self) -> int:
         """The highest height that f + 1 peers claim to have reached: at least one of them
         is honest, so one Byzantine peer's claim alone never makes this node look behind."""
-        heights = sorted(self.engine.peer_height.values(), reverse=True)
+        heights = sorted(self.view().peer_heights.values(), reverse=True)
         b = self.params.b
         return heights[b - 1] if len(heights) >= b else 0
 

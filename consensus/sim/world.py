@@ -270,6 +270,11 @@ class Sim:
                 self.log(f"node {nd.name} <- {network.short(ev)}")
             acts += out
         self.monitor.after_step(nd, acts)
+        self.carry_out(nd, acts)
+
+    def carry_out(self, nd: SimNode, acts: list[Action]) -> None:
+        """The actions of one batch of steps, in the order of their plan (the node's
+        driver runs the same order), with this node's crash point if it has one."""
         todo = plan(acts)
         for d in todo.durable:
             if isinstance(d, Persist):
