@@ -89,11 +89,6 @@ class Engine(HeightProtocol):
         self.serving = DoneServer(params)
         self.undeleted: set[int] = set()
 
-    @property
-    def peer_height(self) -> dict[int, int]:
-        """The node's old way to read peer heights; `view().peer_heights` replaces it."""
-        return self.catchup.peer_height
-
     def view(self) -> EngineView:
         """A frozen snapshot of what outsiders may read (`consensus.view`)."""
         cur = self.inst.get(self.cur)

@@ -56,10 +56,11 @@ async def test_one_vote_claiming_a_far_height_does_not_make_anyone_catch_up(
     byz, honest = network[3], network[:3]
     _send_consensus(byz, Vote(byz.chain_id, FAR, 0, 1, b"\x01" * 32))
     _send_consensus(byz, SyncResp(byz.chain_id, FAR - 5, (b"\x02" * 32,) * 5))
-    await wait_until(lambda: all(3 in v.engine.peer_height for v in honest), timeout=10)
+    await wait_until(lambda: all(3 in v.engine.view().peer_heights for v in honest), timeout=10)
     await _keeps_committing(honest, 3)
     for v in honest:
-        assert v.engine.peer_height[3] <= v.engine.cur + v.params.height_window
+        view = v.engine.view()
+        assert view.peer_heights[3] <= view.height + v.params.height_window
         ready, reasons = v.health()
         assert ready, reasons
         assert v.status()["syncing"] is False
