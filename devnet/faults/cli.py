@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from devnet.faults.backends import Target
+    from devnet.running import Network
 
 DEFAULT_DIR = Path("devnet-data")
 BYZ = (
@@ -127,7 +127,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from devnet.faults.attacker import AttackError
-    from devnet.faults.backends import BackendError
+    from devnet.running import BackendError
 
     try:
         if args.fault_cmd == "run":
@@ -153,7 +153,8 @@ def _list() -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from devnet.faults.runner import render, run_scenario, write_report
+    from devnet.faults.report import render, write_report
+    from devnet.faults.runner import run_scenario
     from devnet.faults.scenario import load_scenario, resolve_scenario
 
     scenario = load_scenario(resolve_scenario(args.scenario))
@@ -170,18 +171,18 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _verb(args: argparse.Namespace) -> int:
-    from devnet.faults.runner import open_target
+    from devnet.running import open_network
 
-    target = open_target(args.dir, args.docker)
+    target = open_network(args.dir, args.docker)
     try:
         return _verb_on(target, args)
     finally:
         target.close()
 
 
-def _verb_on(target: Target, args: argparse.Namespace) -> int:
-    from devnet.faults import actions
-    from devnet.faults.backends import BackendError
+def _verb_on(target: Network, args: argparse.Namespace) -> int:
+    from devnet.faults import actions, disk, keys, transport, twins
+    from devnet.running import BackendError
 
     rng = random.Random()
     cmd = args.fault_cmd
@@ -191,48 +192,51 @@ def _verb_on(target: Target, args: argparse.Namespace) -> int:
 
     if cmd in ("kill", "restart", "pause", "resume"):
         node = one(args.node)
-        {"kill": actions.kill, "restart": actions.restart, "pause": actions.pause}.get(
-            cmd, actions.resume
-        )(target, node)
+        {
+            "kill": target.kill_node,
+            "restart": target.restart_node,
+            "pause": target.pause_node,
+            "resume": target.resume_node,
+        }[cmd](node)
         print(f"{cmd} {node}")
     elif cmd == "partition":
         side = actions.resolve(target, args.nodes, rng)
         other = actions.resolve(target, args.other, rng) if args.other else None
-        actions.partition(target, side, other)
+        transport.partition(target, side, other)
         print(f"cut {','.join(side)} from {','.join(other) if other else 'the rest'}")
     elif cmd == "heal":
-        missed = actions.heal(target)
+        missed = transport.heal(target)
         print("healed" + (f" (no answer from {', '.join(missed)})" if missed else ""))
     elif cmd == "delay":
         node = one(args.node)
-        actions.delay(target, node, args.ms, args.jitter)
+        transport.delay(target, node, args.ms, args.jitter)
         print(f"{node}: outgoing frames delayed {args.ms}±{args.jitter} ms")
     elif cmd in ("drop", "corrupt"):
         node = one(args.node)
-        (actions.drop if cmd == "drop" else actions.corrupt)(target, node, args.pct)
+        (transport.drop if cmd == "drop" else transport.corrupt)(target, node, args.pct)
         print(f"{node}: {cmd} {args.pct}% of outgoing frames")
     elif cmd == "replay":
         node = one(args.node)
-        actions.replay(target, node, args.pct)
+        transport.replay(target, node, args.pct)
         print(f"{node}: {args.pct}% of outgoing frames replayed")
     elif cmd == "keys":
         rate: str | int = int(args.rate) if args.rate.isdigit() else args.rate
-        actions.set_keys(target, args.link, rate)
+        keys.set_keys(target, args.link, rate)
         print(f"keys on {args.link}: rate {rate}" + (" (stored keys flushed)" if rate == 0 else ""))
     elif cmd == "kms":
-        actions.kms_fault(target, args.mode, args.link)
+        keys.kms_fault(target, args.mode, args.link)
         print(f"key manager: {args.mode} on {args.link}")
     elif cmd == "byzantine":
         node = one(args.node)
         if args.mode == "twin":
-            pid = actions.start_twin(target, node)
-            print(f"twin of {node} started (pid {pid}, log {actions.twin_log(target, node)})")
+            pid = twins.start_twin(target, node)
+            print(f"twin of {node} started (pid {pid}, log {twins.twin_log(target, node)})")
         elif args.mode == "off":
-            stopped = actions.stop_twin(target, node)
-            actions.byzantine(target, node, None)
+            stopped = twins.stop_twin(target, node)
+            twins.byzantine(target, node, None)
             print(f"{node}: honest again" + (" (twin stopped)" if stopped else ""))
         else:
-            actions.byzantine(target, node, args.mode)
+            twins.byzantine(target, node, args.mode)
             print(f"{node}: byzantine mode {args.mode}")
     elif cmd == "attack":
         from devnet.faults.attacker import Attacker, AttackSpec, victims
@@ -255,25 +259,25 @@ def _verb_on(target: Target, args: argparse.Namespace) -> int:
     elif cmd in ("kme-down", "kme-up"):
         node = one(args.node)
         if cmd == "kme-down":
-            print(f"{actions.kme_down(target, node)} stopped")
+            print(f"{keys.kme_down(target, node)} stopped")
         else:
-            actions.kme_up(target, node)
+            keys.kme_up(target, node)
             print(f"{target.kme_of(node)} started")
     elif cmd == "kme-drain":
-        actions.drain(target, args.link, args.rate)
+        keys.drain(target, args.link, args.rate)
         print(f"keys on {args.link}: pools emptied, {args.rate} bits/s")
     elif cmd == "kme-refill":
-        actions.refill(target, args.link, args.count)
+        keys.refill(target, args.link, args.count)
         print(f"keys on {args.link}: {args.count} stored, rate {target.plan.kms_rate}")
     elif cmd == "kme-behaviour":
         switches = json.loads(args.switches)
         if not isinstance(switches, dict):
             raise BackendError("give the switches as a JSON object")
         nodes = actions.resolve(target, args.node, rng) if args.node else None
-        actions.set_behaviour(target, switches, nodes)
-        print(f"behaviour of {', '.join(actions.kmes_for_nodes(target, nodes))}: {switches}")
+        keys.set_behaviour(target, switches, nodes)
+        print(f"behaviour of {', '.join(keys.kmes_for_nodes(target, nodes))}: {switches}")
     elif cmd == "corrupt-disk":
         node = one(args.node)
-        where = actions.corrupt_disk(target, node, rng)
+        where = disk.corrupt_disk(target, node, rng)
         print(f"{node}: flipped bit {where['bit']} at offset {where['offset']} of {where['file']}")
     return 0

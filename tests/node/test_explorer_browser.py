@@ -23,7 +23,8 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from devnet.local import LocalNetwork, http_json, running_network
+from devnet.local import LocalNetwork, running_network
+from devnet.nodeapi import http_json
 from devnet.network import account_key, plan_network
 from qchain.types import Transaction, new_transaction
 

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from devnet.local import LocalNetwork, http_json, running_network
+from devnet.local import LocalNetwork, running_network
+from devnet.nodeapi import http_json
 from devnet.network import NodePlan, plan_network
 from node.transport import HELLO_MAGIC
 
