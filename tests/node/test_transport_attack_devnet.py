@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from devnet.local import LocalNetwork, running_network
-from devnet.nodeapi import http_json
 from devnet.network import NodePlan, plan_network
+from devnet.nodeapi import http_json
 from node.transport import HELLO_MAGIC
 
 pytestmark = pytest.mark.slow
