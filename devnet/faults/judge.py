@@ -17,18 +17,16 @@ from devnet.faults.checkers import (
     check_equivocation,
     check_halt,
     check_key_reuse,
-    check_latency,
     check_liveness,
     check_lost_writes,
     check_no_restart,
-    check_progress,
-    check_readiness,
     check_resume,
     check_served_blocks,
     check_starvation,
 )
 from devnet.faults.history import ChainViews, History
 from devnet.faults.scenario import Scenario
+from devnet.faults.service_checks import check_latency, check_progress, check_readiness
 
 TAMPERING = ("corrupt", "replay")
 TAMPERING_MODES = ("forge-mac", "twin")
