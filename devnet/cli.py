@@ -21,7 +21,11 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from devnet.local import LocalNetwork
+    from devnet.running import Network
 
 DEFAULT_DIR = Path("devnet-data")
 
@@ -112,9 +116,9 @@ def _dir(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     cmd = args.devnet_cmd
     if args.docker:
-        from devnet import dockernet
+        from devnet.dockernet import cli as docker_cli
 
-        return dockernet.run(args)
+        return docker_cli.run(args)
     if (args.dir / "docker.json").exists():
         print(f"{args.dir} holds a Docker devnet: add --docker", file=sys.stderr)
         return 2
@@ -183,85 +187,9 @@ def _init(args: argparse.Namespace) -> int:
     return 0
 
 
-def endpoints(net: Any) -> dict[str, Any]:
-    """The endpoint table as JSON (also written to DIR/endpoints.json)."""
-    from devnet.network import DEV_ACCOUNTS, account_key
+def _up(net: LocalNetwork, args: argparse.Namespace) -> int:
+    from devnet.endpoints import local_endpoints, print_table
 
-    d = net.dir
-    plan = net.plan
-    return {
-        "chain_id": plan.chain_id,
-        "directory": str(d),
-        "genesis": str(d / "genesis.json"),
-        "ca": str(d / "ca" / "ca.pem"),
-        "kms": {
-            "mode": plan.kme_mode,
-            "url": plan.kms_url if plan.kme_mode == "shared" else None,
-            "admin_url": plan.kms_admin_url if plan.kme_mode == "shared" else None,
-            "admin_urls": net.kms_services(),
-            "admin_token_file": str(d / "kms" / "admin.token"),
-        },
-        "nodes": [
-            {
-                "name": n.name,
-                "index": n.index,
-                "api": n.api_url,
-                "p2p": n.p2p,
-                "admin": n.admin_url,
-                "admin_token_file": str(d / "nodes" / n.name / "admin.token"),
-                "metrics": f"{n.api_url}/metrics",
-                "explorer": f"{n.api_url}/",
-                "sae_id": n.sae_id,
-                "kms": plan.kme_url(n),
-                "tls_client_cert": n.kme.client_cert
-                if n.kme is not None
-                else str(d / "ca" / f"sae-{n.sae_id}.pem"),
-                "tls_client_key": n.kme.client_key
-                if n.kme is not None
-                else str(d / "ca" / f"sae-{n.sae_id}.key"),
-                "config": str(d / "nodes" / n.name / "config.toml"),
-                "log": str(net.log_file(n.name)),
-            }
-            for n in plan.nodes
-        ],
-        "accounts": [
-            {
-                "name": role,
-                "organisation": org,
-                "roles": list(roles),
-                "address": account_key(role, plan.scheme).address.hex(),
-                "scheme": plan.scheme,
-                "key_file": str(d / "accounts" / f"{role}.json"),
-            }
-            for role, org, roles in DEV_ACCOUNTS
-        ],
-        "insecure_dev_keys": True,
-    }
-
-
-def print_table(doc: dict[str, Any]) -> None:
-    print(f"\nqchain devnet {doc['chain_id']} — {doc['directory']}")
-    kms = doc["kms"]
-    if kms["url"]:
-        print(f"key manager  {kms['url']}  (admin {kms['admin_url']})\n")
-    else:
-        kmes = sorted({n["kms"] for n in doc["nodes"]})
-        print(f"key managers ({kms['mode']})  {'  '.join(kmes)}\n")
-    header = ("node", "API", "P2P", "admin", "metrics", "explorer")
-    rows = [
-        (n["name"], n["api"], n["p2p"], n["admin"], n["metrics"], n["explorer"])
-        for n in doc["nodes"]
-    ]
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    for r in [header, *rows]:
-        print("  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)))
-    print("\ndev accounts (INSECURE: derived from the published dev seed)")
-    for a in doc["accounts"]:
-        print(f"  {a['name']:<9} {a['address']}  {','.join(a['roles']):<8} {a['key_file']}")
-    print(f"\nendpoints as JSON: {doc['directory']}/endpoints.json")
-
-
-def _up(net: Any, args: argparse.Namespace) -> int:
     started = time.monotonic()
     try:
         # Without heartbeat blocks nothing is decided until a transaction arrives: then
@@ -274,7 +202,7 @@ def _up(net: Any, args: argparse.Namespace) -> int:
             net.stop()
         return 1
     elapsed = time.monotonic() - started
-    doc = endpoints(net)
+    doc = local_endpoints(net)
     (net.dir / "endpoints.json").write_text(json.dumps(doc, indent=2) + "\n")
     if args.json:
         print(json.dumps(doc, indent=2))
@@ -306,19 +234,14 @@ def _up(net: Any, args: argparse.Namespace) -> int:
     return 0
 
 
-def _status(net: Any, as_json: bool) -> int:
-    from devnet.local import http_json
+def _status(net: Network, as_json: bool) -> int:
+    from devnet.nodeapi import node_qkd
 
-    rows = []
-    for n in net.plan.nodes:
-        st = net.node_status(n.name)
-        qkd = None
-        if st is not None:
-            try:
-                qkd = http_json(f"{n.api_url}/v1/qkd")
-            except (OSError, ValueError):
-                qkd = None
-        rows.append({"node": n.name, "pid": net.pid(n.name), "status": st, "qkd": qkd})
+    rows: list[dict[str, Any]] = []
+    for name in net.node_names():
+        st = net.node_status(name)
+        qkd = node_qkd(net.api_url(name)) if st is not None else None
+        rows.append({"node": name, "pid": net.pid(name), "status": st, "qkd": qkd})
     if as_json:
         print(json.dumps(rows, indent=2))
         return 0
@@ -341,7 +264,7 @@ def _status(net: Any, as_json: bool) -> int:
     return 0
 
 
-def _logs(net: Any, args: argparse.Namespace) -> int:
+def _logs(net: LocalNetwork, args: argparse.Namespace) -> int:
     names = [args.service] if args.service else [s.name for s in net.services()]
     files = [net.log_file(n) for n in names]
     for f in files:

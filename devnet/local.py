@@ -4,29 +4,27 @@ background with their PIDs and logs under the devnet directory.
     DIR/run/NAME.pid      PID of a running service (kms or kme-node0.., node0, node1, ...)
     DIR/logs/NAME.log     its standard output and error
 
-Every service runs in its own session, so a terminal's Ctrl-C reaches only the process
-that owns the terminal (`up --foreground` stops the network itself). `stop` sends SIGTERM
-and waits; a validator closes LevelDB cleanly on SIGTERM. SIGKILL follows only after a
-grace period.
+`LocalNetwork` is the local flavour of `devnet.running.Network`. Services are started
+and stopped with `devnet.spawn` (own session, SIGTERM then SIGKILL after a grace period;
+`up --foreground` stops the network itself on Ctrl-C).
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
-import os
 import signal
 import subprocess
-import sys
 import time
 import urllib.error
-import urllib.request
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from devnet.network import NetworkPlan, load_plan
+from devnet import spawn
+from devnet.network import NetworkPlan, NodePlan, load_plan
+from devnet.nodeapi import http_call, http_json, node_status, poll_ready, read_token
+from devnet.running import BackendError, kme_service, node_of
 
 STOP_GRACE_S = 10.0
 
@@ -35,51 +33,6 @@ STOP_GRACE_S = 10.0
 class Service:
     name: str
     argv: tuple[str, ...]
-
-
-def qchain_argv(*args: str) -> tuple[str, ...]:
-    return (sys.executable, "-m", "qchain.cli", *args)
-
-
-def poll_ready(
-    wanted: Iterable[str],
-    node_status: Callable[[str], dict[str, Any] | None],
-    min_height: int,
-    timeout: float,
-    dead: Callable[[list[str]], str | None],
-    interval: float,
-) -> dict[str, dict[str, Any]]:
-    """Poll until every wanted node answers with height >= min_height; their statuses.
-    `dead(missing)` names what has died (RuntimeError) or returns None. Raises
-    TimeoutError naming the nodes that are not there."""
-    names = list(wanted)
-    deadline = time.monotonic() + timeout
-    statuses: dict[str, dict[str, Any]] = {}
-    while True:
-        for name in names:
-            st = node_status(name)
-            if st is not None:
-                statuses[name] = st
-        missing = [
-            n for n in names if n not in statuses or statuses[n].get("height", 0) < min_height
-        ]
-        if not missing:
-            return statuses
-        problem = dead(missing)
-        if problem is not None:
-            raise RuntimeError(problem)
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"not ready after {timeout:.0f}s: {', '.join(missing)}")
-        time.sleep(interval)
-
-
-def http_json(url: str, timeout: float = 2.0, token: str | None = None) -> Any:
-    """GET a JSON document; raises OSError (URLError included) on failure."""
-    req = urllib.request.Request(url)
-    if token is not None:
-        req.add_header("Authorization", f"Bearer {token}")
-    with urllib.request.urlopen(req, timeout=timeout) as resp:
-        return json.loads(resp.read())
 
 
 class LocalNetwork:
@@ -108,12 +61,14 @@ class LocalNetwork:
 
     def services(self) -> list[Service]:
         out = [
-            Service(name, qchain_argv("kms", "--config", str(self.dir / "kms" / f"{name}.toml")))
+            Service(
+                name, spawn.qchain_argv("kms", "--config", str(self.dir / "kms" / f"{name}.toml"))
+            )
             for name in self.kms_services()
         ]
         for n in self.plan.nodes:
             cfg = self.dir / "nodes" / n.name / "config.toml"
-            out.append(Service(n.name, qchain_argv("node", "run", "--config", str(cfg))))
+            out.append(Service(n.name, spawn.qchain_argv("node", "run", "--config", str(cfg))))
         return out
 
     def service(self, name: str) -> Service:
@@ -130,15 +85,7 @@ class LocalNetwork:
 
     def pid(self, name: str) -> int | None:
         """PID of a running service, or None (stale PID files are removed)."""
-        path = self.pid_file(name)
-        try:
-            pid = int(path.read_text().strip())
-        except (OSError, ValueError):
-            return None
-        if not _alive(pid):
-            path.unlink(missing_ok=True)
-            return None
-        return pid
+        return spawn.live_pid(self.pid_file(name))
 
     def running(self) -> dict[str, int]:
         out = {}
@@ -154,46 +101,22 @@ class LocalNetwork:
         if existing is not None:
             return existing
         svc = self.service(name)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.log_dir.mkdir(parents=True, exist_ok=True)
-        env = dict(os.environ)
-        env["PYTHONUNBUFFERED"] = "1"
-        with open(self.log_file(name), "ab") as log:
-            proc = subprocess.Popen(
-                svc.argv,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                cwd=self.dir,
-                env=env,
-                start_new_session=True,
-            )
+        proc = spawn.spawn(svc.argv, self.log_file(name), self.pid_file(name), self.dir)
         self._procs[proc.pid] = proc
-        self.pid_file(name).write_text(f"{proc.pid}\n")
         return proc.pid
 
     def signal(self, name: str, sig: signal.Signals) -> bool:
         pid = self.pid(name)
         if pid is None:
             return False
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, sig)
+        spawn.send(pid, sig)
         return True
 
     def stop(self, names: Iterable[str] | None = None, grace_s: float = STOP_GRACE_S) -> list[str]:
         """SIGTERM, wait, then SIGKILL what is left. Returns the names stopped."""
-        targets = {n: p for n, p in self.running().items() if names is None or n in set(names)}
-        for pid in targets.values():
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGCONT)
-                os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + grace_s
-        while time.monotonic() < deadline and any(_alive(p) for p in targets.values()):
-            time.sleep(0.05)
-        for pid in targets.values():
-            if _alive(pid):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
+        wanted = None if names is None else set(names)
+        targets = {n: p for n, p in self.running().items() if wanted is None or n in wanted}
+        spawn.terminate(targets.values(), grace_s)
         for pid in targets.values():
             self._reap(pid)
         for name in targets:
@@ -205,11 +128,7 @@ class LocalNetwork:
         pid = self.pid(name)
         if pid is None:
             return False
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-        deadline = time.monotonic() + 5
-        while _alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.01)
+        spawn.kill(pid)
         self._reap(pid)
         self.pid_file(name).unlink(missing_ok=True)
         return True
@@ -220,7 +139,7 @@ class LocalNetwork:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout=5)
         else:
-            _reap(pid)
+            spawn.reap(pid)
 
     def start_all(self, min_height: int = 1, timeout: float = 60.0) -> dict[str, dict[str, Any]]:
         """Start the key managers, then every validator; wait until each has committed
@@ -236,19 +155,14 @@ class LocalNetwork:
     # --- readiness -------------------------------------------------------------------
 
     def node_status(self, name: str, timeout: float = 2.0) -> dict[str, Any] | None:
-        node = next(n for n in self.plan.nodes if n.name == name)
-        try:
-            doc = http_json(f"{node.api_url}/v1/status", timeout)
-        except (OSError, ValueError):
-            return None
-        return doc if isinstance(doc, dict) else None
+        return node_status(self.api_url(name), timeout)
 
     def wait_ready(
         self, min_height: int = 1, timeout: float = 60.0, names: Iterable[str] | None = None
     ) -> dict[str, dict[str, Any]]:
         """Wait until every named node (default: all) answers and has committed
         min_height. Raises TimeoutError naming the nodes that are not there."""
-        wanted = [n.name for n in self.plan.nodes] if names is None else list(names)
+        wanted = self.node_names() if names is None else list(names)
 
         def dead(missing: list[str]) -> str | None:
             gone = [n for n in missing if self.pid(n) is None]
@@ -262,7 +176,7 @@ class LocalNetwork:
     def wait_kms(self, name: str = "kms", timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
         url = f"{self.kms_services()[name]}/admin/v1/links"
-        token = (self.dir / "kms" / "admin.token").read_text().strip()
+        token = read_token(self.dir / "kms" / "admin.token")
         while True:
             try:
                 http_json(url, 1.0, token)
@@ -278,25 +192,97 @@ class LocalNetwork:
                     raise TimeoutError("the key manager did not start") from None
                 time.sleep(0.05)
 
+    # --- devnet.running.Network ------------------------------------------------------
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            state = f.read().rsplit(")", 1)[1].split()[0]
-        return state != "Z"
-    except (OSError, IndexError):
-        return True
+    def node(self, name: str) -> NodePlan:
+        return node_of(self.plan, name)
 
+    def node_names(self) -> list[str]:
+        return [n.name for n in self.plan.nodes]
 
-def _reap(pid: int) -> None:
-    with contextlib.suppress(ChildProcessError, OSError):
-        os.waitpid(pid, os.WNOHANG)
+    def api_url(self, name: str) -> str:
+        return self.node(name).api_url
+
+    def admin_url(self, name: str) -> str:
+        return self.node(name).admin_url
+
+    def start_node(self, name: str) -> None:
+        self.node(name)
+        self.start(name)
+
+    def stop_node(self, name: str) -> None:
+        self.node(name)
+        self.stop([name])
+
+    def kill_node(self, name: str) -> None:
+        self.node(name)
+        self.kill(name)
+
+    def restart_node(self, name: str) -> None:
+        """SIGTERM (graceful), then start again."""
+        self.stop_node(name)
+        self.start_node(name)
+
+    def pause_node(self, name: str) -> None:
+        self.node(name)
+        if not self.signal(name, signal.SIGSTOP):
+            raise BackendError(f"{name} is not running")
+
+    def resume_node(self, name: str) -> None:
+        self.signal(name, signal.SIGCONT)
+
+    def node_alive(self, name: str) -> bool:
+        return self.pid(name) is not None
+
+    def admin(self, name: str, method: str, path: str, body: object = None) -> Any:
+        token = read_token(self.dir / "nodes" / name / "admin.token")
+        return http_call(f"{self.admin_url(name)}{path}", method, body, token)
+
+    def kme_names(self) -> list[str]:
+        names = list(self.kms_services())
+        if not names:
+            raise BackendError("external KMEs: the devnet runs no key manager the kit could reach")
+        return names
+
+    def kme_of(self, name: str) -> str:
+        return kme_service(self.plan, name)
+
+    def _kme_url(self, kme: str) -> str:
+        urls = self.kms_services()
+        if kme not in urls:
+            raise BackendError(f"no key manager {kme!r} (this devnet runs: {', '.join(urls)})")
+        return urls[kme]
+
+    def kme_admin(self, kme: str, method: str, path: str, body: object = None) -> Any:
+        token = read_token(self.dir / "kms" / "admin.token")
+        return http_call(f"{self._kme_url(kme)}{path}", method, body, token)
+
+    def stop_kme(self, kme: str) -> None:
+        """SIGTERM one key manager (SIGKILL after the grace period)."""
+        self._kme_url(kme)
+        self.stop([kme])
+
+    def start_kme(self, kme: str) -> None:
+        """Start a stopped key manager and wait until its admin endpoint answers."""
+        self._kme_url(kme)
+        self.start(kme)
+        try:
+            self.wait_kms(kme)
+        except (RuntimeError, TimeoutError) as e:
+            raise BackendError(f"{kme}: {e}") from e
+
+    def log_hint(self, name: str) -> str:
+        return str(self.log_file(name))
+
+    def kms_admin_hint(self) -> str:
+        urls = self.kms_services()
+        return "; ".join(f"{kme}: GET {url}/admin/links" for kme, url in urls.items())
+
+    def down_hint(self) -> str:
+        return f"qchain devnet down --dir {self.dir}"
+
+    def close(self) -> None:
+        """Nothing to release: the services run on until `stop`."""
 
 
 def create_network(directory: Path, plan: NetworkPlan) -> LocalNetwork:

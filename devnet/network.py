@@ -32,7 +32,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 import socket
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -145,12 +147,36 @@ class NetworkPlan:
 
 def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
     """Ports that were free a moment ago (for tests; a devnet uses fixed ports)."""
+    return _bind_all([0] * count, host) or []
+
+
+def free_port_base(offsets: Sequence[int], host: str = "127.0.0.1", tries: int = 50) -> int:
+    """A base port B such that every B + offset was free a moment ago, for a layout of
+    fixed offsets (a Docker devnet's host ports). Bases are drawn from the range below
+    the kernel's ephemeral ports, where nothing binds unless asked to."""
+    rng = random.Random()
+    span = max(offsets)
+    for _ in range(tries):
+        base = rng.randrange(20000, 32768 - span)
+        if _bind_all([base + o for o in offsets], host) is not None:
+            return base
+    raise OSError(f"no base port with {len(offsets)} free ports on {host} after {tries} tries")
+
+
+def _bind_all(ports: Sequence[int], host: str) -> list[int] | None:
+    """Bind every port at once (0: any free one), then let go; the ports bound, or None
+    if one of them was taken."""
     socks = []
     try:
-        for _ in range(count):
+        for port in ports:
             s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind((host, 0))
             socks.append(s)
+            try:
+                s.bind((host, port))
+            except OSError:
+                if port == 0:
+                    raise
+                return None
         return [s.getsockname()[1] for s in socks]
     finally:
         for s in socks:

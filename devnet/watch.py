@@ -15,27 +15,17 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 from rich.console import Console, Group, JustifyMethod, RenderableType
 from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from devnet.local import http_json
+from devnet.nodeapi import node_qkd
+from devnet.running import Network
 
 BAR_WIDTH = 20
-
-
-class Network(Protocol):
-    """What the view needs from a devnet (`devnet.local.LocalNetwork` has it)."""
-
-    @property
-    def plan(self) -> Any: ...
-
-    def pid(self, name: str) -> int | None: ...
-
-    def node_status(self, name: str, timeout: float = 2.0) -> dict[str, Any] | None: ...
 
 
 @dataclass(frozen=True)
@@ -67,16 +57,11 @@ class LinkFigures:
 
 def take_snapshot(net: Network, clock: Callable[[], float] = time.monotonic) -> Snapshot:
     nodes = []
-    for n in net.plan.nodes:
-        status = net.node_status(n.name, 1.0)
-        qkd: Mapping[str, Any] | None = None
-        if status is not None:
-            try:
-                doc = http_json(f"{n.api_url}/v1/qkd", 1.0)
-                qkd = doc if isinstance(doc, dict) else None
-            except (OSError, ValueError):
-                qkd = None
-        nodes.append(NodeSnapshot(n.name, n.api_url, net.pid(n.name), status, qkd))
+    for name in net.node_names():
+        url = net.api_url(name)
+        status = net.node_status(name, 1.0)
+        qkd = node_qkd(url, 1.0) if status is not None else None
+        nodes.append(NodeSnapshot(name, url, net.pid(name), status, qkd))
     return Snapshot(clock(), net.plan.chain_id, tuple(nodes))
 
 

@@ -6,11 +6,15 @@ safe and came back.
   status samples, key-pool samples), as plain data;
 - `checkers`: pure functions from recorded data to a verdict (agreement, app hashes,
   lost acknowledged writes, liveness after heal, key reuse, equivocation, starvation);
-- `backends`: how a perturbation reaches the network (process signals, the node admin
-  API, the key manager admin API, Docker);
-- `actions`: the perturbations themselves (kill, partition, delay, keys, twin, ...);
+- `transport`, `keys`, `twins`, `disk`: the perturbations, plain functions over a
+  `devnet.running.Network` (node admin API rules, key manager admin APIs, Byzantine
+  modes and twin processes, LevelDB bit flips);
+- `actions`: the timeline's table of perturbations (action -> apply, undo) and node
+  selectors;
+- `attacker`: an unauthenticated outsider on the P2P ports;
 - `load`: the open-loop transaction generator;
-- `runner`: runs a scenario end to end and writes the report;
+- `runner`: runs a scenario end to end, in phases: bootstrap, load (`observer`),
+  timeline and heal (`timeline`), check (`judge`), report (`report`);
 - `cli`: `qchain fault run|kill|restart|...`.
 
 See `devnet/faults/README.md` for the scenario format and what each check observes.

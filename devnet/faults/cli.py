@@ -30,11 +30,12 @@ import asyncio
 import json
 import random
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from devnet.faults.backends import Target
+    from devnet.running import Network
 
 DEFAULT_DIR = Path("devnet-data")
 BYZ = (
@@ -127,7 +128,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from devnet.faults.attacker import AttackError
-    from devnet.faults.backends import BackendError
+    from devnet.running import BackendError
 
     try:
         if args.fault_cmd == "run":
@@ -153,7 +154,8 @@ def _list() -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from devnet.faults.runner import render, run_scenario, write_report
+    from devnet.faults.report import render, write_report
+    from devnet.faults.runner import run_scenario
     from devnet.faults.scenario import load_scenario, resolve_scenario
 
     scenario = load_scenario(resolve_scenario(args.scenario))
@@ -170,110 +172,179 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _verb(args: argparse.Namespace) -> int:
-    from devnet.faults.runner import open_target
+    from devnet.running import open_network
 
-    target = open_target(args.dir, args.docker)
+    target = open_network(args.dir, args.docker)
     try:
         return _verb_on(target, args)
     finally:
         target.close()
 
 
-def _verb_on(target: Target, args: argparse.Namespace) -> int:
-    from devnet.faults import actions
-    from devnet.faults.backends import BackendError
-
-    rng = random.Random()
-    cmd = args.fault_cmd
-
-    def one(sel: str) -> str:
-        return actions.resolve(target, [sel], rng)[0]
-
-    if cmd in ("kill", "restart", "pause", "resume"):
-        node = one(args.node)
-        {"kill": actions.kill, "restart": actions.restart, "pause": actions.pause}.get(
-            cmd, actions.resume
-        )(target, node)
-        print(f"{cmd} {node}")
-    elif cmd == "partition":
-        side = actions.resolve(target, args.nodes, rng)
-        other = actions.resolve(target, args.other, rng) if args.other else None
-        actions.partition(target, side, other)
-        print(f"cut {','.join(side)} from {','.join(other) if other else 'the rest'}")
-    elif cmd == "heal":
-        missed = actions.heal(target)
-        print("healed" + (f" (no answer from {', '.join(missed)})" if missed else ""))
-    elif cmd == "delay":
-        node = one(args.node)
-        actions.delay(target, node, args.ms, args.jitter)
-        print(f"{node}: outgoing frames delayed {args.ms}±{args.jitter} ms")
-    elif cmd in ("drop", "corrupt"):
-        node = one(args.node)
-        (actions.drop if cmd == "drop" else actions.corrupt)(target, node, args.pct)
-        print(f"{node}: {cmd} {args.pct}% of outgoing frames")
-    elif cmd == "replay":
-        node = one(args.node)
-        actions.replay(target, node, args.pct)
-        print(f"{node}: {args.pct}% of outgoing frames replayed")
-    elif cmd == "keys":
-        rate: str | int = int(args.rate) if args.rate.isdigit() else args.rate
-        actions.set_keys(target, args.link, rate)
-        print(f"keys on {args.link}: rate {rate}" + (" (stored keys flushed)" if rate == 0 else ""))
-    elif cmd == "kms":
-        actions.kms_fault(target, args.mode, args.link)
-        print(f"key manager: {args.mode} on {args.link}")
-    elif cmd == "byzantine":
-        node = one(args.node)
-        if args.mode == "twin":
-            pid = actions.start_twin(target, node)
-            print(f"twin of {node} started (pid {pid}, log {actions.twin_log(target, node)})")
-        elif args.mode == "off":
-            stopped = actions.stop_twin(target, node)
-            actions.byzantine(target, node, None)
-            print(f"{node}: honest again" + (" (twin stopped)" if stopped else ""))
-        else:
-            actions.byzantine(target, node, args.mode)
-            print(f"{node}: byzantine mode {args.mode}")
-    elif cmd == "attack":
-        from devnet.faults.attacker import Attacker, AttackSpec, victims
-
-        everyone = victims(target.plan)
-        spec = AttackSpec(
-            kind=args.kind,
-            targets=tuple(everyone[n] for n in actions.resolve(target, args.target, rng)),
-            claims=tuple(
-                everyone[n]
-                for n in (actions.resolve(target, args.claim, rng) if args.claim else everyone)
-            ),
-            chain_id=target.plan.chain_id,
-            duration_s=args.duration,
-            rate=args.rate,
-            connections=args.connections,
-        )
-        stats = asyncio.run(Attacker(spec, rng).run())
-        print(f"{args.kind} on {','.join(t.name for t in spec.targets)}: {stats.to_json()}")
-    elif cmd in ("kme-down", "kme-up"):
-        node = one(args.node)
-        if cmd == "kme-down":
-            print(f"{actions.kme_down(target, node)} stopped")
-        else:
-            actions.kme_up(target, node)
-            print(f"{target.kme_of(node)} started")
-    elif cmd == "kme-drain":
-        actions.drain(target, args.link, args.rate)
-        print(f"keys on {args.link}: pools emptied, {args.rate} bits/s")
-    elif cmd == "kme-refill":
-        actions.refill(target, args.link, args.count)
-        print(f"keys on {args.link}: {args.count} stored, rate {target.plan.kms_rate}")
-    elif cmd == "kme-behaviour":
-        switches = json.loads(args.switches)
-        if not isinstance(switches, dict):
-            raise BackendError("give the switches as a JSON object")
-        nodes = actions.resolve(target, args.node, rng) if args.node else None
-        actions.set_behaviour(target, switches, nodes)
-        print(f"behaviour of {', '.join(actions.kmes_for_nodes(target, nodes))}: {switches}")
-    elif cmd == "corrupt-disk":
-        node = one(args.node)
-        where = actions.corrupt_disk(target, node, rng)
-        print(f"{node}: flipped bit {where['bit']} at offset {where['offset']} of {where['file']}")
+def _verb_on(target: Network, args: argparse.Namespace) -> int:
+    print(_VERBS[args.fault_cmd](target, args, random.Random()))
     return 0
+
+
+def _one(target: Network, sel: str, rng: random.Random) -> str:
+    from devnet.faults import actions
+
+    return actions.resolve(target, [sel], rng)[0]
+
+
+def _process(target: Network, args: argparse.Namespace, rng: random.Random) -> str:
+    node = _one(target, args.node, rng)
+    {
+        "kill": target.kill_node,
+        "restart": target.restart_node,
+        "pause": target.pause_node,
+        "resume": target.resume_node,
+    }[args.fault_cmd](node)
+    return f"{args.fault_cmd} {node}"
+
+
+def _partition(target: Network, args: argparse.Namespace, rng: random.Random) -> str:
+    from devnet.faults import actions, transport
+
+    side = actions.resolve(target, args.nodes, rng)
+    other = actions.resolve(target, args.other, rng) if args.other else None
+    transport.partition(target, side, other)
+    return f"cut {','.join(side)} from {','.join(other) if other else 'the rest'}"
+
+
+def _heal(target: Network, args: argparse.Namespace, rng: random.Random) -> str:
+    from devnet.faults import transport
+
+    missed = transport.heal(target)
+    return "healed" + (f" (no answer from {', '.join(missed)})" if missed else "")
+
+
+def _frames(target: Network, args: argparse.Namespace, rng: random.Random) -> str:
+    from devnet.faults import transport
+
+    node = _one(target, args.node, rng)
+    cmd = args.fault_cmd
+    if cmd == "delay":
+        transport.delay(target, node, args.ms, args.jitter)
+        return f"{node}: outgoing frames delayed {args.ms}±{args.jitter} ms"
+    if cmd == "replay":
+        transport.replay(target, node, args.pct)
+        return f"{node}: {args.pct}% of outgoing frames replayed"
+    (transport.drop if cmd == "drop" else transport.corrupt)(target, node, args.pct)
+    return f"{node}: {cmd} {args.pct}% of outgoing frames"
+
+
+def _keys(target: Network, args: argparse.Namespace, rng: random.Random) -> str:
+    from devnet.faults import keys
+
+    rate: str | int = int(args.rate) if args.rate.isdigit() else args.rate
+    keys.set_keys(target, args.link, rate)
+    return f"keys on {args.link}: rate {rate}" + (" (stored keys flushed)" if rate == 0 else "")
+
+
+def _kms(target: Network, args: argparse.Namespace, rng: random.Random) -> str:
+    from devnet.faults import keys
+
+    keys.kms_fault(target, args.mode, args.link)
+    return f"key manager: {args.mode} on {args.link}"
+
+
+def _byzantine(target: Network, args: argparse.Namespace, rng: random.Random) -> str:
+    from devnet.faults import twins
+
+    node = _one(target, args.node, rng)
+    if args.mode == "twin":
+        pid = twins.start_twin(target, node)
+        return f"twin of {node} started (pid {pid}, log {twins.twin_log(target, node)})"
+    if args.mode == "off":
+        stopped = twins.stop_twin(target, node)
+        twins.byzantine(target, node, None)
+        return f"{node}: honest again" + (" (twin stopped)" if stopped else "")
+    twins.byzantine(target, node, args.mode)
+    return f"{node}: byzantine mode {args.mode}"
+
+
+def _attack(target: Network, args: argparse.Namespace, rng: random.Random) -> str:
+    from devnet.faults import actions
+    from devnet.faults.attacker import Attacker, AttackSpec, victims
+
+    everyone = victims(target.plan)
+    spec = AttackSpec(
+        kind=args.kind,
+        targets=tuple(everyone[n] for n in actions.resolve(target, args.target, rng)),
+        claims=tuple(
+            everyone[n]
+            for n in (actions.resolve(target, args.claim, rng) if args.claim else everyone)
+        ),
+        chain_id=target.plan.chain_id,
+        duration_s=args.duration,
+        rate=args.rate,
+        connections=args.connections,
+    )
+    stats = asyncio.run(Attacker(spec, rng).run())
+    return f"{args.kind} on {','.join(t.name for t in spec.targets)}: {stats.to_json()}"
+
+
+def _kme_site(target: Network, args: argparse.Namespace, rng: random.Random) -> str:
+    from devnet.faults import keys
+
+    node = _one(target, args.node, rng)
+    if args.fault_cmd == "kme-down":
+        return f"{keys.kme_down(target, node)} stopped"
+    keys.kme_up(target, node)
+    return f"{target.kme_of(node)} started"
+
+
+def _kme_pool(target: Network, args: argparse.Namespace, rng: random.Random) -> str:
+    from devnet.faults import keys
+
+    if args.fault_cmd == "kme-drain":
+        keys.drain(target, args.link, args.rate)
+        return f"keys on {args.link}: pools emptied, {args.rate} bits/s"
+    keys.refill(target, args.link, args.count)
+    return f"keys on {args.link}: {args.count} stored, rate {target.plan.kms_rate}"
+
+
+def _kme_behaviour(target: Network, args: argparse.Namespace, rng: random.Random) -> str:
+    from devnet.faults import actions, keys
+    from devnet.running import BackendError
+
+    switches = json.loads(args.switches)
+    if not isinstance(switches, dict):
+        raise BackendError("give the switches as a JSON object")
+    nodes = actions.resolve(target, args.node, rng) if args.node else None
+    keys.set_behaviour(target, switches, nodes)
+    return f"behaviour of {', '.join(keys.kmes_for_nodes(target, nodes))}: {switches}"
+
+
+def _corrupt_disk(target: Network, args: argparse.Namespace, rng: random.Random) -> str:
+    from devnet.faults import disk
+
+    node = _one(target, args.node, rng)
+    where = disk.corrupt_disk(target, node, rng)
+    return f"{node}: flipped bit {where['bit']} at offset {where['offset']} of {where['file']}"
+
+
+_VERBS: dict[str, Callable[[Network, argparse.Namespace, random.Random], str]] = {
+    "kill": _process,
+    "restart": _process,
+    "pause": _process,
+    "resume": _process,
+    "partition": _partition,
+    "heal": _heal,
+    "delay": _frames,
+    "drop": _frames,
+    "corrupt": _frames,
+    "replay": _frames,
+    "keys": _keys,
+    "kms": _kms,
+    "byzantine": _byzantine,
+    "attack": _attack,
+    "kme-down": _kme_site,
+    "kme-up": _kme_site,
+    "kme-drain": _kme_pool,
+    "kme-refill": _kme_pool,
+    "kme-behaviour": _kme_behaviour,
+    "corrupt-disk": _corrupt_disk,
+}
+"""The ad-hoc verbs: each perturbs the devnet and returns what to print."""

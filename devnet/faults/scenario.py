@@ -206,6 +206,19 @@ def _step(doc: Any, i: int) -> Step:
         raise ConfigError(f"{where}.halt_after_s", "only with expect_halt = true")
     if expect_halt and duration is not None and halt_after >= duration:
         raise ConfigError(f"{where}.halt_after_s", "must be shorter than duration_s")
+    params = _step_params(doc, where, action, duration)
+    return Step(
+        at=float(at),
+        action=action,
+        duration_s=None if duration is None else float(duration),
+        params=tuple(sorted(params.items())),
+        expect_halt=expect_halt,
+        halt_after_s=halt_after,
+    )
+
+
+def _step_params(doc: dict[str, Any], where: str, action: str, duration: Any) -> dict[str, Any]:
+    """The action's own parameters, checked."""
     params: dict[str, Any] = {}
     if "target" in ACTIONS[action] and (action != "kme-behaviour" or "target" in doc):
         params["target"] = _names(doc.get("target", ""), f"{where}.target")
@@ -247,22 +260,34 @@ def _step(doc: Any, i: int) -> Step:
             raise ConfigError(f"{where}.mode", f"one of {', '.join(BYZANTINE_MODES)}")
         params["mode"] = mode
     if action == "attack":
-        mode = doc.get("mode")
-        if mode not in ATTACK_MODES:
-            raise ConfigError(f"{where}.mode", f"one of {', '.join(ATTACK_MODES)}")
-        params["mode"] = mode
-        if duration is None:
-            raise ConfigError(f"{where}.duration_s", "an attack needs a duration")
-        if "claim" in doc:
-            params["claim"] = _names(doc["claim"], f"{where}.claim")
-        rate = _num(doc, "rate", where, 16.0, 0.1)
-        if rate > 100:
-            raise ConfigError(f"{where}.rate", "at most 100 per second")
-        params["rate"] = float(rate)
-        conns = doc.get("connections", 64)
-        if type(conns) is not int or not 0 < conns <= 256:
-            raise ConfigError(f"{where}.connections", "an integer in (0, 256]")
-        params["connections"] = conns
+        params |= _attack_params(doc, where, duration)
+    params |= _kme_and_flood_params(doc, where, action)
+    return params
+
+
+def _attack_params(doc: dict[str, Any], where: str, duration: Any) -> dict[str, Any]:
+    params: dict[str, Any] = {}
+    mode = doc.get("mode")
+    if mode not in ATTACK_MODES:
+        raise ConfigError(f"{where}.mode", f"one of {', '.join(ATTACK_MODES)}")
+    params["mode"] = mode
+    if duration is None:
+        raise ConfigError(f"{where}.duration_s", "an attack needs a duration")
+    if "claim" in doc:
+        params["claim"] = _names(doc["claim"], f"{where}.claim")
+    rate = _num(doc, "rate", where, 16.0, 0.1)
+    if rate > 100:
+        raise ConfigError(f"{where}.rate", "at most 100 per second")
+    params["rate"] = float(rate)
+    conns = doc.get("connections", 64)
+    if type(conns) is not int or not 0 < conns <= 256:
+        raise ConfigError(f"{where}.connections", "an integer in (0, 256]")
+    params["connections"] = conns
+    return params
+
+
+def _kme_and_flood_params(doc: dict[str, Any], where: str, action: str) -> dict[str, Any]:
+    params: dict[str, Any] = {}
     if action == "kme-behaviour":
         switches = doc.get("switches")
         if not isinstance(switches, dict):
@@ -290,35 +315,10 @@ def _step(doc: Any, i: int) -> Step:
         if account not in FLOOD_ACCOUNTS:
             raise ConfigError(f"{where}.account", f"one of {', '.join(FLOOD_ACCOUNTS)}")
         params["account"] = account
-    return Step(
-        at=float(at),
-        action=action,
-        duration_s=None if duration is None else float(duration),
-        params=tuple(sorted(params.items())),
-        expect_halt=expect_halt,
-        halt_after_s=halt_after,
-    )
+    return params
 
 
-def parse_scenario(doc: dict[str, Any], default_name: str = "scenario") -> Scenario:
-    _take(
-        doc,
-        "scenario",
-        {"name", "description", "seed", "duration_s", "network", "load", "step", "checks"},
-    )
-    name = doc.get("name", default_name)
-    if not isinstance(name, str) or not name:
-        raise ConfigError("name", "a non-empty string")
-    description = doc.get("description", "")
-    if not isinstance(description, str):
-        raise ConfigError("description", "a string")
-    seed = doc.get("seed", 1)
-    if type(seed) is not int:
-        raise ConfigError("seed", "an integer")
-    duration = _num(doc, "duration_s", "scenario", None, 1.0)
-    if duration is None:
-        raise ConfigError("duration_s", "required: the length of the timeline in seconds")
-
+def _network_spec(doc: dict[str, Any]) -> NetworkSpec:
     net_doc = doc.get("network", {})
     if not isinstance(net_doc, dict):
         raise ConfigError("network", "a table")
@@ -342,7 +342,10 @@ def parse_scenario(doc: dict[str, Any], default_name: str = "scenario") -> Scena
     )
     if network.validators % 3 != 1:
         raise ConfigError("network.validators", "n = 3f+1")
+    return network
 
+
+def _load_spec(doc: dict[str, Any]) -> LoadSpec:
     load_doc = doc.get("load", {})
     if not isinstance(load_doc, dict):
         raise ConfigError("load", "a table")
@@ -357,12 +360,14 @@ def parse_scenario(doc: dict[str, Any], default_name: str = "scenario") -> Scena
             raise ConfigError(f"load.mix.{k}", "a weight >= 0")
     if sum(mix_doc.values()) == 0:
         raise ConfigError("load.mix", "some weight must be positive")
-    load = LoadSpec(
+    return LoadSpec(
         rate=float(_num(load_doc, "rate", "load", 5.0)),
         duration_s=_num(load_doc, "duration_s", "load", None),
         mix=tuple(sorted(mix_doc.items())),
     )
 
+
+def _steps(doc: dict[str, Any], duration: float) -> tuple[Step, ...]:
     steps_doc = doc.get("step", [])
     if not isinstance(steps_doc, list):
         raise ConfigError("step", "an array of tables ([[step]])")
@@ -370,7 +375,10 @@ def parse_scenario(doc: dict[str, Any], default_name: str = "scenario") -> Scena
     for i, s in enumerate(steps):
         if s.end > duration:
             raise ConfigError(f"step[{i}]", f"ends at {s.end}s, after duration_s = {duration}")
+    return steps
 
+
+def _checks_spec(doc: dict[str, Any]) -> ChecksSpec:
     checks_doc = doc.get("checks", {})
     if not isinstance(checks_doc, dict):
         raise ConfigError("checks", "a table")
@@ -417,7 +425,7 @@ def parse_scenario(doc: dict[str, Any], default_name: str = "scenario") -> Scena
     if type(no_restart) is not bool:
         raise ConfigError("checks.no_restart", "true or false")
     max_resume = _num(checks_doc, "max_resume_s", "checks", None, 0.5)
-    checks = ChecksSpec(
+    return ChecksSpec(
         liveness_deadline_s=float(_num(checks_doc, "liveness_deadline_s", "checks", 30.0, 1.0)),
         equivocation=equivocation,
         starvation=tuple(starvation),
@@ -431,6 +439,31 @@ def parse_scenario(doc: dict[str, Any], default_name: str = "scenario") -> Scena
         all_acked_commit=all_acked_commit,
         no_restart=no_restart,
     )
+
+
+def parse_scenario(doc: dict[str, Any], default_name: str = "scenario") -> Scenario:
+    _take(
+        doc,
+        "scenario",
+        {"name", "description", "seed", "duration_s", "network", "load", "step", "checks"},
+    )
+    name = doc.get("name", default_name)
+    if not isinstance(name, str) or not name:
+        raise ConfigError("name", "a non-empty string")
+    description = doc.get("description", "")
+    if not isinstance(description, str):
+        raise ConfigError("description", "a string")
+    seed = doc.get("seed", 1)
+    if type(seed) is not int:
+        raise ConfigError("seed", "an integer")
+    duration = _num(doc, "duration_s", "scenario", None, 1.0)
+    if duration is None:
+        raise ConfigError("duration_s", "required: the length of the timeline in seconds")
+
+    network = _network_spec(doc)
+    load = _load_spec(doc)
+    steps = _steps(doc, duration)
+    checks = _checks_spec(doc)
     docker_ok = not any(
         (s.action == "byzantine" and s.param("mode") == "twin") or s.action in LOCAL_ONLY
         for s in steps

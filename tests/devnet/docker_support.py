@@ -20,9 +20,11 @@ from pathlib import Path
 
 import pytest
 
-from devnet import dockernet
-from devnet.dockernet import ComposeNetwork, DockerSettings
-from devnet.network import NetworkPlan
+from devnet.dockernet.engine import docker_available
+from devnet.dockernet.files import write_docker_network
+from devnet.dockernet.network import ComposeNetwork
+from devnet.dockernet.plan import DockerSettings, host_port_offsets
+from devnet.network import NetworkPlan, free_port_base
 
 REPO = Path(__file__).resolve().parents[2]
 IMAGE = "qchain:dev"
@@ -31,7 +33,7 @@ LOCK_FILE = Path(tempfile.gettempdir()) / "qchain-dockertest.lock"
 
 def skip_without_docker(what: str) -> None:
     """pytest.skip, saying why, unless a Docker daemon and Compose are there."""
-    reason = dockernet.docker_available()
+    reason = docker_available()
     if reason is not None:
         pytest.skip(f"{what} skipped: {reason}")
 
@@ -60,6 +62,12 @@ def build_image(tag: str = IMAGE) -> None:
     assert build.returncode == 0, f"image build failed:\n{build.stdout}\n{build.stderr}"
 
 
+def free_base_port(validators: int) -> int:
+    """A host base port under which every port a devnet of this size publishes is free
+    (the machine may run other devnets and tests)."""
+    return free_port_base(host_port_offsets(validators))
+
+
 def project_volumes(project: str) -> list[str]:
     r = subprocess.run(
         ["docker", "volume", "ls", "-q", "--filter", f"name={project}_"],
@@ -78,7 +86,7 @@ def compose_devnet(
     caller waits for readiness) and, on leaving, print the containers' logs if the body
     failed (or QCHAIN_DOCKER_TEST_LOGS is set), run `compose down --volumes` and check
     that no volume of the project is left."""
-    dockernet.write_docker_network(directory, plan, settings)
+    write_docker_network(directory, plan, settings)
     net = ComposeNetwork(directory)
     net.down(volumes=True)  # whatever a crashed earlier run left behind
     try:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from devnet.local import http_json
+from devnet.nodeapi import http_json
 
 pytestmark = pytest.mark.slow
 

@@ -14,8 +14,10 @@ from typing import Any
 import pytest
 from cryptography import x509
 
-from devnet import dockernet
 from devnet.cli import add_arguments, run
+from devnet.dockernet.files import write_docker_network
+from devnet.dockernet.network import ComposeNetwork
+from devnet.dockernet.plan import DockerSettings, plan_docker_network
 from devnet.kme import load_kme_map, sae_ids_from
 from devnet.local import LocalNetwork
 from devnet.network import load_plan
@@ -171,9 +173,9 @@ def test_kme_per_node_writes_one_kme_config_per_node(tmp_path: Path) -> None:
 
 
 def test_docker_kme_per_node_writes_one_kme_service_per_node(tmp_path: Path) -> None:
-    plan = dockernet.plan_docker_network(kme_mode="per-node", sae_ids="100{i}")
-    settings = dockernet.DockerSettings(project="qchain-kme", base_port=29900)
-    assert dockernet.write_docker_network(tmp_path, plan, settings)
+    plan = plan_docker_network(kme_mode="per-node", sae_ids="100{i}")
+    settings = DockerSettings(project="qchain-kme", base_port=29900)
+    assert write_docker_network(tmp_path, plan, settings)
     for i in range(4):
         kme = tomllib.loads((tmp_path / "kms" / f"kme-node{i}.toml").read_text())
         assert kme["server"]["host"] == "0.0.0.0" and kme["relay"]["host"] == "0.0.0.0"
@@ -189,13 +191,13 @@ def test_docker_kme_per_node_writes_one_kme_service_per_node(tmp_path: Path) -> 
     cert = x509.load_pem_x509_certificate((tmp_path / "ca" / "kms.pem").read_bytes())
     san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert "kme-node3" in san.get_values_for_type(x509.DNSName)
-    net = dockernet.ComposeNetwork(tmp_path)
+    net = ComposeNetwork(tmp_path)
     assert net.services()[:4] == [f"kme-node{i}" for i in range(4)]
 
 
 def test_docker_refuses_external_kmes() -> None:
     with pytest.raises(ConfigError, match="not with --docker"):
-        dockernet.plan_docker_network(kme_mode="external")
+        plan_docker_network(kme_mode="external")
 
 
 def test_a_manifest_from_before_the_kme_fields_is_the_same_network(tmp_path: Path) -> None:

@@ -23,8 +23,9 @@ from pathlib import Path
 import pytest
 
 from devnet.kme import load_kme_map
-from devnet.local import LocalNetwork, http_json, running_network
+from devnet.local import LocalNetwork, running_network
 from devnet.network import account_key, free_ports, plan_network
+from devnet.nodeapi import http_json
 from qchain.client import AsyncClient
 from qchain.qkd.certs import write_kms_certs
 from qchain.types import Transaction, new_transaction

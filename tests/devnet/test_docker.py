@@ -21,8 +21,10 @@ from pathlib import Path
 
 import pytest
 
-from devnet import dockernet
-from devnet.dockernet import ComposeNetwork, DockerSettings, plan_docker_network
+from devnet.dockernet.files import write_docker_network
+from devnet.dockernet.network import ComposeNetwork
+from devnet.dockernet.plan import STOP_GRACE_S, DockerSettings, plan_docker_network
+from devnet.dockernet.render import reference_compose_yaml
 from devnet.network import account_key
 from qchain.client import Client
 from qchain.config import load_config
@@ -35,17 +37,17 @@ from .docker_support import (
     build_image,
     compose_devnet,
     docker_lock,
+    free_base_port,
     skip_without_docker,
 )
 
 PROJECT = "qchain-dockertest"
-BASE_PORT = 29400  # local devnet: 27000..27399, Docker devnet default: 28000..28299
 SCHEME = "ed25519"
 
 
 def test_reference_compose_file_is_current() -> None:
     kept = (REPO / "devnet" / "docker" / "docker-compose.yml").read_text()
-    assert kept == dockernet.reference_compose_yaml(), (
+    assert kept == reference_compose_yaml(), (
         "devnet/docker/docker-compose.yml is stale: regenerate it with "
         "`python -m devnet.dockernet > devnet/docker/docker-compose.yml`"
     )
@@ -54,8 +56,8 @@ def test_reference_compose_file_is_current() -> None:
 def test_init_writes_container_configs(tmp_path: Path) -> None:
     plan = plan_docker_network(validators=4, scheme=SCHEME)
     settings = DockerSettings(project="qchain-x", base_port=29900)
-    assert dockernet.write_docker_network(tmp_path, plan, settings)
-    assert not dockernet.write_docker_network(tmp_path, plan, settings)
+    assert write_docker_network(tmp_path, plan, settings)
+    assert not write_docker_network(tmp_path, plan, settings)
     cfg = load_config(tmp_path / "nodes" / "node1" / "config.toml")
     assert cfg.p2p.listen == "0.0.0.0:7000"
     assert cfg.api.listen == "0.0.0.0:8000"
@@ -123,7 +125,7 @@ def compose_net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ComposeNet
         build_image(IMAGE)
         directory = tmp_path_factory.mktemp("docker-devnet")
         plan = plan_docker_network(validators=4, scheme=SCHEME, heartbeat_ms=500)
-        settings = DockerSettings(project=PROJECT, base_port=BASE_PORT, image=IMAGE)
+        settings = DockerSettings(project=PROJECT, base_port=free_base_port(4), image=IMAGE)
         with compose_devnet(directory, plan, settings) as net:
             yield net
 
@@ -224,7 +226,7 @@ def test_compose_network_commits_and_recovers_a_killed_node(compose_net: Compose
         assert cid is not None
         started = time.monotonic()
         net.compose("stop", "node2")
-        assert time.monotonic() - started < dockernet.STOP_GRACE_S
+        assert time.monotonic() - started < STOP_GRACE_S
         exit_code = subprocess.run(
             ["docker", "inspect", "-f", "{{.State.ExitCode}}", cid],
             capture_output=True,

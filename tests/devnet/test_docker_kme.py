@@ -12,17 +12,23 @@ from pathlib import Path
 
 import pytest
 
-from devnet.dockernet import ComposeNetwork, DockerSettings, plan_docker_network
-from devnet.faults.backends import DockerTarget
+from devnet.dockernet.network import ComposeNetwork
+from devnet.dockernet.plan import DockerSettings, plan_docker_network
 from devnet.network import account_key
 from qchain.client import AsyncClient
 from qchain.types import new_transaction
 
-from .docker_support import IMAGE, build_image, compose_devnet, docker_lock, skip_without_docker
+from .docker_support import (
+    IMAGE,
+    build_image,
+    compose_devnet,
+    docker_lock,
+    free_base_port,
+    skip_without_docker,
+)
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 PROJECT = "qchain-kmedocker"
-BASE_PORT = 31400
 SCHEME = "ed25519"
 
 
@@ -34,7 +40,7 @@ def kme_net(tmp_path: Path) -> Iterator[ComposeNetwork]:
         plan = plan_docker_network(
             scheme=SCHEME, heartbeat_ms=500, kme_mode="per-node", sae_ids="site-{i}"
         )
-        settings = DockerSettings(project=PROJECT, base_port=BASE_PORT, image=IMAGE)
+        settings = DockerSettings(project=PROJECT, base_port=free_base_port(4), image=IMAGE)
         with compose_devnet(tmp_path / "net", plan, settings) as net:
             yield net
 
@@ -72,7 +78,7 @@ async def test_kme_per_node_commits_on_every_node(kme_net: ComposeNetwork) -> No
                     await asyncio.sleep(0.2)
     # The fault kit reaches every KME container: their links, and one site's KME down
     # (the other three keep committing) and back (node3 catches up).
-    target = DockerTarget(net.dir)
+    target = ComposeNetwork(net.dir)
     try:
         assert target.kme_names() == [f"kme-node{i}" for i in range(4)]
         for kme in target.kme_names():

@@ -1,9 +1,9 @@
 """The fault kit's Docker backend against a real compose devnet.
 
 Builds (or reuses: an unchanged tree takes seconds) the image `qchain:dev`, brings up a
-4-validator Docker devnet of its own (compose project `qchain-faultdocker`, host ports from
-30400), runs the shipped leader-crash and minority-partition scenarios through
-`DockerTarget` (`docker kill` / `docker start`, node admin APIs on the published ports,
+4-validator Docker devnet of its own (compose project `qchain-faultdocker`, on free host
+ports), runs the shipped leader-crash and minority-partition scenarios through
+`ComposeNetwork` (`docker kill` / `docker start`, node admin APIs on the published ports,
 the key manager's admin API through `docker exec` into its container) with every check
 holding, and tears the devnet down with its volumes, whatever happened. It holds the
 machine-wide Docker test lock, so it never runs beside `test_docker.py`. Skipped, saying
@@ -12,46 +12,30 @@ why, when no Docker daemon is reachable.
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Iterator
 
 import pytest
 
-from devnet.dockernet import ComposeNetwork, DockerSettings, plan_docker_network
-from devnet.faults import actions
-from devnet.faults.backends import DockerTarget
-from devnet.faults.runner import render, run_scenario
+from devnet.dockernet.network import ComposeNetwork
+from devnet.dockernet.plan import DockerSettings, plan_docker_network
+from devnet.faults import keys
+from devnet.faults.report import render
+from devnet.faults.runner import run_scenario
 from devnet.faults.scenario import load_scenario, shipped_scenarios
 
-from .docker_support import IMAGE, build_image, compose_devnet, docker_lock, skip_without_docker
+from .docker_support import (
+    IMAGE,
+    build_image,
+    compose_devnet,
+    docker_lock,
+    free_base_port,
+    skip_without_docker,
+)
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
 PROJECT = "qchain-faultdocker"
-# test_docker.py uses 29400..29603, the Docker devnet default 28000..28203, a local devnet
-# 27000..27303; all of these are below the ephemeral ports (32768..).
-BASE_PORTS = (30400, 30700, 31000)
 SCENARIOS = ("leader-crash", "minority-partition")
-
-
-def _free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-def _base_port(validators: int) -> int:
-    for base in BASE_PORTS:
-        settings = DockerSettings(project=PROJECT, base_port=base)
-        ports = [settings.kms_host_port]
-        for i in range(validators):
-            ports += [settings.api_host_port(i), settings.admin_host_port(i)]
-        if all(_free(p) for p in ports):
-            return base
-    raise AssertionError(f"no free host port range for the devnet among {BASE_PORTS}")
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +52,7 @@ def docker_devnet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ComposeN
             heartbeat_ms=spec.heartbeat_ms,
         )
         settings = DockerSettings(
-            project=PROJECT, base_port=_base_port(spec.validators), image=IMAGE
+            project=PROJECT, base_port=free_base_port(spec.validators), image=IMAGE
         )
         directory = tmp_path_factory.mktemp("fault-docker-devnet")
         with compose_devnet(directory, plan, settings) as net:
@@ -94,14 +78,14 @@ async def test_scenario_holds_through_the_docker_backend(
         # The key manager's counters came through `docker exec` during the run.
         assert result.history.kms, "no key manager counters were recorded"
         assert result.kept_up  # an existing devnet is never stopped by the runner
-        target = DockerTarget(net.dir)
+        target = ComposeNetwork(net.dir)
         try:
-            assert all(target.alive(n) for n in target.node_names())
+            assert all(target.node_alive(n) for n in target.node_names())
             # A write to the key manager's admin API through `docker exec`: a link's rate
             # set to its profile (what it already is).
-            actions.set_keys(target, "node0~node1", net.plan.kms_rate)
+            keys.set_keys(target, "node0~node1", net.plan.kms_rate)
             n = len(net.plan.nodes)
-            assert len(actions.kms_links(target)) == n * (n - 1) // 2
+            assert len(keys.kms_links(target)) == n * (n - 1) // 2
         finally:
             target.close()
     except BaseException:

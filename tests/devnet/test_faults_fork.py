@@ -17,7 +17,7 @@ import pytest
 from devnet.faults.checkers import check_agreement, check_app_hash, check_lost_writes
 from devnet.faults.history import ChainViews, History, Op
 from devnet.faults.load import Accounts
-from devnet.faults.runner import Observer
+from devnet.faults.observer import Observer
 from devnet.kms import write_kms_files
 from devnet.local import LocalNetwork
 from devnet.network import plan_network, write_network
@@ -53,7 +53,7 @@ async def one_run(net: LocalNetwork, tag: str) -> tuple[ChainViews, list[Op]]:
                 )
         top = max(o.height or 0 for o in ops)
         net.wait_ready(min_height=top, timeout=60)
-        observer = Observer(_Plain(net), History(), lambda: 0.0)
+        observer = Observer(net, History(), lambda: 0.0)
         try:
             chains = await observer.chains()
         finally:
@@ -63,21 +63,6 @@ async def one_run(net: LocalNetwork, tag: str) -> tuple[ChainViews, list[Op]]:
         }, ops
     finally:
         net.stop()
-
-
-class _Plain:
-    """Just enough of a Target for the observer's chain reader."""
-
-    def __init__(self, net: LocalNetwork) -> None:
-        self.net = net
-        self.dir = net.dir
-        self.plan = net.plan
-
-    def node_names(self) -> list[str]:
-        return [n.name for n in self.plan.nodes]
-
-    def api_url(self, name: str) -> str:
-        return next(n.api_url for n in self.plan.nodes if n.name == name)
 
 
 def wipe(directory: Path, net: LocalNetwork) -> None:

@@ -14,7 +14,6 @@ from typing import Any
 
 import pytest
 
-from devnet.faults.actions import flip_bit_in_tables
 from devnet.faults.attacker import (
     Attacker,
     AttackError,
@@ -25,16 +24,13 @@ from devnet.faults.attacker import (
     hello,
     pairs,
 )
-from devnet.faults.checkers import (
-    check_latency,
-    check_progress,
-    check_readiness,
-    check_served_blocks,
-)
+from devnet.faults.checkers import check_served_blocks
+from devnet.faults.disk import flip_bit_in_tables
 from devnet.faults.history import History, ReadySample, StatusSample
 from devnet.faults.load import Accounts, max_size_anchor_many
-from devnet.faults.runner import Observer
+from devnet.faults.observer import Observer
 from devnet.faults.scenario import load_scenario, parse_scenario, shipped_scenarios
+from devnet.faults.service_checks import check_latency, check_progress, check_readiness
 from node.wire import Kind, decode_body
 from qchain.errors import CodecError, ConfigError
 from qchain.qkd.frame import decode_frame

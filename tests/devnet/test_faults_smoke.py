@@ -11,9 +11,10 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from devnet.faults.backends import LocalTarget
-from devnet.faults.runner import RunResult, render, run_scenario, stop_network
+from devnet.faults.report import RunResult, render
+from devnet.faults.runner import run_scenario, stop_network
 from devnet.faults.scenario import load_scenario, shipped_scenarios
+from devnet.local import LocalNetwork
 
 pytestmark = [
     pytest.mark.slow,
@@ -38,7 +39,7 @@ async def holds(name: str) -> AsyncIterator[tuple[RunResult, str, set[str]]]:
         yield result, report, {c.name for c in result.checks}
     finally:
         if result.kept_up:
-            stop_network(LocalTarget(result.directory))
+            stop_network(LocalNetwork(result.directory))
             if result.ok:
                 shutil.rmtree(result.directory, ignore_errors=True)
 

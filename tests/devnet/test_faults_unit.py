@@ -8,8 +8,7 @@ from typing import Any
 
 import pytest
 
-from devnet.faults import actions
-from devnet.faults.backends import BackendError, kme_service
+from devnet.faults import keys
 from devnet.faults.checkers import (
     check_acked_committed,
     check_agreement,
@@ -35,6 +34,7 @@ from devnet.faults.history import (
 )
 from devnet.faults.scenario import load_scenario, parse_scenario, shipped_scenarios
 from devnet.network import plan_network
+from devnet.running import BackendError, kme_service
 from qchain.errors import ConfigError
 
 NODES = ["node0", "node1", "node2", "node3"]
@@ -355,7 +355,7 @@ def test_link_counters_from_a_qkd_document() -> None:
 
 
 class FakeKmeTarget:
-    """Records key manager admin calls; the rest of `Target` is not needed here."""
+    """Records key manager admin calls; the rest of `devnet.running.Network` is not needed here."""
 
     def __init__(self, kme_mode: str) -> None:
         self.plan = plan_network(kme_mode=kme_mode, scheme="ed25519")
@@ -461,25 +461,25 @@ def test_bad_kme_network_names_the_field(network: dict[str, Any], field: str) ->
 
 def test_link_faults_reach_both_ends_kmes() -> None:
     tg = _kme_target("per-node")
-    assert actions.kmes_for_link(tg, "node0~node3") == ["kme-node0", "kme-node3"]
-    assert actions.kmes_for_link(tg, "all") == [f"kme-node{i}" for i in range(4)]
-    actions.set_keys(tg, "node3~node0", 0)
+    assert keys.kmes_for_link(tg, "node0~node3") == ["kme-node0", "kme-node3"]
+    assert keys.kmes_for_link(tg, "all") == [f"kme-node{i}" for i in range(4)]
+    keys.set_keys(tg, "node3~node0", 0)
     assert {c[0] for c in tg.calls} == {"kme-node0", "kme-node3"}
     assert all("/admin/links/SAE-node3/SAE-node0/" in c[2] for c in tg.calls)
 
 
 def test_shared_kms_gets_every_link_once() -> None:
     tg = _kme_target("shared")
-    assert actions.kmes_for_link(tg, "node0~node3") == ["kms"]
-    actions.kms_fault(tg, "outage", "all")
+    assert keys.kmes_for_link(tg, "node0~node3") == ["kms"]
+    keys.kms_fault(tg, "outage", "all")
     assert len(tg.calls) == 6 and {c[0] for c in tg.calls} == {"kms"}
     with pytest.raises(BackendError):
-        actions.kme_down(tg, "node3")
+        keys.kme_down(tg, "node3")
 
 
 def test_drain_and_refill_every_link_at_every_kme() -> None:
     tg = _kme_target("per-node")
-    actions.drain(tg, "all", 0)
+    keys.drain(tg, "all", 0)
     assert len(tg.calls) == 4 * 6 * 2
     rate = ("kme-node2", "POST", "/admin/links/SAE-node1/SAE-node3/rate", {"bits_per_second": 0})
     assert rate in tg.calls
@@ -488,7 +488,7 @@ def test_drain_and_refill_every_link_at_every_kme() -> None:
         ("kme-node0", "POST", "/admin/links/SAE-node0/SAE-node1/stored", {"stored_key_count": 0}),
     ]
     tg.calls.clear()
-    actions.refill(tg, "node1~node2", 100)
+    keys.refill(tg, "node1~node2", 100)
     assert tg.calls == [
         (kme, "POST", f"/admin/links/SAE-node1/SAE-node2/{what}", body)
         for kme in ("kme-node1", "kme-node2")
@@ -498,18 +498,18 @@ def test_drain_and_refill_every_link_at_every_kme() -> None:
 
 def test_behaviour_and_kme_down_pick_one_site() -> None:
     tg = _kme_target("per-node")
-    actions.set_behaviour(tg, {"exhausted_status": 409}, ["node3"])
+    keys.set_behaviour(tg, {"exhausted_status": 409}, ["node3"])
     assert tg.calls == [("kme-node3", "PUT", "/admin/behaviour", {"exhausted_status": 409})]
     tg.calls.clear()
-    actions.set_behaviour(tg, {}, None)
+    keys.set_behaviour(tg, {}, None)
     assert [c[0] for c in tg.calls] == [f"kme-node{i}" for i in range(4)]
-    assert actions.kme_down(tg, "node3") == "kme-node3" and tg.stopped == ["kme-node3"]
+    assert keys.kme_down(tg, "node3") == "kme-node3" and tg.stopped == ["kme-node3"]
 
 
 def test_counters_add_up_over_kmes() -> None:
     a = {"L": {"keys_to_master": 3, "keys_to_slave": 3}}
     b = {"L": {"keys_to_master": 2}, "M": {"keys_to_slave": 1}}
-    assert actions.sum_links([a, b]) == {
+    assert keys.sum_links([a, b]) == {
         "L": {"keys_to_master": 5, "keys_to_slave": 3},
         "M": {"keys_to_slave": 1},
     }
@@ -548,12 +548,12 @@ def test_restart_shows_as_uptime_dropping() -> None:
 
 def test_counters_carry_over_a_kme_restart() -> None:
     last = {"L": {"keys_to_master": 10, "stored_key_count": 50}}
-    assert not actions.restarted(last, {"L": {"keys_to_master": 12, "stored_key_count": 0}})
+    assert not keys.restarted(last, {"L": {"keys_to_master": 12, "stored_key_count": 0}})
     now = {"L": {"keys_to_master": 2, "stored_key_count": 2048}}
-    assert actions.restarted(last, now)
+    assert keys.restarted(last, now)
     final = {"L": {"keys_to_master": 14, "stored_key_count": 40}}
-    base = actions.carry_over({}, last, final)
+    base = keys.carry_over({}, last, final)
     assert base == {"L": {"keys_to_master": 14, "stored_key_count": 0}}
-    assert actions.sum_links([base, now])["L"]["keys_to_master"] == 16
-    again = actions.carry_over(base, {"L": {"keys_to_master": 5}}, {})
+    assert keys.sum_links([base, now])["L"]["keys_to_master"] == 16
+    again = keys.carry_over(base, {"L": {"keys_to_master": 5}}, {})
     assert again["L"]["keys_to_master"] == 19

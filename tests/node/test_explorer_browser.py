@@ -23,8 +23,9 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from devnet.local import LocalNetwork, http_json, running_network
+from devnet.local import LocalNetwork, running_network
 from devnet.network import account_key, plan_network
+from devnet.nodeapi import http_json
 from qchain.types import Transaction, new_transaction
 
 if TYPE_CHECKING:

@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from devnet.local import LocalNetwork, http_json, running_network
+from devnet.local import LocalNetwork, running_network
 from devnet.network import NodePlan, plan_network
+from devnet.nodeapi import http_json
 from node.transport import HELLO_MAGIC
 
 pytestmark = pytest.mark.slow

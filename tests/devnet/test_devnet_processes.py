@@ -27,8 +27,9 @@ from typing import Any
 
 import pytest
 
-from devnet.local import LocalNetwork, http_json, running_network
+from devnet.local import LocalNetwork, running_network
 from devnet.network import account_key, plan_network
+from devnet.nodeapi import http_json
 from qchain.client import AsyncClient
 from qchain.types import Transaction, new_transaction
 

@@ -19,8 +19,9 @@ from pathlib import Path
 import pytest
 
 from contracts.testing import sized_anchor_many
-from devnet.local import LocalNetwork, http_json, running_network
+from devnet.local import LocalNetwork, running_network
 from devnet.network import account_key, plan_network
+from devnet.nodeapi import http_json
 from qchain.client import AsyncClient
 from qchain.types import MAX_TX_SIZE
 
