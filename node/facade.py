@@ -1,6 +1,6 @@
 """What a validator shows its clients: the service behind the HTTP API
 (`node.service.NodeService`) and the admin interface behind the admin API
-(`node.admin.AdminTarget`).
+(`node.http.admin.AdminTarget`).
 
 Both read the node's parts and change nothing but through them: a submitted transaction
 goes through `Admission` and is queued for forwarding; faults and the test-only Byzantine
@@ -199,7 +199,7 @@ def _transport_stats(t: PeerStats) -> dict[str, Any]:
 
 
 class AdminFacade:
-    """`node.admin.AdminTarget` over a validator's parts: faults, state dump, the
+    """`node.http.admin.AdminTarget` over a validator's parts: faults, state dump, the
     test-only Byzantine mode."""
 
     def __init__(

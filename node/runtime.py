@@ -77,7 +77,7 @@ STARTUP_SCAN_S = 2.0
 
 class Validator:
     """One validator process. Implements `node.service.NodeService` for the API and
-    `node.admin.AdminTarget` for the admin API, through `ServiceFacade` and
+    `node.http.admin.AdminTarget` for the admin API, through `ServiceFacade` and
     `AdminFacade`."""
 
     def __init__(

@@ -120,7 +120,8 @@ class SimConfig:
     """Submission time of each transaction (its id is its index). A transaction is forwarded
     to every validator (§4): it reaches each running node's mempool one network delay later.
     In idle mode (`propose_wait_max_ms=None`) the driver tells the engine `MempoolNonEmpty`
-    when the mempool becomes non-empty and after every commit, as `node/runtime.py` does."""
+    when the mempool becomes non-empty and after every commit, as the node does
+    (`node/accounts.py`)."""
     run_to_deadline: bool = False
     """Keep running until the deadline even when the target is met (idle-mode checks)."""
     stable_us: int = 0

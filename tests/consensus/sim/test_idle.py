@@ -1,8 +1,8 @@
 """Idle mode (`propose_wait_max_ms=None`, CONSENSUS.md §4) in the simulator.
 
 The driver tells the engine `MempoolNonEmpty` when a transaction arrives in an empty
-mempool and after every commit (as `node/runtime.py` does); transactions are forwarded to
-every validator. Checked: an idle chain sends no frame at all; every transaction gets a
+mempool and after every commit, as the node does (`node/accounts.py`); transactions are
+forwarded to every validator. Checked: an idle chain sends no frame at all; every transaction gets a
 block, no block is empty (no heartbeat), and the network falls silent right after the last
 commit; a stable leader that ignores transactions is suspected and replaced. All §6
 invariants (safety, and liveness as "every transaction committed by every correct node")
