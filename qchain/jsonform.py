@@ -340,7 +340,8 @@ def block_to_json(b: Block) -> dict[str, Any]:
     }
 
 
-def receipt_to_json(r: Receipt) -> dict[str, Any]:
+def receipt_outcome_to_json(r: Receipt) -> dict[str, Any]:
+    """A receipt's JSON form without its events: what the transaction came to."""
     return {
         "tx_hash": r.tx_hash.hex(),
         "height": r.height,
@@ -349,6 +350,12 @@ def receipt_to_json(r: Receipt) -> dict[str, Any]:
         "code": r.code,
         "message": r.message,
         "result": value_to_json(r.result),
+    }
+
+
+def receipt_to_json(r: Receipt) -> dict[str, Any]:
+    return {
+        **receipt_outcome_to_json(r),
         "events": [
             {"contract": e.contract, "name": e.name, "data": value_to_json(e.data)}
             for e in r.events
