@@ -528,14 +528,14 @@ class Validator:
 
     @property
     def byzantine_allowed(self) -> bool:
-        return self.byzantine.allowed
+        return self.admin.byzantine_allowed
 
     @property
     def byzantine_mode(self) -> str | None:
-        return self.byzantine.mode
+        return self.admin.byzantine_mode
 
     def set_byzantine(self, mode: str | None) -> None:
-        self.byzantine.set(mode)
+        self.admin.set_byzantine(mode)
 
 
 def _params(genesis: Genesis, cfg: NodeConfig) -> Params:
