@@ -539,19 +539,12 @@ class Validator:
 
 
 def _params(genesis: Genesis, cfg: NodeConfig) -> Params:
-    t = cfg.timing
     return Params(
         n=len(genesis.validators),
         chain_id=genesis.chain_id,
         first_leader=genesis.consensus.first_leader,
         tenure=genesis.consensus.tenure,
-        base_ms=t.base_ms,
-        backoff=t.backoff,
-        cap_ms=t.cap_ms,
-        propose_wait_max_ms=t.propose_wait_max_ms,
-        propose_wait_min_ms=t.propose_wait_min_ms,
-        sync_interval_ms=t.sync_interval_ms,
-    )
+    ).with_timing(cfg.timing)
 
 
 STOP_STEP_TIMEOUT_S = 5.0
