@@ -11,8 +11,9 @@ driver to arm timers of these durations.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
+from qchain.config import TimingConfig
 from qchain.errors import ConfigError
 from qchain.limits import MAX_BLOCK_BODY
 
@@ -80,6 +81,18 @@ class Params:
             return (self.propose_wait_min_ms if wait is None else wait) + self.base_ms
         grown = self.base_ms * self.backoff ** min(r, 64)
         return int(min(float(self.cap_ms), grown))
+
+    def with_timing(self, t: TimingConfig) -> Params:
+        """These parameters with the round timers and waits of a node's timing config."""
+        return replace(
+            self,
+            base_ms=t.base_ms,
+            backoff=t.backoff,
+            cap_ms=t.cap_ms,
+            propose_wait_max_ms=t.propose_wait_max_ms,
+            propose_wait_min_ms=t.propose_wait_min_ms,
+            sync_interval_ms=t.sync_interval_ms,
+        )
 
     def leader(self, anchor: int, r: int) -> int:
         """`leader(h, r) = (anchor(h) + r) mod n` (§2.1)."""

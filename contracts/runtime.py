@@ -54,8 +54,18 @@ class NoArgs(Struct):
     """The argument schema of a method without arguments."""
 
 
+class _ReadsOthers:
+    """`read`, which every context has: another contract's state, read-only."""
+
+    source: StateSource
+
+    def read(self, contract: str) -> StateReader:
+        """Read-only view of another contract's state, as this context sees it."""
+        return StateReader(self.source, contract)
+
+
 @dataclass
-class CallContext:
+class CallContext(_ReadsOthers):
     """What a transaction method sees."""
 
     contract: str
@@ -71,10 +81,6 @@ class CallContext:
     source: StateSource
     events: list[Event] = field(default_factory=list)
 
-    def read(self, contract: str) -> StateReader:
-        """Read-only view of another contract's state, as this transaction sees it."""
-        return StateReader(self.source, contract)
-
     def emit(self, name: str, data: Sequence[object]) -> None:
         if len(self.events) >= MAX_EVENTS_PER_TX:
             raise RuntimeError("too many events in one call")
@@ -82,7 +88,7 @@ class CallContext:
 
 
 @dataclass
-class BlockHookContext:
+class BlockHookContext(_ReadsOthers):
     """What a begin-block hook sees."""
 
     contract: str
@@ -93,23 +99,17 @@ class BlockHookContext:
     source: StateSource
     events: list[Event] = field(default_factory=list)
 
-    def read(self, contract: str) -> StateReader:
-        return StateReader(self.source, contract)
-
     def emit(self, name: str, data: Sequence[object]) -> None:
         self.events.append(Event(self.contract, name, list(data)))
 
 
 @dataclass(frozen=True)
-class QueryContext:
+class QueryContext(_ReadsOthers):
     """What a query sees: committed state, read-only."""
 
     contract: str
     state: StateReader
     source: StateSource
-
-    def read(self, contract: str) -> StateReader:
-        return StateReader(self.source, contract)
 
 
 TxHandler = Callable[[CallContext, Any], object]

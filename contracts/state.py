@@ -21,6 +21,7 @@ from typing import Protocol, TypeAlias, TypeVar
 from qchain.codec import Struct, decode_value, encode_value
 from qchain.errors import StorageError
 from qchain.store import Batch
+from qchain.store.kv import Writes
 from qchain.store.schema import state_prefix
 
 WriteSet: TypeAlias = tuple[tuple[bytes, bytes | None], ...]
@@ -39,14 +40,14 @@ class StateSource(Protocol):
     ) -> Iterator[tuple[bytes, bytes]]: ...
 
 
-class Overlay:
+class Overlay(Writes):
     """Uncommitted writes over a base source."""
 
-    __slots__ = ("_base", "_writes")
+    __slots__ = ("_base",)
 
     def __init__(self, base: StateSource) -> None:
+        super().__init__()
         self._base = base
-        self._writes: dict[bytes, bytes | None] = {}
 
     @property
     def base(self) -> StateSource:
@@ -56,16 +57,6 @@ class Overlay:
         if key in self._writes:
             return self._writes[key]
         return self._base.get(key)
-
-    def put(self, key: bytes, value: bytes) -> None:
-        if type(key) is not bytes or type(value) is not bytes:
-            raise TypeError("keys and values are bytes")
-        self._writes[key] = value
-
-    def delete(self, key: bytes) -> None:
-        if type(key) is not bytes:
-            raise TypeError("keys are bytes")
-        self._writes[key] = None
 
     def iterate(
         self, prefix: bytes = b"", *, start: bytes | None = None, reverse: bool = False

@@ -146,6 +146,12 @@ def _require_live(p: Programme) -> None:
         )
 
 
+def _require_role(ctx: CallContext, address: bytes, role: str, code: str) -> None:
+    """A `RuleViolation` with `code` unless address is an active member with role."""
+    if not membership.active_with_role(ctx.read(membership.NAME), address, role):
+        raise RuleViolation(code, f"{address.hex()} is not an active {role} member")
+
+
 def _record(
     state: StateWriter,
     address: bytes,
@@ -220,8 +226,7 @@ def grant(ctx: CallContext, a: GrantArgs) -> int:
             "voucher.grant", f"only the programme's issuer {p.issuer.hex()} grants"
         )
     _require_live(p)
-    if not membership.active_with_role(ctx.read(membership.NAME), a.to, "partner"):
-        raise RuleViolation("not-an-enterprise", f"{a.to.hex()} is not an active partner member")
+    _require_role(ctx, a.to, "partner", "not-an-enterprise")
     if p.issued + a.amount > p.budget:
         raise RuleViolation(
             "budget-exceeded",
@@ -252,10 +257,7 @@ def pay(ctx: CallContext, a: PayArgs) -> int:
     _require_live(p)
     if a.provider == ctx.sender:
         raise RuleViolation("self-payment", "an enterprise cannot pay itself")
-    if not membership.active_with_role(ctx.read(membership.NAME), a.provider, "provider"):
-        raise RuleViolation(
-            "not-a-provider", f"{a.provider.hex()} is not an active provider member"
-        )
+    _require_role(ctx, a.provider, "provider", "not-a-provider")
     available = ctx.state.get_int(held_key(p.id, ctx.sender))
     if available < a.amount:
         raise InsufficientBalance(available, a.amount)

@@ -25,13 +25,12 @@ from typing import Any
 
 from contracts import DEFAULT_REGISTRY, named_args
 from contracts.runtime import Kind, field_names
-from qchain.cli_client import add_node_arguments, connect
+from qchain.cli_client import add_node_arguments, connect, json_argument
 from qchain.client import TxInfo
 from qchain.codec import Struct, Value
-from qchain.errors import ArgumentError, CodecError, JsonSyntaxError
+from qchain.errors import ArgumentError, CodecError
 from qchain.jsonform import (
     named_value_from_json,
-    parse_json,
     receipt_to_json,
     tx_to_json,
     value_from_json,
@@ -99,10 +98,7 @@ def print_status(info: TxInfo, as_json: bool) -> None:
 def parse_call_args(text: str, contract: str, method: str) -> Value:
     """--args as a JSON array of canonical values, or an object of named arguments; byte
     strings as `{"hex": ...}` in both."""
-    try:
-        parsed = parse_json(text, "--args")
-    except JsonSyntaxError as e:
-        raise CodecError(f"--args is not JSON: {e.reason}") from None
+    parsed = json_argument(text, "--args")
     if isinstance(parsed, dict):
         m = DEFAULT_REGISTRY.method(contract, method, Kind.TX)
         named = {k: named_value_from_json(v, f"args.{k}") for k, v in parsed.items()}
@@ -196,10 +192,7 @@ def _emit(tx: Transaction, out: Path | None) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.tx_cmd == "build":
         key = SigningKey.load(args.key)
-        try:
-            parsed = parse_json(args.args, "--args")
-        except JsonSyntaxError as e:
-            raise CodecError(f"--args is not JSON: {e.reason}") from None
+        parsed = json_argument(args.args, "--args")
         if not isinstance(parsed, list):
             raise CodecError("--args must be a JSON array")
         tx_args: Value = value_from_json(parsed, "args")

@@ -21,7 +21,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 from node.service import ChainEvent
-from qchain.jsonform import value_to_json
+from qchain.jsonform import receipt_outcome_to_json
 from qchain.types import Block, Receipt
 
 
@@ -176,12 +176,4 @@ def block_event_data(block: Block) -> dict[str, Any]:
 
 def tx_event_data(receipt: Receipt) -> dict[str, Any]:
     """Data of a `tx` event: the transaction's result as committed."""
-    return {
-        "tx_hash": receipt.tx_hash.hex(),
-        "height": receipt.height,
-        "index": receipt.index,
-        "ok": receipt.ok,
-        "code": receipt.code,
-        "message": receipt.message,
-        "result": value_to_json(receipt.result),
-    }
+    return receipt_outcome_to_json(receipt)

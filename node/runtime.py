@@ -528,30 +528,23 @@ class Validator:
 
     @property
     def byzantine_allowed(self) -> bool:
-        return self.byzantine.allowed
+        return self.admin.byzantine_allowed
 
     @property
     def byzantine_mode(self) -> str | None:
-        return self.byzantine.mode
+        return self.admin.byzantine_mode
 
     def set_byzantine(self, mode: str | None) -> None:
-        self.byzantine.set(mode)
+        self.admin.set_byzantine(mode)
 
 
 def _params(genesis: Genesis, cfg: NodeConfig) -> Params:
-    t = cfg.timing
     return Params(
         n=len(genesis.validators),
         chain_id=genesis.chain_id,
         first_leader=genesis.consensus.first_leader,
         tenure=genesis.consensus.tenure,
-        base_ms=t.base_ms,
-        backoff=t.backoff,
-        cap_ms=t.cap_ms,
-        propose_wait_max_ms=t.propose_wait_max_ms,
-        propose_wait_min_ms=t.propose_wait_min_ms,
-        sync_interval_ms=t.sync_interval_ms,
-    )
+    ).with_timing(cfg.timing)
 
 
 STOP_STEP_TIMEOUT_S = 5.0

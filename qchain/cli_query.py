@@ -10,9 +10,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from qchain.cli_client import add_node_arguments, connect
-from qchain.errors import CodecError, JsonSyntaxError
-from qchain.jsonform import parse_json
+from qchain.cli_client import add_node_arguments, connect, json_argument
+from qchain.errors import CodecError
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -23,10 +22,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        named = parse_json(args.args, "ARGS")
-    except JsonSyntaxError as e:
-        raise CodecError(f"ARGS is not JSON: {e.reason}") from None
+    named = json_argument(args.args, "ARGS")
     if not isinstance(named, dict):
         raise CodecError("ARGS must be a JSON object of named arguments")
     with connect(args) as client:

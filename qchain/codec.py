@@ -202,6 +202,10 @@ def _fail(path: str | None, msg: str) -> typing.NoReturn:
     raise CodecError(msg if path is None else f"{path}: {msg}")
 
 
+def _wrong_type(path: str | None, expected: str, x: object) -> typing.NoReturn:
+    _fail(path, f"expected {expected}, got {type(x).__name__}")
+
+
 def _bounds(meta: Sequence[object]) -> tuple[Len | None, Range | None]:
     ln = next((m for m in meta if isinstance(m, Len)), None)
     rg = next((m for m in meta if isinstance(m, Range)), None)
@@ -241,7 +245,7 @@ def _make_conv(tp: Any, meta: Sequence[object] = ()) -> tuple[_Conv, _Conv]:
 
         def int_conv(x: object, path: str | None) -> object:
             if type(x) is not int:
-                _fail(path, f"expected integer, got {type(x).__name__}")
+                _wrong_type(path, "integer", x)
             if not lo <= x <= hi:
                 _fail(path, f"{x} outside [{lo}, {hi}]")
             return x
@@ -251,7 +255,7 @@ def _make_conv(tp: Any, meta: Sequence[object] = ()) -> tuple[_Conv, _Conv]:
 
         def bool_conv(x: object, path: str | None) -> object:
             if type(x) is not bool:
-                _fail(path, f"expected boolean, got {type(x).__name__}")
+                _wrong_type(path, "boolean", x)
             return x
 
         return bool_conv, bool_conv
@@ -259,7 +263,7 @@ def _make_conv(tp: Any, meta: Sequence[object] = ()) -> tuple[_Conv, _Conv]:
 
         def bytes_conv(x: object, path: str | None) -> object:
             if type(x) is not bytes:
-                _fail(path, f"expected bytes, got {type(x).__name__}")
+                _wrong_type(path, "bytes", x)
             _check_len(len(x), ln, path)
             return x
 
@@ -268,7 +272,7 @@ def _make_conv(tp: Any, meta: Sequence[object] = ()) -> tuple[_Conv, _Conv]:
 
         def str_conv(x: object, path: str | None) -> object:
             if type(x) is not str:
-                _fail(path, f"expected text, got {type(x).__name__}")
+                _wrong_type(path, "text", x)
             ascii_ = x.isascii()
             if not ascii_ and not is_unicode(x):
                 _fail(path, NOT_UNICODE)
@@ -301,7 +305,7 @@ def _make_conv(tp: Any, meta: Sequence[object] = ()) -> tuple[_Conv, _Conv]:
 
             def tup_to(x: object, path: str | None) -> object:
                 if not isinstance(x, tuple | list):
-                    _fail(path, f"expected a sequence, got {type(x).__name__}")
+                    _wrong_type(path, "a sequence", x)
                 _check_len(len(x), ln, path)
                 if path is None:
                     return [item_to(e, None) for e in x]
@@ -309,7 +313,7 @@ def _make_conv(tp: Any, meta: Sequence[object] = ()) -> tuple[_Conv, _Conv]:
 
             def tup_from(x: object, path: str | None) -> object:
                 if type(x) is not list:
-                    _fail(path, f"expected array, got {type(x).__name__}")
+                    _wrong_type(path, "array", x)
                 _check_len(len(x), ln, path)
                 if path is None:
                     return tuple([item_from(e, None) for e in x])
@@ -398,7 +402,7 @@ class Struct:
     def _from_wire(cls, obj: object, path: str | None) -> Self:
         spec = cls._spec()
         if type(obj) is not list:
-            _fail(path, f"expected array, got {type(obj).__name__}")
+            _wrong_type(path, "array", obj)
         if len(obj) != len(spec):
             _fail(path, f"expected {len(spec)} fields, got {len(obj)}")
         if path is None:

@@ -299,13 +299,18 @@ def parse_config(data: dict[str, Any], base: Path) -> NodeConfig:
     return cfg
 
 
-def load_config(path: str | Path) -> NodeConfig:
-    p = Path(path)
+def load_toml(p: Path) -> dict[str, Any]:
+    """The TOML document in a config file; a `ConfigError` naming the file if it cannot be
+    read or is not TOML."""
     try:
-        data = tomllib.loads(p.read_text())
+        return tomllib.loads(p.read_text())
     except OSError as e:
         raise ConfigError(str(p), f"cannot read: {e.strerror}") from e
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(str(p), f"not valid TOML: {e}") from e
-    cfg = parse_config(data, p.parent.resolve())
+
+
+def load_config(path: str | Path) -> NodeConfig:
+    p = Path(path)
+    cfg = parse_config(load_toml(p), p.parent.resolve())
     return dataclasses.replace(cfg, path=p.resolve())

@@ -27,7 +27,7 @@ import dataclasses
 import json
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from itertools import accumulate
 from typing import Any
 
@@ -340,7 +340,8 @@ def block_to_json(b: Block) -> dict[str, Any]:
     }
 
 
-def receipt_to_json(r: Receipt) -> dict[str, Any]:
+def receipt_outcome_to_json(r: Receipt) -> dict[str, Any]:
+    """A receipt's JSON form without its events: what the transaction came to."""
     return {
         "tx_hash": r.tx_hash.hex(),
         "height": r.height,
@@ -349,6 +350,12 @@ def receipt_to_json(r: Receipt) -> dict[str, Any]:
         "code": r.code,
         "message": r.message,
         "result": value_to_json(r.result),
+    }
+
+
+def receipt_to_json(r: Receipt) -> dict[str, Any]:
+    return {
+        **receipt_outcome_to_json(r),
         "events": [
             {"contract": e.contract, "name": e.name, "data": value_to_json(e.data)}
             for e in r.events
@@ -393,6 +400,25 @@ def expect_member(doc: dict[str, Any], name: str, path: str) -> Any:
     return doc[name]
 
 
+def expect_array(doc: dict[str, Any], name: str, path: str) -> list[Any]:
+    """The member `name` of doc, which must be there and be an array."""
+    items = expect_member(doc, name, path)
+    if not isinstance(items, list):
+        raise CodecError(f"{path}.{name}: expected an array")
+    return items
+
+
+def expect_objects(
+    doc: dict[str, Any], name: str, path: str
+) -> Iterator[tuple[str, dict[str, Any]]]:
+    """The items of the array member `name` of doc, each with the path that names it in
+    errors; each must be an object (checked as it is reached, so errors come in order)."""
+    items = expect_array(doc, name, path)
+    for i, item in enumerate(items):
+        where = f"{path}.{name}[{i}]"
+        yield where, expect_object(item, where)
+
+
 def header_from_json(doc: object) -> BlockHeader:
     d = expect_object(doc, "header")
     hexes = {"parent", "tx_root", "receipts_root", "app_hash"}
@@ -420,16 +446,13 @@ def header_from_json(doc: object) -> BlockHeader:
 
 def block_from_json(doc: object) -> Block:
     d = expect_object(doc, "block")
-    txs = expect_member(d, "txs", "block")
-    if not isinstance(txs, list):
-        raise CodecError("block.txs: expected an array")
     parsed: list[Transaction] = []
-    for i, t in enumerate(txs):
-        item = dict(expect_object(t, f"block.txs[{i}]"))
+    for where, t in expect_objects(d, "txs", "block"):
+        item = dict(t)
         claimed = item.pop("hash", None)
         tx = tx_from_json(item)
-        if claimed is not None and hex_field(claimed, f"block.txs[{i}].hash") != tx.hash:
-            raise CodecError(f"block.txs[{i}].hash does not match the transaction")
+        if claimed is not None and hex_field(claimed, f"{where}.hash") != tx.hash:
+            raise CodecError(f"{where}.hash does not match the transaction")
         parsed.append(tx)
     block = Block(header_from_json(expect_member(d, "header", "block")), tuple(parsed))
     block.check_body()
@@ -438,23 +461,16 @@ def block_from_json(doc: object) -> Block:
 
 def receipt_from_json(doc: object) -> Receipt:
     d = expect_object(doc, "receipt")
-    events = expect_member(d, "events", "receipt")
-    if not isinstance(events, list):
-        raise CodecError("receipt.events: expected an array")
-    evs = []
-    for i, e in enumerate(events):
-        ed = expect_object(e, f"receipt.events[{i}]")
-        evs.append(
-            Event.from_wire(
-                [
-                    expect_member(ed, "contract", "event"),
-                    expect_member(ed, "name", "event"),
-                    value_from_json(
-                        expect_member(ed, "data", "event"), f"receipt.events[{i}].data"
-                    ),
-                ]
-            )
+    evs = [
+        Event.from_wire(
+            [
+                expect_member(ed, "contract", "event"),
+                expect_member(ed, "name", "event"),
+                value_from_json(expect_member(ed, "data", "event"), f"{where}.data"),
+            ]
         )
+        for where, ed in expect_objects(d, "events", "receipt")
+    ]
     return Receipt.from_wire(
         [
             hex_field(expect_member(d, "tx_hash", "receipt"), "receipt.tx_hash"),
@@ -471,20 +487,15 @@ def receipt_from_json(doc: object) -> Receipt:
 
 def certificate_from_json(doc: object) -> CommitCertificate:
     d = expect_object(doc, "certificate")
-    sigs = expect_member(d, "signatures", "certificate")
-    if not isinstance(sigs, list):
-        raise CodecError("certificate.signatures: expected an array")
-    parsed = []
-    for i, s in enumerate(sigs):
-        sd = expect_object(s, f"certificate.signatures[{i}]")
-        parsed.append(
-            CommitSignature.from_wire(
-                [
-                    expect_member(sd, "validator", "signature"),
-                    hex_field(expect_member(sd, "signature", "signature"), "signature"),
-                ]
-            ).to_wire()
-        )
+    parsed = [
+        CommitSignature.from_wire(
+            [
+                expect_member(sd, "validator", "signature"),
+                hex_field(expect_member(sd, "signature", "signature"), "signature"),
+            ]
+        ).to_wire()
+        for _, sd in expect_objects(d, "signatures", "certificate")
+    ]
     return CommitCertificate.from_wire(
         [
             expect_member(d, "height", "certificate"),
@@ -497,9 +508,7 @@ def certificate_from_json(doc: object) -> CommitCertificate:
 def receipt_proof_from_json(doc: object) -> ReceiptProof:
     d = expect_object(doc, "receipt proof")
     p = expect_object(expect_member(d, "proof", "receipt proof"), "proof")
-    path = expect_member(p, "path", "proof")
-    if not isinstance(path, list):
-        raise CodecError("proof.path: expected an array")
+    path = expect_array(p, "path", "proof")
     proof = MerkleProof.from_wire(
         [
             expect_member(p, "index", "proof"),

@@ -56,12 +56,12 @@ from __future__ import annotations
 
 import ipaddress
 import itertools
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Literal, cast
 
+from qchain.config import load_toml
 from qchain.errors import ConfigError
 from qchain.qkd.keymanager import PROFILES, LinkConfig
 from qchain.qkd.relay import RelayConfig, parse_relay_config
@@ -327,10 +327,4 @@ def parse_kms_config(doc: Mapping[str, object], base: Path = Path(".")) -> KMSCo
 def load_kms_config(path: str | Path) -> KMSConfig:
     """Read and validate a key-manager config file."""
     p = Path(path)
-    try:
-        doc = tomllib.loads(p.read_text())
-    except OSError as e:
-        raise ConfigError(str(p), f"cannot read: {e}") from e
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(str(p), f"not valid TOML: {e}") from e
-    return parse_kms_config(doc, p.parent)
+    return parse_kms_config(load_toml(p), p.parent)

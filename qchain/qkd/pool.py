@@ -46,7 +46,7 @@ import contextlib
 import logging
 import random
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import asdict, dataclass
 
 from qchain.qkd.clock import Clock, SystemClock
@@ -241,7 +241,46 @@ class _Batch:
         self.announced = False
 
 
-class SendKeyPool:
+class _LinkPool:
+    """What both pools share: the key source, the peer, the link's health and backoff,
+    the counters, and counting and wiping the keys they hand out or drop."""
+
+    def __init__(
+        self,
+        source: KeySource,
+        peer: str,
+        direction: str,
+        config: PoolConfig | None,
+        clock: Clock | None,
+        rng: random.Random | None,
+    ) -> None:
+        self.source = source
+        self.peer = peer
+        self.config = config or PoolConfig()
+        self.clock: Clock = clock or SystemClock()
+        self.counters = PoolCounters()
+        self._tracker = _Tracker(peer, direction, self.config, self.clock, rng or random.Random())
+        self._closed = False
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def health(self) -> LinkHealth:
+        return self._tracker.health
+
+    def _consumed(self, key: Key) -> None:
+        self.counters.keys_consumed += 1
+        self.counters.bytes_consumed += key.size_bytes
+
+    def _discard(self, keys: Collection[Key]) -> None:
+        """Wipe keys dropped unused, and count them."""
+        self.counters.keys_discarded += len(keys)
+        _wipe_all(keys)
+
+
+class SendKeyPool(_LinkPool):
     """Keys for frames me -> peer."""
 
     def __init__(
@@ -252,12 +291,7 @@ class SendKeyPool:
         clock: Clock | None = None,
         rng: random.Random | None = None,
     ) -> None:
-        self.source = source
-        self.peer = peer
-        self.config = config or PoolConfig()
-        self.clock: Clock = clock or SystemClock()
-        self.counters = PoolCounters()
-        self._tracker = _Tracker(peer, "to", self.config, self.clock, rng or random.Random())
+        super().__init__(source, peer, "to", config, clock, rng)
         self._batch_size = self.config.batch_size
         self._low_water = self.config.low_water
         self._ask = self._batch_size
@@ -265,15 +299,6 @@ class SendKeyPool:
         self._batches: deque[_Batch] = deque()
         self._changed = asyncio.Event()
         self._refill: asyncio.Task[None] | None = None
-        self._closed = False
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
-
-    @property
-    def health(self) -> LinkHealth:
-        return self._tracker.health
 
     @property
     def batch_size(self) -> int:
@@ -388,8 +413,7 @@ class SendKeyPool:
         key = first.keys.popleft()
         if not first.keys:
             self._batches.popleft()
-        self.counters.keys_consumed += 1
-        self.counters.bytes_consumed += key.size_bytes
+        self._consumed(key)
         self._maybe_refill()
         return key, tuple(announce)
 
@@ -404,8 +428,7 @@ class SendKeyPool:
         kept: deque[_Batch] = deque()
         for batch in self._batches:
             if batch.announced:
-                self.counters.keys_discarded += len(batch.keys)
-                _wipe_all(batch.keys)
+                self._discard(batch.keys)
             else:
                 kept.append(batch)
         self._batches = kept
@@ -420,13 +443,12 @@ class SendKeyPool:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         for batch in self._batches:
-            self.counters.keys_discarded += len(batch.keys)
-            _wipe_all(batch.keys)
+            self._discard(batch.keys)
         self._batches.clear()
         self._changed.set()
 
 
-class ReceiveKeyPool:
+class ReceiveKeyPool(_LinkPool):
     """Keys for frames peer -> me, resolved by the ids the peer announced."""
 
     def __init__(
@@ -442,26 +464,12 @@ class ReceiveKeyPool:
     ) -> None:
         """`batch_size`, when given, tells the most ids to ask for per call (the link's
         `max_key_per_request`, as the send pool toward the same peer read it)."""
-        self.source = source
-        self.peer = peer
-        self.config = config or PoolConfig()
-        self.clock: Clock = clock or SystemClock()
+        super().__init__(source, peer, "from", config, clock, rng)
         self.max_held = max_held
-        self.counters = PoolCounters()
-        self._tracker = _Tracker(peer, "from", self.config, self.clock, rng or random.Random())
         self._batch_size = batch_size or (lambda: self.config.batch_size)
         self._keys: dict[KeyId, Key] = {}
         self._pending: dict[KeyId, asyncio.Task[None]] = {}
-        self._closed = False
         self._recover_budget = TokenBuckets[None](RECOVER_PER_S, RECOVER_BURST, self.clock.now)
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
-
-    @property
-    def health(self) -> LinkHealth:
-        return self._tracker.health
 
     @property
     def level(self) -> int:
@@ -564,8 +572,7 @@ class ReceiveKeyPool:
             await asyncio.wait({task})
         key = self._keys.pop(key_id, None)
         if key is not None:
-            self.counters.keys_consumed += 1
-            self.counters.bytes_consumed += key.size_bytes
+            self._consumed(key)
         return key
 
     async def close(self) -> None:
@@ -577,8 +584,7 @@ class ReceiveKeyPool:
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        self.counters.keys_discarded += len(self._keys)
-        _wipe_all(self._keys.values())
+        self._discard(self._keys.values())
         self._keys.clear()
 
 

@@ -25,31 +25,39 @@ from typing import Self
 from qchain.errors import StorageCorrupt, StorageError
 
 
-class Batch:
-    """An ordered set of writes applied atomically by `KVStore.write`. The last write to a
-    key wins."""
+class Writes:
+    """Puts and deletes recorded by key, in insertion order; the last write to a key wins
+    and a deletion is recorded as None. The base of `Batch` and of the overlays of
+    uncommitted state above the store."""
 
-    __slots__ = ("_ops",)
+    __slots__ = ("_writes",)
 
     def __init__(self) -> None:
-        self._ops: dict[bytes, bytes | None] = {}
+        self._writes: dict[bytes, bytes | None] = {}
 
     def put(self, key: bytes, value: bytes) -> None:
         if type(key) is not bytes or type(value) is not bytes:
             raise TypeError("keys and values are bytes")
-        self._ops[key] = value
+        self._writes[key] = value
 
     def delete(self, key: bytes) -> None:
         if type(key) is not bytes:
             raise TypeError("keys are bytes")
-        self._ops[key] = None
+        self._writes[key] = None
+
+
+class Batch(Writes):
+    """An ordered set of writes applied atomically by `KVStore.write`. The last write to a
+    key wins."""
+
+    __slots__ = ()
 
     def ops(self) -> Iterator[tuple[bytes, bytes | None]]:
         """(key, value) pairs in insertion order; value None means delete."""
-        return iter(self._ops.items())
+        return iter(self._writes.items())
 
     def __len__(self) -> int:
-        return len(self._ops)
+        return len(self._writes)
 
 
 class KVStore(ABC):

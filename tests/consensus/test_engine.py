@@ -70,13 +70,19 @@ def _vote(k: int, v: bytes, r: int = 0) -> Vote:
     return Vote(P.chain_id, 1, r, k, v)
 
 
-def test_quorum_chain_decides() -> None:
+def _proposed() -> tuple[Engine, Block, bytes, list[Action]]:
+    """Node 1 at height 1, after the leader's round-0 proposal of a valid block: the
+    engine, the block, its hash and what the proposal made the engine do."""
     e = Engine(P, 1)
     e.step(StartHeight(1, G, 0))
     blk = _block()
     v = block_hash(blk)
     e.valid[v] = True
-    out: list[Action] = e.step(MessageIn(0, Propose(P.chain_id, 1, 0, blk)))
+    return e, blk, v, e.step(MessageIn(0, Propose(P.chain_id, 1, 0, blk)))
+
+
+def test_quorum_chain_decides() -> None:
+    e, _, v, out = _proposed()
     for k in (1, 2, 3, 4):
         for j in (0, 2):
             out += e.step(MessageIn(j, _vote(k, v)))
@@ -84,12 +90,7 @@ def test_quorum_chain_decides() -> None:
 
 
 def test_restart_repeats_votes_without_recomputing() -> None:
-    e = Engine(P, 1)
-    e.step(StartHeight(1, G, 0))
-    blk = _block()
-    v = block_hash(blk)
-    e.valid[v] = True
-    e.step(MessageIn(0, Propose(P.chain_id, 1, 0, blk)))
+    e, blk, v, _ = _proposed()
     rec = e.inst[1].rec
     assert rec.s[0] == Summary(0, v, None)
     e2 = Engine(P, 1)

@@ -13,15 +13,7 @@ from qchain.config import PROFILES, TimingConfig
 
 def _params(t: TimingConfig) -> Params:
     """The consensus parameters the node builds from its timing config."""
-    return Params(
-        n=4,
-        base_ms=t.base_ms,
-        backoff=t.backoff,
-        cap_ms=t.cap_ms,
-        propose_wait_max_ms=t.propose_wait_max_ms,
-        propose_wait_min_ms=t.propose_wait_min_ms,
-        sync_interval_ms=t.sync_interval_ms,
-    )
+    return Params(n=4).with_timing(t)
 
 
 def _spec(t: TimingConfig, r: int) -> int:

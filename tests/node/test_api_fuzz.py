@@ -55,6 +55,18 @@ EXAMPLES = 60
 """Hypothesis examples per endpoint; an endpoint that takes a body sends 5 per example."""
 REAL_EXAMPLES = 20
 """Hypothesis examples per public endpoint against a real validator."""
+FUZZ = settings(
+    derandomize=True,
+    deadline=None,
+    database=None,
+    suppress_health_check=[
+        HealthCheck.too_slow,
+        HealthCheck.data_too_large,
+        HealthCheck.large_base_example,
+    ],
+)
+"""What every fuzz of the API runs with: the same examples on every run, no deadline, no
+example database, and the health checks its large, slow requests trip switched off."""
 
 # --- requests and answers --------------------------------------------------------------
 
@@ -580,16 +592,9 @@ def test_every_endpoint_is_fuzzed() -> None:
 
 @pytest.mark.parametrize("endpoint", ENDPOINTS, ids=lambda e: e.name)
 @settings(
+    FUZZ,
     max_examples=EXAMPLES,
-    derandomize=True,
-    deadline=None,
-    database=None,
-    suppress_health_check=[
-        HealthCheck.function_scoped_fixture,
-        HealthCheck.too_slow,
-        HealthCheck.data_too_large,
-        HealthCheck.large_base_example,
-    ],
+    suppress_health_check=[*FUZZ.suppress_health_check, HealthCheck.function_scoped_fixture],
 )
 @given(data=st.data())
 async def test_fuzz_endpoint(
@@ -834,17 +839,7 @@ async def test_nastiest_against_a_real_validator(
 
 @pytest.mark.slow
 @pytest.mark.parametrize("endpoint", public_endpoints(), ids=lambda e: e.name)
-@settings(
-    max_examples=REAL_EXAMPLES,
-    derandomize=True,
-    deadline=None,
-    database=None,
-    suppress_health_check=[
-        HealthCheck.too_slow,
-        HealthCheck.data_too_large,
-        HealthCheck.large_base_example,
-    ],
-)
+@settings(FUZZ, max_examples=REAL_EXAMPLES)
 @given(data=st.data())
 async def test_fuzz_a_real_validator(
     devnet: LocalNetwork, spec_checker: SpecChecker, endpoint: Endpoint, data: st.DataObject

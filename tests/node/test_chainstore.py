@@ -133,20 +133,23 @@ def _check(cert: CommitCertificate) -> None:
     verify_certificate(cert, CHAIN, VALIDATORS)
 
 
-def _reader(inner: KVStore, prefix: bytes, index: int) -> tuple[ChainStore, list[StorageCorrupt]]:
-    """A chain store reading inner through a flip of byte `index` of every value under
-    prefix, and the list its corruption listener fills."""
+def _flipped_chain(
+    prefix: bytes, index: int, consensus_values: bool = False
+) -> tuple[ChainStore, list[StorageCorrupt], list[tuple[Block, list[Receipt]]]]:
+    """`_committed_chain` in a fresh store, a chain store reading it through a flip of byte
+    `index` of every value under prefix, the list its corruption listener fills, and the
+    blocks as written."""
+    inner = MemoryStore()
+    blocks = _committed_chain(inner, consensus_values)
     store = AlteringStore(inner, lambda k: k.startswith(prefix), lambda v: flip_byte(v, index))
     seen: list[StorageCorrupt] = []
     store.on_corrupt = seen.append
-    return ChainStore(store, cert_check=_check), seen
+    return ChainStore(store, cert_check=_check), seen, blocks
 
 
 @pytest.mark.parametrize("consensus_values", [False, True])
 def test_undamaged_chain_reads_back_verified(consensus_values: bool) -> None:
-    inner = MemoryStore()
-    blocks = _committed_chain(inner, consensus_values)
-    chain, seen = _reader(inner, b"\xff", 0)
+    chain, seen, blocks = _flipped_chain(b"\xff", 0, consensus_values)
     for block, receipts in blocks:
         assert chain.block(block.height) == block
         cert = chain.certificate(block.height)
@@ -175,9 +178,7 @@ def test_undamaged_chain_reads_back_verified(consensus_values: bool) -> None:
 def test_damaged_block_or_header_raises_store_corrupt(
     prefix: bytes, index: int, consensus_values: bool
 ) -> None:
-    inner = MemoryStore()
-    blocks = _committed_chain(inner, consensus_values)
-    chain, seen = _reader(inner, prefix, index)
+    chain, seen, blocks = _flipped_chain(prefix, index, consensus_values)
     with pytest.raises(StorageCorrupt):
         chain.block(2)
     with pytest.raises(StorageCorrupt):
@@ -187,9 +188,7 @@ def test_damaged_block_or_header_raises_store_corrupt(
 
 
 def test_damaged_consensus_value_raises_store_corrupt() -> None:
-    inner = MemoryStore()
-    _committed_chain(inner, consensus_values=True)
-    chain, seen = _reader(inner, schema.CONSENSUS_VALUE, -1)
+    chain, seen, _ = _flipped_chain(schema.CONSENSUS_VALUE, -1, consensus_values=True)
     with pytest.raises(StorageCorrupt):
         chain.block(2)
     assert seen
@@ -197,9 +196,7 @@ def test_damaged_consensus_value_raises_store_corrupt() -> None:
 
 @pytest.mark.parametrize("index", [10, -1])
 def test_damaged_receipt_raises_store_corrupt(index: int) -> None:
-    inner = MemoryStore()
-    blocks = _committed_chain(inner)
-    chain, seen = _reader(inner, schema.RECEIPT, index)
+    chain, seen, blocks = _flipped_chain(schema.RECEIPT, index)
     tx_hash = blocks[1][1][1].tx_hash
     with pytest.raises(StorageCorrupt):
         chain.receipt(tx_hash)
@@ -218,9 +215,7 @@ def test_damaged_receipt_raises_store_corrupt(index: int) -> None:
     ],
 )
 def test_damaged_certificate_raises_store_corrupt(index: int) -> None:
-    inner = MemoryStore()
-    blocks = _committed_chain(inner)
-    chain, seen = _reader(inner, schema.CERT, index)
+    chain, seen, blocks = _flipped_chain(schema.CERT, index)
     with pytest.raises(StorageCorrupt):
         chain.certificate(2)
     with pytest.raises(StorageCorrupt):
@@ -229,9 +224,7 @@ def test_damaged_certificate_raises_store_corrupt(index: int) -> None:
 
 
 def test_damaged_transaction_index_raises_store_corrupt() -> None:
-    inner = MemoryStore()
-    blocks = _committed_chain(inner)
-    chain, _ = _reader(inner, schema.TX, -1)
+    chain, _, blocks = _flipped_chain(schema.TX, -1)
     tx_hash = blocks[1][1][0].tx_hash
     with pytest.raises(StorageCorrupt):
         chain.receipt_proof(tx_hash)

@@ -197,11 +197,23 @@ async def closed_by_peer(reader: asyncio.StreamReader, timeout: float) -> bool:
     return True
 
 
+async def raw_connect(address: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    host, _, port = address.rpartition(":")
+    return await asyncio.open_connection(host, int(port))
+
+
+async def flood(address: str, n: int) -> tuple[list[asyncio.StreamWriter], list[bool]]:
+    """n raw connections to address that send nothing: their writers, and for each
+    whether the other side closed it within a second."""
+    conns = [await raw_connect(address) for _ in range(n)]
+    closed = await asyncio.gather(*(closed_by_peer(r, 1.0) for r, _ in conns))
+    return [w for _, w in conns], closed
+
+
 async def raw_hello(
     address: str, claimed: int
 ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    host, _, port = address.rpartition(":")
-    reader, writer = await asyncio.open_connection(host, int(port))
+    reader, writer = await raw_connect(address)
     writer.write(HELLO.pack(HELLO_MAGIC, claimed))
     await writer.drain()
     return reader, writer
@@ -269,13 +281,11 @@ async def test_connection_flood_from_one_source_is_refused_past_the_rate() -> No
     limits = TransportLimits(accept_rate_per_s=1.0, accept_burst=4, hello_timeout_s=4.0)
     async with running_pair(limits) as p:
         a, b = p.a, p.b
-        host, _, port = b.address.rpartition(":")
-        conns = [await asyncio.open_connection(host, int(port)) for _ in range(20)]
-        closed = await asyncio.gather(*(closed_by_peer(r, 1.0) for r, _ in conns))
+        writers, closed = await flood(b.address, 20)
         # Validator 0's own connection took one token of 127.0.0.1's burst of 4.
         assert sum(closed) >= 16, "connections past the burst are closed at once"
         assert b.transport.refused["rate-limited"] == sum(closed)
-        for _, w in conns:
+        for w in writers:
             w.close()
         await flows(a, b, 1, 5, tag=3)
         assert b.opener.reconnects == 1
@@ -285,12 +295,10 @@ async def test_unverified_connections_past_the_total_are_refused() -> None:
     limits = TransportLimits(max_pending_total=3, accept_burst=100, hello_timeout_s=4.0)
     async with running_pair(limits) as p:
         a, b = p.a, p.b
-        host, _, port = b.address.rpartition(":")
-        conns = [await asyncio.open_connection(host, int(port)) for _ in range(8)]
-        closed = await asyncio.gather(*(closed_by_peer(r, 1.0) for r, _ in conns))
+        writers, closed = await flood(b.address, 8)
         assert sum(closed) == 5, "three connections without a hello are held, no more"
         assert b.transport.refused["pending-limit"] == 5
-        for _, w in conns:
+        for w in writers:
             w.close()
         await flows(a, b, 1, 5, tag=4)
         assert b.opener.reconnects == 1

@@ -54,6 +54,21 @@ async def send(eps: dict[str, QKDEndpoint], src: str, dst: str, body: bytes) -> 
     return frame
 
 
+def forged(
+    seq: int,
+    key_id: bytes,
+    body: bytes = b"",
+    *,
+    chain: str = "test-chain",
+    version: int = 1,
+    announce: tuple[bytes, ...] = (),
+) -> bytes:
+    """A frame a -> b tagged with an all-zero key, as anyone without the link's keys
+    could make it."""
+    header = FrameHeader(version, chain, "a", "b", seq, key_id, announce)
+    return encode_frame(header, body, bytearray(32))
+
+
 async def test_round_trip_and_counters(net: Net) -> None:
     _, eps = net
     for i in range(300):
@@ -166,9 +181,8 @@ async def test_reused_key_id_rejected(net: Net) -> None:
     frame = await send(eps, "a", "b", b"m")
     await rx.open(frame)
     header, *_ = decode_frame(frame)
-    reuse = FrameHeader(1, "test-chain", "a", "b", header.seq + 10, header.key_id, ())
     with pytest.raises(KeyReused):
-        await rx.open(encode_frame(reuse, b"m", bytearray(32)))
+        await rx.open(forged(header.seq + 10, header.key_id, b"m"))
     assert rx.rejected["key-reused"] == 1
 
 
@@ -179,12 +193,10 @@ async def test_wrong_receiver_chain_version_rejected(net: Net) -> None:
     with pytest.raises(WrongReceiver):
         await rx.open(to_c)
     h, *_ = decode_frame(await send(eps, "a", "b", b"x"))
-    wrong_chain = FrameHeader(1, "other-chain", "a", "b", h.seq, h.key_id, ())
     with pytest.raises(WrongChain):
-        await rx.open(encode_frame(wrong_chain, b"x", bytearray(32)))
-    wrong_version = FrameHeader(2, "test-chain", "a", "b", h.seq, h.key_id, ())
+        await rx.open(forged(h.seq, h.key_id, b"x", chain="other-chain"))
     with pytest.raises(WrongVersion):
-        await rx.open(encode_frame(wrong_version, b"x", bytearray(32)))
+        await rx.open(forged(h.seq, h.key_id, b"x", version=2))
     assert rx.rejected == {"wrong-receiver": 1, "wrong-chain": 1, "wrong-version": 1}
 
 
@@ -203,14 +215,12 @@ async def test_unknown_key_rejected(net: Net) -> None:
     _, eps = net
     rx = eps["b"].receiver
     await rx.open(await send(eps, "a", "b", b"warm"))
-    header = FrameHeader(1, "test-chain", "a", "b", 50, os.urandom(16), ())
     with pytest.raises(UnknownKey):
-        await rx.open(encode_frame(header, b"", bytearray(32)))
+        await rx.open(forged(50, os.urandom(16)))
     # a forged self-announcement makes one key-manager call, which fails
     kid = os.urandom(16)
-    header = FrameHeader(1, "test-chain", "a", "b", 51, kid, (kid,))
     with pytest.raises(UnknownKey):
-        await rx.open(encode_frame(header, b"", bytearray(32)))
+        await rx.open(forged(51, kid, announce=(kid,)))
     assert rx.rejected["unknown-key"] == 2
 
 
