@@ -44,7 +44,7 @@ from qchain.codec import encode_value
 from qchain.jsonform import MSGPACK, PROBLEM_JSON, tx_to_json
 from qchain.types import new_transaction
 
-from .conftest import PARTNERS, ApiHarness, SpecChecker, make_tx
+from ..conftest import PARTNERS, ApiHarness, SpecChecker, make_tx
 
 TOKEN = "fuzz-admin-token"
 SERVICE_STATES = frozenset({"commit-timeout", "mempool-full", "not-ready"})

@@ -22,7 +22,7 @@ from qchain.store import schema
 from qchain.store.testing import flip_byte
 from qchain.types import ReceiptProof, Transaction
 
-from .conftest import (
+from ..conftest import (
     CHAIN_ID,
     OUTSIDER,
     PARTNERS,
