@@ -57,22 +57,23 @@ def read_token(path: Path) -> str:
     return path.read_text().strip()
 
 
-def node_status(api_url: str, timeout: float = 2.0) -> dict[str, Any] | None:
-    """A node's `/v1/status`, or None if it does not answer with a JSON object."""
+def _json_object(url: str, timeout: float) -> dict[str, Any] | None:
+    """GET a JSON object, or None if the server does not answer with one."""
     try:
-        doc = http_json(f"{api_url}/v1/status", timeout)
+        doc = http_json(url, timeout)
     except (OSError, ValueError):
         return None
     return doc if isinstance(doc, dict) else None
+
+
+def node_status(api_url: str, timeout: float = 2.0) -> dict[str, Any] | None:
+    """A node's `/v1/status`, or None if it does not answer with a JSON object."""
+    return _json_object(f"{api_url}/v1/status", timeout)
 
 
 def node_qkd(api_url: str, timeout: float = 2.0) -> dict[str, Any] | None:
     """A node's `/v1/qkd`, or None if it does not answer with a JSON object."""
-    try:
-        doc = http_json(f"{api_url}/v1/qkd", timeout)
-    except (OSError, ValueError):
-        return None
-    return doc if isinstance(doc, dict) else None
+    return _json_object(f"{api_url}/v1/qkd", timeout)
 
 
 def poll_ready(

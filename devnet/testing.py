@@ -7,6 +7,9 @@ and `node` imports nothing from `devnet`.
 on one in-process key manager, and starts them over real TCP on 127.0.0.1. Tests use it to
 drive the real node code (and, as a hostile peer, a real validator's transport and keys)
 without spawning processes.
+
+`anchor_tx` is the notary transaction that tests of running devnets (in-process, local
+processes, Docker) send to see the chain commit.
 """
 
 from __future__ import annotations
@@ -18,8 +21,10 @@ from pathlib import Path
 from devnet.network import plan_network, write_network
 from node.runtime import Validator
 from qchain.config import load_config
+from qchain.keys import SigningKey
 from qchain.qkd.clock import SystemClock
 from qchain.qkd.simsource import LocalKeySource, full_mesh
+from qchain.types import Transaction, new_transaction
 
 
 @contextlib.asynccontextmanager
@@ -47,3 +52,23 @@ async def inproc_network(
     finally:
         for v in nodes:
             await v.stop()
+
+
+def anchor_tx(
+    key: SigningKey,
+    chain_id: str,
+    nonce: int,
+    digest: bytes,
+    title: str | None = None,
+    category: str = "test",
+) -> Transaction:
+    """A notary `anchor` of the sha256 `digest`, without metadata, signed by `key`;
+    titled `evidence NONCE` unless `title` says otherwise."""
+    return new_transaction(
+        key,
+        chain_id=chain_id,
+        nonce=nonce,
+        contract="notary",
+        method="anchor",
+        args=[digest, "sha256", f"evidence {nonce}" if title is None else title, category, b""],
+    )

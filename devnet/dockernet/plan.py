@@ -6,9 +6,9 @@ dependencies). Nothing here touches Docker or the disk.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from devnet.network import NetworkPlan, NodePlan, plan_network
+from devnet.network import NetworkPlan, plan_network
 from qchain.errors import ConfigError
 
 DEFAULT_PROJECT = "qchain-devnet"
@@ -102,10 +102,8 @@ def plan_docker_network(
     )
     per_node = base.kme_mode == "per-node"
     nodes = tuple(
-        NodePlan(
-            index=n.index,
-            name=n.name,
-            sae_id=n.sae_id,
+        replace(
+            n,
             host=n.name,
             p2p_port=P2P_PORT,
             api_port=API_PORT,
@@ -117,20 +115,8 @@ def plan_docker_network(
         )
         for n in base.nodes
     )
-    return NetworkPlan(
-        chain_id=base.chain_id,
-        validators=base.validators,
-        profile=base.profile,
-        scheme=base.scheme,
-        kms_rate=base.kms_rate,
-        host=KMS_SERVICE,
-        kms_port=KMS_PORT,
-        kms_admin_port=KMS_ADMIN_PORT,
-        nodes=nodes,
-        heartbeat_ms=base.heartbeat_ms,
-        byzantine=base.byzantine,
-        kme_mode=base.kme_mode,
-        relay_delay_ms=base.relay_delay_ms,
+    return replace(
+        base, host=KMS_SERVICE, kms_port=KMS_PORT, kms_admin_port=KMS_ADMIN_PORT, nodes=nodes
     )
 
 

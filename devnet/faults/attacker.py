@@ -31,6 +31,7 @@ import random
 import struct
 import time
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from consensus.messages import Vote, encode_message
@@ -49,6 +50,8 @@ HELLO = struct.Struct(">4sH")
 """The transport's hello: magic, then the claimed validator index (`node.transport`)."""
 FRAME_LEN = struct.Struct(">I")
 CONNECT_TIMEOUT_S = 1.0
+Session = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+"""What an attack does on one connection once the hello is sent."""
 
 
 class AttackError(ValueError):
@@ -199,50 +202,46 @@ class Attacker:
     async def _paced(self, started: float, rate: float) -> None:
         await asyncio.sleep(max(0.0, min(started + 1.0 / rate - time.monotonic(), self._left())))
 
-    async def _open_as(
-        self, target: Victim, claim: Victim
-    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
-        """A connection to target that has sent the hello of `claim`."""
-        conn = await self._open(target)
-        if conn is not None:
-            conn[1].write(hello(claim.index))
-            self.stats.hellos[f"{target.name}<-as-{claim.name}"] += 1
-        return conn
+    async def _as_claim(
+        self, target: Victim, claim: Victim, per_second: float, session: Session
+    ) -> None:
+        """Until the attack ends: connect to target, send the hello of `claim`, run
+        `session` on the connection and close it; at most `per_second` connections a
+        second."""
+        while self._left() > 0:
+            started = time.monotonic()
+            conn = await self._open(target)
+            if conn is not None:
+                reader, writer = conn
+                try:
+                    writer.write(hello(claim.index))
+                    self.stats.hellos[f"{target.name}<-as-{claim.name}"] += 1
+                    await session(reader, writer)
+                finally:
+                    writer.close()
+            await self._paced(started, per_second)
 
     async def _hijack(self, target: Victim, claim: Victim) -> None:
-        while self._left() > 0:
-            started = time.monotonic()
-            conn = await self._open_as(target, claim)
-            if conn is not None:
-                reader, writer = conn
-                try:
-                    if await self._until_closed(reader, self._left()):
-                        self.stats.closed_by_node += 1
-                finally:
-                    writer.close()
-            await self._paced(started, self.spec.rate)
+        async def stay_silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            if await self._until_closed(reader, self._left()):
+                self.stats.closed_by_node += 1
+
+        await self._as_claim(target, claim, self.spec.rate, stay_silent)
 
     async def _forge(self, target: Victim, claim: Victim) -> None:
-        while self._left() > 0:
-            started = time.monotonic()
-            conn = await self._open_as(target, claim)
-            if conn is not None:
-                reader, writer = conn
-                try:
-                    while self._left() > 0 and not reader.at_eof():
-                        writer.write(forged_frame(self.spec, target, claim, self.rng))
-                        await writer.drain()
-                        self.stats.frames += 1
-                        if await self._until_closed(
-                            reader, min(1.0 / self.spec.rate, self._left())
-                        ):
-                            self.stats.closed_by_node += 1
-                            break
-                except (OSError, ConnectionError):
-                    self.stats.closed_by_node += 1
-                finally:
-                    writer.close()
-            await self._paced(started, 2.0)
+        async def send_forged(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            try:
+                while self._left() > 0 and not reader.at_eof():
+                    writer.write(forged_frame(self.spec, target, claim, self.rng))
+                    await writer.drain()
+                    self.stats.frames += 1
+                    if await self._until_closed(reader, min(1.0 / self.spec.rate, self._left())):
+                        self.stats.closed_by_node += 1
+                        break
+            except (OSError, ConnectionError):
+                self.stats.closed_by_node += 1
+
+        await self._as_claim(target, claim, 2.0, send_forged)
 
     async def _conn_flood(self, target: Victim) -> None:
         held: set[asyncio.Task[None]] = set()

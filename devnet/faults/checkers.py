@@ -12,11 +12,11 @@ in `devnet/faults/README.md`.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from devnet.faults.history import ChainViews, KmsSample, Op, QkdSample, StatusSample
+from devnet.faults.history import BlockView, ChainViews, KmsSample, Op, QkdSample, StatusSample
 
 EQUIVOCATION_ALERTS = (
     "vote-equivocation",
@@ -67,19 +67,28 @@ def check_served_blocks(bad: Mapping[str, Sequence[str]], nodes: Sequence[str]) 
     return CheckResult("served-blocks", True, "every block served verifies against its header")
 
 
-def check_agreement(chains: ChainViews) -> CheckResult:
-    """One block hash per height across every node that has that height."""
+def _conflicts_by_height(
+    chains: ChainViews, value: Callable[[BlockView], str]
+) -> tuple[list[int], list[str]]:
+    """The heights any node has, and one line for each height where the nodes that have
+    it disagree on `value` of its block (which value, on which nodes)."""
     heights = sorted({h for blocks in chains.values() for h in blocks})
     bad = []
     for h in heights:
         seen: dict[str, list[str]] = {}
         for node, blocks in sorted(chains.items()):
             if h in blocks:
-                seen.setdefault(blocks[h].hash, []).append(node)
+                seen.setdefault(value(blocks[h]), []).append(node)
         if len(seen) > 1:
             bad.append(
                 f"height {h}: " + "; ".join(f"{v[:16]} on {','.join(n)}" for v, n in seen.items())
             )
+    return heights, bad
+
+
+def check_agreement(chains: ChainViews) -> CheckResult:
+    """One block hash per height across every node that has that height."""
+    heights, bad = _conflicts_by_height(chains, lambda b: b.hash)
     top = max(heights, default=0)
     if bad:
         return CheckResult(
@@ -92,17 +101,7 @@ def check_agreement(chains: ChainViews) -> CheckResult:
 
 def check_app_hash(chains: ChainViews) -> CheckResult:
     """One app hash per height across every node that has that height."""
-    heights = sorted({h for blocks in chains.values() for h in blocks})
-    bad = []
-    for h in heights:
-        seen: dict[str, list[str]] = {}
-        for node, blocks in sorted(chains.items()):
-            if h in blocks:
-                seen.setdefault(blocks[h].app_hash, []).append(node)
-        if len(seen) > 1:
-            bad.append(
-                f"height {h}: " + "; ".join(f"{v[:16]} on {','.join(n)}" for v, n in seen.items())
-            )
+    heights, bad = _conflicts_by_height(chains, lambda b: b.app_hash)
     if bad:
         return CheckResult(
             "app-hash", False, f"diverging state at {len(bad)} heights", first_items(bad)

@@ -162,6 +162,16 @@ def _take(doc: dict[str, Any], where: str, known: set[str]) -> None:
         raise ConfigError(f"{where}.{sorted(unknown)[0]}", "unknown field")
 
 
+def _table(doc: dict[str, Any], name: str, known: set[str]) -> dict[str, Any]:
+    """The optional table `name` of the scenario (empty if absent), holding only `known`
+    fields."""
+    table = doc.get(name, {})
+    if not isinstance(table, dict):
+        raise ConfigError(name, "a table")
+    _take(table, name, known)
+    return table
+
+
 def _num(doc: dict[str, Any], name: str, where: str, default: float | None, lo: float = 0.0) -> Any:
     v = doc.get(name, default)
     if v is None:
@@ -319,11 +329,8 @@ def _kme_and_flood_params(doc: dict[str, Any], where: str, action: str) -> dict[
 
 
 def _network_spec(doc: dict[str, Any]) -> NetworkSpec:
-    net_doc = doc.get("network", {})
-    if not isinstance(net_doc, dict):
-        raise ConfigError("network", "a table")
-    _take(
-        net_doc,
+    net_doc = _table(
+        doc,
         "network",
         {"validators", "heartbeat_ms", "kms_rate", "scheme", "kme_per_node", "relay_delay_ms"},
     )
@@ -346,10 +353,7 @@ def _network_spec(doc: dict[str, Any]) -> NetworkSpec:
 
 
 def _load_spec(doc: dict[str, Any]) -> LoadSpec:
-    load_doc = doc.get("load", {})
-    if not isinstance(load_doc, dict):
-        raise ConfigError("load", "a table")
-    _take(load_doc, "load", {"rate", "duration_s", "mix"})
+    load_doc = _table(doc, "load", {"rate", "duration_s", "mix"})
     mix_doc = load_doc.get("mix", {"anchor": 3, "pay": 1})
     if not isinstance(mix_doc, dict) or not mix_doc:
         raise ConfigError("load.mix", "a table of weights, e.g. {anchor = 3, pay = 1}")
@@ -379,11 +383,8 @@ def _steps(doc: dict[str, Any], duration: float) -> tuple[Step, ...]:
 
 
 def _checks_spec(doc: dict[str, Any]) -> ChecksSpec:
-    checks_doc = doc.get("checks", {})
-    if not isinstance(checks_doc, dict):
-        raise ConfigError("checks", "a table")
-    _take(
-        checks_doc,
+    checks_doc = _table(
+        doc,
         "checks",
         {
             "liveness_deadline_s",

@@ -26,9 +26,10 @@ from devnet.kme import load_kme_map
 from devnet.local import LocalNetwork, running_network
 from devnet.network import account_key, free_ports, plan_network
 from devnet.nodeapi import http_json
+from devnet.testing import anchor_tx
 from qchain.client import AsyncClient
 from qchain.qkd.certs import write_kms_certs
-from qchain.types import Transaction, new_transaction
+from qchain.types import Transaction
 
 pytestmark = pytest.mark.slow
 SCHEME = "ed25519"
@@ -38,15 +39,7 @@ SAE_IDS = ("1001", "1002", "1003", "1004")
 def anchors(net: LocalNetwork, role: str, count: int) -> list[Transaction]:
     key = account_key(role, SCHEME)
     return [
-        new_transaction(
-            key,
-            chain_id=net.plan.chain_id,
-            nonce=nonce,
-            contract="notary",
-            method="anchor",
-            args=[bytes([nonce + 1]) * 32, "sha256", f"evidence {nonce}", "test", b""],
-        )
-        for nonce in range(count)
+        anchor_tx(key, net.plan.chain_id, nonce, bytes([nonce + 1]) * 32) for nonce in range(count)
     ]
 
 

@@ -30,8 +30,9 @@ import pytest
 from devnet.local import LocalNetwork, running_network
 from devnet.network import account_key, plan_network
 from devnet.nodeapi import http_json
+from devnet.testing import anchor_tx
 from qchain.client import AsyncClient
-from qchain.types import Transaction, new_transaction
+from qchain.types import Transaction
 
 pytestmark = pytest.mark.slow
 SCHEME = "ed25519"
@@ -69,14 +70,7 @@ class Writer:
 
     def next_tx(self) -> Transaction:
         digest = (self.tag.to_bytes(4, "big") + self.nonce.to_bytes(4, "big")) * 4
-        tx = new_transaction(
-            self.key,
-            chain_id=self.chain_id,
-            nonce=self.nonce,
-            contract="notary",
-            method="anchor",
-            args=[digest, "sha256", f"evidence {self.nonce}", "test", b""],
-        )
+        tx = anchor_tx(self.key, self.chain_id, self.nonce, digest)
         self.nonce += 1
         return tx
 

@@ -26,10 +26,11 @@ from devnet.dockernet.network import ComposeNetwork
 from devnet.dockernet.plan import STOP_GRACE_S, DockerSettings, plan_docker_network
 from devnet.dockernet.render import reference_compose_yaml
 from devnet.network import account_key
+from devnet.testing import anchor_tx
 from qchain.client import Client
 from qchain.config import load_config
 from qchain.errors import ApiError
-from qchain.types import Transaction, new_transaction
+from qchain.types import Transaction
 
 from .docker_support import (
     IMAGE,
@@ -93,14 +94,8 @@ def test_init_writes_container_configs(tmp_path: Path) -> None:
 
 def _anchor(chain_id: str, nonce: int, tag: int) -> Transaction:
     digest = bytes([tag, nonce % 256, nonce // 256]) * 10 + b"\x00\x02"
-    return new_transaction(
-        account_key("partner1", SCHEME),
-        chain_id=chain_id,
-        nonce=nonce,
-        contract="notary",
-        method="anchor",
-        args=[digest, "sha256", f"docker doc {nonce}", "report", b""],
-    )
+    key = account_key("partner1", SCHEME)
+    return anchor_tx(key, chain_id, nonce, digest, f"docker doc {nonce}", "report")
 
 
 def _wait(predicate: Callable[[], bool], timeout: float, what: str) -> None:

@@ -15,8 +15,8 @@ import pytest
 from devnet.dockernet.network import ComposeNetwork
 from devnet.dockernet.plan import DockerSettings, plan_docker_network
 from devnet.network import account_key
+from devnet.testing import anchor_tx
 from qchain.client import AsyncClient
-from qchain.types import new_transaction
 
 from .docker_support import (
     IMAGE,
@@ -53,14 +53,7 @@ async def test_kme_per_node_commits_on_every_node(kme_net: ComposeNetwork) -> No
     names = [n.name for n in net.plan.nodes]
     key = account_key("partner1", SCHEME)
     txs = [
-        new_transaction(
-            key,
-            chain_id=net.plan.chain_id,
-            nonce=i,
-            contract="notary",
-            method="anchor",
-            args=[bytes([0xD0 + i]) * 32, "sha256", f"site doc {i}", "report", b""],
-        )
+        anchor_tx(key, net.plan.chain_id, i, bytes([0xD0 + i]) * 32, f"site doc {i}", "report")
         for i in range(4)
     ]
     for name, tx in zip(names, txs, strict=True):

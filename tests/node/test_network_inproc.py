@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 
 from devnet.network import account_key
-from devnet.testing import inproc_network
+from devnet.testing import anchor_tx, inproc_network
 from node.runtime import Validator
 from node.transport import FaultRules
 from qchain.qkd.testing import wait_until
-from qchain.types import Transaction, new_transaction
+from qchain.types import Transaction
 
 
 @pytest.fixture
@@ -40,14 +40,7 @@ async def test_validators_agree_and_commit_transactions(network: list[Validator]
     chain_id = network[0].chain_id
     hashes = []
     for nonce in range(6):
-        tx = new_transaction(
-            key,
-            chain_id=chain_id,
-            nonce=nonce,
-            contract="notary",
-            method="anchor",
-            args=[bytes([nonce]) * 32, "sha256", f"doc {nonce}", "report", b""],
-        )
+        tx = anchor_tx(key, chain_id, nonce, bytes([nonce]) * 32, f"doc {nonce}", "report")
         status, new = network[nonce % 4].submit_tx(tx)
         assert new and status.state == "pending"
         hashes.append(tx.hash)
@@ -71,14 +64,7 @@ async def test_validators_agree_and_commit_transactions(network: list[Validator]
 def _anchor_tx(chain_id: str, nonce: int, tag: int = 0) -> Transaction:
     key = account_key("partner2", "ed25519")
     digest = bytes([tag, nonce % 256, nonce // 256]) * 10 + b"\x00\x01"
-    return new_transaction(
-        key,
-        chain_id=chain_id,
-        nonce=nonce,
-        contract="notary",
-        method="anchor",
-        args=[digest, "sha256", f"doc {nonce}", "report", b""],
-    )
+    return anchor_tx(key, chain_id, nonce, digest, f"doc {nonce}", "report")
 
 
 async def test_partitioned_node_catches_up_after_heal(network: list[Validator]) -> None:

@@ -18,13 +18,14 @@ import pytest
 
 from devnet.local import LocalNetwork, running_network
 from devnet.network import account_key, plan_network
+from devnet.testing import anchor_tx
 from node.genesis_file import load_genesis
 from qchain.client import Client
 from qchain.errors import ApiError
 from qchain.store import schema
 from qchain.store.leveldb import LevelDBStore
 from qchain.store.testing import flip_bit_in_table
-from qchain.types import Transaction, new_transaction
+from qchain.types import Transaction
 
 pytestmark = pytest.mark.slow
 SCHEME = "ed25519"
@@ -39,14 +40,7 @@ def devnet(tmp_path: Path) -> Iterator[LocalNetwork]:
 
 
 def _anchor(chain_id: str, nonce: int) -> Transaction:
-    return new_transaction(
-        account_key("partner1", SCHEME),
-        chain_id=chain_id,
-        nonce=nonce,
-        contract="notary",
-        method="anchor",
-        args=[bytes([nonce]) * 32, "sha256", f"evidence {nonce}", "test", b""],
-    )
+    return anchor_tx(account_key("partner1", SCHEME), chain_id, nonce, bytes([nonce]) * 32)
 
 
 def _until(what: str, check: Callable[[], Any], timeout: float = 20.0) -> Any:
