@@ -7,12 +7,12 @@ the checks to run (see `devnet/faults/README.md` for every field).
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from node.http import admin
+from qchain.config import load_toml
 from qchain.errors import ConfigError
 from qchain.qkd.kms_config import parse_behaviour
 
@@ -483,13 +483,7 @@ def parse_scenario(doc: dict[str, Any], default_name: str = "scenario") -> Scena
 
 
 def load_scenario(path: Path) -> Scenario:
-    try:
-        doc = tomllib.loads(path.read_text())
-    except OSError as e:
-        raise ConfigError(str(path), f"cannot read: {e.strerror}") from e
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(str(path), f"not TOML: {e}") from e
-    return parse_scenario(doc, path.stem)
+    return parse_scenario(load_toml(path), path.stem)
 
 
 def shipped_scenarios() -> dict[str, Path]:
