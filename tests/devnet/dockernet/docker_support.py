@@ -26,7 +26,7 @@ from devnet.dockernet.network import ComposeNetwork
 from devnet.dockernet.plan import DockerSettings, host_port_offsets
 from devnet.network import NetworkPlan, free_port_base
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 IMAGE = "qchain:dev"
 LOCK_FILE = Path(tempfile.gettempdir()) / "qchain-dockertest.lock"
 

@@ -23,7 +23,7 @@ from devnet.faults.report import render
 from devnet.faults.runner import run_scenario
 from devnet.faults.scenario import load_scenario, shipped_scenarios
 
-from .docker_support import (
+from ..dockernet.docker_support import (
     IMAGE,
     build_image,
     compose_devnet,
