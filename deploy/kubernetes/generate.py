@@ -235,7 +235,7 @@ def _peer_source(name: str, hint: Endpoint, cidrs: dict[str, str]) -> dict[str, 
         return {"ipBlock": {"cidr": cidrs[name]}}
     if hint.external:
         raise SiteError(
-            f"validator {name!r}: its p2p hint {hint.host!r} is outside this "
+            f"validator {name!r}: its p2p hint {hint.host}:{hint.port} is outside this "
             f"cluster; give --peer-cidr '{name}=CIDR' (the addresses it "
             "connects from)"
         )
@@ -379,7 +379,7 @@ def _probe(path: str, period_s: int, failures: int) -> dict[str, Any]:
     }
 
 
-def _copy_secrets() -> dict[str, Any]:
+def _copy_secrets(image: str) -> dict[str, Any]:
     """The init container that copies the Secret's files into the in-memory volume the node
     reads, owned by the node's user with mode 0400 (README: why)."""
     copy = " && ".join(
@@ -387,6 +387,7 @@ def _copy_secrets() -> dict[str, Any]:
     )
     return {
         "name": "secrets",
+        "image": image,
         "command": ["/bin/sh", "-c", f"set -eu; {copy}"],
         "securityContext": _restricted(),
         "resources": {
@@ -476,7 +477,7 @@ def statefulset(site: Site) -> dict[str, Any]:
             "fsGroupChangePolicy": "OnRootMismatch",
             "seccompProfile": {"type": "RuntimeDefault"},
         },
-        "initContainers": [{**_copy_secrets(), "image": site.image}],
+        "initContainers": [_copy_secrets(site.image)],
         "containers": [_validator_container(site)],
         "volumes": _volumes(site),
     }
