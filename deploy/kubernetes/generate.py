@@ -251,6 +251,17 @@ def _peer_source(name: str, hint: Endpoint, cidrs: dict[str, str]) -> dict[str, 
     return source
 
 
+def _https_host_port(url: str) -> tuple[str, int]:
+    parts = urlsplit(url)
+    try:
+        port = parts.port or 443
+    except ValueError:
+        port = 0
+    if parts.scheme != "https" or not parts.hostname or not port:
+        raise SiteError(f"site.toml api = {url!r}: must be an https:// URL")
+    return parts.hostname, port
+
+
 def _validators(genesis: Any, path: Path) -> list[tuple[str, str]]:
     if not isinstance(genesis, dict) or not isinstance(genesis.get("validators"), list):
         raise SiteError(f"{path}: validators must be a list")
@@ -272,6 +283,8 @@ def load_site(
     storage_class: str | None = None,
 ) -> Site:
     """Everything the manifests need, read and checked from a site directory."""
+    if not image or any(c.isspace() for c in image):
+        raise SiteError(f"--image {image!r}: must name an image, e.g. registry/qchain:0.1.0")
     for f in CONFIG_FILES + SECRET_FILES + ("site.toml",):
         if not (site_dir / f).is_file():
             raise SiteError(
@@ -289,10 +302,9 @@ def load_site(
         f"qchain-{own}-p2p",
         namespace,
     )
-    api_url = urlsplit(_text(site, "api", "site.toml"))
-    if api_url.scheme != "https" or not api_url.hostname:
-        raise SiteError(f"site.toml api = {site['api']!r}: must be an https:// URL")
-    api = endpoint(api_url.hostname, api_url.port or 443, f"qchain-{own}-api", namespace)
+    api = endpoint(
+        *_https_host_port(_text(site, "api", "site.toml")), f"qchain-{own}-api", namespace
+    )
     ns = namespace or p2p.namespace or api.namespace or "qchain"
     for what, ep in (("p2p", p2p), ("api", api)):
         if ep.namespace not in (None, ns):
@@ -308,6 +320,13 @@ def load_site(
             raise SiteError(f"--peer-cidr {peer_name}={cidr}: {e}") from e
     validators = _validators(_read_json(site_dir / "genesis.json"), site_dir / "genesis.json")
     names = [n for n, _ in validators]
+    slugs = [slug(n) for n in names]
+    for i, label in enumerate(slugs):
+        if label in slugs[:i]:
+            raise SiteError(
+                f"genesis.json validators {names[slugs.index(label)]!r} and "
+                f"{names[i]!r} both become {label!r} in Kubernetes names"
+            )
     if name not in names:
         raise SiteError(
             f"site.toml name {name!r} is not a validator of genesis.json ({', '.join(names)})"

@@ -486,6 +486,13 @@ def _edit(path: Path, old: str, new: str) -> None:
             "site.toml name 'partner-z' is not a validator of genesis.json",
         ),
         ("site.toml", "https://api", "http://api", "must be an https:// URL"),
+        ("site.toml", ":8443", ":99999", "must be an https:// URL"),
+        (
+            "genesis.json",
+            '"name": "partner-b"',
+            '"name": "Partner A"',
+            "'partner-a' and 'Partner A' both become 'partner-a'",
+        ),
         (
             "genesis.json",
             '"p2p": "validator.partner-c.example:7000",',
@@ -514,6 +521,8 @@ def test_the_generator_needs_the_peers_addresses_and_every_file(tmp_path: Path) 
         gen.load_site(site_dir, "qchain:dev", peer_cidrs={**cidrs, "partner-e": "192.0.2.1/32"})
     with pytest.raises(gen.SiteError, match=re.escape("--peer-cidr partner-d=10.0.0.300/32")):
         gen.load_site(site_dir, "qchain:dev", peer_cidrs={**cidrs, "partner-d": "10.0.0.300/32"})
+    with pytest.raises(gen.SiteError, match="--image '': must name an image"):
+        gen.load_site(site_dir, "", peer_cidrs=cidrs)
     (site_dir / "kme-client.key").unlink()
     with pytest.raises(gen.SiteError, match=re.escape("kme-client.key: missing")):
         gen.load_site(site_dir, "qchain:dev", peer_cidrs=cidrs)
