@@ -17,8 +17,8 @@ $(STAMP): $(PY) pyproject.toml
 install: $(STAMP)
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check qchain consensus contracts node devnet tests
-	$(VENV)/bin/ruff format --check qchain consensus contracts node devnet tests
+	$(VENV)/bin/ruff check qchain consensus contracts node devnet deploy tests
+	$(VENV)/bin/ruff format --check qchain consensus contracts node devnet deploy tests
 
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy
