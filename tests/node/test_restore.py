@@ -3,6 +3,7 @@ aside, a running node's store is refused, and the QKD leases never go backwards.
 
 from __future__ import annotations
 
+import shutil
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -143,3 +144,33 @@ def test_the_margin_outlasts_any_link() -> None:
     years = LEASE_MARGIN / frames_per_s / (365 * 24 * 3600)
     assert years > 8
     assert (2**64 - 1) // LEASE_MARGIN >= 65_535
+
+
+def test_a_restored_lease_never_hands_out_a_used_value(tmp_path: Path) -> None:
+    """The hazard itself, with a small lease block: after the backup the node uses values
+    past the backup's lease; the restored node's first value is above all of them."""
+    from qchain.qkd.lease import Lease
+
+    db = tmp_path / "data" / "db"
+    with LevelDBStore(db) as s:
+        for k, v in _chain(3, {}).iterate():
+            s.put(k, v)
+        lease = Lease(s, "seq/sae-0/sae-1", block=16)
+        for _ in range(10):
+            lease.next()
+        backup = tmp_path / "early.qbk"
+        save_backup(backup, store_chunks(s, 1_780_000_000), EXPECTED, fsync=False)
+        last = max(lease.next() for _ in range(100))
+    assert schema.read_u64(_chain_lease(backup)) <= last  # the backup's lease is behind
+    shutil.rmtree(db)
+    restore(db, backup, EXPECTED, NOW)
+    with LevelDBStore(db) as s:
+        assert Lease(s, "seq/sae-0/sae-1", block=16).next() > last
+
+
+def _chain_lease(backup: Path) -> bytes:
+    from node.backup import read_backup
+
+    found: list[bytes] = []
+    read_backup(backup, EXPECTED, lambda k, v: found.append(v) if k == LINK_A else None)
+    return found[0]
