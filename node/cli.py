@@ -48,8 +48,10 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.node_cmd == "rebuild":
         return _rebuild(cfg.node.data_dir / "db", args.config)
-    if args.node_cmd in ("backup", "restore"):
-        return _backup(cfg, args.out) if args.node_cmd == "backup" else _restore(cfg, args)
+    if args.node_cmd == "backup":
+        return _backup(cfg, args.out)
+    if args.node_cmd == "restore":
+        return _restore(cfg, args)
     from node.runtime import run_validator, setup_logging
 
     setup_logging(cfg)
@@ -79,6 +81,9 @@ def _backup(cfg: NodeConfig, out: Path) -> int:
     except QChainError as e:
         print(f"backup failed: {e.message}")
         return 1
+    except OSError as e:
+        print(f"backup failed: cannot write {out}: {e.strerror}")
+        return 1
     h = done.header
     print(
         f"{out}: backup of {h.chain_id} at height {h.height} ({how}), "
@@ -100,6 +105,9 @@ def _restore(cfg: NodeConfig, args: argparse.Namespace) -> int:
         return 1
     except QChainError as e:
         print(f"restore refused: {e.message}")
+        return 1
+    except OSError as e:
+        print(f"restore failed: {e}")
         return 1
     moved = f"the replaced store is now {done.moved_to}" if done.moved_to else "no store before"
     print(f"{db_dir}: restored height {done.header.height}, {done.records} records; {moved}")
