@@ -1,11 +1,17 @@
 """`qchain node run --config FILE`: run one validator until SIGTERM or SIGINT.
-`qchain node rebuild --config FILE`: move a damaged store aside (see `node.rebuild`)."""
+`qchain node rebuild --config FILE`: move a damaged store aside (see `node.rebuild`).
+`qchain node backup --config FILE --out BACKUP`, `qchain node restore --config FILE --in
+BACKUP`: back a node's store up to a file and put it back (see `node.backup`)."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from qchain.config import NodeConfig
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -21,6 +27,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "from the peers",
     )
     reb.add_argument("--config", required=True, type=Path, help="node TOML config")
+    bak = sub.add_parser(
+        "backup", help="write a backup of a node's store (running: through its admin API)"
+    )
+    bak.add_argument("--config", required=True, type=Path, help="node TOML config")
+    bak.add_argument("--out", required=True, type=Path, help="the backup file to write")
+    res = sub.add_parser(
+        "restore", help="replace a stopped node's store with a backup (the old one is kept)"
+    )
+    res.add_argument("--config", required=True, type=Path, help="node TOML config")
+    res.add_argument("--in", dest="backup", required=True, type=Path, help="the backup file")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -32,6 +48,10 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.node_cmd == "rebuild":
         return _rebuild(cfg.node.data_dir / "db", args.config)
+    if args.node_cmd == "backup":
+        return _backup(cfg, args.out)
+    if args.node_cmd == "restore":
+        return _restore(cfg, args)
     from node.runtime import run_validator, setup_logging
 
     setup_logging(cfg)
@@ -49,4 +69,51 @@ def _rebuild(db_dir: Path, config: Path) -> int:
         return 1
     print(f"the damaged store is now {done.moved_to}; {done.leases} QKD lease(s) kept")
     print(f"start the node (qchain node run --config {config}): it catches up from its peers")
+    return 0
+
+
+def _backup(cfg: NodeConfig, out: Path) -> int:
+    from node.backup import backup_node
+    from qchain.errors import QChainError
+
+    try:
+        how, done = backup_node(cfg, out)
+    except QChainError as e:
+        print(f"backup failed: {e.message}")
+        return 1
+    except OSError as e:
+        print(f"backup failed: cannot write {out}: {e.strerror}")
+        return 1
+    h = done.header
+    print(
+        f"{out}: backup of {h.chain_id} at height {h.height} ({how}), "
+        f"{done.records} records, {done.size} bytes"
+    )
+    return 0
+
+
+def _restore(cfg: NodeConfig, args: argparse.Namespace) -> int:
+    from node.backup import expected_of
+    from node.rebuild import LEASE_MARGIN, restore
+    from qchain.errors import QChainError, StoreLocked
+
+    db_dir = cfg.node.data_dir / "db"
+    try:
+        done = restore(db_dir, args.backup, expected_of(cfg))
+    except StoreLocked as e:
+        print(f"restore refused: the node is running; stop it first ({e.message})")
+        return 1
+    except QChainError as e:
+        print(f"restore refused: {e.message}")
+        return 1
+    except OSError as e:
+        print(f"restore failed: {e}")
+        return 1
+    moved = f"the replaced store is now {done.moved_to}" if done.moved_to else "no store before"
+    print(f"{db_dir}: restored height {done.header.height}, {done.records} records; {moved}")
+    print(
+        f"QKD leases: {done.leases_kept} kept from the replaced store, "
+        f"{done.leases_advanced} advanced by {LEASE_MARGIN} from the backup"
+    )
+    print(f"start the node (qchain node run --config {args.config}): it catches up from there")
     return 0

@@ -10,7 +10,7 @@ mode are set on the links and the `ByzantineSwitch`.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +22,7 @@ from contracts.query import query as contract_query
 from contracts.state import StateReader
 from node.accounts import Admission
 from node.alarms import Alarms
+from node.backup import store_chunks
 from node.byzantine import ByzantineSwitch
 from node.chainstore import ChainStore
 from node.commit import Waiters
@@ -35,6 +36,7 @@ from node.metrics import MetricsSync, NodeMetrics
 from node.pacing import BlockPacer
 from node.service import EventStream, TxStatus
 from node.transport import FaultRules, PeerStats
+from qchain.errors import NotReady
 from qchain.store.kv import KVStore
 from qchain.types import ReceiptProof, Transaction, decode_transaction
 
@@ -200,7 +202,7 @@ def _transport_stats(t: PeerStats) -> dict[str, Any]:
 
 class AdminFacade:
     """`node.http.admin.AdminTarget` over a validator's parts: faults, state dump, the
-    test-only Byzantine mode."""
+    test-only Byzantine mode; and the store's backup (`backup`)."""
 
     def __init__(
         self,
@@ -211,8 +213,10 @@ class AdminFacade:
         fetcher: BlockFetcher,
         pacer: BlockPacer,
         status: Callable[[], Mapping[str, Any]],
+        store: KVStore | None = None,
     ) -> None:
         self.links = links
+        self.store = store
         self.byzantine = byzantine
         self.engine = engine
         self.driver = driver
@@ -242,6 +246,16 @@ class AdminFacade:
 
     def set_byzantine(self, mode: str | None) -> None:
         self.byzantine.set(mode)
+
+    def backup(self) -> Iterator[bytes]:
+        """The store's backup file (`node.backup`), from a snapshot taken now. Refused
+        while the store is known to be damaged: a backup of it would be worthless."""
+        corrupt = self.status().get("store_corrupt")
+        if corrupt:
+            raise NotReady([f"store-corrupt: {corrupt}"])
+        if self.store is None:
+            raise NotReady(["no store to back up"])
+        return store_chunks(self.store, int(time.time()))
 
     def dump(self) -> Mapping[str, Any]:
         view = self.engine.view()

@@ -137,6 +137,7 @@ class Validator:
             self.fetcher,
             self.pacer,
             self.service.status,
+            self.store,
         )
 
     def _load_signing_key(self) -> SigningKey:
@@ -356,7 +357,8 @@ class Validator:
             ssl_ctx = make_ssl_context(cfg.api.tls_cert, cfg.api.tls_key)
         await self._listeners.serve(api, cfg.api.listen, ssl_ctx)
         token = admin_token(cfg.admin.token_file)
-        await self._listeners.serve(make_admin_app(self.admin, token), cfg.admin.listen, None)
+        admin = make_admin_app(self.admin, token, backup=self.admin.backup)
+        await self._listeners.serve(admin, cfg.admin.listen, None)
 
     def _boot_engine(self) -> None:
         if not self._store_intact():

@@ -109,6 +109,67 @@ class StorageCorrupt(StorageError):
         return {"key": self.key.hex(), "reason": self.reason}
 
 
+class StoreLocked(StorageError):
+    """The database is held by another process (LevelDB allows one): the node is running."""
+
+    def __init__(self, path: object, reason: str) -> None:
+        super().__init__(f"cannot open LevelDB at {path}: in use by another process ({reason})")
+        self.path = str(path)
+        self.reason = reason
+
+    def fields(self) -> dict[str, object]:
+        return {"path": self.path, "reason": self.reason}
+
+
+class BackupError(QChainError):
+    """A backup file (`node.backup`) that is refused: not one, damaged, of another format
+    or schema, or beyond a bound. `field` names the part of the file that is wrong. A
+    refused backup never changes the node's store."""
+
+    code = "invalid-backup"
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(f"backup {field}: {reason}")
+        self.field = field
+        self.reason = reason
+
+    def fields(self) -> dict[str, object]:
+        return {"field": self.field, "reason": self.reason}
+
+
+class BackupTruncated(BackupError):
+    """The file ends before its trailer: an interrupted copy or transfer."""
+
+    code = "backup-truncated"
+
+
+class BackupDigestMismatch(BackupError):
+    """The trailing SHA-256 does not match the bytes before it: the file was altered."""
+
+    code = "backup-digest-mismatch"
+
+
+class BackupMismatch(BackupError):
+    """A well-formed backup of something else: another chain id, genesis or schema
+    version than the node's config and genesis (`what`)."""
+
+    code = "backup-mismatch"
+
+    def __init__(self, what: str, stored: str, expected: str) -> None:
+        super().__init__(f"header.{what}", f"is {stored}, this node's is {expected}")
+        self.what = what
+        self.stored = stored
+        self.expected = expected
+
+    def fields(self) -> dict[str, object]:
+        return {
+            **super().fields(),
+            "what": self.what,
+            "stored": self.stored,
+            "expected": self.expected,
+        }
+
+
 class KeyFileError(QChainError):
     """A key file that cannot be read or has the wrong format."""
 

@@ -7,14 +7,20 @@ Routes:
   `DELETE /admin/faults` (heal): transport fault rules per direction;
 - `GET /admin/dump`: the consensus engine's state and the node's counters;
 - `GET /admin/byzantine`, `PUT /admin/byzantine` (body `{"mode": NAME | null}`): test-only
-  Byzantine behaviours, refused (403) unless the node was started with the devnet flag.
+  Byzantine behaviours, refused (403) unless the node was started with the devnet flag;
+- `GET /admin/backup`: a backup of the store (`node.backup`'s file format) from a snapshot
+  taken when the request arrives, streamed as `application/octet-stream` while the node
+  keeps committing; 503 while the store is known to be damaged. A read failure midway
+  cuts the stream, which the backup's trailer then shows (`qchain node backup` refuses it).
 
 Errors are problem+json from the same table as the public API's (`node.http.problems`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import asyncio
+import logging
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Protocol
 
 from aiohttp import web
@@ -28,6 +34,7 @@ from qchain.errors import (
     InvalidFaultRules,
     InvalidJson,
     InvalidRequest,
+    StorageError,
     UnknownByzantineMode,
 )
 from qchain.jsonform import parse_json
@@ -64,6 +71,10 @@ class AdminTarget(Protocol):
 
 TARGET: web.AppKey[AdminTarget] = web.AppKey("admin_target")
 """The validator the admin API acts on."""
+BACKUP: web.AppKey[Callable[[], Iterator[bytes]]] = web.AppKey("admin_backup")
+"""A new backup of the validator's store, in pieces (`AdminFacade.backup`)."""
+
+log = logging.getLogger("qchain.admin")
 
 
 def rules_to_json(r: FaultRules) -> dict[str, Any]:
@@ -169,8 +180,32 @@ async def put_byzantine(request: web.Request) -> web.Response:
     return _byzantine_json(target)
 
 
-def make_admin_app(target: AdminTarget, token: str) -> web.Application:
-    """The admin API over target, for requests bearing `token`."""
+async def get_backup(request: web.Request) -> web.StreamResponse:
+    chunks = request.app[BACKUP]()
+    resp = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
+    try:
+        await resp.prepare(request)
+        for chunk in chunks:
+            await resp.write(chunk)
+            await asyncio.sleep(0)  # each piece is read synchronously: let the node run
+    except StorageError as e:
+        log.error("backup stream cut: %s", e.message)
+        if request.transport is not None:
+            request.transport.close()
+        return resp
+    finally:
+        close = getattr(chunks, "close", None)
+        if close is not None:
+            close()
+    await resp.write_eof()
+    return resp
+
+
+def make_admin_app(
+    target: AdminTarget, token: str, backup: Callable[[], Iterator[bytes]] | None = None
+) -> web.Application:
+    """The admin API over target, for requests bearing `token`; `GET /admin/backup` when
+    a backup source is given."""
     app = web.Application(client_max_size=MAX_ADMIN_BODY, middlewares=[problems, bearer_auth])
     app[TARGET] = target
     app[ADMIN_AUTHORIZATION] = f"Bearer {token}".encode()
@@ -181,4 +216,7 @@ def make_admin_app(target: AdminTarget, token: str) -> web.Application:
     app.router.add_get("/admin/dump", dump)
     app.router.add_get("/admin/byzantine", get_byzantine)
     app.router.add_put("/admin/byzantine", put_byzantine)
+    if backup is not None:
+        app[BACKUP] = backup
+        app.router.add_get("/admin/backup", get_backup)
     return app

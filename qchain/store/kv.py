@@ -10,6 +10,10 @@ Reads never return bytes the store knows to be damaged: a backend that detects d
 a store when a value does not match the hash that commits to it. Both go through
 `KVStore.corrupt`, which tells the store's one `on_corrupt` listener (the node uses it to
 stop serving and voting). `scan` reads everything once, for an integrity check at startup.
+
+`snapshot` takes a consistent read-only view of the store as it is at that moment: writes
+made afterwards are not seen through it, so a running node can be backed up while it
+commits (`node.backup`). Close a snapshot when done; closing the store ends it too.
 """
 
 from __future__ import annotations
@@ -60,6 +64,36 @@ class Batch(Writes):
         return len(self._writes)
 
 
+class Snapshot(ABC):
+    """A read-only view of a store as it was when `KVStore.snapshot` was called."""
+
+    @abstractmethod
+    def get(self, key: bytes) -> bytes | None:
+        """The value at key when the snapshot was taken, or None."""
+
+    @abstractmethod
+    def iterate(
+        self, prefix: bytes = b"", *, start: bytes | None = None
+    ) -> Iterator[tuple[bytes, bytes]]:
+        """(key, value) pairs whose key starts with prefix, in byte order, as they were when
+        the snapshot was taken; `start`, if given, is the first key to include."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release the snapshot. Later calls raise `StorageError`."""
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
 class KVStore(ABC):
     """Ordered byte-key store with atomic batches."""
 
@@ -97,8 +131,12 @@ class KVStore(ABC):
         """Apply every write of the batch atomically."""
 
     @abstractmethod
+    def snapshot(self) -> Snapshot:
+        """A consistent read-only view of the store as it is now."""
+
+    @abstractmethod
     def close(self) -> None:
-        """Release the store. Later calls raise `StorageError`."""
+        """Release the store (and every open snapshot). Later calls raise `StorageError`."""
 
     def __enter__(self) -> Self:
         return self

@@ -2,7 +2,7 @@
 
 Atomic batches map to LevelDB write batches; `sync=True` makes LevelDB fsync its log
 before `write` returns, so an acknowledged batch survives a crash or power cut. LevelDB
-allows one process per database: a second opener gets a `StorageError` naming the lock.
+allows one process per database: a second opener gets `StoreLocked` (a `StorageError`).
 
 Every read verifies LevelDB's block checksums (`verify_checksums`; the database is opened
 with `paranoid_checks`), so a flipped bit in a table file raises `StorageCorrupt` instead
@@ -15,11 +15,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import plyvel
 
-from qchain.errors import StorageError
-from qchain.store.kv import Batch, KVStore, check_open, prefix_end
+from qchain.errors import StorageError, StoreLocked
+from qchain.store.kv import Batch, KVStore, Snapshot, check_open, prefix_end
 
 WRITE_BUFFER_BYTES = 32 * 1024 * 1024
 
@@ -42,6 +43,8 @@ class LevelDBStore(KVStore):
                 compression=None,
             )
         except plyvel.IOError as e:
+            if "lock" in _message(e).lower():
+                raise StoreLocked(path, _message(e)) from e
             raise StorageError(f"cannot open LevelDB at {path}: {e}") from e
         except plyvel.Error as e:
             raise StorageError(f"LevelDB at {path} is damaged: {e}") from e
@@ -83,16 +86,17 @@ class LevelDBStore(KVStore):
         check_open(self._closed)
         if reverse:
             return self._iterate_reverse(prefix, start)
-        lo = prefix if start is None else max(prefix, start)
-        hi = prefix_end(prefix) if prefix else None
-        return self._iterate_forward(prefix, lo, hi)
+        return self._iterate_forward(self._db, prefix, start)
 
     def _iterate_forward(
-        self, prefix: bytes, lo: bytes, hi: bytes | None
+        self, source: Any, prefix: bytes, start: bytes | None
     ) -> Iterator[tuple[bytes, bytes]]:
+        """Forward iteration over source, the database or one of its snapshots."""
+        lo = prefix if start is None else max(prefix, start)
+        hi = prefix_end(prefix) if prefix else None
         last = lo
         try:
-            with self._db.iterator(
+            with source.iterator(
                 start=lo or None, stop=hi, fill_cache=False, verify_checksums=True
             ) as it:
                 for k, v in it:
@@ -146,10 +150,55 @@ class LevelDBStore(KVStore):
         except plyvel.Error as e:
             raise self._failed(b"", e) from e
 
+    def snapshot(self) -> Snapshot:
+        check_open(self._closed)
+        return LevelDBSnapshot(self, self._db.snapshot())
+
     def close(self) -> None:
         if not self._closed:
             self._closed = True
             self._db.close()
+
+
+class LevelDBSnapshot(Snapshot):
+    """A LevelDB snapshot (`plyvel.DB.snapshot`): reads see the database as it was when
+    taken, with the same checksum verification and errors as the store's own reads."""
+
+    def __init__(self, store: LevelDBStore, snap: Any) -> None:
+        self._store = store
+        self._snap = snap
+        self._closed = False
+
+    def _check(self) -> None:
+        check_open(self._closed or self._store._closed)
+
+    def get(self, key: bytes) -> bytes | None:
+        self._check()
+        try:
+            value: bytes | None = self._snap.get(key, verify_checksums=True)
+        except plyvel.Error as e:
+            raise self._store._failed(key, e) from e
+        return value
+
+    def iterate(
+        self, prefix: bytes = b"", *, start: bytes | None = None
+    ) -> Iterator[tuple[bytes, bytes]]:
+        self._check()
+        return self._guarded(self._store._iterate_forward(self._snap, prefix, start))
+
+    def _guarded(self, it: Iterator[tuple[bytes, bytes]]) -> Iterator[tuple[bytes, bytes]]:
+        """it, failing with `StorageError` when the store closes under it (a node that
+        stops while a backup streams)."""
+        try:
+            yield from it
+        except RuntimeError as e:
+            raise StorageError(f"LevelDB at {self._store.path} closed during a read: {e}") from e
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            if not self._store._closed:
+                self._snap.close()
 
 
 def _message(e: plyvel.Error) -> str:

@@ -48,6 +48,25 @@ QKD_LEASE = b"q"
 AUX = b"a"
 CONSENSUS_VALUE = b"v"
 
+PREFIXES = frozenset(
+    {
+        BLOCK,
+        HEADER,
+        BLOCK_HASH,
+        TX,
+        RECEIPT,
+        STATE,
+        CERT,
+        CONSENSUS,
+        PENDING_BODY,
+        META,
+        QKD_LEASE,
+        AUX,
+        CONSENSUS_VALUE,
+    }
+)
+"""Every key family of this version: a key starting with another byte is not ours."""
+
 _U64 = struct.Struct(">Q")
 MAX_NAME = 255
 
@@ -144,3 +163,4 @@ def aux_key(name: str) -> bytes:
 META_SCHEMA_VERSION = meta_key("schema-version")
 META_CHAIN_ID = meta_key("chain-id")
 META_LAST_HEIGHT = meta_key("last-height")
+META_GENESIS_HASH = meta_key("genesis-hash")

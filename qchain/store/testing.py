@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from qchain.store.kv import Batch, KVStore
+from qchain.store.kv import Batch, KVStore, Snapshot
 
 
 def flip_bit_in_table(db_dir: Path, needle: bytes, offset: int = 0, bit: int = 0) -> Path:
@@ -68,6 +68,30 @@ class AlteringStore(KVStore):
 
     def write(self, batch: Batch, *, sync: bool = True) -> None:
         self.inner.write(batch, sync=sync)
+
+    def snapshot(self) -> Snapshot:
+        return AlteringSnapshot(self, self.inner.snapshot())
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+class AlteringSnapshot(Snapshot):
+    """A snapshot of an `AlteringStore`, altered the same way."""
+
+    def __init__(self, store: AlteringStore, inner: Snapshot) -> None:
+        self.store = store
+        self.inner = inner
+
+    def get(self, key: bytes) -> bytes | None:
+        value = self.inner.get(key)
+        return None if value is None else self.store._out(key, value)
+
+    def iterate(
+        self, prefix: bytes = b"", *, start: bytes | None = None
+    ) -> Iterator[tuple[bytes, bytes]]:
+        for k, v in self.inner.iterate(prefix, start=start):
+            yield k, self.store._out(k, v)
 
     def close(self) -> None:
         self.inner.close()

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from qchain.errors import StorageError
+from qchain.errors import StorageError, StoreLocked
 from qchain.store import Batch, KVStore, MemoryStore, open_store
 from qchain.store.leveldb import LevelDBStore
 
@@ -200,7 +200,7 @@ def test_leveldb_reopen_keeps_synced_data(tmp_path: Path) -> None:
 
 def test_leveldb_second_opener_gets_storage_error(tmp_path: Path) -> None:
     path = tmp_path / "db"
-    with LevelDBStore(path), pytest.raises(StorageError, match="cannot open"):
+    with LevelDBStore(path), pytest.raises(StoreLocked, match="cannot open"):
         LevelDBStore(path)
     LevelDBStore(path).close()  # released on close
 
@@ -216,3 +216,38 @@ def test_leveldb_unopenable_path(tmp_path: Path) -> None:
 
 def test_open_store_none_is_memory() -> None:
     assert isinstance(open_store(None), MemoryStore)
+
+
+def test_snapshot_sees_the_store_as_it_was(store: KVStore) -> None:
+    _fill(store, KEYS)
+    snap = store.snapshot()
+    b = Batch()
+    b.put(b"a", b"changed")
+    b.delete(b"b")
+    b.put(b"new", b"x")
+    store.write(b)
+    assert snap.get(b"a") == b"v:a"
+    assert snap.get(b"b") == b"v:b"
+    assert snap.get(b"new") is None
+    assert [k for k, _ in snap.iterate()] == sorted(KEYS)
+    assert all(v == b"v:" + k for k, v in snap.iterate())
+    under = [k for k, _ in snap.iterate(b"ab", start=b"ab\x01")]
+    assert under == sorted(k for k in KEYS if k.startswith(b"ab") and k >= b"ab\x01")
+    assert store.get(b"a") == b"changed"
+    snap.close()
+    with pytest.raises(StorageError):
+        snap.get(b"a")
+
+
+def test_snapshot_ends_with_its_store(store: KVStore) -> None:
+    _fill(store, KEYS)
+    with store.snapshot() as snap:
+        it = snap.iterate()
+        assert next(it)[0] == b"a"
+        store.close()
+        with pytest.raises(StorageError):
+            list(it)
+        with pytest.raises(StorageError):
+            snap.iterate()
+    with pytest.raises(StorageError):
+        store.snapshot()

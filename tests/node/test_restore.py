@@ -1,0 +1,176 @@
+"""`node.rebuild.restore`: a backup replaces the store in one go, the old store is kept
+aside, a running node's store is refused, and the QKD leases never go backwards."""
+
+from __future__ import annotations
+
+import shutil
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from node.backup import Expected, save_backup, store_chunks
+from node.rebuild import LEASE_MARGIN, merge_leases, restore
+from qchain.errors import BackupError, StoreLocked
+from qchain.store import Batch, MemoryStore, schema
+from qchain.store.leveldb import LevelDBStore
+from qchain.store.testing import flip_bit_in_table
+
+CHAIN = "qchain-restore-test"
+GENESIS = b"\x11" * 32
+EXPECTED = Expected(CHAIN, GENESIS)
+NOW = datetime(2026, 12, 4, 16, 0, 0, tzinfo=UTC)
+LINK_A = schema.qkd_lease_key("seq/sae-0/sae-1")
+LINK_B = schema.qkd_lease_key("seq/sae-0/sae-2")
+LINK_C = schema.qkd_lease_key("seq/sae-0/sae-3")
+
+
+def _chain(height: int, leases: dict[bytes, int]) -> MemoryStore:
+    s = MemoryStore()
+    b = Batch()
+    b.put(schema.META_SCHEMA_VERSION, schema.u64(schema.SCHEMA_VERSION))
+    b.put(schema.META_CHAIN_ID, CHAIN.encode())
+    b.put(schema.META_GENESIS_HASH, GENESIS)
+    b.put(schema.META_LAST_HEIGHT, schema.u64(height))
+    for h in range(1, height + 1):
+        b.put(schema.block_key(h), b"block %d" % h)
+    for key, value in leases.items():
+        b.put(key, schema.u64(value))
+    s.write(b)
+    return s
+
+
+def _backup(tmp_path: Path, height: int = 5, leases: dict[bytes, int] | None = None) -> Path:
+    path = tmp_path / "node.qbk"
+    store = _chain(height, {LINK_A: 8192, LINK_B: 4096} if leases is None else leases)
+    save_backup(path, store_chunks(store, 1_780_000_000), EXPECTED, fsync=False)
+    return path
+
+
+def _current(db: Path, height: int, leases: dict[bytes, int]) -> None:
+    with LevelDBStore(db) as s:
+        b = Batch()
+        for k, v in _chain(height, leases).iterate():
+            b.put(k, v)
+        s.write(b)
+
+
+def _leases(db: Path) -> dict[bytes, int]:
+    with LevelDBStore(db) as s:
+        return {k: schema.read_u64(v) for k, v in s.iterate(schema.QKD_LEASE)}
+
+
+def test_restore_onto_a_wiped_data_dir_advances_every_lease(tmp_path: Path) -> None:
+    backup = _backup(tmp_path)
+    db = tmp_path / "data" / "db"
+    done = restore(db, backup, EXPECTED, NOW)
+    assert (done.header.height, done.moved_to) == (5, None)
+    assert (done.leases_kept, done.leases_advanced) == (0, 2)
+    assert _leases(db) == {LINK_A: 8192 + LEASE_MARGIN, LINK_B: 4096 + LEASE_MARGIN}
+    with LevelDBStore(db) as s:
+        assert s.get(schema.block_key(5)) == b"block 5"
+        assert schema.read_u64(s.get(schema.META_LAST_HEIGHT) or b"") == 5
+    assert sorted(p.name for p in db.parent.iterdir()) == ["db"]
+
+
+def test_restore_keeps_the_current_leases_that_are_ahead(tmp_path: Path) -> None:
+    backup = _backup(tmp_path)
+    db = tmp_path / "data" / "db"
+    # The node ran on after the backup: link A moved on; link B's store lease is older than
+    # the backup's (the store is not the one the backup came from); link C is new.
+    _current(db, 9, {LINK_A: 12288, LINK_B: 100, LINK_C: 4096})
+    done = restore(db, backup, EXPECTED, NOW)
+    assert done.moved_to == tmp_path / "data" / "db.replaced-20261204T160000Z"
+    assert (done.leases_kept, done.leases_advanced) == (2, 1)
+    assert _leases(db) == {LINK_A: 12288, LINK_B: 4096 + LEASE_MARGIN, LINK_C: 4096}
+    with LevelDBStore(db) as s:
+        assert s.get(schema.block_key(9)) is None
+        assert s.get(schema.block_key(5)) == b"block 5"
+    with LevelDBStore(done.moved_to) as old:
+        assert old.get(schema.block_key(9)) == b"block 9"
+
+
+def test_restore_over_a_damaged_store_advances_the_leases(tmp_path: Path) -> None:
+    backup = _backup(tmp_path)
+    db = tmp_path / "data" / "db"
+    _current(db, 9, {LINK_A: 12288})
+    with LevelDBStore(db) as s:  # reopening moves the log into a table file
+        s.put(b"m" + b"x" * 64, b"y")
+    flip_bit_in_table(db, schema.u64(12288), offset=7)
+    done = restore(db, backup, EXPECTED, NOW)
+    assert done.moved_to is not None and done.moved_to.is_dir()
+    assert _leases(db)[LINK_A] >= 12288  # the store's lease is unknown: the margin covers it
+    assert _leases(db)[LINK_A] == 8192 + LEASE_MARGIN
+
+
+def test_restore_refuses_a_running_node(tmp_path: Path) -> None:
+    backup = _backup(tmp_path)
+    db = tmp_path / "data" / "db"
+    _current(db, 9, {LINK_A: 12288})
+    with LevelDBStore(db), pytest.raises(StoreLocked):
+        restore(db, backup, EXPECTED, NOW)
+    assert sorted(p.name for p in db.parent.iterdir()) == ["db"]
+    assert _leases(db) == {LINK_A: 12288}
+
+
+def test_restore_refuses_a_backup_of_another_chain(tmp_path: Path) -> None:
+    backup = _backup(tmp_path)
+    db = tmp_path / "data" / "db"
+    with pytest.raises(BackupError):
+        restore(db, backup, Expected("another-chain", GENESIS), NOW)
+    assert not db.parent.exists() or list(db.parent.iterdir()) == []
+
+
+def test_merge_leases() -> None:
+    u = schema.u64
+    backup = {LINK_A: u(100), LINK_B: u(200)}
+    assert merge_leases(backup, None) == (
+        {LINK_A: u(100 + LEASE_MARGIN), LINK_B: u(200 + LEASE_MARGIN)},
+        0,
+        2,
+    )
+    assert merge_leases(backup, {LINK_A: u(100), LINK_B: u(199)}) == (
+        {LINK_A: u(100), LINK_B: u(200 + LEASE_MARGIN)},
+        1,
+        1,
+    )
+    assert merge_leases({}, {LINK_C: u(7)}) == ({LINK_C: u(7)}, 1, 0)
+    with pytest.raises(BackupError):
+        merge_leases({LINK_A: u(2**64 - 2)}, None)
+
+
+def test_the_margin_outlasts_any_link() -> None:
+    frames_per_s = 10**6  # a fresh 256-bit key per frame: 256 Mbit/s of QKD key
+    years = LEASE_MARGIN / frames_per_s / (365 * 24 * 3600)
+    assert years > 8
+    assert (2**64 - 1) // LEASE_MARGIN >= 65_535
+
+
+def test_a_restored_lease_never_hands_out_a_used_value(tmp_path: Path) -> None:
+    """The hazard itself, with a small lease block: after the backup the node uses values
+    past the backup's lease; the restored node's first value is above all of them."""
+    from qchain.qkd.lease import Lease
+
+    db = tmp_path / "data" / "db"
+    with LevelDBStore(db) as s:
+        for k, v in _chain(3, {}).iterate():
+            s.put(k, v)
+        lease = Lease(s, "seq/sae-0/sae-1", block=16)
+        for _ in range(10):
+            lease.next()
+        backup = tmp_path / "early.qbk"
+        save_backup(backup, store_chunks(s, 1_780_000_000), EXPECTED, fsync=False)
+        last = max(lease.next() for _ in range(100))
+    assert schema.read_u64(_chain_lease(backup)) <= last  # the backup's lease is behind
+    shutil.rmtree(db)
+    restore(db, backup, EXPECTED, NOW)
+    with LevelDBStore(db) as s:
+        assert Lease(s, "seq/sae-0/sae-1", block=16).next() > last
+
+
+def _chain_lease(backup: Path) -> bytes:
+    from node.backup import read_backup
+
+    found: list[bytes] = []
+    read_backup(backup, EXPECTED, lambda k, v: found.append(v) if k == LINK_A else None)
+    return found[0]
