@@ -5,6 +5,7 @@ base64 and PEM)."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import re
 import stat
@@ -24,7 +25,11 @@ from qchain.qkd.certs import write_kms_certs
 def make_site(tmp_path: Path, **kw: str) -> Path:
     ca = write_kms_certs(tmp_path / "kms-ca", ["sae-a"])
     site = tmp_path / "site"
-    args = {"name": "Qingdao Port", "p2p": "val.port.example:26600", "api": "https://api.port.example:8443"}
+    args = {
+        "name": "Qingdao Port",
+        "p2p": "val.port.example:26600",
+        "api": "https://api.port.example:8443",
+    }
     args.update(kw)
     init_site(
         new_site(site, sae_id="sae-a", kme_url="https://kme.port.example", **args),
@@ -66,10 +71,8 @@ def _decodings(text: str) -> list[bytes]:
                 if len(chunk) % 4 == 1:
                     chunk = chunk[:-1]
                 chunk += "=" * (-len(chunk) % 4)
-                try:
+                with contextlib.suppress(ValueError):
                     out.append(base64.b64decode(chunk, validate=True))
-                except ValueError:
-                    pass
     for run in re.findall(r"[0-9a-fA-F]{32,}", text):
         for start in (0, 1):
             chunk = run[start:]
