@@ -12,6 +12,7 @@ stops a site's node.
 
 from __future__ import annotations
 
+import secrets
 import subprocess
 import time
 from collections.abc import Callable, Sequence
@@ -84,7 +85,7 @@ def write_site_kms(
     directory.mkdir(parents=True, exist_ok=True)
     paths = write_kms_certs(directory / "ca", sae_ids, hosts)
     token = directory / "admin.token"
-    token.write_text("site-kms-admin\n")
+    token.write_text(secrets.token_hex(16) + "\n")
     token.chmod(0o600)
     saes = "\n".join(f'[[sae]]\nid = "{s}"\n' for s in sae_ids)
     config = directory / "kms.toml"
@@ -184,14 +185,10 @@ def start_kms(kms: SiteKms, log_dir: Path) -> Process:
     return start(["kms", "--config", str(kms.config)], log_dir, "kms", kms.config.parent)
 
 
-def start_node(site_dir: Path, log_dir: Path) -> Process:
-    """`qchain node run --config SITE/node.toml`, as the site's operator starts it."""
-    return start(
-        ["node", "run", "--config", str(site_dir / "node.toml")],
-        log_dir,
-        site_dir.name,
-        site_dir,
-    )
+def start_node(site_dir: Path, log_dir: Path, name: str) -> Process:
+    """`qchain node run --config SITE/node.toml`, as the site's operator starts it; its
+    log is log_dir/NAME.log."""
+    return start(["node", "run", "--config", str(site_dir / "node.toml")], log_dir, name, site_dir)
 
 
 def stop(processes: Sequence[Process], grace_s: float = 10.0) -> None:
