@@ -3,7 +3,9 @@
 The file is JSON (see `contracts/README.md` for an example):
 
 - `chain_id` (text, 1–64 bytes); `genesis_time` (ms since the Unix epoch, default 0);
-- `consensus`: `tenure` (the tenure bound K, default 64) and `first_leader` (default 0);
+- `consensus`: `tenure` (the tenure bound K, default 64), `first_leader` (default 0) and
+  `timing`, the chain's timing profile (`default`, `lan` or `test`, default `default`;
+  CONSENSUS.md §4): every node of the chain runs it, so it is part of the genesis hash;
 - `validators`: n = 3f+1 entries, each with `index` (0..n−1, in order), `name`,
   `public_key` (hex ML-DSA-65 key that signs commit certificates), `sae_id` (its QKD SAE
   id, unique) and optional `p2p` and `api` address hints;
@@ -39,6 +41,8 @@ from qchain.keys import PUBLIC_KEY_LEN, Scheme, address_of
 from qchain.types import Address, ChainId, ValidatorKey
 
 DEFAULT_TENURE = 64
+TIMING_PROFILES = ("default", "lan", "test")
+"""The names of `qchain.config.PROFILES` (a test keeps them equal)."""
 VALIDATOR_SCHEME = Scheme.ML_DSA_65
 Hint = Annotated[str, Len(0, 256)]
 
@@ -48,6 +52,8 @@ class ConsensusParams(Struct):
     tenure: U32
     """K: the anchor moves to the next validator at every height that is a multiple of K."""
     first_leader: U16
+    timing: Annotated[str, Len(1, 16)]
+    """The chain's timing profile, one of `TIMING_PROFILES`."""
 
 
 @dataclass(frozen=True)
@@ -106,6 +112,7 @@ class Genesis(Struct):
             "consensus": {
                 "tenure": self.consensus.tenure,
                 "first_leader": self.consensus.first_leader,
+                "timing": self.consensus.timing,
             },
             "validators": [
                 {
@@ -234,8 +241,11 @@ def parse_genesis(doc: object) -> Genesis:
     )
     chain_id = _text(d["chain_id"], "chain_id", 1, 64)
     genesis_time = _int(d.get("genesis_time", 0), "genesis_time", 0, 2**64 - 1)
-    c = _fields(d.get("consensus", {}), "consensus", (), ("tenure", "first_leader"))
+    c = _fields(d.get("consensus", {}), "consensus", (), ("tenure", "first_leader", "timing"))
     tenure = _int(c.get("tenure", DEFAULT_TENURE), "consensus.tenure", 1, 2**32 - 1)
+    timing = c.get("timing", "default")
+    if timing not in TIMING_PROFILES:
+        raise GenesisError("consensus.timing", f"must be one of {', '.join(TIMING_PROFILES)}")
     vals_doc = _list(d["validators"], "validators")
     n = len(vals_doc)
     if n == 0 or n % 3 != 1 or n > 1021:
@@ -271,7 +281,7 @@ def parse_genesis(doc: object) -> Genesis:
     return Genesis(
         chain_id,
         genesis_time,
-        ConsensusParams(tenure, first_leader),
+        ConsensusParams(tenure, first_leader, str(timing)),
         validators,
         members,
         tuple(issuers),

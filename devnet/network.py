@@ -22,9 +22,11 @@ Where the validators get their keys is the plan's `kme_mode`:
 SAE ids are `SAE-node{i}` unless `sae_ids` names them (`devnet.kme.sae_ids_from`); they go
 into the genesis, every node config, `network.json` and the KMS configs alike.
 
-Validator and account keys are derived from `DEV_SEED` with `qchain.keys.dev_key`, so
-every devnet made with the same seed has the same addresses: good for documentation and
-scripts, and insecure by construction.
+Validator and account keys are derived from `qchain.keys.DEV_SEED` (`dev_validator_key`,
+`dev_account_key`), so every devnet has the same addresses: good for documentation and
+scripts, and insecure by construction. A devnet's chain id starts with
+`qchain.keys.DEVNET_CHAIN_PREFIX`; `qchain node run` refuses dev-seed keys on any other
+chain.
 """
 
 from __future__ import annotations
@@ -44,10 +46,14 @@ from devnet.kme import KmeEndpoint, sae_ids_from
 from node.genesis_file import load_genesis, save_genesis
 from qchain.config import PROFILES
 from qchain.errors import ConfigError
-from qchain.keys import Scheme, SigningKey, dev_key
-
-DEV_SEED = "qchain-devnet-insecure-dev-seed"
-"""Published on purpose: keys derived from it protect nothing."""
+from qchain.keys import (
+    DEVNET_CHAIN_PREFIX,
+    Scheme,
+    SigningKey,
+    dev_account_key,
+    dev_validator_key,
+    is_devnet_chain,
+)
 
 KME_MODES = ("shared", "per-node", "external")
 
@@ -59,6 +65,8 @@ DEV_ACCOUNTS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("provider", "Service Provider (dev)", ("provider",)),
     ("auditor", "Auditor (dev)", ("auditor",)),
 )
+"""Role label, organisation name and roles of each dev account; the labels are
+`qchain.keys.DEV_ACCOUNT_ROLES` (a test keeps the two equal)."""
 
 
 @dataclass(frozen=True)
@@ -211,6 +219,10 @@ def plan_network(
         raise ConfigError("kme_mode", f"must be one of {', '.join(KME_MODES)}")
     if kme_mode == "external" and external_kmes is None:
         raise ConfigError("external_kmes", "the external mode needs every node's KME")
+    if not is_devnet_chain(chain_id):
+        raise ConfigError(
+            "chain_id", f"a devnet's chain id starts with {DEVNET_CHAIN_PREFIX!r}, got {chain_id!r}"
+        )
     if relay_delay_ms < 0:
         raise ConfigError("relay_delay_ms", "must not be negative")
     if validators < 1 or validators % 3 != 1:
@@ -280,12 +292,12 @@ def plan_network(
 
 def validator_key(index: int) -> SigningKey:
     """INSECURE dev key of validator `index` (ML-DSA-65: it signs certificates)."""
-    return dev_key(DEV_SEED, f"validator-{index}", Scheme.ML_DSA_65)
+    return dev_validator_key(index)
 
 
 def account_key(role: str, scheme: str) -> SigningKey:
     """INSECURE dev key of a dev account."""
-    return dev_key(DEV_SEED, f"account-{role}", scheme)
+    return dev_account_key(role, scheme)
 
 
 def make_genesis(plan: NetworkPlan) -> Genesis:
@@ -306,7 +318,7 @@ def make_genesis(plan: NetworkPlan) -> Genesis:
     doc = {
         "chain_id": plan.chain_id,
         "genesis_time": 0,
-        "consensus": {"tenure": plan.tenure, "first_leader": 0},
+        "consensus": {"tenure": plan.tenure, "first_leader": 0, "timing": plan.profile},
         "validators": [
             {
                 "index": n.index,

@@ -1,4 +1,6 @@
-"""`qchain node run --config FILE`: run one validator until SIGTERM or SIGINT.
+"""`qchain node run --config FILE`: run one validator until SIGTERM or SIGINT, after the
+checks of `node.preflight` (dev-seed keys on a real chain, secret files open to others).
+`qchain node config --genesis FILE --site DIR`: write a site's node.toml (`node.nodeconfig`).
 `qchain node rebuild --config FILE`: move a damaged store aside (see `node.rebuild`).
 `qchain node backup --config FILE --out BACKUP`, `qchain node restore --config FILE --in
 BACKUP`: back a node's store up to a file and put it back (see `node.backup`)."""
@@ -27,6 +29,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "from the peers",
     )
     reb.add_argument("--config", required=True, type=Path, help="node TOML config")
+    conf = sub.add_parser(
+        "config", help="write a site's node.toml from its site directory and the genesis"
+    )
+    conf.add_argument("--genesis", required=True, type=Path, help="the verified genesis.json")
+    conf.add_argument("--site", required=True, type=Path, help="the site directory")
+    conf.add_argument(
+        "--secrets-dir",
+        type=Path,
+        help="where the secret files are at run time, e.g. /run/secrets/qchain (default: "
+        "the site directory)",
+    )
+    conf.add_argument("--data-dir", type=Path, help="where the store lives (default SITE/data)")
     bak = sub.add_parser(
         "backup", help="write a backup of a node's store (running: through its admin API)"
     )
@@ -40,6 +54,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.node_cmd == "config":
+        return _config(args)
     from qchain.config import load_config
 
     cfg = load_config(args.config)
@@ -52,10 +68,24 @@ def run(args: argparse.Namespace) -> int:
         return _backup(cfg, args.out)
     if args.node_cmd == "restore":
         return _restore(cfg, args)
+    from node.genesis_file import load_genesis
+    from node.preflight import check_before_run
     from node.runtime import run_validator, setup_logging
 
     setup_logging(cfg)
+    check_before_run(cfg, load_genesis(cfg.node.genesis))
     return asyncio.run(run_validator(cfg, args.ready_file))
+
+
+def _config(args: argparse.Namespace) -> int:
+    from node.nodeconfig import write_node_config
+
+    done = write_node_config(
+        args.genesis, args.site, secrets_dir=args.secrets_dir, data_dir=args.data_dir
+    )
+    print(f"wrote {done.node_toml}: validator {done.index}, {done.peers} peer(s)")
+    print(f"start it with: qchain node run --config {done.node_toml}")
+    return 0
 
 
 def _rebuild(db_dir: Path, config: Path) -> int:

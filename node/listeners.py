@@ -14,6 +14,8 @@ from pathlib import Path
 
 from aiohttp import web
 
+from qchain.config import split_address
+
 
 def admin_token(path: Path | None) -> str:
     if path is None:
@@ -40,7 +42,7 @@ class Listeners:
         """Serve app on listen ("host:port")."""
         runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=1.0)
         await runner.setup()
-        host, _, port = listen.rpartition(":")
-        site = web.TCPSite(runner, host, int(port), ssl_context=ssl_ctx, reuse_address=True)
+        host, port = split_address(listen)
+        site = web.TCPSite(runner, host, port, ssl_context=ssl_ctx, reuse_address=True)
         await site.start()
         self.runners.append(runner)

@@ -68,6 +68,7 @@ from node.transport_limits import (
     tcp_keepalive,
 )
 from node.wire import Envelope, body_size, decode_body, encode_body, envelope_size
+from qchain.config import split_address
 from qchain.errors import CodecError, QChainError
 from qchain.qkd.frame import DEFAULT_FRAME_LIMITS
 from qchain.ratelimit import TokenBuckets
@@ -149,8 +150,8 @@ class Transport:
     # --- lifecycle ---------------------------------------------------------------------
 
     async def start(self) -> None:
-        host, _, port = self.listen.rpartition(":")
-        self._server = await asyncio.start_server(self._accept, host, int(port))
+        host, port = split_address(self.listen)
+        self._server = await asyncio.start_server(self._accept, host, port)
         for peer in self._out.values():
             peer.task = asyncio.create_task(self._sender(peer), name=f"send-{peer.index}")
 
@@ -199,11 +200,11 @@ class Transport:
 
     async def _connect(self, peer: _PeerOut) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         backoff = BACKOFF_MIN_S
-        host, _, port = peer.address.rpartition(":")
+        host, port = split_address(peer.address)
         while True:
             try:
                 async with asyncio.timeout(CONNECT_TIMEOUT_S):
-                    reader, writer = await asyncio.open_connection(host, int(port))
+                    reader, writer = await asyncio.open_connection(host, port)
                     tcp_keepalive(writer)
             except (OSError, TimeoutError):
                 pass

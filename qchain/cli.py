@@ -19,7 +19,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "receipt": ("node.cli_receipt", "fetch receipts and verify them offline"),
     "query": ("qchain.cli_query", "read-only contract queries on a node"),
     "sim": ("consensus.sim.cli", "run the deterministic consensus simulator"),
-    "node": ("node.cli", "run a validator node"),
+    "node": ("node.cli", "run a validator node, write its config from a site directory"),
+    "validator": ("node.cli_validator", "create a validator's site directory and own keys"),
+    "genesis": ("node.cli_genesis", "the genesis ceremony: build from join files, verify"),
     "devnet": ("devnet.cli", "a local devnet: init, up, down, status, reset, logs"),
     "kms": (
         "qchain.qkd.kms_cli",

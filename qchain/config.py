@@ -239,10 +239,22 @@ def _build(cls: type[Any], data: dict[str, Any], prefix: str, base: Path) -> Any
     return cls(**kwargs)
 
 
-def _check_address(name: str, value: str) -> None:
+def split_address(value: str) -> tuple[str, int]:
+    """(host, port) of "host:port", where host is a name, an IPv4 address or a bracketed
+    IPv6 address (returned without its brackets); `ValueError` if it is not one."""
     host, sep, port = value.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ConfigError(name, f"{value!r} is not host:port")
+        raise ValueError(f"{value!r} is not host:port")
+    return host, int(port)
+
+
+def _check_address(name: str, value: str) -> None:
+    try:
+        split_address(value)
+    except ValueError as e:
+        raise ConfigError(name, str(e)) from None
 
 
 def validate(cfg: NodeConfig) -> None:

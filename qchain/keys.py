@@ -177,3 +177,48 @@ def dev_key(seed: bytes | str, label: str, scheme: Scheme | str = Scheme.ML_DSA_
         Domain.DEV_KEY, raw + b"\x00" + s.value.encode() + b"\x00" + label.encode()
     )
     return SigningKey(s, material)
+
+
+# --- the published dev seed and what is derived from it -----------------------------------
+
+DEV_SEED = "qchain-devnet-insecure-dev-seed"
+"""Published on purpose: keys derived from it protect nothing. Devnets derive every
+validator key (`dev_validator_key`) and dev account key (`dev_account_key`) from it."""
+
+DEVNET_CHAIN_PREFIX = "qchain-devnet"
+"""Every devnet's chain id starts with this (`qchain devnet init` writes no other), and
+no other chain may (`qchain genesis build` refuses one). A chain whose id does not start
+with it is a real chain: `qchain node run` refuses dev-seed keys on it."""
+
+DEV_ACCOUNT_ROLES = ("admin", "partner1", "partner2", "issuer", "provider", "auditor")
+"""The labels (`account-ROLE`) of the devnet's dev accounts."""
+
+
+def is_devnet_chain(chain_id: str) -> bool:
+    return chain_id.startswith(DEVNET_CHAIN_PREFIX)
+
+
+def dev_validator_key(index: int) -> SigningKey:
+    """INSECURE dev key of devnet validator `index` (ML-DSA-65: it signs certificates)."""
+    return dev_key(DEV_SEED, f"validator-{index}", Scheme.ML_DSA_65)
+
+
+def dev_account_key(role: str, scheme: Scheme | str) -> SigningKey:
+    """INSECURE dev key of a devnet's dev account."""
+    return dev_key(DEV_SEED, f"account-{role}", scheme)
+
+
+def dev_seed_label(scheme: Scheme | str, public_key: bytes, validators: int) -> str | None:
+    """The dev-seed label (`validator-I`, `account-ROLE`) that derives public_key under
+    scheme, checking validator indices below `validators` and every dev account; None if
+    the key is not one of them."""
+    s = parse_scheme(str(scheme))
+    labels: list[tuple[str, SigningKey]] = [
+        (f"account-{role}", dev_account_key(role, s)) for role in DEV_ACCOUNT_ROLES
+    ]
+    if s is Scheme.ML_DSA_65:
+        labels += [(f"validator-{i}", dev_validator_key(i)) for i in range(validators)]
+    for label, key in labels:
+        if key.public_key == public_key:
+            return label
+    return None

@@ -24,10 +24,10 @@ from pathlib import Path
 import msgpack
 
 from contracts.genesis import parse_genesis
-from devnet.network import DEV_SEED, NetworkPlan, account_key
+from devnet.network import NetworkPlan, account_key
 from node.genesis_file import load_genesis, save_genesis
 from qchain.hashing import Domain, hash_domain
-from qchain.keys import SigningKey, dev_key
+from qchain.keys import DEV_SEED, SigningKey, dev_key
 from qchain.types import new_transaction
 
 KINDS = ("notary", "voucher", "mix")

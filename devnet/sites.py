@@ -1,0 +1,214 @@
+"""The genesis ceremony on one machine, as separate sites: the pieces that the ceremony
+test runs as local processes and a rehearsal runs in containers.
+
+A pilot network has no devnet directory: every partner runs `qchain validator init` in its
+own site directory, sends `join.json` to a coordinator, who runs `qchain genesis build`;
+every site runs `qchain genesis verify` and `qchain node config`, then `qchain node run`.
+This module drives those commands (through the `qchain` CLI, as an operator would), makes
+a simulated key manager for N sites (one shared KMS serving every site's SAE, with a TLS
+client certificate per SAE that `validator init` copies into the site), and starts and
+stops a site's node.
+"""
+
+from __future__ import annotations
+
+import secrets
+import subprocess
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from devnet.spawn import qchain_argv, spawn, terminate
+from qchain.qkd.certs import write_kms_certs
+
+
+@dataclass(frozen=True)
+class SiteSpec:
+    """What one partner passes to `qchain validator init`."""
+
+    name: str
+    sae_id: str
+    host: str
+    """The name the other sites and the partners reach this site by (e.g. localhost)."""
+    p2p_port: int
+    api_port: int
+    admin_port: int
+    listen_host: str = "127.0.0.1"
+
+    @property
+    def p2p(self) -> str:
+        return f"{self.host}:{self.p2p_port}"
+
+    @property
+    def api(self) -> str:
+        return f"https://{self.host}:{self.api_port}"
+
+
+@dataclass(frozen=True)
+class SiteKms:
+    """A simulated key manager serving several sites: its config and each SAE's client
+    TLS material (what a site's KME vendor would hand the site)."""
+
+    config: Path
+    url: str
+    admin_url: str
+    ca: Path
+    client_cert: dict[str, Path]
+    client_key: dict[str, Path]
+
+
+def qchain(*args: str, cwd: Path | None = None, timeout: float = 60.0) -> str:
+    """Run `qchain ARGS` to completion; its standard output. `RuntimeError` with the
+    output if it fails."""
+    done = subprocess.run(
+        qchain_argv(*args), capture_output=True, text=True, cwd=cwd, timeout=timeout
+    )
+    if done.returncode != 0:
+        raise RuntimeError(
+            f"qchain {' '.join(args)} exited {done.returncode}:\n{done.stdout}{done.stderr}"
+        )
+    return done.stdout
+
+
+def write_site_kms(
+    directory: Path,
+    sae_ids: Sequence[str],
+    *,
+    port: int,
+    admin_port: int,
+    hosts: Sequence[str] = ("127.0.0.1", "localhost"),
+    rate: str = "lab",
+) -> SiteKms:
+    """Write a shared simulated KMS for the SAEs under directory (config, admin token,
+    private CA, server and client certificates)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = write_kms_certs(directory / "ca", sae_ids, hosts)
+    token = directory / "admin.token"
+    token.write_text(secrets.token_hex(16) + "\n")
+    token.chmod(0o600)
+    saes = "\n".join(f'[[sae]]\nid = "{s}"\n' for s in sae_ids)
+    config = directory / "kms.toml"
+    config.write_text(f"""kms_id = "site-kms"
+full_mesh = true
+
+[server]
+host = "127.0.0.1"
+port = {port}
+
+[tls]
+ca_cert = "ca/ca.pem"
+cert = "ca/kms.pem"
+key = "ca/kms.key"
+
+[admin]
+host = "127.0.0.1"
+port = {admin_port}
+token_file = "admin.token"
+
+[defaults]
+profile = "{rate}"
+key_size = 256
+max_key_count = 20000
+max_key_per_request = 128
+initial_key_count = 2048
+
+{saes}""")
+    return SiteKms(
+        config,
+        f"https://{hosts[-1]}:{port}",
+        f"http://127.0.0.1:{admin_port}",
+        paths["ca"],
+        {s: paths[f"sae-{s}"] for s in sae_ids},
+        {s: paths[f"sae-{s}_key"] for s in sae_ids},
+    )
+
+
+def init_site(site_dir: Path, spec: SiteSpec, kms: SiteKms) -> None:
+    """`qchain validator init` for one site, with its KME client material from kms."""
+    qchain(
+        "validator",
+        "init",
+        "--dir",
+        str(site_dir),
+        "--name",
+        spec.name,
+        "--p2p",
+        spec.p2p,
+        "--api",
+        spec.api,
+        "--p2p-listen",
+        f"{spec.listen_host}:{spec.p2p_port}",
+        "--api-listen",
+        f"{spec.listen_host}:{spec.api_port}",
+        "--admin-listen",
+        f"127.0.0.1:{spec.admin_port}",
+        "--kme-url",
+        kms.url,
+        "--sae-id",
+        spec.sae_id,
+        "--kme-cert",
+        str(kms.client_cert[spec.sae_id]),
+        "--kme-key",
+        str(kms.client_key[spec.sae_id]),
+        "--kme-ca",
+        str(kms.ca),
+    )
+
+
+def genesis_hash_of(build_output: str) -> str:
+    """The genesis hash `qchain genesis build` prints on its last line."""
+    return build_output.strip().splitlines()[-1].strip()
+
+
+@dataclass
+class Process:
+    """A background `qchain` process and its log."""
+
+    proc: subprocess.Popen[bytes]
+    log: Path
+
+    def exited(self) -> int | None:
+        return self.proc.poll()
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+
+def start(args: Sequence[str], log_dir: Path, name: str, cwd: Path) -> Process:
+    """Start `qchain ARGS` in the background, its output in log_dir/NAME.log."""
+    proc = spawn(qchain_argv(*args), log_dir / f"{name}.log", log_dir / f"{name}.pid", cwd)
+    return Process(proc, log_dir / f"{name}.log")
+
+
+def start_kms(kms: SiteKms, log_dir: Path) -> Process:
+    return start(["kms", "--config", str(kms.config)], log_dir, "kms", kms.config.parent)
+
+
+def start_node(site_dir: Path, log_dir: Path, name: str) -> Process:
+    """`qchain node run --config SITE/node.toml`, as the site's operator starts it; its
+    log is log_dir/NAME.log."""
+    return start(["node", "run", "--config", str(site_dir / "node.toml")], log_dir, name, site_dir)
+
+
+def stop(processes: Sequence[Process], grace_s: float = 10.0) -> None:
+    terminate([p.proc.pid for p in processes if p.exited() is None], grace_s)
+    for p in processes:
+        p.proc.wait(timeout=grace_s)
+
+
+def wait_for(
+    what: str, check: Callable[[], bool], timeout: float, processes: Sequence[Process]
+) -> None:
+    """Poll check() (a callable returning true when done) until the deadline; fails
+    early, with the log, when one of the processes exits."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if check():
+            return
+        for p in processes:
+            if p.exited() is not None:
+                raise RuntimeError(f"{p.log.stem} exited while waiting for {what}:\n{p.log_text()}")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} after {timeout:.0f}s")
+        time.sleep(0.1)
