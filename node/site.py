@@ -17,6 +17,12 @@ Every private key is made here, at the site, and never leaves it. `init_site` re
 directory that already holds any of these files; each file is written to a temporary name
 with its final mode and linked into place, so no file is ever seen half-written or with a
 wider mode. `load_site` reads `site.toml` back as hostile input.
+
+`rotate_api_cert` and `rotate_admin_token` replace the API's key and certificate, or the
+admin token, of an existing site (after an incident, or before the certificate expires):
+the new file is written beside the old one and renamed over it, the old one is kept as
+`NAME.replaced-<UTC time>` (secrets with mode 0600), and join.json carries the new
+certificate. The node reads both at start, so a rolling restart puts them in force.
 """
 
 from __future__ import annotations
@@ -264,9 +270,8 @@ def read_kme_files(kme: KmeFiles) -> tuple[bytes, bytes, bytes]:
     return out[0], out[1], out[2]
 
 
-def _write_new(path: Path, data: bytes, mode: int) -> None:
-    """Write a file that must not exist yet: to a temporary name with its final mode,
-    synced, then linked into place (which fails if the name was taken meanwhile)."""
+def _write_temp(path: Path, data: bytes, mode: int) -> Path:
+    """`data` in a new temporary file beside `path`, with its final mode, synced."""
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     try:
@@ -275,6 +280,17 @@ def _write_new(path: Path, data: bytes, mode: int) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, mode)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return tmp
+
+
+def _write_new(path: Path, data: bytes, mode: int) -> None:
+    """Write a file that must not exist yet: to a temporary name with its final mode,
+    synced, then linked into place (which fails if the name was taken meanwhile)."""
+    tmp = _write_temp(path, data, mode)
+    try:
         try:
             os.link(tmp, path)
         except FileExistsError:
@@ -394,3 +410,54 @@ def load_site(directory: Path) -> Site:
         site.sae_id,
         {str(k): str(v) for k, v in files.items()},
     )
+
+
+# --- rotating a site's API certificate and admin token -----------------------------------
+
+
+def _replace(path: Path, data: bytes, mode: int, stamp: str) -> Path:
+    """Put `data` at `path`, keeping the old file as `path.replaced-<stamp>`; returns the
+    name the old file now has."""
+    if not path.is_file():
+        raise ConfigError(str(path), "missing; is this a site directory?")
+    tmp = _write_temp(path, data, mode)
+    kept = path.with_name(f"{path.name}.replaced-{stamp}")
+    try:
+        os.link(path, kept)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return kept
+
+
+def _stamp() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
+
+
+def rotate_api_cert(directory: Path) -> tuple[bytes, list[Path]]:
+    """A new API key and self-signed certificate for the site's hosts; join.json follows.
+    Returns the new certificate (PEM) and where the old files were kept."""
+    site = load_site(directory)
+    cert_pem, key_pem = self_signed_cert(site.name, site_hosts(site))
+    join_path = site.dir / JOIN_JSON
+    try:
+        join = json.loads(join_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise ConfigError(str(join_path), f"cannot read: {e}") from None
+    if not isinstance(join, dict):
+        raise ConfigError(str(join_path), "not a JSON object")
+    join["api_cert"] = cert_pem.decode("ascii")
+    stamp = _stamp()
+    kept = [
+        _replace(site.path("api_key"), key_pem, 0o600, stamp),
+        _replace(site.path("api_cert"), cert_pem, 0o644, stamp),
+        _replace(join_path, (json.dumps(join, indent=2) + "\n").encode(), 0o644, stamp),
+    ]
+    return cert_pem, kept
+
+
+def rotate_admin_token(directory: Path) -> Path:
+    """A new admin token; returns where the old one was kept (mode 0600)."""
+    site = load_site(directory)
+    token = (secrets.token_hex(32) + "\n").encode()
+    return _replace(site.path("admin_token"), token, 0o600, _stamp())
