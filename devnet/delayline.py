@@ -52,9 +52,7 @@ def parse_route(text: str) -> Route:
     return Route(*_address(listen, "listen"), *_address(target, "target"))
 
 
-async def _pump(
-    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, delay_s: float
-) -> None:
+async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, delay_s: float) -> None:
     """Copy reader to writer, each chunk delay_s after it was read; EOF likewise."""
     queue: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
 
@@ -95,9 +93,7 @@ async def _connection(
         client_w.close()
         return
     try:
-        await asyncio.gather(
-            _pump(client_r, server_w, delay_s), _pump(server_r, client_w, delay_s)
-        )
+        await asyncio.gather(_pump(client_r, server_w, delay_s), _pump(server_r, client_w, delay_s))
     except (OSError, asyncio.IncompleteReadError):
         pass
     finally:
