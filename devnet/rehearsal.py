@@ -173,7 +173,8 @@ class Rehearsal:
     def summary(self) -> str:
         s = self.settings
         lines = [f"rehearsal in {s.directory} (chain {s.chain_id}, genesis {self.genesis_hash})"]
-        lines += [f"  {h:<24} {a}" for h, a in self.addresses.items()]
+        width = max(map(len, self.addresses), default=0)
+        lines += [f"  {h:<{width}}  {a}" for h, a in self.addresses.items()]
         lines.append(
             f"  WAN: {self.wan}, {s.delay_ms} ms each way; site A -> site B's API: TCP "
             f"connect {self.connect_ms:.1f} ms, connect + TLS handshake {self.handshake_ms:.1f} ms"
