@@ -116,6 +116,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     rh.add_argument("--keep", action="store_true", help="leave the containers running")
     rh.add_argument("--down", action="store_true", help="only remove a kept rehearsal's containers")
+    rh.add_argument(
+        "--subnet", default="172.29.17.0/24", help="the bridge network's subnet (sites at .11-.14)"
+    )
     rh.add_argument("--image", default="qchain:dev", help="image to run")
     rh.add_argument("--build", action="store_true", help="(re)build the image first")
 
@@ -132,7 +135,7 @@ def run(args: argparse.Namespace) -> int:
     if cmd == "rehearse":
         from devnet import rehearsal
 
-        return rehearsal.main(args.dir, args.delay_ms, args.keep, args.down, args.image, args.build)
+        return rehearsal.main(args)
     if args.docker:
         from devnet.dockernet import cli as docker_cli
 

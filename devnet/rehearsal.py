@@ -39,6 +39,7 @@ scan each for the sites' private keys (`devnet.sites.find_leaks`).
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import ipaddress
 import json
@@ -113,9 +114,12 @@ class Settings:
     def __post_init__(self) -> None:
         if not 0 <= self.delay_ms <= 1000:
             raise ConfigError("--delay-ms", "must be 0 to 1000")
-        net = ipaddress.ip_network(self.subnet, strict=True)
-        if net.num_addresses < 64:
-            raise ConfigError("--subnet", "needs at least 64 addresses")
+        try:
+            net = ipaddress.ip_network(self.subnet, strict=True)
+        except ValueError as e:
+            raise ConfigError("--subnet", f"{self.subnet!r} is not a network ({e})") from None
+        if net.version != 4 or net.num_addresses < 64:
+            raise ConfigError("--subnet", "must be an IPv4 network of at least 64 addresses")
 
     @property
     def network(self) -> str:
@@ -572,19 +576,19 @@ def rehearse(s: Settings, *, keep: bool = False, log: Callable[[str], None] = pr
     return r
 
 
-def main(
-    directory: Path, delay_ms: int, keep: bool, only_down: bool, image: str, build: bool
-) -> int:
-    """`qchain devnet rehearse`."""
+def main(args: argparse.Namespace) -> int:
+    """`qchain devnet rehearse` (options in `devnet.cli`)."""
     try:
-        s = Settings(directory.resolve(), delay_ms=delay_ms, image=image)
-        if only_down:
+        s = Settings(
+            args.dir.resolve(), delay_ms=args.delay_ms, subnet=args.subnet, image=args.image
+        )
+        if args.down:
             removed = down(s)
             print(f"removed {len(removed)} containers and the network {s.network}")
             return 0
-        if build or not engine.image_exists(s.image):
+        if args.build or not engine.image_exists(s.image):
             engine.build_image(tag=s.image)
-        r = rehearse(s, keep=keep)
+        r = rehearse(s, keep=args.keep)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -592,6 +596,6 @@ def main(
         print(f"rehearsal failed: {e}", file=sys.stderr)
         return 1
     print(r.summary())
-    if keep:
-        print(f"containers kept; remove them with: qchain devnet rehearse --dir {directory} --down")
+    if args.keep:
+        print(f"containers kept; remove them with: qchain devnet rehearse --dir {args.dir} --down")
     return 0 if r.receipt.get("verified") and len(r.committed_at) == len(SITES) else 1
