@@ -9,7 +9,8 @@ background processes, waits for the first decided block, prints the endpoint tab
 dev accounts and writes `endpoints.json`; `--foreground` stays attached and stops the
 network on Ctrl-C. `down` stops everything, `reset` also wipes chain data (configuration
 and keys stay), `status` shows each node's height, round, leader, peers and key pools, and
-`logs` prints (or follows) a service's log.
+`logs` prints (or follows) a service's log. `rehearse` plays a pilot network of four
+sites in containers (`devnet.rehearsal`).
 """
 
 from __future__ import annotations
@@ -104,6 +105,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     logs.add_argument("service", nargs="?", default=None, help="kms, node0, ... (default all)")
     logs.add_argument("--follow", "-f", action="store_true")
     logs.add_argument("--lines", "-n", type=int, default=50)
+    rh = sub.add_parser(
+        "rehearse",
+        help="four partner sites in containers: separate site directories, a genesis "
+        "ceremony, one KME per site, WAN delay, a partner's receipt checked offline",
+    )
+    rh.add_argument("--dir", type=Path, default=Path("devnet-rehearsal"), help="an empty directory")
+    rh.add_argument(
+        "--delay-ms", type=int, default=40, help="WAN delay of each site's traffic (default 40)"
+    )
+    rh.add_argument("--keep", action="store_true", help="leave the containers running")
+    rh.add_argument("--down", action="store_true", help="only remove a kept rehearsal's containers")
+    rh.add_argument(
+        "--subnet", default="172.29.17.0/24", help="the bridge network's subnet (sites at .11-.14)"
+    )
+    rh.add_argument("--image", default="qchain:dev", help="image to run")
+    rh.add_argument("--build", action="store_true", help="(re)build the image first")
 
 
 def _dir(p: argparse.ArgumentParser) -> None:
@@ -115,6 +132,10 @@ def _dir(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     cmd = args.devnet_cmd
+    if cmd == "rehearse":
+        from devnet import rehearsal
+
+        return rehearsal.main(args)
     if args.docker:
         from devnet.dockernet import cli as docker_cli
 

@@ -12,6 +12,9 @@ stops a site's node.
 
 from __future__ import annotations
 
+import base64
+import contextlib
+import re
 import secrets
 import subprocess
 import time
@@ -212,3 +215,77 @@ def wait_for(
         if time.monotonic() > deadline:
             raise TimeoutError(f"{what} after {timeout:.0f}s")
         time.sleep(0.1)
+
+
+# --- what must never leave a site -------------------------------------------------------
+
+
+def site_secrets(site_dir: Path) -> dict[str, list[bytes]]:
+    """Every secret of a site as raw bytes, by file: the validator key's seed, the API's
+    TLS private scalar and its PKCS#8 encoding, the key manager client key's scalar (when
+    the site has one) and the admin token (as text and as the bytes its hex names)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from qchain.keys import SigningKey
+
+    def ec_key(path: Path) -> list[bytes]:
+        key = serialization.load_pem_private_key(path.read_bytes(), None)
+        if not isinstance(key, ec.EllipticCurvePrivateKey):
+            raise TypeError(f"{path}: not an EC private key")
+        scalar = key.private_numbers().private_value.to_bytes(32, "big")
+        der = key.private_bytes(
+            serialization.Encoding.DER,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        return [scalar, der]
+
+    token = (site_dir / "admin.token").read_text().strip()
+    found = {
+        "validator.key": [SigningKey.load(site_dir / "validator.key").seed],
+        "api.key": ec_key(site_dir / "api.key"),
+        "admin.token": [token.encode(), bytes.fromhex(token)],
+    }
+    if (site_dir / "kme-client.key").exists():
+        found["kme-client.key"] = ec_key(site_dir / "kme-client.key")[:1]
+    return found
+
+
+def secret_decodings(text: str) -> list[bytes]:
+    """The text's bytes and everything a hex or base64 (standard or URL-safe) run in it
+    decodes to, at every alignment: where a secret could hide in a public file."""
+    out = [text.encode(errors="replace")]
+    flat = re.sub(r"\s+", "", text.replace("\\n", ""))
+    for run in re.findall(r"[A-Za-z0-9+/=_-]{16,}", flat):
+        for alphabet in (run, run.replace("-", "+").replace("_", "/")):
+            body = alphabet.rstrip("=")
+            for start in range(4):
+                chunk = body[start:]
+                if len(chunk) % 4 == 1:
+                    chunk = chunk[:-1]
+                chunk += "=" * (-len(chunk) % 4)
+                with contextlib.suppress(ValueError):
+                    out.append(base64.b64decode(chunk, validate=True))
+    for run in re.findall(r"[0-9a-fA-F]{32,}", text):
+        for start in (0, 1):
+            chunk = run[start:]
+            out.append(bytes.fromhex(chunk[: len(chunk) - len(chunk) % 2]))
+    return out
+
+
+def find_leaks(path: Path, secrets_by_name: dict[str, list[bytes]]) -> list[str]:
+    """Which of the secrets appear in the file (raw, hex in either case, base64, or as
+    the payload of any hex or base64 run), and whether it holds a PEM private key at all;
+    empty if none. Binary files (a receipt, say) are read as Latin-1 text too."""
+    data = path.read_bytes()
+    text = data.decode("latin-1")
+    found = ["a PEM private key"] if "PRIVATE KEY" in text else []
+    decoded = [data, *secret_decodings(text)]
+    for name, values in secrets_by_name.items():
+        for s in values:
+            forms = (s.hex(), s.hex().upper(), base64.b64encode(s).decode().rstrip("="))
+            if any(s in d for d in decoded) or any(f[4:-4] in text for f in forms):
+                found.append(name)
+                break
+    return found

@@ -5,16 +5,13 @@ base64 and PEM)."""
 from __future__ import annotations
 
 import base64
-import contextlib
 import json
-import re
 import stat
 from pathlib import Path
 
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
 
+from devnet.sites import find_leaks, secret_decodings, site_secrets
 from node.site import FILES, KmeFiles, init_site, load_site, new_site
 from qchain.cli import main
 from qchain.errors import ConfigError
@@ -59,57 +56,25 @@ def test_site_layout_and_modes(tmp_path: Path) -> None:
     assert join["api_cert"] == (site_dir / "api.crt").read_text()
 
 
-def _decodings(text: str) -> list[bytes]:
-    """The file's bytes and everything a hex or base64 run in it decodes to."""
-    out = [text.encode()]
-    flat = re.sub(r"\s+", "", text.replace("\\n", ""))
-    for run in re.findall(r"[A-Za-z0-9+/=_-]{16,}", flat):
-        for alphabet in (run, run.replace("-", "+").replace("_", "/")):
-            body = alphabet.rstrip("=")
-            for start in range(4):
-                chunk = body[start:]
-                if len(chunk) % 4 == 1:
-                    chunk = chunk[:-1]
-                chunk += "=" * (-len(chunk) % 4)
-                with contextlib.suppress(ValueError):
-                    out.append(base64.b64decode(chunk, validate=True))
-    for run in re.findall(r"[0-9a-fA-F]{32,}", text):
-        for start in (0, 1):
-            chunk = run[start:]
-            out.append(bytes.fromhex(chunk[: len(chunk) - len(chunk) % 2]))
-    return out
-
-
 def test_nothing_private_leaves_the_site(tmp_path: Path) -> None:
     site_dir = make_site(tmp_path)
-    seed = SigningKey.load(site_dir / "validator.key").seed
-    tls = serialization.load_pem_private_key((site_dir / "api.key").read_bytes(), None)
-    assert isinstance(tls, ec.EllipticCurvePrivateKey)
-    scalar = tls.private_numbers().private_value.to_bytes(32, "big")
-    der = tls.private_bytes(
-        serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-    kme = serialization.load_pem_private_key((site_dir / "kme-client.key").read_bytes(), None)
-    assert isinstance(kme, ec.EllipticCurvePrivateKey)
-    kme_scalar = kme.private_numbers().private_value.to_bytes(32, "big")
-    token = (site_dir / "admin.token").read_text().strip()
-    secrets = [seed, scalar, der, kme_scalar, token.encode(), bytes.fromhex(token)]
+    secrets = site_secrets(site_dir)
+    assert set(secrets) == {"validator.key", "api.key", "admin.token", "kme-client.key"}
+    assert SigningKey.load(site_dir / "validator.key").seed in secrets["validator.key"]
     for name in ("join.json", "api.crt", "site.toml"):
-        text = (site_dir / name).read_text()
-        assert "PRIVATE KEY" not in text, name
-        for decoded in _decodings(text):
-            for s in secrets:
-                assert s not in decoded, f"a secret of the site appears in {name}"
-        for s in secrets:
-            for fmt in (s.hex(), s.hex().upper(), base64.b64encode(s).decode().rstrip("=")):
-                assert fmt[4:-4] not in text, name
+        assert find_leaks(site_dir / name, secrets) == [], name
+    assert find_leaks(site_dir / "api.key", secrets) == ["a PEM private key", "api.key"]
 
 
 def test_the_check_finds_a_planted_secret(tmp_path: Path) -> None:
     seed = bytes(range(32))
     planted = '{"x": "' + base64.b64encode(b"ab" + seed).decode() + '"}'
-    assert any(seed in d for d in _decodings(planted))
-    assert any(seed in d for d in _decodings("k = " + seed.hex().upper()))
+    assert any(seed in d for d in secret_decodings(planted))
+    assert any(seed in d for d in secret_decodings("k = " + seed.hex().upper()))
+    (tmp_path / "public.json").write_text(planted)
+    assert find_leaks(tmp_path / "public.json", {"validator.key": [seed]}) == ["validator.key"]
+    (tmp_path / "receipt.bin").write_bytes(b"\x00\x91" + seed + b"\xff")
+    assert find_leaks(tmp_path / "receipt.bin", {"api.key": [seed]}) == ["api.key"]
 
 
 def test_an_existing_site_is_never_overwritten(tmp_path: Path) -> None:
