@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import json
 import re
 import secrets
+import shutil
 import subprocess
 import time
 from collections.abc import Callable, Sequence
@@ -289,3 +291,173 @@ def find_leaks(path: Path, secrets_by_name: dict[str, list[bytes]]) -> list[str]
                 found.append(name)
                 break
     return found
+
+
+def init_validator(
+    site_dir: Path,
+    *,
+    name: str,
+    p2p: str,
+    api: str,
+    kms: SiteKms,
+    sae_id: str,
+    p2p_listen: str | None = None,
+    api_listen: str | None = None,
+    admin_listen: str = "127.0.0.1:9000",
+) -> None:
+    """`qchain validator init` with the P2P hint and API URL given apart (in containers
+    the peers dial a service name, the partners a published port); the listen addresses
+    default to validator init's own (0.0.0.0)."""
+    listen = [("--p2p-listen", p2p_listen), ("--api-listen", api_listen)]
+    qchain(
+        "validator", "init", "--dir", str(site_dir), "--name", name, "--p2p", p2p,
+        "--api", api, "--admin-listen", admin_listen, "--kme-url", kms.url,
+        "--sae-id", sae_id, "--kme-cert", str(kms.client_cert[sae_id]),
+        "--kme-key", str(kms.client_key[sae_id]), "--kme-ca", str(kms.ca),
+        *[arg for flag, value in listen if value is not None for arg in (flag, value)],
+    )  # fmt: skip
+
+
+def write_members(directory: Path, roles: dict[str, str]) -> Path:
+    """A key per member (`qchain keys new`, ML-DSA-65: directory/NAME.key) and the
+    members.toml that lists them with their role; its path."""
+    directory.mkdir(parents=True, exist_ok=True)
+    entries = []
+    for name, role in roles.items():
+        key = directory / f"{name}.key"
+        out = qchain("keys", "new", "--out", str(key), "--scheme", "ml-dsa-65", "--json")
+        public = json.loads(out)["public_key"]
+        entries.append(
+            f'[[members]]\nname = "{name}"\nscheme = "ml-dsa-65"\npublic_key = "{public}"\n'
+            f'roles = ["{role}"]\n'
+        )
+    members = directory / "members.toml"
+    members.write_text("\n".join(entries))
+    return members
+
+
+def run_ceremony(
+    sites: Sequence[Path],
+    coordinator: Path,
+    members: Path,
+    *,
+    chain_id: str,
+    timing: str = "test",
+    node_config: Sequence[str] = (),
+) -> str:
+    """The ceremony after every `validator init`: the coordinator gathers the join files
+    and builds the genesis; each site fetches it beside its directory, verifies it against
+    the announced hash and runs `qchain node config ARGS` (e.g. `--secrets-dir`,
+    `--data-dir`). The genesis hash."""
+    coordinator.mkdir(parents=True, exist_ok=True)
+    joins = []
+    for site in sites:
+        name = json.loads((site / "join.json").read_text())["name"]
+        joins.append(coordinator / f"join-{name}.json")
+        shutil.copy(site / "join.json", joins[-1])
+    build = qchain(
+        "genesis", "build", "--chain-id", chain_id, "--validators", *map(str, joins),
+        "--members", str(members), "--timing", timing, "--out", "genesis.json",
+        cwd=coordinator,
+    )  # fmt: skip
+    announced = genesis_hash_of(build)
+    for site in sites:
+        got = site.parent / "downloaded-genesis.json"
+        shutil.copy(coordinator / "genesis.json", got)
+        qchain("genesis", "verify", str(got), "--expect-hash", announced)
+        qchain("node", "config", "--genesis", str(got), "--site", str(site), *node_config)
+    return announced
+
+
+KME_CONFIG_DIR = "/etc/qchain-kme"
+KME_SECRETS_DIR = "/run/secrets"
+
+
+def write_site_kmes(
+    directory: Path,
+    kme_hosts: dict[str, str],
+    *,
+    port: int = 8443,
+    relay_port: int = 7400,
+    rate: str = "lab",
+) -> dict[str, SiteKms]:
+    """One simulated KME per site, for containers: {SAE id: its KME} for kme_hosts
+    ({SAE id: the host name the site's validator and the other KMEs reach its KME by}).
+
+    Each KME serves only its own SAE and relays the keys its SAE takes as master to the
+    other SAEs' KMEs (`qchain.qkd.relay`, plain HTTP with an HMAC under a shared relay
+    secret: a simulation of trusted-node links). directory/SAE/ holds what a KME vendor
+    would install at that site: kme.toml (written for the container's paths: public files
+    in KME_CONFIG_DIR, secrets in KME_SECRETS_DIR), ca.pem, kms.pem and the secrets
+    kms.key, relay.secret, admin.token; one private CA signs the KMEs' server certificate
+    (valid for every host in kme_hosts) and each SAE's client certificate (directory/ca/).
+    """
+    paths = write_kms_certs(directory / "ca", list(kme_hosts), list(kme_hosts.values()))
+    relay_secret = secrets.token_hex(24)
+    out = {}
+    for sae, host in kme_hosts.items():
+        kme = directory / sae
+        kme.mkdir(parents=True, exist_ok=True)
+        shutil.copy(paths["ca"], kme / "ca.pem")
+        shutil.copy(paths["kms"], kme / "kms.pem")
+        for f, text in (
+            ("kms.key", paths["kms_key"].read_text()),
+            ("relay.secret", relay_secret + "\n"),
+            ("admin.token", secrets.token_hex(16) + "\n"),
+        ):
+            (kme / f).write_text(text)
+            (kme / f).chmod(0o600)
+        (kme / "kme.toml").write_text(
+            _kme_toml(sae, kme_hosts, port=port, relay_port=relay_port, rate=rate)
+        )
+        out[sae] = SiteKms(
+            kme / "kme.toml",
+            f"https://{host}:{port}",
+            "",
+            paths["ca"],
+            {s: paths[f"sae-{s}"] for s in kme_hosts},
+            {s: paths[f"sae-{s}_key"] for s in kme_hosts},
+        )
+    return out
+
+
+def _kme_toml(sae: str, kme_hosts: dict[str, str], *, port: int, relay_port: int, rate: str) -> str:
+    saes = "\n".join(f'[[sae]]\nid = "{s}"\n' for s in kme_hosts)
+    peers = "\n".join(
+        f'"{s}" = "http://{h}:{relay_port}"' for s, h in kme_hosts.items() if s != sae
+    )
+    return f"""kms_id = "kme-{sae}"
+full_mesh = true
+
+[server]
+host = "0.0.0.0"
+port = {port}
+
+[tls]
+ca_cert = "ca.pem"
+cert = "kms.pem"
+key = "{KME_SECRETS_DIR}/kms.key"
+
+[admin]
+host = "127.0.0.1"
+port = 9001
+token_file = "{KME_SECRETS_DIR}/admin.token"
+
+[defaults]
+profile = "{rate}"
+key_size = 256
+max_key_count = 20000
+max_key_per_request = 128
+initial_key_count = 2048
+
+{saes}
+[relay]
+local_sae = "{sae}"
+host = "0.0.0.0"
+port = {relay_port}
+secret_file = "{KME_SECRETS_DIR}/relay.secret"
+delay_ms = 0
+
+[relay.peers]
+{peers}
+"""
