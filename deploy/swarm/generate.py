@@ -271,7 +271,9 @@ def _objects(owner: str, directory: Path, files: tuple[str, ...]) -> dict[str, d
     }
 
 
-def _mounts(owner: str, files: tuple[str, ...], target_dir: PurePosixPath | None, mode: int) -> list[dict[str, Any]]:
+def _mounts(
+    owner: str, files: tuple[str, ...], target_dir: PurePosixPath | None, mode: int
+) -> list[dict[str, Any]]:
     return [
         {
             "source": f"{owner}-{f.replace('.', '-')}",
@@ -458,8 +460,12 @@ def main(argv: list[str] | None = None) -> int:
         "directories (after `qchain node config --secrets-dir /run/secrets --data-dir "
         "/var/lib/qchain`).",
     )
-    ap.add_argument("--site", type=Path, action="append", required=True, help="a site directory (repeat)")
-    ap.add_argument("--image", required=True, help="the node image, e.g. registry.example.org/qchain:0.1.0")
+    ap.add_argument(
+        "--site", type=Path, action="append", required=True, help="a site directory (repeat)"
+    )
+    ap.add_argument(
+        "--image", required=True, help="the node image, e.g. registry.example.org/qchain:0.1.0"
+    )
     ap.add_argument("--out", type=Path, required=True, help="the stack file to write")
     ap.add_argument(
         "--site-label",

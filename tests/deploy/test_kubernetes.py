@@ -31,6 +31,7 @@ import pytest
 import yaml
 from kubernetes_validate.utils import latest_version, major_minor
 
+from devnet.sites import SiteKms, init_validator, qchain, run_ceremony, write_members
 from qchain.config import parse_config
 
 REPO = Path(__file__).resolve().parents[2]
@@ -569,3 +570,56 @@ def test_the_command_names_the_field_it_refuses(tmp_path: Path) -> None:
         in r.stderr
     )
     assert not (tmp_path / "out").exists()
+
+
+# --- from a real ceremony ------------------------------------------------------------------
+
+
+def test_sites_from_a_real_ceremony_pass_every_check(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """Four sites through `validator init` (KME TLS files from `qchain kms certs`),
+    `genesis build`, `genesis verify` and `node config --secrets-dir /run/secrets/qchain
+    --data-dir /var/lib/qchain`; the generator's manifests of each pass every check."""
+    vendor = tmp_path_factory.mktemp("kme-vendor")
+    saes = [f"sae-{n}" for n in PILOT]
+    hosts = [f"kme.{n}.example" for n in PILOT]
+    qchain("kms", "certs", "--out", str(vendor), *[a for s in saes for a in ("--sae", s)],
+           *[a for h in hosts for a in ("--host", h)])  # fmt: skip
+    sites = []
+    for n, (p2p, api, _) in PILOT.items():
+        site = tmp_path_factory.mktemp(n) / "site"
+        kms = SiteKms(
+            Path(),
+            f"https://kme.{n}.example",
+            "",
+            vendor / "ca.pem",
+            {f"sae-{n}": vendor / f"sae-sae-{n}.pem"},
+            {f"sae-{n}": vendor / f"sae-sae-{n}.key"},
+        )
+        init_validator(site, name=n, p2p=p2p, api=api, kms=kms, sae_id=f"sae-{n}")
+        sites.append(site)
+    partner = tmp_path_factory.mktemp("members")
+    run_ceremony(
+        sites,
+        tmp_path_factory.mktemp("coordinator"),
+        write_members(partner, {"operator": "admin"}),
+        chain_id="qingdao-k8s-test",
+        timing="default",
+        node_config=("--secrets-dir", "/run/secrets/qchain", "--data-dir", "/var/lib/qchain"),
+    )
+    for site, (name, network) in zip(sites, PILOT.items(), strict=True):
+        out = tmp_path_factory.mktemp(f"manifests-{name}")
+        peers = {n: v[2] for n, v in PILOT.items() if n != name}
+        cidrs = [f"--peer-cidr={n}={c}" for n, c in peers.items()]
+        r = _run("--site", str(site), "--image", f"registry.{name}.example/qchain:0.1.0",
+                 "--out", str(out), *cidrs)  # fmt: skip
+        assert r.returncode == 0, r.stderr
+        docs = [d for p in sorted(out.glob("*.yaml")) for d in docs_of(p.read_text())]
+        loaded = gen.load_site(
+            site, "qchain:dev", peer_cidrs=dict(c.split("=", 2)[1:] for c in cidrs)
+        )
+        assert check(docs, gen.kubectl_commands(loaded)) == [], name
+        sts = next(d for d in docs if d["kind"] == "StatefulSet")
+        assert sts["metadata"]["name"] == f"qchain-{name}"
+        assert network[0].split(":")[0] in json.dumps(docs)
