@@ -391,6 +391,7 @@ def write_site_kmes(
     in KME_CONFIG_DIR, secrets in KME_SECRETS_DIR), ca.pem, kms.pem and the secrets
     kms.key, relay.secret, admin.token; one private CA signs the KMEs' server certificate
     (valid for every host in kme_hosts) and each SAE's client certificate (directory/ca/).
+    A KME's admin API stays on its container's loopback, so `admin_url` is empty.
     """
     paths = write_kms_certs(directory / "ca", list(kme_hosts), list(kme_hosts.values()))
     relay_secret = secrets.token_hex(24)
