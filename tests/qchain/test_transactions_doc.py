@@ -1,0 +1,126 @@
+"""docs/TRANSACTIONS.md cannot drift from the codec: every fenced `hex` block in it is
+rebuilt here from the vectors of tests/vectors/core/transactions.json and compared byte for
+byte, and every full JSON form shown in it is a vector's.
+
+A hex block's first line names it (`# vector NAME: PART`); on the other lines the text
+after `#` is a comment, and a line `.. N bytes ..` stands for N bytes not shown."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from qchain.hashing import Domain
+from qchain.jsonform import tx_from_json
+from qchain.keys import address_of
+from qchain.types import Transaction
+
+ROOT = Path(__file__).parents[2]
+DOC = ROOT / "docs" / "TRANSACTIONS.md"
+VECTORS = {
+    v["name"]: v for v in json.loads((ROOT / "tests/vectors/core/transactions.json").read_text())
+}
+
+_FENCE = re.compile(r"^```(\w*)\n(.*?)^```$", re.DOTALL | re.MULTILINE)
+_TITLE = re.compile(r"# vector (\S+): (\S+)$")
+_ELIDED = re.compile(r"\.\. (\d+) bytes \.\.$")
+
+
+def _tagged(domain: Domain, data: bytes) -> bytes:
+    return bytes([len(domain.value)]) + domain.value + data
+
+
+PARTS: dict[str, Callable[[Transaction], bytes]] = {
+    "encoded": lambda tx: tx.encode(),
+    "body": lambda tx: tx.body_bytes(),
+    "sign-preimage": lambda tx: _tagged(Domain.TX_SIGN, tx.body_bytes()),
+    "signing-digest": lambda tx: tx.signing_digest(),
+    "hash-preimage": lambda tx: _tagged(Domain.TX, tx.encode()),
+    "hash": lambda tx: tx.hash,
+    "address-preimage": lambda tx: _tagged(
+        Domain.ADDRESS, tx.scheme.encode() + b"\x00" + tx.public_key
+    ),
+    "address": lambda tx: address_of(tx.scheme, tx.public_key),
+}
+
+
+def _blocks(lang: str) -> list[str]:
+    return [body for kind, body in _FENCE.findall(DOC.read_text()) if kind == lang]
+
+
+HEX_BLOCKS = _blocks("hex")
+
+
+def _segments(lines: list[str]) -> list[bytes | int]:
+    """The block's bytes as shown (bytes) and elided (a count), in order."""
+    out: list[bytes | int] = []
+    for line in lines:
+        elided = _ELIDED.match(line.split("#", 1)[0].strip())
+        if elided:
+            out.append(int(elided.group(1)))
+            continue
+        text = "".join(line.split("#", 1)[0].split())
+        if text:
+            out.append(bytes.fromhex(text))
+    return out
+
+
+def _matches(segments: list[bytes | int], expected: bytes) -> bool:
+    at = 0
+    for seg in segments:
+        if isinstance(seg, int):
+            at += seg
+        else:
+            if expected[at : at + len(seg)] != seg:
+                return False
+            at += len(seg)
+    return at == len(expected)
+
+
+def test_the_doc_has_hex_blocks_for_every_vector_and_part() -> None:
+    titles = [_TITLE.match(b.splitlines()[0]) for b in HEX_BLOCKS]
+    assert all(titles), "every hex block starts with '# vector NAME: PART'"
+    named = {(t.group(1), t.group(2)) for t in titles if t}
+    assert {name for name, _ in named} == set(VECTORS)
+    assert {part for _, part in named} == set(PARTS)
+
+
+@pytest.mark.parametrize("block", HEX_BLOCKS, ids=[b.splitlines()[0][9:] for b in HEX_BLOCKS])
+def test_hex_block_is_what_the_codec_gives(block: str) -> None:
+    first, *lines = block.splitlines()
+    title = _TITLE.match(first)
+    assert title is not None
+    vec = VECTORS[title.group(1)]
+    tx = tx_from_json(vec["json"])
+    # The vector file and the codec agree (test_vectors_core checks this too).
+    assert tx.encode().hex() == vec["encoded"]
+    assert tx.signing_digest().hex() == vec["signing_digest"]
+    assert tx.hash.hex() == vec["hash"]
+    expected = PARTS[title.group(2)](tx)
+    segments = _segments(lines)
+    assert segments, "an empty block"
+    assert _matches(segments, expected), f"{first}: expected {expected.hex()}"
+
+
+def test_full_json_forms_in_the_doc_are_the_vectors() -> None:
+    shown: list[dict[str, Any]] = []
+    for text in _blocks("json"):
+        doc = json.loads(text)
+        if "signature" in doc and "..." not in doc["signature"]:
+            shown.append(doc)
+    assert shown
+    for doc in shown:
+        assert doc in [v["json"] for v in VECTORS.values()]
+
+
+def test_the_elision_check_catches_a_wrong_byte() -> None:
+    data = bytes(range(40))
+    assert _matches([data[:4], 32, data[-4:]], data)
+    assert not _matches([data[:4], 31, data[-4:]], data)
+    assert not _matches([data[:4], 32, b"\x00" + data[-3:]], data)
+    assert not _matches([data[:39]], data)
