@@ -72,7 +72,7 @@ class Transaction(Struct):
         """Canonical encoding of every field but the signature: the encoding of the
         whole transaction with a 9-item array header and without its last item."""
         enc = self.encoded
-        return b"\x99" + enc[1 : len(enc) - _bin_size(len(self.signature))]
+        return b"\x99" + enc[1 : len(enc) - bin_size(len(self.signature))]
 
     @classmethod
     def _from_wire(cls, obj: object, path: str | None) -> Transaction:
@@ -122,7 +122,7 @@ class Transaction(Struct):
         verify(parse_scheme(self.scheme), public_key, self.signing_digest(), self.signature)
 
 
-def _bin_size(n: int) -> int:
+def bin_size(n: int) -> int:
     """Bytes of the canonical encoding of a byte string of length n."""
     return n + (2 if n < 0x100 else 3 if n < 0x10000 else 5)
 

@@ -25,7 +25,7 @@ from pathlib import Path
 from aiohttp import web
 
 from node import explorer
-from node.http import state, stream, tx
+from node.http import prepare, state, stream, tx
 from node.http.context import (
     BUCKETS,
     CLOCK,
@@ -72,6 +72,7 @@ def make_api_app(
     r = app.router
     r.add_post("/v1/txs", tx.post_tx)
     r.add_post("/v1/txs/batch", tx.post_batch)
+    r.add_post("/v1/txs/prepare", prepare.post_prepare)
     r.add_get("/v1/txs/{hash}", tx.get_tx, allow_head=False)
     r.add_get("/v1/receipts/{hash}", tx.get_receipt, allow_head=False)
     r.add_get("/v1/blocks", state.get_blocks, allow_head=False)

@@ -339,6 +339,8 @@ def tx_json(draw: st.DrawFn) -> bytes:
 
 
 VALID_TX_BODIES = [json.dumps(TX_DOC).encode(), json.dumps(TX.encode().hex()).encode()]
+UNSIGNED_DOC = {k: v for k, v in TX_DOC.items() if k not in ("sender", "signature")}
+"""What `POST /v1/txs/prepare` takes: the JSON form without signature (and sender)."""
 VALID_BATCH = array([json.dumps(TX_DOC).encode(), json.dumps(TX.encode().hex()).encode()])
 msgpack_bodies = st.one_of(
     st.binary(max_size=300),
@@ -380,6 +382,13 @@ BODIES: dict[str, st.SearchStrategy[bytes]] = {
         st.just(array([b'"00"'] * 1001)),
         common_bodies,
         msgpack_bodies,
+    ),
+    "POST /v1/txs/prepare": st.one_of(
+        st.builds(splice, st.just(UNSIGNED_DOC), st.sampled_from(TX_PLACES), fragments),
+        st.builds(splice, st.just(UNSIGNED_DOC), st.sampled_from(TX_PLACES), fragments),
+        st.just(json.dumps(UNSIGNED_DOC).encode()),
+        tx_json(),
+        common_bodies,
     ),
     "PUT /admin/faults": st.one_of(
         st.builds(splice, st.just(FAULTS_DOC), st.sampled_from(FAULT_PLACES), fragments),
@@ -647,6 +656,11 @@ NASTIEST: list[FuzzRequest] = [
         array([VALID_TX_BODIES[1], splice(TX_DOC, ("method",), b'"\\ud800"')]),
     ),
     _json("POST", "/v1/txs/batch", deep(10_000)),
+    _json("POST", "/v1/txs/prepare", splice(UNSIGNED_DOC, ("public_key",), b'"\\ud800"')),
+    _json("POST", "/v1/txs/prepare", splice(UNSIGNED_DOC, ("scheme",), b'"\\udfff"')),
+    _json("POST", "/v1/txs/prepare", splice(UNSIGNED_DOC, ("args", 1), deep(10_000))),
+    _json("POST", "/v1/txs/prepare", splice(UNSIGNED_DOC, ("nonce",), b"1e400")),
+    _json("POST", "/v1/txs/prepare", json.dumps(UNSIGNED_DOC).encode()),
     _json("POST", "/v1/txs/batch", array([deep(5_000)] * 3)),
     _json("POST", "/v1/txs/batch", array([b'"' + b"ab" * 100_000 + b'"'])),
     FuzzRequest(
