@@ -14,6 +14,7 @@ writes them with.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import ssl
 import threading
@@ -35,6 +36,7 @@ from qchain.jsonform import (
     receipt_from_json,
     tx_from_json,
 )
+from qchain.keys import address_of
 from qchain.types import Block, Receipt, ReceiptProof, Transaction
 
 T = TypeVar("T")
@@ -78,6 +80,48 @@ class TxInfo:
             None if receipt is None else receipt_from_json(receipt),
             new,
         )
+
+
+@dataclass(frozen=True)
+class PreparedTx:
+    """What `POST /v1/txs/prepare` answered (docs/TRANSACTIONS.md, section 10), checked
+    against the request: `transaction` is the unsigned transaction asked for, `body` its
+    body and `sign_bytes` the 32 bytes its key signs."""
+
+    transaction: Transaction
+    body: bytes
+    sign_bytes: bytes
+    signed_prefix: bytes
+    """The signed transaction's encoding up to the signature."""
+
+    def signed(self, signature: bytes) -> Transaction:
+        """The transaction with a signature over `sign_bytes`, ready to submit."""
+        return dataclasses.replace(self.transaction, signature=signature)
+
+    @classmethod
+    def from_json(cls, doc: object, request: Mapping[str, Any]) -> PreparedTx:
+        """Parse prepare's answer to request; `CodecError` unless it describes exactly
+        the transaction of request, with that transaction's bytes."""
+        d = expect_object(doc, "prepared")
+        tx = tx_from_json(expect_member(d, "transaction", "prepared"))
+        asked = dict(request)
+        if "sender" not in asked:
+            key = hex_field(asked.get("public_key", ""), "public_key")
+            asked["sender"] = address_of(str(asked.get("scheme")), key).hex()
+        prepared = cls(
+            tx,
+            hex_field(expect_member(d, "body", "prepared"), "prepared.body"),
+            hex_field(expect_member(d, "sign_bytes", "prepared"), "prepared.sign_bytes"),
+            hex_field(expect_member(d, "signed_prefix", "prepared"), "prepared.signed_prefix"),
+        )
+        if (
+            tx != tx_from_json(asked)
+            or prepared.body != tx.body_bytes()
+            or prepared.sign_bytes != tx.signing_digest()
+            or prepared.signed_prefix != b"\x9a" + tx.body_bytes()[1:]
+        ):
+            raise CodecError("prepared: the node's answer is not the transaction asked for")
+        return prepared
 
 
 def _problem(status: int, body: bytes, content_type: str) -> ApiError:
@@ -206,6 +250,16 @@ class AsyncClient:
             timeout_s=timeout_s + self.timeout_s,
         )
         return TxInfo.from_json(doc, new=None)
+
+    async def prepare(self, unsigned: Mapping[str, Any]) -> PreparedTx:
+        """What to sign for a transaction given in its JSON form without signature
+        (`POST /v1/txs/prepare`), checked against the request; sign `sign_bytes` and
+        submit `signed(signature)`."""
+        body = json.dumps(dict(unsigned)).encode()
+        _, doc = await self._json(
+            "POST", "/v1/txs/prepare", body=body, content_type="application/json"
+        )
+        return PreparedTx.from_json(doc, unsigned)
 
     async def submit_batch(self, txs: Sequence[bytes | Transaction]) -> list[TxInfo | ApiError]:
         """Submit many; each item is its status or the problem that refused it."""
@@ -423,6 +477,9 @@ class Client:
 
     def submit_batch(self, txs: Sequence[bytes | Transaction]) -> list[TxInfo | ApiError]:
         return self._run(self._async.submit_batch(txs))
+
+    def prepare(self, unsigned: Mapping[str, Any]) -> PreparedTx:
+        return self._run(self._async.prepare(unsigned))
 
     def tx_status(self, tx_hash: bytes | str) -> TxInfo:
         return self._run(self._async.tx_status(tx_hash))

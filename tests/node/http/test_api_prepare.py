@@ -16,6 +16,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from node.http.prepare import prepared_json, unsigned_tx_from_json
 from node.http.problems import PROBLEM_BASE
 from node.http.state import openapi_spec
+from qchain.client import AsyncClient, PreparedTx
+from qchain.errors import CodecError
 from qchain.jsonform import tx_from_json
 from qchain.keys import SigningKey
 from qchain.types import MAX_TX_SIZE
@@ -231,3 +233,36 @@ def test_the_docs_request_example_is_the_openapi_one() -> None:
     op = openapi_spec()["paths"]["/v1/txs/prepare"]["post"]
     request = op["requestBody"]["content"]["application/json"]["examples"]["ed25519-register"]
     assert shown == request["value"]
+
+
+async def test_the_client_prepares_checks_and_submits(api: ApiHarness) -> None:
+    key = PARTNERS[2]
+    async with AsyncClient(api.url) as client:
+        prepared = await client.prepare(unsigned(key))
+        assert prepared.transaction.sender == key.address
+        info = await client.submit(prepared.signed(key.sign(prepared.sign_bytes)))
+    assert info.new
+    assert info.tx_hash == prepared.signed(key.sign(prepared.sign_bytes)).hash
+
+
+@pytest.mark.parametrize(
+    "lie",
+    [
+        {"body": "99"},
+        {"sign_bytes": "00" * 32},
+        {"signed_prefix": "9a"},
+        {"transaction": {"nonce": 2}},
+        {"transaction": {"args": []}},
+        {"transaction": {"sender": "11" * 20}},
+    ],
+    ids=["body", "sign-bytes", "prefix", "nonce", "args", "sender"],
+)
+def test_the_client_refuses_an_answer_for_another_transaction(lie: dict[str, Any]) -> None:
+    request = unsigned(PARTNERS[2])
+    honest = prepared_json(unsigned_tx_from_json(request))
+    assert PreparedTx.from_json(honest, request).body.hex() == honest["body"]
+    answer = {**honest, **lie}
+    if "transaction" in lie:
+        answer["transaction"] = {**honest["transaction"], **lie["transaction"]}
+    with pytest.raises(CodecError, match="not the transaction asked for"):
+        PreparedTx.from_json(answer, request)
