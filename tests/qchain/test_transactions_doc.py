@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from qchain.codec import encode_value
 from qchain.hashing import Domain
 from qchain.jsonform import tx_from_json
 from qchain.keys import address_of
@@ -124,3 +125,42 @@ def test_the_elision_check_catches_a_wrong_byte() -> None:
     assert not _matches([data[:4], 31, data[-4:]], data)
     assert not _matches([data[:4], 32, b"\x00" + data[-3:]], data)
     assert not _matches([data[:39]], data)
+
+
+def _section(number: int) -> str:
+    text = DOC.read_text()
+    return text.split(f"\n## {number}. ", 1)[1].split("\n## ", 1)[0]
+
+
+def test_the_integer_table_and_examples_of_section_3_are_the_codecs() -> None:
+    rules = _section(3)
+    examples = re.findall(r"(-?\d+) is `([0-9a-f ]+)`", rules)
+    assert len(examples) == 4
+    for value, shown in examples:
+        assert encode_value(int(value)).hex() == shown.replace(" ", "")
+    assert encode_value("ab").hex() == "a26162" and encode_value(b"ab").hex() == "c4026162"
+    assert encode_value(b"").hex() == "c400"
+    assert len("memo: café".encode()) == 11
+    rows = re.findall(r"^  \| (-?[\d^.-]+) \| (.+) \|$", rules, re.MULTILINE)
+    assert len(rows) == 10
+    for span, encoding in rows:
+        lo, hi = (_int(x) for x in span.split(".."))
+        first = re.search(r"`0x([0-9a-f]{2})`", encoding)
+        assert first is not None
+        for v in (lo, hi):
+            enc = encode_value(v)
+            if "fixint" in encoding:
+                assert len(enc) == 1
+            else:
+                assert enc[0] == int(first.group(1), 16), (v, encoding)
+                assert f"+ {len(enc) - 1} byte" in encoding, (v, encoding)
+
+
+def _int(text: str) -> int:
+    """An integer of the table: `-2^31-1`, `2^64-1`, `65536`."""
+    m = re.fullmatch(r"(-?)(?:2\^(\d+)|(\d+))(-1)?", text)
+    assert m is not None, text
+    sign, power, plain, minus_one = m.groups()
+    v = 2 ** int(power) if power else int(plain)
+    v = -v if sign else v
+    return v - 1 if minus_one else v
