@@ -18,8 +18,10 @@ from typing import Any
 import pytest
 
 from qchain.codec import encode_value
+from qchain.errors import CodecError
 from qchain.jsonform import tx_from_json
 from qchain.keys import Scheme
+from qchain.types import decode_transaction
 
 ROOT = Path(__file__).parents[2]
 DOC = ROOT / "docs" / "TRANSACTIONS.md"
@@ -178,3 +180,20 @@ def _int(text: str) -> int:
     v = 2 ** int(power) if power else int(plain)
     v = -v if sign else v
     return v - 1 if minus_one else v
+
+
+def test_args_nest_16_arrays_deep_and_no_deeper() -> None:
+    """Section 2 and 3: `args` is level 0, arrays inside it reach level 16 at most, in the
+    canonical bytes and in the JSON form alike."""
+    good: list[object] = []
+    for _ in range(16):
+        good = [good]
+    doc = {**VECTORS["ed25519-register"]["json"], "args": good, "signature": ""}
+    tx = tx_from_json(doc)
+    assert decode_transaction(tx.encode()) == tx
+    with pytest.raises(CodecError, match="nested too deeply"):
+        tx_from_json({**doc, "args": [good]})
+    run = b"\x91" * 16 + b"\x90"
+    assert tx.encode().count(run) == 1
+    with pytest.raises(CodecError, match="nesting deeper than 16"):
+        decode_transaction(tx.encode().replace(run, b"\x91" + run))
