@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.mldsa import MLDSA65PrivateKey
 
 from node.http.prepare import prepared_json, unsigned_tx_from_json
 from node.http.problems import PROBLEM_BASE
@@ -19,7 +20,7 @@ from node.http.state import openapi_spec
 from qchain.client import AsyncClient, PreparedTx
 from qchain.errors import CodecError
 from qchain.jsonform import tx_from_json
-from qchain.keys import SigningKey
+from qchain.keys import SigningKey, dev_key
 from qchain.types import MAX_TX_SIZE
 
 from ..conftest import CHAIN_ID, PARTNERS, ApiHarness, FakeNode, SpecChecker, serve
@@ -266,3 +267,18 @@ def test_the_client_refuses_an_answer_for_another_transaction(lie: dict[str, Any
         answer["transaction"] = {**honest["transaction"], **lie["transaction"]}
     with pytest.raises(CodecError, match="not the transaction asked for"):
         PreparedTx.from_json(answer, request)
+
+
+async def test_an_ml_dsa_65_partner_signs_outside_too(api: ApiHarness) -> None:
+    """ML-DSA-65 from `cryptography` alone (FIPS 204, empty context) over prepare's bytes."""
+    key = dev_key("api-test", "pq-partner", "ml-dsa-65")
+    api.node.members.add(key.address)
+    api.node.nonces[key.address] = 0
+    prepared = await prepare(api, unsigned(key, nonce=0, scheme="ml-dsa-65"))
+    private = MLDSA65PrivateKey.from_seed_bytes(key.seed)
+    signature = private.sign(bytes.fromhex(prepared["sign_bytes"]))
+    doc = dict(prepared["transaction"], signature=signature.hex())
+    r = await api.request("POST", "/v1/txs", json=doc)
+    assert r.status == 202, r.body
+    r = await api.request("POST", "/v1/txs", json={**doc, "nonce": 1})
+    assert (r.status, slug(r.json())) == (422, "bad-signature")
