@@ -27,6 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from contracts.notary import ALGORITHMS, MAX_METADATA, NAME
+from contracts.registry import DEFAULT_REGISTRY
+from contracts.runtime import Kind
 from node.cli_tx import submit_call
 from node.genesis_file import load_genesis
 from node.notary_evidence import (
@@ -40,7 +42,8 @@ from node.notary_evidence import (
 )
 from qchain.cli_client import add_node_arguments, connect
 from qchain.client import Client
-from qchain.errors import ConfigError, NotFound
+from qchain.codec import Value
+from qchain.errors import ApiError, ConfigError, NodeUnavailable, NotFound
 from qchain.keys import SigningKey
 from qchain.types import ReceiptProof, Transaction
 
@@ -92,11 +95,23 @@ def _fetch_evidence(client: Client, tx: Transaction) -> NotaryEvidence:
     return NotaryEvidence(EVIDENCE_VERSION, ReceiptProof.decode(client.receipt_bytes(tx.hash)), tx)
 
 
+def _save_after_commit(client: Client, tx: Transaction, out: Path) -> None:
+    try:
+        save_evidence(_fetch_evidence(client, tx), out)
+    except ApiError as e:
+        raise NodeUnavailable(
+            f"anchored in transaction {tx.hash.hex()}, but the node did not serve its receipt "
+            f"({e.message}): fetch it later with `qchain notary evidence {tx.hash.hex()} "
+            f"--out {out}`"
+        ) from e
+
+
 def anchor(args: argparse.Namespace) -> int:
     key = SigningKey.load(args.key)
     metadata = _metadata(args.metadata_hex)
     digest = file_digest(args.file, args.algorithm)
-    call = [digest, args.algorithm, args.title, args.category, metadata]
+    call: list[Value] = [digest, args.algorithm, args.title, args.category, metadata]
+    DEFAULT_REGISTRY.method(NAME, "anchor", Kind.TX).parse_args(call)  # names a bad field
     wait = args.wait or args.receipt_out is not None
     doc: dict[str, Any] = {"digest": digest.hex(), "algorithm": args.algorithm}
     with connect(args) as client:
@@ -109,7 +124,7 @@ def anchor(args: argparse.Namespace) -> int:
             found = client.notary_lookup(digest)
             doc.update(time=None if found is None else found["time_utc"])
             if args.receipt_out is not None:
-                save_evidence(_fetch_evidence(client, tx), args.receipt_out)
+                _save_after_commit(client, tx, args.receipt_out)
                 doc.update(evidence=str(args.receipt_out))
     if args.json:
         print(json.dumps(doc, indent=2))

@@ -12,6 +12,7 @@ import pytest
 from cryptography.hazmat.primitives import hashes
 
 from contracts.genesis import Genesis, parse_genesis
+from node.genesis_file import save_genesis
 from node.notary_evidence import (
     CHUNK,
     EVIDENCE_VERSION,
@@ -22,6 +23,7 @@ from node.notary_evidence import (
     load_evidence,
     save_evidence,
 )
+from qchain.cli import main
 from qchain.errors import CodecError, ConfigError, EvidenceMismatch
 from qchain.keys import SigningKey, dev_key
 from qchain.types import Transaction, new_transaction
@@ -216,3 +218,52 @@ def test_evidence_files_round_trip_and_refuse_what_is_not_evidence(
     other = committed([make_tx(PARTNERS[1], 0)])[0].transaction
     with pytest.raises(EvidenceMismatch, match="is not the receipt's transaction"):
         save_evidence(dataclasses.replace(ev, transaction=other), tmp_path / "x")
+
+
+# --- the CLI, offline ------------------------------------------------------------------
+
+
+def test_cli_verify_prints_when_and_by_whom(
+    files: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    one, two = files
+    digest = file_digest(one, "sha256")
+    (ev,) = committed([anchor_tx(PARTNERS[0], 0, "anchor", [digest, "sha256", "1", "c", b""])])
+    genesis, evidence = tmp_path / "genesis.json", tmp_path / "one.evidence"
+    save_genesis(GENESIS, genesis)
+    save_evidence(ev, evidence)
+    assert (
+        main(["notary", "verify", str(one), "--receipt", str(evidence), "--genesis", str(genesis)])
+        == 0
+    )
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == f"sha256:{digest.hex()} '1' (c)"
+    assert out[1] == (
+        "anchored at height 1, block time 2023-11-14 22:13:21.000 UTC, "
+        f"by member {PARTNERS[0].address.hex()} (Partner 0)"
+    )
+    assert (
+        main(["notary", "verify", str(two), "--receipt", str(evidence), "--genesis", str(genesis)])
+        == 1
+    )
+    assert capsys.readouterr().err.startswith("error: file: its digest sha256:")
+
+
+def test_cli_refuses_bad_input_before_asking_a_node(
+    files: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    one, _ = files
+    key = tmp_path / "key.json"
+    PARTNERS[0].save(key)
+    unreachable = ["--node", "http://127.0.0.1:9"]
+    anchor = ["notary", "anchor", str(one), "--key", str(key), *unreachable]
+    assert main([*anchor, "--title", "t" * 257]) == 1
+    assert "argument title: " in capsys.readouterr().err
+    assert main([*anchor, "--metadata-hex", "zz"]) == 1
+    assert "--metadata-hex: expected hex digits" in capsys.readouterr().err
+    assert main(["notary", "lookup", "abc", *unreachable]) == 1
+    assert "DIGEST: expected 64 hex digits" in capsys.readouterr().err
+    assert (
+        main(["notary", "anchor", str(tmp_path / "missing"), "--key", str(key), *unreachable]) == 1
+    )
+    assert "cannot read" in capsys.readouterr().err
