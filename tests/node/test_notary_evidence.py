@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 from pathlib import Path
 
 import pytest
@@ -247,6 +248,15 @@ def test_cli_verify_prints_when_and_by_whom(
         == 1
     )
     assert capsys.readouterr().err.startswith("error: file: its digest sha256:")
+    args = ["notary", "verify", str(one), "--receipt", str(evidence), "--genesis", str(genesis)]
+    assert main([*args, "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["verified"] is True and doc["member_name"] == "Partner 0"
+    assert (doc["digest"], doc["height"], doc["time_utc"]) == (
+        digest.hex(),
+        1,
+        "2023-11-14 22:13:21.000 UTC",
+    )
 
 
 def test_cli_refuses_bad_input_before_asking_a_node(
