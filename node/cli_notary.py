@@ -197,7 +197,7 @@ def verify(args: argparse.Namespace) -> int:
             "member_name": found.member_name,
             "height": found.height,
             "time": found.time_ms,
-            "time_utc": found.time_utc,
+            "time_utc": found.time_iso,
             "tx_hash": found.tx_hash.hex(),
             "block_hash": found.block_hash.hex(),
             "chain_id": found.chain_id,

@@ -147,8 +147,16 @@ class Anchored:
 
     @property
     def time_utc(self) -> str:
-        t = datetime.fromtimestamp(self.time_ms / 1000, UTC)
-        return t.strftime("%Y-%m-%d %H:%M:%S.") + f"{self.time_ms % 1000:03d} UTC"
+        """The block time for a reader: `2026-12-04 19:25:45.678 UTC`."""
+        return self._time().strftime("%Y-%m-%d %H:%M:%S.") + f"{self.time_ms % 1000:03d} UTC"
+
+    @property
+    def time_iso(self) -> str:
+        """The block time in ISO 8601, as the API writes it: `2026-12-04T19:25:45.678Z`."""
+        return self._time().isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+    def _time(self) -> datetime:
+        return datetime.fromtimestamp(self.time_ms / 1000, UTC)
 
 
 def anchored_items(tx: Transaction) -> tuple[AnchorArgs, ...]:

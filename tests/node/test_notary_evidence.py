@@ -255,7 +255,7 @@ def test_cli_verify_prints_when_and_by_whom(
     assert (doc["digest"], doc["height"], doc["time_utc"]) == (
         digest.hex(),
         1,
-        "2023-11-14 22:13:21.000 UTC",
+        "2023-11-14T22:13:21.000Z",
     )
 
 
