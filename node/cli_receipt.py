@@ -15,6 +15,7 @@ import argparse
 import json
 from pathlib import Path
 
+from contracts.genesis import Genesis
 from node.genesis_file import load_genesis
 from qchain.cli_client import add_node_arguments, connect
 from qchain.errors import CodecError, ConfigError
@@ -78,6 +79,24 @@ def load_validators(path: Path) -> list[ValidatorKey]:
     return keys
 
 
+def verify_receipt_proof(
+    proof: ReceiptProof, genesis: Genesis | None, validators_file: Path | None, chain_id: str | None
+) -> tuple[str, list[ValidatorKey]]:
+    """Check proof offline against the validator keys of genesis (else of the JSON list in
+    validators_file) for chain_id (default: the genesis's, else the header's); raise
+    `BadSignature` unless 2f+1 of them signed the block that holds the receipt. Returns
+    the chain id and the validator keys it was checked against."""
+    if genesis is not None:
+        validators, default_chain = genesis.validator_keys(), genesis.chain_id
+    elif validators_file is not None:
+        validators, default_chain = load_validators(validators_file), proof.header.chain_id
+    else:
+        raise ConfigError("--genesis", "give the chain's genesis file or its validator keys")
+    chain = chain_id or default_chain
+    proof.verify(chain, validators)
+    return chain, validators
+
+
 def run(args: argparse.Namespace) -> int:
     if args.receipt_cmd == "get":
         with connect(args) as client:
@@ -90,13 +109,8 @@ def run(args: argparse.Namespace) -> int:
             print(json.dumps(receipt_proof_to_json(proof), indent=2))
         return 0
     proof = load_receipt_proof(args.file)
-    if args.genesis is not None:
-        genesis = load_genesis(args.genesis)
-        validators, chain_id = genesis.validator_keys(), genesis.chain_id
-    else:
-        validators, chain_id = load_validators(args.validators), proof.header.chain_id
-    chain_id = args.chain_id or chain_id
-    proof.verify(chain_id, validators)
+    genesis = None if args.genesis is None else load_genesis(args.genesis)
+    chain_id, validators = verify_receipt_proof(proof, genesis, args.validators, args.chain_id)
     r = proof.receipt
     if args.json:
         print(json.dumps({"verified": True, **receipt_proof_to_json(proof)}, indent=2))

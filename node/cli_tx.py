@@ -26,7 +26,7 @@ from typing import Any
 from contracts import DEFAULT_REGISTRY, named_args
 from contracts.runtime import Kind, field_names
 from qchain.cli_client import add_node_arguments, connect, json_argument
-from qchain.client import TxInfo
+from qchain.client import Client, TxInfo
 from qchain.codec import Struct, Value
 from qchain.errors import ArgumentError, CodecError
 from qchain.jsonform import (
@@ -140,23 +140,48 @@ def refuse_text_for_bytes(tp: Any, value: object, path: str) -> None:
             refuse_text_for_bytes(hints[f], v, f"{path}.{f}")
 
 
+def submit_call(
+    client: Client,
+    key: SigningKey,
+    contract: str,
+    method: str,
+    call_args: list[Value],
+    *,
+    expiry_height: int = 0,
+    wait: bool = True,
+    timeout: float = 30.0,
+) -> tuple[Transaction, TxInfo]:
+    """Ask the node for the chain id and the key's next nonce, sign the call, submit it
+    and, if wait, wait up to timeout seconds for its commit: the path of `tx send`, which
+    other contract-aware verbs (`qchain notary anchor`) take too."""
+    tx = new_transaction(
+        key,
+        chain_id=str(client.status()["chain_id"]),
+        nonce=client.next_nonce(key.address),
+        contract=contract,
+        method=method,
+        args=call_args,
+        expiry_height=expiry_height,
+    )
+    return tx, client.submit_and_wait(tx, timeout) if wait else client.submit(tx)
+
+
 def send(args: argparse.Namespace) -> int:
     key = SigningKey.load(args.key)
     call_args = parse_call_args(args.args, args.contract, args.method)
     if not isinstance(call_args, list):
         raise CodecError("--args must be a JSON array or object")
     with connect(args) as client:
-        chain_id = str(client.status()["chain_id"])
-        tx = new_transaction(
+        _, info = submit_call(
+            client,
             key,
-            chain_id=chain_id,
-            nonce=client.next_nonce(key.address),
-            contract=args.contract,
-            method=args.method,
-            args=call_args,
+            args.contract,
+            args.method,
+            call_args,
             expiry_height=args.expiry_height,
+            wait=not args.no_wait,
+            timeout=args.timeout,
         )
-        info = client.submit(tx) if args.no_wait else client.submit_and_wait(tx, args.timeout)
     print_status(info, args.json)
     return 0 if info.receipt is None or info.receipt.ok else 3
 

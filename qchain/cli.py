@@ -17,6 +17,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "keys": ("qchain.cli_keys", "create and inspect signing keys"),
     "tx": ("node.cli_tx", "build, sign, decode and send transactions"),
     "receipt": ("node.cli_receipt", "fetch receipts and verify them offline"),
+    "notary": ("node.cli_notary", "anchor a file's digest, look it up, verify evidence offline"),
     "query": ("qchain.cli_query", "read-only contract queries on a node"),
     "sim": ("consensus.sim.cli", "run the deterministic consensus simulator"),
     "node": ("node.cli", "run a validator node, write its config from a site directory"),

@@ -349,6 +349,18 @@ class AsyncClient:
         )
         return expect_member(expect_object(doc, "query"), "result", "query")
 
+    async def notary_lookup(self, digest: bytes | str) -> dict[str, Any] | None:
+        """The anchor of a document's digest (`GET /v1/notary/{digest}`): digest,
+        algorithm, title, category, metadata, member, height, time (block time in ms),
+        time_utc, tx_hash and item, byte strings as hex; None if it was never anchored."""
+        try:
+            _, doc = await self._json("GET", f"/v1/notary/{_hex(digest)}")
+        except ApiError as e:
+            if e.status == 404 and e.code == "not-found":
+                return None
+            raise
+        return expect_object(doc, "anchor")
+
     async def status(self) -> dict[str, Any]:
         return expect_object((await self._json("GET", "/v1/status"))[1], "status")
 
@@ -507,6 +519,9 @@ class Client:
 
     def query(self, contract: str, method: str, args: Mapping[str, Any] | None = None) -> Any:
         return self._run(self._async.query(contract, method, args))
+
+    def notary_lookup(self, digest: bytes | str) -> dict[str, Any] | None:
+        return self._run(self._async.notary_lookup(digest))
 
     def status(self) -> dict[str, Any]:
         return self._run(self._async.status())

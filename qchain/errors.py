@@ -170,6 +170,24 @@ class BackupMismatch(BackupError):
         }
 
 
+class EvidenceMismatch(QChainError):
+    """Notary evidence that does not show what it is taken to show (`node.notary_evidence`):
+    `part` names what is wrong: `file` (its digest is not the anchored one: another or a
+    modified document), `transaction` (not the receipt's transaction, or not a notary
+    anchor), `receipt` (the anchor failed) or `certificate` (the proof does not verify
+    against the genesis's validator keys)."""
+
+    code = "evidence-mismatch"
+
+    def __init__(self, part: str, reason: str) -> None:
+        super().__init__(f"{part}: {reason}")
+        self.part = part
+        self.reason = reason
+
+    def fields(self) -> dict[str, object]:
+        return {"part": self.part, "reason": self.reason}
+
+
 class KeyFileError(QChainError):
     """A key file that cannot be read or has the wrong format."""
 

@@ -80,6 +80,7 @@ def make_api_app(
     r.add_get("/v1/blocks/{height}", state.get_block, allow_head=False)
     r.add_get("/v1/accounts/{address}", state.get_account, allow_head=False)
     r.add_get("/v1/contracts/{name}/{query}", state.get_query, allow_head=False)
+    r.add_get("/v1/notary/{digest}", state.get_notary_anchor, allow_head=False)
     r.add_get("/v1/status", state.get_status, allow_head=False)
     r.add_get("/v1/qkd", state.get_qkd, allow_head=False)
     r.add_get("/v1/events", stream.events, allow_head=False)

@@ -1,9 +1,12 @@
-"""Handlers for the chain's and the node's state: blocks, accounts, contract queries,
-status, QKD links, health and readiness probes, metrics, and the API description.
+"""Handlers for the chain's and the node's state: blocks, accounts, contract queries
+(and the notary lookup by digest), status, QKD links, health and readiness probes,
+metrics, and the API description.
 """
 
 from __future__ import annotations
 
+import dataclasses
+from datetime import UTC, datetime
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -11,8 +14,9 @@ from typing import Any
 import yaml
 from aiohttp import web
 
+from contracts import notary
 from node.http.context import SERVICE, json_response
-from node.http.params import parse_address, parse_uint, query_arg
+from node.http.params import parse_address, parse_hash, parse_uint, query_arg
 from node.metrics import CONTENT_TYPE_LATEST
 from qchain.errors import BadParameter, NotFound, NotReady
 from qchain.jsonform import block_to_json, fields_to_json, value_to_json
@@ -85,6 +89,22 @@ async def get_query(request: web.Request) -> web.Response:
             "result": value_to_json(result),
         }
     )
+
+
+async def get_notary_anchor(request: web.Request) -> web.Response:
+    """The notary contract's `get` query with the digest in the path as plain hex, and
+    the anchor's byte fields as plain hex."""
+    digest = parse_hash(request.match_info["digest"], "digest")
+    anchor = request.app[SERVICE].query(notary.NAME, "get", {"digest": digest})
+    if not isinstance(anchor, notary.Anchor):
+        raise TypeError("notary.get answered something else than an Anchor")
+    doc = fields_to_json({f.name: getattr(anchor, f.name) for f in dataclasses.fields(anchor)})
+    doc["time_utc"] = (
+        datetime.fromtimestamp(anchor.time / 1000, UTC)
+        .isoformat(timespec="milliseconds")
+        .replace("+00:00", "Z")
+    )
+    return json_response(doc)
 
 
 async def get_status(request: web.Request) -> web.Response:

@@ -22,6 +22,8 @@ from jsonschema import Draft202012Validator
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
+from contracts import notary
+from contracts.query import query as contract_query
 from node.chainstore import ChainStore
 from node.events import EventBus
 from node.http.api import make_api_app
@@ -29,7 +31,6 @@ from node.http.state import openapi_spec
 from node.http.testing import start_api
 from node.metrics import NodeMetrics
 from node.service import EventStream, TxStatus
-from qchain.codec import Value
 from qchain.errors import (
     ArgumentError,
     BadSignature,
@@ -170,7 +171,9 @@ class FakeNode:
             "public_key": None,
         }
 
-    def query(self, contract: str, method: str, args: Mapping[str, Any]) -> Value:
+    def query(self, contract: str, method: str, args: Mapping[str, Any]) -> object:
+        if contract == notary.NAME:
+            return contract_query(self.store, contract, method, dict(args))
         if contract != "membership":
             raise UnknownContract(contract)
         if method != "member":
