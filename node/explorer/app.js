@@ -98,6 +98,9 @@
     return rel.format(-Math.floor(s / 3600), "hour");
   }
 
+  // A language's name in that language ("English", "简体中文"), for the switch.
+  const localeName = (locale) => (i18n.catalogues[locale] || {})["locale.name"] || locale;
+
   // The static parts of index.html: text from data-i18n, attributes from data-i18n-*.
   function applyStatic() {
     document.documentElement.lang = i18n.locale;
@@ -107,8 +110,7 @@
       for (const node of document.querySelectorAll(`[${data}]`)) node.setAttribute(attr, t(node.getAttribute(data)));
     }
     const select = document.getElementById("locale");
-    select.replaceChildren(...LOCALES.map((locale) => el("option", { value: locale },
-      (i18n.catalogues[locale] || {})["locale.name"] || locale)));
+    select.replaceChildren(...LOCALES.map((locale) => el("option", { value: locale }, localeName(locale))));
     select.value = i18n.locale;
   }
 

@@ -66,6 +66,7 @@ log = logging.getLogger("qchain.api")
 
 PROBLEM_BASE = "https://qchain.dev/problems/"
 
+
 class Problem(NamedTuple):
     """One row of the table: the HTTP status and the title in each language."""
 
