@@ -85,7 +85,7 @@
   }
 
   const fmtTime = (ms) => formatter("time", {
-    year: "numeric", month: "2-digit", day: "2-digit", hour: "2-digit", minute: "2-digit",
+    year: "numeric", month: "short", day: "numeric", hour: "2-digit", minute: "2-digit",
     second: "2-digit", hourCycle: "h23", timeZoneName: "short",
   }, (l, o) => new Intl.DateTimeFormat(l, o)).format(new Date(ms));
 
