@@ -923,7 +923,9 @@
     try {
       await fn(fresh, current.arg);
     } catch (e) {
-      fresh.replaceChildren(problemCard("view.not_found", e.message));
+      const missing = e instanceof ApiError && e.status === 404;
+      fresh.replaceChildren(problemCard("view.not_found",
+        missing ? t("view.missing", { key: short(current.arg) }) : e.message));
     }
     main.replaceChildren(fresh);
     if (state.home) renderLinks();
