@@ -295,16 +295,26 @@ TX_LABELS = {
     "zh-CN": {"#tx-detail h2": "交易", "#tx-detail .pill.ok": "已上链 · 成功"},
     "en": {"#tx-detail h2": "Transaction", "#tx-detail .pill.ok": "committed · ok"},
 }
+SHOWS = """([selector, text]) => {
+    const node = document.querySelector(selector);
+    return node !== null && node.innerText.includes(text);
+}"""
 DATE_SHAPES = {"zh-CN": r"^\d{4}年\d{1,2}月\d{1,2}日", "en": r"^[A-Z][a-z]{2} \d{1,2}, \d{4}, "}
 
 
 def assert_speaks(page: Page, locale: str, labels: dict[str, dict[str, str]]) -> None:
-    """The page is in `locale`: <html lang>, the switch and the given labels say so."""
+    """The page is in `locale`: <html lang>, the switch and the given labels say so (a view
+    re-rendered for a new language shows it once its data is fetched again)."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
     page.wait_for_function(f"() => document.documentElement.lang === {locale!r}", timeout=5000)
     assert page.input_value("#locale") == locale
     for selector, text in labels[locale].items():
-        page.wait_for_selector(selector, timeout=5000)
-        assert text in page.inner_text(selector), (locale, selector, page.inner_text(selector))
+        try:
+            page.wait_for_function(SHOWS, arg=[selector, text], timeout=5000)
+        except PlaywrightTimeout:
+            shown = page.inner_text(selector) if page.query_selector(selector) else None
+            raise AssertionError(f"{locale}: {selector} shows {shown!r}, not {text!r}") from None
 
 
 def open_home(page: Page, url: str, locale: str) -> None:
