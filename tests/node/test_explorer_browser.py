@@ -245,8 +245,10 @@ def test_explorer_in_chromium(chromium: str, devnet: LocalNetwork) -> None:
             # the longest path, and leaf 1 if there is one: its siblings lie on both sides
             deepest = max(proofs, key=lambda p: (len(p["proof"]["path"]), p["proof"]["index"] == 1))
             assert len(deepest["proof"]["path"]) >= 2, "the batch did not share a block"
-            page.goto(f"{node.api_url}/#/receipt/{deepest['receipt']['tx_hash']}")
-            page.wait_for_selector("#receipt-detail", timeout=5000)
+            deep_hash = deepest["receipt"]["tx_hash"]
+            page.goto(f"{node.api_url}/#/receipt/{deep_hash}")
+            # the same page: wait for the new receipt, not the one still shown
+            page.wait_for_selector(f'#receipt-detail a[href="#/tx/{deep_hash}"]', timeout=5000)
             assert_verifies(page)
             page.screenshot(path=str(ARTIFACTS / "explorer-receipt.png"), full_page=True)
 
@@ -324,6 +326,12 @@ def open_home(page: Page, url: str, locale: str) -> None:
     page.wait_for_function(
         "() => document.querySelectorAll('#validators tr[data-validator]').length === 4"
         " && document.querySelectorAll('#qkd-links canvas').length === 3",
+        timeout=5000,
+    )
+    # every link's chart has something drawn before the screenshot
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('#qkd-links canvas')]"
+        f".every((c) => ({CANVAS_INK})(c) > 100)",
         timeout=5000,
     )
     assert_speaks(page, locale, HOME_LABELS)
