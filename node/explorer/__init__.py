@@ -1,7 +1,9 @@
 """The block explorer every node serves at `/`: static files in this package, no build step.
 
 `index.html`, `app.js` and `style.css` are hand-written and load nothing from elsewhere;
-the page reads the node's own public API (`/v1/...`) and its event stream. The files are
+the page reads the node's own public API (`/v1/...`) and its event stream. Every word on
+the page comes from one of two message catalogues, `messages.en.json` (English) and
+`messages.zh-CN.json` (Simplified Chinese), which hold the same keys. The files are
 read once and kept in memory; `/explorer/{name}` serves only the names in `ASSETS`, so
 no path from a request ever reaches the file system.
 """
@@ -19,6 +21,8 @@ ASSETS: dict[str, str] = {
     "index.html": "text/html; charset=utf-8",
     "app.js": "text/javascript; charset=utf-8",
     "style.css": "text/css; charset=utf-8",
+    "messages.en.json": "application/json; charset=utf-8",
+    "messages.zh-CN.json": "application/json; charset=utf-8",
 }
 """The files served, with their content types."""
 
@@ -56,6 +60,7 @@ async def static_file(request: web.Request) -> web.Response:
 
 
 def add_routes(router: web.UrlDispatcher) -> None:
-    """`GET /` (the page) and `GET /explorer/{name}` (its script and style sheet)."""
+    """`GET /` (the page) and `GET /explorer/{name}` (its script, style sheet and message
+    catalogues)."""
     router.add_get("/", index, allow_head=False)
     router.add_get("/explorer/{name}", static_file, allow_head=False)

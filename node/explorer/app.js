@@ -5,6 +5,12 @@
 // transaction results arrive live over the server-sent event stream /v1/events, and the
 // node and QKD figures are polled once a second. Chain data is put on the page as text
 // only (never as HTML).
+//
+// Every word a person reads comes from a message catalogue (messages.en.json,
+// messages.zh-CN.json, served beside this script) through t(); dates and numbers are
+// formatted with Intl for the chosen locale. The locale follows the browser's languages
+// (any zh* is Simplified Chinese, else English) until the person picks one in the header;
+// the pick is kept in localStorage.
 "use strict";
 
 (() => {
@@ -12,6 +18,109 @@
   const KEEP_BLOCKS = 20;
   const KEEP_TXS = 20;
   const KEEP_SAMPLES = 120;
+
+  // --- language ------------------------------------------------------------------------
+
+  const LOCALES = ["zh-CN", "en"];
+  const FALLBACK = "en";
+  const STORE_KEY = "qchain.explorer.locale";
+  const i18n = { locale: FALLBACK, catalogues: {}, formats: {} };
+
+  function browserLocale() {
+    const langs = navigator.languages && navigator.languages.length
+      ? navigator.languages : [navigator.language || ""];
+    return langs.some((l) => /^zh(-|$)/i.test(l)) ? "zh-CN" : FALLBACK;
+  }
+
+  function storedLocale() {
+    try {
+      const v = window.localStorage.getItem(STORE_KEY);
+      return LOCALES.includes(v) ? v : null;
+    } catch (e) {
+      return null; // storage disabled: the browser's languages decide
+    }
+  }
+
+  function rememberLocale(locale) {
+    try { window.localStorage.setItem(STORE_KEY, locale); } catch (e) { /* not kept */ }
+  }
+
+  async function loadCatalogues() {
+    await Promise.all(LOCALES.map(async (locale) => {
+      const resp = await fetch(`/explorer/messages.${locale}.json`, { headers: { Accept: "application/json" } });
+      i18n.catalogues[locale] = resp.ok ? await resp.json() : {};
+    }));
+  }
+
+  function message(key) {
+    const own = i18n.catalogues[i18n.locale] || {};
+    const fallback = i18n.catalogues[FALLBACK] || {};
+    return own[key] ?? fallback[key] ?? key;
+  }
+
+  // The message `key` with {name} placeholders filled from params, as text.
+  function t(key, params) {
+    return message(key).replace(/\{(\w+)\}/g, (m, name) => (params && name in params ? String(params[name]) : m));
+  }
+
+  // The same, as a list of children for el(): params may be DOM nodes (links, bold figures).
+  function tn(key, params) {
+    return message(key).split(/(\{\w+\})/).filter((part) => part !== "").map((part) => {
+      const m = /^\{(\w+)\}$/.exec(part);
+      return m && params && m[1] in params ? params[m[1]] : part;
+    });
+  }
+
+  function formatter(kind, options, make) {
+    const id = `${i18n.locale} ${kind}`;
+    if (!i18n.formats[id]) i18n.formats[id] = make(i18n.locale, options);
+    return i18n.formats[id];
+  }
+
+  // A count or amount in the locale's digits and grouping; `digits` fixed decimals.
+  function num(n, digits) {
+    const d = digits || 0;
+    return formatter(`num${d}`, { minimumFractionDigits: d, maximumFractionDigits: d },
+      (l, o) => new Intl.NumberFormat(l, o)).format(Number(n));
+  }
+
+  const fmtTime = (ms) => formatter("time", {
+    year: "numeric", month: "short", day: "numeric", hour: "2-digit", minute: "2-digit",
+    second: "2-digit", hourCycle: "h23", timeZoneName: "short",
+  }, (l, o) => new Intl.DateTimeFormat(l, o)).format(new Date(ms));
+
+  function ago(ms) {
+    const rel = formatter("ago", { numeric: "always", style: "short" },
+      (l, o) => new Intl.RelativeTimeFormat(l, o));
+    const s = Math.max(0, Math.round((Date.now() - ms) / 1000));
+    if (s < 60) return rel.format(-s, "second");
+    if (s < 3600) return rel.format(-Math.floor(s / 60), "minute");
+    return rel.format(-Math.floor(s / 3600), "hour");
+  }
+
+  // A language's name in that language ("English", "简体中文"), for the switch.
+  const localeName = (locale) => (i18n.catalogues[locale] || {})["locale.name"] || locale;
+
+  // The static parts of index.html: text from data-i18n, attributes from data-i18n-*.
+  function applyStatic() {
+    document.documentElement.lang = i18n.locale;
+    for (const node of document.querySelectorAll("[data-i18n]")) node.textContent = t(node.dataset.i18n);
+    for (const attr of ["placeholder", "title", "aria-label"]) {
+      const data = `data-i18n-${attr}`;
+      for (const node of document.querySelectorAll(`[${data}]`)) node.setAttribute(attr, t(node.getAttribute(data)));
+    }
+    const select = document.getElementById("locale");
+    select.replaceChildren(...LOCALES.map((locale) => el("option", { value: locale }, localeName(locale))));
+    select.value = i18n.locale;
+  }
+
+  function setLocale(locale, remember) {
+    i18n.locale = LOCALES.includes(locale) ? locale : FALLBACK;
+    if (remember) rememberLocale(i18n.locale);
+    applyStatic();
+    renderLive();
+    renderChainInfo();
+  }
 
   // --- small helpers -------------------------------------------------------------------
 
@@ -31,28 +140,27 @@
     return node;
   }
 
+  const DASH = "–";
   const short = (h, n = 10) => (h && h.length > 2 * n ? `${h.slice(0, n)}…${h.slice(-4)}` : h);
   const link = (href, text, cls) => el("a", { href, class: cls || "mono" }, text);
   const blockLink = (h) => el("a", { href: `#/block/${h}` }, `#${h}`);
   const txLink = (h) => link(`#/tx/${h}`, short(h));
-  const fmtTime = (ms) => new Date(ms).toISOString().replace("T", " ").replace(/\.\d+Z$/, " UTC");
-
-  function ago(ms) {
-    const s = Math.max(0, Math.round((Date.now() - ms) / 1000));
-    if (s < 60) return `${s}s ago`;
-    if (s < 3600) return `${Math.floor(s / 60)}m ago`;
-    return `${Math.floor(s / 3600)}h ago`;
-  }
+  const mono = (text) => el("span", { class: "mono" }, text);
 
   class ApiError extends Error {
     constructor(status, doc) {
-      super((doc && (doc.detail || doc.title)) || `HTTP ${status}`);
+      const title = doc && doc.title;
+      const detail = doc && doc.detail;
+      super(title && detail && detail !== title ? t("error.problem", { title, detail })
+        : title || detail || t("error.http", { status }));
       this.status = status;
     }
   }
 
   async function api(path, accept) {
-    const resp = await fetch(path, { headers: { Accept: accept || "application/json" } });
+    const resp = await fetch(path, {
+      headers: { Accept: accept || "application/json", "Accept-Language": i18n.locale },
+    });
     if (!resp.ok) {
       let doc = null;
       try { doc = await resp.json(); } catch (e) { doc = null; }
@@ -162,7 +270,7 @@
       const start = pos;
       const b = bytes[pos++];
       let v;
-      if (b === undefined) throw new Error("truncated msgpack");
+      if (b === undefined) throw new Error(t("verify.msgpack_truncated"));
       if (b <= 0x7f) v = b;
       else if (b >= 0xe0) v = b - 256;
       else if ((b & 0xf0) === 0x90) v = list(b & 0x0f);
@@ -187,7 +295,7 @@
         case 0xdb: v = new TextDecoder().decode(take(uint(4))); break;
         case 0xdc: v = list(uint(2)); break;
         case 0xdd: v = list(uint(4)); break;
-        default: throw new Error(`msgpack type 0x${b.toString(16)} is not canonical qchain`);
+        default: throw new Error(t("verify.msgpack_type", { type: `0x${b.toString(16)}` }));
       }
       return { v, raw: bytes.subarray(start, pos) };
     }
@@ -197,7 +305,7 @@
       return out;
     }
     const top = item();
-    if (pos !== bytes.length) throw new Error("trailing bytes after the msgpack value");
+    if (pos !== bytes.length) throw new Error(t("verify.msgpack_trailing"));
     return top;
   }
 
@@ -235,24 +343,24 @@
     const [cHeight, cBlockHash, cSigs] = cert.v.map((x) => x.v);
     const checks = [];
     const check = (ok, text) => { checks.push({ ok, text }); return ok; };
-    check(r[2] === pIndex, `proof is for receipt index ${pIndex} (receipt says ${r[2]})`);
+    check(r[2] === pIndex, t("verify.check_index", { index: pIndex, receipt: r[2] }));
     const root = await rootFromProof(receipt.raw, pIndex, pSize, pPath.map((x) => x.v));
+    const rootParams = { hashes: num(pPath.length), leaf: pIndex, size: pSize, root: short(hex(hd[7]), 8) };
     check(
       root !== null && hex(root) === hex(hd[7]),
-      `Merkle path of ${pPath.length} hashes (leaf ${pIndex} of ${pSize}) leads to the header's ` +
-        `receipts root ${short(hex(hd[7]), 8)}` + (root ? "" : " (the path has the wrong shape)"),
+      root ? t("verify.check_path", rootParams) : t("verify.check_path_shape", rootParams),
     );
     const headerHash = await hashDomain(DOMAIN.HEADER, header.raw);
     check(
       hex(headerHash) === hex(cBlockHash),
-      `header hashes to ${short(hex(headerHash), 8)}, the block the certificate signs`,
+      t("verify.check_header", { hash: short(hex(headerHash), 8) }),
     );
-    check(r[1] === hd[1] && cHeight === hd[1], `receipt, header and certificate are for height ${hd[1]}`);
+    check(r[1] === hd[1] && cHeight === hd[1], t("verify.check_height", { height: hd[1] }));
     const signers = new Set(cSigs.map((s) => s.v[0].v).filter((i) => i < validators));
     const quorum = validators - Math.floor((validators - 1) / 3);
     check(
       signers.size >= quorum,
-      `certificate signed by ${signers.size} of ${validators} validators (quorum ${quorum})`,
+      t("verify.check_quorum", { signers: num(signers.size), validators: num(validators), quorum: num(quorum) }),
     );
     return { checks, signers: signers.size, quorum, headerHash: hex(headerHash), height: hd[1] };
   }
@@ -261,6 +369,8 @@
 
   const state = {
     status: null,
+    statusError: null, // the message of the last failed poll, while the node is unreachable
+    live: "connecting", // the event stream: connecting, on, reconnecting
     qkd: null,
     blocks: new Map(), // height -> summary
     txs: new Map(), // tx hash -> {tx_hash, height, index, ok, code, fresh}
@@ -274,17 +384,17 @@
     for (const h of heights.slice(KEEP_BLOCKS)) state.blocks.delete(h);
   }
 
-  function addTx(t, fresh) {
-    state.txs.delete(t.tx_hash);
-    state.txs.set(t.tx_hash, { ...t, fresh });
+  function addTx(tx, fresh) {
+    state.txs.delete(tx.tx_hash);
+    state.txs.set(tx.tx_hash, { ...tx, fresh });
     const keys = [...state.txs.keys()];
     for (const k of keys.slice(0, Math.max(0, keys.length - KEEP_TXS))) state.txs.delete(k);
   }
 
-  function linkFigures(link) {
-    const send = link.send || {};
-    const recv = link.receive || {};
-    const transport = link.transport || {};
+  function linkFigures(qlink) {
+    const send = qlink.send || {};
+    const recv = qlink.receive || {};
+    const transport = qlink.transport || {};
     const rejected = transport.rejected || recv.rejected || {};
     return {
       level: Number(send.level || 0),
@@ -297,10 +407,10 @@
   }
 
   function sample(qkd) {
-    const t = Date.now();
-    for (const [sae, link] of Object.entries(qkd.links || {})) {
+    const now = Date.now();
+    for (const [sae, qlink] of Object.entries(qkd.links || {})) {
       const list = state.samples.get(sae) || [];
-      list.push({ t, ...linkFigures(link) });
+      list.push({ t: now, ...linkFigures(qlink) });
       if (list.length > KEEP_SAMPLES) list.shift();
       state.samples.set(sae, list);
     }
@@ -310,6 +420,7 @@
     try {
       const [status, qkd] = await Promise.all([api("/v1/status"), api("/v1/qkd")]);
       state.status = status;
+      state.statusError = null;
       state.qkd = qkd;
       sample(qkd);
       renderChainInfo();
@@ -318,24 +429,32 @@
         renderLinks();
       }
     } catch (e) {
-      document.getElementById("chain-info").textContent = `node unreachable: ${e.message}`;
+      state.statusError = e.message;
+      renderChainInfo();
     }
   }
 
-  function startEvents() {
+  const LIVE_TEXT = { connecting: "live.connecting", on: "live.on", reconnecting: "live.reconnecting" };
+
+  function renderLive() {
     const live = document.getElementById("live");
+    live.textContent = t(LIVE_TEXT[state.live]);
+    live.className = state.live === "on" ? "live on" : "live off";
+  }
+
+  function startEvents() {
     const es = new EventSource("/v1/events");
-    es.onopen = () => { live.textContent = "live"; live.className = "live on"; };
-    es.onerror = () => { live.textContent = "reconnecting…"; live.className = "live off"; };
+    es.onopen = () => { state.live = "on"; renderLive(); };
+    es.onerror = () => { state.live = "reconnecting"; renderLive(); };
     es.addEventListener("block", (e) => {
       addBlock(JSON.parse(e.data), true);
       if (state.home) renderBlocks();
     });
     es.addEventListener("tx", (e) => {
-      const t = JSON.parse(e.data);
-      addTx(t, true);
+      const tx = JSON.parse(e.data);
+      addTx(tx, true);
       if (state.home) renderTxs();
-      if (current.view === "tx" && current.arg === t.tx_hash) route();
+      if (current.view === "tx" && current.arg === tx.tx_hash) route();
     });
   }
 
@@ -360,20 +479,29 @@
 
   // --- chain info bar ------------------------------------------------------------------
 
+  const orDash = (v, f) => (v === null || v === undefined ? DASH : f ? f(v) : v);
+
   function renderChainInfo() {
+    const box = document.getElementById("chain-info");
+    if (state.statusError !== null) {
+      box.textContent = t("info.unreachable", { error: state.statusError });
+      return;
+    }
     const s = state.status;
     if (!s) return;
-    const box = document.getElementById("chain-info");
-    box.replaceChildren(
-      el("b", {}, s.chain_id), ` · node `, el("b", {}, s.node),
-      ` · height `, el("b", { id: "info-height" }, s.height),
-      ` · round `, el("b", {}, s.round === null ? "–" : s.round),
-      ` · leader `, el("b", {}, s.leader === null ? "–" : `#${s.leader}`),
-      ` · mempool `, el("b", {}, (s.mempool && s.mempool.txs) || 0),
-    );
+    box.replaceChildren(...tn("info.bar", {
+      chain: el("b", {}, s.chain_id),
+      node: el("b", {}, s.node),
+      height: el("b", { id: "info-height" }, s.height),
+      round: el("b", {}, orDash(s.round)),
+      leader: el("b", {}, orDash(s.leader, (v) => `#${v}`)),
+      mempool: el("b", {}, num((s.mempool && s.mempool.txs) || 0)),
+    }));
   }
 
   // --- home ------------------------------------------------------------------------------
+
+  const th = (key, cls) => el("th", { class: cls }, t(key));
 
   function viewHome(main) {
     const blocks = el("tbody");
@@ -384,26 +512,23 @@
     main.append(
       el("div", { class: "grid2" },
         el("section", { class: "card", id: "blocks" },
-          el("h2", {}, "Latest blocks", el("small", {}, "live")),
+          el("h2", {}, t("home.blocks"), el("small", {}, t("home.live"))),
           el("table", {}, el("thead", {}, el("tr", {},
-            el("th", {}, "height"), el("th", {}, "time"), el("th", { class: "num" }, "txs"),
-            el("th", { class: "num" }, "proposer"), el("th", { class: "num" }, "round"),
-            el("th", {}, "hash"))), blocks)),
+            th("col.height"), th("col.time"), th("col.txs", "num"), th("col.proposer", "num"),
+            th("col.round", "num"), th("col.hash"))), blocks)),
         el("section", { class: "card", id: "txs" },
-          el("h2", {}, "Latest transactions", el("small", {}, "live")),
+          el("h2", {}, t("home.txs"), el("small", {}, t("home.live"))),
           el("table", {}, el("thead", {}, el("tr", {},
-            el("th", {}, "hash"), el("th", {}, "block"), el("th", { class: "num" }, "#"),
-            el("th", {}, "result"))), txs))),
+            th("col.hash"), th("col.block"), th("col.index", "num"), th("col.result"))), txs))),
       el("section", { class: "card", id: "validators" },
-        el("h2", {}, "Validators", el("small", {}, "as this node sees them")), validators),
+        el("h2", {}, t("home.validators"), el("small", {}, t("home.validators_note"))), validators),
       el("section", { class: "card", id: "qkd" },
-        el("h2", {}, "QKD links", el("small", {},
-          "key pool level and consumption rate per link, last two minutes")),
+        el("h2", {}, t("home.qkd"), el("small", {}, t("home.qkd_note"))),
         el("div", { class: "legend" },
-          el("i", { class: "sw-level" }), "keys in the send pool",
-          el("i", { class: "sw-rate" }), "keys consumed per second",
-          el("i", { class: "sw-wait" }), "a send waited for keys (starvation)",
-          el("i", { class: "sw-reject" }), "frames rejected"),
+          el("i", { class: "sw-level" }), t("legend.level"),
+          el("i", { class: "sw-rate" }), t("legend.rate"),
+          el("i", { class: "sw-wait" }), t("legend.wait"),
+          el("i", { class: "sw-reject" }), t("legend.reject")),
         links),
     );
     renderBlocks();
@@ -417,7 +542,7 @@
       const row = el("tr", { class: b.fresh ? "fresh" : null, "data-height": b.height },
         el("td", {}, blockLink(b.height)),
         el("td", { title: fmtTime(b.time) }, ago(b.time)),
-        el("td", { class: "num" }, b.tx_count),
+        el("td", { class: "num" }, num(b.tx_count)),
         el("td", { class: "num" }, `#${b.proposer}`),
         el("td", { class: "num" }, b.round),
         el("td", { class: "mono" }, short(b.hash)));
@@ -427,20 +552,28 @@
     state.home.blocks.replaceChildren(...rows);
   }
 
+  function txResult(tx) {
+    if (tx.ok === true) return el("span", { class: "pill ok" }, t("tx.ok"));
+    if (tx.ok === false) return el("span", { class: "pill bad", title: tx.message }, tx.code || t("tx.failed"));
+    return el("span", { class: "muted" }, tx.call || t("tx.committed"));
+  }
+
   function renderTxs() {
-    const rows = [...state.txs.values()].reverse().map((t) => {
-      let result;
-      if (t.ok === true) result = el("span", { class: "pill ok" }, "ok");
-      else if (t.ok === false) result = el("span", { class: "pill bad", title: t.message }, t.code || "failed");
-      else result = el("span", { class: "muted" }, t.call || "committed");
-      const row = el("tr", { class: t.fresh ? "fresh" : null, "data-tx": t.tx_hash },
-        el("td", {}, txLink(t.tx_hash)), el("td", {}, blockLink(t.height)),
-        el("td", { class: "num" }, t.index), el("td", {}, result));
-      t.fresh = false;
+    const rows = [...state.txs.values()].reverse().map((tx) => {
+      const row = el("tr", { class: tx.fresh ? "fresh" : null, "data-tx": tx.tx_hash },
+        el("td", {}, txLink(tx.tx_hash)), el("td", {}, blockLink(tx.height)),
+        el("td", { class: "num" }, tx.index), el("td", {}, txResult(tx)));
+      tx.fresh = false;
       return row;
     });
     state.home.txs.replaceChildren(...(rows.length ? rows
-      : [el("tr", {}, el("td", { colspan: 4, class: "muted" }, "no transactions yet"))]));
+      : [el("tr", {}, el("td", { colspan: 4, class: "muted" }, t("home.no_txs")))]));
+  }
+
+  function connection(s, peers, i) {
+    if (i === s.index) return el("span", { class: "pill" }, t("validator.this_node"));
+    if (peers.has(i)) return el("span", { class: "pill ok" }, t("validator.connected"));
+    return el("span", { class: "pill bad" }, t("validator.not_connected"));
   }
 
   function renderValidators() {
@@ -449,39 +582,38 @@
     const saeOf = new Map();
     if (state.qkd) {
       saeOf.set(s.index, state.qkd.sae_id);
-      for (const [sae, link] of Object.entries(state.qkd.links || {})) saeOf.set(link.peer, sae);
+      for (const [sae, qlink] of Object.entries(state.qkd.links || {})) saeOf.set(qlink.peer, sae);
     }
     const peers = new Set((s.peers || []).map(Number));
     const rows = [];
     for (let i = 0; i < (s.validators || 0); i++) {
-      let conn;
-      if (i === s.index) conn = el("span", { class: "pill" }, "this node");
-      else if (peers.has(i)) conn = el("span", { class: "pill ok" }, "connected");
-      else conn = el("span", { class: "pill bad" }, "not connected");
       rows.push(el("tr", { "data-validator": i },
-        el("td", {}, `#${i}`), el("td", { class: "mono" }, saeOf.get(i) || "–"),
-        el("td", {}, i === s.leader ? el("span", { class: "pill leader" }, "leader") : ""),
-        el("td", {}, conn)));
+        el("td", {}, `#${i}`), el("td", { class: "mono" }, saeOf.get(i) || DASH),
+        el("td", {}, i === s.leader ? el("span", { class: "pill leader" }, t("validator.leader")) : ""),
+        el("td", {}, connection(s, peers, i))));
     }
     const alerts = Object.entries(s.alerts || {}).filter(([, v]) => v);
     state.home.validators.replaceChildren(
       el("p", { class: "muted" },
-        `Deciding height ${s.consensus_height ?? s.height + 1}, round `,
-        el("b", { id: "round" }, s.round === null ? "–" : s.round), ", leader ",
-        el("b", { id: "leader" }, s.leader === null ? "–" : `#${s.leader}`),
-        s.syncing ? " · catching up" : "", s.halted ? ` · HALTED: ${s.halted}` : ""),
-      el("table", {}, el("thead", {}, el("tr", {}, el("th", {}, "validator"),
-        el("th", {}, "SAE id"), el("th", {}, "role"), el("th", {}, "link"))), el("tbody", {}, rows)),
+        tn("validator.deciding", {
+          height: s.consensus_height ?? s.height + 1,
+          round: el("b", { id: "round" }, orDash(s.round)),
+          leader: el("b", { id: "leader" }, orDash(s.leader, (v) => `#${v}`)),
+        }),
+        s.syncing ? t("validator.syncing") : "", s.halted ? t("validator.halted", { reason: s.halted }) : ""),
+      el("table", {}, el("thead", {}, el("tr", {}, th("col.validator"),
+        th("col.sae"), th("col.role"), th("col.link"))), el("tbody", {}, rows)),
       alerts.length ? el("p", { class: "error" },
-        `alerts: ${alerts.map(([k, v]) => `${k} ${v}`).join(", ")}`) : "");
+        t("validator.alerts", { alerts: alerts.map(([k, v]) => `${k} ${num(v)}`).join(t("list.sep")) })) : "");
   }
 
-  function linkCard(sae, link) {
-    const canvas = el("canvas", { height: 90, "aria-label": `key pool of link ${sae}` });
+  function linkCard(sae, qlink) {
+    const canvas = el("canvas", { height: 90, "aria-label": t("qkd.chart_label", { link: sae }) });
     const figures = el("div", { class: "link-figures" });
     const card = el("div", { class: "link", "data-link": sae },
       el("div", { class: "link-head" },
-        el("b", {}, `${state.qkd.sae_id} → ${sae}`), el("span", { class: "muted" }, `validator #${link.peer}`)),
+        el("b", {}, `${state.qkd.sae_id} → ${sae}`),
+        el("span", { class: "muted" }, t("qkd.peer", { index: qlink.peer }))),
       figures, canvas);
     return { card, canvas, figures };
   }
@@ -491,32 +623,32 @@
     const home = state.home;
     const links = Object.entries(state.qkd.links || {}).sort(([a], [b]) => a.localeCompare(b));
     if (!links.length) {
-      home.links.replaceChildren(el("p", { class: "muted" }, "this node has no QKD links"));
+      home.links.replaceChildren(el("p", { class: "muted" }, t("qkd.none")));
       return;
     }
-    for (const [sae, link] of links) {
+    for (const [sae, qlink] of links) {
       let parts = home.cards.get(sae);
       if (!parts) {
-        parts = linkCard(sae, link);
+        parts = linkCard(sae, qlink);
         home.cards.set(sae, parts);
         home.links.append(parts.card);
       }
       const hist = state.samples.get(sae) || [];
-      const last = hist[hist.length - 1] || { ...linkFigures(link) };
+      const last = hist[hist.length - 1] || { ...linkFigures(qlink) };
       const rate = rateOf(hist);
-      const reasons = Object.entries(last.reasons || {}).map(([k, v]) => `${k} ${v}`).join(", ");
+      const reasons = Object.entries(last.reasons || {}).map(([k, v]) => `${k} ${num(v)}`).join(t("list.sep"));
       const before = hist[Math.max(0, hist.length - 11)] || last;
       parts.card.classList.toggle("starved", last.waits > before.waits);
       parts.card.classList.toggle("rejecting", last.rejected > before.rejected);
       parts.card.dataset.level = String(last.level);
       parts.figures.replaceChildren(
-        el("span", {}, "level ", el("span", { class: "level" }, last.level), " keys"),
-        el("span", {}, "rate ", el("span", { class: "rate" }, rate.toFixed(1)), "/s"),
-        el("span", {}, `consumed ${last.consumed}`),
-        el("span", { class: `pill ${last.waits > 0 ? "warn" : ""}`, title: "sends that waited for keys" },
-          `waits ${last.waits}`),
-        el("span", { class: `pill ${last.rejected > 0 ? "bad" : ""}`, title: reasons || "no rejected frames" },
-          `rejected ${last.rejected}`),
+        el("span", {}, tn("qkd.level", { level: el("span", { class: "level" }, last.level) })),
+        el("span", {}, tn("qkd.rate", { rate: el("span", { class: "rate" }, num(rate, 1)) })),
+        el("span", {}, t("qkd.consumed", { n: num(last.consumed) })),
+        el("span", { class: `pill ${last.waits > 0 ? "warn" : ""}`, title: t("qkd.waits_tip") },
+          t("qkd.waits", { n: num(last.waits) })),
+        el("span", { class: `pill ${last.rejected > 0 ? "bad" : ""}`, title: reasons || t("qkd.rejected_none") },
+          t("qkd.rejected", { n: num(last.rejected) })),
       );
       drawChart(parts.canvas, hist);
     }
@@ -589,9 +721,9 @@
     }
     g.font = "10px system-ui, sans-serif";
     g.fillStyle = "#0f766e";
-    g.fillText(`${maxLevel} keys`, 2, 10);
+    g.fillText(t("qkd.chart_level", { n: num(maxLevel) }), 2, 10);
     g.fillStyle = "#c2410c";
-    const label = `${maxRate.toFixed(1)}/s`;
+    const label = t("qkd.chart_rate", { rate: num(maxRate, 1) });
     g.fillText(label, w - g.measureText(label).width - 2, 10);
   }
 
@@ -601,112 +733,125 @@
     const b = await api(`/v1/blocks/${encodeURIComponent(arg)}`);
     const h = b.header;
     const nav = el("span", { class: "muted" },
-      h.height > 1 ? link(`#/block/${h.height - 1}`, "← previous", "") : "", "  ",
-      link(`#/block/${h.height + 1}`, "next →", ""));
+      h.height > 1 ? link(`#/block/${h.height - 1}`, t("block.previous"), "") : "", "  ",
+      link(`#/block/${h.height + 1}`, t("block.next"), ""));
     main.append(el("section", { class: "card", id: "block-detail" },
-      el("h2", {}, `Block #${h.height}`, nav),
+      el("h2", {}, t("block.title", { height: h.height }), nav),
       kv([
-        ["hash", el("span", { class: "mono" }, b.hash)],
-        ["time", `${fmtTime(h.time)} (${ago(h.time)})`],
-        ["proposer", `validator #${h.proposer}`],
-        ["round", h.round],
-        ["parent", h.height > 1 ? link(`#/block/${h.height - 1}`, h.parent) : el("span", { class: "mono" }, h.parent)],
-        ["transactions root", el("span", { class: "mono" }, h.tx_root)],
-        ["receipts root", el("span", { class: "mono" }, h.receipts_root)],
-        ["app hash", el("span", { class: "mono" }, h.app_hash)],
-        ["chain", h.chain_id],
+        [t("field.hash"), mono(b.hash)],
+        [t("field.time"), t("time.with_ago", { time: fmtTime(h.time), ago: ago(h.time) })],
+        [t("field.proposer"), t("validator.numbered", { index: h.proposer })],
+        [t("field.round"), h.round],
+        [t("field.parent"), h.height > 1 ? link(`#/block/${h.height - 1}`, h.parent) : mono(h.parent)],
+        [t("field.tx_root"), mono(h.tx_root)],
+        [t("field.receipts_root"), mono(h.receipts_root)],
+        [t("field.app_hash"), mono(h.app_hash)],
+        [t("field.chain"), h.chain_id],
       ])),
     el("section", { class: "card" },
-      el("h2", {}, "Transactions", el("small", {}, String(b.txs.length))),
+      el("h2", {}, t("block.txs"), el("small", {}, num(b.txs.length))),
       b.txs.length ? el("table", {},
-        el("thead", {}, el("tr", {}, el("th", {}, "#"), el("th", {}, "hash"), el("th", {}, "sender"),
-          el("th", {}, "call"), el("th", { class: "num" }, "nonce"))),
+        el("thead", {}, el("tr", {}, th("col.index"), th("col.hash"), th("col.sender"),
+          th("col.call"), th("col.nonce", "num"))),
         el("tbody", {}, b.txs.map((tx, i) => el("tr", {},
           el("td", {}, i), el("td", {}, txLink(tx.hash)), el("td", {}, link(`#/account/${tx.sender}`, short(tx.sender))),
           el("td", {}, `${tx.contract}.${tx.method}`), el("td", { class: "num" }, tx.nonce)))))
-        : el("p", { class: "muted" }, "an empty block")));
+        : el("p", { class: "muted" }, t("block.empty"))));
+  }
+
+  function txStatus(d) {
+    const r = d.receipt;
+    if (d.status !== "committed") return el("span", { class: "pill warn" }, t("tx.pending"));
+    if (r && r.ok) return el("span", { class: "pill ok" }, t("tx.committed_ok"));
+    return el("span", { class: "pill bad" }, t("tx.committed_code", { code: r ? r.code : "" }));
   }
 
   async function viewTx(main, arg) {
     const d = await api(`/v1/txs/${encodeURIComponent(arg)}`);
     const tx = d.transaction;
     const r = d.receipt;
-    const statusPill = d.status === "committed"
-      ? el("span", { class: `pill ${r && r.ok ? "ok" : "bad"}` }, r && r.ok ? "committed · ok" : `committed · ${r ? r.code : ""}`)
-      : el("span", { class: "pill warn" }, "pending");
     main.append(el("section", { class: "card", id: "tx-detail", "data-tx": d.tx_hash },
-      el("h2", {}, "Transaction", statusPill),
+      el("h2", {}, t("tx.title"), txStatus(d)),
       kv([
-        ["hash", el("span", { class: "mono", id: "tx-hash" }, d.tx_hash)],
-        ["block", d.height === null ? "–" : blockLink(d.height)],
-        ["index in block", d.index === null ? "–" : d.index],
+        [t("field.hash"), el("span", { class: "mono", id: "tx-hash" }, d.tx_hash)],
+        [t("field.block"), d.height === null ? DASH : blockLink(d.height)],
+        [t("field.index"), d.index === null ? DASH : d.index],
         ...(tx ? [
-          ["call", `${tx.contract}.${tx.method}`],
-          ["sender", link(`#/account/${tx.sender}`, tx.sender)],
-          ["nonce", tx.nonce],
-          ["signature scheme", tx.scheme],
-          ["expiry height", tx.expiry_height || "none"],
+          [t("field.call"), `${tx.contract}.${tx.method}`],
+          [t("field.sender"), link(`#/account/${tx.sender}`, tx.sender)],
+          [t("field.nonce"), tx.nonce],
+          [t("field.scheme"), tx.scheme],
+          [t("field.expiry"), tx.expiry_height || t("value.none")],
         ] : []),
-        ["receipt", r ? link(`#/receipt/${d.tx_hash}`, "receipt, Merkle proof and certificate →", "") : "not committed yet"],
+        [t("field.receipt"), r ? link(`#/receipt/${d.tx_hash}`, t("tx.receipt_link"), "") : t("tx.not_committed")],
       ])),
-    tx ? el("section", { class: "card" }, el("h2", {}, "Arguments"), json(tx.args)) : "",
-    r ? el("section", { class: "card" }, el("h2", {}, "Result"),
-      r.ok ? "" : el("p", { class: "error" }, `${r.code}: ${r.message}`),
+    tx ? el("section", { class: "card" }, el("h2", {}, t("tx.args")), json(tx.args)) : "",
+    r ? el("section", { class: "card" }, el("h2", {}, t("tx.result")),
+      r.ok ? "" : el("p", { class: "error" }, t("tx.failure", { code: r.code, message: r.message })),
       json({ result: r.result, events: r.events })) : "");
+  }
+
+  async function verifyInBrowser(arg, out) {
+    try {
+      const bytes = await api(`/v1/receipts/${encodeURIComponent(arg)}`, "application/msgpack");
+      const validators = (state.status || (await api("/v1/status"))).validators;
+      const res = await verifyReceipt(bytes, validators);
+      const served = await api(`/v1/blocks/${res.height}`);
+      res.checks.push({ ok: served.hash === res.headerHash, text: t("verify.check_served", { height: res.height }) });
+      const pass = res.checks.every((c) => c.ok);
+      out.replaceChildren(
+        el("ol", { class: "checks" }, res.checks.map((c) => el("li", { class: c.ok ? "pass" : "fail" }, c.text)),
+          el("li", { class: "info" }, tn("verify.offline", {
+            command: mono("qchain receipt verify --genesis genesis.json"),
+          }))),
+        el("p", { class: `verdict ${pass ? "pass" : "fail"}`, "data-verdict": pass ? "pass" : "fail",
+          "data-signers": res.signers },
+          pass ? t("verify.pass", { height: res.height, signers: num(res.signers) }) : t("verify.fail")));
+    } catch (e) {
+      out.replaceChildren(el("p", { class: "error" }, t("verify.error", { error: e.message })));
+    }
   }
 
   async function viewReceipt(main, arg) {
     const d = await api(`/v1/receipts/${encodeURIComponent(arg)}`);
     const out = el("div", { id: "verify-result" });
-    const button = el("button", { class: "action", id: "verify", type: "button" }, "Verify in this browser");
+    const button = el("button", { class: "action", id: "verify", type: "button" }, t("verify.button"));
     button.addEventListener("click", async () => {
       button.disabled = true;
-      out.replaceChildren(el("p", { class: "muted" }, "checking…"));
-      try {
-        const bytes = await api(`/v1/receipts/${encodeURIComponent(arg)}`, "application/msgpack");
-        const validators = (state.status || (await api("/v1/status"))).validators;
-        const res = await verifyReceipt(bytes, validators);
-        const served = await api(`/v1/blocks/${res.height}`);
-        res.checks.push({ ok: served.hash === res.headerHash, text: `this node's block #${res.height} has the same hash` });
-        const pass = res.checks.every((c) => c.ok);
-        out.replaceChildren(
-          el("ol", { class: "checks" }, res.checks.map((c) => el("li", { class: c.ok ? "pass" : "fail" }, c.text)),
-            el("li", { class: "info" }, "signatures themselves: check offline with ",
-              el("span", { class: "mono" }, "qchain receipt verify --genesis genesis.json"))),
-          el("p", { class: `verdict ${pass ? "pass" : "fail"}`, "data-verdict": pass ? "pass" : "fail",
-            "data-signers": res.signers },
-            pass ? `Verified: included in block #${res.height}, certificate with ${res.signers} signers`
-              : "NOT verified: see the failed check"));
-      } catch (e) {
-        out.replaceChildren(el("p", { class: "error" }, `verification failed: ${e.message}`));
-      } finally {
-        button.disabled = false;
-      }
+      out.replaceChildren(el("p", { class: "muted" }, t("verify.checking")));
+      await verifyInBrowser(arg, out);
+      button.disabled = false;
     });
     const signers = new Set(d.certificate.signatures.map((s) => s.validator)).size;
+    const outcome = d.receipt.ok ? t("tx.ok") : t("tx.failure", { code: d.receipt.code, message: d.receipt.message });
     main.append(el("section", { class: "card", id: "receipt-detail" },
-      el("h2", {}, "Receipt", el("small", {}, "proof that the transaction is in a decided block")),
+      el("h2", {}, t("receipt.title"), el("small", {}, t("receipt.note"))),
       kv([
-        ["transaction", link(`#/tx/${d.receipt.tx_hash}`, d.receipt.tx_hash)],
-        ["block", blockLink(d.header.height)],
-        ["outcome", d.receipt.ok ? "ok" : `${d.receipt.code}: ${d.receipt.message}`],
-        ["Merkle proof", `leaf ${d.proof.index} of ${d.proof.size}, ${d.proof.path.length} sibling hashes`],
-        ["receipts root", el("span", { class: "mono" }, d.header.receipts_root)],
-        ["certificate", `${signers} validator signatures over block ${short(d.certificate.block_hash)}`],
+        [t("field.transaction"), link(`#/tx/${d.receipt.tx_hash}`, d.receipt.tx_hash)],
+        [t("field.block"), blockLink(d.header.height)],
+        [t("field.outcome"), outcome],
+        [t("field.proof"), t("receipt.proof", {
+          leaf: d.proof.index, size: d.proof.size, hashes: num(d.proof.path.length),
+        })],
+        [t("field.receipts_root"), mono(d.header.receipts_root)],
+        [t("field.certificate"), t("receipt.certificate", {
+          signers: num(signers), block: short(d.certificate.block_hash),
+        })],
       ]),
       el("p", {}, button), out),
-    el("section", { class: "card" }, el("h2", {}, "Proof document"), json(d)));
+    el("section", { class: "card" }, el("h2", {}, t("receipt.document")), json(d)));
   }
 
   async function viewAccount(main, arg) {
     const a = await api(`/v1/accounts/${encodeURIComponent(arg)}`);
     main.append(el("section", { class: "card", id: "account-detail" },
-      el("h2", {}, "Account", el("small", {}, a.name || "")),
+      el("h2", {}, t("account.title"), el("small", {}, a.name || "")),
       kv([
-        ["address", el("span", { class: "mono" }, a.address)],
-        ["name", a.name], ["roles", (a.roles || []).join(", ") || "none"],
-        ["active", String(a.active)], ["nonce", a.nonce], ["next free nonce", a.pending_nonce],
-        ["scheme", a.scheme], ["public key", el("span", { class: "mono" }, short(a.public_key, 24))],
+        [t("field.address"), mono(a.address)],
+        [t("field.name"), a.name], [t("field.roles"), (a.roles || []).join(t("list.sep")) || t("value.none")],
+        [t("field.active"), a.active ? t("value.yes") : t("value.no")], [t("field.nonce"), a.nonce],
+        [t("field.pending_nonce"), a.pending_nonce],
+        [t("field.scheme"), a.scheme], [t("field.public_key"), mono(short(a.public_key, 24))],
       ])));
   }
 
@@ -718,15 +863,16 @@
     const a = (await api(anchorQuery(arg))).result;
     const bytesOf = (v) => (v && typeof v === "object" && "hex" in v ? v.hex : String(v));
     main.append(el("section", { class: "card", id: "anchor-detail" },
-      el("h2", {}, "Notarised document", el("small", {}, "notary.get")),
+      el("h2", {}, t("anchor.title"), el("small", {}, t("anchor.query"))),
       kv([
-        ["digest", el("span", { class: "mono" }, `${a.algorithm}:${bytesOf(a.digest)}`)],
-        ["title", a.title], ["category", a.category],
-        ["anchored by", link(`#/account/${bytesOf(a.member)}`, bytesOf(a.member))],
-        ["block", blockLink(a.height)], ["time", `${fmtTime(a.time)} (${ago(a.time)})`],
-        ["transaction", link(`#/tx/${bytesOf(a.tx_hash)}`, bytesOf(a.tx_hash))],
-        ["item in transaction", a.item],
-        ["metadata", el("span", { class: "mono" }, bytesOf(a.metadata) || "none")],
+        [t("field.digest"), mono(`${a.algorithm}:${bytesOf(a.digest)}`)],
+        [t("field.doc_title"), a.title], [t("field.category"), a.category],
+        [t("field.anchored_by"), link(`#/account/${bytesOf(a.member)}`, bytesOf(a.member))],
+        [t("field.block"), blockLink(a.height)],
+        [t("field.time"), t("time.with_ago", { time: fmtTime(a.time), ago: ago(a.time) })],
+        [t("field.transaction"), link(`#/tx/${bytesOf(a.tx_hash)}`, bytesOf(a.tx_hash))],
+        [t("field.item"), a.item],
+        [t("field.metadata"), mono(bytesOf(a.metadata) || t("value.none"))],
       ])));
   }
 
@@ -749,9 +895,9 @@
       } catch (e) {
         if (e.status !== 404) throw e;
       }
-      throw new Error(`no transaction or notarised digest ${short(q)} on this chain`);
+      throw new Error(t("search.nothing", { hash: short(q) }));
     }
-    throw new Error("enter a transaction hash or digest (64 hex digits), an address (40) or a block height");
+    throw new Error(t("search.help"));
   }
 
   const VIEWS = {
@@ -759,6 +905,12 @@
     account: viewAccount, anchor: viewAnchor,
   };
   const current = { view: "", arg: "" };
+
+  function problemCard(titleKey, text) {
+    return el("section", { class: "card" },
+      el("h2", {}, t(titleKey)), el("p", { class: "error", id: "view-error" }, text),
+      el("p", {}, link("#/", t("nav.back"), "")));
+  }
 
   async function route() {
     const [, view = "", arg = ""] = (location.hash.replace(/^#/, "") || "/").split("/");
@@ -771,20 +923,17 @@
     try {
       await fn(fresh, current.arg);
     } catch (e) {
-      fresh.replaceChildren(el("section", { class: "card" },
-        el("h2", {}, "Not found"), el("p", { class: "error", id: "view-error" }, e.message),
-        el("p", {}, link("#/", "← back to the latest blocks", ""))));
+      const missing = e instanceof ApiError && e.status === 404;
+      fresh.replaceChildren(problemCard("view.not_found",
+        missing ? t("view.missing", { key: short(current.arg) }) : e.message));
     }
     main.replaceChildren(fresh);
     if (state.home) renderLinks();
   }
 
-  function showSearchError(message) {
-    const main = document.getElementById("view");
+  function showSearchError(text) {
     state.home = null;
-    main.replaceChildren(el("section", { class: "card" }, el("h2", {}, "Search"),
-      el("p", { class: "error", id: "view-error" }, message),
-      el("p", {}, link("#/", "← back to the latest blocks", ""))));
+    document.getElementById("view").replaceChildren(problemCard("search.title", text));
   }
 
   document.getElementById("search").addEventListener("submit", async (e) => {
@@ -796,6 +945,11 @@
     } catch (err) {
       showSearchError(err.message);
     }
+  });
+
+  document.getElementById("locale").addEventListener("change", (e) => {
+    setLocale(e.target.value, true);
+    route();
   });
 
   window.addEventListener("hashchange", route);
@@ -810,6 +964,8 @@
   }, 5000);
 
   async function main() {
+    await loadCatalogues().catch(() => undefined);
+    setLocale(storedLocale() || browserLocale(), false);
     startEvents();
     await Promise.all([poll(), loadRecent().catch(() => undefined)]);
     await route();

@@ -1,17 +1,22 @@
 """The explorer page in a real browser against a live 4-process devnet.
 
-Headless Chromium comes from Debian's packages (`devnet/scripts/install-browser.sh`
-installs it when missing; the test skips, saying why, if it cannot) and is driven by
-Playwright for Python through `executable_path`; Playwright's own browser download is
-never used. The test checks what a person would see: the page loads without console
-errors, a transaction submitted during the test shows up within 2 s, searching its hash
-opens its detail, its receipt verifies in the browser, every QKD link has a chart with a
-pool level, and a notary digest can be searched. Screenshots go to `test-artifacts/`.
+Headless Chromium and a font with Chinese glyphs come from Debian's packages
+(`devnet/scripts/install-browser.sh` installs them when missing; a test skips, saying why,
+if it cannot) and Chromium is driven by Playwright for Python through `executable_path`;
+Playwright's own browser download is never used. The tests check what a person would see:
+the page loads without console errors, a transaction submitted during the test shows up
+within 2 s, searching its hash opens its detail, its receipt verifies in the browser,
+every QKD link has a chart with a pool level, and a notary digest can be searched; and the
+page speaks the browser's language (Simplified Chinese for a zh-CN browser, English for
+en-US), switches with the control in its header and keeps the choice across a reload.
+Screenshots go to `test-artifacts/`, and those of the home page in both languages to
+`docs/screenshots/` (explorer-zh-CN.png, explorer-en.png).
 """
 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import time
@@ -36,6 +41,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 ROOT = Path(__file__).resolve().parents[2]
 INSTALL_SCRIPT = ROOT / "devnet" / "scripts" / "install-browser.sh"
 ARTIFACTS = ROOT / "test-artifacts"
+SCREENSHOTS = ROOT / "docs" / "screenshots"
 APPEAR_WITHIN_MS = 2000
 
 
@@ -47,24 +53,47 @@ def find_chromium() -> str | None:
     return None
 
 
+def chinese_font() -> str | None:
+    """A font family fontconfig knows that covers Simplified Chinese, if any."""
+    if shutil.which("fc-list") is None:
+        return None
+    done = subprocess.run(
+        ["fc-list", ":lang=zh-cn", "family"], capture_output=True, text=True, check=False
+    )
+    families = done.stdout.strip().splitlines()
+    return families[0] if families else None
+
+
+def run_install_script() -> str:
+    """Run the install script; what it said last, for a skip message."""
+    try:
+        done = subprocess.run([str(INSTALL_SCRIPT)], capture_output=True, text=True, timeout=840)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return f"{INSTALL_SCRIPT.name} could not run: {e}"
+    tail = (done.stdout + done.stderr).strip().splitlines()[-5:]
+    return f"{INSTALL_SCRIPT.name} exited {done.returncode}: " + " / ".join(tail)
+
+
 @pytest.fixture(scope="module")
 def chromium() -> str:
-    """The system Chromium, installed from Debian packages on first use."""
+    """The system Chromium (and a Chinese font), installed from Debian packages on first
+    use."""
+    said = ""
+    if find_chromium() is None or chinese_font() is None:
+        said = run_install_script()
     path = find_chromium()
     if path is None:
-        try:
-            done = subprocess.run(
-                [str(INSTALL_SCRIPT)], capture_output=True, text=True, timeout=840
-            )
-        except (OSError, subprocess.TimeoutExpired) as e:
-            pytest.skip(f"no chromium and {INSTALL_SCRIPT.name} could not run: {e}")
-        path = find_chromium()
-        if path is None:
-            tail = (done.stdout + done.stderr).strip().splitlines()[-5:]
-            pytest.skip(
-                f"no chromium: {INSTALL_SCRIPT.name} exited {done.returncode}: " + " / ".join(tail)
-            )
+        pytest.skip(f"no chromium: {said}")
     return path
+
+
+@pytest.fixture(scope="module")
+def chinese(chromium: str) -> str:
+    """The font the Chinese page renders with; without one its glyphs would be boxes."""
+    font = chinese_font()
+    if font is None:
+        pytest.skip(f"no font with Chinese glyphs (fonts-noto-cjk); see {INSTALL_SCRIPT.name}")
+    return font
 
 
 @pytest.fixture(scope="module")
@@ -158,7 +187,7 @@ def test_explorer_in_chromium(chromium: str, devnet: LocalNetwork) -> None:
             executable_path=chromium, args=["--no-sandbox", "--disable-dev-shm-usage"]
         )
         try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page = browser.new_page(viewport={"width": 1400, "height": 1000}, locale="en-US")
             page.on("console", on_console)
             page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
             page.goto(f"{node.api_url}/", wait_until="load")
@@ -216,8 +245,10 @@ def test_explorer_in_chromium(chromium: str, devnet: LocalNetwork) -> None:
             # the longest path, and leaf 1 if there is one: its siblings lie on both sides
             deepest = max(proofs, key=lambda p: (len(p["proof"]["path"]), p["proof"]["index"] == 1))
             assert len(deepest["proof"]["path"]) >= 2, "the batch did not share a block"
-            page.goto(f"{node.api_url}/#/receipt/{deepest['receipt']['tx_hash']}")
-            page.wait_for_selector("#receipt-detail", timeout=5000)
+            deep_hash = deepest["receipt"]["tx_hash"]
+            page.goto(f"{node.api_url}/#/receipt/{deep_hash}")
+            # the same page: wait for the new receipt, not the one still shown
+            page.wait_for_selector(f'#receipt-detail a[href="#/tx/{deep_hash}"]', timeout=5000)
             assert_verifies(page)
             page.screenshot(path=str(ARTIFACTS / "explorer-receipt.png"), full_page=True)
 
@@ -240,3 +271,148 @@ def test_explorer_in_chromium(chromium: str, devnet: LocalNetwork) -> None:
             assert unexpected == [], unexpected
         finally:
             browser.close()
+
+
+# --- the page in Simplified Chinese and in English -----------------------------------------
+
+HOME_LABELS = {
+    "zh-CN": {
+        "#blocks h2": "最新区块",
+        "#txs h2": "最新交易",
+        "#validators h2": "验证者",
+        "#qkd h2": "量子密钥分发 (QKD) 链路",
+        "#search button": "搜索",
+        "#live": "实时",
+    },
+    "en": {
+        "#blocks h2": "Latest blocks",
+        "#txs h2": "Latest transactions",
+        "#validators h2": "Validators",
+        "#qkd h2": "QKD links",
+        "#search button": "Search",
+        "#live": "live",
+    },
+}
+TX_LABELS = {
+    "zh-CN": {"#tx-detail h2": "交易", "#tx-detail .pill.ok": "已上链 · 成功"},
+    "en": {"#tx-detail h2": "Transaction", "#tx-detail .pill.ok": "committed · ok"},
+}
+SHOWS = """([selector, text]) => {
+    const node = document.querySelector(selector);
+    return node !== null && node.innerText.includes(text);
+}"""
+DATE_SHAPES = {"zh-CN": r"^\d{4}年\d{1,2}月\d{1,2}日", "en": r"^[A-Z][a-z]{2} \d{1,2}, \d{4}, "}
+
+
+def assert_speaks(page: Page, locale: str, labels: dict[str, dict[str, str]]) -> None:
+    """The page is in `locale`: <html lang>, the switch and the given labels say so (a view
+    re-rendered for a new language shows it once its data is fetched again)."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    page.wait_for_function(f"() => document.documentElement.lang === {locale!r}", timeout=5000)
+    assert page.input_value("#locale") == locale
+    for selector, text in labels[locale].items():
+        try:
+            page.wait_for_function(SHOWS, arg=[selector, text], timeout=5000)
+        except PlaywrightTimeout:
+            shown = page.inner_text(selector) if page.query_selector(selector) else None
+            raise AssertionError(f"{locale}: {selector} shows {shown!r}, not {text!r}") from None
+
+
+def open_home(page: Page, url: str, locale: str) -> None:
+    page.goto(url, wait_until="load")
+    page.wait_for_selector("#blocks tbody tr[data-height]", timeout=10_000)
+    page.wait_for_selector("#live.on", timeout=10_000)
+    page.wait_for_function(
+        "() => document.querySelectorAll('#validators tr[data-validator]').length === 4"
+        " && document.querySelectorAll('#qkd-links canvas').length === 3",
+        timeout=5000,
+    )
+    # every link's chart has something drawn before the screenshot
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('#qkd-links canvas')]"
+        f".every((c) => ({CANVAS_INK})(c) > 100)",
+        timeout=5000,
+    )
+    assert_speaks(page, locale, HOME_LABELS)
+    title = page.get_attribute("#blocks tbody tr[data-height] td[title]", "title") or ""
+    assert re.match(DATE_SHAPES[locale], title), (locale, title)
+
+
+def look_up(page: Page, tx_hash: str, locale: str) -> None:
+    page.fill("#search-input", tx_hash)
+    page.press("#search-input", "Enter")
+    page.wait_for_selector(f'#tx-detail[data-tx="{tx_hash}"]', timeout=5000)
+    assert page.inner_text("#tx-hash") == tx_hash
+    assert_speaks(page, locale, TX_LABELS)
+
+
+def test_explorer_in_chinese_and_in_english(
+    chromium: str, chinese: str, devnet: LocalNetwork
+) -> None:
+    from playwright.sync_api import sync_playwright
+
+    node = devnet.plan.nodes[0]
+    tx = new_transaction(
+        account_key("partner2", "ed25519"),
+        chain_id=devnet.plan.chain_id,
+        nonce=0,
+        contract="notary",
+        method="anchor",
+        args=[bytes.fromhex("7a" * 32), "sha256", "双语测试文件 bilingual", "test", b""],
+    )
+    tx_hash = tx.hash.hex()
+    submit(node.api_url, tx)
+    wait_receipt(node.api_url, tx_hash)
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    ARTIFACTS.mkdir(exist_ok=True)
+    problems: list[str] = []
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(
+            executable_path=chromium, args=["--no-sandbox", "--disable-dev-shm-usage"]
+        )
+        try:
+            for browser_locale, locale, other in (
+                ("zh-CN", "zh-CN", "en"),
+                ("en-US", "en", "zh-CN"),
+            ):
+                context = browser.new_context(
+                    locale=browser_locale, viewport={"width": 1400, "height": 1000}
+                )
+                page = context.new_page()
+                page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
+                page.on(
+                    "console",
+                    lambda m: problems.append(m.text) if m.type == "error" else None,
+                )
+
+                # The browser's language decides at first; the screenshot is of that page.
+                open_home(page, f"{node.api_url}/", locale)
+                name = "explorer-zh-CN.png" if locale == "zh-CN" else "explorer-en.png"
+                page.screenshot(path=str(SCREENSHOTS / name), full_page=True)
+
+                # A transaction looked up in that language.
+                look_up(page, tx_hash, locale)
+                page.fill("#search-input", "not a hash")
+                page.press("#search-input", "Enter")
+                page.wait_for_selector("#view-error", timeout=5000)
+                help_text = page.inner_text("#view-error")
+                assert ("请输入交易哈希" in help_text) == (locale == "zh-CN"), help_text
+
+                # The switch changes the page at once, and the choice outlives a reload.
+                look_up(page, tx_hash, locale)
+                page.select_option("#locale", other)
+                assert_speaks(page, other, TX_LABELS)
+                page.reload(wait_until="load")
+                page.wait_for_selector(f'#tx-detail[data-tx="{tx_hash}"]', timeout=10_000)
+                assert_speaks(page, other, TX_LABELS)
+                stored = page.evaluate("localStorage.getItem('qchain.explorer.locale')")
+                assert stored == other
+                page.screenshot(
+                    path=str(ARTIFACTS / f"explorer-tx-{other}-after-switch.png"), full_page=True
+                )
+                context.close()
+        finally:
+            browser.close()
+    assert problems == [], problems

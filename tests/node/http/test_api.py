@@ -565,9 +565,9 @@ async def test_rate_limit_429_with_retry_after(
 def test_problem_table_covers_the_tree_with_unique_slugs() -> None:
     slugs = [cls.code for cls in PROBLEMS]
     assert len(slugs) == len(set(slugs))
-    for cls, (status, title) in PROBLEMS.items():
+    for cls, (status, title, title_zh) in PROBLEMS.items():
         assert issubclass(cls, QChainError)
-        assert 400 <= status <= 599 and title
+        assert 400 <= status <= 599 and title and title_zh
 
 
 # --- server-sent events ------------------------------------------------------------------------
