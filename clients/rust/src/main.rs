@@ -134,7 +134,13 @@ fn run(a: &Args) -> Result<(), String> {
         Some(c) => c.clone(),
         None => node.chain_id()?,
     };
-    let nonce = node.next_nonce(&address)?;
+    let nonce = node.next_nonce(&address).map_err(|e| {
+        if e.contains(": 404 ") {
+            format!("{e}\n(the key's address {} is not a member of the chain: an admin registers it first)", hex::encode(address))
+        } else {
+            e
+        }
+    })?;
     let args = anchor_args(&digest, "sha256", &title, &a.category, &metadata);
     let tx = anchor_tx(&signing_key, &chain_id, nonce, args, a.expiry_height);
     let tx_hash = hex::encode(tx.hash());
