@@ -9,7 +9,9 @@
   transaction commits, its hash is the one the Python SDK computes for the same anchor,
   the notary holds the anchor, and `qchain receipt get` + `qchain receipt verify
   --genesis` check the receipt offline; anchoring the same document again fails with the
-  notary's `duplicate` in a committed receipt, and the client says so.
+  notary's `duplicate` in a committed receipt, and the client says so;
+- an SM3 digest given as hex with a Chinese title is stored as given, and a new key
+  (`--create-key`) that is not a member is told so.
 
 Skipped, with the reason, only where `cargo` is not installed.
 """
@@ -97,11 +99,10 @@ def test_cargo_test_rebuilds_the_vectors(binary: Path) -> None:
     assert "FAILED" not in run.stdout
 
 
-def anchor(
-    binary: Path, api: str, key: Path, doc: Path, *extra: str
-) -> subprocess.CompletedProcess[str]:
+def anchor(binary: Path, api: str, key: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """Runs the client against the node at api with the key file key."""
     return subprocess.run(
-        [str(binary), "--node", api, "--key", str(key), "--file", str(doc), *extra],
+        [str(binary), "--node", api, "--key", str(key), *args],
         capture_output=True,
         text=True,
         timeout=90,
@@ -128,7 +129,7 @@ def test_anchor_a_document_and_verify_its_receipt(
     digest = hashlib.sha256(doc.read_bytes()).digest()
     api = devnet.plan.nodes[1].api_url
 
-    run = anchor(binary, api, seed_file, doc, "--category", "contract", "--json")
+    run = anchor(binary, api, seed_file, "--file", str(doc), "--category", "contract", "--json")
     assert run.returncode == 0, run.stderr
     out = json.loads(run.stdout)
     assert out["ok"] is True
@@ -154,8 +155,32 @@ def test_anchor_a_document_and_verify_its_receipt(
     )
     assert f"verified: transaction {out['tx_hash']} ok at height {out['height']}" in verified
 
-    again = anchor(
-        binary, devnet.plan.nodes[2].api_url, devnet.dir / "accounts" / "partner1.json", doc
-    )
+    key_file = devnet.dir / "accounts" / "partner1.json"
+    again = anchor(binary, devnet.plan.nodes[2].api_url, key_file, "--file", str(doc))
     assert again.returncode == 1
     assert "committed but failed: duplicate" in again.stderr
+
+
+@needs_cargo
+def test_an_sm3_digest_and_a_key_that_is_not_a_member(
+    binary: Path, devnet: LocalNetwork, tmp_path: Path
+) -> None:
+    api = devnet.plan.nodes[3].api_url
+    digest = hashlib.sha256(b"stands in for an SM3 digest computed elsewhere").hexdigest()
+    partner2 = devnet.dir / "accounts" / "partner2.json"
+    title = "检验报告 2026-03"
+    run = anchor(binary, api, partner2, "--digest", digest, "--algorithm", "sm3", "--title", title)
+    assert run.returncode == 0, run.stderr
+    query = urllib.parse.urlencode({"digest": json.dumps({"hex": digest})})
+    stored = http_json(f"{api}/v1/contracts/notary/get?{query}")["result"]
+    assert (stored["algorithm"], stored["title"]) == ("sm3", title)
+
+    stranger = tmp_path / "stranger.json"
+    made = subprocess.run(
+        [str(binary), "--key", str(stranger), "--create-key"], capture_output=True, text=True
+    )
+    assert made.returncode == 0, made.stderr
+    assert SigningKey.load(stranger).address.hex() in made.stdout
+    refused = anchor(binary, api, stranger, "--file", str(stranger))
+    assert refused.returncode == 1
+    assert "is not a member of the chain" in refused.stderr

@@ -45,7 +45,7 @@ impl Node {
         match result {
             Ok(resp) => read_json(resp, &url),
             Err(ureq::Error::Status(code, resp)) => Err(problem(code, resp, &url)),
-            Err(e) => Err(format!("{url}: {e}")),
+            Err(e) => Err(e.to_string()),
         }
     }
 

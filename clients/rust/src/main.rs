@@ -16,7 +16,8 @@ use sha2::{Digest, Sha256};
 
 const USAGE: &str = "\
 usage: qchain-anchor --node URL --key FILE [--create-key]
-                     (--file PATH | --digest HEX) [--title TEXT] [--category TEXT]
+                     (--file PATH | --digest HEX [--algorithm sha256|sm3])
+                     [--title TEXT] [--category TEXT]
                      [--metadata-hex HEX] [--chain-id ID] [--expiry-height N]
                      [--wait SECONDS] [--json]
        qchain-anchor --key FILE --create-key          (create the key and print its address)
@@ -25,10 +26,25 @@ Anchors the SHA-256 digest of a document (notary.anchor) and waits for the commi
 --key FILE     32 raw bytes, 64 hex digits, or a qchain JSON key file (ed25519)
 --create-key   create FILE with a new random key if it does not exist
 --file PATH    the document: its SHA-256 is anchored, titled with its name by default
---digest HEX   a SHA-256 digest computed elsewhere (64 hex digits)
+--digest HEX   a digest computed elsewhere (64 hex digits), SHA-256 unless
+               --algorithm sm3 says it is an SM3 digest
 --chain-id ID  default: the node's (GET /v1/status)
 --wait S       seconds to wait for the commit (default 30)
 --json         print the outcome as one JSON object";
+
+const WITH_VALUE: &[&str] = &[
+    "--node",
+    "--key",
+    "--file",
+    "--digest",
+    "--algorithm",
+    "--title",
+    "--category",
+    "--metadata-hex",
+    "--chain-id",
+    "--expiry-height",
+    "--wait",
+];
 
 #[derive(Default)]
 struct Args {
@@ -37,6 +53,7 @@ struct Args {
     create_key: bool,
     file: Option<PathBuf>,
     digest: Option<String>,
+    algorithm: String,
     title: Option<String>,
     category: String,
     metadata_hex: String,
@@ -49,6 +66,7 @@ struct Args {
 fn parse_args(argv: &[String]) -> Result<Args, String> {
     let mut a = Args {
         category: "document".into(),
+        algorithm: "sha256".into(),
         wait_s: 30,
         ..Args::default()
     };
@@ -65,6 +83,9 @@ fn parse_args(argv: &[String]) -> Result<Args, String> {
         if flag == "-h" || flag == "--help" {
             return Err(String::new());
         }
+        if !WITH_VALUE.contains(&flag.as_str()) {
+            return Err(format!("unknown argument {flag}"));
+        }
         let v = it.next().ok_or(format!("{flag} needs a value"))?.clone();
         let number = |v: &str| {
             v.parse::<u64>()
@@ -75,6 +96,7 @@ fn parse_args(argv: &[String]) -> Result<Args, String> {
             "--key" => a.key = Some(PathBuf::from(v)),
             "--file" => a.file = Some(PathBuf::from(v)),
             "--digest" => a.digest = Some(v),
+            "--algorithm" => a.algorithm = v,
             "--title" => a.title = Some(v),
             "--category" => a.category = v,
             "--metadata-hex" => a.metadata_hex = v,
@@ -90,6 +112,9 @@ fn parse_args(argv: &[String]) -> Result<Args, String> {
 /// The digest to anchor and the default title.
 fn digest_and_title(a: &Args) -> Result<([u8; 32], String), String> {
     match (&a.file, &a.digest) {
+        (Some(_), None) if a.algorithm != "sha256" => {
+            Err("--file anchors the file's SHA-256: --algorithm is for --digest".into())
+        }
         (Some(path), None) => {
             let data =
                 std::fs::read(path).map_err(|e| format!("--file {}: {e}", path.display()))?;
@@ -104,7 +129,7 @@ fn digest_and_title(a: &Args) -> Result<([u8; 32], String), String> {
             let d: [u8; 32] = raw
                 .try_into()
                 .map_err(|r: Vec<u8>| format!("--digest: {} bytes, expected 32", r.len()))?;
-            Ok((d, format!("sha256 {}", hex::encode(d))))
+            Ok((d, format!("{} {}", a.algorithm, hex::encode(d))))
         }
         _ => Err("give exactly one of --file and --digest".into()),
     }
@@ -141,7 +166,7 @@ fn run(a: &Args) -> Result<(), String> {
             e
         }
     })?;
-    let args = anchor_args(&digest, "sha256", &title, &a.category, &metadata);
+    let args = anchor_args(&digest, &a.algorithm, &title, &a.category, &metadata);
     let tx = anchor_tx(&signing_key, &chain_id, nonce, args, a.expiry_height);
     let tx_hash = hex::encode(tx.hash());
     let done = node.submit_and_wait(&tx.encode(), a.wait_s)?;
@@ -155,6 +180,7 @@ fn run(a: &Args) -> Result<(), String> {
         let doc = serde_json::json!({
             "tx_hash": tx_hash, "height": done.height, "index": done.index,
             "ok": done.ok, "code": done.code, "digest": hex::encode(digest),
+            "algorithm": a.algorithm,
             "sender": hex::encode(address), "nonce": nonce, "chain_id": chain_id,
         });
         println!("{doc}");
@@ -162,7 +188,8 @@ fn run(a: &Args) -> Result<(), String> {
         println!("tx_hash {tx_hash}");
         println!("height {}", done.height);
         println!(
-            "digest sha256 {} from {} (nonce {nonce})",
+            "digest {} {} from {} (nonce {nonce})",
+            a.algorithm,
             hex::encode(digest),
             hex::encode(address)
         );
