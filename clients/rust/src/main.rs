@@ -1,6 +1,6 @@
 //! `qchain-anchor`: anchor a document's SHA-256 digest with qchain's notary contract.
 //!
-//! Reads (or with `--create-key`, creates) an Ed25519 key file, asks the node for the
+//! Reads (or with `--create-key`, creates) a key file (Ed25519 or ML-DSA-65), asks the node for the
 //! chain id and the account's next nonce, builds and signs the `notary.anchor`
 //! transaction, submits its canonical bytes and waits for the commit, then prints the
 //! transaction hash and the height.
@@ -11,19 +11,21 @@ use std::time::Duration;
 
 use qchain_anchor::api::Node;
 use qchain_anchor::key;
-use qchain_anchor::tx::{anchor_args, anchor_tx, ed25519_address};
+use qchain_anchor::tx::{anchor_args, anchor_tx};
 use sha2::{Digest, Sha256};
 
 const USAGE: &str = "\
-usage: qchain-anchor --node URL --key FILE [--create-key]
+usage: qchain-anchor --node URL --key FILE [--scheme S] [--create-key]
                      (--file PATH | --digest HEX [--algorithm sha256|sm3])
                      [--title TEXT] [--category TEXT]
                      [--metadata-hex HEX] [--chain-id ID] [--expiry-height N]
                      [--wait SECONDS] [--json]
-       qchain-anchor --key FILE --create-key          (create the key and print its address)
+       qchain-anchor --key FILE --create-key [--scheme S]   (create a key, print its address)
 
 Anchors the SHA-256 digest of a document (notary.anchor) and waits for the commit.
---key FILE     32 raw bytes, 64 hex digits, or a qchain JSON key file (ed25519)
+--key FILE     a 32-byte seed (raw or 64 hex digits) or a qchain JSON key file
+--scheme S     ed25519 (default) or ml-dsa-65: the scheme of a bare seed and of
+               a key --create-key creates (a JSON key file names its own)
 --create-key   create FILE with a new random key if it does not exist
 --file PATH    the document: its SHA-256 is anchored, titled with its name by default
 --digest HEX   a digest computed elsewhere (64 hex digits), SHA-256 unless
@@ -35,6 +37,7 @@ Anchors the SHA-256 digest of a document (notary.anchor) and waits for the commi
 const WITH_VALUE: &[&str] = &[
     "--node",
     "--key",
+    "--scheme",
     "--file",
     "--digest",
     "--algorithm",
@@ -50,6 +53,7 @@ const WITH_VALUE: &[&str] = &[
 struct Args {
     node: Option<String>,
     key: Option<PathBuf>,
+    scheme: String,
     create_key: bool,
     file: Option<PathBuf>,
     digest: Option<String>,
@@ -67,6 +71,7 @@ fn parse_args(argv: &[String]) -> Result<Args, String> {
     let mut a = Args {
         category: "document".into(),
         algorithm: "sha256".into(),
+        scheme: "ed25519".into(),
         wait_s: 30,
         ..Args::default()
     };
@@ -94,6 +99,7 @@ fn parse_args(argv: &[String]) -> Result<Args, String> {
         match flag.as_str() {
             "--node" => a.node = Some(v),
             "--key" => a.key = Some(PathBuf::from(v)),
+            "--scheme" => a.scheme = v,
             "--file" => a.file = Some(PathBuf::from(v)),
             "--digest" => a.digest = Some(v),
             "--algorithm" => a.algorithm = v,
@@ -138,11 +144,11 @@ fn digest_and_title(a: &Args) -> Result<([u8; 32], String), String> {
 fn run(a: &Args) -> Result<(), String> {
     let key_path = a.key.as_ref().ok_or("--key is required")?;
     let signing_key = if a.create_key && !key_path.exists() {
-        key::create(key_path)?
+        key::create(key_path, &a.scheme)?
     } else {
-        key::load(key_path)?
+        key::load(key_path, &a.scheme)?
     };
-    let address = ed25519_address(&signing_key);
+    let address = signing_key.address();
     let Some(node_url) = &a.node else {
         if a.create_key {
             println!("address {}", hex::encode(address));

@@ -10,15 +10,14 @@
 //! - The hash (the transaction's identity) is `H("qchain/tx", encoding)`.
 //! - An address is `H("qchain/address", scheme || 0x00 || public key)[..20]`.
 
-use ed25519_dalek::{Signer, SigningKey};
 use sha2::{Digest, Sha256};
 
 use crate::codec::{encode_into, Value};
+use crate::key::Key;
 
 pub const DOMAIN_TX: &[u8] = b"qchain/tx";
 pub const DOMAIN_TX_SIGN: &[u8] = b"qchain/tx-sign";
 pub const DOMAIN_ADDRESS: &[u8] = b"qchain/address";
-pub const ED25519: &str = "ed25519";
 pub const ADDRESS_LEN: usize = 20;
 
 /// SHA-256 of `data` under the domain tag `domain`.
@@ -103,16 +102,11 @@ impl Transaction {
     }
 
     /// Sets scheme and public key from `key`, then signs the signing digest.
-    pub fn sign(&mut self, key: &SigningKey) {
-        self.scheme = ED25519.to_string();
-        self.public_key = key.verifying_key().to_bytes().to_vec();
-        self.signature = key.sign(&self.signing_digest()).to_bytes().to_vec();
+    pub fn sign(&mut self, key: &Key) {
+        self.scheme = key.scheme().to_string();
+        self.public_key = key.public_key();
+        self.signature = key.sign(&self.signing_digest());
     }
-}
-
-/// The Ed25519 address of a key.
-pub fn ed25519_address(key: &SigningKey) -> [u8; ADDRESS_LEN] {
-    address_of(ED25519, key.verifying_key().as_bytes())
 }
 
 /// The arguments of the notary contract's `anchor` method, in schema order.
@@ -134,7 +128,7 @@ pub fn anchor_args(
 
 /// A signed notary `anchor` transaction from `key`'s address.
 pub fn anchor_tx(
-    key: &SigningKey,
+    key: &Key,
     chain_id: &str,
     nonce: u64,
     args: Vec<Value>,
@@ -142,13 +136,13 @@ pub fn anchor_tx(
 ) -> Transaction {
     let mut tx = Transaction {
         chain_id: chain_id.to_string(),
-        sender: ed25519_address(key).to_vec(),
+        sender: key.address().to_vec(),
         nonce,
         contract: "notary".to_string(),
         method: "anchor".to_string(),
         args,
         expiry_height,
-        scheme: ED25519.to_string(),
+        scheme: String::new(),
         public_key: Vec::new(),
         signature: Vec::new(),
     };

@@ -1,29 +1,29 @@
-//! The Ed25519 transaction vectors of qchain, rebuilt byte for byte: encoding, signing
-//! digest, signature (Ed25519 is deterministic) and hash.
+//! qchain's transaction vectors, rebuilt from their JSON forms: encoding, signing digest,
+//! hash and address byte for byte; the Ed25519 signatures too (Ed25519 is deterministic);
+//! the ML-DSA-65 signature (randomized when it was made) verifies under the public key
+//! this crate derives from the seed.
 //!
-//! `transactions_ed25519.json` is a copy of the Ed25519 entries of
-//! `tests/vectors/core/transactions.json` in the qchain repository; the Python test
-//! `tests/clients/test_rust_client.py` checks that the copy still equals the source.
+//! `transactions.json` is a verbatim copy of `tests/vectors/core/transactions.json` in the
+//! qchain repository; `tests/clients/test_rust_client.py` checks that it still is.
 
-use ed25519_dalek::SigningKey;
 use qchain_anchor::codec::Value;
-use qchain_anchor::tx::{address_of, hash_domain, Transaction};
+use qchain_anchor::key::{ml_dsa_65_verify, Key, ML_DSA_65};
+use qchain_anchor::tx::{hash_domain, Transaction};
 use serde_json::Value as Json;
 
-const VECTORS: &str = include_str!("transactions_ed25519.json");
+const VECTORS: &str = include_str!("transactions.json");
 
 /// The vectors' keys are qchain dev keys: the seed is
 /// `H("qchain/dev-key", seed || 0x00 || scheme || 0x00 || label)`.
-fn dev_key(seed: &str, label: &str, scheme: &str) -> SigningKey {
+fn dev_key(seed: &str, label: &str, scheme: &str) -> Key {
     let material = [
         seed.as_bytes(),
         b"\x00",
         scheme.as_bytes(),
         b"\x00",
         label.as_bytes(),
-    ]
-    .concat();
-    SigningKey::from_bytes(&hash_domain(b"qchain/dev-key", &material))
+    ];
+    Key::from_seed(scheme, hash_domain(b"qchain/dev-key", &material.concat())).unwrap()
 }
 
 /// A canonical value from its JSON form: byte strings are `{"hex": ...}`.
@@ -50,18 +50,18 @@ fn bytes(j: &Json, k: &str) -> Vec<u8> {
 }
 
 #[test]
-fn ed25519_vectors_are_rebuilt_byte_for_byte() {
-    let doc: Json = serde_json::from_str(VECTORS).unwrap();
-    let vectors = doc["vectors"].as_array().unwrap();
-    assert_eq!(vectors.len(), 2);
-    for v in vectors {
+fn the_vectors_are_rebuilt_byte_for_byte() {
+    let vectors: Vec<Json> = serde_json::from_str(VECTORS).unwrap();
+    let schemes: Vec<String> = vectors.iter().map(|v| text(&v["json"], "scheme")).collect();
+    assert_eq!(schemes, ["ed25519", "ed25519", "ml-dsa-65"]);
+    for v in &vectors {
         let name = text(v, "name");
         let k = &v["dev_key"];
         let key = dev_key(&text(k, "seed"), &text(k, "label"), &text(k, "scheme"));
         let j = &v["json"];
         let mut tx = Transaction {
             chain_id: text(j, "chain_id"),
-            sender: bytes(j, "sender"),
+            sender: key.address().to_vec(),
             nonce: j["nonce"].as_u64().unwrap(),
             contract: text(j, "contract"),
             method: text(j, "method"),
@@ -72,18 +72,26 @@ fn ed25519_vectors_are_rebuilt_byte_for_byte() {
             signature: Vec::new(),
         };
         tx.sign(&key);
+        assert_eq!(tx.sender, bytes(j, "sender"), "{name}: address");
         assert_eq!(tx.scheme, text(j, "scheme"), "{name}: scheme");
         assert_eq!(tx.public_key, bytes(j, "public_key"), "{name}: public key");
+        let digest = tx.signing_digest();
         assert_eq!(
-            tx.sender,
-            address_of("ed25519", &tx.public_key).to_vec(),
-            "{name}: address"
-        );
-        assert_eq!(
-            hex::encode(tx.signing_digest()),
+            hex::encode(digest),
             text(v, "signing_digest"),
             "{name}: digest"
         );
+        if tx.scheme == ML_DSA_65 {
+            assert!(
+                ml_dsa_65_verify(&tx.public_key, &digest, &tx.signature),
+                "{name}: ours"
+            );
+            tx.signature = bytes(j, "signature");
+            assert!(
+                ml_dsa_65_verify(&tx.public_key, &digest, &tx.signature),
+                "{name}: theirs"
+            );
+        }
         assert_eq!(tx.signature, bytes(j, "signature"), "{name}: signature");
         assert_eq!(
             hex::encode(tx.encode()),
@@ -96,7 +104,7 @@ fn ed25519_vectors_are_rebuilt_byte_for_byte() {
 
 #[test]
 fn the_signing_body_is_the_encoding_without_the_signature() {
-    let key = SigningKey::from_bytes(&[3; 32]);
+    let key = Key::from_seed("ed25519", [3; 32]).unwrap();
     let args = qchain_anchor::tx::anchor_args(&[9; 32], "sha256", "t", "c", b"");
     let tx = qchain_anchor::tx::anchor_tx(&key, "qchain-devnet", 1, args, 0);
     let enc = tx.encode();
