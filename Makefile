@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint typecheck pytest devnet devnet-down bench clean
+.PHONY: install test lint typecheck pytest devnet devnet-down bench clean rust-client
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,13 @@ devnet: $(STAMP)
 
 devnet-down: $(STAMP)
 	$(VENV)/bin/qchain devnet down --dir $(DEVNET_DIR)
+
+# The Rust client (clients/rust/README.md), built where its test builds it.
+CARGO_TARGET_DIR ?= $(CURDIR)/.cache/cargo-target
+
+rust-client:
+	cd clients/rust && CARGO_TARGET_DIR=$(CARGO_TARGET_DIR) cargo build --release --locked
+	@echo "built $(CARGO_TARGET_DIR)/release/qchain-anchor"
 
 # The standard benchmark set (docs/BENCHMARKS.md); each run starts its own devnet on free
 # loopback ports. About 20 minutes on 2 cores: run it on a quiet machine.

@@ -118,7 +118,7 @@ def test_no_reference_outside_the_repository() -> None:
     hits = []
     for path in ROOT.rglob("*"):
         parts = path.relative_to(ROOT).parts
-        if not path.is_file() or parts[0] in {".git", ".venv"} or "__pycache__" in parts:
+        if not path.is_file() or parts[0] in {".git", ".venv", ".cache"} or "__pycache__" in parts:
             continue
         if path.suffix not in {".py", ".md", ".toml", ".yaml", ".yml", ".txt", ".cfg", ""}:
             continue
