@@ -132,9 +132,7 @@ def parse_private_key(private_key: bytes, curve: Curve = SM2P256V1) -> int:
     return d
 
 
-def z_value(
-    public_key: bytes, user_id: bytes = DEFAULT_USER_ID, curve: Curve = SM2P256V1
-) -> bytes:
+def z_value(public_key: bytes, user_id: bytes = DEFAULT_USER_ID, curve: Curve = SM2P256V1) -> bytes:
     """Z_A = SM3(ENTL_A || ID_A || a || b || x_G || y_G || x_A || y_A)."""
     if len(user_id) * 8 > MAX_USER_ID_BITS:
         raise SM2Error("an SM2 user ID is at most 8191 bytes")
@@ -277,9 +275,12 @@ def sign(private_key: bytes, message: bytes) -> bytes:
 
 def public_key_of(private_key: bytes) -> bytes:
     """04 || x || y of d*G, computed by Tongsuo."""
-    return _private_key_object(private_key).public_key().public_bytes(
-        Encoding.X962, PublicFormat.UncompressedPoint
+    point: bytes = (
+        _private_key_object(private_key)
+        .public_key()
+        .public_bytes(Encoding.X962, PublicFormat.UncompressedPoint)
     )
+    return point
 
 
 def generate_private_key() -> bytes:
