@@ -10,7 +10,7 @@ band.
 
       [[members]]
       name = "Qingdao Port Group"
-      scheme = "ml-dsa-65"          # or "ed25519"
+      scheme = "ml-dsa-65"          # or "ed25519" or "sm2"
       public_key = "<hex>"
       roles = ["admin"]             # admin, auditor, issuer, partner, provider
 
