@@ -12,6 +12,7 @@ import sys
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -21,6 +22,7 @@ from devnet.nodeapi import http_call, http_json
 from devnet.testing import anchor_tx
 from qchain.client import AsyncClient
 from qchain.jsonform import tx_to_json
+from qchain.keys import SigningKey
 
 pytestmark = pytest.mark.slow
 
@@ -103,3 +105,18 @@ def test_a_bad_sm2_signature_is_refused_with_problem_json(devnet: LocalNetwork) 
     assert e.value.code == 422
     problem = json.loads(e.value.read())
     assert problem["type"].endswith("/bad-signature"), problem
+
+
+def test_devnet_init_writes_sm2_accounts(tmp_path: Path) -> None:
+    d = tmp_path / "net"
+    done = subprocess.run(
+        [sys.executable, "-m", "qchain.cli", "devnet", "init", "--dir", str(d), "--scheme", "sm2"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    key = SigningKey.load(d / "accounts" / "partner1.json")
+    assert key.scheme.value == "sm2" and key == account_key("partner1", "sm2")
+    genesis = json.loads((d / "genesis.json").read_text())
+    assert {m["scheme"] for m in genesis["members"]} == {"sm2"}
