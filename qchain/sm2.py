@@ -16,7 +16,10 @@ Encodings, one byte string each so a signature has exactly one form:
 - a private key is `d` as 32 big-endian bytes, `1 <= d <= n - 2`;
 - a signature is `r || s` (64 bytes, each big-endian), `1 <= r, s <= n - 1`, not DER.
   SM2 has no ECDSA-style `s -> n - s` twin (the verifier adds `r + s`), so there is no
-  "low s" rule: half of every standard signer's signatures would break one.
+  "low s" rule: it would refuse half of the signatures a standard signer makes.
+
+Tongsuo uses the default user ID when it is given none (a test pins it: it verifies the
+standard's example made with that ID, and the reference verifies Tongsuo's signatures).
 
 Two verifiers pass the same tests: `verify_reference` is plain Python over any curve
 (`Curve`), written from the standard and kept as the reference; `verify` is the one the
