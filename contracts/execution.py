@@ -150,6 +150,8 @@ def check_sender(
     ):
         raise NonceMismatch(expected, tx.nonce)
     if tx.scheme != m.scheme:
+        # Registered keys are of accepted schemes, so only a mismatch needs the lookup.
+        membership.check_transaction_scheme(state, tx.scheme)
         raise BadSignature(f"the sender's registered key is {m.scheme}, not {tx.scheme}")
     verifier(tx, m.public_key)
 

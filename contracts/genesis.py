@@ -9,17 +9,22 @@ The file is JSON (see `contracts/README.md` for an example):
 - `validators`: n = 3f+1 entries, each with `index` (0..n−1, in order), `name`,
   `public_key` (hex ML-DSA-65 key that signs commit certificates), `sae_id` (its QKD SAE
   id, unique) and optional `p2p` and `api` address hints;
-- `members`: the initial organisations, each with `name`, `scheme` (`ml-dsa-65` or
-  `ed25519`), `public_key` (hex), `roles`, and optionally `address` (hex, checked against
-  the key); at least one must be an admin;
+- `members`: the initial organisations, each with `name`, `scheme` (`ml-dsa-65`,
+  `ed25519` or `sm2`), `public_key` (hex), `roles`, and optionally `address` (hex, checked
+  against the key); at least one must be an admin;
 - `voucher_issuers`: addresses of members who run voucher programmes; they get the
-  `issuer` role.
+  `issuer` role;
+- `accepted_schemes` (optional): the member signature schemes the chain accepts, e.g.
+  `["sm2", "ml-dsa-65"]`; absent, every scheme qchain knows. Members, onboarded keys,
+  rotated keys and transactions of another scheme are refused (`scheme-not-accepted`).
 
 `parse_genesis` checks everything and raises `GenesisError` naming the field and the reason;
 `Genesis.to_json` gives the document back. Reading and writing the file is the node's
 (`node.genesis_file`).
 The genesis hash covers the canonical encoding of everything except the address hints, so a
-validator may move without changing the chain's identity. `init_state` writes the initial
+validator may move without changing the chain's identity; a genesis without
+`accepted_schemes` hashes as it did before the field existed (the field is left out of the
+encoding when empty). `init_state` writes the initial
 members and returns the write set and the genesis app hash, which chains from the genesis
 hash.
 """
@@ -34,7 +39,7 @@ from typing import Annotated
 from contracts import membership
 from contracts.execution import app_hash
 from contracts.state import Overlay, StateSource, StateWriter, WriteSet
-from qchain.codec import U16, U32, U64, Len, Struct
+from qchain.codec import U16, U32, U64, Len, Struct, encode_value
 from qchain.errors import ArgumentError, GenesisError
 from qchain.hashing import Domain, hash_domain
 from qchain.keys import PUBLIC_KEY_LEN, Scheme, address_of
@@ -92,6 +97,8 @@ class Genesis(Struct):
     validators: Annotated[tuple[ValidatorInfo, ...], Len(1, 1024)]
     members: Annotated[tuple[GenesisMember, ...], Len(1, 10_000)]
     voucher_issuers: Annotated[tuple[Address, ...], Len(0, 10_000)]
+    accepted_schemes: Annotated[tuple[membership.SchemeName, ...], Len(0, 16)] = ()
+    """Empty: every scheme qchain knows."""
 
     @cached_property
     def hash(self) -> bytes:
@@ -99,7 +106,10 @@ class Genesis(Struct):
             self,
             validators=tuple(dataclasses.replace(v, p2p="", api="") for v in self.validators),
         )
-        return hash_domain(Domain.GENESIS, core.encode())
+        wire = core.to_wire()
+        if not self.accepted_schemes:
+            wire = wire[:-1]
+        return hash_domain(Domain.GENESIS, encode_value(wire))
 
     def validator_keys(self) -> list[ValidatorKey]:
         """Certificate-signing keys by validator index (for `verify_certificate`)."""
@@ -136,6 +146,7 @@ class Genesis(Struct):
                 for m in self.members
             ],
             "voucher_issuers": [a.hex() for a in self.voucher_issuers],
+            **({"accepted_schemes": list(self.accepted_schemes)} if self.accepted_schemes else {}),
         }
 
 
@@ -237,7 +248,7 @@ def parse_genesis(doc: object) -> Genesis:
         doc,
         "",
         ("chain_id", "validators", "members"),
-        ("genesis_time", "consensus", "voucher_issuers"),
+        ("genesis_time", "consensus", "voucher_issuers", "accepted_schemes"),
     )
     chain_id = _text(d["chain_id"], "chain_id", 1, 64)
     genesis_time = _int(d.get("genesis_time", 0), "genesis_time", 0, 2**64 - 1)
@@ -264,8 +275,12 @@ def parse_genesis(doc: object) -> Genesis:
             seen[value] = v.index
     issuers_doc = _list(d.get("voucher_issuers", []), "voucher_issuers")
     issuers = [_hex(a, f"voucher_issuers[{i}]", 20) for i, a in enumerate(issuers_doc)]
+    accepted = _accepted_schemes(d.get("accepted_schemes"))
     members_doc = _list(d["members"], "members")
     members = tuple(_member(m, f"members[{i}]", set(issuers)) for i, m in enumerate(members_doc))
+    for i, m in enumerate(members):
+        if accepted and m.scheme not in accepted:
+            raise GenesisError(f"members[{i}].scheme", f"{m.scheme} is not in accepted_schemes")
     by_address: dict[bytes, int] = {}
     for i, m in enumerate(members):
         if m.address in by_address:
@@ -285,7 +300,26 @@ def parse_genesis(doc: object) -> Genesis:
         validators,
         members,
         tuple(issuers),
+        accepted,
     )
+
+
+def _accepted_schemes(doc: object) -> tuple[str, ...]:
+    """The genesis's `accepted_schemes`, in the order of `Scheme`; () when absent."""
+    if doc is None:
+        return ()
+    names = _list(doc, "accepted_schemes")
+    known = [s.value for s in Scheme]
+    for i, name in enumerate(names):
+        if name not in known:
+            raise GenesisError(
+                f"accepted_schemes[{i}]", f"unknown scheme {name!r} (schemes: {', '.join(known)})"
+            )
+    if not names:
+        raise GenesisError("accepted_schemes", "name at least one scheme, or leave it out")
+    if len(set(names)) != len(names):
+        raise GenesisError("accepted_schemes", "a scheme is listed twice")
+    return tuple(s for s in known if s in names)
 
 
 @dataclass(frozen=True)
@@ -299,6 +333,10 @@ def init_state(source: StateSource, genesis: Genesis) -> GenesisState:
     """The initial state of the chain as a write set over an empty source."""
     overlay = Overlay(source)
     state = StateWriter(overlay, membership.NAME)
+    if genesis.accepted_schemes:
+        state.save(
+            membership.ACCEPTED_SCHEMES_KEY, membership.AcceptedSchemes(genesis.accepted_schemes)
+        )
     for m in genesis.members:
         membership.put_member(
             state, None, membership.new_member(m.name, m.scheme, m.public_key, m.roles, 0)

@@ -20,6 +20,10 @@ State layout (relative to the contract's key space):
 | `m` address | `Member` |
 | `n` address | next nonce (integer) |
 | `r` role 0x00 address | empty: index of members by role |
+| `s` | `AcceptedSchemes`: the genesis's `accepted_schemes` (absent: every scheme) |
+
+Keys are checked when they are registered (genesis, `onboard`, `rotate_key`): a known
+scheme the chain accepts, a key of that scheme's length and, for SM2, a point of the curve.
 """
 
 from __future__ import annotations
@@ -29,9 +33,17 @@ from typing import Annotated
 
 from contracts.runtime import CallContext, Contract, QueryContext
 from contracts.state import StateReader, StateWriter
+from qchain import sm2
 from qchain.codec import U64, Len, Struct
-from qchain.errors import ArgumentError, Duplicate, NotFound, RuleViolation, UnknownScheme
-from qchain.keys import PUBLIC_KEY_LEN, address_of, parse_scheme
+from qchain.errors import (
+    ArgumentError,
+    Duplicate,
+    NotFound,
+    RuleViolation,
+    SchemeNotAccepted,
+    UnknownScheme,
+)
+from qchain.keys import PUBLIC_KEY_LEN, Scheme, address_of, parse_scheme
 from qchain.types import Address
 
 NAME = "membership"
@@ -66,6 +78,14 @@ class Member(Struct):
     @property
     def active(self) -> bool:
         return self.status == ACTIVE
+
+
+@dataclass(frozen=True)
+class AcceptedSchemes(Struct):
+    schemes: Annotated[tuple[SchemeName, ...], Len(1, 16)]
+
+
+ACCEPTED_SCHEMES_KEY = b"s"
 
 
 def member_key(address: bytes) -> bytes:
@@ -131,6 +151,27 @@ def check_roles(roles: tuple[str, ...], field: str = "roles") -> tuple[str, ...]
     return tuple(sorted(roles))
 
 
+def accepted_schemes(state: StateReader) -> tuple[str, ...]:
+    """The schemes this chain accepts (the genesis's `accepted_schemes`, default all)."""
+    stored = state.load(ACCEPTED_SCHEMES_KEY, AcceptedSchemes)
+    return stored.schemes if stored is not None else tuple(s.value for s in Scheme)
+
+
+def check_accepted(state: StateReader, scheme: str) -> None:
+    """A key being registered must be of a scheme the chain accepts (`ArgumentError`, so
+    the call fails with a receipt)."""
+    accepted = accepted_schemes(state)
+    if scheme not in accepted:
+        raise ArgumentError("scheme", SchemeNotAccepted(scheme, accepted).message)
+
+
+def check_transaction_scheme(state: StateReader, scheme: str) -> None:
+    """A transaction signed under a scheme the chain does not accept: `SchemeNotAccepted`."""
+    accepted = accepted_schemes(state)
+    if scheme not in accepted:
+        raise SchemeNotAccepted(scheme, accepted)
+
+
 def check_key(scheme: str, public_key: bytes) -> str:
     try:
         s = parse_scheme(scheme)
@@ -138,6 +179,11 @@ def check_key(scheme: str, public_key: bytes) -> str:
         raise ArgumentError("scheme", f"unknown signature scheme {scheme!r}") from None
     if len(public_key) != PUBLIC_KEY_LEN[s]:
         raise ArgumentError("public_key", f"a {s} public key is {PUBLIC_KEY_LEN[s]} bytes")
+    if s is Scheme.SM2:
+        try:
+            sm2.parse_public_key(public_key)
+        except sm2.SM2Error as e:
+            raise ArgumentError("public_key", str(e)) from None
     return s.value
 
 
@@ -210,6 +256,7 @@ class OnboardArgs(Struct):
 def onboard(ctx: CallContext, a: OnboardArgs) -> bytes:
     """Register a new organisation; its address is derived from its key. Returns it."""
     m = new_member(a.name, a.scheme, a.public_key, a.roles, ctx.height)
+    check_accepted(ctx.state, m.scheme)
     existing = get_member(ctx.state, m.address)
     if existing is not None:
         raise Duplicate(
@@ -281,6 +328,7 @@ def rotate_key(ctx: CallContext, a: RotateKeyArgs) -> None:
     is signed with the old key; the next one must be signed with the new key."""
     m = _require(ctx.state, ctx.sender)
     scheme = check_key(a.scheme, a.public_key)
+    check_accepted(ctx.state, scheme)
     if scheme == m.scheme and a.public_key == m.public_key:
         raise RuleViolation("same-key", "the new key is the current key")
     put_member(

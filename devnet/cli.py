@@ -24,6 +24,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from qchain.keys import Scheme
+
 if TYPE_CHECKING:
     from devnet.local import LocalNetwork
     from devnet.running import Network
@@ -38,7 +40,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     init.add_argument("--validators", type=int, default=4, help="n = 3f+1 (default 4)")
     init.add_argument("--profile", choices=["test", "lan", "default"], default="test")
     init.add_argument("--kms-rate", default="lab", help="lab|metro|long-haul|constrained")
-    init.add_argument("--scheme", choices=["ml-dsa-65", "ed25519"], default="ml-dsa-65")
+    init.add_argument(
+        "--scheme",
+        choices=[s.value for s in Scheme],
+        default="ml-dsa-65",
+        help="the dev accounts' signature scheme",
+    )
     init.add_argument("--chain-id", default="qchain-devnet")
     init.add_argument(
         "--base-port", type=int, default=None, help="first host port (27000; 28000 with --docker)"

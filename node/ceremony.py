@@ -8,9 +8,11 @@ band.
 - `members.toml` lists the initial organisations, each key made by `qchain keys new` on
   the partner's own machine:
 
+      accepted_schemes = ["sm2", "ml-dsa-65"]   # optional: the genesis's; default all
+
       [[members]]
       name = "Qingdao Port Group"
-      scheme = "ml-dsa-65"          # or "ed25519"
+      scheme = "ml-dsa-65"          # or "ed25519" or "sm2"
       public_key = "<hex>"
       roles = ["admin"]             # admin, auditor, issuer, partner, provider
 
@@ -115,14 +117,18 @@ class Members:
     source: str
     members: tuple[dict[str, Any], ...]
     issuers: tuple[str, ...]
+    accepted_schemes: object = None
+    """The genesis's `accepted_schemes` as written (checked by `parse_genesis`), or None."""
 
 
 def load_members(path: Path) -> Members:
     src = str(path)
     doc = load_toml(path)
     for key in doc:
-        if key not in ("members", "voucher_issuers"):
-            raise ConfigError(f"{src}: {key}", "unknown table (members, voucher_issuers)")
+        if key not in ("members", "voucher_issuers", "accepted_schemes"):
+            raise ConfigError(
+                f"{src}: {key}", "unknown table (members, voucher_issuers, accepted_schemes)"
+            )
     members = doc.get("members")
     if not isinstance(members, list) or not members:
         raise ConfigError(f"{src}: members", "at least one [[members]] table is needed")
@@ -149,7 +155,7 @@ def load_members(path: Path) -> Members:
                 f"{src}: voucher_issuers[{i}]", "must be a table with the name of a member"
             )
         issuer_names.append(str(t["name"]))
-    return Members(src, tuple(out), tuple(issuer_names))
+    return Members(src, tuple(out), tuple(issuer_names), doc.get("accepted_schemes"))
 
 
 def _distinct(joins: list[Join], what: str, value: Any) -> None:
@@ -224,13 +230,16 @@ def build_genesis(
         "members": list(members.members),
         "voucher_issuers": issuer_addresses,
     }
+    if members.accepted_schemes is not None:
+        doc["accepted_schemes"] = members.accepted_schemes
     try:
         genesis = parse_genesis(doc)
         if issuers:
             doc["voucher_issuers"] = [m.address.hex() for m in genesis.members if m.name in issuers]
             genesis = parse_genesis(doc)
     except GenesisError as e:
-        where = members.source if e.field.startswith(("members", "voucher")) else "genesis"
+        ours = e.field.startswith(("members", "voucher", "accepted_schemes"))
+        where = members.source if ours else "genesis"
         raise ConfigError(f"{where}: {e.field}", e.reason) from None
     for i, m in enumerate(genesis.members):
         label = dev_seed_label(m.scheme, m.public_key, len(ordered))

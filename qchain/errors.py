@@ -215,6 +215,23 @@ class UnknownScheme(InvalidTransaction):
         return {"scheme": self.scheme}
 
 
+class SchemeNotAccepted(InvalidTransaction):
+    """A known signature scheme that this chain's genesis does not accept
+    (`accepted_schemes`), for a transaction or a key being registered."""
+
+    code = "scheme-not-accepted"
+
+    def __init__(self, scheme: str, accepted: tuple[str, ...]) -> None:
+        super().__init__(
+            f"this chain does not accept {scheme} signatures (it accepts {', '.join(accepted)})"
+        )
+        self.scheme = scheme
+        self.accepted = accepted
+
+    def fields(self) -> dict[str, object]:
+        return {"scheme": self.scheme, "accepted_schemes": list(self.accepted)}
+
+
 class WrongChain(InvalidTransaction):
     code = "wrong-chain"
 

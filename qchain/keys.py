@@ -1,5 +1,14 @@
-"""Signing keys: ML-DSA-65 (post-quantum, FIPS 204, from `cryptography`) and Ed25519
-(classical, from PyNaCl) behind one small interface.
+"""Signing keys: ML-DSA-65 (post-quantum, FIPS 204, from `cryptography`), Ed25519
+(classical, from PyNaCl) and SM2 (classical, the Chinese national standard GB/T 32918.2
+with SM3, through Tongsuo: `qchain/sm2.py`) behind one small interface.
+
+Every scheme signs the same message, the 32-byte signing digest of a transaction or block.
+Encodings: an Ed25519 key is 32 bytes, an ML-DSA-65 key 1952; an SM2 public key is the
+uncompressed point `04 || x || y` (65 bytes) and an SM2 signature `r || s` (64 bytes, not
+DER), with the standard's default user ID `1234567812345678` in its Z value. A key's
+`seed` is the 32-byte secret: the seed ML-DSA-65 and Ed25519 expand, and for SM2 the
+private key d itself (big-endian, `1 <= d <= n - 2`), so a partner can bring a key it
+already holds.
 
 A partner's address is `H(ADDRESS, scheme || 0x00 || public key)[:20]`, so the same key
 bytes under two schemes give two addresses. `dev_key` derives keys deterministically from
@@ -21,6 +30,7 @@ import nacl.signing
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import mldsa
 
+from qchain import sm2
 from qchain.errors import BadSignature, KeyFileError, UnknownScheme
 from qchain.hashing import Domain, hash_domain
 
@@ -30,10 +40,23 @@ ADDRESS_LEN = 20
 class Scheme(StrEnum):
     ML_DSA_65 = "ml-dsa-65"
     ED25519 = "ed25519"
+    SM2 = "sm2"
 
 
-PUBLIC_KEY_LEN = {Scheme.ML_DSA_65: 1952, Scheme.ED25519: 32}
-SIGNATURE_LEN = {Scheme.ML_DSA_65: 3309, Scheme.ED25519: 64}
+POST_QUANTUM = frozenset({Scheme.ML_DSA_65})
+"""The schemes a large quantum computer does not break (Ed25519 and SM2 are elliptic-curve
+schemes: Shor's algorithm breaks both)."""
+
+PUBLIC_KEY_LEN = {
+    Scheme.ML_DSA_65: 1952,
+    Scheme.ED25519: 32,
+    Scheme.SM2: sm2.PUBLIC_KEY_LEN,
+}
+SIGNATURE_LEN = {
+    Scheme.ML_DSA_65: 3309,
+    Scheme.ED25519: 64,
+    Scheme.SM2: sm2.SIGNATURE_LEN,
+}
 SEED_LEN = 32
 
 
@@ -60,8 +83,12 @@ def verify(scheme: Scheme | str, public_key: bytes, message: bytes, signature: b
     try:
         if s is Scheme.ED25519:
             nacl.signing.VerifyKey(public_key).verify(message, signature)
+        elif s is Scheme.SM2:
+            sm2.verify(public_key, message, signature)
         else:
             _mldsa_key(public_key).verify(signature, message)
+    except sm2.SM2Error as e:
+        raise BadSignature(str(e)) from e
     except (nacl.exceptions.BadSignatureError, InvalidSignature, ValueError) as e:
         raise BadSignature("signature does not verify") from e
 
@@ -75,7 +102,8 @@ def _mldsa_key(public_key: bytes) -> mldsa.MLDSA65PublicKey:
 
 @dataclass(frozen=True)
 class SigningKey:
-    """A private key. `seed` is the 32-byte secret both schemes derive their key from."""
+    """A private key. `seed` is the 32-byte secret: what ML-DSA-65 and Ed25519 derive their
+    key from, and the SM2 private key d itself."""
 
     scheme: Scheme
     seed: bytes
@@ -83,13 +111,21 @@ class SigningKey:
     def __post_init__(self) -> None:
         if len(self.seed) != SEED_LEN:
             raise KeyFileError(f"a key seed is {SEED_LEN} bytes")
+        if self.scheme is Scheme.SM2:
+            try:
+                sm2.parse_private_key(self.seed)
+            except sm2.SM2Error as e:
+                raise KeyFileError(str(e)) from None
 
     def __repr__(self) -> str:
         return f"SigningKey({self.scheme}, address={self.address.hex()})"
 
     @classmethod
     def generate(cls, scheme: Scheme | str = Scheme.ML_DSA_65) -> SigningKey:
-        return cls(parse_scheme(str(scheme)), os.urandom(SEED_LEN))
+        s = parse_scheme(str(scheme))
+        if s is Scheme.SM2:
+            return cls(s, sm2.generate_private_key())
+        return cls(s, os.urandom(SEED_LEN))
 
     @property
     def public_key(self) -> bytes:
@@ -103,6 +139,8 @@ class SigningKey:
         if self.scheme is Scheme.ED25519:
             signed: bytes = nacl.signing.SigningKey(self.seed).sign(message).signature
             return signed
+        if self.scheme is Scheme.SM2:
+            return sm2.sign(self.seed, message)
         return _mldsa_private(self.seed).sign(message)
 
     def to_json(self) -> dict[str, str]:
@@ -162,6 +200,8 @@ def _public_key(scheme: Scheme, seed: bytes) -> bytes:
         return cached
     if scheme is Scheme.ED25519:
         pub: bytes = bytes(nacl.signing.SigningKey(seed).verify_key)
+    elif scheme is Scheme.SM2:
+        pub = sm2.public_key_of(seed)
     else:
         pub = _mldsa_private(seed).public_key().public_bytes_raw()
     if len(_PUB_CACHE) < 1024:
@@ -176,6 +216,11 @@ def dev_key(seed: bytes | str, label: str, scheme: Scheme | str = Scheme.ML_DSA_
     material = hash_domain(
         Domain.DEV_KEY, raw + b"\x00" + s.value.encode() + b"\x00" + label.encode()
     )
+    if s is Scheme.SM2:
+        # An SM2 seed is d itself, in [1, n-2]; a SHA-256 output is beyond n - 2 with
+        # probability below 2^-32: such a label's key is the next hash in the chain.
+        while not 1 <= int.from_bytes(material, "big") <= sm2.SM2P256V1.n - 2:
+            material = hash_domain(Domain.DEV_KEY, material)
     return SigningKey(s, material)
 
 

@@ -50,10 +50,12 @@ from devnet.bench.report import (
     write_report,
 )
 from devnet.local import LocalNetwork, Service
+from qchain.keys import Scheme
 
 SWEEP_RATES = {
     "ed25519": (250, 500, 1000, 1500, 2000, 3000),
     "ml-dsa-65": (150, 300, 500, 750, 1000),
+    "sm2": (150, 250, 500, 750, 1000),
 }
 
 IDLE_SETTLE_S = 3.0
@@ -69,7 +71,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--duration", type=float, default=30.0, help="measured seconds per point")
     p.add_argument("--warmup", type=float, default=5.0, help="seconds of load before the window")
     p.add_argument("--idle", type=float, default=5.0, help="seconds of idle key burn window")
-    p.add_argument("--scheme", choices=["ed25519", "ml-dsa-65"], default="ed25519")
+    p.add_argument("--scheme", choices=[s.value for s in Scheme], default="ed25519")
     p.add_argument("--tx", choices=list(workload.KINDS), default="notary")
     p.add_argument("--kms-rate", default="lab", help="lab|metro|long-haul|constrained")
     p.add_argument("--faults", type=int, default=0, help="validators killed after warm-up")
@@ -233,7 +235,7 @@ def measure_limit(scheme: str, tx: str, validators: int) -> dict[str, Any]:
     """This machine's verify and execute cost, and the CPU-bound ceiling they imply."""
     from devnet.bench.core import measure
     from devnet.bench.execution import run as execution_run
-    from qchain.keys import Scheme, dev_key, verify
+    from qchain.keys import dev_key, verify
 
     key = dev_key("bench", "signer", scheme)
     digest = bytes(32)

@@ -29,6 +29,7 @@ from devnet.bench import workload
 from node.chain import Prepared
 from node.runtime import Validator
 from qchain.config import load_config
+from qchain.keys import Scheme
 from qchain.types import decode_transaction
 
 STAGES = ("admit", "build", "validate", "commit (leader)", "commit (follower)")
@@ -101,7 +102,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--blocks", type=int, default=5)
     parser.add_argument("--block-txs", type=int, default=1000)
-    parser.add_argument("--scheme", choices=["ed25519", "ml-dsa-65"], default="ed25519")
+    parser.add_argument("--scheme", choices=[s.value for s in Scheme], default="ed25519")
     parser.add_argument("--tx", choices=list(workload.KINDS), default="notary")
     parser.add_argument("--profile", type=Path, help="write cProfile statistics here")
     parser.add_argument("--json", action="store_true")

@@ -218,3 +218,20 @@ def test_node_config_writes_a_loadable_config(
     shutil.copytree(sites[1], tmp_path / "bravo")
     with pytest.raises(ConfigError, match="no validator of this genesis"):
         write_node_config(tmp_path / "one.json", tmp_path / "bravo")
+
+
+def test_members_toml_restricts_the_schemes(sites: list[Path], tmp_path: Path) -> None:
+    bank, operator = SigningKey.generate("sm2"), SigningKey.generate()
+    entries = (("Operator", operator, ["admin"]), ("Bank", bank, ["partner"]))
+    path = members_toml(tmp_path / "m.toml", *entries)
+    text = path.read_text()
+    path.write_text('accepted_schemes = ["sm2", "ml-dsa-65"]\n\n' + text)
+    g = genesis_of(sites, load_members(path))
+    assert g.accepted_schemes == ("ml-dsa-65", "sm2")
+    assert next(m for m in g.members if m.name == "Bank").scheme == "sm2"
+    path.write_text('accepted_schemes = ["sm2"]\n\n' + text)
+    with pytest.raises(ConfigError, match=r"m\.toml: members\[0\]\.scheme"):
+        genesis_of(sites, load_members(path))
+    path.write_text('accepted_schemes = ["rsa"]\n\n' + text)
+    with pytest.raises(ConfigError, match=r"m\.toml: accepted_schemes\[0\]"):
+        genesis_of(sites, load_members(path))

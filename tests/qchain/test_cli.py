@@ -24,7 +24,7 @@ def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]
     return rc, out, err
 
 
-@pytest.mark.parametrize("scheme", ["ed25519", "ml-dsa-65"])
+@pytest.mark.parametrize("scheme", ["ed25519", "ml-dsa-65", "sm2"])
 def test_keys_new_and_show(tmp_path: Path, capsys: pytest.CaptureFixture[str], scheme: str) -> None:
     path = tmp_path / "k.json"
     rc, out, _ = _run(capsys, "keys", "new", "--out", str(path), "--scheme", scheme, "--json")
@@ -77,6 +77,15 @@ def mldsa_key_file(tmp_path: Path) -> Path:
     return path
 
 
+@pytest.fixture
+def sm2_key_file(tmp_path: Path) -> Path:
+    path = tmp_path / "carol.json"
+    from qchain.keys import dev_key
+
+    dev_key("cli", "carol", "sm2").save(path)
+    return path
+
+
 def _build(capsys: pytest.CaptureFixture[str], key: Path, *extra: str) -> str:
     rc, out, err = _run(
         capsys,
@@ -100,7 +109,7 @@ def _build(capsys: pytest.CaptureFixture[str], key: Path, *extra: str) -> str:
     return out.strip()
 
 
-@pytest.mark.parametrize("which", ["key_file", "mldsa_key_file"])
+@pytest.mark.parametrize("which", ["key_file", "mldsa_key_file", "sm2_key_file"])
 def test_tx_build_sign_decode_round_trip(
     request: pytest.FixtureRequest, tmp_path: Path, capsys: pytest.CaptureFixture[str], which: str
 ) -> None:

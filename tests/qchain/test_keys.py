@@ -1,4 +1,4 @@
-"""Signing keys: both schemes sign and verify transactions; any change to the signed bytes
+"""Signing keys: every scheme signs and verify transactions; any change to the signed bytes
 breaks the signature; malformed keys and signatures are `BadSignature`; key files."""
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from qchain.keys import (
 from qchain.types import Transaction, new_transaction
 
 SCHEMES = [pytest.param(s, id=s.value) for s in Scheme]
-MAX_EXAMPLES = {Scheme.ED25519: 200, Scheme.ML_DSA_65: 50}
+MAX_EXAMPLES = {Scheme.ED25519: 200, Scheme.ML_DSA_65: 50, Scheme.SM2: 100}
 
 
 def _tx(scheme: Scheme) -> Transaction:

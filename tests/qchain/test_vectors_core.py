@@ -12,6 +12,7 @@ import pytest
 
 from qchain.errors import BadSignature
 from qchain.jsonform import tx_from_json, tx_to_json
+from qchain.keys import Scheme
 from qchain.merkle import MerkleProof, merkle_root, verify_proof
 from qchain.types import BlockHeader, decode_transaction
 
@@ -53,6 +54,13 @@ def test_transaction_vectors(vec: dict[str, Any]) -> None:
     assert rebuilt.body_bytes() == tx.body_bytes()
     if recipe["scheme"] == "ed25519":  # deterministic signatures: bit for bit
         assert rebuilt.encode() == data
+    if recipe["scheme"] == "sm2":  # Z and e = SM3(Z || signing digest), for other clients
+        assert vec["sm2"] == gen.sm2_values(tx)
+        assert vec["sm2"]["user_id"] == "1234567812345678"
+
+
+def test_every_scheme_has_a_transaction_vector() -> None:
+    assert {v["dev_key"]["scheme"] for v in TXS} == {s.value for s in Scheme}
 
 
 def test_header_vector() -> None:

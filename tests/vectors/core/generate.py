@@ -3,9 +3,12 @@
     .venv/bin/python tests/vectors/core/generate.py
 
 Writes `transactions.json` (signed transactions: Ed25519 ones are deterministic and are
-rebuilt bit for bit by the test; ML-DSA-65 signatures are randomized, so their bytes are
-stored and the test checks decode, re-encode, hash and signature), `header.json` (a block
-header and its hash) and `merkle.json` (a tree's root and an inclusion proof).
+rebuilt bit for bit by the test; ML-DSA-65 and SM2 signatures are randomized, so their bytes
+are stored and the test checks decode, re-encode, hash and signature, and a stored one
+whose body still matches its recipe is kept, so a regeneration changes only what changed;
+an SM2 entry also holds its Z value and e = SM3(Z || M) for the default user ID),
+`header.json` (a block header and its hash) and `merkle.json` (a tree's root and an
+inclusion proof).
 
 Only run this when a change of bytes is intended; the diff of these files is the review.
 """
@@ -16,6 +19,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from qchain import sm2
 from qchain.jsonform import tx_to_json
 from qchain.keys import Scheme, dev_key
 from qchain.merkle import merkle_proof, merkle_root
@@ -58,6 +62,17 @@ TX_RECIPES: list[dict[str, Any]] = [
         "args": ["carol", []],
         "expiry_height": 7,
     },
+    {
+        "name": "sm2-notary-anchor",
+        "scheme": "sm2",
+        "label": "dave",
+        "chain_id": "qchain-vectors",
+        "nonce": 1,
+        "contract": "notary",
+        "method": "anchor",
+        "args": [bytes(range(32)), "sm3", "contract", "c-2026-001", b""],
+        "expiry_height": 0,
+    },
 ]
 
 
@@ -92,20 +107,39 @@ MERKLE_LEAVES = [f"leaf-{i}".encode() for i in range(7)]
 MERKLE_INDEX = 5
 
 
+def sm2_values(tx: Transaction) -> dict[str, str]:
+    """The SM2 signing values of a transaction: user ID, Z and e = SM3(Z || M), where the
+    message M is the 32-byte signing digest."""
+    return {
+        "user_id": sm2.DEFAULT_USER_ID.decode(),
+        "z": sm2.z_value(tx.public_key).hex(),
+        "e": sm2.message_digest(tx.public_key, tx.signing_digest()).hex(),
+    }
+
+
+def tx_vector(recipe: dict[str, Any], stored: dict[str, Any] | None) -> dict[str, Any]:
+    tx = build_tx(recipe)
+    if stored is not None and recipe["scheme"] != "ed25519":
+        old = Transaction.decode(bytes.fromhex(stored["encoded"]))
+        if old.body_bytes() == tx.body_bytes():
+            tx = old
+    vec = {
+        "name": recipe["name"],
+        "dev_key": {"seed": SEED, "label": recipe["label"], "scheme": recipe["scheme"]},
+        "json": tx_to_json(tx),
+        "encoded": tx.encode().hex(),
+        "signing_digest": tx.signing_digest().hex(),
+        "hash": tx.hash.hex(),
+    }
+    if recipe["scheme"] == "sm2":
+        vec["sm2"] = sm2_values(tx)
+    return vec
+
+
 def main() -> None:
-    txs = []
-    for recipe in TX_RECIPES:
-        tx = build_tx(recipe)
-        txs.append(
-            {
-                "name": recipe["name"],
-                "dev_key": {"seed": SEED, "label": recipe["label"], "scheme": recipe["scheme"]},
-                "json": tx_to_json(tx),
-                "encoded": tx.encode().hex(),
-                "signing_digest": tx.signing_digest().hex(),
-                "hash": tx.hash.hex(),
-            }
-        )
+    path = HERE / "transactions.json"
+    stored = {v["name"]: v for v in json.loads(path.read_text())} if path.exists() else {}
+    txs = [tx_vector(r, stored.get(r["name"])) for r in TX_RECIPES]
     h = header()
     proof = merkle_proof(MERKLE_LEAVES, MERKLE_INDEX)
     docs = {
