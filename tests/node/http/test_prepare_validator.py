@@ -1,17 +1,21 @@
 """A partner without the SDK against a real validator (started in process, serving its real
 API on 127.0.0.1): it builds a notary anchor as JSON, asks `POST /v1/txs/prepare` what to
 sign, signs with `cryptography`'s Ed25519 alone, submits the JSON form and sees it commit,
-with the hash it computed itself; a signature over anything else is refused."""
+with the hash it computed itself; a signature over anything else is refused. A second
+partner signs with the `openssl` command-line tool, outside Python altogether."""
 
 from __future__ import annotations
 
 import hashlib
+import shutil
+import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from devnet.network import account_key
@@ -120,5 +124,49 @@ async def test_a_partner_signs_outside_and_the_validator_commits(validator: Vali
         assert (status, problem["type"]) == (422, PROBLEMS + "bad-signature"), problem
 
         # The untampered one commits.
+        status, answer = await partner.call("POST", "/v1/txs?wait=commit&timeout=60", doc)
+        assert (status, answer["status"]) == (200, "committed"), answer
+
+
+async def test_a_signature_made_by_the_openssl_tool_commits(
+    validator: Validator, tmp_path: Path
+) -> None:
+    """The bytes `prepare` answers, signed by `openssl pkeyutl` (no Python in the signing
+    path), submitted as JSON: committed; the same signature on a changed title: refused."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("the openssl command is not installed")
+    async with aiohttp.ClientSession() as session:
+        partner = Partner(session, f"http://{validator.cfg.api.listen}", validator.chain_id)
+        key_pem = tmp_path / "partner1.pem"
+        key_pem.write_bytes(
+            partner.private.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
+        key_pem.chmod(0o600)
+        address = account_key("partner1", "ed25519").address.hex()
+        status, account = await partner.call("GET", f"/v1/accounts/{address}")
+        assert status == 200, account
+        nonce = account.get("pending_nonce", account["nonce"])
+        digest = hashlib.sha256(b"signed by openssl").digest()
+        status, prepared = await partner.call(
+            "POST", "/v1/txs/prepare", partner.anchor(nonce, digest)
+        )
+        assert status == 200, prepared
+        message = tmp_path / "sign_bytes"
+        message.write_bytes(bytes.fromhex(prepared["sign_bytes"]))
+        signed = subprocess.run(
+            [openssl, "pkeyutl", "-sign", "-rawin", "-inkey", str(key_pem), "-in", str(message)],
+            capture_output=True,
+            check=True,
+        )
+        assert len(signed.stdout) == 64, signed.stderr
+        doc = dict(prepared["transaction"], signature=signed.stdout.hex())
+        changed = {**doc, "args": [*doc["args"][:2], "another title", *doc["args"][3:]]}
+        status, problem = await partner.call("POST", "/v1/txs", changed)
+        assert (status, problem["type"]) == (422, PROBLEMS + "bad-signature"), problem
         status, answer = await partner.call("POST", "/v1/txs?wait=commit&timeout=60", doc)
         assert (status, answer["status"]) == (200, "committed"), answer
