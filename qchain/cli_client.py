@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Mapping
 from typing import Any
 
 from qchain.client import Client, ssl_context_for
@@ -25,7 +26,20 @@ def connect(args: argparse.Namespace) -> Client:
     if not url:
         raise ConfigError("--node", "give the node URL with --node or QCHAIN_NODE")
     ctx = ssl_context_for(args.ca_file) if args.ca_file else None
-    return Client(url, ssl_context=ctx, timeout_s=30.0)
+    return Client(url, ssl_context=ctx, timeout_s=30.0, language=user_language(os.environ))
+
+
+def user_language(env: Mapping[str, str]) -> str | None:
+    """The language the user reads, for the node's problem titles: `QCHAIN_LANG`, else the
+    POSIX locale (`LC_ALL`, `LC_MESSAGES`, `LANG`); a Chinese one (`zh_CN.UTF-8`,
+    `zh-Hans`, ...) gives `zh-CN`, anything else None (English)."""
+    for name in ("QCHAIN_LANG", "LC_ALL", "LC_MESSAGES", "LANG"):
+        value = env.get(name, "")
+        if value:
+            tag = value.split(".")[0].split("@")[0].replace("_", "-").lower()
+            chinese = tag == "zh" or tag.startswith(("zh-cn", "zh-hans", "zh-sg"))
+            return "zh-CN" if chinese else None
+    return None
 
 
 def json_argument(text: str, name: str) -> Any:

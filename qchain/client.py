@@ -159,9 +159,13 @@ class AsyncClient:
         *,
         timeout_s: float = 30.0,
         ssl_context: ssl.SSLContext | None = None,
+        language: str | None = None,
     ) -> None:
+        """language: sent as `Accept-Language`, so problem titles come back in it (the
+        node knows `en` and `zh-CN`); None leaves the node's default, English."""
         self.base_url = base_url.rstrip("/")
         self.timeout_s = timeout_s
+        self.language = language
         self._ssl: ssl.SSLContext | bool = ssl_context if ssl_context is not None else True
         self._session: aiohttp.ClientSession | None = None
 
@@ -186,6 +190,7 @@ class AsyncClient:
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(ssl=self._ssl),
                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.timeout_s),
+                headers={"Accept-Language": self.language} if self.language else None,
             )
         return self._session
 
@@ -445,8 +450,11 @@ class Client:
         *,
         timeout_s: float = 30.0,
         ssl_context: ssl.SSLContext | None = None,
+        language: str | None = None,
     ) -> None:
-        self._async = AsyncClient(base_url, timeout_s=timeout_s, ssl_context=ssl_context)
+        self._async = AsyncClient(
+            base_url, timeout_s=timeout_s, ssl_context=ssl_context, language=language
+        )
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(
             target=self._loop.run_forever, name="qchain-client", daemon=True

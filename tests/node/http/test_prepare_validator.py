@@ -6,7 +6,9 @@ partner signs with the `openssl` command-line tool, outside Python altogether.""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import os
 import shutil
 import subprocess
 from collections.abc import AsyncIterator
@@ -19,8 +21,12 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from devnet.network import account_key
+from devnet.spawn import qchain_argv
 from devnet.testing import inproc_network
 from node.runtime import Validator
+from qchain.cli_client import user_language
+from qchain.client import AsyncClient
+from qchain.errors import ApiError
 from qchain.qkd.testing import wait_until
 
 PROBLEMS = "https://qchain.dev/problems/"
@@ -170,3 +176,43 @@ async def test_a_signature_made_by_the_openssl_tool_commits(
         assert (status, problem["type"]) == (422, PROBLEMS + "bad-signature"), problem
         status, answer = await partner.call("POST", "/v1/txs?wait=commit&timeout=60", doc)
         assert (status, answer["status"]) == (200, "committed"), answer
+
+
+async def test_problem_titles_come_in_the_users_language(
+    validator: Validator, tmp_path: Path
+) -> None:
+    """The SDK sends its `language`, the CLI the user's locale: the node's problem titles
+    come back in Chinese for a zh_CN user, in English otherwise."""
+    url = f"http://{validator.cfg.api.listen}"
+    for language, title in ((None, "Not found"), ("zh-CN", "未找到")):
+        async with AsyncClient(url, language=language) as client:
+            with pytest.raises(ApiError) as caught:
+                await client.receipt_bytes("00" * 32)
+        assert (caught.value.code, caught.value.title) == ("not-found", title)
+    for lang, title in (("zh_CN.UTF-8", "未找到"), ("en_US.UTF-8", "Not found")):
+        env = {**os.environ, "LANG": lang, "LC_ALL": "", "LC_MESSAGES": ""}
+        proc = await asyncio.create_subprocess_exec(
+            *qchain_argv(),
+            "receipt",
+            "get",
+            "00" * 32,
+            "--node",
+            url,
+            "--out",
+            str(tmp_path / "r.bin"),
+            env=env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        _, err = await asyncio.wait_for(proc.communicate(), timeout=60)
+        assert proc.returncode == 1
+        assert err.decode().startswith(f"error: {title}"), err.decode()
+
+
+def test_the_cli_reads_the_users_language_from_the_locale() -> None:
+    assert user_language({"LANG": "zh_CN.UTF-8"}) == "zh-CN"
+    assert user_language({"LANG": "zh_CN.UTF-8", "LC_ALL": "en_GB.UTF-8"}) is None
+    assert user_language({"QCHAIN_LANG": "zh-Hans", "LANG": "C"}) == "zh-CN"
+    assert user_language({"LANG": "zh_TW.UTF-8"}) is None
+    assert user_language({"LC_MESSAGES": "zh_SG.GB2312@euro"}) == "zh-CN"
+    assert user_language({}) is None
