@@ -32,6 +32,7 @@ import json
 import re
 import sys
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -628,11 +629,16 @@ def write(site: Site, out: Path) -> list[Path]:
     return written
 
 
-def _peer_cidr(value: str) -> tuple[str, str]:
-    name, sep, cidr = value.rpartition("=")
-    if not sep or not name or not cidr:
-        raise argparse.ArgumentTypeError(f"{value!r} is not NAME=CIDR")
-    return name, cidr
+def name_equals(what: str) -> Callable[[str], tuple[str, str]]:
+    """An argparse type for an option given as NAME=<what>: the pair (NAME, value)."""
+
+    def parse(value: str) -> tuple[str, str]:
+        name, sep, rest = value.rpartition("=")
+        if not sep or not name or not rest:
+            raise argparse.ArgumentTypeError(f"{value!r} is not NAME={what}")
+        return name, rest
+
+    return parse
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -655,7 +661,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument(
         "--peer-cidr",
-        type=_peer_cidr,
+        type=name_equals("CIDR"),
         action="append",
         default=[],
         metavar="NAME=CIDR",

@@ -410,13 +410,6 @@ def commands(sites: list[SwarmSite], out: Path, stack_name: str) -> list[str]:
     return lines
 
 
-def _name_value(value: str) -> tuple[str, str]:
-    name, sep, label = value.rpartition("=")
-    if not sep or not name or not label:
-        raise argparse.ArgumentTypeError(f"{value!r} is not NAME=VALUE")
-    return name, label
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         prog="deploy/swarm/generate.py",
@@ -433,7 +426,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, required=True, help="the stack file to write")
     ap.add_argument(
         "--site-label",
-        type=_name_value,
+        type=k8s.name_equals("VALUE"),
         action="append",
         default=[],
         metavar="NAME=VALUE",
