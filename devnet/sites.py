@@ -76,6 +76,45 @@ def qchain(*args: str, cwd: Path | None = None, timeout: float = 60.0) -> str:
     return done.stdout
 
 
+def _kms_toml(
+    kms_id: str,
+    sae_ids: Sequence[str],
+    *,
+    server: tuple[str, int],
+    tls: tuple[str, str, str],
+    admin: tuple[int, str],
+    rate: str,
+) -> str:
+    """The simulated KMS's config: its server (host, port), TLS files (CA, certificate,
+    key), admin API on loopback (port, token file), key defaults at rate, and its SAEs."""
+    saes = "\n".join(f'[[sae]]\nid = "{s}"\n' for s in sae_ids)
+    return f"""kms_id = "{kms_id}"
+full_mesh = true
+
+[server]
+host = "{server[0]}"
+port = {server[1]}
+
+[tls]
+ca_cert = "{tls[0]}"
+cert = "{tls[1]}"
+key = "{tls[2]}"
+
+[admin]
+host = "127.0.0.1"
+port = {admin[0]}
+token_file = "{admin[1]}"
+
+[defaults]
+profile = "{rate}"
+key_size = 256
+max_key_count = 20000
+max_key_per_request = 128
+initial_key_count = 2048
+
+{saes}"""
+
+
 def write_site_kms(
     directory: Path,
     sae_ids: Sequence[str],
@@ -92,33 +131,17 @@ def write_site_kms(
     token = directory / "admin.token"
     token.write_text(secrets.token_hex(16) + "\n")
     token.chmod(0o600)
-    saes = "\n".join(f'[[sae]]\nid = "{s}"\n' for s in sae_ids)
     config = directory / "kms.toml"
-    config.write_text(f"""kms_id = "site-kms"
-full_mesh = true
-
-[server]
-host = "127.0.0.1"
-port = {port}
-
-[tls]
-ca_cert = "ca/ca.pem"
-cert = "ca/kms.pem"
-key = "ca/kms.key"
-
-[admin]
-host = "127.0.0.1"
-port = {admin_port}
-token_file = "admin.token"
-
-[defaults]
-profile = "{rate}"
-key_size = 256
-max_key_count = 20000
-max_key_per_request = 128
-initial_key_count = 2048
-
-{saes}""")
+    config.write_text(
+        _kms_toml(
+            "site-kms",
+            sae_ids,
+            server=("127.0.0.1", port),
+            tls=("ca/ca.pem", "ca/kms.pem", "ca/kms.key"),
+            admin=(admin_port, "admin.token"),
+            rate=rate,
+        )
+    )
     return SiteKms(
         config,
         f"https://{hosts[-1]}:{port}",
@@ -423,35 +446,18 @@ def write_site_kmes(
 
 
 def _kme_toml(sae: str, kme_hosts: dict[str, str], *, port: int, relay_port: int, rate: str) -> str:
-    saes = "\n".join(f'[[sae]]\nid = "{s}"\n' for s in kme_hosts)
     peers = "\n".join(
         f'"{s}" = "http://{h}:{relay_port}"' for s, h in kme_hosts.items() if s != sae
     )
-    return f"""kms_id = "kme-{sae}"
-full_mesh = true
-
-[server]
-host = "0.0.0.0"
-port = {port}
-
-[tls]
-ca_cert = "ca.pem"
-cert = "kms.pem"
-key = "{KME_SECRETS_DIR}/kms.key"
-
-[admin]
-host = "127.0.0.1"
-port = 9001
-token_file = "{KME_SECRETS_DIR}/admin.token"
-
-[defaults]
-profile = "{rate}"
-key_size = 256
-max_key_count = 20000
-max_key_per_request = 128
-initial_key_count = 2048
-
-{saes}
+    kms = _kms_toml(
+        f"kme-{sae}",
+        list(kme_hosts),
+        server=("0.0.0.0", port),
+        tls=("ca.pem", "kms.pem", f"{KME_SECRETS_DIR}/kms.key"),
+        admin=(9001, f"{KME_SECRETS_DIR}/admin.token"),
+        rate=rate,
+    )
+    return f"""{kms}
 [relay]
 local_sae = "{sae}"
 host = "0.0.0.0"

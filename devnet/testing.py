@@ -9,16 +9,21 @@ drive the real node code (and, as a hostile peer, a real validator's transport a
 without spawning processes.
 
 `anchor_tx` is the notary transaction that tests of running devnets (in-process, local
-processes, Docker) send to see the chain commit.
+processes, Docker) send to see the chain commit; `until` polls with a deadline, and
+`run_qchain` runs the command-line tool to completion.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+import subprocess
+import time
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import TypeVar
 
 from devnet.network import plan_network, write_network
+from devnet.spawn import qchain_argv
 from node.runtime import Validator
 from qchain.config import load_config
 from qchain.keys import SigningKey
@@ -72,3 +77,24 @@ def anchor_tx(
         method="anchor",
         args=[digest, "sha256", f"evidence {nonce}" if title is None else title, category, b""],
     )
+
+
+T = TypeVar("T")
+
+
+def until(what: str, check: Callable[[], T], timeout: float) -> T:
+    """Poll check every 0.1 s until it returns a true value; that value. Fails naming what
+    when timeout seconds pass first."""
+    deadline = time.monotonic() + timeout
+    while True:
+        got = check()
+        if got:
+            return got
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+
+def run_qchain(*args: str, timeout: float) -> subprocess.CompletedProcess[str]:
+    """`qchain ARGS` with this interpreter, run to completion, its output captured."""
+    return subprocess.run(qchain_argv(*args), capture_output=True, text=True, timeout=timeout)

@@ -46,6 +46,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from qchain.config import load_toml
 from qchain.errors import ConfigError
 from qchain.keys import SigningKey
+from qchain.qkd.certs import subject_alt_names
 
 SITE_TOML = "site.toml"
 JOIN_JSON = "join.json"
@@ -220,12 +221,6 @@ def self_signed_cert(common_name: str, hosts: list[str]) -> tuple[bytes, bytes]:
             x509.NameAttribute(NameOID.COMMON_NAME, f"qchain API of {common_name}"[:64]),
         ]
     )
-    sans: list[x509.GeneralName] = []
-    for h in hosts:
-        try:
-            sans.append(x509.IPAddress(ipaddress.ip_address(h)))
-        except ValueError:
-            sans.append(x509.DNSName(h))
     now = datetime.datetime.now(datetime.UTC)
     cert = (
         x509.CertificateBuilder()
@@ -236,7 +231,7 @@ def self_signed_cert(common_name: str, hosts: list[str]) -> tuple[bytes, bytes]:
         .not_valid_before(now - datetime.timedelta(minutes=5))
         .not_valid_after(now + datetime.timedelta(days=CERT_DAYS))
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+        .add_extension(subject_alt_names(hosts), critical=False)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         .sign(key, hashes.SHA256())
     )

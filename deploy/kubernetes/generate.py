@@ -32,6 +32,7 @@ import json
 import re
 import sys
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -186,44 +187,60 @@ def _listen(node: dict[str, Any], table: str, path: Path, default: str = "") -> 
     return _host_port(str(value), f"{path} [{table}] listen")
 
 
-def _check_node_toml(node: dict[str, Any], path: Path) -> tuple[int, int]:
-    """The P2P and API listen ports; refuses a node.toml whose files are not where the pod
-    mounts them, whose store is elsewhere, or whose admin API is not on loopback."""
+@dataclass(frozen=True)
+class Runtime:
+    """Where a platform mounts a validator's files, and the words its errors use."""
+
+    secrets_dir: PurePosixPath
+    holder: str
+    """What mounts the files and keeps the store: "pod", "service"."""
+    box: str
+    """What the process runs in: "pod", "container"."""
+    reach: str
+    """How an operator reaches the admin API inside it."""
+
+
+POD = Runtime(SECRETS_DIR, "pod", "pod", "kubectl port-forward")
+
+
+def check_node_toml(node: dict[str, Any], path: Path, rt: Runtime = POD) -> tuple[int, int]:
+    """The P2P and API listen ports; refuses a node.toml whose files are not where the
+    runtime mounts them, whose store is elsewhere, or whose admin API is not on loopback."""
     for (table, key), want in {**PUBLIC_PATHS, **SECRET_PATHS}.items():
         value = _field(node, table, key, path)
         where = f"{path} [{table}] {key}"
         if not isinstance(value, str):
             raise SiteError(
-                f"{where}: missing; the pod needs {want} (the API serves TLS, and a pilot "
-                "site's key manager uses mutual TLS: validator init --kme-cert --kme-key "
-                "--kme-ca)"
+                f"{where}: missing; the {rt.holder} needs {want} (the API serves TLS, and a "
+                "pilot site's key manager uses mutual TLS: validator init --kme-cert "
+                "--kme-key --kme-ca)"
             )
-        base = SECRETS_DIR if (table, key) in SECRET_PATHS else CONFIG_DIR
+        base = rt.secrets_dir if (table, key) in SECRET_PATHS else CONFIG_DIR
         got = PurePosixPath(value)
         if (got if got.is_absolute() else CONFIG_DIR / got) != base / want:
             raise SiteError(
-                f"{where} = {value!r}: in the pod this file is {base / want}; write "
-                "node.toml with `qchain node config --secrets-dir /run/secrets/qchain "
-                "--data-dir /var/lib/qchain`"
+                f"{where} = {value!r}: in the {rt.box} this file is {base / want}; write "
+                f"node.toml with `qchain node config --secrets-dir {rt.secrets_dir} "
+                f"--data-dir {DATA_DIR}`"
             )
     data_dir = _field(node, "node", "data_dir", path)
     if data_dir != str(DATA_DIR):
         raise SiteError(
-            f"{path} [node] data_dir = {data_dir!r}: the pod keeps its store at "
+            f"{path} [node] data_dir = {data_dir!r}: the {rt.holder} keeps its store at "
             f"{DATA_DIR}; write node.toml with `qchain node config ... --data-dir {DATA_DIR}`"
         )
     admin_host, _ = _listen(node, "admin", path, "127.0.0.1:9000")
     if admin_host not in LOOPBACK:
         raise SiteError(
             f"{path} [admin] listen: {admin_host} is not loopback; the admin API must stay "
-            "inside the pod (reach it with kubectl port-forward)"
+            f"inside the {rt.box} (reach it with {rt.reach})"
         )
     ports = []
     for table in ("p2p", "api"):
         host, port = _listen(node, table, path)
         if host in LOOPBACK:
             raise SiteError(
-                f"{path} [{table}] listen: {host} is loopback; the pod must listen on "
+                f"{path} [{table}] listen: {host} is loopback; the {rt.box} must listen on "
                 f"0.0.0.0 (validator init --{table}-listen)"
             )
         ports.append(port)
@@ -293,9 +310,7 @@ def load_site(
             )
     site = _read_toml(site_dir / "site.toml")
     name = _text(site, "name", f"{site_dir / 'site.toml'}")
-    p2p_port, api_port = _check_node_toml(
-        _read_toml(site_dir / "node.toml"), site_dir / "node.toml"
-    )
+    p2p_port, api_port = check_node_toml(_read_toml(site_dir / "node.toml"), site_dir / "node.toml")
     own = slug(name)
     p2p = endpoint(
         *_host_port(_text(site, "p2p", "site.toml"), "site.toml p2p"),
@@ -614,11 +629,16 @@ def write(site: Site, out: Path) -> list[Path]:
     return written
 
 
-def _peer_cidr(value: str) -> tuple[str, str]:
-    name, sep, cidr = value.rpartition("=")
-    if not sep or not name or not cidr:
-        raise argparse.ArgumentTypeError(f"{value!r} is not NAME=CIDR")
-    return name, cidr
+def name_equals(what: str) -> Callable[[str], tuple[str, str]]:
+    """An argparse type for an option given as NAME=<what>: the pair (NAME, value)."""
+
+    def parse(value: str) -> tuple[str, str]:
+        name, sep, rest = value.rpartition("=")
+        if not sep or not name or not rest:
+            raise argparse.ArgumentTypeError(f"{value!r} is not NAME={what}")
+        return name, rest
+
+    return parse
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -641,7 +661,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument(
         "--peer-cidr",
-        type=_peer_cidr,
+        type=name_equals("CIDR"),
         action="append",
         default=[],
         metavar="NAME=CIDR",

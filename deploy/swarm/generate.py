@@ -70,6 +70,7 @@ SECRET_FILES: tuple[str, ...] = k8s.SECRET_FILES
 KME_CONFIG_FILES = ("kme.toml", "ca.pem", "kms.pem")
 KME_SECRET_FILES = ("kms.key", "relay.secret", "admin.token")
 UID = str(k8s.UID)
+SWARM = k8s.Runtime(SECRETS_DIR, "service", "container", "docker exec")
 LABEL = "qchain.site"
 """The swarm node label that says which site's services a node runs."""
 NETWORK = "qchain"
@@ -120,45 +121,8 @@ class SwarmSite:
 def check_node_toml(node: dict[str, Any], path: Path) -> tuple[int, int]:
     """The P2P and API listen ports; refuses a node.toml whose files are not where the
     service mounts them, whose store is elsewhere, or whose admin API is not on loopback."""
-    for (table, key), want in {**k8s.PUBLIC_PATHS, **k8s.SECRET_PATHS}.items():
-        value = k8s._field(node, table, key, path)
-        where = f"{path} [{table}] {key}"
-        if not isinstance(value, str):
-            raise SiteError(
-                f"{where}: missing; the service needs {want} (the API serves TLS, and a "
-                "pilot site's key manager uses mutual TLS: validator init --kme-cert "
-                "--kme-key --kme-ca)"
-            )
-        base = SECRETS_DIR if (table, key) in k8s.SECRET_PATHS else CONFIG_DIR
-        got = PurePosixPath(value)
-        if (got if got.is_absolute() else CONFIG_DIR / got) != base / want:
-            raise SiteError(
-                f"{where} = {value!r}: in the container this file is {base / want}; write "
-                "node.toml with `qchain node config --secrets-dir /run/secrets --data-dir "
-                "/var/lib/qchain`"
-            )
-    data_dir = k8s._field(node, "node", "data_dir", path)
-    if data_dir != str(DATA_DIR):
-        raise SiteError(
-            f"{path} [node] data_dir = {data_dir!r}: the service keeps its store at "
-            f"{DATA_DIR}; write node.toml with `qchain node config ... --data-dir {DATA_DIR}`"
-        )
-    admin_host, _ = k8s._listen(node, "admin", path, "127.0.0.1:9000")
-    if admin_host not in k8s.LOOPBACK:
-        raise SiteError(
-            f"{path} [admin] listen: {admin_host} is not loopback; the admin API must stay "
-            "inside the container (reach it with docker exec)"
-        )
-    ports = []
-    for table in ("p2p", "api"):
-        host, port = k8s._listen(node, table, path)
-        if host in k8s.LOOPBACK:
-            raise SiteError(
-                f"{path} [{table}] listen: {host} is loopback; the container must listen on "
-                f"0.0.0.0 (validator init --{table}-listen)"
-            )
-        ports.append(port)
-    return ports[0], ports[1]
+    ports: tuple[int, int] = k8s.check_node_toml(node, path, SWARM)
+    return ports
 
 
 def _kme(site: dict[str, Any], where: str) -> tuple[str, int]:
@@ -446,13 +410,6 @@ def commands(sites: list[SwarmSite], out: Path, stack_name: str) -> list[str]:
     return lines
 
 
-def _name_value(value: str) -> tuple[str, str]:
-    name, sep, label = value.rpartition("=")
-    if not sep or not name or not label:
-        raise argparse.ArgumentTypeError(f"{value!r} is not NAME=VALUE")
-    return name, label
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         prog="deploy/swarm/generate.py",
@@ -469,7 +426,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, required=True, help="the stack file to write")
     ap.add_argument(
         "--site-label",
-        type=_name_value,
+        type=k8s.name_equals("VALUE"),
         action="append",
         default=[],
         metavar="NAME=VALUE",

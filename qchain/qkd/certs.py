@@ -83,6 +83,18 @@ def make_ca(common_name: str = "qchain devnet KMS CA", days: int = VALID_DAYS) -
     return Issued(key, cert)
 
 
+def subject_alt_names(hosts: Iterable[str]) -> x509.SubjectAlternativeName:
+    """The names a server certificate is valid for: IP addresses as such, the rest as DNS
+    names."""
+    sans: list[x509.GeneralName] = []
+    for h in hosts:
+        try:
+            sans.append(x509.IPAddress(ipaddress.ip_address(h)))
+        except ValueError:
+            sans.append(x509.DNSName(h))
+    return x509.SubjectAlternativeName(sans)
+
+
 def issue(
     ca: Issued,
     common_name: str,
@@ -104,13 +116,7 @@ def issue(
         )
     )
     if hosts:
-        sans: list[x509.GeneralName] = []
-        for h in hosts:
-            try:
-                sans.append(x509.IPAddress(ipaddress.ip_address(h)))
-            except ValueError:
-                sans.append(x509.DNSName(h))
-        builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
+        builder = builder.add_extension(subject_alt_names(hosts), critical=False)
         usage = ExtendedKeyUsageOID.SERVER_AUTH
     else:
         usage = ExtendedKeyUsageOID.CLIENT_AUTH

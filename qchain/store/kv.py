@@ -64,7 +64,26 @@ class Batch(Writes):
         return len(self._writes)
 
 
-class Snapshot(ABC):
+class Closable(ABC):
+    """Something released by `close`; `with` closes it at the end of the block."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release it. Later calls raise `StorageError`."""
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class Snapshot(Closable):
     """A read-only view of a store as it was when `KVStore.snapshot` was called."""
 
     @abstractmethod
@@ -82,19 +101,8 @@ class Snapshot(ABC):
     def close(self) -> None:
         """Release the snapshot. Later calls raise `StorageError`."""
 
-    def __enter__(self) -> Self:
-        return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-
-class KVStore(ABC):
+class KVStore(Closable):
     """Ordered byte-key store with atomic batches."""
 
     on_corrupt: Callable[[StorageCorrupt], None] | None = None
@@ -137,17 +145,6 @@ class KVStore(ABC):
     @abstractmethod
     def close(self) -> None:
         """Release the store (and every open snapshot). Later calls raise `StorageError`."""
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 def open_store(path: str | Path | None) -> KVStore:

@@ -15,7 +15,6 @@ The example is regenerated with
 from __future__ import annotations
 
 import copy
-import importlib.util
 import json
 import os
 import re
@@ -23,7 +22,6 @@ import subprocess
 import sys
 import tomllib
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import kubernetes_validate
@@ -34,6 +32,8 @@ from kubernetes_validate.utils import latest_version, major_minor
 from devnet.sites import SiteKms, init_validator, qchain, run_ceremony, write_members
 from qchain.config import parse_config
 
+from .generators import load_generator
+
 REPO = Path(__file__).resolve().parents[2]
 K8S_DIR = REPO / "deploy" / "kubernetes"
 EXAMPLE = K8S_DIR / "example"
@@ -41,16 +41,7 @@ K8S_VERSION = "1.37"
 """The newest Kubernetes version whose schemas the pinned kubernetes-validate bundles."""
 
 
-def _generator() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("qchain_k8s_generate", K8S_DIR / "generate.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up by name
-    spec.loader.exec_module(module)
-    return module
-
-
-gen = _generator()
+gen = load_generator("qchain_k8s_generate", K8S_DIR / "generate.py")
 
 PILOT = {
     # name: (p2p hint, api URL, the address it connects to peers from)

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import importlib.util
 import json
 import os
 import ssl
@@ -33,7 +32,6 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
@@ -58,6 +56,7 @@ from ..devnet.dockernet.docker_support import (
     docker_lock,
     skip_without_docker,
 )
+from .generators import load_generator
 
 REPO = Path(__file__).resolve().parents[2]
 NAMES = ("alpha", "bravo", "charlie", "delta")
@@ -66,17 +65,7 @@ LABEL = "qchain-swarm-test"
 """The value of the node label qchain.site that places every site on this machine."""
 
 
-def _generator() -> ModuleType:
-    path = REPO / "deploy" / "swarm" / "generate.py"
-    spec = importlib.util.spec_from_file_location("qchain_swarm_generate", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up by name
-    spec.loader.exec_module(module)
-    return module
-
-
-gen = _generator()
+gen = load_generator("qchain_swarm_generate", REPO / "deploy" / "swarm" / "generate.py")
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,7 @@ import pytest
 from devnet.local import LocalNetwork, running_network
 from devnet.network import account_key, plan_network
 from devnet.nodeapi import http_json
-from devnet.testing import anchor_tx
+from devnet.testing import anchor_tx, run_qchain
 from qchain.client import AsyncClient
 from qchain.types import Transaction
 
@@ -129,19 +129,12 @@ async def test_transactions_commit_everywhere_and_receipts_verify(devnet: LocalN
         receipt_file = devnet.dir / "receipt.bin"
         receipt_file.write_bytes(await c.receipt_bytes(txs[-1].hash))
     assert_same_chain(devnet)
-    verify = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "qchain.cli",
-            "receipt",
-            "verify",
-            str(receipt_file),
-            "--genesis",
-            str(devnet.dir / "genesis.json"),
-        ],
-        capture_output=True,
-        text=True,
+    verify = run_qchain(
+        "receipt",
+        "verify",
+        str(receipt_file),
+        "--genesis",
+        str(devnet.dir / "genesis.json"),
         timeout=60,
     )
     assert verify.returncode == 0, verify.stdout + verify.stderr

@@ -19,7 +19,7 @@ import pytest
 from devnet.local import LocalNetwork, running_network
 from devnet.network import account_key, plan_network
 from devnet.nodeapi import http_call, http_json
-from devnet.testing import anchor_tx
+from devnet.testing import anchor_tx, run_qchain
 from qchain.client import AsyncClient
 from qchain.jsonform import tx_to_json
 from qchain.keys import SigningKey
@@ -69,19 +69,12 @@ async def test_sm2_anchors_commit_everywhere(devnet: LocalNetwork) -> None:
     for n in nodes:
         doc = http_json(f"{n.api_url}/v1/txs/{txs[-1].hash.hex()}")
         assert doc["status"] == "committed"
-    verify = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "qchain.cli",
-            "receipt",
-            "verify",
-            str(devnet.dir / "receipt-sm2.bin"),
-            "--genesis",
-            str(devnet.dir / "genesis.json"),
-        ],
-        capture_output=True,
-        text=True,
+    verify = run_qchain(
+        "receipt",
+        "verify",
+        str(devnet.dir / "receipt-sm2.bin"),
+        "--genesis",
+        str(devnet.dir / "genesis.json"),
         timeout=60,
     )
     assert verify.returncode == 0, verify.stdout + verify.stderr

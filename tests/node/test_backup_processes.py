@@ -12,19 +12,16 @@
 from __future__ import annotations
 
 import shutil
-import subprocess
-import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from devnet.local import LocalNetwork, running_network
 from devnet.network import account_key, plan_network
 from devnet.nodeapi import http_json
-from devnet.testing import anchor_tx
+from devnet.testing import anchor_tx, run_qchain, until
 from node.backup import check_backup, expected_of
 from node.rebuild import LEASE_MARGIN
 from qchain.client import Client
@@ -56,21 +53,8 @@ class Txs:
         return tx
 
 
-def _until(what: str, check: Callable[[], Any], timeout: float = 60.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        got = check()
-        if got:
-            return got
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
-
-
-def _qchain(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "qchain.cli", *args], capture_output=True, text=True, timeout=120
-    )
+_until = partial(until, timeout=60.0)
+_qchain = partial(run_qchain, timeout=120)
 
 
 def _commit(net: LocalNetwork, node: str, tx: Transaction) -> int:

@@ -19,12 +19,30 @@ from typing import Any
 import pytest
 
 from contracts.genesis import parse_genesis
-from node.notary_evidence import EVIDENCE_VERSION, NotaryEvidence, check_evidence, file_digest
+from node.notary_evidence import (
+    EVIDENCE_VERSION,
+    Anchored,
+    NotaryEvidence,
+    check_evidence,
+    file_digest,
+)
 
 from .test_notary_evidence import GENESIS, PARTNERS, anchor_tx, committed
 
 VECTOR = Path(__file__).parents[1] / "vectors" / "node" / "notary_evidence.json"
 DOCUMENT = b"abc"
+
+
+def _expected(found: Anchored) -> dict[str, Any]:
+    """What the vector records of the verified evidence, and checks again."""
+    return {
+        "digest": found.digest.hex(),
+        "algorithm": found.algorithm,
+        "member": found.member.hex(),
+        "height": found.height,
+        "time_utc": found.time_utc,
+        "tx_hash": found.tx_hash.hex(),
+    }
 
 
 def build_vector(tmp_path: Path) -> dict[str, Any]:
@@ -39,14 +57,7 @@ def build_vector(tmp_path: Path) -> dict[str, Any]:
         "document_hex": DOCUMENT.hex(),
         "genesis": GENESIS.to_json(),
         "evidence_hex": ev.encode().hex(),
-        "expected": {
-            "digest": found.digest.hex(),
-            "algorithm": found.algorithm,
-            "member": found.member.hex(),
-            "height": found.height,
-            "time_utc": found.time_utc,
-            "tx_hash": found.tx_hash.hex(),
-        },
+        "expected": _expected(found),
     }
 
 
@@ -65,13 +76,6 @@ def test_stored_evidence_still_decodes_and_verifies(tmp_path: Path) -> None:
     doc.write_bytes(bytes.fromhex(vector["document_hex"]))
     found = check_evidence(ev, doc, parse_genesis(vector["genesis"]))
     expected = vector["expected"]
-    assert {
-        "digest": found.digest.hex(),
-        "algorithm": found.algorithm,
-        "member": found.member.hex(),
-        "height": found.height,
-        "time_utc": found.time_utc,
-        "tx_hash": found.tx_hash.hex(),
-    } == expected
+    assert _expected(found) == expected
     # SM3("abc"), GB/T 32905-2016 example 1.
     assert expected["digest"] == "66c7f0f462eeedd9d1f2d46bdc10e4e24167c4875cf2f7a2297da02b8f4ba8e0"

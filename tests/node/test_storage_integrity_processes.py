@@ -7,18 +7,15 @@ peers, becomes ready, and the chain keeps committing."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from devnet.local import LocalNetwork, running_network
 from devnet.network import account_key, plan_network
-from devnet.testing import anchor_tx
+from devnet.testing import anchor_tx, run_qchain, until
 from node.genesis_file import load_genesis
 from qchain.client import Client
 from qchain.errors import ApiError
@@ -43,22 +40,8 @@ def _anchor(chain_id: str, nonce: int) -> Transaction:
     return anchor_tx(account_key("partner1", SCHEME), chain_id, nonce, bytes([nonce]) * 32)
 
 
-def _until(what: str, check: Callable[[], Any], timeout: float = 20.0) -> Any:
-    """Poll check until it returns a true value; that value. Fails naming what."""
-    deadline = time.monotonic() + timeout
-    while True:
-        got = check()
-        if got:
-            return got
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
-
-
-def _qchain(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "qchain.cli", *args], capture_output=True, text=True, timeout=60
-    )
+_until = partial(until, timeout=20.0)
+_qchain = partial(run_qchain, timeout=60)
 
 
 @pytest.mark.parametrize("target", ["certificate", "block"])

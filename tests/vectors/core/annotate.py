@@ -25,7 +25,7 @@ from typing import Any
 from cryptography.hazmat.primitives import hashes
 
 from qchain.hashing import Domain
-from qchain.jsonform import tx_from_json
+from qchain.jsonform import tx_from_json, tx_to_json_fields
 from qchain.keys import address_of
 from qchain.types import Transaction
 
@@ -34,19 +34,6 @@ WIDTH = 24
 """Bytes per dump line."""
 ELIDE_OVER = 100
 """Byte strings longer than this show their first and last 16 bytes."""
-
-FIELDS = (
-    "chain_id",
-    "sender",
-    "nonce",
-    "contract",
-    "method",
-    "args",
-    "expiry_height",
-    "scheme",
-    "public_key",
-    "signature",
-)
 
 SM2_ID = b"1234567812345678"
 """The SM2 user ID qchain signs with, the standard's default (GM/T 0009-2012)."""
@@ -164,7 +151,7 @@ def _struct(data: bytes) -> list[Line]:
     n = data[0] & 0x0F
     lines: list[Line] = [(data[:1], f"fixarray ({data[0]:#04x} = 0x90|{n}): {n} fields")]
     at = 1
-    for name in FIELDS[:n]:
+    for name in tx_to_json_fields()[:n]:
         more, at = _item(data, at, name)
         lines += more
     if at != len(data):
