@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -17,6 +17,7 @@ import pytest
 from devnet.local import LocalNetwork, running_network
 from devnet.network import NodePlan, plan_network
 from devnet.nodeapi import http_json
+from devnet.testing import until
 from node.transport import HELLO_MAGIC
 
 pytestmark = pytest.mark.slow
@@ -78,13 +79,23 @@ def refused(node: NodePlan) -> int:
     return total
 
 
+def inbound_all_up(node: NodePlan) -> Callable[[], dict[str, object] | None]:
+    """A check for `until`: the node's inbound handshake counts by peer once every peer
+    has dialled in (each directed link is dialled by its sender, so before that a first
+    handshake is still to come and is no re-made link), else None."""
+
+    def check() -> dict[str, object] | None:
+        counts = {sae: s["handshakes"] for sae, s in link_stats(node).items()}
+        return counts if all(int(str(n)) >= 1 for n in counts.values()) else None
+
+    return check
+
+
 async def test_hello_flood_on_two_nodes_does_not_stop_the_chain(devnet: LocalNetwork) -> None:
     nodes = devnet.plan.nodes
     targets = nodes[:2]
-    handshakes = {
-        t.name: {sae: s["handshakes"] for sae, s in link_stats(t).items()} for t in targets
-    }
     start = max(s["height"] for s in devnet.wait_ready(1, 30).values())
+    handshakes = {t.name: until(f"links into {t.name}", inbound_all_up(t), 30) for t in targets}
     stop = asyncio.Event()
     attacks = [
         asyncio.create_task(hammer(t, [n.index for n in nodes if n is not t], stop))
