@@ -9,7 +9,6 @@ transaction is ready, and lets a waiting leader build.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 
 from consensus.events import Event, MempoolNonEmpty
@@ -18,6 +17,7 @@ from contracts.state import StateReader
 from node.mempool import Account, Mempool
 from node.metrics import NodeMetrics
 from node.pacing import BlockPacer
+from qchain import clock
 from qchain.store.kv import KVStore
 from qchain.types import Transaction
 
@@ -91,7 +91,7 @@ class Admission:
     def admit(self, tx: Transaction, *, local: bool = False) -> bool:
         """Admit tx (local: a client submitted it to this node). True if new; raises
         what `Mempool.add` raises."""
-        new = self.mempool.add(tx, height=self.committed(), now=time.monotonic(), local=local)
+        new = self.mempool.add(tx, height=self.committed(), now=clock.monotonic(), local=local)
         if new:
             self.metrics.observe_mempool(len(self.mempool), self.mempool.size_bytes)
             if self.idle_mode and not self.ready_signalled and self.mempool.has_ready():

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from typing import Any
 
 from aiohttp import web
@@ -20,6 +19,7 @@ from node.http.context import SERVICE, json_response
 from node.http.params import MSGPACK_TYPES, media_type, parse_hash, parse_seconds, wants_msgpack
 from node.http.problems import log_server_error, problem_doc
 from node.service import NodeService, TxStatus
+from qchain import clock
 from qchain.codec import Limits, decode_value
 from qchain.errors import (
     BadParameter,
@@ -216,8 +216,8 @@ async def get_receipt(request: web.Request) -> web.Response:
     if st is not None and st.state == "committed":
         # Committed, but the certificate's signatures travel with the validators'
         # DONE messages and may still be arriving: wait for them a moment.
-        deadline = time.monotonic() + CERTIFICATE_WAIT_S
-        while rp is None and time.monotonic() < deadline:
+        deadline = clock.monotonic() + CERTIFICATE_WAIT_S
+        while rp is None and clock.monotonic() < deadline:
             await asyncio.sleep(0.02)
             rp = service.receipt_proof(h)
     if rp is None:

@@ -1,0 +1,66 @@
+"""The fault schedule of one simulated run: a list of timed actions, drawn from the seed.
+
+Faults happen in the first `FAULT_SHARE` of the run; at that moment everything heals
+(links clean, partitions gone, crashed nodes restarted, key links refilled), and the rest
+of the run shows whether the network recovers (the liveness check).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+FAULT_SHARE = 0.6
+
+
+@dataclass(frozen=True)
+class Action:
+    t: float
+    kind: str
+    """link, partition, unpartition, crash, restart, keys-off, keys-on, heal."""
+    args: dict[str, Any] = field(default_factory=dict)
+
+
+def heal_time(seconds: float) -> float:
+    return round(seconds * FAULT_SHARE, 3)
+
+
+def draw(rng: random.Random, n: int, seconds: float, *, crashes: bool = True) -> list[Action]:
+    """Episodes of link faults, partitions, crashes and key starvation; at most one node
+    crashed at a time."""
+    end = heal_time(seconds)
+    actions: list[Action] = []
+    down_until = 0.0
+    for _ in range(max(1, int(seconds / 4))):
+        t = round(rng.uniform(0.5, max(0.6, end - 0.5)), 3)
+        d = round(rng.uniform(0.3, min(6.0, max(0.4, end - t))), 3)
+        kind = rng.choice(["link", "link", "partition", "crash", "keys"])
+        node = rng.randrange(n)
+        if kind == "crash" and (not crashes or t < down_until):
+            kind = "link"
+        if kind == "link":
+            peer = rng.choice([j for j in range(n) if j != node])
+            faults = {
+                "drop_pct": round(rng.choice([0, 0, 5, 20, 50]), 1),
+                "duplicate_pct": rng.choice([0, 5, 20]),
+                "reorder_pct": rng.choice([0, 5, 20]),
+                "corrupt_pct": rng.choice([0, 0, 2, 10]),
+                "jitter_s": rng.choice([0.003, 0.02, 0.1]),
+            }
+            actions.append(Action(t, "link", {"src": node, "dst": peer, **faults}))
+            actions.append(Action(t + d, "link", {"src": node, "dst": peer}))
+        elif kind == "partition":
+            actions.append(Action(t, "partition", {"node": node}))
+            actions.append(Action(t + d, "unpartition", {"node": node}))
+        elif kind == "crash":
+            actions.append(Action(t, "crash", {"node": node}))
+            actions.append(Action(t + d, "restart", {"node": node}))
+            down_until = t + d
+        else:
+            peer = rng.choice([j for j in range(n) if j != node])
+            actions.append(Action(t, "keys-off", {"a": node, "b": peer}))
+            actions.append(Action(t + d, "keys-on", {"a": node, "b": peer}))
+    actions = [a for a in actions if a.t < end]
+    actions.append(Action(end, "heal"))
+    return sorted(actions, key=lambda a: a.t)
