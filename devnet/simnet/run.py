@@ -1,6 +1,6 @@
 """One whole-network simulated run, from a seed to a verdict.
 
-`run(spec)` writes a devnet plan (ed25519, the test timing profile) to a temporary
+`simulate(spec)` writes a devnet plan (ed25519, the test timing profile) to a temporary
 directory, starts `spec.validators` real `Validator`s on a `VirtualLoop` over a `SimNet`,
 with a seeded key manager, a memory store per node and a seeded client, plays the seed's
 fault schedule, heals, lets the network recover, and runs the fault kit's checkers. The
@@ -109,7 +109,7 @@ class Trace:
             self.lines.append(line)
 
 
-def run(spec: Spec, *, keep_trace: bool = False) -> Outcome:
+def simulate(spec: Spec, *, keep_trace: bool = False) -> Outcome:
     started = time.perf_counter()
     loop = VirtualLoop(spec.seed)
     trace = Trace(loop, keep_trace)
