@@ -30,7 +30,7 @@ from devnet.faults.checkers import (
     check_lost_writes,
 )
 from devnet.faults.history import KmsSample
-from devnet.network import plan_network, write_network
+from devnet.network import NetworkPlan, plan_network, write_network
 from devnet.simnet.loop import VirtualLoop
 from devnet.simnet.schedule import Action, draw, heal_time
 from devnet.simnet.world import SAMPLE_EVERY_S, Client, World
@@ -122,8 +122,9 @@ def simulate(spec: Spec, *, keep_trace: bool = False) -> Outcome:
     loop.set_exception_handler(on_error)
     logging.getLogger("qchain").setLevel(logging.CRITICAL)
     try:
-        with tempfile.TemporaryDirectory(prefix="qchain-simnet-") as tmp:
-            checks, heights = loop.run_until_complete(_main(spec, Path(tmp), loop, trace))
+        checks, heights = loop.run_until_complete(
+            _main(spec, _network(spec.validators), loop, trace)
+        )
     finally:
         _drain(loop)
         loop.close()
@@ -149,13 +150,29 @@ def _drain(loop: VirtualLoop) -> None:
     loop.run_until_complete(loop.shutdown_asyncgens())
 
 
+_NETWORKS: dict[int, tuple[NetworkPlan, Path]] = {}
+_TMP: list[tempfile.TemporaryDirectory[str]] = []
+
+
+def _network(validators: int) -> tuple[NetworkPlan, Path]:
+    """The devnet plan of `validators` nodes, written once per process (its keys and
+    genesis do not depend on the seed; every run has its own memory stores)."""
+    if validators not in _NETWORKS:
+        if not _TMP:
+            _TMP.append(tempfile.TemporaryDirectory(prefix="qchain-simnet-"))
+        directory = Path(_TMP[0].name) / f"n{validators}"
+        plan = plan_network(
+            base_port=27000, scheme="ed25519", heartbeat_ms=200, validators=validators
+        )
+        write_network(directory, plan)
+        _NETWORKS[validators] = (plan, directory)
+    return _NETWORKS[validators]
+
+
 async def _main(
-    spec: Spec, directory: Path, loop: VirtualLoop, trace: Trace
+    spec: Spec, network: tuple[NetworkPlan, Path], loop: VirtualLoop, trace: Trace
 ) -> tuple[list[CheckResult], dict[str, int]]:
-    plan = plan_network(
-        base_port=27000, scheme="ed25519", heartbeat_ms=200, validators=spec.validators
-    )
-    write_network(directory, plan)
+    plan, directory = network
     configs = [load_config(directory / "nodes" / n.name / "config.toml") for n in plan.nodes]
     world = World(loop, plan, configs, spec.seed, trace)
     if spec.actions is not None:

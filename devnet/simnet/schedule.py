@@ -1,6 +1,7 @@
 """The fault schedule of one simulated run: a list of timed actions, drawn from the seed.
 
-Faults happen in the first `FAULT_SHARE` of the run; at that moment everything heals
+Faults happen in the first `FAULT_SHARE` of the run (ending at least `RECOVERY_S` before
+its end); at that moment everything heals
 (links clean, partitions gone, crashed nodes restarted, key links refilled), and the rest
 of the run shows whether the network recovers (the liveness check).
 """
@@ -12,6 +13,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 FAULT_SHARE = 0.6
+RECOVERY_S = 3.0
+"""At least this long between the heal and the end (a short run has a shorter fault
+window rather than an unfair liveness deadline)."""
 
 
 @dataclass(frozen=True)
@@ -23,7 +27,7 @@ class Action:
 
 
 def heal_time(seconds: float) -> float:
-    return round(seconds * FAULT_SHARE, 3)
+    return round(max(min(seconds * FAULT_SHARE, seconds - RECOVERY_S), seconds / 3), 3)
 
 
 def draw(rng: random.Random, n: int, seconds: float, *, crashes: bool = True) -> list[Action]:

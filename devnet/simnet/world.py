@@ -31,7 +31,7 @@ KEY_RATE_BPS = 2_000_000
 """Key generation per link: far above what a few validators spend, so only the schedule's
 outages starve a link."""
 SAMPLE_EVERY_S = 0.5
-RESUBMIT_AFTER_S = 4.0
+RESUBMIT_AFTER_S = 1.0
 
 
 class SimDisk(MemoryStore):

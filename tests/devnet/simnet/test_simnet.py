@@ -1,0 +1,175 @@
+"""The whole-network simulator: real validators on virtual time over a simulated network.
+
+A clean run commits and passes every checker; a run with seeded faults (partitions,
+crashes, lossy and tampering links, key outages) heals and passes them; a failing run
+replays to the identical event trace; the schedule, the loop and the network are
+functions of the seed."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+
+import pytest
+
+from devnet.simnet.loop import Stalled, VirtualLoop
+from devnet.simnet.run import Spec, simulate
+from devnet.simnet.schedule import Action, draw, heal_time
+
+
+def _failed(o: object) -> list[str]:
+    return [f"{c.name}: {c.summary} {c.details}" for c in o.checks if not c.ok]  # type: ignore[attr-defined]
+
+
+def test_four_validators_commit_and_pass_the_checkers() -> None:
+    o = simulate(Spec(seed=1, seconds=6, faults=False))
+    assert o.ok, _failed(o)
+    assert min(o.heights.values()) >= 10
+    assert len(set(o.heights.values())) == 1
+    names = {c.name for c in o.checks}
+    assert names >= {
+        "agreement",
+        "app-hash",
+        "no-lost-writes",
+        "acked-committed",
+        "liveness",
+        "no-key-reuse",
+        "equivocation",
+        "no-frame-accepted-twice",
+    }
+    committed = next(c for c in o.checks if c.name == "no-lost-writes").data["committed"]
+    assert committed >= 5
+
+
+def test_a_faulty_run_with_a_crash_heals_and_passes() -> None:
+    seed = next(
+        s
+        for s in range(100)
+        if {"crash", "partition"} <= {a.kind for a in draw(random.Random(s), 4, 20)}
+    )
+    o = simulate(Spec(seed=seed, seconds=20), keep_trace=True)
+    assert o.ok, _failed(o)
+    kinds = {line.split()[1] for line in o.trace}
+    assert {"crash", "start", "drop", "lost"} <= kinds or {"crash", "start", "lost"} <= kinds
+    # The crashed node came back and caught up with the others.
+    assert len(set(o.heights.values())) == 1
+
+
+NO_QUORUM = (
+    Action(1.0, "partition", {"node": 0}),
+    Action(1.0, "partition", {"node": 1}),
+)
+"""Two of four validators cut off until the end: the chain must stop, so liveness fails."""
+
+
+def test_a_failing_run_replays_to_the_identical_trace() -> None:
+    spec = Spec(seed=5, seconds=5, actions=NO_QUORUM)
+    first = simulate(spec, keep_trace=True)
+    second = simulate(spec, keep_trace=True)
+    assert not first.ok
+    assert [c.name for c in first.checks if not c.ok] == ["acked-committed", "liveness"] or (
+        "liveness" in [c.name for c in first.checks if not c.ok]
+    )
+    assert first.digest == second.digest
+    assert first.trace == second.trace
+    assert first.events > 100
+
+
+def test_different_seeds_give_different_runs() -> None:
+    a = simulate(Spec(seed=1, seconds=3))
+    b = simulate(Spec(seed=2, seconds=3))
+    assert a.digest != b.digest
+
+
+def test_the_replay_command_names_the_seed_and_the_options() -> None:
+    assert Spec(seed=17).command() == "qchain sim net --seed 17 --replay"
+    assert (
+        Spec(seed=3, seconds=60, crashes=False).command()
+        == "qchain sim net --seed 3 --seconds 60 --no-crashes --replay"
+    )
+
+
+def test_the_schedule_heals_by_the_heal_time_and_crashes_one_node_at_a_time() -> None:
+    for seed in range(200):
+        actions = draw(random.Random(seed), 4, 30)
+        assert actions[-1] == Action(heal_time(30), "heal")
+        assert all(a.t <= heal_time(30) for a in actions)
+        down: set[int] = set()
+        for a in actions:
+            if a.kind == "crash":
+                assert not down, f"seed {seed}: two nodes down at {a.t}"
+                down.add(a.args["node"])
+            elif a.kind == "restart":
+                down.discard(a.args["node"])
+
+
+def test_the_virtual_loop_moves_time_only_to_the_next_timer() -> None:
+    loop = VirtualLoop(0)
+    try:
+
+        async def main() -> tuple[float, float]:
+            t0 = loop.time()
+            await asyncio.sleep(3600)
+            with pytest.raises(TimeoutError):
+                async with asyncio.timeout(5):
+                    await asyncio.Event().wait()
+            return t0, loop.time()
+
+        t0, t1 = loop.run_until_complete(main())
+        assert (t0, t1) == (0.0, 3605.0)
+    finally:
+        loop.close()
+
+
+def test_the_virtual_loop_refuses_to_wait_for_ever() -> None:
+    loop = VirtualLoop(0)
+    try:
+        with pytest.raises(Stalled):
+            loop.run_until_complete(asyncio.Event().wait())
+    finally:
+        loop.close()
+
+
+def test_the_node_clock_reads_the_virtual_loop() -> None:
+    from qchain import clock
+
+    loop = VirtualLoop(9)
+    try:
+
+        async def main() -> tuple[float, float, float, float]:
+            await asyncio.sleep(10)
+            return clock.monotonic(), clock.perf(), clock.wall(), clock.new_rng("x").random()
+
+        mono, perf, wall, r1 = loop.run_until_complete(main())
+    finally:
+        loop.close()
+    loop2 = VirtualLoop(9)
+    try:
+        r2 = loop2.run_until_complete(_draw())
+    finally:
+        loop2.close()
+    assert mono == perf == 10.0
+    assert wall == 1_767_225_610.0
+    assert r1 == r2
+
+
+async def _draw() -> float:
+    from qchain import clock
+
+    await asyncio.sleep(10)
+    return clock.new_rng("x").random()
+
+
+SMOKE_SECONDS = 5.0
+
+
+@pytest.mark.parametrize("first", [0, 100])
+def test_a_smoke_of_seeded_whole_network_runs_finds_nothing(first: int) -> None:
+    """Two hundred short runs with faults, in two halves (the nightly size is `make
+    sim-sweep`)."""
+    failures = []
+    for seed in range(first, first + 100):
+        o = simulate(Spec(seed=seed, seconds=SMOKE_SECONDS))
+        if not o.ok:
+            failures.append(f"{o.spec.command()}: {_failed(o)}")
+    assert failures == []
