@@ -15,10 +15,13 @@ import json
 import os
 import sys
 import time
+from pathlib import Path
 
 from consensus.sim import cli as consensus_cli
 from consensus.sim.cli import parse_seeds
+from devnet.simnet.mutants import MUTANTS
 from devnet.simnet.run import Outcome, Spec, simulate
+from devnet.simnet.scenarios import load as load_scenario
 from qchain.errors import ConfigError
 
 
@@ -33,6 +36,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     net.add_argument("--replay", action="store_true", help="print the run's event trace")
     net.add_argument("--no-faults", action="store_true", help="no fault schedule")
     net.add_argument("--no-crashes", action="store_true", help="faults, but no crashes")
+    net.add_argument("--mutant", choices=MUTANTS, help="put back a first-wave bug")
+    net.add_argument("--scenario", type=Path, help="a fault-kit scenario (TOML) as the schedule")
     net.add_argument("--json", action="store_true")
 
 
@@ -49,15 +54,26 @@ def run(args: argparse.Namespace) -> int:
     if args.seeds is not None and (args.seed is not None or args.replay):
         raise ConfigError("--seeds", "a sweep takes neither --seed nor --replay")
     seeds = parse_seeds(args.seeds) if args.seeds is not None else [args.seed or 0]
+    actions, seconds, scenario = None, args.seconds, None
+    if args.scenario is not None:
+        sc, actions, seconds, skipped = load_scenario(args.scenario, args.validators)
+        scenario = str(args.scenario)
+        if args.seed is None and args.seeds is None:
+            seeds = [sc.seed]
+        for step in skipped:
+            print(f"scenario {sc.name}: cannot simulate step {step}; played without it")
     started = time.perf_counter()
     outcomes = []
     for seed in seeds:
         spec = Spec(
             validators=args.validators,
             seed=seed,
-            seconds=args.seconds,
+            seconds=seconds,
             faults=not args.no_faults,
             crashes=not args.no_crashes,
+            mutant=args.mutant,
+            actions=actions,
+            scenario=scenario,
         )
         o = simulate(spec, keep_trace=args.replay)
         outcomes.append(o)
@@ -70,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([o.to_json() for o in outcomes], indent=2))
     else:
-        virtual = args.seconds * len(outcomes)
+        virtual = seconds * len(outcomes)
         print(
             f"{len(outcomes)} runs, {len(failed)} failed; {virtual:g} virtual s in "
             f"{wall:.1f} wall s ({virtual / wall:.1f} virtual s per wall s, "

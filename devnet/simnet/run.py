@@ -29,13 +29,17 @@ from devnet.faults.checkers import (
     check_liveness,
     check_lost_writes,
 )
-from devnet.faults.history import KmsSample
+from devnet.faults.history import KmsSample, StatusSample
 from devnet.network import NetworkPlan, plan_network, write_network
 from devnet.simnet.loop import VirtualLoop
+from devnet.simnet.mutants import mutant
 from devnet.simnet.schedule import Action, draw, heal_time
 from devnet.simnet.world import SAMPLE_EVERY_S, Client, World
 from qchain.config import load_config
 
+SPIN_BLOCKS_PER_S = 20
+"""More blocks than this in one second on the chain's tip is a leader spinning out
+blocks (the pacing allows far fewer: CONSENSUS.md, the heartbeat and the propose wait)."""
 SETTLE_S = 3.0
 """The client stops new transactions this long before the end, so the last ones commit."""
 
@@ -49,18 +53,26 @@ class Spec:
     crashes: bool = True
     actions: tuple[Action, ...] | None = None
     """A fixed schedule (a fault-kit scenario); None: drawn from the seed."""
+    mutant: str | None = None
+    """A first-wave bug put back (`devnet.simnet.mutants`)."""
+    scenario: str | None = None
+    """The scenario file the fixed schedule came from (for the replay command)."""
 
     def command(self) -> str:
         """The shortest command that reproduces this run."""
         parts = ["qchain sim net", f"--seed {self.seed}"]
         if self.validators != 4:
             parts.append(f"--validators {self.validators}")
-        if self.seconds != 20.0:
+        if self.seconds != 20.0 and self.scenario is None:
             parts.append(f"--seconds {self.seconds:g}")
         if not self.faults:
             parts.append("--no-faults")
         elif not self.crashes:
             parts.append("--no-crashes")
+        if self.scenario is not None:
+            parts.append(f"--scenario {self.scenario}")
+        if self.mutant is not None:
+            parts.append(f"--mutant {self.mutant}")
         return " ".join([*parts, "--replay"])
 
 
@@ -120,14 +132,16 @@ def simulate(spec: Spec, *, keep_trace: bool = False) -> Outcome:
         errors.append(f"{loop.time():.3f} {context.get('message')}: {exc!r}")
 
     loop.set_exception_handler(on_error)
-    logging.getLogger("qchain").setLevel(logging.CRITICAL)
-    try:
-        checks, heights = loop.run_until_complete(
-            _main(spec, _network(spec.validators), loop, trace)
-        )
-    finally:
-        _drain(loop)
-        loop.close()
+    logging.disable(logging.CRITICAL)
+    with mutant(spec.mutant):
+        try:
+            checks, heights = loop.run_until_complete(
+                _main(spec, _network(spec.validators), loop, trace)
+            )
+        finally:
+            _drain(loop)
+            loop.close()
+            logging.disable(logging.NOTSET)
     return Outcome(
         spec,
         checks,
@@ -183,7 +197,8 @@ async def _main(
         )
     else:
         actions = []
-    healed_at = heal_time(spec.seconds) if actions else 0.0
+    heals = [a.t for a in actions if a.kind == "heal"]
+    healed_at = max(heals) if heals else heal_time(spec.seconds) if actions else 0.0
     for i in range(spec.validators):
         await world.start(i)
     client = Client(world, spec.seconds - SETTLE_S)
@@ -213,6 +228,30 @@ async def _sampler(world: World) -> None:
         await asyncio.sleep(SAMPLE_EVERY_S)
 
 
+def check_block_rate(samples: list[StatusSample], limit: int) -> CheckResult:
+    """The chain's tip (the highest height any node reports) grows by at most `limit`
+    blocks in any one second of the run (a restarted node catching up does not count:
+    only the tip)."""
+    tips: dict[float, int] = {}
+    for s in samples:
+        if s.height is not None:
+            tips[s.t] = max(tips.get(s.t, 0), s.height)
+    times = sorted(tips)
+    worst, at = 0, 0.0
+    j = 0
+    for i, t in enumerate(times):
+        while times[j] < t - 1.0:
+            j += 1
+        grown = tips[t] - tips[times[j]]
+        if grown > worst and i != j:
+            worst, at = grown, t
+    ok = worst <= limit
+    summary = f"at most {worst} blocks in one second" + (
+        "" if ok else f" (at {at:.1f}s; the bound is {limit})"
+    )
+    return CheckResult("no-block-spin", ok, summary, data={"max_blocks_per_s": worst})
+
+
 def _judge(world: World, spec: Spec, healed_at: float, *, tampering: bool) -> list[CheckResult]:
     chains = world.chains()
     rec = world.rec
@@ -228,6 +267,7 @@ def _judge(world: World, spec: Spec, healed_at: float, *, tampering: bool) -> li
             world.qkd_now(), kms, {p.name: p.sae_id for p in world.plan.nodes}, tampering
         ),
         check_equivocation(rec.alerts, "absent", []),
+        check_block_rate(rec.statuses, SPIN_BLOCKS_PER_S),
         CheckResult(
             "no-frame-accepted-twice",
             not rec.accepted_twice,

@@ -161,27 +161,50 @@ class World:
 
     # --- the schedule -------------------------------------------------------------------
 
+    def _node(self, x: int | str) -> int:
+        """A node index, or the current leader as the first node up sees it."""
+        if isinstance(x, int):
+            return x
+        for v in self.nodes:
+            if v is not None:
+                return v.current_leader() or 0
+        return 0
+
     async def apply(self, a: Action) -> None:
         self.trace("action", a.kind, sorted(a.args.items()))
         saes = [p.sae_id for p in self.plan.nodes]
+        args = a.args
         if a.kind == "link":
-            args = {k: v for k, v in a.args.items() if k not in ("src", "dst")}
-            self.net.links[(a.args["src"], a.args["dst"])] = LinkFaults(**args)
+            faults = {k: v for k, v in args.items() if k not in ("src", "dst")}
+            self.net.links[(self._node(args["src"]), self._node(args["dst"]))] = LinkFaults(
+                **faults
+            )
         elif a.kind in ("partition", "unpartition"):
-            cut = a.kind == "partition"
-            node = a.args["node"]
+            node = self._node(args["node"])
             for (x, y), f in sorted(self.net.links.items()):
                 if node in (x, y):
-                    f.partitioned = cut
+                    f.partitioned = a.kind == "partition"
+        elif a.kind in ("cut", "uncut"):
+            self._cut(args, a.kind == "cut")
         elif a.kind == "crash":
-            self.crash(a.args["node"])
+            self.crash(self._node(args["node"]))
         elif a.kind == "restart":
-            if self.nodes[a.args["node"]] is None:
-                await self.start(a.args["node"])
+            node = self._node(args["node"])
+            if self.nodes[node] is None:
+                await self.start(node)
         elif a.kind in ("keys-off", "keys-on"):
-            self.manager.set_outage(saes[a.args["a"]], saes[a.args["b"]], a.kind == "keys-off")
+            self.manager.set_outage(saes[args["a"]], saes[args["b"]], a.kind == "keys-off")
         elif a.kind == "heal":
             await self.heal()
+
+    def _cut(self, args: dict[str, Any], cut: bool) -> None:
+        """Partition `nodes` from `from` (every other node when None), both ways."""
+        nodes = {self._node(x) for x in args["nodes"]}
+        others = None if args.get("from") is None else {self._node(x) for x in args["from"]}
+        for (x, y), f in sorted(self.net.links.items()):
+            for a, b in ((x, y), (y, x)):
+                if a in nodes and b not in nodes and (others is None or b in others):
+                    f.partitioned = cut
 
     async def heal(self) -> None:
         for key in sorted(self.net.links):
