@@ -6,7 +6,10 @@ restores it after; none is reachable outside the simulator.
   so a restarted receiver (which never fetched them) cannot read the link again
   (fixed in "QKD: after a reconnection the sender drops keys it already announced").
 - `no-recover`: a receiver never looks up a key whose announcement was lost with a
-  dropped or corrupted frame, so the link stalls on unknown keys.
+  dropped or corrupted frame, so the link stalls on unknown keys (fixed in "receivers
+  recover keys whose announcement was lost"). The later reset of a link whose frames
+  keep failing on unknown keys also gets the link going again, so this mutant removes
+  both, as the code was when the fault kit found the bug.
 - `empty-spin`: a leader counts nonce gaps as transactions ready to propose and builds
   empty blocks as fast as it can (fixed in "a leader whose mempool holds only nonce gaps
   waits for the heartbeat").
@@ -15,10 +18,11 @@ restores it after; none is reachable outside the simulator.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 from node.mempool import Mempool
+from node.transport_limits import DEFAULT_TRANSPORT_LIMITS
 from qchain.qkd.frame import LinkSender
 from qchain.qkd.pool import ReceiveKeyPool
 
@@ -35,23 +39,32 @@ def _any_pending(self: Mempool) -> bool:
     return len(self) > 0
 
 
-PATCHES: dict[str, tuple[Any, str, Callable[..., Any]]] = {
-    "no-resync": (LinkSender, "resync", _no_resync),
-    "no-recover": (ReceiveKeyPool, "recover", _no_recover),
-    "empty-spin": (Mempool, "has_ready", _any_pending),
+PATCHES: dict[str, tuple[tuple[Any, str, Any], ...]] = {
+    "no-resync": ((LinkSender, "resync", _no_resync),),
+    "no-recover": (
+        (ReceiveKeyPool, "recover", _no_recover),
+        (DEFAULT_TRANSPORT_LIMITS, "unknown_key_reset", 1 << 30),
+    ),
+    "empty-spin": ((Mempool, "has_ready", _any_pending),),
 }
 MUTANTS = tuple(PATCHES)
 
 
+def _set(owner: Any, attr: str, value: Any) -> None:
+    if isinstance(owner, type):
+        setattr(owner, attr, value)
+    else:  # a frozen dataclass instance (the transport's default limits)
+        object.__setattr__(owner, attr, value)
+
+
 @contextlib.contextmanager
 def mutant(name: str | None) -> Iterator[None]:
-    if name is None:
-        yield
-        return
-    owner, attr, replacement = PATCHES[name]
-    original = owner.__dict__[attr]
-    setattr(owner, attr, replacement)
+    patches = PATCHES[name] if name is not None else ()
+    originals = [(owner, attr, owner.__dict__[attr]) for owner, attr, _ in patches]
+    for owner, attr, value in patches:
+        _set(owner, attr, value)
     try:
         yield
     finally:
-        setattr(owner, attr, original)
+        for owner, attr, value in originals:
+            _set(owner, attr, value)

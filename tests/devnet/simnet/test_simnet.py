@@ -173,3 +173,17 @@ def test_a_smoke_of_seeded_whole_network_runs_finds_nothing(first: int) -> None:
         if not o.ok:
             failures.append(f"{o.spec.command()}: {_failed(o)}")
     assert failures == []
+
+
+def test_the_mutant_no_resync_is_caught_where_the_clean_code_passes() -> None:
+    """The first wave's "keys kept after a reconnection" bug, put back: the seed that
+    finds it (docs/SIMULATION.md lists how many seeds each mutant takes) passes on the
+    real code, and the patch is gone after the run."""
+    from qchain.qkd.frame import LinkSender
+
+    original = LinkSender.resync
+    assert simulate(Spec(seed=1)).ok
+    mutated = simulate(Spec(seed=1, mutant="no-resync"))
+    assert LinkSender.resync is original
+    assert not mutated.ok
+    assert "liveness" in [c.name for c in mutated.checks if not c.ok]
