@@ -88,7 +88,10 @@ class VirtualLoop(asyncio.SelectorEventLoop):
         super().__init__(selector)
         self.virtual_clock = VirtualClockState(seed)
         selector.clock = self.virtual_clock
-        self.tasks: dict[int, set[asyncio.Task[Any]]] = {}
+        self.tasks: dict[int, dict[asyncio.Task[Any], int]] = {}
+        """node -> its live tasks, each with its creation number (the order a crash
+        cancels them in: names would not do, their counter is the process's)."""
+        self._made = 0
         self.timers: dict[int, set[asyncio.TimerHandle]] = {}
         self.set_task_factory(self._make_task)  # type: ignore[arg-type]
 
@@ -102,9 +105,10 @@ class VirtualLoop(asyncio.SelectorEventLoop):
         context = kw.get("context")
         owner = context.run(OWNER.get) if context is not None else OWNER.get()
         if owner is not None:
-            owned = self.tasks.setdefault(owner, set())
-            owned.add(task)
-            task.add_done_callback(owned.discard)
+            self._made += 1
+            owned = self.tasks.setdefault(owner, {})
+            owned[task] = self._made
+            task.add_done_callback(lambda t: owned.pop(t, None))
         return task
 
     def call_at(  # type: ignore[override]
@@ -125,8 +129,8 @@ class VirtualLoop(asyncio.SelectorEventLoop):
 
     def kill(self, owner: int) -> int:
         """Cancel every task and timer of one node (a crash); how many tasks."""
-        tasks = self.tasks.pop(owner, set())
-        for t in sorted(tasks, key=lambda t: t.get_name()):
+        tasks = self.tasks.pop(owner, {})
+        for t in sorted(tasks, key=tasks.__getitem__):
             t.cancel()
         for h in self.timers.pop(owner, set()):
             h.cancel()

@@ -99,8 +99,10 @@ class SimWriter:
 
 
 class _Conn:
-    def __init__(self, a: int, b: int) -> None:
+    def __init__(self, a: int, b: int, number: int) -> None:
         self.ends = (a, b)
+        self.number = number
+        """Connections are numbered as made: the order a crash closes them in."""
         self.readers: list[asyncio.StreamReader] = []
         self.writers: list[SimWriter] = []
         self.closed = False
@@ -138,6 +140,7 @@ class SimNet:
         self.trace = trace
         self.listeners: dict[tuple[str, int], tuple[int, Accept]] = {}
         self.conns: set[_Conn] = set()
+        self._made = 0
         self.links = {(i, j): LinkFaults() for i in range(n) for j in range(n) if i != j}
         self._sim = contextvars.copy_context()
         self._sim.run(OWNER.set, None)
@@ -169,7 +172,8 @@ class SimNet:
             self.trace("connect-refused", src, host, port)
             raise ConnectionRefusedError(f"simulated: nothing listens on {host}:{port}")
         dst, accept = listener
-        conn = _Conn(src, dst)
+        self._made += 1
+        conn = _Conn(src, dst, self._made)
         mine, theirs = asyncio.StreamReader(), asyncio.StreamReader()
         out = SimWriter(self, conn, src, dst, theirs)
         back = SimWriter(self, conn, dst, src, mine)
@@ -218,7 +222,5 @@ class SimNet:
         for address, (owner, _) in sorted(self.listeners.items()):
             if owner == node:
                 del self.listeners[address]
-        for conn in sorted(
-            (c for c in self.conns if node in c.ends), key=lambda c: (c.ends, id(c))
-        ):
+        for conn in sorted((c for c in self.conns if node in c.ends), key=lambda c: c.number):
             conn.close(self)

@@ -22,7 +22,8 @@ window rather than an unfair liveness deadline)."""
 class Action:
     t: float
     kind: str
-    """link, partition, unpartition, crash, restart, keys-off, keys-on, heal."""
+    """link, partition, unpartition, crash, crash-at-persist, restart, keys-off, keys-on,
+    heal (and cut, uncut from fault-kit scenarios)."""
     args: dict[str, Any] = field(default_factory=dict)
 
 
@@ -58,7 +59,13 @@ def draw(rng: random.Random, n: int, seconds: float, *, crashes: bool = True) ->
             actions.append(Action(t, "partition", {"node": node}))
             actions.append(Action(t + d, "unpartition", {"node": node}))
         elif kind == "crash":
-            actions.append(Action(t, "crash", {"node": node}))
+            if rng.random() < 0.5:
+                actions.append(Action(t, "crash", {"node": node}))
+            else:
+                # Right after one of its next synced writes (a commit, a vote, a lock):
+                # what that step revealed never leaves.
+                writes = rng.randint(1, 8)
+                actions.append(Action(t, "crash-at-persist", {"node": node, "writes": writes}))
             actions.append(Action(t + d, "restart", {"node": node}))
             down_until = t + d
         else:

@@ -23,6 +23,7 @@ from qchain.config import NodeConfig
 from qchain.errors import QChainError
 from qchain.qkd.clock import SystemClock
 from qchain.qkd.simsource import LocalKeySource, full_mesh
+from qchain.store.kv import Batch
 from qchain.store.memory import MemoryStore
 
 log = logging.getLogger("qchain.simnet")
@@ -37,6 +38,22 @@ RESUBMIT_AFTER_S = 1.0
 class SimDisk(MemoryStore):
     """A memory store that survives its node's crash: a process crash keeps every write
     the store took (as LevelDB does), so the restarted node opens the same data."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.crash_after: int | None = None
+        """Crash the node right after this many more synced writes (None: never)."""
+        self.on_crash: Callable[[], None] | None = None
+
+    def write(self, batch: Batch, *, sync: bool = True) -> None:
+        super().write(batch, sync=sync)
+        if sync and self.crash_after is not None:
+            self.crash_after -= 1
+            if self.crash_after <= 0 and self.on_crash is not None:
+                # Inside the node's own step, after the write is durable and before
+                # anything that step queued can leave: the process dies here.
+                self.crash_after = None
+                self.on_crash()
 
     def reopened(self) -> SimDisk:
         self.close()
@@ -133,8 +150,9 @@ class World:
 
         receiver.open = open_  # type: ignore[method-assign]
 
-    def crash(self, i: int) -> None:
+    def crash(self, i: int, how: str = "timed") -> None:
         v = self.nodes[i]
+        self.disks[i].crash_after = None
         if v is None:
             return
         self._carry_counters(i, v)
@@ -143,7 +161,7 @@ class World:
         self.net.crash(i)
         self.disks[i] = self.disks[i].reopened()
         killed = self.loop.kill(i)
-        self.trace("crash", i, height, killed)
+        self.trace("crash", i, how, height, killed)
 
     def _carry_counters(self, i: int, v: Validator) -> None:
         name = self.names[i]
@@ -188,8 +206,14 @@ class World:
             self._cut(args, a.kind == "cut")
         elif a.kind == "crash":
             self.crash(self._node(args["node"]))
+        elif a.kind == "crash-at-persist":
+            node = self._node(args["node"])
+            disk = self.disks[node]
+            disk.crash_after = args["writes"]
+            disk.on_crash = lambda: self.crash(node, "at-persist")
         elif a.kind == "restart":
             node = self._node(args["node"])
+            self.disks[node].crash_after = None
             if self.nodes[node] is None:
                 await self.start(node)
         elif a.kind in ("keys-off", "keys-on"):
@@ -214,6 +238,7 @@ class World:
             for y in range(x + 1, self.n):
                 self.manager.set_outage(saes[x], saes[y], False)
         for i in range(self.n):
+            self.disks[i].crash_after = None
             if self.nodes[i] is None:
                 await self.start(i)
 
