@@ -33,7 +33,7 @@ from node.sigcache import SignatureCache
 from qchain.errors import CodecError, InvalidBlock
 from qchain.store import schema
 from qchain.store.kv import Batch, KVStore
-from qchain.types import Block, BlockHeader, Transaction, decode_block, tx_root
+from qchain.types import BLOCK_LIMITS, Block, BlockHeader, Transaction, tx_root
 
 MAX_BLOCK_TIME_MS = 253_402_300_799_999
 """The last millisecond of the year 9999 (UTC): no block time is later (CONSENSUS.md §3.7).
@@ -194,7 +194,8 @@ class ChainApp:
         if known is not None:
             return known
         try:
-            block = decode_block(cblock.body)
+            # Not `decode_block`: `validate_block` checks the tx_root (once).
+            block = Block.decode(cblock.body, BLOCK_LIMITS)
         except CodecError as e:
             raise InvalidBlock(f"body does not decode: {e.message}") from e
         h = block.header
