@@ -146,12 +146,12 @@ def _pack(v: object, limits: Limits) -> bytes:
 
 def decode_value(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Value:
     """Decode canonical bytes; raises `CodecError` for anything non-canonical."""
-    v = _unpack(data, limits)
+    v = unpack_canonical(data, limits)
     _check_value(v, 0, limits)
     return typing.cast(Value, v)
 
 
-def _unpack(data: bytes, limits: Limits) -> object:
+def unpack_canonical(data: bytes, limits: Limits) -> object:
     """msgpack decoding under limits, canonical (re-encodes to the same bytes), with no
     check of the value's types: the caller checks them."""
     if type(data) is not bytes:
@@ -425,4 +425,4 @@ class Struct:
         """Parse canonical bytes; raises `CodecError` on any deviation. The struct's
         fields check the types, so the input is not walked a second time (an `AnyValue`
         field is checked against the default limits)."""
-        return cls.from_wire(_unpack(data, limits))
+        return cls.from_wire(unpack_canonical(data, limits))
