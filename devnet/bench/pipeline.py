@@ -7,8 +7,10 @@ Writes a devnet (with the bench senders) to a temporary directory and opens two 
 validators in this process, on their own LevelDB stores, without starting them. For each
 block: the leader admits every transaction (decode + mempool checks + signature) and
 builds the block; the follower validates the block as received (decode + execution with
-signature checks, since it never saw the transactions); both commit it. Reports the median
-microseconds per transaction of each stage. `--profile FILE` writes cProfile statistics of
+signature checks, since it never saw the transactions); both commit it: each first writes
+the block's body as the pending record the engine persists before it proposes or votes
+(synced, as the driver does), then the commit batch. Reports the median microseconds per
+transaction of each stage. `--profile FILE` writes cProfile statistics of
 the whole run. A measurement, not a test.
 """
 
@@ -25,11 +27,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 from consensus.messages import Block as CBlock
+from consensus.messages import block_hash as consensus_value
 from devnet.bench import workload
 from node.chain import Prepared
 from node.runtime import Validator
 from qchain.config import load_config
 from qchain.keys import Scheme
+from qchain.store import schema
+from qchain.store.kv import Batch
 from qchain.types import decode_transaction
 
 STAGES = ("admit", "build", "validate", "commit (leader)", "commit (follower)")
@@ -46,6 +51,9 @@ def _admit(v: Validator, raws: list[bytes]) -> None:
 
 
 def _commit(v: Validator, cblock: CBlock) -> None:
+    pending = Batch()
+    pending.put(schema.pending_body_key(cblock.height, consensus_value(cblock)), cblock.encode())
+    v.store.write(pending, sync=True)
     prepared = v.app.validate(cblock)
     v.store.write(v.app.commit_batch(prepared), sync=True)
     v.app.forget(prepared.value)
