@@ -101,12 +101,11 @@ class ChainStore:
             b.put(schema.META_LAST_HEIGHT, schema.u64(0))
             self.store.write(b, sync=True)
             return
-        if schema.read_u64(version) == 1:
-            self.migrate_v1()
-        elif schema.read_u64(version) != schema.SCHEMA_VERSION:
+        stored_version = schema.read_u64(version)
+        if stored_version not in (1, schema.SCHEMA_VERSION):
             raise StorageError(
-                f"store has schema version {schema.read_u64(version)}, "
-                f"this node reads version {schema.SCHEMA_VERSION}"
+                f"store has schema version {stored_version}, "
+                f"this node reads version {schema.SCHEMA_VERSION} (and migrates version 1)"
             )
         stored_chain = (self.store.get(schema.META_CHAIN_ID) or b"").decode()
         if stored_chain != chain_id:
@@ -114,6 +113,8 @@ class ChainStore:
         stored_genesis = self.store.get(schema.meta_key("genesis-hash")) or b""
         if stored_genesis != genesis_hash:
             raise StoreMismatch("genesis hash", stored_genesis.hex(), genesis_hash.hex())
+        if stored_version == 1:
+            self.migrate_v1()
 
     def migrate_v1(self) -> None:
         """Bring a version 1 store to version 2 in one synced batch: every pending body

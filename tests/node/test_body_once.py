@@ -15,9 +15,10 @@ from consensus.messages import Block as CBlock
 from consensus.messages import block_hash as consensus_value
 from devnet.network import plan_network, write_network
 from node.chain import Prepared
+from node.chainstore import ChainStore
 from node.runtime import Validator
 from qchain.config import load_config
-from qchain.errors import StorageCorrupt
+from qchain.errors import StorageCorrupt, StorageError, StoreMismatch
 from qchain.store import KVStore, MemoryStore, schema
 from qchain.store.kv import Batch
 from qchain.store.testing import AlteringStore, flip_byte
@@ -158,3 +159,23 @@ async def test_a_missing_referenced_body_is_damage(tmp_path: Path) -> None:
     store.delete(schema.pending_body_key(1, p.value), sync=True)
     with pytest.raises(StorageCorrupt):
         _validator(tmp_path, store).chain.block(1)
+
+
+def test_a_version_1_store_of_another_chain_is_refused_and_left_as_it_is() -> None:
+    store = MemoryStore()
+    ChainStore(store).init_meta("other-chain", b"\x00" * 32)
+    store.put(schema.META_SCHEMA_VERSION, schema.u64(1))
+    store.put(schema.v1_pending_body_key(b"\x05" * 32), b"\x95")
+    with pytest.raises(StoreMismatch):
+        ChainStore(store).init_meta("this-chain", b"\x00" * 32)
+    assert store.get(schema.META_SCHEMA_VERSION) == schema.u64(1)
+    assert store.get(schema.v1_pending_body_key(b"\x05" * 32)) == b"\x95"
+
+
+@pytest.mark.parametrize("version", [0, schema.SCHEMA_VERSION + 1])
+def test_a_store_of_an_unknown_schema_version_is_refused(version: int) -> None:
+    store = MemoryStore()
+    ChainStore(store).init_meta("this-chain", b"\x00" * 32)
+    store.put(schema.META_SCHEMA_VERSION, schema.u64(version))
+    with pytest.raises(StorageError, match=f"schema version {version}"):
+        ChainStore(store).init_meta("this-chain", b"\x00" * 32)
