@@ -98,7 +98,7 @@ def schedule_of(scenario: Scenario, n: int) -> tuple[tuple[Action, ...], float, 
     cannot play."""
     skipped = [f"{s.action} at {s.at:g}s" for s in scenario.steps if s.action not in PLAYABLE]
     actions = [a for s in scenario.steps if s.action in PLAYABLE for a in _step_actions(s, n)]
-    heal_at = max((s.end for s in scenario.steps), default=0.0) + 0.001
+    heal_at = max((s.end for s in scenario.steps), default=0.0)
     actions.append(Action(heal_at, "heal"))
     seconds = max(scenario.duration_s, heal_at + RECOVERY_S + 2.0)
     return tuple(sorted(actions, key=lambda a: a.t)), seconds, skipped

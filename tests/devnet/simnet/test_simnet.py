@@ -227,3 +227,30 @@ def test_a_run_is_the_same_under_other_string_hash_seeds() -> None:
         digests.add(out.stdout.strip())
     assert len(digests) == 1
     assert digests == {simulate(Spec(seed=4, seconds=5)).digest}
+
+
+SCENARIOS = ROOT / "devnet" / "faults" / "scenarios"
+
+
+def test_a_fault_kit_scenario_becomes_a_fixed_schedule() -> None:
+    from devnet.simnet.scenarios import load
+
+    _, actions, seconds, skipped = load(SCENARIOS / "minority-partition.toml", 4)
+    assert [(a.t, a.kind) for a in actions] == [(3, "cut"), (11, "uncut"), (11, "heal")]
+    assert actions[0].args == {"nodes": [3], "from": None}
+    assert seconds == 16
+    assert skipped == []
+    _, _, _, skipped = load(SCENARIOS / "double-vote.toml", 4)
+    assert skipped and skipped[0].startswith("byzantine")
+
+
+def test_the_leader_crash_scenario_plays_and_passes() -> None:
+    from devnet.simnet.scenarios import load
+
+    scenario, actions, seconds, _ = load(SCENARIOS / "leader-crash.toml", 4)
+    spec = Spec(seed=scenario.seed, seconds=seconds, actions=actions, scenario="leader-crash")
+    o = simulate(spec, keep_trace=True)
+    assert o.ok, _failed(o)
+    crashes = [line.split() for line in o.trace if line.split()[1] == "crash"]
+    assert [float(c[0]) for c in crashes] == [3.0]
+    assert "--scenario leader-crash" in spec.command()
