@@ -266,7 +266,11 @@ def _judge(world: World, spec: Spec, healed_at: float, *, tampering: bool) -> li
         check_key_reuse(
             world.qkd_now(), kms, {p.name: p.sae_id for p in world.plan.nodes}, tampering
         ),
-        check_equivocation(rec.alerts, "absent", []),
+        check_equivocation(
+            rec.alerts,
+            "ignore" if world.byzantine else "absent",
+            [world.names[i] for i in sorted(world.byzantine)],
+        ),
         check_block_rate(rec.statuses, SPIN_BLOCKS_PER_S),
         CheckResult(
             "no-frame-accepted-twice",

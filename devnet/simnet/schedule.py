@@ -31,16 +31,32 @@ def heal_time(seconds: float) -> float:
     return round(max(min(seconds * FAULT_SHARE, seconds - RECOVERY_S), seconds / 3), 3)
 
 
+BYZANTINE_MODES = (
+    "equivocate",
+    "double-vote",
+    "withhold",
+    "forge-mac",
+    "silent",
+    "far-height-vote",
+    "future-time",
+    "far-claims",
+)
+"""The validator's hostile modes (`node.byzantine`) a schedule may switch on, on one
+node per run (f = 1 of 4). The vote flood is left out: its thousands of messages a
+second cost real CPU for nothing the others do not cover."""
+
+
 def draw(rng: random.Random, n: int, seconds: float, *, crashes: bool = True) -> list[Action]:
-    """Episodes of link faults, partitions, crashes and key starvation; at most one node
-    crashed at a time."""
+    """Episodes of link faults, partitions, crashes, key starvation and Byzantine modes;
+    at most one node crashed at a time, and one Byzantine node in the run."""
     end = heal_time(seconds)
     actions: list[Action] = []
     down_until = 0.0
+    traitor = rng.randrange(n)
     for _ in range(max(1, int(seconds / 4))):
         t = round(rng.uniform(0.5, max(0.6, end - 0.5)), 3)
         d = round(rng.uniform(0.3, min(6.0, max(0.4, end - t))), 3)
-        kind = rng.choice(["link", "link", "partition", "crash", "keys"])
+        kind = rng.choice(["link", "link", "partition", "crash", "keys", "byzantine"])
         node = rng.randrange(n)
         if kind == "crash" and (not crashes or t < down_until):
             kind = "link"
@@ -55,6 +71,10 @@ def draw(rng: random.Random, n: int, seconds: float, *, crashes: bool = True) ->
             }
             actions.append(Action(t, "link", {"src": node, "dst": peer, **faults}))
             actions.append(Action(t + d, "link", {"src": node, "dst": peer}))
+        elif kind == "byzantine":
+            mode = rng.choice(BYZANTINE_MODES)
+            actions.append(Action(t, "byzantine", {"node": traitor, "mode": mode}))
+            actions.append(Action(t + d, "byzantine", {"node": traitor, "mode": None}))
         elif kind == "partition":
             actions.append(Action(t, "partition", {"node": node}))
             actions.append(Action(t + d, "unpartition", {"node": node}))

@@ -105,6 +105,8 @@ class World:
         self.disks = [SimDisk() for _ in configs]
         self.nodes: list[Validator | None] = [None] * self.n
         self.rec = Record()
+        self.byzantine: set[int] = set()
+        """Nodes a schedule made hostile at some point of the run."""
         self.names = [p.name for p in plan.nodes]
         self.sae_to_node = {p.sae_id: p.name for p in plan.nodes}
 
@@ -218,6 +220,12 @@ class World:
                 await self.start(node)
         elif a.kind in ("keys-off", "keys-on"):
             self.manager.set_outage(saes[args["a"]], saes[args["b"]], a.kind == "keys-off")
+        elif a.kind == "byzantine":
+            node = self._node(args["node"])
+            self.byzantine.add(node)
+            v = self.nodes[node]
+            if v is not None:
+                v.set_byzantine(args["mode"])
         elif a.kind == "heal":
             await self.heal()
 
@@ -231,6 +239,10 @@ class World:
                     f.partitioned = cut
 
     async def heal(self) -> None:
+        for i in sorted(self.byzantine):
+            v = self.nodes[i]
+            if v is not None:
+                v.set_byzantine(None)
         for key in sorted(self.net.links):
             self.net.links[key] = LinkFaults()
         saes = [p.sae_id for p in self.plan.nodes]
