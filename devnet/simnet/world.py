@@ -365,9 +365,11 @@ class Client:
     def _send(self, op: Op) -> None:
         w = self.world
         up = self._up()
+        others = [i for i in up if w.names[i] != op.node]
         if not up:
             return
-        i = self.rng.choice(up)
+        # A retry goes to another node when one is up (as a client fails over).
+        i = self.rng.choice(others or up)
         v = w.nodes[i]
         assert v is not None
         op.attempts += 1
