@@ -58,7 +58,7 @@ MIN_KEYS_PER_HEIGHT = 1.0
 """A height costs a link at least one key (the frame that carries its proposal or vote),
 whatever a short window counted."""
 TRIM_DOWN = 0.75
-TRIM_UP = 1.05
+TRIM_UP = 1.1
 TRIM_MIN = 0.25
 FORWARD_SHARE = 0.1
 """The most of a link's key rate forwarded batches spend in frames of their own."""
@@ -89,7 +89,7 @@ class _Sample:
 
 
 @dataclass(frozen=True)
-class Budget:
+class KeyBudget:
     """The pacing decision and what it was made from, for `/v1/status` and the logs."""
 
     blocks_per_s: float | None
@@ -105,7 +105,7 @@ class Budget:
     trim: float
 
 
-NOT_PACED = Budget(None, 0.0, None, None, None, 1.0)
+NOT_PACED = KeyBudget(None, 0.0, None, None, None, 1.0)
 
 
 def usable_rate(keys_per_s: float | None) -> float | None:
@@ -140,7 +140,7 @@ class KeyPacer:
         self._waits_seen: int | None = None
         self._clean_since = 0.0
 
-    def observe(self, at: float, height: int, links: Mapping[int, LinkKeys]) -> Budget:
+    def observe(self, at: float, height: int, links: Mapping[int, LinkKeys]) -> KeyBudget:
         """Record the links at `at` (seconds, monotonic) and committed `height`; return
         the new budget. Call at least once per height this node builds."""
         samples = self._samples
@@ -164,12 +164,12 @@ class KeyPacer:
             self._clean_since = at
             self.trim = min(1.0, self.trim * TRIM_UP)
 
-    def _decide(self) -> Budget:
+    def _decide(self) -> KeyBudget:
         first, last = self._samples[0], self._samples[-1]
         heights = last.height - first.height
         if heights < MIN_WINDOW_HEIGHTS:
             return NOT_PACED
-        best: Budget | None = None
+        best: KeyBudget | None = None
         for peer, now in last.links.items():
             then = first.links.get(peer)
             rate = usable_rate(now.keys_per_s)
@@ -179,11 +179,11 @@ class KeyPacer:
             per_height = max(MIN_KEYS_PER_HEIGHT, spent / heights)
             blocks_per_s = self.margin * self.trim * rate / per_height
             if best is None or blocks_per_s < (best.blocks_per_s or math.inf):
-                best = Budget(blocks_per_s, 0.0, peer, per_height, rate, self.trim)
+                best = KeyBudget(blocks_per_s, 0.0, peer, per_height, rate, self.trim)
         if best is None or best.blocks_per_s is None:
             return NOT_PACED
         interval = min(self.max_interval_s, 1.0 / best.blocks_per_s)
-        return Budget(
+        return KeyBudget(
             1.0 / interval,
             interval,
             best.limiting_peer,

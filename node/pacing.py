@@ -4,9 +4,9 @@ block is validated and judged timely.
 A leader builds as soon as transactions wait (but not before `propose_wait_min` since the
 last commit, nor before the key budget of its links allows: `node.keypacing`), or at the
 heartbeat (`propose_wait_max`); in idle mode it waits for a transaction, and in a round
-above 0 it builds at once. The block cap comes from a cost
-model: a moving average of what executing a transaction costs on this node, so that a
-block never takes longer to validate than BLOCK_TIME_SHARE of the round's timeout.
+above 0 it builds at once. The block cap comes from a cost model: a moving average of
+what executing a transaction costs on this node, so that a block never takes longer to
+validate than BLOCK_TIME_SHARE of the round's timeout.
 """
 
 from __future__ import annotations

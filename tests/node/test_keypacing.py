@@ -189,3 +189,15 @@ def test_configuration_is_checked() -> None:
         KeyPacer(0.0)
     with pytest.raises(ValueError):
         KeyPacer(1.0, margin=1.5)
+
+
+def test_the_trim_recovers_once_the_waits_stop() -> None:
+    """Waits from an outage trim the budget; once keys flow again it comes back in full."""
+    pacer = KeyPacer(HEARTBEAT_S)
+    for h in range(20):
+        pacer.observe(h * 0.5, h, {1: LinkKeys(12 * h, 39.0, 3 * h)})
+    assert pacer.trim == TRIM_MIN
+    for h in range(20, 220):
+        pacer.observe(h * 0.5, h, {1: LinkKeys(12 * h, 39.0, 60)})
+    assert pacer.trim == 1.0
+    assert pacer.min_interval_s() == pytest.approx(12 / (MARGIN * 39.0), rel=0.01)
