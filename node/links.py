@@ -81,8 +81,12 @@ class Links:
         if self.transport is None:
             return
         for j in to:
-            if j != self.me:
+            if j == self.me:
+                continue
+            if lazy_s > 0:
                 self.transport.send(j, env, lazy_s)
+            else:
+                self.transport.send(j, env)
 
     def send_consensus(self, to: int, msg: Message) -> None:
         if self.transport is None:
