@@ -69,6 +69,7 @@ from consensus.messages import (
     Message,
     Propose,
     Record,
+    Report,
     SyncReq,
     SyncResp,
     Vote,
@@ -88,6 +89,9 @@ class Engine(HeightProtocol):
         self.catchup = CatchUp(params, self.peers)
         self.serving = DoneServer(params)
         self.undeleted: set[int] = set()
+        self.owed: dict[int, Done] = {}
+        """peer -> our DONE of the latest height we decided that has not left for it yet:
+        it rides in the frame of our next message to that peer (R7, §7)."""
 
     def view(self) -> EngineView:
         """A frozen snapshot of what outsiders may read (`consensus.view`)."""
@@ -138,7 +142,10 @@ class Engine(HeightProtocol):
         return out
 
     def _finish_step(self, out: list[Action]) -> None:
-        """Drop terminated instances at the end of the step (never mid-handler, §3.6)."""
+        """Put owed DONEs in front of the step's messages, then drop terminated
+        instances (at the end of the step, never mid-handler, §3.6)."""
+        if self.owed:
+            out[:] = self._ride_dones(out)
         for h in sorted(self.inst):
             inst = self.inst[h]
             if not inst.terminated or not (inst.commit_emitted or h <= self.committed):
@@ -150,6 +157,54 @@ class Engine(HeightProtocol):
             else:
                 self.undeleted.add(h)
             self._gc_blocks()
+
+    # --- our DONE, riding our next message to each peer (R7, §7) ---
+
+    def _owe_done(self, inst: Instance, done: Done) -> list[Action]:
+        for j in self.peers:
+            old = self.owed.get(j)
+            if old is None or old.height < done.height:
+                self.owed[j] = done
+        return self._deliver(inst, self.me, done)
+
+    def _ride_dones(self, out: list[Action]) -> list[Action]:
+        """Each owed DONE joins this step's consensus messages to its peer, so they share
+        one frame (`plan` keeps messages to one peer in engine order): just before the
+        first one for a later height, or else just after the last one for the DONE's own
+        height (a VOTE4, say, after which the DONE is justified). An explicit send of
+        that DONE (the retransmit timer, a restart) settles the debt as well."""
+        place: dict[int, int] = {}
+        """peer -> index in `out` its DONE goes before."""
+        settled: set[int] = set()
+        for i, a in enumerate(out):
+            if not isinstance(a, Send) or not isinstance(
+                a.msg, Propose | Vote | Report | Abort | Done
+            ):
+                continue
+            j, m = a.to, a.msg
+            done = self.owed.get(j)
+            if done is None or j in settled or m.height < done.height:
+                continue
+            if m == done:
+                settled.add(j)
+                place.pop(j, None)
+            elif m.height > done.height:
+                settled.add(j)
+                place.setdefault(j, i)
+            else:
+                place[j] = i + 1
+        if not place and not settled:
+            return out
+        dones = {j: self.owed.pop(j) for j in settled | set(place)}
+        at: dict[int, list[int]] = {}
+        for j, i in place.items():
+            at.setdefault(i, []).append(j)
+        rode: list[Action] = []
+        for i in range(len(out) + 1):
+            rode += [Send(j, dones[j]) for j in sorted(at.get(i, ()))]
+            if i < len(out):
+                rode.append(out[i])
+        return rode
 
     # --- heights ---
 
@@ -313,7 +368,12 @@ class Engine(HeightProtocol):
         decided = inst.rec.decided
         if decided is None:
             return []
-        out = [Send(j, Done(cid, h, decided)) for j in self.peers if j not in inst.done_of]
+        # Peers we owe our DONE get it now, as do peers not known to have decided: the
+        # chain did not move on within a retransmit period (idle, or a height stuck).
+        mine = Done(cid, h, decided)
+        out = [
+            Send(j, mine) for j in self.peers if j not in inst.done_of or self.owed.get(j) == mine
+        ]
         if inst.rec.abort_level >= 0:
             out += [Send(j, Abort(cid, h, inst.rec.abort_level)) for j in self.peers]
         out.append(SetTimer(retx_timer(h), self.p.timeout_ms(inst.rec.round)))
@@ -339,7 +399,15 @@ class Engine(HeightProtocol):
         return out
 
     def _serve_done(self, j: int, h: int, m: ConsensusMessage) -> list[Action]:
-        """Answer a message for a terminated height with DONE, rate-limited per peer."""
+        """Answer a message for a terminated height with DONE, rate-limited per peer.
+
+        A DONE we still owe `j` for that height goes at once, outside the budget: it
+        is one message per peer and height, and `j` is still at that height (it may
+        need it to terminate, and it re-sends until it has it).
+        """
+        owed = self.owed.get(j)
+        if owed is not None and owed.height == h:
+            return [Send(j, owed)]
         return self.serving.serve(j, h, m, self.inst, self._serve_period())
 
     def _serve_period(self) -> int:
