@@ -1,4 +1,4 @@
-"""S1-S19 over many seeds for n = 4 and n = 7: zero violations, and liveness everywhere."""
+"""S1-S20 over many seeds for n = 4 and n = 7: zero violations, and liveness everywhere."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from consensus.sim.runner import replay_command, run_one
 from consensus.sim.scenarios import SCENARIOS, build
 from consensus.sim.world import Sim
 
-SEEDS_PER_CASE = 28  # 19 scenarios x 2 sizes x 28 seeds = 1064 seeded runs
+SEEDS_PER_CASE = 28  # 20 scenarios x 2 sizes x 28 seeds = 1120 seeded runs
 
 
 @pytest.mark.parametrize("n", [4, 7])
@@ -103,3 +103,15 @@ def test_liveness_bound_has_teeth() -> None:
     normal = Sim(build("S1", 4, 0, 3))
     normal.run()
     assert not normal.monitor.violations
+
+
+def test_s20_crashes_around_the_commit_and_the_riding_done() -> None:
+    """S20 has teeth: every run crashes a node (before its commit, or at the step that
+    sends a DONE riding with the next height) and restarts it, and still commits."""
+    for n in (4, 7):
+        for seed in range(9):
+            sim = Sim(build("S20", n, seed, 4))
+            sim.run()
+            assert not sim.monitor.violations, (n, seed, sim.monitor.violations)
+            assert sim.last_restart_us > 0, (n, seed)
+            assert min(len(nd.chain) for nd in sim.correct_nodes()) >= 4, (n, seed)
