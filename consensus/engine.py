@@ -15,12 +15,13 @@ Deviations from CONSENSUS.md, each for a reason stated where it is implemented:
 
 - the record also stores `parent_hash`, so a restart needs no chain-store lookup;
 - DONE replies for an old height (§3.4) are not sent to a peer whose own DONE for that
-  height was already counted (it has decided and was sent our DONE; a DONE is answered at
+  height was already counted (it has decided and gets our DONE; a DONE is answered at
   most once per peer and height, otherwise two terminated nodes answer each other's
   answers forever), nor during the first one to two serve periods after our own decision
-  (our DONE to that peer is still in flight). Replies in those cases only cost frames in
-  the good case, and broke the bound of 5 frames per directed link per height of §7 in the
-  simulator; later asks are still answered;
+  (our DONE to that peer is in flight or owed). Replies in those cases only cost frames in
+  the good case, and broke the bound of frames per directed link per height of §7 in the
+  simulator; later asks are still answered, and a DONE still owed (R7.1) is answered at
+  once;
 - answers that need the chain store (the DONE for a height whose instance is gone, and
   SYNC_RESP) are delegated to the driver with `ReplyDone` and `ReplySync`;
 - all "once" markers for validation and fetching are per round, so a value whose cached
