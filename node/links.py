@@ -9,10 +9,11 @@ run without peers, every send is dropped. Consensus messages pass the node's
 `ByzantineSwitch` on the way out, which leaves them alone unless a test mode is set.
 
 An envelope that need not leave at once (a commit signature) can *ride*: it waits for
-the next consensus message to its peer and goes in the same frame (the transport packs
-what is queued together into one frame, one key), or leaves on its own after a wait. In
-the good case the next height's first consensus frame carries it, as it carries the
-DONE of the height before (CONSENSUS.md §7), so a commit costs no frame of its own.
+the next envelope to its peer (a consensus message, forwarded transactions) and goes in
+the same frame (the transport packs what is queued together into one frame, one key), or
+leaves on its own after a wait. In the good case the next height's first consensus frame
+carries it, as it carries the DONE of the height before (CONSENSUS.md §7), so a commit
+costs no frame of its own.
 """
 
 from __future__ import annotations
@@ -61,6 +62,7 @@ class Links:
 
     def send(self, to: int, env: Envelope) -> None:
         if self.transport is not None:
+            self._release(to)
             self.transport.send(to, env)
 
     def send_all(self, env: Envelope, to: Iterable[int]) -> None:
@@ -69,6 +71,7 @@ class Links:
             return
         for j in to:
             if j != self.me:
+                self._release(j)
                 self.transport.send(j, env)
 
     def send_riding(self, env: Envelope, to: Iterable[int], wait_s: float) -> None:
