@@ -318,7 +318,15 @@ class Engine(HeightProtocol):
             return self._serve_done(j, h, m)
         if inst.terminated:
             return self._serve_done(j, h, m)
-        return self._arm_idle(m) + self._deliver(inst, j, m)
+        return self._arm_idle(m) + self._deliver(inst, j, m) + self._pay_if_stuck(inst, j, m)
+
+    def _pay_if_stuck(self, inst: Instance, j: int, m: ConsensusMessage) -> list[Action]:
+        """An ABORT or REPORT from `j` for a height we decided: `j` is changing rounds
+        there, so the DONE we owe it (R7.1) leaves now rather than with our next height."""
+        owed = self.owed.get(j)
+        if owed is None or owed.height != inst.h or not isinstance(m, Abort | Report):
+            return []
+        return [Send(j, owed)]
 
     def _arm_idle(self, m: ConsensusMessage) -> list[Action]:
         """Idle mode (§4): consensus traffic for the current or next height arms the timer.

@@ -13,7 +13,7 @@ from consensus.driver import plan
 from consensus.engine import Engine
 from consensus.events import Action, Alert, Commit, MessageIn, Send, StartHeight, Timeout
 from consensus.instance import retx_timer
-from consensus.messages import Block, Done, Propose, Vote, block_hash
+from consensus.messages import Abort, Block, Done, Propose, Vote, block_hash
 from consensus.params import Params
 
 P = Params(n=4)
@@ -111,3 +111,15 @@ def test_a_riding_done_counts_as_one_done_of_its_sender() -> None:
     # a second sender (f + 1 = 2 in all) makes the decision
     e.step(MessageIn(2, Done(P.chain_id, 1, x)))
     assert e.inst[1].rec.decided == x
+
+
+def test_a_peer_changing_rounds_at_the_decided_height_gets_the_owed_done_at_once() -> None:
+    """A node that does not move on needs the DONE now, not with our next height."""
+    e, v, _ = _decided()
+    late = e.step(MessageIn(3, Vote(P.chain_id, 1, 0, 4, v)))
+    assert not _dones(late), "a late VOTE4 is the good case: the DONE still rides"
+    out = e.step(MessageIn(3, Abort(P.chain_id, 1, 0)))
+    assert _dones(out) == [(3, Done(P.chain_id, 1, v))]
+    assert set(e.owed) == {0, 2}
+    again = e.step(MessageIn(3, Abort(P.chain_id, 1, 1)))
+    assert not _dones(again), "paid once"
