@@ -199,6 +199,7 @@ class Validator:
             self.alarms,
             self.byzantine,
             feed,
+            link_keys=self.links.keys,
         )
         self.admission = Admission(
             self.mempool,
@@ -250,6 +251,7 @@ class Validator:
             self.links,
             self.budgets,
             self.alarms,
+            ride_s=self.params.timeout_ms(0) / 1000,
         )
         parts = CommitParts(
             alarms=self.alarms,
@@ -446,6 +448,7 @@ class Validator:
         self.driver.cancel_timers()
         self.pacer.cancel_timers()
         self.fetcher.cancel_timers()
+        self.links.cancel_timers()
 
     async def _housekeeping(self) -> None:
         """Inclusion timer, metrics of the key layer, periodic bookkeeping."""

@@ -121,19 +121,24 @@ def io_imports() -> list[str]:
 
 
 def direct_io(tree: ast.AST) -> Iterator[tuple[int, str]]:
-    """Calls of the wall clock, a timer, an unseeded generator or a socket, by dotted name
-    (`random.Random(seed)` with a seed is allowed)."""
+    """Uses of the wall clock, a timer, an unseeded generator or a socket, by dotted name:
+    calls and references alike (a `time.monotonic` default argument reads the real clock
+    too); `random.Random(seed)` with a seed is allowed."""
     for node in ast.walk(tree):
-        if not isinstance(node, ast.Call) or not isinstance(node.func, ast.Attribute):
+        if not isinstance(node, ast.Attribute) or not isinstance(node.value, ast.Name):
             continue
-        value = node.func.value
-        if not isinstance(value, ast.Name):
-            continue
-        name = f"{value.id}.{node.func.attr}"
-        if name == "random.Random" and node.args:
-            continue
-        if name in DIRECT_IO_CALLS:
+        name = f"{node.value.id}.{node.attr}"
+        if name in DIRECT_IO_CALLS and name != "random.Random":
             yield node.lineno, name
+    for node in ast.walk(tree):
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and isinstance(node.func.value, ast.Name)
+            and f"{node.func.value.id}.{node.func.attr}" == "random.Random"
+            and not node.args
+        ):
+            yield node.lineno, "random.Random"
 
 
 def node_direct_io() -> list[str]:
@@ -184,6 +189,7 @@ def test_the_node_reads_time_and_opens_connections_only_through_injected_io() ->
             ["asyncio.open_connection"],
         ),
         ("from qchain import clock\nx = clock.monotonic()\n", []),
+        ("def f(clock=time.monotonic):\n    return clock()\n", ["time.monotonic"]),
     ],
 )
 def test_the_direct_io_check_sees_a_clock_read(source: str, expected: list[str]) -> None:
