@@ -46,7 +46,7 @@ rust-client:
 
 # The whole-network simulator's nightly sweep (docs/SIMULATION.md): seeded runs of four
 # validators, 20 virtual seconds each, with faults; a failing seed prints its replay
-# command. About 500 runs an hour per core beside other work, more on a quiet machine.
+# command. 500-1,500 runs an hour on this 2-core machine beside other work.
 SIM_SEEDS ?= 0..499
 
 sim-sweep: $(STAMP)
