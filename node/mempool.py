@@ -241,13 +241,15 @@ class Mempool:
             if not sender.by_nonce:
                 del self._senders[p.tx.sender]
 
-    def on_commit(self, txs: Iterable[Transaction], height: int) -> None:
+    def on_commit(self, txs: Iterable[Transaction], height: int) -> int:
         """Drop what the committed block included, what its nonces made stale, and what
-        expired at `height`."""
+        expired at `height`. Returns how many of the included were local."""
         touched: set[bytes] = set()
+        local = 0
         for tx in txs:
             p = self._by_hash.get(tx.hash)
             if p is not None:
+                local += p.local
                 self._remove(p)
             touched.add(tx.sender)
         for address in touched:
@@ -262,6 +264,7 @@ class Mempool:
         ]
         for p in expired:
             self._remove(p)
+        return local
 
     def next_free_nonce(self, address: bytes, committed: int) -> int:
         """The nonce after the run of pending nonces that starts at `committed`."""

@@ -37,6 +37,7 @@ from contracts.genesis import Genesis, init_state
 from node import byzantine
 from node.accounts import Accounts, Admission
 from node.alarms import Alarms
+from node.backlog import Backlog
 from node.budget import Budgets
 from node.chain import ChainApp
 from node.chainstore import ChainStore
@@ -59,7 +60,7 @@ from node.service import EventStream, TxStatus
 from node.sigcache import SignatureCache
 from node.transport import FaultRules, Transport
 from qchain.config import NodeConfig
-from qchain.errors import ConfigError, StorageCorrupt, StorageError
+from qchain.errors import ConfigError, Overloaded, StorageCorrupt, StorageError
 from qchain.keys import SigningKey
 from qchain.qkd.endpoint import QKDEndpoint
 from qchain.qkd.source import KeySource
@@ -202,6 +203,7 @@ class Validator:
             self.pacer,
             self.metrics,
             feed,
+            Backlog(cfg.node.admission_bound_ms, self.params.n),
         )
         self.fetcher = BlockFetcher(
             self.params.chain_id, self.store, self.app, self.links, self.budgets, self.alarms, feed
@@ -485,6 +487,12 @@ class Validator:
 
     def submit_tx(self, tx: Transaction) -> tuple[TxStatus, bool]:
         return self.service.submit_tx(tx)
+
+    def admission_room(self) -> int:
+        return self.service.admission_room()
+
+    def overloaded(self) -> Overloaded:
+        return self.service.overloaded()
 
     def tx_status(self, tx_hash: bytes) -> TxStatus | None:
         return self.service.tx_status(tx_hash)

@@ -1,0 +1,78 @@
+"""The admission bound (`node.backlog`), on a clock the test sets."""
+
+from __future__ import annotations
+
+import pytest
+
+from node.backlog import UNBOUNDED, Backlog
+from qchain.errors import MempoolFull, Overloaded
+
+
+def test_no_commit_history_means_static_limits_only() -> None:
+    b = Backlog(2000, 4)
+    assert b.room(10_000, 5.0) == UNBOUNDED
+    b.check(10_000, 5.0)
+    b.committed(6.0, 0, 0)
+    assert b.room(10_000, 6.5) == UNBOUNDED, "empty blocks give no rate to go by"
+
+
+def test_room_is_bound_times_local_rate_minus_pending() -> None:
+    b = Backlog(2000, 4, window_s=10.0)
+    b.committed(0.0, 400, 100)
+    b.committed(5.0, 400, 100)
+    # 200 local in 10 s (the span since the first commit, capped at the window): 20/s;
+    # the fair share of the chain's 80/s is 20/s as well.
+    assert b.rate(10.0) == pytest.approx(20.0)
+    assert b.room(0, 10.0) == 40
+    assert b.room(39, 10.0) == 1
+    assert b.room(40, 10.0) == 0
+    assert b.room(500, 10.0) == 0
+    b.check(39, 10.0)
+    with pytest.raises(Overloaded):
+        b.check(40, 10.0)
+
+
+def test_fair_share_of_the_chain_rate_when_local_history_is_thin() -> None:
+    b = Backlog(1000, 4)
+    b.committed(0.0, 4000, 0)
+    # No local transaction committed yet: a quarter of 4000 tx/s (span at least 1 s).
+    assert b.rate(1.0) == pytest.approx(1000.0)
+    assert b.room(0, 1.0) == 1000
+
+
+def test_old_commits_leave_the_window() -> None:
+    b = Backlog(2000, 1, window_s=10.0)
+    b.committed(0.0, 1000, 1000)
+    assert b.room(0, 5.0) > 0
+    assert b.room(0, 10.5) == UNBOUNDED, "the window holds no commit any more"
+
+
+def test_refusal_says_when_the_backlog_above_the_bound_drains() -> None:
+    b = Backlog(2000, 1, window_s=10.0)
+    b.committed(0.0, 1000, 1000)
+    now = 10.0  # 100 tx/s: the bound admits 200 pending
+    e = b.refusal(200, now)
+    assert isinstance(e, MempoolFull) and e.code == "overloaded"
+    assert e.retry_after_s == 1
+    assert e.backlog_ms == 2000 and e.bound_ms == 2000
+    far = b.refusal(1000, now)  # 801 over the bound at 100/s: 8.01 s
+    assert far.retry_after_s == 9
+    assert far.fields()["retry_after"] == 9
+
+
+def test_bound_zero_turns_admission_control_off() -> None:
+    b = Backlog(0, 4)
+    b.committed(0.0, 10, 10)
+    assert b.room(1_000_000, 1.0) == UNBOUNDED
+
+
+def test_accepting_up_to_room_keeps_the_expected_wait_under_the_bound() -> None:
+    """Whatever the rate and the pending count, filling the room never makes the
+    expected wait (pending / rate) exceed the bound."""
+    for local, chain, n, pending in [(1, 1, 1, 0), (37, 900, 4, 12), (2500, 2500, 7, 3000)]:
+        b = Backlog(2000, n)
+        b.committed(0.0, chain, local)
+        rate = b.rate(1.0)
+        room = b.room(pending, 1.0)
+        assert (pending + room) / rate <= 2.0
+        assert room == 0 or (pending + room + 1) / rate > 2.0
