@@ -465,6 +465,17 @@ class ApiError(QChainError):
         self.extra = extra
         self.code = type_.rstrip("/").rsplit("/", 1)[-1] or "api-error"
 
+    @property
+    def retry_after_s(self) -> float | None:
+        """Seconds the node asked to wait before sending the same request again (its
+        `retry_after` member, as `Retry-After` says it: 429 and 503 only); None when it
+        gave none."""
+        value = self.extra.get("retry_after")
+        if self.status not in (429, 503) or type(value) not in (int, float):
+            return None
+        seconds = float(value)  # type: ignore[arg-type]
+        return seconds if 0 <= seconds < float("inf") else None
+
     def fields(self) -> dict[str, object]:
         return {"status": self.status, "type": self.type, **self.extra}
 
