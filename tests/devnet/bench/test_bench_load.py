@@ -142,6 +142,7 @@ async def test_retry_after_is_honoured_and_late_acceptance_recorded(tmp_path: Pa
     late = [c for c in result["chunks"] if c["accepted_at"]]
     assert len(late) == 1 and late[0]["resent"] == 1
     ((pos, at),) = late[0]["accepted_at"].items()
+    assert late[0]["offset"] + int(pos) == 1, "the position of tx-1"
     assert at - late[0]["posted"] >= 0.95
 
 
