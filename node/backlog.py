@@ -15,9 +15,17 @@ chain's rate says what it can expect. With no commit of any transaction in the w
 (a new chain, an idle one, or a stall) there is no rate to go by, and only the pool's
 static limits apply, as before.
 
-A refusal is cheap (no decoding, no signature check: it needs only two counters) and
+A measured commit rate is what the chain committed, not what it could: while load ramps
+up, blocks are small because little was offered, and the rate understates the chain's
+capacity. So the bound applies only once the node stops keeping up: while its oldest
+pending client transaction has waited less than half the bound (every block takes what
+it holds), it accepts within the static limits, and the next blocks, larger, raise the
+measured rate. Past that, blocks are full and the rate is the chain's capacity.
+
+A refusal is cheap (no decoding, no signature check: it needs only a few counters) and
 says when to come back: `Overloaded.retry_after_s`, the time the backlog above the bound
-takes to drain at the measured rate, whole seconds as `Retry-After` needs, at least 1.
+takes to drain at the measured rate, whole seconds as `Retry-After` needs, at least 1
+and at most the bound (by then the rate has been measured again).
 
 Only local admissions are bounded. Transactions a peer forwards were accepted by that
 peer, which keeps them and forwards them again until they commit; refusing them here
@@ -33,7 +41,7 @@ from dataclasses import dataclass
 
 from qchain.errors import Overloaded
 
-WINDOW_S = 10.0
+WINDOW_S = 5.0
 """How far back commits count toward the measured rate."""
 MIN_SPAN_S = 1.0
 """Shortest span a rate is measured over (right after the first commits)."""
@@ -90,11 +98,12 @@ class Backlog:
         r = self.rates(now)
         return max(r.local, r.chain / self.n)
 
-    def room(self, pending: int, now: float) -> int:
+    def room(self, pending: int, oldest_s: float, now: float) -> int:
         """How many more local transactions the bound lets in with `pending` local ones
-        in the pool (`UNBOUNDED` with no bound or no known rate)."""
+        in the pool, the oldest of them waiting for `oldest_s` seconds (`UNBOUNDED` with
+        no bound, no known rate, or while the node keeps up)."""
         rate = self.rate(now)
-        if self.bound_s <= 0 or rate <= 0:
+        if self.bound_s <= 0 or rate <= 0 or oldest_s < self.bound_s / 2:
             return UNBOUNDED
         return max(0, math.floor(self.bound_s * rate) - pending)
 
@@ -102,14 +111,14 @@ class Backlog:
         """The answer to a transaction beyond the room: when to come back."""
         rate = self.rate(now)
         excess = pending + 1 - self.bound_s * rate
-        wait_s = excess / rate if rate > 0 else 1.0
+        wait_s = min(excess / rate, self.bound_s) if rate > 0 else 1.0
         return Overloaded(
             max(1, math.ceil(wait_s)),
             round(pending / rate * 1000) if rate > 0 else 0,
             round(self.bound_s * 1000),
         )
 
-    def check(self, pending: int, now: float) -> None:
+    def check(self, pending: int, oldest_s: float, now: float) -> None:
         """Raise `Overloaded` unless one more local transaction fits the bound."""
-        if self.room(pending, now) <= 0:
+        if self.room(pending, oldest_s, now) <= 0:
             raise self.refusal(pending, now)

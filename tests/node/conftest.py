@@ -93,6 +93,9 @@ class FakeNode:
         """The fake's monotonic clock (seconds), for the admission bound."""
         self.backlog = Backlog(0, 1)
         """The admission bound, the node's own rule; off (0 ms) unless a test sets one."""
+        self.oldest_s = 60.0
+        """How long the oldest pending transaction waited, as the bound sees it: the
+        fake never keeps up, so a bound a test sets applies at once."""
 
     # NodeService
 
@@ -115,7 +118,7 @@ class FakeNode:
         known = self.tx_status(tx.hash)
         if known is not None:
             return known, False
-        self.backlog.check(len(self.pending), self.now)
+        self.backlog.check(len(self.pending), self.oldest_s, self.now)
         if tx.chain_id != CHAIN_ID:
             raise WrongChain(CHAIN_ID, tx.chain_id)
         if tx.sender not in self.members:
@@ -132,7 +135,7 @@ class FakeNode:
         return TxStatus(tx.hash, "pending"), True
 
     def admission_room(self) -> int:
-        return self.backlog.room(len(self.pending), self.now)
+        return self.backlog.room(len(self.pending), self.oldest_s, self.now)
 
     def overloaded(self) -> Overloaded:
         return self.backlog.refusal(len(self.pending), self.now)

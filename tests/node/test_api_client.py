@@ -410,9 +410,9 @@ def _overloaded_node(api: ApiHarness) -> asyncio.Event:
     backlog = api.node.backlog
     check, refusal = backlog.check, backlog.refusal
 
-    def counting_check(pending: int, now: float) -> None:
+    def counting_check(pending: int, oldest_s: float, now: float) -> None:
         try:
-            check(pending, now)
+            check(pending, oldest_s, now)
         except Overloaded:
             refused.set()
             raise
