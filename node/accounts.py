@@ -94,9 +94,6 @@ class Admission:
         self.feed = feed
         self.backlog = backlog
         self.clock = clock
-        self._oldest_local: float | None = None
-        """When the oldest pending client transaction was admitted (as of the last
-        commit; later ones are younger)."""
         self.ready_signalled = False
         """Idle mode: whether the engine was told the mempool has an includable tx."""
 
@@ -105,10 +102,8 @@ class Admission:
         what `Mempool.add` raises."""
         now = self.clock()
         if local and tx.hash not in self.mempool:
-            self.backlog.check(self.mempool.local_count, self._oldest_s(now), now)
+            self.backlog.check(self.mempool.local_count, now)
         new = self.mempool.add(tx, height=self.committed(), now=now, local=local)
-        if new and local and self._oldest_local is None:
-            self._oldest_local = now
         if new:
             self.metrics.observe_mempool(len(self.mempool), self.mempool.size_bytes)
             if self.idle_mode and not self.ready_signalled and self.mempool.has_ready():
@@ -118,14 +113,9 @@ class Admission:
                 self.pacer.maybe_build()
         return new
 
-    def _oldest_s(self, now: float) -> float:
-        """How long the oldest pending client transaction has waited (0 with none)."""
-        return 0.0 if self._oldest_local is None else now - self._oldest_local
-
     def room(self) -> int:
         """How many more client transactions the admission bound lets in now."""
-        now = self.clock()
-        return self.backlog.room(self.mempool.local_count, self._oldest_s(now), now)
+        return self.backlog.room(self.mempool.local_count, self.clock())
 
     def overloaded(self) -> Overloaded:
         """The refusal of a client transaction beyond `room`."""
@@ -133,11 +123,13 @@ class Admission:
 
     def on_commit(self, txs: Sequence[Transaction], height: int) -> None:
         """A block of txs committed at `height`: out of the pool, into the commit rate."""
+        cutoff = self.backlog.cutoff()
         local = self.mempool.on_commit(txs, height)
-        self.backlog.committed(self.clock(), len(txs), local)
-        self._oldest_local = min(
-            (p.seen_at for p in self.mempool.pending() if p.local), default=None
+        saturated = cutoff is not None and any(
+            p.local and p.seen_at < cutoff and p.tx.nonce == self.accounts.next_nonce(p.tx.sender)
+            for p in self.mempool.pending()
         )
+        self.backlog.committed(self.clock(), len(txs), local, saturated)
 
     def after_commit(self) -> None:
         """A commit changed what is includable: tell an idle engine whether some is."""

@@ -15,12 +15,16 @@ chain's rate says what it can expect. With no commit of any transaction in the w
 (a new chain, an idle one, or a stall) there is no rate to go by, and only the pool's
 static limits apply, as before.
 
-A measured commit rate is what the chain committed, not what it could: while load ramps
-up, blocks are small because little was offered, and the rate understates the chain's
-capacity. So the bound applies only once the node stops keeping up: while its oldest
-pending client transaction has waited less than half the bound (every block takes what
-it holds), it accepts within the static limits, and the next blocks, larger, raise the
-measured rate. Past that, blocks are full and the rate is the chain's capacity.
+A measured commit rate is what the chain committed, not what it could: while the chain
+keeps up, blocks are as small as the load offered, the rate understates the chain's
+capacity, and a bound on pending / rate would bound the chain's own latency (the time
+from admission to commit even with no queue), not the wait in a queue: it would hold
+throughput wherever it happens to be. So the bound applies only while the chain is
+*saturated*: the last commit left out a transaction of this node's clients that was
+ready (its sender's next nonce) well before that block was built (admitted before the
+commit two commits earlier). Then blocks are full, the measured rate is the chain's
+capacity, and pending / rate is the wait in the queue. Otherwise the static limits
+apply, and the larger blocks that follow raise the measured rate.
 
 A refusal is cheap (no decoding, no signature check: it needs only a few counters) and
 says when to come back: `Overloaded.retry_after_s`, the time the backlog above the bound
@@ -71,13 +75,26 @@ class Backlog:
         """(time, transactions, local transactions) of the commits in the window."""
         self._first: float | None = None
         """Time of the first commit this node saw (the window is shorter before)."""
+        self.saturated = False
+        """Whether the last commit left ready client transactions behind."""
+        self._recent: deque[float] = deque(maxlen=2)
+        """Times of the last two commits."""
 
-    def committed(self, now: float, txs: int, local: int) -> None:
+    def cutoff(self) -> float | None:
+        """Client transactions admitted before this time were in the leader's pool when
+        the block committed next was built (the commit two commits back: a pipelined
+        leader builds a block before the previous one commits)."""
+        return self._recent[0] if len(self._recent) == 2 else None
+
+    def committed(self, now: float, txs: int, local: int, saturated: bool) -> None:
         """A block of `txs` transactions, `local` of them this node's clients', committed
-        at `now` (monotonic seconds)."""
+        at `now` (monotonic seconds); saturated: it left ready client transactions
+        admitted before `cutoff()` behind."""
         if self._first is None:
             self._first = now
         self._commits.append((now, txs, local))
+        self._recent.append(now)
+        self.saturated = saturated
         self._expire(now)
 
     def _expire(self, now: float) -> None:
@@ -98,12 +115,11 @@ class Backlog:
         r = self.rates(now)
         return max(r.local, r.chain / self.n)
 
-    def room(self, pending: int, oldest_s: float, now: float) -> int:
+    def room(self, pending: int, now: float) -> int:
         """How many more local transactions the bound lets in with `pending` local ones
-        in the pool, the oldest of them waiting for `oldest_s` seconds (`UNBOUNDED` with
-        no bound, no known rate, or while the node keeps up)."""
+        in the pool (`UNBOUNDED` with no bound, no known rate, or an unsaturated chain)."""
         rate = self.rate(now)
-        if self.bound_s <= 0 or rate <= 0 or oldest_s < self.bound_s / 2:
+        if self.bound_s <= 0 or rate <= 0 or not self.saturated:
             return UNBOUNDED
         return max(0, math.floor(self.bound_s * rate) - pending)
 
@@ -118,7 +134,7 @@ class Backlog:
             round(self.bound_s * 1000),
         )
 
-    def check(self, pending: int, oldest_s: float, now: float) -> None:
+    def check(self, pending: int, now: float) -> None:
         """Raise `Overloaded` unless one more local transaction fits the bound."""
-        if self.room(pending, oldest_s, now) <= 0:
+        if self.room(pending, now) <= 0:
             raise self.refusal(pending, now)

@@ -14,11 +14,13 @@ hide its queue (no coordinated omission).
 A transaction refused for want of room (`overloaded`, `mempool-full`, 429, 503, a
 dropped connection) is sent again, as a partner's client would: after the `Retry-After`
 the node gave (the item's `retry_after`, else the answer's header), or after a back-off
-when it gave none. Its sender's later nonces cannot commit without it, so they are held
-back (in order) until it is accepted, instead of piling up behind a gap. A chunk records
-when each of its transactions that was sent again got accepted (`accepted_at`, by
-position): latency counts from the first scheduled time for the offered load, and from
-that acceptance for what the nodes accepted.
+when it gave none; and a node that gave a `Retry-After` gets nothing new from this
+node's sender before it has passed (what was offered meanwhile waits in the queue and
+goes in the next requests). Its sender's later nonces cannot commit without it, so
+they are held back (in order) until it is accepted, instead of piling up behind a gap.
+A chunk records when each of its transactions that was sent again got accepted
+(`accepted_at`, by position): latency counts from the first scheduled time for the
+offered load, and from that acceptance for what the nodes accepted.
 
 RESULT records every chunk: node, offset in its stream, size, scheduled and posted wall
 times, per-chunk acceptance counts, resends, and the codes of final refusals. The run is
@@ -109,6 +111,8 @@ class _NodeSender:
         self._sender_of: dict[int, bytes] = {}
         self.attempts: dict[int, int] = {}
         """Stream index -> refusals so far, for the back-off."""
+        self.not_before = 0.0
+        """Wall time before which the node asked not to be sent more (`Retry-After`)."""
 
     def offer(self, count: int, scheduled: float) -> None:
         count = min(count, len(self.stream) - self.cursor)
@@ -131,6 +135,7 @@ class _NodeSender:
             if first is None:
                 await self._drain_resends()
                 return
+            await asyncio.sleep(max(0.0, self.not_before - time.time()))
             chunks = [first]
             size = first.count
             nbytes = sum(len(t) for t in self._txs(first))
@@ -267,6 +272,8 @@ class _NodeSender:
                 code = code.rsplit("/", 1)[-1]
                 if problem is not None and "retry_after" in problem:
                     wait = parse_retry_after(str(problem["retry_after"]))
+            if wait is not None and code in RETRYABLE:
+                self.not_before = max(self.not_before, answered + wait)
             if code in RETRYABLE or (results is None and not failure.startswith("http-")):
                 n = self.attempts[c.offset + pos] = self.attempts.get(c.offset + pos, 0) + 1
                 pause = min(RESEND_PAUSE_MAX_S, RESEND_PAUSE_S * 2 ** (n - 1))

@@ -93,9 +93,6 @@ class FakeNode:
         """The fake's monotonic clock (seconds), for the admission bound."""
         self.backlog = Backlog(0, 1)
         """The admission bound, the node's own rule; off (0 ms) unless a test sets one."""
-        self.oldest_s = 60.0
-        """How long the oldest pending transaction waited, as the bound sees it: the
-        fake never keeps up, so a bound a test sets applies at once."""
 
     # NodeService
 
@@ -118,7 +115,7 @@ class FakeNode:
         known = self.tx_status(tx.hash)
         if known is not None:
             return known, False
-        self.backlog.check(len(self.pending), self.oldest_s, self.now)
+        self.backlog.check(len(self.pending), self.now)
         if tx.chain_id != CHAIN_ID:
             raise WrongChain(CHAIN_ID, tx.chain_id)
         if tx.sender not in self.members:
@@ -135,7 +132,7 @@ class FakeNode:
         return TxStatus(tx.hash, "pending"), True
 
     def admission_room(self) -> int:
-        return self.backlog.room(len(self.pending), self.oldest_s, self.now)
+        return self.backlog.room(len(self.pending), self.now)
 
     def overloaded(self) -> Overloaded:
         return self.backlog.refusal(len(self.pending), self.now)
@@ -280,7 +277,8 @@ class FakeNode:
         )
         self.store.write(self._chain.commit_batch(block, receipts, []), sync=True)
         self._chain.put_certificate(cert)
-        self.backlog.committed(self.now, len(txs), len(txs))
+        # The fake's chain is saturated: a bound a test sets applies at once.
+        self.backlog.committed(self.now, len(txs), len(txs), True)
         self.metrics.observe_commit(height, len(txs), 1.0)
         self.bus.publish_commit(block, receipts)
         done, self._committed = self._committed, asyncio.Event()

@@ -75,12 +75,10 @@ def test_beyond_the_bound_a_client_tx_is_refused_before_its_signature_is_checked
     setup: Any,
 ) -> None:
     admission, _, verifier, clock = setup
-    admission.backlog.committed(0.0, 16, 4)  # 2 local/s (and a fair share of 16/4/2 = 2/s)
+    admission.backlog.committed(0.0, 8, 2, True)  # saturated; 2 local/s (share 8/4/1)
     clock.now = 1.0
-    assert admission.admit(tx("partner1", 0), local=True)
-    clock.now = 2.0  # the oldest waited 1 s, half the bound: the node no longer keeps up
-    assert admission.room() == 3
-    for n in range(1, 4):
+    assert admission.room() == 4
+    for n in range(4):
         assert admission.admit(tx("partner1", n), local=True)
     checked = verifier.calls
     with pytest.raises(Overloaded) as refused:
@@ -94,21 +92,12 @@ def test_beyond_the_bound_a_client_tx_is_refused_before_its_signature_is_checked
     assert admission.admit(tx("partner1", 3), local=True) is False
 
 
-def test_a_node_that_keeps_up_admits_within_the_static_limits(setup: Any) -> None:
-    admission, _, _, clock = setup
-    admission.backlog.committed(0.0, 4, 1)
-    clock.now = 1.0
-    for n in range(20):
-        assert admission.admit(tx("partner1", n), local=True), "the oldest waited 0 s"
-
-
 def test_forwarded_transactions_are_not_bounded(setup: Any) -> None:
     """A peer accepted them and keeps them until they commit: the static limits only."""
     admission, _, _, clock = setup
-    admission.backlog.committed(0.0, 8, 2)
+    admission.backlog.committed(0.0, 4, 1, True)
     clock.now = 1.0
     assert admission.admit(tx("partner1", 0), local=True)
-    clock.now = 2.0
     assert admission.admit(tx("partner1", 1), local=True)
     with pytest.raises(Overloaded):
         admission.admit(tx("partner1", 2), local=True)
@@ -116,22 +105,56 @@ def test_forwarded_transactions_are_not_bounded(setup: Any) -> None:
         assert admission.admit(tx("partner2", n))
 
 
+def test_a_commit_that_leaves_ready_client_transactions_behind_saturates(
+    setup: Any,
+) -> None:
+    admission, accounts, _, clock = setup
+    sender = tx("partner1", 0).sender
+    early = [tx("partner1", n) for n in range(3)]
+    for t in early:
+        admission.admit(t, local=True)  # at t = 0
+    clock.now = 1.0
+    admission.on_commit([], 1)
+    assert not admission.backlog.saturated, "no cutoff yet: one commit seen"
+    clock.now = 2.0
+    admission.on_commit([], 2)
+    assert not admission.backlog.saturated, "no cutoff yet: two commits seen"
+    clock.now = 3.0
+    accounts.nonces[sender] = 1
+    admission.on_commit(early[:1], 3)
+    assert admission.backlog.saturated, "nonce 1, ready since t = 0, was left behind"
+    assert admission.room() < 1_000_000
+
+    clock.now = 4.0
+    accounts.nonces[sender] = 3
+    admission.on_commit(early[1:], 4)
+    assert not admission.backlog.saturated, "everything ready got in"
+    assert admission.room() > 1_000_000
+
+
+def test_a_nonce_gap_left_behind_does_not_saturate(setup: Any) -> None:
+    admission, _, _, clock = setup
+    admission.admit(tx("partner1", 5), local=True)  # nonce 0 never came: not ready
+    for k in range(3):
+        clock.now = 1.0 + k
+        admission.on_commit([], 1 + k)
+    assert not admission.backlog.saturated
+
+
 def test_commits_drain_the_backlog_and_feed_the_rate(setup: Any) -> None:
     admission, accounts, _, clock = setup
-    admission.backlog.committed(0.0, 8, 2)
+    admission.backlog.committed(0.0, 8, 2, True)
     clock.now = 1.0
-    sent = [tx("partner1", n) for n in range(3)]
-    admission.admit(sent[0], local=True)
-    clock.now = 2.0
-    admission.admit(sent[1], local=True)
+    sent = [tx("partner1", n) for n in range(5)]
+    for t in sent[:4]:
+        admission.admit(t, local=True)
     with pytest.raises(Overloaded):
-        admission.admit(sent[2], local=True)
-    accounts.nonces[sent[0].sender] = 2
-    admission.on_commit(sent[:2], 1)
+        admission.admit(sent[4], local=True)
+    clock.now = 2.0
+    accounts.nonces[sent[0].sender] = 4
+    admission.on_commit(sent[:4], 1)
     assert len(admission.mempool) == 0
-    # 4 local transactions committed in 2 s: 2/s; the pool is empty, nothing waits.
-    assert admission.backlog.rates(2.0).local == pytest.approx(2.0)
-    assert admission.room() > 1000
-    assert admission.admit(sent[2], local=True)
-    clock.now = 3.0  # the oldest has waited 1 s: the bound again (4 local in 3 s)
-    assert admission.room() == 1
+    # 6 local transactions committed in 2 s: 3/s; nothing left behind.
+    assert admission.backlog.rates(2.0).local == pytest.approx(3.0)
+    assert not admission.backlog.saturated
+    assert admission.admit(sent[4], local=True)

@@ -404,15 +404,15 @@ def _overloaded_node(api: ApiHarness) -> asyncio.Event:
     """The fake node at its admission bound (room for 2 at 1 tx/s, 2 s), and an event
     set when it refuses something for the bound."""
     api.node.backlog = Backlog(2000, 1, window_s=10.0)
-    api.node.backlog.committed(0.0, 1, 1)
+    api.node.backlog.committed(0.0, 1, 1, True)
     api.node.now = 1.0
     refused = asyncio.Event()
     backlog = api.node.backlog
     check, refusal = backlog.check, backlog.refusal
 
-    def counting_check(pending: int, oldest_s: float, now: float) -> None:
+    def counting_check(pending: int, now: float) -> None:
         try:
-            check(pending, oldest_s, now)
+            check(pending, now)
         except Overloaded:
             refused.set()
             raise

@@ -7,52 +7,49 @@ import pytest
 from node.backlog import UNBOUNDED, Backlog
 from qchain.errors import MempoolFull, Overloaded
 
-LATE = 60.0
-"""The age of the oldest pending transaction of a node that does not keep up."""
-
 
 def test_no_commit_history_means_static_limits_only() -> None:
     b = Backlog(2000, 4)
-    assert b.room(10_000, LATE, 5.0) == UNBOUNDED
-    b.check(10_000, LATE, 5.0)
-    b.committed(6.0, 0, 0)
-    assert b.room(10_000, LATE, 6.5) == UNBOUNDED, "empty blocks give no rate to go by"
+    assert b.room(10_000, 5.0) == UNBOUNDED
+    b.check(10_000, 5.0)
+    b.committed(6.0, 0, 0, True)
+    assert b.room(10_000, 6.5) == UNBOUNDED, "empty blocks give no rate to go by"
 
 
 def test_room_is_bound_times_local_rate_minus_pending() -> None:
     b = Backlog(2000, 4, window_s=10.0)
-    b.committed(0.0, 400, 100)
-    b.committed(5.0, 400, 100)
+    b.committed(0.0, 400, 100, True)
+    b.committed(5.0, 400, 100, True)
     # 200 local in 10 s (the span since the first commit, capped at the window): 20/s;
     # the fair share of the chain's 80/s is 20/s as well.
     assert b.rate(10.0) == pytest.approx(20.0)
-    assert b.room(0, LATE, 10.0) == 40
-    assert b.room(39, LATE, 10.0) == 1
-    assert b.room(40, LATE, 10.0) == 0
-    assert b.room(500, LATE, 10.0) == 0
-    b.check(39, LATE, 10.0)
+    assert b.room(0, 10.0) == 40
+    assert b.room(39, 10.0) == 1
+    assert b.room(40, 10.0) == 0
+    assert b.room(500, 10.0) == 0
+    b.check(39, 10.0)
     with pytest.raises(Overloaded):
-        b.check(40, LATE, 10.0)
+        b.check(40, 10.0)
 
 
 def test_fair_share_of_the_chain_rate_when_local_history_is_thin() -> None:
     b = Backlog(1000, 4)
-    b.committed(0.0, 4000, 0)
+    b.committed(0.0, 4000, 0, True)
     # No local transaction committed yet: a quarter of 4000 tx/s (span at least 1 s).
     assert b.rate(1.0) == pytest.approx(1000.0)
-    assert b.room(0, LATE, 1.0) == 1000
+    assert b.room(0, 1.0) == 1000
 
 
 def test_old_commits_leave_the_window() -> None:
     b = Backlog(2000, 1, window_s=10.0)
-    b.committed(0.0, 1000, 1000)
-    assert b.room(0, LATE, 5.0) > 0
-    assert b.room(0, LATE, 10.5) == UNBOUNDED, "the window holds no commit any more"
+    b.committed(0.0, 1000, 1000, True)
+    assert b.room(0, 5.0) > 0
+    assert b.room(0, 10.5) == UNBOUNDED, "the window holds no commit any more"
 
 
 def test_refusal_says_when_the_backlog_above_the_bound_drains() -> None:
     b = Backlog(2000, 1, window_s=10.0)
-    b.committed(0.0, 1000, 1000)
+    b.committed(0.0, 1000, 1000, True)
     now = 10.0  # 100 tx/s: the bound admits 200 pending
     e = b.refusal(200, now)
     assert isinstance(e, MempoolFull) and e.code == "overloaded"
@@ -65,22 +62,26 @@ def test_refusal_says_when_the_backlog_above_the_bound_drains() -> None:
     assert far.fields()["retry_after"] == 2
 
 
-def test_a_node_that_keeps_up_is_not_bounded_by_a_rate_that_only_measured_supply() -> None:
-    """Right after load starts, blocks are small because little was offered: the rate
-    understates the chain. While the oldest pending transaction has waited less than
-    half the bound, the static limits apply; past that, the bound."""
+def test_an_unsaturated_chain_is_not_bounded_by_a_rate_that_only_measured_supply() -> None:
+    """While blocks take every ready transaction, the rate measures the load offered,
+    not the chain: the static limits apply until a commit leaves ready ones behind."""
     b = Backlog(2000, 1, window_s=10.0)
-    b.committed(0.0, 20, 20)  # a small first block: 20 tx/s measured
-    assert b.room(500, 0.3, 1.0) == UNBOUNDED
-    assert b.room(500, 0.99, 1.0) == UNBOUNDED
-    assert b.room(500, 1.0, 1.0) == 0
-    assert b.room(10, 1.5, 1.0) == 30
+    assert b.cutoff() is None
+    b.committed(0.0, 20, 20, False)  # a small block: 20 tx/s measured
+    assert b.room(500, 1.0) == UNBOUNDED
+    b.committed(1.0, 20, 20, True)
+    assert b.cutoff() == 0.0, "two commits back"
+    assert b.room(500, 1.0) == 0
+    assert b.room(10, 1.0) == 70
+    b.committed(2.0, 500, 500, False)
+    assert b.cutoff() == 1.0
+    assert b.room(500, 2.0) == UNBOUNDED
 
 
 def test_bound_zero_turns_admission_control_off() -> None:
     b = Backlog(0, 4)
-    b.committed(0.0, 10, 10)
-    assert b.room(1_000_000, LATE, 1.0) == UNBOUNDED
+    b.committed(0.0, 10, 10, True)
+    assert b.room(1_000_000, 1.0) == UNBOUNDED
 
 
 def test_accepting_up_to_room_keeps_the_expected_wait_under_the_bound() -> None:
@@ -88,8 +89,8 @@ def test_accepting_up_to_room_keeps_the_expected_wait_under_the_bound() -> None:
     expected wait (pending / rate) exceed the bound."""
     for local, chain, n, pending in [(1, 1, 1, 0), (37, 900, 4, 12), (2500, 2500, 7, 3000)]:
         b = Backlog(2000, n)
-        b.committed(0.0, chain, local)
+        b.committed(0.0, chain, local, True)
         rate = b.rate(1.0)
-        room = b.room(pending, LATE, 1.0)
+        room = b.room(pending, 1.0)
         assert (pending + room) / rate <= 2.0
         assert room == 0 or (pending + room + 1) / rate > 2.0

@@ -15,7 +15,7 @@ def _bounded(api: ApiHarness) -> None:
     """A bound of 2 s at a measured 1 committed tx/s: room for 2 pending."""
     api.node.backlog = Backlog(2000, 1, window_s=10.0)
     api.node.now = 0.0
-    api.node.backlog.committed(0.0, 1, 1)
+    api.node.backlog.committed(0.0, 1, 1, True)
     api.node.now = 1.0
     assert not api.node.pending
 
