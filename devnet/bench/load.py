@@ -19,8 +19,10 @@ node's sender before it has passed (what was offered meanwhile waits in the queu
 goes in the next requests). Its sender's later nonces cannot commit without it, so
 they are held back (in order) until it is accepted, instead of piling up behind a gap.
 A chunk records when each of its transactions that was sent again got accepted
-(`accepted_at`, by position): latency counts from the first scheduled time for the
-offered load, and from that acceptance for what the nodes accepted.
+(`accepted_at`, by position), and when a transaction held back (behind its sender's
+refused one, or by a node's `Retry-After`) got accepted: latency counts from the first
+scheduled time for the offered load, and from that acceptance for what the nodes
+accepted.
 
 RESULT records every chunk: node, offset in its stream, size, scheduled and posted wall
 times, per-chunk acceptance counts, resends, and the codes of final refusals. The run is
@@ -68,9 +70,10 @@ class Chunk:
     """Final refusals by code."""
     resent: int = 0
     """How many times one of its transactions was sent again."""
-    accepted_at: dict[int, float] = field(default_factory=dict)
-    """Position in the chunk -> wall time of the request that got it accepted, for the
-    transactions accepted only when sent again."""
+    accepted_at: dict[str, float] = field(default_factory=dict)
+    """Position in the chunk (as text, as in JSON) -> wall time of the request that got
+    it accepted, for the transactions accepted only when sent again or after being held
+    back (behind a refused one of their sender, or by a `Retry-After`)."""
     error: str = ""
 
 
@@ -113,6 +116,10 @@ class _NodeSender:
         """Stream index -> refusals so far, for the back-off."""
         self.not_before = 0.0
         """Wall time before which the node asked not to be sent more (`Retry-After`)."""
+        self.released: set[int] = set()
+        """Stream indices held back behind a refused transaction, then released."""
+        self.paused_until = 0.0
+        """The end of the last such pause: a chunk scheduled before it waited for it."""
 
     def offer(self, count: int, scheduled: float) -> None:
         count = min(count, len(self.stream) - self.cursor)
@@ -135,7 +142,9 @@ class _NodeSender:
             if first is None:
                 await self._drain_resends()
                 return
-            await asyncio.sleep(max(0.0, self.not_before - time.time()))
+            pause = self.not_before - time.time()
+            if pause > 0:
+                await asyncio.sleep(pause)
             chunks = [first]
             size = first.count
             nbytes = sum(len(t) for t in self._txs(first))
@@ -260,9 +269,11 @@ class _NodeSender:
             c.answered = answered
             c.error = failure
             self.done.append(c)
+        paused_until = self.paused_until
         for k, (c, pos) in enumerate(slots):
             who = self._sender(c, pos)
             waited = c.offset + pos in self.attempts
+            late = waited or c.offset + pos in self.released or c.scheduled < paused_until
             wait = retry_after
             if results is None:
                 code = failure
@@ -274,6 +285,7 @@ class _NodeSender:
                     wait = parse_retry_after(str(problem["retry_after"]))
             if wait is not None and code in RETRYABLE:
                 self.not_before = max(self.not_before, answered + wait)
+                self.paused_until = self.not_before
             if code in RETRYABLE or (results is None and not failure.startswith("http-")):
                 n = self.attempts[c.offset + pos] = self.attempts.get(c.offset + pos, 0) + 1
                 pause = min(RESEND_PAUSE_MAX_S, RESEND_PAUSE_S * 2 ** (n - 1))
@@ -285,14 +297,16 @@ class _NodeSender:
                 c.refused[code] = c.refused.get(code, 0) + 1
             else:
                 c.accepted += 1
-                if waited:
-                    c.accepted_at[pos] = posted
+                if late:
+                    c.accepted_at[str(pos)] = posted
+                self.released.discard(c.offset + pos)
             if waited:
                 self.attempts.pop(c.offset + pos)
                 self.blocked[who] -= 1
                 if not self.blocked[who]:
                     del self.blocked[who]
                     for hc, hpos in self.held.pop(who, []):
+                        self.released.add(hc.offset + hpos)
                         self._push(answered, hc, hpos, "")
 
 
