@@ -90,6 +90,9 @@ class ServiceFacade:
         self.p.forwarder.queue(tx.encoded)
         return TxStatus(tx.hash, "pending"), True
 
+    async def preverify(self, txs: Sequence[Transaction]) -> None:
+        await self.p.forwarder.verify_pool.prefetch(txs)
+
     def admission_room(self) -> int:
         return self.p.admission.room()
 

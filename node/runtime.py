@@ -59,8 +59,9 @@ from node.pacing import BlockPacer
 from node.service import EventStream, TxStatus
 from node.sigcache import SignatureCache
 from node.transport import FaultRules, Transport
+from node.verifypool import VerifyPool, verify_workers
 from qchain.config import NodeConfig
-from qchain.errors import ConfigError, Overloaded, StorageCorrupt, StorageError
+from qchain.errors import ConfigError, StorageCorrupt, StorageError
 from qchain.keys import SigningKey
 from qchain.qkd.endpoint import QKDEndpoint
 from qchain.qkd.source import KeySource
@@ -218,6 +219,7 @@ class Validator:
             self.driver.current_leader,
             cfg.timing.inclusion_timeout_ms / 1000,
             feed,
+            VerifyPool(verify_workers(cfg.node), self.sig_cache, self.accounts),
         )
         self._build_commit()
         self.driver.bind(
@@ -418,6 +420,7 @@ class Validator:
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.forwarder.verify_pool.close()
         self._cancel_timers()
         self.bus.close()
         for runner in self._listeners.runners:
@@ -487,12 +490,6 @@ class Validator:
 
     def submit_tx(self, tx: Transaction) -> tuple[TxStatus, bool]:
         return self.service.submit_tx(tx)
-
-    def admission_room(self) -> int:
-        return self.service.admission_room()
-
-    def overloaded(self) -> Overloaded:
-        return self.service.overloaded()
 
     def tx_status(self, tx_hash: bytes) -> TxStatus | None:
         return self.service.tx_status(tx_hash)

@@ -69,6 +69,11 @@ class NodeService(Protocol):
     def submit_tx(self, tx: Transaction) -> tuple[TxStatus, bool]:
         """As `submit`, for an already decoded transaction (the JSON path)."""
 
+    async def preverify(self, txs: Sequence[Transaction]) -> None:
+        """Check txs' signatures off the event loop where the node has verify workers
+        (`[node] verify_workers`), so that admitting them finds them checked; changes
+        no decision (what is not confirmed is checked inline on admission)."""
+
     def admission_room(self) -> int:
         """How many more transactions of clients the node accepts now under its
         admission bound (a very large number when no bound applies); checked before a

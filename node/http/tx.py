@@ -200,6 +200,7 @@ async def post_batch(request: web.Request) -> web.Response:
     # store, a bug) is that item's problem, so that the client knows exactly what was
     # admitted.
     txs = [_decode_item(item, ctype) for item in items[:room]]
+    await service.preverify([tx for tx in txs if isinstance(tx, Transaction)])
     results: list[dict[str, Any]] = []
     for i, tx in enumerate(txs):
         if i and i % _ADMISSIONS_PER_YIELD == 0:

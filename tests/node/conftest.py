@@ -91,6 +91,8 @@ class FakeNode:
         """Pending transactions the fake mempool holds before refusing (None: no limit)."""
         self.now = 0.0
         """The fake's monotonic clock (seconds), for the admission bound."""
+        self.preverified: list[Transaction] = []
+        """What the API asked to check off the event loop (`preverify`)."""
         self.backlog = Backlog(0, 1)
         """The admission bound, the node's own rule; off (0 ms) unless a test sets one."""
 
@@ -130,6 +132,9 @@ class FakeNode:
             raise MempoolFull("transaction count limit reached")
         self.pending[tx.hash] = tx
         return TxStatus(tx.hash, "pending"), True
+
+    async def preverify(self, txs: Sequence[Transaction]) -> None:
+        self.preverified.extend(txs)
 
     def admission_room(self) -> int:
         return self.backlog.room(len(self.pending), self.now)

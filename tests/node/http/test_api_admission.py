@@ -77,6 +77,7 @@ async def test_batch_items_beyond_the_room_are_refused_undecoded(api: ApiHarness
         assert problem_slug(item["problem"]) == "overloaded", "not decoded, so not malformed"
         assert item["problem"]["status"] == 503 and item["problem"]["retry_after"] == 1
     assert set(api.node.pending) == {t.hash for t in txs}
+    assert api.node.preverified == txs, "the items within the room, checked off the loop"
 
 
 async def test_without_a_bound_no_retry_after_is_sent(api: ApiHarness) -> None:
