@@ -26,6 +26,14 @@ commit two commits earlier). Then blocks are full, the measured rate is the chai
 capacity, and pending / rate is the wait in the queue. Otherwise the static limits
 apply, and the larger blocks that follow raise the measured rate.
 
+Pending / rate is the whole time from admission to commit (Little's law), queue and
+commit path together. When the commit path alone takes longer than the bound (a loaded
+machine, large blocks), a bound below it would admit less than the chain commits, the
+measured rate would fall, and throughput with it. So the bound in force is never below
+`PATH_MARGIN` times the commit path, measured as the average, over the window, of the
+shortest admission-to-commit time of this node's client transactions in each commit:
+latency then stays as low as the chain allows, and throughput holds.
+
 A refusal is cheap (no decoding, no signature check: it needs only a few counters) and
 says when to come back: `Overloaded.retry_after_s`, the time the backlog above the bound
 takes to drain at the measured rate, whole seconds as `Retry-After` needs, at least 1
@@ -49,6 +57,8 @@ WINDOW_S = 5.0
 """How far back commits count toward the measured rate."""
 MIN_SPAN_S = 1.0
 """Shortest span a rate is measured over (right after the first commits)."""
+PATH_MARGIN = 1.5
+"""The bound in force is at least this many times the measured commit path."""
 UNBOUNDED = 1 << 62
 """`room` when no rate is known: only the pool's static limits apply."""
 
@@ -71,8 +81,9 @@ class Backlog:
         self.bound_s = bound_ms / 1000
         self.n = max(1, n)
         self.window_s = window_s
-        self._commits: deque[tuple[float, int, int]] = deque()
-        """(time, transactions, local transactions) of the commits in the window."""
+        self._commits: deque[tuple[float, int, int, float | None]] = deque()
+        """(time, transactions, local transactions, the shortest admission-to-commit
+        time of those local ones) of the commits in the window."""
         self._first: float | None = None
         """Time of the first commit this node saw (the window is shorter before)."""
         self.saturated = False
@@ -86,13 +97,16 @@ class Backlog:
         leader builds a block before the previous one commits)."""
         return self._recent[0] if len(self._recent) == 2 else None
 
-    def committed(self, now: float, txs: int, local: int, saturated: bool) -> None:
+    def committed(
+        self, now: float, txs: int, local: int, saturated: bool, fastest_s: float | None = None
+    ) -> None:
         """A block of `txs` transactions, `local` of them this node's clients', committed
         at `now` (monotonic seconds); saturated: it left ready client transactions
-        admitted before `cutoff()` behind."""
+        admitted before `cutoff()` behind; fastest_s: the shortest time from admission to
+        this commit of those local ones (None without any)."""
         if self._first is None:
             self._first = now
-        self._commits.append((now, txs, local))
+        self._commits.append((now, txs, local, fastest_s))
         self._recent.append(now)
         self.saturated = saturated
         self._expire(now)
@@ -110,6 +124,13 @@ class Backlog:
         local = sum(c[2] for c in self._commits) / span
         return Rates(chain, local)
 
+    def bound_in_force(self, now: float) -> float:
+        """The bound, in seconds, raised to `PATH_MARGIN` times the commit path."""
+        self._expire(now)
+        paths = [c[3] for c in self._commits if c[3] is not None]
+        path = sum(paths) / len(paths) if paths else 0.0
+        return max(self.bound_s, PATH_MARGIN * path)
+
     def rate(self, now: float) -> float:
         """The rate this node's pending transactions drain at (0: unknown)."""
         r = self.rates(now)
@@ -121,17 +142,19 @@ class Backlog:
         rate = self.rate(now)
         if self.bound_s <= 0 or rate <= 0 or not self.saturated:
             return UNBOUNDED
-        return max(0, math.floor(self.bound_s * rate) - pending)
+        return max(0, math.floor(self.bound_in_force(now) * rate) - pending)
 
     def refusal(self, pending: int, now: float) -> Overloaded:
-        """The answer to a transaction beyond the room: when to come back."""
+        """The answer to a transaction beyond the room: when to come back (at most half
+        the bound in force: by then a commit has opened room and measured again)."""
         rate = self.rate(now)
-        excess = pending + 1 - self.bound_s * rate
-        wait_s = min(excess / rate, self.bound_s) if rate > 0 else 1.0
+        bound = self.bound_in_force(now)
+        excess = pending + 1 - bound * rate
+        wait_s = min(excess / rate, bound / 2) if rate > 0 else 1.0
         return Overloaded(
             max(1, math.ceil(wait_s)),
             round(pending / rate * 1000) if rate > 0 else 0,
-            round(self.bound_s * 1000),
+            round(bound * 1000),
         )
 
     def check(self, pending: int, now: float) -> None:

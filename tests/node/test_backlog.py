@@ -57,9 +57,27 @@ def test_refusal_says_when_the_backlog_above_the_bound_drains() -> None:
     assert e.backlog_ms == 2000 and e.bound_ms == 2000
     over = b.refusal(250, now)  # 51 over the bound at 100/s: 0.51 s
     assert over.retry_after_s == 1
-    far = b.refusal(1000, now)  # 801 over: 8.01 s, but the rate is measured again sooner
-    assert far.retry_after_s == 2
-    assert far.fields()["retry_after"] == 2
+    far = b.refusal(1000, now)  # 801 over: 8.01 s, but a commit opens room sooner
+    assert far.retry_after_s == 1, "at most half the bound"
+    assert far.fields()["retry_after"] == 1
+    assert Backlog(9000, 1).refusal(0, 0.0).retry_after_s == 1, "no rate: 1 s"
+
+
+def test_the_bound_in_force_is_never_below_the_commit_path() -> None:
+    """A commit path longer than the bound (a loaded machine) would make the bound admit
+    less than the chain commits, and throughput would fall: the bound rises to 1.5 x the
+    measured path (the shortest admission-to-commit time per commit, averaged)."""
+    b = Backlog(2000, 1, window_s=10.0)
+    b.committed(0.0, 100, 100, True, 0.4)
+    b.committed(1.0, 100, 100, True, 0.6)
+    assert b.bound_in_force(1.0) == 2.0, "1.5 x 0.5 s is below the bound"
+    b.committed(2.0, 100, 100, True, 2.5)  # the path grew: (0.4 + 0.6 + 2.5) / 3 = 1.17
+    assert b.bound_in_force(2.0) == 2.0, "1.5 x 1.17 = 1.75 s, still below"
+    b.committed(3.0, 100, 100, True, 3.3)
+    assert b.bound_in_force(3.0) == pytest.approx(1.5 * 6.8 / 4)
+    rate = b.rate(3.0)
+    assert b.room(0, 3.0) == int(1.5 * 6.8 / 4 * rate)
+    assert b.refusal(10_000, 3.0).bound_ms == round(1.5 * 6.8 / 4 * 1000)
 
 
 def test_an_unsaturated_chain_is_not_bounded_by_a_rate_that_only_measured_supply() -> None:
