@@ -30,7 +30,7 @@ Pending / rate is the whole time from admission to commit (Little's law), queue 
 commit path together. When the commit path alone takes longer than the bound (a loaded
 machine, large blocks), a bound below it would admit less than the chain commits, the
 measured rate would fall, and throughput with it. So the bound in force is never below
-`PATH_MARGIN` times the commit path, measured as the average, over the window, of the
+`PATH_MARGIN` (2) times the commit path, measured as the average, over the window, of the
 shortest admission-to-commit time of this node's client transactions in each commit:
 latency then stays as low as the chain allows, and throughput holds.
 
@@ -57,8 +57,9 @@ WINDOW_S = 5.0
 """How far back commits count toward the measured rate."""
 MIN_SPAN_S = 1.0
 """Shortest span a rate is measured over (right after the first commits)."""
-PATH_MARGIN = 1.5
-"""The bound in force is at least this many times the measured commit path."""
+PATH_MARGIN = 2.0
+"""The bound in force is at least this many times the measured commit path: one path
+for the transactions in flight, one for a queue that keeps the next blocks full."""
 UNBOUNDED = 1 << 62
 """`room` when no rate is known: only the pool's static limits apply."""
 

@@ -14,13 +14,13 @@ hide its queue (no coordinated omission).
 A transaction refused for want of room (`overloaded`, `mempool-full`, 429, 503, a
 dropped connection) is sent again, as a partner's client would: after the `Retry-After`
 the node gave (the item's `retry_after`, else the answer's header), or after a back-off
-when it gave none; and a node that gave a `Retry-After` gets nothing new from this
-node's sender before it has passed (what was offered meanwhile waits in the queue and
-goes in the next requests). Its sender's later nonces cannot commit without it, so
-they are held back (in order) until it is accepted, instead of piling up behind a gap.
+when it gave none. New transactions keep coming at the offered rate, as from a
+partner's many clients, each waiting only for its own. A refused transaction's sender's
+later nonces cannot commit without it, so they are held back (in order) until it is
+accepted, instead of piling up behind a gap.
 A chunk records when each of its transactions that was sent again got accepted
-(`accepted_at`, by position), and when a transaction held back (behind its sender's
-refused one, or by a node's `Retry-After`) got accepted: latency counts from the first
+(`accepted_at`, by position), and when a transaction held back behind its sender's
+refused one got accepted: latency counts from the first
 scheduled time for the offered load, and from that acceptance for what the nodes
 accepted.
 
@@ -73,7 +73,7 @@ class Chunk:
     accepted_at: dict[str, float] = field(default_factory=dict)
     """Position in the chunk (as text, as in JSON) -> wall time of the request that got
     it accepted, for the transactions accepted only when sent again or after being held
-    back (behind a refused one of their sender, or by a `Retry-After`)."""
+    back behind a refused one of their sender."""
     error: str = ""
 
 
@@ -114,12 +114,8 @@ class _NodeSender:
         self._sender_of: dict[int, bytes] = {}
         self.attempts: dict[int, int] = {}
         """Stream index -> refusals so far, for the back-off."""
-        self.not_before = 0.0
-        """Wall time before which the node asked not to be sent more (`Retry-After`)."""
         self.released: set[int] = set()
         """Stream indices held back behind a refused transaction, then released."""
-        self.paused_until = 0.0
-        """The end of the last such pause: a chunk scheduled before it waited for it."""
 
     def offer(self, count: int, scheduled: float) -> None:
         count = min(count, len(self.stream) - self.cursor)
@@ -142,9 +138,6 @@ class _NodeSender:
             if first is None:
                 await self._drain_resends()
                 return
-            pause = self.not_before - time.time()
-            if pause > 0:
-                await asyncio.sleep(pause)
             chunks = [first]
             size = first.count
             nbytes = sum(len(t) for t in self._txs(first))
@@ -269,11 +262,10 @@ class _NodeSender:
             c.answered = answered
             c.error = failure
             self.done.append(c)
-        paused_until = self.paused_until
         for k, (c, pos) in enumerate(slots):
             who = self._sender(c, pos)
             waited = c.offset + pos in self.attempts
-            late = waited or c.offset + pos in self.released or c.scheduled < paused_until
+            late = waited or c.offset + pos in self.released
             wait = retry_after
             if results is None:
                 code = failure
@@ -283,9 +275,6 @@ class _NodeSender:
                 code = code.rsplit("/", 1)[-1]
                 if problem is not None and "retry_after" in problem:
                     wait = parse_retry_after(str(problem["retry_after"]))
-            if wait is not None and code in RETRYABLE:
-                self.not_before = max(self.not_before, answered + wait)
-                self.paused_until = self.not_before
             if code in RETRYABLE or (results is None and not failure.startswith("http-")):
                 n = self.attempts[c.offset + pos] = self.attempts.get(c.offset + pos, 0) + 1
                 pause = min(RESEND_PAUSE_MAX_S, RESEND_PAUSE_S * 2 ** (n - 1))

@@ -65,19 +65,19 @@ def test_refusal_says_when_the_backlog_above_the_bound_drains() -> None:
 
 def test_the_bound_in_force_is_never_below_the_commit_path() -> None:
     """A commit path longer than the bound (a loaded machine) would make the bound admit
-    less than the chain commits, and throughput would fall: the bound rises to 1.5 x the
+    less than the chain commits, and throughput would fall: the bound rises to 2 x the
     measured path (the shortest admission-to-commit time per commit, averaged)."""
     b = Backlog(2000, 1, window_s=10.0)
     b.committed(0.0, 100, 100, True, 0.4)
     b.committed(1.0, 100, 100, True, 0.6)
-    assert b.bound_in_force(1.0) == 2.0, "1.5 x 0.5 s is below the bound"
-    b.committed(2.0, 100, 100, True, 2.5)  # the path grew: (0.4 + 0.6 + 2.5) / 3 = 1.17
-    assert b.bound_in_force(2.0) == 2.0, "1.5 x 1.17 = 1.75 s, still below"
+    assert b.bound_in_force(1.0) == 2.0, "2 x 0.5 s is below the bound"
+    b.committed(2.0, 100, 100, True, 1.7)  # the path grew: (0.4 + 0.6 + 1.7) / 3 = 0.9
+    assert b.bound_in_force(2.0) == 2.0, "2 x 0.9 = 1.8 s, still below"
     b.committed(3.0, 100, 100, True, 3.3)
-    assert b.bound_in_force(3.0) == pytest.approx(1.5 * 6.8 / 4)
+    assert b.bound_in_force(3.0) == pytest.approx(2 * 6.0 / 4)
     rate = b.rate(3.0)
-    assert b.room(0, 3.0) == int(1.5 * 6.8 / 4 * rate)
-    assert b.refusal(10_000, 3.0).bound_ms == round(1.5 * 6.8 / 4 * 1000)
+    assert b.room(0, 3.0) == int(2 * 6.0 / 4 * rate)
+    assert b.refusal(10_000, 3.0).bound_ms == round(2 * 6.0 / 4 * 1000)
 
 
 def test_an_unsaturated_chain_is_not_bounded_by_a_rate_that_only_measured_supply() -> None:
