@@ -23,8 +23,10 @@ throughput wherever it happens to be. So the bound applies only while the chain 
 *saturated*: the last commit left out a transaction of this node's clients that was
 ready (its sender's next nonce) well before that block was built (admitted before the
 commit two commits earlier). Then blocks are full, the measured rate is the chain's
-capacity, and pending / rate is the wait in the queue. Otherwise the static limits
-apply, and the larger blocks that follow raise the measured rate.
+capacity, and pending / rate is the wait in the queue. Otherwise the room is
+`UNSATURATED_GROWTH` (4) times larger: enough for the load to grow, and the larger
+blocks that follow raise the measured rate, without letting a sudden burst queue tens
+of seconds before the chain's first full blocks show it is saturated.
 
 Pending / rate is the whole time from admission to commit (Little's law), queue and
 commit path together. When the commit path alone takes longer than the bound (a loaded
@@ -60,6 +62,9 @@ MIN_SPAN_S = 1.0
 PATH_MARGIN = 2.0
 """The bound in force is at least this many times the measured commit path: one path
 for the transactions in flight, one for a queue that keeps the next blocks full."""
+UNSATURATED_GROWTH = 4
+"""While the chain is not saturated, the room is this many times the bound's: the rate
+then measures the load offered, and may grow this much in one bound's time."""
 UNBOUNDED = 1 << 62
 """`room` when no rate is known: only the pool's static limits apply."""
 
@@ -86,7 +91,11 @@ class Backlog:
         """(time, transactions, local transactions, the shortest admission-to-commit
         time of those local ones) of the commits in the window."""
         self._first: float | None = None
-        """Time of the first commit this node saw (the window is shorter before)."""
+        """When the transactions committed in the window began to accumulate: the commit
+        before the first one that carried any since the window last held none (the
+        window is shorter before)."""
+        self._last: float | None = None
+        """Time of the last commit."""
         self.saturated = False
         """Whether the last commit left ready client transactions behind."""
         self._recent: deque[float] = deque(maxlen=2)
@@ -105,8 +114,10 @@ class Backlog:
         at `now` (monotonic seconds); saturated: it left ready client transactions
         admitted before `cutoff()` behind; fastest_s: the shortest time from admission to
         this commit of those local ones (None without any)."""
-        if self._first is None:
-            self._first = now
+        self._expire(now)
+        if txs and not any(c[1] for c in self._commits):
+            self._first = self._last if self._last is not None else now
+        self._last = now
         self._commits.append((now, txs, local, fastest_s))
         self._recent.append(now)
         self.saturated = saturated
@@ -118,7 +129,7 @@ class Backlog:
 
     def rates(self, now: float) -> Rates:
         self._expire(now)
-        if self._first is None:
+        if self._first is None or not any(c[1] for c in self._commits):
             return Rates(0.0, 0.0)
         span = max(MIN_SPAN_S, min(self.window_s, now - self._first))
         chain = sum(c[1] for c in self._commits) / span
@@ -141,9 +152,10 @@ class Backlog:
         """How many more local transactions the bound lets in with `pending` local ones
         in the pool (`UNBOUNDED` with no bound, no known rate, or an unsaturated chain)."""
         rate = self.rate(now)
-        if self.bound_s <= 0 or rate <= 0 or not self.saturated:
+        if self.bound_s <= 0 or rate <= 0:
             return UNBOUNDED
-        return max(0, math.floor(self.bound_in_force(now) * rate) - pending)
+        growth = 1 if self.saturated else UNSATURATED_GROWTH
+        return max(0, math.floor(growth * self.bound_in_force(now) * rate) - pending)
 
     def refusal(self, pending: int, now: float) -> Overloaded:
         """The answer to a transaction beyond the room: when to come back (at most half

@@ -82,18 +82,21 @@ def test_the_bound_in_force_is_never_below_the_commit_path() -> None:
 
 def test_an_unsaturated_chain_is_not_bounded_by_a_rate_that_only_measured_supply() -> None:
     """While blocks take every ready transaction, the rate measures the load offered,
-    not the chain: the static limits apply until a commit leaves ready ones behind."""
+    not the chain: the room is 4 times the bound's until a commit leaves ready ones
+    behind, so the load can grow."""
     b = Backlog(2000, 1, window_s=10.0)
     assert b.cutoff() is None
-    b.committed(0.0, 20, 20, False)  # a small block: 20 tx/s measured
-    assert b.room(500, 1.0) == UNBOUNDED
-    b.committed(1.0, 20, 20, True)
-    assert b.cutoff() == 0.0, "two commits back"
-    assert b.room(500, 1.0) == 0
-    assert b.room(10, 1.0) == 70
-    b.committed(2.0, 500, 500, False)
-    assert b.cutoff() == 1.0
-    assert b.room(500, 2.0) == UNBOUNDED
+    b.committed(0.0, 0, 0, False)  # a heartbeat block
+    b.committed(1.0, 20, 20, False)  # a small block: 20 tx/s measured since the last
+    assert b.rate(1.0) == 20.0
+    assert b.room(0, 1.0) == 4 * 2 * 20
+    b.committed(2.0, 20, 20, True)
+    assert b.cutoff() == 1.0, "two commits back"
+    assert b.room(40, 2.0) == 0
+    assert b.room(10, 2.0) == 30
+    b.committed(3.0, 500, 500, False)
+    assert b.cutoff() == 2.0
+    assert b.room(500, 3.0) == 4 * 2 * 540 // 3 - 500
 
 
 def test_bound_zero_turns_admission_control_off() -> None:
