@@ -124,15 +124,12 @@ class Admission:
     def on_commit(self, txs: Sequence[Transaction], height: int) -> None:
         """A block of txs committed at `height`: out of the pool, into the commit rate."""
         cutoff = self.backlog.cutoff()
-        now = self.clock()
-        seen = [p.seen_at for tx in txs if (p := self.mempool.get(tx.hash)) and p.local]
         local = self.mempool.on_commit(txs, height)
         saturated = cutoff is not None and any(
             p.local and p.seen_at < cutoff and p.tx.nonce == self.accounts.next_nonce(p.tx.sender)
             for p in self.mempool.pending()
         )
-        fastest = now - max(seen) if seen else None
-        self.backlog.committed(now, len(txs), local, saturated, fastest)
+        self.backlog.committed(self.clock(), len(txs), local, saturated)
 
     def after_commit(self) -> None:
         """A commit changed what is includable: tell an idle engine whether some is."""

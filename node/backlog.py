@@ -31,10 +31,12 @@ of seconds before the chain's first full blocks show it is saturated.
 Pending / rate is the whole time from admission to commit (Little's law), queue and
 commit path together. When the commit path alone takes longer than the bound (a loaded
 machine, large blocks), a bound below it would admit less than the chain commits, the
-measured rate would fall, and throughput with it. So the bound in force is never below
-`PATH_MARGIN` (2) times the commit path, measured as the average, over the window, of the
-shortest admission-to-commit time of this node's client transactions in each commit:
-latency then stays as low as the chain allows, and throughput holds.
+measured rate would fall, and throughput with it. A transaction's shortest path is about
+two block intervals (waiting for the next block to be built, then that block's
+consensus), and room opens once per commit: so the bound in force is never below
+`INTERVALS` (3) times the mean block interval over the window. Latency then stays as
+low as the chain allows, and throughput holds. (The interval does not grow with the
+queue, so this floor does not chase the latency it is meant to bound.)
 
 A refusal is cheap (no decoding, no signature check: it needs only a few counters) and
 says when to come back: `Overloaded.retry_after_s`, the time the backlog above the bound
@@ -59,9 +61,9 @@ WINDOW_S = 5.0
 """How far back commits count toward the measured rate."""
 MIN_SPAN_S = 1.0
 """Shortest span a rate is measured over (right after the first commits)."""
-PATH_MARGIN = 2.0
-"""The bound in force is at least this many times the measured commit path: one path
-for the transactions in flight, one for a queue that keeps the next blocks full."""
+INTERVALS = 3
+"""The bound in force is at least this many mean block intervals: two for the path of
+a transaction through a block, one for the queue that keeps the next block full."""
 UNSATURATED_GROWTH = 4
 """While the chain is not saturated, the room is this many times the bound's: the rate
 then measures the load offered, and may grow this much in one bound's time."""
@@ -87,9 +89,8 @@ class Backlog:
         self.bound_s = bound_ms / 1000
         self.n = max(1, n)
         self.window_s = window_s
-        self._commits: deque[tuple[float, int, int, float | None]] = deque()
-        """(time, transactions, local transactions, the shortest admission-to-commit
-        time of those local ones) of the commits in the window."""
+        self._commits: deque[tuple[float, int, int]] = deque()
+        """(time, transactions, local transactions) of the commits in the window."""
         self._first: float | None = None
         """When the transactions committed in the window began to accumulate: the commit
         before the first one that carried any since the window last held none (the
@@ -107,18 +108,15 @@ class Backlog:
         leader builds a block before the previous one commits)."""
         return self._recent[0] if len(self._recent) == 2 else None
 
-    def committed(
-        self, now: float, txs: int, local: int, saturated: bool, fastest_s: float | None = None
-    ) -> None:
+    def committed(self, now: float, txs: int, local: int, saturated: bool) -> None:
         """A block of `txs` transactions, `local` of them this node's clients', committed
         at `now` (monotonic seconds); saturated: it left ready client transactions
-        admitted before `cutoff()` behind; fastest_s: the shortest time from admission to
-        this commit of those local ones (None without any)."""
+        admitted before `cutoff()` behind."""
         self._expire(now)
         if txs and not any(c[1] for c in self._commits):
             self._first = self._last if self._last is not None else now
         self._last = now
-        self._commits.append((now, txs, local, fastest_s))
+        self._commits.append((now, txs, local))
         self._recent.append(now)
         self.saturated = saturated
         self._expire(now)
@@ -137,11 +135,13 @@ class Backlog:
         return Rates(chain, local)
 
     def bound_in_force(self, now: float) -> float:
-        """The bound, in seconds, raised to `PATH_MARGIN` times the commit path."""
+        """The bound, in seconds, raised to `INTERVALS` mean block intervals."""
         self._expire(now)
-        paths = [c[3] for c in self._commits if c[3] is not None]
-        path = sum(paths) / len(paths) if paths else 0.0
-        return max(self.bound_s, PATH_MARGIN * path)
+        commits = self._commits
+        if len(commits) < 2:
+            return self.bound_s
+        interval = (commits[-1][0] - commits[0][0]) / (len(commits) - 1)
+        return max(self.bound_s, INTERVALS * interval)
 
     def rate(self, now: float) -> float:
         """The rate this node's pending transactions drain at (0: unknown)."""

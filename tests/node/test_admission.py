@@ -130,9 +130,9 @@ def test_a_commit_that_leaves_ready_client_transactions_behind_saturates(
     admission.on_commit(early[1:], 4)
     assert not admission.backlog.saturated, "everything ready got in"
     # 3 committed since t = 2 (the commit before the first that carried any): 1.5/s;
-    # they took 3 s and 4 s from admission: the bound in force is 2 x 3.5 s.
-    assert admission.backlog.bound_in_force(4.0) == 7.0
-    assert admission.room() == 4 * 7 * 3 // 2
+    # commits 1 s apart: the bound in force is 3 x 1 s.
+    assert admission.backlog.bound_in_force(4.0) == 3.0
+    assert admission.room() == 4 * 3 * 3 // 2
 
 
 def test_a_nonce_gap_left_behind_does_not_saturate(setup: Any) -> None:

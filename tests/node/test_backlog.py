@@ -18,18 +18,18 @@ def test_no_commit_history_means_static_limits_only() -> None:
 
 def test_room_is_bound_times_local_rate_minus_pending() -> None:
     b = Backlog(2000, 4, window_s=10.0)
-    b.committed(0.0, 400, 100, True)
-    b.committed(5.0, 400, 100, True)
-    # 200 local in 10 s (the span since the first commit, capped at the window): 20/s;
-    # the fair share of the chain's 80/s is 20/s as well.
-    assert b.rate(10.0) == pytest.approx(20.0)
-    assert b.room(0, 10.0) == 40
-    assert b.room(39, 10.0) == 1
-    assert b.room(40, 10.0) == 0
-    assert b.room(500, 10.0) == 0
-    b.check(39, 10.0)
+    b.committed(0.0, 40, 10, True)
+    b.committed(0.5, 40, 10, True)
+    # 20 local in 1 s (the span since the first commit, at least 1 s): 20/s; the fair
+    # share of the chain's 80/s is 20/s as well.
+    assert b.rate(1.0) == pytest.approx(20.0)
+    assert b.room(0, 1.0) == 40
+    assert b.room(39, 1.0) == 1
+    assert b.room(40, 1.0) == 0
+    assert b.room(500, 1.0) == 0
+    b.check(39, 1.0)
     with pytest.raises(Overloaded):
-        b.check(40, 10.0)
+        b.check(40, 1.0)
 
 
 def test_fair_share_of_the_chain_rate_when_local_history_is_thin() -> None:
@@ -63,21 +63,21 @@ def test_refusal_says_when_the_backlog_above_the_bound_drains() -> None:
     assert Backlog(9000, 1).refusal(0, 0.0).retry_after_s == 1, "no rate: 1 s"
 
 
-def test_the_bound_in_force_is_never_below_the_commit_path() -> None:
+def test_the_bound_in_force_is_never_below_three_block_intervals() -> None:
     """A commit path longer than the bound (a loaded machine) would make the bound admit
-    less than the chain commits, and throughput would fall: the bound rises to 2 x the
-    measured path (the shortest admission-to-commit time per commit, averaged)."""
+    less than the chain commits, and throughput would fall: the bound rises to three
+    mean block intervals (two for a transaction's path, one for the queue)."""
     b = Backlog(2000, 1, window_s=10.0)
-    b.committed(0.0, 100, 100, True, 0.4)
-    b.committed(1.0, 100, 100, True, 0.6)
-    assert b.bound_in_force(1.0) == 2.0, "2 x 0.5 s is below the bound"
-    b.committed(2.0, 100, 100, True, 1.7)  # the path grew: (0.4 + 0.6 + 1.7) / 3 = 0.9
-    assert b.bound_in_force(2.0) == 2.0, "2 x 0.9 = 1.8 s, still below"
-    b.committed(3.0, 100, 100, True, 3.3)
-    assert b.bound_in_force(3.0) == pytest.approx(2 * 6.0 / 4)
-    rate = b.rate(3.0)
-    assert b.room(0, 3.0) == int(2 * 6.0 / 4 * rate)
-    assert b.refusal(10_000, 3.0).bound_ms == round(2 * 6.0 / 4 * 1000)
+    b.committed(0.0, 100, 100, True)
+    assert b.bound_in_force(0.0) == 2.0, "one commit: no interval yet"
+    b.committed(0.5, 100, 100, True)
+    assert b.bound_in_force(0.5) == 2.0, "3 x 0.5 s is below the bound"
+    b.committed(2.0, 100, 100, True)
+    b.committed(3.5, 100, 100, True)
+    assert b.bound_in_force(3.5) == pytest.approx(3 * 3.5 / 3)
+    rate = b.rate(3.5)
+    assert b.room(0, 3.5) == int(3.5 * rate)
+    assert b.refusal(10_000, 3.5).bound_ms == 3500
 
 
 def test_an_unsaturated_chain_is_not_bounded_by_a_rate_that_only_measured_supply() -> None:
@@ -89,14 +89,16 @@ def test_an_unsaturated_chain_is_not_bounded_by_a_rate_that_only_measured_supply
     b.committed(0.0, 0, 0, False)  # a heartbeat block
     b.committed(1.0, 20, 20, False)  # a small block: 20 tx/s measured since the last
     assert b.rate(1.0) == 20.0
-    assert b.room(0, 1.0) == 4 * 2 * 20
+    bound = b.bound_in_force(1.0)
+    assert bound == 3.0, "three intervals of 1 s"
+    assert b.room(0, 1.0) == 4 * 3 * 20
     b.committed(2.0, 20, 20, True)
     assert b.cutoff() == 1.0, "two commits back"
-    assert b.room(40, 2.0) == 0
-    assert b.room(10, 2.0) == 30
+    assert b.room(60, 2.0) == 0
+    assert b.room(10, 2.0) == 50
     b.committed(3.0, 500, 500, False)
     assert b.cutoff() == 2.0
-    assert b.room(500, 3.0) == 4 * 2 * 540 // 3 - 500
+    assert b.room(500, 3.0) == 4 * 3 * 540 // 3 - 500
 
 
 def test_bound_zero_turns_admission_control_off() -> None:
