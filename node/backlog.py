@@ -20,13 +20,14 @@ keeps up, blocks are as small as the load offered, the rate understates the chai
 capacity, and a bound on pending / rate would bound the chain's own latency (the time
 from admission to commit even with no queue), not the wait in a queue: it would hold
 throughput wherever it happens to be. So the bound applies only while the chain is
-*saturated*: the last commit left out a transaction of this node's clients that was
-ready (its sender's next nonce) well before that block was built (admitted before the
-commit two commits earlier). Then blocks are full, the measured rate is the chain's
-capacity, and pending / rate is the wait in the queue. Otherwise the room is
-`UNSATURATED_GROWTH` (4) times larger: enough for the load to grow, and the larger
-blocks that follow raise the measured rate, without letting a sudden burst queue tens
-of seconds before the chain's first full blocks show it is saturated.
+*saturated*: one of the last `SATURATED_COMMITS` (3) commits left out a transaction of
+this node's clients that was ready (its sender's next nonce) well before that block was
+built (admitted before the commit two commits earlier). Then blocks are full, the
+measured rate is the chain's capacity, and pending / rate is the wait in the queue.
+Otherwise the room is `UNSATURATED_GROWTH` (2) times larger: enough for the load to
+grow (with the floor below, the admitted rate can quadruple per block interval), and the
+larger blocks that follow raise the measured rate, without letting a sudden burst queue
+tens of seconds before the chain's first full blocks show it is saturated.
 
 Pending / rate is the whole time from admission to commit (Little's law), queue and
 commit path together. When the commit path alone takes longer than the bound (a loaded
@@ -64,7 +65,10 @@ MIN_SPAN_S = 1.0
 INTERVALS = 3
 """The bound in force is at least this many mean block intervals: two for the path of
 a transaction through a block, one for the queue that keeps the next block full."""
-UNSATURATED_GROWTH = 4
+SATURATED_COMMITS = 3
+"""Commits a left-behind transaction keeps the chain counted as saturated (one block
+that happens to take everything does not lift the bound)."""
+UNSATURATED_GROWTH = 2
 """While the chain is not saturated, the room is this many times the bound's: the rate
 then measures the load offered, and may grow this much in one bound's time."""
 UNBOUNDED = 1 << 62
@@ -97,8 +101,8 @@ class Backlog:
         window is shorter before)."""
         self._last: float | None = None
         """Time of the last commit."""
-        self.saturated = False
-        """Whether the last commit left ready client transactions behind."""
+        self._left_behind: deque[bool] = deque(maxlen=SATURATED_COMMITS)
+        """Whether each of the last commits left ready client transactions behind."""
         self._recent: deque[float] = deque(maxlen=2)
         """Times of the last two commits."""
 
@@ -118,7 +122,7 @@ class Backlog:
         self._last = now
         self._commits.append((now, txs, local))
         self._recent.append(now)
-        self.saturated = saturated
+        self._left_behind.append(saturated)
         self._expire(now)
 
     def _expire(self, now: float) -> None:
@@ -133,6 +137,12 @@ class Backlog:
         chain = sum(c[1] for c in self._commits) / span
         local = sum(c[2] for c in self._commits) / span
         return Rates(chain, local)
+
+    @property
+    def saturated(self) -> bool:
+        """Whether one of the last `SATURATED_COMMITS` commits left ready client
+        transactions behind."""
+        return any(self._left_behind)
 
     def bound_in_force(self, now: float) -> float:
         """The bound, in seconds, raised to `INTERVALS` mean block intervals."""

@@ -128,11 +128,15 @@ def test_a_commit_that_leaves_ready_client_transactions_behind_saturates(
     clock.now = 4.0
     accounts.nonces[sender] = 3
     admission.on_commit(early[1:], 4)
-    assert not admission.backlog.saturated, "everything ready got in"
-    # 3 committed since t = 2 (the commit before the first that carried any): 1.5/s;
-    # commits 1 s apart: the bound in force is 3 x 1 s.
-    assert admission.backlog.bound_in_force(4.0) == 3.0
-    assert admission.room() == 4 * 3 * 3 // 2
+    assert admission.backlog.saturated, "everything ready got in, but only once"
+    for k in (5, 6):
+        clock.now = float(k)
+        admission.on_commit([], k)
+    assert not admission.backlog.saturated, "three commits took everything"
+    # 3 committed since t = 2 (the commit before the first that carried any): 0.75/s
+    # over 4 s; commits 1 s apart: the bound in force is 3 x 1 s, doubled.
+    assert admission.backlog.bound_in_force(6.0) == 3.0
+    assert admission.room() == int(2 * 3 * 3 / 4)
 
 
 def test_a_nonce_gap_left_behind_does_not_saturate(setup: Any) -> None:
@@ -157,7 +161,8 @@ def test_commits_drain_the_backlog_and_feed_the_rate(setup: Any) -> None:
     accounts.nonces[sent[0].sender] = 4
     admission.on_commit(sent[:4], 1)
     assert len(admission.mempool) == 0
-    # 6 local transactions committed in 2 s: 3/s; nothing left behind.
+    # 6 local transactions committed in 2 s: 3/s; commits 2 s apart make the bound in
+    # force 3 x 2 s: room for 18 pending.
     assert admission.backlog.rates(2.0).local == pytest.approx(3.0)
-    assert not admission.backlog.saturated
+    assert admission.room() == 18
     assert admission.admit(sent[4], local=True)

@@ -82,8 +82,8 @@ def test_the_bound_in_force_is_never_below_three_block_intervals() -> None:
 
 def test_an_unsaturated_chain_is_not_bounded_by_a_rate_that_only_measured_supply() -> None:
     """While blocks take every ready transaction, the rate measures the load offered,
-    not the chain: the room is 4 times the bound's until a commit leaves ready ones
-    behind, so the load can grow."""
+    not the chain: the room is twice the bound's until a commit leaves ready ones
+    behind (and for three commits after), so the load can grow."""
     b = Backlog(2000, 1, window_s=10.0)
     assert b.cutoff() is None
     b.committed(0.0, 0, 0, False)  # a heartbeat block
@@ -91,14 +91,18 @@ def test_an_unsaturated_chain_is_not_bounded_by_a_rate_that_only_measured_supply
     assert b.rate(1.0) == 20.0
     bound = b.bound_in_force(1.0)
     assert bound == 3.0, "three intervals of 1 s"
-    assert b.room(0, 1.0) == 4 * 3 * 20
+    assert b.room(0, 1.0) == 2 * 3 * 20
     b.committed(2.0, 20, 20, True)
     assert b.cutoff() == 1.0, "two commits back"
     assert b.room(60, 2.0) == 0
     assert b.room(10, 2.0) == 50
     b.committed(3.0, 500, 500, False)
     assert b.cutoff() == 2.0
-    assert b.room(500, 3.0) == 4 * 3 * 540 // 3 - 500
+    assert b.saturated, "one block that took everything does not lift the bound"
+    assert b.room(500, 3.0) == 3 * 540 // 3 - 500
+    b.committed(4.0, 0, 0, False)
+    b.committed(5.0, 0, 0, False)
+    assert not b.saturated, "three commits took everything"
 
 
 def test_bound_zero_turns_admission_control_off() -> None:
