@@ -284,7 +284,8 @@ class BackupReader:
 
 
 def _check_header(h: BackupHeader, expected: Expected) -> None:
-    if h.schema_version != expected.schema_version:
+    # An older layout is restored as it is: the node migrates it when it opens the store.
+    if not 1 <= h.schema_version <= expected.schema_version:
         raise BackupMismatch("schema_version", str(h.schema_version), str(expected.schema_version))
     if h.chain_id != expected.chain_id:
         raise BackupMismatch("chain_id", repr(h.chain_id), repr(expected.chain_id))

@@ -33,7 +33,7 @@ from node.sigcache import SignatureCache
 from qchain.errors import CodecError, InvalidBlock
 from qchain.store import schema
 from qchain.store.kv import Batch, KVStore
-from qchain.types import Block, BlockHeader, Transaction, decode_block, tx_root
+from qchain.types import BLOCK_LIMITS, Block, BlockHeader, Transaction, tx_root
 
 MAX_BLOCK_TIME_MS = 253_402_300_799_999
 """The last millisecond of the year 9999 (UTC): no block time is later (CONSENSUS.md §3.7).
@@ -107,16 +107,30 @@ class ChainApp:
         if raw is None:
             return None
         h = schema.read_u64(raw)
-        body = self.chain.block_bytes(h)
+        stored = self.chain.block_bytes(h)
+        if isinstance(stored, CBlock):
+            # Stored by reference: the chain store hashed it already (a cached hash).
+            if consensus_value(stored) != value:
+                raise self.store.corrupt(schema.block_key(h), f"block {h} is not the decided value")
+            return stored
         parent = self.committed_value(h - 1)
         header = self.chain.header(h)
-        if body is None or parent is None or header is None:
+        if stored is None or parent is None or header is None:
             return None
-        cblock = CBlock(h, parent, header.round, header.proposer, body)
+        cblock = CBlock(h, parent, header.round, header.proposer, stored)
         if consensus_value(cblock) != value:
             # One hash over the body: what is served to peers is what was decided.
             raise self.store.corrupt(schema.block_key(h), f"block {h} is not the decided value")
         return cblock
+
+    def pending_cblock(self, value: bytes) -> CBlock | None:
+        """A body the engine keeps above the committed height, by its consensus value
+        (a handful of keys: the bodies of the heights being decided)."""
+        above = schema.pending_prefix(self.chain.height() + 1)
+        for key, raw in self.store.iterate(schema.PENDING_BODY, start=above):
+            if schema.split_pending_key(key)[1] == value:
+                return CBlock.decode(raw)
+        return None
 
     def verify_recent(self, count: int) -> int:
         """`ChainStore.verify_recent` (which checks each block against the consensus value
@@ -180,7 +194,8 @@ class ChainApp:
         if known is not None:
             return known
         try:
-            block = decode_block(cblock.body)
+            # Not `decode_block`: `validate_block` checks the tx_root (once).
+            block = Block.decode(cblock.body, BLOCK_LIMITS)
         except CodecError as e:
             raise InvalidBlock(f"body does not decode: {e.message}") from e
         h = block.header
@@ -205,10 +220,9 @@ class ChainApp:
         record changes and writes it synced)."""
         batch = Batch()
         p.result.to_batch(batch)
-        self.chain.commit_batch(p.block, p.result.receipts, (), batch)
+        self.chain.commit_batch(p.block, p.result.receipts, (), batch, cblock=p.cblock)
         batch.put(schema.consensus_value_key(p.block.height), p.value)
         batch.put(schema.block_hash_key(p.value), schema.u64(p.block.height))
-        batch.delete(schema.pending_body_key(p.value))
         return batch
 
     def forget(self, value: bytes) -> None:

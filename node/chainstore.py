@@ -9,12 +9,14 @@ Reads are checked against the hashes that commit to them, so damaged bytes that 
 checksum below caught (see `qchain.store.leveldb`) are never served: a header must be
 indexed under its own hash at its height; a block must carry that header, and its bytes
 must hash to the consensus value decided at its height (a validator's store indexes it)
-or, without one, its transactions must match the `tx_root`; a receipt must be a leaf of
-the header's `receipts_root`; a certificate must name the header's hash and, with a
-`cert_check`, carry a quorum of valid signatures. A mismatch, or stored bytes that do not
-decode, raise `StorageCorrupt` through `KVStore.corrupt`. Verified headers, certificates
-and receipt leaf hashes of recent heights are cached (committed data never changes), so a
-hot read costs one hash or none.
+or, without one, its transactions must match the `tx_root`; a block stored by reference
+(its `b` row is its consensus value, the body is the pending record the engine wrote when
+it voted, so a committed body is written once) must find that record and hash to it; a
+receipt must be a leaf of the header's `receipts_root`; a certificate must name the
+header's hash and, with a `cert_check`, carry a quorum of valid signatures. A mismatch, or
+stored bytes that do not decode, raise `StorageCorrupt` through `KVStore.corrupt`.
+Verified headers, certificates and receipt leaf hashes of recent heights are cached
+(committed data never changes), so a hot read costs one hash or none.
 """
 
 from __future__ import annotations
@@ -23,8 +25,11 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
+import msgpack
+
 from consensus.messages import Block as CBlock
 from consensus.messages import block_hash as consensus_value
+from consensus.messages import stored_block_height
 from qchain.codec import U32, U64, Struct
 from qchain.errors import CodecError, QChainError, StorageError, StoreMismatch
 from qchain.merkle import leaf_hash, proof_of_leaf_hashes, root_of_leaf_hashes
@@ -51,6 +56,19 @@ _T = TypeVar("_T")
 class TxLocation(Struct):
     height: U64
     index: U32
+
+
+_pack_plain = msgpack.Packer(use_bin_type=True).pack
+
+
+def _location(height: int, index: int) -> bytes:
+    """`TxLocation(height, index).encode()` without the field checks, for the index rows a
+    commit writes (thousands per block): a height and an index in range by construction
+    (tests/node/test_chainstore.py checks the equality)."""
+    if not (0 <= height < 2**64 and 0 <= index < 2**32):
+        raise StorageError(f"transaction location ({height}, {index}) out of range")
+    out: bytes = _pack_plain([height, index])
+    return out
 
 
 class ChainStore:
@@ -83,10 +101,11 @@ class ChainStore:
             b.put(schema.META_LAST_HEIGHT, schema.u64(0))
             self.store.write(b, sync=True)
             return
-        if schema.read_u64(version) != schema.SCHEMA_VERSION:
+        stored_version = schema.read_u64(version)
+        if stored_version not in (1, schema.SCHEMA_VERSION):
             raise StorageError(
-                f"store has schema version {schema.read_u64(version)}, "
-                f"this node reads version {schema.SCHEMA_VERSION}"
+                f"store has schema version {stored_version}, "
+                f"this node reads version {schema.SCHEMA_VERSION} (and migrates version 1)"
             )
         stored_chain = (self.store.get(schema.META_CHAIN_ID) or b"").decode()
         if stored_chain != chain_id:
@@ -94,6 +113,25 @@ class ChainStore:
         stored_genesis = self.store.get(schema.meta_key("genesis-hash")) or b""
         if stored_genesis != genesis_hash:
             raise StoreMismatch("genesis hash", stored_genesis.hex(), genesis_hash.hex())
+        if stored_version == 1:
+            self.migrate_v1()
+
+    def migrate_v1(self) -> None:
+        """Bring a version 1 store to version 2 in one synced batch: every pending body
+        moves from under its consensus value to under (height, value). Committed blocks
+        stay as they are (inline `b` rows are read in version 2)."""
+        b = Batch()
+        for key, raw in self.store.iterate(schema.PENDING_BODY):
+            if len(key) != 1 + schema.VALUE_LEN:
+                raise self.store.corrupt(key, "not a version 1 pending body key")
+            try:
+                height = stored_block_height(raw)
+            except CodecError as e:
+                raise self.store.corrupt(key, f"pending body: {e.message}") from e
+            b.delete(key)
+            b.put(schema.pending_body_key(height, key[1:]), raw)
+        b.put(schema.META_SCHEMA_VERSION, schema.u64(schema.SCHEMA_VERSION))
+        self.store.write(b, sync=True)
 
     def height(self) -> int:
         """The last committed height (0: only genesis)."""
@@ -115,20 +153,38 @@ class ChainStore:
         return None if raw is None else self._checked_block(key, height, raw)
 
     def _checked_block(self, key: bytes, height: int, raw: bytes) -> Block:
-        block = self._decoded(key, f"block {height}", raw, lambda b: Block.decode(b, BLOCK_LIMITS))
+        body, cblock = self._body(key, height, raw)
+        block = self._decoded(key, f"block {height}", body, lambda b: Block.decode(b, BLOCK_LIMITS))
         header = self._header_of(height, block)
         if block.header != header:
             raise self.store.corrupt(key, f"block {height} does not carry its header")
-        if not self._body_matches(block, raw):
+        if not self._body_matches(block, body, cblock):
             raise self.store.corrupt(key, f"the body of block {height} is not the committed one")
         return block
 
-    def _body_matches(self, block: Block, raw: bytes) -> bool:
+    def _body(self, key: bytes, height: int, raw: bytes) -> tuple[bytes, CBlock | None]:
+        """The block encoding a `b` row gives: the row itself, or the body of the pending
+        record it references, with that record (checked to hash to the reference)."""
+        if len(raw) != schema.VALUE_LEN:
+            return raw, None
+        pkey = schema.pending_body_key(height, raw)
+        stored = self.store.get(pkey)
+        if stored is None:
+            raise self.store.corrupt(key, f"the body block {height} references is missing")
+        cblock = self._decoded(pkey, f"body of block {height}", stored, CBlock.decode)
+        if cblock.height != height or consensus_value(cblock) != raw:
+            raise self.store.corrupt(pkey, f"the body of block {height} is not the referenced one")
+        return cblock.body, cblock
+
+    def _body_matches(self, block: Block, raw: bytes, cblock: CBlock | None) -> bool:
         """Whether a block's bytes are those decided: one hash over them against the
         consensus value of its height when one is indexed (a validator's store), else its
-        transactions against the header's `tx_root` (a hash per transaction)."""
+        transactions against the header's `tx_root` (a hash per transaction). A block
+        stored by reference comes with its consensus block, hashed already."""
         h = block.height
         value = self.store.get(schema.consensus_value_key(h))
+        if cblock is not None and value is not None:
+            return consensus_value(cblock) == value
         parent = (
             self.store.get(schema.meta_key("genesis-hash"))
             if h == 1
@@ -143,10 +199,16 @@ class ChainStore:
             return False
         return True
 
-    def block_bytes(self, height: int) -> bytes | None:
-        """A block's stored encoding, unchecked: the caller checks it against the
-        consensus value (`ChainApp.committed_cblock`)."""
-        return self.store.get(schema.block_key(height))
+    def block_bytes(self, height: int) -> bytes | CBlock | None:
+        """A block as stored: the consensus block holding it when it is stored by
+        reference (checked to hash to the reference), else its encoding, unchecked. The
+        caller checks either against the consensus value (`ChainApp.committed_cblock`)."""
+        key = schema.block_key(height)
+        raw = self.store.get(key)
+        if raw is None:
+            return None
+        body, cblock = self._body(key, height, raw)
+        return body if cblock is None else cblock
 
     def height_of(self, block_hash: bytes) -> int | None:
         raw = self.store.get(schema.block_hash_key(block_hash))
@@ -334,18 +396,31 @@ class ChainStore:
         receipts: Sequence[Receipt],
         state_writes: Iterable[tuple[bytes, bytes | None]],
         batch: Batch | None = None,
+        cblock: CBlock | None = None,
     ) -> Batch:
         """Add a block commit to batch (new if None): block, hash index, tx index,
-        receipts, state writes (full store keys) and the last-height marker."""
+        receipts, state writes (full store keys) and the last-height marker. With cblock
+        (the decided consensus block, whose body is block's encoding) the block is stored
+        by reference to cblock's pending record, which is written here only if the engine
+        did not write it already."""
         b = batch if batch is not None else Batch()
         h = block.height
         if h != self.height() + 1:
             raise StorageError(f"cannot commit height {h} on top of {self.height()}")
-        b.put(schema.block_key(h), block.encode())
+        if cblock is None:
+            b.put(schema.block_key(h), block.encode())
+        else:
+            if cblock.height != h:
+                raise StorageError(f"consensus block {cblock.height} given for block {h}")
+            ref = consensus_value(cblock)
+            pkey = schema.pending_body_key(h, ref)
+            if self.store.get(pkey) is None:
+                b.put(pkey, cblock.encode())
+            b.put(schema.block_key(h), ref)
         b.put(schema.header_key(h), block.header.encode())
         b.put(schema.block_hash_key(block.hash), schema.u64(h))
         for i, (tx, receipt) in enumerate(zip(block.txs, receipts, strict=True)):
-            b.put(schema.tx_key(tx.hash), TxLocation(h, i).encode())
+            b.put(schema.tx_key(tx.hash), _location(h, i))
             b.put(schema.receipt_key(h, i), receipt.encode())
         for key, value in state_writes:
             if value is None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -95,7 +96,7 @@ def _rebuild(db_dir: Path, config: Path) -> int:
     try:
         done = rebuild(db_dir)
     except StorageError as e:
-        print(f"rebuild refused: {e.message}")
+        print(f"rebuild refused: {e.message}", file=sys.stderr)
         return 1
     print(f"the damaged store is now {done.moved_to}; {done.leases} QKD lease(s) kept")
     print(f"start the node (qchain node run --config {config}): it catches up from its peers")
@@ -109,10 +110,10 @@ def _backup(cfg: NodeConfig, out: Path) -> int:
     try:
         how, done = backup_node(cfg, out)
     except QChainError as e:
-        print(f"backup failed: {e.message}")
+        print(f"backup failed: {e.message}", file=sys.stderr)
         return 1
     except OSError as e:
-        print(f"backup failed: cannot write {out}: {e.strerror}")
+        print(f"backup failed: cannot write {out}: {e.strerror}", file=sys.stderr)
         return 1
     h = done.header
     print(
@@ -131,13 +132,13 @@ def _restore(cfg: NodeConfig, args: argparse.Namespace) -> int:
     try:
         done = restore(db_dir, args.backup, expected_of(cfg))
     except StoreLocked as e:
-        print(f"restore refused: the node is running; stop it first ({e.message})")
+        print(f"restore refused: the node is running; stop it first ({e.message})", file=sys.stderr)
         return 1
     except QChainError as e:
-        print(f"restore refused: {e.message}")
+        print(f"restore refused: {e.message}", file=sys.stderr)
         return 1
     except OSError as e:
-        print(f"restore failed: {e}")
+        print(f"restore failed: {e}", file=sys.stderr)
         return 1
     moved = f"the replaced store is now {done.moved_to}" if done.moved_to else "no store before"
     print(f"{db_dir}: restored height {done.header.height}, {done.records} records; {moved}")

@@ -19,7 +19,6 @@ from dataclasses import dataclass
 
 from consensus.events import Commit, Event, StartHeight
 from consensus.messages import block_hash as consensus_value
-from consensus.messages import stored_block_height
 from node.accounts import Admission
 from node.alarms import Alarms
 from node.budget import CERT_SIGS, Budgets
@@ -210,9 +209,9 @@ class Committer:
             return
         batch = self.app.commit_batch(prepared)
         batch.put(schema.meta_key("next-anchor"), schema.u64(a.next_anchor))
-        for key, raw in self.store.iterate(schema.PENDING_BODY):
-            # Only the height is needed: reading it does not decode megabytes of body.
-            if stored_block_height(raw) <= a.height:
+        for key, _ in self.store.iterate(schema.pending_prefix(a.height)):
+            # The decided body stays: the block's row references it.
+            if schema.split_pending_key(key)[1] != value:
                 batch.delete(key)
         self.store.write(batch, sync=True)
         self.app.forget(value)

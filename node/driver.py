@@ -158,7 +158,8 @@ class Driver:
             if isinstance(d, Persist):
                 batch.put(schema.consensus_key(d.record.height), d.record.encode())
             elif isinstance(d, PersistBlock):
-                batch.put(schema.pending_body_key(consensus_value(d.block)), d.block.encode())
+                key = schema.pending_body_key(d.block.height, consensus_value(d.block))
+                batch.put(key, d.block.encode())
             else:
                 batch.delete(schema.consensus_key(d.height))
         if len(batch):

@@ -22,7 +22,6 @@ from node.budget import BLOCK_LOOKUPS, Budgets
 from node.chain import ChainApp
 from node.links import Links
 from qchain.limits import BLOCK_RESP_FRAMING, MAX_MESSAGE
-from qchain.store import schema
 from qchain.store.kv import KVStore
 
 FETCH_RETRY_S = 0.5
@@ -59,10 +58,7 @@ class BlockFetcher:
         self._timer = None
 
     def local_body(self, value: bytes) -> CBlock | None:
-        raw = self.store.get(schema.pending_body_key(value))
-        if raw is not None:
-            return CBlock.decode(raw)
-        return self.app.committed_cblock(value)
+        return self.app.committed_cblock(value) or self.app.pending_cblock(value)
 
     def fetch(self, value: bytes) -> None:
         body = self.local_body(value)

@@ -368,8 +368,11 @@ class Validator:
         if not self._store_intact():
             return
         records = [load_record(v) for _, v in self.store.iterate(schema.CONSENSUS)]
-        bodies = [CBlock.decode(v) for _, v in self.store.iterate(schema.PENDING_BODY)]
         committed = self.chain.height()
+        # Bodies at or below the committed height are committed blocks' (or leftovers).
+        above = schema.pending_prefix(committed + 1)
+        pending = self.store.iterate(schema.PENDING_BODY, start=above)
+        bodies = [CBlock.decode(v) for _, v in pending]
         self.feed(Start(tuple(records), tuple(bodies), committed))
         if not any(r.height == committed + 1 for r in records):
             self._start_next_height(committed)

@@ -146,12 +146,12 @@ def _pack(v: object, limits: Limits) -> bytes:
 
 def decode_value(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Value:
     """Decode canonical bytes; raises `CodecError` for anything non-canonical."""
-    v = _unpack(data, limits)
+    v = unpack_canonical(data, limits)
     _check_value(v, 0, limits)
     return typing.cast(Value, v)
 
 
-def _unpack(data: bytes, limits: Limits) -> object:
+def unpack_canonical(data: bytes, limits: Limits) -> object:
     """msgpack decoding under limits, canonical (re-encodes to the same bytes), with no
     check of the value's types: the caller checks them."""
     if type(data) is not bytes:
@@ -354,10 +354,94 @@ def _make_conv(tp: Any, meta: Sequence[object] = ()) -> tuple[_Conv, _Conv]:
     raise TypeError(f"type {tp!r} is not supported by the canonical codec")
 
 
+# --- the compiled fast mode ----------------------------------------------------------
+#
+# The converters above are the reference. A struct's fast mode (the `path is None` case of
+# `_to_wire` and `_from_wire`) is one generated function per direction that checks its
+# integer, boolean, byte-string and text fields inline, with the same conditions as their
+# converters, and calls the converters for every other field. It is conservative: text
+# that is not ASCII is declined (its bound is in UTF-8 bytes). Whatever it declines or
+# refuses raises a `CodecError`, and `to_wire` / `from_wire` then run the converters with
+# paths, which decide: the result, or the error message, is always the reference's.
+
+
+class _Declined(CodecError):
+    """The fast mode does not vouch for a value; the converters decide."""
+
+
+def _len_cond(v: str, ln: Len | None) -> str:
+    if ln is None:
+        return ""
+    cond = f" and {ln.lo} <= len({v})" if ln.lo > 0 else ""
+    return cond if ln.hi is None else f"{cond} and len({v}) <= {ln.hi}"
+
+
+def _inline_check(v: str, tp: Any, meta: Sequence[object] = ()) -> str | None:
+    """A condition on the local v that holds only if the converter of tp accepts v and
+    returns it unchanged; None if tp is not checked inline."""
+    origin = typing.get_origin(tp)
+    if origin is typing.Annotated:
+        base, *extra = typing.get_args(tp)
+        return _inline_check(v, base, (*meta, *extra))
+    if any(m is ANY_VALUE for m in meta):
+        return None
+    ln, rg = _bounds(meta)
+    if tp is int:
+        lo, hi = (rg.lo, rg.hi) if rg else (INT_MIN, INT_MAX)
+        return f"(type({v}) is int and {lo} <= {v} <= {hi})"
+    if tp is bool:
+        return f"type({v}) is bool"
+    if tp is bytes:
+        return f"(type({v}) is bytes{_len_cond(v, ln)})"
+    if tp is str:
+        return f"(type({v}) is str and {v}.isascii(){_len_cond(v, ln)})"
+    if origin in (Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1 and len(typing.get_args(tp)) == 2:
+            inner = _inline_check(v, args[0], meta)
+            return None if inner is None else f"({v} is None or {inner})"
+    return None
+
+
+_Fast = tuple[Callable[[Any], list[object]], Callable[[object], Any]]
+
+
+def _compile(cls: type[Struct]) -> _Fast:
+    """(to_wire, from_wire) in fast mode for cls."""
+    hints = typing.get_type_hints(cls, include_extras=True)
+    spec = cls._spec()
+    ns: dict[str, object] = {"_Declined": _Declined, "cls": cls}
+    to = ["def to_wire(self):"]
+    fr = [
+        "def from_wire(obj):",
+        f"    if type(obj) is not list or len(obj) != {len(spec)}:",
+        "        raise _Declined('fields')",
+    ]
+    if spec:
+        fr.append("    " + "".join(f"a{i}, " for i in range(len(spec))) + "= obj")
+    for i, (name, to_conv, from_conv) in enumerate(spec):
+        cond = _inline_check(f"a{i}", hints[name])
+        if cond is None:
+            ns[f"to{i}"], ns[f"fr{i}"] = to_conv, from_conv
+            to.append(f"    a{i} = to{i}(self.{name}, None)")
+            fr.append(f"    a{i} = fr{i}(a{i}, None)")
+        else:
+            to.append(f"    a{i} = self.{name}")
+            for lines in (to, fr):
+                lines.append(f"    if not {cond}:")
+                lines.append(f"        raise _Declined({name!r})")
+    args = ", ".join(f"a{i}" for i in range(len(spec)))
+    to.append(f"    return [{args}]")
+    fr.append(f"    return cls({args})")
+    exec("\n".join(to) + "\n\n" + "\n".join(fr), ns)  # source built above from the hints
+    return typing.cast(_Fast, (ns["to_wire"], ns["from_wire"]))
+
+
 class Struct:
     """Base for frozen dataclasses that encode as a fixed-order array of their fields."""
 
     _wire_spec: ClassVar[tuple[tuple[str, _Conv, _Conv], ...] | None] = None
+    _wire_fast: ClassVar[_Fast | None] = None
     _cache_encoding: ClassVar[bool] = False
     """Set by a struct whose values are never changed after construction and whose
     encoding is asked for repeatedly: `encode` then keeps the bytes on the instance."""
@@ -375,6 +459,14 @@ class Struct:
             cls._wire_spec = spec
         return spec
 
+    @classmethod
+    def _fast(cls) -> _Fast:
+        fast = cls.__dict__.get("_wire_fast")
+        if fast is None:
+            fast = _compile(cls)
+            cls._wire_fast = fast
+        return fast
+
     def to_wire(self) -> list[object]:
         """The struct as a plain array value, fields in declaration order."""
         try:
@@ -384,7 +476,7 @@ class Struct:
 
     def _to_wire(self, path: str | None) -> list[object]:
         if path is None:
-            return [to(getattr(self, f), None) for f, to, _ in self._spec()]
+            return self._fast()[0](self)
         return [to(getattr(self, f), f"{path}.{f}") for f, to, _ in self._spec()]
 
     @classmethod
@@ -400,13 +492,13 @@ class Struct:
 
     @classmethod
     def _from_wire(cls, obj: object, path: str | None) -> Self:
+        if path is None:
+            return typing.cast(Self, cls._fast()[1](obj))
         spec = cls._spec()
         if type(obj) is not list:
             _wrong_type(path, "array", obj)
         if len(obj) != len(spec):
             _fail(path, f"expected {len(spec)} fields, got {len(obj)}")
-        if path is None:
-            return cls(*[fr(x, None) for (_, _, fr), x in zip(spec, obj, strict=True)])
         return cls(*[fr(x, f"{path}.{f}") for (f, _, fr), x in zip(spec, obj, strict=True)])
 
     def encode(self) -> bytes:
@@ -425,4 +517,4 @@ class Struct:
         """Parse canonical bytes; raises `CodecError` on any deviation. The struct's
         fields check the types, so the input is not walked a second time (an `AnyValue`
         field is checked against the default limits)."""
-        return cls.from_wire(_unpack(data, limits))
+        return cls.from_wire(unpack_canonical(data, limits))

@@ -24,6 +24,7 @@ from typing import Annotated
 import msgpack
 
 from qchain.codec import (
+    DEFAULT_LIMITS,
     U16,
     U32,
     U64,
@@ -33,6 +34,7 @@ from qchain.codec import (
     Limits,
     Struct,
     encode_value,
+    unpack_canonical,
 )
 from qchain.errors import BadSignature, CodecError, TooLarge
 from qchain.hashing import Domain, hash_domain
@@ -76,10 +78,26 @@ class Transaction(Struct):
 
     @classmethod
     def _from_wire(cls, obj: object, path: str | None) -> Transaction:
-        tx = super()._from_wire(obj, path)
+        tx = cls._fields_from_wire(obj, path)
         # The fields are checked: packing the array is the canonical encoding, without
         # converting the fields back (blocks decode thousands of transactions).
         tx.__dict__["encoded"] = msgpack.packb(obj, use_bin_type=True)
+        return tx
+
+    @classmethod
+    def _fields_from_wire(cls, obj: object, path: str | None) -> Transaction:
+        return super()._from_wire(obj, path)
+
+    @classmethod
+    def decode(cls, data: bytes, limits: Limits = DEFAULT_LIMITS) -> Transaction:
+        """`Struct.decode` that keeps data as the encoding (decoding checked that it is
+        the canonical one) instead of packing the fields again."""
+        obj = unpack_canonical(data, limits)
+        try:
+            tx = cls._fields_from_wire(obj, None)
+        except CodecError:
+            tx = cls._fields_from_wire(obj, cls.__name__)
+        tx.__dict__["encoded"] = bytes(data)
         return tx
 
     def signing_digest(self) -> bytes:
@@ -138,11 +156,7 @@ def _array_header(n: int) -> bytes:
 def decode_transaction(data: bytes) -> Transaction:
     if len(data) > MAX_TX_SIZE:
         raise TooLarge(len(data), MAX_TX_SIZE)
-    tx = Transaction.decode(data, TX_LIMITS)
-    # Decoding checked that data is the canonical encoding: keep it instead of encoding
-    # again for the hash.
-    tx.__dict__["encoded"] = bytes(data)
-    return tx
+    return Transaction.decode(data, TX_LIMITS)
 
 
 def new_transaction(

@@ -7,9 +7,19 @@ Writes a devnet (with the bench senders) to a temporary directory and opens two 
 validators in this process, on their own LevelDB stores, without starting them. For each
 block: the leader admits every transaction (decode + mempool checks + signature) and
 builds the block; the follower validates the block as received (decode + execution with
-signature checks, since it never saw the transactions); both commit it. Reports the median
-microseconds per transaction of each stage. `--profile FILE` writes cProfile statistics of
+signature checks, since it never saw the transactions); both commit it: each first writes
+the block's body as the pending record the engine persists before it proposes or votes
+(synced, as the driver does), then the commit batch. Reports the median microseconds per
+transaction of each stage. `--profile FILE` writes cProfile statistics of
 the whole run. A measurement, not a test.
+
+`--per-validator` adds what the stages come to per validator of a 4-validator network
+where each node admits its own clients' quarter: the leader admits every transaction
+(its own, and those forwarded to it), builds and commits; a follower admits its quarter,
+validates every transaction (counted as if it had seen none) and commits. Beside them, the
+essential work measured in the same run (one signature check and one execution, as
+`qchain bench` measures its ceiling) and the ratio to it. Network, HTTP and consensus
+messages are not in these figures.
 """
 
 from __future__ import annotations
@@ -25,11 +35,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 from consensus.messages import Block as CBlock
+from consensus.messages import block_hash as consensus_value
 from devnet.bench import workload
 from node.chain import Prepared
 from node.runtime import Validator
 from qchain.config import load_config
 from qchain.keys import Scheme
+from qchain.store import schema
+from qchain.store.kv import Batch
 from qchain.types import decode_transaction
 
 STAGES = ("admit", "build", "validate", "commit (leader)", "commit (follower)")
@@ -46,6 +59,9 @@ def _admit(v: Validator, raws: list[bytes]) -> None:
 
 
 def _commit(v: Validator, cblock: CBlock) -> None:
+    pending = Batch()
+    pending.put(schema.pending_body_key(cblock.height, consensus_value(cblock)), cblock.encode())
+    v.store.write(pending, sync=True)
     prepared = v.app.validate(cblock)
     v.store.write(v.app.commit_batch(prepared), sync=True)
     v.app.forget(prepared.value)
@@ -106,6 +122,7 @@ def main() -> None:
     parser.add_argument("--tx", choices=list(workload.KINDS), default="notary")
     parser.add_argument("--profile", type=Path, help="write cProfile statistics here")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--per-validator", action="store_true")
     a = parser.parse_args()
     prof = cProfile.Profile() if a.profile else None
     if prof is not None:
@@ -114,12 +131,33 @@ def main() -> None:
     if prof is not None:
         prof.disable()
         prof.dump_stats(a.profile)
+    out = dict(result)
+    if a.per_validator:
+        out.update(per_validator(result, a.scheme, a.tx))
     if a.json:
-        print(json.dumps(result))
+        print(json.dumps(out))
         return
     print(f"{a.blocks} blocks of {a.block_txs} {a.scheme} {a.tx} transactions, CPU µs per tx:")
-    for stage, us in result.items():
-        print(f"  {stage:18} {us:8.1f}")
+    for stage, us in out.items():
+        print(f"  {stage:18} {us:8.2f}" if "ratio" in stage else f"  {stage:18} {us:8.1f}")
+
+
+def per_validator(stages: dict[str, float], scheme: str, kind: str, n: int = 4) -> dict[str, float]:
+    """The stages per validator of an n-validator network, and their ratio to the
+    essential work (verify + execute) measured now."""
+    from devnet.bench.cli import measure_limit
+
+    limit = measure_limit(scheme, kind, n)
+    essential = float(limit["verify_us"]) + float(limit["execute_us"])
+    leader = stages["admit"] + stages["build"] + stages["commit (leader)"]
+    follower = stages["admit"] / n + stages["validate"] + stages["commit (follower)"]
+    return {
+        "leader": round(leader, 1),
+        "follower": round(follower, 1),
+        "verify + execute": round(essential, 1),
+        "leader ratio": round(leader / essential, 2),
+        "follower ratio": round(follower / essential, 2),
+    }
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""The key layout of a qchain store, version 1. Every key is built here and nowhere else.
+"""The key layout of a qchain store, version 2. Every key is built here and nowhere else.
 
 Each family of keys starts with a one-byte prefix; integers inside keys are 8-byte
 big-endian so that byte order is numeric order. The layout version is written under
@@ -6,7 +6,9 @@ big-endian so that byte order is numeric order. The layout version is written un
 
 | prefix | key | value |
 |---|---|---|
-| `b` | height | encoded block |
+| `b` | height | the block: its consensus value (32 bytes), a reference to the pending body
+  `p` (height, value) that holds it, or (stores migrated from version 1, `ChainStore`
+  used alone) the encoded block itself |
 | `H` | height | encoded block header (written with the block; a store from before it
   falls back to the block) |
 | `h` | block hash | height |
@@ -15,7 +17,9 @@ big-endian so that byte order is numeric order. The layout version is written un
 | `s` | contract name, 0x00, state key | state value |
 | `c` | height | encoded commit certificate |
 | `k` | height | consensus record of that height's instance |
-| `p` | block hash | a block body the consensus engine must keep (proposed or voted) |
+| `p` | height, consensus value | an encoded consensus block the engine must keep (proposed
+  or voted) above the committed height; at or below it, only the committed block's, which
+  its `b` row references (a body is written once) |
 | `m` | name | node metadata (schema version, chain id, last committed height, ...) |
 | `q` | link name | QKD key-id lease (highest id this node may use) |
 | `v` | height | the consensus value decided at that height |
@@ -24,6 +28,11 @@ big-endian so that byte order is numeric order. The layout version is written un
 `h` maps both kinds of block hash to a height: the chain block hash (the header's hash)
 and the consensus value (the hash of the consensus engine's block); the two use different
 hash domains, so they never collide.
+
+Version 1 keyed `p` by consensus value alone and wrote every committed block in full under
+`b` as well as under `p` before it committed. `ChainStore.init_meta` migrates a version 1
+store on open (`migrate_v1`): each pending body is moved under its height; committed
+blocks stay inline (a `b` row of either form is read).
 """
 
 from __future__ import annotations
@@ -32,7 +41,9 @@ import struct
 
 from qchain.errors import StorageError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+VALUE_LEN = 32
+"""Length of a consensus value, the form of a `b` row that references its body."""
 
 BLOCK = b"b"
 HEADER = b"H"
@@ -144,8 +155,25 @@ def consensus_value_key(height: int) -> bytes:
     return CONSENSUS_VALUE + u64(height)
 
 
-def pending_body_key(block_hash: bytes) -> bytes:
-    return PENDING_BODY + block_hash
+def pending_body_key(height: int, value: bytes) -> bytes:
+    return PENDING_BODY + u64(height) + value
+
+
+def pending_prefix(height: int) -> bytes:
+    """The pending bodies of one height."""
+    return PENDING_BODY + u64(height)
+
+
+def split_pending_key(key: bytes) -> tuple[int, bytes]:
+    """(height, consensus value) of a key built by `pending_body_key`."""
+    if len(key) != 1 + 8 + VALUE_LEN or not key.startswith(PENDING_BODY):
+        raise StorageError("not a pending body key")
+    return read_u64(key[1:9]), key[9:]
+
+
+def v1_pending_body_key(value: bytes) -> bytes:
+    """The key of a pending body in a version 1 store (for the migration only)."""
+    return PENDING_BODY + value
 
 
 def meta_key(name: str) -> bytes:

@@ -139,7 +139,9 @@ def _craft(
     return _sealed(bytes(out))
 
 
-def _meta(height: int = HEIGHT, chain: str = CHAIN, version: int = 1) -> list[tuple[bytes, bytes]]:
+def _meta(
+    height: int = HEIGHT, chain: str = CHAIN, version: int = schema.SCHEMA_VERSION
+) -> list[tuple[bytes, bytes]]:
     return sorted(
         [
             (schema.META_CHAIN_ID, chain.encode()),
@@ -201,7 +203,7 @@ def test_a_wrong_digest_is_refused(tmp_path: Path) -> None:
     [
         (Expected("another-chain", GENESIS), "chain_id"),
         (Expected(CHAIN, bytes(32)), "genesis_hash"),
-        (Expected(CHAIN, GENESIS, schema_version=2), "schema_version"),
+        (Expected(CHAIN, GENESIS, schema_version=1), "schema_version"),
     ],
 )
 def test_a_backup_of_another_chain_genesis_or_schema_is_refused(
@@ -212,12 +214,15 @@ def test_a_backup_of_another_chain_genesis_or_schema_is_refused(
     assert (err.what, err.field) == (what, f"header.{what}")
 
 
-def test_a_backup_written_under_another_schema_version_is_refused(tmp_path: Path) -> None:
+def test_a_backup_written_under_a_newer_schema_version_is_refused(tmp_path: Path) -> None:
     s = MemoryStore()
-    _fill(s, schema_version=2)
+    _fill(s, schema_version=schema.SCHEMA_VERSION + 1)
     err = _refused(_backup_bytes(s), tmp_path)
     assert isinstance(err, BackupMismatch) and err.what == "schema_version"
-    assert (err.stored, err.expected) == ("2", "1")
+    assert (err.stored, err.expected) == (
+        str(schema.SCHEMA_VERSION + 1),
+        str(schema.SCHEMA_VERSION),
+    )
 
 
 def _lengths(data: bytes, index: int, key_len: int, value_len: int) -> bytes:
@@ -342,3 +347,12 @@ def test_a_store_without_chain_metadata_is_not_backed_up(tmp_path: Path) -> None
     with pytest.raises(StorageError, match="no chain id"):
         save_backup(tmp_path / "x.qbk", store_chunks(s, NOW), EXPECTED)
     assert _listing(tmp_path) == []
+
+
+def test_a_backup_written_under_schema_version_1_is_accepted(tmp_path: Path) -> None:
+    """The node migrates a version 1 store when it opens it (tests/node/test_body_once)."""
+    s = MemoryStore()
+    _fill(s, schema_version=1)
+    path = tmp_path / "old.qbk"
+    path.write_bytes(_backup_bytes(s))
+    assert check_backup(path, EXPECTED).header.schema_version == 1

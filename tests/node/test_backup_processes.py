@@ -157,7 +157,7 @@ def test_stopped_node_backed_up_and_restored_over_its_own_store(
     _caught_up_and_ready(devnet, victim, other)
     _commit(devnet, other, txs.next())
     running = _qchain("node", "restore", "--config", str(config), "--in", str(out))
-    assert running.returncode == 1 and "the node is running" in running.stdout
+    assert running.returncode == 1 and "the node is running" in running.stderr
     devnet.stop([victim])
 
     restored = _qchain("node", "restore", "--config", str(config), "--in", str(out))

@@ -10,7 +10,7 @@ from consensus.messages import Block as CBlock
 from consensus.messages import block_hash as consensus_value
 from devnet.network import account_key
 from node.chain import ChainApp
-from node.chainstore import ChainStore
+from node.chainstore import ChainStore, TxLocation, _location
 from node.sigcache import SignatureCache
 from qchain.errors import ConfigError, StorageCorrupt, StorageError, StoreMismatch
 from qchain.keys import dev_key
@@ -252,3 +252,17 @@ def test_body_served_to_peers_is_checked_against_the_decided_value() -> None:
         app_over(damaged).committed_cblock(value)
     with pytest.raises(StorageCorrupt):
         app_over(damaged).verify_recent(10)
+
+
+@pytest.mark.parametrize(
+    ("height", "index"), [(0, 0), (1, 127), (128, 255), (2**16, 2**16), (2**64 - 1, 2**32 - 1)]
+)
+def test_the_index_rows_a_commit_writes_are_transaction_locations(height: int, index: int) -> None:
+    assert _location(height, index) == TxLocation(height, index).encode()
+    assert TxLocation.decode(_location(height, index)) == TxLocation(height, index)
+
+
+@pytest.mark.parametrize(("height", "index"), [(-1, 0), (2**64, 0), (1, 2**32), (1, -1)])
+def test_a_location_out_of_range_is_not_written(height: int, index: int) -> None:
+    with pytest.raises(StorageError):
+        _location(height, index)

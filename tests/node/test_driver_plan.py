@@ -109,8 +109,8 @@ class _Store:
     def write(self, batch: Batch, sync: bool = False) -> None:
         assert sync, "the durable batch is synced"
         for key, value in batch.ops():
-            if key.startswith(schema.pending_body_key(b"")):
-                self.log.append(("durable", "body", key[len(schema.pending_body_key(b"")) :]))
+            if key.startswith(schema.PENDING_BODY):
+                self.log.append(("durable", "body", schema.split_pending_key(key)[1]))
             else:
                 height = next(h for h in range(4) if schema.consensus_key(h) == key)
                 kind = "delete" if value is None else "record"

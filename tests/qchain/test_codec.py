@@ -571,3 +571,69 @@ def test_text_with_a_lone_surrogate_is_refused() -> None:
             with pytest.raises(CodecError, match="not valid Unicode"):
                 Transaction.from_wire(wire)
     assert decode_value(encode_value(["\U0001f600", "é"])) == ["\U0001f600", "é"]
+
+
+# --- the compiled fast mode against the converters ----------------------------------------
+
+odd_values = st.one_of(
+    values,
+    st.floats(allow_nan=False),
+    st.text(alphabet="é中\U0001f600a", max_size=70),
+    st.integers(-(2**70), 2**70),
+    st.dictionaries(st.text(max_size=3), ints, max_size=2),
+)
+
+
+def _outcome(f: Callable[[], object]) -> object:
+    """f's result, or the message of the CodecError it raised."""
+    try:
+        return f()
+    except CodecError as e:
+        return ("error", e.message)
+
+
+@pytest.mark.parametrize("cls", STRUCT_PARAMS)
+@SETTINGS
+@given(data=st.data())
+def test_fast_mode_decodes_exactly_as_the_converters(
+    cls: type[Struct], data: st.DataObject
+) -> None:
+    """A wire array with one field replaced by anything (another type, out of range, text
+    that is not ASCII): `from_wire` gives what the converters give, value or error, and
+    the fast mode alone never accepts what they refuse nor gives another value."""
+    wire = data.draw(STRUCTS[cls]).to_wire()
+    i = data.draw(st.integers(0, len(wire) - 1))
+    wire[i] = data.draw(odd_values)
+    reference = _outcome(lambda: cls._from_wire(wire, cls.__name__))
+    assert _outcome(lambda: cls.from_wire(wire)) == reference
+    fast = _outcome(lambda: cls._from_wire(wire, None))
+    if not isinstance(fast, tuple):
+        assert fast == reference
+
+
+@pytest.mark.parametrize("cls", STRUCT_PARAMS)
+@SETTINGS
+@given(data=st.data())
+def test_fast_mode_encodes_exactly_as_the_converters(
+    cls: type[Struct], data: st.DataObject
+) -> None:
+    s = data.draw(STRUCTS[cls])
+    name = data.draw(st.sampled_from([f for f, _, _ in cls._spec()]))
+    object.__setattr__(s, name, data.draw(odd_values))
+    reference = _outcome(lambda: s._to_wire(cls.__name__))
+    assert _outcome(s.to_wire) == reference
+    fast = _outcome(lambda: s._to_wire(None))
+    if not isinstance(fast, tuple):
+        assert fast == reference
+
+
+def test_fast_mode_declines_text_that_is_not_ascii_and_the_converters_decide() -> None:
+    tx = Transaction("chaîne", b"\x01" * 20, 1, "notary", "anchor", [], 0, "ed25519", b"", b"")
+    wire = tx.to_wire()
+    with pytest.raises(CodecError):
+        Transaction._from_wire(wire, None)
+    assert Transaction.from_wire(wire) == tx
+    assert decode_transaction(tx.encode()) == tx
+    long = dataclasses.replace(tx, chain_id="é" * 33)  # 33 code points, 66 UTF-8 bytes
+    with pytest.raises(CodecError, match=r"^Transaction\.chain_id: length 66 outside"):
+        long.to_wire()

@@ -83,6 +83,8 @@ def test_families_have_distinct_prefixes() -> None:
     h = b"\x11" * 32
     assert schema.block_hash_key(h) == b"h" + h
     assert schema.tx_key(h) == b"t" + h
-    assert schema.pending_body_key(h) == b"p" + h
+    assert schema.pending_body_key(7, h) == b"p" + schema.u64(7) + h
+    assert schema.pending_body_key(7, h).startswith(schema.pending_prefix(7))
+    assert schema.split_pending_key(schema.pending_body_key(7, h)) == (7, h)
     assert schema.META_SCHEMA_VERSION == b"mschema-version"
-    assert schema.SCHEMA_VERSION == 1
+    assert schema.SCHEMA_VERSION == 2
