@@ -61,7 +61,7 @@ from node.sigcache import SignatureCache
 from node.transport import FaultRules, Transport
 from node.verifypool import VerifyPool, verify_workers
 from qchain.config import NodeConfig
-from qchain.errors import ConfigError, StorageCorrupt, StorageError
+from qchain.errors import ConfigError, Overloaded, StorageCorrupt, StorageError
 from qchain.keys import SigningKey
 from qchain.qkd.endpoint import QKDEndpoint
 from qchain.qkd.source import KeySource
@@ -494,6 +494,15 @@ class Validator:
     def submit_tx(self, tx: Transaction) -> tuple[TxStatus, bool]:
         return self.service.submit_tx(tx)
 
+    async def preverify(self, txs: Sequence[Transaction]) -> None:
+        await self.service.preverify(txs)
+
+    def admission_room(self) -> int:
+        return self.service.admission_room()
+
+    def overloaded(self) -> Overloaded:
+        return self.service.overloaded()
+
     def tx_status(self, tx_hash: bytes) -> TxStatus | None:
         return self.service.tx_status(tx_hash)
 
@@ -566,13 +575,6 @@ async def _bounded(step: Awaitable[None], what: str) -> None:
         await asyncio.wait_for(step, STOP_STEP_TIMEOUT_S)
     except TimeoutError:
         log.warning("closing the %s took over %.0fs; going on", what, STOP_STEP_TIMEOUT_S)
-
-
-def setup_logging(cfg: NodeConfig) -> None:
-    """Readable lines on a terminal, JSON lines in containers; every line names the node."""
-    from node.logs import configure
-
-    configure(cfg.node.name, cfg.node.log_format)
 
 
 async def run_validator(cfg: NodeConfig, ready_file: Path | None = None) -> int:
