@@ -28,7 +28,7 @@ from devnet.network import plan_network, write_network
 from devnet.spawn import qchain_argv
 from node.runtime import Validator
 from node.verifypool import verify_chunk
-from qchain.config import load_config
+from qchain.config import NodeConfig, load_config
 from qchain.keys import SigningKey
 from qchain.qkd.clock import SystemClock
 from qchain.qkd.simsource import LocalKeySource, full_mesh
@@ -37,10 +37,15 @@ from qchain.types import Transaction, new_transaction
 
 @contextlib.asynccontextmanager
 async def inproc_network(
-    directory: Path, *, heartbeat_ms: int | None = 200, validators: int = 4
+    directory: Path,
+    *,
+    heartbeat_ms: int | None = 200,
+    validators: int = 4,
+    configure: Callable[[NodeConfig], NodeConfig] = lambda cfg: cfg,
 ) -> AsyncIterator[list[Validator]]:
-    """`validators` started validators (ed25519 dev accounts); on exit every validator in
-    the yielded list is stopped (a test may replace one with a restarted one)."""
+    """`validators` started validators (ed25519 dev accounts), each configured as its
+    config file says, then changed by `configure`; on exit every validator in the
+    yielded list is stopped (a test may replace one with a restarted one)."""
     plan = plan_network(
         base_port=None, scheme="ed25519", heartbeat_ms=heartbeat_ms, validators=validators
     )
@@ -48,7 +53,7 @@ async def inproc_network(
     manager = full_mesh([n.sae_id for n in plan.nodes], SystemClock(), initial_key_count=10_000)
     nodes = [
         Validator(
-            load_config(directory / "nodes" / n.name / "config.toml"),
+            configure(load_config(directory / "nodes" / n.name / "config.toml")),
             key_source=LocalKeySource(manager, n.sae_id),
         )
         for n in plan.nodes
