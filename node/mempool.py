@@ -6,9 +6,11 @@ the idempotency key), expiry, membership of the sender, the nonce window, pool l
 finally the signature against the sender's registered key. Nothing enters unchecked, and a
 rejected transaction leaves no trace.
 
-Transactions are kept per sender, keyed by nonce. A block takes, sender by sender in
-arrival order, the run of consecutive nonces that starts at the sender's committed nonce
-(`reap`), so a block never holds a nonce gap. After a commit (`on_commit`) included and
+Transactions are kept per sender, keyed by nonce. A block takes, sender by sender, the
+run of consecutive nonces that starts at the sender's committed nonce (`reap`), so a
+block never holds a nonce gap. Senders come in order of arrival, and a sender a
+committed block served goes behind the others, so that under load full blocks serve
+senders in turn instead of leaving the same ones out. After a commit (`on_commit`) included and
 stale transactions leave, and so do expired ones.
 
 The mempool is memory only: a 202-accepted transaction is lost if this node crashes
@@ -256,6 +258,9 @@ class Mempool:
             sender = self._senders.get(address)
             if sender is None:
                 continue
+            # Round robin: a sender a block served goes behind those it left out, so that
+            # under load a full block never leaves the same senders out again.
+            self._senders.move_to_end(address)
             nonce = self.accounts.next_nonce(address)
             for stale in [p for n, p in sender.by_nonce.items() if n < nonce]:
                 self._remove(stale)
