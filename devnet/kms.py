@@ -26,6 +26,8 @@ from devnet.network import NetworkPlan, NodePlan
 from qchain.qkd.certs import write_kms_certs
 
 DEFAULT_HOSTS = ("127.0.0.1", "localhost")
+INITIAL_KEYS = 2048
+"""Keys every link stores when the key manager starts."""
 
 
 def kms_config_toml(
@@ -34,9 +36,11 @@ def kms_config_toml(
     listen_host: str | None = None,
     node: NodePlan | None = None,
     relay_host: str | None = None,
+    initial_keys: int = INITIAL_KEYS,
 ) -> str:
     """The shared KMS's config, or with `node` the config of that node's own KME (its
-    relay listener on relay_host, by default where the ETSI API listens)."""
+    relay listener on relay_host, by default where the ETSI API listens); every link
+    starts with `initial_keys` stored."""
     saes = "\n".join(f'[[sae]]\nid = "{n.sae_id}"\n' for n in plan.nodes)
     host = listen_host or plan.host
     kms_id = f"{plan.chain_id}-kms" if node is None else f"{plan.chain_id}-kme-{node.name}"
@@ -66,7 +70,7 @@ profile = "{plan.kms_rate}"
 key_size = 256
 max_key_count = 20000
 max_key_per_request = 128
-initial_key_count = 2048
+initial_key_count = {initial_keys}
 
 {saes}{relay}"""
 
@@ -102,7 +106,11 @@ def kms_config_files(plan: NetworkPlan) -> dict[str, NodePlan | None]:
 
 
 def write_kms_files(
-    directory: Path, plan: NetworkPlan, *, hosts: Iterable[str] = DEFAULT_HOSTS
+    directory: Path,
+    plan: NetworkPlan,
+    *,
+    hosts: Iterable[str] = DEFAULT_HOSTS,
+    initial_keys: int = INITIAL_KEYS,
 ) -> None:
     """Write the key managers' configs, admin token, relay secret and the devnet's TLS
     material (nothing with external KMEs)."""
@@ -113,7 +121,7 @@ def write_kms_files(
     kms_dir.mkdir(parents=True, exist_ok=True)
     write_kms_certs(directory / "ca", [n.sae_id for n in plan.nodes], hosts)
     for name, node in files.items():
-        (kms_dir / name).write_text(kms_config_toml(plan, node=node))
+        (kms_dir / name).write_text(kms_config_toml(plan, node=node, initial_keys=initial_keys))
     _secret(kms_dir / "admin.token")
     if plan.kme_mode == "per-node":
         _secret(kms_dir / "relay.secret")

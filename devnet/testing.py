@@ -41,16 +41,24 @@ async def inproc_network(
     *,
     heartbeat_ms: int | None = 200,
     validators: int = 4,
+    bits_per_second: int = 20_000_000,
+    initial_keys: int = 10_000,
     configure: Callable[[NodeConfig], NodeConfig] = lambda cfg: cfg,
 ) -> AsyncIterator[list[Validator]]:
     """`validators` started validators (ed25519 dev accounts), each configured as its
     config file says, then changed by `configure`; on exit every validator in the
-    yielded list is stopped (a test may replace one with a restarted one)."""
+    yielded list is stopped (a test may replace one with a restarted one). Every link of
+    the key manager makes `bits_per_second` and starts with `initial_keys`."""
     plan = plan_network(
         base_port=None, scheme="ed25519", heartbeat_ms=heartbeat_ms, validators=validators
     )
     write_network(directory, plan)
-    manager = full_mesh([n.sae_id for n in plan.nodes], SystemClock(), initial_key_count=10_000)
+    manager = full_mesh(
+        [n.sae_id for n in plan.nodes],
+        SystemClock(),
+        bits_per_second=bits_per_second,
+        initial_key_count=initial_keys,
+    )
     nodes = [
         Validator(
             configure(load_config(directory / "nodes" / n.name / "config.toml")),

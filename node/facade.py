@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from consensus.engine import Engine
@@ -293,4 +293,5 @@ class AdminFacade:
             "timers": sorted(f"{k.kind}:{k.height}" for k in self.driver.timers),
             "fetching": [v.hex() for v in self.fetcher.fetching],
             "pending_build": self.pacer.pending is not None,
+            "key_pacing": asdict(self.pacer.keys.budget),
         }

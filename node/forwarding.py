@@ -1,11 +1,12 @@
 """Moving transactions toward the leader, and suspecting a leader that leaves them out.
 
 Transactions admitted locally are forwarded in batches to the current leader (or, in idle
-mode, to every validator). When the leader changes, pending transactions go to the new
-one. A transaction that stays pending past the inclusion timeout is forwarded to every
-validator; one that stays past twice the timeout makes the node fire its round timer early
-(CONSENSUS.md R8), so that a quorum of honest validators moves away from a censoring
-leader.
+mode, to every validator); on a link with a low key rate a batch waits briefly to ride in
+the next frame to the leader instead of costing a key of its own (`node.keypacing`). When
+the leader changes, pending transactions go to the new one. A transaction that stays
+pending past the inclusion timeout is forwarded to every validator; one that stays past
+twice the timeout makes the node fire its round timer early (CONSENSUS.md R8), so that a
+quorum of honest validators moves away from a censoring leader.
 
 Transactions forwarded by peers are queued and admitted in slices by a task, so that
 checking thousands of signatures never holds up consensus messages behind it; with
@@ -24,6 +25,7 @@ from consensus.events import Event, Timeout, TimerKey
 from consensus.view import EngineView
 from node.accounts import ADMIT_SLICE, Admission
 from node.budget import FORWARDED_TXS, Budgets
+from node.keypacing import forward_wait_s
 from node.links import Links
 from node.mempool import Mempool
 from node.verifypool import VerifyPool
@@ -91,12 +93,12 @@ class Forwarder:
         self._stopping = True
         return self._admit_task
 
-    def forward(self, raw_txs: list[bytes], to: Iterable[int]) -> None:
+    def forward(self, raw_txs: list[bytes], to: Iterable[int], lazy_s: float = 0.0) -> None:
         if self.links.transport is None or not raw_txs:
             return
         targets = list(to)
         for batch in tx_batches(raw_txs, FORWARD_BATCH):
-            self.links.send_all(Envelope(Kind.TXS, batch.encode()), targets)
+            self.links.send_all(Envelope(Kind.TXS, batch.encode()), targets, lazy_s)
 
     def queue(self, raw: bytes) -> None:
         """Forward raw (a locally admitted transaction) with the others of this turn."""
@@ -114,7 +116,8 @@ class Forwarder:
         elif leader == self.me:
             return
         else:
-            targets = [leader]
+            self.forward(batch, [leader], forward_wait_s(self.links.key_rate(leader)))
+            return
         self.forward(batch, targets)
 
     def leader_changed(self, leader: int) -> None:

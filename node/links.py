@@ -16,12 +16,13 @@ from typing import Any
 
 from consensus.messages import Message, encode_message
 from node.byzantine import ByzantineSwitch
+from node.keypacing import LinkKeys
 from node.transport import Transport
 from node.wire import Envelope, Kind
 from qchain.config import NodeConfig
 from qchain.errors import CodecError
 from qchain.qkd.endpoint import QKDEndpoint
-from qchain.qkd.source import KeySource
+from qchain.qkd.source import MAC_KEY_BITS, KeySource
 
 
 class Links:
@@ -46,16 +47,45 @@ class Links:
     def connected_peers(self) -> list[int]:
         return self.transport.connected_peers() if self.transport is not None else []
 
+    def key_rate(self, peer: int) -> float | None:
+        """Keys a second the key manager last reported for the link to peer (256-bit)."""
+        ep = self.endpoint
+        pool = None if ep is None else ep.send_pools.get(self.sae.get(peer, ""))
+        bps = None if pool is None else pool.health.bits_per_second
+        return None if bps is None else bps / MAC_KEY_BITS
+
+    def keys(self) -> dict[int, LinkKeys]:
+        """Per peer: keys spent on the link (both directions), the pair's key rate as the
+        key manager last reported it, and the waits of the send pool (for key pacing)."""
+        ep = self.endpoint
+        if ep is None:
+            return {}
+        out = {}
+        for j, sae in self.sae.items():
+            send, receive = ep.send_pools.get(sae), ep.receive_pools.get(sae)
+            if send is None or receive is None:
+                continue
+            out[j] = LinkKeys(
+                keys_spent=send.counters.keys_consumed + receive.counters.keys_consumed,
+                keys_per_s=self.key_rate(j),
+                waits=send.counters.waits,
+            )
+        return out
+
     def send(self, to: int, env: Envelope) -> None:
         if self.transport is not None:
             self.transport.send(to, env)
 
-    def send_all(self, env: Envelope, to: Iterable[int]) -> None:
-        """env to each of `to` but this node."""
+    def send_all(self, env: Envelope, to: Iterable[int], lazy_s: float = 0.0) -> None:
+        """env to each of `to` but this node (lazily: see `Transport.send`)."""
         if self.transport is None:
             return
         for j in to:
-            if j != self.me:
+            if j == self.me:
+                continue
+            if lazy_s > 0:
+                self.transport.send(j, env, lazy_s)
+            else:
                 self.transport.send(j, env)
 
     def send_consensus(self, to: int, msg: Message) -> None:

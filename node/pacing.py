@@ -2,10 +2,11 @@
 block is validated and judged timely.
 
 A leader builds as soon as transactions wait (but not before `propose_wait_min` since the
-last commit), or at the heartbeat (`propose_wait_max`); in idle mode it waits for a
-transaction, and in a round above 0 it builds at once. The block cap comes from a cost
-model: a moving average of what executing a transaction costs on this node, so that a
-block never takes longer to validate than BLOCK_TIME_SHARE of the round's timeout.
+last commit, nor before the key budget of its links allows: `node.keypacing`), or at the
+heartbeat (`propose_wait_max`); in idle mode it waits for a transaction, and in a round
+above 0 it builds at once. The block cap comes from a cost model: a moving average of
+what executing a transaction costs on this node, so that a block never takes longer to
+validate than BLOCK_TIME_SHARE of the round's timeout.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from consensus.events import BlockBuilt, BlockValidated, BuildBlock, Event
 from consensus.messages import Block as CBlock
@@ -22,6 +23,7 @@ from consensus.params import Params
 from node.alarms import Alarms
 from node.byzantine import ByzantineSwitch
 from node.chain import ChainApp, next_block_time
+from node.keypacing import KeyPacer, LinkKeys
 from node.mempool import Mempool
 from node.metrics import NodeMetrics
 from node.sigcache import SignatureCache
@@ -52,7 +54,11 @@ class BlockPacer:
         alarms: Alarms,
         byzantine: ByzantineSwitch,
         feed: Callable[[Event], None],
+        *,
+        link_keys: Callable[[], Mapping[int, LinkKeys]] | None = None,
     ) -> None:
+        """link_keys: what this node sees of its links' keys, for key-aware pacing (None:
+        not paced by keys)."""
         self.timing = timing
         self.limits = limits
         self.params = params
@@ -70,6 +76,10 @@ class BlockPacer:
         self.per_tx_s = INITIAL_PER_TX_S
         self._deadline: float | None = None
         self._timer: asyncio.TimerHandle | None = None
+        self.link_keys = link_keys
+        heartbeat_ms = timing.propose_wait_max_ms or timing.base_ms
+        self.keys = KeyPacer(max_interval_s=heartbeat_ms / 1000)
+        self.last_built_at: float | None = None
 
     def cancel_timers(self) -> None:
         if self._timer is not None:
@@ -88,6 +98,8 @@ class BlockPacer:
         round above 0 build at once."""
         self.pending = a
         t = self.timing
+        if self.link_keys is not None:
+            self.keys.observe(time.monotonic(), a.height - 1, self.link_keys())
         if a.round > 0:
             # A round change happened: the round's leader must propose now, even an empty
             # block, or the round times out again.
@@ -104,6 +116,8 @@ class BlockPacer:
             return
         now = time.monotonic()
         earliest = self.last_commit_at + self.timing.propose_wait_min_ms / 1000
+        if a.round == 0 and self.last_built_at is not None:
+            earliest = max(earliest, self.last_built_at + self.keys.min_interval_s())
         due = max(earliest, now) if self.mempool.has_ready() else self._deadline
         if due is None:
             return
@@ -113,6 +127,7 @@ class BlockPacer:
             self._timer = asyncio.get_running_loop().call_later(due - now, self.maybe_build)
             return
         self.pending = None
+        self.last_built_at = now
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None

@@ -195,6 +195,7 @@ class Validator:
             self.alarms,
             self.byzantine,
             feed,
+            link_keys=self.links.keys,
         )
         self.admission = Admission(
             self.mempool,

@@ -30,7 +30,10 @@ counted (`oversized-envelope`). The frame is sealed with the link's `LinkSealer`
 may wait for keys: back-pressure, never an unauthenticated frame) and written. Queues
 are bounded by message count; a full queue drops the new message and counts it
 (consensus retransmits). After each new outbound connection the sealer is told, so it can
-re-announce what the peer may have missed.
+re-announce what the peer may have missed. `send(peer, envelope, lazy_s=S)` queues an
+envelope that may wait up to S seconds for a frame that goes anyway (forwarded
+transactions ride with the next consensus frame instead of costing a key of their own,
+`node.keypacing`).
 
 Receiving: frames are read in order per connection and handed to the link's `LinkOpener`;
 on a verified connection a rejected frame is dropped and counted by reason, never raised.
@@ -45,6 +48,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import random
 from collections import Counter, deque
 from collections.abc import Callable, Mapping
@@ -95,6 +99,9 @@ class _PeerOut:
         self.address = address
         self.sealer = sealer
         self.queue: deque[Envelope] = deque()
+        self.lazy: deque[Envelope] = deque()
+        """Envelopes that wait for a frame that goes anyway, until `lazy_due` (loop time)."""
+        self.lazy_due = math.inf
         self.limit = limit
         self.wakeup = asyncio.Event()
         self.lost = asyncio.Event()
@@ -185,17 +192,23 @@ class Transport:
 
     # --- sending -----------------------------------------------------------------------
 
-    def send(self, peer: int, envelope: Envelope) -> None:
+    def send(self, peer: int, envelope: Envelope, lazy_s: float = 0.0) -> None:
+        """Queue envelope for peer; with `lazy_s` > 0 it may wait that long for a frame
+        that something else makes go."""
         out = self._out.get(peer)
         if out is None:
             return
         if body_size(1, envelope_size(envelope)) > self.max_body:
             self.stats[peer].rejected["oversized-envelope"] += 1
             return
-        if len(out.queue) >= out.limit:
+        if len(out.queue) + len(out.lazy) >= out.limit:
             self.stats[peer].queue_dropped += 1
             return
-        out.queue.append(envelope)
+        if lazy_s > 0:
+            out.lazy.append(envelope)
+            out.lazy_due = min(out.lazy_due, asyncio.get_running_loop().time() + lazy_s)
+        else:
+            out.queue.append(envelope)
         out.wakeup.set()
 
     async def _connect(self, peer: _PeerOut) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
@@ -289,9 +302,12 @@ class Transport:
             due = loop.time() + self.limits.keepalive_s
 
     async def _wait_for_work(self, peer: _PeerOut, due: float) -> None:
-        """Until something is queued, the connection is lost, or `due` (loop time)."""
+        """Until something is queued (a lazy envelope: until its time), the connection is
+        lost, or `due` (loop time)."""
         loop = asyncio.get_running_loop()
         while not peer.queue and not peer.lost.is_set():
+            if peer.lazy:
+                due = min(due, peer.lazy_due)
             left = due - loop.time()
             if left <= 0:
                 return
@@ -304,13 +320,15 @@ class Transport:
         """Take from the queue the envelopes whose encoded body fits in `max_body`."""
         batch: list[Envelope] = []
         total = 0
-        queue = peer.queue
-        while queue and len(batch) < MAX_FRAME_ENVELOPES:
-            size = envelope_size(queue[0])
-            if body_size(len(batch) + 1, total + size) > self.max_body:
-                break
-            batch.append(queue.popleft())
-            total += size
+        for queue in (peer.queue, peer.lazy):
+            while queue and len(batch) < MAX_FRAME_ENVELOPES:
+                size = envelope_size(queue[0])
+                if body_size(len(batch) + 1, total + size) > self.max_body:
+                    break
+                batch.append(queue.popleft())
+                total += size
+        if not peer.lazy:
+            peer.lazy_due = math.inf
         return batch
 
     async def _emit(

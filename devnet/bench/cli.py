@@ -12,7 +12,9 @@ burn, then runs the open-loop load generator (`devnet.bench.load`, a separate pr
 the offered rate, spread over the validators' APIs. One node's event stream stamps every
 commit. After the warm-up the measurement window opens: CPU time of every process and
 the QKD counters of every link are read at both edges. `--faults K` kills the K
-highest-index validators as the window opens (the load then goes to the others).
+highest-index validators as the window opens (the load then goes to the others). At a
+key-rate profile other than `lab` the run is measured in steady state, not on the key
+stock (`devnet.bench.keyrate`).
 
 Output in DIR: `report.json`, `report.md`, `throughput-latency.png` and, with
 `--profile-leader`, the leader's py-spy profile (`leader-profile.txt`).
@@ -40,7 +42,7 @@ from typing import Any
 
 import msgpack
 
-from devnet.bench import workload
+from devnet.bench import keyrate, workload
 from devnet.bench.observe import CommitListener, cpu_seconds, snapshot
 from devnet.bench.report import (
     REPORT_VERSION,
@@ -204,7 +206,7 @@ def devnet(opts: Options) -> Iterator[BenchNetwork]:
         profile=opts.profile,
     )
     write_network(tmp, plan)
-    write_kms_files(tmp, plan)
+    write_kms_files(tmp, plan, initial_keys=keyrate.initial_keys(opts.kms_rate))
     workload.add_bench_members(tmp, plan, opts.senders)
     net = BenchNetwork(tmp, opts.baseline)
     try:
@@ -378,6 +380,7 @@ async def run_point(
     )
     pids = {**net.running(), "load": proc.pid, "bench": os.getpid()}
     started = await _wait_started(work / "started", proc)
+    drained = await keyrate.drain(net) if keyrate.starts_empty(opts.kms_rate) else None
     w0 = started + opts.warmup_s
     w1 = w0 + opts.duration_s
     await _sleep_until(w0)
@@ -388,6 +391,7 @@ async def run_point(
     urls = {i: net.plan.nodes[i].api_url for i in live}
     s0 = await snapshot(urls)
     c0 = _cpu(pids)
+    kms0 = await keyrate.kms_stock(net)
     w0 = s0.at
     profile: asyncio.Task[str | None] | None = None
     if opts.profile_leader_s > 0 and rate == max(opts.rates):
@@ -395,6 +399,7 @@ async def run_point(
     await _sleep_until(w1)
     s1 = await snapshot(urls)
     c1 = _cpu(pids)
+    kms1 = await keyrate.kms_stock(net)
     w1 = s1.at
     try:
         await asyncio.wait_for(proc.wait(), opts.duration_s + 60)
@@ -419,6 +424,10 @@ async def run_point(
         ceiling_tx_s=float(limit["ceiling_tx_s"]),
     )
     fig["listener"] = {"reconnects": listener.reconnects, "missed_events": listener.gaps}
+    fig["key_rate"] = keyrate.key_rate_figures(
+        opts.kms_rate, (s0, s1), (kms0, kms1), fig["committed_txs"]
+    )
+    fig["key_rate"]["drained_at_load_start"] = drained
     idle_after = await measure_idle(net, opts.idle_s) if opts.faults else None
     prof_text = await profile if profile is not None else None
     return fig, idle_after, prof_text
@@ -503,6 +512,7 @@ def _config(opts: Options) -> dict[str, Any]:
         "scheme": opts.scheme,
         "tx": opts.tx,
         "kms_rate": opts.kms_rate,
+        "kms_stock": keyrate.stock_mode(opts.kms_rate),
         "faults": opts.faults,
         "heartbeat_ms": opts.heartbeat_ms,
         "profile": opts.profile,

@@ -8,7 +8,8 @@ processes, and the QKD counters of every link.
   arrival stamp is then the reconnection time, a slight overestimate).
 - `cpu_seconds(pid)` reads user + system time from /proc/PID/stat.
 - `Snapshot` holds, at one instant, each node's height and the per-directed-link QKD
-  counters from `/v1/qkd` (keys and bytes consumed by the sender, frames and bytes sent).
+  counters from `/v1/qkd` (keys and bytes consumed by the sender, frames and bytes sent,
+  key waits, and the keys in each send pool).
 """
 
 from __future__ import annotations
@@ -142,6 +143,8 @@ class Snapshot:
     heights: dict[int, int]
     links: dict[tuple[int, int], LinkCounters]
     """(sender, receiver) validator indices -> the sender's counters for that link."""
+    pool_levels: dict[tuple[int, int], int] = field(default_factory=dict)
+    """(sender, receiver) -> keys in the sender's send pool at that instant (stock)."""
 
     def minus(self, earlier: Snapshot) -> dict[tuple[int, int], LinkCounters]:
         out = {}
@@ -170,6 +173,7 @@ async def snapshot(urls: dict[int, str]) -> Snapshot:
     answers = await asyncio.gather(*(one(i, u) for i, u in urls.items()))
     heights: dict[int, int] = {}
     links: dict[tuple[int, int], LinkCounters] = {}
+    levels: dict[tuple[int, int], int] = {}
     for a in answers:
         if a is None:
             continue
@@ -185,4 +189,5 @@ async def snapshot(urls: dict[int, str]) -> Snapshot:
                 int(transport.get("bytes_sent", 0)),
                 int(send.get("waits", 0)),
             )
-    return Snapshot(time.time(), heights, links)
+            levels[(i, int(link["peer"]))] = int(send.get("level", 0))
+    return Snapshot(time.time(), heights, links, levels)

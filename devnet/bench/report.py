@@ -19,6 +19,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from devnet.bench.keyrate import verdict
 from devnet.bench.observe import BlockSeen, LinkCounters, Snapshot
 from qchain.qkd.keymanager import PROFILES
 
@@ -261,6 +262,61 @@ def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(lines)
 
 
+KEY_RATE_HEADER = [
+    "offered tx/s",
+    "committed tx/s",
+    "blocks/s",
+    "keys/s/pair consumed (max)",
+    "keys/s/pair produced",
+    "rate used",
+    "key waits",
+    "keys/tx",
+    "stock at start",
+    "stock at end",
+    "window",
+]
+
+
+def key_rate_row(p: Mapping[str, Any]) -> list[str]:
+    k = p["key_rate"]
+
+    def stock(s: Mapping[str, Any]) -> str:
+        kms = "–" if s["kms"] is None else f"{s['kms']:,}"
+        return f"{kms} + {s['pools']:,} in pools"
+
+    return [
+        fmt(p["offered_tx_s"]),
+        fmt(k["committed_tx_s"]),
+        fmt(k["blocks_per_s"]),
+        fmt(k["consumed_keys_per_s_per_pair"]["max"]),
+        fmt(k["produced_keys_per_s_per_pair"]),
+        fmt(k["rate_used"]),
+        fmt(k["key_waits"]),
+        fmt(k["keys_per_tx"]),
+        stock(k["stock_start"]),
+        stock(k["stock_end"]),
+        verdict(k),
+    ]
+
+
+def key_rate_section(report: Mapping[str, Any]) -> list[str]:
+    """Steady state or stock: what each window spent against what the profile makes."""
+    pts = [p for p in report["points"] if "key_rate" in p]
+    if not pts:
+        return []
+    cfg = report["config"]
+    return [
+        f"## Key rate: profile `{cfg['kms_rate']}`, stock {cfg.get('kms_stock', 'full')}",
+        "",
+        "A link's two directions draw on one pool at the key manager: consumed counts both, "
+        "per pair, against the profile's rate. Stock: keys stored at the key manager + "
+        "keys in the nodes' send pools.",
+        "",
+        table(KEY_RATE_HEADER, [key_rate_row(p) for p in pts]),
+        "",
+    ]
+
+
 def markdown(report: Mapping[str, Any]) -> str:
     cfg = report["config"]
     lim = report["limit"]
@@ -290,6 +346,7 @@ def markdown(report: Mapping[str, Any]) -> str:
             f"{fmt(sat['fraction_of_ceiling'])} of the CPU-bound ceiling.",
             "",
         ]
+    out += key_rate_section(report)
     out += [
         "## The limit beside the result",
         "",

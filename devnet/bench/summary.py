@@ -4,7 +4,8 @@
 
 Prints one markdown table row per report: its configuration and its saturation point
 (the load point with the highest committed rate), then the idle key burn of every
-report.
+report, then, for runs at a key-rate profile other than `lab`, what each window spent
+against the profile's rate and whether it was in steady state.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from devnet.bench.report import POINT_HEADER, fmt, point_row, table
+from devnet.bench.report import KEY_RATE_HEADER, POINT_HEADER, fmt, key_rate_row, point_row, table
 
 
 def _label(r: dict[str, Any]) -> str:
@@ -37,12 +38,19 @@ def summary(reports: list[dict[str, Any]]) -> str:
         for r in reports
         for name, i in r["idle"].items()
     ]
-    return "\n\n".join(
-        [
-            table(["run", *POINT_HEADER], rows),
-            table(["run", "window", "blocks/s", "keys/s/link"], idle_rows),
-        ]
-    )
+    key_rows = [
+        [_label(r), *key_rate_row(p)]
+        for r in reports
+        for p in r["points"]
+        if "key_rate" in p and r["config"]["kms_rate"] != "lab"
+    ]
+    tables = [
+        table(["run", *POINT_HEADER], rows),
+        table(["run", "window", "blocks/s", "keys/s/link"], idle_rows),
+    ]
+    if key_rows:
+        tables.append(table(["run", *KEY_RATE_HEADER], key_rows))
+    return "\n\n".join(tables)
 
 
 def main() -> int:

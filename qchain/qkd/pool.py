@@ -149,6 +149,8 @@ class LinkHealth:
     max_key_per_request: int | None = None
     max_key_count: int | None = None
     stored_key_count: int | None = None
+    bits_per_second: int | None = None
+    """The link's key rate, when the key manager reports it (qchain's does)."""
     batch_size: int | None = None
     """The batch and low-water mark in force, derived from the status."""
     low_water: int | None = None
@@ -348,6 +350,7 @@ class SendKeyPool(_LinkPool):
         h.max_key_per_request = status.max_key_per_request
         h.max_key_count = status.max_key_count
         h.stored_key_count = status.stored_key_count
+        h.bits_per_second = status.bits_per_second
         h.batch_size = self._batch_size
         h.low_water = self._low_water
 

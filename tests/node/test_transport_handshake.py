@@ -459,3 +459,41 @@ async def test_frames_whose_keys_are_lost_reset_the_link_and_it_recovers() -> No
         await wait_until(lambda: st.rejected["conn-key-reset"] == 1, timeout=5)
         await wait_until(lambda: st.handshakes == 2, timeout=10)
         await flows(a, b, 1, 3, tag=70)
+
+
+# --- lazy envelopes: forwarded batches ride with the next frame -----------------------------
+
+
+async def test_a_lazy_envelope_rides_in_the_next_frame_that_goes_anyway() -> None:
+    async with running_pair(TransportLimits()) as pair:
+        a, b = pair.a, pair.b
+        await flows(a, b, 1, 1, tag=1)
+        sealed = len(a.sealer.bodies)
+        a.transport.send(1, payload(32, 50), lazy_s=30.0)
+        a.transport.send(1, payload(32, 51), lazy_s=30.0)
+        await asyncio.sleep(0.2)
+        assert len(b.received) == 1, "a lazy envelope alone waits for its time"
+        assert len(a.sealer.bodies) == sealed, "and costs no frame"
+        a.transport.send(1, payload(32, 52))
+        await wait_until(lambda: len(b.received) == 4, timeout=5)
+        assert len(a.sealer.bodies) == sealed + 1, "all three in one frame (one key)"
+        assert sorted(e.payload[0] for e in b.received[1:]) == [50, 51, 52]
+
+
+async def test_a_lazy_envelope_goes_alone_when_its_wait_is_over() -> None:
+    async with running_pair(TransportLimits()) as pair:
+        a, b = pair.a, pair.b
+        await flows(a, b, 1, 1, tag=1)
+        a.transport.send(1, payload(32, 60), lazy_s=0.05)
+        await wait_until(lambda: len(b.received) == 2, timeout=5)
+        assert b.received[1].payload[0] == 60
+
+
+async def test_lazy_envelopes_count_against_the_queue_bound() -> None:
+    async with running_pair(TransportLimits()) as pair:
+        a = pair.a
+        out = a.transport._out[1]
+        for i in range(out.limit + 5):
+            a.transport.send(1, payload(8, i), lazy_s=30.0)
+        assert len(out.lazy) == out.limit
+        assert a.transport.stats[1].queue_dropped == 5

@@ -51,9 +51,15 @@ def test_bench_smoke_writes_a_well_formed_report(tmp_path: Path) -> None:
     assert set(point["cpu_ms_per_tx"]) >= {"node0", "node1", "node2", "node3"}
     assert report["idle"] and all("keys_per_link_per_s" in v for v in report["idle"].values())
     assert set(report["profiles"]) == {"lab", "metro", "long-haul", "constrained"}
+    assert report["config"]["kms_stock"].startswith("full")
+    key_rate = point["key_rate"]
+    assert {"produced_keys_per_s_per_pair", "rate_used", "key_waits", "steady_state"} <= set(
+        key_rate
+    )
+    assert {"kms", "pools"} <= set(key_rate["stock_start"])
 
     md = (out / "report.md").read_text()
-    assert "| offered tx/s |" in md and "CPU-bound ceiling" in md
+    assert "| offered tx/s |" in md and "CPU-bound ceiling" in md and "## Key rate" in md
     assert (out / "throughput-latency.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
