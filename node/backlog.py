@@ -24,10 +24,11 @@ throughput wherever it happens to be. So the bound applies only while the chain 
 this node's clients that was ready (its sender's next nonce) well before that block was
 built (admitted before the commit two commits earlier). Then blocks are full, the
 measured rate is the chain's capacity, and pending / rate is the wait in the queue.
-Otherwise the room is `UNSATURATED_GROWTH` (2) times larger: enough for the load to
-grow (with the floor below, the admitted rate can quadruple per block interval), and the
-larger blocks that follow raise the measured rate, without letting a sudden burst queue
-tens of seconds before the chain's first full blocks show it is saturated.
+Otherwise the room is `UNSATURATED_GROWTH` (2) times larger, and at least
+`UNSATURATED_MIN_ROOM` (1,000) pending: enough for the load to grow (with the floor below,
+the admitted rate can quadruple per block interval), and the larger blocks that follow
+raise the measured rate, without letting a sudden burst queue tens of seconds before the
+chain's first full blocks show it is saturated.
 
 Pending / rate is the whole time from admission to commit (Little's law), queue and
 commit path together. When the commit path alone takes longer than the bound (a loaded
@@ -71,6 +72,10 @@ that happens to take everything does not lift the bound)."""
 UNSATURATED_GROWTH = 2
 """While the chain is not saturated, the room is this many times the bound's: the rate
 then measures the load offered, and may grow this much in one bound's time."""
+UNSATURATED_MIN_ROOM = 1000
+"""While the chain is not saturated, at least this many client transactions may be
+pending: the first blocks after load starts may hold a handful, and a rate measured
+from them says nothing about the chain."""
 UNBOUNDED = 1 << 62
 """`room` when no rate is known: only the pool's static limits apply."""
 
@@ -164,8 +169,10 @@ class Backlog:
         rate = self.rate(now)
         if self.bound_s <= 0 or rate <= 0:
             return UNBOUNDED
-        growth = 1 if self.saturated else UNSATURATED_GROWTH
-        return max(0, math.floor(growth * self.bound_in_force(now) * rate) - pending)
+        allowed = self.bound_in_force(now) * rate
+        if not self.saturated:
+            allowed = max(UNSATURATED_MIN_ROOM, UNSATURATED_GROWTH * allowed)
+        return max(0, math.floor(allowed) - pending)
 
     def refusal(self, pending: int, now: float) -> Overloaded:
         """The answer to a transaction beyond the room: when to come back (at most half
