@@ -15,12 +15,13 @@ Deviations from CONSENSUS.md, each for a reason stated where it is implemented:
 
 - the record also stores `parent_hash`, so a restart needs no chain-store lookup;
 - DONE replies for an old height (§3.4) are not sent to a peer whose own DONE for that
-  height was already counted (it has decided and was sent our DONE; a DONE is answered at
+  height was already counted (it has decided and gets our DONE; a DONE is answered at
   most once per peer and height, otherwise two terminated nodes answer each other's
   answers forever), nor during the first one to two serve periods after our own decision
-  (our DONE to that peer is still in flight). Replies in those cases only cost frames in
-  the good case, and broke the bound of 5 frames per directed link per height of §7 in the
-  simulator; later asks are still answered;
+  (our DONE to that peer is in flight or owed). Replies in those cases only cost frames in
+  the good case, and broke the bound of frames per directed link per height of §7 in the
+  simulator; later asks are still answered, and a DONE still owed (R7.1) is answered at
+  once;
 - answers that need the chain store (the DONE for a height whose instance is gone, and
   SYNC_RESP) are delegated to the driver with `ReplyDone` and `ReplySync`;
 - all "once" markers for validation and fetching are per round, so a value whose cached
@@ -69,6 +70,7 @@ from consensus.messages import (
     Message,
     Propose,
     Record,
+    Report,
     SyncReq,
     SyncResp,
     Vote,
@@ -88,6 +90,9 @@ class Engine(HeightProtocol):
         self.catchup = CatchUp(params, self.peers)
         self.serving = DoneServer(params)
         self.undeleted: set[int] = set()
+        self.owed: dict[int, Done] = {}
+        """peer -> our DONE of the latest height we decided that has not left for it yet:
+        it rides in the frame of our next message to that peer (R7, §7)."""
 
     def view(self) -> EngineView:
         """A frozen snapshot of what outsiders may read (`consensus.view`)."""
@@ -138,7 +143,10 @@ class Engine(HeightProtocol):
         return out
 
     def _finish_step(self, out: list[Action]) -> None:
-        """Drop terminated instances at the end of the step (never mid-handler, §3.6)."""
+        """Put owed DONEs in front of the step's messages, then drop terminated
+        instances (at the end of the step, never mid-handler, §3.6)."""
+        if self.owed:
+            out[:] = self._ride_dones(out)
         for h in sorted(self.inst):
             inst = self.inst[h]
             if not inst.terminated or not (inst.commit_emitted or h <= self.committed):
@@ -150,6 +158,54 @@ class Engine(HeightProtocol):
             else:
                 self.undeleted.add(h)
             self._gc_blocks()
+
+    # --- our DONE, riding our next message to each peer (R7, §7) ---
+
+    def _owe_done(self, inst: Instance, done: Done) -> list[Action]:
+        for j in self.peers:
+            old = self.owed.get(j)
+            if old is None or old.height < done.height:
+                self.owed[j] = done
+        return self._deliver(inst, self.me, done)
+
+    def _ride_dones(self, out: list[Action]) -> list[Action]:
+        """Each owed DONE joins this step's consensus messages to its peer, so they share
+        one frame (`plan` keeps messages to one peer in engine order): just before the
+        first one for a later height, or else just after the last one for the DONE's own
+        height (a VOTE4, say, after which the DONE is justified). An explicit send of
+        that DONE (the retransmit timer, a restart) settles the debt as well."""
+        place: dict[int, int] = {}
+        """peer -> index in `out` its DONE goes before."""
+        settled: set[int] = set()
+        for i, a in enumerate(out):
+            if not isinstance(a, Send) or not isinstance(
+                a.msg, Propose | Vote | Report | Abort | Done
+            ):
+                continue
+            j, m = a.to, a.msg
+            done = self.owed.get(j)
+            if done is None or j in settled or m.height < done.height:
+                continue
+            if m == done:
+                settled.add(j)
+                place.pop(j, None)
+            elif m.height > done.height:
+                settled.add(j)
+                place.setdefault(j, i)
+            else:
+                place[j] = i + 1
+        if not place and not settled:
+            return out
+        dones = {j: self.owed.pop(j) for j in settled | set(place)}
+        at: dict[int, list[int]] = {}
+        for j, i in place.items():
+            at.setdefault(i, []).append(j)
+        rode: list[Action] = []
+        for i in range(len(out) + 1):
+            rode += [Send(j, dones[j]) for j in sorted(at.get(i, ()))]
+            if i < len(out):
+                rode.append(out[i])
+        return rode
 
     # --- heights ---
 
@@ -262,7 +318,15 @@ class Engine(HeightProtocol):
             return self._serve_done(j, h, m)
         if inst.terminated:
             return self._serve_done(j, h, m)
-        return self._arm_idle(m) + self._deliver(inst, j, m)
+        return self._arm_idle(m) + self._deliver(inst, j, m) + self._pay_if_stuck(inst, j, m)
+
+    def _pay_if_stuck(self, inst: Instance, j: int, m: ConsensusMessage) -> list[Action]:
+        """An ABORT or REPORT from `j` for a height we decided: `j` is changing rounds
+        there, so the DONE we owe it (R7.1) leaves now rather than with our next height."""
+        owed = self.owed.get(j)
+        if owed is None or owed.height != inst.h or not isinstance(m, Abort | Report):
+            return []
+        return [Send(j, owed)]
 
     def _arm_idle(self, m: ConsensusMessage) -> list[Action]:
         """Idle mode (§4): consensus traffic for the current or next height arms the timer.
@@ -313,7 +377,12 @@ class Engine(HeightProtocol):
         decided = inst.rec.decided
         if decided is None:
             return []
-        out = [Send(j, Done(cid, h, decided)) for j in self.peers if j not in inst.done_of]
+        # Peers we owe our DONE get it now, as do peers not known to have decided: the
+        # chain did not move on within a retransmit period (idle, or a height stuck).
+        mine = Done(cid, h, decided)
+        out = [
+            Send(j, mine) for j in self.peers if j not in inst.done_of or self.owed.get(j) == mine
+        ]
         if inst.rec.abort_level >= 0:
             out += [Send(j, Abort(cid, h, inst.rec.abort_level)) for j in self.peers]
         out.append(SetTimer(retx_timer(h), self.p.timeout_ms(inst.rec.round)))
@@ -339,7 +408,15 @@ class Engine(HeightProtocol):
         return out
 
     def _serve_done(self, j: int, h: int, m: ConsensusMessage) -> list[Action]:
-        """Answer a message for a terminated height with DONE, rate-limited per peer."""
+        """Answer a message for a terminated height with DONE, rate-limited per peer.
+
+        A DONE we still owe `j` for that height goes at once, outside the budget: it
+        is one message per peer and height, and `j` is still at that height (it may
+        need it to terminate, and it re-sends until it has it).
+        """
+        owed = self.owed.get(j)
+        if owed is not None and owed.height == h:
+            return [Send(j, owed)]
         return self.serving.serve(j, h, m, self.inst, self._serve_period())
 
     def _serve_period(self) -> int:

@@ -308,13 +308,18 @@ class HeightProtocol(ABC):
             CancelTimer(round_timer(inst.h)),
             SetTimer(retx_timer(inst.h), self.p.timeout_ms(inst.rec.round)),
         ]
-        out += self._bcast(inst, Done(self.p.chain_id, inst.h, v))
+        out += self._owe_done(inst, Done(self.p.chain_id, inst.h, v))
         out += self._serve_decided(inst)
         out += self._try_commit(inst)
         prev = self.inst.get(inst.h - 1)
         if prev is not None:
             out += self._terminate(prev)
         return out
+
+    @abstractmethod
+    def _owe_done(self, inst: Instance, done: Done) -> list[Action]:
+        """Our DONE of a fresh decision: delivered to self now, to peers on our next
+        message to them or by the retransmit timer (R7, §7)."""
 
     @abstractmethod
     def _serve_decided(self, inst: Instance) -> list[Action]:

@@ -3,9 +3,11 @@
 A commit writes block, receipts, transaction index, state writes, the consensus value
 index and the anchor of the next height in one synced batch, then starts the next height.
 After the decision the validator signs the chain block hash with its ML-DSA-65 key and
-sends the signature to every peer in the same step as its DONE (so it rides in the same
-frame); `node.certificates` collects the signatures into the commit certificate stored
-with the block. A peer that committed late asks for nothing: when it sends its own
+sends the signature to every peer with its DONE: both ride in the frame of the node's
+first consensus message of the next height to that peer (`Links.send_riding`, CONSENSUS.md
+§7), or leave after one round-0 timeout when the chain does not move on;
+`node.certificates` collects the signatures into the commit certificate stored with the
+block. A peer that committed late asks for nothing: when it sends its own
 signature for a height whose certificate this node already holds, this node answers once
 with its own signature.
 """
@@ -89,8 +91,11 @@ class CertificateExchange:
         links: Links,
         budgets: Budgets,
         alarms: Alarms,
+        ride_s: float,
     ) -> None:
+        """ride_s: how long a signature waits for a consensus frame to ride in."""
         self.chain_id = chain_id
+        self.ride_s = ride_s
         self.me = links.me
         self.signing_key = signing_key
         self.validator_keys = validator_keys
@@ -116,7 +121,9 @@ class CertificateExchange:
         h = p.block.height
         digest = commit_sign_digest(self.chain_id, h, p.block.hash)
         sig = CertSig(h, p.block.hash, self.signing_key.sign(digest))
-        self.links.send_all(Envelope(Kind.CERT_SIG, sig.encode()), range(self.links.n))
+        self.links.send_riding(
+            Envelope(Kind.CERT_SIG, sig.encode()), range(self.links.n), self.ride_s
+        )
         certified = self.chain.certificate(h) is not None
         cert = self.collector.signed(h, p.block.hash, sig.signature, certified=certified)
         if cert is not None:

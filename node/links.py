@@ -7,10 +7,18 @@ side of one peer's link as the transport sees it (the sending side is
 Both exist only once the node has started (`Validator.start`); until then, and for a node
 run without peers, every send is dropped. Consensus messages pass the node's
 `ByzantineSwitch` on the way out, which leaves them alone unless a test mode is set.
+
+An envelope that need not leave at once (a commit signature) can *ride*: it waits for
+the next envelope to its peer (a consensus message, forwarded transactions) and goes in
+the same frame (the transport packs what is queued together into one frame, one key), or
+leaves on its own after a wait. In the good case the next height's first consensus frame
+carries it, as it carries the DONE of the height before (CONSENSUS.md §7), so a commit
+costs no frame of its own.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable
 from typing import Any
 
@@ -24,6 +32,9 @@ from qchain.errors import CodecError
 from qchain.qkd.endpoint import QKDEndpoint
 from qchain.qkd.source import MAC_KEY_BITS, KeySource
 
+MAX_RIDERS = 16
+"""Envelopes waiting to ride per peer; one more sends them all at once."""
+
 
 class Links:
     """Sending to peers, and who they are."""
@@ -36,6 +47,9 @@ class Links:
         self.byzantine = byzantine
         self.transport: Transport | None = None
         self.endpoint: QKDEndpoint | None = None
+        self._riders: dict[int, list[tuple[float, Envelope]]] = {}
+        """peer -> (loop time it may leave alone, envelope), oldest first."""
+        self._rider_timer: asyncio.TimerHandle | None = None
 
     @property
     def n(self) -> int:
@@ -74,6 +88,7 @@ class Links:
 
     def send(self, to: int, env: Envelope) -> None:
         if self.transport is not None:
+            self._release(to)
             self.transport.send(to, env)
 
     def send_all(self, env: Envelope, to: Iterable[int], lazy_s: float = 0.0) -> None:
@@ -84,13 +99,67 @@ class Links:
             if j == self.me:
                 continue
             if lazy_s > 0:
+                self._release(j, lazy_s)
                 self.transport.send(j, env, lazy_s)
             else:
+                self._release(j)
                 self.transport.send(j, env)
+
+    def send_riding(self, env: Envelope, to: Iterable[int], wait_s: float) -> None:
+        """env to each of `to` but this node, in the frame of the next consensus message
+        to that peer, or on its own once `wait_s` has passed."""
+        if self.transport is None:
+            return
+        loop = asyncio.get_running_loop()
+        due = loop.time() + wait_s
+        for j in to:
+            if j == self.me:
+                continue
+            waiting = self._riders.setdefault(j, [])
+            waiting.append((due, env))
+            if len(waiting) > MAX_RIDERS:
+                self._release(j)
+        self._arm(loop)
+
+    def _arm(self, loop: asyncio.AbstractEventLoop) -> None:
+        """The timer for the envelope that has waited longest, if it is not armed yet."""
+        if self._rider_timer is not None or not self._riders:
+            return
+        first = min(due for waiting in self._riders.values() for due, _ in waiting)
+        self._rider_timer = loop.call_at(first, self._release_due)
+
+    def _release_due(self) -> None:
+        """Send the envelopes whose wait is over, with any that wait behind them on the
+        same link (the frame is paid for anyway)."""
+        self._rider_timer = None
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        for j in [j for j, waiting in self._riders.items() if waiting[0][0] <= now]:
+            self._release(j)
+        self._arm(loop)
+
+    def cancel_timers(self) -> None:
+        """Stop waiting: what still waits to ride is dropped with the node's queues."""
+        if self._rider_timer is not None:
+            self._rider_timer.cancel()
+            self._rider_timer = None
+        self._riders.clear()
+
+    def _release(self, j: int, lazy_s: float = 0.0) -> None:
+        """Send what waits to ride to j, with the envelope that releases it (lazily too
+        when that one goes lazily)."""
+        waiting = self._riders.pop(j, None)
+        if waiting and self.transport is not None:
+            for _, env in waiting:
+                if lazy_s > 0:
+                    self.transport.send(j, env, lazy_s)
+                else:
+                    self.transport.send(j, env)
 
     def send_consensus(self, to: int, msg: Message) -> None:
         if self.transport is None:
             return
+        self._release(to)
         out = self.byzantine.outgoing(to, msg)
         if out is not None:
             self.transport.send(to, Envelope(Kind.CONSENSUS, encode_message(out)))

@@ -249,6 +249,7 @@ class Validator:
             self.links,
             self.budgets,
             self.alarms,
+            ride_s=self.params.timeout_ms(0) / 1000,
         )
         parts = CommitParts(
             alarms=self.alarms,
@@ -444,6 +445,7 @@ class Validator:
         self.driver.cancel_timers()
         self.pacer.cancel_timers()
         self.fetcher.cancel_timers()
+        self.links.cancel_timers()
 
     async def _housekeeping(self) -> None:
         """Inclusion timer, metrics of the key layer, periodic bookkeeping."""

@@ -19,7 +19,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument(
         "--scenario",
         default="all",
-        help="S1..S19, all, idle-quiet/idle-txs/idle-censor, S9-counted-correct, S10-f+1-twins",
+        help="S1..S20, all, idle-quiet/idle-txs/idle-censor, S9-counted-correct, S10-f+1-twins",
     )
     run.add_argument("--heights", type=int, default=3)
     run.add_argument("--json", action="store_true")

@@ -40,7 +40,7 @@ def send_frame(sim: Sim, nd: SimNode, to: int, msgs: list[Message], raw: bool = 
     used.add(key_id)
     sim.frames[(src, to)] = sim.frames.get((src, to), 0) + 1
     sim.last_frame_us = sim.now
-    h = min((m.height for m in msgs if not isinstance(m, _DRIVER_MSGS)), default=0)
+    h = max((m.height for m in msgs if not isinstance(m, _DRIVER_MSGS)), default=0)
     sim.height_frames[(src, to, h)] = sim.height_frames.get((src, to, h), 0) + 1
     sim.monitor.on_send(nd, to, msgs)
     if sim.cfg.trace:

@@ -1,4 +1,4 @@
-"""The adversarial scenarios S1-S19 of CONSENSUS.md §8 as simulator configurations.
+"""The adversarial scenarios S1-S20 of CONSENSUS.md §8 as simulator configurations.
 
 `build(name, n, seed, heights)` returns the `SimConfig` of one run; every random choice of
 the scenario (which variant, which node, which times) comes from the seed. S3 and S17 are
@@ -17,6 +17,7 @@ from dataclasses import replace
 from consensus.events import Action, BuildBlock, Send
 from consensus.messages import (
     Block,
+    Done,
     Message,
     Propose,
     Vote,
@@ -342,6 +343,32 @@ def s19(n: int, seed: int, heights: int) -> SimConfig:
     )
 
 
+def _rides(acts: list[Action]) -> bool:
+    """The step sends a DONE together with a message of a later height (R7, §7)."""
+    sends = [a.msg for a in acts if isinstance(a, Send)]
+    dones = [m.height for m in sends if isinstance(m, Done)]
+    return bool(dones) and any(
+        not isinstance(m, Done) and m.height > min(dones) for m in sends if hasattr(m, "height")
+    )
+
+
+def s20(n: int, seed: int, heights: int) -> SimConfig:
+    """Crash around a commit: between deciding a height and committing it, or at the step
+    whose frames carry the height's DONE riding with the next height's first message (the
+    leader's proposal, or a follower's VOTE1); the node restarts from its durable state."""
+    rng = random.Random(seed)
+    variant = seed % 3
+    at = rng.randint(0, 60) * MS
+    down = rng.randint(5, 80) * MS
+    if variant == 0:
+        spec = CrashSpec(rng.randrange(n), at_us=at, down_us=down, point="before_commit")
+    else:
+        node = 0 if variant == 1 else rng.randrange(1, n)
+        point = rng.choice(("after_persist", "mid_send", "after_send"))
+        spec = CrashSpec(node, at_us=at, down_us=down, point=point, trigger=_rides)
+    return SimConfig(n=n, seed=seed, heights=max(heights, 4), crashes=(spec,))
+
+
 def _idle_params(n: int) -> Params:
     return Params(n=n, propose_wait_max_ms=None)
 
@@ -464,6 +491,7 @@ SCENARIOS: dict[str, Builder] = {
     "S17": s17,
     "S18": s18,
     "S19": s19,
+    "S20": s20,
 }
 
 

@@ -27,6 +27,10 @@ MAC_KEY_BITS = 256
 REPORT_VERSION = 1
 
 
+SPEC_FRAMES = 4
+"""Good-case frames per directed link per height (docs/CONSENSUS.md §7)."""
+
+
 def percentile(sorted_values: Sequence[float], q: float) -> float:
     """Nearest-rank percentile of an ascending sequence (NaN when empty)."""
     if not sorted_values:
@@ -197,7 +201,7 @@ def profile_limits(frames_per_link_per_height: float | None) -> dict[str, Any]:
         out[name] = {
             "bits_per_second": bps,
             "max_blocks_per_s": _r(bps / (2 * f * MAC_KEY_BITS), 3) if f else None,
-            "max_blocks_per_s_at_5_frames": _r(bps / (2 * 5 * MAC_KEY_BITS), 3),
+            "max_blocks_per_s_at_spec_frames": _r(bps / (2 * SPEC_FRAMES * MAC_KEY_BITS), 3),
         }
     return out
 
@@ -379,13 +383,18 @@ def markdown(report: Mapping[str, Any]) -> str:
         "2 × frames/link/height × 256 bits per height):",
         "",
         table(
-            ["profile", "bits/s", "max blocks/s (measured frames)", "max blocks/s (5 frames)"],
+            [
+                "profile",
+                "bits/s",
+                "max blocks/s (measured frames)",
+                f"max blocks/s ({SPEC_FRAMES} frames)",
+            ],
             [
                 [
                     name,
                     fmt(v["bits_per_second"]),
                     fmt(v["max_blocks_per_s"]),
-                    fmt(v["max_blocks_per_s_at_5_frames"]),
+                    fmt(v["max_blocks_per_s_at_spec_frames"]),
                 ]
                 for name, v in report["profiles"].items()
             ],
@@ -429,8 +438,8 @@ def plot(report: Mapping[str, Any], path: Path) -> None:
     b.set_title("latency")
     b.legend()
     c.bar([str(int(o)) for o in offered], kpb, label="keys per block")
-    bound = 5 * cfg["validators"] * (cfg["validators"] - 1)
-    c.axhline(bound, color="red", linestyle="--", label="5·n·(n−1)")
+    bound = SPEC_FRAMES * cfg["validators"] * (cfg["validators"] - 1)
+    c.axhline(bound, color="red", linestyle="--", label=f"{SPEC_FRAMES}·n·(n−1)")
     c.set_xlabel("offered tx/s")
     c.set_ylabel("QKD keys per block")
     c.set_title("key use")

@@ -238,7 +238,8 @@ async def get_receipt(request: web.Request) -> web.Response:
     st = service.tx_status(h) if rp is None else None
     if st is not None and st.state == "committed":
         # Committed, but the certificate's signatures travel with the validators'
-        # DONE messages and may still be arriving: wait for them a moment.
+        # DONE messages, in the first frame of the next height or alone after one
+        # round-0 timeout (CONSENSUS.md §7), and may still be arriving: wait a moment.
         deadline = time.monotonic() + CERTIFICATE_WAIT_S
         while rp is None and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
