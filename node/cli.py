@@ -70,10 +70,12 @@ def run(args: argparse.Namespace) -> int:
     if args.node_cmd == "restore":
         return _restore(cfg, args)
     from node.genesis_file import load_genesis
+    from node.logs import configure
     from node.preflight import check_before_run
-    from node.runtime import run_validator, setup_logging
+    from node.runtime import run_validator
 
-    setup_logging(cfg)
+    # Readable lines on a terminal, JSON lines in containers; every line names the node.
+    configure(cfg.node.name, cfg.node.log_format)
     check_before_run(cfg, load_genesis(cfg.node.genesis))
     return asyncio.run(run_validator(cfg, args.ready_file))
 

@@ -37,6 +37,7 @@ from contracts.genesis import Genesis, init_state
 from node import byzantine
 from node.accounts import Accounts, Admission
 from node.alarms import Alarms
+from node.backlog import Backlog
 from node.budget import Budgets
 from node.chain import ChainApp
 from node.chainstore import ChainStore
@@ -58,8 +59,9 @@ from node.pacing import BlockPacer
 from node.service import EventStream, TxStatus
 from node.sigcache import SignatureCache
 from node.transport import FaultRules, Transport
+from node.verifypool import VerifyPool, verify_workers
 from qchain.config import NodeConfig
-from qchain.errors import ConfigError, StorageCorrupt, StorageError
+from qchain.errors import ConfigError, Overloaded, StorageCorrupt, StorageError
 from qchain.keys import SigningKey
 from qchain.qkd.endpoint import QKDEndpoint
 from qchain.qkd.source import KeySource
@@ -203,6 +205,7 @@ class Validator:
             self.pacer,
             self.metrics,
             feed,
+            Backlog(cfg.node.admission_bound_ms, self.params.n),
         )
         self.fetcher = BlockFetcher(
             self.params.chain_id, self.store, self.app, self.links, self.budgets, self.alarms, feed
@@ -217,6 +220,7 @@ class Validator:
             self.driver.current_leader,
             cfg.timing.inclusion_timeout_ms / 1000,
             feed,
+            VerifyPool(verify_workers(cfg.node), self.sig_cache, self.accounts),
         )
         self._build_commit()
         self.driver.bind(
@@ -421,6 +425,7 @@ class Validator:
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.forwarder.verify_pool.close()
         self._cancel_timers()
         self.bus.close()
         for runner in self._listeners.runners:
@@ -491,6 +496,15 @@ class Validator:
 
     def submit_tx(self, tx: Transaction) -> tuple[TxStatus, bool]:
         return self.service.submit_tx(tx)
+
+    async def preverify(self, txs: Sequence[Transaction]) -> None:
+        await self.service.preverify(txs)
+
+    def admission_room(self) -> int:
+        return self.service.admission_room()
+
+    def overloaded(self) -> Overloaded:
+        return self.service.overloaded()
 
     def tx_status(self, tx_hash: bytes) -> TxStatus | None:
         return self.service.tx_status(tx_hash)
@@ -564,13 +578,6 @@ async def _bounded(step: Awaitable[None], what: str) -> None:
         await asyncio.wait_for(step, STOP_STEP_TIMEOUT_S)
     except TimeoutError:
         log.warning("closing the %s took over %.0fs; going on", what, STOP_STEP_TIMEOUT_S)
-
-
-def setup_logging(cfg: NodeConfig) -> None:
-    """Readable lines on a terminal, JSON lines in containers; every line names the node."""
-    from node.logs import configure
-
-    configure(cfg.node.name, cfg.node.log_format)
 
 
 async def run_validator(cfg: NodeConfig, ready_file: Path | None = None) -> int:
