@@ -10,22 +10,25 @@ without spawning processes.
 
 `anchor_tx` is the notary transaction that tests of running devnets (in-process, local
 processes, Docker) send to see the chain commit; `until` polls with a deadline, and
-`run_qchain` runs the command-line tool to completion.
+`run_qchain` runs the command-line tool to completion; `die_once_then_verify` is a
+signature-verification worker task whose first run kills its process.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import subprocess
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import TypeVar
 
 from devnet.network import plan_network, write_network
 from devnet.spawn import qchain_argv
 from node.runtime import Validator
-from qchain.config import load_config
+from node.verifypool import verify_chunk
+from qchain.config import NodeConfig, load_config
 from qchain.keys import SigningKey
 from qchain.qkd.clock import SystemClock
 from qchain.qkd.simsource import LocalKeySource, full_mesh
@@ -40,10 +43,12 @@ async def inproc_network(
     validators: int = 4,
     bits_per_second: int = 20_000_000,
     initial_keys: int = 10_000,
+    configure: Callable[[NodeConfig], NodeConfig] = lambda cfg: cfg,
 ) -> AsyncIterator[list[Validator]]:
-    """`validators` started validators (ed25519 dev accounts); on exit every validator in
-    the yielded list is stopped (a test may replace one with a restarted one). Every
-    link of the key manager makes `bits_per_second` and starts with `initial_keys`."""
+    """`validators` started validators (ed25519 dev accounts), each configured as its
+    config file says, then changed by `configure`; on exit every validator in the
+    yielded list is stopped (a test may replace one with a restarted one). Every link of
+    the key manager makes `bits_per_second` and starts with `initial_keys`."""
     plan = plan_network(
         base_port=None, scheme="ed25519", heartbeat_ms=heartbeat_ms, validators=validators
     )
@@ -56,7 +61,7 @@ async def inproc_network(
     )
     nodes = [
         Validator(
-            load_config(directory / "nodes" / n.name / "config.toml"),
+            configure(load_config(directory / "nodes" / n.name / "config.toml")),
             key_source=LocalKeySource(manager, n.sae_id),
         )
         for n in plan.nodes
@@ -109,3 +114,15 @@ def until(what: str, check: Callable[[], T], timeout: float) -> T:
 def run_qchain(*args: str, timeout: float) -> subprocess.CompletedProcess[str]:
     """`qchain ARGS` with this interpreter, run to completion, its output captured."""
     return subprocess.run(qchain_argv(*args), capture_output=True, text=True, timeout=timeout)
+
+
+def die_once_then_verify(marker: str, items: Sequence[tuple[bytes, bytes]]) -> list[bool]:
+    """A `node.verifypool` worker task that kills its process the first time (when the
+    file `marker` does not exist yet, creating it), and verifies as usual afterwards; it
+    dies every time if `marker` cannot be created."""
+    path = Path(marker)
+    if not path.exists():
+        with contextlib.suppress(OSError):
+            path.write_text("died")
+        os._exit(1)
+    return verify_chunk(items)

@@ -9,15 +9,17 @@ transaction is ready, and lets a waiting leader build.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from consensus.events import Event, MempoolNonEmpty
 from contracts import membership
 from contracts.state import StateReader
+from node.backlog import Backlog
 from node.mempool import Account, Mempool
 from node.metrics import NodeMetrics
 from node.pacing import BlockPacer
-from qchain import clock
+from qchain import clock as loop_clock
+from qchain.errors import Overloaded
 from qchain.store.kv import KVStore
 from qchain.types import Transaction
 
@@ -64,7 +66,9 @@ class Accounts:
 
 
 class Admission:
-    """Transactions into the pool, and what a new one sets going."""
+    """Transactions into the pool, and what a new one sets going. A client's
+    transaction must also fit the admission bound (`node.backlog`); a peer's forwarded
+    one meets the pool's static limits only."""
 
     def __init__(
         self,
@@ -75,9 +79,12 @@ class Admission:
         pacer: BlockPacer,
         metrics: NodeMetrics,
         feed: Callable[[Event], None],
+        backlog: Backlog,
+        clock: Callable[[], float] = loop_clock.monotonic,
     ) -> None:
         """committed: the last committed height; idle_mode: the chain runs without
-        heartbeat blocks (CONSENSUS.md §4), so the engine must hear about the mempool."""
+        heartbeat blocks (CONSENSUS.md §4), so the engine must hear about the mempool;
+        clock: monotonic seconds (for the pool's times and the measured commit rate)."""
         self.mempool = mempool
         self.accounts = accounts
         self.committed = committed
@@ -85,13 +92,18 @@ class Admission:
         self.pacer = pacer
         self.metrics = metrics
         self.feed = feed
+        self.backlog = backlog
+        self.clock = clock
         self.ready_signalled = False
         """Idle mode: whether the engine was told the mempool has an includable tx."""
 
     def admit(self, tx: Transaction, *, local: bool = False) -> bool:
         """Admit tx (local: a client submitted it to this node). True if new; raises
         what `Mempool.add` raises."""
-        new = self.mempool.add(tx, height=self.committed(), now=clock.monotonic(), local=local)
+        now = self.clock()
+        if local and tx.hash not in self.mempool:
+            self.backlog.check(self.mempool.local_count, now)
+        new = self.mempool.add(tx, height=self.committed(), now=now, local=local)
         if new:
             self.metrics.observe_mempool(len(self.mempool), self.mempool.size_bytes)
             if self.idle_mode and not self.ready_signalled and self.mempool.has_ready():
@@ -100,6 +112,24 @@ class Admission:
             if self.pacer.pending is not None:
                 self.pacer.maybe_build()
         return new
+
+    def room(self) -> int:
+        """How many more client transactions the admission bound lets in now."""
+        return self.backlog.room(self.mempool.local_count, self.clock())
+
+    def overloaded(self) -> Overloaded:
+        """The refusal of a client transaction beyond `room`."""
+        return self.backlog.refusal(self.mempool.local_count, self.clock())
+
+    def on_commit(self, txs: Sequence[Transaction], height: int) -> None:
+        """A block of txs committed at `height`: out of the pool, into the commit rate."""
+        cutoff = self.backlog.cutoff()
+        local = self.mempool.on_commit(txs, height)
+        saturated = cutoff is not None and any(
+            p.local and p.seen_at < cutoff and p.tx.nonce == self.accounts.next_nonce(p.tx.sender)
+            for p in self.mempool.pending()
+        )
+        self.backlog.committed(self.clock(), len(txs), local, saturated)
 
     def after_commit(self) -> None:
         """A commit changed what is includable: tell an idle engine whether some is."""

@@ -232,7 +232,7 @@ class Committer:
         parts.admission.accounts.invalidate()
         parts.forwarder.committed(now, len(block.txs))
         mempool = parts.admission.mempool
-        mempool.on_commit(block.txs, a.height)
+        parts.admission.on_commit(block.txs, a.height)
         parts.metrics.observe_commit(a.height, len(block.txs), interval)
         parts.metrics.observe_mempool(len(mempool), mempool.size_bytes)
         parts.bus.publish_commit(block, prepared.result.receipts)

@@ -36,7 +36,7 @@ from node.pacing import BlockPacer
 from node.service import EventStream, TxStatus
 from node.transport import FaultRules, PeerStats
 from qchain import clock
-from qchain.errors import NotReady
+from qchain.errors import NotReady, Overloaded
 from qchain.store.kv import KVStore
 from qchain.types import ReceiptProof, Transaction, decode_transaction
 
@@ -89,6 +89,15 @@ class ServiceFacade:
         self.p.admission.admit(tx, local=True)
         self.p.forwarder.queue(tx.encoded)
         return TxStatus(tx.hash, "pending"), True
+
+    async def preverify(self, txs: Sequence[Transaction]) -> None:
+        await self.p.forwarder.verify_pool.prefetch(txs)
+
+    def admission_room(self) -> int:
+        return self.p.admission.room()
+
+    def overloaded(self) -> Overloaded:
+        return self.p.admission.overloaded()
 
     def tx_status(self, tx_hash: bytes) -> TxStatus | None:
         loc = self.chain.tx_location(tx_hash)

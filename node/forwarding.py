@@ -9,7 +9,9 @@ twice the timeout makes the node fire its round timer early (CONSENSUS.md R8), s
 quorum of honest validators moves away from a censoring leader.
 
 Transactions forwarded by peers are queued and admitted in slices by a task, so that
-checking thousands of signatures never holds up consensus messages behind it.
+checking thousands of signatures never holds up consensus messages behind it; with
+verify workers (`[node] verify_workers`), a slice's signatures are checked in worker
+processes first, while the event loop goes on.
 """
 
 from __future__ import annotations
@@ -26,9 +28,10 @@ from node.budget import FORWARDED_TXS, Budgets
 from node.keypacing import forward_wait_s
 from node.links import Links
 from node.mempool import Mempool
+from node.verifypool import VerifyPool
 from node.wire import Envelope, Kind, TxBatch, tx_batches
 from qchain.errors import QChainError
-from qchain.types import decode_transaction
+from qchain.types import Transaction, decode_transaction
 
 log = logging.getLogger("qchain.node")
 
@@ -57,9 +60,11 @@ class Forwarder:
         leader: Callable[[], int | None],
         inclusion_timeout_s: float,
         feed: Callable[[Event], None],
+        verify_pool: VerifyPool,
     ) -> None:
         """idle_mode: no heartbeat blocks (forward to everyone); view: the engine's
-        view; leader: the current leader, if known."""
+        view; leader: the current leader, if known; verify_pool: checks the signatures
+        of a slice in worker processes before it is admitted (`node.verifypool`)."""
         self.links = links
         self.me = links.me
         self.mempool = mempool
@@ -70,6 +75,7 @@ class Forwarder:
         self.leader = leader
         self.inclusion_timeout_s = inclusion_timeout_s
         self.feed = feed
+        self.verify_pool = verify_pool
         self.dropped = 0
         """Forwarded transactions refused for lack of queue room or budget."""
         self.recent_blocks: deque[tuple[float, int]] = deque(maxlen=RECENT_BLOCKS)
@@ -138,14 +144,26 @@ class Forwarder:
 
     async def _admit_forwarded(self) -> None:
         while self._admit_queue and not self._stopping:
-            for _ in range(min(ADMIT_SLICE, len(self._admit_queue))):
+            txs: list[Transaction] = []
+            for _ in range(min(self._slice(), len(self._admit_queue))):
                 sender, raw = self._admit_queue.popleft()
                 self._admit_queued[sender] -= 1
                 try:
-                    self.admission.admit(decode_transaction(raw))
+                    txs.append(decode_transaction(raw))
+                except QChainError:
+                    continue
+            await self.verify_pool.prefetch(txs)
+            for tx in txs:
+                try:
+                    self.admission.admit(tx)
                 except QChainError:
                     continue
             await asyncio.sleep(0)
+
+    def _slice(self) -> int:
+        """Forwarded transactions admitted in one go: ADMIT_SLICE inline; with verify
+        workers, a chunk per worker (the loop only admits what they checked)."""
+        return ADMIT_SLICE * max(1, self.verify_pool.workers)
 
     def committed(self, now: float, txs: int) -> None:
         """A block of `txs` transactions was committed at `now`."""

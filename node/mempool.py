@@ -6,9 +6,11 @@ the idempotency key), expiry, membership of the sender, the nonce window, pool l
 finally the signature against the sender's registered key. Nothing enters unchecked, and a
 rejected transaction leaves no trace.
 
-Transactions are kept per sender, keyed by nonce. A block takes, sender by sender in
-arrival order, the run of consecutive nonces that starts at the sender's committed nonce
-(`reap`), so a block never holds a nonce gap. After a commit (`on_commit`) included and
+Transactions are kept per sender, keyed by nonce. A block takes, sender by sender, the
+run of consecutive nonces that starts at the sender's committed nonce (`reap`), so a
+block never holds a nonce gap. Senders come in order of arrival, and a sender a
+committed block served goes behind the others, so that under load full blocks serve
+senders in turn instead of leaving the same ones out. After a commit (`on_commit`) included and
 stale transactions leave, and so do expired ones.
 
 The mempool is memory only: a 202-accepted transaction is lost if this node crashes
@@ -241,19 +243,24 @@ class Mempool:
             if not sender.by_nonce:
                 del self._senders[p.tx.sender]
 
-    def on_commit(self, txs: Iterable[Transaction], height: int) -> None:
+    def on_commit(self, txs: Iterable[Transaction], height: int) -> int:
         """Drop what the committed block included, what its nonces made stale, and what
-        expired at `height`."""
+        expired at `height`. Returns how many of the included were local."""
         touched: set[bytes] = set()
+        local = 0
         for tx in txs:
             p = self._by_hash.get(tx.hash)
             if p is not None:
+                local += p.local
                 self._remove(p)
             touched.add(tx.sender)
         for address in touched:
             sender = self._senders.get(address)
             if sender is None:
                 continue
+            # Round robin: a sender a block served goes behind those it left out, so that
+            # under load a full block never leaves the same senders out again.
+            self._senders.move_to_end(address)
             nonce = self.accounts.next_nonce(address)
             for stale in [p for n, p in sender.by_nonce.items() if n < nonce]:
                 self._remove(stale)
@@ -262,6 +269,7 @@ class Mempool:
         ]
         for p in expired:
             self._remove(p)
+        return local
 
     def next_free_nonce(self, address: bytes, committed: int) -> int:
         """The nonce after the run of pending nonces that starts at `committed`."""

@@ -18,13 +18,9 @@ store. The parts, each in its own module:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import os
-import signal
 import ssl
 from collections.abc import Awaitable, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 from consensus.engine import Engine
@@ -36,6 +32,7 @@ from contracts.genesis import Genesis, init_state
 from node import byzantine
 from node.accounts import Accounts, Admission
 from node.alarms import Alarms
+from node.backlog import Backlog
 from node.budget import Budgets
 from node.chain import ChainApp
 from node.chainstore import ChainStore
@@ -57,9 +54,10 @@ from node.pacing import BlockPacer
 from node.service import EventStream, TxStatus
 from node.sigcache import SignatureCache
 from node.transport import TCP, FaultRules, StreamNet, Transport
+from node.verifypool import VerifyPool, verify_workers
 from qchain import clock
 from qchain.config import NodeConfig
-from qchain.errors import ConfigError, StorageCorrupt, StorageError
+from qchain.errors import ConfigError, Overloaded, StorageCorrupt, StorageError
 from qchain.keys import SigningKey
 from qchain.qkd.endpoint import QKDEndpoint
 from qchain.qkd.source import KeySource
@@ -209,6 +207,7 @@ class Validator:
             self.pacer,
             self.metrics,
             feed,
+            Backlog(cfg.node.admission_bound_ms, self.params.n),
         )
         self.fetcher = BlockFetcher(
             self.params.chain_id, self.store, self.app, self.links, self.budgets, self.alarms, feed
@@ -223,6 +222,7 @@ class Validator:
             self.driver.current_leader,
             cfg.timing.inclusion_timeout_ms / 1000,
             feed,
+            VerifyPool(verify_workers(cfg.node), self.sig_cache, self.accounts),
         )
         self._build_commit()
         self.driver.bind(
@@ -429,6 +429,7 @@ class Validator:
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.forwarder.verify_pool.close()
         self._cancel_timers()
         self.bus.close()
         for runner in self._listeners.runners:
@@ -499,6 +500,15 @@ class Validator:
 
     def submit_tx(self, tx: Transaction) -> tuple[TxStatus, bool]:
         return self.service.submit_tx(tx)
+
+    async def preverify(self, txs: Sequence[Transaction]) -> None:
+        await self.service.preverify(txs)
+
+    def admission_room(self) -> int:
+        return self.service.admission_room()
+
+    def overloaded(self) -> Overloaded:
+        return self.service.overloaded()
 
     def tx_status(self, tx_hash: bytes) -> TxStatus | None:
         return self.service.tx_status(tx_hash)
@@ -572,29 +582,3 @@ async def _bounded(step: Awaitable[None], what: str) -> None:
         await asyncio.wait_for(step, STOP_STEP_TIMEOUT_S)
     except TimeoutError:
         log.warning("closing the %s took over %.0fs; going on", what, STOP_STEP_TIMEOUT_S)
-
-
-def setup_logging(cfg: NodeConfig) -> None:
-    """Readable lines on a terminal, JSON lines in containers; every line names the node."""
-    from node.logs import configure
-
-    configure(cfg.node.name, cfg.node.log_format)
-
-
-async def run_validator(cfg: NodeConfig, ready_file: Path | None = None) -> int:
-    """Run until SIGTERM or SIGINT; close everything cleanly (LevelDB included)."""
-    validator = Validator(cfg)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await validator.start()
-    if ready_file is not None:
-        ready_file.write_text(str(os.getpid()))
-    try:
-        await stop.wait()
-    finally:
-        log.info("shutting down")
-        with contextlib.suppress(Exception):
-            await validator.stop()
-    return 0

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 from node.chainstore import ChainStore
+from qchain.errors import Overloaded
 from qchain.types import Receipt, ReceiptProof, Transaction
 
 TxState = Literal["pending", "committed"]
@@ -67,6 +68,19 @@ class NodeService(Protocol):
 
     def submit_tx(self, tx: Transaction) -> tuple[TxStatus, bool]:
         """As `submit`, for an already decoded transaction (the JSON path)."""
+
+    async def preverify(self, txs: Sequence[Transaction]) -> None:
+        """Check txs' signatures off the event loop where the node has verify workers
+        (`[node] verify_workers`), so that admitting them finds them checked; changes
+        no decision (what is not confirmed is checked inline on admission)."""
+
+    def admission_room(self) -> int:
+        """How many more transactions of clients the node accepts now under its
+        admission bound (a very large number when no bound applies); checked before a
+        request's transactions are decoded, so an overloaded node refuses cheaply."""
+
+    def overloaded(self) -> Overloaded:
+        """The refusal, with its `Retry-After`, of a transaction beyond the room."""
 
     def tx_status(self, tx_hash: bytes) -> TxStatus | None: ...
 

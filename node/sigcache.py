@@ -26,6 +26,17 @@ class SignatureCache:
         until the first): a proposer uses it to price the checks its peers still have to
         make when they validate its block."""
 
+    def known(self, tx: Transaction, public_key: bytes) -> bool:
+        """Whether tx's signature under public_key is remembered as verified."""
+        return (tx.hash, public_key) in self._ok
+
+    def remember(self, tx: Transaction, public_key: bytes) -> None:
+        """Record that tx's signature verified under public_key, checked elsewhere with
+        the same code (`node.verifypool` workers); the timing is not touched."""
+        self._ok[(tx.hash, public_key)] = None
+        if len(self._ok) > self.capacity:
+            self._ok.popitem(last=False)
+
     def __call__(self, tx: Transaction, public_key: bytes) -> None:
         key = (tx.hash, public_key)
         if key in self._ok:

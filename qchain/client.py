@@ -7,6 +7,12 @@ validator keys, without trusting the node that served it. Every problem+json ans
 becomes an `ApiError` carrying the problem's type slug as `code` and its extension
 members; a node that cannot be reached is a `NodeUnavailable`.
 
+Submissions honour `Retry-After`: a node at its admission bound (503 `overloaded`) or
+a rate limit (429) says when to come back, and the client sends the same bytes again
+then (a batch: the refused items only), as long as its waits add up to at most
+`retry_wait_s` (the client's timeout by default; 0 never waits). Resending is safe: the
+hash is the idempotency key.
+
 The JSON forms of the API's documents are those of `qchain.jsonform`, which the node
 writes them with.
 """
@@ -18,7 +24,15 @@ import dataclasses
 import json
 import ssl
 import threading
-from collections.abc import AsyncIterator, Awaitable, Coroutine, Iterator, Mapping, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Coroutine,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Literal, Self, TypeVar
@@ -142,6 +156,10 @@ def _problem(status: int, body: bytes, content_type: str) -> ApiError:
     )
 
 
+def _retry_after(result: TxInfo | ApiError) -> float | None:
+    return result.retry_after_s if isinstance(result, ApiError) else None
+
+
 def ssl_context_for(ca_file: str | None = None) -> ssl.SSLContext:
     """A client TLS context trusting ca_file (a node's self-signed certificate or CA)."""
     return ssl.create_default_context(cafile=ca_file)
@@ -160,11 +178,15 @@ class AsyncClient:
         timeout_s: float = 30.0,
         ssl_context: ssl.SSLContext | None = None,
         language: str | None = None,
+        retry_wait_s: float | None = None,
     ) -> None:
         """language: sent as `Accept-Language`, so problem titles come back in it (the
-        node knows `en` and `zh-CN`); None leaves the node's default, English."""
+        node knows `en` and `zh-CN`); None leaves the node's default, English.
+        retry_wait_s: how long one submission may wait in all for the `Retry-After`s
+        of its refusals (None: timeout_s; 0: raise the first refusal)."""
         self.base_url = base_url.rstrip("/")
         self.timeout_s = timeout_s
+        self.retry_wait_s = timeout_s if retry_wait_s is None else retry_wait_s
         self.language = language
         self._ssl: ssl.SSLContext | bool = ssl_context if ssl_context is not None else True
         self._session: aiohttp.ClientSession | None = None
@@ -236,24 +258,46 @@ class AsyncClient:
 
     # transactions
 
+    async def _honouring_retry_after(self, send: Callable[[], Awaitable[T]]) -> T:
+        """send(), sent again after each `Retry-After` while the waits fit
+        `retry_wait_s`."""
+        waited = 0.0
+        while True:
+            try:
+                return await send()
+            except ApiError as e:
+                wait = e.retry_after_s
+                if wait is None or waited + wait > self.retry_wait_s:
+                    raise
+            await asyncio.sleep(wait)
+            waited += wait
+
     async def submit(self, tx: bytes | Transaction) -> TxInfo:
         """Submit a signed transaction; `new` tells whether the node saw it first now."""
         raw = tx.encode() if isinstance(tx, Transaction) else tx
-        status, doc = await self._json("POST", "/v1/txs", body=raw, content_type=MSGPACK)
+
+        async def send() -> tuple[int, Any]:
+            return await self._json("POST", "/v1/txs", body=raw, content_type=MSGPACK)
+
+        status, doc = await self._honouring_retry_after(send)
         return TxInfo.from_json(doc, new=status == 202)
 
     async def submit_and_wait(self, tx: bytes | Transaction, timeout_s: float = 30.0) -> TxInfo:
         """Submit and wait until committed; `ApiError` with code `commit-timeout` if not
         committed within timeout_s (the transaction may still commit later)."""
         raw = tx.encode() if isinstance(tx, Transaction) else tx
-        _, doc = await self._json(
-            "POST",
-            "/v1/txs",
-            params={"wait": "commit", "timeout": repr(float(timeout_s))},
-            body=raw,
-            content_type=MSGPACK,
-            timeout_s=timeout_s + self.timeout_s,
-        )
+
+        async def send() -> tuple[int, Any]:
+            return await self._json(
+                "POST",
+                "/v1/txs",
+                params={"wait": "commit", "timeout": repr(float(timeout_s))},
+                body=raw,
+                content_type=MSGPACK,
+                timeout_s=timeout_s + self.timeout_s,
+            )
+
+        _, doc = await self._honouring_retry_after(send)
         return TxInfo.from_json(doc, new=None)
 
     async def prepare(self, unsigned: Mapping[str, Any]) -> PreparedTx:
@@ -267,16 +311,36 @@ class AsyncClient:
         return PreparedTx.from_json(doc, unsigned)
 
     async def submit_batch(self, txs: Sequence[bytes | Transaction]) -> list[TxInfo | ApiError]:
-        """Submit many; each item is its status or the problem that refused it."""
+        """Submit many; each item is its status or the problem that refused it. Items
+        refused with a `retry_after` are sent again (only they) after the longest of
+        them, while the waits fit `retry_wait_s`."""
         raws = [t.encode() if isinstance(t, Transaction) else t for t in txs]
+        out: list[TxInfo | ApiError] = list(await self._batch_once(raws))
+        waited = 0.0
+        while True:
+            again = {i: w for i, r in enumerate(out) if (w := _retry_after(r)) is not None}
+            if not again or waited + max(again.values()) > self.retry_wait_s:
+                return out
+            wait = max(again.values())
+            await asyncio.sleep(wait)
+            waited += wait
+            results = await self._batch_once([raws[i] for i in again])
+            for i, result in zip(again, results, strict=True):
+                out[i] = result
+
+    async def _batch_once(self, raws: Sequence[bytes]) -> list[TxInfo | ApiError]:
+        """One batch request: each item's status or problem, in order."""
         _, doc = await self._json(
             "POST",
             "/v1/txs/batch",
             body=json.dumps([r.hex() for r in raws]).encode(),
             content_type="application/json",
         )
+        items = expect_member(expect_object(doc, "batch"), "results", "batch")
+        if not isinstance(items, list) or len(items) != len(raws):
+            raise CodecError("batch: expected one result per item")
         out: list[TxInfo | ApiError] = []
-        for item in expect_member(expect_object(doc, "batch"), "results", "batch"):
+        for item in items:
             if "problem" in item:
                 p = item["problem"]
                 out.append(_problem(int(p.get("status", 400)), json.dumps(p).encode(), ""))
@@ -451,9 +515,14 @@ class Client:
         timeout_s: float = 30.0,
         ssl_context: ssl.SSLContext | None = None,
         language: str | None = None,
+        retry_wait_s: float | None = None,
     ) -> None:
         self._async = AsyncClient(
-            base_url, timeout_s=timeout_s, ssl_context=ssl_context, language=language
+            base_url,
+            timeout_s=timeout_s,
+            ssl_context=ssl_context,
+            language=language,
+            retry_wait_s=retry_wait_s,
         )
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(

@@ -22,6 +22,11 @@ from typing import Any, Literal
 from qchain.errors import ConfigError
 from qchain.limits import MAX_BLOCK_TX_BYTES, MAX_FRAME, check_node_sizes
 
+MAX_ADMISSION_BOUND_MS = 600_000
+"""Longest admission bound a node accepts (ten minutes: beyond, the bound is no bound)."""
+MAX_VERIFY_WORKERS = 256
+"""Most signature-verification worker processes a node accepts."""
+
 
 @dataclass(frozen=True)
 class TimingConfig:
@@ -106,6 +111,17 @@ class NodeSection:
     """The validator's ML-DSA-65 key file, used to sign commit certificates."""
     profile: Literal["default", "lan", "test"] = "default"
     log_format: Literal["text", "json"] = "text"
+    admission_bound_ms: int = 2000
+    """Admission control: a client's transaction is accepted only while this node's
+    pending client transactions drain within this many milliseconds at the measured
+    commit rate (`node/backlog.py`); beyond, 503 `overloaded` with `Retry-After`. 0
+    turns the bound off (the pool's static limits only)."""
+    verify_workers: int | None = None
+    """Processes that verify incoming transactions' signatures off the event loop
+    (`node/verifypool.py`); 0 verifies inline. None (the default) chooses from the
+    machine: cores - 1, and 0 on a machine of two cores or fewer, where one worker
+    competes with the event loop (and the other validators of a devnet) for the same
+    cores (docs/BENCHMARKS.md has the measurement)."""
 
 
 @dataclass(frozen=True)
@@ -284,6 +300,18 @@ def validate(cfg: NodeConfig) -> None:
         raise ConfigError("api.tls_cert", "tls_cert and tls_key go together")
     if not cfg.qkd.kme_url.startswith(("http://", "https://")):
         raise ConfigError("qkd.kme_url", "must be an http:// or https:// URL")
+    if cfg.node.admission_bound_ms > MAX_ADMISSION_BOUND_MS:
+        raise ConfigError(
+            "node.admission_bound_ms",
+            f"must be at most {MAX_ADMISSION_BOUND_MS} (0 turns the bound off)",
+        )
+    workers = cfg.node.verify_workers
+    if workers is not None and workers > MAX_VERIFY_WORKERS:
+        raise ConfigError(
+            "node.verify_workers",
+            f"must be at most {MAX_VERIFY_WORKERS} (0 verifies inline; leave it out to "
+            "choose from the machine's cores)",
+        )
     if cfg.qkd.batch_keys < 1:
         raise ConfigError("qkd.batch_keys", "must be at least 1")
     check_node_sizes(

@@ -465,6 +465,17 @@ class ApiError(QChainError):
         self.extra = extra
         self.code = type_.rstrip("/").rsplit("/", 1)[-1] or "api-error"
 
+    @property
+    def retry_after_s(self) -> float | None:
+        """Seconds the node asked to wait before sending the same request again (its
+        `retry_after` member, as `Retry-After` says it: 429 and 503 only); None when it
+        gave none."""
+        value = self.extra.get("retry_after")
+        if self.status not in (429, 503) or type(value) not in (int, float):
+            return None
+        seconds = float(value)  # type: ignore[arg-type]
+        return seconds if 0 <= seconds < float("inf") else None
+
     def fields(self) -> dict[str, object]:
         return {"status": self.status, "type": self.type, **self.extra}
 
@@ -484,6 +495,32 @@ class MempoolFull(QChainError):
 
     def fields(self) -> dict[str, object]:
         return {"reason": self.reason}
+
+
+class Overloaded(MempoolFull):
+    """The node holds as many of its clients' transactions as the chain commits within
+    the admission bound (`[node] admission_bound_ms`): retry after `retry_after_s`."""
+
+    code = "overloaded"
+
+    def __init__(self, retry_after_s: int, backlog_ms: int, bound_ms: int) -> None:
+        QChainError.__init__(
+            self,
+            f"the node's backlog ({backlog_ms} ms at the measured commit rate) is at its "
+            f"bound ({bound_ms} ms); retry in {retry_after_s} s",
+        )
+        self.reason = "backlog at the admission bound"
+        self.retry_after_s = retry_after_s
+        self.backlog_ms = backlog_ms
+        self.bound_ms = bound_ms
+
+    def fields(self) -> dict[str, object]:
+        return {
+            "reason": self.reason,
+            "retry_after": self.retry_after_s,
+            "backlog_ms": self.backlog_ms,
+            "bound_ms": self.bound_ms,
+        }
 
 
 class NonceInUse(InvalidTransaction):

@@ -57,11 +57,12 @@ class FixedKeySource(KeySource):
 
 
 async def run_baseline_validator(config: Path) -> int:
-    from node.runtime import Validator, setup_logging
+    from node.logs import configure
+    from node.runtime import Validator
     from qchain.config import load_config
 
     cfg = load_config(config)
-    setup_logging(cfg)
+    configure(cfg.node.name, cfg.node.log_format)
     validator = Validator(cfg, key_source=FixedKeySource(cfg.qkd.sae_id))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -11,10 +11,18 @@ over one connection (`POST /v1/txs/batch`, msgpack), merging chunks that piled u
 request was in flight. Latency is measured from the scheduled time, so a slow node cannot
 hide its queue (no coordinated omission).
 
-A transaction refused for want of room (`mempool-full`, 429, 503, a dropped connection)
-is sent again after a back-off, as a partner's client would: its sender's later nonces
-cannot commit without it, so they are held back (in order) until it is accepted, instead
-of piling up behind a gap. Latency still counts from the first scheduled time.
+A transaction refused for want of room (`overloaded`, `mempool-full`, 429, 503, a
+dropped connection) is sent again, as a partner's client would: after the `Retry-After`
+the node gave (the item's `retry_after`, else the answer's header), or after a back-off
+when it gave none. New transactions keep coming at the offered rate, as from a
+partner's many clients, each waiting only for its own. A refused transaction's sender's
+later nonces cannot commit without it, so they are held back (in order) until it is
+accepted, instead of piling up behind a gap.
+A chunk records when each of its transactions that was sent again got accepted
+(`accepted_at`, by position), and when a transaction held back behind its sender's
+refused one got accepted: latency counts from the first
+scheduled time for the offered load, and from that acceptance for what the nodes
+accepted.
 
 RESULT records every chunk: node, offset in its stream, size, scheduled and posted wall
 times, per-chunk acceptance counts, resends, and the codes of final refusals. The run is
@@ -39,12 +47,14 @@ import msgpack
 MAX_BATCH_TXS = 1000
 MAX_BATCH_BYTES = 3 * 1024 * 1024
 MSGPACK = "application/msgpack"
-RETRYABLE = {"mempool-full", "rate-limited", "http-429", "http-503"}
+RETRYABLE = {"overloaded", "mempool-full", "rate-limited", "http-429", "http-503"}
 """Refusals that mean "not now": the transaction is sent again."""
 RESEND_PAUSE_S = 0.2
 RESEND_PAUSE_MAX_S = 2.0
 """A refused transaction waits before it is sent again, 0.2 s doubling per refusal up to
 2 s (a full pool stays full for a while: no hammering)."""
+RETRY_AFTER_MAX_S = 30.0
+"""Longest `Retry-After` honoured (a longer one is taken as this)."""
 
 
 @dataclass
@@ -60,6 +70,10 @@ class Chunk:
     """Final refusals by code."""
     resent: int = 0
     """How many times one of its transactions was sent again."""
+    accepted_at: dict[str, float] = field(default_factory=dict)
+    """Position in the chunk (as text, as in JSON) -> wall time of the request that got
+    it accepted, for the transactions accepted only when sent again or after being held
+    back behind a refused one of their sender."""
     error: str = ""
 
 
@@ -100,6 +114,8 @@ class _NodeSender:
         self._sender_of: dict[int, bytes] = {}
         self.attempts: dict[int, int] = {}
         """Stream index -> refusals so far, for the back-off."""
+        self.released: set[int] = set()
+        """Stream indices held back behind a refused transaction, then released."""
 
     def offer(self, count: int, scheduled: float) -> None:
         count = min(count, len(self.stream) - self.cursor)
@@ -226,15 +242,19 @@ class _NodeSender:
         for c in chunks:
             c.posted = posted
         results: list[dict[str, Any]] | None = None
+        retry_after: float | None = None
         try:
             async with self.session.post(
                 self.url, data=body, headers={"Content-Type": MSGPACK}
             ) as resp:
                 data = await resp.read()
                 status = resp.status
+                retry_after = parse_retry_after(resp.headers.get("Retry-After"))
             failure = "" if status == 200 else f"http-{status}"
             if status == 200:
                 results = json.loads(data)["results"]
+            elif status in (429, 503):
+                failure = _problem_code(data) or failure
         except (aiohttp.ClientError, TimeoutError) as e:
             failure = type(e).__name__
         answered = time.time()
@@ -245,16 +265,20 @@ class _NodeSender:
         for k, (c, pos) in enumerate(slots):
             who = self._sender(c, pos)
             waited = c.offset + pos in self.attempts
+            late = waited or c.offset + pos in self.released
+            wait = retry_after
             if results is None:
                 code = failure
             else:
                 problem = results[k].get("problem")
                 code = "" if problem is None else str(problem.get("type", "refused"))
                 code = code.rsplit("/", 1)[-1]
+                if problem is not None and "retry_after" in problem:
+                    wait = parse_retry_after(str(problem["retry_after"]))
             if code in RETRYABLE or (results is None and not failure.startswith("http-")):
                 n = self.attempts[c.offset + pos] = self.attempts.get(c.offset + pos, 0) + 1
                 pause = min(RESEND_PAUSE_MAX_S, RESEND_PAUSE_S * 2 ** (n - 1))
-                self._push(answered + pause, c, pos, code)
+                self._push(answered + (pause if wait is None else wait), c, pos, code)
                 if n == 1:
                     self.blocked[who] = self.blocked.get(who, 0) + 1
                 continue
@@ -262,13 +286,39 @@ class _NodeSender:
                 c.refused[code] = c.refused.get(code, 0) + 1
             else:
                 c.accepted += 1
+                if late:
+                    c.accepted_at[str(pos)] = posted
+                self.released.discard(c.offset + pos)
             if waited:
                 self.attempts.pop(c.offset + pos)
                 self.blocked[who] -= 1
                 if not self.blocked[who]:
                     del self.blocked[who]
                     for hc, hpos in self.held.pop(who, []):
+                        self.released.add(hc.offset + hpos)
                         self._push(answered, hc, hpos, "")
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Seconds of a `Retry-After` (delay-seconds form), at most `RETRY_AFTER_MAX_S`; None
+    when absent or not a non-negative number."""
+    try:
+        seconds = float(value) if value is not None else -1.0
+    except ValueError:
+        return None
+    if not 0 <= seconds < float("inf"):
+        return None
+    return min(seconds, RETRY_AFTER_MAX_S)
+
+
+def _problem_code(body: bytes) -> str:
+    """The slug of a problem document's type, "" if body is not one."""
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        return ""
+    kind = doc.get("type") if isinstance(doc, dict) else None
+    return kind.rsplit("/", 1)[-1] if isinstance(kind, str) else ""
 
 
 async def generate(spec: Spec) -> dict[str, Any]:

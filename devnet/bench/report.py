@@ -102,6 +102,10 @@ def point_figures(
     in_window = [b for b in blocks if w0 <= b.at <= w1]
     committed = sum(b.tx_count for b in in_window)
     latencies: list[float] = []
+    """Of what the nodes accepted: from the scheduled time, or for a transaction
+    accepted only when sent again, from that request."""
+    offered_latencies: list[float] = []
+    """From the first scheduled time, refusals and waits to send again included."""
     submitted = accepted = lost = failed = resent = 0
     refused: dict[str, int] = {}
     for c in load["chunks"]:
@@ -112,15 +116,18 @@ def point_figures(
         resent += c.get("resent", 0)
         if not w0 <= c["scheduled"] <= w1:
             continue
-        for h in hashes[c["node"]][c["offset"] : c["offset"] + c["count"]]:
+        accepted_at = c.get("accepted_at", {})
+        for pos, h in enumerate(hashes[c["node"]][c["offset"] : c["offset"] + c["count"]]):
             seen = txs.get(h)
             if seen is None:
                 lost += 1
                 continue
             if not seen[1]:
                 failed += 1
-            latencies.append(seen[0] - c["scheduled"])
+            offered_latencies.append(seen[0] - c["scheduled"])
+            latencies.append(seen[0] - accepted_at.get(str(pos), c["scheduled"]))
     latencies.sort()
+    offered_latencies.sort()
     consensus = sorted(b.at - b.built for b in in_window)
     intervals = [b.at - a.at for a, b in itertools.pairwise(in_window)]
     rounds = [b.round for b in in_window]
@@ -150,6 +157,10 @@ def point_figures(
             "p95": _r(percentile(latencies, 95) * 1e3, 1),
             "p99": _r(percentile(latencies, 99) * 1e3, 1),
             "max": _r(latencies[-1] * 1e3, 1) if latencies else None,
+        },
+        "offered_latency_ms": {
+            "p50": _r(percentile(offered_latencies, 50) * 1e3, 1),
+            "p99": _r(percentile(offered_latencies, 99) * 1e3, 1),
         },
         "consensus_latency_ms": {
             "samples": len(consensus),

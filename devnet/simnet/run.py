@@ -10,6 +10,7 @@ result carries a digest of the event trace: the same seed gives the same digest.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import logging
 import random
@@ -35,7 +36,7 @@ from devnet.simnet.loop import VirtualLoop
 from devnet.simnet.mutants import mutant
 from devnet.simnet.schedule import Action, draw, heal_time
 from devnet.simnet.world import SAMPLE_EVERY_S, Client, World
-from qchain.config import load_config
+from qchain.config import NodeConfig, load_config
 
 SPIN_BLOCKS_PER_S = 20
 """More blocks than this in one second on the chain's tip is a leader spinning out
@@ -154,6 +155,10 @@ def simulate(spec: Spec, *, keep_trace: bool = False) -> Outcome:
     )
 
 
+def _inline(cfg: NodeConfig) -> NodeConfig:
+    return dataclasses.replace(cfg, node=dataclasses.replace(cfg.node, verify_workers=0))
+
+
 def _drain(loop: VirtualLoop) -> None:
     """Cancel what crashed nodes left behind, so the loop closes clean."""
     left = [t for t in asyncio.all_tasks(loop) if not t.done()]
@@ -187,7 +192,10 @@ async def _main(
     spec: Spec, network: tuple[NetworkPlan, Path], loop: VirtualLoop, trace: Trace
 ) -> tuple[list[CheckResult], dict[str, int]]:
     plan, directory = network
-    configs = [load_config(directory / "nodes" / n.name / "config.toml") for n in plan.nodes]
+    # Signature checks inline: the virtual loop cannot wait on a worker process.
+    configs = [
+        _inline(load_config(directory / "nodes" / n.name / "config.toml")) for n in plan.nodes
+    ]
     world = World(loop, plan, configs, spec.seed, trace)
     if spec.actions is not None:
         actions = list(spec.actions)

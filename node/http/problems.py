@@ -45,6 +45,7 @@ from qchain.errors import (
     NotAMember,
     NotFound,
     NotReady,
+    Overloaded,
     PermissionDenied,
     QChainError,
     RateLimited,
@@ -112,12 +113,13 @@ PROBLEMS: dict[type[QChainError], Problem] = {
     StorageError: Problem(503, "Storage unavailable", "存储不可用"),
     StorageCorrupt: Problem(503, "Store corrupt", "存储已损坏"),
     MempoolFull: Problem(503, "Mempool full", "交易池已满"),
+    Overloaded: Problem(503, "Node overloaded; retry later", "节点过载，请稍后重试"),
     NotReady: Problem(503, "Not ready", "节点未就绪"),
     CommitTimeout: Problem(504, "Commit timeout", "提交超时"),
 }
 """Exception class -> (HTTP status, English title, Chinese title)."""
 
-EXPECTED_SERVER_ERRORS = (StorageError, NotReady, CommitTimeout)
+EXPECTED_SERVER_ERRORS = (StorageError, NotReady, CommitTimeout, MempoolFull)
 """Answers of status 500 and above that are states of the node, not failures to log."""
 
 EN = "en"
@@ -218,7 +220,7 @@ def problem_response(exc: QChainError, request: web.Request) -> web.Response:
     language = negotiate_language(request.headers.get("Accept-Language"))
     doc = problem_doc(exc, request.path, language)
     headers: dict[str, str] = {"Content-Language": language, "Vary": "Accept-Language"}
-    if isinstance(exc, RateLimited):
+    if isinstance(exc, RateLimited | Overloaded):
         headers["Retry-After"] = str(exc.retry_after_s)
     elif isinstance(exc, MethodNotAllowed):
         headers["Allow"] = ", ".join(exc.allowed)

@@ -5,6 +5,11 @@ A transaction comes as its canonical bytes (msgpack media types) or as JSON: its
 or the hex of its canonical bytes. A batch decodes every item before admitting any, and
 from the first admission on reports every failure per item, so a request never fails as a
 whole after admitting something.
+
+Admission control (`node.backlog`) comes first and costs no decoding: a node at its
+admission bound answers a single submission 503 `overloaded` with `Retry-After`, and
+refuses the items of a batch beyond its room the same way, per item, with the batch's
+`Retry-After` the longest of them.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from aiohttp import web
 
 from node.http.context import SERVICE, json_response
 from node.http.params import MSGPACK_TYPES, media_type, parse_hash, parse_seconds, wants_msgpack
-from node.http.problems import log_server_error, problem_doc
+from node.http.problems import PROBLEM_BASE, log_server_error, problem_doc
 from node.service import NodeService, TxStatus
 from qchain import clock
 from qchain.codec import Limits, decode_value
@@ -28,6 +33,7 @@ from qchain.errors import (
     InternalError,
     MempoolFull,
     NotFound,
+    Overloaded,
     QChainError,
     TooLarge,
     UnsupportedMediaType,
@@ -122,6 +128,8 @@ async def post_tx(request: web.Request) -> web.Response:
     if ctype not in MSGPACK_TYPES and ctype != "application/json":
         raise UnsupportedMediaType(ctype, [MSGPACK, "application/json"])
     raw = await request.read()
+    if service.admission_room() <= 0:
+        raise service.overloaded()
     if ctype == "application/json":
         st, new = _submit_item(service, parse_json(raw, "body"))
     else:
@@ -184,16 +192,31 @@ async def post_batch(request: web.Request) -> web.Response:
     service = request.app[SERVICE]
     ctype = media_type(request)
     items = _batch_items(await request.read(), ctype)
-    # Every item is decoded and checked before any is admitted; from the first admission
-    # on, whatever goes wrong with an item (a full mempool, the store, a bug) is that
-    # item's problem, so that the client knows exactly what was admitted.
-    txs = [_decode_item(item, ctype) for item in items]
+    # Items beyond the admission bound's room are refused before they are decoded.
+    room = min(len(items), max(0, service.admission_room()))
+    overloaded = service.overloaded() if room < len(items) else None
+    # Every item within the room is decoded and checked before any is admitted; from
+    # the first admission on, whatever goes wrong with an item (a full mempool, the
+    # store, a bug) is that item's problem, so that the client knows exactly what was
+    # admitted.
+    txs = [_decode_item(item, ctype) for item in items[:room]]
+    await service.preverify([tx for tx in txs if isinstance(tx, Transaction)])
     results: list[dict[str, Any]] = []
     for i, tx in enumerate(txs):
         if i and i % _ADMISSIONS_PER_YIELD == 0:
             await asyncio.sleep(0)
         results.append(_admit(service, i, tx, request))
-    return json_response({"results": results})
+    if overloaded is not None:
+        refusal = problem_doc(overloaded)
+        results.extend({"item": i, "problem": refusal} for i in range(room, len(items)))
+    # Some items refused for the bound: the batch says when to send them again.
+    waits = [
+        r["problem"]["retry_after"]
+        for r in results
+        if "problem" in r and r["problem"]["type"] == PROBLEM_BASE + Overloaded.code
+    ]
+    headers = {"Retry-After": str(max(waits))} if waits else {}
+    return json_response({"results": results}, 200, **headers)
 
 
 async def get_tx(request: web.Request) -> web.Response:

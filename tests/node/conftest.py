@@ -24,6 +24,7 @@ from referencing.jsonschema import DRAFT202012
 
 from contracts import notary
 from contracts.query import query as contract_query
+from node.backlog import Backlog
 from node.chainstore import ChainStore
 from node.events import EventBus
 from node.http.api import make_api_app
@@ -37,6 +38,7 @@ from qchain.errors import (
     MempoolFull,
     NonceMismatch,
     NotAMember,
+    Overloaded,
     UnknownContract,
     UnknownMethod,
     WrongChain,
@@ -87,6 +89,12 @@ class FakeNode:
         self.fail_status = False
         self.capacity: int | None = None
         """Pending transactions the fake mempool holds before refusing (None: no limit)."""
+        self.now = 0.0
+        """The fake's monotonic clock (seconds), for the admission bound."""
+        self.preverified: list[Transaction] = []
+        """What the API asked to check off the event loop (`preverify`)."""
+        self.backlog = Backlog(0, 1)
+        """The admission bound, the node's own rule; off (0 ms) unless a test sets one."""
 
     # NodeService
 
@@ -109,6 +117,7 @@ class FakeNode:
         known = self.tx_status(tx.hash)
         if known is not None:
             return known, False
+        self.backlog.check(len(self.pending), self.now)
         if tx.chain_id != CHAIN_ID:
             raise WrongChain(CHAIN_ID, tx.chain_id)
         if tx.sender not in self.members:
@@ -123,6 +132,15 @@ class FakeNode:
             raise MempoolFull("transaction count limit reached")
         self.pending[tx.hash] = tx
         return TxStatus(tx.hash, "pending"), True
+
+    async def preverify(self, txs: Sequence[Transaction]) -> None:
+        self.preverified.extend(txs)
+
+    def admission_room(self) -> int:
+        return self.backlog.room(len(self.pending), self.now)
+
+    def overloaded(self) -> Overloaded:
+        return self.backlog.refusal(len(self.pending), self.now)
 
     def next_nonce(self, sender: bytes) -> int:
         return self.nonces[sender] + sum(1 for t in self.pending.values() if t.sender == sender)
@@ -264,6 +282,8 @@ class FakeNode:
         )
         self.store.write(self._chain.commit_batch(block, receipts, []), sync=True)
         self._chain.put_certificate(cert)
+        # The fake's chain is saturated: a bound a test sets applies at once.
+        self.backlog.committed(self.now, len(txs), len(txs), True)
         self.metrics.observe_commit(height, len(txs), 1.0)
         self.bus.publish_commit(block, receipts)
         done, self._committed = self._committed, asyncio.Event()

@@ -15,13 +15,14 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from node.backlog import Backlog
 from node.events import EventBus
 from node.http.api import make_api_app, make_ssl_context
 from node.http.testing import start_api
 from node.metrics import NodeMetrics
 from qchain.cli import main as cli_main
 from qchain.client import AsyncClient, Client, TxInfo, ssl_context_for
-from qchain.errors import ApiError, BadSignature, NodeUnavailable
+from qchain.errors import ApiError, BadSignature, NodeUnavailable, Overloaded
 from qchain.jsonform import (
     block_from_json,
     block_to_json,
@@ -397,3 +398,68 @@ def test_cli_receipt_verify_against_genesis(
     other, _ = dev_genesis({"admin": ["admin"]}, seed="other", validators=4, chain_id=CHAIN_ID)
     save_genesis(other, genesis_file)
     assert cli_main(["receipt", "verify", str(receipt_file), "--genesis", str(genesis_file)]) == 1
+
+
+def _overloaded_node(api: ApiHarness) -> asyncio.Event:
+    """The fake node at its admission bound (room for 2 at 1 tx/s, 2 s), and an event
+    set when it refuses something for the bound."""
+    api.node.backlog = Backlog(2000, 1, window_s=10.0)
+    api.node.backlog.committed(0.0, 1, 1, True)
+    api.node.now = 1.0
+    refused = asyncio.Event()
+    backlog = api.node.backlog
+    check, refusal = backlog.check, backlog.refusal
+
+    def counting_check(pending: int, now: float) -> None:
+        try:
+            check(pending, now)
+        except Overloaded:
+            refused.set()
+            raise
+
+    def counting_refusal(pending: int, now: float) -> Overloaded:
+        refused.set()
+        return refusal(pending, now)
+
+    backlog.check = counting_check  # type: ignore[method-assign]
+    backlog.refusal = counting_refusal  # type: ignore[method-assign]
+    return refused
+
+
+async def _drain_when(refused: asyncio.Event, api: ApiHarness) -> None:
+    await refused.wait()
+    api.node.now = 2.0
+    api.node.commit_pending()
+
+
+async def test_client_honours_retry_after(api: ApiHarness) -> None:
+    refused = _overloaded_node(api)
+    txs = [make_tx(PARTNERS[2], 1 + i) for i in range(3)]
+    async with AsyncClient(api.url, retry_wait_s=0) as impatient:
+        for t in txs[:2]:
+            assert (await impatient.submit(t)).new
+        with pytest.raises(ApiError) as e:
+            await impatient.submit(txs[2])
+        assert e.value.code == "overloaded" and e.value.retry_after_s == 1.0
+    refused.clear()
+    drain = asyncio.create_task(_drain_when(refused, api))
+    async with AsyncClient(api.url) as c:
+        info = await c.submit(txs[2])
+    await drain
+    assert info.new is True and txs[2].hash in api.node.pending
+
+
+async def test_client_batch_sends_again_only_the_items_refused_for_the_bound(
+    api: ApiHarness,
+) -> None:
+    refused = _overloaded_node(api)
+    txs = [make_tx(PARTNERS[2], 1 + i) for i in range(4)]
+    drain = asyncio.create_task(_drain_when(refused, api))
+    async with AsyncClient(api.url) as c:
+        results = await c.submit_batch([*txs, b"\x01junk"])
+    await drain
+    assert [r.tx_hash for r in results[:4] if isinstance(r, TxInfo)] == [t.hash for t in txs]
+    assert all(isinstance(r, TxInfo) and r.new for r in results[:4])
+    assert isinstance(results[4], ApiError) and results[4].code == "malformed-encoding"
+    committed = {t.hash for b in [api.node.chain.block(3)] if b for t in b.txs}
+    assert committed | set(api.node.pending) == {t.hash for t in txs}, "nothing lost"

@@ -158,3 +158,30 @@ def test_local_share_bounds_client_transactions_but_not_forwarded_ones(
     with pytest.raises(MempoolFull):
         mp.add(tx("partner2", 0), height=1, now=0.0, local=True)
     assert mp.add(tx("partner2", 0), height=1, now=0.0)
+
+
+def test_a_full_block_serves_the_senders_it_left_out_first_next_time() -> None:
+    """Round robin under load: the senders a committed block served go behind those it
+    left out, so a block cap never starves the same senders."""
+    accounts = Accounts()
+    roles = [f"rr{i}" for i in range(3)]
+    for role in roles:
+        key = account_key(role, "ed25519")
+        accounts.keys[key.address] = (key.scheme.value, key.public_key)
+    mp = Mempool(CHAIN, MempoolLimits(max_txs=100, max_per_sender=10), accounts)
+    for n in range(4):
+        for role in roles:
+            mp.add(tx(role, n), height=0, now=0.0)
+    first = mp.reap(4, 1 << 20)
+    assert [t.sender for t in first] == [account_key("rr0", "ed25519").address] * 4
+    accounts.nonces[first[0].sender] = 4
+    mp.on_commit(first, 1)
+    second = mp.reap(4, 1 << 20)
+    assert {t.sender for t in second} == {account_key("rr1", "ed25519").address}
+    accounts.nonces[second[0].sender] = 4
+    mp.add(tx("rr0", 4), height=1, now=1.0)
+    mp.on_commit(second, 2)
+    third = mp.reap(4, 1 << 20)
+    assert {t.sender for t in third} == {account_key("rr2", "ed25519").address}, (
+        "rr0 was served two blocks ago: rr2 first"
+    )

@@ -4,6 +4,8 @@ manager: every node commits the same blocks, certificates form, receipts verify.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -13,6 +15,7 @@ from devnet.network import account_key
 from devnet.testing import anchor_tx, inproc_network
 from node.runtime import Validator
 from node.transport import FaultRules
+from qchain.config import NodeConfig
 from qchain.qkd.testing import wait_until
 from qchain.types import Transaction
 
@@ -222,3 +225,34 @@ async def test_readiness_counts_a_peer_both_disconnected_and_starved_once(
     monkeypatch.setattr(v.health_checks, "starved_links", lambda: {2: "SAE-node2 degraded for 9s"})
     ready, reasons = v.health()
     assert not ready and any("no keys from the key manager" in r for r in reasons)
+
+
+async def test_verify_workers_check_forwarded_transactions_and_stop_with_the_node(
+    tmp_path: Path,
+) -> None:
+    """With one verify worker per validator, forwarded transactions are checked in the
+    workers, every one commits, and stopping a validator leaves no worker behind."""
+
+    def one_worker(cfg: NodeConfig) -> NodeConfig:
+        return dataclasses.replace(cfg, node=dataclasses.replace(cfg.node, verify_workers=1))
+
+    async with inproc_network(tmp_path, configure=one_worker) as nodes:
+        await wait_until(lambda: all(v.chain.height() >= 2 for v in nodes), timeout=20)
+        key = account_key("partner1", "ed25519")
+        chain_id = nodes[0].chain_id
+        txs = [
+            anchor_tx(key, chain_id, n, bytes([n]) * 32, f"doc {n}", "report") for n in range(40)
+        ]
+        leader = nodes[0].current_leader()
+        followers = [v for i, v in enumerate(nodes) if i != leader]
+        for i, tx in enumerate(txs):  # a follower admits it and forwards it to the leader
+            followers[i % len(followers)].submit_tx(tx)
+        done = await asyncio.gather(*(nodes[0].wait_committed(t.hash, 30) for t in txs))
+        assert all(d is not None for d in done)
+        pools = [v.forwarder.verify_pool for v in nodes]
+        assert sum(p.verified for p in pools) > 0, "the workers checked forwarded ones"
+        pids = [pid for p in pools for pid in p.worker_pids()]
+        assert pids
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)

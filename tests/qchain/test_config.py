@@ -207,3 +207,23 @@ def test_unreadable_and_invalid_toml(tmp_path: Path) -> None:
     assert "TOML" in e.reason
     with pytest.raises(ConfigError, match="cannot read"):
         load_config(tmp_path / "missing.toml")
+
+
+def test_admission_bound_and_verify_workers(tmp_path: Path) -> None:
+    cfg = _load(tmp_path, VALID)
+    assert cfg.node.admission_bound_ms == 2000
+    assert cfg.node.verify_workers is None, "chosen from the machine's cores"
+    set_ = 'profile = "test"\nadmission_bound_ms = 0\nverify_workers = 3\n'
+    cfg = _load(tmp_path, VALID.replace('profile = "test"\n', set_))
+    assert cfg.node.admission_bound_ms == 0 and cfg.node.verify_workers == 3
+    for field, value, says in [
+        ("verify_workers", "-1", "must not be negative"),
+        ("verify_workers", "257", "at most 256"),
+        ("verify_workers", "1.5", "must be an integer"),
+        ("verify_workers", '"auto"', "must be an integer"),
+        ("admission_bound_ms", "-5", "must not be negative"),
+        ("admission_bound_ms", "600001", "at most 600000"),
+    ]:
+        text = VALID.replace('profile = "test"\n', f'profile = "test"\n{field} = {value}\n')
+        e = _error(tmp_path, text)
+        assert e.field == f"node.{field}" and says in str(e), (field, value, str(e))

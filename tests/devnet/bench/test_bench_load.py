@@ -3,6 +3,7 @@ its sender's later nonces cannot commit without them."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -10,7 +11,7 @@ from typing import Any
 import msgpack
 from aiohttp import web
 
-from devnet.bench.load import Spec, generate
+from devnet.bench.load import RETRY_AFTER_MAX_S, Spec, generate, parse_retry_after
 
 Handler = Callable[[web.Request], Awaitable[web.Response]]
 
@@ -108,3 +109,47 @@ async def test_a_refused_transaction_holds_back_its_senders_later_ones(tmp_path:
         assert accepted[s] == sorted(accepted[s]), "no nonce got in ahead of a refused one"
     assert sum(c["accepted"] for c in result["chunks"]) == len(stream)
     assert sum(c["resent"] for c in result["chunks"]) >= len(refused)
+
+
+async def test_retry_after_is_honoured_and_late_acceptance_recorded(tmp_path: Path) -> None:
+    """An `overloaded` item is sent again no sooner than its `retry_after`, not after the
+    0.2 s back-off; the chunk records when it was accepted."""
+    first_refusal: dict[bytes, float] = {}
+    resent_after: dict[bytes, float] = {}
+
+    async def batch(request: web.Request) -> web.Response:
+        results: list[dict[str, object]] = []
+        now = time.monotonic()
+        for i, raw in enumerate(msgpack.unpackb(await request.read())):
+            if raw == b"tx-1" and raw not in first_refusal:
+                first_refusal[raw] = now
+                problem = {
+                    "type": "https://qchain.dev/problems/overloaded",
+                    "status": 503,
+                    "retry_after": 1,
+                }
+                results.append({"item": i, "problem": problem})
+                continue
+            if raw in first_refusal:
+                resent_after[raw] = now - first_refusal[raw]
+            results.append({"item": i, "new": True})
+        return web.json_response({"results": results}, headers={"Retry-After": "1"})
+
+    stream = [f"tx-{i}".encode() for i in range(4)]
+    result = await _generate(tmp_path, batch, stream, 100.0, 0.1)
+    assert sum(c["accepted"] for c in result["chunks"]) == 4
+    assert resent_after[b"tx-1"] >= 0.95, "waited the Retry-After, not the back-off"
+    late = {c["offset"]: c for c in result["chunks"] if c["accepted_at"]}
+    assert sorted(late) == [0], "tx-2 and tx-3 are from other senders: not held"
+    assert late[0]["resent"] == 1 and list(late[0]["accepted_at"]) == ["1"], "tx-1, resent"
+    for c in late.values():
+        for at in c["accepted_at"].values():
+            assert at - late[0]["posted"] >= 0.95
+
+
+def test_parse_retry_after() -> None:
+    assert parse_retry_after("3") == 3.0
+    assert parse_retry_after("0.5") == 0.5
+    assert parse_retry_after("3600") == RETRY_AFTER_MAX_S
+    for bad in (None, "", "soon", "-1", "nan", "inf", "Wed, 21 Oct 2015 07:28:00 GMT"):
+        assert parse_retry_after(bad) is None

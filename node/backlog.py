@@ -1,0 +1,193 @@
+"""Admission control: accept only what the chain can commit within a bound.
+
+A pool that accepts whatever fits its static limits lets an overloaded chain queue tens
+of seconds of transactions: throughput holds, but every accepted transaction waits. The
+`Backlog` keeps the expected wait of a newly accepted transaction under
+`admission_bound_ms` instead. It measures, from this node's own commits over a recent
+window, how fast the chain commits this node's clients' transactions (its *local* commit
+rate), and accepts a new local transaction while
+
+    local pending / local commit rate  <  bound
+
+The local rate is never taken below the node's fair share of the chain's rate (chain
+rate / n): a node whose clients only now start sending has no local history yet, but the
+chain's rate says what it can expect. With no commit of any transaction in the window
+(a new chain, an idle one, or a stall) there is no rate to go by, and only the pool's
+static limits apply, as before.
+
+A measured commit rate is what the chain committed, not what it could: while the chain
+keeps up, blocks are as small as the load offered, the rate understates the chain's
+capacity, and a bound on pending / rate would bound the chain's own latency (the time
+from admission to commit even with no queue), not the wait in a queue: it would hold
+throughput wherever it happens to be. So the bound applies only while the chain is
+*saturated*: one of the last `SATURATED_COMMITS` (3) commits left out a transaction of
+this node's clients that was ready (its sender's next nonce) well before that block was
+built (admitted before the commit two commits earlier). Then blocks are full, the
+measured rate is the chain's capacity, and pending / rate is the wait in the queue.
+Otherwise the room is `UNSATURATED_GROWTH` (2) times larger, and at least
+`UNSATURATED_MIN_ROOM` (1,000) pending: enough for the load to grow (with the floor below,
+the admitted rate can quadruple per block interval), and the larger blocks that follow
+raise the measured rate, without letting a sudden burst queue tens of seconds before the
+chain's first full blocks show it is saturated.
+
+Pending / rate is the whole time from admission to commit (Little's law), queue and
+commit path together. When the commit path alone takes longer than the bound (a loaded
+machine, large blocks), a bound below it would admit less than the chain commits, the
+measured rate would fall, and throughput with it. A transaction's shortest path is about
+two block intervals (waiting for the next block to be built, then that block's
+consensus), and room opens once per commit: so the bound in force is never below
+`INTERVALS` (3) times the mean block interval over the window. Latency then stays as
+low as the chain allows, and throughput holds. (The interval does not grow with the
+queue, so this floor does not chase the latency it is meant to bound.)
+
+A refusal is cheap (no decoding, no signature check: it needs only a few counters) and
+says when to come back: `Overloaded.retry_after_s`, the time the backlog above the bound
+takes to drain at the measured rate, whole seconds as `Retry-After` needs, at least 1
+and at most the bound (by then the rate has been measured again).
+
+Only local admissions are bounded. Transactions a peer forwards were accepted by that
+peer, which keeps them and forwards them again until they commit; refusing them here
+would only delay them, so they meet the static limits alone (`MempoolLimits.max_local`
+keeps room for them).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass
+
+from qchain.errors import Overloaded
+
+WINDOW_S = 5.0
+"""How far back commits count toward the measured rate."""
+MIN_SPAN_S = 1.0
+"""Shortest span a rate is measured over (right after the first commits)."""
+INTERVALS = 3
+"""The bound in force is at least this many mean block intervals: two for the path of
+a transaction through a block, one for the queue that keeps the next block full."""
+SATURATED_COMMITS = 3
+"""Commits a left-behind transaction keeps the chain counted as saturated (one block
+that happens to take everything does not lift the bound)."""
+UNSATURATED_GROWTH = 2
+"""While the chain is not saturated, the room is this many times the bound's: the rate
+then measures the load offered, and may grow this much in one bound's time."""
+UNSATURATED_MIN_ROOM = 1000
+"""While the chain is not saturated, at least this many client transactions may be
+pending: the first blocks after load starts may hold a handful, and a rate measured
+from them says nothing about the chain."""
+UNBOUNDED = 1 << 62
+"""`room` when no rate is known: only the pool's static limits apply."""
+
+
+@dataclass(frozen=True)
+class Rates:
+    """Committed transactions per second over the window."""
+
+    chain: float
+    local: float
+    """This node's clients' transactions only."""
+
+
+class Backlog:
+    """The admission bound of one validator: fed with its commits, asked for room."""
+
+    def __init__(self, bound_ms: int, n: int, window_s: float = WINDOW_S) -> None:
+        """bound_ms: the longest expected wait of an accepted transaction (0: no bound,
+        only the pool's static limits); n: validators (for the fair share)."""
+        self.bound_s = bound_ms / 1000
+        self.n = max(1, n)
+        self.window_s = window_s
+        self._commits: deque[tuple[float, int, int]] = deque()
+        """(time, transactions, local transactions) of the commits in the window."""
+        self._first: float | None = None
+        """When the transactions committed in the window began to accumulate: the commit
+        before the first one that carried any since the window last held none (the
+        window is shorter before)."""
+        self._last: float | None = None
+        """Time of the last commit."""
+        self._left_behind: deque[bool] = deque(maxlen=SATURATED_COMMITS)
+        """Whether each of the last commits left ready client transactions behind."""
+        self._recent: deque[float] = deque(maxlen=2)
+        """Times of the last two commits."""
+
+    def cutoff(self) -> float | None:
+        """Client transactions admitted before this time were in the leader's pool when
+        the block committed next was built (the commit two commits back: a pipelined
+        leader builds a block before the previous one commits)."""
+        return self._recent[0] if len(self._recent) == 2 else None
+
+    def committed(self, now: float, txs: int, local: int, saturated: bool) -> None:
+        """A block of `txs` transactions, `local` of them this node's clients', committed
+        at `now` (monotonic seconds); saturated: it left ready client transactions
+        admitted before `cutoff()` behind."""
+        self._expire(now)
+        if txs and not any(c[1] for c in self._commits):
+            self._first = self._last if self._last is not None else now
+        self._last = now
+        self._commits.append((now, txs, local))
+        self._recent.append(now)
+        self._left_behind.append(saturated)
+        self._expire(now)
+
+    def _expire(self, now: float) -> None:
+        while self._commits and now - self._commits[0][0] > self.window_s:
+            self._commits.popleft()
+
+    def rates(self, now: float) -> Rates:
+        self._expire(now)
+        if self._first is None or not any(c[1] for c in self._commits):
+            return Rates(0.0, 0.0)
+        span = max(MIN_SPAN_S, min(self.window_s, now - self._first))
+        chain = sum(c[1] for c in self._commits) / span
+        local = sum(c[2] for c in self._commits) / span
+        return Rates(chain, local)
+
+    @property
+    def saturated(self) -> bool:
+        """Whether one of the last `SATURATED_COMMITS` commits left ready client
+        transactions behind."""
+        return any(self._left_behind)
+
+    def bound_in_force(self, now: float) -> float:
+        """The bound, in seconds, raised to `INTERVALS` mean block intervals."""
+        self._expire(now)
+        commits = self._commits
+        if len(commits) < 2:
+            return self.bound_s
+        interval = (commits[-1][0] - commits[0][0]) / (len(commits) - 1)
+        return max(self.bound_s, INTERVALS * interval)
+
+    def rate(self, now: float) -> float:
+        """The rate this node's pending transactions drain at (0: unknown)."""
+        r = self.rates(now)
+        return max(r.local, r.chain / self.n)
+
+    def room(self, pending: int, now: float) -> int:
+        """How many more local transactions the bound lets in with `pending` local ones
+        in the pool (`UNBOUNDED` with no bound, no known rate, or an unsaturated chain)."""
+        rate = self.rate(now)
+        if self.bound_s <= 0 or rate <= 0:
+            return UNBOUNDED
+        allowed = self.bound_in_force(now) * rate
+        if not self.saturated:
+            allowed = max(UNSATURATED_MIN_ROOM, UNSATURATED_GROWTH * allowed)
+        return max(0, math.floor(allowed) - pending)
+
+    def refusal(self, pending: int, now: float) -> Overloaded:
+        """The answer to a transaction beyond the room: when to come back (at most half
+        the bound in force: by then a commit has opened room and measured again)."""
+        rate = self.rate(now)
+        bound = self.bound_in_force(now)
+        excess = pending + 1 - bound * rate
+        wait_s = min(excess / rate, bound / 2) if rate > 0 else 1.0
+        return Overloaded(
+            max(1, math.ceil(wait_s)),
+            round(pending / rate * 1000) if rate > 0 else 0,
+            round(bound * 1000),
+        )
+
+    def check(self, pending: int, now: float) -> None:
+        """Raise `Overloaded` unless one more local transaction fits the bound."""
+        if self.room(pending, now) <= 0:
+            raise self.refusal(pending, now)

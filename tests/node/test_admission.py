@@ -1,0 +1,168 @@
+"""`Admission` with the admission bound: a client's transaction beyond the bound is
+refused before its signature is checked, a peer's forwarded one is not, and the measured
+rate comes from the node's own commits (a clock the test sets)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from devnet.network import account_key
+from node.accounts import Admission
+from node.backlog import Backlog
+from node.mempool import Mempool, MempoolLimits
+from node.metrics import NodeMetrics
+from qchain.errors import Overloaded
+from qchain.types import Transaction
+
+from .test_mempool import CHAIN, Accounts, tx
+
+
+class _Pacer:
+    pending = None
+
+
+class _CountingVerifier:
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def __call__(self, t: Transaction, public_key: bytes) -> None:
+        self.calls += 1
+        t.verify_signature(public_key)
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def setup() -> tuple[Admission, Accounts, _CountingVerifier, _Clock]:
+    accounts = Accounts()
+    for role in ("partner1", "partner2"):
+        key = account_key(role, "ed25519")
+        accounts.keys[key.address] = (key.scheme.value, key.public_key)
+    verifier = _CountingVerifier()
+    mempool = Mempool(CHAIN, MempoolLimits(max_txs=100, max_per_sender=50), accounts, verifier)
+    clock = _Clock()
+    events: list[Any] = []
+    admission = Admission(
+        mempool,
+        accounts,  # type: ignore[arg-type]
+        lambda: 0,
+        False,
+        _Pacer(),  # type: ignore[arg-type]
+        NodeMetrics("admission-test"),
+        events.append,
+        Backlog(2000, 4),
+        clock,
+    )
+    return admission, accounts, verifier, clock
+
+
+def test_without_commit_history_the_static_limits_apply(setup: Any) -> None:
+    admission, _, _, _ = setup
+    for n in range(20):
+        assert admission.admit(tx("partner1", n), local=True)
+    assert admission.room() > 1_000_000
+
+
+def test_beyond_the_bound_a_client_tx_is_refused_before_its_signature_is_checked(
+    setup: Any,
+) -> None:
+    admission, _, verifier, clock = setup
+    admission.backlog.committed(0.0, 8, 2, True)  # saturated; 2 local/s (share 8/4/1)
+    clock.now = 1.0
+    assert admission.room() == 4
+    for n in range(4):
+        assert admission.admit(tx("partner1", n), local=True)
+    checked = verifier.calls
+    with pytest.raises(Overloaded) as refused:
+        admission.admit(tx("partner1", 4), local=True)
+    assert verifier.calls == checked, "refused before the signature check"
+    assert refused.value.retry_after_s == 1
+    assert tx("partner1", 4).hash not in admission.mempool
+    assert admission.room() == 0
+    assert admission.overloaded().retry_after_s == 1
+    # The same bytes again are no new transaction: answered as known, not refused.
+    assert admission.admit(tx("partner1", 3), local=True) is False
+
+
+def test_forwarded_transactions_are_not_bounded(setup: Any) -> None:
+    """A peer accepted them and keeps them until they commit: the static limits only."""
+    admission, _, _, clock = setup
+    admission.backlog.committed(0.0, 4, 1, True)
+    clock.now = 1.0
+    assert admission.admit(tx("partner1", 0), local=True)
+    assert admission.admit(tx("partner1", 1), local=True)
+    with pytest.raises(Overloaded):
+        admission.admit(tx("partner1", 2), local=True)
+    for n in range(10):
+        assert admission.admit(tx("partner2", n))
+
+
+def test_a_commit_that_leaves_ready_client_transactions_behind_saturates(
+    setup: Any,
+) -> None:
+    admission, accounts, _, clock = setup
+    sender = tx("partner1", 0).sender
+    early = [tx("partner1", n) for n in range(3)]
+    for t in early:
+        admission.admit(t, local=True)  # at t = 0
+    clock.now = 1.0
+    admission.on_commit([], 1)
+    assert not admission.backlog.saturated, "no cutoff yet: one commit seen"
+    clock.now = 2.0
+    admission.on_commit([], 2)
+    assert not admission.backlog.saturated, "no cutoff yet: two commits seen"
+    clock.now = 3.0
+    accounts.nonces[sender] = 1
+    admission.on_commit(early[:1], 3)
+    assert admission.backlog.saturated, "nonce 1, ready since t = 0, was left behind"
+    assert admission.room() < 1_000_000
+
+    clock.now = 4.0
+    accounts.nonces[sender] = 3
+    admission.on_commit(early[1:], 4)
+    assert admission.backlog.saturated, "everything ready got in, but only once"
+    for k in (5, 6):
+        clock.now = float(k)
+        admission.on_commit([], k)
+    assert not admission.backlog.saturated, "three commits took everything"
+    # 3 committed since t = 2 (the commit before the first that carried any): 0.75/s
+    # over 4 s; commits 1 s apart: the bound in force is 3 x 1 s, doubled.
+    assert admission.backlog.bound_in_force(6.0) == 3.0
+    assert admission.room() == 1000, "unsaturated: at least 1,000 may be pending"
+
+
+def test_a_nonce_gap_left_behind_does_not_saturate(setup: Any) -> None:
+    admission, _, _, clock = setup
+    admission.admit(tx("partner1", 5), local=True)  # nonce 0 never came: not ready
+    for k in range(3):
+        clock.now = 1.0 + k
+        admission.on_commit([], 1 + k)
+    assert not admission.backlog.saturated
+
+
+def test_commits_drain_the_backlog_and_feed_the_rate(setup: Any) -> None:
+    admission, accounts, _, clock = setup
+    admission.backlog.committed(0.0, 8, 2, True)
+    clock.now = 1.0
+    sent = [tx("partner1", n) for n in range(5)]
+    for t in sent[:4]:
+        admission.admit(t, local=True)
+    with pytest.raises(Overloaded):
+        admission.admit(sent[4], local=True)
+    clock.now = 2.0
+    accounts.nonces[sent[0].sender] = 4
+    admission.on_commit(sent[:4], 1)
+    assert len(admission.mempool) == 0
+    # 6 local transactions committed in 2 s: 3/s; commits 2 s apart make the bound in
+    # force 3 x 2 s: room for 18 pending.
+    assert admission.backlog.rates(2.0).local == pytest.approx(3.0)
+    assert admission.room() == 18
+    assert admission.admit(sent[4], local=True)

@@ -1,0 +1,124 @@
+"""The admission bound (`node.backlog`), on a clock the test sets."""
+
+from __future__ import annotations
+
+import pytest
+
+from node.backlog import UNBOUNDED, Backlog
+from qchain.errors import MempoolFull, Overloaded
+
+
+def test_no_commit_history_means_static_limits_only() -> None:
+    b = Backlog(2000, 4)
+    assert b.room(10_000, 5.0) == UNBOUNDED
+    b.check(10_000, 5.0)
+    b.committed(6.0, 0, 0, True)
+    assert b.room(10_000, 6.5) == UNBOUNDED, "empty blocks give no rate to go by"
+
+
+def test_room_is_bound_times_local_rate_minus_pending() -> None:
+    b = Backlog(2000, 4, window_s=10.0)
+    b.committed(0.0, 40, 10, True)
+    b.committed(0.5, 40, 10, True)
+    # 20 local in 1 s (the span since the first commit, at least 1 s): 20/s; the fair
+    # share of the chain's 80/s is 20/s as well.
+    assert b.rate(1.0) == pytest.approx(20.0)
+    assert b.room(0, 1.0) == 40
+    assert b.room(39, 1.0) == 1
+    assert b.room(40, 1.0) == 0
+    assert b.room(500, 1.0) == 0
+    b.check(39, 1.0)
+    with pytest.raises(Overloaded):
+        b.check(40, 1.0)
+
+
+def test_fair_share_of_the_chain_rate_when_local_history_is_thin() -> None:
+    b = Backlog(1000, 4)
+    b.committed(0.0, 4000, 0, True)
+    # No local transaction committed yet: a quarter of 4000 tx/s (span at least 1 s).
+    assert b.rate(1.0) == pytest.approx(1000.0)
+    assert b.room(0, 1.0) == 1000
+
+
+def test_old_commits_leave_the_window() -> None:
+    b = Backlog(2000, 1, window_s=10.0)
+    b.committed(0.0, 1000, 1000, True)
+    assert b.room(0, 5.0) > 0
+    assert b.room(0, 10.5) == UNBOUNDED, "the window holds no commit any more"
+
+
+def test_refusal_says_when_the_backlog_above_the_bound_drains() -> None:
+    b = Backlog(2000, 1, window_s=10.0)
+    b.committed(0.0, 1000, 1000, True)
+    now = 10.0  # 100 tx/s: the bound admits 200 pending
+    e = b.refusal(200, now)
+    assert isinstance(e, MempoolFull) and e.code == "overloaded"
+    assert e.retry_after_s == 1
+    assert e.backlog_ms == 2000 and e.bound_ms == 2000
+    over = b.refusal(250, now)  # 51 over the bound at 100/s: 0.51 s
+    assert over.retry_after_s == 1
+    far = b.refusal(1000, now)  # 801 over: 8.01 s, but a commit opens room sooner
+    assert far.retry_after_s == 1, "at most half the bound"
+    assert far.fields()["retry_after"] == 1
+    assert Backlog(9000, 1).refusal(0, 0.0).retry_after_s == 1, "no rate: 1 s"
+
+
+def test_the_bound_in_force_is_never_below_three_block_intervals() -> None:
+    """A commit path longer than the bound (a loaded machine) would make the bound admit
+    less than the chain commits, and throughput would fall: the bound rises to three
+    mean block intervals (two for a transaction's path, one for the queue)."""
+    b = Backlog(2000, 1, window_s=10.0)
+    b.committed(0.0, 100, 100, True)
+    assert b.bound_in_force(0.0) == 2.0, "one commit: no interval yet"
+    b.committed(0.5, 100, 100, True)
+    assert b.bound_in_force(0.5) == 2.0, "3 x 0.5 s is below the bound"
+    b.committed(2.0, 100, 100, True)
+    b.committed(3.5, 100, 100, True)
+    assert b.bound_in_force(3.5) == pytest.approx(3 * 3.5 / 3)
+    rate = b.rate(3.5)
+    assert b.room(0, 3.5) == int(3.5 * rate)
+    assert b.refusal(10_000, 3.5).bound_ms == 3500
+
+
+def test_an_unsaturated_chain_is_not_bounded_by_a_rate_that_only_measured_supply() -> None:
+    """While blocks take every ready transaction, the rate measures the load offered,
+    not the chain: the room is twice the bound's until a commit leaves ready ones
+    behind (and for three commits after), so the load can grow."""
+    b = Backlog(2000, 1, window_s=10.0)
+    assert b.cutoff() is None
+    b.committed(0.0, 0, 0, False)  # a heartbeat block
+    b.committed(1.0, 20, 20, False)  # a small block: 20 tx/s measured since the last
+    assert b.rate(1.0) == 20.0
+    bound = b.bound_in_force(1.0)
+    assert bound == 3.0, "three intervals of 1 s"
+    assert b.room(0, 1.0) == 1000, "at least 1,000: a small first block says little"
+    assert b.room(990, 1.0) == 10
+    b.committed(2.0, 20, 20, True)
+    assert b.cutoff() == 1.0, "two commits back"
+    assert b.room(60, 2.0) == 0
+    assert b.room(10, 2.0) == 50
+    b.committed(3.0, 500, 500, False)
+    assert b.cutoff() == 2.0
+    assert b.saturated, "one block that took everything does not lift the bound"
+    assert b.room(500, 3.0) == 3 * 540 // 3 - 500
+    b.committed(4.0, 0, 0, False)
+    b.committed(5.0, 0, 0, False)
+    assert not b.saturated, "three commits took everything"
+
+
+def test_bound_zero_turns_admission_control_off() -> None:
+    b = Backlog(0, 4)
+    b.committed(0.0, 10, 10, True)
+    assert b.room(1_000_000, 1.0) == UNBOUNDED
+
+
+def test_accepting_up_to_room_keeps_the_expected_wait_under_the_bound() -> None:
+    """Whatever the rate and the pending count, filling the room never makes the
+    expected wait (pending / rate) exceed the bound."""
+    for local, chain, n, pending in [(1, 1, 1, 0), (37, 900, 4, 12), (2500, 2500, 7, 3000)]:
+        b = Backlog(2000, n)
+        b.committed(0.0, chain, local, True)
+        rate = b.rate(1.0)
+        room = b.room(pending, 1.0)
+        assert (pending + room) / rate <= 2.0
+        assert room == 0 or (pending + room + 1) / rate > 2.0
