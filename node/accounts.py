@@ -9,7 +9,6 @@ transaction is ready, and lets a waiting leader build.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Sequence
 
 from consensus.events import Event, MempoolNonEmpty
@@ -19,6 +18,7 @@ from node.backlog import Backlog
 from node.mempool import Account, Mempool
 from node.metrics import NodeMetrics
 from node.pacing import BlockPacer
+from qchain import clock as loop_clock
 from qchain.errors import Overloaded
 from qchain.store.kv import KVStore
 from qchain.types import Transaction
@@ -80,7 +80,7 @@ class Admission:
         metrics: NodeMetrics,
         feed: Callable[[Event], None],
         backlog: Backlog,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float] = loop_clock.monotonic,
     ) -> None:
         """committed: the last committed height; idle_mode: the chain runs without
         heartbeat blocks (CONSENSUS.md §4), so the engine must hear about the mempool;

@@ -14,11 +14,11 @@ body only when it lacks one, and signs each height once), so they bite only on a
 
 from __future__ import annotations
 
-import time
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+from qchain import clock as loop_clock
 from qchain.ratelimit import TokenBuckets
 
 
@@ -50,7 +50,7 @@ class Budgets:
     def __init__(
         self,
         rates: Mapping[str, Rate] = DEFAULT_RATES,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float] = loop_clock.monotonic,
     ) -> None:
         self._kinds = {k: TokenBuckets[int](r.per_s, r.burst, clock) for k, r in rates.items()}
         self.refused: Counter[tuple[int, str]] = Counter()

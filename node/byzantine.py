@@ -27,7 +27,6 @@ import asyncio
 import contextlib
 import logging
 import random
-import time
 from collections.abc import Callable, Coroutine
 from typing import Any, Protocol
 
@@ -45,6 +44,7 @@ from consensus.params import Params
 from node.chain import ChainApp
 from node.transport import Transport
 from node.wire import CertSig, Envelope, Kind
+from qchain import clock
 from qchain.errors import QChainError
 from qchain.hashing import Domain, hash_domain
 from qchain.qkd.frame import LinkSender
@@ -132,7 +132,7 @@ class Hostile:
 
     def __init__(self, node: HostileNode, rng: random.Random | None = None) -> None:
         self.node = node
-        self.rng = rng or random.Random()
+        self.rng = rng or clock.new_rng("byzantine")
         self.sent = 0
         self._task: asyncio.Task[None] | None = None
         self._round = 0
@@ -244,7 +244,7 @@ def misbehave(mode: str, to: int, msg: Message, me: int, n: int, app: ChainApp) 
                 msg.block.parent,
                 me,
                 [],
-                now_ms=int(time.time() * 1000) + 1 + to,
+                now_ms=int(clock.wall() * 1000) + 1 + to,
             )
         except QChainError:
             return msg

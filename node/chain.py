@@ -16,7 +16,6 @@ executing again.
 
 from __future__ import annotations
 
-import time
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -30,6 +29,7 @@ from contracts.execution import (
 )
 from node.chainstore import ChainStore
 from node.sigcache import SignatureCache
+from qchain import clock
 from qchain.errors import CodecError, InvalidBlock
 from qchain.store import schema
 from qchain.store.kv import Batch, KVStore
@@ -165,7 +165,7 @@ class ChainApp:
         tip_h, tip_hash, tip_app, tip_time = self.tip()
         if tip_h != height - 1:
             raise InvalidBlock(f"cannot build height {height} on top of {tip_h}")
-        now = int(time.time() * 1000) if now_ms is None else now_ms
+        now = int(clock.wall() * 1000) if now_ms is None else now_ms
         block_time = next_block_time(tip_time, now)
         ctx = BlockContext(self.chain_id, height, block_time, tip_app)
         result, included, rejected = build_block(

@@ -9,6 +9,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import logging
+import os
+import signal
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -72,12 +76,33 @@ def run(args: argparse.Namespace) -> int:
     from node.genesis_file import load_genesis
     from node.logs import configure
     from node.preflight import check_before_run
-    from node.runtime import run_validator
 
     # Readable lines on a terminal, JSON lines in containers; every line names the node.
     configure(cfg.node.name, cfg.node.log_format)
     check_before_run(cfg, load_genesis(cfg.node.genesis))
     return asyncio.run(run_validator(cfg, args.ready_file))
+
+
+async def run_validator(cfg: NodeConfig, ready_file: Path | None = None) -> int:
+    """Run one validator until SIGTERM or SIGINT; close everything cleanly (LevelDB
+    included)."""
+    from node.runtime import Validator
+
+    validator = Validator(cfg)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await validator.start()
+    if ready_file is not None:
+        ready_file.write_text(str(os.getpid()))
+    try:
+        await stop.wait()
+    finally:
+        logging.getLogger("qchain.node").info("shutting down")
+        with contextlib.suppress(Exception):
+            await validator.stop()
+    return 0
 
 
 def _config(args: argparse.Namespace) -> int:

@@ -15,7 +15,6 @@ with its own signature.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -35,6 +34,7 @@ from node.metrics import NodeMetrics
 from node.pacing import BlockPacer
 from node.service import TxStatus
 from node.wire import CertSig, Envelope, Kind
+from qchain import clock
 from qchain.errors import QChainError
 from qchain.keys import SigningKey, verify
 from qchain.store import schema
@@ -226,7 +226,7 @@ class Committer:
 
     def _after(self, a: Commit, value: bytes, prepared: Prepared) -> None:
         parts = self.parts
-        now = time.monotonic()
+        now = clock.monotonic()
         interval = parts.pacer.committed(now)
         block = prepared.block
         parts.admission.accounts.invalidate()

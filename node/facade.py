@@ -9,7 +9,6 @@ mode are set on the links and the `ByzantineSwitch`.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -36,6 +35,7 @@ from node.metrics import MetricsSync, NodeMetrics
 from node.pacing import BlockPacer
 from node.service import EventStream, TxStatus
 from node.transport import FaultRules, PeerStats
+from qchain import clock
 from qchain.errors import NotReady, Overloaded
 from qchain.store.kv import KVStore
 from qchain.types import ReceiptProof, Transaction, decode_transaction
@@ -165,7 +165,7 @@ class ServiceFacade:
             "halted": p.alarms.fatal,
             "store_corrupt": p.alarms.store_corrupt,
             "byzantine": p.byzantine.mode,
-            "uptime_s": round(time.time() - p.started_at, 3),
+            "uptime_s": round(clock.wall() - p.started_at, 3),
         }
 
     def qkd_status(self) -> Mapping[str, Any]:
@@ -264,7 +264,7 @@ class AdminFacade:
             raise NotReady([f"store-corrupt: {corrupt}"])
         if self.store is None:
             raise NotReady(["no store to back up"])
-        return store_chunks(self.store, int(time.time()))
+        return store_chunks(self.store, int(clock.wall()))
 
     def dump(self) -> Mapping[str, Any]:
         view = self.engine.view()

@@ -10,7 +10,6 @@ node whose store is damaged serves nothing.
 from __future__ import annotations
 
 import asyncio
-import random
 from collections.abc import Callable
 
 from consensus.events import BlockFetched, Event, ReplySync
@@ -21,6 +20,7 @@ from node.alarms import Alarms
 from node.budget import BLOCK_LOOKUPS, Budgets
 from node.chain import ChainApp
 from node.links import Links
+from qchain import clock
 from qchain.limits import BLOCK_RESP_FRAMING, MAX_MESSAGE
 from qchain.store.kv import KVStore
 
@@ -50,7 +50,7 @@ class BlockFetcher:
         self.fetching: dict[bytes, int] = {}
         """Values being fetched -> attempts so far (the next peer to ask, modulo)."""
         self._timer: asyncio.TimerHandle | None = None
-        self._rng = random.Random()
+        self._rng = clock.new_rng("fetcher")
 
     def cancel_timers(self) -> None:
         if self._timer is not None:

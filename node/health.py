@@ -9,7 +9,6 @@ should have committed and did not for a while.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Sequence
 
 from consensus.params import Params
@@ -19,6 +18,7 @@ from node.chainstore import ChainStore
 from node.links import Links
 from node.mempool import Mempool
 from node.pacing import BlockPacer
+from qchain import clock
 from qchain.config import TimingConfig
 
 STALL_MIN_S = 15.0
@@ -111,7 +111,7 @@ class Health:
             return None
         t = self.timing
         limit = max(STALL_MIN_S, 3 * (t.propose_wait_max_ms or 0) / 1000)
-        now = time.monotonic()
+        now = clock.monotonic()
         idle = now - self.pacer.last_commit_at
         if idle <= limit:
             return None

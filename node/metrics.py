@@ -18,13 +18,13 @@ and the live metrics test checks a node exposes each one.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
+from qchain import clock
 from qchain.qkd.source import Key, KeyId, KeySource, LinkStatus
 
 if TYPE_CHECKING:
@@ -228,24 +228,24 @@ class TimedKeySource(KeySource):
         self.histogram = histogram
 
     def _observe(self, link: str, started: float) -> None:
-        self.histogram.labels(link).observe(time.perf_counter() - started)
+        self.histogram.labels(link).observe(clock.perf() - started)
 
     async def enc_keys(self, slave_sae_id: str, number: int, size: int | None = None) -> list[Key]:
-        started = time.perf_counter()
+        started = clock.perf()
         try:
             return await self.inner.enc_keys(slave_sae_id, number, size)
         finally:
             self._observe(f"{self.sae_id}->{slave_sae_id}", started)
 
     async def dec_keys(self, master_sae_id: str, key_ids: Sequence[KeyId]) -> list[Key]:
-        started = time.perf_counter()
+        started = clock.perf()
         try:
             return await self.inner.dec_keys(master_sae_id, key_ids)
         finally:
             self._observe(f"{master_sae_id}->{self.sae_id}", started)
 
     async def status(self, slave_sae_id: str) -> LinkStatus:
-        started = time.perf_counter()
+        started = clock.perf()
         try:
             return await self.inner.status(slave_sae_id)
         finally:

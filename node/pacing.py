@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Callable, Mapping
 
 from consensus.events import BlockBuilt, BlockValidated, BuildBlock, Event
@@ -27,6 +26,7 @@ from node.keypacing import KeyPacer, LinkKeys
 from node.mempool import Mempool
 from node.metrics import NodeMetrics
 from node.sigcache import SignatureCache
+from qchain import clock
 from qchain.config import MempoolSection, TimingConfig
 from qchain.errors import InvalidBlock, QChainError
 
@@ -72,7 +72,7 @@ class BlockPacer:
         self.feed = feed
         self.pending: BuildBlock | None = None
         """The block the engine asked for and this node has not built yet."""
-        self.last_commit_at = time.monotonic()
+        self.last_commit_at = clock.monotonic()
         self.per_tx_s = INITIAL_PER_TX_S
         self._deadline: float | None = None
         self._timer: asyncio.TimerHandle | None = None
@@ -99,11 +99,11 @@ class BlockPacer:
         self.pending = a
         t = self.timing
         if self.link_keys is not None:
-            self.keys.observe(time.monotonic(), a.height - 1, self.link_keys())
+            self.keys.observe(clock.monotonic(), a.height - 1, self.link_keys())
         if a.round > 0:
             # A round change happened: the round's leader must propose now, even an empty
             # block, or the round times out again.
-            self._deadline = time.monotonic()
+            self._deadline = clock.monotonic()
         elif t.propose_wait_max_ms is None:
             self._deadline = None
         else:
@@ -114,7 +114,7 @@ class BlockPacer:
         a = self.pending
         if a is None:
             return
-        now = time.monotonic()
+        now = clock.monotonic()
         earliest = self.last_commit_at + self.timing.propose_wait_min_ms / 1000
         if a.round == 0 and self.last_built_at is not None:
             earliest = max(earliest, self.last_built_at + self.keys.min_interval_s())
@@ -132,7 +132,7 @@ class BlockPacer:
             self._timer.cancel()
             self._timer = None
         txs = self.mempool.reap(self.block_tx_cap(a.round), self.limits.max_block_bytes)
-        started = time.perf_counter()
+        started = clock.perf()
         now_ms = self.byzantine.block_time_ms()
         try:
             prepared = self.app.build(a.height, a.round, a.parent_hash, self.me, txs, now_ms)
@@ -141,9 +141,7 @@ class BlockPacer:
             return
         # Peers validating this block check the signatures this node had cached: price
         # them in, or a stable leader sizes blocks by its own cheap builds alone.
-        self.observe_execution(
-            time.perf_counter() - started, len(txs), len(txs) * self.sig_cache.verify_s
-        )
+        self.observe_execution(clock.perf() - started, len(txs), len(txs) * self.sig_cache.verify_s)
         self.feed(BlockBuilt(a.height, a.round, prepared.cblock))
 
     def observe_execution(self, seconds: float, txs: int, unchecked_s: float = 0.0) -> None:
@@ -168,7 +166,7 @@ class BlockPacer:
 
     def validate(self, cblock: CBlock) -> None:
         value = consensus_value(cblock)
-        started = time.perf_counter()
+        started = clock.perf()
         timely = True
         try:
             prepared = self.app.validate(cblock)
@@ -177,13 +175,13 @@ class BlockPacer:
             log.info("block %s at height %d is invalid: %s", value.hex()[:12], cblock.height, e)
             ok = False
         if ok:
-            self.observe_execution(time.perf_counter() - started, len(prepared.block.txs))
+            self.observe_execution(clock.perf() - started, len(prepared.block.txs))
             timely = self.timely(prepared.block.header.time, cblock.round)
             if not timely:
                 self.alarms.alert(
                     "untimely-proposal",
                     f"height {cblock.height} round {cblock.round} from {cblock.proposer}: "
-                    f"time {prepared.block.header.time}, local {int(time.time() * 1000)}",
+                    f"time {prepared.block.header.time}, local {int(clock.wall() * 1000)}",
                 )
         self.feed(BlockValidated(value, ok, timely))
 
@@ -192,7 +190,7 @@ class BlockPacer:
         [local - precision - delay, local + precision], or it is the earliest time the
         parent allows when the parent's time is not behind our clock (a chain whose last
         block is in the future goes on at one millisecond a block)."""
-        local = int(time.time() * 1000)
+        local = int(clock.wall() * 1000)
         t = self.timing
         if t.timely(block_ms, local, rnd):
             return True

@@ -18,14 +18,9 @@ store. The parts, each in its own module:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import os
-import signal
 import ssl
-import time
 from collections.abc import Awaitable, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 from consensus.engine import Engine
@@ -58,8 +53,9 @@ from node.metrics import MetricsSync, NodeMetrics, TimedKeySource
 from node.pacing import BlockPacer
 from node.service import EventStream, TxStatus
 from node.sigcache import SignatureCache
-from node.transport import FaultRules, Transport
+from node.transport import TCP, FaultRules, StreamNet, Transport
 from node.verifypool import VerifyPool, verify_workers
+from qchain import clock
 from qchain.config import NodeConfig
 from qchain.errors import ConfigError, Overloaded, StorageCorrupt, StorageError
 from qchain.keys import SigningKey
@@ -88,8 +84,14 @@ class Validator:
         *,
         key_source: KeySource | None = None,
         store: KVStore | None = None,
+        net: StreamNet = TCP,
+        serve_api: bool = True,
     ) -> None:
+        """Production passes only `cfg`; tests and the simulator inject the rest. Time
+        and random choices come from the running event loop (`qchain.clock`)."""
         self.cfg = cfg
+        self._net = net
+        self._serve_api = serve_api
         self.genesis: Genesis = load_genesis(cfg.node.genesis)
         self.me = cfg.node.index
         self.signing_key = self._load_signing_key()
@@ -103,7 +105,7 @@ class Validator:
         self.metrics = NodeMetrics(cfg.node.name)
         # Event ids must not repeat across restarts (SSE Last-Event-ID): start at the
         # wall clock in milliseconds, which is above any id an earlier run handed out.
-        self.bus = EventBus(first_id=int(time.time() * 1000))
+        self.bus = EventBus(first_id=int(clock.wall() * 1000))
         self.budgets = Budgets()
         self.alarms = Alarms()
         self.store.on_corrupt = self.alarms.corrupt
@@ -129,7 +131,7 @@ class Validator:
         self._listeners = Listeners()
         self._tasks: list[asyncio.Task[None]] = []
         self._stopped = asyncio.Event()
-        self.started_at = time.time()
+        self.started_at = clock.wall()
         self.service = self._build_service()
         self.admin = AdminFacade(
             self.links,
@@ -335,12 +337,14 @@ class Validator:
             self.driver.on_envelope,
             max_frame_bytes=cfg.p2p.max_frame_bytes,
             queue_limit=cfg.p2p.queue_frames,
+            net=self._net,
         )
         endpoint.start()
         # The engine starts from its records before any peer message can reach it.
         self._boot_engine()
         await self.links.transport.start()
-        await self._start_http()
+        if self._serve_api:
+            await self._start_http()
         self._tasks.append(asyncio.create_task(self._housekeeping(), name="housekeeping"))
         log.info(
             "validator %s started: height %d, p2p %s, api %s",
@@ -398,7 +402,7 @@ class Validator:
     def _store_intact(self) -> bool:
         """Startup check before anything is served: the last committed heights against
         their hashes, then one checksummed read of the whole store (bounded in time)."""
-        started = time.monotonic()
+        started = clock.monotonic()
         try:
             low = self.app.verify_recent(STARTUP_VERIFY_BLOCKS)
             swept = scan(self.store, STARTUP_SCAN_S)
@@ -406,7 +410,7 @@ class Validator:
             return False
         log.info(
             "store checked in %.2fs: %d heights against their hashes, %d keys read%s",
-            time.monotonic() - started,
+            clock.monotonic() - started,
             self.chain.height() - low + 1,
             swept.keys,
             "" if swept.complete else " (time budget reached before the last key)",
@@ -452,7 +456,7 @@ class Validator:
         timeout = self.cfg.timing.inclusion_timeout_ms / 1000
         while True:
             await asyncio.sleep(min(1.0, timeout / 4))
-            self.forwarder.check_inclusion(time.monotonic())
+            self.forwarder.check_inclusion(clock.monotonic())
             self.metrics_sync.sync()
 
     # ---------------------------------------------------------------------------------
@@ -578,22 +582,3 @@ async def _bounded(step: Awaitable[None], what: str) -> None:
         await asyncio.wait_for(step, STOP_STEP_TIMEOUT_S)
     except TimeoutError:
         log.warning("closing the %s took over %.0fs; going on", what, STOP_STEP_TIMEOUT_S)
-
-
-async def run_validator(cfg: NodeConfig, ready_file: Path | None = None) -> int:
-    """Run until SIGTERM or SIGINT; close everything cleanly (LevelDB included)."""
-    validator = Validator(cfg)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await validator.start()
-    if ready_file is not None:
-        ready_file.write_text(str(os.getpid()))
-    try:
-        await stop.wait()
-    finally:
-        log.info("shutting down")
-        with contextlib.suppress(Exception):
-            await validator.stop()
-    return 0

@@ -8,9 +8,9 @@ the clock to time the checks it makes.
 
 from __future__ import annotations
 
-import time
 from collections import OrderedDict
 
+from qchain import clock
 from qchain.types import Transaction
 
 
@@ -42,9 +42,9 @@ class SignatureCache:
         if key in self._ok:
             self._ok.move_to_end(key)
             return
-        started = time.perf_counter()
+        started = clock.perf()
         tx.verify_signature(public_key)
-        took = time.perf_counter() - started
+        took = clock.perf() - started
         self.verify_s += (took - self.verify_s) * (1.0 if self.verify_s == 0.0 else 0.01)
         self._ok[key] = None
         if len(self._ok) > self.capacity:

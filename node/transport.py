@@ -51,7 +51,8 @@ import logging
 import math
 import random
 from collections import Counter, deque
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Protocol
 
 from node.transport_limits import (
     BACKOFF_MAX_S,
@@ -72,6 +73,7 @@ from node.transport_limits import (
     tcp_keepalive,
 )
 from node.wire import Envelope, body_size, decode_body, encode_body, envelope_size
+from qchain import clock
 from qchain.config import split_address
 from qchain.errors import CodecError, QChainError
 from qchain.qkd.frame import DEFAULT_FRAME_LIMITS
@@ -86,11 +88,44 @@ __all__ = [
     "LinkOpener",
     "LinkSealer",
     "PeerStats",
+    "StreamNet",
     "Transport",
     "TransportLimits",
 ]
 
 log = logging.getLogger(__name__)
+
+Accept = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+class Listening(Protocol):
+    def close(self) -> None: ...
+
+    async def wait_closed(self) -> None: ...
+
+
+class StreamNet(Protocol):
+    """Where the transport's connections come from: TCP (`TCP`), or the whole-network
+    simulator's in-memory links (`devnet.simnet.net`)."""
+
+    async def open_connection(
+        self, host: str, port: int
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]: ...
+
+    async def start_server(self, accept: Accept, host: str, port: int) -> Listening: ...
+
+
+class _Tcp:
+    async def open_connection(
+        self, host: str, port: int
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        return await asyncio.open_connection(host, port)
+
+    async def start_server(self, accept: Accept, host: str, port: int) -> Listening:
+        return await asyncio.start_server(accept, host, port)
+
+
+TCP: StreamNet = _Tcp()
 
 
 class _PeerOut:
@@ -126,8 +161,10 @@ class Transport:
         queue_limit: int = 1024,
         limits: TransportLimits = DEFAULT_TRANSPORT_LIMITS,
         rng: random.Random | None = None,
+        net: StreamNet = TCP,
     ) -> None:
         self.me = me
+        self.net = net
         self.listen = listen
         self._on_envelope = on_envelope
         self._openers = dict(openers)
@@ -142,8 +179,8 @@ class Transport:
         """Connections refused before they named a known peer, by reason."""
         self.out_rules = FaultRules()
         self.in_rules = FaultRules()
-        self._rng = rng or random.Random()
-        self._server: asyncio.Server | None = None
+        self._rng = rng or clock.new_rng("transport")
+        self._server: Listening | None = None
         self._inbound: dict[int, asyncio.StreamWriter] = {}
         self._connections: set[asyncio.StreamWriter] = set()
         self._pending_total = 0
@@ -158,7 +195,7 @@ class Transport:
 
     async def start(self) -> None:
         host, port = split_address(self.listen)
-        self._server = await asyncio.start_server(self._accept, host, port)
+        self._server = await self.net.start_server(self._accept, host, port)
         for peer in self._out.values():
             peer.task = asyncio.create_task(self._sender(peer), name=f"send-{peer.index}")
 
@@ -217,7 +254,7 @@ class Transport:
         while True:
             try:
                 async with asyncio.timeout(CONNECT_TIMEOUT_S):
-                    reader, writer = await asyncio.open_connection(host, port)
+                    reader, writer = await self.net.open_connection(host, port)
                     tcp_keepalive(writer)
             except (OSError, TimeoutError):
                 pass

@@ -19,7 +19,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "receipt": ("node.cli_receipt", "fetch receipts and verify them offline"),
     "notary": ("node.cli_notary", "anchor a file's digest, look it up, verify evidence offline"),
     "query": ("qchain.cli_query", "read-only contract queries on a node"),
-    "sim": ("consensus.sim.cli", "run the deterministic consensus simulator"),
+    "sim": (
+        "devnet.simnet.cli",
+        "deterministic simulators: the consensus engine (run, replay), the whole network (net)",
+    ),
     "node": ("node.cli", "run a validator node, write its config from a site directory"),
     "validator": ("node.cli_validator", "create a validator's site directory and own keys"),
     "genesis": ("node.cli_genesis", "the genesis ceremony: build from join files, verify"),

@@ -9,7 +9,14 @@
   imports a clock, the file system, sockets or an event loop (the simulator's command line,
   `consensus/sim/cli.py`, is a program and is exempt).
 - Rooms stay small: no module over 600 lines and no function over 80 lines in `node/`,
-  `consensus/` and `devnet/faults/`.
+  `consensus/`, `devnet/faults/` and `devnet/simnet/`.
+- The validator's I/O is injectable: nothing in `node/` reads the wall clock, measures
+  time, makes an OS-seeded generator or opens a connection except through the running
+  loop (`qchain.clock`) and the transport's `StreamNet` (whose TCP default,
+  `node/transport.py`, is the one exemption), so the whole-network simulator
+  (docs/SIMULATION.md) runs it on virtual time. The offline tools (`qchain node
+  backup|restore|rebuild`, the site, genesis and config commands) run no validator and are
+  exempt.
 
 Only static imports count (`import x`, `from x import y`, at any depth in a module), as
 an upward edge hidden in a function body is still an upward edge.
@@ -35,7 +42,33 @@ ALLOWED: dict[str, frozenset[str]] = {
 PURE = ("consensus", "contracts")
 IO_MODULES = frozenset({"time", "datetime", "os", "pathlib", "socket", "asyncio", "shutil"})
 PURE_EXEMPT = frozenset({"consensus/sim/cli.py"})
-SIZE_CHECKED = ("node", "consensus", "devnet/faults")
+SIZE_CHECKED = ("node", "consensus", "devnet/faults", "devnet/simnet")
+DIRECT_IO_CALLS = frozenset(
+    {
+        "time.time",
+        "time.time_ns",
+        "time.monotonic",
+        "time.monotonic_ns",
+        "time.perf_counter",
+        "time.perf_counter_ns",
+        "random.Random",
+        "os.urandom",
+        "asyncio.open_connection",
+        "asyncio.start_server",
+        "socket.socket",
+        "socket.create_connection",
+    }
+)
+DIRECT_IO_EXEMPT = frozenset(
+    {
+        "node/transport.py",
+        "node/backup.py",
+        "node/rebuild.py",
+        "node/site.py",
+        "node/nodeconfig.py",
+        "node/cli_genesis.py",
+    }
+)
 MAX_MODULE_LINES = 600
 MAX_FUNCTION_LINES = 80
 
@@ -87,6 +120,36 @@ def io_imports() -> list[str]:
     return found
 
 
+def direct_io(tree: ast.AST) -> Iterator[tuple[int, str]]:
+    """Uses of the wall clock, a timer, an unseeded generator or a socket, by dotted name:
+    calls and references alike (a `time.monotonic` default argument reads the real clock
+    too); `random.Random(seed)` with a seed is allowed."""
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Attribute) or not isinstance(node.value, ast.Name):
+            continue
+        name = f"{node.value.id}.{node.attr}"
+        if name in DIRECT_IO_CALLS and name != "random.Random":
+            yield node.lineno, name
+    for node in ast.walk(tree):
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and isinstance(node.func.value, ast.Name)
+            and f"{node.func.value.id}.{node.func.attr}" == "random.Random"
+            and not node.args
+        ):
+            yield node.lineno, "random.Random"
+
+
+def node_direct_io() -> list[str]:
+    return [
+        f"{rel(path)}:{line} calls {name}"
+        for path in sources("node")
+        if rel(path) not in DIRECT_IO_EXEMPT
+        for line, name in direct_io(ast.parse(path.read_text()))
+    ]
+
+
 def oversized() -> list[str]:
     found = []
     for path in sources(*SIZE_CHECKED):
@@ -108,6 +171,29 @@ def test_imports_point_downward() -> None:
 
 def test_protocol_and_application_do_no_io() -> None:
     assert io_imports() == []
+
+
+def test_the_node_reads_time_and_opens_connections_only_through_injected_io() -> None:
+    assert node_direct_io() == []
+
+
+@pytest.mark.parametrize(
+    ("source", "expected"),
+    [
+        ("import time\nx = time.monotonic()\n", ["time.monotonic"]),
+        ("def f():\n    return int(time.time() * 1000)\n", ["time.time"]),
+        ("rng = random.Random()\n", ["random.Random"]),
+        ("rng = random.Random(7)\n", []),
+        (
+            "async def f():\n    await asyncio.open_connection('h', 1)\n",
+            ["asyncio.open_connection"],
+        ),
+        ("from qchain import clock\nx = clock.monotonic()\n", []),
+        ("def f(clock=time.monotonic):\n    return clock()\n", ["time.monotonic"]),
+    ],
+)
+def test_the_direct_io_check_sees_a_clock_read(source: str, expected: list[str]) -> None:
+    assert [name for _, name in direct_io(ast.parse(source))] == expected
 
 
 def test_modules_and_functions_stay_small() -> None:

@@ -12,7 +12,11 @@ from qchain.errors import ConfigError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    sub = parser.add_subparsers(dest="sim_command", metavar="SUBCOMMAND", required=True)
+    add_commands(parser.add_subparsers(dest="sim_command", metavar="SUBCOMMAND", required=True))
+
+
+def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """`run` and `replay` (the whole-network simulator adds `net` beside them)."""
     run = sub.add_parser("run", help="run scenarios over a range of seeds")
     run.add_argument("--validators", type=int, default=4)
     run.add_argument("--seeds", default="20", help="K (seeds 0..K-1) or A..B (inclusive)")

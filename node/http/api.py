@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -38,6 +37,7 @@ from node.http.context import (
 from node.http.middlewares import count_requests, problems, rate_limit
 from node.metrics import NodeMetrics
 from node.service import NodeService
+from qchain import clock as loop_clock
 from qchain.ratelimit import TokenBuckets
 
 
@@ -52,7 +52,7 @@ def make_api_app(
     rate_limit_per_s: float,
     metrics: NodeMetrics | None = None,
     sse_heartbeat_s: float = 15.0,
-    clock: Callable[[], float] = time.monotonic,
+    clock: Callable[[], float] = loop_clock.monotonic,
 ) -> web.Application:
     """The public API over service. rate_limit_per_s 0 disables the limit; the bucket
     holds one second's worth of requests (at least 1). clock is for tests."""

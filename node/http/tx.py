@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from typing import Any
 
 from aiohttp import web
@@ -25,6 +24,7 @@ from node.http.context import SERVICE, json_response
 from node.http.params import MSGPACK_TYPES, media_type, parse_hash, parse_seconds, wants_msgpack
 from node.http.problems import PROBLEM_BASE, log_server_error, problem_doc
 from node.service import NodeService, TxStatus
+from qchain import clock
 from qchain.codec import Limits, decode_value
 from qchain.errors import (
     BadParameter,
@@ -240,8 +240,8 @@ async def get_receipt(request: web.Request) -> web.Response:
         # Committed, but the certificate's signatures travel with the validators'
         # DONE messages, in the first frame of the next height or alone after one
         # round-0 timeout (CONSENSUS.md §7), and may still be arriving: wait a moment.
-        deadline = time.monotonic() + CERTIFICATE_WAIT_S
-        while rp is None and time.monotonic() < deadline:
+        deadline = clock.monotonic() + CERTIFICATE_WAIT_S
+        while rp is None and clock.monotonic() < deadline:
             await asyncio.sleep(0.02)
             rp = service.receipt_proof(h)
     if rp is None:

@@ -12,8 +12,9 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
-import time
 from typing import Protocol
+
+from qchain.clock import monotonic
 
 
 class Clock(Protocol):
@@ -25,10 +26,11 @@ class Clock(Protocol):
 
 
 class SystemClock:
-    """`time.monotonic` and `asyncio.sleep`."""
+    """The running loop's clock (`time.monotonic` on asyncio's own loop, virtual time in
+    the simulator) and `asyncio.sleep`."""
 
     def now(self) -> float:
-        return time.monotonic()
+        return monotonic()
 
     async def sleep(self, seconds: float) -> None:
         await asyncio.sleep(max(0.0, seconds))

@@ -49,6 +49,7 @@ from collections import deque
 from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import asdict, dataclass
 
+from qchain.clock import new_rng
 from qchain.qkd.clock import Clock, SystemClock
 from qchain.qkd.errors import (
     ErrorClass,
@@ -261,7 +262,9 @@ class _LinkPool:
         self.config = config or PoolConfig()
         self.clock: Clock = clock or SystemClock()
         self.counters = PoolCounters()
-        self._tracker = _Tracker(peer, direction, self.config, self.clock, rng or random.Random())
+        self._tracker = _Tracker(
+            peer, direction, self.config, self.clock, rng or new_rng(f"pool-{direction}-{peer}")
+        )
         self._closed = False
 
     @property

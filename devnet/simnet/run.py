@@ -1,0 +1,292 @@
+"""One whole-network simulated run, from a seed to a verdict.
+
+`simulate(spec)` writes a devnet plan (ed25519, the test timing profile) to a temporary
+directory, starts `spec.validators` real `Validator`s on a `VirtualLoop` over a `SimNet`,
+with a seeded key manager, a memory store per node and a seeded client, plays the seed's
+fault schedule, heals, lets the network recover, and runs the fault kit's checkers. The
+result carries a digest of the event trace: the same seed gives the same digest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hashlib
+import logging
+import random
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from devnet.faults.checkers import (
+    CheckResult,
+    check_acked_committed,
+    check_agreement,
+    check_app_hash,
+    check_equivocation,
+    check_key_reuse,
+    check_liveness,
+    check_lost_writes,
+)
+from devnet.faults.history import KmsSample, StatusSample
+from devnet.network import NetworkPlan, plan_network, write_network
+from devnet.simnet.loop import VirtualLoop
+from devnet.simnet.mutants import mutant
+from devnet.simnet.schedule import Action, draw, heal_time
+from devnet.simnet.world import SAMPLE_EVERY_S, Client, World
+from qchain.config import NodeConfig, load_config
+
+SPIN_BLOCKS_PER_S = 20
+"""More blocks than this in one second on the chain's tip is a leader spinning out
+blocks (the pacing allows far fewer: CONSENSUS.md, the heartbeat and the propose wait)."""
+SETTLE_S = 3.0
+"""The client stops new transactions this long before the end, so the last ones commit."""
+
+
+@dataclass(frozen=True)
+class Spec:
+    validators: int = 4
+    seed: int = 0
+    seconds: float = 20.0
+    faults: bool = True
+    crashes: bool = True
+    actions: tuple[Action, ...] | None = None
+    """A fixed schedule (a fault-kit scenario); None: drawn from the seed."""
+    mutant: str | None = None
+    """A first-wave bug put back (`devnet.simnet.mutants`)."""
+    scenario: str | None = None
+    """The scenario file the fixed schedule came from (for the replay command)."""
+
+    def command(self) -> str:
+        """The shortest command that reproduces this run."""
+        parts = ["qchain sim net", f"--seed {self.seed}"]
+        if self.validators != 4:
+            parts.append(f"--validators {self.validators}")
+        if self.seconds != 20.0 and self.scenario is None:
+            parts.append(f"--seconds {self.seconds:g}")
+        if not self.faults:
+            parts.append("--no-faults")
+        elif not self.crashes:
+            parts.append("--no-crashes")
+        if self.scenario is not None:
+            parts.append(f"--scenario {self.scenario}")
+        if self.mutant is not None:
+            parts.append(f"--mutant {self.mutant}")
+        return " ".join([*parts, "--replay"])
+
+
+@dataclass
+class Outcome:
+    spec: Spec
+    checks: list[CheckResult]
+    digest: str
+    events: int
+    heights: dict[str, int]
+    wall_s: float
+    trace: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return all(c.ok for c in self.checks)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "seed": self.spec.seed,
+            "ok": self.ok,
+            "virtual_s": self.spec.seconds,
+            "wall_s": round(self.wall_s, 3),
+            "heights": self.heights,
+            "trace_events": self.events,
+            "trace_digest": self.digest,
+            "checks": [c.to_json() for c in self.checks],
+            "errors": self.errors[:20],
+            "replay": self.spec.command(),
+        }
+
+
+class Trace:
+    def __init__(self, loop: VirtualLoop, keep: bool) -> None:
+        self.loop = loop
+        self.hash = hashlib.sha256()
+        self.count = 0
+        self.lines: list[str] | None = [] if keep else None
+
+    def __call__(self, kind: str, *detail: Any) -> None:
+        line = f"{self.loop.time():.6f} {kind} {' '.join(map(str, detail))}"
+        self.hash.update(line.encode() + b"\n")
+        self.count += 1
+        if self.lines is not None:
+            self.lines.append(line)
+
+
+def simulate(spec: Spec, *, keep_trace: bool = False) -> Outcome:
+    started = time.perf_counter()
+    loop = VirtualLoop(spec.seed)
+    trace = Trace(loop, keep_trace)
+    errors: list[str] = []
+
+    def on_error(_loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        exc = context.get("exception")
+        errors.append(f"{loop.time():.3f} {context.get('message')}: {exc!r}")
+
+    loop.set_exception_handler(on_error)
+    logging.disable(logging.CRITICAL)
+    with mutant(spec.mutant):
+        try:
+            checks, heights = loop.run_until_complete(
+                _main(spec, _network(spec.validators), loop, trace)
+            )
+        finally:
+            _drain(loop)
+            loop.close()
+            logging.disable(logging.NOTSET)
+    return Outcome(
+        spec,
+        checks,
+        trace.hash.hexdigest(),
+        trace.count,
+        heights,
+        time.perf_counter() - started,
+        trace.lines or [],
+        errors,
+    )
+
+
+def _inline(cfg: NodeConfig) -> NodeConfig:
+    return dataclasses.replace(cfg, node=dataclasses.replace(cfg.node, verify_workers=0))
+
+
+def _drain(loop: VirtualLoop) -> None:
+    """Cancel what crashed nodes left behind, so the loop closes clean."""
+    left = [t for t in asyncio.all_tasks(loop) if not t.done()]
+    for t in left:
+        t.cancel()
+    if left:
+        loop.run_until_complete(asyncio.gather(*left, return_exceptions=True))
+    loop.run_until_complete(loop.shutdown_asyncgens())
+
+
+_NETWORKS: dict[int, tuple[NetworkPlan, Path]] = {}
+_TMP: list[tempfile.TemporaryDirectory[str]] = []
+
+
+def _network(validators: int) -> tuple[NetworkPlan, Path]:
+    """The devnet plan of `validators` nodes, written once per process (its keys and
+    genesis do not depend on the seed; every run has its own memory stores)."""
+    if validators not in _NETWORKS:
+        if not _TMP:
+            _TMP.append(tempfile.TemporaryDirectory(prefix="qchain-simnet-"))
+        directory = Path(_TMP[0].name) / f"n{validators}"
+        plan = plan_network(
+            base_port=27000, scheme="ed25519", heartbeat_ms=200, validators=validators
+        )
+        write_network(directory, plan)
+        _NETWORKS[validators] = (plan, directory)
+    return _NETWORKS[validators]
+
+
+async def _main(
+    spec: Spec, network: tuple[NetworkPlan, Path], loop: VirtualLoop, trace: Trace
+) -> tuple[list[CheckResult], dict[str, int]]:
+    plan, directory = network
+    # Signature checks inline: the virtual loop cannot wait on a worker process.
+    configs = [
+        _inline(load_config(directory / "nodes" / n.name / "config.toml")) for n in plan.nodes
+    ]
+    world = World(loop, plan, configs, spec.seed, trace)
+    if spec.actions is not None:
+        actions = list(spec.actions)
+    elif spec.faults:
+        actions = draw(
+            random.Random(spec.seed), spec.validators, spec.seconds, crashes=spec.crashes
+        )
+    else:
+        actions = []
+    heals = [a.t for a in actions if a.kind == "heal"]
+    healed_at = max(heals) if heals else heal_time(spec.seconds) if actions else 0.0
+    for i in range(spec.validators):
+        await world.start(i)
+    client = Client(world, spec.seconds - SETTLE_S)
+    background = [loop.create_task(client.run()), loop.create_task(_sampler(world))]
+    for a in actions:
+        await asyncio.sleep(max(0.0, a.t - loop.time()))
+        await world.apply(a)
+    await asyncio.sleep(max(0.0, spec.seconds - loop.time()))
+    client._poll()
+    world.sample()
+    for t in background:
+        t.cancel()
+    await asyncio.gather(*background, return_exceptions=True)
+    checks = _judge(world, spec, healed_at, tampering=bool(actions))
+    chains = world.chains()
+    for name, blocks in sorted(chains.items()):
+        for h, b in sorted(blocks.items()):
+            trace("block", name, h, b.hash[:16], b.app_hash[:16], len(b.txs))
+    heights = {name: max(blocks, default=0) for name, blocks in chains.items()}
+    await world.stop_all()
+    return checks, heights
+
+
+async def _sampler(world: World) -> None:
+    while True:
+        world.sample()
+        await asyncio.sleep(SAMPLE_EVERY_S)
+
+
+def check_block_rate(samples: list[StatusSample], limit: int) -> CheckResult:
+    """The chain's tip (the highest height any node reports) grows by at most `limit`
+    blocks in any one second of the run (a restarted node catching up does not count:
+    only the tip)."""
+    tips: dict[float, int] = {}
+    for s in samples:
+        if s.height is not None:
+            tips[s.t] = max(tips.get(s.t, 0), s.height)
+    times = sorted(tips)
+    worst, at = 0, 0.0
+    j = 0
+    for i, t in enumerate(times):
+        while times[j] < t - 1.0:
+            j += 1
+        grown = tips[t] - tips[times[j]]
+        if grown > worst and i != j:
+            worst, at = grown, t
+    ok = worst <= limit
+    summary = f"at most {worst} blocks in one second" + (
+        "" if ok else f" (at {at:.1f}s; the bound is {limit})"
+    )
+    return CheckResult("no-block-spin", ok, summary, data={"max_blocks_per_s": worst})
+
+
+def _judge(world: World, spec: Spec, healed_at: float, *, tampering: bool) -> list[CheckResult]:
+    chains = world.chains()
+    rec = world.rec
+    deadline = spec.seconds - healed_at - 0.5
+    kms = [KmsSample(world.loop.time(), world.kms_now())]
+    checks = [
+        check_agreement(chains),
+        check_app_hash(chains),
+        check_lost_writes(rec.ops, chains),
+        check_acked_committed(rec.ops),
+        check_liveness(rec.statuses, world.names, healed_at, deadline),
+        check_key_reuse(
+            world.qkd_now(), kms, {p.name: p.sae_id for p in world.plan.nodes}, tampering
+        ),
+        check_equivocation(
+            rec.alerts,
+            "ignore" if world.byzantine else "absent",
+            [world.names[i] for i in sorted(world.byzantine)],
+        ),
+        check_block_rate(rec.statuses, SPIN_BLOCKS_PER_S),
+        CheckResult(
+            "no-frame-accepted-twice",
+            not rec.accepted_twice,
+            f"{len(rec.accepted)} frames accepted, none twice"
+            if not rec.accepted_twice
+            else f"{len(rec.accepted_twice)} frames accepted twice",
+            tuple(rec.accepted_twice[:20]),
+        ),
+    ]
+    return checks

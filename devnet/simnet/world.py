@@ -1,0 +1,402 @@
+"""One simulated network: the validators, their disks and key manager, the simulated
+links, the client workload, and what the fault kit's checkers read at the end."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import hashlib
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from devnet.faults.history import BlockView, ChainViews, Op, QkdSample, StatusSample
+from devnet.faults.history import link_counters_from_qkd as parse_qkd
+from devnet.network import NetworkPlan, account_key
+from devnet.simnet.loop import OWNER, VirtualLoop
+from devnet.simnet.net import LinkFaults, SimNet
+from devnet.simnet.schedule import Action
+from devnet.testing import anchor_tx
+from node.runtime import Validator
+from qchain.config import NodeConfig
+from qchain.errors import QChainError
+from qchain.qkd.clock import SystemClock
+from qchain.qkd.simsource import LocalKeySource, full_mesh
+from qchain.store.kv import Batch
+from qchain.store.memory import MemoryStore
+
+log = logging.getLogger("qchain.simnet")
+
+KEY_RATE_BPS = 2_000_000
+"""Key generation per link: far above what a few validators spend, so only the schedule's
+outages starve a link."""
+SAMPLE_EVERY_S = 0.5
+RESUBMIT_AFTER_S = 1.0
+
+
+class SimDisk(MemoryStore):
+    """A memory store that survives its node's crash: a process crash keeps every write
+    the store took (as LevelDB does), so the restarted node opens the same data."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.crash_after: int | None = None
+        """Crash the node right after this many more synced writes (None: never)."""
+        self.on_crash: Callable[[], None] | None = None
+
+    def write(self, batch: Batch, *, sync: bool = True) -> None:
+        super().write(batch, sync=sync)
+        if sync and self.crash_after is not None:
+            self.crash_after -= 1
+            if self.crash_after <= 0 and self.on_crash is not None:
+                # Inside the node's own step, after the write is durable and before
+                # anything that step queued can leave: the process dies here.
+                self.crash_after = None
+                self.on_crash()
+
+    def reopened(self) -> SimDisk:
+        self.close()
+        disk = SimDisk()
+        disk._data = dict(self._data)
+        disk._keys = list(self._keys)
+        return disk
+
+
+@dataclass
+class Record:
+    """What the checkers read, gathered during the run."""
+
+    ops: list[Op] = field(default_factory=list)
+    statuses: list[StatusSample] = field(default_factory=list)
+    qkd: list[QkdSample] = field(default_factory=list)
+    accepted: set[tuple[int, str, int]] = field(default_factory=set)
+    accepted_twice: list[str] = field(default_factory=list)
+    alerts: dict[str, dict[str, int]] = field(default_factory=dict)
+    carried: dict[str, dict[str, dict[str, int]]] = field(default_factory=dict)
+    """node -> peer -> link counters of the node's earlier lives (a restart zeroes them)."""
+    errors: list[str] = field(default_factory=list)
+
+
+class World:
+    def __init__(
+        self,
+        loop: VirtualLoop,
+        plan: NetworkPlan,
+        configs: list[NodeConfig],
+        seed: int,
+        trace: Callable[..., None],
+    ) -> None:
+        self.loop = loop
+        self.plan = plan
+        self.configs = configs
+        self.n = len(configs)
+        self.seed = seed
+        self.trace = trace
+        self.clock = loop.virtual_clock
+        self.net = SimNet(loop, self.clock.rng("net"), trace, self.n)
+        self.manager = full_mesh(
+            [p.sae_id for p in plan.nodes],
+            SystemClock(),
+            seed=f"simnet-{seed}".encode(),
+            bits_per_second=KEY_RATE_BPS,
+            initial_key_count=2000,
+        )
+        self.disks = [SimDisk() for _ in configs]
+        self.nodes: list[Validator | None] = [None] * self.n
+        self.rec = Record()
+        self.byzantine: set[int] = set()
+        """Nodes a schedule made hostile at some point of the run."""
+        self.names = [p.name for p in plan.nodes]
+        self.sae_to_node = {p.sae_id: p.name for p in plan.nodes}
+
+    # --- nodes ------------------------------------------------------------------------
+
+    async def as_node(self, i: int, work: Callable[[], Awaitable[Any]]) -> Any:
+        """Run `work` as node i's code: what it creates belongs to node i."""
+        ctx = contextvars.copy_context()
+        ctx.run(OWNER.set, i)
+        return await self.loop.create_task(_call(work), context=ctx)
+
+    async def start(self, i: int) -> None:
+        cfg = self.configs[i]
+        v = Validator(
+            cfg,
+            key_source=LocalKeySource(self.manager, self.plan.nodes[i].sae_id),
+            store=self.disks[i],
+            net=self.net,
+            serve_api=False,
+        )
+        await self.as_node(i, v.start)
+        self._watch_frames(i, v)
+        self.nodes[i] = v
+        self.trace("start", i, v.chain.height())
+
+    def _watch_frames(self, i: int, v: Validator) -> None:
+        """Record every frame node i accepts: (receiver, sender, sequence number) must
+        never repeat, across restarts too (the no-frame-accepted-twice check)."""
+        endpoint = v.links.endpoint
+        if endpoint is None:
+            return
+        receiver = endpoint.receiver
+        original = receiver.open
+        rec = self.rec
+
+        async def open_(frame: bytes) -> Any:
+            opened = await original(frame)
+            key = (i, opened.sender, opened.seq)
+            if key in rec.accepted:
+                rec.accepted_twice.append(f"{self.names[i]} accepted seq {opened.seq} twice")
+            rec.accepted.add(key)
+            return opened
+
+        receiver.open = open_  # type: ignore[method-assign]
+
+    def crash(self, i: int, how: str = "timed") -> None:
+        v = self.nodes[i]
+        self.disks[i].crash_after = None
+        if v is None:
+            return
+        self._carry_counters(i, v)
+        height = v.chain.height()
+        self.nodes[i] = None
+        self.net.crash(i)
+        self.disks[i] = self.disks[i].reopened()
+        killed = self.loop.kill(i)
+        self.trace("crash", i, how, height, killed)
+
+    def _carry_counters(self, i: int, v: Validator) -> None:
+        name = self.names[i]
+        links = parse_qkd(dict(v.qkd_status()), self.sae_to_node)
+        carried = self.rec.carried.setdefault(name, {})
+        for peer, lc in links.items():
+            c = carried.setdefault(peer, {"send": 0, "recv": 0})
+            c["send"] += lc.send_frames
+            c["recv"] += lc.receive_frames
+
+    async def stop_all(self) -> None:
+        for i, v in enumerate(self.nodes):
+            if v is not None:
+                await self.as_node(i, v.stop)
+
+    # --- the schedule -------------------------------------------------------------------
+
+    def _node(self, x: int | str) -> int:
+        """A node index, or the current leader as the first node up sees it."""
+        if isinstance(x, int):
+            return x
+        for v in self.nodes:
+            if v is not None:
+                return v.current_leader() or 0
+        return 0
+
+    async def apply(self, a: Action) -> None:
+        self.trace("action", a.kind, sorted(a.args.items()))
+        saes = [p.sae_id for p in self.plan.nodes]
+        args = a.args
+        if a.kind == "link":
+            faults = {k: v for k, v in args.items() if k not in ("src", "dst")}
+            self.net.links[(self._node(args["src"]), self._node(args["dst"]))] = LinkFaults(
+                **faults
+            )
+        elif a.kind in ("partition", "unpartition"):
+            node = self._node(args["node"])
+            for (x, y), f in sorted(self.net.links.items()):
+                if node in (x, y):
+                    f.partitioned = a.kind == "partition"
+        elif a.kind in ("cut", "uncut"):
+            self._cut(args, a.kind == "cut")
+        elif a.kind == "crash":
+            self.crash(self._node(args["node"]))
+        elif a.kind == "crash-at-persist":
+            node = self._node(args["node"])
+            disk = self.disks[node]
+            disk.crash_after = args["writes"]
+            disk.on_crash = lambda: self.crash(node, "at-persist")
+        elif a.kind == "restart":
+            node = self._node(args["node"])
+            self.disks[node].crash_after = None
+            if self.nodes[node] is None:
+                await self.start(node)
+        elif a.kind in ("keys-off", "keys-on"):
+            self.manager.set_outage(saes[args["a"]], saes[args["b"]], a.kind == "keys-off")
+        elif a.kind == "byzantine":
+            node = self._node(args["node"])
+            self.byzantine.add(node)
+            v = self.nodes[node]
+            if v is not None:
+                v.set_byzantine(args["mode"])
+        elif a.kind == "heal":
+            await self.heal()
+
+    def _cut(self, args: dict[str, Any], cut: bool) -> None:
+        """Partition `nodes` from `from` (every other node when None), both ways."""
+        nodes = {self._node(x) for x in args["nodes"]}
+        others = None if args.get("from") is None else {self._node(x) for x in args["from"]}
+        for (x, y), f in sorted(self.net.links.items()):
+            for a, b in ((x, y), (y, x)):
+                if a in nodes and b not in nodes and (others is None or b in others):
+                    f.partitioned = cut
+
+    async def heal(self) -> None:
+        for i in sorted(self.byzantine):
+            v = self.nodes[i]
+            if v is not None:
+                v.set_byzantine(None)
+        for key in sorted(self.net.links):
+            self.net.links[key] = LinkFaults()
+        saes = [p.sae_id for p in self.plan.nodes]
+        for x in range(self.n):
+            for y in range(x + 1, self.n):
+                self.manager.set_outage(saes[x], saes[y], False)
+        for i in range(self.n):
+            self.disks[i].crash_after = None
+            if self.nodes[i] is None:
+                await self.start(i)
+
+    # --- observation ------------------------------------------------------------------
+
+    def sample(self) -> None:
+        t = round(self.loop.time(), 3)
+        for i, v in enumerate(self.nodes):
+            name = self.names[i]
+            if v is None:
+                self.rec.statuses.append(StatusSample(t, name, None))
+                continue
+            st = v.status()
+            alerts = {str(k): int(x) for k, x in (st.get("alerts") or {}).items()}
+            seen = self.rec.alerts.setdefault(name, {})
+            for k, x in alerts.items():
+                seen[k] = max(seen.get(k, 0), x)
+            self.rec.statuses.append(StatusSample(t, name, v.chain.height(), alerts))
+
+    def chains(self) -> ChainViews:
+        out: ChainViews = {}
+        for i, v in enumerate(self.nodes):
+            blocks: dict[int, BlockView] = {}
+            if v is not None:
+                for h in range(1, v.chain.height() + 1):
+                    b = v.chain.block(h)
+                    if b is not None:
+                        blocks[h] = BlockView(
+                            h,
+                            b.hash.hex(),
+                            b.header.app_hash.hex(),
+                            tuple(tx.hash.hex() for tx in b.txs),
+                        )
+            out[self.names[i]] = blocks
+        return out
+
+    def qkd_now(self) -> list[QkdSample]:
+        """Each node's link counters, with its earlier lives' counters added."""
+        t = round(self.loop.time(), 3)
+        out = []
+        for i, v in enumerate(self.nodes):
+            if v is None:
+                continue
+            name = self.names[i]
+            links = parse_qkd(dict(v.qkd_status()), self.sae_to_node)
+            carried = self.rec.carried.get(name, {})
+            for peer, lc in links.items():
+                c = carried.get(peer, {"send": 0, "recv": 0})
+                links[peer] = type(lc)(
+                    **{
+                        **lc.__dict__,
+                        "send_frames": lc.send_frames + c["send"],
+                        "receive_frames": lc.receive_frames + c["recv"],
+                    }
+                )
+            out.append(QkdSample(t, name, links))
+        return out
+
+    def kms_now(self) -> dict[str, dict[str, int]]:
+        out = {}
+        for name in self.manager.link_names():
+            a, b = name.split("~")
+            report = self.manager.link_report(a, b)
+            counters = {k: int(v) for k, v in report["counters"].items()}  # type: ignore[attr-defined]
+            counters["stored_key_count"] = int(report["stored_key_count"])  # type: ignore[call-overload]
+            out[name] = counters
+        return out
+
+
+async def _call(work: Callable[[], Awaitable[Any]]) -> Any:
+    return await work()
+
+
+class Client:
+    """The seeded workload: notary anchors from the dev partner accounts, each to a node
+    that is up; a transaction not committed after `RESUBMIT_AFTER_S` is sent again (the
+    same bytes: the hash is the idempotency key) to another node."""
+
+    def __init__(self, world: World, stop_at: float) -> None:
+        self.world = world
+        self.rng = world.clock.rng("client")
+        self.stop_at = stop_at
+        self.keys = [account_key(r, "ed25519") for r in ("partner1", "partner2")]
+        self.nonces = [0, 0]
+        self.txs: dict[int, Any] = {}
+        self.last_sent: dict[int, float] = {}
+
+    def _up(self) -> list[int]:
+        return [i for i, v in enumerate(self.world.nodes) if v is not None]
+
+    async def run(self) -> None:
+        loop = self.world.loop
+        while True:
+            await asyncio.sleep(self.rng.uniform(0.05, 0.4))
+            if loop.time() < self.stop_at:
+                self._new()
+            self._poll()
+
+    def _new(self) -> None:
+        w = self.world
+        k = len(w.rec.ops) % len(self.keys)
+        nonce = self.nonces[k]
+        self.nonces[k] += 1
+        digest = hashlib.sha256(f"{w.seed}/{k}/{nonce}".encode()).digest()
+        v0 = next(v for v in w.nodes if v is not None)
+        tx = anchor_tx(self.keys[k], v0.chain_id, nonce, digest)
+        op = Op(len(w.rec.ops), "anchor", f"partner{k + 1}", nonce, tx.hash.hex(), w.loop.time())
+        w.rec.ops.append(op)
+        self.txs[op.op_id] = tx
+        self._send(op)
+
+    def _send(self, op: Op) -> None:
+        w = self.world
+        up = self._up()
+        others = [i for i in up if w.names[i] != op.node]
+        if not up:
+            return
+        # A retry goes to another node when one is up (as a client fails over).
+        i = self.rng.choice(others or up)
+        v = w.nodes[i]
+        assert v is not None
+        op.attempts += 1
+        op.node = w.names[i]
+        self.last_sent[op.op_id] = w.loop.time()
+        try:
+            v.submit_tx(self.txs[op.op_id])
+        except QChainError as e:
+            op.error = e.code
+            w.trace("refused", op.op_id, i, e.code)
+            return
+        if op.acked_at is None:
+            op.acked_at = round(w.loop.time(), 3)
+        w.trace("submitted", op.op_id, i)
+
+    def _poll(self) -> None:
+        w = self.world
+        now = w.loop.time()
+        for op in w.rec.ops:
+            if op.height is not None:
+                continue
+            for v in w.nodes:
+                st = v.tx_status(bytes.fromhex(op.tx_hash)) if v is not None else None
+                if st is not None and st.state == "committed":
+                    op.height = st.height
+                    op.committed_at = round(now, 3)
+                    break
+            else:
+                if now - self.last_sent.get(op.op_id, 0.0) > RESUBMIT_AFTER_S:
+                    self._send(op)
