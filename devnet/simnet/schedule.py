@@ -12,6 +12,8 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
+from node.http import admin
+
 FAULT_SHARE = 0.6
 RECOVERY_S = 3.0
 """At least this long between the heal and the end (a short run has a shorter fault
@@ -31,16 +33,7 @@ def heal_time(seconds: float) -> float:
     return round(max(min(seconds * FAULT_SHARE, seconds - RECOVERY_S), seconds / 3), 3)
 
 
-BYZANTINE_MODES = (
-    "equivocate",
-    "double-vote",
-    "withhold",
-    "forge-mac",
-    "silent",
-    "far-height-vote",
-    "future-time",
-    "far-claims",
-)
+BYZANTINE_MODES = tuple(m for m in admin.BYZANTINE_MODES if m != "vote-flood")
 """The validator's hostile modes (`node.byzantine`) a schedule may switch on, on one
 node per run (f = 1 of 4). The vote flood is left out: its thousands of messages a
 second cost real CPU for nothing the others do not cover."""
