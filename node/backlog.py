@@ -100,6 +100,10 @@ class Backlog:
         self.window_s = window_s
         self._commits: deque[tuple[float, int, int]] = deque()
         """(time, transactions, local transactions) of the commits in the window."""
+        self._txs = 0
+        self._local = 0
+        """The sums of those transactions and local transactions, kept with the window
+        (asked for at every admission)."""
         self._first: float | None = None
         """When the transactions committed in the window began to accumulate: the commit
         before the first one that carried any since the window last held none (the
@@ -122,26 +126,28 @@ class Backlog:
         at `now` (monotonic seconds); saturated: it left ready client transactions
         admitted before `cutoff()` behind."""
         self._expire(now)
-        if txs and not any(c[1] for c in self._commits):
+        if txs and not self._txs:
             self._first = self._last if self._last is not None else now
         self._last = now
         self._commits.append((now, txs, local))
+        self._txs += txs
+        self._local += local
         self._recent.append(now)
         self._left_behind.append(saturated)
         self._expire(now)
 
     def _expire(self, now: float) -> None:
         while self._commits and now - self._commits[0][0] > self.window_s:
-            self._commits.popleft()
+            _, txs, local = self._commits.popleft()
+            self._txs -= txs
+            self._local -= local
 
     def rates(self, now: float) -> Rates:
         self._expire(now)
-        if self._first is None or not any(c[1] for c in self._commits):
+        if self._first is None or not self._txs:
             return Rates(0.0, 0.0)
         span = max(MIN_SPAN_S, min(self.window_s, now - self._first))
-        chain = sum(c[1] for c in self._commits) / span
-        local = sum(c[2] for c in self._commits) / span
-        return Rates(chain, local)
+        return Rates(self._txs / span, self._local / span)
 
     @property
     def saturated(self) -> bool:
