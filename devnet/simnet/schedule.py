@@ -32,11 +32,11 @@ class Action:
 BURST_MIN_S = 10.0
 """A run this long or longer may have a burst episode (a shorter one has no time to
 commit it before its end)."""
-BURST_RATE = (150, 250)
+BURST_RATE = (200, 300)
 """Transactions a second while a burst builds up: enough for blocks of 10 or more at
 the rate blocks come under load, so the leaders' block caps (priced by measured
 execution, `node.pacing`) open up."""
-BURST_RAMP_S = (2.5, 3.5)
+BURST_RAMP_S = (4.0, 5.5)
 BURST_TXS = (1100, 1500)
 """The burst's peak, sent at once at the end of the ramp: more transactions than one
 block's events fit in a queue of 1,024, and at times more than the simulated pool holds

@@ -41,7 +41,7 @@ class Follows:
 async def follow(name: str, v: Validator, clock: asyncio.AbstractEventLoop, f: Follows) -> None:
     """Follow v's events until the task is cancelled (v crashed) or the run ends."""
     last: int | None = None
-    while not f.stopping:
+    while True:
         stream = v.events(last)
         async for event in stream:
             if last is not None and event.id != last + 1:

@@ -62,9 +62,10 @@ def test_a_faulty_run_with_a_crash_heals_and_passes() -> None:
     assert len(set(o.heights.values())) == 1
 
 
-def test_a_crash_right_after_a_synced_write_heals_and_passes() -> None:
-    """The node dies inside its own step, after the write is durable and before what
-    the step queued can leave; it restarts from that disk."""
+def test_a_crash_inside_a_synced_write_heals_and_passes() -> None:
+    """The node dies inside its own step, while a synced write is in progress (its
+    batch kept whole or lost, as the seed draws) and before what the step queued can
+    leave; it restarts from what the disk kept."""
     o = simulate(Spec(seed=_seed_with("crash-at-persist"), seconds=20), keep_trace=True)
     assert o.ok, _failed(o)
     crashes = [line for line in o.trace if line.split()[1] == "crash"]
@@ -119,6 +120,20 @@ def test_the_schedule_heals_by_the_heal_time_and_crashes_one_node_at_a_time() ->
                 down.add(a.args["node"])
             elif a.kind == "restart":
                 down.discard(a.args["node"])
+
+
+def test_bursts_come_only_in_runs_long_enough_and_once_a_run() -> None:
+    with_burst = 0
+    for seed in range(200):
+        assert not [a for a in draw(random.Random(seed), 4, 5) if a.kind == "burst"]
+        long = draw(random.Random(seed), 4, 20)
+        bursts = [a for a in long if a.kind == "burst"]
+        assert len(bursts) <= 1
+        for a in bursts:
+            assert a.t + a.args["seconds"] <= heal_time(20) + 1e-9
+            assert 1100 <= a.args["txs"] <= 1500
+        with_burst += bool(bursts)
+    assert 50 < with_burst < 150
 
 
 def test_the_virtual_loop_moves_time_only_to_the_next_timer() -> None:
