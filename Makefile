@@ -52,10 +52,11 @@ SIM_SEEDS ?= 0..499
 sim-sweep: $(STAMP)
 	$(VENV)/bin/qchain sim net --seeds $(SIM_SEEDS) --seconds 20
 
-# Each first-wave bug put back, over 20 seeds: prints per mutant how many seeds found it
-# ("20 runs, K failed"); docs/SIMULATION.md records the last result.
+# Each mutant (the first-wave bugs put back, and the disk model's no-sync) over 20 seeds:
+# prints per mutant how many seeds found it ("20 runs, K failed"); docs/SIMULATION.md
+# records the last result.
 sim-mutants: $(STAMP)
-	@for m in no-resync no-recover empty-spin; do \
+	@for m in no-resync no-recover empty-spin subscriber-drop forward-drop no-sync; do \
 		echo "mutant $$m"; \
 		$(VENV)/bin/qchain sim net --seeds 0..19 --mutant $$m | tail -1; \
 	done

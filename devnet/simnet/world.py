@@ -33,6 +33,13 @@ KEY_RATE_BPS = 2_000_000
 outages starve a link."""
 SAMPLE_EVERY_S = 0.5
 RESUBMIT_AFTER_S = 1.0
+ACKED_PATIENCE_S = 6.0
+"""How long the client waits for an acknowledged transaction before it sends it again
+while the node that acknowledged it has not crashed: an acknowledged transaction is the
+node's to commit (README, known limits: only a crash of that node loses it), and the
+node forwards it again to every validator after its inclusion timeout (5 s in the test
+profile)."""
+PATIENT_RUN_S = 10.0
 
 
 @dataclass
@@ -85,6 +92,8 @@ class World:
         self.nodes: list[Validator | None] = [None] * self.n
         self.rec = Record()
         self.follows = Follows()
+        self.crashed_at: dict[str, float] = {}
+        """node name -> the time of its last crash."""
         self.client: Client | None = None
         self.byzantine: set[int] = set()
         """Nodes a schedule made hostile at some point of the run."""
@@ -152,6 +161,7 @@ class World:
         self._carry_counters(i, v)
         height = v.chain.height()
         self.rec.before_crash[i] = self.rec.reported.pop(i, 0)
+        self.crashed_at[self.names[i]] = self.loop.time()
         self.nodes[i] = None
         self.net.crash(i)
         self.disks[i], unsynced, kept = self.disks[i].crashed()
@@ -328,10 +338,11 @@ class Client:
     that is up; a transaction not committed after `RESUBMIT_AFTER_S` is sent again (the
     same bytes: the hash is the idempotency key) to another node."""
 
-    def __init__(self, world: World, stop_at: float) -> None:
+    def __init__(self, world: World, stop_at: float, seconds: float) -> None:
         self.world = world
         self.rng = world.clock.rng("client")
         self.stop_at = stop_at
+        self.acked_patience_s = ACKED_PATIENCE_S if seconds >= PATIENT_RUN_S else RESUBMIT_AFTER_S
         self.keys = [account_key(r, "ed25519") for r in ("partner1", "partner2")]
         self.nonces = [0, 0]
         self.txs: dict[int, Any] = {}
@@ -438,5 +449,14 @@ class Client:
                     op.committed_at = round(now, 3)
                     break
             else:
-                if now - self.last_sent.get(op.op_id, 0.0) > RESUBMIT_AFTER_S:
+                if now - self.last_sent.get(op.op_id, 0.0) > self._patience(op):
                     self._send(op)
+
+    def _patience(self, op: Op) -> float:
+        """A refused transaction, or one whose acknowledging node crashed since, is sent
+        again after `RESUBMIT_AFTER_S`; an acknowledged one after `ACKED_PATIENCE_S` in a
+        run of `PATIENT_RUN_S` or more (a shorter run ends before the node's own
+        re-forward: its client sends everything again after `RESUBMIT_AFTER_S`)."""
+        if op.acked_at is None or self.world.crashed_at.get(op.node, -1.0) >= op.acked_at:
+            return RESUBMIT_AFTER_S
+        return self.acked_patience_s
