@@ -2,9 +2,10 @@
 
 `simulate(spec)` writes a devnet plan (ed25519, the test timing profile) to a temporary
 directory, starts `spec.validators` real `Validator`s on a `VirtualLoop` over a `SimNet`,
-with a seeded key manager, a memory store per node and a seeded client, plays the seed's
-fault schedule, heals, lets the network recover, and runs the fault kit's checkers. The
-result carries a digest of the event trace: the same seed gives the same digest.
+with a seeded key manager, a simulated disk per node (`devnet.simnet.disk`), a seeded
+client and a follower of each node's events, plays the seed's fault schedule, heals,
+lets the network recover, and runs the fault kit's checkers and the simulator's own.
+The result carries a digest of the event trace: the same seed gives the same digest.
 """
 
 from __future__ import annotations

@@ -194,6 +194,10 @@ async def _draw() -> float:
 
 
 SMOKE_SECONDS = 5.0
+SUBSCRIBER_DROP_SEED = 3
+FORWARD_DROP_SEED = 6
+"""The first seeds of 0..19 at which `make sim-mutants` finds these mutants
+(docs/SIMULATION.md)."""
 
 
 SMOKE_SLICE = 25
@@ -223,6 +227,35 @@ def test_the_mutant_no_resync_is_caught_where_the_clean_code_passes() -> None:
     assert LinkSender.resync is original
     assert not mutated.ok
     assert "liveness" in [c.name for c in mutated.checks if not c.ok]
+
+
+def test_the_mutant_subscriber_drop_is_caught_where_the_clean_code_passes() -> None:
+    """The "subscribers dropped on large blocks" bug, put back: on the seed whose burst
+    brings a block of over 1,023 transactions, the real code keeps every follower of
+    the event streams, and the mutant drops them."""
+    from node.events import EventBus
+
+    original = EventBus.__init__
+    clean = simulate(Spec(seed=SUBSCRIBER_DROP_SEED))
+    assert clean.ok, _failed(clean)
+    followed = next(c for c in clean.checks if c.name == "events-followed")
+    assert followed.data["largest_block"] > 1023
+    mutated = simulate(Spec(seed=SUBSCRIBER_DROP_SEED, mutant="subscriber-drop"))
+    assert EventBus.__init__ is original
+    assert [c.name for c in mutated.checks if not c.ok] == ["events-followed"]
+
+
+def test_the_mutant_forward_drop_is_caught_where_the_clean_code_passes() -> None:
+    """The "overloaded leader drops forwarded transactions" bug, put back: on the seed
+    whose burst fills the leader's pool, the real code commits every acknowledged
+    transaction, and with the mutant some never are."""
+    from node.mempool import MempoolLimits
+
+    original = MempoolLimits.__dict__["of_validator"]
+    assert simulate(Spec(seed=FORWARD_DROP_SEED)).ok
+    mutated = simulate(Spec(seed=FORWARD_DROP_SEED, mutant="forward-drop"))
+    assert MempoolLimits.__dict__["of_validator"] is original
+    assert "acked-committed" in [c.name for c in mutated.checks if not c.ok]
 
 
 def test_a_run_is_the_same_under_other_string_hash_seeds() -> None:
