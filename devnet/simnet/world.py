@@ -335,8 +335,8 @@ async def _call(work: Callable[[], Awaitable[Any]]) -> Any:
 
 class Client:
     """The seeded workload: notary anchors from the dev partner accounts, each to a node
-    that is up; a transaction not committed after `RESUBMIT_AFTER_S` is sent again (the
-    same bytes: the hash is the idempotency key) to another node."""
+    that is up; a transaction not committed in time (`_patience`) is sent again (the
+    same bytes: the hash is the idempotency key) to another node; bursts on demand."""
 
     def __init__(self, world: World, stop_at: float, seconds: float) -> None:
         self.world = world
