@@ -349,6 +349,8 @@ class Client:
         self.last_sent: dict[int, float] = {}
         self.tasks: list[asyncio.Task[None]] = []
         """Bursts under way."""
+        self.held: dict[int, float] = {}
+        """Transactions whose last sending a node acknowledged (`op.node`), and when."""
         self.refused: list[set[int]] = [set() for _ in self.keys]
         """Per sender, its transactions refused and not yet accepted."""
 
@@ -425,9 +427,11 @@ class Client:
         except QChainError as e:
             op.error = e.code
             self.refused[self._sender(op)].add(op.op_id)
+            self.held.pop(op.op_id, None)
             w.trace("refused", op.op_id, i, e.code)
             return
         self.refused[self._sender(op)].discard(op.op_id)
+        self.held[op.op_id] = w.loop.time()
         if op.acked_at is None:
             op.acked_at = round(w.loop.time(), 3)
         w.trace("submitted", op.op_id, i)
@@ -453,10 +457,12 @@ class Client:
                     self._send(op)
 
     def _patience(self, op: Op) -> float:
-        """A refused transaction, or one whose acknowledging node crashed since, is sent
-        again after `RESUBMIT_AFTER_S`; an acknowledged one after `ACKED_PATIENCE_S` in a
-        run of `PATIENT_RUN_S` or more (a shorter run ends before the node's own
-        re-forward: its client sends everything again after `RESUBMIT_AFTER_S`)."""
-        if op.acked_at is None or self.world.crashed_at.get(op.node, -1.0) >= op.acked_at:
+        """A transaction refused at its last sending, or one whose acknowledging node
+        crashed since, is sent again after `RESUBMIT_AFTER_S`; an acknowledged one after
+        `ACKED_PATIENCE_S` in a run of `PATIENT_RUN_S` or more (a shorter run ends before
+        the node's own re-forward: its client sends everything again after
+        `RESUBMIT_AFTER_S`)."""
+        held_at = self.held.get(op.op_id)
+        if held_at is None or self.world.crashed_at.get(op.node, -1.0) >= held_at:
             return RESUBMIT_AFTER_S
         return self.acked_patience_s
