@@ -46,7 +46,8 @@ rust-client:
 
 # The whole-network simulator's nightly sweep (docs/SIMULATION.md): seeded runs of four
 # validators, 20 virtual seconds each, with faults; a failing seed prints its replay
-# command. 500-1,500 runs an hour on this 2-core machine beside other work.
+# command. About 1,000 runs an hour on a quiet 2-core machine (a third of the CPU goes to
+# the bursts), a few hundred beside other work.
 SIM_SEEDS ?= 0..499
 
 sim-sweep: $(STAMP)

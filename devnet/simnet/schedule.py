@@ -106,7 +106,7 @@ def draw(rng: random.Random, n: int, seconds: float, *, crashes: bool = True) ->
             if rng.random() < 0.5:
                 actions.append(Action(t, "crash", {"node": node}))
             else:
-                # Right after one of its next synced writes (a commit, a vote, a lock):
+                # Inside one of its next synced writes (a commit, a vote, a lock):
                 # what that step revealed never leaves.
                 writes = rng.randint(1, 8)
                 actions.append(Action(t, "crash-at-persist", {"node": node, "writes": writes}))
