@@ -236,7 +236,7 @@ async def _main(
     healed_at = max(heals) if heals else heal_time(spec.seconds) if actions else 0.0
     for i in range(spec.validators):
         await world.start(i)
-    client = world.client = Client(world, spec.seconds - SETTLE_S, spec.seconds)
+    client = world.client = Client(world, spec.seconds - SETTLE_S)
     background = [loop.create_task(client.run()), loop.create_task(_sampler(world))]
     for a in actions:
         await asyncio.sleep(max(0.0, a.t - loop.time()))

@@ -33,13 +33,6 @@ KEY_RATE_BPS = 2_000_000
 outages starve a link."""
 SAMPLE_EVERY_S = 0.5
 RESUBMIT_AFTER_S = 1.0
-ACKED_PATIENCE_S = 6.0
-"""How long the client waits for an acknowledged transaction before it sends it again
-while the node that acknowledged it has not crashed: an acknowledged transaction is the
-node's to commit (README, known limits: only a crash of that node loses it), and the
-node forwards it again to every validator after its inclusion timeout (5 s in the test
-profile)."""
-PATIENT_RUN_S = 10.0
 
 
 @dataclass
@@ -92,8 +85,6 @@ class World:
         self.nodes: list[Validator | None] = [None] * self.n
         self.rec = Record()
         self.follows = Follows()
-        self.crashed_at: dict[str, float] = {}
-        """node name -> the time of its last crash."""
         self.client: Client | None = None
         self.byzantine: set[int] = set()
         """Nodes a schedule made hostile at some point of the run."""
@@ -161,7 +152,6 @@ class World:
         self._carry_counters(i, v)
         height = v.chain.height()
         self.rec.before_crash[i] = self.rec.reported.pop(i, 0)
-        self.crashed_at[self.names[i]] = self.loop.time()
         self.nodes[i] = None
         self.net.crash(i)
         self.disks[i], unsynced, kept = self.disks[i].crashed()
@@ -335,22 +325,19 @@ async def _call(work: Callable[[], Awaitable[Any]]) -> Any:
 
 class Client:
     """The seeded workload: notary anchors from the dev partner accounts, each to a node
-    that is up; a transaction not committed in time (`_patience`) is sent again (the
+    that is up; a transaction not committed after `RESUBMIT_AFTER_S` is sent again (the
     same bytes: the hash is the idempotency key) to another node; bursts on demand."""
 
-    def __init__(self, world: World, stop_at: float, seconds: float) -> None:
+    def __init__(self, world: World, stop_at: float) -> None:
         self.world = world
         self.rng = world.clock.rng("client")
         self.stop_at = stop_at
-        self.acked_patience_s = ACKED_PATIENCE_S if seconds >= PATIENT_RUN_S else RESUBMIT_AFTER_S
         self.keys = [account_key(r, "ed25519") for r in ("partner1", "partner2")]
         self.nonces = [0, 0]
         self.txs: dict[int, Any] = {}
         self.last_sent: dict[int, float] = {}
         self.tasks: list[asyncio.Task[None]] = []
         """Bursts under way."""
-        self.held: dict[int, float] = {}
-        """Transactions whose last sending a node acknowledged (`op.node`), and when."""
         self.refused: list[set[int]] = [set() for _ in self.keys]
         """Per sender, its transactions refused and not yet accepted."""
 
@@ -427,11 +414,9 @@ class Client:
         except QChainError as e:
             op.error = e.code
             self.refused[self._sender(op)].add(op.op_id)
-            self.held.pop(op.op_id, None)
             w.trace("refused", op.op_id, i, e.code)
             return
         self.refused[self._sender(op)].discard(op.op_id)
-        self.held[op.op_id] = w.loop.time()
         if op.acked_at is None:
             op.acked_at = round(w.loop.time(), 3)
         w.trace("submitted", op.op_id, i)
@@ -453,16 +438,5 @@ class Client:
                     op.committed_at = round(now, 3)
                     break
             else:
-                if now - self.last_sent.get(op.op_id, 0.0) > self._patience(op):
+                if now - self.last_sent.get(op.op_id, 0.0) > RESUBMIT_AFTER_S:
                     self._send(op)
-
-    def _patience(self, op: Op) -> float:
-        """A transaction refused at its last sending, or one whose acknowledging node
-        crashed since, is sent again after `RESUBMIT_AFTER_S`; an acknowledged one after
-        `ACKED_PATIENCE_S` in a run of `PATIENT_RUN_S` or more (a shorter run ends before
-        the node's own re-forward: its client sends everything again after
-        `RESUBMIT_AFTER_S`)."""
-        held_at = self.held.get(op.op_id)
-        if held_at is None or self.world.crashed_at.get(op.node, -1.0) >= held_at:
-            return RESUBMIT_AFTER_S
-        return self.acked_patience_s
