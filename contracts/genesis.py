@@ -16,7 +16,10 @@ The file is JSON (see `contracts/README.md` for an example):
   `issuer` role;
 - `accepted_schemes` (optional): the member signature schemes the chain accepts, e.g.
   `["sm2", "ml-dsa-65"]`; absent, every scheme qchain knows. Members, onboarded keys,
-  rotated keys and transactions of another scheme are refused (`scheme-not-accepted`).
+  rotated keys and transactions of another scheme are refused (`scheme-not-accepted`);
+- `state_root_interval` (optional, default 0): K, the distance between checkpoint heights,
+  whose app hash commits to the whole state so that a node can start from a snapshot
+  (`contracts.snapshot`, CONSENSUS.md Revision 1.6); 0 has no checkpoints.
 
 `parse_genesis` checks everything and raises `GenesisError` naming the field and the reason;
 `Genesis.to_json` gives the document back. Reading and writing the file is the node's
@@ -24,9 +27,9 @@ The file is JSON (see `contracts/README.md` for an example):
 The genesis hash covers the canonical encoding of everything except the address hints, so a
 validator may move without changing the chain's identity; a genesis without
 `accepted_schemes` hashes as it did before the field existed (the field is left out of the
-encoding when empty). `init_state` writes the initial
-members and returns the write set and the genesis app hash, which chains from the genesis
-hash.
+encoding when empty), and so does one without `state_root_interval` (left out when 0).
+`init_state` writes the initial members and returns the write set and the genesis app
+hash, which chains from the genesis hash.
 """
 
 from __future__ import annotations
@@ -99,6 +102,9 @@ class Genesis(Struct):
     voucher_issuers: Annotated[tuple[Address, ...], Len(0, 10_000)]
     accepted_schemes: Annotated[tuple[membership.SchemeName, ...], Len(0, 16)] = ()
     """Empty: every scheme qchain knows."""
+    state_root_interval: U32 = 0
+    """K: the app hash of every height that is a multiple of K commits to the whole state
+    (`contracts.snapshot`), which state sync checks snapshots against; 0 never."""
 
     @cached_property
     def hash(self) -> bytes:
@@ -107,8 +113,10 @@ class Genesis(Struct):
             validators=tuple(dataclasses.replace(v, p2p="", api="") for v in self.validators),
         )
         wire = core.to_wire()
-        if not self.accepted_schemes:
+        if not self.state_root_interval:
             wire = wire[:-1]
+            if not self.accepted_schemes:
+                wire = wire[:-1]
         return hash_domain(Domain.GENESIS, encode_value(wire))
 
     def validator_keys(self) -> list[ValidatorKey]:
@@ -147,6 +155,11 @@ class Genesis(Struct):
             ],
             "voucher_issuers": [a.hex() for a in self.voucher_issuers],
             **({"accepted_schemes": list(self.accepted_schemes)} if self.accepted_schemes else {}),
+            **(
+                {"state_root_interval": self.state_root_interval}
+                if self.state_root_interval
+                else {}
+            ),
         }
 
 
@@ -248,7 +261,13 @@ def parse_genesis(doc: object) -> Genesis:
         doc,
         "",
         ("chain_id", "validators", "members"),
-        ("genesis_time", "consensus", "voucher_issuers", "accepted_schemes"),
+        (
+            "genesis_time",
+            "consensus",
+            "voucher_issuers",
+            "accepted_schemes",
+            "state_root_interval",
+        ),
     )
     chain_id = _text(d["chain_id"], "chain_id", 1, 64)
     genesis_time = _int(d.get("genesis_time", 0), "genesis_time", 0, 2**64 - 1)
@@ -301,6 +320,7 @@ def parse_genesis(doc: object) -> Genesis:
         members,
         tuple(issuers),
         accepted,
+        _int(d.get("state_root_interval", 0), "state_root_interval", 0, 2**32 - 1),
     )
 
 

@@ -314,6 +314,14 @@ class GenesisError(ConfigError):
     code = "invalid-genesis"
 
 
+class InvalidSnapshot(QChainError):
+    """A state snapshot (manifest or chunk) that does not match the commitment it must
+    match: a chunk whose hash is not the manifest's, entries out of order or outside the
+    state, a manifest whose root is not the certified app hash's."""
+
+    code = "invalid-snapshot"
+
+
 class InvalidBlock(QChainError):
     """A proposed or fetched block that must not be voted for or committed: a transaction
     that may not be included (bad signature, wrong nonce, ...), or results that differ

@@ -1,0 +1,78 @@
+"""The state snapshots a node keeps and serves: the chunks of its last few checkpoints.
+
+At a checkpoint height (`contracts.snapshot`) execution has already read the whole state
+and cut it into chunks to compute the root; the commit of that block writes the manifest
+and the chunks under `n`/`N` (`qchain.store.schema`) in the same synced batch, and deletes
+the snapshots beyond the newest `keep` (`[node] snapshot_keep`). A snapshot is thus
+either entirely in the store or not at all.
+
+What is served is read back checked: a manifest must match the app hash of its committed
+header, a chunk the manifest's hash, so a damaged store raises `StorageCorrupt` rather than
+serving bytes every fetcher would refuse. The fetcher checks everything again, against a
+certified header: integrity never rests on the serving peer or the transport.
+"""
+
+from __future__ import annotations
+
+from contracts.snapshot import (
+    MAX_CHUNK_BYTES,
+    Checkpoint,
+    Manifest,
+    chunk_hash,
+)
+from node.chainstore import ChainStore
+from qchain.errors import CodecError, InvalidSnapshot
+from qchain.store import schema
+from qchain.store.kv import Batch, KVStore
+
+DEFAULT_KEEP = 2
+
+
+def heights(store: KVStore) -> list[int]:
+    """The checkpoint heights whose snapshot this store holds, lowest first."""
+    return [schema.read_u64(k[len(schema.SNAPSHOT) :]) for k, _ in store.iterate(schema.SNAPSHOT)]
+
+
+def add_to_batch(store: KVStore, checkpoint: Checkpoint, keep: int, batch: Batch) -> None:
+    """Write checkpoint's snapshot into batch and delete the older snapshots beyond the
+    newest keep (keep 0: no snapshot is kept, and any held is deleted)."""
+    held = heights(store)
+    if keep > 0:
+        batch.put(schema.snapshot_key(checkpoint.height), checkpoint.manifest().encode())
+        for i, raw in enumerate(checkpoint.chunks):
+            batch.put(schema.snapshot_chunk_key(checkpoint.height, i), raw)
+        held.append(checkpoint.height)
+    for h in sorted(set(held))[: max(0, len(set(held)) - keep)]:
+        batch.delete(schema.snapshot_key(h))
+        for key, _ in store.iterate(schema.snapshot_chunks_prefix(h)):
+            batch.delete(key)
+
+
+def manifest(chain: ChainStore, height: int) -> Manifest | None:
+    """The kept manifest of height, checked against its committed header's app hash."""
+    key = schema.snapshot_key(height)
+    raw = chain.store.get(key)
+    if raw is None:
+        return None
+    header = chain.header(height)
+    try:
+        m = Manifest.decode(raw)
+        if header is None:
+            raise InvalidSnapshot(f"no committed header at {height}")
+        m.check(height, header.app_hash)
+    except (CodecError, InvalidSnapshot) as e:
+        raise chain.store.corrupt(key, f"snapshot manifest of {height}: {e.message}") from e
+    return m
+
+
+def chunk(chain: ChainStore, height: int, index: int) -> bytes | None:
+    """Chunk index of the snapshot of height, checked against its manifest; None if this
+    node does not keep that snapshot or the manifest has no such chunk."""
+    m = manifest(chain, height)
+    if m is None or not 0 <= index < len(m.chunks):
+        return None
+    key = schema.snapshot_chunk_key(height, index)
+    raw = chain.store.get(key)
+    if raw is None or len(raw) > MAX_CHUNK_BYTES or chunk_hash(raw) != m.chunks[index]:
+        raise chain.store.corrupt(key, f"snapshot chunk {index} of {height} is not the listed one")
+    return raw
