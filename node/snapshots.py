@@ -14,18 +14,47 @@ certified header: integrity never rests on the serving peer or the transport.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Annotated
+
 from contracts.snapshot import (
     MAX_CHUNK_BYTES,
+    MAX_MANIFEST_BYTES,
     Checkpoint,
     Manifest,
     chunk_hash,
 )
 from node.chainstore import ChainStore
+from qchain.codec import Len, Struct
 from qchain.errors import CodecError, InvalidSnapshot
 from qchain.store import schema
 from qchain.store.kv import Batch, KVStore
+from qchain.types import BlockHeader, CommitCertificate
 
 DEFAULT_KEEP = 2
+MAX_OFFER_BYTES = 8 * 1024 * 1024
+"""The largest offer a fetcher reads: a manifest at its largest and a certificate of 1,024
+ML-DSA-65 signatures fit."""
+
+
+@dataclass(frozen=True)
+class SnapshotOffer(Struct):
+    """What a peer serves for a snapshot height: the committed header, its commit
+    certificate and the snapshot's manifest (encoded), all checked by the fetcher."""
+
+    header: BlockHeader
+    certificate: CommitCertificate
+    manifest: Annotated[bytes, Len(0, MAX_MANIFEST_BYTES)]
+
+
+def offer(chain: ChainStore, height: int) -> SnapshotOffer | None:
+    """The offer of a kept snapshot, or None (no such snapshot, or no certificate yet)."""
+    m = manifest(chain, height)
+    header = chain.header(height)
+    cert = chain.certificate(height)
+    if m is None or header is None or cert is None:
+        return None
+    return SnapshotOffer(header, cert, m.encode())
 
 
 def heights(store: KVStore) -> list[int]:
