@@ -1,0 +1,252 @@
+"""State sync: a node's state taken from a certified snapshot instead of replaying blocks.
+
+`StateSync.run` asks its sources (peers serving `node.snapshots`, over the HTTP API or a
+test's in-process server) which snapshots they keep, takes the highest checkpoint height
+s offered, and checks the offer of s before it fetches anything else:
+
+1. the header is of this chain and of height s, and s is a checkpoint height of the
+   genesis's `state_root_interval`;
+2. the commit certificate names that header's hash at s and carries a quorum of valid
+   signatures of the validator set of s (CONSENSUS.md §10.5: with no reconfiguration, the
+   genesis set), and no more signatures than there are validators;
+3. the manifest is the one the header's app hash commits to (`Manifest.check`).
+
+Chunks are then fetched in parallel, each from a source that offered s, and each checked
+alone against its hash in the manifest (`contracts.snapshot.decode_chunk`); a chunk that
+fails is counted in `rejected`, its source is not asked for that chunk again, and the
+chunk is fetched again from another source. A source that fails an offer or a chunk is
+skipped, never trusted: whatever a source sends is either what the certificate commits
+to or refused. When every chunk is in, `write` replaces the store's state with the
+snapshot's and records the header and certificate of s, the base height s and the last
+committed height s, in one synced batch: a crash before it leaves the store as it was
+(the sync starts again), after it the node holds the whole state of s.
+
+Everything a source sends is bounded before it is decoded: an offer by
+`MAX_OFFER_BYTES`, a manifest by `MAX_MANIFEST_BYTES`, a chunk by `MAX_CHUNK_BYTES`, and
+the source itself reads no more than that from the wire.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from contracts.snapshot import (
+    MAX_CHUNK_BYTES,
+    Entry,
+    Manifest,
+    decode_chunk,
+    decode_manifest,
+    is_checkpoint,
+)
+from node.chainstore import ChainStore
+from node.snapshots import MAX_OFFER_BYTES, SnapshotOffer
+from qchain.errors import CodecError, InvalidSnapshot, QChainError, StorageError
+from qchain.store import Batch, schema
+from qchain.store.kv import KVStore
+from qchain.types import ValidatorKey, verify_certificate
+
+MAX_LISTED = 64
+"""Most snapshot heights read from one source's list."""
+FETCH_ERRORS = (QChainError, OSError, asyncio.TimeoutError)
+"""What a source's fetch may fail with; the source is then skipped for that item."""
+
+
+class SnapshotSource(Protocol):
+    """A peer that serves snapshots; every answer is hostile input."""
+
+    name: str
+
+    async def snapshot_heights(self) -> list[int]:
+        """The heights of the snapshots it offers."""
+
+    async def snapshot_offer(self, height: int) -> bytes:
+        """The encoded `SnapshotOffer` of height."""
+
+    async def snapshot_chunk(self, height: int, index: int) -> bytes:
+        """Chunk index of the snapshot of height."""
+
+
+@dataclass(frozen=True)
+class Trust:
+    """What a snapshot is checked against: the chain and the validator set of s."""
+
+    chain_id: str
+    validators: Sequence[ValidatorKey]
+    state_root_interval: int
+
+
+@dataclass
+class Synced:
+    """What a state sync wrote, and what it refused on the way."""
+
+    height: int
+    entries: int
+    chunks: int
+    rejected_chunks: int = 0
+    """Chunks that failed their hash or decoding, each fetched again elsewhere."""
+    rejected_offers: int = 0
+    failed_fetches: int = 0
+    """Fetches that failed outright (the source down, a problem answer, a timeout)."""
+    offer: SnapshotOffer | None = field(default=None, repr=False)
+
+
+def check_offer(raw: bytes, height: int, trust: Trust) -> tuple[SnapshotOffer, Manifest]:
+    """The offer of height from a source's bytes, checked (steps 1-3 above); raises
+    `InvalidSnapshot`, `CodecError` or `BadSignature`."""
+    if len(raw) > MAX_OFFER_BYTES:
+        raise InvalidSnapshot(f"offer of {len(raw)} bytes exceeds {MAX_OFFER_BYTES}")
+    offer = SnapshotOffer.decode(raw)
+    header, cert = offer.header, offer.certificate
+    if header.chain_id != trust.chain_id or header.height != height:
+        raise InvalidSnapshot(f"offer is not a header of this chain at height {height}")
+    if not is_checkpoint(height, trust.state_root_interval):
+        raise InvalidSnapshot(f"height {height} is not a checkpoint height")
+    if cert.height != height or cert.block_hash != header.hash:
+        raise InvalidSnapshot("certificate does not name the offered header")
+    if len(cert.signatures) > len(trust.validators):
+        raise InvalidSnapshot("certificate carries more signatures than there are validators")
+    verify_certificate(cert, trust.chain_id, trust.validators)
+    manifest = decode_manifest(offer.manifest)
+    manifest.check(height, header.app_hash)
+    return offer, manifest
+
+
+class StateSync:
+    def __init__(self, trust: Trust, sources: Sequence[SnapshotSource], parallel: int = 4) -> None:
+        if not sources:
+            raise InvalidSnapshot("state sync needs at least one source")
+        self.trust = trust
+        self.sources = list(sources)
+        self.parallel = max(1, parallel)
+        self.result = Synced(0, 0, 0)
+
+    async def offered(self) -> dict[int, list[SnapshotSource]]:
+        """Checkpoint heights offered, with the sources offering each."""
+        out: dict[int, list[SnapshotSource]] = {}
+        lists = await asyncio.gather(
+            *(s.snapshot_heights() for s in self.sources), return_exceptions=True
+        )
+        for source, heights in zip(self.sources, lists, strict=True):
+            if isinstance(heights, BaseException):
+                if not isinstance(heights, FETCH_ERRORS):
+                    raise heights
+                self.result.failed_fetches += 1
+                continue
+            for h in heights[:MAX_LISTED]:
+                if type(h) is int and is_checkpoint(h, self.trust.state_root_interval):
+                    out.setdefault(h, []).append(source)
+        return out
+
+    async def run(self, store: KVStore) -> Synced:
+        """Fetch, check and write the highest snapshot offered; raises `InvalidSnapshot`
+        when no offered snapshot could be fetched whole."""
+        offered = await self.offered()
+        for height in sorted(offered, reverse=True):
+            got = await self._offer(height, offered[height])
+            if got is None:
+                continue
+            offer, manifest = got
+            chunks = await self._chunks(height, manifest, offered[height])
+            if chunks is None:
+                continue
+            self.result.height = height
+            self.result.offer = offer
+            self.result.chunks = len(manifest.chunks)
+            self.result.entries = write(store, offer, manifest, chunks)
+            return self.result
+        raise InvalidSnapshot(f"no snapshot could be fetched whole ({self.result})")
+
+    async def _offer(
+        self, height: int, sources: list[SnapshotSource]
+    ) -> tuple[SnapshotOffer, Manifest] | None:
+        for source in sources:
+            try:
+                raw = await source.snapshot_offer(height)
+            except FETCH_ERRORS:
+                self.result.failed_fetches += 1
+                continue
+            try:
+                return check_offer(raw, height, self.trust)
+            except (InvalidSnapshot, CodecError, QChainError):
+                self.result.rejected_offers += 1
+        return None
+
+    async def _chunks(
+        self, height: int, manifest: Manifest, sources: list[SnapshotSource]
+    ) -> list[list[Entry]] | None:
+        count = len(manifest.chunks)
+        got: list[list[Entry] | None] = [None] * count
+        queue: asyncio.Queue[int] = asyncio.Queue()
+        for i in range(count):
+            queue.put_nowait(i)
+        tried: dict[int, set[int]] = {}
+        failed: list[int] = []
+
+        async def worker(offset: int) -> None:
+            while not queue.empty():
+                i = queue.get_nowait()
+                left = [k for k in range(len(sources)) if k not in tried.get(i, set())]
+                if not left:
+                    failed.append(i)
+                    continue
+                k = left[(i + offset) % len(left)]
+                tried.setdefault(i, set()).add(k)
+                try:
+                    raw = await sources[k].snapshot_chunk(height, i)
+                except FETCH_ERRORS:
+                    self.result.failed_fetches += 1
+                    queue.put_nowait(i)
+                    continue
+                try:
+                    got[i] = decode_chunk(raw, manifest.chunks[i], None)
+                except InvalidSnapshot:
+                    self.result.rejected_chunks += 1
+                    queue.put_nowait(i)
+
+        await asyncio.gather(*(worker(w) for w in range(min(self.parallel, max(1, count)))))
+        if failed:
+            return None
+        chunks = [c for c in got if c is not None]
+        last: bytes | None = None
+        for c in chunks:
+            if last is not None and c[0][0] <= last:
+                raise InvalidSnapshot("snapshot chunks are not in key order")
+            last = c[-1][0]
+        if sum(len(c) for c in chunks) != manifest.entry_count or len(chunks) != count:
+            raise InvalidSnapshot("snapshot entries do not add up to the manifest's count")
+        return chunks
+
+
+def write(
+    store: KVStore, offer: SnapshotOffer, manifest: Manifest, chunks: list[list[Entry]]
+) -> int:
+    """Replace the store's state with the snapshot's and record the header and
+    certificate of its height as the committed tip and base, in one synced batch; the
+    number of entries written. Refuses a store that has committed blocks."""
+    chain = ChainStore(store)
+    if chain.height() != 0:
+        raise StorageError(f"state sync needs an empty chain, this store is at {chain.height()}")
+    batch = Batch()
+    for key, _ in store.iterate(schema.STATE):
+        batch.delete(key)
+    entries = 0
+    for chunk in chunks:
+        for key, value in chunk:
+            batch.put(key, value)
+            entries += 1
+    header, h = offer.header, offer.header.height
+    batch.put(schema.header_key(h), header.encode())
+    batch.put(schema.block_hash_key(header.hash), schema.u64(h))
+    batch.put(schema.cert_key(h), offer.certificate.encode())
+    batch.put(schema.META_BASE_HEIGHT, schema.u64(h))
+    batch.put(schema.META_LAST_HEIGHT, schema.u64(h))
+    batch.put(schema.meta_key("genesis-applied"), b"\x01")
+    store.write(batch, sync=True)
+    return entries
+
+
+MAX_RESPONSE_BYTES = max(MAX_OFFER_BYTES, MAX_CHUNK_BYTES)
+"""The most a source reads of one answer."""

@@ -1,0 +1,176 @@
+"""State sync against hostile sources (`node.statesync`): a snapshot is taken only when
+its certificate and root check, a corrupted chunk is refused, counted and fetched again
+from another source, a forged certificate or a manifest of another root is refused, and
+the state written is the serving validator's, in one batch."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from devnet.network import plan_network, validator_key, write_network
+from node import snapshots
+from node.runtime import Validator
+from node.statesync import StateSync, Trust, check_offer
+from qchain.config import load_config
+from qchain.errors import BadSignature, InvalidSnapshot, StorageError
+from qchain.keys import dev_key
+from qchain.store import Batch, MemoryStore, schema
+from qchain.store.testing import flip_byte
+from qchain.types import CommitCertificate, CommitSignature, commit_sign_digest
+
+INTERVAL = 4
+
+
+class Source:
+    """Serves a validator's kept snapshots in process, optionally altering what it sends."""
+
+    def __init__(self, v: Validator, name: str, bad_chunks: frozenset[int] = frozenset()):
+        self.v = v
+        self.name = name
+        self.bad_chunks = bad_chunks
+        self.chunk_calls: list[int] = []
+        self.offer_bytes: bytes | None = None
+        self.down = False
+
+    async def snapshot_heights(self) -> list[int]:
+        if self.down:
+            raise OSError("connection refused")
+        return snapshots.heights(self.v.store)
+
+    async def snapshot_offer(self, height: int) -> bytes:
+        if self.down:
+            raise OSError("connection refused")
+        if self.offer_bytes is not None:
+            return self.offer_bytes
+        offer = snapshots.offer(self.v.chain, height)
+        assert offer is not None
+        return offer.encode()
+
+    async def snapshot_chunk(self, height: int, index: int) -> bytes:
+        self.chunk_calls.append(index)
+        raw = snapshots.chunk(self.v.chain, height, index)
+        assert raw is not None
+        return flip_byte(raw) if index in self.bad_chunks else raw
+
+
+def _serving_validator(tmp_path: Path, blocks: int = 5) -> Validator:
+    plan = plan_network(base_port=None, scheme="ed25519", state_root_interval=INTERVAL)
+    write_network(tmp_path, plan)
+    store = MemoryStore()
+    v = Validator(load_config(tmp_path / "nodes" / "node0" / "config.toml"), store=store)
+    bulk = Batch()
+    for i in range(12_000):
+        bulk.put(schema.state_key("notary", schema.u64(i)), bytes([i % 256]) * 200)
+    store.write(bulk)
+    for _ in range(blocks):
+        height = v.chain.height() + 1
+        parent = v.app.committed_value(height - 1)
+        assert parent is not None
+        p = v.app.build(height, 0, parent, 0, [], now_ms=1_000 * height)
+        store.write(v.app.commit_batch(p), sync=True)
+        digest = commit_sign_digest(plan.chain_id, height, p.block.hash)
+        sigs = tuple(CommitSignature(i, validator_key(i).sign(digest)) for i in range(3))
+        v.chain.put_certificate(CommitCertificate(height, p.block.hash, sigs))
+    return v
+
+
+def _trust(v: Validator) -> Trust:
+    return Trust(v.genesis.chain_id, v.genesis.validator_keys(), v.genesis.state_root_interval)
+
+
+@pytest.fixture(scope="module")
+def serving(tmp_path_factory: pytest.TempPathFactory) -> Validator:
+    return _serving_validator(tmp_path_factory.mktemp("net"))
+
+
+async def test_sync_from_honest_sources_copies_the_state(serving: Validator) -> None:
+    store = MemoryStore()
+    sources = [Source(serving, "a"), Source(serving, "b")]
+    done = await StateSync(_trust(serving), sources).run(store)
+    assert done.height == 4 and done.rejected_chunks == 0 and done.chunks > 4
+    assert list(store.iterate(schema.STATE)) == list(serving.store.iterate(schema.STATE))
+    assert store.get(schema.META_BASE_HEIGHT) == schema.u64(4)
+    assert store.get(schema.META_LAST_HEIGHT) == schema.u64(4)
+    header = serving.chain.header(4)
+    assert header is not None and store.get(schema.header_key(4)) == header.encode()
+    # Both sources served chunks (parallel fetch from several peers).
+    assert sources[0].chunk_calls and sources[1].chunk_calls
+
+
+async def test_a_corrupted_chunk_is_refused_and_fetched_again(serving: Validator) -> None:
+    hostile = Source(serving, "hostile", bad_chunks=frozenset(range(0, 100)))
+    honest = Source(serving, "honest")
+    store = MemoryStore()
+    done = await StateSync(_trust(serving), [hostile, honest], parallel=3).run(store)
+    assert done.rejected_chunks == len(hostile.chunk_calls) > 0
+    assert sorted(honest.chunk_calls) == list(range(done.chunks))
+    assert list(store.iterate(schema.STATE)) == list(serving.store.iterate(schema.STATE))
+
+
+async def test_only_hostile_sources_write_nothing(serving: Validator) -> None:
+    store = MemoryStore()
+    store.put(schema.state_key("membership", b"x"), b"genesis state")
+    bad = [Source(serving, "h1", frozenset({2})), Source(serving, "h2", frozenset({2}))]
+    with pytest.raises(InvalidSnapshot):
+        await StateSync(_trust(serving), bad).run(store)
+    assert list(store.iterate()) == [(schema.state_key("membership", b"x"), b"genesis state")]
+
+
+async def test_a_forged_certificate_is_refused(serving: Validator) -> None:
+    offer = snapshots.offer(serving.chain, 4)
+    assert offer is not None
+    digest = commit_sign_digest(serving.genesis.chain_id, 4, offer.header.hash)
+    outsiders = [dev_key("forger", f"v{i}") for i in range(4)]
+    forged = CommitCertificate(
+        4,
+        offer.header.hash,
+        tuple(CommitSignature(i, k.sign(digest)) for i, k in enumerate(outsiders)),
+    )
+    raw = type(offer)(offer.header, forged, offer.manifest).encode()
+    with pytest.raises(BadSignature):
+        check_offer(raw, 4, _trust(serving))
+    too_many = CommitCertificate(4, offer.header.hash, offer.certificate.signatures * 2)
+    with pytest.raises(InvalidSnapshot, match="more signatures"):
+        check_offer(
+            type(offer)(offer.header, too_many, offer.manifest).encode(), 4, _trust(serving)
+        )
+    source = Source(serving, "forger")
+    source.offer_bytes = raw
+    with pytest.raises(InvalidSnapshot):
+        await StateSync(_trust(serving), [source]).run(MemoryStore())
+    assert source.chunk_calls == []
+
+
+async def test_a_manifest_of_another_root_is_refused(serving: Validator) -> None:
+    offer = snapshots.offer(serving.chain, 4)
+    assert offer is not None
+    m = snapshots.manifest(serving.chain, 4)
+    assert m is not None
+    other = type(m)(m.height, m.chained, m.entry_count - 1, m.chunks)
+    with pytest.raises(InvalidSnapshot, match="app hash"):
+        check_offer(
+            type(offer)(offer.header, offer.certificate, other.encode()).encode(),
+            4,
+            _trust(serving),
+        )
+    # An honest offer of a height that is not a checkpoint of this genesis.
+    trust = Trust(serving.genesis.chain_id, serving.genesis.validator_keys(), 3)
+    with pytest.raises(InvalidSnapshot, match="checkpoint"):
+        check_offer(offer.encode(), 4, trust)
+    with pytest.raises(InvalidSnapshot, match="height"):
+        check_offer(offer.encode(), 8, _trust(serving))
+
+
+async def test_a_source_that_is_down_is_skipped(serving: Validator) -> None:
+    down = Source(serving, "down")
+    down.down = True
+    store = MemoryStore()
+    done = await StateSync(_trust(serving), [down, Source(serving, "up")]).run(store)
+    assert done.height == 4 and done.failed_fetches >= 1
+
+
+async def test_a_store_with_blocks_is_not_overwritten(serving: Validator) -> None:
+    with pytest.raises(StorageError, match="empty chain"):
+        await StateSync(_trust(serving), [Source(serving, "a")]).run(serving.store)
