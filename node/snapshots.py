@@ -25,7 +25,7 @@ from contracts.snapshot import (
     chunk_hash,
 )
 from node.chainstore import ChainStore
-from qchain.codec import Len, Struct
+from qchain.codec import Hash32, Len, Struct
 from qchain.errors import CodecError, InvalidSnapshot
 from qchain.store import schema
 from qchain.store.kv import Batch, KVStore
@@ -39,12 +39,19 @@ ML-DSA-65 signatures fit."""
 
 @dataclass(frozen=True)
 class SnapshotOffer(Struct):
-    """What a peer serves for a snapshot height: the committed header, its commit
-    certificate and the snapshot's manifest (encoded), all checked by the fetcher."""
+    """What a peer serves for a snapshot height s: the committed header of s, its commit
+    certificate and the snapshot's manifest (encoded), which the fetcher checks against
+    the validator set; and what a node continuing from s needs that the certificate does
+    not cover: the consensus value decided at s (the parent of s+1's consensus block) and
+    the header of s−1 (its proposer fixes the leader anchor of s+1), checked against
+    header s's parent hash."""
 
     header: BlockHeader
     certificate: CommitCertificate
     manifest: Annotated[bytes, Len(0, MAX_MANIFEST_BYTES)]
+    value: Hash32
+    parent: Annotated[tuple[BlockHeader, ...], Len(0, 1)]
+    """The header of s−1; empty when s is 1."""
 
 
 def offer(chain: ChainStore, height: int) -> SnapshotOffer | None:
@@ -52,9 +59,13 @@ def offer(chain: ChainStore, height: int) -> SnapshotOffer | None:
     m = manifest(chain, height)
     header = chain.header(height)
     cert = chain.certificate(height)
-    if m is None or header is None or cert is None:
+    value = chain.store.get(schema.consensus_value_key(height))
+    parent = chain.header(height - 1) if height > 1 else None
+    if m is None or header is None or cert is None or value is None:
         return None
-    return SnapshotOffer(header, cert, m.encode())
+    if height > 1 and parent is None:
+        return None
+    return SnapshotOffer(header, cert, m.encode(), value, () if parent is None else (parent,))
 
 
 def heights(store: KVStore) -> list[int]:

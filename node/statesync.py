@@ -9,7 +9,13 @@ s offered, and checks the offer of s before it fetches anything else:
 2. the commit certificate names that header's hash at s and carries a quorum of valid
    signatures of the validator set of s (CONSENSUS.md §10.5: with no reconfiguration, the
    genesis set), and no more signatures than there are validators;
-3. the manifest is the one the header's app hash commits to (`Manifest.check`).
+3. the manifest is the one the header's app hash commits to (`Manifest.check`);
+4. the header of s−1 it carries is header s's parent.
+
+The consensus value decided at s, which the next height's consensus block names as its
+parent, is not covered by the certificate (it signs the chain header's hash): it is
+taken only when `value_quorum` (f+1) sources' checked offers name the same one, so at
+least one correct validator vouches for it.
 
 Chunks are then fetched in parallel, each from a source that offered s, and each checked
 alone against its hash in the manifest (`contracts.snapshot.decode_chunk`); a chunk that
@@ -33,6 +39,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from contracts.genesis import Genesis
 from contracts.snapshot import (
     MAX_CHUNK_BYTES,
     Entry,
@@ -43,7 +50,7 @@ from contracts.snapshot import (
 )
 from node.chainstore import ChainStore
 from node.snapshots import MAX_OFFER_BYTES, SnapshotOffer
-from qchain.errors import CodecError, InvalidSnapshot, QChainError, StorageError
+from qchain.errors import InvalidSnapshot, QChainError, StorageError
 from qchain.store import Batch, schema
 from qchain.store.kv import KVStore
 from qchain.types import ValidatorKey, verify_certificate
@@ -71,11 +78,39 @@ class SnapshotSource(Protocol):
 
 @dataclass(frozen=True)
 class Trust:
-    """What a snapshot is checked against: the chain and the validator set of s."""
+    """What a snapshot is checked against: the chain and the validator set of s, and the
+    genesis's consensus parameters that fix the leader anchor of s+1."""
 
     chain_id: str
     validators: Sequence[ValidatorKey]
     state_root_interval: int
+    tenure: int
+    first_leader: int
+    value_quorum: int
+    """Checked offers that must name the same consensus value of s (f+1: one correct
+    validator among them); the certificate does not cover that value."""
+
+    @classmethod
+    def of_genesis(cls, genesis: Genesis) -> Trust:
+        n = len(genesis.validators)
+        return cls(
+            genesis.chain_id,
+            genesis.validator_keys(),
+            genesis.state_root_interval,
+            genesis.consensus.tenure,
+            genesis.consensus.first_leader,
+            (n - 1) // 3 + 1,
+        )
+
+    def next_anchor(self, offer: SnapshotOffer) -> int:
+        """anchor(s+1) (CONSENSUS.md §3.2) from the headers of s and s−1."""
+        n, s = len(self.validators), offer.header.height
+        if (s + 1) % self.tenure != 0:
+            return offer.header.proposer % n
+        if self.tenure == 1:
+            return (self.first_leader + s) % n
+        anchor_s = self.first_leader if s == 1 else offer.parent[0].proposer % n
+        return (anchor_s + 1) % n
 
 
 @dataclass
@@ -111,6 +146,12 @@ def check_offer(raw: bytes, height: int, trust: Trust) -> tuple[SnapshotOffer, M
     verify_certificate(cert, trust.chain_id, trust.validators)
     manifest = decode_manifest(offer.manifest)
     manifest.check(height, header.app_hash)
+    want_parent = 0 if height == 1 else 1
+    if len(offer.parent) != want_parent or (
+        offer.parent
+        and (offer.parent[0].hash != header.parent or offer.parent[0].height != height - 1)
+    ):
+        raise InvalidSnapshot(f"offer does not carry the header of {height - 1}")
     return offer, manifest
 
 
@@ -142,7 +183,9 @@ class StateSync:
 
     async def run(self, store: KVStore) -> Synced:
         """Fetch, check and write the highest snapshot offered; raises `InvalidSnapshot`
-        when no offered snapshot could be fetched whole."""
+        when no offered snapshot could be fetched whole, `StorageError` (before fetching
+        anything) for a store that holds blocks."""
+        _check_empty(store)
         offered = await self.offered()
         for height in sorted(offered, reverse=True):
             got = await self._offer(height, offered[height])
@@ -155,23 +198,35 @@ class StateSync:
             self.result.height = height
             self.result.offer = offer
             self.result.chunks = len(manifest.chunks)
-            self.result.entries = write(store, offer, manifest, chunks)
+            anchor = self.trust.next_anchor(offer)
+            self.result.entries = write(store, offer, manifest, chunks, anchor)
             return self.result
         raise InvalidSnapshot(f"no snapshot could be fetched whole ({self.result})")
 
     async def _offer(
         self, height: int, sources: list[SnapshotSource]
     ) -> tuple[SnapshotOffer, Manifest] | None:
-        for source in sources:
-            try:
-                raw = await source.snapshot_offer(height)
-            except FETCH_ERRORS:
+        """A checked offer of height whose consensus value at least `value_quorum`
+        checked offers name (they all carry the same certified header and manifest)."""
+        answers = await asyncio.gather(
+            *(s.snapshot_offer(height) for s in sources), return_exceptions=True
+        )
+        by_value: dict[bytes, list[tuple[SnapshotOffer, Manifest]]] = {}
+        for raw in answers:
+            if isinstance(raw, BaseException):
+                if not isinstance(raw, FETCH_ERRORS):
+                    raise raw
                 self.result.failed_fetches += 1
                 continue
             try:
-                return check_offer(raw, height, self.trust)
-            except (InvalidSnapshot, CodecError, QChainError):
+                got = check_offer(raw, height, self.trust)
+            except QChainError:
                 self.result.rejected_offers += 1
+                continue
+            by_value.setdefault(got[0].value, []).append(got)
+        for offers in by_value.values():
+            if len(offers) >= self.trust.value_quorum:
+                return offers[0]
         return None
 
     async def _chunks(
@@ -220,15 +275,24 @@ class StateSync:
         return chunks
 
 
+def _check_empty(store: KVStore) -> None:
+    height = ChainStore(store).height()
+    if height != 0:
+        raise StorageError(f"state sync needs an empty chain, this store is at {height}")
+
+
 def write(
-    store: KVStore, offer: SnapshotOffer, manifest: Manifest, chunks: list[list[Entry]]
+    store: KVStore,
+    offer: SnapshotOffer,
+    manifest: Manifest,
+    chunks: list[list[Entry]],
+    next_anchor: int,
 ) -> int:
-    """Replace the store's state with the snapshot's and record the header and
-    certificate of its height as the committed tip and base, in one synced batch; the
-    number of entries written. Refuses a store that has committed blocks."""
-    chain = ChainStore(store)
-    if chain.height() != 0:
-        raise StorageError(f"state sync needs an empty chain, this store is at {chain.height()}")
+    """Replace the store's state with the snapshot's and record the header, certificate
+    and consensus value of its height as the committed tip and base, with the anchor of
+    the next height, in one synced batch; the number of entries written. Refuses a store
+    that has committed blocks."""
+    _check_empty(store)
     batch = Batch()
     for key, _ in store.iterate(schema.STATE):
         batch.delete(key)
@@ -241,6 +305,9 @@ def write(
     batch.put(schema.header_key(h), header.encode())
     batch.put(schema.block_hash_key(header.hash), schema.u64(h))
     batch.put(schema.cert_key(h), offer.certificate.encode())
+    batch.put(schema.consensus_value_key(h), offer.value)
+    batch.put(schema.block_hash_key(offer.value), schema.u64(h))
+    batch.put(schema.meta_key("next-anchor"), schema.u64(next_anchor))
     batch.put(schema.META_BASE_HEIGHT, schema.u64(h))
     batch.put(schema.META_LAST_HEIGHT, schema.u64(h))
     batch.put(schema.meta_key("genesis-applied"), b"\x01")

@@ -314,6 +314,12 @@ class GenesisError(ConfigError):
     code = "invalid-genesis"
 
 
+class ResponseTooLarge(CodecError):
+    """A node's answer longer than the client reads for it."""
+
+    code = "response-too-large"
+
+
 class InvalidSnapshot(QChainError):
     """A state snapshot (manifest or chunk) that does not match the commitment it must
     match: a chunk whose hash is not the manifest's, entries out of order or outside the

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from contracts.snapshot import Manifest
 from node import snapshots
 from node.http.context import SERVICE, json_response
 from node.http.params import parse_uint
@@ -19,8 +20,9 @@ async def get_snapshots(request: web.Request) -> web.Response:
     chain = request.app[SERVICE].chain
     out = []
     for h in snapshots.heights(chain.store):
-        m = snapshots.manifest(chain, h)
-        if m is not None and chain.certificate(h) is not None:
+        found = snapshots.offer(chain, h)
+        if found is not None:
+            m = Manifest.decode(found.manifest)
             out.append({"height": h, "chunks": len(m.chunks), "entries": m.entry_count})
     return json_response({"snapshots": out})
 

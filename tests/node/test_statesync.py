@@ -5,6 +5,7 @@ the state written is the serving validator's, in one batch."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -68,7 +69,7 @@ def _serving_validator(tmp_path: Path, blocks: int = 5) -> Validator:
         height = v.chain.height() + 1
         parent = v.app.committed_value(height - 1)
         assert parent is not None
-        p = v.app.build(height, 0, parent, 0, [], now_ms=1_000 * height)
+        p = v.app.build(height, 0, parent, height * 3 % 4, [], now_ms=1_000 * height)
         store.write(v.app.commit_batch(p), sync=True)
         digest = commit_sign_digest(plan.chain_id, height, p.block.hash)
         sigs = tuple(CommitSignature(i, validator_key(i).sign(digest)) for i in range(3))
@@ -76,8 +77,10 @@ def _serving_validator(tmp_path: Path, blocks: int = 5) -> Validator:
     return v
 
 
-def _trust(v: Validator) -> Trust:
-    return Trust(v.genesis.chain_id, v.genesis.validator_keys(), v.genesis.state_root_interval)
+def _trust(v: Validator, value_quorum: int | None = None) -> Trust:
+    trust = Trust.of_genesis(v.genesis)
+    assert trust.value_quorum == 2
+    return trust if value_quorum is None else dataclasses.replace(trust, value_quorum=value_quorum)
 
 
 @pytest.fixture(scope="module")
@@ -128,18 +131,16 @@ async def test_a_forged_certificate_is_refused(serving: Validator) -> None:
         offer.header.hash,
         tuple(CommitSignature(i, k.sign(digest)) for i, k in enumerate(outsiders)),
     )
-    raw = type(offer)(offer.header, forged, offer.manifest).encode()
+    raw = dataclasses.replace(offer, certificate=forged).encode()
     with pytest.raises(BadSignature):
         check_offer(raw, 4, _trust(serving))
     too_many = CommitCertificate(4, offer.header.hash, offer.certificate.signatures * 2)
     with pytest.raises(InvalidSnapshot, match="more signatures"):
-        check_offer(
-            type(offer)(offer.header, too_many, offer.manifest).encode(), 4, _trust(serving)
-        )
+        check_offer(dataclasses.replace(offer, certificate=too_many).encode(), 4, _trust(serving))
     source = Source(serving, "forger")
     source.offer_bytes = raw
     with pytest.raises(InvalidSnapshot):
-        await StateSync(_trust(serving), [source]).run(MemoryStore())
+        await StateSync(_trust(serving, 1), [source]).run(MemoryStore())
     assert source.chunk_calls == []
 
 
@@ -151,12 +152,10 @@ async def test_a_manifest_of_another_root_is_refused(serving: Validator) -> None
     other = type(m)(m.height, m.chained, m.entry_count - 1, m.chunks)
     with pytest.raises(InvalidSnapshot, match="app hash"):
         check_offer(
-            type(offer)(offer.header, offer.certificate, other.encode()).encode(),
-            4,
-            _trust(serving),
+            dataclasses.replace(offer, manifest=other.encode()).encode(), 4, _trust(serving)
         )
     # An honest offer of a height that is not a checkpoint of this genesis.
-    trust = Trust(serving.genesis.chain_id, serving.genesis.validator_keys(), 3)
+    trust = dataclasses.replace(_trust(serving), state_root_interval=3)
     with pytest.raises(InvalidSnapshot, match="checkpoint"):
         check_offer(offer.encode(), 4, trust)
     with pytest.raises(InvalidSnapshot, match="height"):
@@ -167,10 +166,51 @@ async def test_a_source_that_is_down_is_skipped(serving: Validator) -> None:
     down = Source(serving, "down")
     down.down = True
     store = MemoryStore()
-    done = await StateSync(_trust(serving), [down, Source(serving, "up")]).run(store)
+    done = await StateSync(_trust(serving, 1), [down, Source(serving, "up")]).run(store)
     assert done.height == 4 and done.failed_fetches >= 1
 
 
 async def test_a_store_with_blocks_is_not_overwritten(serving: Validator) -> None:
     with pytest.raises(StorageError, match="empty chain"):
         await StateSync(_trust(serving), [Source(serving, "a")]).run(serving.store)
+
+
+async def test_the_consensus_value_needs_f_plus_one_offers(serving: Validator) -> None:
+    offer = snapshots.offer(serving.chain, 4)
+    assert offer is not None and offer.value == serving.app.committed_value(4)
+    liar = Source(serving, "liar")
+    liar.offer_bytes = dataclasses.replace(offer, value=bytes(32)).encode()
+    with pytest.raises(InvalidSnapshot):
+        await StateSync(_trust(serving), [liar, Source(serving, "honest")]).run(MemoryStore())
+    store = MemoryStore()
+    sources = [liar, Source(serving, "a"), Source(serving, "b")]
+    done = await StateSync(_trust(serving), sources).run(store)
+    assert done.height == 4
+    assert store.get(schema.consensus_value_key(4)) == offer.value
+    assert store.get(schema.block_hash_key(offer.value)) == schema.u64(4)
+
+
+async def test_an_offer_without_the_parent_header_is_refused(serving: Validator) -> None:
+    offer = snapshots.offer(serving.chain, 4)
+    assert offer is not None and offer.parent[0].hash == offer.header.parent
+    for parent in ((), (offer.header,)):
+        raw = dataclasses.replace(offer, parent=parent).encode()
+        with pytest.raises(InvalidSnapshot, match="header of 3"):
+            check_offer(raw, 4, _trust(serving))
+
+
+@pytest.mark.parametrize("tenure", [1, 2, 3, 5, 64])
+def test_the_next_anchor_is_the_engines(serving: Validator, tenure: int) -> None:
+    """anchor(5) from the offer of 4 equals the one `Params.next_anchor` gives walking
+    the chain from genesis, whatever the tenure (proposers differ from height to
+    height in this chain)."""
+    params = dataclasses.replace(serving.params, tenure=tenure)
+    anchor = params.first_leader
+    for h in range(1, 5):
+        header = serving.chain.header(h)
+        assert header is not None
+        anchor = params.next_anchor(h, anchor, header.proposer)
+    offer = snapshots.offer(serving.chain, 4)
+    assert offer is not None
+    trust = dataclasses.replace(_trust(serving), tenure=tenure)
+    assert trust.next_anchor(offer) == anchor

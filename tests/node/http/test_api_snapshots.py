@@ -43,6 +43,7 @@ def _with_snapshot(node: FakeNode, entries: int) -> BlockHeader:
         cp.app_hash,
     )
     b = node.chain.commit_batch(Block(header, ()), [], [])
+    b.put(schema.consensus_value_key(height), bytes([height]) * 32)
     snapshots.add_to_batch(node.store, cp, 2, b)
     node.store.write(b, sync=True)
     return header
@@ -59,7 +60,8 @@ async def test_snapshots_are_listed_offered_and_chunked(api: ApiHarness) -> None
     api.node.commit_pending()
     header = _with_snapshot(api.node, 2_000)
     h = header.height
-    # Not listed nor offered until the certificate of its header is stored.
+    # Not listed nor offered until the certificate of its header is stored (a validator
+    # stores it once the commit signatures are in).
     assert (await api.request("GET", "/v1/snapshots")).json() == {"snapshots": []}
     assert (await api.request("GET", f"/v1/snapshots/{h}")).status == 404
     _certify(api.node, header)
@@ -68,7 +70,8 @@ async def test_snapshots_are_listed_offered_and_chunked(api: ApiHarness) -> None
     r = await api.request("GET", f"/v1/snapshots/{h}")
     assert r.status == 200 and r.content_type == "application/msgpack"
     offer = SnapshotOffer.decode(r.body)
-    assert offer.header.hash == header.hash
+    assert offer.header.hash == header.hash and offer.value == bytes([h]) * 32
+    assert [p.hash for p in offer.parent] == [header.parent]
     verify_certificate(offer.certificate, CHAIN_ID, VALIDATORS)
     m = decode_manifest(offer.manifest)
     m.check(h, offer.header.app_hash)
