@@ -138,6 +138,13 @@ class ChainStore:
         raw = self.store.get(schema.META_LAST_HEIGHT)
         return 0 if raw is None else schema.read_u64(raw)
 
+    def base_height(self) -> int:
+        """The snapshot height a state-synced store started from (0: from genesis). No
+        block, receipt or transaction index at or below it is held; its header,
+        certificate and consensus value are."""
+        raw = self.store.get(schema.META_BASE_HEIGHT)
+        return 0 if raw is None else schema.read_u64(raw)
+
     # --- reads -----------------------------------------------------------------------
 
     def _decoded(self, key: bytes, what: str, raw: bytes, decode: Callable[[bytes], _T]) -> _T:
@@ -377,10 +384,11 @@ class ChainStore:
         return ReceiptProof(receipt, proof, header, cert)
 
     def verify_recent(self, count: int) -> int:
-        """Check the last count committed heights (block, header, receipts, certificate)
-        against their hashes; the lowest height checked. Damage raises `StorageCorrupt`."""
+        """Check the last count committed heights above the base (block, header, receipts,
+        certificate) against their hashes; the lowest height checked (above the top when
+        none is held). Damage raises `StorageCorrupt`."""
         top = self.height()
-        low = max(1, top - count + 1)
+        low = max(1, self.base_height() + 1, top - count + 1)
         for h in range(top, low - 1, -1):
             if self.block(h) is None:
                 raise self.store.corrupt(schema.block_key(h), f"committed block {h} is missing")

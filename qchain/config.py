@@ -129,6 +129,10 @@ class NodeSection:
     snapshot_keep: int = 2
     """State snapshots kept and served: those of the newest this many checkpoint heights
     (a chain whose genesis sets `state_root_interval`); 0 keeps none."""
+    state_sync_after: int = 1000
+    """A node whose store holds no block syncs its state from a snapshot when its peers
+    keep one at least this high, instead of replaying every block; 0 only with
+    `qchain node run --state-sync`."""
 
 
 @dataclass(frozen=True)
@@ -321,6 +325,8 @@ def validate(cfg: NodeConfig) -> None:
         )
     if cfg.qkd.batch_keys < 1:
         raise ConfigError("qkd.batch_keys", "must be at least 1")
+    if cfg.node.state_sync_after < 0:
+        raise ConfigError("node.state_sync_after", "must not be negative")
     if not 0 <= cfg.node.snapshot_keep <= MAX_SNAPSHOT_KEEP:
         raise ConfigError("node.snapshot_keep", f"must be between 0 and {MAX_SNAPSHOT_KEEP}")
     check_node_sizes(

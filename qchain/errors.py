@@ -314,6 +314,24 @@ class GenesisError(ConfigError):
     code = "invalid-genesis"
 
 
+class BelowBase(QChainError):
+    """A block this node does not hold because its store started from a snapshot above
+    it (state sync): the block exists, ask a node that holds it."""
+
+    code = "below-base"
+
+    def __init__(self, height: int, base_height: int) -> None:
+        super().__init__(
+            f"block {height} is not held here: this node's history starts after its "
+            f"snapshot of height {base_height}"
+        )
+        self.height = height
+        self.base_height = base_height
+
+    def fields(self) -> dict[str, object]:
+        return {"height": self.height, "base_height": self.base_height}
+
+
 class ResponseTooLarge(CodecError):
     """A node's answer longer than the client reads for it."""
 

@@ -90,3 +90,21 @@ async def test_snapshots_are_listed_offered_and_chunked(api: ApiHarness) -> None
         assert (await api.request("GET", path)).status == 404
     for path in ("/v1/snapshots/x", f"/v1/snapshots/{h}/chunks/-1", "/v1/snapshots/1/chunks/2e9"):
         assert (await api.request("GET", path)).status == 400
+
+
+async def test_blocks_below_the_base_are_gone_with_the_base_height(api: ApiHarness) -> None:
+    for _ in range(3):
+        api.node.commit_pending()
+    api.node.store.put(schema.META_BASE_HEIGHT, schema.u64(2))
+    for path in ("/v1/blocks/1", "/v1/blocks/2", "/v1/blocks?from=2"):
+        r = await api.request("GET", path)
+        assert r.status == 410, path
+        doc = r.json()
+        assert doc["type"].endswith("/below-base") and doc["base_height"] == 2
+        assert doc["height"] == int(path.rsplit("/", 1)[-1].rsplit("=", 1)[-1])
+    assert (await api.request("GET", "/v1/blocks/3")).status == 200
+    assert (await api.request("GET", "/v1/blocks?from=3")).json()["blocks"][0]["height"] == 3
+    top = api.node.chain.height()
+    assert (await api.request("GET", f"/v1/blocks/{top + 1}")).status == 404
+    api.node.store.put(schema.META_BASE_HEIGHT, schema.u64(top))
+    assert (await api.request("GET", "/v1/blocks/latest")).status == 410
