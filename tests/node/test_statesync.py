@@ -6,6 +6,7 @@ the state written is the serving validator's, in one batch."""
 from __future__ import annotations
 
 import dataclasses
+import random
 from pathlib import Path
 
 import pytest
@@ -14,8 +15,9 @@ from devnet.network import plan_network, validator_key, write_network
 from node import snapshots
 from node.runtime import Validator
 from node.statesync import StateSync, Trust, check_offer
+from node.statesync_run import sync_store
 from qchain.config import load_config
-from qchain.errors import BadSignature, InvalidSnapshot, StorageError
+from qchain.errors import BadSignature, ConfigError, InvalidSnapshot, QChainError, StorageError
 from qchain.keys import dev_key
 from qchain.store import Batch, MemoryStore, schema
 from qchain.store.testing import flip_byte
@@ -214,3 +216,77 @@ def test_the_next_anchor_is_the_engines(serving: Validator, tenure: int) -> None
     assert offer is not None
     trust = dataclasses.replace(_trust(serving), tenure=tenure)
     assert trust.next_anchor(offer) == anchor
+
+
+class DyingStore(MemoryStore):
+    """A store whose process dies (raises) in the middle of its first large batch: a
+    synced batch is atomic, so none of it is applied."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.died = False
+
+    def write(self, batch: Batch, *, sync: bool = True) -> None:
+        if len(batch) > 100 and not self.died:
+            self.died = True
+            raise SystemExit("killed")
+        super().write(batch, sync=sync)
+
+
+async def test_a_crash_while_writing_leaves_the_store_to_sync_again(serving: Validator) -> None:
+    store = DyingStore()
+    store.put(schema.state_key("membership", b"x"), b"genesis state")
+    before = list(store.iterate())
+    with pytest.raises(SystemExit):
+        await StateSync(_trust(serving), [Source(serving, "a"), Source(serving, "b")]).run(store)
+    assert list(store.iterate()) == before
+    done = await StateSync(_trust(serving), [Source(serving, "a"), Source(serving, "b")]).run(store)
+    assert done.height == 4
+    assert list(store.iterate(schema.STATE)) == list(serving.store.iterate(schema.STATE))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_fuzz_offers(serving: Validator, seed: int) -> None:
+    """Mutated offers are refused with the chain's own errors; none is accepted."""
+    rng = random.Random(seed)
+    offer = snapshots.offer(serving.chain, 4)
+    assert offer is not None
+    good = offer.encode()
+    trust = _trust(serving)
+    for _ in range(150):
+        raw = bytearray(good)
+        for _ in range(rng.randint(1, 3)):
+            pos = rng.randrange(len(raw))
+            if rng.random() < 0.7:
+                raw[pos] ^= 1 << rng.randrange(8)
+            else:
+                del raw[pos : pos + rng.randint(1, 16)]
+        if bytes(raw) == good:
+            continue
+        try:
+            got, _ = check_offer(bytes(raw), 4, trust)
+        except QChainError:
+            continue
+        # A mutation that still checks can only have touched bytes no check covers:
+        # the certificate's surplus signatures or the value (taken by quorum only).
+        assert got.header == offer.header and got.manifest == offer.manifest
+
+
+async def test_sync_store_refuses_what_it_cannot_sync(tmp_path: Path, serving: Validator) -> None:
+    genesis = serving.genesis
+    with pytest.raises(ConfigError, match="holds blocks"):
+        await sync_store(serving.store, genesis, [], force=True, after=1)
+    assert await sync_store(serving.store, genesis, [], force=False, after=1) is None
+    with pytest.raises(ConfigError, match="state_root_interval"):
+        await sync_store(
+            MemoryStore(),
+            dataclasses.replace(genesis, state_root_interval=0),
+            [],
+            force=True,
+            after=1,
+        )
+    empty = MemoryStore()
+    with pytest.raises(ConfigError, match="api address"):
+        await sync_store(empty, genesis, [], force=True, after=1)
+    assert await sync_store(empty, genesis, [], force=False, after=1) is None
+    assert empty.get(schema.META_LAST_HEIGHT) == schema.u64(0)
