@@ -462,6 +462,23 @@ class NotFound(ContractError):
         return {"kind": self.kind, "key": self.key}
 
 
+class NotFoundAboveBase(NotFound):
+    """Not found on a node whose store starts from a snapshot (state sync): it may be in
+    a block at or below `base_height`, which this node does not hold."""
+
+    def __init__(self, kind: str, key: str, base_height: int) -> None:
+        super().__init__(kind, key)
+        self.message = (
+            f"no {kind} {key} above height {base_height} (this node holds no block at or "
+            f"below its snapshot of height {base_height})"
+        )
+        self.args = (self.message,)
+        self.base_height = base_height
+
+    def fields(self) -> dict[str, object]:
+        return {**super().fields(), "base_height": self.base_height}
+
+
 class Duplicate(ContractError):
     """Something that exists already; `first` describes the existing entry."""
 

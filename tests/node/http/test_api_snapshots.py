@@ -108,3 +108,16 @@ async def test_blocks_below_the_base_are_gone_with_the_base_height(api: ApiHarne
     assert (await api.request("GET", f"/v1/blocks/{top + 1}")).status == 404
     api.node.store.put(schema.META_BASE_HEIGHT, schema.u64(top))
     assert (await api.request("GET", "/v1/blocks/latest")).status == 410
+
+
+async def test_unknown_transactions_name_the_base_on_a_synced_node(api: ApiHarness) -> None:
+    missing = "ab" * 32
+    for path in (f"/v1/txs/{missing}", f"/v1/receipts/{missing}"):
+        doc = (await api.request("GET", path)).json()
+        assert doc["type"].endswith("/not-found") and "base_height" not in doc
+    api.node.store.put(schema.META_BASE_HEIGHT, schema.u64(7))
+    for path in (f"/v1/txs/{missing}", f"/v1/receipts/{missing}"):
+        r = await api.request("GET", path)
+        doc = r.json()
+        assert r.status == 404 and doc["type"].endswith("/not-found")
+        assert doc["base_height"] == 7 and "snapshot of height 7" in doc["detail"]
