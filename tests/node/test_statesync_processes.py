@@ -78,6 +78,8 @@ def test_a_wiped_validator_state_syncs_and_follows_consensus(devnet: LocalNetwor
     assert synced is not None, log[-3000:]
     base = int(synced.group(1))
     assert base % INTERVAL == 0 and base >= INTERVAL
+    status = devnet.node_status(victim)
+    assert status is not None and status["base_height"] == base
     target = _height(devnet, other) + 3
     _until(f"the victim to reach height {target}", lambda: _height(devnet, victim) >= target)
     for h in range(base + 1, target + 1):
