@@ -19,10 +19,10 @@ from contracts.genesis import Genesis
 from contracts.snapshot import MAX_CHUNK_BYTES
 from node.chainstore import ChainStore
 from node.snapshots import MAX_OFFER_BYTES
-from node.statesync import StateSync, Synced, Trust
+from node.statesync import SnapshotSource, StateSync, Synced, Trust
 from qchain.client import AsyncClient
 from qchain.config import NodeConfig
-from qchain.errors import ConfigError
+from qchain.errors import ConfigError, InvalidSnapshot
 from qchain.store.kv import KVStore, open_store
 
 log = logging.getLogger("qchain.node")
@@ -66,7 +66,7 @@ def _refuse(force: bool, reason: str) -> None:
 async def sync_store(
     store: KVStore,
     genesis: Genesis,
-    sources: Sequence[ApiSource],
+    sources: Sequence[SnapshotSource],
     *,
     force: bool,
     after: int,
@@ -102,7 +102,13 @@ async def sync_store(
         if top < after:
             return None
         log.info("peers keep a snapshot of height %d: syncing the state from it", top)
-    done = await sync.run(store)
+    try:
+        done = await sync.run(store)
+    except InvalidSnapshot as e:
+        if force:
+            raise
+        log.warning("state sync failed, replaying the chain instead: %s", e.message)
+        return None
     log.info(
         "state synced at height %d: %d entries in %d chunks (%d chunks refused and fetched "
         "again, %d offers refused, %d fetches failed)",

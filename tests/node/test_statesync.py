@@ -290,3 +290,23 @@ async def test_sync_store_refuses_what_it_cannot_sync(tmp_path: Path, serving: V
         await sync_store(empty, genesis, [], force=True, after=1)
     assert await sync_store(empty, genesis, [], force=False, after=1) is None
     assert empty.get(schema.META_LAST_HEIGHT) == schema.u64(0)
+
+
+async def test_a_failed_sync_falls_back_to_replay_unless_forced(serving: Validator) -> None:
+    """By default (the store empty, peers far ahead) a sync that cannot complete leaves
+    the node to replay; with --state-sync it is an error."""
+    liar = Source(serving, "liar")
+    offer = snapshots.offer(serving.chain, 4)
+    assert offer is not None
+    liar.offer_bytes = dataclasses.replace(offer, manifest=b"").encode()
+    sources = [liar]
+    store = MemoryStore()
+    assert await sync_store(store, serving.genesis, sources, force=False, after=1) is None
+    assert store.get(schema.META_LAST_HEIGHT) == schema.u64(0)
+    with pytest.raises(InvalidSnapshot):
+        await sync_store(store, serving.genesis, sources, force=True, after=1)
+    # A peer whose snapshot is below the threshold: no sync without the flag.
+    honest = [Source(serving, "a"), Source(serving, "b")]
+    assert await sync_store(store, serving.genesis, honest, force=False, after=5) is None
+    done = await sync_store(store, serving.genesis, honest, force=False, after=4)
+    assert done is not None and done.height == 4
