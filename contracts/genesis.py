@@ -19,7 +19,7 @@ The file is JSON (see `contracts/README.md` for an example):
   rotated keys and transactions of another scheme are refused (`scheme-not-accepted`);
 - `state_root_interval` (optional, default 0): K, the distance between checkpoint heights,
   whose app hash commits to the whole state so that a node can start from a snapshot
-  (`contracts.snapshot`, CONSENSUS.md Revision 1.6); 0 has no checkpoints.
+  (`contracts.snapshot`, CONSENSUS.md Revision 1.8); 0 has no checkpoints.
 
 `parse_genesis` checks everything and raises `GenesisError` naming the field and the reason;
 `Genesis.to_json` gives the document back. Reading and writing the file is the node's

@@ -290,8 +290,8 @@ def write(
 ) -> int:
     """Replace the store's state with the snapshot's and record the header, certificate
     and consensus value of its height as the committed tip and base, with the anchor of
-    the next height, in one synced batch; the number of entries written. Refuses a store
-    that has committed blocks."""
+    the next height and the amnesia guard's mark, in one synced batch; the number of
+    entries written. Refuses a store that has committed blocks."""
     _check_empty(store)
     batch = Batch()
     for key, _ in store.iterate(schema.STATE):
@@ -311,6 +311,9 @@ def write(
     batch.put(schema.META_BASE_HEIGHT, schema.u64(h))
     batch.put(schema.META_LAST_HEIGHT, schema.u64(h))
     batch.put(schema.meta_key("genesis-applied"), b"\x01")
+    # The store may be that of a validator that voted before it lost its records: the
+    # amnesia guard (CONSENSUS.md §3.8) keeps it silent until its peers show their heights.
+    batch.put(schema.META_AMNESIA, b"")
     store.write(batch, sync=True)
     return entries
 

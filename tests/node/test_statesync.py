@@ -98,6 +98,7 @@ async def test_sync_from_honest_sources_copies_the_state(serving: Validator) -> 
     assert list(store.iterate(schema.STATE)) == list(serving.store.iterate(schema.STATE))
     assert store.get(schema.META_BASE_HEIGHT) == schema.u64(4)
     assert store.get(schema.META_LAST_HEIGHT) == schema.u64(4)
+    assert store.get(schema.META_AMNESIA) == b""  # silent until peers show their heights
     header = serving.chain.header(4)
     assert header is not None and store.get(schema.header_key(4)) == header.encode()
     # Both sources served chunks (parallel fetch from several peers).
