@@ -82,6 +82,7 @@ class Trust:
     genesis's consensus parameters that fix the leader anchor of s+1."""
 
     chain_id: str
+    genesis_hash: bytes
     validators: Sequence[ValidatorKey]
     state_root_interval: int
     tenure: int
@@ -95,6 +96,7 @@ class Trust:
         n = len(genesis.validators)
         return cls(
             genesis.chain_id,
+            genesis.hash,
             genesis.validator_keys(),
             genesis.state_root_interval,
             genesis.consensus.tenure,
@@ -183,8 +185,10 @@ class StateSync:
 
     async def run(self, store: KVStore) -> Synced:
         """Fetch, check and write the highest snapshot offered; raises `InvalidSnapshot`
-        when no offered snapshot could be fetched whole, `StorageError` (before fetching
-        anything) for a store that holds blocks."""
+        when no offered snapshot could be fetched whole; before fetching anything,
+        `StoreMismatch` for a store of another chain and `StorageError` for one that holds
+        blocks."""
+        ChainStore(store).init_meta(self.trust.chain_id, self.trust.genesis_hash)
         _check_empty(store)
         offered = await self.offered()
         for height in sorted(offered, reverse=True):

@@ -13,11 +13,19 @@ import pytest
 
 from devnet.network import plan_network, validator_key, write_network
 from node import snapshots
+from node.chainstore import ChainStore
 from node.runtime import Validator
 from node.statesync import StateSync, Trust, check_offer
 from node.statesync_run import sync_store
 from qchain.config import load_config
-from qchain.errors import BadSignature, ConfigError, InvalidSnapshot, QChainError, StorageError
+from qchain.errors import (
+    BadSignature,
+    ConfigError,
+    InvalidSnapshot,
+    QChainError,
+    StorageError,
+    StoreMismatch,
+)
 from qchain.keys import dev_key
 from qchain.store import Batch, MemoryStore, schema
 from qchain.store.testing import flip_byte
@@ -118,10 +126,12 @@ async def test_a_corrupted_chunk_is_refused_and_fetched_again(serving: Validator
 async def test_only_hostile_sources_write_nothing(serving: Validator) -> None:
     store = MemoryStore()
     store.put(schema.state_key("membership", b"x"), b"genesis state")
+    ChainStore(store).init_meta(serving.genesis.chain_id, serving.genesis.hash)
+    before = list(store.iterate())
     bad = [Source(serving, "h1", frozenset({2})), Source(serving, "h2", frozenset({2}))]
     with pytest.raises(InvalidSnapshot):
         await StateSync(_trust(serving), bad).run(store)
-    assert list(store.iterate()) == [(schema.state_key("membership", b"x"), b"genesis state")]
+    assert list(store.iterate()) == before
 
 
 async def test_a_forged_certificate_is_refused(serving: Validator) -> None:
@@ -237,6 +247,7 @@ class DyingStore(MemoryStore):
 async def test_a_crash_while_writing_leaves_the_store_to_sync_again(serving: Validator) -> None:
     store = DyingStore()
     store.put(schema.state_key("membership", b"x"), b"genesis state")
+    ChainStore(store).init_meta(serving.genesis.chain_id, serving.genesis.hash)
     before = list(store.iterate())
     with pytest.raises(SystemExit):
         await StateSync(_trust(serving), [Source(serving, "a"), Source(serving, "b")]).run(store)
@@ -311,3 +322,33 @@ async def test_a_failed_sync_falls_back_to_replay_unless_forced(serving: Validat
     assert await sync_store(store, serving.genesis, honest, force=False, after=5) is None
     done = await sync_store(store, serving.genesis, honest, force=False, after=4)
     assert done is not None and done.height == 4
+
+
+async def test_a_synced_store_opens_as_a_validator_at_its_base(
+    serving: Validator, tmp_path: Path
+) -> None:
+    """The validator over a synced store starts at s: its tip is the certified header of s,
+    the startup check passes with no block held, the next block builds on s, and the
+    blocks below are not there."""
+    store = MemoryStore()
+    await StateSync(_trust(serving), [Source(serving, "a"), Source(serving, "b")]).run(store)
+    v = Validator(serving.cfg, store=store)
+    header = serving.chain.header(4)
+    assert header is not None
+    assert v.app.tip() == (4, header.hash, header.app_hash, header.time)
+    assert v.chain.base_height() == 4 and v.app.verify_recent(64) == 5
+    assert v.app.committed_value(4) == serving.app.committed_value(4)
+    assert v.chain.block(4) is None and v.chain.block(3) is None
+    # Block 5 built on the synced state is the serving validator's block 5, byte for byte.
+    ours = v.app.build(5, 0, serving.app.committed_value(4) or b"", 5 * 3 % 4, [], now_ms=5_000)
+    assert ours.value == serving.app.committed_value(5)
+    assert ours.block.header == serving.chain.header(5)
+
+
+async def test_a_store_of_another_chain_is_refused_before_fetching(serving: Validator) -> None:
+    store = MemoryStore()
+    ChainStore(store).init_meta("another-chain", bytes(32))
+    source = Source(serving, "a")
+    with pytest.raises(StoreMismatch):
+        await StateSync(_trust(serving, 1), [source]).run(store)
+    assert source.chunk_calls == []
