@@ -5,8 +5,9 @@ store moved aside (`qchain node rebuild`, which keeps its QKD leases); with
 `state_sync_after` lowered in its config, it starts by syncing its state from the
 snapshot its peers keep (the default path: no flag), then catches up the later blocks
 through consensus and follows it: block hashes (which carry the app hashes) are the
-others' at every later height, a transaction submitted to it commits, and the blocks
-below its snapshot answer 410 with the base height.
+others' at every later height, the next checkpoint's included (its app hash commits to
+the state the victim holds), a transaction submitted to it commits, and the blocks below
+its snapshot answer 410 with the base height.
 """
 
 from __future__ import annotations
@@ -46,8 +47,10 @@ def _height(net: LocalNetwork, node: str) -> int:
     return -1 if st is None else int(st["height"])
 
 
-def _block_hash(net: LocalNetwork, node: str, height: int) -> str:
-    return str(http_json(f"{net.api_url(node)}/v1/blocks/{height}")["hash"])
+def _hashes(net: LocalNetwork, node: str, height: int) -> tuple[str, str]:
+    """(block hash, app hash) of a committed block as node serves it."""
+    doc = http_json(f"{net.api_url(node)}/v1/blocks/{height}")
+    return str(doc["hash"]), str(doc["header"]["app_hash"])
 
 
 def test_a_wiped_validator_state_syncs_and_follows_consensus(devnet: LocalNetwork) -> None:
@@ -80,10 +83,11 @@ def test_a_wiped_validator_state_syncs_and_follows_consensus(devnet: LocalNetwor
     assert base % INTERVAL == 0 and base >= INTERVAL
     status = devnet.node_status(victim)
     assert status is not None and status["base_height"] == base
-    target = _height(devnet, other) + 3
+    # Past the next checkpoint, whose state root the victim computes over the synced state.
+    target = max(_height(devnet, other) + 3, base + INTERVAL + 1)
     _until(f"the victim to reach height {target}", lambda: _height(devnet, victim) >= target)
     for h in range(base + 1, target + 1):
-        assert _block_hash(devnet, victim, h) == _block_hash(devnet, other, h), h
+        assert _hashes(devnet, victim, h) == _hashes(devnet, other, h), h
     with Client(devnet.api_url(victim)) as c:
         _until("the victim to be ready", lambda: c.ready()[0])
         info = c.submit_and_wait(anchor_tx(key, chain_id, 3, bytes([9]) * 32), timeout_s=30)
