@@ -37,7 +37,7 @@ def governed_chain(
     `op{i}`)."""
     ops = list(operators) if operators is not None else list(range(n))
     members = {"admin": ("admin",), "outsider": ("partner",)}
-    members.update({f"op{i}": ("partner",) for i in range(max(ops) + 1)})
+    members.update({f"op{i}": ("partner",) for i in range(max(n, max(ops) + 1))})
     genesis, keys = dev_genesis(members, validators=n, seed=SEED)
     doc = genesis.to_json()
     vals = cast(list[dict[str, object]], doc["validators"])
