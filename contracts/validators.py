@@ -27,7 +27,9 @@ rule; the next approval re-evaluates it. An add gets its id at approval. A remov
 at approval; an add or rotate when `ready` carries the new key's ML-DSA-65 signature of
 `encode_value(["qchain-ready", chain_id, change_id])` (kept if it comes first). The block r
 in which a change is both approved and ready schedules it for `e = r + D` with the next
-sequence number (consecutive from 0, in that order). A proposed change expires at the
+sequence number (consecutive from 0, in the order changes enter the schedule: by block, then
+by transaction; in-flight changes never touch one id, so the order of changes with one
+activation height never changes the set it gives). A proposed change expires at the
 start of block `proposed + proposal_ttl`; an approved change not ready is dropped at the
 start of block `approved + ready_ttl`, or when its cancel is approved by the same
 threshold. At the start of block h the changes scheduled for h are applied, in sequence

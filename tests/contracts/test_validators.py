@@ -11,6 +11,7 @@ import pytest
 
 from contracts import validators
 from contracts.genesis import init_state, parse_genesis
+from contracts.runtime import Kind, named_args
 from contracts.testing import DevChain, dev_genesis, pilot_chain
 from qchain.errors import GenesisError, NotFound
 from qchain.store import MemoryStore
@@ -462,7 +463,7 @@ def test_a_scheduled_change_cannot_be_cancelled() -> None:
     assert r.code == "rule-violation" and "scheduled" in r.message
 
 
-def test_sequence_numbers_follow_approval_order_and_apply_in_order() -> None:
+def test_sequence_numbers_follow_the_order_changes_enter_the_schedule() -> None:
     chain = governed_chain(7, delay=4)
     rot = cast(bytes, send(chain, "op0", "propose", rotate_args(2, 0)).result)
     rem = cast(bytes, send(chain, "op1", "propose", remove_args(3)).result)
@@ -572,3 +573,28 @@ def test_add_operator_must_be_a_member() -> None:
     chain = governed_chain(4)
     r = send(chain, "op0", "propose", add_args(0, b"\x07" * 20))
     assert r.code == "rule-violation" and "is not a member" in r.message
+
+
+def test_named_arguments_from_json() -> None:
+    chain = governed_chain(4)
+    m = validators.contract.method("propose", Kind.TX)
+    args = named_args(
+        m,
+        {
+            "kind": "remove",
+            "id": 2,
+            "public_key": "",
+            "sae_id": "",
+            "operator": "0x",
+            "name": "",
+            "p2p": "",
+            "api": "",
+        },
+    )
+    assert args == remove_args(2)
+    assert send(chain, "op0", "propose", args).ok
+
+
+def test_set_of_a_far_height_is_the_latest_known() -> None:
+    chain = governed_chain(4)
+    assert set_ids(chain, 2**64 - 1) == [0, 1, 2, 3]
