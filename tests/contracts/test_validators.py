@@ -14,6 +14,7 @@ from contracts.genesis import init_state, parse_genesis
 from contracts.runtime import Kind, named_args
 from contracts.testing import DevChain, dev_genesis, pilot_chain
 from qchain.errors import GenesisError, NotFound
+from qchain.jsonform import value_to_json
 from qchain.store import MemoryStore
 from qchain.store.schema import state_prefix
 
@@ -598,3 +599,15 @@ def test_named_arguments_from_json() -> None:
 def test_set_of_a_far_height_is_the_latest_known() -> None:
     chain = governed_chain(4)
     assert set_ids(chain, 2**64 - 1) == [0, 1, 2, 3]
+
+
+def test_query_results_have_a_json_form() -> None:
+    chain = governed_chain(4)
+    cid = cast(bytes, send(chain, "op0", "propose", add_args(0, chain.address("op1"))).result)
+    doc = value_to_json(chain.query(validators.NAME, "change", [cid]))
+    assert isinstance(doc, dict)
+    change = doc["change"]
+    assert isinstance(change, dict)
+    assert (change["kind"], change["id"], change["status"]) == ("add", None, "proposed")
+    s = value_to_json(chain.query(validators.NAME, "set", [1]))
+    assert isinstance(s, dict) and s["n"] == 4
