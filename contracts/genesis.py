@@ -7,7 +7,8 @@ The file is JSON (see `contracts/README.md` for an example):
   `timing`, the chain's timing profile (`default`, `lan` or `test`, default `default`;
   CONSENSUS.md §4): every node of the chain runs it, so it is part of the genesis hash;
   and the parameters of validator-set changes (CONSENSUS.md §10.2, `contracts.validators`):
-  `reconfig_delay` (D ≥ 2, default 2), `proposal_ttl` (default 10 000), `ready_ttl`
+  `reconfig_delay` (D ≥ 2, default 2), `proposal_ttl` (heights, default 10 000),
+  `ready_ttl` (block time in ms, default 86 400 000: 24 hours), `ready_ttl_heights`
   (default 1 000) and `reconfiguration` (default false: the `validators` contract refuses
   every change, and a node refuses to start on a genesis that sets it, since the engine
   does not follow set changes yet);
@@ -33,7 +34,7 @@ The genesis hash covers the canonical encoding of everything except the address 
 validator may move without changing the chain's identity; a genesis without
 `accepted_schemes` hashes as it did before the field existed (the field is left out of the
 encoding when empty), and so does one without operators and with the default
-reconfiguration parameters (a validator's `operator` is left out when absent, the four
+reconfiguration parameters (a validator's `operator` is left out when absent, the five
 reconfiguration parameters when all are at their defaults). `init_state` writes the
 initial members (and, with operators, the `validators` contract's initial state) and
 returns the write set and the genesis app hash, which chains from the genesis hash.
@@ -59,7 +60,9 @@ from qchain.types import Address, ChainId, ValidatorKey
 DEFAULT_TENURE = 64
 DEFAULT_RECONFIG_DELAY = 2
 DEFAULT_PROPOSAL_TTL = 10_000
-DEFAULT_READY_TTL = 1_000
+DEFAULT_READY_TTL = 86_400_000
+"""24 hours of block time, in milliseconds."""
+DEFAULT_READY_TTL_HEIGHTS = 1_000
 MAX_RECONFIG_DELAY = 1_000_000
 TIMING_PROFILES = ("default", "lan", "test")
 """The names of `qchain.config.PROFILES` (a test keeps them equal)."""
@@ -77,19 +80,29 @@ class ConsensusParams(Struct):
     reconfig_delay: U32 = DEFAULT_RECONFIG_DELAY
     """D: a change that is approved and ready in block r activates at r + D (D ≥ 2)."""
     proposal_ttl: U32 = DEFAULT_PROPOSAL_TTL
-    ready_ttl: U32 = DEFAULT_READY_TTL
+    ready_ttl: U64 = DEFAULT_READY_TTL
+    """Block time (ms) after its approval block's within which an approved change must be
+    ready; it is dropped once this and `ready_ttl_heights` have both passed."""
+    ready_ttl_heights: U32 = DEFAULT_READY_TTL_HEIGHTS
     reconfiguration: bool = False
     """Whether the `validators` contract accepts changes (CONSENSUS.md §10)."""
 
     @property
     def reconfiguration_default(self) -> bool:
-        """All four reconfiguration parameters at their defaults (left out of the hash)."""
+        """All five reconfiguration parameters at their defaults (left out of the hash)."""
         return (
             self.reconfig_delay,
             self.proposal_ttl,
             self.ready_ttl,
+            self.ready_ttl_heights,
             self.reconfiguration,
-        ) == (DEFAULT_RECONFIG_DELAY, DEFAULT_PROPOSAL_TTL, DEFAULT_READY_TTL, False)
+        ) == (
+            DEFAULT_RECONFIG_DELAY,
+            DEFAULT_PROPOSAL_TTL,
+            DEFAULT_READY_TTL,
+            DEFAULT_READY_TTL_HEIGHTS,
+            False,
+        )
 
 
 @dataclass(frozen=True)
@@ -169,6 +182,7 @@ class Genesis(Struct):
                         "reconfig_delay": self.consensus.reconfig_delay,
                         "proposal_ttl": self.consensus.proposal_ttl,
                         "ready_ttl": self.consensus.ready_ttl,
+                        "ready_ttl_heights": self.consensus.ready_ttl_heights,
                         "reconfiguration": self.consensus.reconfiguration,
                     }
                 ),
@@ -316,6 +330,7 @@ def parse_genesis(doc: object) -> Genesis:
             "reconfig_delay",
             "proposal_ttl",
             "ready_ttl",
+            "ready_ttl_heights",
             "reconfiguration",
         ),
     )
@@ -376,7 +391,13 @@ def parse_genesis(doc: object) -> Genesis:
             _int(
                 c.get("proposal_ttl", DEFAULT_PROPOSAL_TTL), "consensus.proposal_ttl", 1, 2**32 - 1
             ),
-            _int(c.get("ready_ttl", DEFAULT_READY_TTL), "consensus.ready_ttl", 1, 2**32 - 1),
+            _int(c.get("ready_ttl", DEFAULT_READY_TTL), "consensus.ready_ttl", 0, 2**63 - 1),
+            _int(
+                c.get("ready_ttl_heights", DEFAULT_READY_TTL_HEIGHTS),
+                "consensus.ready_ttl_heights",
+                1,
+                2**32 - 1,
+            ),
             bool(c.get("reconfiguration", False)),
         ),
         validators,
@@ -452,7 +473,11 @@ def init_state(source: StateSource, genesis: Genesis) -> GenesisState:
         validators_contract.init_genesis(
             StateWriter(overlay, validators_contract.NAME),
             validators_contract.Config(
-                c.reconfiguration, c.reconfig_delay, c.proposal_ttl, c.ready_ttl
+                c.reconfiguration,
+                c.reconfig_delay,
+                c.proposal_ttl,
+                c.ready_ttl,
+                c.ready_ttl_heights,
             ),
             [
                 validators_contract.GenesisValidator(

@@ -31,7 +31,8 @@ sequence number (consecutive from 0, in the order changes enter the schedule: by
 by transaction; in-flight changes never touch one id, so the order of changes with one
 activation height never changes the set it gives). A proposed change expires at the
 start of block `proposed + proposal_ttl`; an approved change not ready is dropped at the
-start of block `approved + ready_ttl`, or when its cancel is approved by the same
+first block at least `ready_ttl_heights` above its approval block whose time is more than
+`ready_ttl` (ms) after the approval block's, or when its cancel is approved by the same
 threshold. At the start of block h the changes scheduled for h are applied, in sequence
 order, so during block h the current set is `V(h)`.
 
@@ -51,7 +52,7 @@ State layout (relative to the contract's key space):
 | `x` change id, operator | empty: cancel approvals |
 | `o` proposer, change id | empty: open proposals per proposer |
 | `e` height (8 bytes), change id | empty: proposed changes by expiry height |
-| `r` height (8 bytes), change id | empty: approved, not ready, by drop height |
+| `r` height (8 bytes), change id | empty: approved, not ready, by `approved + ready_ttl_heights` |
 | `f` change id | empty: changes in flight |
 | `w` height (8 bytes), sequence (8 bytes) | change id: the schedule |
 """
@@ -114,7 +115,9 @@ class Config(Struct):
     """The genesis's `consensus.reconfiguration`."""
     reconfig_delay: U32
     proposal_ttl: U32
-    ready_ttl: U32
+    ready_ttl: U64
+    """Block time, ms."""
+    ready_ttl_heights: U32
 
 
 @dataclass(frozen=True)
@@ -164,6 +167,8 @@ class Change(Struct):
     status: Annotated[str, Len(1, 16)]
     approved_height: U64
     """0: not approved."""
+    approved_time: U64
+    """The approval block's time (ms)."""
     ready_height: U64
     """0: not ready (a remove is ready at approval)."""
     activation_height: U64
@@ -429,7 +434,7 @@ def _schedule(state: StateWriter, cfg: Config, ch: Change, r: int) -> Change:
     state.put_int(NEXT_SEQ_KEY, seq + 1)
     e = r + cfg.reconfig_delay
     state.put(schedule_key(e, seq), ch.change_id)
-    state.delete(ready_deadline_key(ch.approved_height + cfg.ready_ttl, ch.change_id))
+    state.delete(ready_deadline_key(ch.approved_height + cfg.ready_ttl_heights, ch.change_id))
     return replace(ch, status=SCHEDULED, activation_height=e, sequence=seq)
 
 
@@ -438,7 +443,14 @@ def _approve(ctx: CallContext, cfg: Config, ch: Change) -> Change:
     state.delete(expiry_key(ch.proposed_height + cfg.proposal_ttl, ch.change_id))
     state.delete(open_key(ch.proposer, ch.change_id))
     state.put(in_flight_key(ch.change_id), b"")
-    ch = replace(ch, status=APPROVED, approved_height=ctx.height, rule="", reason="")
+    ch = replace(
+        ch,
+        status=APPROVED,
+        approved_height=ctx.height,
+        approved_time=ctx.time,
+        rule="",
+        reason="",
+    )
     if ch.kind == "add":
         vid = state.get_int(NEXT_ID_KEY)
         state.put_int(NEXT_ID_KEY, vid + 1)
@@ -452,14 +464,14 @@ def _approve(ctx: CallContext, cfg: Config, ch: Change) -> Change:
     if ch.ready_height:
         ch = _schedule(state, cfg, ch, ctx.height)
     else:
-        state.put(ready_deadline_key(ctx.height + cfg.ready_ttl, ch.change_id), b"")
+        state.put(ready_deadline_key(ctx.height + cfg.ready_ttl_heights, ch.change_id), b"")
     ctx.emit("approved", [ch.change_id, ch.status])
     return ch
 
 
 def _drop(state: StateWriter, cfg: Config, ch: Change, rule: str, reason: str) -> Change:
     state.delete(in_flight_key(ch.change_id))
-    state.delete(ready_deadline_key(ch.approved_height + cfg.ready_ttl, ch.change_id))
+    state.delete(ready_deadline_key(ch.approved_height + cfg.ready_ttl_heights, ch.change_id))
     if ch.kind == "add" and ch.id is not None:
         state.delete(directory_key(ch.id))
     ch = replace(ch, status=DROPPED, rule=rule, reason=reason)
@@ -559,6 +571,7 @@ def propose(ctx: CallContext, a: ProposeArgs) -> bytes:
         ctx.sender,
         ctx.height,
         PROPOSED,
+        0,
         0,
         0,
         0,
@@ -703,6 +716,8 @@ def begin_block(ctx: BlockHookContext) -> None:
         if read_u64(key[1:9]) > ctx.height:
             break
         ch = _require_change(ctx.state, key[9:])
+        if ctx.time - ch.approved_time <= cfg.ready_ttl:
+            continue  # the heights have passed, the block time not yet
         _drop(ctx.state, cfg, ch, "ready-ttl", "not ready within ready_ttl of its approval")
         ctx.emit("dropped", [ch.change_id, "ready-ttl"])
 

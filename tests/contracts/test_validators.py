@@ -51,7 +51,11 @@ def test_a_genesis_without_governance_hashes_and_starts_as_before() -> None:
     plain = parse_genesis(doc)
     explicit = copy.deepcopy(doc)
     cast(dict[str, object], explicit["consensus"]).update(
-        reconfig_delay=2, proposal_ttl=10_000, ready_ttl=1_000, reconfiguration=False
+        reconfig_delay=2,
+        proposal_ttl=10_000,
+        ready_ttl=86_400_000,
+        ready_ttl_heights=1_000,
+        reconfiguration=False,
     )
     assert parse_genesis(explicit).hash == plain.hash
     assert "reconfig_delay" not in cast(dict[str, object], plain.to_json()["consensus"])
@@ -74,7 +78,8 @@ def test_a_genesis_without_governance_hashes_and_starts_as_before() -> None:
         (lambda d: d["validators"][0].update(operator="00"), "validators[0].operator"),
         (lambda d: d["consensus"].update(reconfig_delay=1), "consensus.reconfig_delay"),
         (lambda d: d["consensus"].update(proposal_ttl=0), "consensus.proposal_ttl"),
-        (lambda d: d["consensus"].update(ready_ttl=0), "consensus.ready_ttl"),
+        (lambda d: d["consensus"].update(ready_ttl=-1), "consensus.ready_ttl"),
+        (lambda d: d["consensus"].update(ready_ttl_heights=0), "consensus.ready_ttl_heights"),
         (lambda d: d["consensus"].update(reconfiguration=1), "consensus.reconfiguration"),
         (lambda d: d["consensus"].update(reconfigure=True), "consensus.reconfigure"),
     ],
@@ -438,6 +443,29 @@ def test_an_approved_change_not_ready_is_dropped_after_ready_ttl() -> None:
     # it left the in-flight count at once
     nxt = cast(bytes, send(chain, "op0", "propose", remove_args(3)).result)
     assert _approve_all(chain, nxt, range(3)).change.rule == "set-too-small"
+
+
+def test_ready_ttl_needs_its_heights_and_its_block_time() -> None:
+    # blocks are 1000 ms apart: 3 heights have passed at a + 3, 5500 ms only at a + 6
+    chain = governed_chain(4, ready_ttl=3, ready_ttl_ms=5_500)
+    cid = cast(bytes, send(chain, "op0", "propose", add_args(0, chain.address("op0"))).result)
+    s = _approve_all(chain, cid, range(3))
+    a = s.change.approved_height
+    assert s.change.approved_time == chain.time
+    while chain.height < a + 5:
+        chain.block()
+    assert status(chain, cid).change.status == "approved"
+    chain.block()
+    assert status(chain, cid).change.status == "dropped"
+    # with a long height bound, the block time alone does not drop it
+    chain = governed_chain(4, ready_ttl=8, ready_ttl_ms=0)
+    cid = cast(bytes, send(chain, "op0", "propose", add_args(0, chain.address("op0"))).result)
+    a = _approve_all(chain, cid, range(3)).change.approved_height
+    while chain.height < a + 7:
+        chain.block()
+    assert status(chain, cid).change.status == "approved"
+    chain.block()
+    assert status(chain, cid).change.status == "dropped"
 
 
 def test_cancel_by_the_same_threshold() -> None:

@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from contracts import validators
-from contracts.testing import DevChain
+from contracts.testing import BLOCK_INTERVAL, DevChain
 from qchain.types import Transaction
 
 from .validators_chain import governed_chain, new_key
@@ -49,6 +49,7 @@ class Model:
     delay: int
     proposal_ttl: int
     ready_ttl: int
+    ready_ttl_ms: int
     members: set[bytes]
     history: dict[int, dict[int, tuple[bytes, str, bytes]]] = field(default_factory=dict)
     used_keys: set[bytes] = field(default_factory=set)
@@ -121,7 +122,11 @@ class Model:
         for c in self.changes.values():
             if c.status == "proposed" and h >= c.proposed + self.proposal_ttl:
                 c.status = "expired"
-            if c.status == "approved" and h >= c.approved + self.ready_ttl:
+            if (
+                c.status == "approved"
+                and h >= c.approved + self.ready_ttl
+                and (h - c.approved) * BLOCK_INTERVAL > self.ready_ttl_ms
+            ):
                 c.status = "dropped"
 
     def propose(self, h: int, cid: bytes, c: MChange) -> bool:
@@ -224,6 +229,7 @@ def _label(i: int) -> str:
     delay=st.integers(2, 5),
     proposal_ttl=st.integers(2, 12),
     ready_ttl=st.integers(1, 5),
+    ready_ttl_ms=st.sampled_from([0, 2_500, 4_000]),
     blocks=st.lists(st.lists(actions, min_size=1, max_size=4), min_size=8, max_size=24),
 )
 def test_the_set_of_every_height_matches_the_model(
@@ -232,18 +238,24 @@ def test_the_set_of_every_height_matches_the_model(
     delay: int,
     proposal_ttl: int,
     ready_ttl: int,
+    ready_ttl_ms: int,
     blocks: list[list[tuple[object, ...]]],
 ) -> None:
     operators = ops[:n]
     operators[0] = 0  # op0..op3 need not all operate; op0 always does
     chain = governed_chain(
-        n, operators=operators, delay=delay, proposal_ttl=proposal_ttl, ready_ttl=ready_ttl
+        n,
+        operators=operators,
+        delay=delay,
+        proposal_ttl=proposal_ttl,
+        ready_ttl=ready_ttl,
+        ready_ttl_ms=ready_ttl_ms,
     )
     genesis = {v.index: (v.public_key, v.sae_id, v.operator) for v in chain.genesis.validators}
     members = {chain.address(label) for label in chain.keys}
-    model = Model(genesis, delay, proposal_ttl, ready_ttl, members)
+    model = Model(genesis, delay, proposal_ttl, ready_ttl, ready_ttl_ms, members)
     proposed: list[bytes] = []
-    for block in [*blocks, *([[]] * (delay + ready_ttl + 1))]:
+    for block in [*blocks, *([[]] * (delay + ready_ttl + 5))]:
         h = chain.height + 1
         model.begin(h)
         txs: list[Transaction] = []

@@ -32,6 +32,7 @@ def governed_chain(
     delay: int = 2,
     proposal_ttl: int = 100,
     ready_ttl: int = 50,
+    ready_ttl_ms: int = 0,
 ) -> DevChain:
     """A chain of n validators; validator i is operated by `op{operators[i]}` (default:
     `op{i}`)."""
@@ -48,7 +49,8 @@ def governed_chain(
         reconfiguration=enabled,
         reconfig_delay=delay,
         proposal_ttl=proposal_ttl,
-        ready_ttl=ready_ttl,
+        ready_ttl=ready_ttl_ms,
+        ready_ttl_heights=ready_ttl,
     )
     return DevChain(MemoryStore(), parse_genesis(doc), keys)
 
