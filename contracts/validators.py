@@ -41,12 +41,14 @@ State layout (relative to the contract's key space):
 | key | value |
 |---|---|
 | `c` | `Config` |
+| `set` | `ValidatorSet`: the current set's records, ordered by id (CONSENSUS.md §10.5 proves it) |
+| `schedule` | `Schedule`: the scheduled changes not yet active, in sequence order (proved too) |
 | `h` height (8 bytes) | `SetEntry`: `V(1)` and the set of every activation height |
 | `n` | next validator id (integer) |
 | `q` | next sequence number (integer) |
 | `d` id (8 bytes) | `Directory` of a member or of an approved add |
 | `k` SHA-256 of a public key | empty: used keys |
-| `s` SAE id | empty: used SAE ids |
+| `u` SAE id | empty: used SAE ids |
 | `p` change id | `Change` |
 | `a` change id, operator | empty: approvals |
 | `x` change id, operator | empty: cancel approvals |
@@ -54,7 +56,6 @@ State layout (relative to the contract's key space):
 | `e` height (8 bytes), change id | empty: proposed changes by expiry height |
 | `r` height (8 bytes), change id | empty: approved, not ready, by `approved + ready_ttl_heights` |
 | `f` change id | empty: changes in flight |
-| `w` height (8 bytes), sequence (8 bytes) | change id: the schedule |
 """
 
 from __future__ import annotations
@@ -142,6 +143,35 @@ class SetEntry(Struct):
 
 
 @dataclass(frozen=True)
+class ValidatorSet(Struct):
+    """The value of the state key `set`: the current set's records, ordered by id."""
+
+    records: Annotated[tuple[Record, ...], Len(1, MAX_SET)]
+
+
+@dataclass(frozen=True)
+class ScheduleEntry(Struct):
+    """A scheduled change, with what applying it needs."""
+
+    sequence: U64
+    activation_height: U64
+    change_id: ChangeId
+    kind: Annotated[str, Len(1, 8)]
+    id: ValidatorId
+    public_key: Annotated[bytes, Len(0, 1952)]
+    sae_id: Annotated[str, Len(0, 128)]
+    operator: Annotated[bytes, Len(0, 20)]
+
+
+@dataclass(frozen=True)
+class Schedule(Struct):
+    """The value of the state key `schedule`: the changes scheduled and not yet active, in
+    sequence order (which is also activation order)."""
+
+    entries: Annotated[tuple[ScheduleEntry, ...], Len(0, MAX_SET)]
+
+
+@dataclass(frozen=True)
 class Directory(Struct):
     id: ValidatorId
     operator: Address
@@ -206,6 +236,8 @@ class GenesisValidator:
 # --- keys ------------------------------------------------------------------------------------
 
 CONFIG_KEY = b"c"
+SET_KEY = b"set"
+SCHEDULE_KEY = b"schedule"
 NEXT_ID_KEY = b"n"
 NEXT_SEQ_KEY = b"q"
 
@@ -223,7 +255,7 @@ def used_key_key(public_key: bytes) -> bytes:
 
 
 def used_sae_key(sae_id: str) -> bytes:
-    return b"s" + sae_id.encode()
+    return b"u" + sae_id.encode()
 
 
 def change_key(cid: bytes) -> bytes:
@@ -254,10 +286,6 @@ def in_flight_key(cid: bytes) -> bytes:
     return b"f" + cid
 
 
-def schedule_key(height: int, seq: int) -> bytes:
-    return b"w" + u64(height) + u64(seq)
-
-
 def ready_message(chain_id: str, change_id: bytes) -> bytes:
     """The bytes the new key signs: the canonical encoding of
     `["qchain-ready", chain_id, change_id]`."""
@@ -271,11 +299,16 @@ def get_config(state: StateReader) -> Config | None:
     return state.load(CONFIG_KEY, Config)
 
 
-def current_set(state: StateReader) -> SetEntry:
+def current_set(state: StateReader) -> ValidatorSet:
     """The set after the last applied activation (during block h: `V(h)`)."""
-    for _, raw in state.iterate(b"h", reverse=True):
-        return SetEntry.decode(raw)
-    raise NotFound("validator set", "(this genesis has no validator operators)")
+    vset = state.load(SET_KEY, ValidatorSet)
+    if vset is None:
+        raise NotFound("validator set", "(this genesis has no validator operators)")
+    return vset
+
+
+def get_schedule(state: StateReader) -> Schedule:
+    return state.load(SCHEDULE_KEY, Schedule) or Schedule(())
 
 
 def set_at(state: StateReader, height: int) -> SetEntry:
@@ -288,11 +321,9 @@ def set_at(state: StateReader, height: int) -> SetEntry:
     if base is None:
         raise NotFound("validator set", "(this genesis has no validator operators)")
     records = {r.id: r for r in base.records}
-    for key, cid in state.iterate(b"w"):
-        if read_u64(key[1:9]) > height:
-            break
-        ch = _require_change(state, cid)
-        _apply(records, ch)
+    for entry in get_schedule(state).entries:
+        if entry.activation_height <= height:
+            _apply(records, entry)
     return SetEntry(base.height, tuple(records[i] for i in sorted(records)), base.sequences)
 
 
@@ -324,16 +355,14 @@ def _in_flight(state: StateReader) -> list[Change]:
     return [_require_change(state, cid) for cid in _ids(state, b"f")]
 
 
-def _counted(state: StateReader, prefix: bytes, vset: SetEntry) -> tuple[int, list[bytes]]:
+def _counted(state: StateReader, prefix: bytes, vset: ValidatorSet) -> tuple[int, list[bytes]]:
     """(members of vset whose operator is among the approvals under prefix, approvers)."""
     approvers = _ids(state, prefix)
     chosen = set(approvers)
     return sum(1 for r in vset.records if r.operator in chosen), approvers
 
 
-def _apply(records: dict[int, Record], ch: Change) -> None:
-    if ch.id is None:
-        raise RuleViolation("broken-change", f"change {ch.change_id.hex()} has no id")
+def _apply(records: dict[int, Record], ch: ScheduleEntry) -> None:
     if ch.kind == "remove":
         records.pop(ch.id, None)
     elif ch.kind == "rotate":
@@ -357,6 +386,8 @@ def init_genesis(state: StateWriter, config: Config, vals: Iterable[GenesisValid
         state.put(used_sae_key(v.sae_id), b"")
         state.save(directory_key(v.index), Directory(v.index, v.operator, v.name, "", ""))
     state.save(set_key(1), SetEntry(1, tuple(records), ()))
+    state.save(SET_KEY, ValidatorSet(tuple(records)))
+    state.save(SCHEDULE_KEY, Schedule(()))
     state.put_int(NEXT_ID_KEY, len(records))
     state.put_int(NEXT_SEQ_KEY, 0)
 
@@ -375,7 +406,7 @@ def _require_enabled(state: StateReader) -> Config:
     return cfg
 
 
-def _require_operator(ctx: CallContext, vset: SetEntry, action: str) -> None:
+def _require_operator(ctx: CallContext, vset: ValidatorSet, action: str) -> None:
     if not any(r.operator == ctx.sender for r in vset.records):
         raise PermissionDenied(
             f"validators.{action}", "only the operator of a member of the current set may"
@@ -390,7 +421,7 @@ def _fresh(state: StateReader, public_key: bytes, sae_id: str) -> tuple[str, str
     return None
 
 
-def _target(vset: SetEntry, flight: list[Change], ch: Change) -> tuple[str, str] | None:
+def _target(vset: ValidatorSet, flight: list[Change], ch: Change) -> tuple[str, str] | None:
     if ch.kind == "add":
         return None
     if not any(r.id == ch.id for r in vset.records):
@@ -400,7 +431,7 @@ def _target(vset: SetEntry, flight: list[Change], ch: Change) -> tuple[str, str]
     return None
 
 
-def _limits(state: StateReader, vset: SetEntry, ch: Change) -> tuple[str, str] | None:
+def _limits(state: StateReader, vset: ValidatorSet, ch: Change) -> tuple[str, str] | None:
     """The first limit of §10.2 that approving ch now would break, or None."""
     flight = _in_flight(state)
     failed = _target(vset, flight, ch)
@@ -433,7 +464,12 @@ def _schedule(state: StateWriter, cfg: Config, ch: Change, r: int) -> Change:
     seq = state.get_int(NEXT_SEQ_KEY)
     state.put_int(NEXT_SEQ_KEY, seq + 1)
     e = r + cfg.reconfig_delay
-    state.put(schedule_key(e, seq), ch.change_id)
+    if ch.id is None:
+        raise RuleViolation("broken-change", f"change {ch.change_id.hex()} has no id")
+    entry = ScheduleEntry(
+        seq, e, ch.change_id, ch.kind, ch.id, ch.public_key, ch.sae_id, ch.operator
+    )
+    state.save(SCHEDULE_KEY, Schedule((*get_schedule(state).entries, entry)))
     state.delete(ready_deadline_key(ch.approved_height + cfg.ready_ttl_heights, ch.change_id))
     return replace(ch, status=SCHEDULED, activation_height=e, sequence=seq)
 
@@ -723,24 +759,23 @@ def begin_block(ctx: BlockHookContext) -> None:
 
 
 def _activate(ctx: BlockHookContext) -> None:
-    due = list(ctx.state.iterate(b"w" + u64(ctx.height)))
+    entries = get_schedule(ctx.state).entries
+    due = [x for x in entries if x.activation_height <= ctx.height]
     if not due:
         return
-    vset = current_set(ctx.state)
-    records = {r.id: r for r in vset.records}
-    sequences = []
-    for key, cid in due:
-        ch = _require_change(ctx.state, cid)
-        _apply(records, ch)
-        if ch.kind == "remove" and ch.id is not None:
-            ctx.state.delete(directory_key(ch.id))
-        _save(ctx.state, replace(ch, status=ACTIVE))
-        ctx.state.delete(key)
-        ctx.state.delete(in_flight_key(cid))
-        sequences.append(read_u64(key[9:17]))
-        ctx.emit("activated", [cid, ch.sequence])
-    entry = SetEntry(ctx.height, tuple(records[i] for i in sorted(records)), tuple(sequences))
-    ctx.state.save(set_key(ctx.height), entry)
+    records = {r.id: r for r in current_set(ctx.state).records}
+    for x in due:
+        _apply(records, x)
+        if x.kind == "remove":
+            ctx.state.delete(directory_key(x.id))
+        _save(ctx.state, replace(_require_change(ctx.state, x.change_id), status=ACTIVE))
+        ctx.state.delete(in_flight_key(x.change_id))
+        ctx.emit("activated", [x.change_id, x.sequence])
+    ordered = tuple(records[i] for i in sorted(records))
+    ctx.state.save(SET_KEY, ValidatorSet(ordered))
+    ctx.state.save(SCHEDULE_KEY, Schedule(entries[len(due) :]))
+    history = SetEntry(ctx.height, ordered, tuple(x.sequence for x in due))
+    ctx.state.save(set_key(ctx.height), history)
 
 
 # --- queries ---------------------------------------------------------------------------------
@@ -763,19 +798,16 @@ def set_(q: QueryContext, a: HeightArgs) -> dict[str, object]:
 @contract.query("schedule", NoArgs)
 def schedule(q: QueryContext, a: NoArgs) -> list[dict[str, object]]:
     """The changes scheduled and not yet active, by activation height and sequence."""
-    out: list[dict[str, object]] = []
-    for key, cid in q.state.iterate(b"w"):
-        ch = _require_change(q.state, cid)
-        out.append(
-            {
-                "sequence": read_u64(key[9:17]),
-                "activation_height": read_u64(key[1:9]),
-                "change_id": cid,
-                "kind": ch.kind,
-                "id": ch.id,
-            }
-        )
-    return out
+    return [
+        {
+            "sequence": x.sequence,
+            "activation_height": x.activation_height,
+            "change_id": x.change_id,
+            "kind": x.kind,
+            "id": x.id,
+        }
+        for x in get_schedule(q.state).entries
+    ]
 
 
 @contract.query("change", ChangeArgs)

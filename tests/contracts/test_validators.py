@@ -12,6 +12,7 @@ import pytest
 from contracts import validators
 from contracts.genesis import init_state, parse_genesis
 from contracts.runtime import Kind, named_args
+from contracts.state import StateReader
 from contracts.testing import DevChain, dev_genesis, pilot_chain
 from qchain.errors import GenesisError, NotFound
 from qchain.jsonform import value_to_json
@@ -639,3 +640,22 @@ def test_query_results_have_a_json_form() -> None:
     assert (change["kind"], change["id"], change["status"]) == ("add", None, "proposed")
     s = value_to_json(chain.query(validators.NAME, "set", [1]))
     assert isinstance(s, dict) and s["n"] == 4
+
+
+def test_the_state_keys_set_and_schedule_hold_canonical_values() -> None:
+    chain = governed_chain(7, delay=5)
+    state = StateReader(chain.store, validators.NAME)
+    vset = state.load(validators.SET_KEY, validators.ValidatorSet)
+    assert vset is not None and [r.id for r in vset.records] == list(range(7))
+    assert state.load(validators.SCHEDULE_KEY, validators.Schedule) == validators.Schedule(())
+    cid = cast(bytes, send(chain, "op0", "propose", remove_args(4)).result)
+    e = _approve_all(chain, cid, range(5)).change.activation_height
+    schedule = state.load(validators.SCHEDULE_KEY, validators.Schedule)
+    assert schedule == validators.Schedule(
+        (validators.ScheduleEntry(0, e, cid, "remove", 4, b"", "", b""),)
+    )
+    while chain.height < e:
+        chain.block()
+    vset = state.load(validators.SET_KEY, validators.ValidatorSet)
+    assert vset is not None and [r.id for r in vset.records] == [0, 1, 2, 3, 5, 6]
+    assert state.load(validators.SCHEDULE_KEY, validators.Schedule) == validators.Schedule(())
