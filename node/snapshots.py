@@ -25,11 +25,11 @@ from contracts.snapshot import (
     chunk_hash,
 )
 from node.chainstore import ChainStore
-from qchain.codec import Hash32, Len, Struct
+from qchain.codec import Hash32, Len, Limits, Struct
 from qchain.errors import CodecError, InvalidSnapshot
 from qchain.store import schema
 from qchain.store.kv import Batch, KVStore
-from qchain.types import BlockHeader, CommitCertificate
+from qchain.types import MAX_BLOCK_SIZE, MAX_BLOCK_TXS, BlockHeader, CommitCertificate
 
 DEFAULT_KEEP = 2
 MAX_OFFER_BYTES = 8 * 1024 * 1024
@@ -52,6 +52,37 @@ class SnapshotOffer(Struct):
     value: Hash32
     parent: Annotated[tuple[BlockHeader, ...], Len(0, 1)]
     """The header of s−1; empty when s is 1."""
+
+
+MAX_BLOCK_ANSWER_BYTES = 32 * 1024 * 1024
+"""The largest block answer a fetcher reads: a block at its largest (`MAX_BLOCK_SIZE`)
+and its receipts."""
+BLOCK_ANSWER_LIMITS = Limits(
+    max_size=MAX_BLOCK_ANSWER_BYTES,
+    max_depth=2,
+    max_bytes_len=MAX_BLOCK_SIZE,
+    max_str_len=0,
+    max_array_len=MAX_BLOCK_TXS,
+)
+
+
+@dataclass(frozen=True)
+class SnapshotBlock(Struct):
+    """The block of a snapshot height and its receipts, as stored (the encodings whose
+    hashes the header commits to), so that a synced node holds the block of its base."""
+
+    block: Annotated[bytes, Len(0, MAX_BLOCK_SIZE)]
+    receipts: Annotated[tuple[bytes, ...], Len(0, MAX_BLOCK_TXS)]
+
+
+def block_answer(chain: ChainStore, height: int) -> SnapshotBlock | None:
+    """The block of a kept snapshot's height with its receipts, or None."""
+    if manifest(chain, height) is None:
+        return None
+    block = chain.block(height)
+    if block is None:
+        return None
+    return SnapshotBlock(block.encode(), tuple(r.encode() for r in chain.receipts(height)))
 
 
 def offer(chain: ChainStore, height: int) -> SnapshotOffer | None:

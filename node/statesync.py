@@ -10,7 +10,11 @@ s offered, and checks the offer of s before it fetches anything else:
    signatures of the validator set of s (CONSENSUS.md §10.5: with no reconfiguration, the
    genesis set), and no more signatures than there are validators;
 3. the manifest is the one the header's app hash commits to (`Manifest.check`);
-4. the header of s−1 it carries is header s's parent.
+4. the header of s−1 it carries is header s's parent;
+
+and fetches the block of s with its receipts (`check_block`: they must match the
+certified header's hash, `tx_root` and `receipts_root`), so that the node holds its first
+block and serves its receipts.
 
 The consensus value decided at s, which the next height's consensus block names as its
 parent, is not covered by the certificate (it signs the chain header's hash): it is
@@ -23,13 +27,14 @@ fails is counted in `rejected`, its source is not asked for that chunk again, an
 chunk is fetched again from another source. A source that fails an offer or a chunk is
 skipped, never trusted: whatever a source sends is either what the certificate commits
 to or refused. When every chunk is in, `write` replaces the store's state with the
-snapshot's and records the header and certificate of s, the base height s and the last
-committed height s, in one synced batch: a crash before it leaves the store as it was
+snapshot's and records the block, receipts and certificate of s, the base height s and
+the last committed height s, in one synced batch: a crash before it leaves the store as it was
 (the sync starts again), after it the node holds the whole state of s.
 
 Everything a source sends is bounded before it is decoded: an offer by
 `MAX_OFFER_BYTES`, a manifest by `MAX_MANIFEST_BYTES`, a chunk by `MAX_CHUNK_BYTES`, and
-the source itself reads no more than that from the wire.
+a block answer by `MAX_BLOCK_ANSWER_BYTES`, and the source itself reads no more than
+that from the wire.
 """
 
 from __future__ import annotations
@@ -41,7 +46,6 @@ from typing import Protocol
 
 from contracts.genesis import Genesis
 from contracts.snapshot import (
-    MAX_CHUNK_BYTES,
     Entry,
     Manifest,
     decode_chunk,
@@ -49,11 +53,25 @@ from contracts.snapshot import (
     is_checkpoint,
 )
 from node.chainstore import ChainStore
-from node.snapshots import MAX_OFFER_BYTES, SnapshotOffer
+from node.snapshots import (
+    BLOCK_ANSWER_LIMITS,
+    MAX_BLOCK_ANSWER_BYTES,
+    MAX_OFFER_BYTES,
+    SnapshotBlock,
+    SnapshotOffer,
+)
 from qchain.errors import InvalidSnapshot, QChainError, StorageError
+from qchain.merkle import leaf_hash, root_of_leaf_hashes
 from qchain.store import Batch, schema
 from qchain.store.kv import KVStore
-from qchain.types import ValidatorKey, verify_certificate
+from qchain.types import (
+    BLOCK_LIMITS,
+    Block,
+    BlockHeader,
+    Receipt,
+    ValidatorKey,
+    verify_certificate,
+)
 
 MAX_LISTED = 64
 """Most snapshot heights read from one source's list."""
@@ -74,6 +92,9 @@ class SnapshotSource(Protocol):
 
     async def snapshot_chunk(self, height: int, index: int) -> bytes:
         """Chunk index of the snapshot of height."""
+
+    async def snapshot_block(self, height: int) -> bytes:
+        """The encoded `SnapshotBlock` (block and receipts) of the snapshot of height."""
 
 
 @dataclass(frozen=True)
@@ -125,9 +146,33 @@ class Synced:
     rejected_chunks: int = 0
     """Chunks that failed their hash or decoding, each fetched again elsewhere."""
     rejected_offers: int = 0
+    rejected_blocks: int = 0
     failed_fetches: int = 0
     """Fetches that failed outright (the source down, a problem answer, a timeout)."""
     offer: SnapshotOffer | None = field(default=None, repr=False)
+
+
+def check_block(raw: bytes, header: BlockHeader) -> SnapshotBlock:
+    """The block of a snapshot height from a source's bytes, checked against its certified
+    header: the block carries that header and its transactions match the `tx_root`, and
+    the receipts (one per transaction, each naming it) make the header's `receipts_root`.
+    Raises `InvalidSnapshot` or `CodecError`."""
+    if len(raw) > MAX_BLOCK_ANSWER_BYTES:
+        raise InvalidSnapshot(f"block answer of {len(raw)} bytes exceeds {MAX_BLOCK_ANSWER_BYTES}")
+    answer = SnapshotBlock.decode(raw, BLOCK_ANSWER_LIMITS)
+    block = Block.decode(answer.block, BLOCK_LIMITS)
+    if block.header != header:
+        raise InvalidSnapshot(f"block {header.height} does not carry the certified header")
+    block.check_body()
+    if len(answer.receipts) != len(block.txs):
+        raise InvalidSnapshot("not one receipt per transaction")
+    if root_of_leaf_hashes([leaf_hash(r) for r in answer.receipts]) != header.receipts_root:
+        raise InvalidSnapshot("receipts do not make the header's receipts root")
+    for i, (raw_receipt, tx) in enumerate(zip(answer.receipts, block.txs, strict=True)):
+        receipt = Receipt.decode(raw_receipt)
+        if (receipt.tx_hash, receipt.height, receipt.index) != (tx.hash, header.height, i):
+            raise InvalidSnapshot(f"receipt {i} does not name its transaction")
+    return answer
 
 
 def check_offer(raw: bytes, height: int, trust: Trust) -> tuple[SnapshotOffer, Manifest]:
@@ -197,13 +242,14 @@ class StateSync:
                 continue
             offer, manifest = got
             chunks = await self._chunks(height, manifest, offered[height])
-            if chunks is None:
+            base = await self._block(offer.header, offered[height])
+            if chunks is None or base is None:
                 continue
             self.result.height = height
             self.result.offer = offer
             self.result.chunks = len(manifest.chunks)
             anchor = self.trust.next_anchor(offer)
-            self.result.entries = write(store, offer, manifest, chunks, anchor)
+            self.result.entries = write(store, offer, base, chunks, anchor)
             return self.result
         raise InvalidSnapshot(f"no snapshot could be fetched whole ({self.result})")
 
@@ -231,6 +277,23 @@ class StateSync:
         for offers in by_value.values():
             if len(offers) >= self.trust.value_quorum:
                 return offers[0]
+        return None
+
+    async def _block(
+        self, header: BlockHeader, sources: list[SnapshotSource]
+    ) -> SnapshotBlock | None:
+        """The block of header's height with its receipts, from the first source whose
+        answer checks."""
+        for source in sources:
+            try:
+                raw = await source.snapshot_block(header.height)
+            except FETCH_ERRORS:
+                self.result.failed_fetches += 1
+                continue
+            try:
+                return check_block(raw, header)
+            except QChainError:
+                self.result.rejected_blocks += 1
         return None
 
     async def _chunks(
@@ -288,14 +351,14 @@ def _check_empty(store: KVStore) -> None:
 def write(
     store: KVStore,
     offer: SnapshotOffer,
-    manifest: Manifest,
+    base: SnapshotBlock,
     chunks: list[list[Entry]],
     next_anchor: int,
 ) -> int:
-    """Replace the store's state with the snapshot's and record the header, certificate
-    and consensus value of its height as the committed tip and base, with the anchor of
-    the next height and the amnesia guard's mark, in one synced batch; the number of
-    entries written. Refuses a store that has committed blocks."""
+    """Replace the store's state with the snapshot's and record the block, receipts,
+    certificate and consensus value of its height as the committed tip and base, with the
+    anchor of the next height and the amnesia guard's mark, in one synced batch; the
+    number of entries written. Refuses a store that has committed blocks."""
     _check_empty(store)
     batch = Batch()
     for key, _ in store.iterate(schema.STATE):
@@ -305,9 +368,8 @@ def write(
         for key, value in chunk:
             batch.put(key, value)
             entries += 1
-    header, h = offer.header, offer.header.height
-    batch.put(schema.header_key(h), header.encode())
-    batch.put(schema.block_hash_key(header.hash), schema.u64(h))
+    h = offer.header.height
+    ChainStore(store).base_batch(base.block, base.receipts, batch)
     batch.put(schema.cert_key(h), offer.certificate.encode())
     batch.put(schema.consensus_value_key(h), offer.value)
     batch.put(schema.block_hash_key(offer.value), schema.u64(h))
@@ -320,7 +382,3 @@ def write(
     batch.put(schema.META_AMNESIA, b"")
     store.write(batch, sync=True)
     return entries
-
-
-MAX_RESPONSE_BYTES = max(MAX_OFFER_BYTES, MAX_CHUNK_BYTES)
-"""The most a source reads of one answer."""

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from contracts.genesis import Genesis
 from contracts.snapshot import MAX_CHUNK_BYTES
 from node.chainstore import ChainStore
-from node.snapshots import MAX_OFFER_BYTES
+from node.snapshots import MAX_BLOCK_ANSWER_BYTES, MAX_OFFER_BYTES
 from node.statesync import SnapshotSource, StateSync, Synced, Trust
 from qchain.client import AsyncClient
 from qchain.config import NodeConfig
@@ -48,6 +48,9 @@ class ApiSource:
 
     async def snapshot_chunk(self, height: int, index: int) -> bytes:
         return await self.client.snapshot_chunk(height, index, MAX_CHUNK_BYTES)
+
+    async def snapshot_block(self, height: int) -> bytes:
+        return await self.client.snapshot_block(height, MAX_BLOCK_ANSWER_BYTES)
 
 
 def peer_sources(genesis: Genesis, me: int) -> list[ApiSource]:

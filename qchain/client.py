@@ -398,6 +398,13 @@ class AsyncClient:
         )
         return data
 
+    async def snapshot_block(self, height: int, max_bytes: int) -> bytes:
+        """Canonical bytes of the block of a kept snapshot's height and its receipts."""
+        _, _, data = await self._request(
+            "GET", f"/v1/snapshots/{height}/block", accept=MSGPACK, max_bytes=max_bytes
+        )
+        return data
+
     async def snapshot_chunk(self, height: int, index: int, max_bytes: int) -> bytes:
         _, _, data = await self._request(
             "GET", f"/v1/snapshots/{height}/chunks/{index}", accept=MSGPACK, max_bytes=max_bytes

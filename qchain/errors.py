@@ -322,7 +322,7 @@ class BelowBase(QChainError):
 
     def __init__(self, height: int, base_height: int) -> None:
         super().__init__(
-            f"block {height} is not held here: this node's history starts after its "
+            f"block {height} is not held here: this node's history starts at its "
             f"snapshot of height {base_height}"
         )
         self.height = height
@@ -464,12 +464,12 @@ class NotFound(ContractError):
 
 class NotFoundAboveBase(NotFound):
     """Not found on a node whose store starts from a snapshot (state sync): it may be in
-    a block at or below `base_height`, which this node does not hold."""
+    a block below `base_height`, which this node does not hold."""
 
     def __init__(self, kind: str, key: str, base_height: int) -> None:
         super().__init__(kind, key)
         self.message = (
-            f"no {kind} {key} above height {base_height} (this node holds no block at or "
+            f"no {kind} {key} from height {base_height} on (this node holds no block "
             f"below its snapshot of height {base_height})"
         )
         self.args = (self.message,)

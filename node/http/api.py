@@ -83,6 +83,7 @@ def make_api_app(
     r.add_get("/v1/notary/{digest}", state.get_notary_anchor, allow_head=False)
     r.add_get("/v1/snapshots", snapshot.get_snapshots, allow_head=False)
     r.add_get("/v1/snapshots/{height}", snapshot.get_snapshot, allow_head=False)
+    r.add_get("/v1/snapshots/{height}/block", snapshot.get_block, allow_head=False)
     r.add_get("/v1/snapshots/{height}/chunks/{index}", snapshot.get_chunk, allow_head=False)
     r.add_get("/v1/status", state.get_status, allow_head=False)
     r.add_get("/v1/qkd", state.get_qkd, allow_head=False)

@@ -1,8 +1,9 @@
 """Handlers that serve the state snapshots this node keeps (`node.snapshots`) to a node
-that state-syncs: the list, the offer of one height (header, certificate, manifest) and
-its chunks, as canonical bytes. Nothing served is trusted by the fetcher: it checks the
-certificate against the validator set and every chunk against the manifest, so the
-transport adds no integrity (docs/SECURITY.md)."""
+that state-syncs: the list, the offer of one height (header, certificate, manifest), its
+block with its receipts, and its chunks, as canonical bytes. Nothing served is trusted by
+the fetcher: it checks the certificate against the validator set, the block against the
+certified header and every chunk against the manifest, so the transport adds no
+integrity (docs/SECURITY.md)."""
 
 from __future__ import annotations
 
@@ -32,6 +33,14 @@ async def get_snapshot(request: web.Request) -> web.Response:
     found = snapshots.offer(request.app[SERVICE].chain, height)
     if found is None:
         raise NotFound("snapshot", str(height))
+    return web.Response(body=found.encode(), headers={"Content-Type": MSGPACK})
+
+
+async def get_block(request: web.Request) -> web.Response:
+    height = parse_uint(request.match_info["height"], "height")
+    found = snapshots.block_answer(request.app[SERVICE].chain, height)
+    if found is None:
+        raise NotFound("snapshot block", str(height))
     return web.Response(body=found.encode(), headers={"Content-Type": MSGPACK})
 
 

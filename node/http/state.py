@@ -38,7 +38,7 @@ def openapi_spec() -> dict[str, Any]:
 def _check_held(chain: ChainStore, height: int) -> None:
     """Raise `BelowBase` for a height a state-synced store holds no block of."""
     base = chain.base_height()
-    if 1 <= height <= base:
+    if 1 <= height < base:
         raise BelowBase(height, base)
 
 

@@ -212,7 +212,8 @@ META_CHAIN_ID = meta_key("chain-id")
 META_LAST_HEIGHT = meta_key("last-height")
 META_GENESIS_HASH = meta_key("genesis-hash")
 META_BASE_HEIGHT = meta_key("base-height")
-"""The snapshot height a state-synced store starts at: no block at or below it is held."""
+"""The snapshot height a state-synced store starts at, its first block: none below it is
+held."""
 META_AMNESIA = meta_key("amnesia")
 """Present after a restore, rebuild or state sync (CONSENSUS.md §3.8): empty while the
 amnesia guard is unsettled, then the u64 last height at which the node stays silent."""

@@ -15,7 +15,7 @@ from devnet.network import plan_network, validator_key, write_network
 from node import snapshots
 from node.chainstore import ChainStore
 from node.runtime import Validator
-from node.statesync import StateSync, Trust, check_offer
+from node.statesync import StateSync, Trust, check_block, check_offer
 from node.statesync_run import sync_store
 from qchain.config import load_config
 from qchain.errors import (
@@ -43,6 +43,7 @@ class Source:
         self.bad_chunks = bad_chunks
         self.chunk_calls: list[int] = []
         self.offer_bytes: bytes | None = None
+        self.block_bytes: bytes | None = None
         self.down = False
 
     async def snapshot_heights(self) -> list[int]:
@@ -58,6 +59,13 @@ class Source:
         offer = snapshots.offer(self.v.chain, height)
         assert offer is not None
         return offer.encode()
+
+    async def snapshot_block(self, height: int) -> bytes:
+        if self.block_bytes is not None:
+            return self.block_bytes
+        found = snapshots.block_answer(self.v.chain, height)
+        assert found is not None
+        return found.encode()
 
     async def snapshot_chunk(self, height: int, index: int) -> bytes:
         self.chunk_calls.append(index)
@@ -328,17 +336,19 @@ async def test_a_synced_store_opens_as_a_validator_at_its_base(
     serving: Validator, tmp_path: Path
 ) -> None:
     """The validator over a synced store starts at s: its tip is the certified header of s,
-    the startup check passes with no block held, the next block builds on s, and the
-    blocks below are not there."""
+    it holds block s with its receipts and certificate (the startup check covers them),
+    the next block builds on s, and the blocks below are not there."""
     store = MemoryStore()
     await StateSync(_trust(serving), [Source(serving, "a"), Source(serving, "b")]).run(store)
     v = Validator(serving.cfg, store=store)
     header = serving.chain.header(4)
     assert header is not None
     assert v.app.tip() == (4, header.hash, header.app_hash, header.time)
-    assert v.chain.base_height() == 4 and v.app.verify_recent(64) == 5
+    assert v.chain.base_height() == 4 and v.app.verify_recent(64) == 4
     assert v.app.committed_value(4) == serving.app.committed_value(4)
-    assert v.chain.block(4) is None and v.chain.block(3) is None
+    assert v.chain.block(4) == serving.chain.block(4) and v.chain.block(3) is None
+    assert v.chain.receipts(4) == serving.chain.receipts(4)
+    assert v.chain.certificate(4) == serving.chain.certificate(4)
     # Block 5 built on the synced state is the serving validator's block 5, byte for byte.
     ours = v.app.build(5, 0, serving.app.committed_value(4) or b"", 5 * 3 % 4, [], now_ms=5_000)
     assert ours.value == serving.app.committed_value(5)
@@ -352,3 +362,28 @@ async def test_a_store_of_another_chain_is_refused_before_fetching(serving: Vali
     with pytest.raises(StoreMismatch):
         await StateSync(_trust(serving, 1), [source]).run(store)
     assert source.chunk_calls == []
+
+
+async def test_a_block_that_misses_the_certified_header_is_refused(serving: Validator) -> None:
+    """The block of s comes from a source whose answer checks against the certified
+    header; a forged one is counted and another source's is taken."""
+    found = snapshots.block_answer(serving.chain, 4)
+    assert found is not None
+    header = serving.chain.header(4)
+    assert header is not None
+    check_block(found.encode(), header)
+    receipts = found.receipts
+    forged = [
+        dataclasses.replace(found, block=flip_byte(found.block)),
+        dataclasses.replace(found, receipts=receipts[:-1] if receipts else (b"\x90",)),
+        dataclasses.replace(found, receipts=tuple(flip_byte(r) for r in receipts) or (b"",)),
+    ]
+    for bad in forged:
+        with pytest.raises(QChainError):
+            check_block(bad.encode(), header)
+    liar = Source(serving, "liar")
+    liar.block_bytes = forged[0].encode()
+    store = MemoryStore()
+    done = await StateSync(_trust(serving, 1), [liar, Source(serving, "honest")]).run(store)
+    assert done.rejected_blocks == 1
+    assert ChainStore(store).block(4) == serving.chain.block(4)

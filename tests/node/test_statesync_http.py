@@ -36,6 +36,11 @@ def _hostile_app(v: Validator, oversized: set[int]) -> web.Application:
         assert found is not None
         return web.Response(body=found.encode(), content_type="application/msgpack")
 
+    async def block(request: web.Request) -> web.Response:
+        found = snapshots.block_answer(v.chain, int(request.match_info["height"]))
+        assert found is not None
+        return web.Response(body=found.encode(), content_type="application/msgpack")
+
     async def chunk(request: web.Request) -> web.Response:
         h, i = int(request.match_info["height"]), int(request.match_info["index"])
         raw = snapshots.chunk(v.chain, h, i)
@@ -46,6 +51,7 @@ def _hostile_app(v: Validator, oversized: set[int]) -> web.Application:
     app = web.Application()
     app.router.add_get("/v1/snapshots", listing)
     app.router.add_get("/v1/snapshots/{height}", offer)
+    app.router.add_get("/v1/snapshots/{height}/block", block)
     app.router.add_get("/v1/snapshots/{height}/chunks/{index}", chunk)
     return app
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 from contracts.snapshot import compute_checkpoint, decode_chunk, decode_manifest
 from node import snapshots
 from node.snapshots import SnapshotOffer
+from node.statesync import check_block
 from qchain.store import Batch, schema
 from qchain.types import (
     Block,
@@ -82,6 +83,10 @@ async def test_snapshots_are_listed_offered_and_chunked(api: ApiHarness) -> None
         assert c.status == 200
         got.extend(decode_chunk(c.body, expected, got[-1][0] if got else None))
     assert got == list(api.node.store.iterate(schema.STATE))
+    b = await api.request("GET", f"/v1/snapshots/{h}/block")
+    assert b.status == 200 and b.content_type == "application/msgpack"
+    assert check_block(b.body, offer.header).block == api.node.chain.block(h).encode()  # type: ignore[union-attr]
+    assert (await api.request("GET", f"/v1/snapshots/{h + 1}/block")).status == 404
     for path in (
         f"/v1/snapshots/{h}/chunks/{len(m.chunks)}",
         f"/v1/snapshots/{h + 1}",
@@ -95,19 +100,20 @@ async def test_snapshots_are_listed_offered_and_chunked(api: ApiHarness) -> None
 async def test_blocks_below_the_base_are_gone_with_the_base_height(api: ApiHarness) -> None:
     for _ in range(3):
         api.node.commit_pending()
-    api.node.store.put(schema.META_BASE_HEIGHT, schema.u64(2))
+    api.node.store.put(schema.META_BASE_HEIGHT, schema.u64(3))
     for path in ("/v1/blocks/1", "/v1/blocks/2", "/v1/blocks?from=2"):
         r = await api.request("GET", path)
         assert r.status == 410, path
         doc = r.json()
-        assert doc["type"].endswith("/below-base") and doc["base_height"] == 2
+        assert doc["type"].endswith("/below-base") and doc["base_height"] == 3
         assert doc["height"] == int(path.rsplit("/", 1)[-1].rsplit("=", 1)[-1])
     assert (await api.request("GET", "/v1/blocks/3")).status == 200
     assert (await api.request("GET", "/v1/blocks?from=3")).json()["blocks"][0]["height"] == 3
     top = api.node.chain.height()
     assert (await api.request("GET", f"/v1/blocks/{top + 1}")).status == 404
     api.node.store.put(schema.META_BASE_HEIGHT, schema.u64(top))
-    assert (await api.request("GET", "/v1/blocks/latest")).status == 410
+    assert (await api.request("GET", "/v1/blocks/latest")).status == 200
+    assert (await api.request("GET", f"/v1/blocks/{top - 1}")).status == 410
 
 
 async def test_unknown_transactions_name_the_base_on_a_synced_node(api: ApiHarness) -> None:
