@@ -49,7 +49,7 @@ from consensus.messages import block_hash as consensus_value
 from node.alarms import Alarms
 from node.links import Links
 from node.metrics import NodeMetrics
-from node.wire import CertSig, Envelope, Kind, TxBatch
+from node.wire import BatchReq, BatchResp, CertSig, Envelope, Kind, OriginBatch, ProposeRefs
 from qchain.errors import CodecError, StorageCorrupt
 from qchain.store import schema
 from qchain.store.kv import Batch, KVStore
@@ -69,10 +69,11 @@ class Handlers:
     reply_sync: Callable[[ReplySync], None]
     serve_blocks: Callable[[int, BlockReq], None]
     blocks: Callable[[BlockResp], None]
-    forwarded: Callable[[int, TxBatch], None]
+    batch: Callable[[int, OriginBatch], None]
+    batch_req: Callable[[int, BatchReq], None]
+    batch_resp: Callable[[int, BatchResp], None]
+    propose_refs: Callable[[int, ProposeRefs], None]
     cert_sig: Callable[[int, CertSig], None]
-    leader_changed: Callable[[int], None]
-    """Called after the queue drained, when the leader is another than before."""
 
 
 class Driver:
@@ -106,7 +107,6 @@ class Driver:
         """The engine as of the last drained queue (`_after_steps`)."""
         self._events: deque[Event] = deque()
         self._processing = False
-        self._last_leader: int | None = None
         self._last_round: tuple[int, int] = (0, 0)
 
     def bind(self, handlers: Handlers) -> None:
@@ -227,8 +227,7 @@ class Driver:
         self.equivocation.on_commit(committed)
 
     def _after_steps(self) -> None:
-        """Bookkeeping after the queue drained: a fresh view, round metrics, and a leader
-        change."""
+        """Bookkeeping after the queue drained: a fresh view and round metrics."""
         view = self.view = self.engine.view()
         if view.round is not None:
             pos = (view.height, view.round)
@@ -236,9 +235,6 @@ class Driver:
                 changed = pos[0] == self._last_round[0] and pos[1] > self._last_round[1]
                 self.metrics.observe_round(view.round, changed)
                 self._last_round = pos
-        if view.leader is not None and view.leader != self._last_leader:
-            self._last_leader = view.leader
-            self._handlers().leader_changed(view.leader)
 
     def current_leader(self) -> int | None:
         return self.engine.view().leader
@@ -259,8 +255,14 @@ class Driver:
                     if isinstance(msg, Vote):
                         self._observe_vote(sender, msg)
                     self.feed(MessageIn(sender, msg))
-            elif env.kind is Kind.TXS:
-                h.forwarded(sender, TxBatch.decode(env.payload))
+            elif env.kind is Kind.BATCH:
+                h.batch(sender, OriginBatch.decode(env.payload))
+            elif env.kind is Kind.PROPOSE_REFS:
+                h.propose_refs(sender, ProposeRefs.decode(env.payload))
+            elif env.kind is Kind.BATCH_REQ:
+                h.batch_req(sender, BatchReq.decode(env.payload))
+            elif env.kind is Kind.BATCH_RESP:
+                h.batch_resp(sender, BatchResp.decode(env.payload))
             elif env.kind is Kind.CERT_SIG:
                 h.cert_sig(sender, CertSig.decode(env.payload))
         except CodecError as e:

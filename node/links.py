@@ -19,10 +19,10 @@ costs no frame of its own.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
-from consensus.messages import Message, encode_message
+from consensus.messages import Message, Propose, encode_message
 from node.byzantine import ByzantineSwitch
 from node.keypacing import LinkKeys
 from node.transport import Transport
@@ -50,6 +50,8 @@ class Links:
         self._riders: dict[int, list[tuple[float, Envelope]]] = {}
         """peer -> (loop time it may leave alone, envelope), oldest first."""
         self._rider_timer: asyncio.TimerHandle | None = None
+        self.compact: Callable[[Propose], Envelope | None] | None = None
+        """A proposal by reference (`node.batches.Dissemination.compact`; None: whole)."""
 
     @property
     def n(self) -> int:
@@ -161,8 +163,14 @@ class Links:
             return
         self._release(to)
         out = self.byzantine.outgoing(to, msg)
-        if out is not None:
-            self.transport.send(to, Envelope(Kind.CONSENSUS, encode_message(out)))
+        if out is None:
+            return
+        env = None
+        if isinstance(out, Propose) and self.compact is not None:
+            env = self.compact(out)
+        if env is None:
+            env = Envelope(Kind.CONSENSUS, encode_message(out))
+        self.transport.send(to, env)
 
 
 class Opener:

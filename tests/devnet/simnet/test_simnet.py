@@ -80,6 +80,31 @@ NO_QUORUM = (
 """Two of four validators cut off until the end: the chain must stop, so liveness fails."""
 
 
+def test_a_leader_naming_a_batch_nobody_has_costs_rounds_not_the_chain(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Node 0 proposes, whenever it leads, blocks naming a batch that does not exist: no
+    follower can rebuild them, each asks every peer once and drops the proposal, the
+    round timer moves the height to another leader, and the chain goes on."""
+    import node.batches
+
+    given_up: list[int] = []
+    give_up = node.batches.Dissemination._give_up
+
+    def counting(self: node.batches.Dissemination, digest: bytes) -> None:
+        given_up.append(self.me)
+        give_up(self, digest)
+
+    monkeypatch.setattr(node.batches.Dissemination, "_give_up", counting)
+    byzantine = (Action(0.5, "byzantine", {"node": 0, "mode": "unknown-batch"}),)
+    o = simulate(Spec(seed=3, seconds=10, actions=byzantine))
+    assert o.ok, _failed(o)
+    assert given_up and 0 not in given_up
+    assert min(o.heights.values()) >= 20
+    clean = simulate(Spec(seed=3, seconds=10, faults=False))
+    assert min(o.heights.values()) >= min(clean.heights.values()) // 2
+
+
 def test_a_failing_run_replays_to_the_identical_trace() -> None:
     spec = Spec(seed=5, seconds=5, actions=NO_QUORUM)
     first = simulate(spec, keep_trace=True)
