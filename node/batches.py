@@ -16,12 +16,13 @@ value stays the hash of the whole block, so receipts, the commit, the store and 
 
 A follower rebuilds the `Propose` (`Dissemination.proposal`) and gives it to the engine
 only when every named batch is at hand: a value is valid only when all its batches are
-available (CONSENSUS.md §3.1 rule 5, Revision 1.7). A missing batch is asked of the leader, then of its
-origin, then of the other peers in turn, one every `retry_s` (a fraction of the round
-timeout); an answer is taken only for a digest this node asked for and only when it
-hashes to that digest. A proposal that waits for batches nobody sends is dropped when
-every peer was asked; the engine never saw it, so its round timer moves the height to
-the next leader (a Byzantine leader naming an unknown batch costs a round, not a stall).
+available (CONSENSUS.md §3.1 rule 5, Revision 1.7). A missing batch is asked of the
+leader, then of its origin, then of the other peers in turn, one every `retry_s` (a
+fraction of the round timeout); an answer is taken only for a digest this node asked for
+and only when it hashes to that digest. A proposal that waits for batches nobody sends is
+dropped when every peer was asked; the engine never saw it, so its round timer moves the
+height to the next leader (a Byzantine leader naming an unknown batch costs a round, not
+a stall). Each peer has one waiting proposal (its latest) and a fetch budget.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from consensus.messages import Block as CBlock
 from consensus.messages import Propose
 from consensus.messages import block_hash as consensus_value
 from node.alarms import Alarms
-from node.budget import BATCH_LOOKUPS, Budgets
+from node.budget import BATCH_FETCHES, BATCH_LOOKUPS, Budgets
 from node.links import Links
 from node.wire import (
     BATCH_REQ_MAX,
@@ -63,7 +64,8 @@ MAX_ORIGIN_BATCHES = 1024
 MAX_ORIGIN_BYTES = 16 * 1024 * 1024
 """Bytes of batches kept per origin; beyond, its oldest go."""
 MAX_WAITING = 8
-"""Proposals kept while their batches are fetched; beyond, the oldest is dropped."""
+"""Proposals kept while their batches are fetched (one per sender, the latest); beyond,
+the oldest is dropped."""
 COMPACT_CACHE = 8
 """Proposals whose compact form is kept (a leader sends one to each peer)."""
 UNKNOWN_BATCH = "unknown-batch"
@@ -240,7 +242,7 @@ class Dissemination:
         self.given_up = 0
         """Proposals dropped because no peer sent a batch they name."""
         self._compact: OrderedDict[bytes, Envelope] = OrderedDict()
-        self._waiting: OrderedDict[tuple[int, int, int], _Waiting] = OrderedDict()
+        self._waiting: OrderedDict[int, _Waiting] = OrderedDict()
         self._fetching: dict[bytes, _Fetch] = {}
         self._timer: asyncio.TimerHandle | None = None
         self._scheduled = False
@@ -317,18 +319,22 @@ class Dissemination:
 
     def proposal(self, sender: int, m: ProposeRefs) -> None:
         """A proposal by reference from sender: to the engine when its batches are at
-        hand, otherwise kept while they are fetched."""
+        hand, otherwise kept (the sender's latest only) while they are fetched, as many
+        as the sender's fetch budget pays for."""
         if m.chain_id != self.chain_id:
             return
         needs = {r.digest for r in m.batches if self.store.get(r.digest) is None}
         if not needs:
             self._deliver(sender, m)
             return
-        key = (sender, m.height, m.round)
-        self._waiting[key] = _Waiting(sender, m, needs)
-        self._waiting.move_to_end(key)
+        if self.budgets.take(sender, BATCH_FETCHES, len(needs)) < len(needs):
+            self.refused += 1
+            return
+        self._waiting.pop(sender, None)
+        self._waiting[sender] = _Waiting(sender, m, needs)
         while len(self._waiting) > MAX_WAITING:
             self._waiting.popitem(last=False)
+        self._drop_unneeded()
         origins = {r.digest: r.origin for r in m.batches}
         for d in needs:
             if d not in self._fetching:
@@ -354,7 +360,7 @@ class Dissemination:
 
     def committed(self, height: int) -> None:
         """Height was committed: proposals up to it are no longer wanted."""
-        for key in [k for k in self._waiting if k[1] <= height]:
+        for key in [k for k, w in self._waiting.items() if w.msg.height <= height]:
             del self._waiting[key]
         self._drop_unneeded()
 

@@ -19,7 +19,7 @@ from consensus.messages import block_hash as consensus_value
 from devnet.network import account_key
 from node.alarms import Alarms
 from node.batches import BatchStore, Dissemination, compact_refs, rebuild
-from node.budget import BATCH_LOOKUPS, Budgets
+from node.budget import BATCH_FETCHES, BATCH_LOOKUPS, Budgets
 from node.wire import (
     BATCH_REQ_MAX,
     BatchRef,
@@ -377,3 +377,28 @@ def test_refs_name_each_batch_once_in_first_use_order() -> None:
     assert refs == [BatchRef(2, bb.digest), BatchRef(1, ba.digest)]
     assert places == bytes([0, 0, 0, 2, 0, 1, 0, 0, 0, 0, 0, 0])
     assert len(missing) == 1
+
+
+async def test_a_peer_naming_unknown_batches_gets_one_waiting_proposal_and_its_budget() -> None:
+    """A Byzantine peer sends proposals naming 64 batches nobody has, again and again:
+    only its latest waits, the fetches follow only that one, and its fetch budget runs
+    out; another peer's proposal still waits and is fetched."""
+    fed: list[Event] = []
+    follower, links = _node(1, fed)
+    header = _propose([]).block.body[1:-1]
+    for k in range(40):
+        refs = tuple(BatchRef(2, bytes([k, i]) * 16) for i in range(64))
+        follower.proposal(2, ProposeRefs(CHAIN, 1, k, bytes(32), k, 2, header, refs, b""))
+        assert len(follower._fetching) <= 64
+        assert len(follower._waiting) == 1
+    assert follower.refused > 0
+    assert follower.budgets.refused[(2, BATCH_FETCHES)] > 0
+    honest = ProposeRefs(CHAIN, 1, 0, bytes(32), 0, 0, header, (BatchRef(0, bytes(32)),), b"")
+    follower.proposal(0, honest)
+    assert set(follower._waiting) == {0, 2}
+    await asyncio.sleep(0)
+    assert {j for j, _ in links.take(Kind.BATCH_REQ)} == {0, 2}
+    follower.committed(1)
+    assert follower._waiting == {} and follower._fetching == {}
+    assert fed == []
+    follower.cancel_timers()
