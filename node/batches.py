@@ -205,7 +205,9 @@ class _Fetch:
 class _Waiting:
     sender: int
     msg: ProposeRefs
-    needs: set[bytes] = field(default_factory=set)
+    needs: list[bytes] = field(default_factory=list)
+    """The named batches not at hand yet, in the proposal's order (so that what this node
+    asks for, and when, is a function of what it received)."""
 
 
 class Dissemination:
@@ -323,7 +325,7 @@ class Dissemination:
         as the sender's fetch budget pays for."""
         if m.chain_id != self.chain_id:
             return
-        needs = {r.digest for r in m.batches if self.store.get(r.digest) is None}
+        needs = list(dict.fromkeys(r.digest for r in m.batches if self.store.get(r.digest) is None))
         if not needs:
             self._deliver(sender, m)
             return
@@ -456,7 +458,7 @@ class Dissemination:
     def _ready(self) -> None:
         """Deliver the waiting proposals whose batches are all at hand now."""
         for key, w in list(self._waiting.items()):
-            w.needs = {d for d in w.needs if self.store.get(d) is None}
+            w.needs = [d for d in w.needs if self.store.get(d) is None]
             if not w.needs:
                 del self._waiting[key]
                 self._deliver(w.sender, w.msg)
