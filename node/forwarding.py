@@ -82,7 +82,7 @@ class Forwarder:
         self.dropped = 0
         """Forwarded transactions refused for lack of queue room or budget."""
         self.recent_blocks: deque[tuple[float, int]] = deque(maxlen=RECENT_BLOCKS)
-        self._queue: list[bytes] = []
+        self._queue: list[Transaction] = []
         self._scheduled = False
         self._admit_queue: deque[tuple[int, bytes]] = deque()
         self._admit_queued: Counter[int] = Counter()
@@ -107,9 +107,9 @@ class Forwarder:
 
         self.batches.send(raw_txs, self.links.others(), wait_s)
 
-    def queue(self, raw: bytes) -> None:
-        """Forward raw (a locally admitted transaction) with the others of this turn."""
-        self._queue.append(raw)
+    def queue(self, tx: Transaction) -> None:
+        """Send tx (a locally admitted transaction) with the others of this turn."""
+        self._queue.append(tx)
         if not self._scheduled:
             self._scheduled = True
             asyncio.get_running_loop().call_soon(self._flush)
@@ -117,7 +117,9 @@ class Forwarder:
     def _flush(self) -> None:
         self._scheduled = False
         batch, self._queue = self._queue, []
-        self.forward(batch, lazy=not self.idle_mode)
+        # A proposal may have sent some already, in a batch of this node's (`node.batches`).
+        raws = [tx.encoded for tx in batch if self.batches.store.locate(tx.hash) is None]
+        self.forward(raws, lazy=not self.idle_mode)
 
     def received(self, sender: int, batch: OriginBatch) -> None:
         """Keep a peer's batch (`node.batches`) and queue its transactions; a task admits

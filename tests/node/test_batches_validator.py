@@ -114,3 +114,47 @@ async def test_a_follower_fetches_the_missing_batch_from_the_leader(tmp_path: Pa
     follower.batches.cancel_timers()
     await leader.forwarder.verify_pool.close()
     await follower.forwarder.verify_pool.close()
+
+
+async def test_clients_transactions_a_proposal_sent_already_are_not_sent_again(
+    tmp_path: Path,
+) -> None:
+    """A client's transactions admitted in the same turn as the leader's build go out in
+    the leader's batch ahead of its proposal; the turn's own batch then leaves them out."""
+    leader = _validator(tmp_path, 0)
+    key = account_key("partner2", "ml-dsa-65")
+    sent = _Sent()
+    leader.links.transport = sent  # type: ignore[assignment]
+    for n in range(3):
+        tx = new_transaction(
+            key,
+            chain_id=leader.chain_id,
+            nonce=n,
+            contract="notary",
+            method="anchor",
+            args=[(100 + n).to_bytes(32, "big"), "sha256", "late", "test", b""],
+        )
+        leader.submit_tx(tx)
+    built: list[Event] = []
+    leader.pacer.feed = built.append
+    leader.pacer.pending = BuildBlock(1, 0, leader.app.committed_value(0) or b"")
+    leader.pacer.maybe_build()
+    (event,) = built
+    assert isinstance(event, BlockBuilt)
+    leader.links.send_consensus(1, Propose(leader.chain_id, 1, 0, event.block))
+    before = len(sent.envelopes)
+    assert [e.kind for e in sent.to(1)] == [Kind.BATCH, Kind.PROPOSE_REFS]
+    await asyncio.sleep(0)
+    assert len(sent.envelopes) == before, "the turn's batch had nothing left to send"
+    later = new_transaction(
+        key,
+        chain_id=leader.chain_id,
+        nonce=3,
+        contract="notary",
+        method="anchor",
+        args=[(200).to_bytes(32, "big"), "sha256", "later", "test", b""],
+    )
+    leader.submit_tx(later)
+    await asyncio.sleep(0)
+    assert [e.kind for _, e in sent.envelopes[before:]] == [Kind.BATCH] * 3
+    await leader.forwarder.verify_pool.close()
