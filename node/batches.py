@@ -62,7 +62,11 @@ log = logging.getLogger("qchain.node")
 MAX_ORIGIN_BATCHES = 1024
 """Batches kept per origin; beyond, its oldest go."""
 MAX_ORIGIN_BYTES = 16 * 1024 * 1024
-"""Bytes of batches kept per origin; beyond, its oldest go."""
+"""Bytes of batches kept per origin, each counted with INDEX_COST per transaction; beyond,
+its oldest go."""
+INDEX_COST = 160
+"""What a kept transaction's index entry (its hash to its place) is counted as, in bytes:
+a batch of many tiny transactions costs its index, not only its encoding."""
 MAX_WAITING = 8
 """Proposals kept while their batches are fetched (one per sender, the latest); beyond,
 the oldest is dropped."""
@@ -92,7 +96,12 @@ class BatchStore:
         return len(self._by_digest)
 
     def bytes_of(self, origin: int) -> int:
+        """What origin's kept batches count against its allowance (`cost`)."""
         return self._bytes[origin]
+
+    @staticmethod
+    def cost(batch: OriginBatch) -> int:
+        return batch.size + INDEX_COST * len(batch.txs)
 
     def count_of(self, origin: int) -> int:
         return len(self._by_origin.get(origin, ()))
@@ -107,7 +116,7 @@ class BatchStore:
     def add(self, batch: OriginBatch) -> bool:
         """Keep batch (False: a known digest, an origin that is no validator, or larger
         than an origin's whole allowance)."""
-        digest, size = batch.digest, batch.size
+        digest, size = batch.digest, self.cost(batch)
         if digest in self._by_digest or not 0 <= batch.origin < self.n or size > self.max_bytes:
             return False
         mine = self._by_origin.setdefault(batch.origin, OrderedDict())
@@ -125,7 +134,7 @@ class BatchStore:
     def _drop(self, origin: int, batch: OriginBatch) -> None:
         self.evicted += 1
         digest = batch.digest
-        self._bytes[origin] -= batch.size
+        self._bytes[origin] -= self.cost(batch)
         del self._by_digest[digest]
         for raw in batch.txs:
             h = hash_domain(Domain.TX, raw)

@@ -18,7 +18,7 @@ from consensus.messages import Propose
 from consensus.messages import block_hash as consensus_value
 from devnet.network import account_key
 from node.alarms import Alarms
-from node.batches import BatchStore, Dissemination, compact_refs, rebuild
+from node.batches import INDEX_COST, BatchStore, Dissemination, compact_refs, rebuild
 from node.budget import BATCH_FETCHES, BATCH_LOOKUPS, Budgets
 from node.wire import (
     BATCH_REQ_MAX,
@@ -185,6 +185,15 @@ def test_a_hostile_origin_fills_only_its_own_allowance() -> None:
     for seq in range(200):
         small.add(OriginBatch(2, seq, (bytes(1000),) * 2))
     assert small.bytes_of(2) <= 64 * 1024 and small.count_of(2) < 200
+
+
+def test_tiny_transactions_cannot_swell_the_index_past_the_allowance() -> None:
+    store = BatchStore(N, max_batches=1024, max_bytes=1 << 20)
+    for seq in range(100):
+        txs = tuple((seq * 1000 + i).to_bytes(4, "big") for i in range(1000))
+        store.add(OriginBatch(3, seq, txs))
+        assert store.bytes_of(3) <= 1 << 20
+    assert 0 < len(store._where) <= (1 << 20) // INDEX_COST
 
 
 def test_the_store_refuses_strangers_oversized_batches_and_forgets_evicted_places() -> None:
