@@ -442,6 +442,8 @@ class Dissemination:
         if resp.chain_id != self.chain_id:
             return
         for b in resp.batches:
+            if self.store.get(b.digest) is not None:
+                continue  # another peer answered first
             if b.digest not in self._fetching:
                 self.refused += 1
                 continue
