@@ -16,7 +16,7 @@ value stays the hash of the whole block, so receipts, the commit, the store and 
 
 A follower rebuilds the `Propose` (`Dissemination.proposal`) and gives it to the engine
 only when every named batch is at hand: a value is valid only when all its batches are
-available (CONSENSUS.md §3.1 rule 5, Revision 1.7). A missing batch is asked of the
+available (CONSENSUS.md §3.1 rule 5, Revision 1.8). A missing batch is asked of the
 leader, then of its origin, then of the other peers in turn, one every `retry_s` (a
 fraction of the round timeout); an answer is taken only for a digest this node asked for
 and only when it hashes to that digest. A proposal that waits for batches nobody sends is
@@ -32,11 +32,13 @@ import logging
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from consensus.events import Event, MessageIn
 from consensus.messages import Block as CBlock
 from consensus.messages import Propose
 from consensus.messages import block_hash as consensus_value
+from consensus.params import Params
 from node.alarms import Alarms
 from node.budget import BATCH_FETCHES, BATCH_LOOKUPS, Budgets
 from node.links import Links
@@ -74,6 +76,12 @@ COMPACT_CACHE = 8
 """Proposals whose compact form is kept (a leader sends one to each peer)."""
 UNKNOWN_BATCH = "unknown-batch"
 """The test-only Byzantine mode in which a leader names a batch that does not exist."""
+
+
+class BlockSource(Protocol):
+    """The chain application as dissemination sees it (`node.chain.ChainApp`)."""
+
+    def block_of(self, cblock: CBlock) -> Block | None: ...
 
 
 class BatchStore:
@@ -225,25 +233,25 @@ class Dissemination:
 
     def __init__(
         self,
-        chain_id: str,
+        params: Params,
         links: Links,
         budgets: Budgets,
         alarms: Alarms,
         feed: Callable[[Event], None],
-        retry_s: float,
-        block_of: Callable[[CBlock], Block | None],
+        app: BlockSource,
     ) -> None:
-        """retry_s: the wait before a missing batch is asked of the next peer; block_of:
-        the chain block of a consensus block this node built or validated (None: not
-        known)."""
-        self.chain_id = chain_id
+        """Sets itself as the links' way to send a proposal (`Links.compact`). A missing
+        batch is asked of the next peer after an eighth of the round-0 timeout; `app`
+        knows the chain blocks this node built or validated lately."""
+        self.chain_id = params.chain_id
         self.links = links
         self.me = links.me
         self.budgets = budgets
         self.alarms = alarms
         self.feed = feed
-        self.retry_s = retry_s
-        self.block_of = block_of
+        self.retry_s = params.timeout_ms(0) / 1000 / 8
+        self.block_of = app.block_of
+        links.compact = self.compact
         self.store = BatchStore(links.n)
         self.seq = 0
         self.fetched = 0

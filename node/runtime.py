@@ -129,6 +129,7 @@ class Validator:
             self.chain.height,
             self.app.committed_value,
         )
+        self.driver.arm_amnesia()
         self._build_parts()
         self._listeners = Listeners()
         self._tasks: list[asyncio.Task[None]] = []
@@ -215,15 +216,8 @@ class Validator:
             self.params.chain_id, self.store, self.app, self.links, self.budgets, self.alarms, feed
         )
         self.batches = Dissemination(
-            self.params.chain_id,
-            self.links,
-            self.budgets,
-            self.alarms,
-            feed,
-            self.params.timeout_ms(0) / 1000 / 8,
-            self.app.block_of,
+            self.params, self.links, self.budgets, self.alarms, feed, self.app
         )
-        self.links.compact = self.batches.compact
         self.forwarder = Forwarder(
             self.links,
             self.mempool,

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from consensus.amnesia import AmnesiaGuard
 from consensus.driver import Plan
 from consensus.events import Action, Commit, MempoolNonEmpty, Send, Start, StartHeight
 from consensus.sim.app import GENESIS_HASH
@@ -96,6 +97,8 @@ def restart(sim: Sim, nd: SimNode) -> None:
     sim.down_count -= 1
     sim.dead.discard(nd.ident)
     nd.engine = sim.make_engine(nd.ident)
+    if nd.amnesia is not None:
+        nd.amnesia = nd.engine.amnesia = nd.amnesia.restarted()
     nd.seen_keys = {}
     committed = len(nd.chain)
     recs = tuple(nd.records[h] for h in sorted(nd.records))
@@ -123,4 +126,6 @@ def rollback(sim: Sim, rb: Rollback) -> None:
     else:
         _, recs, blocks, _ = nd.snapshots[-1]
         nd.records, nd.blocks = recs, blocks
+    if rb.amnesic:
+        nd.amnesia = AmnesiaGuard(sim.params, nd.ident)
     sim.at(sim.now + 5 * MS, lambda: restart(sim, nd))

@@ -16,6 +16,7 @@ from consensus.events import Event, MessageIn
 from consensus.messages import Block as CBlock
 from consensus.messages import Propose
 from consensus.messages import block_hash as consensus_value
+from consensus.params import Params
 from devnet.network import account_key
 from node.alarms import Alarms
 from node.batches import INDEX_COST, BatchStore, Dissemination, compact_refs, rebuild
@@ -93,10 +94,18 @@ class _Links:
         return out
 
 
+class _NoBlocks:
+    """A chain application that built or validated nothing: blocks are decoded."""
+
+    def block_of(self, cblock: CBlock) -> Block | None:
+        return None
+
+
 def _node(me: int, fed: list[Event] | None = None) -> tuple[Dissemination, _Links]:
     links = _Links(me)
     sink: list[Event] = [] if fed is None else fed
-    d = Dissemination(CHAIN, links, Budgets(), Alarms(), sink.append, 0.1, lambda b: None)  # type: ignore[arg-type]
+    params = Params(n=N, chain_id=CHAIN)
+    d = Dissemination(params, links, Budgets(), Alarms(), sink.append, _NoBlocks())  # type: ignore[arg-type]
     return d, links
 
 

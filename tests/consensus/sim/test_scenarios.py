@@ -1,4 +1,4 @@
-"""S1-S20 over many seeds for n = 4 and n = 7: zero violations, and liveness everywhere."""
+"""S1-S21 over many seeds for n = 4 and n = 7: zero violations, and liveness everywhere."""
 
 from __future__ import annotations
 
