@@ -6,7 +6,9 @@ side of one peer's link as the transport sees it (the sending side is
 
 Both exist only once the node has started (`Validator.start`); until then, and for a node
 run without peers, every send is dropped. Consensus messages pass the node's
-`ByzantineSwitch` on the way out, which leaves them alone unless a test mode is set.
+`ByzantineSwitch` on the way out, which leaves them alone unless a test mode is set; a
+PROPOSE then leaves by reference, naming its transactions by batch (`compact`,
+`node.batches`).
 
 An envelope that need not leave at once (a commit signature) can *ride*: it waits for
 the next envelope to its peer (a consensus message, forwarded transactions) and goes in
