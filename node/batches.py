@@ -136,7 +136,8 @@ class BatchStore:
         self._bytes[batch.origin] += size
         self._by_digest[digest] = batch
         for i, raw in enumerate(batch.txs):
-            self._where[hash_domain(Domain.TX, raw)] = (digest, i)
+            # The first place stays: the batch every peer got, not a later copy to one.
+            self._where.setdefault(hash_domain(Domain.TX, raw), (digest, i))
         return True
 
     def _drop(self, origin: int, batch: OriginBatch) -> None:

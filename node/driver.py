@@ -75,6 +75,8 @@ class Handlers:
     batch_resp: Callable[[int, BatchResp], None]
     propose_refs: Callable[[int, ProposeRefs], None]
     cert_sig: Callable[[int, CertSig], None]
+    leader_changed: Callable[[int], None]
+    """Called after the queue drained, when the leader is another than before."""
 
 
 class Driver:
@@ -108,6 +110,7 @@ class Driver:
         """The engine as of the last drained queue (`_after_steps`)."""
         self._events: deque[Event] = deque()
         self._processing = False
+        self._last_leader: int | None = None
         self._last_round: tuple[int, int] = (0, 0)
         self._amnesia_written: int | None = None
 
@@ -254,7 +257,8 @@ class Driver:
         self.equivocation.on_commit(committed)
 
     def _after_steps(self) -> None:
-        """Bookkeeping after the queue drained: a fresh view and round metrics."""
+        """Bookkeeping after the queue drained: a fresh view, round metrics, and a leader
+        change."""
         view = self.view = self.engine.view()
         if view.round is not None:
             pos = (view.height, view.round)
@@ -262,6 +266,9 @@ class Driver:
                 changed = pos[0] == self._last_round[0] and pos[1] > self._last_round[1]
                 self.metrics.observe_round(view.round, changed)
                 self._last_round = pos
+        if view.leader is not None and view.leader != self._last_leader:
+            self._last_leader = view.leader
+            self._handlers().leader_changed(view.leader)
 
     def current_leader(self) -> int | None:
         return self.engine.view().leader

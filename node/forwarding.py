@@ -5,8 +5,9 @@ Transactions admitted locally go, with the others of the same turn of the event 
 every validator as this node's next batch (`node.batches`): the leader of any height
 finds them at hand and names them in its proposal by batch. On a link with a low key rate
 a batch waits briefly to ride in the next frame to that peer instead of costing a key of
-its own (`node.keypacing`). A transaction that stays pending past the inclusion timeout
-goes out again, in a new batch to every validator; one that stays past twice the timeout
+its own (`node.keypacing`). When the leader changes, pending ones go to the new leader in
+a batch of their own. A transaction that stays pending past the inclusion timeout goes
+out again, in a new batch to every validator; one that stays past twice the timeout
 makes the node fire its round timer early (CONSENSUS.md R8), so that a quorum of honest
 validators moves away from a censoring leader.
 
@@ -120,6 +121,16 @@ class Forwarder:
         # A proposal may have sent some already, in a batch of this node's (`node.batches`).
         raws = [tx.encoded for tx in batch if self.batches.store.locate(tx.hash) is None]
         self.forward(raws, lazy=not self.idle_mode)
+
+    def leader_changed(self, leader: int) -> None:
+        """This node's clients' pending transactions again, to the new leader only, in a
+        batch of their own: a batch lost on a broken link reaches the next leader (which
+        then names the new batch only for transactions it had in no other, and followers
+        fetch that one from it)."""
+        if leader != self.me and self.links.transport is not None and len(self.mempool):
+            mine = [p.tx.encoded for p in self.mempool.pending() if p.local]
+            if mine:
+                self.batches.send(mine[:MAX_REFORWARD], [leader], lambda j: 0.0)
 
     def received(self, sender: int, batch: OriginBatch) -> None:
         """Keep a peer's batch (`node.batches`) and queue its transactions; a task admits

@@ -245,6 +245,7 @@ class Validator:
                 batch_resp=self.batches.answered,
                 propose_refs=self.batches.proposal,
                 cert_sig=self.certificates.received,
+                leader_changed=self.forwarder.leader_changed,
             )
         )
 

@@ -420,3 +420,19 @@ async def test_a_peer_naming_unknown_batches_gets_one_waiting_proposal_and_its_b
     assert follower._waiting == {} and follower._fetching == {}
     assert fed == []
     follower.cancel_timers()
+
+
+def test_a_later_copy_of_a_transaction_does_not_move_its_place() -> None:
+    """The batch every peer got stays the place a proposal names; a copy sent to one new
+    leader is named only for a transaction in no other kept batch."""
+    store = BatchStore(N, max_batches=2, max_bytes=1 << 20)
+    tx, other = _txs(2)
+    first = OriginBatch(1, 0, (tx.encoded,))
+    copy = OriginBatch(1, 1, (other.encoded, tx.encoded))
+    store.add(first)
+    store.add(copy)
+    assert store.locate(tx.hash) == (first.digest, 0)
+    assert store.locate(other.hash) == (copy.digest, 0)
+    store.add(OriginBatch(1, 2, (b"x",)))
+    assert store.get(first.digest) is None
+    assert store.locate(tx.hash) is None, "evicted with the batch it named"

@@ -166,6 +166,7 @@ def _node_trace(acts: list[Action]) -> Trace:
             batch_resp=lambda s, r: None,
             propose_refs=lambda s, m: None,
             cert_sig=lambda s, c: None,
+            leader_changed=lambda leader: None,
         )
     )
     driver._set_timer = lambda key, ms: local(SetTimer(key, ms))  # type: ignore[method-assign]
