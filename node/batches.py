@@ -16,7 +16,7 @@ value stays the hash of the whole block, so receipts, the commit, the store and 
 
 A follower rebuilds the `Propose` (`Dissemination.proposal`) and gives it to the engine
 only when every named batch is at hand: a value is valid only when all its batches are
-available (CONSENSUS.md §3.1 rule 5, Revision 1.8). A missing batch is asked of the
+available (CONSENSUS.md §3.1 rule 5, Revision 1.9). A missing batch is asked of the
 leader, then of its origin, then of the other peers in turn, one every `retry_s` (a
 fraction of the round timeout); an answer is taken only for a digest this node asked for
 and only when it hashes to that digest. A proposal that waits for batches nobody sends is

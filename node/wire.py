@@ -16,7 +16,7 @@ message. Kinds:
 Every payload fits a frame body alone (`qchain.limits`): a batch's transactions are cut
 by bytes as well as by count (`tx_batches`). A proposal travels as PROPOSE_REFS: the
 block's header, the batches it draws from and, per transaction, its place in one of them
-(`node.batches` rebuilds the consensus `Propose` from it, CONSENSUS.md Revision 1.8). Block bodies
+(`node.batches` rebuilds the consensus `Propose` from it, CONSENSUS.md Revision 1.9). Block bodies
 for catch-up travel whole, as the consensus layer's `BlockReq`/`BlockResp` messages
 inside CONSENSUS envelopes. An
 empty list is a valid body: the transport sends one as a keepalive when a link has been
