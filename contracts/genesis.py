@@ -28,7 +28,7 @@ The file is JSON (see `contracts/README.md` for an example):
   rotated keys and transactions of another scheme are refused (`scheme-not-accepted`);
 - `state_root_interval` (optional, default 0): K, the distance between checkpoint heights,
   whose app hash commits to the whole state so that a node can start from a snapshot
-  (`contracts.snapshot`, CONSENSUS.md Revision 1.9); 0 has no checkpoints.
+  (`contracts.snapshot`, CONSENSUS.md Revision 1.11); 0 has no checkpoints.
 
 `parse_genesis` checks everything and raises `GenesisError` naming the field and the reason;
 `Genesis.to_json` gives the document back. Reading and writing the file is the node's
@@ -67,7 +67,9 @@ DEFAULT_PROPOSAL_TTL = 10_000
 DEFAULT_READY_TTL = 86_400_000
 """24 hours of block time, in milliseconds."""
 DEFAULT_READY_TTL_HEIGHTS = 1_000
-MAX_RECONFIG_DELAY = 1_000_000
+MAX_RECONFIG_DELAY = 16
+"""CONSENSUS.md §10.2: 2 ≤ D ≤ 16 (review 6's bounds: the links a change opens at approval
+and the heights a learner must hold stay short)."""
 TIMING_PROFILES = ("default", "lan", "test")
 """The names of `qchain.config.PROFILES` (a test keeps them equal)."""
 VALIDATOR_SCHEME = Scheme.ML_DSA_65

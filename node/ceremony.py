@@ -202,7 +202,7 @@ def build_genesis(
 ) -> Genesis:
     """The genesis of a new chain; validators are indexed in the order of their names.
     state_root_interval > 0 makes every multiple of it a checkpoint height whose state
-    snapshot nodes can sync from (CONSENSUS.md Revision 1.9)."""
+    snapshot nodes can sync from (CONSENSUS.md Revision 1.11)."""
     if is_devnet_chain(chain_id):
         raise ConfigError(
             "--chain-id",

@@ -194,6 +194,11 @@ class ChainApp:
         cblock = CBlock(height, parent_value, rnd, proposer, block.encode())
         return self._remember(Prepared(consensus_value(cblock), cblock, block, result))
 
+    def block_of(self, cblock: CBlock) -> Block | None:
+        """The chain block of a consensus block this node built or validated lately."""
+        p = self._prepared.get(consensus_value(cblock))
+        return None if p is None else p.block
+
     def validate(self, cblock: CBlock) -> Prepared:
         """Raise `InvalidBlock` unless cblock's body is a valid next chain block."""
         value = consensus_value(cblock)

@@ -232,7 +232,7 @@ class Committer:
         interval = parts.pacer.committed(now)
         block = prepared.block
         parts.admission.accounts.invalidate()
-        parts.forwarder.committed(now, len(block.txs))
+        parts.forwarder.committed(now, a.height, len(block.txs))
         mempool = parts.admission.mempool
         parts.admission.on_commit(block.txs, a.height)
         parts.metrics.observe_commit(a.height, len(block.txs), interval)
