@@ -133,6 +133,8 @@ class CertificateExchange:
         if not self.budgets.take(sender, CERT_SIGS):
             return
         h = sig.height
+        if h < self.chain.base_height():
+            return  # below the snapshot this store started from: no block to compare
         committed = self.chain.height()
         if self.collector.early(sender, h, sig.signature, committed=committed):
             return
@@ -230,7 +232,7 @@ class Committer:
         interval = parts.pacer.committed(now)
         block = prepared.block
         parts.admission.accounts.invalidate()
-        parts.forwarder.committed(now, len(block.txs))
+        parts.forwarder.committed(now, a.height, len(block.txs))
         mempool = parts.admission.mempool
         parts.admission.on_commit(block.txs, a.height)
         parts.metrics.observe_commit(a.height, len(block.txs), interval)

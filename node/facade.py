@@ -88,7 +88,7 @@ class ServiceFacade:
         if status is not None:
             return status, False
         self.p.admission.admit(tx, local=True)
-        self.p.forwarder.queue(tx.encoded)
+        self.p.forwarder.queue(tx)
         return TxStatus(tx.hash, "pending"), True
 
     async def preverify(self, txs: Sequence[Transaction]) -> None:
@@ -155,6 +155,7 @@ class ServiceFacade:
             "index": p.links.me,
             "chain_id": p.params.chain_id,
             "height": self.chain.height(),
+            "base_height": self.chain.base_height(),
             "consensus_height": view.height,
             "round": view.round,
             "leader": p.leader(),
