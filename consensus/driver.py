@@ -25,6 +25,14 @@ for the actions of one step or of a batch of steps processed together:
 
 Delaying a message is always allowed; sending one before its durable batch never is. The
 simulator's crash points are defined against these phases (`consensus.sim.crash`).
+
+Pipelined heights (§3.3, Revision 1.6): a commit's synced batch may still be in flight when
+the next height starts, so the durable batch of a later step can reach the disk before it.
+`waits_for_commit` says which batches must not: one that records a decision or deletes a
+record waits until the commit in flight is durable (the commit barrier, §2.6). Every other
+batch (a round entered, a vote, a proposal, an abort level, a body) may be durable before
+the block below it: a restart then finds the decided record of that block and commits it
+again before it can use them.
 """
 
 from __future__ import annotations
@@ -95,6 +103,17 @@ class Plan:
             yield Phase.MESSAGES, m
         for a in self.local:
             yield Phase.LOCAL, a
+
+
+def waits_for_commit(durable: Sequence[Durable]) -> bool:
+    """Whether a durable batch must wait for the commit batch in flight (§2.6, the commit
+    barrier): it records a decision, or it deletes a record. A decision of h+1 durable
+    before block h would make a restart drop the record of h (§3.3, boot) and lose h; a
+    record deleted before its block is durable would lose it the same way."""
+    return any(
+        isinstance(d, DeleteRecord) or (isinstance(d, Persist) and d.record.decided is not None)
+        for d in durable
+    )
 
 
 def plan(actions: Sequence[Action]) -> Plan:

@@ -214,6 +214,7 @@ class Engine(HeightProtocol):
             return []
         out: list[Action] = []
         self.committed = h - 1
+        self.handed = max(self.handed, h - 1)
         for x in sorted(self.undeleted):
             if x <= self.committed:
                 self.undeleted.discard(x)
@@ -234,6 +235,7 @@ class Engine(HeightProtocol):
     def _on_start(self, ev: Start) -> list[Action]:
         """Restart: rebuild from the records and repeat, never recompute (§2.6)."""
         self.committed = ev.committed_height
+        self.handed = max(self.handed, ev.committed_height)
         self.cur = max(self.cur, ev.committed_height)
         for blk in ev.blocks:
             self.blocks[block_hash(blk)] = blk
@@ -242,7 +244,8 @@ class Engine(HeightProtocol):
         for h in sorted(by_h):
             rec = by_h[h]
             nxt = by_h.get(h + 1)
-            if (nxt is not None and nxt.decided is not None) or ev.committed_height >= h + 1:
+            above = nxt is not None and nxt.decided is not None
+            if ev.committed_height >= h + (0 if above else 1):
                 out.append(DeleteRecord(h))
                 continue
             inst = Instance(rec, self.p.n)
@@ -250,6 +253,12 @@ class Engine(HeightProtocol):
             self.cur = max(self.cur, h)
             if h <= self.committed:
                 inst.commit_emitted = True
+            if above:
+                # Decided above but not committed (its commit was in flight at the crash,
+                # §3.3): terminated (§3.6), committed again before the height above.
+                inst.terminated = True
+                out += self._try_commit(inst)
+                continue
             if rec.decided is None:
                 inst.timer_armed = True
                 out.append(SetTimer(round_timer(h), self.p.timeout_ms(rec.round)))
@@ -447,7 +456,6 @@ class Engine(HeightProtocol):
         out: list[Action] = []
         for h in sorted(self.inst):
             inst = self.inst[h]
-            if inst.rec.decided == v:
-                out += self._try_commit(inst)
+            out += self._try_commit(inst)
             out += self._try_propose(inst)
         return out

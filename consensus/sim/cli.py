@@ -23,7 +23,7 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     run.add_argument(
         "--scenario",
         default="all",
-        help="S1..S20, all, idle-quiet/idle-txs/idle-censor, S9-counted-correct, S10-f+1-twins",
+        help="S1..S21, all, idle-quiet/idle-txs/idle-censor, S9-counted-correct, S10-f+1-twins",
     )
     run.add_argument("--heights", type=int, default=3)
     run.add_argument("--json", action="store_true")

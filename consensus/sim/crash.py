@@ -8,7 +8,11 @@ the driver plan (`consensus.driver`):
 - `after_persist`: the durable batch is written, no frame has left;
 - `mid_send`: a strict prefix of the plan's frames has left;
 - `after_send`: every frame has left, no local effect has happened;
-- `before_commit`: the local phase ran up to its first `Commit`, which is not carried out.
+- `before_commit`: the local phase ran up to its first `Commit`, which is not carried out;
+- `before_durable`: a `Commit` was carried out (the block executed, the next height started
+  and may have voted), and the node crashes when its synced batch would have landed. At a
+  random crash, the point means the step's durable batch is written and the commit still
+  in flight, if any, is lost.
 """
 
 from __future__ import annotations
@@ -42,6 +46,8 @@ def crash_point(sim: Sim, nd: SimNode, acts: list[Action], todo: Plan) -> str | 
         if spec.trigger is not None and not spec.trigger(acts):
             return None
         point = spec.point
+        if point == "before_durable":
+            return None
         if point == "before_commit" and not has_commit:
             return None
         if point in ("after_persist", "mid_send") and not any(
@@ -61,7 +67,7 @@ def crash_point(sim: Sim, nd: SimNode, acts: list[Action], todo: Plan) -> str | 
     ):
         return None
     point = sim.rng.choice(CRASH_POINTS)
-    if point == "before_commit" and not has_commit:
+    if (point == "before_commit" and not has_commit) or point == "before_durable":
         point = "after_persist"
     down = sim.rng.randint(*rc.down_us)
     schedule_restart(sim, nd, CrashSpec(nd.ident, down_us=down))
@@ -83,6 +89,7 @@ def crash(sim: Sim, nd: SimNode) -> None:
     nd.epoch += 1
     nd.timers.clear()
     nd.fetching.clear()
+    nd.pending = None
     sim.down_count += 1
 
 
@@ -95,9 +102,10 @@ def restart(sim: Sim, nd: SimNode) -> None:
     sim.last_restart_us = sim.now
     sim.down_count -= 1
     sim.dead.discard(nd.ident)
+    sim.monitor.on_restart(nd)
     nd.engine = sim.make_engine(nd.ident)
     nd.seen_keys = {}
-    committed = len(nd.chain)
+    committed = nd.executed = len(nd.chain)
     recs = tuple(nd.records[h] for h in sorted(nd.records))
     blocks = tuple(b for b in nd.blocks.values() if b.height > committed)
     sim.step(nd, Start(recs, blocks, committed))
