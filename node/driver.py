@@ -3,7 +3,9 @@
 Every event (message, timer, block built, validated or fetched, start) goes through one
 queue and one `Engine.step` at a time (`feed`). The actions of a step are carried out in
 the order of `consensus.driver.plan`, the same order the simulator runs (`carry_out`):
-every `Persist`, `PersistBlock` and `DeleteRecord` first, as ONE synced LevelDB batch; then
+every `Persist`, `PersistBlock` and `DeleteRecord` first, as ONE synced LevelDB batch (after
+the commit batch in flight, if the batch records a decision or deletes a record:
+`consensus.driver.waits_for_commit`); then
 every outgoing message, sends and the replies `ReplyDone`/`ReplySync` alike (queued per
 peer, so the messages of one step to one peer share one frame); then timers, block
 building, validation, fetching, commits and alerts, each handed to the collaborator in
@@ -22,7 +24,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from consensus.driver import Durable, Local, Outgoing, Plan, plan
+from consensus.driver import Durable, Local, Outgoing, Plan, plan, waits_for_commit
 from consensus.engine import Engine
 from consensus.equivocation import EquivocationDetector
 from consensus.events import (
@@ -73,6 +75,9 @@ class Handlers:
     cert_sig: Callable[[int, CertSig], None]
     leader_changed: Callable[[int], None]
     """Called after the queue drained, when the leader is another than before."""
+    commit_barrier: Callable[[], None] = lambda: None
+    """Returns once the commit batch in flight, if any, is durable (§2.6, the commit
+    barrier; `node.commitwriter`)."""
 
 
 class Driver:
@@ -163,6 +168,10 @@ class Driver:
             else:
                 batch.delete(schema.consensus_key(d.height))
         if len(batch):
+            if waits_for_commit(durable) and self.handlers is not None:
+                # A decision or a deleted record is never durable before the block
+                # below it (pipelined heights, CONSENSUS.md §2.6).
+                self.handlers.commit_barrier()
             self.store.write(batch, sync=True)
 
     def _send(self, m: Outgoing) -> None:

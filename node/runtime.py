@@ -34,7 +34,7 @@ from node.accounts import Accounts, Admission
 from node.alarms import Alarms
 from node.backlog import Backlog
 from node.budget import Budgets
-from node.chain import ChainApp
+from node.chain import ChainApp, HeadState
 from node.chainstore import ChainStore
 from node.commit import CertificateExchange, CommitParts, Committer, Waiters
 from node.driver import Driver, Handlers
@@ -179,7 +179,7 @@ class Validator:
     def _build_parts(self) -> None:
         """The collaborators that carry out the engine's actions, bound to the driver."""
         cfg, feed = self.cfg, self.driver.feed
-        self.accounts = Accounts(self.store)
+        self.accounts = Accounts(HeadState(self.app))
         self.mempool = Mempool(
             self.genesis.chain_id,
             MempoolLimits.of_validator(cfg.mempool, self.params.n),
@@ -202,7 +202,7 @@ class Validator:
         self.admission = Admission(
             self.mempool,
             self.accounts,
-            self.chain.height,
+            self.app.head_height,
             self.params.propose_wait_max_ms is None,
             self.pacer,
             self.metrics,
@@ -237,6 +237,7 @@ class Validator:
                 forwarded=self.forwarder.received,
                 cert_sig=self.certificates.received,
                 leader_changed=self.forwarder.leader_changed,
+                commit_barrier=self.committer.writer.wait,
             )
         )
 
@@ -442,6 +443,7 @@ class Validator:
             await _bounded(self._key_source.close(), "key manager client")
         self.waiters.cancel()
         self._cancel_timers()
+        self.committer.writer.close()
         self.store.close()
         self._stopped.set()
 
