@@ -90,6 +90,9 @@ class Engine(HeightProtocol):
         self.catchup = CatchUp(params, self.peers)
         self.serving = DoneServer(params)
         self.undeleted: set[int] = set()
+        self.durable = 0
+        """The highest height whose block is known to be durable: a record is deleted only
+        at or below it (§3.6), never while its block's commit may be in flight."""
         self.owed: dict[int, Done] = {}
         """peer -> our DONE of the latest height we decided that has not left for it yet:
         it rides in the frame of our next message to that peer (R7, §7)."""
@@ -153,7 +156,7 @@ class Engine(HeightProtocol):
                 continue
             del self.inst[h]
             self.serving.forget(h, inst.done_of)
-            if h <= self.committed:
+            if h <= self.durable:
                 out.append(DeleteRecord(h))
             else:
                 self.undeleted.add(h)
@@ -215,8 +218,11 @@ class Engine(HeightProtocol):
         out: list[Action] = []
         self.committed = h - 1
         self.handed = max(self.handed, h - 1)
+        # Block h-1 may still be on its way to the disk; block h-2 is durable: its commit
+        # finished before h-1's began (§3.3, pipelined heights).
+        self.durable = max(self.durable, h - 2)
         for x in sorted(self.undeleted):
-            if x <= self.committed:
+            if x <= self.durable:
                 self.undeleted.discard(x)
                 out.append(DeleteRecord(x))
         for inst in list(self.inst.values()):
@@ -236,6 +242,7 @@ class Engine(HeightProtocol):
         """Restart: rebuild from the records and repeat, never recompute (§2.6)."""
         self.committed = ev.committed_height
         self.handed = max(self.handed, ev.committed_height)
+        self.durable = max(self.durable, ev.committed_height)
         self.cur = max(self.cur, ev.committed_height)
         for blk in ev.blocks:
             self.blocks[block_hash(blk)] = blk
