@@ -15,7 +15,10 @@ store.
 
 A store that cannot take a write from another thread while the loop reads it (the
 in-memory store; `KVStore.concurrent_writes` false) is written inline: the batch is durable
-when `write` returns, as before heights were pipelined.
+when `write` returns, as before heights were pipelined. A store of the whole-network
+simulator, which runs every node on one virtual-time loop and no thread, states a write
+latency instead (`KVStore.write_latency_s`): the batch is applied that much later on the
+loop, or at once at the barrier, and a crash in between loses it.
 """
 
 from __future__ import annotations
@@ -46,6 +49,8 @@ class CommitWriter:
         self._inflight: concurrent.futures.Future[None] | None = None
         self._height = 0
         self._on_durable: Callable[[], None] | None = None
+        self._later: tuple[Batch, asyncio.TimerHandle] | None = None
+        """A batch applied on the loop after the store's write latency, and its timer."""
 
     @property
     def in_flight(self) -> int | None:
@@ -56,20 +61,30 @@ class CommitWriter:
         """Write the commit batch of height; call on_durable on the loop once it is
         durable (at once for an inline store)."""
         self.wait()
-        if self._pool is None:
+        latency = self.store.write_latency_s
+        if self._pool is None and latency is None:
             self.store.write(batch, sync=True)
             on_durable()
             return
-        fut = self._pool.submit(self._write_synced, batch)
-        self._inflight, self._height, self._on_durable = fut, height, on_durable
         loop = asyncio.get_running_loop()
-        fut.add_done_callback(lambda f: loop.call_soon_threadsafe(self._settle, f))
+        if self._pool is None:
+            fut: concurrent.futures.Future[None] = concurrent.futures.Future()
+            self._later = (batch, loop.call_later(latency or 0.0, self._apply, fut, batch))
+        else:
+            fut = self._pool.submit(self._write_synced, batch)
+            fut.add_done_callback(lambda f: loop.call_soon_threadsafe(self._settle, f))
+        self._inflight, self._height, self._on_durable = fut, height, on_durable
 
     def wait(self) -> None:
         """The commit barrier: block until the batch in flight is durable, then run its
         continuation."""
         fut = self._inflight
         if fut is None:
+            return
+        if self._later is not None:
+            batch, handle = self._later
+            handle.cancel()
+            self._apply(fut, batch)
             return
         concurrent.futures.wait([fut])
         self._settle(fut)
@@ -78,6 +93,11 @@ class CommitWriter:
         """Let the batch in flight reach the disk (its continuation does not run: the
         node is stopping), and stop the writer thread."""
         fut, self._inflight, self._on_durable = self._inflight, None, None
+        if fut is not None and self._later is not None:
+            batch, handle = self._later
+            handle.cancel()
+            self._later = None
+            self._write_into(fut, batch)
         if fut is not None:
             concurrent.futures.wait([fut])
             if fut.exception() is not None:
@@ -87,6 +107,22 @@ class CommitWriter:
 
     def _write_synced(self, batch: Batch) -> None:
         self.store.write(batch, sync=True)
+
+    def _write_into(self, fut: concurrent.futures.Future[None], batch: Batch) -> None:
+        try:
+            self.store.write(batch, sync=True)
+        except QChainError as e:
+            fut.set_exception(e)
+            return
+        fut.set_result(None)
+
+    def _apply(self, fut: concurrent.futures.Future[None], batch: Batch) -> None:
+        """A batch of a store with a write latency: applied now, on the loop."""
+        if self._later is None or fut.done():
+            return
+        self._later = None
+        self._write_into(fut, batch)
+        self._settle(fut)
 
     def _settle(self, fut: concurrent.futures.Future[None]) -> None:
         """The batch of fut returned: run its continuation once (the barrier or the

@@ -111,6 +111,10 @@ class KVStore(Closable):
     concurrent_writes: bool = False
     """Whether `write` may run on a writer thread while other threads read."""
 
+    write_latency_s: float | None = None
+    """A simulated store's synced write latency: the node applies its commit batches that
+    much later on its event loop instead of in a writer thread (`node.commitwriter`)."""
+
     on_corrupt: Callable[[StorageCorrupt], None] | None = None
     """Called with every `StorageCorrupt` raised through `corrupt`, before it is raised."""
 

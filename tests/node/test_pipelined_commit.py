@@ -375,3 +375,24 @@ def test_driver_waits_for_the_commit_only_before_a_decision(
     body = CBlock(2, b"\x01" * 32, 0, 0, b"body")
     driver._write([Persist(rec), PersistBlock(body)])
     assert log == (["barrier", "write"] if waits else ["write"])
+
+
+class SlowDisk(MemoryStore):
+    """A simulated store with a write latency (as the whole-network simulator's)."""
+
+    write_latency_s = 3600.0
+
+
+async def test_store_with_a_write_latency_is_durable_at_the_barrier_not_before() -> None:
+    store = SlowDisk()
+    writer = CommitWriter(store, Alarms().fail)
+    durable: list[int] = []
+    writer.write(4, _batch(4), lambda: durable.append(4))
+    await asyncio.sleep(0)
+    assert durable == [] and store.get(schema.META_LAST_HEIGHT) is None
+    assert writer.in_flight == 4
+    writer.wait()
+    assert durable == [4] and store.get(schema.META_LAST_HEIGHT) == schema.u64(4)
+    writer.write(5, _batch(5), lambda: durable.append(5))
+    writer.close()  # stopping: the batch lands, nothing more is announced
+    assert store.get(schema.META_LAST_HEIGHT) == schema.u64(5) and durable == [4]
