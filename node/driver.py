@@ -93,8 +93,9 @@ class Driver:
         committed: Callable[[], int],
         committed_value: Callable[[int], bytes | None],
     ) -> None:
-        """committed: the last committed height; committed_value: the consensus value
-        of a committed height."""
+        """committed: the last executed height (its commit may be in flight), for the
+        equivocation watch; committed_value: the consensus value of a durably committed
+        height."""
         self.engine = engine
         self.store = store
         self.links = links

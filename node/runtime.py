@@ -124,7 +124,7 @@ class Validator:
             self.links,
             self.alarms,
             self.metrics,
-            self.chain.height,
+            self.app.head_height,
             self.app.committed_value,
         )
         self._build_parts()
