@@ -150,6 +150,8 @@ class Engine(HeightProtocol):
         instances (at the end of the step, never mid-handler, §3.6)."""
         if self.owed:
             out[:] = self._ride_dones(out)
+        if self.amnesia is not None:
+            out[:] = [a for a in out if not isinstance(a, Send) or self.amnesia.allows(a.msg)]
         for h in sorted(self.inst):
             inst = self.inst[h]
             if not inst.terminated or not (inst.commit_emitted or h <= self.committed):
@@ -215,6 +217,8 @@ class Engine(HeightProtocol):
     def _on_start_height(self, h: int, parent_hash: bytes, anchor: int) -> list[Action]:
         if h in self.inst or h <= self.committed or h < self.cur:
             return []
+        if self.amnesia is not None:
+            self.amnesia.try_settle(h)
         out: list[Action] = []
         self.committed = h - 1
         self.handed = max(self.handed, h - 1)
@@ -290,7 +294,7 @@ class Engine(HeightProtocol):
             s = rec.s[k - 1]
             if s.last_round == rec.round and s.last_value is not None:
                 out += self._bcast(inst, Vote(cid, inst.h, rec.round, k, s.last_value))
-        if rec.abort_level >= 0:
+        if rec.abort_level >= 0 and not self._silent(inst.h):
             inst.abort_of[self.me] = rec.abort_level
             out += [Send(j, Abort(cid, inst.h, rec.abort_level)) for j in self.peers]
         if rec.decided is not None:
@@ -313,6 +317,8 @@ class Engine(HeightProtocol):
     def _on_message(self, j: int, m: Message) -> list[Action]:
         if not 0 <= j < self.p.n or j == self.me or m.chain_id != self.p.chain_id:
             return []
+        if self.amnesia is not None:
+            self.amnesia.observe(j, m, self.cur)
         if isinstance(m, SyncReq | SyncResp):
             return self._on_sync(j, m)
         if isinstance(m, BlockReq | BlockResp):

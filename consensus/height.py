@@ -21,6 +21,7 @@ from abc import ABC, abstractmethod
 from collections import Counter
 from dataclasses import replace
 
+from consensus.amnesia import AmnesiaGuard
 from consensus.events import (
     Action,
     Alert,
@@ -70,6 +71,9 @@ class HeightProtocol(ABC):
         self.handed = 0
         """The highest height whose `Commit` was emitted (or committed before a restart):
         commits leave in height order (§3.3)."""
+        self.amnesia: AmnesiaGuard | None = None
+        """Set after a restore (§3.8): silent, and not counting itself, at the heights it
+        may have voted in before."""
 
     # --- thresholds (overridable by the simulator's test mutants only) ---
 
@@ -90,8 +94,14 @@ class HeightProtocol(ABC):
 
     # --- sending ---
 
+    def _silent(self, h: int) -> bool:
+        return self.amnesia is not None and self.amnesia.silent_at(h)
+
     def _bcast(self, inst: Instance, m: ConsensusMessage) -> list[Action]:
-        """Frames to every peer, and local delivery to self (after the step's persist)."""
+        """Frames to every peer, and local delivery to self (after the step's persist);
+        nothing at all for what the amnesia guard silences."""
+        if self.amnesia is not None and not self.amnesia.allows(m):
+            return []
         out: list[Action] = [Send(j, m) for j in self.peers]
         return out + self._deliver(inst, self.me, m)
 
@@ -142,8 +152,10 @@ class HeightProtocol(ABC):
 
     def _send_abort(self, inst: Instance, level: int) -> list[Action]:
         inst.rec = replace(inst.rec, abort_level=level)
-        inst.abort_of[self.me] = level
         out = self._persist(inst)
+        if self._silent(inst.h):
+            return out
+        inst.abort_of[self.me] = level
         return out + [Send(j, Abort(self.p.chain_id, inst.h, level)) for j in self.peers]
 
     def _levels(self, inst: Instance) -> list[int]:

@@ -24,6 +24,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from consensus.amnesia import AmnesiaGuard
 from consensus.driver import Durable, Local, Outgoing, Plan, plan, waits_for_commit
 from consensus.engine import Engine
 from consensus.equivocation import EquivocationDetector
@@ -114,6 +115,25 @@ class Driver:
         self._processing = False
         self._last_leader: int | None = None
         self._last_round: tuple[int, int] = (0, 0)
+        self._amnesia_written: int | None = None
+
+    def arm_amnesia(self) -> None:
+        """After a restore or rebuild (`schema.META_AMNESIA`), put the engine under the
+        amnesia guard (CONSENSUS.md §3.8), settled or not as the store says; a guard
+        whose bound the chain has passed is removed."""
+        raw = self.store.get(schema.META_AMNESIA)
+        if raw is None:
+            return
+        through = schema.read_u64(raw) if raw else None
+        if through is not None and self.committed() > through:
+            self.store.delete(schema.META_AMNESIA, sync=True)
+            return
+        self._amnesia_written = through
+        self.engine.amnesia = AmnesiaGuard(self.engine.p, self.me, through)
+        if through is None:
+            log.warning("amnesia guard: silent until 2f+1 peers show their heights")
+        else:
+            log.warning("amnesia guard: silent at heights up to %d", through)
 
     def bind(self, handlers: Handlers) -> None:
         self.handlers = handlers
@@ -168,10 +188,17 @@ class Driver:
                 batch.put(key, d.block.encode())
             else:
                 batch.delete(schema.consensus_key(d.height))
+        guard = self.engine.amnesia
+        settled = None if guard is None else guard.through
+        if settled is not None and settled != self._amnesia_written:
+            # Settled in this step: durable before any vote above it leaves (§3.8).
+            batch.put(schema.META_AMNESIA, schema.u64(settled))
+            self._amnesia_written = settled
+            log.warning("amnesia guard settled: silent at heights up to %d", settled)
         if len(batch):
             if waits_for_commit(durable) and self.handlers is not None:
-                # A decision or a deleted record is never durable before the block
-                # below it (pipelined heights, CONSENSUS.md §2.6).
+                # A decision is never durable before the block below it (pipelined
+                # heights, CONSENSUS.md §2.6).
                 self.handlers.commit_barrier()
             self.store.write(batch, sync=True)
 

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from consensus.amnesia import AmnesiaGuard
 from consensus.engine import Engine
 from consensus.messages import Record
 from consensus.params import Params
@@ -164,6 +165,7 @@ class ServiceFacade:
             "alerts": dict(p.alarms.counts),
             "halted": p.alarms.fatal,
             "store_corrupt": p.alarms.store_corrupt,
+            "amnesia": _amnesia(p.engine.amnesia),
             "byzantine": p.byzantine.mode,
             "uptime_s": round(clock.wall() - p.started_at, 3),
         }
@@ -295,3 +297,10 @@ class AdminFacade:
             "pending_build": self.pacer.pending is not None,
             "key_pacing": asdict(self.pacer.keys.budget),
         }
+
+
+def _amnesia(guard: AmnesiaGuard | None) -> Mapping[str, Any] | None:
+    """The amnesia guard after a restore or rebuild (CONSENSUS.md §3.8), or None."""
+    if guard is None:
+        return None
+    return {"settled": guard.settled, "silent_through": guard.through}

@@ -19,6 +19,12 @@ database beside the old one, moves the old one aside (as `rebuild` does) and ren
 new one into place, so the node finds either its old store or the whole restored one.
 The node then catches up from the backup's height.
 
+Both leave the node without the consensus records of the heights it voted in since (a
+backup's records are those of the moment it was taken; a rebuild keeps none), so both
+arm the amnesia guard (`consensus.amnesia`, CONSENSUS.md §3.8) by writing
+`schema.META_AMNESIA`: the node stays silent at every height it may have voted in before
+and votes again once 2f+1 peers have shown it how far the chain got.
+
 The leases must not go backwards either. A backup's leases are those of the moment it was
 taken; the node has since sent more frames on every link. When the store being replaced
 is readable, its lease of a link is the truth (a lease is persisted before any number
@@ -100,6 +106,7 @@ def rebuild(db_dir: Path, now: datetime | None = None) -> Rebuilt:
         batch = Batch()
         for key, value in leases.items():
             batch.put(key, value)
+        batch.put(schema.META_AMNESIA, b"")
         new.write(batch, sync=True)
     return Rebuilt(moved_to, len(leases))
 
@@ -150,6 +157,7 @@ def restore(
                 batch = Batch()
                 for key, value in leases.items():
                     batch.put(key, value)
+                batch.put(schema.META_AMNESIA, b"")
                 new.write(batch, sync=True)
         finally:
             if old is not None:

@@ -127,6 +127,7 @@ class Validator:
             self.app.head_height,
             self.app.committed_value,
         )
+        self.driver.arm_amnesia()
         self._build_parts()
         self._listeners = Listeners()
         self._tasks: list[asyncio.Task[None]] = []

@@ -23,7 +23,10 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     run.add_argument(
         "--scenario",
         default="all",
-        help="S1..S21, all, idle-quiet/idle-txs/idle-censor, S9-counted-correct, S10-f+1-twins",
+        help=(
+            "S1..S22, all, idle-quiet/idle-txs/idle-censor, "
+            "S9-counted-correct, S10-f+1-twins, S21-unguarded"
+        ),
     )
     run.add_argument("--heights", type=int, default=3)
     run.add_argument("--json", action="store_true")

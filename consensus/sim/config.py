@@ -78,6 +78,9 @@ class Rollback:
     snapshot_us: int
     at_us: int
     wipe: bool = False
+    amnesic: bool = False
+    """The node restarts under the amnesia guard (CONSENSUS.md §3.8), as a restored
+    validator does, and is held to every invariant of a correct node."""
 
 
 DropFilter = Callable[["Sim", int, int, Message], bool]

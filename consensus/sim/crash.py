@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from consensus.amnesia import AmnesiaGuard
 from consensus.driver import Plan
 from consensus.events import Action, Commit, MempoolNonEmpty, Send, Start, StartHeight
 from consensus.sim.app import GENESIS_HASH
@@ -104,6 +105,8 @@ def restart(sim: Sim, nd: SimNode) -> None:
     sim.dead.discard(nd.ident)
     sim.monitor.on_restart(nd)
     nd.engine = sim.make_engine(nd.ident)
+    if nd.amnesia is not None:
+        nd.amnesia = nd.engine.amnesia = nd.amnesia.restarted()
     nd.seen_keys = {}
     committed = nd.executed = len(nd.chain)
     recs = tuple(nd.records[h] for h in sorted(nd.records))
@@ -126,9 +129,14 @@ def rollback(sim: Sim, rb: Rollback) -> None:
     """Crash `rb.node` and restart it from its snapshot (or from nothing)."""
     nd = sim.nodes[rb.node][0]
     crash(sim, nd)
+    # The records are replaced on purpose: what the node executed is no claim on them
+    # (invariant 14 holds a crash, not a rollback, to it).
+    nd.executed = len(nd.chain)
     if rb.wipe or not nd.snapshots:
         nd.records, nd.blocks = {}, {}
     else:
         _, recs, blocks, _ = nd.snapshots[-1]
         nd.records, nd.blocks = recs, blocks
+    if rb.amnesic:
+        nd.amnesia = AmnesiaGuard(sim.params, nd.ident)
     sim.at(sim.now + 5 * MS, lambda: restart(sim, nd))

@@ -1,4 +1,4 @@
-"""The adversarial scenarios S1-S21 of CONSENSUS.md §8 as simulator configurations.
+"""The adversarial scenarios S1-S22 of CONSENSUS.md §8 as simulator configurations.
 
 `build(name, n, seed, heights)` returns the `SimConfig` of one run; every random choice of
 the scenario (which variant, which node, which times) comes from the seed. S3 and S17 are
@@ -213,6 +213,20 @@ def s9(n: int, seed: int, heights: int) -> SimConfig:
     )
 
 
+def s21(n: int, seed: int, heights: int) -> SimConfig:
+    """S9 for a restored validator: disk rollback or state loss of one node that restarts
+    under the amnesia guard (§3.8) and is held to every invariant of a correct node; with
+    n >= 4 another node is an equivocating leader (the f-th fault)."""
+    cfg = s9(n, seed, heights)
+    rb = replace(cfg.rollbacks[0], amnesic=True)
+    byz: dict[int, Strategy] = {}
+    if _f(n) >= 1:
+        byz[random.Random(seed).choice([i for i in range(n) if i != rb.node])] = (
+            EquivocatingLeader()
+        )
+    return replace(cfg, rollbacks=(rb,), declared_faulty=frozenset(), byzantine=byz)
+
+
 def s10(n: int, seed: int, heights: int) -> SimConfig:
     """Twins: two copies of one identity, as leader or voter, in overlapping partitions."""
     rng = random.Random(seed)
@@ -369,8 +383,8 @@ def s20(n: int, seed: int, heights: int) -> SimConfig:
     return SimConfig(n=n, seed=seed, heights=max(heights, 4), crashes=(spec,))
 
 
-def s21(n: int, seed: int, heights: int) -> SimConfig:
-    """Crash while a commit is pipelined (§3.3, Revision 1.6): between deciding a height and
+def s22(n: int, seed: int, heights: int) -> SimConfig:
+    """Crash while a commit is pipelined (§3.3, Revision 1.8): between deciding a height and
     executing it; after executing it, with the next height started (and possibly voted,
     built or proposed) but before its synced batch is durable; or every node at once
     before its batch is durable (a power cut). The batch is slow here (5-60 ms), so the
@@ -466,6 +480,13 @@ def s9_counted_correct(n: int, seed: int, heights: int) -> SimConfig:
     return replace(s9(n, seed, heights), declared_faulty=frozenset(), expect_live=False)
 
 
+def s21_unguarded(n: int, seed: int, heights: int) -> SimConfig:
+    """Test power (§3.8): S21 without the amnesia guard; the restored node, held to the
+    invariants of a correct node, must be caught contradicting what it sent before."""
+    cfg = s21(n, seed, heights)
+    return replace(cfg, rollbacks=(replace(cfg.rollbacks[0], amnesic=False),), expect_live=False)
+
+
 def s10_too_many_twins(n: int, seed: int, heights: int) -> SimConfig:
     """Test power (§8 S10): f+1 twinned identities (one more than tolerated), their copies
     split between two halves of the correct nodes; the checker must find a violation."""
@@ -490,6 +511,7 @@ def s10_too_many_twins(n: int, seed: int, heights: int) -> SimConfig:
 POWER_SCENARIOS: dict[str, Builder] = {
     "S9-counted-correct": s9_counted_correct,
     "S10-f+1-twins": s10_too_many_twins,
+    "S21-unguarded": s21_unguarded,
 }
 """Sanity checks of test power (§8 S9, S10): these MUST report violations."""
 
@@ -522,6 +544,7 @@ SCENARIOS: dict[str, Builder] = {
     "S19": s19,
     "S20": s20,
     "S21": s21,
+    "S22": s22,
 }
 
 

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from functools import partial
 from typing import TYPE_CHECKING
 
+from consensus.amnesia import AmnesiaGuard
 from consensus.driver import Outgoing, plan, waits_for_commit
 from consensus.engine import Engine
 from consensus.events import (
@@ -99,6 +100,8 @@ class SimNode:
         self.engine = sim.make_engine(ident)
         self.validity: Validity = sim.cfg.validity.get(ident, app_valid)
         self.strategy: Strategy | None = sim.cfg.byzantine.get(ident)
+        self.amnesia: AmnesiaGuard | None = None
+        """The amnesia guard a restore arms (§3.8); its settled bound is durable."""
 
     @property
     def name(self) -> str:

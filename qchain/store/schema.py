@@ -192,3 +192,6 @@ META_SCHEMA_VERSION = meta_key("schema-version")
 META_CHAIN_ID = meta_key("chain-id")
 META_LAST_HEIGHT = meta_key("last-height")
 META_GENESIS_HASH = meta_key("genesis-hash")
+META_AMNESIA = meta_key("amnesia")
+"""Present after a restore or rebuild (CONSENSUS.md §3.8): empty while the amnesia guard
+is unsettled, then the u64 last height at which the node stays silent."""

@@ -5,6 +5,8 @@
   it starts, catches up to the others' height, its links work (its peers accept its
   frames: no stale sequence numbers, thanks to the advanced leases) and a transaction
   submitted to it commits.
+  It comes back under the amnesia guard and settles its silent heights past the height at
+  which it stopped.
 - A stopped validator is backed up, runs on, is stopped and restored over its own store:
   the store's leases, ahead of the backup's, are kept; it catches up and is ready again.
 """
@@ -123,6 +125,15 @@ def test_running_node_backed_up_wiped_restored_catches_up(
     devnet.start(victim)
 
     _caught_up_and_ready(devnet, victim, other)
+    # The restore forgot the votes cast after the backup: the node stays silent up to a
+    # height past every one it may have voted in (CONSENSUS.md §3.8), at least `top` + 1.
+    _until(
+        "the amnesia guard to settle",
+        lambda: (devnet.node_status(victim) or {}).get("amnesia", {}).get("settled") is True,
+    )
+    silent = devnet.node_status(victim)["amnesia"]["silent_through"]
+    assert silent >= top + 1
+    _until("the chain to pass the silent heights", lambda: _height(devnet, victim) > silent)
     with Client(devnet.api_url(victim)) as c:
         for tx in later:  # committed after the backup: the victim has them from its peers
             assert c.tx_status(tx.hash).status == "committed"

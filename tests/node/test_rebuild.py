@@ -33,7 +33,10 @@ def test_rebuild_moves_the_store_aside_and_keeps_only_the_leases(tmp_path: Path)
     with LevelDBStore(done.moved_to) as old:
         assert old.get(schema.block_key(1)) == b"a block"
     with LevelDBStore(db) as new:
-        assert list(new.iterate()) == [(schema.qkd_lease_key("seq/sae-3/sae-0"), schema.u64(8192))]
+        assert list(new.iterate()) == [
+            (schema.META_AMNESIA, b""),  # the node forgot its votes (CONSENSUS.md §3.8)
+            (schema.qkd_lease_key("seq/sae-3/sae-0"), schema.u64(8192)),
+        ]
 
 
 def test_rebuild_refuses_while_the_node_holds_the_store(tmp_path: Path) -> None:

@@ -70,6 +70,7 @@ def test_restore_onto_a_wiped_data_dir_advances_every_lease(tmp_path: Path) -> N
     with LevelDBStore(db) as s:
         assert s.get(schema.block_key(5)) == b"block 5"
         assert schema.read_u64(s.get(schema.META_LAST_HEIGHT) or b"") == 5
+        assert s.get(schema.META_AMNESIA) == b""  # unsettled guard: §3.8
     assert sorted(p.name for p in db.parent.iterdir()) == ["db"]
 
 
