@@ -231,9 +231,17 @@ class Committer:
             if schema.split_pending_key(key)[1] != value:
                 batch.delete(key)
         self.app.executed(prepared)
-        interval = parts.pacer.committed(clock.monotonic())
-        self.writer.write(a.height, batch, lambda: self._durable(value, prepared, interval))
+        now = clock.monotonic()
+        interval = parts.pacer.committed(now)
+        self.writer.write(a.height, batch, lambda: self._durable(value, prepared, interval, now))
         self._executed(a, value, prepared)
+
+    def barrier(self) -> None:
+        """The driver's commit barrier (CONSENSUS.md §2.6): the commit in flight, if any,
+        is durable when this returns."""
+        if self.writer.in_flight is not None:
+            self.parts.metrics.commit_barrier_waits.inc()
+        self.writer.wait()
 
     def _executed(self, a: Commit, value: bytes, prepared: Prepared) -> None:
         """The block is executed: out of the mempool, and the next height starts."""
@@ -249,9 +257,10 @@ class Committer:
         if parts.pacer.pending is not None:
             parts.pacer.maybe_build()
 
-    def _durable(self, value: bytes, prepared: Prepared, interval: float) -> None:
+    def _durable(self, value: bytes, prepared: Prepared, interval: float, since: float) -> None:
         """The batch is durable: the height may be announced."""
         parts = self.parts
+        parts.metrics.commit_write_duration.observe(clock.monotonic() - since)
         self.app.durable(value)
         parts.admission.accounts.invalidate()
         block = prepared.block

@@ -238,7 +238,7 @@ class Validator:
                 forwarded=self.forwarder.received,
                 cert_sig=self.certificates.received,
                 leader_changed=self.forwarder.leader_changed,
-                commit_barrier=self.committer.writer.wait,
+                commit_barrier=self.committer.barrier,
             )
         )
 
