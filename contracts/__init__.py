@@ -1,6 +1,6 @@
-"""The pilot platform's application: native contracts (membership, notary, voucher) and
-deterministic block execution over a state view. Pure: no disk, network, clock or
-randomness. `contracts/README.md` describes the API the node uses."""
+"""The pilot platform's application: native contracts (membership, notary, voucher,
+validators) and deterministic block execution over a state view. Pure: no disk, network,
+clock or randomness. `contracts/README.md` describes the API the node uses."""
 
 from contracts.execution import (
     BlockContext,

@@ -5,7 +5,8 @@ yet committed), the block context (chain id, height, time, previous app hash) an
 transactions, and returns the receipts, the write set and the new app hash without
 touching the source. Each step:
 
-1. the begin-block hooks run (voucher expiry);
+1. the begin-block hooks run (voucher expiry; the `validators` contract applies the
+   validator-set changes scheduled for this height, then expires and drops changes);
 2. per transaction, the inclusion checks: chain id, expiry (`expiry_height` 0 never
    expires, otherwise the block's height must not exceed it), the sender is an active
    member, the nonce equals the sender's next nonce, the scheme and signature match the

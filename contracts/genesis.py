@@ -6,9 +6,18 @@ The file is JSON (see `contracts/README.md` for an example):
 - `consensus`: `tenure` (the tenure bound K, default 64), `first_leader` (default 0) and
   `timing`, the chain's timing profile (`default`, `lan` or `test`, default `default`;
   CONSENSUS.md §4): every node of the chain runs it, so it is part of the genesis hash;
+  and the parameters of validator-set changes (CONSENSUS.md §10.2, `contracts.validators`):
+  `reconfig_delay` (D ≥ 2, default 2), `proposal_ttl` (heights, default 10 000),
+  `ready_ttl` (block time in ms, default 86 400 000: 24 hours), `ready_ttl_heights`
+  (default 1 000) and `reconfiguration` (default false: the `validators` contract refuses
+  every change, and a node refuses to start on a genesis that sets it, since the engine
+  does not follow set changes yet);
 - `validators`: n = 3f+1 entries, each with `index` (0..n−1, in order), `name`,
   `public_key` (hex ML-DSA-65 key that signs commit certificates), `sae_id` (its QKD SAE
-  id, unique) and optional `p2p` and `api` address hints;
+  id, unique), optional `p2p` and `api` address hints, and `operator` (hex address of the
+  member that votes for it in governance): every validator has one or none does, and
+  without operators the genesis has no governance (the `validators` contract holds no
+  state);
 - `members`: the initial organisations, each with `name`, `scheme` (`ml-dsa-65`,
   `ed25519` or `sm2`), `public_key` (hex), `roles`, and optionally `address` (hex, checked
   against the key); at least one must be an admin;
@@ -24,9 +33,11 @@ The file is JSON (see `contracts/README.md` for an example):
 The genesis hash covers the canonical encoding of everything except the address hints, so a
 validator may move without changing the chain's identity; a genesis without
 `accepted_schemes` hashes as it did before the field existed (the field is left out of the
-encoding when empty). `init_state` writes the initial
-members and returns the write set and the genesis app hash, which chains from the genesis
-hash.
+encoding when empty), and so does one without operators and with the default
+reconfiguration parameters (a validator's `operator` is left out when absent, the five
+reconfiguration parameters when all are at their defaults). `init_state` writes the
+initial members (and, with operators, the `validators` contract's initial state) and
+returns the write set and the genesis app hash, which chains from the genesis hash.
 """
 
 from __future__ import annotations
@@ -37,6 +48,7 @@ from functools import cached_property
 from typing import Annotated
 
 from contracts import membership
+from contracts import validators as validators_contract
 from contracts.execution import app_hash
 from contracts.state import Overlay, StateSource, StateWriter, WriteSet
 from qchain.codec import U16, U32, U64, Len, Struct, encode_value
@@ -46,6 +58,12 @@ from qchain.keys import PUBLIC_KEY_LEN, Scheme, address_of
 from qchain.types import Address, ChainId, ValidatorKey
 
 DEFAULT_TENURE = 64
+DEFAULT_RECONFIG_DELAY = 2
+DEFAULT_PROPOSAL_TTL = 10_000
+DEFAULT_READY_TTL = 86_400_000
+"""24 hours of block time, in milliseconds."""
+DEFAULT_READY_TTL_HEIGHTS = 1_000
+MAX_RECONFIG_DELAY = 1_000_000
 TIMING_PROFILES = ("default", "lan", "test")
 """The names of `qchain.config.PROFILES` (a test keeps them equal)."""
 VALIDATOR_SCHEME = Scheme.ML_DSA_65
@@ -59,6 +77,32 @@ class ConsensusParams(Struct):
     first_leader: U16
     timing: Annotated[str, Len(1, 16)]
     """The chain's timing profile, one of `TIMING_PROFILES`."""
+    reconfig_delay: U32 = DEFAULT_RECONFIG_DELAY
+    """D: a change that is approved and ready in block r activates at r + D (D ≥ 2)."""
+    proposal_ttl: U32 = DEFAULT_PROPOSAL_TTL
+    ready_ttl: U64 = DEFAULT_READY_TTL
+    """Block time (ms) after its approval block's within which an approved change must be
+    ready; it is dropped once this and `ready_ttl_heights` have both passed."""
+    ready_ttl_heights: U32 = DEFAULT_READY_TTL_HEIGHTS
+    reconfiguration: bool = False
+    """Whether the `validators` contract accepts changes (CONSENSUS.md §10)."""
+
+    @property
+    def reconfiguration_default(self) -> bool:
+        """All five reconfiguration parameters at their defaults (left out of the hash)."""
+        return (
+            self.reconfig_delay,
+            self.proposal_ttl,
+            self.ready_ttl,
+            self.ready_ttl_heights,
+            self.reconfiguration,
+        ) == (
+            DEFAULT_RECONFIG_DELAY,
+            DEFAULT_PROPOSAL_TTL,
+            DEFAULT_READY_TTL,
+            DEFAULT_READY_TTL_HEIGHTS,
+            False,
+        )
 
 
 @dataclass(frozen=True)
@@ -71,6 +115,8 @@ class ValidatorInfo(Struct):
     """The validator's SAE id at the QKD key manager."""
     p2p: Hint
     api: Hint
+    operator: Annotated[bytes, Len(0, 20)] = b""
+    """Address of the member that votes for this validator in governance; empty: none."""
 
     @property
     def key(self) -> ValidatorKey:
@@ -102,14 +148,20 @@ class Genesis(Struct):
 
     @cached_property
     def hash(self) -> bytes:
-        core = dataclasses.replace(
-            self,
-            validators=tuple(dataclasses.replace(v, p2p="", api="") for v in self.validators),
-        )
+        validators = tuple(dataclasses.replace(v, p2p="", api="") for v in self.validators)
+        core = dataclasses.replace(self, validators=validators)
         wire = core.to_wire()
+        if self.consensus.reconfiguration_default:
+            wire[2] = self.consensus.to_wire()[:3]
+        wire[3] = [v.to_wire() if v.operator else v.to_wire()[:6] for v in validators]
         if not self.accepted_schemes:
             wire = wire[:-1]
         return hash_domain(Domain.GENESIS, encode_value(wire))
+
+    @property
+    def has_governance(self) -> bool:
+        """Whether validators have operators (the `validators` contract has state)."""
+        return any(v.operator for v in self.validators)
 
     def validator_keys(self) -> list[ValidatorKey]:
         """Certificate-signing keys by validator index (for `verify_certificate`)."""
@@ -123,6 +175,17 @@ class Genesis(Struct):
                 "tenure": self.consensus.tenure,
                 "first_leader": self.consensus.first_leader,
                 "timing": self.consensus.timing,
+                **(
+                    {}
+                    if self.consensus.reconfiguration_default
+                    else {
+                        "reconfig_delay": self.consensus.reconfig_delay,
+                        "proposal_ttl": self.consensus.proposal_ttl,
+                        "ready_ttl": self.consensus.ready_ttl,
+                        "ready_ttl_heights": self.consensus.ready_ttl_heights,
+                        "reconfiguration": self.consensus.reconfiguration,
+                    }
+                ),
             },
             "validators": [
                 {
@@ -132,6 +195,7 @@ class Genesis(Struct):
                     "sae_id": v.sae_id,
                     **({"p2p": v.p2p} if v.p2p else {}),
                     **({"api": v.api} if v.api else {}),
+                    **({"operator": v.operator.hex()} if v.operator else {}),
                 }
                 for v in self.validators
             ],
@@ -206,7 +270,9 @@ def _list(v: object, path: str) -> list[object]:
 
 
 def _validator(doc: object, path: str, i: int) -> ValidatorInfo:
-    d = _fields(doc, path, ("index", "name", "public_key", "sae_id"), ("scheme", "p2p", "api"))
+    d = _fields(
+        doc, path, ("index", "name", "public_key", "sae_id"), ("scheme", "p2p", "api", "operator")
+    )
     if d.get("scheme", VALIDATOR_SCHEME.value) != VALIDATOR_SCHEME.value:
         raise GenesisError(f"{path}.scheme", f"validators sign with {VALIDATOR_SCHEME.value}")
     index = _int(d["index"], f"{path}.index", 0, 1023)
@@ -219,6 +285,7 @@ def _validator(doc: object, path: str, i: int) -> ValidatorInfo:
         _text(d["sae_id"], f"{path}.sae_id", 1, 128),
         _text(d.get("p2p", ""), f"{path}.p2p", 0, 256),
         _text(d.get("api", ""), f"{path}.api", 0, 256),
+        _hex(d["operator"], f"{path}.operator", 20) if "operator" in d else b"",
     )
 
 
@@ -252,7 +319,21 @@ def parse_genesis(doc: object) -> Genesis:
     )
     chain_id = _text(d["chain_id"], "chain_id", 1, 64)
     genesis_time = _int(d.get("genesis_time", 0), "genesis_time", 0, 2**64 - 1)
-    c = _fields(d.get("consensus", {}), "consensus", (), ("tenure", "first_leader", "timing"))
+    c = _fields(
+        d.get("consensus", {}),
+        "consensus",
+        (),
+        (
+            "tenure",
+            "first_leader",
+            "timing",
+            "reconfig_delay",
+            "proposal_ttl",
+            "ready_ttl",
+            "ready_ttl_heights",
+            "reconfiguration",
+        ),
+    )
     tenure = _int(c.get("tenure", DEFAULT_TENURE), "consensus.tenure", 1, 2**32 - 1)
     timing = c.get("timing", "default")
     if timing not in TIMING_PROFILES:
@@ -286,6 +367,7 @@ def parse_genesis(doc: object) -> Genesis:
         if m.address in by_address:
             raise GenesisError(f"members[{i}]", f"same key as members[{by_address[m.address]}]")
         by_address[m.address] = i
+    _check_operators(validators, set(by_address), c.get("reconfiguration", False))
     if not any("admin" in m.roles for m in members):
         raise GenesisError("members", "at least one member must have the admin role")
     for i, a in enumerate(issuers):
@@ -296,12 +378,57 @@ def parse_genesis(doc: object) -> Genesis:
     return Genesis(
         chain_id,
         genesis_time,
-        ConsensusParams(tenure, first_leader, str(timing)),
+        ConsensusParams(
+            tenure,
+            first_leader,
+            str(timing),
+            _int(
+                c.get("reconfig_delay", DEFAULT_RECONFIG_DELAY),
+                "consensus.reconfig_delay",
+                2,
+                MAX_RECONFIG_DELAY,
+            ),
+            _int(
+                c.get("proposal_ttl", DEFAULT_PROPOSAL_TTL), "consensus.proposal_ttl", 1, 2**32 - 1
+            ),
+            _int(c.get("ready_ttl", DEFAULT_READY_TTL), "consensus.ready_ttl", 0, 2**63 - 1),
+            _int(
+                c.get("ready_ttl_heights", DEFAULT_READY_TTL_HEIGHTS),
+                "consensus.ready_ttl_heights",
+                1,
+                2**32 - 1,
+            ),
+            bool(c.get("reconfiguration", False)),
+        ),
         validators,
         members,
         tuple(issuers),
         accepted,
     )
+
+
+def _check_operators(
+    validators: tuple[ValidatorInfo, ...], members: set[bytes], reconfiguration: object
+) -> None:
+    """Every validator has an operator, a member's address, or none has; changes need them."""
+    if type(reconfiguration) is not bool:
+        raise GenesisError("consensus.reconfiguration", "expected true or false")
+    with_operator = [v for v in validators if v.operator]
+    if with_operator and len(with_operator) != len(validators):
+        missing = next(v for v in validators if not v.operator)
+        raise GenesisError(
+            f"validators[{missing.index}].operator",
+            "missing: every validator has an operator, or none has",
+        )
+    for v in with_operator:
+        if v.operator not in members:
+            raise GenesisError(
+                f"validators[{v.index}].operator", f"{v.operator.hex()} is not one of the members"
+            )
+    if reconfiguration and not with_operator:
+        raise GenesisError(
+            "consensus.reconfiguration", "validator-set changes need every validator's operator"
+        )
 
 
 def _accepted_schemes(doc: object) -> tuple[str, ...]:
@@ -340,6 +467,24 @@ def init_state(source: StateSource, genesis: Genesis) -> GenesisState:
     for m in genesis.members:
         membership.put_member(
             state, None, membership.new_member(m.name, m.scheme, m.public_key, m.roles, 0)
+        )
+    if genesis.has_governance:
+        c = genesis.consensus
+        validators_contract.init_genesis(
+            StateWriter(overlay, validators_contract.NAME),
+            validators_contract.Config(
+                c.reconfiguration,
+                c.reconfig_delay,
+                c.proposal_ttl,
+                c.ready_ttl,
+                c.ready_ttl_heights,
+            ),
+            [
+                validators_contract.GenesisValidator(
+                    v.index, v.name, v.public_key, v.sae_id, v.operator
+                )
+                for v in genesis.validators
+            ],
         )
     write_set = overlay.changes()
     return GenesisState(write_set, app_hash(genesis.hash, write_set))

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from contracts import membership, notary, voucher
+from contracts import membership, notary, validators, voucher
 from contracts.runtime import Registry
 
-DEFAULT_REGISTRY = Registry([membership.contract, notary.contract, voucher.contract])
+DEFAULT_REGISTRY = Registry(
+    [membership.contract, notary.contract, voucher.contract, validators.contract]
+)

@@ -12,8 +12,12 @@ rate), and accepts a new local transaction while
 The local rate is never taken below the node's fair share of the chain's rate (chain
 rate / n): a node whose clients only now start sending has no local history yet, but the
 chain's rate says what it can expect. With no commit of any transaction in the window
-(a new chain, an idle one, or a stall) there is no rate to go by, and only the pool's
-static limits apply, as before.
+(a new chain, an idle one, or a stall) there is no rate to go by: the node then keeps at
+most `UNSATURATED_MIN_ROOM` (1,000) of its clients' transactions pending, as it does
+while the chain is not saturated. (Before, only the pool's static limits applied there:
+at the start of an overload each node took up to its 2,500 before the first commits gave
+a rate, and those transactions made the tail of the latency.) A stalled chain so stops
+acknowledging what it cannot commit once 1,000 wait.
 
 A measured commit rate is what the chain committed, not what it could: while the chain
 keeps up, blocks are as small as the load offered, the rate understates the chain's
@@ -77,7 +81,7 @@ UNSATURATED_MIN_ROOM = 1000
 pending: the first blocks after load starts may hold a handful, and a rate measured
 from them says nothing about the chain."""
 UNBOUNDED = 1 << 62
-"""`room` when no rate is known: only the pool's static limits apply."""
+"""`room` with admission control off: only the pool's static limits apply."""
 
 
 @dataclass(frozen=True)
@@ -171,10 +175,13 @@ class Backlog:
 
     def room(self, pending: int, now: float) -> int:
         """How many more local transactions the bound lets in with `pending` local ones
-        in the pool (`UNBOUNDED` with no bound, no known rate, or an unsaturated chain)."""
-        rate = self.rate(now)
-        if self.bound_s <= 0 or rate <= 0:
+        in the pool (`UNBOUNDED` with no bound; `UNSATURATED_MIN_ROOM` in all with no
+        known rate)."""
+        if self.bound_s <= 0:
             return UNBOUNDED
+        rate = self.rate(now)
+        if rate <= 0:
+            return max(0, UNSATURATED_MIN_ROOM - pending)
         allowed = self.bound_in_force(now) * rate
         if not self.saturated:
             allowed = max(UNSATURATED_MIN_ROOM, UNSATURATED_GROWTH * allowed)

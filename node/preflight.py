@@ -11,7 +11,11 @@ On a chain that is not a devnet (its id does not start with
 - a timing profile other than the genesis's (`consensus.timing`): validators whose timers
   differ wait for each other in vain.
 
-On a devnet these are warnings: its keys are public anyway, and a Docker devnet makes its
+On every chain, a devnet too, a genesis that enables validator-set changes
+(`consensus.reconfiguration`) is refused: the consensus engine does not follow set changes
+yet (docs/CONSENSUS.md §10 is not implemented).
+
+On a devnet the others are warnings: its keys are public anyway, and a Docker devnet makes its
 files readable by the container's user on purpose.
 """
 
@@ -100,6 +104,14 @@ def dev_key_problems(cfg: NodeConfig, genesis: Genesis) -> list[str]:
 
 def check_before_run(cfg: NodeConfig, genesis: Genesis) -> None:
     """Raise `ConfigError` naming what to fix, or log warnings on a devnet."""
+    if genesis.consensus.reconfiguration:
+        raise ConfigError(
+            "consensus.reconfiguration",
+            "the genesis enables validator-set changes, which this node cannot run: "
+            "docs/CONSENSUS.md §10 (reconfiguration) is not implemented in the consensus "
+            "engine, which decides every height with the genesis set. Leave "
+            "consensus.reconfiguration out of the genesis (or set it to false)",
+        )
     profile = []
     if cfg.node.profile != genesis.consensus.timing:
         profile.append(

@@ -10,7 +10,7 @@ import pytest
 
 from devnet.network import account_key
 from node.accounts import Admission
-from node.backlog import Backlog
+from node.backlog import UNSATURATED_MIN_ROOM, Backlog
 from node.mempool import Mempool, MempoolLimits
 from node.metrics import NodeMetrics
 from qchain.errors import Overloaded
@@ -64,11 +64,11 @@ def setup() -> tuple[Admission, Accounts, _CountingVerifier, _Clock]:
     return admission, accounts, verifier, clock
 
 
-def test_without_commit_history_the_static_limits_apply(setup: Any) -> None:
+def test_without_commit_history_the_unsaturated_floor_applies(setup: Any) -> None:
     admission, _, _, _ = setup
     for n in range(20):
         assert admission.admit(tx("partner1", n), local=True)
-    assert admission.room() > 1_000_000
+    assert admission.room() == UNSATURATED_MIN_ROOM - 20
 
 
 def test_beyond_the_bound_a_client_tx_is_refused_before_its_signature_is_checked(

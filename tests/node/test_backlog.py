@@ -4,16 +4,23 @@ from __future__ import annotations
 
 import pytest
 
-from node.backlog import UNBOUNDED, Backlog
+from node.backlog import UNBOUNDED, UNSATURATED_MIN_ROOM, Backlog
 from qchain.errors import MempoolFull, Overloaded
 
 
-def test_no_commit_history_means_static_limits_only() -> None:
+def test_no_commit_history_means_the_unsaturated_floor() -> None:
+    """Before the first commits give a rate (the start of an overload, an idle chain, a
+    stall) a node keeps at most UNSATURATED_MIN_ROOM client transactions pending."""
     b = Backlog(2000, 4)
-    assert b.room(10_000, 5.0) == UNBOUNDED
-    b.check(10_000, 5.0)
+    assert b.room(0, 5.0) == UNSATURATED_MIN_ROOM
+    assert b.room(UNSATURATED_MIN_ROOM - 1, 5.0) == 1
+    b.check(UNSATURATED_MIN_ROOM - 1, 5.0)
+    with pytest.raises(Overloaded) as e:
+        b.check(UNSATURATED_MIN_ROOM, 5.0)
+    assert e.value.retry_after_s == 1
     b.committed(6.0, 0, 0, True)
-    assert b.room(10_000, 6.5) == UNBOUNDED, "empty blocks give no rate to go by"
+    assert b.room(10_000, 6.5) == 0, "empty blocks give no rate to go by"
+    assert b.room(10, 6.5) == UNSATURATED_MIN_ROOM - 10
 
 
 def test_room_is_bound_times_local_rate_minus_pending() -> None:
@@ -44,7 +51,7 @@ def test_old_commits_leave_the_window() -> None:
     b = Backlog(2000, 1, window_s=10.0)
     b.committed(0.0, 1000, 1000, True)
     assert b.room(0, 5.0) > 0
-    assert b.room(0, 10.5) == UNBOUNDED, "the window holds no commit any more"
+    assert b.room(0, 10.5) == UNSATURATED_MIN_ROOM, "the window holds no commit any more"
 
 
 def test_refusal_says_when_the_backlog_above_the_bound_drains() -> None:

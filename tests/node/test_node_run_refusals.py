@@ -145,3 +145,22 @@ def test_a_devnet_only_warns(tmp_path: Path) -> None:
     save_genesis(parse_genesis(renamed), tmp_path / "pilot.json")
     with pytest.raises(ConfigError, match="dev seed"):
         check_before_run(cfg, load_genesis(tmp_path / "pilot.json"))
+
+
+def test_a_genesis_that_enables_validator_set_changes_is_refused(tmp_path: Path) -> None:
+    plan = plan_network(validators=1, base_port=None)
+    write_network(tmp_path, plan)
+    doc = load_genesis(tmp_path / "genesis.json").to_json()
+    members, validators = doc["members"], doc["validators"]
+    assert isinstance(members, list) and isinstance(validators, list)
+    validators[0]["operator"] = members[0]["address"]
+    consensus = doc["consensus"]
+    assert isinstance(consensus, dict)
+    consensus["reconfiguration"] = True
+    save_genesis(parse_genesis(doc), tmp_path / "genesis.json")
+    assert_refused(
+        tmp_path / "nodes" / "node0" / "config.toml",
+        "consensus.reconfiguration",
+        "docs/CONSENSUS.md §10",
+        "not implemented",
+    )

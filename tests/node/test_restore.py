@@ -175,3 +175,20 @@ def _chain_lease(backup: Path) -> bytes:
     found: list[bytes] = []
     read_backup(backup, EXPECTED, lambda k, v: found.append(v) if k == LINK_A else None)
     return found[0]
+
+
+def test_a_backup_taken_under_a_settled_amnesia_guard_restores_unsettled(tmp_path: Path) -> None:
+    """A backup of a node still under the guard carries its settled bound; restoring it
+    must not let the node settle at once: the votes it cast after that backup are
+    forgotten too (CONSENSUS.md §3.8)."""
+    path = tmp_path / "node.qbk"
+    store = _chain(5, {LINK_A: 8192})
+    b = Batch()
+    b.put(schema.META_AMNESIA, schema.u64(7))
+    store.write(b)
+    assert store.get(schema.META_AMNESIA) == schema.u64(7)
+    save_backup(path, store_chunks(store, 1_780_000_000), EXPECTED, fsync=False)
+    db = tmp_path / "data" / "db"
+    restore(db, path, EXPECTED, NOW)
+    with LevelDBStore(db) as s:
+        assert s.get(schema.META_AMNESIA) == b""
