@@ -63,7 +63,9 @@ DEFAULT_PROPOSAL_TTL = 10_000
 DEFAULT_READY_TTL = 86_400_000
 """24 hours of block time, in milliseconds."""
 DEFAULT_READY_TTL_HEIGHTS = 1_000
-MAX_RECONFIG_DELAY = 1_000_000
+MAX_RECONFIG_DELAY = 16
+"""CONSENSUS.md §10.2: 2 ≤ D ≤ 16 (review 6's bounds: the links a change opens at approval
+and the heights a learner must hold stay short)."""
 TIMING_PROFILES = ("default", "lan", "test")
 """The names of `qchain.config.PROFILES` (a test keeps them equal)."""
 VALIDATOR_SCHEME = Scheme.ML_DSA_65

@@ -24,8 +24,11 @@ this one included), `n ≥ 4` after the in-flight removes, no other in-flight ch
 same id, the id of a remove or rotate is a member, the key and SAE id are unused. If a
 limit fails the approval is recorded, the change stays proposed and its status names the
 rule; the next approval re-evaluates it. An add gets its id at approval. A remove is ready
-at approval; an add or rotate when `ready` carries the new key's ML-DSA-65 signature of
-`encode_value(["qchain-ready", chain_id, change_id])` (kept if it comes first). The block r
+at approval; an add or rotate when `ready`, sent after its approval (refused before),
+carries the new key's ML-DSA-65 signature of `encode_value(["qchain-ready", chain_id,
+change_id, checked])`, where `checked` is the ascending list of change ids the machine
+checked its links to: it must name every other add or rotate in flight that is ready
+when the transaction executes (CONSENSUS.md §10.2, review 6 N4 and N5). The block r
 in which a change is both approved and ready schedules it for `e = r + D` with the next
 sequence number (consecutive from 0, in the order changes enter the schedule: by block, then
 by transaction; in-flight changes never touch one id, so the order of changes with one
@@ -61,8 +64,9 @@ State layout (relative to the contract's key space):
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
+from itertools import pairwise
 from typing import Annotated
 
 from contracts import membership
@@ -85,6 +89,8 @@ DISABLED = "validator-set changes are not enabled on this chain"
 READY_TAG = "qchain-ready"
 MIN_SET = 4
 MAX_SET = 1021
+MAX_CHECKED = (MAX_SET - 1) // 3
+"""At most f changes are in flight, so a `checked` list names at most f of them."""
 MAX_ID = 2**16 - 1
 MAX_PROPOSED = 64
 """Changes in the `proposed` state at once, over all proposers."""
@@ -286,10 +292,10 @@ def in_flight_key(cid: bytes) -> bytes:
     return b"f" + cid
 
 
-def ready_message(chain_id: str, change_id: bytes) -> bytes:
+def ready_message(chain_id: str, change_id: bytes, checked: Sequence[bytes] = ()) -> bytes:
     """The bytes the new key signs: the canonical encoding of
-    `["qchain-ready", chain_id, change_id]`."""
-    return encode_value([READY_TAG, chain_id, change_id])
+    `["qchain-ready", chain_id, change_id, checked]` (`checked`: ascending change ids)."""
+    return encode_value([READY_TAG, chain_id, change_id, list(checked)])
 
 
 # --- reads -----------------------------------------------------------------------------------
@@ -683,7 +689,29 @@ def approve_cancel(ctx: CallContext, a: ChangeArgs) -> ChangeStatus:
 class ReadyArgs(Struct):
     change_id: ChangeId
     signature: Signature
-    """ML-DSA-65 signature by the change's new key of `ready_message(chain_id, change_id)`."""
+    """ML-DSA-65 signature by the change's new key of `ready_message(chain_id, change_id,
+    checked)`."""
+    checked: Annotated[tuple[ChangeId, ...], Len(0, MAX_CHECKED)]
+    """The other in-flight adds and rotates whose new records the machine checked its
+    links to, ascending (§10.2)."""
+
+
+def _check_checked(state: StateReader, ch: Change, checked: tuple[bytes, ...]) -> None:
+    """Refuse a `checked` list out of order, or one that misses another add or rotate in
+    flight that is ready (scheduled, not yet active)."""
+    if any(a >= b for a, b in pairwise(checked)):
+        raise RuleViolation("checked-order", "checked must list change ids ascending, once each")
+    ready = sorted(
+        o.change_id
+        for o in _in_flight(state)
+        if o.change_id != ch.change_id and o.kind != "remove" and o.ready_height
+    )
+    missing = [cid for cid in ready if cid not in checked]
+    if missing:
+        raise RuleViolation(
+            "checked-incomplete",
+            f"the machine did not check its links to the ready change {missing[0].hex()}",
+        )
 
 
 @contract.tx("ready", ReadyArgs)
@@ -694,14 +722,14 @@ def ready(ctx: CallContext, a: ReadyArgs) -> ChangeStatus:
     ch = _require_change(ctx.state, a.change_id)
     if ch.kind == "remove":
         raise RuleViolation("no-new-key", "a remove is ready at approval")
-    if ch.status not in (PROPOSED, APPROVED):
+    if ch.status == PROPOSED:
+        raise RuleViolation("not-approved", f"change {a.change_id.hex()} is not approved yet")
+    if ch.status != APPROVED:
         raise RuleViolation("not-pending", f"change {a.change_id.hex()} is {ch.status}")
-    if ch.ready_height:
-        raise RuleViolation("already-ready", f"change {a.change_id.hex()} is ready already")
+    _check_checked(ctx.state, ch, a.checked)
+    message = ready_message(ctx.chain_id, ch.change_id, a.checked)
     try:
-        verify(
-            Scheme.ML_DSA_65, ch.public_key, ready_message(ctx.chain_id, ch.change_id), a.signature
-        )
+        verify(Scheme.ML_DSA_65, ch.public_key, message, a.signature)
     except BadSignature as e:
         raise RuleViolation("bad-ready-signature", f"ready signature: {e.message}") from None
     ch = replace(ch, ready_height=ctx.height)

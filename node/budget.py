@@ -34,11 +34,18 @@ BLOCK_LOOKUPS = "block-lookups"
 """Block bodies looked up for a peer's BlockReq (one token per requested hash)."""
 CERT_SIGS = "cert-sigs"
 """Commit signatures of a peer checked or answered (one token per CERT_SIG)."""
+BATCH_LOOKUPS = "batch-lookups"
+"""Batches looked up for a peer's BatchReq (one token per requested digest)."""
+BATCH_FETCHES = "batch-fetches"
+"""Batches this node fetches because a peer's proposal names them (one token per
+missing digest)."""
 FORWARDED_TXS = "forwarded-txs"
 """Transactions a peer forwards for admission (one token per transaction)."""
 
 DEFAULT_RATES: Mapping[str, Rate] = {
     BLOCK_LOOKUPS: Rate(per_s=256, burst=512),
+    BATCH_LOOKUPS: Rate(per_s=256, burst=512),
+    BATCH_FETCHES: Rate(per_s=256, burst=1024),
     CERT_SIGS: Rate(per_s=64, burst=256),
     FORWARDED_TXS: Rate(per_s=20_000, burst=40_000),
 }

@@ -14,7 +14,9 @@ forge-mac).
   otherwise valid);
 - `far-claims`: SyncResp (1,024 hashes ending at height 2^64-1), BlockReq (64 unknown
   hashes) and CERT_SIG (height 2^64-1, an 8 KiB signature) frames, `CLAIMS_PER_PEER_S`
-  per peer and second.
+  per peer and second;
+- `unknown-batch`: its proposals as leader name, besides their own batches, one that no
+  validator has (`node.batches`): no follower can rebuild them.
 
 The message builders are plain functions over a seeded `random.Random`; `Hostile` is the
 periodic task that sends them through the node's transport. Every mode is off unless the
@@ -51,7 +53,7 @@ from qchain.qkd.frame import LinkSender
 
 log = logging.getLogger("qchain.node")
 
-MODES = ("far-height-vote", "vote-flood", "future-time", "far-claims")
+MODES = ("far-height-vote", "vote-flood", "future-time", "far-claims", "unknown-batch")
 """The modes of this module (the admin API accepts them besides the runtime's own)."""
 
 FAR_HEIGHT = 2**64 - 1

@@ -13,7 +13,7 @@ clock is read (CONSENSUS.md §3.1).
 Results of execution are cached by consensus value, so a validated block commits without
 executing again.
 
-Heights are pipelined (CONSENSUS.md §3.3, Revision 1.9): once a decided block is executed
+Heights are pipelined (CONSENSUS.md §3.3, Revision 1.11): once a decided block is executed
 (`executed`) its commit batch may still be on its way to the disk while the next height
 is built and validated. Until the batch is durable (`durable`), the tip is that executed
 block and execution reads the state through its write set (`state`, `HeadState`); what
@@ -229,6 +229,11 @@ class ChainApp:
         block = Block(header, tuple(included))
         cblock = CBlock(height, parent_value, rnd, proposer, block.encode())
         return self._remember(Prepared(consensus_value(cblock), cblock, block, result))
+
+    def block_of(self, cblock: CBlock) -> Block | None:
+        """The chain block of a consensus block this node built or validated lately."""
+        p = self._prepared.get(consensus_value(cblock))
+        return None if p is None else p.block
 
     def validate(self, cblock: CBlock) -> Prepared:
         """Raise `InvalidBlock` unless cblock's body is a valid next chain block."""

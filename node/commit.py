@@ -184,7 +184,7 @@ class CommitParts:
 
 class Committer:
     """Carries out the engine's `Commit` and what a commit sets going, pipelined
-    (CONSENSUS.md §3.3, Revision 1.9): the block is executed (its validation result,
+    (CONSENSUS.md §3.3, Revision 1.11): the block is executed (its validation result,
     cached), its batch goes to the writer, and the next height starts at once, building
     and validating on the executed block (`ChainApp.executed`). What announces the height
     (receipts to waiting clients and event subscribers, the commit signature, the commit
@@ -248,7 +248,7 @@ class Committer:
         parts = self.parts
         block = prepared.block
         parts.admission.accounts.invalidate()
-        parts.forwarder.committed(clock.monotonic(), len(block.txs))
+        parts.forwarder.committed(clock.monotonic(), a.height, len(block.txs))
         parts.admission.on_commit(block.txs, a.height)
         parts.fetcher.forget(value)
         parts.forget_votes(a.height)

@@ -52,7 +52,7 @@ from consensus.messages import block_hash as consensus_value
 from node.alarms import Alarms
 from node.links import Links
 from node.metrics import NodeMetrics
-from node.wire import CertSig, Envelope, Kind, TxBatch
+from node.wire import BatchReq, BatchResp, CertSig, Envelope, Kind, OriginBatch, ProposeRefs
 from qchain.errors import CodecError, StorageCorrupt
 from qchain.store import schema
 from qchain.store.kv import Batch, KVStore
@@ -72,7 +72,10 @@ class Handlers:
     reply_sync: Callable[[ReplySync], None]
     serve_blocks: Callable[[int, BlockReq], None]
     blocks: Callable[[BlockResp], None]
-    forwarded: Callable[[int, TxBatch], None]
+    batch: Callable[[int, OriginBatch], None]
+    batch_req: Callable[[int, BatchReq], None]
+    batch_resp: Callable[[int, BatchResp], None]
+    propose_refs: Callable[[int, ProposeRefs], None]
     cert_sig: Callable[[int, CertSig], None]
     leader_changed: Callable[[int], None]
     """Called after the queue drained, when the leader is another than before."""
@@ -296,8 +299,14 @@ class Driver:
                     if isinstance(msg, Vote):
                         self._observe_vote(sender, msg)
                     self.feed(MessageIn(sender, msg))
-            elif env.kind is Kind.TXS:
-                h.forwarded(sender, TxBatch.decode(env.payload))
+            elif env.kind is Kind.BATCH:
+                h.batch(sender, OriginBatch.decode(env.payload))
+            elif env.kind is Kind.PROPOSE_REFS:
+                h.propose_refs(sender, ProposeRefs.decode(env.payload))
+            elif env.kind is Kind.BATCH_REQ:
+                h.batch_req(sender, BatchReq.decode(env.payload))
+            elif env.kind is Kind.BATCH_RESP:
+                h.batch_resp(sender, BatchResp.decode(env.payload))
             elif env.kind is Kind.CERT_SIG:
                 h.cert_sig(sender, CertSig.decode(env.payload))
         except CodecError as e:

@@ -88,7 +88,7 @@ class ServiceFacade:
         if status is not None:
             return status, False
         self.p.admission.admit(tx, local=True)
-        self.p.forwarder.queue(tx.encoded)
+        self.p.forwarder.queue(tx)
         return TxStatus(tx.hash, "pending"), True
 
     async def preverify(self, txs: Sequence[Transaction]) -> None:

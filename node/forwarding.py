@@ -1,14 +1,17 @@
-"""Moving transactions toward the leader, and suspecting a leader that leaves them out.
+"""Sending this node's clients' transactions to every peer, admitting its peers', and
+suspecting a leader that leaves them out.
 
-Transactions admitted locally are forwarded in batches to the current leader (or, in idle
-mode, to every validator); on a link with a low key rate a batch waits briefly to ride in
-the next frame to the leader instead of costing a key of its own (`node.keypacing`). When
-the leader changes, pending transactions go to the new one. A transaction that stays
-pending past the inclusion timeout is forwarded to every validator; one that stays past
-twice the timeout makes the node fire its round timer early (CONSENSUS.md R8), so that a
-quorum of honest validators moves away from a censoring leader.
+Transactions admitted locally go, with the others of the same turn of the event loop, to
+every validator as this node's next batch (`node.batches`): the leader of any height
+finds them at hand and names them in its proposal by batch. On a link with a low key rate
+a batch waits briefly to ride in the next frame to that peer instead of costing a key of
+its own (`node.keypacing`). When the leader changes, pending ones go to the new leader in
+a batch of their own. A transaction that stays pending past the inclusion timeout goes
+out again, in a new batch to every validator; one that stays past twice the timeout
+makes the node fire its round timer early (CONSENSUS.md R8), so that a quorum of honest
+validators moves away from a censoring leader.
 
-Transactions forwarded by peers are queued and admitted in slices by a task, so that
+Transactions in peers' batches are queued and admitted in slices by a task, so that
 checking thousands of signatures never holds up consensus messages behind it; with
 verify workers (`[node] verify_workers`), a slice's signatures are checked in worker
 processes first, while the event loop goes on.
@@ -24,21 +27,21 @@ from collections.abc import Callable, Iterable
 from consensus.events import Event, Timeout, TimerKey
 from consensus.view import EngineView
 from node.accounts import ADMIT_SLICE, Admission
+from node.batches import Dissemination
 from node.budget import FORWARDED_TXS, Budgets
 from node.keypacing import forward_wait_s
 from node.links import Links
 from node.mempool import Mempool
 from node.verifypool import VerifyPool
-from node.wire import Envelope, Kind, TxBatch, tx_batches
+from node.wire import OriginBatch
 from qchain.errors import QChainError
 from qchain.types import Transaction, decode_transaction
 
 log = logging.getLogger("qchain.node")
 
-FORWARD_BATCH = 2000
 FORWARD_QUEUE_MAX = 50_000
 MAX_REFORWARD = 4000
-"""Most transactions a node resends at once (to a new leader, or to everyone)."""
+"""Most transactions a node sends again at once."""
 LEADER_ROOM_TXS = 100
 """A block with fewer transactions than this (or than we have stuck, if fewer) had room
 for our stuck ones: leaving them out then suggests censorship rather than load."""
@@ -57,14 +60,15 @@ class Forwarder:
         budgets: Budgets,
         idle_mode: bool,
         view: Callable[[], EngineView],
-        leader: Callable[[], int | None],
         inclusion_timeout_s: float,
         feed: Callable[[Event], None],
         verify_pool: VerifyPool,
+        batches: Dissemination,
     ) -> None:
-        """idle_mode: no heartbeat blocks (forward to everyone); view: the engine's
-        view; leader: the current leader, if known; verify_pool: checks the signatures
-        of a slice in worker processes before it is admitted (`node.verifypool`)."""
+        """idle_mode: no heartbeat blocks (batches leave at once, never lazily); view:
+        the engine's view; verify_pool: checks the signatures of a slice in worker
+        processes before it is admitted (`node.verifypool`); batches: where this node's
+        batches go and peers' are kept."""
         self.links = links
         self.me = links.me
         self.mempool = mempool
@@ -72,14 +76,14 @@ class Forwarder:
         self.budgets = budgets
         self.idle_mode = idle_mode
         self.view = view
-        self.leader = leader
         self.inclusion_timeout_s = inclusion_timeout_s
         self.feed = feed
         self.verify_pool = verify_pool
+        self.batches = batches
         self.dropped = 0
         """Forwarded transactions refused for lack of queue room or budget."""
         self.recent_blocks: deque[tuple[float, int]] = deque(maxlen=RECENT_BLOCKS)
-        self._queue: list[bytes] = []
+        self._queue: list[Transaction] = []
         self._scheduled = False
         self._admit_queue: deque[tuple[int, bytes]] = deque()
         self._admit_queued: Counter[int] = Counter()
@@ -93,16 +97,20 @@ class Forwarder:
         self._stopping = True
         return self._admit_task
 
-    def forward(self, raw_txs: list[bytes], to: Iterable[int], lazy_s: float = 0.0) -> None:
+    def forward(self, raw_txs: list[bytes], lazy: bool = False) -> None:
+        """raw_txs as this node's next batches to every peer (lazily on links whose key
+        rate is low, when `lazy`)."""
         if self.links.transport is None or not raw_txs:
             return
-        targets = list(to)
-        for batch in tx_batches(raw_txs, FORWARD_BATCH):
-            self.links.send_all(Envelope(Kind.TXS, batch.encode()), targets, lazy_s)
 
-    def queue(self, raw: bytes) -> None:
-        """Forward raw (a locally admitted transaction) with the others of this turn."""
-        self._queue.append(raw)
+        def wait_s(peer: int) -> float:
+            return forward_wait_s(self.links.key_rate(peer)) if lazy else 0.0
+
+        self.batches.send(raw_txs, self.links.others(), wait_s)
+
+    def queue(self, tx: Transaction) -> None:
+        """Send tx (a locally admitted transaction) with the others of this turn."""
+        self._queue.append(tx)
         if not self._scheduled:
             self._scheduled = True
             asyncio.get_running_loop().call_soon(self._flush)
@@ -110,27 +118,27 @@ class Forwarder:
     def _flush(self) -> None:
         self._scheduled = False
         batch, self._queue = self._queue, []
-        leader = self.leader()
-        if self.idle_mode or leader is None:
-            targets = self.links.others()
-        elif leader == self.me:
-            return
-        else:
-            self.forward(batch, [leader], forward_wait_s(self.links.key_rate(leader)))
-            return
-        self.forward(batch, targets)
+        # A proposal may have sent some already, in a batch of this node's (`node.batches`).
+        raws = [tx.encoded for tx in batch if self.batches.store.locate(tx.hash) is None]
+        self.forward(raws, lazy=not self.idle_mode)
 
     def leader_changed(self, leader: int) -> None:
-        if leader != self.me and len(self.mempool):
-            # Only this node's own clients' transactions: every node moves its own, so
-            # a leader change never makes every node resend the whole pool.
+        """This node's clients' pending transactions again, to the new leader only, in a
+        batch of their own: a batch lost on a broken link reaches the next leader (which
+        then names the new batch only for transactions it had in no other, and followers
+        fetch that one from it)."""
+        if leader != self.me and self.links.transport is not None and len(self.mempool):
             mine = [p.tx.encoded for p in self.mempool.pending() if p.local]
-            self.forward(mine[:MAX_REFORWARD], [leader])
+            if mine:
+                self.batches.send(mine[:MAX_REFORWARD], [leader], lambda j: 0.0)
 
-    def received(self, sender: int, batch: TxBatch) -> None:
-        """Queue forwarded transactions; a task admits them in slices. Each peer may fill
-        at most its share of the queue, at most at its budget's rate, so one Byzantine
-        peer's junk never crowds out the others' transactions."""
+    def received(self, sender: int, batch: OriginBatch) -> None:
+        """Keep a peer's batch (`node.batches`) and queue its transactions; a task admits
+        them in slices. Each peer may fill at most its share of the queue, at most at its
+        budget's rate, so one Byzantine peer's junk never crowds out the others'
+        transactions."""
+        if not self.batches.received(sender, batch):
+            return
         share = FORWARD_QUEUE_MAX // max(1, self.links.n - 1)
         room = max(
             0, min(FORWARD_QUEUE_MAX - len(self._admit_queue), share - self._admit_queued[sender])
@@ -165,20 +173,22 @@ class Forwarder:
         workers, a chunk per worker (the loop only admits what they checked)."""
         return ADMIT_SLICE * max(1, self.verify_pool.workers)
 
-    def committed(self, now: float, txs: int) -> None:
-        """A block of `txs` transactions was committed at `now`."""
+    def committed(self, now: float, height: int, txs: int) -> None:
+        """The block of height, of `txs` transactions, was committed at `now`."""
         self.recent_blocks.append((now, txs))
+        self.batches.committed(height)
 
     def check_inclusion(self, now: float) -> None:
-        """Resend this node's transactions pending past the inclusion timeout to every
-        validator; past twice the timeout, suspect the leader (fire the round timer)."""
+        """Send this node's transactions pending past the inclusion timeout again, in a
+        new batch to every validator; past twice the timeout, suspect the leader (fire
+        the round timer)."""
         timeout = self.inclusion_timeout_s
         late = [p for p in self.mempool.pending() if p.local and now - p.seen_at > timeout]
         fresh = [p for p in late if not p.forwarded_to_all][:MAX_REFORWARD]
         if fresh:
             for p in fresh:
                 p.forwarded_to_all = True
-            self.forward([p.tx.encoded for p in fresh], range(self.links.n))
+            self.forward([p.tx.encoded for p in fresh])
         stuck = [p for p in late if now - p.seen_at > 2 * timeout]
         if (
             stuck

@@ -6,7 +6,9 @@ side of one peer's link as the transport sees it (the sending side is
 
 Both exist only once the node has started (`Validator.start`); until then, and for a node
 run without peers, every send is dropped. Consensus messages pass the node's
-`ByzantineSwitch` on the way out, which leaves them alone unless a test mode is set.
+`ByzantineSwitch` on the way out, which leaves them alone unless a test mode is set; a
+PROPOSE then leaves by reference, naming its transactions by batch (`compact`,
+`node.batches`).
 
 An envelope that need not leave at once (a commit signature) can *ride*: it waits for
 the next envelope to its peer (a consensus message, forwarded transactions) and goes in
@@ -19,10 +21,10 @@ costs no frame of its own.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
-from consensus.messages import Message, encode_message
+from consensus.messages import Message, Propose, encode_message
 from node.byzantine import ByzantineSwitch
 from node.keypacing import LinkKeys
 from node.transport import Transport
@@ -50,6 +52,8 @@ class Links:
         self._riders: dict[int, list[tuple[float, Envelope]]] = {}
         """peer -> (loop time it may leave alone, envelope), oldest first."""
         self._rider_timer: asyncio.TimerHandle | None = None
+        self.compact: Callable[[Propose], Envelope | None] | None = None
+        """A proposal by reference (`node.batches.Dissemination.compact`; None: whole)."""
 
     @property
     def n(self) -> int:
@@ -161,8 +165,14 @@ class Links:
             return
         self._release(to)
         out = self.byzantine.outgoing(to, msg)
-        if out is not None:
-            self.transport.send(to, Envelope(Kind.CONSENSUS, encode_message(out)))
+        if out is None:
+            return
+        env = None
+        if isinstance(out, Propose) and self.compact is not None:
+            env = self.compact(out)
+        if env is None:
+            env = Envelope(Kind.CONSENSUS, encode_message(out))
+        self.transport.send(to, env)
 
 
 class Opener:

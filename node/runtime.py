@@ -9,8 +9,9 @@ store. The parts, each in its own module:
 - `node.pacing`: when a leader builds, how big its block may be, validating proposals;
 - `node.fetcher`: missing block bodies, and serving peers' block and sync requests;
 - `node.commit` and `node.certificates`: commits, and the commit certificates after them;
-- `node.accounts` and `node.forwarding`: admitting transactions, moving them toward the
-  leader, suspecting a leader that leaves them out;
+- `node.accounts`, `node.forwarding` and `node.batches`: admitting transactions, sending
+  them to every peer in batches, proposals that name batches, suspecting a leader that
+  leaves transactions out;
 - `node.health`, `node.facade`: readiness, and what the HTTP and admin APIs see;
 - `node.byzantine`: the test-only hostile modes, off unless a devnet enables them.
 """
@@ -33,6 +34,7 @@ from node import byzantine
 from node.accounts import Accounts, Admission
 from node.alarms import Alarms
 from node.backlog import Backlog
+from node.batches import Dissemination
 from node.budget import Budgets
 from node.chain import ChainApp, HeadState
 from node.chainstore import ChainStore
@@ -213,6 +215,9 @@ class Validator:
         self.fetcher = BlockFetcher(
             self.params.chain_id, self.store, self.app, self.links, self.budgets, self.alarms, feed
         )
+        self.batches = Dissemination(
+            self.params, self.links, self.budgets, self.alarms, feed, self.app
+        )
         self.forwarder = Forwarder(
             self.links,
             self.mempool,
@@ -220,10 +225,10 @@ class Validator:
             self.budgets,
             self.params.propose_wait_max_ms is None,
             self.engine.view,
-            self.driver.current_leader,
             cfg.timing.inclusion_timeout_ms / 1000,
             feed,
             VerifyPool(verify_workers(cfg.node), self.sig_cache, self.accounts),
+            self.batches,
         )
         self._build_commit()
         self.driver.bind(
@@ -235,7 +240,10 @@ class Validator:
                 reply_sync=self.fetcher.reply_sync,
                 serve_blocks=self.fetcher.serve,
                 blocks=self.fetcher.received,
-                forwarded=self.forwarder.received,
+                batch=self.forwarder.received,
+                batch_req=self.batches.serve,
+                batch_resp=self.batches.answered,
+                propose_refs=self.batches.proposal,
                 cert_sig=self.certificates.received,
                 leader_changed=self.forwarder.leader_changed,
                 commit_barrier=self.committer.barrier,
@@ -452,6 +460,7 @@ class Validator:
         self.driver.cancel_timers()
         self.pacer.cancel_timers()
         self.fetcher.cancel_timers()
+        self.batches.cancel_timers()
         self.links.cancel_timers()
 
     async def _housekeeping(self) -> None:

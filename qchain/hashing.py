@@ -29,6 +29,7 @@ class Domain(bytes, Enum):
     QKD_SIM_KEY = b"qchain/qkd/sim-key"
     QKD_SIM_KEY_ID = b"qchain/qkd/sim-key-id"
     CONSENSUS_BLOCK = b"qchain/consensus/block"
+    BATCH = b"qchain/batch"
 
 
 def hash_domain(domain: Domain, data: bytes) -> bytes:

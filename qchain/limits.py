@@ -122,12 +122,18 @@ TX_BATCH_PER_TX = _bin_header(MAX_TX_SIZE)
 TX_BATCH_MAX_BYTES = MAX_MESSAGE // 4
 """The most one forwarded batch encodes to: a quarter of an envelope, so a burst of
 forwards spreads over frames and never holds a whole frame up on the link."""
+ORIGIN_BATCH_FIELDS = _array_header(3) + _size(_U16_MAX) + _size(_U64_MAX)
+"""An encoded `OriginBatch` [origin, seq, txs] around its transaction list: its
+transactions are cut as a `TxBatch` of at most TX_BATCH_MAX_BYTES - ORIGIN_BATCH_FIELDS."""
+BATCH_RESP_FRAMING = _array_header(2) + _size(_CHAIN_ID) + _array_header(_LONG)
+"""An encoded `BatchResp` [chain_id, batches] around its batches' encodings."""
 
 assert MAX_FRAME > FRAME_BODY_MAX > MAX_MESSAGE >= MAX_BLOCK_BODY + PROPOSE_FRAMING
 assert MAX_BLOCK_BODY >= MAX_BLOCK_TX_BYTES + BLOCK_FRAMING
 assert MAX_BLOCK_TX_BYTES >= MAX_TX_SIZE
 assert BLOCK_LIMITS.max_size >= MAX_BLOCK_BODY
-assert TX_BATCH_FRAMING + TX_BATCH_PER_TX + MAX_TX_SIZE <= TX_BATCH_MAX_BYTES
+assert TX_BATCH_FRAMING + TX_BATCH_PER_TX + MAX_TX_SIZE <= TX_BATCH_MAX_BYTES - ORIGIN_BATCH_FIELDS
+assert BATCH_RESP_FRAMING + TX_BATCH_MAX_BYTES <= MAX_MESSAGE
 
 
 def check_node_sizes(max_block_bytes: int, max_block_txs: int, max_frame_bytes: int) -> None:

@@ -48,6 +48,7 @@ BYZ = (
     "vote-flood",
     "future-time",
     "far-claims",
+    "unknown-batch",
     "twin",
     "off",
 )

@@ -78,6 +78,7 @@ def test_a_genesis_without_governance_hashes_and_starts_as_before() -> None:
         (lambda d: d["validators"][0].update(operator="00" * 20), "validators[0].operator"),
         (lambda d: d["validators"][0].update(operator="00"), "validators[0].operator"),
         (lambda d: d["consensus"].update(reconfig_delay=1), "consensus.reconfig_delay"),
+        (lambda d: d["consensus"].update(reconfig_delay=17), "consensus.reconfig_delay"),
         (lambda d: d["consensus"].update(proposal_ttl=0), "consensus.proposal_ttl"),
         (lambda d: d["consensus"].update(ready_ttl=-1), "consensus.ready_ttl"),
         (lambda d: d["consensus"].update(ready_ttl_heights=0), "consensus.ready_ttl_heights"),
@@ -122,7 +123,7 @@ def test_changes_are_refused_unless_the_genesis_enables_them() -> None:
             ("propose", remove_args(1)),
             ("approve", [bytes(32)]),
             ("approve_cancel", [bytes(32)]),
-            ("ready", [bytes(32), b"x"]),
+            ("ready", [bytes(32), b"x", []]),
             ("update_endpoint", [0, "n", "", ""]),
         ):
             r = send(chain, label, method, args)
@@ -154,7 +155,7 @@ def test_add_lifecycle_approval_readiness_activation() -> None:
     assert chain.query(validators.NAME, "directory", [4]) == validators.Directory(
         4, chain.address("outsider"), "v-new", "", ""
     )
-    r = send(chain, "outsider", "ready", [cid, ready_signature(chain, cid, 0)])
+    r = send(chain, "outsider", "ready", [cid, ready_signature(chain, cid, 0), []])
     assert r.ok, r.message
     s = status(chain, cid)
     e = chain.height + 3
@@ -187,16 +188,17 @@ def test_add_lifecycle_approval_readiness_activation() -> None:
     assert status(chain, cid).n == 5 and status(chain, cid).needed == 4
 
 
-def test_ready_before_approval_counts_at_approval() -> None:
+def test_ready_before_approval_is_refused_and_counts_after_it() -> None:
+    """§10.2 (review 6, N4): a `ready` for a change not approved yet is refused."""
     chain = governed_chain(4)
     cid = cast(bytes, send(chain, "op0", "propose", rotate_args(2, 1)).result)
-    assert send(chain, "op3", "ready", [cid, ready_signature(chain, cid, 1)]).ok
-    s = status(chain, cid)
-    assert (s.change.status, s.change.ready_height) == ("proposed", chain.height)
-    for op in ("op0", "op1"):
+    r = send(chain, "op3", "ready", [cid, ready_signature(chain, cid, 1), []])
+    assert r.code == "rule-violation" and "not approved yet" in r.message
+    assert status(chain, cid).change.ready_height == 0
+    for op in ("op0", "op1", "op2"):
         assert send(chain, op, "approve", [cid]).ok
-    assert status(chain, cid).change.status == "proposed"
-    assert send(chain, "op2", "approve", [cid]).ok
+    assert status(chain, cid).change.status == "approved"
+    assert send(chain, "op3", "ready", [cid, ready_signature(chain, cid, 1), []]).ok
     s = status(chain, cid)
     assert (s.change.status, s.change.activation_height) == ("scheduled", chain.height + 2)
     while chain.height < s.change.activation_height:
@@ -219,24 +221,54 @@ def test_ready_needs_the_new_keys_signature_of_this_change(wrong: str) -> None:
     chain = governed_chain(4)
     cid = cast(bytes, send(chain, "op0", "propose", add_args(0, chain.address("op0"))).result)
     other = cast(bytes, send(chain, "op0", "propose", add_args(1, chain.address("op0"))).result)
+    assert _approve_all(chain, cid, range(3)).change.status == "approved"
     signature = {
         "key": new_key(1).sign(validators.ready_message(chain.genesis.chain_id, cid)),
         "chain": new_key(0).sign(validators.ready_message("another-chain", cid)),
         "change": ready_signature(chain, other, 0),
         "garbage": b"\x01" * 3309,
     }[wrong]
-    r = send(chain, "op0", "ready", [cid, signature])
+    r = send(chain, "op0", "ready", [cid, signature, []])
     assert r.code == "rule-violation" and "ready signature" in r.message
     assert status(chain, cid).change.ready_height == 0
-    assert send(chain, "op0", "ready", [cid, ready_signature(chain, cid, 0)]).ok
-    r = send(chain, "op0", "ready", [cid, ready_signature(chain, cid, 0)])
-    assert r.code == "rule-violation" and "ready already" in r.message
+    assert send(chain, "op0", "ready", [cid, ready_signature(chain, cid, 0), []]).ok
+    r = send(chain, "op0", "ready", [cid, ready_signature(chain, cid, 0), []])
+    assert r.code == "rule-violation" and "is scheduled" in r.message  # ready, so scheduled
 
 
 def test_ready_message_is_the_canonical_encoding() -> None:
     msg = validators.ready_message("qchain-test", bytes(range(32)))
-    expected = b"\x93\xacqchain-ready\xabqchain-test\xc4\x20" + bytes(range(32))
+    expected = b"\x94\xacqchain-ready\xabqchain-test\xc4\x20" + bytes(range(32)) + b"\x90"
     assert msg == expected
+    checked = validators.ready_message("qchain-test", bytes(range(32)), [b"\x01" * 32])
+    assert checked == expected[:-1] + b"\x91\xc4\x20" + b"\x01" * 32
+
+
+def test_ready_must_name_every_other_ready_change_in_flight_in_order() -> None:
+    """§10.2 (review 6, N5): the machine signing `ready` checked its links to the new
+    records of the other adds and rotates in flight that are ready; `checked` names them,
+    ascending, and the signature covers it."""
+    chain = governed_chain(7)  # f = 2: two changes in flight, five approvals each
+    first = cast(bytes, send(chain, "op0", "propose", add_args(0, chain.address("op0"))).result)
+    second = cast(bytes, send(chain, "op1", "propose", add_args(1, chain.address("op1"))).result)
+    for cid in (first, second):
+        assert _approve_all(chain, cid, range(5)).change.status == "approved"
+    # Nothing is ready yet: an empty list is complete.
+    assert send(chain, "op0", "ready", [first, ready_signature(chain, first, 0), []]).ok
+    assert status(chain, first).change.status == "scheduled"
+    r = send(chain, "op0", "ready", [second, ready_signature(chain, second, 1), []])
+    assert r.code == "rule-violation" and first.hex() in r.message
+    wrong = [second, ready_signature(chain, second, 1, (first,)), []]  # signed, not listed
+    assert send(chain, "op0", "ready", wrong).code == "rule-violation"
+    twice = (first, first)
+    r = send(chain, "op0", "ready", [second, ready_signature(chain, second, 1, twice), [*twice]])
+    assert r.code == "rule-violation" and "ascending" in r.message
+    listed = [second, ready_signature(chain, second, 1), [first]]  # listed, not signed
+    r = send(chain, "op0", "ready", listed)
+    assert r.code == "rule-violation" and "ready signature" in r.message
+    good = [second, ready_signature(chain, second, 1, (first,)), [first]]
+    assert send(chain, "op0", "ready", good).ok
+    assert status(chain, second).change.status == "scheduled"
 
 
 # --- threshold ----------------------------------------------------------------------------
@@ -318,7 +350,7 @@ def test_at_most_f_changes_in_flight() -> None:
     assert (s.change.status, s.change.rule) == ("proposed", "too-many-in-flight")
     assert "f = 1" in s.change.reason
     # the first activates; re-sending one approval re-evaluates the second (n = 5, f = 1)
-    assert send(chain, "op0", "ready", [first, ready_signature(chain, first, 0)]).ok
+    assert send(chain, "op0", "ready", [first, ready_signature(chain, first, 0), []]).ok
     e = status(chain, first).change.activation_height
     while chain.height < e:
         chain.block()
@@ -342,7 +374,7 @@ def test_the_set_stays_at_least_four() -> None:
 
 
 def test_the_in_flight_removes_keep_four_with_seven_and_a_pending_removal() -> None:
-    chain = governed_chain(7, delay=20)
+    chain = governed_chain(7, delay=16)
     removes = [cast(bytes, send(chain, "op0", "propose", remove_args(v)).result) for v in (6, 5)]
     for cid in removes:
         assert _approve_all(chain, cid, range(5)).change.status == "scheduled"
@@ -363,7 +395,7 @@ def test_the_in_flight_removes_keep_four_with_seven_and_a_pending_removal() -> N
 
 
 def test_remove_or_rotate_of_a_non_member_or_an_id_in_flight() -> None:
-    chain = governed_chain(7, delay=20)
+    chain = governed_chain(7, delay=16)
     r = send(chain, "op0", "propose", remove_args(9))
     assert r.code == "rule-violation" and "validator 9 is not a member" in r.message
     r = send(chain, "op0", "propose", rotate_args(7, 0))
@@ -423,7 +455,7 @@ def test_a_proposal_expires_after_proposal_ttl() -> None:
     assert (s.change.status, s.change.rule) == ("expired", "proposal-ttl")
     r = send(chain, "op0", "approve", [cid])
     assert r.code == "rule-violation" and "is expired" in r.message
-    r = send(chain, "op0", "ready", [cid, ready_signature(chain, cid, 0)])
+    r = send(chain, "op0", "ready", [cid, ready_signature(chain, cid, 0), []])
     assert r.code == "rule-violation"
 
 
@@ -437,7 +469,7 @@ def test_an_approved_change_not_ready_is_dropped_after_ready_ttl() -> None:
     chain.block()
     s = status(chain, cid)
     assert (s.change.status, s.change.rule) == ("dropped", "ready-ttl")
-    r = send(chain, "op0", "ready", [cid, ready_signature(chain, cid, 0)])
+    r = send(chain, "op0", "ready", [cid, ready_signature(chain, cid, 0), []])
     assert r.code == "rule-violation" and "dropped" in r.message
     with pytest.raises(NotFound):
         chain.query(validators.NAME, "directory", [4])
@@ -501,7 +533,7 @@ def test_sequence_numbers_follow_the_order_changes_enter_the_schedule() -> None:
     assert _approve_all(chain, rem, range(5)).change.sequence == 0
     ready = chain.block(
         [
-            chain.tx("op0", validators.NAME, "ready", [rot, ready_signature(chain, rot, 0)]),
+            chain.tx("op0", validators.NAME, "ready", [rot, ready_signature(chain, rot, 0), []]),
         ]
     )
     assert ready.receipts[0].ok
@@ -554,8 +586,8 @@ def test_update_endpoint_by_the_operator_only() -> None:
         ("propose", ["add", None, b"\x01" * 1952, "s", b"\x01" * 20, "n" * 65, "", ""], "name"),
         ("propose", ["add", None, b"\x01" * 1952, "s", b"\x01" * 20, "n", "p" * 257, ""], "p2p"),
         ("propose", ["add", 3, b"\x01" * 1952, "s", b"\x01" * 20, "n", "", ""], "id"),
-        ("ready", [bytes(32), b"\x01" * 4097], "signature"),
-        ("ready", [bytes(31), b"\x01"], "change_id"),
+        ("ready", [bytes(32), b"\x01" * 4097, []], "signature"),
+        ("ready", [bytes(31), b"\x01", []], "change_id"),
         ("approve", [bytes(33)], "change_id"),
         ("update_endpoint", [0, "n", "", "a" * 257], "api"),
         ("update_endpoint", [0, "n" * 65, "", ""], "name"),
@@ -572,7 +604,7 @@ def test_oversized_and_misshapen_arguments_are_refused(
 
 def test_unknown_changes_are_not_found() -> None:
     chain = governed_chain(4)
-    for method, args in (("approve", [bytes(32)]), ("ready", [bytes(32), b"\x01"])):
+    for method, args in (("approve", [bytes(32)]), ("ready", [bytes(32), b"\x01", []])):
         assert send(chain, "op0", method, args).code == "not-found"
     with pytest.raises(NotFound):
         chain.query(validators.NAME, "change", [bytes(32)])

@@ -69,6 +69,6 @@ def test_well_typed_sequences_end_in_receipts(
     assert r.ok or r.code
     cid = r.tx_hash if r.ok else b"\x00" * 32
     for method, who, signature in then:
-        call: list[object] = [cid, signature or b"\x01"] if method == "ready" else [cid]
+        call: list[object] = [cid, signature or b"\x01", []] if method == "ready" else [cid]
         receipt = CHAIN.run(CHAIN.tx(who, validators.NAME, method, call))
         assert receipt.ok or receipt.code

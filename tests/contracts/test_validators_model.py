@@ -183,15 +183,23 @@ class Model:
             c.status = "dropped"
         return True
 
-    def ready(self, h: int, cid: bytes, good: bool) -> bool:
+    def ready_others(self, cid: bytes) -> list[bytes]:
+        """The `checked` list a `ready` for cid must carry: the other adds and rotates in
+        flight that are ready, ascending."""
+        return sorted(
+            k
+            for k, o in self.changes.items()
+            if k != cid and o.kind != "remove" and o.ready and o in self.in_flight()
+        )
+
+    def ready(self, h: int, cid: bytes, good: bool, checked: list[bytes]) -> bool:
         c = self.changes.get(cid)
-        if c is None or c.kind == "remove" or c.status not in ("proposed", "approved"):
+        if c is None or c.kind == "remove" or c.status != "approved":
             return False
-        if c.ready or not good:
+        if c.ready or not good or not set(self.ready_others(cid)) <= set(checked):
             return False
         c.ready = h
-        if c.status == "approved":
-            self.schedule(c, h)
+        self.schedule(c, h)
         return True
 
 
@@ -336,10 +344,13 @@ def _step(
         signer = new_key(KEYS - 1 if not good else 0)
         if good and c.kind != "remove":
             signer = next(new_key(i) for i in range(KEYS) if new_key(i).public_key == c.key)
-        signature = signer.sign(validators.ready_message(chain.genesis.chain_id, cid))
+        # A good `ready` lists what the contract will ask for; a bad one leaves it out.
+        checked = model.ready_others(cid) if action[2] else []
+        message = validators.ready_message(chain.genesis.chain_id, cid, checked)
+        signature = signer.sign(message)
         good = good or signer.public_key == c.key
-        tx = chain.tx("op0", validators.NAME, "ready", [cid, signature])
-        return [(tx, model.ready(h, cid, good))]
+        tx = chain.tx("op0", validators.NAME, "ready", [cid, signature, checked])
+        return [(tx, model.ready(h, cid, good, checked))]
     cid = _pick(proposed, action[2])
     method = "approve" if kind == "approve" else "approve_cancel"
     out = []

@@ -72,8 +72,10 @@ def send(chain: DevChain, label: str, method: str, args: Sequence[object]) -> Re
     return chain.run(chain.tx(label, validators.NAME, method, args))
 
 
-def ready_signature(chain: DevChain, cid: bytes, key: int) -> bytes:
-    return new_key(key).sign(validators.ready_message(chain.genesis.chain_id, cid))
+def ready_signature(
+    chain: DevChain, cid: bytes, key: int, checked: tuple[bytes, ...] = ()
+) -> bytes:
+    return new_key(key).sign(validators.ready_message(chain.genesis.chain_id, cid, checked))
 
 
 def status(chain: DevChain, cid: bytes) -> validators.ChangeStatus:

@@ -4,8 +4,8 @@
   ML-DSA-65) builds a block filled to the byte cap, whose Propose is within the consensus
   message cap and whose frame a peer accepts;
 - a block fetch answers with as many blocks as fit one message (two full blocks do not);
-- forwarding a mempool full of large transactions, or of many ML-DSA-65 ones, sends
-  envelopes that each fit a frame body;
+- sending a mempool full of large transactions, or of many ML-DSA-65 ones, as this
+  node's batches sends envelopes that each fit a frame body;
 - a transaction larger than the node's blocks is refused at admission (`tx-too-large`),
   from a client through the API and from a peer.
 """
@@ -28,7 +28,14 @@ from node.forwarding import MAX_REFORWARD
 from node.http.api import make_api_app
 from node.http.testing import start_api
 from node.runtime import Validator
-from node.wire import Envelope, Kind, TxBatch, decode_body, encode_body, tx_batches
+from node.wire import (
+    Envelope,
+    Kind,
+    OriginBatch,
+    decode_body,
+    encode_body,
+    tx_batches,
+)
 from qchain.config import load_config
 from qchain.errors import TxTooLarge
 from qchain.limits import FRAME_BODY_MAX, MAX_BLOCK_TX_BYTES, MAX_MESSAGE, TX_BATCH_MAX_BYTES
@@ -132,11 +139,16 @@ def test_a_block_fetch_answers_with_what_fits_one_frame(tmp_path: Path) -> None:
 
 def _assert_each_fits_a_frame(sent: _Sent) -> list[bytes]:
     raws: list[bytes] = []
+    seqs = []
     for _, env in sent.envelopes:
-        assert env.kind is Kind.TXS
+        assert env.kind is Kind.BATCH
         assert len(env.payload) <= TX_BATCH_MAX_BYTES
         _frame_of(encode_body([env]))
-        raws.extend(TxBatch.decode(env.payload).txs)
+        batch = OriginBatch.decode(env.payload)
+        assert batch.origin == 0
+        seqs.append(batch.seq)
+        raws.extend(batch.txs)
+    assert seqs == sorted(set(seqs)), "each batch has its own sequence number"
     return raws
 
 
@@ -147,10 +159,12 @@ def test_forwarding_a_pool_of_large_transactions_splits_by_bytes(tmp_path: Path)
             v.admission.admit(tx, local=True)
     sent = _Sent()
     v.links.transport = sent  # type: ignore[assignment]
-    mine = [p.tx.encoded for p in v.mempool.pending() if p.local]
-    v.forwarder.forward(mine[:MAX_REFORWARD], [1])
-    assert len(sent.envelopes) > 1
-    assert _assert_each_fits_a_frame(sent) == mine
+    mine = [p.tx.encoded for p in v.mempool.pending() if p.local][:MAX_REFORWARD]
+    v.forwarder.forward(mine)
+    one_peer = _Sent()
+    one_peer.envelopes = [(p, e) for p, e in sent.envelopes if p == 1]
+    assert len(one_peer.envelopes) > 1
+    assert _assert_each_fits_a_frame(one_peer) == mine
 
 
 def test_reforwarding_many_ml_dsa_transactions_splits_by_bytes(tmp_path: Path) -> None:
@@ -172,7 +186,7 @@ def test_reforwarding_many_ml_dsa_transactions_splits_by_bytes(tmp_path: Path) -
     sent = _Sent()
     v.links.transport = sent  # type: ignore[assignment]
     mine = [p.tx.encoded for p in v.mempool.pending()]
-    v.forwarder.forward(mine, range(4))
+    v.forwarder.forward(mine)
     assert {peer for peer, _ in sent.envelopes} == {1, 2, 3}
     one_peer = _Sent()
     one_peer.envelopes = [(p, e) for p, e in sent.envelopes if p == 1]

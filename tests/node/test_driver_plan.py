@@ -161,7 +161,10 @@ def _node_trace(acts: list[Action]) -> Trace:
             reply_sync=lambda a: log.append(("message", a.to, "sync-resp")),
             serve_blocks=lambda s, r: None,
             blocks=lambda r: None,
-            forwarded=lambda s, b: None,
+            batch=lambda s, b: None,
+            batch_req=lambda s, r: None,
+            batch_resp=lambda s, r: None,
+            propose_refs=lambda s, m: None,
             cert_sig=lambda s, c: None,
             leader_changed=lambda leader: None,
         )

@@ -44,10 +44,10 @@ async def test_a_rider_waits_for_the_next_envelope_to_its_peer_and_goes_just_bef
     assert [(p, e.kind) for p, e in t.sent] == [(1, Kind.CERT_SIG), (1, Kind.CONSENSUS)]
     assert decode_message(t.sent[1][1].payload) == VOTE
     # forwarded transactions carry riders too; peer 3 still waits
-    links.send_all(Envelope(Kind.TXS, b"txs"), [2])
-    assert [(p, e.kind) for p, e in t.sent[2:]] == [(2, Kind.CERT_SIG), (2, Kind.TXS)]
-    links.send(2, Envelope(Kind.TXS, b"more"))
-    assert [(p, e.kind) for p, e in t.sent[4:]] == [(2, Kind.TXS)], "a rider leaves once"
+    links.send_all(Envelope(Kind.BATCH, b"txs"), [2])
+    assert [(p, e.kind) for p, e in t.sent[2:]] == [(2, Kind.CERT_SIG), (2, Kind.BATCH)]
+    links.send(2, Envelope(Kind.BATCH, b"more"))
+    assert [(p, e.kind) for p, e in t.sent[4:]] == [(2, Kind.BATCH)], "a rider leaves once"
     links.cancel_timers()
 
 

@@ -47,6 +47,7 @@ HOSTILE = (
     "forged-frames",
     "conn-flood",
     "far-claims",
+    "unknown-batch-leader",
 )
 
 

@@ -60,6 +60,7 @@ HOSTILE = (
     "future-time-leader",
     "far-height-vote",
     "far-claims",
+    "unknown-batch-leader",
     "disk-bitflip",
 )
 """One scenario per attack of docs/SECURITY.md: each must hold every check on a live

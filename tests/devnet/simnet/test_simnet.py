@@ -47,10 +47,11 @@ def test_four_validators_commit_and_pass_the_checkers() -> None:
     assert committed >= 5
 
 
-def _seed_with(*kinds: str) -> int:
-    return next(
-        s for s in range(200) if set(kinds) <= {a.kind for a in draw(random.Random(s), 4, 20)}
-    )
+def _seed_with(*kinds: str, without: tuple[str, ...] = ()) -> int:
+    def drawn(seed: int) -> set[str]:
+        return {a.kind for a in draw(random.Random(seed), 4, 20)}
+
+    return next(s for s in range(200) if set(kinds) <= drawn(s) and not set(without) & drawn(s))
 
 
 def test_a_faulty_run_with_a_crash_heals_and_passes() -> None:
@@ -65,7 +66,8 @@ def test_a_faulty_run_with_a_crash_heals_and_passes() -> None:
 def test_a_crash_right_after_a_synced_write_heals_and_passes() -> None:
     """The node dies inside its own step, after the write is durable and before what
     the step queued can leave; it restarts from that disk."""
-    o = simulate(Spec(seed=_seed_with("crash-at-persist"), seconds=20), keep_trace=True)
+    seed = _seed_with("crash-at-persist", without=("crash",))
+    o = simulate(Spec(seed=seed, seconds=20), keep_trace=True)
     assert o.ok, _failed(o)
     crashes = [line for line in o.trace if line.split()[1] == "crash"]
     assert crashes
@@ -78,6 +80,31 @@ NO_QUORUM = (
     Action(1.0, "partition", {"node": 1}),
 )
 """Two of four validators cut off until the end: the chain must stop, so liveness fails."""
+
+
+def test_a_leader_naming_a_batch_nobody_has_costs_rounds_not_the_chain(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Node 0 proposes, whenever it leads, blocks naming a batch that does not exist: no
+    follower can rebuild them, each asks every peer once and drops the proposal, the
+    round timer moves the height to another leader, and the chain goes on."""
+    import node.batches
+
+    given_up: list[int] = []
+    give_up = node.batches.Dissemination._give_up
+
+    def counting(self: node.batches.Dissemination, digest: bytes) -> None:
+        given_up.append(self.me)
+        give_up(self, digest)
+
+    monkeypatch.setattr(node.batches.Dissemination, "_give_up", counting)
+    byzantine = (Action(0.5, "byzantine", {"node": 0, "mode": "unknown-batch"}),)
+    o = simulate(Spec(seed=3, seconds=10, actions=byzantine))
+    assert o.ok, _failed(o)
+    assert given_up and 0 not in given_up
+    assert min(o.heights.values()) >= 20
+    clean = simulate(Spec(seed=3, seconds=10, faults=False))
+    assert min(o.heights.values()) >= min(clean.heights.values()) // 2
 
 
 def test_a_failing_run_replays_to_the_identical_trace() -> None:
