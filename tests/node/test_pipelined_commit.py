@@ -360,21 +360,8 @@ def test_driver_waits_for_the_commit_only_before_a_decision(
         committed_value=lambda h: None,
     )
     none = lambda *a: None  # noqa: E731
-    driver.bind(
-        Handlers(
-            build=none,
-            validate=none,
-            fetch=none,
-            commit=none,
-            reply_sync=none,
-            serve_blocks=none,
-            blocks=none,
-            forwarded=none,
-            cert_sig=none,
-            leader_changed=none,
-            commit_barrier=lambda: log.append("barrier"),
-        )
-    )
+    callbacks = {f.name: none for f in dataclasses.fields(Handlers) if f.name != "commit_barrier"}
+    driver.bind(Handlers(**callbacks, commit_barrier=lambda: log.append("barrier")))
     rec = Record(height=2, anchor=0, parent_hash=b"\x01" * 32, decided=decided)
     body = CBlock(2, b"\x01" * 32, 0, 0, b"body")
     driver._write([Persist(rec), PersistBlock(body)])
