@@ -13,7 +13,7 @@ clock is read (CONSENSUS.md §3.1).
 Results of execution are cached by consensus value, so a validated block commits without
 executing again.
 
-Heights are pipelined (CONSENSUS.md §3.3, Revision 1.11): once a decided block is executed
+Heights are pipelined (CONSENSUS.md §3.3, Revision 1.12): once a decided block is executed
 (`executed`) its commit batch may still be on its way to the disk while the next height
 is built and validated. Until the batch is durable (`durable`), the tip is that executed
 block and execution reads the state through its write set (`state`, `HeadState`); what
@@ -35,6 +35,7 @@ from contracts.execution import (
     validate_block,
 )
 from contracts.state import Overlay, StateSource
+from node import snapshots
 from node.chainstore import ChainStore
 from node.sigcache import SignatureCache
 from qchain import clock
@@ -81,13 +82,19 @@ class ChainApp:
         genesis_hash: bytes,
         genesis_app_hash: bytes,
         sig_cache: SignatureCache,
+        state_root_interval: int = 0,
+        snapshot_keep: int = snapshots.DEFAULT_KEEP,
     ) -> None:
+        """state_root_interval is the genesis's K (`contracts.snapshot`); the snapshots
+        of the newest snapshot_keep checkpoints are kept (`node.snapshots`)."""
         self.store = store
         self.chain = chain
         self.chain_id = chain_id
         self.genesis_hash = genesis_hash
         self.genesis_app_hash = genesis_app_hash
         self.sig_cache = sig_cache
+        self.state_root_interval = state_root_interval
+        self.snapshot_keep = snapshot_keep
         self._prepared: OrderedDict[bytes, Prepared] = OrderedDict()
         self.rejected_builds = 0
         self._head: tuple[Prepared, Overlay] | None = None
@@ -210,7 +217,7 @@ class ChainApp:
             raise InvalidBlock(f"cannot build height {height} on top of {tip_h}")
         now = int(clock.wall() * 1000) if now_ms is None else now_ms
         block_time = next_block_time(tip_time, now)
-        ctx = BlockContext(self.chain_id, height, block_time, tip_app)
+        ctx = BlockContext(self.chain_id, height, block_time, tip_app, self.state_root_interval)
         result, included, rejected = build_block(
             self.state(), ctx, candidates, verifier=self.sig_cache
         )
@@ -260,7 +267,13 @@ class ChainApp:
             raise InvalidBlock(
                 f"block time {h.time} does not follow {tip_time} (at most {MAX_BLOCK_TIME_MS})"
             )
-        result = validate_block(self.state(), block, tip_app, verifier=self.sig_cache)
+        result = validate_block(
+            self.state(),
+            block,
+            tip_app,
+            verifier=self.sig_cache,
+            state_root_interval=self.state_root_interval,
+        )
         return self._remember(Prepared(value, cblock, block, result))
 
     def commit_batch(self, p: Prepared) -> Batch:
@@ -271,6 +284,8 @@ class ChainApp:
         self.chain.commit_batch(p.block, p.result.receipts, (), batch, cblock=p.cblock)
         batch.put(schema.consensus_value_key(p.block.height), p.value)
         batch.put(schema.block_hash_key(p.value), schema.u64(p.block.height))
+        if p.result.checkpoint is not None:
+            snapshots.add_to_batch(self.store, p.result.checkpoint, self.snapshot_keep, batch)
         return batch
 
     def forget(self, value: bytes) -> None:

@@ -136,6 +136,8 @@ class CertificateExchange:
         if not self.budgets.take(sender, CERT_SIGS):
             return
         h = sig.height
+        if h < self.chain.base_height():
+            return  # below the snapshot this store started from: no block to compare
         committed = self.chain.height()
         if self.collector.early(sender, h, sig.signature, committed=committed):
             return
@@ -184,7 +186,7 @@ class CommitParts:
 
 class Committer:
     """Carries out the engine's `Commit` and what a commit sets going, pipelined
-    (CONSENSUS.md §3.3, Revision 1.11): the block is executed (its validation result,
+    (CONSENSUS.md §3.3, Revision 1.12): the block is executed (its validation result,
     cached), its batch goes to the writer, and the next height starts at once, building
     and validating on the executed block (`ChainApp.executed`). What announces the height
     (receipts to waiting clients and event subscribers, the commit signature, the commit
