@@ -25,7 +25,13 @@ is passed in, so that the node can give one that remembers what admission alread
 
 App hash: `H(APP_STATE, prev_app_hash || encode([k1, v1]) || encode([k2, v2]) || ...)`
 over the write set sorted by key (v = nil for a deletion), where the write set holds only
-keys whose value changed. The genesis app hash chains from the genesis hash.
+keys whose value changed. The genesis app hash chains from the genesis hash. This chain of
+write sets is not a commitment to the state: at the checkpoint heights of a chain whose
+genesis sets `state_root_interval` K > 0 (every multiple of K), the app hash is instead
+`H(APP_CHECKPOINT, chained || state_root)`, where `chained` is the formula above and
+`state_root` commits to the whole state after the block (`contracts.snapshot`), so that a
+snapshot of that state can be checked against a certified header. The next block chains
+from that app hash as from any other.
 
 Anything other than a `ContractError` raised while running a method (a store that fails,
 state that does not decode) is a bug or a broken node and propagates.
@@ -39,6 +45,7 @@ from dataclasses import dataclass
 from contracts import membership
 from contracts.registry import DEFAULT_REGISTRY
 from contracts.runtime import CallContext, Kind, Registry, canonical_result
+from contracts.snapshot import Checkpoint, compute_checkpoint, is_checkpoint
 from contracts.state import (
     Overlay,
     StateReader,
@@ -83,10 +90,15 @@ class BlockContext:
     """Block time, milliseconds since the Unix epoch, from the header."""
     prev_app_hash: bytes
     """The app hash after the parent block (the genesis app hash for height 1)."""
+    state_root_interval: int = 0
+    """The genesis's K: at heights that are multiples of K the app hash also commits to
+    the whole state (`contracts.snapshot`); 0 never."""
 
     @classmethod
-    def from_header(cls, header: BlockHeader, prev_app_hash: bytes) -> BlockContext:
-        return cls(header.chain_id, header.height, header.time, prev_app_hash)
+    def from_header(
+        cls, header: BlockHeader, prev_app_hash: bytes, state_root_interval: int = 0
+    ) -> BlockContext:
+        return cls(header.chain_id, header.height, header.time, prev_app_hash, state_root_interval)
 
 
 @dataclass(frozen=True)
@@ -97,6 +109,8 @@ class BlockResult:
     receipts_root: bytes
     events: tuple[Event, ...]
     """Events of the begin-block hooks (e.g. voucher expiry), which have no receipt."""
+    checkpoint: Checkpoint | None = None
+    """At a checkpoint height, the state commitment and its chunks (the snapshot)."""
 
     def to_batch(self, batch: Batch) -> None:
         """Add the state writes to a store batch (the node adds block, receipts, ...)."""
@@ -240,12 +254,17 @@ def _run(
             continue
         included.append(tx)
     write_set = block.changes()
+    chained = app_hash(ctx.prev_app_hash, write_set)
+    checkpoint = None
+    if is_checkpoint(ctx.height, ctx.state_root_interval):
+        checkpoint = compute_checkpoint(block, ctx.height, chained)
     result = BlockResult(
         tuple(receipts),
         write_set,
-        app_hash(ctx.prev_app_hash, write_set),
+        chained if checkpoint is None else checkpoint.app_hash,
         receipts_root(receipts),
         tuple(events),
+        checkpoint,
     )
     return result, included, rejected
 
@@ -285,6 +304,7 @@ def validate_block(
     *,
     registry: Registry = DEFAULT_REGISTRY,
     verifier: Verifier = verify_signature,
+    state_root_interval: int = 0,
 ) -> BlockResult:
     """The application's part of block validity: the body matches `tx_root`, every
     transaction may be included, and execution gives the header's receipts root and app
@@ -295,7 +315,7 @@ def validate_block(
         raise InvalidBlock("transactions do not match the header's tx_root")
     result = execute_block(
         source,
-        BlockContext.from_header(block.header, prev_app_hash),
+        BlockContext.from_header(block.header, prev_app_hash, state_root_interval),
         block.txs,
         registry=registry,
         verifier=verifier,

@@ -25,7 +25,10 @@ The file is JSON (see `contracts/README.md` for an example):
   `issuer` role;
 - `accepted_schemes` (optional): the member signature schemes the chain accepts, e.g.
   `["sm2", "ml-dsa-65"]`; absent, every scheme qchain knows. Members, onboarded keys,
-  rotated keys and transactions of another scheme are refused (`scheme-not-accepted`).
+  rotated keys and transactions of another scheme are refused (`scheme-not-accepted`);
+- `state_root_interval` (optional, default 0): K, the distance between checkpoint heights,
+  whose app hash commits to the whole state so that a node can start from a snapshot
+  (`contracts.snapshot`, CONSENSUS.md Revision 1.11); 0 has no checkpoints.
 
 `parse_genesis` checks everything and raises `GenesisError` naming the field and the reason;
 `Genesis.to_json` gives the document back. Reading and writing the file is the node's
@@ -35,9 +38,10 @@ validator may move without changing the chain's identity; a genesis without
 `accepted_schemes` hashes as it did before the field existed (the field is left out of the
 encoding when empty), and so does one without operators and with the default
 reconfiguration parameters (a validator's `operator` is left out when absent, the five
-reconfiguration parameters when all are at their defaults). `init_state` writes the
-initial members (and, with operators, the `validators` contract's initial state) and
-returns the write set and the genesis app hash, which chains from the genesis hash.
+reconfiguration parameters when all are at their defaults), and one without
+`state_root_interval` (left out when 0). `init_state` writes the initial members (and,
+with operators, the `validators` contract's initial state) and returns the write set and
+the genesis app hash, which chains from the genesis hash.
 """
 
 from __future__ import annotations
@@ -147,6 +151,9 @@ class Genesis(Struct):
     voucher_issuers: Annotated[tuple[Address, ...], Len(0, 10_000)]
     accepted_schemes: Annotated[tuple[membership.SchemeName, ...], Len(0, 16)] = ()
     """Empty: every scheme qchain knows."""
+    state_root_interval: U32 = 0
+    """K: the app hash of every height that is a multiple of K commits to the whole state
+    (`contracts.snapshot`), which state sync checks snapshots against; 0 never."""
 
     @cached_property
     def hash(self) -> bytes:
@@ -156,8 +163,10 @@ class Genesis(Struct):
         if self.consensus.reconfiguration_default:
             wire[2] = self.consensus.to_wire()[:3]
         wire[3] = [v.to_wire() if v.operator else v.to_wire()[:6] for v in validators]
-        if not self.accepted_schemes:
+        if not self.state_root_interval:
             wire = wire[:-1]
+            if not self.accepted_schemes:
+                wire = wire[:-1]
         return hash_domain(Domain.GENESIS, encode_value(wire))
 
     @property
@@ -213,6 +222,11 @@ class Genesis(Struct):
             ],
             "voucher_issuers": [a.hex() for a in self.voucher_issuers],
             **({"accepted_schemes": list(self.accepted_schemes)} if self.accepted_schemes else {}),
+            **(
+                {"state_root_interval": self.state_root_interval}
+                if self.state_root_interval
+                else {}
+            ),
         }
 
 
@@ -317,7 +331,13 @@ def parse_genesis(doc: object) -> Genesis:
         doc,
         "",
         ("chain_id", "validators", "members"),
-        ("genesis_time", "consensus", "voucher_issuers", "accepted_schemes"),
+        (
+            "genesis_time",
+            "consensus",
+            "voucher_issuers",
+            "accepted_schemes",
+            "state_root_interval",
+        ),
     )
     chain_id = _text(d["chain_id"], "chain_id", 1, 64)
     genesis_time = _int(d.get("genesis_time", 0), "genesis_time", 0, 2**64 - 1)
@@ -406,6 +426,7 @@ def parse_genesis(doc: object) -> Genesis:
         members,
         tuple(issuers),
         accepted,
+        _int(d.get("state_root_interval", 0), "state_root_interval", 0, 2**32 - 1),
     )
 
 

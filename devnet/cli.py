@@ -34,6 +34,8 @@ DEFAULT_DIR = Path("devnet-data")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from devnet.network import DEVNET_STATE_ROOT_INTERVAL
+
     sub = p.add_subparsers(dest="devnet_cmd", metavar="VERB", required=True)
     init = sub.add_parser("init", help="write a devnet's genesis, keys and configs")
     _dir(init)
@@ -88,6 +90,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=0,
         help="with --kme-per-node: time for a key to reach the slave's KME; 0 (default): "
         "the master's KME answers once the slave's KME holds the key",
+    )
+    init.add_argument(
+        "--state-root-interval",
+        type=int,
+        default=DEVNET_STATE_ROOT_INTERVAL,
+        help="the genesis commits to the whole state every this many heights, for state "
+        f"sync (default {DEVNET_STATE_ROOT_INTERVAL}; 0: never, as devnets made before it)",
     )
     init.add_argument("--force", action="store_true", help="overwrite a different network")
     init.add_argument("--project", default="qchain-devnet", help="compose project (--docker)")
@@ -200,6 +209,7 @@ def _init(args: argparse.Namespace) -> int:
         kme_mode="per-node" if args.kme_per_node else "shared",
         external_kmes=external,
         relay_delay_ms=args.relay_delay_ms,
+        state_root_interval=args.state_root_interval,
     )
     written = write_network(args.dir, plan, force=args.force)
     if written:

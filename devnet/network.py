@@ -100,6 +100,10 @@ class NodePlan:
         return f"http://{self.host}:{self.admin_port}"
 
 
+DEVNET_STATE_ROOT_INTERVAL = 100
+"""New devnets commit to their state every this many heights, so a node can state-sync."""
+
+
 @dataclass(frozen=True)
 class NetworkPlan:
     chain_id: str
@@ -118,6 +122,8 @@ class NetworkPlan:
     kme_mode: str = "shared"
     relay_delay_ms: int = 0
     """Per-node KME mode: how long a key takes from the master's KME to the slave's."""
+    state_root_interval: int = 0
+    """The genesis's checkpoint interval (`contracts.snapshot`); 0 has none."""
 
     @property
     def kms_url(self) -> str:
@@ -206,6 +212,7 @@ def plan_network(
     kme_mode: str = "shared",
     external_kmes: dict[str, KmeEndpoint] | None = None,
     relay_delay_ms: int = 0,
+    state_root_interval: int = DEVNET_STATE_ROOT_INTERVAL,
 ) -> NetworkPlan:
     """A network of `validators` nodes; base_port None picks free ports (tests).
     `sae_ids` is a list or `{i}` pattern (`devnet.kme.sae_ids_from`); `external_kmes`
@@ -287,6 +294,7 @@ def plan_network(
         byzantine=byzantine,
         kme_mode=kme_mode,
         relay_delay_ms=relay_delay_ms if per_node else 0,
+        state_root_interval=state_root_interval,
     )
 
 
@@ -333,6 +341,8 @@ def make_genesis(plan: NetworkPlan) -> Genesis:
         "members": members,
         "voucher_issuers": issuers,
     }
+    if plan.state_root_interval:
+        doc["state_root_interval"] = plan.state_root_interval
     return parse_genesis(doc)
 
 

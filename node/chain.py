@@ -27,6 +27,7 @@ from contracts.execution import (
     build_block,
     validate_block,
 )
+from node import snapshots
 from node.chainstore import ChainStore
 from node.sigcache import SignatureCache
 from qchain import clock
@@ -73,13 +74,19 @@ class ChainApp:
         genesis_hash: bytes,
         genesis_app_hash: bytes,
         sig_cache: SignatureCache,
+        state_root_interval: int = 0,
+        snapshot_keep: int = snapshots.DEFAULT_KEEP,
     ) -> None:
+        """state_root_interval is the genesis's K (`contracts.snapshot`); the snapshots
+        of the newest snapshot_keep checkpoints are kept (`node.snapshots`)."""
         self.store = store
         self.chain = chain
         self.chain_id = chain_id
         self.genesis_hash = genesis_hash
         self.genesis_app_hash = genesis_app_hash
         self.sig_cache = sig_cache
+        self.state_root_interval = state_root_interval
+        self.snapshot_keep = snapshot_keep
         self._prepared: OrderedDict[bytes, Prepared] = OrderedDict()
         self.rejected_builds = 0
 
@@ -167,7 +174,7 @@ class ChainApp:
             raise InvalidBlock(f"cannot build height {height} on top of {tip_h}")
         now = int(clock.wall() * 1000) if now_ms is None else now_ms
         block_time = next_block_time(tip_time, now)
-        ctx = BlockContext(self.chain_id, height, block_time, tip_app)
+        ctx = BlockContext(self.chain_id, height, block_time, tip_app, self.state_root_interval)
         result, included, rejected = build_block(
             self.store, ctx, candidates, verifier=self.sig_cache
         )
@@ -217,7 +224,13 @@ class ChainApp:
             raise InvalidBlock(
                 f"block time {h.time} does not follow {tip_time} (at most {MAX_BLOCK_TIME_MS})"
             )
-        result = validate_block(self.store, block, tip_app, verifier=self.sig_cache)
+        result = validate_block(
+            self.store,
+            block,
+            tip_app,
+            verifier=self.sig_cache,
+            state_root_interval=self.state_root_interval,
+        )
         return self._remember(Prepared(value, cblock, block, result))
 
     def commit_batch(self, p: Prepared) -> Batch:
@@ -228,6 +241,8 @@ class ChainApp:
         self.chain.commit_batch(p.block, p.result.receipts, (), batch, cblock=p.cblock)
         batch.put(schema.consensus_value_key(p.block.height), p.value)
         batch.put(schema.block_hash_key(p.value), schema.u64(p.block.height))
+        if p.result.checkpoint is not None:
+            snapshots.add_to_batch(self.store, p.result.checkpoint, self.snapshot_keep, batch)
         return batch
 
     def forget(self, value: bytes) -> None:

@@ -138,6 +138,12 @@ class ChainStore:
         raw = self.store.get(schema.META_LAST_HEIGHT)
         return 0 if raw is None else schema.read_u64(raw)
 
+    def base_height(self) -> int:
+        """The snapshot height a state-synced store started from (0: from genesis): its
+        first block. No block, receipt or transaction index below it is held."""
+        raw = self.store.get(schema.META_BASE_HEIGHT)
+        return 0 if raw is None else schema.read_u64(raw)
+
     # --- reads -----------------------------------------------------------------------
 
     def _decoded(self, key: bytes, what: str, raw: bytes, decode: Callable[[bytes], _T]) -> _T:
@@ -377,10 +383,11 @@ class ChainStore:
         return ReceiptProof(receipt, proof, header, cert)
 
     def verify_recent(self, count: int) -> int:
-        """Check the last count committed heights (block, header, receipts, certificate)
-        against their hashes; the lowest height checked. Damage raises `StorageCorrupt`."""
+        """Check the last count committed heights above the base (block, header, receipts,
+        certificate) against their hashes; the lowest height checked (above the top when
+        none is held). Damage raises `StorageCorrupt`."""
         top = self.height()
-        low = max(1, top - count + 1)
+        low = max(1, self.base_height(), top - count + 1)
         for h in range(top, low - 1, -1):
             if self.block(h) is None:
                 raise self.store.corrupt(schema.block_key(h), f"committed block {h} is missing")
@@ -429,6 +436,20 @@ class ChainStore:
                 b.put(key, value)
         b.put(schema.META_LAST_HEIGHT, schema.u64(h))
         return b
+
+    def base_batch(self, raw_block: bytes, receipts: Sequence[bytes], batch: Batch) -> None:
+        """Add the block a state-synced store starts at (its base) to batch, as a commit
+        would but with no block below it: the block's encoding, header, hash index,
+        transaction index and receipts' encodings. The caller checked them against the
+        certified header."""
+        block = Block.decode(raw_block, BLOCK_LIMITS)
+        h = block.height
+        batch.put(schema.block_key(h), raw_block)
+        batch.put(schema.header_key(h), block.header.encode())
+        batch.put(schema.block_hash_key(block.hash), schema.u64(h))
+        for i, (tx, receipt) in enumerate(zip(block.txs, receipts, strict=True)):
+            batch.put(schema.tx_key(tx.hash), _location(h, i))
+            batch.put(schema.receipt_key(h, i), receipt)
 
     def put_certificate(self, cert: CommitCertificate) -> None:
         self.store.put(schema.cert_key(cert.height), cert.encode(), sync=True)

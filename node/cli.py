@@ -1,5 +1,7 @@
-"""`qchain node run --config FILE`: run one validator until SIGTERM or SIGINT, after the
-checks of `node.preflight` (dev-seed keys on a real chain, secret files open to others).
+"""`qchain node run --config FILE [--state-sync]`: run one validator until SIGTERM or
+SIGINT, after the checks of `node.preflight` (dev-seed keys on a real chain, secret files
+open to others), its store first synced from a peer's state snapshot when asked or when
+it is empty and far behind (`node.statesync_run`).
 `qchain node config --genesis FILE --site DIR`: write a site's node.toml (`node.nodeconfig`).
 `qchain node rebuild --config FILE`: move a damaged store aside (see `node.rebuild`).
 `qchain node backup --config FILE --out BACKUP`, `qchain node restore --config FILE --in
@@ -26,6 +28,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     run = sub.add_parser("run", help="run a validator")
     run.add_argument("--config", required=True, type=Path, help="node TOML config")
     run.add_argument("--ready-file", type=Path, help="write the PID here once serving")
+    run.add_argument(
+        "--state-sync",
+        action="store_true",
+        help="start an empty store from the latest certified state snapshot of the peers "
+        "instead of replaying every block (the default once they are [node] "
+        "state_sync_after heights ahead)",
+    )
     chk = sub.add_parser("check-config", help="validate a node config and exit")
     chk.add_argument("--config", required=True, type=Path)
     reb = sub.add_parser(
@@ -80,14 +89,20 @@ def run(args: argparse.Namespace) -> int:
     # Readable lines on a terminal, JSON lines in containers; every line names the node.
     configure(cfg.node.name, cfg.node.log_format)
     check_before_run(cfg, load_genesis(cfg.node.genesis))
-    return asyncio.run(run_validator(cfg, args.ready_file))
+    return asyncio.run(run_validator(cfg, args.ready_file, state_sync=args.state_sync))
 
 
-async def run_validator(cfg: NodeConfig, ready_file: Path | None = None) -> int:
+async def run_validator(
+    cfg: NodeConfig, ready_file: Path | None = None, *, state_sync: bool = False
+) -> int:
     """Run one validator until SIGTERM or SIGINT; close everything cleanly (LevelDB
-    included)."""
+    included). First sync its state from a snapshot if asked (state_sync) or if its store
+    is empty and far behind (`node.statesync_run`)."""
+    from node.genesis_file import load_genesis
     from node.runtime import Validator
+    from node.statesync_run import sync_before_start
 
+    await sync_before_start(cfg, load_genesis(cfg.node.genesis), force=state_sync)
     validator = Validator(cfg)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -23,6 +23,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     b.add_argument(
         "--genesis-time-ms", type=int, help="genesis time, ms since the epoch (default: now)"
     )
+    b.add_argument(
+        "--state-root-interval",
+        type=int,
+        default=0,
+        help="commit to the whole state every this many heights, so that nodes can start "
+        "from a state snapshot (qchain node run --state-sync); default 0: never",
+    )
     b.add_argument("--out", required=True, type=Path, help="genesis file to write")
     b.add_argument("--force", action="store_true", help="overwrite an existing --out")
     v = sub.add_parser("verify", help="check a genesis file against the announced hash")
@@ -55,6 +62,7 @@ def run(args: argparse.Namespace) -> int:
         load_members(args.members),
         timing=args.timing,
         genesis_time_ms=when,
+        state_root_interval=args.state_root_interval,
     )
     save_genesis(genesis, args.out)
     print("\n".join(describe(genesis)))

@@ -133,6 +133,8 @@ class CertificateExchange:
         if not self.budgets.take(sender, CERT_SIGS):
             return
         h = sig.height
+        if h < self.chain.base_height():
+            return  # below the snapshot this store started from: no block to compare
         committed = self.chain.height()
         if self.collector.early(sender, h, sig.signature, committed=committed):
             return

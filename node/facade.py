@@ -155,6 +155,7 @@ class ServiceFacade:
             "index": p.links.me,
             "chain_id": p.params.chain_id,
             "height": self.chain.height(),
+            "base_height": self.chain.base_height(),
             "consensus_height": view.height,
             "round": view.round,
             "leader": p.leader(),

@@ -177,6 +177,8 @@ class Validator:
             self.genesis.hash,
             gstate.app_hash,
             self.sig_cache,
+            self.genesis.state_root_interval,
+            self.cfg.node.snapshot_keep,
         )
 
     def _build_parts(self) -> None:

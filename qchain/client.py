@@ -40,10 +40,11 @@ from urllib.parse import quote
 
 import aiohttp
 
-from qchain.errors import ApiError, CodecError, NodeUnavailable
+from qchain.errors import ApiError, CodecError, NodeUnavailable, ResponseTooLarge
 from qchain.jsonform import (
     MSGPACK,
     block_from_json,
+    expect_array,
     expect_member,
     expect_object,
     hex_field,
@@ -226,7 +227,10 @@ class AsyncClient:
         content_type: str | None = None,
         accept: str = "application/json",
         timeout_s: float | None = None,
+        max_bytes: int | None = None,
     ) -> tuple[int, str, bytes]:
+        """max_bytes: an answer body longer than this is not read past it
+        (`ResponseTooLarge`)."""
         headers = {"Accept": accept}
         if content_type is not None:
             headers["Content-Type"] = content_type
@@ -240,7 +244,7 @@ class AsyncClient:
                 headers=headers,
                 timeout=aiohttp.ClientTimeout(total=total),
             ) as resp:
-                data = await resp.read()
+                data = await (resp.read() if max_bytes is None else _read_at_most(resp, max_bytes))
                 ctype = resp.content_type
                 status = resp.status
         except (aiohttp.ClientError, TimeoutError) as e:
@@ -374,6 +378,39 @@ class AsyncClient:
         """The receipt with its proof, header and certificate (not yet verified)."""
         return ReceiptProof.decode(await self.receipt_bytes(tx_hash))
 
+    # snapshots (state sync); the caller checks every byte against a certificate
+
+    async def snapshot_heights(self, max_bytes: int) -> list[int]:
+        _, doc = await self._json("GET", "/v1/snapshots", max_bytes=max_bytes)
+        listed = expect_array(expect_object(doc, "snapshots"), "snapshots", "snapshots")
+        out = []
+        for item in listed:
+            height = expect_member(expect_object(item, "snapshot"), "height", "snapshot")
+            if type(height) is not int:
+                raise CodecError("snapshot.height: expected an integer")
+            out.append(height)
+        return out
+
+    async def snapshot_offer(self, height: int, max_bytes: int) -> bytes:
+        """Canonical bytes of the header, certificate and manifest of a kept snapshot."""
+        _, _, data = await self._request(
+            "GET", f"/v1/snapshots/{height}", accept=MSGPACK, max_bytes=max_bytes
+        )
+        return data
+
+    async def snapshot_block(self, height: int, max_bytes: int) -> bytes:
+        """Canonical bytes of the block of a kept snapshot's height and its receipts."""
+        _, _, data = await self._request(
+            "GET", f"/v1/snapshots/{height}/block", accept=MSGPACK, max_bytes=max_bytes
+        )
+        return data
+
+    async def snapshot_chunk(self, height: int, index: int, max_bytes: int) -> bytes:
+        _, _, data = await self._request(
+            "GET", f"/v1/snapshots/{height}/chunks/{index}", accept=MSGPACK, max_bytes=max_bytes
+        )
+        return data
+
     # chain
 
     async def block(self, height: int | Literal["latest"] = "latest") -> Block:
@@ -464,6 +501,18 @@ class AsyncClient:
                     yield event
         except (aiohttp.ClientError, TimeoutError) as e:
             raise NodeUnavailable(f"event stream: {e or type(e).__name__}") from e
+
+
+async def _read_at_most(resp: aiohttp.ClientResponse, max_bytes: int) -> bytes:
+    """The body of resp, refused (`ResponseTooLarge`) as soon as it exceeds max_bytes."""
+    if resp.content_length is not None and resp.content_length > max_bytes:
+        raise ResponseTooLarge(f"answer of {resp.content_length} bytes exceeds {max_bytes}")
+    data = bytearray()
+    async for piece in resp.content.iter_chunked(64 * 1024):
+        data += piece
+        if len(data) > max_bytes:
+            raise ResponseTooLarge(f"answer exceeds {max_bytes} bytes")
+    return bytes(data)
 
 
 async def _parse_sse(stream: aiohttp.StreamReader) -> AsyncIterator[ChainEvent]:

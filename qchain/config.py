@@ -101,6 +101,10 @@ IGNORED_KEYS: dict[type, frozenset[str]] = {PeerConfig: frozenset({"sae_id"})}
 peer's `sae_id` (every validator's SAE id comes from the genesis)."""
 
 
+MAX_SNAPSHOT_KEEP = 16
+"""Each kept snapshot is a copy of the state in the store."""
+
+
 @dataclass(frozen=True)
 class NodeSection:
     name: str
@@ -122,6 +126,13 @@ class NodeSection:
     machine: cores - 1, and 0 on a machine of two cores or fewer, where one worker
     competes with the event loop (and the other validators of a devnet) for the same
     cores (docs/BENCHMARKS.md has the measurement)."""
+    snapshot_keep: int = 2
+    """State snapshots kept and served: those of the newest this many checkpoint heights
+    (a chain whose genesis sets `state_root_interval`); 0 keeps none."""
+    state_sync_after: int = 1000
+    """A node whose store holds no block syncs its state from a snapshot when its peers
+    keep one at least this high, instead of replaying every block; 0 only with
+    `qchain node run --state-sync`."""
 
 
 @dataclass(frozen=True)
@@ -314,6 +325,10 @@ def validate(cfg: NodeConfig) -> None:
         )
     if cfg.qkd.batch_keys < 1:
         raise ConfigError("qkd.batch_keys", "must be at least 1")
+    if cfg.node.state_sync_after < 0:
+        raise ConfigError("node.state_sync_after", "must not be negative")
+    if not 0 <= cfg.node.snapshot_keep <= MAX_SNAPSHOT_KEEP:
+        raise ConfigError("node.snapshot_keep", f"must be between 0 and {MAX_SNAPSHOT_KEEP}")
     check_node_sizes(
         cfg.mempool.max_block_bytes, cfg.mempool.max_block_txs, cfg.p2p.max_frame_bytes
     )

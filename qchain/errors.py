@@ -314,6 +314,38 @@ class GenesisError(ConfigError):
     code = "invalid-genesis"
 
 
+class BelowBase(QChainError):
+    """A block this node does not hold because its store started from a snapshot above
+    it (state sync): the block exists, ask a node that holds it."""
+
+    code = "below-base"
+
+    def __init__(self, height: int, base_height: int) -> None:
+        super().__init__(
+            f"block {height} is not held here: this node's history starts at its "
+            f"snapshot of height {base_height}"
+        )
+        self.height = height
+        self.base_height = base_height
+
+    def fields(self) -> dict[str, object]:
+        return {"height": self.height, "base_height": self.base_height}
+
+
+class ResponseTooLarge(CodecError):
+    """A node's answer longer than the client reads for it."""
+
+    code = "response-too-large"
+
+
+class InvalidSnapshot(QChainError):
+    """A state snapshot (manifest or chunk) that does not match the commitment it must
+    match: a chunk whose hash is not the manifest's, entries out of order or outside the
+    state, a manifest whose root is not the certified app hash's."""
+
+    code = "invalid-snapshot"
+
+
 class InvalidBlock(QChainError):
     """A proposed or fetched block that must not be voted for or committed: a transaction
     that may not be included (bad signature, wrong nonce, ...), or results that differ
@@ -428,6 +460,23 @@ class NotFound(ContractError):
 
     def fields(self) -> dict[str, object]:
         return {"kind": self.kind, "key": self.key}
+
+
+class NotFoundAboveBase(NotFound):
+    """Not found on a node whose store starts from a snapshot (state sync): it may be in
+    a block below `base_height`, which this node does not hold."""
+
+    def __init__(self, kind: str, key: str, base_height: int) -> None:
+        super().__init__(kind, key)
+        self.message = (
+            f"no {kind} {key} from height {base_height} on (this node holds no block "
+            f"below its snapshot of height {base_height})"
+        )
+        self.args = (self.message,)
+        self.base_height = base_height
+
+    def fields(self) -> dict[str, object]:
+        return {**super().fields(), "base_height": self.base_height}
 
 
 class Duplicate(ContractError):

@@ -30,6 +30,9 @@ class Domain(bytes, Enum):
     QKD_SIM_KEY_ID = b"qchain/qkd/sim-key-id"
     CONSENSUS_BLOCK = b"qchain/consensus/block"
     BATCH = b"qchain/batch"
+    APP_CHECKPOINT = b"qchain/app-checkpoint"
+    STATE_CHUNK = b"qchain/state/chunk"
+    STATE_ROOT = b"qchain/state/root"
 
 
 def hash_domain(domain: Domain, data: bytes) -> bytes:

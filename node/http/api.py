@@ -24,7 +24,7 @@ from pathlib import Path
 from aiohttp import web
 
 from node import explorer
-from node.http import prepare, state, stream, tx
+from node.http import prepare, snapshot, state, stream, tx
 from node.http.context import (
     BUCKETS,
     CLOCK,
@@ -81,6 +81,10 @@ def make_api_app(
     r.add_get("/v1/accounts/{address}", state.get_account, allow_head=False)
     r.add_get("/v1/contracts/{name}/{query}", state.get_query, allow_head=False)
     r.add_get("/v1/notary/{digest}", state.get_notary_anchor, allow_head=False)
+    r.add_get("/v1/snapshots", snapshot.get_snapshots, allow_head=False)
+    r.add_get("/v1/snapshots/{height}", snapshot.get_snapshot, allow_head=False)
+    r.add_get("/v1/snapshots/{height}/block", snapshot.get_block, allow_head=False)
+    r.add_get("/v1/snapshots/{height}/chunks/{index}", snapshot.get_chunk, allow_head=False)
     r.add_get("/v1/status", state.get_status, allow_head=False)
     r.add_get("/v1/qkd", state.get_qkd, allow_head=False)
     r.add_get("/v1/events", stream.events, allow_head=False)

@@ -15,10 +15,11 @@ import yaml
 from aiohttp import web
 
 from contracts import notary
+from node.chainstore import ChainStore
 from node.http.context import SERVICE, json_response
 from node.http.params import parse_address, parse_hash, parse_uint, query_arg
 from node.metrics import CONTENT_TYPE_LATEST
-from qchain.errors import BadParameter, NotFound, NotReady
+from qchain.errors import BadParameter, BelowBase, NotFound, NotReady
 from qchain.jsonform import block_to_json, fields_to_json, value_to_json
 
 MAX_BLOCKS_PAGE = 100
@@ -34,8 +35,16 @@ def openapi_spec() -> dict[str, Any]:
     return doc
 
 
+def _check_held(chain: ChainStore, height: int) -> None:
+    """Raise `BelowBase` for a height a state-synced store holds no block of."""
+    base = chain.base_height()
+    if 1 <= height < base:
+        raise BelowBase(height, base)
+
+
 async def get_latest_block(request: web.Request) -> web.Response:
     chain = request.app[SERVICE].chain
+    _check_held(chain, chain.height())
     block = chain.block(chain.height())
     if block is None:
         raise NotFound("block", "latest")
@@ -44,7 +53,9 @@ async def get_latest_block(request: web.Request) -> web.Response:
 
 async def get_block(request: web.Request) -> web.Response:
     height = parse_uint(request.match_info["height"], "height")
-    block = request.app[SERVICE].chain.block(height)
+    chain = request.app[SERVICE].chain
+    _check_held(chain, height)
+    block = chain.block(height)
     if block is None:
         raise NotFound("block", str(height))
     return json_response(block_to_json(block))
@@ -55,6 +66,7 @@ async def get_blocks(request: web.Request) -> web.Response:
     start = parse_uint(q.get("from", "1"), "from")
     limit = parse_uint(q.get("limit", "20"), "limit", 1, MAX_BLOCKS_PAGE)
     chain = request.app[SERVICE].chain
+    _check_held(chain, start)
     blocks = list(chain.blocks(start, limit))
     nxt = None
     if len(blocks) == limit and blocks[-1].height < chain.height():

@@ -20,6 +20,7 @@ from typing import Any
 
 from aiohttp import web
 
+from node.chainstore import ChainStore
 from node.http.context import SERVICE, json_response
 from node.http.params import MSGPACK_TYPES, media_type, parse_hash, parse_seconds, wants_msgpack
 from node.http.problems import PROBLEM_BASE, log_server_error, problem_doc
@@ -33,6 +34,7 @@ from qchain.errors import (
     InternalError,
     MempoolFull,
     NotFound,
+    NotFoundAboveBase,
     Overloaded,
     QChainError,
     TooLarge,
@@ -219,12 +221,18 @@ async def post_batch(request: web.Request) -> web.Response:
     return json_response({"results": results}, 200, **headers)
 
 
+def _not_found(chain: ChainStore, kind: str, h: bytes) -> NotFound:
+    """Not found; on a state-synced node, with the base height below which it may be."""
+    base = chain.base_height()
+    return NotFound(kind, h.hex()) if base == 0 else NotFoundAboveBase(kind, h.hex(), base)
+
+
 async def get_tx(request: web.Request) -> web.Response:
     service = request.app[SERVICE]
     h = parse_hash(request.match_info["hash"])
     st = service.tx_status(h)
     if st is None:
-        raise NotFound("transaction", h.hex())
+        raise _not_found(service.chain, "transaction", h)
     tx = service.transaction(h)
     doc = status_json(st)
     doc["transaction"] = None if tx is None else {"hash": tx.hash.hex(), **tx_to_json(tx)}
@@ -245,7 +253,7 @@ async def get_receipt(request: web.Request) -> web.Response:
             await asyncio.sleep(0.02)
             rp = service.receipt_proof(h)
     if rp is None:
-        raise NotFound("receipt", h.hex())
+        raise _not_found(service.chain, "receipt", h)
     if wants_msgpack(request):
         return web.Response(body=rp.encode(), headers={"Content-Type": MSGPACK})
     return json_response(receipt_proof_to_json(rp))

@@ -24,6 +24,9 @@ big-endian so that byte order is numeric order. The layout version is written un
 | `q` | link name | QKD key-id lease (highest id this node may use) |
 | `v` | height | the consensus value decided at that height |
 | `a` | app-defined | auxiliary per-node data (e.g. consensus extras) |
+| `n` | height | the manifest of the state snapshot this node keeps for a checkpoint height
+  (`contracts.snapshot`) |
+| `N` | height, index | chunk `index` of that snapshot |
 
 `h` maps both kinds of block hash to a height: the chain block hash (the header's hash)
 and the consensus value (the hash of the consensus engine's block); the two use different
@@ -58,6 +61,8 @@ META = b"m"
 QKD_LEASE = b"q"
 AUX = b"a"
 CONSENSUS_VALUE = b"v"
+SNAPSHOT = b"n"
+SNAPSHOT_CHUNK = b"N"
 
 PREFIXES = frozenset(
     {
@@ -74,6 +79,8 @@ PREFIXES = frozenset(
         QKD_LEASE,
         AUX,
         CONSENSUS_VALUE,
+        SNAPSHOT,
+        SNAPSHOT_CHUNK,
     }
 )
 """Every key family of this version: a key starting with another byte is not ours."""
@@ -176,6 +183,18 @@ def v1_pending_body_key(value: bytes) -> bytes:
     return PENDING_BODY + value
 
 
+def snapshot_key(height: int) -> bytes:
+    return SNAPSHOT + u64(height)
+
+
+def snapshot_chunk_key(height: int, index: int) -> bytes:
+    return SNAPSHOT_CHUNK + u64(height) + u64(index)
+
+
+def snapshot_chunks_prefix(height: int) -> bytes:
+    return SNAPSHOT_CHUNK + u64(height)
+
+
 def meta_key(name: str) -> bytes:
     return META + _name(name)
 
@@ -192,6 +211,9 @@ META_SCHEMA_VERSION = meta_key("schema-version")
 META_CHAIN_ID = meta_key("chain-id")
 META_LAST_HEIGHT = meta_key("last-height")
 META_GENESIS_HASH = meta_key("genesis-hash")
+META_BASE_HEIGHT = meta_key("base-height")
+"""The snapshot height a state-synced store starts at, its first block: none below it is
+held."""
 META_AMNESIA = meta_key("amnesia")
-"""Present after a restore or rebuild (CONSENSUS.md §3.8): empty while the amnesia guard
-is unsettled, then the u64 last height at which the node stays silent."""
+"""Present after a restore, rebuild or state sync (CONSENSUS.md §3.8): empty while the
+amnesia guard is unsettled, then the u64 last height at which the node stays silent."""

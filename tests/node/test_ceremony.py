@@ -10,7 +10,14 @@ import pytest
 
 from contracts.genesis import Genesis
 from devnet.network import account_key, validator_key
-from node.ceremony import Members, build_genesis, check_hash, load_join, load_members
+from node.ceremony import (
+    Members,
+    build_genesis,
+    check_hash,
+    describe,
+    load_join,
+    load_members,
+)
 from node.genesis_file import load_genesis, save_genesis
 from node.nodeconfig import write_node_config
 from node.site import KmeFiles, init_site, new_site
@@ -235,3 +242,13 @@ def test_members_toml_restricts_the_schemes(sites: list[Path], tmp_path: Path) -
     path.write_text('accepted_schemes = ["rsa"]\n\n' + text)
     with pytest.raises(ConfigError, match=r"m\.toml: accepted_schemes\[0\]"):
         genesis_of(sites, load_members(path))
+
+
+def test_state_root_interval_is_a_genesis_choice(sites: list[Path], members: Members) -> None:
+    joins = [load_join(s / "join.json") for s in sites]
+    plain = build_genesis("qingdao-pilot", joins, members, timing="lan")
+    with_k = build_genesis("qingdao-pilot", joins, members, timing="lan", state_root_interval=100)
+    assert plain.state_root_interval == 0 and with_k.state_root_interval == 100
+    assert with_k.hash != plain.hash
+    assert "state root:    every 100 heights" in describe(with_k)
+    assert not any(line.startswith("state root") for line in describe(plain))

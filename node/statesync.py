@@ -1,0 +1,384 @@
+"""State sync: a node's state taken from a certified snapshot instead of replaying blocks.
+
+`StateSync.run` asks its sources (peers serving `node.snapshots`, over the HTTP API or a
+test's in-process server) which snapshots they keep, takes the highest checkpoint height
+s offered, and checks the offer of s before it fetches anything else:
+
+1. the header is of this chain and of height s, and s is a checkpoint height of the
+   genesis's `state_root_interval`;
+2. the commit certificate names that header's hash at s and carries a quorum of valid
+   signatures of the validator set of s (CONSENSUS.md §10.5: with no reconfiguration, the
+   genesis set), and no more signatures than there are validators;
+3. the manifest is the one the header's app hash commits to (`Manifest.check`);
+4. the header of s−1 it carries is header s's parent;
+
+and fetches the block of s with its receipts (`check_block`: they must match the
+certified header's hash, `tx_root` and `receipts_root`), so that the node holds its first
+block and serves its receipts.
+
+The consensus value decided at s, which the next height's consensus block names as its
+parent, is not covered by the certificate (it signs the chain header's hash): it is
+taken only when `value_quorum` (f+1) sources' checked offers name the same one, so at
+least one correct validator vouches for it.
+
+Chunks are then fetched in parallel, each from a source that offered s, and each checked
+alone against its hash in the manifest (`contracts.snapshot.decode_chunk`); a chunk that
+fails is counted in `rejected`, its source is not asked for that chunk again, and the
+chunk is fetched again from another source. A source that fails an offer or a chunk is
+skipped, never trusted: whatever a source sends is either what the certificate commits
+to or refused. When every chunk is in, `write` replaces the store's state with the
+snapshot's and records the block, receipts and certificate of s, the base height s and
+the last committed height s, in one synced batch: a crash before it leaves the store as it was
+(the sync starts again), after it the node holds the whole state of s.
+
+Everything a source sends is bounded before it is decoded: an offer by
+`MAX_OFFER_BYTES`, a manifest by `MAX_MANIFEST_BYTES`, a chunk by `MAX_CHUNK_BYTES`, and
+a block answer by `MAX_BLOCK_ANSWER_BYTES`, and the source itself reads no more than
+that from the wire.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from contracts.genesis import Genesis
+from contracts.snapshot import (
+    Entry,
+    Manifest,
+    decode_chunk,
+    decode_manifest,
+    is_checkpoint,
+)
+from node.chainstore import ChainStore
+from node.snapshots import (
+    BLOCK_ANSWER_LIMITS,
+    MAX_BLOCK_ANSWER_BYTES,
+    MAX_OFFER_BYTES,
+    SnapshotBlock,
+    SnapshotOffer,
+)
+from qchain.errors import InvalidSnapshot, QChainError, StorageError
+from qchain.merkle import leaf_hash, root_of_leaf_hashes
+from qchain.store import Batch, schema
+from qchain.store.kv import KVStore
+from qchain.types import (
+    BLOCK_LIMITS,
+    Block,
+    BlockHeader,
+    Receipt,
+    ValidatorKey,
+    verify_certificate,
+)
+
+MAX_LISTED = 64
+"""Most snapshot heights read from one source's list."""
+FETCH_ERRORS = (QChainError, OSError, asyncio.TimeoutError)
+"""What a source's fetch may fail with; the source is then skipped for that item."""
+
+
+class SnapshotSource(Protocol):
+    """A peer that serves snapshots; every answer is hostile input."""
+
+    name: str
+
+    async def snapshot_heights(self) -> list[int]:
+        """The heights of the snapshots it offers."""
+
+    async def snapshot_offer(self, height: int) -> bytes:
+        """The encoded `SnapshotOffer` of height."""
+
+    async def snapshot_chunk(self, height: int, index: int) -> bytes:
+        """Chunk index of the snapshot of height."""
+
+    async def snapshot_block(self, height: int) -> bytes:
+        """The encoded `SnapshotBlock` (block and receipts) of the snapshot of height."""
+
+
+@dataclass(frozen=True)
+class Trust:
+    """What a snapshot is checked against: the chain and the validator set of s, and the
+    genesis's consensus parameters that fix the leader anchor of s+1."""
+
+    chain_id: str
+    genesis_hash: bytes
+    validators: Sequence[ValidatorKey]
+    state_root_interval: int
+    tenure: int
+    first_leader: int
+    value_quorum: int
+    """Checked offers that must name the same consensus value of s (f+1: one correct
+    validator among them); the certificate does not cover that value."""
+
+    @classmethod
+    def of_genesis(cls, genesis: Genesis) -> Trust:
+        n = len(genesis.validators)
+        return cls(
+            genesis.chain_id,
+            genesis.hash,
+            genesis.validator_keys(),
+            genesis.state_root_interval,
+            genesis.consensus.tenure,
+            genesis.consensus.first_leader,
+            (n - 1) // 3 + 1,
+        )
+
+    def next_anchor(self, offer: SnapshotOffer) -> int:
+        """anchor(s+1) (CONSENSUS.md §3.2) from the headers of s and s−1."""
+        n, s = len(self.validators), offer.header.height
+        if (s + 1) % self.tenure != 0:
+            return offer.header.proposer % n
+        if self.tenure == 1:
+            return (self.first_leader + s) % n
+        anchor_s = self.first_leader if s == 1 else offer.parent[0].proposer % n
+        return (anchor_s + 1) % n
+
+
+@dataclass
+class Synced:
+    """What a state sync wrote, and what it refused on the way."""
+
+    height: int
+    entries: int
+    chunks: int
+    rejected_chunks: int = 0
+    """Chunks that failed their hash or decoding, each fetched again elsewhere."""
+    rejected_offers: int = 0
+    rejected_blocks: int = 0
+    failed_fetches: int = 0
+    """Fetches that failed outright (the source down, a problem answer, a timeout)."""
+    offer: SnapshotOffer | None = field(default=None, repr=False)
+
+
+def check_block(raw: bytes, header: BlockHeader) -> SnapshotBlock:
+    """The block of a snapshot height from a source's bytes, checked against its certified
+    header: the block carries that header and its transactions match the `tx_root`, and
+    the receipts (one per transaction, each naming it) make the header's `receipts_root`.
+    Raises `InvalidSnapshot` or `CodecError`."""
+    if len(raw) > MAX_BLOCK_ANSWER_BYTES:
+        raise InvalidSnapshot(f"block answer of {len(raw)} bytes exceeds {MAX_BLOCK_ANSWER_BYTES}")
+    answer = SnapshotBlock.decode(raw, BLOCK_ANSWER_LIMITS)
+    block = Block.decode(answer.block, BLOCK_LIMITS)
+    if block.header != header:
+        raise InvalidSnapshot(f"block {header.height} does not carry the certified header")
+    block.check_body()
+    if len(answer.receipts) != len(block.txs):
+        raise InvalidSnapshot("not one receipt per transaction")
+    if root_of_leaf_hashes([leaf_hash(r) for r in answer.receipts]) != header.receipts_root:
+        raise InvalidSnapshot("receipts do not make the header's receipts root")
+    for i, (raw_receipt, tx) in enumerate(zip(answer.receipts, block.txs, strict=True)):
+        receipt = Receipt.decode(raw_receipt)
+        if (receipt.tx_hash, receipt.height, receipt.index) != (tx.hash, header.height, i):
+            raise InvalidSnapshot(f"receipt {i} does not name its transaction")
+    return answer
+
+
+def check_offer(raw: bytes, height: int, trust: Trust) -> tuple[SnapshotOffer, Manifest]:
+    """The offer of height from a source's bytes, checked (steps 1-3 above); raises
+    `InvalidSnapshot`, `CodecError` or `BadSignature`."""
+    if len(raw) > MAX_OFFER_BYTES:
+        raise InvalidSnapshot(f"offer of {len(raw)} bytes exceeds {MAX_OFFER_BYTES}")
+    offer = SnapshotOffer.decode(raw)
+    header, cert = offer.header, offer.certificate
+    if header.chain_id != trust.chain_id or header.height != height:
+        raise InvalidSnapshot(f"offer is not a header of this chain at height {height}")
+    if not is_checkpoint(height, trust.state_root_interval):
+        raise InvalidSnapshot(f"height {height} is not a checkpoint height")
+    if cert.height != height or cert.block_hash != header.hash:
+        raise InvalidSnapshot("certificate does not name the offered header")
+    if len(cert.signatures) > len(trust.validators):
+        raise InvalidSnapshot("certificate carries more signatures than there are validators")
+    verify_certificate(cert, trust.chain_id, trust.validators)
+    manifest = decode_manifest(offer.manifest)
+    manifest.check(height, header.app_hash)
+    want_parent = 0 if height == 1 else 1
+    if len(offer.parent) != want_parent or (
+        offer.parent
+        and (offer.parent[0].hash != header.parent or offer.parent[0].height != height - 1)
+    ):
+        raise InvalidSnapshot(f"offer does not carry the header of {height - 1}")
+    return offer, manifest
+
+
+class StateSync:
+    def __init__(self, trust: Trust, sources: Sequence[SnapshotSource], parallel: int = 4) -> None:
+        if not sources:
+            raise InvalidSnapshot("state sync needs at least one source")
+        self.trust = trust
+        self.sources = list(sources)
+        self.parallel = max(1, parallel)
+        self.result = Synced(0, 0, 0)
+
+    async def offered(self) -> dict[int, list[SnapshotSource]]:
+        """Checkpoint heights offered, with the sources offering each."""
+        out: dict[int, list[SnapshotSource]] = {}
+        lists = await asyncio.gather(
+            *(s.snapshot_heights() for s in self.sources), return_exceptions=True
+        )
+        for source, heights in zip(self.sources, lists, strict=True):
+            if isinstance(heights, BaseException):
+                if not isinstance(heights, FETCH_ERRORS):
+                    raise heights
+                self.result.failed_fetches += 1
+                continue
+            for h in heights[:MAX_LISTED]:
+                if type(h) is int and is_checkpoint(h, self.trust.state_root_interval):
+                    out.setdefault(h, []).append(source)
+        return out
+
+    async def run(self, store: KVStore) -> Synced:
+        """Fetch, check and write the highest snapshot offered; raises `InvalidSnapshot`
+        when no offered snapshot could be fetched whole; before fetching anything,
+        `StoreMismatch` for a store of another chain and `StorageError` for one that holds
+        blocks."""
+        ChainStore(store).init_meta(self.trust.chain_id, self.trust.genesis_hash)
+        _check_empty(store)
+        offered = await self.offered()
+        for height in sorted(offered, reverse=True):
+            got = await self._offer(height, offered[height])
+            if got is None:
+                continue
+            offer, manifest = got
+            chunks = await self._chunks(height, manifest, offered[height])
+            base = await self._block(offer.header, offered[height])
+            if chunks is None or base is None:
+                continue
+            self.result.height = height
+            self.result.offer = offer
+            self.result.chunks = len(manifest.chunks)
+            anchor = self.trust.next_anchor(offer)
+            self.result.entries = write(store, offer, base, chunks, anchor)
+            return self.result
+        raise InvalidSnapshot(f"no snapshot could be fetched whole ({self.result})")
+
+    async def _offer(
+        self, height: int, sources: list[SnapshotSource]
+    ) -> tuple[SnapshotOffer, Manifest] | None:
+        """A checked offer of height whose consensus value at least `value_quorum`
+        checked offers name (they all carry the same certified header and manifest)."""
+        answers = await asyncio.gather(
+            *(s.snapshot_offer(height) for s in sources), return_exceptions=True
+        )
+        by_value: dict[bytes, list[tuple[SnapshotOffer, Manifest]]] = {}
+        for raw in answers:
+            if isinstance(raw, BaseException):
+                if not isinstance(raw, FETCH_ERRORS):
+                    raise raw
+                self.result.failed_fetches += 1
+                continue
+            try:
+                got = check_offer(raw, height, self.trust)
+            except QChainError:
+                self.result.rejected_offers += 1
+                continue
+            by_value.setdefault(got[0].value, []).append(got)
+        for offers in by_value.values():
+            if len(offers) >= self.trust.value_quorum:
+                return offers[0]
+        return None
+
+    async def _block(
+        self, header: BlockHeader, sources: list[SnapshotSource]
+    ) -> SnapshotBlock | None:
+        """The block of header's height with its receipts, from the first source whose
+        answer checks."""
+        for source in sources:
+            try:
+                raw = await source.snapshot_block(header.height)
+            except FETCH_ERRORS:
+                self.result.failed_fetches += 1
+                continue
+            try:
+                return check_block(raw, header)
+            except QChainError:
+                self.result.rejected_blocks += 1
+        return None
+
+    async def _chunks(
+        self, height: int, manifest: Manifest, sources: list[SnapshotSource]
+    ) -> list[list[Entry]] | None:
+        count = len(manifest.chunks)
+        got: list[list[Entry] | None] = [None] * count
+        queue: asyncio.Queue[int] = asyncio.Queue()
+        for i in range(count):
+            queue.put_nowait(i)
+        tried: dict[int, set[int]] = {}
+        failed: list[int] = []
+
+        async def worker(offset: int) -> None:
+            while not queue.empty():
+                i = queue.get_nowait()
+                left = [k for k in range(len(sources)) if k not in tried.get(i, set())]
+                if not left:
+                    failed.append(i)
+                    continue
+                k = left[(i + offset) % len(left)]
+                tried.setdefault(i, set()).add(k)
+                try:
+                    raw = await sources[k].snapshot_chunk(height, i)
+                except FETCH_ERRORS:
+                    self.result.failed_fetches += 1
+                    queue.put_nowait(i)
+                    continue
+                try:
+                    got[i] = decode_chunk(raw, manifest.chunks[i], None)
+                except InvalidSnapshot:
+                    self.result.rejected_chunks += 1
+                    queue.put_nowait(i)
+
+        await asyncio.gather(*(worker(w) for w in range(min(self.parallel, max(1, count)))))
+        if failed:
+            return None
+        chunks = [c for c in got if c is not None]
+        last: bytes | None = None
+        for c in chunks:
+            if last is not None and c[0][0] <= last:
+                raise InvalidSnapshot("snapshot chunks are not in key order")
+            last = c[-1][0]
+        if sum(len(c) for c in chunks) != manifest.entry_count or len(chunks) != count:
+            raise InvalidSnapshot("snapshot entries do not add up to the manifest's count")
+        return chunks
+
+
+def _check_empty(store: KVStore) -> None:
+    height = ChainStore(store).height()
+    if height != 0:
+        raise StorageError(f"state sync needs an empty chain, this store is at {height}")
+
+
+def write(
+    store: KVStore,
+    offer: SnapshotOffer,
+    base: SnapshotBlock,
+    chunks: list[list[Entry]],
+    next_anchor: int,
+) -> int:
+    """Replace the store's state with the snapshot's and record the block, receipts,
+    certificate and consensus value of its height as the committed tip and base, with the
+    anchor of the next height and the amnesia guard's mark, in one synced batch; the
+    number of entries written. Refuses a store that has committed blocks."""
+    _check_empty(store)
+    batch = Batch()
+    for key, _ in store.iterate(schema.STATE):
+        batch.delete(key)
+    entries = 0
+    for chunk in chunks:
+        for key, value in chunk:
+            batch.put(key, value)
+            entries += 1
+    h = offer.header.height
+    ChainStore(store).base_batch(base.block, base.receipts, batch)
+    batch.put(schema.cert_key(h), offer.certificate.encode())
+    batch.put(schema.consensus_value_key(h), offer.value)
+    batch.put(schema.block_hash_key(offer.value), schema.u64(h))
+    batch.put(schema.meta_key("next-anchor"), schema.u64(next_anchor))
+    batch.put(schema.META_BASE_HEIGHT, schema.u64(h))
+    batch.put(schema.META_LAST_HEIGHT, schema.u64(h))
+    batch.put(schema.meta_key("genesis-applied"), b"\x01")
+    # The store may be that of a validator that voted before it lost its records: the
+    # amnesia guard (CONSENSUS.md §3.8) keeps it silent until its peers show their heights.
+    batch.put(schema.META_AMNESIA, b"")
+    store.write(batch, sync=True)
+    return entries

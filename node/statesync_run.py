@@ -1,0 +1,139 @@
+"""State sync at startup: `qchain node run --state-sync`, and by default for a node whose
+store holds no block while its peers keep a snapshot at least `[node] state_sync_after`
+heights up.
+
+The sources are the other validators' public APIs, at the `api` hints of the genesis;
+their answers are checked as `node.statesync` says, so the transport (HTTP or HTTPS) adds
+no integrity. The store is opened, synced and closed before the validator opens it, so
+the node then starts as after any restart: from the committed height s, catching up the
+blocks s+1.. from its peers through consensus.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+
+from contracts.genesis import Genesis
+from contracts.snapshot import MAX_CHUNK_BYTES
+from node.chainstore import ChainStore
+from node.snapshots import MAX_BLOCK_ANSWER_BYTES, MAX_OFFER_BYTES
+from node.statesync import SnapshotSource, StateSync, Synced, Trust
+from qchain.client import AsyncClient
+from qchain.config import NodeConfig
+from qchain.errors import ConfigError, InvalidSnapshot
+from qchain.store.kv import KVStore, open_store
+
+log = logging.getLogger("qchain.node")
+MAX_LIST_BYTES = 64 * 1024
+"""The most read of a peer's snapshot list."""
+PROBE_TIMEOUT_S = 5.0
+"""How long the peers' snapshot lists are waited for when deciding whether to sync."""
+FETCH_TIMEOUT_S = 60.0
+
+
+class ApiSource:
+    """A peer's public API as a `node.statesync.SnapshotSource`, every answer bounded."""
+
+    def __init__(self, name: str, client: AsyncClient) -> None:
+        self.name = name
+        self.client = client
+
+    async def snapshot_heights(self) -> list[int]:
+        return await self.client.snapshot_heights(MAX_LIST_BYTES)
+
+    async def snapshot_offer(self, height: int) -> bytes:
+        return await self.client.snapshot_offer(height, MAX_OFFER_BYTES)
+
+    async def snapshot_chunk(self, height: int, index: int) -> bytes:
+        return await self.client.snapshot_chunk(height, index, MAX_CHUNK_BYTES)
+
+    async def snapshot_block(self, height: int) -> bytes:
+        return await self.client.snapshot_block(height, MAX_BLOCK_ANSWER_BYTES)
+
+
+def peer_sources(genesis: Genesis, me: int) -> list[ApiSource]:
+    return [
+        ApiSource(v.name, AsyncClient(v.api, timeout_s=FETCH_TIMEOUT_S))
+        for v in genesis.validators
+        if v.index != me and v.api
+    ]
+
+
+def _refuse(force: bool, reason: str) -> None:
+    if force:
+        raise ConfigError("--state-sync", reason)
+
+
+async def sync_store(
+    store: KVStore,
+    genesis: Genesis,
+    sources: Sequence[SnapshotSource],
+    *,
+    force: bool,
+    after: int,
+) -> Synced | None:
+    """Sync store from sources if asked (force) or if it holds no block and a snapshot
+    at least `after` heights up is offered (after 0: only when forced); what was synced,
+    or None. Forced on a store that cannot be synced raises `ConfigError`."""
+    chain = ChainStore(store)
+    chain.init_meta(genesis.chain_id, genesis.hash)
+    if chain.height() != 0:
+        _refuse(
+            force,
+            f"the store holds blocks up to {chain.height()}; state sync starts "
+            "from an empty store (stop the node and move its data directory aside)",
+        )
+        return None
+    if genesis.state_root_interval == 0:
+        _refuse(force, "this chain's genesis sets no state_root_interval: no snapshots")
+        return None
+    if not sources:
+        _refuse(force, "no other validator has an api address in the genesis")
+        return None
+    if not force and after == 0:
+        return None
+    sync = StateSync(Trust.of_genesis(genesis), sources)
+    if not force:
+        try:
+            offered = await asyncio.wait_for(sync.offered(), PROBE_TIMEOUT_S)
+        except TimeoutError:
+            log.info("no peer answered about snapshots within %.0fs: replaying", PROBE_TIMEOUT_S)
+            return None
+        top = max(offered, default=0)
+        if top < after:
+            return None
+        log.info("peers keep a snapshot of height %d: syncing the state from it", top)
+    try:
+        done = await sync.run(store)
+    except InvalidSnapshot as e:
+        if force:
+            raise
+        log.warning("state sync failed, replaying the chain instead: %s", e.message)
+        return None
+    log.info(
+        "state synced at height %d: %d entries in %d chunks (%d chunks refused and fetched "
+        "again, %d offers refused, %d fetches failed)",
+        done.height,
+        done.entries,
+        done.chunks,
+        done.rejected_chunks,
+        done.rejected_offers,
+        done.failed_fetches,
+    )
+    return done
+
+
+async def sync_before_start(cfg: NodeConfig, genesis: Genesis, *, force: bool) -> Synced | None:
+    """`sync_store` on the node's own store, opened and closed here."""
+    sources = peer_sources(genesis, cfg.node.index)
+    store = open_store(cfg.node.data_dir / "db")
+    try:
+        return await sync_store(
+            store, genesis, sources, force=force, after=cfg.node.state_sync_after
+        )
+    finally:
+        store.close()
+        for s in sources:
+            await s.client.close()
