@@ -26,7 +26,7 @@ for the actions of one step or of a batch of steps processed together:
 Delaying a message is always allowed; sending one before its durable batch never is. The
 simulator's crash points are defined against these phases (`consensus.sim.crash`).
 
-Pipelined heights (§3.3, Revision 1.12): a commit's synced batch may still be in flight when
+Pipelined heights (§3.3, Revision 1.13): a commit's synced batch may still be in flight when
 the next height starts, so the durable batch of a later step can reach the disk before it.
 `waits_for_commit` says which batches must not: one that records a decision waits until
 the commit in flight is durable (the commit barrier, §2.6). Every other batch (a round

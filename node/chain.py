@@ -13,7 +13,7 @@ clock is read (CONSENSUS.md §3.1).
 Results of execution are cached by consensus value, so a validated block commits without
 executing again.
 
-Heights are pipelined (CONSENSUS.md §3.3, Revision 1.12): once a decided block is executed
+Heights are pipelined (CONSENSUS.md §3.3, Revision 1.13): once a decided block is executed
 (`executed`) its commit batch may still be on its way to the disk while the next height
 is built and validated. Until the batch is durable (`durable`), the tip is that executed
 block and execution reads the state through its write set (`state`, `HeadState`); what

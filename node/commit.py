@@ -186,7 +186,7 @@ class CommitParts:
 
 class Committer:
     """Carries out the engine's `Commit` and what a commit sets going, pipelined
-    (CONSENSUS.md §3.3, Revision 1.12): the block is executed (its validation result,
+    (CONSENSUS.md §3.3, Revision 1.13): the block is executed (its validation result,
     cached), its batch goes to the writer, and the next height starts at once, building
     and validating on the executed block (`ChainApp.executed`). What announces the height
     (receipts to waiting clients and event subscribers, the commit signature, the commit

@@ -2,7 +2,7 @@
 
 A decided block is executed on the event loop; its commit batch (block, receipts, state,
 indexes: one synced LevelDB write) then goes to one writer thread, while the loop starts
-the next height (CONSENSUS.md §3.3, Revision 1.12). `CommitWriter` holds at most one batch
+the next height (CONSENSUS.md §3.3, Revision 1.13). `CommitWriter` holds at most one batch
 in flight and runs its continuation (`on_durable`: everything that announces the height)
 on the loop once the write returned: nothing of the height is announced before it is
 durable.

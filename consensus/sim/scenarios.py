@@ -384,7 +384,7 @@ def s20(n: int, seed: int, heights: int) -> SimConfig:
 
 
 def s22(n: int, seed: int, heights: int) -> SimConfig:
-    """Crash while a commit is pipelined (§3.3, Revision 1.12): between deciding a height and
+    """Crash while a commit is pipelined (§3.3, Revision 1.13): between deciding a height and
     executing it; after executing it, with the next height started (and possibly voted,
     built or proposed) but before its synced batch is durable; or every node at once
     before its batch is durable (a power cut). The batch is slow here (5-60 ms), so the

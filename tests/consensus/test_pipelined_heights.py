@@ -1,4 +1,4 @@
-"""The engine under pipelined heights (CONSENSUS.md §3.3, §3.6, Revision 1.12): a restart
+"""The engine under pipelined heights (CONSENSUS.md §3.3, §3.6, Revision 1.13): a restart
 with a commit lost in flight, commits in height order, and records deleted only once their
 block is durable; and the driver's commit barrier (`waits_for_commit`)."""
 

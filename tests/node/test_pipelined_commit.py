@@ -1,4 +1,4 @@
-"""Pipelined heights (CONSENSUS.md §3.3, Revision 1.12): the next height runs while the
+"""Pipelined heights (CONSENSUS.md §3.3, Revision 1.13): the next height runs while the
 commit batch of the last one is still being written, and nothing of a height is announced
 before its batch is durable.
 
