@@ -31,13 +31,19 @@ log = logging.getLogger("qchain.simnet")
 KEY_RATE_BPS = 2_000_000
 """Key generation per link: far above what a few validators spend, so only the schedule's
 outages starve a link."""
+COMMIT_WRITE_S = 0.004
+"""How long a commit's synced batch takes to land (a small block's LevelDB write)."""
 SAMPLE_EVERY_S = 0.5
 RESUBMIT_AFTER_S = 1.0
 
 
 class SimDisk(MemoryStore):
     """A memory store that survives its node's crash: a process crash keeps every write
-    the store took (as LevelDB does), so the restarted node opens the same data."""
+    the store took (as LevelDB does), so the restarted node opens the same data. A commit
+    batch is in flight for `COMMIT_WRITE_S` of virtual time (pipelined heights: the next
+    height runs meanwhile); a crash before it lands loses it."""
+
+    write_latency_s = COMMIT_WRITE_S
 
     def __init__(self) -> None:
         super().__init__()
