@@ -25,6 +25,14 @@ for the actions of one step or of a batch of steps processed together:
 
 Delaying a message is always allowed; sending one before its durable batch never is. The
 simulator's crash points are defined against these phases (`consensus.sim.crash`).
+
+Pipelined heights (§3.3, Revision 1.13): a commit's synced batch may still be in flight when
+the next height starts, so the durable batch of a later step can reach the disk before it.
+`waits_for_commit` says which batches must not: one that records a decision waits until
+the commit in flight is durable (the commit barrier, §2.6). Every other batch (a round
+entered, a vote, a proposal, an abort level, a body) may be durable before the block below
+it: a restart then finds the decided record of that block and commits it again before it
+can use them. (The engine deletes a record only once its block is known durable, §3.6.)
 """
 
 from __future__ import annotations
@@ -95,6 +103,14 @@ class Plan:
             yield Phase.MESSAGES, m
         for a in self.local:
             yield Phase.LOCAL, a
+
+
+def waits_for_commit(durable: Sequence[Durable]) -> bool:
+    """Whether a durable batch must wait for the commit batch in flight (§2.6, the commit
+    barrier): it records a decision. With a decision of h+1 durable and block h lost, a
+    restart would hold two decided heights above its chain; the barrier keeps at most
+    one, the one whose commit was in flight, and commits stay one at a time."""
+    return any(isinstance(d, Persist) and d.record.decided is not None for d in durable)
 
 
 def plan(actions: Sequence[Action]) -> Plan:

@@ -90,6 +90,9 @@ class Engine(HeightProtocol):
         self.catchup = CatchUp(params, self.peers)
         self.serving = DoneServer(params)
         self.undeleted: set[int] = set()
+        self.durable = 0
+        """The highest height whose block is known to be durable: a record is deleted only
+        at or below it (§3.6), never while its block's commit may be in flight."""
         self.owed: dict[int, Done] = {}
         """peer -> our DONE of the latest height we decided that has not left for it yet:
         it rides in the frame of our next message to that peer (R7, §7)."""
@@ -155,7 +158,7 @@ class Engine(HeightProtocol):
                 continue
             del self.inst[h]
             self.serving.forget(h, inst.done_of)
-            if h <= self.committed:
+            if h <= self.durable:
                 out.append(DeleteRecord(h))
             else:
                 self.undeleted.add(h)
@@ -218,8 +221,12 @@ class Engine(HeightProtocol):
             self.amnesia.try_settle(h)
         out: list[Action] = []
         self.committed = h - 1
+        self.handed = max(self.handed, h - 1)
+        # Block h-1 may still be on its way to the disk; block h-2 is durable: its commit
+        # finished before h-1's began (§3.3, pipelined heights).
+        self.durable = max(self.durable, h - 2)
         for x in sorted(self.undeleted):
-            if x <= self.committed:
+            if x <= self.durable:
                 self.undeleted.discard(x)
                 out.append(DeleteRecord(x))
         for inst in list(self.inst.values()):
@@ -238,6 +245,8 @@ class Engine(HeightProtocol):
     def _on_start(self, ev: Start) -> list[Action]:
         """Restart: rebuild from the records and repeat, never recompute (§2.6)."""
         self.committed = ev.committed_height
+        self.handed = max(self.handed, ev.committed_height)
+        self.durable = max(self.durable, ev.committed_height)
         self.cur = max(self.cur, ev.committed_height)
         for blk in ev.blocks:
             self.blocks[block_hash(blk)] = blk
@@ -246,7 +255,8 @@ class Engine(HeightProtocol):
         for h in sorted(by_h):
             rec = by_h[h]
             nxt = by_h.get(h + 1)
-            if (nxt is not None and nxt.decided is not None) or ev.committed_height >= h + 1:
+            above = nxt is not None and nxt.decided is not None
+            if ev.committed_height >= h + (0 if above else 1):
                 out.append(DeleteRecord(h))
                 continue
             inst = Instance(rec, self.p.n)
@@ -254,6 +264,12 @@ class Engine(HeightProtocol):
             self.cur = max(self.cur, h)
             if h <= self.committed:
                 inst.commit_emitted = True
+            if above:
+                # Decided above but not committed (its commit was in flight at the crash,
+                # §3.3): terminated (§3.6), committed again before the height above.
+                inst.terminated = True
+                out += self._try_commit(inst)
+                continue
             if rec.decided is None:
                 inst.timer_armed = True
                 out.append(SetTimer(round_timer(h), self.p.timeout_ms(rec.round)))
@@ -453,7 +469,6 @@ class Engine(HeightProtocol):
         out: list[Action] = []
         for h in sorted(self.inst):
             inst = self.inst[h]
-            if inst.rec.decided == v:
-                out += self._try_commit(inst)
+            out += self._try_commit(inst)
             out += self._try_propose(inst)
         return out

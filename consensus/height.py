@@ -68,6 +68,9 @@ class HeightProtocol(ABC):
         self.untimely: set[bytes] = set()
         """Values whose block time was outside the driver's window when validated (§3.7)."""
         self.mempool_nonempty = False
+        self.handed = 0
+        """The highest height whose `Commit` was emitted (or committed before a restart):
+        commits leave in height order (§3.3)."""
         self.amnesia: AmnesiaGuard | None = None
         """Set after a restore (§3.8): silent, and not counting itself, at the heights it
         may have voted in before."""
@@ -339,7 +342,7 @@ class HeightProtocol(ABC):
 
     def _try_commit(self, inst: Instance) -> list[Action]:
         v = inst.rec.decided
-        if v is None or inst.commit_emitted:
+        if v is None or inst.commit_emitted or inst.h > self.handed + 1:
             return []
         blk = self.blocks.get(v)
         if blk is None:
@@ -347,6 +350,7 @@ class HeightProtocol(ABC):
         if blk.height != inst.h or blk.parent != inst.rec.parent_hash:
             return inst.once(("bad-commit", v), Alert("fatal-commit-parent", f"h {inst.h}"))
         inst.commit_emitted = True
+        self.handed = inst.h
         if self.idle_mode:
             # The commit removes the block's transactions from the mempool; until the
             # driver reports the mempool after the commit, assume it is empty (§4).

@@ -452,6 +452,12 @@ def _check_operators(
         raise GenesisError(
             "consensus.reconfiguration", "validator-set changes need every validator's operator"
         )
+    if with_operator and len(validators) > validators_contract.MAX_SET:
+        raise GenesisError(
+            "validators",
+            f"a chain whose validators name operators has at most {validators_contract.MAX_SET}"
+            " validators (CONSENSUS.md §10.2)",
+        )
 
 
 def _accepted_schemes(doc: object) -> tuple[str, ...]:

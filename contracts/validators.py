@@ -88,7 +88,9 @@ NAME = "validators"
 DISABLED = "validator-set changes are not enabled on this chain"
 READY_TAG = "qchain-ready"
 MIN_SET = 4
-MAX_SET = 1021
+MAX_SET = 90
+"""CONSENSUS.md §10.2: n ≤ 90, so that a set-chain proof of the set and its pending
+entries always fits SETCHAIN's 256 KB (review 7, P3)."""
 MAX_CHECKED = (MAX_SET - 1) // 3
 """At most f changes are in flight, so a `checked` list names at most f of them."""
 MAX_ID = 2**16 - 1

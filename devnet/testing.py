@@ -32,6 +32,7 @@ from qchain.config import NodeConfig, load_config
 from qchain.keys import SigningKey
 from qchain.qkd.clock import SystemClock
 from qchain.qkd.simsource import LocalKeySource, full_mesh
+from qchain.store.kv import KVStore
 from qchain.types import Transaction, new_transaction
 
 
@@ -44,11 +45,13 @@ async def inproc_network(
     bits_per_second: int = 20_000_000,
     initial_keys: int = 10_000,
     configure: Callable[[NodeConfig], NodeConfig] = lambda cfg: cfg,
+    store: Callable[[NodeConfig], KVStore | None] = lambda cfg: None,
 ) -> AsyncIterator[list[Validator]]:
     """`validators` started validators (ed25519 dev accounts), each configured as its
-    config file says, then changed by `configure`; on exit every validator in the
-    yielded list is stopped (a test may replace one with a restarted one). Every link of
-    the key manager makes `bits_per_second` and starts with `initial_keys`."""
+    config file says, then changed by `configure`, on the store `store` gives it (None:
+    its own LevelDB); on exit every validator in the yielded list is stopped (a test may
+    replace one with a restarted one). Every link of the key manager makes
+    `bits_per_second` and starts with `initial_keys`."""
     plan = plan_network(
         base_port=None, scheme="ed25519", heartbeat_ms=heartbeat_ms, validators=validators
     )
@@ -59,12 +62,12 @@ async def inproc_network(
         bits_per_second=bits_per_second,
         initial_key_count=initial_keys,
     )
+    configs = [
+        configure(load_config(directory / "nodes" / n.name / "config.toml")) for n in plan.nodes
+    ]
     nodes = [
-        Validator(
-            configure(load_config(directory / "nodes" / n.name / "config.toml")),
-            key_source=LocalKeySource(manager, n.sae_id),
-        )
-        for n in plan.nodes
+        Validator(cfg, store=store(cfg), key_source=LocalKeySource(manager, n.sae_id))
+        for cfg, n in zip(configs, plan.nodes, strict=True)
     ]
     try:
         for v in nodes:

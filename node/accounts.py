@@ -13,14 +13,13 @@ from collections.abc import Callable, Sequence
 
 from consensus.events import Event, MempoolNonEmpty
 from contracts import membership
-from contracts.state import StateReader
+from contracts.state import StateReader, StateSource
 from node.backlog import Backlog
 from node.mempool import Account, Mempool
 from node.metrics import NodeMetrics
 from node.pacing import BlockPacer
 from qchain import clock as loop_clock
 from qchain.errors import Overloaded
-from qchain.store.kv import KVStore
 from qchain.types import Transaction
 
 ADMIT_SLICE = 100
@@ -34,7 +33,9 @@ class Accounts:
     """Committed account facts for mempool admission, read from the store and cached
     until the next commit (`invalidate`)."""
 
-    def __init__(self, store: KVStore) -> None:
+    def __init__(self, store: StateSource) -> None:
+        """store: the committed store, or a view through the block whose commit is in
+        flight (`node.chain.HeadState`)."""
         self.state = StateReader(store, membership.NAME)
         self._members: dict[bytes, membership.Member | None] = {}
         self._nonces: dict[bytes, int] = {}

@@ -12,11 +12,18 @@ clock is read (CONSENSUS.md §3.1).
 
 Results of execution are cached by consensus value, so a validated block commits without
 executing again.
+
+Heights are pipelined (CONSENSUS.md §3.3, Revision 1.13): once a decided block is executed
+(`executed`) its commit batch may still be on its way to the disk while the next height
+is built and validated. Until the batch is durable (`durable`), the tip is that executed
+block and execution reads the state through its write set (`state`, `HeadState`); what
+is read back as committed (`committed_value`, the chain store) stays the durable chain.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from consensus.messages import Block as CBlock
@@ -27,6 +34,7 @@ from contracts.execution import (
     build_block,
     validate_block,
 )
+from contracts.state import Overlay, StateSource
 from node import snapshots
 from node.chainstore import ChainStore
 from node.sigcache import SignatureCache
@@ -89,11 +97,17 @@ class ChainApp:
         self.snapshot_keep = snapshot_keep
         self._prepared: OrderedDict[bytes, Prepared] = OrderedDict()
         self.rejected_builds = 0
+        self._head: tuple[Prepared, Overlay] | None = None
+        """The executed block whose commit batch is in flight, and its state writes."""
 
     # --- the parent of the next block ------------------------------------------------
 
     def tip(self) -> tuple[int, bytes, bytes, int]:
-        """(height, chain hash, app hash, time) of the last committed block."""
+        """(height, chain hash, app hash, time) of the last committed block, or of the
+        executed one whose commit is in flight."""
+        if self._head is not None:
+            top = self._head[0].block.header
+            return top.height, top.hash, top.app_hash, top.time
         h = self.chain.height()
         if h == 0:
             return 0, self.genesis_hash, self.genesis_app_hash, 0
@@ -152,6 +166,35 @@ class ChainApp:
                 )
         return low
 
+    # --- the executed block whose commit is in flight --------------------------------
+
+    def executed(self, p: Prepared) -> None:
+        """p's block is executed and its commit batch is being written: the next block is
+        built and validated on top of it."""
+        overlay = Overlay(self.store)
+        overlay.apply(p.result.write_set)
+        self._head = (p, overlay)
+
+    def durable(self, value: bytes) -> None:
+        """The commit batch of value is durable: the store is the tip again."""
+        if self._head is not None and self._head[0].value == value:
+            self._head = None
+        self.forget(value)
+
+    def head_height(self) -> int:
+        """The height of the tip: committed, or executed with its commit in flight."""
+        return self.tip()[0] if self._head is not None else self.chain.height()
+
+    def head_value(self, height: int) -> bytes | None:
+        """The consensus value at height, the executed one in flight included."""
+        if self._head is not None and self._head[0].block.height == height:
+            return self._head[0].value
+        return self.committed_value(height)
+
+    def state(self) -> StateSource:
+        """The state the next block executes on."""
+        return self.store if self._head is None else self._head[1]
+
     # --- build, validate, commit -----------------------------------------------------
 
     def _remember(self, p: Prepared) -> Prepared:
@@ -176,7 +219,7 @@ class ChainApp:
         block_time = next_block_time(tip_time, now)
         ctx = BlockContext(self.chain_id, height, block_time, tip_app, self.state_root_interval)
         result, included, rejected = build_block(
-            self.store, ctx, candidates, verifier=self.sig_cache
+            self.state(), ctx, candidates, verifier=self.sig_cache
         )
         self.rejected_builds += len(rejected)
         header = BlockHeader(
@@ -219,13 +262,13 @@ class ChainApp:
         if h.height != tip_h + 1:
             raise InvalidBlock(f"height {h.height} does not follow {tip_h}")
         if h.parent != tip_hash:
-            raise InvalidBlock("header parent is not the last committed block")
+            raise InvalidBlock("header parent is not the last executed block")
         if not time_follows(tip_time, h.time):
             raise InvalidBlock(
                 f"block time {h.time} does not follow {tip_time} (at most {MAX_BLOCK_TIME_MS})"
             )
         result = validate_block(
-            self.store,
+            self.state(),
             block,
             tip_app,
             verifier=self.sig_cache,
@@ -247,3 +290,20 @@ class ChainApp:
 
     def forget(self, value: bytes) -> None:
         self._prepared.pop(value, None)
+
+
+class HeadState:
+    """The state the next block executes on (`ChainApp.state`), for readers that live
+    across commits (the mempool's account facts): reads go to the store, or through the
+    write set of the block whose commit is in flight."""
+
+    def __init__(self, app: ChainApp) -> None:
+        self.app = app
+
+    def get(self, key: bytes) -> bytes | None:
+        return self.app.state().get(key)
+
+    def iterate(
+        self, prefix: bytes = b"", *, start: bytes | None = None, reverse: bool = False
+    ) -> Iterator[tuple[bytes, bytes]]:
+        return self.app.state().iterate(prefix, start=start, reverse=reverse)

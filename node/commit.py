@@ -1,7 +1,9 @@
 """Committing a decided block, and the exchange of commit signatures that follows.
 
 A commit writes block, receipts, transaction index, state writes, the consensus value
-index and the anchor of the next height in one synced batch, then starts the next height.
+index and the anchor of the next height in one synced batch. The next height starts as
+soon as the block is executed, while that batch is written off the event loop
+(`node.commitwriter`); the height is announced once the batch is durable.
 After the decision the validator signs the chain block hash with its ML-DSA-65 key and
 sends the signature to every peer with its DONE: both ride in the frame of the node's
 first consensus message of the next height to that peer (`Links.send_riding`, CONSENSUS.md
@@ -26,6 +28,7 @@ from node.budget import CERT_SIGS, Budgets
 from node.certificates import CertificateCollector
 from node.chain import ChainApp, Prepared
 from node.chainstore import ChainStore
+from node.commitwriter import CommitWriter
 from node.events import EventBus
 from node.fetcher import BlockFetcher
 from node.forwarding import Forwarder
@@ -182,7 +185,12 @@ class CommitParts:
 
 
 class Committer:
-    """Carries out the engine's `Commit` and what a commit sets going."""
+    """Carries out the engine's `Commit` and what a commit sets going, pipelined
+    (CONSENSUS.md §3.3, Revision 1.13): the block is executed (its validation result,
+    cached), its batch goes to the writer, and the next height starts at once, building
+    and validating on the executed block (`ChainApp.executed`). What announces the height
+    (receipts to waiting clients and event subscribers, the commit signature, the commit
+    metrics) waits until the batch is durable (`_durable`)."""
 
     def __init__(
         self,
@@ -197,13 +205,15 @@ class Committer:
         self.app = app
         self.parts = parts
         self.feed = feed
+        self.writer = CommitWriter(store, parts.alarms.fail)
 
     def commit(self, a: Commit) -> None:
         parts = self.parts
         value = consensus_value(a.block)
-        height = self.chain.height()
+        self.writer.wait()
+        height = self.app.head_height()
         if a.height <= height:
-            if self.app.committed_value(a.height) != value:
+            if self.app.head_value(a.height) != value:
                 parts.alarms.fail(
                     f"decided value of height {a.height} differs from the committed one"
                 )
@@ -222,27 +232,43 @@ class Committer:
             # The decided body stays: the block's row references it.
             if schema.split_pending_key(key)[1] != value:
                 batch.delete(key)
-        self.store.write(batch, sync=True)
-        self.app.forget(value)
-        self._after(a, value, prepared)
-
-    def _after(self, a: Commit, value: bytes, prepared: Prepared) -> None:
-        parts = self.parts
+        self.app.executed(prepared)
         now = clock.monotonic()
         interval = parts.pacer.committed(now)
+        self.writer.write(a.height, batch, lambda: self._durable(value, prepared, interval, now))
+        self._executed(a, value, prepared)
+
+    def barrier(self) -> None:
+        """The driver's commit barrier (CONSENSUS.md §2.6): the commit in flight, if any,
+        is durable when this returns."""
+        if self.writer.in_flight is not None:
+            self.parts.metrics.commit_barrier_waits.inc()
+        self.writer.wait()
+
+    def _executed(self, a: Commit, value: bytes, prepared: Prepared) -> None:
+        """The block is executed: out of the mempool, and the next height starts."""
+        parts = self.parts
         block = prepared.block
         parts.admission.accounts.invalidate()
-        parts.forwarder.committed(now, a.height, len(block.txs))
-        mempool = parts.admission.mempool
+        parts.forwarder.committed(clock.monotonic(), a.height, len(block.txs))
         parts.admission.on_commit(block.txs, a.height)
-        parts.metrics.observe_commit(a.height, len(block.txs), interval)
-        parts.metrics.observe_mempool(len(mempool), mempool.size_bytes)
-        parts.bus.publish_commit(block, prepared.result.receipts)
-        parts.certificates.sign(prepared)
-        parts.waiters.notify(prepared)
         parts.fetcher.forget(value)
         parts.forget_votes(a.height)
         self.feed(StartHeight(a.height + 1, value, a.next_anchor))
         parts.admission.after_commit()
         if parts.pacer.pending is not None:
             parts.pacer.maybe_build()
+
+    def _durable(self, value: bytes, prepared: Prepared, interval: float, since: float) -> None:
+        """The batch is durable: the height may be announced."""
+        parts = self.parts
+        parts.metrics.commit_write_duration.observe(clock.monotonic() - since)
+        self.app.durable(value)
+        parts.admission.accounts.invalidate()
+        block = prepared.block
+        mempool = parts.admission.mempool
+        parts.metrics.observe_commit(block.height, len(block.txs), interval)
+        parts.metrics.observe_mempool(len(mempool), mempool.size_bytes)
+        parts.bus.publish_commit(block, prepared.result.receipts)
+        parts.certificates.sign(prepared)
+        parts.waiters.notify(prepared)

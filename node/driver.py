@@ -3,7 +3,9 @@
 Every event (message, timer, block built, validated or fetched, start) goes through one
 queue and one `Engine.step` at a time (`feed`). The actions of a step are carried out in
 the order of `consensus.driver.plan`, the same order the simulator runs (`carry_out`):
-every `Persist`, `PersistBlock` and `DeleteRecord` first, as ONE synced LevelDB batch; then
+every `Persist`, `PersistBlock` and `DeleteRecord` first, as ONE synced LevelDB batch (after
+the commit batch in flight, if the batch records a decision or deletes a record:
+`consensus.driver.waits_for_commit`); then
 every outgoing message, sends and the replies `ReplyDone`/`ReplySync` alike (queued per
 peer, so the messages of one step to one peer share one frame); then timers, block
 building, validation, fetching, commits and alerts, each handed to the collaborator in
@@ -23,7 +25,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from consensus.amnesia import AmnesiaGuard
-from consensus.driver import Durable, Local, Outgoing, Plan, plan
+from consensus.driver import Durable, Local, Outgoing, Plan, plan, waits_for_commit
 from consensus.engine import Engine
 from consensus.equivocation import EquivocationDetector
 from consensus.events import (
@@ -77,6 +79,9 @@ class Handlers:
     cert_sig: Callable[[int, CertSig], None]
     leader_changed: Callable[[int], None]
     """Called after the queue drained, when the leader is another than before."""
+    commit_barrier: Callable[[], None] = lambda: None
+    """Returns once the commit batch in flight, if any, is durable (§2.6, the commit
+    barrier; `node.commitwriter`)."""
 
 
 class Driver:
@@ -92,8 +97,9 @@ class Driver:
         committed: Callable[[], int],
         committed_value: Callable[[int], bytes | None],
     ) -> None:
-        """committed: the last committed height; committed_value: the consensus value
-        of a committed height."""
+        """committed: the last executed height (its commit may be in flight), for the
+        equivocation watch; committed_value: the consensus value of a durably committed
+        height."""
         self.engine = engine
         self.store = store
         self.links = links
@@ -193,6 +199,10 @@ class Driver:
             self._amnesia_written = settled
             log.warning("amnesia guard settled: silent at heights up to %d", settled)
         if len(batch):
+            if waits_for_commit(durable) and self.handlers is not None:
+                # A decision is never durable before the block below it (pipelined
+                # heights, CONSENSUS.md §2.6).
+                self.handlers.commit_barrier()
             self.store.write(batch, sync=True)
 
     def _send(self, m: Outgoing) -> None:

@@ -50,6 +50,8 @@ DOCUMENTED: tuple[str, ...] = (
     "qchain_qkd_waits_total",
     "qchain_qkd_key_manager_latency_seconds",
     "qchain_execution_block_duration_seconds",
+    "qchain_commit_write_duration_seconds",
+    "qchain_commit_barrier_waits_total",
     "qchain_api_requests_total",
     "qchain_api_request_duration_seconds",
     "qchain_api_rate_limited_total",
@@ -161,6 +163,18 @@ class NodeMetrics:
             "qchain_execution_block_duration_seconds",
             "Time to execute a block's transactions (proposal building or validation).",
             buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.commit_write_duration = Histogram(
+            "qchain_commit_write_duration_seconds",
+            "Time a commit's synced batch was in flight: from the block's execution (the "
+            "next height starts) until the node knew it durable.",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.commit_barrier_waits = Counter(
+            "qchain_commit_barrier_waits_total",
+            "Decisions whose durable batch waited for the commit batch still in flight.",
             registry=r,
         )
 

@@ -36,7 +36,7 @@ from node.alarms import Alarms
 from node.backlog import Backlog
 from node.batches import Dissemination
 from node.budget import Budgets
-from node.chain import ChainApp
+from node.chain import ChainApp, HeadState
 from node.chainstore import ChainStore
 from node.commit import CertificateExchange, CommitParts, Committer, Waiters
 from node.driver import Driver, Handlers
@@ -126,7 +126,7 @@ class Validator:
             self.links,
             self.alarms,
             self.metrics,
-            self.chain.height,
+            self.app.head_height,
             self.app.committed_value,
         )
         self.driver.arm_amnesia()
@@ -184,7 +184,7 @@ class Validator:
     def _build_parts(self) -> None:
         """The collaborators that carry out the engine's actions, bound to the driver."""
         cfg, feed = self.cfg, self.driver.feed
-        self.accounts = Accounts(self.store)
+        self.accounts = Accounts(HeadState(self.app))
         self.mempool = Mempool(
             self.genesis.chain_id,
             MempoolLimits.of_validator(cfg.mempool, self.params.n),
@@ -207,7 +207,7 @@ class Validator:
         self.admission = Admission(
             self.mempool,
             self.accounts,
-            self.chain.height,
+            self.app.head_height,
             self.params.propose_wait_max_ms is None,
             self.pacer,
             self.metrics,
@@ -248,6 +248,7 @@ class Validator:
                 propose_refs=self.batches.proposal,
                 cert_sig=self.certificates.received,
                 leader_changed=self.forwarder.leader_changed,
+                commit_barrier=self.committer.barrier,
             )
         )
 
@@ -453,6 +454,7 @@ class Validator:
             await _bounded(self._key_source.close(), "key manager client")
         self.waiters.cancel()
         self._cancel_timers()
+        self.committer.writer.close()
         self.store.close()
         self._stopped.set()
 

@@ -24,7 +24,7 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         "--scenario",
         default="all",
         help=(
-            "S1..S21, all, idle-quiet/idle-txs/idle-censor, "
+            "S1..S22, all, idle-quiet/idle-txs/idle-censor, "
             "S9-counted-correct, S10-f+1-twins, S21-unguarded"
         ),
     )

@@ -23,9 +23,10 @@ if TYPE_CHECKING:
 
 MS = 1000
 FETCH_RETRY_US = 20 * MS
-CRASH_POINTS = ("after_persist", "mid_send", "after_send", "before_commit")
+CRASH_POINTS = ("after_persist", "mid_send", "after_send", "before_commit", "before_durable")
 """After the durable batch; after a strict prefix of the frames; after all frames; in the
-local phase, just before the first commit (`consensus.sim.crash`)."""
+local phase, just before the first commit; after a commit was executed and the next height
+started, before its synced batch is durable (`consensus.sim.crash`)."""
 
 
 @dataclass(frozen=True)
@@ -113,6 +114,13 @@ class SimConfig:
     validity: dict[int, Validity] = field(default_factory=dict)
     drop: DropFilter | None = None
     link_delay_us: dict[tuple[int, int], tuple[int, int]] = field(default_factory=dict)
+    commit_write_us: tuple[int, int] = (1 * MS, 3 * MS)
+    """How long a commit's synced batch is in flight: the next height starts at once, the
+    block is durable (and announced) at the end (pipelined heights, §3.3)."""
+    commit_barrier: bool = True
+    """A batch that records a decision or deletes a record waits for the commit in flight
+    (`consensus.driver.waits_for_commit`). False only in the test that shows invariant 14
+    catches its absence."""
     build_delay_us: int = 20 * MS
     validate_delay_us: int = 1 * MS
     deadline_us: int | None = None

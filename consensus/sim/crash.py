@@ -8,7 +8,11 @@ the driver plan (`consensus.driver`):
 - `after_persist`: the durable batch is written, no frame has left;
 - `mid_send`: a strict prefix of the plan's frames has left;
 - `after_send`: every frame has left, no local effect has happened;
-- `before_commit`: the local phase ran up to its first `Commit`, which is not carried out.
+- `before_commit`: the local phase ran up to its first `Commit`, which is not carried out;
+- `before_durable`: a `Commit` was carried out (the block executed, the next height started
+  and may have voted), and the node crashes when its synced batch would have landed. At a
+  random crash, the point means the step's durable batch is written and the commit still
+  in flight, if any, is lost.
 """
 
 from __future__ import annotations
@@ -43,6 +47,8 @@ def crash_point(sim: Sim, nd: SimNode, acts: list[Action], todo: Plan) -> str | 
         if spec.trigger is not None and not spec.trigger(acts):
             return None
         point = spec.point
+        if point == "before_durable":
+            return None
         if point == "before_commit" and not has_commit:
             return None
         if point in ("after_persist", "mid_send") and not any(
@@ -62,7 +68,7 @@ def crash_point(sim: Sim, nd: SimNode, acts: list[Action], todo: Plan) -> str | 
     ):
         return None
     point = sim.rng.choice(CRASH_POINTS)
-    if point == "before_commit" and not has_commit:
+    if (point == "before_commit" and not has_commit) or point == "before_durable":
         point = "after_persist"
     down = sim.rng.randint(*rc.down_us)
     schedule_restart(sim, nd, CrashSpec(nd.ident, down_us=down))
@@ -84,6 +90,7 @@ def crash(sim: Sim, nd: SimNode) -> None:
     nd.epoch += 1
     nd.timers.clear()
     nd.fetching.clear()
+    nd.pending = None
     sim.down_count += 1
 
 
@@ -96,11 +103,12 @@ def restart(sim: Sim, nd: SimNode) -> None:
     sim.last_restart_us = sim.now
     sim.down_count -= 1
     sim.dead.discard(nd.ident)
+    sim.monitor.on_restart(nd)
     nd.engine = sim.make_engine(nd.ident)
     if nd.amnesia is not None:
         nd.amnesia = nd.engine.amnesia = nd.amnesia.restarted()
     nd.seen_keys = {}
-    committed = len(nd.chain)
+    committed = nd.executed = len(nd.chain)
     recs = tuple(nd.records[h] for h in sorted(nd.records))
     blocks = tuple(b for b in nd.blocks.values() if b.height > committed)
     sim.step(nd, Start(recs, blocks, committed))
@@ -121,6 +129,9 @@ def rollback(sim: Sim, rb: Rollback) -> None:
     """Crash `rb.node` and restart it from its snapshot (or from nothing)."""
     nd = sim.nodes[rb.node][0]
     crash(sim, nd)
+    # The records are replaced on purpose: what the node executed is no claim on them
+    # (invariant 14 holds a crash, not a rollback, to it).
+    nd.executed = len(nd.chain)
     if rb.wipe or not nd.snapshots:
         nd.records, nd.blocks = {}, {}
     else:

@@ -16,7 +16,10 @@ round of h among correct nodes then; every instance below the committed height h
 terminated, and the run ends only when the target height's instances have), 10 bounded
 buffers, bounded block cache and at most two live instances, 11 no key id reused by a
 correct sender, 12 correct proposals of rounds >= 1 pass the voters' check on the correct
-REPORTs alone (transfer), 13 every decided value has f+1 correct durable holders.
+REPORTs alone (transfer), 13 every decided value has f+1 correct durable holders, 14 no
+height is lost by a crash while its commit is in flight (pipelined heights, §3.3): a correct
+node's decision of h+1 is durable only once its block h is, and a restarted node holds, for
+every height it had executed, the block or the decided record.
 """
 
 from __future__ import annotations
@@ -86,6 +89,8 @@ class Monitor:
         self.decided: dict[tuple[int, int], bytes] = {}
         self.decided_round: dict[int, int] = {}
         self.committed: dict[int, Block] = {}
+        self.executed: dict[int, Block] = {}
+        """height -> the block correct nodes executed there (their commit maybe in flight)."""
         self.commit_at: dict[tuple[int, int], int] = {}
         """(correct node, h) -> time it committed h."""
         self.round_hist: dict[tuple[int, int], list[tuple[int, int]]] = defaultdict(list)
@@ -111,11 +116,11 @@ class Monitor:
         return ident not in self.sim.faulty
 
     def anchor(self, h: int) -> int | None:
-        """anchor(h) from the ground-truth chain, None if h-1 is not committed yet."""
+        """anchor(h) from the ground-truth chain, None if h-1 is not executed yet."""
         if h in self._anchors:
             return self._anchors[h]
         prev = self.anchor(h - 1) if h > 1 else None
-        blk = self.committed.get(h - 1)
+        blk = self.committed.get(h - 1, self.executed.get(h - 1))
         if prev is None or blk is None:
             return None
         a = self.sim.params.next_anchor(h - 1, prev, blk.proposer)
@@ -286,12 +291,16 @@ class Monitor:
         for a in acts:
             if not isinstance(a, Persist) or a.record.decided is None:
                 continue
-            key = (nd.ident, a.record.height)
+            h = a.record.height
+            if nd.pending is not None and nd.pending.height < h:
+                self.violation(
+                    14, f"node {nd.name}: decision of h {h} durable before block {h - 1}"
+                )
+            key = (nd.ident, h)
             if key in self.decided:
                 continue
             v = a.record.decided
             self.decided[key] = v
-            h = a.record.height
             self.decided_round.setdefault(h, a.record.round)
             holders = sum(
                 1
@@ -302,6 +311,24 @@ class Monitor:
             )
             if holders < self.f + 1:
                 self.violation(13, f"h {h}: value decided by node {nd.ident} has {holders} holders")
+
+    def on_execute(self, nd: SimNode, h: int, blk: Block) -> None:
+        """A commit executed (its batch in flight): the next height may start on it."""
+        if not self.correct(nd.ident):
+            return
+        prev = self.executed.setdefault(h, blk)
+        if block_hash(prev) != block_hash(blk):
+            self.violation(1, f"h {h}: node {nd.ident} executes a different block")
+
+    def on_restart(self, nd: SimNode) -> None:
+        """Invariant 14 at a restart: every height executed before the crash is durable,
+        as a block or as a decided record from which the node commits it again."""
+        if not self.correct(nd.ident):
+            return
+        for h in range(len(nd.chain) + 1, nd.executed + 1):
+            rec = nd.records.get(h)
+            if rec is None or rec.decided is None:
+                self.violation(14, f"node {nd.name} lost h {h}: executed, not durable")
 
     def on_commit(self, nd: SimNode, h: int, blk: Block) -> None:
         if not self.correct(nd.ident):

@@ -1,4 +1,4 @@
-"""The adversarial scenarios S1-S21 of CONSENSUS.md §8 as simulator configurations.
+"""The adversarial scenarios S1-S22 of CONSENSUS.md §8 as simulator configurations.
 
 `build(name, n, seed, heights)` returns the `SimConfig` of one run; every random choice of
 the scenario (which variant, which node, which times) comes from the seed. S3 and S17 are
@@ -383,6 +383,35 @@ def s20(n: int, seed: int, heights: int) -> SimConfig:
     return SimConfig(n=n, seed=seed, heights=max(heights, 4), crashes=(spec,))
 
 
+def s22(n: int, seed: int, heights: int) -> SimConfig:
+    """Crash while a commit is pipelined (§3.3, Revision 1.13): between deciding a height and
+    executing it; after executing it, with the next height started (and possibly voted,
+    built or proposed) but before its synced batch is durable; or every node at once
+    before its batch is durable (a power cut). The batch is slow here (5-60 ms), so the
+    next height often runs ahead of it; a restarted node commits the height again from
+    its decided record and re-sends, unchanged, what it sent of the next height."""
+    rng = random.Random(seed)
+    variant = seed % 3
+    at = rng.randint(0, 60) * MS
+    down = rng.randint(5, 80) * MS
+    crashes: tuple[CrashSpec, ...]
+    if variant == 0:
+        crashes = (CrashSpec(rng.randrange(n), at_us=at, down_us=down, point="before_commit"),)
+    elif variant == 1:
+        crashes = (CrashSpec(rng.randrange(n), at_us=at, down_us=down, point="before_durable"),)
+    else:
+        crashes = tuple(
+            CrashSpec(i, at_us=at, down_us=down, point="before_durable") for i in range(n)
+        )
+    return SimConfig(
+        n=n,
+        seed=seed,
+        heights=max(heights, 4),
+        crashes=crashes,
+        commit_write_us=(5 * MS, 60 * MS),
+    )
+
+
 def _idle_params(n: int) -> Params:
     return Params(n=n, propose_wait_max_ms=None)
 
@@ -515,6 +544,7 @@ SCENARIOS: dict[str, Builder] = {
     "S19": s19,
     "S20": s20,
     "S21": s21,
+    "S22": s22,
 }
 
 

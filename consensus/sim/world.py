@@ -7,8 +7,11 @@ run is a pure function of its configuration and seed.
 Each node is driven exactly like the node drives the engine: the actions of a step (or of
 the steps of one received frame) are ordered by `consensus.driver.plan`, then the durable
 batch is written to the node's store, then the frames are sent (one per peer, the replies
-included), then the local effects happen. A crash discards everything but the durable
-store (`consensus.sim.crash`); frames travel over `consensus.sim.network`.
+included), then the local effects happen. A commit is pipelined as in the node (§3.3): the
+next height starts as soon as the block is executed, and the block is durable (and
+served) only when its batch lands, `commit_write_us` later, or earlier when a later batch
+must wait for it (`consensus.driver.waits_for_commit`). A crash discards everything but the
+durable store (`consensus.sim.crash`); frames travel over `consensus.sim.network`.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from functools import partial
 from typing import TYPE_CHECKING
 
 from consensus.amnesia import AmnesiaGuard
-from consensus.driver import Outgoing, plan
+from consensus.driver import Outgoing, plan, waits_for_commit
 from consensus.engine import Engine
 from consensus.events import (
     Action,
@@ -81,6 +84,10 @@ class SimNode:
         self.chain: list[bytes] = []
         self.chain_blocks: list[Block] = []
         self.next_anchor = sim.params.first_leader
+        self.pending: Commit | None = None
+        """The commit executed whose batch is in flight (volatile: a crash drops it)."""
+        self.executed = 0
+        """The highest height this run of the node executed (committed or in flight)."""
         self.timers: dict[TimerKey, int] = {}
         self.timer_seq = 0
         self.fetching: dict[bytes, int] = {}
@@ -279,6 +286,8 @@ class Sim:
         """The actions of one batch of steps, in the order of their plan (the node's
         driver runs the same order), with this node's crash point if it has one."""
         todo = plan(acts)
+        if nd.pending is not None and self.cfg.commit_barrier and waits_for_commit(todo.durable):
+            self._land(nd)
         for d in todo.durable:
             if isinstance(d, Persist):
                 nd.records[d.record.height] = d.record
@@ -363,14 +372,52 @@ class Sim:
         self.step(nd, Timeout(key))
 
     def _commit(self, nd: SimNode, a: Commit) -> None:
+        """Execute the block and start the next height; the batch lands later (`_land`)."""
         v = block_hash(a.block)
-        if a.height <= len(nd.chain):
-            if nd.chain[a.height - 1] != v:
+        if a.height <= nd.executed:
+            done = nd.chain[a.height - 1] if a.height <= len(nd.chain) else None
+            if nd.pending is not None and nd.pending.height == a.height:
+                done = block_hash(nd.pending.block)
+            if done != v:
                 self.monitor.violation(3, f"node {nd.name} re-commit of h {a.height} differs")
             return
-        if a.height != len(nd.chain) + 1:
+        if nd.pending is not None:
+            self._land(nd)  # one writer: batches land in the order they were written
+        if a.height != nd.executed + 1:
             self.monitor.violation(3, f"node {nd.name} commits h {a.height} out of order")
             return
+        self.monitor.on_execute(nd, a.height, a.block)
+        nd.pending = a
+        nd.executed = a.height
+        nd.mempool -= block_txs(a.block)
+        self.log(f"node {nd.name} EXECUTE h {a.height} {v.hex()[:8]}")
+        epoch = nd.epoch
+        write = self.rng.randint(*self.cfg.commit_write_us)
+        self.at(self.now + write, lambda: self._written(nd, a, epoch))
+        if self.idle_mode or a.height < self.cfg.heights + 2:
+            self._later(nd, 0, StartHeight(a.height + 1, v, a.next_anchor))
+        if self.idle_mode:
+            self._tell_mempool(nd)
+
+    def _written(self, nd: SimNode, a: Commit, epoch: int) -> None:
+        """The commit's synced batch finishes, unless the node crashed or it landed before."""
+        if nd.epoch != epoch or nd.pending is not a:
+            return
+        spec = nd.pending_crash
+        if spec is not None and spec.point == "before_durable":
+            nd.pending_crash = None
+            crash.schedule_restart(self, nd, spec)
+            crash.crash(self, nd)
+            return
+        self._land(nd)
+
+    def _land(self, nd: SimNode) -> None:
+        """The commit in flight is durable: the block joins the node's chain."""
+        a = nd.pending
+        if a is None:
+            return
+        nd.pending = None
+        v = block_hash(a.block)
         self.monitor.on_commit(nd, a.height, a.block)
         nd.chain.append(v)
         nd.chain_blocks.append(a.block)
@@ -381,10 +428,6 @@ class Sim:
         nd.mempool -= txs
         self.commit_times.setdefault(a.height, self.now)
         self.log(f"node {nd.name} COMMIT h {a.height} {v.hex()[:8]}")
-        if self.idle_mode or a.height < self.cfg.heights + 2:
-            self._later(nd, 0, StartHeight(a.height + 1, v, a.next_anchor))
-        if self.idle_mode:
-            self._tell_mempool(nd)
 
     # --- transactions (idle mode, §4) ---
 

@@ -42,6 +42,11 @@ from qchain.store.memory import MemoryStore
 
 Ops = tuple[tuple[bytes, bytes | None], ...]
 
+COMMIT_WRITE_S = 0.004
+"""How long a commit's synced batch takes to land (a small block's LevelDB write): the
+node's commit writer applies it that much later on the loop (`KVStore.write_latency_s`,
+pipelined heights), and a crash in between loses it."""
+
 
 class Crashable:
     """The crash hooks of a simulated disk: the node dies inside its own step, while
@@ -73,6 +78,7 @@ class MemoryDisk(MemoryStore, Crashable):
     """A memory store with LevelDB's crash semantics (above): the visible data, what is
     durable, and the batches written since the last completed sync."""
 
+    write_latency_s = COMMIT_WRITE_S
     syncs = True
     """Whether a synced write is durable when it returns (False: the `no-sync` mutant,
     a disk or file system whose fsync returns before the data is safe)."""
@@ -121,7 +127,12 @@ class MemoryDisk(MemoryStore, Crashable):
 
 
 class LevelDisk(LevelDBStore, Crashable):
-    """A LevelDB store in `path`; a crash closes it and opens it again (above)."""
+    """A LevelDB store in `path`; a crash closes it and opens it again (above). The
+    commit writer applies its batches on the loop after `COMMIT_WRITE_S`, as for the
+    memory disk: the virtual loop cannot wait on a writer thread."""
+
+    concurrent_writes = False
+    write_latency_s = COMMIT_WRITE_S
 
     def __init__(self, path: Path) -> None:
         super().__init__(path)

@@ -3,7 +3,10 @@
 A store maps byte keys to byte values, iterates keys in byte order under a prefix, and
 applies a `Batch` of puts and deletes atomically: after a crash either every write of a
 batch is visible or none is. A batch written with `sync=True` is durable when `write`
-returns. Stores are used from one thread at a time.
+returns. Stores are used from one thread at a time, except that a store whose
+`concurrent_writes` is true (LevelDB) may apply a batch from one writer thread while
+another thread reads it: a reader sees the whole batch or none of it, and batches reach
+the disk in the order their writes began (the node's commit writer, `node.commitwriter`).
 
 Reads never return bytes the store knows to be damaged: a backend that detects damage
 (LevelDB's block checksums) raises `StorageCorrupt`, and so do the typed readers above
@@ -104,6 +107,13 @@ class Snapshot(Closable):
 
 class KVStore(Closable):
     """Ordered byte-key store with atomic batches."""
+
+    concurrent_writes: bool = False
+    """Whether `write` may run on a writer thread while other threads read."""
+
+    write_latency_s: float | None = None
+    """A simulated store's synced write latency: the node applies its commit batches that
+    much later on its event loop instead of in a writer thread (`node.commitwriter`)."""
 
     on_corrupt: Callable[[StorageCorrupt], None] | None = None
     """Called with every `StorageCorrupt` raised through `corrupt`, before it is raised."""

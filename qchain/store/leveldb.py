@@ -26,6 +26,10 @@ WRITE_BUFFER_BYTES = 32 * 1024 * 1024
 
 
 class LevelDBStore(KVStore):
+    concurrent_writes = True
+    """LevelDB applies a write batch under its own lock and publishes it to readers at
+    once; writers queue and reach the log in order."""
+
     def __init__(self, path: Path) -> None:
         try:
             path.mkdir(parents=True, exist_ok=True)

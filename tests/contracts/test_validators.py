@@ -691,3 +691,13 @@ def test_the_state_keys_set_and_schedule_hold_canonical_values() -> None:
     vset = state.load(validators.SET_KEY, validators.ValidatorSet)
     assert vset is not None and [r.id for r in vset.records] == [0, 1, 2, 3, 5, 6]
     assert state.load(validators.SCHEDULE_KEY, validators.Schedule) == validators.Schedule(())
+
+
+def test_a_genesis_with_governance_has_at_most_90_validators() -> None:
+    """§10.2 (review 7, P3): n ≤ 90 keeps a set-chain proof within SETCHAIN's bound."""
+    assert governed_chain(88).genesis.validators[-1].index == 87
+    with pytest.raises(GenesisError) as e:
+        governed_chain(91)
+    assert "at most 90 validators" in str(e.value)
+    with pytest.raises(GenesisError):
+        governed_chain(91, enabled=False)  # operators named: the contract keeps the set

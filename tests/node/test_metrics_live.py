@@ -132,6 +132,7 @@ def test_counters_move_when_transactions_flow(devnet: LocalNetwork) -> None:
     assert total(after, "qchain_consensus_height") > total(before, "qchain_consensus_height")
     assert grew("qchain_consensus_block_interval_seconds_count")
     assert grew("qchain_execution_block_duration_seconds_count")
+    assert grew("qchain_commit_write_duration_seconds_count")
     assert grew("qchain_api_requests_total", route="/v1/txs", method="POST", status="202")
     assert grew("qchain_api_requests_total", route="/v1/txs", method="POST", status="200")
     assert grew("qchain_api_requests_total", route="/v1/txs", method="POST", status="422")
