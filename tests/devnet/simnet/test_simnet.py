@@ -221,9 +221,8 @@ async def _draw() -> float:
 
 
 SMOKE_SECONDS = 5.0
-SUBSCRIBER_DROP_SEED = 11
-FORWARD_DROP_SEED = 13
-"""The first seeds of 0..19 at which `make sim-mutants` finds these mutants
+SUBSCRIBER_DROP_SEED = 3
+"""The first seed of 0..19 at which `make sim-mutants` finds `subscriber-drop`
 (docs/SIMULATION.md)."""
 
 
@@ -270,19 +269,6 @@ def test_the_mutant_subscriber_drop_is_caught_where_the_clean_code_passes() -> N
     mutated = simulate(Spec(seed=SUBSCRIBER_DROP_SEED, mutant="subscriber-drop"))
     assert EventBus.__init__ is original
     assert [c.name for c in mutated.checks if not c.ok] == ["events-followed"]
-
-
-def test_the_mutant_forward_drop_is_caught_where_the_clean_code_passes() -> None:
-    """The "overloaded leader drops forwarded transactions" bug, put back: on the seed
-    whose burst fills the leader's pool, the real code commits every acknowledged
-    transaction, and with the mutant some never are."""
-    from node.mempool import MempoolLimits
-
-    original = MempoolLimits.__dict__["of_validator"]
-    assert simulate(Spec(seed=FORWARD_DROP_SEED)).ok
-    mutated = simulate(Spec(seed=FORWARD_DROP_SEED, mutant="forward-drop"))
-    assert MempoolLimits.__dict__["of_validator"] is original
-    assert "acked-committed" in [c.name for c in mutated.checks if not c.ok]
 
 
 def test_a_run_is_the_same_under_other_string_hash_seeds() -> None:
