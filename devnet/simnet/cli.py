@@ -38,6 +38,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     net.add_argument("--no-crashes", action="store_true", help="faults, but no crashes")
     net.add_argument("--mutant", choices=MUTANTS, help="put back a first-wave bug")
     net.add_argument("--scenario", type=Path, help="a fault-kit scenario (TOML) as the schedule")
+    net.add_argument(
+        "--store",
+        choices=("memory", "leveldb"),
+        default="memory",
+        help="the nodes' disks: memory stores that lose unsynced writes in a crash as the "
+        "seed draws, or LevelDB in a temporary directory",
+    )
     net.add_argument("--json", action="store_true")
 
 
@@ -74,6 +81,7 @@ def run(args: argparse.Namespace) -> int:
             mutant=args.mutant,
             actions=actions,
             scenario=scenario,
+            store=args.store,
         )
         o = simulate(spec, keep_trace=args.replay)
         outcomes.append(o)

@@ -1,6 +1,7 @@
 """Bugs the live fault kit found in the first wave, put back on demand (`--mutant NAME`)
-to measure what the simulator finds. Each mutant patches the real code for one run and
-restores it after; none is reachable outside the simulator.
+to measure what the simulator finds. Each mutant patches the real code (`no-sync`: the
+simulated disk) for one run and restores it after; none is reachable outside the
+simulator.
 
 - `no-resync`: after a reconnection the sender keeps the keys it had already announced,
   so a restarted receiver (which never fetched them) cannot read the link again
@@ -13,6 +14,20 @@ restores it after; none is reachable outside the simulator.
 - `empty-spin`: a leader counts nonce gaps as transactions ready to propose and builds
   empty blocks as fast as it can (fixed in "a leader whose mempool holds only nonce gaps
   waits for the heartbeat").
+- `subscriber-drop`: a node's event stream has room for 1,024 queued events, so a
+  block of 1,024 or more transactions (its block event and one event per transaction,
+  published at once) drops every subscriber that follows the node, however promptly it
+  reads (fixed in "event streams ... no longer drop subscribers on blocks over 1,023
+  txs": the queue holds a full block's events).
+- `forward-drop`: a validator's clients may fill the whole pool, so an overloaded
+  leader refuses the transactions other validators forward to it, silently (the
+  forwarder has acknowledged them and is not told), and their senders' later nonces
+  wait behind the gaps (fixed in "a node's clients may hold at most max_txs / n
+  pending transactions, so every node's share fits in the leader's pool").
+- `no-sync`: the disk's sync does nothing (an fsync that returns before the data is
+  safe): a crash may lose any suffix of the node's writes, committed blocks included.
+  Not a bug the fault kit found: it shows that the disk model bites
+  (`devnet.simnet.disk`; caught by the `durable-commits` check).
 """
 
 from __future__ import annotations
@@ -21,8 +36,11 @@ import contextlib
 from collections.abc import Iterator
 from typing import Any
 
-from node.mempool import Mempool
+from devnet.simnet.disk import MemoryDisk
+from node.events import EventBus
+from node.mempool import Mempool, MempoolLimits
 from node.transport_limits import DEFAULT_TRANSPORT_LIMITS
+from qchain.config import MempoolSection
 from qchain.qkd.frame import LinkSender
 from qchain.qkd.pool import ReceiveKeyPool
 
@@ -39,6 +57,19 @@ def _any_pending(self: Mempool) -> bool:
     return len(self) > 0
 
 
+_bus_init = EventBus.__init__
+
+
+def _small_queues(
+    self: EventBus, capacity: int = 4096, queue_size: int = 1024, first_id: int = 1
+) -> None:
+    _bus_init(self, capacity, queue_size, first_id)
+
+
+def _whole_pool(cls: type[MempoolLimits], m: MempoolSection, n: int) -> MempoolLimits:
+    return cls(m.max_txs, m.max_bytes, m.max_per_sender, max_block_bytes=m.max_block_bytes)
+
+
 PATCHES: dict[str, tuple[tuple[Any, str, Any], ...]] = {
     "no-resync": ((LinkSender, "resync", _no_resync),),
     "no-recover": (
@@ -46,6 +77,9 @@ PATCHES: dict[str, tuple[tuple[Any, str, Any], ...]] = {
         (DEFAULT_TRANSPORT_LIMITS, "unknown_key_reset", 1 << 30),
     ),
     "empty-spin": ((Mempool, "has_ready", _any_pending),),
+    "subscriber-drop": ((EventBus, "__init__", _small_queues),),
+    "forward-drop": ((MempoolLimits, "of_validator", classmethod(_whole_pool)),),
+    "no-sync": ((MemoryDisk, "syncs", False),),
 }
 MUTANTS = tuple(PATCHES)
 

@@ -25,8 +25,22 @@ class Action:
     t: float
     kind: str
     """link, partition, unpartition, crash, crash-at-persist, restart, keys-off, keys-on,
-    heal (and cut, uncut from fault-kit scenarios)."""
+    byzantine, burst, heal (and cut, uncut from fault-kit scenarios)."""
     args: dict[str, Any] = field(default_factory=dict)
+
+
+BURST_MIN_S = 10.0
+"""A run this long or longer may have a burst episode (a shorter one has no time to
+commit it before its end)."""
+BURST_RATE = (200, 300)
+"""Transactions a second while a burst builds up: enough for blocks of 10 or more at
+the rate blocks come under load, so the leaders' block caps (priced by measured
+execution, `node.pacing`) open up."""
+BURST_RAMP_S = (4.0, 5.5)
+BURST_TXS = (1100, 1500)
+"""The burst's peak, sent at once at the end of the ramp: more transactions than one
+block's events fit in a queue of 1,024, and at times more than the simulated pool holds
+(`devnet.simnet.run.SIM_POOL_TXS`)."""
 
 
 def heal_time(seconds: float) -> float:
@@ -40,18 +54,25 @@ second cost real CPU for nothing the others do not cover."""
 
 
 def draw(rng: random.Random, n: int, seconds: float, *, crashes: bool = True) -> list[Action]:
-    """Episodes of link faults, partitions, crashes, key starvation and Byzantine modes;
-    at most one node crashed at a time, and one Byzantine node in the run."""
+    """Episodes of link faults, partitions, crashes, key starvation, Byzantine modes and
+    (in runs of `BURST_MIN_S` or more) client bursts; at most one node crashed at a
+    time, and one Byzantine node in the run."""
     end = heal_time(seconds)
     actions: list[Action] = []
     down_until = 0.0
     traitor = rng.randrange(n)
+    kinds = ["link", "link", "partition", "crash", "keys", "byzantine"]
+    if seconds >= BURST_MIN_S:
+        kinds.append("burst")
+    bursts = 0
     for _ in range(max(1, int(seconds / 4))):
         t = round(rng.uniform(0.5, max(0.6, end - 0.5)), 3)
         d = round(rng.uniform(0.3, min(6.0, max(0.4, end - t))), 3)
-        kind = rng.choice(["link", "link", "partition", "crash", "keys", "byzantine"])
+        kind = rng.choice(kinds)
         node = rng.randrange(n)
         if kind == "crash" and (not crashes or t < down_until):
+            kind = "link"
+        if kind == "burst" and bursts:
             kind = "link"
         if kind == "link":
             peer = rng.choice([j for j in range(n) if j != node])
@@ -68,6 +89,16 @@ def draw(rng: random.Random, n: int, seconds: float, *, crashes: bool = True) ->
             mode = rng.choice(BYZANTINE_MODES)
             actions.append(Action(t, "byzantine", {"node": traitor, "mode": mode}))
             actions.append(Action(t + d, "byzantine", {"node": traitor, "mode": None}))
+        elif kind == "burst":
+            # The clients send at a high rate for a while, then many transactions at
+            # once, each to a node drawn at random: large blocks, a leader under load.
+            ramp = round(rng.uniform(*BURST_RAMP_S), 3)
+            rate = rng.randint(*BURST_RATE)
+            peak = rng.randint(*BURST_TXS)
+            t = round(min(t, max(0.5, end - ramp)), 3)
+            args = {"rate": rate, "seconds": ramp, "txs": peak}
+            actions.append(Action(t, "burst", args))
+            bursts += 1
         elif kind == "partition":
             actions.append(Action(t, "partition", {"node": node}))
             actions.append(Action(t + d, "unpartition", {"node": node}))
@@ -75,7 +106,7 @@ def draw(rng: random.Random, n: int, seconds: float, *, crashes: bool = True) ->
             if rng.random() < 0.5:
                 actions.append(Action(t, "crash", {"node": node}))
             else:
-                # Right after one of its next synced writes (a commit, a vote, a lock):
+                # Inside one of its next synced writes (a commit, a vote, a lock):
                 # what that step revealed never leaves.
                 writes = rng.randint(1, 8)
                 actions.append(Action(t, "crash-at-persist", {"node": node, "writes": writes}))

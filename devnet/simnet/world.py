@@ -14,59 +14,25 @@ from typing import Any
 from devnet.faults.history import BlockView, ChainViews, Op, QkdSample, StatusSample
 from devnet.faults.history import link_counters_from_qkd as parse_qkd
 from devnet.network import NetworkPlan, account_key
+from devnet.simnet.disk import SimDisk
 from devnet.simnet.loop import OWNER, VirtualLoop
 from devnet.simnet.net import LinkFaults, SimNet
 from devnet.simnet.schedule import Action
+from devnet.simnet.watch import Follows, follow
 from devnet.testing import anchor_tx
 from node.runtime import Validator
 from qchain.config import NodeConfig
 from qchain.errors import QChainError
 from qchain.qkd.clock import SystemClock
 from qchain.qkd.simsource import LocalKeySource, full_mesh
-from qchain.store.kv import Batch
-from qchain.store.memory import MemoryStore
 
 log = logging.getLogger("qchain.simnet")
 
 KEY_RATE_BPS = 2_000_000
 """Key generation per link: far above what a few validators spend, so only the schedule's
 outages starve a link."""
-COMMIT_WRITE_S = 0.004
-"""How long a commit's synced batch takes to land (a small block's LevelDB write)."""
 SAMPLE_EVERY_S = 0.5
 RESUBMIT_AFTER_S = 1.0
-
-
-class SimDisk(MemoryStore):
-    """A memory store that survives its node's crash: a process crash keeps every write
-    the store took (as LevelDB does), so the restarted node opens the same data. A commit
-    batch is in flight for `COMMIT_WRITE_S` of virtual time (pipelined heights: the next
-    height runs meanwhile); a crash before it lands loses it."""
-
-    write_latency_s = COMMIT_WRITE_S
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.crash_after: int | None = None
-        """Crash the node right after this many more synced writes (None: never)."""
-        self.on_crash: Callable[[], None] | None = None
-
-    def write(self, batch: Batch, *, sync: bool = True) -> None:
-        super().write(batch, sync=sync)
-        if sync and self.crash_after is not None:
-            self.crash_after -= 1
-            if self.crash_after <= 0 and self.on_crash is not None:
-                # Inside the node's own step, after the write is durable and before
-                # anything that step queued can leave: the process dies here.
-                self.crash_after = None
-                self.on_crash()
-
-    def reopened(self) -> SimDisk:
-        self.close()
-        disk = SimDisk()
-        disk._data = dict(self._data)
-        disk._keys = list(self._keys)
-        return disk
 
 
 @dataclass
@@ -82,6 +48,12 @@ class Record:
     carried: dict[str, dict[str, dict[str, int]]] = field(default_factory=dict)
     """node -> peer -> link counters of the node's earlier lives (a restart zeroes them)."""
     errors: list[str] = field(default_factory=list)
+    reported: dict[int, int] = field(default_factory=dict)
+    """node -> the highest height it reported (its status) in its current life."""
+    before_crash: dict[int, int] = field(default_factory=dict)
+    """node -> the highest height it reported before its last crash."""
+    regressions: list[str] = field(default_factory=list)
+    """Restarts below a height the node had reported (the durable-commits check)."""
 
 
 class World:
@@ -92,6 +64,7 @@ class World:
         configs: list[NodeConfig],
         seed: int,
         trace: Callable[..., None],
+        disks: list[SimDisk],
     ) -> None:
         self.loop = loop
         self.plan = plan
@@ -108,9 +81,11 @@ class World:
             bits_per_second=KEY_RATE_BPS,
             initial_key_count=2000,
         )
-        self.disks = [SimDisk() for _ in configs]
+        self.disks = disks
         self.nodes: list[Validator | None] = [None] * self.n
         self.rec = Record()
+        self.follows = Follows()
+        self.client: Client | None = None
         self.byzantine: set[int] = set()
         """Nodes a schedule made hostile at some point of the run."""
         self.names = [p.name for p in plan.nodes]
@@ -135,8 +110,19 @@ class World:
         )
         await self.as_node(i, v.start)
         self._watch_frames(i, v)
+        # A partner following the node's events: its task is the node's, so the
+        # node's crash ends it.
+        ctx = contextvars.copy_context()
+        ctx.run(OWNER.set, i)
+        self.loop.create_task(follow(self.names[i], v, self.loop, self.follows), context=ctx)
         self.nodes[i] = v
-        self.trace("start", i, v.chain.height())
+        height = v.chain.height()
+        self.trace("start", i, height)
+        before = self.rec.before_crash.pop(i, 0)
+        if height < before:
+            self.rec.regressions.append(
+                f"{self.names[i]} restarted at height {height} after reporting {before}"
+            )
 
     def _watch_frames(self, i: int, v: Validator) -> None:
         """Record every frame node i accepts: (receiver, sender, sequence number) must
@@ -165,11 +151,12 @@ class World:
             return
         self._carry_counters(i, v)
         height = v.chain.height()
+        self.rec.before_crash[i] = self.rec.reported.pop(i, 0)
         self.nodes[i] = None
         self.net.crash(i)
-        self.disks[i] = self.disks[i].reopened()
+        self.disks[i], unsynced, kept = self.disks[i].crashed()
         killed = self.loop.kill(i)
-        self.trace("crash", i, how, height, killed)
+        self.trace("crash", i, how, height, killed, unsynced, kept)
 
     def _carry_counters(self, i: int, v: Validator) -> None:
         name = self.names[i]
@@ -181,6 +168,7 @@ class World:
             c["recv"] += lc.receive_frames
 
     async def stop_all(self) -> None:
+        self.follows.stopping = True
         for i, v in enumerate(self.nodes):
             if v is not None:
                 await self.as_node(i, v.stop)
@@ -232,6 +220,9 @@ class World:
             v = self.nodes[node]
             if v is not None:
                 v.set_byzantine(args["mode"])
+        elif a.kind == "burst":
+            assert self.client is not None
+            self.client.start_burst(args["rate"], args["seconds"], args["txs"])
         elif a.kind == "heal":
             await self.heal()
 
@@ -274,7 +265,9 @@ class World:
             seen = self.rec.alerts.setdefault(name, {})
             for k, x in alerts.items():
                 seen[k] = max(seen.get(k, 0), x)
-            self.rec.statuses.append(StatusSample(t, name, v.chain.height(), alerts))
+            height = v.chain.height()
+            self.rec.reported[i] = max(self.rec.reported.get(i, 0), height)
+            self.rec.statuses.append(StatusSample(t, name, height, alerts))
 
     def chains(self) -> ChainViews:
         out: ChainViews = {}
@@ -333,7 +326,7 @@ async def _call(work: Callable[[], Awaitable[Any]]) -> Any:
 class Client:
     """The seeded workload: notary anchors from the dev partner accounts, each to a node
     that is up; a transaction not committed after `RESUBMIT_AFTER_S` is sent again (the
-    same bytes: the hash is the idempotency key) to another node."""
+    same bytes: the hash is the idempotency key) to another node; bursts on demand."""
 
     def __init__(self, world: World, stop_at: float) -> None:
         self.world = world
@@ -343,6 +336,10 @@ class Client:
         self.nonces = [0, 0]
         self.txs: dict[int, Any] = {}
         self.last_sent: dict[int, float] = {}
+        self.tasks: list[asyncio.Task[None]] = []
+        """Bursts under way."""
+        self.refused: list[set[int]] = [set() for _ in self.keys]
+        """Per sender, its transactions refused and not yet accepted."""
 
     def _up(self) -> list[int]:
         return [i for i, v in enumerate(self.world.nodes) if v is not None]
@@ -355,9 +352,40 @@ class Client:
                 self._new()
             self._poll()
 
-    def _new(self) -> None:
+    def start_burst(self, rate: int, seconds: float, peak: int) -> None:
+        self.tasks.append(self.world.loop.create_task(self._burst(rate, seconds, peak)))
+
+    async def _burst(self, rate: int, seconds: float, peak: int) -> None:
+        """`rate` new transactions a second for `seconds`, then `peak` at once (none
+        after the workload's end)."""
+        loop = self.world.loop
+        end = loop.time() + seconds
+        while loop.time() < min(end, self.stop_at):
+            self._send_new(max(1, rate // 10))
+            await asyncio.sleep(0.1)
+        while loop.time() < self.stop_at and peak > 0:
+            peak -= self._send_new(peak)
+            await asyncio.sleep(0.1)
+
+    def _send_new(self, count: int) -> int:
+        """Up to `count` new transactions, as a well-behaved client sends under load:
+        while one of a sender's transactions is refused (waiting to be sent again), its
+        later nonces wait too (they could only queue behind the gap). Returns how many
+        were sent."""
+        sent = 0
+        while sent < count:
+            k = len(self.world.rec.ops) % len(self.keys)
+            if self.refused[k]:
+                k = 1 - k
+                if self.refused[k]:
+                    break
+            self._new(k)
+            sent += 1
+        return sent
+
+    def _new(self, sender: int | None = None) -> None:
         w = self.world
-        k = len(w.rec.ops) % len(self.keys)
+        k = len(w.rec.ops) % len(self.keys) if sender is None else sender
         nonce = self.nonces[k]
         self.nonces[k] += 1
         digest = hashlib.sha256(f"{w.seed}/{k}/{nonce}".encode()).digest()
@@ -385,11 +413,16 @@ class Client:
             v.submit_tx(self.txs[op.op_id])
         except QChainError as e:
             op.error = e.code
+            self.refused[self._sender(op)].add(op.op_id)
             w.trace("refused", op.op_id, i, e.code)
             return
+        self.refused[self._sender(op)].discard(op.op_id)
         if op.acked_at is None:
             op.acked_at = round(w.loop.time(), 3)
         w.trace("submitted", op.op_id, i)
+
+    def _sender(self, op: Op) -> int:
+        return int(op.sender.removeprefix("partner")) - 1
 
     def _poll(self) -> None:
         w = self.world
@@ -400,6 +433,7 @@ class Client:
             for v in w.nodes:
                 st = v.tx_status(bytes.fromhex(op.tx_hash)) if v is not None else None
                 if st is not None and st.state == "committed":
+                    self.refused[self._sender(op)].discard(op.op_id)
                     op.height = st.height
                     op.committed_at = round(now, 3)
                     break

@@ -63,9 +63,10 @@ def test_a_faulty_run_with_a_crash_heals_and_passes() -> None:
     assert len(set(o.heights.values())) == 1
 
 
-def test_a_crash_right_after_a_synced_write_heals_and_passes() -> None:
-    """The node dies inside its own step, after the write is durable and before what
-    the step queued can leave; it restarts from that disk."""
+def test_a_crash_inside_a_synced_write_heals_and_passes() -> None:
+    """The node dies inside its own step, while a synced write is in progress (its
+    batch kept whole or lost, as the seed draws) and before what the step queued can
+    leave; it restarts from what the disk kept."""
     seed = _seed_with("crash-at-persist", without=("crash",))
     o = simulate(Spec(seed=seed, seconds=20), keep_trace=True)
     assert o.ok, _failed(o)
@@ -148,6 +149,20 @@ def test_the_schedule_heals_by_the_heal_time_and_crashes_one_node_at_a_time() ->
                 down.discard(a.args["node"])
 
 
+def test_bursts_come_only_in_runs_long_enough_and_once_a_run() -> None:
+    with_burst = 0
+    for seed in range(200):
+        assert not [a for a in draw(random.Random(seed), 4, 5) if a.kind == "burst"]
+        long = draw(random.Random(seed), 4, 20)
+        bursts = [a for a in long if a.kind == "burst"]
+        assert len(bursts) <= 1
+        for a in bursts:
+            assert a.t + a.args["seconds"] <= heal_time(20) + 1e-9
+            assert 1100 <= a.args["txs"] <= 1500
+        with_burst += bool(bursts)
+    assert 50 < with_burst < 150
+
+
 def test_the_virtual_loop_moves_time_only_to_the_next_timer() -> None:
     loop = VirtualLoop(0)
     try:
@@ -206,6 +221,9 @@ async def _draw() -> float:
 
 
 SMOKE_SECONDS = 5.0
+SUBSCRIBER_DROP_SEED = 3
+"""The first seed of 0..19 at which `make sim-mutants` finds `subscriber-drop`
+(docs/SIMULATION.md)."""
 
 
 SMOKE_SLICE = 25
@@ -235,6 +253,22 @@ def test_the_mutant_no_resync_is_caught_where_the_clean_code_passes() -> None:
     assert LinkSender.resync is original
     assert not mutated.ok
     assert "liveness" in [c.name for c in mutated.checks if not c.ok]
+
+
+def test_the_mutant_subscriber_drop_is_caught_where_the_clean_code_passes() -> None:
+    """The "subscribers dropped on large blocks" bug, put back: on the seed whose burst
+    brings a block of over 1,023 transactions, the real code keeps every follower of
+    the event streams, and the mutant drops them."""
+    from node.events import EventBus
+
+    original = EventBus.__init__
+    clean = simulate(Spec(seed=SUBSCRIBER_DROP_SEED))
+    assert clean.ok, _failed(clean)
+    followed = next(c for c in clean.checks if c.name == "events-followed")
+    assert followed.data["largest_block"] > 1023
+    mutated = simulate(Spec(seed=SUBSCRIBER_DROP_SEED, mutant="subscriber-drop"))
+    assert EventBus.__init__ is original
+    assert [c.name for c in mutated.checks if not c.ok] == ["events-followed"]
 
 
 def test_a_run_is_the_same_under_other_string_hash_seeds() -> None:
