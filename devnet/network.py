@@ -421,6 +421,20 @@ def qkd_section(plan: NetworkPlan, node: NodePlan, tls_dir: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _differences(there: object, here: dict[str, object]) -> str:
+    """What differs between an existing manifest and the requested plan, for the refusal:
+    the differing settings, with both values where they are short."""
+    if not isinstance(there, dict):
+        return "its network.json is not a network plan"
+    keys = sorted(k for k in set(there) | set(here) if there.get(k) != here.get(k))
+    parts = []
+    for k in keys[:4]:
+        a, b = there.get(k), here.get(k)
+        short = all(x is None or isinstance(x, str | int | float | bool) for x in (a, b))
+        parts.append(f"{k}: {a!r} there, {b!r} here" if short else k)
+    return "; ".join(parts) + ("; ..." if len(keys) > 4 else "")
+
+
 def write_network(directory: Path, plan: NetworkPlan, *, force: bool = False) -> bool:
     """Write the devnet files. Returns False if the same network is already there.
     Refuses (ConfigError) to overwrite a different network unless force."""
@@ -435,7 +449,9 @@ def write_network(directory: Path, plan: NetworkPlan, *, force: bool = False) ->
             return False
         if not force:
             raise ConfigError(
-                str(directory), "holds a different network; pass --force to overwrite it"
+                str(directory),
+                f"holds a different network ({_differences(existing, plan.to_json())}); pass the"
+                " options it was made with, or --force to overwrite it",
             )
     directory.mkdir(parents=True, exist_ok=True)
     genesis = make_genesis(plan)
