@@ -57,7 +57,7 @@ from node.wire import (
 from qchain.errors import CodecError
 from qchain.hashing import Domain, hash_domain
 from qchain.limits import BATCH_RESP_FRAMING, MAX_BLOCK_BODY, MAX_MESSAGE
-from qchain.types import BLOCK_LIMITS, Block, Transaction
+from qchain.types import BLOCK_LIMITS, Block, Transaction, array_header
 
 log = logging.getLogger("qchain.node")
 
@@ -176,14 +176,6 @@ def compact_refs(
     return batches, bytes(refs), missing
 
 
-def _array_header(n: int) -> bytes:
-    if n < 16:
-        return bytes([0x90 | n])
-    if n < 0x10000:
-        return b"\xdc" + n.to_bytes(2, "big")
-    return b"\xdd" + n.to_bytes(4, "big")
-
-
 def rebuild(m: ProposeRefs, store: BatchStore) -> Propose:
     """The `Propose` m stands for; raises `CodecError` when a place is out of range or the
     body is too large, `KeyError` when a batch is missing."""
@@ -195,7 +187,7 @@ def rebuild(m: ProposeRefs, store: BatchStore) -> Propose:
         batches.append(b)
     if len(m.refs) % REF_BYTES:
         raise CodecError("ProposeRefs.refs: not a whole number of places")
-    parts = [b"\x92", m.header, _array_header(len(m.refs) // REF_BYTES)]
+    parts = [b"\x92", m.header, array_header(len(m.refs) // REF_BYTES)]
     size = sum(len(p) for p in parts)
     for k in range(0, len(m.refs), REF_BYTES):
         pos = int.from_bytes(m.refs[k : k + 2], "big")

@@ -145,7 +145,8 @@ def bin_size(n: int) -> int:
     return n + (2 if n < 0x100 else 3 if n < 0x10000 else 5)
 
 
-def _array_header(n: int) -> bytes:
+def array_header(n: int) -> bytes:
+    """The canonical encoding's header of an array of n items."""
     if n < 16:
         return bytes([0x90 | n])
     if n < 0x10000:
@@ -229,7 +230,7 @@ class Block(Struct):
             for tx in self.txs:
                 if not isinstance(tx, Transaction):
                     raise CodecError("Block.txs: expected Transaction")
-            parts = [b"\x92", self.header.encode(), _array_header(len(self.txs))]
+            parts = [b"\x92", self.header.encode(), array_header(len(self.txs))]
             parts.extend(tx.encoded for tx in self.txs)
             enc = b"".join(parts)
             if len(enc) > BLOCK_LIMITS.max_size:
