@@ -39,6 +39,14 @@ first block at least `ready_ttl_heights` above its approval block whose time is 
 threshold. At the start of block h the changes scheduled for h are applied, in sequence
 order, so during block h the current set is `V(h)`.
 
+Two further limits of §10.2 (review 8): the canonical encodings of `set`, `schedule` and
+`q` stay within `MAX_STATE_BYTES` (245 760) in every state the changes in flight can lead
+to (`worst_state_bytes`; a genesis that enables changes is held to it too), and
+`accept_missing(change_id, ids)`, approved like a change while the add or rotate is
+approved and not ready, lets its new record skip readiness's working-link clause for the
+members `ids` names (at most f(a) ids over the changes in flight; `link_exempt` decides
+it, by id); it goes with the change when the change is dropped or activated.
+
 State layout (relative to the contract's key space):
 
 | key | value |
