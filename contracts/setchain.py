@@ -53,7 +53,13 @@ from qchain.hashing import Domain, hash_domain
 from qchain.keys import Scheme, verify
 from qchain.limits import MAX_MESSAGE
 from qchain.merkle import MerkleProof, merkle_proof, merkle_root, root_from_proof
-from qchain.types import BlockHeader, CommitCertificate, commit_sign_digest, quorum_size
+from qchain.types import (
+    BlockHeader,
+    CommitCertificate,
+    ReceiptProof,
+    commit_sign_digest,
+    quorum_size,
+)
 
 SET_STATE_KEYS = (validators.SET_KEY, validators.SCHEDULE_KEY, validators.NEXT_SEQ_KEY)
 """The three keys the app hash commits to, in leaf order."""
@@ -471,3 +477,41 @@ def _tail(
             "scheduled after the last link is not in the chain"
         )
     return ProvenSet(height, apply_entries(records, entries, height), last)
+
+
+# --- receipts ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ChainedReceipt(Struct):
+    """A receipt proof with the set chain that proves the set of its height (§10.5:
+    receipts follow the rule of state sync)."""
+
+    proof: ReceiptProof
+    set_chain: SetChain
+
+
+def decode_chained_receipt(raw: bytes) -> ChainedReceipt:
+    if len(raw) > MAX_SETCHAIN_BYTES:
+        raise CodecError(
+            f"a receipt with its set chain of {len(raw)} bytes exceeds {MAX_SETCHAIN_BYTES}"
+        )
+    return ChainedReceipt.decode(raw, _LIMITS)
+
+
+def verify_receipt(
+    proof: ReceiptProof, chain: SetChain, *, chain_id: str, start: Start, delay: int
+) -> tuple[validators.Record, ...]:
+    """Check a receipt of a chain with validator-set changes: it is in its block, the set
+    of its height is proven by chain from start, the chain's tail ends at its header, and
+    q of that set signed the block. Returns that set; raises `BadSignature` (its
+    subclasses `SetChainRefused`, `SetUnproven` for the set chain) otherwise."""
+    proof.verify_inclusion(chain_id)
+    height = proof.header.height
+    proven = prove_set(chain, chain_id=chain_id, start=start, delay=delay, height=height)
+    if proven.header is not None and proven.header.hash != proof.header.hash:
+        raise SetChainRefused(
+            f"the set chain's tail ends at another block of height {height} than the receipt's"
+        )
+    verify_certificate_by_id(proof.certificate, chain_id, proven.records)
+    return proven.records

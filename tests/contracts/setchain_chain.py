@@ -34,6 +34,8 @@ class CertifiedChain:
     results: dict[int, BlockResult] = field(default_factory=dict)
     signers: dict[bytes, SigningKey] = field(default_factory=dict)
     """Signing key by public key: every validator key this chain has used."""
+    scheduling: list[int] = field(default_factory=list)
+    """The scheduling blocks of `schedule_change`, in order."""
 
     @property
     def chain_id(self) -> str:
@@ -137,4 +139,5 @@ def schedule_change(cc: CertifiedChain, args: list[object], key: int | None) -> 
         cc.block([cc.chain.tx("outsider", validators.NAME, "ready", [cid, sig, []])])
     s = status(cc.chain, cid)
     assert s.change.status == "scheduled", s.change
+    cc.scheduling.append(s.change.activation_height - cc.delay)
     return s.change.activation_height - cc.delay, s.change.activation_height
