@@ -13,6 +13,7 @@ import pytest
 from contracts import setchain
 from contracts.setchain import ChainedReceipt, SetChain, SetChainRefused, SetUnproven
 from contracts.testing import dev_genesis
+from node.cli_receipt import verify_receipt_proof
 from node.genesis_file import save_genesis
 from qchain.cli import main as cli_main
 from qchain.errors import BadSignature
@@ -141,3 +142,15 @@ def test_a_set_chain_on_a_genesis_without_changes_is_refused(
     carried.write_text(ChainedReceipt(cc.receipt_proof(top), _chain(cc, top)).encode().hex())
     assert cli_main(["receipt", "verify", str(carried), "--genesis", str(genesis_file)]) != 0
     assert "genesis set is the set of every height" in capsys.readouterr().err
+
+
+def test_the_check_notary_evidence_uses_never_takes_the_genesis_set_after_d(
+    cc: CertifiedChain,
+) -> None:
+    """`node.notary_evidence.check_evidence` calls `verify_receipt_proof` with no set chain:
+    on this genesis it verifies the first heights only."""
+    genesis = cc.chain.genesis
+    chain_id, keys = verify_receipt_proof(cc.receipt_proof(1), genesis, None, None)
+    assert (chain_id, len(keys)) == (cc.chain_id, 4)
+    with pytest.raises(SetUnproven):
+        verify_receipt_proof(cc.receipt_proof(cc.chain.height), genesis, None, None)
