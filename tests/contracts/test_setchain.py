@@ -4,12 +4,13 @@ every forged history refused with its reason."""
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass, replace
 
 import pytest
 
 from contracts import setchain, validators
-from contracts.execution import app_hash
+from contracts.execution import app_hash, execute_block
 from contracts.setchain import (
     SetChain,
     SetChainRefused,
@@ -265,3 +266,50 @@ def test_the_app_hash_commits_to_set_schedule_and_q_only_with_reconfiguration() 
     r = plain.block()
     assert r.set_state is None
     assert r.app_hash == app_hash(before, r.write_set)
+
+
+def test_at_a_checkpoint_height_the_proof_carries_the_state_root() -> None:
+    """A chain with changes and checkpoints: the app hash wraps the set-state commitment
+    in the checkpoint's, the snapshot's manifest still checks, and the proof opens."""
+    cc = certified_chain(4)
+    chain = cc.chain
+    ctx = replace(chain.context(), state_root_interval=1)
+    result = execute_block(chain.store, ctx, [])
+    state, checkpoint = result.set_state, result.checkpoint
+    assert state is not None and checkpoint is not None
+    assert state.state_root == checkpoint.root
+    assert checkpoint.chained == state.committed != result.app_hash
+    checkpoint.manifest().check(ctx.height, result.app_hash)
+    assert set(state.prove().open(result.app_hash)) == set(setchain.SET_STATE_KEYS)
+    bare = replace(state.prove(), state_root=b"")
+    with pytest.raises(SetChainRefused, match="app hash"):
+        bare.open(result.app_hash)
+
+
+def test_mutated_set_chains_are_refused_with_a_reason(history: History) -> None:
+    """Any byte of a valid chain changed: the decoder refuses it, or the verifier does
+    (with a reason), or the change left the chain's meaning intact (a signature byte
+    of a certificate that still has q good signatures, say)."""
+    h = history
+    raw = bytearray(_valid(h).encode())
+    rng = random.Random(21)
+    outcomes = {"codec": 0, "refused": 0, "same": 0}
+    for _ in range(60):
+        mutated = bytearray(raw)
+        i = rng.randrange(len(mutated))
+        mutated[i] ^= 1 << rng.randrange(8)
+        try:
+            chain = decode_set_chain(bytes(mutated))
+        except CodecError:
+            outcomes["codec"] += 1
+            continue
+        try:
+            proven = _prove(h, chain)
+        except BadSignature as e:
+            assert e.message
+            outcomes["refused"] += 1
+            continue
+        assert proven.records == h.cc.set_at(h.top)
+        outcomes["same"] += 1
+    # most bytes are signatures of certificates signed by every member, of which q suffice
+    assert outcomes["refused"] > 0 and sum(outcomes.values()) == 60
