@@ -83,7 +83,7 @@ from typing import Annotated
 from contracts import membership
 from contracts.runtime import BlockHookContext, CallContext, Contract, NoArgs, QueryContext
 from contracts.state import StateReader, StateWriter
-from qchain.codec import U32, U64, Len, Range, Struct, encode_value
+from qchain.codec import U32, U64, Hash32, Len, Range, Struct, encode_value
 from qchain.errors import (
     ArgumentError,
     BadSignature,
@@ -254,7 +254,7 @@ class MissingAccept(Struct):
     """`proposed` or `approved`."""
     approved_height: U64
     """0: not approved."""
-    records: Annotated[tuple[bytes, ...], Len(0, MAX_MISSING)]
+    records: Annotated[tuple[Hash32, ...], Len(0, MAX_MISSING)]
     """Once approved: SHA-256 of each named member's record in `V(a)`, in the order of
     `ids` (what `link_exempt` would compare if the exemption were by record)."""
     rule: Annotated[str, Len(0, 32)]
