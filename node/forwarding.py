@@ -1,15 +1,24 @@
 """Sending this node's clients' transactions to every peer, admitting its peers', and
 suspecting a leader that leaves them out.
 
-Transactions admitted locally go, with the others of the same turn of the event loop, to
-every validator as this node's next batch (`node.batches`): the leader of any height
-finds them at hand and names them in its proposal by batch. On a link with a low key rate
-a batch waits briefly to ride in the next frame to that peer instead of costing a key of
-its own (`node.keypacing`). When the leader changes, pending ones go to the new leader in
-a batch of their own. A transaction that stays pending past the inclusion timeout goes
-out again, in a new batch to every validator; one that stays past twice the timeout
-makes the node fire its round timer early (CONSENSUS.md R8), so that a quorum of honest
-validators moves away from a censoring leader.
+Transactions admitted locally go to every validator as this node's next batch
+(`node.batches`): the leader of any height finds them at hand and names them in its
+proposal by batch. Every batch costs a frame (a key) on each of the n - 1 links, so a
+batch is coalesced (`Coalescing`) before it leaves: it goes when it holds
+`[node] batch_max_txs` transactions or a batch's bytes, at the next commit, or after a
+delay. The delay is what the chain allows without costing latency: while the leader's
+proposal for the current height is out (heard, not committed), the next leader builds
+only after that height commits, plus its propose wait, so the batch may wait up to
+`[node] batch_delay_ms` and leaves at the commit at the latest, in time for that build;
+otherwise the leader may be about to build, and the batch waits only `PROMPT_S` (it
+collects what arrives in the same few milliseconds, e.g. a client's batch admitted in
+slices). On a link with a low key rate a batch then waits briefly to ride in the next
+frame to that peer instead of costing a key of its own (`node.keypacing`). When the
+leader changes, pending ones go to the new leader in a batch of their own. A
+transaction that stays pending past the inclusion timeout goes out again, in a new batch
+to every validator; one that stays past twice the timeout makes the node fire its round
+timer early (CONSENSUS.md R8), so that a quorum of honest validators moves away from a
+censoring leader.
 
 Transactions in peers' batches are queued and admitted in slices by a task, so that
 checking thousands of signatures never holds up consensus messages behind it; with
@@ -23,6 +32,7 @@ import asyncio
 import logging
 from collections import Counter, deque
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 
 from consensus.events import Event, Timeout, TimerKey
 from consensus.view import EngineView
@@ -35,6 +45,7 @@ from node.mempool import Mempool
 from node.verifypool import VerifyPool
 from node.wire import OriginBatch
 from qchain.errors import QChainError
+from qchain.limits import ORIGIN_BATCH_FIELDS, TX_BATCH_MAX_BYTES, TX_BATCH_MAX_TXS
 from qchain.types import Transaction, decode_transaction
 
 log = logging.getLogger("qchain.node")
@@ -47,6 +58,34 @@ LEADER_ROOM_TXS = 100
 for our stuck ones: leaving them out then suggests censorship rather than load."""
 RECENT_BLOCKS = 256
 """Commits remembered (time, transaction count) for the censorship test."""
+PROMPT_S = 0.005
+"""How long a batch waits when the leader may be about to build (no proposal out for the
+current height): what arrives in the same few milliseconds goes with it."""
+PROPOSED_AHEAD = 2
+"""A proposal heard for a height at most this far above the committed one counts as out
+(pipelined heights: the next height's may come before this node commits); one claiming
+a height further ahead is a peer's word for nothing and holds no batch."""
+
+
+@dataclass(frozen=True)
+class Coalescing:
+    """When this node's outgoing batch leaves (`[node] batch_delay_ms`,
+    `batch_max_txs`)."""
+
+    delay_s: float = 0.25
+    """The longest a batch waits while the current height's proposal is out (0: every
+    batch leaves at the end of its turn of the event loop)."""
+    max_txs: int = 256
+    """A batch of this many transactions leaves at once."""
+    max_bytes: int = TX_BATCH_MAX_BYTES - ORIGIN_BATCH_FIELDS
+    """A batch of this many bytes of transactions leaves at once (one batch's worth:
+    `node.wire.origin_batches` cuts at it, within the transport's frame limits)."""
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.delay_s <= 5 or not 1 <= self.max_txs <= TX_BATCH_MAX_TXS:
+            raise ValueError("need 0 <= delay_s <= 5 and 1 <= max_txs <= TX_BATCH_MAX_TXS")
+        if self.max_bytes < 1:
+            raise ValueError("need max_bytes >= 1")
 
 
 class Forwarder:
@@ -64,11 +103,12 @@ class Forwarder:
         feed: Callable[[Event], None],
         verify_pool: VerifyPool,
         batches: Dissemination,
+        coalescing: Coalescing = Coalescing(),
     ) -> None:
-        """idle_mode: no heartbeat blocks (batches leave at once, never lazily); view:
-        the engine's view; verify_pool: checks the signatures of a slice in worker
+        """idle_mode: no heartbeat blocks (batches never ride lazily); view: the
+        engine's view; verify_pool: checks the signatures of a slice in worker
         processes before it is admitted (`node.verifypool`); batches: where this node's
-        batches go and peers' are kept."""
+        batches go and peers' are kept; coalescing: when this node's batch leaves."""
         self.links = links
         self.me = links.me
         self.mempool = mempool
@@ -80,11 +120,19 @@ class Forwarder:
         self.feed = feed
         self.verify_pool = verify_pool
         self.batches = batches
+        self.coalescing = coalescing
         self.dropped = 0
         """Forwarded transactions refused for lack of queue room or budget."""
         self.recent_blocks: deque[tuple[float, int]] = deque(maxlen=RECENT_BLOCKS)
         self._queue: list[Transaction] = []
-        self._scheduled = False
+        self._queue_bytes = 0
+        self._flush_at: float | None = None
+        """When the batch being coalesced leaves (None: no batch waits)."""
+        self._flush_timer: asyncio.Handle | None = None
+        self._committed = 0
+        """The last height this node committed."""
+        self.flushes = 0
+        """Batches of this node's clients' transactions sent (each to every peer)."""
         self._admit_queue: deque[tuple[int, bytes]] = deque()
         self._admit_queued: Counter[int] = Counter()
         """Forwarded transactions waiting for admission, by the peer that sent them."""
@@ -93,9 +141,15 @@ class Forwarder:
         self._stopping = False
 
     def stop(self) -> asyncio.Task[None] | None:
-        """Admit nothing more; the admission task, if any, for the caller to cancel."""
+        """Admit nothing more, send no batch; the admission task, if any, for the
+        caller to cancel."""
         self._stopping = True
+        self._cancel_flush()
         return self._admit_task
+
+    def queued(self) -> int:
+        """Peers' transactions received and waiting for admission."""
+        return len(self._admit_queue)
 
     def forward(self, raw_txs: list[bytes], lazy: bool = False) -> None:
         """raw_txs as this node's next batches to every peer (lazily on links whose key
@@ -109,17 +163,46 @@ class Forwarder:
         self.batches.send(raw_txs, self.links.others(), wait_s)
 
     def queue(self, tx: Transaction) -> None:
-        """Send tx (a locally admitted transaction) with the others of this turn."""
+        """Send tx (a locally admitted transaction) in this node's next batch, which
+        leaves when `Coalescing` says."""
+        if self._stopping:
+            return
         self._queue.append(tx)
-        if not self._scheduled:
-            self._scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush)
+        self._queue_bytes += len(tx.encoded)
+        c = self.coalescing
+        if len(self._queue) >= c.max_txs or self._queue_bytes >= c.max_bytes:
+            self._flush()
+            return
+        loop = asyncio.get_running_loop()
+        wait = min(c.delay_s, PROMPT_S) if not self.proposal_out() else c.delay_s
+        due = loop.time() + wait
+        if self._flush_at is not None and self._flush_at <= due:
+            return
+        self._cancel_flush()
+        self._flush_at = due
+        if wait <= 0:
+            self._flush_timer = loop.call_soon(self._flush)
+        else:
+            self._flush_timer = loop.call_later(wait, self._flush)
+
+    def proposal_out(self) -> bool:
+        """Whether a proposal for a height above the committed one was heard (or made
+        here): the next leader then builds after a commit, which sends the batch."""
+        return self._committed < self.batches.proposed <= self._committed + PROPOSED_AHEAD
+
+    def _cancel_flush(self) -> None:
+        if self._flush_timer is not None:
+            self._flush_timer.cancel()
+        self._flush_timer = None
+        self._flush_at = None
 
     def _flush(self) -> None:
-        self._scheduled = False
-        batch, self._queue = self._queue, []
+        self._cancel_flush()
+        batch, self._queue, self._queue_bytes = self._queue, [], 0
         # A proposal may have sent some already, in a batch of this node's (`node.batches`).
         raws = [tx.encoded for tx in batch if self.batches.store.locate(tx.hash) is None]
+        if raws and self.links.transport is not None:
+            self.flushes += 1
         self.forward(raws, lazy=not self.idle_mode)
 
     def leader_changed(self, leader: int) -> None:
@@ -177,6 +260,10 @@ class Forwarder:
         """The block of height, of `txs` transactions, was committed at `now`."""
         self.recent_blocks.append((now, txs))
         self.batches.committed(height)
+        self._committed = max(self._committed, height)
+        if self._queue:
+            # The next leader builds after this commit (and its propose wait).
+            self._flush()
 
     def check_inclusion(self, now: float) -> None:
         """Send this node's transactions pending past the inclusion timeout again, in a
