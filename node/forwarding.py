@@ -126,6 +126,8 @@ class Forwarder:
         self.recent_blocks: deque[tuple[float, int]] = deque(maxlen=RECENT_BLOCKS)
         self._queue: list[Transaction] = []
         self._queue_bytes = 0
+        self._first_at = 0.0
+        """When the first transaction of the batch being coalesced was queued."""
         self._flush_at: float | None = None
         """When the batch being coalesced leaves (None: no batch waits)."""
         self._flush_timer: asyncio.Handle | None = None
@@ -174,16 +176,21 @@ class Forwarder:
             self._flush()
             return
         loop = asyncio.get_running_loop()
-        wait = min(c.delay_s, PROMPT_S) if not self.proposal_out() else c.delay_s
-        due = loop.time() + wait
-        if self._flush_at is not None and self._flush_at <= due:
+        now = loop.time()
+        if len(self._queue) == 1:
+            self._first_at = now
+        # From the batch's first transaction: a proposal heard since it was queued moves
+        # the next build behind a commit, and the batch may wait longer.
+        wait = c.delay_s if self.proposal_out() else min(c.delay_s, PROMPT_S)
+        due = self._first_at + wait
+        if self._flush_at == due:
             return
         self._cancel_flush()
         self._flush_at = due
-        if wait <= 0:
+        if due <= now:
             self._flush_timer = loop.call_soon(self._flush)
         else:
-            self._flush_timer = loop.call_later(wait, self._flush)
+            self._flush_timer = loop.call_later(due - now, self._flush)
 
     def proposal_out(self) -> bool:
         """Whether a proposal for a height above the committed one was heard (or made

@@ -133,6 +133,20 @@ async def test_with_the_proposal_out_a_batch_waits_for_the_commit() -> None:
     assert not f.proposal_out(), "committed: the leader of height 2 may build"
 
 
+async def test_a_proposal_heard_while_a_batch_gathers_lets_it_wait_for_the_commit() -> None:
+    """The batch's first transaction came while the leader could still build; a
+    proposal heard since then puts the next build behind a commit."""
+    f, batches, links = _forwarder(Coalescing(delay_s=1.0))
+    txs = _txs(2)
+    f.queue(txs[0])
+    batches.proposed = 1
+    f.queue(txs[1])
+    await asyncio.sleep(PROMPT_S * 4)
+    assert links.sent == []
+    f.committed(0.0, 1, 0)
+    assert _sent_txs(links) == _raw(txs)
+
+
 async def test_with_the_proposal_out_a_batch_leaves_after_the_delay_at_the_latest() -> None:
     f, batches, links = _forwarder(Coalescing(delay_s=0.1))
     batches.proposed = 1
