@@ -6,11 +6,19 @@ Transactions admitted locally go to every validator as this node's next batch
 proposal by batch. Every batch costs a frame (a key) on each of the n - 1 links, so a
 batch is coalesced (`Coalescing`) before it leaves: it goes when it holds
 `[node] batch_max_txs` transactions or a batch's bytes, at the next commit, or after a
-delay. The delay is what the chain allows without costing latency: while the leader's
-proposal for the current height is out (heard, not committed), the next leader builds
-only after that height commits, plus its propose wait, so the batch may wait up to
-`[node] batch_delay_ms` and leaves at the commit at the latest, in time for that build;
-otherwise the leader may be about to build, and the batch waits only `PROMPT_S` (it
+delay. The delay is what the chain allows without costing latency. The batch *holds*
+(waits up to `[node] batch_delay_ms`, and leaves at the next commit at the latest, in
+time for the build after it) when the next build is known to come after a commit:
+
+- the leader's proposal for the current height is out (heard or made here, not
+  committed): the next leader builds only after that height commits, plus its propose
+  wait;
+- or the chain is busy (this node's pool held ready transactions right after its last
+  commit, so the leader had some too) and that commit is more than the propose wait
+  (`propose_wait_min`, plus `BUILD_SLACK_S`) ago: the leader built then, and what
+  arrives now goes into the block after the next commit whenever it is sent.
+
+Otherwise the leader may be about to build, and the batch waits only `PROMPT_S` (it
 collects what arrives in the same few milliseconds, e.g. a client's batch admitted in
 slices). On a link with a low key rate a batch then waits briefly to ride in the next
 frame to that peer instead of costing a key of its own (`node.keypacing`). When the
@@ -61,6 +69,9 @@ RECENT_BLOCKS = 256
 PROMPT_S = 0.005
 """How long a batch waits when the leader may be about to build (no proposal out for the
 current height): what arrives in the same few milliseconds goes with it."""
+BUILD_SLACK_S = 0.005
+"""A leader's commit and this node's are a network hop apart: the window in which the
+leader may still build runs this much past this node's commit plus the propose wait."""
 PROPOSED_AHEAD = 2
 """A proposal heard for a height at most this far above the committed one counts as out
 (pipelined heights: the next height's may come before this node commits); one claiming
@@ -80,12 +91,15 @@ class Coalescing:
     max_bytes: int = TX_BATCH_MAX_BYTES - ORIGIN_BATCH_FIELDS
     """A batch of this many bytes of transactions leaves at once (one batch's worth:
     `node.wire.origin_batches` cuts at it, within the transport's frame limits)."""
+    build_wait_s: float = 0.0
+    """The propose wait (`[timing] propose_wait_min_ms`): a busy leader builds this long
+    after its commit."""
 
     def __post_init__(self) -> None:
         if not 0 <= self.delay_s <= 5 or not 1 <= self.max_txs <= TX_BATCH_MAX_TXS:
             raise ValueError("need 0 <= delay_s <= 5 and 1 <= max_txs <= TX_BATCH_MAX_TXS")
-        if self.max_bytes < 1:
-            raise ValueError("need max_bytes >= 1")
+        if self.max_bytes < 1 or not 0 <= self.build_wait_s <= 60:
+            raise ValueError("need max_bytes >= 1 and 0 <= build_wait_s <= 60")
 
 
 class Forwarder:
@@ -133,6 +147,10 @@ class Forwarder:
         self._flush_timer: asyncio.Handle | None = None
         self._committed = 0
         """The last height this node committed."""
+        self._commit_at = 0.0
+        """When (event loop time) this node last committed."""
+        self._busy = False
+        """Whether this node's pool held ready transactions right after that commit."""
         self.flushes = 0
         """Batches of this node's clients' transactions sent (each to every peer)."""
         self._admit_queue: deque[tuple[int, bytes]] = deque()
@@ -181,7 +199,7 @@ class Forwarder:
             self._first_at = now
         # From the batch's first transaction: a proposal heard since it was queued moves
         # the next build behind a commit, and the batch may wait longer.
-        wait = c.delay_s if self.proposal_out() else min(c.delay_s, PROMPT_S)
+        wait = c.delay_s if self.holds(now) else min(c.delay_s, PROMPT_S)
         due = self._first_at + wait
         if self._flush_at == due:
             return
@@ -191,6 +209,13 @@ class Forwarder:
             self._flush_timer = loop.call_soon(self._flush)
         else:
             self._flush_timer = loop.call_later(due - now, self._flush)
+
+    def holds(self, now: float) -> bool:
+        """Whether the next build comes after a commit (see the module's doc), so that
+        a batch may wait for it."""
+        if self.proposal_out():
+            return True
+        return self._busy and now > self._commit_at + self.coalescing.build_wait_s + BUILD_SLACK_S
 
     def proposal_out(self) -> bool:
         """Whether a proposal for a height above the committed one was heard (or made
@@ -264,10 +289,13 @@ class Forwarder:
         return ADMIT_SLICE * max(1, self.verify_pool.workers)
 
     def committed(self, now: float, height: int, txs: int) -> None:
-        """The block of height, of `txs` transactions, was committed at `now`."""
+        """The block of height, of `txs` transactions, was committed at `now` and has
+        left the pool."""
         self.recent_blocks.append((now, txs))
         self.batches.committed(height)
         self._committed = max(self._committed, height)
+        self._commit_at = asyncio.get_running_loop().time()
+        self._busy = self.mempool.has_ready()
         if self._queue:
             # The next leader builds after this commit (and its propose wait).
             self._flush()

@@ -1,7 +1,8 @@
 """Coalescing this node's outgoing batches (`node.forwarding.Coalescing`): a batch leaves
 when it is full, at the next commit, or after a delay that is short while the leader may
-be about to build and up to `batch_delay_ms` while the current height's proposal is out;
-so a slow trickle of client transactions costs a few frames per height instead of one
+be about to build and up to `batch_delay_ms` while the next build is known to come after
+a commit (the current height's proposal is out, or a busy leader built already); so a
+slow trickle of client transactions costs a few frames per height instead of one
 per transaction on every link."""
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from consensus.params import Params
 from node.alarms import Alarms
 from node.batches import Dissemination
 from node.budget import Budgets
-from node.forwarding import PROMPT_S, PROPOSED_AHEAD, Coalescing, Forwarder
+from node.forwarding import BUILD_SLACK_S, PROMPT_S, PROPOSED_AHEAD, Coalescing, Forwarder
 from node.wire import Envelope, Kind, OriginBatch
 from qchain.limits import TX_BATCH_MAX_TXS
 from qchain.types import Transaction
@@ -59,12 +60,24 @@ class _Links:
         return list(out.values())
 
 
+@dataclass
+class _Pool:
+    """Stands in for the mempool: whether it holds a ready transaction."""
+
+    ready: bool = False
+
+    def has_ready(self) -> bool:
+        return self.ready
+
+
 class _NoBlocks:
     def block_of(self, cblock: Any) -> None:
         return None
 
 
-def _forwarder(coalescing: Coalescing) -> tuple[Forwarder, Dissemination, _Links]:
+def _forwarder(
+    coalescing: Coalescing, pool: _Pool | None = None
+) -> tuple[Forwarder, Dissemination, _Links]:
     links = _Links()
     batches = Dissemination(
         Params(n=N, chain_id=CHAIN),
@@ -76,7 +89,7 @@ def _forwarder(coalescing: Coalescing) -> tuple[Forwarder, Dissemination, _Links
     )
     f = Forwarder(
         links,  # type: ignore[arg-type]
-        None,  # type: ignore[arg-type]
+        pool or _Pool(),  # type: ignore[arg-type]
         None,  # type: ignore[arg-type]
         Budgets(),
         False,
@@ -145,6 +158,34 @@ async def test_a_proposal_heard_while_a_batch_gathers_lets_it_wait_for_the_commi
     assert links.sent == []
     f.committed(0.0, 1, 0)
     assert _sent_txs(links) == _raw(txs)
+
+
+async def test_a_busy_chain_holds_what_comes_after_the_leaders_build() -> None:
+    """Ready transactions left after a commit: the leader builds once its propose wait
+    has passed. Until then (and a little slack) a batch goes promptly, so that it makes
+    that block; after, nothing sent makes it, and the batch waits for the next commit."""
+    pool = _Pool(ready=True)
+    wait = 0.05
+    f, _, links = _forwarder(Coalescing(delay_s=1.0, build_wait_s=wait), pool)
+    txs = _txs(3)
+    f.committed(0.0, 1, 10)
+    f.queue(txs[0])
+    await asyncio.sleep(PROMPT_S * 4)
+    assert _sent_txs(links) == _raw(txs[:1]), "within the propose wait: at once"
+    links.sent.clear()
+    await asyncio.sleep(wait + BUILD_SLACK_S)
+    f.queue(txs[1])
+    await asyncio.sleep(PROMPT_S * 4)
+    assert links.sent == [], "the leader has built: held"
+    f.committed(0.0, 2, 10)
+    assert _sent_txs(links) == _raw(txs[1:2]), "sent at the commit"
+    links.sent.clear()
+    pool.ready = False
+    f.committed(0.0, 3, 1)
+    await asyncio.sleep(wait + BUILD_SLACK_S)
+    f.queue(txs[2])
+    await asyncio.sleep(PROMPT_S * 4)
+    assert _sent_txs(links) == _raw(txs[2:]), "nothing was ready: the leader waits for it"
 
 
 async def test_with_the_proposal_out_a_batch_leaves_after_the_delay_at_the_latest() -> None:
@@ -248,6 +289,7 @@ async def test_what_a_proposal_already_sent_and_what_comes_after_stop_is_not_sen
         {"max_txs": 0},
         {"max_txs": TX_BATCH_MAX_TXS + 1},
         {"max_bytes": 0},
+        {"build_wait_s": -1.0},
     ],
 )
 def test_coalescing_bounds(kwargs: dict[str, Any]) -> None:
