@@ -124,10 +124,10 @@ class NodeSection:
     turns the bound off (the pool's static limits only)."""
     batch_delay_ms: int = 250
     """The longest this node's outgoing batch of its clients' transactions waits to fill
-    while the leader's proposal for the current height is out (the next leader builds
-    only after that height commits, and the batch leaves at the commit at the latest);
-    otherwise it waits a few milliseconds (`node/forwarding.py`). 0: every batch leaves
-    at once."""
+    while the next build is known to come after a commit (the current height's proposal
+    is out, or a busy leader built already; the batch leaves at the commit at the
+    latest); otherwise it waits a few milliseconds (`node/forwarding.py`). 0: every
+    batch leaves at once."""
     batch_max_txs: int = 256
     """A batch of this many transactions (or of a batch's bytes) leaves at once."""
     verify_workers: int | None = None
