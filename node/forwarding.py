@@ -52,6 +52,7 @@ from node.links import Links
 from node.mempool import Mempool
 from node.verifypool import VerifyPool
 from node.wire import OriginBatch
+from qchain.config import NodeConfig
 from qchain.errors import QChainError
 from qchain.limits import ORIGIN_BATCH_FIELDS, TX_BATCH_MAX_BYTES, TX_BATCH_MAX_TXS
 from qchain.types import Transaction, decode_transaction
@@ -94,6 +95,17 @@ class Coalescing:
     build_wait_s: float = 0.0
     """The propose wait (`[timing] propose_wait_min_ms`): a busy leader builds this long
     after its commit."""
+
+    @classmethod
+    def of(cls, cfg: NodeConfig) -> Coalescing:
+        """A validator's, from its config (`[node] batch_delay_ms`, `batch_max_txs`,
+        `[timing] propose_wait_min_ms`)."""
+        n = cfg.node
+        return cls(
+            n.batch_delay_ms / 1000,
+            n.batch_max_txs,
+            build_wait_s=cfg.timing.propose_wait_min_ms / 1000,
+        )
 
     def __post_init__(self) -> None:
         if not 0 <= self.delay_s <= 5 or not 1 <= self.max_txs <= TX_BATCH_MAX_TXS:

@@ -231,11 +231,7 @@ class Validator:
             feed,
             VerifyPool(verify_workers(cfg.node), self.sig_cache, self.accounts),
             self.batches,
-            Coalescing(
-                cfg.node.batch_delay_ms / 1000,
-                cfg.node.batch_max_txs,
-                build_wait_s=cfg.timing.propose_wait_min_ms / 1000,
-            ),
+            Coalescing.of(cfg),
         )
         self.admission.queued = self.forwarder.queued
         self._build_commit()
