@@ -97,13 +97,16 @@ class Admission:
         self.clock = clock
         self.ready_signalled = False
         """Idle mode: whether the engine was told the mempool has an includable tx."""
+        self.queued: Callable[[], int] = lambda: 0
+        """Peers' transactions received and not admitted yet (`node.forwarding`): with
+        the pool, the depth ahead of a new transaction."""
 
     def admit(self, tx: Transaction, *, local: bool = False) -> bool:
         """Admit tx (local: a client submitted it to this node). True if new; raises
         what `Mempool.add` raises."""
         now = self.clock()
         if local and tx.hash not in self.mempool:
-            self.backlog.check(self.mempool.local_count, now)
+            self.backlog.check(self.mempool.local_count, now, self.depth())
         new = self.mempool.add(tx, height=self.committed(), now=now, local=local)
         if new:
             self.metrics.observe_mempool(len(self.mempool), self.mempool.size_bytes)
@@ -114,13 +117,18 @@ class Admission:
                 self.pacer.maybe_build()
         return new
 
+    def depth(self) -> int:
+        """Transactions of any origin ahead of a new one: the pool and the peers'
+        transactions waiting for admission."""
+        return len(self.mempool) + self.queued()
+
     def room(self) -> int:
         """How many more client transactions the admission bound lets in now."""
-        return self.backlog.room(self.mempool.local_count, self.clock())
+        return self.backlog.room(self.mempool.local_count, self.clock(), self.depth())
 
     def overloaded(self) -> Overloaded:
         """The refusal of a client transaction beyond `room`."""
-        return self.backlog.refusal(self.mempool.local_count, self.clock())
+        return self.backlog.refusal(self.mempool.local_count, self.clock(), self.depth())
 
     def on_commit(self, txs: Sequence[Transaction], height: int) -> None:
         """A block of txs committed at `height`: out of the pool, into the commit rate."""

@@ -43,7 +43,7 @@ from node.driver import Driver, Handlers
 from node.events import EventBus
 from node.facade import AdminFacade, ServiceFacade, ServiceParts
 from node.fetcher import BlockFetcher
-from node.forwarding import Forwarder
+from node.forwarding import Coalescing, Forwarder
 from node.genesis_file import load_genesis
 from node.health import Health
 from node.http.admin import make_admin_app
@@ -231,7 +231,9 @@ class Validator:
             feed,
             VerifyPool(verify_workers(cfg.node), self.sig_cache, self.accounts),
             self.batches,
+            Coalescing.of(cfg),
         )
+        self.admission.queued = self.forwarder.queued
         self._build_commit()
         self.driver.bind(
             Handlers(
