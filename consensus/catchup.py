@@ -21,6 +21,7 @@ from consensus.events import Action, ReplyDone, ReplySync, Send, SetTimer, Timer
 from consensus.instance import Instance
 from consensus.messages import ConsensusMessage, Done, SyncReq, SyncResp
 from consensus.params import Params
+from consensus.sets import VSet
 
 SYNC_TIMER = TimerKey("sync")
 SYNC_SERVE_TIMER = TimerKey("sync-serve")
@@ -49,12 +50,18 @@ class CatchUp:
         if claim > self.peer_height.get(j, 0):
             self.peer_height[j] = claim
 
-    def maybe_request(self, cur: int, committed: int, timer_fired: int) -> list[Action]:
-        """`maybe_sync` of §3.4: b peers at cur+2 or above, or the round timer fired twice."""
+    def maybe_request(
+        self, cur: int, committed: int, timer_fired: int, members: VSet | None = None
+    ) -> list[Action]:
+        """`maybe_sync` of §3.4: b peers at cur+2 or above, or the round timer fired twice.
+
+        Noted heights count members of `V(cur)` with `b(cur)` (§10.5, noted heights); a
+        removed validator, whatever it claims, moves nothing."""
         if self.pending:
             return []
-        ahead = sum(1 for h in self.peer_height.values() if h >= cur + 2)
-        if ahead >= self.p.b or timer_fired >= 2:
+        vs = members if members is not None else VSet.genesis(self.p.n)
+        ahead = sum(1 for j, h in self.peer_height.items() if h >= cur + 2 and j in vs)
+        if ahead >= vs.b or timer_fired >= 2:
             return self.request(cur, committed)
         return []
 

@@ -61,9 +61,8 @@ class NoBodyWithVote1(Engine):
 
 
 class SmallQuorum(Engine):
-    @property
-    def q(self) -> int:
-        return self.p.n - self.p.f - 1
+    def quorum(self, inst: Instance) -> int:
+        return inst.vs.n - inst.vs.f - 1
 
 
 MUTANTS: dict[str, EngineFactory] = {
