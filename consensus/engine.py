@@ -311,10 +311,12 @@ class Engine(HeightProtocol):
     def _on_start(self, ev: Start) -> list[Action]:
         """Restart: rebuild from the records and repeat, never recompute (§2.6). Each
         record is restored with its own set, `V(x)` and `V(x+1)` from the history."""
-        top = max([ev.committed_height, *(r.height for r in ev.records)]) + 1
         if ev.sets:
-            self.sets = SetHistory.of_epochs(ev.sets, top)
+            # Block c (the committed height) executed: V(c+1) and V(c+2) are known
+            # (§10.2); a record above c+1 learns V(x+1) from StartHeight(x).
+            self.sets = SetHistory.of_epochs(ev.sets, ev.committed_height + 2)
         else:
+            top = max([ev.committed_height, *(r.height for r in ev.records)]) + 1
             self.sets.learn(top, self.genesis)
         self.committed = ev.committed_height
         self.handed = max(self.handed, ev.committed_height)
