@@ -137,6 +137,11 @@ class DoneServer:
         """Heights decided in the current serve period: our DONE to every peer is in flight."""
         self.fresh_old: set[int] = set()
         """Heights decided in the previous serve period."""
+        self.answered: set[tuple[int, int]] = set()
+        """(height, peer): our DONE of the last height of a set answered a DONE of that
+        peer in the current serve period (§10.3, the DONE rule)."""
+        self.answered_old: set[tuple[int, int]] = set()
+        """The same, in the previous serve period."""
 
     def forget(self, h: int, done_of: Mapping[int, bytes]) -> None:
         """Instance `h` is dropped: remember whose DONE it counted."""
@@ -155,11 +160,24 @@ class DoneServer:
         m: ConsensusMessage,
         insts: Mapping[int, Instance],
         period_ms: int,
+        changes: bool = False,
     ) -> list[Action]:
-        """Answer a message from `j` for terminated height `h` with DONE."""
+        """Answer a message from `j` for terminated height `h` with DONE.
+
+        `changes`: h is the last height of a set (`V(h+1) != V(h)`). Its instance ends
+        only on q(h) of its own DONEs, so a peer whose DONE we counted may still lack
+        ours; a DONE is then answered unless ours answered one of that peer within the
+        last serve period (§10.3, the DONE rule: two terminated nodes do not answer each
+        other's answers for ever)."""
         if h in self.fresh or h in self.fresh_old:
             return []
-        if isinstance(m, Done):
+        if changes and isinstance(m, Done):
+            if (h, j) in self.answered or (h, j) in self.answered_old:
+                return []
+            if j in self.served:
+                return []
+            self.answered.add((h, j))
+        elif isinstance(m, Done):
             inst = insts.get(h)
             if inst is not None:
                 if j in inst.done_of:
@@ -190,13 +208,16 @@ class DoneServer:
         self.served.clear()
         self.fresh_old = self.fresh
         self.fresh = set()
+        self.answered_old = self.answered
+        self.answered = set()
         pending = sorted(self.pending.items())
         self.pending = {}
         out: list[Action] = []
         for j, h in pending:
             self.served.add(j)
             out.append(self._reply(j, h, insts))
-        return out + (self.arm(period_ms) if pending or self.fresh_old else [])
+        busy = pending or self.fresh_old or self.answered_old
+        return out + (self.arm(period_ms) if busy else [])
 
     def _reply(self, j: int, h: int, insts: Mapping[int, Instance]) -> Action:
         inst = insts.get(h)

@@ -184,11 +184,16 @@ class Engine(HeightProtocol):
     # --- our DONE, riding our next message to each peer (R7, §7) ---
 
     def _owe_done(self, inst: Instance, done: Done) -> list[Action]:
+        out: list[Action] = []
         for j in inst.done_peers(self.me):
             old = self.owed.get(j)
             if old is None or old.height < done.height:
+                if old is not None and self.sets.changes_after(old.height):
+                    # The last height of a set ends only on its own DONEs (§10.3): a
+                    # debt there is paid now, not dropped for a later height's.
+                    out.append(Send(j, old))
                 self.owed[j] = done
-        return self._deliver(inst, self.me, done)
+        return out + self._deliver(inst, self.me, done)
 
     def _ride_dones(self, out: list[Action]) -> list[Action]:
         """Each owed DONE joins this step's consensus messages to its peer, so they share
@@ -568,10 +573,11 @@ class Engine(HeightProtocol):
         if vs is None or self.me not in vs:
             # No DONE of a height where this node is not a member (§10.3, §10.8 R2).
             return []
-        if self.sets.changes_after(h) and isinstance(m, Vote | Propose):
+        changes = self.sets.changes_after(h)
+        if changes and isinstance(m, Vote | Propose):
             # The last height of a set: late VOTEs and PROPOSEs are not answered (§10.3).
             return []
-        return self.serving.serve(j, h, m, self.inst, self._serve_period())
+        return self.serving.serve(j, h, m, self.inst, self._serve_period(), changes)
 
     def _serve_period(self) -> int:
         """The serve period: the retransmit period of the current round (§3.4)."""

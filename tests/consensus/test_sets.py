@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import pytest
 
+from consensus.catchup import SERVE_TIMER
 from consensus.engine import LEARN_IDLE_FACTOR, LEARN_TIMER, Engine
 from consensus.events import (
     Action,
     Commit,
     MessageIn,
+    ReplyDone,
     Send,
     SetTimer,
     Start,
@@ -300,3 +302,56 @@ def test_restart_restores_each_record_with_its_own_set() -> None:
     assert e2.sets.of(4) is None and e2.inst[3].next_vs == OLD
     e2.step(StartHeight(3, v1, 0, OLD, NEW))
     assert e2.inst[3].next_vs == NEW
+
+
+def test_a_dones_debt_of_a_sets_last_height_is_paid_not_dropped() -> None:
+    """Catching up fast, a node decides the last height of a set and the next one in a
+    row: its DONE of the last old height, owed to each peer, leaves at once instead of
+    being replaced by the later height's (which would leave the peers' instance of that
+    height, which ends only on its own DONEs, waiting, §10.3)."""
+    e = _member_at_1()
+    v = _decide_1_then_start_2(e)
+    assert {j: d.height for j, d in e.owed.items()} == {0: 1, 2: 1, 3: 1, 4: 1}
+    blk2 = Block(2, v, 0, 0, b"two")
+    v2 = block_hash(blk2)
+    e.blocks[v2] = blk2
+    out: list[Action] = []
+    for j in (0, 2):  # b(2) = 2 claims decide height 2
+        out += e.step(MessageIn(j, Done(CID, 2, v2)))
+    assert e.inst[2].rec.decided == v2
+    paid = {s.to for s in _sends(out) if s.msg == Done(CID, 1, v)}
+    assert paid == {0, 2, 3, 4}
+    assert {d.height for d in e.owed.values()} == {2}
+
+
+def test_a_terminated_last_height_answers_a_done_once_per_period() -> None:
+    """§10.3's DONE rule: after the last height of a set terminated, a DONE of it from a
+    member whose DONE was counted is answered (that member may lack ours), and not again
+    within the serve period (two terminated nodes do not answer each other for ever)."""
+    e = _member_at_1()
+    v = _decide_1_then_start_2(e)
+    for j in (0, 2):
+        e.step(MessageIn(j, Done(CID, 1, v)))
+    assert 1 not in e.inst
+    # our DONE of height 1 is still owed to 0: its DONE is answered with it at once
+    assert _sends(e.step(MessageIn(0, Done(CID, 1, v)))) == [Send(0, Done(CID, 1, v))]
+    assert 0 not in e.owed
+    # two serve periods later (the height is no longer fresh), a DONE is answered once
+    for _ in range(2):
+        e.step(Timeout(SERVE_TIMER))
+    # (the instance is gone: the driver fills the DONE in from its chain store)
+    assert ReplyDone(0, 1) in e.step(MessageIn(0, Done(CID, 1, v)))
+    assert e.step(MessageIn(0, Done(CID, 1, v))) == []
+    for _ in range(2):
+        e.step(Timeout(SERVE_TIMER))
+    assert ReplyDone(0, 1) in e.step(MessageIn(0, Done(CID, 1, v)))
+    # without a change after height 1 a counted peer's DONE is never answered
+    f = Engine(P, 1)
+    f.step(StartHeight(1, G, 0, OLD, OLD))
+    w = _decide_1_then_start_2_fixed(f)
+    for j in (0, 2, 3):
+        f.step(MessageIn(j, Done(CID, 1, w)))
+    f.owed.clear()  # as if our DONE had ridden to every peer
+    for _ in range(2):
+        f.step(Timeout(SERVE_TIMER))
+    assert f.step(MessageIn(0, Done(CID, 1, w))) == []

@@ -11,7 +11,7 @@ from consensus.sim.runner import replay_command, run_one
 from consensus.sim.scenarios import RECONF_SCENARIOS, build
 from consensus.sim.world import Sim
 
-SEEDS = {4: 16, 7: 5}  # 5 scenarios x (16 + 5) seeds = 105 seeded runs
+SEEDS = {4: 16, 7: 6}  # 8 scenarios x (16 + 6) seeds = 176 seeded runs
 MUTANT_SEEDS = 2
 """The early-activation mutant must be caught within this many seeds of C1."""
 
