@@ -26,6 +26,9 @@ from consensus.sets import VSet
 SYNC_TIMER = TimerKey("sync")
 SYNC_SERVE_TIMER = TimerKey("sync-serve")
 SERVE_TIMER = TimerKey("serve")
+LEARN_TIMER = TimerKey("learn")
+LEARN_IDLE_FACTOR = 8
+"""A learner that is not shown behind asks every 8 sync intervals (§10.3, Learners)."""
 
 
 class CatchUp:
@@ -43,6 +46,28 @@ class CatchUp:
         self.served: set[int] = set()
         """Peers answered in the current `sync_interval`."""
         self.serve_armed = False
+        self.learn_armed = False
+        self.learn_behind = False
+        """A SYNC_RESP since the learner's last request showed heights at or above ours."""
+
+    def arm_learner(self) -> list[Action]:
+        """A node outside `V(cur)` follows the chain by catching up (§10.3, Learners)."""
+        if self.learn_armed:
+            return []
+        self.learn_armed = True
+        return [SetTimer(LEARN_TIMER, self.p.sync_interval_ms)]
+
+    def on_learn_timer(self, cur: int, committed: int, member: bool) -> list[Action]:
+        """A learner asks every `sync_interval` while it is shown behind, and every
+        8·`sync_interval` otherwise; a member (again) lets the timer lapse."""
+        self.learn_armed = False
+        if member:
+            return []
+        out = [] if self.pending else self.request(cur, committed)
+        factor = 1 if self.learn_behind else LEARN_IDLE_FACTOR
+        self.learn_behind = False
+        self.learn_armed = True
+        return [*out, SetTimer(LEARN_TIMER, factor * self.p.sync_interval_ms)]
 
     def note_height(self, j: int, h: int, cur: int) -> None:
         """A message from `j` for height `h`: a claim that `j` got there (§3.5)."""

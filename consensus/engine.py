@@ -40,7 +40,7 @@ Deviations from CONSENSUS.md, each for a reason stated where it is implemented:
 from __future__ import annotations
 
 from consensus.buffer import NextBuffer
-from consensus.catchup import CatchUp, DoneServer
+from consensus.catchup import LEARN_TIMER, CatchUp, DoneServer
 from consensus.events import (
     Action,
     Alert,
@@ -80,10 +80,6 @@ from consensus.params import Params
 from consensus.sets import SetHistory, VSet
 from consensus.view import EngineView, Footprint, InstanceView
 
-LEARN_TIMER = TimerKey("learn")
-LEARN_IDLE_FACTOR = 8
-"""A learner that is not behind asks every 8 sync intervals (§10.3, Learners)."""
-
 
 class Engine(HeightProtocol):
     """One validator's consensus state machine. Feed events to `step`; perform the actions."""
@@ -99,9 +95,6 @@ class Engine(HeightProtocol):
         self.not_member = 0
         """Consensus messages dropped because their sender is not a member of the set of
         their height (§10.3, `not-member`)."""
-        self.learn_armed = False
-        self.learn_behind = False
-        """A SYNC_RESP since the learner's last request showed heights at or above ours."""
         self.serving = DoneServer(params)
         self.undeleted: set[int] = set()
         self.durable = 0
@@ -286,32 +279,11 @@ class Engine(HeightProtocol):
         if inst.member:
             out += self._enter_round(inst, 0)
         else:
-            out += self._arm_learner()
+            out += self.catchup.arm_learner()
         out += self._check_done(inst)
         for j, m in self.buffer.drain(h):
             out += self._on_message(j, m)
         return out
-
-    # --- learners: a node outside V(cur) follows the chain by catching up (§10.3) ---
-
-    def _arm_learner(self) -> list[Action]:
-        if self.learn_armed:
-            return []
-        self.learn_armed = True
-        return [SetTimer(LEARN_TIMER, self.p.sync_interval_ms)]
-
-    def _on_learn_timer(self) -> list[Action]:
-        """A learner asks every `sync_interval` while it is shown behind, and every
-        8·`sync_interval` otherwise; a member does not need this timer."""
-        self.learn_armed = False
-        inst = self.inst.get(self.cur)
-        if inst is not None and inst.member:
-            return []
-        out = [] if self.catchup.pending else self.catchup.request(self.cur, self.committed)
-        factor = 1 if self.learn_behind else LEARN_IDLE_FACTOR
-        self.learn_behind = False
-        self.learn_armed = True
-        return [*out, SetTimer(LEARN_TIMER, factor * self.p.sync_interval_ms)]
 
     def _on_start(self, ev: Start) -> list[Action]:
         """Restart: rebuild from the records and repeat, never recompute (§2.6). Each
@@ -498,7 +470,9 @@ class Engine(HeightProtocol):
 
     def _on_timeout(self, key: TimerKey) -> list[Action]:
         if key == LEARN_TIMER:
-            return self._on_learn_timer()
+            inst = self.inst.get(self.cur)
+            member = inst is not None and inst.member
+            return self.catchup.on_learn_timer(self.cur, self.committed, member)
         if self.catchup.on_timeout(key):
             return []
         if key.kind == "serve":
@@ -548,7 +522,7 @@ class Engine(HeightProtocol):
         out: list[Action] = []
         for h, value in self.catchup.on_response(j, m, self.cur):
             if h >= self.cur:
-                self.learn_behind = True
+                self.catchup.learn_behind = True
             if h <= self.cur + 1 and not self._admits(j, h):
                 # Every entry is a claim, counted only from a member of V(h) (§10.3).
                 continue

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import pytest
 
-from consensus.catchup import SERVE_TIMER
-from consensus.engine import LEARN_IDLE_FACTOR, LEARN_TIMER, Engine
+from consensus.catchup import LEARN_IDLE_FACTOR, LEARN_TIMER, SERVE_TIMER
+from consensus.engine import Engine
 from consensus.events import (
     Action,
     Commit,
