@@ -395,8 +395,11 @@ class Engine(HeightProtocol):
     def _on_message(self, j: int, m: Message) -> list[Action]:
         if j == self.me or j not in self.sets.all_ids or m.chain_id != self.p.chain_id:
             return []
-        consensus = isinstance(m, Propose | Vote | Report | Abort | Done)
-        if consensus and m.height >= 1 and not self._admits(j, m.height):
+        if (
+            isinstance(m, Propose | Vote | Report | Abort | Done)
+            and m.height >= 1
+            and not self._admits(j, m.height)
+        ):
             self.not_member += 1
             return []
         if self.amnesia is not None:

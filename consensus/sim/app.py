@@ -94,8 +94,8 @@ def set_history(
         future = set(sets[a - 1].ids)
         for e in sorted(pending):
             if e > a:
-                for c in pending[e]:
-                    future = (future - set(c.remove)) | set(c.add)
+                for p in pending[e]:
+                    future = (future - set(p.remove)) | set(p.add)
         for tx in sorted(block_txs(blk)):
             c = changes.get(tx)
             if c is None or tx in seen:
