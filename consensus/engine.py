@@ -242,12 +242,12 @@ class Engine(HeightProtocol):
         vs = ev.members if ev.members is not None else self.genesis
         nxt = ev.next_members if ev.next_members is not None else vs
         live = self.inst.get(h)
-        if live is not None and live.vs == vs and h >= self.cur:
+        if live is not None and not live.next_known and live.vs == vs:
             # Restored from its record before the block below was executed again: the
-            # set after it is known only now (§10.2).
-            self.sets.learn(h, vs)
+            # set after it is known only now (§10.2), and with it the next anchor.
             self.sets.learn(h + 1, nxt)
-            live.next_vs = nxt
+            live.next_vs, live.next_known = nxt, True
+            return self._try_commit(live)
         if h in self.inst or h <= self.committed or h < self.cur:
             return []
         self.sets.learn(h, vs)
@@ -311,6 +311,7 @@ class Engine(HeightProtocol):
             if vs is None:
                 out.append(Alert("record-without-set", f"h {h}"))
                 continue
+            known = next_vs is not None
             if next_vs is None:
                 # Block h-1 is not executed again yet; StartHeight(h) will tell V(h+1).
                 next_vs = vs
@@ -322,6 +323,7 @@ class Engine(HeightProtocol):
                 out.append(DeleteRecord(h))
                 continue
             inst = Instance(rec, vs, next_vs, self.me)
+            inst.next_known = known
             self.inst[h] = inst
             self.cur = max(self.cur, h)
             if h <= self.committed:

@@ -352,7 +352,7 @@ class HeightProtocol(ABC):
 
     def _try_commit(self, inst: Instance) -> list[Action]:
         v = inst.rec.decided
-        if v is None or inst.commit_emitted or inst.h > self.handed + 1:
+        if v is None or inst.commit_emitted or inst.h > self.handed + 1 or not inst.next_known:
             return []
         blk = self.blocks.get(v)
         if blk is None:

@@ -34,6 +34,7 @@ class Instance:
         "done_of",
         "h",
         "member",
+        "next_known",
         "next_vs",
         "onces",
         "proposals",
@@ -53,6 +54,9 @@ class Instance:
         """`V(h)`: every count, leader and broadcast of this height is over it (§10.3)."""
         self.next_vs = next_vs
         """`V(h+1)`: the anchor of the next height and the DONEs owed to joiners (§10.4)."""
+        self.next_known = True
+        """False while `next_vs` is a stand-in (a record restored above the committed
+        height + 1, §10.2): the height is not committed until `StartHeight(h)` tells it."""
         self.member = me in vs
         """False: a learner's instance, which only counts DONE claims (§10.3, Learners)."""
         self.proposals: dict[int, tuple[int, bytes, Block]] = {}

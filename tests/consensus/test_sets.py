@@ -355,3 +355,28 @@ def test_a_terminated_last_height_answers_a_done_once_per_period() -> None:
     for _ in range(2):
         f.step(Timeout(SERVE_TIMER))
     assert f.step(MessageIn(0, Done(CID, 1, w))) == []
+
+
+def test_a_restored_height_whose_next_set_is_unknown_waits_for_it_to_commit() -> None:
+    """Pipelined heights at boot (§3.3 with §10.2): committed 1; heights 2 and 3 decided
+    in records, block 2 not executed again yet, so `V(4)` (which block 2 may change) is
+    unknown. Height 2 commits at once; height 3 only once `StartHeight(3)` (after block
+    2) tells `V(4)`, and with it the anchor of height 4 (§10.4)."""
+    v1 = b"\x01" * 32
+    b2 = Block(2, v1, 0, 0, b"two")
+    v2 = block_hash(b2)
+    b3 = Block(3, v2, 0, 3, b"three")
+    v3 = block_hash(b3)
+    recs = (
+        Record(height=2, anchor=0, parent_hash=v1, decided=v2),
+        Record(height=3, anchor=0, parent_hash=v2, decided=v3),
+    )
+    e = Engine(P, 1)
+    out = e.step(Start(recs, (b2, b3), 1, ((1, OLD),)))
+    assert [c.height for c in out if isinstance(c, Commit)] == [2]
+    rotated = VSet((0, 1, 2, 4))  # block 2 rotated 3 away at height 4
+    out = e.step(StartHeight(3, v2, 0, OLD, rotated))
+    (commit,) = [c for c in out if isinstance(c, Commit)]
+    assert commit.height == 3
+    # proposer 3 leaves: the anchor of height 4 is the next unchanged id, wrapping to 0
+    assert commit.next_anchor == 0
