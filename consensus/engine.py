@@ -179,6 +179,11 @@ class Engine(HeightProtocol):
     def _owe_done(self, inst: Instance, done: Done) -> list[Action]:
         out: list[Action] = []
         for j in inst.done_peers(self.me):
+            if inst.changes and j not in inst.next_vs:
+                # A leaving member gets no frame of h+1 to ride in: our DONE of its last
+                # height leaves alone (10.6 L4); it ends that height on q(h) DONEs.
+                out.append(Send(j, done))
+                continue
             old = self.owed.get(j)
             if old is None or old.height < done.height:
                 if old is not None and self.sets.changes_after(old.height):

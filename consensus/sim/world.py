@@ -261,9 +261,16 @@ class Sim:
                 continue
             if len(nd.chain) < h or len(nd.included) < txs:
                 return False
-            inst = nd.engine.view().instance(h)
+            view = nd.engine.view()
+            inst = view.instance(h)
             if inst is not None and not inst.terminated:
                 return False
+            if (
+                self.cfg.reconf is not None
+                and nd.up
+                and any(not i.terminated for i in view.instances if i.height < len(nd.chain))
+            ):
+                return False  # the last height of a set ends on its own DONEs (§10.3)
         return True
 
     def stable_from_us(self) -> int:

@@ -380,3 +380,20 @@ def test_a_restored_height_whose_next_set_is_unknown_waits_for_it_to_commit() ->
     assert commit.height == 3
     # proposer 3 leaves: the anchor of height 4 is the next unchanged id, wrapping to 0
     assert commit.next_anchor == 0
+
+
+def test_our_done_of_a_leaving_members_last_height_leaves_alone() -> None:
+    """10.6 L4: a member that leaves at h+1 gets no frame of h+1 for our DONE of h to
+    ride in; it leaves at once (the leaving member ends h only on q(h) DONEs), while the
+    members that stay and the joiners are owed it as usual."""
+    e = Engine(P, 1)
+    e.step(StartHeight(1, G, 0, OLD, VSet((0, 1, 2, 4))))
+    blk = Block(1, G, 0, 0, b"one")
+    v = block_hash(blk)
+    e.valid[v] = True
+    out = e.step(MessageIn(0, Propose(CID, 1, 0, blk)))
+    for k in (1, 2, 3, 4):
+        for j in (0, 2):
+            out += e.step(MessageIn(j, Vote(CID, 1, 0, k, v)))
+    assert [s.to for s in _sends(out) if isinstance(s.msg, Done)] == [3]
+    assert set(e.owed) == {0, 2, 4}
