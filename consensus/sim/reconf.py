@@ -62,12 +62,13 @@ def _reconf(
 def c1(n: int, seed: int, heights: int) -> SimConfig:
     """C1: add id n (n -> n+1), then remove one (n+1 -> n), while the stable leader (0)
     crashes around the add's activation: it restarts; or it dies and is the one removed;
-    or it crashes mid-broadcast of a proposal and restarts. A restarting leader is up
-    again before the remove is submitted (a transaction forwarded to a node that is down
-    is lost for it, and a stable leader without it would never include it)."""
+    or it crashes mid-broadcast of a proposal and restarts. The leader crashes after the
+    add reached every node and, if it restarts, is up again before the remove is
+    submitted (a transaction forwarded to a node that is down is lost for it, and a
+    stable leader without it would never include it)."""
     rng = random.Random(seed)
     variant = seed % 3
-    at = ADD_US + rng.randint(0, 200) * MS
+    at = ADD_US + rng.randint(20, 200) * MS  # every node holds the add by then
     if variant == 0:
         crash_spec = CrashSpec(0, at_us=at, down_us=rng.randint(50, 140) * MS)
         gone = rng.randrange(1, n)
