@@ -21,10 +21,14 @@ from consensus.events import Action, ReplyDone, ReplySync, Send, SetTimer, Timer
 from consensus.instance import Instance
 from consensus.messages import ConsensusMessage, Done, SyncReq, SyncResp
 from consensus.params import Params
+from consensus.sets import VSet
 
 SYNC_TIMER = TimerKey("sync")
 SYNC_SERVE_TIMER = TimerKey("sync-serve")
 SERVE_TIMER = TimerKey("serve")
+LEARN_TIMER = TimerKey("learn")
+LEARN_IDLE_FACTOR = 8
+"""A learner that is not shown behind asks every 8 sync intervals (§10.3, Learners)."""
 
 
 class CatchUp:
@@ -42,6 +46,28 @@ class CatchUp:
         self.served: set[int] = set()
         """Peers answered in the current `sync_interval`."""
         self.serve_armed = False
+        self.learn_armed = False
+        self.learn_behind = False
+        """A SYNC_RESP since the learner's last request showed heights at or above ours."""
+
+    def arm_learner(self) -> list[Action]:
+        """A node outside `V(cur)` follows the chain by catching up (§10.3, Learners)."""
+        if self.learn_armed:
+            return []
+        self.learn_armed = True
+        return [SetTimer(LEARN_TIMER, self.p.sync_interval_ms)]
+
+    def on_learn_timer(self, cur: int, committed: int, member: bool) -> list[Action]:
+        """A learner asks every `sync_interval` while it is shown behind, and every
+        8·`sync_interval` otherwise; a member (again) lets the timer lapse."""
+        self.learn_armed = False
+        if member:
+            return []
+        out = [] if self.pending else self.request(cur, committed)
+        factor = 1 if self.learn_behind else LEARN_IDLE_FACTOR
+        self.learn_behind = False
+        self.learn_armed = True
+        return [*out, SetTimer(LEARN_TIMER, factor * self.p.sync_interval_ms)]
 
     def note_height(self, j: int, h: int, cur: int) -> None:
         """A message from `j` for height `h`: a claim that `j` got there (§3.5)."""
@@ -49,12 +75,18 @@ class CatchUp:
         if claim > self.peer_height.get(j, 0):
             self.peer_height[j] = claim
 
-    def maybe_request(self, cur: int, committed: int, timer_fired: int) -> list[Action]:
-        """`maybe_sync` of §3.4: b peers at cur+2 or above, or the round timer fired twice."""
+    def maybe_request(
+        self, cur: int, committed: int, timer_fired: int, members: VSet | None = None
+    ) -> list[Action]:
+        """`maybe_sync` of §3.4: b peers at cur+2 or above, or the round timer fired twice.
+
+        Noted heights count members of `V(cur)` with `b(cur)` (§10.5, noted heights); a
+        removed validator, whatever it claims, moves nothing."""
         if self.pending:
             return []
-        ahead = sum(1 for h in self.peer_height.values() if h >= cur + 2)
-        if ahead >= self.p.b or timer_fired >= 2:
+        vs = members if members is not None else VSet.genesis(self.p.n)
+        ahead = sum(1 for j, h in self.peer_height.items() if h >= cur + 2 and j in vs)
+        if ahead >= vs.b or timer_fired >= 2:
             return self.request(cur, committed)
         return []
 
@@ -130,6 +162,11 @@ class DoneServer:
         """Heights decided in the current serve period: our DONE to every peer is in flight."""
         self.fresh_old: set[int] = set()
         """Heights decided in the previous serve period."""
+        self.answered: set[tuple[int, int]] = set()
+        """(height, peer): our DONE of the last height of a set answered a DONE of that
+        peer in the current serve period (§10.3, the DONE rule)."""
+        self.answered_old: set[tuple[int, int]] = set()
+        """The same, in the previous serve period."""
 
     def forget(self, h: int, done_of: Mapping[int, bytes]) -> None:
         """Instance `h` is dropped: remember whose DONE it counted."""
@@ -148,11 +185,24 @@ class DoneServer:
         m: ConsensusMessage,
         insts: Mapping[int, Instance],
         period_ms: int,
+        changes: bool = False,
     ) -> list[Action]:
-        """Answer a message from `j` for terminated height `h` with DONE."""
+        """Answer a message from `j` for terminated height `h` with DONE.
+
+        `changes`: h is the last height of a set (`V(h+1) != V(h)`). Its instance ends
+        only on q(h) of its own DONEs, so a peer whose DONE we counted may still lack
+        ours; a DONE is then answered unless ours answered one of that peer within the
+        last serve period (§10.3, the DONE rule: two terminated nodes do not answer each
+        other's answers for ever)."""
         if h in self.fresh or h in self.fresh_old:
             return []
-        if isinstance(m, Done):
+        if changes and isinstance(m, Done):
+            if (h, j) in self.answered or (h, j) in self.answered_old:
+                return []
+            if j in self.served:
+                return []
+            self.answered.add((h, j))
+        elif isinstance(m, Done):
             inst = insts.get(h)
             if inst is not None:
                 if j in inst.done_of:
@@ -183,13 +233,16 @@ class DoneServer:
         self.served.clear()
         self.fresh_old = self.fresh
         self.fresh = set()
+        self.answered_old = self.answered
+        self.answered = set()
         pending = sorted(self.pending.items())
         self.pending = {}
         out: list[Action] = []
         for j, h in pending:
             self.served.add(j)
             out.append(self._reply(j, h, insts))
-        return out + (self.arm(period_ms) if pending or self.fresh_old else [])
+        busy = pending or self.fresh_old or self.answered_old
+        return out + (self.arm(period_ms) if busy else [])
 
     def _reply(self, j: int, h: int, insts: Mapping[int, Instance]) -> Action:
         inst = insts.get(h)

@@ -40,7 +40,7 @@ Deviations from CONSENSUS.md, each for a reason stated where it is implemented:
 from __future__ import annotations
 
 from consensus.buffer import NextBuffer
-from consensus.catchup import CatchUp, DoneServer
+from consensus.catchup import LEARN_TIMER, CatchUp, DoneServer
 from consensus.events import (
     Action,
     Alert,
@@ -77,6 +77,7 @@ from consensus.messages import (
     block_hash,
 )
 from consensus.params import Params
+from consensus.sets import SetHistory, VSet
 from consensus.view import EngineView, Footprint, InstanceView
 
 
@@ -85,9 +86,15 @@ class Engine(HeightProtocol):
 
     def __init__(self, params: Params, me: int) -> None:
         super().__init__(params, me)
+        self.genesis = VSet.genesis(params.n)
+        self.sets = SetHistory(self.genesis)
+        """The set of every height this engine knows (§10.2); given by the driver."""
         self.committed = 0
         self.buffer = NextBuffer()
-        self.catchup = CatchUp(params, self.peers)
+        self.catchup = CatchUp(params, self.genesis.others(me))
+        self.not_member = 0
+        """Consensus messages dropped because their sender is not a member of the set of
+        their height (§10.3, `not-member`)."""
         self.serving = DoneServer(params)
         self.undeleted: set[int] = set()
         self.durable = 0
@@ -109,7 +116,9 @@ class Engine(HeightProtocol):
             idle_mode=self.idle_mode,
             peer_heights=dict(self.catchup.peer_height),
             instances=tuple(
-                InstanceView(i.rec, i.terminated, len(i.proposals), len(i.report_slot))
+                InstanceView(
+                    i.rec, i.terminated, len(i.proposals), len(i.report_slot), i.vs.ids, i.member
+                )
                 for _, i in sorted(self.inst.items())
             ),
             footprint=Footprint(
@@ -118,6 +127,7 @@ class Engine(HeightProtocol):
                 blocks=len(self.blocks),
                 verdicts=len(self.valid),
             ),
+            not_member=self.not_member,
         )
 
     # --- the one entry point ---
@@ -135,7 +145,7 @@ class Engine(HeightProtocol):
         elif isinstance(ev, BlockBuilt):
             out = self._on_block_built(ev.height, ev.round, ev.block)
         elif isinstance(ev, StartHeight):
-            out = self._on_start_height(ev.height, ev.parent_hash, ev.anchor)
+            out = self._on_start_height(ev)
         elif isinstance(ev, Start):
             out = self._on_start(ev)
         elif isinstance(ev, MempoolNonEmpty):
@@ -167,11 +177,21 @@ class Engine(HeightProtocol):
     # --- our DONE, riding our next message to each peer (R7, §7) ---
 
     def _owe_done(self, inst: Instance, done: Done) -> list[Action]:
-        for j in self.peers:
+        out: list[Action] = []
+        for j in inst.done_peers(self.me):
+            if inst.changes and j not in inst.next_vs:
+                # A leaving member gets no frame of h+1 to ride in: our DONE of its last
+                # height leaves alone (10.6 L4); it ends that height on q(h) DONEs.
+                out.append(Send(j, done))
+                continue
             old = self.owed.get(j)
             if old is None or old.height < done.height:
+                if old is not None and self.sets.changes_after(old.height):
+                    # The last height of a set ends only on its own DONEs (§10.3): a
+                    # debt there is paid now, not dropped for a later height's.
+                    out.append(Send(j, old))
                 self.owed[j] = done
-        return self._deliver(inst, self.me, done)
+        return out + self._deliver(inst, self.me, done)
 
     def _ride_dones(self, out: list[Action]) -> list[Action]:
         """Each owed DONE joins this step's consensus messages to its peer, so they share
@@ -214,9 +234,29 @@ class Engine(HeightProtocol):
 
     # --- heights ---
 
-    def _on_start_height(self, h: int, parent_hash: bytes, anchor: int) -> list[Action]:
+    def _sync_peers(self) -> tuple[int, ...]:
+        """Where SYNC_REQ goes: the other members of `V(cur)` and `V(cur+1)` (§10.3)."""
+        a, b = self.sets.of(self.cur), self.sets.of(self.cur + 1)
+        ids = (a.members if a is not None else frozenset()) | (
+            b.members if b is not None else frozenset()
+        )
+        return tuple(sorted(ids - {self.me}))
+
+    def _on_start_height(self, ev: StartHeight) -> list[Action]:
+        h, parent_hash = ev.height, ev.parent_hash
+        vs = ev.members if ev.members is not None else self.genesis
+        nxt = ev.next_members if ev.next_members is not None else vs
+        live = self.inst.get(h)
+        if live is not None and not live.next_known and live.vs == vs:
+            # Restored from its record before the block below was executed again: the
+            # set after it is known only now (§10.2), and with it the next anchor.
+            self.sets.learn(h + 1, nxt)
+            live.next_vs, live.next_known = nxt, True
+            return self._try_commit(live)
         if h in self.inst or h <= self.committed or h < self.cur:
             return []
+        self.sets.learn(h, vs)
+        self.sets.learn(h + 1, nxt)
         if self.amnesia is not None:
             self.amnesia.try_settle(h)
         out: list[Action] = []
@@ -230,20 +270,36 @@ class Engine(HeightProtocol):
                 self.undeleted.discard(x)
                 out.append(DeleteRecord(x))
         for inst in list(self.inst.values()):
-            if inst.h < h - 1:
+            if inst.h < h - 1 and not inst.changes:
+                # The last height of a set is not terminated by later heights: only by
+                # q of its own DONEs (§10.3, termination).
                 out += self._terminate(inst)
-        rec = Record(height=h, anchor=anchor % self.p.n, parent_hash=parent_hash)
-        inst = Instance(rec, self.p.n)
+        rec = Record(height=h, anchor=vs.at(ev.anchor), parent_hash=parent_hash)
+        inst = Instance(rec, vs, nxt, self.me)
         self.inst[h] = inst
         self.cur = h
-        inst.done_of = self.catchup.take_claims(h)
-        out += self._enter_round(inst, 0) + self._check_done(inst)
+        self.catchup.peers = self._sync_peers()
+        claims = self.catchup.take_claims(h)
+        inst.done_of = {j: v for j, v in claims.items() if j in vs}
+        if inst.member:
+            out += self._enter_round(inst, 0)
+        else:
+            out += self.catchup.arm_learner()
+        out += self._check_done(inst)
         for j, m in self.buffer.drain(h):
             out += self._on_message(j, m)
         return out
 
     def _on_start(self, ev: Start) -> list[Action]:
-        """Restart: rebuild from the records and repeat, never recompute (§2.6)."""
+        """Restart: rebuild from the records and repeat, never recompute (§2.6). Each
+        record is restored with its own set, `V(x)` and `V(x+1)` from the history."""
+        if ev.sets:
+            # Block c (the committed height) executed: V(c+1) and V(c+2) are known
+            # (§10.2); a record above c+1 learns V(x+1) from StartHeight(x).
+            self.sets = SetHistory.of_epochs(ev.sets, ev.committed_height + 2)
+        else:
+            top = max([ev.committed_height, *(r.height for r in ev.records)]) + 1
+            self.sets.learn(top, self.genesis)
         self.committed = ev.committed_height
         self.handed = max(self.handed, ev.committed_height)
         self.durable = max(self.durable, ev.committed_height)
@@ -256,15 +312,34 @@ class Engine(HeightProtocol):
             rec = by_h[h]
             nxt = by_h.get(h + 1)
             above = nxt is not None and nxt.decided is not None
-            if ev.committed_height >= h + (0 if above else 1):
+            vs, next_vs = self.sets.of(h), self.sets.of(h + 1)
+            if vs is None:
+                out.append(Alert("record-without-set", f"h {h}"))
+                continue
+            known = next_vs is not None
+            if next_vs is None:
+                # Block h-1 is not executed again yet; StartHeight(h) will tell V(h+1).
+                next_vs = vs
+            changes = vs != next_vs
+            if not changes and ev.committed_height >= h + (0 if above else 1):
                 out.append(DeleteRecord(h))
                 continue
-            inst = Instance(rec, self.p.n)
+            if changes and ev.committed_height >= h and rec.decided is None:
+                out.append(DeleteRecord(h))
+                continue
+            inst = Instance(rec, vs, next_vs, self.me)
+            inst.next_known = known
             self.inst[h] = inst
             self.cur = max(self.cur, h)
             if h <= self.committed:
                 inst.commit_emitted = True
-            if above:
+            if not inst.member:
+                # A learner's record only carries what it learnt (§10.3, Learners).
+                if rec.decided is not None:
+                    inst.terminated = True
+                    out += self._try_commit(inst)
+                continue
+            if above and not changes:
                 # Decided above but not committed (its commit was in flight at the crash,
                 # §3.3): terminated (§3.6), committed again before the height above.
                 inst.terminated = True
@@ -277,6 +352,7 @@ class Engine(HeightProtocol):
                 out.append(SetTimer(retx_timer(h), self.p.timeout_ms(rec.round)))
             out += self._resend(inst)
             out += self._try_commit(inst)
+        self.catchup.peers = self._sync_peers()
         return out + self.catchup.request(self.cur, self.committed)
 
     def _resend(self, inst: Instance) -> list[Action]:
@@ -296,7 +372,7 @@ class Engine(HeightProtocol):
                 out += self._bcast(inst, Vote(cid, inst.h, rec.round, k, s.last_value))
         if rec.abort_level >= 0 and not self._silent(inst.h):
             inst.abort_of[self.me] = rec.abort_level
-            out += [Send(j, Abort(cid, inst.h, rec.abort_level)) for j in self.peers]
+            out += [Send(j, Abort(cid, inst.h, rec.abort_level)) for j in inst.peers(self.me)]
         if rec.decided is not None:
             out += self._bcast(inst, Done(cid, inst.h, rec.decided))
         return out
@@ -314,8 +390,24 @@ class Engine(HeightProtocol):
 
     # --- messages ---
 
+    def _admits(self, j: int, h: int) -> bool:
+        """Membership by the message's height (§10.3): a message of height h <= cur+1
+        counts only from a member of `V(h)`; one of a height above only from a member of
+        `V(cur)` (it can only note a height)."""
+        vs = self.sets.of(h if h <= self.cur + 1 else self.cur)
+        if vs is None:
+            return h > self.cur + 1
+        return j in vs
+
     def _on_message(self, j: int, m: Message) -> list[Action]:
-        if not 0 <= j < self.p.n or j == self.me or m.chain_id != self.p.chain_id:
+        if j == self.me or j not in self.sets.all_ids or m.chain_id != self.p.chain_id:
+            return []
+        if (
+            isinstance(m, Propose | Vote | Report | Abort | Done)
+            and m.height >= 1
+            and not self._admits(j, m.height)
+        ):
+            self.not_member += 1
             return []
         if self.amnesia is not None:
             self.amnesia.observe(j, m, self.cur)
@@ -340,6 +432,9 @@ class Engine(HeightProtocol):
             return self._serve_done(j, h, m)
         if inst.terminated:
             return self._serve_done(j, h, m)
+        if not inst.member:
+            # A learner counts DONEs of members as claims; nothing else (§10.3).
+            return self._on_done(inst, j, m) if isinstance(m, Done) else []
         return self._arm_idle(m) + self._deliver(inst, j, m) + self._pay_if_stuck(inst, j, m)
 
     def _pay_if_stuck(self, inst: Instance, j: int, m: ConsensusMessage) -> list[Action]:
@@ -359,7 +454,13 @@ class Engine(HeightProtocol):
         if not self.idle_mode or isinstance(m, Done) or m.height < self.cur:
             return []
         inst = self.inst.get(self.cur)
-        if inst is None or inst.terminated or inst.timer_armed or inst.rec.decided is not None:
+        if (
+            inst is None
+            or inst.terminated
+            or not inst.member
+            or inst.timer_armed
+            or inst.rec.decided is not None
+        ):
             return []
         inst.timer_armed = True
         return [SetTimer(round_timer(inst.h), self.p.timeout_ms(inst.rec.round))]
@@ -367,7 +468,7 @@ class Engine(HeightProtocol):
     def _on_mempool(self, nonempty: bool) -> list[Action]:
         self.mempool_nonempty = nonempty
         inst = self.inst.get(self.cur)
-        if not nonempty or inst is None or inst.terminated:
+        if not nonempty or inst is None or inst.terminated or not inst.member:
             return []
         out: list[Action] = []
         if not inst.timer_armed and inst.rec.decided is None:
@@ -378,6 +479,10 @@ class Engine(HeightProtocol):
     # --- timers ---
 
     def _on_timeout(self, key: TimerKey) -> list[Action]:
+        if key == LEARN_TIMER:
+            inst = self.inst.get(self.cur)
+            member = inst is not None and inst.member
+            return self.catchup.on_learn_timer(self.cur, self.committed, member)
         if self.catchup.on_timeout(key):
             return []
         if key.kind == "serve":
@@ -386,6 +491,7 @@ class Engine(HeightProtocol):
         if inst is None or inst.terminated:
             return []
         cid, h = self.p.chain_id, inst.h
+        peers = inst.peers(self.me)
         if key.kind == "round":
             if inst.rec.decided is not None:
                 return []
@@ -393,7 +499,7 @@ class Engine(HeightProtocol):
             if inst.rec.abort_level < inst.rec.round:
                 out = self._send_abort(inst, inst.rec.round) + self._check_aborts(inst)
             else:
-                out = [Send(j, Abort(cid, h, inst.rec.abort_level)) for j in self.peers]
+                out = [Send(j, Abort(cid, h, inst.rec.abort_level)) for j in peers]
             out.append(SetTimer(round_timer(h), self.p.timeout_ms(inst.rec.round)))
             return out + self._maybe_sync()
         decided = inst.rec.decided
@@ -403,10 +509,12 @@ class Engine(HeightProtocol):
         # chain did not move on within a retransmit period (idle, or a height stuck).
         mine = Done(cid, h, decided)
         out = [
-            Send(j, mine) for j in self.peers if j not in inst.done_of or self.owed.get(j) == mine
+            Send(j, mine)
+            for j in inst.done_peers(self.me)
+            if (j in inst.vs and j not in inst.done_of) or self.owed.get(j) == mine
         ]
         if inst.rec.abort_level >= 0:
-            out += [Send(j, Abort(cid, h, inst.rec.abort_level)) for j in self.peers]
+            out += [Send(j, Abort(cid, h, inst.rec.abort_level)) for j in peers]
         out.append(SetTimer(retx_timer(h), self.p.timeout_ms(inst.rec.round)))
         return out
 
@@ -415,13 +523,19 @@ class Engine(HeightProtocol):
     def _maybe_sync(self) -> list[Action]:
         inst = self.inst.get(self.cur)
         fired = inst.timer_fired if inst is not None else 0
-        return self.catchup.maybe_request(self.cur, self.committed, fired)
+        vs = self.sets.of(self.cur)
+        return self.catchup.maybe_request(self.cur, self.committed, fired, vs)
 
     def _on_sync(self, j: int, m: SyncReq | SyncResp) -> list[Action]:
         if isinstance(m, SyncReq):
             return self.catchup.on_request(j, m)
         out: list[Action] = []
         for h, value in self.catchup.on_response(j, m, self.cur):
+            if h >= self.cur:
+                self.catchup.learn_behind = True
+            if h <= self.cur + 1 and not self._admits(j, h):
+                # Every entry is a claim, counted only from a member of V(h) (§10.3).
+                continue
             inst = self.inst.get(h)
             if inst is not None and not inst.terminated:
                 out += self._on_done(inst, j, Done(self.p.chain_id, h, value))
@@ -439,7 +553,15 @@ class Engine(HeightProtocol):
         owed = self.owed.get(j)
         if owed is not None and owed.height == h:
             return [Send(j, owed)]
-        return self.serving.serve(j, h, m, self.inst, self._serve_period())
+        vs = self.sets.of(h)
+        if vs is None or self.me not in vs:
+            # No DONE of a height where this node is not a member (§10.3, §10.8 R2).
+            return []
+        changes = self.sets.changes_after(h)
+        if changes and isinstance(m, Vote | Propose):
+            # The last height of a set: late VOTEs and PROPOSEs are not answered (§10.3).
+            return []
+        return self.serving.serve(j, h, m, self.inst, self._serve_period(), changes)
 
     def _serve_period(self) -> int:
         """The serve period: the retransmit period of the current round (§3.4)."""

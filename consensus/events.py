@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import TypeAlias
 
 from consensus.messages import Block, Message, Record
+from consensus.sets import VSet
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,10 @@ class Start:
     records: tuple[Record, ...]
     blocks: tuple[Block, ...]
     committed_height: int
+    sets: tuple[tuple[int, VSet], ...] = ()
+    """The set history (§10.2): `(e, V(e))` for the first height and every activation
+    height, through `V(x + 1)` of every record x and of the height after the committed
+    one. Empty: the set of genesis, `0..n-1`, for every height."""
 
 
 @dataclass(frozen=True)
@@ -49,7 +54,12 @@ class StartHeight:
     height: int
     parent_hash: bytes
     anchor: int
-    """`anchor(height)`; from `Commit.next_anchor` or the genesis `first_leader`."""
+    """The anchor id `A(height)` (§10.4); from `Commit.next_anchor` or the genesis
+    `first_leader`."""
+    members: VSet | None = None
+    """`V(height)`; None: the set of genesis (a chain whose set never changes)."""
+    next_members: VSet | None = None
+    """`V(height + 1)`, known once block height-1 is executed (§10.2); None: `members`."""
 
 
 @dataclass(frozen=True)

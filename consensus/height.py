@@ -50,6 +50,7 @@ from consensus.messages import (
 )
 from consensus.params import Params
 from consensus.safety import FRESH, RULES, SafetyRules
+from consensus.sets import next_anchor
 
 
 class HeightProtocol(ABC):
@@ -60,7 +61,6 @@ class HeightProtocol(ABC):
     def __init__(self, params: Params, me: int) -> None:
         self.p = params
         self.me = me
-        self.peers = tuple(j for j in range(params.n) if j != me)
         self.inst: dict[int, Instance] = {}
         self.cur = 0
         self.blocks: dict[bytes, Block] = {}
@@ -75,22 +75,22 @@ class HeightProtocol(ABC):
         """Set after a restore (§3.8): silent, and not counting itself, at the heights it
         may have voted in before."""
 
-    # --- thresholds (overridable by the simulator's test mutants only) ---
+    # --- thresholds of a height's set (overridable by the simulator's test mutants only) ---
 
-    @property
-    def q(self) -> int:
-        return self.p.q
+    def quorum(self, inst: Instance) -> int:
+        """`q(h)` of the instance's set (§10.3)."""
+        return inst.vs.q
 
-    @property
-    def b(self) -> int:
-        return self.p.b
+    def blocking(self, inst: Instance) -> int:
+        """`b(h)` of the instance's set (§10.3)."""
+        return inst.vs.b
 
     @property
     def idle_mode(self) -> bool:
         return self.p.propose_wait_max_ms is None
 
     def leader(self, inst: Instance, r: int) -> int:
-        return self.p.leader(inst.rec.anchor, r)
+        return inst.vs.leader(inst.rec.anchor, r)
 
     # --- sending ---
 
@@ -102,7 +102,7 @@ class HeightProtocol(ABC):
         nothing at all for what the amnesia guard silences."""
         if self.amnesia is not None and not self.amnesia.allows(m):
             return []
-        out: list[Action] = [Send(j, m) for j in self.peers]
+        out: list[Action] = [Send(j, m) for j in inst.peers(self.me)]
         return out + self._deliver(inst, self.me, m)
 
     def _persist(self, inst: Instance) -> list[Action]:
@@ -146,7 +146,7 @@ class HeightProtocol(ABC):
         out = self._try_vote1(inst)
         r = inst.rec.round
         for k in (1, 2, 3):
-            for v in inst.values_with_quorum(k, r, self.q):
+            for v in inst.values_with_quorum(k, r, self.quorum(inst)):
                 out += self._cast(inst, k + 1, v)
         return out
 
@@ -156,17 +156,18 @@ class HeightProtocol(ABC):
         if self._silent(inst.h):
             return out
         inst.abort_of[self.me] = level
-        return out + [Send(j, Abort(self.p.chain_id, inst.h, level)) for j in self.peers]
+        abort = Abort(self.p.chain_id, inst.h, level)
+        return out + [Send(j, abort) for j in inst.peers(self.me)]
 
     def _levels(self, inst: Instance) -> list[int]:
-        return sorted((inst.abort_of.get(x, -1) for x in range(self.p.n)), reverse=True)
+        return sorted((inst.abort_of.get(x, -1) for x in inst.vs.ids), reverse=True)
 
     def _check_aborts(self, inst: Instance) -> list[Action]:
         out: list[Action] = []
-        u = self._levels(inst)[self.b - 1]
+        u = self._levels(inst)[self.blocking(inst) - 1]
         if u > inst.rec.abort_level:
             out += self._send_abort(inst, u)
-        w = self._levels(inst)[self.q - 1]
+        w = self._levels(inst)[self.quorum(inst) - 1]
         if w >= inst.rec.round:
             out += self._enter_round(inst, w + 1)
         return out
@@ -193,7 +194,7 @@ class HeightProtocol(ABC):
                 return []
             return inst.once(("build", 0), build)
         reps = inst.reports(r)
-        q, b = self.q, self.b
+        q, b = self.quorum(inst), self.blocking(inst)
         if self.rules.shows_safe(reps, FRESH, r, 3, 2, q, b):
             return inst.once(("build", r), build)
         out: list[Action] = []
@@ -238,7 +239,8 @@ class HeightProtocol(ABC):
             # earlier round is not judged by the clock, or a value locked by a quorum
             # could never be decided once its time had passed.
             return []
-        if r > 0 and not self.rules.shows_safe(inst.reports(r), v, r, 4, 1, self.q, self.b):
+        q, b = self.quorum(inst), self.blocking(inst)
+        if r > 0 and not self.rules.shows_safe(inst.reports(r), v, r, 4, 1, q, b):
             return []
         return self._vote1_body(blk) + self._cast(inst, 1, v)
 
@@ -269,10 +271,11 @@ class HeightProtocol(ABC):
         slots[m.phase - 1] = (m.round, m.value)
         inst.counts[(m.phase, m.round, m.value)] += 1
         c = inst.counts[(m.phase, m.round, m.value)]
+        q = self.quorum(inst)
         out: list[Action] = []
-        if m.phase == 4 and inst.rec.decided is None and c >= self.q:
+        if m.phase == 4 and inst.rec.decided is None and c >= q:
             out += self._decide(inst, m.value)
-        if m.phase < 4 and m.round == inst.rec.round and c >= self.q:
+        if m.phase < 4 and m.round == inst.rec.round and c >= q:
             out += self._cast(inst, m.phase + 1, m.value)
         return out
 
@@ -318,6 +321,11 @@ class HeightProtocol(ABC):
     def _decide(self, inst: Instance, v: bytes) -> list[Action]:
         inst.rec = replace(inst.rec, decided=v)
         inst.timer_armed = False
+        if not inst.member:
+            # A learner has learnt h from b(h) members' claims; it owes nobody a DONE
+            # and counts for nothing, so it is done with h (§10.3, Learners).
+            out = [*self._persist(inst), *self._terminate(inst)]
+            return out + self._try_commit(inst)
         out = [
             *self._persist(inst),
             CancelTimer(round_timer(inst.h)),
@@ -327,7 +335,9 @@ class HeightProtocol(ABC):
         out += self._serve_decided(inst)
         out += self._try_commit(inst)
         prev = self.inst.get(inst.h - 1)
-        if prev is not None:
+        if prev is not None and not prev.changes:
+            # Across a change, deciding h does not terminate h-1: only q(h-1) DONEs of
+            # h-1 do (§10.3, termination).
             out += self._terminate(prev)
         return out
 
@@ -342,7 +352,7 @@ class HeightProtocol(ABC):
 
     def _try_commit(self, inst: Instance) -> list[Action]:
         v = inst.rec.decided
-        if v is None or inst.commit_emitted or inst.h > self.handed + 1:
+        if v is None or inst.commit_emitted or inst.h > self.handed + 1 or not inst.next_known:
             return []
         blk = self.blocks.get(v)
         if blk is None:
@@ -355,7 +365,8 @@ class HeightProtocol(ABC):
             # The commit removes the block's transactions from the mempool; until the
             # driver reports the mempool after the commit, assume it is empty (§4).
             self.mempool_nonempty = False
-        nxt = self.p.next_anchor(inst.h, inst.rec.anchor, blk.proposer)
+        tenure, anchor = self.p.tenure, inst.rec.anchor
+        nxt = next_anchor(inst.h, tenure, anchor, blk.proposer, inst.vs, inst.next_vs)
         return [Commit(inst.h, blk, nxt)]
 
     def _on_done(self, inst: Instance, j: int, m: Done) -> list[Action]:
@@ -370,9 +381,9 @@ class HeightProtocol(ABC):
     def _check_done(self, inst: Instance) -> list[Action]:
         out: list[Action] = []
         for v, c in sorted(Counter(inst.done_of.values()).items()):
-            if c >= self.b and inst.rec.decided is None:
+            if c >= self.blocking(inst) and inst.rec.decided is None:
                 out += self._decide(inst, v)
-            if c >= self.q:
+            if c >= self.quorum(inst):
                 out += self._terminate(inst)
         return out
 

@@ -24,6 +24,10 @@ class InstanceView:
     """PROPOSEs held, for the current and later rounds (§3.5 bounds them by n + 1)."""
     reports: int
     """REPORTs held, one per sender."""
+    members: tuple[int, ...] = ()
+    """`V(h)`, the ids of the set this instance counts over (§10.3)."""
+    member: bool = True
+    """False: a learner's instance (this node is not in `V(h)`), which only counts DONEs."""
 
     @property
     def height(self) -> int:
@@ -85,6 +89,9 @@ class EngineView:
     instances: tuple[InstanceView, ...]
     """The live instances, by height."""
     footprint: Footprint
+    not_member: int = 0
+    """Consensus messages dropped because their sender is not in the set of their
+    height (§10.3, `not-member`)."""
 
     def instance(self, h: int) -> InstanceView | None:
         return next((i for i in self.instances if i.height == h), None)

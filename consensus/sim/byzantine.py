@@ -180,7 +180,7 @@ class Flooder(Strategy):
         h = max(nd.engine.view().height, 1)
         rng = self.rng
         out: list[tuple[int, Message]] = []
-        for to in range(sim.params.n):
+        for to in range(sim.cfg.n):
             if to == nd.ident:
                 continue
             out.append((to, Done(cid, h, _rand_hash(rng))))

@@ -6,8 +6,10 @@ import argparse
 import json
 import time
 
+from consensus.sim.config import EngineFactory
+from consensus.sim.mutants import MUTANTS, RECONF_MUTANTS
 from consensus.sim.runner import RunResult, replay_command, run_one
-from consensus.sim.scenarios import IDLE_SCENARIOS, POWER_SCENARIOS, SCENARIOS
+from consensus.sim.scenarios import IDLE_SCENARIOS, POWER_SCENARIOS, RECONF_SCENARIOS, SCENARIOS
 from qchain.errors import ConfigError
 
 
@@ -25,10 +27,16 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         default="all",
         help=(
             "S1..S22, all, idle-quiet/idle-txs/idle-censor, "
-            "S9-counted-correct, S10-f+1-twins, S21-unguarded"
+            "S9-counted-correct, S10-f+1-twins, S21-unguarded, "
+            "reconf (every set-change scenario) or one of " + ", ".join(RECONF_SCENARIOS)
         ),
     )
     run.add_argument("--heights", type=int, default=3)
+    run.add_argument(
+        "--mutant",
+        choices=sorted(MUTANTS | RECONF_MUTANTS),
+        help="run a deliberately broken engine (every node): the sweep must find violations",
+    )
     run.add_argument("--json", action="store_true")
     rep = sub.add_parser("replay", help="replay one run")
     rep.add_argument("--validators", type=int, default=4)
@@ -52,7 +60,9 @@ def parse_seeds(text: str) -> range:
 def _names(text: str) -> list[str]:
     if text == "all":
         return list(SCENARIOS)
-    if text not in SCENARIOS | IDLE_SCENARIOS | POWER_SCENARIOS:
+    if text == "reconf":
+        return list(RECONF_SCENARIOS)
+    if text not in SCENARIOS | IDLE_SCENARIOS | POWER_SCENARIOS | RECONF_SCENARIOS:
         raise ConfigError("--scenario", f"unknown scenario {text!r}")
     return [text]
 
@@ -96,9 +106,12 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("--validators", "must be >= 1")
     failed = False
     summaries = []
+    engine: EngineFactory | None = None
+    if args.mutant is not None:
+        engine = (MUTANTS | RECONF_MUTANTS)[args.mutant]
     for name in _names(args.scenario):
         t0 = time.perf_counter()
-        results = [run_one(name, args.validators, s, args.heights) for s in seeds]
+        results = [run_one(name, args.validators, s, args.heights, engine) for s in seeds]
         s = summarise(name, args.validators, results, time.perf_counter() - t0)
         summaries.append(s)
         failed = failed or any(r.violations for r in results)

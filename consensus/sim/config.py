@@ -16,6 +16,7 @@ from consensus.engine import Engine
 from consensus.events import Action
 from consensus.messages import Block, Message
 from consensus.params import Params
+from consensus.sim.app import SetChange
 
 if TYPE_CHECKING:
     from consensus.sim.byzantine import Strategy
@@ -83,6 +84,18 @@ class Rollback:
     validator does, and is held to every invariant of a correct node."""
 
 
+@dataclass(frozen=True)
+class Reconf:
+    """Validator-set changes (CONSENSUS.md §10): the chain starts with ids
+    `0..genesis_n-1`; the other ids of the run (up to `SimConfig.n - 1`) join by changes.
+    Each change rides a transaction of `SimConfig.txs_us` and activates `delay` heights
+    after the block that includes it (`consensus.sim.app.set_history`)."""
+
+    genesis_n: int
+    changes: tuple[SetChange, ...]
+    delay: int = 2
+
+
 DropFilter = Callable[["Sim", int, int, Message], bool]
 EngineFactory = Callable[[Params, int], Engine]
 Validity = Callable[[Block], bool]
@@ -91,6 +104,7 @@ Validity = Callable[[Block], bool]
 @dataclass(frozen=True)
 class SimConfig:
     n: int
+    """Identities in the run: the genesis set and, with `reconf`, every id that joins."""
     seed: int
     heights: int = 3
     params: Params | None = None
@@ -135,6 +149,8 @@ class SimConfig:
     (`node/accounts.py`)."""
     run_to_deadline: bool = False
     """Keep running until the deadline even when the target is met (idle-mode checks)."""
+    reconf: Reconf | None = None
+    """Validator-set changes; None: the set of genesis for ever (§1–§9)."""
     stable_us: int = 0
     """A lower bound for T of invariant 9, for scripted adversaries (a `drop` filter) that
     keep disrupting the network after `gst_us`."""

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 from consensus.amnesia import AmnesiaGuard
 from consensus.driver import Plan
-from consensus.events import Action, Commit, MempoolNonEmpty, Send, Start, StartHeight
+from consensus.events import Action, Commit, MempoolNonEmpty, Send, Start
 from consensus.sim.app import GENESIS_HASH
 from consensus.sim.config import CRASH_POINTS, MS, CrashSpec, Rollback
 
@@ -111,10 +111,10 @@ def restart(sim: Sim, nd: SimNode) -> None:
     committed = nd.executed = len(nd.chain)
     recs = tuple(nd.records[h] for h in sorted(nd.records))
     blocks = tuple(b for b in nd.blocks.values() if b.height > committed)
-    sim.step(nd, Start(recs, blocks, committed))
+    sim.step(nd, Start(recs, blocks, committed, sim.set_epochs(nd)))
     if not any(h > committed for h in nd.records):
         parent = nd.chain[-1] if nd.chain else GENESIS_HASH
-        sim.step(nd, StartHeight(committed + 1, parent, nd.next_anchor))
+        sim.step(nd, sim.start_height(nd, committed + 1, parent, nd.next_anchor))
     if sim.idle_mode and nd.mempool:
         sim.step(nd, MempoolNonEmpty(True))
 

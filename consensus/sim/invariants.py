@@ -20,6 +20,16 @@ REPORTs alone (transfer), 13 every decided value has f+1 correct durable holders
 height is lost by a crash while its commit is in flight (pipelined heights, §3.3): a correct
 node's decision of h+1 is durable only once its block h is, and a restarted node holds, for
 every height it had executed, the block or the decided record.
+
+Across validator-set changes (§10.8) every count above is over the members of `V(h)`
+with `q(h)`, `b(h)`, `f(h)`, `V(h)` derived from the ground-truth chain by 10.2, and the
+checks of 10.8 that the engine's slice of §10 makes checkable are numbered 100 + their
+R-number: 101 (R1) every correct node that starts h uses the ground-truth `V(h)`; 102 (R2)
+no correct node sends PROPOSE, VOTE, REPORT, ABORT or DONE of a height where it is not a
+member, and no correct node decides h without q(h) VOTE4 or b(h) DONE claims from members
+of `V(h)`; 104 (R4) the anchor of every instance of a correct node follows 10.4; 105 (R5)
+the bound of invariant 9 binds the members of `V(h)`, and the instance of the last height
+of a set may outlive the two-instance bound of invariant 10 only decided.
 """
 
 from __future__ import annotations
@@ -28,7 +38,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from consensus.events import Action, Persist
+from consensus.events import Action, Persist, Send
 from consensus.messages import (
     Abort,
     Block,
@@ -41,10 +51,12 @@ from consensus.messages import (
     block_hash,
 )
 from consensus.safety import RULES, summarize
+from consensus.sets import VSet, next_anchor
 from consensus.sim.app import GENESIS_HASH, app_valid
 
 if TYPE_CHECKING:
     from consensus.sim.world import Sim, SimNode
+    from consensus.view import InstanceView
 
 MAX_VIOLATIONS = 20
 
@@ -78,7 +90,8 @@ class Monitor:
         self.max_round: dict[tuple[int, int], int] = {}
         # what each correct node received directly
         self.rx_votes: dict[tuple[int, int, int, int, bytes], set[int]] = defaultdict(set)
-        self.rx_vote4_best: dict[tuple[int, int, bytes], int] = defaultdict(int)
+        self.rx_vote4_rounds: dict[tuple[int, int, bytes], set[int]] = defaultdict(set)
+        """(node, h, value) -> rounds in which the node received a VOTE4 for it."""
         self.rx_props: dict[tuple[int, int, int], dict[tuple[int, bytes], Block]] = defaultdict(
             dict
         )
@@ -96,11 +109,16 @@ class Monitor:
         self.round_hist: dict[tuple[int, int], list[tuple[int, int]]] = defaultdict(list)
         """(correct node, h) -> [(time, round)] at every round change of its instance."""
         n = p.n
+        if sim.cfg.reconf is not None:
+            n = max(n, sim.cfg.n)
+        self.max_n = n
         self.cache_bound = 2 * (n + 7)
         """Bodies (and verdicts) one engine may cache: per live instance (at most two) one
         proposal per leader of the current and later rounds (n + 1), four summary values,
         its own proposal and the decision."""
-        self._anchors: dict[int, int] = {1: p.first_leader}
+        self.genesis = VSet.genesis(p.n)
+        self._sets: dict[int, VSet] = {}
+        self._anchors: dict[int, int] = {1: self.genesis.ids[p.first_leader]}
 
     # --- helpers ---
 
@@ -115,6 +133,31 @@ class Monitor:
     def correct(self, ident: int) -> bool:
         return ident not in self.sim.faulty
 
+    def set_of(self, h: int) -> VSet | None:
+        """The ground-truth `V(h)` (§10.2), None while the chain below it is unknown."""
+        rc = self.sim.cfg.reconf
+        if rc is None:
+            return self.genesis
+        if h in self._sets:
+            return self._sets[h]
+        blocks: list[Block] = []
+        for x in range(1, max(h - rc.delay, 0) + 1):
+            blk = self.committed.get(x, self.executed.get(x))
+            if blk is None:
+                return None
+            blocks.append(blk)
+        sets = self.sim.sets_of(blocks)
+        assert sets is not None
+        vs = sets[h - 1]
+        self._sets[h] = vs
+        return vs
+
+    def _vs(self, h: int) -> VSet:
+        """`set_of(h)`, or the genesis set while it is unknown (checks then err lax:
+        counts of non-members are refused by the engine and by invariant 102)."""
+        vs = self.set_of(h)
+        return self.genesis if vs is None else vs
+
     def anchor(self, h: int) -> int | None:
         """anchor(h) from the ground-truth chain, None if h-1 is not executed yet."""
         if h in self._anchors:
@@ -123,7 +166,10 @@ class Monitor:
         blk = self.committed.get(h - 1, self.executed.get(h - 1))
         if prev is None or blk is None:
             return None
-        a = self.sim.params.next_anchor(h - 1, prev, blk.proposer)
+        cur, nxt = self.set_of(h - 1), self.set_of(h)
+        if cur is None or nxt is None:
+            return None
+        a = next_anchor(h - 1, self.sim.params.tenure, prev, blk.proposer, cur, nxt)
         self._anchors[h] = a
         return a
 
@@ -133,6 +179,11 @@ class Monitor:
         src = nd.ident
         good = self.correct(src)
         for m in msgs:
+            if good and isinstance(m, Vote | Report | Propose | Done | Abort):
+                vs = self.set_of(m.height)
+                if vs is not None and src not in vs:
+                    kind = type(m).__name__.upper()
+                    self.violation(102, f"node {src} sends {kind} of h {m.height}, not a member")
             if isinstance(m, Vote):
                 if m.phase == 4:
                     self.vote4_senders[(m.height, m.round, m.value)].add(src)
@@ -175,15 +226,17 @@ class Monitor:
         self.sent_votes[key] = m.value
         self.vote_hist[(src, m.height, m.phase)].append((m.round, m.value))
         self._round_seen(src, m.height, m.round)
-        q, h, r, v = self.q, m.height, m.round, m.value
+        h, r, v = m.height, m.round, m.value
+        vs = self._vs(h)
+        q = vs.q
         if m.phase >= 2:
-            if len(self.rx_votes[(src, h, r, m.phase - 1, v)]) < q:
+            if len(self.rx_votes[(src, h, r, m.phase - 1, v)] & vs.members) < q:
                 self.violation(
                     7, f"node {src} h {h} r {r}: VOTE{m.phase} without q VOTE{m.phase - 1}"
                 )
         else:
             a = self.anchor(h)
-            leader = self.sim.params.leader(a, r) if a is not None else src
+            leader = vs.leader(a, r) if a is not None and a in vs else src
             blk = self.rx_props[(src, h, r)].get((leader, v))
             nd = self.sim.nodes[src][0]
             if blk is None:
@@ -193,7 +246,7 @@ class Monitor:
             if v not in nd.blocks:
                 self.violation(7, f"node {src} h {h} r {r}: VOTE1 before its body is durable")
             reps = self.rx_reports[(src, h, r)]
-            if r > 0 and not RULES.shows_safe(reps, v, r, 4, 1, q, self.b):
+            if r > 0 and not RULES.shows_safe(reps, v, r, 4, 1, q, vs.b):
                 self.violation(7, f"node {src} h {h} r {r}: VOTE1 not shown safe by its REPORTs")
         self._rx_vote(src, src, m)
 
@@ -234,17 +287,25 @@ class Monitor:
             return
         self.sent_dones[key] = m.value
         h, v = m.height, m.value
-        by_votes = self.rx_vote4_best[(src, h, v)] >= self.q
-        by_dones = len(self.rx_dones[(src, h, v)] - {src}) >= self.b
-        if not (by_votes or by_dones):
+        if not self._evidence(src, h, v):
             self.violation(7, f"node {src} h {h}: DONE without q VOTE4 or b DONE")
+
+    def _evidence(self, node: int, h: int, v: bytes, own: frozenset[int] = frozenset()) -> bool:
+        """`node` received q(h) VOTE4 of one round, or b(h) DONE claims, for v at h, from
+        members of `V(h)` (itself included for the votes it cast; `own`: rounds of its
+        VOTE4 for v leaving in the step being checked)."""
+        vs = self._vs(h)
+        for r in self.rx_vote4_rounds[(node, h, v)] | own:
+            got = self.rx_votes[(node, h, r, 4, v)] | ({node} if r in own else set())
+            if len(got & vs.members) >= vs.q:
+                return True
+        return len((self.rx_dones[(node, h, v)] - {node}) & vs.members) >= vs.b
 
     def _rx_vote(self, node: int, src: int, m: Vote) -> None:
         senders = self.rx_votes[(node, m.height, m.round, m.phase, m.value)]
         senders.add(src)
         if m.phase == 4:
-            key = (node, m.height, m.value)
-            self.rx_vote4_best[key] = max(self.rx_vote4_best[key], len(senders))
+            self.rx_vote4_rounds[(node, m.height, m.value)].add(m.round)
 
     def on_receive(self, nd: SimNode, src: int, m: Message) -> None:
         node = nd.ident
@@ -268,12 +329,16 @@ class Monitor:
             return
         view = nd.engine.view()
         live = [i for i in view.instances if not i.terminated]
-        if len(live) > 2:
+        # The last height of a set stays live, decided, until q of its DONEs (§10.3).
+        lasting = [i for i in live if i.decided is not None and self._set_changes(i.height)]
+        if len(live) - len(lasting) > 2:
             self.violation(10, f"node {nd.name}: {len(live)} live instances")
+        if self.sim.cfg.reconf is not None:
+            self._check_sets(nd, view.instances)
         fp = view.footprint
         if fp.next_buffer_per_sender > self.sim.params.next_buffer_per_sender:
             self.violation(10, f"node {nd.name}: next-height buffer over its bound")
-        n = self.sim.params.n
+        n = self.max_n
         if fp.claims > n * self.sim.params.sync_max_count:
             self.violation(10, f"node {nd.name}: claims table over its bound")
         if fp.blocks > self.cache_bound or fp.verdicts > self.cache_bound:
@@ -284,6 +349,21 @@ class Monitor:
             hist = self.round_hist[(nd.ident, inst.height)]
             if not hist or hist[-1][1] != inst.round:
                 hist.append((self.sim.now, inst.round))
+
+    def _set_changes(self, h: int) -> bool:
+        a, b = self.set_of(h), self.set_of(h + 1)
+        return a is not None and b is not None and a != b
+
+    def _check_sets(self, nd: SimNode, instances: tuple[InstanceView, ...]) -> None:
+        """R1 and R4 of §10.8: the set and the anchor of every live instance."""
+        for inst in instances:
+            h = inst.height
+            vs = self.set_of(h)
+            if vs is not None and inst.members != vs.ids:
+                self.violation(101, f"node {nd.name} h {h}: set {inst.members}, not {vs.ids}")
+            a = self.anchor(h)
+            if a is not None and inst.anchor != a:
+                self.violation(104, f"node {nd.name} h {h}: anchor {inst.anchor}, not {a}")
 
     def on_durable(self, nd: SimNode, acts: list[Action]) -> None:
         if not self.correct(nd.ident):
@@ -302,6 +382,17 @@ class Monitor:
             v = a.record.decided
             self.decided[key] = v
             self.decided_round.setdefault(h, a.record.round)
+            own = frozenset(
+                x.msg.round
+                for x in acts
+                if isinstance(x, Send)
+                and isinstance(x.msg, Vote)
+                and (x.msg.height, x.msg.phase, x.msg.value) == (h, 4, v)
+            )
+            if self.sim.cfg.reconf is not None and not self._evidence(nd.ident, h, v, own):
+                self.violation(
+                    102, f"node {nd.name} decides h {h} without a quorum or b claims of V(h)"
+                )
             holders = sum(
                 1
                 for x in self.sim.correct_nodes()
@@ -309,7 +400,7 @@ class Monitor:
                 and x.ident not in self.sim.crashed_forever
                 and (v in x.blocks or v in x.chain)
             )
-            if holders < self.f + 1:
+            if holders < self._vs(h).f + 1:
                 self.violation(13, f"h {h}: value decided by node {nd.ident} has {holders} holders")
 
     def on_execute(self, nd: SimNode, h: int, blk: Block) -> None:
@@ -345,12 +436,15 @@ class Monitor:
             self.committed[h] = blk
         self.commit_at.setdefault((nd.ident, h), self.sim.now)
         a = self.anchor(h)
-        if a is not None and blk.proposer != self.sim.params.leader(a, blk.round):
+        vs = self._vs(h)
+        if a is not None and (a not in vs or blk.proposer != vs.leader(a, blk.round)):
             self.violation(2, f"h {h}: proposer {blk.proposer} is not leader of round {blk.round}")
         if not app_valid(blk):
             self.violation(2, f"h {h}: committed block fails the application predicate")
         if not any(
-            len(s) >= self.q for (hh, _, vv), s in self.vote4_senders.items() if hh == h and vv == v
+            len(s & vs.members) >= vs.q
+            for (hh, _, vv), s in self.vote4_senders.items()
+            if hh == h and vv == v
         ):
             self.violation(8, f"h {h}: committed without q VOTE4 of one round in the log")
 
@@ -364,7 +458,8 @@ class Monitor:
             if r == 0:
                 continue
             reps = self.reports_by_round.get((h, r), {})
-            if len(reps) >= self.q and not rules.shows_safe(reps, v, r, 4, 1, self.q, self.b):
+            vs = self._vs(h)
+            if len(reps) >= vs.q and not rules.shows_safe(reps, v, r, 4, 1, vs.q, vs.b):
                 self.violation(
                     12, f"node {src} h {h} r {r}: proposal not acceptable on correct REPORTs"
                 )
@@ -402,7 +497,13 @@ class Monitor:
         sim = self.sim
         live = [nd.ident for nd in sim.correct_nodes() if nd.ident not in sim.crashed_forever]
         t_stable = sim.stable_from_us()
+        everyone = live
         for h in range(1, sim.cfg.heights + 1):
+            # R5: the bound binds the members of V(h) (a learner follows by catching up).
+            vs = self._vs(h)
+            live = [i for i in everyone if i in vs]
+            if not live:
+                continue
             prev = [self.commit_at.get((i, h - 1), 0) for i in live] if h > 1 else [0]
             if any((i, h - 1) not in self.commit_at for i in live) and h > 1:
                 return

@@ -4,13 +4,16 @@ has teeth. Production code never imports this module.
 Each mutant changes one rule that CONSENSUS.md marks as carrying safety or liveness:
 `<=` instead of `<` in eligibility, value-blind claims in `claimed_at`, claims by a single
 reporter instead of a blocking set, the two-values rule of `safe_at` removed, no persist
-before a vote, no body persisted with VOTE1, and a quorum of n-f-1.
+before a vote, no body persisted with VOTE1, a quorum of n-f-1, and (§10.8 M1) a set
+change activated one height early.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from consensus.engine import Engine
-from consensus.events import Action, Persist
+from consensus.events import Action, Persist, StartHeight
 from consensus.instance import Instance
 from consensus.messages import Block, Summary
 from consensus.params import Params
@@ -61,9 +64,18 @@ class NoBodyWithVote1(Engine):
 
 
 class SmallQuorum(Engine):
-    @property
-    def q(self) -> int:
-        return self.p.n - self.p.f - 1
+    def quorum(self, inst: Instance) -> int:
+        return inst.vs.n - inst.vs.f - 1
+
+
+class EarlyActivation(Engine):
+    """§10.8 M1: a change activates at e-1: the height before an activation is run with
+    the set of the activation height."""
+
+    def _on_start_height(self, ev: StartHeight) -> list[Action]:
+        if ev.next_members is not None and ev.members != ev.next_members:
+            ev = replace(ev, members=ev.next_members)
+        return super()._on_start_height(ev)
 
 
 MUTANTS: dict[str, EngineFactory] = {
@@ -76,9 +88,14 @@ MUTANTS: dict[str, EngineFactory] = {
     "quorum-n-f-1": SmallQuorum,
 }
 
+RECONF_MUTANTS: dict[str, EngineFactory] = {
+    "early-activation": EarlyActivation,
+}
+"""Mutants of §10 (`consensus.sim.scenarios.RECONF_SCENARIOS` catch them)."""
+
 
 def make(name: str) -> EngineFactory:
-    return MUTANTS[name]
+    return (MUTANTS | RECONF_MUTANTS)[name]
 
 
-__all__ = ["MUTANTS", "Params", "make"]
+__all__ = ["MUTANTS", "RECONF_MUTANTS", "Params", "make"]

@@ -52,6 +52,7 @@ from consensus.sim.config import (
     Rollback,
     SimConfig,
 )
+from consensus.sim.reconf import RECONF_SCENARIOS
 from consensus.sim.world import Sim
 
 Builder = Callable[[int, int, int], SimConfig]
@@ -551,10 +552,18 @@ SCENARIOS: dict[str, Builder] = {
 def build(
     name: str, n: int, seed: int, heights: int, engine: EngineFactory | None = None
 ) -> SimConfig:
-    cfg = (SCENARIOS | IDLE_SCENARIOS | POWER_SCENARIOS)[name](n, seed, heights)
+    cfg = (SCENARIOS | IDLE_SCENARIOS | POWER_SCENARIOS | RECONF_SCENARIOS)[name](n, seed, heights)
     if engine is not None:
         cfg = replace(cfg, engines={i: engine for i in range(cfg.n)})
     return cfg
 
 
-__all__ = ["IDLE_SCENARIOS", "INVALID", "POWER_SCENARIOS", "SCENARIOS", "BuildBlock", "build"]
+__all__ = [
+    "IDLE_SCENARIOS",
+    "INVALID",
+    "POWER_SCENARIOS",
+    "RECONF_SCENARIOS",
+    "SCENARIOS",
+    "BuildBlock",
+    "build",
+]

@@ -60,8 +60,9 @@ from consensus.messages import (
 )
 from consensus.params import Params
 from consensus.safety import RULES, SafetyRules
+from consensus.sets import VSet
 from consensus.sim import crash, network
-from consensus.sim.app import GENESIS_HASH, app_valid, block_txs, build_block
+from consensus.sim.app import GENESIS_HASH, app_valid, block_txs, build_block, set_history
 from consensus.sim.config import FETCH_RETRY_US, MS, CrashSpec, SimConfig, Validity
 
 if TYPE_CHECKING:
@@ -116,7 +117,9 @@ class Sim:
 
     def __init__(self, cfg: SimConfig, monitor: Monitor | None = None) -> None:
         self.cfg = cfg
-        self.params = cfg.params or Params(n=cfg.n)
+        genesis_n = cfg.n if cfg.reconf is None else cfg.reconf.genesis_n
+        self.params = cfg.params or Params(n=genesis_n)
+        self.changes = {} if cfg.reconf is None else {c.tx: c for c in cfg.reconf.changes}
         self.rng = random.Random(cfg.seed)
         self.app_rng = random.Random(cfg.seed * 7919 + 1)
         self.now = 0
@@ -155,6 +158,35 @@ class Sim:
 
     # --- helpers ---
 
+    # --- validator sets (§10.2): derived by each node from the blocks it executed ---
+
+    def sets_of(self, blocks: list[Block]) -> list[VSet] | None:
+        """`[V(1), ..., V(len(blocks) + D)]` for a chain, None without set changes."""
+        rc = self.cfg.reconf
+        if rc is None:
+            return None
+        return set_history(blocks, VSet.genesis(rc.genesis_n), self.changes, rc.delay)
+
+    def executed_blocks(self, nd: SimNode) -> list[Block]:
+        blocks = list(nd.chain_blocks)
+        if nd.pending is not None:
+            blocks.append(nd.pending.block)
+        return blocks
+
+    def start_height(self, nd: SimNode, h: int, parent: bytes, anchor: int) -> StartHeight:
+        """`StartHeight(h, parent, V(h), V(h+1))` from the node's executed chain (§10.2)."""
+        sets = self.sets_of(self.executed_blocks(nd))
+        if sets is None:
+            return StartHeight(h, parent, anchor)
+        return StartHeight(h, parent, anchor, sets[h - 1], sets[h])
+
+    def set_epochs(self, nd: SimNode) -> tuple[tuple[int, VSet], ...]:
+        """The node's set history for `Start`: `(e, V(e))` at 1 and at every activation."""
+        sets = self.sets_of(self.executed_blocks(nd))
+        if sets is None:
+            return ()
+        return tuple((h, vs) for h, vs in enumerate(sets, start=1) if h == 1 or vs != sets[h - 2])
+
     def make_engine(self, ident: int) -> Engine:
         factory = self.cfg.engines.get(ident, Engine)
         return factory(self.params, ident)
@@ -178,7 +210,8 @@ class Sim:
     def run(self) -> None:
         cfg = self.cfg
         for nd in self.all_nodes():
-            self.at(0, partial(self.step, nd, StartHeight(1, GENESIS_HASH, nd.next_anchor)))
+            ev = self.start_height(nd, 1, GENESIS_HASH, nd.next_anchor)
+            self.at(0, partial(self.step, nd, ev))
             if nd.strategy is not None and nd.strategy.tick_us:
                 self.at(nd.strategy.tick_us, partial(network.tick, self, nd))
         for spec in cfg.crashes:
@@ -228,9 +261,16 @@ class Sim:
                 continue
             if len(nd.chain) < h or len(nd.included) < txs:
                 return False
-            inst = nd.engine.view().instance(h)
+            view = nd.engine.view()
+            inst = view.instance(h)
             if inst is not None and not inst.terminated:
                 return False
+            if (
+                self.cfg.reconf is not None
+                and nd.up
+                and any(not i.terminated for i in view.instances if i.height < len(nd.chain))
+            ):
+                return False  # the last height of a set ends on its own DONEs (§10.3)
         return True
 
     def stable_from_us(self) -> int:
@@ -395,7 +435,7 @@ class Sim:
         write = self.rng.randint(*self.cfg.commit_write_us)
         self.at(self.now + write, lambda: self._written(nd, a, epoch))
         if self.idle_mode or a.height < self.cfg.heights + 2:
-            self._later(nd, 0, StartHeight(a.height + 1, v, a.next_anchor))
+            self._later(nd, 0, self.start_height(nd, a.height + 1, v, a.next_anchor))
         if self.idle_mode:
             self._tell_mempool(nd)
 
