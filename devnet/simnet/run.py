@@ -61,6 +61,9 @@ class Spec:
     """A first-wave bug put back (`devnet.simnet.mutants`)."""
     scenario: str | None = None
     """The scenario file the fixed schedule came from (for the replay command)."""
+    client: str = "careful"
+    """How the client sends a burst (`devnet.simnet.world.CLIENT_MODES`): `careful`
+    holds a sender's later nonces while one is refused, `eager` sends them regardless."""
     store: str = "memory"
     """The nodes' disks: `memory` (LevelDB's crash semantics, unsynced writes lost as
     the seed draws) or `leveldb` (plyvel in a temporary directory): `devnet.simnet.disk`."""
@@ -82,6 +85,8 @@ class Spec:
             parts.append(f"--mutant {self.mutant}")
         if self.store != "memory":
             parts.append(f"--store {self.store}")
+        if self.client != "careful":
+            parts.append(f"--client {self.client}")
         return " ".join([*parts, "--replay"])
 
 
@@ -236,7 +241,7 @@ async def _main(
     healed_at = max(heals) if heals else heal_time(spec.seconds) if actions else 0.0
     for i in range(spec.validators):
         await world.start(i)
-    client = world.client = Client(world, spec.seconds - SETTLE_S)
+    client = world.client = Client(world, spec.seconds - SETTLE_S, spec.client)
     background = [loop.create_task(client.run()), loop.create_task(_sampler(world))]
     for a in actions:
         await asyncio.sleep(max(0.0, a.t - loop.time()))

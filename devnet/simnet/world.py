@@ -323,13 +323,20 @@ async def _call(work: Callable[[], Awaitable[Any]]) -> Any:
     return await work()
 
 
+CLIENT_MODES = ("careful", "eager")
+"""How the client sends a burst: `careful` holds a sender's later nonces while one of its
+transactions is refused (a well-behaved client under load); `eager` goes on sending
+them, so they reach the pools behind the refused one's gap."""
+
+
 class Client:
     """The seeded workload: notary anchors from the dev partner accounts, each to a node
     that is up; a transaction not committed after `RESUBMIT_AFTER_S` is sent again (the
     same bytes: the hash is the idempotency key) to another node; bursts on demand."""
 
-    def __init__(self, world: World, stop_at: float) -> None:
+    def __init__(self, world: World, stop_at: float, mode: str = "careful") -> None:
         self.world = world
+        self.mode = mode
         self.rng = world.clock.rng("client")
         self.stop_at = stop_at
         self.keys = [account_key(r, "ed25519") for r in ("partner1", "partner2")]
@@ -368,14 +375,14 @@ class Client:
             await asyncio.sleep(0.1)
 
     def _send_new(self, count: int) -> int:
-        """Up to `count` new transactions, as a well-behaved client sends under load:
-        while one of a sender's transactions is refused (waiting to be sent again), its
-        later nonces wait too (they could only queue behind the gap). Returns how many
-        were sent."""
+        """Up to `count` new transactions. A careful client sends as a well-behaved
+        client does under load: while one of a sender's transactions is refused (waiting
+        to be sent again), its later nonces wait too (they could only queue behind the
+        gap). An eager one sends them regardless. Returns how many were sent."""
         sent = 0
         while sent < count:
             k = len(self.world.rec.ops) % len(self.keys)
-            if self.refused[k]:
+            if self.mode == "careful" and self.refused[k]:
                 k = 1 - k
                 if self.refused[k]:
                     break
