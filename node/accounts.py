@@ -102,9 +102,17 @@ class Admission:
         """Admit tx (local: a client submitted it to this node). True if new; raises
         what `Mempool.add` raises."""
         now = self.clock()
+        bounded = False
         if local and tx.hash not in self.mempool:
-            self.backlog.check(self.mempool.local_count, now)
-        new = self.mempool.add(tx, height=self.committed(), now=now, local=local)
+            pending = self.mempool.local_count
+            if self.backlog.room(pending, now) <= 0:
+                # Beyond the bound, only in the place of a client's transaction waiting
+                # behind a nonce gap (`node.mempool`): the count the bound measures does
+                # not grow.
+                if not self.mempool.may_displace_local(tx):
+                    raise self.backlog.refusal(pending, now)
+                bounded = True
+        new = self.mempool.add(tx, height=self.committed(), now=now, local=local, bounded=bounded)
         if new:
             self.metrics.observe_mempool(len(self.mempool), self.mempool.size_bytes)
             if self.idle_mode and not self.ready_signalled and self.mempool.has_ready():
@@ -115,8 +123,12 @@ class Admission:
         return new
 
     def room(self) -> int:
-        """How many more client transactions the admission bound lets in now."""
-        return self.backlog.room(self.mempool.local_count, self.clock())
+        """How many more client transactions the admission bound lets in now, counting
+        the places of this node's clients' transactions waiting behind a nonce gap (a
+        ready one may take such a place)."""
+        return self.backlog.room(self.mempool.local_count, self.clock()) + (
+            self.mempool.waiting_local
+        )
 
     def overloaded(self) -> Overloaded:
         """The refusal of a client transaction beyond `room`."""

@@ -86,6 +86,8 @@ class ServiceFacade:
     def submit_tx(self, tx: Transaction) -> tuple[TxStatus, bool]:
         status = self.tx_status(tx.hash)
         if status is not None:
+            if status.state == "pending":
+                self.p.forwarder.resubmitted(tx.hash, clock.monotonic())
             return status, False
         self.p.admission.admit(tx, local=True)
         self.p.forwarder.queue(tx)

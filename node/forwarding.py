@@ -45,6 +45,9 @@ MAX_REFORWARD = 4000
 LEADER_ROOM_TXS = 100
 """A block with fewer transactions than this (or than we have stuck, if fewer) had room
 for our stuck ones: leaving them out then suggests censorship rather than load."""
+RESEND_AFTER_S = 1.0
+"""A client's submission of a transaction this node already holds sends it to the
+leader again, at most once in this long per transaction."""
 RECENT_BLOCKS = 256
 """Commits remembered (time, transaction count) for the censorship test."""
 
@@ -83,11 +86,15 @@ class Forwarder:
         self.dropped = 0
         """Forwarded transactions refused for lack of queue room or budget."""
         self.recent_blocks: deque[tuple[float, int]] = deque(maxlen=RECENT_BLOCKS)
-        self._queue: list[Transaction] = []
+        self._queue: list[tuple[Transaction, bool]] = []
+        """This turn's locally admitted transactions, each with whether a kept batch
+        already held it when it was admitted."""
         self._scheduled = False
         self._admit_queue: deque[tuple[int, bytes]] = deque()
         self._admit_queued: Counter[int] = Counter()
         """Forwarded transactions waiting for admission, by the peer that sent them."""
+        self._resend: list[bytes] = []
+        self._resend_scheduled = False
         self._admit_task: asyncio.Task[None] | None = None
         self._last_suspect = 0.0
         self._stopping = False
@@ -110,7 +117,7 @@ class Forwarder:
 
     def queue(self, tx: Transaction) -> None:
         """Send tx (a locally admitted transaction) with the others of this turn."""
-        self._queue.append(tx)
+        self._queue.append((tx, self.batches.store.locate(tx.hash) is not None))
         if not self._scheduled:
             self._scheduled = True
             asyncio.get_running_loop().call_soon(self._flush)
@@ -118,9 +125,47 @@ class Forwarder:
     def _flush(self) -> None:
         self._scheduled = False
         batch, self._queue = self._queue, []
-        # A proposal may have sent some already, in a batch of this node's (`node.batches`).
-        raws = [tx.encoded for tx in batch if self.batches.store.locate(tx.hash) is None]
+        # A proposal may have sent some since they were admitted, in a batch of this
+        # node's (`node.batches`). One that a batch held before it was admitted goes
+        # again: the peers that got that batch may not have taken it into their pools
+        # (full), or dropped it since (it waited behind a nonce gap, `node.mempool`),
+        # and this node's pool did not hold it either, or it would not be new here.
+        raws = [
+            tx.encoded for tx, known in batch if known or self.batches.store.locate(tx.hash) is None
+        ]
         self.forward(raws, lazy=not self.idle_mode)
+
+    def resubmitted(self, tx_hash: bytes, now: float) -> None:
+        """A client submitted a transaction this node holds pending: if it is its
+        sender's next nonce (the one every later nonce of the sender waits for), send it
+        to the leader again, with the others of this turn, unless this node got or sent
+        it less than `RESEND_AFTER_S` ago. The client asks again because it has not seen
+        it commit, and the leader may never have had it (a batch lost on a faulty link, a
+        full pool, or a place given up behind a nonce gap, `node.mempool`), while this
+        node, holding it, would not otherwise send it again before the inclusion timeout
+        (and never, when a peer forwarded it here). Only the sender's next nonce: a later
+        one that the leader lacks is sent again when the client asks for it once its
+        turn comes, so what a client asks again costs the links at most one transaction
+        per sender a second."""
+        p = self.mempool.get(tx_hash)
+        if p is None or self.links.transport is None:
+            return
+        if p.tx.nonce != self.mempool.accounts.next_nonce(p.tx.sender):
+            return
+        if now - max(p.seen_at, p.resent_at) < RESEND_AFTER_S:
+            return
+        p.resent_at = now
+        self._resend.append(p.tx.encoded)
+        if not self._resend_scheduled:
+            self._resend_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush_resend)
+
+    def _flush_resend(self) -> None:
+        self._resend_scheduled = False
+        raws, self._resend = self._resend, []
+        leader = self.view().leader
+        if leader is not None and leader != self.me and self.links.transport is not None:
+            self.batches.send(raws, [leader], lambda j: 0.0)
 
     def leader_changed(self, leader: int) -> None:
         """This node's clients' pending transactions again, to the new leader only, in a

@@ -470,7 +470,10 @@ class Validator:
         timeout = self.cfg.timing.inclusion_timeout_ms / 1000
         while True:
             await asyncio.sleep(min(1.0, timeout / 4))
-            self.forwarder.check_inclusion(clock.monotonic())
+            now = clock.monotonic()
+            # A transaction waiting behind a nonce gap for an inclusion timeout leaves.
+            self.mempool.drop_waiting(now - timeout)
+            self.forwarder.check_inclusion(now)
             self.metrics_sync.sync()
 
     # ---------------------------------------------------------------------------------

@@ -24,6 +24,12 @@ simulator.
   forwarder has acknowledged them and is not told), and their senders' later nonces
   wait behind the gaps (fixed in "a node's clients may hold at most max_txs / n
   pending transactions, so every node's share fits in the leader's pool").
+- `gap-stall`: transactions waiting behind a nonce gap never give way and never
+  expire, so when a client goes on sending a sender's later nonces after one was refused,
+  they fill every pool and the refused nonce, sent again, finds no room anywhere: the
+  sender stalls for good (fixed in "mempool: waiting transactions give way to ready ones
+  and to their sender's earlier nonces, and expire after the inclusion timeout"). Found
+  with `--client eager`.
 - `no-sync`: the disk's sync does nothing (an fsync that returns before the data is
   safe): a crash may lose any suffix of the node's writes, committed blocks included.
   Not a bug the fault kit found: it shows that the disk model bites
@@ -66,6 +72,14 @@ def _small_queues(
     _bus_init(self, capacity, queue_size, first_id)
 
 
+def _never_give_way(self: Mempool, tx: Any, sender: Any, ready: bool) -> Iterator[Any]:
+    return iter(())
+
+
+def _never_expire(self: Mempool, admitted_before: float) -> int:
+    return 0
+
+
 def _whole_pool(cls: type[MempoolLimits], m: MempoolSection, n: int) -> MempoolLimits:
     return cls(m.max_txs, m.max_bytes, m.max_per_sender, max_block_bytes=m.max_block_bytes)
 
@@ -79,6 +93,10 @@ PATCHES: dict[str, tuple[tuple[Any, str, Any], ...]] = {
     "empty-spin": ((Mempool, "has_ready", _any_pending),),
     "subscriber-drop": ((EventBus, "__init__", _small_queues),),
     "forward-drop": ((MempoolLimits, "of_validator", classmethod(_whole_pool)),),
+    "gap-stall": (
+        (Mempool, "_gives_way_to", _never_give_way),
+        (Mempool, "drop_waiting", _never_expire),
+    ),
     "no-sync": ((MemoryDisk, "syncs", False),),
 }
 MUTANTS = tuple(PATCHES)

@@ -166,3 +166,29 @@ def test_commits_drain_the_backlog_and_feed_the_rate(setup: Any) -> None:
     assert admission.backlog.rates(2.0).local == pytest.approx(3.0)
     assert admission.room() == 18
     assert admission.admit(sent[4], local=True)
+
+
+def test_beyond_the_bound_a_gap_filler_replaces_a_waiting_client_tx(setup: Any) -> None:
+    """A client that went on sending after a refusal: the node's room is taken by its
+    later nonces, waiting behind the refused one. Sent again, the refused nonce takes
+    the place of the latest of them (the pending count the bound measures stays); any
+    other transaction is still refused before its signature is checked."""
+    admission, _, verifier, clock = setup
+    admission.backlog.committed(0.0, 8, 2, True)  # saturated; room for 4
+    clock.now = 1.0
+    for n in range(1, 5):
+        assert admission.admit(tx("partner1", n), local=True)
+    assert admission.mempool.waiting_local == 4
+    assert admission.room() == 4, "no room under the bound, four places of waiting txs"
+    checked = verifier.calls
+    with pytest.raises(Overloaded):
+        admission.admit(tx("partner1", 5), local=True)
+    with pytest.raises(Overloaded):
+        admission.admit(tx("partner2", 1), local=True)
+    assert verifier.calls == checked, "refused before the signature check"
+    assert admission.admit(tx("partner1", 0), local=True)
+    pending = sorted(p.tx.nonce for p in admission.mempool.pending())
+    assert pending == [0, 1, 2, 3] and admission.mempool.local_count == 4
+    assert admission.room() == 0 and admission.mempool.waiting_local == 0
+    with pytest.raises(Overloaded):
+        admission.admit(tx("partner2", 0), local=True)
