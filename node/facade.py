@@ -91,6 +91,8 @@ class ServiceFacade:
             return status, False
         self.p.admission.admit(tx, local=True)
         self.p.forwarder.queue(tx)
+        # It may have filled a nonce gap: what waited behind it goes to the leader too.
+        self.p.forwarder.send_became_ready()
         return TxStatus(tx.hash, "pending"), True
 
     async def preverify(self, txs: Sequence[Transaction]) -> None:

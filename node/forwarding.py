@@ -167,6 +167,18 @@ class Forwarder:
         if leader is not None and leader != self.me and self.links.transport is not None:
             self.batches.send(raws, [leader], lambda j: 0.0)
 
+    def send_became_ready(self) -> None:
+        """This node's clients' transactions that waited behind a nonce gap and are
+        ready now go to the leader again, in a batch of their own: while they waited,
+        the leader's pool may have given their places to others or let them expire
+        (`node.mempool`), and nothing else would send them before the inclusion
+        timeout. Each such transaction is sent once per gap it waited behind."""
+        ready = self.mempool.became_ready()
+        leader = self.view().leader
+        if not ready or leader is None or leader == self.me or self.links.transport is None:
+            return
+        self.batches.send([p.tx.encoded for p in ready[:MAX_REFORWARD]], [leader], lambda j: 0.0)
+
     def leader_changed(self, leader: int) -> None:
         """This node's clients' pending transactions again, to the new leader only, in a
         batch of their own: a batch lost on a broken link reaches the next leader (which
@@ -227,6 +239,7 @@ class Forwarder:
         """Send this node's transactions pending past the inclusion timeout again, in a
         new batch to every validator; past twice the timeout, suspect the leader (fire
         the round timer)."""
+        self.send_became_ready()
         timeout = self.inclusion_timeout_s
         late = [p for p in self.mempool.pending() if p.local and now - p.seen_at > timeout]
         fresh = [p for p in late if not p.forwarded_to_all][:MAX_REFORWARD]

@@ -163,6 +163,7 @@ class Mempool:
         self._local = 0
         self._waiting = 0
         self._waiting_local = 0
+        self._became_ready: list[PendingTx] = []
         self.rejections: dict[str, int] = {}
         self.waiting_dropped: dict[str, int] = {"displaced": 0, "expired": 0}
         """Waiting transactions that left the pool: `displaced` by a ready one, `expired`
@@ -346,7 +347,9 @@ class Mempool:
         for s in others:
             yield from _latest_waiting(s, -1)
 
-    def _set_waiting(self, sender: _Sender, p: PendingTx, waiting: bool, new: bool = False) -> None:
+    def _set_waiting(
+        self, sender: _Sender, p: PendingTx, waiting: bool, new: bool = False, gone: bool = False
+    ) -> None:
         if p.waiting == waiting and not new:
             return
         p.waiting = waiting
@@ -356,6 +359,14 @@ class Mempool:
         if p.local:
             sender.waiting_local += step
             self._waiting_local += step
+            if not waiting and not gone:
+                self._became_ready.append(p)
+
+    def became_ready(self) -> list[PendingTx]:
+        """This node's clients' transactions that waited behind a gap and are ready now
+        (each returned once, still pending), since the last call."""
+        out, self._became_ready = self._became_ready, []
+        return [p for p in out if self._by_hash.get(p.tx.hash) is p and not p.waiting]
 
     def _measure(self, sender: _Sender, committed: int) -> None:
         """Mark the sender's ready and waiting transactions from its committed nonce (a
@@ -434,7 +445,7 @@ class Mempool:
         sender = self._senders.get(p.tx.sender)
         if sender is not None:
             if p.waiting:
-                self._set_waiting(sender, p, False)
+                self._set_waiting(sender, p, False, gone=True)
             elif p.tx.nonce < sender.run_end:
                 # A ready one leaves: the run is measured again when next needed.
                 sender.base = -1

@@ -148,3 +148,21 @@ async def test_a_client_asking_again_for_a_next_nonce_sends_it_to_the_leader_eac
     fwd.resubmitted(later.hash, 30.0)
     await asyncio.sleep(0)
     assert _sent_txs(links) == [(1, [later.encoded])]
+
+
+async def test_client_transactions_that_waited_behind_a_gap_go_to_the_leader_when_ready() -> None:
+    fwd, links, mempool, view = _forwarder()
+    waited = tx("partner1", 1)
+    mempool.add(waited, height=0, now=0.0, local=True)
+    fwd.send_became_ready()
+    assert _sent_txs(links) == [], "still waiting"
+    mempool.add(tx("partner1", 0), height=0, now=0.0)
+    fwd.send_became_ready()
+    fwd.send_became_ready()
+    assert _sent_txs(links) == [(2, [waited.encoded])], "once, to the leader"
+    view.leader = 0
+    later = tx("partner1", 3)
+    mempool.add(later, height=0, now=0.0, local=True)
+    mempool.add(tx("partner1", 2), height=0, now=0.0)
+    fwd.send_became_ready()
+    assert _sent_txs(links) == [], "this node leads"

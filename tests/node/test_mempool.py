@@ -361,3 +361,22 @@ def test_a_waiting_tx_a_client_sends_here_after_a_peer_counts_as_local_waiting()
     assert mp.local_count == 1 and mp.waiting_local == 1
     mp.drop_waiting(1.0)
     assert (len(mp), mp.local_count, mp.waiting_count, mp.waiting_local) == (0, 0, 0, 0)
+
+
+def test_client_transactions_that_waited_are_reported_once_when_ready() -> None:
+    """What waited behind a gap may have lost its place in the leader's pool meanwhile:
+    the node learns which of its clients' transactions became ready, each once."""
+    accounts = _members("partner1")
+    mp = Mempool(CHAIN, MempoolLimits(max_txs=10, max_per_sender=8), accounts)
+    mp.add(tx("partner1", 2), height=0, now=0.0, local=True)
+    mp.add(tx("partner1", 3), height=0, now=0.0)
+    mp.add(tx("partner1", 5), height=0, now=0.0, local=True)
+    assert mp.became_ready() == []
+    mp.add(tx("partner1", 1), height=0, now=0.0)  # a peer's: the gap at 0 stays
+    assert mp.became_ready() == []
+    accounts.nonces[tx("partner1", 0).sender] = 1
+    mp.on_commit([tx("partner1", 0)], height=1)
+    assert [p.tx.nonce for p in mp.became_ready()] == [2], "local ones only; 5 still waits"
+    assert mp.became_ready() == []
+    mp.add(tx("partner1", 4), height=1, now=0.0, local=True)
+    assert [p.tx.nonce for p in mp.became_ready()] == [5]
