@@ -50,8 +50,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--client",
         choices=CLIENT_MODES,
         default="careful",
-        help="how the client sends a burst: careful holds a sender's later nonces while "
-        "one is refused, eager sends them regardless",
+        help="how the client behaves: careful holds a sender's later nonces in a burst "
+        "while one is refused, eager sends them regardless, patient is careful and sends "
+        "an acknowledged transaction again only after 6 s",
     )
     net.add_argument("--json", action="store_true")
 

@@ -62,8 +62,9 @@ class Spec:
     scenario: str | None = None
     """The scenario file the fixed schedule came from (for the replay command)."""
     client: str = "careful"
-    """How the client sends a burst (`devnet.simnet.world.CLIENT_MODES`): `careful`
-    holds a sender's later nonces while one is refused, `eager` sends them regardless."""
+    """How the client behaves (`devnet.simnet.world.CLIENT_MODES`): `careful` holds a
+    sender's later nonces in a burst while one is refused, `eager` sends them regardless,
+    `patient` is careful and trusts an acknowledgement for 6 s."""
     store: str = "memory"
     """The nodes' disks: `memory` (LevelDB's crash semantics, unsynced writes lost as
     the seed draws) or `leveldb` (plyvel in a temporary directory): `devnet.simnet.disk`."""
