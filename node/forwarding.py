@@ -48,6 +48,8 @@ for our stuck ones: leaving them out then suggests censorship rather than load."
 RESEND_AFTER_S = 1.0
 """A client's submission of a transaction this node already holds sends it to the
 leader again, at most once in this long per transaction."""
+RESEND_RUN = 100
+"""Most transactions of one sender sent again to the leader when a client asks again."""
 RECENT_BLOCKS = 256
 """Commits remembered (time, transaction count) for the censorship test."""
 
@@ -138,15 +140,15 @@ class Forwarder:
     def resubmitted(self, tx_hash: bytes, now: float) -> None:
         """A client submitted a transaction this node holds pending: if it is its
         sender's next nonce (the one every later nonce of the sender waits for), send it
-        to the leader again, with the others of this turn, unless this node got or sent
-        it less than `RESEND_AFTER_S` ago. The client asks again because it has not seen
-        it commit, and the leader may never have had it (a batch lost on a faulty link, a
-        full pool, or a place given up behind a nonce gap, `node.mempool`), while this
-        node, holding it, would not otherwise send it again before the inclusion timeout
-        (and never, when a peer forwarded it here). Only the sender's next nonce: a later
-        one that the leader lacks is sent again when the client asks for it once its
-        turn comes, so what a client asks again costs the links at most one transaction
-        per sender a second."""
+        to the leader again, with the next `RESEND_RUN` - 1 of the sender's nonces this
+        node holds in a run after it and the others of this turn, unless this node got or
+        sent it less than `RESEND_AFTER_S` ago. The client asks again because it has not
+        seen it commit, and the leader may never have had it, nor the nonces after it (a
+        batch lost on a faulty link, a full pool, or places given up behind a nonce gap,
+        `node.mempool`), while this node, holding them, would not otherwise send them
+        again before the inclusion timeout (and never, when a peer forwarded them here).
+        Only from the sender's next nonce: what a client asks again costs the links at
+        most `RESEND_RUN` transactions per sender a second."""
         p = self.mempool.get(tx_hash)
         if p is None or self.links.transport is None:
             return
@@ -154,8 +156,9 @@ class Forwarder:
             return
         if now - max(p.seen_at, p.resent_at) < RESEND_AFTER_S:
             return
-        p.resent_at = now
-        self._resend.append(p.tx.encoded)
+        for q in self.mempool.run_from(p.tx.sender, p.tx.nonce, RESEND_RUN):
+            q.resent_at = now
+            self._resend.append(q.tx.encoded)
         if not self._resend_scheduled:
             self._resend_scheduled = True
             asyncio.get_running_loop().call_soon(self._flush_resend)

@@ -486,6 +486,18 @@ class Mempool:
                 self._measure(sender, self.accounts.next_nonce(address))
         return local
 
+    def run_from(self, address: bytes, nonce: int, limit: int) -> list[PendingTx]:
+        """The sender's pending transactions of consecutive nonces from `nonce`, at most
+        `limit` of them."""
+        sender = self._senders.get(address)
+        out: list[PendingTx] = []
+        while sender is not None and len(out) < limit:
+            p = sender.by_nonce.get(nonce + len(out))
+            if p is None:
+                break
+            out.append(p)
+        return out
+
     def next_free_nonce(self, address: bytes, committed: int) -> int:
         """The nonce after the run of pending nonces that starts at `committed`."""
         sender = self._senders.get(address)

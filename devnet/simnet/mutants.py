@@ -23,7 +23,13 @@ simulator.
   leader refuses the transactions other validators forward to it, silently (the
   forwarder has acknowledged them and is not told), and their senders' later nonces
   wait behind the gaps (fixed in "a node's clients may hold at most max_txs / n
-  pending transactions, so every node's share fits in the leader's pool").
+  pending transactions, so every node's share fits in the leader's pool"). Since
+  dissemination went to batches (`node.batches`) the loss is the same one on the batch
+  path: a node keeps a peer's batch, but the batch's transactions that its pool cannot
+  hold are dropped when they are admitted (`node.forwarding.Forwarder.received`), and
+  the leader proposes only from its pool. The client's one-second retries rescue them,
+  so the simulator finds it with a client that trusts an acknowledgement
+  (`--client patient`).
 - `gap-stall`: transactions waiting behind a nonce gap never give way and never
   expire, so when a client goes on sending a sender's later nonces after one was refused,
   they fill every pool and the refused nonce, sent again, finds no room anywhere: the
