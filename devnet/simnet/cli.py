@@ -54,6 +54,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "while one is refused, eager sends them regardless, patient is careful and sends "
         "an acknowledged transaction again only after 6 s",
     )
+    net.add_argument(
+        "--burst-scale",
+        type=float,
+        default=1.0,
+        help="multiply a drawn burst's rate and peak (2: peaks of 2,200-3,000 transactions, "
+        "about twice the simulated pool)",
+    )
     net.add_argument("--json", action="store_true")
 
 
@@ -92,6 +99,7 @@ def run(args: argparse.Namespace) -> int:
             scenario=scenario,
             store=args.store,
             client=args.client,
+            burst_scale=args.burst_scale,
         )
         o = simulate(spec, keep_trace=args.replay)
         outcomes.append(o)

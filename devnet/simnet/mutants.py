@@ -26,10 +26,9 @@ simulator.
   pending transactions, so every node's share fits in the leader's pool"). Since
   dissemination went to batches (`node.batches`) the loss is the same one on the batch
   path: a node keeps a peer's batch, but the batch's transactions that its pool cannot
-  hold are dropped when they are admitted (`node.forwarding.Forwarder.received`), and
-  the leader proposes only from its pool. The client's one-second retries rescue them,
-  so the simulator finds it with a client that trusts an acknowledgement
-  (`--client patient`).
+  hold on arrival are dropped (`node.forwarding.Forwarder.received`), before the pool's
+  own rules (room kept for peers' transactions, waiting ones giving way) could take
+  them, and the leader proposes only from its pool.
 - `gap-stall`: transactions waiting behind a nonce gap never give way and never
   expire, so when a client goes on sending a sender's later nonces after one was refused,
   they fill every pool and the refused nonce, sent again, finds no room anywhere: the
@@ -50,8 +49,10 @@ from typing import Any
 
 from devnet.simnet.disk import MemoryDisk
 from node.events import EventBus
+from node.forwarding import Forwarder
 from node.mempool import Mempool, MempoolLimits
 from node.transport_limits import DEFAULT_TRANSPORT_LIMITS
+from node.wire import OriginBatch
 from qchain.config import MempoolSection
 from qchain.qkd.frame import LinkSender
 from qchain.qkd.pool import ReceiveKeyPool
@@ -86,6 +87,17 @@ def _never_expire(self: Mempool, admitted_before: float) -> int:
     return 0
 
 
+_received = Forwarder.received
+
+
+def _drop_what_the_pool_cannot_hold(self: Forwarder, sender: int, batch: OriginBatch) -> None:
+    free = max(0, self.mempool.limits.max_txs - len(self.mempool) - len(self._admit_queue))
+    if len(batch.txs) > free:
+        self.dropped += len(batch.txs) - free
+        batch = OriginBatch(batch.origin, batch.seq, batch.txs[:free])
+    _received(self, sender, batch)
+
+
 def _whole_pool(cls: type[MempoolLimits], m: MempoolSection, n: int) -> MempoolLimits:
     return cls(m.max_txs, m.max_bytes, m.max_per_sender, max_block_bytes=m.max_block_bytes)
 
@@ -98,7 +110,10 @@ PATCHES: dict[str, tuple[tuple[Any, str, Any], ...]] = {
     ),
     "empty-spin": ((Mempool, "has_ready", _any_pending),),
     "subscriber-drop": ((EventBus, "__init__", _small_queues),),
-    "forward-drop": ((MempoolLimits, "of_validator", classmethod(_whole_pool)),),
+    "forward-drop": (
+        (MempoolLimits, "of_validator", classmethod(_whole_pool)),
+        (Forwarder, "received", _drop_what_the_pool_cannot_hold),
+    ),
     "gap-stall": (
         (Mempool, "_gives_way_to", _never_give_way),
         (Mempool, "drop_waiting", _never_expire),

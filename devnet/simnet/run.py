@@ -61,6 +61,8 @@ class Spec:
     """A first-wave bug put back (`devnet.simnet.mutants`)."""
     scenario: str | None = None
     """The scenario file the fixed schedule came from (for the replay command)."""
+    burst_scale: float = 1.0
+    """Multiplies a drawn burst's rate and peak (`devnet.simnet.schedule.draw`)."""
     client: str = "careful"
     """How the client behaves (`devnet.simnet.world.CLIENT_MODES`): `careful` holds a
     sender's later nonces in a burst while one is refused, `eager` sends them regardless,
@@ -86,6 +88,8 @@ class Spec:
             parts.append(f"--mutant {self.mutant}")
         if self.store != "memory":
             parts.append(f"--store {self.store}")
+        if self.burst_scale != 1.0:
+            parts.append(f"--burst-scale {self.burst_scale:g}")
         if self.client != "careful":
             parts.append(f"--client {self.client}")
         return " ".join([*parts, "--replay"])
@@ -234,7 +238,11 @@ async def _main(
         actions = list(spec.actions)
     elif spec.faults:
         actions = draw(
-            random.Random(spec.seed), spec.validators, spec.seconds, crashes=spec.crashes
+            random.Random(spec.seed),
+            spec.validators,
+            spec.seconds,
+            crashes=spec.crashes,
+            burst_scale=spec.burst_scale,
         )
     else:
         actions = []

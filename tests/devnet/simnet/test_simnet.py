@@ -306,6 +306,41 @@ def test_the_mutant_subscriber_drop_is_caught_where_the_clean_code_passes() -> N
     assert [c.name for c in mutated.checks if not c.ok] == ["events-followed"]
 
 
+GAP_STALL_SEED = 5
+"""The first seed of 0..19 at which the mutant `gap-stall` fails with `--client eager`
+(docs/SIMULATION.md)."""
+
+
+def test_the_mutant_gap_stall_is_caught_where_the_clean_code_passes() -> None:
+    """A client that goes on sending a sender's later nonces after one was refused: with
+    the real pool the refused nonce, sent again, takes the place of a later one waiting
+    behind its gap, and every acknowledged transaction commits; with waiting
+    transactions that never give way nor expire, they fill every pool and the sender
+    stalls for good."""
+    from node.mempool import Mempool
+
+    original = Mempool._gives_way_to
+    clean = simulate(Spec(seed=GAP_STALL_SEED, client="eager"))
+    assert clean.ok, _failed(clean)
+    mutated = simulate(Spec(seed=GAP_STALL_SEED, client="eager", mutant="gap-stall"))
+    assert Mempool._gives_way_to is original
+    assert [c.name for c in mutated.checks if not c.ok] == ["acked-committed"]
+
+
+def test_a_burst_scale_multiplies_the_burst_and_changes_nothing_else() -> None:
+    for seed in range(40):
+        plain = draw(random.Random(seed), 4, 20)
+        heavy = draw(random.Random(seed), 4, 20, burst_scale=2)
+        assert [(a.t, a.kind) for a in plain] == [(a.t, a.kind) for a in heavy]
+        for a, b in zip(plain, heavy, strict=True):
+            if a.kind == "burst":
+                assert b.args["txs"] == 2 * a.args["txs"]
+                assert b.args["rate"] == 2 * a.args["rate"]
+            else:
+                assert a.args == b.args
+    assert "--burst-scale 2 --client eager" in Spec(seed=3, burst_scale=2, client="eager").command()
+
+
 def test_a_run_is_the_same_under_other_string_hash_seeds() -> None:
     """Two processes with different `PYTHONHASHSEED`s: the same trace digest (the CLI
     also pins the hash seed; this shows nothing depends on it)."""
