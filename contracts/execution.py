@@ -30,8 +30,11 @@ write sets is not a commitment to the state: at the checkpoint heights of a chai
 genesis sets `state_root_interval` K > 0 (every multiple of K), the app hash is instead
 `H(APP_CHECKPOINT, chained || state_root)`, where `chained` is the formula above and
 `state_root` commits to the whole state after the block (`contracts.snapshot`), so that a
-snapshot of that state can be checked against a certified header. The next block chains
-from that app hash as from any other.
+snapshot of that state can be checked against a certified header. On a chain whose genesis
+sets `consensus.reconfiguration`, `chained` is itself `H(SET_STATE, write-set chain ||
+root of set, schedule and q)` (`contracts.setchain`), so that the validator set of a
+height can be proven from genesis (docs/CONSENSUS.md §10.5). The next block chains from
+that app hash as from any other.
 
 Anything other than a `ContractError` raised while running a method (a store that fails,
 state that does not decode) is a bug or a broken node and propagates.
@@ -40,11 +43,12 @@ state that does not decode) is a bug or a broken node and propagates.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from contracts import membership
+from contracts import membership, validators
 from contracts.registry import DEFAULT_REGISTRY
 from contracts.runtime import CallContext, Kind, Registry, canonical_result
+from contracts.setchain import SetState, read_set_state
 from contracts.snapshot import Checkpoint, compute_checkpoint, is_checkpoint
 from contracts.state import (
     Overlay,
@@ -111,6 +115,10 @@ class BlockResult:
     """Events of the begin-block hooks (e.g. voucher expiry), which have no receipt."""
     checkpoint: Checkpoint | None = None
     """At a checkpoint height, the state commitment and its chunks (the snapshot)."""
+    set_state: SetState | None = None
+    """On a chain with validator-set changes, the `validators` contract's `set`,
+    `schedule` and `q` after the block, which its app hash commits to
+    (`contracts.setchain`): what a set-chain proof at this height is made from."""
 
     def to_batch(self, batch: Batch) -> None:
         """Add the state writes to a store batch (the node adds block, receipts, ...)."""
@@ -255,9 +263,14 @@ def _run(
         included.append(tx)
     write_set = block.changes()
     chained = app_hash(ctx.prev_app_hash, write_set)
+    set_state = read_set_state(StateReader(block, validators.NAME), chained)
+    if set_state is not None:
+        chained = set_state.committed
     checkpoint = None
     if is_checkpoint(ctx.height, ctx.state_root_interval):
         checkpoint = compute_checkpoint(block, ctx.height, chained)
+        if set_state is not None:
+            set_state = replace(set_state, state_root=checkpoint.root)
     result = BlockResult(
         tuple(receipts),
         write_set,
@@ -265,6 +278,7 @@ def _run(
         receipts_root(receipts),
         tuple(events),
         checkpoint,
+        set_state,
     )
     return result, included, rejected
 

@@ -458,6 +458,19 @@ def _check_operators(
             f"a chain whose validators name operators has at most {validators_contract.MAX_SET}"
             " validators (CONSENSUS.md §10.2)",
         )
+    if reconfiguration:
+        records = [
+            validators_contract.Record(v.index, v.public_key, v.sae_id, v.operator)
+            for v in validators
+        ]
+        size = validators_contract.state_bytes(records, [], 0)
+        if size > validators_contract.MAX_STATE_BYTES:
+            raise GenesisError(
+                "validators",
+                f"the set takes {size} bytes; a chain with validator-set changes holds at "
+                f"most {validators_contract.MAX_STATE_BYTES} in set, schedule and q "
+                "(CONSENSUS.md §10.2)",
+            )
 
 
 def _accepted_schemes(doc: object) -> tuple[str, ...]:

@@ -39,6 +39,14 @@ first block at least `ready_ttl_heights` above its approval block whose time is 
 threshold. At the start of block h the changes scheduled for h are applied, in sequence
 order, so during block h the current set is `V(h)`.
 
+Two further limits of §10.2 (review 8): the canonical encodings of `set`, `schedule` and
+`q` stay within `MAX_STATE_BYTES` (245 760) in every state the changes in flight can lead
+to (`worst_state_bytes`; a genesis that enables changes is held to it too), and
+`accept_missing(change_id, ids)`, approved like a change while the add or rotate is
+approved and not ready, lets its new record skip readiness's working-link clause for the
+members `ids` names (at most f(a) ids over the changes in flight; `link_exempt` decides
+it, by id); it goes with the change when the change is dropped or activated.
+
 State layout (relative to the contract's key space):
 
 | key | value |
@@ -59,6 +67,9 @@ State layout (relative to the contract's key space):
 | `e` height (8 bytes), change id | empty: proposed changes by expiry height |
 | `r` height (8 bytes), change id | empty: approved, not ready, by `approved + ready_ttl_heights` |
 | `f` change id | empty: changes in flight |
+| `m` accept id | `MissingAccept` |
+| `w` accept id, operator | empty: approvals of an `accept_missing` |
+| `g` change id, accept id | empty: the `accept_missing`s of a change |
 """
 
 from __future__ import annotations
@@ -72,7 +83,7 @@ from typing import Annotated
 from contracts import membership
 from contracts.runtime import BlockHookContext, CallContext, Contract, NoArgs, QueryContext
 from contracts.state import StateReader, StateWriter
-from qchain.codec import U32, U64, Len, Range, Struct, encode_value
+from qchain.codec import U32, U64, Hash32, Len, Range, Struct, encode_value
 from qchain.errors import (
     ArgumentError,
     BadSignature,
@@ -93,6 +104,14 @@ MAX_SET = 90
 entries always fits SETCHAIN's 256 KB (review 7, P3)."""
 MAX_CHECKED = (MAX_SET - 1) // 3
 """At most f changes are in flight, so a `checked` list names at most f of them."""
+MAX_STATE_BYTES = 245_760
+"""CONSENSUS.md §10.2 (review 8, ambiguity 6): the canonical encodings of `set`, `schedule`
+and `q` total at most this many bytes, so that with the Merkle paths of the three keys a
+set-chain proof stays within SETCHAIN's 256 KB (10.5)."""
+MAX_MISSING = MAX_CHECKED
+"""An `accept_missing` names at most f(a) ≤ 29 ids (§10.2)."""
+MAX_ACCEPTS_PER_CHANGE = 4
+"""`accept_missing` proposals one change may have at once (proposed or approved)."""
 MAX_ID = 2**16 - 1
 MAX_PROPOSED = 64
 """Changes in the `proposed` state at once, over all proposers."""
@@ -218,6 +237,32 @@ class Change(Struct):
 
 
 @dataclass(frozen=True)
+class MissingAccept(Struct):
+    """`accept_missing(change_id, ids)`: once approved, the node software of the change's
+    new record skips readiness's working-link clause for the members `ids` names
+    (CONSENSUS.md §10.2, review 8 Q7). Void, and deleted, when the change is dropped or
+    activated."""
+
+    accept_id: ChangeId
+    """The hash of the proposing transaction."""
+    change_id: ChangeId
+    ids: Annotated[tuple[ValidatorId, ...], Len(1, MAX_MISSING)]
+    """Ascending."""
+    proposer: Address
+    proposed_height: U64
+    status: Annotated[str, Len(1, 16)]
+    """`proposed` or `approved`."""
+    approved_height: U64
+    """0: not approved."""
+    records: Annotated[tuple[Hash32, ...], Len(0, MAX_MISSING)]
+    """Once approved: SHA-256 of each named member's record in `V(a)`, in the order of
+    `ids` (what `link_exempt` would compare if the exemption were by record)."""
+    rule: Annotated[str, Len(0, 32)]
+    """The limit that held it back at its threshold; empty if none."""
+    reason: Annotated[str, Len(0, 512)]
+
+
+@dataclass(frozen=True)
 class ChangeStatus(Struct):
     """A change and its approvals, counted over the current set."""
 
@@ -230,6 +275,9 @@ class ChangeStatus(Struct):
     approvers: Annotated[tuple[Address, ...], Len(0, MAX_APPROVERS)]
     cancel_approvals: U32
     cancel_approvers: Annotated[tuple[Address, ...], Len(0, MAX_APPROVERS)]
+    missing: Annotated[tuple[ValidatorId, ...], Len(0, MAX_MISSING * MAX_ACCEPTS_PER_CHANGE)]
+    """The ids named by the change's approved `accept_missing`s, ascending, while the change
+    is in flight (empty otherwise)."""
 
 
 @dataclass(frozen=True)
@@ -294,6 +342,18 @@ def in_flight_key(cid: bytes) -> bytes:
     return b"f" + cid
 
 
+def accept_key(aid: bytes) -> bytes:
+    return b"m" + aid
+
+
+def accept_approval_key(aid: bytes, operator: bytes) -> bytes:
+    return b"w" + aid + operator
+
+
+def accepts_of_key(cid: bytes, aid: bytes) -> bytes:
+    return b"g" + cid + aid
+
+
 def ready_message(chain_id: str, change_id: bytes, checked: Sequence[bytes] = ()) -> bytes:
     """The bytes the new key signs: the canonical encoding of
     `["qchain-ready", chain_id, change_id, checked]` (`checked`: ascending change ids)."""
@@ -333,6 +393,70 @@ def set_at(state: StateReader, height: int) -> SetEntry:
         if entry.activation_height <= height:
             _apply(records, entry)
     return SetEntry(base.height, tuple(records[i] for i in sorted(records)), base.sequences)
+
+
+def state_bytes(
+    records: Sequence[Record], entries: Sequence[ScheduleEntry], next_sequence: int
+) -> int:
+    """The bytes §10.2's bound counts: the canonical encodings of the values of `set`,
+    `schedule` and `q` holding these."""
+    return (
+        len(ValidatorSet(tuple(records)).encode())
+        + len(Schedule(tuple(entries)).encode())
+        + len(encode_value(next_sequence))
+    )
+
+
+def get_accept(state: StateReader, aid: bytes) -> MissingAccept | None:
+    return state.load(accept_key(aid), MissingAccept)
+
+
+def accepts_of(state: StateReader, cid: bytes) -> list[MissingAccept]:
+    """The `accept_missing`s of a change (proposed or approved), by accept id."""
+    out = []
+    for aid in _ids(state, b"g" + cid):
+        acc = get_accept(state, aid)
+        if acc is None:
+            raise NotFound("accept_missing", aid.hex())
+        out.append(acc)
+    return out
+
+
+def accepted_missing(state: StateReader, cid: bytes) -> tuple[int, ...]:
+    """The ids named by the approved `accept_missing`s of change cid, ascending."""
+    return tuple(
+        sorted({i for acc in accepts_of(state, cid) if acc.status == APPROVED for i in acc.ids})
+    )
+
+
+def record_digest(record: Record) -> bytes:
+    return hashlib.sha256(record.encode()).digest()
+
+
+def link_exempt(accepts: Sequence[MissingAccept], member: Record) -> bool:
+    """Whether the node software of a change's new record skips readiness's working-link
+    clause for `member` (a member of `V(cur)`), given the change's `accept_missing`s.
+
+    §10.2 as written: the exemption is **by id**: it follows the id through a later
+    rotation of it. (Keyed on the record instead, the test would be
+    `record_digest(member) in acc.records`.)"""
+    return any(acc.status == APPROVED and member.id in acc.ids for acc in accepts)
+
+
+def readiness_links(state: StateReader, cid: bytes) -> tuple[list[Record], list[bytes]]:
+    """What readiness (§10.2) asks of the machine of change cid's new record now: the
+    members of the current set it must have working links to (every one, less the rotated
+    id and the ids `link_exempt` names), and the other adds and rotates in flight that are
+    ready, whose new records it must also have working links to and which its `checked`
+    must name."""
+    ch = _require_change(state, cid)
+    accepts = accepts_of(state, cid)
+    members = [
+        r
+        for r in current_set(state).records
+        if not (ch.kind == "rotate" and r.id == ch.id) and not link_exempt(accepts, r)
+    ]
+    return members, _ready_others(state, ch)
 
 
 def faults(n: int) -> int:
@@ -458,7 +582,46 @@ def _limits(state: StateReader, vset: ValidatorSet, ch: Change) -> tuple[str, st
         return "set-too-large", f"{n} members and {adds} in-flight adds exceed {MAX_SET}"
     if ch.kind == "add" and state.get_int(NEXT_ID_KEY) > MAX_ID:
         return "ids-exhausted", f"every validator id up to {MAX_ID} was given"
+    size = worst_state_bytes(state, vset, [*flight, ch])
+    if size > MAX_STATE_BYTES:
+        return (
+            "set-too-large",
+            f"set, schedule and q would take up to {size} bytes; at most {MAX_STATE_BYTES}",
+        )
     return None
+
+
+def worst_state_bytes(state: StateReader, vset: ValidatorSet, flight: Sequence[Change]) -> int:
+    """§10.2's byte bound for the changes in flight, counted so that it bounds every state
+    the chain can reach before they all activate, whatever their order: the set holding
+    every current member (no remove applied), every in-flight add, and each rotated id at
+    the larger of its two records; the schedule holding an entry for every in-flight
+    change (one not scheduled yet with its sequence number and activation height at their
+    largest encoding); and `q` once all of them are scheduled."""
+    records = {r.id: r for r in vset.records}
+    entries = list(get_schedule(state).entries)
+    scheduled = {x.change_id for x in entries}
+    next_id = state.get_int(NEXT_ID_KEY)
+    next_seq = state.get_int(NEXT_SEQ_KEY)
+    for c in flight:
+        vid = c.id
+        if vid is None:
+            vid, next_id = next_id, next_id + 1
+        if c.kind == "add":
+            records[vid] = Record(vid, c.public_key, c.sae_id, c.operator)
+        elif c.kind == "rotate" and vid in records:
+            new = replace(records[vid], public_key=c.public_key, sae_id=c.sae_id)
+            if len(new.encode()) > len(records[vid].encode()):
+                records[vid] = new
+        if c.change_id not in scheduled:
+            top = 2**64 - 1
+            entries.append(
+                ScheduleEntry(
+                    top, top, c.change_id, c.kind, vid, c.public_key, c.sae_id, c.operator
+                )
+            )
+            next_seq += 1
+    return state_bytes([records[i] for i in sorted(records)], entries, next_seq)
 
 
 # --- state changes ---------------------------------------------------------------------------
@@ -513,8 +676,18 @@ def _approve(ctx: CallContext, cfg: Config, ch: Change) -> Change:
     return ch
 
 
+def _void_accepts(state: StateWriter, cid: bytes) -> None:
+    """A change left flight (dropped or activated): its `accept_missing`s go with it."""
+    for aid in _ids(state, b"g" + cid):
+        for op in _ids(state, b"w" + aid):
+            state.delete(accept_approval_key(aid, op))
+        state.delete(accept_key(aid))
+        state.delete(accepts_of_key(cid, aid))
+
+
 def _drop(state: StateWriter, cfg: Config, ch: Change, rule: str, reason: str) -> Change:
     state.delete(in_flight_key(ch.change_id))
+    _void_accepts(state, ch.change_id)
     state.delete(ready_deadline_key(ch.approved_height + cfg.ready_ttl_heights, ch.change_id))
     if ch.kind == "add" and ch.id is not None:
         state.delete(directory_key(ch.id))
@@ -536,6 +709,7 @@ def _status(state: StateReader, ch: Change) -> ChangeStatus:
         tuple(approvers[:MAX_APPROVERS]),
         cancels,
         tuple(cancellers[:MAX_APPROVERS]),
+        accepted_missing(state, ch.change_id),
     )
 
 
@@ -688,6 +862,126 @@ def approve_cancel(ctx: CallContext, a: ChangeArgs) -> ChangeStatus:
 
 
 @dataclass(frozen=True)
+class AcceptMissingArgs(Struct):
+    change_id: ChangeId
+    ids: Annotated[tuple[ValidatorId, ...], Len(1, MAX_MISSING)]
+    """Members of the current set, ascending, once each (for a rotate of j, not j)."""
+
+
+def _missing_targets(vset: ValidatorSet, ch: Change, ids: Sequence[int]) -> tuple[str, str] | None:
+    members = {r.id for r in vset.records}
+    for i in ids:
+        if i not in members:
+            return "not-a-validator", f"validator {i} is not a member of the current set"
+        if ch.kind == "rotate" and i == ch.id:
+            return "rotated-id", f"validator {i} is the one the change rotates"
+    return None
+
+
+def _require_pending_for_accept(ch: Change) -> None:
+    if ch.kind == "remove":
+        raise RuleViolation("no-new-key", "a remove is ready at approval: it has no links to judge")
+    if ch.status != APPROVED:
+        raise RuleViolation(
+            "not-pending",
+            f"change {ch.change_id.hex()} is {ch.status}: accept_missing is for an approved "
+            "add or rotate that is not ready",
+        )
+
+
+@contract.tx("accept_missing", AcceptMissingArgs)
+def accept_missing(ctx: CallContext, a: AcceptMissingArgs) -> bytes:
+    """Propose that the new record of an approved add or rotate that is not ready may
+    become ready without working links to the members `ids` (§10.2, review 8 Q7); sender:
+    an operator of a member. Returns its accept id (the transaction hash)."""
+    _require_enabled(ctx.state)
+    if any(x >= y for x, y in pairwise(a.ids)):
+        raise ArgumentError("ids", "expected validator ids ascending, once each")
+    ch = _require_change(ctx.state, a.change_id)
+    _require_pending_for_accept(ch)
+    vset = current_set(ctx.state)
+    _require_operator(ctx, vset, "accept_missing")
+    failed = _missing_targets(vset, ch, a.ids)
+    if failed is not None:
+        raise RuleViolation(*failed)
+    if len(_ids(ctx.state, b"g" + ch.change_id)) >= MAX_ACCEPTS_PER_CHANGE:
+        raise RuleViolation(
+            "too-many-proposals",
+            f"change {ch.change_id.hex()} has {MAX_ACCEPTS_PER_CHANGE} accept_missing already",
+        )
+    acc = MissingAccept(
+        ctx.tx_hash, ch.change_id, a.ids, ctx.sender, ctx.height, PROPOSED, 0, (), "", ""
+    )
+    ctx.state.save(accept_key(acc.accept_id), acc)
+    ctx.state.put(accepts_of_key(ch.change_id, acc.accept_id), b"")
+    ctx.emit("accept-missing-proposed", [acc.accept_id, ch.change_id, list(a.ids)])
+    return acc.accept_id
+
+
+def _missing_in_flight(state: StateReader, but: bytes) -> set[int]:
+    """The distinct ids named by the approved `accept_missing`s of every change in flight,
+    except accept `but`; ids no longer members included (Revision 1.15, review 9 S4)."""
+    return {
+        i
+        for cid in _ids(state, b"f")
+        for acc in accepts_of(state, cid)
+        if acc.status == APPROVED and acc.accept_id != but
+        for i in acc.ids
+    }
+
+
+@dataclass(frozen=True)
+class AcceptArgs(Struct):
+    accept_id: ChangeId
+
+
+@contract.tx("approve_missing", AcceptArgs)
+def approve_missing(ctx: CallContext, a: AcceptArgs) -> ChangeStatus:
+    """Approve an `accept_missing` (sender: an operator of a member; again to re-evaluate).
+    It is approved when more than 2·n/3 members' operators approved it, its ids are still
+    members, and the ids named by the approved `accept_missing`s of the changes in flight,
+    its own included, are at most f; else its `rule` names what failed. Returns the
+    change's status (`missing` lists the accepted ids)."""
+    _require_enabled(ctx.state)
+    acc = get_accept(ctx.state, a.accept_id)
+    if acc is None:
+        raise NotFound("accept_missing", a.accept_id.hex())
+    if acc.status != PROPOSED:
+        raise RuleViolation("not-proposed", f"accept_missing {a.accept_id.hex()} is {acc.status}")
+    ch = _require_change(ctx.state, acc.change_id)
+    _require_pending_for_accept(ch)
+    vset = current_set(ctx.state)
+    _require_operator(ctx, vset, "approve_missing")
+    ctx.state.put(accept_approval_key(acc.accept_id, ctx.sender), b"")
+    count, _ = _counted(ctx.state, b"w" + acc.accept_id, vset)
+    n = len(vset.records)
+    if count >= threshold(n):
+        failed = _missing_targets(vset, ch, acc.ids)
+        named = len(_missing_in_flight(ctx.state, acc.accept_id) | set(acc.ids))
+        if failed is None and named > faults(n):
+            failed = (
+                "too-many-missing",
+                f"{named} distinct ids named by accept_missing over the changes in flight; "
+                f"f = {faults(n)}",
+            )
+        if failed is None:
+            by_id = {r.id: r for r in vset.records}
+            acc = replace(
+                acc,
+                status=APPROVED,
+                approved_height=ctx.height,
+                records=tuple(record_digest(by_id[i]) for i in acc.ids),
+                rule="",
+                reason="",
+            )
+            ctx.emit("accept-missing-approved", [acc.accept_id, ch.change_id, list(acc.ids)])
+        else:
+            acc = replace(acc, rule=failed[0], reason=failed[1])
+    ctx.state.save(accept_key(acc.accept_id), acc)
+    return _status(ctx.state, ch)
+
+
+@dataclass(frozen=True)
 class ReadyArgs(Struct):
     change_id: ChangeId
     signature: Signature
@@ -698,17 +992,23 @@ class ReadyArgs(Struct):
     links to, ascending (§10.2)."""
 
 
+def _ready_others(state: StateReader, ch: Change) -> list[bytes]:
+    """The other adds and rotates in flight that are ready (scheduled, not yet active),
+    ascending: a `ready` for ch must name each in `checked`. An `accept_missing` never
+    exempts these (it names members of the current set only)."""
+    return sorted(
+        o.change_id
+        for o in _in_flight(state)
+        if o.change_id != ch.change_id and o.kind != "remove" and o.ready_height
+    )
+
+
 def _check_checked(state: StateReader, ch: Change, checked: tuple[bytes, ...]) -> None:
     """Refuse a `checked` list out of order, or one that misses another add or rotate in
     flight that is ready (scheduled, not yet active)."""
     if any(a >= b for a, b in pairwise(checked)):
         raise RuleViolation("checked-order", "checked must list change ids ascending, once each")
-    ready = sorted(
-        o.change_id
-        for o in _in_flight(state)
-        if o.change_id != ch.change_id and o.kind != "remove" and o.ready_height
-    )
-    missing = [cid for cid in ready if cid not in checked]
+    missing = [cid for cid in _ready_others(state, ch) if cid not in checked]
     if missing:
         raise RuleViolation(
             "checked-incomplete",
@@ -800,6 +1100,7 @@ def _activate(ctx: BlockHookContext) -> None:
             ctx.state.delete(directory_key(x.id))
         _save(ctx.state, replace(_require_change(ctx.state, x.change_id), status=ACTIVE))
         ctx.state.delete(in_flight_key(x.change_id))
+        _void_accepts(ctx.state, x.change_id)
         ctx.emit("activated", [x.change_id, x.sequence])
     ordered = tuple(records[i] for i in sorted(records))
     ctx.state.save(SET_KEY, ValidatorSet(ordered))
@@ -845,6 +1146,23 @@ def change(q: QueryContext, a: ChangeArgs) -> ChangeStatus:
     """A change with its status, the limit that holds it back (`rule`, `reason`), and its
     approvals counted over the current set."""
     return _status(q.state, _require_change(q.state, a.change_id))
+
+
+@contract.query("accepts", ChangeArgs)
+def accepts(q: QueryContext, a: ChangeArgs) -> list[MissingAccept]:
+    """The `accept_missing`s of a change (proposed or approved; none once it left flight)."""
+    _require_change(q.state, a.change_id)
+    return accepts_of(q.state, a.change_id)
+
+
+@contract.query("readiness", ChangeArgs)
+def readiness(q: QueryContext, a: ChangeArgs) -> dict[str, object]:
+    """What readiness asks of the change's new record now (§10.2): `links`, the ids of the
+    members of the current set it needs working links to (the rotated id and the ids of
+    approved `accept_missing`s left out), and `checked`, the ready adds and rotates in
+    flight whose new records it needs working links to and that its `ready` must name."""
+    members, checked = readiness_links(q.state, a.change_id)
+    return {"links": [r.id for r in members], "checked": checked}
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import signal
-import subprocess
 import time
 import urllib.error
 from collections.abc import Iterable, Iterator
@@ -41,8 +40,6 @@ class LocalNetwork:
         self.plan: NetworkPlan = load_plan(self.dir)
         self.run_dir = self.dir / "run"
         self.log_dir = self.dir / "logs"
-        self._procs: dict[int, subprocess.Popen[bytes]] = {}
-        """Children started by this object, kept so they can be reaped."""
 
     # --- services --------------------------------------------------------------------
 
@@ -101,9 +98,7 @@ class LocalNetwork:
         if existing is not None:
             return existing
         svc = self.service(name)
-        proc = spawn.spawn(svc.argv, self.log_file(name), self.pid_file(name), self.dir)
-        self._procs[proc.pid] = proc
-        return proc.pid
+        return spawn.spawn(svc.argv, self.log_file(name), self.pid_file(name), self.dir).pid
 
     def signal(self, name: str, sig: signal.Signals) -> bool:
         pid = self.pid(name)
@@ -134,12 +129,7 @@ class LocalNetwork:
         return True
 
     def _reap(self, pid: int) -> None:
-        proc = self._procs.pop(pid, None)
-        if proc is not None:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=5)
-        else:
-            spawn.reap(pid)
+        spawn.wait(pid, timeout=5)
 
     def start_all(self, min_height: int = 1, timeout: float = 60.0) -> dict[str, dict[str, Any]]:
         """Start the key managers, then every validator; wait until each has committed

@@ -5,6 +5,10 @@ to a log file and its PID in a file, so a later command can find and signal it.
 Every service runs in its own session, so a terminal's Ctrl-C reaches only the process
 that owns the terminal. `terminate` sends SIGTERM and waits; a validator closes LevelDB
 cleanly on SIGTERM. SIGKILL follows only after a grace period.
+
+A service outlives the call that started it, and often the object that asked for it (a
+later command finds it by its PID file). So this module keeps every child's process
+object until `reap` collects its exit status: none is dropped while its process runs.
 """
 
 from __future__ import annotations
@@ -17,6 +21,9 @@ import sys
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+
+_children: dict[int, subprocess.Popen[bytes]] = {}
+"""Children started here and not yet reaped, by PID."""
 
 
 def qchain_argv(*args: str) -> tuple[str, ...]:
@@ -42,6 +49,7 @@ def spawn(
             env=env,
             start_new_session=True,
         )
+    _children[proc.pid] = proc
     pid_file.write_text(f"{proc.pid}\n")
     return proc
 
@@ -82,8 +90,24 @@ def send(pid: int, sig: signal.Signals) -> None:
 
 def reap(pid: int) -> None:
     """Collect an exited child's status, if it is this process's child."""
+    proc = _children.get(pid)
+    if proc is not None:
+        if proc.poll() is not None:
+            del _children[pid]
+        return
     with contextlib.suppress(ChildProcessError, OSError):
         os.waitpid(pid, os.WNOHANG)
+
+
+def wait(pid: int, timeout: float) -> None:
+    """Wait up to timeout for a child this module started to exit, and reap it."""
+    proc = _children.get(pid)
+    if proc is None:
+        reap(pid)
+        return
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=timeout)
+        del _children[pid]
 
 
 def terminate(pids: Iterable[int], grace_s: float) -> None:

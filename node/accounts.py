@@ -97,6 +97,9 @@ class Admission:
         self.clock = clock
         self.ready_signalled = False
         """Idle mode: whether the engine was told the mempool has an includable tx."""
+        self.queued: Callable[[], int] = lambda: 0
+        """Peers' transactions received and not admitted yet (`node.forwarding`): with
+        the pool, the depth ahead of a new transaction."""
 
     def admit(self, tx: Transaction, *, local: bool = False) -> bool:
         """Admit tx (local: a client submitted it to this node). True if new; raises
@@ -104,13 +107,13 @@ class Admission:
         now = self.clock()
         bounded = False
         if local and tx.hash not in self.mempool:
-            pending = self.mempool.local_count
-            if self.backlog.room(pending, now) <= 0:
-                # Beyond the bound, only in the place of a client's transaction waiting
-                # behind a nonce gap (`node.mempool`): the count the bound measures does
-                # not grow.
+            pending, depth = self.mempool.local_count, self.depth()
+            if self.backlog.room(pending, now, depth) <= 0:
+                # Beyond the bounds, only in the place of a client's transaction waiting
+                # behind a nonce gap (`node.mempool`): neither count the bounds measure
+                # grows.
                 if not self.mempool.may_displace_local(tx):
-                    raise self.backlog.refusal(pending, now)
+                    raise self.backlog.refusal(pending, now, depth)
                 bounded = True
         new = self.mempool.add(tx, height=self.committed(), now=now, local=local, bounded=bounded)
         if new:
@@ -122,17 +125,22 @@ class Admission:
                 self.pacer.maybe_build()
         return new
 
+    def depth(self) -> int:
+        """Transactions of any origin ahead of a new one: the pool and the peers'
+        transactions waiting for admission."""
+        return len(self.mempool) + self.queued()
+
     def room(self) -> int:
-        """How many more client transactions the admission bound lets in now, counting
+        """How many more client transactions the admission bounds let in now, counting
         the places of this node's clients' transactions waiting behind a nonce gap (a
         ready one may take such a place)."""
-        return self.backlog.room(self.mempool.local_count, self.clock()) + (
+        return self.backlog.room(self.mempool.local_count, self.clock(), self.depth()) + (
             self.mempool.waiting_local
         )
 
     def overloaded(self) -> Overloaded:
         """The refusal of a client transaction beyond `room`."""
-        return self.backlog.refusal(self.mempool.local_count, self.clock())
+        return self.backlog.refusal(self.mempool.local_count, self.clock(), self.depth())
 
     def on_commit(self, txs: Sequence[Transaction], height: int) -> None:
         """A block of txs committed at `height`: out of the pool, into the commit rate."""

@@ -49,6 +49,21 @@ says when to come back: `Overloaded.retry_after_s`, the time the backlog above t
 takes to drain at the measured rate, whole seconds as `Retry-After` needs, at least 1
 and at most the bound (by then the rate has been measured again).
 
+The pool as a whole is bounded the same way. A new transaction waits behind everything
+this node holds for the chain, not only its own clients': the pool (every origin's
+transactions, admitted from their batches) and the peers' transactions received and
+not admitted yet. While the chain is saturated the node also refuses once that *depth*
+drains no sooner than the bound at the chain's measured rate,
+
+    depth / chain rate  >=  bound
+
+so that every node, seeing about the same pool, refuses when the queue ahead of a new
+transaction is long, whichever node's clients filled it, and a node whose local rate
+was measured high in a lull does not add its own queue on top of a deep pool. The
+*floor* keeps the pipeline fed: while the depth is below the largest block of the
+window (a block's worth), local transactions are admitted whatever the bounds say, so
+the next block can be full (refusing then would cut throughput below the peak).
+
 Only local admissions are bounded. Transactions a peer forwards were accepted by that
 peer, which keeps them and forwards them again until they commit; refusing them here
 would only delay them, so they meet the static limits alone (`MempoolLimits.max_local`
@@ -173,34 +188,48 @@ class Backlog:
         r = self.rates(now)
         return max(r.local, r.chain / self.n)
 
-    def room(self, pending: int, now: float) -> int:
-        """How many more local transactions the bound lets in with `pending` local ones
-        in the pool (`UNBOUNDED` with no bound; `UNSATURATED_MIN_ROOM` in all with no
-        known rate)."""
+    def block_worth(self, now: float) -> int:
+        """The most transactions a commit of the window carried (0: none)."""
+        self._expire(now)
+        return max((txs for _, txs, _ in self._commits), default=0)
+
+    def room(self, pending: int, now: float, depth: int) -> int:
+        """How many more local transactions the bounds let in with `pending` local ones
+        in the pool and `depth` transactions of any origin ahead of a new one
+        (`UNBOUNDED` with no bound; `UNSATURATED_MIN_ROOM` in all with no known rate)."""
         if self.bound_s <= 0:
             return UNBOUNDED
         rate = self.rate(now)
         if rate <= 0:
             return max(0, UNSATURATED_MIN_ROOM - pending)
-        allowed = self.bound_in_force(now) * rate
+        bound = self.bound_in_force(now)
+        allowed = bound * rate
         if not self.saturated:
             allowed = max(UNSATURATED_MIN_ROOM, UNSATURATED_GROWTH * allowed)
-        return max(0, math.floor(allowed) - pending)
+            return max(0, math.floor(allowed) - pending)
+        room = min(math.floor(allowed) - pending, math.floor(bound * self.rates(now).chain) - depth)
+        if room > 0:
+            return room
+        return max(0, self.block_worth(now) - depth)
 
-    def refusal(self, pending: int, now: float) -> Overloaded:
-        """The answer to a transaction beyond the room: when to come back (at most half
-        the bound in force: by then a commit has opened room and measured again)."""
+    def refusal(self, pending: int, now: float, depth: int) -> Overloaded:
+        """The answer to a transaction beyond the room: when to come back (the time the
+        larger excess above a bound drains, at most half the bound in force: by then a
+        commit has opened room and measured again)."""
         rate = self.rate(now)
+        chain = self.rates(now).chain
         bound = self.bound_in_force(now)
-        excess = pending + 1 - bound * rate
-        wait_s = min(excess / rate, bound / 2) if rate > 0 else 1.0
-        return Overloaded(
-            max(1, math.ceil(wait_s)),
-            round(pending / rate * 1000) if rate > 0 else 0,
-            round(bound * 1000),
-        )
+        if rate <= 0:
+            return Overloaded(1, 0, round(bound * 1000))
+        waits = [pending / rate]
+        excess = [(pending + 1 - bound * rate) / rate]
+        if chain > 0:
+            waits.append(depth / chain)
+            excess.append((depth + 1 - bound * chain) / chain)
+        wait_s = min(max(excess), bound / 2)
+        return Overloaded(max(1, math.ceil(wait_s)), round(max(waits) * 1000), round(bound * 1000))
 
-    def check(self, pending: int, now: float) -> None:
-        """Raise `Overloaded` unless one more local transaction fits the bound."""
-        if self.room(pending, now) <= 0:
-            raise self.refusal(pending, now)
+    def check(self, pending: int, now: float, depth: int) -> None:
+        """Raise `Overloaded` unless one more local transaction fits the bounds."""
+        if self.room(pending, now, depth) <= 0:
+            raise self.refusal(pending, now, depth)

@@ -253,6 +253,11 @@ class Dissemination:
         """Batches dropped: not from their origin, or not asked for (a forged digest)."""
         self.given_up = 0
         """Proposals dropped because no peer sent a batch they name."""
+        self.proposed = 0
+        """The highest height a proposal was heard for (by reference from a peer, or
+        compacted here): while it is above the committed height, the next leader builds
+        only after a commit (`node.forwarding` holds this node's batch until then). A
+        peer can claim any height; the reader bounds what it believes."""
         self._compact: OrderedDict[bytes, Envelope] = OrderedDict()
         self._waiting: OrderedDict[int, _Waiting] = OrderedDict()
         self._fetching: dict[bytes, _Fetch] = {}
@@ -295,6 +300,7 @@ class Dissemination:
             return known
         if blk.height != msg.height:
             return None
+        self.proposed = max(self.proposed, msg.height)
         block = self.block_of(blk)
         if block is None:
             try:
@@ -335,6 +341,7 @@ class Dissemination:
         as the sender's fetch budget pays for."""
         if m.chain_id != self.chain_id:
             return
+        self.proposed = max(self.proposed, m.height)
         needs = list(dict.fromkeys(r.digest for r in m.batches if self.store.get(r.digest) is None))
         if not needs:
             self._deliver(sender, m)

@@ -7,6 +7,15 @@ at least 2f+1 validators signed that block (the commit certificate), against the
 keys of the chain's genesis file (`--genesis`) or of a JSON list of
 `{"scheme", "public_key"}` objects (`--validators`). FILE holds the canonical bytes, their
 hex, or the JSON form.
+
+On a chain whose genesis sets `consensus.reconfiguration`, the set of the receipt's height
+is proven from the genesis by a set chain (docs/CONSENSUS.md §10.5, `contracts.setchain`),
+never taken from the genesis alone: FILE is then a `ChainedReceipt` (the proof with its
+set chain; in JSON, the proof's object with `set_chain`, the chain's canonical bytes in
+hex), or `--set-chain CHAIN` gives the chain (canonical bytes or hex). Without a chain
+such a receipt verifies only at heights no change can reach (≤ `reconfig_delay`). On any
+other genesis the genesis set is the set of every height, as before, and a non-empty set
+chain is refused.
 """
 
 from __future__ import annotations
@@ -15,7 +24,9 @@ import argparse
 import json
 from pathlib import Path
 
-from contracts.genesis import Genesis
+from contracts import setchain
+from contracts import validators as validators_contract
+from contracts.genesis import VALIDATOR_SCHEME, Genesis
 from node.genesis_file import load_genesis
 from qchain.cli_client import add_node_arguments, connect
 from qchain.errors import CodecError, ConfigError
@@ -35,27 +46,63 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     keys.add_argument("--genesis", type=Path, help="the chain's genesis file")
     keys.add_argument("--validators", type=Path, help='JSON list of {"scheme", "public_key"}')
     v.add_argument("--chain-id", help="expected chain id (default: the genesis's)")
+    v.add_argument(
+        "--set-chain",
+        type=Path,
+        help="the set chain from genesis to the receipt's height (a chain with set changes)",
+    )
     v.add_argument("--json", action="store_true", help="print the verified receipt as JSON")
 
 
-def load_receipt_proof(path: Path) -> ReceiptProof:
-    """A receipt proof from canonical bytes, their hex, or the JSON form."""
+def _read(path: Path) -> bytes:
     try:
-        data = path.read_bytes()
+        return path.read_bytes()
     except OSError as e:
         raise CodecError(f"cannot read {path}: {e}") from e
+
+
+def _raw(data: bytes) -> bytes:
+    """Canonical bytes from a file that holds them or their hex."""
+    try:
+        return bytes.fromhex(data.strip().decode("ascii").removeprefix("0x"))
+    except (UnicodeDecodeError, ValueError):
+        return data
+
+
+def load_receipt(path: Path) -> tuple[ReceiptProof, setchain.SetChain | None]:
+    """A receipt proof, with the set chain it carries if any, from canonical bytes, their
+    hex, or the JSON form."""
+    data = _read(path)
     text = data.strip()
     if text.startswith(b"{"):
+        if len(text) > 4 * setchain.MAX_SETCHAIN_BYTES:
+            raise CodecError(f"{path}: larger than any receipt with its set chain")
         try:
             doc = json.loads(text)
         except ValueError as e:
             raise CodecError(f"{path}: not valid JSON: {e}") from e
-        return receipt_proof_from_json(doc)
+        chain = None
+        if isinstance(doc, dict) and "set_chain" in doc:
+            chain = setchain.decode_set_chain(hex_field(doc.pop("set_chain"), "set_chain"))
+        return receipt_proof_from_json(doc), chain
+    raw = _raw(data)
     try:
-        raw = bytes.fromhex(text.decode("ascii").removeprefix("0x"))
-    except (UnicodeDecodeError, ValueError):
-        raw = data
-    return ReceiptProof.decode(raw)
+        return ReceiptProof.decode(raw), None
+    except CodecError as plain:
+        try:
+            chained = setchain.decode_chained_receipt(raw)
+        except CodecError:
+            raise plain from None
+        return chained.proof, chained.set_chain
+
+
+def load_receipt_proof(path: Path) -> ReceiptProof:
+    """A receipt proof from canonical bytes, their hex, or the JSON form."""
+    return load_receipt(path)[0]
+
+
+def load_set_chain(path: Path) -> setchain.SetChain:
+    return setchain.decode_set_chain(_raw(_read(path)))
 
 
 def load_validators(path: Path) -> list[ValidatorKey]:
@@ -80,12 +127,42 @@ def load_validators(path: Path) -> list[ValidatorKey]:
 
 
 def verify_receipt_proof(
-    proof: ReceiptProof, genesis: Genesis | None, validators_file: Path | None, chain_id: str | None
+    proof: ReceiptProof,
+    genesis: Genesis | None,
+    validators_file: Path | None,
+    chain_id: str | None,
+    set_chain: setchain.SetChain | None = None,
 ) -> tuple[str, list[ValidatorKey]]:
     """Check proof offline against the validator keys of genesis (else of the JSON list in
     validators_file) for chain_id (default: the genesis's, else the header's); raise
-    `BadSignature` unless 2f+1 of them signed the block that holds the receipt. Returns
-    the chain id and the validator keys it was checked against."""
+    `BadSignature` unless 2f+1 of them signed the block that holds the receipt. On a
+    genesis with validator-set changes, the keys are those of the set of the receipt's
+    height, proven from the genesis by set_chain. Returns the chain id and the validator
+    keys it was checked against."""
+    if genesis is not None and genesis.consensus.reconfiguration:
+        chain = chain_id or genesis.chain_id
+        start = setchain.genesis_start(
+            [
+                validators_contract.Record(v.index, v.public_key, v.sae_id, v.operator)
+                for v in genesis.validators
+            ]
+        )
+        records = setchain.verify_receipt(
+            proof,
+            set_chain or setchain.SetChain((), None),
+            chain_id=chain,
+            start=start,
+            delay=genesis.consensus.reconfig_delay,
+        )
+        return chain, [ValidatorKey(VALIDATOR_SCHEME.value, r.public_key) for r in records]
+    if set_chain is not None and (set_chain.links or set_chain.tail is not None):
+        raise ConfigError(
+            "--set-chain",
+            "a set chain is checked from a genesis that enables validator-set changes; "
+            "on this one the genesis set is the set of every height"
+            if genesis is not None
+            else "a set chain is checked from the chain's genesis: give --genesis",
+        )
     if genesis is not None:
         validators, default_chain = genesis.validator_keys(), genesis.chain_id
     elif validators_file is not None:
@@ -108,17 +185,24 @@ def run(args: argparse.Namespace) -> int:
         else:
             print(json.dumps(receipt_proof_to_json(proof), indent=2))
         return 0
-    proof = load_receipt_proof(args.file)
+    proof, carried = load_receipt(args.file)
+    if args.set_chain is not None:
+        if carried is not None:
+            raise ConfigError("--set-chain", f"{args.file} carries a set chain already")
+        carried = load_set_chain(args.set_chain)
     genesis = None if args.genesis is None else load_genesis(args.genesis)
-    chain_id, validators = verify_receipt_proof(proof, genesis, args.validators, args.chain_id)
+    chain_id, keys = verify_receipt_proof(proof, genesis, args.validators, args.chain_id, carried)
     r = proof.receipt
     if args.json:
-        print(json.dumps({"verified": True, **receipt_proof_to_json(proof)}, indent=2))
+        doc = {"verified": True, **receipt_proof_to_json(proof)}
+        if carried is not None:
+            doc["set_chain"] = carried.encode().hex()
+        print(json.dumps(doc, indent=2))
     else:
         outcome = "ok" if r.ok else f"failed ({r.code})"
         print(
             f"verified: transaction {r.tx_hash.hex()} {outcome} at height {r.height} "
             f"index {r.index} of chain {chain_id}, block {proof.header.hash.hex()}, "
-            f"{len(proof.certificate.signatures)} of {len(validators)} validators signed"
+            f"{len(proof.certificate.signatures)} of {len(keys)} validators signed"
         )
     return 0

@@ -250,8 +250,8 @@ class Committer:
         parts = self.parts
         block = prepared.block
         parts.admission.accounts.invalidate()
-        parts.forwarder.committed(clock.monotonic(), a.height, len(block.txs))
         parts.admission.on_commit(block.txs, a.height)
+        parts.forwarder.committed(clock.monotonic(), a.height, len(block.txs))
         parts.forwarder.send_became_ready()
         parts.fetcher.forget(value)
         parts.forget_votes(a.height)

@@ -1,15 +1,32 @@
 """Sending this node's clients' transactions to every peer, admitting its peers', and
 suspecting a leader that leaves them out.
 
-Transactions admitted locally go, with the others of the same turn of the event loop, to
-every validator as this node's next batch (`node.batches`): the leader of any height
-finds them at hand and names them in its proposal by batch. On a link with a low key rate
-a batch waits briefly to ride in the next frame to that peer instead of costing a key of
-its own (`node.keypacing`). When the leader changes, pending ones go to the new leader in
-a batch of their own. A transaction that stays pending past the inclusion timeout goes
-out again, in a new batch to every validator; one that stays past twice the timeout
-makes the node fire its round timer early (CONSENSUS.md R8), so that a quorum of honest
-validators moves away from a censoring leader.
+Transactions admitted locally go to every validator as this node's next batch
+(`node.batches`): the leader of any height finds them at hand and names them in its
+proposal by batch. Every batch costs a frame (a key) on each of the n - 1 links, so a
+batch is coalesced (`Coalescing`) before it leaves: it goes when it holds
+`[node] batch_max_txs` transactions or a batch's bytes, at the next commit, or after a
+delay. The delay is what the chain allows without costing latency. The batch *holds*
+(waits up to `[node] batch_delay_ms`, and leaves at the next commit at the latest, in
+time for the build after it) when the next build is known to come after a commit:
+
+- the leader's proposal for the current height is out (heard or made here, not
+  committed): the next leader builds only after that height commits, plus its propose
+  wait;
+- or the chain is busy (this node's pool held ready transactions right after its last
+  commit, so the leader had some too) and that commit is more than the propose wait
+  (`propose_wait_min`, plus `BUILD_SLACK_S`) ago: the leader built then, and what
+  arrives now goes into the block after the next commit whenever it is sent.
+
+Otherwise the leader may be about to build, and the batch waits only `PROMPT_S` (it
+collects what arrives in the same few milliseconds, e.g. a client's batch admitted in
+slices). On a link with a low key rate a batch then waits briefly to ride in the next
+frame to that peer instead of costing a key of its own (`node.keypacing`). When the
+leader changes, pending ones go to the new leader in a batch of their own. A
+transaction that stays pending past the inclusion timeout goes out again, in a new batch
+to every validator; one that stays past twice the timeout makes the node fire its round
+timer early (CONSENSUS.md R8), so that a quorum of honest validators moves away from a
+censoring leader.
 
 Transactions in peers' batches are queued and admitted in slices by a task, so that
 checking thousands of signatures never holds up consensus messages behind it; with
@@ -23,6 +40,7 @@ import asyncio
 import logging
 from collections import Counter, deque
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 
 from consensus.events import Event, Timeout, TimerKey
 from consensus.view import EngineView
@@ -34,7 +52,9 @@ from node.links import Links
 from node.mempool import Mempool
 from node.verifypool import VerifyPool
 from node.wire import OriginBatch
+from qchain.config import NodeConfig
 from qchain.errors import QChainError
+from qchain.limits import ORIGIN_BATCH_FIELDS, TX_BATCH_MAX_BYTES, TX_BATCH_MAX_TXS
 from qchain.types import Transaction, decode_transaction
 
 log = logging.getLogger("qchain.node")
@@ -52,6 +72,51 @@ RESEND_RUN = 100
 """Most transactions of one sender sent again to the leader when a client asks again."""
 RECENT_BLOCKS = 256
 """Commits remembered (time, transaction count) for the censorship test."""
+PROMPT_S = 0.005
+"""How long a batch waits when the leader may be about to build (no proposal out for the
+current height): what arrives in the same few milliseconds goes with it."""
+BUILD_SLACK_S = 0.005
+"""A leader's commit and this node's are a network hop apart: the window in which the
+leader may still build runs this much past this node's commit plus the propose wait."""
+PROPOSED_AHEAD = 2
+"""A proposal heard for a height at most this far above the committed one counts as out
+(pipelined heights: the next height's may come before this node commits); one claiming
+a height further ahead is a peer's word for nothing and holds no batch."""
+
+
+@dataclass(frozen=True)
+class Coalescing:
+    """When this node's outgoing batch leaves (`[node] batch_delay_ms`,
+    `batch_max_txs`)."""
+
+    delay_s: float = 0.25
+    """The longest a batch waits while the current height's proposal is out (0: every
+    batch leaves at the end of its turn of the event loop)."""
+    max_txs: int = 256
+    """A batch of this many transactions leaves at once."""
+    max_bytes: int = TX_BATCH_MAX_BYTES - ORIGIN_BATCH_FIELDS
+    """A batch of this many bytes of transactions leaves at once (one batch's worth:
+    `node.wire.origin_batches` cuts at it, within the transport's frame limits)."""
+    build_wait_s: float = 0.0
+    """The propose wait (`[timing] propose_wait_min_ms`): a busy leader builds this long
+    after its commit."""
+
+    @classmethod
+    def of(cls, cfg: NodeConfig) -> Coalescing:
+        """A validator's, from its config (`[node] batch_delay_ms`, `batch_max_txs`,
+        `[timing] propose_wait_min_ms`)."""
+        n = cfg.node
+        return cls(
+            n.batch_delay_ms / 1000,
+            n.batch_max_txs,
+            build_wait_s=cfg.timing.propose_wait_min_ms / 1000,
+        )
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.delay_s <= 5 or not 1 <= self.max_txs <= TX_BATCH_MAX_TXS:
+            raise ValueError("need 0 <= delay_s <= 5 and 1 <= max_txs <= TX_BATCH_MAX_TXS")
+        if self.max_bytes < 1 or not 0 <= self.build_wait_s <= 60:
+            raise ValueError("need max_bytes >= 1 and 0 <= build_wait_s <= 60")
 
 
 class Forwarder:
@@ -69,11 +134,12 @@ class Forwarder:
         feed: Callable[[Event], None],
         verify_pool: VerifyPool,
         batches: Dissemination,
+        coalescing: Coalescing = Coalescing(),
     ) -> None:
-        """idle_mode: no heartbeat blocks (batches leave at once, never lazily); view:
-        the engine's view; verify_pool: checks the signatures of a slice in worker
+        """idle_mode: no heartbeat blocks (batches never ride lazily); view: the
+        engine's view; verify_pool: checks the signatures of a slice in worker
         processes before it is admitted (`node.verifypool`); batches: where this node's
-        batches go and peers' are kept."""
+        batches go and peers' are kept; coalescing: when this node's batch leaves."""
         self.links = links
         self.me = links.me
         self.mempool = mempool
@@ -85,13 +151,27 @@ class Forwarder:
         self.feed = feed
         self.verify_pool = verify_pool
         self.batches = batches
+        self.coalescing = coalescing
         self.dropped = 0
         """Forwarded transactions refused for lack of queue room or budget."""
         self.recent_blocks: deque[tuple[float, int]] = deque(maxlen=RECENT_BLOCKS)
         self._queue: list[tuple[Transaction, bool]] = []
-        """This turn's locally admitted transactions, each with whether a kept batch
+        """This batch's locally admitted transactions, each with whether a kept batch
         already held it when it was admitted."""
-        self._scheduled = False
+        self._queue_bytes = 0
+        self._first_at = 0.0
+        """When the first transaction of the batch being coalesced was queued."""
+        self._flush_at: float | None = None
+        """When the batch being coalesced leaves (None: no batch waits)."""
+        self._flush_timer: asyncio.Handle | None = None
+        self._committed = 0
+        """The last height this node committed."""
+        self._commit_at = 0.0
+        """When (event loop time) this node last committed."""
+        self._busy = False
+        """Whether this node's pool held ready transactions right after that commit."""
+        self.flushes = 0
+        """Batches of this node's clients' transactions sent (each to every peer)."""
         self._admit_queue: deque[tuple[int, bytes]] = deque()
         self._admit_queued: Counter[int] = Counter()
         """Forwarded transactions waiting for admission, by the peer that sent them."""
@@ -102,9 +182,15 @@ class Forwarder:
         self._stopping = False
 
     def stop(self) -> asyncio.Task[None] | None:
-        """Admit nothing more; the admission task, if any, for the caller to cancel."""
+        """Admit nothing more, send no batch; the admission task, if any, for the
+        caller to cancel."""
         self._stopping = True
+        self._cancel_flush()
         return self._admit_task
+
+    def queued(self) -> int:
+        """Peers' transactions received and waiting for admission."""
+        return len(self._admit_queue)
 
     def forward(self, raw_txs: list[bytes], lazy: bool = False) -> None:
         """raw_txs as this node's next batches to every peer (lazily on links whose key
@@ -118,15 +204,54 @@ class Forwarder:
         self.batches.send(raw_txs, self.links.others(), wait_s)
 
     def queue(self, tx: Transaction) -> None:
-        """Send tx (a locally admitted transaction) with the others of this turn."""
+        """Send tx (a locally admitted transaction) in this node's next batch, which
+        leaves when `Coalescing` says."""
+        if self._stopping:
+            return
         self._queue.append((tx, self.batches.store.locate(tx.hash) is not None))
-        if not self._scheduled:
-            self._scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush)
+        self._queue_bytes += len(tx.encoded)
+        c = self.coalescing
+        if len(self._queue) >= c.max_txs or self._queue_bytes >= c.max_bytes:
+            self._flush()
+            return
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        if len(self._queue) == 1:
+            self._first_at = now
+        # From the batch's first transaction: a proposal heard since it was queued moves
+        # the next build behind a commit, and the batch may wait longer.
+        wait = c.delay_s if self.holds(now) else min(c.delay_s, PROMPT_S)
+        due = self._first_at + wait
+        if self._flush_at == due:
+            return
+        self._cancel_flush()
+        self._flush_at = due
+        if due <= now:
+            self._flush_timer = loop.call_soon(self._flush)
+        else:
+            self._flush_timer = loop.call_later(due - now, self._flush)
+
+    def holds(self, now: float) -> bool:
+        """Whether the next build comes after a commit (see the module's doc), so that
+        a batch may wait for it."""
+        if self.proposal_out():
+            return True
+        return self._busy and now > self._commit_at + self.coalescing.build_wait_s + BUILD_SLACK_S
+
+    def proposal_out(self) -> bool:
+        """Whether a proposal for a height above the committed one was heard (or made
+        here): the next leader then builds after a commit, which sends the batch."""
+        return self._committed < self.batches.proposed <= self._committed + PROPOSED_AHEAD
+
+    def _cancel_flush(self) -> None:
+        if self._flush_timer is not None:
+            self._flush_timer.cancel()
+        self._flush_timer = None
+        self._flush_at = None
 
     def _flush(self) -> None:
-        self._scheduled = False
-        batch, self._queue = self._queue, []
+        self._cancel_flush()
+        batch, self._queue, self._queue_bytes = self._queue, [], 0
         # A proposal may have sent some since they were admitted, in a batch of this
         # node's (`node.batches`). One that a batch held before it was admitted goes
         # again: the peers that got that batch may not have taken it into their pools
@@ -135,6 +260,8 @@ class Forwarder:
         raws = [
             tx.encoded for tx, known in batch if known or self.batches.store.locate(tx.hash) is None
         ]
+        if raws and self.links.transport is not None:
+            self.flushes += 1
         self.forward(raws, lazy=not self.idle_mode)
 
     def resubmitted(self, tx_hash: bytes, now: float) -> None:
@@ -234,16 +361,26 @@ class Forwarder:
         return ADMIT_SLICE * max(1, self.verify_pool.workers)
 
     def committed(self, now: float, height: int, txs: int) -> None:
-        """The block of height, of `txs` transactions, was committed at `now`."""
+        """The block of height, of `txs` transactions, was committed at `now` and has
+        left the pool."""
         self.recent_blocks.append((now, txs))
         self.batches.committed(height)
+        self._committed = max(self._committed, height)
+        self._commit_at = asyncio.get_running_loop().time()
+        self._busy = self.mempool.has_ready()
+        if self._queue:
+            # The next leader builds after this commit (and its propose wait).
+            self._flush()
 
     def check_inclusion(self, now: float) -> None:
-        """Send this node's transactions pending past the inclusion timeout again, in a
-        new batch to every validator; past twice the timeout, suspect the leader (fire
-        the round timer)."""
-        self.send_became_ready()
+        """Drop transactions waiting behind a nonce gap since an inclusion timeout ago;
+        send this node's transactions pending past the inclusion timeout again, in a new
+        batch to every validator; past twice the timeout, suspect the leader (fire the
+        round timer)."""
         timeout = self.inclusion_timeout_s
+        # A transaction waiting behind a nonce gap for an inclusion timeout leaves.
+        self.mempool.drop_waiting(now - timeout)
+        self.send_became_ready()
         late = [p for p in self.mempool.pending() if p.local and now - p.seen_at > timeout]
         fresh = [p for p in late if not p.forwarded_to_all][:MAX_REFORWARD]
         if fresh:

@@ -43,7 +43,7 @@ from node.driver import Driver, Handlers
 from node.events import EventBus
 from node.facade import AdminFacade, ServiceFacade, ServiceParts
 from node.fetcher import BlockFetcher
-from node.forwarding import Forwarder
+from node.forwarding import Coalescing, Forwarder
 from node.genesis_file import load_genesis
 from node.health import Health
 from node.http.admin import make_admin_app
@@ -231,7 +231,9 @@ class Validator:
             feed,
             VerifyPool(verify_workers(cfg.node), self.sig_cache, self.accounts),
             self.batches,
+            Coalescing.of(cfg),
         )
+        self.admission.queued = self.forwarder.queued
         self._build_commit()
         self.driver.bind(
             Handlers(
@@ -470,10 +472,7 @@ class Validator:
         timeout = self.cfg.timing.inclusion_timeout_ms / 1000
         while True:
             await asyncio.sleep(min(1.0, timeout / 4))
-            now = clock.monotonic()
-            # A transaction waiting behind a nonce gap for an inclusion timeout leaves.
-            self.mempool.drop_waiting(now - timeout)
-            self.forwarder.check_inclusion(now)
+            self.forwarder.check_inclusion(clock.monotonic())
             self.metrics_sync.sync()
 
     # ---------------------------------------------------------------------------------

@@ -20,9 +20,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 from qchain.errors import ConfigError
-from qchain.limits import MAX_BLOCK_TX_BYTES, MAX_FRAME, check_node_sizes
+from qchain.limits import MAX_BLOCK_TX_BYTES, MAX_FRAME, TX_BATCH_MAX_TXS, check_node_sizes
 
 MAX_ADMISSION_BOUND_MS = 600_000
+MAX_BATCH_DELAY_MS = 5_000
+"""A batch held longer would wait past a round's timeout."""
 """Longest admission bound a node accepts (ten minutes: beyond, the bound is no bound)."""
 MAX_VERIFY_WORKERS = 256
 """Most signature-verification worker processes a node accepts."""
@@ -120,6 +122,14 @@ class NodeSection:
     pending client transactions drain within this many milliseconds at the measured
     commit rate (`node/backlog.py`); beyond, 503 `overloaded` with `Retry-After`. 0
     turns the bound off (the pool's static limits only)."""
+    batch_delay_ms: int = 250
+    """The longest this node's outgoing batch of its clients' transactions waits to fill
+    while the next build is known to come after a commit (the current height's proposal
+    is out, or a busy leader built already; the batch leaves at the commit at the
+    latest); otherwise it waits a few milliseconds (`node/forwarding.py`). 0: every
+    batch leaves at once."""
+    batch_max_txs: int = 256
+    """A batch of this many transactions (or of a batch's bytes) leaves at once."""
     verify_workers: int | None = None
     """Processes that verify incoming transactions' signatures off the event loop
     (`node/verifypool.py`); 0 verifies inline. None (the default) chooses from the
@@ -316,6 +326,10 @@ def validate(cfg: NodeConfig) -> None:
             "node.admission_bound_ms",
             f"must be at most {MAX_ADMISSION_BOUND_MS} (0 turns the bound off)",
         )
+    if cfg.node.batch_delay_ms > MAX_BATCH_DELAY_MS:
+        raise ConfigError("node.batch_delay_ms", f"must be at most {MAX_BATCH_DELAY_MS}")
+    if not 1 <= cfg.node.batch_max_txs <= TX_BATCH_MAX_TXS:
+        raise ConfigError("node.batch_max_txs", f"must be between 1 and {TX_BATCH_MAX_TXS}")
     workers = cfg.node.verify_workers
     if workers is not None and workers > MAX_VERIFY_WORKERS:
         raise ConfigError(

@@ -33,6 +33,7 @@ class Domain(bytes, Enum):
     APP_CHECKPOINT = b"qchain/app-checkpoint"
     STATE_CHUNK = b"qchain/state/chunk"
     STATE_ROOT = b"qchain/state/root"
+    SET_STATE = b"qchain/set-state"
 
 
 def hash_domain(domain: Domain, data: bytes) -> bytes:

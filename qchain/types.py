@@ -358,6 +358,12 @@ class ReceiptProof(Struct):
 
     def verify(self, chain_id: str, validators: Sequence[ValidatorKey]) -> None:
         """Raise `BadSignature` unless the receipt is in a block the validators decided."""
+        self.verify_inclusion(chain_id)
+        verify_certificate(self.certificate, chain_id, validators)
+
+    def verify_inclusion(self, chain_id: str) -> None:
+        """Raise `BadSignature` unless the receipt is in the block the header describes and
+        the certificate names that block (its signatures are not checked here)."""
         h = self.header
         if h.chain_id != chain_id:
             raise BadSignature(f"header is for chain {h.chain_id!r}, expected {chain_id!r}")
@@ -369,4 +375,3 @@ class ReceiptProof(Struct):
             raise BadSignature("proof is for another receipt index")
         if not verify_proof(self.receipt.encode(), self.proof, h.receipts_root):
             raise BadSignature("Merkle proof does not lead to the header's receipts root")
-        verify_certificate(self.certificate, chain_id, validators)

@@ -3,7 +3,10 @@ and the process helper they share (`devnet.spawn`), without starting a network."
 
 from __future__ import annotations
 
+import gc
+import os
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -61,3 +64,22 @@ def test_spawn_writes_pid_and_log_and_terminate_stops_it(tmp_path: Path) -> None
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_a_spawned_service_whose_handle_is_dropped_is_kept_until_reaped(tmp_path: Path) -> None:
+    """A later command stops a service by its PID file; the object that started it may be
+    gone by then. Dropping the handle must not warn (pytest makes that warning an error in
+    whichever test the collector runs), and stopping the service reaps it."""
+    argv = [sys.executable, "-c", "import time; time.sleep(60)"]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        pid = spawn.spawn(argv, tmp_path / "x.log", tmp_path / "x.pid", tmp_path).pid
+        gc.collect()
+    assert [str(w.message) for w in caught] == []
+    assert spawn.live_pid(tmp_path / "x.pid") == pid
+    spawn.terminate([pid], grace_s=5)
+    spawn.wait(pid, timeout=5)
+    assert not spawn.alive(pid)
+    assert pid not in spawn._children
+    with pytest.raises(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)

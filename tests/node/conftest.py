@@ -117,7 +117,7 @@ class FakeNode:
         known = self.tx_status(tx.hash)
         if known is not None:
             return known, False
-        self.backlog.check(len(self.pending), self.now)
+        self.backlog.check(len(self.pending), self.now, len(self.pending))
         if tx.chain_id != CHAIN_ID:
             raise WrongChain(CHAIN_ID, tx.chain_id)
         if tx.sender not in self.members:
@@ -137,10 +137,10 @@ class FakeNode:
         self.preverified.extend(txs)
 
     def admission_room(self) -> int:
-        return self.backlog.room(len(self.pending), self.now)
+        return self.backlog.room(len(self.pending), self.now, len(self.pending))
 
     def overloaded(self) -> Overloaded:
-        return self.backlog.refusal(len(self.pending), self.now)
+        return self.backlog.refusal(len(self.pending), self.now, len(self.pending))
 
     def next_nonce(self, sender: bytes) -> int:
         return self.nonces[sender] + sum(1 for t in self.pending.values() if t.sender == sender)

@@ -77,6 +77,8 @@ def test_beyond_the_bound_a_client_tx_is_refused_before_its_signature_is_checked
     admission, _, verifier, clock = setup
     admission.backlog.committed(0.0, 8, 2, True)  # saturated; 2 local/s (share 8/4/1)
     clock.now = 1.0
+    for n in range(4):  # peers' transactions: the pool is not below a block's worth
+        assert admission.admit(tx("partner2", n))
     assert admission.room() == 4
     for n in range(4):
         assert admission.admit(tx("partner1", n), local=True)
@@ -97,11 +99,13 @@ def test_forwarded_transactions_are_not_bounded(setup: Any) -> None:
     admission, _, _, clock = setup
     admission.backlog.committed(0.0, 4, 1, True)
     clock.now = 1.0
+    assert admission.admit(tx("partner2", 0))
+    assert admission.admit(tx("partner2", 1))
     assert admission.admit(tx("partner1", 0), local=True)
     assert admission.admit(tx("partner1", 1), local=True)
     with pytest.raises(Overloaded):
         admission.admit(tx("partner1", 2), local=True)
-    for n in range(10):
+    for n in range(2, 12):
         assert admission.admit(tx("partner2", n))
 
 
@@ -152,6 +156,8 @@ def test_commits_drain_the_backlog_and_feed_the_rate(setup: Any) -> None:
     admission, accounts, _, clock = setup
     admission.backlog.committed(0.0, 8, 2, True)
     clock.now = 1.0
+    for n in range(4):  # peers' transactions: the pool is not below a block's worth
+        assert admission.admit(tx("partner2", n))
     sent = [tx("partner1", n) for n in range(5)]
     for t in sent[:4]:
         admission.admit(t, local=True)
@@ -160,7 +166,7 @@ def test_commits_drain_the_backlog_and_feed_the_rate(setup: Any) -> None:
     clock.now = 2.0
     accounts.nonces[sent[0].sender] = 4
     admission.on_commit(sent[:4], 1)
-    assert len(admission.mempool) == 0
+    assert len(admission.mempool) == 4, "the peers' four wait"
     # 6 local transactions committed in 2 s: 3/s; commits 2 s apart make the bound in
     # force 3 x 2 s: room for 18 pending.
     assert admission.backlog.rates(2.0).local == pytest.approx(3.0)
@@ -176,6 +182,8 @@ def test_beyond_the_bound_a_gap_filler_replaces_a_waiting_client_tx(setup: Any) 
     admission, _, verifier, clock = setup
     admission.backlog.committed(0.0, 8, 2, True)  # saturated; room for 4
     clock.now = 1.0
+    for n in range(4):  # peers' transactions: the pool is not below a block's worth
+        assert admission.admit(tx("partner2", n))
     for n in range(1, 5):
         assert admission.admit(tx("partner1", n), local=True)
     assert admission.mempool.waiting_local == 4
@@ -184,11 +192,31 @@ def test_beyond_the_bound_a_gap_filler_replaces_a_waiting_client_tx(setup: Any) 
     with pytest.raises(Overloaded):
         admission.admit(tx("partner1", 5), local=True)
     with pytest.raises(Overloaded):
-        admission.admit(tx("partner2", 1), local=True)
+        admission.admit(tx("partner2", 5), local=True)
     assert verifier.calls == checked, "refused before the signature check"
     assert admission.admit(tx("partner1", 0), local=True)
-    pending = sorted(p.tx.nonce for p in admission.mempool.pending())
-    assert pending == [0, 1, 2, 3] and admission.mempool.local_count == 4
+    mine = sorted(p.tx.nonce for p in admission.mempool.pending() if p.local)
+    assert mine == [0, 1, 2, 3] and admission.mempool.local_count == 4
+    assert len(admission.mempool) == 8, "the depth did not grow either"
     assert admission.room() == 0 and admission.mempool.waiting_local == 0
     with pytest.raises(Overloaded):
-        admission.admit(tx("partner2", 0), local=True)
+        admission.admit(tx("partner2", 4), local=True)
+
+
+def test_peers_transactions_waiting_for_admission_count_in_the_depth(setup: Any) -> None:
+    """What the peers sent and this node has not admitted yet is ahead of a new client
+    transaction as much as the pool is."""
+    admission, _, _, clock = setup
+    admission.backlog.committed(0.0, 8, 8, True)  # 8 tx/s, all local: room for 16
+    clock.now = 1.0
+    assert admission.room() == 16
+    admission.queued = lambda: 12
+    assert admission.depth() == 12
+    assert admission.room() == 4
+    for n in range(3):
+        assert admission.admit(tx("partner2", n))
+    assert admission.depth() == 15 and admission.room() == 1
+    assert admission.admit(tx("partner1", 0), local=True)
+    with pytest.raises(Overloaded) as e:
+        admission.admit(tx("partner1", 1), local=True)
+    assert e.value.backlog_ms == 2000

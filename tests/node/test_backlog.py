@@ -12,15 +12,15 @@ def test_no_commit_history_means_the_unsaturated_floor() -> None:
     """Before the first commits give a rate (the start of an overload, an idle chain, a
     stall) a node keeps at most UNSATURATED_MIN_ROOM client transactions pending."""
     b = Backlog(2000, 4)
-    assert b.room(0, 5.0) == UNSATURATED_MIN_ROOM
-    assert b.room(UNSATURATED_MIN_ROOM - 1, 5.0) == 1
-    b.check(UNSATURATED_MIN_ROOM - 1, 5.0)
+    assert b.room(0, 5.0, 0) == UNSATURATED_MIN_ROOM
+    assert b.room(UNSATURATED_MIN_ROOM - 1, 5.0, UNSATURATED_MIN_ROOM - 1) == 1
+    b.check(UNSATURATED_MIN_ROOM - 1, 5.0, UNSATURATED_MIN_ROOM - 1)
     with pytest.raises(Overloaded) as e:
-        b.check(UNSATURATED_MIN_ROOM, 5.0)
+        b.check(UNSATURATED_MIN_ROOM, 5.0, UNSATURATED_MIN_ROOM)
     assert e.value.retry_after_s == 1
     b.committed(6.0, 0, 0, True)
-    assert b.room(10_000, 6.5) == 0, "empty blocks give no rate to go by"
-    assert b.room(10, 6.5) == UNSATURATED_MIN_ROOM - 10
+    assert b.room(10_000, 6.5, 10_000) == 0, "empty blocks give no rate to go by"
+    assert b.room(10, 6.5, 10) == UNSATURATED_MIN_ROOM - 10
 
 
 def test_room_is_bound_times_local_rate_minus_pending() -> None:
@@ -30,13 +30,13 @@ def test_room_is_bound_times_local_rate_minus_pending() -> None:
     # 20 local in 1 s (the span since the first commit, at least 1 s): 20/s; the fair
     # share of the chain's 80/s is 20/s as well.
     assert b.rate(1.0) == pytest.approx(20.0)
-    assert b.room(0, 1.0) == 40
-    assert b.room(39, 1.0) == 1
-    assert b.room(40, 1.0) == 0
-    assert b.room(500, 1.0) == 0
-    b.check(39, 1.0)
+    assert b.room(0, 1.0, 0) == 40
+    assert b.room(39, 1.0, 39) == 1
+    assert b.room(40, 1.0, 40) == 0
+    assert b.room(500, 1.0, 500) == 0
+    b.check(39, 1.0, 39)
     with pytest.raises(Overloaded):
-        b.check(40, 1.0)
+        b.check(40, 1.0, 40)
 
 
 def test_fair_share_of_the_chain_rate_when_local_history_is_thin() -> None:
@@ -44,30 +44,30 @@ def test_fair_share_of_the_chain_rate_when_local_history_is_thin() -> None:
     b.committed(0.0, 4000, 0, True)
     # No local transaction committed yet: a quarter of 4000 tx/s (span at least 1 s).
     assert b.rate(1.0) == pytest.approx(1000.0)
-    assert b.room(0, 1.0) == 1000
+    assert b.room(0, 1.0, 0) == 1000
 
 
 def test_old_commits_leave_the_window() -> None:
     b = Backlog(2000, 1, window_s=10.0)
     b.committed(0.0, 1000, 1000, True)
-    assert b.room(0, 5.0) > 0
-    assert b.room(0, 10.5) == UNSATURATED_MIN_ROOM, "the window holds no commit any more"
+    assert b.room(0, 5.0, 0) > 0
+    assert b.room(0, 10.5, 0) == UNSATURATED_MIN_ROOM, "the window holds no commit any more"
 
 
 def test_refusal_says_when_the_backlog_above_the_bound_drains() -> None:
     b = Backlog(2000, 1, window_s=10.0)
     b.committed(0.0, 1000, 1000, True)
     now = 10.0  # 100 tx/s: the bound admits 200 pending
-    e = b.refusal(200, now)
+    e = b.refusal(200, now, 200)
     assert isinstance(e, MempoolFull) and e.code == "overloaded"
     assert e.retry_after_s == 1
     assert e.backlog_ms == 2000 and e.bound_ms == 2000
-    over = b.refusal(250, now)  # 51 over the bound at 100/s: 0.51 s
+    over = b.refusal(250, now, 250)  # 51 over the bound at 100/s: 0.51 s
     assert over.retry_after_s == 1
-    far = b.refusal(1000, now)  # 801 over: 8.01 s, but a commit opens room sooner
+    far = b.refusal(1000, now, 1000)  # 801 over: 8.01 s, but a commit opens room sooner
     assert far.retry_after_s == 1, "at most half the bound"
     assert far.fields()["retry_after"] == 1
-    assert Backlog(9000, 1).refusal(0, 0.0).retry_after_s == 1, "no rate: 1 s"
+    assert Backlog(9000, 1).refusal(0, 0.0, 0).retry_after_s == 1, "no rate: 1 s"
 
 
 def test_the_bound_in_force_is_never_below_three_block_intervals() -> None:
@@ -83,8 +83,8 @@ def test_the_bound_in_force_is_never_below_three_block_intervals() -> None:
     b.committed(3.5, 100, 100, True)
     assert b.bound_in_force(3.5) == pytest.approx(3 * 3.5 / 3)
     rate = b.rate(3.5)
-    assert b.room(0, 3.5) == int(3.5 * rate)
-    assert b.refusal(10_000, 3.5).bound_ms == 3500
+    assert b.room(0, 3.5, 0) == int(3.5 * rate)
+    assert b.refusal(10_000, 3.5, 10_000).bound_ms == 3500
 
 
 def test_an_unsaturated_chain_is_not_bounded_by_a_rate_that_only_measured_supply() -> None:
@@ -98,16 +98,16 @@ def test_an_unsaturated_chain_is_not_bounded_by_a_rate_that_only_measured_supply
     assert b.rate(1.0) == 20.0
     bound = b.bound_in_force(1.0)
     assert bound == 3.0, "three intervals of 1 s"
-    assert b.room(0, 1.0) == 1000, "at least 1,000: a small first block says little"
-    assert b.room(990, 1.0) == 10
+    assert b.room(0, 1.0, 0) == 1000, "at least 1,000: a small first block says little"
+    assert b.room(990, 1.0, 990) == 10
     b.committed(2.0, 20, 20, True)
     assert b.cutoff() == 1.0, "two commits back"
-    assert b.room(60, 2.0) == 0
-    assert b.room(10, 2.0) == 50
+    assert b.room(60, 2.0, 60) == 0
+    assert b.room(10, 2.0, 10) == 50
     b.committed(3.0, 500, 500, False)
     assert b.cutoff() == 2.0
     assert b.saturated, "one block that took everything does not lift the bound"
-    assert b.room(500, 3.0) == 3 * 540 // 3 - 500
+    assert b.room(500, 3.0, 500) == 3 * 540 // 3 - 500
     b.committed(4.0, 0, 0, False)
     b.committed(5.0, 0, 0, False)
     assert not b.saturated, "three commits took everything"
@@ -116,7 +116,7 @@ def test_an_unsaturated_chain_is_not_bounded_by_a_rate_that_only_measured_supply
 def test_bound_zero_turns_admission_control_off() -> None:
     b = Backlog(0, 4)
     b.committed(0.0, 10, 10, True)
-    assert b.room(1_000_000, 1.0) == UNBOUNDED
+    assert b.room(1_000_000, 1.0, 1_000_000) == UNBOUNDED
 
 
 def test_accepting_up_to_room_keeps_the_expected_wait_under_the_bound() -> None:
@@ -126,6 +126,81 @@ def test_accepting_up_to_room_keeps_the_expected_wait_under_the_bound() -> None:
         b = Backlog(2000, n)
         b.committed(0.0, chain, local, True)
         rate = b.rate(1.0)
-        room = b.room(pending, 1.0)
+        room = b.room(pending, 1.0, pending)
         assert (pending + room) / rate <= 2.0
         assert room == 0 or (pending + room + 1) / rate > 2.0
+
+
+def _saturated_at_800_per_s(n: int) -> Backlog:
+    """Blocks of 400, 100 of them local, one a second, left ready ones behind: chain
+    800 tx/s and local 200 tx/s at t = 1 (span at least 1 s); bound in force 3 s."""
+    b = Backlog(2000, n, window_s=10.0)
+    b.committed(0.0, 400, 100, True)
+    b.committed(1.0, 400, 100, True)
+    assert b.rates(1.0).chain == pytest.approx(800.0)
+    assert b.rate(1.0) == pytest.approx(200.0)
+    assert b.bound_in_force(1.0) == 3.0
+    return b
+
+
+def test_a_deep_pool_refuses_though_few_of_it_are_this_nodes() -> None:
+    """A new transaction waits behind the whole pool: every origin's transactions and
+    the peers' ones not admitted yet. Past bound x chain rate it is refused, whatever
+    this node's own share."""
+    b = _saturated_at_800_per_s(4)
+    assert b.room(0, 1.0, 0) == 600, "the local bound: 3 s x 200/s"
+    assert b.room(0, 1.0, 2000) == 400, "the pool bound: 3 s x 800/s - 2000"
+    assert b.room(0, 1.0, 2399) == 1
+    assert b.room(0, 1.0, 2400) == 0
+    with pytest.raises(Overloaded) as e:
+        b.check(0, 1.0, 2400)
+    assert e.value.backlog_ms == 3000, "the pool's wait, the longer of the two"
+    assert e.value.retry_after_s == 1
+    far = b.refusal(0, 1.0, 3200)  # 801 over the pool bound at 800/s: 1.0 s
+    assert far.retry_after_s == 2 and far.backlog_ms == 4000
+    assert b.refusal(0, 1.0, 1_000_000).retry_after_s == 2, "at most half of 3 s"
+
+
+def test_the_floor_keeps_a_blocks_worth_in_the_pool() -> None:
+    """Below the largest block of the window the pool would not fill the next block:
+    client transactions are admitted whatever the local bound says (at n = 7 a node's
+    fair share of 3 s is below one block here)."""
+    b = _saturated_at_800_per_s(7)
+    assert b.block_worth(1.0) == 400
+    assert b.rate(1.0) == pytest.approx(200.0)
+    assert b.room(600, 1.0, 600) == 0, "the local bound, the pool a block and a half deep"
+    assert b.room(650, 1.0, 300) == 100, "the pool below a block: up to a block's worth"
+    b.check(650, 1.0, 399)
+    with pytest.raises(Overloaded):
+        b.check(650, 1.0, 400)
+
+
+def test_the_pool_bound_waits_for_saturation() -> None:
+    """While blocks take every ready transaction the measured rate is the load's, not
+    the chain's: the room is the unsaturated one whatever the pool holds."""
+    b = Backlog(2000, 4, window_s=10.0)
+    b.committed(0.0, 400, 100, False)
+    b.committed(1.0, 400, 100, False)
+    assert not b.saturated
+    assert b.room(0, 1.0, 5000) == b.room(0, 1.0, 0) == 1200
+
+
+def test_accepting_up_to_room_keeps_the_pool_wait_under_the_bound() -> None:
+    """Filling the room never makes the pool's expected wait (depth / chain rate)
+    exceed the bound in force, unless the floor let the pool reach one block."""
+    for local, chain, n, pending, depth in [
+        (100, 400, 4, 0, 500),
+        (10, 4000, 4, 50, 7000),
+        (900, 1000, 7, 100, 1500),
+        (0, 300, 16, 0, 10),
+    ]:
+        b = Backlog(2000, n)
+        b.committed(0.0, chain, local, True)
+        bound, rate = b.bound_in_force(1.0), b.rates(1.0).chain
+        room = b.room(pending, 1.0, depth)
+        assert (depth + room) / rate <= bound or depth + room <= b.block_worth(1.0)
+        assert (
+            room == 0
+            or (depth + room + 1) / rate > bound
+            or pending + room + 1 > bound * b.rate(1.0)
+        )

@@ -120,7 +120,8 @@ async def test_clients_transactions_a_proposal_sent_already_are_not_sent_again(
     tmp_path: Path,
 ) -> None:
     """A client's transactions admitted in the same turn as the leader's build go out in
-    the leader's batch ahead of its proposal; the turn's own batch then leaves them out."""
+    the leader's batch ahead of its proposal; the turn's own batch then leaves them out.
+    One admitted after the proposal waits for its commit (`node.forwarding`)."""
     leader = _validator(tmp_path, 0)
     key = account_key("partner2", "ml-dsa-65")
     sent = _Sent()
@@ -155,6 +156,8 @@ async def test_clients_transactions_a_proposal_sent_already_are_not_sent_again(
         args=[(200).to_bytes(32, "big"), "sha256", "later", "test", b""],
     )
     leader.submit_tx(later)
-    await asyncio.sleep(0)
+    await asyncio.sleep(0.02)
+    assert len(sent.envelopes) == before, "held: height 2 is built only after 1 commits"
+    leader.forwarder.committed(0.0, 1, 3)
     assert [e.kind for _, e in sent.envelopes[before:]] == [Kind.BATCH] * 3
     await leader.forwarder.verify_pool.close()

@@ -12,7 +12,7 @@ from devnet.network import account_key
 from node.alarms import Alarms
 from node.batches import Dissemination
 from node.budget import Budgets
-from node.forwarding import LEADER_ROOM_TXS, Forwarder, leader_had_room
+from node.forwarding import LEADER_ROOM_TXS, Coalescing, Forwarder, leader_had_room
 from node.mempool import Mempool, MempoolLimits
 from node.wire import Kind, OriginBatch
 
@@ -87,6 +87,7 @@ def _forwarder(me: int = 0) -> tuple[Forwarder, _ForwardLinks, Mempool, _View]:
         [].append,
         None,  # type: ignore[arg-type]
         batches,
+        Coalescing(delay_s=0.0),  # each batch leaves at the end of its turn
     )
     return fwd, links, mempool, view
 

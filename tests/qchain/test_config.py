@@ -209,13 +209,18 @@ def test_unreadable_and_invalid_toml(tmp_path: Path) -> None:
         load_config(tmp_path / "missing.toml")
 
 
-def test_admission_bound_and_verify_workers(tmp_path: Path) -> None:
+def test_admission_bound_verify_workers_and_batch_coalescing(tmp_path: Path) -> None:
     cfg = _load(tmp_path, VALID)
     assert cfg.node.admission_bound_ms == 2000
     assert cfg.node.verify_workers is None, "chosen from the machine's cores"
-    set_ = 'profile = "test"\nadmission_bound_ms = 0\nverify_workers = 3\n'
+    assert cfg.node.batch_delay_ms == 250 and cfg.node.batch_max_txs == 256
+    set_ = (
+        'profile = "test"\nadmission_bound_ms = 0\nverify_workers = 3\n'
+        "batch_delay_ms = 0\nbatch_max_txs = 10000\n"
+    )
     cfg = _load(tmp_path, VALID.replace('profile = "test"\n', set_))
     assert cfg.node.admission_bound_ms == 0 and cfg.node.verify_workers == 3
+    assert cfg.node.batch_delay_ms == 0 and cfg.node.batch_max_txs == 10_000
     for field, value, says in [
         ("verify_workers", "-1", "must not be negative"),
         ("verify_workers", "257", "at most 256"),
@@ -223,6 +228,10 @@ def test_admission_bound_and_verify_workers(tmp_path: Path) -> None:
         ("verify_workers", '"auto"', "must be an integer"),
         ("admission_bound_ms", "-5", "must not be negative"),
         ("admission_bound_ms", "600001", "at most 600000"),
+        ("batch_delay_ms", "-1", "must not be negative"),
+        ("batch_delay_ms", "5001", "at most 5000"),
+        ("batch_max_txs", "0", "between 1 and 10000"),
+        ("batch_max_txs", "10001", "between 1 and 10000"),
     ]:
         text = VALID.replace('profile = "test"\n', f'profile = "test"\n{field} = {value}\n')
         e = _error(tmp_path, text)
