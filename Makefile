@@ -61,6 +61,8 @@ sim-mutants: $(STAMP)
 		echo "mutant $$m"; \
 		$(VENV)/bin/qchain sim net --seeds 0..19 --mutant $$m | tail -1; \
 	done
+	@echo "mutant gap-stall (--client eager)"
+	@$(VENV)/bin/qchain sim net --seeds 0..19 --client eager --mutant gap-stall | tail -1
 
 # The standard benchmark set (docs/BENCHMARKS.md); each run starts its own devnet on free
 # loopback ports. About 20 minutes on 2 cores: run it on a quiet machine.

@@ -105,9 +105,17 @@ class Admission:
         """Admit tx (local: a client submitted it to this node). True if new; raises
         what `Mempool.add` raises."""
         now = self.clock()
+        bounded = False
         if local and tx.hash not in self.mempool:
-            self.backlog.check(self.mempool.local_count, now, self.depth())
-        new = self.mempool.add(tx, height=self.committed(), now=now, local=local)
+            pending, depth = self.mempool.local_count, self.depth()
+            if self.backlog.room(pending, now, depth) <= 0:
+                # Beyond the bounds, only in the place of a client's transaction waiting
+                # behind a nonce gap (`node.mempool`): neither count the bounds measure
+                # grows.
+                if not self.mempool.may_displace_local(tx):
+                    raise self.backlog.refusal(pending, now, depth)
+                bounded = True
+        new = self.mempool.add(tx, height=self.committed(), now=now, local=local, bounded=bounded)
         if new:
             self.metrics.observe_mempool(len(self.mempool), self.mempool.size_bytes)
             if self.idle_mode and not self.ready_signalled and self.mempool.has_ready():
@@ -123,8 +131,12 @@ class Admission:
         return len(self.mempool) + self.queued()
 
     def room(self) -> int:
-        """How many more client transactions the admission bound lets in now."""
-        return self.backlog.room(self.mempool.local_count, self.clock(), self.depth())
+        """How many more client transactions the admission bounds let in now, counting
+        the places of this node's clients' transactions waiting behind a nonce gap (a
+        ready one may take such a place)."""
+        return self.backlog.room(self.mempool.local_count, self.clock(), self.depth()) + (
+            self.mempool.waiting_local
+        )
 
     def overloaded(self) -> Overloaded:
         """The refusal of a client transaction beyond `room`."""

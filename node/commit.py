@@ -252,6 +252,7 @@ class Committer:
         parts.admission.accounts.invalidate()
         parts.admission.on_commit(block.txs, a.height)
         parts.forwarder.committed(clock.monotonic(), a.height, len(block.txs))
+        parts.forwarder.send_became_ready()
         parts.fetcher.forget(value)
         parts.forget_votes(a.height)
         self.feed(StartHeight(a.height + 1, value, a.next_anchor))

@@ -86,9 +86,13 @@ class ServiceFacade:
     def submit_tx(self, tx: Transaction) -> tuple[TxStatus, bool]:
         status = self.tx_status(tx.hash)
         if status is not None:
+            if status.state == "pending":
+                self.p.forwarder.resubmitted(tx.hash, clock.monotonic())
             return status, False
         self.p.admission.admit(tx, local=True)
         self.p.forwarder.queue(tx)
+        # It may have filled a nonce gap: what waited behind it goes to the leader too.
+        self.p.forwarder.send_became_ready()
         return TxStatus(tx.hash, "pending"), True
 
     async def preverify(self, txs: Sequence[Transaction]) -> None:

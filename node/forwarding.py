@@ -65,6 +65,11 @@ MAX_REFORWARD = 4000
 LEADER_ROOM_TXS = 100
 """A block with fewer transactions than this (or than we have stuck, if fewer) had room
 for our stuck ones: leaving them out then suggests censorship rather than load."""
+RESEND_AFTER_S = 1.0
+"""A client's submission of a transaction this node already holds sends it to the
+leader again, at most once in this long per transaction."""
+RESEND_RUN = 100
+"""Most transactions of one sender sent again to the leader when a client asks again."""
 RECENT_BLOCKS = 256
 """Commits remembered (time, transaction count) for the censorship test."""
 PROMPT_S = 0.005
@@ -150,7 +155,9 @@ class Forwarder:
         self.dropped = 0
         """Forwarded transactions refused for lack of queue room or budget."""
         self.recent_blocks: deque[tuple[float, int]] = deque(maxlen=RECENT_BLOCKS)
-        self._queue: list[Transaction] = []
+        self._queue: list[tuple[Transaction, bool]] = []
+        """This batch's locally admitted transactions, each with whether a kept batch
+        already held it when it was admitted."""
         self._queue_bytes = 0
         self._first_at = 0.0
         """When the first transaction of the batch being coalesced was queued."""
@@ -168,6 +175,8 @@ class Forwarder:
         self._admit_queue: deque[tuple[int, bytes]] = deque()
         self._admit_queued: Counter[int] = Counter()
         """Forwarded transactions waiting for admission, by the peer that sent them."""
+        self._resend: list[bytes] = []
+        self._resend_scheduled = False
         self._admit_task: asyncio.Task[None] | None = None
         self._last_suspect = 0.0
         self._stopping = False
@@ -199,7 +208,7 @@ class Forwarder:
         leaves when `Coalescing` says."""
         if self._stopping:
             return
-        self._queue.append(tx)
+        self._queue.append((tx, self.batches.store.locate(tx.hash) is not None))
         self._queue_bytes += len(tx.encoded)
         c = self.coalescing
         if len(self._queue) >= c.max_txs or self._queue_bytes >= c.max_bytes:
@@ -243,11 +252,62 @@ class Forwarder:
     def _flush(self) -> None:
         self._cancel_flush()
         batch, self._queue, self._queue_bytes = self._queue, [], 0
-        # A proposal may have sent some already, in a batch of this node's (`node.batches`).
-        raws = [tx.encoded for tx in batch if self.batches.store.locate(tx.hash) is None]
+        # A proposal may have sent some since they were admitted, in a batch of this
+        # node's (`node.batches`). One that a batch held before it was admitted goes
+        # again: the peers that got that batch may not have taken it into their pools
+        # (full), or dropped it since (it waited behind a nonce gap, `node.mempool`),
+        # and this node's pool did not hold it either, or it would not be new here.
+        raws = [
+            tx.encoded for tx, known in batch if known or self.batches.store.locate(tx.hash) is None
+        ]
         if raws and self.links.transport is not None:
             self.flushes += 1
         self.forward(raws, lazy=not self.idle_mode)
+
+    def resubmitted(self, tx_hash: bytes, now: float) -> None:
+        """A client submitted a transaction this node holds pending: if it is its
+        sender's next nonce (the one every later nonce of the sender waits for), send it
+        to the leader again, with the next `RESEND_RUN` - 1 of the sender's nonces this
+        node holds in a run after it and the others of this turn, unless this node got or
+        sent it less than `RESEND_AFTER_S` ago. The client asks again because it has not
+        seen it commit, and the leader may never have had it, nor the nonces after it (a
+        batch lost on a faulty link, a full pool, or places given up behind a nonce gap,
+        `node.mempool`), while this node, holding them, would not otherwise send them
+        again before the inclusion timeout (and never, when a peer forwarded them here).
+        Only from the sender's next nonce: what a client asks again costs the links at
+        most `RESEND_RUN` transactions per sender a second."""
+        p = self.mempool.get(tx_hash)
+        if p is None or self.links.transport is None:
+            return
+        if p.tx.nonce != self.mempool.accounts.next_nonce(p.tx.sender):
+            return
+        if now - max(p.seen_at, p.resent_at) < RESEND_AFTER_S:
+            return
+        for q in self.mempool.run_from(p.tx.sender, p.tx.nonce, RESEND_RUN):
+            q.resent_at = now
+            self._resend.append(q.tx.encoded)
+        if not self._resend_scheduled:
+            self._resend_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush_resend)
+
+    def _flush_resend(self) -> None:
+        self._resend_scheduled = False
+        raws, self._resend = self._resend, []
+        leader = self.view().leader
+        if leader is not None and leader != self.me and self.links.transport is not None:
+            self.batches.send(raws, [leader], lambda j: 0.0)
+
+    def send_became_ready(self) -> None:
+        """This node's clients' transactions that waited behind a nonce gap and are
+        ready now go to the leader again, in a batch of their own: while they waited,
+        the leader's pool may have given their places to others or let them expire
+        (`node.mempool`), and nothing else would send them before the inclusion
+        timeout. Each such transaction is sent once per gap it waited behind."""
+        ready = self.mempool.became_ready()
+        leader = self.view().leader
+        if not ready or leader is None or leader == self.me or self.links.transport is None:
+            return
+        self.batches.send([p.tx.encoded for p in ready[:MAX_REFORWARD]], [leader], lambda j: 0.0)
 
     def leader_changed(self, leader: int) -> None:
         """This node's clients' pending transactions again, to the new leader only, in a
@@ -313,10 +373,14 @@ class Forwarder:
             self._flush()
 
     def check_inclusion(self, now: float) -> None:
-        """Send this node's transactions pending past the inclusion timeout again, in a
-        new batch to every validator; past twice the timeout, suspect the leader (fire
-        the round timer)."""
+        """Drop transactions waiting behind a nonce gap since an inclusion timeout ago;
+        send this node's transactions pending past the inclusion timeout again, in a new
+        batch to every validator; past twice the timeout, suspect the leader (fire the
+        round timer)."""
         timeout = self.inclusion_timeout_s
+        # A transaction waiting behind a nonce gap for an inclusion timeout leaves.
+        self.mempool.drop_waiting(now - timeout)
+        self.send_became_ready()
         late = [p for p in self.mempool.pending() if p.local and now - p.seen_at > timeout]
         fresh = [p for p in late if not p.forwarded_to_all][:MAX_REFORWARD]
         if fresh:

@@ -8,10 +8,32 @@ rejected transaction leaves no trace.
 
 Transactions are kept per sender, keyed by nonce. A block takes, sender by sender, the
 run of consecutive nonces that starts at the sender's committed nonce (`reap`), so a
-block never holds a nonce gap. Senders come in order of arrival, and a sender a
-committed block served goes behind the others, so that under load full blocks serve
-senders in turn instead of leaving the same ones out. After a commit (`on_commit`) included and
-stale transactions leave, and so do expired ones.
+block never holds a nonce gap. Senders come in order of arrival, and a sender a committed
+block served goes behind the others, so that under load full blocks serve senders in turn
+instead of leaving the same ones out. After a commit (`on_commit`) included and stale
+transactions leave, and so do expired ones.
+
+A pending transaction in its sender's run is *ready*; one beyond a missing nonce is
+*waiting* (behind a gap) and can go into no block until the gap is filled. Waiting
+transactions give way, so that a gap can always be filled:
+
+- A transaction that meets a full limit (the sender's, the pool's count or bytes, this
+  node's clients' share, or, for a client's transaction, the admission bound) takes the
+  place of its own sender's waiting transactions of later nonces, latest first (a later
+  nonce can go into no block before it). One that is ready when it arrives (its nonce is
+  the next after its sender's run) also takes the place of other senders' waiting
+  transactions, the sender with the most waiting first, latest nonce first. For this
+  node's share and the admission bound only waiting transactions of this node's clients
+  make room. A transaction is refused only when waiting transactions cannot make the
+  room: then the pool is full of transactions a block can take, which is load, or of
+  earlier nonces. So a client that goes on sending a sender's later nonces after one was
+  refused never locks the sender out: the refused nonce, sent again, finds room in every
+  pool.
+- A transaction still waiting one inclusion timeout after it was admitted leaves the
+  pool (`drop_waiting`): a gap nobody fills holds no room for long.
+
+A waiting transaction that leaves is no longer known to this node (its status is not
+found): the client sends it again once its gap is filled.
 
 The mempool is memory only: a 202-accepted transaction is lost if this node crashes
 before it is committed. Resubmitting the same bytes is always safe (same hash, at most
@@ -21,7 +43,7 @@ one commit: the nonce makes a second inclusion impossible).
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -101,11 +123,23 @@ class PendingTx:
     local: bool = False
     """Submitted to this node by a client (not forwarded by a peer): this node is the one
     that keeps it moving toward the leader."""
+    resent_at: float = float("-inf")
+    """When a client's submission of it here last sent it to the leader again
+    (`node.forwarding.Forwarder.resubmitted`)."""
+    waiting: bool = False
+    """Behind a nonce gap: not in its sender's run of pending nonces from its committed
+    nonce."""
 
 
 @dataclass
 class _Sender:
     by_nonce: dict[int, PendingTx] = field(default_factory=dict)
+    base: int = -1
+    """The committed nonce the run below was measured from (-1: not measured)."""
+    run_end: int = 0
+    """The first nonce after the run of pending nonces that starts at `base`."""
+    waiting: int = 0
+    waiting_local: int = 0
 
 
 class Mempool:
@@ -127,7 +161,13 @@ class Mempool:
         self._senders: OrderedDict[bytes, _Sender] = OrderedDict()
         self._bytes = 0
         self._local = 0
+        self._waiting = 0
+        self._waiting_local = 0
+        self._became_ready: list[PendingTx] = []
         self.rejections: dict[str, int] = {}
+        self.waiting_dropped: dict[str, int] = {"displaced": 0, "expired": 0}
+        """Waiting transactions that left the pool: `displaced` by a ready one, `expired`
+        by `drop_waiting`."""
 
     def __len__(self) -> int:
         return len(self._by_hash)
@@ -141,22 +181,43 @@ class Mempool:
     def size_bytes(self) -> int:
         return self._bytes
 
+    @property
+    def waiting_count(self) -> int:
+        """Pending transactions behind a nonce gap."""
+        return self._waiting
+
+    @property
+    def waiting_local(self) -> int:
+        """Pending transactions of this node's clients behind a nonce gap: a ready client
+        transaction may take the place of one of them when nothing else has room."""
+        return self._waiting_local
+
     def get(self, tx_hash: bytes) -> PendingTx | None:
         return self._by_hash.get(tx_hash)
 
     def __contains__(self, tx_hash: bytes) -> bool:
         return tx_hash in self._by_hash
 
-    def add(self, tx: Transaction, *, height: int, now: float, local: bool = False) -> bool:
+    def add(
+        self,
+        tx: Transaction,
+        *,
+        height: int,
+        now: float,
+        local: bool = False,
+        bounded: bool = False,
+    ) -> bool:
         """Admit tx (height: the last committed height). True if new, False if these
-        exact bytes are already pending. Raises an `InvalidTransaction` or `MempoolFull`."""
+        exact bytes are already pending. Raises an `InvalidTransaction` or `MempoolFull`.
+        bounded: the admission bound leaves no room for another client transaction, so a
+        local tx gets in only in the place of a waiting one of this node's clients."""
         try:
-            return self._add(tx, height, now, local)
+            return self._add(tx, height, now, local, bounded)
         except QChainError as e:
             self.rejections[e.code] = self.rejections.get(e.code, 0) + 1
             raise
 
-    def _add(self, tx: Transaction, height: int, now: float, local: bool) -> bool:
+    def _add(self, tx: Transaction, height: int, now: float, local: bool, bounded: bool) -> bool:
         size = len(tx.encoded)
         if size > MAX_TX_SIZE:
             raise TooLarge(size, MAX_TX_SIZE)
@@ -167,6 +228,9 @@ class Mempool:
             if local and not known.local:
                 known.local = True
                 self._local += 1
+                if known.waiting:
+                    self._senders[tx.sender].waiting_local += 1
+                    self._waiting_local += 1
             return False
         if tx.chain_id != self.chain_id:
             raise WrongChain(self.chain_id, tx.chain_id)
@@ -185,27 +249,168 @@ class Mempool:
             other = sender.by_nonce.get(tx.nonce)
             if other is not None:
                 raise NonceInUse(tx.nonce, other.tx.hash)
-            if len(sender.by_nonce) >= self.limits.max_per_sender:
-                raise MempoolFull("too many pending transactions from this sender")
-        if len(self._by_hash) >= self.limits.max_txs:
-            raise MempoolFull("transaction count limit reached")
-        if local and self.limits.max_local is not None and self._local >= self.limits.max_local:
-            raise MempoolFull("this node's share of the pool is taken; retry shortly")
-        if self._bytes + size > self.limits.max_bytes:
-            raise MempoolFull("byte limit reached")
+            self._measure(sender, expected)
+        ready = tx.nonce == (expected if sender is None else sender.run_end)
+        victims = self._room(tx, sender, size, local, bounded, ready)
         if tx.scheme != account.scheme:
             raise InvalidTransaction(
                 f"sender's registered key is {account.scheme}, not {tx.scheme}"
             )
         self.verifier(tx, account.public_key)
-        pending = PendingTx(tx, size, now, local=local)
+        for victim in victims:
+            self._remove(victim)
+        self.waiting_dropped["displaced"] += len(victims)
+        pending = PendingTx(tx, size, now, local=local, waiting=not ready)
+        sender = self._senders.get(tx.sender)
         if sender is None:
-            sender = self._senders[tx.sender] = _Sender()
+            sender = self._senders[tx.sender] = _Sender(base=expected, run_end=expected)
         sender.by_nonce[tx.nonce] = pending
         self._by_hash[tx.hash] = pending
         self._bytes += size
         self._local += local
+        if ready:
+            # The run grows, through the waiting transactions whose gap this filled.
+            nonce = tx.nonce + 1
+            while (later := sender.by_nonce.get(nonce)) is not None:
+                self._set_waiting(sender, later, False)
+                nonce += 1
+            sender.run_end = nonce
+        else:
+            self._set_waiting(sender, pending, True, new=True)
         return True
+
+    def _room(
+        self,
+        tx: Transaction,
+        sender: _Sender | None,
+        size: int,
+        local: bool,
+        bounded: bool,
+        ready: bool,
+    ) -> list[PendingTx]:
+        """The waiting transactions that must leave for tx to fit every limit (none when
+        it fits); raises `MempoolFull` for a limit they cannot make room under."""
+        lim = self.limits
+        need_sender = 0 if sender is None else len(sender.by_nonce) + 1 - lim.max_per_sender
+        need_count = len(self._by_hash) + 1 - lim.max_txs
+        need_bytes = self._bytes + size - lim.max_bytes
+        need_local = 0
+        if local:
+            if lim.max_local is not None:
+                need_local = self._local + 1 - lim.max_local
+            if bounded:
+                need_local = max(need_local, 1)
+        if max(need_sender, need_count, need_bytes, need_local) <= 0:
+            return []
+        victims: list[PendingTx] = []
+        for p in self._gives_way_to(tx, sender, ready):
+            if not (
+                need_count > 0
+                or need_bytes > 0
+                or (need_sender > 0 and p.tx.sender == tx.sender)
+                or (need_local > 0 and p.local)
+            ):
+                continue
+            victims.append(p)
+            need_sender -= p.tx.sender == tx.sender
+            need_count -= 1
+            need_bytes -= p.size
+            need_local -= p.local
+            if max(need_sender, need_count, need_bytes, need_local) <= 0:
+                return victims
+        if need_sender > 0:
+            raise MempoolFull("too many pending transactions from this sender")
+        if need_count > 0:
+            raise MempoolFull("transaction count limit reached")
+        if need_local > 0 and not bounded:
+            raise MempoolFull("this node's share of the pool is taken; retry shortly")
+        if need_bytes > 0:
+            raise MempoolFull("byte limit reached")
+        raise MempoolFull("the admission bound is reached and no client transaction waits")
+
+    def _gives_way_to(
+        self, tx: Transaction, sender: _Sender | None, ready: bool
+    ) -> Iterator[PendingTx]:
+        """The waiting transactions that may leave to make room for tx, in the order they
+        do: its sender's waiting ones of later nonces, latest first (a later nonce can go
+        into no block before tx); then, for a ready tx, every other sender's waiting ones,
+        the sender with the most waiting first, latest nonce first."""
+        if sender is not None and sender.waiting:
+            yield from _latest_waiting(sender, tx.nonce)
+        if not ready:
+            return
+        others = sorted(
+            (s for a, s in self._senders.items() if s.waiting and a != tx.sender),
+            key=lambda s: s.waiting,
+            reverse=True,
+        )
+        for s in others:
+            yield from _latest_waiting(s, -1)
+
+    def _set_waiting(
+        self, sender: _Sender, p: PendingTx, waiting: bool, new: bool = False, gone: bool = False
+    ) -> None:
+        if p.waiting == waiting and not new:
+            return
+        p.waiting = waiting
+        step = 1 if waiting else -1
+        sender.waiting += step
+        self._waiting += step
+        if p.local:
+            sender.waiting_local += step
+            self._waiting_local += step
+            if not waiting and not gone:
+                self._became_ready.append(p)
+
+    def became_ready(self) -> list[PendingTx]:
+        """This node's clients' transactions that waited behind a gap and are ready now
+        (each returned once, still pending), since the last call."""
+        out, self._became_ready = self._became_ready, []
+        return [p for p in out if self._by_hash.get(p.tx.hash) is p and not p.waiting]
+
+    def _measure(self, sender: _Sender, committed: int) -> None:
+        """Mark the sender's ready and waiting transactions from its committed nonce (a
+        no-op while that nonce is the one they were marked from)."""
+        if sender.base == committed:
+            return
+        sender.base = committed
+        nonce = committed
+        run: set[int] = set()
+        while nonce in sender.by_nonce:
+            run.add(nonce)
+            nonce += 1
+        sender.run_end = nonce
+        for n, p in sender.by_nonce.items():
+            self._set_waiting(sender, p, n not in run)
+
+    def may_displace_local(self, tx: Transaction) -> bool:
+        """Whether tx could take the place of a waiting transaction of this node's
+        clients (checked before its signature: it does not say tx is valid)."""
+        if not self._waiting_local:
+            return False
+        sender = self._senders.get(tx.sender)
+        committed = self.accounts.next_nonce(tx.sender)
+        if sender is not None:
+            self._measure(sender, committed)
+            if any(p.local for p in self._gives_way_to(tx, sender, False)):
+                return True
+            return tx.nonce == sender.run_end
+        return tx.nonce == committed
+
+    def drop_waiting(self, admitted_before: float) -> int:
+        """Remove the waiting transactions admitted before `admitted_before` (local
+        monotonic time); how many left."""
+        old = [
+            p
+            for s in list(self._senders.values())
+            if s.waiting
+            for p in s.by_nonce.values()
+            if p.waiting and p.seen_at < admitted_before
+        ]
+        for p in old:
+            self._remove(p)
+        self.waiting_dropped["expired"] += len(old)
+        return len(old)
 
     def has_ready(self) -> bool:
         """Whether some sender's next nonce is pending, so a block could include a
@@ -239,6 +444,11 @@ class Mempool:
         self._local -= p.local
         sender = self._senders.get(p.tx.sender)
         if sender is not None:
+            if p.waiting:
+                self._set_waiting(sender, p, False, gone=True)
+            elif p.tx.nonce < sender.run_end:
+                # A ready one leaves: the run is measured again when next needed.
+                sender.base = -1
             sender.by_nonce.pop(p.tx.nonce, None)
             if not sender.by_nonce:
                 del self._senders[p.tx.sender]
@@ -269,7 +479,24 @@ class Mempool:
         ]
         for p in expired:
             self._remove(p)
+            touched.add(p.tx.sender)
+        for address in touched:
+            sender = self._senders.get(address)
+            if sender is not None:
+                self._measure(sender, self.accounts.next_nonce(address))
         return local
+
+    def run_from(self, address: bytes, nonce: int, limit: int) -> list[PendingTx]:
+        """The sender's pending transactions of consecutive nonces from `nonce`, at most
+        `limit` of them."""
+        sender = self._senders.get(address)
+        out: list[PendingTx] = []
+        while sender is not None and len(out) < limit:
+            p = sender.by_nonce.get(nonce + len(out))
+            if p is None:
+                break
+            out.append(p)
+        return out
 
     def next_free_nonce(self, address: bytes, committed: int) -> int:
         """The nonce after the run of pending nonces that starts at `committed`."""
@@ -281,3 +508,17 @@ class Mempool:
 
     def pending(self) -> Iterable[PendingTx]:
         return list(self._by_hash.values())
+
+
+def _latest_waiting(sender: _Sender, after: int) -> Iterator[PendingTx]:
+    """The sender's waiting transactions of nonces above `after`, latest first (nonces
+    are within the nonce window, so the walk down is at most `max_per_sender` long)."""
+    if not sender.by_nonce:
+        return
+    nonce = max(sender.by_nonce)
+    low = max(after, min(sender.by_nonce) - 1)
+    while nonce > low:
+        p = sender.by_nonce.get(nonce)
+        if p is not None and p.waiting:
+            yield p
+        nonce -= 1

@@ -22,6 +22,7 @@ from consensus.sim.cli import parse_seeds
 from devnet.simnet.mutants import MUTANTS
 from devnet.simnet.run import Outcome, Spec, simulate
 from devnet.simnet.scenarios import load as load_scenario
+from devnet.simnet.world import CLIENT_MODES
 from qchain.errors import ConfigError
 
 
@@ -44,6 +45,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="memory",
         help="the nodes' disks: memory stores that lose unsynced writes in a crash as the "
         "seed draws, or LevelDB in a temporary directory",
+    )
+    net.add_argument(
+        "--client",
+        choices=CLIENT_MODES,
+        default="careful",
+        help="how the client behaves: careful holds a sender's later nonces in a burst "
+        "while one is refused, eager sends them regardless, patient is careful and sends "
+        "an acknowledged transaction again only after 6 s",
+    )
+    net.add_argument(
+        "--burst-scale",
+        type=float,
+        default=1.0,
+        help="multiply a drawn burst's rate and peak (2: peaks of 2,200-3,000 transactions, "
+        "about twice the simulated pool)",
     )
     net.add_argument("--json", action="store_true")
 
@@ -82,6 +98,8 @@ def run(args: argparse.Namespace) -> int:
             actions=actions,
             scenario=scenario,
             store=args.store,
+            client=args.client,
+            burst_scale=args.burst_scale,
         )
         o = simulate(spec, keep_trace=args.replay)
         outcomes.append(o)

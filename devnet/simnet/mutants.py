@@ -23,7 +23,18 @@ simulator.
   leader refuses the transactions other validators forward to it, silently (the
   forwarder has acknowledged them and is not told), and their senders' later nonces
   wait behind the gaps (fixed in "a node's clients may hold at most max_txs / n
-  pending transactions, so every node's share fits in the leader's pool").
+  pending transactions, so every node's share fits in the leader's pool"). Since
+  dissemination went to batches (`node.batches`) the loss is the same one on the batch
+  path: a node keeps a peer's batch, but the batch's transactions that its pool cannot
+  hold on arrival are dropped (`node.forwarding.Forwarder.received`), before the pool's
+  own rules (room kept for peers' transactions, waiting ones giving way) could take
+  them, and the leader proposes only from its pool.
+- `gap-stall`: transactions waiting behind a nonce gap never give way and never
+  expire, so when a client goes on sending a sender's later nonces after one was refused,
+  they fill every pool and the refused nonce, sent again, finds no room anywhere: the
+  sender stalls for good (fixed in "mempool: waiting transactions give way to ready ones
+  and to their sender's earlier nonces, and expire after the inclusion timeout"). Found
+  with `--client eager`.
 - `no-sync`: the disk's sync does nothing (an fsync that returns before the data is
   safe): a crash may lose any suffix of the node's writes, committed blocks included.
   Not a bug the fault kit found: it shows that the disk model bites
@@ -38,8 +49,10 @@ from typing import Any
 
 from devnet.simnet.disk import MemoryDisk
 from node.events import EventBus
+from node.forwarding import Forwarder
 from node.mempool import Mempool, MempoolLimits
 from node.transport_limits import DEFAULT_TRANSPORT_LIMITS
+from node.wire import OriginBatch
 from qchain.config import MempoolSection
 from qchain.qkd.frame import LinkSender
 from qchain.qkd.pool import ReceiveKeyPool
@@ -66,6 +79,25 @@ def _small_queues(
     _bus_init(self, capacity, queue_size, first_id)
 
 
+def _never_give_way(self: Mempool, tx: Any, sender: Any, ready: bool) -> Iterator[Any]:
+    return iter(())
+
+
+def _never_expire(self: Mempool, admitted_before: float) -> int:
+    return 0
+
+
+_received = Forwarder.received
+
+
+def _drop_what_the_pool_cannot_hold(self: Forwarder, sender: int, batch: OriginBatch) -> None:
+    free = max(0, self.mempool.limits.max_txs - len(self.mempool) - len(self._admit_queue))
+    if len(batch.txs) > free:
+        self.dropped += len(batch.txs) - free
+        batch = OriginBatch(batch.origin, batch.seq, batch.txs[:free])
+    _received(self, sender, batch)
+
+
 def _whole_pool(cls: type[MempoolLimits], m: MempoolSection, n: int) -> MempoolLimits:
     return cls(m.max_txs, m.max_bytes, m.max_per_sender, max_block_bytes=m.max_block_bytes)
 
@@ -78,7 +110,14 @@ PATCHES: dict[str, tuple[tuple[Any, str, Any], ...]] = {
     ),
     "empty-spin": ((Mempool, "has_ready", _any_pending),),
     "subscriber-drop": ((EventBus, "__init__", _small_queues),),
-    "forward-drop": ((MempoolLimits, "of_validator", classmethod(_whole_pool)),),
+    "forward-drop": (
+        (MempoolLimits, "of_validator", classmethod(_whole_pool)),
+        (Forwarder, "received", _drop_what_the_pool_cannot_hold),
+    ),
+    "gap-stall": (
+        (Mempool, "_gives_way_to", _never_give_way),
+        (Mempool, "drop_waiting", _never_expire),
+    ),
     "no-sync": ((MemoryDisk, "syncs", False),),
 }
 MUTANTS = tuple(PATCHES)

@@ -29,6 +29,9 @@ from typing import Any
 from devnet.simnet.loop import OWNER
 from node.transport import Accept, Listening
 
+IN_ORDER_S = 1e-6
+"""The least time between two frames of one connection arriving (in order, as TCP)."""
+
 
 @dataclass
 class LinkFaults:
@@ -114,7 +117,7 @@ class _Conn:
         net.conns.discard(self)
         for w in self.writers:
             # End of stream after what is already on the wire.
-            net.at(max(w.last_due, net.loop.time()), _eof, w.peer)
+            net.at(max(w.last_due + IN_ORDER_S, net.loop.time()), _eof, w.peer)
 
 
 def _eof(reader: asyncio.StreamReader) -> None:
@@ -211,7 +214,11 @@ class SimNet:
         if not first and f.reorder_pct and rng.random() * 100 < f.reorder_pct:
             fate = "reorder"
         else:
-            due = max(due, w.last_due)
+            # Strictly after the connection's previous frame: asyncio's timer heap does not
+            # keep the order of callbacks due at the same time, and a frame overtaken
+            # that way is refused by the frame layer (a stale sequence number) as if the
+            # network had reordered it.
+            due = max(due, w.last_due + IN_ORDER_S)
             w.last_due = due
         self.trace(fate, w.src, w.dst, len(data))
         for _ in range(copies):

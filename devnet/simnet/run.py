@@ -61,6 +61,12 @@ class Spec:
     """A first-wave bug put back (`devnet.simnet.mutants`)."""
     scenario: str | None = None
     """The scenario file the fixed schedule came from (for the replay command)."""
+    burst_scale: float = 1.0
+    """Multiplies a drawn burst's rate and peak (`devnet.simnet.schedule.draw`)."""
+    client: str = "careful"
+    """How the client behaves (`devnet.simnet.world.CLIENT_MODES`): `careful` holds a
+    sender's later nonces in a burst while one is refused, `eager` sends them regardless,
+    `patient` is careful and trusts an acknowledgement for 6 s."""
     store: str = "memory"
     """The nodes' disks: `memory` (LevelDB's crash semantics, unsynced writes lost as
     the seed draws) or `leveldb` (plyvel in a temporary directory): `devnet.simnet.disk`."""
@@ -82,6 +88,10 @@ class Spec:
             parts.append(f"--mutant {self.mutant}")
         if self.store != "memory":
             parts.append(f"--store {self.store}")
+        if self.burst_scale != 1.0:
+            parts.append(f"--burst-scale {self.burst_scale:g}")
+        if self.client != "careful":
+            parts.append(f"--client {self.client}")
         return " ".join([*parts, "--replay"])
 
 
@@ -228,7 +238,11 @@ async def _main(
         actions = list(spec.actions)
     elif spec.faults:
         actions = draw(
-            random.Random(spec.seed), spec.validators, spec.seconds, crashes=spec.crashes
+            random.Random(spec.seed),
+            spec.validators,
+            spec.seconds,
+            crashes=spec.crashes,
+            burst_scale=spec.burst_scale,
         )
     else:
         actions = []
@@ -236,7 +250,7 @@ async def _main(
     healed_at = max(heals) if heals else heal_time(spec.seconds) if actions else 0.0
     for i in range(spec.validators):
         await world.start(i)
-    client = world.client = Client(world, spec.seconds - SETTLE_S)
+    client = world.client = Client(world, spec.seconds - SETTLE_S, spec.client)
     background = [loop.create_task(client.run()), loop.create_task(_sampler(world))]
     for a in actions:
         await asyncio.sleep(max(0.0, a.t - loop.time()))

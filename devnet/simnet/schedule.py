@@ -53,10 +53,13 @@ node per run (f = 1 of 4). The vote flood is left out: its thousands of messages
 second cost real CPU for nothing the others do not cover."""
 
 
-def draw(rng: random.Random, n: int, seconds: float, *, crashes: bool = True) -> list[Action]:
+def draw(
+    rng: random.Random, n: int, seconds: float, *, crashes: bool = True, burst_scale: float = 1.0
+) -> list[Action]:
     """Episodes of link faults, partitions, crashes, key starvation, Byzantine modes and
     (in runs of `BURST_MIN_S` or more) client bursts; at most one node crashed at a
-    time, and one Byzantine node in the run."""
+    time, and one Byzantine node in the run. burst_scale multiplies a burst's rate and
+    peak (the same draws otherwise: the schedule is the seed's)."""
     end = heal_time(seconds)
     actions: list[Action] = []
     down_until = 0.0
@@ -96,7 +99,11 @@ def draw(rng: random.Random, n: int, seconds: float, *, crashes: bool = True) ->
             rate = rng.randint(*BURST_RATE)
             peak = rng.randint(*BURST_TXS)
             t = round(min(t, max(0.5, end - ramp)), 3)
-            args = {"rate": rate, "seconds": ramp, "txs": peak}
+            args = {
+                "rate": round(rate * burst_scale),
+                "seconds": ramp,
+                "txs": round(peak * burst_scale),
+            }
             actions.append(Action(t, "burst", args))
             bursts += 1
         elif kind == "partition":

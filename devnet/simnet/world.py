@@ -33,6 +33,11 @@ KEY_RATE_BPS = 2_000_000
 outages starve a link."""
 SAMPLE_EVERY_S = 0.5
 RESUBMIT_AFTER_S = 1.0
+ACKED_PATIENCE_S = 6.0
+"""How long a patient client waits for an acknowledged transaction before it sends it
+again, while the node that acknowledged it has not crashed: an acknowledged transaction
+is the node's to commit, and the node sends it again to every validator after its
+inclusion timeout (5 s in the test profile)."""
 
 
 @dataclass
@@ -52,6 +57,8 @@ class Record:
     """node -> the highest height it reported (its status) in its current life."""
     before_crash: dict[int, int] = field(default_factory=dict)
     """node -> the highest height it reported before its last crash."""
+    crashed_at: dict[str, float] = field(default_factory=dict)
+    """node name -> the time of its last crash."""
     regressions: list[str] = field(default_factory=list)
     """Restarts below a height the node had reported (the durable-commits check)."""
 
@@ -152,6 +159,7 @@ class World:
         self._carry_counters(i, v)
         height = v.chain.height()
         self.rec.before_crash[i] = self.rec.reported.pop(i, 0)
+        self.rec.crashed_at[self.names[i]] = self.loop.time()
         self.nodes[i] = None
         self.net.crash(i)
         self.disks[i], unsynced, kept = self.disks[i].crashed()
@@ -323,13 +331,23 @@ async def _call(work: Callable[[], Awaitable[Any]]) -> Any:
     return await work()
 
 
+CLIENT_MODES = ("careful", "eager", "patient")
+"""How the client behaves: `careful` holds a sender's later nonces in a burst while one of
+its transactions is refused (a well-behaved client under load); `eager` goes on sending
+them, so they reach the pools behind the refused one's gap; `patient` is careful, and
+trusts an acknowledgement: it sends an acknowledged transaction again only after
+`ACKED_PATIENCE_S` (or after `RESUBMIT_AFTER_S` when the node that acknowledged it has
+crashed since), so that what the network loses must be found again by the nodes."""
+
+
 class Client:
     """The seeded workload: notary anchors from the dev partner accounts, each to a node
     that is up; a transaction not committed after `RESUBMIT_AFTER_S` is sent again (the
     same bytes: the hash is the idempotency key) to another node; bursts on demand."""
 
-    def __init__(self, world: World, stop_at: float) -> None:
+    def __init__(self, world: World, stop_at: float, mode: str = "careful") -> None:
         self.world = world
+        self.mode = mode
         self.rng = world.clock.rng("client")
         self.stop_at = stop_at
         self.keys = [account_key(r, "ed25519") for r in ("partner1", "partner2")]
@@ -368,14 +386,14 @@ class Client:
             await asyncio.sleep(0.1)
 
     def _send_new(self, count: int) -> int:
-        """Up to `count` new transactions, as a well-behaved client sends under load:
-        while one of a sender's transactions is refused (waiting to be sent again), its
-        later nonces wait too (they could only queue behind the gap). Returns how many
-        were sent."""
+        """Up to `count` new transactions. A careful client sends as a well-behaved
+        client does under load: while one of a sender's transactions is refused (waiting
+        to be sent again), its later nonces wait too (they could only queue behind the
+        gap). An eager one sends them regardless. Returns how many were sent."""
         sent = 0
         while sent < count:
             k = len(self.world.rec.ops) % len(self.keys)
-            if self.refused[k]:
+            if self.mode != "eager" and self.refused[k]:
                 k = 1 - k
                 if self.refused[k]:
                     break
@@ -438,5 +456,15 @@ class Client:
                     op.committed_at = round(now, 3)
                     break
             else:
-                if now - self.last_sent.get(op.op_id, 0.0) > RESUBMIT_AFTER_S:
+                if now - self.last_sent.get(op.op_id, 0.0) > self._patience(op):
                     self._send(op)
+
+    def _patience(self, op: Op) -> float:
+        """How long after its last sending a transaction not yet committed is sent again:
+        `RESUBMIT_AFTER_S`; for a patient client, `ACKED_PATIENCE_S` when a node
+        acknowledged that sending and has not crashed since."""
+        if self.mode != "patient" or op.op_id in self.refused[self._sender(op)]:
+            return RESUBMIT_AFTER_S
+        if self.world.rec.crashed_at.get(op.node, -1.0) >= self.last_sent[op.op_id]:
+            return RESUBMIT_AFTER_S
+        return ACKED_PATIENCE_S

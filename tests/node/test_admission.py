@@ -174,6 +174,35 @@ def test_commits_drain_the_backlog_and_feed_the_rate(setup: Any) -> None:
     assert admission.admit(sent[4], local=True)
 
 
+def test_beyond_the_bound_a_gap_filler_replaces_a_waiting_client_tx(setup: Any) -> None:
+    """A client that went on sending after a refusal: the node's room is taken by its
+    later nonces, waiting behind the refused one. Sent again, the refused nonce takes
+    the place of the latest of them (the pending count the bound measures stays); any
+    other transaction is still refused before its signature is checked."""
+    admission, _, verifier, clock = setup
+    admission.backlog.committed(0.0, 8, 2, True)  # saturated; room for 4
+    clock.now = 1.0
+    for n in range(4):  # peers' transactions: the pool is not below a block's worth
+        assert admission.admit(tx("partner2", n))
+    for n in range(1, 5):
+        assert admission.admit(tx("partner1", n), local=True)
+    assert admission.mempool.waiting_local == 4
+    assert admission.room() == 4, "no room under the bound, four places of waiting txs"
+    checked = verifier.calls
+    with pytest.raises(Overloaded):
+        admission.admit(tx("partner1", 5), local=True)
+    with pytest.raises(Overloaded):
+        admission.admit(tx("partner2", 5), local=True)
+    assert verifier.calls == checked, "refused before the signature check"
+    assert admission.admit(tx("partner1", 0), local=True)
+    mine = sorted(p.tx.nonce for p in admission.mempool.pending() if p.local)
+    assert mine == [0, 1, 2, 3] and admission.mempool.local_count == 4
+    assert len(admission.mempool) == 8, "the depth did not grow either"
+    assert admission.room() == 0 and admission.mempool.waiting_local == 0
+    with pytest.raises(Overloaded):
+        admission.admit(tx("partner2", 4), local=True)
+
+
 def test_peers_transactions_waiting_for_admission_count_in_the_depth(setup: Any) -> None:
     """What the peers sent and this node has not admitted yet is ahead of a new client
     transaction as much as the pool is."""

@@ -185,3 +185,198 @@ def test_a_full_block_serves_the_senders_it_left_out_first_next_time() -> None:
     assert {t.sender for t in third} == {account_key("rr2", "ed25519").address}, (
         "rr0 was served two blocks ago: rr2 first"
     )
+
+
+# --- transactions waiting behind a nonce gap ---------------------------------------------
+
+
+def _members(*roles: str) -> Accounts:
+    accounts = Accounts()
+    for role in roles:
+        key = account_key(role, "ed25519")
+        accounts.keys[key.address] = (key.scheme.value, key.public_key)
+    return accounts
+
+
+def _nonces(mp: Mempool, role: str) -> list[int]:
+    address = account_key(role, "ed25519").address
+    return sorted(p.tx.nonce for p in mp.pending() if p.tx.sender == address)
+
+
+def test_a_gap_filler_takes_the_place_of_its_senders_latest_waiting_tx() -> None:
+    """The stall: a sender's later nonces fill the pool behind a refused one. Sent again,
+    the refused nonce gets in in the place of the sender's latest waiting transaction,
+    and the run it completes is ready."""
+    members = _members("partner1", "partner2")
+    mp = Mempool(CHAIN, MempoolLimits(max_txs=5, max_per_sender=5), members)
+    for n in range(1, 5):
+        mp.add(tx("partner1", n), height=0, now=0.0)
+    mp.add(tx("partner2", 0), height=0, now=0.0)
+    assert len(mp) == 5 and mp.waiting_count == 4 and mp.has_ready()
+    with pytest.raises(MempoolFull):
+        mp.add(tx("partner2", 2), height=0, now=0.0)  # waiting itself: displaces nothing
+    assert mp.add(tx("partner1", 0), height=0, now=0.0)
+    assert _nonces(mp, "partner1") == [0, 1, 2, 3], "the latest waiting one gave way"
+    assert mp.waiting_count == 0 and mp.waiting_dropped["displaced"] == 1
+    assert [t.nonce for t in mp.reap(10, 1 << 20) if t.sender == tx("partner1", 0).sender] == [
+        0,
+        1,
+        2,
+        3,
+    ]
+    with pytest.raises(MempoolFull):
+        mp.add(tx("partner1", 4), height=0, now=0.0)  # ready, but nothing waits: load
+
+
+def test_an_earlier_nonce_displaces_its_senders_later_waiting_ones_only() -> None:
+    """Of one sender's waiting transactions, the earlier nonce is worth more (a later one
+    can go into no block before it); a waiting transaction never displaces another
+    sender's."""
+    members = _members("partner1", "partner2")
+    mp = Mempool(CHAIN, MempoolLimits(max_txs=4, max_per_sender=8), members)
+    for n in (2, 3, 4):
+        mp.add(tx("partner1", n), height=0, now=0.0)
+    mp.add(tx("partner2", 5), height=0, now=0.0)
+    assert mp.waiting_count == 4
+    assert mp.add(tx("partner1", 1), height=0, now=0.0), "still waiting, but earlier"
+    assert _nonces(mp, "partner1") == [1, 2, 3] and _nonces(mp, "partner2") == [5]
+    assert mp.add(tx("partner2", 4), height=0, now=0.0)
+    assert _nonces(mp, "partner2") == [4], "its own later nonce gave way"
+    with pytest.raises(MempoolFull):
+        mp.add(tx("partner1", 7), height=0, now=0.0)  # later than all of its own
+    with pytest.raises(MempoolFull):
+        mp.add(tx("partner2", 6), height=0, now=0.0)
+    assert _nonces(mp, "partner1") == [1, 2, 3] and _nonces(mp, "partner2") == [4]
+
+
+def test_a_ready_tx_displaces_the_sender_with_most_waiting_latest_first() -> None:
+    mp = Mempool(CHAIN, MempoolLimits(max_txs=5, max_per_sender=8), _members("rr0", "rr1", "rr2"))
+    for n in (1, 2, 3):
+        mp.add(tx("rr0", n), height=0, now=0.0)
+    for n in (1, 2):
+        mp.add(tx("rr1", n), height=0, now=0.0)
+    assert mp.add(tx("rr2", 0), height=0, now=0.0)
+    assert _nonces(mp, "rr0") == [1, 2] and _nonces(mp, "rr1") == [1, 2]
+    assert mp.add(tx("rr2", 1), height=0, now=0.0)
+    assert _nonces(mp, "rr0") == [1], "ties go to the sender first in the pool"
+    assert mp.waiting_count == 3 and len(mp) == 5
+
+
+def test_the_local_share_gives_way_only_to_local_waiting_transactions() -> None:
+    """A client's ready transaction over this node's share takes the place of one of
+    this node's clients' waiting ones; a forwarded waiting one frees no share."""
+    mp = Mempool(
+        CHAIN,
+        MempoolLimits(max_txs=10, max_per_sender=8, max_local=2),
+        _members("partner1", "partner2"),
+    )
+    mp.add(tx("partner1", 2), height=0, now=0.0, local=True)
+    mp.add(tx("partner2", 0), height=0, now=0.0, local=True)
+    mp.add(tx("partner1", 3), height=0, now=0.0)
+    assert mp.local_count == 2 and mp.waiting_local == 1 and mp.waiting_count == 2
+    with pytest.raises(MempoolFull):
+        mp.add(tx("partner2", 2), height=0, now=0.0, local=True)  # waiting: no place
+    assert mp.add(tx("partner2", 1), height=0, now=0.0, local=True)
+    assert _nonces(mp, "partner1") == [3], "the local waiting one went, the forwarded stayed"
+    assert mp.local_count == 2 and mp.waiting_local == 0
+    with pytest.raises(MempoolFull):
+        mp.add(tx("partner1", 0), height=0, now=0.0, local=True)
+
+
+def test_beyond_the_admission_bound_a_local_tx_only_replaces_a_local_waiting_one() -> None:
+    mp = Mempool(CHAIN, MempoolLimits(max_txs=10, max_per_sender=8), _members("partner1"))
+    mp.add(tx("partner1", 3), height=0, now=0.0, local=True)
+    assert mp.may_displace_local(tx("partner1", 0))
+    assert mp.may_displace_local(tx("partner1", 2)), "earlier than a waiting one"
+    assert not mp.may_displace_local(tx("partner1", 4))
+    assert mp.add(tx("partner1", 0), height=0, now=0.0, local=True, bounded=True)
+    assert _nonces(mp, "partner1") == [0] and mp.local_count == 1, "the count did not grow"
+    assert not mp.may_displace_local(tx("partner1", 1)), "nothing waits any more"
+    with pytest.raises(MempoolFull):
+        mp.add(tx("partner1", 1), height=0, now=0.0, local=True, bounded=True)
+
+
+def test_a_forged_gap_filler_displaces_nothing() -> None:
+    mp = Mempool(CHAIN, MempoolLimits(max_txs=2, max_per_sender=8), _members("partner1"))
+    mp.add(tx("partner1", 1), height=0, now=0.0)
+    mp.add(tx("partner1", 2), height=0, now=0.0)
+    good = tx("partner1", 0)
+    forged = Transaction(*good.to_wire()[:-1], good.signature[::-1])  # type: ignore[arg-type]
+    with pytest.raises(BadSignature):
+        mp.add(forged, height=0, now=0.0)
+    assert _nonces(mp, "partner1") == [1, 2] and mp.waiting_dropped["displaced"] == 0
+
+
+def test_bytes_are_made_room_for_with_as_many_waiting_txs_as_it_takes() -> None:
+    small = tx("partner1", 1)
+    mp = Mempool(
+        CHAIN,
+        MempoolLimits(max_txs=10, max_per_sender=8, max_bytes=4 * len(small.encoded)),
+        _members("partner1"),
+    )
+    for n in (1, 2, 3, 4):
+        mp.add(tx("partner1", n), height=0, now=0.0)
+    assert mp.add(tx("partner1", 0), height=0, now=0.0)
+    assert _nonces(mp, "partner1") == [0, 1, 2, 3]
+    assert mp.size_bytes <= mp.limits.max_bytes
+
+
+def test_waiting_transactions_expire_and_ready_ones_never_do() -> None:
+    accounts = _members("partner1", "partner2")
+    mp = Mempool(CHAIN, MempoolLimits(max_txs=10, max_per_sender=8), accounts)
+    mp.add(tx("partner1", 0), height=0, now=0.0)
+    mp.add(tx("partner1", 2), height=0, now=1.0, local=True)
+    mp.add(tx("partner2", 1), height=0, now=2.0)
+    assert mp.drop_waiting(1.0) == 0, "admitted at the bound itself: stays"
+    assert mp.drop_waiting(1.5) == 1 and _nonces(mp, "partner1") == [0]
+    assert mp.local_count == 0 and mp.waiting_local == 0
+    assert mp.drop_waiting(100.0) == 1 and _nonces(mp, "partner2") == []
+    assert _nonces(mp, "partner1") == [0], "ready: never expires for waiting"
+    assert mp.waiting_dropped["expired"] == 2
+
+
+def test_a_commit_that_fills_a_gap_makes_the_waiting_ones_ready() -> None:
+    """The gap may be filled by a block (its transaction came in another node's pool):
+    the waiting transactions behind it become ready and stop counting as waiting."""
+    accounts = _members("partner1")
+    mp = Mempool(CHAIN, MempoolLimits(max_txs=10, max_per_sender=8), accounts)
+    for n in (2, 3):
+        mp.add(tx("partner1", n), height=0, now=0.0, local=True)
+    assert mp.waiting_count == 2 and not mp.has_ready()
+    accounts.nonces[tx("partner1", 0).sender] = 2
+    mp.on_commit([tx("partner1", 0), tx("partner1", 1)], height=1)
+    assert mp.waiting_count == 0 and mp.waiting_local == 0 and mp.has_ready()
+    assert mp.drop_waiting(100.0) == 0
+    # An included transaction leaving opens a gap again only if a later one is missing.
+    mp.add(tx("partner1", 5), height=1, now=0.0)
+    assert mp.waiting_count == 1
+    assert mp.add(tx("partner1", 4), height=1, now=0.0) and mp.waiting_count == 0
+
+
+def test_a_waiting_tx_a_client_sends_here_after_a_peer_counts_as_local_waiting() -> None:
+    mp = Mempool(CHAIN, MempoolLimits(max_txs=10, max_per_sender=8), _members("partner1"))
+    mp.add(tx("partner1", 3), height=0, now=0.0)
+    assert mp.waiting_count == 1 and mp.waiting_local == 0
+    assert not mp.add(tx("partner1", 3), height=0, now=0.0, local=True)
+    assert mp.local_count == 1 and mp.waiting_local == 1
+    mp.drop_waiting(1.0)
+    assert (len(mp), mp.local_count, mp.waiting_count, mp.waiting_local) == (0, 0, 0, 0)
+
+
+def test_client_transactions_that_waited_are_reported_once_when_ready() -> None:
+    """What waited behind a gap may have lost its place in the leader's pool meanwhile:
+    the node learns which of its clients' transactions became ready, each once."""
+    accounts = _members("partner1")
+    mp = Mempool(CHAIN, MempoolLimits(max_txs=10, max_per_sender=8), accounts)
+    mp.add(tx("partner1", 2), height=0, now=0.0, local=True)
+    mp.add(tx("partner1", 3), height=0, now=0.0)
+    mp.add(tx("partner1", 5), height=0, now=0.0, local=True)
+    assert mp.became_ready() == []
+    mp.add(tx("partner1", 1), height=0, now=0.0)  # a peer's: the gap at 0 stays
+    assert mp.became_ready() == []
+    accounts.nonces[tx("partner1", 0).sender] = 1
+    mp.on_commit([tx("partner1", 0)], height=1)
+    assert [p.tx.nonce for p in mp.became_ready()] == [2], "local ones only; 5 still waits"
+    assert mp.became_ready() == []
+    mp.add(tx("partner1", 4), height=1, now=0.0, local=True)
+    assert [p.tx.nonce for p in mp.became_ready()] == [5]

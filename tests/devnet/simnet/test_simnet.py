@@ -8,15 +8,18 @@ functions of the seed."""
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import os
 import random
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from devnet.simnet.loop import Stalled, VirtualLoop
+from devnet.simnet.loop import OWNER, Stalled, VirtualLoop
+from devnet.simnet.net import SimNet
 from devnet.simnet.run import Spec, simulate
 from devnet.simnet.schedule import Action, draw, heal_time
 
@@ -181,6 +184,38 @@ def test_the_virtual_loop_moves_time_only_to_the_next_timer() -> None:
         loop.close()
 
 
+def test_frames_of_one_connection_arrive_in_the_order_they_were_written() -> None:
+    """Frames written in one turn are due at the same virtual time once the jitter is
+    clamped to the previous frame's arrival; asyncio's timer heap does not keep the
+    order of such callbacks, so the network makes each arrive strictly after the last
+    (a frame overtaken on a clean link would be refused as a stale sequence number)."""
+    loop = VirtualLoop(0)
+    try:
+        net = SimNet(loop, random.Random(0), lambda *a: None, 2)
+        got: list[int] = []
+
+        async def accept(reader: asyncio.StreamReader, writer: object) -> None:
+            while len(got) < 200:
+                got.append(int.from_bytes(await reader.readexactly(4), "big"))
+
+        async def main() -> None:
+            _, writer = await net.open_connection("10.0.0.1", 27001)
+            for k in range(200):
+                writer.write(k.to_bytes(4, "big"))
+            await asyncio.sleep(1)
+
+        def as_node(i: int, coro: Any) -> Any:
+            ctx = contextvars.copy_context()
+            ctx.run(OWNER.set, i)
+            return loop.create_task(coro, context=ctx)
+
+        loop.run_until_complete(as_node(1, net.start_server(accept, "10.0.0.1", 27001)))  # type: ignore[arg-type]
+        loop.run_until_complete(as_node(0, main()))
+        assert got == list(range(200))
+    finally:
+        loop.close()
+
+
 def test_the_virtual_loop_refuses_to_wait_for_ever() -> None:
     loop = VirtualLoop(0)
     try:
@@ -269,6 +304,41 @@ def test_the_mutant_subscriber_drop_is_caught_where_the_clean_code_passes() -> N
     mutated = simulate(Spec(seed=SUBSCRIBER_DROP_SEED, mutant="subscriber-drop"))
     assert EventBus.__init__ is original
     assert [c.name for c in mutated.checks if not c.ok] == ["events-followed"]
+
+
+GAP_STALL_SEED = 5
+"""The first seed of 0..19 at which the mutant `gap-stall` fails with `--client eager`
+(docs/SIMULATION.md)."""
+
+
+def test_the_mutant_gap_stall_is_caught_where_the_clean_code_passes() -> None:
+    """A client that goes on sending a sender's later nonces after one was refused: with
+    the real pool the refused nonce, sent again, takes the place of a later one waiting
+    behind its gap, and every acknowledged transaction commits; with waiting
+    transactions that never give way nor expire, they fill every pool and the sender
+    stalls for good."""
+    from node.mempool import Mempool
+
+    original = Mempool._gives_way_to
+    clean = simulate(Spec(seed=GAP_STALL_SEED, client="eager"))
+    assert clean.ok, _failed(clean)
+    mutated = simulate(Spec(seed=GAP_STALL_SEED, client="eager", mutant="gap-stall"))
+    assert Mempool._gives_way_to is original
+    assert [c.name for c in mutated.checks if not c.ok] == ["acked-committed"]
+
+
+def test_a_burst_scale_multiplies_the_burst_and_changes_nothing_else() -> None:
+    for seed in range(40):
+        plain = draw(random.Random(seed), 4, 20)
+        heavy = draw(random.Random(seed), 4, 20, burst_scale=2)
+        assert [(a.t, a.kind) for a in plain] == [(a.t, a.kind) for a in heavy]
+        for a, b in zip(plain, heavy, strict=True):
+            if a.kind == "burst":
+                assert b.args["txs"] == 2 * a.args["txs"]
+                assert b.args["rate"] == 2 * a.args["rate"]
+            else:
+                assert a.args == b.args
+    assert "--burst-scale 2 --client eager" in Spec(seed=3, burst_scale=2, client="eager").command()
 
 
 def test_a_run_is_the_same_under_other_string_hash_seeds() -> None:
