@@ -410,16 +410,16 @@ def _overloaded_node(api: ApiHarness) -> asyncio.Event:
     backlog = api.node.backlog
     check, refusal = backlog.check, backlog.refusal
 
-    def counting_check(pending: int, now: float) -> None:
+    def counting_check(pending: int, now: float, depth: int) -> None:
         try:
-            check(pending, now)
+            check(pending, now, depth)
         except Overloaded:
             refused.set()
             raise
 
-    def counting_refusal(pending: int, now: float) -> Overloaded:
+    def counting_refusal(pending: int, now: float, depth: int) -> Overloaded:
         refused.set()
-        return refusal(pending, now)
+        return refusal(pending, now, depth)
 
     backlog.check = counting_check  # type: ignore[method-assign]
     backlog.refusal = counting_refusal  # type: ignore[method-assign]
