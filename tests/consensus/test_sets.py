@@ -179,7 +179,9 @@ def test_counts_and_broadcasts_of_a_height_are_over_its_own_set() -> None:
     assert set(e.owed) == {0, 2, 3, 4}
 
 
-def _decide_1_then_start_2(e: Engine) -> bytes:
+def _decide_1_then_start_2(e: Engine, members: VSet = NEW) -> bytes:
+    """Decide height 1 (proposal by 0, votes of 0 and 2), then start height 2 under
+    `members` (V(2) = V(3))."""
     blk = Block(1, G, 0, 0, b"one")
     v = block_hash(blk)
     e.valid[v] = True
@@ -187,7 +189,7 @@ def _decide_1_then_start_2(e: Engine) -> bytes:
     for k in (1, 2, 3, 4):
         for j in (0, 2):
             e.step(MessageIn(j, Vote(CID, 1, 0, k, v)))
-    e.step(StartHeight(2, v, 0, NEW, NEW))
+    e.step(StartHeight(2, v, 0, members, members))
     return v
 
 
@@ -216,7 +218,7 @@ def test_the_last_height_of_a_set_ends_only_on_its_own_dones() -> None:
 def test_without_a_change_deciding_the_next_height_still_ends_the_last() -> None:
     e = Engine(P, 1)
     e.step(StartHeight(1, G, 0, OLD, OLD))
-    v = _decide_1_then_start_2_fixed(e)
+    v = _decide_1_then_start_2(e, OLD)
     blk2 = Block(2, v, 0, 0, b"two")
     v2 = block_hash(blk2)
     e.valid[v2] = True
@@ -225,18 +227,6 @@ def test_without_a_change_deciding_the_next_height_still_ends_the_last() -> None
         for j in (0, 2):
             e.step(MessageIn(j, Vote(CID, 2, 0, k, v2)))
     assert 1 not in e.inst
-
-
-def _decide_1_then_start_2_fixed(e: Engine) -> bytes:
-    blk = Block(1, G, 0, 0, b"one")
-    v = block_hash(blk)
-    e.valid[v] = True
-    e.step(MessageIn(0, Propose(CID, 1, 0, blk)))
-    for k in (1, 2, 3, 4):
-        for j in (0, 2):
-            e.step(MessageIn(j, Vote(CID, 1, 0, k, v)))
-    e.step(StartHeight(2, v, 0, OLD, OLD))
-    return v
 
 
 def test_a_learner_speaks_no_consensus_and_commits_from_b_member_claims() -> None:
@@ -348,7 +338,7 @@ def test_a_terminated_last_height_answers_a_done_once_per_period() -> None:
     # without a change after height 1 a counted peer's DONE is never answered
     f = Engine(P, 1)
     f.step(StartHeight(1, G, 0, OLD, OLD))
-    w = _decide_1_then_start_2_fixed(f)
+    w = _decide_1_then_start_2(f, OLD)
     for j in (0, 2, 3):
         f.step(MessageIn(j, Done(CID, 1, w)))
     f.owed.clear()  # as if our DONE had ridden to every peer
