@@ -114,6 +114,11 @@ class BlockPacer:
         a = self.pending
         if a is None:
             return
+        if a.height <= self.app.tip()[0]:
+            # Committed meanwhile (another round's block, or caught up) while this build
+            # waited for its time: nothing to build, and nothing went wrong.
+            self.pending = None
+            return
         now = clock.monotonic()
         earliest = self.last_commit_at + self.timing.propose_wait_min_ms / 1000
         if a.round == 0 and self.last_built_at is not None:
