@@ -179,16 +179,23 @@ def test_counts_and_broadcasts_of_a_height_are_over_its_own_set() -> None:
     assert set(e.owed) == {0, 2, 3, 4}
 
 
-def _decide_1_then_start_2(e: Engine, members: VSet = NEW) -> bytes:
-    """Decide height 1 (proposal by 0, votes of 0 and 2), then start height 2 under
-    `members` (V(2) = V(3))."""
-    blk = Block(1, G, 0, 0, b"one")
+def _decide(e: Engine, h: int, parent: bytes, voters: tuple[int, ...]) -> bytes:
+    """Decide height h in round 0: a proposal by 0 on `parent`, all four phases' votes
+    of `voters`. Returns the block's value."""
+    blk = Block(h, parent, 0, 0, b"block %d" % h)
     v = block_hash(blk)
     e.valid[v] = True
-    e.step(MessageIn(0, Propose(CID, 1, 0, blk)))
+    e.step(MessageIn(0, Propose(CID, h, 0, blk)))
     for k in (1, 2, 3, 4):
-        for j in (0, 2):
-            e.step(MessageIn(j, Vote(CID, 1, 0, k, v)))
+        for j in voters:
+            e.step(MessageIn(j, Vote(CID, h, 0, k, v)))
+    return v
+
+
+def _decide_1_then_start_2(e: Engine, members: VSet = NEW) -> bytes:
+    """Decide height 1 (votes of 0 and 2), then start height 2 under `members`
+    (V(2) = V(3))."""
+    v = _decide(e, 1, G, (0, 2))
     e.step(StartHeight(2, v, 0, members, members))
     return v
 
@@ -198,13 +205,7 @@ def test_the_last_height_of_a_set_ends_only_on_its_own_dones() -> None:
     starting height 3; q(1) DONEs of height 1 from members of V(1) do."""
     e = _member_at_1()
     v = _decide_1_then_start_2(e)
-    blk2 = Block(2, v, 0, 0, b"two")
-    v2 = block_hash(blk2)
-    e.valid[v2] = True
-    e.step(MessageIn(0, Propose(CID, 2, 0, blk2)))
-    for k in (1, 2, 3, 4):
-        for j in (0, 2, 3):
-            e.step(MessageIn(j, Vote(CID, 2, 0, k, v2)))
+    v2 = _decide(e, 2, v, (0, 2, 3))
     assert e.inst[2].rec.decided == v2
     e.step(StartHeight(3, v2, 0, NEW, NEW))
     assert 1 in e.inst and not e.inst[1].terminated
@@ -219,13 +220,7 @@ def test_without_a_change_deciding_the_next_height_still_ends_the_last() -> None
     e = Engine(P, 1)
     e.step(StartHeight(1, G, 0, OLD, OLD))
     v = _decide_1_then_start_2(e, OLD)
-    blk2 = Block(2, v, 0, 0, b"two")
-    v2 = block_hash(blk2)
-    e.valid[v2] = True
-    e.step(MessageIn(0, Propose(CID, 2, 0, blk2)))
-    for k in (1, 2, 3, 4):
-        for j in (0, 2):
-            e.step(MessageIn(j, Vote(CID, 2, 0, k, v2)))
+    _decide(e, 2, v, (0, 2))
     assert 1 not in e.inst
 
 
