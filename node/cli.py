@@ -39,8 +39,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     chk.add_argument("--config", required=True, type=Path)
     reb = sub.add_parser(
         "rebuild",
-        help="move a corrupt store aside (keeping the QKD leases); the next run catches up "
-        "from the peers",
+        help="move a corrupt store aside (keeping the QKD leases it can read, writing the "
+        "lease floor); the next run catches up from the peers",
     )
     reb.add_argument("--config", required=True, type=Path, help="node TOML config")
     conf = sub.add_parser(
