@@ -1,13 +1,16 @@
-"""A validator whose data directory is wiped comes back by state sync and gets back into
-consensus, on a real devnet of four validator processes (127.0.0.1).
+"""The lease floor (CONSENSUS.md §10.9 (7), Revision 1.17 T2) on a real devnet of four
+validator processes (127.0.0.1): a validator whose QKD sequence leases are gone or cannot
+be read gets back into consensus.
 
-Its store, and the QKD sequence leases in it, are gone; its peers, which have not
-restarted, remember the frame numbers its SAE id sent on every link and refuse any frame
-numbered at or below them (`StaleSequence`). State sync writes the lease floor
-(CONSENSUS.md §10.9 (7), Revision 1.17 T2), so every link numbers its frames from far
-above those: each peer accepts them, none is refused as stale, and the node votes again.
-With another validator stopped, the chain (n = 4, quorum 3) commits only with the synced
-node's votes.
+Its peers, which have not restarted, remember the frame numbers its SAE id sent on every
+link and refuse any frame numbered at or below them (`StaleSequence`). State sync and
+`rebuild` write the lease floor, so every link numbers its frames from far above those:
+each peer accepts them and none is refused as stale.
+
+- A validator whose data directory is wiped comes back by state sync and votes again:
+  with another validator stopped, the chain (n = 4, quorum 3) commits only with its votes.
+- A validator whose lease family cannot be read (one lease damaged) is rebuilt without
+  leases, under the floor, and catches up.
 """
 
 from __future__ import annotations
@@ -23,9 +26,11 @@ from devnet import spawn
 from devnet.local import LocalNetwork, running_network
 from devnet.network import account_key, plan_network
 from devnet.nodeapi import http_json
-from devnet.testing import anchor_tx, until
+from devnet.testing import anchor_tx, run_qchain, until
 from qchain.client import Client
 from qchain.config import load_config
+from qchain.store import schema
+from qchain.store.leveldb import LevelDBStore
 
 pytestmark = pytest.mark.slow
 SCHEME = "ed25519"
@@ -128,3 +133,41 @@ def test_a_wiped_validator_state_syncs_and_its_peers_accept_its_frames(
         assert all(after[p]["stale"] == seen[p]["stale"] for p in after), (seen, after)
     finally:
         devnet.start(stopped)
+
+
+def test_a_validator_whose_leases_cannot_be_read_is_rebuilt_and_accepted(
+    devnet: LocalNetwork,
+) -> None:
+    victim, other = "node2", "node1"
+    _until(
+        "every validator to serve its API",
+        lambda: all(_height(devnet, n.name) >= 0 for n in devnet.plan.nodes),
+    )
+    config = devnet.dir / "nodes" / victim / "config.toml"
+    devnet.stop([victim])
+    seen = _from(devnet, victim)
+    # node0 restarted in the test above and may not have heard from the victim since.
+    assert sum(s["last_seq"] > 0 for s in seen.values()) >= 2, seen
+    with LevelDBStore(load_config(config).node.data_dir / "db") as s:
+        leases = [k for k, _ in s.iterate(schema.QKD_LEASE)]
+        assert leases
+        s.put(leases[0], b"\x00" * 7, sync=True)  # not an 8-byte integer: the family is unreadable
+
+    rebuilt = run_qchain("node", "rebuild", "--config", str(config), timeout=60)
+    assert rebuilt.returncode == 0, rebuilt.stdout + rebuilt.stderr
+    assert "its QKD leases could not be read, none kept" in rebuilt.stdout, rebuilt.stdout
+    printed = re.search(r"lease floor (\d+)", rebuilt.stdout)
+    assert printed is not None, rebuilt.stdout
+    floor = int(printed.group(1))
+    assert floor > 2**56
+
+    devnet.start(victim)
+    _until(
+        "every peer to accept the victim's frames again",
+        lambda: all(now["frames"] > seen[p]["frames"] for p, now in _from(devnet, victim).items()),
+    )
+    now = _from(devnet, victim)
+    assert all(now[p]["stale"] == seen[p]["stale"] for p in now), (seen, now)
+    assert all(now[p]["last_seq"] > floor for p in now), (floor, now)
+    target = _height(devnet, other)
+    _until(f"the victim to reach height {target}", lambda: _height(devnet, victim) >= target)
