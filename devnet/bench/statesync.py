@@ -57,6 +57,8 @@ VICTIM, OTHER = "node3", "node0"
 LOADED = ("node0", "node1", "node2")
 """The nodes the load is offered to (node3 is the one that joins again)."""
 POLL_S = 0.05
+TRACE_POINTS = 40
+"""About how many (seconds, height) points of a join's progress are reported."""
 PHASES = ("contact", "fetch", "catch_up", "ready")
 LOG_STAMP = re.compile(r"^(\d\d):(\d\d):(\d\d)\.(\d\d\d) ")
 
@@ -85,9 +87,12 @@ def _first_in_log(lines: list[str], pattern: str, started_wall: float) -> float 
     return None
 
 
-def _poll(url: str, target: int, checkpoint: int, timeout: float) -> dict[str, float]:
+def _poll(
+    url: str, target: int, checkpoint: int, timeout: float, heights: list[tuple[float, int]]
+) -> dict[str, float]:
     """Marks (seconds since the call) from polling the node: first peer listed, height at
-    the checkpoint, at the target, and ready there."""
+    the checkpoint, at the target, and ready there; heights gets (seconds, height) at
+    each height change."""
     marks: dict[str, float] = {}
     started = time.monotonic()
     with Client(url, timeout_s=2) as c:
@@ -98,6 +103,8 @@ def _poll(url: str, target: int, checkpoint: int, timeout: float) -> dict[str, f
             try:
                 st = c.status()
                 height = int(st["height"])
+                if not heights or heights[-1][1] != height:
+                    heights.append((round(now, 3), height))
                 if st.get("peers"):
                     marks.setdefault("peer", now)
                 if height >= checkpoint:
@@ -127,7 +134,8 @@ def join(net: LocalNetwork, after: int, interval: int, timeout: float) -> dict[s
     checkpoint = target // interval * interval
     started_wall = time.time()
     net.start(VICTIM)
-    marks = _poll(net.api_url(VICTIM), target, checkpoint, timeout)
+    heights: list[tuple[float, int]] = []
+    marks = _poll(net.api_url(VICTIM), target, checkpoint, timeout, heights)
     with log_file.open("rb") as f:
         f.seek(seen)
         lines = f.read().decode(errors="replace").splitlines()
@@ -159,6 +167,7 @@ def join(net: LocalNetwork, after: int, interval: int, timeout: float) -> dict[s
         "synced_at": synced[-1][0] if after and synced else None,
         "state_entries": synced[-1][1] if after and synced else None,
         "chunks": synced[-1][2] if after and synced else None,
+        "heights": heights[:: max(1, len(heights) // TRACE_POINTS)] + heights[-1:],
     }
 
 
