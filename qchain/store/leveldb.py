@@ -61,9 +61,12 @@ class LevelDBStore(KVStore):
 
     def _failed(self, key: bytes, e: plyvel.Error, near: bool = False) -> StorageError:
         """The error for a failed operation at key (near: an iterator failed after key,
-        the last one it read)."""
+        the last one it read, or where it started), naming the database."""
         if isinstance(e, plyvel.CorruptionError):
-            return self.corrupt(key, _message(e) + (" (next to this key)" if near else ""))
+            where = ""
+            if near:
+                where = " (next to this key)" if key else " (at the start of an iteration)"
+            return self.corrupt(key, f"{_message(e)} in LevelDB at {self.path}{where}")
         return StorageError(f"LevelDB at {self.path} failed at key {key.hex()}: {_message(e)}")
 
     def get(self, key: bytes) -> bytes | None:
