@@ -145,12 +145,18 @@ class Admission:
     def on_commit(self, txs: Sequence[Transaction], height: int) -> None:
         """A block of txs committed at `height`: out of the pool, into the commit rate."""
         cutoff = self.backlog.cutoff()
+        now = self.clock()
+        for tx in txs:
+            p = self.mempool.get(tx.hash)
+            if p is not None:
+                stage = "pool_local" if p.local else "pool_peer"
+                self.metrics.tx_stage.labels(stage).observe(now - p.seen_at)
         local = self.mempool.on_commit(txs, height)
         saturated = cutoff is not None and any(
             p.local and p.seen_at < cutoff and p.tx.nonce == self.accounts.next_nonce(p.tx.sender)
             for p in self.mempool.pending()
         )
-        self.backlog.committed(self.clock(), len(txs), local, saturated)
+        self.backlog.committed(now, len(txs), local, saturated)
 
     def after_commit(self) -> None:
         """A commit changed what is includable: tell an idle engine whether some is."""

@@ -192,6 +192,11 @@ class Mempool:
         transaction may take the place of one of them when nothing else has room."""
         return self._waiting_local
 
+    def oldest_local_age(self, now: float) -> float:
+        """Seconds since the oldest pending client transaction was admitted (0: none)."""
+        oldest = min((p.seen_at for p in self._by_hash.values() if p.local), default=now)
+        return max(0.0, now - oldest)
+
     def get(self, tx_hash: bytes) -> PendingTx | None:
         return self._by_hash.get(tx_hash)
 

@@ -232,6 +232,7 @@ class Validator:
             VerifyPool(verify_workers(cfg.node), self.sig_cache, self.accounts),
             self.batches,
             Coalescing.of(cfg),
+            stage=lambda stage, seconds: self.metrics.tx_stage.labels(stage).observe(seconds),
         )
         self.admission.queued = self.forwarder.queued
         self._build_commit()
@@ -282,7 +283,7 @@ class Validator:
         self.committer = Committer(self.store, self.chain, self.app, parts, self.driver.feed)
 
     def _build_service(self) -> ServiceFacade:
-        self.metrics_sync = MetricsSync(self.metrics, self.mempool, self.links)
+        self.metrics_sync = MetricsSync(self.metrics, self.mempool, self.links, self.forwarder)
         self.health_checks = Health(
             self.params,
             self.cfg.timing,
