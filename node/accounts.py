@@ -108,6 +108,12 @@ class Admission:
         bounded = False
         if local and tx.hash not in self.mempool:
             pending, depth = self.mempool.local_count, self.depth()
+            gap = self.gap(tx)
+            if gap is not None and self.backlog.bounding:
+                # It could commit only once its sender's missing nonce arrives, which no
+                # bound can say when: refused, not accepted only to wait (and, under the
+                # bound, give its place to a ready one without its client knowing).
+                raise self.backlog.refusal(pending, now, depth, waits_for=gap)
             if self.backlog.room(pending, now, depth) <= 0:
                 # Beyond the bounds, only in the place of a client's transaction waiting
                 # behind a nonce gap (`node.mempool`): neither count the bounds measure
@@ -124,6 +130,14 @@ class Admission:
             if self.pacer.pending is not None:
                 self.pacer.maybe_build()
         return new
+
+    def gap(self, tx: Transaction) -> int | None:
+        """The missing nonce tx would wait behind in the pool (None: it would be ready, or
+        its sender is no member, which the mempool refuses for what it is)."""
+        if self.accounts.account(tx.sender) is None:
+            return None
+        free = self.mempool.next_free_nonce(tx.sender, self.accounts.next_nonce(tx.sender))
+        return free if tx.nonce > free else None
 
     def depth(self) -> int:
         """Transactions of any origin ahead of a new one: the pool and the peers'

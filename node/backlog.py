@@ -174,6 +174,13 @@ class Backlog:
         transactions behind."""
         return any(self._left_behind)
 
+    @property
+    def bounding(self) -> bool:
+        """Whether the bound applies as such: admission control is on and the chain is
+        saturated (a client's transaction that would wait behind a nonce gap is then
+        refused, `node.accounts.Admission`)."""
+        return self.bound_s > 0 and self.saturated
+
     def bound_in_force(self, now: float) -> float:
         """The bound, in seconds, raised to `INTERVALS` mean block intervals."""
         self._expire(now)
@@ -212,22 +219,27 @@ class Backlog:
             return room
         return max(0, self.block_worth(now) - depth)
 
-    def refusal(self, pending: int, now: float, depth: int) -> Overloaded:
+    def refusal(
+        self, pending: int, now: float, depth: int, waits_for: int | None = None
+    ) -> Overloaded:
         """The answer to a transaction beyond the room: when to come back (the time the
         larger excess above a bound drains, at most half the bound in force: by then a
-        commit has opened room and measured again)."""
+        commit has opened room and measured again). waits_for: the transaction would wait
+        behind this missing nonce of its sender (refused while `bounding`)."""
         rate = self.rate(now)
         chain = self.rates(now).chain
         bound = self.bound_in_force(now)
         if rate <= 0:
-            return Overloaded(1, 0, round(bound * 1000))
+            return Overloaded(1, 0, round(bound * 1000), waits_for)
         waits = [pending / rate]
         excess = [(pending + 1 - bound * rate) / rate]
         if chain > 0:
             waits.append(depth / chain)
             excess.append((depth + 1 - bound * chain) / chain)
         wait_s = min(max(excess), bound / 2)
-        return Overloaded(max(1, math.ceil(wait_s)), round(max(waits) * 1000), round(bound * 1000))
+        return Overloaded(
+            max(1, math.ceil(wait_s)), round(max(waits) * 1000), round(bound * 1000), waits_for
+        )
 
     def check(self, pending: int, now: float, depth: int) -> None:
         """Raise `Overloaded` unless one more local transaction fits the bounds."""

@@ -180,12 +180,12 @@ def test_beyond_the_bound_a_gap_filler_replaces_a_waiting_client_tx(setup: Any) 
     the place of the latest of them (the pending count the bound measures stays); any
     other transaction is still refused before its signature is checked."""
     admission, _, verifier, clock = setup
+    for n in range(1, 5):  # before the chain is saturated: accepted behind the gap
+        assert admission.admit(tx("partner1", n), local=True)
     admission.backlog.committed(0.0, 8, 2, True)  # saturated; room for 4
     clock.now = 1.0
     for n in range(4):  # peers' transactions: the pool is not below a block's worth
         assert admission.admit(tx("partner2", n))
-    for n in range(1, 5):
-        assert admission.admit(tx("partner1", n), local=True)
     assert admission.mempool.waiting_local == 4
     assert admission.room() == 4, "no room under the bound, four places of waiting txs"
     checked = verifier.calls
@@ -220,3 +220,37 @@ def test_peers_transactions_waiting_for_admission_count_in_the_depth(setup: Any)
     with pytest.raises(Overloaded) as e:
         admission.admit(tx("partner1", 1), local=True)
     assert e.value.backlog_ms == 2000
+
+
+def test_while_saturated_a_client_tx_behind_a_nonce_gap_is_refused(setup: Any) -> None:
+    """It could commit only once the missing nonce arrives: refused with the nonce it
+    waits for, before its signature is checked, though the bound has room; a peer's is
+    taken (that peer answers for it), and so is the client's once the gap is filled."""
+    admission, _, verifier, clock = setup
+    assert admission.admit(tx("partner1", 1), local=True), "not saturated: it may wait"
+    admission.backlog.committed(0.0, 80, 20, True)  # saturated; room for 40
+    clock.now = 1.0
+    assert admission.backlog.bounding and admission.room() > 0
+    checked = verifier.calls
+    with pytest.raises(Overloaded) as refused:
+        admission.admit(tx("partner1", 3), local=True)
+    assert refused.value.waits_for == 0 and refused.value.fields()["waits_for"] == 0
+    assert refused.value.retry_after_s >= 1
+    with pytest.raises(Overloaded) as refused:
+        admission.admit(tx("partner2", 1), local=True)
+    assert refused.value.waits_for == 0
+    assert verifier.calls == checked, "refused before the signature check"
+    assert admission.admit(tx("partner2", 2))  # forwarded: waits behind the gap
+    assert admission.admit(tx("partner1", 0), local=True)
+    assert admission.admit(tx("partner1", 2), local=True), "its nonce 1 is pending"
+    assert admission.admit(tx("partner2", 0), local=True)
+    assert admission.admit(tx("partner2", 1), local=True), "fills the gap: ready"
+
+
+def test_with_admission_control_off_a_gap_is_never_refused(setup: Any) -> None:
+    admission, _, _, _ = setup
+    off = Backlog(0, 4)
+    off.committed(0.0, 80, 20, True)
+    admission.backlog = off
+    assert not off.bounding
+    assert admission.admit(tx("partner1", 5), local=True)

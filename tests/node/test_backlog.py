@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from node.backlog import UNBOUNDED, UNSATURATED_MIN_ROOM, Backlog
+from node.backlog import SATURATED_COMMITS, UNBOUNDED, UNSATURATED_MIN_ROOM, Backlog
 from qchain.errors import MempoolFull, Overloaded
 
 
@@ -204,3 +204,29 @@ def test_accepting_up_to_room_keeps_the_pool_wait_under_the_bound() -> None:
             or (depth + room + 1) / rate > bound
             or pending + room + 1 > bound * b.rate(1.0)
         )
+
+
+def test_the_bound_applies_as_such_only_while_saturated_and_on() -> None:
+    b = Backlog(2000, 4)
+    assert not b.bounding, "no commit seen"
+    b.committed(0.0, 10, 2, False)
+    assert not b.bounding, "blocks take everything"
+    b.committed(1.0, 10, 2, True)
+    assert b.bounding
+    for k in range(2, 2 + SATURATED_COMMITS):
+        b.committed(float(k), 10, 2, False)
+    assert not b.bounding, "the last commits left nothing ready behind"
+    off = Backlog(0, 4)
+    off.committed(0.0, 10, 2, True)
+    assert off.saturated and not off.bounding
+
+
+def test_a_refusal_for_a_nonce_gap_names_the_nonce_and_still_says_when() -> None:
+    b = Backlog(2000, 4)
+    b.committed(0.0, 40, 10, True)  # 40 tx/s, 10 local/s over 1 s
+    r = b.refusal(5, 1.0, 20, waits_for=7)
+    assert r.waits_for == 7 and r.fields()["waits_for"] == 7
+    assert r.retry_after_s == 1, "under the bound: come back after the shortest wait"
+    assert r.bound_ms == 2000 and r.backlog_ms == 500
+    assert "nonce 7" in str(r)
+    assert "waits_for" not in b.refusal(5, 1.0, 20).fields()
