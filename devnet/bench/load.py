@@ -212,20 +212,22 @@ class _NodeSender:
             nbytes += size
             if code:
                 c.resent += 1
-        fresh: list[tuple[Chunk, int]] = []
-        for c in chunks:
-            for pos in range(c.count):
-                who = self._sender(c, pos)
-                if who in self.blocked:
-                    self.held.setdefault(who, []).append((c, pos))
-                else:
-                    fresh.append((c, pos))
-        fresh_bytes = sum(len(self.stream[c.offset + pos]) for c, pos in fresh)
+        slots = [(c, pos) for c in chunks for pos in range(c.count)]
+        slots_bytes = sum(len(self.stream[c.offset + pos]) for c, pos in slots)
         if due and (
-            len(due) + len(fresh) > MAX_BATCH_TXS or nbytes + fresh_bytes > MAX_BATCH_BYTES
+            len(due) + len(slots) > MAX_BATCH_TXS or nbytes + slots_bytes > MAX_BATCH_BYTES
         ):
             await self._send(due, [])
             due = []
+        # Only now, after the answer to the due ones: a sender refused there holds its
+        # new transactions back (sent now, they would wait behind the refused nonce).
+        fresh: list[tuple[Chunk, int]] = []
+        for c, pos in slots:
+            who = self._sender(c, pos)
+            if who in self.blocked:
+                self.held.setdefault(who, []).append((c, pos))
+            else:
+                fresh.append((c, pos))
         await self._send(due + fresh, chunks)
 
     async def _send(self, slots: list[tuple[Chunk, int]], chunks: list[Chunk]) -> None:
