@@ -6,13 +6,12 @@ the idempotency key), expiry, membership of the sender, the nonce window, pool l
 finally the signature against the sender's registered key. Nothing enters unchecked, and a
 rejected transaction leaves no trace.
 
-Transactions are kept per sender, keyed by nonce. A block takes, of each sender, the
+Transactions are kept per sender, keyed by nonce. A block takes, sender by sender, the
 run of consecutive nonces that starts at the sender's committed nonce (`reap`), so a
-block never holds a nonce gap, and takes them first admitted first across senders (the
-sender whose next transaction was admitted earliest goes next), so that under load a
-full block leaves out the newest transactions, whoever sent them, and a transaction
-waits about as long as the pool ahead of it takes to drain. After a commit (`on_commit`)
-included and stale transactions leave, and so do expired ones.
+block never holds a nonce gap. Senders come in order of arrival, and a sender a committed
+block served goes behind the others, so that under load full blocks serve senders in turn
+instead of leaving the same ones out. After a commit (`on_commit`) included and stale
+transactions leave, and so do expired ones.
 
 A pending transaction in its sender's run is *ready*; one beyond a missing nonce is
 *waiting* (behind a gap) and can go into no block until the gap is filled. Waiting
@@ -43,7 +42,6 @@ one commit: the nonce makes a second inclusion impossible).
 
 from __future__ import annotations
 
-import heapq
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -428,35 +426,21 @@ class Mempool:
         )
 
     def reap(self, max_txs: int, max_bytes: int) -> list[Transaction]:
-        """Transactions for the next block, first admitted first: per sender, consecutive
-        nonces from the committed nonce; across senders, one transaction at a time, the
-        sender whose next one was admitted earliest first (ties in the senders' order).
-        A transaction then waits about as long as the pool ahead of it takes to drain,
-        which is what the admission bound measures (`node.backlog`); serving each
-        sender's whole run in turn made the wait of one up to a whole turn of every
-        sender, twice the bound. A sender whose next transaction does not fit the bytes
-        left is done for this block."""
-        heads: list[tuple[float, int, int]] = []
-        senders: list[_Sender] = []
-        for address, sender in self._senders.items():
-            nonce = self.accounts.next_nonce(address)
-            p = sender.by_nonce.get(nonce)
-            if p is not None:
-                heads.append((p.seen_at, len(senders), nonce))
-                senders.append(sender)
-        heapq.heapify(heads)
+        """Transactions for the next block: per sender, consecutive nonces from the
+        committed nonce, senders in order of first arrival."""
         out: list[Transaction] = []
         used = 0
-        while heads and len(out) < max_txs:
-            _, k, nonce = heapq.heappop(heads)
-            p = senders[k].by_nonce[nonce]
-            if used + p.size > max_bytes:
-                continue
-            out.append(p.tx)
-            used += p.size
-            later = senders[k].by_nonce.get(nonce + 1)
-            if later is not None:
-                heapq.heappush(heads, (later.seen_at, k, nonce + 1))
+        for address, sender in self._senders.items():
+            nonce = self.accounts.next_nonce(address)
+            while len(out) < max_txs:
+                p = sender.by_nonce.get(nonce)
+                if p is None or used + p.size > max_bytes:
+                    break
+                out.append(p.tx)
+                used += p.size
+                nonce += 1
+            if len(out) >= max_txs:
+                break
         return out
 
     def _remove(self, p: PendingTx) -> None:
@@ -489,9 +473,8 @@ class Mempool:
             sender = self._senders.get(address)
             if sender is None:
                 continue
-            # A sender a block served goes behind those it left out: of transactions
-            # admitted at the same time, those of the senders served least recently go
-            # first (`reap`).
+            # Round robin: a sender a block served goes behind those it left out, so that
+            # under load a full block never leaves the same senders out again.
             self._senders.move_to_end(address)
             nonce = self.accounts.next_nonce(address)
             for stale in [p for n, p in sender.by_nonce.items() if n < nonce]:

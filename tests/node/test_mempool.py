@@ -161,8 +161,8 @@ def test_local_share_bounds_client_transactions_but_not_forwarded_ones(
 
 
 def test_a_full_block_serves_the_senders_it_left_out_first_next_time() -> None:
-    """Of transactions admitted at the same time, those of the senders a committed block
-    served go behind those it left out, so a block cap never starves the same senders."""
+    """Round robin under load: the senders a committed block served go behind those it
+    left out, so a block cap never starves the same senders."""
     accounts = Accounts()
     roles = [f"rr{i}" for i in range(3)]
     for role in roles:
@@ -185,27 +185,6 @@ def test_a_full_block_serves_the_senders_it_left_out_first_next_time() -> None:
     assert {t.sender for t in third} == {account_key("rr2", "ed25519").address}, (
         "rr0 was served two blocks ago: rr2 first"
     )
-
-
-def test_a_block_takes_the_first_admitted_first_across_senders() -> None:
-    """A sender's later transactions do not go before another sender's earlier one: a
-    transaction waits for what was admitted before it, not for a whole turn of every
-    sender's run (which made the wait of the last sender's up to twice the pool's)."""
-    accounts = Accounts()
-    for role in ("ff0", "ff1"):
-        key = account_key(role, "ed25519")
-        accounts.keys[key.address] = (key.scheme.value, key.public_key)
-    mp = Mempool(CHAIN, MempoolLimits(max_txs=100, max_per_sender=10), accounts)
-    for n in range(4):
-        mp.add(tx("ff0", n), height=0, now=float(n))
-    mp.add(tx("ff1", 0), height=0, now=1.5)
-    mp.add(tx("ff1", 1), height=0, now=0.5)  # waited behind its gap: ready with nonce 0
-    order = [
-        (t.sender == account_key("ff1", "ed25519").address, t.nonce) for t in mp.reap(4, 1 << 20)
-    ]
-    assert order == [(False, 0), (False, 1), (True, 0), (True, 1)]
-    big = len(tx("ff0", 0).encoded)
-    assert len(mp.reap(10, 2 * big)) == 2, "what the bytes left take"
 
 
 # --- transactions waiting behind a nonce gap ---------------------------------------------
