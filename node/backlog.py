@@ -64,6 +64,21 @@ was measured high in a lull does not add its own queue on top of a deep pool. Th
 window (a block's worth), local transactions are admitted whatever the bounds say, so
 the next block can be full (refusing then would cut throughput below the peak).
 
+A client's transaction that would wait behind a nonce gap (an earlier nonce of its
+sender that the pool does not hold) cannot be committed within any bound: it waits for a
+nonce nobody may send. While the chain is saturated (`bounding`) it is refused,
+`overloaded` with the nonce it `waits_for` (`node.accounts.Admission`). Accepted, it
+took room the bound measures and, the bound reached, gave its place to a ready one
+(`node.mempool`), its client told 202 and never learning: under overload most of the
+accepted transactions that waited tens of seconds were those.
+
+The bound is on the mean wait (pending / rate, Little's law). Blocks take each sender's
+run in turn (`Mempool.reap`), so a transaction waits up to a whole turn of every sender:
+the slowest accepted ones wait up to about twice the bound. (Taking the first admitted
+first across senders narrows that, but then a block rarely leaves an old ready
+transaction behind, the saturation signal above rarely fires and the pool runs at the
+unsaturated room: measured, the mean wait grew more than the spread shrank.)
+
 Only local admissions are bounded. Transactions a peer forwards were accepted by that
 peer, which keeps them and forwards them again until they commit; refusing them here
 would only delay them, so they meet the static limits alone (`MempoolLimits.max_local`
