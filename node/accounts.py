@@ -109,7 +109,7 @@ class Admission:
         if local and tx.hash not in self.mempool:
             pending, depth = self.mempool.local_count, self.depth()
             gap = self.gap(tx)
-            if gap is not None and self.backlog.bounding:
+            if gap is not None and self.backlog.bounding(now):
                 # It could commit only once its sender's missing nonce arrives, which no
                 # bound can say when: refused, not accepted only to wait (and, under the
                 # bound, give its place to a ready one without its client knowing).

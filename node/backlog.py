@@ -66,7 +66,8 @@ the next block can be full (refusing then would cut throughput below the peak).
 
 A client's transaction that would wait behind a nonce gap (an earlier nonce of its
 sender that the pool does not hold) cannot be committed within any bound: it waits for a
-nonce nobody may send. While the chain is saturated (`bounding`) it is refused,
+nonce nobody may send. While the node is under load (`bounding`: the chain saturated, or
+a refusal for the bound within the window) it is refused,
 `overloaded` with the nonce it `waits_for` (`node.accounts.Admission`). Accepted, it
 took room the bound measures and, the bound reached, gave its place to a ready one
 (`node.mempool`), its client told 202 and never learning: under overload most of the
@@ -148,6 +149,8 @@ class Backlog:
         """Whether each of the last commits left ready client transactions behind."""
         self._recent: deque[float] = deque(maxlen=2)
         """Times of the last two commits."""
+        self._refused_at: float | None = None
+        """When the node last refused a transaction for the bound (`refusal`)."""
 
     def cutoff(self) -> float | None:
         """Client transactions admitted before this time were in the leader's pool when
@@ -189,12 +192,16 @@ class Backlog:
         transactions behind."""
         return any(self._left_behind)
 
-    @property
-    def bounding(self) -> bool:
-        """Whether the bound applies as such: admission control is on and the chain is
-        saturated (a client's transaction that would wait behind a nonce gap is then
-        refused, `node.accounts.Admission`)."""
-        return self.bound_s > 0 and self.saturated
+    def bounding(self, now: float) -> bool:
+        """Whether the node is under load: admission control is on, and the chain is
+        saturated or the node refused a transaction for the bound within the window (the
+        saturation signal comes and goes from block to block under overload, the
+        refusals do not). A client's transaction that would wait behind a nonce gap is
+        then refused (`node.accounts.Admission`)."""
+        if self.bound_s <= 0:
+            return False
+        refused = self._refused_at is not None and now - self._refused_at <= self.window_s
+        return self.saturated or refused
 
     def bound_in_force(self, now: float) -> float:
         """The bound, in seconds, raised to `INTERVALS` mean block intervals."""
@@ -240,7 +247,10 @@ class Backlog:
         """The answer to a transaction beyond the room: when to come back (the time the
         larger excess above a bound drains, at most half the bound in force: by then a
         commit has opened room and measured again). waits_for: the transaction would wait
-        behind this missing nonce of its sender (refused while `bounding`)."""
+        behind this missing nonce of its sender (refused while `bounding`); any other
+        refusal marks the node under load (`bounding`)."""
+        if waits_for is None:
+            self._refused_at = now
         rate = self.rate(now)
         chain = self.rates(now).chain
         bound = self.bound_in_force(now)

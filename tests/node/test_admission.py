@@ -230,7 +230,7 @@ def test_while_saturated_a_client_tx_behind_a_nonce_gap_is_refused(setup: Any) -
     assert admission.admit(tx("partner1", 1), local=True), "not saturated: it may wait"
     admission.backlog.committed(0.0, 80, 20, True)  # saturated; room for 40
     clock.now = 1.0
-    assert admission.backlog.bounding and admission.room() > 0
+    assert admission.backlog.bounding(clock.now) and admission.room() > 0
     checked = verifier.calls
     with pytest.raises(Overloaded) as refused:
         admission.admit(tx("partner1", 3), local=True)
@@ -252,5 +252,5 @@ def test_with_admission_control_off_a_gap_is_never_refused(setup: Any) -> None:
     off = Backlog(0, 4)
     off.committed(0.0, 80, 20, True)
     admission.backlog = off
-    assert not off.bounding
+    assert not off.bounding(0.0)
     assert admission.admit(tx("partner1", 5), local=True)

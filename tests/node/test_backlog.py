@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from node.backlog import SATURATED_COMMITS, UNBOUNDED, UNSATURATED_MIN_ROOM, Backlog
+from node.backlog import (
+    SATURATED_COMMITS,
+    UNBOUNDED,
+    UNSATURATED_MIN_ROOM,
+    WINDOW_S,
+    Backlog,
+)
 from qchain.errors import MempoolFull, Overloaded
 
 
@@ -206,19 +212,26 @@ def test_accepting_up_to_room_keeps_the_pool_wait_under_the_bound() -> None:
         )
 
 
-def test_the_bound_applies_as_such_only_while_saturated_and_on() -> None:
+def test_under_load_while_saturated_or_refusing_and_on() -> None:
     b = Backlog(2000, 4)
-    assert not b.bounding, "no commit seen"
+    assert not b.bounding(0.0), "no commit seen"
     b.committed(0.0, 10, 2, False)
-    assert not b.bounding, "blocks take everything"
+    assert not b.bounding(0.0), "blocks take everything"
     b.committed(1.0, 10, 2, True)
-    assert b.bounding
+    assert b.bounding(1.0)
     for k in range(2, 2 + SATURATED_COMMITS):
         b.committed(float(k), 10, 2, False)
-    assert not b.bounding, "the last commits left nothing ready behind"
+    now = float(1 + SATURATED_COMMITS)
+    assert not b.bounding(now), "the last commits left nothing ready behind"
+    b.refusal(100, now, 100, waits_for=3)
+    assert not b.bounding(now), "a gap's refusal says nothing of the load"
+    b.refusal(100, now, 100)
+    assert b.bounding(now) and b.bounding(now + WINDOW_S), "refusing for the bound"
+    assert not b.bounding(now + WINDOW_S + 0.1), "no refusal within the window"
     off = Backlog(0, 4)
     off.committed(0.0, 10, 2, True)
-    assert off.saturated and not off.bounding
+    off.refusal(100, 0.0, 100)
+    assert off.saturated and not off.bounding(0.0)
 
 
 def test_a_refusal_for_a_nonce_gap_names_the_nonce_and_still_says_when() -> None:
