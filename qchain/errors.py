@@ -556,7 +556,7 @@ class Overloaded(MempoolFull):
         self, retry_after_s: int, backlog_ms: int, bound_ms: int, waits_for: int | None = None
     ) -> None:
         """waits_for: the transaction would wait behind this missing nonce of its sender
-        while the chain is saturated (it cannot commit within the bound)."""
+        while the node is under load (it cannot commit within the bound)."""
         if waits_for is None:
             message = (
                 f"the node's backlog ({backlog_ms} ms at the measured commit rate) is at its "
@@ -565,11 +565,11 @@ class Overloaded(MempoolFull):
             self.reason = "backlog at the admission bound"
         else:
             message = (
-                f"the chain is saturated and this transaction would wait behind nonce "
+                f"the node is under load and this transaction would wait behind nonce "
                 f"{waits_for} of its sender, which this node does not hold; send that "
                 f"nonce first, this one again in {retry_after_s} s"
             )
-            self.reason = "waits behind a nonce gap while the chain is saturated"
+            self.reason = "waits behind a nonce gap while the node is under load"
         QChainError.__init__(self, message)
         self.retry_after_s = retry_after_s
         self.backlog_ms = backlog_ms

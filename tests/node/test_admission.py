@@ -254,3 +254,20 @@ def test_with_admission_control_off_a_gap_is_never_refused(setup: Any) -> None:
     admission.backlog = off
     assert not off.bounding(0.0)
     assert admission.admit(tx("partner1", 5), local=True)
+
+
+def test_after_a_refusal_for_the_bound_a_gap_is_refused_though_not_saturated(
+    setup: Any,
+) -> None:
+    """Under overload the saturation signal comes and goes from block to block; a
+    refusal for the bound within the window keeps the node under load."""
+    admission, _, _, clock = setup
+    admission.backlog.committed(0.0, 80, 20, False)
+    clock.now = 1.0
+    assert not admission.backlog.bounding(clock.now)
+    admission.overloaded()  # a batch item beyond the room was refused
+    with pytest.raises(Overloaded) as refused:
+        admission.admit(tx("partner1", 2), local=True)
+    assert refused.value.waits_for == 0
+    clock.now = 1.0 + admission.backlog.window_s + 0.5
+    assert admission.admit(tx("partner1", 2), local=True), "no refusal within the window"

@@ -187,7 +187,7 @@ def test_sustained_overload_keeps_the_accepted_backlog_within_the_bound() -> Non
 
 
 def test_every_accepted_transaction_commits_under_sustained_overload() -> None:
-    """A client transaction behind a nonce gap is refused while the chain is saturated,
+    """A client transaction behind a nonce gap is refused while the node is under load,
     not accepted to wait: accepted, it would take room the bound measures and give its
     place to a ready one later (the client was told 202 and never learns)."""
     admission, accounts, clock = _node()
