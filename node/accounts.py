@@ -136,8 +136,7 @@ class Admission:
         its sender is no member, which the mempool refuses for what it is)."""
         if self.accounts.account(tx.sender) is None:
             return None
-        free = self.mempool.next_free_nonce(tx.sender, self.accounts.next_nonce(tx.sender))
-        return free if tx.nonce > free else None
+        return self.mempool.gap_before(tx.sender, tx.nonce)
 
     def depth(self) -> int:
         """Transactions of any origin ahead of a new one: the pool and the peers'
