@@ -78,6 +78,8 @@ current height): what arrives in the same few milliseconds goes with it."""
 BUILD_SLACK_S = 0.005
 """A leader's commit and this node's are a network hop apart: the window in which the
 leader may still build runs this much past this node's commit plus the propose wait."""
+STAGE_SAMPLES = 100_000
+"""Stage times kept for the metrics between two of their syncs (once a second)."""
 PROPOSED_AHEAD = 2
 """A proposal heard for a height at most this far above the committed one counts as out
 (pipelined heights: the next height's may come before this node commits); one claiming
@@ -135,14 +137,11 @@ class Forwarder:
         verify_pool: VerifyPool,
         batches: Dissemination,
         coalescing: Coalescing = Coalescing(),
-        stage: Callable[[str, float], None] = lambda stage, seconds: None,
     ) -> None:
         """idle_mode: no heartbeat blocks (batches never ride lazily); view: the
         engine's view; verify_pool: checks the signatures of a slice in worker
         processes before it is admitted (`node.verifypool`); batches: where this node's
-        batches go and peers' are kept; coalescing: when this node's batch leaves;
-        stage: observes the seconds a transaction spent in a stage (`forward`,
-        `admit_queue`: `node.metrics.STAGES`)."""
+        batches go and peers' are kept; coalescing: when this node's batch leaves."""
         self.links = links
         self.me = links.me
         self.mempool = mempool
@@ -155,7 +154,10 @@ class Forwarder:
         self.verify_pool = verify_pool
         self.batches = batches
         self.coalescing = coalescing
-        self.stage = stage
+        self.stages: deque[tuple[str, float]] = deque(maxlen=STAGE_SAMPLES)
+        """Seconds transactions spent in a stage (`forward`, `admit_queue`:
+        `node.metrics.STAGES`), for `MetricsSync` to observe (the oldest go first when
+        it falls behind)."""
         self.dropped = 0
         """Forwarded transactions refused for lack of queue room or budget."""
         self.refused: Counter[str] = Counter()
@@ -275,8 +277,7 @@ class Forwarder:
         if raws and self.links.transport is not None:
             self.flushes += 1
             now = asyncio.get_running_loop().time()
-            for _, _, at in batch:
-                self.stage("forward", now - at)
+            self.stages.extend(("forward", now - at) for _, _, at in batch)
         self.forward(raws, lazy=not self.idle_mode)
 
     def resubmitted(self, tx_hash: bytes, now: float) -> None:
@@ -364,7 +365,7 @@ class Forwarder:
             for _ in range(min(self._slice(), len(self._admit_queue))):
                 sender, raw, at = self._admit_queue.popleft()
                 self._admit_queued[sender] -= 1
-                self.stage("admit_queue", now - at)
+                self.stages.append(("admit_queue", now - at))
                 try:
                     txs.append(decode_transaction(raw))
                 except QChainError as e:

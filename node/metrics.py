@@ -319,8 +319,9 @@ class TimedKeySource(KeySource):
 
 
 class MetricsSync:
-    """Brings the counters kept by the transport, key pools and mempool into the
-    Prometheus registry (on scrape and periodically, never per frame)."""
+    """Brings the counters kept by the transport, key pools, mempool and forwarder (and
+    the forwarder's stage times) into the Prometheus registry (on scrape and
+    periodically, never per frame)."""
 
     def __init__(
         self,
@@ -351,6 +352,9 @@ class MetricsSync:
         m.mempool_oldest_local.set(self.mempool.oldest_local_age(clock.monotonic()))
         f = self.forwarder
         if f is not None:
+            while f.stages:
+                stage, seconds = f.stages.popleft()
+                m.tx_stage.labels(stage).observe(seconds)
             self._inc_to(m.forward_batches, (), f.flushes)
             for reason, count in f.resent.items():
                 self._inc_to(m.forward_resent, (reason,), count)

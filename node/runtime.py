@@ -232,7 +232,6 @@ class Validator:
             VerifyPool(verify_workers(cfg.node), self.sig_cache, self.accounts),
             self.batches,
             Coalescing.of(cfg),
-            stage=lambda stage, seconds: self.metrics.tx_stage.labels(stage).observe(seconds),
         )
         self.admission.queued = self.forwarder.queued
         self._build_commit()
