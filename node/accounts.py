@@ -19,7 +19,7 @@ from node.mempool import Account, Mempool
 from node.metrics import NodeMetrics
 from node.pacing import BlockPacer
 from qchain import clock as loop_clock
-from qchain.errors import Overloaded
+from qchain.errors import MempoolFull, Overloaded
 from qchain.types import Transaction
 
 ADMIT_SLICE = 100
@@ -121,7 +121,15 @@ class Admission:
                 if not self.mempool.may_displace_local(tx):
                     raise self.backlog.refusal(pending, now, depth)
                 bounded = True
-        new = self.mempool.add(tx, height=self.committed(), now=now, local=local, bounded=bounded)
+        try:
+            new = self.mempool.add(
+                tx, height=self.committed(), now=now, local=local, bounded=bounded
+            )
+        except MempoolFull:
+            if local:
+                # The pool, the node's share of it, or the bound with no place to take.
+                self.backlog.refused(now)
+            raise
         if new:
             self.metrics.observe_mempool(len(self.mempool), self.mempool.size_bytes)
             if self.idle_mode and not self.ready_signalled and self.mempool.has_ready():

@@ -194,14 +194,19 @@ class Backlog:
 
     def bounding(self, now: float) -> bool:
         """Whether the node is under load: admission control is on, and the chain is
-        saturated or the node refused a transaction for the bound within the window (the
-        saturation signal comes and goes from block to block under overload, the
-        refusals do not). A client's transaction that would wait behind a nonce gap is
-        then refused (`node.accounts.Admission`)."""
+        saturated or the node refused a client transaction for want of room (`refused`)
+        within the window (the saturation signal comes and goes from block to block
+        under overload, the refusals do not). A client's transaction that would wait
+        behind a nonce gap is then refused (`node.accounts.Admission`)."""
         if self.bound_s <= 0:
             return False
         refused = self._refused_at is not None and now - self._refused_at <= self.window_s
         return self.saturated or refused
+
+    def refused(self, now: float) -> None:
+        """A client transaction was refused for want of room at `now` (the bound here,
+        or the pool's share for the node's clients): the node is under load."""
+        self._refused_at = now
 
     def bound_in_force(self, now: float) -> float:
         """The bound, in seconds, raised to `INTERVALS` mean block intervals."""
@@ -250,7 +255,7 @@ class Backlog:
         behind this missing nonce of its sender (refused while `bounding`); any other
         refusal marks the node under load (`bounding`)."""
         if waits_for is None:
-            self._refused_at = now
+            self.refused(now)
         rate = self.rate(now)
         chain = self.rates(now).chain
         bound = self.bound_in_force(now)

@@ -13,7 +13,7 @@ from node.accounts import Admission
 from node.backlog import UNSATURATED_MIN_ROOM, Backlog
 from node.mempool import Mempool, MempoolLimits
 from node.metrics import NodeMetrics
-from qchain.errors import Overloaded
+from qchain.errors import MempoolFull, Overloaded
 from qchain.types import Transaction
 
 from .test_mempool import CHAIN, Accounts, tx
@@ -271,3 +271,34 @@ def test_after_a_refusal_for_the_bound_a_gap_is_refused_though_not_saturated(
     assert refused.value.waits_for == 0
     clock.now = 1.0 + admission.backlog.window_s + 0.5
     assert admission.admit(tx("partner1", 2), local=True), "no refusal within the window"
+
+
+def test_a_refusal_for_the_nodes_share_of_the_pool_is_load_too() -> None:
+    """`mempool-full` for the node's clients' share marks the node under load as the
+    bound's refusals do: a gap is refused next."""
+    accounts = Accounts()
+    for role in ("partner1", "partner2"):
+        key = account_key(role, "ed25519")
+        accounts.keys[key.address] = (key.scheme.value, key.public_key)
+    mempool = Mempool(CHAIN, MempoolLimits(max_txs=100, max_local=2), accounts)
+    clock = _Clock()
+    admission = Admission(
+        mempool,
+        accounts,  # type: ignore[arg-type]
+        lambda: 0,
+        False,
+        _Pacer(),  # type: ignore[arg-type]
+        NodeMetrics("admission-share-test"),
+        [].append,
+        Backlog(2000, 4),
+        clock,
+    )
+    assert admission.admit(tx("partner1", 0), local=True)
+    assert admission.admit(tx("partner1", 1), local=True)
+    assert not admission.backlog.bounding(clock.now)
+    with pytest.raises(MempoolFull):
+        admission.admit(tx("partner2", 0), local=True)
+    assert admission.backlog.bounding(clock.now)
+    with pytest.raises(Overloaded) as refused:
+        admission.admit(tx("partner1", 3), local=True)
+    assert refused.value.waits_for == 2
