@@ -67,7 +67,7 @@ the next block can be full (refusing then would cut throughput below the peak).
 A client's transaction that would wait behind a nonce gap (an earlier nonce of its
 sender that the pool does not hold) cannot be committed within any bound: it waits for a
 nonce nobody may send. While the node is under load (`bounding`: the chain saturated, or
-a refusal for the bound within the window) it is refused,
+a client transaction refused for want of room within the window) it is refused,
 `overloaded` with the nonce it `waits_for` (`node.accounts.Admission`). Accepted, it
 took room the bound measures and, the bound reached, gave its place to a ready one
 (`node.mempool`), its client told 202 and never learning: under overload most of the
@@ -150,7 +150,7 @@ class Backlog:
         self._recent: deque[float] = deque(maxlen=2)
         """Times of the last two commits."""
         self._refused_at: float | None = None
-        """When the node last refused a transaction for the bound (`refusal`)."""
+        """When the node last refused a client transaction for want of room (`refused`)."""
 
     def cutoff(self) -> float | None:
         """Client transactions admitted before this time were in the leader's pool when
