@@ -85,11 +85,26 @@ def run(args: argparse.Namespace) -> int:
     from node.genesis_file import load_genesis
     from node.logs import configure
     from node.preflight import check_before_run
+    from qchain.errors import StorageCorrupt
 
     # Readable lines on a terminal, JSON lines in containers; every line names the node.
     configure(cfg.node.name, cfg.node.log_format)
     check_before_run(cfg, load_genesis(cfg.node.genesis))
-    return asyncio.run(run_validator(cfg, args.ready_file, state_sync=args.state_sync))
+    try:
+        return asyncio.run(run_validator(cfg, args.ready_file, state_sync=args.state_sync))
+    except StorageCorrupt as e:
+        print(_damaged_store(cfg.node.data_dir / "db", args.config, e.message), file=sys.stderr)
+        return 1
+
+
+def _damaged_store(db_dir: Path, config: Path, damage: str) -> str:
+    """What `qchain node run` prints when damage in its store stops it before it serves
+    (damage found later leaves the node running, not ready, until it is rebuilt)."""
+    return (
+        f"node run stopped: the store {db_dir} is damaged: {damage}\n"
+        f"Rebuild it from the peers: qchain node rebuild --config {config}\n"
+        f"or put a backup in its place: qchain node restore --config {config} --in BACKUP"
+    )
 
 
 async def run_validator(
