@@ -25,10 +25,11 @@ from collections.abc import Awaitable, Mapping, Sequence
 from typing import Any
 
 from consensus.engine import Engine
-from consensus.events import Event, Start, StartHeight
+from consensus.events import Event, Start
 from consensus.messages import Block as CBlock
 from consensus.messages import load_record
 from consensus.params import Params
+from contracts import validators
 from contracts.genesis import Genesis, init_state
 from node import byzantine
 from node.accounts import Accounts, Admission
@@ -54,12 +55,14 @@ from node.mempool import Mempool, MempoolLimits
 from node.metrics import MetricsSync, NodeMetrics, TimedKeySource
 from node.pacing import BlockPacer
 from node.service import EventStream, TxStatus
+from node.setlinks import SetLinks
 from node.sigcache import SignatureCache
 from node.transport import TCP, FaultRules, StreamNet, Transport
+from node.validatorsets import ChainSets
 from node.verifypool import VerifyPool, verify_workers
 from qchain import clock
 from qchain.config import NodeConfig
-from qchain.errors import ConfigError, Overloaded, StorageCorrupt, StorageError
+from qchain.errors import ConfigError, Overloaded, QChainError, StorageCorrupt, StorageError
 from qchain.keys import SigningKey
 from qchain.qkd.endpoint import QKDEndpoint
 from qchain.qkd.source import KeySource
@@ -71,6 +74,8 @@ log = logging.getLogger("qchain.node")
 
 STARTUP_VERIFY_BLOCKS = 64
 """Committed heights checked against their hashes before a validator serves anything."""
+SET_LINKS_S = 1.0
+"""How often a node whose set may change compares its links with the set (§10.6)."""
 STARTUP_SCAN_S = 2.0
 """Time budget of the startup sweep that reads the whole store (LevelDB checksums)."""
 
@@ -96,6 +101,7 @@ class Validator:
         self._serve_api = serve_api
         self.genesis: Genesis = load_genesis(cfg.node.genesis)
         self.me = cfg.node.index
+        self.sets = ChainSets(self.genesis)
         self.signing_key = self._load_signing_key()
         self.validator_keys = self.genesis.validator_keys()
         self.params = _params(self.genesis, cfg)
@@ -103,6 +109,8 @@ class Validator:
         self.chain = ChainStore(self.store, self._check_certificate)
         self.sig_cache = SignatureCache()
         self.app = self._open_app()
+        self.sets.bind(self.app.state, self.app.head_height)
+        self.set_links: SetLinks | None = None
         self.engine = Engine(self.params, self.me)
         self.metrics = NodeMetrics(cfg.node.name)
         # Event ids must not repeat across restarts (SSE Last-Event-ID): start at the
@@ -120,6 +128,17 @@ class Validator:
         self.links = Links(
             self.me, {v.index: v.sae_id for v in self.genesis.validators}, self.byzantine
         )
+        if self.sets.enabled:
+            self.links.set_peer(self.me, cfg.qkd.sae_id)
+            if self.store.get(schema.META_AMNESIA) is not None:
+                raise ConfigError(
+                    "consensus.reconfiguration",
+                    "this store was restored, rebuilt or state-synced (it carries the amnesia "
+                    "mark), and on a chain whose validator set changes the amnesia guard "
+                    "across a change (docs/CONSENSUS.md §10.9) is not built: the node would "
+                    "count the genesis set's heights. Start it from an empty data directory "
+                    "instead (it catches up by replaying the blocks from its peers)",
+                )
         self.driver = Driver(
             self.engine,
             self.store,
@@ -149,9 +168,16 @@ class Validator:
 
     def _load_signing_key(self) -> SigningKey:
         n = len(self.genesis.validators)
+        key = SigningKey.load(self.cfg.node.signing_key)
+        if self.sets.enabled and self.me >= n:
+            # A validator added on a running chain (§10.2): its id was given at its add's
+            # approval; whether it is a member of a height is judged from the chain, by
+            # id, key and SAE id (`ChainSets.member_of`), once its store has the state.
+            if self.me > validators.MAX_ID:
+                raise ConfigError("node.index", f"{self.me} is not a validator id")
+            return key
         if not 0 <= self.me < n:
             raise ConfigError("node.index", f"{self.me} is not a validator of this genesis")
-        key = SigningKey.load(self.cfg.node.signing_key)
         if key.public_key != self.genesis.validators[self.me].public_key:
             raise ConfigError("node.signing_key", "does not match this validator's genesis key")
         return key
@@ -266,6 +292,8 @@ class Validator:
             self.budgets,
             self.alarms,
             ride_s=self.params.timeout_ms(0) / 1000,
+            sets=self.sets,
+            member=self._member,
         )
         parts = CommitParts(
             alarms=self.alarms,
@@ -278,6 +306,7 @@ class Validator:
             waiters=self.waiters,
             fetcher=self.fetcher,
             forget_votes=self.driver.forget_votes,
+            start_height=self.sets.start_height,
         )
         self.committer = Committer(self.store, self.chain, self.app, parts, self.driver.feed)
 
@@ -324,6 +353,8 @@ class Validator:
         if self._key_source is None:
             self._key_source = build_key_source(cfg)
         peers = {p.index: p.address for p in cfg.p2p.peers}
+        if self.sets.enabled:
+            peers = self._set_peers(peers)
         sae = self.links.sae
         for i in peers:
             if i not in sae:
@@ -360,6 +391,8 @@ class Validator:
         if self._serve_api:
             await self._start_http()
         self._tasks.append(asyncio.create_task(self._housekeeping(), name="housekeeping"))
+        if self.set_links is not None:
+            self._tasks.append(asyncio.create_task(self._follow_set(), name="set-links"))
         log.info(
             "validator %s started: height %d, p2p %s, api %s",
             cfg.node.name,
@@ -367,6 +400,35 @@ class Validator:
             cfg.p2p.listen,
             cfg.api.listen,
         )
+
+    def _set_peers(self, configured: dict[int, str]) -> dict[int, str]:
+        """On a chain whose set changes: the links to open at start are those the chain
+        asks for at the next height (`node.setlinks`), each at the address the config
+        names, else at its directory address; the SAE ids are the chain's."""
+        self.set_links = SetLinks(self.sets, self.links, self.alarms, configured, self.byzantine)
+        wanted = self.set_links.wanted(self.app.head_height() + 1)
+        self.links.sae.clear()
+        self.links.index_of_sae.clear()
+        self.links.set_peer(self.me, self.cfg.qkd.sae_id)
+        peers = {}
+        for j, m in wanted.items():
+            if j == self.me:
+                continue
+            address = self.set_links.address(m)
+            if address:
+                self.links.set_peer(j, m.sae_id)
+                peers[j] = address
+        return peers
+
+    async def _follow_set(self) -> None:
+        """Links follow the set (§10.6): checked every `SET_LINKS_S` seconds."""
+        assert self.set_links is not None
+        while True:
+            await asyncio.sleep(SET_LINKS_S)
+            try:
+                await self.set_links.follow(self.engine.cur)
+            except QChainError as e:
+                log.warning("links do not follow the set: %s", e.message)
 
     async def _start_http(self) -> None:
         cfg = self.cfg
@@ -393,7 +455,7 @@ class Validator:
         above = schema.pending_prefix(committed + 1)
         pending = self.store.iterate(schema.PENDING_BODY, start=above)
         bodies = [CBlock.decode(v) for _, v in pending]
-        self.feed(Start(tuple(records), tuple(bodies), committed))
+        self.feed(Start(tuple(records), tuple(bodies), committed, self.sets.history(committed)))
         if not any(r.height == committed + 1 for r in records):
             self._start_next_height(committed)
 
@@ -408,10 +470,20 @@ class Validator:
             if raw is None:
                 raise StorageError("the anchor of the next height is missing")
             anchor = schema.read_u64(raw)
-        self.feed(StartHeight(committed + 1, parent, anchor))
+        self.feed(self.sets.start_height(committed + 1, parent, anchor))
+
+    def _member(self, h: int) -> bool:
+        """Whether this machine is a member of `V(h)` (§10.1: its id, with the key and
+        SAE id it holds)."""
+        if not self.sets.enabled:
+            return True
+        return self.sets.member_of(h, self.me, self.signing_key.public_key, self.cfg.qkd.sae_id)
 
     def _check_certificate(self, cert: CommitCertificate) -> None:
-        verify_certificate(cert, self.params.chain_id, self.validator_keys)
+        if self.sets.enabled:
+            self.sets.check_certificate(cert, self.params.chain_id)
+        else:
+            verify_certificate(cert, self.params.chain_id, self.validator_keys)
 
     def _store_intact(self) -> bool:
         """Startup check before anything is served: the last committed heights against

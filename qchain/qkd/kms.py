@@ -36,8 +36,12 @@ The admin endpoint listens on its own loopback port and wants `Authorization: Be
 | POST | `/admin/links/{a}/{b}/outage` | `{"active": true}` |
 | POST | `/admin/links/{a}/{b}/eavesdropper` | `{"active": true}` (flush, stop) / false |
 | POST | `/admin/links/{a}/{b}/stored` | `{"stored_key_count": n}` (0 drains, n refills) |
-| PUT | `/admin/links/{a}/{b}` | `{}`, or `{"bits_per_second": n}` / `{"profile": "lab"}`: a new link (a validator joins) |
-| DELETE | `/admin/links/{a}/{b}` | | drops the link and its keys (a validator left) |
+| PUT | `/admin/links/{a}/{b}` | `{}`, `{"bits_per_second": n}` or `{"profile": "lab"}`: new link |
+| DELETE | `/admin/links/{a}/{b}` | | drops the link and its keys |
+
+A validator that joins a running chain needs a link to every member, and one that left
+needs none (CONSENSUS.md §10.6): `PUT` adds the pair with the parameters of an existing
+link of either SAE (the rate as given), `DELETE` drops it with every key it holds.
 | GET | `/admin/behaviour` | | the behaviour set in force |
 | PUT | `/admin/behaviour` | a whole behaviour set; fields left out take their defaults |
 
