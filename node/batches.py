@@ -378,7 +378,7 @@ class Dissemination:
 
     def _rotation(self, start: int) -> list[int]:
         """The other linked validators, in id order from the one after `start`."""
-        ids = sorted(self.links.sae)
+        ids = sorted({*self.links.others(), self.me})
         after = [j for j in ids if j > start] + [j for j in ids if j < start]
         return after
 
