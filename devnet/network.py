@@ -304,10 +304,14 @@ def plan_network(
     )
 
 
+OPERATOR_ROLES = ("admin", "partner2", "issuer", "provider", "auditor")
+"""The dev accounts that operate the validators of a devnet whose set changes, in node
+order, round (partner1 is left to send transactions of its own)."""
+
+
 def operator_role(index: int) -> str:
-    """The dev account that operates validator `index` on a devnet whose set changes:
-    node0 the admin, node1 partner1, and so on through the dev accounts, round."""
-    return DEV_ACCOUNTS[index % len(DEV_ACCOUNTS)][0]
+    """The dev account that operates validator `index` (`OPERATOR_ROLES`)."""
+    return OPERATOR_ROLES[index % len(OPERATOR_ROLES)]
 
 
 def validator_key(index: int) -> SigningKey:

@@ -1,0 +1,215 @@
+"""A running chain changes its validator set (docs/CONSENSUS.md §10), with real processes
+on 127.0.0.1: the simulated KMS and four validators whose genesis enables set changes,
+then a fifth site, all driven through the HTTP APIs and the KMS's admin API.
+
+1. under a steady load of transactions, a fifth site is made (`devnet.joining`), the KMS
+   gets its SAE pairs at run time, node0's operator proposes its add and the operators
+   of three of the four members approve it (more than 2/3); the fifth node starts from
+   an empty store and catches up by replaying blocks; its readiness is sent, and the
+   add activates D heights later;
+2. after the activation the fifth validator's votes count: with node3 stopped the chain
+   still commits, which needs q(5) = 4 of the five, and with node3 and node4 stopped it
+   commits nothing (three of five; the genesis set would have let it go on);
+3. then validator 1 is removed (four of the five operators approve), and after that
+   activation the chain commits with node1 and node4 stopped (q(4) = 3 of 0, 2, 3, 4;
+   the five would need four), and every node closes its link to node1 once it lingered;
+4. every transaction acknowledged as committed is on every running node, and every node
+   has the same block and app hash at every height.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from devnet.joining import Governance, add_site, link_sae
+from devnet.local import LocalNetwork, running_network
+from devnet.network import account_key, load_plan, plan_network
+from devnet.nodeapi import http_json
+from devnet.testing import anchor_tx
+from node.setlinks import LINGER_HEIGHTS
+from qchain.client import AsyncClient
+from qchain.types import Transaction
+
+pytestmark = pytest.mark.slow
+SCHEME = "ed25519"
+
+
+class Writer:
+    def __init__(self, net: LocalNetwork) -> None:
+        self.key = account_key("partner1", SCHEME)
+        self.chain_id = net.plan.chain_id
+        self.nonce = 0
+
+    def next_tx(self) -> Transaction:
+        digest = (b"reconf!!" + self.nonce.to_bytes(8, "big")) * 2
+        tx = anchor_tx(self.key, self.chain_id, self.nonce, digest)
+        self.nonce += 1
+        return tx
+
+
+async def load(
+    net: LocalNetwork, names: list[str], stop: asyncio.Event, acked: list[bytes]
+) -> None:
+    """Keep submitting through the running nodes among `names`; remember what was
+    acknowledged as committed."""
+    writer, rng = Writer(net), random.Random(21)
+    while not stop.is_set():
+        name = rng.choice([n for n in names if net.node_alive(n)])
+        tx = writer.next_tx()
+        try:
+            async with AsyncClient(net.api_url(name), timeout_s=15) as c:
+                info = await c.submit_and_wait(tx, timeout_s=10)
+            if info.status == "committed":
+                acked.append(tx.hash)
+            else:
+                writer.nonce -= 1
+        except Exception:
+            # A node stopping, or a wait that timed out: the same nonce and bytes again.
+            writer.nonce -= 1
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.05)
+
+
+def height(net: LocalNetwork, name: str) -> int:
+    st = net.node_status(name)
+    return -1 if st is None else int(st["height"])
+
+
+async def wait_height(net: LocalNetwork, names: list[str], h: int, timeout: float = 40.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        heights = {n: height(net, n) for n in names}
+        if all(x >= h for x in heights.values()):
+            return
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"not at height {h} in {timeout} s: {heights}")
+        await asyncio.sleep(0.3)
+
+
+def same_chain(net: LocalNetwork, names: list[str]) -> int:
+    top = min(height(net, n) for n in names)
+    for h in range(1, top + 1):
+        seen = {
+            (doc["hash"], doc["header"]["app_hash"])
+            for doc in (http_json(f"{net.api_url(n)}/v1/blocks/{h}") for n in names)
+        }
+        assert len(seen) == 1, f"nodes disagree at height {h}: {seen}"
+    return top
+
+
+async def until_links(
+    net: LocalNetwork, name: str, ok: Callable[[dict[str, Any]], bool], timeout: float = 10.0
+) -> dict[str, Any]:
+    """The node's QKD links (`/v1/qkd`) once `ok` holds of them."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        links: dict[str, Any] = http_json(f"{net.api_url(name)}/v1/qkd")["links"]
+        if ok(links):
+            return links
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"{name}'s links in {timeout} s: {sorted(links)}")
+        await asyncio.sleep(0.3)
+
+
+async def stalls(net: LocalNetwork, names: list[str], seconds: float = 4.0) -> None:
+    """No height commits on `names` (at most the one that may have been in flight)."""
+    before = max(height(net, n) for n in names)
+    await asyncio.sleep(seconds)
+    after = max(height(net, n) for n in names)
+    assert after <= before + 1, f"{names} committed {before} -> {after} without a quorum"
+
+
+def change_of(doc: dict[str, Any]) -> dict[str, Any]:
+    ch: dict[str, Any] = doc["change"]
+    return ch
+
+
+async def test_a_fifth_validator_joins_and_counts_then_one_of_the_first_four_leaves(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    directory = tmp_path_factory.mktemp("reconf")
+    plan = plan_network(base_port=None, scheme=SCHEME, heartbeat_ms=300, reconfiguration=True)
+    with running_network(directory, plan) as net:
+        first = ["node0", "node1", "node2", "node3"]
+        stop, acked = asyncio.Event(), []
+        loader = asyncio.create_task(load(net, first, stop, acked))
+        try:
+            # 1. the add: a new site, its SAE pairs, proposal, approvals, catch-up, ready
+            node = add_site(net.dir)
+            link_sae(net.dir, node)
+            net.plan = load_plan(net.dir)
+            gov = Governance(net.plan, net.api_url("node0"))
+            cid = await gov.propose_add(node)
+            status = await gov.approve(cid, [0, 1, 2])
+            assert change_of(status)["status"] == "approved", status
+            assert change_of(status)["id"] == 4
+            net.start_node("node4")
+            top = height(net, "node0")
+            await wait_height(net, ["node4"], top)
+            status = await gov.ready(cid, node)
+            change = change_of(status)
+            assert change["status"] == "scheduled", status
+            e1 = int(change["activation_height"])
+            await wait_height(net, [*first, "node4"], e1 + 3)
+            async with AsyncClient(net.api_url("node4")) as c:
+                now = await c.query("validators", "set", {"height": e1})
+            assert [r["id"] for r in now["records"]] == [0, 1, 2, 3, 4]
+
+            # 2. its votes count: without node3, q(5) = 4 needs node4; without node3 and
+            # node4 no height commits (three of five), where the genesis set would
+            net.stop_node("node3")
+            h = max(height(net, n) for n in ["node0", "node1", "node2", "node4"])
+            await wait_height(net, ["node0", "node1", "node2", "node4"], h + 3)
+            net.stop_node("node4")
+            await stalls(net, ["node0", "node1", "node2"])
+            net.start_node("node4")
+            net.start_node("node3")
+            h = max(height(net, n) for n in first)
+            await wait_height(net, [*first, "node4"], h + 2)
+
+            # 3. the remove of validator 1
+            loader_names = ["node0", "node2", "node3", "node4"]
+            stop.set()
+            await loader
+            stop = asyncio.Event()
+            loader = asyncio.create_task(load(net, loader_names, stop, acked))
+            rid = await gov.propose_remove(1)
+            status = await gov.approve(rid, [0, 2, 3, 4])
+            change = change_of(status)
+            assert change["status"] == "scheduled", status
+            e2 = int(change["activation_height"])
+            await wait_height(net, loader_names, e2 + 2)
+            # node1 is out: 0, 2 and 3 are q(4) = 3 of V(e2), where V(e1) would need 4
+            net.stop_node("node1")
+            net.stop_node("node4")
+            h = max(height(net, n) for n in ["node0", "node2", "node3"])
+            await wait_height(net, ["node0", "node2", "node3"], h + 3)
+            net.start_node("node4")
+            h = max(height(net, n) for n in loader_names)
+            await wait_height(net, loader_names, max(h + 3, e2 + LINGER_HEIGHTS + 3))
+            for name in loader_names:
+                # Links follow the set once a second (`node.runtime.SET_LINKS_S`).
+                qkd = await until_links(net, name, lambda links: "SAE-node1" not in links)
+                assert "SAE-node4" in qkd or name == "node4"
+        finally:
+            stop.set()
+            await loader
+
+        # 4. nothing acknowledged is lost, one chain everywhere
+        running = ["node0", "node2", "node3", "node4"]
+        await wait_height(net, running, max(height(net, n) for n in running))
+        assert len(acked) > 10
+        for name in running:
+            async with AsyncClient(net.api_url(name)) as c:
+                for tx_hash in acked:
+                    info = await c.tx_status(tx_hash)
+                    assert info.status == "committed", (name, tx_hash.hex())
+        assert same_chain(net, running) > e2
+        for name in running:
+            alerts = http_json(f"{net.api_url(name)}/v1/status").get("alerts", {})
+            assert not alerts.get("fatal"), (name, alerts)
