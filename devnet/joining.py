@@ -34,11 +34,13 @@ import json
 import os
 import urllib.error
 import urllib.request
+from collections.abc import Collection
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from contracts import validators
+from devnet.local import LocalNetwork
 from devnet.network import (
     NetworkPlan,
     NodePlan,
@@ -99,19 +101,27 @@ def add_site(directory: Path) -> NodePlan:
 
 def _kms_admin(directory: Path, plan: NetworkPlan, method: str, path: str) -> Any:
     token = (directory / "kms" / "admin.token").read_text().strip()
-    req = urllib.request.Request(f"{plan.kms_admin_url}/admin/{path}", data=b"{}", method=method)
+    data = None if method in ("GET", "DELETE") else b"{}"
+    req = urllib.request.Request(f"{plan.kms_admin_url}/admin/{path}", data=data, method=method)
     req.add_header("Authorization", f"Bearer {token}")
     req.add_header("Content-Type", "application/json")
     with urllib.request.urlopen(req, timeout=5) as resp:
         return json.loads(resp.read())
 
 
-def link_sae(directory: Path, node: NodePlan) -> None:
-    """SAE pairs between `node` and every other site's SAE at the shared KMS."""
+def link_sae(directory: Path, node: NodePlan, skip: Collection[str] = ()) -> None:
+    """SAE pairs between `node` and every other site's SAE at the shared KMS (but those
+    in `skip`: a link that gets no keys, for tests)."""
     plan = load_plan(directory)
     for other in plan.nodes:
-        if other.sae_id != node.sae_id:
+        if other.sae_id != node.sae_id and other.sae_id not in skip:
             _kms_admin(directory, plan, "PUT", f"links/{node.sae_id}/{other.sae_id}")
+
+
+def kms_links(net: LocalNetwork) -> list[str]:
+    """The names (`a~b`) of the SAE pairs the shared KMS holds."""
+    doc = _kms_admin(net.dir, net.plan, "GET", "links")
+    return [str(lk["link"]) for lk in doc["links"]]
 
 
 def unlink_sae(directory: Path, node: NodePlan) -> None:

@@ -6,7 +6,8 @@ then a fifth site, all driven through the HTTP APIs and the KMS's admin API.
    gets its SAE pairs at run time, node0's operator proposes its add and the operators
    of three of the four members approve it (more than 2/3); the fifth node starts from
    an empty store and catches up by replaying blocks; its readiness is sent, and the
-   add activates D heights later;
+   add activates D heights later. The KMS never gets the pair node3~node4: node3 reports
+   the link that gets no keys in `/v1/qkd`, and the chain goes on with the others;
 2. after the activation the fifth validator's votes count: with node3 stopped the chain
    still commits, which needs q(5) = 4 of the five, and with node3 and node4 stopped it
    commits nothing (three of five; the genesis set would have let it go on);
@@ -26,7 +27,7 @@ from typing import Any
 
 import pytest
 
-from devnet.joining import Governance, add_site, link_sae
+from devnet.joining import Governance, add_site, kms_links, link_sae, unlink_sae
 from devnet.local import LocalNetwork, running_network
 from devnet.network import account_key, load_plan, plan_network
 from devnet.nodeapi import http_json
@@ -116,6 +117,11 @@ async def until_links(
         await asyncio.sleep(0.3)
 
 
+def unkeyed(links: dict[str, Any], sae: str) -> bool:
+    """Whether the link to `sae` exists and its send pool reports a key manager error."""
+    return sae in links and links[sae]["send"]["health"]["state"] != "ok"
+
+
 async def stalls(net: LocalNetwork, names: list[str], seconds: float = 4.0) -> None:
     """No height commits on `names` (at most the one that may have been in flight)."""
     before = max(height(net, n) for n in names)
@@ -140,8 +146,10 @@ async def test_a_fifth_validator_joins_and_counts_then_one_of_the_first_four_lea
         loader = asyncio.create_task(load(net, first, stop, acked))
         try:
             # 1. the add: a new site, its SAE pairs, proposal, approvals, catch-up, ready
+            # (the KMS never gets the pair node3~node4: that link has no keys; node3 is
+            # the one stopped below, so the missing link costs no more than that crash)
             node = add_site(net.dir)
-            link_sae(net.dir, node)
+            link_sae(net.dir, node, skip={"SAE-node3"})
             net.plan = load_plan(net.dir)
             gov = Governance(net.plan, net.api_url("node0"))
             cid = await gov.propose_add(node)
@@ -149,6 +157,10 @@ async def test_a_fifth_validator_joins_and_counts_then_one_of_the_first_four_lea
             assert change_of(status)["status"] == "approved", status
             assert change_of(status)["id"] == 4
             net.start_node("node4")
+            # node3 opened its link to the joiner, reports that it gets no keys for it
+            # (/v1/qkd), and the chain goes on with the links it has
+            links = await until_links(net, "node3", lambda x: unkeyed(x, "SAE-node4"))
+            assert links["SAE-node4"]["send"]["health"]["http_status"] == 401
             top = height(net, "node0")
             await wait_height(net, ["node4"], top)
             status = await gov.ready(cid, node)
@@ -196,6 +208,10 @@ async def test_a_fifth_validator_joins_and_counts_then_one_of_the_first_four_lea
                 # Links follow the set once a second (`node.runtime.SET_LINKS_S`).
                 qkd = await until_links(net, name, lambda links: "SAE-node1" not in links)
                 assert "SAE-node4" in qkd or name == "node4"
+            # the QKD operator then drops the removed SAE's pairs at the KMS
+            unlink_sae(net.dir, net.node("node1"))
+            kms = kms_links(net)
+            assert kms and not [k for k in kms if "SAE-node1" in k.split("~")]
         finally:
             stop.set()
             await loader
