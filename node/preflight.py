@@ -113,7 +113,7 @@ def check_before_run(cfg: NodeConfig, genesis: Genesis) -> None:
         raise ConfigError(
             "timing.propose_wait_max_ms",
             "the genesis enables validator-set changes, and this node runs them only with "
-            "a heartbeat: without one (propose_wait_max_ms = \"none\") an idle chain may "
+            'a heartbeat: without one (propose_wait_max_ms = "none") an idle chain may '
             "stop before an activation height, and docs/CONSENSUS.md §10.7's liveness "
             "machinery, which would keep it going, is not built. Set a number of "
             "milliseconds in [timing] (or leave consensus.reconfiguration out of the genesis)",
