@@ -30,11 +30,12 @@ its relay told; an external KME is its operator's).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import urllib.error
 import urllib.request
-from collections.abc import Collection
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -51,6 +52,7 @@ from devnet.network import (
     operator_role,
     validator_key,
 )
+from node.setlinks import LINGER_HEIGHTS
 from qchain.client import AsyncClient
 from qchain.errors import ConfigError
 from qchain.qkd import certs
@@ -203,3 +205,108 @@ class Governance:
         if not isinstance(doc, dict):
             raise ConfigError("validators.change", "the answer is not an object")
         return doc
+
+
+async def _height(net: LocalNetwork, name: str) -> int:
+    async with AsyncClient(net.api_url(name)) as c:
+        return int((await c.status())["height"])
+
+
+async def _members(net: LocalNetwork, name: str) -> list[int]:
+    """The ids of the current set, as `name` executed it."""
+    h = await _height(net, name)
+    async with AsyncClient(net.api_url(name)) as c:
+        doc = await c.query(validators.NAME, "set", {"height": max(h, 1)})
+    return [int(r["id"]) for r in doc["records"]]
+
+
+async def _approve_all(gov: Governance, net: LocalNetwork, via: str, cid: bytes) -> dict[str, Any]:
+    """Approvals from the members' operators, in id order, until the change is no longer
+    `proposed` (more than 2/3 of the set approved); its status."""
+    status = await gov.change(cid)
+    for vid in await _members(net, via):
+        if status["change"]["status"] != "proposed":
+            break
+        status = await gov.approve(cid, [vid])
+    return status
+
+
+async def _wait(what: str, check: Callable[[], Awaitable[bool]], timeout: float) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not await check():
+        if asyncio.get_running_loop().time() > deadline:
+            raise TimeoutError(f"{what} within {timeout:.0f} s")
+        await asyncio.sleep(0.5)
+
+
+async def add_validator(
+    net: LocalNetwork,
+    via: str = "node0",
+    timeout: float = 120.0,
+    say: Callable[[str], None] = print,
+) -> NodePlan:
+    """The whole add on a running devnet: the site, its SAE pairs, the proposal, the
+    approvals, the new node started and caught up, its readiness, its activation."""
+    node = add_site(net.dir)
+    say(f"{node.name}: site written (id {node.index}, SAE {node.sae_id}, p2p {node.p2p})")
+    link_sae(net.dir, node)
+    net.plan = load_plan(net.dir)
+    gov = Governance(net.plan, net.api_url(via))
+    cid = await gov.propose_add(node)
+    status = await _approve_all(gov, net, via, cid)
+    change = status["change"]
+    if change["status"] != "approved" or change["id"] != node.index:
+        raise ConfigError("add", f"the add was not approved as id {node.index}: {status}")
+    say(f"{node.name}: add {cid.hex()} approved by {status['approvals']} of {status['n']}")
+    net.start_node(node.name)
+    top = await _height(net, via)
+
+    async def caught_up() -> bool:
+        try:
+            return await _height(net, node.name) >= top
+        except Exception:
+            return False
+
+    await _wait(f"{node.name} caught up to height {top}", caught_up, timeout)
+    change = (await gov.ready(cid, node))["change"]
+    e = int(change["activation_height"])
+    say(f"{node.name}: ready; a member from height {e}")
+
+    async def active() -> bool:
+        return await _height(net, via) >= e
+
+    await _wait(f"activation height {e}", active, timeout)
+    return node
+
+
+async def remove_validator(
+    net: LocalNetwork,
+    name: str,
+    via: str = "node0",
+    timeout: float = 120.0,
+    say: Callable[[str], None] = print,
+) -> int:
+    """The whole remove on a running devnet: proposal, approvals, activation; then the
+    process is stopped and its SAE pairs dropped. Returns the activation height."""
+    node = net.node(name)
+    if name == via:
+        raise ConfigError("--via", "send the remove through another node than the one removed")
+    gov = Governance(net.plan, net.api_url(via))
+    cid = await gov.propose_remove(
+        node.index, proposer=next(i for i in await _members(net, via) if i != node.index)
+    )
+    status = await _approve_all(gov, net, via, cid)
+    change = status["change"]
+    if change["status"] != "scheduled":
+        raise ConfigError("remove", f"the remove was not approved: {status}")
+    e = int(change["activation_height"])
+    say(f"{name}: remove {cid.hex()} approved; not a member from height {e}")
+
+    async def gone() -> bool:
+        return await _height(net, via) >= e + LINGER_HEIGHTS + 2
+
+    await _wait(f"height {e} and the linger after it", gone, timeout)
+    net.stop_node(name)
+    unlink_sae(net.dir, node)
+    say(f"{name}: stopped, its SAE pairs dropped")
+    return e

@@ -11,9 +11,10 @@ then a fifth site, all driven through the HTTP APIs and the KMS's admin API.
 2. after the activation the fifth validator's votes count: with node3 stopped the chain
    still commits, which needs q(5) = 4 of the five, and with node3 and node4 stopped it
    commits nothing (three of five; the genesis set would have let it go on);
-3. then validator 1 is removed (four of the five operators approve), and after that
-   activation the chain commits with node1 and node4 stopped (q(4) = 3 of 0, 2, 3, 4;
-   the five would need four), and every node closes its link to node1 once it lingered;
+3. then validator 1 is removed with `qchain devnet remove-validator` (proposal, more
+   than 2/3 of the five operators approve, activation, linger, node1 stopped and its SAE
+   pairs dropped at the KMS); the chain commits with node4 stopped too (q(4) = 3 of 0,
+   2, 3, 4; the five would need four), and every node has closed its link to node1;
 4. every transaction acknowledged as committed is on every running node, and every node
    has the same block and app hash at every height.
 """
@@ -22,16 +23,17 @@ from __future__ import annotations
 
 import asyncio
 import random
+import re
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 
-from devnet.joining import Governance, add_site, kms_links, link_sae, unlink_sae
+from devnet.joining import Governance, add_site, kms_links, link_sae
 from devnet.local import LocalNetwork, running_network
 from devnet.network import account_key, load_plan, plan_network
 from devnet.nodeapi import http_json
-from devnet.testing import anchor_tx
+from devnet.testing import anchor_tx, run_qchain
 from node.setlinks import LINGER_HEIGHTS
 from qchain.client import AsyncClient
 from qchain.types import Transaction
@@ -190,26 +192,34 @@ async def test_a_fifth_validator_joins_and_counts_then_one_of_the_first_four_lea
             await loader
             stop = asyncio.Event()
             loader = asyncio.create_task(load(net, loader_names, stop, acked))
-            rid = await gov.propose_remove(1)
-            status = await gov.approve(rid, [0, 2, 3, 4])
-            change = change_of(status)
-            assert change["status"] == "scheduled", status
-            e2 = int(change["activation_height"])
-            await wait_height(net, loader_names, e2 + 2)
-            # node1 is out: 0, 2 and 3 are q(4) = 3 of V(e2), where V(e1) would need 4
-            net.stop_node("node1")
+            # through the CLI: proposal, approvals, activation, linger, then node1 is
+            # stopped and its SAE pairs dropped at the KMS
+            done = await asyncio.to_thread(
+                run_qchain,
+                "devnet",
+                "remove-validator",
+                "node1",
+                "--dir",
+                str(net.dir),
+                timeout=180,
+            )
+            assert done.returncode == 0, done.stdout + done.stderr
+            found = re.search(r"not a member from height (\d+)", done.stdout)
+            assert found, done.stdout
+            e2 = int(found.group(1))
+            assert not net.node_alive("node1")
+            assert height(net, "node0") >= e2 + LINGER_HEIGHTS
+            # without node1 and node4, 0, 2 and 3 are q(4) = 3 of V(e2); V(e1) needs 4
             net.stop_node("node4")
             h = max(height(net, n) for n in ["node0", "node2", "node3"])
             await wait_height(net, ["node0", "node2", "node3"], h + 3)
             net.start_node("node4")
             h = max(height(net, n) for n in loader_names)
-            await wait_height(net, loader_names, max(h + 3, e2 + LINGER_HEIGHTS + 3))
+            await wait_height(net, loader_names, h + 3)
             for name in loader_names:
                 # Links follow the set once a second (`node.runtime.SET_LINKS_S`).
                 qkd = await until_links(net, name, lambda links: "SAE-node1" not in links)
                 assert "SAE-node4" in qkd or name == "node4"
-            # the QKD operator then drops the removed SAE's pairs at the KMS
-            unlink_sae(net.dir, net.node("node1"))
             kms = kms_links(net)
             assert kms and not [k for k in kms if "SAE-node1" in k.split("~")]
         finally:
