@@ -403,9 +403,8 @@ class Engine(HeightProtocol):
         if j == self.me or m.chain_id != self.p.chain_id:
             return []
         if j not in self.sets.all_ids:
-            # A SYNC_REQ is answered from any linked peer (§10.3, 10.6 L2): a validator
-            # whose add is approved catches up before any set holds it. Nothing else of
-            # such a peer is read, and a request notes no height.
+            # A SYNC_REQ is answered from any linked peer (10.6 L2): an approved add
+            # catches up before any set holds it. It notes no height; nothing else is read.
             return self.catchup.on_request(j, m) if isinstance(m, SyncReq) else []
         if (
             isinstance(m, Propose | Vote | Report | Abort | Done)

@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-from collections.abc import Awaitable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from consensus.engine import Engine
@@ -29,7 +29,6 @@ from consensus.events import Event, Start
 from consensus.messages import Block as CBlock
 from consensus.messages import load_record
 from consensus.params import Params
-from contracts import validators
 from contracts.genesis import Genesis, init_state
 from node import byzantine
 from node.accounts import Accounts, Admission
@@ -50,7 +49,7 @@ from node.health import Health
 from node.http.admin import make_admin_app
 from node.http.api import make_api_app, make_ssl_context
 from node.links import Links, Opener, build_key_source
-from node.listeners import Listeners, admin_token
+from node.listeners import Listeners, admin_token, bounded
 from node.mempool import Mempool, MempoolLimits
 from node.metrics import MetricsSync, NodeMetrics, TimedKeySource
 from node.pacing import BlockPacer
@@ -62,20 +61,17 @@ from node.validatorsets import ChainSets
 from node.verifypool import VerifyPool, verify_workers
 from qchain import clock
 from qchain.config import NodeConfig
-from qchain.errors import ConfigError, Overloaded, QChainError, StorageCorrupt, StorageError
-from qchain.keys import SigningKey
+from qchain.errors import ConfigError, Overloaded, StorageCorrupt, StorageError
 from qchain.qkd.endpoint import QKDEndpoint
 from qchain.qkd.source import KeySource
 from qchain.store import schema
 from qchain.store.kv import Batch, KVStore, open_store, scan
-from qchain.types import CommitCertificate, ReceiptProof, Transaction, verify_certificate
+from qchain.types import ReceiptProof, Transaction
 
 log = logging.getLogger("qchain.node")
 
 STARTUP_VERIFY_BLOCKS = 64
 """Committed heights checked against their hashes before a validator serves anything."""
-SET_LINKS_S = 1.0
-"""How often a node whose set may change compares its links with the set (§10.6)."""
 STARTUP_SCAN_S = 2.0
 """Time budget of the startup sweep that reads the whole store (LevelDB checksums)."""
 
@@ -102,11 +98,13 @@ class Validator:
         self.genesis: Genesis = load_genesis(cfg.node.genesis)
         self.me = cfg.node.index
         self.sets = ChainSets(self.genesis)
-        self.signing_key = self._load_signing_key()
+        self.signing_key = self.sets.signing_key(self.me, cfg.node.signing_key)
         self.validator_keys = self.genesis.validator_keys()
         self.params = _params(self.genesis, cfg)
         self.store = store if store is not None else open_store(cfg.node.data_dir / "db")
-        self.chain = ChainStore(self.store, self._check_certificate)
+        self.chain = ChainStore(
+            self.store, self.sets.certificate_check(self.genesis.chain_id, self.validator_keys)
+        )
         self.sig_cache = SignatureCache()
         self.app = self._open_app()
         self.sets.bind(self.app.state, self.app.head_height)
@@ -128,17 +126,7 @@ class Validator:
         self.links = Links(
             self.me, {v.index: v.sae_id for v in self.genesis.validators}, self.byzantine
         )
-        if self.sets.enabled:
-            self.links.set_peer(self.me, cfg.qkd.sae_id)
-            if self.store.get(schema.META_AMNESIA) is not None:
-                raise ConfigError(
-                    "consensus.reconfiguration",
-                    "this store was restored, rebuilt or state-synced (it carries the amnesia "
-                    "mark), and on a chain whose validator set changes the amnesia guard "
-                    "across a change (docs/CONSENSUS.md §10.9) is not built: the node would "
-                    "count the genesis set's heights. Start it from an empty data directory "
-                    "instead (it catches up by replaying the blocks from its peers)",
-                )
+        self.sets.refuse_amnesia(self.store)
         self.driver = Driver(
             self.engine,
             self.store,
@@ -165,22 +153,6 @@ class Validator:
             self.service.status,
             self.store,
         )
-
-    def _load_signing_key(self) -> SigningKey:
-        n = len(self.genesis.validators)
-        key = SigningKey.load(self.cfg.node.signing_key)
-        if self.sets.enabled and self.me >= n:
-            # A validator added on a running chain (§10.2): its id was given at its add's
-            # approval; whether it is a member of a height is judged from the chain, by
-            # id, key and SAE id (`ChainSets.member_of`), once its store has the state.
-            if self.me > validators.MAX_ID:
-                raise ConfigError("node.index", f"{self.me} is not a validator id")
-            return key
-        if not 0 <= self.me < n:
-            raise ConfigError("node.index", f"{self.me} is not a validator of this genesis")
-        if key.public_key != self.genesis.validators[self.me].public_key:
-            raise ConfigError("node.signing_key", "does not match this validator's genesis key")
-        return key
 
     def _open_app(self) -> ChainApp:
         """Check the store belongs to this chain, apply genesis to a new one, and open the
@@ -293,7 +265,7 @@ class Validator:
             self.alarms,
             ride_s=self.params.timeout_ms(0) / 1000,
             sets=self.sets,
-            member=self._member,
+            member=self.sets.own(self.me, self.signing_key.public_key, self.cfg.qkd.sae_id),
         )
         parts = CommitParts(
             alarms=self.alarms,
@@ -354,7 +326,8 @@ class Validator:
             self._key_source = build_key_source(cfg)
         peers = {p.index: p.address for p in cfg.p2p.peers}
         if self.sets.enabled:
-            peers = self._set_peers(peers)
+            self.set_links = SetLinks(self.sets, self.links, self.alarms, peers, self.byzantine)
+            peers = self.set_links.start_peers(cfg.qkd.sae_id, self.app.head_height() + 1)
         sae = self.links.sae
         for i in peers:
             if i not in sae:
@@ -392,7 +365,8 @@ class Validator:
             await self._start_http()
         self._tasks.append(asyncio.create_task(self._housekeeping(), name="housekeeping"))
         if self.set_links is not None:
-            self._tasks.append(asyncio.create_task(self._follow_set(), name="set-links"))
+            follow = self.set_links.run(lambda: self.engine.cur)
+            self._tasks.append(asyncio.create_task(follow, name="set-links"))
         log.info(
             "validator %s started: height %d, p2p %s, api %s",
             cfg.node.name,
@@ -400,35 +374,6 @@ class Validator:
             cfg.p2p.listen,
             cfg.api.listen,
         )
-
-    def _set_peers(self, configured: dict[int, str]) -> dict[int, str]:
-        """On a chain whose set changes: the links to open at start are those the chain
-        asks for at the next height (`node.setlinks`), each at the address the config
-        names, else at its directory address; the SAE ids are the chain's."""
-        self.set_links = SetLinks(self.sets, self.links, self.alarms, configured, self.byzantine)
-        wanted = self.set_links.wanted(self.app.head_height() + 1)
-        self.links.sae.clear()
-        self.links.index_of_sae.clear()
-        self.links.set_peer(self.me, self.cfg.qkd.sae_id)
-        peers = {}
-        for j, m in wanted.items():
-            if j == self.me:
-                continue
-            address = self.set_links.address(m)
-            if address:
-                self.links.set_peer(j, m.sae_id)
-                peers[j] = address
-        return peers
-
-    async def _follow_set(self) -> None:
-        """Links follow the set (§10.6): checked every `SET_LINKS_S` seconds."""
-        assert self.set_links is not None
-        while True:
-            await asyncio.sleep(SET_LINKS_S)
-            try:
-                await self.set_links.follow(self.engine.cur)
-            except QChainError as e:
-                log.warning("links do not follow the set: %s", e.message)
 
     async def _start_http(self) -> None:
         cfg = self.cfg
@@ -472,19 +417,6 @@ class Validator:
             anchor = schema.read_u64(raw)
         self.feed(self.sets.start_height(committed + 1, parent, anchor))
 
-    def _member(self, h: int) -> bool:
-        """Whether this machine is a member of `V(h)` (§10.1: its id, with the key and
-        SAE id it holds)."""
-        if not self.sets.enabled:
-            return True
-        return self.sets.member_of(h, self.me, self.signing_key.public_key, self.cfg.qkd.sae_id)
-
-    def _check_certificate(self, cert: CommitCertificate) -> None:
-        if self.sets.enabled:
-            self.sets.check_certificate(cert, self.params.chain_id)
-        else:
-            verify_certificate(cert, self.params.chain_id, self.validator_keys)
-
     def _store_intact(self) -> bool:
         """Startup check before anything is served: the last committed heights against
         their hashes, then one checksummed read of the whole store (bounded in time)."""
@@ -519,13 +451,13 @@ class Validator:
         self._cancel_timers()
         self.bus.close()
         for runner in self._listeners.runners:
-            await _bounded(runner.cleanup(), "HTTP listener")
+            await bounded(runner.cleanup(), "HTTP listener")
         if self.links.transport is not None:
-            await _bounded(self.links.transport.stop(), "transport")
+            await bounded(self.links.transport.stop(), "transport")
         if self.links.endpoint is not None:
-            await _bounded(self.links.endpoint.close(), "key pools")
+            await bounded(self.links.endpoint.close(), "key pools")
         if self._owns_key_source and self._key_source is not None:
-            await _bounded(self._key_source.close(), "key manager client")
+            await bounded(self._key_source.close(), "key manager client")
         self.waiters.cancel()
         self._cancel_timers()
         self.committer.writer.close()
@@ -659,14 +591,3 @@ def _params(genesis: Genesis, cfg: NodeConfig) -> Params:
         first_leader=genesis.consensus.first_leader,
         tenure=genesis.consensus.tenure,
     ).with_timing(cfg.timing)
-
-
-STOP_STEP_TIMEOUT_S = 5.0
-
-
-async def _bounded(step: Awaitable[None], what: str) -> None:
-    """Await one shutdown step, giving up (with a log line) after a few seconds."""
-    try:
-        await asyncio.wait_for(step, STOP_STEP_TIMEOUT_S)
-    except TimeoutError:
-        log.warning("closing the %s took over %.0fs; going on", what, STOP_STEP_TIMEOUT_S)

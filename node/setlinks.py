@@ -25,18 +25,22 @@ machines is what the ranges exist for, and without them the node stops deciding
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from node import byzantine
 from node.alarms import Alarms
 from node.links import Links, Opener
 from node.validatorsets import ChainSets, Member
+from qchain.errors import QChainError
 
 log = logging.getLogger("qchain.node")
 
 LINGER_HEIGHTS = 16
 """How many heights after its last one a removed validator stays linked."""
+FOLLOW_S = 1.0
+"""How often the links are compared with the set."""
 
 
 class SetLinks:
@@ -70,6 +74,31 @@ class SetLinks:
 
     def address(self, m: Member) -> str:
         return self.addresses.get(m.id) or m.p2p
+
+    def start_peers(self, sae_id: str, cur: int) -> dict[int, str]:
+        """The links to open at start, by id with their addresses: `wanted(cur)`'s, each
+        at the address the config names, else at its directory address; the SAE ids
+        (`Links.sae`) become the chain's, this node's own `sae_id` included."""
+        links = self.links
+        links.sae.clear()
+        links.index_of_sae.clear()
+        links.set_peer(links.me, sae_id)
+        peers = {}
+        for j, m in self.wanted(cur).items():
+            address = self.address(m)
+            if j != links.me and address:
+                links.set_peer(j, m.sae_id)
+                peers[j] = address
+        return peers
+
+    async def run(self, cur: Callable[[], int]) -> None:
+        """Follow the set every `FOLLOW_S` seconds, at the engine's current height."""
+        while True:
+            await asyncio.sleep(FOLLOW_S)
+            try:
+                await self.follow(cur())
+            except QChainError as e:
+                log.warning("links do not follow the set: %s", e.message)
 
     async def follow(self, cur: int) -> None:
         """Open and close links so that they are `wanted(cur)`'s."""

@@ -225,30 +225,24 @@ class Transport:
                 await self._server.wait_closed()
 
     def add_peer(self, j: int, address: str, sealer: LinkSealer, opener: LinkOpener) -> None:
-        """A peer that joins on a running chain (CONSENSUS.md §10.6): dialled from now on,
-        and its connections accepted. Nothing happens if it is known or this node."""
+        """A peer that joins (CONSENSUS.md §10.6): dialled and accepted from now on."""
         if j == self.me or j in self._out:
             return
         peer = self._out[j] = _PeerOut(j, address, sealer, self._queue_limit)
-        self._openers[j] = opener
-        self.stats.setdefault(j, PeerStats())
+        self._openers[j], self.stats[j] = opener, self.stats.get(j, PeerStats())
         if self._server is not None and not self._stopping:
             peer.task = asyncio.create_task(self._sender(peer), name=f"send-{j}")
 
     async def remove_peer(self, j: int) -> None:
-        """A peer that left (§10.6): no more dialling or sending, its connections closed,
-        and a new one from it refused at its hello. Its counters stay (`stats`)."""
-        peer = self._out.pop(j, None)
+        """A peer that left (§10.6): its connections closed, refused at its hello."""
+        peer, inbound = self._out.pop(j, None), self._inbound.pop(j, None)
         self._openers.pop(j, None)
-        inbound = self._inbound.pop(j, None)
         if inbound is not None:
             inbound.close()
-        if peer is None:
-            return
-        if peer.task is not None:
+        if peer is not None and peer.task is not None:
             peer.task.cancel()
             await asyncio.gather(peer.task, return_exceptions=True)
-        if peer.writer is not None:
+        if peer is not None and peer.writer is not None:
             peer.writer.transport.abort()
 
     def connected_peers(self) -> list[int]:
@@ -472,8 +466,8 @@ class Transport:
         if verified is None or self._stopping:
             return
         sender, envelopes = verified
-        if sender not in self._openers:
-            return  # removed while its connection was being verified
+        if sender not in self._openers:  # removed while its first frame was verified
+            return
         old = self._inbound.get(sender)
         if old is not None:
             old.close()

@@ -15,8 +15,9 @@ On any other chain every height has the genesis set, and nothing here reads the 
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from consensus.events import StartHeight
 from consensus.sets import VSet
@@ -24,8 +25,11 @@ from contracts import validators
 from contracts.genesis import Genesis
 from contracts.setchain import verify_certificate_by_id
 from contracts.state import StateReader, StateSource
-from qchain.errors import NotFound, StorageError
-from qchain.types import CommitCertificate, quorum_size
+from qchain.errors import ConfigError, NotFound, StorageError
+from qchain.keys import SigningKey
+from qchain.store import schema
+from qchain.store.kv import KVStore
+from qchain.types import CommitCertificate, ValidatorKey, quorum_size, verify_certificate
 
 CACHED_HEIGHTS = 256
 """Sets of this many recent heights are kept in memory (certificates are checked for
@@ -154,6 +158,45 @@ class ChainSets:
             ch.id for ch in self._in_flight() if ch.kind == "rotate" and ch.id is not None
         )
 
+    def signing_key(self, me: int, path: Path) -> SigningKey:
+        """This validator's certificate key: the genesis's key of id `me`, or, on a
+        chain whose set changes, any key for an id the genesis does not hold (an added
+        validator: whether it is a member is judged from the chain, `member_of`)."""
+        key = SigningKey.load(path)
+        if self.may_join(me):
+            return key
+        if not 0 <= me < len(self.genesis_members):
+            raise ConfigError("node.index", f"{me} is not a validator of this genesis")
+        if key.public_key != self.genesis_members[me].public_key:
+            raise ConfigError("node.signing_key", "does not match this validator's genesis key")
+        return key
+
+    def may_join(self, me: int) -> bool:
+        """Whether id `me`, which the genesis does not hold, may run here: on a chain
+        whose set changes, an added validator's id (given at its add's approval)."""
+        return self.enabled and len(self.genesis_members) <= me <= validators.MAX_ID
+
+    def refuse_amnesia(self, store: KVStore) -> None:
+        """On a chain whose set changes, refuse a store that carries the amnesia mark
+        (restored, rebuilt or state-synced): §10.9's guard across a change is not built,
+        and §3.8's counts the genesis set."""
+        if self.enabled and store.get(schema.META_AMNESIA) is not None:
+            raise ConfigError(
+                "consensus.reconfiguration",
+                "this store was restored, rebuilt or state-synced (it carries the amnesia "
+                "mark), and on a chain whose validator set changes the amnesia guard across "
+                "a change (docs/CONSENSUS.md §10.9) is not built: the node would count the "
+                "genesis set's heights. Start it from an empty data directory instead (it "
+                "catches up by replaying the blocks from its peers)",
+            )
+
+    def own(self, me: int, public_key: bytes, sae_id: str) -> Callable[[int], bool]:
+        """Whether this machine is a member of `V(h)`, as a function of h (always on a
+        chain without changes)."""
+        if not self.enabled:
+            return lambda h: True
+        return lambda h: self.member_of(h, me, public_key, sae_id)
+
     def member_of(self, h: int, me: int, public_key: bytes, sae_id: str) -> bool:
         """Whether this machine (id, key, SAE id) is a member of `V(h)` (§10.1: by id,
         with the key and SAE id it holds)."""
@@ -168,6 +211,15 @@ class ChainSets:
     def key_of(self, h: int, vid: int) -> bytes | None:
         """The certificate key of id `vid` at height h, None if it is not a member."""
         return next((m.public_key for m in self.members(h) if m.id == vid), None)
+
+    def certificate_check(
+        self, chain_id: str, genesis_keys: Sequence[ValidatorKey]
+    ) -> Callable[[CommitCertificate], None]:
+        """The chain store's check of a certificate: by the set of its height on a chain
+        whose set changes, by the genesis keys on any other."""
+        if not self.enabled:
+            return lambda cert: verify_certificate(cert, chain_id, genesis_keys)
+        return lambda cert: self.check_certificate(cert, chain_id)
 
     def check_certificate(self, cert: CommitCertificate, chain_id: str) -> None:
         """Raise `BadSignature` unless q(h) members of `V(h)` signed it, by id (§10.5)."""
