@@ -5,6 +5,7 @@ add is linked before it counts (`node.setlinks`)."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import cast
 
 import pytest
@@ -12,8 +13,9 @@ import pytest
 from consensus.sets import VSet
 from contracts.testing import DevChain
 from node.validatorsets import ChainSets
-from qchain.errors import BadSignature
+from qchain.errors import BadSignature, ConfigError
 from qchain.keys import Scheme, dev_key
+from qchain.store import MemoryStore, schema
 from qchain.types import CommitCertificate, CommitSignature, commit_sign_digest
 from tests.contracts.validators_chain import (
     SEED,
@@ -101,3 +103,25 @@ def test_certificates_are_checked_by_the_set_of_their_height() -> None:
     sets.check_certificate(cert(e, [0, 1, 2, 4]), chain_id)
     with pytest.raises(BadSignature):
         sets.check_certificate(cert(e - 1, [0, 1, 4]), chain_id)  # 4 not a member yet
+
+
+def test_a_restored_store_and_an_unknown_id_are_refused_where_the_set_changes(
+    tmp_path: Path,
+) -> None:
+    """§10.9's guard across a change is not built: a store with the amnesia mark is
+    refused on a chain whose set changes (only there). An id the genesis does not hold
+    may run only there (an added validator), with any key; a genesis id needs its key."""
+    changing, fixed = sets_of(governed_chain(4)), sets_of(governed_chain(4, enabled=False))
+    store = MemoryStore()
+    store.put(schema.META_AMNESIA, b"")
+    fixed.refuse_amnesia(store)
+    with pytest.raises(ConfigError, match=r"§10\.9"):
+        changing.refuse_amnesia(store)
+    changing.refuse_amnesia(MemoryStore())
+    path = tmp_path / "validator.key"
+    new_key(3).save(path)
+    assert changing.signing_key(4, path).public_key == new_key(3).public_key
+    with pytest.raises(ConfigError, match=r"node\.index"):
+        fixed.signing_key(4, path)
+    with pytest.raises(ConfigError, match=r"node\.signing_key"):
+        changing.signing_key(0, path)
