@@ -1,4 +1,5 @@
-"""`qchain devnet init|up|down|status|reset|logs`: a local network in one command.
+"""`qchain devnet init|up|down|status|reset|logs|add-validator|remove-validator`: a local
+network in one command.
 
 `init` writes the network (genesis, keys, configs, key manager config and TLS material)
 into a directory and is idempotent. `--sae-ids` names the SAEs (a list or a `{i}`
@@ -9,7 +10,9 @@ background processes, waits for the first decided block, prints the endpoint tab
 dev accounts and writes `endpoints.json`; `--foreground` stays attached and stops the
 network on Ctrl-C. `down` stops everything, `reset` also wipes chain data (configuration
 and keys stay), `status` shows each node's height, round, leader, peers and key pools, and
-`logs` prints (or follows) a service's log. `rehearse` plays a pilot network of four
+`logs` prints (or follows) a service's log. `init --reconfiguration` makes a genesis that
+enables validator-set changes, and `add-validator` / `remove-validator NODE` then change
+the running devnet's set (`devnet.joining`). `rehearse` plays a pilot network of four
 sites in containers (`devnet.rehearsal`).
 """
 
