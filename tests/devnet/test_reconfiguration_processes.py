@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import random
 import re
+import urllib.request
 from collections.abc import Callable
 from typing import Any
 
@@ -220,6 +221,9 @@ async def test_a_fifth_validator_joins_and_counts_then_one_of_the_first_four_lea
                 # Links follow the set once a second (`node.runtime.SET_LINKS_S`).
                 qkd = await until_links(net, name, lambda links: "SAE-node1" not in links)
                 assert "SAE-node4" in qkd or name == "node4"
+            for name in loader_names:  # the metrics of a node whose peer left
+                with urllib.request.urlopen(f"{net.api_url(name)}/metrics", timeout=5) as r:
+                    assert r.status == 200 and b"qchain_" in r.read()
             kms = kms_links(net)
             assert kms and not [k for k in kms if "SAE-node1" in k.split("~")]
         finally:
