@@ -166,6 +166,8 @@ async def test_a_fifth_validator_joins_and_counts_then_one_of_the_first_four_lea
             assert links["SAE-node4"]["send"]["health"]["http_status"] == 401
             top = height(net, "node0")
             await wait_height(net, ["node4"], top)
+            joiner = http_json(f"{net.api_url('node4')}/v1/status")
+            assert (joiner["member"], joiner["validators"]) == (False, 4), joiner
             status = await gov.ready(cid, node)
             change = change_of(status)
             assert change["status"] == "scheduled", status
@@ -174,6 +176,8 @@ async def test_a_fifth_validator_joins_and_counts_then_one_of_the_first_four_lea
             async with AsyncClient(net.api_url("node4")) as c:
                 now = await c.query("validators", "set", {"height": e1})
             assert [r["id"] for r in now["records"]] == [0, 1, 2, 3, 4]
+            joiner = http_json(f"{net.api_url('node4')}/v1/status")
+            assert (joiner["member"], joiner["validators"]) == (True, 5), joiner
 
             # 2. its votes count: without node3, q(5) = 4 needs node4; without node3 and
             # node4 no height commits (three of five), where the genesis set would
@@ -209,6 +213,7 @@ async def test_a_fifth_validator_joins_and_counts_then_one_of_the_first_four_lea
             assert found, done.stdout
             e2 = int(found.group(1))
             assert not net.node_alive("node1")
+            assert http_json(f"{net.api_url('node0')}/v1/status")["validators"] == 4
             assert height(net, "node0") >= e2 + LINGER_HEIGHTS
             # without node1 and node4, 0, 2 and 3 are q(4) = 3 of V(e2); V(e1) needs 4
             net.stop_node("node4")
