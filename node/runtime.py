@@ -117,6 +117,7 @@ class Validator:
         self.budgets = Budgets()
         self.alarms = Alarms()
         self.store.on_corrupt = self.alarms.corrupt
+        self.sets.halt = self.alarms.fail
         self._key_source = key_source
         self._owns_key_source = key_source is None
         hostile = byzantine.Hostile(self)

@@ -19,8 +19,9 @@ manager's error), and the chain goes on with the links that work.
 Not built here (§10.6): per-link height ranges (a message is judged by its sender's id
 and the set of its height, §10.3, in the engine), linger records and CLOSE, retirement
 and the key sweep, request-only links. A `rotate` is refused instead: one id on two
-machines is what the ranges exist for, and without them the node stops deciding
-(`ChainSets.rotations`) rather than count two machines as one id.
+machines is what the ranges exist for, and without them the node stops deciding at the
+first height it starts after the rotation's approval (`ChainSets.start_height`), before
+any rotation can activate, rather than count two machines as one id.
 """
 
 from __future__ import annotations
@@ -105,13 +106,8 @@ class SetLinks:
         links = self.links
         if links.transport is None or links.endpoint is None:
             return
-        rotated = self.sets.rotations()
-        if rotated:
-            self.alarms.fail(
-                f"a rotation of validator {rotated[0]} is approved: this node does not build "
-                "rotation (docs/CONSENSUS.md §10.6's link ranges); it stops deciding"
-            )
-            return
+        if self.sets.rotations():
+            return  # the node stopped deciding (`ChainSets.start_height`)
         want = {j: m for j, m in self.wanted(max(cur, 1)).items() if j != links.me}
         for j in sorted(set(links.sae) - set(want) - {links.me}):
             await self._close(j)

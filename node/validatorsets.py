@@ -66,6 +66,8 @@ class ChainSets:
         self._head = head
         self._cache: OrderedDict[int, tuple[Member, ...]] = OrderedDict()
         """Sets of heights at most head + D (exact, never to change)."""
+        self.halt: Callable[[str], None] | None = None
+        """Stops deciding (`Alarms.fail`): called when a `rotate` is approved."""
 
     def bind(self, state: Callable[[], StateSource], head: Callable[[], int]) -> None:
         self._state, self._head = state, head
@@ -107,6 +109,14 @@ class ChainSets:
         and `state` is the state after it."""
         if not self.enabled:
             return StartHeight(h, parent, anchor)
+        rotated = self.rotations()
+        if rotated and self.halt is not None:
+            # Approved, so active at least D ≥ 2 heights after this one's parent: the
+            # node stops before any height where one id could be two machines.
+            self.halt(
+                f"a rotation of validator {rotated[0]} is approved: this node does not build "
+                "rotation (docs/CONSENSUS.md §10.6's per-end link ranges); it stops deciding"
+            )
         return StartHeight(h, parent, anchor, self.vset(h), self.vset(h + 1))
 
     def history(self, committed: int) -> tuple[tuple[int, VSet], ...]:
