@@ -39,8 +39,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     chk.add_argument("--config", required=True, type=Path)
     reb = sub.add_parser(
         "rebuild",
-        help="move a corrupt store aside (keeping the QKD leases); the next run catches up "
-        "from the peers",
+        help="move a corrupt store aside (keeping the QKD leases it can read, writing the "
+        "lease floor); the next run catches up from the peers",
     )
     reb.add_argument("--config", required=True, type=Path, help="node TOML config")
     conf = sub.add_parser(
@@ -85,11 +85,26 @@ def run(args: argparse.Namespace) -> int:
     from node.genesis_file import load_genesis
     from node.logs import configure
     from node.preflight import check_before_run
+    from qchain.errors import StorageCorrupt
 
     # Readable lines on a terminal, JSON lines in containers; every line names the node.
     configure(cfg.node.name, cfg.node.log_format)
     check_before_run(cfg, load_genesis(cfg.node.genesis))
-    return asyncio.run(run_validator(cfg, args.ready_file, state_sync=args.state_sync))
+    try:
+        return asyncio.run(run_validator(cfg, args.ready_file, state_sync=args.state_sync))
+    except StorageCorrupt as e:
+        print(_damaged_store(cfg.node.data_dir / "db", args.config, e.message), file=sys.stderr)
+        return 1
+
+
+def _damaged_store(db_dir: Path, config: Path, damage: str) -> str:
+    """What `qchain node run` prints when damage in its store stops it before it serves
+    (damage found later leaves the node running, not ready, until it is rebuilt)."""
+    return (
+        f"node run stopped: the store {db_dir} is damaged: {damage}\n"
+        f"Rebuild it from the peers: qchain node rebuild --config {config}\n"
+        f"or put a backup in its place: qchain node restore --config {config} --in BACKUP"
+    )
 
 
 async def run_validator(
@@ -152,7 +167,13 @@ def _rebuild(db_dir: Path, config: Path) -> int:
     except StorageError as e:
         print(f"rebuild refused: {e.message}", file=sys.stderr)
         return 1
-    print(f"the damaged store is now {done.moved_to}; {done.leases} QKD lease(s) kept")
+    kept = (
+        f"{done.leases} QKD lease(s) kept"
+        if done.leases_readable
+        else "its QKD leases could not be read, none kept"
+    )
+    print(f"the damaged store is now {done.moved_to}; {kept}")
+    print(f"lease floor {done.floor}: every QKD link numbers its frames from at least there")
     print(f"start the node (qchain node run --config {config}): it catches up from its peers")
     return 0
 
@@ -179,7 +200,7 @@ def _backup(cfg: NodeConfig, out: Path) -> int:
 
 def _restore(cfg: NodeConfig, args: argparse.Namespace) -> int:
     from node.backup import expected_of
-    from node.rebuild import LEASE_MARGIN, restore
+    from node.rebuild import restore
     from qchain.errors import QChainError, StoreLocked
 
     db_dir = cfg.node.data_dir / "db"
@@ -198,7 +219,8 @@ def _restore(cfg: NodeConfig, args: argparse.Namespace) -> int:
     print(f"{db_dir}: restored height {done.header.height}, {done.records} records; {moved}")
     print(
         f"QKD leases: {done.leases_kept} kept from the replaced store, "
-        f"{done.leases_advanced} advanced by {LEASE_MARGIN} from the backup"
+        f"{done.leases_from_backup} from the backup; lease floor {done.floor}: every QKD "
+        "link numbers its frames from at least there"
     )
     print(f"start the node (qchain node run --config {args.config}): it catches up from there")
     return 0

@@ -284,7 +284,7 @@ class Validator:
         self.committer = Committer(self.store, self.chain, self.app, parts, self.driver.feed)
 
     def _build_service(self) -> ServiceFacade:
-        self.metrics_sync = MetricsSync(self.metrics, self.mempool, self.links)
+        self.metrics_sync = MetricsSync(self.metrics, self.mempool, self.links, self.forwarder)
         self.health_checks = Health(
             self.params,
             self.cfg.timing,
