@@ -363,7 +363,9 @@ class MetricsSync:
         transport = self.links.transport
         if transport is not None:
             for j, st in transport.stats.items():
-                peer = self.links.sae[j]
+                peer = self.links.sae.get(j)
+                if peer is None:
+                    continue  # a peer that left the set (its counters stay in place)
                 self._inc_to(m.transport_frames, (peer, "out"), st.frames_sent)
                 self._inc_to(m.transport_frames, (peer, "in"), st.frames_received)
                 self._inc_to(m.transport_bytes, (peer, "out"), st.bytes_sent)

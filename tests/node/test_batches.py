@@ -80,6 +80,9 @@ class _Links:
     def others(self) -> list[int]:
         return [j for j in range(self.n) if j != self.me]
 
+    def knows(self, j: int) -> bool:
+        return 0 <= j < self.n
+
     def send(self, to: int, env: Envelope) -> None:
         self.sent.append((to, env))
 
