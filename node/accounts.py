@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from consensus.events import Event, MempoolNonEmpty
 from contracts import membership
 from contracts.state import StateReader, StateSource
-from node.backlog import Backlog
+from node.backlog import Backlog, Gaps
 from node.mempool import Account, Mempool
 from node.metrics import NodeMetrics
 from node.pacing import BlockPacer
@@ -94,6 +94,8 @@ class Admission:
         self.metrics = metrics
         self.feed = feed
         self.backlog = backlog
+        self.gaps = Gaps()
+        """Since when each sender's missing nonce has been missing here (`node.backlog`)."""
         self.clock = clock
         self.ready_signalled = False
         """Idle mode: whether the engine was told the mempool has an includable tx."""
@@ -106,19 +108,27 @@ class Admission:
         what `Mempool.add` raises."""
         now = self.clock()
         bounded = False
+        first = None
         if local and tx.hash not in self.mempool:
             pending, depth = self.mempool.local_count, self.depth()
-            gap = self.gap(tx)
-            if gap is not None and self.backlog.bounding(now):
+            first = self.first_missing(tx)
+            gap = first if first is not None and tx.nonce > first else None
+            if (
+                gap is not None
+                and self.gaps.open(tx.sender, gap, now)
+                and self.backlog.bounding(now)
+            ):
                 # It could commit only once its sender's missing nonce arrives, which no
                 # bound can say when: refused, not accepted only to wait (and, under the
-                # bound, give its place to a ready one without its client knowing).
+                # bound, give its place to a ready one without its client knowing). A
+                # gap seen only now may be a nonce on its way from another validator.
                 raise self.backlog.refusal(pending, now, depth, waits_for=gap)
             if self.backlog.room(pending, now, depth) <= 0:
                 # Beyond the bounds, only in the place of a client's transaction waiting
                 # behind a nonce gap (`node.mempool`): neither count the bounds measure
                 # grows.
                 if not self.mempool.may_displace_local(tx):
+                    self._refused_for_room(tx, first)
                     raise self.backlog.refusal(pending, now, depth)
                 bounded = True
         try:
@@ -129,6 +139,7 @@ class Admission:
             if local:
                 # The pool, the node's share of it, or the bound with no place to take.
                 self.backlog.refused(now)
+                self._refused_for_room(tx, first)
             raise
         if new:
             self.metrics.observe_mempool(len(self.mempool), self.mempool.size_bytes)
@@ -139,12 +150,19 @@ class Admission:
                 self.pacer.maybe_build()
         return new
 
-    def gap(self, tx: Transaction) -> int | None:
-        """The missing nonce tx would wait behind in the pool (None: it would be ready, or
-        its sender is no member, which the mempool refuses for what it is)."""
+    def first_missing(self, tx: Transaction) -> int | None:
+        """The first nonce of tx's sender that the pool lacks: tx waits behind it when its
+        nonce is above it (None: its sender is no member, which the mempool refuses for
+        what it is)."""
         if self.accounts.account(tx.sender) is None:
             return None
-        return self.mempool.gap_before(tx.sender, tx.nonce)
+        return self.mempool.first_missing(tx.sender)
+
+    def _refused_for_room(self, tx: Transaction, first: int | None) -> None:
+        """A client's tx refused for want of room: if it was its sender's first missing
+        nonce, that gap is open from now (`Gaps.refused`)."""
+        if first is not None and tx.nonce == first:
+            self.gaps.refused(tx.sender, tx.nonce)
 
     def depth(self) -> int:
         """Transactions of any origin ahead of a new one: the pool and the peers'

@@ -68,10 +68,20 @@ A client's transaction that would wait behind a nonce gap (an earlier nonce of i
 sender that the pool does not hold) cannot be committed within any bound: it waits for a
 nonce nobody may send. While the node is under load (`bounding`: the chain saturated, or
 a client transaction refused for want of room within the window) it is refused,
-`overloaded` with the nonce it `waits_for` (`node.accounts.Admission`). Accepted, it
-took room the bound measures and, the bound reached, gave its place to a ready one
-(`node.mempool`), its client told 202 and never learning: under overload most of the
-accepted transactions that waited tens of seconds were those.
+`overloaded` with the nonce it `waits_for` (`node.accounts.Admission`), once the gap is
+*open* (`Gaps`). Accepted, it took room the bound measures and, the bound reached, gave
+its place to a ready one (`node.mempool`), its client told 202 and never learning: under
+overload most of the accepted transactions that waited tens of seconds were those.
+
+A gap is open when this node refused the missing nonce itself (for want of room: its
+client sends it again after `Retry-After`), or when it has seen the gap for longer than
+`GAP_GRACE_S` (1 s). A gap seen for less may be a nonce on its way: a client that sends
+a sender's consecutive nonces at once to different validators (a load balancer, or a
+retry that goes to another node) has the missing nonce in another validator's pool, whose
+batch reaches this one within its batch delay (250 ms by default) and a hop. Refusing
+then let a sender that sends everything it has outstanding at once commit one nonce per
+`Retry-After`, however idle the chain: each sending, only its first nonce found its
+predecessor everywhere (the whole-network simulator's eager client, `docs/SIMULATION.md`).
 
 The bound is on the mean wait (pending / rate, Little's law). Blocks take each sender's
 run in turn (`Mempool.reap`), so a transaction waits up to a whole turn of every sender:
@@ -89,7 +99,7 @@ keeps room for them).
 from __future__ import annotations
 
 import math
-from collections import deque
+from collections import OrderedDict, deque
 from dataclasses import dataclass
 
 from qchain.errors import Overloaded
@@ -113,6 +123,15 @@ pending: the first blocks after load starts may hold a handful, and a rate measu
 from them says nothing about the chain."""
 UNBOUNDED = 1 << 62
 """`room` with admission control off: only the pool's static limits apply."""
+GAP_GRACE_S = 1.0
+"""How long a sender's missing nonce may be missing at this node, not refused here, before
+what waits behind it counts as waiting for a gap nobody fills (`Gaps`): longer than a
+batch takes from another validator's pool to this one's (the batch delay, 250 ms by
+default, a hop, and the peers' admission queue, within 1 s under overload:
+docs/BENCHMARKS.md)."""
+GAPS_KEPT = 10_000
+"""Senders whose gap `Gaps` remembers; the one seen least recently is forgotten first
+(a forgotten gap is fresh again when next seen)."""
 
 
 @dataclass(frozen=True)
@@ -275,3 +294,42 @@ class Backlog:
         """Raise `Overloaded` unless one more local transaction fits the bounds."""
         if self.room(pending, now, depth) <= 0:
             raise self.refusal(pending, now, depth)
+
+
+class Gaps:
+    """Since when each sender's first missing nonce has been missing at this node, as its
+    clients' transactions behind it showed, and whether it counts as open: refused here,
+    or missing for longer than the grace (`GAP_GRACE_S`). Bounded: at most `kept`
+    senders, the least recently seen forgotten first."""
+
+    def __init__(self, grace_s: float = GAP_GRACE_S, kept: int = GAPS_KEPT) -> None:
+        self.grace_s = grace_s
+        self.kept = max(1, kept)
+        self._since: OrderedDict[bytes, tuple[int, float]] = OrderedDict()
+        """sender -> (its missing nonce, since when: -inf when this node refused it)."""
+
+    def __len__(self) -> int:
+        return len(self._since)
+
+    def open(self, sender: bytes, missing: int, now: float) -> bool:
+        """Whether the sender's `missing` nonce counts as open at `now` (a client
+        transaction behind it is refused under load). The first sight of a gap starts
+        its clock."""
+        seen = self._since.get(sender)
+        if seen is None or seen[0] != missing:
+            self._note(sender, missing, now)
+            return False
+        self._since.move_to_end(sender)
+        return now - seen[1] > self.grace_s
+
+    def refused(self, sender: bytes, nonce: int) -> None:
+        """This node refused the sender's `nonce`, its first missing one, for want of
+        room: it stays missing until the client sends it again, so a transaction behind
+        it waits at least that long (open at once)."""
+        self._note(sender, nonce, -math.inf)
+
+    def _note(self, sender: bytes, missing: int, since: float) -> None:
+        self._since.pop(sender, None)
+        self._since[sender] = (missing, since)
+        while len(self._since) > self.kept:
+            self._since.popitem(last=False)
