@@ -19,12 +19,15 @@ from node.mempool import Account, Mempool
 from node.metrics import NodeMetrics
 from node.pacing import BlockPacer
 from qchain import clock as loop_clock
-from qchain.errors import MempoolFull, Overloaded
+from qchain.errors import MempoolFull, NonceMismatch, Overloaded
 from qchain.types import Transaction
 
 ADMIT_SLICE = 100
 """Most transactions admitted in one go before other work gets a turn (forwarded
 batches are admitted in slices of this size)."""
+REFUSED_RETRY_S = 1.0
+"""When a client refused for a reason without `Retry-After` (`mempool-full`, a nonce
+beyond its sender's window) is taken to send the transaction again."""
 CACHE_LIMIT = 100_000
 """Cached addresses per table; the table is emptied when it grows past this."""
 
@@ -95,7 +98,7 @@ class Admission:
         self.feed = feed
         self.backlog = backlog
         self.gaps = Gaps()
-        """Since when each sender's missing nonce has been missing here (`node.backlog`)."""
+        """Which senders' missing nonces count as open gaps here (`node.backlog`)."""
         self.clock = clock
         self.ready_signalled = False
         """Idle mode: whether the engine was told the mempool has an includable tx."""
@@ -107,8 +110,21 @@ class Admission:
         """Admit tx (local: a client submitted it to this node). True if new; raises
         what `Mempool.add` raises."""
         now = self.clock()
+        if not local:
+            return self._admit(tx, now, local=False)
+        try:
+            return self._admit(tx, now, local=True)
+        except (MempoolFull, NonceMismatch) as e:
+            if self.accounts.account(tx.sender) is not None:
+                # Missing here until its client sends it again: what waits behind it
+                # waits at least that long (`node.backlog.Gaps`).
+                retry = e.retry_after_s if isinstance(e, Overloaded) else REFUSED_RETRY_S
+                self.gaps.refused(tx.sender, tx.nonce, now + retry)
+            raise
+
+    def _admit(self, tx: Transaction, now: float, *, local: bool) -> bool:
+        """`admit` at `now`."""
         bounded = False
-        first = None
         if local and tx.hash not in self.mempool:
             pending, depth = self.mempool.local_count, self.depth()
             first = self.first_missing(tx)
@@ -128,7 +144,6 @@ class Admission:
                 # behind a nonce gap (`node.mempool`): neither count the bounds measure
                 # grows.
                 if not self.mempool.may_displace_local(tx):
-                    self._refused_for_room(tx, first)
                     raise self.backlog.refusal(pending, now, depth)
                 bounded = True
         try:
@@ -139,7 +154,6 @@ class Admission:
             if local:
                 # The pool, the node's share of it, or the bound with no place to take.
                 self.backlog.refused(now)
-                self._refused_for_room(tx, first)
             raise
         if new:
             self.metrics.observe_mempool(len(self.mempool), self.mempool.size_bytes)
@@ -157,12 +171,6 @@ class Admission:
         if self.accounts.account(tx.sender) is None:
             return None
         return self.mempool.first_missing(tx.sender)
-
-    def _refused_for_room(self, tx: Transaction, first: int | None) -> None:
-        """A client's tx refused for want of room: if it was its sender's first missing
-        nonce, that gap is open from now (`Gaps.refused`)."""
-        if first is not None and tx.nonce == first:
-            self.gaps.refused(tx.sender, tx.nonce)
 
     def depth(self) -> int:
         """Transactions of any origin ahead of a new one: the pool and the peers'

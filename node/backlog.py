@@ -101,6 +101,7 @@ from __future__ import annotations
 import math
 from collections import OrderedDict, deque
 from dataclasses import dataclass
+from typing import Any
 
 from qchain.errors import Overloaded
 
@@ -129,9 +130,12 @@ what waits behind it counts as waiting for a gap nobody fills (`Gaps`): longer t
 batch takes from another validator's pool to this one's (the batch delay, 250 ms by
 default, a hop, and the peers' admission queue, within 1 s under overload:
 docs/BENCHMARKS.md)."""
-GAPS_KEPT = 10_000
-"""Senders whose gap `Gaps` remembers; the one seen least recently is forgotten first
-(a forgotten gap is fresh again when next seen)."""
+GAP_SENDERS_KEPT = 4096
+"""Senders whose gap, and whose refused nonces, `Gaps` remembers; the one seen least
+recently is forgotten first (a forgotten gap is fresh again when next seen)."""
+GAP_NONCES_KEPT = 32
+"""Refused nonces `Gaps` remembers of one sender, the lowest (the first missing nonce is
+the lowest missing)."""
 
 
 @dataclass(frozen=True)
@@ -297,39 +301,69 @@ class Backlog:
 
 
 class Gaps:
-    """Since when each sender's first missing nonce has been missing at this node, as its
-    clients' transactions behind it showed, and whether it counts as open: refused here,
-    or missing for longer than the grace (`GAP_GRACE_S`). Bounded: at most `kept`
-    senders, the least recently seen forgotten first."""
+    """Whether a sender's first missing nonce counts as an open gap at this node: its
+    client was told to send it later (this node refused it, and its `Retry-After` has
+    not passed), or it has been missing for longer than the grace (`GAP_GRACE_S`) since
+    it might first have arrived (its first sight here behind a client's transaction, or
+    the end of that `Retry-After`). Bounded: at most `senders` senders of each kind
+    (the least recently seen forgotten first) and `per_sender` refused nonces of one
+    sender (the lowest kept: the first missing one is the lowest)."""
 
-    def __init__(self, grace_s: float = GAP_GRACE_S, kept: int = GAPS_KEPT) -> None:
+    def __init__(
+        self,
+        grace_s: float = GAP_GRACE_S,
+        senders: int = GAP_SENDERS_KEPT,
+        per_sender: int = GAP_NONCES_KEPT,
+    ) -> None:
         self.grace_s = grace_s
-        self.kept = max(1, kept)
-        self._since: OrderedDict[bytes, tuple[int, float]] = OrderedDict()
-        """sender -> (its missing nonce, since when: -inf when this node refused it)."""
+        self.senders = max(1, senders)
+        self.per_sender = max(1, per_sender)
+        self._seen: OrderedDict[bytes, tuple[int, float]] = OrderedDict()
+        """sender -> (its first missing nonce, when it was first seen missing here)."""
+        self._refused: OrderedDict[bytes, dict[int, float]] = OrderedDict()
+        """sender -> {nonce this node refused: when its client may send it again}."""
 
-    def __len__(self) -> int:
-        return len(self._since)
+    def kept(self) -> tuple[int, int]:
+        """(senders with a gap seen, refused nonces remembered)."""
+        return len(self._seen), sum(len(r) for r in self._refused.values())
 
     def open(self, sender: bytes, missing: int, now: float) -> bool:
-        """Whether the sender's `missing` nonce counts as open at `now` (a client
-        transaction behind it is refused under load). The first sight of a gap starts
-        its clock."""
-        seen = self._since.get(sender)
+        """Whether the sender's `missing` nonce (its first missing one) counts as an
+        open gap at `now`: a client transaction behind it is refused under load. The
+        first sight of a gap starts its clock."""
+        since = None
+        refused = self._refused.get(sender)
+        if refused is not None:
+            for n in [n for n in refused if n < missing]:
+                del refused[n]  # committed or pending since
+            retry_at = refused.get(missing)
+            if not refused:
+                del self._refused[sender]
+            if retry_at is not None:
+                if now < retry_at:
+                    return True
+                since = retry_at
+        seen = self._seen.get(sender)
         if seen is None or seen[0] != missing:
-            self._note(sender, missing, now)
-            return False
-        self._since.move_to_end(sender)
-        return now - seen[1] > self.grace_s
+            _note(self._seen, sender, (missing, now), self.senders)
+            first = now
+        else:
+            self._seen.move_to_end(sender)
+            first = seen[1]
+        return now - max(first, since if since is not None else first) > self.grace_s
 
-    def refused(self, sender: bytes, nonce: int) -> None:
-        """This node refused the sender's `nonce`, its first missing one, for want of
-        room: it stays missing until the client sends it again, so a transaction behind
-        it waits at least that long (open at once)."""
-        self._note(sender, nonce, -math.inf)
+    def refused(self, sender: bytes, nonce: int, retry_at: float) -> None:
+        """This node refused the sender's `nonce`, its client told to send it again at
+        `retry_at`: until then a transaction behind it would wait for it at least."""
+        refused = self._refused.pop(sender, {})
+        refused[nonce] = retry_at
+        if len(refused) > self.per_sender:
+            del refused[max(refused)]
+        _note(self._refused, sender, refused, self.senders)
 
-    def _note(self, sender: bytes, missing: int, since: float) -> None:
-        self._since.pop(sender, None)
-        self._since[sender] = (missing, since)
-        while len(self._since) > self.kept:
-            self._since.popitem(last=False)
+
+def _note(table: OrderedDict[bytes, Any], sender: bytes, value: Any, kept: int) -> None:
+    table.pop(sender, None)
+    table[sender] = value
+    while len(table) > kept:
+        table.popitem(last=False)
