@@ -73,15 +73,20 @@ a client transaction refused for want of room within the window) it is refused,
 its place to a ready one (`node.mempool`), its client told 202 and never learning: under
 overload most of the accepted transactions that waited tens of seconds were those.
 
-A gap is open when this node refused the missing nonce itself (for want of room: its
-client sends it again after `Retry-After`), or when it has seen the gap for longer than
-`GAP_GRACE_S` (1 s). A gap seen for less may be a nonce on its way: a client that sends
-a sender's consecutive nonces at once to different validators (a load balancer, or a
-retry that goes to another node) has the missing nonce in another validator's pool, whose
-batch reaches this one within its batch delay (250 ms by default) and a hop. Refusing
-then let a sender that sends everything it has outstanding at once commit one nonce per
-`Retry-After`, however idle the chain: each sending, only its first nonce found its
-predecessor everywhere (the whole-network simulator's eager client, `docs/SIMULATION.md`).
+A gap is open when this node refused the missing nonce (its client sends it again after
+`Retry-After`, which has not passed: until then what waits behind it waits at least that
+long), or when the nonce has been missing here for longer than `GAP_GRACE_S` (1 s) since
+it could have arrived (its first sight here behind a client's transaction, or the end of
+that `Retry-After`). A gap seen for less may be a nonce on its way: a client that sends a
+sender's consecutive nonces at once to different validators (a load balancer, or a retry
+that goes to another node) has the missing nonce in another validator's pool, whose batch
+reaches this one within its batch delay (250 ms by default) and a hop. Refusing then let
+a sender that sends everything it has outstanding at once commit one nonce per
+`Retry-After` under load: each time, only the nonce whose predecessor had committed found
+it everywhere (the whole-network simulator's eager client, `docs/SIMULATION.md`). What
+the grace admits behind a gap nobody fills is at most a second's worth, per missing
+nonce, of one sender's transactions at one node; a client that sends everything to one node never gets a
+transaction accepted behind a nonce that node refused.
 
 The bound is on the mean wait (pending / rate, Little's law). Blocks take each sender's
 run in turn (`Mempool.reap`), so a transaction waits up to a whole turn of every sender:
