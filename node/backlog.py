@@ -85,8 +85,9 @@ a sender that sends everything it has outstanding at once commit one nonce per
 `Retry-After` under load: each time, only the nonce whose predecessor had committed found
 it everywhere (the whole-network simulator's eager client, `docs/SIMULATION.md`). What
 the grace admits behind a gap nobody fills is at most a second's worth, per missing
-nonce, of one sender's transactions at one node; a client that sends everything to one node never gets a
-transaction accepted behind a nonce that node refused.
+nonce, of one sender's transactions at one node; a client that sends everything to one
+node, and a refused nonce again before its later ones, never gets a transaction accepted
+behind a nonce that node refused (`tests/node/test_overload.py`).
 
 The bound is on the mean wait (pending / rate, Little's law). Blocks take each sender's
 run in turn (`Mempool.reap`), so a transaction waits up to a whole turn of every sender:
