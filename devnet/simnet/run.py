@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import gc
 import hashlib
 import logging
 import random
@@ -33,7 +34,7 @@ from devnet.faults.checkers import (
 )
 from devnet.faults.history import KmsSample
 from devnet.network import NetworkPlan, plan_network, write_network
-from devnet.simnet.disk import SimDisk, open_disks
+from devnet.simnet.disk import Crashed, SimDisk, open_disks
 from devnet.simnet.loop import VirtualLoop
 from devnet.simnet.mutants import mutant
 from devnet.simnet.schedule import Action, draw, heal_time
@@ -148,6 +149,8 @@ def simulate(spec: Spec, *, keep_trace: bool = False) -> Outcome:
 
     def on_error(_loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
         exc = context.get("exception")
+        if isinstance(exc, Crashed):
+            return  # the end of a step that a crash interrupted
         errors.append(f"{loop.time():.3f} {context.get('message')}: {exc!r}")
 
     loop.set_exception_handler(on_error)
@@ -160,6 +163,9 @@ def simulate(spec: Spec, *, keep_trace: bool = False) -> Outcome:
             )
         finally:
             _drain(loop)
+            # A task that failed and was never awaited is reported when it is collected:
+            # now, to this run's handler, rather than whenever the collector runs.
+            gc.collect()
             loop.close()
             logging.disable(logging.NOTSET)
             for disk in disks:
