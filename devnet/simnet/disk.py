@@ -50,6 +50,7 @@ class Crashed(BaseException):
     closed store). A BaseException, so that no handler in the node takes it for a failure
     to recover from; the simulator expects it (`devnet.simnet.run`)."""
 
+
 COMMIT_WRITE_S = 0.004
 """How long a commit's synced batch takes to land (a small block's LevelDB write): the
 node's commit writer applies it that much later on the loop (`KVStore.write_latency_s`,
