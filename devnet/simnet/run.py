@@ -35,6 +35,7 @@ from devnet.faults.checkers import (
 from devnet.faults.history import KmsSample
 from devnet.network import NetworkPlan, plan_network, write_network
 from devnet.simnet.disk import Crashed, SimDisk, open_disks
+from devnet.simnet.forwards import check_forwards_taken
 from devnet.simnet.loop import VirtualLoop
 from devnet.simnet.mutants import mutant
 from devnet.simnet.schedule import Action, draw, heal_time
@@ -332,6 +333,11 @@ def _judge(world: World, spec: Spec, healed_at: float, *, tampering: bool) -> li
             tuple(rec.accepted_twice[:20]),
         ),
         check_events_followed(world.follows),
+        check_forwards_taken(
+            world.live_forwards(),
+            world.forwards_queued(),
+            [world.names[i] for i in sorted(world.byzantine)],
+        ),
         CheckResult(
             "durable-commits",
             not rec.regressions,
