@@ -11,13 +11,17 @@ its client's retries and to the inclusion timeout, and a leader that dropped it 
 without it: its partner waits for nothing.
 
 The check holds every honest validator to that promise. Each transaction of a batch an
-honest peer sent it must be *decided* by its admission (`node.accounts.Admission.admit`):
-taken into the pool, found there already, or refused for a reason of the transaction's
-own (its nonce committed or in use, expired, a bad signature); never refused because the
-pool had no room (`mempool-full`), and never left undecided, save what still waits in
-the admission queue when the run ends. A life of a validator that ends in a crash is not
-judged (the pool and the queue die with it: the mempool is memory only), nor is a
-validator a schedule made Byzantine, nor a batch from one.
+honest peer sent it must be *decided* by its admission (`node.accounts.Admission.admit`),
+where the pool's rules apply: taken into the pool, found there already, or refused for a
+reason of the transaction's own (its nonce committed or in use, expired, a bad
+signature), never left undecided (save what still waits in the admission queue when the
+run ends); and one that a block of the validator could take (its sender's next nonce
+there) is never refused because the pool had no room (`mempool-full`). A transaction
+that would wait behind a nonce gap may be refused for room: the pool's rules let such
+transactions give way (`node.mempool`), and a validator catching up after a crash or a
+partition holds many (the nonces it knows are the old ones). A life of a validator that
+ends in a crash is not judged (the pool and the queue die with it: the mempool is memory
+only), nor is a validator a schedule made Byzantine, nor a batch from one.
 """
 
 from __future__ import annotations
@@ -41,18 +45,25 @@ class Life:
     decided: Counter[bytes] = field(default_factory=Counter)
     """Encoded transaction -> how many times admission decided it (a forwarded one)."""
     refused_for_room: list[str] = field(default_factory=list)
+    """Refusals for lack of room of transactions a block could take."""
+    waiting_refused: int = 0
+    """Refusals for lack of room of transactions that would wait behind a nonce gap."""
 
     def receive(self, txs: Iterable[bytes], now: float) -> None:
         for raw in txs:
             self.received[raw] += 1
             self.first_at.setdefault(raw, now)
 
-    def decide(self, raw: bytes, now: float, room: str | None = None) -> None:
+    def decide(self, raw: bytes, now: float, room: str | None = None, ready: bool = True) -> None:
         """Admission decided a forwarded transaction; room: the pool's reason, when it
-        refused it for lack of room."""
+        refused it for lack of room; ready: whether a block could take it then."""
         self.decided[raw] += 1
-        if room is not None and raw in self.received:
+        if room is None or raw not in self.received:
+            return
+        if ready:
             self.refused_for_room.append(f"{self.node} at {now:.3f}s: {room}")
+        else:
+            self.waiting_refused += 1
 
     def undecided(self, queued: Iterable[bytes]) -> list[bytes]:
         """Transactions received more often than decided or still queued for admission."""
@@ -82,6 +93,7 @@ def check_forwards_taken(
     hostile = set(byzantine)
     judged = [life for life in lives if life.node not in hostile]
     received = sum(life.received.total() for life in judged)
+    gave_way = sum(life.waiting_refused for life in judged)
     room: list[str] = []
     dropped: list[str] = []
     dropped_count = 0
@@ -98,7 +110,7 @@ def check_forwards_taken(
     if ok:
         summary = (
             f"{received} txs of honest peers' batches received, each taken or refused "
-            "for a reason of its own"
+            f"for a reason of its own ({gave_way} waiting behind a nonce gap refused for room)"
         )
     else:
         summary = (
@@ -110,5 +122,10 @@ def check_forwards_taken(
         ok,
         summary,
         first_items(dropped + room),
-        {"received": received, "undecided": dropped_count, "refused_for_room": len(room)},
+        {
+            "received": received,
+            "undecided": dropped_count,
+            "refused_for_room": len(room),
+            "waiting_refused": gave_way,
+        },
     )

@@ -23,8 +23,8 @@ from devnet.simnet.schedule import Action
 from devnet.simnet.watch import Follows, follow
 from devnet.testing import anchor_tx
 from node.runtime import Validator
-from qchain.config import NodeConfig
 from node.wire import OriginBatch
+from qchain.config import NodeConfig
 from qchain.errors import MempoolFull, QChainError
 from qchain.qkd.clock import SystemClock
 from qchain.qkd.simsource import LocalKeySource, full_mesh
@@ -178,7 +178,7 @@ class World:
             try:
                 new = admit(tx)
             except MempoolFull as e:
-                life.decide(tx.encoded, loop.time(), e.reason)
+                life.decide(tx.encoded, loop.time(), e.reason, ready=_ready(v, tx))
                 raise
             except QChainError:
                 life.decide(tx.encoded, loop.time())
@@ -375,6 +375,13 @@ class World:
             counters["stored_key_count"] = int(report["stored_key_count"])  # type: ignore[call-overload]
             out[name] = counters
         return out
+
+
+def _ready(v: Validator, tx: Transaction) -> bool:
+    """Whether a block of v could take tx now: its sender's next nonce after the run v
+    holds pending (not waiting behind a nonce gap, `node.mempool`)."""
+    account = v.mempool.accounts.account(tx.sender)
+    return account is not None and tx.nonce == v.mempool.next_free_nonce(tx.sender, account.nonce)
 
 
 async def _call(work: Callable[[], Awaitable[Any]]) -> Any:

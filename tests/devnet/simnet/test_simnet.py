@@ -330,6 +330,31 @@ def test_the_mutant_gap_stall_is_caught_where_the_clean_code_passes() -> None:
     assert [c.name for c in mutated.checks if not c.ok] == ["acked-committed"]
 
 
+FORWARD_DROP_BURST = (Action(0.5, "burst", {"rate": 250, "seconds": 2.0, "txs": 1300}),)
+"""A burst alone, in a run of 6 s: 500 transactions over 2 s, then 1,300 at once (more
+than the pool's 1,280), so that the peers' batches reach full pools."""
+
+
+def test_the_mutant_forward_drop_is_caught_where_the_clean_code_passes() -> None:
+    """An overloaded validator dropping, on arrival, the transactions of its peers'
+    batches that its pool has no free place for (and its clients free to fill the whole
+    pool): the real code takes every transaction of an honest peer's batch (the
+    forwards-taken check), the mutant leaves hundreds undecided. The mutant costs only
+    delay (the other validators hold what it dropped), so no other check sees it."""
+    from node.forwarding import Forwarder
+
+    original = Forwarder.received
+    clean = simulate(Spec(seed=1, seconds=6, actions=FORWARD_DROP_BURST))
+    assert clean.ok, _failed(clean)
+    taken = next(c for c in clean.checks if c.name == "forwards-taken")
+    assert taken.data["received"] > 5000
+    mutated = simulate(Spec(seed=1, seconds=6, actions=FORWARD_DROP_BURST, mutant="forward-drop"))
+    assert Forwarder.received is original
+    assert [c.name for c in mutated.checks if not c.ok] == ["forwards-taken"]
+    dropped = next(c for c in mutated.checks if c.name == "forwards-taken")
+    assert dropped.data["undecided"] > 100
+
+
 def test_a_burst_scale_multiplies_the_burst_and_changes_nothing_else() -> None:
     for seed in range(40):
         plain = draw(random.Random(seed), 4, 20)
