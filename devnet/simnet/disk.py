@@ -77,7 +77,8 @@ class Crashable:
 
     def _die(self) -> None:
         # Inside the node's own step, before anything that step queued can leave; the
-        # step ends here when it is the node's code that writes (not a test's).
+        # step ends here when it runs as the node's (a task or timer of the node), not
+        # when the simulator or a test writes.
         on_crash = self.on_crash
         self.crash_after = None
         assert on_crash is not None
