@@ -192,7 +192,7 @@ class World:
     def forwards_queued(self) -> dict[str, list[bytes]]:
         """node -> the peers' transactions it received and has not yet admitted."""
         return {
-            self.names[i]: [raw for _, raw in v.forwarder._admit_queue]
+            self.names[i]: [entry[1] for entry in v.forwarder._admit_queue]
             for i, v in enumerate(self.nodes)
             if v is not None
         }
