@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint typecheck pytest devnet devnet-down bench clean rust-client sim-sweep sim-mutants
+.PHONY: install test lint typecheck pytest test-sweeps devnet devnet-down bench clean rust-client sim-sweep sim-mutants
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,13 @@ pytest: $(STAMP)
 	$(VENV)/bin/pytest
 
 test: lint typecheck pytest
+
+# The long part of the sweeps and soaks `make test` runs a smoke of: the tests marked
+# `sweep` (README, Testing), which `make test` leaves out. The fault kit's other hostile-peer
+# and key-manager scenarios on fresh devnets (about 20-60 s each) and the engine
+# simulator's seeds 8..27 of S1-S22.
+test-sweeps: $(STAMP)
+	$(VENV)/bin/pytest -m sweep
 
 DEVNET_DIR ?= devnet-data
 
