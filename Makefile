@@ -44,7 +44,7 @@ devnet: $(STAMP)
 devnet-down: $(STAMP)
 	$(VENV)/bin/qchain devnet down --dir $(DEVNET_DIR)
 
-# The Rust client (clients/rust/README.md), built where its test builds it.
+# The Rust client (clients/rust/README.md).
 CARGO_TARGET_DIR ?= $(CURDIR)/.cache/cargo-target
 
 rust-client:
