@@ -57,6 +57,7 @@ from qchain.errors import (
     StorageError,
     StoreLocked,
 )
+from qchain.qkd.lease import MAX_FLOOR
 from qchain.store import schema
 from qchain.store.kv import KVStore, Snapshot
 from qchain.types import MAX_BLOCK_SIZE, ChainId
@@ -266,6 +267,8 @@ class BackupReader:
             raise BackupError(f"{where}.key", f"unknown key family {key[:1]!r}")
         if key.startswith(schema.QKD_LEASE) and len(value) != 8:
             raise BackupError(f"{where}.value", "a QKD lease is an 8-byte integer")
+        if key == schema.QKD_LEASE_FLOOR and schema.read_u64(value) > MAX_FLOOR:
+            raise BackupError(f"{where}.value", "the QKD lease floor is above 2^63: damaged")
         return key, value
 
     def _trailer(self) -> None:

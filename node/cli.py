@@ -39,8 +39,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     chk.add_argument("--config", required=True, type=Path)
     reb = sub.add_parser(
         "rebuild",
-        help="move a corrupt store aside (keeping the QKD leases); the next run catches up "
-        "from the peers",
+        help="move a corrupt store aside (keeping the QKD leases it can read, writing the "
+        "lease floor); the next run catches up from the peers",
     )
     reb.add_argument("--config", required=True, type=Path, help="node TOML config")
     conf = sub.add_parser(
@@ -140,7 +140,13 @@ def _rebuild(db_dir: Path, config: Path) -> int:
     except StorageError as e:
         print(f"rebuild refused: {e.message}", file=sys.stderr)
         return 1
-    print(f"the damaged store is now {done.moved_to}; {done.leases} QKD lease(s) kept")
+    kept = (
+        f"{done.leases} QKD lease(s) kept"
+        if done.leases_readable
+        else "its QKD leases could not be read, none kept"
+    )
+    print(f"the damaged store is now {done.moved_to}; {kept}")
+    print(f"lease floor {done.floor}: every QKD link numbers its frames from at least there")
     print(f"start the node (qchain node run --config {config}): it catches up from its peers")
     return 0
 
@@ -167,7 +173,7 @@ def _backup(cfg: NodeConfig, out: Path) -> int:
 
 def _restore(cfg: NodeConfig, args: argparse.Namespace) -> int:
     from node.backup import expected_of
-    from node.rebuild import LEASE_MARGIN, restore
+    from node.rebuild import restore
     from qchain.errors import QChainError, StoreLocked
 
     db_dir = cfg.node.data_dir / "db"
@@ -186,7 +192,8 @@ def _restore(cfg: NodeConfig, args: argparse.Namespace) -> int:
     print(f"{db_dir}: restored height {done.header.height}, {done.records} records; {moved}")
     print(
         f"QKD leases: {done.leases_kept} kept from the replaced store, "
-        f"{done.leases_advanced} advanced by {LEASE_MARGIN} from the backup"
+        f"{done.leases_from_backup} from the backup; lease floor {done.floor}: every QKD "
+        "link numbers its frames from at least there"
     )
     print(f"start the node (qchain node run --config {args.config}): it catches up from there")
     return 0

@@ -3,15 +3,13 @@
 A node that finds its store corrupt stops voting and serving (see `Validator.store_corrupt`)
 and stays so: nothing on its disk can be trusted. `rebuild` moves the damaged database
 aside (kept for inspection, never read again by the node) and puts in its place a new one
-that holds only what peers cannot give back: the QKD sequence leases (`schema.QKD_LEASE`).
-Without them the node would restart its link sequence numbers at 0 and every peer would
-reject its frames as stale until it had sent as many as before the rebuild.
+that holds only what peers cannot give back: the QKD sequence leases (`schema.QKD_LEASE`)
+when they can be read, and the lease floor (below).
 
 The node is then started as usual (`qchain node run`): its chain is empty, and the
 consensus catch-up (SyncReq for the decided values, BlockReq for their bodies, each body
 checked against its value and executed again) brings it to the top of the chain, after
-which it votes again. The rebuild refuses to run while the node holds the database lock,
-and when the leases themselves cannot be read.
+which it votes again. The rebuild refuses to run while the node holds the database lock.
 
 `restore` puts a backup (`node.backup`) in the store's place instead: it reads the whole
 file and checks it against the node's genesis before it touches anything, builds the new
@@ -25,12 +23,18 @@ arm the amnesia guard (`consensus.amnesia`, CONSENSUS.md §3.8) by writing
 `schema.META_AMNESIA`: the node stays silent at every height it may have voted in before
 and votes again once 2f+1 peers have shown it how far the chain got.
 
-The leases must not go backwards either. A backup's leases are those of the moment it was
-taken; the node has since sent more frames on every link. When the store being replaced
-is readable, its lease of a link is the truth (a lease is persisted before any number
-under it is used) and is kept whenever it is at least the backup's. Otherwise (no store,
-an unreadable one, or one older than the backup) the backup's lease is advanced by
-LEASE_MARGIN.
+The link sequence numbers must not go backwards either: a peer refuses a frame numbered
+at or below the last one it accepted from the node. A backup's leases are those of the
+moment it was taken, and a damaged store's may not be readable at all. So both write, in
+the batch that writes the mark, the **lease floor** F = max(every floor they can read,
+`now_ms`·2^16 + 2^40) (`qchain.qkd.lease`, CONSENSUS.md §10.9 (7)); every link's numbers
+start at or above it, above every number the node's earlier incarnations drew. A floor
+read above the present clock term refuses the run, with nothing changed: the wall clock
+was set back. The leases themselves: `rebuild` carries the damaged store's over when its
+whole lease family reads without error, else none; `restore` keeps a link's lease from
+the replaced store when that store's whole lease family is readable and the lease is at
+least the backup's, else takes the backup's. Readable is all or nothing: a lease family
+that fails partly tells nothing of what it missed.
 """
 
 from __future__ import annotations
@@ -42,18 +46,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from node.backup import BackupHeader, Expected, check_backup, read_backup
-from qchain.errors import BackupError, StorageError, StoreLocked
+from qchain.errors import StorageError, StoreLocked
+from qchain.qkd.lease import lease_floor, parse_floor
 from qchain.store import Batch, schema
 from qchain.store.leveldb import LevelDBStore
 
-LEASE_MARGIN = 1 << 48
-"""How far a restore advances a lease it cannot take from the replaced store. A lease
-counts frames (link sequence numbers); every frame takes a fresh 256-bit one-time key from
-the QKD link, so a link that sent 10^6 frames a second (256 Mbit/s of QKD key, about a
-hundred times what a fast QKD link delivers) would need 2^48 / 10^6 s, about 8.9 years, to
-use up the margin: a backup restored within that age never reuses a sequence number. The
-64-bit sequence space leaves room for 65,536 such restores."""
-MAX_LEASE = 2**64 - 1
 WRITE_BATCH_BYTES = 8 * 1024 * 1024
 """A restore writes the new database in batches of about this size."""
 
@@ -63,7 +60,11 @@ class Rebuilt:
     moved_to: Path
     """Where the damaged database now is."""
     leases: int
-    """QKD lease entries carried into the new database."""
+    """Link leases carried into the new database."""
+    leases_readable: bool
+    """Whether the damaged database's lease family read whole (else none is carried)."""
+    floor: int
+    """The lease floor written."""
 
 
 @dataclass(frozen=True)
@@ -73,9 +74,11 @@ class Restored:
     moved_to: Path | None
     """Where the replaced database now is (None: there was none)."""
     leases_kept: int
-    """Leases taken from the replaced database (ahead of the backup's)."""
-    leases_advanced: int
-    """Leases of the backup advanced by LEASE_MARGIN."""
+    """Leases taken from the replaced database (at least the backup's)."""
+    leases_from_backup: int
+    """Leases taken from the backup."""
+    floor: int
+    """The lease floor written."""
 
 
 def _stamp(now: datetime | None) -> str:
@@ -90,47 +93,95 @@ def _aside(db_dir: Path, tag: str, stamp: str) -> Path:
     return moved_to
 
 
-def _leases(store: LevelDBStore) -> dict[bytes, bytes]:
-    return dict(store.iterate(schema.QKD_LEASE))
+def _now_ms(at: datetime) -> int:
+    return int(at.timestamp() * 1000)
+
+
+@dataclass(frozen=True)
+class _LeaseFamily:
+    """A store's lease family, read whole: the link leases (raw values) and the floor."""
+
+    leases: dict[bytes, bytes]
+    floor: int
+
+
+def _read_family(store: LevelDBStore | Mapping[bytes, bytes], where: str) -> _LeaseFamily:
+    """The lease family, every value checked (a lease is 8 bytes, the floor bounded);
+    `StorageError` for any failure."""
+    items = store.items() if isinstance(store, Mapping) else store.iterate(schema.QKD_LEASE)
+    leases: dict[bytes, bytes] = {}
+    floor = 0
+    for key, value in items:
+        if key == schema.QKD_LEASE_FLOOR:
+            floor = parse_floor(value, where)
+            continue
+        try:
+            schema.read_u64(value)
+        except StorageError as e:
+            raise StorageError(f"the lease {key[1:]!r} of {where}: {e.message}") from None
+        leases[key] = value
+    return _LeaseFamily(leases, floor)
+
+
+def _family_or_none(store: LevelDBStore, where: str) -> _LeaseFamily | None:
+    try:
+        return _read_family(store, where)
+    except StorageError:
+        return None
+
+
+def _write_mark(store: LevelDBStore, leases: Mapping[bytes, bytes], floor: int) -> None:
+    """The leases, the floor and the amnesia mark, in one synced batch."""
+    batch = Batch()
+    for key, value in leases.items():
+        batch.put(key, value)
+    batch.put(schema.QKD_LEASE_FLOOR, schema.u64(floor))
+    batch.put(schema.META_AMNESIA, b"")
+    store.write(batch, sync=True)
 
 
 def rebuild(db_dir: Path, now: datetime | None = None) -> Rebuilt:
-    """Move the database at db_dir aside and start a new one with its QKD leases."""
+    """Move the database at db_dir aside and start a new one with its QKD leases (when
+    they read whole), the lease floor and the amnesia mark. Refused, with nothing changed,
+    while a process holds the database and when a floor it read is above the clock's."""
     if not db_dir.is_dir():
         raise StorageError(f"no database at {db_dir}")
-    with LevelDBStore(db_dir) as old:
-        leases = _leases(old)
-    moved_to = _aside(db_dir, "corrupt", _stamp(now))
+    at = now or datetime.now(UTC)
+    family: _LeaseFamily | None = None
+    try:
+        with LevelDBStore(db_dir) as old:
+            family = _family_or_none(old, "the damaged store")
+    except StoreLocked:
+        raise
+    except StorageError:
+        family = None
+    read: list[tuple[str, int]] = [] if family is None else [("the damaged store", family.floor)]
+    floor = lease_floor(read, _now_ms(at))
+    leases = {} if family is None else family.leases
+    moved_to = _aside(db_dir, "corrupt", _stamp(at))
     db_dir.rename(moved_to)
     with LevelDBStore(db_dir) as new:
-        batch = Batch()
-        for key, value in leases.items():
-            batch.put(key, value)
-        batch.put(schema.META_AMNESIA, b"")
-        new.write(batch, sync=True)
-    return Rebuilt(moved_to, len(leases))
+        _write_mark(new, leases, floor)
+    return Rebuilt(moved_to, len(leases), family is not None, floor)
 
 
 def merge_leases(
     backup: Mapping[bytes, bytes], current: Mapping[bytes, bytes] | None
-) -> tuple[dict[bytes, bytes], int, int]:
-    """The leases of a restored store: (leases, kept from current, advanced from backup).
-    `current` is None when the replaced store's leases are unknown."""
+) -> tuple[dict[bytes, bytes], int]:
+    """The link leases of a restored store: (leases, how many kept from current). A link's
+    lease is current's when it is at least the backup's, else the backup's; a link only
+    current holds keeps it. `current` is None when the replaced store's lease family is
+    unknown; neither mapping holds the floor (`_read_family`)."""
     out: dict[bytes, bytes] = dict(current or {})
     kept = len(out)
-    advanced = 0
     for key, raw in backup.items():
-        b = schema.read_u64(raw)
         c = current.get(key) if current is not None else None
-        if c is not None and schema.read_u64(c) >= b:
-            continue
         if c is not None:
+            if schema.read_u64(c) >= schema.read_u64(raw):
+                continue
             kept -= 1
-        if b + LEASE_MARGIN > MAX_LEASE:
-            raise BackupError(f"lease {key[1:]!r}", "too close to the end of the 64-bit range")
-        out[key] = schema.u64(b + LEASE_MARGIN)
-        advanced += 1
-    return out, kept, advanced
+        out[key] = raw
+    return out, kept
 
 
 def restore(
@@ -140,9 +191,10 @@ def restore(
     docstring). Refused, with nothing changed, while a process holds the database, or
     when the backup is not one of this node's chain."""
     check_backup(backup, expected)
-    stamp = _stamp(now)
+    at = now or datetime.now(UTC)
+    stamp = _stamp(at)
     old: LevelDBStore | None = None
-    current: dict[bytes, bytes] | None = None
+    current: _LeaseFamily | None = None
     if db_dir.is_dir():
         moved_to: Path | None = _aside(db_dir, "replaced", stamp)
         old, current = _open_current(db_dir)
@@ -151,14 +203,17 @@ def restore(
     new_dir = _aside(db_dir, "restoring", stamp)
     try:
         try:
-            header, records, backup_leases = _write_backup(new_dir, backup, expected)
-            leases, kept, advanced = merge_leases(backup_leases, current)
+            header, records, raw_leases = _write_backup(new_dir, backup, expected)
+            backup_family = _read_family(raw_leases, "the backup")
+            read = [("the backup", backup_family.floor)]
+            if current is not None:
+                read.append(("the replaced store", current.floor))
+            floor = lease_floor(read, _now_ms(at))
+            leases, kept = merge_leases(
+                backup_family.leases, None if current is None else current.leases
+            )
             with LevelDBStore(new_dir) as new:
-                batch = Batch()
-                for key, value in leases.items():
-                    batch.put(key, value)
-                batch.put(schema.META_AMNESIA, b"")
-                new.write(batch, sync=True)
+                _write_mark(new, leases, floor)
         finally:
             if old is not None:
                 old.close()
@@ -168,30 +223,28 @@ def restore(
     except BaseException:
         shutil.rmtree(new_dir, ignore_errors=True)
         raise
-    return Restored(header, records, moved_to, kept, advanced)
+    return Restored(header, records, moved_to, kept, len(leases) - kept, floor)
 
 
-def _open_current(db_dir: Path) -> tuple[LevelDBStore | None, dict[bytes, bytes] | None]:
+def _open_current(db_dir: Path) -> tuple[LevelDBStore | None, _LeaseFamily | None]:
     """The replaced database, held open (its lock keeps a node from starting on it) with
-    its leases; (None, None) when it cannot be opened or its leases read because it is
-    damaged. A database in use by a running node is refused (`StoreLocked`)."""
+    its lease family; (None, None) when it cannot be opened, a None family when the
+    family does not read whole. A database in use by a running node is refused
+    (`StoreLocked`)."""
     try:
         old = LevelDBStore(db_dir)
     except StoreLocked:
         raise
     except StorageError:
         return None, None
-    try:
-        return old, _leases(old)
-    except StorageError:
-        return old, None
+    return old, _family_or_none(old, "the replaced store")
 
 
 def _write_backup(
     new_dir: Path, backup: Path, expected: Expected
 ) -> tuple[BackupHeader, int, dict[bytes, bytes]]:
-    """Write the backup's records into a new database at new_dir, except its leases,
-    which are returned."""
+    """Write the backup's records into a new database at new_dir, except its lease family
+    (leases and floor), which is returned."""
     leases: dict[bytes, bytes] = {}
     with LevelDBStore(new_dir) as new:
         batch = Batch()

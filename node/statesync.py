@@ -40,7 +40,7 @@ that from the wire.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -60,8 +60,10 @@ from node.snapshots import (
     SnapshotBlock,
     SnapshotOffer,
 )
+from qchain.clock import wall_ms
 from qchain.errors import InvalidSnapshot, QChainError, StorageError
 from qchain.merkle import leaf_hash, root_of_leaf_hashes
+from qchain.qkd.lease import lease_floor, read_floor
 from qchain.store import Batch, schema
 from qchain.store.kv import KVStore
 from qchain.types import (
@@ -203,12 +205,22 @@ def check_offer(raw: bytes, height: int, trust: Trust) -> tuple[SnapshotOffer, M
 
 
 class StateSync:
-    def __init__(self, trust: Trust, sources: Sequence[SnapshotSource], parallel: int = 4) -> None:
+    def __init__(
+        self,
+        trust: Trust,
+        sources: Sequence[SnapshotSource],
+        parallel: int = 4,
+        *,
+        now_ms: Callable[[], int] = wall_ms,
+    ) -> None:
+        """`now_ms` is the wall clock (ms since the Unix epoch) the lease floor is
+        computed from."""
         if not sources:
             raise InvalidSnapshot("state sync needs at least one source")
         self.trust = trust
         self.sources = list(sources)
         self.parallel = max(1, parallel)
+        self.now_ms = now_ms
         self.result = Synced(0, 0, 0)
 
     async def offered(self) -> dict[int, list[SnapshotSource]]:
@@ -232,9 +244,10 @@ class StateSync:
         """Fetch, check and write the highest snapshot offered; raises `InvalidSnapshot`
         when no offered snapshot could be fetched whole; before fetching anything,
         `StoreMismatch` for a store of another chain and `StorageError` for one that holds
-        blocks."""
+        blocks, whose lease floor cannot be read or is above the clock's."""
         ChainStore(store).init_meta(self.trust.chain_id, self.trust.genesis_hash)
         _check_empty(store)
+        lease_floor([("the store", read_floor(store))], self.now_ms())
         offered = await self.offered()
         for height in sorted(offered, reverse=True):
             got = await self._offer(height, offered[height])
@@ -249,7 +262,7 @@ class StateSync:
             self.result.offer = offer
             self.result.chunks = len(manifest.chunks)
             anchor = self.trust.next_anchor(offer)
-            self.result.entries = write(store, offer, base, chunks, anchor)
+            self.result.entries = write(store, offer, base, chunks, anchor, self.now_ms())
             return self.result
         raise InvalidSnapshot(f"no snapshot could be fetched whole ({self.result})")
 
@@ -354,12 +367,16 @@ def write(
     base: SnapshotBlock,
     chunks: list[list[Entry]],
     next_anchor: int,
+    now_ms: int,
 ) -> int:
     """Replace the store's state with the snapshot's and record the block, receipts,
     certificate and consensus value of its height as the committed tip and base, with the
-    anchor of the next height and the amnesia guard's mark, in one synced batch; the
-    number of entries written. Refuses a store that has committed blocks."""
+    anchor of the next height, the amnesia guard's mark and the lease floor computed at
+    `now_ms`, in one synced batch; the number of entries written. Refuses (`StorageError`,
+    nothing written) a store that has committed blocks, and one whose lease floor cannot
+    be read or is above the clock's (`qchain.qkd.lease.lease_floor`)."""
     _check_empty(store)
+    floor = lease_floor([("the store", read_floor(store))], now_ms)
     batch = Batch()
     for key, _ in store.iterate(schema.STATE):
         batch.delete(key)
@@ -380,5 +397,8 @@ def write(
     # The store may be that of a validator that voted before it lost its records: the
     # amnesia guard (CONSENSUS.md §3.8) keeps it silent until its peers show their heights.
     batch.put(schema.META_AMNESIA, b"")
+    # Its links number their frames from the floor up: above every number its lost store
+    # drew, which its peers remember (CONSENSUS.md §10.9 (7)). Its own leases stay.
+    batch.put(schema.QKD_LEASE_FLOOR, schema.u64(floor))
     store.write(batch, sync=True)
     return entries

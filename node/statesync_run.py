@@ -21,6 +21,7 @@ from node.chainstore import ChainStore
 from node.snapshots import MAX_BLOCK_ANSWER_BYTES, MAX_OFFER_BYTES
 from node.statesync import SnapshotSource, StateSync, Synced, Trust
 from qchain.client import AsyncClient
+from qchain.clock import wall_ms
 from qchain.config import NodeConfig
 from qchain.errors import ConfigError, InvalidSnapshot
 from qchain.store.kv import KVStore, open_store
@@ -94,7 +95,7 @@ async def sync_store(
         return None
     if not force and after == 0:
         return None
-    sync = StateSync(Trust.of_genesis(genesis), sources)
+    sync = StateSync(Trust.of_genesis(genesis), sources, now_ms=wall_ms)
     if not force:
         try:
             offered = await asyncio.wait_for(sync.offered(), PROBE_TIMEOUT_S)

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable
 
 from qchain.qkd.clock import Clock, SystemClock
 from qchain.qkd.frame import DEFAULT_FRAME_LIMITS, FrameLimits, LinkReceiver, LinkSender
-from qchain.qkd.lease import Lease
+from qchain.qkd.lease import Lease, read_floor
 from qchain.qkd.pool import PoolConfig, ReceiveKeyPool, SendKeyPool
 from qchain.qkd.source import KeySource
 from qchain.store.kv import KVStore
@@ -35,12 +35,15 @@ class QKDEndpoint:
         store: KVStore | None = None,
     ) -> None:
         """With a `store`, each sender draws its sequence numbers from a persisted `Lease`
-        named `seq/<me>/<peer>`, so a restarted node never repeats one; without, they
-        start at 1."""
+        named `seq/<me>/<peer>` that starts at max(its stored end, the store's lease
+        floor), the floor read once here (`qchain.qkd.lease`; a damaged floor is refused
+        with `StorageError`), so a restarted, restored, rebuilt or state-synced node never
+        repeats a number its peers have seen; without, they start at 1."""
         self.me = me
         self.source = source
         clock = clock or SystemClock()
         peers = sorted(set(peers) - {me})
+        floor = 0 if store is None else read_floor(store)
         self.send_pools = {p: SendKeyPool(source, p, config, clock) for p in peers}
         self.receive_pools = {
             p: ReceiveKeyPool(source, p, config, clock, batch_size=self._batch_of(p)) for p in peers
@@ -51,7 +54,7 @@ class QKDEndpoint:
                 me,
                 p,
                 self.send_pools[p],
-                seq_lease=None if store is None else Lease(store, f"seq/{me}/{p}"),
+                seq_lease=None if store is None else Lease(store, f"seq/{me}/{p}", floor=floor),
                 limits=limits,
             )
             for p in peers

@@ -21,7 +21,10 @@ big-endian so that byte order is numeric order. The layout version is written un
   or voted) above the committed height; at or below it, only the committed block's, which
   its `b` row references (a body is written once) |
 | `m` | name | node metadata (schema version, chain id, last committed height, ...) |
-| `q` | link name | QKD key-id lease (highest id this node may use) |
+| `q` | link name | QKD lease: the end of the block of numbers a counter may use (a
+  link's frame numbers under `seq/<me>/<peer>`, a simulated key counter under `sim/...`);
+  under `floor`, the lease floor every link's numbers start at or above
+  (`QKD_LEASE_FLOOR`, `qchain.qkd.lease`) |
 | `v` | height | the consensus value decided at that height |
 | `a` | app-defined | auxiliary per-node data (e.g. consensus extras) |
 | `n` | height | the manifest of the state snapshot this node keeps for a checkpoint height
@@ -214,6 +217,10 @@ META_GENESIS_HASH = meta_key("genesis-hash")
 META_BASE_HEIGHT = meta_key("base-height")
 """The snapshot height a state-synced store starts at, its first block: none below it is
 held."""
+QKD_LEASE_FLOOR = qkd_lease_key("floor")
+"""The lease floor (u64, CONSENSUS.md §10.9 (7)): written by every writer of META_AMNESIA;
+each link's frame numbers start at max(its lease, the floor). No link lease shares the
+name: those are `seq/<me>/<peer>`."""
 META_AMNESIA = meta_key("amnesia")
 """Present after a restore, rebuild or state sync (CONSENSUS.md §3.8): empty while the
 amnesia guard is unsettled, then the u64 last height at which the node stays silent."""

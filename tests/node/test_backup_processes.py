@@ -3,8 +3,8 @@
 - A running validator is backed up (its admin API streams a snapshot), the chain commits
   more blocks, the validator is stopped, its data directory wiped and the backup restored:
   it starts, catches up to the others' height, its links work (its peers accept its
-  frames: no stale sequence numbers, thanks to the advanced leases) and a transaction
-  submitted to it commits.
+  frames: no stale sequence numbers, thanks to the lease floor the restore wrote) and a
+  transaction submitted to it commits.
   It comes back under the amnesia guard and settles its silent heights past the height at
   which it stopped.
 - A stopped validator is backed up, runs on, is stopped and restored over its own store:
@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 from collections.abc import Iterator
 from functools import partial
@@ -25,9 +26,9 @@ from devnet.network import account_key, plan_network
 from devnet.nodeapi import http_json
 from devnet.testing import anchor_tx, run_qchain, until
 from node.backup import check_backup, expected_of
-from node.rebuild import LEASE_MARGIN
 from qchain.client import Client
 from qchain.config import load_config
+from qchain.qkd.lease import MAX_FLOOR
 from qchain.types import Transaction
 
 pytestmark = pytest.mark.slow
@@ -121,7 +122,10 @@ def test_running_node_backed_up_wiped_restored_catches_up(
     restored = _qchain("node", "restore", "--config", str(config), "--in", str(out))
     assert restored.returncode == 0, restored.stdout + restored.stderr
     assert "0 kept from the replaced store" in restored.stdout
-    assert f"advanced by {LEASE_MARGIN}" in restored.stdout
+    printed = re.search(r"lease floor (\d+)", restored.stdout)
+    assert printed is not None, restored.stdout
+    floor = int(printed.group(1))
+    assert 2**56 < floor <= MAX_FLOOR
     devnet.start(victim)
 
     _caught_up_and_ready(devnet, victim, other)
@@ -147,7 +151,7 @@ def test_running_node_backed_up_wiped_restored_catches_up(
         now["stale"] == seen[p]["stale"] for p, now in _from_victim(devnet, victim).items()
     ), "a peer rejected the restored node's frames as stale"
     sent = http_json(f"{devnet.api_url(victim)}/v1/qkd")["links"]
-    assert all(link["send"]["next_seq"] > LEASE_MARGIN for link in sent.values())
+    assert all(link["send"]["next_seq"] > floor for link in sent.values())
     assert _commit(devnet, victim, txs.next()) > top
 
 
@@ -173,7 +177,7 @@ def test_stopped_node_backed_up_and_restored_over_its_own_store(
 
     restored = _qchain("node", "restore", "--config", str(config), "--in", str(out))
     assert restored.returncode == 0, restored.stdout + restored.stderr
-    assert "0 advanced" in restored.stdout  # the store's leases are ahead: kept
+    assert "0 from the backup" in restored.stdout  # the store's leases are ahead: kept
     data_dir = load_config(config).node.data_dir
     assert list(data_dir.glob("db.replaced-*"))
     devnet.start(victim)

@@ -387,3 +387,71 @@ async def test_store_with_a_write_latency_is_durable_at_the_barrier_not_before()
     writer.write(5, _batch(5), lambda: durable.append(5))
     writer.close()  # stopping: the batch lands, nothing more is announced
     assert store.get(schema.META_LAST_HEIGHT) == schema.u64(5) and durable == [4]
+
+
+class HeldByHeight(MemoryStore):
+    """An in-memory store whose commit batch of each height in `gates` waits, in the
+    writer thread, until its gate is set."""
+
+    concurrent_writes = True
+
+    def __init__(self, gates: dict[int, threading.Event]) -> None:
+        super().__init__()
+        self.gates = gates
+
+    def write(self, batch: Batch, *, sync: bool = True) -> None:
+        last = dict(batch.ops()).get(schema.META_LAST_HEIGHT)
+        gate = None if last is None else self.gates.get(schema.read_u64(last))
+        if gate is not None and not gate.wait(HANG_GUARD_S):
+            raise StorageError("never released")
+        super().write(batch, sync=sync)
+
+
+async def test_catching_up_two_heights_in_one_step_waits_for_the_disk(tmp_path: Path) -> None:
+    """CONSENSUS.md §2.6's start row (Revision 1.17, T1): a node that commits heights 1 and
+    2 from its peers' claims in one step (as a catch-up does: the engine's step yields both
+    `Commit`s, carried out one after the other) starts height 3 only once block 1's batch
+    is durable; block 2's may still be in flight (one batch in flight, never two). The
+    batch of 1 is let go from another thread while the node waits, so a node that queued
+    the second batch without waiting would start 3 with block 1 still held."""
+    from consensus.events import Commit, StartHeight
+    from devnet.network import plan_network, write_network
+    from qchain.config import load_config
+
+    write_network(tmp_path, plan_network(base_port=None, scheme="ed25519"))
+    nodes = tmp_path / "nodes"
+    builder = Validator(load_config(nodes / "node0" / "config.toml"), store=MemoryStore())
+    commits = []
+    for height in (1, 2):
+        parent = builder.app.committed_value(height - 1)
+        assert parent is not None
+        p = builder.app.build(height, 0, parent, 0, [], now_ms=1_000 * height)
+        builder.store.write(builder.app.commit_batch(p), sync=True)
+        commits.append(Commit(height, p.cblock, 0))
+
+    gates = {1: threading.Event(), 2: threading.Event()}
+    store = HeldByHeight(gates)
+    node = Validator(load_config(nodes / "node1" / "config.toml"), store=store)
+    writer = node.committer.writer
+    started: dict[int, tuple[int, int | None]] = {}
+
+    def feed(ev: object) -> None:
+        if isinstance(ev, StartHeight):
+            started[ev.height] = (chain_height(store), writer.in_flight)
+
+    node.committer.feed = feed
+    release = threading.Timer(0.2, gates[1].set)  # while the node waits, if it does
+    release.start()
+    try:
+        for c in commits:  # one step's actions
+            node.committer.commit(c)
+        assert started[2] == (0, 1)  # height 2 runs while block 1's batch is written
+        assert started[3] == (1, 2)  # height 3 only with block 1 durable; 2 in flight
+        gates[2].set()
+        writer.wait()
+        assert chain_height(store) == 2 and node.alarms.fatal is None
+    finally:
+        release.cancel()
+        for gate in gates.values():
+            gate.set()
+        writer.close()

@@ -387,3 +387,55 @@ async def test_a_block_that_misses_the_certified_header_is_refused(serving: Vali
     done = await StateSync(_trust(serving, 1), [liar, Source(serving, "honest")]).run(store)
     assert done.rejected_blocks == 1
     assert ChainStore(store).block(4) == serving.chain.block(4)
+
+
+NOW_MS = 1_796_400_000_000  # 2026-12-04T16:00:00Z
+
+
+def _store_with_leases(floor: bytes | None) -> MemoryStore:
+    """A store that holds no block but QKD leases (one `rebuild` left), and a floor."""
+    store = MemoryStore()
+    store.put(schema.qkd_lease_key("seq/SAE-node3/SAE-node0"), schema.u64(8192))
+    if floor is not None:
+        store.put(schema.QKD_LEASE_FLOOR, floor)
+    return store
+
+
+async def test_sync_writes_the_lease_floor_and_keeps_the_leases(serving: Validator) -> None:
+    """CONSENSUS.md §10.9 (7): the synced store's links number their frames from the floor
+    up, above every number an earlier store of this validator drew, which its peers
+    remember; its own leases stay as they are."""
+    from qchain.qkd.lease import clock_floor
+
+    store = _store_with_leases(schema.u64(clock_floor(NOW_MS) - 1))
+    sources = [Source(serving, "a"), Source(serving, "b")]
+    await StateSync(_trust(serving), sources, now_ms=lambda: NOW_MS).run(store)
+    assert store.get(schema.META_AMNESIA) == b""
+    assert dict(store.iterate(schema.QKD_LEASE)) == {
+        schema.QKD_LEASE_FLOOR: schema.u64(clock_floor(NOW_MS)),
+        schema.qkd_lease_key("seq/SAE-node3/SAE-node0"): schema.u64(8192),
+    }
+
+
+@pytest.mark.parametrize(
+    ("floor", "message"),
+    [
+        (schema.u64(1_796_400_000_001 * 2**16 + 2**40), "clock is behind"),
+        (schema.u64(2**64 - 1), "above the largest floor"),
+        (b"\x00" * 3, "3 bytes, not 8"),
+    ],
+)
+async def test_sync_refuses_a_floor_above_the_clock_or_damaged(
+    serving: Validator, floor: bytes, message: str
+) -> None:
+    """Refused before anything is fetched; nothing of the sync is written."""
+    store = _store_with_leases(floor)
+    before = list(store.iterate())
+    assert all(k.startswith(schema.QKD_LEASE) for k, _ in before)
+    sources = [Source(serving, "a"), Source(serving, "b")]
+    with pytest.raises(StorageError, match=message):
+        await StateSync(_trust(serving), sources, now_ms=lambda: NOW_MS).run(store)
+    assert all(not s.chunk_calls for s in sources)
+    assert list(store.iterate(schema.QKD_LEASE)) == before
+    assert not list(store.iterate(schema.STATE))
+    assert store.get(schema.META_AMNESIA) is None and ChainStore(store).height() == 0
