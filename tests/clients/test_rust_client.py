@@ -58,9 +58,9 @@ def build_dir() -> Path:
     covers `Cargo.toml`, `Cargo.lock`, `src/` and `tests/`, so one directory only ever
     holds builds of the same sources, whichever clone they came from."""
     h = hashlib.sha256()
-    for path in sorted(
-        p for p in CRATE.rglob("*") if p.is_file() and p.parts[len(CRATE.parts)] != "target"
-    ):
+    sources = [CRATE / "Cargo.toml", CRATE / "Cargo.lock"]
+    sources += [p for d in ("src", "tests") for p in (CRATE / d).rglob("*") if p.is_file()]
+    for path in sorted(sources):
         h.update(str(path.relative_to(CRATE)).encode() + b"\x00" + path.read_bytes() + b"\x00")
     cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
     return cache / "qchain" / "cargo-target" / h.hexdigest()[:16]
