@@ -400,8 +400,12 @@ class Engine(HeightProtocol):
         return j in vs
 
     def _on_message(self, j: int, m: Message) -> list[Action]:
-        if j == self.me or j not in self.sets.all_ids or m.chain_id != self.p.chain_id:
+        if j == self.me or m.chain_id != self.p.chain_id:
             return []
+        if j not in self.sets.all_ids:
+            # A SYNC_REQ is answered from any linked peer (10.6 L2): an approved add
+            # catches up before any set holds it. It notes no height; nothing else is read.
+            return self.catchup.on_request(j, m) if isinstance(m, SyncReq) else []
         if (
             isinstance(m, Propose | Vote | Report | Abort | Done)
             and m.height >= 1

@@ -10,8 +10,8 @@ The file is JSON (see `contracts/README.md` for an example):
   `reconfig_delay` (D ≥ 2, default 2), `proposal_ttl` (heights, default 10 000),
   `ready_ttl` (block time in ms, default 86 400 000: 24 hours), `ready_ttl_heights`
   (default 1 000) and `reconfiguration` (default false: the `validators` contract refuses
-  every change, and a node refuses to start on a genesis that sets it, since the engine
-  does not follow set changes yet);
+  every change; true: the node follows the set of each height from the contract, as far
+  as docs/CONSENSUS.md's last revision on §10 says);
 - `validators`: n = 3f+1 entries, each with `index` (0..n−1, in order), `name`,
   `public_key` (hex ML-DSA-65 key that signs commit certificates), `sae_id` (its QKD SAE
   id, unique), optional `p2p` and `api` address hints, and `operator` (hex address of the

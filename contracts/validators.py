@@ -1,12 +1,13 @@
 """validators: validator-set changes on a running chain, the application side of
 docs/CONSENSUS.md §10.1–§10.2.
 
-Status: the consensus engine does not follow set changes yet (§10.3–§10.8 are not
-implemented): every chain is decided by the set of its genesis. So that nothing here
-misleads, every transaction method refuses with `reconfiguration-disabled` ("validator-set
-changes are not enabled on this chain") unless the genesis sets
-`consensus.reconfiguration`, and the node refuses to start on a genesis that sets it. The
-queries work on any genesis with operators.
+Status: every transaction method refuses with `reconfiguration-disabled` ("validator-set
+changes are not enabled on this chain"; the receipt's wording, part of the chain's
+history, is unchanged since the node did not follow changes) unless the genesis sets
+`consensus.reconfiguration`. On such a chain the node follows the set of each height from
+this contract's state (`node/validatorsets.py`); what it builds of §10.3–§10.9 and what it
+refuses instead is the last revision of docs/CONSENSUS.md. The queries work on any genesis
+with operators.
 
 A validator is named by its id (genesis: 0..n₀−1, then `next_id` at each approved add; an
 id is never given twice). Its consensus record is `(id, public_key, sae_id, operator)`;

@@ -1,4 +1,5 @@
-"""`qchain devnet init|up|down|status|reset|logs`: a local network in one command.
+"""`qchain devnet init|up|down|status|reset|logs|add-validator|remove-validator`: a local
+network in one command.
 
 `init` writes the network (genesis, keys, configs, key manager config and TLS material)
 into a directory and is idempotent. `--sae-ids` names the SAEs (a list or a `{i}`
@@ -9,13 +10,16 @@ background processes, waits for the first decided block, prints the endpoint tab
 dev accounts and writes `endpoints.json`; `--foreground` stays attached and stops the
 network on Ctrl-C. `down` stops everything, `reset` also wipes chain data (configuration
 and keys stay), `status` shows each node's height, round, leader, peers and key pools, and
-`logs` prints (or follows) a service's log. `rehearse` plays a pilot network of four
+`logs` prints (or follows) a service's log. `init --reconfiguration` makes a genesis that
+enables validator-set changes, and `add-validator` / `remove-validator NODE` then change
+the running devnet's set (`devnet.joining`). `rehearse` plays a pilot network of four
 sites in containers (`devnet.rehearsal`).
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import shutil
 import signal
@@ -24,6 +28,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from qchain.errors import ConfigError
 from qchain.keys import Scheme
 
 if TYPE_CHECKING:
@@ -98,6 +103,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="the genesis commits to the whole state every this many heights, for state "
         f"sync (default {DEVNET_STATE_ROOT_INTERVAL}; 0: never, as devnets made before it)",
     )
+    init.add_argument(
+        "--reconfiguration",
+        action="store_true",
+        help="the genesis enables validator-set changes (operators from the dev accounts; "
+        "add-validator and remove-validator then work)",
+    )
     init.add_argument("--force", action="store_true", help="overwrite a different network")
     init.add_argument("--project", default="qchain-devnet", help="compose project (--docker)")
     init.add_argument("--image", default="qchain:dev", help="image to run (--docker)")
@@ -107,6 +118,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     up.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for ready")
     up.add_argument("--json", action="store_true", help="print endpoints as JSON")
     up.add_argument("--build", action="store_true", help="(re)build the image first (--docker)")
+    add = sub.add_parser(
+        "add-validator", help="a new validator joins the running devnet (--reconfiguration)"
+    )
+    _dir(add)
+    add.add_argument("--via", default="node0", help="the node whose API governance goes to")
+    add.add_argument("--timeout", type=float, default=120.0, help="seconds for each wait")
+    rm = sub.add_parser(
+        "remove-validator", help="a validator leaves the running devnet (--reconfiguration)"
+    )
+    _dir(rm)
+    rm.add_argument("node", help="the node that leaves, e.g. node1")
+    rm.add_argument("--via", default="node0", help="the node whose API governance goes to")
+    rm.add_argument("--timeout", type=float, default=120.0, help="seconds for each wait")
     down = sub.add_parser("down", help="stop every devnet process")
     _dir(down)
     down.add_argument("--volumes", action="store_true", help="also remove chain volumes (--docker)")
@@ -166,6 +190,17 @@ def run(args: argparse.Namespace) -> int:
     net = LocalNetwork(args.dir)
     if cmd == "up":
         return _up(net, args)
+    if cmd == "add-validator":
+        from devnet.joining import add_validator
+
+        node = asyncio.run(add_validator(net, args.via, args.timeout))
+        print(f"{node.name} is a validator: API {node.api_url}")
+        return 0
+    if cmd == "remove-validator":
+        from devnet.joining import remove_validator
+
+        asyncio.run(remove_validator(net, args.node, args.via, args.timeout))
+        return 0
     if cmd == "down":
         stopped = net.stop()
         print(f"stopped {', '.join(stopped)}" if stopped else "nothing was running")
@@ -210,7 +245,13 @@ def _init(args: argparse.Namespace) -> int:
         external_kmes=external,
         relay_delay_ms=args.relay_delay_ms,
         state_root_interval=args.state_root_interval,
+        reconfiguration=args.reconfiguration,
     )
+    if args.reconfiguration and not args.heartbeat_ms:
+        raise ConfigError(
+            "--heartbeat-ms",
+            "a devnet whose set changes needs a heartbeat (the node refuses one without)",
+        )
     written = write_network(args.dir, plan, force=args.force)
     if written:
         write_kms_files(args.dir, plan)

@@ -124,6 +124,10 @@ class NetworkPlan:
     """Per-node KME mode: how long a key takes from the master's KME to the slave's."""
     state_root_interval: int = 0
     """The genesis's checkpoint interval (`contracts.snapshot`); 0 has none."""
+    reconfiguration: bool = False
+    """The genesis enables validator-set changes: each validator gets a dev account as
+    its operator (`operator_role`) and `consensus.reconfiguration` is set. `nodes` may
+    then hold more sites than `validators`: those added later (`devnet.joining`)."""
 
     @property
     def kms_url(self) -> str:
@@ -213,6 +217,7 @@ def plan_network(
     external_kmes: dict[str, KmeEndpoint] | None = None,
     relay_delay_ms: int = 0,
     state_root_interval: int = DEVNET_STATE_ROOT_INTERVAL,
+    reconfiguration: bool = False,
 ) -> NetworkPlan:
     """A network of `validators` nodes; base_port None picks free ports (tests).
     `sae_ids` is a list or `{i}` pattern (`devnet.kme.sae_ids_from`); `external_kmes`
@@ -295,7 +300,18 @@ def plan_network(
         kme_mode=kme_mode,
         relay_delay_ms=relay_delay_ms if per_node else 0,
         state_root_interval=state_root_interval,
+        reconfiguration=reconfiguration,
     )
+
+
+OPERATOR_ROLES = ("admin", "partner2", "issuer", "provider", "auditor")
+"""The dev accounts that operate the validators of a devnet whose set changes, in node
+order, round (partner1 is left to send transactions of its own)."""
+
+
+def operator_role(index: int) -> str:
+    """The dev account that operates validator `index` (`OPERATOR_ROLES`)."""
+    return OPERATOR_ROLES[index % len(OPERATOR_ROLES)]
 
 
 def validator_key(index: int) -> SigningKey:
@@ -323,10 +339,17 @@ def make_genesis(plan: NetworkPlan) -> Genesis:
         )
         if "issuer" in roles:
             issuers.append(key.address.hex())
+    consensus: dict[str, object] = {
+        "tenure": plan.tenure,
+        "first_leader": 0,
+        "timing": plan.profile,
+    }
+    if plan.reconfiguration:
+        consensus["reconfiguration"] = True
     doc = {
         "chain_id": plan.chain_id,
         "genesis_time": 0,
-        "consensus": {"tenure": plan.tenure, "first_leader": 0, "timing": plan.profile},
+        "consensus": consensus,
         "validators": [
             {
                 "index": n.index,
@@ -335,8 +358,13 @@ def make_genesis(plan: NetworkPlan) -> Genesis:
                 "sae_id": n.sae_id,
                 "p2p": n.p2p,
                 "api": n.api_url,
+                **(
+                    {"operator": account_key(operator_role(n.index), plan.scheme).address.hex()}
+                    if plan.reconfiguration
+                    else {}
+                ),
             }
-            for n in plan.nodes
+            for n in plan.nodes[: plan.validators]
         ],
         "members": members,
         "voucher_issuers": issuers,
@@ -459,7 +487,7 @@ def write_network(directory: Path, plan: NetworkPlan, *, force: bool = False) ->
     accounts = directory / "accounts"
     for role, _, _ in DEV_ACCOUNTS:
         account_key(role, plan.scheme).save(accounts / f"{role}.json")
-    for node in plan.nodes:
+    for node in plan.nodes[: plan.validators]:
         ndir = directory / "nodes" / node.name
         (ndir / "data").mkdir(parents=True, exist_ok=True)
         validator_key(node.index).save(ndir / "validator.key")

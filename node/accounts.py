@@ -19,7 +19,7 @@ from node.mempool import Account, Mempool
 from node.metrics import NodeMetrics
 from node.pacing import BlockPacer
 from qchain import clock as loop_clock
-from qchain.errors import Overloaded
+from qchain.errors import MempoolFull, Overloaded
 from qchain.types import Transaction
 
 ADMIT_SLICE = 100
@@ -108,6 +108,12 @@ class Admission:
         bounded = False
         if local and tx.hash not in self.mempool:
             pending, depth = self.mempool.local_count, self.depth()
+            gap = self.gap(tx)
+            if gap is not None and self.backlog.bounding(now):
+                # It could commit only once its sender's missing nonce arrives, which no
+                # bound can say when: refused, not accepted only to wait (and, under the
+                # bound, give its place to a ready one without its client knowing).
+                raise self.backlog.refusal(pending, now, depth, waits_for=gap)
             if self.backlog.room(pending, now, depth) <= 0:
                 # Beyond the bounds, only in the place of a client's transaction waiting
                 # behind a nonce gap (`node.mempool`): neither count the bounds measure
@@ -115,7 +121,15 @@ class Admission:
                 if not self.mempool.may_displace_local(tx):
                     raise self.backlog.refusal(pending, now, depth)
                 bounded = True
-        new = self.mempool.add(tx, height=self.committed(), now=now, local=local, bounded=bounded)
+        try:
+            new = self.mempool.add(
+                tx, height=self.committed(), now=now, local=local, bounded=bounded
+            )
+        except MempoolFull:
+            if local:
+                # The pool, the node's share of it, or the bound with no place to take.
+                self.backlog.refused(now)
+            raise
         if new:
             self.metrics.observe_mempool(len(self.mempool), self.mempool.size_bytes)
             if self.idle_mode and not self.ready_signalled and self.mempool.has_ready():
@@ -124,6 +138,13 @@ class Admission:
             if self.pacer.pending is not None:
                 self.pacer.maybe_build()
         return new
+
+    def gap(self, tx: Transaction) -> int | None:
+        """The missing nonce tx would wait behind in the pool (None: it would be ready, or
+        its sender is no member, which the mempool refuses for what it is)."""
+        if self.accounts.account(tx.sender) is None:
+            return None
+        return self.mempool.gap_before(tx.sender, tx.nonce)
 
     def depth(self) -> int:
         """Transactions of any origin ahead of a new one: the pool and the peers'
@@ -145,12 +166,18 @@ class Admission:
     def on_commit(self, txs: Sequence[Transaction], height: int) -> None:
         """A block of txs committed at `height`: out of the pool, into the commit rate."""
         cutoff = self.backlog.cutoff()
+        now = self.clock()
+        for tx in txs:
+            p = self.mempool.get(tx.hash)
+            if p is not None:
+                stage = "pool_local" if p.local else "pool_peer"
+                self.metrics.tx_stage.labels(stage).observe(now - p.seen_at)
         local = self.mempool.on_commit(txs, height)
         saturated = cutoff is not None and any(
             p.local and p.seen_at < cutoff and p.tx.nonce == self.accounts.next_nonce(p.tx.sender)
             for p in self.mempool.pending()
         )
-        self.backlog.committed(self.clock(), len(txs), local, saturated)
+        self.backlog.committed(now, len(txs), local, saturated)
 
     def after_commit(self) -> None:
         """A commit changed what is includable: tell an idle engine whether some is."""

@@ -46,6 +46,7 @@ class Alarms:
         self.fatal = f"store corrupt: {e.message}"
         log.critical(
             "%s; consensus stopped and unverifiable data is not served; "
-            "rebuild this node from its peers: qchain node rebuild --config FILE",
+            "rebuild this node from its peers: qchain node rebuild --config FILE, "
+            "or put a backup in its place: qchain node restore --config FILE --in BACKUP",
             self.fatal,
         )

@@ -64,6 +64,22 @@ was measured high in a lull does not add its own queue on top of a deep pool. Th
 window (a block's worth), local transactions are admitted whatever the bounds say, so
 the next block can be full (refusing then would cut throughput below the peak).
 
+A client's transaction that would wait behind a nonce gap (an earlier nonce of its
+sender that the pool does not hold) cannot be committed within any bound: it waits for a
+nonce nobody may send. While the node is under load (`bounding`: the chain saturated, or
+a client transaction refused for want of room within the window) it is refused,
+`overloaded` with the nonce it `waits_for` (`node.accounts.Admission`). Accepted, it
+took room the bound measures and, the bound reached, gave its place to a ready one
+(`node.mempool`), its client told 202 and never learning: under overload most of the
+accepted transactions that waited tens of seconds were those.
+
+The bound is on the mean wait (pending / rate, Little's law). Blocks take each sender's
+run in turn (`Mempool.reap`), so a transaction waits up to a whole turn of every sender:
+the slowest accepted ones wait up to about twice the bound. (Taking the first admitted
+first across senders narrows that, but then a block rarely leaves an old ready
+transaction behind, the saturation signal above rarely fires and the pool runs at the
+unsaturated room: measured, the mean wait grew more than the spread shrank.)
+
 Only local admissions are bounded. Transactions a peer forwards were accepted by that
 peer, which keeps them and forwards them again until they commit; refusing them here
 would only delay them, so they meet the static limits alone (`MempoolLimits.max_local`
@@ -133,6 +149,8 @@ class Backlog:
         """Whether each of the last commits left ready client transactions behind."""
         self._recent: deque[float] = deque(maxlen=2)
         """Times of the last two commits."""
+        self._refused_at: float | None = None
+        """When the node last refused a client transaction for want of room (`refused`)."""
 
     def cutoff(self) -> float | None:
         """Client transactions admitted before this time were in the leader's pool when
@@ -174,6 +192,22 @@ class Backlog:
         transactions behind."""
         return any(self._left_behind)
 
+    def bounding(self, now: float) -> bool:
+        """Whether the node is under load: admission control is on, and the chain is
+        saturated or the node refused a client transaction for want of room (`refused`)
+        within the window (the saturation signal comes and goes from block to block
+        under overload, the refusals do not). A client's transaction that would wait
+        behind a nonce gap is then refused (`node.accounts.Admission`)."""
+        if self.bound_s <= 0:
+            return False
+        refused = self._refused_at is not None and now - self._refused_at <= self.window_s
+        return self.saturated or refused
+
+    def refused(self, now: float) -> None:
+        """A client transaction was refused for want of room at `now` (the bound here,
+        or the pool's share for the node's clients): the node is under load."""
+        self._refused_at = now
+
     def bound_in_force(self, now: float) -> float:
         """The bound, in seconds, raised to `INTERVALS` mean block intervals."""
         self._expire(now)
@@ -212,22 +246,30 @@ class Backlog:
             return room
         return max(0, self.block_worth(now) - depth)
 
-    def refusal(self, pending: int, now: float, depth: int) -> Overloaded:
+    def refusal(
+        self, pending: int, now: float, depth: int, waits_for: int | None = None
+    ) -> Overloaded:
         """The answer to a transaction beyond the room: when to come back (the time the
         larger excess above a bound drains, at most half the bound in force: by then a
-        commit has opened room and measured again)."""
+        commit has opened room and measured again). waits_for: the transaction would wait
+        behind this missing nonce of its sender (refused while `bounding`); any other
+        refusal marks the node under load (`bounding`)."""
+        if waits_for is None:
+            self.refused(now)
         rate = self.rate(now)
         chain = self.rates(now).chain
         bound = self.bound_in_force(now)
         if rate <= 0:
-            return Overloaded(1, 0, round(bound * 1000))
+            return Overloaded(1, 0, round(bound * 1000), waits_for)
         waits = [pending / rate]
         excess = [(pending + 1 - bound * rate) / rate]
         if chain > 0:
             waits.append(depth / chain)
             excess.append((depth + 1 - bound * chain) / chain)
         wait_s = min(max(excess), bound / 2)
-        return Overloaded(max(1, math.ceil(wait_s)), round(max(waits) * 1000), round(bound * 1000))
+        return Overloaded(
+            max(1, math.ceil(wait_s)), round(max(waits) * 1000), round(bound * 1000), waits_for
+        )
 
     def check(self, pending: int, now: float, depth: int) -> None:
         """Raise `Overloaded` unless one more local transaction fits the bounds."""

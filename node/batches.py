@@ -84,14 +84,23 @@ class BlockSource(Protocol):
     def block_of(self, cblock: CBlock) -> Block | None: ...
 
 
+def _below(n: int) -> Callable[[int], bool]:
+    return lambda j: 0 <= j < n
+
+
 class BatchStore:
     """Batches by digest, bounded per origin in count and bytes; a transaction's place
     (digest, index) by its hash."""
 
     def __init__(
-        self, n: int, max_batches: int = MAX_ORIGIN_BATCHES, max_bytes: int = MAX_ORIGIN_BYTES
+        self,
+        n: int | Callable[[int], bool],
+        max_batches: int = MAX_ORIGIN_BATCHES,
+        max_bytes: int = MAX_ORIGIN_BYTES,
     ) -> None:
-        self.n = n
+        """n: the validators' count (origins 0..n−1), or whether an id is a validator's
+        (a set that changes, §10.6)."""
+        self.known: Callable[[int], bool] = n if callable(n) else _below(n)
         self.max_batches = max_batches
         self.max_bytes = max_bytes
         self._by_origin: dict[int, OrderedDict[bytes, OriginBatch]] = {}
@@ -125,7 +134,7 @@ class BatchStore:
         """Keep batch (False: a known digest, an origin that is no validator, or larger
         than an origin's whole allowance)."""
         digest, size = batch.digest, self.cost(batch)
-        if digest in self._by_digest or not 0 <= batch.origin < self.n or size > self.max_bytes:
+        if digest in self._by_digest or not self.known(batch.origin) or size > self.max_bytes:
             return False
         mine = self._by_origin.setdefault(batch.origin, OrderedDict())
         while mine and (
@@ -245,7 +254,7 @@ class Dissemination:
         self.retry_s = params.timeout_ms(0) / 1000 / 8
         self.block_of = app.block_of
         links.compact = self.compact
-        self.store = BatchStore(links.n)
+        self.store = BatchStore(links.knows)
         self.seq = 0
         self.fetched = 0
         """Batches received in answer to this node's requests."""
@@ -358,7 +367,9 @@ class Dissemination:
         for d in needs:
             if d not in self._fetching:
                 order = [sender, origins[d], *self._rotation(sender)]
-                peers = list(dict.fromkeys(j for j in order if j != self.me and j < self.links.n))
+                peers = list(
+                    dict.fromkeys(j for j in order if j != self.me and self.links.knows(j))
+                )
                 self._fetching[d] = _Fetch(peers)
         # Batches that travel in the same frame as the proposal land before this runs.
         if not self._scheduled:
@@ -366,8 +377,10 @@ class Dissemination:
             asyncio.get_running_loop().call_soon(self._ask)
 
     def _rotation(self, start: int) -> list[int]:
-        n = self.links.n
-        return [(start + k) % n for k in range(1, n)]
+        """The other linked validators, in id order from the one after `start`."""
+        ids = sorted({*self.links.others(), self.me})
+        after = [j for j in ids if j > start] + [j for j in ids if j < start]
+        return after
 
     def _deliver(self, sender: int, m: ProposeRefs) -> None:
         try:
@@ -397,6 +410,8 @@ class Dissemination:
         self.cancel_timers()
         per_peer: dict[int, list[bytes]] = {}
         for d, f in list(self._fetching.items()):
+            if self._fetching.get(d) is not f:
+                continue  # dropped by a give-up earlier in this loop (its proposal went)
             if self.store.get(d) is not None:
                 del self._fetching[d]
                 continue

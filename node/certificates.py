@@ -49,7 +49,9 @@ class Verdict:
 class CertificateCollector:
     """The signatures of one validator's recent heights."""
 
-    def __init__(self, me: int, quorum: int, check: SignatureCheck) -> None:
+    def __init__(self, me: int, quorum: int | Callable[[int], int], check: SignatureCheck) -> None:
+        """quorum: signatures a certificate needs, or a function of the height giving
+        it (q(h) of the set of that height, CONSENSUS.md §10.5)."""
         self.me = me
         self.quorum = quorum
         self.check = check
@@ -121,7 +123,8 @@ class CertificateCollector:
         self, height: int, block_hash: bytes, certified: bool
     ) -> CommitCertificate | None:
         sigs = self.sigs.get(height, {})
-        if len(sigs) < self.quorum or certified:
+        need = self.quorum(height) if callable(self.quorum) else self.quorum
+        if len(sigs) < need or certified:
             return None
         cert = CommitCertificate(
             height, block_hash, tuple(CommitSignature(j, s) for j, s in sorted(sigs.items()))

@@ -85,11 +85,26 @@ def run(args: argparse.Namespace) -> int:
     from node.genesis_file import load_genesis
     from node.logs import configure
     from node.preflight import check_before_run
+    from qchain.errors import StorageCorrupt
 
     # Readable lines on a terminal, JSON lines in containers; every line names the node.
     configure(cfg.node.name, cfg.node.log_format)
     check_before_run(cfg, load_genesis(cfg.node.genesis))
-    return asyncio.run(run_validator(cfg, args.ready_file, state_sync=args.state_sync))
+    try:
+        return asyncio.run(run_validator(cfg, args.ready_file, state_sync=args.state_sync))
+    except StorageCorrupt as e:
+        print(_damaged_store(cfg.node.data_dir / "db", args.config, e.message), file=sys.stderr)
+        return 1
+
+
+def _damaged_store(db_dir: Path, config: Path, damage: str) -> str:
+    """What `qchain node run` prints when damage in its store stops it before it serves
+    (damage found later leaves the node running, not ready, until it is rebuilt)."""
+    return (
+        f"node run stopped: the store {db_dir} is damaged: {damage}\n"
+        f"Rebuild it from the peers: qchain node rebuild --config {config}\n"
+        f"or put a backup in its place: qchain node restore --config {config} --in BACKUP"
+    )
 
 
 async def run_validator(
@@ -101,8 +116,20 @@ async def run_validator(
     from node.genesis_file import load_genesis
     from node.runtime import Validator
     from node.statesync_run import sync_before_start
+    from qchain.errors import ConfigError
 
-    await sync_before_start(cfg, load_genesis(cfg.node.genesis), force=state_sync)
+    genesis = load_genesis(cfg.node.genesis)
+    if genesis.consensus.reconfiguration:
+        if state_sync:
+            raise ConfigError(
+                "--state-sync",
+                "the genesis enables validator-set changes, and state sync checks a snapshot "
+                "against the genesis set only (docs/CONSENSUS.md §10.5's set chains are not "
+                "served by the node yet): start from an empty data directory, and the node "
+                "catches up by replaying the blocks from its peers",
+            )
+    else:
+        await sync_before_start(cfg, genesis, force=state_sync)
     validator = Validator(cfg)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

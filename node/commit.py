@@ -36,10 +36,11 @@ from node.links import Links
 from node.metrics import NodeMetrics
 from node.pacing import BlockPacer
 from node.service import TxStatus
+from node.validatorsets import ChainSets
 from node.wire import CertSig, Envelope, Kind
 from qchain import clock
 from qchain.errors import QChainError
-from qchain.keys import SigningKey, verify
+from qchain.keys import Scheme, SigningKey, verify
 from qchain.store import schema
 from qchain.store.kv import KVStore
 from qchain.types import ValidatorKey, commit_sign_digest
@@ -95,8 +96,13 @@ class CertificateExchange:
         budgets: Budgets,
         alarms: Alarms,
         ride_s: float,
+        sets: ChainSets | None = None,
+        member: Callable[[int], bool] | None = None,
     ) -> None:
-        """ride_s: how long a signature waits for a consensus frame to ride in."""
+        """ride_s: how long a signature waits for a consensus frame to ride in. sets: on
+        a chain whose set changes, the keys and quorum of each height come from it
+        (§10.5), and this node signs a height only if it is a member of its set
+        (`member`, §10.1); None: the genesis keys and quorum."""
         self.chain_id = chain_id
         self.ride_s = ride_s
         self.me = links.me
@@ -106,12 +112,21 @@ class CertificateExchange:
         self.links = links
         self.budgets = budgets
         self.alarms = alarms
-        self.collector = CertificateCollector(self.me, quorum, self.signature_ok)
+        self.sets = sets if sets is not None and sets.enabled else None
+        self.member = member
+        quorum_of = self.sets.quorum if self.sets is not None else quorum
+        self.collector = CertificateCollector(self.me, quorum_of, self.signature_ok)
 
     def signature_ok(self, j: int, h: int, block_hash: bytes, sig: bytes) -> bool:
-        if not 0 <= j < len(self.validator_keys):
-            return False
-        key = self.validator_keys[j]
+        if self.sets is not None:
+            public = self.sets.key_of(h, j)
+            if public is None:
+                return False
+            key = ValidatorKey(Scheme.ML_DSA_65.value, public)
+        else:
+            if not 0 <= j < len(self.validator_keys):
+                return False
+            key = self.validator_keys[j]
         try:
             verify(
                 key.scheme, key.public_key, commit_sign_digest(self.chain_id, h, block_hash), sig
@@ -122,10 +137,12 @@ class CertificateExchange:
 
     def sign(self, p: Prepared) -> None:
         h = p.block.height
+        if self.member is not None and not self.member(h):
+            return  # a correct node signs only heights where it is a member (§10.1)
         digest = commit_sign_digest(self.chain_id, h, p.block.hash)
         sig = CertSig(h, p.block.hash, self.signing_key.sign(digest))
         self.links.send_riding(
-            Envelope(Kind.CERT_SIG, sig.encode()), range(self.links.n), self.ride_s
+            Envelope(Kind.CERT_SIG, sig.encode()), self.links.others(), self.ride_s
         )
         certified = self.chain.certificate(h) is not None
         cert = self.collector.signed(h, p.block.hash, sig.signature, certified=certified)
@@ -182,6 +199,9 @@ class CommitParts:
     fetcher: BlockFetcher
     forget_votes: Callable[[int], None]
     """Drops the equivocation watch of heights the commit left behind."""
+    start_height: Callable[[int, bytes, int], StartHeight] = StartHeight
+    """The engine's `StartHeight(h, parent, anchor)` with the sets of h and h+1
+    (`node.validatorsets.ChainSets.start_height`), built once block h−1 is executed."""
 
 
 class Committer:
@@ -255,7 +275,7 @@ class Committer:
         parts.forwarder.send_became_ready()
         parts.fetcher.forget(value)
         parts.forget_votes(a.height)
-        self.feed(StartHeight(a.height + 1, value, a.next_anchor))
+        self.feed(parts.start_height(a.height + 1, value, a.next_anchor))
         parts.admission.after_commit()
         if parts.pacer.pending is not None:
             parts.pacer.maybe_build()

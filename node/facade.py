@@ -163,7 +163,12 @@ class ServiceFacade:
             "consensus_height": view.height,
             "round": view.round,
             "leader": p.leader(),
-            "validators": p.params.n,
+            "validators": next(
+                (len(i.members) for i in view.instances if i.height == view.height and i.members),
+                p.params.n,
+            ),
+            "member": all(i.member for i in view.instances if i.height == view.height),
+            "not_member": view.not_member,
             "peers": sorted(p.links.connected_peers()),
             "syncing": p.health.quorum_ahead() > self.chain.height() + 2,
             "mempool": {"txs": len(mempool), "bytes": mempool.size_bytes},

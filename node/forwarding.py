@@ -78,6 +78,8 @@ current height): what arrives in the same few milliseconds goes with it."""
 BUILD_SLACK_S = 0.005
 """A leader's commit and this node's are a network hop apart: the window in which the
 leader may still build runs this much past this node's commit plus the propose wait."""
+STAGE_SAMPLES = 100_000
+"""Stage times kept for the metrics between two of their syncs (once a second)."""
 PROPOSED_AHEAD = 2
 """A proposal heard for a height at most this far above the committed one counts as out
 (pipelined heights: the next height's may come before this node commits); one claiming
@@ -152,12 +154,22 @@ class Forwarder:
         self.verify_pool = verify_pool
         self.batches = batches
         self.coalescing = coalescing
+        self.stages: deque[tuple[str, float]] = deque(maxlen=STAGE_SAMPLES)
+        """Seconds transactions spent in a stage (`forward`, `admit_queue`:
+        `node.metrics.STAGES`), for `MetricsSync` to observe (the oldest go first when
+        it falls behind)."""
         self.dropped = 0
         """Forwarded transactions refused for lack of queue room or budget."""
+        self.refused: Counter[str] = Counter()
+        """Peers' transactions not taken into the pool, by reason (`queue`: no room or
+        budget to queue them; else the mempool's problem code)."""
+        self.resent: Counter[str] = Counter()
+        """This node's clients' transactions sent again, by reason (`late`, `leader`,
+        `ready`, `asked`)."""
         self.recent_blocks: deque[tuple[float, int]] = deque(maxlen=RECENT_BLOCKS)
-        self._queue: list[tuple[Transaction, bool]] = []
+        self._queue: list[tuple[Transaction, bool, float]] = []
         """This batch's locally admitted transactions, each with whether a kept batch
-        already held it when it was admitted."""
+        already held it when it was admitted, and when it was queued."""
         self._queue_bytes = 0
         self._first_at = 0.0
         """When the first transaction of the batch being coalesced was queued."""
@@ -172,7 +184,7 @@ class Forwarder:
         """Whether this node's pool held ready transactions right after that commit."""
         self.flushes = 0
         """Batches of this node's clients' transactions sent (each to every peer)."""
-        self._admit_queue: deque[tuple[int, bytes]] = deque()
+        self._admit_queue: deque[tuple[int, bytes, float]] = deque()
         self._admit_queued: Counter[int] = Counter()
         """Forwarded transactions waiting for admission, by the peer that sent them."""
         self._resend: list[bytes] = []
@@ -208,14 +220,14 @@ class Forwarder:
         leaves when `Coalescing` says."""
         if self._stopping:
             return
-        self._queue.append((tx, self.batches.store.locate(tx.hash) is not None))
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        self._queue.append((tx, self.batches.store.locate(tx.hash) is not None, now))
         self._queue_bytes += len(tx.encoded)
         c = self.coalescing
         if len(self._queue) >= c.max_txs or self._queue_bytes >= c.max_bytes:
             self._flush()
             return
-        loop = asyncio.get_running_loop()
-        now = loop.time()
         if len(self._queue) == 1:
             self._first_at = now
         # From the batch's first transaction: a proposal heard since it was queued moves
@@ -258,10 +270,14 @@ class Forwarder:
         # (full), or dropped it since (it waited behind a nonce gap, `node.mempool`),
         # and this node's pool did not hold it either, or it would not be new here.
         raws = [
-            tx.encoded for tx, known in batch if known or self.batches.store.locate(tx.hash) is None
+            tx.encoded
+            for tx, known, _ in batch
+            if known or self.batches.store.locate(tx.hash) is None
         ]
         if raws and self.links.transport is not None:
             self.flushes += 1
+            now = asyncio.get_running_loop().time()
+            self.stages.extend(("forward", now - at) for _, _, at in batch)
         self.forward(raws, lazy=not self.idle_mode)
 
     def resubmitted(self, tx_hash: bytes, now: float) -> None:
@@ -286,6 +302,7 @@ class Forwarder:
         for q in self.mempool.run_from(p.tx.sender, p.tx.nonce, RESEND_RUN):
             q.resent_at = now
             self._resend.append(q.tx.encoded)
+            self.resent["asked"] += 1
         if not self._resend_scheduled:
             self._resend_scheduled = True
             asyncio.get_running_loop().call_soon(self._flush_resend)
@@ -307,6 +324,7 @@ class Forwarder:
         leader = self.view().leader
         if not ready or leader is None or leader == self.me or self.links.transport is None:
             return
+        self.resent["ready"] += len(ready[:MAX_REFORWARD])
         self.batches.send([p.tx.encoded for p in ready[:MAX_REFORWARD]], [leader], lambda j: 0.0)
 
     def leader_changed(self, leader: int) -> None:
@@ -317,6 +335,7 @@ class Forwarder:
         if leader != self.me and self.links.transport is not None and len(self.mempool):
             mine = [p.tx.encoded for p in self.mempool.pending() if p.local]
             if mine:
+                self.resent["leader"] += len(mine[:MAX_REFORWARD])
                 self.batches.send(mine[:MAX_REFORWARD], [leader], lambda j: 0.0)
 
     def received(self, sender: int, batch: OriginBatch) -> None:
@@ -331,27 +350,33 @@ class Forwarder:
             0, min(FORWARD_QUEUE_MAX - len(self._admit_queue), share - self._admit_queued[sender])
         )
         take = self.budgets.take(sender, FORWARDED_TXS, min(room, len(batch.txs)))
-        self._admit_queue.extend((sender, raw) for raw in batch.txs[:take])
+        now = asyncio.get_running_loop().time()
+        self._admit_queue.extend((sender, raw, now) for raw in batch.txs[:take])
         self._admit_queued[sender] += take
         self.dropped += len(batch.txs) - take
+        self.refused["queue"] += len(batch.txs) - take
         if self._admit_task is None or self._admit_task.done():
             self._admit_task = asyncio.create_task(self._admit_forwarded(), name="admit")
 
     async def _admit_forwarded(self) -> None:
         while self._admit_queue and not self._stopping:
             txs: list[Transaction] = []
+            now = asyncio.get_running_loop().time()
             for _ in range(min(self._slice(), len(self._admit_queue))):
-                sender, raw = self._admit_queue.popleft()
+                sender, raw, at = self._admit_queue.popleft()
                 self._admit_queued[sender] -= 1
+                self.stages.append(("admit_queue", now - at))
                 try:
                     txs.append(decode_transaction(raw))
-                except QChainError:
+                except QChainError as e:
+                    self.refused[e.code] += 1
                     continue
             await self.verify_pool.prefetch(txs)
             for tx in txs:
                 try:
                     self.admission.admit(tx)
-                except QChainError:
+                except QChainError as e:
+                    self.refused[e.code] += 1
                     continue
             await asyncio.sleep(0)
 
@@ -386,6 +411,7 @@ class Forwarder:
         if fresh:
             for p in fresh:
                 p.forwarded_to_all = True
+            self.resent["late"] += len(fresh)
             self.forward([p.tx.encoded for p in fresh])
         stuck = [p for p in late if now - p.seen_at > 2 * timeout]
         if (

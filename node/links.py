@@ -59,8 +59,25 @@ class Links:
     def n(self) -> int:
         return len(self.sae)
 
+    def knows(self, j: int) -> bool:
+        """Whether j is a validator this node holds a link to (or this node)."""
+        return j in self.sae
+
     def others(self) -> list[int]:
-        return [j for j in range(self.n) if j != self.me]
+        """Every validator this node holds a link to, by id (the set may change, §10.6)."""
+        return [j for j in sorted(self.sae) if j != self.me]
+
+    def set_peer(self, j: int, sae_id: str) -> None:
+        """A link to validator j (SAE id `sae_id`) exists from now on (`node.setlinks`)."""
+        self.sae[j] = sae_id
+        self.index_of_sae[sae_id] = j
+
+    def drop_peer(self, j: int) -> None:
+        """The link to validator j is closed: nothing more is sent to it."""
+        sae = self.sae.pop(j, None)
+        if sae is not None:
+            self.index_of_sae.pop(sae, None)
+        self._riders.pop(j, None)
 
     def connected_peers(self) -> list[int]:
         return self.transport.connected_peers() if self.transport is not None else []

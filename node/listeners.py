@@ -7,14 +7,19 @@ only to code in the same process.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import os
 import secrets
 import ssl
+from collections.abc import Awaitable
 from pathlib import Path
 
 from aiohttp import web
 
 from qchain.config import split_address
+
+log = logging.getLogger("qchain.node")
 
 
 def admin_token(path: Path | None) -> str:
@@ -46,3 +51,14 @@ class Listeners:
         site = web.TCPSite(runner, host, port, ssl_context=ssl_ctx, reuse_address=True)
         await site.start()
         self.runners.append(runner)
+
+
+STOP_STEP_TIMEOUT_S = 5.0
+
+
+async def bounded(step: Awaitable[None], what: str) -> None:
+    """Await one shutdown step, giving up (with a log line) after a few seconds."""
+    try:
+        await asyncio.wait_for(step, STOP_STEP_TIMEOUT_S)
+    except TimeoutError:
+        log.warning("closing the %s took over %.0fs; going on", what, STOP_STEP_TIMEOUT_S)

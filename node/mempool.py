@@ -192,6 +192,11 @@ class Mempool:
         transaction may take the place of one of them when nothing else has room."""
         return self._waiting_local
 
+    def oldest_local_age(self, now: float) -> float:
+        """Seconds since the oldest pending client transaction was admitted (0: none)."""
+        oldest = min((p.seen_at for p in self._by_hash.values() if p.local), default=now)
+        return max(0.0, now - oldest)
+
     def get(self, tx_hash: bytes) -> PendingTx | None:
         return self._by_hash.get(tx_hash)
 
@@ -497,6 +502,19 @@ class Mempool:
                 break
             out.append(p)
         return out
+
+    def gap_before(self, address: bytes, nonce: int) -> int | None:
+        """The first missing nonce of the sender's, if `nonce` would wait behind it (None:
+        it would be ready, or is pending or stale). The run is measured once per
+        committed nonce, so this costs no walk down the sender's pending nonces."""
+        committed = self.accounts.next_nonce(address)
+        sender = self._senders.get(address)
+        if sender is None:
+            free = committed
+        else:
+            self._measure(sender, committed)
+            free = sender.run_end
+        return free if nonce > free else None
 
     def next_free_nonce(self, address: bytes, committed: int) -> int:
         """The nonce after the run of pending nonces that starts at `committed`."""

@@ -28,6 +28,7 @@ from qchain import clock
 from qchain.qkd.source import Key, KeyId, KeySource, LinkStatus
 
 if TYPE_CHECKING:
+    from node.forwarding import Forwarder
     from node.links import Links
     from node.mempool import Mempool
 
@@ -42,6 +43,11 @@ DOCUMENTED: tuple[str, ...] = (
     "qchain_mempool_txs",
     "qchain_mempool_size_bytes",
     "qchain_mempool_rejections_total",
+    "qchain_mempool_oldest_local_age_seconds",
+    "qchain_tx_stage_seconds",
+    "qchain_forward_batches_total",
+    "qchain_forward_resent_txs_total",
+    "qchain_forward_refused_txs_total",
     "qchain_transport_frames_total",
     "qchain_transport_bytes_total",
     "qchain_transport_rejections_total",
@@ -60,6 +66,13 @@ DOCUMENTED: tuple[str, ...] = (
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 _INTERVAL_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
+_STAGE_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 20.0, 30.0, 60.0)
+STAGES = ("forward", "admit_queue", "pool_local", "pool_peer")
+"""The stages of `qchain_tx_stage_seconds`: a client's transaction from its admission
+here until its batch left (`forward`); a peer's transaction from its batch's arrival
+until it was admitted (`admit_queue`); from admission into this node's pool until a
+committed block took it out, for a client's transaction (`pool_local`) and a peer's
+(`pool_peer`)."""
 
 
 class NodeMetrics:
@@ -107,6 +120,42 @@ class NodeMetrics:
         self.mempool_rejections = Counter(
             "qchain_mempool_rejections_total",
             "Transactions refused by the mempool, by reason (problem type slug).",
+            ["reason"],
+            registry=r,
+        )
+        self.mempool_oldest_local = Gauge(
+            "qchain_mempool_oldest_local_age_seconds",
+            "Age of the oldest pending transaction a client submitted to this node.",
+            registry=r,
+        )
+        self.tx_stage = Histogram(
+            "qchain_tx_stage_seconds",
+            "Time a transaction spent in one stage of its path, by stage: forward (client's, "
+            "admitted here until its batch left), admit_queue (peer's, received until "
+            "admitted), pool_local and pool_peer (admitted until committed).",
+            ["stage"],
+            buckets=_STAGE_BUCKETS,
+            registry=r,
+        )
+        for stage in STAGES:
+            self.tx_stage.labels(stage)
+        self.forward_batches = Counter(
+            "qchain_forward_batches_total",
+            "Batches of this node's clients' transactions sent to every peer.",
+            registry=r,
+        )
+        self.forward_resent = Counter(
+            "qchain_forward_resent_txs_total",
+            "This node's clients' transactions sent again, by reason (late: past the "
+            "inclusion timeout; leader: to a new leader; ready: after a nonce gap filled; "
+            "asked: a client submitted it again).",
+            ["reason"],
+            registry=r,
+        )
+        self.forward_refused = Counter(
+            "qchain_forward_refused_txs_total",
+            "Peers' transactions not taken into this node's pool, by reason (queue: no "
+            "room or budget to queue them; else the mempool's problem type slug).",
             ["reason"],
             registry=r,
         )
@@ -270,13 +319,21 @@ class TimedKeySource(KeySource):
 
 
 class MetricsSync:
-    """Brings the counters kept by the transport, key pools and mempool into the
-    Prometheus registry (on scrape and periodically, never per frame)."""
+    """Brings the counters kept by the transport, key pools, mempool and forwarder (and
+    the forwarder's stage times) into the Prometheus registry (on scrape and
+    periodically, never per frame)."""
 
-    def __init__(self, metrics: NodeMetrics, mempool: Mempool, links: Links) -> None:
+    def __init__(
+        self,
+        metrics: NodeMetrics,
+        mempool: Mempool,
+        links: Links,
+        forwarder: Forwarder | None = None,
+    ) -> None:
         self.metrics = metrics
         self.mempool = mempool
         self.links = links
+        self.forwarder = forwarder
         self._marks: dict[tuple[int, tuple[str, ...]], float] = {}
 
     def _inc_to(self, counter: Counter, labels: tuple[str, ...], total: float) -> None:
@@ -284,7 +341,7 @@ class MetricsSync:
         key = (id(counter), labels)
         delta = total - self._marks.get(key, 0.0)
         if delta > 0:
-            counter.labels(*labels).inc(delta)
+            (counter.labels(*labels) if labels else counter).inc(delta)
             self._marks[key] = total
 
     def sync(self) -> None:
@@ -292,10 +349,23 @@ class MetricsSync:
         for reason, count in self.mempool.rejections.items():
             self._inc_to(m.mempool_rejections, (reason,), count)
         m.observe_mempool(len(self.mempool), self.mempool.size_bytes)
+        m.mempool_oldest_local.set(self.mempool.oldest_local_age(clock.monotonic()))
+        f = self.forwarder
+        if f is not None:
+            while f.stages:
+                stage, seconds = f.stages.popleft()
+                m.tx_stage.labels(stage).observe(seconds)
+            self._inc_to(m.forward_batches, (), f.flushes)
+            for reason, count in f.resent.items():
+                self._inc_to(m.forward_resent, (reason,), count)
+            for reason, count in f.refused.items():
+                self._inc_to(m.forward_refused, (reason,), count)
         transport = self.links.transport
         if transport is not None:
             for j, st in transport.stats.items():
-                peer = self.links.sae[j]
+                peer = self.links.sae.get(j)
+                if peer is None:
+                    continue  # a peer that left the set (its counters stay in place)
                 self._inc_to(m.transport_frames, (peer, "out"), st.frames_sent)
                 self._inc_to(m.transport_frames, (peer, "in"), st.frames_received)
                 self._inc_to(m.transport_bytes, (peer, "out"), st.bytes_sent)

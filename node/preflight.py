@@ -12,8 +12,13 @@ On a chain that is not a devnet (its id does not start with
   differ wait for each other in vain.
 
 On every chain, a devnet too, a genesis that enables validator-set changes
-(`consensus.reconfiguration`) is refused: the consensus engine does not follow set changes
-yet (docs/CONSENSUS.md §10 is not implemented).
+(`consensus.reconfiguration`) is refused where the node does not build what such a chain
+needs (docs/CONSENSUS.md, the last "Revision" on §10): a timing profile without a heartbeat
+(`propose_wait_max_ms = "none"`: §10.7's liveness machinery, which keeps an idle chain
+moving across an activation, is not built). The node itself refuses, at start, a store
+that carries the amnesia mark (restored, rebuilt or state-synced: §10.9 is not built),
+`--state-sync` (snapshots are checked against the genesis set only), and stops deciding if
+a `rotate` is approved (§10.6's link ranges are not built).
 
 On a devnet the others are warnings: its keys are public anyway, and a Docker devnet makes its
 files readable by the container's user on purpose.
@@ -104,13 +109,14 @@ def dev_key_problems(cfg: NodeConfig, genesis: Genesis) -> list[str]:
 
 def check_before_run(cfg: NodeConfig, genesis: Genesis) -> None:
     """Raise `ConfigError` naming what to fix, or log warnings on a devnet."""
-    if genesis.consensus.reconfiguration:
+    if genesis.consensus.reconfiguration and cfg.timing.propose_wait_max_ms is None:
         raise ConfigError(
-            "consensus.reconfiguration",
-            "the genesis enables validator-set changes, which this node cannot run: "
-            "docs/CONSENSUS.md §10 (reconfiguration) is not implemented in the consensus "
-            "engine, which decides every height with the genesis set. Leave "
-            "consensus.reconfiguration out of the genesis (or set it to false)",
+            "timing.propose_wait_max_ms",
+            "the genesis enables validator-set changes, and this node runs them only with "
+            'a heartbeat: without one (propose_wait_max_ms = "none") an idle chain may '
+            "stop before an activation height, and docs/CONSENSUS.md §10.7's liveness "
+            "machinery, which would keep it going, is not built. Set a number of "
+            "milliseconds in [timing] (or leave consensus.reconfiguration out of the genesis)",
         )
     profile = []
     if cfg.node.profile != genesis.consensus.timing:

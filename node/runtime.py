@@ -21,11 +21,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-from collections.abc import Awaitable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from consensus.engine import Engine
-from consensus.events import Event, Start, StartHeight
+from consensus.events import Event, Start
 from consensus.messages import Block as CBlock
 from consensus.messages import load_record
 from consensus.params import Params
@@ -49,23 +49,24 @@ from node.health import Health
 from node.http.admin import make_admin_app
 from node.http.api import make_api_app, make_ssl_context
 from node.links import Links, Opener, build_key_source
-from node.listeners import Listeners, admin_token
+from node.listeners import Listeners, admin_token, bounded
 from node.mempool import Mempool, MempoolLimits
 from node.metrics import MetricsSync, NodeMetrics, TimedKeySource
 from node.pacing import BlockPacer
 from node.service import EventStream, TxStatus
+from node.setlinks import SetLinks
 from node.sigcache import SignatureCache
 from node.transport import TCP, FaultRules, StreamNet, Transport
+from node.validatorsets import ChainSets
 from node.verifypool import VerifyPool, verify_workers
 from qchain import clock
 from qchain.config import NodeConfig
 from qchain.errors import ConfigError, Overloaded, StorageCorrupt, StorageError
-from qchain.keys import SigningKey
 from qchain.qkd.endpoint import QKDEndpoint
 from qchain.qkd.source import KeySource
 from qchain.store import schema
 from qchain.store.kv import Batch, KVStore, open_store, scan
-from qchain.types import CommitCertificate, ReceiptProof, Transaction, verify_certificate
+from qchain.types import ReceiptProof, Transaction
 
 log = logging.getLogger("qchain.node")
 
@@ -96,13 +97,18 @@ class Validator:
         self._serve_api = serve_api
         self.genesis: Genesis = load_genesis(cfg.node.genesis)
         self.me = cfg.node.index
-        self.signing_key = self._load_signing_key()
+        self.sets = ChainSets(self.genesis)
+        self.signing_key = self.sets.signing_key(self.me, cfg.node.signing_key)
         self.validator_keys = self.genesis.validator_keys()
         self.params = _params(self.genesis, cfg)
         self.store = store if store is not None else open_store(cfg.node.data_dir / "db")
-        self.chain = ChainStore(self.store, self._check_certificate)
+        self.chain = ChainStore(
+            self.store, self.sets.certificate_check(self.genesis.chain_id, self.validator_keys)
+        )
         self.sig_cache = SignatureCache()
         self.app = self._open_app()
+        self.sets.bind(self.app.state, self.app.head_height)
+        self.set_links: SetLinks | None = None
         self.engine = Engine(self.params, self.me)
         self.metrics = NodeMetrics(cfg.node.name)
         # Event ids must not repeat across restarts (SSE Last-Event-ID): start at the
@@ -111,6 +117,7 @@ class Validator:
         self.budgets = Budgets()
         self.alarms = Alarms()
         self.store.on_corrupt = self.alarms.corrupt
+        self.sets.halt = self.alarms.fail
         self._key_source = key_source
         self._owns_key_source = key_source is None
         hostile = byzantine.Hostile(self)
@@ -120,6 +127,7 @@ class Validator:
         self.links = Links(
             self.me, {v.index: v.sae_id for v in self.genesis.validators}, self.byzantine
         )
+        self.sets.refuse_amnesia(self.store)
         self.driver = Driver(
             self.engine,
             self.store,
@@ -146,15 +154,6 @@ class Validator:
             self.service.status,
             self.store,
         )
-
-    def _load_signing_key(self) -> SigningKey:
-        n = len(self.genesis.validators)
-        if not 0 <= self.me < n:
-            raise ConfigError("node.index", f"{self.me} is not a validator of this genesis")
-        key = SigningKey.load(self.cfg.node.signing_key)
-        if key.public_key != self.genesis.validators[self.me].public_key:
-            raise ConfigError("node.signing_key", "does not match this validator's genesis key")
-        return key
 
     def _open_app(self) -> ChainApp:
         """Check the store belongs to this chain, apply genesis to a new one, and open the
@@ -266,6 +265,8 @@ class Validator:
             self.budgets,
             self.alarms,
             ride_s=self.params.timeout_ms(0) / 1000,
+            sets=self.sets,
+            member=self.sets.own(self.me, self.signing_key.public_key, self.cfg.qkd.sae_id),
         )
         parts = CommitParts(
             alarms=self.alarms,
@@ -278,11 +279,12 @@ class Validator:
             waiters=self.waiters,
             fetcher=self.fetcher,
             forget_votes=self.driver.forget_votes,
+            start_height=self.sets.start_height,
         )
         self.committer = Committer(self.store, self.chain, self.app, parts, self.driver.feed)
 
     def _build_service(self) -> ServiceFacade:
-        self.metrics_sync = MetricsSync(self.metrics, self.mempool, self.links)
+        self.metrics_sync = MetricsSync(self.metrics, self.mempool, self.links, self.forwarder)
         self.health_checks = Health(
             self.params,
             self.cfg.timing,
@@ -324,6 +326,9 @@ class Validator:
         if self._key_source is None:
             self._key_source = build_key_source(cfg)
         peers = {p.index: p.address for p in cfg.p2p.peers}
+        if self.sets.enabled:
+            self.set_links = SetLinks(self.sets, self.links, self.alarms, peers, self.byzantine)
+            peers = self.set_links.start_peers(cfg.qkd.sae_id, self.app.head_height() + 1)
         sae = self.links.sae
         for i in peers:
             if i not in sae:
@@ -360,6 +365,9 @@ class Validator:
         if self._serve_api:
             await self._start_http()
         self._tasks.append(asyncio.create_task(self._housekeeping(), name="housekeeping"))
+        if self.set_links is not None:
+            follow = self.set_links.run(lambda: self.engine.cur)
+            self._tasks.append(asyncio.create_task(follow, name="set-links"))
         log.info(
             "validator %s started: height %d, p2p %s, api %s",
             cfg.node.name,
@@ -393,7 +401,7 @@ class Validator:
         above = schema.pending_prefix(committed + 1)
         pending = self.store.iterate(schema.PENDING_BODY, start=above)
         bodies = [CBlock.decode(v) for _, v in pending]
-        self.feed(Start(tuple(records), tuple(bodies), committed))
+        self.feed(Start(tuple(records), tuple(bodies), committed, self.sets.history(committed)))
         if not any(r.height == committed + 1 for r in records):
             self._start_next_height(committed)
 
@@ -408,10 +416,7 @@ class Validator:
             if raw is None:
                 raise StorageError("the anchor of the next height is missing")
             anchor = schema.read_u64(raw)
-        self.feed(StartHeight(committed + 1, parent, anchor))
-
-    def _check_certificate(self, cert: CommitCertificate) -> None:
-        verify_certificate(cert, self.params.chain_id, self.validator_keys)
+        self.feed(self.sets.start_height(committed + 1, parent, anchor))
 
     def _store_intact(self) -> bool:
         """Startup check before anything is served: the last committed heights against
@@ -447,13 +452,13 @@ class Validator:
         self._cancel_timers()
         self.bus.close()
         for runner in self._listeners.runners:
-            await _bounded(runner.cleanup(), "HTTP listener")
+            await bounded(runner.cleanup(), "HTTP listener")
         if self.links.transport is not None:
-            await _bounded(self.links.transport.stop(), "transport")
+            await bounded(self.links.transport.stop(), "transport")
         if self.links.endpoint is not None:
-            await _bounded(self.links.endpoint.close(), "key pools")
+            await bounded(self.links.endpoint.close(), "key pools")
         if self._owns_key_source and self._key_source is not None:
-            await _bounded(self._key_source.close(), "key manager client")
+            await bounded(self._key_source.close(), "key manager client")
         self.waiters.cancel()
         self._cancel_timers()
         self.committer.writer.close()
@@ -587,14 +592,3 @@ def _params(genesis: Genesis, cfg: NodeConfig) -> Params:
         first_leader=genesis.consensus.first_leader,
         tenure=genesis.consensus.tenure,
     ).with_timing(cfg.timing)
-
-
-STOP_STEP_TIMEOUT_S = 5.0
-
-
-async def _bounded(step: Awaitable[None], what: str) -> None:
-    """Await one shutdown step, giving up (with a log line) after a few seconds."""
-    try:
-        await asyncio.wait_for(step, STOP_STEP_TIMEOUT_S)
-    except TimeoutError:
-        log.warning("closing the %s took over %.0fs; going on", what, STOP_STEP_TIMEOUT_S)

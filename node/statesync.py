@@ -1,8 +1,9 @@
 """State sync: a node's state taken from a certified snapshot instead of replaying blocks.
 
 `StateSync.run` asks its sources (peers serving `node.snapshots`, over the HTTP API or a
-test's in-process server) which snapshots they keep, takes the highest checkpoint height
-s offered, and checks the offer of s before it fetches anything else:
+test's in-process server) which snapshots they keep (`offered`: with a time limit, those
+that answered by then), takes the highest checkpoint height s offered, and checks the
+offer of s before it fetches anything else:
 
 1. the header is of this chain and of height s, and s is a checkpoint height of the
    genesis's `state_root_interval`;
@@ -10,26 +11,28 @@ s offered, and checks the offer of s before it fetches anything else:
    signatures of the validator set of s (CONSENSUS.md §10.5: with no reconfiguration, the
    genesis set), and no more signatures than there are validators;
 3. the manifest is the one the header's app hash commits to (`Manifest.check`);
-4. the header of s−1 it carries is header s's parent;
-
-and fetches the block of s with its receipts (`check_block`: they must match the
-certified header's hash, `tx_root` and `receipts_root`), so that the node holds its first
-block and serves its receipts.
+4. the header of s−1 it carries is header s's parent.
 
 The consensus value decided at s, which the next height's consensus block names as its
 parent, is not covered by the certificate (it signs the chain header's hash): it is
 taken only when `value_quorum` (f+1) sources' checked offers name the same one, so at
-least one correct validator vouches for it.
+least one correct validator vouches for it. The offers are asked of every source at once
+and the first `value_quorum` that agree decide: a source that has not answered by then is
+not waited for, and the rest is asked of the vouching sources first, of the others only
+for what none of those served.
 
-Chunks are then fetched in parallel, each from a source that offered s, and each checked
-alone against its hash in the manifest (`contracts.snapshot.decode_chunk`); a chunk that
-fails is counted in `rejected`, its source is not asked for that chunk again, and the
-chunk is fetched again from another source. A source that fails an offer or a chunk is
-skipped, never trusted: whatever a source sends is either what the certificate commits
-to or refused. When every chunk is in, `write` replaces the store's state with the
-snapshot's and records the block, receipts and certificate of s, the base height s and
-the last committed height s, in one synced batch: a crash before it leaves the store as it was
-(the sync starts again), after it the node holds the whole state of s.
+The block of s with its receipts (`check_block`: they must match the certified header's
+hash, `tx_root` and `receipts_root`), so that the node holds its first block and serves
+its receipts, is fetched while the chunks are. Chunks are fetched in parallel, each from
+a vouching source, and each checked alone against its hash in the manifest
+(`contracts.snapshot.decode_chunk`); a chunk that fails is counted in `rejected`, its
+source is not asked for that chunk again, and the chunk is fetched again from another
+source. A source that fails an offer or a chunk is skipped, never trusted: whatever a
+source sends is either what the certificate commits to or refused. When every chunk is
+in, `write` replaces the store's state with the snapshot's and records the block,
+receipts and certificate of s, the base height s and the last committed height s, in one
+synced batch: a crash before it leaves the store as it was (the sync starts again), after
+it the node holds the whole state of s.
 
 Everything a source sends is bounded before it is decoded: an offer by
 `MAX_OFFER_BYTES`, a manifest by `MAX_MANIFEST_BYTES`, a chunk by `MAX_CHUNK_BYTES`, and
@@ -223,39 +226,57 @@ class StateSync:
         self.now_ms = now_ms
         self.result = Synced(0, 0, 0)
 
-    async def offered(self) -> dict[int, list[SnapshotSource]]:
-        """Checkpoint heights offered, with the sources offering each."""
+    async def offered(self, timeout_s: float | None = None) -> dict[int, list[SnapshotSource]]:
+        """Checkpoint heights offered, with the sources offering each: every source's
+        list, or (timeout_s) those that answered within timeout_s, the others counted as
+        failed fetches, so that one peer that never answers does not hold the join."""
         out: dict[int, list[SnapshotSource]] = {}
-        lists = await asyncio.gather(
-            *(s.snapshot_heights() for s in self.sources), return_exceptions=True
-        )
-        for source, heights in zip(self.sources, lists, strict=True):
-            if isinstance(heights, BaseException):
-                if not isinstance(heights, FETCH_ERRORS):
-                    raise heights
+        tasks = [asyncio.ensure_future(s.snapshot_heights()) for s in self.sources]
+        _, late = await asyncio.wait(tasks, timeout=timeout_s)
+        for task in late:
+            task.cancel()
+        await asyncio.gather(*late, return_exceptions=True)
+        for source, task in zip(self.sources, tasks, strict=True):
+            if task in late:
                 self.result.failed_fetches += 1
                 continue
-            for h in heights[:MAX_LISTED]:
+            error = task.exception()
+            if error is not None:
+                if not isinstance(error, FETCH_ERRORS):
+                    raise error
+                self.result.failed_fetches += 1
+                continue
+            for h in task.result()[:MAX_LISTED]:
                 if type(h) is int and is_checkpoint(h, self.trust.state_root_interval):
                     out.setdefault(h, []).append(source)
         return out
 
-    async def run(self, store: KVStore) -> Synced:
-        """Fetch, check and write the highest snapshot offered; raises `InvalidSnapshot`
-        when no offered snapshot could be fetched whole; before fetching anything,
-        `StoreMismatch` for a store of another chain and `StorageError` for one that holds
-        blocks, whose lease floor cannot be read or is above the clock's."""
+    async def run(
+        self, store: KVStore, offered: dict[int, list[SnapshotSource]] | None = None
+    ) -> Synced:
+        """Fetch, check and write the highest snapshot offered (offered: the sources'
+        lists already asked by `offered`, else they are asked here); raises
+        `InvalidSnapshot` when no offered snapshot could be fetched whole; before fetching
+        anything, `StoreMismatch` for a store of another chain and `StorageError` for one
+        that holds blocks, whose lease floor cannot be read or is above the clock's."""
         ChainStore(store).init_meta(self.trust.chain_id, self.trust.genesis_hash)
         _check_empty(store)
         lease_floor([("the store", read_floor(store))], self.now_ms())
-        offered = await self.offered()
+        if offered is None:
+            offered = await self.offered()
         for height in sorted(offered, reverse=True):
             got = await self._offer(height, offered[height])
             if got is None:
                 continue
-            offer, manifest = got
-            chunks = await self._chunks(height, manifest, offered[height])
-            base = await self._block(offer.header, offered[height])
+            offer, manifest, vouching = got
+            # The chunks and the block are fetched together, from the sources whose
+            # offers made the quorum first: both are checked against the offer's
+            # certified header, neither needs the other.
+            spare = [s for s in offered[height] if s not in vouching]
+            chunks, base = await asyncio.gather(
+                self._chunks(height, manifest, vouching + spare, len(vouching)),
+                self._block(offer.header, vouching + spare),
+            )
             if chunks is None or base is None:
                 continue
             self.result.height = height
@@ -268,35 +289,44 @@ class StateSync:
 
     async def _offer(
         self, height: int, sources: list[SnapshotSource]
-    ) -> tuple[SnapshotOffer, Manifest] | None:
+    ) -> tuple[SnapshotOffer, Manifest, list[SnapshotSource]] | None:
         """A checked offer of height whose consensus value at least `value_quorum`
-        checked offers name (they all carry the same certified header and manifest)."""
-        answers = await asyncio.gather(
-            *(s.snapshot_offer(height) for s in sources), return_exceptions=True
-        )
-        by_value: dict[bytes, list[tuple[SnapshotOffer, Manifest]]] = {}
-        for raw in answers:
-            if isinstance(raw, BaseException):
-                if not isinstance(raw, FETCH_ERRORS):
-                    raise raw
-                self.result.failed_fetches += 1
-                continue
-            try:
-                got = check_offer(raw, height, self.trust)
-            except QChainError:
-                self.result.rejected_offers += 1
-                continue
-            by_value.setdefault(got[0].value, []).append(got)
-        for offers in by_value.values():
-            if len(offers) >= self.trust.value_quorum:
-                return offers[0]
-        return None
+        checked offers name (they all carry the same certified header and manifest),
+        with the sources of those offers; taken as soon as that many agree: a source
+        that has not answered by then is not waited for."""
+        tasks = {asyncio.ensure_future(s.snapshot_offer(height)): s for s in sources}
+        by_value: dict[bytes, list[tuple[SnapshotOffer, Manifest, SnapshotSource]]] = {}
+        pending = set(tasks)
+        try:
+            while pending:
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                for task in sorted(done, key=lambda t: sources.index(tasks[t])):
+                    error = task.exception()
+                    if error is not None:
+                        if not isinstance(error, FETCH_ERRORS):
+                            raise error
+                        self.result.failed_fetches += 1
+                        continue
+                    try:
+                        offer, manifest = check_offer(task.result(), height, self.trust)
+                    except QChainError:
+                        self.result.rejected_offers += 1
+                        continue
+                    offers = by_value.setdefault(offer.value, [])
+                    offers.append((offer, manifest, tasks[task]))
+                    if len(offers) >= self.trust.value_quorum:
+                        return offers[0][0], offers[0][1], [o[2] for o in offers]
+            return None
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _block(
         self, header: BlockHeader, sources: list[SnapshotSource]
     ) -> SnapshotBlock | None:
-        """The block of header's height with its receipts, from the first source whose
-        answer checks."""
+        """The block of header's height with its receipts, from the first source (in
+        order) whose answer checks."""
         for source in sources:
             try:
                 raw = await source.snapshot_block(header.height)
@@ -310,8 +340,10 @@ class StateSync:
         return None
 
     async def _chunks(
-        self, height: int, manifest: Manifest, sources: list[SnapshotSource]
+        self, height: int, manifest: Manifest, sources: list[SnapshotSource], preferred: int
     ) -> list[list[Entry]] | None:
+        """Every chunk of the manifest, checked, each from one of the first `preferred`
+        sources while one of those is left untried for it, else from another."""
         count = len(manifest.chunks)
         got: list[list[Entry] | None] = [None] * count
         queue: asyncio.Queue[int] = asyncio.Queue()
@@ -327,7 +359,8 @@ class StateSync:
                 if not left:
                     failed.append(i)
                     continue
-                k = left[(i + offset) % len(left)]
+                first = [k for k in left if k < preferred] or left
+                k = first[(i + offset) % len(first)]
                 tried.setdefault(i, set()).add(k)
                 try:
                     raw = await sources[k].snapshot_chunk(height, i)

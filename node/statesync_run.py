@@ -11,7 +11,6 @@ blocks s+1.. from its peers through consensus.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Sequence
 
@@ -30,7 +29,8 @@ log = logging.getLogger("qchain.node")
 MAX_LIST_BYTES = 64 * 1024
 """The most read of a peer's snapshot list."""
 PROBE_TIMEOUT_S = 5.0
-"""How long the peers' snapshot lists are waited for when deciding whether to sync."""
+"""How long the peers' snapshot lists are waited for: those that answered by then decide
+whether to sync and from which snapshot."""
 FETCH_TIMEOUT_S = 60.0
 
 
@@ -74,6 +74,7 @@ async def sync_store(
     *,
     force: bool,
     after: int,
+    probe_timeout_s: float = PROBE_TIMEOUT_S,
 ) -> Synced | None:
     """Sync store from sources if asked (force) or if it holds no block and a snapshot
     at least `after` heights up is offered (after 0: only when forced); what was synced,
@@ -96,18 +97,22 @@ async def sync_store(
     if not force and after == 0:
         return None
     sync = StateSync(Trust.of_genesis(genesis), sources, now_ms=wall_ms)
+    # The peers that answer within the probe's time decide; one that never answers is
+    # counted as failed and does not hold the join (nor turn it into a replay).
+    offered = await sync.offered(probe_timeout_s)
+    top = max(offered, default=0)
+    log.info(
+        "%d of %d peers answered about snapshots; the highest offered is of height %d",
+        len(sources) - sync.result.failed_fetches,
+        len(sources),
+        top,
+    )
     if not force:
-        try:
-            offered = await asyncio.wait_for(sync.offered(), PROBE_TIMEOUT_S)
-        except TimeoutError:
-            log.info("no peer answered about snapshots within %.0fs: replaying", PROBE_TIMEOUT_S)
-            return None
-        top = max(offered, default=0)
         if top < after:
             return None
         log.info("peers keep a snapshot of height %d: syncing the state from it", top)
     try:
-        done = await sync.run(store)
+        done = await sync.run(store, offered)
     except InvalidSnapshot as e:
         if force:
             raise

@@ -171,6 +171,7 @@ class Transport:
         self.max_frame_bytes = max_frame_bytes
         self.max_body = max_body
         self.limits = limits
+        self._queue_limit = queue_limit
         self._out = {
             j: _PeerOut(j, addr, sealers[j], queue_limit) for j, addr in sorted(peers.items())
         }
@@ -222,6 +223,27 @@ class Transport:
         if self._server is not None:
             with contextlib.suppress(Exception):
                 await self._server.wait_closed()
+
+    def add_peer(self, j: int, address: str, sealer: LinkSealer, opener: LinkOpener) -> None:
+        """A peer that joins (CONSENSUS.md §10.6): dialled and accepted from now on."""
+        if j == self.me or j in self._out:
+            return
+        peer = self._out[j] = _PeerOut(j, address, sealer, self._queue_limit)
+        self._openers[j], self.stats[j] = opener, self.stats.get(j, PeerStats())
+        if self._server is not None and not self._stopping:
+            peer.task = asyncio.create_task(self._sender(peer), name=f"send-{j}")
+
+    async def remove_peer(self, j: int) -> None:
+        """A peer that left (§10.6): its connections closed, refused at its hello."""
+        peer, inbound = self._out.pop(j, None), self._inbound.pop(j, None)
+        self._openers.pop(j, None)
+        if inbound is not None:
+            inbound.close()
+        if peer is not None and peer.task is not None:
+            peer.task.cancel()
+            await asyncio.gather(peer.task, return_exceptions=True)
+        if peer is not None and peer.writer is not None:
+            peer.writer.transport.abort()
 
     def connected_peers(self) -> list[int]:
         """Peers with a live outgoing and a verified incoming connection."""
@@ -444,6 +466,8 @@ class Transport:
         if verified is None or self._stopping:
             return
         sender, envelopes = verified
+        if sender not in self._openers:  # removed while its first frame was verified
+            return
         old = self._inbound.get(sender)
         if old is not None:
             old.close()

@@ -552,24 +552,40 @@ class Overloaded(MempoolFull):
 
     code = "overloaded"
 
-    def __init__(self, retry_after_s: int, backlog_ms: int, bound_ms: int) -> None:
-        QChainError.__init__(
-            self,
-            f"the node's backlog ({backlog_ms} ms at the measured commit rate) is at its "
-            f"bound ({bound_ms} ms); retry in {retry_after_s} s",
-        )
-        self.reason = "backlog at the admission bound"
+    def __init__(
+        self, retry_after_s: int, backlog_ms: int, bound_ms: int, waits_for: int | None = None
+    ) -> None:
+        """waits_for: the transaction would wait behind this missing nonce of its sender
+        while the node is under load (it cannot commit within the bound)."""
+        if waits_for is None:
+            message = (
+                f"the node's backlog ({backlog_ms} ms at the measured commit rate) is at its "
+                f"bound ({bound_ms} ms); retry in {retry_after_s} s"
+            )
+            self.reason = "backlog at the admission bound"
+        else:
+            message = (
+                f"the node is under load and this transaction would wait behind nonce "
+                f"{waits_for} of its sender, which this node does not hold; send that "
+                f"nonce first, this one again in {retry_after_s} s"
+            )
+            self.reason = "waits behind a nonce gap while the node is under load"
+        QChainError.__init__(self, message)
         self.retry_after_s = retry_after_s
         self.backlog_ms = backlog_ms
         self.bound_ms = bound_ms
+        self.waits_for = waits_for
 
     def fields(self) -> dict[str, object]:
-        return {
+        out: dict[str, object] = {
             "reason": self.reason,
             "retry_after": self.retry_after_s,
             "backlog_ms": self.backlog_ms,
             "bound_ms": self.bound_ms,
         }
+        if self.waits_for is not None:
+            out["waits_for"] = self.waits_for
+        return out
 
 
 class NonceInUse(InvalidTransaction):

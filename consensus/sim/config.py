@@ -49,7 +49,9 @@ class Partition:
 @dataclass(frozen=True)
 class CrashSpec:
     """Crash `node` at `at_us` (or at its first step matching `trigger` after that), at
-    `point` of that step; restart after `down_us` (None: never)."""
+    `point` of that step; restart after `down_us` (None: never). With `up_by_us` the node
+    is up again by that time: its restart is brought forward to it, and a crash still
+    waiting for its step 1 ms before it is dropped."""
 
     node: int
     at_us: int = 0
@@ -58,6 +60,7 @@ class CrashSpec:
     trigger: Callable[[list[Action]], bool] | None = None
     dead: bool = False
     """A dead node's durable store no longer counts (it is faulty for invariant 13)."""
+    up_by_us: int | None = None
 
 
 @dataclass(frozen=True)

@@ -43,6 +43,9 @@ def crash_point(sim: Sim, nd: SimNode, acts: list[Action], todo: Plan) -> str | 
     """The point of this step at which `nd` crashes, if it does."""
     spec = nd.pending_crash
     has_commit = any(isinstance(a, Commit) for a in todo.local)
+    if spec is not None and spec.up_by_us is not None and sim.now >= spec.up_by_us - MS:
+        sim.log(f"node {nd.name} CRASH dropped: no step matched before {spec.up_by_us - MS}us")
+        nd.pending_crash = spec = None
     if spec is not None:
         if spec.trigger is not None and not spec.trigger(acts):
             return None
@@ -79,7 +82,10 @@ def schedule_restart(sim: Sim, nd: SimNode, spec: CrashSpec) -> None:
     if spec.dead:
         sim.dead.add(nd.ident)
     if spec.down_us is not None:
-        sim.at(sim.now + spec.down_us, lambda: restart(sim, nd))
+        up = sim.now + spec.down_us
+        if spec.up_by_us is not None:
+            up = min(up, max(spec.up_by_us, sim.now + MS))
+        sim.at(up, lambda: restart(sim, nd))
 
 
 def crash(sim: Sim, nd: SimNode) -> None:

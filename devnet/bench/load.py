@@ -107,8 +107,9 @@ class _NodeSender:
         """A heap of (when, sequence, chunk, position in it, code of the last refusal):
         what to send again, soonest first (code "" for a held transaction released)."""
         self._seq = 0
-        self.blocked: dict[bytes, int] = {}
-        """Sender -> how many of its transactions wait to be sent again."""
+        self.blocked: dict[bytes, set[int]] = {}
+        """Sender -> the stream indices of its transactions refused and not accepted yet:
+        none of its later ones is sent before them."""
         self.held: dict[bytes, list[tuple[Chunk, int]]] = {}
         """Sender -> its later transactions, held back while it is blocked."""
         self._sender_of: dict[int, bytes] = {}
@@ -200,7 +201,7 @@ class _NodeSender:
         """Post the refused transactions that are due again (in their own request if
         they do not fit with the chunks), then the chunks'."""
         now = time.time()
-        due: list[tuple[Chunk, int]] = []
+        due: list[tuple[Chunk, int, str]] = []
         nbytes = 0
         while self.resend and self.resend[0][0] <= now and len(due) < MAX_BATCH_TXS:
             _, _, c, pos, _ = self.resend[0]
@@ -208,25 +209,44 @@ class _NodeSender:
             if nbytes + size > MAX_BATCH_BYTES:
                 break
             _, _, _, _, code = heapq.heappop(self.resend)
-            due.append((c, pos))
+            due.append((c, pos, code))
             nbytes += size
+        slots = [(c, pos, "") for c in chunks for pos in range(c.count)]
+        slots_bytes = sum(len(self.stream[c.offset + pos]) for c, pos, _ in slots)
+        if due and (
+            len(due) + len(slots) > MAX_BATCH_TXS or nbytes + slots_bytes > MAX_BATCH_BYTES
+        ):
+            await self._send(self._in_order(due, now), [])
+            due = []
+        # Chosen only now, after the answer to the due ones: a sender refused there holds
+        # its new transactions back (sent now, they would wait behind the refused nonce).
+        await self._send(self._in_order(due + slots, time.time()), chunks)
+
+    def _in_order(
+        self, entries: list[tuple[Chunk, int, str]], now: float
+    ) -> list[tuple[Chunk, int]]:
+        """Of entries (chunk, position, code of the last refusal, "" for none), those that
+        may go in one request, in stream order: a refused one goes again only when every
+        earlier refused one of its sender goes before it in the same request (else it is
+        due again shortly); any other only when its sender has no earlier one refused
+        and not accepted yet (else it is held until they are)."""
+        out: list[tuple[Chunk, int]] = []
+        going: dict[bytes, set[int]] = {}
+        for c, pos, code in sorted(entries, key=lambda e: e[0].offset + e[1]):
+            i = c.offset + pos
+            who = self._sender(c, pos)
+            ahead = {j for j in self.blocked.get(who, ()) if j < i}
+            if ahead - going.get(who, set()) if code else ahead:
+                if code:
+                    self._push(now + RESEND_PAUSE_S, c, pos, code)
+                else:
+                    self.held.setdefault(who, []).append((c, pos))
+                continue
+            going.setdefault(who, set()).add(i)
             if code:
                 c.resent += 1
-        fresh: list[tuple[Chunk, int]] = []
-        for c in chunks:
-            for pos in range(c.count):
-                who = self._sender(c, pos)
-                if who in self.blocked:
-                    self.held.setdefault(who, []).append((c, pos))
-                else:
-                    fresh.append((c, pos))
-        fresh_bytes = sum(len(self.stream[c.offset + pos]) for c, pos in fresh)
-        if due and (
-            len(due) + len(fresh) > MAX_BATCH_TXS or nbytes + fresh_bytes > MAX_BATCH_BYTES
-        ):
-            await self._send(due, [])
-            due = []
-        await self._send(due + fresh, chunks)
+            out.append((c, pos))
+        return out
 
     async def _send(self, slots: list[tuple[Chunk, int]], chunks: list[Chunk]) -> None:
         """One request with the transactions at slots; chunks are those posted first
@@ -279,8 +299,7 @@ class _NodeSender:
                 n = self.attempts[c.offset + pos] = self.attempts.get(c.offset + pos, 0) + 1
                 pause = min(RESEND_PAUSE_MAX_S, RESEND_PAUSE_S * 2 ** (n - 1))
                 self._push(answered + (pause if wait is None else wait), c, pos, code)
-                if n == 1:
-                    self.blocked[who] = self.blocked.get(who, 0) + 1
+                self.blocked.setdefault(who, set()).add(c.offset + pos)
                 continue
             if code:
                 c.refused[code] = c.refused.get(code, 0) + 1
@@ -291,10 +310,11 @@ class _NodeSender:
                 self.released.discard(c.offset + pos)
             if waited:
                 self.attempts.pop(c.offset + pos)
-                self.blocked[who] -= 1
+                self.blocked[who].discard(c.offset + pos)
                 if not self.blocked[who]:
                     del self.blocked[who]
-                    for hc, hpos in self.held.pop(who, []):
+                    held = sorted(self.held.pop(who, []), key=lambda s: s[0].offset + s[1])
+                    for hc, hpos in held:
                         self.released.add(hc.offset + hpos)
                         self._push(answered, hc, hpos, "")
 

@@ -106,6 +106,11 @@ def point_figures(
     accepted only when sent again, from that request."""
     offered_latencies: list[float] = []
     """From the first scheduled time, refusals and waits to send again included."""
+    node_latencies: list[float] = []
+    """Of what the nodes accepted: from the request that got it accepted (the load
+    generator's own queue left out)."""
+    posting_waits: list[float] = []
+    """Per chunk: from its scheduled time until the request that carried it left."""
     submitted = accepted = lost = failed = resent = 0
     refused: dict[str, int] = {}
     for c in load["chunks"]:
@@ -117,6 +122,8 @@ def point_figures(
         if not w0 <= c["scheduled"] <= w1:
             continue
         accepted_at = c.get("accepted_at", {})
+        if c.get("posted"):
+            posting_waits.append(c["posted"] - c["scheduled"])
         for pos, h in enumerate(hashes[c["node"]][c["offset"] : c["offset"] + c["count"]]):
             seen = txs.get(h)
             if seen is None:
@@ -126,7 +133,12 @@ def point_figures(
                 failed += 1
             offered_latencies.append(seen[0] - c["scheduled"])
             latencies.append(seen[0] - accepted_at.get(str(pos), c["scheduled"]))
+            node_latencies.append(
+                seen[0] - accepted_at.get(str(pos), c.get("posted") or c["scheduled"])
+            )
     latencies.sort()
+    node_latencies.sort()
+    posting_waits.sort()
     offered_latencies.sort()
     consensus = sorted(b.at - b.built for b in in_window)
     intervals = [b.at - a.at for a, b in itertools.pairwise(in_window)]
@@ -157,6 +169,14 @@ def point_figures(
             "p95": _r(percentile(latencies, 95) * 1e3, 1),
             "p99": _r(percentile(latencies, 99) * 1e3, 1),
             "max": _r(latencies[-1] * 1e3, 1) if latencies else None,
+        },
+        "node_latency_ms": {
+            "p50": _r(percentile(node_latencies, 50) * 1e3, 1),
+            "p99": _r(percentile(node_latencies, 99) * 1e3, 1),
+        },
+        "posting_wait_ms": {
+            "p50": _r(percentile(posting_waits, 50) * 1e3, 1),
+            "p99": _r(percentile(posting_waits, 99) * 1e3, 1),
         },
         "offered_latency_ms": {
             "p50": _r(percentile(offered_latencies, 50) * 1e3, 1),

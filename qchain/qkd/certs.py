@@ -130,6 +130,15 @@ def _write(path: Path, data: bytes, private: bool) -> None:
         f.write(data)
 
 
+def load(cert_path: Path, key_path: Path) -> Issued:
+    """A certificate and its key as `save` wrote them (the devnet's CA, to issue one more
+    SAE certificate when a validator joins)."""
+    key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise ValueError(f"{key_path}: not an EC private key")
+    return Issued(key, x509.load_pem_x509_certificate(cert_path.read_bytes()))
+
+
 def save(issued: Issued, cert_path: Path, key_path: Path) -> None:
     _write(cert_path, issued.cert.public_bytes(serialization.Encoding.PEM), False)
     key_pem = issued.key.private_bytes(

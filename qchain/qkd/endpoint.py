@@ -42,6 +42,7 @@ class QKDEndpoint:
         self.me = me
         self.source = source
         clock = clock or SystemClock()
+        self._made = (chain_id, config, clock, limits, store)
         peers = sorted(set(peers) - {me})
         floor = 0 if store is None else read_floor(store)
         self.send_pools = {p: SendKeyPool(source, p, config, clock) for p in peers}
@@ -64,6 +65,39 @@ class QKDEndpoint:
     def _batch_of(self, peer: str) -> Callable[[], int]:
         pool = self.send_pools[peer]
         return lambda: pool.batch_size
+
+    def add_peer(self, peer: str) -> None:
+        """A link to a validator that joins the set on a running chain (CONSENSUS.md
+        §10.6), built as the ones given at start; its send pool starts filling at once."""
+        if peer == self.me or peer in self.senders:
+            return
+        chain_id, config, clock, limits, store = self._made
+        add = QKDEndpoint(
+            chain_id,
+            self.me,
+            [peer],
+            self.source,
+            config=config,
+            clock=clock,
+            limits=limits,
+            store=store,
+        )
+        self.send_pools[peer] = add.send_pools[peer]
+        self.receive_pools[peer] = add.receive_pools[peer]
+        self.senders[peer] = add.senders[peer]
+        self.receiver.peers[peer] = add.receiver.peers[peer]
+        self.send_pools[peer].start()
+
+    async def remove_peer(self, peer: str) -> None:
+        """Close the link to a validator that left the set (§10.6): its frames are
+        refused from now on (an unknown sender) and the keys held for it are wiped."""
+        self.senders.pop(peer, None)
+        self.receiver.peers.pop(peer, None)
+        send, receive = self.send_pools.pop(peer, None), self.receive_pools.pop(peer, None)
+        if send is not None:
+            await send.close()
+        if receive is not None:
+            await receive.close()
 
     def sender(self, peer: str) -> LinkSender:
         return self.senders[peer]

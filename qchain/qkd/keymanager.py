@@ -24,6 +24,7 @@ Delivery latency is applied by the wrappers, not here.
 from __future__ import annotations
 
 import os
+import re
 import uuid
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
@@ -90,6 +91,12 @@ def link_name(a: str, b: str) -> str:
     """The name of the (undirected) link between two SAEs."""
     lo, hi = sorted((a, b))
     return f"{lo}~{hi}"
+
+
+SAE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+"""What an SAE id added at run time may be (the devnet's rule, `devnet.kme`)."""
+MAX_LINKS = 4096
+"""Links one manager holds at most (a full mesh of 90 validators is 4005)."""
 
 
 class KeyFactory(Protocol):
@@ -353,6 +360,36 @@ class KeyManager:
         return keys
 
     # --- admin ---------------------------------------------------------------------------
+
+    def add_link(self, cfg: LinkConfig) -> None:
+        """A new link between two SAEs at run time (a validator joins, CONSENSUS.md §10.6);
+        an SAE named for the first time becomes known. Refused (ValueError) if the link
+        exists, if an SAE id is malformed, or if the manager holds `MAX_LINKS` already."""
+        for sae in cfg.saes:
+            if not SAE_ID.match(sae):
+                raise ValueError(f"SAE id {sae!r}: 1 to 64 characters of A-Z a-z 0-9 . _ : -")
+        if cfg.name in self._links:
+            raise ValueError(f"link {cfg.name} exists")
+        if len(self._links) >= MAX_LINKS:
+            raise ValueError(f"this key manager holds {MAX_LINKS} links already")
+        self._links[cfg.name] = _Link(
+            config=cfg,
+            rate=cfg.bits_per_second,
+            last=self.clock.now(),
+            stored_bits=cfg.initial_key_count * cfg.key_size,
+        )
+        self.saes = self.saes | set(cfg.saes)
+
+    def drop_link(self, a: str, b: str) -> None:
+        """Remove the link a~b (a validator left, §10.6): its stored keys and the keys
+        waiting for the slave are gone, and an SAE left without a link is no longer known
+        (its requests are refused as an unknown SAE's). KeyError if there is no such link."""
+        link = self._get(a, b)
+        for pending in link.pending.values():
+            for material in pending.values():
+                material[:] = bytes(len(material))
+        del self._links[link.config.name]
+        self.saes = frozenset(s for lk in self._links.values() for s in lk.config.saes)
 
     def set_rate(self, a: str, b: str, bits_per_second: int) -> None:
         if bits_per_second < 0:

@@ -36,6 +36,12 @@ The admin endpoint listens on its own loopback port and wants `Authorization: Be
 | POST | `/admin/links/{a}/{b}/outage` | `{"active": true}` |
 | POST | `/admin/links/{a}/{b}/eavesdropper` | `{"active": true}` (flush, stop) / false |
 | POST | `/admin/links/{a}/{b}/stored` | `{"stored_key_count": n}` (0 drains, n refills) |
+| PUT | `/admin/links/{a}/{b}` | `{}`, `{"bits_per_second": n}` or `{"profile": "lab"}`: new link |
+| DELETE | `/admin/links/{a}/{b}` | | drops the link and its keys |
+
+A validator that joins a running chain needs a link to every member, and one that left
+needs none (CONSENSUS.md §10.6): `PUT` adds the pair with the parameters of an existing
+link of either SAE (the rate as given), `DELETE` drops it with every key it holds.
 | GET | `/admin/behaviour` | | the behaviour set in force |
 | PUT | `/admin/behaviour` | a whole behaviour set; fields left out take their defaults |
 
@@ -45,6 +51,7 @@ Key material is never logged.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hmac
 import logging
 import random
@@ -58,7 +65,7 @@ from qchain.errors import ConfigError, InvalidJson
 from qchain.jsonform import parse_json
 from qchain.qkd.clock import Clock, SystemClock
 from qchain.qkd.errors import KeyBadRequest, KeyExhausted, KeySourceError, KeyUnauthorised
-from qchain.qkd.keymanager import PROFILES, KeyFactory, KeyManager
+from qchain.qkd.keymanager import PROFILES, KeyFactory, KeyManager, link_name
 from qchain.qkd.kms_config import Behaviour, KMSConfig, parse_behaviour
 from qchain.qkd.relay import Relay, settled
 from qchain.qkd.source import Key, key_id_str, parse_key_id
@@ -337,6 +344,38 @@ async def admin_rate(request: web.Request) -> web.Response:
     return await admin_link(request)
 
 
+async def admin_add_link(request: web.Request) -> web.Response:
+    """A new SAE pair at run time: its parameters are those of an existing link of
+    either SAE (else of the first link), its rate the one given, if any."""
+    doc = await _admin_body(request)
+    a, b = _pair(request)
+    m: KeyManager = request.app[_MANAGER]
+    names = m.link_names()
+    if not names:
+        raise ValueError("this key manager has no link to copy parameters from")
+    like = next((n for n in names if a in n.split("~") or b in n.split("~")), names[0])
+    base = m.link_config(*like.split("~", 1))
+    rate = base.bits_per_second
+    if "profile" in doc:
+        if doc["profile"] not in PROFILES:
+            raise ValueError(f"profile must be one of {', '.join(PROFILES)}")
+        rate = PROFILES[doc["profile"]]
+    elif "bits_per_second" in doc:
+        if type(doc["bits_per_second"]) is not int:
+            raise ValueError("bits_per_second must be an integer")
+        rate = doc["bits_per_second"]
+    m.add_link(dataclasses.replace(base, saes=(a, b), bits_per_second=rate))
+    log.info("link %s~%s added", a, b)
+    return await admin_link(request)
+
+
+async def admin_drop_link(request: web.Request) -> web.Response:
+    a, b = _pair(request)
+    request.app[_MANAGER].drop_link(a, b)
+    log.info("link %s~%s dropped", a, b)
+    return web.json_response({"dropped": link_name(a, b)})
+
+
 def _active(doc: Mapping[str, Any]) -> bool:
     active = doc.get("active")
     if type(active) is not bool:
@@ -397,6 +436,8 @@ def build_admin_app(manager: KeyManager, switches: Switches, token: str) -> web.
     app[_TOKEN] = token
     app.router.add_get("/admin/links", admin_links)
     app.router.add_get("/admin/links/{a}/{b}", admin_link)
+    app.router.add_put("/admin/links/{a}/{b}", admin_add_link)
+    app.router.add_delete("/admin/links/{a}/{b}", admin_drop_link)
     app.router.add_post("/admin/links/{a}/{b}/rate", admin_rate)
     app.router.add_post("/admin/links/{a}/{b}/outage", admin_outage)
     app.router.add_post("/admin/links/{a}/{b}/eavesdropper", admin_eavesdropper)

@@ -6,9 +6,13 @@ allows one process per database: a second opener gets `StoreLocked` (a `StorageE
 
 Every read verifies LevelDB's block checksums (`verify_checksums`; the database is opened
 with `paranoid_checks`), so a flipped bit in a table file raises `StorageCorrupt` instead
-of returning wrong bytes. The cost is one CRC32C over each table block read from a file
-(4 KiB, or one larger value; about +35 µs for a 200 KB block body). No plyvel exception
-escapes: damage is `StorageCorrupt`, any other failure `StorageError`.
+of returning wrong bytes or fewer entries. The cost is one CRC32C over each table block
+read from a file (4 KiB, or one larger value; about +35 µs for a 200 KB block body).
+Iteration, forward or reverse, over the store or a snapshot, uses plyvel's raw iterator,
+whose every move raises LevelDB's iterator status: LevelDB skips a block that fails its
+checksum and keeps the error in that status, which plyvel's own iterator does not look at
+once it runs out of entries. No plyvel exception escapes: damage is `StorageCorrupt`, any
+other failure `StorageError`.
 """
 
 from __future__ import annotations
@@ -57,9 +61,12 @@ class LevelDBStore(KVStore):
 
     def _failed(self, key: bytes, e: plyvel.Error, near: bool = False) -> StorageError:
         """The error for a failed operation at key (near: an iterator failed after key,
-        the last one it read)."""
+        the last one it read, or where it started), naming the database."""
         if isinstance(e, plyvel.CorruptionError):
-            return self.corrupt(key, _message(e) + (" (next to this key)" if near else ""))
+            where = ""
+            if near:
+                where = " (next to this key)" if key else " (at the start of an iteration)"
+            return self.corrupt(key, f"{_message(e)} in LevelDB at {self.path}{where}")
         return StorageError(f"LevelDB at {self.path} failed at key {key.hex()}: {_message(e)}")
 
     def get(self, key: bytes) -> bytes | None:
@@ -95,20 +102,28 @@ class LevelDBStore(KVStore):
     def _iterate_forward(
         self, source: Any, prefix: bytes, start: bytes | None
     ) -> Iterator[tuple[bytes, bytes]]:
-        """Forward iteration over source, the database or one of its snapshots."""
+        """Forward iteration over source, the database or one of its snapshots, with a raw
+        iterator (module docstring): plyvel's iterator ends without an error when a
+        damaged block has no entry after it (plyvel 1.5.1)."""
         lo = prefix if start is None else max(prefix, start)
         hi = prefix_end(prefix) if prefix else None
+        it = source.raw_iterator(fill_cache=False, verify_checksums=True)
         last = lo
         try:
-            with source.iterator(
-                start=lo or None, stop=hi, fill_cache=False, verify_checksums=True
-            ) as it:
-                for k, v in it:
-                    last = k
-                    if k.startswith(prefix):
-                        yield k, v
+            if lo:
+                it.seek(lo)
+            else:
+                it.seek_to_first()
+            while it.valid():
+                k = last = it.key()
+                if hi is not None and k >= hi:
+                    break
+                yield k, it.value()
+                it.next()
         except plyvel.Error as e:
             raise self._failed(last, e, near=True) from e
+        finally:
+            it.close()
 
     def _iterate_reverse(self, prefix: bytes, start: bytes | None) -> Iterator[tuple[bytes, bytes]]:
         # plyvel's reverse iterator drops a range that holds exactly one key (plyvel 1.5.1),

@@ -19,6 +19,7 @@ from consensus.events import (
     Commit,
     MessageIn,
     ReplyDone,
+    ReplySync,
     Send,
     SetTimer,
     Start,
@@ -157,6 +158,24 @@ def test_message_from_a_non_member_of_its_height_is_dropped_before_any_state() -
     e.step(MessageIn(4, Vote(CID, 2, 0, 1, v)))
     assert e.view().not_member == 4
     assert e.view().footprint.next_buffer_per_sender == 1
+
+
+def test_a_sync_request_from_a_peer_no_set_holds_is_answered_and_nothing_else() -> None:
+    """A validator whose add is approved catches up before any set holds it: its
+    SYNC_REQ is answered (10.6 L2, from any linked peer); it notes no height, and its
+    SYNC_RESP and consensus messages are not read."""
+    e = Engine(P, 1)
+    e.step(StartHeight(1, G, 0))
+    before = e.view()
+    out = e.step(MessageIn(7, SyncReq(CID, 1, 64)))
+    assert ReplySync(7, 1, min(64, P.sync_max_count)) in out
+    assert e.step(MessageIn(7, SyncReq(CID, 1, 64))) == []  # once per sync interval
+    assert e.step(MessageIn(7, SyncResp(CID, 1, (b"\x22" * 32,) * 4))) == []
+    assert e.step(MessageIn(7, Done(CID, 1, b"\x22" * 32))) == []
+    after = e.view()
+    assert after.peer_heights == before.peer_heights
+    assert after.instances == before.instances
+    assert e.step(MessageIn(7, SyncReq("another-chain", 1, 64))) == []
 
 
 def test_counts_and_broadcasts_of_a_height_are_over_its_own_set() -> None:

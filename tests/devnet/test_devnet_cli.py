@@ -120,3 +120,40 @@ def _zombie(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
     except (OSError, IndexError):
         return True
+
+
+@pytest.mark.timeout(300)
+def test_add_validator_on_a_running_devnet(tmp_path: Path) -> None:
+    """`qchain devnet init --reconfiguration`, `up`, `add-validator`: a fifth validator
+    joins the running chain and is a member of its set; `down` stops it with the rest."""
+    d = tmp_path / "net"
+    base = _base_port()
+    out = qchain(
+        "devnet",
+        "init",
+        "--dir",
+        str(d),
+        "--base-port",
+        str(base),
+        "--reconfiguration",
+        "--heartbeat-ms",
+        "300",
+        "--scheme",
+        "ed25519",
+    )
+    assert "initialised a 4-validator devnet" in out
+    try:
+        qchain("devnet", "up", "--dir", str(d))
+        out = qchain("devnet", "add-validator", "--dir", str(d), timeout=240)
+        assert "node4 is a validator" in out, out
+        node4 = json.loads((d / "network.json").read_text())["nodes"][4]
+        api = f"http://127.0.0.1:{node4['api_port']}"
+        height = http_json(f"{api}/v1/status")["height"]
+        query = f"{api}/v1/contracts/validators/set?height={height}"
+        ids = [r["id"] for r in http_json(query)["result"]["records"]]
+        assert ids == [0, 1, 2, 3, 4]
+        status = json.loads(qchain("devnet", "status", "--dir", str(d), "--json"))
+        assert len(status) == 5 and all(r["status"] is not None for r in status)
+    finally:
+        out = qchain("devnet", "down", "--dir", str(d))
+    assert "node4" in out

@@ -13,7 +13,7 @@ from node.accounts import Admission
 from node.backlog import UNSATURATED_MIN_ROOM, Backlog
 from node.mempool import Mempool, MempoolLimits
 from node.metrics import NodeMetrics
-from qchain.errors import Overloaded
+from qchain.errors import MempoolFull, Overloaded
 from qchain.types import Transaction
 
 from .test_mempool import CHAIN, Accounts, tx
@@ -180,12 +180,12 @@ def test_beyond_the_bound_a_gap_filler_replaces_a_waiting_client_tx(setup: Any) 
     the place of the latest of them (the pending count the bound measures stays); any
     other transaction is still refused before its signature is checked."""
     admission, _, verifier, clock = setup
+    for n in range(1, 5):  # before the chain is saturated: accepted behind the gap
+        assert admission.admit(tx("partner1", n), local=True)
     admission.backlog.committed(0.0, 8, 2, True)  # saturated; room for 4
     clock.now = 1.0
     for n in range(4):  # peers' transactions: the pool is not below a block's worth
         assert admission.admit(tx("partner2", n))
-    for n in range(1, 5):
-        assert admission.admit(tx("partner1", n), local=True)
     assert admission.mempool.waiting_local == 4
     assert admission.room() == 4, "no room under the bound, four places of waiting txs"
     checked = verifier.calls
@@ -220,3 +220,85 @@ def test_peers_transactions_waiting_for_admission_count_in_the_depth(setup: Any)
     with pytest.raises(Overloaded) as e:
         admission.admit(tx("partner1", 1), local=True)
     assert e.value.backlog_ms == 2000
+
+
+def test_while_saturated_a_client_tx_behind_a_nonce_gap_is_refused(setup: Any) -> None:
+    """It could commit only once the missing nonce arrives: refused with the nonce it
+    waits for, before its signature is checked, though the bound has room; a peer's is
+    taken (that peer answers for it), and so is the client's once the gap is filled."""
+    admission, _, verifier, clock = setup
+    assert admission.admit(tx("partner1", 1), local=True), "not saturated: it may wait"
+    admission.backlog.committed(0.0, 80, 20, True)  # saturated; room for 40
+    clock.now = 1.0
+    assert admission.backlog.bounding(clock.now) and admission.room() > 0
+    checked = verifier.calls
+    with pytest.raises(Overloaded) as refused:
+        admission.admit(tx("partner1", 3), local=True)
+    assert refused.value.waits_for == 0 and refused.value.fields()["waits_for"] == 0
+    assert refused.value.retry_after_s >= 1
+    with pytest.raises(Overloaded) as refused:
+        admission.admit(tx("partner2", 1), local=True)
+    assert refused.value.waits_for == 0
+    assert verifier.calls == checked, "refused before the signature check"
+    assert admission.admit(tx("partner2", 2))  # forwarded: waits behind the gap
+    assert admission.admit(tx("partner1", 0), local=True)
+    assert admission.admit(tx("partner1", 2), local=True), "its nonce 1 is pending"
+    assert admission.admit(tx("partner2", 0), local=True)
+    assert admission.admit(tx("partner2", 1), local=True), "fills the gap: ready"
+
+
+def test_with_admission_control_off_a_gap_is_never_refused(setup: Any) -> None:
+    admission, _, _, _ = setup
+    off = Backlog(0, 4)
+    off.committed(0.0, 80, 20, True)
+    admission.backlog = off
+    assert not off.bounding(0.0)
+    assert admission.admit(tx("partner1", 5), local=True)
+
+
+def test_after_a_refusal_for_the_bound_a_gap_is_refused_though_not_saturated(
+    setup: Any,
+) -> None:
+    """Under overload the saturation signal comes and goes from block to block; a
+    refusal for the bound within the window keeps the node under load."""
+    admission, _, _, clock = setup
+    admission.backlog.committed(0.0, 80, 20, False)
+    clock.now = 1.0
+    assert not admission.backlog.bounding(clock.now)
+    admission.overloaded()  # a batch item beyond the room was refused
+    with pytest.raises(Overloaded) as refused:
+        admission.admit(tx("partner1", 2), local=True)
+    assert refused.value.waits_for == 0
+    clock.now = 1.0 + admission.backlog.window_s + 0.5
+    assert admission.admit(tx("partner1", 2), local=True), "no refusal within the window"
+
+
+def test_a_refusal_for_the_nodes_share_of_the_pool_is_load_too() -> None:
+    """`mempool-full` for the node's clients' share marks the node under load as the
+    bound's refusals do: a gap is refused next."""
+    accounts = Accounts()
+    for role in ("partner1", "partner2"):
+        key = account_key(role, "ed25519")
+        accounts.keys[key.address] = (key.scheme.value, key.public_key)
+    mempool = Mempool(CHAIN, MempoolLimits(max_txs=100, max_local=2), accounts)
+    clock = _Clock()
+    admission = Admission(
+        mempool,
+        accounts,  # type: ignore[arg-type]
+        lambda: 0,
+        False,
+        _Pacer(),  # type: ignore[arg-type]
+        NodeMetrics("admission-share-test"),
+        [].append,
+        Backlog(2000, 4),
+        clock,
+    )
+    assert admission.admit(tx("partner1", 0), local=True)
+    assert admission.admit(tx("partner1", 1), local=True)
+    assert not admission.backlog.bounding(clock.now)
+    with pytest.raises(MempoolFull):
+        admission.admit(tx("partner2", 0), local=True)
+    assert admission.backlog.bounding(clock.now)
+    with pytest.raises(Overloaded) as refused:
+        admission.admit(tx("partner1", 3), local=True)
+    assert refused.value.waits_for == 2

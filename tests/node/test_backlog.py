@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from node.backlog import UNBOUNDED, UNSATURATED_MIN_ROOM, Backlog
+from node.backlog import (
+    SATURATED_COMMITS,
+    UNBOUNDED,
+    UNSATURATED_MIN_ROOM,
+    WINDOW_S,
+    Backlog,
+)
 from qchain.errors import MempoolFull, Overloaded
 
 
@@ -204,3 +210,36 @@ def test_accepting_up_to_room_keeps_the_pool_wait_under_the_bound() -> None:
             or (depth + room + 1) / rate > bound
             or pending + room + 1 > bound * b.rate(1.0)
         )
+
+
+def test_under_load_while_saturated_or_refusing_and_on() -> None:
+    b = Backlog(2000, 4)
+    assert not b.bounding(0.0), "no commit seen"
+    b.committed(0.0, 10, 2, False)
+    assert not b.bounding(0.0), "blocks take everything"
+    b.committed(1.0, 10, 2, True)
+    assert b.bounding(1.0)
+    for k in range(2, 2 + SATURATED_COMMITS):
+        b.committed(float(k), 10, 2, False)
+    now = float(1 + SATURATED_COMMITS)
+    assert not b.bounding(now), "the last commits left nothing ready behind"
+    b.refusal(100, now, 100, waits_for=3)
+    assert not b.bounding(now), "a gap's refusal says nothing of the load"
+    b.refusal(100, now, 100)
+    assert b.bounding(now) and b.bounding(now + WINDOW_S), "refusing for the bound"
+    assert not b.bounding(now + WINDOW_S + 0.1), "no refusal within the window"
+    off = Backlog(0, 4)
+    off.committed(0.0, 10, 2, True)
+    off.refusal(100, 0.0, 100)
+    assert off.saturated and not off.bounding(0.0)
+
+
+def test_a_refusal_for_a_nonce_gap_names_the_nonce_and_still_says_when() -> None:
+    b = Backlog(2000, 4)
+    b.committed(0.0, 40, 10, True)  # 40 tx/s, 10 local/s over 1 s
+    r = b.refusal(5, 1.0, 20, waits_for=7)
+    assert r.waits_for == 7 and r.fields()["waits_for"] == 7
+    assert r.retry_after_s == 1, "under the bound: come back after the shortest wait"
+    assert r.bound_ms == 2000 and r.backlog_ms == 500
+    assert "nonce 7" in str(r)
+    assert "waits_for" not in b.refusal(5, 1.0, 20).fields()

@@ -26,10 +26,12 @@ from qchain.errors import (
     BackupError,
     BackupMismatch,
     BackupTruncated,
+    StorageCorrupt,
     StorageError,
 )
 from qchain.store import Batch, KVStore, MemoryStore, schema
 from qchain.store.leveldb import LevelDBStore
+from qchain.store.testing import flip_bit_in_table
 
 CHAIN = "qchain-backup-test"
 GENESIS = bytes(range(32))
@@ -356,3 +358,22 @@ def test_a_backup_written_under_schema_version_1_is_accepted(tmp_path: Path) -> 
     path = tmp_path / "old.qbk"
     path.write_bytes(_backup_bytes(s))
     assert check_backup(path, EXPECTED).header.schema_version == 1
+
+
+def test_a_store_whose_last_block_is_damaged_is_not_backed_up(tmp_path: Path) -> None:
+    """The damaged block holds the newest consensus values, the last keys of the store:
+    the backup fails (`StorageCorrupt`) and leaves no file, instead of ending early with
+    a complete-looking backup that lacks them."""
+    db = tmp_path / "db"
+    with LevelDBStore(db) as s:
+        _fill(s)
+        b = Batch()
+        for h in range(1, 301):
+            b.put(schema.consensus_value_key(h), hashlib.sha256(b"%d" % h).digest())
+        s.write(b)
+        s._db.compact_range()
+    flip_bit_in_table(db, hashlib.sha256(b"300").digest(), offset=5)
+    out = tmp_path / "node.qbk"
+    with LevelDBStore(db) as s, pytest.raises(StorageCorrupt, match="checksum"):
+        save_backup(out, store_chunks(s, NOW), EXPECTED)
+    assert _listing(tmp_path) == ["db"]

@@ -41,6 +41,9 @@ class _Links:
     def others(self) -> list[int]:
         return [j for j in range(self.n) if j != self.me]
 
+    def knows(self, j: int) -> bool:
+        return 0 <= j < self.n
+
     def key_rate(self, peer: int) -> float | None:
         return None  # the `lab` profile: no lazy wait of the transport on top
 

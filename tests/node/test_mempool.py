@@ -380,3 +380,15 @@ def test_client_transactions_that_waited_are_reported_once_when_ready() -> None:
     assert mp.became_ready() == []
     mp.add(tx("partner1", 4), height=1, now=0.0, local=True)
     assert [p.tx.nonce for p in mp.became_ready()] == [5]
+
+
+def test_gap_before_names_the_first_missing_nonce(pool: tuple[Mempool, Accounts]) -> None:
+    mp, accounts = pool
+    sender = tx("partner1", 0).sender
+    assert mp.gap_before(sender, 0) is None and mp.gap_before(sender, 2) == 0
+    mp.add(tx("partner1", 0), height=0, now=0.0)
+    mp.add(tx("partner1", 1), height=0, now=0.0)
+    assert mp.gap_before(sender, 2) is None and mp.gap_before(sender, 3) == 2
+    accounts.nonces[sender] = 2
+    mp.on_commit([tx("partner1", 0), tx("partner1", 1)], 1)
+    assert mp.gap_before(sender, 2) is None and mp.gap_before(sender, 4) == 2

@@ -64,9 +64,9 @@ def one_site_chain(tmp_path: Path, member: SigningKey | None = None) -> Path:
     return site
 
 
-def node_run(config: Path) -> subprocess.CompletedProcess[str]:
+def node_run(config: Path, *more: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        qchain_argv("node", "run", "--config", str(config)),
+        qchain_argv("node", "run", "--config", str(config), *more),
         capture_output=True,
         text=True,
         timeout=60,
@@ -147,8 +147,9 @@ def test_a_devnet_only_warns(tmp_path: Path) -> None:
         check_before_run(cfg, load_genesis(tmp_path / "pilot.json"))
 
 
-def test_a_genesis_that_enables_validator_set_changes_is_refused(tmp_path: Path) -> None:
-    plan = plan_network(validators=1, base_port=None)
+def reconfiguring_chain(tmp_path: Path, heartbeat_ms: int | None) -> Path:
+    """A one-validator devnet whose genesis enables validator-set changes."""
+    plan = plan_network(validators=1, base_port=None, heartbeat_ms=heartbeat_ms)
     write_network(tmp_path, plan)
     doc = load_genesis(tmp_path / "genesis.json").to_json()
     members, validators = doc["members"], doc["validators"]
@@ -158,9 +159,26 @@ def test_a_genesis_that_enables_validator_set_changes_is_refused(tmp_path: Path)
     assert isinstance(consensus, dict)
     consensus["reconfiguration"] = True
     save_genesis(parse_genesis(doc), tmp_path / "genesis.json")
-    assert_refused(
-        tmp_path / "nodes" / "node0" / "config.toml",
-        "consensus.reconfiguration",
-        "docs/CONSENSUS.md §10",
-        "not implemented",
-    )
+    return tmp_path / "nodes" / "node0" / "config.toml"
+
+
+def test_validator_set_changes_without_a_heartbeat_are_refused(tmp_path: Path) -> None:
+    """What the node does not build of §10 is refused by name: an idle chain (no
+    heartbeat) needs §10.7's liveness machinery across an activation."""
+    config = reconfiguring_chain(tmp_path, heartbeat_ms=None)
+    assert_refused(config, "timing.propose_wait_max_ms", "docs/CONSENSUS.md §10.7", "not built")
+
+
+def test_validator_set_changes_with_a_heartbeat_pass_preflight(tmp_path: Path) -> None:
+    config = reconfiguring_chain(tmp_path, heartbeat_ms=300)
+    cfg = load_config(config)
+    check_before_run(cfg, load_genesis(cfg.node.genesis))
+
+
+def test_state_sync_on_a_chain_whose_set_changes_is_refused(tmp_path: Path) -> None:
+    config = reconfiguring_chain(tmp_path, heartbeat_ms=300)
+    done = node_run(config, "--state-sync")
+    assert done.returncode != 0, done.stdout + done.stderr
+    for needle in ("--state-sync", "genesis set only", "§10.5"):
+        assert needle in done.stderr, done.stderr
+    assert not (load_config(config).node.data_dir / "db").exists(), "the store was opened"

@@ -56,7 +56,7 @@ def test_rebuild_of_a_store_whose_lease_is_damaged_writes_the_floor(tmp_path: Pa
         s.put(b"m" + b"x" * 64, b"y")
     flip_bit_in_table(db, schema.u64(0x0123456789ABCDEF), offset=7)
     done = rebuild(db, NOW)
-    assert (done.leases, done.floor) == (0, FLOOR)
+    assert (done.leases, done.leases_readable, done.floor) == (0, False, FLOOR)
     with LevelDBStore(db) as new:
         assert list(new.iterate()) == [
             (schema.META_AMNESIA, b""),
@@ -64,6 +64,26 @@ def test_rebuild_of_a_store_whose_lease_is_damaged_writes_the_floor(tmp_path: Pa
         ]
         first = Lease(new, "seq/sae-3/sae-0", floor=read_floor(new)).next()
     assert first == FLOOR > 0x0123456789ABCDEF  # above what the lost lease allowed
+
+
+def test_a_lease_family_whose_last_block_is_damaged_is_not_carried_in_part(
+    tmp_path: Path,
+) -> None:
+    """LINK and 401 more links' leases span several table blocks, the last of which, the
+    last keys of the store, is damaged: the family does not read whole, so no lease is
+    carried (those that read tell nothing of those that did not)."""
+    db = tmp_path / "db"
+    _old_db(db)
+    with LevelDBStore(db) as s:
+        b = Batch()
+        for i in range(400):
+            b.put(schema.qkd_lease_key(f"seq/sae-3/x{i:03d}"), schema.u64(4096 + i))
+        b.put(schema.qkd_lease_key("seq/sae-3/x400"), schema.u64(0x0123456789ABCDEF))
+        s.write(b)
+        s._db.compact_range()
+    flip_bit_in_table(db, schema.u64(0x0123456789ABCDEF), offset=7)
+    done = rebuild(db, NOW)
+    assert (done.leases, done.leases_readable, done.floor) == (0, False, FLOOR)
 
 
 def test_a_lease_family_reads_whole_or_not_at_all(tmp_path: Path) -> None:

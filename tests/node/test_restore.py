@@ -124,6 +124,28 @@ def test_restore_over_a_damaged_store_takes_the_backups_leases_under_the_floor(
         assert Lease(s, "seq/sae-0/sae-1", floor=read_floor(s)).next() == FLOOR > 12288
 
 
+def test_restore_keeps_no_lease_of_a_family_whose_last_block_is_damaged(
+    tmp_path: Path,
+) -> None:
+    """LINK_A's lease and 401 more links' span several table blocks, the last of which,
+    the last keys of the store, is damaged: the replaced store's family is unknown, so no
+    lease of it is kept, not even LINK_A's, ahead of the backup's (the floor covers it)."""
+    backup = _backup(tmp_path)
+    db = tmp_path / "data" / "db"
+    _current(db, 9, {LINK_A: 12288})
+    with LevelDBStore(db) as s:
+        b = Batch()
+        for i in range(400):
+            b.put(schema.qkd_lease_key(f"seq/sae-0/x{i:03d}"), schema.u64(4096 + i))
+        b.put(schema.qkd_lease_key("seq/sae-0/x400"), schema.u64(0x0123456789ABCDEF))
+        s.write(b)
+        s._db.compact_range()
+    flip_bit_in_table(db, schema.u64(0x0123456789ABCDEF), offset=7)
+    done = restore(db, backup, EXPECTED, NOW)
+    assert (done.leases_kept, done.leases_from_backup, done.floor) == (0, 2, FLOOR)
+    assert _leases(db) == {LINK_A: 8192, LINK_B: 4096}
+
+
 def test_restore_refuses_a_running_node(tmp_path: Path) -> None:
     backup = _backup(tmp_path)
     db = tmp_path / "data" / "db"

@@ -5,6 +5,7 @@ the state written is the serving validator's, in one batch."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import random
 from pathlib import Path
@@ -439,3 +440,86 @@ async def test_sync_refuses_a_floor_above_the_clock_or_damaged(
     assert list(store.iterate(schema.QKD_LEASE)) == before
     assert not list(store.iterate(schema.STATE))
     assert store.get(schema.META_AMNESIA) is None and ChainStore(store).height() == 0
+
+
+class Silent(Source):
+    """A source that accepts every request and never answers it (but the list of its
+    snapshots, if `lists`)."""
+
+    def __init__(self, v: Validator, name: str, lists: bool = False) -> None:
+        super().__init__(v, name)
+        self.lists = lists
+        self.asked: list[str] = []
+        self.never = asyncio.Event()
+
+    async def snapshot_heights(self) -> list[int]:
+        self.asked.append("heights")
+        if self.lists:
+            return snapshots.heights(self.v.store)
+        await self.never.wait()
+        return []
+
+    async def snapshot_offer(self, height: int) -> bytes:
+        self.asked.append("offer")
+        await self.never.wait()
+        return b""
+
+    async def snapshot_block(self, height: int) -> bytes:
+        self.asked.append("block")
+        await self.never.wait()
+        return b""
+
+    async def snapshot_chunk(self, height: int, index: int) -> bytes:
+        self.asked.append("chunk")
+        await self.never.wait()
+        return b""
+
+
+async def test_a_silent_source_does_not_hold_the_sync(serving: Validator) -> None:
+    """f+1 agreeing offers decide without the source that does not answer, and only the
+    vouching sources are asked for chunks and the block (a silent peer would otherwise
+    hold a fetch until the client's timeout)."""
+    silent = Silent(serving, "silent", lists=True)
+    sources = [silent, Source(serving, "a"), Source(serving, "b")]
+    store = MemoryStore()
+    done = await asyncio.wait_for(StateSync(_trust(serving), sources).run(store), 60)
+    assert done.height == 4
+    assert silent.asked == ["heights", "offer"]
+    assert list(store.iterate(schema.STATE)) == list(serving.store.iterate(schema.STATE))
+
+
+async def test_the_block_is_fetched_while_the_chunks_are(serving: Validator) -> None:
+    """The chunks and the block of s are fetched together: a source whose chunks wait for
+    the block's request is served (fetched one after the other, neither would come)."""
+    block_asked = asyncio.Event()
+
+    class Together(Source):
+        async def snapshot_block(self, height: int) -> bytes:
+            block_asked.set()
+            return await super().snapshot_block(height)
+
+        async def snapshot_chunk(self, height: int, index: int) -> bytes:
+            await block_asked.wait()
+            return await super().snapshot_chunk(height, index)
+
+    store = MemoryStore()
+    sync = StateSync(_trust(serving, 1), [Together(serving, "a")])
+    done = await asyncio.wait_for(sync.run(store), 60)
+    assert done.height == 4 and done.rejected_chunks == 0
+
+
+async def test_the_peers_that_answer_the_probe_decide(serving: Validator) -> None:
+    """A peer that never answers which snapshots it keeps is counted as failed when the
+    probe's time is up; the others' answers decide, and the node syncs instead of
+    replaying the whole chain."""
+    silent = Silent(serving, "silent")
+    sources = [Source(serving, "a"), silent, Source(serving, "b")]
+    store = MemoryStore()
+    done = await asyncio.wait_for(
+        sync_store(store, serving.genesis, sources, force=False, after=1, probe_timeout_s=0.2),
+        60,
+    )
+    assert done is not None and done.height == 4
+    assert done.failed_fetches >= 1
+    assert silent.asked == ["heights"]
+    assert list(store.iterate(schema.STATE)) == list(serving.store.iterate(schema.STATE))

@@ -107,3 +107,14 @@ def test_early_activation_mutant_is_caught_while_the_engine_passes_the_same_seed
             caught = seed
             break
     assert caught is not None, f"early-activation survived {MUTANT_SEEDS} seeds of C1"
+
+
+def test_c1s_leader_is_up_again_before_the_remove_arrives_whenever_its_crash_fires() -> None:
+    """C1's leader, crashed by a trigger (its next proposal's send) that can fire well after
+    the scheduled time, is up again before the remove's transaction reaches it: seed 1802
+    at n = 7 crashed at 345 ms, was down 119 ms, missed the remove, and as the stable
+    leader never included it (invariant 9 in the 2,000-seed sweep)."""
+    sim = _run("C1", 7, 1802)
+    assert not sim.monitor.violations, sim.monitor.violations
+    leader = sim.nodes[0][0]
+    assert leader.up and 1 in leader.included

@@ -9,8 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import msgpack
+import pytest
 from aiohttp import web
 
+from devnet.bench import load
 from devnet.bench.load import RETRY_AFTER_MAX_S, Spec, generate, parse_retry_after
 
 Handler = Callable[[web.Request], Awaitable[web.Response]]
@@ -153,3 +155,46 @@ def test_parse_retry_after() -> None:
     assert parse_retry_after("3600") == RETRY_AFTER_MAX_S
     for bad in (None, "", "soon", "-1", "nan", "inf", "Wed, 21 Oct 2015 07:28:00 GMT"):
         assert parse_retry_after(bad) is None
+
+
+async def test_no_nonce_is_sent_before_an_earlier_refused_one_is_accepted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Small requests, so that what is due again goes in a request of its own before the
+    new transactions: a sender refused there (or in any earlier request) has none of its
+    later nonces sent until the refused one is accepted; a node never sees a nonce whose
+    predecessor it has not accepted, unless that predecessor came first in the same
+    request."""
+    monkeypatch.setattr(load, "MAX_BATCH_TXS", 3)
+    expected: dict[bytes, int] = {}
+    refused: set[bytes] = set()
+    ahead: list[tuple[bytes, int, int]] = []
+
+    async def batch(request: web.Request) -> web.Response:
+        results: list[dict[str, object]] = []
+        full = False
+        going = dict(expected)
+        for i, raw in enumerate(msgpack.unpackb(await request.read())):
+            _, sender, nonce = msgpack.unpackb(raw)
+            if nonce > going.get(sender, 0):
+                ahead.append((sender, nonce, going.get(sender, 0)))
+            going[sender] = max(going.get(sender, 0), nonce + 1)
+            # Nonces 1 and 3 of every sender are refused the first time; once refused,
+            # the rest of the request is too (a node's room is gone).
+            if full or (nonce in (1, 3) and raw not in refused):
+                full = True
+                refused.add(raw)
+                problem = {"type": "https://qchain.dev/problems/overloaded", "status": 503}
+                results.append({"item": i, "problem": problem})
+                continue
+            if nonce == expected.get(sender, 0):
+                expected[sender] = nonce + 1
+            results.append({"item": i, "new": True})
+        return web.json_response({"results": results})
+
+    senders = [b"A" * 20, b"B" * 20]
+    stream = [msgpack.packb(["chain", s, n], use_bin_type=True) for n in range(10) for s in senders]
+    result = await _generate(tmp_path, batch, stream, 200.0, 0.1)
+    assert ahead == [], "a nonce was sent ahead of an earlier one not yet accepted"
+    assert expected == dict.fromkeys(senders, 10)
+    assert sum(c["accepted"] for c in result["chunks"]) == len(stream)

@@ -235,3 +235,37 @@ async def test_admin_rate_outage_eavesdropper(kms: KMSClient) -> None:
     counters = body["links"][0]["counters"]
     assert counters["unavailable"] == 3 and counters["keys_to_master"] == 1
     assert counters["flushed_bits"] == (200 + 100 - 1) * 256  # initial + 1 s - 1 taken
+
+
+async def test_admin_adds_and_drops_sae_pairs_at_run_time(kms: KMSClient) -> None:
+    """A validator joins: its SAE's links are added; it leaves: they are dropped with
+    their keys, and the SAE is then unknown (CONSENSUS.md §10.6)."""
+    assert_error(*(await kms.call("d", "GET", "a/status")), 401)
+    status, body = await kms.admin("PUT", "links/a/d", {"bits_per_second": 2560})
+    assert status == 200 and body["link"] == "a~d" and body["bits_per_second"] == 2560
+    assert body["max_key_count"] == 1000  # copied from a's first link, a~b, with its 200 keys
+    kms.clock.advance(1.0)
+    assert (await kms.call("d", "GET", "a/status"))[1]["stored_key_count"] == 210
+    keys = check_keys((await kms.call("a", "POST", "d/enc_keys", json={"number": 2}))[1], 2, 256)
+    got = await kms.call("d", "POST", "a/dec_keys", json={"key_IDs": [{"key_ID": keys[0][0]}]})
+    assert check_keys(got[1], 1, 256) == keys[:1]
+    assert_error(*(await kms.call("d", "GET", "b/status")), 401)  # no b~d link
+    assert (await kms.admin("PUT", "links/d/a", {}))[0] == 400  # exists
+    assert (await kms.admin("PUT", "links/d/d", {}))[0] == 400  # an SAE to itself
+    assert (await kms.admin("PUT", "links/a/bad%20id", {}))[0] == 400
+    assert (await kms.admin("PUT", "links/a/" + "x" * 65, {}))[0] == 400
+    assert (await kms.admin("PUT", "links/a/e", {"bits_per_second": -1}))[0] == 400
+    assert (await kms.admin("PUT", "links/a/e", {"bits_per_second": "fast"}))[0] == 400
+    assert (await kms.admin("PUT", "links/a/e", {}, token="wrong"))[0] == 401
+
+    status, body = await kms.admin("DELETE", "links/d/a")
+    assert status == 200 and body == {"dropped": "a~d"}
+    # the key still waiting for d is gone with the link, and d is unknown again
+    assert_error(
+        *(await kms.call("d", "POST", "a/dec_keys", json={"key_IDs": [{"key_ID": keys[1][0]}]})),
+        401,
+    )
+    assert_error(*(await kms.call("d", "GET", "a/status")), 401)
+    assert (await kms.admin("DELETE", "links/d/a"))[0] == 404
+    _, listed = await kms.admin("GET", "links")
+    assert [lk["link"] for lk in listed["links"]] == ["a~b", "a~c"]

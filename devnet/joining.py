@@ -1,0 +1,312 @@
+"""A validator joins or leaves a running devnet whose genesis enables set changes
+(`qchain devnet init --reconfiguration`; docs/CONSENSUS.md §10, the `validators`
+contract of docs/TRANSACTIONS.md §12).
+
+Adding one, in order (`add_validator` does all of it):
+
+1. `add_site`: the new site's files, as `init` writes a validator's: its dev validator
+   key (the next id: ids are never given twice, so it is the number of sites ever
+   made), SAE id, TLS client certificate from the devnet's CA, admin token and config
+   (its peers: every site so far); `network.json` lists it.
+2. `link_sae`: the key manager gets an SAE pair between the new SAE and every other one
+   (its admin API, `PUT /admin/links/{a}/{b}`): on a real network the QKD operator does
+   this.
+3. `propose_add`: the operator of node0 proposes the add, from the site's join request
+   (key, SAE id, operator, name, p2p, api), through a node's HTTP API;
+4. `approve`: the operators of more than two thirds of the current set approve it;
+5. the new node starts from an empty store: it catches up by replaying the blocks from
+   its peers (a learner until its activation);
+6. `ready`: once it has caught up, its new key signs `("qchain-ready", chain_id,
+   change_id, [])` and any member sends it; the change is then scheduled for activation
+   D heights later, and from there its votes count.
+
+Removing one is `propose_remove` and `approve`; the validator's process may be stopped
+once the activation height has passed (its links close `node.setlinks.LINGER_HEIGHTS`
+heights later), and its SAE pairs dropped (`unlink_sae`).
+
+Only the shared simulated KMS is supported (one KME per site would need every KME and
+its relay told; an external KME is its operator's).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import urllib.error
+import urllib.request
+from collections.abc import Awaitable, Callable, Collection
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from contracts import validators
+from devnet.local import LocalNetwork
+from devnet.network import (
+    NetworkPlan,
+    NodePlan,
+    account_key,
+    free_ports,
+    load_plan,
+    node_config_toml,
+    operator_role,
+    validator_key,
+)
+from node.setlinks import LINGER_HEIGHTS
+from qchain.client import AsyncClient
+from qchain.errors import ConfigError
+from qchain.qkd import certs
+from qchain.types import Receipt, new_transaction
+
+TX_TIMEOUT_S = 30.0
+
+
+def add_site(directory: Path) -> NodePlan:
+    """Write the next validator's site into the devnet and list it in `network.json`."""
+    plan = load_plan(directory)
+    if not plan.reconfiguration:
+        raise ConfigError(
+            str(directory), "this devnet's genesis does not enable validator-set changes"
+        )
+    if plan.kme_mode != "shared":
+        raise ConfigError(str(directory), "adding a validator needs the shared simulated KMS")
+    index = len(plan.nodes)
+    p2p, api, admin = free_ports(3, plan.host)
+    node = NodePlan(
+        index=index,
+        name=f"node{index}",
+        sae_id=f"SAE-node{index}",
+        host=plan.host,
+        p2p_port=p2p,
+        api_port=api,
+        admin_port=admin,
+    )
+    plan = replace(plan, nodes=(*plan.nodes, node))
+    ca_dir = directory / "ca"
+    ca = certs.load(ca_dir / "ca.pem", ca_dir / "ca.key")
+    certs.save(
+        certs.issue(ca, node.sae_id),
+        ca_dir / f"sae-{node.sae_id}.pem",
+        ca_dir / f"sae-{node.sae_id}.key",
+    )
+    ndir = directory / "nodes" / node.name
+    (ndir / "data").mkdir(parents=True, exist_ok=True)
+    validator_key(index).save(ndir / "validator.key")
+    (ndir / "config.toml").write_text(node_config_toml(plan, node))
+    token = ndir / "admin.token"
+    fd = os.open(token, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(os.urandom(16).hex() + "\n")
+    (directory / "network.json").write_text(json.dumps(plan.to_json(), indent=2) + "\n")
+    return node
+
+
+def _kms_admin(directory: Path, plan: NetworkPlan, method: str, path: str) -> Any:
+    token = (directory / "kms" / "admin.token").read_text().strip()
+    data = None if method in ("GET", "DELETE") else b"{}"
+    req = urllib.request.Request(f"{plan.kms_admin_url}/admin/{path}", data=data, method=method)
+    req.add_header("Authorization", f"Bearer {token}")
+    req.add_header("Content-Type", "application/json")
+    with urllib.request.urlopen(req, timeout=5) as resp:
+        return json.loads(resp.read())
+
+
+def link_sae(directory: Path, node: NodePlan, skip: Collection[str] = ()) -> None:
+    """SAE pairs between `node` and every other site's SAE at the shared KMS (but those
+    in `skip`: a link that gets no keys, for tests)."""
+    plan = load_plan(directory)
+    for other in plan.nodes:
+        if other.sae_id != node.sae_id and other.sae_id not in skip:
+            _kms_admin(directory, plan, "PUT", f"links/{node.sae_id}/{other.sae_id}")
+
+
+def kms_links(net: LocalNetwork) -> list[str]:
+    """The names (`a~b`) of the SAE pairs the shared KMS holds."""
+    doc = _kms_admin(net.dir, net.plan, "GET", "links")
+    return [str(lk["link"]) for lk in doc["links"]]
+
+
+def unlink_sae(directory: Path, node: NodePlan) -> None:
+    """Drop every SAE pair of `node` at the shared KMS (it left the set)."""
+    plan = load_plan(directory)
+    for other in plan.nodes:
+        if other.sae_id != node.sae_id:
+            try:
+                _kms_admin(directory, plan, "DELETE", f"links/{node.sae_id}/{other.sae_id}")
+            except urllib.error.HTTPError as e:
+                if e.code != 404:
+                    raise
+
+
+class Governance:
+    """Transactions of the `validators` contract from the dev operators' accounts, sent
+    to one node's HTTP API and waited for."""
+
+    def __init__(self, plan: NetworkPlan, api_url: str) -> None:
+        self.plan = plan
+        self.api_url = api_url
+
+    async def send(self, role: str, method: str, args: list[object]) -> Receipt:
+        """Sign and submit a transaction of `role`'s account, wait for its commit; its
+        receipt, or `ConfigError` naming the contract's refusal."""
+        key = account_key(role, self.plan.scheme)
+        async with AsyncClient(self.api_url) as c:
+            tx = new_transaction(
+                key,
+                chain_id=self.plan.chain_id,
+                nonce=await c.next_nonce(key.address),
+                contract=validators.NAME,
+                method=method,
+                args=args,
+            )
+            info = await c.submit_and_wait(tx, TX_TIMEOUT_S)
+        if info.receipt is None or not info.receipt.ok:
+            why = "no receipt" if info.receipt is None else info.receipt.message
+            raise ConfigError(f"validators.{method}", f"refused: {why}")
+        return info.receipt
+
+    async def propose_add(self, node: NodePlan) -> bytes:
+        """node0's operator proposes the add of `node` from its join request (key, SAE
+        id, operator, name, p2p, api); returns the change id."""
+        op = account_key(operator_role(node.index), self.plan.scheme)
+        args: list[object] = [
+            "add",
+            None,
+            validator_key(node.index).public_key,
+            node.sae_id,
+            op.address,
+            node.name,
+            node.p2p,
+            node.api_url,
+        ]
+        return (await self.send(operator_role(0), "propose", args)).tx_hash
+
+    async def propose_remove(self, vid: int, proposer: int = 0) -> bytes:
+        args: list[object] = ["remove", vid, b"", "", b"", "", "", ""]
+        return (await self.send(operator_role(proposer), "propose", args)).tx_hash
+
+    async def approve(self, change_id: bytes, members: list[int]) -> dict[str, Any]:
+        """Each of `members`' operators approves; the change's status after the last."""
+        for vid in members:
+            await self.send(operator_role(vid), "approve", [change_id])
+        return await self.change(change_id)
+
+    async def ready(self, change_id: bytes, node: NodePlan, sender: int = 0) -> dict[str, Any]:
+        """The joiner's key signs its readiness (no other add or rotate is in flight, so
+        `checked` is empty); a member's operator sends it."""
+        message = validators.ready_message(self.plan.chain_id, change_id, ())
+        signature = validator_key(node.index).sign(message)
+        await self.send(operator_role(sender), "ready", [change_id, signature, []])
+        return await self.change(change_id)
+
+    async def change(self, change_id: bytes) -> dict[str, Any]:
+        async with AsyncClient(self.api_url) as c:
+            doc = await c.query(validators.NAME, "change", {"change_id": {"hex": change_id.hex()}})
+        if not isinstance(doc, dict):
+            raise ConfigError("validators.change", "the answer is not an object")
+        return doc
+
+
+async def _height(net: LocalNetwork, name: str) -> int:
+    async with AsyncClient(net.api_url(name)) as c:
+        return int((await c.status())["height"])
+
+
+async def _members(net: LocalNetwork, name: str) -> list[int]:
+    """The ids of the current set, as `name` executed it."""
+    h = await _height(net, name)
+    async with AsyncClient(net.api_url(name)) as c:
+        doc = await c.query(validators.NAME, "set", {"height": max(h, 1)})
+    return [int(r["id"]) for r in doc["records"]]
+
+
+async def _approve_all(gov: Governance, net: LocalNetwork, via: str, cid: bytes) -> dict[str, Any]:
+    """Approvals from the members' operators, in id order, until the change is no longer
+    `proposed` (more than 2/3 of the set approved); its status."""
+    status = await gov.change(cid)
+    for vid in await _members(net, via):
+        if status["change"]["status"] != "proposed":
+            break
+        status = await gov.approve(cid, [vid])
+    return status
+
+
+async def _wait(what: str, check: Callable[[], Awaitable[bool]], timeout: float) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not await check():
+        if asyncio.get_running_loop().time() > deadline:
+            raise TimeoutError(f"{what} within {timeout:.0f} s")
+        await asyncio.sleep(0.5)
+
+
+async def add_validator(
+    net: LocalNetwork,
+    via: str = "node0",
+    timeout: float = 120.0,
+    say: Callable[[str], None] = print,
+) -> NodePlan:
+    """The whole add on a running devnet: the site, its SAE pairs, the proposal, the
+    approvals, the new node started and caught up, its readiness, its activation."""
+    node = add_site(net.dir)
+    say(f"{node.name}: site written (id {node.index}, SAE {node.sae_id}, p2p {node.p2p})")
+    link_sae(net.dir, node)
+    net.plan = load_plan(net.dir)
+    gov = Governance(net.plan, net.api_url(via))
+    cid = await gov.propose_add(node)
+    status = await _approve_all(gov, net, via, cid)
+    change = status["change"]
+    if change["status"] != "approved" or change["id"] != node.index:
+        raise ConfigError("add", f"the add was not approved as id {node.index}: {status}")
+    say(f"{node.name}: add {cid.hex()} approved by {status['approvals']} of {status['n']}")
+    net.start_node(node.name)
+    top = await _height(net, via)
+
+    async def caught_up() -> bool:
+        try:
+            return await _height(net, node.name) >= top
+        except Exception:
+            return False
+
+    await _wait(f"{node.name} caught up to height {top}", caught_up, timeout)
+    change = (await gov.ready(cid, node))["change"]
+    e = int(change["activation_height"])
+    say(f"{node.name}: ready; a member from height {e}")
+
+    async def active() -> bool:
+        return await _height(net, via) >= e
+
+    await _wait(f"activation height {e}", active, timeout)
+    return node
+
+
+async def remove_validator(
+    net: LocalNetwork,
+    name: str,
+    via: str = "node0",
+    timeout: float = 120.0,
+    say: Callable[[str], None] = print,
+) -> int:
+    """The whole remove on a running devnet: proposal, approvals, activation; then the
+    process is stopped and its SAE pairs dropped. Returns the activation height."""
+    node = net.node(name)
+    if name == via:
+        raise ConfigError("--via", "send the remove through another node than the one removed")
+    gov = Governance(net.plan, net.api_url(via))
+    cid = await gov.propose_remove(
+        node.index, proposer=next(i for i in await _members(net, via) if i != node.index)
+    )
+    status = await _approve_all(gov, net, via, cid)
+    change = status["change"]
+    if change["status"] != "scheduled":
+        raise ConfigError("remove", f"the remove was not approved: {status}")
+    e = int(change["activation_height"])
+    say(f"{name}: remove {cid.hex()} approved; not a member from height {e}")
+
+    async def gone() -> bool:
+        return await _height(net, via) >= e + LINGER_HEIGHTS + 2
+
+    await _wait(f"height {e} and the linger after it", gone, timeout)
+    net.stop_node(name)
+    unlink_sae(net.dir, node)
+    say(f"{name}: stopped, its SAE pairs dropped")
+    return e
