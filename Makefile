@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint typecheck pytest test-sweeps devnet devnet-down bench clean rust-client sim-sweep sim-mutants
+.PHONY: install test lint typecheck pytest test-sweeps devnet devnet-down bench clean rust-client sim-sweep sim-mutants sim-reconf
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -59,6 +59,18 @@ SIM_SEEDS ?= 0..499
 
 sim-sweep: $(STAMP)
 	$(VENV)/bin/qchain sim net --seeds $(SIM_SEEDS) --seconds 20
+
+# The consensus simulator's validator-set changes (CONSENSUS.md §10.8, consensus/README.md):
+# scenarios C1-C8 over seeds 0..1999 at n = 4 -> 5 -> 4 and 7 -> 8 -> 7, then the
+# early-activation mutant, which must be caught. About 25 minutes at n = 4 and two hours
+# at n = 7 on a quiet 2-core machine; consensus/README.md records the last result.
+RECONF_SEEDS ?= 0..1999
+
+sim-reconf: $(STAMP)
+	$(VENV)/bin/qchain sim run --scenario reconf --seeds $(RECONF_SEEDS) --validators 4
+	$(VENV)/bin/qchain sim run --scenario reconf --seeds $(RECONF_SEEDS) --validators 7
+	@echo "mutant early-activation (C1, seeds 0..19): must report violations"
+	@$(VENV)/bin/qchain sim run --scenario C1 --seeds 0..19 --validators 4 --mutant early-activation | sed -n 1p
 
 # Each mutant (the first-wave bugs put back, and the disk model's no-sync) over 20 seeds:
 # prints per mutant how many seeds found it ("20 runs, K failed"); docs/SIMULATION.md
