@@ -3,8 +3,9 @@
 `Accounts` reads the committed facts of a sender (membership, key, nonce) from the store
 in one call and caches them until the next commit (`invalidate`). `Admission` is the one
 way a transaction enters the pool, whether a client submitted it here or a peer forwarded
-it: after the node's rule on what it votes for (`refuse`) and the mempool's checks it updates the pool metrics, tells an idle engine that a
-transaction is ready, and lets a waiting leader build.
+it: after the node's rule on what it votes for (`refuse`: no rotate, CONSENSUS.md
+Revision 1.20) and the mempool's checks it updates the pool metrics, tells an idle engine
+that a transaction is ready, and lets a waiting leader build.
 """
 
 from __future__ import annotations
