@@ -334,7 +334,8 @@ def _status(net: Network, as_json: bool) -> int:
     for n in net.plan.nodes:
         if n.removed:
             # Left the set (`remove-validator`): not started, not asked.
-            rows.append({"node": n.name, "pid": None, "status": None, "qkd": None, "removed": True})
+            pid = net.pid(n.name)
+            rows.append({"node": n.name, "pid": pid, "status": None, "qkd": None, "removed": True})
             continue
         st = net.node_status(n.name)
         qkd = node_qkd(net.api_url(n.name)) if st is not None else None
