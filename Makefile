@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint typecheck pytest devnet devnet-down bench clean rust-client sim-sweep sim-mutants
+.PHONY: install test lint typecheck pytest test-sweeps devnet devnet-down bench clean rust-client sim-sweep sim-mutants
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,13 @@ pytest: $(STAMP)
 
 test: lint typecheck pytest
 
+# The long part of the sweeps and soaks `make test` runs a smoke of: the tests marked
+# `sweep` (README, Testing), which `make test` leaves out. The fault kit's other hostile-peer
+# and key-manager scenarios on fresh devnets (about 20-60 s each), minority-partition
+# through the fault kit's Docker backend, and the engine simulator's seeds 8..27 of S1-S22.
+test-sweeps: $(STAMP)
+	$(VENV)/bin/pytest -m sweep
+
 DEVNET_DIR ?= devnet-data
 
 devnet: $(STAMP)
@@ -37,7 +44,7 @@ devnet: $(STAMP)
 devnet-down: $(STAMP)
 	$(VENV)/bin/qchain devnet down --dir $(DEVNET_DIR)
 
-# The Rust client (clients/rust/README.md), built where its test builds it.
+# The Rust client (clients/rust/README.md).
 CARGO_TARGET_DIR ?= $(CURDIR)/.cache/cargo-target
 
 rust-client:
