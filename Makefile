@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint typecheck pytest devnet devnet-down bench clean rust-client sim-sweep sim-mutants
+.PHONY: install test lint typecheck pytest test-sweeps devnet devnet-down bench clean rust-client sim-sweep sim-mutants sim-reconf
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,13 @@ pytest: $(STAMP)
 
 test: lint typecheck pytest
 
+# The long part of the sweeps and soaks `make test` runs a smoke of: the tests marked
+# `sweep` (README, Testing), which `make test` leaves out. The fault kit's other hostile-peer
+# and key-manager scenarios on fresh devnets (about 20-60 s each), minority-partition
+# through the fault kit's Docker backend, and the engine simulator's seeds 8..27 of S1-S22.
+test-sweeps: $(STAMP)
+	$(VENV)/bin/pytest -m sweep
+
 DEVNET_DIR ?= devnet-data
 
 devnet: $(STAMP)
@@ -37,7 +44,7 @@ devnet: $(STAMP)
 devnet-down: $(STAMP)
 	$(VENV)/bin/qchain devnet down --dir $(DEVNET_DIR)
 
-# The Rust client (clients/rust/README.md), built where its test builds it.
+# The Rust client (clients/rust/README.md).
 CARGO_TARGET_DIR ?= $(CURDIR)/.cache/cargo-target
 
 rust-client:
@@ -52,6 +59,18 @@ SIM_SEEDS ?= 0..499
 
 sim-sweep: $(STAMP)
 	$(VENV)/bin/qchain sim net --seeds $(SIM_SEEDS) --seconds 20
+
+# The consensus simulator's validator-set changes (CONSENSUS.md §10.8, consensus/README.md):
+# scenarios C1-C8 over seeds 0..1999 at n = 4 -> 5 -> 4 and 7 -> 8 -> 7, then the
+# early-activation mutant, which must be caught. About 25 minutes at n = 4 and two hours
+# at n = 7 on a quiet 2-core machine; consensus/README.md records the last result.
+RECONF_SEEDS ?= 0..1999
+
+sim-reconf: $(STAMP)
+	$(VENV)/bin/qchain sim run --scenario reconf --seeds $(RECONF_SEEDS) --validators 4
+	$(VENV)/bin/qchain sim run --scenario reconf --seeds $(RECONF_SEEDS) --validators 7
+	@echo "mutant early-activation (C1, seeds 0..19): must report violations"
+	@$(VENV)/bin/qchain sim run --scenario C1 --seeds 0..19 --validators 4 --mutant early-activation | sed -n 1p
 
 # Each mutant (the first-wave bugs put back, and the disk model's no-sync) over 20 seeds:
 # prints per mutant how many seeds found it ("20 runs, K failed"); docs/SIMULATION.md

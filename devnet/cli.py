@@ -212,15 +212,29 @@ def run(args: argparse.Namespace) -> int:
     if cmd == "status":
         return _status(net, args.json)
     if cmd == "reset":
-        net.stop()
-        for n in net.plan.nodes:
-            data = net.dir / "nodes" / n.name / "data"
-            shutil.rmtree(data, ignore_errors=True)
-            data.mkdir(parents=True)
-        shutil.rmtree(net.log_dir, ignore_errors=True)
-        print(f"wiped chain data of {len(net.plan.nodes)} nodes; configuration kept")
-        return 0
+        return _reset(net)
     return _logs(net, args)
+
+
+def _reset(net: LocalNetwork) -> int:
+    """Stop, wipe chain data and logs; keep configuration. The chain starts again from
+    its genesis: on a devnet whose set changes, the sites added later are dropped and the
+    removed ones of the genesis are validators again (`devnet.joining.reset_sites`)."""
+    from devnet.joining import reset_sites
+    from devnet.network import load_plan
+
+    net.stop()
+    dropped = reset_sites(net.dir) if net.plan.reconfiguration else []
+    net.plan = load_plan(net.dir)
+    for n in net.plan.nodes:
+        data = net.dir / "nodes" / n.name / "data"
+        shutil.rmtree(data, ignore_errors=True)
+        data.mkdir(parents=True)
+    shutil.rmtree(net.log_dir, ignore_errors=True)
+    print(f"wiped chain data of {len(net.plan.nodes)} nodes; configuration kept")
+    if dropped:
+        print(f"dropped the sites added after the genesis: {', '.join(dropped)}")
+    return 0
 
 
 def _init(args: argparse.Namespace) -> int:
@@ -317,10 +331,17 @@ def _status(net: Network, as_json: bool) -> int:
     from devnet.nodeapi import node_qkd
 
     rows: list[dict[str, Any]] = []
-    for name in net.node_names():
-        st = net.node_status(name)
-        qkd = node_qkd(net.api_url(name)) if st is not None else None
-        rows.append({"node": name, "pid": net.pid(name), "status": st, "qkd": qkd})
+    for n in net.plan.nodes:
+        if n.removed:
+            # Left the set (`remove-validator`): not started, not asked.
+            pid = net.pid(n.name)
+            rows.append({"node": n.name, "pid": pid, "status": None, "qkd": None, "removed": True})
+            continue
+        st = net.node_status(n.name)
+        qkd = node_qkd(net.api_url(n.name)) if st is not None else None
+        rows.append(
+            {"node": n.name, "pid": net.pid(n.name), "status": st, "qkd": qkd, "removed": False}
+        )
     if as_json:
         print(json.dumps(rows, indent=2))
         return 0
@@ -328,7 +349,8 @@ def _status(net: Network, as_json: bool) -> int:
     for r in rows:
         st = r["status"]
         if st is None:
-            print(f"{r['node']:<7} {r['pid'] or '-':>7} {'down':>7}")
+            state = "removed" if r["removed"] else "down"
+            print(f"{r['node']:<7} {r['pid'] or '-':>7} {state:>7}")
             continue
         pools = []
         for sae, link in (r["qkd"] or {}).get("links", {}).items():

@@ -67,6 +67,7 @@ def local_endpoints(net: LocalNetwork) -> dict[str, Any]:
                 else str(d / "ca" / f"sae-{n.sae_id}.key"),
                 "config": str(d / "nodes" / n.name / "config.toml"),
                 "log": str(net.log_file(n.name)),
+                "removed": n.removed,
             }
             for n in plan.nodes
         ],
@@ -133,7 +134,10 @@ def print_table(doc: dict[str, Any]) -> None:
         print(f"key managers ({kms['mode']})  {'  '.join(kmes)}\n")
     header = ("node", "API", "P2P", "admin", "metrics", "explorer")
     rows = [
-        (n["name"], n["api"], n["p2p"], n["admin"], n["metrics"], n["explorer"])
+        # A removed site (`remove-validator`) is not started: nothing listens there.
+        (f"{n['name']} (removed)", "-", "-", "-", "-", "-")
+        if n.get("removed")
+        else (n["name"], n["api"], n["p2p"], n["admin"], n["metrics"], n["explorer"])
         for n in doc["nodes"]
     ]
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]

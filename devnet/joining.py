@@ -22,7 +22,12 @@ Adding one, in order (`add_validator` does all of it):
 
 Removing one is `propose_remove` and `approve`; the validator's process may be stopped
 once the activation height has passed (its links close `node.setlinks.LINGER_HEIGHTS`
-heights later), and its SAE pairs dropped (`unlink_sae`).
+heights later), and its SAE pairs dropped (`unlink_sae`). `mark_removed` then records it
+in `network.json`: `up` does not start it again (it would only run as a learner), and
+`status` and the endpoint table show it as removed. `reset_sites` undoes both kinds of
+change for `qchain devnet reset`, whose chain starts again from the genesis: the removed
+sites of the genesis are validators again, and sites added later are dropped (their ids
+are given again by the new chain's adds).
 
 Only the shared simulated KMS is supported (one KME per site would need every KME and
 its relay told; an external KME is its operator's).
@@ -33,6 +38,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import urllib.error
 import urllib.request
 from collections.abc import Awaitable, Callable, Collection
@@ -52,6 +58,7 @@ from devnet.network import (
     operator_role,
     validator_key,
 )
+from devnet.running import node_of
 from node.setlinks import LINGER_HEIGHTS
 from qchain.client import AsyncClient
 from qchain.errors import ConfigError
@@ -97,8 +104,34 @@ def add_site(directory: Path) -> NodePlan:
     fd = os.open(token, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write(os.urandom(16).hex() + "\n")
-    (directory / "network.json").write_text(json.dumps(plan.to_json(), indent=2) + "\n")
+    _save_plan(directory, plan)
     return node
+
+
+def mark_removed(directory: Path, name: str) -> NodePlan:
+    """Record in `network.json` that site `name` left the set."""
+    plan = load_plan(directory)
+    node = replace(node_of(plan, name), removed=True)
+    nodes = tuple(node if n.name == name else n for n in plan.nodes)
+    _save_plan(directory, replace(plan, nodes=nodes))
+    return node
+
+
+def reset_sites(directory: Path) -> list[str]:
+    """The sites of a devnet whose chain starts again from its genesis: the genesis's
+    sites, none removed; the files of the sites added later are deleted. Returns the
+    names of those dropped."""
+    plan = load_plan(directory)
+    kept = tuple(replace(n, removed=False) for n in plan.nodes[: plan.validators])
+    dropped = [n.name for n in plan.nodes[plan.validators :]]
+    for name in dropped:
+        shutil.rmtree(directory / "nodes" / name, ignore_errors=True)
+    _save_plan(directory, replace(plan, nodes=kept))
+    return dropped
+
+
+def _save_plan(directory: Path, plan: NetworkPlan) -> None:
+    (directory / "network.json").write_text(json.dumps(plan.to_json(), indent=2) + "\n")
 
 
 def _kms_admin(directory: Path, plan: NetworkPlan, method: str, path: str) -> Any:
@@ -116,7 +149,7 @@ def link_sae(directory: Path, node: NodePlan, skip: Collection[str] = ()) -> Non
     in `skip`: a link that gets no keys, for tests)."""
     plan = load_plan(directory)
     for other in plan.nodes:
-        if other.sae_id != node.sae_id and other.sae_id not in skip:
+        if other.sae_id != node.sae_id and other.sae_id not in skip and not other.removed:
             _kms_admin(directory, plan, "PUT", f"links/{node.sae_id}/{other.sae_id}")
 
 
@@ -289,6 +322,8 @@ async def remove_validator(
     """The whole remove on a running devnet: proposal, approvals, activation; then the
     process is stopped and its SAE pairs dropped. Returns the activation height."""
     node = net.node(name)
+    if node.removed:
+        raise ConfigError(name, "this site was removed from the set already")
     if name == via:
         raise ConfigError("--via", "send the remove through another node than the one removed")
     gov = Governance(net.plan, net.api_url(via))
@@ -308,5 +343,7 @@ async def remove_validator(
     await _wait(f"height {e} and the linger after it", gone, timeout)
     net.stop_node(name)
     unlink_sae(net.dir, node)
-    say(f"{name}: stopped, its SAE pairs dropped")
+    mark_removed(net.dir, name)
+    net.plan = load_plan(net.dir)
+    say(f"{name}: stopped, its SAE pairs dropped; the devnet no longer starts it")
     return e

@@ -64,6 +64,8 @@ class LocalNetwork:
             for name in self.kms_services()
         ]
         for n in self.plan.nodes:
+            if n.removed:
+                continue
             cfg = self.dir / "nodes" / n.name / "config.toml"
             out.append(Service(n.name, spawn.qchain_argv("node", "run", "--config", str(cfg))))
         return out
@@ -85,11 +87,13 @@ class LocalNetwork:
         return spawn.live_pid(self.pid_file(name))
 
     def running(self) -> dict[str, int]:
+        """The services that run, and any removed node that still does (to stop it)."""
         out = {}
-        for s in self.services():
-            pid = self.pid(s.name)
+        names = [s.name for s in self.services()] + [n.name for n in self.plan.nodes if n.removed]
+        for name in names:
+            pid = self.pid(name)
             if pid is not None:
-                out[s.name] = pid
+                out[name] = pid
         return out
 
     def start(self, name: str) -> int:
@@ -132,14 +136,14 @@ class LocalNetwork:
         spawn.wait(pid, timeout=5)
 
     def start_all(self, min_height: int = 1, timeout: float = 60.0) -> dict[str, dict[str, Any]]:
-        """Start the key managers, then every validator; wait until each has committed
-        min_height. Returns the nodes' statuses."""
+        """Start the key managers, then every validator (not the removed ones); wait
+        until each has committed min_height. Returns the nodes' statuses."""
         for name in self.kms_services():
             self.start(name)
         for name in self.kms_services():
             self.wait_kms(name)
-        for n in self.plan.nodes:
-            self.start(n.name)
+        for name in self.node_names():
+            self.start(name)
         return self.wait_ready(min_height=min_height, timeout=timeout)
 
     # --- readiness -------------------------------------------------------------------
@@ -188,7 +192,8 @@ class LocalNetwork:
         return node_of(self.plan, name)
 
     def node_names(self) -> list[str]:
-        return [n.name for n in self.plan.nodes]
+        """The nodes the devnet runs: every site but the removed ones."""
+        return [n.name for n in self.plan.nodes if not n.removed]
 
     def api_url(self, name: str) -> str:
         return self.node(name).api_url
@@ -197,7 +202,8 @@ class LocalNetwork:
         return self.node(name).admin_url
 
     def start_node(self, name: str) -> None:
-        self.node(name)
+        if self.node(name).removed:
+            raise BackendError(f"{name} was removed from the validator set: it is not started")
         self.start(name)
 
     def stop_node(self, name: str) -> None:

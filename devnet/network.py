@@ -86,6 +86,10 @@ class NodePlan:
     """Per-node KME mode: the KME's host name if not the plan's host (a container)."""
     kme: KmeEndpoint | None = None
     """External KME mode: where this node's KME is and how the node proves who it is."""
+    removed: bool = False
+    """`qchain devnet remove-validator` took it out of the set: the devnet does not start
+    it again (`devnet.joining.mark_removed`; a reset, which starts the chain again from
+    its genesis, clears it)."""
 
     @property
     def p2p(self) -> str:

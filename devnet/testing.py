@@ -46,14 +46,20 @@ async def inproc_network(
     initial_keys: int = 10_000,
     configure: Callable[[NodeConfig], NodeConfig] = lambda cfg: cfg,
     store: Callable[[NodeConfig], KVStore | None] = lambda cfg: None,
+    reconfiguration: bool = False,
 ) -> AsyncIterator[list[Validator]]:
     """`validators` started validators (ed25519 dev accounts), each configured as its
     config file says, then changed by `configure`, on the store `store` gives it (None:
     its own LevelDB); on exit every validator in the yielded list is stopped (a test may
     replace one with a restarted one). Every link of the key manager makes
-    `bits_per_second` and starts with `initial_keys`."""
+    `bits_per_second` and starts with `initial_keys`. reconfiguration: the genesis
+    enables validator-set changes (`devnet.network.plan_network`)."""
     plan = plan_network(
-        base_port=None, scheme="ed25519", heartbeat_ms=heartbeat_ms, validators=validators
+        base_port=None,
+        scheme="ed25519",
+        heartbeat_ms=heartbeat_ms,
+        validators=validators,
+        reconfiguration=reconfiguration,
     )
     write_network(directory, plan)
     manager = full_mesh(

@@ -3,8 +3,9 @@
 `Accounts` reads the committed facts of a sender (membership, key, nonce) from the store
 in one call and caches them until the next commit (`invalidate`). `Admission` is the one
 way a transaction enters the pool, whether a client submitted it here or a peer forwarded
-it: after the mempool's checks it updates the pool metrics, tells an idle engine that a
-transaction is ready, and lets a waiting leader build.
+it: after the node's rule on what it votes for (`refuse`: no rotate, CONSENSUS.md
+Revision 1.20) and the mempool's checks it updates the pool metrics, tells an idle engine
+that a transaction is ready, and lets a waiting leader build.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from node.mempool import Account, Mempool
 from node.metrics import NodeMetrics
 from node.pacing import BlockPacer
 from qchain import clock as loop_clock
-from qchain.errors import MempoolFull, NonceMismatch, Overloaded
+from qchain.errors import MempoolFull, NonceMismatch, Overloaded, QChainError
 from qchain.types import Transaction
 
 ADMIT_SLICE = 100
@@ -105,6 +106,9 @@ class Admission:
         self.queued: Callable[[], int] = lambda: 0
         """Peers' transactions received and not admitted yet (`node.forwarding`): with
         the pool, the depth ahead of a new transaction."""
+        self.refuse: Callable[[Transaction], None] = lambda tx: None
+        """The node's rule on what it votes for (`ChainSets.refuse_rotation`): raises for
+        a transaction no block of this node's may carry, which is then refused here too."""
 
     def admit(self, tx: Transaction, *, local: bool = False) -> bool:
         """Admit tx (local: a client submitted it to this node). True if new; raises
@@ -125,6 +129,11 @@ class Admission:
     def _admit(self, tx: Transaction, now: float, *, local: bool) -> bool:
         """`admit` at `now`."""
         bounded = False
+        try:
+            self.refuse(tx)
+        except QChainError as e:
+            self.mempool.rejections[e.code] = self.mempool.rejections.get(e.code, 0) + 1
+            raise
         if local and tx.hash not in self.mempool:
             pending, depth = self.mempool.local_count, self.depth()
             first = self.first_missing(tx)

@@ -410,6 +410,8 @@ class Dissemination:
         self.cancel_timers()
         per_peer: dict[int, list[bytes]] = {}
         for d, f in list(self._fetching.items()):
+            if self._fetching.get(d) is not f:
+                continue  # dropped by a give-up earlier in this loop (its proposal went)
             if self.store.get(d) is not None:
                 del self._fetching[d]
                 continue

@@ -29,6 +29,7 @@ from node.sigcache import SignatureCache
 from qchain import clock
 from qchain.config import MempoolSection, TimingConfig
 from qchain.errors import InvalidBlock, QChainError
+from qchain.types import Transaction
 
 log = logging.getLogger("qchain.node")
 
@@ -80,6 +81,10 @@ class BlockPacer:
         heartbeat_ms = timing.propose_wait_max_ms or timing.base_ms
         self.keys = KeyPacer(max_interval_s=heartbeat_ms / 1000)
         self.last_built_at: float | None = None
+        self.refuse: Callable[[Transaction], None] = lambda tx: None
+        """The node's rule on what it votes for (`ChainSets.refuse_rotation`): raises for
+        a transaction that no block may carry; this node leaves such a transaction out of
+        its blocks and votes for no proposal that carries one."""
 
     def cancel_timers(self) -> None:
         if self._timer is not None:
@@ -137,6 +142,7 @@ class BlockPacer:
             self._timer.cancel()
             self._timer = None
         txs = self.mempool.reap(self.block_tx_cap(a.round), self.limits.max_block_bytes)
+        txs = [tx for tx in txs if self._refusal(tx) is None]
         started = clock.perf()
         now_ms = self.byzantine.block_time_ms()
         try:
@@ -180,6 +186,19 @@ class BlockPacer:
             log.info("block %s at height %d is invalid: %s", value.hex()[:12], cblock.height, e)
             ok = False
         if ok:
+            refused = next(
+                (e for e in map(self._refusal, prepared.block.txs) if e is not None), None
+            )
+            if refused is not None:
+                # Valid by the contracts, refused by the node's rule: no vote, so that a
+                # Byzantine leader cannot get it decided (CONSENSUS.md, Revision 1.20).
+                self.alarms.alert(
+                    "refused-proposal",
+                    f"height {cblock.height} round {cblock.round} from {cblock.proposer}: "
+                    f"{refused.message}",
+                )
+                ok = False
+        if ok:
             self.observe_execution(clock.perf() - started, len(prepared.block.txs))
             timely = self.timely(prepared.block.header.time, cblock.round)
             if not timely:
@@ -189,6 +208,13 @@ class BlockPacer:
                     f"time {prepared.block.header.time}, local {int(clock.wall() * 1000)}",
                 )
         self.feed(BlockValidated(value, ok, timely))
+
+    def _refusal(self, tx: Transaction) -> QChainError | None:
+        try:
+            self.refuse(tx)
+        except QChainError as e:
+            return e
+        return None
 
     def timely(self, block_ms: int, rnd: int) -> bool:
         """Proposer-based timestamps (CONSENSUS.md §3.7): a fresh proposal's time is within

@@ -233,6 +233,7 @@ class Validator:
             Coalescing.of(cfg),
         )
         self.admission.queued = self.forwarder.queued
+        self.admission.refuse = self.pacer.refuse = self.sets.refuse_rotation
         self._build_commit()
         self.driver.bind(
             Handlers(

@@ -19,9 +19,11 @@ manager's error), and the chain goes on with the links that work.
 Not built here (§10.6): per-link height ranges (a message is judged by its sender's id
 and the set of its height, §10.3, in the engine), linger records and CLOSE, retirement
 and the key sweep, request-only links. A `rotate` is refused instead: one id on two
-machines is what the ranges exist for, and without them the node stops deciding at the
-first height it starts after the rotation's approval (`ChainSets.start_height`), before
-any rotation can activate, rather than count two machines as one id.
+machines is what the ranges exist for. The node refuses a transaction that proposes or
+approves one and votes for no block carrying one (`ChainSets.refuse_rotation`); if one
+is approved all the same, it stops deciding at the first height it starts after the
+approval (`ChainSets.start_height`), before the rotation can activate, rather than count
+two machines as one id.
 """
 
 from __future__ import annotations

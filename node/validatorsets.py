@@ -10,6 +10,14 @@ certificate, and for the links of the node (`node.setlinks`).
 
 On any other chain every height has the genesis set, and nothing here reads the state:
 `start_height` then passes no set, and the engine keeps the one it was built with.
+
+Rotation (a `rotate` change: one id's key or SAE id replaced) is not built: one id on
+two machines needs §10.6's per-end link ranges. `refuse_rotation` is the node's rule
+against it (CONSENSUS.md, Revision 1.20): a transaction that proposes a rotate, or
+approves one the state holds, is refused at admission (`rotation-not-supported`), left
+out of the blocks the node builds, and a proposal that carries one gets no vote. A
+rotate that is approved all the same (a chain that took one before this rule) stops the
+node at the first height it starts afterwards (`start_height`), before it can activate.
 """
 
 from __future__ import annotations
@@ -23,13 +31,20 @@ from consensus.events import StartHeight
 from consensus.sets import VSet
 from contracts import validators
 from contracts.genesis import Genesis
+from contracts.runtime import parse_args
 from contracts.setchain import verify_certificate_by_id
 from contracts.state import StateReader, StateSource
-from qchain.errors import ConfigError, NotFound, StorageError
+from qchain.errors import ArgumentError, ConfigError, NotFound, RotationNotSupported, StorageError
 from qchain.keys import SigningKey
 from qchain.store import schema
 from qchain.store.kv import KVStore
-from qchain.types import CommitCertificate, ValidatorKey, quorum_size, verify_certificate
+from qchain.types import (
+    CommitCertificate,
+    Transaction,
+    ValidatorKey,
+    quorum_size,
+    verify_certificate,
+)
 
 CACHED_HEIGHTS = 256
 """Sets of this many recent heights are kept in memory (certificates are checked for
@@ -152,6 +167,28 @@ class ChainSets:
             if ch is not None:
                 out.append(ch)
         return out
+
+    def refuse_rotation(self, tx: Transaction) -> None:
+        """Raise `RotationNotSupported` if tx, on a chain whose set changes, proposes a
+        `rotate` or approves a change that the state the next block executes on holds as
+        a rotate. A function of tx and that state only: every honest node judges a
+        proposal alike. Arguments that do not parse are the contract's to refuse."""
+        if not self.enabled or tx.contract != validators.NAME:
+            return
+        try:
+            if tx.method == "propose":
+                a = parse_args(validators.ProposeArgs, tx.args)
+                if a.kind == "rotate":
+                    raise RotationNotSupported(tx.method, a.id)
+            elif tx.method == "approve":
+                cid = parse_args(validators.ChangeArgs, tx.args).change_id
+                if self._state is None:
+                    raise StorageError("the validator sets are read before the state is open")
+                ch = validators.get_change(StateReader(self._state(), validators.NAME), cid)
+                if ch is not None and ch.kind == "rotate":
+                    raise RotationNotSupported(tx.method, ch.id)
+        except ArgumentError:
+            return
 
     def joiners(self) -> tuple[Member, ...]:
         """The new records of the approved adds in flight, with the ids they were given:

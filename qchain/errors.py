@@ -297,6 +297,27 @@ class TxTooLarge(InvalidTransaction):
         return {"size": self.size, "limit": self.limit}
 
 
+class RotationNotSupported(InvalidTransaction):
+    """A `validators` transaction that proposes or approves a `rotate` (a validator's
+    certificate key or SAE id replaced), on a chain whose set changes: the node does not
+    build rotation (docs/CONSENSUS.md, Revision 1.20), and one approved stops every node."""
+
+    code = "rotation-not-supported"
+
+    def __init__(self, method: str, validator: int | None) -> None:
+        super().__init__(
+            f"validators.{method} of a rotate (validator {validator}) is refused: this node "
+            "does not build rotation (docs/CONSENSUS.md §10.6's per-end link ranges), and "
+            "an approved rotate would stop every node. Remove the validator and add it "
+            "again with its new key and SAE id instead"
+        )
+        self.method = method
+        self.validator = validator
+
+    def fields(self) -> dict[str, object]:
+        return {"method": self.method, "validator": self.validator}
+
+
 class NotAMember(InvalidTransaction):
     code = "not-a-member"
 

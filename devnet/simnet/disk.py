@@ -36,11 +36,20 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
+from devnet.simnet.loop import OWNER
 from qchain.store.kv import Batch
 from qchain.store.leveldb import LevelDBStore
 from qchain.store.memory import MemoryStore
 
 Ops = tuple[tuple[bytes, bytes | None], ...]
+
+
+class Crashed(BaseException):
+    """Raised from the write a crash interrupts, inside the node's own step: the rest of
+    the step never runs (nothing runs in a dead process; going on, it would meet the
+    closed store). A BaseException, so that no handler in the node takes it for a failure
+    to recover from; the simulator expects it (`devnet.simnet.run`)."""
+
 
 COMMIT_WRITE_S = 0.004
 """How long a commit's synced batch takes to land (a small block's LevelDB write): the
@@ -67,11 +76,15 @@ class Crashable:
         return self.crash_after <= 0 and self.on_crash is not None
 
     def _die(self) -> None:
-        # Inside the node's own step, before anything that step queued can leave.
+        # Inside the node's own step, before anything that step queued can leave; the
+        # step ends here when it runs as the node's (a task or timer of the node), not
+        # when the simulator or a test writes.
         on_crash = self.on_crash
         self.crash_after = None
         assert on_crash is not None
         on_crash()
+        if OWNER.get() is not None:
+            raise Crashed
 
 
 class MemoryDisk(MemoryStore, Crashable):

@@ -28,7 +28,10 @@ simulator.
   path: a node keeps a peer's batch, but the batch's transactions that its pool cannot
   hold on arrival are dropped (`node.forwarding.Forwarder.received`), before the pool's
   own rules (room kept for peers' transactions, waiting ones giving way) could take
-  them, and the leader proposes only from its pool.
+  them, and the leader proposes only from its pool. Caught by the `forwards-taken`
+  check (`devnet.simnet.forwards`): the cost in latency is small while the other
+  validators hold what the mutant dropped, but the transactions it drops are never
+  decided by its admission.
 - `gap-stall`: transactions waiting behind a nonce gap never give way and never
   expire, so when a client goes on sending a sender's later nonces after one was refused,
   they fill every pool and the refused nonce, sent again, finds no room anywhere: the

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import gc
 import hashlib
 import logging
 import random
@@ -33,7 +34,8 @@ from devnet.faults.checkers import (
 )
 from devnet.faults.history import KmsSample
 from devnet.network import NetworkPlan, plan_network, write_network
-from devnet.simnet.disk import SimDisk, open_disks
+from devnet.simnet.disk import Crashed, SimDisk, open_disks
+from devnet.simnet.forwards import check_forwards_taken
 from devnet.simnet.loop import VirtualLoop
 from devnet.simnet.mutants import mutant
 from devnet.simnet.schedule import Action, draw, heal_time
@@ -148,6 +150,8 @@ def simulate(spec: Spec, *, keep_trace: bool = False) -> Outcome:
 
     def on_error(_loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
         exc = context.get("exception")
+        if isinstance(exc, Crashed):
+            return  # the end of a step that a crash interrupted
         errors.append(f"{loop.time():.3f} {context.get('message')}: {exc!r}")
 
     loop.set_exception_handler(on_error)
@@ -160,6 +164,9 @@ def simulate(spec: Spec, *, keep_trace: bool = False) -> Outcome:
             )
         finally:
             _drain(loop)
+            # A task that failed and was never awaited is reported when it is collected:
+            # now, to this run's handler, rather than whenever the collector runs.
+            gc.collect()
             loop.close()
             logging.disable(logging.NOTSET)
             for disk in disks:
@@ -326,6 +333,11 @@ def _judge(world: World, spec: Spec, healed_at: float, *, tampering: bool) -> li
             tuple(rec.accepted_twice[:20]),
         ),
         check_events_followed(world.follows),
+        check_forwards_taken(
+            world.live_forwards(),
+            world.forwards_queued(),
+            [world.names[i] for i in sorted(world.byzantine)],
+        ),
         CheckResult(
             "durable-commits",
             not rec.regressions,

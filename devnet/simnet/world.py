@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import dataclasses
 import hashlib
 import logging
 from collections.abc import Awaitable, Callable
@@ -15,16 +16,19 @@ from devnet.faults.history import BlockView, ChainViews, Op, QkdSample, StatusSa
 from devnet.faults.history import link_counters_from_qkd as parse_qkd
 from devnet.network import NetworkPlan, account_key
 from devnet.simnet.disk import SimDisk
+from devnet.simnet.forwards import Forwards, Life
 from devnet.simnet.loop import OWNER, VirtualLoop
 from devnet.simnet.net import LinkFaults, SimNet
 from devnet.simnet.schedule import Action
 from devnet.simnet.watch import Follows, follow
 from devnet.testing import anchor_tx
 from node.runtime import Validator
+from node.wire import OriginBatch
 from qchain.config import NodeConfig
-from qchain.errors import QChainError
+from qchain.errors import MempoolFull, QChainError
 from qchain.qkd.clock import SystemClock
 from qchain.qkd.simsource import LocalKeySource, full_mesh
+from qchain.types import Transaction
 
 log = logging.getLogger("qchain.simnet")
 
@@ -92,6 +96,7 @@ class World:
         self.nodes: list[Validator | None] = [None] * self.n
         self.rec = Record()
         self.follows = Follows()
+        self.forwards = Forwards()
         self.client: Client | None = None
         self.byzantine: set[int] = set()
         """Nodes a schedule made hostile at some point of the run."""
@@ -115,6 +120,7 @@ class World:
             net=self.net,
             serve_api=False,
         )
+        self._watch_forwards(i, v)
         await self.as_node(i, v.start)
         self._watch_frames(i, v)
         # A partner following the node's events: its task is the node's, so the
@@ -151,6 +157,49 @@ class World:
 
         receiver.open = open_  # type: ignore[method-assign]
 
+    def _watch_forwards(self, i: int, v: Validator) -> None:
+        """Record what node i receives in its honest peers' batches and what its
+        admission decides of each (the forwards-taken check, `devnet.simnet.forwards`)."""
+        life = self.forwards.start(i, self.names[i])
+        handlers = v.driver.handlers
+        assert handlers is not None
+        on_batch = handlers.batch
+        admit = v.admission.admit
+        loop = self.loop
+
+        def batch(sender: int, b: OriginBatch) -> None:
+            if sender not in self.byzantine and i not in self.byzantine and b.origin == sender:
+                life.receive(b.txs, loop.time())
+            on_batch(sender, b)
+
+        def admit_(tx: Transaction, *, local: bool = False) -> bool:
+            if local:
+                return admit(tx, local=True)
+            try:
+                new = admit(tx)
+            except MempoolFull as e:
+                life.decide(tx.encoded, loop.time(), e.reason, ready=_ready(v, tx))
+                raise
+            except QChainError:
+                life.decide(tx.encoded, loop.time())
+                raise
+            life.decide(tx.encoded, loop.time())
+            return new
+
+        v.driver.bind(dataclasses.replace(handlers, batch=batch))
+        v.admission.admit = admit_  # type: ignore[method-assign]
+
+    def forwards_queued(self) -> dict[str, list[bytes]]:
+        """node -> the peers' transactions it received and has not yet admitted."""
+        return {
+            self.names[i]: [entry[1] for entry in v.forwarder._admit_queue]
+            for i, v in enumerate(self.nodes)
+            if v is not None
+        }
+
+    def live_forwards(self) -> list[Life]:
+        return [self.forwards.lives[i] for i, v in enumerate(self.nodes) if v is not None]
+
     def crash(self, i: int, how: str = "timed") -> None:
         v = self.nodes[i]
         self.disks[i].crash_after = None
@@ -161,6 +210,7 @@ class World:
         self.rec.before_crash[i] = self.rec.reported.pop(i, 0)
         self.rec.crashed_at[self.names[i]] = self.loop.time()
         self.nodes[i] = None
+        self.forwards.crashed(i)
         self.net.crash(i)
         self.disks[i], unsynced, kept = self.disks[i].crashed()
         killed = self.loop.kill(i)
@@ -325,6 +375,13 @@ class World:
             counters["stored_key_count"] = int(report["stored_key_count"])  # type: ignore[call-overload]
             out[name] = counters
         return out
+
+
+def _ready(v: Validator, tx: Transaction) -> bool:
+    """Whether a block of v could take tx now: its sender's next nonce after the run v
+    holds pending (not waiting behind a nonce gap, `node.mempool`)."""
+    account = v.mempool.accounts.account(tx.sender)
+    return account is not None and tx.nonce == v.mempool.next_free_nonce(tx.sender, account.nonce)
 
 
 async def _call(work: Callable[[], Awaitable[Any]]) -> Any:

@@ -3,8 +3,10 @@
 
 - its copy of `tests/vectors/core/transactions.json` is unchanged, and `cargo test`
   rebuilds the vectors byte for byte (ML-DSA-65's randomized signature is verified);
-- `cargo build --release --locked` into `.cache/cargo-target` (git-ignored; honours
-  `CARGO_TARGET_DIR`), so a second run reuses the build;
+- `cargo build --release --locked` into a target directory of the user's cache named by
+  a digest of the crate's sources (`build_dir`; `CARGO_TARGET_DIR` overrides it), so a
+  second run, and a fresh clone of the same client (what CI runs), reuse the build and
+  its compiled dependencies, and a changed client builds apart;
 - on a 4-validator devnet it anchors a document with a dev account's Ed25519 seed, the
   transaction commits, its hash is the one the Python SDK computes for the same anchor,
   the notary holds the anchor, and `qchain receipt get` + `qchain receipt verify
@@ -51,10 +53,23 @@ needs_cargo = pytest.mark.skipif(
 )
 
 
+def build_dir() -> Path:
+    """`$XDG_CACHE_HOME/qchain/cargo-target/<digest>` (`~/.cache` without it): the digest
+    covers `Cargo.toml`, `Cargo.lock`, `src/` and `tests/`, so one directory only ever
+    holds builds of the same sources, whichever clone they came from."""
+    h = hashlib.sha256()
+    sources = [CRATE / "Cargo.toml", CRATE / "Cargo.lock"]
+    sources += [p for d in ("src", "tests") for p in (CRATE / d).rglob("*") if p.is_file()]
+    for path in sorted(sources):
+        h.update(str(path.relative_to(CRATE)).encode() + b"\x00" + path.read_bytes() + b"\x00")
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return cache / "qchain" / "cargo-target" / h.hexdigest()[:16]
+
+
 def cargo_env() -> dict[str, str]:
     """The environment for cargo: the build goes to `CARGO_TARGET_DIR` if set, else to
-    `.cache/cargo-target` in the repository, where a second run finds it."""
-    target = os.environ.get("CARGO_TARGET_DIR") or str(ROOT / ".cache" / "cargo-target")
+    `build_dir()`, where a second run finds it."""
+    target = os.environ.get("CARGO_TARGET_DIR") or str(build_dir())
     return {**os.environ, "CARGO_TARGET_DIR": target}
 
 

@@ -30,12 +30,13 @@ def qchain(*args: str, env: dict[str, str] | None = None, timeout: float = 120) 
     return run.stdout
 
 
-def _base_port() -> int:
-    """A base port below the ephemeral range whose devnet ports are all free now."""
+def _base_port(nodes: int = 4) -> int:
+    """A base port below the ephemeral range whose devnet ports (of `nodes` validators)
+    are all free now."""
     rng = random.Random()
     for _ in range(100):
         base = rng.randrange(20, 32) * 1000 + rng.randrange(0, 10) * 50
-        ports = [base, base + 1] + [base + k + i for k in (100, 200, 300) for i in range(4)]
+        ports = [base, base + 1] + [base + k + i for k in (100, 200, 300) for i in range(nodes)]
         if all(_free(p) for p in ports):
             return base
     raise RuntimeError("no free port range for a devnet")
@@ -157,3 +158,46 @@ def test_add_validator_on_a_running_devnet(tmp_path: Path) -> None:
     finally:
         out = qchain("devnet", "down", "--dir", str(d))
     assert "node4" in out
+
+
+@pytest.mark.timeout(300)
+def test_a_removed_validator_stays_down_across_down_and_up(tmp_path: Path) -> None:
+    """Seven validators, `remove-validator node1` (n stays at least 4), then `down` and
+    `up`: node1 is not started again (it would run as a learner), `status` and the
+    endpoint table show it as removed, and the other six decide on; `reset` makes it a
+    validator of the new chain again."""
+    d = tmp_path / "net"
+    base = _base_port(7)
+    qchain(
+        "devnet",
+        "init",
+        "--dir",
+        str(d),
+        "--base-port",
+        str(base),
+        "--validators",
+        "7",
+        "--reconfiguration",
+        "--heartbeat-ms",
+        "300",
+        "--scheme",
+        "ed25519",
+    )
+    try:
+        qchain("devnet", "up", "--dir", str(d))
+        out = qchain("devnet", "remove-validator", "node1", "--dir", str(d), timeout=240)
+        assert "the devnet no longer starts it" in out, out
+        qchain("devnet", "down", "--dir", str(d))
+        doc = json.loads(qchain("devnet", "up", "--dir", str(d), "--json"))
+        assert [n["name"] for n in doc["nodes"] if n["removed"]] == ["node1"]
+        status = {
+            r["node"]: r for r in json.loads(qchain("devnet", "status", "--dir", str(d), "--json"))
+        }
+        assert status["node1"]["removed"] and status["node1"]["pid"] is None
+        assert all(status[f"node{i}"]["status"] is not None for i in (0, 2, 3, 4, 5, 6))
+        assert not (d / "run" / "node1.pid").exists()
+        assert "removed" in qchain("devnet", "status", "--dir", str(d))
+        out = qchain("devnet", "reset", "--dir", str(d))
+        assert not json.loads((d / "network.json").read_text())["nodes"][1]["removed"]
+    finally:
+        qchain("devnet", "down", "--dir", str(d))

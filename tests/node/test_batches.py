@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import pytest
 
@@ -350,6 +350,32 @@ async def test_a_batch_nobody_has_is_asked_of_every_peer_once_then_the_proposal_
     assert asked == [0, 2, 3], "the leader (also the origin) first, then each other peer"
     assert follower.given_up == 1
     assert fed == [], "the engine never saw the proposal: its round timer moves on"
+    assert follower._timer is None
+
+
+async def test_giving_up_a_proposal_of_two_unknown_batches_drops_both_fetches_at_once() -> None:
+    """Both batches run out of peers in one round of asking: giving up the first drops the
+    proposal and with it the second's fetch, which the same round must then skip (it
+    raised KeyError in the retry timer, seen in a node's log during a state-sync run)."""
+    fed: list[Event] = []
+    follower, _ = _node(1, fed)
+    leader, leader_links = _node(0)
+    txs = _txs(2)
+    leader.store.add(OriginBatch(0, 0, tuple(tx.encoded for tx in txs)))
+    leader_links.byzantine.mode = "unknown-batch"
+    env = leader.compact(_propose(txs))
+    assert env is not None
+    m = ProposeRefs.decode(env.payload)
+    second = BatchRef(0, bytes(range(32)))
+    m = replace(m, batches=(*m.batches, second))
+    follower.received(0, OriginBatch(0, 0, tuple(tx.encoded for tx in txs)))
+    follower.proposal(0, m)
+    await asyncio.sleep(0)
+    for _ in range(N + 1):
+        follower._ask()
+    assert follower.given_up == 1
+    assert follower._fetching == {}
+    assert fed == []
     assert follower._timer is None
 
 

@@ -11,9 +11,10 @@ from typing import cast
 import pytest
 
 from consensus.sets import VSet
+from contracts import validators
 from contracts.testing import DevChain
 from node.validatorsets import ChainSets
-from qchain.errors import BadSignature, ConfigError
+from qchain.errors import BadSignature, ConfigError, RotationNotSupported
 from qchain.keys import Scheme, dev_key
 from qchain.store import MemoryStore, schema
 from qchain.types import CommitCertificate, CommitSignature, commit_sign_digest
@@ -145,3 +146,35 @@ def test_an_approved_rotation_stops_the_node_before_it_can_activate() -> None:
     sets.start_height(chain.height + 1, b"\x00" * 32, 0)
     assert len(halted) == 1 and "rotation of validator 2" in halted[0]
     assert sets.rotations() == [2]
+
+
+def test_a_rotate_is_refused_before_it_can_be_approved() -> None:
+    """The node's rule (`refuse_rotation`): a proposal of a rotate, and an approval of a
+    rotate the state holds, are refused; other changes, and a cancel, are not; a chain
+    without changes has no such rule."""
+    chain = governed_chain(4, delay=2)
+    sets = sets_of(chain)
+
+    def probe(label: str, method: str, args: list[object]) -> None:
+        sets.refuse_rotation(chain.tx(label, validators.NAME, method, args, nonce=99))
+
+    # A rotate proposed before the rule (the contract takes it), and an add.
+    rid = cast(bytes, send(chain, "op0", "propose", rotate_args(2, 5)).result)
+    cid = cast(bytes, send(chain, "op0", "propose", add_args(0, chain.address("op0"))).result)
+    with pytest.raises(RotationNotSupported, match="does not build rotation") as e:
+        probe("op0", "propose", rotate_args(2, 6))
+    assert e.value.code == "rotation-not-supported"
+    assert e.value.fields() == {"method": "propose", "validator": 2}
+    with pytest.raises(RotationNotSupported) as e:
+        probe("op1", "approve", [rid])
+    assert e.value.fields() == {"method": "approve", "validator": 2}
+    probe("op1", "approve_cancel", [rid])
+    probe("op1", "approve", [cid])
+    probe("op1", "propose", remove_args(3))
+    # Arguments that do not parse are the contract's to refuse.
+    probe("op1", "approve", [b"short"])
+    probe("op1", "propose", ["rotate"])
+    plain = governed_chain(4, enabled=False)
+    sets_of(plain).refuse_rotation(
+        plain.tx("op0", validators.NAME, "propose", rotate_args(2, 5), nonce=99)
+    )

@@ -13,12 +13,22 @@ from consensus.sim.scenarios import SCENARIOS, build
 from consensus.sim.world import Sim, SimNode
 
 SEEDS_PER_CASE = 28  # 22 scenarios x 2 sizes x 28 seeds = 1232 seeded runs
+SMOKE_SEEDS = 8
+"""Seeds 0..7 of each case run in `make test` (352 runs); 8..27 are `sweep` (`make
+test-sweeps`)."""
 
 
+@pytest.mark.parametrize(
+    "seeds",
+    [
+        pytest.param(range(SMOKE_SEEDS), id="smoke"),
+        pytest.param(range(SMOKE_SEEDS, SEEDS_PER_CASE), id="sweep", marks=pytest.mark.sweep),
+    ],
+)
 @pytest.mark.parametrize("n", [4, 7])
 @pytest.mark.parametrize("name", list(SCENARIOS))
-def test_scenario_has_no_violation(name: str, n: int) -> None:
-    for seed in range(SEEDS_PER_CASE):
+def test_scenario_has_no_violation(name: str, n: int, seeds: range) -> None:
+    for seed in seeds:
         r = run_one(name, n, seed)
         if r.violations:
             print(f"FAILING SEED {seed}: {replay_command(name, n, seed)}")

@@ -5,7 +5,8 @@ Builds (or reuses: an unchanged tree takes seconds) the image `qchain:dev`, brin
 ports), runs the shipped leader-crash and minority-partition scenarios through
 `ComposeNetwork` (`docker kill` / `docker start`, node admin APIs on the published ports,
 the key manager's admin API through `docker exec` into its container) with every check
-holding, and tears the devnet down with its volumes, whatever happened. It holds the
+holding (`make test` runs leader-crash, `make test-sweeps` minority-partition), and tears
+the devnet down with its volumes, whatever happened. It holds the
 machine-wide Docker test lock, so it never runs beside `test_docker.py`. Skipped, saying
 why, when no Docker daemon is reachable.
 """
@@ -61,7 +62,9 @@ def docker_devnet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ComposeN
 
 
 @pytest.mark.timeout(600)
-@pytest.mark.parametrize("name", SCENARIOS)
+@pytest.mark.parametrize(
+    "name", [SCENARIOS[0], pytest.param(SCENARIOS[1], marks=pytest.mark.sweep)]
+)
 async def test_scenario_holds_through_the_docker_backend(
     docker_devnet: ComposeNetwork, name: str
 ) -> None:

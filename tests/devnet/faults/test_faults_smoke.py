@@ -1,7 +1,11 @@
 """The fault kit's smoke set against a real local-process devnet (fresh per scenario):
 leader crash, partition + heal, key exhaustion + recovery, an equivocating leader, every
 hostile-peer scenario and the key-manager scenarios. Every check must hold; on failure the
-report (and where to look) is in the assertion."""
+report (and where to look) is in the assertion.
+
+`make test` runs the four of `SMOKE`, one hostile-peer scenario and one key-manager
+scenario (`IN_MAKE_TEST`); the others, about 20-60 s of real time each, are marked
+`sweep` and run by `make test-sweeps`."""
 
 from __future__ import annotations
 
@@ -24,6 +28,13 @@ pytestmark = [
 ]
 
 SMOKE = ("leader-crash", "minority-partition", "key-exhaustion-one-link", "equivocating-leader")
+IN_MAKE_TEST = ("forged-frames", "one-site-kme-down")
+"""The hostile-peer and key-manager scenarios `make test` runs; the rest are `sweep`."""
+
+
+def _split(names: tuple[str, ...]) -> list[object]:
+    """`names` as parameters, those outside `IN_MAKE_TEST` marked `sweep`."""
+    return [pytest.param(n, marks=() if n in IN_MAKE_TEST else pytest.mark.sweep) for n in names]
 
 
 @contextlib.asynccontextmanager
@@ -69,7 +80,7 @@ telling the truth (the `readiness` check)."""
 
 
 @pytest.mark.timeout(180)
-@pytest.mark.parametrize("name", HOSTILE)
+@pytest.mark.parametrize("name", _split(HOSTILE))
 async def test_hostile_scenario_holds(name: str) -> None:
     async with holds(name) as (_, report, checks):
         assert any(k.startswith("progress") for k in checks), report
@@ -84,7 +95,7 @@ KME per node."""
 
 
 @pytest.mark.timeout(180)
-@pytest.mark.parametrize("name", KME)
+@pytest.mark.parametrize("name", _split(KME))
 async def test_kme_scenario_holds(name: str) -> None:
     async with holds(name) as (result, report, checks):
         assert result.load["committed"] > 0, report

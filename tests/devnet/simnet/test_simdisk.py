@@ -120,12 +120,11 @@ def test_whole_runs_on_leveldb_disks_pass_and_repeat() -> None:
     same seed gives the same trace."""
     seeds = [s for s in range(40) if _has_crash(s)][:3]
     assert len(seeds) == 3
-    for seed in seeds:
-        o = simulate(Spec(seed=seed, seconds=8, store="leveldb"))
+    outcomes = [simulate(Spec(seed=seed, seconds=8, store="leveldb")) for seed in seeds]
+    for o in outcomes:
         assert o.ok, [f"{c.name}: {c.summary}" for c in o.checks if not c.ok]
     again = simulate(Spec(seed=seeds[0], seconds=8, store="leveldb"))
-    first = simulate(Spec(seed=seeds[0], seconds=8, store="leveldb"))
-    assert again.digest == first.digest
+    assert again.digest == outcomes[0].digest
     assert Spec(seed=1, store="leveldb").command().endswith("--store leveldb --replay")
 
 

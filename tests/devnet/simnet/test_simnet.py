@@ -69,10 +69,13 @@ def test_a_faulty_run_with_a_crash_heals_and_passes() -> None:
 def test_a_crash_inside_a_synced_write_heals_and_passes() -> None:
     """The node dies inside its own step, while a synced write is in progress (its
     batch kept whole or lost, as the seed draws) and before what the step queued can
-    leave; it restarts from what the disk kept."""
+    leave; it restarts from what the disk kept. Nothing of that step runs after the
+    crash: going on, it met the closed store (`StorageError('store is closed')` in a task
+    or a callback of the dead node, seed 75 of the sweep)."""
     seed = _seed_with("crash-at-persist", without=("crash",))
     o = simulate(Spec(seed=seed, seconds=20), keep_trace=True)
     assert o.ok, _failed(o)
+    assert o.errors == []
     crashes = [line for line in o.trace if line.split()[1] == "crash"]
     assert crashes
     assert all(line.split()[3] == "at-persist" for line in crashes)
@@ -325,6 +328,31 @@ def test_the_mutant_gap_stall_is_caught_where_the_clean_code_passes() -> None:
     mutated = simulate(Spec(seed=GAP_STALL_SEED, client="eager", mutant="gap-stall"))
     assert Mempool._gives_way_to is original
     assert [c.name for c in mutated.checks if not c.ok] == ["acked-committed"]
+
+
+FORWARD_DROP_BURST = (Action(0.5, "burst", {"rate": 250, "seconds": 2.0, "txs": 1300}),)
+"""A burst alone, in a run of 6 s: 500 transactions over 2 s, then 1,300 at once (more
+than the pool's 1,280), so that the peers' batches reach full pools."""
+
+
+def test_the_mutant_forward_drop_is_caught_where_the_clean_code_passes() -> None:
+    """An overloaded validator dropping, on arrival, the transactions of its peers'
+    batches that its pool has no free place for (and its clients free to fill the whole
+    pool): the real code takes every transaction of an honest peer's batch (the
+    forwards-taken check), the mutant leaves hundreds undecided. The mutant costs only
+    delay (the other validators hold what it dropped), so no other check sees it."""
+    from node.forwarding import Forwarder
+
+    original = Forwarder.received
+    clean = simulate(Spec(seed=1, seconds=6, actions=FORWARD_DROP_BURST))
+    assert clean.ok, _failed(clean)
+    taken = next(c for c in clean.checks if c.name == "forwards-taken")
+    assert taken.data["received"] > 5000
+    mutated = simulate(Spec(seed=1, seconds=6, actions=FORWARD_DROP_BURST, mutant="forward-drop"))
+    assert Forwarder.received is original
+    assert [c.name for c in mutated.checks if not c.ok] == ["forwards-taken"]
+    dropped = next(c for c in mutated.checks if c.name == "forwards-taken")
+    assert dropped.data["undecided"] > 100
 
 
 def test_a_burst_scale_multiplies_the_burst_and_changes_nothing_else() -> None:
