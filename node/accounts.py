@@ -15,17 +15,20 @@ from collections.abc import Callable, Sequence
 from consensus.events import Event, MempoolNonEmpty
 from contracts import membership
 from contracts.state import StateReader, StateSource
-from node.backlog import Backlog
+from node.backlog import Backlog, Gaps
 from node.mempool import Account, Mempool
 from node.metrics import NodeMetrics
 from node.pacing import BlockPacer
 from qchain import clock as loop_clock
-from qchain.errors import MempoolFull, Overloaded, QChainError
+from qchain.errors import MempoolFull, NonceMismatch, Overloaded, QChainError
 from qchain.types import Transaction
 
 ADMIT_SLICE = 100
 """Most transactions admitted in one go before other work gets a turn (forwarded
 batches are admitted in slices of this size)."""
+REFUSED_RETRY_S = 1.0
+"""When a client refused for a reason without `Retry-After` (`mempool-full`, a nonce
+beyond its sender's window) is taken to send the transaction again."""
 CACHE_LIMIT = 100_000
 """Cached addresses per table; the table is emptied when it grows past this."""
 
@@ -95,6 +98,8 @@ class Admission:
         self.metrics = metrics
         self.feed = feed
         self.backlog = backlog
+        self.gaps = Gaps()
+        """Which senders' missing nonces count as open gaps here (`node.backlog`)."""
         self.clock = clock
         self.ready_signalled = False
         """Idle mode: whether the engine was told the mempool has an includable tx."""
@@ -109,6 +114,20 @@ class Admission:
         """Admit tx (local: a client submitted it to this node). True if new; raises
         what `Mempool.add` raises."""
         now = self.clock()
+        if not local:
+            return self._admit(tx, now, local=False)
+        try:
+            return self._admit(tx, now, local=True)
+        except (MempoolFull, NonceMismatch) as e:
+            if self.accounts.account(tx.sender) is not None:
+                # Missing here until its client sends it again: what waits behind it
+                # waits at least that long (`node.backlog.Gaps`).
+                retry = e.retry_after_s if isinstance(e, Overloaded) else REFUSED_RETRY_S
+                self.gaps.refused(tx.sender, tx.nonce, now + retry)
+            raise
+
+    def _admit(self, tx: Transaction, now: float, *, local: bool) -> bool:
+        """`admit` at `now`."""
         bounded = False
         try:
             self.refuse(tx)
@@ -117,11 +136,17 @@ class Admission:
             raise
         if local and tx.hash not in self.mempool:
             pending, depth = self.mempool.local_count, self.depth()
-            gap = self.gap(tx)
-            if gap is not None and self.backlog.bounding(now):
+            first = self.first_missing(tx)
+            gap = first if first is not None and tx.nonce > first else None
+            if (
+                gap is not None
+                and self.gaps.open(tx.sender, gap, now)
+                and self.backlog.bounding(now)
+            ):
                 # It could commit only once its sender's missing nonce arrives, which no
                 # bound can say when: refused, not accepted only to wait (and, under the
-                # bound, give its place to a ready one without its client knowing).
+                # bound, give its place to a ready one without its client knowing). A
+                # gap seen only now may be a nonce on its way from another validator.
                 raise self.backlog.refusal(pending, now, depth, waits_for=gap)
             if self.backlog.room(pending, now, depth) <= 0:
                 # Beyond the bounds, only in the place of a client's transaction waiting
@@ -148,12 +173,13 @@ class Admission:
                 self.pacer.maybe_build()
         return new
 
-    def gap(self, tx: Transaction) -> int | None:
-        """The missing nonce tx would wait behind in the pool (None: it would be ready, or
-        its sender is no member, which the mempool refuses for what it is)."""
+    def first_missing(self, tx: Transaction) -> int | None:
+        """The first nonce of tx's sender that the pool lacks: tx waits behind it when its
+        nonce is above it (None: its sender is no member, which the mempool refuses for
+        what it is)."""
         if self.accounts.account(tx.sender) is None:
             return None
-        return self.mempool.gap_before(tx.sender, tx.nonce)
+        return self.mempool.first_missing(tx.sender)
 
     def depth(self) -> int:
         """Transactions of any origin ahead of a new one: the pool and the peers'

@@ -68,10 +68,26 @@ A client's transaction that would wait behind a nonce gap (an earlier nonce of i
 sender that the pool does not hold) cannot be committed within any bound: it waits for a
 nonce nobody may send. While the node is under load (`bounding`: the chain saturated, or
 a client transaction refused for want of room within the window) it is refused,
-`overloaded` with the nonce it `waits_for` (`node.accounts.Admission`). Accepted, it
-took room the bound measures and, the bound reached, gave its place to a ready one
-(`node.mempool`), its client told 202 and never learning: under overload most of the
-accepted transactions that waited tens of seconds were those.
+`overloaded` with the nonce it `waits_for` (`node.accounts.Admission`), once the gap is
+*open* (`Gaps`). Accepted, it took room the bound measures and, the bound reached, gave
+its place to a ready one (`node.mempool`), its client told 202 and never learning: under
+overload most of the accepted transactions that waited tens of seconds were those.
+
+A gap is open when this node refused the missing nonce (its client sends it again after
+`Retry-After`, which has not passed: until then what waits behind it waits at least that
+long), or when the nonce has been missing here for longer than `GAP_GRACE_S` (1 s) since
+it could have arrived (its first sight here behind a client's transaction, or the end of
+that `Retry-After`). A gap seen for less may be a nonce on its way: a client that sends a
+sender's consecutive nonces at once to different validators (a load balancer, or a retry
+that goes to another node) has the missing nonce in another validator's pool, whose batch
+reaches this one within its batch delay (250 ms by default) and a hop. Refusing then let
+a sender that sends everything it has outstanding at once commit one nonce per
+`Retry-After` under load: each time, only the nonce whose predecessor had committed found
+it everywhere (the whole-network simulator's eager client, `docs/SIMULATION.md`). What
+the grace admits behind a gap nobody fills is at most a second's worth, per missing
+nonce, of one sender's transactions at one node; a client that sends everything to one
+node, and a refused nonce again before its later ones, never gets a transaction accepted
+behind a nonce that node refused (`tests/node/test_overload.py`).
 
 The bound is on the mean wait (pending / rate, Little's law). Blocks take each sender's
 run in turn (`Mempool.reap`), so a transaction waits up to a whole turn of every sender:
@@ -89,8 +105,9 @@ keeps room for them).
 from __future__ import annotations
 
 import math
-from collections import deque
+from collections import OrderedDict, deque
 from dataclasses import dataclass
+from typing import Any
 
 from qchain.errors import Overloaded
 
@@ -113,6 +130,18 @@ pending: the first blocks after load starts may hold a handful, and a rate measu
 from them says nothing about the chain."""
 UNBOUNDED = 1 << 62
 """`room` with admission control off: only the pool's static limits apply."""
+GAP_GRACE_S = 1.0
+"""How long a sender's missing nonce may be missing at this node, not refused here, before
+what waits behind it counts as waiting for a gap nobody fills (`Gaps`): longer than a
+batch takes from another validator's pool to this one's (the batch delay, 250 ms by
+default, a hop, and the peers' admission queue, within 1 s under overload:
+docs/BENCHMARKS.md)."""
+GAP_SENDERS_KEPT = 4096
+"""Senders whose gap, and whose refused nonces, `Gaps` remembers; the one seen least
+recently is forgotten first (a forgotten gap is fresh again when next seen)."""
+GAP_NONCES_KEPT = 32
+"""Refused nonces `Gaps` remembers of one sender, the lowest (the first missing nonce is
+the lowest missing)."""
 
 
 @dataclass(frozen=True)
@@ -275,3 +304,72 @@ class Backlog:
         """Raise `Overloaded` unless one more local transaction fits the bounds."""
         if self.room(pending, now, depth) <= 0:
             raise self.refusal(pending, now, depth)
+
+
+class Gaps:
+    """Whether a sender's first missing nonce counts as an open gap at this node: its
+    client was told to send it later (this node refused it, and its `Retry-After` has
+    not passed), or it has been missing for longer than the grace (`GAP_GRACE_S`) since
+    it might first have arrived (its first sight here behind a client's transaction, or
+    the end of that `Retry-After`). Bounded: at most `senders` senders of each kind
+    (the least recently seen forgotten first) and `per_sender` refused nonces of one
+    sender (the lowest kept: the first missing one is the lowest)."""
+
+    def __init__(
+        self,
+        grace_s: float = GAP_GRACE_S,
+        senders: int = GAP_SENDERS_KEPT,
+        per_sender: int = GAP_NONCES_KEPT,
+    ) -> None:
+        self.grace_s = grace_s
+        self.senders = max(1, senders)
+        self.per_sender = max(1, per_sender)
+        self._seen: OrderedDict[bytes, tuple[int, float]] = OrderedDict()
+        """sender -> (its first missing nonce, when it was first seen missing here)."""
+        self._refused: OrderedDict[bytes, dict[int, float]] = OrderedDict()
+        """sender -> {nonce this node refused: when its client may send it again}."""
+
+    def kept(self) -> tuple[int, int]:
+        """(senders with a gap seen, refused nonces remembered)."""
+        return len(self._seen), sum(len(r) for r in self._refused.values())
+
+    def open(self, sender: bytes, missing: int, now: float) -> bool:
+        """Whether the sender's `missing` nonce (its first missing one) counts as an
+        open gap at `now`: a client transaction behind it is refused under load. The
+        first sight of a gap starts its clock."""
+        since = None
+        refused = self._refused.get(sender)
+        if refused is not None:
+            for n in [n for n in refused if n < missing]:
+                del refused[n]  # committed or pending since
+            retry_at = refused.get(missing)
+            if not refused:
+                del self._refused[sender]
+            if retry_at is not None:
+                if now < retry_at:
+                    return True
+                since = retry_at
+        seen = self._seen.get(sender)
+        if seen is None or seen[0] != missing:
+            _note(self._seen, sender, (missing, now), self.senders)
+            first = now
+        else:
+            self._seen.move_to_end(sender)
+            first = seen[1]
+        return now - max(first, since if since is not None else first) > self.grace_s
+
+    def refused(self, sender: bytes, nonce: int, retry_at: float) -> None:
+        """This node refused the sender's `nonce`, its client told to send it again at
+        `retry_at`: until then a transaction behind it would wait for it at least."""
+        refused = self._refused.pop(sender, {})
+        refused[nonce] = retry_at
+        if len(refused) > self.per_sender:
+            del refused[max(refused)]
+        _note(self._refused, sender, refused, self.senders)
+
+
+def _note(table: OrderedDict[bytes, Any], sender: bytes, value: Any, kept: int) -> None:
+    table.pop(sender, None)
+    table[sender] = value
+    while len(table) > kept:
+        table.popitem(last=False)

@@ -505,16 +505,20 @@ class Mempool:
 
     def gap_before(self, address: bytes, nonce: int) -> int | None:
         """The first missing nonce of the sender's, if `nonce` would wait behind it (None:
-        it would be ready, or is pending or stale). The run is measured once per
-        committed nonce, so this costs no walk down the sender's pending nonces."""
+        it would be ready, or is pending or stale)."""
+        free = self.first_missing(address)
+        return free if nonce > free else None
+
+    def first_missing(self, address: bytes) -> int:
+        """The sender's first nonce neither committed nor pending (the one a block needs
+        next from it). The run is measured once per committed nonce, so this costs no
+        walk down the sender's pending nonces."""
         committed = self.accounts.next_nonce(address)
         sender = self._senders.get(address)
         if sender is None:
-            free = committed
-        else:
-            self._measure(sender, committed)
-            free = sender.run_end
-        return free if nonce > free else None
+            return committed
+        self._measure(sender, committed)
+        return sender.run_end
 
     def next_free_nonce(self, address: bytes, committed: int) -> int:
         """The nonce after the run of pending nonces that starts at `committed`."""

@@ -10,7 +10,7 @@ import pytest
 
 from devnet.network import account_key
 from node.accounts import Admission
-from node.backlog import UNSATURATED_MIN_ROOM, Backlog
+from node.backlog import GAP_GRACE_S, UNSATURATED_MIN_ROOM, Backlog
 from node.mempool import Mempool, MempoolLimits
 from node.metrics import NodeMetrics
 from qchain.errors import MempoolFull, Overloaded
@@ -222,14 +222,16 @@ def test_peers_transactions_waiting_for_admission_count_in_the_depth(setup: Any)
     assert e.value.backlog_ms == 2000
 
 
-def test_while_saturated_a_client_tx_behind_a_nonce_gap_is_refused(setup: Any) -> None:
-    """It could commit only once the missing nonce arrives: refused with the nonce it
-    waits for, before its signature is checked, though the bound has room; a peer's is
-    taken (that peer answers for it), and so is the client's once the gap is filled."""
+def test_while_saturated_a_client_tx_behind_an_open_nonce_gap_is_refused(setup: Any) -> None:
+    """It could commit only once the missing nonce arrives: once the gap is open (seen
+    for longer than the grace) it is refused with the nonce it waits for, before its
+    signature is checked, though the bound has room; a peer's is taken (that peer
+    answers for it), and so is the client's once the gap is filled."""
     admission, _, verifier, clock = setup
     assert admission.admit(tx("partner1", 1), local=True), "not saturated: it may wait"
+    assert admission.admit(tx("partner2", 2), local=True)
     admission.backlog.committed(0.0, 80, 20, True)  # saturated; room for 40
-    clock.now = 1.0
+    clock.now = GAP_GRACE_S + 0.5
     assert admission.backlog.bounding(clock.now) and admission.room() > 0
     checked = verifier.calls
     with pytest.raises(Overloaded) as refused:
@@ -240,7 +242,7 @@ def test_while_saturated_a_client_tx_behind_a_nonce_gap_is_refused(setup: Any) -
         admission.admit(tx("partner2", 1), local=True)
     assert refused.value.waits_for == 0
     assert verifier.calls == checked, "refused before the signature check"
-    assert admission.admit(tx("partner2", 2))  # forwarded: waits behind the gap
+    assert admission.admit(tx("partner2", 3))  # forwarded: waits behind the gap
     assert admission.admit(tx("partner1", 0), local=True)
     assert admission.admit(tx("partner1", 2), local=True), "its nonce 1 is pending"
     assert admission.admit(tx("partner2", 0), local=True)
@@ -265,11 +267,13 @@ def test_after_a_refusal_for_the_bound_a_gap_is_refused_though_not_saturated(
     admission.backlog.committed(0.0, 80, 20, False)
     clock.now = 1.0
     assert not admission.backlog.bounding(clock.now)
+    assert admission.admit(tx("partner1", 1), local=True), "not under load: it may wait"
+    clock.now += GAP_GRACE_S + 0.5
     admission.overloaded()  # a batch item beyond the room was refused
     with pytest.raises(Overloaded) as refused:
         admission.admit(tx("partner1", 2), local=True)
     assert refused.value.waits_for == 0
-    clock.now = 1.0 + admission.backlog.window_s + 0.5
+    clock.now += admission.backlog.window_s + 0.5
     assert admission.admit(tx("partner1", 2), local=True), "no refusal within the window"
 
 
@@ -299,6 +303,79 @@ def test_a_refusal_for_the_nodes_share_of_the_pool_is_load_too() -> None:
     with pytest.raises(MempoolFull):
         admission.admit(tx("partner2", 0), local=True)
     assert admission.backlog.bounding(clock.now)
+    # Refused here: its client sends it again after a second, what is behind it waits.
     with pytest.raises(Overloaded) as refused:
-        admission.admit(tx("partner1", 3), local=True)
-    assert refused.value.waits_for == 2
+        admission.admit(tx("partner2", 1), local=True)
+    assert refused.value.waits_for == 0
+
+
+def _validator(accounts: Accounts, clock: _Clock, name: str) -> Admission:
+    mempool = Mempool(CHAIN, MempoolLimits(max_txs=100, max_per_sender=50), accounts)
+    return Admission(
+        mempool,
+        accounts,  # type: ignore[arg-type]
+        lambda: 0,
+        False,
+        _Pacer(),  # type: ignore[arg-type]
+        NodeMetrics(name),
+        [].append,
+        Backlog(2000, 4),
+        clock,
+    )
+
+
+def test_under_load_consecutive_nonces_sent_at_once_to_different_validators_commit() -> None:
+    """A client that sends a sender's outstanding nonces at once, each to another
+    validator (a load balancer; a retry that goes to another node), with both validators
+    under load: each nonce's predecessor is in the other validator's pool, on its way
+    here in a batch. Refused there as waiting behind a gap, each sending got one nonce
+    in (the one whose predecessor was committed), and a sender with hundreds
+    outstanding committed one a `Retry-After` (the whole-network simulator's eager
+    client, seed 5). Now the gap seen only now is fresh: all are accepted, and once the
+    batches cross both pools hold the sender's whole run, which a block takes."""
+    accounts = Accounts()
+    key = account_key("partner1", "ed25519")
+    accounts.keys[key.address] = (key.scheme.value, key.public_key)
+    clock = _Clock()
+    nodes = [_validator(accounts, clock, f"gap-lb-{i}") for i in range(2)]
+    for a in nodes:
+        a.backlog.committed(0.0, 80, 20, True)  # saturated; room for 40
+    clock.now = 1.0
+    assert all(a.backlog.bounding(clock.now) and a.room() > 0 for a in nodes)
+    sent = [tx("partner1", n) for n in range(6)]
+    for t in sent:
+        assert nodes[t.nonce % 2].admit(t, local=True), f"nonce {t.nonce} refused"
+    for i, a in enumerate(nodes):
+        for t in sent:
+            if t.nonce % 2 != i:
+                assert a.admit(t)  # the other validator's batch
+    for a in nodes:
+        assert [t.nonce for t in a.mempool.reap(100, 1 << 30)] == list(range(6))
+
+
+def test_under_load_a_gap_its_node_refused_stays_closed_to_what_is_behind_it(
+    setup: Any,
+) -> None:
+    """A client that goes on sending later nonces to the node that refused an earlier
+    one: that nonce stays missing until the client sends it again after `Retry-After`,
+    so what is behind it is refused at once, fresh gap or not."""
+    admission, _, _, clock = setup
+    admission.backlog.committed(0.0, 20, 5, True)  # saturated; room for 20
+    clock.now = 1.0
+    n = 0
+    while admission.room() > 0:
+        assert admission.admit(tx("partner1", n), local=True)
+        n += 1
+    with pytest.raises(Overloaded) as refused:
+        admission.admit(tx("partner1", n), local=True)
+    assert refused.value.waits_for is None
+    with pytest.raises(Overloaded) as behind:
+        admission.admit(tx("partner1", n + 1), local=True)
+    assert behind.value.waits_for == n
+    clock.now += refused.value.retry_after_s
+    with pytest.raises(Overloaded) as again:
+        admission.admit(tx("partner1", n), local=True)
+    assert again.value.waits_for is None, "no room yet: refused again"
+    with pytest.raises(Overloaded) as behind:
+        admission.admit(tx("partner1", n + 1), local=True)
+    assert behind.value.waits_for == n

@@ -5,11 +5,13 @@ from __future__ import annotations
 import pytest
 
 from node.backlog import (
+    GAP_GRACE_S,
     SATURATED_COMMITS,
     UNBOUNDED,
     UNSATURATED_MIN_ROOM,
     WINDOW_S,
     Backlog,
+    Gaps,
 )
 from qchain.errors import MempoolFull, Overloaded
 
@@ -243,3 +245,50 @@ def test_a_refusal_for_a_nonce_gap_names_the_nonce_and_still_says_when() -> None
     assert r.bound_ms == 2000 and r.backlog_ms == 500
     assert "nonce 7" in str(r)
     assert "waits_for" not in b.refusal(5, 1.0, 20).fields()
+
+
+def test_a_gap_seen_only_now_is_fresh_and_opens_after_the_grace() -> None:
+    """A sender's missing nonce seen missing for the first time may be on its way from
+    another validator: open only once it has been missing longer than the grace; a
+    new first missing nonce (the gap filled) starts its own clock."""
+    gaps = Gaps()
+    s = b"s" * 20
+    assert not gaps.open(s, 5, 10.0)
+    assert not gaps.open(s, 5, 10.0 + GAP_GRACE_S)
+    assert gaps.open(s, 5, 10.0 + GAP_GRACE_S + 0.01)
+    assert not gaps.open(s, 6, 12.0), "nonce 5 arrived: a new gap"
+    assert not gaps.open(b"t" * 20, 5, 12.0), "each sender its own"
+
+
+def test_a_nonce_refused_here_is_open_until_its_retry_then_fresh_for_the_grace() -> None:
+    """Refused here, its client sends it again after `Retry-After`: until then what is
+    behind it would wait for it. Then it may be on its way (a retry may go to another
+    validator): fresh for the grace, open after it if still missing."""
+    gaps = Gaps()
+    s = b"s" * 20
+    gaps.refused(s, 5, retry_at=3.0)
+    assert gaps.open(s, 5, 0.5) and gaps.open(s, 5, 2.9)
+    assert not gaps.open(s, 5, 3.0) and not gaps.open(s, 5, 3.0 + GAP_GRACE_S)
+    assert gaps.open(s, 5, 3.0 + GAP_GRACE_S + 0.01)
+    gaps.refused(s, 7, retry_at=9.0)
+    assert not gaps.open(s, 6, 4.0), "nonce 5 arrived; 6 was never refused here"
+    assert gaps.kept()[1] == 1, "the refusal of nonce 5 is forgotten once it is pending"
+    assert gaps.open(s, 7, 4.0)
+
+
+def test_gaps_remember_a_bounded_number_of_senders_and_nonces() -> None:
+    """What clients send is hostile input: the senders remembered and each one's refused
+    nonces are bounded; the lowest refused nonces are kept (the first missing nonce is
+    the lowest)."""
+    gaps = Gaps(senders=3, per_sender=4)
+    for i in range(10):
+        sender = bytes([i]) * 20
+        assert not gaps.open(sender, 1, 0.0)
+        for nonce in range(100, 0, -1):
+            gaps.refused(sender, nonce, retry_at=5.0)
+    assert gaps.kept() == (3, 3 * 4)
+    last = bytes([9]) * 20
+    assert [gaps.open(last, n, 1.0) for n in (1, 2, 3, 4)] == [True] * 4
+    assert gaps.kept() == (3, 2 * 4 + 1), "its nonces 1..3 are pending now"
+    assert not gaps.open(last, 5, 1.0), "nonce 5 was dropped for the lowest four"
+    assert not gaps.open(bytes([0]) * 20, 1, 1.0), "sender 0 was forgotten"
