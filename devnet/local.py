@@ -151,6 +151,26 @@ class LocalNetwork:
     def node_status(self, name: str, timeout: float = 2.0) -> dict[str, Any] | None:
         return node_status(self.api_url(name), timeout)
 
+    def height(self, name: str) -> int:
+        """The node's committed height, -1 while it does not answer."""
+        st = self.node_status(name)
+        return -1 if st is None else int(st["height"])
+
+    def frames_from(self, sender: str, skip: str = "") -> dict[str, dict[str, int]]:
+        """At each other node (but skip), from its `/v1/qkd`: frames accepted from sender,
+        the last number accepted, and frames refused as stale."""
+        sae = self.node(sender).sae_id
+        out = {}
+        for n in self.plan.nodes:
+            if n.name not in (sender, skip):
+                recv = http_json(f"{n.api_url}/v1/qkd")["links"][sae]["receive"]
+                out[n.name] = {
+                    "frames": recv["frames"],
+                    "last_seq": recv["last_seq"],
+                    "stale": recv["rejected"].get("stale-sequence", 0),
+                }
+        return out
+
     def wait_ready(
         self, min_height: int = 1, timeout: float = 60.0, names: Iterable[str] | None = None
     ) -> dict[str, dict[str, Any]]:

@@ -67,28 +67,9 @@ def _commit(net: LocalNetwork, node: str, tx: Transaction) -> int:
     return info.height
 
 
-def _height(net: LocalNetwork, node: str) -> int:
-    st = net.node_status(node)
-    return -1 if st is None else int(st["height"])
-
-
-def _from_victim(net: LocalNetwork, victim: str) -> dict[str, dict[str, int]]:
-    """At each other node: frames accepted from the victim and rejected as stale."""
-    sae = net.node(victim).sae_id
-    out = {}
-    for n in net.plan.nodes:
-        if n.name != victim:
-            recv = http_json(f"{n.api_url}/v1/qkd")["links"][sae]["receive"]
-            out[n.name] = {
-                "frames": recv["frames"],
-                "stale": recv["rejected"].get("stale-sequence", 0),
-            }
-    return out
-
-
 def _caught_up_and_ready(net: LocalNetwork, victim: str, other: str) -> None:
-    target = _height(net, other)
-    _until(f"{victim} to reach height {target}", lambda: _height(net, victim) >= target)
+    target = net.height(other)
+    _until(f"{victim} to reach height {target}", lambda: net.height(victim) >= target)
     with Client(net.api_url(victim)) as c:
         _until(f"{victim} to be ready", lambda: c.ready()[0])
 
@@ -100,7 +81,7 @@ def test_running_node_backed_up_wiped_restored_catches_up(
     txs = Txs(devnet.plan.chain_id, "partner1")
     config = devnet.dir / "nodes" / victim / "config.toml"
     before = _commit(devnet, other, txs.next())
-    _until("the victim to commit it", lambda: _height(devnet, victim) >= before)
+    _until("the victim to commit it", lambda: devnet.height(victim) >= before)
 
     out = tmp_path / "node3.qbk"
     made = _qchain("node", "backup", "--config", str(config), "--out", str(out))
@@ -112,10 +93,10 @@ def test_running_node_backed_up_wiped_restored_catches_up(
     later = [txs.next() for _ in range(3)]
     for tx in later:
         _commit(devnet, other, tx)
-    top = _height(devnet, other)
+    top = devnet.height(other)
     assert top > summary.header.height
     devnet.stop([victim])
-    seen = _from_victim(devnet, victim)
+    seen = devnet.frames_from(victim)
 
     data_dir = load_config(config).node.data_dir
     shutil.rmtree(data_dir)
@@ -137,19 +118,19 @@ def test_running_node_backed_up_wiped_restored_catches_up(
     )
     silent = devnet.node_status(victim)["amnesia"]["silent_through"]
     assert silent >= top + 1
-    _until("the chain to pass the silent heights", lambda: _height(devnet, victim) > silent)
+    _until("the chain to pass the silent heights", lambda: devnet.height(victim) > silent)
     with Client(devnet.api_url(victim)) as c:
         for tx in later:  # committed after the backup: the victim has them from its peers
             assert c.tx_status(tx.hash).status == "committed"
     _until(
         "the peers to accept the victim's frames again",
         lambda: all(
-            now["frames"] > seen[p]["frames"] for p, now in _from_victim(devnet, victim).items()
+            now["frames"] > seen[p]["frames"] for p, now in devnet.frames_from(victim).items()
         ),
     )
-    assert all(
-        now["stale"] == seen[p]["stale"] for p, now in _from_victim(devnet, victim).items()
-    ), "a peer rejected the restored node's frames as stale"
+    assert all(now["stale"] == seen[p]["stale"] for p, now in devnet.frames_from(victim).items()), (
+        "a peer rejected the restored node's frames as stale"
+    )
     sent = http_json(f"{devnet.api_url(victim)}/v1/qkd")["links"]
     assert all(link["send"]["next_seq"] > floor for link in sent.values())
     assert _commit(devnet, victim, txs.next()) > top

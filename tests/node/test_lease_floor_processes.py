@@ -48,25 +48,17 @@ def devnet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalNetwork]:
         yield net
 
 
-def _height(net: LocalNetwork, node: str) -> int:
-    st = net.node_status(node)
-    return -1 if st is None else int(st["height"])
-
-
-def _from(net: LocalNetwork, victim: str, skip: str = "") -> dict[str, dict[str, int]]:
-    """At each other node (but skip): frames accepted from the victim, the last number
-    accepted, and frames refused as stale."""
-    sae = net.node(victim).sae_id
-    out = {}
-    for n in net.plan.nodes:
-        if n.name not in (victim, skip):
-            recv = http_json(f"{n.api_url}/v1/qkd")["links"][sae]["receive"]
-            out[n.name] = {
-                "frames": recv["frames"],
-                "last_seq": recv["last_seq"],
-                "stale": recv["rejected"].get("stale-sequence", 0),
-            }
-    return out
+def _accepted_again(
+    net: LocalNetwork, victim: str, seen: dict[str, dict[str, int]]
+) -> dict[str, dict[str, int]]:
+    """Wait for every peer to accept frames from the victim again; their counts then."""
+    _until(
+        "every peer to accept the victim's frames again",
+        lambda: all(
+            now["frames"] > seen[p]["frames"] for p, now in net.frames_from(victim).items()
+        ),
+    )
+    return net.frames_from(victim)
 
 
 def test_a_wiped_validator_state_syncs_and_its_peers_accept_its_frames(
@@ -85,24 +77,20 @@ def test_a_wiped_validator_state_syncs_and_its_peers_accept_its_frames(
     )
     config = devnet.dir / "nodes" / victim / "config.toml"
     devnet.stop([victim])
-    seen = _from(devnet, victim)
+    seen = devnet.frames_from(victim)
     assert all(s["last_seq"] > 0 for s in seen.values()), seen
 
     shutil.rmtree(load_config(config).node.data_dir)  # the store and its leases are gone
     argv = (*devnet.service(victim).argv, "--state-sync")
     spawn.spawn(argv, devnet.log_file(victim), devnet.pid_file(victim), devnet.dir)
-    _until("the victim to serve its API", lambda: _height(devnet, victim) >= 0)
+    _until("the victim to serve its API", lambda: devnet.height(victim) >= 0)
     synced = re.search(r"state synced at height (\d+)", devnet.log_file(victim).read_text())
     assert synced is not None, devnet.log_file(victim).read_text()[-3000:]
     base = int(synced.group(1))
     assert base >= INTERVAL
 
     # Its frames are numbered from the floor: far above what its peers last accepted.
-    _until(
-        "every peer to accept the victim's frames again",
-        lambda: all(now["frames"] > seen[p]["frames"] for p, now in _from(devnet, victim).items()),
-    )
-    now = _from(devnet, victim)
+    now = _accepted_again(devnet, victim, seen)
     assert all(now[p]["stale"] == seen[p]["stale"] for p in now), (seen, now)
     assert all(now[p]["last_seq"] > 2**56 > seen[p]["last_seq"] for p in now), (seen, now)
     sent = http_json(f"{devnet.api_url(victim)}/v1/qkd")["links"]
@@ -114,22 +102,22 @@ def test_a_wiped_validator_state_syncs_and_its_peers_accept_its_frames(
     silent = devnet.node_status(victim)["amnesia"]["silent_through"]
     _until(
         "the victim to pass its silent heights",
-        lambda: _height(devnet, victim) > silent and _height(devnet, other) > silent,
+        lambda: devnet.height(victim) > silent and devnet.height(other) > silent,
     )
 
     # With node0 stopped, a height needs the votes of all three others: the victim's too.
     devnet.stop([stopped])
     try:
-        top = _height(devnet, other)
+        top = devnet.height(other)
         target = top + 3
         _until(
             f"the chain to commit up to {target} without {stopped}",
-            lambda: min(_height(devnet, n) for n in (other, "node2", victim)) >= target,
+            lambda: min(devnet.height(n) for n in (other, "node2", victim)) >= target,
         )
         with Client(devnet.api_url(victim)) as c:
             info = c.submit_and_wait(anchor_tx(key, chain_id, 2, bytes([9]) * 32), timeout_s=60)
             assert info.status == "committed" and info.height is not None and info.height > top
-        after = _from(devnet, victim, skip=stopped)
+        after = devnet.frames_from(victim, skip=stopped)
         assert all(after[p]["stale"] == seen[p]["stale"] for p in after), (seen, after)
     finally:
         devnet.start(stopped)
@@ -141,11 +129,11 @@ def test_a_validator_whose_leases_cannot_be_read_is_rebuilt_and_accepted(
     victim, other = "node2", "node1"
     _until(
         "every validator to serve its API",
-        lambda: all(_height(devnet, n.name) >= 0 for n in devnet.plan.nodes),
+        lambda: all(devnet.height(n.name) >= 0 for n in devnet.plan.nodes),
     )
     config = devnet.dir / "nodes" / victim / "config.toml"
     devnet.stop([victim])
-    seen = _from(devnet, victim)
+    seen = devnet.frames_from(victim)
     # node0 restarted in the test above and may not have heard from the victim since.
     assert sum(s["last_seq"] > 0 for s in seen.values()) >= 2, seen
     with LevelDBStore(load_config(config).node.data_dir / "db") as s:
@@ -162,12 +150,8 @@ def test_a_validator_whose_leases_cannot_be_read_is_rebuilt_and_accepted(
     assert floor > 2**56
 
     devnet.start(victim)
-    _until(
-        "every peer to accept the victim's frames again",
-        lambda: all(now["frames"] > seen[p]["frames"] for p, now in _from(devnet, victim).items()),
-    )
-    now = _from(devnet, victim)
+    now = _accepted_again(devnet, victim, seen)
     assert all(now[p]["stale"] == seen[p]["stale"] for p in now), (seen, now)
     assert all(now[p]["last_seq"] > floor for p in now), (floor, now)
-    target = _height(devnet, other)
-    _until(f"the victim to reach height {target}", lambda: _height(devnet, victim) >= target)
+    target = devnet.height(other)
+    _until(f"the victim to reach height {target}", lambda: devnet.height(victim) >= target)

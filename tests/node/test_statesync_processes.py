@@ -42,11 +42,6 @@ def devnet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalNetwork]:
         yield net
 
 
-def _height(net: LocalNetwork, node: str) -> int:
-    st = net.node_status(node)
-    return -1 if st is None else int(st["height"])
-
-
 def _hashes(net: LocalNetwork, node: str, height: int) -> tuple[str, str]:
     """(block hash, app hash) of a committed block as node serves it."""
     doc = http_json(f"{net.api_url(node)}/v1/blocks/{height}")
@@ -75,7 +70,7 @@ def test_a_wiped_validator_state_syncs_and_follows_consensus(devnet: LocalNetwor
     )
     assert load_config(config).node.state_sync_after == 1
     devnet.start(victim)
-    _until("the victim to serve its API", lambda: _height(devnet, victim) >= 0)
+    _until("the victim to serve its API", lambda: devnet.height(victim) >= 0)
     log = devnet.log_file(victim).read_text()
     synced = re.search(r"state synced at height (\d+)", log)
     assert synced is not None, log[-3000:]
@@ -84,8 +79,8 @@ def test_a_wiped_validator_state_syncs_and_follows_consensus(devnet: LocalNetwor
     status = devnet.node_status(victim)
     assert status is not None and status["base_height"] == base
     # Past the next checkpoint, whose state root the victim computes over the synced state.
-    target = max(_height(devnet, other) + 3, base + INTERVAL + 1)
-    _until(f"the victim to reach height {target}", lambda: _height(devnet, victim) >= target)
+    target = max(devnet.height(other) + 3, base + INTERVAL + 1)
+    _until(f"the victim to reach height {target}", lambda: devnet.height(victim) >= target)
     for h in range(base, target + 1):
         assert _hashes(devnet, victim, h) == _hashes(devnet, other, h), h
     with Client(devnet.api_url(victim)) as c:
