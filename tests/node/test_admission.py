@@ -4,6 +4,7 @@ rate comes from the node's own commits (a clock the test sets)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -40,27 +41,45 @@ class _Clock:
         return self.now
 
 
-@pytest.fixture
-def setup() -> tuple[Admission, Accounts, _CountingVerifier, _Clock]:
+def members(*roles: str) -> Accounts:
+    """Accounts holding the dev keys of roles as members."""
     accounts = Accounts()
-    for role in ("partner1", "partner2"):
+    for role in roles:
         key = account_key(role, "ed25519")
         accounts.keys[key.address] = (key.scheme.value, key.public_key)
-    verifier = _CountingVerifier()
-    mempool = Mempool(CHAIN, MempoolLimits(max_txs=100, max_per_sender=50), accounts, verifier)
-    clock = _Clock()
-    events: list[Any] = []
-    admission = Admission(
+    return accounts
+
+
+def admission_of(
+    mempool: Mempool,
+    accounts: Accounts,
+    backlog: Backlog,
+    clock: Callable[[], float],
+    events: Callable[[Any], None] = lambda event: None,
+) -> Admission:
+    """An `Admission` over mempool at height 0, not in idle mode, with a pacer that has
+    nothing pending and metrics of its own."""
+    return Admission(
         mempool,
         accounts,  # type: ignore[arg-type]
         lambda: 0,
         False,
         _Pacer(),  # type: ignore[arg-type]
         NodeMetrics("admission-test"),
-        events.append,
-        Backlog(2000, 4),
+        events,
+        backlog,
         clock,
     )
+
+
+@pytest.fixture
+def setup() -> tuple[Admission, Accounts, _CountingVerifier, _Clock]:
+    accounts = members("partner1", "partner2")
+    verifier = _CountingVerifier()
+    mempool = Mempool(CHAIN, MempoolLimits(max_txs=100, max_per_sender=50), accounts, verifier)
+    clock = _Clock()
+    events: list[Any] = []
+    admission = admission_of(mempool, accounts, Backlog(2000, 4), clock, events.append)
     return admission, accounts, verifier, clock
 
 
@@ -280,23 +299,10 @@ def test_after_a_refusal_for_the_bound_a_gap_is_refused_though_not_saturated(
 def test_a_refusal_for_the_nodes_share_of_the_pool_is_load_too() -> None:
     """`mempool-full` for the node's clients' share marks the node under load as the
     bound's refusals do: a gap is refused next."""
-    accounts = Accounts()
-    for role in ("partner1", "partner2"):
-        key = account_key(role, "ed25519")
-        accounts.keys[key.address] = (key.scheme.value, key.public_key)
+    accounts = members("partner1", "partner2")
     mempool = Mempool(CHAIN, MempoolLimits(max_txs=100, max_local=2), accounts)
     clock = _Clock()
-    admission = Admission(
-        mempool,
-        accounts,  # type: ignore[arg-type]
-        lambda: 0,
-        False,
-        _Pacer(),  # type: ignore[arg-type]
-        NodeMetrics("admission-share-test"),
-        [].append,
-        Backlog(2000, 4),
-        clock,
-    )
+    admission = admission_of(mempool, accounts, Backlog(2000, 4), clock)
     assert admission.admit(tx("partner1", 0), local=True)
     assert admission.admit(tx("partner1", 1), local=True)
     assert not admission.backlog.bounding(clock.now)
@@ -309,19 +315,9 @@ def test_a_refusal_for_the_nodes_share_of_the_pool_is_load_too() -> None:
     assert refused.value.waits_for == 0
 
 
-def _validator(accounts: Accounts, clock: _Clock, name: str) -> Admission:
+def _validator(accounts: Accounts, clock: _Clock) -> Admission:
     mempool = Mempool(CHAIN, MempoolLimits(max_txs=100, max_per_sender=50), accounts)
-    return Admission(
-        mempool,
-        accounts,  # type: ignore[arg-type]
-        lambda: 0,
-        False,
-        _Pacer(),  # type: ignore[arg-type]
-        NodeMetrics(name),
-        [].append,
-        Backlog(2000, 4),
-        clock,
-    )
+    return admission_of(mempool, accounts, Backlog(2000, 4), clock)
 
 
 def test_under_load_consecutive_nonces_sent_at_once_to_different_validators_commit() -> None:
@@ -337,7 +333,7 @@ def test_under_load_consecutive_nonces_sent_at_once_to_different_validators_comm
     key = account_key("partner1", "ed25519")
     accounts.keys[key.address] = (key.scheme.value, key.public_key)
     clock = _Clock()
-    nodes = [_validator(accounts, clock, f"gap-lb-{i}") for i in range(2)]
+    nodes = [_validator(accounts, clock) for _ in range(2)]
     for a in nodes:
         a.backlog.committed(0.0, 80, 20, True)  # saturated; room for 40
     clock.now = 1.0

@@ -18,10 +18,10 @@ from devnet.network import account_key
 from node.accounts import Admission
 from node.backlog import Backlog
 from node.mempool import Mempool, MempoolLimits
-from node.metrics import NodeMetrics
 from qchain.errors import MempoolFull, NonceMismatch, Overloaded
 from qchain.types import Transaction, new_transaction
 
+from .test_admission import admission_of, members
 from .test_mempool import CHAIN, Accounts
 
 SENDERS = [f"overload{i}" for i in range(8)]
@@ -42,10 +42,6 @@ def tx(role: str, nonce: int) -> Transaction:
         method="anchor",
         args=[nonce.to_bytes(4, "big") * 8, "sha256", "t", "c", b""],
     )
-
-
-class _Pacer:
-    pending = None
 
 
 @dataclass
@@ -97,23 +93,10 @@ class _Client:
 
 
 def _node() -> tuple[Admission, Accounts, _Clock]:
-    accounts = Accounts()
-    for role in SENDERS:
-        key = account_key(role, "ed25519")
-        accounts.keys[key.address] = (key.scheme.value, key.public_key)
+    accounts = members(*SENDERS)
     mempool = Mempool(CHAIN, MempoolLimits(max_txs=10_000, max_per_sender=256), accounts)
     clock = _Clock()
-    admission = Admission(
-        mempool,
-        accounts,  # type: ignore[arg-type]
-        lambda: 0,
-        False,
-        _Pacer(),  # type: ignore[arg-type]
-        NodeMetrics("overload-test"),
-        lambda event: None,
-        Backlog(2000, 1),
-        clock,
-    )
+    admission = admission_of(mempool, accounts, Backlog(2000, 1), clock)
     return admission, accounts, clock
 
 
