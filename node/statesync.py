@@ -45,7 +45,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from contracts.genesis import Genesis
 from contracts.snapshot import (
@@ -240,16 +240,23 @@ class StateSync:
             if task in late:
                 self.result.failed_fetches += 1
                 continue
-            error = task.exception()
-            if error is not None:
-                if not isinstance(error, FETCH_ERRORS):
-                    raise error
-                self.result.failed_fetches += 1
+            if self._failed(task):
                 continue
             for h in task.result()[:MAX_LISTED]:
                 if type(h) is int and is_checkpoint(h, self.trust.state_root_interval):
                     out.setdefault(h, []).append(source)
         return out
+
+    def _failed(self, task: asyncio.Future[Any]) -> bool:
+        """Whether a finished fetch failed as a peer's fetch may (counted); any other
+        error is raised."""
+        error = task.exception()
+        if error is None:
+            return False
+        if not isinstance(error, FETCH_ERRORS):
+            raise error
+        self.result.failed_fetches += 1
+        return True
 
     async def run(
         self, store: KVStore, offered: dict[int, list[SnapshotSource]] | None = None
@@ -301,11 +308,7 @@ class StateSync:
             while pending:
                 done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
                 for task in sorted(done, key=lambda t: sources.index(tasks[t])):
-                    error = task.exception()
-                    if error is not None:
-                        if not isinstance(error, FETCH_ERRORS):
-                            raise error
-                        self.result.failed_fetches += 1
+                    if self._failed(task):
                         continue
                     try:
                         offer, manifest = check_offer(task.result(), height, self.trust)
