@@ -21,6 +21,9 @@ The sender also notices the peer closing the connection (end of stream on a sock
 peer never writes to). Before each new connection it waits a jittered backoff that
 doubles from `BACKOFF_MIN_S` up to `BACKOFF_MAX_S` while connections end within
 `keepalive_s` of being made, and starts again from `BACKOFF_MIN_S` after one that lasted.
+A backoff ends early when a connection from that peer verifies (its first frame opened
+under the link's key, so only the peer can cause it): a peer that restarted is dialled
+back at once, and its replies do not wait out a backoff grown while it was down.
 
 Sending: `send(peer, envelope)` queues; a per-peer task packs what is queued into one
 frame body (`node.wire`) by encoded size, at most `max_body` bytes (the sealer's limit,
@@ -141,6 +144,9 @@ class _PeerOut:
         self.wakeup = asyncio.Event()
         self.lost = asyncio.Event()
         """Set when the peer closed the current connection."""
+        self.redial = asyncio.Event()
+        """Set when the peer proved itself up (a verified connection from it): a backoff
+        before dialling it again ends at once."""
         self.writer: asyncio.StreamWriter | None = None
         self.task: asyncio.Task[None] | None = None
         self.connected = False
@@ -289,8 +295,19 @@ class Transport:
                 else:
                     self.stats[peer.index].connects += 1
                     return reader, writer
-            await asyncio.sleep(backoff * (0.5 + self._rng.random()))
+            await self._backoff(peer, backoff * (0.5 + self._rng.random()))
             backoff = min(BACKOFF_MAX_S, backoff * 2)
+
+    @staticmethod
+    async def _backoff(peer: _PeerOut, delay: float) -> None:
+        """Wait delay seconds before dialling peer again, or until the peer proves itself
+        up (`redial`): a restarted peer is dialled back as soon as its own connection to
+        us verifies, not when a backoff grown while it was down runs out. Each such
+        connection ends one backoff (one that verified while a dial was failing ends
+        the next)."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(peer.redial.wait(), delay)
+        peer.redial.clear()
 
     async def _sender(self, peer: _PeerOut) -> None:
         loop = asyncio.get_running_loop()
@@ -322,7 +339,7 @@ class Transport:
                 writer.transport.abort()
             if loop.time() - began >= self.limits.keepalive_s:
                 backoff = BACKOFF_MIN_S
-            await asyncio.sleep(backoff * (0.5 + self._rng.random()))
+            await self._backoff(peer, backoff * (0.5 + self._rng.random()))
             backoff = min(BACKOFF_MAX_S, backoff * 2)
 
     @staticmethod
@@ -475,6 +492,9 @@ class Transport:
         self.stats[sender].handshakes += 1
         opener = self._openers[sender]
         opener.reconnected()
+        out = self._out.get(sender)
+        if out is not None and not out.connected:
+            out.redial.set()
         try:
             for env in envelopes:
                 self._on_envelope(sender, env)

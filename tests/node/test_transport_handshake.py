@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from devnet.network import free_ports
+from node import transport as node_transport
 from node.transport import HELLO_MAGIC, TCP_KEEPIDLE_S, Transport, TransportLimits
 from node.wire import Envelope, Kind, body_size, decode_body, encode_body, envelope_size
 from qchain.errors import CodecError
@@ -497,3 +498,33 @@ async def test_lazy_envelopes_count_against_the_queue_bound() -> None:
             a.transport.send(1, payload(8, i), lazy_s=30.0)
         assert len(out.lazy) == out.limit
         assert a.transport.stats[1].queue_dropped == 5
+
+
+async def test_a_restarted_peer_is_dialled_back_without_waiting_out_the_backoff(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Validator 1 stops while validator 0's backoff is long; when 1 comes back and its
+    connection to 0 verifies, 0 dials 1 at once instead of waiting out the backoff (which
+    would hold 1's catch-up: its peers' replies come on their links to it)."""
+    monkeypatch.setattr(node_transport, "BACKOFF_MIN_S", 120.0)
+    monkeypatch.setattr(node_transport, "BACKOFF_MAX_S", 120.0)
+    async with running_pair(TransportLimits()) as pair:
+        a, b = pair.a, pair.b
+        await b.transport.stop()
+        await wait_until(lambda: a.transport.connected_peers() == [], timeout=10)
+        b2 = Transport(
+            1,
+            b.address,
+            {0: a.address},
+            {0: b.sealer},
+            {0: b.opener},
+            collector(b.received),
+            limits=TransportLimits(),
+        )
+        await b2.start()
+        try:
+            await wait_until(lambda: b2.connected_peers() == [0], timeout=15)
+            assert a.transport.connected_peers() == [1]
+            await flows(a, Node(b2, b.sealer, b.opener, b.address, b.received), 1, 3, 7)
+        finally:
+            await b2.stop()
