@@ -54,9 +54,9 @@ import logging
 import math
 import random
 from collections import Counter, deque
-from collections.abc import Awaitable, Callable, Mapping
-from typing import Protocol
+from collections.abc import Callable, Mapping
 
+from node.streamnet import TCP, Listening, StreamNet
 from node.transport_limits import (
     BACKOFF_MAX_S,
     BACKOFF_MIN_S,
@@ -86,6 +86,7 @@ __all__ = [
     "DEFAULT_TRANSPORT_LIMITS",
     "HELLO_MAGIC",
     "MAX_FRAME_ENVELOPES",
+    "TCP",
     "TCP_KEEPIDLE_S",
     "FaultRules",
     "LinkOpener",
@@ -97,38 +98,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-Accept = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
-
-
-class Listening(Protocol):
-    def close(self) -> None: ...
-
-    async def wait_closed(self) -> None: ...
-
-
-class StreamNet(Protocol):
-    """Where the transport's connections come from: TCP (`TCP`), or the whole-network
-    simulator's in-memory links (`devnet.simnet.net`)."""
-
-    async def open_connection(
-        self, host: str, port: int
-    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]: ...
-
-    async def start_server(self, accept: Accept, host: str, port: int) -> Listening: ...
-
-
-class _Tcp:
-    async def open_connection(
-        self, host: str, port: int
-    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        return await asyncio.open_connection(host, port)
-
-    async def start_server(self, accept: Accept, host: str, port: int) -> Listening:
-        return await asyncio.start_server(accept, host, port)
-
-
-TCP: StreamNet = _Tcp()
 
 
 class _PeerOut:

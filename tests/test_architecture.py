@@ -13,7 +13,7 @@
 - The validator's I/O is injectable: nothing in `node/` reads the wall clock, measures
   time, makes an OS-seeded generator or opens a connection except through the running
   loop (`qchain.clock`) and the transport's `StreamNet` (whose TCP default,
-  `node/transport.py`, is the one exemption), so the whole-network simulator
+  `node/streamnet.py`, is the one exemption), so the whole-network simulator
   (docs/SIMULATION.md) runs it on virtual time. The offline tools (`qchain node
   backup|restore|rebuild`, the site, genesis and config commands) run no validator and are
   exempt.
@@ -61,7 +61,7 @@ DIRECT_IO_CALLS = frozenset(
 )
 DIRECT_IO_EXEMPT = frozenset(
     {
-        "node/transport.py",
+        "node/streamnet.py",
         "node/backup.py",
         "node/rebuild.py",
         "node/site.py",

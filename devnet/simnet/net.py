@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from devnet.simnet.loop import OWNER
-from node.transport import Accept, Listening
+from node.streamnet import Accept, Listening
 
 IN_ORDER_S = 1e-6
 """The least time between two frames of one connection arriving (in order, as TCP)."""
