@@ -43,6 +43,7 @@ from typing import Any
 import msgpack
 
 from devnet.bench import keyrate, workload
+from devnet.bench.load import command as load_command
 from devnet.bench.observe import CommitListener, cpu_seconds, snapshot
 from devnet.bench.report import (
     REPORT_VERSION,
@@ -370,14 +371,7 @@ async def run_point(
     (work / "spec.json").write_text(json.dumps(spec))
     listener = CommitListener(net.plan.nodes[0].api_url)
     await listener.start()
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "devnet.bench.load",
-        str(work / "spec.json"),
-        str(work / "load.json"),
-        stdout=subprocess.DEVNULL,
-    )
+    proc = await asyncio.create_subprocess_exec(*load_command(work), stdout=subprocess.DEVNULL)
     pids = {**net.running(), "load": proc.pid, "bench": os.getpid()}
     started = await _wait_started(work / "started", proc)
     drained = await keyrate.drain(net) if keyrate.starts_empty(opts.kms_rate) else None

@@ -380,6 +380,18 @@ async def generate(spec: Spec) -> dict[str, Any]:
     return {"start": start, "end": end, "offered": offered, "ticks": ticks, "chunks": chunks}
 
 
+def command(work: Path) -> list[str]:
+    """The load generator as a process of its own: it reads `work/spec.json` and writes
+    its record to `work/load.json` (`main`)."""
+    return [
+        sys.executable,
+        "-m",
+        "devnet.bench.load",
+        str(work / "spec.json"),
+        str(work / "load.json"),
+    ]
+
+
 def main() -> int:
     spec = Spec.load(Path(sys.argv[1]))
     result = asyncio.run(generate(spec))

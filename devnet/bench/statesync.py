@@ -39,7 +39,6 @@ import json
 import math
 import re
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -48,6 +47,7 @@ from typing import Any
 import msgpack
 
 from devnet.bench import workload
+from devnet.bench.load import command as load_command
 from devnet.local import LocalNetwork, create_network
 from devnet.network import NetworkPlan, plan_network
 from devnet.testing import run_qchain, until
@@ -194,16 +194,7 @@ def start_load(
         "drain_s": 5.0,
     }
     (work / "spec.json").write_text(json.dumps(spec))
-    return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "devnet.bench.load",
-            str(work / "spec.json"),
-            str(work / "load.json"),
-        ],
-        stdout=subprocess.DEVNULL,
-    )
+    return subprocess.Popen(load_command(work), stdout=subprocess.DEVNULL)
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
