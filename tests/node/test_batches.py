@@ -330,18 +330,23 @@ async def test_a_forged_batch_is_refused() -> None:
     follower.cancel_timers()
 
 
-async def test_a_batch_nobody_has_is_asked_of_every_peer_once_then_the_proposal_goes() -> None:
-    fed: list[Event] = []
-    follower, links = _node(1, fed)
+def _naming_an_unknown_batch() -> ProposeRefs:
+    """Leader 0's proposal of two transactions (its batch 0) that also names a batch no
+    one has (the Byzantine mode `unknown-batch`)."""
     leader, leader_links = _node(0)
     txs = _txs(2)
     leader.store.add(OriginBatch(0, 0, tuple(tx.encoded for tx in txs)))
     leader_links.byzantine.mode = "unknown-batch"
     env = leader.compact(_propose(txs))
     assert env is not None
-    m = ProposeRefs.decode(env.payload)
-    follower.received(0, OriginBatch(0, 0, tuple(tx.encoded for tx in txs)))
-    follower.proposal(0, m)
+    return ProposeRefs.decode(env.payload)
+
+
+async def test_a_batch_nobody_has_is_asked_of_every_peer_once_then_the_proposal_goes() -> None:
+    fed: list[Event] = []
+    follower, links = _node(1, fed)
+    follower.received(0, OriginBatch(0, 0, tuple(tx.encoded for tx in _txs(2))))
+    follower.proposal(0, _naming_an_unknown_batch())
     await asyncio.sleep(0)
     asked = [j for j, _ in links.take(Kind.BATCH_REQ)]
     for _ in range(N):
@@ -359,16 +364,9 @@ async def test_giving_up_a_proposal_of_two_unknown_batches_drops_both_fetches_at
     raised KeyError in the retry timer, seen in a node's log during a state-sync run)."""
     fed: list[Event] = []
     follower, _ = _node(1, fed)
-    leader, leader_links = _node(0)
-    txs = _txs(2)
-    leader.store.add(OriginBatch(0, 0, tuple(tx.encoded for tx in txs)))
-    leader_links.byzantine.mode = "unknown-batch"
-    env = leader.compact(_propose(txs))
-    assert env is not None
-    m = ProposeRefs.decode(env.payload)
-    second = BatchRef(0, bytes(range(32)))
-    m = replace(m, batches=(*m.batches, second))
-    follower.received(0, OriginBatch(0, 0, tuple(tx.encoded for tx in txs)))
+    m = _naming_an_unknown_batch()
+    m = replace(m, batches=(*m.batches, BatchRef(0, bytes(range(32)))))
+    follower.received(0, OriginBatch(0, 0, tuple(tx.encoded for tx in _txs(2))))
     follower.proposal(0, m)
     await asyncio.sleep(0)
     for _ in range(N + 1):
