@@ -46,7 +46,9 @@ def cc() -> CertifiedChain:
     assert r2 % K == 0
     while cc.chain.height < e2 + 3:
         cc.block()
-    r3, e3 = schedule_change(cc, add_args(1, cc.chain.address("outsider")), 1, ("op0", "op2", "op3"))
+    r3, e3 = schedule_change(
+        cc, add_args(1, cc.chain.address("outsider")), 1, ("op0", "op2", "op3")
+    )
     while cc.chain.height < e3 + 5:
         cc.block()
     cc.block([cc.chain.tx("op2", validators.NAME, "update_endpoint", [2, "v2", "", ""])])
