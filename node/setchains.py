@@ -146,13 +146,10 @@ class SetChains:
                 values = decode_value(raw)
             except CodecError as e:
                 raise self.store.corrupt(key, f"set values: {e.message}") from e
-            if (
-                not isinstance(values, list)
-                or len(values) != 3
-                or not all(isinstance(v, bytes) for v in values)
-            ):
-                raise self.store.corrupt(key, "set values are not three byte strings")
-            return values[0], values[1], values[2]
+            match values:
+                case [bytes(a), bytes(b), bytes(c)]:
+                    return a, b, c
+            raise self.store.corrupt(key, "set values are not three byte strings")
         raise self.store.corrupt(start, f"no set values at or below block {height}")
 
     def proof(

@@ -207,6 +207,7 @@ def change_of(doc: dict[str, Any]) -> dict[str, Any]:
     return ch
 
 
+@pytest.mark.timeout(600)  # two changes with their linger, then four CLI processes
 async def test_a_fifth_validator_joins_and_counts_then_one_of_the_first_four_leaves(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
