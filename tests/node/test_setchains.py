@@ -11,8 +11,12 @@ from dataclasses import replace
 import pytest
 
 from contracts import setchain, validators
+from contracts.genesis import init_state
 from contracts.setchain import SetChain, SetChainRefused, SetState, SetUnproven
+from node.chain import ChainApp
+from node.chainstore import ChainStore
 from node.setchains import SetChains
+from node.sigcache import SignatureCache
 from qchain.codec import encode_value
 from qchain.errors import (
     BadSignature,
@@ -23,8 +27,9 @@ from qchain.errors import (
 )
 from qchain.store import schema
 from qchain.store.kv import Batch
+from qchain.store.memory import MemoryStore
 from tests.contracts.setchain_chain import CertifiedChain, certified_chain, schedule_change
-from tests.contracts.validators_chain import add_args, remove_args
+from tests.contracts.validators_chain import add_args, governed_chain, remove_args
 
 from .setchain_store import node_store
 
@@ -272,3 +277,50 @@ def test_what_a_commit_keeps(cc: CertifiedChain) -> None:
         for k, _ in store.iterate(schema.SET_STATE_VALUES)
     ]
     assert values[0] == 1 and set(cc.scheduling) <= set(values) and len(values) < top // 2
+
+
+def test_the_node_commit_path_keeps_the_rows_and_a_reopened_store_serves_them() -> None:
+    """`ChainApp.commit_batch` (what `Committer` writes, synced, as one batch) carries the
+    rows; a store opened again afresh builds set chains from them alone."""
+    genesis = governed_chain(4, delay=2, state_root_interval=K).genesis
+    store = MemoryStore()
+    init = init_state(store, genesis)
+    first = Batch()
+    for key, value in init.write_set:
+        if value is not None:
+            first.put(key, value)
+    store.write(first)
+    chain = ChainStore(store)
+    chain.init_meta(genesis.chain_id, genesis.hash)
+    app = ChainApp(store, chain, genesis.chain_id, genesis.hash, init.app_hash, SignatureCache(), K)
+    parent = genesis.hash
+    for h in range(1, 7):
+        p = app.build(h, 0, parent, 0, [], now_ms=1_700_000_000_000 + h)
+        batch = app.commit_batch(p)
+        assert batch_keys(batch) >= {schema.set_chained_key(h)}
+        store.write(batch, sync=True)
+        app.durable(p.value)
+        parent = p.value
+    assert store.get(schema.set_values_key(1)) is not None
+    assert store.get(schema.set_values_key(2)) is None  # nothing changed the set state
+    assert len(store.get(schema.set_chained_key(K)) or b"") == 64
+    reopened = SetChains(store, ChainStore(store), 2)
+    for h in range(1, 7):
+        proven = setchain.prove_set(
+            reopened.build(h),
+            chain_id=genesis.chain_id,
+            start=setchain.genesis_start(
+                [
+                    validators.Record(v.index, v.public_key, v.sae_id, v.operator)
+                    for v in genesis.validators
+                ]
+            ),
+            delay=2,
+            height=h,
+        )
+        assert [r.id for r in proven.records] == [0, 1, 2, 3]
+        assert proven.header == (None if h <= 2 else chain.header(h))
+
+
+def batch_keys(batch: Batch) -> set[bytes]:
+    return {key for key, _ in batch.ops()}
