@@ -96,6 +96,9 @@ class PeerConfig:
     index: int
     address: str
     """host:port of the peer's P2P listener."""
+    api: str = ""
+    """The peer's public API (`http://host:port`), asked for snapshots by state sync;
+    empty: its directory record's, or the genesis's `api` hint."""
 
 
 IGNORED_KEYS: dict[type, frozenset[str]] = {PeerConfig: frozenset({"sae_id"})}
