@@ -149,7 +149,9 @@ async def sync_store(
         _refuse(force, "this chain's genesis sets no state_root_interval: no snapshots")
         return None
     if not sources:
-        _refuse(force, "no other validator has an api address (genesis, directory or [[p2p.peers]] api)")
+        _refuse(
+            force, "no other validator has an api address (genesis, directory or [[p2p.peers]] api)"
+        )
         return None
     if not force and (after == 0 or genesis.consensus.reconfiguration):
         # On a chain whose set changes a synced store carries the amnesia mark, which

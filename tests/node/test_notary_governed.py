@@ -173,9 +173,7 @@ def test_hostile_governed_evidence_is_refused_within_bounds(
     with pytest.raises(CodecError, match="not a notary evidence file"):
         load_evidence(path)
     # an unknown version of the four-field form
-    path.write_bytes(
-        GovernedEvidence(3, evidence.proof, evidence.transaction, chain).encode()
-    )
+    path.write_bytes(GovernedEvidence(3, evidence.proof, evidence.transaction, chain).encode())
     with pytest.raises(CodecError, match="evidence version 3, expected 1 \\(or 2"):
         load_evidence(path)
     # a file past the size bound is not read further
@@ -186,4 +184,3 @@ def test_hostile_governed_evidence_is_refused_within_bounds(
     path.write_bytes(ChainedReceipt(evidence.proof, chain).encode())
     with pytest.raises(CodecError, match="bare receipt proof"):
         load_evidence(path)
-
