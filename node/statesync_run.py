@@ -2,15 +2,15 @@
 store holds no block while its peers keep a snapshot at least `[node] state_sync_after`
 heights up.
 
-The sources are the other validators' public APIs (`source_addresses`): on a chain
-whose set changes, the members of the latest set the node can read (its own store's set
-after its tip when it holds blocks) first, then the genesis validators, at most
-`MAX_SOURCES`; each at the `api` address its `[[p2p.peers]]` entry names, else its
-directory record's, else the genesis's hint. Their answers are checked as
-`node.statesync` says, so neither the addresses nor the transport (HTTP or HTTPS) add
-integrity: a source that is not a member only answers what is checked. The store is opened, synced and closed before the validator opens it, so
-the node then starts as after any restart: from the committed height s, catching up the
-blocks s+1.. from its peers through consensus.
+The sources are the other validators' public APIs (`source_addresses`): the members of
+the latest set the node can read (on a chain whose set changes, its own store's set after
+its tip when it holds blocks), else the genesis validators, at most `MAX_SOURCES`; each at
+the `api` address its `[[p2p.peers]]` entry names, else its directory record's, else the
+genesis's hint. Their answers are checked as `node.statesync` says, so neither the
+addresses nor the transport (HTTP or HTTPS) add integrity. The store is opened, synced
+and closed before the validator opens it, so the node then starts as after any restart:
+from the committed height s, catching up the blocks s+1.. from its peers through
+consensus.
 
 On a chain whose genesis sets `consensus.reconfiguration` the snapshot's certificate is
 checked under the set a peer's set chain proves from the genesis (`GET /v1/setchain`,
