@@ -196,7 +196,7 @@ def test_a_peers_api_is_an_url(tmp_path: Path) -> None:
     assert cfg.p2p.peers[1] == PeerConfig(2, "node2.local:7000", "http://node2.local:8001")
     assert cfg.p2p.peers[0].api == ""
     for bad in ("node2.local:8001", "http://" + "x" * 250):
-        text = VALID.replace("node2.local:7000\" }", f'node2.local:7000", api = "{bad}" }}')
+        text = VALID.replace('node2.local:7000" }', f'node2.local:7000", api = "{bad}" }}')
         assert _error(tmp_path, text).field == "p2p.peers[1].api"
 
 
