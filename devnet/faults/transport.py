@@ -43,13 +43,23 @@ def block(target: Network, name: str, peers: Iterable[int], add: bool) -> None:
 
 
 def partition(target: Network, side: Sequence[str], other: Sequence[str] | None = None) -> None:
-    """Cut every link between `side` and `other` (default: every other node)."""
+    """Cut every link between `side` and `other` (default: every other node). A node
+    that is not running (a validator being added, not started yet) gets no rules: the
+    other side's block both directions of every link to it."""
     names = target.node_names()
     rest = [n for n in names if n not in side] if not other else list(other)
     for a in side:
-        block(target, a, [index_of(target, b) for b in rest], True)
+        _block_if_running(target, a, [index_of(target, b) for b in rest])
     for b in rest:
-        block(target, b, [index_of(target, a) for a in side], True)
+        _block_if_running(target, b, [index_of(target, a) for a in side])
+
+
+def _block_if_running(target: Network, name: str, peers: list[int]) -> None:
+    try:
+        block(target, name, peers, True)
+    except (OSError, BackendError):
+        if target.node_alive(name):
+            raise
 
 
 def unpartition(target: Network, side: Sequence[str], other: Sequence[str] | None = None) -> None:
