@@ -413,7 +413,12 @@ def _steps(doc: dict[str, Any], duration: float) -> tuple[Step, ...]:
     steps_doc = doc.get("step", [])
     if not isinstance(steps_doc, list):
         raise ConfigError("step", "an array of tables ([[step]])")
-    steps = tuple(sorted((_step(s, i) for i, s in enumerate(steps_doc)), key=lambda s: s.at))
+    steps = tuple(
+        sorted(
+            (_step(s, i) for i, s in enumerate(steps_doc)),
+            key=lambda s: (s.after is not None, s.at, s.index),
+        )
+    )
     for i, s in enumerate(steps):
         if s.after is None and s.end > duration:
             raise ConfigError(f"step[{i}]", f"ends at {s.end}s, after duration_s = {duration}")
