@@ -255,6 +255,12 @@ def _corrupt_disk(st: TimelineState, rec: StepRecord, name: str) -> None:
     rec.detail[name] = disk.corrupt_disk(st.net, name, st.rng)
 
 
+def _partition(st: TimelineState, rec: StepRecord) -> None:
+    missed = transport.partition(st.net, rec.nodes, rec.other)
+    if missed:
+        rec.detail["no_rules_on"] = missed
+
+
 def _rule(fn: Callable[..., None], *params: str) -> StepFn:
     """A transport rule set on each node from the step's parameters."""
     return each_node(lambda st, rec, n: fn(st.net, n, *(rec.step.param(p) for p in params)))
@@ -281,7 +287,7 @@ PERTURBATIONS: dict[str, Perturbation] = {
         each_node(lambda st, rec, n: st.net.resume_node(n)),
     ),
     "partition": Perturbation(
-        whole(lambda st, rec: transport.partition(st.net, rec.nodes, rec.other)),
+        whole(_partition),
         whole(
             lambda st, rec: transport.unpartition(
                 st.net, rec.nodes, list(rec.step.param("from") or ()) or None

@@ -428,11 +428,12 @@ def check_activation_window(
     healed_at: float,
 ) -> CheckResult:
     """Each change activated while a step of `action` was in force: from when it was
-    applied until its undo, the next `heal` step or the final heal, whichever came first."""
+    applied until its undo, the next `heal` step or the final heal, whichever came first
+    (a step that failed is not in force)."""
     heals = [r.applied_at for r in records if r.step.action == "heal" and r.applied_at]
     windows = []
     for r in records:
-        if r.step.action != action or r.applied_at is None:
+        if r.step.action != action or r.applied_at is None or r.error:
             continue
         ends = [healed_at, *(t for t in heals if t >= r.applied_at)]
         if r.undone_at is not None:

@@ -24,6 +24,7 @@ from devnet.faults.reconf import (
     quorum,
 )
 from devnet.faults.scenario import Step, parse_scenario
+from devnet.running import BackendError
 from qchain.errors import ConfigError
 
 JOIN = SetChange("add", "node4", 4, 50)
@@ -213,3 +214,52 @@ def test_activation_window_fails_when_the_change_activated_outside_the_step() ->
     res = check_activation_window([JOIN], statuses, [partition, early], "partition", 40.0)
     assert not res.ok and "partition: 5.0s..15.0s" in res.details
     assert not check_activation_window([], statuses, [partition], "partition", 40.0).ok
+
+
+def test_a_failed_partition_is_not_a_window() -> None:
+    statuses = [StatusSample(20.0, "node0", 50)]
+    partition = StepRecord(Step(at=5, action="partition", index=1), applied_at=5.0)
+    partition.error = "connection refused"
+    assert not check_activation_window([JOIN], statuses, [partition], "partition", 40.0).ok
+
+
+class RulesNet:
+    """Node admin APIs as dicts of transport rules; the nodes in `down` do not answer."""
+
+    def __init__(self, names: list[str], down: set[str]) -> None:
+        self.names = names
+        self.down = down
+        self.rules: dict[str, dict[str, Any]] = {n: {"out": {}, "in": {}} for n in names}
+        self.plan = self
+
+    @property
+    def nodes(self) -> list[Any]:
+        from types import SimpleNamespace
+
+        return [SimpleNamespace(name=n, index=i) for i, n in enumerate(self.names)]
+
+    def node_names(self) -> list[str]:
+        return list(self.names)
+
+    def admin(self, name: str, method: str, path: str, body: Any = None) -> Any:
+        if name in self.down:
+            raise OSError(f"{name}: connection refused")
+        if method == "PUT":
+            self.rules[name] = body
+        return self.rules[name]
+
+
+def test_a_partition_cuts_a_node_that_does_not_answer_from_the_other_side() -> None:
+    from devnet.faults import transport
+
+    names = ["node0", "node1", "node2", "node3", "node4"]
+    net = RulesNet(names, down={"node4"})
+    missed = transport.partition(net, ["node3"], ["node0", "node1", "node2", "node4"])  # type: ignore[arg-type]
+    assert missed == ["node4"]
+    assert net.rules["node3"]["in"]["blocked"] == [0, 1, 2, 4]
+    assert net.rules["node3"]["out"]["blocked"] == [0, 1, 2, 4]
+    assert net.rules["node0"]["in"]["blocked"] == [3]
+    # Neither end of node3~node4 answers: that link would stay up.
+    net = RulesNet(names, down={"node3", "node4"})
+    with pytest.raises(BackendError):
+        transport.partition(net, ["node3"], ["node0", "node1", "node2", "node4"])  # type: ignore[arg-type]
