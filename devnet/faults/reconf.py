@@ -109,7 +109,7 @@ async def _in_thread(action: str, flow: Coroutine[Any, Any, T]) -> T:
     become the step's error."""
     try:
         return await asyncio.to_thread(asyncio.run, flow)
-    except (QChainError, OSError, StopIteration) as e:
+    except (QChainError, OSError) as e:
         raise BackendError(f"{action}: {e}") from e
 
 
@@ -193,7 +193,7 @@ async def propose_rotate_step(st: TimelineState, rec: StepRecord) -> None:
         raise BackendError(f"propose-rotate takes one node, not {rec.nodes}")
     name = rec.nodes[0]
     via = _via(st, rec)
-    role = operator_role(net.plan.nodes[_index(net, via)].index)
+    role = operator_role(_index(net, via))
     key = account_key(role, net.plan.scheme)
     # A refused transaction uses no nonce: the run's counter is read, not advanced.
     nonce = st.accounts.nonce[role] if st.accounts is not None else 0
