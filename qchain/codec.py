@@ -123,8 +123,21 @@ def _check_value(v: object, depth: int, limits: Limits) -> None:
     elif t is list or t is tuple:
         if len(v) > limits.max_array_len:  # type: ignore[arg-type]
             raise CodecError(f"array longer than {limits.max_array_len}")
+        if depth >= limits.max_depth:
+            for item in v:  # type: ignore[attr-defined]
+                _check_value(item, depth + 1, limits)
+            return
+        # The items' own checks inline for the common scalars, the same as the call.
         for item in v:  # type: ignore[attr-defined]
-            _check_value(item, depth + 1, limits)
+            ti = type(item)
+            if ti is int:
+                if not INT_MIN <= item <= INT_MAX:
+                    raise CodecError("integer out of the 64-bit range")
+            elif ti is bytes:
+                if len(item) > limits.max_bytes_len:
+                    raise CodecError(f"byte string longer than {limits.max_bytes_len}")
+            elif ti is not bool and item is not None:
+                _check_value(item, depth + 1, limits)
     else:
         raise CodecError(f"type {t.__name__} is not allowed in canonical encoding")
 

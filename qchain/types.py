@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Annotated
 
-
 from qchain.codec import (
     DEFAULT_LIMITS,
     U16,
