@@ -53,7 +53,7 @@ from node.mempool import Mempool
 from node.verifypool import VerifyPool
 from node.wire import OriginBatch
 from qchain.config import NodeConfig
-from qchain.errors import QChainError
+from qchain.errors import NonceMismatch, QChainError
 from qchain.limits import ORIGIN_BATCH_FIELDS, TX_BATCH_MAX_BYTES, TX_BATCH_MAX_TXS
 from qchain.types import Transaction, decode_transaction
 
@@ -162,7 +162,8 @@ class Forwarder:
         """Forwarded transactions refused for lack of queue room or budget."""
         self.refused: Counter[str] = Counter()
         """Peers' transactions not taken into the pool, by reason (`queue`: no room or
-        budget to queue them; else the mempool's problem code)."""
+        budget to queue them; `nonce-ahead`: beyond the sender's nonce window here; else
+        the mempool's problem code)."""
         self.resent: Counter[str] = Counter()
         """This node's clients' transactions sent again, by reason (`late`, `leader`,
         `ready`, `asked`)."""
@@ -265,14 +266,15 @@ class Forwarder:
         self._cancel_flush()
         batch, self._queue, self._queue_bytes = self._queue, [], 0
         # A proposal may have sent some since they were admitted, in a batch of this
-        # node's (`node.batches`). One that a batch held before it was admitted goes
-        # again: the peers that got that batch may not have taken it into their pools
-        # (full), or dropped it since (it waited behind a nonce gap, `node.mempool`),
-        # and this node's pool did not hold it either, or it would not be new here.
+        # node's to every peer (`node.batches`). One sent since only to a leader (a new
+        # leader's, a client's asking again, a gap filled) still goes: no other pool
+        # holds it, and the next leader would miss it until the inclusion timeout. One
+        # that a batch held before it was admitted goes again: the peers that got that
+        # batch may not have taken it into their pools (full), or dropped it since (it
+        # waited behind a nonce gap, `node.mempool`), and this node's pool did not hold
+        # it either, or it would not be new here.
         raws = [
-            tx.encoded
-            for tx, known, _ in batch
-            if known or self.batches.store.locate(tx.hash) is None
+            tx.encoded for tx, known, _ in batch if known or not self.batches.reached_all(tx.hash)
         ]
         if raws and self.links.transport is not None:
             self.flushes += 1
@@ -375,9 +377,12 @@ class Forwarder:
             for tx in txs:
                 try:
                     self.admission.admit(tx)
+                except NonceMismatch as e:
+                    # Ahead: this node's committed nonce lags the origin's, and the
+                    # transaction is missing here until its origin sends it again.
+                    self.refused["nonce-ahead" if e.got > e.expected else e.code] += 1
                 except QChainError as e:
                     self.refused[e.code] += 1
-                    continue
             await asyncio.sleep(0)
 
     def _slice(self) -> int:
