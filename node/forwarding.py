@@ -22,7 +22,8 @@ Otherwise the leader may be about to build, and the batch waits only `PROMPT_S` 
 collects what arrives in the same few milliseconds, e.g. a client's batch admitted in
 slices). On a link with a low key rate a batch then waits briefly to ride in the next
 frame to that peer instead of costing a key of its own (`node.keypacing`). When the
-leader changes, pending ones go to the new leader in a batch of their own. A
+leader changes, pending ones go to the new leader in a batch of their own, and when a
+link to a peer is made again, to that peer (what was queued on the broken one is lost). A
 transaction that stays pending past the inclusion timeout goes out again, in a new batch
 to every validator; one that stays past twice the timeout makes the node fire its round
 timer early (CONSENSUS.md R8), so that a quorum of honest validators moves away from a
@@ -166,7 +167,7 @@ class Forwarder:
         the mempool's problem code)."""
         self.resent: Counter[str] = Counter()
         """This node's clients' transactions sent again, by reason (`late`, `leader`,
-        `ready`, `asked`)."""
+        `ready`, `asked`, `reconnect`)."""
         self.recent_blocks: deque[tuple[float, int]] = deque(maxlen=RECENT_BLOCKS)
         self._queue: list[tuple[Transaction, bool, float]] = []
         """This batch's locally admitted transactions, each with whether a kept batch
@@ -193,6 +194,8 @@ class Forwarder:
         self._admit_task: asyncio.Task[None] | None = None
         self._last_suspect = 0.0
         self._stopping = False
+        self._connects: dict[int, int] = {}
+        """Outbound connections made to each peer, as last seen (`resend_after_reconnect`)."""
 
     def stop(self) -> asyncio.Task[None] | None:
         """Admit nothing more, send no batch; the admission task, if any, for the
@@ -340,6 +343,24 @@ class Forwarder:
                 self.resent["leader"] += len(mine[:MAX_REFORWARD])
                 self.batches.send(mine[:MAX_REFORWARD], [leader], lambda j: 0.0)
 
+    def resend_after_reconnect(self) -> None:
+        """This node's clients' pending transactions again, to each peer whose link was
+        made again since the last look, in a batch of their own: a link that broke
+        (a write timeout, the peer closing it) lost what was queued on it, unsent or
+        unread, and the peer, the leader among them, would not hear of those
+        transactions before the inclusion timeout. At most `MAX_REFORWARD` a reconnect."""
+        transport = self.links.transport
+        if transport is None:
+            return
+        for j, st in transport.stats.items():
+            seen, self._connects[j] = self._connects.get(j), st.connects
+            if seen is None or st.connects == seen or j == self.me:
+                continue
+            mine = [p.tx.encoded for p in self.mempool.pending() if p.local][:MAX_REFORWARD]
+            if mine:
+                self.resent["reconnect"] += len(mine)
+                self.batches.send(mine, [j], lambda j: 0.0)
+
     def received(self, sender: int, batch: OriginBatch) -> None:
         """Keep a peer's batch (`node.batches`) and queue its transactions; a task admits
         them in slices. Each peer may fill at most its share of the queue, at most at its
@@ -411,6 +432,7 @@ class Forwarder:
         # A transaction waiting behind a nonce gap for an inclusion timeout leaves.
         self.mempool.drop_waiting(now - timeout)
         self.send_became_ready()
+        self.resend_after_reconnect()
         late = [p for p in self.mempool.pending() if p.local and now - p.seen_at > timeout]
         fresh = [p for p in late if not p.forwarded_to_all][:MAX_REFORWARD]
         if fresh:

@@ -179,7 +179,7 @@ class NodeMetrics:
             "qchain_forward_resent_txs_total",
             "This node's clients' transactions sent again, by reason (late: past the "
             "inclusion timeout; leader: to a new leader; ready: after a nonce gap filled; "
-            "asked: a client submitted it again).",
+            "asked: a client submitted it again; reconnect: to a peer whose link was made again).",
             ["reason"],
             registry=r,
         )

@@ -14,6 +14,7 @@ from node.batches import MAX_ORIGIN_BATCHES, Dissemination
 from node.budget import Budgets
 from node.forwarding import LEADER_ROOM_TXS, Coalescing, Forwarder, leader_had_room
 from node.mempool import Mempool, MempoolLimits
+from node.transport_limits import PeerStats
 from node.wire import Kind, OriginBatch
 
 from .test_batches import CHAIN, N, _Links, _NoBlocks
@@ -201,3 +202,29 @@ def test_what_was_sent_only_to_some_peers_is_remembered_within_the_store_bound()
     for _ in range(MAX_ORIGIN_BATCHES + 10):
         fwd.batches.send([raw], [2], lambda j: 0.0)
     assert len(fwd.batches._partial) == MAX_ORIGIN_BATCHES
+
+
+@dataclass
+class _Transport:
+    stats: dict[int, PeerStats]
+
+
+def test_a_link_made_again_gets_the_pending_client_transactions() -> None:
+    """A broken link lost what was queued on it: when it is made again, the peer gets
+    this node's clients' pending transactions (only the peer, only pending, only local)
+    at the next inclusion check, not at the inclusion timeout."""
+    fwd, links, mempool, _ = _forwarder()
+    stats = {j: PeerStats(connects=1) for j in (1, 2, 3)}
+    links.transport = _Transport(stats)
+    mine = tx("partner1", 0)
+    mempool.add(mine, height=0, now=0.0, local=True)
+    mempool.add(tx("partner1", 1), height=0, now=0.0)  # a peer's
+    fwd.check_inclusion(1.0)
+    assert _sent_txs(links) == [], "the first look: nothing was lost"
+    stats[2].connects = 2
+    fwd.check_inclusion(2.0)
+    assert _sent_txs(links) == [(2, [mine.encoded])]
+    assert fwd.resent["reconnect"] == 1
+    fwd.check_inclusion(3.0)
+    assert _sent_txs(links) == [], "once a reconnect"
+    assert not fwd.batches.reached_all(mine.hash)
