@@ -63,13 +63,14 @@ from node.setlinks import LINGER_HEIGHTS
 from qchain.client import AsyncClient
 from qchain.errors import ConfigError
 from qchain.qkd import certs
-from qchain.types import Receipt, new_transaction
+from qchain.types import Receipt, Transaction, new_transaction
 
 TX_TIMEOUT_S = 30.0
 
 
-def add_site(directory: Path) -> NodePlan:
-    """Write the next validator's site into the devnet and list it in `network.json`."""
+def add_site(directory: Path, ports: tuple[int, int, int] | None = None) -> NodePlan:
+    """Write the next validator's site into the devnet and list it in `network.json`.
+    ports: its p2p, API and admin ports (default: ports free now)."""
     plan = load_plan(directory)
     if not plan.reconfiguration:
         raise ConfigError(
@@ -78,7 +79,7 @@ def add_site(directory: Path) -> NodePlan:
     if plan.kme_mode != "shared":
         raise ConfigError(str(directory), "adding a validator needs the shared simulated KMS")
     index = len(plan.nodes)
-    p2p, api, admin = free_ports(3, plan.host)
+    p2p, api, admin = ports or free_ports(3, plan.host)
     node = NodePlan(
         index=index,
         name=f"node{index}",
@@ -171,32 +172,44 @@ def unlink_sae(directory: Path, node: NodePlan) -> None:
                     raise
 
 
-class Governance:
-    """Transactions of the `validators` contract from the dev operators' accounts, sent
-    to one node's HTTP API and waited for."""
+class Operators:
+    """Transactions of the `validators` contract from the dev operators' accounts. How
+    they reach the chain is a subclass's: `Governance` (a node's HTTP API), the
+    whole-network simulator's (`devnet.simnet.reconf`, the simulated nodes' facades)."""
 
-    def __init__(self, plan: NetworkPlan, api_url: str) -> None:
+    def __init__(self, plan: NetworkPlan) -> None:
         self.plan = plan
-        self.api_url = api_url
 
     async def send(self, role: str, method: str, args: list[object]) -> Receipt:
         """Sign and submit a transaction of `role`'s account, wait for its commit; its
         receipt, or `ConfigError` naming the contract's refusal."""
-        key = account_key(role, self.plan.scheme)
-        async with AsyncClient(self.api_url) as c:
-            tx = new_transaction(
-                key,
-                chain_id=self.plan.chain_id,
-                nonce=await c.next_nonce(key.address),
-                contract=validators.NAME,
-                method=method,
-                args=args,
-            )
-            info = await c.submit_and_wait(tx, TX_TIMEOUT_S)
-        if info.receipt is None or not info.receipt.ok:
-            why = "no receipt" if info.receipt is None else info.receipt.message
+        raise NotImplementedError
+
+    async def change(self, change_id: bytes) -> dict[str, Any]:
+        """The change's status (the contract's `change` query)."""
+        raise NotImplementedError
+
+    async def members(self) -> list[int]:
+        """The ids of the current set whose operators approve changes."""
+        raise NotImplementedError
+
+    def transaction(self, role: str, nonce: int, method: str, args: list[object]) -> Transaction:
+        return new_transaction(
+            account_key(role, self.plan.scheme),
+            chain_id=self.plan.chain_id,
+            nonce=nonce,
+            contract=validators.NAME,
+            method=method,
+            args=args,
+        )
+
+    @staticmethod
+    def receipt(method: str, receipt: Receipt | None) -> Receipt:
+        """The receipt of a committed transaction, or `ConfigError` naming the refusal."""
+        if receipt is None or not receipt.ok:
+            why = "no receipt" if receipt is None else receipt.message
             raise ConfigError(f"validators.{method}", f"refused: {why}")
-        return info.receipt
+        return receipt
 
     async def propose_add(self, node: NodePlan) -> bytes:
         """node0's operator proposes the add of `node` from its join request (key, SAE
@@ -232,6 +245,31 @@ class Governance:
         await self.send(operator_role(sender), "ready", [change_id, signature, []])
         return await self.change(change_id)
 
+    async def approve_all(self, change_id: bytes) -> dict[str, Any]:
+        """Approvals from the members' operators, in id order, until the change is no
+        longer `proposed` (more than 2/3 of the set approved); its status."""
+        status = await self.change(change_id)
+        for vid in await self.members():
+            if status["change"]["status"] != "proposed":
+                break
+            status = await self.approve(change_id, [vid])
+        return status
+
+
+class Governance(Operators):
+    """The operators' transactions sent to one node's HTTP API and waited for."""
+
+    def __init__(self, plan: NetworkPlan, api_url: str) -> None:
+        super().__init__(plan)
+        self.api_url = api_url
+
+    async def send(self, role: str, method: str, args: list[object]) -> Receipt:
+        key = account_key(role, self.plan.scheme)
+        async with AsyncClient(self.api_url) as c:
+            tx = self.transaction(role, await c.next_nonce(key.address), method, args)
+            info = await c.submit_and_wait(tx, TX_TIMEOUT_S)
+        return self.receipt(method, info.receipt)
+
     async def change(self, change_id: bytes) -> dict[str, Any]:
         async with AsyncClient(self.api_url) as c:
             doc = await c.query(validators.NAME, "change", {"change_id": {"hex": change_id.hex()}})
@@ -239,29 +277,17 @@ class Governance:
             raise ConfigError("validators.change", "the answer is not an object")
         return doc
 
+    async def members(self) -> list[int]:
+        """The ids of the current set, as the node executed it."""
+        async with AsyncClient(self.api_url) as c:
+            h = int((await c.status())["height"])
+            doc = await c.query(validators.NAME, "set", {"height": max(h, 1)})
+        return [int(r["id"]) for r in doc["records"]]
+
 
 async def _height(net: LocalNetwork, name: str) -> int:
     async with AsyncClient(net.api_url(name)) as c:
         return int((await c.status())["height"])
-
-
-async def _members(net: LocalNetwork, name: str) -> list[int]:
-    """The ids of the current set, as `name` executed it."""
-    h = await _height(net, name)
-    async with AsyncClient(net.api_url(name)) as c:
-        doc = await c.query(validators.NAME, "set", {"height": max(h, 1)})
-    return [int(r["id"]) for r in doc["records"]]
-
-
-async def _approve_all(gov: Governance, net: LocalNetwork, via: str, cid: bytes) -> dict[str, Any]:
-    """Approvals from the members' operators, in id order, until the change is no longer
-    `proposed` (more than 2/3 of the set approved); its status."""
-    status = await gov.change(cid)
-    for vid in await _members(net, via):
-        if status["change"]["status"] != "proposed":
-            break
-        status = await gov.approve(cid, [vid])
-    return status
 
 
 async def _wait(what: str, check: Callable[[], Awaitable[bool]], timeout: float) -> None:
@@ -286,7 +312,7 @@ async def add_validator(
     net.plan = load_plan(net.dir)
     gov = Governance(net.plan, net.api_url(via))
     cid = await gov.propose_add(node)
-    status = await _approve_all(gov, net, via, cid)
+    status = await gov.approve_all(cid)
     change = status["change"]
     if change["status"] != "approved" or change["id"] != node.index:
         raise ConfigError("add", f"the add was not approved as id {node.index}: {status}")
@@ -328,9 +354,9 @@ async def remove_validator(
         raise ConfigError("--via", "send the remove through another node than the one removed")
     gov = Governance(net.plan, net.api_url(via))
     cid = await gov.propose_remove(
-        node.index, proposer=next(i for i in await _members(net, via) if i != node.index)
+        node.index, proposer=next(i for i in await gov.members() if i != node.index)
     )
-    status = await _approve_all(gov, net, via, cid)
+    status = await gov.approve_all(cid)
     change = status["change"]
     if change["status"] != "scheduled":
         raise ConfigError("remove", f"the remove was not approved: {status}")
