@@ -161,9 +161,7 @@ class SimOperators(Operators):
 
     async def change(self, change_id: bytes) -> dict[str, Any]:
         v = await self.highest()
-        doc = value_to_json(
-            v.query(validators.NAME, "change", {"change_id": change_id.hex()})
-        )
+        doc = value_to_json(v.query(validators.NAME, "change", {"change_id": change_id.hex()}))
         if not isinstance(doc, dict):
             raise ConfigError("validators.change", "the answer is not an object")
         return doc

@@ -71,8 +71,8 @@ def check_sets_followed(
                 if got != want:
                     bad.append(
                         f"{names[node]} started height {h} with V(h) {list(got[0])}, V(h+1) "
-                        f"{list(got[1])}; the chain's are {list(want[0] or ())}, "  # type: ignore[arg-type]
-                        f"{list(want[1] or ())}"  # type: ignore[arg-type]
+                        f"{list(got[1])}; the chain's are {list(want[0] or ())}, "
+                        f"{list(want[1] or ())}"
                     )
     if bad:
         return CheckResult(

@@ -325,7 +325,8 @@ class World:
         for key in sorted(self.net.links):
             self.net.links[key] = LinkFaults()
         for name in self.manager.link_names():
-            self._outage(*name.split("~", 1), False)
+            a, b = name.split("~", 1)
+            self._outage(a, b, False)
         for i in range(self.n):
             self.disks[i].crash_after = None
             if self.nodes[i] is None and i not in self.absent:
