@@ -86,8 +86,8 @@ sim-mutants: $(STAMP)
 	done
 	@echo "mutant gap-stall (--client eager)"
 	@$(VENV)/bin/qchain sim net --seeds 0..19 --client eager --mutant gap-stall | tail -1
-	@echo "mutant early-activation (--reconf, 10 s)"
-	@$(VENV)/bin/qchain sim net --seeds 0..19 --seconds 10 --reconf --mutant early-activation | tail -1
+	@echo "mutant early-activation (--reconf, 6 s)"
+	@$(VENV)/bin/qchain sim net --seeds 0..19 --seconds 6 --reconf --mutant early-activation | tail -1
 
 # The standard benchmark set (docs/BENCHMARKS.md); each run starts its own devnet on free
 # loopback ports. About 20 minutes on 2 cores: run it on a quiet machine.
