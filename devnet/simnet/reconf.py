@@ -14,13 +14,13 @@ and not started. On a seeded schedule, beside the run's usual faults:
    chain had when it started, its readiness is sent and the add activates D heights later;
 3. later, a seeded member of the genesis is removed (proposal, approvals); once the chain
    is `LINGER_HEIGHTS` + 2 heights past the activation the removed node stops for good
-   (what its chain holds then is kept for the agreement checks) and its SAE pairs are
-   dropped.
+   (as a crash; what its chain holds then is kept for the agreement checks) and its SAE
+   pairs are dropped.
 
-The operators of validators 1 (partner2) are the workload's senders too; the simulated
-operators never sign for them (`SimOperators.members`), so the client's nonces stay its
+The operator of validator 1 (partner2) is one of the workload's senders too; the simulated
+operators never sign for it (`SimOperators.members`), so the client's nonces stay its
 own. What the node computed of each height's set is recorded at each `StartHeight` it
-builds (`recording_sets`), and checked against the contract's set history
+builds (`recording_sets`), and checked against the contract's sets
 (`devnet.simnet.reconfcheck`).
 """
 
@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 from contracts import validators
 from devnet.joining import TX_TIMEOUT_S, Operators
-from devnet.network import NetworkPlan, operator_role
+from devnet.network import NetworkPlan, account_key, operator_role
 from devnet.simnet.loop import OWNER
 from node.runtime import Validator
 from node.service import TxStatus
@@ -131,7 +131,8 @@ class SimOperators(Operators):
         w, loop = self.world, self.world.loop
         nonce = self.nonces.get(role)
         if nonce is None:
-            account = (await self.highest()).account(self._address(role))
+            address = account_key(role, self.plan.scheme).address
+            account = (await self.highest()).account(address)
             nonce = 0 if account is None else int(account["nonce"])
         tx = self.transaction(role, nonce, method, args)
         deadline = loop.time() + TX_TIMEOUT_S
@@ -155,9 +156,6 @@ class SimOperators(Operators):
         self.nonces[role] = nonce + 1
         w.trace("operator-committed", role, method, st.height)
         return self.receipt(method, st.receipt)
-
-    def _address(self, role: str) -> bytes:
-        return self.transaction(role, 0, "noop", []).sender
 
     async def change(self, change_id: bytes) -> dict[str, Any]:
         v = await self.highest()
