@@ -211,11 +211,11 @@ class Operators:
             raise ConfigError(f"validators.{method}", f"refused: {why}")
         return receipt
 
-    async def propose_add(self, node: NodePlan) -> bytes:
-        """node0's operator proposes the add of `node` from its join request (key, SAE
-        id, operator, name, p2p, api); returns the change id."""
+    def add_args(self, node: NodePlan) -> list[object]:
+        """The `propose` arguments of the add of `node`, from its join request (key, SAE
+        id, operator, name, p2p, api)."""
         op = account_key(operator_role(node.index), self.plan.scheme)
-        args: list[object] = [
+        return [
             "add",
             None,
             validator_key(node.index).public_key,
@@ -225,7 +225,10 @@ class Operators:
             node.p2p,
             node.api_url,
         ]
-        return (await self.send(operator_role(0), "propose", args)).tx_hash
+
+    async def propose_add(self, node: NodePlan) -> bytes:
+        """node0's operator proposes the add of `node`; returns the change id."""
+        return (await self.send(operator_role(0), "propose", self.add_args(node))).tx_hash
 
     async def propose_remove(self, vid: int, proposer: int = 0) -> bytes:
         args: list[object] = ["remove", vid, b"", "", b"", "", "", ""]
@@ -241,9 +244,13 @@ class Operators:
         """The joiner's key signs its readiness (no other add or rotate is in flight, so
         `checked` is empty); a member's operator sends it."""
         message = validators.ready_message(self.plan.chain_id, change_id, ())
-        signature = validator_key(node.index).sign(message)
+        signature = self.sign_ready(node, message)
         await self.send(operator_role(sender), "ready", [change_id, signature, []])
         return await self.change(change_id)
+
+    def sign_ready(self, node: NodePlan, message: bytes) -> bytes:
+        """The joiner's ML-DSA-65 signature of its readiness message."""
+        return validator_key(node.index).sign(message)
 
     async def approve_all(self, change_id: bytes) -> dict[str, Any]:
         """Approvals from the members' operators, in id order, until the change is no
