@@ -182,7 +182,11 @@ class DevChain:
 
     def context(self) -> BlockContext:
         return BlockContext(
-            self.genesis.chain_id, self.height + 1, self.time + BLOCK_INTERVAL, self.app_hash
+            self.genesis.chain_id,
+            self.height + 1,
+            self.time + BLOCK_INTERVAL,
+            self.app_hash,
+            self.genesis.state_root_interval,
         )
 
     def execute(self, txs: Sequence[Transaction]) -> BlockResult:

@@ -35,7 +35,7 @@ from contracts.execution import (
     validate_block,
 )
 from contracts.state import Overlay, StateSource
-from node import snapshots
+from node import setchains, snapshots
 from node.chainstore import ChainStore
 from node.sigcache import SignatureCache
 from qchain import clock
@@ -286,6 +286,8 @@ class ChainApp:
         batch.put(schema.block_hash_key(p.value), schema.u64(p.block.height))
         if p.result.checkpoint is not None:
             snapshots.add_to_batch(self.store, p.result.checkpoint, self.snapshot_keep, batch)
+        if p.result.set_state is not None:
+            setchains.add_to_batch(batch, p.block.height, p.result.set_state, p.result.write_set)
         return batch
 
     def forget(self, value: bytes) -> None:

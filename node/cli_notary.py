@@ -45,7 +45,7 @@ from qchain.client import Client
 from qchain.codec import Value
 from qchain.errors import ApiError, ConfigError, NodeUnavailable, NotFound
 from qchain.keys import SigningKey
-from qchain.types import ReceiptProof, Transaction
+from qchain.types import Transaction
 
 DEFAULT_TITLE = "document"
 DEFAULT_CATEGORY = "document"
@@ -92,7 +92,7 @@ def _metadata(text: str) -> bytes:
 
 
 def _fetch_evidence(client: Client, tx: Transaction) -> NotaryEvidence:
-    return NotaryEvidence(EVIDENCE_VERSION, ReceiptProof.decode(client.receipt_bytes(tx.hash)), tx)
+    return NotaryEvidence(EVIDENCE_VERSION, client.receipt(tx.hash), tx)
 
 
 def _save_after_commit(client: Client, tx: Transaction, out: Path) -> None:

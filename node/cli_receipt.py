@@ -1,7 +1,9 @@
 """`qchain receipt`: fetch a transaction's receipt proof from a node, and verify one offline.
 
-`get HASH --out FILE` saves the canonical `ReceiptProof` bytes the node serves (without
-`--out` it prints the proof as JSON). `verify FILE` needs no node: it checks that the
+`get HASH --out FILE` saves the canonical bytes the node serves (without `--out` it
+prints the proof as JSON): a `ReceiptProof`, or on a chain whose validator set changes a
+`ChainedReceipt` with the set chain of its height (`GET /v1/receipts/{hash}`), which
+`verify FILE --genesis` takes as it is. `verify FILE` needs no node: it checks that the
 receipt is in the block the header describes (Merkle proof to the receipts root) and that
 at least 2f+1 validators signed that block (the commit certificate), against the validator
 keys of the chain's genesis file (`--genesis`) or of a JSON list of
@@ -85,7 +87,12 @@ def load_receipt(path: Path) -> tuple[ReceiptProof, setchain.SetChain | None]:
         if isinstance(doc, dict) and "set_chain" in doc:
             chain = setchain.decode_set_chain(hex_field(doc.pop("set_chain"), "set_chain"))
         return receipt_proof_from_json(doc), chain
-    raw = _raw(data)
+    return parse_receipt(_raw(data))
+
+
+def parse_receipt(raw: bytes) -> tuple[ReceiptProof, setchain.SetChain | None]:
+    """A receipt proof from canonical bytes: a `ReceiptProof`, or a `ChainedReceipt` with
+    its set chain (what a node of a chain whose set changes serves)."""
     try:
         return ReceiptProof.decode(raw), None
     except CodecError as plain:
@@ -178,12 +185,18 @@ def run(args: argparse.Namespace) -> int:
     if args.receipt_cmd == "get":
         with connect(args) as client:
             raw = client.receipt_bytes(args.hash)
-        proof = ReceiptProof.decode(raw)
+        proof, chain = parse_receipt(raw)
+        with_chain = "" if chain is None else ", with the set chain of its height"
         if args.out is not None:
             args.out.write_bytes(raw)
-            print(f"wrote {len(raw)} bytes to {args.out}; height {proof.receipt.height}")
+            print(
+                f"wrote {len(raw)} bytes to {args.out}; height {proof.receipt.height}{with_chain}"
+            )
         else:
-            print(json.dumps(receipt_proof_to_json(proof), indent=2))
+            doc = receipt_proof_to_json(proof)
+            if chain is not None:
+                doc["set_chain"] = chain.encode().hex()
+            print(json.dumps(doc, indent=2))
         return 0
     proof, carried = load_receipt(args.file)
     if args.set_chain is not None:

@@ -19,6 +19,7 @@ from consensus.messages import Record
 from consensus.params import Params
 from contracts import membership
 from contracts.query import query as contract_query
+from contracts.setchain import SetChain
 from contracts.state import StateReader
 from node.accounts import Admission
 from node.alarms import Alarms
@@ -35,6 +36,7 @@ from node.links import Links
 from node.metrics import MetricsSync, NodeMetrics
 from node.pacing import BlockPacer
 from node.service import EventStream, TxStatus
+from node.setchains import SetChains
 from node.transport import FaultRules, PeerStats
 from qchain import clock
 from qchain.errors import NotReady, Overloaded
@@ -63,6 +65,8 @@ class ServiceParts:
     forwarder: Forwarder
     leader: Callable[[], int | None]
     started_at: float
+    reconfig_delay: int | None
+    """The genesis's D on a chain whose set changes (set chains are served), else None."""
 
 
 class ServiceFacade:
@@ -71,6 +75,7 @@ class ServiceFacade:
     def __init__(self, parts: ServiceParts) -> None:
         self.p = parts
         self.chain = parts.chain
+        self.set_chains = SetChains(parts.store, parts.chain, parts.reconfig_delay)
 
     @property
     def chain_id(self) -> str:
@@ -128,6 +133,9 @@ class ServiceFacade:
 
     def receipt_proof(self, tx_hash: bytes) -> ReceiptProof | None:
         return self.chain.receipt_proof(tx_hash)
+
+    def set_chain(self, height: int) -> SetChain:
+        return self.set_chains.build(height)
 
     def account(self, address: bytes) -> Mapping[str, Any] | None:
         state = StateReader(self.p.store, membership.NAME)

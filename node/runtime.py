@@ -30,6 +30,7 @@ from consensus.messages import Block as CBlock
 from consensus.messages import load_record
 from consensus.params import Params
 from contracts.genesis import Genesis, init_state
+from contracts.setchain import SetChain
 from node import byzantine
 from node.accounts import Accounts, Admission
 from node.alarms import Alarms
@@ -315,6 +316,7 @@ class Validator:
                 forwarder=self.forwarder,
                 leader=self.driver.current_leader,
                 started_at=self.started_at,
+                reconfig_delay=self.genesis.consensus.reconfig_delay if self.sets.enabled else None,
             )
         )
 
@@ -543,6 +545,9 @@ class Validator:
 
     def receipt_proof(self, tx_hash: bytes) -> ReceiptProof | None:
         return self.service.receipt_proof(tx_hash)
+
+    def set_chain(self, height: int) -> SetChain:
+        return self.service.set_chain(height)
 
     def account(self, address: bytes) -> Mapping[str, Any] | None:
         return self.service.account(address)

@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
+from contracts.setchain import SetChain
 from node.chainstore import ChainStore
 from qchain.errors import Overloaded
 from qchain.types import Receipt, ReceiptProof, Transaction
@@ -91,6 +92,12 @@ class NodeService(Protocol):
         """The status once committed, or None if the timeout passes first."""
 
     def receipt_proof(self, tx_hash: bytes) -> ReceiptProof | None: ...
+
+    def set_chain(self, height: int) -> SetChain:
+        """The set chain that proves the validator set of a committed height from genesis
+        (docs/CONSENSUS.md §10.5, `node.setchains`). Raises `NotGoverned` on a chain whose
+        set never changes, `NotFound` for a height not committed, `SetChainUnavailable`
+        when the node cannot give it."""
 
     def account(self, address: bytes) -> Mapping[str, Any] | None:
         """Nonce, roles and membership facts of an address; None if unknown."""

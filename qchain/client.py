@@ -40,6 +40,7 @@ from urllib.parse import quote
 
 import aiohttp
 
+from qchain.codec import Limits, unpack_canonical
 from qchain.errors import ApiError, CodecError, NodeUnavailable, ResponseTooLarge
 from qchain.jsonform import (
     MSGPACK,
@@ -52,6 +53,7 @@ from qchain.jsonform import (
     tx_from_json,
 )
 from qchain.keys import address_of
+from qchain.limits import MAX_MESSAGE
 from qchain.types import Block, Receipt, ReceiptProof, Transaction
 
 T = TypeVar("T")
@@ -370,13 +372,25 @@ class AsyncClient:
         return tx
 
     async def receipt_bytes(self, tx_hash: bytes | str) -> bytes:
-        """Canonical `ReceiptProof` bytes, as the node serves them."""
-        _, _, data = await self._request("GET", f"/v1/receipts/{_hex(tx_hash)}", accept=MSGPACK)
+        """Canonical `ReceiptProof` bytes, as the node serves them; on a chain whose
+        validator set changes, a `ChainedReceipt` (the proof and the set chain of its
+        height, `contracts.setchain`), which `qchain receipt verify --genesis` takes."""
+        _, _, data = await self._request(
+            "GET", f"/v1/receipts/{_hex(tx_hash)}", accept=MSGPACK, max_bytes=MAX_MESSAGE
+        )
         return data
 
     async def receipt(self, tx_hash: bytes | str) -> ReceiptProof:
         """The receipt with its proof, header and certificate (not yet verified)."""
-        return ReceiptProof.decode(await self.receipt_bytes(tx_hash))
+        return receipt_proof_of(await self.receipt_bytes(tx_hash))
+
+    async def set_chain_bytes(self, height: int) -> bytes:
+        """Canonical set-chain bytes proving the validator set of height from genesis
+        (`GET /v1/setchain`; `contracts.setchain.decode_set_chain` reads them)."""
+        _, _, data = await self._request(
+            "GET", f"/v1/setchain?height={int(height)}", accept=MSGPACK, max_bytes=MAX_MESSAGE
+        )
+        return data
 
     # snapshots (state sync); the caller checks every byte against a certificate
 
@@ -501,6 +515,30 @@ class AsyncClient:
                     yield event
         except (aiohttp.ClientError, TimeoutError) as e:
             raise NodeUnavailable(f"event stream: {e or type(e).__name__}") from e
+
+
+_CHAINED_LIMITS = Limits(
+    max_size=MAX_MESSAGE,
+    max_depth=8,
+    max_bytes_len=256 * 1024,
+    max_str_len=256,
+    max_array_len=1024,
+)
+
+
+def receipt_proof_of(raw: bytes) -> ReceiptProof:
+    """The receipt proof in what the receipt endpoint serves: a `ReceiptProof`, or a
+    `ChainedReceipt` `[proof, set chain]` (whose set chain `contracts.setchain` reads)."""
+    try:
+        return ReceiptProof.decode(raw)
+    except CodecError as plain:
+        try:
+            pair = unpack_canonical(raw, _CHAINED_LIMITS)
+        except CodecError:
+            raise plain from None
+        if not isinstance(pair, list) or len(pair) != 2:
+            raise plain from None
+        return ReceiptProof.from_wire(pair[0], "receipt")
 
 
 async def _read_at_most(resp: aiohttp.ClientResponse, max_bytes: int) -> bytes:
@@ -630,6 +668,9 @@ class Client:
 
     def receipt(self, tx_hash: bytes | str) -> ReceiptProof:
         return self._run(self._async.receipt(tx_hash))
+
+    def set_chain_bytes(self, height: int) -> bytes:
+        return self._run(self._async.set_chain_bytes(height))
 
     def block(self, height: int | Literal["latest"] = "latest") -> Block:
         return self._run(self._async.block(height))

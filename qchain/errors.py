@@ -623,6 +623,35 @@ class NonceInUse(InvalidTransaction):
         return {"nonce": self.nonce, "pending_tx_hash": self.pending_hash.hex()}
 
 
+class NotGoverned(QChainError):
+    """A set chain asked of a chain whose validator set never changes (its genesis does
+    not set `consensus.reconfiguration`): every height has the genesis set."""
+
+    code = "not-governed"
+
+    def __init__(self) -> None:
+        super().__init__(
+            "this chain's validator set never changes (its genesis does not set "
+            "consensus.reconfiguration): every height has the genesis set, and no set chain "
+            "exists; verify receipts against the genesis alone"
+        )
+
+
+class SetChainUnavailable(QChainError):
+    """The node cannot give the set chain of a height (docs/CONSENSUS.md §10.5): `reason`
+    says why (`too-many-changes`, `no-certificate`, `not-recorded`, `too-large`)."""
+
+    code = "set-chain-unavailable"
+
+    def __init__(self, height: int, reason: str, detail: str) -> None:
+        super().__init__(f"no set chain of height {height}: {detail}")
+        self.height = height
+        self.reason = reason
+
+    def fields(self) -> dict[str, object]:
+        return {"height": self.height, "reason": self.reason}
+
+
 # --- refusals of the HTTP layer ----------------------------------------------------------
 
 

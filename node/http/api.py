@@ -24,7 +24,7 @@ from pathlib import Path
 from aiohttp import web
 
 from node import explorer
-from node.http import prepare, snapshot, state, stream, tx
+from node.http import prepare, setchain, snapshot, state, stream, tx
 from node.http.context import (
     BUCKETS,
     CLOCK,
@@ -75,6 +75,7 @@ def make_api_app(
     r.add_post("/v1/txs/prepare", prepare.post_prepare)
     r.add_get("/v1/txs/{hash}", tx.get_tx, allow_head=False)
     r.add_get("/v1/receipts/{hash}", tx.get_receipt, allow_head=False)
+    r.add_get("/v1/setchain", setchain.get_set_chain, allow_head=False)
     r.add_get("/v1/blocks", state.get_blocks, allow_head=False)
     r.add_get("/v1/blocks/latest", state.get_latest_block, allow_head=False)
     r.add_get("/v1/blocks/{height}", state.get_block, allow_head=False)

@@ -1,5 +1,6 @@
 """Handlers for transactions and receipts: submit one (`POST /v1/txs`, optionally waiting
-for its commit), submit a batch, a transaction's status, a receipt with its proof.
+for its commit), submit a batch, a transaction's status, a receipt with its proof (on a
+chain whose validator set changes, with the set chain of its height: `node.http.setchain`).
 
 A transaction comes as its canonical bytes (msgpack media types) or as JSON: its JSON form
 or the hex of its canonical bytes. A batch decodes every item before admitting any, and
@@ -20,10 +21,12 @@ from typing import Any
 
 from aiohttp import web
 
+from contracts.setchain import ChainedReceipt
 from node.chainstore import ChainStore
 from node.http.context import SERVICE, json_response
 from node.http.params import MSGPACK_TYPES, media_type, parse_hash, parse_seconds, wants_msgpack
 from node.http.problems import PROBLEM_BASE, log_server_error, problem_doc
+from node.http.setchain import set_chain_of
 from node.service import NodeService, TxStatus
 from qchain import clock
 from qchain.codec import Limits, decode_value
@@ -254,6 +257,13 @@ async def get_receipt(request: web.Request) -> web.Response:
             rp = service.receipt_proof(h)
     if rp is None:
         raise _not_found(service.chain, "receipt", h)
+    # On a chain whose set changes, the set chain of the receipt's height comes with it
+    # (a `ChainedReceipt`), or the problem that keeps the node from building it.
+    chain = set_chain_of(service, rp.header.height)
     if wants_msgpack(request):
-        return web.Response(body=rp.encode(), headers={"Content-Type": MSGPACK})
-    return json_response(receipt_proof_to_json(rp))
+        body = rp.encode() if chain is None else ChainedReceipt(rp, chain).encode()
+        return web.Response(body=body, headers={"Content-Type": MSGPACK})
+    doc = receipt_proof_to_json(rp)
+    if chain is not None:
+        doc["set_chain"] = chain.encode().hex()
+    return json_response(doc)

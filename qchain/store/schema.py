@@ -30,6 +30,12 @@ big-endian so that byte order is numeric order. The layout version is written un
 | `n` | height | the manifest of the state snapshot this node keeps for a checkpoint height
   (`contracts.snapshot`) |
 | `N` | height, index | chunk `index` of that snapshot |
+| `S` | `c`, height | on a chain whose genesis sets `consensus.reconfiguration`: the
+  write-set chain value of the block (32 bytes), then at a checkpoint height its state
+  root (32 bytes) (`node.setchains`) |
+| `S` | `v`, height | the `validators` contract's `set`, `schedule` and `q` after the block,
+  at block 1 and at every block that changed one of them |
+| `S` | `r`, height | empty: the block is a scheduling block (its execution grew `q`) |
 
 `h` maps both kinds of block hash to a height: the chain block hash (the header's hash)
 and the consensus value (the hash of the consensus engine's block); the two use different
@@ -66,6 +72,10 @@ AUX = b"a"
 CONSENSUS_VALUE = b"v"
 SNAPSHOT = b"n"
 SNAPSHOT_CHUNK = b"N"
+SET_STATE = b"S"
+SET_STATE_CHAINED = SET_STATE + b"c"
+SET_STATE_VALUES = SET_STATE + b"v"
+SET_STATE_SCHEDULING = SET_STATE + b"r"
 
 PREFIXES = frozenset(
     {
@@ -84,6 +94,7 @@ PREFIXES = frozenset(
         CONSENSUS_VALUE,
         SNAPSHOT,
         SNAPSHOT_CHUNK,
+        SET_STATE,
     }
 )
 """Every key family of this version: a key starting with another byte is not ours."""
@@ -196,6 +207,18 @@ def snapshot_chunk_key(height: int, index: int) -> bytes:
 
 def snapshot_chunks_prefix(height: int) -> bytes:
     return SNAPSHOT_CHUNK + u64(height)
+
+
+def set_chained_key(height: int) -> bytes:
+    return SET_STATE_CHAINED + u64(height)
+
+
+def set_values_key(height: int) -> bytes:
+    return SET_STATE_VALUES + u64(height)
+
+
+def scheduling_key(height: int) -> bytes:
+    return SET_STATE_SCHEDULING + u64(height)
 
 
 def meta_key(name: str) -> bytes:

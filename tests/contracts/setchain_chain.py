@@ -36,6 +36,8 @@ class CertifiedChain:
     """Signing key by public key: every validator key this chain has used."""
     scheduling: list[int] = field(default_factory=list)
     """The scheduling blocks of `schedule_change`, in order."""
+    txs: dict[int, tuple[Transaction, ...]] = field(default_factory=dict)
+    """The transactions of every block."""
 
     @property
     def chain_id(self) -> str:
@@ -61,6 +63,7 @@ class CertifiedChain:
             result.app_hash,
         )
         self.results[h] = result
+        self.txs[h] = tuple(txs)
         return result
 
     def set_at(self, height: int) -> tuple[validators.Record, ...]:
@@ -114,8 +117,8 @@ class CertifiedChain:
         )
 
 
-def certified_chain(n: int = 4, delay: int = 2) -> CertifiedChain:
-    chain = governed_chain(n, delay=delay)
+def certified_chain(n: int = 4, delay: int = 2, state_root_interval: int = 0) -> CertifiedChain:
+    chain = governed_chain(n, delay=delay, state_root_interval=state_root_interval)
     out = CertifiedChain(chain)
     for i in range(n):
         k = dev_key(SEED, f"validator-{i}", Scheme.ML_DSA_65)
@@ -123,15 +126,20 @@ def certified_chain(n: int = 4, delay: int = 2) -> CertifiedChain:
     return out
 
 
-def schedule_change(cc: CertifiedChain, args: list[object], key: int | None) -> tuple[int, int]:
-    """Propose, approve (op0..op2: more than 2·n/3 at n ≤ 5) and make ready a change (key:
-    the pool key of its new record, None for a remove); returns (its scheduling block r,
-    its activation height e)."""
+def schedule_change(
+    cc: CertifiedChain,
+    args: list[object],
+    key: int | None,
+    approvers: Sequence[str] = ("op0", "op1", "op2"),
+) -> tuple[int, int]:
+    """Propose, approve (default op0..op2: more than 2·n/3 of four operators) and make
+    ready a change (key: the pool key of its new record, None for a remove); returns (its
+    scheduling block r, its activation height e)."""
     r = cc.block([cc.chain.tx("op0", validators.NAME, "propose", args)]).receipts[0]
     assert r.ok, r.message
     cid = r.result
     assert isinstance(cid, bytes)
-    for op in ("op0", "op1", "op2"):
+    for op in approvers:
         cc.block([cc.chain.tx(op, validators.NAME, "approve", [cid])])
     if key is not None:
         cc.signers[new_key(key).public_key] = new_key(key)

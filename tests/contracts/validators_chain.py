@@ -33,6 +33,7 @@ def governed_chain(
     proposal_ttl: int = 100,
     ready_ttl: int = 50,
     ready_ttl_ms: int = 0,
+    state_root_interval: int = 0,
 ) -> DevChain:
     """A chain of n validators; validator i is operated by `op{operators[i]}` (default:
     `op{i}`)."""
@@ -52,6 +53,8 @@ def governed_chain(
         ready_ttl=ready_ttl_ms,
         ready_ttl_heights=ready_ttl,
     )
+    if state_root_interval:
+        doc["state_root_interval"] = state_root_interval
     return DevChain(MemoryStore(), parse_genesis(doc), keys)
 
 

@@ -16,7 +16,12 @@ then a fifth site, all driven through the HTTP APIs and the KMS's admin API.
    pairs dropped at the KMS); the chain commits with node4 stopped too (q(4) = 3 of 0,
    2, 3, 4; the five would need four), and every node has closed its link to node1;
 4. every transaction acknowledged as committed is on every running node, and every node
-   has the same block and app hash at every height.
+   has the same block and app hash at every height;
+5. the receipt of a transaction committed after the remove, fetched over HTTP with
+   `qchain receipt get` (a real process), verifies with `qchain receipt verify --genesis
+   genesis.json` alone through the set chain the node serves with it (links at both
+   scheduling blocks); the same receipt with a set chain missing the remove's link, or
+   with the set chain of the height below, fails.
 """
 
 from __future__ import annotations
@@ -26,15 +31,20 @@ import random
 import re
 import urllib.request
 from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from contracts import setchain
+from contracts.setchain import ChainedReceipt
 from devnet.joining import Governance, add_site, kms_links, link_sae
 from devnet.local import LocalNetwork, running_network
 from devnet.network import account_key, load_plan, plan_network
 from devnet.nodeapi import http_json
 from devnet.testing import anchor_tx, run_qchain
+from node.genesis_file import load_genesis
 from node.setlinks import LINGER_HEIGHTS
 from qchain.client import AsyncClient
 from qchain.types import Transaction
@@ -133,11 +143,71 @@ async def stalls(net: LocalNetwork, names: list[str], seconds: float = 4.0) -> N
     assert after <= before + 1, f"{names} committed {before} -> {after} without a quorum"
 
 
+async def verify_from_genesis(
+    net: LocalNetwork, directory: Path, running: list[str], tx_hash: bytes, e1: int, e2: int
+) -> None:
+    """`qchain receipt get` of tx_hash from a running node (over HTTP, a real process),
+    then `qchain receipt verify --genesis genesis.json` on the saved file: it passes, with
+    the set chain's links at the two scheduling blocks; the same receipt with a set chain
+    missing the remove's link, or proving the set of another height, fails."""
+    genesis = str(net.dir / "genesis.json")
+    saved = directory / "late-receipt.bin"
+    problems = []
+    for name in running:  # a node that holds the certificates the links need
+        got = await asyncio.to_thread(
+            run_qchain,
+            "receipt",
+            "get",
+            tx_hash.hex(),
+            "--node",
+            net.api_url(name),
+            "--out",
+            str(saved),
+            timeout=60,
+        )
+        if got.returncode == 0:
+            break
+        problems.append((name, got.stderr))
+    assert got.returncode == 0, problems
+    assert "with the set chain of its height" in got.stdout, got.stdout
+    ok = await asyncio.to_thread(
+        run_qchain, "receipt", "verify", str(saved), "--genesis", genesis, timeout=60
+    )
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert "verified: transaction" in ok.stdout and "of 4 validators signed" in ok.stdout
+    chained = setchain.decode_chained_receipt(saved.read_bytes())
+    links = [x.header.height for x in chained.set_chain.links]
+    delay = load_genesis(net.dir / "genesis.json").consensus.reconfig_delay
+    assert links == [e1 - delay, e2 - delay], (links, e1, e2)
+    forged_chains = [
+        replace(chained.set_chain, links=chained.set_chain.links[:1]),
+        setchain.decode_set_chain(
+            http_bytes(f"{net.api_url(name)}/v1/setchain?height={chained.proof.header.height - 1}")
+        ),
+    ]
+    for i, forged in enumerate(forged_chains):
+        path = directory / f"forged-{i}.bin"
+        path.write_bytes(ChainedReceipt(chained.proof, forged).encode())
+        bad = await asyncio.to_thread(
+            run_qchain, "receipt", "verify", str(path), "--genesis", genesis, timeout=60
+        )
+        assert bad.returncode != 0, (i, bad.stdout)
+        assert "verified" not in bad.stdout
+
+
+def http_bytes(url: str) -> bytes:
+    req = urllib.request.Request(url, headers={"Accept": "application/msgpack"})
+    with urllib.request.urlopen(req, timeout=30) as r:
+        body: bytes = r.read()
+    return body
+
+
 def change_of(doc: dict[str, Any]) -> dict[str, Any]:
     ch: dict[str, Any] = doc["change"]
     return ch
 
 
+@pytest.mark.timeout(600)  # two changes with their linger, then four CLI processes
 async def test_a_fifth_validator_joins_and_counts_then_one_of_the_first_four_leaves(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
@@ -239,12 +309,20 @@ async def test_a_fifth_validator_joins_and_counts_then_one_of_the_first_four_lea
         running = ["node0", "node2", "node3", "node4"]
         await wait_height(net, running, max(height(net, n) for n in running))
         assert len(acked) > 10
+        heights: dict[bytes, int] = {}
         for name in running:
             async with AsyncClient(net.api_url(name)) as c:
                 for tx_hash in acked:
                     info = await c.tx_status(tx_hash)
                     assert info.status == "committed", (name, tx_hash.hex())
+                    heights[tx_hash] = info.height or 0
         assert same_chain(net, running) > e2
+
+        # 5. a receipt from after both changes verifies offline from the genesis alone,
+        # through the set chain the node serves with it; with a forged one it does not
+        late = max(acked, key=lambda x: heights[x])
+        assert heights[late] > e2, (heights[late], e2)
+        await verify_from_genesis(net, directory, running, late, e1, e2)
         for name in running:
             alerts = http_json(f"{net.api_url(name)}/v1/status").get("alerts", {})
             assert not alerts.get("fatal"), (name, alerts)

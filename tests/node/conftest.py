@@ -24,6 +24,7 @@ from referencing.jsonschema import DRAFT202012
 
 from contracts import notary
 from contracts.query import query as contract_query
+from contracts.setchain import SetChain
 from node.backlog import Backlog
 from node.chainstore import ChainStore
 from node.events import EventBus
@@ -32,12 +33,14 @@ from node.http.state import openapi_spec
 from node.http.testing import start_api
 from node.metrics import NodeMetrics
 from node.service import EventStream, TxStatus
+from node.setchains import SetChains
 from qchain.errors import (
     ArgumentError,
     BadSignature,
     MempoolFull,
     NonceMismatch,
     NotAMember,
+    NotGoverned,
     Overloaded,
     UnknownContract,
     UnknownMethod,
@@ -95,6 +98,8 @@ class FakeNode:
         """What the API asked to check off the event loop (`preverify`)."""
         self.backlog = Backlog(0, 1)
         """The admission bound, the node's own rule; off (0 ms) unless a test sets one."""
+        self.set_chains: SetChains | None = None
+        """The set chains of a governed chain's store; None: the set never changes."""
 
     # NodeService
 
@@ -178,6 +183,11 @@ class FakeNode:
 
     def receipt_proof(self, tx_hash: bytes) -> ReceiptProof | None:
         return self._chain.receipt_proof(tx_hash)
+
+    def set_chain(self, height: int) -> SetChain:
+        if self.set_chains is None:
+            raise NotGoverned()
+        return self.set_chains.build(height)
 
     def account(self, address: bytes) -> Mapping[str, Any] | None:
         if address not in self.members:

@@ -77,8 +77,12 @@ def test_families_have_distinct_prefixes() -> None:
         schema.AUX,
         schema.CONSENSUS_VALUE,
         schema.HEADER,
+        schema.SNAPSHOT,
+        schema.SNAPSHOT_CHUNK,
+        schema.SET_STATE,
     ]
     assert len(set(prefixes)) == len(prefixes)
+    assert set(prefixes) == schema.PREFIXES
     assert all(len(p) == 1 for p in prefixes)
     h = b"\x11" * 32
     assert schema.block_hash_key(h) == b"h" + h
