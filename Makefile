@@ -30,7 +30,8 @@ test: lint typecheck pytest
 
 # The long part of the sweeps and soaks `make test` runs a smoke of: the tests marked
 # `sweep` (README, Testing), which `make test` leaves out. The fault kit's other hostile-peer
-# and key-manager scenarios on fresh devnets (about 20-60 s each), minority-partition
+# and key-manager scenarios on fresh devnets (about 20-60 s each), three of its validator-set
+# scenarios (2-3 minutes each), minority-partition
 # through the fault kit's Docker backend, and the engine simulator's seeds 8..27 of S1-S22.
 test-sweeps: $(STAMP)
 	$(VENV)/bin/pytest -m sweep

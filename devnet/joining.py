@@ -16,9 +16,12 @@ Adding one, in order (`add_validator` does all of it):
 4. `approve`: the operators of more than two thirds of the current set approve it;
 5. the new node starts from an empty store: it catches up by replaying the blocks from
    its peers (a learner until its activation);
-6. `ready`: once it has caught up, its new key signs `("qchain-ready", chain_id,
-   change_id, [])` and any member sends it; the change is then scheduled for activation
-   D heights later, and from there its votes count.
+6. `ready`: once it has caught up (within `CAUGHT_UP_LAG` heights of the tip, not only
+   to the height the chain had when it started: a joiner that activates while it still
+   replays is a member that cannot vote, and one more failure then stops the chain), its
+   new key signs `("qchain-ready", chain_id, change_id, [])` and any member sends it; the
+   change is then scheduled for activation D heights later, and from there its votes
+   count.
 
 Removing one is `propose_remove` and `approve`; the validator's process may be stopped
 once the activation height has passed (its links close `node.setlinks.LINGER_HEIGHTS`
@@ -66,6 +69,8 @@ from qchain.qkd import certs
 from qchain.types import Receipt, Transaction, new_transaction
 
 TX_TIMEOUT_S = 30.0
+CAUGHT_UP_LAG = 2
+"""How many heights below a member's the joiner may be when its readiness is sent."""
 
 
 def add_site(directory: Path, ports: tuple[int, int, int] | None = None) -> NodePlan:
@@ -172,6 +177,11 @@ def unlink_sae(directory: Path, node: NodePlan) -> None:
                     raise
 
 
+Nonces = Callable[[str], int]
+"""The next nonce of a dev account's role, from a counter its caller keeps (a load
+sending from the same accounts); without one, the chain's next nonce is asked."""
+
+
 class Operators:
     """Transactions of the `validators` contract from the dev operators' accounts. How
     they reach the chain is a subclass's: `Governance` (a node's HTTP API), the
@@ -211,10 +221,13 @@ class Operators:
             raise ConfigError(f"validators.{method}", f"refused: {why}")
         return receipt
 
-    def add_args(self, node: NodePlan) -> list[object]:
+    def add_args(self, node: NodePlan, operator: int | None = None) -> list[object]:
         """The `propose` arguments of the add of `node`, from its join request (key, SAE
-        id, operator, name, p2p, api)."""
-        op = account_key(operator_role(node.index), self.plan.scheme)
+        id, operator, name, p2p, api). Its operator is that of validator `operator` if
+        given (a partner's new machine), else its own."""
+        op = account_key(
+            operator_role(node.index if operator is None else operator), self.plan.scheme
+        )
         return [
             "add",
             None,
@@ -226,9 +239,11 @@ class Operators:
             node.api_url,
         ]
 
-    async def propose_add(self, node: NodePlan) -> bytes:
-        """node0's operator proposes the add of `node`; returns the change id."""
-        return (await self.send(operator_role(0), "propose", self.add_args(node))).tx_hash
+    async def propose_add(self, node: NodePlan, operator: int | None = None) -> bytes:
+        """node0's operator proposes the add of `node` (`add_args`); returns the change
+        id."""
+        args = self.add_args(node, operator)
+        return (await self.send(operator_role(0), "propose", args)).tx_hash
 
     async def propose_remove(self, vid: int, proposer: int = 0) -> bytes:
         args: list[object] = ["remove", vid, b"", "", b"", "", "", ""]
@@ -266,14 +281,16 @@ class Operators:
 class Governance(Operators):
     """The operators' transactions sent to one node's HTTP API and waited for."""
 
-    def __init__(self, plan: NetworkPlan, api_url: str) -> None:
+    def __init__(self, plan: NetworkPlan, api_url: str, nonces: Nonces | None = None) -> None:
         super().__init__(plan)
         self.api_url = api_url
+        self.nonces = nonces
 
     async def send(self, role: str, method: str, args: list[object]) -> Receipt:
         key = account_key(role, self.plan.scheme)
         async with AsyncClient(self.api_url) as c:
-            tx = self.transaction(role, await c.next_nonce(key.address), method, args)
+            nonce = self.nonces(role) if self.nonces else await c.next_nonce(key.address)
+            tx = self.transaction(role, nonce, method, args)
             info = await c.submit_and_wait(tx, TX_TIMEOUT_S)
         return self.receipt(method, info.receipt)
 
@@ -310,33 +327,40 @@ async def add_validator(
     via: str = "node0",
     timeout: float = 120.0,
     say: Callable[[str], None] = print,
+    *,
+    operator: int | None = None,
+    nonces: Nonces | None = None,
+    scheduled: Callable[[NodePlan, int], None] | None = None,
 ) -> NodePlan:
     """The whole add on a running devnet: the site, its SAE pairs, the proposal, the
-    approvals, the new node started and caught up, its readiness, its activation."""
+    approvals, the new node started and caught up, its readiness, its activation.
+    `operator`: the validator whose operator runs the new one (default: its own dev
+    operator); `scheduled` is told the activation height once it is known."""
     node = add_site(net.dir)
     say(f"{node.name}: site written (id {node.index}, SAE {node.sae_id}, p2p {node.p2p})")
     link_sae(net.dir, node)
     net.plan = load_plan(net.dir)
-    gov = Governance(net.plan, net.api_url(via))
-    cid = await gov.propose_add(node)
+    gov = Governance(net.plan, net.api_url(via), nonces)
+    cid = await gov.propose_add(node, operator)
     status = await gov.approve_all(cid)
     change = status["change"]
     if change["status"] != "approved" or change["id"] != node.index:
         raise ConfigError("add", f"the add was not approved as id {node.index}: {status}")
     say(f"{node.name}: add {cid.hex()} approved by {status['approvals']} of {status['n']}")
     net.start_node(node.name)
-    top = await _height(net, via)
 
     async def caught_up() -> bool:
         try:
-            return await _height(net, node.name) >= top
+            return await _height(net, node.name) >= await _height(net, via) - CAUGHT_UP_LAG
         except Exception:
             return False
 
-    await _wait(f"{node.name} caught up to height {top}", caught_up, timeout)
+    await _wait(f"{node.name} caught up with {via}", caught_up, timeout)
     change = (await gov.ready(cid, node))["change"]
     e = int(change["activation_height"])
     say(f"{node.name}: ready; a member from height {e}")
+    if scheduled is not None:
+        scheduled(node, e)
 
     async def active() -> bool:
         return await _height(net, via) >= e
@@ -351,15 +375,20 @@ async def remove_validator(
     via: str = "node0",
     timeout: float = 120.0,
     say: Callable[[str], None] = print,
+    *,
+    nonces: Nonces | None = None,
+    before_stop: Callable[[int], Awaitable[None]] | None = None,
 ) -> int:
     """The whole remove on a running devnet: proposal, approvals, activation; then the
-    process is stopped and its SAE pairs dropped. Returns the activation height."""
+    process is stopped and its SAE pairs dropped. Returns the activation height.
+    `before_stop` is awaited with it once the linger has passed, while the removed node
+    still runs (to read its chain)."""
     node = net.node(name)
     if node.removed:
         raise ConfigError(name, "this site was removed from the set already")
     if name == via:
         raise ConfigError("--via", "send the remove through another node than the one removed")
-    gov = Governance(net.plan, net.api_url(via))
+    gov = Governance(net.plan, net.api_url(via), nonces)
     cid = await gov.propose_remove(
         node.index, proposer=next(i for i in await gov.members() if i != node.index)
     )
@@ -374,6 +403,8 @@ async def remove_validator(
         return await _height(net, via) >= e + LINGER_HEIGHTS + 2
 
     await _wait(f"height {e} and the linger after it", gone, timeout)
+    if before_stop is not None:
+        await before_stop(e)
     net.stop_node(name)
     unlink_sae(net.dir, node)
     mark_removed(net.dir, name)

@@ -116,20 +116,11 @@ async def run_validator(
     from node.genesis_file import load_genesis
     from node.runtime import Validator
     from node.statesync_run import sync_before_start
-    from qchain.errors import ConfigError
 
     genesis = load_genesis(cfg.node.genesis)
-    if genesis.consensus.reconfiguration:
-        if state_sync:
-            raise ConfigError(
-                "--state-sync",
-                "the genesis enables validator-set changes, and state sync checks a snapshot "
-                "against the genesis set only (docs/CONSENSUS.md §10.5's set chains are not "
-                "served by the node yet): start from an empty data directory, and the node "
-                "catches up by replaying the blocks from its peers",
-            )
-    else:
-        await sync_before_start(cfg, genesis, force=state_sync)
+    # On a chain whose set changes, the snapshot is checked under the set a peer's set
+    # chain proves, and the synced store is then refused by the amnesia check below.
+    await sync_before_start(cfg, genesis, force=state_sync)
     validator = Validator(cfg)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -17,7 +17,7 @@ needs (docs/CONSENSUS.md, the last "Revision" on §10): a timing profile without
 (`propose_wait_max_ms = "none"`: §10.7's liveness machinery, which keeps an idle chain
 moving across an activation, is not built). The node itself refuses, at start, a store
 that carries the amnesia mark (restored, rebuilt or state-synced: §10.9 is not built),
-`--state-sync` (snapshots are checked against the genesis set only); it refuses a
+so a `--state-sync` there writes the checked snapshot and then stops; it refuses a
 transaction that proposes or approves a `rotate`, and votes for no block carrying one
 (§10.6's link ranges are not built), and stops deciding if one is approved all the same.
 

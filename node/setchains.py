@@ -88,6 +88,16 @@ class SetChains:
         top = self.chain.height()
         if not 1 <= height <= top:
             raise NotFound("block", str(height))
+        base = self.chain.base_height()
+        if base > 0:
+            # A state-synced store holds no set-state rows below its base: the index of
+            # scheduling blocks would miss every change before it.
+            raise SetChainUnavailable(
+                height,
+                "not-recorded",
+                f"this store was state-synced at height {base} and holds no set state below "
+                "it; ask another node",
+            )
         rs = self.scheduling_blocks(height)
         links = tuple(self._link(height, r, top) for r in rs)
         t = max(height - self.delay, rs[-1] if rs else 0)

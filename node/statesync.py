@@ -8,14 +8,21 @@ offer of s before it fetches anything else:
 1. the header is of this chain and of height s, and s is a checkpoint height of the
    genesis's `state_root_interval`;
 2. the commit certificate names that header's hash at s and carries a quorum of valid
-   signatures of the validator set of s (CONSENSUS.md §10.5: with no reconfiguration, the
-   genesis set), and no more signatures than there are validators;
+   signatures of the validator set of s, and no more signatures than it has members
+   (CONSENSUS.md §10.5). On a chain whose genesis sets no `consensus.reconfiguration`
+   that is the genesis set. On one that does, it is the set proven from the genesis by a
+   set chain of s fetched from the sources that offer s (`set_chain`, the offer's own
+   source first, then the others): bounded when decoded, `prove_set` from the genesis
+   start, its tail ending at the offered header, and the certificate passing under the
+   set it proves, by id; a set chain that fails is counted in `rejected_set_chains` and
+   the next source's is tried, and the genesis set is never used for a height above 1;
 3. the manifest is the one the header's app hash commits to (`Manifest.check`);
 4. the header of s−1 it carries is header s's parent.
 
 The consensus value decided at s, which the next height's consensus block names as its
 parent, is not covered by the certificate (it signs the chain header's hash): it is
-taken only when `value_quorum` (f+1) sources' checked offers name the same one, so at
+taken only when `value_quorum` (f+1; on a governed chain f(s)+1 of the proven set)
+sources' checked offers name the same one, so at
 least one correct validator vouches for it. The offers are asked of every source at once
 and the first `value_quorum` that agree decide: a source that has not answered by then is
 not waited for, and the rest is asked of the vouching sources first, of the others only
@@ -47,7 +54,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from contracts import validators
 from contracts.genesis import Genesis
+from contracts.setchain import ProvenSet, Start, genesis_start, verify_certificate_by_id
 from contracts.snapshot import (
     Entry,
     Manifest,
@@ -63,8 +72,9 @@ from node.snapshots import (
     SnapshotBlock,
     SnapshotOffer,
 )
+from node.statesync_sets import check_set_chain, governed_anchor
 from qchain.clock import wall_ms
-from qchain.errors import InvalidSnapshot, QChainError, StorageError
+from qchain.errors import BadSignature, InvalidSnapshot, QChainError, StorageError
 from qchain.merkle import leaf_hash, root_of_leaf_hashes
 from qchain.qkd.lease import lease_floor, read_floor
 from qchain.store import Batch, schema
@@ -101,6 +111,10 @@ class SnapshotSource(Protocol):
     async def snapshot_block(self, height: int) -> bytes:
         """The encoded `SnapshotBlock` (block and receipts) of the snapshot of height."""
 
+    async def set_chain(self, height: int) -> bytes:
+        """The encoded set chain that proves the set of height from genesis (asked only
+        on a chain whose genesis sets `consensus.reconfiguration`)."""
+
 
 @dataclass(frozen=True)
 class Trust:
@@ -115,11 +129,18 @@ class Trust:
     first_leader: int
     value_quorum: int
     """Checked offers that must name the same consensus value of s (f+1: one correct
-    validator among them); the certificate does not cover that value."""
+    validator among them); the certificate does not cover that value. On a governed chain
+    the larger of this and f(s)+1 of the proven set."""
+    start: Start | None = None
+    """On a chain whose genesis sets `consensus.reconfiguration`: where set chains are
+    proven from (the genesis set); None: the genesis set is the set of every height."""
+    delay: int = 0
+    """The genesis's `reconfig_delay` D (with `start`)."""
 
     @classmethod
     def of_genesis(cls, genesis: Genesis) -> Trust:
         n = len(genesis.validators)
+        governed = genesis.consensus.reconfiguration
         return cls(
             genesis.chain_id,
             genesis.hash,
@@ -128,6 +149,15 @@ class Trust:
             genesis.consensus.tenure,
             genesis.consensus.first_leader,
             (n - 1) // 3 + 1,
+            genesis_start(
+                [
+                    validators.Record(v.index, v.public_key, v.sae_id, v.operator)
+                    for v in genesis.validators
+                ]
+            )
+            if governed
+            else None,
+            genesis.consensus.reconfig_delay if governed else 0,
         )
 
     def next_anchor(self, offer: SnapshotOffer) -> int:
@@ -152,6 +182,11 @@ class Synced:
     """Chunks that failed their hash or decoding, each fetched again elsewhere."""
     rejected_offers: int = 0
     rejected_blocks: int = 0
+    rejected_set_chains: int = 0
+    """Set chains refused (a bound, `prove_set`, or a set under which the offered
+    certificate fails), each then asked of another source."""
+    set_source: str = ""
+    """The source whose set chain proved the set of the height taken (governed chains)."""
     failed_fetches: int = 0
     """Fetches that failed outright (the source down, a problem answer, a timeout)."""
     offer: SnapshotOffer | None = field(default=None, repr=False)
@@ -180,9 +215,10 @@ def check_block(raw: bytes, header: BlockHeader) -> SnapshotBlock:
     return answer
 
 
-def check_offer(raw: bytes, height: int, trust: Trust) -> tuple[SnapshotOffer, Manifest]:
-    """The offer of height from a source's bytes, checked (steps 1-3 above); raises
-    `InvalidSnapshot`, `CodecError` or `BadSignature`."""
+def read_offer(raw: bytes, height: int, trust: Trust) -> tuple[SnapshotOffer, Manifest]:
+    """The offer of height from a source's bytes, checked but for its certificate's
+    signatures (steps 1, 3 and 4 above, and that the certificate names the header);
+    raises `InvalidSnapshot` or `CodecError`."""
     if len(raw) > MAX_OFFER_BYTES:
         raise InvalidSnapshot(f"offer of {len(raw)} bytes exceeds {MAX_OFFER_BYTES}")
     offer = SnapshotOffer.decode(raw)
@@ -193,9 +229,6 @@ def check_offer(raw: bytes, height: int, trust: Trust) -> tuple[SnapshotOffer, M
         raise InvalidSnapshot(f"height {height} is not a checkpoint height")
     if cert.height != height or cert.block_hash != header.hash:
         raise InvalidSnapshot("certificate does not name the offered header")
-    if len(cert.signatures) > len(trust.validators):
-        raise InvalidSnapshot("certificate carries more signatures than there are validators")
-    verify_certificate(cert, trust.chain_id, trust.validators)
     manifest = decode_manifest(offer.manifest)
     manifest.check(height, header.app_hash)
     want_parent = 0 if height == 1 else 1
@@ -205,6 +238,44 @@ def check_offer(raw: bytes, height: int, trust: Trust) -> tuple[SnapshotOffer, M
     ):
         raise InvalidSnapshot(f"offer does not carry the header of {height - 1}")
     return offer, manifest
+
+
+def check_certificate(
+    offer: SnapshotOffer, trust: Trust, members: Sequence[validators.Record] | None = None
+) -> None:
+    """Step 2: the offer's certificate under the set of its height: members (proven by a
+    set chain) on a governed chain, the genesis set otherwise; raises `InvalidSnapshot`
+    or `BadSignature`."""
+    cert = offer.certificate
+    if members is None:
+        if trust.start is not None:
+            raise InvalidSnapshot(
+                "on a chain whose validator set changes, a certificate is checked under "
+                "the set a set chain proves, never the genesis set"
+            )
+        if len(cert.signatures) > len(trust.validators):
+            raise InvalidSnapshot("certificate carries more signatures than there are validators")
+        verify_certificate(cert, trust.chain_id, trust.validators)
+        return
+    if len(cert.signatures) > len(members):
+        raise InvalidSnapshot("certificate carries more signatures than its set has members")
+    verify_certificate_by_id(cert, trust.chain_id, members)
+
+
+def check_offer(
+    raw: bytes, height: int, trust: Trust, members: Sequence[validators.Record] | None = None
+) -> tuple[SnapshotOffer, Manifest]:
+    """The offer of height from a source's bytes, checked (steps 1-4 above; members: the
+    proven set of height on a governed chain); raises `InvalidSnapshot`, `CodecError` or
+    `BadSignature`."""
+    offer, manifest = read_offer(raw, height, trust)
+    check_certificate(offer, trust, members)
+    return offer, manifest
+
+
+_Offer = tuple[
+    SnapshotOffer, Manifest, list[SnapshotSource], "tuple[validators.Record, ...] | None"
+]
 
 
 class StateSync:
@@ -225,6 +296,8 @@ class StateSync:
         self.parallel = max(1, parallel)
         self.now_ms = now_ms
         self.result = Synced(0, 0, 0)
+        self._sets: dict[tuple[int, int], ProvenSet | None] = {}
+        """(height, source) -> the set that source's set chain proved (None: refused)."""
 
     async def offered(self, timeout_s: float | None = None) -> dict[int, list[SnapshotSource]]:
         """Checkpoint heights offered, with the sources offering each: every source's
@@ -275,7 +348,7 @@ class StateSync:
             got = await self._offer(height, offered[height])
             if got is None:
                 continue
-            offer, manifest, vouching = got
+            offer, manifest, vouching, members = got
             # The chunks and the block are fetched together, from the sources whose
             # offers made the quorum first: both are checked against the offer's
             # certified header, neither needs the other.
@@ -289,20 +362,24 @@ class StateSync:
             self.result.height = height
             self.result.offer = offer
             self.result.chunks = len(manifest.chunks)
-            anchor = self.trust.next_anchor(offer)
+            anchor = (
+                self.trust.next_anchor(offer)
+                if members is None
+                else governed_anchor(offer, chunks, self.trust.tenure, members)
+            )
             self.result.entries = write(store, offer, base, chunks, anchor, self.now_ms())
             return self.result
         raise InvalidSnapshot(f"no snapshot could be fetched whole ({self.result})")
 
-    async def _offer(
-        self, height: int, sources: list[SnapshotSource]
-    ) -> tuple[SnapshotOffer, Manifest, list[SnapshotSource]] | None:
+    async def _offer(self, height: int, sources: list[SnapshotSource]) -> _Offer | None:
         """A checked offer of height whose consensus value at least `value_quorum`
         checked offers name (they all carry the same certified header and manifest),
-        with the sources of those offers; taken as soon as that many agree: a source
-        that has not answered by then is not waited for."""
+        with the sources of those offers and, on a governed chain, the proven set of
+        height; taken as soon as that many agree: a source that has not answered by then
+        is not waited for."""
         tasks = {asyncio.ensure_future(s.snapshot_offer(height)): s for s in sources}
         by_value: dict[bytes, list[tuple[SnapshotOffer, Manifest, SnapshotSource]]] = {}
+        members: tuple[validators.Record, ...] | None = None
         pending = set(tasks)
         try:
             while pending:
@@ -310,20 +387,73 @@ class StateSync:
                 for task in sorted(done, key=lambda t: sources.index(tasks[t])):
                     if self._failed(task):
                         continue
+                    source = tasks[task]
                     try:
-                        offer, manifest = check_offer(task.result(), height, self.trust)
+                        offer, manifest = read_offer(task.result(), height, self.trust)
+                        if self.trust.start is None:
+                            check_certificate(offer, self.trust)
+                        else:
+                            order = [source] + [x for x in sources if x is not source]
+                            members = await self._set_of(offer, order)
                     except QChainError:
                         self.result.rejected_offers += 1
                         continue
                     offers = by_value.setdefault(offer.value, [])
-                    offers.append((offer, manifest, tasks[task]))
-                    if len(offers) >= self.trust.value_quorum:
-                        return offers[0][0], offers[0][1], [o[2] for o in offers]
+                    offers.append((offer, manifest, source))
+                    need = self.trust.value_quorum
+                    if members is not None:
+                        need = max(need, (len(members) - 1) // 3 + 1)
+                    if len(offers) >= need:
+                        return offers[0][0], offers[0][1], [o[2] for o in offers], members
             return None
         finally:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _set_of(
+        self, offer: SnapshotOffer, order: list[SnapshotSource]
+    ) -> tuple[validators.Record, ...]:
+        """The set of the offer's height, from the first source whose set chain proves a
+        set, ends at the offered header and passes the offer's certificate under that set:
+        set chains proven already first, then the others fetched in order (the offer's
+        own source first); `InvalidSnapshot` if none does (the offer is then refused)."""
+        height = offer.header.height
+        proven_first = sorted(
+            order, key=lambda x: self._sets.get((height, self.sources.index(x))) is None
+        )
+        for source in proven_first:
+            key = (height, self.sources.index(source))
+            if key not in self._sets:
+                self._sets[key] = await self._fetch_set(source, height)
+            proven = self._sets[key]
+            if proven is None:
+                continue
+            try:
+                if proven.header is not None and proven.header.hash != offer.header.hash:
+                    raise InvalidSnapshot("the set chain's tail ends at another header")
+                check_certificate(offer, self.trust, proven.records)
+            except (InvalidSnapshot, BadSignature):
+                # The set chain proved its set; the offer is what does not match it.
+                continue
+            self.result.set_source = source.name
+            return proven.records
+        raise InvalidSnapshot(f"no source's set chain proves a set that certifies {height}")
+
+    async def _fetch_set(self, source: SnapshotSource, height: int) -> ProvenSet | None:
+        try:
+            raw = await source.set_chain(height)
+        except FETCH_ERRORS:
+            self.result.failed_fetches += 1
+            return None
+        assert self.trust.start is not None
+        try:
+            return check_set_chain(
+                raw, height, self.trust.chain_id, self.trust.start, self.trust.delay
+            )
+        except QChainError:
+            self.result.rejected_set_chains += 1
+            return None
 
     async def _block(
         self, header: BlockHeader, sources: list[SnapshotSource]

@@ -7,6 +7,12 @@ their answers are checked as `node.statesync` says, so the transport (HTTP or HT
 no integrity. The store is opened, synced and closed before the validator opens it, so
 the node then starts as after any restart: from the committed height s, catching up the
 blocks s+1.. from its peers through consensus.
+
+On a chain whose genesis sets `consensus.reconfiguration` the snapshot's certificate is
+checked under the set a peer's set chain proves from the genesis (`GET /v1/setchain`,
+`node.statesync_sets`), and the sync runs only when asked (`--state-sync`): the store it
+writes carries the amnesia mark, which the node refuses on such a chain until §10.9's
+guard across a change is built (`node.validatorsets.ChainSets.refuse_amnesia`).
 """
 
 from __future__ import annotations
@@ -53,6 +59,9 @@ class ApiSource:
     async def snapshot_block(self, height: int) -> bytes:
         return await self.client.snapshot_block(height, MAX_BLOCK_ANSWER_BYTES)
 
+    async def set_chain(self, height: int) -> bytes:
+        return await self.client.set_chain_bytes(height)
+
 
 def peer_sources(genesis: Genesis, me: int) -> list[ApiSource]:
     return [
@@ -94,7 +103,9 @@ async def sync_store(
     if not sources:
         _refuse(force, "no other validator has an api address in the genesis")
         return None
-    if not force and after == 0:
+    if not force and (after == 0 or genesis.consensus.reconfiguration):
+        # On a chain whose set changes a synced store carries the amnesia mark, which
+        # the node refuses there (§10.9 is not built): never sync unasked.
         return None
     sync = StateSync(Trust.of_genesis(genesis), sources, now_ms=wall_ms)
     # The peers that answer within the probe's time decide; one that never answers is
@@ -120,14 +131,21 @@ async def sync_store(
         return None
     log.info(
         "state synced at height %d: %d entries in %d chunks (%d chunks refused and fetched "
-        "again, %d offers refused, %d fetches failed)",
+        "again, %d offers refused, %d set chains refused, %d fetches failed)",
         done.height,
         done.entries,
         done.chunks,
         done.rejected_chunks,
         done.rejected_offers,
+        done.rejected_set_chains,
         done.failed_fetches,
     )
+    if done.set_source:
+        log.info(
+            "the set of height %d was proven from the genesis by %s's set chain",
+            done.height,
+            done.set_source,
+        )
     return done
 
 

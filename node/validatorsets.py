@@ -233,8 +233,9 @@ class ChainSets:
                 "this store was restored, rebuilt or state-synced (it carries the amnesia "
                 "mark), and on a chain whose validator set changes the amnesia guard across "
                 "a change (docs/CONSENSUS.md §10.9) is not built: the node would count the "
-                "genesis set's heights. Start it from an empty data directory instead (it "
-                "catches up by replaying the blocks from its peers)",
+                "genesis set's heights. Move its data directory aside and start it from an "
+                "empty one without --state-sync (it catches up by replaying the blocks from "
+                "its peers)",
             )
 
     def own(self, me: int, public_key: bytes, sae_id: str) -> Callable[[int], bool]:

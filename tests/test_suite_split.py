@@ -13,12 +13,14 @@ ROOT = Path(__file__).resolve().parent.parent
 SPLIT = (
     "tests/devnet/faults/test_faults_smoke.py",
     "tests/devnet/faults/test_faults_docker.py",
+    "tests/devnet/faults/test_faults_reconf.py",
     "tests/consensus/sim/test_scenarios.py",
 )
 SMOKES = (
     "tests/devnet/faults/test_faults_smoke.py::test_smoke_scenario_holds[leader-crash]",
     "tests/devnet/faults/test_faults_smoke.py::test_hostile_scenario_holds[forged-frames]",
     "tests/devnet/faults/test_faults_smoke.py::test_kme_scenario_holds[one-site-kme-down]",
+    "tests/devnet/faults/test_faults_reconf.py::test_set_change_scenario_holds[join-under-load]",
     "tests/devnet/faults/test_faults_docker.py::"
     "test_scenario_holds_through_the_docker_backend[leader-crash]",
     "tests/consensus/sim/test_scenarios.py::test_scenario_has_no_violation[S1-4-smoke]",
@@ -28,13 +30,19 @@ SMOKES = (
 SWEEP = (
     "tests/devnet/faults/test_faults_smoke.py::test_hostile_scenario_holds[disk-bitflip]",
     "tests/devnet/faults/test_faults_smoke.py::test_kme_scenario_holds[kme-exhaust-and-refill]",
+    "tests/devnet/faults/test_faults_reconf.py::test_set_change_scenario_holds[leave-under-load]",
+    "tests/devnet/faults/test_faults_reconf.py::"
+    "test_set_change_scenario_holds[join-during-partition]",
+    "tests/devnet/faults/test_faults_reconf.py::"
+    "test_rotate_key_adds_the_new_machine_removes_the_old_and_refuses_in_place",
     "tests/devnet/faults/test_faults_docker.py::"
     "test_scenario_holds_through_the_docker_backend[minority-partition]",
     "tests/consensus/sim/test_scenarios.py::test_scenario_has_no_violation[S1-4-sweep]",
 )
-LEFT_OUT = 9 + 2 + 1 + 22 * 2
-"""Nine hostile-peer and two key-manager scenarios, one through Docker, and the seeds
-8..27 of S1-S22 at two sizes."""
+LEFT_OUT = 9 + 2 + 1 + 3 + 22 * 2
+"""Nine hostile-peer and two key-manager scenarios, one through Docker, three
+validator-set scenarios (leave-under-load, join-during-partition, rotate-key), and the
+seeds 8..27 of S1-S22 at two sizes."""
 
 
 def test_make_test_leaves_out_the_sweep_tests_and_only_those() -> None:

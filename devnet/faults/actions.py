@@ -26,8 +26,9 @@ from typing import Any
 
 from devnet.faults import disk, keys, transport, twins
 from devnet.faults.attacker import Attacker, AttackSpec, victims
-from devnet.faults.history import History
+from devnet.faults.history import ChainViews, History
 from devnet.faults.load import Accounts, partner_flood
+from devnet.faults.reconf import SET_CHANGE_STEPS, SetChange
 from devnet.faults.scenario import Step
 from devnet.nodeapi import node_status
 from devnet.running import BackendError, Network
@@ -83,6 +84,8 @@ class StepRecord:
     nodes: list[str] = field(default_factory=list)
     other: list[str] = field(default_factory=list)
     """The `from` side of a partition or flap, resolved."""
+    due: float | None = None
+    """When it was to be applied (its `at`, or `at` after the step it follows finished)."""
     applied_at: float | None = None
     undone_at: float | None = None
     error: str = ""
@@ -107,6 +110,12 @@ class TimelineState:
     """Links a `kme-drain` emptied and no undo refilled yet: the refill count."""
     attacks: dict[int, asyncio.Task[dict[str, Any]]] = field(default_factory=dict)
     """Running attacks, by id() of their step record."""
+    follow: Callable[[list[str]], None] = lambda names: None
+    """Tells the observer and the load which nodes to reach from now on (a set change)."""
+    changes: list[SetChange] = field(default_factory=list)
+    """The set changes the timeline made, in the order they were scheduled."""
+    left: ChainViews = field(default_factory=dict)
+    """The chain of each validator a set change removed, read just before it stopped."""
 
 
 StepFn = Callable[[TimelineState, StepRecord], Awaitable[None]]
@@ -151,7 +160,7 @@ def whole(fn: Callable[[TimelineState, StepRecord], Any]) -> StepFn:
 async def _flap(st: TimelineState, rec: StepRecord) -> None:
     """Cut and heal the partition every half period until the step's end."""
     s = rec.step
-    end = s.at + (s.duration_s or 0)
+    end = (s.at if rec.due is None else rec.due) + (s.duration_s or 0)
     period = float(s.param("period_s"))
     while st.clock() + period / 2 <= end:
         await call(transport.partition, st.net, rec.nodes, rec.other)
@@ -246,6 +255,12 @@ def _corrupt_disk(st: TimelineState, rec: StepRecord, name: str) -> None:
     rec.detail[name] = disk.corrupt_disk(st.net, name, st.rng)
 
 
+def _partition(st: TimelineState, rec: StepRecord) -> None:
+    missed = transport.partition(st.net, rec.nodes, rec.other)
+    if missed:
+        rec.detail["no_rules_on"] = missed
+
+
 def _rule(fn: Callable[..., None], *params: str) -> StepFn:
     """A transport rule set on each node from the step's parameters."""
     return each_node(lambda st, rec, n: fn(st.net, n, *(rec.step.param(p) for p in params)))
@@ -272,7 +287,7 @@ PERTURBATIONS: dict[str, Perturbation] = {
         each_node(lambda st, rec, n: st.net.resume_node(n)),
     ),
     "partition": Perturbation(
-        whole(lambda st, rec: transport.partition(st.net, rec.nodes, rec.other)),
+        whole(_partition),
         whole(
             lambda st, rec: transport.unpartition(
                 st.net, rec.nodes, list(rec.step.param("from") or ()) or None
@@ -311,5 +326,6 @@ PERTURBATIONS: dict[str, Perturbation] = {
     "attack": Perturbation(_attack, _attack_done),
     "partner-flood": Perturbation(_partner_flood),
     "corrupt-disk": Perturbation(each_node(_corrupt_disk)),
+    **{a: Perturbation(fn) for a, fn in SET_CHANGE_STEPS.items()},
 }
 """Every timeline action: how it is applied, and how it is undone at its end."""

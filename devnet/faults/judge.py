@@ -25,6 +25,15 @@ from devnet.faults.checkers import (
     check_starvation,
 )
 from devnet.faults.history import ChainViews, History
+from devnet.faults.reconf import (
+    SetEvidence,
+    check_activation_window,
+    check_membership,
+    check_set_changes,
+    check_signers,
+    expected_operators,
+    left_lost_writes,
+)
 from devnet.faults.scenario import Scenario
 from devnet.faults.service_checks import check_latency, check_progress, check_readiness
 
@@ -39,18 +48,23 @@ def judge(
     st: TimelineState,
     records: list[StepRecord],
     healed_at: float,
+    evidence: SetEvidence | None = None,
 ) -> list[CheckResult]:
-    """Every check the scenario asks for, in report order."""
+    """Every check the scenario asks for, in report order. The nodes judged are the
+    members at the end; a validator a set change removed is held to agreement, app
+    hashes and lost writes up to the last height it had (its chain in `st.left`)."""
     names = st.net.node_names()
     spec = scenario.checks
     last_ready = {r.node: r.ready for r in history.readiness}
     trusted = [n for n in names if n not in st.damaged or last_ready.get(n)]
     judged = {n: c for n, c in chains.items() if n in trusted}
+    with_left = judged | st.left
     checks = [
-        check_served_blocks(history.bad_blocks, trusted),
-        check_agreement(judged),
-        check_app_hash(judged),
+        check_served_blocks(history.bad_blocks, trusted + sorted(st.left)),
+        check_agreement(with_left),
+        check_app_hash(with_left),
         check_lost_writes(history.ops, judged, spec.max_lost),
+        *left_lost_writes(history.ops, st.left),
         check_liveness(history.statuses, trusted, healed_at, spec.liveness_deadline_s),
         check_key_reuse(
             history.qkd,
@@ -71,6 +85,18 @@ def judge(
             checks.append(CheckResult(f"starvation {link}", False, "no step cut this link's keys"))
         else:
             checks.append(check_starvation(history.qkd, link, *window))
+    if evidence is not None:
+        checks += [
+            check_set_changes(records, st.changes, with_left),
+            check_membership(evidence, st.changes, expected_operators(st.net, st.changes)),
+            check_signers(evidence, st.changes),
+        ]
+    if spec.activate_during:
+        checks.append(
+            check_activation_window(
+                st.changes, history.statuses, records, spec.activate_during, healed_at
+            )
+        )
     return checks + _hostile_checks(scenario, st, history, records, healed_at)
 
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import random
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 
@@ -52,14 +53,23 @@ class Accounts:
             r: account_key(r, scheme) for r in {*ANCHOR_ACCOUNTS, *PAY_ACCOUNTS}
         }
         self.nonce: dict[str, int] = dict.fromkeys(self.keys, 0)
+        self._lock = threading.Lock()
+        """`take` is also called from a set change's thread (its governance transactions
+        come from operators' accounts the load sends from too)."""
 
     async def sync(self, client: AsyncClient) -> None:
         for role, key in self.keys.items():
             self.nonce[role] = await client.next_nonce(key.address)
 
+    def take(self, role: str) -> int:
+        """The next nonce of `role`, used up."""
+        with self._lock:
+            nonce = self.nonce[role]
+            self.nonce[role] = nonce + 1
+        return nonce
+
     def tx(self, role: str, contract: str, method: str, args: list[object]) -> Transaction:
-        nonce = self.nonce[role]
-        self.nonce[role] = nonce + 1
+        nonce = self.take(role)
         return new_transaction(
             self.keys[role],
             chain_id=self.chain_id,
@@ -166,6 +176,14 @@ class LoadGenerator:
             self.ops.append(op)
             self._tasks.append(asyncio.create_task(self._drive(op, tx.encode())))
             i += 1
+
+    def follow(self, urls: dict[str, str]) -> None:
+        """Send to these nodes from now on (the set changed); an operation already
+        acknowledged by a node that left is resubmitted to the others."""
+        for name, url in urls.items():
+            if name not in self.clients:
+                self.clients[name] = AsyncClient(url, timeout_s=5.0)
+        self.urls = dict(urls)
 
     def _order(self, first: str | None) -> list[str]:
         names = sorted(self.urls)

@@ -134,44 +134,64 @@ class Observer:
         client checks tx_root) is left out and recorded in `history.bad_blocks`."""
         out: ChainViews = {}
         for name in self.names:
-            blocks: dict[int, BlockView] = {}
-            start = 1
-            with contextlib.suppress(NodeUnavailable, ApiError):
-                while True:
-                    try:
-                        page = await self.clients[name].blocks(start, 100)
-                    except CodecError:
-                        page, full = await self._one_by_one(name, start, 100)
-                    else:
-                        full = len(page) == 100
-                    for b in page:
-                        blocks[b.height] = BlockView(
-                            b.height,
-                            b.hash.hex(),
-                            b.header.app_hash.hex(),
-                            tuple(tx.hash.hex() for tx in b.txs),
-                        )
-                    if not full:
-                        break
-                    start += 100
-            out[name] = blocks
+            bad = self.history.bad_blocks.setdefault(name, [])
+            out[name] = await read_chain(self.clients[name], bad)
+            if not bad:
+                del self.history.bad_blocks[name]
         return out
 
-    async def _one_by_one(self, name: str, start: int, count: int) -> tuple[list[Block], bool]:
-        """The blocks start..start+count-1 one at a time, recording those that do not
-        verify. Returns the good ones and whether the node had the whole range."""
-        good: list[Block] = []
-        for h in range(start, start + count):
-            try:
-                page = await self.clients[name].blocks(h, 1)
-            except CodecError as e:
-                self.history.bad_blocks.setdefault(name, []).append(f"height {h}: {e.message}")
-                continue
-            if not page:
-                return good, False
-            good += page
-        return good, True
+    def follow(self, names: list[str]) -> None:
+        """Sample these nodes from now on (the set changed: a site added or removed)."""
+        for name in names:
+            if name not in self.clients:
+                self.clients[name] = AsyncClient(self.target.api_url(name), timeout_s=2.0)
+        self.sae_to_node = {n.sae_id: n.name for n in self.target.plan.nodes}
+        self.names = list(names)
 
     async def close(self) -> None:
         for c in self.clients.values():
             await c.close()
+
+
+async def read_chain(client: AsyncClient, bad: list[str]) -> dict[int, BlockView]:
+    """One node's chain, block by block. A block that does not verify against its own
+    header (the client checks tx_root) is left out and named in `bad`."""
+    blocks: dict[int, BlockView] = {}
+    start = 1
+    with contextlib.suppress(NodeUnavailable, ApiError):
+        while True:
+            try:
+                page = await client.blocks(start, 100)
+            except CodecError:
+                page, full = await _one_by_one(client, start, 100, bad)
+            else:
+                full = len(page) == 100
+            for b in page:
+                blocks[b.height] = BlockView(
+                    b.height,
+                    b.hash.hex(),
+                    b.header.app_hash.hex(),
+                    tuple(tx.hash.hex() for tx in b.txs),
+                )
+            if not full:
+                break
+            start += 100
+    return blocks
+
+
+async def _one_by_one(
+    client: AsyncClient, start: int, count: int, bad: list[str]
+) -> tuple[list[Block], bool]:
+    """The blocks start..start+count-1 one at a time, naming in `bad` those that do not
+    verify. Returns the good ones and whether the node had the whole range."""
+    good: list[Block] = []
+    for h in range(start, start + count):
+        try:
+            page = await client.blocks(h, 1)
+        except CodecError as e:
+            bad.append(f"height {h}: {e.message}")
+            continue
+        if not page:
+            return good, False
+        good += page
+    return good, True

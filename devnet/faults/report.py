@@ -71,6 +71,8 @@ def _step_stats(rec: StepRecord, history: History, nodes: list[str]) -> dict[str
     out: dict[str, Any] = {
         "action": s.action,
         "at": s.at,
+        "after": s.after,
+        "applied_at": None if rec.applied_at is None else round(rec.applied_at, 3),
         "duration_s": s.duration_s,
         "nodes": rec.nodes,
         "params": dict(s.params),
@@ -132,7 +134,13 @@ def render(result: RunResult) -> str:
     )
     lines.append("timeline:")
     for st in result.step_stats:
-        desc = f"  {st['at']:6.1f}s {st['action']:<10} {','.join(st['nodes']) or ''}"
+        at = st["applied_at"] if st.get("after") is not None else None
+        when = (
+            f"{st['at']:6.1f}s"
+            if at is None
+            else f"{at:6.1f}s ({st['at']:g}s after step {st['after']})"
+        )
+        desc = f"  {when} {st['action']:<10} {','.join(st['nodes']) or ''}"
         params = {k: v for k, v in st["params"].items() if k not in ("target", "nodes")}
         if params:
             desc += " " + " ".join(f"{k}={v}" for k, v in params.items())

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import random
 import shutil
 import tempfile
@@ -33,8 +34,9 @@ from devnet.faults.history import History
 from devnet.faults.judge import judge
 from devnet.faults.load import Accounts, LoadGenerator, setup_vouchers, summarize
 from devnet.faults.observer import STATUS_EVERY_S, Observer
+from devnet.faults.reconf import collect
 from devnet.faults.report import RunResult, hints, max_height, step_stats
-from devnet.faults.scenario import Scenario
+from devnet.faults.scenario import SET_CHANGES, Scenario
 from devnet.faults.timeline import Timeline, heal_all
 from devnet.running import BackendError, Network, open_network
 from qchain.client import AsyncClient
@@ -73,6 +75,7 @@ def fresh_local_network(scenario: Scenario, directory: Path) -> Network:
         kms_rate=spec.kms_rate,
         kme_mode="per-node" if spec.kme_per_node else "shared",
         relay_delay_ms=spec.relay_delay_ms,
+        reconfiguration=spec.reconfiguration,
     )
     net = create_network(directory, plan)
     net.start_all(min_height=1, timeout=60)
@@ -146,13 +149,20 @@ def start_run(
 ) -> Run:
     history = History()
     urls = {n: net.api_url(n) for n in net.node_names()}
+    observer = Observer(net, history, clock)
+    load = LoadGenerator(scenario.load, urls, accounts, programme, rng, clock)
+
+    def follow(names: list[str]) -> None:
+        observer.follow(names)
+        load.follow({n: net.api_url(n) for n in names})
+
     return Run(
         scenario=scenario,
         clock=clock,
         history=history,
-        observer=Observer(net, history, clock),
-        load=LoadGenerator(scenario.load, urls, accounts, programme, rng, clock),
-        state=TimelineState(net, rng, history, clock, accounts),
+        observer=observer,
+        load=load,
+        state=TimelineState(net, rng, history, clock, accounts, follow=follow),
         records=[StepRecord(s) for s in scenario.steps],
     )
 
@@ -165,8 +175,14 @@ async def perturb(run: Run, log: Callable[[str], None]) -> float:
     for liveness and the pending operations. Returns when everything was healed."""
     scenario = run.scenario
     obs_task = asyncio.create_task(run.observer.run(run.stop_observer))
+    # A timeline with steps that follow others (set changes take as long as they take)
+    # keeps its load going until the heal.
+    chained = any(s.after is not None or s.action in SET_CHANGES for s in scenario.steps)
     load_task = asyncio.create_task(
-        run.load.run(scenario.load.duration_s or scenario.duration_s, run.stop_load)
+        run.load.run(
+            scenario.load.duration_s or (math.inf if chained else scenario.duration_s),
+            run.stop_load,
+        )
     )
     try:
         await Timeline(run.state, run.records).run()
@@ -245,7 +261,10 @@ async def conclude(run: Run, seed: int, directory: Path, healed_at: float, keep:
     run.history.ops = run.load.ops
     chains = await run.observer.chains()
     await run.observer.close()
-    checks = judge(run.scenario, run.history, chains, run.state, run.records, healed_at)
+    evidence = None
+    if run.state.net.plan.reconfiguration or run.state.changes:
+        evidence = await collect(run.state.net, run.history.ops, run.state.changes)
+    checks = judge(run.scenario, run.history, chains, run.state, run.records, healed_at, evidence)
     ok = all(c.ok for c in checks)
     return RunResult(
         scenario=run.scenario,

@@ -41,21 +41,26 @@ ACTIONS: dict[str, frozenset[str]] = {
     "kme-down": frozenset({"target"}),
     "kme-behaviour": frozenset({"target", "switches"}),
     "kme-drain": frozenset({"link", "rate", "refill"}),
+    "add-validator": frozenset({"via", "operator"}),
+    "remove-validator": frozenset({"target", "via"}),
+    "propose-rotate": frozenset({"target", "via"}),
 }
 """Every timeline action and the fields it takes."""
 
-UNDOABLE = frozenset(ACTIONS) - {"heal", "restart", "flap"}
+SET_CHANGES = ("add-validator", "remove-validator", "propose-rotate")
+"""Actions of the `validators` contract (a chain whose genesis enables set changes)."""
+UNDOABLE = frozenset(ACTIONS) - {"heal", "restart", "flap", *SET_CHANGES}
 """Actions that `duration_s` undoes (flap undoes itself; heal and restart are instant;
 for partner-flood and corrupt-disk, which are instant too, it is only the window the
-progress check watches)."""
+progress check watches). A set change is never undone: it runs until it has activated."""
 
 BYZANTINE_MODES = (*admin.BYZANTINE_MODES, "twin")
 """The validator's own modes (set through its admin API) and the kit's twin."""
 ATTACK_MODES = ("hijack", "forge", "conn-flood")
 FLOOD_ACCOUNTS = ("admin", "auditor", "provider", "issuer", "partner1", "partner2")
-LOCAL_ONLY = ("attack", "corrupt-disk")
+LOCAL_ONLY = ("attack", "corrupt-disk", "add-validator", "remove-validator")
 """Actions that need local processes (P2P ports on 127.0.0.1, the node's files, a KME
-process of its own)."""
+process of its own, a site written and started or stopped by `devnet.joining`)."""
 MAX_REFILL = 20_000
 """The devnet's per-link pool cap (`max_key_count` in its key manager configs)."""
 KMS_MODES = ("outage", "eavesdrop", "clear")
@@ -73,6 +78,8 @@ class NetworkSpec:
     """One simulated KME per validator, relaying keys to each other (else one shared KMS)."""
     relay_delay_ms: int = 0
     """With kme_per_node: how long a key takes from the master's KME to the slave's."""
+    reconfiguration: bool = False
+    """The genesis enables validator-set changes (`qchain devnet init --reconfiguration`)."""
 
 
 @dataclass(frozen=True)
@@ -100,6 +107,11 @@ class Step:
     halt_after_s: float = 2.0
     """With expect_halt: the halt is judged from this many seconds after the step starts
     (a starved node first spends the keys it already holds)."""
+    index: int = 0
+    """Its place in the scenario file (0: the first `[[step]]`)."""
+    after: int | None = None
+    """The index of an earlier step: this one starts `at` seconds after that one
+    finished (applied, and undone if it has a duration); None: `at` is on the run's clock."""
 
     def param(self, name: str, default: Any = None) -> Any:
         return dict(self.params).get(name, default)
@@ -140,6 +152,8 @@ class ChecksSpec:
     max_resume_s: float | None = None
     """If set, after every `expect_halt` step is undone each node must commit a new block
     (above the highest height at the undo) within this many seconds."""
+    activate_during: str = ""
+    """If set (an action), every set change must activate while a step of it is in force."""
 
 
 @dataclass(frozen=True)
@@ -196,7 +210,7 @@ def _step(doc: Any, i: int) -> Step:
     action = doc.get("action")
     if action not in ACTIONS:
         raise ConfigError(f"{where}.action", f"one of {', '.join(ACTIONS)}")
-    common = {"at", "action", "duration_s", "expect_halt", "halt_after_s"}
+    common = {"at", "action", "duration_s", "expect_halt", "halt_after_s", "after"}
     _take(doc, where, common | ACTIONS[action])
     at = _num(doc, "at", where, None)
     if at is None:
@@ -217,6 +231,9 @@ def _step(doc: Any, i: int) -> Step:
     if expect_halt and duration is not None and halt_after >= duration:
         raise ConfigError(f"{where}.halt_after_s", "must be shorter than duration_s")
     params = _step_params(doc, where, action, duration)
+    after = doc.get("after")
+    if after is not None and (type(after) is not int or not 0 <= after < i):
+        raise ConfigError(f"{where}.after", "the index of an earlier [[step]] (0 is the first)")
     return Step(
         at=float(at),
         action=action,
@@ -224,6 +241,8 @@ def _step(doc: Any, i: int) -> Step:
         params=tuple(sorted(params.items())),
         expect_halt=expect_halt,
         halt_after_s=halt_after,
+        index=i,
+        after=after,
     )
 
 
@@ -271,6 +290,11 @@ def _step_params(doc: dict[str, Any], where: str, action: str, duration: Any) ->
         params["mode"] = mode
     if action == "attack":
         params |= _attack_params(doc, where, duration)
+    for name in ("via", "operator"):
+        if name in ACTIONS[action] and name in doc:
+            if not isinstance(doc[name], str) or not doc[name]:
+                raise ConfigError(f"{where}.{name}", "a node name")
+            params[name] = doc[name]
     params |= _kme_and_flood_params(doc, where, action)
     return params
 
@@ -332,13 +356,26 @@ def _network_spec(doc: dict[str, Any]) -> NetworkSpec:
     net_doc = _table(
         doc,
         "network",
-        {"validators", "heartbeat_ms", "kms_rate", "scheme", "kme_per_node", "relay_delay_ms"},
+        {
+            "validators",
+            "heartbeat_ms",
+            "kms_rate",
+            "scheme",
+            "kme_per_node",
+            "relay_delay_ms",
+            "reconfiguration",
+        },
     )
     kme_per_node = net_doc.get("kme_per_node", False)
     if type(kme_per_node) is not bool:
         raise ConfigError("network.kme_per_node", "true or false")
     if "relay_delay_ms" in net_doc and not kme_per_node:
         raise ConfigError("network.relay_delay_ms", "only with kme_per_node = true")
+    reconfiguration = net_doc.get("reconfiguration", False)
+    if type(reconfiguration) is not bool:
+        raise ConfigError("network.reconfiguration", "true or false")
+    if reconfiguration and kme_per_node:
+        raise ConfigError("network.reconfiguration", "set changes need the shared KMS")
     network = NetworkSpec(
         validators=int(_num(net_doc, "validators", "network", 4, 1)),
         heartbeat_ms=int(_num(net_doc, "heartbeat_ms", "network", 300, 1)),
@@ -346,6 +383,7 @@ def _network_spec(doc: dict[str, Any]) -> NetworkSpec:
         scheme=str(net_doc.get("scheme", "ed25519")),
         kme_per_node=kme_per_node,
         relay_delay_ms=int(_num(net_doc, "relay_delay_ms", "network", 0)),
+        reconfiguration=reconfiguration,
     )
     if network.validators % 3 != 1:
         raise ConfigError("network.validators", "n = 3f+1")
@@ -375,9 +413,14 @@ def _steps(doc: dict[str, Any], duration: float) -> tuple[Step, ...]:
     steps_doc = doc.get("step", [])
     if not isinstance(steps_doc, list):
         raise ConfigError("step", "an array of tables ([[step]])")
-    steps = tuple(sorted((_step(s, i) for i, s in enumerate(steps_doc)), key=lambda s: s.at))
+    steps = tuple(
+        sorted(
+            (_step(s, i) for i, s in enumerate(steps_doc)),
+            key=lambda s: (s.after is not None, s.at, s.index),
+        )
+    )
     for i, s in enumerate(steps):
-        if s.end > duration:
+        if s.after is None and s.end > duration:
             raise ConfigError(f"step[{i}]", f"ends at {s.end}s, after duration_s = {duration}")
     return steps
 
@@ -399,6 +442,7 @@ def _checks_spec(doc: dict[str, Any]) -> ChecksSpec:
             "max_resume_s",
             "all_acked_commit",
             "no_restart",
+            "activate_during",
         },
     )
     equivocation = checks_doc.get("equivocation", "absent")
@@ -426,6 +470,9 @@ def _checks_spec(doc: dict[str, Any]) -> ChecksSpec:
     if type(no_restart) is not bool:
         raise ConfigError("checks.no_restart", "true or false")
     max_resume = _num(checks_doc, "max_resume_s", "checks", None, 0.5)
+    activate_during = checks_doc.get("activate_during", "")
+    if activate_during != "" and activate_during not in ACTIONS:
+        raise ConfigError("checks.activate_during", "the name of a step action")
     return ChecksSpec(
         liveness_deadline_s=float(_num(checks_doc, "liveness_deadline_s", "checks", 30.0, 1.0)),
         equivocation=equivocation,
@@ -439,6 +486,7 @@ def _checks_spec(doc: dict[str, Any]) -> ChecksSpec:
         max_resume_s=None if max_resume is None else float(max_resume),
         all_acked_commit=all_acked_commit,
         no_restart=no_restart,
+        activate_during=activate_during,
     )
 
 
@@ -465,6 +513,9 @@ def parse_scenario(doc: dict[str, Any], default_name: str = "scenario") -> Scena
     load = _load_spec(doc)
     steps = _steps(doc, duration)
     checks = _checks_spec(doc)
+    changes = [s.action for s in steps if s.action in SET_CHANGES]
+    if changes and not network.reconfiguration:
+        raise ConfigError("network.reconfiguration", f"{changes[0]} needs it set to true")
     docker_ok = not any(
         (s.action == "byzantine" and s.param("mode") == "twin") or s.action in LOCAL_ONLY
         for s in steps

@@ -1,10 +1,11 @@
 """The timeline and the heal: the phases of a run that perturb the network.
 
 `Timeline.run` applies every step at its `at` (looking its action up in
-`actions.PERTURBATIONS`) and undoes it `duration_s` later; a step that fails records its
-error and the others go on. `heal_all` undoes everything at the end of the timeline:
-attacks cancelled, twins stopped, transport rules cleared, paused nodes resumed, dead
-nodes started, Byzantine modes off, KMEs started and refilled, the key managers'
+`actions.PERTURBATIONS`), or `at` seconds after the step it comes `after` finished, and
+undoes it `duration_s` later; a step that fails records its error and the others go on.
+`heal_all` undoes everything at the end of the timeline: attacks cancelled, twins
+stopped, transport rules cleared, paused nodes resumed, dead nodes started (not those a
+set change removed), Byzantine modes off, KMEs started and refilled, the key managers'
 behaviour and faults cleared.
 """
 
@@ -23,6 +24,8 @@ class Timeline:
     def __init__(self, state: TimelineState, records: list[StepRecord]) -> None:
         self.state = state
         self.records = records
+        self.finished = {r.step.index: asyncio.Event() for r in records}
+        """By step index: the step was applied (and undone, if it has a duration)."""
 
     async def _at(self, t: float) -> None:
         delay = t - self.state.clock()
@@ -52,17 +55,23 @@ class Timeline:
         self.state.history.event(rec.undone_at, f"undo {rec.step.action}", nodes=rec.nodes)
 
     async def _one(self, rec: StepRecord) -> None:
-        await self._at(rec.step.at)
+        s = rec.step
         try:
+            if s.after is not None:
+                await self.finished[s.after].wait()
+                rec.due = self.state.clock() + s.at
+            else:
+                rec.due = s.at
+            await self._at(rec.due)
             await self.apply(rec)
-            if rec.step.duration_s is not None and not PERTURBATIONS[rec.step.action].self_timed:
-                await self._at(rec.step.end)
+            if s.duration_s is not None and not PERTURBATIONS[s.action].self_timed:
+                await self._at(rec.due + s.duration_s)
                 await self.undo(rec)
         except (OSError, BackendError, AttackError) as e:
             rec.error = str(e)
-            self.state.history.event(
-                self.state.clock(), "error", step=rec.step.action, detail=str(e)
-            )
+            self.state.history.event(self.state.clock(), "error", step=s.action, detail=str(e))
+        finally:
+            self.finished[s.index].set()
 
     async def run(self) -> None:
         await asyncio.gather(*(self._one(r) for r in self.records))
@@ -78,7 +87,7 @@ async def heal_all(st: TimelineState, records: list[StepRecord]) -> None:
     for n in st.twins:
         await call(twins.stop_twin, net, n)
     await call(transport.heal, net)
-    for name in net.node_names():
+    for name in net.node_names():  # a validator removed by a set change is not started
         with contextlib.suppress(OSError, BackendError):
             await call(net.resume_node, name)
         if not await call(net.node_alive, name):

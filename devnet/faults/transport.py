@@ -42,14 +42,25 @@ def block(target: Network, name: str, peers: Iterable[int], add: bool) -> None:
     target.admin(name, "PUT", "/admin/faults", rules)
 
 
-def partition(target: Network, side: Sequence[str], other: Sequence[str] | None = None) -> None:
-    """Cut every link between `side` and `other` (default: every other node)."""
+def partition(
+    target: Network, side: Sequence[str], other: Sequence[str] | None = None
+) -> list[str]:
+    """Cut every link between `side` and `other` (default: every other node). A node that
+    does not answer (a validator being added, not started yet or still starting) gets no
+    rules if every node on the other side got them: those block both directions of every
+    link to it. Returns the nodes that got no rules; raises if a link stays uncut."""
     names = target.node_names()
     rest = [n for n in names if n not in side] if not other else list(other)
-    for a in side:
-        block(target, a, [index_of(target, b) for b in rest], True)
-    for b in rest:
-        block(target, b, [index_of(target, a) for a in side], True)
+    missed: dict[str, str] = {}
+    for group, peers in ((side, rest), (rest, side)):
+        for name in group:
+            try:
+                block(target, name, [index_of(target, p) for p in peers], True)
+            except (OSError, BackendError) as e:
+                missed[name] = str(e)
+    if any(n in missed for n in side) and any(n in missed for n in rest):
+        raise BackendError(f"partition: no rules set on either end of some links: {missed}")
+    return sorted(missed)
 
 
 def unpartition(target: Network, side: Sequence[str], other: Sequence[str] | None = None) -> None:

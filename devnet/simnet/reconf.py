@@ -10,8 +10,8 @@ and not started. On a seeded schedule, beside the run's usual faults:
    another one until they commit);
 2. at its approval the key manager gets the joiner's SAE pairs at run time
    (`KeyManager.add_link_like`, what `PUT /admin/links/{a}/{b}` does); the joiner starts
-   from an empty disk and catches up as a learner; once it has reached the height the
-   chain had when it started, its readiness is sent and the add activates D heights later;
+   from an empty disk and catches up as a learner; once it is within `CAUGHT_UP_LAG`
+   heights of the tip, its readiness is sent and the add activates D heights later;
 3. later, a seeded member of the genesis is removed (proposal, approvals); once the chain
    is `LINGER_HEIGHTS` + 2 heights past the activation the removed node stops for good
    (as a crash; what its chain holds then is kept for the agreement checks) and its SAE
@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from contracts import validators
-from devnet.joining import TX_TIMEOUT_S, Operators
+from devnet.joining import CAUGHT_UP_LAG, TX_TIMEOUT_S, Operators
 from devnet.network import NetworkPlan, NodePlan, account_key, operator_role
 from devnet.simnet.loop import OWNER
 from node.runtime import Validator
@@ -258,10 +258,12 @@ class Schedule:
             w.manager.add_link_like(joiner.sae_id, other.sae_id)
         ch.joiner = joiner.index
         await w.join(joiner.index)
-        top = await self._height()
-        while (v := w.nodes[joiner.index]) is None or v.chain.height() < top:
+        # Ready once within CAUGHT_UP_LAG heights of the tip, as the devnet's flow.
+        while (v := w.nodes[joiner.index]) is None or (
+            v.chain.height() < await self._height() - CAUGHT_UP_LAG
+        ):
             await asyncio.sleep(POLL_S)
-        self._step("joiner caught up", top)
+        self._step("joiner caught up", v.chain.height())
         change = (await self.ops.ready(cid, joiner))["change"]
         ch.e_add = int(change["activation_height"])
         self._step("add scheduled", ch.e_add)

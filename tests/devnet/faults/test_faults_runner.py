@@ -110,3 +110,36 @@ async def test_timeline_applies_and_undoes_through_the_table() -> None:
     assert records[0].undone_at is not None and records[2].undone_at is None
     events = [e["action"] for e in history.events]
     assert events == ["kill", "undo kill", "pause", "undo pause", "restart"]
+
+
+async def test_a_step_after_another_starts_once_that_one_finished() -> None:
+    """Step 1 follows step 0 (applied at 0, undone 0.3 s later) and starts 0.05 s after
+    its undo, though its `at` on the run's clock would be earlier; a step that follows a
+    failed one still runs."""
+    scenario = parse_scenario(
+        {
+            "duration_s": 5,
+            "step": [
+                {"at": 0, "action": "kill", "target": "node1", "duration_s": 0.3},
+                {"at": 0.05, "after": 0, "action": "pause", "target": "node2", "duration_s": 0.05},
+                {"at": 0.1, "action": "restart", "target": "nodeX"},
+                {"at": 0, "after": 2, "action": "restart", "target": "node3"},
+            ],
+        }
+    )
+    net = FakeNet()
+    state = TimelineState(net, random.Random(1), History(), RunClock.start())  # type: ignore[arg-type]
+    records = {r.step.index: r for r in (StepRecord(s) for s in scenario.steps)}
+    await Timeline(state, list(records.values())).run()
+    assert net.calls == [
+        ("kill_node", "node1"),
+        ("restart_node", "node3"),
+        ("start_node", "node1"),
+        ("pause_node", "node2"),
+        ("resume_node", "node2"),
+    ]
+    kill, pause = records[0], records[1]
+    assert kill.undone_at is not None and pause.applied_at is not None
+    assert pause.due is not None and pause.due >= kill.undone_at + 0.05
+    assert pause.applied_at >= pause.due
+    assert "unknown node" in records[2].error and not records[3].error
