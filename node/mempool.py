@@ -48,7 +48,7 @@ from __future__ import annotations
 import heapq
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 from contracts.execution import Verifier, verify_signature
@@ -116,6 +116,13 @@ class MempoolLimits:
             max_block_bytes=m.max_block_bytes,
         )
 
+    def shared_among(self, n: int) -> MempoolLimits:
+        """These limits with the local share of one of n validators (unchanged when no
+        share is set: a pool that is not a validator's)."""
+        if self.max_local is None or n < 1:
+            return self
+        return replace(self, max_local=max(1, self.max_txs // n))
+
 
 @dataclass
 class PendingTx:
@@ -172,6 +179,11 @@ class Mempool:
         self.waiting_dropped: dict[str, int] = {"displaced": 0, "expired": 0}
         """Waiting transactions that left the pool: `displaced` by a ready one, `expired`
         by `drop_waiting`."""
+
+    def share_among(self, n: int) -> None:
+        """Follow a validator set of n: this validator's local share becomes max_txs / n
+        (a chain whose set changes; `ChainSets.sized`)."""
+        self.limits = self.limits.shared_among(n)
 
     def __len__(self) -> int:
         return len(self._by_hash)

@@ -186,6 +186,7 @@ class Validator:
             self.accounts,
             self.sig_cache,
         )
+        self.sets.sized = self.mempool.share_among
         self.pacer = BlockPacer(
             cfg.timing,
             cfg.mempool,

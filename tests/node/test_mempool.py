@@ -135,6 +135,23 @@ def test_admission_fills_the_signature_cache_that_execution_uses(
     assert calls == [forged.hash]
 
 
+def test_the_local_share_follows_the_validator_set(pool: tuple[Mempool, Accounts]) -> None:
+    """On a chain whose set changes, each validator's share is max_txs over the set's
+    size: after an add, five shares still fit the leader's pool; a pool with no share
+    (not a validator's) keeps none."""
+    _, accounts = pool
+    mp = Mempool(CHAIN, MempoolLimits(max_txs=1_280, max_local=320), accounts)
+    mp.share_among(5)
+    assert mp.limits.max_local == 256 and 5 * mp.limits.max_local <= mp.limits.max_txs
+    mp.share_among(4)
+    assert mp.limits.max_local == 320
+    mp.share_among(2_000)
+    assert mp.limits.max_local == 1
+    plain = Mempool(CHAIN, MempoolLimits(max_txs=10), accounts)
+    plain.share_among(5)
+    assert plain.limits.max_local is None
+
+
 def test_local_share_bounds_client_transactions_but_not_forwarded_ones(
     pool: tuple[Mempool, Accounts],
 ) -> None:

@@ -28,8 +28,11 @@ from node.notary_evidence import (
 from qchain.cli import main
 from qchain.codec import encode_value
 from qchain.errors import CodecError, EvidenceMismatch
-from tests.contracts.setchain_chain import CertifiedChain, certified_chain, schedule_change
-from tests.contracts.validators_chain import add_args, remove_args
+from tests.contracts.setchain_chain import (
+    CertifiedChain,
+    add_then_remove,
+    certified_chain,
+)
 
 from .setchain_store import node_store
 
@@ -39,12 +42,7 @@ DOCUMENT = b"a contract signed after the set changed\n" * 50
 @pytest.fixture(scope="module")
 def cc() -> CertifiedChain:
     cc = certified_chain(4, delay=2)
-    _, e1 = schedule_change(cc, add_args(0, cc.chain.address("outsider")), key=0)
-    while cc.chain.height < e1 + 1:
-        cc.block()
-    _, e2 = schedule_change(cc, remove_args(1), None, approvers=("op0", "op1", "op2", "op3"))
-    while cc.chain.height < e2 + 3:
-        cc.block()
+    add_then_remove(cc)
     digest = hashlib.sha256(DOCUMENT).digest()
     tx = cc.chain.tx("op2", "notary", "anchor", [digest, "sha256", "contract", "legal", b""])
     assert cc.block([tx]).receipts[0].ok

@@ -22,8 +22,11 @@ from qchain.cli import main as cli_main
 from qchain.client import receipt_proof_of
 from qchain.store import schema
 from qchain.store.kv import Batch
-from tests.contracts.setchain_chain import CertifiedChain, certified_chain, schedule_change
-from tests.contracts.validators_chain import add_args, remove_args
+from tests.contracts.setchain_chain import (
+    CertifiedChain,
+    add_then_remove,
+    certified_chain,
+)
 
 from ..conftest import ApiHarness, FakeNode, SpecChecker, serve
 from ..setchain_store import node_store
@@ -35,12 +38,7 @@ DOCUMENT = b"anchored after an add and a remove\n"
 @pytest.fixture(scope="module")
 def cc() -> CertifiedChain:
     cc = certified_chain(4, delay=2)
-    _, e1 = schedule_change(cc, add_args(0, cc.chain.address("outsider")), key=0)
-    while cc.chain.height < e1 + 1:
-        cc.block()
-    _, e2 = schedule_change(cc, remove_args(1), None, approvers=("op0", "op1", "op2", "op3"))
-    while cc.chain.height < e2 + 3:
-        cc.block()
+    add_then_remove(cc)
     anchor = [hashlib.sha256(DOCUMENT).digest(), "sha256", "contract", "legal", b""]
     cc.block(
         [
