@@ -8,7 +8,7 @@ store. The parts, each in its own module:
 - `node.driver`: the engine's event queue, and the actions of each step in order;
 - `node.pacing`: when a leader builds, how big its block may be, validating proposals;
 - `node.fetcher`: missing block bodies, and serving peers' block and sync requests;
-- `node.commit` and `node.certificates`: commits, and the commit certificates after them;
+- `node.commit`, `node.certificates`, `node.certbackfill`: commits and their certificates;
 - `node.accounts`, `node.forwarding` and `node.batches`: admitting transactions, sending
   them to every peer in batches, proposals that name batches, suspecting a leader that
   leaves transactions out;
@@ -64,6 +64,7 @@ from qchain import clock
 from qchain.config import NodeConfig
 from qchain.errors import ConfigError, Overloaded, StorageCorrupt, StorageError
 from qchain.qkd.endpoint import QKDEndpoint
+from qchain.qkd.pool import PoolConfig
 from qchain.qkd.source import KeySource
 from qchain.store import schema
 from qchain.store.kv import Batch, KVStore, open_store, scan
@@ -79,8 +80,7 @@ STARTUP_SCAN_S = 2.0
 
 class Validator:
     """One validator process. Implements `node.service.NodeService` for the API and
-    `node.http.admin.AdminTarget` for the admin API, through `ServiceFacade` and
-    `AdminFacade`."""
+    `node.http.admin.AdminTarget` for the admin API, through `ServiceFacade` and `AdminFacade`."""
 
     def __init__(
         self,
@@ -269,6 +269,7 @@ class Validator:
             ride_s=self.params.timeout_ms(0) / 1000,
             sets=self.sets,
             member=self.sets.own(self.me, self.signing_key.public_key, self.cfg.qkd.sae_id),
+            apis=self.genesis if self._serve_api else None,
         )
         parts = CommitParts(
             alarms=self.alarms,
@@ -336,8 +337,6 @@ class Validator:
         for i in peers:
             if i not in sae:
                 raise ConfigError("p2p.peers", f"peer {i} is not a validator of this genesis")
-        from qchain.qkd.pool import PoolConfig
-
         batch = min(128, cfg.qkd.batch_keys)
         endpoint = self.links.endpoint = QKDEndpoint(
             self.genesis.chain_id,
@@ -368,6 +367,7 @@ class Validator:
         if self._serve_api:
             await self._start_http()
         self._tasks.append(asyncio.create_task(self._housekeeping(), name="housekeeping"))
+        self._tasks.append(asyncio.create_task(self.certificates.backfill.run(), name="backfill"))
         if self.set_links is not None:
             follow = self.set_links.run(lambda: self.engine.cur)
             self._tasks.append(asyncio.create_task(follow, name="set-links"))
