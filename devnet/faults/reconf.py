@@ -410,7 +410,12 @@ def check_signers(evidence: SetEvidence, changes: Sequence[SetChange]) -> CheckR
                 f"{node}, height {h}: {len(set(signers))} signatures, q = {quorum(len(vset))}"
             )
     signed: dict[str, int] = {}
+    replayed: dict[str, int] = {}
+    """Receipts an added validator served of heights below its activation."""
     for ch in changes:
+        if ch.kind == "add":
+            held = evidence.certs.get(ch.node, {})
+            replayed[ch.node] = sum(1 for h in held if h < ch.activation)
         after = [signers for _, h, signers in every if h >= ch.activation]
         count = sum(1 for signers in after if ch.vid in signers)
         signed[f"{ch.kind} {ch.vid}"] = count
@@ -428,8 +433,9 @@ def check_signers(evidence: SetEvidence, changes: Sequence[SetChange]) -> CheckR
         "signers",
         True,
         f"{len(every)} certificates signed by a quorum of their height's set "
-        f"({evidence.unread} unread); certificates signed from activation: {signed}",
-        data={"signed_from_activation": signed, "unread": evidence.unread},
+        f"({evidence.unread} unread, {replayed} of joiners below their activation); "
+        f"certificates signed from activation: {signed}",
+        data={"signed_from_activation": signed, "unread": evidence.unread, "replayed": replayed},
     )
 
 
