@@ -56,10 +56,14 @@ rust-client:
 # validators, 20 virtual seconds each, with faults; a failing seed prints its replay
 # command. About 1,000 runs an hour on a quiet 2-core machine (a third of the CPU goes to
 # the bursts), a few hundred beside other work.
+# Then the same on a chain whose set changes (`--reconf`: a validator added, then one
+# of the genesis removed, beside the faults); such a run costs several times as much.
 SIM_SEEDS ?= 0..499
+SIM_RECONF_SEEDS ?= 0..99
 
 sim-sweep: $(STAMP)
 	$(VENV)/bin/qchain sim net --seeds $(SIM_SEEDS) --seconds 20
+	$(VENV)/bin/qchain sim net --seeds $(SIM_RECONF_SEEDS) --seconds 20 --reconf
 
 # The consensus simulator's validator-set changes (CONSENSUS.md §10.8, consensus/README.md):
 # scenarios C1-C8 over seeds 0..1999 at n = 4 -> 5 -> 4 and 7 -> 8 -> 7, then the
@@ -83,6 +87,8 @@ sim-mutants: $(STAMP)
 	done
 	@echo "mutant gap-stall (--client eager)"
 	@$(VENV)/bin/qchain sim net --seeds 0..19 --client eager --mutant gap-stall | tail -1
+	@echo "mutant early-activation (--reconf, 6 s)"
+	@$(VENV)/bin/qchain sim net --seeds 0..19 --seconds 6 --reconf --mutant early-activation | tail -1
 
 # The standard benchmark set (docs/BENCHMARKS.md); each run starts its own devnet on free
 # loopback ports. About 20 minutes on 2 cores: run it on a quiet machine.

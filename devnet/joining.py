@@ -66,15 +66,16 @@ from node.setlinks import LINGER_HEIGHTS
 from qchain.client import AsyncClient
 from qchain.errors import ConfigError
 from qchain.qkd import certs
-from qchain.types import Receipt, new_transaction
+from qchain.types import Receipt, Transaction, new_transaction
 
 TX_TIMEOUT_S = 30.0
 CAUGHT_UP_LAG = 2
 """How many heights below a member's the joiner may be when its readiness is sent."""
 
 
-def add_site(directory: Path) -> NodePlan:
-    """Write the next validator's site into the devnet and list it in `network.json`."""
+def add_site(directory: Path, ports: tuple[int, int, int] | None = None) -> NodePlan:
+    """Write the next validator's site into the devnet and list it in `network.json`.
+    ports: its p2p, API and admin ports (default: ports free now)."""
     plan = load_plan(directory)
     if not plan.reconfiguration:
         raise ConfigError(
@@ -83,7 +84,7 @@ def add_site(directory: Path) -> NodePlan:
     if plan.kme_mode != "shared":
         raise ConfigError(str(directory), "adding a validator needs the shared simulated KMS")
     index = len(plan.nodes)
-    p2p, api, admin = free_ports(3, plan.host)
+    p2p, api, admin = ports or free_ports(3, plan.host)
     node = NodePlan(
         index=index,
         name=f"node{index}",
@@ -181,42 +182,53 @@ Nonces = Callable[[str], int]
 sending from the same accounts); without one, the chain's next nonce is asked."""
 
 
-class Governance:
-    """Transactions of the `validators` contract from the dev operators' accounts, sent
-    to one node's HTTP API and waited for."""
+class Operators:
+    """Transactions of the `validators` contract from the dev operators' accounts. How
+    they reach the chain is a subclass's: `Governance` (a node's HTTP API), the
+    whole-network simulator's (`devnet.simnet.reconf`, the simulated nodes' facades)."""
 
-    def __init__(self, plan: NetworkPlan, api_url: str, nonces: Nonces | None = None) -> None:
+    def __init__(self, plan: NetworkPlan) -> None:
         self.plan = plan
-        self.api_url = api_url
-        self.nonces = nonces
 
     async def send(self, role: str, method: str, args: list[object]) -> Receipt:
         """Sign and submit a transaction of `role`'s account, wait for its commit; its
         receipt, or `ConfigError` naming the contract's refusal."""
-        key = account_key(role, self.plan.scheme)
-        async with AsyncClient(self.api_url) as c:
-            tx = new_transaction(
-                key,
-                chain_id=self.plan.chain_id,
-                nonce=(self.nonces(role) if self.nonces else await c.next_nonce(key.address)),
-                contract=validators.NAME,
-                method=method,
-                args=args,
-            )
-            info = await c.submit_and_wait(tx, TX_TIMEOUT_S)
-        if info.receipt is None or not info.receipt.ok:
-            why = "no receipt" if info.receipt is None else info.receipt.message
-            raise ConfigError(f"validators.{method}", f"refused: {why}")
-        return info.receipt
+        raise NotImplementedError
 
-    async def propose_add(self, node: NodePlan, operator: int | None = None) -> bytes:
-        """node0's operator proposes the add of `node` from its join request (key, SAE
-        id, operator, name, p2p, api); returns the change id. Its operator is that of
-        validator `operator` if given (a partner's new machine), else its own."""
+    async def change(self, change_id: bytes) -> dict[str, Any]:
+        """The change's status (the contract's `change` query)."""
+        raise NotImplementedError
+
+    async def members(self) -> list[int]:
+        """The ids of the current set whose operators approve changes."""
+        raise NotImplementedError
+
+    def transaction(self, role: str, nonce: int, method: str, args: list[object]) -> Transaction:
+        return new_transaction(
+            account_key(role, self.plan.scheme),
+            chain_id=self.plan.chain_id,
+            nonce=nonce,
+            contract=validators.NAME,
+            method=method,
+            args=args,
+        )
+
+    @staticmethod
+    def receipt(method: str, receipt: Receipt | None) -> Receipt:
+        """The receipt of a committed transaction, or `ConfigError` naming the refusal."""
+        if receipt is None or not receipt.ok:
+            why = "no receipt" if receipt is None else receipt.message
+            raise ConfigError(f"validators.{method}", f"refused: {why}")
+        return receipt
+
+    def add_args(self, node: NodePlan, operator: int | None = None) -> list[object]:
+        """The `propose` arguments of the add of `node`, from its join request (key, SAE
+        id, operator, name, p2p, api). Its operator is that of validator `operator` if
+        given (a partner's new machine), else its own."""
         op = account_key(
             operator_role(node.index if operator is None else operator), self.plan.scheme
         )
-        args: list[object] = [
+        return [
             "add",
             None,
             validator_key(node.index).public_key,
@@ -226,6 +238,11 @@ class Governance:
             node.p2p,
             node.api_url,
         ]
+
+    async def propose_add(self, node: NodePlan, operator: int | None = None) -> bytes:
+        """node0's operator proposes the add of `node` (`add_args`); returns the change
+        id."""
+        args = self.add_args(node, operator)
         return (await self.send(operator_role(0), "propose", args)).tx_hash
 
     async def propose_remove(self, vid: int, proposer: int = 0) -> bytes:
@@ -242,9 +259,40 @@ class Governance:
         """The joiner's key signs its readiness (no other add or rotate is in flight, so
         `checked` is empty); a member's operator sends it."""
         message = validators.ready_message(self.plan.chain_id, change_id, ())
-        signature = validator_key(node.index).sign(message)
+        signature = self.sign_ready(node, message)
         await self.send(operator_role(sender), "ready", [change_id, signature, []])
         return await self.change(change_id)
+
+    def sign_ready(self, node: NodePlan, message: bytes) -> bytes:
+        """The joiner's ML-DSA-65 signature of its readiness message."""
+        return validator_key(node.index).sign(message)
+
+    async def approve_all(self, change_id: bytes) -> dict[str, Any]:
+        """Approvals from the members' operators, in id order, until the change is no
+        longer `proposed` (more than 2/3 of the set approved); its status."""
+        status = await self.change(change_id)
+        for vid in await self.members():
+            if status["change"]["status"] != "proposed":
+                break
+            status = await self.approve(change_id, [vid])
+        return status
+
+
+class Governance(Operators):
+    """The operators' transactions sent to one node's HTTP API and waited for."""
+
+    def __init__(self, plan: NetworkPlan, api_url: str, nonces: Nonces | None = None) -> None:
+        super().__init__(plan)
+        self.api_url = api_url
+        self.nonces = nonces
+
+    async def send(self, role: str, method: str, args: list[object]) -> Receipt:
+        key = account_key(role, self.plan.scheme)
+        async with AsyncClient(self.api_url) as c:
+            nonce = self.nonces(role) if self.nonces else await c.next_nonce(key.address)
+            tx = self.transaction(role, nonce, method, args)
+            info = await c.submit_and_wait(tx, TX_TIMEOUT_S)
+        return self.receipt(method, info.receipt)
 
     async def change(self, change_id: bytes) -> dict[str, Any]:
         async with AsyncClient(self.api_url) as c:
@@ -253,29 +301,17 @@ class Governance:
             raise ConfigError("validators.change", "the answer is not an object")
         return doc
 
+    async def members(self) -> list[int]:
+        """The ids of the current set, as the node executed it."""
+        async with AsyncClient(self.api_url) as c:
+            h = int((await c.status())["height"])
+            doc = await c.query(validators.NAME, "set", {"height": max(h, 1)})
+        return [int(r["id"]) for r in doc["records"]]
+
 
 async def _height(net: LocalNetwork, name: str) -> int:
     async with AsyncClient(net.api_url(name)) as c:
         return int((await c.status())["height"])
-
-
-async def _members(net: LocalNetwork, name: str) -> list[int]:
-    """The ids of the current set, as `name` executed it."""
-    h = await _height(net, name)
-    async with AsyncClient(net.api_url(name)) as c:
-        doc = await c.query(validators.NAME, "set", {"height": max(h, 1)})
-    return [int(r["id"]) for r in doc["records"]]
-
-
-async def _approve_all(gov: Governance, net: LocalNetwork, via: str, cid: bytes) -> dict[str, Any]:
-    """Approvals from the members' operators, in id order, until the change is no longer
-    `proposed` (more than 2/3 of the set approved); its status."""
-    status = await gov.change(cid)
-    for vid in await _members(net, via):
-        if status["change"]["status"] != "proposed":
-            break
-        status = await gov.approve(cid, [vid])
-    return status
 
 
 async def _wait(what: str, check: Callable[[], Awaitable[bool]], timeout: float) -> None:
@@ -306,7 +342,7 @@ async def add_validator(
     net.plan = load_plan(net.dir)
     gov = Governance(net.plan, net.api_url(via), nonces)
     cid = await gov.propose_add(node, operator)
-    status = await _approve_all(gov, net, via, cid)
+    status = await gov.approve_all(cid)
     change = status["change"]
     if change["status"] != "approved" or change["id"] != node.index:
         raise ConfigError("add", f"the add was not approved as id {node.index}: {status}")
@@ -354,9 +390,9 @@ async def remove_validator(
         raise ConfigError("--via", "send the remove through another node than the one removed")
     gov = Governance(net.plan, net.api_url(via), nonces)
     cid = await gov.propose_remove(
-        node.index, proposer=next(i for i in await _members(net, via) if i != node.index)
+        node.index, proposer=next(i for i in await gov.members() if i != node.index)
     )
-    status = await _approve_all(gov, net, via, cid)
+    status = await gov.approve_all(cid)
     change = status["change"]
     if change["status"] != "scheduled":
         raise ConfigError("remove", f"the remove was not approved: {status}")

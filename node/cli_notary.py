@@ -10,7 +10,9 @@
 - `evidence TX_HASH --out R` builds the evidence of an anchor made any other way (the
   explorer, the SDK, another client) from a node.
 - `verify FILE --receipt R --genesis G` needs no node: it checks that R's receipt proof
-  was signed by 2f+1 of the genesis's validators, that its transaction is the receipt's,
+  was signed by 2f+1 of the genesis's validators (on a chain whose validator set changes,
+  of the set of its height, proven from the genesis by the set chain the evidence
+  carries, as `qchain receipt verify` proves it), that its transaction is the receipt's,
   succeeded, and anchors exactly this file's digest under the anchor's algorithm, and
   prints when and by whom. A modified file, the evidence of another anchor, or a proof
   that does not verify exits 1 with a message naming what failed.
@@ -32,10 +34,10 @@ from contracts.runtime import Kind
 from node.cli_tx import submit_call
 from node.genesis_file import load_genesis
 from node.notary_evidence import (
-    EVIDENCE_VERSION,
     Anchored,
-    NotaryEvidence,
+    Evidence,
     check_evidence,
+    evidence_of_receipt,
     file_digest,
     load_evidence,
     save_evidence,
@@ -91,8 +93,8 @@ def _metadata(text: str) -> bytes:
     return data
 
 
-def _fetch_evidence(client: Client, tx: Transaction) -> NotaryEvidence:
-    return NotaryEvidence(EVIDENCE_VERSION, client.receipt(tx.hash), tx)
+def _fetch_evidence(client: Client, tx: Transaction) -> Evidence:
+    return evidence_of_receipt(client.receipt_bytes(tx.hash), tx)
 
 
 def _save_after_commit(client: Client, tx: Transaction, out: Path) -> None:

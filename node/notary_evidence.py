@@ -9,10 +9,16 @@ the digest, algorithm, title and category; the block header gives the block time
 else is needed, and no node is asked.
 
 An evidence file is the canonical encoding of `NotaryEvidence`, the fixed-order array
-`[version, receipt proof, transaction]`. `qchain notary anchor --receipt-out` writes one
+`[1, receipt proof, transaction]`, or on a chain whose genesis sets
+`consensus.reconfiguration` of `GovernedEvidence`, `[2, receipt proof, transaction, set
+chain]`: the set chain (`contracts.setchain`) proves from the genesis the validator set of
+the receipt's height (docs/CONSENSUS.md §10.5), so that evidence of a block after a set
+change verifies from the genesis alone, by the code of `qchain receipt verify`
+(`node.cli_receipt.verify_receipt_proof`). `qchain notary anchor --receipt-out` writes one
 for the anchor it makes; `qchain notary evidence TX_HASH` builds one from a node for an
-anchor made any other way (the node serves the receipt proof at `GET /v1/receipts/{hash}`
-and the transaction at `GET /v1/txs/{hash}`).
+anchor made any other way (the node serves the receipt proof, with the set chain of its
+height on a governed chain, at `GET /v1/receipts/{hash}` and the transaction at
+`GET /v1/txs/{hash}`).
 
 Digests are computed over the file streamed in 1 MiB chunks: SHA-256 with `hashlib`, SM3
 (GB/T 32905-2016) with `cryptography`'s `hashes.SM3`, which needs an OpenSSL that
@@ -26,22 +32,30 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Protocol
+from typing import NoReturn, Protocol
 
+from contracts import setchain
 from contracts.genesis import Genesis
 from contracts.notary import ALGORITHMS, NAME, AnchorArgs, AnchorManyArgs
 from contracts.registry import DEFAULT_REGISTRY
 from contracts.runtime import Kind
-from node.cli_receipt import verify_receipt_proof
+from node.cli_receipt import parse_receipt, verify_receipt_proof
 from qchain.codec import U16, Limits, Struct
 from qchain.errors import BadSignature, CodecError, ConfigError, ContractError, EvidenceMismatch
 from qchain.types import ReceiptProof, Transaction
 
 EVIDENCE_VERSION = 1
-MAX_EVIDENCE_SIZE = 4 * 1024 * 1024
+GOVERNED_EVIDENCE_VERSION = 2
+MAX_EVIDENCE_SIZE = 4 * 1024 * 1024 + 128 * 1024
 """Largest evidence file read: a receipt proof with the certificate of a large validator
-set, and a transaction of at most 64 KiB."""
-EVIDENCE_LIMITS = Limits(max_size=MAX_EVIDENCE_SIZE)
+set and the set chain of its height (together at most `MAX_MESSAGE`, as a node serves
+them), and a transaction of at most 64 KiB."""
+EVIDENCE_LIMITS = Limits(
+    max_size=MAX_EVIDENCE_SIZE,
+    max_depth=8,
+    max_bytes_len=setchain.MAX_PROOF_BYTES,
+    max_array_len=1024,
+)
 CHUNK = 1 << 20
 
 
@@ -52,6 +66,41 @@ class NotaryEvidence(Struct):
     proof: ReceiptProof
     transaction: Transaction
     """The anchoring transaction, whose hash is the receipt's `tx_hash`."""
+
+    @property
+    def set_chain(self) -> setchain.SetChain | None:
+        return None
+
+
+@dataclass(frozen=True)
+class GovernedEvidence(Struct):
+    """Evidence on a chain whose validator set changes: with the set chain of the
+    receipt's height, from genesis."""
+
+    version: U16
+    """`GOVERNED_EVIDENCE_VERSION`; another value is refused."""
+    proof: ReceiptProof
+    transaction: Transaction
+    set_chain: setchain.SetChain
+
+
+Evidence = NotaryEvidence | GovernedEvidence
+
+
+def make_evidence(
+    proof: ReceiptProof, tx: Transaction, chain: setchain.SetChain | None
+) -> Evidence:
+    """The evidence of tx: with the set chain when the receipt came with one."""
+    if chain is None:
+        return NotaryEvidence(EVIDENCE_VERSION, proof, tx)
+    return GovernedEvidence(GOVERNED_EVIDENCE_VERSION, proof, tx, chain)
+
+
+def evidence_of_receipt(raw: bytes, tx: Transaction) -> Evidence:
+    """The evidence of tx from the receipt bytes a node serves (`GET /v1/receipts/{hash}`:
+    a `ReceiptProof`, or a `ChainedReceipt` with the set chain of its height)."""
+    proof, chain = parse_receipt(raw)
+    return make_evidence(proof, tx, chain)
 
 
 class _Hasher(Protocol):
@@ -91,15 +140,16 @@ def file_digest(path: Path, algorithm: str) -> bytes:
     return finish()
 
 
-def save_evidence(evidence: NotaryEvidence, path: Path) -> None:
+def save_evidence(evidence: Evidence, path: Path) -> None:
     if evidence.transaction.hash != evidence.proof.receipt.tx_hash:
         raise EvidenceMismatch("transaction", "is not the receipt's transaction")
     path.write_bytes(evidence.encode())
 
 
-def load_evidence(path: Path) -> NotaryEvidence:
-    """An evidence file; a bare receipt proof is refused with a message saying how to get
-    evidence instead."""
+def load_evidence(path: Path) -> Evidence:
+    """An evidence file, with or without a set chain (bounded: by `MAX_EVIDENCE_SIZE`,
+    `EVIDENCE_LIMITS` and the set chain's own bounds, §10.5); a bare receipt proof is
+    refused with a message saying how to get evidence instead."""
     try:
         with path.open("rb") as f:
             data = f.read(MAX_EVIDENCE_SIZE + 1)
@@ -107,21 +157,37 @@ def load_evidence(path: Path) -> NotaryEvidence:
         raise ConfigError("--receipt", f"cannot read {path}: {e.strerror}") from e
     if len(data) > MAX_EVIDENCE_SIZE:
         raise CodecError(f"{path}: larger than {MAX_EVIDENCE_SIZE} bytes, not notary evidence")
+    evidence: Evidence
     try:
         evidence = NotaryEvidence.decode(data, EVIDENCE_LIMITS)
+        expected = EVIDENCE_VERSION
     except CodecError as e:
         try:
-            ReceiptProof.decode(data, EVIDENCE_LIMITS)
-        except CodecError:
-            raise CodecError(f"{path}: not a notary evidence file: {e.message}") from None
+            evidence = GovernedEvidence.decode(data, EVIDENCE_LIMITS)
+            expected = GOVERNED_EVIDENCE_VERSION
+        except CodecError as governed:
+            _refuse_receipt(path, data, governed if data[:1] == b"\x94" else e)
+    if evidence.version != expected:
         raise CodecError(
-            f"{path} is a bare receipt proof, without the anchoring transaction: make the "
-            "evidence with `qchain notary evidence TX_HASH --out FILE` (or "
-            "`qchain notary anchor --receipt-out FILE`)"
-        ) from None
-    if evidence.version != EVIDENCE_VERSION:
-        raise CodecError(f"{path}: evidence version {evidence.version}, expected 1")
+            f"{path}: evidence version {evidence.version}, expected "
+            f"{EVIDENCE_VERSION} (or {GOVERNED_EVIDENCE_VERSION} with a set chain)"
+        )
+    chain = evidence.set_chain
+    if chain is not None and len(chain.encode()) > setchain.MAX_SETCHAIN_BYTES:
+        raise CodecError(f"{path}: a set chain larger than {setchain.MAX_SETCHAIN_BYTES} bytes")
     return evidence
+
+
+def _refuse_receipt(path: Path, data: bytes, e: CodecError) -> NoReturn:
+    try:
+        parse_receipt(data)
+    except CodecError:
+        raise CodecError(f"{path}: not a notary evidence file: {e.message}") from None
+    raise CodecError(
+        f"{path} is a bare receipt proof, without the anchoring transaction: make the "
+        "evidence with `qchain notary evidence TX_HASH --out FILE` (or "
+        "`qchain notary anchor --receipt-out FILE`)"
+    ) from None
 
 
 @dataclass(frozen=True)
@@ -175,17 +241,35 @@ def anchored_items(tx: Transaction) -> tuple[AnchorArgs, ...]:
     raise EvidenceMismatch("transaction", "its arguments are not an anchor's")
 
 
-def check_evidence(evidence: NotaryEvidence, path: Path, genesis: Genesis) -> Anchored:
+def check_evidence(evidence: Evidence, path: Path, genesis: Genesis) -> Anchored:
     """Check offline that evidence shows the file at path anchored on genesis's chain:
-    the receipt proof verifies against the genesis's validator keys, the transaction is
-    the receipt's and succeeded, and it is a notary anchor of the file's digest under the
-    anchor's algorithm. Raises `EvidenceMismatch` naming the part that fails."""
+    the receipt proof verifies against the genesis's validator keys (on a chain whose set
+    changes, against the set of its height that the evidence's set chain proves from the
+    genesis, as `qchain receipt verify` checks it), the transaction is the receipt's and
+    succeeded, and it is a notary anchor of the file's digest under the anchor's
+    algorithm. Raises `EvidenceMismatch` naming the part that fails."""
     proof, tx = evidence.proof, evidence.transaction
     try:
-        chain_id, validators = verify_receipt_proof(proof, genesis, None, None)
+        chain_id, validators = verify_receipt_proof(proof, genesis, None, None, evidence.set_chain)
+    except setchain.SetUnproven as e:
+        again = (
+            ": this evidence carries no set chain; fetch it again with `qchain notary "
+            "evidence TX_HASH --out FILE` from a node of the chain"
+            if evidence.set_chain is None
+            else ""
+        )
+        raise EvidenceMismatch("set chain", f"{e.message}{again}") from None
+    except setchain.SetChainRefused as e:
+        raise EvidenceMismatch("set chain", e.message) from None
     except BadSignature as e:
         raise EvidenceMismatch(
             "certificate", f"the receipt proof does not verify against the genesis: {e.message}"
+        ) from None
+    except ConfigError:
+        raise EvidenceMismatch(
+            "set chain",
+            "the evidence carries a set chain, but this genesis does not enable "
+            "validator-set changes: it is not this chain's evidence",
         ) from None
     receipt = proof.receipt
     if tx.hash != receipt.tx_hash:

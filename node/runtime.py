@@ -12,6 +12,7 @@ store. The parts, each in its own module:
 - `node.accounts`, `node.forwarding` and `node.batches`: admitting transactions, sending
   them to every peer in batches, proposals that name batches, suspecting a leader that
   leaves transactions out;
+- `node.boot`: the startup check of the store, and the engine's start from it;
 - `node.health`, `node.facade`: readiness, and what the HTTP and admin APIs see;
 - `node.byzantine`: the test-only hostile modes, off unless a devnet enables them.
 """
@@ -25,9 +26,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from consensus.engine import Engine
-from consensus.events import Event, Start
-from consensus.messages import Block as CBlock
-from consensus.messages import load_record
+from consensus.events import Event
 from consensus.params import Params
 from contracts.genesis import Genesis, init_state
 from contracts.setchain import SetChain
@@ -36,6 +35,7 @@ from node.accounts import Accounts, Admission
 from node.alarms import Alarms
 from node.backlog import Backlog
 from node.batches import Dissemination
+from node.boot import boot
 from node.budget import Budgets
 from node.chain import ChainApp, HeadState
 from node.chainstore import ChainStore
@@ -62,20 +62,15 @@ from node.validatorsets import ChainSets
 from node.verifypool import VerifyPool, verify_workers
 from qchain import clock
 from qchain.config import NodeConfig
-from qchain.errors import ConfigError, Overloaded, StorageCorrupt, StorageError
+from qchain.errors import ConfigError, Overloaded
 from qchain.qkd.endpoint import QKDEndpoint
 from qchain.qkd.pool import PoolConfig
 from qchain.qkd.source import KeySource
 from qchain.store import schema
-from qchain.store.kv import Batch, KVStore, open_store, scan
+from qchain.store.kv import Batch, KVStore, open_store
 from qchain.types import ReceiptProof, Transaction
 
 log = logging.getLogger("qchain.node")
-
-STARTUP_VERIFY_BLOCKS = 64
-"""Committed heights checked against their hashes before a validator serves anything."""
-STARTUP_SCAN_S = 2.0
-"""Time budget of the startup sweep that reads the whole store (LevelDB checksums)."""
 
 
 class Validator:
@@ -191,6 +186,7 @@ class Validator:
             self.accounts,
             self.sig_cache,
         )
+        self.sets.sized = self.mempool.share_among
         self.pacer = BlockPacer(
             cfg.timing,
             cfg.mempool,
@@ -396,48 +392,7 @@ class Validator:
         await self._listeners.serve(admin, cfg.admin.listen, None)
 
     def _boot_engine(self) -> None:
-        if not self._store_intact():
-            return
-        records = [load_record(v) for _, v in self.store.iterate(schema.CONSENSUS)]
-        committed = self.chain.height()
-        # Bodies at or below the committed height are committed blocks' (or leftovers).
-        above = schema.pending_prefix(committed + 1)
-        pending = self.store.iterate(schema.PENDING_BODY, start=above)
-        bodies = [CBlock.decode(v) for _, v in pending]
-        self.feed(Start(tuple(records), tuple(bodies), committed, self.sets.history(committed)))
-        if not any(r.height == committed + 1 for r in records):
-            self._start_next_height(committed)
-
-    def _start_next_height(self, committed: int) -> None:
-        parent = self.app.committed_value(committed)
-        if parent is None:
-            raise StorageError(f"consensus value of height {committed} is missing")
-        if committed == 0:
-            anchor = self.params.first_leader
-        else:
-            raw = self.store.get(schema.meta_key("next-anchor"))
-            if raw is None:
-                raise StorageError("the anchor of the next height is missing")
-            anchor = schema.read_u64(raw)
-        self.feed(self.sets.start_height(committed + 1, parent, anchor))
-
-    def _store_intact(self) -> bool:
-        """Startup check before anything is served: the last committed heights against
-        their hashes, then one checksummed read of the whole store (bounded in time)."""
-        started = clock.monotonic()
-        try:
-            low = self.app.verify_recent(STARTUP_VERIFY_BLOCKS)
-            swept = scan(self.store, STARTUP_SCAN_S)
-        except StorageCorrupt:
-            return False
-        log.info(
-            "store checked in %.2fs: %d heights against their hashes, %d keys read%s",
-            clock.monotonic() - started,
-            self.chain.height() - low + 1,
-            swept.keys,
-            "" if swept.complete else " (time budget reached before the last key)",
-        )
-        return True
+        boot(self.store, self.app, self.chain, self.sets, self.params.first_leader, self.feed)
 
     async def stop(self) -> None:
         """Stop everything, in an order that never writes to a closed store: first no

@@ -2,11 +2,15 @@
 store holds no block while its peers keep a snapshot at least `[node] state_sync_after`
 heights up.
 
-The sources are the other validators' public APIs, at the `api` hints of the genesis;
-their answers are checked as `node.statesync` says, so the transport (HTTP or HTTPS) adds
-no integrity. The store is opened, synced and closed before the validator opens it, so
-the node then starts as after any restart: from the committed height s, catching up the
-blocks s+1.. from its peers through consensus.
+The sources are the other validators' public APIs (`source_addresses`): the members of
+the latest set the node can read (on a chain whose set changes, its own store's set after
+its tip when it holds blocks), else the genesis validators, at most `MAX_SOURCES`; each at
+the `api` address its `[[p2p.peers]]` entry names, else its directory record's, else the
+genesis's hint. Their answers are checked as `node.statesync` says, so neither the
+addresses nor the transport (HTTP or HTTPS) add integrity. The store is opened, synced
+and closed before the validator opens it, so the node then starts as after any restart:
+from the committed height s, catching up the blocks s+1.. from its peers through
+consensus.
 
 On a chain whose genesis sets `consensus.reconfiguration` the snapshot's certificate is
 checked under the set a peer's set chain proves from the genesis (`GET /v1/setchain`,
@@ -18,17 +22,19 @@ guard across a change is built (`node.validatorsets.ChainSets.refuse_amnesia`).
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
+from contracts import validators
 from contracts.genesis import Genesis
 from contracts.snapshot import MAX_CHUNK_BYTES
+from contracts.state import StateReader
 from node.chainstore import ChainStore
 from node.snapshots import MAX_BLOCK_ANSWER_BYTES, MAX_OFFER_BYTES
 from node.statesync import SnapshotSource, StateSync, Synced, Trust
 from qchain.client import AsyncClient
 from qchain.clock import wall_ms
 from qchain.config import NodeConfig
-from qchain.errors import ConfigError, InvalidSnapshot
+from qchain.errors import ConfigError, InvalidSnapshot, NotFound
 from qchain.store.kv import KVStore, open_store
 
 log = logging.getLogger("qchain.node")
@@ -38,6 +44,8 @@ PROBE_TIMEOUT_S = 5.0
 """How long the peers' snapshot lists are waited for: those that answered by then decide
 whether to sync and from which snapshot."""
 FETCH_TIMEOUT_S = 60.0
+MAX_SOURCES = 32
+"""The most validators asked for snapshots."""
 
 
 class ApiSource:
@@ -63,11 +71,51 @@ class ApiSource:
         return await self.client.set_chain_bytes(height)
 
 
-def peer_sources(genesis: Genesis, me: int) -> list[ApiSource]:
+def _latest_set(genesis: Genesis, store: KVStore) -> dict[int, tuple[str, str]]:
+    """The members of the set after the store's tip, by id, with their directory names
+    and API addresses; none on a chain without changes or an empty store."""
+    if not genesis.consensus.reconfiguration:
+        return {}
+    tip = ChainStore(store).height()
+    if tip == 0:
+        return {}
+    reader = StateReader(store, validators.NAME)
+    try:
+        records = validators.set_at(reader, tip + 1).records
+    except NotFound:
+        return {}
+    out = {}
+    for r in records[: MAX_SOURCES + 1]:  # this node may be one of them
+        d = reader.load(validators.directory_key(r.id), validators.Directory)
+        out[r.id] = ("", "") if d is None else (d.name, d.api)
+    return out
+
+
+def source_addresses(
+    genesis: Genesis, me: int, store: KVStore, configured: Mapping[int, str]
+) -> dict[int, tuple[str, str]]:
+    """The validators asked for snapshots, by id, with a name and an API address: the
+    members of the latest set the node can read (`_latest_set`; a genesis validator
+    removed from it is not asked), else the genesis validators; not this node, none
+    without an address, at most `MAX_SOURCES`. The address is the one configured names
+    (from the node's config), else the directory record's, else the genesis's hint."""
+    hints = {v.index: (v.name, v.api) for v in genesis.validators}
+    found = _latest_set(genesis, store) or dict(hints)
+    out: dict[int, tuple[str, str]] = {}
+    for vid, (name, api) in found.items():
+        name = name or hints.get(vid, ("", ""))[0]
+        address = configured.get(vid) or api or hints.get(vid, ("", ""))[1]
+        if vid != me and address and len(out) < MAX_SOURCES:
+            out[vid] = (name or f"validator {vid}", address)
+    return out
+
+
+def peer_sources(
+    genesis: Genesis, me: int, store: KVStore, configured: Mapping[int, str]
+) -> list[ApiSource]:
     return [
-        ApiSource(v.name, AsyncClient(v.api, timeout_s=FETCH_TIMEOUT_S))
-        for v in genesis.validators
-        if v.index != me and v.api
+        ApiSource(name, AsyncClient(api, timeout_s=FETCH_TIMEOUT_S))
+        for name, api in source_addresses(genesis, me, store, configured).values()
     ]
 
 
@@ -101,7 +149,9 @@ async def sync_store(
         _refuse(force, "this chain's genesis sets no state_root_interval: no snapshots")
         return None
     if not sources:
-        _refuse(force, "no other validator has an api address in the genesis")
+        _refuse(
+            force, "no other validator has an api address (genesis, directory or [[p2p.peers]] api)"
+        )
         return None
     if not force and (after == 0 or genesis.consensus.reconfiguration):
         # On a chain whose set changes a synced store carries the amnesia mark, which
@@ -151,8 +201,13 @@ async def sync_store(
 
 async def sync_before_start(cfg: NodeConfig, genesis: Genesis, *, force: bool) -> Synced | None:
     """`sync_store` on the node's own store, opened and closed here."""
-    sources = peer_sources(genesis, cfg.node.index)
     store = open_store(cfg.node.data_dir / "db")
+    configured = {p.index: p.api for p in cfg.p2p.peers if p.api}
+    try:
+        sources = peer_sources(genesis, cfg.node.index, store, configured)
+    except BaseException:
+        store.close()
+        raise
     try:
         return await sync_store(
             store, genesis, sources, force=force, after=cfg.node.state_sync_after

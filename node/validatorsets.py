@@ -83,6 +83,9 @@ class ChainSets:
         """Sets of heights at most head + D (exact, never to change)."""
         self.halt: Callable[[str], None] | None = None
         """Stops deciding (`Alarms.fail`): called when a `rotate` is approved."""
+        self.sized: Callable[[int], None] | None = None
+        """Told the larger of |V(h)| and |V(h+1)| at each height started (the mempool's
+        share of local transactions follows the set, `Mempool.share_among`)."""
 
     def bind(self, state: Callable[[], StateSource], head: Callable[[], int]) -> None:
         self._state, self._head = state, head
@@ -132,7 +135,10 @@ class ChainSets:
                 f"a rotation of validator {rotated[0]} is approved: this node does not build "
                 "rotation (docs/CONSENSUS.md §10.6's per-end link ranges); it stops deciding"
             )
-        return StartHeight(h, parent, anchor, self.vset(h), self.vset(h + 1))
+        now, after = self.vset(h), self.vset(h + 1)
+        if self.sized is not None:
+            self.sized(max(len(now.ids), len(after.ids)))
+        return StartHeight(h, parent, anchor, now, after)
 
     def history(self, committed: int) -> tuple[tuple[int, VSet], ...]:
         """The set history for the engine's `Start` (§10.2): `(1, V(1))` and `(e, V(e))`

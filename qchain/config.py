@@ -96,6 +96,9 @@ class PeerConfig:
     index: int
     address: str
     """host:port of the peer's P2P listener."""
+    api: str = ""
+    """The peer's public API (`http://host:port`), asked for snapshots by state sync;
+    empty: its directory record's, or the genesis's `api` hint."""
 
 
 IGNORED_KEYS: dict[type, frozenset[str]] = {PeerConfig: frozenset({"sae_id"})}
@@ -302,6 +305,8 @@ def validate(cfg: NodeConfig) -> None:
     seen = {cfg.node.index}
     for i, p in enumerate(cfg.p2p.peers):
         _check_address(f"p2p.peers[{i}].address", p.address)
+        if p.api and (not p.api.startswith(("http://", "https://")) or len(p.api) > 256):
+            raise ConfigError(f"p2p.peers[{i}].api", "must be an http:// or https:// URL")
         if p.index in seen:
             raise ConfigError(f"p2p.peers[{i}].index", f"validator {p.index} listed twice")
         seen.add(p.index)

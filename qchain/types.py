@@ -21,8 +21,6 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Annotated
 
-import msgpack
-
 from qchain.codec import (
     DEFAULT_LIMITS,
     U16,
@@ -34,6 +32,7 @@ from qchain.codec import (
     Limits,
     Struct,
     encode_value,
+    pack_checked,
     unpack_canonical,
 )
 from qchain.errors import BadSignature, CodecError, TooLarge
@@ -81,7 +80,7 @@ class Transaction(Struct):
         tx = cls._fields_from_wire(obj, path)
         # The fields are checked: packing the array is the canonical encoding, without
         # converting the fields back (blocks decode thousands of transactions).
-        tx.__dict__["encoded"] = msgpack.packb(obj, use_bin_type=True)
+        tx.__dict__["encoded"] = pack_checked(obj)
         return tx
 
     @classmethod

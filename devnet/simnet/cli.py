@@ -61,6 +61,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="multiply a drawn burst's rate and peak (2: peaks of 2,200-3,000 transactions, "
         "about twice the simulated pool)",
     )
+    net.add_argument(
+        "--reconf",
+        action="store_true",
+        help="a genesis whose set changes: a spare site is added, then a member removed",
+    )
     net.add_argument("--json", action="store_true")
 
 
@@ -100,6 +105,7 @@ def run(args: argparse.Namespace) -> int:
             store=args.store,
             client=args.client,
             burst_scale=args.burst_scale,
+            reconf=args.reconf,
         )
         o = simulate(spec, keep_trace=args.replay)
         outcomes.append(o)

@@ -38,6 +38,12 @@ simulator.
   sender stalls for good (fixed in "mempool: waiting transactions give way to ready ones
   and to their sender's earlier nonces, and expire after the inclusion timeout"). Found
   with `--client eager`.
+- `early-activation`: the node counts a set change one height early: its `V(h)` is the
+  chain's `V(h+1)` (`node.validatorsets.ChainSets.members`), so a joiner counts, and a
+  removed validator no longer counts, at the height before the change's activation
+  height e (the engine simulator's §10.8 M1, in the node). Every node does it alike, so
+  they agree with each other; found with `--reconf` by the `sets-followed` check (and by
+  `certificates-by-set` where the joiner signed the certificate of e − 1).
 - `no-sync`: the disk's sync does nothing (an fsync that returns before the data is
   safe): a crash may lose any suffix of the node's writes, committed blocks included.
   Not a bug the fault kit found: it shows that the disk model bites
@@ -55,6 +61,7 @@ from node.events import EventBus
 from node.forwarding import Forwarder
 from node.mempool import Mempool, MempoolLimits
 from node.transport_limits import DEFAULT_TRANSPORT_LIMITS
+from node.validatorsets import ChainSets, Member
 from node.wire import OriginBatch
 from qchain.config import MempoolSection
 from qchain.qkd.frame import LinkSender
@@ -101,6 +108,13 @@ def _drop_what_the_pool_cannot_hold(self: Forwarder, sender: int, batch: OriginB
     _received(self, sender, batch)
 
 
+_members = ChainSets.members
+
+
+def _one_height_early(self: ChainSets, h: int) -> tuple[Member, ...]:
+    return _members(self, h + 1) if self.enabled and h >= 1 else _members(self, h)
+
+
 def _whole_pool(cls: type[MempoolLimits], m: MempoolSection, n: int) -> MempoolLimits:
     return cls(m.max_txs, m.max_bytes, m.max_per_sender, max_block_bytes=m.max_block_bytes)
 
@@ -121,6 +135,7 @@ PATCHES: dict[str, tuple[tuple[Any, str, Any], ...]] = {
         (Mempool, "_gives_way_to", _never_give_way),
         (Mempool, "drop_waiting", _never_expire),
     ),
+    "early-activation": ((ChainSets, "members", _one_height_early),),
     "no-sync": ((MemoryDisk, "syncs", False),),
 }
 MUTANTS = tuple(PATCHES)

@@ -33,15 +33,24 @@ from devnet.faults.checkers import (
     check_lost_writes,
 )
 from devnet.faults.history import KmsSample
-from devnet.network import NetworkPlan, plan_network, write_network
+from devnet.joining import add_site
+from devnet.network import NetworkPlan, load_plan, plan_network, write_network
 from devnet.simnet.disk import Crashed, SimDisk, open_disks
 from devnet.simnet.forwards import check_forwards_taken
 from devnet.simnet.loop import VirtualLoop
 from devnet.simnet.mutants import mutant
+from devnet.simnet.reconf import SPARES, Changes, Schedule, recording_sets
+from devnet.simnet.reconfcheck import (
+    chain_sets,
+    check_certificate_signers,
+    check_reconf_flow,
+    check_sets_followed,
+)
 from devnet.simnet.schedule import Action, draw, heal_time
 from devnet.simnet.watch import check_events_followed, empty_block_times
 from devnet.simnet.world import SAMPLE_EVERY_S, Client, World
 from qchain.config import NodeConfig, load_config
+from qchain.qkd import certs
 
 SPIN_BLOCKS_PER_S = 20
 """More empty blocks than this in one second of the chain is a leader spinning out
@@ -69,6 +78,9 @@ class Spec:
     """How the client behaves (`devnet.simnet.world.CLIENT_MODES`): `careful` holds a
     sender's later nonces in a burst while one is refused, `eager` sends them regardless,
     `patient` is careful and trusts an acknowledgement for 6 s."""
+    reconf: bool = False
+    """The genesis enables set changes; a spare site is added, then a member removed, on
+    a seeded schedule (`devnet.simnet.reconf`)."""
     store: str = "memory"
     """The nodes' disks: `memory` (LevelDB's crash semantics, unsynced writes lost as
     the seed draws) or `leveldb` (plyvel in a temporary directory): `devnet.simnet.disk`."""
@@ -94,6 +106,8 @@ class Spec:
             parts.append(f"--burst-scale {self.burst_scale:g}")
         if self.client != "careful":
             parts.append(f"--client {self.client}")
+        if self.reconf:
+            parts.append("--reconf")
         return " ".join([*parts, "--replay"])
 
 
@@ -156,11 +170,17 @@ def simulate(spec: Spec, *, keep_trace: bool = False) -> Outcome:
 
     loop.set_exception_handler(on_error)
     logging.disable(logging.CRITICAL)
-    with mutant(spec.mutant), tempfile.TemporaryDirectory(prefix="qchain-simdisk-") as tmp:
-        disks = open_disks(spec.store, spec.validators, spec.seed, Path(tmp))
+    network = _network(spec.validators, spec.reconf)
+    changes = Changes()
+    with (
+        mutant(spec.mutant),
+        recording_sets(changes),
+        tempfile.TemporaryDirectory(prefix="qchain-simdisk-") as tmp,
+    ):
+        disks = open_disks(spec.store, len(network[0].nodes), spec.seed, Path(tmp))
         try:
             checks, heights = loop.run_until_complete(
-                _main(spec, _network(spec.validators), loop, trace, disks)
+                _main(spec, network, loop, trace, disks, changes)
             )
         finally:
             _drain(loop)
@@ -210,23 +230,38 @@ def _drain(loop: VirtualLoop) -> None:
     loop.run_until_complete(loop.shutdown_asyncgens())
 
 
-_NETWORKS: dict[int, tuple[NetworkPlan, Path]] = {}
+_NETWORKS: dict[tuple[int, bool], tuple[NetworkPlan, Path]] = {}
 _TMP: list[tempfile.TemporaryDirectory[str]] = []
 
 
-def _network(validators: int) -> tuple[NetworkPlan, Path]:
+def _network(validators: int, reconf: bool = False) -> tuple[NetworkPlan, Path]:
     """The devnet plan of `validators` nodes, written once per process (its keys and
-    genesis do not depend on the seed; every run has its own memory stores)."""
-    if validators not in _NETWORKS:
+    genesis do not depend on the seed; every run has its own memory stores). With
+    `reconf`, the genesis enables set changes and `SPARES` more sites are written as
+    `qchain devnet add-validator` writes them, at fixed ports (a run's transactions name
+    the joiner's address, so they must not depend on the process)."""
+    if (validators, reconf) not in _NETWORKS:
         if not _TMP:
             _TMP.append(tempfile.TemporaryDirectory(prefix="qchain-simnet-"))
-        directory = Path(_TMP[0].name) / f"n{validators}"
+        directory = Path(_TMP[0].name) / f"n{validators}{'-reconf' if reconf else ''}"
+        base = 27000
         plan = plan_network(
-            base_port=27000, scheme="ed25519", heartbeat_ms=200, validators=validators
+            base_port=base,
+            scheme="ed25519",
+            heartbeat_ms=200,
+            validators=validators,
+            reconfiguration=reconf,
         )
         write_network(directory, plan)
-        _NETWORKS[validators] = (plan, directory)
-    return _NETWORKS[validators]
+        if reconf:
+            # add_site issues the site's client certificate from the devnet's CA (the
+            # simulator's key manager is in-process and never reads it).
+            (directory / "ca").mkdir()
+            certs.save(certs.make_ca(), directory / "ca" / "ca.pem", directory / "ca" / "ca.key")
+        for i in range(validators, validators + SPARES if reconf else validators):
+            add_site(directory, (base + 100 + i, base + 200 + i, base + 300 + i))
+        _NETWORKS[(validators, reconf)] = (load_plan(directory), directory)
+    return _NETWORKS[(validators, reconf)]
 
 
 async def _main(
@@ -235,18 +270,19 @@ async def _main(
     loop: VirtualLoop,
     trace: Trace,
     disks: list[SimDisk],
+    changes: Changes,
 ) -> tuple[list[CheckResult], dict[str, int]]:
     plan, directory = network
     configs = [
         _sim_config(load_config(directory / "nodes" / n.name / "config.toml")) for n in plan.nodes
     ]
-    world = World(loop, plan, configs, spec.seed, trace, disks)
+    world = World(loop, plan, configs, spec.seed, trace, disks, spec.validators)
     if spec.actions is not None:
         actions = list(spec.actions)
     elif spec.faults:
         actions = draw(
             random.Random(spec.seed),
-            spec.validators,
+            len(plan.nodes),
             spec.seconds,
             crashes=spec.crashes,
             burst_scale=spec.burst_scale,
@@ -259,6 +295,8 @@ async def _main(
         await world.start(i)
     client = world.client = Client(world, spec.seconds - SETTLE_S, spec.client)
     background = [loop.create_task(client.run()), loop.create_task(_sampler(world))]
+    if spec.reconf:
+        background.append(loop.create_task(Schedule(world, plan, spec.validators, changes).run()))
     for a in actions:
         await asyncio.sleep(max(0.0, a.t - loop.time()))
         await world.apply(a)
@@ -270,7 +308,9 @@ async def _main(
         t.cancel()
     await asyncio.gather(*background, return_exceptions=True)
     checks = _judge(world, spec, healed_at, tampering=bool(actions))
-    chains = world.chains()
+    if spec.reconf:
+        checks += _judge_changes(world, changes)
+    chains = world.chains(retired=True)
     for name, blocks in sorted(chains.items()):
         for h, b in sorted(blocks.items()):
             trace("block", name, h, b.hash[:16], b.app_hash[:16], len(b.txs))
@@ -304,17 +344,29 @@ def check_block_rate(empty_block_times: list[float], limit: int) -> CheckResult:
     return CheckResult("no-block-spin", ok, summary, data={"max_empty_blocks_per_s": worst})
 
 
+def _judge_changes(world: World, changes: Changes) -> list[CheckResult]:
+    up = [v for v in world.nodes if v is not None]
+    top = max(up, key=lambda v: v.chain.height())
+    truth = chain_sets(top, top.chain.height() + 2)
+    return [
+        check_reconf_flow(changes),
+        check_sets_followed(changes.starts, truth, world.names),
+        check_certificate_signers(world.signers(), truth),
+    ]
+
+
 def _judge(world: World, spec: Spec, healed_at: float, *, tampering: bool) -> list[CheckResult]:
     chains = world.chains()
     rec = world.rec
     deadline = spec.seconds - healed_at - 0.5
     kms = [KmsSample(world.loop.time(), world.kms_now())]
+    final = [n for i, n in enumerate(world.names) if i not in world.absent]
     checks = [
-        check_agreement(chains),
-        check_app_hash(chains),
+        check_agreement(world.chains(retired=True)),
+        check_app_hash(world.chains(retired=True)),
         check_lost_writes(rec.ops, chains),
         check_acked_committed(rec.ops),
-        check_liveness(rec.statuses, world.names, healed_at, deadline),
+        check_liveness(rec.statuses, final, healed_at, deadline),
         check_key_reuse(
             world.qkd_now(), kms, {p.name: p.sae_id for p in world.plan.nodes}, tampering
         ),

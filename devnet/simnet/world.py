@@ -27,8 +27,10 @@ from node.wire import OriginBatch
 from qchain.config import NodeConfig
 from qchain.errors import MempoolFull, QChainError
 from qchain.qkd.clock import SystemClock
+from qchain.qkd.keymanager import link_name
 from qchain.qkd.simsource import LocalKeySource, full_mesh
-from qchain.types import Transaction
+from qchain.store import schema
+from qchain.types import CommitCertificate, Transaction
 
 log = logging.getLogger("qchain.simnet")
 
@@ -76,7 +78,10 @@ class World:
         seed: int,
         trace: Callable[..., None],
         disks: list[SimDisk],
+        genesis_n: int | None = None,
     ) -> None:
+        """genesis_n: the genesis's validators, the first sites of `plan` (default all);
+        the others are spare sites, not started until they join (`join`)."""
         self.loop = loop
         self.plan = plan
         self.configs = configs
@@ -85,8 +90,9 @@ class World:
         self.trace = trace
         self.clock = loop.virtual_clock
         self.net = SimNet(loop, self.clock.rng("net"), trace, self.n)
+        self.genesis_n = self.n if genesis_n is None else genesis_n
         self.manager = full_mesh(
-            [p.sae_id for p in plan.nodes],
+            [p.sae_id for p in plan.nodes[: self.genesis_n]],
             SystemClock(),
             seed=f"simnet-{seed}".encode(),
             bits_per_second=KEY_RATE_BPS,
@@ -101,6 +107,11 @@ class World:
         self.byzantine: set[int] = set()
         """Nodes a schedule made hostile at some point of the run."""
         self.names = [p.name for p in plan.nodes]
+        self.absent: set[int] = set(range(self.genesis_n, self.n))
+        """Sites not (or no longer) in the network: spares not joined yet, removed
+        validators stopped for good. No restart or heal starts them."""
+        self.retired: dict[str, tuple[dict[int, BlockView], dict[int, tuple[int, ...]]]] = {}
+        """A removed node's blocks and certificate signers as it had them when it stopped."""
         self.sae_to_node = {p.sae_id: p.name for p in plan.nodes}
 
     # --- nodes ------------------------------------------------------------------------
@@ -216,6 +227,19 @@ class World:
         killed = self.loop.kill(i)
         self.trace("crash", i, how, height, killed, unsynced, kept)
 
+    async def join(self, i: int) -> None:
+        """A spare site starts (from an empty disk)."""
+        self.absent.discard(i)
+        await self.start(i)
+
+    def retire(self, i: int) -> None:
+        """A removed validator stops for good; what its chain holds is kept."""
+        v = self.nodes[i]
+        if v is not None:
+            self.retired[self.names[i]] = (_blocks(v), _signers(v))
+            self.crash(i, "retired")
+        self.absent.add(i)
+
     def _carry_counters(self, i: int, v: Validator) -> None:
         name = self.names[i]
         links = parse_qkd(dict(v.qkd_status()), self.sae_to_node)
@@ -268,10 +292,10 @@ class World:
         elif a.kind == "restart":
             node = self._node(args["node"])
             self.disks[node].crash_after = None
-            if self.nodes[node] is None:
+            if self.nodes[node] is None and node not in self.absent:
                 await self.start(node)
         elif a.kind in ("keys-off", "keys-on"):
-            self.manager.set_outage(saes[args["a"]], saes[args["b"]], a.kind == "keys-off")
+            self._outage(saes[args["a"]], saes[args["b"]], a.kind == "keys-off")
         elif a.kind == "byzantine":
             node = self._node(args["node"])
             self.byzantine.add(node)
@@ -300,14 +324,19 @@ class World:
                 v.set_byzantine(None)
         for key in sorted(self.net.links):
             self.net.links[key] = LinkFaults()
-        saes = [p.sae_id for p in self.plan.nodes]
-        for x in range(self.n):
-            for y in range(x + 1, self.n):
-                self.manager.set_outage(saes[x], saes[y], False)
+        for name in self.manager.link_names():
+            a, b = name.split("~", 1)
+            self._outage(a, b, False)
         for i in range(self.n):
             self.disks[i].crash_after = None
-            if self.nodes[i] is None:
+            if self.nodes[i] is None and i not in self.absent:
                 await self.start(i)
+
+    def _outage(self, a: str, b: str, active: bool) -> None:
+        """Cut or restore the keys of the pair a~b, if the key manager holds it (a
+        joiner's pairs exist from its approval, a removed node's until it stops)."""
+        if link_name(a, b) in self.manager.link_names():
+            self.manager.set_outage(a, b, active)
 
     # --- observation ------------------------------------------------------------------
 
@@ -327,21 +356,24 @@ class World:
             self.rec.reported[i] = max(self.rec.reported.get(i, 0), height)
             self.rec.statuses.append(StatusSample(t, name, height, alerts))
 
-    def chains(self) -> ChainViews:
+    def chains(self, *, retired: bool = False) -> ChainViews:
+        """Each node's blocks (a node down: none); with `retired`, a removed node's as it
+        had them when it stopped."""
         out: ChainViews = {}
         for i, v in enumerate(self.nodes):
-            blocks: dict[int, BlockView] = {}
+            name = self.names[i]
+            if retired and name in self.retired:
+                out[name] = self.retired[name][0]
+            elif i not in self.absent or v is not None:
+                out[name] = {} if v is None else _blocks(v)
+        return out
+
+    def signers(self) -> dict[str, dict[int, tuple[int, ...]]]:
+        """node -> height -> the ids that signed its certificate of that height."""
+        out = {name: signers for name, (_, signers) in self.retired.items()}
+        for i, v in enumerate(self.nodes):
             if v is not None:
-                for h in range(1, v.chain.height() + 1):
-                    b = v.chain.block(h)
-                    if b is not None:
-                        blocks[h] = BlockView(
-                            h,
-                            b.hash.hex(),
-                            b.header.app_hash.hex(),
-                            tuple(tx.hash.hex() for tx in b.txs),
-                        )
-            out[self.names[i]] = blocks
+                out[self.names[i]] = _signers(v)
         return out
 
     def qkd_now(self) -> list[QkdSample]:
@@ -375,6 +407,28 @@ class World:
             counters["stored_key_count"] = int(report["stored_key_count"])  # type: ignore[call-overload]
             out[name] = counters
         return out
+
+
+def _blocks(v: Validator) -> dict[int, BlockView]:
+    blocks: dict[int, BlockView] = {}
+    for h in range(1, v.chain.height() + 1):
+        b = v.chain.block(h)
+        if b is not None:
+            blocks[h] = BlockView(
+                h, b.hash.hex(), b.header.app_hash.hex(), tuple(tx.hash.hex() for tx in b.txs)
+            )
+    return blocks
+
+
+def _signers(v: Validator) -> dict[int, tuple[int, ...]]:
+    """The signer ids of each certificate v holds, read from its store as written (not
+    through the node's own checks, which judge by the node's sets)."""
+    out = {}
+    for h in range(1, v.chain.height() + 1):
+        raw = v.store.get(schema.cert_key(h))
+        if raw is not None:
+            out[h] = tuple(s.validator for s in CommitCertificate.decode(raw).signatures)
+    return out
 
 
 def _ready(v: Validator, tx: Transaction) -> bool:

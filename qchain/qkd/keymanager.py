@@ -28,7 +28,7 @@ import re
 import uuid
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 from qchain.hashing import Domain, hash_domain
@@ -379,6 +379,19 @@ class KeyManager:
             stored_bits=cfg.initial_key_count * cfg.key_size,
         )
         self.saes = self.saes | set(cfg.saes)
+
+    def add_link_like(self, a: str, b: str, bits_per_second: int | None = None) -> None:
+        """A new link a~b at run time whose parameters are those of an existing link of
+        either SAE (else of the first link), its rate the one given, if any: what the key
+        manager's `PUT /admin/links/{a}/{b}` does. ValueError as `add_link`, or if the
+        manager has no link to copy from."""
+        names = self.link_names()
+        if not names:
+            raise ValueError("this key manager has no link to copy parameters from")
+        like = next((n for n in names if a in n.split("~") or b in n.split("~")), names[0])
+        base = self.link_config(*like.split("~", 1))
+        rate = base.bits_per_second if bits_per_second is None else bits_per_second
+        self.add_link(replace(base, saes=(a, b), bits_per_second=rate))
 
     def drop_link(self, a: str, b: str) -> None:
         """Remove the link a~b (a validator left, §10.6): its stored keys and the keys

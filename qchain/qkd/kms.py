@@ -51,7 +51,6 @@ Key material is never logged.
 from __future__ import annotations
 
 import base64
-import dataclasses
 import hmac
 import logging
 import random
@@ -346,16 +345,12 @@ async def admin_rate(request: web.Request) -> web.Response:
 
 async def admin_add_link(request: web.Request) -> web.Response:
     """A new SAE pair at run time: its parameters are those of an existing link of
-    either SAE (else of the first link), its rate the one given, if any."""
+    either SAE (else of the first link), its rate the one given, if any
+    (`KeyManager.add_link_like`)."""
     doc = await _admin_body(request)
     a, b = _pair(request)
     m: KeyManager = request.app[_MANAGER]
-    names = m.link_names()
-    if not names:
-        raise ValueError("this key manager has no link to copy parameters from")
-    like = next((n for n in names if a in n.split("~") or b in n.split("~")), names[0])
-    base = m.link_config(*like.split("~", 1))
-    rate = base.bits_per_second
+    rate: int | None = None
     if "profile" in doc:
         if doc["profile"] not in PROFILES:
             raise ValueError(f"profile must be one of {', '.join(PROFILES)}")
@@ -364,7 +359,7 @@ async def admin_add_link(request: web.Request) -> web.Response:
         if type(doc["bits_per_second"]) is not int:
             raise ValueError("bits_per_second must be an integer")
         rate = doc["bits_per_second"]
-    m.add_link(dataclasses.replace(base, saes=(a, b), bits_per_second=rate))
+    m.add_link_like(a, b, rate)
     log.info("link %s~%s added", a, b)
     return await admin_link(request)
 

@@ -24,7 +24,15 @@ from qchain.types import (
     tx_root,
 )
 
-from .validators_chain import SEED, governed_chain, new_key, ready_signature, status
+from .validators_chain import (
+    SEED,
+    add_args,
+    governed_chain,
+    new_key,
+    ready_signature,
+    remove_args,
+    status,
+)
 
 
 @dataclass
@@ -149,3 +157,16 @@ def schedule_change(
     assert s.change.status == "scheduled", s.change
     cc.scheduling.append(s.change.activation_height - cc.delay)
     return s.change.activation_height - cc.delay, s.change.activation_height
+
+
+def add_then_remove(cc: CertifiedChain, past: int = 3) -> tuple[int, int]:
+    """An add (of pool key 0, made ready by "outsider") that activates, then a remove of
+    validator 1 approved by all four operators, and `past` blocks past its activation;
+    returns the two activation heights."""
+    _, e1 = schedule_change(cc, add_args(0, cc.chain.address("outsider")), key=0)
+    while cc.chain.height < e1 + 1:
+        cc.block()
+    _, e2 = schedule_change(cc, remove_args(1), None, approvers=("op0", "op1", "op2", "op3"))
+    while cc.chain.height < e2 + past:
+        cc.block()
+    return e1, e2

@@ -29,8 +29,13 @@ from node.statesync_run import sync_store
 from qchain.errors import BadSignature, InvalidSnapshot, SetChainUnavailable
 from qchain.store import MemoryStore, schema
 from qchain.types import Block, CommitCertificate
-from tests.contracts.setchain_chain import CertifiedChain, certified_chain, schedule_change
-from tests.contracts.validators_chain import add_args, remove_args
+from tests.contracts.setchain_chain import (
+    CertifiedChain,
+    add_then_remove,
+    certified_chain,
+    schedule_change,
+)
+from tests.contracts.validators_chain import add_args
 
 K = 4
 """Checkpoint heights: every multiple of K."""
@@ -112,12 +117,7 @@ class Source:
 def cc() -> CertifiedChain:
     cc = certified_chain(4, delay=2, state_root_interval=K)
     cc.block()
-    _, e1 = schedule_change(cc, add_args(0, cc.chain.address("outsider")), key=0)
-    while cc.chain.height < e1 + 1:
-        cc.block()
-    _, e2 = schedule_change(cc, remove_args(1), None, approvers=("op0", "op1", "op2", "op3"))
-    while cc.chain.height < e2 + 3:
-        cc.block()
+    add_then_remove(cc)
     _, e3 = schedule_change(cc, add_args(1, cc.chain.address("outsider")), 1, ("op0", "op2", "op3"))
     while cc.chain.height < e3 + 2 * K + 2:
         cc.block()

@@ -45,6 +45,8 @@ def test_a_chain_without_changes_passes_no_set() -> None:
 def test_the_sets_of_each_height_follow_an_add_then_a_remove() -> None:
     chain = governed_chain(4, delay=2)
     sets = sets_of(chain)
+    sizes: list[int] = []
+    sets.sized = sizes.append  # the mempool's share follows it (Mempool.share_among)
     genesis = VSet((0, 1, 2, 3))
     assert sets.history(0) == ((1, genesis),)
     cid = cast(bytes, send(chain, "op0", "propose", add_args(0, chain.address("op0"))).result)
@@ -60,6 +62,7 @@ def test_the_sets_of_each_height_follow_an_add_then_a_remove() -> None:
         chain.block()
     start = sets.start_height(e - 1, b"\x00" * 32, 0)
     assert (start.members, start.next_members) == (genesis, VSet((0, 1, 2, 3, 4)))
+    assert sizes == [5]  # the larger of V(e - 1) and V(e): the joiner's share is kept
     assert sets.history(chain.height) == ((1, genesis), (e, VSet((0, 1, 2, 3, 4))))
     assert not sets.member_of(e - 1, 4, new_key(0).public_key, "sae-new-0")
     assert sets.member_of(e, 4, new_key(0).public_key, "sae-new-0")
@@ -76,6 +79,8 @@ def test_the_sets_of_each_height_follow_an_add_then_a_remove() -> None:
         chain.block()
     start = sets.start_height(e2 - 1, b"\x00" * 32, 0)
     assert start.next_members == VSet((0, 2, 3, 4))
+    sets.start_height(e2, b"\x00" * 32, 0)
+    assert sizes == [5, 5, 4]
     assert [x for x, _ in sets.history(chain.height)] == [1, e, e2]
 
 

@@ -190,6 +190,16 @@ def test_bad_timing_rejected(tmp_path: Path, timing: str, field: str) -> None:
     assert e.field == field
 
 
+def test_a_peers_api_is_an_url(tmp_path: Path) -> None:
+    api = '{ index = 2, address = "node2.local:7000", api = "http://node2.local:8001" }'
+    cfg = _load(tmp_path, VALID.replace('{ index = 2, address = "node2.local:7000" }', api))
+    assert cfg.p2p.peers[1] == PeerConfig(2, "node2.local:7000", "http://node2.local:8001")
+    assert cfg.p2p.peers[0].api == ""
+    for bad in ("node2.local:8001", "http://" + "x" * 250):
+        text = VALID.replace('node2.local:7000" }', f'node2.local:7000", api = "{bad}" }}')
+        assert _error(tmp_path, text).field == "p2p.peers[1].api"
+
+
 def test_peers_must_be_a_list(tmp_path: Path) -> None:
     start, end = VALID.index("peers = ["), VALID.index("]\n\n[qkd]") + 2
     assert _error(tmp_path, VALID[:start] + 'peers = "x"\n' + VALID[end:]).field == "p2p.peers"

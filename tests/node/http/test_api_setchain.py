@@ -7,6 +7,7 @@ not, and the bounds answer clear problems."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -16,29 +17,35 @@ import pytest
 from contracts import setchain, validators
 from contracts.setchain import ChainedReceipt
 from node.genesis_file import save_genesis
+from node.notary_evidence import GovernedEvidence, load_evidence
 from qchain.cli import main as cli_main
 from qchain.client import receipt_proof_of
 from qchain.store import schema
 from qchain.store.kv import Batch
-from tests.contracts.setchain_chain import CertifiedChain, certified_chain, schedule_change
-from tests.contracts.validators_chain import add_args, remove_args
+from tests.contracts.setchain_chain import (
+    CertifiedChain,
+    add_then_remove,
+    certified_chain,
+)
 
 from ..conftest import ApiHarness, FakeNode, SpecChecker, serve
 from ..setchain_store import node_store
 
 MSGPACK = {"Accept": "application/msgpack"}
+DOCUMENT = b"anchored after an add and a remove\n"
 
 
 @pytest.fixture(scope="module")
 def cc() -> CertifiedChain:
     cc = certified_chain(4, delay=2)
-    _, e1 = schedule_change(cc, add_args(0, cc.chain.address("outsider")), key=0)
-    while cc.chain.height < e1 + 1:
-        cc.block()
-    _, e2 = schedule_change(cc, remove_args(1), None, approvers=("op0", "op1", "op2", "op3"))
-    while cc.chain.height < e2 + 3:
-        cc.block()
-    cc.block([cc.chain.tx("op2", validators.NAME, "update_endpoint", [2, "v2", "", ""])])
+    add_then_remove(cc)
+    anchor = [hashlib.sha256(DOCUMENT).digest(), "sha256", "contract", "legal", b""]
+    cc.block(
+        [
+            cc.chain.tx("op2", validators.NAME, "update_endpoint", [2, "v2", "", ""]),
+            cc.chain.tx("op3", "notary", "anchor", anchor),
+        ]
+    )
     return cc
 
 
@@ -141,3 +148,27 @@ async def test_a_receipt_comes_with_its_set_chain_and_verifies_from_genesis(
         ChainedReceipt(chained.proof, setchain.SetChain(chain.links[:1], chain.tail)).encode()
     )
     assert cli_main(["receipt", "verify", str(forged), "--genesis", str(genesis)]) != 0
+
+
+async def test_notary_evidence_carries_the_set_chain_and_verifies_from_genesis(
+    governed: ApiHarness, cc: CertifiedChain, tmp_path: Path
+) -> None:
+    """`qchain notary evidence` from the node, then `qchain notary verify --genesis`
+    offline: the evidence of an anchor after an add and a remove holds the set chain the
+    node serves with the receipt."""
+    tx_hash = cc.txs[cc.chain.height][1].hash
+    genesis, doc, out = tmp_path / "genesis.json", tmp_path / "doc.txt", tmp_path / "ev.bin"
+    save_genesis(cc.chain.genesis, genesis)
+    doc.write_bytes(DOCUMENT)
+    got = await asyncio.to_thread(
+        cli_main, ["notary", "evidence", tx_hash.hex(), "--node", governed.url, "--out", str(out)]
+    )
+    assert got == 0
+    served = await governed.request("GET", f"/v1/receipts/{tx_hash.hex()}", headers=MSGPACK)
+    evidence = load_evidence(out)
+    assert isinstance(evidence, GovernedEvidence)
+    assert evidence.set_chain == setchain.decode_chained_receipt(served.body).set_chain
+    verify = ["notary", "verify", str(doc), "--receipt", str(out), "--genesis", str(genesis)]
+    assert cli_main(verify) == 0
+    doc.write_bytes(DOCUMENT + b"changed")
+    assert cli_main(verify) != 0
