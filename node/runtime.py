@@ -64,7 +64,6 @@ from qchain import clock
 from qchain.config import NodeConfig
 from qchain.errors import ConfigError, Overloaded
 from qchain.qkd.endpoint import QKDEndpoint
-from qchain.qkd.pool import PoolConfig
 from qchain.qkd.source import KeySource
 from qchain.store import schema
 from qchain.store.kv import Batch, KVStore, open_store
@@ -75,7 +74,8 @@ log = logging.getLogger("qchain.node")
 
 class Validator:
     """One validator process. Implements `node.service.NodeService` for the API and
-    `node.http.admin.AdminTarget` for the admin API, through `ServiceFacade` and `AdminFacade`."""
+    `node.http.admin.AdminTarget` for the admin API, through `ServiceFacade` and
+    `AdminFacade`."""
 
     def __init__(
         self,
@@ -333,6 +333,8 @@ class Validator:
         for i in peers:
             if i not in sae:
                 raise ConfigError("p2p.peers", f"peer {i} is not a validator of this genesis")
+        from qchain.qkd.pool import PoolConfig
+
         batch = min(128, cfg.qkd.batch_keys)
         endpoint = self.links.endpoint = QKDEndpoint(
             self.genesis.chain_id,
