@@ -364,6 +364,10 @@ class ChainStore:
         self._remember_cert(cert)
         return cert
 
+    def has_certificate(self, height: int) -> bool:
+        """Whether a certificate of height is stored (not read, nor checked)."""
+        return height in self._certs or self.store.get(schema.cert_key(height)) is not None
+
     def _remember_cert(self, cert: CommitCertificate) -> None:
         if len(self._certs) >= CERT_CACHE:
             self._certs.clear()

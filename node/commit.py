@@ -11,7 +11,9 @@ first consensus message of the next height to that peer (`Links.send_riding`, CO
 `node.certificates` collects the signatures into the commit certificate stored with the
 block. A peer that committed late asks for nothing: when it sends its own
 signature for a height whose certificate this node already holds, this node answers once
-with its own signature.
+with its own signature. A height that has no certificate a few seconds after its commit
+(this node did not sign it, as a joining validator replaying the heights before its
+activation) is asked of the peers' APIs (`node.certbackfill`).
 """
 
 from __future__ import annotations
@@ -22,9 +24,11 @@ from dataclasses import dataclass
 
 from consensus.events import Commit, Event, StartHeight
 from consensus.messages import block_hash as consensus_value
+from contracts.genesis import Genesis
 from node.accounts import Admission
 from node.alarms import Alarms
 from node.budget import CERT_SIGS, Budgets
+from node.certbackfill import CertificateBackfill, peer_apis
 from node.certificates import CertificateCollector
 from node.chain import ChainApp, Prepared
 from node.chainstore import ChainStore
@@ -98,11 +102,14 @@ class CertificateExchange:
         ride_s: float,
         sets: ChainSets | None = None,
         member: Callable[[int], bool] | None = None,
+        apis: Genesis | None = None,
     ) -> None:
         """ride_s: how long a signature waits for a consensus frame to ride in. sets: on
         a chain whose set changes, the keys and quorum of each height come from it
         (§10.5), and this node signs a height only if it is a member of its set
-        (`member`, §10.1); None: the genesis keys and quorum."""
+        (`member`, §10.1); None: the genesis keys and quorum. apis: the genesis whose
+        validators' `api` hints are asked for a certificate the exchange did not bring
+        (`node.certbackfill`); None: no peer is asked (a node without its API)."""
         self.chain_id = chain_id
         self.ride_s = ride_s
         self.me = links.me
@@ -116,6 +123,7 @@ class CertificateExchange:
         self.member = member
         quorum_of = self.sets.quorum if self.sets is not None else quorum
         self.collector = CertificateCollector(self.me, quorum_of, self.signature_ok)
+        self.backfill = CertificateBackfill(chain, [] if apis is None else peer_apis(apis, self.me))
 
     def signature_ok(self, j: int, h: int, block_hash: bytes, sig: bytes) -> bool:
         if self.sets is not None:
@@ -137,6 +145,7 @@ class CertificateExchange:
 
     def sign(self, p: Prepared) -> None:
         h = p.block.height
+        self.backfill.committed(h)
         if self.member is not None and not self.member(h):
             return  # a correct node signs only heights where it is a member (§10.1)
         digest = commit_sign_digest(self.chain_id, h, p.block.hash)

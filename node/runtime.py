@@ -8,7 +8,7 @@ store. The parts, each in its own module:
 - `node.driver`: the engine's event queue, and the actions of each step in order;
 - `node.pacing`: when a leader builds, how big its block may be, validating proposals;
 - `node.fetcher`: missing block bodies, and serving peers' block and sync requests;
-- `node.commit` and `node.certificates`: commits, and the commit certificates after them;
+- `node.commit`, `node.certificates`, `node.certbackfill`: commits and their certificates;
 - `node.accounts`, `node.forwarding` and `node.batches`: admitting transactions, sending
   them to every peer in batches, proposals that name batches, suspecting a leader that
   leaves transactions out;
@@ -265,6 +265,7 @@ class Validator:
             ride_s=self.params.timeout_ms(0) / 1000,
             sets=self.sets,
             member=self.sets.own(self.me, self.signing_key.public_key, self.cfg.qkd.sae_id),
+            apis=self.genesis if self._serve_api else None,
         )
         parts = CommitParts(
             alarms=self.alarms,
@@ -364,6 +365,7 @@ class Validator:
         if self._serve_api:
             await self._start_http()
         self._tasks.append(asyncio.create_task(self._housekeeping(), name="housekeeping"))
+        self._tasks.append(asyncio.create_task(self.certificates.backfill.run(), name="backfill"))
         if self.set_links is not None:
             follow = self.set_links.run(lambda: self.engine.cur)
             self._tasks.append(asyncio.create_task(follow, name="set-links"))

@@ -392,6 +392,14 @@ class AsyncClient:
         )
         return data
 
+    async def certificate_bytes(self, height: int, max_bytes: int) -> bytes:
+        """Canonical bytes of the commit certificate of height (`GET
+        /v1/blocks/{height}/certificate`); the caller checks them."""
+        _, _, data = await self._request(
+            "GET", f"/v1/blocks/{int(height)}/certificate", accept=MSGPACK, max_bytes=max_bytes
+        )
+        return data
+
     # snapshots (state sync); the caller checks every byte against a certificate
 
     async def snapshot_heights(self, max_bytes: int) -> list[int]:

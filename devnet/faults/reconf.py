@@ -27,10 +27,12 @@ The checks (`set_change_checks`):
 - **membership**: every member at the end executes the set the changes give (genesis
   ids, plus those added, less those removed) at its last height, with each added
   validator's operator as its step named.
-- **signers**: every commit certificate read (one per height that holds a load
-  transaction, from its receipt) has at least q(h) signatures, all of members of the
-  set the changes give for h; every added validator signs at least one certificate at or
-  above its activation height (its votes count), every removed one none.
+- **signers**: every member serves the receipt of every height at or below its own that
+  holds a load transaction (a joiner too, for the heights it replayed: it asks its peers
+  for their certificates, given CERT_WAIT_S), and every commit certificate read from
+  them has at least q(h) signatures, all of members of the set the changes give for h;
+  every added validator signs at least one certificate at or above its activation height
+  (its votes count), every removed one none.
 - **activation-window** (`activate_during = "ACTION"`): each change activated (the first
   status sample at its activation height) while a step of that action was in force
   (until its undo, a later `heal` step or the final heal).
@@ -52,6 +54,7 @@ from devnet.running import BackendError, Network
 from qchain.client import AsyncClient
 from qchain.errors import ApiError, QChainError
 from qchain.keys import Scheme, dev_key
+from qchain.limits import MAX_MESSAGE
 from qchain.types import new_transaction
 
 if TYPE_CHECKING:
@@ -64,10 +67,10 @@ REFUSAL = (422, "rotation-not-supported")
 MAX_CERTS = 200
 """Certificates read from each member at the end of a run (one per height, the highest
 heights first)."""
-MAX_MISSING = 3
-"""Receipts in a row a member does not serve before the heights below are left unread:
-a validator that caught up by block replay holds no certificate of the blocks it replayed
-(each such request waits the API's 3 s for one, then answers 404)."""
+CERT_WAIT_S = 120.0
+"""How long a member is given to hold the certificate of every height read: a validator
+that caught up by block replay asks its peers for those of the heights it replayed
+without signing them (`node.certbackfill`)."""
 
 T = TypeVar("T")
 
@@ -248,7 +251,7 @@ class SetEvidence:
     (a node keeps the first q(h) signatures it received, its own among them if it
     signed)."""
     unread: int = 0
-    """Heights whose certificate could not be read."""
+    """Receipts of heights at or below a member's height that it did not serve."""
 
 
 async def collect(net: Network, ops: Sequence[Op], changes: Sequence[SetChange]) -> SetEvidence:
@@ -277,21 +280,34 @@ async def collect(net: Network, ops: Sequence[Op], changes: Sequence[SetChange])
             records = doc.get("records", []) if isinstance(doc, dict) else []
             sets[name] = tuple(sorted(int(r["id"]) for r in records))
             operators = {int(r["id"]): _hex(r.get("operator")) for r in records}
-            heights = sorted(by_height, reverse=True)[:MAX_CERTS]
-            missing = 0
-            for i, height in enumerate(heights):
-                if missing >= MAX_MISSING:
-                    unread += len(heights) - i
-                    break
+            heights = [x for x in sorted(by_height, reverse=True)[:MAX_CERTS] if x <= h]
+            await _certified(c, heights, CERT_WAIT_S)
+            for height in heights:
                 try:
                     proof = await c.receipt(by_height[height])
                 except QChainError:
                     unread += 1
-                    missing += 1
                     continue
-                missing = 0
                 certs[name][height] = tuple(x.validator for x in proof.certificate.signatures)
     return SetEvidence(genesis, sets, operators, certs, unread)
+
+
+async def _certified(c: AsyncClient, heights: Sequence[int], wait_s: float) -> None:
+    """Wait up to wait_s until the node serves the certificate of every height."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait_s
+    left = list(heights)
+    while left:
+        missing = []
+        for height in left:
+            try:
+                await c.certificate_bytes(height, MAX_MESSAGE)
+            except QChainError:
+                missing.append(height)
+        left = missing
+        if not left or loop.time() >= deadline:
+            return
+        await asyncio.sleep(1.0)
 
 
 def _hex(value: object) -> str:
@@ -381,6 +397,8 @@ def check_signers(evidence: SetEvidence, changes: Sequence[SetChange]) -> CheckR
     """Certificates are signed by a quorum of the set of their height; an added validator
     signs some at or above its activation, a removed one none."""
     problems = []
+    if evidence.unread:
+        problems.append(f"{evidence.unread} receipts of committed heights not served")
     every = [(n, h, signers) for n, cs in evidence.certs.items() for h, signers in cs.items()]
     for node, h, signers in sorted(every):
         vset = members_at(evidence.genesis, changes, h)
@@ -392,7 +410,12 @@ def check_signers(evidence: SetEvidence, changes: Sequence[SetChange]) -> CheckR
                 f"{node}, height {h}: {len(set(signers))} signatures, q = {quorum(len(vset))}"
             )
     signed: dict[str, int] = {}
+    replayed: dict[str, int] = {}
+    """Receipts an added validator served of heights below its activation."""
     for ch in changes:
+        if ch.kind == "add":
+            held = evidence.certs.get(ch.node, {})
+            replayed[ch.node] = sum(1 for h in held if h < ch.activation)
         after = [signers for _, h, signers in every if h >= ch.activation]
         count = sum(1 for signers in after if ch.vid in signers)
         signed[f"{ch.kind} {ch.vid}"] = count
@@ -410,8 +433,9 @@ def check_signers(evidence: SetEvidence, changes: Sequence[SetChange]) -> CheckR
         "signers",
         True,
         f"{len(every)} certificates signed by a quorum of their height's set "
-        f"({evidence.unread} unread); certificates signed from activation: {signed}",
-        data={"signed_from_activation": signed, "unread": evidence.unread},
+        f"({evidence.unread} unread, {replayed} of joiners below their activation); "
+        f"certificates signed from activation: {signed}",
+        data={"signed_from_activation": signed, "unread": evidence.unread, "replayed": replayed},
     )
 
 

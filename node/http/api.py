@@ -79,6 +79,7 @@ def make_api_app(
     r.add_get("/v1/blocks", state.get_blocks, allow_head=False)
     r.add_get("/v1/blocks/latest", state.get_latest_block, allow_head=False)
     r.add_get("/v1/blocks/{height}", state.get_block, allow_head=False)
+    r.add_get("/v1/blocks/{height}/certificate", state.get_certificate, allow_head=False)
     r.add_get("/v1/accounts/{address}", state.get_account, allow_head=False)
     r.add_get("/v1/contracts/{name}/{query}", state.get_query, allow_head=False)
     r.add_get("/v1/notary/{digest}", state.get_notary_anchor, allow_head=False)

@@ -20,7 +20,7 @@ from node.http.context import SERVICE, json_response
 from node.http.params import parse_address, parse_hash, parse_uint, query_arg
 from node.metrics import CONTENT_TYPE_LATEST
 from qchain.errors import BadParameter, BelowBase, NotFound, NotReady
-from qchain.jsonform import block_to_json, fields_to_json, value_to_json
+from qchain.jsonform import MSGPACK, block_to_json, fields_to_json, value_to_json
 
 MAX_BLOCKS_PAGE = 100
 """Most blocks one `GET /v1/blocks` answer holds."""
@@ -59,6 +59,18 @@ async def get_block(request: web.Request) -> web.Response:
     if block is None:
         raise NotFound("block", str(height))
     return json_response(block_to_json(block))
+
+
+async def get_certificate(request: web.Request) -> web.Response:
+    """Canonical bytes of the commit certificate of a height (a node that holds a block
+    without it asks its peers for it, `node.certbackfill`)."""
+    height = parse_uint(request.match_info["height"], "height")
+    chain = request.app[SERVICE].chain
+    _check_held(chain, height)
+    cert = chain.certificate(height) if 1 <= height <= chain.height() else None
+    if cert is None:
+        raise NotFound("certificate", str(height))
+    return web.Response(body=cert.encode(), headers={"Content-Type": MSGPACK})
 
 
 async def get_blocks(request: web.Request) -> web.Response:

@@ -77,6 +77,9 @@ async def test_set_change_scenario_holds(name: str) -> None:
     assert isinstance(signed, dict)
     # The joiner's signature is in certificates from its activation on: its votes count.
     assert signed["signed_from_activation"]["add 4"] > 0, report
+    # It serves the receipts of heights it replayed before its activation, their
+    # certificates asked of its peers (node.certbackfill).
+    assert signed["unread"] == 0 and signed["replayed"]["node4"] > 0, report
     if name == "leave-under-load":
         assert _changes(checks) == [("add", "node4", 4), ("remove", "node1", 1)], report
         assert _set(checks) == [0, 2, 3, 4], report
@@ -103,4 +106,7 @@ async def test_rotate_key_adds_the_new_machine_removes_the_old_and_refuses_in_pl
     assert isinstance(signed, dict)
     assert signed["signed_from_activation"]["remove 1"] == 0, report
     assert signed["signed_from_activation"]["add 4"] > 0, report
+    # It serves the receipts of heights it replayed before its activation, their
+    # certificates asked of its peers (node.certbackfill).
+    assert signed["unread"] == 0 and signed["replayed"]["node4"] > 0, report
     assert any(k.startswith("no-lost-writes node1 (left at") for k in checks), report

@@ -6,6 +6,7 @@ missing from a removed validator's chain, an activation outside its window)."""
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import pytest
@@ -154,6 +155,21 @@ def test_signers_fail_when_the_change_did_not_take(
     res = check_signers(evidence(certs), [JOIN, LEAVE])
     assert not res.ok
     assert any(why in d for d in res.details), res.details
+
+
+def test_signers_fail_on_a_receipt_a_member_did_not_serve() -> None:
+    missing = dataclasses.replace(evidence(GOOD), unread=2)
+    res = check_signers(missing, [JOIN, LEAVE])
+    assert not res.ok
+    assert "2 receipts of committed heights not served" in res.details
+
+
+def test_signers_count_the_receipts_a_joiner_serves_below_its_activation() -> None:
+    ev = evidence(GOOD)
+    ev.certs[JOIN.node] = {40: (0, 1, 2), 45: (0, 1, 3), 55: (0, 1, 2, 4)}
+    res = check_signers(ev, [JOIN, LEAVE])
+    assert res.ok, res
+    assert res.data["replayed"] == {JOIN.node: 2}
 
 
 def test_membership_fails_on_a_member_with_another_set_or_operator() -> None:

@@ -20,7 +20,7 @@ from qchain.errors import QChainError, StorageError
 from qchain.jsonform import tx_to_json
 from qchain.store import schema
 from qchain.store.testing import flip_byte
-from qchain.types import ReceiptProof, Transaction
+from qchain.types import CommitCertificate, ReceiptProof, Transaction
 
 from ..conftest import (
     CHAIN_ID,
@@ -396,6 +396,19 @@ async def test_receipt_json_and_msgpack_verify(api: ApiHarness) -> None:
     r = await api.request("GET", f"/v1/receipts/{pending.hash.hex()}")
     assert r.status == 404
     assert r.json()["kind"] == "receipt"
+
+
+async def test_block_certificate(api: ApiHarness) -> None:
+    for h in (1, 2):
+        r = await api.request("GET", f"/v1/blocks/{h}/certificate")
+        assert r.status == 200 and r.content_type == "application/msgpack"
+        assert CommitCertificate.decode(r.body) == api.node.chain.certificate(h)
+    for missing in (0, 3):
+        r = await api.request("GET", f"/v1/blocks/{missing}/certificate")
+        assert r.status == 404
+        assert r.json()["kind"] == "certificate"
+    r = await api.request("GET", "/v1/blocks/abc/certificate")
+    assert r.status == 400
 
 
 async def test_blocks(api: ApiHarness) -> None:
