@@ -66,6 +66,13 @@ def honest(node: FakeNode) -> Callable[[int], bytes | None]:
     return answer
 
 
+def one_honest_peer(node: FakeNode) -> tuple[ChainStore, Peer, CertificateBackfill]:
+    """A replaying store, one honest peer, and the backfill that asks it."""
+    chain = replayer(node)
+    peer = Peer("node1", honest(node))
+    return chain, peer, CertificateBackfill(chain, [peer])
+
+
 def signed(height: int, block_hash: bytes, signers: list[int], keys: list | None = None) -> bytes:
     keys = VALIDATOR_KEYS if keys is None else keys
     digest = commit_sign_digest(CHAIN_ID, height, block_hash)
@@ -81,9 +88,7 @@ def no_grace(monkeypatch: pytest.MonkeyPatch) -> None:
 async def test_a_height_is_asked_only_after_the_grace_the_exchange_has(
     fake_node: FakeNode,
 ) -> None:
-    chain = replayer(fake_node)
-    peer = Peer("node1", honest(fake_node))
-    backfill = CertificateBackfill(chain, [peer])
+    chain, peer, backfill = one_honest_peer(fake_node)
     backfill.committed(1)
     await backfill.tick()
     assert peer.asked == [] and chain.certificate(1) is None
@@ -93,9 +98,7 @@ async def test_a_height_is_asked_only_after_the_grace_the_exchange_has(
 async def test_a_missing_certificate_comes_from_a_peer_and_is_stored(
     fake_node: FakeNode,
 ) -> None:
-    chain = replayer(fake_node)
-    peer = Peer("node1", honest(fake_node))
-    backfill = CertificateBackfill(chain, [peer])
+    chain, peer, backfill = one_honest_peer(fake_node)
     for h in (1, 2):
         backfill.committed(h)
     await backfill.tick()
@@ -115,9 +118,7 @@ async def test_a_missing_certificate_comes_from_a_peer_and_is_stored(
 async def test_a_height_the_exchange_certified_meanwhile_is_not_asked(
     fake_node: FakeNode,
 ) -> None:
-    chain = replayer(fake_node)
-    peer = Peer("node1", honest(fake_node))
-    backfill = CertificateBackfill(chain, [peer])
+    chain, peer, backfill = one_honest_peer(fake_node)
     backfill.committed(1)
     cert = fake_node.chain.certificate(1)
     assert cert is not None
@@ -202,9 +203,7 @@ async def test_heights_asked_per_tick_and_heights_waiting_are_bounded(
 ) -> None:
     monkeypatch.setattr(certbackfill, "HEIGHTS_PER_TICK", 1)
     monkeypatch.setattr(certbackfill, "MAX_PENDING", 2)
-    chain = replayer(fake_node)
-    peer = Peer("node1", honest(fake_node))
-    backfill = CertificateBackfill(chain, [peer])
+    chain, peer, backfill = one_honest_peer(fake_node)
     for h in (5, 6, 1, 2):
         backfill.committed(h)
     # Two heights wait at most: the first two are dropped.
