@@ -267,9 +267,6 @@ class Dissemination:
         compacted here): while it is above the committed height, the next leader builds
         only after a commit (`node.forwarding` holds this node's batch until then). A
         peer can claim any height; the reader bounds what it believes."""
-        self._partial: OrderedDict[bytes, None] = OrderedDict()
-        """Digests of this node's batches sent to only some peers (a leader), the latest
-        `MAX_ORIGIN_BATCHES` (no more of this node's are kept)."""
         self._compact: OrderedDict[bytes, Envelope] = OrderedDict()
         self._waiting: OrderedDict[int, _Waiting] = OrderedDict()
         self._fetching: dict[bytes, _Fetch] = {}
@@ -290,25 +287,13 @@ class Dissemination:
         (lazily by `lazy(peer)` seconds); the number of batches."""
         batches = origin_batches(self.me, self.seq, raw_txs)
         self.seq += len(batches)
-        partial = not set(self.links.others()) <= set(to)
         for b in batches:
             self.store.add(b)
-            if partial:
-                self._partial[b.digest] = None
-                while len(self._partial) > MAX_ORIGIN_BATCHES:
-                    self._partial.popitem(last=False)
             env = Envelope(Kind.BATCH, b.encode())
             for j in to:
                 if j != self.me:
                     self.links.send_all(env, [j], lazy(j))
         return len(batches)
-
-    def reached_all(self, tx_hash: bytes) -> bool:
-        """Whether a kept batch holding the transaction went to every peer: a peer's (its
-        origin sent it to all), or one of this node's that was not sent only to some (a
-        leader: `node.forwarding` sends a client's transactions again that way)."""
-        where = self.store.locate(tx_hash)
-        return where is not None and where[0] not in self._partial
 
     # --- proposals by reference ---------------------------------------------------------
 

@@ -22,8 +22,7 @@ Otherwise the leader may be about to build, and the batch waits only `PROMPT_S` 
 collects what arrives in the same few milliseconds, e.g. a client's batch admitted in
 slices). On a link with a low key rate a batch then waits briefly to ride in the next
 frame to that peer instead of costing a key of its own (`node.keypacing`). When the
-leader changes, pending ones go to the new leader in a batch of their own, and when a
-link to a peer is made again, to that peer (what was queued on the broken one is lost). A
+leader changes, pending ones go to the new leader in a batch of their own. A
 transaction that stays pending past the inclusion timeout goes out again, in a new batch
 to every validator; one that stays past twice the timeout makes the node fire its round
 timer early (CONSENSUS.md R8), so that a quorum of honest validators moves away from a
@@ -54,7 +53,7 @@ from node.mempool import Mempool
 from node.verifypool import VerifyPool
 from node.wire import OriginBatch
 from qchain.config import NodeConfig
-from qchain.errors import NonceMismatch, QChainError
+from qchain.errors import QChainError
 from qchain.limits import ORIGIN_BATCH_FIELDS, TX_BATCH_MAX_BYTES, TX_BATCH_MAX_TXS
 from qchain.types import Transaction, decode_transaction
 
@@ -163,11 +162,10 @@ class Forwarder:
         """Forwarded transactions refused for lack of queue room or budget."""
         self.refused: Counter[str] = Counter()
         """Peers' transactions not taken into the pool, by reason (`queue`: no room or
-        budget to queue them; `nonce-ahead`: beyond the sender's nonce window here; else
-        the mempool's problem code)."""
+        budget to queue them; else the mempool's problem code)."""
         self.resent: Counter[str] = Counter()
         """This node's clients' transactions sent again, by reason (`late`, `leader`,
-        `ready`, `asked`, `reconnect`)."""
+        `ready`, `asked`)."""
         self.recent_blocks: deque[tuple[float, int]] = deque(maxlen=RECENT_BLOCKS)
         self._queue: list[tuple[Transaction, bool, float]] = []
         """This batch's locally admitted transactions, each with whether a kept batch
@@ -194,8 +192,6 @@ class Forwarder:
         self._admit_task: asyncio.Task[None] | None = None
         self._last_suspect = 0.0
         self._stopping = False
-        self._connects: dict[int, int] = {}
-        """Outbound connections made to each peer, as last seen (`resend_after_reconnect`)."""
 
     def stop(self) -> asyncio.Task[None] | None:
         """Admit nothing more, send no batch; the admission task, if any, for the
@@ -269,15 +265,14 @@ class Forwarder:
         self._cancel_flush()
         batch, self._queue, self._queue_bytes = self._queue, [], 0
         # A proposal may have sent some since they were admitted, in a batch of this
-        # node's to every peer (`node.batches`). One sent since only to a leader (a new
-        # leader's, a client's asking again, a gap filled) still goes: no other pool
-        # holds it, and the next leader would miss it until the inclusion timeout. One
-        # that a batch held before it was admitted goes again: the peers that got that
-        # batch may not have taken it into their pools (full), or dropped it since (it
-        # waited behind a nonce gap, `node.mempool`), and this node's pool did not hold
-        # it either, or it would not be new here.
+        # node's (`node.batches`). One that a batch held before it was admitted goes
+        # again: the peers that got that batch may not have taken it into their pools
+        # (full), or dropped it since (it waited behind a nonce gap, `node.mempool`),
+        # and this node's pool did not hold it either, or it would not be new here.
         raws = [
-            tx.encoded for tx, known, _ in batch if known or not self.batches.reached_all(tx.hash)
+            tx.encoded
+            for tx, known, _ in batch
+            if known or self.batches.store.locate(tx.hash) is None
         ]
         if raws and self.links.transport is not None:
             self.flushes += 1
@@ -343,24 +338,6 @@ class Forwarder:
                 self.resent["leader"] += len(mine[:MAX_REFORWARD])
                 self.batches.send(mine[:MAX_REFORWARD], [leader], lambda j: 0.0)
 
-    def resend_after_reconnect(self) -> None:
-        """This node's clients' pending transactions again, to each peer whose link was
-        made again since the last look, in a batch of their own: a link that broke
-        (a write timeout, the peer closing it) lost what was queued on it, unsent or
-        unread, and the peer, the leader among them, would not hear of those
-        transactions before the inclusion timeout. At most `MAX_REFORWARD` a reconnect."""
-        transport = self.links.transport
-        if transport is None:
-            return
-        for j, st in transport.stats.items():
-            seen, self._connects[j] = self._connects.get(j), st.connects
-            if seen is None or st.connects == seen or j == self.me:
-                continue
-            mine = [p.tx.encoded for p in self.mempool.pending() if p.local][:MAX_REFORWARD]
-            if mine:
-                self.resent["reconnect"] += len(mine)
-                self.batches.send(mine, [j], lambda j: 0.0)
-
     def received(self, sender: int, batch: OriginBatch) -> None:
         """Keep a peer's batch (`node.batches`) and queue its transactions; a task admits
         them in slices. Each peer may fill at most its share of the queue, at most at its
@@ -398,12 +375,9 @@ class Forwarder:
             for tx in txs:
                 try:
                     self.admission.admit(tx)
-                except NonceMismatch as e:
-                    # Ahead: this node's committed nonce lags the origin's, and the
-                    # transaction is missing here until its origin sends it again.
-                    self.refused["nonce-ahead" if e.got > e.expected else e.code] += 1
                 except QChainError as e:
                     self.refused[e.code] += 1
+                    continue
             await asyncio.sleep(0)
 
     def _slice(self) -> int:
@@ -432,7 +406,6 @@ class Forwarder:
         # A transaction waiting behind a nonce gap for an inclusion timeout leaves.
         self.mempool.drop_waiting(now - timeout)
         self.send_became_ready()
-        self.resend_after_reconnect()
         late = [p for p in self.mempool.pending() if p.local and now - p.seen_at > timeout]
         fresh = [p for p in late if not p.forwarded_to_all][:MAX_REFORWARD]
         if fresh:

@@ -48,12 +48,9 @@ DOCUMENTED: tuple[str, ...] = (
     "qchain_forward_batches_total",
     "qchain_forward_resent_txs_total",
     "qchain_forward_refused_txs_total",
-    "qchain_mempool_waiting_dropped_total",
-    "qchain_batch_events_total",
     "qchain_transport_frames_total",
     "qchain_transport_bytes_total",
     "qchain_transport_rejections_total",
-    "qchain_transport_dropped_total",
     "qchain_qkd_keys_consumed_total",
     "qchain_qkd_pool_keys",
     "qchain_qkd_waits_total",
@@ -86,7 +83,6 @@ class NodeMetrics:
         r = self.registry = CollectorRegistry(auto_describe=True)
         self._consensus(r)
         self._mempool_and_transport(r)
-        self._forwarding(r)
         self._qkd(r)
         self._execution_and_api(r)
 
@@ -143,6 +139,27 @@ class NodeMetrics:
         )
         for stage in STAGES:
             self.tx_stage.labels(stage)
+        self.forward_batches = Counter(
+            "qchain_forward_batches_total",
+            "Batches of this node's clients' transactions sent to every peer.",
+            registry=r,
+        )
+        self.forward_resent = Counter(
+            "qchain_forward_resent_txs_total",
+            "This node's clients' transactions sent again, by reason (late: past the "
+            "inclusion timeout; leader: to a new leader; ready: after a nonce gap filled; "
+            "asked: a client submitted it again).",
+            ["reason"],
+            registry=r,
+        )
+        self.forward_refused = Counter(
+            "qchain_forward_refused_txs_total",
+            "Peers' transactions not taken into this node's pool, by reason (queue: no "
+            "room or budget to queue them; else the mempool's problem type slug).",
+            ["reason"],
+            registry=r,
+        )
+
         self.transport_frames = Counter(
             "qchain_transport_frames_total",
             "Authenticated frames, by peer and direction (in, out).",
@@ -159,51 +176,6 @@ class NodeMetrics:
             "qchain_transport_rejections_total",
             "Frames, connections and envelopes refused, by peer (unknown: none named) and reason.",
             ["peer", "reason"],
-            registry=r,
-        )
-        self.transport_dropped = Counter(
-            "qchain_transport_dropped_total",
-            "Envelopes this node dropped instead of sending, by peer and reason (queue: the "
-            "peer's send queue was full).",
-            ["peer", "reason"],
-            registry=r,
-        )
-
-    def _forwarding(self, r: CollectorRegistry) -> None:
-        self.forward_batches = Counter(
-            "qchain_forward_batches_total",
-            "Batches of this node's clients' transactions sent to every peer.",
-            registry=r,
-        )
-        self.forward_resent = Counter(
-            "qchain_forward_resent_txs_total",
-            "This node's clients' transactions sent again, by reason (late: past the "
-            "inclusion timeout; leader: to a new leader; ready: after a nonce gap filled; "
-            "asked: a client submitted it again; reconnect: to a peer whose link was made again).",
-            ["reason"],
-            registry=r,
-        )
-        self.forward_refused = Counter(
-            "qchain_forward_refused_txs_total",
-            "Peers' transactions not taken into this node's pool, by reason (queue: no "
-            "room or budget to queue them; nonce-ahead: beyond its sender's nonce window "
-            "here; else the mempool's problem type slug).",
-            ["reason"],
-            registry=r,
-        )
-        self.mempool_waiting_dropped = Counter(
-            "qchain_mempool_waiting_dropped_total",
-            "Transactions that waited behind a nonce gap and left the pool, by reason "
-            "(displaced: a ready one took the place; expired: waited an inclusion timeout).",
-            ["reason"],
-            registry=r,
-        )
-        self.batch_events = Counter(
-            "qchain_batch_events_total",
-            "Batches by what happened to them here (evicted: the store's bound per origin; "
-            "fetched: received in answer to a request; refused: not from their origin or "
-            "not asked for; given_up: proposals dropped because no peer sent a batch).",
-            ["event"],
             registry=r,
         )
 
@@ -378,8 +350,6 @@ class MetricsSync:
             self._inc_to(m.mempool_rejections, (reason,), count)
         m.observe_mempool(len(self.mempool), self.mempool.size_bytes)
         m.mempool_oldest_local.set(self.mempool.oldest_local_age(clock.monotonic()))
-        for reason, count in self.mempool.waiting_dropped.items():
-            self._inc_to(m.mempool_waiting_dropped, (reason,), count)
         f = self.forwarder
         if f is not None:
             while f.stages:
@@ -390,14 +360,6 @@ class MetricsSync:
                 self._inc_to(m.forward_resent, (reason,), count)
             for reason, count in f.refused.items():
                 self._inc_to(m.forward_refused, (reason,), count)
-            b = f.batches
-            for event, count in (
-                ("evicted", b.store.evicted),
-                ("fetched", b.fetched),
-                ("refused", b.refused),
-                ("given_up", b.given_up),
-            ):
-                self._inc_to(m.batch_events, (event,), count)
         transport = self.links.transport
         if transport is not None:
             for j, st in transport.stats.items():
@@ -410,7 +372,6 @@ class MetricsSync:
                 self._inc_to(m.transport_bytes, (peer, "in"), st.bytes_received)
                 for reason, count in st.rejected.items():
                     self._inc_to(m.transport_rejections, (peer, reason), count)
-                self._inc_to(m.transport_dropped, (peer, "queue"), st.queue_dropped)
             for reason, count in transport.refused.items():
                 self._inc_to(m.transport_rejections, ("unknown", reason), count)
         endpoint = self.links.endpoint

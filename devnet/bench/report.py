@@ -111,11 +111,6 @@ def point_figures(
     generator's own queue left out)."""
     posting_waits: list[float] = []
     """Per chunk: from its scheduled time until the request that carried it left."""
-    answer_waits: list[float] = []
-    """Per chunk: from its request's leaving until the node's answer (the node's own
-    queue before admission, and admission)."""
-    by_node: list[tuple[float, int]] = []
-    """Each latency sample with the node that accepted it."""
     submitted = accepted = lost = failed = resent = 0
     refused: dict[str, int] = {}
     for c in load["chunks"]:
@@ -129,8 +124,6 @@ def point_figures(
         accepted_at = c.get("accepted_at", {})
         if c.get("posted"):
             posting_waits.append(c["posted"] - c["scheduled"])
-            if c.get("answered"):
-                answer_waits.append(c["answered"] - c["posted"])
         for pos, h in enumerate(hashes[c["node"]][c["offset"] : c["offset"] + c["count"]]):
             seen = txs.get(h)
             if seen is None:
@@ -140,17 +133,12 @@ def point_figures(
                 failed += 1
             offered_latencies.append(seen[0] - c["scheduled"])
             latencies.append(seen[0] - accepted_at.get(str(pos), c["scheduled"]))
-            by_node.append((latencies[-1], c["node"]))
             node_latencies.append(
                 seen[0] - accepted_at.get(str(pos), c.get("posted") or c["scheduled"])
             )
     latencies.sort()
     node_latencies.sort()
     posting_waits.sort()
-    answer_waits.sort()
-    by_node.sort()
-    tail = by_node[len(by_node) - len(by_node) // 20 :] if len(by_node) >= 20 else []
-    tail_nodes = {str(n): sum(1 for _, k in tail if k == n) for n in sorted({k for _, k in tail})}
     offered_latencies.sort()
     consensus = sorted(b.at - b.built for b in in_window)
     intervals = [b.at - a.at for a, b in itertools.pairwise(in_window)]
@@ -190,11 +178,6 @@ def point_figures(
             "p50": _r(percentile(posting_waits, 50) * 1e3, 1),
             "p99": _r(percentile(posting_waits, 99) * 1e3, 1),
         },
-        "answer_wait_ms": {
-            "p50": _r(percentile(answer_waits, 50) * 1e3, 1),
-            "p99": _r(percentile(answer_waits, 99) * 1e3, 1),
-        },
-        "slowest_5pct_by_node": tail_nodes,
         "offered_latency_ms": {
             "p50": _r(percentile(offered_latencies, 50) * 1e3, 1),
             "p99": _r(percentile(offered_latencies, 99) * 1e3, 1),

@@ -10,11 +10,10 @@ from dataclasses import dataclass
 from consensus.params import Params
 from devnet.network import account_key
 from node.alarms import Alarms
-from node.batches import MAX_ORIGIN_BATCHES, Dissemination
+from node.batches import Dissemination
 from node.budget import Budgets
 from node.forwarding import LEADER_ROOM_TXS, Coalescing, Forwarder, leader_had_room
 from node.mempool import Mempool, MempoolLimits
-from node.transport_limits import PeerStats
 from node.wire import Kind, OriginBatch
 
 from .test_batches import CHAIN, N, _Links, _NoBlocks
@@ -168,63 +167,3 @@ async def test_client_transactions_that_waited_behind_a_gap_go_to_the_leader_whe
     mempool.add(tx("partner1", 2), height=0, now=0.0)
     fwd.send_became_ready()
     assert _sent_txs(links) == [], "this node leads"
-
-
-async def test_a_transaction_sent_only_to_a_new_leader_still_goes_to_every_peer() -> None:
-    """The leader changes while a client's transaction waits for its batch to leave:
-    the new leader gets this node's pending ones in a batch of their own, and the batch
-    then still takes it to every peer. Skipped there, it reached no other pool, and a
-    later leader left it out until the inclusion timeout sent it again."""
-    fwd, links, mempool, _ = _forwarder()
-    t = tx("partner1", 0)
-    mempool.add(t, height=0, now=0.0, local=True)
-    fwd.queue(t)
-    fwd.leader_changed(2)
-    assert _sent_txs(links) == [(2, [t.encoded])]
-    assert not fwd.batches.reached_all(t.hash)
-    await asyncio.sleep(0)
-    assert sorted(j for j, txs in _sent_txs(links) if txs == [t.encoded]) == [1, 2, 3]
-    # Sent to a leader after its batch went to every peer: nothing more to send.
-    u = tx("partner1", 1)
-    mempool.add(u, height=0, now=0.0, local=True)
-    fwd.queue(u)
-    await asyncio.sleep(0)
-    assert sorted(j for j, _ in _sent_txs(links)) == [1, 2, 3]
-    fwd.leader_changed(1)
-    assert fwd.batches.reached_all(u.hash), "its first place is the batch every peer got"
-
-
-def test_what_was_sent_only_to_some_peers_is_remembered_within_the_store_bound() -> None:
-    """The digests of this node's batches sent to only some peers are bounded like the
-    batches the store keeps of one origin."""
-    fwd, _, _, _ = _forwarder()
-    raw = tx("partner1", 0).encoded
-    for _ in range(MAX_ORIGIN_BATCHES + 10):
-        fwd.batches.send([raw], [2], lambda j: 0.0)
-    assert len(fwd.batches._partial) == MAX_ORIGIN_BATCHES
-
-
-@dataclass
-class _Transport:
-    stats: dict[int, PeerStats]
-
-
-def test_a_link_made_again_gets_the_pending_client_transactions() -> None:
-    """A broken link lost what was queued on it: when it is made again, the peer gets
-    this node's clients' pending transactions (only the peer, only pending, only local)
-    at the next inclusion check, not at the inclusion timeout."""
-    fwd, links, mempool, _ = _forwarder()
-    stats = {j: PeerStats(connects=1) for j in (1, 2, 3)}
-    links.transport = _Transport(stats)
-    mine = tx("partner1", 0)
-    mempool.add(mine, height=0, now=0.0, local=True)
-    mempool.add(tx("partner1", 1), height=0, now=0.0)  # a peer's
-    fwd.check_inclusion(1.0)
-    assert _sent_txs(links) == [], "the first look: nothing was lost"
-    stats[2].connects = 2
-    fwd.check_inclusion(2.0)
-    assert _sent_txs(links) == [(2, [mine.encoded])]
-    assert fwd.resent["reconnect"] == 1
-    fwd.check_inclusion(3.0)
-    assert _sent_txs(links) == [], "once a reconnect"
-    assert not fwd.batches.reached_all(mine.hash)
