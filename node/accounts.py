@@ -208,11 +208,11 @@ class Admission:
                 stage = "pool_local" if p.local else "pool_peer"
                 self.metrics.tx_stage.labels(stage).observe(now - p.seen_at)
         local = self.mempool.on_commit(txs, height)
-        # The age of the oldest client transaction a block could take (whatever order
-        # blocks take them in): left behind by this block if admitted before the cutoff.
-        oldest = self.mempool.oldest_ready_local()
-        saturated = cutoff is not None and oldest is not None and oldest < cutoff
-        self.backlog.committed(now, len(txs), local, saturated, oldest)
+        saturated = cutoff is not None and any(
+            p.local and p.seen_at < cutoff and p.tx.nonce == self.accounts.next_nonce(p.tx.sender)
+            for p in self.mempool.pending()
+        )
+        self.backlog.committed(now, len(txs), local, saturated)
 
     def after_commit(self) -> None:
         """A commit changed what is includable: tell an idle engine whether some is."""

@@ -24,20 +24,15 @@ keeps up, blocks are as small as the load offered, the rate understates the chai
 capacity, and a bound on pending / rate would bound the chain's own latency (the time
 from admission to commit even with no queue), not the wait in a queue: it would hold
 throughput wherever it happens to be. So the bound applies only while the chain is
-*saturated*, which this node reads from the age of its oldest *ready* client transaction
-(not behind a nonce gap), whatever order blocks take transactions in: after a commit,
-one of the last `SATURATED_COMMITS` (3) commits left such a transaction behind that was
-admitted before the commit two commits earlier (so it was there when that block was
-built); or, at any time, the oldest has waited longer than `OVERDUE_SHARE` (half) of the
-bound in force (`Backlog.saturated_at`). Without a queue a transaction waits for at most
-the next two blocks. Then the measured rate is the chain's capacity, and pending / rate
-is the wait in the queue. Otherwise the room is `UNSATURATED_GROWTH` (2) times larger,
-and at least `UNSATURATED_MIN_ROOM` (1,000) pending: enough for the load to grow (with
-the floor below, the admitted rate can quadruple per block interval), and the larger
-blocks that follow raise the measured rate, without letting a sudden burst queue tens of
-seconds before the chain shows it is saturated. (The first signal alone depended on the
-order of reaping: blocks that take the oldest first rarely leave an old one behind, so
-it rarely fired, and the pools ran at the unsaturated room. The age does not.)
+*saturated*: one of the last `SATURATED_COMMITS` (3) commits left out a transaction of
+this node's clients that was ready (its sender's next nonce) well before that block was
+built (admitted before the commit two commits earlier). Then blocks are full, the
+measured rate is the chain's capacity, and pending / rate is the wait in the queue.
+Otherwise the room is `UNSATURATED_GROWTH` (2) times larger, and at least
+`UNSATURATED_MIN_ROOM` (1,000) pending: enough for the load to grow (with the floor below,
+the admitted rate can quadruple per block interval), and the larger blocks that follow
+raise the measured rate, without letting a sudden burst queue tens of seconds before the
+chain's first full blocks show it is saturated.
 
 Pending / rate is the whole time from admission to commit (Little's law), queue and
 commit path together. When the commit path alone takes longer than the bound (a loaded
@@ -94,13 +89,12 @@ nonce, of one sender's transactions at one node; a client that sends everything 
 node, and a refused nonce again before its later ones, never gets a transaction accepted
 behind a nonce that node refused (`tests/node/test_overload.py`).
 
-Pending / rate bounds the mean wait (Little's law). Blocks take the oldest transactions
-first across senders (`Mempool.reap`), so every transaction waits about as long as the
-queue ahead of it, and the mean is also the most: taking each sender's whole run in turn
-let a transaction wait a whole turn of every sender, about twice the mean (p99 about 1.7
-to 2 times p50 under overload). And since a new transaction waits at least as long as
-the oldest ready one has, none is admitted once that one has waited the bound in force
-(except below the floor): the bound is on the age an accepted transaction reaches.
+The bound is on the mean wait (pending / rate, Little's law). Blocks take each sender's
+run in turn (`Mempool.reap`), so a transaction waits up to a whole turn of every sender:
+the slowest accepted ones wait up to about twice the bound. (Taking the first admitted
+first across senders narrows that, but then a block rarely leaves an old ready
+transaction behind, the saturation signal above rarely fires and the pool runs at the
+unsaturated room: measured, the mean wait grew more than the spread shrank.)
 
 Only local admissions are bounded. Transactions a peer forwards were accepted by that
 peer, which keeps them and forwards them again until they commit; refusing them here
@@ -134,10 +128,6 @@ UNSATURATED_MIN_ROOM = 1000
 """While the chain is not saturated, at least this many client transactions may be
 pending: the first blocks after load starts may hold a handful, and a rate measured
 from them says nothing about the chain."""
-OVERDUE_SHARE = 0.5
-"""The chain counts as saturated while the oldest ready client transaction has waited
-longer than this share of the bound in force (`Backlog.saturated_at`): without a queue
-it waits for at most the next two blocks, well within the bound."""
 UNBOUNDED = 1 << 62
 """`room` with admission control off: only the pool's static limits apply."""
 GAP_GRACE_S = 1.0
@@ -190,10 +180,6 @@ class Backlog:
         """Times of the last two commits."""
         self._refused_at: float | None = None
         """When the node last refused a client transaction for want of room (`refused`)."""
-        self._oldest: float | None = None
-        """When the oldest ready client transaction pending after the last commit was
-        admitted (None: none was pending). It stays until the next commit at least, and
-        every later admission is younger."""
 
     def cutoff(self) -> float | None:
         """Client transactions admitted before this time were in the leader's pool when
@@ -201,14 +187,10 @@ class Backlog:
         leader builds a block before the previous one commits)."""
         return self._recent[0] if len(self._recent) == 2 else None
 
-    def committed(
-        self, now: float, txs: int, local: int, saturated: bool, oldest: float | None = None
-    ) -> None:
+    def committed(self, now: float, txs: int, local: int, saturated: bool) -> None:
         """A block of `txs` transactions, `local` of them this node's clients', committed
         at `now` (monotonic seconds); saturated: it left ready client transactions
-        admitted before `cutoff()` behind; oldest: when the oldest ready client
-        transaction still pending was admitted (None: none is)."""
-        self._oldest = oldest
+        admitted before `cutoff()` behind."""
         self._expire(now)
         if txs and not self._txs:
             self._first = self._last if self._last is not None else now
@@ -239,19 +221,6 @@ class Backlog:
         transactions behind."""
         return any(self._left_behind)
 
-    def oldest_age(self, now: float) -> float:
-        """How long the oldest ready client transaction pending since the last commit has
-        waited (0: none)."""
-        return 0.0 if self._oldest is None else max(0.0, now - self._oldest)
-
-    def saturated_at(self, now: float) -> bool:
-        """`saturated`, or the oldest ready client transaction has waited longer than
-        `OVERDUE_SHARE` of the bound in force: the chain is not taking what this node's
-        clients send as fast as it arrives, whichever order blocks take it in."""
-        if self.saturated:
-            return True
-        return self.oldest_age(now) > OVERDUE_SHARE * self.bound_in_force(now)
-
     def bounding(self, now: float) -> bool:
         """Whether the node is under load: admission control is on, and the chain is
         saturated or the node refused a client transaction for want of room (`refused`)
@@ -261,7 +230,7 @@ class Backlog:
         if self.bound_s <= 0:
             return False
         refused = self._refused_at is not None and now - self._refused_at <= self.window_s
-        return refused or self.saturated_at(now)
+        return self.saturated or refused
 
     def refused(self, now: float) -> None:
         """A client transaction was refused for want of room at `now` (the bound here,
@@ -298,15 +267,11 @@ class Backlog:
             return max(0, UNSATURATED_MIN_ROOM - pending)
         bound = self.bound_in_force(now)
         allowed = bound * rate
-        if not self.saturated_at(now):
+        if not self.saturated:
             allowed = max(UNSATURATED_MIN_ROOM, UNSATURATED_GROWTH * allowed)
             return max(0, math.floor(allowed) - pending)
         room = min(math.floor(allowed) - pending, math.floor(bound * self.rates(now).chain) - depth)
-        if room > 0 and not bound <= self.oldest_age(now) < bound + self.window_s:
-            # Blocks take the oldest first: a new transaction waits at least as long as
-            # the oldest ready one has, and that one has not yet waited the bound. (One
-            # older than the bound by a whole window is not the queue: blocks committed
-            # around it all that while, so no block takes it, and the counts decide.)
+        if room > 0:
             return room
         return max(0, self.block_worth(now) - depth)
 

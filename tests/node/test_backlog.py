@@ -6,7 +6,6 @@ import pytest
 
 from node.backlog import (
     GAP_GRACE_S,
-    OVERDUE_SHARE,
     SATURATED_COMMITS,
     UNBOUNDED,
     UNSATURATED_MIN_ROOM,
@@ -120,46 +119,6 @@ def test_an_unsaturated_chain_is_not_bounded_by_a_rate_that_only_measured_supply
     b.committed(4.0, 0, 0, False)
     b.committed(5.0, 0, 0, False)
     assert not b.saturated, "three commits took everything"
-
-
-def test_the_age_of_the_oldest_ready_client_transaction_signals_saturation() -> None:
-    """Whatever order blocks take transactions in, a ready client transaction that has
-    waited longer than OVERDUE_SHARE of the bound in force says the chain does not keep
-    up: the bound applies, though no commit left one behind before the cutoff."""
-    b = Backlog(2000, 1, window_s=10.0)
-    b.committed(0.0, 100, 100, False, oldest=None)
-    b.committed(0.5, 100, 100, False, oldest=0.4)
-    assert b.bound_in_force(0.5) == 2.0
-    assert not b.saturated and not b.saturated_at(0.5)
-    assert b.room(100, 0.5, 100) == UNSATURATED_MIN_ROOM - 100, "not saturated: the floor"
-    late = 0.4 + OVERDUE_SHARE * 2.0 + 0.1
-    assert b.oldest_age(late) == pytest.approx(OVERDUE_SHARE * 2.0 + 0.1)
-    assert b.saturated_at(late) and b.bounding(late)
-    # 200 local in the 1.5 s since the first commit: 266 within the bound of 2 s.
-    assert b.room(100, late, 100) == 266 - 100
-    b.committed(1.5, 100, 100, False, oldest=1.4)
-    assert not b.saturated_at(1.5), "the next commit took it; the oldest left is young"
-
-
-def test_no_room_once_the_oldest_ready_client_transaction_has_waited_the_bound() -> None:
-    """Blocks take the oldest first, so a new transaction waits at least as long as the
-    oldest ready one: once that one has waited the bound in force, only the floor (a
-    block's worth of depth) admits more, even when the counts leave room."""
-    b = Backlog(2000, 1, window_s=10.0)
-    b.committed(0.0, 100, 100, True, oldest=0.0)
-    b.committed(0.5, 100, 100, True, oldest=0.0)
-    assert b.room(10, 1.9, 150) > 0
-    assert b.room(10, 2.0, 150) == 0, "the oldest has waited 2 s, the bound"
-    assert b.room(10, 2.0, 60) == 40, "below a block's worth of depth the floor admits"
-    with pytest.raises(Overloaded) as e:
-        b.check(10, 2.0, 150)
-    assert e.value.retry_after_s >= 1
-    for k in range(2, 26):
-        b.committed(k * 0.5, 100, 100, True, oldest=0.0)
-    assert b.bound_in_force(12.5) == 2.0
-    assert b.room(10, 12.5, 150) > 0, (
-        "one no block took for a whole window past the bound is not the queue: the counts"
-    )
 
 
 def test_bound_zero_turns_admission_control_off() -> None:

@@ -204,67 +204,6 @@ def test_a_full_block_serves_the_senders_it_left_out_first_next_time() -> None:
     )
 
 
-def test_a_full_block_takes_the_oldest_first_across_senders_in_nonce_order() -> None:
-    """Under load a block leaves the youngest behind, whichever sender they are from, and
-    takes each sender's transactions in nonce order from its committed nonce: no
-    transaction waits a whole turn of every sender."""
-    accounts = _members("old0", "old1", "old2")
-    mp = Mempool(CHAIN, MempoolLimits(max_txs=100, max_per_sender=10), accounts)
-    # old0 sends a run at once at t=0; old1 and old2 one transaction a second.
-    for n in range(4):
-        mp.add(tx("old0", n), height=0, now=0.0)
-    for t in range(4):
-        mp.add(tx("old1", t), height=0, now=t + 0.5)
-        mp.add(tx("old2", t), height=0, now=t + 0.7)
-    first = mp.reap(6, 1 << 20)
-    who = {account_key(r, "ed25519").address: r for r in ("old0", "old1", "old2")}
-    assert [(who[t.sender], t.nonce) for t in first] == [
-        ("old0", 0),
-        ("old0", 1),
-        ("old0", 2),
-        ("old0", 3),
-        ("old1", 0),
-        ("old2", 0),
-    ]
-    for t in first:
-        accounts.nonces[t.sender] = t.nonce + 1
-    mp.on_commit(first, 1)
-    mp.add(tx("old0", 4), height=1, now=5.0)
-    second = mp.reap(4, 1 << 20)
-    assert [(who[t.sender], t.nonce) for t in second] == [
-        ("old1", 1),
-        ("old2", 1),
-        ("old1", 2),
-        ("old2", 2),
-    ], "old0's new transaction is the youngest: it waits, the older ones do not"
-
-
-def test_a_later_nonce_admitted_first_goes_right_after_its_predecessor() -> None:
-    """A transaction admitted behind a gap, older than the one that fills the gap, keeps
-    its age once ready: it follows its predecessor at once, in nonce order."""
-    accounts = _members("gap0", "gap1")
-    mp = Mempool(CHAIN, MempoolLimits(max_txs=100, max_per_sender=10), accounts)
-    mp.add(tx("gap0", 1), height=0, now=0.0)
-    mp.add(tx("gap1", 0), height=0, now=1.0)
-    mp.add(tx("gap1", 1), height=0, now=2.0)
-    mp.add(tx("gap0", 0), height=0, now=3.0)
-    gap0 = account_key("gap0", "ed25519").address
-    order = [(t.sender == gap0, t.nonce) for t in mp.reap(10, 1 << 20)]
-    assert order == [(False, 0), (False, 1), (True, 0), (True, 1)]
-    assert mp.oldest_ready_local() is None, "none of them is a client's of this node"
-
-
-def test_oldest_ready_local_skips_peers_and_transactions_behind_a_gap() -> None:
-    accounts = _members("age0", "age1")
-    mp = Mempool(CHAIN, MempoolLimits(max_txs=100, max_per_sender=10), accounts)
-    mp.add(tx("age0", 0), height=0, now=1.0)  # a peer's
-    mp.add(tx("age1", 2), height=0, now=2.0, local=True)  # behind a gap
-    mp.add(tx("age1", 0), height=0, now=3.0, local=True)
-    assert mp.oldest_ready_local() == 3.0
-    mp.add(tx("age1", 1), height=0, now=4.0, local=True)
-    assert mp.oldest_ready_local() == 2.0, "the gap is filled: nonce 2 is ready, and oldest"
-
-
 # --- transactions waiting behind a nonce gap ---------------------------------------------
 
 
