@@ -99,6 +99,8 @@ class ChainApp:
         self.rejected_builds = 0
         self._head: tuple[Prepared, Overlay] | None = None
         """The executed block whose commit batch is in flight, and its state writes."""
+        self._head_txs: frozenset[bytes] = frozenset()
+        """The hashes of that block's transactions."""
 
     # --- the parent of the next block ------------------------------------------------
 
@@ -174,12 +176,20 @@ class ChainApp:
         overlay = Overlay(self.store)
         overlay.apply(p.result.write_set)
         self._head = (p, overlay)
+        self._head_txs = frozenset(tx.hash for tx in p.block.txs)
 
     def durable(self, value: bytes) -> None:
         """The commit batch of value is durable: the store is the tip again."""
         if self._head is not None and self._head[0].value == value:
             self._head = None
+            self._head_txs = frozenset()
         self.forget(value)
+
+    def in_flight(self, tx_hash: bytes) -> bool:
+        """Whether tx_hash is in the executed block whose commit batch is being written:
+        out of the mempool, its nonce spent in `state`, and not yet in the store's index
+        (nor announced) until the batch is durable."""
+        return tx_hash in self._head_txs
 
     def head_height(self) -> int:
         """The height of the tip: committed, or executed with its commit in flight."""

@@ -67,6 +67,9 @@ class ServiceParts:
     started_at: float
     reconfig_delay: int | None
     """The genesis's D on a chain whose set changes (set chains are served), else None."""
+    in_flight: Callable[[bytes], bool]
+    """Whether a transaction is in the executed block whose commit is being written
+    (`node.chain.ChainApp.in_flight`)."""
 
 
 class ServiceFacade:
@@ -115,7 +118,9 @@ class ServiceFacade:
             return TxStatus(
                 tx_hash, "committed", loc.height, loc.index, self.chain.receipt(tx_hash)
             )
-        if tx_hash in self.p.admission.mempool:
+        if tx_hash in self.p.admission.mempool or self.p.in_flight(tx_hash):
+            # In flight: committed once its batch is durable, which notifies the waiters;
+            # until then its nonce is spent, so it must not be admitted again.
             return TxStatus(tx_hash, "pending")
         return None
 

@@ -314,6 +314,7 @@ class Validator:
                 leader=self.driver.current_leader,
                 started_at=self.started_at,
                 reconfig_delay=self.genesis.consensus.reconfig_delay if self.sets.enabled else None,
+                in_flight=self.app.in_flight,
             )
         )
 

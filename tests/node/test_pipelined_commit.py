@@ -29,7 +29,7 @@ from node.commitwriter import CommitWriter
 from node.driver import Driver, Handlers
 from node.runtime import Validator
 from qchain.config import NodeConfig
-from qchain.errors import StorageError
+from qchain.errors import QChainError, StorageError
 from qchain.qkd.testing import wait_until
 from qchain.store import schema
 from qchain.store.kv import Batch, KVStore, Snapshot, open_store
@@ -68,6 +68,9 @@ class GatedStore(KVStore):
         self.cut_off = False
         self.timed_out = False
         self.on_overlap: Callable[[Record], None] = lambda rec: None
+        self.on_hold: Callable[[], None] = lambda: None
+        """Called on the event loop (`loop`) when a batch starts being held."""
+        self.loop: asyncio.AbstractEventLoop | None = None
 
     def arm(self, height: int) -> None:
         self.gate = threading.Event()
@@ -85,6 +88,8 @@ class GatedStore(KVStore):
         if last is not None and schema.read_u64(last) == self.target:
             self.held = self.target
             self.held_txs = [k[len(schema.TX) :] for k in ops if k.startswith(schema.TX)]
+            if self.loop is not None:
+                self.loop.call_soon_threadsafe(self.on_hold)
             self.timed_out = not self.gate.wait(HANG_GUARD_S)
             if self.cut_off:
                 return
@@ -215,6 +220,58 @@ async def test_next_height_proposes_and_votes_while_the_commit_batch_is_held(
             assert o.record.parent_hash == network[0].app.committed_value(o.record.height - 1)
         assert not any(s.timed_out for s in stores.values())
         assert all(v.alarms.fatal is None for v in network)
+
+
+async def test_a_transaction_in_a_held_commit_is_pending_and_resubmits_as_such(
+    tmp_path: Path,
+) -> None:
+    """A block is executed (its transactions out of the pool, their nonces spent) while
+    its commit batch is held: its transactions read as pending, not unknown, and a client
+    sending one again gets its pending status and then its receipt, not a nonce mismatch
+    (the pool would refuse the spent nonce)."""
+    stores, make = _gated(tmp_path, {0})
+    async with inproc_network(tmp_path, store=make) as network:
+        v, store = network[0], stores[0]
+        await wait_until(lambda: v.chain.height() >= 2, timeout=20)
+        key = account_key("partner1", "ed25519")
+        txs = {}
+        seen: list[tuple[list[str], list[tuple[str, bool]]]] = []
+
+        def on_hold() -> None:
+            held = [txs[h] for h in store.held_txs if h in txs]
+            try:
+                if held and not seen:
+                    states = [s.state if (s := v.tx_status(t.hash)) else "none" for t in held]
+                    resent = []
+                    for t in held:
+                        try:
+                            st, new = v.submit_tx(t)
+                            resent.append((st.state, new))
+                        except QChainError as e:
+                            resent.append((e.code, False))
+                    seen.append((states, resent))
+            finally:
+                store.release()
+
+        store.loop = asyncio.get_running_loop()
+        store.on_hold = on_hold
+        for nonce in range(40):
+            if seen:
+                break
+            store.arm(v.app.head_height() + 1)
+            tx = anchor_tx(key, v.chain_id, nonce, bytes([nonce]) * 32, f"h{nonce}", "r")
+            txs[tx.hash] = tx
+            v.submit_tx(tx)
+            await wait_until(
+                lambda t=tx.hash: t in store.held_txs or v.chain.tx_location(t) is not None, 20
+            )
+        assert seen, "no commit batch carrying a submitted transaction was held"
+        states, resent = seen[0]
+        assert states and set(states) == {"pending"}
+        assert set(resent) == {("pending", False)}
+        done = [await v.wait_committed(t, 20) for t in store.held_txs if t in txs]
+        assert done and all(d is not None and d.state == "committed" for d in done)
+        assert not store.timed_out and v.alarms.fatal is None
 
 
 async def test_power_cut_with_the_commit_in_flight_loses_no_height(tmp_path: Path) -> None:
