@@ -38,6 +38,7 @@ its relay told; an external KME is its operator's).
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import json
 import os
@@ -182,26 +183,12 @@ Nonces = Callable[[str], int]
 sending from the same accounts); without one, the chain's next nonce is asked."""
 
 
-class Operators:
-    """Transactions of the `validators` contract from the dev operators' accounts. How
-    they reach the chain is a subclass's: `Governance` (a node's HTTP API), the
-    whole-network simulator's (`devnet.simnet.reconf`, the simulated nodes' facades)."""
+class ChangeTxs:
+    """The transactions of the `validators` contract from the dev operators' accounts,
+    built and signed; how they reach the chain is `Operators`'."""
 
     def __init__(self, plan: NetworkPlan) -> None:
         self.plan = plan
-
-    async def send(self, role: str, method: str, args: list[object]) -> Receipt:
-        """Sign and submit a transaction of `role`'s account, wait for its commit; its
-        receipt, or `ConfigError` naming the contract's refusal."""
-        raise NotImplementedError
-
-    async def change(self, change_id: bytes) -> dict[str, Any]:
-        """The change's status (the contract's `change` query)."""
-        raise NotImplementedError
-
-    async def members(self) -> list[int]:
-        """The ids of the current set whose operators approve changes."""
-        raise NotImplementedError
 
     def transaction(self, role: str, nonce: int, method: str, args: list[object]) -> Transaction:
         return new_transaction(
@@ -239,6 +226,29 @@ class Operators:
             node.api_url,
         ]
 
+    def sign_ready(self, node: NodePlan, message: bytes) -> bytes:
+        """The joiner's ML-DSA-65 signature of its readiness message."""
+        return validator_key(node.index).sign(message)
+
+
+class Operators(ChangeTxs, abc.ABC):
+    """The operators' changes of the set, sent and waited for. How a transaction reaches
+    the chain is a subclass's: `Governance` (a node's HTTP API), the whole-network
+    simulator's (`devnet.simnet.reconf`, the simulated nodes' facades)."""
+
+    @abc.abstractmethod
+    async def send(self, role: str, method: str, args: list[object]) -> Receipt:
+        """Sign and submit a transaction of `role`'s account, wait for its commit; its
+        receipt, or `ConfigError` naming the contract's refusal."""
+
+    @abc.abstractmethod
+    async def change(self, change_id: bytes) -> dict[str, Any]:
+        """The change's status (the contract's `change` query)."""
+
+    @abc.abstractmethod
+    async def members(self) -> list[int]:
+        """The ids of the current set whose operators approve changes."""
+
     async def propose_add(self, node: NodePlan, operator: int | None = None) -> bytes:
         """node0's operator proposes the add of `node` (`add_args`); returns the change
         id."""
@@ -262,10 +272,6 @@ class Operators:
         signature = self.sign_ready(node, message)
         await self.send(operator_role(sender), "ready", [change_id, signature, []])
         return await self.change(change_id)
-
-    def sign_ready(self, node: NodePlan, message: bytes) -> bytes:
-        """The joiner's ML-DSA-65 signature of its readiness message."""
-        return validator_key(node.index).sign(message)
 
     async def approve_all(self, change_id: bytes) -> dict[str, Any]:
         """Approvals from the members' operators, in id order, until the change is no

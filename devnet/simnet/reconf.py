@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from contracts import validators
-from devnet.joining import CAUGHT_UP_LAG, TX_TIMEOUT_S, Operators
+from devnet.joining import CAUGHT_UP_LAG, TX_TIMEOUT_S, ChangeTxs, Operators
 from devnet.network import NetworkPlan, NodePlan, account_key, operator_role
 from devnet.simnet.loop import OWNER
 from node.runtime import Validator
@@ -203,7 +203,7 @@ def write_ready_signature(plan: NetworkPlan, genesis_n: int) -> str:
     """Sign the readiness of the first spare site of `plan` (as `Schedule` proposes its
     add) into `READY_SIGNATURES`; returns the message's hash."""
     joiner = plan.nodes[genesis_n]
-    ops = Operators(plan)
+    ops = ChangeTxs(plan)
     propose = ops.transaction(operator_role(0), 0, "propose", ops.add_args(joiner))
     message = validators.ready_message(plan.chain_id, propose.hash, ())
     doc = json.loads(READY_SIGNATURES.read_text()) if READY_SIGNATURES.exists() else {}
