@@ -18,6 +18,12 @@ the peers' public APIs for what the exchange did not bring:
   genesis set on a chain without changes). Only then is it stored. A peer that sends a
   bad one is counted and not asked again for SHUN_S; one that cannot be reached, for
   UNREACHABLE_S.
+- The peers are the other members of the latest set the node can read, at the addresses
+  `node.peerapis` gives (the `[[p2p.peers]] api` setting, the directory record, the
+  genesis hint), taken again every REFRESH_S while heights wait: a validator added since
+  the start is asked, a removed one no longer.
+
+`stats` counts what happened (`qchain_cert_backfill_total`, `node.metrics`).
 """
 
 from __future__ import annotations
@@ -25,11 +31,10 @@ from __future__ import annotations
 import asyncio
 import heapq
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from contracts.genesis import Genesis
 from node.chainstore import ChainStore
 from qchain import clock
 from qchain.client import AsyncClient
@@ -56,6 +61,8 @@ SHUN_S = 60.0
 UNREACHABLE_S = 5.0
 """How long a peer that could not be reached or had no certificate is passed over."""
 FETCH_TIMEOUT_S = 5.0
+REFRESH_S = 30.0
+"""How often the peers' addresses are taken again while heights wait."""
 
 
 class CertificateSource(Protocol):
@@ -76,6 +83,7 @@ class ApiCertificates:
 
     def __init__(self, name: str, url: str) -> None:
         self.name = name
+        self.url = url
         self.client = AsyncClient(url, timeout_s=FETCH_TIMEOUT_S)
 
     async def certificate(self, height: int, max_bytes: int) -> bytes:
@@ -83,11 +91,6 @@ class ApiCertificates:
 
     async def close(self) -> None:
         await self.client.close()
-
-
-def peer_apis(genesis: Genesis, me: int) -> list[CertificateSource]:
-    """The other validators of the genesis that give an `api` address."""
-    return [ApiCertificates(v.name, v.api) for v in genesis.validators if v.index != me and v.api]
 
 
 @dataclass
@@ -105,9 +108,19 @@ class BackfillStats:
 class CertificateBackfill:
     """The heights of one node waiting for a certificate, and the task that asks for them."""
 
-    def __init__(self, chain: ChainStore, sources: Sequence[CertificateSource]) -> None:
+    def __init__(
+        self,
+        chain: ChainStore,
+        sources: Sequence[CertificateSource] = (),
+        addresses: Callable[[], Mapping[int, tuple[str, str]]] | None = None,
+    ) -> None:
+        """sources: fixed peers; addresses: the peers' names and API addresses by id
+        (`node.peerapis.source_addresses`), read at the start and every REFRESH_S while
+        heights wait, each asked through its API (`ApiCertificates`)."""
         self.chain = chain
-        self.sources = list(sources)
+        self.sources: list[CertificateSource] = list(sources)
+        self.addresses = addresses
+        self._refreshed_at: float | None = None
         self.pending: list[tuple[float, int, int]] = []
         """A heap of (due, height, attempts)."""
         self.waiting: set[int] = set()
@@ -121,7 +134,7 @@ class CertificateBackfill:
     def committed(self, height: int) -> None:
         """This node committed height: ask for its certificate if none is stored by
         GRACE_S from now."""
-        if not self.sources or height in self.waiting:
+        if (not self.sources and self.addresses is None) or height in self.waiting:
             return
         self._queue(clock.monotonic() + GRACE_S, height, 0)
 
@@ -136,7 +149,7 @@ class CertificateBackfill:
     async def run(self) -> None:
         """Ask for the due heights every TICK_S until cancelled; at once done without
         peers to ask. The peers' clients close when it ends."""
-        if not self.sources:
+        if not self.sources and self.addresses is None:
             return
         try:
             while True:
@@ -150,6 +163,8 @@ class CertificateBackfill:
 
     async def tick(self) -> None:
         """Ask for up to HEIGHTS_PER_TICK due heights, one after the other."""
+        if self.pending and self.pending[0][0] <= clock.monotonic():
+            await self.refresh()
         retry: list[tuple[int, int]] = []
         asked = 0
         while self.pending and asked < HEIGHTS_PER_TICK:
@@ -169,6 +184,31 @@ class CertificateBackfill:
                 wait = min(RETRY_MAX_S, RETRY_S * 2 ** min(attempts - 1, 10))
                 self._queue(now + wait, height, attempts)
 
+    async def refresh(self, *, force: bool = False) -> None:
+        """Take the peers' addresses again if REFRESH_S passed since the last time (or
+        force): a peer no longer named is closed and not asked, a new one is."""
+        now = clock.monotonic()
+        if self.addresses is None:
+            return
+        if not force and self._refreshed_at is not None and now - self._refreshed_at < REFRESH_S:
+            return
+        self._refreshed_at = now
+        try:
+            wanted = {(name, url) for name, url in self.addresses().values()}
+        except QChainError as e:
+            log.warning("certificate backfill: the peers' addresses: %s", e)
+            return
+        kept: list[CertificateSource] = []
+        for source in self.sources:
+            key = (source.name, getattr(source, "url", ""))
+            if key in wanted:
+                wanted.discard(key)
+                kept.append(source)
+            else:
+                await source.close()
+        kept.extend(ApiCertificates(name, url) for name, url in sorted(wanted))
+        self.sources = kept
+
     async def _fetch(self, height: int) -> bool:
         """Ask up to PEERS_PER_HEIGHT peers; whether a good certificate was stored."""
         for source in self._peers():
@@ -185,6 +225,8 @@ class CertificateBackfill:
     def _peers(self) -> list[CertificateSource]:
         now = clock.monotonic()
         n = len(self.sources)
+        if n == 0:
+            return []
         order = [self.sources[(self._next_peer + k) % n] for k in range(n)]
         self._next_peer = (self._next_peer + 1) % max(n, 1)
         return [s for s in order if self.passed_over.get(s.name, 0.0) <= now][:PEERS_PER_HEIGHT]

@@ -19,16 +19,15 @@ activation) is asked of the peers' APIs (`node.certbackfill`).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from consensus.events import Commit, Event, StartHeight
 from consensus.messages import block_hash as consensus_value
-from contracts.genesis import Genesis
 from node.accounts import Admission
 from node.alarms import Alarms
 from node.budget import CERT_SIGS, Budgets
-from node.certbackfill import CertificateBackfill, peer_apis
+from node.certbackfill import CertificateBackfill
 from node.certificates import CertificateCollector
 from node.chain import ChainApp, Prepared
 from node.chainstore import ChainStore
@@ -102,14 +101,15 @@ class CertificateExchange:
         ride_s: float,
         sets: ChainSets | None = None,
         member: Callable[[int], bool] | None = None,
-        apis: Genesis | None = None,
+        apis: Callable[[], Mapping[int, tuple[str, str]]] | None = None,
     ) -> None:
         """ride_s: how long a signature waits for a consensus frame to ride in. sets: on
         a chain whose set changes, the keys and quorum of each height come from it
         (§10.5), and this node signs a height only if it is a member of its set
-        (`member`, §10.1); None: the genesis keys and quorum. apis: the genesis whose
-        validators' `api` hints are asked for a certificate the exchange did not bring
-        (`node.certbackfill`); None: no peer is asked (a node without its API)."""
+        (`member`, §10.1); None: the genesis keys and quorum. apis: the other validators'
+        names and API addresses by id (`node.peerapis.source_addresses`), asked for a
+        certificate the exchange did not bring (`node.certbackfill`); None: no peer is
+        asked (a node without its API)."""
         self.chain_id = chain_id
         self.ride_s = ride_s
         self.me = links.me
@@ -123,7 +123,7 @@ class CertificateExchange:
         self.member = member
         quorum_of = self.sets.quorum if self.sets is not None else quorum
         self.collector = CertificateCollector(self.me, quorum_of, self.signature_ok)
-        self.backfill = CertificateBackfill(chain, [] if apis is None else peer_apis(apis, self.me))
+        self.backfill = CertificateBackfill(chain, addresses=apis)
 
     def signature_ok(self, j: int, h: int, block_hash: bytes, sig: bytes) -> bool:
         if self.sets is not None:

@@ -28,6 +28,7 @@ from qchain import clock
 from qchain.qkd.source import Key, KeyId, KeySource, LinkStatus
 
 if TYPE_CHECKING:
+    from node.certbackfill import CertificateBackfill
     from node.forwarding import Forwarder
     from node.links import Links
     from node.mempool import Mempool
@@ -48,6 +49,8 @@ DOCUMENTED: tuple[str, ...] = (
     "qchain_forward_batches_total",
     "qchain_forward_resent_txs_total",
     "qchain_forward_refused_txs_total",
+    "qchain_cert_backfill_total",
+    "qchain_cert_backfill_pending",
     "qchain_transport_frames_total",
     "qchain_transport_bytes_total",
     "qchain_transport_rejections_total",
@@ -107,6 +110,19 @@ class NodeMetrics:
         self.consensus_decided_txs = Counter(
             "qchain_consensus_decided_txs_total",
             "Transactions in decided blocks.",
+            registry=r,
+        )
+        self.cert_backfill = Counter(
+            "qchain_cert_backfill_total",
+            "Commit certificates asked of peers' APIs (`node.certbackfill`), by outcome "
+            "(stored; refused: a peer's did not check; unavailable: a peer had none or "
+            "did not answer; dropped: a height dropped from a full queue).",
+            ["outcome"],
+            registry=r,
+        )
+        self.cert_backfill_pending = Gauge(
+            "qchain_cert_backfill_pending",
+            "Committed heights this node holds no certificate of, waiting to be asked of peers.",
             registry=r,
         )
 
@@ -329,11 +345,13 @@ class MetricsSync:
         mempool: Mempool,
         links: Links,
         forwarder: Forwarder | None = None,
+        backfill: CertificateBackfill | None = None,
     ) -> None:
         self.metrics = metrics
         self.mempool = mempool
         self.links = links
         self.forwarder = forwarder
+        self.backfill = backfill
         self._marks: dict[tuple[int, tuple[str, ...]], float] = {}
 
     def _inc_to(self, counter: Counter, labels: tuple[str, ...], total: float) -> None:
@@ -360,6 +378,11 @@ class MetricsSync:
                 self._inc_to(m.forward_resent, (reason,), count)
             for reason, count in f.refused.items():
                 self._inc_to(m.forward_refused, (reason,), count)
+        b = self.backfill
+        if b is not None:
+            for outcome in ("stored", "refused", "unavailable", "dropped"):
+                self._inc_to(m.cert_backfill, (outcome,), getattr(b.stats, outcome))
+            m.cert_backfill_pending.set(len(b.waiting))
         transport = self.links.transport
         if transport is not None:
             for j, st in transport.stats.items():

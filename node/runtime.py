@@ -54,6 +54,7 @@ from node.listeners import Listeners, admin_token, bounded
 from node.mempool import Mempool, MempoolLimits
 from node.metrics import MetricsSync, NodeMetrics, TimedKeySource
 from node.pacing import BlockPacer
+from node.peerapis import source_addresses
 from node.service import EventStream, TxStatus
 from node.setlinks import SetLinks
 from node.sigcache import SignatureCache
@@ -150,6 +151,12 @@ class Validator:
             self.service.status,
             self.store,
         )
+
+    def _peer_apis(self) -> dict[int, tuple[str, str]]:
+        """The other validators' names and API addresses (`node.peerapis`), the
+        `[[p2p.peers]] api` setting first."""
+        configured = {p.index: p.api for p in self.cfg.p2p.peers if p.api}
+        return source_addresses(self.genesis, self.me, self.store, configured)
 
     def _open_app(self) -> ChainApp:
         """Check the store belongs to this chain, apply genesis to a new one, and open the
@@ -265,7 +272,7 @@ class Validator:
             ride_s=self.params.timeout_ms(0) / 1000,
             sets=self.sets,
             member=self.sets.own(self.me, self.signing_key.public_key, self.cfg.qkd.sae_id),
-            apis=self.genesis if self._serve_api else None,
+            apis=self._peer_apis if self._serve_api else None,
         )
         parts = CommitParts(
             alarms=self.alarms,
@@ -283,7 +290,9 @@ class Validator:
         self.committer = Committer(self.store, self.chain, self.app, parts, self.driver.feed)
 
     def _build_service(self) -> ServiceFacade:
-        self.metrics_sync = MetricsSync(self.metrics, self.mempool, self.links, self.forwarder)
+        self.metrics_sync = MetricsSync(
+            self.metrics, self.mempool, self.links, self.forwarder, self.certificates.backfill
+        )
         self.health_checks = Health(
             self.params,
             self.cfg.timing,

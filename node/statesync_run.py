@@ -24,17 +24,16 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 
-from contracts import validators
 from contracts.genesis import Genesis
 from contracts.snapshot import MAX_CHUNK_BYTES
-from contracts.state import StateReader
 from node.chainstore import ChainStore
+from node.peerapis import source_addresses
 from node.snapshots import MAX_BLOCK_ANSWER_BYTES, MAX_OFFER_BYTES
 from node.statesync import SnapshotSource, StateSync, Synced, Trust
 from qchain.client import AsyncClient
 from qchain.clock import wall_ms
 from qchain.config import NodeConfig
-from qchain.errors import ConfigError, InvalidSnapshot, NotFound
+from qchain.errors import ConfigError, InvalidSnapshot
 from qchain.store.kv import KVStore, open_store
 
 log = logging.getLogger("qchain.node")
@@ -44,8 +43,6 @@ PROBE_TIMEOUT_S = 5.0
 """How long the peers' snapshot lists are waited for: those that answered by then decide
 whether to sync and from which snapshot."""
 FETCH_TIMEOUT_S = 60.0
-MAX_SOURCES = 32
-"""The most validators asked for snapshots."""
 
 
 class ApiSource:
@@ -69,45 +66,6 @@ class ApiSource:
 
     async def set_chain(self, height: int) -> bytes:
         return await self.client.set_chain_bytes(height)
-
-
-def _latest_set(genesis: Genesis, store: KVStore) -> dict[int, tuple[str, str]]:
-    """The members of the set after the store's tip, by id, with their directory names
-    and API addresses; none on a chain without changes or an empty store."""
-    if not genesis.consensus.reconfiguration:
-        return {}
-    tip = ChainStore(store).height()
-    if tip == 0:
-        return {}
-    reader = StateReader(store, validators.NAME)
-    try:
-        records = validators.set_at(reader, tip + 1).records
-    except NotFound:
-        return {}
-    out = {}
-    for r in records[: MAX_SOURCES + 1]:  # this node may be one of them
-        d = reader.load(validators.directory_key(r.id), validators.Directory)
-        out[r.id] = ("", "") if d is None else (d.name, d.api)
-    return out
-
-
-def source_addresses(
-    genesis: Genesis, me: int, store: KVStore, configured: Mapping[int, str]
-) -> dict[int, tuple[str, str]]:
-    """The validators asked for snapshots, by id, with a name and an API address: the
-    members of the latest set the node can read (`_latest_set`; a genesis validator
-    removed from it is not asked), else the genesis validators; not this node, none
-    without an address, at most `MAX_SOURCES`. The address is the one configured names
-    (from the node's config), else the directory record's, else the genesis's hint."""
-    hints = {v.index: (v.name, v.api) for v in genesis.validators}
-    found = _latest_set(genesis, store) or dict(hints)
-    out: dict[int, tuple[str, str]] = {}
-    for vid, (name, api) in found.items():
-        name = name or hints.get(vid, ("", ""))[0]
-        address = configured.get(vid) or api or hints.get(vid, ("", ""))[1]
-        if vid != me and address and len(out) < MAX_SOURCES:
-            out[vid] = (name or f"validator {vid}", address)
-    return out
 
 
 def peer_sources(

@@ -246,3 +246,37 @@ async def test_a_peers_api_serves_the_certificate_and_an_answer_is_read_up_to_it
         assert backfill.stats.refused == 1 and backfill.bad == {"node1": 1}
     finally:
         await backfill.close()
+
+
+@pytest.mark.usefixtures("no_grace")
+async def test_the_peers_follow_the_addresses_a_removed_one_is_closed_an_added_one_asked(
+    api: ApiHarness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The backfill takes the peers' addresses again every REFRESH_S while heights wait
+    (on a node, the latest set's members, `node.peerapis`): a validator removed from
+    them is no longer asked (its client closed), one added since the start is."""
+    chain = replayer(api.node)
+    named: dict[int, tuple[str, str]] = {1: ("node1", "http://127.0.0.1:9")}
+    backfill = CertificateBackfill(chain, addresses=lambda: dict(named))
+    try:
+        backfill.committed(1)
+        await backfill.tick()
+        # node1's address answers nothing: unavailable, and no certificate.
+        assert [s.name for s in backfill.sources] == ["node1"]
+        assert chain.certificate(1) is None and backfill.stats.unavailable == 1
+        gone = backfill.sources[0]
+        assert isinstance(gone, ApiCertificates)
+        # node1 leaves the set and node4 joins it, at the harness's API.
+        named.clear()
+        named[4] = ("node4", api.url)
+        await backfill.tick()  # within REFRESH_S: the peers are those of before
+        assert [s.name for s in backfill.sources] == ["node1"]
+        monkeypatch.setattr(certbackfill, "REFRESH_S", 0.0)
+        backfill.pending = [(0.0, h, n) for _, h, n in backfill.pending]
+        await backfill.tick()
+        assert [s.name for s in backfill.sources] == ["node4"]
+        assert gone.client._session is None  # closed
+        assert chain.certificate(1) == api.node.chain.certificate(1)
+        assert backfill.stats.stored == 1
+    finally:
+        await backfill.close()

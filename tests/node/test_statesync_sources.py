@@ -1,4 +1,4 @@
-"""The validators state sync asks (`node.statesync_run.source_addresses`) follow the set:
+"""The validators state sync asks (`node.peerapis.source_addresses`) follow the set:
 on a governed chain through an add and a remove, committed into a node store as the node
 commits it, the removed validator is not asked and the added one is, at its directory
 record's API address unless the config names another; an empty store asks the genesis
@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import pytest
 
-from node import statesync_run
-from node.statesync_run import peer_sources, source_addresses
+from node import peerapis
+from node.peerapis import source_addresses
+from node.statesync_run import peer_sources
 from qchain.store.memory import MemoryStore
 from tests.contracts.setchain_chain import CertifiedChain, certified_chain, schedule_change
 from tests.contracts.validators_chain import add_args, remove_args
@@ -56,7 +57,7 @@ def test_an_empty_store_asks_the_genesis_validators(cc: CertifiedChain) -> None:
 
 
 async def test_sources_are_bounded(cc: CertifiedChain, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(statesync_run, "MAX_SOURCES", 2)
+    monkeypatch.setattr(peerapis, "MAX_SOURCES", 2)
     store = node_store(cc)[0]
     assert len(source_addresses(cc.chain.genesis, 0, store, CONFIGURED)) == 2
     sources = peer_sources(cc.chain.genesis, 0, store, CONFIGURED)
