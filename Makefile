@@ -58,12 +58,14 @@ rust-client:
 # the bursts), a few hundred beside other work.
 # Then the same on a chain whose set changes (`--reconf`: a validator added, then one
 # of the genesis removed, beside the faults); such a run costs several times as much.
+# The runs go to one worker process per core (SIM_JOBS).
 SIM_SEEDS ?= 0..499
 SIM_RECONF_SEEDS ?= 0..99
+SIM_JOBS ?= 0
 
 sim-sweep: $(STAMP)
-	$(VENV)/bin/qchain sim net --seeds $(SIM_SEEDS) --seconds 20
-	$(VENV)/bin/qchain sim net --seeds $(SIM_RECONF_SEEDS) --seconds 20 --reconf
+	$(VENV)/bin/qchain sim net --seeds $(SIM_SEEDS) --seconds 20 --jobs $(SIM_JOBS)
+	$(VENV)/bin/qchain sim net --seeds $(SIM_RECONF_SEEDS) --seconds 20 --reconf --jobs $(SIM_JOBS)
 
 # The consensus simulator's validator-set changes (CONSENSUS.md §10.8, consensus/README.md):
 # scenarios C1-C8 over seeds 0..1999 at n = 4 -> 5 -> 4 and 7 -> 8 -> 7, then the

@@ -2,7 +2,8 @@
 the whole-network simulator (`net`).
 
 `qchain sim net --seed S` runs one seeded network; `--seeds K` (or `A..B`) sweeps seeds
-and prints, for each failing seed, the shortest command that reproduces it; `--replay`
+(`--jobs N`: in N worker processes) and prints, for each failing seed, the shortest
+command that reproduces it; `--replay`
 runs one seed and prints its event trace, the checks and the trace digest. The process
 re-executes itself with `PYTHONHASHSEED=0` first, so nothing that iterates a set of
 strings can differ between a run and its replay.
@@ -15,12 +16,13 @@ import json
 import os
 import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 from consensus.sim import cli as consensus_cli
 from consensus.sim.cli import parse_seeds
 from devnet.simnet.mutants import MUTANTS
-from devnet.simnet.run import Outcome, Spec, simulate
+from devnet.simnet.run import Outcome, Spec, simulate, sweep
 from devnet.simnet.scenarios import load as load_scenario
 from devnet.simnet.world import CLIENT_MODES
 from qchain.errors import ConfigError
@@ -66,6 +68,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="a genesis whose set changes: a spare site is added, then a member removed",
     )
+    net.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="a sweep's runs in this many worker processes (0: one per core); each run "
+        "is the same wherever it runs",
+    )
     net.add_argument("--json", action="store_true")
 
 
@@ -81,6 +90,8 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("--seconds", "a run needs at least 2 virtual seconds")
     if args.seeds is not None and (args.seed is not None or args.replay):
         raise ConfigError("--seeds", "a sweep takes neither --seed nor --replay")
+    if args.jobs < 0:
+        raise ConfigError("--jobs", "0 (one per core) or more")
     seeds = parse_seeds(args.seeds) if args.seeds is not None else [args.seed or 0]
     actions, seconds, scenario = None, args.seconds, None
     if args.scenario is not None:
@@ -91,9 +102,8 @@ def run(args: argparse.Namespace) -> int:
         for step in skipped:
             print(f"scenario {sc.name}: cannot simulate step {step}; played without it")
     started = time.perf_counter()
-    outcomes = []
-    for seed in seeds:
-        spec = Spec(
+    specs = [
+        Spec(
             validators=args.validators,
             seed=seed,
             seconds=seconds,
@@ -107,7 +117,14 @@ def run(args: argparse.Namespace) -> int:
             burst_scale=args.burst_scale,
             reconf=args.reconf,
         )
-        o = simulate(spec, keep_trace=args.replay)
+        for seed in seeds
+    ]
+    if args.replay:
+        runs: Iterable[Outcome] = [simulate(specs[0], keep_trace=True)]
+    else:
+        runs = sweep(specs, args.jobs)
+    outcomes = []
+    for o in runs:
         outcomes.append(o)
         if args.replay:
             print("\n".join(o.trace))

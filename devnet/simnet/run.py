@@ -11,13 +11,17 @@ The result carries a digest of the event trace: the same seed gives the same dig
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import dataclasses
 import gc
 import hashlib
 import logging
+import multiprocessing
+import os
 import random
 import tempfile
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -154,6 +158,29 @@ class Trace:
         self.count += 1
         if self.lines is not None:
             self.lines.append(line)
+
+
+def sweep(specs: Sequence[Spec], jobs: int = 1) -> Iterator[Outcome]:
+    """The outcomes of `specs`, in their order. With jobs > 1 the runs go to that many
+    worker processes, spawned with `PYTHONHASHSEED=0` as the command runs (each run
+    depends on its spec alone, so where it runs changes nothing of it); jobs 0 is one
+    per core."""
+    jobs = jobs or os.cpu_count() or 1
+    if jobs <= 1 or len(specs) <= 1:
+        for spec in specs:
+            yield simulate(spec)
+        return
+    saved = os.environ.get("PYTHONHASHSEED")
+    os.environ["PYTHONHASHSEED"] = "0"  # the workers start with it (spawned lazily)
+    try:
+        context = multiprocessing.get_context("spawn")
+        with concurrent.futures.ProcessPoolExecutor(min(jobs, len(specs)), context) as pool:
+            yield from pool.map(simulate, specs)
+    finally:
+        if saved is None:
+            os.environ.pop("PYTHONHASHSEED", None)
+        else:
+            os.environ["PYTHONHASHSEED"] = saved
 
 
 def simulate(spec: Spec, *, keep_trace: bool = False) -> Outcome:

@@ -20,7 +20,7 @@ import pytest
 
 from devnet.simnet.loop import OWNER, Stalled, VirtualLoop
 from devnet.simnet.net import SimNet
-from devnet.simnet.run import Spec, simulate
+from devnet.simnet.run import Spec, simulate, sweep
 from devnet.simnet.schedule import Action, draw, heal_time
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -264,19 +264,25 @@ SUBSCRIBER_DROP_SEED = 3
 (docs/SIMULATION.md)."""
 
 
-SMOKE_SLICE = 25
+SMOKE_SLICE = 50
 
 
 @pytest.mark.parametrize("first", range(0, 200, SMOKE_SLICE))
 def test_a_smoke_of_seeded_whole_network_runs_finds_nothing(first: int) -> None:
-    """Two hundred short runs with faults, in slices of 25 (the nightly size is `make
-    sim-sweep`)."""
-    failures = []
-    for seed in range(first, first + SMOKE_SLICE):
-        o = simulate(Spec(seed=seed, seconds=SMOKE_SECONDS))
-        if not o.ok:
-            failures.append(f"{o.spec.command()}: {_failed(o)}")
-    assert failures == []
+    """Two hundred short runs with faults, in slices of 50, each slice on every core
+    (`sweep`, as `qchain sim net --jobs 0`; the nightly size is `make sim-sweep`)."""
+    specs = [Spec(seed=seed, seconds=SMOKE_SECONDS) for seed in range(first, first + SMOKE_SLICE)]
+    outcomes = list(sweep(specs, jobs=0))
+    assert [o.spec.seed for o in outcomes] == [s.seed for s in specs]
+    assert [f"{o.spec.command()}: {_failed(o)}" for o in outcomes if not o.ok] == []
+
+
+def test_a_sweep_on_worker_processes_runs_exactly_what_one_process_runs() -> None:
+    """`sweep` with jobs > 1 (`--jobs`) gives each seed's run the same event trace
+    digest as running it here, in the specs' order."""
+    specs = [Spec(seed=seed, seconds=3.0) for seed in (4, 2)]
+    here = [simulate(spec).digest for spec in specs]
+    assert [o.digest for o in sweep(specs, jobs=2)] == here
 
 
 def test_the_mutant_no_resync_is_caught_where_the_clean_code_passes() -> None:
@@ -373,7 +379,7 @@ def test_a_run_is_the_same_under_other_string_hash_seeds() -> None:
     """Two processes with different `PYTHONHASHSEED`s: the same trace digest (the CLI
     also pins the hash seed; this shows nothing depends on it)."""
     code = (
-        "from devnet.simnet.run import Spec, simulate\n"
+        "from devnet.simnet.run import Spec, simulate, sweep\n"
         "print(simulate(Spec(seed=4, seconds=5)).digest)\n"
     )
     digests = set()
