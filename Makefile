@@ -85,12 +85,12 @@ sim-reconf: $(STAMP)
 sim-mutants: $(STAMP)
 	@for m in no-resync no-recover empty-spin subscriber-drop forward-drop no-sync; do \
 		echo "mutant $$m"; \
-		$(VENV)/bin/qchain sim net --seeds 0..19 --mutant $$m | tail -1; \
+		$(VENV)/bin/qchain sim net --seeds 0..19 --mutant $$m --jobs $(SIM_JOBS) | tail -1; \
 	done
 	@echo "mutant gap-stall (--client eager)"
-	@$(VENV)/bin/qchain sim net --seeds 0..19 --client eager --mutant gap-stall | tail -1
+	@$(VENV)/bin/qchain sim net --seeds 0..19 --client eager --mutant gap-stall --jobs $(SIM_JOBS) | tail -1
 	@echo "mutant early-activation (--reconf, 6 s)"
-	@$(VENV)/bin/qchain sim net --seeds 0..19 --seconds 6 --reconf --mutant early-activation | tail -1
+	@$(VENV)/bin/qchain sim net --seeds 0..19 --seconds 6 --reconf --mutant early-activation --jobs $(SIM_JOBS) | tail -1
 
 # The standard benchmark set (docs/BENCHMARKS.md); each run starts its own devnet on free
 # loopback ports. About 20 minutes on 2 cores: run it on a quiet machine.
