@@ -307,6 +307,31 @@ class Forwarder:
             self._resend_scheduled = True
             asyncio.get_running_loop().call_soon(self._flush_resend)
 
+    def _resend_stalled(self, now: float, timeout: float) -> None:
+        """A sender's next nonce this node has held for an inclusion timeout, of any
+        origin, goes to the leader again with the run after it (`RESEND_RUN` at most),
+        once per timeout, at most `MAX_REFORWARD` transactions in all. Every later nonce
+        of the sender waits for it; the validator whose client sent it forwards it, but
+        may have let it go since (it waited behind a gap there for a timeout,
+        `drop_waiting`) while the leader dropped it or never had it, and then this node
+        alone would hold what the sender's whole queue needs."""
+        if self.links.transport is None:
+            return
+        budget = MAX_REFORWARD
+        for head in self.mempool.heads():
+            if budget <= 0:
+                break
+            if now - max(head.seen_at, head.resent_at) <= timeout:
+                continue
+            for q in self.mempool.run_from(head.tx.sender, head.tx.nonce, min(RESEND_RUN, budget)):
+                q.resent_at = now
+                self._resend.append(q.tx.encoded)
+                self.resent["stalled"] += 1
+                budget -= 1
+        if self._resend and not self._resend_scheduled:
+            self._resend_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush_resend)
+
     def _flush_resend(self) -> None:
         self._resend_scheduled = False
         raws, self._resend = self._resend, []
@@ -413,6 +438,7 @@ class Forwarder:
                 p.forwarded_to_all = True
             self.resent["late"] += len(fresh)
             self.forward([p.tx.encoded for p in fresh])
+        self._resend_stalled(now, timeout)
         stuck = [p for p in late if now - p.seen_at > 2 * timeout]
         if (
             stuck

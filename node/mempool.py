@@ -96,7 +96,9 @@ class MempoolLimits:
     clients). A validator sets it to max_txs / n: then the local transactions of all n
     validators, forwarded to the leader, fit in the leader's pool. Without this, under
     overload the leader silently drops forwarded transactions, their senders' later
-    nonces wait behind the gaps, and throughput collapses."""
+    nonces wait behind the gaps, and throughput collapses. With it, a peer's transaction
+    a block could take may also go up to one share past max_txs (the lag between
+    validators' commits, `_room`)."""
     max_block_bytes: int = MAX_BLOCK_TX_BYTES
     """Bytes of transactions in a block of this node: a larger transaction could never
     be included and is refused (`TxTooLarge`)."""
@@ -309,7 +311,15 @@ class Mempool:
         it fits); raises `MempoolFull` for a limit they cannot make room under."""
         lim = self.limits
         need_sender = 0 if sender is None else len(sender.by_nonce) + 1 - lim.max_per_sender
-        need_count = len(self._by_hash) + 1 - lim.max_txs
+        ceiling = lim.max_txs
+        if not local and ready and lim.max_local is not None:
+            # A peer's transaction a block could take. The validators' shares fill a
+            # pool exactly only while every validator has committed the same blocks: a
+            # peer that committed a block and refilled its share before this node
+            # committed it sends more than a share meanwhile. One share more covers
+            # that lag; the count stays bounded.
+            ceiling += lim.max_local
+        need_count = len(self._by_hash) + 1 - ceiling
         need_bytes = self._bytes + size - lim.max_bytes
         need_local = 0
         if local:
@@ -502,6 +512,14 @@ class Mempool:
             if sender is not None:
                 self._measure(sender, self.accounts.next_nonce(address))
         return local
+
+    def heads(self) -> Iterator[PendingTx]:
+        """Each sender's pending transaction of its committed nonce (the one a block
+        takes next from it), where this pool holds it."""
+        for address, sender in list(self._senders.items()):
+            p = sender.by_nonce.get(self.accounts.next_nonce(address))
+            if p is not None:
+                yield p
 
     def run_from(self, address: bytes, nonce: int, limit: int) -> list[PendingTx]:
         """The sender's pending transactions of consecutive nonces from `nonce`, at most

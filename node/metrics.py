@@ -162,9 +162,10 @@ class NodeMetrics:
         )
         self.forward_resent = Counter(
             "qchain_forward_resent_txs_total",
-            "This node's clients' transactions sent again, by reason (late: past the "
+            "Transactions sent again, by reason: this node's clients' (late: past the "
             "inclusion timeout; leader: to a new leader; ready: after a nonce gap filled; "
-            "asked: a client submitted it again).",
+            "asked: a client submitted it again) and, of any origin, a sender's next nonce "
+            "held past the inclusion timeout with the run after it (stalled).",
             ["reason"],
             registry=r,
         )

@@ -167,3 +167,35 @@ async def test_client_transactions_that_waited_behind_a_gap_go_to_the_leader_whe
     mempool.add(tx("partner1", 2), height=0, now=0.0)
     fwd.send_became_ready()
     assert _sent_txs(links) == [], "this node leads"
+
+
+async def test_a_next_nonce_held_past_the_inclusion_timeout_goes_to_the_leader_from_any_node() -> (
+    None
+):
+    """Peers' transactions (their forwarders may have let them go since) of a sender's
+    next nonce and the run after it: once held here for an inclusion timeout (5 s), they
+    go to the leader, once per timeout; one waiting behind a gap does not go."""
+    fwd, links, mempool, view = _forwarder()
+    run = [tx("partner1", n) for n in range(3)]
+    for t in run:
+        mempool.add(t, height=0, now=10.0)
+    mempool.add(tx("partner1", 5), height=0, now=10.0)  # behind a gap at 3
+    fwd.check_inclusion(14.0)
+    await asyncio.sleep(0)
+    assert _sent_txs(links) == [], "within the timeout"
+    fwd.check_inclusion(15.5)
+    await asyncio.sleep(0)
+    assert _sent_txs(links) == [(2, [t.encoded for t in run])]
+    assert fwd.resent["stalled"] == 3
+    fwd.check_inclusion(16.0)
+    await asyncio.sleep(0)
+    assert _sent_txs(links) == [], "once per timeout"
+    mempool.accounts.nonces[run[0].sender] = 1  # type: ignore[attr-defined]
+    mempool.on_commit([run[0]], 1)
+    fwd.check_inclusion(21.0)
+    await asyncio.sleep(0)
+    assert _sent_txs(links) == [(2, [t.encoded for t in run[1:]])]
+    view.leader = 0
+    fwd.check_inclusion(27.0)
+    await asyncio.sleep(0)
+    assert _sent_txs(links) == [], "this node leads: it has them"

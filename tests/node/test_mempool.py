@@ -177,6 +177,32 @@ def test_local_share_bounds_client_transactions_but_not_forwarded_ones(
     assert mp.add(tx("partner2", 0), height=1, now=0.0)
 
 
+def test_a_peers_ready_transaction_may_go_one_share_past_the_count_limit(
+    pool: tuple[Mempool, Accounts],
+) -> None:
+    """A peer that committed a block and refilled its share before this node committed
+    it sends more than its share meanwhile: a forwarded transaction a block could take
+    still finds room, up to one share (max_local) past max_txs; a client's, or a
+    forwarded one behind a nonce gap, does not."""
+    _, accounts = pool
+    mp = Mempool(CHAIN, MempoolLimits(max_txs=4, max_per_sender=8, max_local=1), accounts)
+    for n in range(4):
+        mp.add(tx("partner1", n), height=0, now=0.0)
+    with pytest.raises(MempoolFull):
+        mp.add(tx("partner2", 0), height=0, now=0.0, local=True)
+    with pytest.raises(MempoolFull):
+        mp.add(tx("partner2", 1), height=0, now=0.0)  # behind partner2's gap at 0
+    assert mp.add(tx("partner1", 4), height=0, now=0.0)
+    assert len(mp) == 5
+    with pytest.raises(MempoolFull):
+        mp.add(tx("partner2", 0), height=0, now=0.0)
+    plain = Mempool(CHAIN, MempoolLimits(max_txs=4, max_per_sender=8), accounts)
+    for n in range(4):
+        plain.add(tx("partner1", n), height=0, now=0.0)
+    with pytest.raises(MempoolFull):
+        plain.add(tx("partner1", 4), height=0, now=0.0)  # no share: not a validator's
+
+
 def test_a_full_block_serves_the_senders_it_left_out_first_next_time() -> None:
     """Round robin under load: the senders a committed block served go behind those it
     left out, so a block cap never starves the same senders."""
