@@ -164,7 +164,8 @@ def sweep(specs: Sequence[Spec], jobs: int = 1) -> Iterator[Outcome]:
     """The outcomes of `specs`, in their order. With jobs > 1 the runs go to that many
     worker processes, spawned with `PYTHONHASHSEED=0` as the command runs (each run
     depends on its spec alone, so where it runs changes nothing of it); jobs 0 is one
-    per core."""
+    per core. Spawned workers import the caller's main module again: a script that
+    calls this with jobs > 1 keeps its work under `if __name__ == "__main__":`."""
     jobs = jobs or os.cpu_count() or 1
     if jobs <= 1 or len(specs) <= 1:
         for spec in specs:
