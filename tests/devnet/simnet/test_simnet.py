@@ -8,7 +8,9 @@ functions of the seed."""
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextvars
+import multiprocessing
 import os
 import random
 import subprocess
@@ -20,7 +22,7 @@ import pytest
 
 from devnet.simnet.loop import OWNER, Stalled, VirtualLoop
 from devnet.simnet.net import SimNet
-from devnet.simnet.run import Spec, simulate, sweep
+from devnet.simnet.run import Outcome, Spec, simulate, sweep
 from devnet.simnet.schedule import Action, draw, heal_time
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -285,6 +287,15 @@ def test_a_sweep_on_worker_processes_runs_exactly_what_one_process_runs() -> Non
     assert [o.digest for o in sweep(specs, jobs=2)] == here
 
 
+def _clean_and_mutated(clean: Spec, mutated: Spec) -> tuple[Outcome, Outcome]:
+    """The clean run on a worker process (as `sweep` runs one) while the mutant's runs
+    here, where its patch must be undone after it."""
+    with concurrent.futures.ProcessPoolExecutor(1, multiprocessing.get_context("spawn")) as pool:
+        future = pool.submit(simulate, clean)
+        m = simulate(mutated)
+        return future.result(), m
+
+
 def test_the_mutant_no_resync_is_caught_where_the_clean_code_passes() -> None:
     """The first wave's "keys kept after a reconnection" bug, put back: the seed that
     finds it (docs/SIMULATION.md lists how many seeds each mutant takes) passes on the
@@ -292,8 +303,8 @@ def test_the_mutant_no_resync_is_caught_where_the_clean_code_passes() -> None:
     from qchain.qkd.frame import LinkSender
 
     original = LinkSender.resync
-    assert simulate(Spec(seed=1)).ok
-    mutated = simulate(Spec(seed=1, mutant="no-resync"))
+    clean, mutated = _clean_and_mutated(Spec(seed=1), Spec(seed=1, mutant="no-resync"))
+    assert clean.ok, _failed(clean)
     assert LinkSender.resync is original
     assert not mutated.ok
     assert "liveness" in [c.name for c in mutated.checks if not c.ok]
@@ -306,11 +317,12 @@ def test_the_mutant_subscriber_drop_is_caught_where_the_clean_code_passes() -> N
     from node.events import EventBus
 
     original = EventBus.__init__
-    clean = simulate(Spec(seed=SUBSCRIBER_DROP_SEED))
+    clean, mutated = _clean_and_mutated(
+        Spec(seed=SUBSCRIBER_DROP_SEED), Spec(seed=SUBSCRIBER_DROP_SEED, mutant="subscriber-drop")
+    )
     assert clean.ok, _failed(clean)
     followed = next(c for c in clean.checks if c.name == "events-followed")
     assert followed.data["largest_block"] > 1023
-    mutated = simulate(Spec(seed=SUBSCRIBER_DROP_SEED, mutant="subscriber-drop"))
     assert EventBus.__init__ is original
     assert [c.name for c in mutated.checks if not c.ok] == ["events-followed"]
 
@@ -329,9 +341,11 @@ def test_the_mutant_gap_stall_is_caught_where_the_clean_code_passes() -> None:
     from node.mempool import Mempool
 
     original = Mempool._gives_way_to
-    clean = simulate(Spec(seed=GAP_STALL_SEED, client="eager"))
+    clean, mutated = _clean_and_mutated(
+        Spec(seed=GAP_STALL_SEED, client="eager"),
+        Spec(seed=GAP_STALL_SEED, client="eager", mutant="gap-stall"),
+    )
     assert clean.ok, _failed(clean)
-    mutated = simulate(Spec(seed=GAP_STALL_SEED, client="eager", mutant="gap-stall"))
     assert Mempool._gives_way_to is original
     assert [c.name for c in mutated.checks if not c.ok] == ["acked-committed"]
 
@@ -350,11 +364,13 @@ def test_the_mutant_forward_drop_is_caught_where_the_clean_code_passes() -> None
     from node.forwarding import Forwarder
 
     original = Forwarder.received
-    clean = simulate(Spec(seed=1, seconds=6, actions=FORWARD_DROP_BURST))
+    clean, mutated = _clean_and_mutated(
+        Spec(seed=1, seconds=6, actions=FORWARD_DROP_BURST),
+        Spec(seed=1, seconds=6, actions=FORWARD_DROP_BURST, mutant="forward-drop"),
+    )
     assert clean.ok, _failed(clean)
     taken = next(c for c in clean.checks if c.name == "forwards-taken")
     assert taken.data["received"] > 5000
-    mutated = simulate(Spec(seed=1, seconds=6, actions=FORWARD_DROP_BURST, mutant="forward-drop"))
     assert Forwarder.received is original
     assert [c.name for c in mutated.checks if not c.ok] == ["forwards-taken"]
     dropped = next(c for c in mutated.checks if c.name == "forwards-taken")
@@ -379,7 +395,7 @@ def test_a_run_is_the_same_under_other_string_hash_seeds() -> None:
     """Two processes with different `PYTHONHASHSEED`s: the same trace digest (the CLI
     also pins the hash seed; this shows nothing depends on it)."""
     code = (
-        "from devnet.simnet.run import Spec, simulate, sweep\n"
+        "from devnet.simnet.run import Outcome, Spec, simulate, sweep\n"
         "print(simulate(Spec(seed=4, seconds=5)).digest)\n"
     )
     digests = set()
