@@ -184,13 +184,13 @@ class CertificateBackfill:
                 wait = min(RETRY_MAX_S, RETRY_S * 2 ** min(attempts - 1, 10))
                 self._queue(now + wait, height, attempts)
 
-    async def refresh(self, *, force: bool = False) -> None:
-        """Take the peers' addresses again if REFRESH_S passed since the last time (or
-        force): a peer no longer named is closed and not asked, a new one is."""
+    async def refresh(self) -> None:
+        """Take the peers' addresses again if REFRESH_S passed since the last time: a
+        peer no longer named is closed and not asked, a new one is."""
         now = clock.monotonic()
         if self.addresses is None:
             return
-        if not force and self._refreshed_at is not None and now - self._refreshed_at < REFRESH_S:
+        if self._refreshed_at is not None and now - self._refreshed_at < REFRESH_S:
             return
         self._refreshed_at = now
         try:
@@ -228,7 +228,7 @@ class CertificateBackfill:
         if n == 0:
             return []
         order = [self.sources[(self._next_peer + k) % n] for k in range(n)]
-        self._next_peer = (self._next_peer + 1) % max(n, 1)
+        self._next_peer = (self._next_peer + 1) % n
         return [s for s in order if self.passed_over.get(s.name, 0.0) <= now][:PEERS_PER_HEIGHT]
 
     async def _ask(self, source: CertificateSource, height: int) -> CommitCertificate | None:

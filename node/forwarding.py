@@ -49,7 +49,7 @@ from node.batches import Dissemination
 from node.budget import FORWARDED_TXS, Budgets
 from node.keypacing import forward_wait_s
 from node.links import Links
-from node.mempool import Mempool
+from node.mempool import Mempool, PendingTx
 from node.verifypool import VerifyPool
 from node.wire import OriginBatch
 from qchain.config import NodeConfig
@@ -299,13 +299,20 @@ class Forwarder:
             return
         if now - max(p.seen_at, p.resent_at) < RESEND_AFTER_S:
             return
-        for q in self.mempool.run_from(p.tx.sender, p.tx.nonce, RESEND_RUN):
+        self._resend_run(p, RESEND_RUN, now, "asked")
+
+    def _resend_run(self, head: PendingTx, limit: int, now: float, reason: str) -> int:
+        """Queue head and the next of its sender's nonces this node holds in a run after
+        it, `limit` in all at most, for the leader (`_flush_resend`); how many."""
+        run = self.mempool.run_from(head.tx.sender, head.tx.nonce, limit)
+        for q in run:
             q.resent_at = now
             self._resend.append(q.tx.encoded)
-            self.resent["asked"] += 1
-        if not self._resend_scheduled:
+        self.resent[reason] += len(run)
+        if run and not self._resend_scheduled:
             self._resend_scheduled = True
             asyncio.get_running_loop().call_soon(self._flush_resend)
+        return len(run)
 
     def _resend_stalled(self, now: float, timeout: float) -> None:
         """A sender's next nonce this node has held for an inclusion timeout, of any
@@ -321,16 +328,8 @@ class Forwarder:
         for head in self.mempool.heads():
             if budget <= 0:
                 break
-            if now - max(head.seen_at, head.resent_at) <= timeout:
-                continue
-            for q in self.mempool.run_from(head.tx.sender, head.tx.nonce, min(RESEND_RUN, budget)):
-                q.resent_at = now
-                self._resend.append(q.tx.encoded)
-                self.resent["stalled"] += 1
-                budget -= 1
-        if self._resend and not self._resend_scheduled:
-            self._resend_scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush_resend)
+            if now - max(head.seen_at, head.resent_at) > timeout:
+                budget -= self._resend_run(head, min(RESEND_RUN, budget), now, "stalled")
 
     def _flush_resend(self) -> None:
         self._resend_scheduled = False

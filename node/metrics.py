@@ -18,6 +18,7 @@ and the live metrics test checks a node exposes each one.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -381,8 +382,8 @@ class MetricsSync:
                 self._inc_to(m.forward_refused, (reason,), count)
         b = self.backfill
         if b is not None:
-            for outcome in ("stored", "refused", "unavailable", "dropped"):
-                self._inc_to(m.cert_backfill, (outcome,), getattr(b.stats, outcome))
+            for outcome, count in dataclasses.asdict(b.stats).items():
+                self._inc_to(m.cert_backfill, (outcome,), count)
             m.cert_backfill_pending.set(len(b.waiting))
         transport = self.links.transport
         if transport is not None:

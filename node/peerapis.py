@@ -12,6 +12,7 @@ from contracts import validators
 from contracts.genesis import Genesis
 from contracts.state import StateReader
 from node.chainstore import ChainStore
+from qchain.config import NodeConfig
 from qchain.errors import NotFound
 from qchain.store.kv import KVStore
 
@@ -56,3 +57,8 @@ def source_addresses(
         if vid != me and address and len(out) < MAX_SOURCES:
             out[vid] = (name or f"validator {vid}", address)
     return out
+
+
+def configured_apis(cfg: NodeConfig) -> dict[int, str]:
+    """The API addresses the node's config names for its peers (`[[p2p.peers]] api`)."""
+    return {p.index: p.api for p in cfg.p2p.peers if p.api}

@@ -54,7 +54,7 @@ from node.listeners import Listeners, admin_token, bounded
 from node.mempool import Mempool, MempoolLimits
 from node.metrics import MetricsSync, NodeMetrics, TimedKeySource
 from node.pacing import BlockPacer
-from node.peerapis import source_addresses
+from node.peerapis import configured_apis, source_addresses
 from node.service import EventStream, TxStatus
 from node.setlinks import SetLinks
 from node.sigcache import SignatureCache
@@ -155,8 +155,7 @@ class Validator:
     def _peer_apis(self) -> dict[int, tuple[str, str]]:
         """The other validators' names and API addresses (`node.peerapis`), the
         `[[p2p.peers]] api` setting first."""
-        configured = {p.index: p.api for p in self.cfg.p2p.peers if p.api}
-        return source_addresses(self.genesis, self.me, self.store, configured)
+        return source_addresses(self.genesis, self.me, self.store, configured_apis(self.cfg))
 
     def _open_app(self) -> ChainApp:
         """Check the store belongs to this chain, apply genesis to a new one, and open the

@@ -27,7 +27,7 @@ from collections.abc import Mapping, Sequence
 from contracts.genesis import Genesis
 from contracts.snapshot import MAX_CHUNK_BYTES
 from node.chainstore import ChainStore
-from node.peerapis import source_addresses
+from node.peerapis import configured_apis, source_addresses
 from node.snapshots import MAX_BLOCK_ANSWER_BYTES, MAX_OFFER_BYTES
 from node.statesync import SnapshotSource, StateSync, Synced, Trust
 from qchain.client import AsyncClient
@@ -160,7 +160,7 @@ async def sync_store(
 async def sync_before_start(cfg: NodeConfig, genesis: Genesis, *, force: bool) -> Synced | None:
     """`sync_store` on the node's own store, opened and closed here."""
     store = open_store(cfg.node.data_dir / "db")
-    configured = {p.index: p.api for p in cfg.p2p.peers if p.api}
+    configured = configured_apis(cfg)
     try:
         sources = peer_sources(genesis, cfg.node.index, store, configured)
     except BaseException:
