@@ -21,10 +21,10 @@ from pathlib import Path
 
 from consensus.sim import cli as consensus_cli
 from consensus.sim.cli import parse_seeds
+from devnet.simnet.client import CLIENT_MODES
 from devnet.simnet.mutants import MUTANTS
 from devnet.simnet.run import Outcome, Spec, simulate, sweep
 from devnet.simnet.scenarios import load as load_scenario
-from devnet.simnet.world import CLIENT_MODES
 from qchain.errors import ConfigError
 
 

@@ -135,6 +135,14 @@ class MemoryDisk(MemoryStore, Crashable):
             _apply(data, ops)
         return MemoryDisk(self.rng, data), pending, kept
 
+    def stopped(self) -> tuple[MemoryDisk, MemoryDisk]:
+        """A clean stop: the disk as the restarted node finds it (every batch it took:
+        the process ended, the machine did not), and a copy of it made while the node was
+        stopped, with a generator of its own (another machine's disk: a twin's)."""
+        self.close()
+        twin = random.Random(self.rng.getrandbits(64))
+        return MemoryDisk(self.rng, self._data), MemoryDisk(twin, self._data)
+
     def release(self) -> None:
         self.close()
 
@@ -169,6 +177,14 @@ class LevelDisk(LevelDBStore, Crashable):
     def crashed(self) -> tuple[LevelDisk, int, int]:
         self.close()
         return LevelDisk(self.path), 0, 0
+
+    def stopped(self) -> tuple[LevelDisk, LevelDisk]:
+        """A clean stop, and a copy of the directory made while the node was stopped."""
+        self.close()
+        copy = self.path.with_name(self.path.name + "-twin")
+        shutil.rmtree(copy, ignore_errors=True)
+        shutil.copytree(self.path, copy)
+        return LevelDisk(self.path), LevelDisk(copy)
 
     def release(self) -> None:
         self.close()

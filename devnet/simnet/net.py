@@ -13,6 +13,10 @@ and the link's faults act on whole frames of the real QKD frame layer: per direc
   receiver's MAC check is what rejects it);
 - partition: frames are silently lost and new connections are refused.
 
+A twin (a second validator with a node's identity, `devnet.simnet.world`) runs as an
+owner of its own and sits at its original's site: the links' faults are looked up by
+site (`sites`), connections and crashes by owner.
+
 A crashed node's connections are torn down: the other end reads end of stream. Every
 delivery decision is written to the run's trace.
 """
@@ -145,12 +149,17 @@ class SimNet:
         self.conns: set[_Conn] = set()
         self._made = 0
         self.links = {(i, j): LinkFaults() for i in range(n) for j in range(n) if i != j}
+        self.sites: dict[int, int] = {}
+        """owner -> the site whose links it uses, for owners that are not sites (twins)."""
         self._sim = contextvars.copy_context()
         self._sim.run(OWNER.set, None)
 
     def at(self, when: float, fn: Callable[..., object], *args: Any) -> None:
         """A callback of the network itself (no node owns it: a crash does not stop it)."""
         self.loop.call_at(when, fn, *args, context=self._sim)
+
+    def site(self, owner: int) -> int:
+        return self.sites.get(owner, owner)
 
     # --- StreamNet ------------------------------------------------------------------------
 
@@ -168,7 +177,7 @@ class SimNet:
         if src is None:
             raise RuntimeError("a simulated connection is made by a node")
         listener = self.listeners.get((host, port))
-        faults = self.links.get((src, listener[0])) if listener else None
+        faults = self.links.get((self.site(src), self.site(listener[0]))) if listener else None
         await asyncio.sleep(faults.latency_s if faults else 0.001)
         listener = self.listeners.get((host, port))
         if listener is None or faults is None or faults.partitioned:
@@ -191,7 +200,7 @@ class SimNet:
     # --- the links ------------------------------------------------------------------------
 
     def carry(self, w: SimWriter, data: bytes, *, first: bool) -> None:
-        f = self.links[(w.src, w.dst)]
+        f = self.links[(self.site(w.src), self.site(w.dst))]
         rng = self.rng
         now = self.loop.time()
         if f.partitioned:

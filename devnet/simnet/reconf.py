@@ -59,7 +59,7 @@ ADD_AT = (0.5, 2.0)
 REMOVE_AFTER = (0.5, 3.0)
 """How long after the add's activation the remove is proposed (drawn)."""
 CLIENT_SENDERS = ("partner1", "partner2")
-"""The workload's accounts (`devnet.simnet.world.Client`): never an operator's signer here."""
+"""The workload's accounts (`devnet.simnet.client.Client`): never an operator's signer here."""
 POLL_S = 0.1
 
 

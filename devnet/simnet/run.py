@@ -39,6 +39,7 @@ from devnet.faults.checkers import (
 from devnet.faults.history import KmsSample
 from devnet.joining import add_site
 from devnet.network import NetworkPlan, load_plan, plan_network, write_network
+from devnet.simnet.client import Client
 from devnet.simnet.disk import Crashed, SimDisk, open_disks
 from devnet.simnet.forwards import check_forwards_taken
 from devnet.simnet.loop import VirtualLoop
@@ -52,7 +53,7 @@ from devnet.simnet.reconfcheck import (
 )
 from devnet.simnet.schedule import Action, draw, heal_time
 from devnet.simnet.watch import check_events_followed, empty_block_times
-from devnet.simnet.world import SAMPLE_EVERY_S, Client, World
+from devnet.simnet.world import SAMPLE_EVERY_S, World
 from qchain.config import NodeConfig, load_config
 from qchain.qkd import certs
 
@@ -79,7 +80,7 @@ class Spec:
     burst_scale: float = 1.0
     """Multiplies a drawn burst's rate and peak (`devnet.simnet.schedule.draw`)."""
     client: str = "careful"
-    """How the client behaves (`devnet.simnet.world.CLIENT_MODES`): `careful` holds a
+    """How the client behaves (`devnet.simnet.client.CLIENT_MODES`): `careful` holds a
     sender's later nonces in a burst while one is refused, `eager` sends them regardless,
     `patient` is careful and trusts an acknowledgement for 6 s."""
     reconf: bool = False
@@ -387,7 +388,10 @@ def _judge(world: World, spec: Spec, healed_at: float, *, tampering: bool) -> li
     chains = world.chains()
     rec = world.rec
     deadline = spec.seconds - healed_at - 0.5
-    kms = [KmsSample(world.loop.time(), world.kms_now())]
+    # The nodes' counters are stamped with the time rounded to the millisecond
+    # (`World.qkd_now`); the key manager's must not be stamped before them (virtual time
+    # sums floats: 19.999999999999996 rounds up to 20.0), or the check compares no link.
+    kms = [KmsSample(round(world.loop.time(), 3), world.kms_now())]
     final = [n for i, n in enumerate(world.names) if i not in world.absent]
     checks = [
         check_agreement(world.chains(retired=True)),

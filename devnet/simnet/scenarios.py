@@ -3,11 +3,12 @@
 The steps the simulator can play become `Action`s at the same times: kill and stop
 (a crash, restarted when the step's duration ends), restart, partition (optionally only
 from some nodes), heal, delay, drop, corrupt and replay (a duplicated frame) on a node's
-outgoing links, key outages (`keys` with rate 0, `kms` outage) and the validator's own
-Byzantine modes. A target `leader` is
-resolved when the step runs. Steps it cannot play (pauses, flapping, twins,
-attacks from outside, partner floods, disk corruption, key-manager processes) are
-listed, and the scenario is refused unless the caller accepts playing it without them.
+outgoing links, key outages (`keys` with rate 0, `kms` outage), the validator's own
+Byzantine modes and twins (`devnet.simnet.world.World.twin`, stopped when the step's
+duration ends). A target `leader` is resolved when the step runs. Steps it cannot play
+(pauses, flapping, attacks from outside, partner floods, disk corruption, key-manager
+processes) are listed, and the scenario is refused unless the caller accepts playing it
+without them.
 """
 
 from __future__ import annotations
@@ -69,7 +70,12 @@ def _step_actions(step: Step, n: int) -> list[Action]:
             out.append(Action(end, "uncut", args))
     elif kind == "heal":
         out.append(Action(step.at, "heal"))
-    elif kind == "byzantine" and step.param("mode") != "twin":
+    elif kind == "byzantine" and step.param("mode") == "twin":
+        for t in targets:
+            out.append(Action(step.at, "twin", {"node": t}))
+            if end is not None:
+                out.append(Action(end, "untwin", {"node": t}))
+    elif kind == "byzantine":
         for t in targets:
             out.append(Action(step.at, "byzantine", {"node": t, "mode": step.param("mode")}))
             if end is not None:
@@ -102,7 +108,7 @@ def _step_actions(step: Step, n: int) -> list[Action]:
 def schedule_of(scenario: Scenario, n: int) -> tuple[tuple[Action, ...], float, list[str]]:
     """The scenario's actions, the run's length in virtual seconds, and the steps it
     cannot play."""
-    played = [s for s in scenario.steps if s.action in PLAYABLE and s.param("mode") != "twin"]
+    played = [s for s in scenario.steps if s.action in PLAYABLE]
     skipped = [f"{s.action} at {s.at:g}s" for s in scenario.steps if s not in played]
     actions = [a for s in played for a in _step_actions(s, n)]
     heal_at = max((s.end for s in scenario.steps), default=0.0)

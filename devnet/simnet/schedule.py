@@ -25,7 +25,7 @@ class Action:
     t: float
     kind: str
     """link, partition, unpartition, crash, crash-at-persist, restart, keys-off, keys-on,
-    byzantine, burst, heal (and cut, uncut from fault-kit scenarios)."""
+    byzantine, twin, untwin, burst, heal (and cut, uncut from fault-kit scenarios)."""
     args: dict[str, Any] = field(default_factory=dict)
 
 
@@ -53,13 +53,19 @@ node per run (f = 1 of 4). The vote flood is left out: its thousands of messages
 second cost real CPU for nothing the others do not cover."""
 
 
+TWIN_SHARE = 0.2
+"""The share of runs in which the Byzantine node also has a twin for a while (the fault
+kit's `byzantine NODE twin`, `devnet.simnet.world.World.twin`)."""
+
+
 def draw(
     rng: random.Random, n: int, seconds: float, *, crashes: bool = True, burst_scale: float = 1.0
 ) -> list[Action]:
     """Episodes of link faults, partitions, crashes, key starvation, Byzantine modes and
     (in runs of `BURST_MIN_S` or more) client bursts; at most one node crashed at a
-    time, and one Byzantine node in the run. burst_scale multiplies a burst's rate and
-    peak (the same draws otherwise: the schedule is the seed's)."""
+    time, and one Byzantine node in the run, which may also have a twin for a while.
+    burst_scale multiplies a burst's rate and peak (the same draws otherwise: the
+    schedule is the seed's)."""
     end = heal_time(seconds)
     actions: list[Action] = []
     down_until = 0.0
@@ -123,6 +129,17 @@ def draw(
             peer = rng.choice([j for j in range(n) if j != node])
             actions.append(Action(t, "keys-off", {"a": node, "b": peer}))
             actions.append(Action(t + d, "keys-on", {"a": node, "b": peer}))
+    actions += _twin(rng, traitor, end)
     actions = [a for a in actions if a.t < end]
     actions.append(Action(end, "heal"))
     return sorted(actions, key=lambda a: a.t)
+
+
+def _twin(rng: random.Random, traitor: int, end: float) -> list[Action]:
+    """In `TWIN_SHARE` of the runs, a twin of the traitor for a while. Drawn after the
+    episodes, so a run without a twin has the schedule it had before twins were drawn."""
+    if rng.random() >= TWIN_SHARE:
+        return []
+    t = round(rng.uniform(0.5, max(0.6, end - 0.5)), 3)
+    d = round(rng.uniform(0.3, min(6.0, max(0.4, end - t))), 3)
+    return [Action(t, "twin", {"node": traitor}), Action(t + d, "untwin", {"node": traitor})]

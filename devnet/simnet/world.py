@@ -10,18 +10,17 @@ import hashlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from devnet.faults.history import BlockView, ChainViews, Op, QkdSample, StatusSample
 from devnet.faults.history import link_counters_from_qkd as parse_qkd
-from devnet.network import NetworkPlan, account_key
+from devnet.network import NetworkPlan
 from devnet.simnet.disk import SimDisk
 from devnet.simnet.forwards import Forwards, Life
 from devnet.simnet.loop import OWNER, VirtualLoop
 from devnet.simnet.net import LinkFaults, SimNet
 from devnet.simnet.schedule import Action
 from devnet.simnet.watch import Follows, follow
-from devnet.testing import anchor_tx
 from node.runtime import Validator
 from node.wire import OriginBatch
 from qchain.config import NodeConfig
@@ -32,18 +31,18 @@ from qchain.qkd.simsource import LocalKeySource, full_mesh
 from qchain.store import schema
 from qchain.types import CommitCertificate, Transaction
 
+if TYPE_CHECKING:
+    from devnet.simnet.client import Client
+
 log = logging.getLogger("qchain.simnet")
 
 KEY_RATE_BPS = 2_000_000
 """Key generation per link: far above what a few validators spend, so only the schedule's
 outages starve a link."""
+TWIN_OWNER = 1000
+"""A twin's owner number (its tasks, timers and connections) is its site's plus this,
+and so is its listening port (on its site's host)."""
 SAMPLE_EVERY_S = 0.5
-RESUBMIT_AFTER_S = 1.0
-ACKED_PATIENCE_S = 6.0
-"""How long a patient client waits for an acknowledged transaction before it sends it
-again, while the node that acknowledged it has not crashed: an acknowledged transaction
-is the node's to commit, and the node sends it again to every validator after its
-inclusion timeout (5 s in the test profile)."""
 
 
 @dataclass
@@ -53,7 +52,7 @@ class Record:
     ops: list[Op] = field(default_factory=list)
     statuses: list[StatusSample] = field(default_factory=list)
     qkd: list[QkdSample] = field(default_factory=list)
-    accepted: set[tuple[int, str, int]] = field(default_factory=set)
+    accepted: set[tuple[object, ...]] = field(default_factory=set)
     accepted_twice: list[str] = field(default_factory=list)
     alerts: dict[str, dict[str, int]] = field(default_factory=dict)
     carried: dict[str, dict[str, dict[str, int]]] = field(default_factory=dict)
@@ -113,6 +112,12 @@ class World:
         self.retired: dict[str, tuple[dict[int, BlockView], dict[int, tuple[int, ...]]]] = {}
         """A removed node's blocks and certificate signers as it had them when it stopped."""
         self.sae_to_node = {p.sae_id: p.name for p in plan.nodes}
+        self.followers: dict[int, asyncio.Task[None]] = {}
+        """node -> the task of the partner following its events in its current life."""
+        self.twinned: set[str] = set()
+        """The SAE ids of nodes that have had a twin in this run."""
+        self.twins: dict[int, tuple[Validator, SimDisk]] = {}
+        """node -> its running twin and the twin's disk (`twin`)."""
 
     # --- nodes ------------------------------------------------------------------------
 
@@ -138,7 +143,9 @@ class World:
         # node's crash ends it.
         ctx = contextvars.copy_context()
         ctx.run(OWNER.set, i)
-        self.loop.create_task(follow(self.names[i], v, self.loop, self.follows), context=ctx)
+        self.followers[i] = self.loop.create_task(
+            follow(self.names[i], v, self.loop, self.follows), context=ctx
+        )
         self.nodes[i] = v
         height = v.chain.height()
         self.trace("start", i, height)
@@ -150,7 +157,11 @@ class World:
 
     def _watch_frames(self, i: int, v: Validator) -> None:
         """Record every frame node i accepts: (receiver, sender, sequence number) must
-        never repeat, across restarts too (the no-frame-accepted-twice check)."""
+        never repeat, across restarts too (the no-frame-accepted-twice check). From a
+        sender that has had a twin, two processes drew numbers from one lease (copied
+        with the store), so one number may carry two different frames: for such a
+        sender the frame's bytes are part of the record, and only the same frame
+        accepted twice (a replay) counts."""
         endpoint = v.links.endpoint
         if endpoint is None:
             return
@@ -160,7 +171,9 @@ class World:
 
         async def open_(frame: bytes) -> Any:
             opened = await original(frame)
-            key = (i, opened.sender, opened.seq)
+            key: tuple[object, ...] = (i, opened.sender, opened.seq)
+            if opened.sender in self.twinned:
+                key += (hashlib.sha256(frame).digest(),)
             if key in rec.accepted:
                 rec.accepted_twice.append(f"{self.names[i]} accepted seq {opened.seq} twice")
             rec.accepted.add(key)
@@ -216,16 +229,78 @@ class World:
         self.disks[i].crash_after = None
         if v is None:
             return
-        self._carry_counters(i, v)
-        height = v.chain.height()
-        self.rec.before_crash[i] = self.rec.reported.pop(i, 0)
-        self.rec.crashed_at[self.names[i]] = self.loop.time()
-        self.nodes[i] = None
-        self.forwards.crashed(i)
+        height = self._down(i, v)
         self.net.crash(i)
         self.disks[i], unsynced, kept = self.disks[i].crashed()
         killed = self.loop.kill(i)
         self.trace("crash", i, how, height, killed, unsynced, kept)
+
+    def _down(self, i: int, v: Validator) -> int:
+        """What the world notes of node i going down (a crash or a stop); its height."""
+        self._carry_counters(i, v)
+        self.rec.before_crash[i] = self.rec.reported.pop(i, 0)
+        self.rec.crashed_at[self.names[i]] = self.loop.time()
+        self.nodes[i] = None
+        self.forwards.crashed(i)
+        return v.chain.height()
+
+    # --- twins ------------------------------------------------------------------------
+
+    async def twin(self, i: int) -> None:
+        """The fault kit's `byzantine NODE twin` (`devnet.faults.twins`): node i is
+        stopped cleanly (its own stop; its disk keeps every batch it took), its disk is
+        copied, it is started again, and the copy runs as a second validator with i's
+        configuration, key, SAE identity and sequence-number lease, listening on a port
+        of its own. Peers dial the genesis address, so only the original receives their
+        frames; the twin dials every peer under the same hello and takes its keys from
+        the same key manager. A node down at the time stays down (its disk is copied
+        as it is)."""
+        await self.untwin(i)
+        self.byzantine.add(i)
+        self.twinned.add(self.plan.nodes[i].sae_id)
+        v = self.nodes[i]
+        disk = self.disks[i]
+        armed = disk.crash_after, disk.on_crash
+        if v is not None:
+            height = self._down(i, v)  # no more client requests: the API goes first
+            # Its follower goes with the API: a stream that a stopping node ends is not
+            # a drop (`devnet.simnet.watch`).
+            self.followers[i].cancel()
+            await self.as_node(i, v.stop)
+            self.net.crash(i)
+            self.trace("stop", i, height, self.loop.kill(i))
+        self.disks[i], copy = disk.stopped()
+        self.disks[i].crash_after, self.disks[i].on_crash = armed
+        if v is not None:
+            await self.start(i)
+        owner = TWIN_OWNER + i
+        self.net.sites[owner] = i
+        cfg = self.configs[i]
+        host, port = cfg.p2p.listen.rsplit(":", 1)
+        listen = f"{host}:{int(port) + TWIN_OWNER}"
+        twin = Validator(
+            dataclasses.replace(cfg, p2p=dataclasses.replace(cfg.p2p, listen=listen)),
+            key_source=LocalKeySource(self.manager, self.plan.nodes[i].sae_id),
+            store=copy,
+            net=self.net,
+            serve_api=False,
+        )
+        await self.as_node(owner, twin.start)
+        self.twins[i] = (twin, copy)
+        self.trace("twin", i, twin.chain.height())
+
+    async def untwin(self, i: int) -> None:
+        """Stop node i's twin (its own stop), if one runs; its disk goes."""
+        entry = self.twins.pop(i, None)
+        if entry is None:
+            return
+        twin, disk = entry
+        owner = TWIN_OWNER + i
+        height = twin.chain.height()
+        await self.as_node(owner, twin.stop)
+        self.net.crash(owner)
+        self.trace("untwin", i, height, self.loop.kill(owner))
+        disk.release()
 
     async def join(self, i: int) -> None:
         """A spare site starts (from an empty disk)."""
@@ -251,6 +326,8 @@ class World:
 
     async def stop_all(self) -> None:
         self.follows.stopping = True
+        for i in sorted(self.twins):
+            await self.untwin(i)
         for i, v in enumerate(self.nodes):
             if v is not None:
                 await self.as_node(i, v.stop)
@@ -302,6 +379,10 @@ class World:
             v = self.nodes[node]
             if v is not None:
                 v.set_byzantine(args["mode"])
+        elif a.kind == "twin":
+            await self.twin(self._node(args["node"]))
+        elif a.kind == "untwin":
+            await self.untwin(self._node(args["node"]))
         elif a.kind == "burst":
             assert self.client is not None
             self.client.start_burst(args["rate"], args["seconds"], args["txs"])
@@ -318,6 +399,8 @@ class World:
                     f.partitioned = cut
 
     async def heal(self) -> None:
+        for i in sorted(self.twins):
+            await self.untwin(i)
         for i in sorted(self.byzantine):
             v = self.nodes[i]
             if v is not None:
@@ -440,142 +523,3 @@ def _ready(v: Validator, tx: Transaction) -> bool:
 
 async def _call(work: Callable[[], Awaitable[Any]]) -> Any:
     return await work()
-
-
-CLIENT_MODES = ("careful", "eager", "patient")
-"""How the client behaves: `careful` holds a sender's later nonces in a burst while one of
-its transactions is refused (a well-behaved client under load); `eager` goes on sending
-them, so they reach the pools behind the refused one's gap; `patient` is careful, and
-trusts an acknowledgement: it sends an acknowledged transaction again only after
-`ACKED_PATIENCE_S` (or after `RESUBMIT_AFTER_S` when the node that acknowledged it has
-crashed since), so that what the network loses must be found again by the nodes."""
-
-
-class Client:
-    """The seeded workload: notary anchors from the dev partner accounts, each to a node
-    that is up; a transaction not committed after `RESUBMIT_AFTER_S` is sent again (the
-    same bytes: the hash is the idempotency key) to another node; bursts on demand."""
-
-    def __init__(self, world: World, stop_at: float, mode: str = "careful") -> None:
-        self.world = world
-        self.mode = mode
-        self.rng = world.clock.rng("client")
-        self.stop_at = stop_at
-        self.keys = [account_key(r, "ed25519") for r in ("partner1", "partner2")]
-        self.nonces = [0, 0]
-        self.txs: dict[int, Any] = {}
-        self.last_sent: dict[int, float] = {}
-        self.tasks: list[asyncio.Task[None]] = []
-        """Bursts under way."""
-        self.refused: list[set[int]] = [set() for _ in self.keys]
-        """Per sender, its transactions refused and not yet accepted."""
-
-    def _up(self) -> list[int]:
-        return [i for i, v in enumerate(self.world.nodes) if v is not None]
-
-    async def run(self) -> None:
-        loop = self.world.loop
-        while True:
-            await asyncio.sleep(self.rng.uniform(0.05, 0.4))
-            if loop.time() < self.stop_at:
-                self._new()
-            self._poll()
-
-    def start_burst(self, rate: int, seconds: float, peak: int) -> None:
-        self.tasks.append(self.world.loop.create_task(self._burst(rate, seconds, peak)))
-
-    async def _burst(self, rate: int, seconds: float, peak: int) -> None:
-        """`rate` new transactions a second for `seconds`, then `peak` at once (none
-        after the workload's end)."""
-        loop = self.world.loop
-        end = loop.time() + seconds
-        while loop.time() < min(end, self.stop_at):
-            self._send_new(max(1, rate // 10))
-            await asyncio.sleep(0.1)
-        while loop.time() < self.stop_at and peak > 0:
-            peak -= self._send_new(peak)
-            await asyncio.sleep(0.1)
-
-    def _send_new(self, count: int) -> int:
-        """Up to `count` new transactions. A careful client sends as a well-behaved
-        client does under load: while one of a sender's transactions is refused (waiting
-        to be sent again), its later nonces wait too (they could only queue behind the
-        gap). An eager one sends them regardless. Returns how many were sent."""
-        sent = 0
-        while sent < count:
-            k = len(self.world.rec.ops) % len(self.keys)
-            if self.mode != "eager" and self.refused[k]:
-                k = 1 - k
-                if self.refused[k]:
-                    break
-            self._new(k)
-            sent += 1
-        return sent
-
-    def _new(self, sender: int | None = None) -> None:
-        w = self.world
-        k = len(w.rec.ops) % len(self.keys) if sender is None else sender
-        nonce = self.nonces[k]
-        self.nonces[k] += 1
-        digest = hashlib.sha256(f"{w.seed}/{k}/{nonce}".encode()).digest()
-        v0 = next(v for v in w.nodes if v is not None)
-        tx = anchor_tx(self.keys[k], v0.chain_id, nonce, digest)
-        op = Op(len(w.rec.ops), "anchor", f"partner{k + 1}", nonce, tx.hash.hex(), w.loop.time())
-        w.rec.ops.append(op)
-        self.txs[op.op_id] = tx
-        self._send(op)
-
-    def _send(self, op: Op) -> None:
-        w = self.world
-        up = self._up()
-        others = [i for i in up if w.names[i] != op.node]
-        if not up:
-            return
-        # A retry goes to another node when one is up (as a client fails over).
-        i = self.rng.choice(others or up)
-        v = w.nodes[i]
-        assert v is not None
-        op.attempts += 1
-        op.node = w.names[i]
-        self.last_sent[op.op_id] = w.loop.time()
-        try:
-            v.submit_tx(self.txs[op.op_id])
-        except QChainError as e:
-            op.error = e.code
-            self.refused[self._sender(op)].add(op.op_id)
-            w.trace("refused", op.op_id, i, e.code)
-            return
-        self.refused[self._sender(op)].discard(op.op_id)
-        if op.acked_at is None:
-            op.acked_at = round(w.loop.time(), 3)
-        w.trace("submitted", op.op_id, i)
-
-    def _sender(self, op: Op) -> int:
-        return int(op.sender.removeprefix("partner")) - 1
-
-    def _poll(self) -> None:
-        w = self.world
-        now = w.loop.time()
-        for op in w.rec.ops:
-            if op.height is not None:
-                continue
-            for v in w.nodes:
-                st = v.tx_status(bytes.fromhex(op.tx_hash)) if v is not None else None
-                if st is not None and st.state == "committed":
-                    self.refused[self._sender(op)].discard(op.op_id)
-                    op.height = st.height
-                    op.committed_at = round(now, 3)
-                    break
-            else:
-                if now - self.last_sent.get(op.op_id, 0.0) > self._patience(op):
-                    self._send(op)
-
-    def _patience(self, op: Op) -> float:
-        """How long after its last sending a transaction not yet committed is sent again:
-        `RESUBMIT_AFTER_S`; for a patient client, `ACKED_PATIENCE_S` when a node
-        acknowledged that sending and has not crashed since."""
-        if self.mode != "patient" or op.op_id in self.refused[self._sender(op)]:
-            return RESUBMIT_AFTER_S
-        if self.world.rec.crashed_at.get(op.node, -1.0) >= self.last_sent[op.op_id]:
-            return RESUBMIT_AFTER_S
-        return ACKED_PATIENCE_S

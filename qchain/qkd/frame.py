@@ -39,6 +39,16 @@ with `dec_keys` (the key manager still holds it, since nobody fetched it), withi
 of lookups per link and second (`ReceiveKeyPool.recover`), so a lost announcement costs
 one key-manager call per frame of that batch instead of stalling the link for good.
 
+A frame whose own key is in its own announcement shows, once its tag verifies, that
+the sender announced afresh: after a reconnection (`resync`) or with its pool run dry, it
+holds no key it announced earlier. The receiver then drops every key it holds from that
+sender outside the new announcement (`ReceiveKeyPool.keep_only`). Without that, the keys
+a dead incarnation announced (the rest of its batch, the next batch) stayed held; held
+keys are capped, so after a few restarts, or a twin and its original taking turns, the
+pool was full, the next announcement found no room and every connection's first frame
+was refused as `unknown-key`, for good. A bootstrap that finds no room looks its own key
+up alone (the recovery path), so it can verify and make the room.
+
 Announcements are never trusted before the tag verifies, except for that one bootstrap
 fetch, which costs a forger one key-manager call that fails (unknown ids) or hands the
 receiver keys it will need anyway (ids copied from a genuine frame). A key id that is
@@ -58,22 +68,33 @@ After a restart, a sender must start above its last sequence number: give `LinkS
 a `Lease` (persisted, see `qchain.qkd.lease`) and it draws sequence numbers from it. A
 receiver that restarts forgets its last sequence number, but a replayed frame still
 fails: its key was handed to the receiver once and the key manager forgot it.
+
+A lease remembers what *this* store drew, not what the identity drew: a node restarted
+from an older copy of its store (a disk snapshot put back, a twin that ran with a copy)
+would number its frames below what its peers accepted and be refused as stale for as
+long as it takes to draw past them. So at every (re)connection `resync` also raises the
+lease to the clock term `clock_floor(now_ms)` = `now_ms`·2^16 + 2^40: a link draws far
+fewer than 2^16 numbers a millisecond, so every number any process of this identity drew
+before that moment (on any copy of the store, with a clock that agrees to within the
+time since) is below it, and the connection's first frame is accepted.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import struct
 from collections import Counter, OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Annotated
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.poly1305 import Poly1305
 
+from qchain.clock import wall_ms
 from qchain.codec import U8, U64, Len, Limits, Struct
-from qchain.errors import CodecError
+from qchain.errors import CodecError, StorageError
 from qchain.qkd.errors import (
     BadTag,
     FrameMalformed,
@@ -87,7 +108,7 @@ from qchain.qkd.errors import (
     WrongReceiver,
     WrongVersion,
 )
-from qchain.qkd.lease import Lease
+from qchain.qkd.lease import Lease, clock_floor
 from qchain.qkd.pool import MAX_BATCH, ReceiveKeyPool, SendKeyPool
 from qchain.qkd.source import KEY_ID_LEN, MAC_KEY_BYTES, KeyId
 
@@ -210,7 +231,10 @@ class LinkSender:
         first_seq: int = 1,
         seq_lease: Lease | None = None,
         limits: FrameLimits = DEFAULT_FRAME_LIMITS,
+        now_ms: Callable[[], int] = wall_ms,
     ) -> None:
+        """`now_ms`: the wall clock (ms since the Unix epoch) `resync` raises the lease
+        to."""
         if first_seq < 1:
             raise ValueError("sequence numbers start at 1")
         self.chain_id = chain_id
@@ -220,6 +244,7 @@ class LinkSender:
         self.next_seq = first_seq
         self.seq_lease = seq_lease
         self.limits = limits
+        self.now_ms = now_ms
         self.counters = SenderCounters()
 
     async def seal(self, body: bytes) -> bytes:
@@ -248,9 +273,14 @@ class LinkSender:
         return frame
 
     def resync(self) -> None:
-        """Drop the keys already announced; the next frame announces fresh ones (call
-        after a reconnection)."""
+        """Drop the keys already announced; the next frame announces fresh ones; and with
+        a lease, number the next frame at or above the clock term (above). Call at every
+        connection, the first one too. A clock out of range (before 1970, past the year
+        6400) leaves the numbers to the lease alone."""
         self.pool.resync()
+        if self.seq_lease is not None:
+            with contextlib.suppress(StorageError):
+                self.seq_lease.advance(clock_floor(self.now_ms()))
 
 
 @dataclass
@@ -331,7 +361,9 @@ class LinkReceiver:
         bootstrap = not pool.knows(h.key_id) and h.key_id in h.announce
         if bootstrap:
             pool.announce(h.announce, verified=False)
-        elif not pool.knows(h.key_id) and not pool.recover(h.key_id):
+        if not pool.knows(h.key_id) and not pool.recover(h.key_id):
+            # (A bootstrap whose announcement found no room lands here: its own key is
+            # looked up alone, so that the frame can verify and free the room.)
             raise UnknownKey("key id unknown and the lookup budget is spent")
         key = await pool.take(h.key_id)
         if key is None:
@@ -345,7 +377,12 @@ class LinkReceiver:
             key.wipe()
         peer.last_seq = h.seq
         peer.accepted += 1
-        if h.announce and not bootstrap:
+        if bootstrap:
+            # The sender's own key is in its own announcement: it announced afresh
+            # (a new connection, or its pool ran dry), so it holds no key it announced
+            # before, and a frame sealed with one would be stale by now.
+            pool.keep_only(h.announce)
+        if h.announce:
             pool.announce([k for k in h.announce if k not in peer.used])
         return OpenedFrame(h.sender, h.seq, bytes(body))
 

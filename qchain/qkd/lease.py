@@ -111,6 +111,19 @@ class Lease:
             )
         self._end = self._next
 
+    def advance(self, floor: int) -> None:
+        """Hand out nothing below `floor` from now on (a floor at or below the next value
+        changes nothing); the next value persists a new block above it first. Refused
+        (`StorageError`) when that leaves no room for one block below 2^64."""
+        if floor <= self._next:
+            return
+        if floor > MAX_LEASE - self._block:
+            raise StorageError(
+                f"lease {self._key[1:]!r} cannot move to {floor}: too close to the end of the "
+                "64-bit range"
+            )
+        self._next = floor
+
     def next(self) -> int:
         """The next value, persisting a new lease first when the current one is used up."""
         if self._next >= self._end:

@@ -504,6 +504,16 @@ class ReceiveKeyPool(_LinkPool):
             for k in chunk:
                 self._pending[k] = task
 
+    def keep_only(self, key_ids: Sequence[KeyId]) -> None:
+        """Wipe and drop every key held that is not in `key_ids`: the peer announced
+        afresh in a verified frame and will never use the others (`qchain.qkd.frame`).
+        Fetches under way are left to finish."""
+        keep = set(key_ids)
+        for key_id in [k for k in self._keys if k not in keep]:
+            key = self._keys.pop(key_id)
+            key.wipe()
+            self.counters.keys_discarded += 1
+
     def recover(self, key_id: KeyId) -> bool:
         """Fetch one key whose announcement never arrived (the frame that carried it was
         lost or corrupted on the way). Rate-limited per link, since a forger can name any

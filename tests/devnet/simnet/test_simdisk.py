@@ -132,3 +132,25 @@ def _has_crash(seed: int) -> bool:
     from devnet.simnet.schedule import draw
 
     return any(a.kind.startswith("crash") for a in draw(random.Random(seed), 4, 8))
+
+
+def test_a_clean_stop_keeps_every_batch_and_its_copy_is_another_disk(tmp_path: Path) -> None:
+    """A twin's disks (`World.twin`): the stopped node finds every batch it took, synced
+    or not (the process ended, the machine did not); the copy holds the same and is
+    written apart from it."""
+    for disk in (MemoryDisk(random.Random(1)), LevelDisk(tmp_path / "node2")):
+        disk.write(_batch(a=b"1"), sync=True)
+        disk.write(_batch(b=b"2"), sync=False)
+        after, copy = disk.stopped()
+        assert dict(after.iterate()) == dict(copy.iterate()) == {b"a": b"1", b"b": b"2"}
+        after.write(_batch(c=b"3"), sync=True)
+        copy.write(_batch(a=None), sync=True)
+        assert dict(after.iterate()) == {b"a": b"1", b"b": b"2", b"c": b"3"}
+        assert dict(copy.iterate()) == {b"b": b"2"}
+        if isinstance(after, MemoryDisk):
+            # The restarted node's disk: what it took before the stop is durable.
+            assert isinstance(copy, MemoryDisk)
+            assert dict(after.crashed()[0].iterate()) == {b"a": b"1", b"b": b"2", b"c": b"3"}
+        after.release()
+        copy.release()
+    assert list(tmp_path.iterdir()) == []

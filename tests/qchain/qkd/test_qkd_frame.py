@@ -241,3 +241,86 @@ async def test_size_limits(net: Net) -> None:
             await rx.open(junk)
     with pytest.raises(FrameMalformed):
         await rx.open("not bytes")  # type: ignore[arg-type]
+
+
+async def _incarnations(count: int, frames: int, held_cap: int) -> tuple[list[int], int]:
+    """Sender a restarts `count` times from one store (a lease: its numbers go on), each
+    incarnation sealing `frames` frames that b opens, then dying with the keys it
+    announced unused; b's pool from a holds at most `held_cap` keys. Returns the keys b
+    holds after each incarnation, and the frames b rejected."""
+    from qchain.qkd.pool import PoolConfig
+    from qchain.store.memory import MemoryStore
+
+    config = PoolConfig(batch_size=16, low_water=8)
+    manager, eps = sim_endpoints(["a", "b"], config=config)
+    b = eps["b"]
+    b.start()
+    b.receive_pools["a"].max_held = held_cap
+    store = MemoryStore()
+    held = []
+    rejected = 0
+    try:
+        for _ in range(count):
+            a = QKDEndpoint(
+                "test-chain",
+                "a",
+                ["a", "b"],
+                LocalKeySource(manager, "a"),
+                config=config,
+                clock=manager.clock,
+                store=store,
+            )
+            a.start()
+            a.sender("b").resync()  # the transport's first connection
+            for i in range(frames):
+                frame = await a.sender("b").seal(bytes([i]))
+                try:
+                    await b.receiver.open(frame)
+                except UnknownKey:
+                    rejected += 1
+                for _ in range(5):  # the send pool's refill and b's fetches complete
+                    await asyncio.sleep(0)
+            await a.close()
+            await asyncio.sleep(0)
+            held.append(b.receive_pools["a"].level)
+    finally:
+        await b.close()
+    return held, rejected
+
+
+async def test_keys_a_dead_sender_announced_do_not_clog_the_link() -> None:
+    """Each incarnation of a sender leaves the receiver holding keys it announced and
+    will never use (the rest of its batch, the next batch it announced). Held keys are
+    capped, so they used to fill the receiver's pool: the announcement of the next
+    incarnation found no room, its first frame was refused as `unknown-key`, and so
+    was the first frame of every connection after it, for good (a twin and its original
+    taking turns on one identity did it in the simulator). A verified frame that starts
+    a fresh announcement (its own key is in it) shows that the sender holds no key it
+    announced before: the receiver drops those."""
+    held, rejected = await _incarnations(count=12, frames=10, held_cap=48)
+    assert rejected == 0
+    # What b holds is the last incarnation's leftovers, not every incarnation's.
+    assert max(held) <= 2 * 16
+
+
+async def test_a_forged_fresh_announcement_drops_no_key() -> None:
+    """The drop happens only after the tag verifies: a frame that claims to start a
+    fresh announcement but is forged leaves the keys the receiver holds alone."""
+    _, eps = sim_endpoints(["a", "b"])
+    for ep in eps.values():
+        ep.start()
+    try:
+        first = await send(eps, "a", "b", b"x")
+        await eps["b"].receiver.open(first)
+        pool = eps["b"].receive_pools["a"]
+        held = pool.level
+        assert held > 0
+        fresh = os.urandom(16)
+        with pytest.raises(FrameRejected):
+            await eps["b"].receiver.open(forged(10, fresh, announce=(fresh,)))
+        assert pool.level == held
+        second = await send(eps, "a", "b", b"y")
+        assert (await eps["b"].receiver.open(second)).body == b"y"
+    finally:
+        for ep in eps.values():
+            await ep.close()

@@ -185,3 +185,56 @@ async def test_every_link_starts_at_the_floor_even_without_a_lease() -> None:
         assert first_d == floor + 8192 + 1
     finally:
         await ep.close()
+
+
+def test_a_lease_advances_only_forward_and_persists_before_handing_out() -> None:
+    store = MemoryStore()
+    lease = Lease(store, "seq/a/b", block=16)
+    assert [lease.next(), lease.next()] == [0, 1]
+    lease.advance(1)  # below the next value: nothing changes
+    assert lease.next() == 2
+    lease.advance(1000)
+    assert schema.read_u64(store.get(LINK) or b"") == 16  # written with the next number
+    assert lease.next() == 1000
+    assert schema.read_u64(store.get(LINK) or b"") == 1016
+    with pytest.raises(StorageError, match="too close to the end"):
+        lease.advance(MAX_LEASE - 4)
+    assert lease.next() == 1001
+
+
+async def test_a_node_on_an_older_copy_of_its_store_is_accepted_at_its_next_connection() -> None:
+    """A twin ran with a copy of a's store and drew numbers b accepted; a comes back on
+    its own store, whose lease is behind them. At its connection (`resync`) the lease
+    rises to the clock term, so its first frame is accepted; without the jump it was
+    stale. A clock out of range leaves the numbers to the lease."""
+    clock = VirtualClock(auto_advance=True)
+    manager = full_mesh(["a", "b"], clock, initial_key_count=1000)
+    b = QKDEndpoint("c", "b", ["a"], LocalKeySource(manager, "b"), clock=clock)
+    store = MemoryStore()
+    copy = MemoryStore()
+    twin = QKDEndpoint("c", "a", ["b"], LocalKeySource(manager, "a"), clock=clock, store=copy)
+    endpoints = [b, twin]
+    for ep in endpoints:
+        ep.start()
+    try:
+        twin.sender("b").now_ms = lambda: NOW_MS
+        twin.sender("b").resync()
+        for _ in range(5):
+            await b.receiver.open(await twin.sender("b").seal(b"twin"))
+        assert b.receiver.peers["a"].last_seq == clock_floor(NOW_MS) + 5
+
+        a = QKDEndpoint("c", "a", ["b"], LocalKeySource(manager, "a"), clock=clock, store=store)
+        endpoints.append(a)
+        a.start()
+        a.sender("b").now_ms = lambda: -1  # no usable clock: the lease alone
+        a.sender("b").resync()
+        with pytest.raises(StaleSequence):
+            await b.receiver.open(await a.sender("b").seal(b"behind"))
+        a.sender("b").now_ms = lambda: NOW_MS + 1
+        a.sender("b").resync()
+        opened = await b.receiver.open(await a.sender("b").seal(b"back"))
+        assert opened.seq == clock_floor(NOW_MS + 1) + 1 and opened.body == b"back"
+        assert schema.read_u64(store.get(LINK) or b"") > clock_floor(NOW_MS + 1)
+    finally:
+        for ep in endpoints:
+            await ep.close()
