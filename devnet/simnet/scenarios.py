@@ -58,6 +58,8 @@ def _step_actions(step: Step, n: int) -> list[Action]:
     targets = _nodes(step.param("target"), n)
     kind = step.action
     out: list[Action] = []
+    if kind in LATER:
+        return _later_step_actions(step, n, targets, end)
     if kind in ("kill", "stop"):
         for t in targets:
             out.append(Action(step.at, "crash", {"node": t}))
@@ -72,7 +74,31 @@ def _step_actions(step: Step, n: int) -> list[Action]:
         out.append(Action(step.at, "cut", args))
         if end is not None:
             out.append(Action(end, "uncut", args))
-    elif kind == "flap":
+    elif kind == "heal":
+        out.append(Action(step.at, "heal"))
+    elif kind in ("keys", "kms"):
+        cut = step.param("rate", 0) == 0 if kind == "keys" else step.param("mode") == "outage"
+        for a, b in _link(step, n) if cut else []:
+            out.append(Action(step.at, "keys-off", {"a": a, "b": b}))
+            if end is not None:
+                out.append(Action(end, "keys-on", {"a": a, "b": b}))
+    return out
+
+
+LATER = frozenset(
+    {"flap", "attack", "partner-flood", "kme-down", "kme-drain", "byzantine"}
+    | {"delay", "drop", "corrupt", "replay"}
+)
+
+
+def _later_step_actions(
+    step: Step, n: int, targets: list[int | str], end: float | None
+) -> list[Action]:
+    """The actions of the steps in `LATER` (flapping links, what comes from outside, the
+    key managers, Byzantine nodes and twins, a node's faulty outgoing links)."""
+    kind = step.action
+    out: list[Action] = []
+    if kind == "flap":
         nodes = _nodes(step.param("nodes"), n)
         others = _nodes(step.param("from"), n) or None
         args = {"nodes": nodes, "from": others}
@@ -81,8 +107,6 @@ def _step_actions(step: Step, n: int) -> list[Action]:
         while when + half <= step.end:  # as the kit's timeline flaps
             out += [Action(when, "cut", args), Action(when + half, "uncut", args)]
             when += 2 * half
-    elif kind == "heal":
-        out.append(Action(step.at, "heal"))
     elif kind == "attack":
         claims = _nodes(step.param("claim"), n) or list(range(n))
         out.append(
@@ -139,12 +163,6 @@ def _step_actions(step: Step, n: int) -> list[Action]:
                     out.append(Action(step.at, "link", {"src": t, "dst": peer, **faults}))
                     if end is not None:
                         out.append(Action(end, "link", {"src": t, "dst": peer}))
-    elif kind in ("keys", "kms"):
-        cut = step.param("rate", 0) == 0 if kind == "keys" else step.param("mode") == "outage"
-        for a, b in _link(step, n) if cut else []:
-            out.append(Action(step.at, "keys-off", {"a": a, "b": b}))
-            if end is not None:
-                out.append(Action(end, "keys-on", {"a": a, "b": b}))
     return out
 
 
