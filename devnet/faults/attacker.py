@@ -51,6 +51,7 @@ HELLO = struct.Struct(">4sH")
 FRAME_LEN = struct.Struct(">I")
 CONNECT_TIMEOUT_S = 1.0
 Session = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+Connect = Callable[[str, int], Awaitable[tuple[asyncio.StreamReader, asyncio.StreamWriter]]]
 """What an attack does on one connection once the hello is sent."""
 
 
@@ -153,18 +154,29 @@ def forged_frame(spec: AttackSpec, target: Victim, claim: Victim, rng: random.Ra
 class Attacker:
     """Runs one attack until its duration passes (or it is cancelled)."""
 
-    def __init__(self, spec: AttackSpec, rng: random.Random | None = None) -> None:
+    def __init__(
+        self,
+        spec: AttackSpec,
+        rng: random.Random | None = None,
+        *,
+        connect: Connect = asyncio.open_connection,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        """`connect` and `clock`: the network and the time the attack runs on (the
+        simulator gives its own: `devnet.simnet`)."""
         check_spec(spec)
         self.spec = spec
         self.rng = rng or random.Random()
+        self.connect = connect
+        self.clock = clock
         self.stats = AttackStats()
         self._deadline = 0.0
 
     def _left(self) -> float:
-        return self._deadline - time.monotonic()
+        return self._deadline - self.clock()
 
     async def run(self) -> AttackStats:
-        self._deadline = time.monotonic() + self.spec.duration_s
+        self._deadline = self.clock() + self.spec.duration_s
         if self.spec.kind == "conn-flood":
             jobs = [self._conn_flood(t) for t in self.spec.targets]
         elif self.spec.kind == "hijack":
@@ -183,7 +195,7 @@ class Attacker:
     async def _open(self, v: Victim) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
         try:
             conn = await asyncio.wait_for(
-                asyncio.open_connection(v.host, v.port), min(CONNECT_TIMEOUT_S, self._left())
+                self.connect(v.host, v.port), min(CONNECT_TIMEOUT_S, self._left())
             )
         except (OSError, TimeoutError, ValueError):
             self.stats.refused += 1
@@ -200,7 +212,7 @@ class Attacker:
         return True
 
     async def _paced(self, started: float, rate: float) -> None:
-        await asyncio.sleep(max(0.0, min(started + 1.0 / rate - time.monotonic(), self._left())))
+        await asyncio.sleep(max(0.0, min(started + 1.0 / rate - self.clock(), self._left())))
 
     async def _as_claim(
         self, target: Victim, claim: Victim, per_second: float, session: Session
@@ -209,7 +221,7 @@ class Attacker:
         `session` on the connection and close it; at most `per_second` connections a
         second."""
         while self._left() > 0:
-            started = time.monotonic()
+            started = self.clock()
             conn = await self._open(target)
             if conn is not None:
                 reader, writer = conn
@@ -256,7 +268,7 @@ class Attacker:
 
         try:
             while self._left() > 0:
-                started = time.monotonic()
+                started = self.clock()
                 held = {t for t in held if not t.done()}
                 if len(held) < self.spec.connections:
                     conn = await self._open(target)

@@ -15,7 +15,8 @@ and the link's faults act on whole frames of the real QKD frame layer: per direc
 
 A twin (a second validator with a node's identity, `devnet.simnet.world`) runs as an
 owner of its own and sits at its original's site: the links' faults are looked up by
-site (`sites`), connections and crashes by owner.
+site (`sites`), connections and crashes by owner. An outsider (the fault kit's attacker)
+is an owner at no site: its links are clean, and partitions between sites do not cut it.
 
 A crashed node's connections are torn down: the other end reads end of stream. Every
 delivery decision is written to the run's trace.
@@ -149,6 +150,8 @@ class SimNet:
         self.conns: set[_Conn] = set()
         self._made = 0
         self.links = {(i, j): LinkFaults() for i in range(n) for j in range(n) if i != j}
+        self.outside = LinkFaults()
+        """The link of an owner at no site (an outsider) to a node."""
         self.sites: dict[int, int] = {}
         """owner -> the site whose links it uses, for owners that are not sites (twins)."""
         self._sim = contextvars.copy_context()
@@ -160,6 +163,9 @@ class SimNet:
 
     def site(self, owner: int) -> int:
         return self.sites.get(owner, owner)
+
+    def link(self, src: int, dst: int) -> LinkFaults:
+        return self.links.get((self.site(src), self.site(dst)), self.outside)
 
     # --- StreamNet ------------------------------------------------------------------------
 
@@ -177,7 +183,7 @@ class SimNet:
         if src is None:
             raise RuntimeError("a simulated connection is made by a node")
         listener = self.listeners.get((host, port))
-        faults = self.links.get((self.site(src), self.site(listener[0]))) if listener else None
+        faults = self.link(src, listener[0]) if listener else None
         await asyncio.sleep(faults.latency_s if faults else 0.001)
         listener = self.listeners.get((host, port))
         if listener is None or faults is None or faults.partitioned:
@@ -200,7 +206,7 @@ class SimNet:
     # --- the links ------------------------------------------------------------------------
 
     def carry(self, w: SimWriter, data: bytes, *, first: bool) -> None:
-        f = self.links[(self.site(w.src), self.site(w.dst))]
+        f = self.link(w.src, w.dst)
         rng = self.rng
         now = self.loop.time()
         if f.partitioned:

@@ -14,7 +14,10 @@ from typing import TYPE_CHECKING, Any
 
 from devnet.faults.history import BlockView, ChainViews, Op, QkdSample, StatusSample
 from devnet.faults.history import link_counters_from_qkd as parse_qkd
+from devnet.faults.load import Accounts
+from devnet.faults.scenario import REFILL_KEYS
 from devnet.network import NetworkPlan
+from devnet.simnet import outside
 from devnet.simnet.disk import SimDisk
 from devnet.simnet.forwards import Forwards, Life
 from devnet.simnet.loop import OWNER, VirtualLoop
@@ -27,6 +30,7 @@ from qchain.config import NodeConfig
 from qchain.errors import MempoolFull, QChainError
 from qchain.qkd.clock import SystemClock
 from qchain.qkd.keymanager import link_name
+from qchain.qkd.kms import set_stored
 from qchain.qkd.simsource import LocalKeySource, full_mesh
 from qchain.store import schema
 from qchain.types import CommitCertificate, Transaction
@@ -114,6 +118,12 @@ class World:
         self.sae_to_node = {p.sae_id: p.name for p in plan.nodes}
         self.followers: dict[int, asyncio.Task[None]] = {}
         """node -> the task of the partner following its events in its current life."""
+        self.flood_accounts: Accounts | None = None
+        """The flooding account's keys and next nonce (`devnet.simnet.outside.flood`)."""
+        self.attacks: list[asyncio.Task[None]] = []
+        """The outside attacks of the run (`devnet.simnet.outside.attack`)."""
+        self.drained: set[str] = set()
+        """Key-manager links a `drain` emptied and no `refill` restored yet."""
         self.twinned: set[str] = set()
         """The SAE ids of nodes that have had a twin in this run."""
         self.twins: dict[int, tuple[Validator, SimDisk]] = {}
@@ -326,6 +336,9 @@ class World:
 
     async def stop_all(self) -> None:
         self.follows.stopping = True
+        for task in self.attacks:
+            task.cancel()
+        await asyncio.gather(*self.attacks, return_exceptions=True)
         for i in sorted(self.twins):
             await self.untwin(i)
         for i, v in enumerate(self.nodes):
@@ -334,7 +347,7 @@ class World:
 
     # --- the schedule -------------------------------------------------------------------
 
-    def _node(self, x: int | str) -> int:
+    def resolve(self, x: int | str) -> int:
         """A node index, or the current leader as the first node up sees it."""
         if isinstance(x, int):
             return x
@@ -349,40 +362,52 @@ class World:
         args = a.args
         if a.kind == "link":
             faults = {k: v for k, v in args.items() if k not in ("src", "dst")}
-            self.net.links[(self._node(args["src"]), self._node(args["dst"]))] = LinkFaults(
+            self.net.links[(self.resolve(args["src"]), self.resolve(args["dst"]))] = LinkFaults(
                 **faults
             )
         elif a.kind in ("partition", "unpartition"):
-            node = self._node(args["node"])
+            node = self.resolve(args["node"])
             for (x, y), f in sorted(self.net.links.items()):
                 if node in (x, y):
                     f.partitioned = a.kind == "partition"
         elif a.kind in ("cut", "uncut"):
             self._cut(args, a.kind == "cut")
         elif a.kind == "crash":
-            self.crash(self._node(args["node"]))
+            self.crash(self.resolve(args["node"]))
         elif a.kind == "crash-at-persist":
-            node = self._node(args["node"])
+            node = self.resolve(args["node"])
             disk = self.disks[node]
             disk.crash_after = args["writes"]
             disk.on_crash = lambda: self.crash(node, "at-persist")
         elif a.kind == "restart":
-            node = self._node(args["node"])
+            node = self.resolve(args["node"])
             self.disks[node].crash_after = None
             if self.nodes[node] is None and node not in self.absent:
                 await self.start(node)
         elif a.kind in ("keys-off", "keys-on"):
             self._outage(saes[args["a"]], saes[args["b"]], a.kind == "keys-off")
         elif a.kind == "byzantine":
-            node = self._node(args["node"])
+            node = self.resolve(args["node"])
             self.byzantine.add(node)
             v = self.nodes[node]
             if v is not None:
                 v.set_byzantine(args["mode"])
         elif a.kind == "twin":
-            await self.twin(self._node(args["node"]))
+            await self.twin(self.resolve(args["node"]))
         elif a.kind == "untwin":
-            await self.untwin(self._node(args["node"]))
+            await self.untwin(self.resolve(args["node"]))
+        elif a.kind == "attack":
+            outside.attack(self, args)
+        elif a.kind == "flood":
+            outside.flood(self, args["count"])
+        elif a.kind in ("drain", "refill"):
+            for x, y in args["pairs"]:
+                self._drain(
+                    saes[x],
+                    saes[y],
+                    args["rate"] if a.kind == "drain" else None,
+                    0 if a.kind == "drain" else args["count"],
+                )
         elif a.kind == "burst":
             assert self.client is not None
             self.client.start_burst(args["rate"], args["seconds"], args["txs"])
@@ -391,8 +416,8 @@ class World:
 
     def _cut(self, args: dict[str, Any], cut: bool) -> None:
         """Partition `nodes` from `from` (every other node when None), both ways."""
-        nodes = {self._node(x) for x in args["nodes"]}
-        others = None if args.get("from") is None else {self._node(x) for x in args["from"]}
+        nodes = {self.resolve(x) for x in args["nodes"]}
+        others = None if args.get("from") is None else {self.resolve(x) for x in args["from"]}
         for (x, y), f in sorted(self.net.links.items()):
             for a, b in ((x, y), (y, x)):
                 if a in nodes and b not in nodes and (others is None or b in others):
@@ -410,10 +435,24 @@ class World:
         for name in self.manager.link_names():
             a, b = name.split("~", 1)
             self._outage(a, b, False)
+            if name in self.drained:
+                self._drain(a, b, None, REFILL_KEYS)
         for i in range(self.n):
             self.disks[i].crash_after = None
             if self.nodes[i] is None and i not in self.absent:
                 await self.start(i)
+
+    def _drain(self, a: str, b: str, rate: int | None, stored: int) -> None:
+        """Set the keys stored on the pair a~b and its rate (None: the run's own); the
+        pair is refilled at the heal if it is still drained then."""
+        if link_name(a, b) not in self.manager.link_names():
+            return
+        self.manager.set_rate(a, b, KEY_RATE_BPS if rate is None else rate)
+        set_stored(self.manager, a, b, stored)
+        if rate is None:
+            self.drained.discard(link_name(a, b))
+        else:
+            self.drained.add(link_name(a, b))
 
     def _outage(self, a: str, b: str, active: bool) -> None:
         """Cut or restore the keys of the pair a~b, if the key manager holds it (a

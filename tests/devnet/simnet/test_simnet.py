@@ -424,8 +424,8 @@ def test_a_fault_kit_scenario_becomes_a_fixed_schedule() -> None:
     _, actions, _, skipped = load(SCENARIOS / "double-vote.toml", 4)
     assert skipped == []
     assert [a.args["mode"] for a in actions if a.kind == "byzantine"][:1] == ["double-vote"]
-    _, _, _, skipped = load(SCENARIOS / "conn-flood.toml", 4)
-    assert skipped == ["attack at 3s"]
+    _, _, _, skipped = load(SCENARIOS / "disk-bitflip.toml", 4)
+    assert skipped == ["corrupt-disk at 6s"]
 
 
 def test_the_leader_crash_scenario_plays_and_passes() -> None:
