@@ -68,6 +68,7 @@ from qchain.qkd.endpoint import QKDEndpoint
 from qchain.qkd.source import KeySource
 from qchain.store import schema
 from qchain.store.kv import Batch, KVStore, open_store
+from qchain.store.memory import MemoryStore
 from qchain.types import ReceiptProof, Transaction
 
 log = logging.getLogger("qchain.node")
@@ -161,7 +162,11 @@ class Validator:
         """Check the store belongs to this chain, apply genesis to a new one, and open the
         chain application over it."""
         self.chain.init_meta(self.genesis.chain_id, self.genesis.hash)
-        gstate = init_state(self.store, self.genesis)
+        # Over an empty source, not the store: on a store where genesis is applied
+        # already (a restart before block 1 committed, a joiner restarted before it
+        # replayed block 1) the write set over the store is empty, and so block 1's
+        # parent app hash came out wrong and the node could never execute block 1.
+        gstate = init_state(MemoryStore(), self.genesis)
         if self.chain.height() == 0 and self.store.get(schema.meta_key("genesis-applied")) is None:
             batch = Batch()
             for key, value in gstate.write_set:

@@ -264,7 +264,11 @@ class World:
         of its own. Peers dial the genesis address, so only the original receives their
         frames; the twin dials every peer under the same hello and takes its keys from
         the same key manager. A node down at the time stays down (its disk is copied
-        as it is)."""
+        as it is). A site not in the network (a spare not yet joined, a removed
+        validator) gets no twin: the kit twins a node from its directory."""
+        if i in self.absent:
+            self.trace("no-twin", i)
+            return
         await self.untwin(i)
         self.byzantine.add(i)
         self.twinned.add(self.plan.nodes[i].sae_id)

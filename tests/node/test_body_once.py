@@ -179,3 +179,22 @@ def test_a_store_of_an_unknown_schema_version_is_refused(version: int) -> None:
     store.put(schema.META_SCHEMA_VERSION, schema.u64(version))
     with pytest.raises(StorageError, match=f"schema version {version}"):
         ChainStore(store).init_meta("this-chain", b"\x00" * 32)
+
+
+async def test_a_node_restarted_before_block_1_executes_the_others_block_1(
+    tmp_path: Path,
+) -> None:
+    """A node that stops after genesis is applied and before block 1 commits (a joiner
+    restarted before it replayed block 1, found by the simulator with a twin of the
+    joiner) opens the store again: its genesis app hash is the chain's, so block 1 as
+    the others built it validates. It used to be computed over the store, where genesis
+    was already applied: an empty write set, a wrong parent app hash, and block 1 was
+    refused for good ("app hash differs from the header's")."""
+    first = _validator(tmp_path, MemoryStore())
+    block_1 = _next(first)
+    store = MemoryStore()
+    _validator(tmp_path, store)  # genesis applied, nothing committed: then it stops
+    restarted = _validator(tmp_path, store)
+    assert restarted.chain.height() == 0
+    assert restarted.app.genesis_app_hash == first.app.genesis_app_hash
+    assert restarted.app.validate(block_1.cblock).block == block_1.block
