@@ -509,10 +509,8 @@ class ReceiveKeyPool(_LinkPool):
         afresh in a verified frame and will never use the others (`qchain.qkd.frame`).
         Fetches under way are left to finish."""
         keep = set(key_ids)
-        for key_id in [k for k in self._keys if k not in keep]:
-            key = self._keys.pop(key_id)
-            key.wipe()
-            self.counters.keys_discarded += 1
+        gone = [k for k in self._keys if k not in keep]
+        self._discard([self._keys.pop(k) for k in gone])
 
     def recover(self, key_id: KeyId) -> bool:
         """Fetch one key whose announcement never arrived (the frame that carried it was
