@@ -131,6 +131,11 @@ class Outcome:
     def ok(self) -> bool:
         return all(c.ok for c in self.checks)
 
+    @property
+    def failures(self) -> list[str]:
+        """Each failed check: its name, summary and details."""
+        return [f"{c.name}: {c.summary} {c.details}" for c in self.checks if not c.ok]
+
     def to_json(self) -> dict[str, Any]:
         return {
             "seed": self.spec.seed,

@@ -405,13 +405,9 @@ class World:
         elif a.kind == "flood":
             outside.flood(self, args["count"])
         elif a.kind in ("drain", "refill"):
+            rate, stored = (args["rate"], 0) if a.kind == "drain" else (None, args["count"])
             for x, y in args["pairs"]:
-                self._drain(
-                    saes[x],
-                    saes[y],
-                    args["rate"] if a.kind == "drain" else None,
-                    0 if a.kind == "drain" else args["count"],
-                )
+                self._drain(saes[x], saes[y], rate, stored)
         elif a.kind == "burst":
             assert self.client is not None
             self.client.start_burst(args["rate"], args["seconds"], args["txs"])

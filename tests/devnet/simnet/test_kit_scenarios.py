@@ -25,10 +25,6 @@ UNPLAYABLE = {"pause", "corrupt-disk", "kme-behaviour"} | {
 answers, set changes driven through the devnet."""
 
 
-def _failed(o: Outcome) -> list[str]:
-    return [f"{c.name}: {c.summary} {c.details}" for c in o.checks if not c.ok]
-
-
 def _play(name: str) -> Outcome:
     scenario, actions, seconds, skipped = load(SCENARIOS / f"{name}.toml", 4)
     assert skipped == []
@@ -59,7 +55,7 @@ def test_flapping_links_cut_and_heal_every_half_period_and_pass() -> None:
     cuts = [(a.t, a.kind) for a in actions if a.kind in ("cut", "uncut")]
     assert cuts == [(t + d, k) for t in (3, 5, 7, 9, 11) for d, k in ((0, "cut"), (1, "uncut"))]
     o = _play("flapping-links")
-    assert o.ok, _failed(o)
+    assert o.ok, o.failures
 
 
 @pytest.mark.parametrize(
@@ -75,7 +71,7 @@ def test_the_outside_attacker_plays_on_the_simulated_network(name: str, hellos: 
     targets, the nodes close what it opens (forged frames fail their MACs, a claimed
     identity is replaced by the real peer), and the chain goes on."""
     o = _play(name)
-    assert o.ok, _failed(o)
+    assert o.ok, o.failures
     stats = _attack_stats(o)
     assert int(stats["connects"]) > 10  # type: ignore[call-overload]
     assert set(stats["hellos"]) == hellos  # type: ignore[call-overload]
@@ -90,12 +86,12 @@ def test_a_sites_key_manager_down_and_every_link_drained_heal_and_pass() -> None
     off = [a.args for a in actions if a.kind == "keys-off"]
     assert off == [{"a": 3, "b": p} for p in (0, 1, 2)]
     o = _play("one-site-kme-down")
-    assert o.ok, _failed(o)
+    assert o.ok, o.failures
     _, actions, _, _ = load(SCENARIOS / "kme-exhaust-and-refill.toml", 4)
     assert [a.kind for a in actions if a.kind in ("drain", "refill")] == ["drain", "refill"]
     scenario, _, seconds, _ = load(SCENARIOS / "kme-exhaust-and-refill.toml", 4)
     o = _play("kme-exhaust-and-refill")
-    assert o.ok, _failed(o)
+    assert o.ok, o.failures
     # The chain stood still once the keys the nodes held were spent (16 s of 25 without
     # keys): the same seed without the drain goes much further.
     clean = simulate(Spec(seed=scenario.seed, seconds=seconds, faults=False))
@@ -107,7 +103,7 @@ def test_a_partner_flood_of_largest_transactions_plays_and_passes() -> None:
     first nonce last: the nodes take them (each node's pool admits its share) and the
     chain goes on."""
     o = _play("partner-anchor-flood")
-    assert o.ok, _failed(o)
+    assert o.ok, o.failures
     [line] = [line for line in o.trace if line.split()[1] == "flood"]
     count, outcome = line.split(" ", 3)[2:]
     assert int(count) == 64

@@ -28,13 +28,9 @@ from devnet.simnet.schedule import Action, draw, heal_time
 ROOT = Path(__file__).resolve().parents[3]
 
 
-def _failed(o: object) -> list[str]:
-    return [f"{c.name}: {c.summary} {c.details}" for c in o.checks if not c.ok]  # type: ignore[attr-defined]
-
-
 def test_four_validators_commit_and_pass_the_checkers() -> None:
     o = simulate(Spec(seed=1, seconds=6, faults=False))
-    assert o.ok, _failed(o)
+    assert o.ok, o.failures
     assert min(o.heights.values()) >= 10
     assert len(set(o.heights.values())) == 1
     names = {c.name for c in o.checks}
@@ -61,7 +57,7 @@ def _seed_with(*kinds: str, without: tuple[str, ...] = ()) -> int:
 
 def test_a_faulty_run_with_a_crash_heals_and_passes() -> None:
     o = simulate(Spec(seed=_seed_with("crash", "partition"), seconds=20), keep_trace=True)
-    assert o.ok, _failed(o)
+    assert o.ok, o.failures
     kinds = {line.split()[1] for line in o.trace}
     assert {"crash", "start", "lost"} <= kinds
     # The crashed node came back and caught up with the others.
@@ -76,7 +72,7 @@ def test_a_crash_inside_a_synced_write_heals_and_passes() -> None:
     or a callback of the dead node, seed 75 of the sweep)."""
     seed = _seed_with("crash-at-persist", without=("crash",))
     o = simulate(Spec(seed=seed, seconds=20), keep_trace=True)
-    assert o.ok, _failed(o)
+    assert o.ok, o.failures
     assert o.errors == []
     crashes = [line for line in o.trace if line.split()[1] == "crash"]
     assert crashes
@@ -109,7 +105,7 @@ def test_a_leader_naming_a_batch_nobody_has_costs_rounds_not_the_chain(
     monkeypatch.setattr(node.batches.Dissemination, "_give_up", counting)
     byzantine = (Action(0.5, "byzantine", {"node": 0, "mode": "unknown-batch"}),)
     o = simulate(Spec(seed=3, seconds=10, actions=byzantine))
-    assert o.ok, _failed(o)
+    assert o.ok, o.failures
     assert given_up and 0 not in given_up
     assert min(o.heights.values()) >= 20
     clean = simulate(Spec(seed=3, seconds=10, faults=False))
@@ -276,7 +272,7 @@ def test_a_smoke_of_seeded_whole_network_runs_finds_nothing(first: int) -> None:
     specs = [Spec(seed=seed, seconds=SMOKE_SECONDS) for seed in range(first, first + SMOKE_SLICE)]
     outcomes = list(sweep(specs, jobs=0))
     assert [o.spec.seed for o in outcomes] == [s.seed for s in specs]
-    assert [f"{o.spec.command()}: {_failed(o)}" for o in outcomes if not o.ok] == []
+    assert [f"{o.spec.command()}: {o.failures}" for o in outcomes if not o.ok] == []
 
 
 def test_a_sweep_on_worker_processes_runs_exactly_what_one_process_runs() -> None:
@@ -304,7 +300,7 @@ def test_the_mutant_no_resync_is_caught_where_the_clean_code_passes() -> None:
 
     original = LinkSender.resync
     clean, mutated = _clean_and_mutated(Spec(seed=1), Spec(seed=1, mutant="no-resync"))
-    assert clean.ok, _failed(clean)
+    assert clean.ok, clean.failures
     assert LinkSender.resync is original
     assert not mutated.ok
     assert "liveness" in [c.name for c in mutated.checks if not c.ok]
@@ -320,7 +316,7 @@ def test_the_mutant_subscriber_drop_is_caught_where_the_clean_code_passes() -> N
     clean, mutated = _clean_and_mutated(
         Spec(seed=SUBSCRIBER_DROP_SEED), Spec(seed=SUBSCRIBER_DROP_SEED, mutant="subscriber-drop")
     )
-    assert clean.ok, _failed(clean)
+    assert clean.ok, clean.failures
     followed = next(c for c in clean.checks if c.name == "events-followed")
     assert followed.data["largest_block"] > 1023
     assert EventBus.__init__ is original
@@ -345,7 +341,7 @@ def test_the_mutant_gap_stall_is_caught_where_the_clean_code_passes() -> None:
         Spec(seed=GAP_STALL_SEED, client="eager"),
         Spec(seed=GAP_STALL_SEED, client="eager", mutant="gap-stall"),
     )
-    assert clean.ok, _failed(clean)
+    assert clean.ok, clean.failures
     assert Mempool._gives_way_to is original
     assert [c.name for c in mutated.checks if not c.ok] == ["acked-committed"]
 
@@ -368,7 +364,7 @@ def test_the_mutant_forward_drop_is_caught_where_the_clean_code_passes() -> None
         Spec(seed=1, seconds=6, actions=FORWARD_DROP_BURST),
         Spec(seed=1, seconds=6, actions=FORWARD_DROP_BURST, mutant="forward-drop"),
     )
-    assert clean.ok, _failed(clean)
+    assert clean.ok, clean.failures
     taken = next(c for c in clean.checks if c.name == "forwards-taken")
     assert taken.data["received"] > 5000
     assert Forwarder.received is original
@@ -434,7 +430,7 @@ def test_the_leader_crash_scenario_plays_and_passes() -> None:
     scenario, actions, seconds, _ = load(SCENARIOS / "leader-crash.toml", 4)
     spec = Spec(seed=scenario.seed, seconds=seconds, actions=actions, scenario="leader-crash")
     o = simulate(spec, keep_trace=True)
-    assert o.ok, _failed(o)
+    assert o.ok, o.failures
     crashes = [line.split() for line in o.trace if line.split()[1] == "crash"]
     assert [float(c[0]) for c in crashes] == [3.0]
     assert "--scenario leader-crash" in spec.command()

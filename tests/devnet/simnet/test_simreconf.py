@@ -19,10 +19,6 @@ from devnet.simnet.schedule import Action
 SMOKE_SECONDS = 14.0
 
 
-def _failed(o: Outcome) -> list[str]:
-    return [f"{c.name}: {c.summary} {c.details}" for c in o.checks if not c.ok]
-
-
 def _check(o: Outcome, name: str) -> object:
     return next(c for c in o.checks if c.name == name)
 
@@ -36,7 +32,7 @@ def faulty() -> Outcome:
 def test_a_validator_joins_and_one_leaves_under_faults_and_every_check_passes(
     faulty: Outcome,
 ) -> None:
-    assert faulty.ok, _failed(faulty)
+    assert faulty.ok, faulty.failures
     flow = _check(faulty, "reconf-flow")
     e_add, e_remove = flow.data["e_add"], flow.data["e_remove"]  # type: ignore[attr-defined]
     assert 1 < e_add < e_remove
@@ -94,7 +90,7 @@ def test_a_joiner_restarted_before_it_replays_block_1_catches_up() -> None:
         Action(3.0, "heal"),
     )
     o = simulate(Spec(seed=6, seconds=12, reconf=True, actions=actions), keep_trace=True)
-    assert o.ok, _failed(o)
+    assert o.ok, o.failures
     crashes = [line.split() for line in o.trace if line.split()[1] == "crash"]
     [crash] = [c for c in crashes if c[2] == "4"]
     assert crash[0] == "1.826000" and crash[3:5] == ["timed", "0"]  # at height 0

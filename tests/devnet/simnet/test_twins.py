@@ -17,10 +17,6 @@ ROOT = Path(__file__).resolve().parents[3]
 TWIN = TWIN_OWNER + 2
 
 
-def _failed(o: object) -> list[str]:
-    return [f"{c.name}: {c.summary} {c.details}" for c in o.checks if not c.ok]  # type: ignore[attr-defined]
-
-
 def _events(trace: list[str], kind: str) -> list[list[str]]:
     return [p for p in (line.split() for line in trace) if p[1] == kind]
 
@@ -43,7 +39,7 @@ def test_the_fault_kits_twin_scenario_plays_as_a_fixed_schedule_and_passes() -> 
     ]
     spec = Spec(seed=scenario.seed, seconds=seconds, actions=actions, scenario="twin-validator")
     o = simulate(spec, keep_trace=True)
-    assert o.ok, _failed(o)
+    assert o.ok, o.failures
     # node2 stopped cleanly and came back at once, at the height it had; the twin
     # started from the copy of that height, and stopped at the untwin.
     [stop] = _events(o.trace, "stop")
@@ -80,7 +76,7 @@ def test_a_twin_of_a_crashed_node_takes_its_place_and_the_original_gets_back_in(
         Action(8.0, "heal"),
     )
     o = simulate(Spec(seed=11, seconds=14, actions=actions), keep_trace=True)
-    assert o.ok, _failed(o)
+    assert o.ok, o.failures
     [twin] = _events(o.trace, "twin")
     assert float(twin[0]) == 1.5
     # One connection to each peer for the twin's whole life, frames on each.
