@@ -19,6 +19,7 @@ from consensus.events import (
 from consensus.messages import (
     Block,
     Propose,
+    Record,
     Report,
     Summary,
     Vote,
@@ -173,3 +174,33 @@ def test_record_as_the_node_stores_it_loads_back() -> None:
     out = e.step(BlockBuilt(1, 0, _block()))
     rec = next(a.record for a in out if isinstance(a, Persist))
     assert load_record(rec.encode()) == rec
+
+
+def _own_round1_record(decided: bool) -> tuple[Block, bytes, Record]:
+    """Node 1's record of height 1 as the round-1 leader that proposed and voted VOTE1 for
+    its own block (persisted before sending, §2.6), decided or not."""
+    blk = _block(r=1)
+    v = block_hash(blk)
+    s = (Summary(1, v, None), Summary(), Summary(), Summary())
+    rec = Record(
+        height=1, anchor=0, parent_hash=G, round=1, s=s, proposal_round=1, proposal_value=v,
+        decided=v if decided else None,
+    )
+    return blk, v, rec
+
+
+@pytest.mark.parametrize("decided", [False, True])
+def test_restart_repeats_its_own_vote1_only_with_its_propose(decided: bool) -> None:
+    """A restarted leader re-sends its PROPOSE and its VOTE1 together; without the body
+    (the height committed, and the boot keeps the record for its DONE) neither leaves.
+    Before, the VOTE1 left alone: `qchain sim run --scenario S8 --seeds 871..871` broke
+    invariant 7 ("VOTE1 without the leader's PROPOSE")."""
+    assert P.leader(0, 1) == 1
+    blk, v, rec = _own_round1_record(decided)
+    sent = [a.msg for a in Engine(P, 1).step(Start((rec,), (blk,), 0)) if isinstance(a, Send)]
+    assert Propose(P.chain_id, 1, 1, blk) in sent
+    assert Vote(P.chain_id, 1, 1, 1, v) in sent
+    committed = 1 if decided else 0
+    sent = [a.msg for a in Engine(P, 1).step(Start((rec,), (), committed)) if isinstance(a, Send)]
+    assert not any(isinstance(m, Propose) for m in sent)
+    assert Vote(P.chain_id, 1, 1, 1, v) not in sent
