@@ -183,7 +183,13 @@ def _own_round1_record(decided: bool) -> tuple[Block, bytes, Record]:
     v = block_hash(blk)
     s = (Summary(1, v, None), Summary(), Summary(), Summary())
     rec = Record(
-        height=1, anchor=0, parent_hash=G, round=1, s=s, proposal_round=1, proposal_value=v,
+        height=1,
+        anchor=0,
+        parent_hash=G,
+        round=1,
+        s=s,
+        proposal_round=1,
+        proposal_value=v,
         decided=v if decided else None,
     )
     return blk, v, rec

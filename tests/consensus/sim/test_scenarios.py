@@ -36,7 +36,6 @@ def test_scenario_has_no_violation(name: str, n: int, seeds: range) -> None:
         assert r.heights >= 1
 
 
-
 @pytest.mark.parametrize(("n", "seed"), [(4, 871), (7, 288)])
 def test_found_by_the_2000_seed_sweep(n: int, seed: int) -> None:
     """Seeds the nightly-size sweep (`qchain sim run --scenario all --seeds 0..1999`) found:
@@ -44,6 +43,7 @@ def test_found_by_the_2000_seed_sweep(n: int, seed: int) -> None:
     PROPOSE (invariant 7; `test_engine.py`, restart)."""
     r = run_one("S8", n, seed)
     assert not r.violations, (replay_command("S8", n, seed), r.violations)
+
 
 def test_good_case_frames_per_link_per_height() -> None:
     """§7 good case: VOTE1 (with the DONE of the height before riding in its frame),
