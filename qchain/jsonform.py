@@ -43,6 +43,7 @@ from qchain.types import (
     Receipt,
     ReceiptProof,
     Transaction,
+    decode_transaction,
 )
 
 MAX_JSON_DEPTH = 64
@@ -295,7 +296,9 @@ def tx_from_json(doc: object) -> Transaction:
             wire.append(value_from_json(raw, "transaction.args"))
         else:
             wire.append(raw)
-    return Transaction.from_wire(wire)
+    tx = Transaction.from_wire(wire)
+    # The bounds of decoding (`TX_LIMITS`: depth, sizes, array lengths), as for bytes.
+    return decode_transaction(tx.encode())
 
 
 def tx_to_json_fields() -> tuple[str, ...]:

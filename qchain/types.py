@@ -43,7 +43,14 @@ from qchain.merkle import MerkleProof, merkle_root, verify_proof
 MAX_TX_SIZE = 64 * 1024
 MAX_BLOCK_TXS = 10_000
 MAX_BLOCK_SIZE = 8 * 1024 * 1024
-TX_LIMITS = Limits(max_size=MAX_TX_SIZE, max_depth=8, max_bytes_len=MAX_TX_SIZE)
+TX_LIMITS = Limits(
+    max_size=MAX_TX_SIZE, max_depth=8, max_bytes_len=MAX_TX_SIZE, max_array_len=MAX_BLOCK_TXS
+)
+"""What a transaction may hold, in no dimension looser than what a block's decoding lets a
+transaction inside it hold (`BLOCK_LIMITS`): every transaction a node admits decodes
+inside a block. (Before, arrays of up to 100,000 items were admitted, and
+a block holding one did not decode: a partner's one transaction failed every round of
+every leader that proposed it.)"""
 BLOCK_LIMITS = Limits(max_size=MAX_BLOCK_SIZE, max_depth=12, max_array_len=MAX_BLOCK_TXS)
 
 ChainId = Annotated[str, Len(1, 64)]
