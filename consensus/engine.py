@@ -364,7 +364,7 @@ class Engine(HeightProtocol):
             out += self._bcast(inst, rec.entry_report)
         own = rec.proposal_round == rec.round and rec.proposal_value is not None
         proposed = False
-        if own:
+        if own and rec.proposal_value is not None:
             blk = self.blocks.get(rec.proposal_value)
             if blk is not None:
                 out += self._bcast(inst, Propose(cid, inst.h, rec.round, blk))

@@ -57,7 +57,15 @@ from node.wire import (
 from qchain.errors import CodecError
 from qchain.hashing import Domain, hash_domain
 from qchain.limits import BATCH_RESP_FRAMING, MAX_BLOCK_BODY, MAX_MESSAGE
-from qchain.types import BLOCK_LIMITS, Block, Transaction, array_header
+from qchain.types import (
+    BLOCK_LIMITS,
+    MAX_BLOCK_TXS,
+    Block,
+    BlockHeader,
+    Transaction,
+    array_header,
+    decode_transaction,
+)
 
 log = logging.getLogger("qchain.node")
 
@@ -83,6 +91,8 @@ class BlockSource(Protocol):
 
     def block_of(self, cblock: CBlock) -> Block | None: ...
 
+    def offer(self, cblock: CBlock, block: Block) -> None: ...
+
 
 def _below(n: int) -> Callable[[int], bool]:
     return lambda j: 0 <= j < n
@@ -107,6 +117,8 @@ class BatchStore:
         self._bytes: Counter[int] = Counter()
         self._by_digest: dict[bytes, OriginBatch] = {}
         self._where: dict[bytes, tuple[bytes, int]] = {}
+        self._hashes: dict[bytes, tuple[bytes, ...]] = {}
+        """Each kept batch's transaction hashes, in its order."""
         self.evicted = 0
 
     def __len__(self) -> int:
@@ -130,6 +142,10 @@ class BatchStore:
         """(digest, index) of a kept batch holding the transaction."""
         return self._where.get(tx_hash)
 
+    def hashes(self, digest: bytes) -> tuple[bytes, ...]:
+        """The transaction hashes of a kept batch, in its order."""
+        return self._hashes[digest]
+
     def add(self, batch: OriginBatch) -> bool:
         """Keep batch (False: a known digest, an origin that is no validator, or larger
         than an origin's whole allowance)."""
@@ -144,9 +160,10 @@ class BatchStore:
         mine[digest] = batch
         self._bytes[batch.origin] += size
         self._by_digest[digest] = batch
-        for i, raw in enumerate(batch.txs):
+        hashes = self._hashes[digest] = tuple(hash_domain(Domain.TX, raw) for raw in batch.txs)
+        for i, h in enumerate(hashes):
             # The first place stays: the batch every peer got, not a later copy to one.
-            self._where.setdefault(hash_domain(Domain.TX, raw), (digest, i))
+            self._where.setdefault(h, (digest, i))
         return True
 
     def _drop(self, origin: int, batch: OriginBatch) -> None:
@@ -154,8 +171,7 @@ class BatchStore:
         digest = batch.digest
         self._bytes[origin] -= self.cost(batch)
         del self._by_digest[digest]
-        for raw in batch.txs:
-            h = hash_domain(Domain.TX, raw)
+        for h in self._hashes.pop(digest):
             if self._where.get(h, (b"",))[0] == digest:
                 del self._where[h]
 
@@ -188,6 +204,11 @@ def compact_refs(
 def rebuild(m: ProposeRefs, store: BatchStore) -> Propose:
     """The `Propose` m stands for; raises `CodecError` when a place is out of range or the
     body is too large, `KeyError` when a batch is missing."""
+    return _rebuild(m, store)[0]
+
+
+def _rebuild(m: ProposeRefs, store: BatchStore) -> tuple[Propose, list[tuple[bytes, bytes]]]:
+    """`rebuild`, with each transaction's (encoding, hash) in block order."""
     batches = []
     for r in m.batches:
         b = store.get(r.digest)
@@ -198,6 +219,7 @@ def rebuild(m: ProposeRefs, store: BatchStore) -> Propose:
         raise CodecError("ProposeRefs.refs: not a whole number of places")
     parts = [b"\x92", m.header, array_header(len(m.refs) // REF_BYTES)]
     size = sum(len(p) for p in parts)
+    txs: list[tuple[bytes, bytes]] = []
     for k in range(0, len(m.refs), REF_BYTES):
         pos = int.from_bytes(m.refs[k : k + 2], "big")
         index = int.from_bytes(m.refs[k + 2 : k + 4], "big")
@@ -208,8 +230,38 @@ def rebuild(m: ProposeRefs, store: BatchStore) -> Propose:
         if size > MAX_BLOCK_BODY:
             raise CodecError("ProposeRefs: the block is larger than a block body")
         parts.append(raw)
+        txs.append((raw, store.hashes(batches[pos].digest)[index]))
     cblock = CBlock(m.height, m.parent, m.block_round, m.proposer, b"".join(parts))
-    return Propose(m.chain_id, m.height, m.round, cblock)
+    return Propose(m.chain_id, m.height, m.round, cblock), txs
+
+
+def decoded_block(
+    cblock: CBlock,
+    header: bytes,
+    txs: Sequence[tuple[bytes, bytes]],
+    known: Callable[[bytes], Transaction | None],
+) -> Block | None:
+    """The chain block of a rebuilt proposal without decoding its body again: its header
+    decoded alone, each transaction the one this node already decoded from the same bytes
+    (`known`, by hash: the pool's), or decoded here. None when anything does not decode
+    (validation then decodes the body and refuses it for what it is). The result encodes
+    to exactly cblock's body, which is checked, so it is what decoding the body gives."""
+    if len(txs) > MAX_BLOCK_TXS:
+        return None
+    out: list[Transaction] = []
+    try:
+        head = BlockHeader.decode(header, BLOCK_LIMITS)
+        for raw, h in txs:
+            tx = known(h)
+            if tx is None or tx.encoded != raw:
+                tx = decode_transaction(raw)
+            out.append(tx)
+        block = Block(head, tuple(out))
+        if block.encode() != cblock.body:
+            return None
+    except CodecError:
+        return None
+    return block
 
 
 @dataclass
@@ -241,10 +293,13 @@ class Dissemination:
         alarms: Alarms,
         feed: Callable[[Event], None],
         app: BlockSource,
+        known_tx: Callable[[bytes], Transaction | None] = lambda h: None,
     ) -> None:
         """Sets itself as the links' way to send a proposal (`Links.compact`). A missing
         batch is asked of the next peer after an eighth of the round-0 timeout; `app`
-        knows the chain blocks this node built or validated lately."""
+        knows the chain blocks this node built or validated lately, and is offered the
+        chain block of each proposal rebuilt here, from the transactions `known_tx`
+        (by hash) already holds decoded."""
         self.chain_id = params.chain_id
         self.links = links
         self.me = links.me
@@ -253,6 +308,8 @@ class Dissemination:
         self.feed = feed
         self.retry_s = params.timeout_ms(0) / 1000 / 8
         self.block_of = app.block_of
+        self.offer = app.offer
+        self.known_tx = known_tx
         links.compact = self.compact
         self.store = BatchStore(links.knows)
         self.seq = 0
@@ -384,10 +441,13 @@ class Dissemination:
 
     def _deliver(self, sender: int, m: ProposeRefs) -> None:
         try:
-            msg = rebuild(m, self.store)
+            msg, txs = _rebuild(m, self.store)
         except CodecError as e:
             self.alarms.alert("bad-message", f"from {sender}: {e.message}")
             return
+        block = decoded_block(msg.block, m.header, txs, self.known_tx)
+        if block is not None:
+            self.offer(msg.block, block)
         self.feed(MessageIn(sender, msg))
 
     def committed(self, height: int) -> None:

@@ -49,6 +49,8 @@ MAX_BLOCK_TIME_MS = 253_402_300_799_999
 Validators vote only for fresh proposals whose time is near their own clock, so honest
 chains never come near it; the bound keeps a block built by a Byzantine leader from
 leaving no representable time for the next block."""
+DECODED_KEPT = 8
+"""Chain blocks offered for proposals (`ChainApp.offer`) kept until validated."""
 
 
 def time_follows(parent_ms: int, block_ms: int) -> bool:
@@ -96,6 +98,8 @@ class ChainApp:
         self.state_root_interval = state_root_interval
         self.snapshot_keep = snapshot_keep
         self._prepared: OrderedDict[bytes, Prepared] = OrderedDict()
+        self._decoded: OrderedDict[bytes, Block] = OrderedDict()
+        """Chain blocks offered for the consensus values of proposals (`offer`)."""
         self.rejected_builds = 0
         self._head: tuple[Prepared, Overlay] | None = None
         """The executed block whose commit batch is in flight, and its state writes."""
@@ -252,15 +256,25 @@ class ChainApp:
         p = self._prepared.get(consensus_value(cblock))
         return None if p is None else p.block
 
+    def offer(self, cblock: CBlock, block: Block) -> None:
+        """block is what cblock's body decodes to (`node.batches.decoded_block`: a
+        proposal rebuilt from transactions this node decoded already): `validate` takes it
+        instead of decoding the body again. The last few are kept."""
+        self._decoded[consensus_value(cblock)] = block
+        while len(self._decoded) > DECODED_KEPT:
+            self._decoded.popitem(last=False)
+
     def validate(self, cblock: CBlock) -> Prepared:
         """Raise `InvalidBlock` unless cblock's body is a valid next chain block."""
         value = consensus_value(cblock)
         known = self._prepared.get(value)
         if known is not None:
             return known
+        block = self._decoded.pop(value, None)
         try:
             # Not `decode_block`: `validate_block` checks the tx_root (once).
-            block = Block.decode(cblock.body, BLOCK_LIMITS)
+            if block is None:
+                block = Block.decode(cblock.body, BLOCK_LIMITS)
         except CodecError as e:
             raise InvalidBlock(f"body does not decode: {e.message}") from e
         h = block.header

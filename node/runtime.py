@@ -158,6 +158,11 @@ class Validator:
         `[[p2p.peers]] api` setting first."""
         return source_addresses(self.genesis, self.me, self.store, configured_apis(self.cfg))
 
+    def _pooled(self, tx_hash: bytes) -> Transaction | None:
+        """The pool's decoded transaction of that hash (`Dissemination`'s `known_tx`)."""
+        p = self.mempool.get(tx_hash)
+        return None if p is None else p.tx
+
     def _open_app(self) -> ChainApp:
         """Check the store belongs to this chain, apply genesis to a new one, and open the
         chain application over it."""
@@ -225,7 +230,7 @@ class Validator:
             self.params.chain_id, self.store, self.app, self.links, self.budgets, self.alarms, feed
         )
         self.batches = Dissemination(
-            self.params, self.links, self.budgets, self.alarms, feed, self.app
+            self.params, self.links, self.budgets, self.alarms, feed, self.app, self._pooled
         )
         self.forwarder = Forwarder(
             self.links,

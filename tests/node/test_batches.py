@@ -98,10 +98,17 @@ class _Links:
 
 
 class _NoBlocks:
-    """A chain application that built or validated nothing: blocks are decoded."""
+    """A chain application that built or validated nothing: blocks are decoded. Keeps
+    the chain blocks offered for rebuilt proposals."""
+
+    def __init__(self) -> None:
+        self.offered: dict[bytes, Block] = {}
 
     def block_of(self, cblock: CBlock) -> Block | None:
         return None
+
+    def offer(self, cblock: CBlock, block: Block) -> None:
+        self.offered[consensus_value(cblock)] = block
 
 
 def _node(me: int, fed: list[Event] | None = None) -> tuple[Dissemination, _Links]:
@@ -250,6 +257,57 @@ async def test_a_follower_with_the_batches_rebuilds_the_very_proposal() -> None:
     assert ev.msg == msg
     assert isinstance(ev.msg, Propose)
     assert consensus_value(ev.msg.block) == consensus_value(msg.block)
+
+
+def _offered(
+    known: dict[bytes, Transaction], batch_txs: list[bytes]
+) -> tuple[Propose, Block | None]:
+    """A follower holding one batch of batch_txs and `known` decoded transactions (its
+    pool) gets a proposal by reference to the whole batch (as any leader may send, a
+    Byzantine one too): the proposal rebuilt and the block offered for it."""
+    app = _NoBlocks()
+    fed: list[Event] = []
+    params = Params(n=N, chain_id=CHAIN)
+    follower = Dissemination(params, _Links(1), Budgets(), Alarms(), fed.append, app, known.get)  # type: ignore[arg-type]
+    batch = OriginBatch(2, 0, tuple(batch_txs))
+    _share(batch, follower)
+    header = BlockHeader(CHAIN, 1, 0, 1000, bytes(32), 0, bytes(32), bytes(32), bytes(32))
+    refs = b"".join((0).to_bytes(2, "big") + i.to_bytes(2, "big") for i in range(len(batch_txs)))
+    m = ProposeRefs(
+        CHAIN, 1, 0, bytes(32), 0, 0, header.encode(), (BatchRef(2, batch.digest),), refs
+    )
+    follower.proposal(0, m)
+    (ev,) = fed
+    assert isinstance(ev, MessageIn) and isinstance(ev.msg, Propose)
+    return ev.msg, app.offered.get(consensus_value(ev.msg.block))
+
+
+async def test_a_rebuilt_proposal_offers_the_block_its_body_decodes_to() -> None:
+    """A follower's proposal by reference comes with its chain block, built from the
+    transactions its pool decoded already, equal to decoding the body, so validation
+    does not decode every transaction a second time."""
+    txs = _txs(6)
+    pooled = {tx.hash: tx for tx in txs[:4]}
+    msg, block = _offered(pooled, [tx.encoded for tx in txs])
+    assert block is not None
+    assert block == Block.decode(msg.block.body)
+    assert block.encode() == msg.block.body
+    assert all(block.txs[i] is txs[i] for i in range(4)), "the pool's own objects"
+
+
+async def test_no_block_is_offered_for_a_body_that_does_not_decode() -> None:
+    """What does not decode is left to validation, which refuses it for what it is: a
+    transaction that is not canonical, or a pool entry whose bytes differ."""
+    txs = _txs(3)
+    not_canonical = b"\xd9\x01a"  # "a" as str8: msgpack that is not the canonical form
+    msg, block = _offered({}, [txs[0].encoded, not_canonical])
+    assert block is None
+    with pytest.raises(CodecError):
+        Block.decode(msg.block.body)
+    other = _txs(1, "partner2")[0]
+    forged = {txs[0].hash: other}
+    msg, block = _offered(forged, [tx.encoded for tx in txs])
+    assert block is not None and block.txs[0] == txs[0] and block.txs[0] is not other
 
 
 async def test_transactions_in_no_batch_go_first_in_a_batch_of_the_leader() -> None:

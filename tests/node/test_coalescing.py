@@ -77,6 +77,9 @@ class _NoBlocks:
     def block_of(self, cblock: Any) -> None:
         return None
 
+    def offer(self, cblock: Any, block: Any) -> None:
+        pass
+
 
 def _forwarder(
     coalescing: Coalescing, pool: _Pool | None = None
