@@ -39,8 +39,12 @@ commit path together. When the commit path alone takes longer than the bound (a 
 machine, large blocks), a bound below it would admit less than the chain commits, the
 measured rate would fall, and throughput with it. A transaction's shortest path is about
 two block intervals (waiting for the next block to be built, then that block's
-consensus), and room opens once per commit: so the bound in force is never below
-`INTERVALS` (3) times the mean block interval over the window. Latency then stays as
+consensus, which with pipelined heights overlaps the next interval), so the bound in
+force is never below `INTERVALS` (2) times the mean block interval over the window; the
+floor below keeps a block's worth admitted whatever the bound says, so the queue never
+runs dry. (It was 3 intervals: at 1.5 times the saturation rate the bound in force was
+then the floor, about 1.8 s, not the configured bound, and p99 was 4.2 s; with 2 and a
+1 s bound it was 3.3 s at the same throughput, docs/BENCHMARKS.md.) Latency then stays as
 low as the chain allows, and throughput holds. (The interval does not grow with the
 queue, so this floor does not chase the latency it is meant to bound.)
 
@@ -115,7 +119,7 @@ WINDOW_S = 5.0
 """How far back commits count toward the measured rate."""
 MIN_SPAN_S = 1.0
 """Shortest span a rate is measured over (right after the first commits)."""
-INTERVALS = 3
+INTERVALS = 2
 """The bound in force is at least this many mean block intervals: two for the path of
 a transaction through a block, one for the queue that keeps the next block full."""
 SATURATED_COMMITS = 3

@@ -6,12 +6,16 @@ the idempotency key), expiry, membership of the sender, the nonce window, pool l
 finally the signature against the sender's registered key. Nothing enters unchecked, and a
 rejected transaction leaves no trace.
 
-Transactions are kept per sender, keyed by nonce. A block takes, sender by sender, the
-run of consecutive nonces that starts at the sender's committed nonce (`reap`), so a
-block never holds a nonce gap. Senders come in order of arrival, and a sender a committed
-block served goes behind the others, so that under load full blocks serve senders in turn
-instead of leaving the same ones out. After a commit (`on_commit`) included and stale
-transactions leave, and so do expired ones.
+Transactions are kept per sender, keyed by nonce. A block takes from each sender only
+the run of consecutive nonces that starts at its committed nonce (`reap`), so a block
+never holds a nonce gap. Within that rule it takes the oldest first across senders (the
+earliest admitted here, each sender's in nonce order), so that under load a full block
+leaves the youngest behind and every transaction waits about as long as the queue is
+deep. (Taking each sender's whole run in turn let one wait a whole turn of every sender,
+about twice the median: p99 4.2 s against p50 2.2 s at 1.5 times the saturation rate.)
+Between transactions admitted at the same time, a sender a committed block served goes
+behind the others. After a commit (`on_commit`) included and stale transactions leave,
+and so do expired ones.
 
 A pending transaction in its sender's run is *ready*; one beyond a missing nonce is
 *waiting* (behind a gap) and can go into no block until the gap is filled. Waiting
@@ -42,6 +46,7 @@ one commit: the nonce makes a second inclusion impossible).
 
 from __future__ import annotations
 
+import heapq
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
@@ -449,20 +454,31 @@ class Mempool:
 
     def reap(self, max_txs: int, max_bytes: int) -> list[Transaction]:
         """Transactions for the next block: per sender, consecutive nonces from the
-        committed nonce, senders in order of first arrival."""
+        committed nonce; across senders, the earliest admitted first (a sender whose next
+        transaction does not fit the bytes left gives no more). Ties go to senders in
+        order of arrival, a sender a committed block served last."""
+        heads: list[tuple[float, int, int, _Sender]] = []
+        for turn, (address, sender) in enumerate(self._senders.items()):
+            nonce = self.accounts.next_nonce(address)
+            p = sender.by_nonce.get(nonce)
+            if p is not None:
+                heads.append((p.seen_at, turn, nonce, sender))
+        heapq.heapify(heads)
         out: list[Transaction] = []
         used = 0
-        for address, sender in self._senders.items():
-            nonce = self.accounts.next_nonce(address)
-            while len(out) < max_txs:
-                p = sender.by_nonce.get(nonce)
-                if p is None or used + p.size > max_bytes:
-                    break
-                out.append(p.tx)
-                used += p.size
-                nonce += 1
-            if len(out) >= max_txs:
-                break
+        while heads and len(out) < max_txs:
+            _, turn, nonce, sender = heads[0]
+            p = sender.by_nonce[nonce]
+            if used + p.size > max_bytes:
+                heapq.heappop(heads)
+                continue
+            out.append(p.tx)
+            used += p.size
+            after = sender.by_nonce.get(nonce + 1)
+            if after is None:
+                heapq.heappop(heads)
+            else:
+                heapq.heapreplace(heads, (after.seen_at, turn, nonce + 1, sender))
         return out
 
     def _remove(self, p: PendingTx) -> None:
@@ -495,8 +511,8 @@ class Mempool:
             sender = self._senders.get(address)
             if sender is None:
                 continue
-            # Round robin: a sender a block served goes behind those it left out, so that
-            # under load a full block never leaves the same senders out again.
+            # A sender a block served goes behind those it left out: between transactions
+            # admitted at the same time, the next block takes the others' first.
             self._senders.move_to_end(address)
             nonce = self.accounts.next_nonce(address)
             for stale in [p for n, p in sender.by_nonce.items() if n < nonce]:

@@ -120,7 +120,7 @@ class NodeSection:
     """The validator's ML-DSA-65 key file, used to sign commit certificates."""
     profile: Literal["default", "lan", "test"] = "default"
     log_format: Literal["text", "json"] = "text"
-    admission_bound_ms: int = 2000
+    admission_bound_ms: int = 1000
     """Admission control: a client's transaction is accepted only while this node's
     pending client transactions drain within this many milliseconds at the measured
     commit rate (`node/backlog.py`); beyond, 503 `overloaded` with `Retry-After`. 0

@@ -78,34 +78,34 @@ def test_refusal_says_when_the_backlog_above_the_bound_drains() -> None:
     assert Backlog(9000, 1).refusal(0, 0.0, 0).retry_after_s == 1, "no rate: 1 s"
 
 
-def test_the_bound_in_force_is_never_below_three_block_intervals() -> None:
+def test_the_bound_in_force_is_never_below_two_block_intervals() -> None:
     """A commit path longer than the bound (a loaded machine) would make the bound admit
-    less than the chain commits, and throughput would fall: the bound rises to three
-    mean block intervals (two for a transaction's path, one for the queue)."""
+    less than the chain commits, and throughput would fall: the bound rises to two mean
+    block intervals (a transaction's path: the next build, then its consensus)."""
     b = Backlog(2000, 1, window_s=10.0)
     b.committed(0.0, 100, 100, True)
     assert b.bound_in_force(0.0) == 2.0, "one commit: no interval yet"
     b.committed(0.5, 100, 100, True)
-    assert b.bound_in_force(0.5) == 2.0, "3 x 0.5 s is below the bound"
+    assert b.bound_in_force(0.5) == 2.0, "2 x 0.5 s is below the bound"
     b.committed(2.0, 100, 100, True)
     b.committed(3.5, 100, 100, True)
-    assert b.bound_in_force(3.5) == pytest.approx(3 * 3.5 / 3)
+    assert b.bound_in_force(3.5) == pytest.approx(2 * 3.5 / 3)
     rate = b.rate(3.5)
-    assert b.room(0, 3.5, 0) == int(3.5 * rate)
-    assert b.refusal(10_000, 3.5, 10_000).bound_ms == 3500
+    assert b.room(0, 3.5, 0) == int(2 * 3.5 / 3 * rate)
+    assert b.refusal(10_000, 3.5, 10_000).bound_ms == 2333
 
 
 def test_an_unsaturated_chain_is_not_bounded_by_a_rate_that_only_measured_supply() -> None:
     """While blocks take every ready transaction, the rate measures the load offered,
     not the chain: the room is twice the bound's until a commit leaves ready ones
     behind (and for three commits after), so the load can grow."""
-    b = Backlog(2000, 1, window_s=10.0)
+    b = Backlog(3000, 1, window_s=10.0)
     assert b.cutoff() is None
     b.committed(0.0, 0, 0, False)  # a heartbeat block
     b.committed(1.0, 20, 20, False)  # a small block: 20 tx/s measured since the last
     assert b.rate(1.0) == 20.0
     bound = b.bound_in_force(1.0)
-    assert bound == 3.0, "three intervals of 1 s"
+    assert bound == 3.0, "the bound: above two intervals of 1 s"
     assert b.room(0, 1.0, 0) == 1000, "at least 1,000: a small first block says little"
     assert b.room(990, 1.0, 990) == 10
     b.committed(2.0, 20, 20, True)
@@ -142,7 +142,7 @@ def test_accepting_up_to_room_keeps_the_expected_wait_under_the_bound() -> None:
 def _saturated_at_800_per_s(n: int) -> Backlog:
     """Blocks of 400, 100 of them local, one a second, left ready ones behind: chain
     800 tx/s and local 200 tx/s at t = 1 (span at least 1 s); bound in force 3 s."""
-    b = Backlog(2000, n, window_s=10.0)
+    b = Backlog(3000, n, window_s=10.0)
     b.committed(0.0, 400, 100, True)
     b.committed(1.0, 400, 100, True)
     assert b.rates(1.0).chain == pytest.approx(800.0)
@@ -186,7 +186,7 @@ def test_the_floor_keeps_a_blocks_worth_in_the_pool() -> None:
 def test_the_pool_bound_waits_for_saturation() -> None:
     """While blocks take every ready transaction the measured rate is the load's, not
     the chain's: the room is the unsaturated one whatever the pool holds."""
-    b = Backlog(2000, 4, window_s=10.0)
+    b = Backlog(3000, 4, window_s=10.0)
     b.committed(0.0, 400, 100, False)
     b.committed(1.0, 400, 100, False)
     assert not b.saturated

@@ -221,7 +221,7 @@ def test_unreadable_and_invalid_toml(tmp_path: Path) -> None:
 
 def test_admission_bound_verify_workers_and_batch_coalescing(tmp_path: Path) -> None:
     cfg = _load(tmp_path, VALID)
-    assert cfg.node.admission_bound_ms == 2000
+    assert cfg.node.admission_bound_ms == 1000
     assert cfg.node.verify_workers is None, "chosen from the machine's cores"
     assert cfg.node.batch_delay_ms == 250 and cfg.node.batch_max_txs == 256
     set_ = (
