@@ -202,11 +202,12 @@ class Admission:
         """A block of txs committed at `height`: out of the pool, into the commit rate."""
         cutoff = self.backlog.cutoff()
         now = self.clock()
+        stage = self.metrics.tx_stage
+        local_wait, peer_wait = stage.labels("pool_local"), stage.labels("pool_peer")
         for tx in txs:
             p = self.mempool.get(tx.hash)
             if p is not None:
-                stage = "pool_local" if p.local else "pool_peer"
-                self.metrics.tx_stage.labels(stage).observe(now - p.seen_at)
+                (local_wait if p.local else peer_wait).observe(now - p.seen_at)
         local = self.mempool.on_commit(txs, height)
         saturated = cutoff is not None and any(
             p.local and p.seen_at < cutoff and p.tx.nonce == self.accounts.next_nonce(p.tx.sender)

@@ -53,6 +53,7 @@ from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 from contracts.execution import Verifier, verify_signature
+from node.expiry import ExpiryIndex
 from qchain.config import MempoolSection
 from qchain.errors import (
     Expired,
@@ -178,6 +179,7 @@ class Mempool:
         self._waiting = 0
         self._waiting_local = 0
         self._became_ready: list[PendingTx] = []
+        self._expiring: ExpiryIndex[PendingTx] = ExpiryIndex()
         self.rejections: dict[str, int] = {}
         self.waiting_dropped: dict[str, int] = {"displaced": 0, "expired": 0}
         """Waiting transactions that left the pool: `displaced` by a ready one, `expired`
@@ -290,6 +292,8 @@ class Mempool:
             sender = self._senders[tx.sender] = _Sender(base=expected, run_end=expected)
         sender.by_nonce[tx.nonce] = pending
         self._by_hash[tx.hash] = pending
+        if tx.expiry_height:
+            self._expiring.add(tx.expiry_height, tx.hash)
         self._bytes += size
         self._local += local
         if ready:
@@ -515,12 +519,10 @@ class Mempool:
             # admitted at the same time, the next block takes the others' first.
             self._senders.move_to_end(address)
             nonce = self.accounts.next_nonce(address)
-            for stale in [p for n, p in sender.by_nonce.items() if n < nonce]:
-                self._remove(stale)
-        expired = [
-            p for p in self._by_hash.values() if p.tx.expiry_height and p.tx.expiry_height <= height
-        ]
-        for p in expired:
+            if sender.by_nonce and min(sender.by_nonce) < nonce:
+                for stale in [p for n, p in sender.by_nonce.items() if n < nonce]:
+                    self._remove(stale)
+        for p in self._expiring.due(height, self._by_hash):
             self._remove(p)
             touched.add(p.tx.sender)
         for address in touched:

@@ -11,7 +11,7 @@ import pytest
 
 from devnet.network import account_key
 from node.accounts import Admission
-from node.backlog import GAP_GRACE_S, UNSATURATED_MIN_ROOM, Backlog
+from node.backlog import GAP_GRACE_S, INTERVALS, UNSATURATED_MIN_ROOM, Backlog
 from node.mempool import Mempool, MempoolLimits
 from node.metrics import NodeMetrics
 from qchain.errors import MempoolFull, Overloaded
@@ -157,8 +157,9 @@ def test_a_commit_that_leaves_ready_client_transactions_behind_saturates(
         admission.on_commit([], k)
     assert not admission.backlog.saturated, "three commits took everything"
     # 3 committed since t = 2 (the commit before the first that carried any): 0.75/s
-    # over 4 s; commits 1 s apart: the bound in force is 3 x 1 s, doubled.
-    assert admission.backlog.bound_in_force(6.0) == 3.0
+    # over 4 s; commits 1 s apart: the bound in force is the bound (2 s, above INTERVALS
+    # x 1 s), doubled.
+    assert admission.backlog.bound_in_force(6.0) == max(2.0, INTERVALS * 1.0)
     assert admission.room() == 1000, "unsaturated: at least 1,000 may be pending"
 
 
@@ -187,9 +188,9 @@ def test_commits_drain_the_backlog_and_feed_the_rate(setup: Any) -> None:
     admission.on_commit(sent[:4], 1)
     assert len(admission.mempool) == 4, "the peers' four wait"
     # 6 local transactions committed in 2 s: 3/s; commits 2 s apart make the bound in
-    # force 3 x 2 s: room for 18 pending.
+    # force INTERVALS x 2 s (4 s): room for 12 pending.
     assert admission.backlog.rates(2.0).local == pytest.approx(3.0)
-    assert admission.room() == 18
+    assert admission.room() == int(INTERVALS * 2.0 * 3.0)
     assert admission.admit(sent[4], local=True)
 
 
