@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint typecheck pytest test-sweeps devnet devnet-down bench clean rust-client sim-sweep sim-mutants sim-reconf
+.PHONY: install test lint typecheck pytest test-sweeps devnet devnet-down bench clean rust-client sim-sweep sim-mutants sim-reconf sim-engine
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -67,6 +67,18 @@ sim-sweep: $(STAMP)
 	$(VENV)/bin/qchain sim net --seeds $(SIM_SEEDS) --seconds 20 --jobs $(SIM_JOBS)
 	$(VENV)/bin/qchain sim net --seeds $(SIM_RECONF_SEEDS) --seconds 20 --reconf --jobs $(SIM_JOBS)
 
+# The consensus simulator's fixed-set scenarios S1-S22 (CONSENSUS.md §8, consensus/README.md)
+# over seeds 0..1999 at n = 4 and 0..499 at n = 7, one process per size (about 13 minutes
+# on a quiet 2-core machine); consensus/README.md records the last result. `make test`
+# runs seeds 0..7 of each, `make test-sweeps` 8..27.
+ENGINE_SEEDS_4 ?= 0..1999
+ENGINE_SEEDS_7 ?= 0..499
+
+sim-engine: $(STAMP)
+	$(VENV)/bin/qchain sim run --scenario all --seeds $(ENGINE_SEEDS_4) --validators 4 & four=$$!; \
+	$(VENV)/bin/qchain sim run --scenario all --seeds $(ENGINE_SEEDS_7) --validators 7; seven=$$?; \
+	wait $$four && exit $$seven
+
 # The consensus simulator's validator-set changes (CONSENSUS.md §10.8, consensus/README.md):
 # scenarios C1-C8 over seeds 0..1999 at n = 4 -> 5 -> 4 and 7 -> 8 -> 7, then the
 # early-activation mutant, which must be caught. About 25 minutes at n = 4 and two hours
@@ -93,13 +105,14 @@ sim-mutants: $(STAMP)
 	@$(VENV)/bin/qchain sim net --seeds 0..19 --seconds 6 --reconf --mutant early-activation --jobs $(SIM_JOBS) | tail -1
 
 # The standard benchmark set (docs/BENCHMARKS.md); each run starts its own devnet on free
-# loopback ports. About 20 minutes on 2 cores: run it on a quiet machine.
+# loopback ports. About 20 minutes on 2 cores: run it on a quiet machine. Each scheme at
+# half its saturation rate, near saturation and 1.5 times it (the overload row).
 BENCH_OUT ?= bench-out
 QB := $(VENV)/bin/qchain bench --duration 30
 
 bench: $(STAMP)
-	$(QB) --scheme ed25519 --rates 500,1000,2000,2500 --profile-leader 10 --out $(BENCH_OUT)/ed25519-n4
-	$(QB) --scheme ml-dsa-65 --rates 250,500,750,1000 --out $(BENCH_OUT)/ml-dsa-65-n4
+	$(QB) --scheme ed25519 --rates 1300,2600,3900 --profile-leader 10 --out $(BENCH_OUT)/ed25519-n4
+	$(QB) --scheme ml-dsa-65 --rates 700,1400,2100 --out $(BENCH_OUT)/ml-dsa-65-n4
 	$(QB) --scheme ed25519 --rates 2000,2500 --baseline --out $(BENCH_OUT)/ed25519-n4-baseline
 	$(QB) --scheme ed25519 --rate 1000 --faults 1 --out $(BENCH_OUT)/ed25519-n4-1-crashed
 	$(QB) --idle-only --heartbeat-ms 0 --idle 15 --out $(BENCH_OUT)/idle-no-heartbeat

@@ -5,21 +5,8 @@ from __future__ import annotations
 from devnet.network import account_key
 from node.expiry import SLACK, ExpiryIndex
 from node.mempool import Mempool, MempoolLimits
-from qchain.types import Transaction, new_transaction
 
-from .test_mempool import CHAIN, Accounts
-
-
-def _tx(role: str, nonce: int, expiry: int) -> Transaction:
-    return new_transaction(
-        account_key(role, "ed25519"),
-        chain_id=CHAIN,
-        nonce=nonce,
-        contract="notary",
-        method="anchor",
-        args=[bytes([nonce]) * 32, "sha256", "t", "c", b""],
-        expiry_height=expiry,
-    )
+from .test_mempool import CHAIN, Accounts, tx
 
 
 def test_a_commit_drops_what_expired_and_keeps_the_rest() -> None:
@@ -28,7 +15,7 @@ def test_a_commit_drops_what_expired_and_keeps_the_rest() -> None:
         key = account_key(role, "ed25519")
         accounts.keys[key.address] = (key.scheme.value, key.public_key)
     mp = Mempool(CHAIN, MempoolLimits(), accounts)
-    soon, later, never = _tx("partner1", 0, 3), _tx("partner1", 1, 9), _tx("partner2", 0, 0)
+    soon, later, never = tx("partner1", 0, expiry=3), tx("partner1", 1, expiry=9), tx("partner2", 0)
     for t in (soon, later, never):
         mp.add(t, height=0, now=0.0)
     mp.on_commit([], 2)

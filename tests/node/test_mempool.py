@@ -38,7 +38,7 @@ class Accounts:
         return Account(self.next_nonce(address), address not in self.suspended, scheme, public_key)
 
 
-def tx(role: str, nonce: int, tag: int = 0, chain: str = CHAIN) -> Transaction:
+def tx(role: str, nonce: int, tag: int = 0, chain: str = CHAIN, expiry: int = 0) -> Transaction:
     return new_transaction(
         account_key(role, "ed25519"),
         chain_id=chain,
@@ -46,6 +46,7 @@ def tx(role: str, nonce: int, tag: int = 0, chain: str = CHAIN) -> Transaction:
         contract="notary",
         method="anchor",
         args=[bytes([tag, nonce]) * 16, "sha256", "t", "c", b""],
+        expiry_height=expiry,
     )
 
 
