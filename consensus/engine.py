@@ -362,20 +362,12 @@ class Engine(HeightProtocol):
         cid = self.p.chain_id
         if rec.entry_report is not None and rec.entry_report.round == rec.round:
             out += self._bcast(inst, rec.entry_report)
-        own = rec.proposal_round == rec.round and rec.proposal_value is not None
-        proposed = False
-        if own and rec.proposal_value is not None:
-            blk = self.blocks.get(rec.proposal_value)
-            if blk is not None:
-                out += self._bcast(inst, Propose(cid, inst.h, rec.round, blk))
-                proposed = True
-        for k in (1, 2, 3, 4):
+        own = rec.proposal_value if rec.proposal_round == rec.round else None
+        blk = None if own is None else self.blocks.get(own)
+        if blk is not None:  # its VOTE1 for its own PROPOSE goes only with it (§2.6)
+            out += self._bcast(inst, Propose(cid, inst.h, rec.round, blk))
+        for k in (1, 2, 3, 4) if own is None or blk is not None else (2, 3, 4):
             s = rec.s[k - 1]
-            if k == 1 and own and not proposed:
-                # Its VOTE1 for its own PROPOSE leaves only with that PROPOSE (§2.6): the
-                # body is gone once the height committed (a boot keeps that record for its
-                # DONE), and the PROPOSE may never have left before the crash.
-                continue
             if s.last_round == rec.round and s.last_value is not None:
                 out += self._bcast(inst, Vote(cid, inst.h, rec.round, k, s.last_value))
         if rec.abort_level >= 0 and not self._silent(inst.h):
