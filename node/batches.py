@@ -54,7 +54,7 @@ from node.wire import (
     ProposeRefs,
     origin_batches,
 )
-from qchain.errors import CodecError
+from qchain.errors import CodecError, QChainError
 from qchain.hashing import Domain, hash_domain
 from qchain.limits import BATCH_RESP_FRAMING, MAX_BLOCK_BODY, MAX_MESSAGE
 from qchain.types import (
@@ -259,7 +259,8 @@ def decoded_block(
         block = Block(head, tuple(out))
         if block.encode() != cblock.body:
             return None
-    except CodecError:
+    except QChainError:
+        # Anything a lone transaction's decoding refuses (a size a block allows, too).
         return None
     return block
 

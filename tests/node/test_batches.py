@@ -34,7 +34,13 @@ from node.wire import (
 )
 from qchain.errors import CodecError
 from qchain.limits import MAX_MESSAGE, TX_BATCH_MAX_BYTES
-from qchain.types import Block, BlockHeader, Transaction, new_transaction
+from qchain.types import (
+    MAX_TX_SIZE,
+    Block,
+    BlockHeader,
+    Transaction,
+    new_transaction,
+)
 
 CHAIN = "qchain-test"
 N = 4
@@ -304,6 +310,17 @@ async def test_no_block_is_offered_for_a_body_that_does_not_decode() -> None:
     assert block is None
     with pytest.raises(CodecError):
         Block.decode(msg.block.body)
+    huge = new_transaction(
+        account_key("partner1", "ed25519"),
+        chain_id=CHAIN,
+        nonce=9,
+        contract="notary",
+        method="anchor",
+        args=[bytes(MAX_TX_SIZE)],
+    )
+    msg, block = _offered({}, [txs[0].encoded, huge.encoded])
+    assert block is None, "larger than a lone transaction may be: left to validation"
+    assert Block.decode(msg.block.body).txs[1] == huge
     other = _txs(1, "partner2")[0]
     forged = {txs[0].hash: other}
     msg, block = _offered(forged, [tx.encoded for tx in txs])
