@@ -215,6 +215,7 @@ def _rebuild(m: ProposeRefs, store: BatchStore) -> tuple[Propose, list[tuple[byt
         if b is None:
             raise KeyError(r.digest)
         batches.append(b)
+    hashes = [store.hashes(b.digest) for b in batches]
     if len(m.refs) % REF_BYTES:
         raise CodecError("ProposeRefs.refs: not a whole number of places")
     parts = [b"\x92", m.header, array_header(len(m.refs) // REF_BYTES)]
@@ -230,7 +231,7 @@ def _rebuild(m: ProposeRefs, store: BatchStore) -> tuple[Propose, list[tuple[byt
         if size > MAX_BLOCK_BODY:
             raise CodecError("ProposeRefs: the block is larger than a block body")
         parts.append(raw)
-        txs.append((raw, store.hashes(batches[pos].digest)[index]))
+        txs.append((raw, hashes[pos][index]))
     cblock = CBlock(m.height, m.parent, m.block_round, m.proposer, b"".join(parts))
     return Propose(m.chain_id, m.height, m.round, cblock), txs
 

@@ -15,12 +15,12 @@ SLACK = 1024
 class ExpiryIndex(Generic[T]):
     """(expiry height, hash) of pending transactions, as a heap. A transaction that left
     the pool keeps its entry until it comes up (skipped then) or until the entries
-    outnumber twice the pool, when they are rebuilt from it. (A commit used to walk the
-    whole pool for expired transactions: thousands of checks per block under load.)"""
+    outnumber twice the pool, when those of departed transactions are dropped. (A commit
+    used to walk the whole pool for expired transactions: thousands of checks per block
+    under load.)"""
 
     def __init__(self) -> None:
         self._heap: list[tuple[int, bytes]] = []
-        self._expiry: dict[bytes, int] = {}
 
     def __len__(self) -> int:
         return len(self._heap)
@@ -29,7 +29,6 @@ class ExpiryIndex(Generic[T]):
         """A pending transaction that expires after `expiry_height` (0: never)."""
         if expiry_height:
             heapq.heappush(self._heap, (expiry_height, tx_hash))
-            self._expiry[tx_hash] = expiry_height
 
     def due(self, height: int, pending: Mapping[bytes, T]) -> list[T]:
         """The transactions of `pending` (the pool, by hash) whose expiry height is at
@@ -38,12 +37,10 @@ class ExpiryIndex(Generic[T]):
         heap = self._heap
         while heap and heap[0][0] <= height:
             h = heapq.heappop(heap)[1]
-            self._expiry.pop(h, None)
             p = pending.get(h)
             if p is not None:
                 out[h] = p
         if len(heap) > 2 * len(pending) + SLACK:
-            self._expiry = {h: e for h, e in self._expiry.items() if h in pending}
-            heap[:] = [(e, h) for h, e in self._expiry.items()]
+            heap[:] = [e for e in heap if e[1] in pending]
             heapq.heapify(heap)
         return list(out.values())

@@ -292,8 +292,7 @@ class Mempool:
             sender = self._senders[tx.sender] = _Sender(base=expected, run_end=expected)
         sender.by_nonce[tx.nonce] = pending
         self._by_hash[tx.hash] = pending
-        if tx.expiry_height:
-            self._expiring.add(tx.expiry_height, tx.hash)
+        self._expiring.add(tx.expiry_height, tx.hash)
         self._bytes += size
         self._local += local
         if ready:
